@@ -1,0 +1,50 @@
+#pragma once
+// The host side of one NF inside one chain instance: what serpens_nf_ctx's
+// host_private points to.  Owned by ChainInstance; every area that implements
+// a host service (counters, state, packets) finds its context through here.
+
+#include <serpens/nf.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+namespace serpens {
+
+namespace state {
+class Executor;
+}
+
+// Named 64-bit counters of one NF context.  Slots never move once handed out,
+// so NFs increment them through a plain pointer on the hot path.
+class CounterBlock {
+public:
+    static constexpr std::size_t capacity = 64;
+
+    // Returns the slot for `name`, registering it on first use; nullptr when full.
+    uint64_t *get(const char *name);
+    std::size_t size() const noexcept { return _size; }
+    const std::string &name(std::size_t i) const { return _names[i]; }
+    uint64_t value(std::size_t i) const noexcept { return _values[i]; }
+
+private:
+    alignas(64) std::array<uint64_t, capacity> _values{};
+    std::array<std::string, capacity> _names;
+    std::size_t _size = 0;
+};
+
+struct NfContext {
+    serpens_nf_ctx pub{};                     // handed to the plugin
+    const serpens_nf_descriptor *desc = nullptr;
+    std::string chain_name;
+    std::string nf_name;                      // the chain's name for this NF
+    state::Executor *executor = nullptr;      // owner of this NF's state tables
+    CounterBlock counters;
+
+    static NfContext *of(const serpens_nf_ctx *ctx) noexcept
+    {
+        return static_cast<NfContext *>(ctx->host_private);
+    }
+};
+
+} // namespace serpens

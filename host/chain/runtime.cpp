@@ -1,0 +1,126 @@
+#include "chain/runtime.h"
+
+#include "core/error.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace serpens {
+
+uint64_t *CounterBlock::get(const char *name)
+{
+    for (std::size_t i = 0; i < _size; ++i) {
+        if (_names[i] == name) {
+            return &_values[i];
+        }
+    }
+    if (_size == capacity) {
+        return nullptr;
+    }
+    _names[_size] = name;
+    return &_values[_size++];
+}
+
+ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
+                             const serpens_host_api *api, const ExecutorResolver &executors)
+    : _chain(std::move(chain)), _instance_id(instance_id)
+{
+    const std::size_t n = _chain->nfs.size();
+    _stats = std::make_unique<NfRunStats[]>(n);
+    _pending.assign(n + 2, 0);
+    _contexts.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const CompiledNf &nf = _chain->nfs[i];
+        auto ctx = std::make_unique<NfContext>();
+        ctx->desc = nf.desc;
+        ctx->chain_name = _chain->name;
+        ctx->nf_name = nf.name;
+        ctx->executor = executors ? executors(_chain->name, nf.name) : nullptr;
+        ctx->pub.struct_size = sizeof(serpens_nf_ctx);
+        ctx->pub.instance_id = instance_id;
+        ctx->pub.host = api;
+        ctx->pub.chain_name = ctx->chain_name.c_str();
+        ctx->pub.nf_name = ctx->nf_name.c_str();
+        ctx->pub.host_private = ctx.get();
+        _contexts.push_back(std::move(ctx));
+
+        int rc = nf.desc->init(&_contexts.back()->pub, nf.config.get());
+        if (rc != SERPENS_OK) {
+            finalize(_contexts.size());
+            _contexts.clear();
+            throw Error("chain '" + _chain->name + "': NF '" + nf.name + "' (plugin " + nf.desc->name +
+                        ") refused to start: init returned " + std::to_string(rc) +
+                        "; its own log line above says why");
+        }
+        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data()});
+    }
+}
+
+ChainInstance::~ChainInstance()
+{
+    finalize(_contexts.size());
+}
+
+void ChainInstance::finalize(std::size_t count) noexcept
+{
+    for (std::size_t i = count; i-- > 0;) {
+        const serpens_nf_descriptor *desc = _contexts[i]->desc;
+        if (desc->fini != nullptr) {
+            desc->fini(&_contexts[i]->pub);
+        }
+    }
+}
+
+uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns) noexcept
+{
+    const auto n_nfs = static_cast<uint16_t>(_slots.size());
+    if (n == 0 || n_nfs == 0) {
+        return n;
+    }
+    uint32_t *pending = _pending.data();
+    std::fill(pending, pending + n_nfs + 2, 0u);
+    std::fill(labels, labels + n, uint16_t{1}); // the entry NF is always label 1
+    pending[1] = n;
+
+    serpens_batch batch{};
+    batch.struct_size = sizeof(serpens_batch);
+    batch.count = n;
+    batch.pkts = pkts;
+    batch.labels = labels;
+    batch.ports = _ports;
+    batch.now_ns = now_ns;
+
+    const uint16_t drop_bucket = n_nfs + 1;
+    for (uint16_t label = 1; label <= n_nfs; ++label) {
+        const uint32_t visiting = pending[label];
+        if (visiting == 0) {
+            continue;
+        }
+        const Slot &slot = _slots[label - 1];
+        batch.self = label;
+        slot.process(slot.ctx, &batch);
+
+        // Map each visitor's output port to its next label; reset the port so
+        // the next NF starts from "default" without a separate clearing pass.
+        const uint16_t *next = slot.next;
+        const uint32_t dropped_before = pending[drop_bucket];
+        for (uint32_t i = 0; i < n; ++i) {
+            if (labels[i] == label) {
+                const uint16_t to = next[_ports[i]];
+                _ports[i] = SERPENS_PORT_DEFAULT;
+                labels[i] = to;
+                ++pending[to > n_nfs ? drop_bucket : to];
+            }
+        }
+        NfRunStats &stats = _stats[label - 1];
+        stats.packets.store(stats.packets.load(std::memory_order_relaxed) + visiting, std::memory_order_relaxed);
+        stats.dropped.store(stats.dropped.load(std::memory_order_relaxed) + pending[drop_bucket] - dropped_before,
+                            std::memory_order_relaxed);
+        stats.batches.store(stats.batches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+    return pending[0];
+}
+
+} // namespace serpens

@@ -1,0 +1,69 @@
+#pragma once
+// Strict reading of TOML tables: typed getters that fail with "file:line:col:
+// what was expected", and a final check that refuses keys nobody asked for, so
+// a typo in a config never goes unnoticed.
+
+#include "core/error.h"
+
+#include <toml++/toml.h>
+
+#include <cstdint>
+#include <optional>
+#include <initializer_list>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace serpens::config {
+
+// Parses a TOML file; syntax errors become ConfigError with line and column.
+toml::table parse_file(const std::string &path);
+
+[[noreturn]] void fail_at(const std::string &file, const toml::source_region &where,
+                          const std::string &message);
+
+class TableReader {
+public:
+    // `what` names the table in messages, e.g. "chain" or "[[nf]] 'fw'".
+    TableReader(const toml::table &table, std::string file, std::string what);
+
+    std::string required_string(std::string_view key);
+    std::optional<std::string> optional_string(std::string_view key);
+    std::string string_or(std::string_view key, std::string fallback);
+    int64_t integer_or(std::string_view key, int64_t fallback, int64_t min, int64_t max);
+    std::optional<int64_t> optional_integer(std::string_view key, int64_t min, int64_t max);
+    double double_or(std::string_view key, double fallback, double min, double max);
+    bool bool_or(std::string_view key, bool fallback);
+    std::vector<std::string> string_array(std::string_view key); // empty when absent
+    const toml::table *optional_table(std::string_view key);
+    const toml::array *optional_array(std::string_view key);
+    // An array of tables ([[key]]); empty when absent.
+    std::vector<const toml::table *> table_array(std::string_view key);
+
+    // Declares the keys this table may hold and refuses any other at once, so a
+    // misspelt key is named as such rather than reported as a missing one.
+    void allow_only(std::initializer_list<std::string_view> keys);
+
+    // Refuses every key that no getter asked for, naming the keys that are known.
+    void reject_unknown_keys() const;
+
+    [[noreturn]] void fail(std::string_view key, const std::string &message) const;
+    [[noreturn]] void fail(const toml::node &node, const std::string &message) const;
+    [[noreturn]] void fail_table(const std::string &message) const;
+
+    const std::string &file() const noexcept { return _file; }
+    const toml::table &table() const noexcept { return _table; }
+
+private:
+    const toml::node *lookup(std::string_view key);
+
+    const toml::table &_table;
+    std::string _file;
+    std::string _what;
+    std::set<std::string, std::less<>> _known;
+};
+
+std::string type_name(const toml::node &node);
+
+} // namespace serpens::config

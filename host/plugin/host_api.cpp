@@ -1,0 +1,74 @@
+#include "plugin/host_api.h"
+
+#include "chain/nf_context.h"
+#include "config/plugin_config.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
+
+namespace serpens {
+
+uint64_t monotonic_ns() noexcept
+{
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+namespace {
+
+void plugin_log(const serpens_nf_ctx *ctx, int level, const char *fmt, ...)
+{
+    char message[1024];
+    va_list args;
+    va_start(args, fmt);
+    std::vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    const char *chain = ctx != nullptr && ctx->chain_name != nullptr ? ctx->chain_name : "-";
+    const char *nf = ctx != nullptr && ctx->nf_name != nullptr ? ctx->nf_name : "-";
+    auto spd_level = spdlog::level::info;
+    switch (level) {
+    case SERPENS_LOG_ERROR: spd_level = spdlog::level::err; break;
+    case SERPENS_LOG_WARN: spd_level = spdlog::level::warn; break;
+    case SERPENS_LOG_INFO: spd_level = spdlog::level::info; break;
+    default: spd_level = spdlog::level::debug; break;
+    }
+    spdlog::log(spd_level, "[{}/{}] {}", chain, nf, message);
+}
+
+uint64_t *plugin_counter(serpens_nf_ctx *ctx, const char *name)
+{
+    if (ctx == nullptr || name == nullptr) {
+        return nullptr;
+    }
+    uint64_t *slot = NfContext::of(ctx)->counters.get(name);
+    if (slot == nullptr) {
+        spdlog::error("[{}/{}] counter '{}' refused: at most {} counters per NF", ctx->chain_name,
+                      ctx->nf_name, name, CounterBlock::capacity);
+    }
+    return slot;
+}
+
+} // namespace
+
+serpens_host_api make_host_api(const PacketOps &packets)
+{
+    serpens_host_api api{};
+    api.struct_size = sizeof(serpens_host_api);
+    api.abi_major = SERPENS_ABI_MAJOR;
+    api.abi_minor = SERPENS_ABI_MINOR;
+    api.log = plugin_log;
+    api.now_ns = monotonic_ns;
+    config::install_config_api(api);
+    api.pkt_prepend = packets.prepend;
+    api.pkt_append = packets.append;
+    api.pkt_trim = packets.trim;
+    api.pkt_adj = packets.adj;
+    api.counter = plugin_counter;
+    return api;
+}
+
+} // namespace serpens
