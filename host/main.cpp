@@ -1,1 +1,24 @@
-int main() { return 0; }
+// serpens-host: one per server.  Loads NF plugins, compiles the chains, and
+// runs them on DPDK ports until SIGINT/SIGTERM.
+
+#include "app/host.h"
+
+#include <CLI/CLI.hpp>
+
+int main(int argc, char **argv)
+{
+    serpens::HostOptions options;
+    CLI::App app{"serpens-host: runs service function chains of NF plugins on DPDK ports.\n"
+                 "Everything is configured in host.toml (ports, EAL args, plugin and chain\n"
+                 "directories, gateway rules, instance placement); see conf/host.toml."};
+    app.add_option("-c,--config", options.config_path, "host config file")->required()->check(CLI::ExistingFile);
+    app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error or off (overrides [host])");
+    app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");
+    app.add_option("--idle-exit", options.idle_exit_s,
+                   "stop after this many seconds without a received packet (for pcap replays)");
+    app.add_option("--duration", options.duration_s, "stop after this many seconds");
+    app.add_flag("--check", options.check_only,
+                 "validate host.toml, plugins and chains, print the compiled chains, start nothing");
+    CLI11_PARSE(app, argc, argv);
+    return serpens::run_host(options);
+}

@@ -1,0 +1,372 @@
+#include "app/host.h"
+
+#include "chain/compiled.h"
+#include "chain/runtime.h"
+#include "config/host_config.h"
+#include "core/error.h"
+#include "instance/dataplane.h"
+#include "io/gateway.h"
+#include "io/mbuf.h"
+#include "io/port.h"
+#include "plugin/host_api.h"
+#include "plugin/registry.h"
+
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace serpens {
+namespace {
+
+std::atomic<Dataplane *> running_dataplane{nullptr};
+
+void on_signal(int)
+{
+    // Only an atomic store: async-signal-safe.
+    if (Dataplane *dp = running_dataplane.load()) {
+        dp->stop();
+    }
+}
+
+struct LoadedChains {
+    std::vector<std::shared_ptr<const CompiledChain>> chains; // index = chain tag
+    std::map<std::string, uint32_t> tag_of;
+};
+
+LoadedChains load_chains(const HostConfig &cfg, const PluginRegistry &plugins)
+{
+    LoadedChains loaded;
+    for (const ChainSpec &spec : load_chain_directory(cfg.chains_dir)) {
+        auto chain = compile_chain(spec, plugins);
+        loaded.tag_of[chain->name] = static_cast<uint32_t>(loaded.chains.size());
+        spdlog::info("chain {}", chain->describe());
+        loaded.chains.push_back(std::move(chain));
+    }
+    if (loaded.chains.empty()) {
+        spdlog::warn("no chain in {}: every packet follows the gateway default", cfg.chains_dir);
+    }
+    return loaded;
+}
+
+uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
+{
+    if (chain.egress.empty()) {
+        if (cfg.ports.size() == 1) {
+            return 0;
+        }
+        throw ConfigError(chain.file, "chain '" + chain.name + "' has no 'egress' and the host has " +
+                                          std::to_string(cfg.ports.size()) + " ports: name one");
+    }
+    for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
+        if (cfg.ports[i].name == chain.egress) {
+            return static_cast<uint16_t>(i);
+        }
+    }
+    std::string known;
+    for (const auto &port : cfg.ports) {
+        known += (known.empty() ? "" : ", ") + port.name;
+    }
+    throw ConfigError(chain.file, "chain '" + chain.name + "': egress port '" + chain.egress +
+                                      "' is not a port of " + cfg.file + " (ports: " + known + ")");
+}
+
+struct Placement {
+    std::string chain;
+    uint32_t index;
+    unsigned lcore;
+};
+
+std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains &loaded, bool check_lcores)
+{
+    std::vector<Placement> plan;
+    std::set<std::string> placed;
+    for (const InstanceConfig &ic : cfg.instances) {
+        if (loaded.tag_of.count(ic.chain) == 0) {
+            throw ConfigError(cfg.file, ic.line, 0,
+                              "[[instance]]: unknown chain '" + ic.chain + "' (no chain of that name in " +
+                                  cfg.chains_dir + ")");
+        }
+        if (!placed.insert(ic.chain).second) {
+            throw ConfigError(cfg.file, ic.line, 0, "[[instance]]: chain '" + ic.chain + "' is placed twice");
+        }
+        for (uint32_t i = 0; i < ic.count; ++i) {
+            unsigned lcore = 0;
+            if (ic.lcores.empty()) {
+                lcore = check_lcores ? rte_get_next_lcore(rte_get_main_lcore(), 1, 1) : 0;
+                if (check_lcores && lcore >= RTE_MAX_LCORE) {
+                    lcore = rte_get_main_lcore();
+                }
+            } else {
+                lcore = ic.lcores.size() == 1 ? ic.lcores[0] : ic.lcores[i];
+            }
+            if (check_lcores && lcore != rte_get_main_lcore() && !rte_lcore_is_enabled(lcore)) {
+                throw ConfigError(cfg.file, ic.line, 0,
+                                  "[[instance]] of chain '" + ic.chain + "': lcore " + std::to_string(lcore) +
+                                      " is not enabled (add it to the EAL -l list in [eal] args)");
+            }
+            plan.push_back({ic.chain, i, lcore});
+        }
+    }
+    // A chain a rule sends to but no [[instance]] places gets one instance on
+    // the first worker lcore (the main lcore when there is none).
+    for (const GatewayRuleConfig &rule : cfg.rules) {
+        if (placed.insert(rule.chain).second && loaded.tag_of.count(rule.chain) != 0) {
+            unsigned lcore = 0;
+            if (check_lcores) {
+                lcore = rte_get_next_lcore(rte_get_main_lcore(), 1, 1);
+                if (lcore >= RTE_MAX_LCORE) {
+                    lcore = rte_get_main_lcore();
+                }
+            }
+            plan.push_back({rule.chain, 0, lcore});
+        }
+    }
+    for (const auto &[name, tag] : loaded.tag_of) {
+        if (placed.count(name) == 0) {
+            spdlog::warn("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
+        }
+    }
+    return plan;
+}
+
+void print_stats(const Dataplane &dp, std::FILE *out)
+{
+    std::fprintf(out, "\n=== serpens-host counters ===\n");
+    std::fprintf(out, "%-14s %14s %14s %12s %12s\n", "port", "rx", "tx", "rx_missed", "tx_errors");
+    for (std::size_t p = 0; p < dp.ports().size(); ++p) {
+        const Dataplane::PortTotals &totals = dp.port_totals()[p];
+        std::fprintf(out, "%-14s %14lu %14lu %12lu %12lu\n", dp.ports()[p].name.c_str(),
+                     static_cast<unsigned long>(dp.counters().rx[p].load()), static_cast<unsigned long>(totals.tx),
+                     static_cast<unsigned long>(totals.rx_missed), static_cast<unsigned long>(totals.tx_errors));
+    }
+    const DispatchCounters &c = dp.counters();
+    std::fprintf(out, "\nparser:");
+    for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
+        uint64_t v = c.parse.by_result[r];
+        if (v != 0) {
+            std::fprintf(out, " %s=%lu", net::parse_result_name(static_cast<net::ParseResult>(r)),
+                         static_cast<unsigned long>(v));
+        }
+    }
+    std::fprintf(out, "\ndispatch: malformed_dropped=%lu unmatched_dropped=%lu unmatched_passed=%lu "
+                      "no_instance=%lu ring_full=%lu linearize_failed=%lu default_tx_dropped=%lu\n",
+                 static_cast<unsigned long>(c.malformed_dropped.load()),
+                 static_cast<unsigned long>(c.unmatched_dropped.load()),
+                 static_cast<unsigned long>(c.unmatched_passed.load()),
+                 static_cast<unsigned long>(c.no_instance.load()), static_cast<unsigned long>(c.ring_full.load()),
+                 static_cast<unsigned long>(c.linearize_failed.load()),
+                 static_cast<unsigned long>(c.default_tx_dropped.load()));
+    std::fprintf(out, "\n%-24s %14s\n", "gateway rule", "matched");
+    for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
+        std::fprintf(out, "%-24s %14lu\n", dp.gateway().rules()[r].name.c_str(),
+                     static_cast<unsigned long>(dp.gateway().matches(r)));
+    }
+    std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(dp.gateway().unmatched()));
+
+    std::fprintf(out, "\n%-20s %4s %6s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "packets", "out",
+                 "dropped", "tx_dropped");
+    for (const auto &slot : dp.instances()) {
+        std::fprintf(out, "%-20s %4u %6u %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index,
+                     slot->lcore, static_cast<unsigned long>(slot->packets.load()),
+                     static_cast<unsigned long>(slot->out.load()), static_cast<unsigned long>(slot->dropped.load()),
+                     static_cast<unsigned long>(slot->tx_dropped.load()));
+    }
+    std::fprintf(out, "\n%-20s %-12s %14s %12s  %s\n", "chain/nf", "plugin", "packets", "dropped", "nf counters");
+    for (const auto &slot : dp.instances()) {
+        const ChainInstance &ci = *slot->chain;
+        for (std::size_t i = 0; i < ci.size(); ++i) {
+            const NfContext &ctx = ci.context(i);
+            std::string counters;
+            for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
+                counters += ctx.counters.name(k) + "=" + std::to_string(ctx.counters.value(k)) + " ";
+            }
+            std::string name = slot->chain_name + "#" + std::to_string(slot->index) + "/" + ctx.nf_name;
+            std::fprintf(out, "%-20s %-12s %14lu %12lu  %s\n", name.c_str(), ctx.desc->name,
+                         static_cast<unsigned long>(ci.stats(i).packets.load()),
+                         static_cast<unsigned long>(ci.stats(i).dropped.load()), counters.c_str());
+        }
+    }
+    std::fflush(out);
+}
+
+std::string json_escape(const std::string &s)
+{
+    std::string out;
+    for (char ch : s) {
+        if (ch == '"' || ch == '\\') {
+            out += '\\';
+        }
+        out += ch;
+    }
+    return out;
+}
+
+void write_stats_json(const Dataplane &dp, const std::string &path)
+{
+    std::ostringstream j;
+    const DispatchCounters &c = dp.counters();
+    j << "{\n  \"ports\": [";
+    for (std::size_t p = 0; p < dp.ports().size(); ++p) {
+        j << (p ? ", " : "") << "{\"name\": \"" << json_escape(dp.ports()[p].name) << "\", \"rx\": " << c.rx[p].load()
+          << ", \"tx\": " << dp.port_totals()[p].tx << ", \"rx_missed\": " << dp.port_totals()[p].rx_missed
+          << ", \"tx_errors\": " << dp.port_totals()[p].tx_errors << "}";
+    }
+    j << "],\n  \"parser\": {";
+    for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
+        j << (r ? ", " : "") << "\"" << net::parse_result_name(static_cast<net::ParseResult>(r))
+          << "\": " << c.parse.by_result[r];
+    }
+    j << "},\n  \"dispatch\": {\"malformed_dropped\": " << c.malformed_dropped.load()
+      << ", \"unmatched_dropped\": " << c.unmatched_dropped.load()
+      << ", \"unmatched_passed\": " << c.unmatched_passed.load() << ", \"no_instance\": " << c.no_instance.load()
+      << ", \"ring_full\": " << c.ring_full.load() << ", \"linearize_failed\": " << c.linearize_failed.load()
+      << ", \"default_tx_dropped\": " << c.default_tx_dropped.load() << "},\n  \"rules\": {";
+    for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
+        j << (r ? ", " : "") << "\"" << json_escape(dp.gateway().rules()[r].name) << "\": " << dp.gateway().matches(r);
+    }
+    j << "},\n  \"unmatched\": " << dp.gateway().unmatched() << ",\n  \"instances\": [";
+    bool first = true;
+    for (const auto &slot : dp.instances()) {
+        j << (first ? "\n    " : ",\n    ") << "{\"chain\": \"" << json_escape(slot->chain_name)
+          << "\", \"index\": " << slot->index << ", \"lcore\": " << slot->lcore
+          << ", \"packets\": " << slot->packets.load() << ", \"out\": " << slot->out.load()
+          << ", \"dropped\": " << slot->dropped.load() << ", \"tx_dropped\": " << slot->tx_dropped.load()
+          << ", \"nfs\": [";
+        first = false;
+        const ChainInstance &ci = *slot->chain;
+        for (std::size_t i = 0; i < ci.size(); ++i) {
+            const NfContext &ctx = ci.context(i);
+            j << (i ? ", " : "") << "{\"name\": \"" << json_escape(ctx.nf_name) << "\", \"plugin\": \""
+              << json_escape(ctx.desc->name) << "\", \"packets\": " << ci.stats(i).packets.load()
+              << ", \"dropped\": " << ci.stats(i).dropped.load() << ", \"counters\": {";
+            for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
+                j << (k ? ", " : "") << "\"" << json_escape(ctx.counters.name(k)) << "\": " << ctx.counters.value(k);
+            }
+            j << "}}";
+        }
+        j << "]}";
+    }
+    j << "\n  ]\n}\n";
+    std::ofstream(path) << j.str();
+}
+
+} // namespace
+
+int run_host(const HostOptions &options)
+{
+    HostConfig cfg;
+    PluginRegistry plugins;
+    LoadedChains loaded;
+    try {
+        cfg = load_host_config(options.config_path);
+        spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
+        plugins.load_directory(cfg.plugin_dir);
+        loaded = load_chains(cfg, plugins);
+        for (const auto &chain : loaded.chains) {
+            egress_port_of(cfg, *chain);
+        }
+        for (const GatewayRuleConfig &rule : cfg.rules) {
+            if (loaded.tag_of.count(rule.chain) == 0) {
+                throw ConfigError(cfg.file, rule.line, 0,
+                                  "[[gateway.rule]] '" + rule.name + "': unknown chain '" + rule.chain +
+                                      "' (no chain of that name in " + cfg.chains_dir + ")");
+            }
+        }
+        plan_instances(cfg, loaded, false);
+    } catch (const ConfigError &e) {
+        std::fprintf(stderr, "serpens-host: %s\n", e.what());
+        return 2;
+    } catch (const Error &e) {
+        std::fprintf(stderr, "serpens-host: %s\n", e.what());
+        return 2;
+    }
+    if (options.check_only) {
+        std::printf("%s: OK — %zu plugin(s), %zu chain(s), %zu port(s), %zu gateway rule(s)\n",
+                    cfg.file.c_str(), plugins.size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size());
+        for (const auto &chain : loaded.chains) {
+            std::printf("  chain %s\n", chain->describe().c_str());
+        }
+        return plugins.refusals().empty() ? 0 : 1;
+    }
+
+    int exit_code = 0;
+    std::vector<io::Port> ports;
+    try {
+        io::start_eal(cfg, "serpens-host");
+        io::register_packet_meta();
+        rte_mempool *pool = io::create_mbuf_pool(cfg);
+        std::vector<Placement> plan = plan_instances(cfg, loaded, true);
+        std::set<unsigned> tx_lcores{rte_get_main_lcore()};
+        for (const Placement &p : plan) {
+            tx_lcores.insert(p.lcore);
+        }
+        ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()));
+
+        auto port_index = [&](const std::string &name) -> int32_t {
+            for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
+                if (cfg.ports[i].name == name) {
+                    return static_cast<int32_t>(i);
+                }
+            }
+            return -1;
+        };
+        auto chain_tag = [&](const std::string &name) -> int32_t {
+            auto it = loaded.tag_of.find(name);
+            return it == loaded.tag_of.end() ? -1 : static_cast<int32_t>(it->second);
+        };
+        io::Gateway gateway(cfg, chain_tag, port_index);
+
+        DataplaneOptions dp_options;
+        dp_options.burst = cfg.burst;
+        dp_options.drop_malformed = cfg.parse_malformed == "drop";
+        dp_options.wake_deadline_us = cfg.wake_deadline_us;
+        dp_options.idle_sleep_us = cfg.idle_sleep_us;
+        dp_options.idle_exit_s = options.idle_exit_s;
+        dp_options.duration_s = options.duration_s;
+        static const serpens_host_api api = make_host_api(io::mbuf_packet_ops());
+        {
+            Dataplane dataplane(ports, std::move(gateway), dp_options);
+            dataplane.wake_threshold().store(cfg.wake_threshold);
+            for (const Placement &p : plan) {
+                uint32_t tag = loaded.tag_of.at(p.chain);
+                const auto &chain = loaded.chains[tag];
+                auto instance = std::make_unique<ChainInstance>(chain, p.index, &api);
+                dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain),
+                                       std::move(instance), cfg.ring_size);
+                spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
+            }
+            running_dataplane.store(&dataplane);
+            std::signal(SIGINT, on_signal);
+            std::signal(SIGTERM, on_signal);
+            spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);
+            dataplane.run();
+            running_dataplane.store(nullptr);
+            io::stop_ports(ports); // flushes pcap output before anyone reads it
+            ports.clear();
+            print_stats(dataplane, stdout);
+            if (!options.stats_json.empty()) {
+                write_stats_json(dataplane, options.stats_json);
+            }
+        } // chain instances are finalized here, after the lcores stopped
+    } catch (const ConfigError &e) {
+        std::fprintf(stderr, "serpens-host: %s\n", e.what());
+        exit_code = 2;
+    } catch (const Error &e) {
+        std::fprintf(stderr, "serpens-host: %s\n", e.what());
+        exit_code = 1;
+    }
+    io::stop_ports(ports);
+    rte_eal_cleanup();
+    return exit_code;
+}
+
+} // namespace serpens

@@ -1,0 +1,265 @@
+#include "config/host_config.h"
+
+#include "config/toml_reader.h"
+
+#include <algorithm>
+#include <charconv>
+#include <filesystem>
+#include <map>
+
+namespace serpens {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string resolve(const fs::path &base, const std::string &value)
+{
+    fs::path p(value);
+    return (p.is_relative() ? base / p : p).lexically_normal().string();
+}
+
+uint32_t line_of(const toml::node &node)
+{
+    return node.source().begin.line;
+}
+
+std::optional<uint8_t> parse_proto(config::TableReader &reader)
+{
+    const toml::node *node = reader.table().get("proto");
+    if (node == nullptr) {
+        reader.optional_string("proto"); // registers the key as known
+        return std::nullopt;
+    }
+    if (node->is_integer()) {
+        return static_cast<uint8_t>(reader.integer_or("proto", 0, 0, 255));
+    }
+    std::string name = reader.required_string("proto");
+    static const std::map<std::string, uint8_t> names = {
+        {"icmp", 1}, {"tcp", 6}, {"udp", 17}, {"icmpv6", 58}, {"esp", 50}, {"gre", 47}, {"sctp", 132}};
+    auto it = names.find(name);
+    if (it == names.end()) {
+        reader.fail("proto", "'proto' must be tcp, udp, icmp, icmpv6, esp, gre, sctp or a number 0..255, not '" +
+                                 name + "'");
+    }
+    return it->second;
+}
+
+std::optional<PortRange> parse_port_range(config::TableReader &reader, std::string_view key)
+{
+    const toml::node *node = reader.table().get(key);
+    if (node == nullptr) {
+        reader.optional_string(key);
+        return std::nullopt;
+    }
+    if (node->is_integer()) {
+        auto port = static_cast<uint16_t>(reader.integer_or(key, 0, 0, 65535));
+        return PortRange{port, port};
+    }
+    std::string text = reader.required_string(key);
+    auto dash = text.find('-');
+    PortRange range;
+    auto parse = [&](std::string_view part, uint16_t &out) {
+        unsigned value = 0;
+        auto [ptr, ec] = std::from_chars(part.data(), part.data() + part.size(), value);
+        if (ec != std::errc() || ptr != part.data() + part.size() || value > 65535) {
+            reader.fail(key, "'" + std::string(key) + "' must be a port (0..65535) or a range \"low-high\", not '" +
+                                 text + "'");
+        }
+        out = static_cast<uint16_t>(value);
+    };
+    if (dash == std::string::npos) {
+        parse(text, range.low);
+        range.high = range.low;
+    } else {
+        parse(std::string_view(text).substr(0, dash), range.low);
+        parse(std::string_view(text).substr(dash + 1), range.high);
+    }
+    if (range.low > range.high) {
+        reader.fail(key, "'" + std::string(key) + "' range \"" + text + "\" is empty (low > high)");
+    }
+    return range;
+}
+
+} // namespace
+
+HostConfig load_host_config(const std::string &path)
+{
+    if (!fs::exists(path)) {
+        throw ConfigError(path, "no such file (give the host config with --config)");
+    }
+    toml::table root = config::parse_file(path);
+    const fs::path base = fs::path(path).parent_path();
+    HostConfig cfg;
+    cfg.file = path;
+
+    config::TableReader top(root, path, "host config");
+    top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance"});
+
+    if (const toml::table *t = top.optional_table("host")) {
+        config::TableReader r(*t, path, "[host]");
+        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir"});
+        cfg.id = r.string_or("id", cfg.id);
+        if (cfg.id.empty() || cfg.id.find('/') != std::string::npos) {
+            r.fail("id", "'id' must be a non-empty name without '/'");
+        }
+        cfg.log_level = r.string_or("log_level", cfg.log_level);
+        static const char *levels[] = {"trace", "debug", "info", "warn", "error", "off"};
+        if (std::find(std::begin(levels), std::end(levels), cfg.log_level) == std::end(levels)) {
+            r.fail("log_level", "'log_level' must be one of trace, debug, info, warn, error, off");
+        }
+        cfg.plugin_dir = r.string_or("plugin_dir", cfg.plugin_dir);
+        cfg.chains_dir = r.string_or("chains_dir", cfg.chains_dir);
+        cfg.state_dir = r.string_or("state_dir", "");
+    }
+    cfg.plugin_dir = resolve(base, cfg.plugin_dir);
+    cfg.chains_dir = resolve(base, cfg.chains_dir);
+    if (cfg.state_dir.empty()) {
+        cfg.state_dir = "/dev/shm/serpens/" + cfg.id;
+    } else {
+        cfg.state_dir = resolve(base, cfg.state_dir);
+    }
+    if (!fs::is_directory(cfg.plugin_dir)) {
+        const toml::node *node = root.at_path("host.plugin_dir").node();
+        std::string message = "plugin directory " + cfg.plugin_dir + " does not exist (set [host] plugin_dir)";
+        if (node != nullptr) {
+            config::fail_at(path, node->source(), message);
+        }
+        throw ConfigError(path, message);
+    }
+    if (!fs::is_directory(cfg.chains_dir)) {
+        const toml::node *node = root.at_path("host.chains_dir").node();
+        std::string message = "chains directory " + cfg.chains_dir + " does not exist (set [host] chains_dir)";
+        if (node != nullptr) {
+            config::fail_at(path, node->source(), message);
+        }
+        throw ConfigError(path, message);
+    }
+
+    if (const toml::table *t = top.optional_table("eal")) {
+        config::TableReader r(*t, path, "[eal]");
+        r.allow_only({"args"});
+        cfg.eal_args = r.string_array("args");
+    }
+
+    if (const toml::table *t = top.optional_table("mempool")) {
+        config::TableReader r(*t, path, "[mempool]");
+        r.allow_only({"mbufs", "cache", "data_room"});
+        cfg.mbufs = static_cast<uint32_t>(r.integer_or("mbufs", cfg.mbufs, 1023, 16 * 1024 * 1024));
+        cfg.mbuf_cache = static_cast<uint32_t>(r.integer_or("cache", cfg.mbuf_cache, 0, 512));
+        cfg.mbuf_data_room = static_cast<uint32_t>(r.integer_or("data_room", cfg.mbuf_data_room, 256, 65535));
+    }
+
+    std::map<std::string, uint32_t> port_lines;
+    for (const toml::table *t : top.table_array("port")) {
+        config::TableReader r(*t, path, "[[port]]");
+        r.allow_only({"name", "device", "rx_descriptors", "tx_descriptors", "promiscuous"});
+        PortConfig port;
+        port.name = r.required_string("name");
+        port.device = r.required_string("device");
+        port.rx_descriptors = static_cast<uint16_t>(r.integer_or("rx_descriptors", port.rx_descriptors, 64, 32768));
+        port.tx_descriptors = static_cast<uint16_t>(r.integer_or("tx_descriptors", port.tx_descriptors, 64, 32768));
+        port.promiscuous = r.bool_or("promiscuous", port.promiscuous);
+        port.line = line_of(*t);
+        if (!port_lines.emplace(port.name, port.line).second) {
+            r.fail("name", "port name '" + port.name + "' is already used at line " +
+                               std::to_string(port_lines[port.name]));
+        }
+        cfg.ports.push_back(std::move(port));
+    }
+    if (cfg.ports.empty()) {
+        top.fail_table("no [[port]]: a host needs at least one port (a PCI address or a vdev such as "
+                       "\"net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap\")");
+    }
+    auto check_port = [&](config::TableReader &r, std::string_view key, const std::string &name) {
+        if (port_lines.count(name) == 0) {
+            std::string known;
+            for (const auto &[n, line] : port_lines) {
+                known += (known.empty() ? "" : ", ") + n;
+            }
+            r.fail(key, "unknown port '" + name + "' (ports: " + known + ")");
+        }
+    };
+
+    if (const toml::table *t = top.optional_table("parser")) {
+        config::TableReader r(*t, path, "[parser]");
+        r.allow_only({"malformed"});
+        cfg.parse_malformed = r.string_or("malformed", cfg.parse_malformed);
+        if (cfg.parse_malformed != "drop" && cfg.parse_malformed != "pass") {
+            r.fail("malformed", "'malformed' must be \"drop\" or \"pass\"");
+        }
+    }
+
+    if (const toml::table *t = top.optional_table("gateway")) {
+        config::TableReader r(*t, path, "[gateway]");
+        r.allow_only({"default", "rule"});
+        cfg.gateway_default = r.string_or("default", cfg.gateway_default);
+        if (cfg.gateway_default != "drop") {
+            check_port(r, "default", cfg.gateway_default);
+        }
+        std::map<std::string, uint32_t> rule_lines;
+        for (const toml::table *rt : r.table_array("rule")) {
+            config::TableReader rr(*rt, path, "[[gateway.rule]]");
+            rr.allow_only({"name", "chain", "in_port", "src", "dst", "proto", "src_port", "dst_port", "vlan"});
+            GatewayRuleConfig rule;
+            rule.line = line_of(*rt);
+            rule.chain = rr.required_string("chain");
+            rule.name = rr.string_or("name", "rule" + std::to_string(cfg.rules.size() + 1));
+            if (!rule_lines.emplace(rule.name, rule.line).second) {
+                rr.fail("name", "rule name '" + rule.name + "' is already used at line " +
+                                    std::to_string(rule_lines[rule.name]));
+            }
+            rule.in_port = rr.optional_string("in_port");
+            if (rule.in_port) {
+                check_port(rr, "in_port", *rule.in_port);
+            }
+            rule.src = rr.optional_string("src");
+            rule.dst = rr.optional_string("dst");
+            rule.proto = parse_proto(rr);
+            rule.src_ports = parse_port_range(rr, "src_port");
+            rule.dst_ports = parse_port_range(rr, "dst_port");
+            if (auto vlan = rr.optional_integer("vlan", 0, 4095)) {
+                rule.vlan = static_cast<uint16_t>(*vlan);
+            }
+            cfg.rules.push_back(std::move(rule));
+        }
+    }
+
+    if (const toml::table *t = top.optional_table("instances")) {
+        config::TableReader r(*t, path, "[instances]");
+        r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us"});
+        cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
+        cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
+        if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
+            r.fail("ring_size", "'ring_size' must be a power of two");
+        }
+        cfg.wake_threshold = static_cast<uint32_t>(r.integer_or("wake_threshold", cfg.wake_threshold, 1, 1 << 20));
+        cfg.wake_deadline_us =
+            static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));
+        cfg.idle_sleep_us = static_cast<uint32_t>(r.integer_or("idle_sleep_us", cfg.idle_sleep_us, 0, 1000000));
+    }
+
+    for (const toml::table *t : top.table_array("instance")) {
+        config::TableReader r(*t, path, "[[instance]]");
+        r.allow_only({"chain", "count", "lcores"});
+        InstanceConfig inst;
+        inst.line = line_of(*t);
+        inst.chain = r.required_string("chain");
+        inst.count = static_cast<uint32_t>(r.integer_or("count", 1, 1, 1024));
+        if (const toml::array *lcores = r.optional_array("lcores")) {
+            for (const toml::node &n : *lcores) {
+                if (!n.is_integer() || n.as_integer()->get() < 0 || n.as_integer()->get() >= 1024) {
+                    r.fail(n, "'lcores' must hold lcore ids 0..1023");
+                }
+                inst.lcores.push_back(static_cast<uint32_t>(n.as_integer()->get()));
+            }
+        }
+        if (!inst.lcores.empty() && inst.lcores.size() != 1 && inst.lcores.size() != inst.count) {
+            r.fail("lcores", "'lcores' must name one lcore for all instances or one per instance (count = " +
+                                 std::to_string(inst.count) + ")");
+        }
+        cfg.instances.push_back(std::move(inst));
+    }
+    return cfg;
+}
+
+} // namespace serpens

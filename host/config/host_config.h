@@ -1,0 +1,78 @@
+#pragma once
+// host.toml: everything one serpens-host needs.  Every key has a default; the
+// shipped conf/host.toml documents each one.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace serpens {
+
+struct PortConfig {
+    std::string name;         // how chains and rules refer to the port
+    std::string device;       // a DPDK vdev string ("net_pcap0,rx_pcap=...") or a PCI address
+    uint16_t rx_descriptors = 1024;
+    uint16_t tx_descriptors = 1024;
+    bool promiscuous = true;
+    uint32_t line;            // where it was declared, for later errors
+};
+
+struct PortRange {
+    uint16_t low = 0;
+    uint16_t high = 65535;
+};
+
+struct GatewayRuleConfig {
+    std::string name;
+    std::string chain;
+    std::optional<std::string> in_port;
+    std::optional<std::string> src;  // prefix, v4 or v6
+    std::optional<std::string> dst;
+    std::optional<uint8_t> proto;    // IPPROTO_* number
+    std::optional<PortRange> src_ports;
+    std::optional<PortRange> dst_ports;
+    std::optional<uint16_t> vlan;
+    uint32_t line = 0;
+};
+
+struct InstanceConfig {
+    std::string chain;
+    uint32_t count = 1;
+    std::vector<uint32_t> lcores; // one per instance, or one shared by all
+    uint32_t line = 0;
+};
+
+struct HostConfig {
+    std::string file;            // the host.toml path, for messages
+    std::string id = "serpens";  // names this host's shared-memory state
+    std::string log_level = "info";
+    std::string plugin_dir = "plugins";
+    std::string chains_dir = "chains";
+    std::string state_dir;       // default /dev/shm/serpens/<id>
+
+    std::vector<std::string> eal_args;
+
+    uint32_t mbufs = 8191;
+    uint32_t mbuf_cache = 256;
+    uint32_t mbuf_data_room = 2048 + 128;
+
+    std::vector<PortConfig> ports;
+
+    std::string parse_malformed = "drop"; // or "pass": classified without L3/L4
+    std::string gateway_default = "drop"; // or a port name: unmatched traffic leaves there
+    std::vector<GatewayRuleConfig> rules;
+
+    uint32_t burst = 32;
+    uint32_t ring_size = 4096;
+    uint32_t wake_threshold = 128;
+    uint32_t wake_deadline_us = 1000;
+    uint32_t idle_sleep_us = 1000;
+    std::vector<InstanceConfig> instances;
+};
+
+// Parses and validates a host.toml.  Relative paths resolve against the file's
+// directory.  Throws ConfigError (file:line:col: what was expected).
+HostConfig load_host_config(const std::string &path);
+
+} // namespace serpens

@@ -1,0 +1,453 @@
+#include "instance/dataplane.h"
+
+#include "core/error.h"
+#include "core/pkt_view.h"
+#include "io/mbuf.h"
+#include "plugin/host_api.h"
+
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <thread>
+
+namespace serpens {
+
+Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options)
+    : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
+{
+    _counters.rx = std::vector<Counter>(_ports.size());
+    _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
+    auto main_lcore = std::make_unique<Lcore>();
+    main_lcore->id = rte_get_main_lcore();
+    main_lcore->main = true;
+    _lcores.push_back(std::move(main_lcore));
+}
+
+Dataplane::~Dataplane()
+{
+    for (auto &slot : _instances) {
+        rte_ring_free(slot->ring);
+    }
+    for (rte_ring *ring : _tx_rings) {
+        rte_ring_free(ring);
+    }
+}
+
+Dataplane::Lcore &Dataplane::lcore_state(unsigned id)
+{
+    for (auto &lcore : _lcores) {
+        if (lcore->id == id) {
+            return *lcore;
+        }
+    }
+    auto lcore = std::make_unique<Lcore>();
+    lcore->id = id;
+    _lcores.push_back(std::move(lcore));
+    return *_lcores.back();
+}
+
+InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore,
+                                      uint16_t egress, std::unique_ptr<ChainInstance> chain, uint32_t ring_size)
+{
+    if (lcore != rte_get_main_lcore() && !rte_lcore_is_enabled(lcore)) {
+        throw Error("chain '" + chain_name + "' instance " + std::to_string(index) + ": lcore " +
+                    std::to_string(lcore) + " is not enabled; list it in the EAL -l argument");
+    }
+    auto slot = std::make_unique<InstanceSlot>();
+    slot->chain_name = std::move(chain_name);
+    slot->chain_tag = tag;
+    slot->index = index;
+    slot->lcore = lcore;
+    slot->egress = egress;
+    slot->chain = std::move(chain);
+    std::string ring_name = "sp_i" + std::to_string(_instances.size());
+    // One producer (the dispatcher) and one consumer (the instance's lcore).
+    slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()),
+                                 RING_F_SP_ENQ | RING_F_SC_DEQ);
+    if (slot->ring == nullptr) {
+        throw Error("cannot create the ring of chain '" + slot->chain_name + "' instance " +
+                    std::to_string(index) + ": " + rte_strerror(rte_errno));
+    }
+    lcore_state(lcore).instances.push_back(slot.get());
+    _instances.push_back(std::move(slot));
+    return *_instances.back();
+}
+
+void Dataplane::build_routes()
+{
+    auto table = std::make_unique<io::RouteTable>();
+    for (const auto &slot : _instances) {
+        if (table->by_tag.size() <= slot->chain_tag) {
+            table->by_tag.resize(slot->chain_tag + 1);
+        }
+        table->by_tag[slot->chain_tag].push_back({slot->ring, &lcore_state(slot->lcore).wakeup});
+    }
+    _router.publish(std::move(table));
+
+    // TX paths: the main lcore owns queue 0 of every port; each worker lcore
+    // takes the next queue, and shares the port's TX ring when none is left.
+    _tx_rings.assign(_ports.size(), nullptr);
+    uint16_t next_queue = 1;
+    for (auto &lcore : _lcores) {
+        lcore->tx.resize(_ports.size());
+        uint16_t queue = lcore->main ? 0 : next_queue++;
+        for (std::size_t p = 0; p < _ports.size(); ++p) {
+            TxPath &path = lcore->tx[p];
+            path.port_id = _ports[p].id;
+            if (queue < _ports[p].tx_queues) {
+                path.queue = queue;
+                continue;
+            }
+            if (_tx_rings[p] == nullptr) {
+                std::string name = "sp_tx" + std::to_string(p);
+                _tx_rings[p] = rte_ring_create(name.c_str(), 4096, static_cast<int>(rte_socket_id()),
+                                               RING_F_SC_DEQ);
+                if (_tx_rings[p] == nullptr) {
+                    throw Error("cannot create the TX ring of port '" + _ports[p].name + "'");
+                }
+                spdlog::info("port '{}' has {} TX queue(s) for {} lcores: extra lcores transmit through "
+                             "the main lcore",
+                             _ports[p].name, _ports[p].tx_queues, _lcores.size());
+            }
+            path.ring = _tx_rings[p];
+        }
+    }
+}
+
+void Dataplane::transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
+{
+    const TxPath &path = lcore.tx[port_index];
+    uint16_t sent = 0;
+    if (path.queue >= 0) {
+        // A few retries absorb a momentarily full descriptor ring.
+        for (int attempt = 0; attempt < 4 && sent < n; ++attempt) {
+            sent += rte_eth_tx_burst(path.port_id, static_cast<uint16_t>(path.queue), mbufs + sent,
+                                     static_cast<uint16_t>(n - sent));
+        }
+    } else {
+        sent = static_cast<uint16_t>(
+            rte_ring_enqueue_burst(path.ring, reinterpret_cast<void *const *>(mbufs), n, nullptr));
+    }
+    if (sent < n) {
+        rte_pktmbuf_free_bulk(mbufs + sent, n - sent);
+        bump(dropped, n - sent);
+    }
+}
+
+uint32_t Dataplane::drain_tx_rings()
+{
+    uint32_t moved = 0;
+    Lcore &main = *_lcores.front();
+    for (std::size_t p = 0; p < _tx_rings.size(); ++p) {
+        if (_tx_rings[p] == nullptr) {
+            continue;
+        }
+        rte_mbuf *mbufs[max_burst];
+        unsigned n = rte_ring_dequeue_burst(_tx_rings[p], reinterpret_cast<void **>(mbufs), _options.burst, nullptr);
+        if (n > 0) {
+            transmit(main, static_cast<uint16_t>(p), mbufs, static_cast<uint16_t>(n), _counters.default_tx_dropped);
+            moved += n;
+        }
+    }
+    return moved;
+}
+
+uint32_t Dataplane::dispatch(uint16_t port_index)
+{
+    rte_mbuf *mbufs[max_burst];
+    const uint16_t port_id = _ports[port_index].id;
+    const uint16_t n = rte_eth_rx_burst(port_id, 0, mbufs, static_cast<uint16_t>(_options.burst));
+    if (n == 0) {
+        return 0;
+    }
+    bump(_counters.rx[port_index], n);
+    const io::RouteTable *routes = _router.current();
+
+    // Per-target staging, so each ring gets one burst enqueue.
+    struct Stage {
+        const io::RouteTarget *target;
+        uint16_t count;
+        rte_mbuf *mbufs[max_burst];
+    };
+    Stage stages[8];
+    uint32_t n_stages = 0;
+    rte_mbuf *passthrough[max_burst];
+    uint16_t n_pass = 0;
+    rte_mbuf *drops[max_burst];
+    uint16_t n_drop = 0;
+
+    auto flush_stage = [&](Stage &stage) {
+        unsigned queued = rte_ring_enqueue_burst(stage.target->ring, reinterpret_cast<void *const *>(stage.mbufs),
+                                                 stage.count, nullptr);
+        if (queued < stage.count) {
+            bump(_counters.ring_full, stage.count - queued);
+            for (unsigned i = queued; i < stage.count; ++i) {
+                drops[n_drop++] = stage.mbufs[i];
+            }
+        }
+        if (stage.target->wakeup->sleeping() &&
+            rte_ring_count(stage.target->ring) >= _wake_threshold.load(std::memory_order_relaxed)) {
+            stage.target->wakeup->wake();
+        }
+        stage.count = 0;
+    };
+
+    for (uint16_t i = 0; i < n; ++i) {
+        rte_mbuf *m = mbufs[i];
+        if (m->nb_segs > 1 && rte_pktmbuf_linearize(m) != 0) {
+            bump(_counters.linearize_failed);
+            drops[n_drop++] = m;
+            continue;
+        }
+        serpens_pkt view = unparsed_view(rte_pktmbuf_mtod(m, uint8_t *), m->data_len, m);
+        net::FlowKey key;
+        const net::ParseResult result = net::parse_packet(view.data, view.len, view, key);
+        _counters.parse.count(result);
+        const bool malformed = net::is_malformed(result);
+        if (malformed && _options.drop_malformed) {
+            bump(_counters.malformed_dropped);
+            drops[n_drop++] = m;
+            continue;
+        }
+        const bool parsed = result == net::ParseResult::ok;
+        const int32_t rule = _gateway.classify(port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
+                                               parsed, key);
+        if (rule == io::gateway_no_match) {
+            if (_gateway.default_port() >= 0) {
+                bump(_counters.unmatched_passed);
+                passthrough[n_pass++] = m;
+            } else {
+                bump(_counters.unmatched_dropped);
+                drops[n_drop++] = m;
+            }
+            continue;
+        }
+        const uint32_t tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
+        const io::RouteTarget *target = routes != nullptr ? routes->route(tag, view.flow_hash) : nullptr;
+        if (target == nullptr) {
+            bump(_counters.no_instance);
+            drops[n_drop++] = m;
+            continue;
+        }
+        io::store_meta(m, view, tag);
+        Stage *stage = nullptr;
+        for (uint32_t s = 0; s < n_stages; ++s) {
+            if (stages[s].target == target) {
+                stage = &stages[s];
+                break;
+            }
+        }
+        if (stage == nullptr) {
+            if (n_stages == std::size(stages)) {
+                flush_stage(stages[0]); // rare: more targets in one burst than stages
+                stages[0].target = target;
+                stage = &stages[0];
+            } else {
+                stage = &stages[n_stages++];
+                stage->target = target;
+                stage->count = 0;
+            }
+        }
+        stage->mbufs[stage->count++] = m;
+    }
+    for (uint32_t s = 0; s < n_stages; ++s) {
+        if (stages[s].count > 0) {
+            flush_stage(stages[s]);
+        }
+    }
+    if (n_pass > 0) {
+        transmit(*_lcores.front(), static_cast<uint16_t>(_gateway.default_port()), passthrough, n_pass,
+                 _counters.default_tx_dropped);
+    }
+    if (n_drop > 0) {
+        rte_pktmbuf_free_bulk(drops, n_drop);
+    }
+    return n;
+}
+
+uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot)
+{
+    rte_mbuf *mbufs[max_burst];
+    const unsigned n = rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.burst, nullptr);
+    if (n == 0) {
+        return 0;
+    }
+    serpens_pkt views[max_burst];
+    uint16_t labels[max_burst];
+    for (unsigned i = 0; i < n; ++i) {
+        io::load_view(mbufs[i], views[i]);
+    }
+    slot.chain->run(views, n, labels, monotonic_ns());
+
+    rte_mbuf *out[max_burst];
+    rte_mbuf *drops[max_burst];
+    uint16_t n_out = 0;
+    uint16_t n_drop = 0;
+    for (unsigned i = 0; i < n; ++i) {
+        if (labels[i] == SERPENS_LABEL_OUT) {
+            out[n_out++] = mbufs[i];
+        } else {
+            drops[n_drop++] = mbufs[i];
+        }
+    }
+    bump(slot.packets, n);
+    bump(slot.batches);
+    bump(slot.dropped, n_drop);
+    bump(slot.out, n_out);
+    if (n_drop > 0) {
+        rte_pktmbuf_free_bulk(drops, n_drop);
+    }
+    if (n_out > 0) {
+        transmit(lcore, slot.egress, out, n_out, slot.tx_dropped);
+    }
+    return n;
+}
+
+int Dataplane::worker_entry(void *arg)
+{
+    auto *self = static_cast<Dataplane *>(arg);
+    unsigned id = rte_lcore_id();
+    for (auto &lcore : self->_lcores) {
+        if (lcore->id == id) {
+            self->worker_loop(*lcore);
+        }
+    }
+    return 0;
+}
+
+void Dataplane::worker_loop(Lcore &lcore)
+{
+    // Spins this many empty polls (a few µs) before sleeping: short gaps in
+    // traffic do not pay for a futex round trip.
+    constexpr uint32_t spin_polls = 2048;
+    uint32_t idle = 0;
+    for (;;) {
+        uint32_t work = 0;
+        for (InstanceSlot *slot : lcore.instances) {
+            work += serve(lcore, *slot);
+        }
+        if (work > 0) {
+            idle = 0;
+            continue;
+        }
+        bool empty = true;
+        for (InstanceSlot *slot : lcore.instances) {
+            empty = empty && rte_ring_empty(slot->ring);
+        }
+        if (empty && _rx_stopped.load(std::memory_order_acquire)) {
+            break;
+        }
+        if (++idle < spin_polls) {
+            rte_pause();
+            continue;
+        }
+        lcore.wakeup.prepare_sleep();
+        empty = true;
+        for (InstanceSlot *slot : lcore.instances) {
+            empty = empty && rte_ring_empty(slot->ring);
+        }
+        if (!empty) {
+            lcore.wakeup.cancel_sleep();
+            continue;
+        }
+        lcore.wakeup.wait(_options.wake_deadline_us);
+    }
+    lcore.done.store(true, std::memory_order_release);
+}
+
+void Dataplane::main_loop(Lcore &lcore)
+{
+    const uint64_t start = monotonic_ns();
+    uint64_t last_rx = start;
+    uint32_t idle = 0;
+    for (;;) {
+        const uint64_t now = monotonic_ns();
+        bool stopping = _stop.load(std::memory_order_acquire);
+        if (!stopping && _options.duration_s > 0 && now - start >= static_cast<uint64_t>(_options.duration_s * 1e9)) {
+            stopping = true;
+        }
+        if (!stopping && !_rx_stopped.load(std::memory_order_relaxed) && _options.idle_exit_s > 0 &&
+            now - last_rx >= static_cast<uint64_t>(_options.idle_exit_s * 1e9)) {
+            spdlog::info("no packet received for {} s: stopping (--idle-exit)", _options.idle_exit_s);
+            stopping = true;
+        }
+        if (stopping && !_rx_stopped.load(std::memory_order_relaxed)) {
+            // Stop receiving; everything already received is still delivered.
+            _rx_stopped.store(true, std::memory_order_release);
+            for (auto &other : _lcores) {
+                other->wakeup.wake();
+            }
+        }
+        uint32_t work = 0;
+        if (!_rx_stopped.load(std::memory_order_relaxed)) {
+            for (uint16_t p = 0; p < _ports.size(); ++p) {
+                uint32_t got = dispatch(p);
+                if (got > 0) {
+                    last_rx = now;
+                }
+                work += got;
+            }
+        }
+        _router.quiescent();
+        for (InstanceSlot *slot : lcore.instances) {
+            work += serve(lcore, *slot);
+        }
+        work += drain_tx_rings();
+        if (_rx_stopped.load(std::memory_order_relaxed) && work == 0) {
+            bool all_done = true;
+            for (auto &other : _lcores) {
+                all_done = all_done && (other->main || other->done.load(std::memory_order_acquire));
+            }
+            bool empty = true;
+            for (InstanceSlot *slot : lcore.instances) {
+                empty = empty && rte_ring_empty(slot->ring);
+            }
+            for (rte_ring *ring : _tx_rings) {
+                empty = empty && (ring == nullptr || rte_ring_empty(ring));
+            }
+            if (all_done && empty) {
+                break;
+            }
+        }
+        if (work > 0) {
+            idle = 0;
+            continue;
+        }
+        // Back off while idle: pause first, then sleep longer and longer up to
+        // idle_sleep_us, so an idle host burns no CPU and a busy one no time.
+        ++idle;
+        if (idle < 1024 || _options.idle_sleep_us == 0) {
+            rte_pause();
+        } else {
+            uint32_t us = std::min<uint32_t>(_options.idle_sleep_us, (idle - 1023) * 10);
+            std::this_thread::sleep_for(std::chrono::microseconds(us));
+        }
+    }
+}
+
+void Dataplane::run()
+{
+    build_routes();
+    _router.set_dispatcher_running(true);
+    for (auto &lcore : _lcores) {
+        if (!lcore->main) {
+            if (int rc = rte_eal_remote_launch(worker_entry, this, lcore->id); rc != 0) {
+                throw Error("cannot launch lcore " + std::to_string(lcore->id) + ": " + rte_strerror(-rc));
+            }
+        }
+    }
+    main_loop(*_lcores.front());
+    rte_eal_mp_wait_lcore();
+    _port_totals.clear();
+    for (const io::Port &port : _ports) {
+        rte_eth_stats stats{};
+        rte_eth_stats_get(port.id, &stats);
+        _port_totals.push_back({stats.opackets, stats.imissed, stats.oerrors});
+    }
+    _router.set_dispatcher_running(false);
+}
+
+} // namespace serpens

@@ -1,0 +1,142 @@
+#pragma once
+// The lcores of one host and what runs on them.
+//
+// The main lcore dispatches: it receives from every port, parses, classifies
+// (gateway) and routes (router) into per-instance rings.  Every lcore, the
+// main one included, serves the rings of the chain instances placed on it:
+// dequeue a burst, run the whole chain by function calls, transmit on the
+// chain's egress port, free drops.  Idle workers sleep on a futex and are
+// woken by the router once a ring holds `wake_threshold` packets, or by their
+// own deadline.
+
+#include "chain/runtime.h"
+#include "core/wakeup.h"
+#include "io/gateway.h"
+#include "io/port.h"
+#include "io/router.h"
+#include "net/parse.h"
+
+#include <rte_mbuf.h>
+#include <rte_ring.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace serpens {
+
+// Counters are written by one lcore and read by the control thread; relaxed
+// atomics make that well-defined at no cost on x86.
+using Counter = std::atomic<uint64_t>;
+
+inline void bump(Counter &c, uint64_t n = 1) noexcept
+{
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+struct InstanceSlot {
+    std::string chain_name;
+    uint32_t chain_tag = 0;
+    uint32_t index = 0;        // instance number within its chain
+    unsigned lcore = 0;
+    uint16_t egress = 0;       // index into the host's ports
+    rte_ring *ring = nullptr;
+    std::unique_ptr<ChainInstance> chain;
+
+    Counter packets{0};        // metered: packets the chain ran on
+    Counter out{0};            // reached egress and were handed to TX
+    Counter dropped{0};        // dropped by an NF's verdict
+    Counter tx_dropped{0};     // TX queue or TX ring full
+    Counter batches{0};
+};
+
+struct DispatchCounters {
+    std::vector<Counter> rx;   // per port
+    net::ParseCounters parse;  // written by the dispatcher only; read after stop
+    Counter malformed_dropped{0};
+    Counter unmatched_dropped{0};
+    Counter unmatched_passed{0};
+    Counter no_instance{0};
+    Counter ring_full{0};
+    Counter linearize_failed{0};
+    Counter default_tx_dropped{0};
+};
+
+struct DataplaneOptions {
+    uint32_t burst = 32;
+    bool drop_malformed = true;
+    uint32_t wake_deadline_us = 1000;
+    uint32_t idle_sleep_us = 1000;
+    double idle_exit_s = 0;  // 0: never; else stop after this long without RX
+    double duration_s = 0;   // 0: until signalled
+};
+
+class Dataplane {
+public:
+    Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options);
+    ~Dataplane();
+
+    // Cold path: add an instance before run(); creates its ring.
+    InstanceSlot &add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore,
+                               uint16_t egress, std::unique_ptr<ChainInstance> chain, uint32_t ring_size);
+
+    // Runs until stop() (or idle-exit/duration); returns when every lcore has
+    // drained its rings.  Call from the main lcore.
+    void run();
+    void stop() noexcept { _stop.store(true, std::memory_order_release); }
+
+    std::atomic<uint32_t> &wake_threshold() noexcept { return _wake_threshold; }
+
+    const std::vector<io::Port> &ports() const noexcept { return _ports; }
+    // Device counters read after run() returns, before the ports close.
+    struct PortTotals {
+        uint64_t tx = 0;
+        uint64_t rx_missed = 0;
+        uint64_t tx_errors = 0;
+    };
+    const std::vector<PortTotals> &port_totals() const noexcept { return _port_totals; }
+    const io::Gateway &gateway() const noexcept { return _gateway; }
+    const DispatchCounters &counters() const noexcept { return _counters; }
+    const std::vector<std::unique_ptr<InstanceSlot>> &instances() const noexcept { return _instances; }
+
+private:
+    struct TxPath {
+        uint16_t port_id = 0;
+        int32_t queue = -1;       // own TX queue, or -1: through the port's TX ring
+        rte_ring *ring = nullptr; // drained by the main lcore
+    };
+    struct Lcore {
+        unsigned id = 0;
+        bool main = false;
+        std::vector<InstanceSlot *> instances;
+        std::vector<TxPath> tx; // per port index
+        Wakeup wakeup;
+        std::atomic<bool> done{false};
+    };
+
+    static int worker_entry(void *arg);
+    void worker_loop(Lcore &lcore);
+    void main_loop(Lcore &lcore);
+    uint32_t dispatch(uint16_t port_index);
+    uint32_t serve(Lcore &lcore, InstanceSlot &slot);
+    void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
+    uint32_t drain_tx_rings();
+    void build_routes();
+    Lcore &lcore_state(unsigned id);
+
+    std::vector<io::Port> _ports;
+    std::vector<PortTotals> _port_totals;
+    io::Gateway _gateway;
+    DataplaneOptions _options;
+    io::Router _router;
+    DispatchCounters _counters;
+    std::vector<std::unique_ptr<InstanceSlot>> _instances;
+    std::vector<std::unique_ptr<Lcore>> _lcores;
+    std::vector<rte_ring *> _tx_rings; // per port; nullptr when every lcore has a queue
+    std::atomic<bool> _stop{false};
+    std::atomic<bool> _rx_stopped{false};
+    std::atomic<uint32_t> _wake_threshold{128};
+};
+
+} // namespace serpens

@@ -1,0 +1,155 @@
+#include "io/gateway.h"
+
+#include "core/error.h"
+
+#include <arpa/inet.h>
+
+#include <stdexcept>
+
+namespace serpens::io {
+
+bool Prefix::matches(uint8_t ip_version, const std::array<uint8_t, 16> &ip) const noexcept
+{
+    if (version == 0) {
+        return true;
+    }
+    if (version != ip_version) {
+        return false;
+    }
+    uint8_t full = length / 8;
+    for (uint8_t i = 0; i < full; ++i) {
+        if (ip[i] != addr[i]) {
+            return false;
+        }
+    }
+    uint8_t rest = length % 8;
+    if (rest == 0) {
+        return true;
+    }
+    auto mask = static_cast<uint8_t>(0xff << (8 - rest));
+    return (ip[full] & mask) == (addr[full] & mask);
+}
+
+Prefix parse_prefix(const std::string &text)
+{
+    Prefix prefix;
+    auto slash = text.find('/');
+    std::string address = text.substr(0, slash);
+    if (inet_pton(AF_INET, address.c_str(), prefix.addr.data()) == 1) {
+        prefix.version = 4;
+        prefix.length = 32;
+    } else if (inet_pton(AF_INET6, address.c_str(), prefix.addr.data()) == 1) {
+        prefix.version = 6;
+        prefix.length = 128;
+    } else {
+        throw std::invalid_argument("'" + text + "' is not an IPv4 or IPv6 address or prefix");
+    }
+    if (slash != std::string::npos) {
+        std::string len = text.substr(slash + 1);
+        char *end = nullptr;
+        unsigned long value = std::strtoul(len.c_str(), &end, 10);
+        if (len.empty() || *end != '\0' || value > prefix.length) {
+            throw std::invalid_argument("'" + text + "' has a bad prefix length (0.." +
+                                        std::to_string(prefix.length) + ")");
+        }
+        prefix.length = static_cast<uint8_t>(value);
+    }
+    // Host bits are ignored rather than refused: 10.1.2.3/8 means 10.0.0.0/8.
+    for (unsigned bit = prefix.length; bit < 128; ++bit) {
+        prefix.addr[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+    }
+    return prefix;
+}
+
+Gateway::Gateway(const HostConfig &cfg, const std::function<int32_t(const std::string &)> &chain_tag_of,
+                 const std::function<int32_t(const std::string &)> &port_index_of)
+{
+    for (const GatewayRuleConfig &rc : cfg.rules) {
+        GatewayRule rule;
+        rule.name = rc.name;
+        int32_t tag = chain_tag_of(rc.chain);
+        if (tag < 0) {
+            throw ConfigError(cfg.file, rc.line, 0,
+                              "[[gateway.rule]] '" + rc.name + "': unknown chain '" + rc.chain +
+                                  "' (no chain of that name in " + cfg.chains_dir + ")");
+        }
+        rule.chain_tag = static_cast<uint32_t>(tag);
+        if (rc.in_port) {
+            rule.in_port = port_index_of(*rc.in_port);
+        }
+        try {
+            if (rc.src) {
+                rule.src = parse_prefix(*rc.src);
+            }
+            if (rc.dst) {
+                rule.dst = parse_prefix(*rc.dst);
+            }
+        } catch (const std::invalid_argument &e) {
+            throw ConfigError(cfg.file, rc.line, 0, "[[gateway.rule]] '" + rc.name + "': " + e.what());
+        }
+        if (rule.src.version != 0 && rule.dst.version != 0 && rule.src.version != rule.dst.version) {
+            throw ConfigError(cfg.file, rc.line, 0,
+                              "[[gateway.rule]] '" + rc.name + "': src and dst are of different IP versions");
+        }
+        if (rc.proto) {
+            rule.proto = *rc.proto;
+        }
+        if (rc.src_ports) {
+            rule.has_src_ports = true;
+            rule.src_ports = *rc.src_ports;
+        }
+        if (rc.dst_ports) {
+            rule.has_dst_ports = true;
+            rule.dst_ports = *rc.dst_ports;
+        }
+        if (rc.vlan) {
+            rule.vlan = *rc.vlan;
+        }
+        _rules.push_back(rule);
+    }
+    _matches.assign(_rules.size(), 0);
+    if (cfg.gateway_default != "drop") {
+        _default_port = port_index_of(cfg.gateway_default);
+    }
+}
+
+int32_t Gateway::classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed,
+                          const net::FlowKey &key) noexcept
+{
+    for (std::size_t i = 0; i < _rules.size(); ++i) {
+        const GatewayRule &r = _rules[i];
+        if (r.in_port >= 0 && r.in_port != in_port) {
+            continue;
+        }
+        if (r.vlan >= 0 && (!has_vlan || r.vlan != vlan)) {
+            continue;
+        }
+        bool needs_l3 = r.src.version != 0 || r.dst.version != 0 || r.proto >= 0 || r.has_src_ports ||
+                        r.has_dst_ports;
+        if (needs_l3) {
+            if (!parsed || !r.src.matches(key.ip_version, key.src) || !r.dst.matches(key.ip_version, key.dst)) {
+                continue;
+            }
+            if (r.proto >= 0 && r.proto != key.proto) {
+                continue;
+            }
+            // Port ranges speak of TCP/UDP/SCTP; an ICMP echo id is no port.
+            bool has_ports = key.proto == 6 || key.proto == 17 || key.proto == 132;
+            if ((r.has_src_ports || r.has_dst_ports) && !has_ports) {
+                continue;
+            }
+            if (r.has_src_ports && (key.src_port < r.src_ports.low || key.src_port > r.src_ports.high)) {
+                continue;
+            }
+            if (r.has_dst_ports && (key.dst_port < r.dst_ports.low || key.dst_port > r.dst_ports.high)) {
+                continue;
+            }
+        }
+        ++_matches[i];
+        return static_cast<int32_t>(i);
+    }
+    ++_unmatched;
+    return gateway_no_match;
+}
+
+} // namespace serpens::io

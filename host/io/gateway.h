@@ -1,0 +1,69 @@
+#pragma once
+// The gateway: classifies each arriving packet to a chain by match rules.
+// First match wins; unmatched packets follow the configured default (drop,
+// or leave on a port untouched).  One gateway per dispatching lcore, so its
+// counters have a single writer.
+
+#include "config/host_config.h"
+#include "net/parse.h"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace serpens::io {
+
+struct Prefix {
+    uint8_t version = 0; // 0: any, 4 or 6
+    uint8_t length = 0;
+    std::array<uint8_t, 16> addr{};
+
+    bool matches(uint8_t ip_version, const std::array<uint8_t, 16> &ip) const noexcept;
+};
+
+// Parses "10.0.0.0/8", "2001:db8::/32" or a bare address.  Throws std::invalid_argument.
+Prefix parse_prefix(const std::string &text);
+
+struct GatewayRule {
+    std::string name;
+    uint32_t chain_tag = 0;
+    int32_t in_port = -1; // -1: any
+    Prefix src;
+    Prefix dst;
+    int16_t proto = -1;
+    bool has_src_ports = false;
+    bool has_dst_ports = false;
+    PortRange src_ports;
+    PortRange dst_ports;
+    int32_t vlan = -1;
+};
+
+inline constexpr int32_t gateway_no_match = -1;
+
+class Gateway {
+public:
+    // Resolves names in the config: chain names to tags and port names to
+    // port indexes.  Throws ConfigError (host.toml:line) for an unknown chain.
+    Gateway(const HostConfig &cfg, const std::function<int32_t(const std::string &)> &chain_tag_of,
+            const std::function<int32_t(const std::string &)> &port_index_of);
+
+    // Returns the index of the first matching rule or gateway_no_match.
+    // `parsed` is false for packets without usable L3/L4 headers: then only
+    // rules that test nothing but the ingress port (and VLAN) can match.
+    int32_t classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed,
+                     const net::FlowKey &key) noexcept;
+
+    const std::vector<GatewayRule> &rules() const noexcept { return _rules; }
+    uint64_t matches(std::size_t rule) const noexcept { return _matches[rule]; }
+    uint64_t unmatched() const noexcept { return _unmatched; }
+    int32_t default_port() const noexcept { return _default_port; } // -1: drop
+
+private:
+    std::vector<GatewayRule> _rules;
+    std::vector<uint64_t> _matches;
+    uint64_t _unmatched = 0;
+    int32_t _default_port = -1;
+};
+
+} // namespace serpens::io

@@ -1,0 +1,144 @@
+#include "io/port.h"
+
+#include "core/error.h"
+
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_lcore.h>
+#include <rte_mbuf.h>
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace serpens::io {
+namespace {
+
+bool is_vdev(const std::string &device)
+{
+    return device.rfind("net_", 0) == 0 || device.rfind("eth_", 0) == 0;
+}
+
+// The device name DPDK gives the port: the vdev name before its first comma,
+// or the PCI address.
+std::string device_name(const std::string &device)
+{
+    return device.substr(0, device.find(','));
+}
+
+} // namespace
+
+std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string &program)
+{
+    std::vector<std::string> args{program};
+    args.insert(args.end(), cfg.eal_args.begin(), cfg.eal_args.end());
+    for (const PortConfig &port : cfg.ports) {
+        args.push_back(is_vdev(port.device) ? "--vdev=" + port.device : "--allow=" + port.device);
+    }
+    return args;
+}
+
+void start_eal(const HostConfig &cfg, const std::string &program)
+{
+    std::vector<std::string> args = eal_arguments(cfg, program);
+    std::vector<char *> argv;
+    for (auto &arg : args) {
+        argv.push_back(arg.data());
+    }
+    std::string joined;
+    for (const auto &arg : args) {
+        joined += " " + arg;
+    }
+    spdlog::info("starting DPDK EAL:{}", joined);
+    if (rte_eal_init(static_cast<int>(argv.size()), argv.data()) < 0) {
+        int err = rte_errno;
+        std::string hint;
+        switch (err) {
+        case EACCES: hint = "run as root, or give the user access to hugepages and devices"; break;
+        case EALREADY: hint = "EAL is already initialised in this process"; break;
+        case ENOMEM:
+            hint = "no memory: reserve hugepages (dpdk-hugepages.py -p 2M --setup 1G) or add "
+                   "\"--no-huge\", \"-m\", \"512\" to [eal] args";
+            break;
+        case EEXIST:
+        case EBUSY:
+            hint = "another DPDK process uses the same --file-prefix; give each host its own";
+            break;
+        default:
+            hint = "check the [eal] args in " + cfg.file + " (see dpdk-testpmd --help for EAL options)";
+            break;
+        }
+        throw Error("DPDK EAL start-up failed (" + std::string(rte_strerror(err)) + "): " + hint);
+    }
+}
+
+rte_mempool *create_mbuf_pool(const HostConfig &cfg)
+{
+    rte_mempool *pool = rte_pktmbuf_pool_create("serpens_mbufs", cfg.mbufs, cfg.mbuf_cache, 0,
+                                                static_cast<uint16_t>(cfg.mbuf_data_room),
+                                                static_cast<int>(rte_socket_id()));
+    if (pool == nullptr) {
+        throw Error("cannot create the mbuf pool of " + std::to_string(cfg.mbufs) + " mbufs (" +
+                    rte_strerror(rte_errno) + "): lower [mempool] mbufs or give EAL more memory (-m)");
+    }
+    return pool;
+}
+
+std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t wanted_tx_queues)
+{
+    std::vector<Port> ports;
+    for (const PortConfig &pc : cfg.ports) {
+        Port port;
+        port.name = pc.name;
+        std::string name = device_name(pc.device);
+        if (rte_eth_dev_get_port_by_name(name.c_str(), &port.id) != 0) {
+            throw ConfigError(cfg.file, pc.line, 0,
+                              "port '" + pc.name + "': no DPDK device '" + name +
+                                  "' (for a NIC: bind it to vfio-pci with dpdk-devbind.py and drop "
+                                  "--no-pci; for a vdev: check the driver name and its arguments)");
+        }
+        rte_eth_dev_info info{};
+        if (int rc = rte_eth_dev_info_get(port.id, &info); rc != 0) {
+            throw Error("port '" + pc.name + "': cannot read device info: " + rte_strerror(-rc));
+        }
+        port.tx_queues = std::max<uint16_t>(1, std::min<uint16_t>(wanted_tx_queues, info.max_tx_queues));
+        rte_eth_conf conf{};
+        if (int rc = rte_eth_dev_configure(port.id, 1, port.tx_queues, &conf); rc != 0) {
+            throw Error("port '" + pc.name + "': configure failed: " + rte_strerror(-rc));
+        }
+        uint16_t rx_desc = pc.rx_descriptors;
+        uint16_t tx_desc = pc.tx_descriptors;
+        rte_eth_dev_adjust_nb_rx_tx_desc(port.id, &rx_desc, &tx_desc);
+        int socket = rte_eth_dev_socket_id(port.id);
+        if (int rc = rte_eth_rx_queue_setup(port.id, 0, rx_desc, socket, nullptr, pool); rc != 0) {
+            throw Error("port '" + pc.name + "': RX queue set-up failed: " + rte_strerror(-rc) +
+                        " (too few mbufs? raise [mempool] mbufs)");
+        }
+        for (uint16_t q = 0; q < port.tx_queues; ++q) {
+            if (int rc = rte_eth_tx_queue_setup(port.id, q, tx_desc, socket, nullptr); rc != 0) {
+                throw Error("port '" + pc.name + "': TX queue set-up failed: " + rte_strerror(-rc));
+            }
+        }
+        if (int rc = rte_eth_dev_start(port.id); rc != 0) {
+            throw Error("port '" + pc.name + "': start failed: " + rte_strerror(-rc));
+        }
+        if (pc.promiscuous) {
+            rte_eth_promiscuous_enable(port.id); // vdevs may not support it; harmless
+        }
+        spdlog::info("port '{}' is DPDK port {} ({}; {} TX queue(s))", pc.name, port.id, info.driver_name,
+                     port.tx_queues);
+        ports.push_back(port);
+    }
+    return ports;
+}
+
+void stop_ports(const std::vector<Port> &ports) noexcept
+{
+    for (const Port &port : ports) {
+        rte_eth_dev_stop(port.id);
+        rte_eth_dev_close(port.id); // net_pcap flushes its output file here
+    }
+}
+
+} // namespace serpens::io
