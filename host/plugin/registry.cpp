@@ -201,9 +201,17 @@ void PluginRegistry::load_directory(const std::string &directory)
     if (ec) {
         throw Error("cannot read plugin directory " + directory + ": " + ec.message());
     }
+    // A plugin directory holds *.so files, or one folder per plugin holding
+    // them (the layout of a build tree: plugins/<name>/serpens_nf_<name>.so).
     std::vector<std::string> paths;
     for (const auto &entry : it) {
-        if (entry.path().extension() == ".so") {
+        if (entry.is_directory()) {
+            for (const auto &inner : fs::directory_iterator(entry.path(), ec)) {
+                if (inner.path().extension() == ".so") {
+                    paths.push_back(inner.path().string());
+                }
+            }
+        } else if (entry.path().extension() == ".so") {
             paths.push_back(entry.path().string());
         }
     }

@@ -54,8 +54,8 @@ private:
 
 class PluginRegistry {
 public:
-    // Loads every *.so in `directory` (sorted by file name, so the result does
-    // not depend on readdir order).  Throws Error when the directory itself
+    // Loads every *.so in `directory` and in its immediate subdirectories
+    // (sorted by path, so the result does not depend on readdir order).  Throws Error when the directory itself
     // cannot be read; individual plugins are refused, not thrown.
     void load_directory(const std::string &directory);
     // Loads one file; returns false (and records the refusal) when refused.

@@ -1,0 +1,66 @@
+#!/bin/bash
+# The full test suite: installs what is missing, builds with warnings as
+# errors, runs every meson test, then the unit tests again under
+# AddressSanitizer/UBSan, and a bounded fuzzing run of the packet parser.
+# Ends with one line "N passed, N failed" and a non-zero exit on any failure.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+bash tools/setup-deps.sh || exit 1
+
+passed=0
+failed=0
+skipped=0
+# Adds meson's summary (Ok/Expected Fail/Fail/Unexpected Pass/Timeout/Skipped) to the totals.
+count() {
+    local log=$1
+    local ok xf fail xp timeout skip
+    ok=$(awk '/^Ok:/ {print $2}' "$log"); xf=$(awk '/^Expected Fail:/ {print $3}' "$log")
+    fail=$(awk '/^Fail:/ {print $2}' "$log"); xp=$(awk '/^Unexpected Pass:/ {print $3}' "$log")
+    timeout=$(awk '/^Timeout:/ {print $2}' "$log"); skip=$(awk '/^Skipped:/ {print $2}' "$log")
+    passed=$((passed + ${ok:-0} + ${xf:-0}))
+    failed=$((failed + ${fail:-0} + ${xp:-0} + ${timeout:-0}))
+    skipped=$((skipped + ${skip:-0}))
+}
+# A build or run step that fails counts as one failed test.
+step_failed() {
+    echo "run-tests: $1 FAILED" >&2
+    failed=$((failed + 1))
+}
+
+# 1. Everything, warnings as errors.
+if [ ! -f build-test/build.ninja ]; then
+    meson setup build-test --buildtype=debugoptimized -Dwerror=true >/dev/null || step_failed "meson setup build-test"
+fi
+if ninja -C build-test; then
+    meson test -C build-test --print-errorlogs --num-processes 2 2>&1 | tee build-test/test-summary.txt
+    count build-test/test-summary.txt
+else
+    step_failed "build"
+fi
+
+# 2. Unit tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+if [ ! -f build-asan/build.ninja ]; then
+    meson setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null \
+        || step_failed "meson setup build-asan"
+fi
+if ninja -C build-asan; then
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 2>&1 | tee build-asan/test-summary.txt
+    count build-asan/test-summary.txt
+else
+    step_failed "sanitizer build"
+fi
+
+# 3. The parser fuzzer, bounded in time.
+if bash tests/fuzz/run.sh "${SERPENS_FUZZ_SECONDS:-60}" "$root/build-fuzz" > build-fuzz.log 2>&1; then
+    passed=$((passed + 1))
+    echo "fuzz-parse: OK ($(grep -o 'stat::number_of_executed_units: *[0-9]*' build-fuzz.log | awk '{print $2}') inputs)"
+else
+    tail -30 build-fuzz.log
+    step_failed "fuzz-parse"
+fi
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]

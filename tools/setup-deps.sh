@@ -1,0 +1,35 @@
+#!/bin/bash
+# Installs the Debian 12 packages Serpens needs to build, test, demo and
+# benchmark, running `apt-get update` once and only when something is missing.
+set -euo pipefail
+
+packages=(
+    # build
+    meson ninja-build pkg-config g++ python3
+    libdpdk-dev libtomlplusplus-dev libcli11-dev libspdlog-dev doctest-dev
+    # NFs: IDS signatures, VPN ciphers; remote-state baseline of the benchmarks
+    libhyperscan-dev libssl-dev libhiredis-dev redis-server
+    # tests: independent decoder, network namespaces, fuzzing
+    tshark iproute2 clang
+    # benchmarks: dpdk-testpmd as the reference, plots
+    dpdk-dev python3-matplotlib
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "setup-deps: run as root (or: sudo apt-get install -y ${missing[*]})" >&2
+    exit 1
+fi
+echo "setup-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
