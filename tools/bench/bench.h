@@ -1,0 +1,153 @@
+#pragma once
+// serpens-bench: shared pieces of every subcommand — the subcommand table,
+// common options, timing, statistics, tables/CSV/notes output and plotting.
+//
+// A subcommand is one file (tools/bench/<name>.cpp) holding a class derived
+// from Subcommand and one SERPENS_BENCH_SUBCOMMAND line; see README.md.
+
+#include <CLI/CLI.hpp>
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace serpens::bench {
+
+// Flags every subcommand sees (given before or after the subcommand name).
+struct Options {
+    std::string out_dir;       // CSV, PNG and notes go here
+    std::string plugin_dir;    // where serpens_nf_<name>.so are (flat or <name>/ folders)
+    std::string plot_script;   // tools/bench/plot.py
+    std::string python;        // interpreter that runs it (resolved: has matplotlib)
+    int repeat = 5;            // measured repeats (after a warm-up)
+    double min_time_ms = 200;  // each repeat runs at least this long
+    bool quick = false;        // smaller sizes, fewer repeats (smoke runs)
+    bool plot = false;         // resolved: requested and a plotter exists
+    int cpu = -1;              // the measuring thread's CPU, -1 when not pinned
+    cpu_set_t worker_cpus{};   // affinity of worker threads the benchmarks create
+    std::string worker_cpus_text;
+};
+
+class Subcommand {
+public:
+    virtual ~Subcommand() = default;
+    // Adds the subcommand's own flags.  Defaults stay in the object, so `all`
+    // runs a subcommand whose flags were never parsed.
+    virtual void add_options(CLI::App &app) { (void)app; }
+    // Measures, prints, writes CSV (+ PNG).  Returns the process exit code.
+    virtual int run(const Options &opts) = 0;
+};
+
+struct SubcommandInfo {
+    const char *name;
+    const char *summary;
+    int order; // position in `all`, lower first; negative: `all` skips it
+    std::unique_ptr<Subcommand> (*make)();
+};
+
+std::vector<SubcommandInfo> &subcommand_table();
+
+struct Registrar {
+    explicit Registrar(const SubcommandInfo &info) { subcommand_table().push_back(info); }
+};
+
+// Registers class `cls` as subcommand `name` (static initialisation; every
+// bench file is linked into the executable directly, so none is dropped).
+#define SERPENS_BENCH_SUBCOMMAND(cls, name, summary, order)                                             \
+    static const ::serpens::bench::Registrar serpens_bench_registrar_##cls{::serpens::bench::SubcommandInfo{ \
+        name, summary, order, []() -> std::unique_ptr<::serpens::bench::Subcommand> {                    \
+            return std::make_unique<cls>();                                                              \
+        }}}
+
+// ---- timing ------------------------------------------------------------
+
+uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
+
+// Keeps `value` alive so the compiler cannot drop the work producing it.
+template <class T> inline void keep(const T &value) noexcept
+{
+    asm volatile("" : : "r,m"(value) : "memory");
+}
+
+struct Summary {
+    double median = 0;
+    double min = 0;
+    double max = 0;
+    double p5 = 0;
+    double p95 = 0;
+};
+Summary summarize(std::vector<double> samples);
+
+// Calls run(iters) — which must do `iters` operations — first to warm up and
+// calibrate iters so a repeat lasts >= opts.min_time_ms, then opts.repeat
+// times.  Returns ns per operation for each measured repeat.
+template <class Run> std::vector<double> measure(const Options &opts, Run &&run)
+{
+    const double target_ns = opts.min_time_ms * 1e6;
+    uint64_t iters = 1;
+    // Warm-up: grow iters until one call takes >= 1/4 of the target.
+    for (;;) {
+        const uint64_t t0 = now_ns();
+        run(iters);
+        const double dt = static_cast<double>(now_ns() - t0);
+        if (dt >= target_ns / 4) {
+            iters = std::max<uint64_t>(1, static_cast<uint64_t>(static_cast<double>(iters) * target_ns / dt));
+            break;
+        }
+        iters *= dt < target_ns / 64 ? 8 : 2;
+    }
+    std::vector<double> per_op;
+    for (int r = 0; r < opts.repeat; ++r) {
+        const uint64_t t0 = now_ns();
+        run(iters);
+        per_op.push_back(static_cast<double>(now_ns() - t0) / static_cast<double>(iters));
+    }
+    return per_op;
+}
+
+// ---- output --------------------------------------------------------------
+
+struct Table {
+    std::string name;  // file stem: <out>/<name>.csv, .png, .notes.md
+    std::string title;
+    std::vector<std::string> columns;
+    std::vector<std::vector<std::string>> rows;
+};
+
+std::string fmt_num(double v); // 3 significant digits, no exponent for normal ranges
+
+void print_table(const Table &table);
+// Writes <out>/<name>.csv; returns the path.  Throws on I/O errors.
+std::string write_csv(const Options &opts, const Table &table);
+// Writes <out>/<stem>.notes.md, which `report` places under the table.
+void write_notes(const Options &opts, const std::string &stem, const std::string &markdown);
+
+// What plot.py draws from a table's CSV.
+struct PlotSpec {
+    std::string kind = "bar";   // "bar" (grouped bars) or "line"
+    std::string x;              // x column
+    std::string group;          // optional: one series per value of this column
+    std::vector<std::string> y; // y columns (one series each when no group)
+    std::string lo, hi;         // optional error-bar columns for the first y
+    std::string ylabel;
+    bool logy = false;
+};
+// Draws <out>/<name>.png when opts.plot; prints why not when it fails.
+void plot(const Options &opts, const Table &table, const PlotSpec &spec);
+
+// Sets opts.python to the first interpreter (opts.python if given, else
+// python3 on PATH, then Debian's /usr/bin/python3) that imports matplotlib.
+// Returns empty when plotting can work, else why not.
+std::string find_plotter(Options &opts);
+
+// ---- threads ---------------------------------------------------------------
+
+// Pins the calling thread; returns false (errno set) when the kernel refuses.
+bool pin_self(int cpu);
+std::string describe_cpus(const cpu_set_t &set);
+
+} // namespace serpens::bench
