@@ -1,0 +1,35 @@
+#!/bin/sh
+# bench-smoke: `serpens-bench all --quick` completes and writes its outputs.
+# Speed is never asserted here; only that every benchmark ran and reported.
+# usage: smoke.sh SERPENS_BENCH PLUGIN_DIR
+set -eu
+bench=$1
+plugins=$2
+out=$(mktemp -d "${TMPDIR:-/tmp}/serpens-bench-smoke-XXXXXX")
+trap 'rm -rf "$out"' EXIT
+
+"$bench" all --quick --out "$out" --plugins "$plugins"
+
+fail=0
+for f in chain.csv launch.csv REPORT.md; do
+    if [ ! -s "$out/$f" ]; then
+        echo "missing or empty: $f"
+        fail=1
+    fi
+done
+# PNGs only when a plotter exists (the bench skips plots otherwise).
+if python3 -c 'import matplotlib' >/dev/null 2>&1 || /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1; then
+    for f in chain.png launch.png; do
+        if [ ! -s "$out/$f" ]; then
+            echo "matplotlib is installed but $f was not drawn"
+            fail=1
+        fi
+    done
+fi
+# Every row of every CSV has as many cells as its header (no half-written rows).
+for csv in "$out"/*.csv; do
+    awk -F, 'NR == 1 { n = NF } NF != n { print FILENAME ": row " NR " has " NF " cells, header " n; bad = 1 }
+             END { exit bad }' "$csv" || fail=1
+done
+[ $fail -eq 0 ] && echo "bench-smoke: ok"
+exit $fail
