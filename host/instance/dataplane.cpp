@@ -103,7 +103,7 @@ void Dataplane::build_routes()
             }
             if (_tx_rings[p] == nullptr) {
                 std::string name = "sp_tx" + std::to_string(p);
-                _tx_rings[p] = rte_ring_create(name.c_str(), 4096, static_cast<int>(rte_socket_id()),
+                _tx_rings[p] = rte_ring_create(name.c_str(), 16384, static_cast<int>(rte_socket_id()),
                                                RING_F_SC_DEQ);
                 if (_tx_rings[p] == nullptr) {
                     throw Error("cannot create the TX ring of port '" + _ports[p].name + "'");
@@ -145,9 +145,15 @@ uint32_t Dataplane::drain_tx_rings()
         if (_tx_rings[p] == nullptr) {
             continue;
         }
-        rte_mbuf *mbufs[max_burst];
-        unsigned n = rte_ring_dequeue_burst(_tx_rings[p], reinterpret_cast<void **>(mbufs), _options.burst, nullptr);
-        if (n > 0) {
+        // Several bursts per call: the ring collects the output of every
+        // worker without a queue of its own, so one burst per loop could not
+        // keep up with the burst the main lcore receives in the same loop.
+        for (int round = 0; round < 8; ++round) {
+            rte_mbuf *mbufs[max_burst];
+            unsigned n = rte_ring_dequeue_burst(_tx_rings[p], reinterpret_cast<void **>(mbufs), max_burst, nullptr);
+            if (n == 0) {
+                break;
+            }
             transmit(main, static_cast<uint16_t>(p), mbufs, static_cast<uint16_t>(n), _counters.default_tx_dropped);
             moved += n;
         }
@@ -353,9 +359,34 @@ void Dataplane::worker_loop(Lcore &lcore)
             lcore.wakeup.cancel_sleep();
             continue;
         }
-        lcore.wakeup.wait(_options.wake_deadline_us);
+        // The main lcore wakes us when packets wait (threshold or deadline);
+        // the timeout is only a safety net.
+        lcore.wakeup.wait(100000);
     }
     lcore.done.store(true, std::memory_order_release);
+}
+
+void Dataplane::wake_overdue(uint64_t now)
+{
+    const uint64_t deadline_ns = uint64_t{_options.wake_deadline_us} * 1000;
+    for (auto &other : _lcores) {
+        if (other->main || !other->wakeup.sleeping()) {
+            other->pending_since = 0;
+            continue;
+        }
+        bool pending = false;
+        for (InstanceSlot *slot : other->instances) {
+            pending = pending || !rte_ring_empty(slot->ring);
+        }
+        if (!pending) {
+            other->pending_since = 0;
+        } else if (other->pending_since == 0) {
+            other->pending_since = now;
+        } else if (now - other->pending_since >= deadline_ns) {
+            other->wakeup.wake();
+            other->pending_since = 0;
+        }
+    }
 }
 
 void Dataplane::main_loop(Lcore &lcore)
@@ -396,6 +427,7 @@ void Dataplane::main_loop(Lcore &lcore)
             work += serve(lcore, *slot);
         }
         work += drain_tx_rings();
+        wake_overdue(now);
         if (_rx_stopped.load(std::memory_order_relaxed) && work == 0) {
             bool all_done = true;
             for (auto &other : _lcores) {

@@ -6,8 +6,9 @@
 // main one included, serves the rings of the chain instances placed on it:
 // dequeue a burst, run the whole chain by function calls, transmit on the
 // chain's egress port, free drops.  Idle workers sleep on a futex and are
-// woken by the router once a ring holds `wake_threshold` packets, or by their
-// own deadline.
+// woken by the router once a ring holds `wake_threshold` packets, or by the
+// main lcore once a packet has waited `wake_deadline_us`; with no traffic at
+// all nobody wakes them, so an idle host costs (almost) no CPU.
 
 #include "chain/runtime.h"
 #include "core/wakeup.h"
@@ -113,6 +114,7 @@ private:
         std::vector<TxPath> tx; // per port index
         Wakeup wakeup;
         std::atomic<bool> done{false};
+        uint64_t pending_since = 0; // main lcore only: when it saw packets waiting for this sleeper
     };
 
     static int worker_entry(void *arg);
@@ -122,6 +124,7 @@ private:
     uint32_t serve(Lcore &lcore, InstanceSlot &slot);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
+    void wake_overdue(uint64_t now);
     void build_routes();
     Lcore &lcore_state(unsigned id);
 

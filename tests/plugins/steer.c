@@ -6,8 +6,8 @@
  *   by     = "byte" (default) | "proto"
  *   offset = byte offset read when by = "byte" (default 0); port = byte % 4,
  *            and a byte of 0xff means drop.
- *   by = "proto": TCP -> 0, UDP -> 1, anything else -> 2 (reads the IPv4/IPv6
- *            next-header from an untagged Ethernet frame).
+ *   by = "proto": TCP -> 0, UDP -> 1, anything else -> 2 (from the host's
+ *            parse of the packet: serpens_pkt.l4_proto).
  *   tag    = the byte appended (default 0xA0 + label).
  */
 #include <serpens/nf.h>
@@ -46,17 +46,6 @@ static int steer_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     return SERPENS_OK;
 }
 
-static uint8_t proto_of(const struct serpens_pkt *pkt)
-{
-    if (pkt->len >= 14 + 20 && pkt->data[12] == 0x08 && pkt->data[13] == 0x00) {
-        return pkt->data[14 + 9];
-    }
-    if (pkt->len >= 14 + 40 && pkt->data[12] == 0x86 && pkt->data[13] == 0xdd) {
-        return pkt->data[14 + 6];
-    }
-    return 0;
-}
-
 static void steer_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     const struct steer_priv *priv = ctx->priv;
@@ -70,7 +59,7 @@ static void steer_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batc
             continue;
         }
         if (priv->by_proto) {
-            uint8_t proto = proto_of(pkt);
+            uint8_t proto = (pkt->flags & SERPENS_PKT_F_PARSED) != 0 ? pkt->l4_proto : 0;
             port = proto == 6 ? 0 : proto == 17 ? 1 : 2;
         } else if (priv->offset < pkt->len) {
             uint8_t byte = pkt->data[priv->offset];

@@ -1,0 +1,183 @@
+"""End-to-end harness: runs the real serpens-host on DPDK net_pcap vdevs.
+
+Independent of the C++ code on purpose: captures are read and decoded here,
+with Python's standard library only, so a bug in the host's parser cannot
+hide itself in the checks.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+HOST = os.environ["SERPENS_HOST"]
+PKTGEN = os.environ["SERPENS_PKTGEN"]
+TEST_PLUGINS = os.environ["SERPENS_TEST_PLUGINS"]
+
+_prefix_counter = 0
+
+
+def fail(message):
+    print("FAIL: " + message, file=sys.stderr)
+    sys.exit(1)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def read_pcap(path):
+    """Returns the frames of a classic pcap file as a list of bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = struct.unpack("<I", data[:4])[0]
+    if magic in (0xA1B2C3D4, 0xA1B23C4D):
+        endian = "<"
+    elif magic in (0xD4C3B2A1, 0x4D3CB2A1):
+        endian = ">"
+    else:
+        raise ValueError(f"{path}: not a pcap file")
+    frames, offset = [], 24
+    while offset + 16 <= len(data):
+        _, _, caplen, _ = struct.unpack(endian + "IIII", data[offset:offset + 16])
+        offset += 16
+        frames.append(data[offset:offset + caplen])
+        offset += caplen
+    return frames
+
+
+def decode(frame):
+    """(ip_version, proto, src_port, dst_port) or None for non-IP/malformed."""
+    if len(frame) < 14:
+        return None
+    offset, ethertype = 12, struct.unpack("!H", frame[12:14])[0]
+    tags = 0
+    while ethertype in (0x8100, 0x88A8):
+        tags += 1
+        if tags > 2 or len(frame) < offset + 6:
+            return None
+        offset += 4
+        ethertype = struct.unpack("!H", frame[offset:offset + 2])[0]
+    l3 = offset + 2
+    if ethertype == 0x0800:
+        if len(frame) < l3 + 20 or frame[l3] >> 4 != 4:
+            return None
+        ihl = (frame[l3] & 0xF) * 4
+        total = struct.unpack("!H", frame[l3 + 2:l3 + 4])[0]
+        if ihl < 20 or total < ihl or l3 + total > len(frame):
+            return None
+        proto = frame[l3 + 9]
+        frag = struct.unpack("!H", frame[l3 + 6:l3 + 8])[0] & 0x1FFF
+        l4, end, version = l3 + ihl, l3 + total, 4
+        if frag:
+            return (4, proto, 0, 0)
+    elif ethertype == 0x86DD:
+        if len(frame) < l3 + 40 or frame[l3] >> 4 != 6:
+            return None
+        payload = struct.unpack("!H", frame[l3 + 4:l3 + 6])[0]
+        proto, l4, end, version = frame[l3 + 6], l3 + 40, l3 + 40 + payload, 6
+        if end > len(frame):
+            return None
+    else:
+        return None
+    if proto == 6:
+        if end - l4 < 20 or not 5 <= frame[l4 + 12] >> 4 <= (end - l4) // 4:
+            return None
+        return (version, 6) + struct.unpack("!HH", frame[l4:l4 + 4])
+    if proto == 17:
+        if end - l4 < 8:
+            return None
+        ulen = struct.unpack("!H", frame[l4 + 4:l4 + 6])[0]
+        if ulen < 8 or ulen > end - l4:
+            return None
+        return (version, 17) + struct.unpack("!HH", frame[l4:l4 + 4])
+    if proto in (1, 58):
+        if end - l4 < 8:
+            return None
+        return (version, proto, 0, 0)
+    return (version, proto, 0, 0)
+
+
+class Host:
+    """A scratch directory with plugins, chains and a host.toml for one run."""
+
+    def __init__(self, plugins=("steer", "trace", "noop")):
+        global _prefix_counter
+        _prefix_counter += 1
+        self.dir = tempfile.mkdtemp(prefix="serpens-e2e-")
+        self.prefix = f"serpens-e2e-{os.getpid()}-{_prefix_counter}"
+        os.makedirs(os.path.join(self.dir, "plugins"))
+        os.makedirs(os.path.join(self.dir, "chains"))
+        for name in plugins:
+            target = os.path.join(self.dir, "plugins", f"serpens_nf_{name}.so")
+            shutil.copy(os.path.join(TEST_PLUGINS, f"serpens_nf_{name}.so"), target)
+            os.chmod(target, 0o755)
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def chain(self, name, text):
+        with open(os.path.join(self.dir, "chains", name + ".toml"), "w") as f:
+            f.write(text)
+
+    def pktgen(self, *args):
+        out = subprocess.run([PKTGEN, "-o", self.path("in.pcap"), "--summary"] + list(args),
+                             check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def eal(self, lcores="0-1"):
+        return (f'args = ["-l", "{lcores}", "--no-huge", "-m", "256", "--no-pci", "--no-shconf", '
+                f'"--file-prefix={self.prefix}", "--no-telemetry", "--log-level=warning"]')
+
+    def pcap_port(self, name="pcap0"):
+        return (f'[[port]]\nname = "{name}"\n'
+                f'device = "net_pcap0,rx_pcap={self.path("in.pcap")},tx_pcap={self.path("out.pcap")}"\n')
+
+    def config(self, body, eal=None):
+        # A pcap replays as fast as the host reads it, and net_pcap has no
+        # back-pressure: rings and pool larger than any test capture keep a
+        # busy CI machine (a worker descheduled for a while) from dropping.
+        if "[instances]" not in body:
+            body += "\n[instances]\nring_size = 16384\n"
+        if "[mempool]" not in body:
+            body += "\n[mempool]\nmbufs = 32767\n"
+        text = (f'[host]\nid = "{self.prefix}"\nplugin_dir = "plugins"\nchains_dir = "chains"\n'
+                f'state_dir = "state"\n\n[eal]\n{eal or self.eal()}\n\n{body}\n')
+        with open(self.path("host.toml"), "w") as f:
+            f.write(text)
+        return self.path("host.toml")
+
+    def run(self, *extra, timeout=60, expect_rc=0):
+        cmd = [HOST, "-c", self.path("host.toml"), "--log-level", "warn",
+               "--stats-json", self.path("stats.json")] + list(extra)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if expect_rc is not None and proc.returncode != expect_rc:
+            fail(f"serpens-host exited {proc.returncode}, expected {expect_rc}\n"
+                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def stats(self):
+        with open(self.path("stats.json")) as f:
+            return json.load(f)
+
+    def output(self):
+        return read_pcap(self.path("out.pcap"))
+
+    def input(self):
+        return read_pcap(self.path("in.pcap"))
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def total_drops(stats):
+    """Every packet the host counted as dropped, wherever it was dropped."""
+    d = stats["dispatch"]
+    drops = (d["malformed_dropped"] + d["unmatched_dropped"] + d["no_instance"] + d["ring_full"]
+             + d["linearize_failed"] + d["default_tx_dropped"])
+    for inst in stats["instances"]:
+        drops += inst["dropped"] + inst["tx_dropped"]
+    return drops

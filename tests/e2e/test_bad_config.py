@@ -1,0 +1,35 @@
+"""A bad host.toml exits non-zero with file:line and what was expected, one case per class."""
+import re
+
+from harness import Host, check
+
+host = Host()
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+rule = '\n[[gateway.rule]]\nchain = "c"\n'
+cases = [
+    # (name, host.toml body after [eal], expected message regex)
+    ("syntax", host.pcap_port() + "[gateway\n", r"host\.toml:\d+:\d+: TOML syntax error"),
+    ("unknown key", host.pcap_port() + rule + "[instances]\nburts = 32\n",
+     r"host\.toml:\d+:\d+: \[instances\]: unknown key 'burts' \(expected one of: .*burst"),
+    ("wrong type", host.pcap_port() + rule + "[instances]\nburst = \"many\"\n",
+     r"host\.toml:\d+:\d+: 'burst' must be an integer, not a string"),
+    ("unknown chain", host.pcap_port() + '\n[[gateway.rule]]\nname = "r"\nchain = "nope"\n',
+     r"host\.toml:\d+: \[\[gateway.rule\]\] 'r': unknown chain 'nope'"),
+    ("unknown port", host.pcap_port() + rule + '[gateway]\ndefault = "eth9"\n',
+     r"host\.toml:\d+:\d+: \[gateway\]: unknown port 'eth9'|host\.toml:\d+:\d+: unknown port 'eth9'"),
+]
+for name, body, pattern in cases:
+    host.config(body)
+    proc = host.run(expect_rc=2)
+    check(re.search(pattern, proc.stderr), f"[{name}] message not as expected: {proc.stderr!r}")
+    print(f"ok [{name}]: {proc.stderr.strip()}")
+
+# Missing plugin directory: the key's own line is named.
+host.config(host.pcap_port() + rule)
+text = open(host.path("host.toml")).read().replace('plugin_dir = "plugins"', 'plugin_dir = "no-such-dir"')
+open(host.path("host.toml"), "w").write(text)
+proc = host.run(expect_rc=2)
+check(re.search(r"host\.toml:3:\d+: plugin directory .*no-such-dir does not exist", proc.stderr),
+      f"[missing plugin dir] {proc.stderr!r}")
+print(f"ok [missing plugin dir]: {proc.stderr.strip()}")
+host.cleanup()
