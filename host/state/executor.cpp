@@ -1,0 +1,656 @@
+// Executor (state manager of one (chain, NF)) and StateStore.
+
+#include "state/executor.h"
+
+#include "state/default_hooks.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <system_error>
+
+namespace serpens::state {
+
+uint64_t monotonic_ns() noexcept
+{
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+namespace {
+
+uint64_t instance_mask(uint32_t max_instances)
+{
+    return max_instances >= 64 ? ~0ull : ((1ull << max_instances) - 1);
+}
+
+bool all_zero(const std::vector<uint64_t> &b)
+{
+    return std::all_of(b.begin(), b.end(), [](uint64_t w) { return w == 0; });
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+// Executor
+// ---------------------------------------------------------------------------
+
+Executor::Executor(StateStore &store, std::string chain, std::string nf, std::filesystem::path dir)
+    : _store(store), _chain(std::move(chain)), _nf(std::move(nf)), _dir(std::move(dir))
+{
+    _mgr_ctx.struct_size = sizeof(serpens_nf_ctx);
+    _mgr_ctx.instance_id = UINT32_MAX; // "the state manager", not an instance
+    _mgr_ctx.chain_name = _chain.c_str();
+    _mgr_ctx.nf_name = _nf.c_str();
+}
+
+Executor::~Executor() = default;
+
+void Executor::set_descriptor(const serpens_nf_descriptor *desc)
+{
+    std::lock_guard lk(_mu);
+    if (_desc == nullptr) {
+        _desc = desc;
+    }
+}
+
+Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
+{
+    const std::string where = "chain '" + _chain + "' nf '" + _nf + "' table '" + spec.name + "'";
+    if (kind_of(spec.flags) != TableKind::release && kind_of(spec.flags) != TableKind::eventual) {
+        spec.max_instances = 0;
+    } else {
+        spec.max_instances = _store.options().max_instances;
+    }
+    if (auto why = validate_spec(spec); !why.empty()) {
+        err = where + ": " + why;
+        return nullptr;
+    }
+    if (kind_of(spec.flags) == TableKind::eventual && spec.value_size % 8 != 0 &&
+        (_desc == nullptr || _desc->merge == nullptr)) {
+        err = where + ": EVENTUAL with the default merge (uint64 counters) needs value_size a multiple of 8, got " +
+              std::to_string(spec.value_size);
+        return nullptr;
+    }
+    if (auto it = _tables.find(spec.name); it != _tables.end()) {
+        const SegmentHeader &h = it->second->header();
+        if (h.flags != spec.flags || h.key_size != spec.key_size || h.value_size != spec.value_size ||
+            h.capacity != spec.capacity) {
+            err = where + ": already exists as " + flags_to_string(h.flags) + " key " + std::to_string(h.key_size) +
+                  " value " + std::to_string(h.value_size) + " capacity " + std::to_string(h.capacity) +
+                  ", requested " + flags_to_string(spec.flags) + " key " + std::to_string(spec.key_size) +
+                  " value " + std::to_string(spec.value_size) + " capacity " + std::to_string(spec.capacity);
+            return nullptr;
+        }
+        return it->second.get();
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(_dir, ec);
+    if (ec) {
+        err = where + ": cannot create " + _dir.string() + ": " + ec.message();
+        return nullptr;
+    }
+    auto t = Table::open(_dir / (StateStore::escape(spec.name) + ".tbl"), spec, err);
+    if (!t) {
+        err = where + ": " + err;
+        return nullptr;
+    }
+    // Instances of a previous run are gone.  EVENTUAL: fold what they had not
+    // merged yet; RELEASE: their cells keep their items until the next
+    // rebalance collects every cell.
+    uint64_t old = ld_rlx(&t->header().active_mask);
+    if (old != 0 && is_global_write(t->kind())) {
+        if (t->kind() == TableKind::eventual) {
+            t->for_each_live_slot([&](std::size_t s) { merge_locked(*t, s, old); });
+        }
+        st_rlx(&t->header_rw().active_mask, 0);
+        spdlog::info("state: {}: folded replicas of previous instances (mask {:#x})", t->path().string(), old);
+    }
+    Table *raw = t.get();
+    _tables.emplace(spec.name, std::move(t));
+    return raw;
+}
+
+Table *Executor::create_table(TableSpec spec, std::string &err)
+{
+    std::lock_guard lk(_mu);
+    return create_table_locked(spec, err);
+}
+
+TableHandle *Executor::open_handle(TableSpec spec, uint32_t instance, serpens_nf_ctx *ctx, std::string &err)
+{
+    std::lock_guard lk(_mu);
+    Table *t = create_table_locked(spec, err);
+    if (t == nullptr) {
+        return nullptr;
+    }
+    if (is_global_write(t->kind()) && instance >= t->header().max_instances) {
+        err = "chain '" + _chain + "' nf '" + _nf + "' table '" + spec.name + "': instance " +
+              std::to_string(instance) + " >= max_instances " + std::to_string(t->header().max_instances);
+        return nullptr;
+    }
+    if (ctx != nullptr) {
+        _ctxs[instance] = ctx;
+        if (_mgr_ctx.host == nullptr) {
+            _mgr_ctx.host = ctx->host;
+        }
+    }
+    auto &slot = _handles[{spec.name, instance}];
+    if (!slot) {
+        slot = std::make_unique<TableHandle>();
+        slot->table = t;
+        slot->executor = this;
+        slot->instance = instance;
+        slot->cell = 1 + instance;
+        slot->kind = t->kind();
+    }
+    if (is_global_write(t->kind())) {
+        activate_locked(*t, instance);
+    }
+    return slot.get();
+}
+
+Table *Executor::find(std::string_view name)
+{
+    std::lock_guard lk(_mu);
+    auto it = _tables.find(name);
+    return it == _tables.end() ? nullptr : it->second.get();
+}
+
+std::vector<Table *> Executor::tables()
+{
+    std::lock_guard lk(_mu);
+    std::vector<Table *> v;
+    for (auto &[n, t] : _tables) {
+        v.push_back(t.get());
+    }
+    return v;
+}
+
+void Executor::seal()
+{
+    std::lock_guard lk(_mu);
+    for (auto &[n, t] : _tables) {
+        if (t->kind() == TableKind::global_read) {
+            t->seal();
+        }
+    }
+}
+
+serpens_nf_ctx *Executor::hook_ctx()
+{
+    for (auto &[id, ctx] : _ctxs) {
+        if (ctx != nullptr) {
+            return ctx;
+        }
+    }
+    return &_mgr_ctx;
+}
+
+int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
+                        const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out)
+{
+    std::vector<void *> ptrs(n);
+    for (uint32_t i = 0; i < n; ++i) {
+        ptrs[i] = parts[i].data();
+    }
+    std::string name(t.name());
+    serpens_state_hook_args a{};
+    a.struct_size = sizeof(a);
+    a.n = n;
+    a.table = name.c_str();
+    a.key = key;
+    a.key_size = t.key_size();
+    a.value_size = t.value_size();
+    a.whole = whole;
+    a.parts = ptrs.data();
+    a.out = out;
+    int rc = hook(hook_ctx(), &a);
+    if (rc != SERPENS_OK) {
+        spdlog::error("state: chain '{}' nf '{}' table '{}': state hook returned {}; state left unchanged", _chain,
+                      _nf, name, rc);
+    }
+    return rc;
+}
+
+// RELEASE: collect every cell (base, active and inactive instances) into one
+// whole and deal it out to the active instances — or keep it in the base when
+// none is active.  With prefer_update_hook and an NF update hook, the hook
+// rebalances the active cells in place instead (only when nothing sits
+// outside them).
+int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook)
+{
+    const uint32_t cells = t.cells();
+    const uint32_t vw = words_of(t.value_size());
+    const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(cells - 1);
+    std::vector<uint32_t> active;
+    for (uint32_t i = 0; i + 1 < cells; ++i) {
+        if (mask & (1ull << i)) {
+            active.push_back(i);
+        }
+    }
+    const void *key = t.slot_key(slot);
+    std::vector<uint64_t> ctl(cells);
+    std::vector<Buf> cur(cells, Buf(vw, 0));
+    for (uint32_t c = 0; c < cells; ++c) {
+        ctl[c] = t.lock_cell(slot, c);
+        t.read_locked_cell(slot, c, ctl[c], cur[c].data());
+    }
+    std::vector<Buf> nxt(cells, Buf(vw, 0));
+    int rc = SERPENS_OK;
+    bool outside_empty = all_zero(cur[0]);
+    for (uint32_t c = 1; c < cells && outside_empty; ++c) {
+        if (!(mask & (1ull << (c - 1)))) {
+            outside_empty = all_zero(cur[c]);
+        }
+    }
+    if (prefer_update_hook && _desc != nullptr && _desc->update != nullptr && !active.empty() && outside_empty) {
+        std::vector<Buf> parts;
+        for (uint32_t a : active) {
+            parts.push_back(cur[1 + a]);
+        }
+        rc = call_hook(_desc->update, t, key, nullptr, parts, static_cast<uint32_t>(parts.size()), nullptr);
+        for (std::size_t j = 0; j < active.size(); ++j) {
+            nxt[1 + active[j]] = parts[j];
+        }
+    } else {
+        Buf whole(vw, 0);
+        auto merge = (_desc && _desc->merge) ? _desc->merge : &default_release_merge;
+        rc = call_hook(merge, t, key, nullptr, cur, cells, whole.data());
+        if (rc == SERPENS_OK) {
+            if (active.empty()) {
+                nxt[0] = whole;
+            } else {
+                std::vector<Buf> parts(active.size(), Buf(vw, 0));
+                auto split = (_desc && _desc->split) ? _desc->split : &default_release_split;
+                rc = call_hook(split, t, key, whole.data(), parts, static_cast<uint32_t>(parts.size()), nullptr);
+                for (std::size_t j = 0; j < active.size(); ++j) {
+                    nxt[1 + active[j]] = parts[j];
+                }
+            }
+        }
+    }
+    for (uint32_t c = 0; c < cells; ++c) {
+        if (rc == SERPENS_OK && nxt[c] != cur[c]) {
+            t.write_unlock_cell(slot, c, ctl[c], nxt[c].data());
+        } else {
+            t.unlock_cell(slot, c, ctl[c]);
+        }
+    }
+    return rc;
+}
+
+int Executor::gather_locked(Table &t, std::size_t slot)
+{
+    // Temporarily nobody is active: everything goes to the base.
+    uint64_t mask = ld_rlx(&t.header().active_mask);
+    st_rlx(&t.header_rw().active_mask, 0);
+    int rc = rebalance_locked(t, slot, false);
+    st_rlx(&t.header_rw().active_mask, mask);
+    return rc;
+}
+
+// EVENTUAL: G' = merge(G, replicas in `mask`); base and those replicas := G'.
+int Executor::merge_locked(Table &t, std::size_t slot, uint64_t mask)
+{
+    const uint32_t cells = t.cells();
+    const uint32_t vw = words_of(t.value_size());
+    mask &= instance_mask(cells - 1);
+    const void *key = t.slot_key(slot);
+    std::vector<uint32_t> idx{0};
+    for (uint32_t i = 0; i + 1 < cells; ++i) {
+        if (mask & (1ull << i)) {
+            idx.push_back(1 + i);
+        }
+    }
+    std::vector<uint64_t> ctl(idx.size());
+    std::vector<Buf> cur(idx.size(), Buf(vw, 0));
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        ctl[j] = t.lock_cell(slot, idx[j]);
+        t.read_locked_cell(slot, idx[j], ctl[j], cur[j].data());
+    }
+    std::vector<Buf> replicas(cur.begin() + 1, cur.end());
+    Buf out(vw, 0);
+    auto merge = (_desc && _desc->merge) ? _desc->merge : &default_eventual_merge;
+    int rc = call_hook(merge, t, key, cur[0].data(), replicas, static_cast<uint32_t>(replicas.size()), out.data());
+    std::vector<Buf> copies(replicas.size(), Buf(vw, 0));
+    if (rc == SERPENS_OK && !copies.empty()) {
+        auto split = (_desc && _desc->split) ? _desc->split : &default_eventual_split;
+        rc = call_hook(split, t, key, out.data(), copies, static_cast<uint32_t>(copies.size()), nullptr);
+    }
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        const Buf &n = j == 0 ? out : copies[j - 1];
+        if (rc == SERPENS_OK && n != cur[j]) {
+            t.write_unlock_cell(slot, idx[j], ctl[j], n.data());
+        } else {
+            t.unlock_cell(slot, idx[j], ctl[j]);
+        }
+    }
+    return rc;
+}
+
+int Executor::merge_slot(Table &t, std::size_t slot)
+{
+    if (t.kind() == TableKind::release) {
+        return gather_locked(t, slot);
+    }
+    return merge_locked(t, slot, ld_rlx(&t.header().active_mask));
+}
+
+int Executor::update_locked(Table &t, std::size_t slot)
+{
+    if (t.kind() == TableKind::release) {
+        return rebalance_locked(t, slot, true);
+    }
+    return merge_locked(t, slot, ld_rlx(&t.header().active_mask));
+}
+
+void Executor::activate_locked(Table &t, uint32_t id)
+{
+    uint64_t mask = ld_rlx(&t.header().active_mask);
+    if (mask & (1ull << id)) {
+        return;
+    }
+    st_rlx(&t.header_rw().active_mask, mask | (1ull << id));
+    if (t.kind() == TableKind::release) {
+        t.for_each_live_slot([&](std::size_t s) { rebalance_locked(t, s, false); });
+        return;
+    }
+    // EVENTUAL: the newcomer's replica starts as a copy of the base.
+    const uint32_t vw = words_of(t.value_size());
+    t.for_each_live_slot([&](std::size_t s) {
+        Buf base(vw, 0);
+        uint64_t c0 = t.lock_cell(s, 0);
+        uint64_t ci = t.lock_cell(s, 1 + id);
+        t.read_locked_cell(s, 0, c0, base.data());
+        t.write_unlock_cell(s, 1 + id, ci, base.data());
+        t.unlock_cell(s, 0, c0);
+    });
+}
+
+void Executor::deactivate_locked(Table &t, uint32_t id)
+{
+    uint64_t mask = ld_rlx(&t.header().active_mask);
+    if (!(mask & (1ull << id))) {
+        return;
+    }
+    if (t.kind() == TableKind::release) {
+        st_rlx(&t.header_rw().active_mask, mask & ~(1ull << id));
+        t.for_each_live_slot([&](std::size_t s) { rebalance_locked(t, s, false); });
+        return;
+    }
+    t.for_each_live_slot([&](std::size_t s) { merge_locked(t, s, mask); });
+    st_rlx(&t.header_rw().active_mask, mask & ~(1ull << id));
+}
+
+void Executor::add_instance(uint32_t id, serpens_nf_ctx *ctx)
+{
+    std::lock_guard lk(_mu);
+    if (ctx != nullptr) {
+        _ctxs[id] = ctx;
+    }
+    for (auto &[n, t] : _tables) {
+        if (is_global_write(t->kind()) && id < t->header().max_instances) {
+            activate_locked(*t, id);
+        }
+    }
+}
+
+void Executor::remove_instance(uint32_t id)
+{
+    std::lock_guard lk(_mu);
+    for (auto &[n, t] : _tables) {
+        if (is_global_write(t->kind()) && id < t->header().max_instances) {
+            deactivate_locked(*t, id);
+        }
+    }
+    _ctxs.erase(id);
+}
+
+uint64_t Executor::active_instances() const
+{
+    std::lock_guard lk(_mu);
+    uint64_t m = 0;
+    for (auto &[n, t] : _tables) {
+        m |= ld_rlx(&t->header().active_mask);
+    }
+    return m;
+}
+
+int Executor::op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, std::size_t))
+{
+    if (!is_global_write(t.kind())) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    std::size_t s = t.find_live(key);
+    if (s == Table::npos) {
+        return SERPENS_ENOENT;
+    }
+    return (this->*op)(t, s);
+}
+
+int Executor::split(Table &t, const void *key)
+{
+    return op_by_key(t, key, t.kind() == TableKind::release ? &Executor::split_slot : &Executor::merge_slot);
+}
+
+int Executor::merge(Table &t, const void *key) { return op_by_key(t, key, &Executor::merge_slot); }
+
+int Executor::update(Table &t, const void *key) { return op_by_key(t, key, &Executor::update_slot); }
+
+int Executor::timer(Table &t, const void *key, uint64_t period_ns)
+{
+    if (!is_global_write(t.kind())) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    std::vector<uint8_t> k(static_cast<const uint8_t *>(key), static_cast<const uint8_t *>(key) + t.key_size());
+    auto it = std::find_if(_timers.begin(), _timers.end(), [&](const Timer &x) { return x.table == &t && x.key == k; });
+    if (period_ns == 0) {
+        if (it != _timers.end()) {
+            _timers.erase(it);
+        }
+        return SERPENS_OK;
+    }
+    uint64_t due = monotonic_ns() + period_ns;
+    if (it != _timers.end()) {
+        it->period_ns = period_ns;
+        it->due_ns = due;
+    } else {
+        _timers.push_back(Timer{&t, std::move(k), period_ns, due});
+    }
+    return SERPENS_OK;
+}
+
+int Executor::trigger(Table &t, const void *key, uint32_t instance)
+{
+    if (!is_global_write(t.kind())) {
+        return SERPENS_EINVAL;
+    }
+    std::unique_lock lk(_mu, std::try_to_lock);
+    if (!lk.owns_lock()) {
+        std::lock_guard pl(_pending_mu);
+        _pending.push_back(Pending{&t, std::vector<uint8_t>(static_cast<const uint8_t *>(key),
+                                                            static_cast<const uint8_t *>(key) + t.key_size())});
+        return SERPENS_OK;
+    }
+    std::size_t s = t.find_live(key);
+    if (s == Table::npos) {
+        return SERPENS_ENOENT;
+    }
+    int rc = update_locked(t, s);
+    if (rc != SERPENS_OK || t.kind() != TableKind::release || (_desc && (_desc->split || _desc->update))) {
+        return rc;
+    }
+    Buf mine(words_of(t.value_size()), 0);
+    if (t.cell_get(key, 1 + instance, mine.data(), nullptr) == SERPENS_OK && all_zero(mine)) {
+        return SERPENS_ENOSPC;
+    }
+    return SERPENS_OK;
+}
+
+int Executor::read_global(Table &t, const void *key, void *out)
+{
+    if (t.kind() == TableKind::eventual) {
+        return t.cell_get(key, 0, out, nullptr);
+    }
+    if (t.kind() != TableKind::release) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    std::size_t s = t.find_live(key);
+    if (s == Table::npos) {
+        return SERPENS_ENOENT;
+    }
+    const uint32_t cells = t.cells();
+    const uint32_t vw = words_of(t.value_size());
+    std::vector<uint64_t> ctl(cells);
+    std::vector<Buf> cur(cells, Buf(vw, 0));
+    for (uint32_t c = 0; c < cells; ++c) {
+        ctl[c] = t.lock_cell(s, c);
+        t.read_locked_cell(s, c, ctl[c], cur[c].data());
+    }
+    for (uint32_t c = 0; c < cells; ++c) {
+        t.unlock_cell(s, c, ctl[c]);
+    }
+    Buf whole(vw, 0);
+    auto merge = (_desc && _desc->merge) ? _desc->merge : &default_release_merge;
+    int rc = call_hook(merge, t, t.slot_key(s), nullptr, cur, cells, whole.data());
+    if (rc == SERPENS_OK) {
+        std::memcpy(out, whole.data(), t.value_size());
+    }
+    return rc;
+}
+
+void Executor::run_pending_locked()
+{
+    std::vector<Pending> todo;
+    {
+        std::lock_guard pl(_pending_mu);
+        todo.swap(_pending);
+    }
+    for (auto &p : todo) {
+        std::size_t s = p.table->find_live(p.key.data());
+        if (s != Table::npos) {
+            update_locked(*p.table, s);
+        }
+    }
+}
+
+void Executor::tick(uint64_t now_ns)
+{
+    std::vector<Table *> flows;
+    {
+        std::lock_guard lk(_mu);
+        for (auto &tm : _timers) {
+            if (now_ns >= tm.due_ns) {
+                std::size_t s = tm.table->find_live(tm.key.data());
+                if (s != Table::npos) {
+                    update_locked(*tm.table, s);
+                }
+                tm.due_ns = now_ns + tm.period_ns;
+            }
+        }
+        run_pending_locked();
+        for (auto &[n, t] : _tables) {
+            if (t->kind() == TableKind::per_flow) {
+                flows.push_back(t.get());
+            }
+        }
+    }
+    const StoreOptions &o = _store.options();
+    if (o.flow_idle_timeout_ns != 0) {
+        for (Table *t : flows) {
+            t->expire(now_ns, o.flow_idle_timeout_ns, o.expire_budget);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// StateStore
+// ---------------------------------------------------------------------------
+
+StateStore::StateStore(StoreOptions opts) : _opts(std::move(opts))
+{
+    if (_opts.root.empty()) {
+        _opts.root = default_root(_opts.host_id);
+    }
+    _opts.max_instances = std::clamp<uint32_t>(_opts.max_instances, 1, max_instances_limit);
+    set_coarse_now(monotonic_ns());
+}
+
+StateStore::~StateStore() = default;
+
+std::filesystem::path StateStore::default_root(std::string_view host_id)
+{
+    return std::filesystem::path("/dev/shm/serpens") / escape(host_id);
+}
+
+std::string StateStore::escape(std::string_view s)
+{
+    std::string o;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                    c == '-' || (c == '.' && i > 0);
+        if (keep) {
+            o += static_cast<char>(c);
+        } else {
+            char b[4];
+            std::snprintf(b, sizeof(b), "%%%02X", c);
+            o += b;
+        }
+    }
+    return o.empty() ? "%" : o;
+}
+
+std::string StateStore::unescape(std::string_view s)
+{
+    std::string o;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%' && i + 2 < s.size()) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            o += static_cast<char>(std::strtol(hex, nullptr, 16));
+            i += 2;
+        } else if (s[i] != '%') {
+            o += s[i];
+        }
+    }
+    return o;
+}
+
+Executor &StateStore::executor(std::string_view chain, std::string_view nf)
+{
+    std::lock_guard lk(_mu);
+    auto key = std::make_pair(std::string(chain), std::string(nf));
+    auto it = _executors.find(key);
+    if (it == _executors.end()) {
+        auto dir = _opts.root / escape(chain) / escape(nf);
+        it = _executors.emplace(key, std::make_unique<Executor>(*this, key.first, key.second, dir)).first;
+    }
+    return *it->second;
+}
+
+std::vector<Executor *> StateStore::executors()
+{
+    std::lock_guard lk(_mu);
+    std::vector<Executor *> v;
+    for (auto &[k, e] : _executors) {
+        v.push_back(e.get());
+    }
+    return v;
+}
+
+void StateStore::tick(uint64_t now_ns)
+{
+    set_coarse_now(now_ns);
+    for (Executor *e : executors()) {
+        e->tick(now_ns);
+    }
+}
+
+} // namespace serpens::state

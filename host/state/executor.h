@@ -1,0 +1,220 @@
+#pragma once
+// Executors and the per-host state store (paper §III-A).
+//
+// One StateStore per host owns a directory of segments:
+//     <root>/<chain>/<nf>/<table>.tbl          (names %-escaped)
+// An Executor is one (chain, NF): it owns that NF's tables, outlives the
+// instances that use them, and is the state manager for its global/write
+// tables (split, merge, update, timers, triggers, scale-in).
+//
+// Global/write protocol (why a resource is never handed out twice):
+//  - Each key has cells: cell 0 is the base, cell 1 + i belongs to instance i.
+//    An instance reads and writes only its own cell (get_state / put_state).
+//  - A put is a CAS on the cell's control word against the version the
+//    instance last read; a rebalance or merge owns every cell it touches at
+//    once (W bit on each), rewrites them, and bumps their versions.  So an
+//    instance whose get raced with a rebalance has its put refused
+//    (err_again, proposed SERPENS_EAGAIN): it reads again and redoes its
+//    change on what it now owns.  A resource is therefore in exactly one cell
+//    at any time, and an instance may hand a resource out only after the put
+//    that removed it from its cell succeeded.
+//  - No quiescence is needed; the manager holds the cells for the few
+//    microseconds of a memcpy, during which owners' gets still succeed
+//    (double-buffered cells) and their puts fail fast.
+//
+// Default state formats (used when the NF gives no hook):
+//  - RELEASE: the value is a bitmap pool of value_size * 8 items; a set bit
+//    is a free item owned by that cell.  merge = OR, split = deal the free
+//    items out in equal contiguous runs, update = merge then split among the
+//    active instances ("split the remaining resources equally").
+//  - EVENTUAL: the value is an array of uint64 counters (value_size a
+//    multiple of 8).  Every active replica starts as a copy of the base G
+//    (the last merge result); merge computes G' = G + sum_i (R_i - G) word
+//    by word and copies G' back into every replica, so an instance's get
+//    shows the global value as of the last merge plus its own increments.
+//    update = merge.  The all-zero value must be the empty state.
+
+#include "state/table.h"
+
+#include <serpens/nf.h>
+
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace serpens::state {
+
+class Executor;
+class StateStore;
+
+struct StoreOptions {
+    std::filesystem::path root;                            // empty: default_root(host_id)
+    std::string host_id = "default";
+    uint32_t max_instances = 16;                           // cells per global/write key, <= 64
+    uint64_t flow_idle_timeout_ns = 300'000'000'000ull;    // per-flow expiry; 0 = never
+    std::size_t expire_budget = 16384;                     // slots swept per table per tick
+};
+
+// What a plugin's serpens_table * points to: one table as seen by one
+// instance.  Owned by the Executor; stays valid until the Executor goes.
+// Used by one worker thread (the instance's).
+struct TableHandle {
+    Table *table = nullptr;
+    Executor *executor = nullptr;
+    uint32_t instance = 0;
+    uint32_t cell = 0; // global/write: 1 + instance
+    TableKind kind = TableKind::per_flow;
+    VersionCache vc;
+};
+
+inline serpens_table *to_abi(TableHandle *h) noexcept { return reinterpret_cast<serpens_table *>(h); }
+inline TableHandle *from_abi(serpens_table *t) noexcept { return reinterpret_cast<TableHandle *>(t); }
+
+class Executor {
+public:
+    Executor(StateStore &store, std::string chain, std::string nf, std::filesystem::path dir);
+    ~Executor();
+
+    // Cold path, thread-safe.  Creates or attaches table `spec.name`.  When
+    // this executor already has the table, flags and sizes must match.
+    // Returns nullptr and sets `err` (what mismatched, the file path).
+    Table *create_table(TableSpec spec, std::string &err);
+    // create_table, then the handle for `instance`; for global/write tables
+    // the instance becomes active (gets its share).  `ctx` is passed to NF
+    // hooks (may be null).  Thread-safe.
+    TableHandle *open_handle(TableSpec spec, uint32_t instance, serpens_nf_ctx *ctx, std::string &err);
+    Table *find(std::string_view name);
+    std::vector<Table *> tables();
+
+    // The NF's split/merge/update hooks (NULL entries select the defaults).
+    // Thread-safe; the first non-null descriptor wins.
+    void set_descriptor(const serpens_nf_descriptor *desc);
+
+    // Seals every global/read table: call once the first instance's init
+    // returned.  Thread-safe.
+    void seal();
+
+    // State manager operations for global/write tables.  They take the
+    // executor's lock (never call them from a hot loop); SERPENS_OK or a
+    // negative code (SERPENS_ENOENT: no such key, SERPENS_EINVAL: not a
+    // global/write table, or an NF hook's own code).
+    int split(Table &t, const void *key);
+    int merge(Table &t, const void *key);
+    int update(Table &t, const void *key);
+    // Runs update (RELEASE) / merge (EVENTUAL) every period_ns from tick();
+    // period 0 cancels.
+    int timer(Table &t, const void *key, uint64_t period_ns);
+    // An instance ran out: rebalance now if the lock is free, else at the
+    // next tick.  Never blocks.  RELEASE with the default format returns
+    // SERPENS_ENOSPC when the caller's cell is still empty afterwards.
+    int trigger(Table &t, const void *key, uint32_t instance);
+    // The merged global value (EVENTUAL: last merge result; RELEASE: union
+    // of all cells).  Thread-safe.
+    int read_global(Table &t, const void *key, void *out);
+
+    // Scale events.  add_instance activates `id` in every global/write table
+    // (RELEASE: rebalance so it gets a share; EVENTUAL: its replica becomes a
+    // copy of the base).  remove_instance folds the leaving instance into the
+    // survivors (RELEASE: its free items go back and are re-split; EVENTUAL:
+    // its counts are merged into the base); after the last one the state
+    // stays in the segments.  Call remove_instance after the instance stopped
+    // processing.  Thread-safe.
+    void add_instance(uint32_t id, serpens_nf_ctx *ctx);
+    void remove_instance(uint32_t id);
+    uint64_t active_instances() const; // bit i = instance i (union over tables)
+
+    // Runs due timers and pending triggers, and sweeps idle per-flow entries.
+    // Called by StateStore::tick().
+    void tick(uint64_t now_ns);
+
+    const std::string &chain() const noexcept { return _chain; }
+    const std::string &nf() const noexcept { return _nf; }
+    const std::filesystem::path &dir() const noexcept { return _dir; }
+
+private:
+    struct Timer {
+        Table *table;
+        std::vector<uint8_t> key;
+        uint64_t period_ns;
+        uint64_t due_ns;
+    };
+    struct Pending {
+        Table *table;
+        std::vector<uint8_t> key;
+    };
+    using Buf = std::vector<uint64_t>;
+
+    Table *create_table_locked(TableSpec &spec, std::string &err);
+    void activate_locked(Table &t, uint32_t id);
+    void deactivate_locked(Table &t, uint32_t id);
+    int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook);
+    int gather_locked(Table &t, std::size_t slot); // RELEASE: everything into the base
+    int merge_locked(Table &t, std::size_t slot, uint64_t mask);
+    int update_locked(Table &t, std::size_t slot);
+    int call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
+                  const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out);
+    serpens_nf_ctx *hook_ctx();
+    int op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, std::size_t));
+    int split_slot(Table &t, std::size_t slot) { return rebalance_locked(t, slot, false); }
+    int update_slot(Table &t, std::size_t slot) { return update_locked(t, slot); }
+    int merge_slot(Table &t, std::size_t slot);
+    void run_pending_locked();
+
+    StateStore &_store;
+    std::string _chain;
+    std::string _nf;
+    std::filesystem::path _dir;
+    mutable std::mutex _mu;
+    std::map<std::string, std::unique_ptr<Table>, std::less<>> _tables;
+    std::map<std::pair<std::string, uint32_t>, std::unique_ptr<TableHandle>> _handles;
+    std::map<uint32_t, serpens_nf_ctx *> _ctxs;
+    serpens_nf_ctx _mgr_ctx{};
+    const serpens_nf_descriptor *_desc = nullptr;
+    std::vector<Timer> _timers;
+    std::mutex _pending_mu; // guards _pending only; taken without _mu by trigger()
+    std::vector<Pending> _pending;
+};
+
+class StateStore {
+public:
+    // Cold path.  Does not touch the disk until a table is created.
+    explicit StateStore(StoreOptions opts);
+    ~StateStore();
+    StateStore(const StateStore &) = delete;
+    StateStore &operator=(const StateStore &) = delete;
+
+    // "/dev/shm/serpens/<host-id>".
+    static std::filesystem::path default_root(std::string_view host_id);
+    // The directory name used for a chain, NF or table name.
+    static std::string escape(std::string_view name);
+    static std::string unescape(std::string_view name);
+
+    // The executor of (chain, nf), created on first use.  Thread-safe; the
+    // reference stays valid for the store's lifetime.
+    Executor &executor(std::string_view chain, std::string_view nf);
+    std::vector<Executor *> executors();
+
+    // Host control thread, e.g. every millisecond: advances the coarse clock
+    // used for last-access stamps, runs timers and pending triggers, and
+    // sweeps idle per-flow entries incrementally.  Thread-safe.
+    void tick(uint64_t now_ns);
+
+    const StoreOptions &options() const noexcept { return _opts; }
+    const std::filesystem::path &root() const noexcept { return _opts.root; }
+
+private:
+    StoreOptions _opts;
+    std::mutex _mu;
+    std::map<std::pair<std::string, std::string>, std::unique_ptr<Executor>, std::less<>> _executors;
+};
+
+// Monotonic clock in ns (what tick() expects).
+uint64_t monotonic_ns() noexcept;
+
+} // namespace serpens::state

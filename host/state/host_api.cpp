@@ -1,0 +1,134 @@
+// C-callable shims for the state slots of serpens_host_api.
+
+#include "state/host_api.h"
+
+#include "chain/nf_context.h"
+#include "state/executor.h"
+
+#include <spdlog/spdlog.h>
+
+namespace serpens::state {
+
+namespace {
+
+serpens_table *shim_create_table(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t key_size,
+                                 uint32_t value_size, uint64_t capacity)
+{
+    NfContext *nc = ctx ? NfContext::of(ctx) : nullptr;
+    if (nc == nullptr || nc->executor == nullptr) {
+        spdlog::error("state: create_table('{}'): this NF context has no state executor", name ? name : "");
+        return nullptr;
+    }
+    if (name == nullptr) {
+        spdlog::error("state: chain '{}' nf '{}': create_table with a NULL name", nc->chain_name, nc->nf_name);
+        return nullptr;
+    }
+    Executor &ex = *nc->executor;
+    ex.set_descriptor(nc->desc);
+    TableSpec spec;
+    spec.name = name;
+    spec.flags = flags;
+    spec.key_size = key_size;
+    spec.value_size = value_size;
+    spec.capacity = capacity;
+    std::string err;
+    TableHandle *h = ex.open_handle(spec, ctx->instance_id, ctx, err);
+    if (h == nullptr) {
+        spdlog::error("state: create_table refused: {}", err);
+        return nullptr;
+    }
+    return to_abi(h);
+}
+
+int shim_get(serpens_table *t, const void *key, void *value_out)
+{
+    TableHandle *h = from_abi(t);
+    if (h->kind == TableKind::per_flow || h->kind == TableKind::global_read) {
+        return h->table->get(key, value_out);
+    }
+    return h->table->cell_get(key, h->cell, value_out, &h->vc);
+}
+
+int shim_put(serpens_table *t, const void *key, const void *value)
+{
+    TableHandle *h = from_abi(t);
+    if (h->kind == TableKind::per_flow || h->kind == TableKind::global_read) {
+        return h->table->put(key, value);
+    }
+    // A removed instance no longer owns a cell; its writes would be lost.
+    if (!(ld_rlx(&h->table->header().active_mask) & (1ull << h->instance))) {
+        return SERPENS_EINVAL;
+    }
+    return h->table->cell_put(key, h->cell, value, &h->vc);
+}
+
+int shim_delete(serpens_table *t, const void *key)
+{
+    return from_abi(t)->table->del(key);
+}
+
+uint64_t shim_get_bulk(serpens_table *t, const void *keys, uint32_t n, void *values)
+{
+    TableHandle *h = from_abi(t);
+    if (h->kind == TableKind::per_flow || h->kind == TableKind::global_read) {
+        return h->table->get_bulk(keys, n, values);
+    }
+    uint64_t mask = 0;
+    const uint32_t ks = h->table->key_size(), vs = h->table->value_size();
+    for (uint32_t i = 0; i < n && i < max_bulk; ++i) {
+        if (h->table->cell_get(static_cast<const uint8_t *>(keys) + static_cast<std::size_t>(i) * ks, h->cell,
+                               static_cast<uint8_t *>(values) + static_cast<std::size_t>(i) * vs, &h->vc) ==
+            SERPENS_OK) {
+            mask |= 1ull << i;
+        }
+    }
+    return mask;
+}
+
+int shim_split(serpens_table *t, const void *key)
+{
+    TableHandle *h = from_abi(t);
+    return h->executor->split(*h->table, key);
+}
+
+int shim_merge(serpens_table *t, const void *key)
+{
+    TableHandle *h = from_abi(t);
+    return h->executor->merge(*h->table, key);
+}
+
+int shim_update(serpens_table *t, const void *key)
+{
+    TableHandle *h = from_abi(t);
+    return h->executor->update(*h->table, key);
+}
+
+int shim_timer(serpens_table *t, const void *key, uint64_t period_ns)
+{
+    TableHandle *h = from_abi(t);
+    return h->executor->timer(*h->table, key, period_ns);
+}
+
+int shim_trigger(serpens_table *t, const void *key)
+{
+    TableHandle *h = from_abi(t);
+    return h->executor->trigger(*h->table, key, h->instance);
+}
+
+} // namespace
+
+void install_host_api(serpens_host_api &api)
+{
+    api.create_table = &shim_create_table;
+    api.get_state = &shim_get;
+    api.put_state = &shim_put;
+    api.delete_state = &shim_delete;
+    api.get_state_bulk = &shim_get_bulk;
+    api.split = &shim_split;
+    api.merge = &shim_merge;
+    api.update = &shim_update;
+    api.timer = &shim_timer;
+    api.trigger = &shim_trigger;
+}
+
+} // namespace serpens::state

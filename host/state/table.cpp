@@ -1,0 +1,1028 @@
+// Table: segment creation/attach/validation (cold) and the lock-free hash
+// table (hot).  See table.h for the protocol and thread-safety summary.
+
+#include "state/table.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <unordered_set>
+
+namespace serpens::state {
+
+namespace {
+
+std::atomic<uint32_t> g_coarse_now{0};
+
+// Upper bound on one segment; a typo in a capacity should not eat /dev/shm.
+constexpr uint64_t max_segment_bytes = 64ull << 30;
+// Spins an inserter waits on a neighbour's claim before backing off; only a
+// pathological probe-range overlap can make it wait this long.
+constexpr uint32_t rescan_spin_limit = 1u << 16;
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+bool compute_layout(const TableSpec &spec, SegmentHeader &h, std::string &err)
+{
+    std::memset(&h, 0, sizeof(h));
+    TableKind kind = kind_of(spec.flags);
+    uint32_t kw = words_of(spec.key_size);
+    uint32_t vw = words_of(spec.value_size);
+    uint32_t cells = is_global_write(kind) ? 1 + spec.max_instances : 0;
+    uint64_t payload = cells ? uint64_t{cells} * (8 + 16ull * vw) : 16ull * vw;
+    uint64_t slot = sizeof(SlotHeader) + 8ull * kw + payload;
+    if (slot <= 64) {
+        // Keep small slots inside one cache line.
+        uint64_t p = 16;
+        while (p < slot) {
+            p *= 2;
+        }
+        slot = p;
+    } else {
+        slot = (slot + 63) & ~uint64_t{63};
+    }
+    if (slot > UINT32_MAX) {
+        err = "slot of " + std::to_string(slot) + " bytes is too large";
+        return false;
+    }
+    // Linear probing stays short at <= 50% load for small slots; big slots
+    // trade probe length for memory at 75%.
+    uint64_t n = slot <= 128 ? spec.capacity * 2 : spec.capacity + spec.capacity / 3;
+    n = std::max<uint64_t>(n, spec.capacity + 8);
+    uint64_t bytes = header_size + n * slot;
+    if (n > max_segment_bytes / slot || bytes > max_segment_bytes) {
+        err = "capacity " + std::to_string(spec.capacity) + " needs more than " +
+              std::to_string(max_segment_bytes >> 30) + " GiB";
+        return false;
+    }
+    h.magic = segment_magic;
+    h.version = layout_version;
+    h.header_size = header_size;
+    h.flags = spec.flags;
+    h.key_size = spec.key_size;
+    h.value_size = spec.value_size;
+    h.max_instances = cells ? spec.max_instances : 0;
+    h.capacity = spec.capacity;
+    h.n_slots = n;
+    h.slot_size = static_cast<uint32_t>(slot);
+    h.hash_id = hash_id_v1;
+    h.file_size = bytes;
+    std::strncpy(h.name, spec.name.c_str(), table_name_max);
+    h.layout_checksum = 0;
+    return true;
+}
+
+// Reasons an existing header cannot be used for `want` (empty when it can).
+std::vector<std::string> header_mismatch(const SegmentHeader &got, const SegmentHeader *want,
+                                         uint64_t actual_size)
+{
+    std::vector<std::string> why;
+    if (got.magic != segment_magic) {
+        why.push_back("bad magic (not a serpens state segment)");
+        return why;
+    }
+    if (got.version != layout_version) {
+        why.push_back("layout version " + std::to_string(got.version) + ", this host reads " +
+                      std::to_string(layout_version));
+        return why;
+    }
+    if (got.header_size != header_size) {
+        why.push_back("header size " + std::to_string(got.header_size));
+    }
+    if (layout_checksum(got) != got.layout_checksum) {
+        why.push_back("layout checksum mismatch (header corrupted)");
+        return why;
+    }
+    if (got.file_size != actual_size) {
+        why.push_back("file is " + std::to_string(actual_size) + " bytes, header says " +
+                      std::to_string(got.file_size));
+    }
+    if (got.hash_id != hash_id_v1) {
+        why.push_back("hash function " + std::to_string(got.hash_id));
+    }
+    if (want != nullptr) {
+        auto cmp = [&](const char *what, uint64_t g, uint64_t w) {
+            if (g != w) {
+                why.push_back(std::string(what) + " " + std::to_string(g) + " on disk, " +
+                              std::to_string(w) + " requested");
+            }
+        };
+        if (got.flags != want->flags) {
+            why.push_back("flags " + flags_to_string(got.flags) + " on disk, " + flags_to_string(want->flags) +
+                          " requested");
+        }
+        cmp("key_size", got.key_size, want->key_size);
+        cmp("value_size", got.value_size, want->value_size);
+        cmp("capacity", got.capacity, want->capacity);
+        cmp("max_instances", got.max_instances, want->max_instances);
+        cmp("n_slots", got.n_slots, want->n_slots);
+        cmp("slot_size", got.slot_size, want->slot_size);
+    }
+    return why;
+}
+
+std::string utc_stamp()
+{
+    auto now = std::chrono::system_clock::now();
+    std::time_t t = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
+    return buf;
+}
+
+} // namespace
+
+const char *kind_name(TableKind kind) noexcept
+{
+    switch (kind) {
+    case TableKind::per_flow:
+        return "per-flow";
+    case TableKind::global_read:
+        return "global/read";
+    case TableKind::release:
+        return "global/write release";
+    case TableKind::eventual:
+        return "global/write eventual";
+    }
+    return "?";
+}
+
+std::string flags_to_string(uint32_t flags)
+{
+    static const std::pair<uint32_t, const char *> names[] = {
+        {SERPENS_STATE_PER_FLOW, "PER_FLOW"}, {SERPENS_STATE_GLOBAL, "GLOBAL"},
+        {SERPENS_STATE_READ, "READ"},         {SERPENS_STATE_WRITE, "WRITE"},
+        {SERPENS_STATE_RELEASE, "RELEASE"},   {SERPENS_STATE_EVENTUAL, "EVENTUAL"},
+    };
+    std::string s;
+    uint32_t rest = flags;
+    for (auto &[bit, name] : names) {
+        if (flags & bit) {
+            s += s.empty() ? "" : "|";
+            s += name;
+            rest &= ~bit;
+        }
+    }
+    if (rest != 0) {
+        char buf[16];
+        std::snprintf(buf, sizeof(buf), "0x%x", rest);
+        s += s.empty() ? "" : "|";
+        s += buf;
+    }
+    return s.empty() ? "0" : s;
+}
+
+std::string validate_spec(const TableSpec &spec)
+{
+    const uint32_t known = SERPENS_STATE_PER_FLOW | SERPENS_STATE_GLOBAL | SERPENS_STATE_READ |
+                           SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL;
+    uint32_t f = spec.flags;
+    if (spec.name.empty()) {
+        return "table name is empty";
+    }
+    if (spec.name.size() > table_name_max) {
+        return "table name longer than " + std::to_string(table_name_max) + " bytes";
+    }
+    if (f & ~known) {
+        return "unknown flag bits in " + flags_to_string(f);
+    }
+    if (!(f & SERPENS_STATE_PER_FLOW) == !(f & SERPENS_STATE_GLOBAL)) {
+        return "flags " + flags_to_string(f) + ": need exactly one of PER_FLOW, GLOBAL";
+    }
+    if (!(f & SERPENS_STATE_READ) == !(f & SERPENS_STATE_WRITE)) {
+        return "flags " + flags_to_string(f) + ": need exactly one of READ, WRITE";
+    }
+    bool gw = (f & SERPENS_STATE_GLOBAL) && (f & SERPENS_STATE_WRITE);
+    bool has_cons = (f & (SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL)) != 0;
+    if (gw && !(f & SERPENS_STATE_RELEASE) == !(f & SERPENS_STATE_EVENTUAL)) {
+        return "flags " + flags_to_string(f) + ": GLOBAL|WRITE needs exactly one of RELEASE, EVENTUAL";
+    }
+    if (!gw && has_cons) {
+        return "flags " + flags_to_string(f) + ": RELEASE/EVENTUAL only apply to GLOBAL|WRITE";
+    }
+    if (spec.key_size == 0 || spec.key_size > max_key_size) {
+        return "key_size " + std::to_string(spec.key_size) + " outside 1.." + std::to_string(max_key_size);
+    }
+    if (spec.value_size == 0 || spec.value_size > max_value_size) {
+        return "value_size " + std::to_string(spec.value_size) + " outside 1.." +
+               std::to_string(max_value_size);
+    }
+    if (spec.capacity == 0) {
+        return "capacity is 0";
+    }
+    if (gw && (spec.max_instances == 0 || spec.max_instances > max_instances_limit)) {
+        return "max_instances " + std::to_string(spec.max_instances) + " outside 1.." +
+               std::to_string(max_instances_limit);
+    }
+    return {};
+}
+
+TableKind kind_of(uint32_t flags) noexcept
+{
+    if (flags & SERPENS_STATE_PER_FLOW) {
+        return TableKind::per_flow;
+    }
+    if (flags & SERPENS_STATE_READ) {
+        return TableKind::global_read;
+    }
+    return (flags & SERPENS_STATE_RELEASE) ? TableKind::release : TableKind::eventual;
+}
+
+void set_coarse_now(uint64_t now_ns) noexcept
+{
+    g_coarse_now.store(coarse_units(now_ns), std::memory_order_relaxed);
+}
+
+uint32_t coarse_now() noexcept { return g_coarse_now.load(std::memory_order_relaxed); }
+
+// ---------------------------------------------------------------------------
+// Cold path: files and mappings
+// ---------------------------------------------------------------------------
+
+Table::~Table()
+{
+    if (_map != nullptr) {
+        ::munmap(_map, _map_size);
+    }
+    if (_fd >= 0) {
+        ::close(_fd); // also drops the flock
+    }
+}
+
+bool Table::map(int fd, std::size_t size, bool ro, std::string &err)
+{
+    void *p = ::mmap(nullptr, size, ro ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        err = _path.string() + ": mmap of " + std::to_string(size) + " bytes failed: " + errno_text(errno);
+        return false;
+    }
+    _map = p;
+    _map_size = size;
+    _fd = fd;
+    _ro = ro;
+    _h = static_cast<SegmentHeader *>(p);
+    _slots = static_cast<uint8_t *>(p) + header_size;
+    return true;
+}
+
+void Table::init_from_header()
+{
+    _kind = kind_of(_h->flags);
+    _key_size = _h->key_size;
+    _value_size = _h->value_size;
+    _kw = words_of(_key_size);
+    _vw = words_of(_value_size);
+    _slot_size = _h->slot_size;
+    _n_slots = _h->n_slots;
+    _capacity = _h->capacity;
+    _cells = is_global_write(_kind) ? 1 + _h->max_instances : 0;
+    _name.assign(_h->name, strnlen(_h->name, sizeof(_h->name)));
+}
+
+std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const TableSpec &spec, std::string &err)
+{
+    if (auto why = validate_spec(spec); !why.empty()) {
+        err = "table '" + spec.name + "': " + why;
+        return nullptr;
+    }
+    SegmentHeader want;
+    if (!compute_layout(spec, want, err)) {
+        err = "table '" + spec.name + "': " + err;
+        return nullptr;
+    }
+    std::unique_ptr<Table> t(new Table());
+    t->_path = file;
+
+    int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            err = file.string() + ": segment is in use by another process (flock: " + errno_text(errno) + ")";
+            ::close(fd);
+            return nullptr;
+        }
+        struct stat st {};
+        ::fstat(fd, &st);
+        std::vector<std::string> why;
+        SegmentHeader got{};
+        if (static_cast<uint64_t>(st.st_size) < header_size) {
+            why.push_back("file is " + std::to_string(st.st_size) + " bytes, smaller than the header");
+        } else if (::pread(fd, &got, sizeof(got), 0) != static_cast<ssize_t>(sizeof(got))) {
+            why.push_back("cannot read header: " + errno_text(errno));
+        } else {
+            want.layout_checksum = layout_checksum(want);
+            why = header_mismatch(got, &want, static_cast<uint64_t>(st.st_size));
+        }
+        if (why.empty()) {
+            if (!t->map(fd, st.st_size, false, err)) {
+                ::close(fd);
+                return nullptr;
+            }
+            t->init_from_header();
+            t->repair();
+            fetch_add(&t->_h->attaches, 1);
+            return t;
+        }
+        std::string aside = file.string() + ".bad-" + utc_stamp();
+        std::string reasons;
+        for (auto &w : why) {
+            reasons += (reasons.empty() ? "" : "; ") + w;
+        }
+        if (::rename(file.c_str(), aside.c_str()) != 0) {
+            err = file.string() + ": cannot use existing segment (" + reasons + ") and cannot move it aside to " +
+                  aside + ": " + errno_text(errno);
+            ::close(fd);
+            return nullptr;
+        }
+        ::close(fd);
+        spdlog::warn("state: {}: existing segment not usable for table '{}' ({}); moved it to {} and "
+                     "created a new one",
+                     file.string(), spec.name, reasons, aside);
+    } else if (errno != ENOENT) {
+        err = file.string() + ": open failed: " + errno_text(errno);
+        return nullptr;
+    }
+
+    // Build the new segment under a temporary name and rename it into place,
+    // so a crash during creation never leaves a half-written header behind.
+    std::string tmp = file.string() + ".tmp-" + std::to_string(::getpid());
+    fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        err = tmp + ": create failed: " + errno_text(errno);
+        return nullptr;
+    }
+    auto fail = [&](const std::string &what) {
+        err = tmp + ": " + what + ": " + errno_text(errno);
+        ::unlink(tmp.c_str());
+        return nullptr;
+    };
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ::close(fd);
+        return fail("flock");
+    }
+    if (::ftruncate(fd, static_cast<off_t>(want.file_size)) != 0) {
+        ::close(fd);
+        return fail("ftruncate to " + std::to_string(want.file_size) + " bytes");
+    }
+    if (!t->map(fd, want.file_size, false, err)) {
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        return nullptr;
+    }
+    want.created_unix_ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+    want.layout_checksum = layout_checksum(want);
+    std::memcpy(t->_h, &want, sizeof(want));
+    t->_h->attaches = 1;
+    if (::rename(tmp.c_str(), file.c_str()) != 0) {
+        return fail("rename to " + file.string());
+    }
+    t->init_from_header();
+    return t;
+}
+
+std::unique_ptr<Table> Table::open_readonly(const std::filesystem::path &file, std::string &err)
+{
+    std::unique_ptr<Table> t(new Table());
+    t->_path = file;
+    int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = file.string() + ": open failed: " + errno_text(errno);
+        return nullptr;
+    }
+    struct stat st {};
+    ::fstat(fd, &st);
+    SegmentHeader got{};
+    if (static_cast<uint64_t>(st.st_size) < header_size ||
+        ::pread(fd, &got, sizeof(got), 0) != static_cast<ssize_t>(sizeof(got))) {
+        err = file.string() + ": file of " + std::to_string(st.st_size) + " bytes has no complete header";
+        ::close(fd);
+        return nullptr;
+    }
+    auto why = header_mismatch(got, nullptr, static_cast<uint64_t>(st.st_size));
+    if (why.empty()) {
+        TableSpec spec{std::string(got.name, strnlen(got.name, sizeof(got.name))), got.flags, got.key_size,
+                       got.value_size, got.capacity, got.max_instances ? got.max_instances : 16};
+        SegmentHeader want;
+        std::string e2;
+        if (!validate_spec(spec).empty() || !compute_layout(spec, want, e2) || want.n_slots != got.n_slots ||
+            want.slot_size != got.slot_size) {
+            why.push_back("header fields are inconsistent (" + validate_spec(spec) + ")");
+        }
+    }
+    if (!why.empty()) {
+        err = file.string() + ": " + why.front();
+        ::close(fd);
+        return nullptr;
+    }
+    if (!t->map(fd, st.st_size, true, err)) {
+        ::close(fd);
+        return nullptr;
+    }
+    t->init_from_header();
+    t->_sealed = true; // puts and deletes are refused on a read-only map
+    return t;
+}
+
+// Attach-time recovery: the only process using the segment just died, so a
+// set W bit is a write that never finished.
+void Table::repair()
+{
+    uint64_t live = 0, repaired = 0, discarded = 0;
+    for (uint64_t i = 0; i < _n_slots; ++i) {
+        SlotHeader *s = slot(i);
+        uint64_t c = s->ctl;
+        if (c & ctl_w) {
+            if (ctl_state(c) == slot_live) {
+                // Update in flight: the active buffer still holds the old value.
+                s->ctl = c & ~ctl_w;
+                ++repaired;
+            } else {
+                // Insert (or tombstone cleanup) in flight: key/value may be torn.
+                s->ctl = ctl_next(c, slot_dead, ctl_buf(c));
+                ++discarded;
+            }
+            c = s->ctl;
+        }
+        for (uint32_t k = 0; k < _cells; ++k) {
+            uint64_t *cp = cell(s, k);
+            if (*cp & ctl_w) {
+                *cp &= ~ctl_w;
+                ++repaired;
+            }
+        }
+        live += ctl_state(c) == slot_live;
+    }
+    _h->live = live;
+    _h->torn_repaired += repaired;
+    _h->torn_discarded += discarded;
+    if (repaired != 0 || discarded != 0) {
+        spdlog::warn("state: {}: recovered from an interrupted run: {} in-flight update(s) rolled back to the "
+                     "previous value, {} in-flight insert(s) discarded",
+                     _path.string(), repaired, discarded);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hot path
+// ---------------------------------------------------------------------------
+
+int Table::lookup(const KeyBuf &k, void *out) noexcept
+{
+    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    std::size_t i = home(k.h);
+    for (uint64_t n = 0; n < _n_slots;) {
+        SlotHeader *s = slot(i);
+        uint64_t c1 = ld_acq(&s->ctl);
+        uint32_t st = ctl_state(c1);
+        if (st == slot_empty) {
+            return SERPENS_ENOENT;
+        }
+        if (st == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
+            words_out(vbuf(s, ctl_buf(c1)), out, _value_size);
+            fence_acq();
+            uint64_t c2 = ld_rlx(&s->ctl);
+            if (((c1 ^ c2) & ~ctl_w) != 0) {
+                continue; // changed under us: read this slot again
+            }
+            touch(s);
+            return SERPENS_OK;
+        }
+        ++n;
+        i = next(i);
+    }
+    return SERPENS_ENOENT;
+}
+
+int Table::get(const void *key, void *value_out) noexcept
+{
+    KeyBuf k;
+    load_key(k, key);
+    return lookup(k, value_out);
+}
+
+uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
+{
+    if (n > max_bulk) {
+        n = max_bulk;
+    }
+    KeyBuf kb[max_bulk];
+    const auto *kp = static_cast<const uint8_t *>(keys);
+    // Hash everything and prefetch the home slots first so the misses overlap.
+    for (uint32_t i = 0; i < n; ++i) {
+        load_key(kb[i], kp + static_cast<std::size_t>(i) * _key_size);
+        __builtin_prefetch(slot(home(kb[i].h)));
+    }
+    uint64_t mask = 0;
+    auto *vp = static_cast<uint8_t *>(values);
+    for (uint32_t i = 0; i < n; ++i) {
+        if (lookup(kb[i], vp + static_cast<std::size_t>(i) * _value_size) == SERPENS_OK) {
+            mask |= 1ull << i;
+        }
+    }
+    return mask;
+}
+
+Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
+{
+    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    const bool gw = _cells != 0;
+    Probe p;
+    std::size_t i = home(k.h);
+    for (uint64_t n = 0; n < _n_slots;) {
+        SlotHeader *s = slot(i);
+        uint64_t c = ld_acq(&s->ctl);
+        uint32_t st = ctl_state(c);
+        if ((c & ctl_w) && st != slot_live) {
+            // A claim or cleanup is in flight here; its outcome decides
+            // whether our key is already present, so wait for it.
+            cpu_relax();
+            continue;
+        }
+        if (st == slot_empty) {
+            if (p.free == npos) {
+                p.free = i;
+                p.free_ctl = c;
+            }
+            return p;
+        }
+        bool same = ld_rlx(&s->hash) == h32 && key_eq(s, k.w);
+        if (same && st == slot_live) {
+            p.found = i;
+            p.found_ctl = c;
+            return p;
+        }
+        // Tombstones are reused by any key in flow tables; global/write
+        // tables only revive a key in its own tombstone (late cell writers
+        // may still hold its slot index).
+        if (st == slot_dead && p.free == npos && (!gw || same)) {
+            p.free = i;
+            p.free_ctl = c;
+        }
+        ++n;
+        i = next(i);
+    }
+    return p;
+}
+
+void Table::reset_cells(SlotHeader *s) noexcept
+{
+    for (uint32_t k = 0; k < _cells; ++k) {
+        uint64_t *cp = cell(s, k);
+        uint64_t c;
+        for (;;) {
+            c = ld_acq(cp);
+            if (!(c & ctl_w) && cas(cp, c, c | ctl_w)) {
+                break;
+            }
+            cpu_relax();
+        }
+        uint32_t nb = ctl_buf(c) ^ 1u;
+        uint64_t *b = cbuf(cp, nb);
+        for (uint32_t w = 0; w < _vw; ++w) {
+            st_rlx(b + w, 0);
+        }
+        st_rel(cp, ctl_next(c, 0, nb));
+    }
+}
+
+int Table::insert(const KeyBuf &k, const Probe &p, const void *value) noexcept
+{
+    if (p.free == npos) {
+        fetch_add(&_h->refused_full, 1);
+        return SERPENS_ENOSPC;
+    }
+    if (fetch_add(&_h->live, 1) >= _capacity) {
+        fetch_sub(&_h->live, 1);
+        fetch_add(&_h->refused_full, 1);
+        return SERPENS_ENOSPC;
+    }
+    SlotHeader *s = slot(p.free);
+    if (!cas(&s->ctl, p.free_ctl, p.free_ctl | ctl_w)) {
+        fetch_sub(&_h->live, 1);
+        return err_again;
+    }
+    // Re-check the probe range now that we own the slot: a concurrent
+    // inserter of the same key may have claimed an earlier slot, or a
+    // tombstone cleanup may have cut the chain.  Whoever sits earlier wins.
+    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    for (std::size_t j = home(k.h); j != p.free; j = next(j)) {
+        SlotHeader *o = slot(j);
+        uint64_t c;
+        uint32_t spins = 0;
+        for (;;) {
+            c = ld_acq(&o->ctl);
+            if (!((c & ctl_w) && ctl_state(c) != slot_live)) {
+                break;
+            }
+            if (++spins > rescan_spin_limit) {
+                st_rel(&s->ctl, p.free_ctl);
+                fetch_sub(&_h->live, 1);
+                return err_again;
+            }
+            cpu_relax();
+        }
+        uint32_t st = ctl_state(c);
+        if (st == slot_empty || (st == slot_live && ld_rlx(&o->hash) == h32 && key_eq(o, k.w))) {
+            st_rel(&s->ctl, p.free_ctl);
+            fetch_sub(&_h->live, 1);
+            return err_again;
+        }
+    }
+    uint64_t *kw = key_words(s);
+    for (uint32_t w = 0; w < _kw; ++w) {
+        st_rlx(kw + w, k.w[w]);
+    }
+    st_rlx(&s->hash, h32);
+    st_rlx(&s->access, coarse_now());
+    if (_cells != 0) {
+        reset_cells(s);
+    } else {
+        words_in(vbuf(s, 0), value, _value_size);
+    }
+    st_rel(&s->ctl, ctl_next(p.free_ctl, slot_live, 0));
+    return SERPENS_OK;
+}
+
+int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
+{
+    // Identical re-puts are fine (each instance's init may load the same data).
+    alignas(8) uint8_t cur[512];
+    if (_value_size <= sizeof(cur) && lookup(k, cur) == SERPENS_OK && std::memcmp(cur, value, _value_size) == 0) {
+        return SERPENS_OK;
+    }
+    return SERPENS_ENOTSUP;
+}
+
+int Table::put(const void *key, const void *value) noexcept
+{
+    KeyBuf k;
+    load_key(k, key);
+    if (_sealed) {
+        return put_sealed(k, value);
+    }
+    for (;;) {
+        Probe p = probe_for_write(k);
+        if (p.found != npos) {
+            SlotHeader *s = slot(p.found);
+            uint64_t c = p.found_ctl;
+            if ((c & ctl_w) || !cas(&s->ctl, c, c | ctl_w)) {
+                cpu_relax(); // another writer of this key; look again
+                continue;
+            }
+            uint32_t nb = ctl_buf(c) ^ 1u;
+            words_in(vbuf(s, nb), value, _value_size);
+            touch(s);
+            st_rel(&s->ctl, ctl_next(c, slot_live, nb));
+            return SERPENS_OK;
+        }
+        int r = insert(k, p, value);
+        if (r != err_again) {
+            return r;
+        }
+    }
+}
+
+int Table::del(const void *key) noexcept
+{
+    if (_sealed) {
+        return SERPENS_ENOTSUP;
+    }
+    KeyBuf k;
+    load_key(k, key);
+    for (;;) {
+        Probe p = probe_for_write(k);
+        if (p.found == npos) {
+            return SERPENS_ENOENT;
+        }
+        SlotHeader *s = slot(p.found);
+        uint64_t c = p.found_ctl;
+        if (!(c & ctl_w) && cas(&s->ctl, c, ctl_next(c, slot_dead, ctl_buf(c)))) {
+            fetch_sub(&_h->live, 1);
+            return SERPENS_OK;
+        }
+        cpu_relax();
+    }
+}
+
+uint64_t Table::read_cell(uint64_t *cp, void *out) const noexcept
+{
+    for (;;) {
+        uint64_t c1 = ld_acq(cp);
+        words_out(cbuf(cp, ctl_buf(c1)), out, _value_size);
+        fence_acq();
+        uint64_t c2 = ld_rlx(cp);
+        if (((c1 ^ c2) & ~ctl_w) == 0) {
+            return c1 & ~ctl_w;
+        }
+    }
+}
+
+int Table::cell_get(const void *key, uint32_t cellno, void *out, VersionCache *vc) noexcept
+{
+    KeyBuf k;
+    load_key(k, key);
+    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    std::size_t i = home(k.h);
+    for (uint64_t n = 0; n < _n_slots;) {
+        SlotHeader *s = slot(i);
+        uint64_t c1 = ld_acq(&s->ctl);
+        uint32_t st = ctl_state(c1);
+        if (st == slot_empty) {
+            return SERPENS_ENOENT;
+        }
+        if (st == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
+            uint64_t v = read_cell(cell(s, cellno), out);
+            fence_acq();
+            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) != 0) {
+                continue;
+            }
+            if (vc != nullptr) {
+                vc->remember(i, v);
+            }
+            return SERPENS_OK;
+        }
+        ++n;
+        i = next(i);
+    }
+    return SERPENS_ENOENT;
+}
+
+int Table::cell_put(const void *key, uint32_t cellno, const void *value, VersionCache *vc) noexcept
+{
+    KeyBuf k;
+    load_key(k, key);
+    for (;;) {
+        Probe p = probe_for_write(k);
+        if (p.found == npos) {
+            int r = insert(k, p, nullptr);
+            if (r != SERPENS_OK && r != err_again) {
+                return r;
+            }
+            continue;
+        }
+        uint64_t *cp = cell(slot(p.found), cellno);
+        uint64_t expected = vc != nullptr ? vc->find(p.found) : VersionCache::none;
+        if (expected == VersionCache::none) {
+            // Blind write: no earlier read to protect, just serialise.
+            expected = ld_acq(cp);
+            if (expected & ctl_w) {
+                cpu_relax();
+                continue;
+            }
+        }
+        if (!cas(cp, expected, expected | ctl_w)) {
+            return err_again; // the cell moved on since this instance read it
+        }
+        uint32_t nb = ctl_buf(expected) ^ 1u;
+        words_in(cbuf(cp, nb), value, _value_size);
+        uint64_t nc = ctl_next(expected, 0, nb);
+        st_rel(cp, nc);
+        if (vc != nullptr) {
+            vc->remember(p.found, nc);
+        }
+        return SERPENS_OK;
+    }
+}
+
+void Table::try_reclaim(std::size_t i) noexcept
+{
+    // A tombstone whose successor is empty ends no chain that needs it, so it
+    // can become empty; walk backwards while that keeps holding.
+    for (int steps = 0; steps < 64; ++steps) {
+        SlotHeader *s = slot(i);
+        uint64_t c = ld_acq(&s->ctl);
+        if (ctl_state(c) != slot_dead || (c & ctl_w)) {
+            return;
+        }
+        SlotHeader *nx = slot(next(i));
+        uint64_t cn = ld_acq(&nx->ctl);
+        if (ctl_state(cn) != slot_empty || (cn & ctl_w)) {
+            return;
+        }
+        if (!cas(&s->ctl, c, c | ctl_w)) {
+            return;
+        }
+        cn = ld_acq(&nx->ctl);
+        if (ctl_state(cn) != slot_empty || (cn & ctl_w)) {
+            st_rel(&s->ctl, c);
+            return;
+        }
+        st_rel(&s->ctl, ctl_next(c, slot_empty, ctl_buf(c)));
+        i = prev(i);
+    }
+}
+
+std::size_t Table::expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept
+{
+    if (_kind != TableKind::per_flow || _ro || budget == 0) {
+        return 0;
+    }
+    const uint32_t nowu = coarse_units(now_ns);
+    const uint32_t idleu = std::max<uint32_t>(1, static_cast<uint32_t>(std::min<uint64_t>(idle_ns >> 20, INT32_MAX)));
+    budget = std::min<std::size_t>(budget, _n_slots);
+    std::size_t start = fetch_add(&_h->expire_cursor, budget) % _n_slots;
+    std::size_t removed = 0;
+    for (std::size_t k = 0; k < budget; ++k) {
+        std::size_t i = (start + k) % _n_slots;
+        SlotHeader *s = slot(i);
+        uint64_t c = ld_acq(&s->ctl);
+        if (ctl_state(c) == slot_live && !(c & ctl_w)) {
+            int32_t age = static_cast<int32_t>(nowu - ld_rlx(&s->access));
+            if (age > static_cast<int32_t>(idleu) && cas(&s->ctl, c, ctl_next(c, slot_dead, ctl_buf(c)))) {
+                fetch_sub(&_h->live, 1);
+                fetch_add(&_h->expired, 1);
+                ++removed;
+            }
+        }
+        try_reclaim(i);
+    }
+    return removed;
+}
+
+// ---------------------------------------------------------------------------
+// State manager
+// ---------------------------------------------------------------------------
+
+std::size_t Table::find_live(const void *key) const noexcept
+{
+    KeyBuf k;
+    load_key(k, key);
+    std::size_t i = home(k.h);
+    for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
+        SlotHeader *s = slot(i);
+        uint64_t c = ld_acq(&s->ctl);
+        if (ctl_state(c) == slot_empty) {
+            return npos;
+        }
+        if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == static_cast<uint32_t>(k.h) && key_eq(s, k.w)) {
+            return i;
+        }
+    }
+    return npos;
+}
+
+void Table::for_each_live_slot(const std::function<void(std::size_t)> &fn) const
+{
+    for (uint64_t i = 0; i < _n_slots; ++i) {
+        if (ctl_state(ld_acq(&slot(i)->ctl)) == slot_live) {
+            fn(i);
+        }
+    }
+}
+
+const void *Table::slot_key(std::size_t i) const noexcept { return key_words(slot(i)); }
+
+uint64_t Table::lock_cell(std::size_t i, uint32_t c) noexcept
+{
+    uint64_t *cp = cell(slot(i), c);
+    for (;;) {
+        uint64_t v = ld_acq(cp);
+        if (!(v & ctl_w) && cas(cp, v, v | ctl_w)) {
+            return v;
+        }
+        cpu_relax();
+    }
+}
+
+void Table::read_locked_cell(std::size_t i, uint32_t c, uint64_t ctl, void *out) const noexcept
+{
+    words_out(cbuf(cell(slot(i), c), ctl_buf(ctl)), out, _value_size);
+}
+
+void Table::write_unlock_cell(std::size_t i, uint32_t c, uint64_t ctl, const void *value) noexcept
+{
+    uint64_t *cp = cell(slot(i), c);
+    uint32_t nb = ctl_buf(ctl) ^ 1u;
+    words_in(cbuf(cp, nb), value, _value_size);
+    st_rel(cp, ctl_next(ctl, 0, nb));
+}
+
+void Table::unlock_cell(std::size_t i, uint32_t c, uint64_t ctl) noexcept { st_rel(cell(slot(i), c), ctl); }
+
+void Table::seal() noexcept
+{
+    _sealed = true;
+    if (!_ro) {
+        st_rlx(&_h->sealed, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Inspection
+// ---------------------------------------------------------------------------
+
+void Table::dump(const std::function<void(const uint8_t *, const uint8_t *)> &fn) const
+{
+    uint32_t nvals = _cells ? _cells : 1;
+    std::vector<uint8_t> key(_key_size), vals(static_cast<std::size_t>(nvals) * _value_size);
+    for (uint64_t i = 0; i < _n_slots; ++i) {
+        SlotHeader *s = slot(i);
+        for (int attempt = 0; attempt < 1000; ++attempt) {
+            uint64_t c1 = ld_acq(&s->ctl);
+            if (ctl_state(c1) != slot_live) {
+                break;
+            }
+            words_out(key_words(s), key.data(), _key_size);
+            if (_cells == 0) {
+                words_out(vbuf(s, ctl_buf(c1)), vals.data(), _value_size);
+            } else {
+                for (uint32_t k = 0; k < _cells; ++k) {
+                    read_cell(cell(s, k), vals.data() + static_cast<std::size_t>(k) * _value_size);
+                }
+            }
+            fence_acq();
+            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) == 0) {
+                fn(key.data(), vals.data());
+                break;
+            }
+        }
+    }
+}
+
+CheckReport Table::check() const
+{
+    CheckReport r;
+    r.slots = _n_slots;
+    std::vector<std::string> &pb = r.problems;
+    auto note = [&](const std::string &s) {
+        if (pb.size() < 20) {
+            pb.push_back(s);
+        }
+    };
+    for (uint64_t i = 0; i < _n_slots; ++i) {
+        SlotHeader *s = slot(i);
+        uint64_t c = ld_acq(&s->ctl);
+        uint32_t st = ctl_state(c);
+        if (c & ctl_w) {
+            ++r.in_flight;
+            note("slot " + std::to_string(i) + ": write in flight (torn unless a host is writing right now)");
+        }
+        for (uint32_t k = 0; k < _cells; ++k) {
+            if (ld_acq(cell(s, k)) & ctl_w) {
+                ++r.in_flight;
+                note("slot " + std::to_string(i) + " cell " + std::to_string(k) + ": write in flight");
+            }
+        }
+        if (st == slot_empty) {
+            ++r.empty;
+            continue;
+        }
+        if (st == slot_dead) {
+            ++r.dead;
+            continue;
+        }
+        if (st != slot_live) {
+            note("slot " + std::to_string(i) + ": invalid state " + std::to_string(st));
+            continue;
+        }
+        ++r.live;
+        KeyBuf k;
+        for (uint32_t w = 0; w < _kw; ++w) {
+            k.w[w] = ld_rlx(key_words(s) + w);
+        }
+        k.h = hash_key(k.w, _kw);
+        if (static_cast<uint32_t>(k.h) != ld_rlx(&s->hash)) {
+            ++r.bad_hash;
+            note("slot " + std::to_string(i) + ": stored hash does not match the key");
+            continue;
+        }
+        for (std::size_t j = home(k.h); j != i; j = next(j)) {
+            SlotHeader *o = slot(j);
+            uint64_t co = ld_acq(&o->ctl);
+            if (ctl_state(co) == slot_empty) {
+                ++r.unreachable;
+                note("slot " + std::to_string(i) + ": unreachable (empty slot " + std::to_string(j) +
+                     " before it)");
+                break;
+            }
+            if (ctl_state(co) == slot_live && key_eq(o, k.w)) {
+                ++r.duplicates;
+                note("slot " + std::to_string(i) + ": duplicate of slot " + std::to_string(j));
+                break;
+            }
+        }
+    }
+    if (r.live > _capacity) {
+        note(std::to_string(r.live) + " live entries exceed capacity " + std::to_string(_capacity));
+    }
+    uint64_t hl = ld_rlx(&_h->live);
+    if (hl != r.live) {
+        r.warnings.push_back("header counts " + std::to_string(hl) + " live entries, scan found " +
+                             std::to_string(r.live) + " (fine while a host is writing)");
+    }
+    return r;
+}
+
+} // namespace serpens::state

@@ -1,0 +1,306 @@
+#pragma once
+// serpens::state::Table — one state table in one file-backed shared-memory
+// segment (layout in state/layout.h).
+//
+// The table is an open-addressing hash table with linear probing.  Slots
+// never move, so lookups need no lock: a reader reads the slot's control word,
+// compares the key, copies the current value buffer and re-reads the control
+// word (seqlock).  Writers claim a slot or a cell with one CAS on its control
+// word; updates write the inactive value buffer and flip, so a SIGKILL in the
+// middle of any write leaves the previous value intact, and attach() repairs
+// the interrupted write and counts it.
+//
+// Thread safety, in one place:
+//  - get / get_bulk / cell_get: any number of threads, lock-free, never block
+//    on writers.
+//  - put / del / cell_put: any number of threads, also on the same key (the
+//    last writer wins; a key is never present twice).
+//  - expire: any thread, concurrently with the above (incremental).
+//  - lock_cell / write_unlock_cell / unlock_cell / for_each_live_slot: the
+//    state manager; callers serialise them (Executor holds its mutex).
+//  - open / open_readonly / destructor: cold path, one thread.
+
+#include "state/layout.h"
+
+#include <serpens/nf.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace serpens::state {
+
+// Returned by cell_put when the cell changed since the caller read it (another
+// party rebalanced or merged it): read again and redo the change.  Proposed
+// for nf.h as SERPENS_EAGAIN.
+inline constexpr int err_again = -11;
+
+enum class TableKind : uint8_t { per_flow, global_read, release, eventual };
+
+const char *kind_name(TableKind kind) noexcept;
+inline constexpr bool is_global_write(TableKind k) noexcept
+{
+    return k == TableKind::release || k == TableKind::eventual;
+}
+
+struct TableSpec {
+    std::string name;
+    uint32_t flags = 0;
+    uint32_t key_size = 0;
+    uint32_t value_size = 0;
+    uint64_t capacity = 0;
+    uint32_t max_instances = 16; // global/write only: cells per key
+};
+
+// Checks flags and sizes.  Returns "" when valid, else the reason (one rule
+// per message, naming the limit).
+std::string validate_spec(const TableSpec &spec);
+// The kind of a flag set that validate_spec() accepted.
+TableKind kind_of(uint32_t flags) noexcept;
+// "PER_FLOW|WRITE" etc.
+std::string flags_to_string(uint32_t flags);
+
+// Coarse clock for last-access stamps: the hot path stores this value instead
+// of reading a clock.  StateStore::tick() advances it.  Units of 2^20 ns.
+void set_coarse_now(uint64_t now_ns) noexcept;
+uint32_t coarse_now() noexcept;
+inline constexpr uint32_t coarse_units(uint64_t ns) noexcept { return static_cast<uint32_t>(ns >> 20); }
+
+// Remembers the cell versions a handle last read, so a put after a get is
+// refused (err_again) when the cell changed in between.  Per handle, one thread.
+struct VersionCache {
+    static constexpr uint32_t size = 8;
+    uint64_t slot[size] = {}; // slot index + 1; 0 = unused
+    uint64_t ver[size] = {};
+    uint32_t next = 0;
+    static constexpr uint64_t none = ~0ull;
+
+    uint64_t find(uint64_t s) const noexcept
+    {
+        for (uint32_t i = 0; i < size; ++i) {
+            if (slot[i] == s + 1) {
+                return ver[i];
+            }
+        }
+        return none;
+    }
+    void remember(uint64_t s, uint64_t v) noexcept
+    {
+        for (uint32_t i = 0; i < size; ++i) {
+            if (slot[i] == s + 1) {
+                ver[i] = v;
+                return;
+            }
+        }
+        slot[next] = s + 1;
+        ver[next] = v;
+        next = (next + 1) % size;
+    }
+};
+
+struct CheckReport {
+    uint64_t slots = 0, live = 0, dead = 0, empty = 0;
+    uint64_t in_flight = 0;   // W bit set: torn if no host is running
+    uint64_t bad_hash = 0;    // stored hash differs from the key's hash
+    uint64_t unreachable = 0; // an EMPTY slot lies between home and entry
+    uint64_t duplicates = 0;  // the same key live twice
+    std::vector<std::string> problems;
+    std::vector<std::string> warnings;
+    bool ok() const noexcept { return problems.empty(); }
+};
+
+class Table {
+public:
+    static constexpr std::size_t npos = ~std::size_t{0};
+
+    // Cold path.  Creates the segment at `file` or attaches to it.  An
+    // existing file whose header is invalid or was made for another spec is
+    // renamed to `<file>.bad-<UTC time>` (logged, never deleted) and a fresh
+    // one is created.  Attaching repairs writes interrupted by a crash.
+    // Returns nullptr and sets `err` (with the path) on failure.
+    static std::unique_ptr<Table> open(const std::filesystem::path &file, const TableSpec &spec,
+                                       std::string &err);
+    // Maps an existing segment read-only (for serpens-state); no repair.
+    static std::unique_ptr<Table> open_readonly(const std::filesystem::path &file, std::string &err);
+    ~Table();
+    Table(const Table &) = delete;
+    Table &operator=(const Table &) = delete;
+
+    // --- hot path: per-flow and global/read tables ------------------------
+    // SERPENS_OK / SERPENS_ENOENT.  Copies value_size bytes into value_out.
+    int get(const void *key, void *value_out) noexcept;
+    // Insert or replace.  SERPENS_ENOSPC when full (counted),
+    // SERPENS_ENOTSUP when the table is sealed and the value differs.
+    int put(const void *key, const void *value) noexcept;
+    // SERPENS_OK / SERPENS_ENOENT (SERPENS_ENOTSUP when sealed).
+    int del(const void *key) noexcept;
+    // n <= 64 keys back to back; hits copied to values + i * value_size.
+    uint64_t get_bulk(const void *keys, uint32_t n, void *values) noexcept;
+
+    // --- hot path: global/write cells (0 = base, 1 + i = instance i) -------
+    // Reads one cell.  Remembers its version in `vc` (may be null).
+    int cell_get(const void *key, uint32_t cell, void *out, VersionCache *vc) noexcept;
+    // Writes one cell, creating the key (all cells zero) when absent.  When
+    // `vc` holds a version for this key the write is refused with err_again
+    // if the cell changed since.  SERPENS_ENOSPC when full.
+    int cell_put(const void *key, uint32_t cell, const void *value, VersionCache *vc) noexcept;
+
+    // Removes per-flow entries idle for more than idle_ns, visiting at most
+    // `budget` slots from a shared cursor (so it can run in small steps from
+    // any thread).  Also turns tombstones back into empty slots where safe.
+    // Returns the number of entries removed.
+    std::size_t expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept;
+
+    // --- state manager (callers serialise) ----------------------------------
+    std::size_t find_live(const void *key) const noexcept;
+    void for_each_live_slot(const std::function<void(std::size_t slot)> &fn) const;
+    const void *slot_key(std::size_t slot) const noexcept;
+    // Waits for the owner's write to finish, then owns the cell; returns its
+    // control word (pass it to the two functions below).
+    uint64_t lock_cell(std::size_t slot, uint32_t cell) noexcept;
+    void read_locked_cell(std::size_t slot, uint32_t cell, uint64_t ctl, void *out) const noexcept;
+    // Publishes `value` and releases; bumps the version so pending owner puts
+    // based on the old content fail with err_again.
+    void write_unlock_cell(std::size_t slot, uint32_t cell, uint64_t ctl, const void *value) noexcept;
+    void unlock_cell(std::size_t slot, uint32_t cell, uint64_t ctl) noexcept;
+
+    // Global/read: refuse changes from now on (puts of an identical value
+    // still succeed, so every instance's init may load the same data).
+    void seal() noexcept;
+    bool sealed() const noexcept { return _sealed; }
+
+    // --- inspection ----------------------------------------------------------
+    // Seqlock-consistent copy of every live entry: key bytes and, for
+    // per-flow/global-read, one value; for global/write, 1 + max_instances
+    // cell values back to back.
+    void dump(const std::function<void(const uint8_t *key, const uint8_t *values)> &fn) const;
+    CheckReport check() const;
+
+    const SegmentHeader &header() const noexcept { return *_h; }
+    SegmentHeader &header_rw() noexcept { return *_h; }
+    const std::filesystem::path &path() const noexcept { return _path; }
+    std::string_view name() const noexcept { return _name; }
+    TableKind kind() const noexcept { return _kind; }
+    uint32_t flags() const noexcept { return _h->flags; }
+    uint32_t key_size() const noexcept { return _key_size; }
+    uint32_t value_size() const noexcept { return _value_size; }
+    uint64_t capacity() const noexcept { return _capacity; }
+    uint64_t n_slots() const noexcept { return _n_slots; }
+    uint32_t cells() const noexcept { return _cells; }
+    uint64_t live() const noexcept { return ld_rlx(&_h->live); }
+    bool read_only() const noexcept { return _ro; }
+
+private:
+    struct KeyBuf {
+        alignas(8) uint64_t w[max_key_size / 8];
+        uint64_t h;
+    };
+    struct Probe {
+        std::size_t found = npos;
+        uint64_t found_ctl = 0;
+        std::size_t free = npos;
+        uint64_t free_ctl = 0;
+    };
+
+    Table() = default;
+    bool map(int fd, std::size_t size, bool ro, std::string &err);
+    void init_from_header();
+    void repair();
+
+    void load_key(KeyBuf &k, const void *key) const noexcept
+    {
+        k.w[_kw - 1] = 0;
+        __builtin_memcpy(k.w, key, _key_size);
+        k.h = hash_key(k.w, _kw);
+    }
+    std::size_t home(uint64_t h) const noexcept
+    {
+        return static_cast<std::size_t>((static_cast<unsigned __int128>(h) * _n_slots) >> 64);
+    }
+    std::size_t next(std::size_t i) const noexcept { return (i + 1 == _n_slots) ? 0 : i + 1; }
+    std::size_t prev(std::size_t i) const noexcept { return (i == 0) ? _n_slots - 1 : i - 1; }
+    SlotHeader *slot(std::size_t i) const noexcept
+    {
+        return reinterpret_cast<SlotHeader *>(_slots + i * _slot_size);
+    }
+    uint64_t *key_words(SlotHeader *s) const noexcept { return reinterpret_cast<uint64_t *>(s + 1); }
+    uint64_t *vbuf(SlotHeader *s, uint32_t b) const noexcept { return key_words(s) + _kw + b * _vw; }
+    uint64_t *cell(SlotHeader *s, uint32_t c) const noexcept
+    {
+        return key_words(s) + _kw + static_cast<std::size_t>(c) * (1 + 2 * _vw);
+    }
+    uint64_t *cbuf(uint64_t *cellp, uint32_t b) const noexcept { return cellp + 1 + b * _vw; }
+    bool key_eq(SlotHeader *s, const uint64_t *kw) const noexcept
+    {
+        const uint64_t *sk = key_words(s);
+        for (uint32_t i = 0; i < _kw; ++i) {
+            if (ld_rlx(sk + i) != kw[i]) {
+                return false;
+            }
+        }
+        return true;
+    }
+    void touch(SlotHeader *s) const noexcept
+    {
+        uint32_t now = coarse_now();
+        if (ld_rlx(&s->access) != now) {
+            st_rlx(&s->access, now);
+        }
+    }
+    int lookup(const KeyBuf &k, void *out) noexcept;
+    Probe probe_for_write(const KeyBuf &k) noexcept;
+    int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
+    int put_sealed(const KeyBuf &k, const void *value) noexcept;
+    uint64_t read_cell(uint64_t *cellp, void *out) const noexcept;
+    void reset_cells(SlotHeader *s) noexcept;
+    void try_reclaim(std::size_t i) noexcept;
+
+    SegmentHeader *_h = nullptr;
+    uint8_t *_slots = nullptr;
+    void *_map = nullptr;
+    std::size_t _map_size = 0;
+    int _fd = -1;
+    bool _ro = false;
+    bool _sealed = false;
+    TableKind _kind = TableKind::per_flow;
+    uint32_t _key_size = 0, _value_size = 0, _kw = 1, _vw = 1, _slot_size = 0, _cells = 0;
+    uint64_t _n_slots = 0, _capacity = 0;
+    std::filesystem::path _path;
+    std::string _name;
+};
+
+// Copies between shared words and caller memory with relaxed atomics.
+inline void words_out(const uint64_t *src, void *dst, uint32_t size) noexcept
+{
+    auto *d = static_cast<uint8_t *>(dst);
+    uint32_t full = size / 8;
+    for (uint32_t i = 0; i < full; ++i) {
+        uint64_t w = ld_rlx(src + i);
+        __builtin_memcpy(d + 8 * i, &w, 8);
+    }
+    if (uint32_t tail = size % 8) {
+        uint64_t w = ld_rlx(src + full);
+        __builtin_memcpy(d + 8 * full, &w, tail);
+    }
+}
+inline void words_in(uint64_t *dst, const void *src, uint32_t size) noexcept
+{
+    const auto *s = static_cast<const uint8_t *>(src);
+    uint32_t full = size / 8;
+    for (uint32_t i = 0; i < full; ++i) {
+        uint64_t w;
+        __builtin_memcpy(&w, s + 8 * i, 8);
+        st_rlx(dst + i, w);
+    }
+    if (uint32_t tail = size % 8) {
+        uint64_t w = 0;
+        __builtin_memcpy(&w, s + 8 * full, tail);
+        st_rlx(dst + full, w);
+    }
+}
+
+} // namespace serpens::state

@@ -1,0 +1,338 @@
+// Per-flow and global/read tables: flags, CRUD, bulk, capacity, expiry,
+// persistence, validation of re-attached segments, the read-only tool view.
+
+#include "state_test_util.h"
+
+#include "state/table.h"
+
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+using namespace serpens::state;
+using namespace serpens::state::test;
+
+namespace {
+
+constexpr uint32_t PF = SERPENS_STATE_PER_FLOW, GL = SERPENS_STATE_GLOBAL, RD = SERPENS_STATE_READ,
+                   WR = SERPENS_STATE_WRITE, REL = SERPENS_STATE_RELEASE, EV = SERPENS_STATE_EVENTUAL;
+
+struct Key {
+    uint32_t src, dst;
+    uint16_t sport, dport;
+    uint8_t proto;
+}; // 13 significant bytes; tables use key_size 13
+
+void key_of(uint8_t *k, uint64_t i)
+{
+    std::memset(k, 0, 13);
+    std::memcpy(k, &i, 8);
+    k[12] = static_cast<uint8_t>(i * 7);
+}
+
+TableSpec flow_spec(uint64_t cap, uint32_t vs = 24) { return TableSpec{"flows", PF | WR, 13, vs, cap, 0}; }
+
+} // namespace
+
+TEST_CASE("state-flags: exactly the five flag combinations of the paper are accepted")
+{
+    int valid = 0;
+    for (uint32_t f = 0; f < 64; ++f) {
+        TableSpec s{"t", f, 8, 8, 16, 4};
+        bool ok = validate_spec(s).empty();
+        bool expect = f == (PF | RD) || f == (PF | WR) || f == (GL | RD) || f == (GL | WR | REL) ||
+                      f == (GL | WR | EV);
+        CHECK_MESSAGE(ok == expect, "flags ", flags_to_string(f), ": ", validate_spec(s));
+        valid += ok;
+    }
+    CHECK(valid == 5);
+    CHECK(validate_spec({"t", PF | WR | 0x100, 8, 8, 16, 4}).find("unknown flag") != std::string::npos);
+    CHECK(validate_spec({"t", GL | WR, 8, 8, 16, 4}).find("RELEASE, EVENTUAL") != std::string::npos);
+    CHECK(validate_spec({"t", PF | WR | REL, 8, 8, 16, 4}).find("only apply") != std::string::npos);
+    CHECK(validate_spec({"t", PF | WR, 65, 8, 16, 4}).find("key_size 65") != std::string::npos);
+    CHECK(validate_spec({"t", PF | WR, 8, 0, 16, 4}).find("value_size 0") != std::string::npos);
+    CHECK(validate_spec({"t", PF | WR, 8, 8, 0, 4}).find("capacity") != std::string::npos);
+    CHECK(validate_spec({"", PF | WR, 8, 8, 1, 4}).find("empty") != std::string::npos);
+}
+
+TEST_CASE("state-perflow: put/get/delete/bulk round trip")
+{
+    ScratchDir d("pf");
+    std::string err;
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(1000), err);
+    REQUIRE_MESSAGE(t, err);
+    uint8_t k[13], v[24], out[24];
+    for (uint64_t i = 0; i < 500; ++i) {
+        key_of(k, i);
+        std::memset(v, static_cast<int>(i), sizeof(v));
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    CHECK(t->live() == 500);
+    for (uint64_t i = 0; i < 500; ++i) {
+        key_of(k, i);
+        REQUIRE(t->get(k, out) == SERPENS_OK);
+        CHECK(out[0] == static_cast<uint8_t>(i));
+        CHECK(out[23] == static_cast<uint8_t>(i));
+    }
+    key_of(k, 999);
+    CHECK(t->get(k, out) == SERPENS_ENOENT);
+    CHECK(t->del(k) == SERPENS_ENOENT);
+
+    // Replace keeps one entry.
+    key_of(k, 7);
+    std::memset(v, 0xee, sizeof(v));
+    CHECK(t->put(k, v) == SERPENS_OK);
+    CHECK(t->live() == 500);
+    CHECK(t->get(k, out) == SERPENS_OK);
+    CHECK(out[5] == 0xee);
+
+    // Delete then re-insert.
+    CHECK(t->del(k) == SERPENS_OK);
+    CHECK(t->get(k, out) == SERPENS_ENOENT);
+    CHECK(t->live() == 499);
+    CHECK(t->put(k, v) == SERPENS_OK);
+    CHECK(t->live() == 500);
+
+    // Bulk: 40 keys, every third one missing.
+    std::vector<uint8_t> keys(40 * 13), vals(40 * 24);
+    uint64_t expect = 0;
+    for (uint32_t i = 0; i < 40; ++i) {
+        uint64_t id = (i % 3 == 2) ? 10000 + i : i;
+        key_of(&keys[i * 13], id);
+        if (i % 3 != 2) {
+            expect |= 1ull << i;
+        }
+    }
+    CHECK(t->get_bulk(keys.data(), 40, vals.data()) == expect);
+    CHECK(vals[24 * 4] == 4);
+    auto rep = t->check();
+    CHECK_MESSAGE(rep.ok(), (rep.problems.empty() ? std::string() : rep.problems.front()));
+}
+
+TEST_CASE("state-perflow: a full table refuses new flows cleanly and counts it")
+{
+    ScratchDir d("full");
+    std::string err;
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(64), err);
+    REQUIRE(t);
+    uint8_t k[13], v[24] = {};
+    for (uint64_t i = 0; i < 64; ++i) {
+        key_of(k, i);
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    key_of(k, 64);
+    CHECK(t->put(k, v) == SERPENS_ENOSPC);
+    CHECK(t->put(k, v) == SERPENS_ENOSPC);
+    CHECK(t->header().refused_full == 2);
+    key_of(k, 3);
+    CHECK(t->put(k, v) == SERPENS_OK); // updates still work when full
+    CHECK(t->del(k) == SERPENS_OK);
+    key_of(k, 64);
+    CHECK(t->put(k, v) == SERPENS_OK); // room again
+}
+
+TEST_CASE("state-perflow: idle expiry is incremental and keeps touched flows")
+{
+    ScratchDir d("exp");
+    std::string err;
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(1000), err);
+    REQUIRE(t);
+    const uint64_t t0 = 1'000'000'000'000ull, s = 1'000'000'000ull;
+    set_coarse_now(t0);
+    uint8_t k[13], v[24] = {}, out[24];
+    for (uint64_t i = 0; i < 300; ++i) {
+        key_of(k, i);
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    set_coarse_now(t0 + 10 * s);
+    for (uint64_t i = 0; i < 300; i += 2) {
+        key_of(k, i);
+        REQUIRE(t->get(k, out) == SERPENS_OK); // refreshes last access
+    }
+    // Small steps: each call visits at most 100 slots.
+    std::size_t removed = 0;
+    for (uint64_t done = 0; done < t->n_slots(); done += 100) {
+        removed += t->expire(t0 + 11 * s, 5 * s, 100);
+    }
+    CHECK(removed == 150);
+    CHECK(t->live() == 150);
+    CHECK(t->header().expired == 150);
+    for (uint64_t i = 0; i < 300; ++i) {
+        key_of(k, i);
+        CHECK((t->get(k, out) == SERPENS_OK) == (i % 2 == 0));
+    }
+    auto rep = t->check();
+    CHECK(rep.ok());
+    set_coarse_now(0);
+}
+
+TEST_CASE("state-perflow: entries survive close and re-attach; a mismatching segment is moved aside")
+{
+    ScratchDir d("reattach");
+    std::string err;
+    uint8_t k[13], v[24], out[24];
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+        REQUIRE(t);
+        for (uint64_t i = 0; i < 50; ++i) {
+            key_of(k, i);
+            std::memset(v, static_cast<int>(i + 1), sizeof(v));
+            REQUIRE(t->put(k, v) == SERPENS_OK);
+        }
+        // A second writer of the same segment is refused while this one lives.
+        std::string e2;
+        CHECK_FALSE(Table::open(d.path / "flows.tbl", flow_spec(100), e2));
+        CHECK(e2.find("in use") != std::string::npos);
+    }
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+        REQUIRE(t);
+        CHECK(t->live() == 50);
+        CHECK(t->header().attaches == 2);
+        key_of(k, 17);
+        REQUIRE(t->get(k, out) == SERPENS_OK);
+        CHECK(out[0] == 18);
+    }
+    // Another value size: the old file is renamed, not wiped.
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100, 32), err);
+        REQUIRE(t);
+        CHECK(t->live() == 0);
+    }
+    int aside = 0;
+    for (auto &e : std::filesystem::directory_iterator(d.path)) {
+        if (e.path().filename().string().find("flows.tbl.bad-") == 0) {
+            ++aside;
+            std::string e2;
+            auto old = Table::open_readonly(e.path(), e2); // the evidence is intact
+            REQUIRE(old);
+            CHECK(old->live() == 50);
+        }
+    }
+    CHECK(aside == 1);
+}
+
+TEST_CASE("state-perflow: a corrupted header is detected and moved aside")
+{
+    ScratchDir d("corrupt");
+    std::string err;
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+        REQUIRE(t);
+    }
+    {
+        std::fstream f(d.path / "flows.tbl", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(offsetof(SegmentHeader, capacity));
+        uint64_t bogus = 12345;
+        f.write(reinterpret_cast<const char *>(&bogus), 8);
+    }
+    std::string e2;
+    CHECK_FALSE(Table::open_readonly(d.path / "flows.tbl", e2));
+    CHECK(e2.find("checksum") != std::string::npos);
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+    REQUIRE(t);
+    int aside = 0;
+    for (auto &e : std::filesystem::directory_iterator(d.path)) {
+        aside += e.path().filename().string().find(".bad-") != std::string::npos;
+    }
+    CHECK(aside == 1);
+}
+
+TEST_CASE("state-perflow-read: PER_FLOW|READ tables behave like lookup tables")
+{
+    ScratchDir d("pfr");
+    std::string err;
+    auto t = Table::open(d.path / "rules.tbl", TableSpec{"rules", PF | RD, 8, 8, 10, 0}, err);
+    REQUIRE(t);
+    CHECK(t->kind() == TableKind::per_flow);
+    uint64_t k = 5, v = 6, out = 0;
+    CHECK(t->put(&k, &v) == SERPENS_OK);
+    CHECK(t->get(&k, &out) == SERPENS_OK);
+    CHECK(out == 6);
+}
+
+TEST_CASE("state-global-read: one copy per executor, writes refused after seal")
+{
+    ScratchDir d("gr");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("chain-a", "ids");
+    FakeInstance i0(ex, 0), i1(ex, 1);
+    serpens_table *t0 = i0.create("patterns", GL | RD, 8, 16, 100);
+    REQUIRE(t0);
+    const serpens_host_api &api = state_api();
+    uint64_t k = 1;
+    char v[16] = "abcdefghijklmno", out[16];
+    CHECK(api.put_state(t0, &k, v) == SERPENS_OK);
+    ex.seal();
+    // Instance 1's init loads the same data: identical re-puts are accepted.
+    serpens_table *t1 = i1.create("patterns", GL | RD, 8, 16, 100);
+    REQUIRE(t1);
+    CHECK(api.put_state(t1, &k, v) == SERPENS_OK);
+    char other[16] = "different-value";
+    CHECK(api.put_state(t1, &k, other) == SERPENS_ENOTSUP);
+    uint64_t k2 = 2;
+    CHECK(api.put_state(t0, &k2, v) == SERPENS_ENOTSUP);
+    CHECK(api.delete_state(t0, &k) == SERPENS_ENOTSUP);
+    CHECK(api.get_state(t1, &k, out) == SERPENS_OK);
+    CHECK(std::memcmp(out, v, 16) == 0);
+    CHECK(ex.find("patterns")->header().sealed == 1);
+    // Same name with other sizes: refused, existing table untouched.
+    CHECK(i1.create("patterns", GL | RD, 8, 32, 100) == nullptr);
+    CHECK(i1.create("patterns", PF | RD, 8, 16, 100) == nullptr);
+    CHECK(i1.create("bad", GL | WR, 8, 16, 100) == nullptr);
+}
+
+TEST_CASE("state-abi: per-flow table through the host API; instances share it")
+{
+    ScratchDir d("abi");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("c1", "fw");
+    FakeInstance a(ex, 0), b(ex, 1);
+    serpens_table *ta = a.create("conn", PF | WR, 13, 8, 1000);
+    serpens_table *tb = b.create("conn", PF | WR, 13, 8, 1000);
+    REQUIRE(ta);
+    REQUIRE(tb);
+    const serpens_host_api &api = state_api();
+    uint8_t k[13];
+    key_of(k, 42);
+    uint64_t v = 99, out = 0;
+    CHECK(api.put_state(ta, k, &v) == SERPENS_OK);
+    CHECK(api.get_state(tb, k, &out) == SERPENS_OK);
+    CHECK(out == 99);
+    uint64_t mask = api.get_state_bulk(tb, k, 1, &out);
+    CHECK(mask == 1);
+    CHECK(api.delete_state(tb, k) == SERPENS_OK);
+    CHECK(api.get_state(ta, k, &out) == SERPENS_ENOENT);
+    CHECK(api.split(ta, k) == SERPENS_EINVAL); // not global/write
+    CHECK(std::filesystem::exists(d.path / "c1" / "fw" / "conn.tbl"));
+    // A context without executor is refused with a log, not a crash.
+    FakeInstance lost(ex, 2);
+    lost.nc.executor = nullptr;
+    CHECK(lost.create("conn", PF | WR, 13, 8, 1000) == nullptr);
+}
+
+TEST_CASE("state-readonly: dump and check through a read-only mapping")
+{
+    ScratchDir d("ro");
+    std::string err;
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+    REQUIRE(t);
+    uint8_t k[13], v[24] = {};
+    for (uint64_t i = 0; i < 10; ++i) {
+        key_of(k, i);
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    auto ro = Table::open_readonly(d.path / "flows.tbl", err);
+    REQUIRE(ro);
+    CHECK(ro->read_only());
+    int n = 0;
+    ro->dump([&](const uint8_t *, const uint8_t *) { ++n; });
+    CHECK(n == 10);
+    CHECK(ro->check().ok());
+}

@@ -1,0 +1,260 @@
+// serpens-state — inspect a host's state segments read-only.
+//
+//   serpens-state [--root DIR | --host-id ID] list
+//   serpens-state [...] dump CHAIN NF TABLE [--json] [--limit N]
+//   serpens-state [...] check [CHAIN [NF [TABLE]]]
+//
+// For operators after a crash and for tests.  Never writes: segments are
+// mapped PROT_READ, so it is safe next to a running host (results are then a
+// snapshot; "write in flight" may be transient).  `check` exits 1 when a
+// segment is unreadable or inconsistent.
+
+#include "state/executor.h"
+#include "state/table.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using namespace serpens::state;
+
+namespace {
+
+struct Seg {
+    std::string chain, nf, table;
+    fs::path file;
+};
+
+std::vector<Seg> scan(const fs::path &root, std::vector<fs::path> *aside)
+{
+    std::vector<Seg> v;
+    std::error_code ec;
+    for (auto &c : fs::directory_iterator(root, ec)) {
+        if (!c.is_directory()) {
+            continue;
+        }
+        for (auto &n : fs::directory_iterator(c.path(), ec)) {
+            if (!n.is_directory()) {
+                continue;
+            }
+            for (auto &f : fs::directory_iterator(n.path(), ec)) {
+                std::string name = f.path().filename().string();
+                if (name.size() > 4 && name.substr(name.size() - 4) == ".tbl") {
+                    v.push_back(Seg{StateStore::unescape(c.path().filename().string()),
+                                    StateStore::unescape(n.path().filename().string()),
+                                    StateStore::unescape(name.substr(0, name.size() - 4)), f.path()});
+                } else if (aside != nullptr && name.find(".bad-") != std::string::npos) {
+                    aside->push_back(f.path());
+                }
+            }
+        }
+    }
+    std::sort(v.begin(), v.end(), [](const Seg &a, const Seg &b) { return a.file < b.file; });
+    return v;
+}
+
+std::string hex(const uint8_t *p, std::size_t n)
+{
+    static const char *d = "0123456789abcdef";
+    std::string s;
+    s.reserve(2 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        s += d[p[i] >> 4];
+        s += d[p[i] & 15];
+    }
+    return s;
+}
+
+std::string json_str(const std::string &s)
+{
+    std::string o = "\"";
+    for (char c : s) {
+        if (c == '"' || c == '\\') {
+            o += '\\';
+            o += c;
+        } else if (static_cast<unsigned char>(c) < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof(b), "\\u%04x", c);
+            o += b;
+        } else {
+            o += c;
+        }
+    }
+    return o + "\"";
+}
+
+int cmd_list(const fs::path &root)
+{
+    std::vector<fs::path> aside;
+    auto segs = scan(root, &aside);
+    if (segs.empty()) {
+        std::printf("no state segments under %s\n", root.c_str());
+    }
+    std::string last;
+    for (auto &s : segs) {
+        std::string ex = s.chain + " / " + s.nf;
+        if (ex != last) {
+            std::printf("executor %s\n", ex.c_str());
+            last = ex;
+        }
+        std::string err;
+        auto t = Table::open_readonly(s.file, err);
+        if (!t) {
+            std::printf("  %-24s UNREADABLE: %s\n", s.table.c_str(), err.c_str());
+            continue;
+        }
+        const SegmentHeader &h = t->header();
+        std::printf("  %-24s %-22s key %3u value %5u live %llu/%llu refused %llu expired %llu torn-repaired %llu "
+                    "torn-discarded %llu attaches %llu",
+                    s.table.c_str(), kind_name(t->kind()), h.key_size, h.value_size,
+                    static_cast<unsigned long long>(h.live), static_cast<unsigned long long>(h.capacity),
+                    static_cast<unsigned long long>(h.refused_full), static_cast<unsigned long long>(h.expired),
+                    static_cast<unsigned long long>(h.torn_repaired),
+                    static_cast<unsigned long long>(h.torn_discarded), static_cast<unsigned long long>(h.attaches));
+        if (is_global_write(t->kind())) {
+            std::printf(" instances %#llx", static_cast<unsigned long long>(h.active_mask));
+        }
+        std::printf("\n");
+    }
+    for (auto &a : aside) {
+        std::printf("moved aside: %s\n", a.c_str());
+    }
+    return 0;
+}
+
+int cmd_dump(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table,
+             bool json, uint64_t limit)
+{
+    fs::path file = root / StateStore::escape(chain) / StateStore::escape(nf) / (StateStore::escape(table) + ".tbl");
+    std::string err;
+    auto t = Table::open_readonly(file, err);
+    if (!t) {
+        std::fprintf(stderr, "serpens-state: %s\n", err.c_str());
+        return 1;
+    }
+    const uint32_t vs = t->value_size();
+    const uint32_t cells = t->cells();
+    uint64_t n = 0;
+    if (json) {
+        std::printf("{\"chain\":%s,\"nf\":%s,\"table\":%s,\"kind\":%s,\"key_size\":%u,\"value_size\":%u,"
+                    "\"entries\":[",
+                    json_str(chain).c_str(), json_str(nf).c_str(), json_str(table).c_str(),
+                    json_str(kind_name(t->kind())).c_str(), t->key_size(), vs);
+    }
+    t->dump([&](const uint8_t *key, const uint8_t *vals) {
+        if (limit != 0 && n >= limit) {
+            return;
+        }
+        std::string k = hex(key, t->key_size());
+        if (json) {
+            std::printf("%s{\"key\":\"%s\"", n ? "," : "", k.c_str());
+            if (cells == 0) {
+                std::printf(",\"value\":\"%s\"}", hex(vals, vs).c_str());
+            } else {
+                std::printf(",\"base\":\"%s\",\"instances\":[", hex(vals, vs).c_str());
+                for (uint32_t c = 1; c < cells; ++c) {
+                    std::printf("%s\"%s\"", c > 1 ? "," : "", hex(vals + static_cast<std::size_t>(c) * vs, vs).c_str());
+                }
+                std::printf("]}");
+            }
+        } else if (cells == 0) {
+            std::printf("%s %s\n", k.c_str(), hex(vals, vs).c_str());
+        } else {
+            std::printf("%s base %s\n", k.c_str(), hex(vals, vs).c_str());
+            for (uint32_t c = 1; c < cells; ++c) {
+                if (t->header().active_mask & (1ull << (c - 1))) {
+                    std::printf("%s  instance %u %s\n", k.c_str(), c - 1,
+                                hex(vals + static_cast<std::size_t>(c) * vs, vs).c_str());
+                }
+            }
+        }
+        ++n;
+    });
+    if (json) {
+        std::printf("]}\n");
+    }
+    return 0;
+}
+
+int cmd_check(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table)
+{
+    std::vector<fs::path> aside;
+    auto segs = scan(root, &aside);
+    int bad = 0, checked = 0;
+    for (auto &s : segs) {
+        if ((!chain.empty() && s.chain != chain) || (!nf.empty() && s.nf != nf) ||
+            (!table.empty() && s.table != table)) {
+            continue;
+        }
+        ++checked;
+        std::string err;
+        auto t = Table::open_readonly(s.file, err);
+        if (!t) {
+            std::printf("FAIL %s: %s\n", s.file.c_str(), err.c_str());
+            ++bad;
+            continue;
+        }
+        auto r = t->check();
+        std::printf("%s %s/%s/%s: %llu live, %llu dead, %llu empty of %llu slots", r.ok() ? "ok  " : "FAIL",
+                    s.chain.c_str(), s.nf.c_str(), s.table.c_str(), static_cast<unsigned long long>(r.live),
+                    static_cast<unsigned long long>(r.dead), static_cast<unsigned long long>(r.empty),
+                    static_cast<unsigned long long>(r.slots));
+        std::printf("\n");
+        for (auto &p : r.problems) {
+            std::printf("    problem: %s\n", p.c_str());
+        }
+        for (auto &w : r.warnings) {
+            std::printf("    note: %s\n", w.c_str());
+        }
+        bad += !r.ok();
+    }
+    for (auto &a : aside) {
+        std::printf("note: moved-aside segment %s (kept for inspection)\n", a.c_str());
+    }
+    if (checked == 0) {
+        std::printf("no matching segments under %s\n", root.c_str());
+        return chain.empty() ? 0 : 1;
+    }
+    return bad ? 1 : 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv)
+{
+    CLI::App app{"serpens-state: inspect Serpens state segments (read-only)"};
+    std::string root, host_id = "default";
+    app.add_option("--root", root, "state root directory (default /dev/shm/serpens/<host-id>)");
+    app.add_option("--host-id", host_id, "host id used for the default root");
+    app.require_subcommand(1);
+
+    auto *list = app.add_subcommand("list", "list executors and their tables");
+    std::string chain, nf, table;
+    bool json = false;
+    uint64_t limit = 0;
+    auto *dump = app.add_subcommand("dump", "dump a table (hex keys and values)");
+    dump->add_option("chain", chain)->required();
+    dump->add_option("nf", nf)->required();
+    dump->add_option("table", table)->required();
+    dump->add_flag("--json", json, "JSON output");
+    dump->add_option("--limit", limit, "at most N entries (0 = all)");
+    auto *check = app.add_subcommand("check", "check integrity; exit status 1 on problems");
+    check->add_option("chain", chain);
+    check->add_option("nf", nf);
+    check->add_option("table", table);
+
+    CLI11_PARSE(app, argc, argv);
+    fs::path r = root.empty() ? StateStore::default_root(host_id) : fs::path(root);
+    if (*list) {
+        return cmd_list(r);
+    }
+    if (*dump) {
+        return cmd_dump(r, chain, nf, table, json, limit);
+    }
+    return cmd_check(r, chain, nf, table);
+}
