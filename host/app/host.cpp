@@ -3,6 +3,7 @@
 #include "chain/compiled.h"
 #include "chain/runtime.h"
 #include "config/host_config.h"
+#include "control/server.h"
 #include "core/error.h"
 #include "instance/dataplane.h"
 #include "io/gateway.h"
@@ -210,15 +211,25 @@ std::string json_escape(const std::string &s)
     return out;
 }
 
-void write_stats_json(const Dataplane &dp, const std::string &path)
+// The counters as JSON.  `live`: the lcores still run, so device counters
+// are read now (the final ones are kept by the dataplane after it stops).
+std::string stats_json(const Dataplane &dp, bool live)
 {
     std::ostringstream j;
     const DispatchCounters &c = dp.counters();
     j << "{\n  \"ports\": [";
     for (std::size_t p = 0; p < dp.ports().size(); ++p) {
+        Dataplane::PortTotals totals;
+        if (live) {
+            rte_eth_stats stats{};
+            rte_eth_stats_get(dp.ports()[p].id, &stats);
+            totals = {stats.opackets, stats.imissed, stats.oerrors};
+        } else {
+            totals = dp.port_totals()[p];
+        }
         j << (p ? ", " : "") << "{\"name\": \"" << json_escape(dp.ports()[p].name) << "\", \"rx\": " << c.rx[p].load()
-          << ", \"tx\": " << dp.port_totals()[p].tx << ", \"rx_missed\": " << dp.port_totals()[p].rx_missed
-          << ", \"tx_errors\": " << dp.port_totals()[p].tx_errors << "}";
+          << ", \"tx\": " << totals.tx << ", \"rx_missed\": " << totals.rx_missed
+          << ", \"tx_errors\": " << totals.tx_errors << "}";
     }
     j << "],\n  \"parser\": {";
     for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
@@ -255,8 +266,35 @@ void write_stats_json(const Dataplane &dp, const std::string &path)
         }
         j << "]}";
     }
-    j << "\n  ]\n}\n";
-    std::ofstream(path) << j.str();
+    j << "\n  ],\n  \"wake_threshold\": " << const_cast<Dataplane &>(dp).wake_threshold().load() << "\n}\n";
+    return j.str();
+}
+
+std::string control_command(Dataplane &dp, const std::string &line)
+{
+    std::istringstream words(line);
+    std::string verb, what;
+    words >> verb >> what;
+    if (verb == "ping") {
+        return "pong";
+    }
+    if (verb == "stats") {
+        return stats_json(dp, true);
+    }
+    if (verb == "get" && what == "wake_threshold") {
+        return std::to_string(dp.wake_threshold().load());
+    }
+    if (verb == "set" && what == "wake_threshold") {
+        long long value = 0;
+        if (!(words >> value) || value < 1 || value > (1 << 20)) {
+            return "error: wake_threshold takes a packet count 1..1048576";
+        }
+        dp.wake_threshold().store(static_cast<uint32_t>(value));
+        spdlog::info("wake_threshold set to {} by the control socket", value);
+        return "ok";
+    }
+    return "error: unknown command '" + line +
+           "' (commands: ping, stats, get wake_threshold, set wake_threshold N)";
 }
 
 } // namespace
@@ -344,6 +382,8 @@ int run_host(const HostOptions &options)
                                        std::move(instance), cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
             }
+            ControlServer control(cfg.control_socket,
+                                  [&dataplane](const std::string &line) { return control_command(dataplane, line); });
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
@@ -354,7 +394,7 @@ int run_host(const HostOptions &options)
             ports.clear();
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {
-                write_stats_json(dataplane, options.stats_json);
+                std::ofstream(options.stats_json) << stats_json(dataplane, false);
             }
         } // chain instances are finalized here, after the lcores stopped
     } catch (const ConfigError &e) {

@@ -97,7 +97,7 @@ HostConfig load_host_config(const std::string &path)
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
-        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir"});
+        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket"});
         cfg.id = r.string_or("id", cfg.id);
         if (cfg.id.empty() || cfg.id.find('/') != std::string::npos) {
             r.fail("id", "'id' must be a non-empty name without '/'");
@@ -110,6 +110,7 @@ HostConfig load_host_config(const std::string &path)
         cfg.plugin_dir = r.string_or("plugin_dir", cfg.plugin_dir);
         cfg.chains_dir = r.string_or("chains_dir", cfg.chains_dir);
         cfg.state_dir = r.string_or("state_dir", "");
+        cfg.control_socket = r.string_or("control_socket", "");
     }
     cfg.plugin_dir = resolve(base, cfg.plugin_dir);
     cfg.chains_dir = resolve(base, cfg.chains_dir);
@@ -118,6 +119,8 @@ HostConfig load_host_config(const std::string &path)
     } else {
         cfg.state_dir = resolve(base, cfg.state_dir);
     }
+    cfg.control_socket = cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock"
+                                                    : resolve(base, cfg.control_socket);
     if (!fs::is_directory(cfg.plugin_dir)) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
         std::string message = "plugin directory " + cfg.plugin_dir + " does not exist (set [host] plugin_dir)";

@@ -50,6 +50,7 @@ struct HostConfig {
     std::string plugin_dir = "plugins";
     std::string chains_dir = "chains";
     std::string state_dir;       // default /dev/shm/serpens/<id>
+    std::string control_socket;  // default /run/serpens/<id>.sock
 
     std::vector<std::string> eal_args;
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 HOST = os.environ["SERPENS_HOST"]
+CTL = os.environ.get("SERPENSCTL", "")
 PKTGEN = os.environ["SERPENS_PKTGEN"]
 TEST_PLUGINS = os.environ["SERPENS_TEST_PLUGINS"]
 
@@ -145,7 +146,7 @@ class Host:
         if "[mempool]" not in body:
             body += "\n[mempool]\nmbufs = 32767\n"
         text = (f'[host]\nid = "{self.prefix}"\nplugin_dir = "plugins"\nchains_dir = "chains"\n'
-                f'state_dir = "state"\n\n[eal]\n{eal or self.eal()}\n\n{body}\n')
+                f'state_dir = "state"\ncontrol_socket = "ctl.sock"\n\n[eal]\n{eal or self.eal()}\n\n{body}\n')
         with open(self.path("host.toml"), "w") as f:
             f.write(text)
         return self.path("host.toml")

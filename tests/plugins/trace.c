@@ -2,7 +2,9 @@
  * trace — appends one tag byte to every packet it sees, so a test can read,
  * from the packet itself, which NFs it went through and in which order.
  *
- * Config: tag (integer 0..255, default: 0xA0 + the NF's label).
+ * Config: tag (integer 0..255, default: 0xA0 + the NF's label);
+ *         by_instance = true: the tag is 0xC0 + the instance id instead, so
+ *         a test can tell which instance of a chain ran each packet.
  * Counters: "seen".
  */
 #include <serpens/nf.h>
@@ -29,6 +31,13 @@ static int trace_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         return SERPENS_EINVAL;
     }
     priv->tag = (int)tag;
+    {
+        int by_instance = 0;
+        ctx->host->config_bool(config, "by_instance", &by_instance);
+        if (by_instance) {
+            priv->tag = 0xC0 + (int)(ctx->instance_id & 0x3f);
+        }
+    }
     priv->seen = ctx->host->counter(ctx, "seen");
     return priv->seen != NULL ? SERPENS_OK : SERPENS_ENOMEM;
 }

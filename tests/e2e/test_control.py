@@ -1,0 +1,42 @@
+"""serpensctl reaches a running host: live counters, and the wake-up threshold
+changed at runtime."""
+import json
+import subprocess
+import time
+
+from harness import CTL, HOST, Host, check
+
+host = Host()
+host.chain("c", 'name = "c"\negress = "null0"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+host.config('[[port]]\nname = "null0"\ndevice = "net_null0,no-rx=1"\n'
+            '\n[[gateway.rule]]\nchain = "c"\n\n[instances]\nwake_threshold = 64\n')
+proc = subprocess.Popen([HOST, "-c", host.path("host.toml"), "--log-level", "warn"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def ctl(*args):
+    return subprocess.run([CTL, "--socket", host.path("ctl.sock")] + list(args),
+                          capture_output=True, text=True, timeout=10)
+
+
+try:
+    for _ in range(100):  # wait for start-up
+        if ctl("ping").stdout.strip() == "pong":
+            break
+        time.sleep(0.1)
+    check(ctl("ping").stdout.strip() == "pong", "host never answered ping")
+    check(ctl("wake-threshold").stdout.strip() == "64", "threshold from host.toml")
+    check(ctl("wake-threshold", "512").stdout.strip() == "ok", "set threshold")
+    check(ctl("wake-threshold").stdout.strip() == "512", "threshold changed at runtime")
+    bad = ctl("wake-threshold", "-3")
+    check(bad.returncode != 0, "a negative threshold is refused")
+    stats = json.loads(ctl("stats").stdout)
+    check(stats["wake_threshold"] == 512 and stats["instances"][0]["chain"] == "c", f"live stats: {stats}")
+finally:
+    proc.terminate()
+    rc = proc.wait(timeout=30)
+check(rc == 0, f"host exited {rc}")
+gone = ctl("ping")
+check(gone.returncode != 0 and "cannot reach serpens-host" in gone.stderr, "socket removed at exit")
+print("ok: ping, stats, wake-threshold get/set")
+host.cleanup()
