@@ -67,7 +67,8 @@ std::string flags_to_string(uint32_t flags);
 // Coarse clock for last-access stamps: the hot path stores this value instead
 // of reading a clock.  StateStore::tick() advances it.  Units of 2^20 ns.
 void set_coarse_now(uint64_t now_ns) noexcept;
-uint32_t coarse_now() noexcept;
+extern uint32_t g_coarse_now; // written by set_coarse_now(); read on the hot path
+inline uint32_t coarse_now() noexcept { return __atomic_load_n(&g_coarse_now, __ATOMIC_RELAXED); }
 inline constexpr uint32_t coarse_units(uint64_t ns) noexcept { return static_cast<uint32_t>(ns >> 20); }
 
 // Remembers the cell versions a handle last read, so a put after a get is
@@ -213,8 +214,16 @@ private:
 
     void load_key(KeyBuf &k, const void *key) const noexcept
     {
-        k.w[_kw - 1] = 0;
-        __builtin_memcpy(k.w, key, _key_size);
+        // Word copies instead of a variable-length memcpy call.
+        const auto *p = static_cast<const uint8_t *>(key);
+        const uint32_t full = _key_size / 8;
+        for (uint32_t i = 0; i < full; ++i) {
+            __builtin_memcpy(&k.w[i], p + 8 * i, 8);
+        }
+        if (full != _kw) {
+            k.w[full] = 0;
+            __builtin_memcpy(&k.w[full], p + 8 * full, _key_size % 8);
+        }
         k.h = hash_key(k.w, _kw);
     }
     std::size_t home(uint64_t h) const noexcept
@@ -251,7 +260,7 @@ private:
             st_rlx(&s->access, now);
         }
     }
-    int lookup(const KeyBuf &k, void *out) noexcept;
+    inline int lookup(const KeyBuf &k, void *out) noexcept;
     Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;
