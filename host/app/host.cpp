@@ -11,6 +11,7 @@
 #include "io/port.h"
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
+#include "state/executor.h"
 
 #include <rte_eal.h>
 #include <rte_ethdev.h>
@@ -19,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+#include <thread>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -371,13 +373,20 @@ int run_host(const HostOptions &options)
         dp_options.idle_exit_s = options.idle_exit_s;
         dp_options.duration_s = options.duration_s;
         static const serpens_host_api api = make_host_api(io::mbuf_packet_ops());
+        state::StoreOptions store_options;
+        store_options.root = cfg.state_dir;
+        store_options.host_id = cfg.id;
+        state::StateStore store(store_options);
+        ExecutorResolver executors = [&store](const std::string &chain, const std::string &nf) {
+            return &store.executor(chain, nf);
+        };
         {
             Dataplane dataplane(ports, std::move(gateway), dp_options);
             dataplane.wake_threshold().store(cfg.wake_threshold);
             for (const Placement &p : plan) {
                 uint32_t tag = loaded.tag_of.at(p.chain);
                 const auto &chain = loaded.chains[tag];
-                auto instance = std::make_unique<ChainInstance>(chain, p.index, &api);
+                auto instance = std::make_unique<ChainInstance>(chain, p.index, &api, executors);
                 dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain),
                                        std::move(instance), cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
@@ -387,8 +396,18 @@ int run_host(const HostOptions &options)
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
+            // The state manager's clock: timers, triggers, idle-flow expiry.
+            std::atomic<bool> ticking{true};
+            std::thread state_manager([&] {
+                while (ticking.load(std::memory_order_relaxed)) {
+                    store.tick(monotonic_ns());
+                    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                }
+            });
             spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);
             dataplane.run();
+            ticking.store(false);
+            state_manager.join();
             running_dataplane.store(nullptr);
             io::stop_ports(ports); // flushes pcap output before anyone reads it
             ports.clear();

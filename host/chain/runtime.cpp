@@ -1,6 +1,7 @@
 #include "chain/runtime.h"
 
 #include "core/error.h"
+#include "state/executor.h"
 
 #include <spdlog/spdlog.h>
 
@@ -38,6 +39,9 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         ctx->chain_name = _chain->name;
         ctx->nf_name = nf.name;
         ctx->executor = executors ? executors(_chain->name, nf.name) : nullptr;
+        if (ctx->executor != nullptr) {
+            ctx->executor->set_descriptor(nf.desc); // its split/merge/update hooks
+        }
         ctx->pub.struct_size = sizeof(serpens_nf_ctx);
         ctx->pub.instance_id = instance_id;
         ctx->pub.host = api;
@@ -56,6 +60,12 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         }
         _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data()});
     }
+    // Global/read state is written in init only: from now on it is read-only.
+    for (const auto &ctx : _contexts) {
+        if (ctx->executor != nullptr) {
+            ctx->executor->seal();
+        }
+    }
 }
 
 ChainInstance::~ChainInstance()
@@ -66,6 +76,11 @@ ChainInstance::~ChainInstance()
 void ChainInstance::finalize(std::size_t count) noexcept
 {
     for (std::size_t i = count; i-- > 0;) {
+        // The leaving instance's share of global/write state goes to the
+        // survivors (or stays in the segment when it was the last one).
+        if (state::Executor *executor = _contexts[i]->executor) {
+            executor->remove_instance(_instance_id);
+        }
         const serpens_nf_descriptor *desc = _contexts[i]->desc;
         if (desc->fini != nullptr) {
             desc->fini(&_contexts[i]->pub);

@@ -2,6 +2,7 @@
 
 #include "chain/nf_context.h"
 #include "config/plugin_config.h"
+#include "state/host_api.h"
 
 #include <spdlog/spdlog.h>
 
@@ -63,6 +64,7 @@ serpens_host_api make_host_api(const PacketOps &packets)
     api.log = plugin_log;
     api.now_ns = monotonic_ns;
     config::install_config_api(api);
+    state::install_host_api(api);
     api.pkt_prepend = packets.prepend;
     api.pkt_append = packets.append;
     api.pkt_trim = packets.trim;
