@@ -1,0 +1,656 @@
+#pragma once
+// A small mock host for NF unit tests (nat, mon, lb): an in-test
+// serpens_host_api whose state API is std::map/unordered_map behind
+// create_table/get/put/delete, with trivially correct split/merge/update:
+//  - RELEASE: each key has a base cell and one cell per instance; merge = OR,
+//    split deals the free bits equally (as host/state's default does),
+//    trigger rebalances at once.
+//  - EVENTUAL: replicas start as copies of the base; merge folds
+//    G + sum(R_i - G) (or calls the NF's own merge hook) and copies back.
+// Config getters are the host's real ones over a TOML text (so config_where
+// gives real file:line:col); counters are a map per context; log lines are
+// kept for the tests to read.  The plugin is the real .so, loaded by dlopen.
+//
+// Also: frames with correct checksums, a checksum verifier written from
+// RFC 1071 directly, and the host's parser to fill packet views.
+
+#include "config/plugin_config.h"
+#include "net/parse.h"
+
+#include <serpens/nf.h>
+
+#include <doctest/doctest.h>
+#include <toml++/toml.h>
+
+#include <dlfcn.h>
+
+#include <array>
+#include <cstdarg>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+namespace nftest {
+
+using Bytes = std::vector<uint8_t>;
+
+// ---------------------------------------------------------------------------
+// The plugin
+// ---------------------------------------------------------------------------
+
+inline const serpens_nf_descriptor *load_plugin(const std::string &path)
+{
+    void *so = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (so == nullptr) {
+        throw std::runtime_error(std::string("dlopen: ") + dlerror());
+    }
+    auto entry = reinterpret_cast<serpens_nf_entry_fn>(dlsym(so, SERPENS_NF_ENTRY_SYMBOL));
+    if (entry == nullptr) {
+        throw std::runtime_error("no entry symbol in " + path);
+    }
+    return entry();
+}
+
+// ---------------------------------------------------------------------------
+// The mock host
+// ---------------------------------------------------------------------------
+
+class MockHost;
+
+struct MockTable {
+    std::string name;
+    uint32_t flags = 0, key_size = 0, value_size = 0;
+    uint64_t capacity = 0;
+    uint64_t active = 0; // bit i: instance i has a cell
+    // per-flow / global-read: one value; global/write: cells[0] base, cells[1 + i]
+    std::map<Bytes, std::vector<Bytes>> entries;
+
+    bool global_write() const { return (flags & SERPENS_STATE_GLOBAL) && (flags & SERPENS_STATE_WRITE); }
+    bool release() const { return flags & SERPENS_STATE_RELEASE; }
+};
+
+struct MockHandle {
+    MockHost *host;
+    MockTable *table;
+    uint32_t instance;
+};
+
+struct MockCtx {
+    MockHost *host;
+    std::map<std::string, std::unique_ptr<uint64_t>> counters;
+};
+
+inline constexpr uint32_t kMockMaxInstances = 8;
+
+class MockHost {
+public:
+    explicit MockHost(const serpens_nf_descriptor *desc) : _desc(desc)
+    {
+        _api.struct_size = sizeof _api;
+        _api.abi_major = SERPENS_ABI_MAJOR;
+        _api.abi_minor = SERPENS_ABI_MINOR;
+        _api.log = &MockHost::s_log;
+        _api.now_ns = &MockHost::s_now;
+        serpens::config::install_config_api(_api);
+        _api.create_table = &MockHost::s_create;
+        _api.get_state = &MockHost::s_get;
+        _api.put_state = &MockHost::s_put;
+        _api.delete_state = &MockHost::s_delete;
+        _api.get_state_bulk = &MockHost::s_bulk;
+        _api.split = &MockHost::s_split;
+        _api.merge = &MockHost::s_merge;
+        _api.update = &MockHost::s_update;
+        _api.timer = &MockHost::s_timer;
+        _api.trigger = &MockHost::s_trigger;
+        _api.counter = &MockHost::s_counter;
+        current() = this;
+    }
+    ~MockHost()
+    {
+        for (auto &c : _ctxs) {
+            if (c.second.initialised && _desc->fini) {
+                _desc->fini(&c.second.pub);
+            }
+        }
+        if (!_dir.empty()) {
+            std::filesystem::remove_all(_dir);
+        }
+        current() = nullptr;
+    }
+
+    static MockHost *&current()
+    {
+        static MockHost *h = nullptr;
+        return h;
+    }
+
+    // Writes `text` as a chain file's NF config table (under [config]) and
+    // parses it the way the host does.  Line numbers count from the file's
+    // first line, which is "[config]".
+    void set_config(const std::string &text)
+    {
+        if (_dir.empty()) {
+            char tmpl[] = "/tmp/serpens-nftest-XXXXXX";
+            _dir = mkdtemp(tmpl);
+        }
+        _config_file = _dir + "/chain.toml";
+        std::ofstream(_config_file) << "[config]\n" << text;
+        auto doc = std::make_shared<toml::table>(toml::parse_file(_config_file));
+        _config = std::make_unique<serpens_config>();
+        _config->document = doc;
+        _config->table = (*doc)["config"].as_table();
+        _config->file = _config_file;
+        _config->directory = _dir;
+    }
+    const std::string &config_file() const { return _config_file; }
+
+    // Creates instance `id`'s context and runs init.
+    int init(uint32_t id)
+    {
+        auto &c = _ctxs[id];
+        c.mock.host = this;
+        c.pub.struct_size = sizeof c.pub;
+        c.pub.instance_id = id;
+        c.pub.host = &_api;
+        c.pub.chain_name = "test";
+        c.pub.nf_name = _desc->name;
+        c.pub.host_private = &c.mock;
+        c.initialised = true;
+        return _desc->init(&c.pub, _config.get());
+    }
+    serpens_nf_ctx *ctx(uint32_t id) { return &_ctxs.at(id).pub; }
+    uint64_t counter(uint32_t id, const std::string &name)
+    {
+        auto &m = _ctxs.at(id).mock.counters;
+        auto it = m.find(name);
+        return it == m.end() ? 0 : *it->second;
+    }
+    bool has_counter(uint32_t id, const std::string &name) { return _ctxs.at(id).mock.counters.count(name) != 0; }
+
+    // Removes an instance: RELEASE cells go back and are re-dealt, EVENTUAL
+    // replicas are merged into the base (scale-in).
+    void remove_instance(uint32_t id)
+    {
+        for (auto &[n, t] : _tables) {
+            if (!t.global_write() || !(t.active & (1ull << id))) {
+                continue;
+            }
+            if (t.release()) {
+                t.active &= ~(1ull << id);
+                for (auto &[k, cells] : t.entries) {
+                    rebalance(t, k);
+                }
+            } else {
+                for (auto &[k, cells] : t.entries) {
+                    merge_eventual(t, k);
+                }
+                t.active &= ~(1ull << id);
+            }
+        }
+        auto &c = _ctxs.at(id);
+        if (c.initialised && _desc->fini) {
+            _desc->fini(&c.pub);
+        }
+        c.initialised = false;
+    }
+
+    void process(uint32_t id, std::vector<serpens_pkt> &pkts, std::vector<uint8_t> &ports, uint64_t now)
+    {
+        _now = now;
+        std::vector<uint16_t> labels(pkts.size(), 1);
+        ports.assign(pkts.size(), SERPENS_PORT_DEFAULT);
+        serpens_batch b{};
+        b.struct_size = sizeof b;
+        b.count = static_cast<uint32_t>(pkts.size());
+        b.self = 1;
+        b.pkts = pkts.data();
+        b.labels = labels.data();
+        b.ports = ports.data();
+        b.now_ns = now;
+        _desc->process(ctx(id), &b);
+    }
+
+    MockTable *table(const std::string &name)
+    {
+        auto it = _tables.find(name);
+        return it == _tables.end() ? nullptr : &it->second;
+    }
+    // The global value of a global/write key: RELEASE the OR of every cell,
+    // EVENTUAL the fold of the replicas into the base (without writing it).
+    Bytes global_value(const std::string &name, const Bytes &key)
+    {
+        MockTable &t = _tables.at(name);
+        auto &cells = t.entries.at(key);
+        if (t.release()) {
+            Bytes out(t.value_size, 0);
+            for (auto &c : cells) {
+                for (std::size_t i = 0; i < out.size(); ++i) {
+                    out[i] |= c[i];
+                }
+            }
+            return out;
+        }
+        Bytes out(t.value_size, 0);
+        fold(t, key, cells, out);
+        return out;
+    }
+
+    std::vector<std::string> logs;
+    std::vector<std::pair<std::string, uint64_t>> timers; // table name, period
+    uint64_t triggers = 0, splits = 0, merges = 0;
+    uint64_t now_value = 0;
+
+private:
+    struct Ctx {
+        serpens_nf_ctx pub{};
+        MockCtx mock;
+        bool initialised = false;
+    };
+
+    static MockHost &of(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t)->host; }
+    static MockHandle &handle(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t); }
+
+    static void s_log(const serpens_nf_ctx *ctx, int level, const char *fmt, ...)
+    {
+        char buf[2048];
+        va_list args;
+        va_start(args, fmt);
+        vsnprintf(buf, sizeof buf, fmt, args);
+        va_end(args);
+        MockHost *h = static_cast<MockCtx *>(ctx->host_private)->host;
+        h->logs.push_back(std::to_string(level) + " " + buf);
+    }
+    static uint64_t s_now() { return current() ? current()->_now : 0; }
+
+    static serpens_table *s_create(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t ks, uint32_t vs,
+                                   uint64_t cap)
+    {
+        MockHost *h = static_cast<MockCtx *>(ctx->host_private)->host;
+        auto [it, fresh] = h->_tables.try_emplace(name);
+        MockTable &t = it->second;
+        if (fresh) {
+            t.name = name, t.flags = flags, t.key_size = ks, t.value_size = vs, t.capacity = cap;
+        } else if (t.flags != flags || t.key_size != ks || t.value_size != vs || t.capacity != cap) {
+            return nullptr;
+        }
+        if (ks == 0 || ks > 64 || vs == 0 || cap == 0) {
+            return nullptr;
+        }
+        auto &hd = h->_handles.emplace_back(std::make_unique<MockHandle>(MockHandle{h, &t, ctx->instance_id}));
+        if (t.global_write() && !(t.active & (1ull << ctx->instance_id))) {
+            t.active |= 1ull << ctx->instance_id;
+            for (auto &[k, cells] : t.entries) {
+                if (t.release()) {
+                    h->rebalance(t, k);
+                } else {
+                    cells[1 + ctx->instance_id] = cells[0];
+                }
+            }
+        }
+        return reinterpret_cast<serpens_table *>(hd.get());
+    }
+
+    static Bytes key_of(const MockTable &t, const void *key)
+    {
+        auto *p = static_cast<const uint8_t *>(key);
+        return Bytes(p, p + t.key_size);
+    }
+
+    static int s_get(serpens_table *th, const void *key, void *out)
+    {
+        MockHandle &h = handle(th);
+        auto it = h.table->entries.find(key_of(*h.table, key));
+        if (it == h.table->entries.end()) {
+            return SERPENS_ENOENT;
+        }
+        const Bytes &v = h.table->global_write() ? it->second[1 + h.instance] : it->second[0];
+        std::memcpy(out, v.data(), v.size());
+        return SERPENS_OK;
+    }
+    static int s_put(serpens_table *th, const void *key, const void *value)
+    {
+        MockHandle &h = handle(th);
+        MockTable &t = *h.table;
+        Bytes k = key_of(t, key);
+        auto it = t.entries.find(k);
+        if (it == t.entries.end()) {
+            if (t.entries.size() >= t.capacity) {
+                return SERPENS_ENOSPC;
+            }
+            std::size_t cells = t.global_write() ? 1 + kMockMaxInstances : 1;
+            it = t.entries.emplace(k, std::vector<Bytes>(cells, Bytes(t.value_size, 0))).first;
+        }
+        auto *p = static_cast<const uint8_t *>(value);
+        it->second[t.global_write() ? 1 + h.instance : 0].assign(p, p + t.value_size);
+        return SERPENS_OK;
+    }
+    static int s_delete(serpens_table *th, const void *key)
+    {
+        MockHandle &h = handle(th);
+        return h.table->entries.erase(key_of(*h.table, key)) ? SERPENS_OK : SERPENS_ENOENT;
+    }
+    static uint64_t s_bulk(serpens_table *th, const void *keys, uint32_t n, void *values)
+    {
+        MockHandle &h = handle(th);
+        uint64_t mask = 0;
+        for (uint32_t i = 0; i < n && i < 64; ++i) {
+            if (s_get(th, static_cast<const uint8_t *>(keys) + std::size_t{i} * h.table->key_size,
+                      static_cast<uint8_t *>(values) + std::size_t{i} * h.table->value_size) == SERPENS_OK) {
+                mask |= 1ull << i;
+            }
+        }
+        return mask;
+    }
+
+    void rebalance(MockTable &t, const Bytes &k)
+    {
+        auto &cells = t.entries.at(k);
+        Bytes whole(t.value_size, 0);
+        for (auto &c : cells) {
+            for (std::size_t i = 0; i < whole.size(); ++i) {
+                whole[i] |= c[i];
+            }
+            std::fill(c.begin(), c.end(), 0);
+        }
+        std::vector<uint32_t> act;
+        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
+            if (t.active & (1ull << i)) {
+                act.push_back(i);
+            }
+        }
+        if (act.empty()) {
+            cells[0] = whole;
+            return;
+        }
+        uint64_t total = 0;
+        for (uint8_t b : whole) {
+            total += static_cast<uint64_t>(__builtin_popcount(b));
+        }
+        // Deal bits in ascending order: part j gets total/n (+1 for the first total%n).
+        std::size_t j = 0;
+        uint64_t quota = total / act.size() + (0 < total % act.size() ? 1 : 0);
+        for (std::size_t bit = 0; bit < whole.size() * 8; ++bit) {
+            if (!(whole[bit / 8] & (1u << (bit % 8)))) {
+                continue;
+            }
+            while (quota == 0 && j + 1 < act.size()) {
+                ++j;
+                quota = total / act.size() + (j < total % act.size() ? 1 : 0);
+            }
+            cells[1 + act[j]][bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+            --quota;
+        }
+    }
+
+    void fold(MockTable &t, const Bytes &k, std::vector<Bytes> &cells, Bytes &out)
+    {
+        std::vector<void *> parts;
+        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
+            if (t.active & (1ull << i)) {
+                parts.push_back(cells[1 + i].data());
+            }
+        }
+        if (_desc->merge != nullptr) {
+            serpens_state_hook_args a{};
+            a.struct_size = sizeof a;
+            a.n = static_cast<uint32_t>(parts.size());
+            a.table = t.name.c_str();
+            a.key = k.data();
+            a.key_size = t.key_size;
+            a.value_size = t.value_size;
+            a.whole = cells[0].data();
+            a.parts = parts.data();
+            a.out = out.data();
+            REQUIRE(_desc->merge(&_ctxs.begin()->second.pub, &a) == SERPENS_OK);
+            return;
+        }
+        REQUIRE(t.value_size % 8 == 0);
+        for (uint32_t w = 0; w < t.value_size / 8; ++w) {
+            uint64_t g, v;
+            std::memcpy(&g, cells[0].data() + 8 * w, 8);
+            v = g;
+            for (void *p : parts) {
+                uint64_t r;
+                std::memcpy(&r, static_cast<uint8_t *>(p) + 8 * w, 8);
+                v += r - g;
+            }
+            std::memcpy(out.data() + 8 * w, &v, 8);
+        }
+    }
+
+    void merge_eventual(MockTable &t, const Bytes &k)
+    {
+        auto &cells = t.entries.at(k);
+        Bytes out(t.value_size, 0);
+        fold(t, k, cells, out);
+        cells[0] = out;
+        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
+            if (t.active & (1ull << i)) {
+                cells[1 + i] = out;
+            }
+        }
+    }
+
+    static int s_split(serpens_table *th, const void *key)
+    {
+        MockHandle &h = handle(th);
+        MockHost &m = *h.host;
+        ++m.splits;
+        Bytes k = key_of(*h.table, key);
+        if (!h.table->global_write()) {
+            return SERPENS_EINVAL;
+        }
+        if (!h.table->entries.count(k)) {
+            return SERPENS_ENOENT;
+        }
+        if (h.table->release()) {
+            m.rebalance(*h.table, k);
+        } else {
+            m.merge_eventual(*h.table, k);
+        }
+        return SERPENS_OK;
+    }
+    static int s_merge(serpens_table *th, const void *key)
+    {
+        MockHandle &h = handle(th);
+        ++h.host->merges;
+        return s_split(th, key);
+    }
+    static int s_update(serpens_table *th, const void *key) { return s_split(th, key); }
+    static int s_timer(serpens_table *th, const void *, uint64_t period)
+    {
+        MockHandle &h = handle(th);
+        if (!h.table->global_write()) {
+            return SERPENS_EINVAL;
+        }
+        h.host->timers.emplace_back(h.table->name, period);
+        return SERPENS_OK;
+    }
+    static int s_trigger(serpens_table *th, const void *key)
+    {
+        MockHandle &h = handle(th);
+        ++h.host->triggers;
+        int rc = s_split(th, key);
+        --h.host->splits;
+        if (rc != SERPENS_OK || !h.table->release()) {
+            return rc;
+        }
+        const Bytes &mine = h.table->entries.at(key_of(*h.table, key))[1 + h.instance];
+        for (uint8_t b : mine) {
+            if (b) {
+                return SERPENS_OK;
+            }
+        }
+        return SERPENS_ENOSPC;
+    }
+    static uint64_t *s_counter(serpens_nf_ctx *ctx, const char *name)
+    {
+        auto &m = static_cast<MockCtx *>(ctx->host_private)->counters;
+        auto &slot = m[name];
+        if (!slot) {
+            slot = std::make_unique<uint64_t>(0);
+        }
+        return slot.get();
+    }
+
+    const serpens_nf_descriptor *_desc;
+    serpens_host_api _api{};
+    std::string _dir, _config_file;
+    std::unique_ptr<serpens_config> _config;
+    std::map<std::string, MockTable> _tables;
+    std::vector<std::unique_ptr<MockHandle>> _handles;
+    std::map<uint32_t, Ctx> _ctxs;
+    uint64_t _now = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Packets
+// ---------------------------------------------------------------------------
+
+inline uint32_t ip4(const char *text)
+{
+    unsigned a, b, c, d;
+    if (std::sscanf(text, "%u.%u.%u.%u", &a, &b, &c, &d) != 4) {
+        throw std::invalid_argument(text);
+    }
+    return (a << 24) | (b << 16) | (c << 8) | d;
+}
+
+inline std::string ip4_str(uint32_t ip)
+{
+    return std::to_string(ip >> 24) + "." + std::to_string((ip >> 16) & 255) + "." + std::to_string((ip >> 8) & 255) +
+           "." + std::to_string(ip & 255);
+}
+
+inline uint16_t rd16(const uint8_t *p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+inline uint32_t rd32(const uint8_t *p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (p[2] << 8) | p[3]; }
+inline void wr16(uint8_t *p, uint16_t v) { p[0] = static_cast<uint8_t>(v >> 8), p[1] = static_cast<uint8_t>(v); }
+inline void wr32(uint8_t *p, uint32_t v)
+{
+    wr16(p, static_cast<uint16_t>(v >> 16));
+    wr16(p + 2, static_cast<uint16_t>(v));
+}
+
+// RFC 1071 over a byte range, plus a starting sum.
+inline uint16_t csum(const uint8_t *p, std::size_t n, uint64_t sum = 0)
+{
+    for (std::size_t i = 0; i + 1 < n; i += 2) {
+        sum += rd16(p + i);
+    }
+    if (n % 2) {
+        sum += uint64_t{p[n - 1]} << 8;
+    }
+    while (sum >> 16) {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    return static_cast<uint16_t>(~sum);
+}
+
+struct Flow {
+    uint8_t proto; // 6, 17, 1 (echo: sport is the id, icmp_type 8 or 0)
+    uint32_t src, dst;
+    uint16_t sport, dport;
+    uint8_t icmp_type = 8;
+    uint8_t tcp_flags = 0x10; // ACK
+};
+
+// Ethernet + IPv4 + TCP/UDP/ICMP echo with `payload` bytes and correct checksums.
+inline Bytes frame(const Flow &f, std::size_t payload = 16, bool udp_zero_csum = false)
+{
+    std::size_t l4len = (f.proto == 6 ? 20 : 8) + payload;
+    Bytes b(14 + 20 + l4len, 0);
+    uint8_t *e = b.data();
+    e[0] = 0x02, e[5] = 0x02, e[6] = 0x02, e[11] = 0x01;
+    wr16(e + 12, 0x0800);
+    uint8_t *ip = e + 14;
+    ip[0] = 0x45;
+    wr16(ip + 2, static_cast<uint16_t>(20 + l4len));
+    wr16(ip + 4, 0x4242);
+    wr16(ip + 6, 0x4000);
+    ip[8] = 64;
+    ip[9] = f.proto;
+    wr32(ip + 12, f.src);
+    wr32(ip + 16, f.dst);
+    wr16(ip + 10, csum(ip, 20));
+    uint8_t *l4 = ip + 20;
+    for (std::size_t i = 0; i < payload; ++i) {
+        l4[l4len - payload + i] = static_cast<uint8_t>(i * 7 + 3);
+    }
+    uint64_t pseudo = (f.src >> 16) + (f.src & 0xffff) + (f.dst >> 16) + (f.dst & 0xffff) + f.proto + l4len;
+    if (f.proto == 6) {
+        wr16(l4, f.sport), wr16(l4 + 2, f.dport);
+        wr32(l4 + 4, 1000), wr32(l4 + 8, 2000);
+        l4[12] = 0x50, l4[13] = f.tcp_flags;
+        wr16(l4 + 14, 65535);
+        wr16(l4 + 16, csum(l4, l4len, pseudo));
+    } else if (f.proto == 17) {
+        wr16(l4, f.sport), wr16(l4 + 2, f.dport);
+        wr16(l4 + 4, static_cast<uint16_t>(l4len));
+        uint16_t c = csum(l4, l4len, pseudo);
+        wr16(l4 + 6, udp_zero_csum ? 0 : (c == 0 ? 0xffff : c));
+    } else {
+        l4[0] = f.icmp_type;
+        wr16(l4 + 4, f.sport), wr16(l4 + 6, 1);
+        wr16(l4 + 2, csum(l4, l4len));
+    }
+    return b;
+}
+
+// What a frame says, decoded independently of the NF and of the host parser.
+struct Decoded {
+    uint8_t proto = 0;
+    uint32_t src = 0, dst = 0;
+    uint16_t sport = 0, dport = 0; // ICMP: the echo id in both
+    bool ip_ok = false, l4_ok = false;
+};
+
+inline Decoded decode(const Bytes &b)
+{
+    Decoded d;
+    const uint8_t *ip = b.data() + 14;
+    std::size_t ihl = (ip[0] & 15u) * 4u, total = rd16(ip + 2);
+    d.proto = ip[9];
+    d.src = rd32(ip + 12), d.dst = rd32(ip + 16);
+    d.ip_ok = csum(ip, ihl) == 0;
+    const uint8_t *l4 = ip + ihl;
+    std::size_t l4len = total - ihl;
+    uint64_t pseudo = (d.src >> 16) + (d.src & 0xffff) + (d.dst >> 16) + (d.dst & 0xffff) + d.proto + l4len;
+    if (d.proto == 6 || d.proto == 17) {
+        d.sport = rd16(l4), d.dport = rd16(l4 + 2);
+        d.l4_ok = (d.proto == 17 && rd16(l4 + 6) == 0) || csum(l4, l4len, pseudo) == 0;
+    } else if (d.proto == 1) {
+        d.sport = d.dport = rd16(l4 + 4);
+        d.l4_ok = csum(l4, l4len) == 0;
+    }
+    return d;
+}
+
+// Packets in plain memory with views filled by the host's parser.
+struct Packets {
+    std::vector<Bytes> frames;
+    std::vector<serpens_pkt> views;
+    std::vector<uint8_t> ports;
+
+    void add(Bytes f) { frames.push_back(std::move(f)); }
+    // Call after the last add(): vectors no longer move.
+    std::vector<serpens_pkt> &parse()
+    {
+        views.assign(frames.size(), serpens_pkt{});
+        for (std::size_t i = 0; i < frames.size(); ++i) {
+            serpens::net::FlowKey key;
+            views[i].data = frames[i].data();
+            views[i].len = static_cast<uint32_t>(frames[i].size());
+            serpens::net::parse_packet(views[i], key);
+        }
+        return views;
+    }
+    bool dropped(std::size_t i) const { return ports.at(i) == SERPENS_PORT_DROP; }
+};
+
+} // namespace nftest

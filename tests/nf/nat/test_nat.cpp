@@ -1,0 +1,373 @@
+// nat against the mock host: translation both ways with valid checksums,
+// the pool split across instances and never handed out twice, exhaustion,
+// expiry, and bad input (config errors with file:line, truncated packets).
+
+#include "nf_mock.h"
+
+#include <doctest/doctest.h>
+
+#include <set>
+
+using namespace nftest;
+
+namespace {
+
+const serpens_nf_descriptor *nat() { return load_plugin(NF_PLUGIN); }
+
+constexpr uint64_t kSec = 1000000000ull;
+
+const char *kConfig = R"(inside = ["10.0.0.0/8", "192.168.0.0/16"]
+external = ["203.0.113.1", "203.0.113.8/31"]
+ports = [2000, 2099]
+[config.timeouts]
+udp = 30
+icmp = 30
+tcp = 600
+tcp_closed = 20
+)";
+
+struct Nat {
+    MockHost host{nat()};
+    explicit Nat(const std::string &cfg = kConfig, uint32_t instances = 1)
+    {
+        host.set_config(cfg);
+        for (uint32_t i = 0; i < instances; ++i) {
+            REQUIRE(host.init(i) == SERPENS_OK);
+        }
+    }
+    // Runs one frame through instance `id`; returns the output frame or an
+    // empty one when dropped.
+    Bytes run(const Bytes &in, uint64_t now = kSec, uint32_t id = 0)
+    {
+        Packets p;
+        p.add(in);
+        host.process(id, p.parse(), p.ports, now);
+        return p.dropped(0) ? Bytes{} : p.frames[0];
+    }
+    uint64_t c(const std::string &name, uint32_t id = 0) { return host.counter(id, name); }
+};
+
+Flow reply_to(const Decoded &out, uint8_t proto)
+{
+    Flow r{proto, out.dst, out.src, out.dport, out.sport};
+    r.icmp_type = 0;
+    return r;
+}
+
+bool is_external(uint32_t ip) { return ip == ip4("203.0.113.1") || ip == ip4("203.0.113.8") || ip == ip4("203.0.113.9"); }
+
+} // namespace
+
+TEST_CASE("nat: TCP, UDP and ICMP echo go out translated and replies come back")
+{
+    Nat n;
+    for (uint8_t proto : {6, 17, 1}) {
+        CAPTURE(int(proto));
+        Flow f{proto, ip4("10.1.2.3"), ip4("198.51.100.7"), 40000, 443};
+        Bytes out = n.run(frame(f));
+        REQUIRE(!out.empty());
+        Decoded d = decode(out);
+        CHECK(d.ip_ok);
+        CHECK(d.l4_ok);
+        CHECK(is_external(d.src));
+        CHECK(d.dst == f.dst);
+        CHECK(d.sport >= 2000);
+        CHECK(d.sport <= 2099);
+        if (proto != 1) {
+            CHECK(d.dport == 443);
+        }
+        // The same flow keeps its item.
+        Decoded again = decode(n.run(frame(f), 2 * kSec));
+        CHECK(again.src == d.src);
+        CHECK(again.sport == d.sport);
+
+        // The reply, addressed to the external item, goes back to the inside host.
+        Bytes back = n.run(frame(reply_to(d, proto)), 3 * kSec);
+        REQUIRE(!back.empty());
+        Decoded b = decode(back);
+        CHECK(b.ip_ok);
+        CHECK(b.l4_ok);
+        CHECK(b.src == f.dst);
+        CHECK(b.dst == f.src);
+        CHECK(b.dport == 40000);
+        if (proto != 1) {
+            CHECK(b.sport == 443);
+        }
+    }
+    CHECK(n.c("translated_out") == 6);
+    CHECK(n.c("translated_in") == 3);
+    CHECK(n.c("mappings_created") == 3);
+}
+
+TEST_CASE("nat: distinct flows get distinct items; payload bytes are untouched")
+{
+    Nat n;
+    std::set<std::pair<uint32_t, uint16_t>> items;
+    for (uint16_t i = 0; i < 50; ++i) {
+        Flow f{17, ip4("192.168.0.10"), ip4("198.51.100.1"), static_cast<uint16_t>(5000 + i), 53};
+        Bytes in = frame(f, 33);
+        Bytes out = n.run(in);
+        REQUIRE(out.size() == in.size());
+        Decoded d = decode(out);
+        CHECK(d.l4_ok);
+        CHECK(std::equal(in.begin() + 42, in.end(), out.begin() + 42)); // UDP payload
+        items.insert({d.src, d.sport});
+    }
+    CHECK(items.size() == 50);
+}
+
+TEST_CASE("nat: a UDP checksum of zero stays zero; odd-length payloads keep valid checksums")
+{
+    Nat n;
+    Flow f{17, ip4("10.0.0.5"), ip4("198.51.100.2"), 7000, 7001};
+    Bytes out = n.run(frame(f, 5, true));
+    REQUIRE(!out.empty());
+    CHECK(rd16(out.data() + 14 + 20 + 6) == 0);
+    CHECK(decode(out).ip_ok);
+    Flow g{6, ip4("10.0.0.5"), ip4("198.51.100.2"), 7002, 80};
+    Decoded d = decode(n.run(frame(g, 7)));
+    CHECK(d.ip_ok);
+    CHECK(d.l4_ok);
+}
+
+TEST_CASE("nat: replies are filtered by remote endpoint; unknown external ports are dropped")
+{
+    Nat n;
+    Flow f{6, ip4("10.1.1.1"), ip4("198.51.100.9"), 1234, 80};
+    Decoded d = decode(n.run(frame(f)));
+    Flow other = reply_to(d, 6);
+    other.sport = 81; // another remote port
+    CHECK(n.run(frame(other)).empty());
+    CHECK(n.c("filtered") == 1);
+    Flow stranger = reply_to(d, 6);
+    stranger.src = ip4("198.51.100.10");
+    CHECK(n.run(frame(stranger)).empty());
+    CHECK(n.c("filtered") == 2);
+    Flow unknown = reply_to(d, 6);
+    unknown.dport = static_cast<uint16_t>(d.sport == 2000 ? 2001 : 2000);
+    CHECK(n.run(frame(unknown)).empty());
+    Flow udp_reply = reply_to(d, 17); // same item number, other protocol: no mapping
+    CHECK(n.run(frame(udp_reply)).empty());
+    CHECK(n.c("no_mapping") == 2);
+    // An echo request from outside to an external address is not a reply.
+    Flow ping{1, ip4("198.51.100.9"), d.src, 77, 77};
+    CHECK(n.run(frame(ping)).empty());
+    CHECK(n.c("unsupported") == 1);
+}
+
+TEST_CASE("nat: traffic that is not the NAT's business passes unchanged")
+{
+    Nat n;
+    Packets p;
+    p.add(frame({6, ip4("10.1.1.1"), ip4("10.2.2.2"), 1, 2}));        // inside to inside
+    p.add(frame({17, ip4("198.51.100.1"), ip4("198.51.100.2"), 1, 2})); // transit
+    p.add(frame({17, ip4("198.51.100.1"), ip4("10.9.9.9"), 1, 2}));     // outside to inside address
+    Bytes v6 = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 64};
+    v6.resize(14 + 40, 0);
+    p.add(v6);
+    std::vector<Bytes> before = p.frames;
+    n.host.process(0, p.parse(), p.ports, kSec);
+    for (std::size_t i = 0; i < before.size(); ++i) {
+        CHECK_FALSE(p.dropped(i));
+        CHECK(p.frames[i] == before[i]);
+    }
+    CHECK(n.c("passed") == 4);
+}
+
+TEST_CASE("nat: truncated, unparsed and fragmented packets are dropped and counted")
+{
+    Nat n;
+    Flow f{6, ip4("10.1.1.1"), ip4("198.51.100.1"), 1000, 80};
+    Packets p;
+    Bytes cut = frame(f);
+    cut.resize(14 + 20 + 10); // inside the TCP header: the host parser refuses it
+    p.add(cut);
+    p.add(Bytes(10, 0)); // shorter than Ethernet
+    Bytes frag = frame({17, ip4("10.1.1.1"), ip4("198.51.100.1"), 1, 2});
+    wr16(frag.data() + 14 + 6, 0x0010); // fragment offset 16 * 8
+    wr16(frag.data() + 14 + 10, 0);
+    wr16(frag.data() + 14 + 10, csum(frag.data() + 14, 20));
+    p.add(frag);
+    Bytes icmp_err = frame({1, ip4("10.1.1.1"), ip4("198.51.100.1"), 5, 5, 3}); // dest unreachable
+    p.add(icmp_err);
+    Bytes lying = frame(f); // parsed, then cut: the NF checks bounds itself
+    p.add(lying);
+    p.add(frame({47, ip4("10.1.1.1"), ip4("198.51.100.1"), 0, 0})); // GRE: no ports to map
+    auto &views = p.parse();
+    views[4].len = 14 + 20 + 12;
+    n.host.process(0, views, p.ports, kSec);
+    for (std::size_t i = 0; i < p.frames.size(); ++i) {
+        CAPTURE(i);
+        CHECK(p.dropped(i));
+    }
+    CHECK(n.c("malformed") == 3);
+    CHECK(n.c("unsupported") == 3);
+    CHECK(n.c("translated_out") == 0);
+    CHECK(n.c("mappings_created") == 0);
+}
+
+TEST_CASE("nat: an exhausted pool drops new flows (counted) but keeps existing ones")
+{
+    Nat n(R"(inside = "10.0.0.0/8"
+external = "203.0.113.1"
+ports = [3000, 3003]
+)");
+    std::vector<Flow> flows;
+    for (uint16_t i = 0; i < 6; ++i) {
+        flows.push_back({17, ip4("10.0.0.1"), ip4("198.51.100.1"), static_cast<uint16_t>(100 + i), 53});
+    }
+    std::set<uint16_t> ports;
+    for (std::size_t i = 0; i < 6; ++i) {
+        Bytes out = n.run(frame(flows[i]), kSec + i * 10 * 1000000ull);
+        if (i < 4) {
+            REQUIRE(!out.empty());
+            ports.insert(decode(out).sport);
+        } else {
+            CHECK(out.empty());
+        }
+    }
+    CHECK(ports == std::set<uint16_t>{3000, 3001, 3002, 3003});
+    CHECK(n.c("pool_exhausted") == 2);
+    CHECK(n.c("pool_triggers") >= 1);
+    CHECK(n.host.triggers >= 1);
+    CHECK_FALSE(n.run(frame(flows[0]), 2 * kSec).empty()); // an existing flow still passes
+    // TCP has a pool of its own.
+    CHECK_FALSE(n.run(frame({6, ip4("10.0.0.1"), ip4("198.51.100.1"), 100, 53}), 2 * kSec).empty());
+}
+
+TEST_CASE("nat: two instances split the pool; triggers rebalance; no item is handed out twice")
+{
+    Nat n(R"(inside = "10.0.0.0/8"
+external = "203.0.113.1"
+ports = [4000, 4007]
+)",
+          2);
+    std::set<uint16_t> seen;
+    uint16_t next = 1;
+    auto take = [&](uint32_t id) {
+        Flow f{17, ip4("10.0.0.2"), ip4("198.51.100.3"), next++, 9};
+        Bytes out = n.run(frame(f), kSec + next * 2000000ull, id);
+        if (out.empty()) {
+            return false;
+        }
+        uint16_t port = decode(out).sport;
+        CHECK(seen.insert(port).second);
+        return true;
+    };
+    // Each instance got half: instance 1 takes 2 of its 4 without asking for more.
+    CHECK(take(1));
+    CHECK(take(1));
+    CHECK(n.c("pool_triggers", 1) == 0);
+    // Instance 0 exhausts its 4, then rebalances what is left of instance 1's share.
+    int got = 0;
+    while (take(0)) {
+        ++got;
+    }
+    CHECK(got == 6);
+    CHECK(n.c("pool_triggers", 0) >= 1);
+    CHECK_FALSE(take(1));
+    CHECK(seen.size() == 8);
+    CHECK(n.c("pool_exhausted", 0) == 1);
+    CHECK(n.c("pool_exhausted", 1) == 1);
+}
+
+TEST_CASE("nat: idle mappings expire and their items return to the pool")
+{
+    Nat n(R"(inside = "10.0.0.0/8"
+external = "203.0.113.1"
+ports = [5000, 5001]
+[config.timeouts]
+udp = 2
+tcp = 100
+tcp_closed = 1
+icmp = 100
+)");
+    Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1, 53};
+    Flow b{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 2, 53};
+    Flow c{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 3, 53};
+    Decoded da = decode(n.run(frame(a), 1 * kSec));
+    CHECK_FALSE(n.run(frame(b), 1 * kSec).empty());
+    CHECK(n.run(frame(c), 1 * kSec + 5000000).empty()); // both items taken
+    // Keep b alive; a goes idle.  Each batch runs a slice of the sweep.
+    for (uint64_t t = 2; t <= 6; ++t) {
+        CHECK_FALSE(n.run(frame(b), t * kSec).empty());
+    }
+    CHECK(n.c("mappings_expired") == 1);
+    // a's reverse mapping went with it: a late reply is refused.
+    CHECK(n.run(frame(reply_to(da, 17)), 6 * kSec).empty());
+    CHECK(n.c("no_mapping") == 1);
+    // And its item serves a new flow.
+    Decoded dc = decode(n.run(frame(c), 6 * kSec + 1000));
+    CHECK(dc.sport == da.sport);
+
+    // A TCP flow that sent a FIN uses the short closed timeout (1 s, not 100 s).
+    Flow t{6, ip4("10.0.0.1"), ip4("198.51.100.1"), 9, 80};
+    t.tcp_flags = 0x11; // FIN|ACK
+    CHECK_FALSE(n.run(frame(t), 7 * kSec).empty());
+    for (uint64_t ms = 7100; ms <= 9000; ms += 100) {
+        n.run(frame(b), ms * 1000000ull);
+        n.run(frame(c), ms * 1000000ull);
+    }
+    MockTable *out = n.host.table("out");
+    CHECK(out->entries.size() == 2); // b and c; the closed TCP flow is gone
+    for (auto &[key, value] : out->entries) {
+        CHECK(key[12] == 17);
+    }
+}
+
+TEST_CASE("nat: the pool conserves items: free bits plus live mappings is the whole pool")
+{
+    Nat n(kConfig, 2);
+    for (uint16_t i = 0; i < 40; ++i) {
+        Flow f{6, ip4("10.3.0.1"), ip4("198.51.100.77"), static_cast<uint16_t>(20000 + i), 443};
+        CHECK_FALSE(n.run(frame(f), kSec, i % 2).empty());
+    }
+    MockTable *pool = n.host.table("pool");
+    REQUIRE(pool != nullptr);
+    uint64_t free_tcp = 0;
+    for (auto &[key, cells] : pool->entries) {
+        if (key[6] != 6) {
+            continue;
+        }
+        for (uint8_t byte : n.host.global_value("pool", key)) {
+            free_tcp += static_cast<uint64_t>(__builtin_popcount(byte));
+        }
+    }
+    CHECK(free_tcp + 40 == 3 * 100);
+    CHECK(n.host.table("out")->entries.size() == 40);
+    CHECK(n.host.table("in")->entries.size() == 40);
+}
+
+TEST_CASE("nat: config errors name file:line and fail init")
+{
+    struct Case {
+        const char *config;
+        int line;
+        const char *what;
+    };
+    const Case cases[] = {
+        {"external = \"203.0.113.1\"\n", 1, "inside: required"},
+        {"inside = \"10.0.0.1/8\"\nexternal = \"203.0.113.1\"\n", 2, "host bits"},
+        {"inside = [\"10.0.0.0/8\", \"ten\"]\nexternal = \"203.0.113.1\"\n", 2, "inside[1]: 'ten' is not an IPv4 prefix"},
+        {"inside = \"10.0.0.0/8\"\nexternal = 5\n", 3, "external: expected a string"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"203.0.113.9-203.0.113.1\"\n", 3, "not an address range"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"10.0.0.1\"\n", 3, "lies inside"},
+        {"inside = \"10.0.0.0/8\"\nexternal = [\"1.2.3.4\", \"1.2.3.4\"]\n", 3, "listed twice"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"1.2.3.4\"\nports = [2000, 1000]\n", 4, "below first port"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"1.2.3.4\"\nports = [0, 1000]\n", 4, "out of range [1, 65535]"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"1.2.3.4\"\n[config.timeouts]\nudp = \"long\"\n", 5,
+         "timeouts.udp: expected an integer"},
+        {"inside = \"10.0.0.0/8\"\nexternal = \"1.0.0.0/8\"\n", 3, "more than 4096 external addresses"},
+    };
+    for (const Case &c : cases) {
+        CAPTURE(c.config);
+        MockHost host(nat());
+        host.set_config(c.config);
+        CHECK(host.init(0) == SERPENS_EINVAL);
+        REQUIRE(!host.logs.empty());
+        const std::string &log = host.logs.back();
+        CAPTURE(log);
+        CHECK(log.find(host.config_file() + ":" + std::to_string(c.line) + ":") != std::string::npos);
+        CHECK(log.find(c.what) != std::string::npos);
+    }
+}
