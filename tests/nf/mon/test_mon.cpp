@@ -1,0 +1,332 @@
+// mon against the mock host: per-flow and per-host counts match what the
+// test counts itself, replicas of two instances fold without loss or double
+// counting, full buckets overflow into counted totals, bad config and
+// truncated packets.
+
+#include "nf_mock.h"
+
+#include <doctest/doctest.h>
+
+#include <map>
+#include <tuple>
+
+using namespace nftest;
+
+namespace {
+
+const serpens_nf_descriptor *mon() { return load_plugin(NF_PLUGIN); }
+
+constexpr uint64_t kMs = 1000000ull;
+
+// The table layouts, as documented at the top of mon.c.
+struct FlowVal {
+    uint64_t packets, bytes, first_ns, last_ns;
+};
+struct HostCounts {
+    uint64_t tx_packets = 0, tx_bytes = 0, rx_packets = 0, rx_bytes = 0;
+    bool operator==(const HostCounts &) const = default;
+};
+constexpr std::size_t kBucketHosts = 8;
+constexpr std::size_t kBucketSize = 16 + kBucketHosts * 48;
+
+using Addr = std::array<uint8_t, 16>;
+
+Addr mapped(uint32_t ip)
+{
+    Addr a{};
+    a[10] = a[11] = 0xff;
+    a[12] = static_cast<uint8_t>(ip >> 24), a[13] = static_cast<uint8_t>(ip >> 16);
+    a[14] = static_cast<uint8_t>(ip >> 8), a[15] = static_cast<uint8_t>(ip);
+    return a;
+}
+
+uint64_t u64(const uint8_t *p)
+{
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    return v;
+}
+
+// Decodes a bucket value into hosts and the overflow packet count.
+void read_bucket(const Bytes &v, std::map<Addr, HostCounts> &hosts, uint64_t &overflow)
+{
+    REQUIRE(v.size() == kBucketSize);
+    overflow += u64(v.data());
+    for (std::size_t i = 0; i < kBucketHosts; ++i) {
+        const uint8_t *e = v.data() + 16 + 48 * i;
+        Addr a;
+        std::memcpy(a.data(), e, 16);
+        if (a == Addr{}) {
+            continue;
+        }
+        HostCounts &h = hosts[a];
+        h.tx_packets += u64(e + 16), h.tx_bytes += u64(e + 24);
+        h.rx_packets += u64(e + 32), h.rx_bytes += u64(e + 40);
+    }
+}
+
+struct Mon {
+    MockHost host{mon()};
+    explicit Mon(const std::string &cfg = "", uint32_t instances = 1)
+    {
+        host.set_config(cfg);
+        for (uint32_t i = 0; i < instances; ++i) {
+            REQUIRE(host.init(i) == SERPENS_OK);
+        }
+    }
+    // The global per-host counts (base + replica deltas), and the overflow.
+    std::map<Addr, HostCounts> hosts(uint64_t *overflow = nullptr)
+    {
+        std::map<Addr, HostCounts> out;
+        uint64_t ovf = 0;
+        for (auto &[key, cells] : host.table("hosts")->entries) {
+            read_bucket(host.global_value("hosts", key), out, ovf);
+        }
+        if (overflow) {
+            *overflow = ovf;
+        }
+        return out;
+    }
+};
+
+struct Expect {
+    std::map<std::tuple<uint32_t, uint32_t, uint16_t, uint16_t, uint8_t>, std::pair<uint64_t, uint64_t>> flows;
+    std::map<Addr, HostCounts> hosts;
+    void add(const Flow &f, std::size_t len)
+    {
+        // Direction-independent: the lower (address, port) first.
+        auto k = std::make_tuple(f.src, f.dst, f.sport, f.dport, f.proto);
+        if (std::make_pair(f.dst, f.dport) < std::make_pair(f.src, f.sport)) {
+            k = std::make_tuple(f.dst, f.src, f.dport, f.sport, f.proto);
+        }
+        flows[k].first += 1;
+        flows[k].second += len;
+        hosts[mapped(f.src)].tx_packets += 1, hosts[mapped(f.src)].tx_bytes += len;
+        hosts[mapped(f.dst)].rx_packets += 1, hosts[mapped(f.dst)].rx_bytes += len;
+    }
+};
+
+// Traffic between 6 clients and 3 servers, both directions, TCP/UDP/ICMP.
+std::vector<Flow> traffic(std::size_t n)
+{
+    std::vector<Flow> out;
+    for (std::size_t i = 0; i < n; ++i) {
+        uint32_t client = ip4("10.0.0.1") + static_cast<uint32_t>(i % 6);
+        uint32_t server = ip4("198.51.100.1") + static_cast<uint32_t>(i % 3);
+        uint8_t proto = i % 5 == 0 ? 1 : (i % 2 ? 6 : 17);
+        Flow f{proto, client, server, static_cast<uint16_t>(1000 + i % 7), 80};
+        if (proto == 1) {
+            f.dport = f.sport; // echo id in both
+        }
+        if (i % 3 == 1) {
+            std::swap(f.src, f.dst), std::swap(f.sport, f.dport);
+            f.icmp_type = 0;
+        }
+        out.push_back(f);
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("mon: per-flow and per-host counts match an independent count; packets pass unchanged")
+{
+    Mon m;
+    Expect want;
+    auto flows = traffic(300);
+    for (std::size_t start = 0; start < flows.size(); start += 64) {
+        Packets p;
+        for (std::size_t i = start; i < std::min(flows.size(), start + 64); ++i) {
+            Bytes f = frame(flows[i], i % 40);
+            want.add(flows[i], f.size());
+            p.add(f);
+        }
+        std::vector<Bytes> before = p.frames;
+        m.host.process(0, p.parse(), p.ports, (1 + start) * kMs);
+        for (std::size_t i = 0; i < before.size(); ++i) {
+            CHECK_FALSE(p.dropped(i));
+            CHECK(p.frames[i] == before[i]);
+        }
+    }
+    MockTable *ft = m.host.table("flows");
+    REQUIRE(ft != nullptr);
+    CHECK(ft->entries.size() == want.flows.size());
+    for (auto &[key, cells] : ft->entries) {
+        REQUIRE(key.size() == 40);
+        CHECK(key[37] == 4);
+        auto k = std::make_tuple(rd32(key.data()), rd32(key.data() + 16), uint16_t(key[32] | key[33] << 8),
+                                 uint16_t(key[34] | key[35] << 8), key[36]);
+        REQUIRE(want.flows.count(k));
+        FlowVal v;
+        std::memcpy(&v, cells[0].data(), sizeof v);
+        CHECK(v.packets == want.flows[k].first);
+        CHECK(v.bytes == want.flows[k].second);
+        CHECK(v.first_ns <= v.last_ns);
+        CHECK(v.first_ns >= 1 * kMs);
+    }
+    CHECK(m.hosts() == want.hosts);
+    CHECK(m.host.counter(0, "packets") == 300);
+    CHECK(m.host.counter(0, "flows_new") == want.flows.size());
+    CHECK(m.host.counter(0, "host_overflow") == 0);
+    uint64_t bytes = 0;
+    for (auto &[k, v] : want.flows) {
+        bytes += v.second;
+    }
+    CHECK(m.host.counter(0, "bytes") == bytes);
+}
+
+TEST_CASE("mon: two instances' host replicas fold without loss or double counting")
+{
+    Mon m("merge_ms = 250\n", 2);
+    // Only instance 0 registers the per-bucket merge timers, once per bucket.
+    CHECK(m.host.timers.size() == 4096 / 4);
+    CHECK(m.host.timers.front().second == 250 * kMs);
+    Expect want;
+    auto flows = traffic(400);
+    for (std::size_t i = 0; i < flows.size(); ++i) {
+        Packets p;
+        Bytes f = frame(flows[i], 10);
+        want.add(flows[i], f.size());
+        p.add(f);
+        m.host.process(static_cast<uint32_t>(i % 2), p.parse(), p.ports, (i + 1) * kMs);
+        if (i % 97 == 0) {
+            m.host.merge_all("hosts"); // the timer firing
+        }
+    }
+    CHECK(m.hosts() == want.hosts);
+    m.host.merge_all("hosts");
+    m.host.merge_all("hosts"); // a second merge with nothing new changes nothing
+    CHECK(m.hosts() == want.hosts);
+    // After a merge the base alone holds everything.
+    std::map<Addr, HostCounts> base;
+    uint64_t ovf = 0;
+    for (auto &[key, cells] : m.host.table("hosts")->entries) {
+        read_bucket(cells[0], base, ovf);
+    }
+    CHECK(base == want.hosts);
+    // Scale-in folds the leaving instance's fresh counts into the survivors.
+    Packets p;
+    Bytes f = frame(flows[0], 10);
+    want.add(flows[0], f.size());
+    p.add(f);
+    m.host.process(1, p.parse(), p.ports, 1000 * kMs);
+    m.host.remove_instance(1);
+    CHECK(m.hosts() == want.hosts);
+}
+
+TEST_CASE("mon: the merge hook matches hosts by address across differently ordered replicas")
+{
+    const serpens_nf_descriptor *d = mon();
+    REQUIRE(bool(d->merge));
+    auto put_host = [](Bytes &b, std::size_t slot, uint32_t ip, uint64_t tx) {
+        Addr a = mapped(ip);
+        std::memcpy(b.data() + 16 + 48 * slot, a.data(), 16);
+        std::memcpy(b.data() + 16 + 48 * slot + 16, &tx, 8);
+    };
+    Bytes g(kBucketSize, 0), r0(kBucketSize, 0), r1(kBucketSize, 0), out(kBucketSize, 0);
+    put_host(g, 0, 1, 10);
+    put_host(r0, 0, 1, 15); // +5 for host 1
+    put_host(r0, 1, 2, 7);  // new host 2
+    put_host(r1, 3, 3, 4);  // new host 3, another slot
+    put_host(r1, 5, 1, 11); // +1 for host 1, also another slot
+    void *parts[] = {r0.data(), r1.data()};
+    serpens_state_hook_args a{};
+    a.struct_size = sizeof a;
+    a.n = 2;
+    a.value_size = static_cast<uint32_t>(kBucketSize);
+    a.whole = g.data();
+    a.parts = parts;
+    a.out = out.data();
+    REQUIRE(d->merge(nullptr, &a) == SERPENS_OK);
+    std::map<Addr, HostCounts> hosts;
+    uint64_t ovf = 0;
+    read_bucket(out, hosts, ovf);
+    CHECK(hosts.size() == 3);
+    CHECK(hosts[mapped(1)].tx_packets == 16);
+    CHECK(hosts[mapped(2)].tx_packets == 7);
+    CHECK(hosts[mapped(3)].tx_packets == 4);
+    a.value_size = 8;
+    CHECK(d->merge(nullptr, &a) == SERPENS_EINVAL);
+}
+
+TEST_CASE("mon: a full host bucket overflows into counted totals")
+{
+    Mon m("max_hosts = 1\n"); // one bucket of 8 hosts
+    std::size_t total = 0;
+    for (uint32_t h = 0; h < 12; ++h) {
+        Packets p;
+        p.add(frame({17, ip4("10.0.0.1") + h, ip4("10.0.0.1") + h, 1, 1})); // src = dst: one host each
+        m.host.process(0, p.parse(), p.ports, kMs);
+        ++total;
+    }
+    uint64_t overflow = 0;
+    auto hosts = m.hosts(&overflow);
+    CHECK(hosts.size() == 8);
+    uint64_t tx = 0;
+    for (auto &[a, c] : hosts) {
+        tx += c.tx_packets;
+    }
+    CHECK(tx + overflow == total);
+    CHECK(overflow == 4);
+    CHECK(m.host.counter(0, "host_overflow") == 4);
+}
+
+TEST_CASE("mon: unparsed and truncated frames are counted and passed")
+{
+    Mon m;
+    Packets p;
+    p.add(Bytes(10, 0));                                             // shorter than Ethernet
+    Bytes arp(60, 0);
+    arp[12] = 0x08, arp[13] = 0x06;
+    p.add(arp);                                                      // not IP
+    Bytes cut = frame({6, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2});
+    cut.resize(14 + 20 + 8);                                         // inside TCP
+    p.add(cut);
+    p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2}));      // fine, then the view lies:
+    auto &v = p.parse();
+    v[3].len = 14 + 12;
+    m.host.process(0, v, p.ports, kMs);
+    for (std::size_t i = 0; i < 4; ++i) {
+        CHECK_FALSE(p.dropped(i));
+    }
+    CHECK(m.host.counter(0, "unparsed") == 4);
+    CHECK(m.host.counter(0, "packets") == 4);
+    CHECK(m.host.table("flows")->entries.empty());
+}
+
+TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
+{
+    Mon m("max_flows = 2\n");
+    Packets p;
+    for (uint16_t i = 0; i < 5; ++i) {
+        p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
+    }
+    m.host.process(0, p.parse(), p.ports, kMs);
+    CHECK(m.host.table("flows")->entries.size() == 2);
+    CHECK(m.host.counter(0, "flow_table_full") == 3);
+    CHECK(m.hosts()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+}
+
+TEST_CASE("mon: config errors name file:line and fail init")
+{
+    struct Case {
+        const char *config;
+        int line;
+        const char *what;
+    };
+    const Case cases[] = {
+        {"max_flows = \"many\"\n", 2, "max_flows: expected an integer"},
+        {"merge_ms = -1\n", 2, "merge_ms: -1 is out of range"},
+        {"max_flows = 10\nmax_hosts = 0\n", 3, "max_hosts: 0 is out of range"},
+    };
+    for (const Case &c : cases) {
+        CAPTURE(c.config);
+        MockHost host(mon());
+        host.set_config(c.config);
+        CHECK(host.init(0) == SERPENS_EINVAL);
+        REQUIRE(!host.logs.empty());
+        CAPTURE(host.logs.back());
+        CHECK(host.logs.back().find(host.config_file() + ":" + std::to_string(c.line) + ":") != std::string::npos);
+        CHECK(host.logs.back().find(c.what) != std::string::npos);
+    }
+}
