@@ -1,0 +1,376 @@
+/*
+ * fw — a 5-tuple firewall: first-match rules, a per-flow verdict cache and an
+ * optional stateful mode.
+ *
+ * SYNOPSIS
+ *   [[nf]]
+ *   name   = "fw"
+ *   plugin = "fw"
+ *   [nf.config]
+ *   rules      = "../rules/fw.rules"  # required; relative to the chain file
+ *   stateful   = false     # true: admit the replies of connections opened through allow rules
+ *   non_ip     = "deny"    # "allow" | "deny": packets the host did not parse as IPv4/IPv6
+ *   cache_size = 65536     # flows in the verdict cache (and the connection table)
+ *   idle_timeout = 300     # seconds; expiry of the per-instance cache (state = "local")
+ *   state      = "auto"    # "auto" | "host" | "local": where the per-flow tables live
+ *
+ * DESCRIPTION
+ *   Rules (format in fw_rules.h, example conf/rules/fw.rules) match protocol,
+ *   IPv4/IPv6 source and destination prefixes and port ranges; the first match
+ *   decides: allow -> port 0, `allow suspicious` -> port 1 (to branch the chain,
+ *   e.g. into an IDS), deny -> dropped; no match -> the file's `default`.
+ *   A malformed rules file fails init with "file:line: what was expected".
+ *
+ *   The first packet of a flow is classified by tuple-space search (one hash
+ *   lookup per distinct prefix-length pair, see fw_rules.h) and its verdict is
+ *   cached by the directional 5-tuple; every later packet costs one cache
+ *   lookup, whatever the number of rules.  Cached verdicts carry a fingerprint
+ *   of the rules file, so a host restarted with other rules re-decides.
+ *
+ *   Stateful mode: a flow allowed by a rule (or an allow default) opens a
+ *   connection; a packet the rules deny is admitted when it is the reverse
+ *   5-tuple of an open connection (a reply).  Connections expire with the
+ *   host's per-flow idle timeout.  Non-first IP fragments carry no ports and
+ *   are classified on addresses and protocol alone.
+ *
+ * STATE (paper Table I)
+ *   rules        global/read  — per instance, parsed at init (read-only after)
+ *   "verdicts"   per-flow/read  (key 40 B 5-tuple, value 8 B) — written once per flow
+ *   "conns"      per-flow/write (stateful only; key: the expected reply 5-tuple)
+ *   With the host's state API both tables live in the executor's shared
+ *   memory and survive instance restarts; without it (or state = "local")
+ *   they are per-instance caches.
+ *
+ * PORTS   0 allowed, 1 allowed + suspicious, DROP denied.
+ * COUNTERS
+ *   allowed, suspicious, denied, replies (admitted as replies), cache_hits,
+ *   cache_misses, malformed (IP packet whose L4 header is cut), non_ip,
+ *   cache_full (a verdict the host table had no room for; still applied).
+ */
+#include "flow_table.h"
+#include "fw_rules.h"
+
+#include <serpens/nf.h>
+
+#include <cstring>
+#include <new>
+#include <string>
+
+namespace {
+
+using namespace serpens_fw;
+
+// The cache key: the directional 5-tuple, 40 bytes, padding zeroed.
+struct FlowKey {
+    uint8_t family;
+    uint8_t proto;
+    uint8_t has_ports;
+    uint8_t pad0;
+    uint16_t sport, dport; // host order
+    uint8_t src[16];
+    uint8_t dst[16];
+};
+static_assert(sizeof(FlowKey) == 40);
+
+enum : uint8_t { V_ALLOW = 0, V_SUSPICIOUS = 1, V_DENY = 2 };
+enum : uint8_t { WHY_RULE = 0, WHY_DEFAULT = 1, WHY_REPLY = 2 };
+
+struct Verdict {
+    uint8_t verdict;
+    uint8_t why;
+    uint16_t pad;
+    uint32_t gen; // the rules fingerprint it was decided under
+};
+static_assert(sizeof(Verdict) == 8);
+
+struct Conn {
+    uint64_t opened_ns;
+    uint32_t gen;
+    uint32_t pad;
+};
+
+enum Counter {
+    C_ALLOWED,
+    C_SUSPICIOUS,
+    C_DENIED,
+    C_REPLIES,
+    C_HITS,
+    C_MISSES,
+    C_MALFORMED,
+    C_NON_IP,
+    C_CACHE_FULL,
+    C_COUNT
+};
+const char *const counter_names[C_COUNT] = {"allowed",      "suspicious", "denied",    "replies",   "cache_hits",
+                                            "cache_misses", "malformed",  "non_ip",    "cache_full"};
+
+struct Fw {
+    RuleSet rules;
+    Classifier classifier;
+    FlowTable verdicts;
+    FlowTable conns;
+    bool stateful = false;
+    uint8_t non_ip_port = SERPENS_PORT_DROP;
+    uint64_t *c[C_COUNT] = {};
+    uint64_t spare[C_COUNT] = {}; // where counters go if the host refuses one
+};
+
+uint8_t port_of(uint8_t verdict)
+{
+    return verdict == V_ALLOW ? SERPENS_PORT_DEFAULT : verdict == V_SUSPICIOUS ? 1 : SERPENS_PORT_DROP;
+}
+
+enum class KeyResult { ok, non_ip, malformed };
+
+// Reads the 5-tuple out of the host-parsed view, bounds-checked.
+KeyResult make_key(const serpens_pkt &p, FlowKey &k) noexcept
+{
+    std::memset(&k, 0, sizeof k);
+    if (!(p.flags & SERPENS_PKT_F_PARSED) || (p.l3_type != SERPENS_L3_IPV4 && p.l3_type != SERPENS_L3_IPV6)) {
+        return KeyResult::non_ip;
+    }
+    uint32_t l3 = p.l3_offset;
+    if (p.l3_type == SERPENS_L3_IPV4) {
+        if (l3 + 20 > p.len) {
+            return KeyResult::malformed;
+        }
+        k.family = 4;
+        std::memcpy(k.src, p.data + l3 + 12, 4);
+        std::memcpy(k.dst, p.data + l3 + 16, 4);
+    } else {
+        if (l3 + 40 > p.len) {
+            return KeyResult::malformed;
+        }
+        k.family = 6;
+        std::memcpy(k.src, p.data + l3 + 8, 16);
+        std::memcpy(k.dst, p.data + l3 + 24, 16);
+    }
+    k.proto = p.l4_proto;
+    bool porty = k.proto == 6 || k.proto == 17 || k.proto == 132;
+    if (porty && !(p.flags & SERPENS_PKT_F_FRAGMENT)) {
+        uint32_t l4 = p.l4_offset;
+        if (l4 == SERPENS_OFFSET_NONE || l4 + 4 > p.len) {
+            return KeyResult::malformed;
+        }
+        k.has_ports = 1;
+        k.sport = static_cast<uint16_t>(p.data[l4] << 8 | p.data[l4 + 1]);
+        k.dport = static_cast<uint16_t>(p.data[l4 + 2] << 8 | p.data[l4 + 3]);
+    }
+    return KeyResult::ok;
+}
+
+FlowKey reversed(const FlowKey &k) noexcept
+{
+    FlowKey r = k;
+    std::memcpy(r.src, k.dst, 16);
+    std::memcpy(r.dst, k.src, 16);
+    r.sport = k.dport;
+    r.dport = k.sport;
+    return r;
+}
+
+// Cache miss: classify, consult/open connections, remember the verdict.
+Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
+{
+    PacketKey pk;
+    pk.family = k.family;
+    pk.proto = k.proto;
+    pk.has_ports = k.has_ports != 0;
+    pk.sport = k.sport;
+    pk.dport = k.dport;
+    std::memcpy(pk.src, k.src, 16);
+    std::memcpy(pk.dst, k.dst, 16);
+    int32_t idx = fw.classifier.classify(pk);
+    Verdict v{};
+    v.gen = fw.rules.fingerprint;
+    if (idx >= 0) {
+        const Rule &r = fw.rules.rules[static_cast<uint32_t>(idx)];
+        v.verdict = r.action == Action::deny ? V_DENY : r.suspicious ? V_SUSPICIOUS : V_ALLOW;
+        v.why = WHY_RULE;
+    } else {
+        v.verdict = fw.rules.default_action == Action::deny ? V_DENY : V_ALLOW;
+        v.why = WHY_DEFAULT;
+    }
+    if (fw.stateful) {
+        if (v.verdict == V_DENY) {
+            Conn c;
+            if (fw.conns.get(&k, &c, now) == SERPENS_OK && c.gen == fw.rules.fingerprint) {
+                v.verdict = V_ALLOW;
+                v.why = WHY_REPLY;
+            }
+        } else {
+            FlowKey rk = reversed(k);
+            Conn c{now, fw.rules.fingerprint, 0};
+            if (fw.conns.put(&rk, &c, now) != SERPENS_OK) {
+                ++*fw.c[C_CACHE_FULL];
+            }
+            fw.verdicts.del(&rk, now); // a reply denied earlier is re-decided
+        }
+    }
+    if (fw.verdicts.put(&k, &v, now) != SERPENS_OK) {
+        ++*fw.c[C_CACHE_FULL];
+    }
+    return v;
+}
+
+// ---- the NF ------------------------------------------------------------
+
+int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
+{
+    const serpens_host_api *h = ctx->host;
+    Fw *fw = new (std::nothrow) Fw;
+    if (fw == nullptr) {
+        return SERPENS_ENOMEM;
+    }
+    ctx->priv = fw;
+    auto where = [&](const char *key) {
+        char buf[512] = "";
+        if (h->config_where(cfg, key, buf, sizeof buf) != SERPENS_OK || buf[0] == '\0') {
+            return std::string("chain '") + ctx->chain_name + "', nf '" + ctx->nf_name + "'";
+        }
+        return std::string(buf);
+    };
+    auto bad = [&](const char *key, const char *what) {
+        h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where(key).c_str(), what);
+        return SERPENS_EINVAL;
+    };
+
+    char path[4096];
+    int rc = h->config_path(cfg, "rules", path, sizeof path);
+    if (rc == SERPENS_ENOENT) {
+        return bad("rules", "fw needs `rules = \"<file>\"` (a rules file, relative to the chain file)");
+    }
+    if (rc != SERPENS_OK) {
+        return bad("rules", "`rules` must be a string: the path of a rules file");
+    }
+    int flag = 0;
+    if ((rc = h->config_bool(cfg, "stateful", &flag)) == SERPENS_EINVAL) {
+        return bad("stateful", "`stateful` must be true or false");
+    }
+    fw->stateful = flag != 0;
+    const char *s = nullptr;
+    if ((rc = h->config_string(cfg, "non_ip", &s)) == SERPENS_OK) {
+        if (std::strcmp(s, "allow") != 0 && std::strcmp(s, "deny") != 0) {
+            return bad("non_ip", "`non_ip` must be \"allow\" or \"deny\"");
+        }
+        fw->non_ip_port = std::strcmp(s, "allow") == 0 ? SERPENS_PORT_DEFAULT : SERPENS_PORT_DROP;
+    } else if (rc == SERPENS_EINVAL) {
+        return bad("non_ip", "`non_ip` must be \"allow\" or \"deny\"");
+    }
+    int64_t cache_size = 65536, idle_s = 300;
+    if (h->config_int(cfg, "cache_size", &cache_size) == SERPENS_EINVAL || cache_size < 16 ||
+        cache_size > (int64_t{1} << 26)) {
+        return bad("cache_size", "`cache_size` must be an integer in 16..67108864");
+    }
+    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0) {
+        return bad("idle_timeout", "`idle_timeout` must be a number of seconds >= 0 (0: never)");
+    }
+    int want = 0;
+    if ((rc = h->config_string(cfg, "state", &s)) == SERPENS_OK) {
+        want = std::strcmp(s, "auto") == 0 ? 0 : std::strcmp(s, "host") == 0 ? 1 : std::strcmp(s, "local") == 0 ? 2 : -1;
+    }
+    if (rc == SERPENS_EINVAL || want < 0) {
+        return bad("state", "`state` must be \"auto\", \"host\" or \"local\"");
+    }
+
+    std::string err;
+    try {
+        err = load_rules(path, fw->rules);
+        if (err.empty()) {
+            fw->classifier.build(fw->rules);
+        }
+    } catch (const std::exception &e) {
+        err = std::string(path) + ": " + e.what();
+    }
+    if (!err.empty()) {
+        h->log(ctx, SERPENS_LOG_ERROR, "%s", err.c_str());
+        return SERPENS_EINVAL;
+    }
+
+    uint64_t idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
+    if (!fw->verdicts.open(ctx, "verdicts", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(FlowKey),
+                           sizeof(Verdict), static_cast<uint64_t>(cache_size), want, idle_ns)) {
+        return SERPENS_ENOMEM;
+    }
+    if (fw->stateful &&
+        !fw->conns.open(ctx, "conns", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(FlowKey), sizeof(Conn),
+                        static_cast<uint64_t>(cache_size), want, idle_ns)) {
+        return SERPENS_ENOMEM;
+    }
+    for (int i = 0; i < C_COUNT; ++i) {
+        fw->c[i] = h->counter(ctx, counter_names[i]);
+        if (fw->c[i] == nullptr) {
+            fw->c[i] = &fw->spare[i];
+        }
+    }
+    h->log(ctx, SERPENS_LOG_INFO, "%zu rules from %s (default %s, %zu classifier tuples, %s, %s tables)",
+           fw->rules.rules.size(), path, fw->rules.default_action == Action::deny ? "deny" : "allow",
+           fw->classifier.tuples(), fw->stateful ? "stateful" : "stateless",
+           fw->verdicts.backend() == FlowTable::Backend::host ? "host" : "per-instance");
+    return SERPENS_OK;
+}
+
+void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
+{
+    Fw &fw = *static_cast<Fw *>(ctx->priv);
+    const uint64_t now = b->now_ns;
+    for (uint32_t i = 0; i < b->count; ++i) {
+        if (b->labels[i] != b->self) {
+            continue;
+        }
+        FlowKey k;
+        KeyResult kr = make_key(b->pkts[i], k);
+        if (kr != KeyResult::ok) {
+            if (kr == KeyResult::non_ip) {
+                ++*fw.c[C_NON_IP];
+                b->ports[i] = fw.non_ip_port;
+            } else {
+                ++*fw.c[C_MALFORMED];
+                b->ports[i] = SERPENS_PORT_DROP;
+            }
+            continue;
+        }
+        Verdict v;
+        if (fw.verdicts.get(&k, &v, now) == SERPENS_OK && v.gen == fw.rules.fingerprint) {
+            ++*fw.c[C_HITS];
+        } else {
+            ++*fw.c[C_MISSES];
+            v = decide(fw, k, now);
+        }
+        b->ports[i] = port_of(v.verdict);
+        ++*fw.c[v.verdict == V_DENY ? C_DENIED : C_ALLOWED];
+        *fw.c[C_SUSPICIOUS] += v.verdict == V_SUSPICIOUS;
+        *fw.c[C_REPLIES] += v.why == WHY_REPLY;
+    }
+}
+
+void fw_fini(serpens_nf_ctx *ctx)
+{
+    delete static_cast<Fw *>(ctx->priv);
+    ctx->priv = nullptr;
+}
+
+// ---- registration ------------------------------------------------------
+
+const serpens_nf_descriptor fw_descriptor = {
+    SERPENS_NF_DESCRIPTOR_HEADER,
+    .name = "fw",
+    .version = "1.0",
+    .summary = "5-tuple firewall: first-match rules, per-flow verdict cache, optional stateful replies",
+    .flags = 0,
+    .n_ports = 2,
+    .reserved0 = 0,
+    .init = fw_init,
+    .process = fw_process,
+    .fini = fw_fini,
+    .split = nullptr, // no global/write tables: no state-manager hooks
+    .merge = nullptr,
+    .update = nullptr,
+    .reserved = {},
+};
+
+} // namespace
+
+extern "C" {
+SERPENS_NF_REGISTER(fw_descriptor)
+}
