@@ -1,0 +1,703 @@
+/*
+ * lb — L4 load balancer: Maglev consistent hashing of flows to backends.
+ *
+ * SYNOPSIS
+ *   [[nf]]
+ *   name   = "lb"
+ *   plugin = "lb"
+ *   [nf.config]
+ *   vips       = ["198.19.0.0/16"]        # service addresses/prefixes (string or array); required
+ *   vport      = 80                       # only this destination port (default: any)
+ *   backends   = ["10.1.0.1", "10.1.0.2:8080"]  # address[:port]; a port rewrites the
+ *                                         # destination port too; required, 1..256
+ *   table_size = 65537                    # Maglev lookup table size, a prime > 100 * backends
+ *   max_flows  = 65536                    # flows the mapping table holds
+ *   merge_ms   = 1000                     # backend usage replicas folded this often (0: at scale events)
+ *
+ * DESCRIPTION
+ *   A TCP or UDP packet to a service address (and vport, when set) is sent
+ *   to a backend: its destination address (and port, for backends given with
+ *   one) is rewritten and the IP and L4 checksums are updated incrementally
+ *   (RFC 1624).  A new flow picks its backend from a Maglev lookup table
+ *   (Eisenbud et al., NSDI 2016, §3.4: each backend fills the table in its
+ *   own permutation order, offset and skip from two hashes of its name, so
+ *   every backend owns M/N entries within one, and a changed backend set
+ *   moves few entries).  The choice is stored per flow, so a flow stays on
+ *   its backend when the backend set changes (a restart with a new list, or
+ *   instances with different configs sharing the executor's state).
+ *   Replies from a backend to a client whose flow it serves get the service
+ *   address and port back as their source.
+ *   Every other packet passes unchanged; frames the host could not parse
+ *   pass too (counted), since the LB is no filter.  Fragments and packets cut
+ *   short inside the headers to rewrite, when bound for a service address,
+ *   are dropped and counted.
+ *
+ * STATE (paper Table I)
+ *   flows     PER_FLOW|WRITE         (proto, client addr:port, service addr:port) ->
+ *                                    backend, and (backend, client) -> service for replies
+ *   backends  GLOBAL|WRITE|EVENTUAL  key backend addr:port (8 B: address and port in
+ *                                    network order, 2 B zero), value flows, packets,
+ *                                    bytes (u64, little endian); replicas summed by the
+ *                                    host's default merge on a timer per backend.
+ *
+ * COUNTERS
+ *   See LB_COUNTERS below.
+ *
+ * PORTS
+ *   0  everything not dropped.
+ *
+ * Builds against plugin-api/ alone, as C with pedantic warnings.
+ */
+#define _POSIX_C_SOURCE 200809L /* inet_pton */
+#include <serpens/nf.h>
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LB_MAX_VIPS 32
+#define LB_MAX_BACKENDS 256
+#define LB_MAX_TABLE 1000003u /* a prime; the table is 2 bytes per entry */
+#define LB_PUT_RETRIES 4
+#define LB_EAGAIN (-11) /* host/state err_again: the replica was merged meanwhile */
+
+#define LB_COUNTERS(X)                                                                       \
+    X(BALANCED, "balanced", "packets to a service sent to a backend")                        \
+    X(REPLIES, "replies", "backend replies given the service address back")                 \
+    X(PASSED, "passed", "packets for no service, passed unchanged")                          \
+    X(FLOWS_NEW, "flows_new", "flows given a backend from the Maglev table")                 \
+    X(TABLE_FULL, "table_full", "new flows balanced without a stored mapping: table full")   \
+    X(UNPARSED, "unparsed", "frames the host could not parse, passed unchanged")             \
+    X(MALFORMED, "malformed", "packets to a service cut short inside their headers, dropped") \
+    X(UNSUPPORTED, "unsupported", "fragments to a service: no ports to balance by, dropped") \
+    X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
+
+enum lb_counter {
+#define LB_COUNTER_ENUM(sym, name, desc) LB_C_##sym,
+    LB_COUNTERS(LB_COUNTER_ENUM)
+#undef LB_COUNTER_ENUM
+    LB_N_COUNTERS
+};
+
+static const char *const lb_counter_names[LB_N_COUNTERS] = {
+#define LB_COUNTER_NAME(sym, name, desc) name,
+    LB_COUNTERS(LB_COUNTER_NAME)
+#undef LB_COUNTER_NAME
+};
+
+/* ---- state layouts (network byte order for addresses and ports) -------- */
+
+#define LB_DIR_FORWARD 0u /* client -> service */
+#define LB_DIR_REPLY 1u   /* backend -> client */
+
+struct lb_flow_key {
+    uint32_t a_ip; /* forward: client; reply: backend */
+    uint32_t b_ip; /* forward: service; reply: client */
+    uint16_t a_port;
+    uint16_t b_port;
+    uint8_t proto;
+    uint8_t dir;
+    uint8_t pad[2];
+};
+
+struct lb_flow_val {
+    uint32_t ip;   /* forward: backend; reply: service */
+    uint16_t port; /* forward: backend port (the service port when kept); reply: service port */
+    uint16_t pad;
+};
+
+struct lb_backend_key {
+    uint32_t ip;
+    uint16_t port; /* 0: the service port is kept */
+    uint16_t pad;
+};
+
+struct lb_usage {
+    uint64_t flows;
+    uint64_t packets;
+    uint64_t bytes;
+};
+
+struct lb_prefix {
+    uint32_t net; /* host byte order */
+    uint32_t mask;
+};
+
+struct lb {
+    struct serpens_nf_ctx *ctx;
+    const struct serpens_host_api *host;
+    serpens_table *flows;
+    serpens_table *usage;
+    struct lb_prefix vip[LB_MAX_VIPS];
+    uint32_t n_vips;
+    int32_t vport; /* host order; -1 = any */
+    struct lb_backend_key backend[LB_MAX_BACKENDS];
+    uint32_t n_backends;
+    uint32_t table_size;
+    uint16_t *lookup; /* table_size entries: backend index */
+    uint64_t *counter[LB_N_COUNTERS];
+    /* backend usage gathered over one batch, flushed after it */
+    struct lb_usage batch_usage[LB_MAX_BACKENDS];
+    uint16_t touched[LB_MAX_BACKENDS];
+    uint32_t n_touched;
+};
+
+static inline void lb_count(struct lb *l, enum lb_counter c)
+{
+    ++*l->counter[c];
+}
+
+/* ---- hashing ----------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+    /* splitmix64's finalizer: every input bit moves every output bit. */
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t hash_bytes(const void *data, size_t len, uint64_t seed)
+{
+    const uint8_t *p = data;
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
+    for (size_t i = 0; i < len; ++i) {
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    }
+    return mix64(h);
+}
+
+/* ---- checksums (RFC 1624), as in nat.c --------------------------------- */
+
+static inline uint16_t ld16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+static inline uint32_t ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline uint16_t csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
+{
+    uint32_t s = (uint32_t)(uint16_t)~hc + (uint16_t)~old + now;
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+static inline uint16_t csum_replace32(uint16_t hc, uint32_t old, uint32_t now)
+{
+    hc = csum_replace16(hc, (uint16_t)old, (uint16_t)now);
+    return csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
+}
+
+/* Rewrites the address at ip + addr_at and the port at l4 + port_at. */
+static void lb_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, uint8_t proto, unsigned port_at, uint32_t new_ip,
+                       uint16_t new_port)
+{
+    uint32_t old_ip = ld32(ip + addr_at);
+    uint16_t old_port = ld16(l4 + port_at);
+    unsigned csum_at = proto == 6 ? 16 : 6;
+    memcpy(ip + addr_at, &new_ip, 4);
+    uint16_t c = csum_replace32(ld16(ip + 10), old_ip, new_ip);
+    memcpy(ip + 10, &c, 2);
+    memcpy(l4 + port_at, &new_port, 2);
+    uint16_t hc = ld16(l4 + csum_at);
+    if (proto == 17 && hc == 0) {
+        return; /* no UDP checksum: nothing to keep right */
+    }
+    hc = csum_replace16(csum_replace32(hc, old_ip, new_ip), old_port, new_port);
+    if (proto == 17 && hc == 0) {
+        hc = 0xffff;
+    }
+    memcpy(l4 + csum_at, &hc, 2);
+}
+
+/* ---- Maglev (cold path) -------------------------------------------------- */
+
+/* Fills lookup[] as Maglev's Populate (NSDI 2016, Pseudocode 1). */
+static int lb_populate(struct lb *l)
+{
+    const uint32_t m = l->table_size, n = l->n_backends;
+    uint32_t *offset = calloc(n, sizeof *offset);
+    uint32_t *skip = calloc(n, sizeof *skip);
+    uint32_t *next = calloc(n, sizeof *next);
+    l->lookup = malloc((size_t)m * sizeof *l->lookup);
+    if (offset == NULL || skip == NULL || next == NULL || l->lookup == NULL) {
+        free(offset), free(skip), free(next);
+        return SERPENS_ENOMEM;
+    }
+    for (uint32_t i = 0; i < n; ++i) {
+        /* The backend's name is its address and port, so every instance and
+         * every host builds the same table from the same list. */
+        offset[i] = (uint32_t)(hash_bytes(&l->backend[i], sizeof l->backend[i], 0x6d61676c6576ull) % m);
+        skip[i] = (uint32_t)(hash_bytes(&l->backend[i], sizeof l->backend[i], 0x736b6970ull) % (m - 1)) + 1;
+    }
+    for (uint32_t j = 0; j < m; ++j) {
+        l->lookup[j] = UINT16_MAX;
+    }
+    uint32_t filled = 0;
+    while (filled < m) {
+        for (uint32_t i = 0; i < n && filled < m; ++i) {
+            uint32_t c = (uint32_t)(((uint64_t)offset[i] + (uint64_t)next[i] * skip[i]) % m);
+            while (l->lookup[c] != UINT16_MAX) {
+                ++next[i];
+                c = (uint32_t)(((uint64_t)offset[i] + (uint64_t)next[i] * skip[i]) % m);
+            }
+            l->lookup[c] = (uint16_t)i;
+            ++next[i];
+            ++filled;
+        }
+    }
+    free(offset), free(skip), free(next);
+    return SERPENS_OK;
+}
+
+/* ---- the data path ------------------------------------------------------ */
+
+static int lb_is_vip(const struct lb *l, uint32_t ip_h)
+{
+    for (uint32_t i = 0; i < l->n_vips; ++i) {
+        if ((ip_h & l->vip[i].mask) == l->vip[i].net) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void lb_use(struct lb *l, uint32_t b, uint32_t len, int new_flow)
+{
+    struct lb_usage *u = &l->batch_usage[b];
+    if (u->packets == 0 && u->flows == 0) {
+        l->touched[l->n_touched++] = (uint16_t)b;
+    }
+    u->packets += 1;
+    u->bytes += len;
+    u->flows += (uint64_t)new_flow;
+}
+
+/* Client -> service: pick (or recall) the backend and rewrite the destination. */
+static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t *l4, uint8_t proto)
+{
+    struct lb_flow_key key;
+    memset(&key, 0, sizeof key);
+    key.a_ip = ld32(ip + 12);
+    key.b_ip = ld32(ip + 16);
+    key.a_port = ld16(l4);
+    key.b_port = ld16(l4 + 2);
+    key.proto = proto;
+    key.dir = LB_DIR_FORWARD;
+    struct lb_flow_val val;
+    uint32_t b = UINT32_MAX;
+    int new_flow = 0;
+    if (l->host->get_state(l->flows, &key, &val) != SERPENS_OK) {
+        b = l->lookup[hash_bytes(&key, sizeof key, 0) % l->table_size];
+        val.ip = l->backend[b].ip;
+        val.port = l->backend[b].port != 0 ? l->backend[b].port : key.b_port;
+        val.pad = 0;
+        new_flow = 1;
+        struct lb_flow_key rkey;
+        struct lb_flow_val rval;
+        memset(&rkey, 0, sizeof rkey);
+        rkey.a_ip = val.ip;
+        rkey.b_ip = key.a_ip;
+        rkey.a_port = val.port;
+        rkey.b_port = key.a_port;
+        rkey.proto = proto;
+        rkey.dir = LB_DIR_REPLY;
+        rval.ip = key.b_ip;
+        rval.port = key.b_port;
+        rval.pad = 0;
+        int rc = l->host->put_state(l->flows, &rkey, &rval);
+        if (rc == SERPENS_OK) {
+            rc = l->host->put_state(l->flows, &key, &val);
+        }
+        if (rc != SERPENS_OK) {
+            /* Still balanced (the Maglev table keeps the choice stable), but
+             * without the memory that survives a backend change. */
+            lb_count(l, rc == SERPENS_ENOSPC ? LB_C_TABLE_FULL : LB_C_STATE_ERRORS);
+        }
+        lb_count(l, LB_C_FLOWS_NEW);
+    } else {
+        /* Find the usage slot of the stored backend (it may have left the list). */
+        for (uint32_t i = 0; i < l->n_backends; ++i) {
+            if (l->backend[i].ip == val.ip &&
+                (l->backend[i].port == 0 ? val.port == key.b_port : l->backend[i].port == val.port)) {
+                b = i;
+                break;
+            }
+        }
+    }
+    if (b != UINT32_MAX) {
+        lb_use(l, b, p->len, new_flow);
+    }
+    lb_rewrite(ip, 16, l4, proto, 2, val.ip, val.port);
+    lb_count(l, LB_C_BALANCED);
+}
+
+/* Backend -> client: put the service address back; 0 when not a reply. */
+static int lb_reply(struct lb *l, uint8_t *ip, uint8_t *l4, uint8_t proto)
+{
+    struct lb_flow_key key;
+    memset(&key, 0, sizeof key);
+    key.a_ip = ld32(ip + 12);
+    key.b_ip = ld32(ip + 16);
+    key.a_port = ld16(l4);
+    key.b_port = ld16(l4 + 2);
+    key.proto = proto;
+    key.dir = LB_DIR_REPLY;
+    struct lb_flow_val val;
+    if (l->host->get_state(l->flows, &key, &val) != SERPENS_OK) {
+        return 0;
+    }
+    lb_rewrite(ip, 12, l4, proto, 0, val.ip, val.port);
+    lb_count(l, LB_C_REPLIES);
+    return 1;
+}
+
+static uint8_t lb_packet(struct lb *l, struct serpens_pkt *p)
+{
+    if (!(p->flags & SERPENS_PKT_F_PARSED)) {
+        lb_count(l, LB_C_UNPARSED);
+        return SERPENS_PORT_DEFAULT;
+    }
+    if (p->l3_type != SERPENS_L3_IPV4 || p->l3_offset == SERPENS_OFFSET_NONE ||
+        p->len < (uint32_t)p->l3_offset + 20u) {
+        lb_count(l, LB_C_PASSED);
+        return SERPENS_PORT_DEFAULT;
+    }
+    uint8_t *ip = p->data + p->l3_offset;
+    uint8_t proto = ip[9];
+    int to_vip = lb_is_vip(l, ntohl(ld32(ip + 16)));
+    if (proto != 6 && proto != 17) {
+        lb_count(l, LB_C_PASSED);
+        return SERPENS_PORT_DEFAULT;
+    }
+    if (p->flags & SERPENS_PKT_F_FRAGMENT) {
+        if (to_vip) {
+            lb_count(l, LB_C_UNSUPPORTED);
+            return SERPENS_PORT_DROP;
+        }
+        lb_count(l, LB_C_PASSED);
+        return SERPENS_PORT_DEFAULT;
+    }
+    uint32_t need = proto == 6 ? 20u : 8u;
+    if (p->l4_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l4_offset + need) {
+        if (to_vip) {
+            lb_count(l, LB_C_MALFORMED);
+            return SERPENS_PORT_DROP;
+        }
+        lb_count(l, LB_C_PASSED);
+        return SERPENS_PORT_DEFAULT;
+    }
+    uint8_t *l4 = p->data + p->l4_offset;
+    if (to_vip && (l->vport < 0 || ntohs(ld16(l4 + 2)) == (uint16_t)l->vport)) {
+        lb_forward(l, p, ip, l4, proto);
+        return SERPENS_PORT_DEFAULT;
+    }
+    if (!lb_reply(l, ip, l4, proto)) {
+        lb_count(l, LB_C_PASSED);
+    }
+    return SERPENS_PORT_DEFAULT;
+}
+
+/* Adds one batch's usage of a backend to this instance's replica. */
+static void lb_flush(struct lb *l, uint32_t b)
+{
+    struct lb_usage *add = &l->batch_usage[b];
+    for (int attempt = 0; attempt < LB_PUT_RETRIES; ++attempt) {
+        struct lb_usage u;
+        int rc = l->host->get_state(l->usage, &l->backend[b], &u);
+        if (rc == SERPENS_ENOENT) {
+            memset(&u, 0, sizeof u);
+        } else if (rc != SERPENS_OK) {
+            break;
+        }
+        u.flows += add->flows;
+        u.packets += add->packets;
+        u.bytes += add->bytes;
+        rc = l->host->put_state(l->usage, &l->backend[b], &u);
+        if (rc == SERPENS_OK) {
+            memset(add, 0, sizeof *add);
+            return;
+        }
+        if (rc != LB_EAGAIN) {
+            break;
+        }
+    }
+    memset(add, 0, sizeof *add);
+    lb_count(l, LB_C_STATE_ERRORS);
+}
+
+static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
+{
+    struct lb *l = ctx->priv;
+    l->n_touched = 0;
+    for (uint32_t i = 0; i < batch->count; ++i) {
+        if (batch->labels[i] == batch->self) {
+            batch->ports[i] = lb_packet(l, &batch->pkts[i]);
+        }
+    }
+    for (uint32_t t = 0; t < l->n_touched; ++t) {
+        lb_flush(l, l->touched[t]);
+    }
+}
+
+/* ---- configuration (cold path) ------------------------------------------ */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static int
+lb_config_error(struct lb *l, const serpens_config *cfg, const char *path, const char *fmt, ...)
+{
+    char where[512];
+    char message[512];
+    if (l->host->config_where(cfg, path, where, sizeof where) != SERPENS_OK) {
+        snprintf(where, sizeof where, "%s", "(chain file)");
+    }
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    l->host->log(l->ctx, SERPENS_LOG_ERROR, "%s: lb: %s: %s", where, path, message);
+    return SERPENS_EINVAL;
+}
+
+typedef int (*lb_item_fn)(struct lb *l, const serpens_config *cfg, const char *path, const char *value);
+
+static int lb_for_each_string(struct lb *l, const serpens_config *cfg, const char *key, lb_item_fn fn)
+{
+    const char *value = NULL;
+    int rc = l->host->config_string(cfg, key, &value);
+    if (rc == SERPENS_OK) {
+        return fn(l, cfg, key, value);
+    }
+    if (rc == SERPENS_ENOENT) {
+        return lb_config_error(l, cfg, key, "required: a string or an array of strings");
+    }
+    size_t count = 0;
+    if (l->host->config_array_size(cfg, key, &count) != SERPENS_OK) {
+        return lb_config_error(l, cfg, key, "expected a string or an array of strings");
+    }
+    if (count == 0) {
+        return lb_config_error(l, cfg, key, "must not be empty");
+    }
+    for (size_t i = 0; i < count; ++i) {
+        char path[128];
+        snprintf(path, sizeof path, "%s[%zu]", key, i);
+        if (l->host->config_string(cfg, path, &value) != SERPENS_OK) {
+            return lb_config_error(l, cfg, path, "expected a string");
+        }
+        if ((rc = fn(l, cfg, path, value)) != SERPENS_OK) {
+            return rc;
+        }
+    }
+    return SERPENS_OK;
+}
+
+static int add_vip(struct lb *l, const serpens_config *cfg, const char *path, const char *value)
+{
+    char buf[64];
+    if (strlen(value) >= sizeof buf) {
+        return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
+    }
+    strcpy(buf, value);
+    unsigned long len = 32;
+    char *slash = strchr(buf, '/');
+    if (slash != NULL) {
+        char *end = NULL;
+        *slash = '\0';
+        len = strtoul(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end != '\0' || len > 32) {
+            return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
+        }
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, buf, &a) != 1) {
+        return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
+    }
+    uint32_t mask = len == 0 ? 0 : ~0u << (32 - len);
+    if (ntohl(a.s_addr) & ~mask) {
+        return lb_config_error(l, cfg, path, "'%s' has host bits set", value);
+    }
+    if (l->n_vips == LB_MAX_VIPS) {
+        return lb_config_error(l, cfg, path, "more than %d service prefixes", LB_MAX_VIPS);
+    }
+    l->vip[l->n_vips].net = ntohl(a.s_addr);
+    l->vip[l->n_vips].mask = mask;
+    ++l->n_vips;
+    return SERPENS_OK;
+}
+
+static int add_backend(struct lb *l, const serpens_config *cfg, const char *path, const char *value)
+{
+    char buf[64];
+    if (strlen(value) >= sizeof buf) {
+        return lb_config_error(l, cfg, path, "'%s' is not address[:port]", value);
+    }
+    strcpy(buf, value);
+    unsigned long port = 0;
+    char *colon = strchr(buf, ':');
+    if (colon != NULL) {
+        char *end = NULL;
+        *colon = '\0';
+        port = strtoul(colon + 1, &end, 10);
+        if (colon[1] == '\0' || *end != '\0' || port == 0 || port > 65535) {
+            return lb_config_error(l, cfg, path, "'%s': the port must be 1..65535", value);
+        }
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, buf, &a) != 1) {
+        return lb_config_error(l, cfg, path, "'%s' is not address[:port]", value);
+    }
+    if (l->n_backends == LB_MAX_BACKENDS) {
+        return lb_config_error(l, cfg, path, "more than %d backends", LB_MAX_BACKENDS);
+    }
+    struct lb_backend_key k;
+    memset(&k, 0, sizeof k);
+    k.ip = a.s_addr;
+    k.port = htons((uint16_t)port);
+    for (uint32_t i = 0; i < l->n_backends; ++i) {
+        if (memcmp(&l->backend[i], &k, sizeof k) == 0) {
+            return lb_config_error(l, cfg, path, "'%s' is listed twice", value);
+        }
+    }
+    l->backend[l->n_backends++] = k;
+    return SERPENS_OK;
+}
+
+static int lb_int(struct lb *l, const serpens_config *cfg, const char *path, int64_t lo, int64_t hi, int64_t *out)
+{
+    int64_t v = 0;
+    int rc = l->host->config_int(cfg, path, &v);
+    if (rc == SERPENS_ENOENT) {
+        return SERPENS_OK;
+    }
+    if (rc != SERPENS_OK) {
+        return lb_config_error(l, cfg, path, "expected an integer");
+    }
+    if (v < lo || v > hi) {
+        return lb_config_error(l, cfg, path, "%lld is out of range [%lld, %lld]", (long long)v, (long long)lo,
+                               (long long)hi);
+    }
+    *out = v;
+    return SERPENS_OK;
+}
+
+static int is_prime(uint32_t n)
+{
+    if (n < 2) {
+        return 0;
+    }
+    for (uint32_t d = 2; (uint64_t)d * d <= n; ++d) {
+        if (n % d == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
+{
+    const struct serpens_host_api *h = ctx->host;
+    struct lb *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        h->log(ctx, SERPENS_LOG_ERROR, "lb: out of memory");
+        return SERPENS_ENOMEM;
+    }
+    ctx->priv = l;
+    l->ctx = ctx;
+    l->host = h;
+    int rc;
+    if ((rc = lb_for_each_string(l, config, "vips", add_vip)) != SERPENS_OK ||
+        (rc = lb_for_each_string(l, config, "backends", add_backend)) != SERPENS_OK) {
+        return rc;
+    }
+    int64_t vport = -1, table_size = 65537, max_flows = 65536, merge_ms = 1000;
+    if ((rc = lb_int(l, config, "vport", 1, 65535, &vport)) != SERPENS_OK ||
+        (rc = lb_int(l, config, "table_size", 2, LB_MAX_TABLE, &table_size)) != SERPENS_OK ||
+        (rc = lb_int(l, config, "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
+        (rc = lb_int(l, config, "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
+        return rc;
+    }
+    if (!is_prime((uint32_t)table_size)) {
+        return lb_config_error(l, config, "table_size", "%lld is not a prime (Maglev needs one, e.g. 65537)",
+                               (long long)table_size);
+    }
+    if ((uint64_t)table_size < 100ull * l->n_backends) {
+        /* Maglev's balance is within about N/M: keep M at least 100 N. */
+        return lb_config_error(l, config, "table_size", "%lld is below 100 x %u backends", (long long)table_size,
+                               l->n_backends);
+    }
+    l->vport = (int32_t)vport;
+    l->table_size = (uint32_t)table_size;
+    if ((rc = lb_populate(l)) != SERPENS_OK) {
+        h->log(ctx, SERPENS_LOG_ERROR, "lb: out of memory for the lookup table");
+        return rc;
+    }
+    if (h->create_table == NULL || h->timer == NULL) {
+        h->log(ctx, SERPENS_LOG_ERROR, "lb: this host provides no state API");
+        return SERPENS_ENOTSUP;
+    }
+    /* Two entries per flow: forward and reply. */
+    l->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(struct lb_flow_key),
+                               sizeof(struct lb_flow_val), 2 * (uint64_t)max_flows);
+    l->usage = h->create_table(ctx, "backends", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL,
+                               sizeof(struct lb_backend_key), sizeof(struct lb_usage), LB_MAX_BACKENDS * 4);
+    if (l->flows == NULL || l->usage == NULL) {
+        h->log(ctx, SERPENS_LOG_ERROR, "lb: cannot create its state tables (see the host's message)");
+        return SERPENS_EINVAL;
+    }
+    if (merge_ms != 0 && ctx->instance_id == 0) {
+        for (uint32_t b = 0; b < l->n_backends; ++b) {
+            if ((rc = h->timer(l->usage, &l->backend[b], (uint64_t)merge_ms * 1000000ull)) != SERPENS_OK) {
+                h->log(ctx, SERPENS_LOG_ERROR, "lb: cannot set the merge timer: state error %d", rc);
+                return rc;
+            }
+        }
+    }
+    for (int c = 0; c < LB_N_COUNTERS; ++c) {
+        l->counter[c] = h->counter(ctx, lb_counter_names[c]);
+        if (l->counter[c] == NULL) {
+            h->log(ctx, SERPENS_LOG_ERROR, "lb: counter '%s' refused", lb_counter_names[c]);
+            return SERPENS_ENOMEM;
+        }
+    }
+    return SERPENS_OK;
+}
+
+static void lb_fini(struct serpens_nf_ctx *ctx)
+{
+    struct lb *l = ctx->priv;
+    if (l != NULL) {
+        free(l->lookup);
+        free(l);
+    }
+    ctx->priv = NULL;
+}
+
+/* ---- registration ------------------------------------------------------ */
+
+static const struct serpens_nf_descriptor lb_descriptor = {
+    SERPENS_NF_DESCRIPTOR_HEADER,
+    .name = "lb",
+    .version = "1.0",
+    .summary = "L4 load balancer: Maglev consistent hashing, per-flow backend memory",
+    .n_ports = 1,
+    .init = lb_init,
+    .process = lb_process,
+    .fini = lb_fini,
+};
+
+SERPENS_NF_REGISTER(lb_descriptor)
