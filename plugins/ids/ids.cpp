@@ -1,0 +1,682 @@
+/*
+ * ids — signature matching over flow payloads with Hyperscan in streaming
+ * mode, so a signature split across packets of one flow is still found.
+ *
+ * SYNOPSIS
+ *   [[nf]]
+ *   name   = "ids"
+ *   plugin = "ids"
+ *   [nf.config]
+ *   rules        = "../rules/ids.rules"  # required; relative to the chain file
+ *   max_flows    = 16384   # streams kept per instance (bounded; LRU eviction)
+ *   idle_timeout = 120     # seconds after which a flow's stream is forgotten
+ *
+ * RULES (a subset of Snort syntax; one rule per line, '#' comments)
+ *   alert <proto> <src> <sport> -> <dst> <dport> (<options>)
+ *   proto  tcp | udp | ip (any of tcp/udp)
+ *   src, dst   any | IPv4/IPv6 address or prefix;  sport, dport  any | N | LO:HI
+ *   `<>` instead of `->` matches both directions.
+ *   options, each ending in ';':
+ *     msg:"text";            free text (logged at init)
+ *     content:"abc|0d 0a|";  a literal; |..| holds hex bytes
+ *     nocase;                the content is matched case-insensitively
+ *     pcre:"/regex/flags";   flags i (caseless), s (dot matches \n), m (multiline)
+ *     sid:N;                 required, unique, 1..2^31-1
+ *     rev:N; classtype:x;    accepted and ignored
+ *   Exactly one content or pcre per rule (v1; Snort ANDs several — not yet).
+ *   A malformed file fails init with "file:line: what was expected".
+ *
+ * DESCRIPTION
+ *   TCP/UDP payloads (the bytes after the L4 header up to the IP length) are
+ *   fed, in arrival order, into one Hyperscan stream per direction of a flow
+ *   (no TCP reassembly: out-of-order segments are scanned as they come).
+ *   Each rule reports at most once per stream (HS_FLAG_SINGLEMATCH); the
+ *   packet that completes a match leaves on port 1 (e.g. to a drop, a
+ *   monitor or a mirror), every other packet on port 0.  Packets without a
+ *   TCP/UDP payload pass on port 0 unscanned.  Where Hyperscan cannot run on
+ *   the CPU (hs_valid_platform fails: it needs SSSE3), init fails.
+ *
+ * STATE (paper Table I)
+ *   signatures  global/read: compiled once per instance at init, read-only.
+ *   streams     per-flow/write: Hyperscan stream state holds pointers, so it
+ *               cannot live in the host's shared-memory tables; each instance
+ *               keeps a bounded 4-way set-associative table of pre-opened
+ *               streams keyed by the directional 5-tuple, with idle expiry
+ *               and LRU eviction (hs_reset_stream: no allocation per flow).
+ *               Nothing per-flow survives an instance restart: a signature
+ *               split across the restart point is missed; later matches in
+ *               the same flow are found (hs_compress_stream into a host
+ *               table would lift this — not done in v1).
+ *
+ * PORTS     0 clean, 1 matched a signature.
+ * COUNTERS  scanned (packets with payload), alerts (packets sent to port 1),
+ *           matches (rule matches), sid_<N> per rule (the first 48 rules of
+ *           the file; the host allows 64 counters per NF), evicted (streams
+ *           recycled while still live), scan_errors.
+ */
+#include <serpens/nf.h>
+
+#include <hs/hs.h>
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr unsigned kWays = 4;
+constexpr std::size_t kMaxSidCounters = 48;
+
+struct Rule {
+    uint32_t sid = 0;
+    uint32_t line = 0;
+    int proto = -1; // -1 tcp or udp, 6, 17
+    bool both = false; // <>
+    uint8_t family = 0;
+    uint8_t src[16] = {}, dst[16] = {};
+    uint8_t src_len = 0, dst_len = 0;
+    uint16_t sport_lo = 0, sport_hi = 65535, dport_lo = 0, dport_hi = 65535;
+    std::string msg;
+    std::string expr;
+    unsigned flags = 0;
+    uint64_t *counter = nullptr;
+};
+
+struct FlowKey {
+    uint8_t family, proto;
+    uint16_t sport, dport;
+    uint16_t pad;
+    uint8_t src[16], dst[16];
+};
+static_assert(sizeof(FlowKey) == 40);
+
+struct Slot {
+    FlowKey key;
+    uint64_t last_ns; // 0: free
+    hs_stream_t *stream;
+};
+
+enum Counter { C_SCANNED, C_ALERTS, C_MATCHES, C_EVICTED, C_SCAN_ERRORS, C_COUNT };
+const char *const counter_names[C_COUNT] = {"scanned", "alerts", "matches", "evicted", "scan_errors"};
+
+struct Ids {
+    std::vector<Rule> rules;
+    hs_database_t *db = nullptr;
+    hs_scratch_t *scratch = nullptr;
+    std::vector<Slot> slots;
+    uint64_t mask = 0;
+    uint64_t idle_ns = 0;
+    uint64_t *c[C_COUNT] = {};
+    uint64_t spare[C_COUNT + 1] = {};
+    ~Ids()
+    {
+        for (Slot &s : slots) {
+            if (s.stream != nullptr) {
+                hs_close_stream(s.stream, scratch, nullptr, nullptr);
+            }
+        }
+        hs_free_scratch(scratch);
+        hs_free_database(db);
+    }
+};
+
+// What the match callback needs about the packet being scanned.
+struct ScanCtx {
+    Ids *ids;
+    const FlowKey *key;
+    bool alerted;
+};
+
+// ---- rules file -------------------------------------------------------------
+
+std::string at(const std::string &file, uint32_t line, const std::string &what)
+{
+    return file + ":" + std::to_string(line) + ": " + what;
+}
+
+bool parse_prefix(const std::string &s, uint8_t &family, uint8_t *addr, uint8_t &len)
+{
+    if (s == "any") {
+        return true;
+    }
+    std::string host = s.substr(0, s.find('/'));
+    bool v6 = host.find(':') != std::string::npos;
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), addr) != 1) {
+        return false;
+    }
+    unsigned max = v6 ? 128 : 32, bits = max;
+    if (s.find('/') != std::string::npos) {
+        std::string t = s.substr(s.find('/') + 1);
+        char *end = nullptr;
+        unsigned long b = std::strtoul(t.c_str(), &end, 10);
+        if (t.empty() || *end != '\0' || b > max) {
+            return false;
+        }
+        bits = static_cast<unsigned>(b);
+    }
+    if (family != 0 && family != (v6 ? 6 : 4)) {
+        return false;
+    }
+    family = v6 ? 6 : 4;
+    len = static_cast<uint8_t>(bits);
+    return true;
+}
+
+bool parse_ports(const std::string &s, uint16_t &lo, uint16_t &hi)
+{
+    if (s == "any") {
+        return true;
+    }
+    auto num = [](const std::string &t, unsigned long &v) {
+        char *end = nullptr;
+        v = std::strtoul(t.c_str(), &end, 10);
+        return !t.empty() && *end == '\0' && v <= 65535;
+    };
+    unsigned long a = 0, b = 0;
+    auto colon = s.find(':');
+    if (colon == std::string::npos) {
+        if (!num(s, a)) {
+            return false;
+        }
+        b = a;
+    } else if (!num(s.substr(0, colon), a) || !num(s.substr(colon + 1), b) || a > b) {
+        return false;
+    }
+    lo = static_cast<uint16_t>(a);
+    hi = static_cast<uint16_t>(b);
+    return true;
+}
+
+// content:"..." -> a Hyperscan expression matching the bytes literally.
+bool content_to_expr(const std::string &c, std::string &expr)
+{
+    static const char hexd[] = "0123456789abcdef";
+    auto emit = [&](unsigned char b) {
+        expr += "\\x";
+        expr += hexd[b >> 4];
+        expr += hexd[b & 15];
+    };
+    bool in_hex = false;
+    std::string hexbuf;
+    for (char ch : c) {
+        if (ch == '|') {
+            if (in_hex) {
+                if (hexbuf.size() % 2 != 0) {
+                    return false;
+                }
+                for (std::size_t i = 0; i < hexbuf.size(); i += 2) {
+                    emit(static_cast<unsigned char>(std::stoul(hexbuf.substr(i, 2), nullptr, 16)));
+                }
+                hexbuf.clear();
+            }
+            in_hex = !in_hex;
+        } else if (in_hex) {
+            if (std::isxdigit(static_cast<unsigned char>(ch))) {
+                hexbuf += ch;
+            } else if (ch != ' ') {
+                return false;
+            }
+        } else {
+            emit(static_cast<unsigned char>(ch)); // every byte escaped: no metacharacter survives
+        }
+    }
+    return !in_hex && !expr.empty();
+}
+
+// Splits "(k:v; k2; ...)" honouring quotes and backslash escapes.
+bool split_options(const std::string &body, std::vector<std::pair<std::string, std::string>> &out)
+{
+    std::string cur;
+    bool quoted = false;
+    for (std::size_t i = 0; i < body.size(); ++i) {
+        char ch = body[i];
+        // Snort escapes only '"', ';' and '\\' inside values; any other
+        // backslash belongs to the value (a pcre's \. or \/ must survive).
+        if (ch == '\\' && quoted && i + 1 < body.size() &&
+            (body[i + 1] == '"' || body[i + 1] == ';' || body[i + 1] == '\\')) {
+            cur += body[++i];
+            continue;
+        }
+        if (ch == '"') {
+            quoted = !quoted;
+            cur += ch;
+            continue;
+        }
+        if (ch == ';' && !quoted) {
+            std::size_t b = cur.find_first_not_of(" \t");
+            if (b == std::string::npos) {
+                return false;
+            }
+            cur = cur.substr(b);
+            auto colon = cur.find(':');
+            std::string k = cur.substr(0, colon), v = colon == std::string::npos ? "" : cur.substr(colon + 1);
+            while (!k.empty() && std::isspace(static_cast<unsigned char>(k.back()))) {
+                k.pop_back();
+            }
+            std::size_t vb = v.find_first_not_of(" \t");
+            v = vb == std::string::npos ? "" : v.substr(vb);
+            while (!v.empty() && std::isspace(static_cast<unsigned char>(v.back()))) {
+                v.pop_back();
+            }
+            out.emplace_back(k, v);
+            cur.clear();
+            continue;
+        }
+        cur += ch;
+    }
+    return !quoted && cur.find_first_not_of(" \t") == std::string::npos;
+}
+
+bool unquote(const std::string &v, std::string &out)
+{
+    if (v.size() < 2 || v.front() != '"' || v.back() != '"') {
+        return false;
+    }
+    out = v.substr(1, v.size() - 2);
+    return true;
+}
+
+std::string parse_rules(const std::string &text, const std::string &file, std::vector<Rule> &rules)
+{
+    std::istringstream in(text);
+    std::string line;
+    uint32_t lineno = 0;
+    while (std::getline(in, line)) {
+        ++lineno;
+        std::size_t b = line.find_first_not_of(" \t\r");
+        if (b == std::string::npos || line[b] == '#') {
+            continue;
+        }
+        line = line.substr(b);
+        auto open = line.find('('), close = line.rfind(')');
+        if (open == std::string::npos || close == std::string::npos || close < open ||
+            line.find_first_not_of(" \t\r", close + 1) != std::string::npos) {
+            return at(file, lineno, "expected 'alert <proto> <src> <sport> -> <dst> <dport> (<options>)'");
+        }
+        std::istringstream head(line.substr(0, open));
+        std::string action, proto, src, sport, dir, dst, dport, extra;
+        head >> action >> proto >> src >> sport >> dir >> dst >> dport;
+        if (action != "alert") {
+            return at(file, lineno, "expected 'alert' at the start of a rule, got '" + action + "'");
+        }
+        if (dport.empty() || (head >> extra)) {
+            return at(file, lineno, "expected '<proto> <src> <sport> -> <dst> <dport>' before the options");
+        }
+        Rule r;
+        r.line = lineno;
+        if (proto == "tcp") {
+            r.proto = 6;
+        } else if (proto == "udp") {
+            r.proto = 17;
+        } else if (proto != "ip") {
+            return at(file, lineno, "expected protocol tcp, udp or ip, got '" + proto + "'");
+        }
+        if (dir != "->" && dir != "<>") {
+            return at(file, lineno, "expected direction '->' or '<>', got '" + dir + "'");
+        }
+        r.both = dir == "<>";
+        if (!parse_prefix(src, r.family, r.src, r.src_len) || !parse_prefix(dst, r.family, r.dst, r.dst_len)) {
+            return at(file, lineno, "expected 'any' or an IPv4/IPv6 address or prefix (both of one family)");
+        }
+        if (!parse_ports(sport, r.sport_lo, r.sport_hi) || !parse_ports(dport, r.dport_lo, r.dport_hi)) {
+            return at(file, lineno, "expected a port as 'any', N or LO:HI (0..65535)");
+        }
+        std::vector<std::pair<std::string, std::string>> opts;
+        if (!split_options(line.substr(open + 1, close - open - 1), opts)) {
+            return at(file, lineno, "expected options as 'key:value;' each ending in ';' with balanced quotes");
+        }
+        bool have_pattern = false, have_sid = false;
+        for (auto &[k, v] : opts) {
+            std::string s;
+            if (k == "msg") {
+                if (!unquote(v, r.msg)) {
+                    return at(file, lineno, "expected msg:\"text\";");
+                }
+            } else if (k == "content" || k == "pcre") {
+                if (have_pattern) {
+                    return at(file, lineno, "only one content or pcre per rule is supported");
+                }
+                have_pattern = true;
+                if (!unquote(v, s)) {
+                    return at(file, lineno, "expected " + k + ":\"...\";");
+                }
+                if (k == "content") {
+                    if (!content_to_expr(s, r.expr)) {
+                        return at(file, lineno, "expected content with balanced |hex| bytes, e.g. \"GET|20|/\"");
+                    }
+                } else {
+                    auto last = s.rfind('/');
+                    if (s.size() < 3 || s.front() != '/' || last == 0) {
+                        return at(file, lineno, "expected pcre:\"/regex/flags\";");
+                    }
+                    r.expr = s.substr(1, last - 1);
+                    for (char f : s.substr(last + 1)) {
+                        if (f == 'i') {
+                            r.flags |= HS_FLAG_CASELESS;
+                        } else if (f == 's') {
+                            r.flags |= HS_FLAG_DOTALL;
+                        } else if (f == 'm') {
+                            r.flags |= HS_FLAG_MULTILINE;
+                        } else {
+                            return at(file, lineno, std::string("unsupported pcre flag '") + f +
+                                                        "' (supported: i, s, m)");
+                        }
+                    }
+                }
+            } else if (k == "nocase") {
+                if (!have_pattern) {
+                    return at(file, lineno, "'nocase' must follow a content");
+                }
+                r.flags |= HS_FLAG_CASELESS;
+            } else if (k == "sid") {
+                char *end = nullptr;
+                unsigned long sid = std::strtoul(v.c_str(), &end, 10);
+                if (v.empty() || *end != '\0' || sid == 0 || sid > 0x7fffffffUL) {
+                    return at(file, lineno, "expected sid:N; with N in 1..2147483647");
+                }
+                r.sid = static_cast<uint32_t>(sid);
+                have_sid = true;
+            } else if (k != "rev" && k != "classtype" && k != "priority" && k != "reference") {
+                return at(file, lineno, "unsupported option '" + k +
+                                            "' (supported: msg, content, nocase, pcre, sid, rev, classtype)");
+            }
+        }
+        if (!have_pattern) {
+            return at(file, lineno, "a rule needs a content:\"...\" or pcre:\"/.../\" option");
+        }
+        if (!have_sid) {
+            return at(file, lineno, "a rule needs sid:N;");
+        }
+        for (const Rule &o : rules) {
+            if (o.sid == r.sid) {
+                return at(file, lineno, "sid " + std::to_string(r.sid) + " already used on line " +
+                                            std::to_string(o.line));
+            }
+        }
+        rules.push_back(std::move(r));
+    }
+    if (rules.empty()) {
+        return file + ": no rules (an IDS without signatures is a mistake in the chain)";
+    }
+    return "";
+}
+
+// ---- data path ----------------------------------------------------------------
+
+bool prefix_match(const uint8_t *rule, const uint8_t *addr, uint8_t len)
+{
+    uint8_t full = len / 8, rest = len % 8;
+    if (std::memcmp(rule, addr, full) != 0) {
+        return false;
+    }
+    uint8_t mask = static_cast<uint8_t>(0xff00u >> rest);
+    return rest == 0 || (rule[full] & mask) == (addr[full] & mask);
+}
+
+bool header_matches_dir(const Rule &r, const uint8_t *src, const uint8_t *dst, uint16_t sport, uint16_t dport)
+{
+    return prefix_match(r.src, src, r.src_len) && prefix_match(r.dst, dst, r.dst_len) && sport >= r.sport_lo &&
+           sport <= r.sport_hi && dport >= r.dport_lo && dport <= r.dport_hi;
+}
+
+bool header_matches(const Rule &r, const FlowKey &k)
+{
+    if ((r.proto >= 0 && r.proto != k.proto) || (r.family != 0 && r.family != k.family)) {
+        return false;
+    }
+    return header_matches_dir(r, k.src, k.dst, k.sport, k.dport) ||
+           (r.both && header_matches_dir(r, k.dst, k.src, k.dport, k.sport));
+}
+
+int on_match(unsigned int id, unsigned long long, unsigned long long, unsigned int, void *ctx)
+{
+    auto *sc = static_cast<ScanCtx *>(ctx);
+    Rule &r = sc->ids->rules[id];
+    if (header_matches(r, *sc->key)) {
+        ++*r.counter;
+        ++*sc->ids->c[C_MATCHES];
+        sc->alerted = true;
+    }
+    return 0; // keep scanning: other rules may match in the same packet
+}
+
+uint64_t key_hash(const FlowKey &k)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull, w;
+    const uint8_t *p = reinterpret_cast<const uint8_t *>(&k);
+    for (unsigned i = 0; i < sizeof k; i += 8) {
+        std::memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    return h;
+}
+
+// The stream of this flow direction: found, or a recycled slot reset for it.
+Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
+{
+    Slot *set = &ids.slots[(key_hash(k) & ids.mask) * kWays];
+    Slot *victim = set;
+    for (unsigned w = 0; w < kWays; ++w) {
+        Slot &s = set[w];
+        if (s.last_ns != 0 && std::memcmp(&s.key, &k, sizeof k) == 0) {
+            if (ids.idle_ns == 0 || now <= s.last_ns || now - s.last_ns <= ids.idle_ns) {
+                s.last_ns = now;
+                return &s;
+            }
+            victim = &s; // expired: start the flow afresh
+            break;
+        }
+        if (s.last_ns < victim->last_ns) {
+            victim = &s;
+        }
+    }
+    if (victim->last_ns != 0 && (ids.idle_ns == 0 || now - victim->last_ns <= ids.idle_ns)) {
+        ++*ids.c[C_EVICTED];
+    }
+    // No callback: matches pending at the end of the old flow are not reported.
+    if (hs_reset_stream(victim->stream, 0, nullptr, nullptr, nullptr) != HS_SUCCESS) {
+        return nullptr;
+    }
+    victim->key = k;
+    victim->last_ns = now != 0 ? now : 1;
+    return victim;
+}
+
+void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
+{
+    Ids &ids = *static_cast<Ids *>(ctx->priv);
+    for (uint32_t i = 0; i < b->count; ++i) {
+        if (b->labels[i] != b->self) {
+            continue;
+        }
+        const serpens_pkt &p = b->pkts[i];
+        if (!(p.flags & SERPENS_PKT_F_PARSED) || (p.flags & SERPENS_PKT_F_FRAGMENT) ||
+            (p.l4_proto != 6 && p.l4_proto != 17) || p.payload_offset == SERPENS_OFFSET_NONE ||
+            p.l4_offset == SERPENS_OFFSET_NONE) {
+            continue;
+        }
+        const uint8_t *ip = p.data + p.l3_offset;
+        FlowKey k;
+        std::memset(&k, 0, sizeof k);
+        uint32_t end;
+        if (p.l3_type == SERPENS_L3_IPV4 && p.l3_offset + 20u <= p.len) {
+            k.family = 4;
+            std::memcpy(k.src, ip + 12, 4);
+            std::memcpy(k.dst, ip + 16, 4);
+            end = p.l3_offset + (static_cast<uint32_t>(ip[2]) << 8 | ip[3]);
+        } else if (p.l3_type == SERPENS_L3_IPV6 && p.l3_offset + 40u <= p.len) {
+            k.family = 6;
+            std::memcpy(k.src, ip + 8, 16);
+            std::memcpy(k.dst, ip + 24, 16);
+            end = p.l3_offset + 40 + (static_cast<uint32_t>(ip[4]) << 8 | ip[5]);
+        } else {
+            continue;
+        }
+        if (end > p.len) {
+            end = p.len; // a cut packet: scan what is there
+        }
+        if (p.payload_offset >= end || p.l4_offset + 4u > p.len) {
+            continue;
+        }
+        k.proto = p.l4_proto;
+        k.sport = static_cast<uint16_t>(p.data[p.l4_offset] << 8 | p.data[p.l4_offset + 1]);
+        k.dport = static_cast<uint16_t>(p.data[p.l4_offset + 2] << 8 | p.data[p.l4_offset + 3]);
+        Slot *s = stream_for(ids, k, b->now_ns);
+        ScanCtx sc{&ids, &k, false};
+        ++*ids.c[C_SCANNED];
+        if (s == nullptr || hs_scan_stream(s->stream, reinterpret_cast<const char *>(p.data + p.payload_offset),
+                                           end - p.payload_offset, 0, ids.scratch, on_match, &sc) != HS_SUCCESS) {
+            ++*ids.c[C_SCAN_ERRORS];
+            continue;
+        }
+        if (sc.alerted) {
+            ++*ids.c[C_ALERTS];
+            b->ports[i] = 1;
+        }
+    }
+}
+
+int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
+{
+    const serpens_host_api *h = ctx->host;
+    Ids *ids = new (std::nothrow) Ids;
+    if (ids == nullptr) {
+        return SERPENS_ENOMEM;
+    }
+    ctx->priv = ids;
+    auto bad = [&](const char *key, const std::string &what) {
+        char where[512] = "";
+        if (h->config_where(cfg, key, where, sizeof where) != SERPENS_OK || where[0] == '\0') {
+            std::snprintf(where, sizeof where, "chain '%s', nf '%s'", ctx->chain_name, ctx->nf_name);
+        }
+        h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where, what.c_str());
+        return SERPENS_EINVAL;
+    };
+    if (hs_valid_platform() != HS_SUCCESS) {
+        h->log(ctx, SERPENS_LOG_ERROR, "Hyperscan cannot run on this CPU (hs_valid_platform failed: it needs SSSE3)");
+        return SERPENS_ENOTSUP;
+    }
+    char path[4096];
+    int rc = h->config_path(cfg, "rules", path, sizeof path);
+    if (rc != SERPENS_OK) {
+        return bad("rules", "ids needs `rules = \"<file>\"` (Snort-style signatures, relative to the chain file)");
+    }
+    int64_t max_flows = 16384, idle_s = 120;
+    if (h->config_int(cfg, "max_flows", &max_flows) == SERPENS_EINVAL || max_flows < 4 || max_flows > (1 << 22)) {
+        return bad("max_flows", "`max_flows` must be an integer in 4..4194304");
+    }
+    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0) {
+        return bad("idle_timeout", "`idle_timeout` must be a number of seconds >= 0 (0: never)");
+    }
+    ids->idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
+    try {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+            h->log(ctx, SERPENS_LOG_ERROR, "%s: cannot read the rules file: %s", path, std::strerror(errno));
+            return SERPENS_EINVAL;
+        }
+        std::ostringstream text;
+        text << in.rdbuf();
+        std::string err = parse_rules(text.str(), path, ids->rules);
+        if (!err.empty()) {
+            h->log(ctx, SERPENS_LOG_ERROR, "%s", err.c_str());
+            return SERPENS_EINVAL;
+        }
+        std::vector<const char *> exprs;
+        std::vector<unsigned> flags, idv;
+        for (std::size_t i = 0; i < ids->rules.size(); ++i) {
+            exprs.push_back(ids->rules[i].expr.c_str());
+            flags.push_back(ids->rules[i].flags | HS_FLAG_SINGLEMATCH);
+            idv.push_back(static_cast<unsigned>(i));
+        }
+        hs_compile_error_t *cerr = nullptr;
+        if (hs_compile_multi(exprs.data(), flags.data(), idv.data(), static_cast<unsigned>(exprs.size()),
+                             HS_MODE_STREAM, nullptr, &ids->db, &cerr) != HS_SUCCESS) {
+            std::string what = cerr != nullptr ? cerr->message : "unknown error";
+            int which = cerr != nullptr ? cerr->expression : -1;
+            hs_free_compile_error(cerr);
+            if (which >= 0) {
+                h->log(ctx, SERPENS_LOG_ERROR, "%s:%u: Hyperscan cannot compile this pattern: %s", path,
+                       ids->rules[static_cast<std::size_t>(which)].line, what.c_str());
+            } else {
+                h->log(ctx, SERPENS_LOG_ERROR, "%s: Hyperscan compile failed: %s", path, what.c_str());
+            }
+            return SERPENS_EINVAL;
+        }
+        if (hs_alloc_scratch(ids->db, &ids->scratch) != HS_SUCCESS) {
+            return SERPENS_ENOMEM;
+        }
+        uint64_t sets = 1;
+        while (sets * kWays < static_cast<uint64_t>(max_flows)) {
+            sets <<= 1;
+        }
+        ids->mask = sets - 1;
+        ids->slots.assign(sets * kWays, Slot{});
+        // Every stream opened now, recycled later with hs_reset_stream: the
+        // hot path never allocates.
+        for (Slot &s : ids->slots) {
+            if (hs_open_stream(ids->db, 0, &s.stream) != HS_SUCCESS) {
+                return SERPENS_ENOMEM;
+            }
+        }
+    } catch (const std::bad_alloc &) {
+        return SERPENS_ENOMEM;
+    }
+    for (int i = 0; i < C_COUNT; ++i) {
+        ids->c[i] = h->counter(ctx, counter_names[i]);
+        if (ids->c[i] == nullptr) {
+            ids->c[i] = &ids->spare[i];
+        }
+    }
+    for (std::size_t i = 0; i < ids->rules.size(); ++i) {
+        Rule &r = ids->rules[i];
+        r.counter = i < kMaxSidCounters ? h->counter(ctx, ("sid_" + std::to_string(r.sid)).c_str()) : nullptr;
+        if (r.counter == nullptr) {
+            r.counter = &ids->spare[C_COUNT]; // beyond the host's counter budget: only `matches`
+        }
+    }
+    std::size_t stream_size = 0;
+    hs_stream_size(ids->db, &stream_size);
+    h->log(ctx, SERPENS_LOG_INFO, "%zu signatures from %s; %zu streams of %zu bytes", ids->rules.size(), path,
+           ids->slots.size(), stream_size);
+    return SERPENS_OK;
+}
+
+void ids_fini(serpens_nf_ctx *ctx)
+{
+    delete static_cast<Ids *>(ctx->priv);
+    ctx->priv = nullptr;
+}
+
+const serpens_nf_descriptor ids_descriptor = {
+    SERPENS_NF_DESCRIPTOR_HEADER,
+    .name = "ids",
+    .version = "1.0",
+    .summary = "signature IDS: Snort-style content/pcre rules, Hyperscan streaming across packets",
+    .flags = 0,
+    .n_ports = 2,
+    .reserved0 = 0,
+    .init = ids_init,
+    .process = ids_process,
+    .fini = ids_fini,
+    .split = nullptr, // no global/write tables
+    .merge = nullptr,
+    .update = nullptr,
+    .reserved = {},
+};
+
+} // namespace
+
+extern "C" {
+SERPENS_NF_REGISTER(ids_descriptor)
+}
