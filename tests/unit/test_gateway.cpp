@@ -1,0 +1,146 @@
+// Gateway rules: first match wins, every match key narrows, unmatched traffic
+// is counted; the routing table keeps a flow on one instance.
+
+#include "core/error.h"
+#include "io/gateway.h"
+#include "io/router.h"
+
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+using namespace serpens;
+using serpens::io::Gateway;
+
+namespace {
+
+net::FlowKey v4(const char *src, const char *dst, uint8_t proto, uint16_t sport, uint16_t dport)
+{
+    net::FlowKey key;
+    key.ip_version = 4;
+    key.proto = proto;
+    inet_pton(AF_INET, src, key.src.data());
+    inet_pton(AF_INET, dst, key.dst.data());
+    key.src_port = sport;
+    key.dst_port = dport;
+    return key;
+}
+
+net::FlowKey v6(const char *src, const char *dst, uint8_t proto)
+{
+    net::FlowKey key;
+    key.ip_version = 6;
+    key.proto = proto;
+    inet_pton(AF_INET6, src, key.src.data());
+    inet_pton(AF_INET6, dst, key.dst.data());
+    return key;
+}
+
+Gateway make_gateway(std::vector<GatewayRuleConfig> rules, std::string default_action = "drop")
+{
+    HostConfig cfg;
+    cfg.file = "host.toml";
+    cfg.rules = std::move(rules);
+    cfg.gateway_default = std::move(default_action);
+    auto chain_tag = [](const std::string &name) -> int32_t {
+        return name == "a" ? 0 : name == "b" ? 1 : -1;
+    };
+    auto port_index = [](const std::string &name) -> int32_t { return name == "p0" ? 0 : name == "p1" ? 1 : -1; };
+    return Gateway(cfg, chain_tag, port_index);
+}
+
+} // namespace
+
+TEST_CASE("first matching rule wins and counts")
+{
+    GatewayRuleConfig web{.name = "web", .chain = "a"};
+    web.proto = 6;
+    web.dst_ports = PortRange{80, 443};
+    web.dst = "10.0.0.0/8";
+    GatewayRuleConfig rest{.name = "rest", .chain = "b"};
+    Gateway gw = make_gateway({web, rest});
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 80)) == 0);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 443)) == 0);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 444)) == 1);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "11.0.0.1", 6, 5555, 80)) == 1);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.0.0.1", 17, 5555, 80)) == 1);
+    CHECK(gw.matches(0) == 2);
+    CHECK(gw.matches(1) == 3);
+    CHECK(gw.rules()[1].chain_tag == 1);
+}
+
+TEST_CASE("prefixes match on bit boundaries, v4 and v6 apart")
+{
+    GatewayRuleConfig r{.name = "r", .chain = "a"};
+    r.src = "2001:db8:80::/41";
+    Gateway gw = make_gateway({r});
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:80::1", "::1", 17)) == 0);
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:ff::1", "::1", 17)) == 0);
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:7f::1", "::1", 17)) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("32.1.13.184", "1.1.1.1", 17, 1, 1)) == io::gateway_no_match);
+    CHECK(gw.unmatched() == 2);
+}
+
+TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules without L3/L4 keys")
+{
+    GatewayRuleConfig by_port{.name = "p1", .chain = "a"};
+    by_port.in_port = "p1";
+    GatewayRuleConfig by_vlan{.name = "vlan", .chain = "b"};
+    by_vlan.vlan = 100;
+    by_vlan.proto = 17;
+    Gateway gw = make_gateway({by_port, by_vlan}, "p0");
+    net::FlowKey none;
+    CHECK(gw.classify(1, 0, false, false, none) == 0);
+    CHECK(gw.classify(0, 0, false, false, none) == io::gateway_no_match);
+    CHECK(gw.classify(0, 100, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == 1);
+    CHECK(gw.classify(0, 100, true, false, none) == io::gateway_no_match);
+    CHECK(gw.classify(0, 101, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == io::gateway_no_match);
+    CHECK(gw.default_port() == 0);
+}
+
+TEST_CASE("port ranges never match an ICMP echo id")
+{
+    GatewayRuleConfig r{.name = "r", .chain = "a"};
+    r.dst_ports = PortRange{0, 65535};
+    Gateway gw = make_gateway({r});
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7)) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 6, 7, 7)) == 0);
+}
+
+TEST_CASE("a rule naming an unknown chain or a bad prefix is refused with its line")
+{
+    GatewayRuleConfig ghost{.name = "g", .chain = "nope", .line = 12};
+    CHECK_THROWS_WITH_AS(make_gateway({ghost}), doctest::Contains("host.toml:12: [[gateway.rule]] 'g': unknown chain 'nope'"),
+                         ConfigError);
+    GatewayRuleConfig bad{.name = "b", .chain = "a", .line = 7};
+    bad.src = "10.0.0.0/33";
+    CHECK_THROWS_WITH_AS(make_gateway({bad}), doctest::Contains("host.toml:7: [[gateway.rule]] 'b': '10.0.0.0/33' has a bad prefix length"),
+                         ConfigError);
+    GatewayRuleConfig mixed{.name = "m", .chain = "a", .line = 3};
+    mixed.src = "10.0.0.0/8";
+    mixed.dst = "::/0";
+    CHECK_THROWS_WITH_AS(make_gateway({mixed}), doctest::Contains("different IP versions"), ConfigError);
+}
+
+TEST_CASE("the route table picks one instance per flow hash and is swapped whole")
+{
+    io::Router router;
+    CHECK(router.current() == nullptr);
+    auto table = std::make_unique<io::RouteTable>();
+    Wakeup w0, w1;
+    table->by_tag.resize(2);
+    table->by_tag[1] = {{nullptr, &w0}, {nullptr, &w1}};
+    router.publish(std::move(table));
+    const io::RouteTable *t = router.current();
+    REQUIRE(t != nullptr);
+    CHECK(t->route(0, 5) == nullptr); // a chain without instances
+    CHECK(t->route(7, 5) == nullptr); // an unknown tag
+    CHECK(t->route(1, 4)->wakeup == &w0);
+    CHECK(t->route(1, 5)->wakeup == &w1);
+    auto next = std::make_unique<io::RouteTable>();
+    next->by_tag.resize(2);
+    next->by_tag[1] = {{nullptr, &w1}};
+    router.publish(std::move(next)); // dispatcher not running: old table freed at once
+    CHECK(router.current()->route(1, 4)->wakeup == &w1);
+}
