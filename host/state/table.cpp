@@ -15,7 +15,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <unordered_set>
+#include <new>
 
 namespace serpens::state {
 
@@ -660,9 +660,19 @@ int Table::insert(const KeyBuf &k, const Probe &p, const void *value) noexcept
 
 int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
 {
-    // Identical re-puts are fine (each instance's init may load the same data).
-    alignas(8) uint8_t cur[512];
-    if (_value_size <= sizeof(cur) && lookup(k, cur) == SERPENS_OK && std::memcmp(cur, value, _value_size) == 0) {
+    // Identical re-puts are fine (each instance's init may load the same
+    // data).  Not a hot path: a sealed table is not written after init.
+    alignas(8) uint8_t small[512];
+    std::unique_ptr<uint8_t[]> big;
+    uint8_t *cur = small;
+    if (_value_size > sizeof(small)) {
+        big.reset(new (std::nothrow) uint8_t[_value_size]);
+        if (!big) {
+            return SERPENS_ENOMEM;
+        }
+        cur = big.get();
+    }
+    if (lookup(k, cur) == SERPENS_OK && std::memcmp(cur, value, _value_size) == 0) {
         return SERPENS_OK;
     }
     return SERPENS_ENOTSUP;
