@@ -83,7 +83,9 @@ void Dataplane::build_routes()
         if (table->by_tag.size() <= slot->chain_tag) {
             table->by_tag.resize(slot->chain_tag + 1);
         }
-        table->by_tag[slot->chain_tag].push_back({slot->ring, &lcore_state(slot->lcore).wakeup});
+        Lcore &owner = lcore_state(slot->lcore);
+        table->by_tag[slot->chain_tag].push_back(
+            {slot->ring, &owner.wakeup, owner.main ? static_cast<void *>(slot.get()) : nullptr});
     }
     _router.publish(std::move(table));
 
@@ -161,7 +163,7 @@ uint32_t Dataplane::drain_tx_rings()
     return moved;
 }
 
-uint32_t Dataplane::dispatch(uint16_t port_index)
+uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
 {
     rte_mbuf *mbufs[max_burst];
     const uint16_t port_id = _ports[port_index].id;
@@ -186,6 +188,14 @@ uint32_t Dataplane::dispatch(uint16_t port_index)
     uint16_t n_drop = 0;
 
     auto flush_stage = [&](Stage &stage) {
+        if (stage.target->direct != nullptr) {
+            // Same lcore: run the chain now; no ring, nothing reordered, since
+            // this instance receives only from here.
+            run_batch(*_lcores.front(), *static_cast<InstanceSlot *>(stage.target->direct), stage.mbufs,
+                      stage.count, now);
+            stage.count = 0;
+            return;
+        }
         unsigned queued = rte_ring_enqueue_burst(stage.target->ring, reinterpret_cast<void *const *>(stage.mbufs),
                                                  stage.count, nullptr);
         if (queued < stage.count) {
@@ -212,13 +222,13 @@ uint32_t Dataplane::dispatch(uint16_t port_index)
         net::FlowKey key;
         const net::ParseResult result = net::parse_packet(view.data, view.len, view, key);
         _counters.parse.count(result);
-        const bool malformed = net::is_malformed(result);
+        const bool parsed = result == net::ParseResult::ok;
+        const bool malformed = !parsed && net::is_malformed(result);
         if (malformed && _options.drop_malformed) {
             bump(_counters.malformed_dropped);
             drops[n_drop++] = m;
             continue;
         }
-        const bool parsed = result == net::ParseResult::ok;
         const int32_t rule = _gateway.classify(port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
                                                parsed, key);
         if (rule == io::gateway_no_match) {
@@ -274,19 +284,24 @@ uint32_t Dataplane::dispatch(uint16_t port_index)
     return n;
 }
 
-uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot)
+uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
 {
     rte_mbuf *mbufs[max_burst];
     const unsigned n = rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.burst, nullptr);
-    if (n == 0) {
-        return 0;
+    if (n > 0) {
+        run_batch(lcore, slot, mbufs, n, now);
     }
+    return n;
+}
+
+void Dataplane::run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now)
+{
     serpens_pkt views[max_burst];
     uint16_t labels[max_burst];
     for (unsigned i = 0; i < n; ++i) {
         io::load_view(mbufs[i], views[i]);
     }
-    slot.chain->run(views, n, labels, monotonic_ns());
+    slot.chain->run(views, n, labels, now);
 
     rte_mbuf *out[max_burst];
     rte_mbuf *drops[max_burst];
@@ -309,7 +324,6 @@ uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot)
     if (n_out > 0) {
         transmit(lcore, slot.egress, out, n_out, slot.tx_dropped);
     }
-    return n;
 }
 
 int Dataplane::worker_entry(void *arg)
@@ -332,8 +346,9 @@ void Dataplane::worker_loop(Lcore &lcore)
     uint32_t idle = 0;
     for (;;) {
         uint32_t work = 0;
+        const uint64_t now = monotonic_ns();
         for (InstanceSlot *slot : lcore.instances) {
-            work += serve(lcore, *slot);
+            work += serve(lcore, *slot, now);
         }
         if (work > 0) {
             idle = 0;
@@ -415,7 +430,7 @@ void Dataplane::main_loop(Lcore &lcore)
         uint32_t work = 0;
         if (!_rx_stopped.load(std::memory_order_relaxed)) {
             for (uint16_t p = 0; p < _ports.size(); ++p) {
-                uint32_t got = dispatch(p);
+                uint32_t got = dispatch(p, now);
                 if (got > 0) {
                     last_rx = now;
                 }
@@ -424,7 +439,7 @@ void Dataplane::main_loop(Lcore &lcore)
         }
         _router.quiescent();
         for (InstanceSlot *slot : lcore.instances) {
-            work += serve(lcore, *slot);
+            work += serve(lcore, *slot, now); // only non-empty if routes changed
         }
         work += drain_tx_rings();
         wake_overdue(now);

@@ -120,8 +120,9 @@ private:
     static int worker_entry(void *arg);
     void worker_loop(Lcore &lcore);
     void main_loop(Lcore &lcore);
-    uint32_t dispatch(uint16_t port_index);
-    uint32_t serve(Lcore &lcore, InstanceSlot &slot);
+    uint32_t dispatch(uint16_t port_index, uint64_t now);
+    uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
+    void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);

@@ -22,6 +22,8 @@ namespace serpens::io {
 struct RouteTarget {
     rte_ring *ring = nullptr;
     Wakeup *wakeup = nullptr; // the worker lcore that serves the ring
+    void *direct = nullptr;   // set when the instance runs on the dispatching lcore:
+                              // it is called in place, with no ring between
 };
 
 struct RouteTable {
@@ -34,7 +36,9 @@ struct RouteTable {
             return nullptr;
         }
         const auto &targets = by_tag[tag];
-        return &targets[flow_hash % targets.size()];
+        // 32-bit modulo: a 64-bit division per packet showed in profiles.
+        const auto n = static_cast<uint32_t>(targets.size());
+        return &targets[n == 1 ? 0 : flow_hash % n];
     }
 };
 
