@@ -29,6 +29,8 @@ struct BenchResult {
     double get_miss_ns = 0;       // median per get_state miss
     double put_update_ns = 0;     // median per put_state of an existing key
     double bulk32_ns = 0;         // median per get_state_bulk of 32 keys
+    double mem_dependent_ns = 0;  // reference: one random DRAM read, serialised
+    double mem_parallel_ns = 0;   // reference: random DRAM reads, independent
     bool redis_available = false;
     std::string redis_note;       // why not, when not
     double redis_get_ns = 0;      // median per GET, one round trip each

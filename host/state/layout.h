@@ -22,10 +22,14 @@
 // Every shared word is accessed through the __atomic builtins below, so the
 // seqlock-style protocol is race-free in the C++ memory model (and TSan-clean).
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
 namespace serpens::state {
+
+// Keys are hashed and stored as little-endian words.
+static_assert(std::endian::native == std::endian::little, "state segments assume a little-endian host");
 
 inline constexpr uint64_t segment_magic = 0x31544e5350524553ull; // "SERPSNT1" little endian
 inline constexpr uint32_t layout_version = 1;

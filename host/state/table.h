@@ -214,15 +214,22 @@ private:
 
     void load_key(KeyBuf &k, const void *key) const noexcept
     {
-        // Word copies instead of a variable-length memcpy call.
+        // Fixed-size word loads (no memcpy call); the tail is zero padded.
         const auto *p = static_cast<const uint8_t *>(key);
         const uint32_t full = _key_size / 8;
-        for (uint32_t i = 0; i < full; ++i) {
-            __builtin_memcpy(&k.w[i], p + 8 * i, 8);
+        uint32_t i = 0;
+        for (; i < full; ++i) {
+            uint64_t w;
+            __builtin_memcpy(&w, p + 8 * i, 8);
+            k.w[i] = w;
+            asm("" : "+r"(w)); // keeps GCC from turning the loop back into a memcpy call
         }
-        if (full != _kw) {
-            k.w[full] = 0;
-            __builtin_memcpy(&k.w[full], p + 8 * full, _key_size % 8);
+        if (i != _kw) {
+            uint64_t w = 0;
+            for (uint32_t b = 0; b < _key_size % 8; ++b) {
+                w |= uint64_t{p[8 * i + b]} << (8 * b);
+            }
+            k.w[i] = w;
         }
         k.h = hash_key(k.w, _kw);
     }
