@@ -24,7 +24,9 @@ struct Parsed {
 Parsed parse(const Bytes &frame)
 {
     auto copy = std::make_unique<uint8_t[]>(frame.size() + (frame.empty() ? 1 : 0));
-    std::memcpy(copy.get(), frame.data(), frame.size());
+    if (!frame.empty()) { // memcpy from an empty vector's null data() is undefined
+        std::memcpy(copy.get(), frame.data(), frame.size());
+    }
     Parsed p{};
     p.pkt.data = copy.get();
     p.pkt.len = static_cast<uint32_t>(frame.size());
