@@ -40,8 +40,18 @@
  *   packets refresh them (RFC 4787 REQ-6 makes inbound refresh optional, and
  *   keeping the inbound path read-only means a reply steered to another
  *   instance never writes a flow it does not own).  Each instance sweeps the
- *   items it handed out, a bounded number per batch, and returns expired ones
- *   to its share of the pool.
+ *   items it handed out, paced to see every item twice per shortest timeout
+ *   (at most NAT_SWEEP_MAX per batch), and returns expired ones to its share
+ *   of the pool.  The sweep's reads also keep live mappings from the host's
+ *   own idle expiry of per-flow tables.
+ *
+ * LIMITATION
+ *   The sweep runs only when packets arrive.  If the NF sees no packet for
+ *   longer than the host's per-flow idle expiry (state::StoreOptions
+ *   flow_idle_timeout, 300 s by default), the host may delete mappings
+ *   without the NF knowing, and their items stay out of the pool until the
+ *   state directory is cleared.  Fixing it needs a host service the ABI does
+ *   not have yet (an expiry callback, or per-table expiry opt-out).
  *
  * STATE (paper Table I)
  *   pool  GLOBAL|WRITE|RELEASE  key (pool fingerprint, chunk, protocol), value a
@@ -54,6 +64,9 @@
  *                               -> (external addr:port, last outbound packet)
  *   in    PER_FLOW|WRITE        (proto, external addr:port) -> (inside addr:port,
  *                               remote addr:port, owning instance)
+ *   Pool size: (addresses x ports) / 4096 keys per protocol; the host keeps
+ *   (1 + max instances) double-buffered cells per key, i.e. about 17 KiB per
+ *   4096 items with 16 instances (2 addresses x 64512 ports: 1.6 MiB).
  *   The fingerprint (of the external addresses and port range) keeps a
  *   restarted host with a changed pool from reading an old pool's bitmaps.
  *   Changing the pool while old mappings are live is not supported: give the
@@ -86,7 +99,7 @@
 #define NAT_SCAN_WINDOW 16u        /* pool chunks tried per allocation */
 #define NAT_PUT_RETRIES 4          /* redo a pool update that raced a rebalance */
 #define NAT_EXHAUSTED_BACKOFF_NS 1000000ull /* after a failed trigger, wait 1 ms */
-#define NAT_SWEEP_MAX 64u          /* items swept per batch at most */
+#define NAT_SWEEP_MAX 1024u        /* items swept per batch at most: ~1024 probes, mostly misses */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
 /* The host's "cell changed since you read it, read again" code (proposed for
@@ -312,16 +325,6 @@ static void nat_item_endpoint(const struct nat *n, uint32_t item, uint32_t *ip_n
 {
     *ip_net = htonl(n->ext_ip[item / n->n_ports]);
     *port_net = htons((uint16_t)(n->port_min + item % n->n_ports));
-}
-
-static int64_t nat_item_of(const struct nat *n, uint32_t ip_net, uint16_t port_net)
-{
-    int32_t ix = nat_ext_index(n, ntohl(ip_net));
-    uint32_t port = ntohs(port_net);
-    if (ix < 0 || port < n->port_min || port >= n->port_min + n->n_ports) {
-        return -1;
-    }
-    return (int64_t)ix * n->n_ports + (port - n->port_min);
 }
 
 /* ---- the pool (RELEASE) ----------------------------------------------- */
@@ -998,7 +1001,13 @@ static int nat_pool_init(struct nat *n)
     for (unsigned pi = 0; pi < NAT_N_PROTOS; ++pi) {
         for (uint32_t c = 0; c < n->n_chunks; ++c) {
             struct nat_pool_key key = nat_pool_key(n, pi, c);
-            int rc = n->host->get_state(n->pool, &key, n->bitmap);
+            /* Timers live in the executor, not in the segment: set them on
+             * every start, also for chunks an earlier run made. */
+            int rc = SERPENS_OK;
+            if (n->rebalance_ns != 0 && (rc = n->host->timer(n->pool, &key, n->rebalance_ns)) != SERPENS_OK) {
+                return rc;
+            }
+            rc = n->host->get_state(n->pool, &key, n->bitmap);
             if (rc == SERPENS_OK) {
                 continue; /* another instance (or an earlier run) made it */
             }
@@ -1020,9 +1029,6 @@ static int nat_pool_init(struct nat *n)
              * instances ever fill the same chunk, the merge (OR) before the
              * split folds the copies into one. */
             if ((rc = n->host->split(n->pool, &key)) != SERPENS_OK) {
-                return rc;
-            }
-            if (n->rebalance_ns != 0 && (rc = n->host->timer(n->pool, &key, n->rebalance_ns)) != SERPENS_OK) {
                 return rc;
             }
         }
