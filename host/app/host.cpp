@@ -134,8 +134,9 @@ std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains 
         }
     }
     for (const auto &[name, tag] : loaded.tag_of) {
-        if (placed.count(name) == 0) {
-            spdlog::warn("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
+        if (placed.count(name) == 0 && check_lcores) {
+            // A chains directory is a library: unused chains are normal.
+            spdlog::info("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
         }
     }
     return plan;
@@ -161,13 +162,14 @@ void print_stats(const Dataplane &dp, std::FILE *out)
         }
     }
     std::fprintf(out, "\ndispatch: malformed_dropped=%lu unmatched_dropped=%lu unmatched_passed=%lu "
-                      "no_instance=%lu ring_full=%lu linearize_failed=%lu default_tx_dropped=%lu\n",
+                      "no_instance=%lu ring_full=%lu linearize_failed=%lu default_tx_dropped=%lu rx_paused=%lu\n",
                  static_cast<unsigned long>(c.malformed_dropped.load()),
                  static_cast<unsigned long>(c.unmatched_dropped.load()),
                  static_cast<unsigned long>(c.unmatched_passed.load()),
                  static_cast<unsigned long>(c.no_instance.load()), static_cast<unsigned long>(c.ring_full.load()),
                  static_cast<unsigned long>(c.linearize_failed.load()),
-                 static_cast<unsigned long>(c.default_tx_dropped.load()));
+                 static_cast<unsigned long>(c.default_tx_dropped.load()),
+                 static_cast<unsigned long>(c.rx_paused.load()));
     std::fprintf(out, "\n%-24s %14s\n", "gateway rule", "matched");
     for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
         std::fprintf(out, "%-24s %14lu\n", dp.gateway().rules()[r].name.c_str(),
@@ -242,7 +244,8 @@ std::string stats_json(const Dataplane &dp, bool live)
       << ", \"unmatched_dropped\": " << c.unmatched_dropped.load()
       << ", \"unmatched_passed\": " << c.unmatched_passed.load() << ", \"no_instance\": " << c.no_instance.load()
       << ", \"ring_full\": " << c.ring_full.load() << ", \"linearize_failed\": " << c.linearize_failed.load()
-      << ", \"default_tx_dropped\": " << c.default_tx_dropped.load() << "},\n  \"rules\": {";
+      << ", \"default_tx_dropped\": " << c.default_tx_dropped.load() << ", \"rx_paused\": " << c.rx_paused.load()
+      << "},\n  \"rules\": {";
     for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
         j << (r ? ", " : "") << "\"" << json_escape(dp.gateway().rules()[r].name) << "\": " << dp.gateway().matches(r);
     }

@@ -235,6 +235,11 @@ HostConfig load_host_config(const std::string &path)
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
             r.fail("ring_size", "'ring_size' must be a power of two");
         }
+        if (cfg.ring_size < 2 * cfg.burst) {
+            r.fail("ring_size", "'ring_size' (" + std::to_string(cfg.ring_size) + ") must hold at least two bursts (" +
+                                    std::to_string(2 * cfg.burst) + " packets with burst = " +
+                                    std::to_string(cfg.burst) + ")");
+        }
         cfg.wake_threshold = static_cast<uint32_t>(r.integer_or("wake_threshold", cfg.wake_threshold, 1, 1 << 20));
         cfg.wake_deadline_us =
             static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));

@@ -381,6 +381,22 @@ void Dataplane::worker_loop(Lcore &lcore)
     lcore.done.store(true, std::memory_order_release);
 }
 
+bool Dataplane::backlogged()
+{
+    // Back-pressure: while a worker's ring cannot take one more burst, leave
+    // packets in the ports' RX queues (a NIC counts what overflows there as
+    // rx_missed; a pcap replay just waits) rather than parse them only to
+    // drop them at the ring.
+    for (const auto &slot : _instances) {
+        if (slot->lcore != rte_get_main_lcore() && rte_ring_free_count(slot->ring) < _options.burst) {
+            bump(_counters.rx_paused);
+            lcore_state(slot->lcore).wakeup.wake();
+            return true;
+        }
+    }
+    return false;
+}
+
 void Dataplane::wake_overdue(uint64_t now)
 {
     const uint64_t deadline_ns = uint64_t{_options.wake_deadline_us} * 1000;
@@ -430,6 +446,9 @@ void Dataplane::main_loop(Lcore &lcore)
         uint32_t work = 0;
         if (!_rx_stopped.load(std::memory_order_relaxed)) {
             for (uint16_t p = 0; p < _ports.size(); ++p) {
+                if (backlogged()) {
+                    break;
+                }
                 uint32_t got = dispatch(p, now);
                 if (got > 0) {
                     last_rx = now;

@@ -62,6 +62,7 @@ struct DispatchCounters {
     Counter ring_full{0};
     Counter linearize_failed{0};
     Counter default_tx_dropped{0};
+    Counter rx_paused{0}; // loops that left RX alone because a worker's ring was nearly full
 };
 
 struct DataplaneOptions {
@@ -126,6 +127,7 @@ private:
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
+    bool backlogged();
     void build_routes();
     Lcore &lcore_state(unsigned id);
 

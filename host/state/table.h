@@ -37,7 +37,7 @@ namespace serpens::state {
 // Returned by cell_put when the cell changed since the caller read it (another
 // party rebalanced or merged it): read again and redo the change.  Proposed
 // for nf.h as SERPENS_EAGAIN.
-inline constexpr int err_again = -11;
+inline constexpr int err_again = SERPENS_EAGAIN;
 
 enum class TableKind : uint8_t { per_flow, global_read, release, eventual };
 

@@ -167,6 +167,7 @@ struct serpens_nf_ctx;
 /* Return codes: 0 success, negative errno-style values on failure. */
 #define SERPENS_OK 0
 #define SERPENS_ENOENT (-2)
+#define SERPENS_EAGAIN (-11)
 #define SERPENS_ENOMEM (-12)
 #define SERPENS_EINVAL (-22)
 #define SERPENS_ENOSPC (-28)
@@ -215,7 +216,9 @@ struct serpens_host_api {
                                    uint32_t key_size, uint32_t value_size, uint64_t capacity);
     /* Copies the value out (consistent even while another instance writes). */
     int (*get_state)(serpens_table *t, const void *key, void *value_out);
-    /* Inserts or replaces; SERPENS_ENOSPC when the table is full. */
+    /* Inserts or replaces; SERPENS_ENOSPC when the table is full.  On a
+     * GLOBAL|WRITE table, SERPENS_EAGAIN when the state manager rebalanced
+     * this instance's share since its last get_state: read again, retry. */
     int (*put_state)(serpens_table *t, const void *key, const void *value);
     int (*delete_state)(serpens_table *t, const void *key);
     /* Looks up n (<= 64) keys laid out back to back; copies hits into values
