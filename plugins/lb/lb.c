@@ -61,7 +61,7 @@
 #define LB_MAX_BACKENDS 256
 #define LB_MAX_TABLE 1000003u /* a prime; the table is 2 bytes per entry */
 #define LB_PUT_RETRIES 4
-#define LB_EAGAIN (-11) /* host/state err_again: the replica was merged meanwhile */
+#define LB_EAGAIN SERPENS_EAGAIN
 
 #define LB_COUNTERS(X)                                                                       \
     X(BALANCED, "balanced", "packets to a service sent to a backend")                        \

@@ -69,7 +69,7 @@
 #define MON_HOSTS_PER_BUCKET_AVG 4u /* buckets = max_hosts / this: overflow stays rare */
 #define MON_AGG_SLOTS 1024u         /* distinct hosts per batch, power of two, >= 2 * max burst */
 #define MON_PUT_RETRIES 4
-#define MON_EAGAIN (-11)            /* host/state err_again: the replica was merged meanwhile */
+#define MON_EAGAIN SERPENS_EAGAIN
 
 #define MON_COUNTERS(X)                                                                  \
     X(PACKETS, "packets", "packets seen (all of them pass)")                             \

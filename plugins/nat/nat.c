@@ -102,9 +102,8 @@
 #define NAT_SWEEP_MAX 1024u        /* items swept per batch at most: ~1024 probes, mostly misses */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
-/* The host's "cell changed since you read it, read again" code (proposed for
- * nf.h as SERPENS_EAGAIN; host/state/table.h err_again). */
-#define NAT_EAGAIN (-11)
+/* The host's "cell changed since you read it, read again" code.  */
+#define NAT_EAGAIN SERPENS_EAGAIN
 
 #define NAT_PROTO_TCP 6u
 #define NAT_PROTO_UDP 17u

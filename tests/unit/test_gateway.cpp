@@ -36,6 +36,15 @@ net::FlowKey v6(const char *src, const char *dst, uint8_t proto)
     return key;
 }
 
+GatewayRuleConfig rule(const char *name, const char *chain, uint32_t line = 0)
+{
+    GatewayRuleConfig r;
+    r.name = name;
+    r.chain = chain;
+    r.line = line;
+    return r;
+}
+
 Gateway make_gateway(std::vector<GatewayRuleConfig> rules, std::string default_action = "drop")
 {
     HostConfig cfg;
@@ -53,11 +62,11 @@ Gateway make_gateway(std::vector<GatewayRuleConfig> rules, std::string default_a
 
 TEST_CASE("first matching rule wins and counts")
 {
-    GatewayRuleConfig web{.name = "web", .chain = "a"};
+    GatewayRuleConfig web = rule("web", "a");
     web.proto = 6;
     web.dst_ports = PortRange{80, 443};
     web.dst = "10.0.0.0/8";
-    GatewayRuleConfig rest{.name = "rest", .chain = "b"};
+    GatewayRuleConfig rest = rule("rest", "b");
     Gateway gw = make_gateway({web, rest});
     CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 80)) == 0);
     CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 443)) == 0);
@@ -71,7 +80,7 @@ TEST_CASE("first matching rule wins and counts")
 
 TEST_CASE("prefixes match on bit boundaries, v4 and v6 apart")
 {
-    GatewayRuleConfig r{.name = "r", .chain = "a"};
+    GatewayRuleConfig r = rule("r", "a");
     r.src = "2001:db8:80::/41";
     Gateway gw = make_gateway({r});
     CHECK(gw.classify(0, 0, false, true, v6("2001:db8:80::1", "::1", 17)) == 0);
@@ -83,9 +92,9 @@ TEST_CASE("prefixes match on bit boundaries, v4 and v6 apart")
 
 TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules without L3/L4 keys")
 {
-    GatewayRuleConfig by_port{.name = "p1", .chain = "a"};
+    GatewayRuleConfig by_port = rule("p1", "a");
     by_port.in_port = "p1";
-    GatewayRuleConfig by_vlan{.name = "vlan", .chain = "b"};
+    GatewayRuleConfig by_vlan = rule("vlan", "b");
     by_vlan.vlan = 100;
     by_vlan.proto = 17;
     Gateway gw = make_gateway({by_port, by_vlan}, "p0");
@@ -101,7 +110,7 @@ TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules withou
 
 TEST_CASE("port ranges never match an ICMP echo id")
 {
-    GatewayRuleConfig r{.name = "r", .chain = "a"};
+    GatewayRuleConfig r = rule("r", "a");
     r.dst_ports = PortRange{0, 65535};
     Gateway gw = make_gateway({r});
     CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7)) == io::gateway_no_match);
@@ -110,14 +119,14 @@ TEST_CASE("port ranges never match an ICMP echo id")
 
 TEST_CASE("a rule naming an unknown chain or a bad prefix is refused with its line")
 {
-    GatewayRuleConfig ghost{.name = "g", .chain = "nope", .line = 12};
+    GatewayRuleConfig ghost = rule("g", "nope", 12);
     CHECK_THROWS_WITH_AS(make_gateway({ghost}), doctest::Contains("host.toml:12: [[gateway.rule]] 'g': unknown chain 'nope'"),
                          ConfigError);
-    GatewayRuleConfig bad{.name = "b", .chain = "a", .line = 7};
+    GatewayRuleConfig bad = rule("b", "a", 7);
     bad.src = "10.0.0.0/33";
     CHECK_THROWS_WITH_AS(make_gateway({bad}), doctest::Contains("host.toml:7: [[gateway.rule]] 'b': '10.0.0.0/33' has a bad prefix length"),
                          ConfigError);
-    GatewayRuleConfig mixed{.name = "m", .chain = "a", .line = 3};
+    GatewayRuleConfig mixed = rule("m", "a", 3);
     mixed.src = "10.0.0.0/8";
     mixed.dst = "::/0";
     CHECK_THROWS_WITH_AS(make_gateway({mixed}), doctest::Contains("different IP versions"), ConfigError);
