@@ -25,6 +25,7 @@
 
 #include "bench.h"
 #include "fixture.h"
+#include "nf_lab.h"
 
 #include <fmt/format.h>
 
@@ -273,7 +274,7 @@ struct Run {
     uint64_t packets = 0;
 };
 
-enum class Kind { testpmd_io, testpmd_macswap, serpens_1core, serpens_2core };
+enum class Kind { testpmd_io, testpmd_macswap, serpens_1core, serpens_2core, serpens_chain };
 
 struct Config {
     Kind kind;
@@ -288,6 +289,8 @@ const Config configs[] = {
     {Kind::testpmd_macswap, "testpmd macswap", "dpdk-testpmd", "macswap (swaps MACs)", 1},
     {Kind::serpens_1core, "serpens 1 core", "serpens-host", "parse+gateway+router+noop chain", 1},
     {Kind::serpens_2core, "serpens 2 cores", "serpens-host", "dispatch on main; chain on worker", 2},
+    // Only with --chain: the SFC (e.g. fw-mon-nat) on one core.
+    {Kind::serpens_chain, "serpens SFC 1 core", "serpens-host", "parse+gateway+router+SFC (--chain)", 1},
 };
 
 class ThroughputBench : public Subcommand {
@@ -319,6 +322,10 @@ public:
         app.add_option("--target-ratio", _target_ratio, "target: serpens 1 core / testpmd macswap (informational)")
             ->capture_default_str();
         app.add_flag("--keep", _keep, "keep the temporary directory (configs, pcap, logs)");
+        app.add_option("--chain", _sfc,
+                       "also run this SFC of real NFs on one core, e.g. fw-mon-nat (ratio to testpmd macswap; "
+                       "target >= 0.5x)");
+        app.add_option("--fw-rules", _fw_rules, "rules of the fw in --chain")->capture_default_str();
     }
 
     int run(const Options &opts) override
@@ -351,6 +358,9 @@ public:
         std::vector<const Config *> chosen;
         for (const Config &c : configs) {
             const bool is_testpmd = c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap;
+            if (c.kind == Kind::serpens_chain && _sfc.empty()) {
+                continue;
+            }
             if (wanted(c) && (c.kind != Kind::serpens_2core || _main_lcore != _fwd_lcore) &&
                 (is_testpmd ? have_testpmd : have_host) && !which(_pktgen).empty()) {
                 chosen.push_back(&c);
@@ -405,6 +415,7 @@ private:
         const char *key = c.kind == Kind::testpmd_io        ? "io"
                           : c.kind == Kind::testpmd_macswap ? "macswap"
                           : c.kind == Kind::serpens_1core   ? "serpens1"
+                          : c.kind == Kind::serpens_chain   ? "chain"
                                                             : "serpens2";
         return std::find(_only.begin(), _only.end(), key) != _only.end();
     }
@@ -484,6 +495,32 @@ private:
         fs::create_directories(_tmp / "chains");
         fs::copy_file(noop, _tmp / "plugins" / "serpens_nf_noop.so", fs::copy_options::overwrite_existing);
         fs::permissions(_tmp / "plugins" / "serpens_nf_noop.so", fs::perms(0755));
+        if (!_sfc.empty()) {
+            // The SFC's plugins beside noop; NF configs as the nf subcommand's.
+            std::vector<std::string> nfs;
+            for (std::size_t start = 0;;) {
+                const std::size_t dash = _sfc.find('-', start);
+                nfs.push_back(_sfc.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
+                if (dash == std::string::npos) {
+                    break;
+                }
+                start = dash + 1;
+            }
+            for (const std::string &nf : nfs) {
+                const std::string so = find_plugin(opts.plugin_dir, nf);
+                if (so.empty()) {
+                    throw std::runtime_error("no serpens_nf_" + nf + ".so in " + opts.plugin_dir + ": pass --plugins");
+                }
+                const fs::path dst = _tmp / "plugins" / ("serpens_nf_" + nf + ".so");
+                fs::copy_file(so, dst, fs::copy_options::overwrite_existing);
+                fs::permissions(dst, fs::perms(0755));
+            }
+            NfParams params;
+            params.fw_rules = _fw_rules;
+            params.flows = _flows;
+            std::ofstream(_tmp / "chains" / "sfc.toml") << "egress = \"out\"\n"
+                                                        << lab_chain_toml(_tmp, nfs, params, "sfc");
+        }
         std::ofstream(_tmp / "chains" / "passthrough.toml") << "name = \"passthrough\"\n"
                                                                "egress = \"out\"\n\n"
                                                                "[[nf]]\n"
@@ -491,12 +528,12 @@ private:
                                                                "plugin = \"noop\"\n";
     }
 
-    fs::path write_host_toml(bool two_cores)
+    fs::path write_host_toml(bool two_cores, const std::string &chain = "passthrough")
     {
         const int instance_lcore = _fwd_lcore;
         const std::string lcores = two_cores ? fmt::format("{},{}", _main_lcore, _fwd_lcore)
                                              : std::to_string(_fwd_lcore);
-        const fs::path path = _tmp / (two_cores ? "host-2core.toml" : "host-1core.toml");
+        const fs::path path = _tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
         std::ofstream out(path);
         out << fmt::format(
             "# serpens-bench throughput: {}\n"
@@ -504,7 +541,8 @@ private:
             "id = \"bench-tp-{}\"\n"
             "log_level = \"info\"\n"
             "plugin_dir = \"plugins\"\n"
-            "chains_dir = \"chains\"\n\n"
+            "chains_dir = \"chains\"\n"
+            "state_dir = \"state-{}\"\n\n"
             "[eal]\n"
             "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
             "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
@@ -521,16 +559,17 @@ private:
             "default = \"drop\"\n\n"
             "[[gateway.rule]]\n"
             "name = \"all\"\n"
-            "chain = \"passthrough\"\n\n"
+            "chain = \"{}\"\n\n"
             "[instances]\n"
             "burst = {}\n\n"
             "[[instance]]\n"
-            "chain = \"passthrough\"\n"
+            "chain = \"{}\"\n"
             "count = 1\n"
             "lcores = [{}]\n",
             two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
                       : "everything on the main lcore (one core)",
-            getpid(), lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), _burst, instance_lcore);
+            getpid(), _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst, chain,
+            instance_lcore);
         if (!out) {
             throw std::runtime_error("cannot write " + path.string());
         }
@@ -623,10 +662,10 @@ private:
         return r;
     }
 
-    Run run_serpens(bool two_cores)
+    Run run_serpens(bool two_cores, const std::string &chain = "passthrough")
     {
-        const fs::path toml = write_host_toml(two_cores);
-        const std::string what = two_cores ? "2core" : "1core";
+        const fs::path toml = write_host_toml(two_cores, chain);
+        const std::string what = chain + (two_cores ? "-2core" : "-1core");
         const fs::path log = _tmp / fmt::format("host-{}-{}.log", what, _runs);
         const fs::path json = _tmp / fmt::format("host-{}-{}.json", what, _runs);
         fs::remove(json);
@@ -678,6 +717,8 @@ private:
             return run_serpens(false);
         case Kind::serpens_2core:
             return run_serpens(true);
+        case Kind::serpens_chain:
+            return run_serpens(false, "sfc");
         }
         return {};
     }
@@ -763,7 +804,14 @@ private:
                                   fmt_num(m.min), fmt_num(m.max),
                                   per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median), cell(x_mac.median),
                                   cell(x_io.median), cell(x_mac_cpu.median)});
-            if (chosen[i]->kind == Kind::serpens_1core || chosen[i]->kind == Kind::serpens_2core) {
+            if (chosen[i]->kind == Kind::serpens_chain && macswap >= 0) {
+                summary += fmt::format("serpens SFC {} on 1 core / testpmd macswap = {} (rounds {}..{}; target >= "
+                                       "0.5): {}\n",
+                                       _sfc, fmt_num(x_mac.median), cell(x_mac.min), cell(x_mac.max),
+                                       x_mac.median >= 0.5 ? "MEETS" : "BELOW");
+            }
+            if (chosen[i]->kind == Kind::serpens_1core || chosen[i]->kind == Kind::serpens_2core ||
+                chosen[i]->kind == Kind::serpens_chain) {
                 summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i]->name, fmt_num(m.median),
                                        chosen[i]->lcores);
                 if (macswap >= 0) {
@@ -824,6 +872,8 @@ private:
     std::vector<std::string> _only;
     double _target_ratio = 0.8;
     bool _keep = false;
+    std::string _sfc;
+    uint32_t _fw_rules = 100;
 
     int _main_lcore = 0;
     int _fwd_lcore = 1;
