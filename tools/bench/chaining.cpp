@@ -61,6 +61,10 @@ public:
                 auto inst = chain.instance(0);
                 LabBatch b(_batch);
                 std::size_t cursor = 0;
+                for (std::size_t i = 0; i < traffic.size(); i += _batch) { // establish every flow
+                    b.load(traffic, cursor, _batch);
+                    inst->run(b.pkts.data(), b.n, b.labels.data(), now_ns());
+                }
                 serpens = summarize(measure(opts, [&](uint64_t iters) {
                     for (uint64_t i = 0; i < iters; ++i) {
                         b.load(traffic, cursor, _batch);
@@ -121,6 +125,11 @@ private:
             batches.push_back(std::make_unique<LabBatch>(_batch));
             batches.back()->load(traffic, cursor, _batch);
             pipe.submit(batches.back().get());
+        }
+        for (std::size_t i = 0; i < traffic.size(); i += _batch) { // establish every flow
+            LabBatch *b = pipe.wait();
+            b->load(traffic, cursor, _batch);
+            pipe.submit(b);
         }
         Summary s = summarize(measure(opts, [&](uint64_t iters) {
             for (uint64_t i = 0; i < iters; ++i) {

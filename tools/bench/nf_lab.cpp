@@ -28,6 +28,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #if SERPENS_BENCH_HAVE_HIREDIS
@@ -117,10 +118,12 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
                            write_fw_rules(dir, p.fw_rules), cap, p.fw_state);
     }
     if (plugin == "nat") {
-        return fmt::format("inside = [\"198.18.0.0/16\"]\nexternal = \"203.0.113.0/24\"\nmax_mappings = {}\n", cap);
+        return fmt::format("inside = [\"198.18.0.0/16\"]\nexternal = \"{}\"\nmax_mappings = {}\n", p.nat_external,
+                           cap);
     }
     if (plugin == "mon") {
-        return fmt::format("max_flows = {}\nmax_hosts = {}\n", cap, std::min<uint64_t>(1u << 22, cap));
+        return fmt::format("max_flows = {}\nmax_hosts = {}\n", cap,
+                           p.mon_hosts ? p.mon_hosts : std::min<uint64_t>(1u << 22, cap));
     }
     if (plugin == "ids") {
         const fs::path rules = dir / "ids.rules";
@@ -207,6 +210,11 @@ ExecutorResolver NfChain::resolver()
 
 uint32_t NfChain::run_cold(const serpens_host_api *api, LabBatch &b)
 {
+    // One cold load at a time: loading, parsing and init from several stage
+    // threads at once crashed inside toml++ (seen here); on one core they
+    // would only interleave anyway.
+    static std::mutex cold_mu;
+    std::lock_guard<std::mutex> lock(cold_mu);
     PluginRegistry registry; // destroyed last: dlclose after fini
     for (const std::string &p : _paths) {
         if (!registry.load_file(p)) {
