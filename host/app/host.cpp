@@ -400,11 +400,13 @@ int run_host(const HostOptions &options)
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
             // The state manager's clock: timers, triggers, idle-flow expiry.
+            // 5 ms: fine enough for ms-scale timers and deferred triggers, and
+            // at 1 ms this thread alone cost an idle host 1.2% of a core.
             std::atomic<bool> ticking{true};
             std::thread state_manager([&] {
                 while (ticking.load(std::memory_order_relaxed)) {
                     store.tick(monotonic_ns());
-                    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                    std::this_thread::sleep_for(std::chrono::milliseconds(5));
                 }
             });
             spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);

@@ -78,6 +78,9 @@ struct VersionCache {
     uint64_t slot[size] = {}; // slot index + 1; 0 = unused
     uint64_t ver[size] = {};
     uint32_t next = 0;
+    // The hash of the last key this instance read as absent (0: none): a put
+    // of that key must not land on a cell someone created meanwhile.
+    uint64_t absent_hash = 0;
     static constexpr uint64_t none = ~0ull;
 
     uint64_t find(uint64_t s) const noexcept
