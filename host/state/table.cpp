@@ -816,6 +816,15 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
             }
         }
         if (!cas(cp, expected, expected | ctl_w)) {
+            const uint64_t now = ld_acq(cp);
+            if ((now & ctl_w) != 0 && (now & ~ctl_w) == expected) {
+                // The state manager holds the cell (merge/split) and has not
+                // changed it yet: wait for it rather than make the NF retry
+                // against a lock it cannot outwait (mon gave up after 4
+                // EAGAINs and lost an increment on a loaded machine).
+                cpu_relax();
+                continue;
+            }
             return err_again; // the cell moved on since this instance read it
         }
         uint32_t nb = ctl_buf(expected) ^ 1u;
