@@ -123,7 +123,11 @@ private:
     void main_loop(Lcore &lcore);
     uint32_t dispatch(uint16_t port_index, uint64_t now);
     uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
+    // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
+    // Runs the chain on views[i] of mbufs[i], then frees or transmits each.
+    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
+                   uint64_t now);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);

@@ -165,6 +165,16 @@ inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
 // flatten: pull the generic template and the intrinsics into one function
 // compiled for SSE4.2 (always_inline cannot cross the target mismatch).
 [[gnu::target("sse4.2"), gnu::flatten]] uint32_t flow_hash_hw(const FlowKey &k) noexcept { return flow_hash_impl<HwCrc>(k); }
+
+// One loop over independent keys: the CPU overlaps their CRC dependency
+// chains, where hashing inside the per-packet parse left each chain exposed.
+[[gnu::target("sse4.2"), gnu::flatten]] void flow_hash_burst_hw(const FlowKey *keys, uint32_t n,
+                                                              uint32_t *out) noexcept
+{
+    for (uint32_t i = 0; i < n; ++i) {
+        out[i] = flow_hash_impl<HwCrc>(keys[i]);
+    }
+}
 [[gnu::target("sse4.2"), gnu::flatten]] uint32_t crc_bytes_hw(uint32_t c, const uint8_t *p, std::size_t n) noexcept
 {
     return crc_bytes<HwCrc>(c, p, n);
@@ -491,7 +501,7 @@ uint32_t crc32c(uint32_t crc, const void *data, std::size_t len) noexcept
     return crc_bytes<SoftCrc>(crc, p, len);
 }
 
-ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept
+ParseResult parse_headers(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept
 {
     key = FlowKey{};
     pkt.l3_offset = SERPENS_OFFSET_NONE;
@@ -538,8 +548,29 @@ ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, Fl
         return fail(pkt, key, r);
     }
     pkt.flags |= SERPENS_PKT_F_PARSED;
-    pkt.flow_hash = key.hash();
     return ParseResult::ok;
+}
+
+ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept
+{
+    const ParseResult r = parse_headers(data, len, pkt, key);
+    if (r == ParseResult::ok) {
+        pkt.flow_hash = key.hash();
+    }
+    return r;
+}
+
+void hash_flows(const FlowKey *keys, uint32_t n, uint32_t *out) noexcept
+{
+#ifdef SERPENS_NET_HAVE_X86
+    if (g_have_sse42) {
+        flow_hash_burst_hw(keys, n, out);
+        return;
+    }
+#endif
+    for (uint32_t i = 0; i < n; ++i) {
+        out[i] = flow_hash_impl<SoftCrc>(keys[i]);
+    }
 }
 
 } // namespace serpens::net

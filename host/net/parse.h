@@ -134,6 +134,13 @@ inline constexpr unsigned kMaxIpv6ExtHeaders = 8;
 // vlan_id / F_VLAN describe the tags read so far.
 ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept;
 
+// parse_packet without the flow hash (flow_hash is left 0): for a caller that
+// parses a whole burst first and then hashes its keys with hash_flows.
+ParseResult parse_headers(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept;
+
+// out[i] = keys[i].hash() for i < n, faster than one at a time.
+void hash_flows(const FlowKey *keys, uint32_t n, uint32_t *out) noexcept;
+
 // Same, over the view's own data/len.
 inline ParseResult parse_packet(serpens_pkt &pkt, FlowKey &key) noexcept
 {

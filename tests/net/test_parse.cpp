@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 using namespace serpens::net;
 using namespace serpens::net::test;
@@ -547,6 +548,38 @@ TEST_CASE("flow hash spreads many flows")
         CHECK(b > kFlows / 16 / 2); // no bucket below half its share
         CHECK(b < kFlows / 16 * 2);
     }
+}
+
+TEST_CASE("a burst parsed, then hashed at once, equals parsing one packet at a time")
+{
+    // The dispatcher's path (parse_headers + hash_flows) and parse_packet
+    // must agree on every packet, or flows would land on other instances.
+    const std::vector<Bytes> frames = {v4_tcp(40000, 80, {10, 0, 0, 1}, {10, 0, 0, 2}),
+                                       v4_tcp(80, 40000, {10, 0, 0, 2}, {10, 0, 0, 1}),
+                                       v6_tcp(1, 2),
+                                       v6_tcp(2, 1),
+                                       Bytes(10, 0xab)};
+    std::vector<FlowKey> keys(frames.size());
+    std::vector<uint32_t> hashes(frames.size());
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+        Bytes copy = frames[i];
+        serpens_pkt pkt{};
+        const ParseResult r = parse_headers(copy.data(), static_cast<uint32_t>(copy.size()), pkt, keys[i]);
+        CHECK(pkt.flow_hash == 0);
+        CHECK(r == parse(frames[i]).result);
+    }
+    hash_flows(keys.data(), static_cast<uint32_t>(keys.size()), hashes.data());
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+        CAPTURE(i);
+        CHECK(hashes[i] == keys[i].hash());
+        const Parsed one = parse(frames[i]);
+        if (one.result == ParseResult::ok) {
+            CHECK(one.key == keys[i]);
+            CHECK(hashes[i] == one.pkt.flow_hash);
+        }
+    }
+    CHECK(hashes[0] == hashes[1]);
+    CHECK(hashes[2] == hashes[3]);
 }
 
 } // TEST_SUITE("flowhash")
