@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct Options {
     double min_time_ms = 200;  // each repeat runs at least this long
     bool quick = false;        // smaller sizes, fewer repeats (smoke runs)
     bool plot = false;         // resolved: requested and a plotter exists
+    bool reference = true;     // measure and draw the testpmd io reference line
     int cpu = -1;              // the measuring thread's CPU, -1 when not pinned
     cpu_set_t worker_cpus{};   // affinity of worker threads the benchmarks create
     std::string worker_cpus_text;
@@ -136,8 +138,27 @@ struct PlotSpec {
     std::string ylabel;
     bool logy = false;
 };
+// A dashed horizontal line across a figure, with its legend entry.
+struct RefLine {
+    double y = 0;
+    std::string label;
+};
 // Draws <out>/<name>.png when opts.plot; prints why not when it fails.
-void plot(const Options &opts, const Table &table, const PlotSpec &spec);
+void plot(const Options &opts, const Table &table, const PlotSpec &spec,
+          const std::optional<RefLine> &ref = std::nullopt);
+
+// ---- the reference line ----------------------------------------------------
+
+// Mpps of dpdk-testpmd io forwarding (net_pcap replay -> net_null, one
+// forwarding core, the vdevs and pcap of `throughput`): measured once per
+// serpens-bench process, by `throughput` or on first use, and drawn on every
+// throughput figure so each can be read against what the I/O alone allows.
+// Empty with --no-reference or when testpmd is not installed.
+std::optional<double> reference_io_mpps(const Options &opts);
+// plot() for a Mpps figure: with the reference line when there is one.
+void plot_with_reference(const Options &opts, const Table &table, const PlotSpec &spec);
+// One line for a figure's notes: where the reference came from.
+std::string reference_note(const Options &opts);
 
 // Sets opts.python to the first interpreter (opts.python if given, else
 // python3 on PATH, then Debian's /usr/bin/python3) that imports matplotlib.

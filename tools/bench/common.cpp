@@ -175,7 +175,7 @@ std::string find_plotter(Options &opts)
            "; apt-get install python3-matplotlib or pass --python)";
 }
 
-void plot(const Options &opts, const Table &table, const PlotSpec &spec)
+void plot(const Options &opts, const Table &table, const PlotSpec &spec, const std::optional<RefLine> &ref)
 {
     if (!opts.plot) {
         return;
@@ -205,6 +205,9 @@ void plot(const Options &opts, const Table &table, const PlotSpec &spec)
     }
     if (spec.logy) {
         argv.push_back("--logy");
+    }
+    if (ref) {
+        argv.insert(argv.end(), {"--ref", fmt::format("{}", ref->y), "--ref-label", ref->label});
     }
     // fork/exec rather than system(): no shell quoting of titles and paths.
     const pid_t pid = fork();

@@ -113,7 +113,7 @@ public:
         std::cout << ratios;
         write_csv(opts, t);
         write_notes(opts, t.name,
-                    ratios + fmt::format(
+                    std::string(ratios + fmt::format(
                                  "\nAll threads pinned to CPU {}; 10k flows of 64 B TCP/UDP; fw {} rules.  "
                                  "Fission/OpenFaaS: every NF hop of every batch dlopens the plugin, compiles the "
                                  "chain, runs NF init (fw: parses its rules; ids: compiles its Hyperscan "
@@ -126,8 +126,8 @@ public:
                                  "reads values from a local mirror so it behaves exactly as with local state).  "
                                  "ids keeps its streams per instance (no host state calls), so it pays no redis "
                                  "traffic.  `serpens_x` = Serpens throughput / this platform's.\n",
-                                 cpu, _rules));
-        plot(opts, t, PlotSpec{"bar", "workload", "platform", {"mpps"}, "", "", "Mpps (log)", true});
+                                 cpu, _rules)) + "\n" + reference_note(opts));
+        plot_with_reference(opts, t, PlotSpec{"bar", "workload", "platform", {"mpps"}, "", "", "Mpps (log)", true});
         return 0;
     }
 

@@ -115,9 +115,9 @@ public:
             "ordering (fork << kThread create < kThread pool < uThread < call) on their hardware; their absolute "
             "numbers are not reproduced here.\n",
             _rules, _flows, opts.worker_cpus_text, _load * 100);
-        write_notes(opts, tp.name, notes);
+        write_notes(opts, tp.name, notes + "\n" + reference_note(opts));
         write_notes(opts, lt.name, notes);
-        plot(opts, tp, PlotSpec{"line", "batch", "model", {"mpps"}, "", "", "Mpps (log)", true});
+        plot_with_reference(opts, tp, PlotSpec{"line", "batch", "model", {"mpps"}, "", "", "Mpps (log)", true});
         plot(opts, lt, PlotSpec{"line", "batch", "model", {"p99_us"}, "", "", "p99 latency, us (log)", true});
         return 0;
     }

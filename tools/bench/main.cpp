@@ -105,6 +105,9 @@ int main(int argc, char **argv)
     auto *plot_opt = app.add_flag("--plot", want_plot,
                                   "draw PNGs (default: on when python3-matplotlib is installed)");
     app.add_flag("--no-plot", no_plot, "do not draw PNGs")->excludes(plot_opt);
+    bool no_reference = false;
+    app.add_flag("--no-reference", no_reference,
+                 "do not measure dpdk-testpmd io forwarding for the reference line of the throughput figures");
     app.add_option("--plot-script", opts.plot_script, "the plotting script (tools/bench/plot.py)")
         ->capture_default_str();
     app.add_option("--python", opts.python,
@@ -140,6 +143,7 @@ int main(int argc, char **argv)
     if (opts.quick && time_opt->count() == 0) {
         opts.min_time_ms = 20;
     }
+    opts.reference = !no_reference;
     if (opts.repeat < 1 || opts.min_time_ms <= 0) {
         std::cerr << "--repeat must be >= 1 and --min-time > 0\n";
         return 2;

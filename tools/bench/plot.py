@@ -4,10 +4,13 @@ generic on purpose, so a new subcommand needs no new plotting code.
 
   plot.py --csv T.csv --out T.png --kind bar|line --x COL --y COL[,COL...]
           [--group COL] [--lo COL --hi COL] [--logy] [--title T] [--ylabel L]
+          [--ref Y --ref-label TEXT]
 
-bar:  grouped bars, one group per row (labelled by --x), one bar per --y column.
+bar:  grouped bars, one group per row (labelled by --x), one bar per --y column;
+      with --group: one cluster per --x value, one bar per --group value (first --y).
 line: x numeric; one line per value of --group (or per --y column).
 --lo/--hi: error bars (spread) for the first --y series.
+--ref: a dashed horizontal reference line at Y (e.g. dpdk-testpmd io Mpps).
 """
 import argparse
 import csv
@@ -41,6 +44,8 @@ def main():
     ap.add_argument("--logy", action="store_true")
     ap.add_argument("--title", default="")
     ap.add_argument("--ylabel", default="")
+    ap.add_argument("--ref", type=float)
+    ap.add_argument("--ref-label", default="reference")
     args = ap.parse_args()
 
     with open(args.csv, newline="") as f:
@@ -50,7 +55,23 @@ def main():
     ys = args.y.split(",")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    if args.kind == "bar":
+    if args.kind == "bar" and args.group:
+        # One cluster per --x value, one bar (and legend entry) per --group value.
+        cats = list(dict.fromkeys(r[args.x] for r in rows))
+        groups = list(dict.fromkeys(r[args.group] for r in rows))
+        width = 0.8 / len(groups)
+        for k, g in enumerate(groups):
+            rs = {r[args.x]: r for r in rows if r[args.group] == g}
+            xs = [i + (k - (len(groups) - 1) / 2) * width for i, c in enumerate(cats) if c in rs]
+            vals = [num(rs[c][ys[0]]) for c in cats if c in rs]
+            err = None
+            if args.lo and args.hi:
+                err = [[v - num(rs[c][args.lo]) for v, c in zip(vals, [c for c in cats if c in rs])],
+                       [num(rs[c][args.hi]) - v for v, c in zip(vals, [c for c in cats if c in rs])]]
+            ax.bar(xs, vals, width, yerr=err, capsize=3, label=g)
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels(cats, rotation=15, ha="right")
+    elif args.kind == "bar":
         labels = [r[args.x] for r in rows]
         width = 0.8 / len(ys)
         for k, col in enumerate(ys):
@@ -84,6 +105,8 @@ def main():
         ax.set_xlabel(args.x)
         if len({num(r[args.x]) for r in rows}) > 2:
             ax.set_xscale("log", base=2)
+    if args.ref is not None:
+        ax.axhline(args.ref, color="black", linestyle="--", linewidth=1, label=args.ref_label)
     if args.logy:
         ax.set_yscale("log")
     ax.set_ylabel(args.ylabel)

@@ -80,15 +80,15 @@ public:
         print_table(t);
         write_csv(opts, t);
         write_notes(opts, t.name,
-                    "Local: the NF's tables in the host's StateStore (shared memory), NF run by function call.  "
+                    std::string("Local: the NF's tables in the host's StateStore (shared memory), NF run by function call.  "
                     "Redis: the same NF built with the RemoteClient shim — each get/put/delete/bulk is appended to "
                     "a pipeline (GET/SET/DEL on redis) that is sent and fully answered at the end of every batch "
                     "(the paper aggregated requests per batch); the NF reads values from the local mirror, so its "
                     "behaviour is the same.  Fig. 14's comparison is the two redis rows: function call vs "
                     "handing each batch to a kernel-thread-pool worker.  `local_x` = local throughput / this row's.  "
                     "ids keeps its Hyperscan streams per instance and makes no host state calls: its redis rows "
-                    "send nothing.  The flows are established (one pass) before timing.\n");
-        plot(opts, t, PlotSpec{"bar", "nf", "model", {"mpps"}, "", "", "Mpps (log)", true});
+                    "send nothing.  The flows are established (one pass) before timing.\n") + "\n" + reference_note(opts));
+        plot_with_reference(opts, t, PlotSpec{"bar", "nf", "model", {"mpps"}, "", "", "Mpps (log)", true});
         return 0;
     }
 

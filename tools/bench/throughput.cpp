@@ -44,6 +44,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -289,9 +290,20 @@ const Config configs[] = {
     {Kind::testpmd_macswap, "testpmd macswap", "dpdk-testpmd", "macswap (swaps MACs)", 1},
     {Kind::serpens_1core, "serpens 1 core", "serpens-host", "parse+gateway+router+noop chain", 1},
     {Kind::serpens_2core, "serpens 2 cores", "serpens-host", "dispatch on main; chain on worker", 2},
-    // Only with --chain: the SFC (e.g. fw-mon-nat) on one core.
+    // The SFC of --chain (default fw-mon-nat; --chain "" leaves it out) on one core.
     {Kind::serpens_chain, "serpens SFC 1 core", "serpens-host", "parse+gateway+router+SFC (--chain)", 1},
 };
+
+// The one reference measurement of this process (see bench.h).
+struct ReferenceCache {
+    bool measured = false;
+    std::optional<double> mpps;
+};
+ReferenceCache &reference_cache()
+{
+    static ReferenceCache cache;
+    return cache;
+}
 
 class ThroughputBench : public Subcommand {
 public:
@@ -317,14 +329,15 @@ public:
         app.add_option("--host", _host, "serpens-host executable (default: this build's)")->capture_default_str();
         app.add_option("--pktgen", _pktgen, "serpens-pktgen executable (default: this build's)")
             ->capture_default_str();
-        app.add_option("--only", _only, "configurations to run: io, macswap, serpens1, serpens2 (default all)")
+        app.add_option("--only", _only, "configurations to run: io, macswap, serpens1, serpens2, chain (default all)")
             ->expected(1, -1);
         app.add_option("--target-ratio", _target_ratio, "target: serpens 1 core / testpmd macswap (informational)")
             ->capture_default_str();
         app.add_flag("--keep", _keep, "keep the temporary directory (configs, pcap, logs)");
         app.add_option("--chain", _sfc,
-                       "also run this SFC of real NFs on one core, e.g. fw-mon-nat (ratio to testpmd macswap; "
-                       "target >= 0.5x)");
+                       "also run this SFC of real NFs (dash-separated plugin names) on one core, as a ratio to "
+                       "testpmd macswap (issue target >= 0.5x for fw-mon-nat); \"\" to leave it out")
+            ->capture_default_str();
         app.add_option("--fw-rules", _fw_rules, "rules of the fw in --chain")->capture_default_str();
     }
 
@@ -376,6 +389,34 @@ public:
         }
         _skipped = skipped;
 
+        return in_scratch_dir([&] { return measure_all(opts, chosen); });
+    }
+
+    // The reference line of every throughput figure: testpmd io forwarding
+    // on this subcommand's vdevs and pcap, one short run.  Empty when a tool
+    // is missing (the figures then go without it).
+    std::optional<double> measure_reference(const Options &opts)
+    {
+        _window_s = 1.0;
+        _warmup_s = 0.3;
+        pick_lcores(opts);
+        if (which(_testpmd).empty() || which(_pktgen).empty()) {
+            return std::nullopt;
+        }
+        std::optional<double> mpps;
+        in_scratch_dir([&] {
+            make_pcap();
+            mpps = run_testpmd("io").mpps;
+            return 0;
+        });
+        return mpps;
+    }
+
+private:
+    // Runs `body` with a fresh temporary directory (_tmp) for configs, pcap
+    // and logs; removes it afterwards unless --keep (or on error, for a look).
+    template <class Body> int in_scratch_dir(Body &&body)
+    {
         const char *tmpdir = std::getenv("TMPDIR");
         std::string dir_template =
             (fs::path(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp") / "serpens-bench-throughput-XXXXXX")
@@ -390,7 +431,7 @@ public:
         sigaction(SIGPIPE, &ignore, &old_pipe);
         int rc = 0;
         try {
-            rc = measure_all(opts, chosen);
+            rc = body();
         } catch (...) {
             sigaction(SIGPIPE, &old_pipe, nullptr);
             std::cout << "throughput: logs kept in " << _tmp.string() << '\n';
@@ -406,7 +447,6 @@ public:
         return rc;
     }
 
-private:
     bool wanted(const Config &c) const
     {
         if (_only.empty()) {
@@ -756,6 +796,14 @@ private:
         };
         const int io = find(Kind::testpmd_io);
         const int macswap = find(Kind::testpmd_macswap);
+        if (io >= 0 && opts.reference && !reference_cache().measured) {
+            // This run's io rounds are the reference for every later figure.
+            std::vector<double> io_mpps;
+            for (const Run &r : runs[static_cast<std::size_t>(io)]) {
+                io_mpps.push_back(r.mpps);
+            }
+            reference_cache() = ReferenceCache{true, summarize(io_mpps).median};
+        }
         // Ratios per round (same round: same load), then their median and range.
         auto ratio = [&](std::size_t i, int ref, bool per_core) -> Summary {
             std::vector<double> v;
@@ -848,8 +896,8 @@ private:
             fmt_num(_target_ratio), summary, _pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", _burst,
             _mbufs, _memory_mb, _main_lcore, _fwd_lcore, fmt_num(_window_s), fmt_num(_warmup_s),
             fmt_num(_window_s), _skipped.empty() ? "" : "\nNot measured: " + _skipped);
-        write_notes(opts, table.name, notes);
-        plot(opts, table, PlotSpec{"bar", "config", "", {"mpps"}, "mpps_min", "mpps_max", "Mpps", false});
+        write_notes(opts, table.name, notes + "\n" + reference_note(opts));
+        plot_with_reference(opts, table, PlotSpec{"bar", "config", "", {"mpps"}, "mpps_min", "mpps_max", "Mpps", false});
         return 0;
     }
 
@@ -872,8 +920,8 @@ private:
     std::vector<std::string> _only;
     double _target_ratio = 0.8;
     bool _keep = false;
-    std::string _sfc;
-    uint32_t _fw_rules = 100;
+    std::string _sfc = "fw-mon-nat";
+    uint32_t _fw_rules = 1000;
 
     int _main_lcore = 0;
     int _fwd_lcore = 1;
@@ -886,8 +934,53 @@ private:
 
 } // namespace
 
+std::optional<double> reference_io_mpps(const Options &opts)
+{
+    ReferenceCache &cache = reference_cache();
+    if (!opts.reference) {
+        return std::nullopt;
+    }
+    if (!cache.measured) {
+        cache.measured = true;
+        std::cout << "reference: measuring dpdk-testpmd io forwarding for the figures' reference line\n";
+        try {
+            cache.mpps = ThroughputBench().measure_reference(opts);
+        } catch (const std::exception &e) {
+            std::cout << "reference: not measured: " << e.what() << '\n';
+        }
+        if (cache.mpps) {
+            std::cout << fmt::format("reference: dpdk-testpmd io {} Mpps\n", fmt_num(*cache.mpps));
+        } else {
+            std::cout << "reference: none (dpdk-testpmd or serpens-pktgen missing)\n";
+        }
+    }
+    return cache.mpps;
+}
+
+void plot_with_reference(const Options &opts, const Table &table, const PlotSpec &spec)
+{
+    std::optional<RefLine> line;
+    if (const auto mpps = reference_io_mpps(opts)) {
+        line = RefLine{*mpps, fmt::format("dpdk-testpmd io, same vdevs: {} Mpps", fmt_num(*mpps))};
+    }
+    plot(opts, table, spec, line);
+}
+
+std::string reference_note(const Options &opts)
+{
+    const auto mpps = reference_io_mpps(opts);
+    if (!mpps) {
+        return "No reference line: dpdk-testpmd io was not measured in this run (--no-reference, or testpmd "
+               "not installed).\n";
+    }
+    return fmt::format("Reference line: dpdk-testpmd io forwarding, net_pcap replay -> net_null on one core, "
+                       "{} Mpps, measured in this run (see `throughput`): the I/O alone, no packet access.\n",
+                       fmt_num(*mpps));
+}
+
 SERPENS_BENCH_SUBCOMMAND(ThroughputBench, "throughput",
-                         "Mpps of serpens-host (noop chain, 1 and 2 cores) vs dpdk-testpmd io/macswap, same vdevs",
-                         30);
+                         "Mpps of serpens-host (noop chain, 1 and 2 cores; the SFC of --chain) vs dpdk-testpmd "
+                         "io/macswap, same vdevs",
+                         22);
 
 } // namespace serpens::bench
