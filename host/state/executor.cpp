@@ -426,11 +426,29 @@ int Executor::op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, 
         return SERPENS_EINVAL;
     }
     std::lock_guard lk(_mu);
+    if (key == nullptr) {
+        int rc = SERPENS_OK;
+        t.for_each_live_slot([&](std::size_t s) {
+            int r = (this->*op)(t, s);
+            rc = rc == SERPENS_OK ? r : rc;
+        });
+        return rc;
+    }
     std::size_t s = t.find_live(key);
     if (s == Table::npos) {
         return SERPENS_ENOENT;
     }
     return (this->*op)(t, s);
+}
+
+int Executor::update_all_locked(Table &t)
+{
+    int rc = SERPENS_OK;
+    t.for_each_live_slot([&](std::size_t s) {
+        int r = update_locked(t, s);
+        rc = rc == SERPENS_OK ? r : rc;
+    });
+    return rc;
 }
 
 int Executor::split(Table &t, const void *key)
@@ -448,7 +466,10 @@ int Executor::timer(Table &t, const void *key, uint64_t period_ns)
         return SERPENS_EINVAL;
     }
     std::lock_guard lk(_mu);
-    std::vector<uint8_t> k(static_cast<const uint8_t *>(key), static_cast<const uint8_t *>(key) + t.key_size());
+    std::vector<uint8_t> k;
+    if (key != nullptr) {
+        k.assign(static_cast<const uint8_t *>(key), static_cast<const uint8_t *>(key) + t.key_size());
+    }
     auto it = std::find_if(_timers.begin(), _timers.end(), [&](const Timer &x) { return x.table == &t && x.key == k; });
     if (period_ns == 0) {
         if (it != _timers.end()) {
@@ -468,7 +489,7 @@ int Executor::timer(Table &t, const void *key, uint64_t period_ns)
 
 int Executor::trigger(Table &t, const void *key, uint32_t instance)
 {
-    if (!is_global_write(t.kind())) {
+    if (!is_global_write(t.kind()) || key == nullptr) {
         return SERPENS_EINVAL;
     }
     std::unique_lock lk(_mu, std::try_to_lock);
@@ -548,8 +569,9 @@ void Executor::tick(uint64_t now_ns)
         std::lock_guard lk(_mu);
         for (auto &tm : _timers) {
             if (now_ns >= tm.due_ns) {
-                std::size_t s = tm.table->find_live(tm.key.data());
-                if (s != Table::npos) {
+                if (tm.key.empty()) {
+                    update_all_locked(*tm.table);
+                } else if (std::size_t s = tm.table->find_live(tm.key.data()); s != Table::npos) {
                     update_locked(*tm.table, s);
                 }
                 tm.due_ns = now_ns + tm.period_ns;

@@ -103,12 +103,15 @@ public:
     // State manager operations for global/write tables.  They take the
     // executor's lock (never call them from a hot loop); SERPENS_OK or a
     // negative code (SERPENS_ENOENT: no such key, SERPENS_EINVAL: not a
-    // global/write table, or an NF hook's own code).
+    // global/write table, or an NF hook's own code).  key == nullptr: every
+    // live key of the table (the first failure's code is returned; the other
+    // keys are still done).
     int split(Table &t, const void *key);
     int merge(Table &t, const void *key);
     int update(Table &t, const void *key);
     // Runs update (RELEASE) / merge (EVENTUAL) every period_ns from tick();
-    // period 0 cancels.
+    // period 0 cancels.  key == nullptr: one timer for every key of the
+    // table, including keys created after this call.
     int timer(Table &t, const void *key, uint64_t period_ns);
     // An instance ran out: rebalance now if the lock is free, else at the
     // next tick.  Never blocks.  RELEASE with the default format returns
@@ -140,7 +143,7 @@ public:
 private:
     struct Timer {
         Table *table;
-        std::vector<uint8_t> key;
+        std::vector<uint8_t> key; // empty: every key of the table
         uint64_t period_ns;
         uint64_t due_ns;
     };
@@ -165,6 +168,7 @@ private:
     int update_slot(Table &t, std::size_t slot) { return update_locked(t, slot); }
     int merge_slot(Table &t, std::size_t slot);
     void run_pending_locked();
+    int update_all_locked(Table &t);
 
     StateStore &_store;
     std::string _chain;

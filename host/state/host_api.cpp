@@ -85,6 +85,16 @@ uint64_t shim_get_bulk(serpens_table *t, const void *keys, uint32_t n, void *val
     return mask;
 }
 
+uint64_t shim_add_bulk(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas)
+{
+    TableHandle *h = from_abi(t);
+    if (h->kind != TableKind::eventual ||
+        !(ld_rlx(&h->table->header().active_mask) & (1ull << h->instance))) {
+        return 0;
+    }
+    return h->table->cell_add_bulk(keys, n, h->cell, deltas);
+}
+
 int shim_split(serpens_table *t, const void *key)
 {
     TableHandle *h = from_abi(t);
@@ -129,6 +139,7 @@ void install_host_api(serpens_host_api &api)
     api.update = &shim_update;
     api.timer = &shim_timer;
     api.trigger = &shim_trigger;
+    api.add_state_bulk = &shim_add_bulk;
 }
 
 } // namespace serpens::state

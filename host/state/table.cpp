@@ -838,6 +838,81 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
     }
 }
 
+int Table::cell_add(const KeyBuf &k, uint32_t cellno, const uint64_t *delta) noexcept
+{
+    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    for (;;) {
+        // Lock-free find first (the common case: the key exists).
+        std::size_t found = npos;
+        std::size_t i = home(k.h);
+        for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
+            SlotHeader *s = slot(i);
+            uint64_t c = ld_acq(&s->ctl);
+            if (ctl_state(c) == slot_empty) {
+                break;
+            }
+            if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
+                found = i;
+                break;
+            }
+        }
+        if (found == npos) {
+            Probe p = probe_for_write(k);
+            if (p.found == npos) {
+                int r = insert(k, p, nullptr);
+                if (r != SERPENS_OK && r != err_again) {
+                    return r;
+                }
+                continue; // look it up again (ours, or a racing creator's)
+            }
+            found = p.found;
+        }
+        uint64_t *cp = cell(slot(found), cellno);
+        uint64_t c = ld_acq(cp);
+        if ((c & ctl_w) || !cas(cp, c, c | ctl_w)) {
+            cpu_relax(); // the state manager (or a merge) holds the cell: wait
+            continue;
+        }
+        const uint64_t *src = cbuf(cp, ctl_buf(c));
+        const uint32_t nb = ctl_buf(c) ^ 1u;
+        uint64_t *dst = cbuf(cp, nb);
+        for (uint32_t w = 0; w < _vw; ++w) {
+            st_rlx(dst + w, ld_rlx(src + w) + delta[w]);
+        }
+        st_rel(cp, ctl_next(c, 0, nb));
+        return SERPENS_OK;
+    }
+}
+
+uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, const uint64_t *deltas) noexcept
+{
+    if (_cells == 0 || cellno >= _cells || _value_size % 8 != 0) {
+        return 0;
+    }
+    if (n > max_bulk) {
+        n = max_bulk;
+    }
+    KeyBuf kb[max_bulk];
+    const auto *kp = static_cast<const uint8_t *>(keys);
+    // Hash everything and prefetch each home slot's header and our cell
+    // first, so the misses of the n keys overlap.
+    for (uint32_t i = 0; i < n; ++i) {
+        load_key(kb[i], kp + static_cast<std::size_t>(i) * _key_size);
+        SlotHeader *s = slot(home(kb[i].h));
+        __builtin_prefetch(s);
+        uint64_t *cp = cell(s, cellno);
+        __builtin_prefetch(cp, 1);
+        __builtin_prefetch(cp + 2 * _vw, 1);
+    }
+    uint64_t mask = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (cell_add(kb[i], cellno, deltas + static_cast<std::size_t>(i) * _vw) == SERPENS_OK) {
+            mask |= 1ull << i;
+        }
+    }
+    return mask;
+}
+
 void Table::try_reclaim(std::size_t i) noexcept
 {
     // A tombstone whose successor is empty ends no chain that needs it, so it

@@ -152,6 +152,13 @@ public:
     // `vc` holds a version for this key the write is refused with err_again
     // if the cell changed since.  SERPENS_ENOSPC when full.
     int cell_put(const void *key, uint32_t cell, const void *value, VersionCache *vc) noexcept;
+    // EVENTUAL with uint64 values: adds row i of `deltas` (value_size / 8
+    // words each) to key i's cell, creating the key (all cells zero) when
+    // absent; n <= 64 keys back to back.  One probe per key, misses of all
+    // keys overlapped; waits out a state manager holding the cell (an
+    // addition commutes with its merge).  Returns the mask of rows applied
+    // (a row is not when the table is full).
+    uint64_t cell_add_bulk(const void *keys, uint32_t n, uint32_t cell, const uint64_t *deltas) noexcept;
 
     // Removes per-flow entries idle for more than idle_ns, visiting at most
     // `budget` slots from a shared cursor (so it can run in small steps from
@@ -271,6 +278,7 @@ private:
         }
     }
     inline int lookup(const KeyBuf &k, void *out) noexcept;
+    int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
     Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;

@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 0
+#define SERPENS_ABI_MINOR 1
 
 /* The name of the one symbol every plugin exports. */
 #define SERPENS_NF_ENTRY_SYMBOL "serpens_nf_entry"
@@ -224,6 +224,12 @@ struct serpens_host_api {
     /* Looks up n (<= 64) keys laid out back to back; copies hits into values
      * (n * value_size bytes) and returns a bit mask of the hits. */
     uint64_t (*get_state_bulk)(serpens_table *t, const void *keys, uint32_t n, void *values);
+    /* State-manager operations on one key of a GLOBAL|WRITE table (paper
+     * Fig. 9).  timer runs update (RELEASE) / merge (EVENTUAL) every
+     * period_ns; period 0 cancels.  Since ABI 1.1 a NULL key to split, merge,
+     * update and timer means "every key of the table", including keys created
+     * later (one table-wide timer instead of one per key); check
+     * host->abi_minor >= 1 before passing NULL.  trigger needs a key. */
     int (*split)(serpens_table *t, const void *key);
     int (*merge)(serpens_table *t, const void *key);
     int (*update)(serpens_table *t, const void *key);
@@ -241,7 +247,28 @@ struct serpens_host_api {
      * returned pointer is the context's own cache-aligned slot: increment it
      * directly in process(); the host reads and sums it. */
     uint64_t *(*counter)(struct serpens_nf_ctx *ctx, const char *name);
+
+    /* --- ABI 1.1 and later: valid when struct_size covers them --- */
+
+    /* Adds to this instance's replica of a GLOBAL|WRITE|EVENTUAL table whose
+     * values are arrays of uint64 counters (value_size a multiple of 8, the
+     * default merge's format): for each of n (<= 64) keys laid out back to
+     * back, row i of `deltas` (value_size / 8 words) is added word by word
+     * (modulo 2^64), a missing key is created at zero first.  One call does
+     * what get_state + put_state do per key, without their SERPENS_EAGAIN
+     * retries: an addition commutes with the state manager's merge, so it
+     * simply waits out a merge in progress on that cell.  Returns the bit
+     * mask of the rows applied; a row is not applied when the table is full
+     * (or the call is invalid: wrong table kind, value_size not a multiple of
+     * 8, this instance no longer active — then no row is).  Hot path: misses
+     * of the n keys overlap.  Same thread rules as put_state. */
+    uint64_t (*add_state_bulk)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas);
 };
+
+/* True when `api` provides the member `field` (appended after ABI 1.0). */
+#define SERPENS_HOST_HAS(api, field)                                                           \
+    ((api)->struct_size >= offsetof(struct serpens_host_api, field) + sizeof((api)->field) &&   \
+     (api)->field != NULL)
 
 /*
  * One NF inside one chain instance.  The host owns it; the NF reads the public

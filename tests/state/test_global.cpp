@@ -413,6 +413,92 @@ TEST_CASE("state-eventual: K instances count packets; merged total is exact, als
     CHECK(x.pkts > 0);
 }
 
+TEST_CASE("state-eventual: add_state_bulk from K instances under a table-wide (NULL key) timer is exact")
+{
+    ScratchDir d("evadd");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("mon-chain", "mon");
+    const serpens_host_api &api = state_api();
+    REQUIRE(SERPENS_HOST_HAS(&api, add_state_bulk));
+    constexpr uint32_t K = 3, hosts = 200, cap = 150;
+    std::vector<std::unique_ptr<FakeInstance>> inst;
+    std::vector<serpens_table *> tab;
+    for (uint32_t i = 0; i < K; ++i) {
+        inst.push_back(std::make_unique<FakeInstance>(ex, i));
+        tab.push_back(inst[i]->create("hosts", EV, 16, 16, cap));
+        REQUIRE(tab[i]);
+    }
+    Table *t = ex.find("hosts");
+    // One timer for every key, also the ones created after it was set.
+    REQUIRE(api.timer(tab[0], nullptr, 1) == SERPENS_OK);
+    std::atomic<bool> stop{false};
+    std::thread manager([&] {
+        while (!stop.load()) {
+            store.tick(monotonic_ns());
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+    });
+    constexpr uint64_t rounds = 3000;
+    std::vector<uint64_t> refused(K, 0);
+    auto count = [&](uint32_t id) {
+        struct Key {
+            uint64_t a, b;
+        } keys[64];
+        uint64_t rows[64][2];
+        for (uint64_t r = 0; r < rounds; ++r) {
+            for (uint32_t j = 0; j < 64; ++j) {
+                keys[j] = Key{(r * 64 + j * 7 + id) % hosts, 0x5eed};
+                rows[j][0] = 1;
+                rows[j][1] = 100 + j;
+            }
+            uint64_t ok = api.add_state_bulk(tab[id], keys, 64, &rows[0][0]);
+            refused[id] += 64 - static_cast<uint64_t>(std::popcount(ok));
+        }
+    };
+    std::vector<std::thread> th;
+    for (uint32_t i = 0; i < K; ++i) {
+        th.emplace_back(count, i);
+    }
+    for (auto &x : th) {
+        x.join();
+    }
+    stop = true;
+    manager.join();
+    REQUIRE(ex.merge(*t, nullptr) == SERPENS_OK); // NULL: every key
+    uint64_t pkts = 0, refused_all = 0;
+    uint64_t live = 0;
+    t->for_each_live_slot([&](std::size_t s) {
+        uint64_t v[2];
+        REQUIRE(ex.read_global(*t, t->slot_key(s), v) == SERPENS_OK);
+        pkts += v[0];
+        ++live;
+    });
+    for (uint64_t r : refused) {
+        refused_all += r;
+    }
+    CHECK(live == cap);                                // the rest found the table full ...
+    CHECK(refused_all > 0);
+    CHECK(pkts + refused_all == K * rounds * 64);      // ... and every row is either counted or refused
+    // After the merge each replica shows the global value.
+    uint64_t mine[2], global[2];
+    const void *k0 = nullptr;
+    t->for_each_live_slot([&](std::size_t s) { k0 = k0 ? k0 : t->slot_key(s); });
+    REQUIRE(api.get_state(tab[1], k0, mine) == SERPENS_OK);
+    REQUIRE(ex.read_global(*t, k0, global) == SERPENS_OK);
+    CHECK(mine[0] == global[0]);
+    // Wrong table kinds and a removed instance add nothing.
+    FakeInstance other(ex, 0);
+    serpens_table *flows = other.create("flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 16, 16, 8);
+    uint64_t one[2] = {1, 1};
+    CHECK(api.add_state_bulk(flows, k0, 1, one) == 0);
+    ex.remove_instance(2);
+    CHECK(api.add_state_bulk(tab[2], k0, 1, one) == 0);
+    CHECK(api.timer(tab[0], nullptr, 0) == SERPENS_OK);
+    CHECK(api.trigger(tab[0], nullptr) == SERPENS_EINVAL);
+}
+
 namespace {
 std::atomic<int> g_custom_merges{0};
 // An NF whose global value is the maximum seen by any instance.
