@@ -25,30 +25,38 @@
  *   parse are counted (`unparsed`) and passed.
  *
  *   Host counts are eventually consistent (paper §III-A1): each instance adds
- *   to its own replica and the state manager folds replicas every merge_ms.
- *   Hosts are kept in buckets of MON_BUCKET_HOSTS (the bucket is the table
- *   key, so one timer per bucket, registered at init, merges them all); a
- *   host that finds its bucket full is counted in the bucket's overflow
- *   totals and in `host_overflow`, so sent packets over all hosts plus
- *   overflow always equals the packets counted.
+ *   to its own replica and the state manager folds replicas every merge_ms
+ *   with one table-wide timer (the host's default EVENTUAL merge: counters
+ *   add, G' = G + sum_i (R_i - G), exact).  Each host is its own key; a batch
+ *   sums its packets per host and per flow first, then updates the tables
+ *   with one bulk call per 64 hosts (add_state_bulk, misses overlapped) and
+ *   one bulk lookup plus one put per flow.  A host that finds the table full
+ *   (max_hosts) is added to the single row of host_overflow instead and
+ *   counted in `host_overflow`, so tx packets over all hosts plus the
+ *   overflow's always equal the packets counted.
  *
  * READING THE STATE FROM OUTSIDE (serpens-state dump <chain> <nf> <table>)
  *   flows  key   40 B: addr_a[16] addr_b[16] port_a port_b (u16, host order)
  *                      proto ip_version pad[2]; IPv4 in the first 4 bytes of
  *                      each address.  (addr_a, port_a) is the lower endpoint.
  *          value 32 B: packets bytes first_ns last_ns (u64, little endian)
- *   hosts  key    4 B: bucket (u32)
- *          value 400 B: overflow_packets overflow_bytes (u64), then
- *                      MON_BUCKET_HOSTS entries of addr[16] (IPv4 mapped as
- *                      ::ffff:a.b.c.d; all zero = empty) tx_packets tx_bytes
- *                      rx_packets rx_bytes (u64).  The dump shows the base
- *                      (last merge) and each instance's replica; the global
- *                      value is base + sum over instances of (replica - base),
- *                      matched by address.
+ *   hosts  key   16 B: the address (IPv4 mapped as ::ffff:a.b.c.d)
+ *          value 32 B: tx_packets tx_bytes rx_packets rx_bytes (u64)
+ *   host_overflow  key 4 B: 0 (u32); value 32 B as in hosts: the sums of the
+ *                      hosts that did not fit
+ *   The dump of an EVENTUAL table shows the base (last merge) and each
+ *   instance's replica; the global value is base + sum over instances of
+ *   (replica - base), word by word (an all-zero replica: an instance that
+ *   never ran since the key was created).
  *
  * STATE (paper Table I)
- *   flows  PER_FLOW|WRITE         connection statistics
- *   hosts  GLOBAL|WRITE|EVENTUAL  host statistics, with this NF's merge hook
+ *   flows          PER_FLOW|WRITE         connection statistics
+ *   hosts          GLOBAL|WRITE|EVENTUAL  host statistics, default merge
+ *   host_overflow  GLOBAL|WRITE|EVENTUAL  hosts beyond max_hosts, summed
+ *
+ * HOST ABI
+ *   1.1 or later when merge_ms > 0 (a table-wide merge timer: the NULL key).
+ *   Uses add_state_bulk when the host has it, else get_state + put_state.
  *
  * COUNTERS
  *   See MON_COUNTERS below.
@@ -60,23 +68,23 @@
  */
 #include <serpens/nf.h>
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MON_BUCKET_HOSTS 8u
-#define MON_HOSTS_PER_BUCKET_AVG 4u /* buckets = max_hosts / this: overflow stays rare */
-#define MON_AGG_SLOTS 1024u         /* distinct hosts per batch, power of two, >= 2 * max burst */
+#define MON_CHUNK 64u          /* packets summed per table round: the bulk calls' limit */
+#define MON_FLOW_SLOTS 128u    /* a chunk's flows: power of two, >= 2 * MON_CHUNK */
+#define MON_HOST_SLOTS 256u    /* a chunk's hosts (two per packet): >= 2 * 2 * MON_CHUNK */
+#define MON_BULK 64u           /* keys per bulk call (nf.h) */
+#define MON_HOST_WORDS 4u
 #define MON_PUT_RETRIES 4
-#define MON_EAGAIN SERPENS_EAGAIN
 
 #define MON_COUNTERS(X)                                                                  \
     X(PACKETS, "packets", "packets seen (all of them pass)")                             \
     X(BYTES, "bytes", "frame bytes seen")                                                \
     X(FLOWS_NEW, "flows_new", "flows this instance saw first")                           \
     X(FLOW_TABLE_FULL, "flow_table_full", "packets of flows the full table could not hold") \
-    X(HOST_OVERFLOW, "host_overflow", "host updates that found their bucket full")       \
+    X(HOST_OVERFLOW, "host_overflow", "host updates (one per host per batch) that found the host table full") \
     X(UNPARSED, "unparsed", "frames the host could not parse: counted here only")        \
     X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
 
@@ -112,41 +120,33 @@ struct mon_flow_val {
     uint64_t last_ns;
 };
 
-struct mon_host {
-    uint8_t addr[16]; /* all zero: an empty slot */
-    uint64_t tx_packets;
-    uint64_t tx_bytes;
-    uint64_t rx_packets;
-    uint64_t rx_bytes;
-};
-
-struct mon_bucket {
-    uint64_t overflow_packets; /* sent packets of hosts that did not fit */
-    uint64_t overflow_bytes;
-    struct mon_host host[MON_BUCKET_HOSTS];
-};
-
-/* One host's counts gathered over a batch before touching the table. */
-struct mon_agg {
-    uint8_t addr[16];
-    uint32_t hash;
-    uint32_t used; /* batch generation that filled this slot */
-    uint64_t tx_packets, tx_bytes, rx_packets, rx_bytes;
-};
+/* hosts and host_overflow values: MON_HOST_WORDS counters. */
+enum { MON_TX_PACKETS, MON_TX_BYTES, MON_RX_PACKETS, MON_RX_BYTES };
 
 struct mon {
     struct serpens_nf_ctx *ctx;
     const struct serpens_host_api *host;
     serpens_table *flows;
     serpens_table *hosts;
-    uint32_t n_buckets;
+    serpens_table *overflow;
     uint64_t merge_ns;
     uint64_t *counter[MON_N_COUNTERS];
-    uint32_t generation;
-    uint32_t n_touched;
-    uint16_t touched[MON_AGG_SLOTS];
-    struct mon_agg agg[MON_AGG_SLOTS];
-    struct mon_bucket scratch;
+    int have_add; /* the host has add_state_bulk (ABI 1.1) */
+
+    /* One chunk's sums, deduplicated through small open-addressing indexes
+     * whose slots are valid when their stamp equals `gen`. */
+    uint32_t gen;
+    uint32_t n_flows, n_hosts;
+    uint32_t flow_stamp[MON_FLOW_SLOTS];
+    uint8_t flow_at[MON_FLOW_SLOTS];
+    uint32_t host_stamp[MON_HOST_SLOTS];
+    uint8_t host_at[MON_HOST_SLOTS];
+    struct mon_flow_key fkey[MON_CHUNK];
+    struct mon_flow_val fval[MON_CHUNK];
+    uint64_t fpackets[MON_CHUNK];
+    uint64_t fbytes[MON_CHUNK];
+    uint8_t hkey[2 * MON_CHUNK][16];
+    uint64_t hdelta[2 * MON_CHUNK][MON_HOST_WORDS];
 };
 
 static inline void mon_add(struct mon *m, enum mon_counter c, uint64_t v)
@@ -159,146 +159,161 @@ static inline uint16_t rd16(const uint8_t *p)
     return (uint16_t)((p[0] << 8) | p[1]);
 }
 
-/* FNV-1a over an address: which bucket a host lives in, the same on every host. */
-static uint32_t mon_addr_hash(const uint8_t addr[16])
+static inline uint64_t rd64(const uint8_t *p)
 {
-    uint32_t h = 2166136261u;
-    for (int i = 0; i < 16; ++i) {
-        h = (h ^ addr[i]) * 16777619u;
-    }
-    return h ^ (h >> 15);
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
 }
 
-static int addr_is_empty(const uint8_t addr[16])
+/* A quick hash of n 8-byte words, for the chunk's indexes only.  The top
+ * bits of the last product depend on every input bit (an IPv4 address sits
+ * in the high half of a mapped address's second word). */
+static inline uint32_t mon_hash(const uint8_t *p, unsigned words)
 {
-    static const uint8_t zero[16];
-    return memcmp(addr, zero, 16) == 0;
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (unsigned i = 0; i < words; ++i) {
+        h = (h ^ rd64(p + 8 * i)) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+    }
+    return (uint32_t)((h * 0xc4ceb9fe1a85ec53ull) >> 32);
 }
 
 /* ---- per-host counts (EVENTUAL) --------------------------------------- */
 
-static struct mon_agg *mon_agg_slot(struct mon *m, const uint8_t addr[16])
+/* Adds n rows to this instance's replica of `t`; returns the mask applied. */
+static uint64_t mon_add_rows(struct mon *m, serpens_table *t, const void *keys, uint32_t key_size, uint32_t n,
+                             const uint64_t (*rows)[MON_HOST_WORDS])
 {
-    uint32_t h = mon_addr_hash(addr);
-    for (uint32_t probe = 0; probe < MON_AGG_SLOTS; ++probe) {
-        uint32_t s = (h + probe) & (MON_AGG_SLOTS - 1);
-        struct mon_agg *a = &m->agg[s];
-        if (a->used != m->generation) {
-            memset(a, 0, sizeof *a);
-            memcpy(a->addr, addr, 16);
-            a->hash = h;
-            a->used = m->generation;
-            m->touched[m->n_touched++] = (uint16_t)s;
-            return a;
-        }
-        if (a->hash == h && memcmp(a->addr, addr, 16) == 0) {
-            return a;
+    if (m->have_add) {
+        return m->host->add_state_bulk(t, keys, n, &rows[0][0]);
+    }
+    /* A host without add_state_bulk: read, add, write back; a merge between
+     * the two refuses the write (SERPENS_EAGAIN) and the row is redone. */
+    uint64_t mask = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint8_t *key = (const uint8_t *)keys + (size_t)i * key_size;
+        for (int attempt = 0; attempt < MON_PUT_RETRIES; ++attempt) {
+            uint64_t v[MON_HOST_WORDS];
+            int rc = m->host->get_state(t, key, v);
+            if (rc == SERPENS_ENOENT) {
+                memset(v, 0, sizeof v);
+            } else if (rc != SERPENS_OK) {
+                break;
+            }
+            for (unsigned w = 0; w < MON_HOST_WORDS; ++w) {
+                v[w] += rows[i][w];
+            }
+            rc = m->host->put_state(t, key, v);
+            if (rc == SERPENS_OK) {
+                mask |= 1ull << i;
+            }
+            if (rc != SERPENS_EAGAIN) {
+                break;
+            }
         }
     }
-    return NULL; /* cannot happen: at most 2 per packet, MON_AGG_SLOTS >= 2 * burst */
+    return mask;
 }
 
-/* Adds one host's batch counts to this instance's replica of its bucket. */
-static void mon_flush_host(struct mon *m, const struct mon_agg *a)
+static void mon_flush_hosts(struct mon *m)
 {
-    uint32_t bucket = a->hash % m->n_buckets;
-    struct mon_bucket *b = &m->scratch;
-    for (int attempt = 0; attempt < MON_PUT_RETRIES; ++attempt) {
-        int rc = m->host->get_state(m->hosts, &bucket, b);
-        if (rc == SERPENS_ENOENT) {
-            memset(b, 0, sizeof *b);
+    uint64_t spill[1][MON_HOST_WORDS] = {{0, 0, 0, 0}};
+    uint64_t spilled = 0;
+    for (uint32_t off = 0; off < m->n_hosts; off += MON_BULK) {
+        uint32_t n = m->n_hosts - off < MON_BULK ? m->n_hosts - off : MON_BULK;
+        uint64_t ok = mon_add_rows(m, m->hosts, m->hkey[off], 16, n, (const uint64_t(*)[MON_HOST_WORDS])m->hdelta[off]);
+        for (uint32_t i = 0; i < n; ++i) {
+            if (!(ok & (1ull << i))) {
+                for (unsigned w = 0; w < MON_HOST_WORDS; ++w) {
+                    spill[0][w] += m->hdelta[off + i][w];
+                }
+                ++spilled;
+            }
+        }
+    }
+    if (spilled != 0) {
+        static const uint32_t zero_key = 0;
+        mon_add(m, MON_C_HOST_OVERFLOW, spilled);
+        if (mon_add_rows(m, m->overflow, &zero_key, sizeof zero_key, 1, (const uint64_t(*)[MON_HOST_WORDS])spill) !=
+            1) {
+            mon_add(m, MON_C_STATE_ERRORS, 1);
+        }
+    }
+}
+
+static uint64_t *mon_host_row(struct mon *m, const uint8_t addr[16])
+{
+    uint32_t h = mon_hash(addr, 2);
+    for (uint32_t probe = 0;; ++probe) {
+        uint32_t s = (h + probe) & (MON_HOST_SLOTS - 1);
+        if (m->host_stamp[s] != m->gen) {
+            uint32_t at = m->n_hosts++;
+            m->host_stamp[s] = m->gen;
+            m->host_at[s] = (uint8_t)at;
+            memcpy(m->hkey[at], addr, 16);
+            memset(m->hdelta[at], 0, sizeof m->hdelta[at]);
+            return m->hdelta[at];
+        }
+        if (memcmp(m->hkey[m->host_at[s]], addr, 16) == 0) {
+            return m->hdelta[m->host_at[s]];
+        }
+    }
+}
+
+/* ---- per-flow counts ---------------------------------------------------- */
+
+static void mon_flush_flows(struct mon *m, uint64_t now)
+{
+    uint32_t n = m->n_flows;
+    uint64_t hit = 0;
+    if (m->host->get_state_bulk != NULL) {
+        hit = m->host->get_state_bulk(m->flows, m->fkey, n, m->fval);
+    } else {
+        for (uint32_t j = 0; j < n; ++j) {
+            hit |= (uint64_t)(m->host->get_state(m->flows, &m->fkey[j], &m->fval[j]) == SERPENS_OK) << j;
+        }
+    }
+    for (uint32_t j = 0; j < n; ++j) {
+        struct mon_flow_val *v = &m->fval[j];
+        if (!(hit & (1ull << j))) {
+            memset(v, 0, sizeof *v);
+            v->first_ns = now;
+            mon_add(m, MON_C_FLOWS_NEW, 1);
+        }
+        v->packets += m->fpackets[j];
+        v->bytes += m->fbytes[j];
+        v->last_ns = now;
+        int rc = m->host->put_state(m->flows, &m->fkey[j], v);
+        if (rc == SERPENS_ENOSPC) {
+            mon_add(m, MON_C_FLOW_TABLE_FULL, m->fpackets[j]);
         } else if (rc != SERPENS_OK) {
-            break;
+            mon_add(m, MON_C_STATE_ERRORS, 1);
         }
-        struct mon_host *slot = NULL;
-        for (uint32_t i = 0; i < MON_BUCKET_HOSTS && slot == NULL; ++i) {
-            if (memcmp(b->host[i].addr, a->addr, 16) == 0) {
-                slot = &b->host[i];
-            }
-        }
-        for (uint32_t i = 0; i < MON_BUCKET_HOSTS && slot == NULL; ++i) {
-            if (addr_is_empty(b->host[i].addr)) {
-                slot = &b->host[i];
-                memcpy(slot->addr, a->addr, 16);
-            }
-        }
-        if (slot != NULL) {
-            slot->tx_packets += a->tx_packets;
-            slot->tx_bytes += a->tx_bytes;
-            slot->rx_packets += a->rx_packets;
-            slot->rx_bytes += a->rx_bytes;
-        } else {
-            b->overflow_packets += a->tx_packets;
-            b->overflow_bytes += a->tx_bytes;
-        }
-        rc = m->host->put_state(m->hosts, &bucket, b);
-        if (rc == SERPENS_OK) {
-            if (slot == NULL) {
-                mon_add(m, MON_C_HOST_OVERFLOW, 1);
-            }
+    }
+}
+
+static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t len)
+{
+    uint32_t h = mon_hash((const uint8_t *)k, sizeof *k / 8);
+    for (uint32_t probe = 0;; ++probe) {
+        uint32_t s = (h + probe) & (MON_FLOW_SLOTS - 1);
+        if (m->flow_stamp[s] != m->gen) {
+            uint32_t at = m->n_flows++;
+            m->flow_stamp[s] = m->gen;
+            m->flow_at[s] = (uint8_t)at;
+            m->fkey[at] = *k;
+            m->fpackets[at] = 1;
+            m->fbytes[at] = len;
             return;
         }
-        if (rc != MON_EAGAIN) {
-            break;
-        }
-        /* A merge rewrote our replica between get and put: redo on the new one. */
-    }
-    mon_add(m, MON_C_STATE_ERRORS, 1);
-}
-
-/* The NF's merge hook: G' = G + sum_i (R_i - G), host by host (matched by
- * address, since each replica places hosts in its own slot order).  A host
- * that no longer fits the merged bucket moves its counts to the overflow. */
-static int mon_merge(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *a)
-{
-    (void)ctx;
-    if (a->value_size != sizeof(struct mon_bucket) || a->whole == NULL || a->out == NULL) {
-        return SERPENS_EINVAL;
-    }
-    const struct mon_bucket *g = a->whole;
-    struct mon_bucket out;
-    memcpy(&out, g, sizeof out);
-    for (uint32_t r = 0; r < a->n; ++r) {
-        const struct mon_bucket *rep = a->parts[r];
-        out.overflow_packets += rep->overflow_packets - g->overflow_packets;
-        out.overflow_bytes += rep->overflow_bytes - g->overflow_bytes;
-        for (uint32_t i = 0; i < MON_BUCKET_HOSTS; ++i) {
-            const struct mon_host *e = &rep->host[i];
-            if (addr_is_empty(e->addr)) {
-                continue;
-            }
-            struct mon_host base;
-            memset(&base, 0, sizeof base);
-            for (uint32_t j = 0; j < MON_BUCKET_HOSTS; ++j) {
-                if (memcmp(g->host[j].addr, e->addr, 16) == 0) {
-                    base = g->host[j];
-                }
-            }
-            struct mon_host *dst = NULL;
-            for (uint32_t j = 0; j < MON_BUCKET_HOSTS && dst == NULL; ++j) {
-                if (memcmp(out.host[j].addr, e->addr, 16) == 0) {
-                    dst = &out.host[j];
-                }
-            }
-            for (uint32_t j = 0; j < MON_BUCKET_HOSTS && dst == NULL; ++j) {
-                if (addr_is_empty(out.host[j].addr)) {
-                    dst = &out.host[j];
-                    memcpy(dst->addr, e->addr, 16);
-                }
-            }
-            if (dst == NULL) {
-                out.overflow_packets += e->tx_packets - base.tx_packets;
-                out.overflow_bytes += e->tx_bytes - base.tx_bytes;
-                continue;
-            }
-            dst->tx_packets += e->tx_packets - base.tx_packets;
-            dst->tx_bytes += e->tx_bytes - base.tx_bytes;
-            dst->rx_packets += e->rx_packets - base.rx_packets;
-            dst->rx_bytes += e->rx_bytes - base.rx_bytes;
+        uint32_t at = m->flow_at[s];
+        if (memcmp(&m->fkey[at], k, sizeof *k) == 0) {
+            m->fpackets[at] += 1;
+            m->fbytes[at] += len;
+            return;
         }
     }
-    memcpy(a->out, &out, sizeof out);
-    return SERPENS_OK;
 }
 
 /* ---- the data path ---------------------------------------------------- */
@@ -358,7 +373,8 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
     return 0;
 }
 
-static void mon_packet(struct mon *m, const struct serpens_pkt *p, uint64_t now)
+/* Adds one packet to the chunk's sums. */
+static void mon_packet(struct mon *m, const struct serpens_pkt *p)
 {
     mon_add(m, MON_C_PACKETS, 1);
     mon_add(m, MON_C_BYTES, p->len);
@@ -373,28 +389,34 @@ static void mon_packet(struct mon *m, const struct serpens_pkt *p, uint64_t now)
         mon_add(m, MON_C_UNPARSED, 1);
         return;
     }
-    struct mon_flow_val v;
-    if (m->host->get_state(m->flows, &key, &v) != SERPENS_OK) {
-        memset(&v, 0, sizeof v);
-        v.first_ns = now;
-        mon_add(m, MON_C_FLOWS_NEW, 1);
+    mon_count_flow(m, &key, p->len);
+    uint64_t *s = mon_host_row(m, src);
+    s[MON_TX_PACKETS] += 1;
+    s[MON_TX_BYTES] += p->len;
+    uint64_t *d = mon_host_row(m, dst);
+    d[MON_RX_PACKETS] += 1;
+    d[MON_RX_BYTES] += p->len;
+}
+
+static void mon_chunk_begin(struct mon *m)
+{
+    if (++m->gen == 0) {
+        /* Wrapped: clear so no slot looks filled by this generation. */
+        memset(m->flow_stamp, 0, sizeof m->flow_stamp);
+        memset(m->host_stamp, 0, sizeof m->host_stamp);
+        m->gen = 1;
     }
-    v.packets += 1;
-    v.bytes += p->len;
-    v.last_ns = now;
-    int rc = m->host->put_state(m->flows, &key, &v);
-    if (rc != SERPENS_OK) {
-        mon_add(m, rc == SERPENS_ENOSPC ? MON_C_FLOW_TABLE_FULL : MON_C_STATE_ERRORS, 1);
+    m->n_flows = 0;
+    m->n_hosts = 0;
+}
+
+static void mon_chunk_end(struct mon *m, uint64_t now)
+{
+    if (m->n_flows != 0) {
+        mon_flush_flows(m, now);
     }
-    struct mon_agg *s = mon_agg_slot(m, src);
-    struct mon_agg *d = mon_agg_slot(m, dst);
-    if (s != NULL) {
-        s->tx_packets += 1;
-        s->tx_bytes += p->len;
-    }
-    if (d != NULL) {
-        d->rx_packets += 1;
-        d->rx_bytes += p->len;
+    if (m->n_hosts != 0) {
+        mon_flush_hosts(m);
     }
 }
 
@@ -402,21 +424,22 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     struct mon *m = ctx->priv;
     const uint64_t now = batch->now_ns;
-    if (++m->generation == 0) {
-        /* Wrapped: clear so no slot looks filled by this generation. */
-        memset(m->agg, 0, sizeof m->agg);
-        m->generation = 1;
-    }
-    m->n_touched = 0;
+    uint32_t in_chunk = 0;
+    mon_chunk_begin(m);
     for (uint32_t i = 0; i < batch->count; ++i) {
-        if (batch->labels[i] == batch->self) {
-            mon_packet(m, &batch->pkts[i], now);
+        if (batch->labels[i] != batch->self) {
+            continue;
+        }
+        mon_packet(m, &batch->pkts[i]);
+        /* One table round per MON_CHUNK packets: at most that many flows and
+         * twice as many hosts, whatever the burst size. */
+        if (++in_chunk == MON_CHUNK) {
+            mon_chunk_end(m, now);
+            mon_chunk_begin(m);
+            in_chunk = 0;
         }
     }
-    /* One table update per host per batch instead of one per packet. */
-    for (uint32_t t = 0; t < m->n_touched; ++t) {
-        mon_flush_host(m, &m->agg[m->touched[t]]);
-    }
+    mon_chunk_end(m, now);
 }
 
 /* ---- configuration (cold path) ---------------------------------------- */
@@ -464,28 +487,35 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         (rc = mon_config_int(m, config, "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
         return rc;
     }
-    m->n_buckets = (uint32_t)((max_hosts + MON_HOSTS_PER_BUCKET_AVG - 1) / MON_HOSTS_PER_BUCKET_AVG);
     m->merge_ns = (uint64_t)merge_ms * 1000000ull;
-    if (h->create_table == NULL || h->timer == NULL) {
+    if (h->create_table == NULL || h->get_state == NULL || h->put_state == NULL || h->timer == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "mon: this host provides no state API");
         return SERPENS_ENOTSUP;
     }
+    if (m->merge_ns != 0 && h->abi_minor < 1) {
+        h->log(ctx, SERPENS_LOG_ERROR,
+               "mon: merge_ms > 0 needs a host of ABI 1.1 or later (table-wide merge timers); this host speaks "
+               "%u.%u (set merge_ms = 0 to merge only at scale events)",
+               (unsigned)h->abi_major, (unsigned)h->abi_minor);
+        return SERPENS_ENOTSUP;
+    }
+    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk);
+    const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
     m->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE,
                                sizeof(struct mon_flow_key), sizeof(struct mon_flow_val), (uint64_t)max_flows);
-    m->hosts = h->create_table(ctx, "hosts", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL,
-                               sizeof(uint32_t), sizeof(struct mon_bucket), m->n_buckets);
-    if (m->flows == NULL || m->hosts == NULL) {
+    m->hosts = h->create_table(ctx, "hosts", ev, 16, MON_HOST_WORDS * 8, (uint64_t)max_hosts);
+    m->overflow = h->create_table(ctx, "host_overflow", ev, sizeof(uint32_t), MON_HOST_WORDS * 8, 1);
+    if (m->flows == NULL || m->hosts == NULL || m->overflow == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "mon: cannot create its state tables (see the host's message)");
         return SERPENS_EINVAL;
     }
-    /* Timers are per key: one per bucket, set once here (a bucket that does
-     * not exist yet is skipped until it does), never from the data path. */
+    /* One table-wide timer per EVENTUAL table (NULL key: every key, also
+     * those created later), set once, never from the data path. */
     if (m->merge_ns != 0 && ctx->instance_id == 0) {
-        for (uint32_t b = 0; b < m->n_buckets; ++b) {
-            if ((rc = h->timer(m->hosts, &b, m->merge_ns)) != SERPENS_OK) {
-                h->log(ctx, SERPENS_LOG_ERROR, "mon: cannot set the merge timer: state error %d", rc);
-                return rc;
-            }
+        if ((rc = h->timer(m->hosts, NULL, m->merge_ns)) != SERPENS_OK ||
+            (rc = h->timer(m->overflow, NULL, m->merge_ns)) != SERPENS_OK) {
+            h->log(ctx, SERPENS_LOG_ERROR, "mon: cannot set the merge timer: state error %d", rc);
+            return rc;
         }
     }
     for (int c = 0; c < MON_N_COUNTERS; ++c) {
@@ -509,13 +539,12 @@ static void mon_fini(struct serpens_nf_ctx *ctx)
 static const struct serpens_nf_descriptor mon_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,
     .name = "mon",
-    .version = "1.0",
+    .version = "2.0",
     .summary = "counts packets and bytes per flow and per host (host counts merged across instances)",
     .n_ports = 1,
     .init = mon_init,
     .process = mon_process,
     .fini = mon_fini,
-    .merge = mon_merge,
 };
 
 SERPENS_NF_REGISTER(mon_descriptor)

@@ -5,7 +5,8 @@ tags, 2% malformed frames passed unparsed).  Afterwards the state tables are
 read from outside with `serpens-state dump --json` and compared with counts
 made here from the input capture by an independent decoder:
  - flows (per-flow/write): packets and bytes per direction-independent 5-tuple;
- - hosts (global/write EVENTUAL, two replicas folded by mon's merge hook):
+ - hosts (global/write EVENTUAL, one key per address, two replicas folded by
+   the host's default merge on a table-wide timer):
    packets and bytes sent and received per address;
  - the NF counters in the host's stats: packets, bytes, unparsed.
 Every packet leaves unchanged.
@@ -114,40 +115,33 @@ check(len(got) == len(flows), f"mon has {len(got)} flows, Python counts {len(flo
 for key, want in flows.items():
     check(got.get(key) == want, f"flow {key}: mon {got.get(key)}, Python {want}")
 
-table = dump(host, "hosts")
-check("eventual" in table["kind"], f"hosts table kind {table['kind']}")
-got_hosts, overflow = {}, 0
-for e in table["entries"]:
-    base = bytes.fromhex(e["base"])
+def counts(v):
+    return list(struct.unpack("<QQQQ", v))
 
-    def entries(v):
-        out = {}
-        for i in range(8):
-            slot = v[16 + 48 * i:16 + 48 * (i + 1)]
-            if slot[:16] != bytes(16):
-                out[slot[:16]] = list(struct.unpack("<QQQQ", slot[16:]))
-        return out, struct.unpack("<Q", v[:8])[0]
 
-    g, g_ovf = entries(base)
-    total = {a: list(c) for a, c in g.items()}
-    overflow += g_ovf
-    # Replicas not yet folded add their difference to the base (an all-zero
-    # cell belongs to an instance that never ran).
+def global_value(e):
+    """base + sum over replicas of (replica - base); an all-zero cell belongs
+    to an instance that never ran since the key was created."""
+    base = counts(bytes.fromhex(e["base"]))
+    total = list(base)
     for rep in e["instances"]:
         r = bytes.fromhex(rep)
         if r == bytes(len(r)):
             continue
-        rv, r_ovf = entries(r)
-        overflow += r_ovf - g_ovf
-        for a, c in rv.items():
-            b = g.get(a, [0, 0, 0, 0])
-            t = total.setdefault(a, [0, 0, 0, 0])
-            for i in range(4):
-                t[i] += c[i] - b[i]
-    for a, c in total.items():
-        check(a not in got_hosts, f"host {a.hex()} in two buckets")
-        got_hosts[a] = c
-check(overflow == 0, f"{overflow} packets overflowed the host buckets")
+        for i, c in enumerate(counts(r)):
+            total[i] += c - base[i]
+    return total
+
+
+table = dump(host, "hosts")
+check("eventual" in table["kind"], f"hosts table kind {table['kind']}")
+got_hosts = {}
+for e in table["entries"]:
+    a = bytes.fromhex(e["key"])
+    check(len(a) == 16 and a not in got_hosts, f"hosts key {e['key']}")
+    got_hosts[a] = global_value(e)
+overflow = sum(global_value(e)[0] for e in dump(host, "host_overflow")["entries"])
+check(overflow == 0, f"{overflow} packets overflowed the host table")
 check(len(got_hosts) == len(hosts), f"mon has {len(got_hosts)} hosts, Python counts {len(hosts)}")
 for addr, want in hosts.items():
     check(got_hosts.get(addr) == want, f"host {ipaddress.ip_address(addr)}: mon {got_hosts.get(addr)}, Python {want}")

@@ -1,7 +1,8 @@
 // mon against the mock host: per-flow and per-host counts match what the
-// test counts itself, replicas of two instances fold without loss or double
-// counting, full buckets overflow into counted totals, bad config and
-// truncated packets.
+// test counts itself (also in batches larger than mon's 64-packet rounds and
+// on a host without add_state_bulk), replicas of two instances fold without
+// loss or double counting, hosts beyond max_hosts go to the counted overflow
+// row, bad config and truncated packets.
 
 #include "nf_mock.h"
 
@@ -26,8 +27,6 @@ struct HostCounts {
     uint64_t tx_packets = 0, tx_bytes = 0, rx_packets = 0, rx_bytes = 0;
     bool operator==(const HostCounts &) const = default;
 };
-constexpr std::size_t kBucketHosts = 8;
-constexpr std::size_t kBucketSize = 16 + kBucketHosts * 48;
 
 using Addr = std::array<uint8_t, 16>;
 
@@ -47,22 +46,11 @@ uint64_t u64(const uint8_t *p)
     return v;
 }
 
-// Decodes a bucket value into hosts and the overflow packet count.
-void read_bucket(const Bytes &v, std::map<Addr, HostCounts> &hosts, uint64_t &overflow)
+// A hosts / host_overflow value: tx_packets tx_bytes rx_packets rx_bytes.
+HostCounts read_counts(const Bytes &v)
 {
-    REQUIRE(v.size() == kBucketSize);
-    overflow += u64(v.data());
-    for (std::size_t i = 0; i < kBucketHosts; ++i) {
-        const uint8_t *e = v.data() + 16 + 48 * i;
-        Addr a;
-        std::memcpy(a.data(), e, 16);
-        if (a == Addr{}) {
-            continue;
-        }
-        HostCounts &h = hosts[a];
-        h.tx_packets += u64(e + 16), h.tx_bytes += u64(e + 24);
-        h.rx_packets += u64(e + 32), h.rx_bytes += u64(e + 40);
-    }
+    REQUIRE(v.size() == 32);
+    return HostCounts{u64(v.data()), u64(v.data() + 8), u64(v.data() + 16), u64(v.data() + 24)};
 }
 
 struct Mon {
@@ -74,16 +62,22 @@ struct Mon {
             REQUIRE(host.init(i) == SERPENS_OK);
         }
     }
-    // The global per-host counts (base + replica deltas), and the overflow.
-    std::map<Addr, HostCounts> hosts(uint64_t *overflow = nullptr)
+    // The global per-host counts (base + replica deltas), and the overflow's.
+    std::map<Addr, HostCounts> hosts(HostCounts *overflow = nullptr)
     {
         std::map<Addr, HostCounts> out;
-        uint64_t ovf = 0;
         for (auto &[key, cells] : host.table("hosts")->entries) {
-            read_bucket(host.global_value("hosts", key), out, ovf);
+            REQUIRE(key.size() == 16);
+            Addr a;
+            std::memcpy(a.data(), key.data(), 16);
+            out[a] = read_counts(host.global_value("hosts", key));
         }
         if (overflow) {
-            *overflow = ovf;
+            *overflow = HostCounts{};
+            for (auto &[key, cells] : host.table("host_overflow")->entries) {
+                CHECK(key == Bytes(4, 0));
+                *overflow = read_counts(host.global_value("host_overflow", key));
+            }
         }
         return out;
     }
@@ -134,9 +128,9 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
     Mon m;
     Expect want;
     auto flows = traffic(300);
-    for (std::size_t start = 0; start < flows.size(); start += 64) {
+    for (std::size_t start = 0; start < flows.size(); start += 100) { // > 64: two table rounds per batch
         Packets p;
-        for (std::size_t i = start; i < std::min(flows.size(), start + 64); ++i) {
+        for (std::size_t i = start; i < std::min(flows.size(), start + 100); ++i) {
             Bytes f = frame(flows[i], i % 40);
             want.add(flows[i], f.size());
             p.add(f);
@@ -165,6 +159,7 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
         CHECK(v.first_ns >= 1 * kMs);
     }
     CHECK(m.hosts() == want.hosts);
+    CHECK(m.host.bulk_adds > 0);
     CHECK(m.host.counter(0, "packets") == 300);
     CHECK(m.host.counter(0, "flows_new") == want.flows.size());
     CHECK(m.host.counter(0, "host_overflow") == 0);
@@ -178,8 +173,10 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
 TEST_CASE("mon: two instances' host replicas fold without loss or double counting")
 {
     Mon m("merge_ms = 250\n", 2);
-    // Only instance 0 registers the per-bucket merge timers, once per bucket.
-    CHECK(m.host.timers.size() == 4096 / 4);
+    // Only instance 0 registers the merge timers: one table-wide (NULL key)
+    // timer per EVENTUAL table, whatever the number of hosts.
+    CHECK(m.host.timers.size() == 2);
+    CHECK(m.host.null_key_timers);
     CHECK(m.host.timers.front().second == 250 * kMs);
     Expect want;
     auto flows = traffic(400);
@@ -199,9 +196,10 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     CHECK(m.hosts() == want.hosts);
     // After a merge the base alone holds everything.
     std::map<Addr, HostCounts> base;
-    uint64_t ovf = 0;
     for (auto &[key, cells] : m.host.table("hosts")->entries) {
-        read_bucket(cells[0], base, ovf);
+        Addr a;
+        std::memcpy(a.data(), key.data(), 16);
+        base[a] = read_counts(cells[0]);
     }
     CHECK(base == want.hosts);
     // Scale-in folds the leaving instance's fresh counts into the survivors.
@@ -214,44 +212,51 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     CHECK(m.hosts() == want.hosts);
 }
 
-TEST_CASE("mon: the merge hook matches hosts by address across differently ordered replicas")
+TEST_CASE("mon: a host without add_state_bulk (ABI 1.0 table) gets the same counts through get and put")
 {
-    const serpens_nf_descriptor *d = mon();
-    REQUIRE(bool(d->merge));
-    auto put_host = [](Bytes &b, std::size_t slot, uint32_t ip, uint64_t tx) {
-        Addr a = mapped(ip);
-        std::memcpy(b.data() + 16 + 48 * slot, a.data(), 16);
-        std::memcpy(b.data() + 16 + 48 * slot + 16, &tx, 8);
-    };
-    Bytes g(kBucketSize, 0), r0(kBucketSize, 0), r1(kBucketSize, 0), out(kBucketSize, 0);
-    put_host(g, 0, 1, 10);
-    put_host(r0, 0, 1, 15); // +5 for host 1
-    put_host(r0, 1, 2, 7);  // new host 2
-    put_host(r1, 3, 3, 4);  // new host 3, another slot
-    put_host(r1, 5, 1, 11); // +1 for host 1, also another slot
-    void *parts[] = {r0.data(), r1.data()};
-    serpens_state_hook_args a{};
-    a.struct_size = sizeof a;
-    a.n = 2;
-    a.value_size = static_cast<uint32_t>(kBucketSize);
-    a.whole = g.data();
-    a.parts = parts;
-    a.out = out.data();
-    REQUIRE(d->merge(nullptr, &a) == SERPENS_OK);
-    std::map<Addr, HostCounts> hosts;
-    uint64_t ovf = 0;
-    read_bucket(out, hosts, ovf);
-    CHECK(hosts.size() == 3);
-    CHECK(hosts[mapped(1)].tx_packets == 16);
-    CHECK(hosts[mapped(2)].tx_packets == 7);
-    CHECK(hosts[mapped(3)].tx_packets == 4);
-    a.value_size = 8;
-    CHECK(d->merge(nullptr, &a) == SERPENS_EINVAL);
+    MockHost host(mon());
+    host.set_config("");
+    host.api().add_state_bulk = nullptr;
+    REQUIRE(host.init(0) == SERPENS_OK);
+    Expect want;
+    auto flows = traffic(200);
+    for (std::size_t start = 0; start < flows.size(); start += 50) {
+        Packets p;
+        for (std::size_t i = start; i < start + 50; ++i) {
+            Bytes f = frame(flows[i], 5);
+            want.add(flows[i], f.size());
+            p.add(f);
+        }
+        host.process(0, p.parse(), p.ports, (1 + start) * kMs);
+    }
+    CHECK(host.bulk_adds == 0);
+    std::map<Addr, HostCounts> got;
+    for (auto &[key, cells] : host.table("hosts")->entries) {
+        Addr a;
+        std::memcpy(a.data(), key.data(), 16);
+        got[a] = read_counts(host.global_value("hosts", key));
+    }
+    CHECK(got == want.hosts);
 }
 
-TEST_CASE("mon: a full host bucket overflows into counted totals")
+TEST_CASE("mon: merge_ms > 0 on an ABI 1.0 host fails init with the reason; merge_ms = 0 runs")
 {
-    Mon m("max_hosts = 1\n"); // one bucket of 8 hosts
+    MockHost host(mon());
+    host.set_config("");
+    host.api().abi_minor = 0;
+    CHECK(host.init(0) == SERPENS_ENOTSUP);
+    REQUIRE(!host.logs.empty());
+    CHECK(host.logs.back().find("ABI 1.1") != std::string::npos);
+    MockHost old(mon());
+    old.set_config("merge_ms = 0\n");
+    old.api().abi_minor = 0;
+    CHECK(old.init(0) == SERPENS_OK);
+    CHECK(old.timers.empty());
+}
+
+TEST_CASE("mon: hosts beyond max_hosts are summed in the overflow row and counted")
+{
+    Mon m("max_hosts = 8\n");
     std::size_t total = 0;
     for (uint32_t h = 0; h < 12; ++h) {
         Packets p;
@@ -259,15 +264,17 @@ TEST_CASE("mon: a full host bucket overflows into counted totals")
         m.host.process(0, p.parse(), p.ports, kMs);
         ++total;
     }
-    uint64_t overflow = 0;
+    HostCounts overflow;
     auto hosts = m.hosts(&overflow);
     CHECK(hosts.size() == 8);
     uint64_t tx = 0;
     for (auto &[a, c] : hosts) {
         tx += c.tx_packets;
+        CHECK(c.rx_packets == 1);
     }
-    CHECK(tx + overflow == total);
-    CHECK(overflow == 4);
+    CHECK(tx + overflow.tx_packets == total);
+    CHECK(overflow.tx_packets == 4);
+    CHECK(overflow.rx_packets == 4);
     CHECK(m.host.counter(0, "host_overflow") == 4);
 }
 

@@ -6,7 +6,8 @@
 //    split deals the free bits equally (as host/state's default does),
 //    trigger rebalances at once.
 //  - EVENTUAL: replicas start as copies of the base; merge folds
-//    G + sum(R_i - G) (or calls the NF's own merge hook) and copies back.
+//    G + sum(R_i - G) (or calls the NF's own merge hook) and copies back;
+//    add_state_bulk (ABI 1.1) adds uint64 rows to the caller's replica.
 // Config getters are the host's real ones over a TOML text (so config_where
 // gives real file:line:col); counters are a map per context; log lines are
 // kept for the tests to read.  The plugin is the real .so, loaded by dlopen.
@@ -109,6 +110,7 @@ public:
         _api.timer = &MockHost::s_timer;
         _api.trigger = &MockHost::s_trigger;
         _api.counter = &MockHost::s_counter;
+        _api.add_state_bulk = &MockHost::s_add_bulk;
         current() = this;
     }
     ~MockHost()
@@ -165,6 +167,9 @@ public:
         return _desc->init(&c.pub, _config.get());
     }
     serpens_nf_ctx *ctx(uint32_t id) { return &_ctxs.at(id).pub; }
+    // The API table handed to the NF: tests may clear optional entries
+    // before init to play an older host.
+    serpens_host_api &api() { return _api; }
     uint64_t counter(uint32_t id, const std::string &name)
     {
         auto &m = _ctxs.at(id).mock.counters;
@@ -253,7 +258,8 @@ public:
 
     std::vector<std::string> logs;
     std::vector<std::pair<std::string, uint64_t>> timers; // table name, period
-    uint64_t triggers = 0, splits = 0, merges = 0;
+    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0;
+    bool null_key_timers = false; // a timer was set with key NULL (every key)
     uint64_t now_value = 0;
 
 private:
@@ -354,6 +360,38 @@ private:
                       static_cast<uint8_t *>(values) + std::size_t{i} * h.table->value_size) == SERPENS_OK) {
                 mask |= 1ull << i;
             }
+        }
+        return mask;
+    }
+
+    // EVENTUAL: adds uint64 rows to this instance's replica (ABI 1.1).
+    static uint64_t s_add_bulk(serpens_table *th, const void *keys, uint32_t n, const uint64_t *deltas)
+    {
+        MockHandle &h = handle(th);
+        MockTable &t = *h.table;
+        if (!t.global_write() || t.release() || t.value_size % 8 != 0 || !(t.active & (1ull << h.instance))) {
+            return 0;
+        }
+        ++h.host->bulk_adds;
+        uint64_t mask = 0;
+        const std::size_t words = t.value_size / 8;
+        for (uint32_t i = 0; i < n && i < 64; ++i) {
+            Bytes k = key_of(t, static_cast<const uint8_t *>(keys) + std::size_t{i} * t.key_size);
+            auto it = t.entries.find(k);
+            if (it == t.entries.end()) {
+                if (t.entries.size() >= t.capacity) {
+                    continue;
+                }
+                it = t.entries.emplace(k, std::vector<Bytes>(1 + kMockMaxInstances, Bytes(t.value_size, 0))).first;
+            }
+            Bytes &cell = it->second[1 + h.instance];
+            for (std::size_t w = 0; w < words; ++w) {
+                uint64_t v;
+                std::memcpy(&v, cell.data() + 8 * w, 8);
+                v += deltas[i * words + w];
+                std::memcpy(cell.data() + 8 * w, &v, 8);
+            }
+            mask |= 1ull << i;
         }
         return mask;
     }
@@ -473,12 +511,13 @@ private:
         return s_split(th, key);
     }
     static int s_update(serpens_table *th, const void *key) { return s_split(th, key); }
-    static int s_timer(serpens_table *th, const void *, uint64_t period)
+    static int s_timer(serpens_table *th, const void *key, uint64_t period)
     {
         MockHandle &h = handle(th);
         if (!h.table->global_write()) {
             return SERPENS_EINVAL;
         }
+        h.host->null_key_timers |= key == nullptr;
         h.host->timers.emplace_back(h.table->name, period);
         return SERPENS_OK;
     }
