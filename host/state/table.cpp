@@ -162,6 +162,7 @@ std::string flags_to_string(uint32_t flags)
         {SERPENS_STATE_PER_FLOW, "PER_FLOW"}, {SERPENS_STATE_GLOBAL, "GLOBAL"},
         {SERPENS_STATE_READ, "READ"},         {SERPENS_STATE_WRITE, "WRITE"},
         {SERPENS_STATE_RELEASE, "RELEASE"},   {SERPENS_STATE_EVENTUAL, "EVENTUAL"},
+        {SERPENS_STATE_NF_EXPIRY, "NF_EXPIRY"},
     };
     std::string s;
     uint32_t rest = flags;
@@ -184,7 +185,8 @@ std::string flags_to_string(uint32_t flags)
 std::string validate_spec(const TableSpec &spec)
 {
     const uint32_t known = SERPENS_STATE_PER_FLOW | SERPENS_STATE_GLOBAL | SERPENS_STATE_READ |
-                           SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL;
+                           SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL |
+                           SERPENS_STATE_NF_EXPIRY;
     uint32_t f = spec.flags;
     if (spec.name.empty()) {
         return "table name is empty";
@@ -208,6 +210,9 @@ std::string validate_spec(const TableSpec &spec)
     }
     if (!gw && has_cons) {
         return "flags " + flags_to_string(f) + ": RELEASE/EVENTUAL only apply to GLOBAL|WRITE";
+    }
+    if ((f & SERPENS_STATE_NF_EXPIRY) && !(f & SERPENS_STATE_PER_FLOW)) {
+        return "flags " + flags_to_string(f) + ": NF_EXPIRY only applies to PER_FLOW";
     }
     if (spec.key_size == 0 || spec.key_size > max_key_size) {
         return "key_size " + std::to_string(spec.key_size) + " outside 1.." + std::to_string(max_key_size);
@@ -943,7 +948,7 @@ void Table::try_reclaim(std::size_t i) noexcept
 
 std::size_t Table::expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept
 {
-    if (_kind != TableKind::per_flow || _ro || budget == 0) {
+    if (_kind != TableKind::per_flow || _ro || budget == 0 || (_h->flags & SERPENS_STATE_NF_EXPIRY)) {
         return 0;
     }
     const uint32_t nowu = coarse_units(now_ns);

@@ -160,6 +160,7 @@ public:
     // (a row is not when the table is full).
     uint64_t cell_add_bulk(const void *keys, uint32_t n, uint32_t cell, const uint64_t *deltas) noexcept;
 
+    // Tables created with SERPENS_STATE_NF_EXPIRY are left alone (returns 0).
     // Removes per-flow entries idle for more than idle_ns, visiting at most
     // `budget` slots from a shared cursor (so it can run in small steps from
     // any thread).  Also turns tombstones back into empty slots where safe.

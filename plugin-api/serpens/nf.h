@@ -133,6 +133,13 @@ struct serpens_batch {
 #define SERPENS_STATE_WRITE 0x08u
 #define SERPENS_STATE_RELEASE 0x10u  /* single writer: split into sub-states */
 #define SERPENS_STATE_EVENTUAL 0x20u /* multi writer: replicas, merged */
+/* ABI 1.1 and later (an ABI 1.0 host refuses the bit: check host->abi_minor).
+ * PER_FLOW only: the host never removes this table's entries for being idle
+ * (its per-flow idle expiry skips the table); the NF deletes them itself.
+ * For entries that hold a resource the NF must give back when they go (a
+ * NAT mapping's external port): an entry the host expired silently would
+ * leak it. */
+#define SERPENS_STATE_NF_EXPIRY 0x40u
 
 typedef struct serpens_table serpens_table; /* opaque, owned by the host */
 

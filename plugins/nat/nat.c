@@ -42,16 +42,20 @@
  *   instance never writes a flow it does not own).  Each instance sweeps the
  *   items it handed out, paced to see every item twice per shortest timeout
  *   (at most NAT_SWEEP_MAX per batch), and returns expired ones to its share
- *   of the pool.  The sweep's reads also keep live mappings from the host's
- *   own idle expiry of per-flow tables.
+ *   of the pool.  The mapping tables are created with NF_EXPIRY (host ABI
+ *   1.1): the host's own per-flow idle expiry leaves them alone, so a mapping
+ *   and its item always go together, through the sweep.  (Before, a host
+ *   expiry removed mappings whose items then never came back to the pool,
+ *   e.g. after the NF saw no packet for longer than the host's idle timeout.)
  *
- * LIMITATION
- *   The sweep runs only when packets arrive.  If the NF sees no packet for
- *   longer than the host's per-flow idle expiry (state::StoreOptions
- *   flow_idle_timeout, 300 s by default), the host may delete mappings
- *   without the NF knowing, and their items stay out of the pool until the
- *   state directory is cleared.  Fixing it needs a host service the ABI does
- *   not have yet (an expiry callback, or per-table expiry opt-out).
+ * LIMITATIONS
+ *   The sweep runs only when packets arrive: after a quiet period, expired
+ *   mappings are freed when traffic resumes (at most NAT_SWEEP_MAX items per
+ *   batch).  Only the instance that took an item frees it: the items of
+ *   mappings made by an instance that was scaled in for good stay taken
+ *   until an instance with its id runs again.  On an ABI 1.0 host the
+ *   tables have no NF_EXPIRY and the old leak on host expiry remains (logged
+ *   at init).
  *
  * STATE (paper Table I)
  *   pool  GLOBAL|WRITE|RELEASE  key (pool fingerprint, chunk, protocol), value a
@@ -60,9 +64,9 @@
  *                               to the instances; an instance that runs out
  *                               triggers a rebalance and drops (counted) only
  *                               when that finds nothing either.
- *   out   PER_FLOW|WRITE        (proto, inside addr:port, remote addr:port)
+ *   out   PER_FLOW|WRITE|NF_EXPIRY  (proto, inside addr:port, remote addr:port)
  *                               -> (external addr:port, last outbound packet)
- *   in    PER_FLOW|WRITE        (proto, external addr:port) -> (inside addr:port,
+ *   in    PER_FLOW|WRITE|NF_EXPIRY  (proto, external addr:port) -> (inside addr:port,
  *                               remote addr:port, owning instance)
  *   Pool size: (addresses x ports) / 4096 keys per protocol; the host keeps
  *   (1 + max instances) double-buffered cells per key, i.e. about 17 KiB per
@@ -1056,10 +1060,20 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     }
     n->pool = h->create_table(ctx, "pool", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE,
                               sizeof(struct nat_pool_key), sizeof n->bitmap, (uint64_t)n->n_chunks * NAT_N_PROTOS);
-    n->out = h->create_table(ctx, "out", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(struct nat_out_key),
-                             sizeof(struct nat_out_val), n->max_mappings);
-    n->in = h->create_table(ctx, "in", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(struct nat_in_key),
-                            sizeof(struct nat_in_val), n->max_mappings);
+    /* The sweep alone expires mappings, so an item goes back with its mapping. */
+    uint32_t flow_flags = SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE;
+    if (h->abi_minor >= 1) {
+        flow_flags |= SERPENS_STATE_NF_EXPIRY;
+    } else {
+        h->log(ctx, SERPENS_LOG_WARN,
+               "nat: host ABI %u.%u has no NF_EXPIRY tables: mappings the host expires keep their external port "
+               "out of the pool",
+               (unsigned)h->abi_major, (unsigned)h->abi_minor);
+    }
+    n->out = h->create_table(ctx, "out", flow_flags, sizeof(struct nat_out_key), sizeof(struct nat_out_val),
+                             n->max_mappings);
+    n->in = h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val),
+                            n->max_mappings);
     if (n->pool == NULL || n->out == NULL || n->in == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "nat: cannot create its state tables (see the host's message)");
         return SERPENS_EINVAL;
