@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <span>
 #include <thread>
 
 namespace serpens {
@@ -275,6 +276,9 @@ uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
     };
 
     const io::RouteTable *routes = _router.current();
+    int32_t cached_rule = io::gateway_no_match;
+    uint32_t cached_tag = 0;
+    std::span<const io::RouteTarget> cached_targets;
     for (uint16_t i = 0; i < n_kept; ++i) {
         serpens_pkt &view = views[i];
         if (parsed[i]) {
@@ -292,8 +296,15 @@ uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
             }
             continue;
         }
-        const uint32_t tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
-        const io::RouteTarget *target = routes != nullptr ? routes->route(tag, view.flow_hash) : nullptr;
+        // Consecutive packets mostly match the same rule: look its chain's
+        // instances up once per run of them, not once per packet.
+        if (rule != cached_rule) {
+            cached_rule = rule;
+            cached_tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
+            cached_targets = routes != nullptr ? routes->targets(cached_tag) : std::span<const io::RouteTarget>{};
+        }
+        const uint32_t tag = cached_tag;
+        const io::RouteTarget *target = io::RouteTable::pick(cached_targets, view.flow_hash);
         if (target == nullptr) {
             bump(_counters.no_instance);
             drops[n_drop++] = mbufs[i];

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 namespace serpens::io {
@@ -29,16 +30,22 @@ struct RouteTarget {
 struct RouteTable {
     std::vector<std::vector<RouteTarget>> by_tag; // chain tag -> instances
 
+    // The chain's instances; empty when it has none.
+    std::span<const RouteTarget> targets(uint32_t tag) const noexcept
+    {
+        return tag < by_tag.size() ? std::span<const RouteTarget>(by_tag[tag]) : std::span<const RouteTarget>{};
+    }
+    // The instance of `targets` a flow goes to; nullptr when there is none.
+    static const RouteTarget *pick(std::span<const RouteTarget> targets, uint32_t flow_hash) noexcept
+    {
+        // 32-bit modulo: a 64-bit division per packet showed in profiles.
+        const auto n = static_cast<uint32_t>(targets.size());
+        return n == 0 ? nullptr : n == 1 ? targets.data() : &targets[flow_hash % n];
+    }
     // nullptr when the chain has no instance.
     const RouteTarget *route(uint32_t tag, uint32_t flow_hash) const noexcept
     {
-        if (tag >= by_tag.size() || by_tag[tag].empty()) {
-            return nullptr;
-        }
-        const auto &targets = by_tag[tag];
-        // 32-bit modulo: a 64-bit division per packet showed in profiles.
-        const auto n = static_cast<uint32_t>(targets.size());
-        return &targets[n == 1 ? 0 : flow_hash % n];
+        return pick(targets(tag), flow_hash);
     }
 };
 

@@ -138,6 +138,12 @@ ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, Fl
 // parses a whole burst first and then hashes its keys with hash_flows.
 ParseResult parse_headers(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept;
 
+namespace detail {
+// parse_headers without its fast path for common IPv4 TCP/UDP frames: tests
+// check that both give the same on every frame.
+ParseResult parse_headers_general(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept;
+} // namespace detail
+
 // out[i] = keys[i].hash() for i < n, faster than one at a time.
 void hash_flows(const FlowKey *keys, uint32_t n, uint32_t *out) noexcept;
 

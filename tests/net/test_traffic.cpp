@@ -5,7 +5,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
+#include <random>
 #include <set>
 #include <stdexcept>
 
@@ -150,6 +153,45 @@ TEST_CASE("the parser agrees with what the generator meant, and the summary adds
     for (const auto &[flow, hashes] : hashes_by_flow) {
         CHECK(hashes.size() == 1);
     }
+}
+
+TEST_CASE("the parser's fast path and its general path agree on every frame, cut or mutated")
+{
+    // parse_headers takes a shortcut for plain IPv4 TCP/UDP frames; anything
+    // it accepts must come out exactly as the general parser has it.
+    TrafficConfig cfg = small_config(3);
+    cfg.malformed_ratio = 0.2;
+    TrafficGenerator gen(cfg);
+    std::mt19937 rng(11);
+    uint64_t fast_candidates = 0;
+    auto same = [&](const std::vector<uint8_t> &frame) {
+        serpens_pkt a{};
+        serpens_pkt b{};
+        FlowKey ka;
+        FlowKey kb;
+        const auto len = static_cast<uint32_t>(frame.size());
+        const ParseResult ra = parse_headers(frame.data(), len, a, ka);
+        const ParseResult rb = detail::parse_headers_general(frame.data(), len, b, kb);
+        CHECK(ra == rb);
+        CHECK(std::memcmp(&a, &b, sizeof a) == 0);
+        CHECK(ka == kb);
+        fast_candidates += ra == ParseResult::ok && ka.ip_version == 4 && !(a.flags & SERPENS_PKT_F_VLAN);
+    };
+    while (auto p = gen.next()) {
+        const std::vector<uint8_t> full(p->data.begin(), p->data.end());
+        INFO("frame " << p->frame);
+        same(full);
+        for (std::size_t n = 0; n < std::min<std::size_t>(full.size(), 80); ++n) {
+            same(std::vector<uint8_t>(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n)));
+        }
+        for (int k = 0; k < 8; ++k) {
+            std::vector<uint8_t> mutated = full;
+            const std::size_t at = rng() % std::min<std::size_t>(full.size(), 64);
+            mutated[at] = static_cast<uint8_t>(rng());
+            same(mutated);
+        }
+    }
+    CHECK(fast_candidates > 100); // the shortcut was exercised, not just the fallback
 }
 
 TEST_CASE("TCP flows open with a handshake, close with FIN, and both sides talk")
