@@ -58,19 +58,7 @@ public:
             Summary serpens;
             {
                 NfChain chain(opts, dir, fws, params, fmt::format("c{}", serial++));
-                auto inst = chain.instance(0);
-                LabBatch b(_batch);
-                std::size_t cursor = 0;
-                for (std::size_t i = 0; i < traffic.size(); i += _batch) { // establish every flow
-                    b.load(traffic, cursor, _batch);
-                    inst->run(b.pkts.data(), b.n, b.labels.data(), now_ns());
-                }
-                serpens = summarize(measure(opts, [&](uint64_t iters) {
-                    for (uint64_t i = 0; i < iters; ++i) {
-                        b.load(traffic, cursor, _batch);
-                        keep(inst->run(b.pkts.data(), b.n, b.labels.data(), now_ns()));
-                    }
-                }));
+                serpens = time_in_place(opts, chain, traffic, _batch);
             }
             std::vector<std::pair<std::string, Summary>> rows;
             for (Chaining c : {Chaining::executor, Chaining::gateway, Chaining::direct}) {

@@ -295,6 +295,23 @@ void LabBatch::compact() noexcept
     n = k;
 }
 
+Summary time_in_place(const Options &opts, NfChain &chain, const Traffic &traffic, uint32_t batch)
+{
+    auto inst = chain.instance(0);
+    LabBatch b(batch);
+    std::size_t cursor = 0;
+    for (std::size_t i = 0; i < traffic.size(); i += batch) {
+        b.load(traffic, cursor, batch);
+        inst->run(b.pkts.data(), b.n, b.labels.data(), now_ns());
+    }
+    return summarize(measure(opts, [&](uint64_t iters) {
+        for (uint64_t i = 0; i < iters; ++i) {
+            b.load(traffic, cursor, batch);
+            keep(inst->run(b.pkts.data(), b.n, b.labels.data(), now_ns()));
+        }
+    }));
+}
+
 // ---- redis -----------------------------------------------------------------
 
 bool have_hiredis() noexcept

@@ -120,6 +120,11 @@ struct LabBatch {
     // Keeps the packets that reached egress (labels OUT) in order.
     void compact() noexcept;
 };
+// Serpens' model: an instance of `chain` run by plain function calls on the
+// measuring thread.  One pass over `traffic` establishes every flow, then
+// timed batches of `batch` frames cycle over it; ns per batch.
+Summary time_in_place(const Options &opts, NfChain &chain, const Traffic &traffic, uint32_t batch);
+
 // ---- remote state --------------------------------------------------------
 
 // A redis-server of our own on a free loopback port in a scratch directory
