@@ -17,6 +17,9 @@ int main(int argc, char **argv)
     app.add_option("--samples", o.samples, "timed samples per measurement");
     app.add_option("--redis-server", o.redis_server, "redis-server binary");
     app.add_flag("--no-redis", no_redis, "skip the Redis baseline");
+    app.add_option("--dir", o.dir,
+                   "directory for the table's segment (default: a scratch directory under /dev/shm); a tmpfs "
+                   "mounted with huge=always or huge=within_size backs it with 2 MiB pages");
     CLI11_PARSE(app, argc, argv);
     o.redis = !no_redis;
     auto r = serpens::state::bench_run(o);
