@@ -50,6 +50,25 @@ def read_pcap(path):
     return frames
 
 
+def write_pcap(path, frames):
+    """Writes frames as a classic little-endian pcap, 1 ms apart."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for i, fr in enumerate(frames):
+            f.write(struct.pack("<IIII", 1700000000 + i // 1000, (i % 1000) * 1000, len(fr), len(fr)))
+            f.write(fr)
+
+
+def csum(data):
+    """The Internet checksum (RFC 1071) of data."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
 def decode(frame):
     """(ip_version, proto, src_port, dst_port) or None for non-IP/malformed."""
     if len(frame) < 14:

@@ -14,7 +14,7 @@ import re
 import shutil
 import struct
 
-from harness import HOST, Host, check
+from harness import HOST, Host, check, csum, write_pcap
 
 IDS_SO = os.path.join(os.path.dirname(os.path.dirname(HOST)), "plugins", "ids", "serpens_nf_ids.so")
 TAG = 0x1D
@@ -36,15 +36,6 @@ SIGS = [
 ]
 
 
-def csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return (~s) & 0xFFFF
-
-
 def build(src, dst, proto, sport, dport, payload, seq):
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 0x50, 0x18, 65535, 0, 0) + payload
@@ -60,14 +51,6 @@ def build(src, dst, proto, sport, dport, payload, seq):
         hdr = struct.pack("!IHBB16s16s", 0x60000000, len(l4), proto, 64, s.packed, d.packed)
         frame = eth + b"\x86\xdd" + hdr + l4
     return frame + b"\0" * max(0, 60 - len(frame))
-
-
-def write_pcap(path, frames):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000, i, len(fr), len(fr)))
-            f.write(fr)
 
 
 def make_trace(rng):

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check
+from harness import HOST, Host, check, csum, write_pcap
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -74,15 +74,6 @@ def tshark(path):
     return rows
 
 
-def csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def ipv4_frame(src, dst, proto, sport, dport, payload=b"reply!", icmp_type=0):
     """Ethernet + IPv4 + TCP/UDP/ICMP echo with correct checksums, written here."""
     s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
@@ -104,14 +95,6 @@ def ipv4_frame(src, dst, proto, sport, dport, payload=b"reply!", icmp_type=0):
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0, s, d)
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
-
-
-def write_pcap(path, frames):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000 + i // 1000, (i % 1000) * 1000, len(fr), len(fr)))
-            f.write(fr)
 
 
 def nat_counters(host):

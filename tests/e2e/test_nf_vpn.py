@@ -13,7 +13,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, read_pcap
+from harness import HOST, Host, check, read_pcap, write_pcap
 
 if shutil.which("tshark") is None:
     print("skip: tshark not installed")
@@ -36,14 +36,6 @@ def sa_toml(direction):
         if direction == "out":
             text += f'src = "{src}"\n'
     return text
-
-
-def write_pcap(path, frames):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000, i, len(fr), len(fr)))
-            f.write(fr)
 
 
 def inner_ip(frame):

@@ -26,7 +26,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, read_pcap
+from harness import HOST, Host, check, read_pcap, csum, write_pcap
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -93,15 +93,6 @@ def verdict(frame):
     return "allow"
 
 
-def csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def tcp_frame(src, dst, sport, dport, payload):
     s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
     l4 = struct.pack("!HHIIBBHHH", sport, dport, 100, 0, 0x50, 0x18, 4096, 0, 0) + payload
@@ -109,14 +100,6 @@ def tcp_frame(src, dst, sport, dport, payload):
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 7, 0x4000, 64, 6, 0, s, d)
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
-
-
-def write_pcap(path, frames):
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for i, fr in enumerate(frames):
-            f.write(struct.pack("<IIII", 1700000000 + i // 1000, (i % 1000) * 1000, len(fr), len(fr)))
-            f.write(fr)
 
 
 def tshark_bad_and_good(path):
