@@ -1,0 +1,286 @@
+/*
+ * serpens/nf_util.h — small helpers NF plugins share, header-only.
+ *
+ * Optional: nothing here is part of the ABI.  Every helper is a static inline
+ * function (or a macro) built from serpens/nf.h and the C standard library
+ * alone, so a plugin compiles it into itself and still links against nothing
+ * of the host.  Pure C99, usable from C and C++ plugins.
+ *
+ * Contents:
+ *  - unaligned loads and stores of packet fields (byte order as in memory);
+ *  - Internet checksums: a full one (RFC 1071) and incremental updates
+ *    (RFC 1624, HC' = ~(~HC + ~m + m'));
+ *  - cold-path configuration helpers that log "file:line:col: <nf>: <path>:
+ *    <message>" through the host and return SERPENS_EINVAL;
+ *  - counter registration for a table of names.
+ *
+ * Thread safety: the packet and checksum helpers touch only their arguments
+ * and may run on any thread.  The configuration and counter helpers call the
+ * host's config and counter services, which are for init (the control
+ * thread) only.
+ */
+#ifndef SERPENS_NF_UTIL_H
+#define SERPENS_NF_UTIL_H
+
+#include <serpens/nf.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Packet fields                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Loads/stores 16 or 32 bits at any alignment, bytes as they sit in memory
+ * (no byte swap: network order stays network order). */
+static inline uint16_t serpens_ld16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+static inline uint32_t serpens_ld32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline void serpens_st16(uint8_t *p, uint16_t v)
+{
+    memcpy(p, &v, 2);
+}
+
+static inline void serpens_st32(uint8_t *p, uint32_t v)
+{
+    memcpy(p, &v, 4);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Internet checksums                                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * One's complement sums do not depend on byte order as long as every 16-bit
+ * word is taken the same way (RFC 1071 §2(B)), so these helpers take and
+ * return words as they sit in memory: load a checksum field with
+ * serpens_ld16, store the result with serpens_st16.
+ */
+
+/* The Internet checksum of len bytes at data (an odd last byte is padded
+ * with zero), ready to store in a header whose checksum field was zero. */
+static inline uint16_t serpens_csum(const void *data, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    uint64_t s = 0;
+    size_t i = 0;
+    for (; i + 1 < len; i += 2) {
+        s += serpens_ld16(p + i);
+    }
+    if (i < len) {
+        uint8_t last[2] = {p[i], 0};
+        s += serpens_ld16(last);
+    }
+    while (s >> 16) {
+        s = (s & 0xffffu) + (s >> 16);
+    }
+    return (uint16_t)~s;
+}
+
+/* The checksum hc updated for one 16-bit word changed from old to now
+ * (RFC 1624 eqn. 3).  Never turns a valid checksum into a wrong one, and
+ * keeps the -0/+0 distinction RFC 1624 §3 discusses. */
+static inline uint16_t serpens_csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
+{
+    uint32_t s = (uint32_t)(uint16_t)~hc + (uint16_t)~old + now;
+    s = (s & 0xffffu) + (s >> 16);
+    s = (s & 0xffffu) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+/* The same for a 32-bit field (an IPv4 address), as two 16-bit words. */
+static inline uint16_t serpens_csum_replace32(uint16_t hc, uint32_t old, uint32_t now)
+{
+    hc = serpens_csum_replace16(hc, (uint16_t)old, (uint16_t)now);
+    return serpens_csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
+}
+
+/*
+ * Rewrites the IPv4 address at ip + addr_at (source 12, destination 16) and
+ * the 16-bit field at l4 + port_at (a port, an ICMP echo id), both given and
+ * stored in network order, and updates incrementally the IPv4 header checksum
+ * and the L4 checksum at l4 + csum_at (TCP 16, UDP 6, ICMP 2).  pseudo: the L4
+ * checksum covers the addresses (TCP, UDP).  udp: a zero checksum means "none
+ * sent" and stays zero, and a computed zero is sent as 0xffff (RFC 768).
+ * The caller has checked that the headers are all there.
+ */
+static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, unsigned csum_at,
+                                        unsigned port_at, int pseudo, int udp, uint32_t new_ip, uint16_t new_port)
+{
+    uint32_t old_ip = serpens_ld32(ip + addr_at);
+    uint16_t old_port = serpens_ld16(l4 + port_at);
+    serpens_st32(ip + addr_at, new_ip);
+    serpens_st16(ip + 10, serpens_csum_replace32(serpens_ld16(ip + 10), old_ip, new_ip));
+    uint16_t hc = serpens_ld16(l4 + csum_at);
+    serpens_st16(l4 + port_at, new_port);
+    if (udp && hc == 0) {
+        return; /* no UDP checksum was sent: nothing to keep right */
+    }
+    if (pseudo) {
+        hc = serpens_csum_replace32(hc, old_ip, new_ip);
+    }
+    hc = serpens_csum_replace16(hc, old_port, new_port);
+    if (udp && hc == 0) {
+        hc = 0xffff; /* zero would mean "no checksum" */
+    }
+    serpens_st16(l4 + csum_at, hc);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Configuration (init only)                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Writes where path sits in the chain file ("file:line:col", from the host)
+ * into buf; when the host cannot say, "chain '<chain>', nf '<name>'". */
+static inline void serpens_config_where(const struct serpens_nf_ctx *ctx, const serpens_config *cfg, const char *path,
+                                        char *buf, size_t len)
+{
+    if (ctx->host->config_where(cfg, path, buf, len) != SERPENS_OK || buf[0] == '\0') {
+        snprintf(buf, len, "chain '%s', nf '%s'", ctx->chain_name, ctx->nf_name);
+    }
+}
+
+/* Logs "<where>: <nf>: <path>: <message>" at SERPENS_LOG_ERROR, where is the
+ * host's "file:line:col" of path (or "(chain file)"), and returns
+ * SERPENS_EINVAL.  Messages longer than 511 bytes are cut. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 5, 6)))
+#endif
+static inline int
+serpens_config_error(const struct serpens_nf_ctx *ctx, const serpens_config *cfg, const char *nf, const char *path,
+                     const char *fmt, ...)
+{
+    char where[512];
+    char message[512];
+    if (ctx->host->config_where(cfg, path, where, sizeof where) != SERPENS_OK) {
+        snprintf(where, sizeof where, "%s", "(chain file)");
+    }
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    ctx->host->log(ctx, SERPENS_LOG_ERROR, "%s: %s: %s: %s", where, nf, path, message);
+    return SERPENS_EINVAL;
+}
+
+/* An optional integer key within [lo, hi]: SERPENS_OK with *out set, or left
+ * at its default when the key is absent; otherwise logs why (another type,
+ * out of range) and returns SERPENS_EINVAL. */
+static inline int serpens_config_int_range(const struct serpens_nf_ctx *ctx, const serpens_config *cfg,
+                                           const char *nf, const char *path, int64_t lo, int64_t hi, int64_t *out)
+{
+    int64_t v = 0;
+    int rc = ctx->host->config_int(cfg, path, &v);
+    if (rc == SERPENS_ENOENT) {
+        return SERPENS_OK;
+    }
+    if (rc != SERPENS_OK) {
+        return serpens_config_error(ctx, cfg, nf, path, "expected an integer");
+    }
+    if (v < lo || v > hi) {
+        return serpens_config_error(ctx, cfg, nf, path, "%lld is out of range [%lld, %lld]", (long long)v,
+                                    (long long)lo, (long long)hi);
+    }
+    *out = v;
+    return SERPENS_OK;
+}
+
+/* Called for each string of a string-or-array key with the element's path
+ * ("key" or "key[i]", for error messages); a non-OK return stops the walk. */
+typedef int (*serpens_config_string_fn)(void *arg, const serpens_config *cfg, const char *path, const char *value);
+
+/* Calls fn for the string at key, or for each string of the array at key.
+ * Logs and returns SERPENS_EINVAL when the key is absent, of another type,
+ * an empty array or holds a non-string; otherwise returns the first non-OK
+ * code of fn, or SERPENS_OK. */
+static inline int serpens_config_for_each_string(const struct serpens_nf_ctx *ctx, const serpens_config *cfg,
+                                                 const char *nf, const char *key, serpens_config_string_fn fn,
+                                                 void *arg)
+{
+    const struct serpens_host_api *h = ctx->host;
+    const char *value = NULL;
+    int rc = h->config_string(cfg, key, &value);
+    if (rc == SERPENS_OK) {
+        return fn(arg, cfg, key, value);
+    }
+    if (rc == SERPENS_ENOENT) {
+        return serpens_config_error(ctx, cfg, nf, key, "required: a string or an array of strings");
+    }
+    size_t count = 0;
+    if (h->config_array_size(cfg, key, &count) != SERPENS_OK) {
+        return serpens_config_error(ctx, cfg, nf, key, "expected a string or an array of strings");
+    }
+    if (count == 0) {
+        return serpens_config_error(ctx, cfg, nf, key, "must not be empty");
+    }
+    for (size_t i = 0; i < count; ++i) {
+        char path[128];
+        snprintf(path, sizeof path, "%s[%zu]", key, i);
+        if (h->config_string(cfg, path, &value) != SERPENS_OK) {
+            return serpens_config_error(ctx, cfg, nf, path, "expected a string");
+        }
+        if ((rc = fn(arg, cfg, path, value)) != SERPENS_OK) {
+            return rc;
+        }
+    }
+    return SERPENS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Counters (init only)                                                      */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Registers the n counters names[0..n) into slots[0..n).  A counter the host
+ * refuses goes to spare[i] when spare is not NULL (the NF counts into memory
+ * nobody reads, and runs on); with spare NULL the helper logs "<nf>: counter
+ * '<name>' refused" and returns SERPENS_ENOMEM at the first refusal.
+ */
+static inline int serpens_register_counters(struct serpens_nf_ctx *ctx, const char *nf, const char *const *names,
+                                            int n, uint64_t **slots, uint64_t *spare)
+{
+    for (int i = 0; i < n; ++i) {
+        slots[i] = ctx->host->counter(ctx, names[i]);
+        if (slots[i] != NULL) {
+            continue;
+        }
+        if (spare == NULL) {
+            ctx->host->log(ctx, SERPENS_LOG_ERROR, "%s: counter '%s' refused", nf, names[i]);
+            return SERPENS_ENOMEM;
+        }
+        slots[i] = &spare[i];
+    }
+    return SERPENS_OK;
+}
+
+/*
+ * For counters kept as an X-macro table, X(SYM, "name", "description"): the
+ * X that yields the names, in table order, for serpens_register_counters:
+ *
+ *     static const char *const lb_counter_names[LB_N_COUNTERS] = {
+ *         LB_COUNTERS(SERPENS_COUNTER_NAME)
+ *     };
+ */
+#define SERPENS_COUNTER_NAME(sym, name, desc) name,
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SERPENS_NF_UTIL_H */

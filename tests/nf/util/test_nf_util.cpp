@@ -1,0 +1,168 @@
+// serpens/nf_util.h: the full checksum against RFC 1071's example, the
+// incremental updates (RFC 1624) against a full recompute on random data,
+// and serpens_ipv4_rewrite on TCP, UDP and ICMP packets.
+
+#include <serpens/nf_util.h>
+
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+extern "C" uint16_t nf_util_c_rewrite_csum(uint8_t *ip, uint8_t *l4, uint32_t new_ip, uint16_t new_port);
+
+namespace {
+
+// The checksum of a buffer whose checksum field (at csum_at) is taken as zero.
+uint16_t recompute(std::vector<uint8_t> b, std::size_t csum_at)
+{
+    b[csum_at] = b[csum_at + 1] = 0;
+    return serpens_csum(b.data(), b.size());
+}
+
+// The TCP/UDP checksum over the pseudo header and the L4 bytes l4[0, len).
+uint16_t l4_csum(const uint8_t *ip, const uint8_t *l4, std::size_t len, uint8_t proto, std::size_t csum_at)
+{
+    std::vector<uint8_t> b(12 + len);
+    std::memcpy(b.data(), ip + 12, 8);
+    b[8] = 0;
+    b[9] = proto;
+    b[10] = static_cast<uint8_t>(len >> 8);
+    b[11] = static_cast<uint8_t>(len);
+    std::memcpy(b.data() + 12, l4, len);
+    return recompute(b, 12 + csum_at);
+}
+
+struct Packet {
+    std::vector<uint8_t> bytes; // 20 B IPv4 header, then L4
+    uint8_t *ip() { return bytes.data(); }
+    uint8_t *l4() { return bytes.data() + 20; }
+    std::size_t l4_len() const { return bytes.size() - 20; }
+};
+
+// A random IPv4 packet of protocol proto with both checksums right.
+Packet random_packet(std::mt19937 &rng, uint8_t proto, std::size_t l4_len, std::size_t csum_at, bool pseudo)
+{
+    Packet p;
+    p.bytes.resize(20 + l4_len);
+    for (uint8_t &x : p.bytes) {
+        x = static_cast<uint8_t>(rng());
+    }
+    p.ip()[0] = 0x45;
+    p.ip()[9] = proto;
+    serpens_st16(p.ip() + 10, 0);
+    serpens_st16(p.ip() + 10, serpens_csum(p.ip(), 20));
+    serpens_st16(p.l4() + csum_at, 0);
+    uint16_t c = pseudo ? l4_csum(p.ip(), p.l4(), l4_len, proto, csum_at)
+                        : recompute(std::vector<uint8_t>(p.l4(), p.l4() + l4_len), csum_at);
+    serpens_st16(p.l4() + csum_at, c);
+    return p;
+}
+
+} // namespace
+
+TEST_CASE("serpens_csum: RFC 1071's example, odd lengths, a header that verifies")
+{
+    // RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2; checksum 220d.
+    const uint8_t words[] = {0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7};
+    uint8_t out[2];
+    serpens_st16(out, serpens_csum(words, sizeof words));
+    CHECK(out[0] == 0x22);
+    CHECK(out[1] == 0x0d);
+    // An odd last byte counts as the high byte of a word padded with zero.
+    const uint8_t odd[] = {0x00, 0x01, 0xf2};
+    const uint8_t even[] = {0x00, 0x01, 0xf2, 0x00};
+    CHECK(serpens_csum(odd, sizeof odd) == serpens_csum(even, sizeof even));
+    // A header with its checksum in place sums to zero.
+    std::mt19937 rng(1);
+    Packet p = random_packet(rng, 6, 20, 16, true);
+    CHECK(serpens_csum(p.ip(), 20) == 0);
+}
+
+TEST_CASE("serpens_csum_replace16/32 equal a full recompute on random data")
+{
+    std::mt19937 rng(1624);
+    for (int round = 0; round < 20000; ++round) {
+        std::vector<uint8_t> b(2 * (2 + rng() % 40));
+        for (uint8_t &x : b) {
+            x = static_cast<uint8_t>(rng());
+        }
+        if (round % 7 == 0) {
+            std::fill(b.begin(), b.end(), uint8_t{0}); // all-zero data: the +0/-0 corner of RFC 1624 §3
+        }
+        const std::size_t csum_at = 0;
+        serpens_st16(b.data() + csum_at, recompute(b, csum_at));
+        // A 16-bit or a 32-bit field, at any even offset after the checksum.
+        const bool wide = round % 2 == 0 && b.size() >= 6;
+        const std::size_t at = 2 + 2 * (rng() % ((b.size() - (wide ? 4 : 2)) / 2));
+        uint16_t hc = serpens_ld16(b.data() + csum_at);
+        if (wide) {
+            uint32_t old = serpens_ld32(b.data() + at), now = static_cast<uint32_t>(rng());
+            serpens_st32(b.data() + at, now);
+            hc = serpens_csum_replace32(hc, old, now);
+        } else {
+            uint16_t old = serpens_ld16(b.data() + at), now = static_cast<uint16_t>(rng());
+            serpens_st16(b.data() + at, now);
+            hc = serpens_csum_replace16(hc, old, now);
+        }
+        const uint16_t full = recompute(b, csum_at);
+        INFO("round " << round);
+        // Equal, or the other zero of one's complement (~0 = 0xffff) when a
+        // recompute of data summing to zero gives 0xffff; both verify.
+        CHECK((hc == full || (hc == 0 && full == 0xffff)));
+        serpens_st16(b.data() + csum_at, hc);
+        CHECK((serpens_csum(b.data(), b.size()) == 0 || serpens_csum(b.data(), b.size()) == 0xffff));
+    }
+}
+
+TEST_CASE("serpens_ipv4_rewrite keeps IPv4, TCP, UDP and ICMP checksums right")
+{
+    std::mt19937 rng(768);
+    for (int round = 0; round < 2000; ++round) {
+        const uint32_t new_ip = static_cast<uint32_t>(rng());
+        const uint16_t new_port = static_cast<uint16_t>(rng());
+        const unsigned addr_at = round % 2 == 0 ? 16 : 12;
+        INFO("round " << round);
+        { // tcp
+            Packet p = random_packet(rng, 6, 20 + rng() % 64, 16, true);
+            serpens_ipv4_rewrite(p.ip(), addr_at, p.l4(), 16, addr_at == 16 ? 2 : 0, 1, 0, new_ip, new_port);
+            CHECK(serpens_ld32(p.ip() + addr_at) == new_ip);
+            CHECK(serpens_ld16(p.l4() + (addr_at == 16 ? 2 : 0)) == new_port);
+            CHECK(serpens_csum(p.ip(), 20) == 0);
+            CHECK(serpens_ld16(p.l4() + 16) == l4_csum(p.ip(), p.l4(), p.l4_len(), 6, 16));
+        }
+        { // udp
+            Packet p = random_packet(rng, 17, 8 + rng() % 64, 6, true);
+            serpens_ipv4_rewrite(p.ip(), addr_at, p.l4(), 6, 2, 1, 1, new_ip, new_port);
+            CHECK(serpens_csum(p.ip(), 20) == 0);
+            const uint16_t hc = serpens_ld16(p.l4() + 6), full = l4_csum(p.ip(), p.l4(), p.l4_len(), 17, 6);
+            CHECK(hc != 0); // zero means "no checksum"
+            CHECK((hc == full || (hc == 0xffff && full == 0)));
+        }
+        { // udp without a checksum keeps none
+            Packet p = random_packet(rng, 17, 8, 6, true);
+            serpens_st16(p.l4() + 6, 0);
+            serpens_ipv4_rewrite(p.ip(), addr_at, p.l4(), 6, 2, 1, 1, new_ip, new_port);
+            CHECK(serpens_ld16(p.l4() + 6) == 0);
+            CHECK(serpens_ld16(p.l4() + 2) == new_port);
+            CHECK(serpens_csum(p.ip(), 20) == 0);
+        }
+        { // icmp echo id: no pseudo header
+            Packet p = random_packet(rng, 1, 8 + rng() % 64, 2, false);
+            serpens_ipv4_rewrite(p.ip(), addr_at, p.l4(), 2, 4, 0, 0, new_ip, new_port);
+            CHECK(serpens_csum(p.ip(), 20) == 0);
+            CHECK(serpens_ld16(p.l4() + 2) == recompute(std::vector<uint8_t>(p.l4(), p.l4() + p.l4_len()), 2));
+        }
+    }
+}
+
+TEST_CASE("nf_util.h compiled as C gives the same rewrite")
+{
+    std::mt19937 rng(99);
+    Packet a = random_packet(rng, 6, 40, 16, true);
+    Packet b = a;
+    serpens_ipv4_rewrite(a.ip(), 16, a.l4(), 16, 2, 1, 0, 0x01020304u, 0x5000);
+    CHECK(nf_util_c_rewrite_csum(b.ip(), b.l4(), 0x01020304u, 0x5000) == serpens_ld16(a.l4() + 16));
+    CHECK(a.bytes == b.bytes);
+}
