@@ -50,9 +50,9 @@
  */
 #define _POSIX_C_SOURCE 200809L /* inet_pton */
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,11 +81,7 @@ enum lb_counter {
     LB_N_COUNTERS
 };
 
-static const char *const lb_counter_names[LB_N_COUNTERS] = {
-#define LB_COUNTER_NAME(sym, name, desc) name,
-    LB_COUNTERS(LB_COUNTER_NAME)
-#undef LB_COUNTER_NAME
-};
+static const char *const lb_counter_names[LB_N_COUNTERS] = {LB_COUNTERS(SERPENS_COUNTER_NAME)};
 
 /* ---- state layouts (network byte order for addresses and ports) -------- */
 
@@ -171,56 +167,27 @@ static uint64_t hash_bytes(const void *data, size_t len, uint64_t seed)
     return mix64(h);
 }
 
-/* ---- checksums (RFC 1624), as in nat.c --------------------------------- */
-
-static inline uint16_t ld16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-static inline uint32_t ld32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline uint16_t csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
-{
-    uint32_t s = (uint32_t)(uint16_t)~hc + (uint16_t)~old + now;
-    s = (s & 0xffffu) + (s >> 16);
-    s = (s & 0xffffu) + (s >> 16);
-    return (uint16_t)~s;
-}
-
-static inline uint16_t csum_replace32(uint16_t hc, uint32_t old, uint32_t now)
-{
-    hc = csum_replace16(hc, (uint16_t)old, (uint16_t)now);
-    return csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
-}
+/* ---- rewriting --------------------------------------------------------- */
 
 /* Rewrites the address at ip + addr_at and the port at l4 + port_at. */
 static void lb_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, uint8_t proto, unsigned port_at, uint32_t new_ip,
                        uint16_t new_port)
 {
-    uint32_t old_ip = ld32(ip + addr_at);
-    uint16_t old_port = ld16(l4 + port_at);
-    unsigned csum_at = proto == 6 ? 16 : 6;
-    memcpy(ip + addr_at, &new_ip, 4);
-    uint16_t c = csum_replace32(ld16(ip + 10), old_ip, new_ip);
-    memcpy(ip + 10, &c, 2);
-    memcpy(l4 + port_at, &new_port, 2);
-    uint16_t hc = ld16(l4 + csum_at);
-    if (proto == 17 && hc == 0) {
-        return; /* no UDP checksum: nothing to keep right */
-    }
-    hc = csum_replace16(csum_replace32(hc, old_ip, new_ip), old_port, new_port);
-    if (proto == 17 && hc == 0) {
-        hc = 0xffff;
-    }
-    memcpy(l4 + csum_at, &hc, 2);
+    serpens_ipv4_rewrite(ip, addr_at, l4, proto == 6 ? 16 : 6, port_at, 1, proto == 17, new_ip, new_port);
+}
+
+/* The flow key of a TCP/UDP packet, in the direction dir. */
+static struct lb_flow_key lb_key_of(const uint8_t *ip, const uint8_t *l4, uint8_t proto, uint8_t dir)
+{
+    struct lb_flow_key key;
+    memset(&key, 0, sizeof key);
+    key.a_ip = serpens_ld32(ip + 12);
+    key.b_ip = serpens_ld32(ip + 16);
+    key.a_port = serpens_ld16(l4);
+    key.b_port = serpens_ld16(l4 + 2);
+    key.proto = proto;
+    key.dir = dir;
+    return key;
 }
 
 /* ---- Maglev (cold path) -------------------------------------------------- */
@@ -289,14 +256,7 @@ static void lb_use(struct lb *l, uint32_t b, uint32_t len, int new_flow)
 /* Client -> service: pick (or recall) the backend and rewrite the destination. */
 static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t *l4, uint8_t proto)
 {
-    struct lb_flow_key key;
-    memset(&key, 0, sizeof key);
-    key.a_ip = ld32(ip + 12);
-    key.b_ip = ld32(ip + 16);
-    key.a_port = ld16(l4);
-    key.b_port = ld16(l4 + 2);
-    key.proto = proto;
-    key.dir = LB_DIR_FORWARD;
+    struct lb_flow_key key = lb_key_of(ip, l4, proto, LB_DIR_FORWARD);
     struct lb_flow_val val;
     uint32_t b = UINT32_MAX;
     int new_flow = 0;
@@ -348,14 +308,7 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t
 /* Backend -> client: put the service address back; 0 when not a reply. */
 static int lb_reply(struct lb *l, uint8_t *ip, uint8_t *l4, uint8_t proto)
 {
-    struct lb_flow_key key;
-    memset(&key, 0, sizeof key);
-    key.a_ip = ld32(ip + 12);
-    key.b_ip = ld32(ip + 16);
-    key.a_port = ld16(l4);
-    key.b_port = ld16(l4 + 2);
-    key.proto = proto;
-    key.dir = LB_DIR_REPLY;
+    struct lb_flow_key key = lb_key_of(ip, l4, proto, LB_DIR_REPLY);
     struct lb_flow_val val;
     if (l->host->get_state(l->flows, &key, &val) != SERPENS_OK) {
         return 0;
@@ -378,7 +331,7 @@ static uint8_t lb_packet(struct lb *l, struct serpens_pkt *p)
     }
     uint8_t *ip = p->data + p->l3_offset;
     uint8_t proto = ip[9];
-    int to_vip = lb_is_vip(l, ntohl(ld32(ip + 16)));
+    int to_vip = lb_is_vip(l, ntohl(serpens_ld32(ip + 16)));
     if (proto != 6 && proto != 17) {
         lb_count(l, LB_C_PASSED);
         return SERPENS_PORT_DEFAULT;
@@ -401,7 +354,7 @@ static uint8_t lb_packet(struct lb *l, struct serpens_pkt *p)
         return SERPENS_PORT_DEFAULT;
     }
     uint8_t *l4 = p->data + p->l4_offset;
-    if (to_vip && (l->vport < 0 || ntohs(ld16(l4 + 2)) == (uint16_t)l->vport)) {
+    if (to_vip && (l->vport < 0 || ntohs(serpens_ld16(l4 + 2)) == (uint16_t)l->vport)) {
         lb_forward(l, p, ip, l4, proto);
         return SERPENS_PORT_DEFAULT;
     }
@@ -455,76 +408,36 @@ static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 
 /* ---- configuration (cold path) ------------------------------------------ */
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-lb_config_error(struct lb *l, const serpens_config *cfg, const char *path, const char *fmt, ...)
-{
-    char where[512];
-    char message[512];
-    if (l->host->config_where(cfg, path, where, sizeof where) != SERPENS_OK) {
-        snprintf(where, sizeof where, "%s", "(chain file)");
-    }
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
-    va_end(args);
-    l->host->log(l->ctx, SERPENS_LOG_ERROR, "%s: lb: %s: %s", where, path, message);
-    return SERPENS_EINVAL;
-}
+#define lb_config_error(l, cfg, path, ...) serpens_config_error((l)->ctx, cfg, "lb", path, __VA_ARGS__)
 
-typedef int (*lb_item_fn)(struct lb *l, const serpens_config *cfg, const char *path, const char *value);
-
-static int lb_for_each_string(struct lb *l, const serpens_config *cfg, const char *key, lb_item_fn fn)
-{
-    const char *value = NULL;
-    int rc = l->host->config_string(cfg, key, &value);
-    if (rc == SERPENS_OK) {
-        return fn(l, cfg, key, value);
-    }
-    if (rc == SERPENS_ENOENT) {
-        return lb_config_error(l, cfg, key, "required: a string or an array of strings");
-    }
-    size_t count = 0;
-    if (l->host->config_array_size(cfg, key, &count) != SERPENS_OK) {
-        return lb_config_error(l, cfg, key, "expected a string or an array of strings");
-    }
-    if (count == 0) {
-        return lb_config_error(l, cfg, key, "must not be empty");
-    }
-    for (size_t i = 0; i < count; ++i) {
-        char path[128];
-        snprintf(path, sizeof path, "%s[%zu]", key, i);
-        if (l->host->config_string(cfg, path, &value) != SERPENS_OK) {
-            return lb_config_error(l, cfg, path, "expected a string");
-        }
-        if ((rc = fn(l, cfg, path, value)) != SERPENS_OK) {
-            return rc;
-        }
-    }
-    return SERPENS_OK;
-}
-
-static int add_vip(struct lb *l, const serpens_config *cfg, const char *path, const char *value)
+/* "address" or "address<sep>number" with number in [lo, hi] (*number kept
+ * when absent): 0, -1 when not that shape, -2 when the number is bad. */
+static int lb_parse_addr(const char *value, char sep, unsigned long lo, unsigned long hi, struct in_addr *a,
+                         unsigned long *number)
 {
     char buf[64];
     if (strlen(value) >= sizeof buf) {
-        return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
+        return -1;
     }
     strcpy(buf, value);
-    unsigned long len = 32;
-    char *slash = strchr(buf, '/');
-    if (slash != NULL) {
+    char *at = strchr(buf, sep);
+    if (at != NULL) {
         char *end = NULL;
-        *slash = '\0';
-        len = strtoul(slash + 1, &end, 10);
-        if (slash[1] == '\0' || *end != '\0' || len > 32) {
-            return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
+        *at = '\0';
+        *number = strtoul(at + 1, &end, 10);
+        if (at[1] == '\0' || *end != '\0' || *number < lo || *number > hi) {
+            return -2;
         }
     }
+    return inet_pton(AF_INET, buf, a) == 1 ? 0 : -1;
+}
+
+static int add_vip(void *arg, const serpens_config *cfg, const char *path, const char *value)
+{
+    struct lb *l = arg;
+    unsigned long len = 32;
     struct in_addr a;
-    if (inet_pton(AF_INET, buf, &a) != 1) {
+    if (lb_parse_addr(value, '/', 0, 32, &a, &len) != 0) {
         return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
     }
     uint32_t mask = len == 0 ? 0 : ~0u << (32 - len);
@@ -540,25 +453,16 @@ static int add_vip(struct lb *l, const serpens_config *cfg, const char *path, co
     return SERPENS_OK;
 }
 
-static int add_backend(struct lb *l, const serpens_config *cfg, const char *path, const char *value)
+static int add_backend(void *arg, const serpens_config *cfg, const char *path, const char *value)
 {
-    char buf[64];
-    if (strlen(value) >= sizeof buf) {
-        return lb_config_error(l, cfg, path, "'%s' is not address[:port]", value);
-    }
-    strcpy(buf, value);
+    struct lb *l = arg;
     unsigned long port = 0;
-    char *colon = strchr(buf, ':');
-    if (colon != NULL) {
-        char *end = NULL;
-        *colon = '\0';
-        port = strtoul(colon + 1, &end, 10);
-        if (colon[1] == '\0' || *end != '\0' || port == 0 || port > 65535) {
-            return lb_config_error(l, cfg, path, "'%s': the port must be 1..65535", value);
-        }
-    }
     struct in_addr a;
-    if (inet_pton(AF_INET, buf, &a) != 1) {
+    int bad = lb_parse_addr(value, ':', 1, 65535, &a, &port);
+    if (bad == -2) {
+        return lb_config_error(l, cfg, path, "'%s': the port must be 1..65535", value);
+    }
+    if (bad != 0) {
         return lb_config_error(l, cfg, path, "'%s' is not address[:port]", value);
     }
     if (l->n_backends == LB_MAX_BACKENDS) {
@@ -574,24 +478,6 @@ static int add_backend(struct lb *l, const serpens_config *cfg, const char *path
         }
     }
     l->backend[l->n_backends++] = k;
-    return SERPENS_OK;
-}
-
-static int lb_int(struct lb *l, const serpens_config *cfg, const char *path, int64_t lo, int64_t hi, int64_t *out)
-{
-    int64_t v = 0;
-    int rc = l->host->config_int(cfg, path, &v);
-    if (rc == SERPENS_ENOENT) {
-        return SERPENS_OK;
-    }
-    if (rc != SERPENS_OK) {
-        return lb_config_error(l, cfg, path, "expected an integer");
-    }
-    if (v < lo || v > hi) {
-        return lb_config_error(l, cfg, path, "%lld is out of range [%lld, %lld]", (long long)v, (long long)lo,
-                               (long long)hi);
-    }
-    *out = v;
     return SERPENS_OK;
 }
 
@@ -620,15 +506,15 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     l->ctx = ctx;
     l->host = h;
     int rc;
-    if ((rc = lb_for_each_string(l, config, "vips", add_vip)) != SERPENS_OK ||
-        (rc = lb_for_each_string(l, config, "backends", add_backend)) != SERPENS_OK) {
+    if ((rc = serpens_config_for_each_string(ctx, config, "lb", "vips", add_vip, l)) != SERPENS_OK ||
+        (rc = serpens_config_for_each_string(ctx, config, "lb", "backends", add_backend, l)) != SERPENS_OK) {
         return rc;
     }
     int64_t vport = -1, table_size = 65537, max_flows = 65536, merge_ms = 1000;
-    if ((rc = lb_int(l, config, "vport", 1, 65535, &vport)) != SERPENS_OK ||
-        (rc = lb_int(l, config, "table_size", 2, LB_MAX_TABLE, &table_size)) != SERPENS_OK ||
-        (rc = lb_int(l, config, "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
-        (rc = lb_int(l, config, "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
+    if ((rc = serpens_config_int_range(ctx, config, "lb", "vport", 1, 65535, &vport)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "lb", "table_size", 2, LB_MAX_TABLE, &table_size)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "lb", "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "lb", "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
         return rc;
     }
     if (!is_prime((uint32_t)table_size)) {
@@ -667,14 +553,7 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
             }
         }
     }
-    for (int c = 0; c < LB_N_COUNTERS; ++c) {
-        l->counter[c] = h->counter(ctx, lb_counter_names[c]);
-        if (l->counter[c] == NULL) {
-            h->log(ctx, SERPENS_LOG_ERROR, "lb: counter '%s' refused", lb_counter_names[c]);
-            return SERPENS_ENOMEM;
-        }
-    }
-    return SERPENS_OK;
+    return serpens_register_counters(ctx, "lb", lb_counter_names, LB_N_COUNTERS, l->counter, NULL);
 }
 
 static void lb_fini(struct serpens_nf_ctx *ctx)
