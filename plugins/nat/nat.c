@@ -86,9 +86,9 @@
  */
 #define _POSIX_C_SOURCE 200809L /* inet_pton */
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <arpa/inet.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,11 +139,7 @@ enum nat_counter {
     NAT_N_COUNTERS
 };
 
-static const char *const nat_counter_names[NAT_N_COUNTERS] = {
-#define NAT_COUNTER_NAME(sym, name, desc) name,
-    NAT_COUNTERS(NAT_COUNTER_NAME)
-#undef NAT_COUNTER_NAME
-};
+static const char *const nat_counter_names[NAT_N_COUNTERS] = {NAT_COUNTERS(SERPENS_COUNTER_NAME)};
 
 /* ---- state layouts (plain bytes in shared memory, zero padded) -------- */
 /* Addresses and ports are kept in network byte order, as in the packet. */
@@ -237,48 +233,6 @@ static const uint8_t nat_protos[NAT_N_PROTOS] = {NAT_PROTO_TCP, NAT_PROTO_UDP, N
 static inline void nat_count(struct nat *n, enum nat_counter c)
 {
     ++*n->counter[c];
-}
-
-/* ---- checksums (RFC 1624: HC' = ~(~HC + ~m + m')) --------------------- */
-/* One's complement sums do not depend on byte order as long as every word
- * is taken the same way, so fields are used as they sit in memory. */
-
-static inline uint16_t ld16(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-static inline uint32_t ld32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline void st16(uint8_t *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
-
-static inline void st32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
-
-static inline uint16_t csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
-{
-    uint32_t s = (uint32_t)(uint16_t)~hc + (uint16_t)~old + now;
-    s = (s & 0xffffu) + (s >> 16);
-    s = (s & 0xffffu) + (s >> 16);
-    return (uint16_t)~s;
-}
-
-static inline uint16_t csum_replace32(uint16_t hc, uint32_t old, uint32_t now)
-{
-    hc = csum_replace16(hc, (uint16_t)old, (uint16_t)now);
-    return csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
 }
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -557,25 +511,8 @@ static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct 
 static void nat_rewrite(uint8_t *ip, unsigned addr_at, struct nat_l4 *l4, unsigned port_at, uint32_t new_ip,
                         uint16_t new_port)
 {
-    uint32_t old_ip = ld32(ip + addr_at);
-    uint16_t old_port = ld16(l4->hdr + port_at);
-    st32(ip + addr_at, new_ip);
-    st16(ip + 10, csum_replace32(ld16(ip + 10), old_ip, new_ip));
-    uint16_t hc = ld16(l4->hdr + l4->csum_at);
-    if (l4->proto == NAT_PROTO_UDP && hc == 0) {
-        /* No UDP checksum was sent; there is nothing to keep right. */
-        st16(l4->hdr + port_at, new_port);
-        return;
-    }
-    if (l4->pseudo) {
-        hc = csum_replace32(hc, old_ip, new_ip);
-    }
-    hc = csum_replace16(hc, old_port, new_port);
-    if (l4->proto == NAT_PROTO_UDP && hc == 0) {
-        hc = 0xffff; /* zero would mean "no checksum" (RFC 768) */
-    }
-    st16(l4->hdr + port_at, new_port);
-    st16(l4->hdr + l4->csum_at, hc);
+    serpens_ipv4_rewrite(ip, addr_at, l4->hdr, l4->csum_at, port_at, l4->pseudo, l4->proto == NAT_PROTO_UDP, new_ip,
+                         new_port);
 }
 
 /* Inside -> outside.  Returns SERPENS_PORT_DEFAULT or SERPENS_PORT_DROP. */
@@ -589,10 +526,10 @@ static uint8_t nat_outbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, u
     }
     struct nat_out_key key;
     memset(&key, 0, sizeof key);
-    key.in_ip = ld32(ip + 12);
-    key.rem_ip = ld32(ip + 16);
-    key.in_port = ld16(l4.hdr + l4.sport_at);
-    key.rem_port = proto == NAT_PROTO_ICMP ? 0 : ld16(l4.hdr + l4.dport_at);
+    key.in_ip = serpens_ld32(ip + 12);
+    key.rem_ip = serpens_ld32(ip + 16);
+    key.in_port = serpens_ld16(l4.hdr + l4.sport_at);
+    key.rem_port = proto == NAT_PROTO_ICMP ? 0 : serpens_ld16(l4.hdr + l4.dport_at);
     key.proto = proto;
     int fin_or_rst = proto == NAT_PROTO_TCP && (l4.hdr[13] & 0x05) != 0;
 
@@ -661,14 +598,15 @@ static uint8_t nat_inbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, ui
     struct nat_in_key key;
     struct nat_in_val val;
     memset(&key, 0, sizeof key);
-    key.ext_ip = ld32(ip + 16);
-    key.ext_port = ld16(l4.hdr + l4.dport_at);
+    key.ext_ip = serpens_ld32(ip + 16);
+    key.ext_port = serpens_ld16(l4.hdr + l4.dport_at);
     key.proto = proto;
     if (n->host->get_state(n->in, &key, &val) != SERPENS_OK) {
         nat_count(n, NAT_C_NO_MAPPING);
         return SERPENS_PORT_DROP;
     }
-    if (val.rem_ip != ld32(ip + 12) || (proto != NAT_PROTO_ICMP && val.rem_port != ld16(l4.hdr + l4.sport_at))) {
+    if (val.rem_ip != serpens_ld32(ip + 12) ||
+        (proto != NAT_PROTO_ICMP && val.rem_port != serpens_ld16(l4.hdr + l4.sport_at))) {
         nat_count(n, NAT_C_FILTERED);
         return SERPENS_PORT_DROP;
     }
@@ -692,8 +630,8 @@ static uint8_t nat_packet(struct nat *n, struct serpens_pkt *p, uint64_t now)
         return SERPENS_PORT_DROP;
     }
     uint8_t *ip = p->data + p->l3_offset;
-    uint32_t src = ntohl(ld32(ip + 12));
-    uint32_t dst = ntohl(ld32(ip + 16));
+    uint32_t src = ntohl(serpens_ld32(ip + 12));
+    uint32_t dst = ntohl(serpens_ld32(ip + 16));
     int outbound = nat_inside(n, src) && !nat_inside(n, dst);
     int inbound = !outbound && nat_ext_index(n, dst) >= 0;
     if (!outbound && !inbound) {
@@ -725,24 +663,7 @@ static void nat_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 /* ---- configuration (cold path) ---------------------------------------- */
 
 /* Logs "file:line:col: nat: <path>: <message>" and returns SERPENS_EINVAL. */
-#if defined(__GNUC__)
-__attribute__((format(printf, 4, 5)))
-#endif
-static int
-nat_config_error(struct serpens_nf_ctx *ctx, const serpens_config *cfg, const char *path, const char *fmt, ...)
-{
-    char where[512];
-    char message[512];
-    if (ctx->host->config_where(cfg, path, where, sizeof where) != SERPENS_OK) {
-        snprintf(where, sizeof where, "%s", "(chain file)");
-    }
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
-    va_end(args);
-    ctx->host->log(ctx, SERPENS_LOG_ERROR, "%s: nat: %s: %s", where, path, message);
-    return SERPENS_EINVAL;
-}
+#define nat_config_error(ctx, cfg, path, ...) serpens_config_error(ctx, cfg, "nat", path, __VA_ARGS__)
 
 static int parse_ipv4(const char *text, uint32_t *out_h)
 {
@@ -780,47 +701,9 @@ static int parse_prefix(const char *text, uint32_t *net_h, uint32_t *len)
     return (*net_h & ~mask) == 0 ? 0 : -2;
 }
 
-/* Each element of a string-or-array key, with its path for error messages. */
-typedef int (*nat_item_fn)(struct nat *n, const serpens_config *cfg, const char *path, const char *value);
-
-static int for_each_string(struct nat *n, const serpens_config *cfg, const char *key, nat_item_fn fn)
+static int add_inside(void *arg, const serpens_config *cfg, const char *path, const char *value)
 {
-    const struct serpens_host_api *h = n->host;
-    const char *value = NULL;
-    int rc = h->config_string(cfg, key, &value);
-    if (rc == SERPENS_OK) {
-        return fn(n, cfg, key, value);
-    }
-    size_t count = 0;
-    rc = h->config_array_size(cfg, key, &count);
-    if (rc == SERPENS_ENOENT) {
-        const char *dummy = NULL;
-        if (h->config_string(cfg, key, &dummy) == SERPENS_ENOENT) {
-            return nat_config_error(n->ctx, cfg, key, "required: a string or an array of strings");
-        }
-        return nat_config_error(n->ctx, cfg, key, "expected a string or an array of strings");
-    }
-    if (rc != SERPENS_OK) {
-        return nat_config_error(n->ctx, cfg, key, "expected a string or an array of strings");
-    }
-    if (count == 0) {
-        return nat_config_error(n->ctx, cfg, key, "must not be empty");
-    }
-    for (size_t i = 0; i < count; ++i) {
-        char path[128];
-        snprintf(path, sizeof path, "%s[%zu]", key, i);
-        if (h->config_string(cfg, path, &value) != SERPENS_OK) {
-            return nat_config_error(n->ctx, cfg, path, "expected a string");
-        }
-        if ((rc = fn(n, cfg, path, value)) != SERPENS_OK) {
-            return rc;
-        }
-    }
-    return SERPENS_OK;
-}
-
-static int add_inside(struct nat *n, const serpens_config *cfg, const char *path, const char *value)
-{
+    struct nat *n = arg;
     uint32_t net = 0, len = 0;
     int rc = parse_prefix(value, &net, &len);
     if (rc == -2) {
@@ -838,8 +721,9 @@ static int add_inside(struct nat *n, const serpens_config *cfg, const char *path
     return SERPENS_OK;
 }
 
-static int add_external(struct nat *n, const serpens_config *cfg, const char *path, const char *value)
+static int add_external(void *arg, const serpens_config *cfg, const char *path, const char *value)
 {
+    struct nat *n = arg;
     uint32_t first = 0, last = 0;
     const char *dash = strchr(value, '-');
     if (dash != NULL) {
@@ -880,26 +764,6 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* An optional integer key within [lo, hi]; *out keeps its default when absent. */
-static int config_int_range(struct nat *n, const serpens_config *cfg, const char *path, int64_t lo, int64_t hi,
-                            int64_t *out)
-{
-    int64_t v = 0;
-    int rc = n->host->config_int(cfg, path, &v);
-    if (rc == SERPENS_ENOENT) {
-        return SERPENS_OK;
-    }
-    if (rc != SERPENS_OK) {
-        return nat_config_error(n->ctx, cfg, path, "expected an integer");
-    }
-    if (v < lo || v > hi) {
-        return nat_config_error(n->ctx, cfg, path, "%lld is out of range [%lld, %lld]", (long long)v, (long long)lo,
-                                (long long)hi);
-    }
-    *out = v;
-    return SERPENS_OK;
-}
-
 static uint32_t fnv1a(uint32_t h, const void *data, size_t len)
 {
     const uint8_t *p = data;
@@ -912,10 +776,10 @@ static uint32_t fnv1a(uint32_t h, const void *data, size_t len)
 static int nat_configure(struct nat *n, const serpens_config *cfg)
 {
     int rc;
-    if ((rc = for_each_string(n, cfg, "inside", add_inside)) != SERPENS_OK) {
+    if ((rc = serpens_config_for_each_string(n->ctx, cfg, "nat", "inside", add_inside, n)) != SERPENS_OK) {
         return rc;
     }
-    if ((rc = for_each_string(n, cfg, "external", add_external)) != SERPENS_OK) {
+    if ((rc = serpens_config_for_each_string(n->ctx, cfg, "nat", "external", add_external, n)) != SERPENS_OK) {
         return rc;
     }
     qsort(n->ext_ip, n->n_ext, sizeof n->ext_ip[0], cmp_u32);
@@ -940,8 +804,8 @@ static int nat_configure(struct nat *n, const serpens_config *cfg)
         if (n_ports != 2) {
             return nat_config_error(n->ctx, cfg, "ports", "expected [first, last], got %zu elements", n_ports);
         }
-        if ((rc = config_int_range(n, cfg, "ports[0]", 1, 65535, &port_lo)) != SERPENS_OK ||
-            (rc = config_int_range(n, cfg, "ports[1]", 1, 65535, &port_hi)) != SERPENS_OK) {
+        if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", "ports[0]", 1, 65535, &port_lo)) != SERPENS_OK ||
+            (rc = serpens_config_int_range(n->ctx, cfg, "nat", "ports[1]", 1, 65535, &port_hi)) != SERPENS_OK) {
             return rc;
         }
         if (port_hi < port_lo) {
@@ -963,12 +827,13 @@ static int nat_configure(struct nat *n, const serpens_config *cfg)
     n->n_chunks = (n->n_items + NAT_CHUNK_ITEMS - 1) / NAT_CHUNK_ITEMS;
 
     int64_t max_mappings = 65536;
-    if ((rc = config_int_range(n, cfg, "max_mappings", 1, 1ll << 26, &max_mappings)) != SERPENS_OK) {
+    if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", "max_mappings", 1, 1ll << 26, &max_mappings)) !=
+        SERPENS_OK) {
         return rc;
     }
     n->max_mappings = (uint64_t)max_mappings;
     int64_t rebalance_ms = 0;
-    if ((rc = config_int_range(n, cfg, "rebalance_ms", 0, 3600000, &rebalance_ms)) != SERPENS_OK) {
+    if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", "rebalance_ms", 0, 3600000, &rebalance_ms)) != SERPENS_OK) {
         return rc;
     }
     n->rebalance_ns = (uint64_t)rebalance_ms * 1000000ull;
@@ -979,7 +844,7 @@ static int nat_configure(struct nat *n, const serpens_config *cfg)
     uint64_t shortest = ~0ull;
     for (int t = 0; t < NAT_N_TIMEOUTS; ++t) {
         int64_t s = timeout_defaults[t];
-        if ((rc = config_int_range(n, cfg, timeout_keys[t], 1, 7 * 86400, &s)) != SERPENS_OK) {
+        if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", timeout_keys[t], 1, 7 * 86400, &s)) != SERPENS_OK) {
             return rc;
         }
         n->timeout_ns[t] = (uint64_t)s * 1000000000ull;
@@ -1082,12 +947,9 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         h->log(ctx, SERPENS_LOG_ERROR, "nat: cannot fill the address pool: state error %d", rc);
         return rc;
     }
-    for (int c = 0; c < NAT_N_COUNTERS; ++c) {
-        n->counter[c] = h->counter(ctx, nat_counter_names[c]);
-        if (n->counter[c] == NULL) {
-            h->log(ctx, SERPENS_LOG_ERROR, "nat: counter '%s' refused", nat_counter_names[c]);
-            return SERPENS_ENOMEM;
-        }
+    if ((rc = serpens_register_counters(ctx, "nat", nat_counter_names, NAT_N_COUNTERS, n->counter, NULL)) !=
+        SERPENS_OK) {
+        return rc;
     }
     n->sweep_last_ns = h->now_ns();
     struct in_addr first = {htonl(n->ext_ip[0])};
