@@ -67,6 +67,7 @@
  * Builds against plugin-api/ alone, as C with pedantic warnings.
  */
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,11 +96,7 @@ enum mon_counter {
     MON_N_COUNTERS
 };
 
-static const char *const mon_counter_names[MON_N_COUNTERS] = {
-#define MON_COUNTER_NAME(sym, name, desc) name,
-    MON_COUNTERS(MON_COUNTER_NAME)
-#undef MON_COUNTER_NAME
-};
+static const char *const mon_counter_names[MON_N_COUNTERS] = {MON_COUNTERS(SERPENS_COUNTER_NAME)};
 
 /* ---- state layouts ---------------------------------------------------- */
 
@@ -444,31 +441,6 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 
 /* ---- configuration (cold path) ---------------------------------------- */
 
-static int mon_config_int(struct mon *m, const serpens_config *cfg, const char *path, int64_t lo, int64_t hi,
-                          int64_t *out)
-{
-    int64_t v = 0;
-    int rc = m->host->config_int(cfg, path, &v);
-    if (rc == SERPENS_ENOENT) {
-        return SERPENS_OK;
-    }
-    char where[512];
-    if (m->host->config_where(cfg, path, where, sizeof where) != SERPENS_OK) {
-        snprintf(where, sizeof where, "%s", "(chain file)");
-    }
-    if (rc != SERPENS_OK) {
-        m->host->log(m->ctx, SERPENS_LOG_ERROR, "%s: mon: %s: expected an integer", where, path);
-        return SERPENS_EINVAL;
-    }
-    if (v < lo || v > hi) {
-        m->host->log(m->ctx, SERPENS_LOG_ERROR, "%s: mon: %s: %lld is out of range [%lld, %lld]", where, path,
-                     (long long)v, (long long)lo, (long long)hi);
-        return SERPENS_EINVAL;
-    }
-    *out = v;
-    return SERPENS_OK;
-}
-
 static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
 {
     const struct serpens_host_api *h = ctx->host;
@@ -482,9 +454,9 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     m->host = h;
     int64_t max_flows = 65536, max_hosts = 4096, merge_ms = 1000;
     int rc;
-    if ((rc = mon_config_int(m, config, "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
-        (rc = mon_config_int(m, config, "max_hosts", 1, 1ll << 22, &max_hosts)) != SERPENS_OK ||
-        (rc = mon_config_int(m, config, "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
+    if ((rc = serpens_config_int_range(ctx, config, "mon", "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "mon", "max_hosts", 1, 1ll << 22, &max_hosts)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "mon", "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
         return rc;
     }
     m->merge_ns = (uint64_t)merge_ms * 1000000ull;
@@ -518,14 +490,7 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
             return rc;
         }
     }
-    for (int c = 0; c < MON_N_COUNTERS; ++c) {
-        m->counter[c] = h->counter(ctx, mon_counter_names[c]);
-        if (m->counter[c] == NULL) {
-            h->log(ctx, SERPENS_LOG_ERROR, "mon: counter '%s' refused", mon_counter_names[c]);
-            return SERPENS_ENOMEM;
-        }
-    }
-    return SERPENS_OK;
+    return serpens_register_counters(ctx, "mon", mon_counter_names, MON_N_COUNTERS, m->counter, NULL);
 }
 
 static void mon_fini(struct serpens_nf_ctx *ctx)
