@@ -51,6 +51,7 @@
 #include "fw_rules.h"
 
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <cstring>
 #include <new>
@@ -223,15 +224,10 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         return SERPENS_ENOMEM;
     }
     ctx->priv = fw;
-    auto where = [&](const char *key) {
-        char buf[512] = "";
-        if (h->config_where(cfg, key, buf, sizeof buf) != SERPENS_OK || buf[0] == '\0') {
-            return std::string("chain '") + ctx->chain_name + "', nf '" + ctx->nf_name + "'";
-        }
-        return std::string(buf);
-    };
     auto bad = [&](const char *key, const char *what) {
-        h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where(key).c_str(), what);
+        char where[512];
+        serpens_config_where(ctx, cfg, key, where, sizeof where);
+        h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where, what);
         return SERPENS_EINVAL;
     };
 
@@ -297,12 +293,7 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
                         static_cast<uint64_t>(cache_size), want, idle_ns)) {
         return SERPENS_ENOMEM;
     }
-    for (int i = 0; i < C_COUNT; ++i) {
-        fw->c[i] = h->counter(ctx, counter_names[i]);
-        if (fw->c[i] == nullptr) {
-            fw->c[i] = &fw->spare[i];
-        }
-    }
+    serpens_register_counters(ctx, "fw", counter_names, C_COUNT, fw->c, fw->spare);
     h->log(ctx, SERPENS_LOG_INFO, "%zu rules from %s (default %s, %zu classifier tuples, %s, %s tables)",
            fw->rules.rules.size(), path, fw->rules.default_action == Action::deny ? "deny" : "allow",
            fw->classifier.tuples(), fw->stateful ? "stateful" : "stateless",

@@ -55,6 +55,7 @@
  *           recycled while still live), scan_errors.
  */
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <hs/hs.h>
 
@@ -555,10 +556,8 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     }
     ctx->priv = ids;
     auto bad = [&](const char *key, const std::string &what) {
-        char where[512] = "";
-        if (h->config_where(cfg, key, where, sizeof where) != SERPENS_OK || where[0] == '\0') {
-            std::snprintf(where, sizeof where, "chain '%s', nf '%s'", ctx->chain_name, ctx->nf_name);
-        }
+        char where[512];
+        serpens_config_where(ctx, cfg, key, where, sizeof where);
         h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where, what.c_str());
         return SERPENS_EINVAL;
     };
@@ -632,12 +631,7 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     } catch (const std::bad_alloc &) {
         return SERPENS_ENOMEM;
     }
-    for (int i = 0; i < C_COUNT; ++i) {
-        ids->c[i] = h->counter(ctx, counter_names[i]);
-        if (ids->c[i] == nullptr) {
-            ids->c[i] = &ids->spare[i];
-        }
-    }
+    serpens_register_counters(ctx, "ids", counter_names, C_COUNT, ids->c, ids->spare);
     for (std::size_t i = 0; i < ids->rules.size(); ++i) {
         Rule &r = ids->rules[i];
         r.counter = i < kMaxSidCounters ? h->counter(ctx, ("sid_" + std::to_string(r.sid)).c_str()) : nullptr;

@@ -56,6 +56,7 @@
 #include "gcm.h"
 
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -150,18 +151,6 @@ inline void put32(uint8_t *p, uint32_t v)
 {
     put16(p, static_cast<uint16_t>(v >> 16));
     put16(p + 2, static_cast<uint16_t>(v));
-}
-
-uint16_t ip_checksum(const uint8_t *p, uint32_t n)
-{
-    uint32_t sum = 0;
-    for (uint32_t i = 0; i + 1 < n; i += 2) {
-        sum += be16(p + i);
-    }
-    while (sum >> 16) {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    return static_cast<uint16_t>(~sum);
 }
 
 bool prefix_match(const uint8_t *rule, const uint8_t *addr, uint8_t len)
@@ -332,7 +321,7 @@ uint8_t encrypt(serpens_nf_ctx *ctx, Vpn &v, Sa &sa, serpens_pkt &p) noexcept
     put16(outer + 10, 0);
     std::memcpy(outer + 12, sa.local, 4);
     std::memcpy(outer + 16, sa.remote, 4);
-    put16(outer + 10, ip_checksum(outer, kOuter));
+    serpens_st16(outer + 10, serpens_csum(outer, kOuter));
     p.l3_type = SERPENS_L3_IPV4;
     p.l3_offset = static_cast<uint16_t>(l2);
     p.l4_offset = static_cast<uint16_t>(l2 + kOuter);
@@ -468,10 +457,8 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     v->api = h;
     v->instance = ctx->instance_id;
     auto bad = [&](const std::string &key, const std::string &what) {
-        char where[512] = "";
-        if (h->config_where(cfg, key.c_str(), where, sizeof where) != SERPENS_OK || where[0] == '\0') {
-            std::snprintf(where, sizeof where, "chain '%s', nf '%s'", ctx->chain_name, ctx->nf_name);
-        }
+        char where[512];
+        serpens_config_where(ctx, cfg, key.c_str(), where, sizeof where);
         h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where, what.c_str());
         return SERPENS_EINVAL;
     };
@@ -571,12 +558,7 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
             }
         }
     }
-    for (int i = 0; i < C_COUNT; ++i) {
-        v->c[i] = h->counter(ctx, counter_names[i]);
-        if (v->c[i] == nullptr) {
-            v->c[i] = &v->spare[i];
-        }
-    }
+    serpens_register_counters(ctx, "vpn", counter_names, C_COUNT, v->c, v->spare);
     h->log(ctx, SERPENS_LOG_INFO, "%zu SAs, %s state", v->sas.size(), v->seq_table != nullptr ? "host" : "per-instance");
     return SERPENS_OK;
 }
