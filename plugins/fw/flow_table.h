@@ -64,6 +64,19 @@ public:
 
     Backend backend() const noexcept { return _backend; }
 
+    // True when get_bulk is one host call (the host table, a host with
+    // get_state_bulk); the local cache has no bulk lookup.
+    bool has_bulk() const noexcept { return _t != nullptr && _api->get_state_bulk != nullptr; }
+
+    // Hot path, only when has_bulk(): looks up n (<= kMaxBulk) keys laid out
+    // back to back, copies the hits into values (n * value_size bytes) and
+    // returns their bit mask.  The misses of the n keys overlap in the host.
+    static constexpr uint32_t kMaxBulk = 64;
+    uint64_t get_bulk(const void *keys, uint32_t n, void *values) noexcept
+    {
+        return _api->get_state_bulk(_t, keys, n, values);
+    }
+
     // Hot path: SERPENS_OK (value copied) or SERPENS_ENOENT.
     int get(const void *key, void *value, uint64_t now) noexcept
     {

@@ -114,6 +114,14 @@ struct Fw {
     uint8_t non_ip_port = SERPENS_PORT_DROP;
     uint64_t *c[C_COUNT] = {};
     uint64_t spare[C_COUNT] = {}; // where counters go if the host refuses one
+    // One run of packets for a bulk verdict lookup (fw_process).
+    FlowKey keys[FlowTable::kMaxBulk];
+    Verdict cached[FlowTable::kMaxBulk];
+    uint32_t at[FlowTable::kMaxBulk];
+    // Verdict keys written (put or deleted) by decide() since the bulk
+    // lookup: their looked-up values may be stale.
+    FlowKey written[2 * FlowTable::kMaxBulk];
+    uint32_t n_written = 0;
 };
 
 uint8_t port_of(uint8_t verdict)
@@ -301,37 +309,105 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     return SERPENS_OK;
 }
 
+// Packet i's flow key; false (its port and counter set) when it has none.
+bool key_of(Fw &fw, serpens_batch *b, uint32_t i, FlowKey &k) noexcept
+{
+    KeyResult kr = make_key(b->pkts[i], k);
+    if (kr == KeyResult::ok) {
+        return true;
+    }
+    if (kr == KeyResult::non_ip) {
+        ++*fw.c[C_NON_IP];
+        b->ports[i] = fw.non_ip_port;
+    } else {
+        ++*fw.c[C_MALFORMED];
+        b->ports[i] = SERPENS_PORT_DROP;
+    }
+    return false;
+}
+
+// Packet i of flow k, given its cached verdict when `hit`: decides on a miss
+// (or a verdict of older rules), sets the port, counts.
+void apply(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, Verdict v, bool hit, uint64_t now) noexcept
+{
+    if (hit && v.gen == fw.rules.fingerprint) {
+        ++*fw.c[C_HITS];
+    } else {
+        ++*fw.c[C_MISSES];
+        v = decide(fw, k, now);
+    }
+    b->ports[i] = port_of(v.verdict);
+    ++*fw.c[v.verdict == V_DENY ? C_DENIED : C_ALLOWED];
+    *fw.c[C_SUSPICIOUS] += v.verdict == V_SUSPICIOUS;
+    *fw.c[C_REPLIES] += v.why == WHY_REPLY;
+}
+
+bool written_since_bulk(const Fw &fw, const FlowKey &k) noexcept
+{
+    for (uint32_t w = 0; w < fw.n_written; ++w) {
+        if (std::memcmp(&fw.written[w], &k, sizeof k) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// One bulk verdict lookup per run of up to 64 packets.  A packet then sees
+// what a get of its own would have: a miss, or a key that decide() wrote or
+// deleted for an earlier packet of the run (its flow's verdict, or the
+// reverse flow's), is looked up again.
+void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
+{
+    uint32_t i = 0;
+    while (i < b->count) {
+        uint32_t n = 0;
+        for (; i < b->count && n < FlowTable::kMaxBulk; ++i) {
+            if (b->labels[i] == b->self && key_of(fw, b, i, fw.keys[n])) {
+                fw.at[n++] = i;
+            }
+        }
+        if (n == 0) {
+            continue;
+        }
+        uint64_t hits = fw.verdicts.get_bulk(fw.keys, n, fw.cached);
+        fw.n_written = 0;
+        for (uint32_t j = 0; j < n; ++j) {
+            const FlowKey &k = fw.keys[j];
+            Verdict v = fw.cached[j];
+            bool hit = (hits >> j) & 1;
+            if (!hit || written_since_bulk(fw, k)) {
+                hit = fw.verdicts.get(&k, &v, now) == SERPENS_OK;
+            }
+            if (!hit || v.gen != fw.rules.fingerprint) {
+                fw.written[fw.n_written++] = k;
+                if (fw.stateful) {
+                    fw.written[fw.n_written++] = reversed(k);
+                }
+            }
+            apply(fw, b, fw.at[j], k, v, hit, now);
+        }
+    }
+}
+
 void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
 {
     Fw &fw = *static_cast<Fw *>(ctx->priv);
     const uint64_t now = b->now_ns;
+    if (fw.verdicts.has_bulk()) {
+        fw_process_bulk(fw, b, now);
+        return;
+    }
     for (uint32_t i = 0; i < b->count; ++i) {
         if (b->labels[i] != b->self) {
             continue;
         }
         FlowKey k;
-        KeyResult kr = make_key(b->pkts[i], k);
-        if (kr != KeyResult::ok) {
-            if (kr == KeyResult::non_ip) {
-                ++*fw.c[C_NON_IP];
-                b->ports[i] = fw.non_ip_port;
-            } else {
-                ++*fw.c[C_MALFORMED];
-                b->ports[i] = SERPENS_PORT_DROP;
-            }
+        if (!key_of(fw, b, i, k)) {
             continue;
         }
         Verdict v;
-        if (fw.verdicts.get(&k, &v, now) == SERPENS_OK && v.gen == fw.rules.fingerprint) {
-            ++*fw.c[C_HITS];
-        } else {
-            ++*fw.c[C_MISSES];
-            v = decide(fw, k, now);
-        }
-        b->ports[i] = port_of(v.verdict);
-        ++*fw.c[v.verdict == V_DENY ? C_DENIED : C_ALLOWED];
-        *fw.c[C_SUSPICIOUS] += v.verdict == V_SUSPICIOUS;
-        *fw.c[C_REPLIES] += v.why == WHY_REPLY;
+        bool hit = fw.verdicts.get(&k, &v, now) == SERPENS_OK;
+        apply(fw, b, i, k, v, hit, now);
     }
 }
 

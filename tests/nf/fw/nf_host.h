@@ -232,7 +232,20 @@ struct Table {
     uint64_t capacity = 0;
     std::unordered_map<std::string, std::string> entries;
     uint64_t gets = 0, puts = 0;
+    uint64_t bulk_calls = 0; // get_state_bulk calls (their keys count in gets)
 };
+
+inline int table_get(serpens_table *t, const void *k, void *v)
+{
+    auto *tb = reinterpret_cast<Table *>(t);
+    ++tb->gets;
+    auto it = tb->entries.find(std::string(static_cast<const char *>(k), tb->key_size));
+    if (it == tb->entries.end()) {
+        return SERPENS_ENOENT;
+    }
+    std::memcpy(v, it->second.data(), tb->value_size);
+    return SERPENS_OK;
+}
 
 class MockHost;
 
@@ -260,16 +273,7 @@ public:
         serpens::config::install_config_api(_api);
         if (with_state) {
             _api.create_table = &MockHost::create_cb;
-            _api.get_state = [](serpens_table *t, const void *k, void *v) {
-                auto *tb = reinterpret_cast<Table *>(t);
-                ++tb->gets;
-                auto it = tb->entries.find(std::string(static_cast<const char *>(k), tb->key_size));
-                if (it == tb->entries.end()) {
-                    return SERPENS_ENOENT;
-                }
-                std::memcpy(v, it->second.data(), tb->value_size);
-                return SERPENS_OK;
-            };
+            _api.get_state = table_get;
             _api.put_state = [](serpens_table *t, const void *k, const void *v) {
                 auto *tb = reinterpret_cast<Table *>(t);
                 ++tb->puts;
@@ -279,6 +283,17 @@ public:
                 }
                 tb->entries[key] = std::string(static_cast<const char *>(v), tb->value_size);
                 return SERPENS_OK;
+            };
+            _api.get_state_bulk = [](serpens_table *t, const void *keys, uint32_t n, void *values) {
+                auto *tb = reinterpret_cast<Table *>(t);
+                ++tb->bulk_calls;
+                uint64_t hits = 0;
+                for (uint32_t i = 0; i < n && i < 64; ++i) {
+                    const void *k = static_cast<const char *>(keys) + std::size_t{i} * tb->key_size;
+                    void *v = static_cast<char *>(values) + std::size_t{i} * tb->value_size;
+                    hits |= uint64_t{table_get(t, k, v) == SERPENS_OK} << i;
+                }
+                return hits;
             };
             _api.delete_state = [](serpens_table *t, const void *k) {
                 auto *tb = reinterpret_cast<Table *>(t);
@@ -421,7 +436,7 @@ private:
             }
         } else {
             slot = std::make_unique<Table>();
-            *slot = Table{name, flags, ks, vs, cap, {}, 0, 0};
+            *slot = Table{name, flags, ks, vs, cap, {}, 0, 0, 0};
         }
         return reinterpret_cast<serpens_table *>(slot.get());
     }

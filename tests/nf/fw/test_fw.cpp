@@ -306,6 +306,9 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     // Replies of established connections come from the verdict cache.
     CHECK(h.run1(*c, reply) == 0);
     CHECK(c->counters["replies"] == 3);
+    // The verdicts were looked up in bulk: the reply's cached deny, read
+    // before the syn of the same batch deleted it, was not used.
+    CHECK(h.table("verdicts")->bulk_calls > 0);
 
     // Without stateful, the same reply is denied.
     MockHost h2(FW_PLUGIN);
@@ -314,6 +317,37 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     Ctx *d = nullptr;
     REQUIRE(h2.init(d) == SERPENS_OK);
     CHECK(h2.run(*d, {&syn, &reply}) == std::vector<uint8_t>{0, SERPENS_PORT_DROP});
+}
+
+TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
+{
+    // 100 packets (two bulk runs) of 10 new flows, each flow repeated: every
+    // flow misses once, its later packets hit, also those of the same run
+    // whose bulk lookup came before the first packet's verdict was stored.
+    MockHost h(FW_PLUGIN);
+    h.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\n");
+    h.set_config("rules = \"fw.rules\"\n");
+    Ctx *c = nullptr;
+    REQUIRE(h.init(c) == SERPENS_OK);
+    std::vector<std::unique_ptr<Packet>> storage; // a Packet's view points into itself: never moved
+    for (int f = 0; f < 10; ++f) {
+        storage.push_back(std::make_unique<Packet>(frame(
+            {false, "10.0.0." + std::to_string(f + 1), "192.0.2.1", 6, static_cast<uint16_t>(2000 + f), 80})));
+    }
+    storage.push_back(std::make_unique<Packet>(frame({false, "198.51.100.1", "192.0.2.1", 6, 3000, 80}))); // denied
+    std::vector<Packet *> batch;
+    for (int i = 0; i < 100; ++i) {
+        batch.push_back(storage[static_cast<std::size_t>(i % 11)].get());
+    }
+    auto ports = h.run(*c, batch);
+    for (int i = 0; i < 100; ++i) {
+        CHECK(ports[static_cast<std::size_t>(i)] == (i % 11 == 10 ? SERPENS_PORT_DROP : 0));
+    }
+    CHECK(c->counters["cache_misses"] == 11);
+    CHECK(c->counters["cache_hits"] == 89);
+    CHECK(c->counters["denied"] == 9);
+    CHECK(c->counters["allowed"] == 91);
+    CHECK(h.table("verdicts")->bulk_calls == 2);
 }
 
 TEST_CASE("fw: works without the host's state API (per-instance cache)")
