@@ -3,6 +3,7 @@
 
 #include "state/table.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -383,6 +384,15 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     if (::ftruncate(fd, static_cast<off_t>(want.file_size)) != 0) {
         ::close(fd);
         return fail("ftruncate to " + std::to_string(want.file_size) + " bytes");
+    }
+    // Reserve the memory now: on a full tmpfs a sparse segment takes SIGBUS
+    // at its first write to a new page, in the data path; here it is an error
+    // from create_table that says what to do.
+    if (int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(want.file_size)); rc != 0) {
+        ::close(fd);
+        errno = rc;
+        return fail(fmt::format("reserving {:.1f} MiB for the table (free space in {}, or lower its capacity)",
+                                static_cast<double>(want.file_size) / (1 << 20), file.parent_path().string()));
     }
     if (!t->map(fd, want.file_size, false, err)) {
         ::close(fd);
