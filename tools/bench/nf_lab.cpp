@@ -190,6 +190,7 @@ NfChain::NfChain(const Options &opts, const ScratchDir &dir, const std::vector<s
     }
     state::StoreOptions so;
     so.root = dir.path() / ("state-" + chain_name);
+    _state_root = so.root;
     so.host_id = "bench";
     so.flow_idle_timeout_ns = 0;
     _store = std::make_unique<state::StateStore>(so);
@@ -225,6 +226,14 @@ uint32_t NfChain::run_cold(const serpens_host_api *api, LabBatch &b)
     auto chain = compile_chain(parse_chain_toml(root, _file), registry);
     ChainInstance inst(chain, 0, api != nullptr ? api : &_api, resolver());
     return inst.run(b.pkts.data(), b.n, b.labels.data(), now_ns());
+}
+
+NfChain::~NfChain()
+{
+    _chain.reset(); // NF fini and table handles before the store goes
+    _store.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(_state_root, ec);
 }
 
 std::unique_ptr<ChainInstance> NfChain::instance(uint32_t id, const serpens_host_api *api)

@@ -57,6 +57,11 @@ public:
     // load = false: only the chain file and the state store (for load-per-batch models).
     NfChain(const Options &opts, const ScratchDir &dir, const std::vector<std::string> &nfs, const NfParams &params,
             const std::string &chain_name = "lab", bool load = true);
+    // Removes the chain's state directory: a 1M-flow chain's tables take
+    // gigabytes of /dev/shm, and a long run builds dozens of chains.
+    ~NfChain();
+    NfChain(const NfChain &) = delete;
+    NfChain &operator=(const NfChain &) = delete;
 
     // A new instance; `api` replaces the default host API (local state).
     std::unique_ptr<ChainInstance> instance(uint32_t id, const serpens_host_api *api = nullptr);
@@ -82,6 +87,7 @@ private:
     std::string _name;
     PluginRegistry _registry;
     serpens_host_api _api;
+    std::filesystem::path _state_root;
     std::unique_ptr<state::StateStore> _store;
     std::shared_ptr<const CompiledChain> _chain;
 };
