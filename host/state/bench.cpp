@@ -244,7 +244,10 @@ BenchResult bench_run(const BenchOptions &o)
         std::filesystem::remove(dir / "bench.tbl");
         auto t = Table::open(dir / "bench.tbl", spec, err);
         if (!t) {
-            r.redis_note = "table: " + err;
+            r.error = "cannot create the table: " + err;
+            if (o.dir.empty()) {
+                std::filesystem::remove_all(dir);
+            }
             return r;
         }
         std::vector<uint8_t> val(vs, 0x5a), out(64 * vs);
@@ -269,10 +272,15 @@ BenchResult bench_run(const BenchOptions &o)
             sink += static_cast<uint64_t>(__builtin_popcountll(t->get_bulk(bk, 32, out.data())));
         });
         if (sink == 0) {
-            r.redis_note = "no hits: benchmark broken";
+            r.error = "no lookup hit a key it had put: the table is broken";
         }
     }
-    std::filesystem::remove_all(dir);
+    // Our scratch directory goes; in a directory the user gave, only our file.
+    if (o.dir.empty()) {
+        std::filesystem::remove_all(dir);
+    } else {
+        std::filesystem::remove(dir / "bench.tbl");
+    }
     bench_memory(2 * o.entries * 64, r);
 #if SERPENS_STATE_HAVE_HIREDIS
     if (o.redis) {
@@ -288,6 +296,9 @@ BenchResult bench_run(const BenchOptions &o)
 
 std::string bench_format(const BenchResult &r)
 {
+    if (!r.error.empty()) {
+        return "state bench: " + r.error + "\n";
+    }
     char buf[256];
     std::string s;
     std::snprintf(buf, sizeof(buf), "state bench: %llu entries, key %u B, value %u B (median ns)\n",

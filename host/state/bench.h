@@ -35,6 +35,7 @@ struct BenchResult {
     std::string redis_note;       // why not, when not
     double redis_get_ns = 0;      // median per GET, one round trip each
     double redis_pipe32_ns = 0;   // median per pipeline of 32 GETs
+    std::string error;            // set when nothing could be measured (e.g. the table was refused)
 };
 
 // Runs everything in one process; cold path, allocates, takes seconds.

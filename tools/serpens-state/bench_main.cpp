@@ -23,6 +23,6 @@ int main(int argc, char **argv)
     CLI11_PARSE(app, argc, argv);
     o.redis = !no_redis;
     auto r = serpens::state::bench_run(o);
-    std::fputs(serpens::state::bench_format(r).c_str(), stdout);
-    return r.get_hit_ns > 0 ? 0 : 1;
+    std::fputs(serpens::state::bench_format(r).c_str(), r.error.empty() ? stdout : stderr);
+    return r.error.empty() && r.get_hit_ns > 0 ? 0 : 1;
 }
