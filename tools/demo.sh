@@ -25,3 +25,6 @@ echo
 echo "input capture:  $root/build/demo/in.pcap"
 echo "output capture: $root/build/demo/out.pcap   (open it with tshark -r or wireshark)"
 echo "counters JSON:  $root/build/demo/stats.json"
+echo "NF state:       /dev/shm/serpens/demo (it outlives the host: a second run continues"
+echo "                the same flows and NAT mappings; build/tools/serpens-state/serpens-state"
+echo "                --host-id demo list shows it, rm -r starts afresh)"
