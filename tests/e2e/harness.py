@@ -69,6 +69,25 @@ def csum(data):
     return ~s & 0xFFFF
 
 
+def eth_ipv4(src, dst, proto, l4, ident=1):
+    """Ethernet + an option-less IPv4 header (DF set, TTL 64, checksum filled in)
+    around l4; src and dst are 4 packed bytes."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, 0x4000, 64, proto, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
+
+
+def nf_counters(host, nf_name):
+    """The named NF's own counters from the host's stats, summed over instances."""
+    out = {}
+    for inst in host.stats()["instances"]:
+        for nf in inst["nfs"]:
+            if nf["name"] == nf_name:
+                for k, v in nf.get("counters", {}).items():
+                    out[k] = out.get(k, 0) + v
+    return out
+
+
 def decode(frame):
     """(ip_version, proto, src_port, dst_port) or None for non-IP/malformed."""
     if len(frame) < 14:

@@ -21,7 +21,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, total_drops, csum, write_pcap
+from harness import HOST, Host, check, total_drops, csum, write_pcap, eth_ipv4, nf_counters
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -62,14 +62,8 @@ def ipv4_frame(src, dst, proto, sport, dport, payload=b"from the backend"):
         at = 6
     c = csum(s + d + struct.pack("!BBH", 0, proto, len(l4)) + l4) or 0xFFFF
     l4 = l4[:at] + struct.pack("!H", c) + l4[at + 2:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
+    return eth_ipv4(s, d, proto, l4)
 
-
-def lb_counters(host):
-    nf = next(n for n in host.stats()["instances"][0]["nfs"] if n["name"] == "lb")
-    return nf.get("counters", {})
 
 
 backends_toml = ", ".join(f'"{ip}:{port}"' if port else f'"{ip}"' for ip, port in BACKENDS.items())
@@ -119,7 +113,7 @@ check(len(backend_of) == n_flows, f"{len(backend_of)} flows to services, expecte
 even = n_flows / len(BACKENDS)
 for ip, n in per_backend.items():
     check(abs(n - even) <= 0.05 * even, f"backend {ip} got {n} flows, more than 5% from {even:.0f}: {per_backend}")
-c = lb_counters(host)
+c = nf_counters(host, "lb")
 check(c.get("balanced") == n_balanced, f"balanced {c.get('balanced')} != {n_balanced}: {c}")
 check(c.get("flows_new") == n_flows, f"flows_new {c.get('flows_new')} != {n_flows}: {c}")
 
@@ -148,7 +142,8 @@ for i, (b, w) in enumerate(zip(backs, want)):
     check(b["good"], f"pass 2 packet {i + 1}: checksum not good: {b}")
     got = (b["src"], b["dst"], b["proto"], b["sport"], b["dport"])
     check(got == w, f"pass 2 packet {i + 1}: {got} != {w}")
-check(lb_counters(host).get("replies") == len(want), f"replies counter: {lb_counters(host)}")
+c = nf_counters(host, "lb")
+check(c.get("replies") == len(want), f"replies counter: {c}")
 print(f"ok: {n_flows} flows over {len(BACKENDS)} backends {per_backend} (even {even:.0f}), "
       f"{n_balanced} packets balanced, {len(want)} replies translated back; all checksums good")
 host.cleanup()

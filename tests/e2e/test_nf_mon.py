@@ -18,7 +18,7 @@ import shutil
 import struct
 import subprocess
 
-from harness import HOST, Host, check
+from harness import HOST, Host, check, nf_counters
 
 BUILD = os.path.dirname(os.path.dirname(HOST))
 MON_SO = os.path.join(BUILD, "plugins", "mon", "serpens_nf_mon.so")
@@ -149,11 +149,7 @@ for addr, want in hosts.items():
 # ---- the NF counters --------------------------------------------------------
 stats = host.stats()
 check(len(stats["instances"]) == 2, "two mon instances")
-counters = {}
-for inst in stats["instances"]:
-    for nf in inst["nfs"]:
-        for name, value in nf.get("counters", {}).items():
-            counters[name] = counters.get(name, 0) + value
+counters = nf_counters(host, "mon")
 check(all(inst["packets"] > 0 for inst in stats["instances"]), "both instances should see traffic")
 check(counters.get("packets") == len(inputs), f"packets counter {counters.get('packets')} != {len(inputs)}")
 check(counters.get("bytes") == total_bytes, f"bytes counter {counters.get('bytes')} != {total_bytes}")

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, csum, write_pcap
+from harness import HOST, Host, check, csum, write_pcap, eth_ipv4, nf_counters
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -92,14 +92,8 @@ def ipv4_frame(src, dst, proto, sport, dport, payload=b"reply!", icmp_type=0):
         l4 = l4[:at] + struct.pack("!H", c) + l4[at + 2:]
     else:
         l4 = l4[:2] + struct.pack("!H", csum(l4)) + l4[4:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
+    return eth_ipv4(s, d, proto, l4)
 
-
-def nat_counters(host):
-    nf = next(n for n in host.stats()["instances"][0]["nfs"] if n["name"] == "nat")
-    return nf.get("counters", {})
 
 
 host = Host(plugins=())
@@ -134,7 +128,7 @@ for i, (a, b) in enumerate(zip(ins, outs)):
     item = (a["proto"], b["src"], b["sport"])
     check(mapping.setdefault(flow, item) == item, f"pass 1: flow {flow} was given two items")
     check(owners.setdefault(item, flow) == flow, f"pass 1: item {item} given to two flows")
-c = nat_counters(host)
+c = nf_counters(host, "nat")
 check(c.get("translated_out") == n_out, f"translated_out {c.get('translated_out')} != {n_out}: {c}")
 check(c.get("passed") == n_passed, f"passed {c.get('passed')} != {n_passed}: {c}")
 check(c.get("mappings_created") == len(mapping), f"mappings_created != {len(mapping)} flows: {c}")
@@ -165,7 +159,7 @@ for i, (b, (src, dst, proto, sport, dport)) in enumerate(zip(backs, want)):
     check(not b["bad_checksum"] and b["l4_checked"], f"pass 2 packet {i + 1}: checksum not good: {b}")
     got = (b["src"], b["dst"], b["proto"], b["sport"], b["dport"])
     check(got == (src, dst, proto, sport, dport), f"pass 2 packet {i + 1}: {got} != {(src, dst, proto, sport, dport)}")
-c = nat_counters(host)
+c = nf_counters(host, "nat")
 check(c.get("translated_in") == len(want), f"translated_in {c.get('translated_in')} != {len(want)}: {c}")
 check(c.get("no_mapping") == bad, f"no_mapping {c.get('no_mapping')} != {bad}: {c}")
 check(c.get("filtered") == filtered, f"filtered {c.get('filtered')} != {filtered}: {c}")

@@ -26,7 +26,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, read_pcap, csum, write_pcap
+from harness import HOST, Host, check, read_pcap, csum, write_pcap, eth_ipv4
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -97,9 +97,7 @@ def tcp_frame(src, dst, sport, dport, payload):
     s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
     l4 = struct.pack("!HHIIBBHHH", sport, dport, 100, 0, 0x50, 0x18, 4096, 0, 0) + payload
     l4 = l4[:16] + struct.pack("!H", csum(s + d + struct.pack("!BBH", 0, 6, len(l4)) + l4)) + l4[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 7, 0x4000, 64, 6, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
+    return eth_ipv4(s, d, 6, l4, ident=7)
 
 
 def tshark_bad_and_good(path):
