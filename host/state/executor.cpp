@@ -427,12 +427,7 @@ int Executor::op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, 
     }
     std::lock_guard lk(_mu);
     if (key == nullptr) {
-        int rc = SERPENS_OK;
-        t.for_each_live_slot([&](std::size_t s) {
-            int r = (this->*op)(t, s);
-            rc = rc == SERPENS_OK ? r : rc;
-        });
-        return rc;
+        return for_all_locked(t, op);
     }
     std::size_t s = t.find_live(key);
     if (s == Table::npos) {
@@ -441,11 +436,11 @@ int Executor::op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, 
     return (this->*op)(t, s);
 }
 
-int Executor::update_all_locked(Table &t)
+int Executor::for_all_locked(Table &t, int (Executor::*op)(Table &, std::size_t))
 {
     int rc = SERPENS_OK;
     t.for_each_live_slot([&](std::size_t s) {
-        int r = update_locked(t, s);
+        int r = (this->*op)(t, s);
         rc = rc == SERPENS_OK ? r : rc;
     });
     return rc;
@@ -570,7 +565,7 @@ void Executor::tick(uint64_t now_ns)
         for (auto &tm : _timers) {
             if (now_ns >= tm.due_ns) {
                 if (tm.key.empty()) {
-                    update_all_locked(*tm.table);
+                    for_all_locked(*tm.table, &Executor::update_slot);
                 } else if (std::size_t s = tm.table->find_live(tm.key.data()); s != Table::npos) {
                     update_locked(*tm.table, s);
                 }

@@ -168,7 +168,8 @@ private:
     int update_slot(Table &t, std::size_t slot) { return update_locked(t, slot); }
     int merge_slot(Table &t, std::size_t slot);
     void run_pending_locked();
-    int update_all_locked(Table &t);
+    // op on every live slot of t (a NULL key); the first error, else OK.
+    int for_all_locked(Table &t, int (Executor::*op)(Table &, std::size_t));
 
     StateStore &_store;
     std::string _chain;
