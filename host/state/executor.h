@@ -58,7 +58,7 @@ struct StoreOptions {
     std::string host_id = "default";
     uint32_t max_instances = 16;                           // cells per global/write key, <= 64
     uint64_t flow_idle_timeout_ns = 300'000'000'000ull;    // per-flow expiry; 0 = never
-    std::size_t expire_budget = 16384;                     // slots swept per table per tick
+    std::size_t expire_budget = 16384;                     // slots swept per table per tick, at most
 };
 
 // What a plugin's serpens_table * points to: one table as seen by one
@@ -184,6 +184,7 @@ private:
     std::vector<Timer> _timers;
     std::mutex _pending_mu; // guards _pending only; taken without _mu by trigger()
     std::vector<Pending> _pending;
+    uint64_t _last_expire_ns = 0; // tick() paces the idle-flow sweep by the time since
 };
 
 class StateStore {
