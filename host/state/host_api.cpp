@@ -95,6 +95,19 @@ uint64_t shim_add_bulk(serpens_table *t, const void *keys, uint32_t n, const uin
     return h->table->cell_add_bulk(keys, n, h->cell, deltas);
 }
 
+int shim_scan(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
+{
+    if (cursor == nullptr) {
+        return SERPENS_EINVAL;
+    }
+    return from_abi(t)->table->scan(cursor, max_slots, key_out, value_out);
+}
+
+uint64_t shim_table_slots(serpens_table *t)
+{
+    return from_abi(t)->table->n_slots();
+}
+
 int shim_split(serpens_table *t, const void *key)
 {
     TableHandle *h = from_abi(t);
@@ -140,6 +153,8 @@ void install_host_api(serpens_host_api &api)
     api.timer = &shim_timer;
     api.trigger = &shim_trigger;
     api.add_state_bulk = &shim_add_bulk;
+    api.scan_state = &shim_scan;
+    api.table_slots = &shim_table_slots;
 }
 
 } // namespace serpens::state

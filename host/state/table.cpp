@@ -535,6 +535,35 @@ int Table::get(const void *key, void *value_out) noexcept
     return lookup(k, value_out);
 }
 
+int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out) noexcept
+{
+    if (_cells != 0) {
+        return SERPENS_ENOTSUP;
+    }
+    std::size_t i = static_cast<std::size_t>(*cursor % _n_slots);
+    const std::size_t n = std::min<std::size_t>(max_slots, _n_slots);
+    for (std::size_t k = 0; k < n; ++k, i = next(i)) {
+        SlotHeader *s = slot(i);
+        __builtin_prefetch(slot(next(next(i))));
+        for (;;) {
+            const uint64_t c1 = ld_acq(&s->ctl);
+            if (ctl_state(c1) != slot_live) {
+                break;
+            }
+            words_out(key_words(s), key_out, _key_size);
+            words_out(vbuf(s, ctl_buf(c1)), value_out, _value_size);
+            fence_acq();
+            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) != 0) {
+                continue; // changed under us: read this slot again
+            }
+            *cursor = next(i);
+            return SERPENS_OK;
+        }
+    }
+    *cursor = i;
+    return SERPENS_ENOENT;
+}
+
 uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
 {
     if (n > max_bulk) {

@@ -145,6 +145,13 @@ public:
     // n <= 64 keys back to back; hits copied to values + i * value_size.
     uint64_t get_bulk(const void *keys, uint32_t n, void *values) noexcept;
 
+    // Per-flow and global/read: looks at up to max_slots slots from
+    // *cursor (taken modulo n_slots) and copies out the first live entry,
+    // key_size then value_size bytes; SERPENS_OK, else SERPENS_ENOENT.
+    // *cursor ends past the last slot looked at, wrapping to 0.  A walk
+    // sees every entry live throughout it; others may or may not show.
+    int scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out) noexcept;
+
     // --- hot path: global/write cells (0 = base, 1 + i = instance i) -------
     // Reads one cell.  Remembers its version in `vc` (may be null).
     int cell_get(const void *key, uint32_t cell, void *out, VersionCache *vc) noexcept;

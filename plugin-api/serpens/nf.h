@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 1
+#define SERPENS_ABI_MINOR 2
 
 /* The name of the one symbol every plugin exports. */
 #define SERPENS_NF_ENTRY_SYMBOL "serpens_nf_entry"
@@ -270,6 +270,22 @@ struct serpens_host_api {
      * 8, this instance no longer active — then no row is).  Hot path: misses
      * of the n keys overlap.  Same thread rules as put_state. */
     uint64_t (*add_state_bulk)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas);
+
+    /* --- ABI 1.2 and later: valid when struct_size covers them --- */
+
+    /* Walks a PER_FLOW or GLOBAL|READ table, e.g. for an NF's own expiry
+     * sweep over the entries it has rather than over every key it could
+     * have.  Looks at up to max_slots slots from *cursor on (taken modulo
+     * table_slots) and copies the first live entry's key and value out:
+     * SERPENS_OK; SERPENS_ENOENT when none of them held one; SERPENS_ENOTSUP
+     * on a GLOBAL|WRITE table.  *cursor ends just past the slots looked at
+     * and wraps to 0 after the last one, so table_slots(t) slots from any
+     * cursor are one full pass.  An entry live during a whole pass is seen
+     * in it; one added or removed meanwhile may or may not be.  Start at 0;
+     * the cursor means nothing to another table. */
+    int (*scan_state)(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out);
+    /* The number of slots scan_state walks over: fixed for a table's life. */
+    uint64_t (*table_slots)(serpens_table *t);
 };
 
 /* True when `api` provides the member `field` (appended after ABI 1.0). */

@@ -40,9 +40,12 @@
  *   packets refresh them (RFC 4787 REQ-6 makes inbound refresh optional, and
  *   keeping the inbound path read-only means a reply steered to another
  *   instance never writes a flow it does not own).  Each instance sweeps the
- *   items it handed out, paced to see every item twice per shortest timeout
- *   (at most NAT_SWEEP_MAX per batch), and returns expired ones to its share
- *   of the pool.  The mapping tables are created with NF_EXPIRY (host ABI
+ *   mappings it made, paced to see each twice per shortest timeout, and
+ *   returns expired ones' items to its share of the pool.  It walks the `in`
+ *   table (host ABI 1.2 scan_state, at most NAT_SWEEP_SLOTS_MAX slots per
+ *   batch), so the sweep costs in proportion to max_mappings; an older host
+ *   makes it look up every item of the pool in turn (at most NAT_SWEEP_MAX
+ *   per batch), which costs about a probe per packet with a /24 pool.  The mapping tables are created with NF_EXPIRY (host ABI
  *   1.1): the host's own per-flow idle expiry leaves them alone, so a mapping
  *   and its item always go together, through the sweep.  (Before, a host
  *   expiry removed mappings whose items then never came back to the pool,
@@ -50,8 +53,7 @@
  *
  * LIMITATIONS
  *   The sweep runs only when packets arrive: after a quiet period, expired
- *   mappings are freed when traffic resumes (at most NAT_SWEEP_MAX items per
- *   batch).  Only the instance that took an item frees it: the items of
+ *   mappings are freed when traffic resumes (a bounded slice per batch).  Only the instance that took an item frees it: the items of
  *   mappings made by an instance that was scaled in for good stay taken
  *   until an instance with its id runs again.  On an ABI 1.0 host the
  *   tables have no NF_EXPIRY and the old leak on host expiry remains (logged
@@ -104,6 +106,7 @@
 #define NAT_PUT_RETRIES 4          /* redo a pool update that raced a rebalance */
 #define NAT_EXHAUSTED_BACKOFF_NS 1000000ull /* after a failed trigger, wait 1 ms */
 #define NAT_SWEEP_MAX 1024u        /* items swept per batch at most: ~1024 probes, mostly misses */
+#define NAT_SWEEP_SLOTS_MAX 4096u  /* `in` slots walked per batch at most (ABI 1.2 sweep) */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
 /* The host's "cell changed since you read it, read again" code.  */
@@ -219,7 +222,9 @@ struct nat {
     uint32_t empty_windows[NAT_N_PROTOS];
     uint64_t retry_after_ns[NAT_N_PROTOS];
 
-    /* expiry sweep over this instance's items, all protocols in a row */
+    /* expiry sweep: the `in` table's slots (scan), else every item of the
+     * pool, all protocols in a row */
+    int scan; /* the host has scan_state (ABI 1.2) */
     uint64_t sweep_pos;
     uint64_t sweep_last_ns;
     uint64_t sweep_period_ns;
@@ -398,63 +403,103 @@ static uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing)
     return n->timeout_ns[proto == NAT_PROTO_UDP ? NAT_TO_UDP : NAT_TO_ICMP];
 }
 
-/* Looks at one item this instance may have handed out; frees it when idle. */
-static void nat_sweep_item(struct nat *n, unsigned pi, uint32_t item, uint64_t now)
+/* Frees one mapping of this instance (its `in` entry ik -> iv, item `item`
+ * of protocol pi) when its outbound side is idle or gone. */
+static void nat_expire_mapping(struct nat *n, unsigned pi, uint32_t item, const struct nat_in_key *ik,
+                               const struct nat_in_val *iv, uint64_t now)
 {
-    struct nat_in_key ik;
-    struct nat_in_val iv;
-    memset(&ik, 0, sizeof ik);
-    nat_item_endpoint(n, item, &ik.ext_ip, &ik.ext_port);
-    ik.proto = nat_protos[pi];
-    if (n->host->get_state(n->in, &ik, &iv) != SERPENS_OK || iv.owner != n->ctx->instance_id) {
-        return;
-    }
     struct nat_out_key ok;
     struct nat_out_val ov;
     memset(&ok, 0, sizeof ok);
-    ok.in_ip = iv.in_ip;
-    ok.rem_ip = iv.rem_ip;
-    ok.in_port = iv.in_port;
-    ok.rem_port = iv.rem_port;
-    ok.proto = iv.proto;
+    ok.in_ip = iv->in_ip;
+    ok.rem_ip = iv->rem_ip;
+    ok.in_port = iv->in_port;
+    ok.rem_port = iv->rem_port;
+    ok.proto = iv->proto;
     int have_out = n->host->get_state(n->out, &ok, &ov) == SERPENS_OK;
-    if (have_out && (ov.ext_ip != ik.ext_ip || ov.ext_port != ik.ext_port)) {
+    if (have_out && (ov.ext_ip != ik->ext_ip || ov.ext_port != ik->ext_port)) {
         have_out = 0; /* the flow moved on to another item: this one is stale */
-    } else if (have_out && now - ov.last_ns <= nat_timeout(n, iv.proto, ov.closing)) {
-        return; /* still in use (the reads above also keep the host from expiring it) */
+    } else if (have_out && now - ov.last_ns <= nat_timeout(n, iv->proto, ov.closing)) {
+        return; /* still in use */
     }
     if (have_out) {
         n->host->delete_state(n->out, &ok);
     }
-    n->host->delete_state(n->in, &ik);
+    n->host->delete_state(n->in, ik);
     nat_pool_give(n, pi, item);
     nat_count(n, NAT_C_EXPIRED);
 }
 
-/* A bounded slice of the sweep, paced so every item is seen once per period. */
-static void nat_sweep(struct nat *n, uint64_t now)
+/* Slots (or items) the sweep may look at in this batch: paced so a whole pass
+ * takes sweep_period_ns, and capped per batch. */
+static uint64_t nat_sweep_budget(struct nat *n, uint64_t total, uint64_t now, uint64_t cap)
 {
-    uint64_t total = (uint64_t)n->n_items * NAT_N_PROTOS;
-    uint64_t elapsed = now - n->sweep_last_ns;
     if (now < n->sweep_last_ns) {
         n->sweep_last_ns = now;
-        return;
+        return 0;
     }
+    uint64_t elapsed = now - n->sweep_last_ns;
     if (elapsed > n->sweep_period_ns) {
         elapsed = n->sweep_period_ns;
     }
-    uint64_t budget = total * elapsed / n->sweep_period_ns;
+    /* double: total * elapsed overflows 64 bits for week-long timeouts */
+    uint64_t budget = (uint64_t)((double)total * (double)elapsed / (double)n->sweep_period_ns);
     if (budget == 0) {
-        return; /* too soon: let time accumulate */
-    }
-    if (budget > NAT_SWEEP_MAX) {
-        budget = NAT_SWEEP_MAX;
+        return 0; /* too soon: let time accumulate */
     }
     n->sweep_last_ns = now;
+    return budget < cap ? budget : cap;
+}
+
+/* The sweep on an ABI 1.2 host: walks the `in` table's slots, so its cost
+ * follows the table, not the pool (16M items per protocol for a /24 of
+ * external addresses, swept item by item, cost this NF ~1 probe per packet). */
+static void nat_sweep_entries(struct nat *n, uint64_t now)
+{
+    const uint64_t slots = n->host->table_slots(n->in);
+    uint64_t budget = nat_sweep_budget(n, slots, now, NAT_SWEEP_SLOTS_MAX);
+    while (budget > 0) {
+        struct nat_in_key ik;
+        struct nat_in_val iv;
+        const uint64_t before = n->sweep_pos;
+        if (n->host->scan_state(n->in, &n->sweep_pos, (uint32_t)budget, &ik, &iv) != SERPENS_OK) {
+            return; /* the budget's slots held no more entries */
+        }
+        uint64_t seen = (n->sweep_pos + slots - before % slots) % slots;
+        seen = seen == 0 ? slots : seen;
+        budget = seen < budget ? budget - seen : 0;
+        if (iv.owner != n->ctx->instance_id) {
+            continue;
+        }
+        const int32_t ext = nat_ext_index(n, ntohl(ik.ext_ip));
+        const uint32_t port = ntohs(ik.ext_port);
+        if (ext < 0 || port < n->port_min || port - n->port_min >= n->n_ports) {
+            continue; /* an item of another pool configuration: not ours to give back */
+        }
+        nat_expire_mapping(n, nat_proto_index(ik.proto), (uint32_t)ext * n->n_ports + (port - n->port_min), &ik, &iv,
+                           now);
+    }
+}
+
+/* The sweep on an older host: every item of the pool in turn, one lookup
+ * each, mostly misses. */
+static void nat_sweep_items(struct nat *n, uint64_t now)
+{
+    const uint64_t total = (uint64_t)n->n_items * NAT_N_PROTOS;
+    const uint64_t budget = nat_sweep_budget(n, total, now, NAT_SWEEP_MAX);
     for (uint64_t k = 0; k < budget; ++k) {
         uint64_t pos = n->sweep_pos;
         n->sweep_pos = (pos + 1) % total;
-        nat_sweep_item(n, (unsigned)(pos / n->n_items), (uint32_t)(pos % n->n_items), now);
+        unsigned pi = (unsigned)(pos / n->n_items);
+        uint32_t item = (uint32_t)(pos % n->n_items);
+        struct nat_in_key ik;
+        struct nat_in_val iv;
+        memset(&ik, 0, sizeof ik);
+        nat_item_endpoint(n, item, &ik.ext_ip, &ik.ext_port);
+        ik.proto = nat_protos[pi];
+        if (n->host->get_state(n->in, &ik, &iv) == SERPENS_OK && iv.owner == n->ctx->instance_id) {
+            nat_expire_mapping(n, pi, item, &ik, &iv, now);
+        }
     }
 }
 
@@ -657,7 +702,11 @@ static void nat_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         }
         batch->ports[i] = nat_packet(n, &batch->pkts[i], now);
     }
-    nat_sweep(n, now);
+    if (n->scan) {
+        nat_sweep_entries(n, now);
+    } else {
+        nat_sweep_items(n, now);
+    }
 }
 
 /* ---- configuration (cold path) ---------------------------------------- */
@@ -935,6 +984,7 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
                "out of the pool",
                (unsigned)h->abi_major, (unsigned)h->abi_minor);
     }
+    n->scan = SERPENS_HOST_HAS(h, scan_state) && SERPENS_HOST_HAS(h, table_slots);
     n->out = h->create_table(ctx, "out", flow_flags, sizeof(struct nat_out_key), sizeof(struct nat_out_val),
                              n->max_mappings);
     n->in = h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val),

@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -315,6 +316,66 @@ TEST_CASE("state-abi: per-flow table through the host API; instances share it")
     FakeInstance lost(ex, 2);
     lost.nc.executor = nullptr;
     CHECK(lost.create("conn", PF | WR, 13, 8, 1000) == nullptr);
+}
+
+TEST_CASE("state-abi: scan_state walks every live entry once per pass, in slices, and refuses cell tables")
+{
+    ScratchDir d("scan");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("c1", "nat");
+    FakeInstance a(ex, 0);
+    serpens_table *t = a.create("in", PF | WR, 13, 8, 1000);
+    REQUIRE(t);
+    const serpens_host_api &api = state_api();
+    REQUIRE(SERPENS_HOST_HAS(&api, scan_state));
+    REQUIRE(SERPENS_HOST_HAS(&api, table_slots));
+    uint8_t k[13];
+    for (uint64_t i = 0; i < 300; ++i) {
+        key_of(k, i);
+        uint64_t v = i * 3;
+        REQUIRE(api.put_state(t, k, &v) == SERPENS_OK);
+    }
+    for (uint64_t i = 0; i < 300; i += 3) { // tombstones in the middle of runs
+        key_of(k, i);
+        REQUIRE(api.delete_state(t, k) == SERPENS_OK);
+    }
+    const uint64_t slots = api.table_slots(t);
+    REQUIRE(slots >= 1000);
+    // One pass from an arbitrary cursor in slices of 37 slots.
+    std::vector<int> seen(300, 0);
+    uint64_t cursor = slots / 2 + 5, walked = 0;
+    while (walked < slots) {
+        const uint64_t before = cursor;
+        const uint32_t want = static_cast<uint32_t>(std::min<uint64_t>(37, slots - walked));
+        uint8_t key[13];
+        uint64_t v = 0;
+        const int rc = api.scan_state(t, &cursor, want, key, &v);
+        REQUIRE(cursor < slots);
+        const uint64_t moved = (cursor + slots - before) % slots;
+        if (rc == SERPENS_ENOENT) {
+            CHECK(moved == want % slots);
+            walked += want;
+            continue;
+        }
+        REQUIRE(rc == SERPENS_OK);
+        REQUIRE(moved >= 1);
+        REQUIRE(moved <= want);
+        walked += moved;
+        uint64_t id = 0;
+        std::memcpy(&id, key, 8);
+        REQUIRE(id < 300);
+        CHECK(v == id * 3);
+        ++seen[id];
+    }
+    for (uint64_t i = 0; i < 300; ++i) {
+        CHECK_MESSAGE(seen[i] == (i % 3 == 0 ? 0 : 1), "key ", i);
+    }
+    serpens_table *g = a.create("pool", GL | WR | REL, 8, 8, 16);
+    REQUIRE(g);
+    uint64_t c0 = 0, key8 = 0, v8 = 0;
+    CHECK(api.scan_state(g, &c0, 16, &key8, &v8) == SERPENS_ENOTSUP);
 }
 
 TEST_CASE("state-readonly: dump and check through a read-only mapping")

@@ -588,10 +588,12 @@ RemoteClient::RemoteClient(const RedisServer &server, const serpens_host_api &lo
     _api.update = remote_update;
     _api.timer = remote_timer;
     _api.trigger = remote_trigger;
-    // No remote form of the counter add: an NF that would use it (mon) falls
-    // back to get + put, which go to redis.  Left as the local entry, it would
-    // be handed this shim's table handles.
+    // No remote form of the counter add or the table walk: an NF that would
+    // use them (mon, nat) falls back to get + put, which go to redis.  Left
+    // as the local entries, they would be handed this shim's table handles.
     _api.add_state_bulk = nullptr;
+    _api.scan_state = nullptr;
+    _api.table_slots = nullptr;
     building = _impl.get(); // tables created on this thread bind to this client
 }
 
