@@ -106,6 +106,7 @@
 #define NAT_PUT_RETRIES 4          /* redo a pool update that raced a rebalance */
 #define NAT_EXHAUSTED_BACKOFF_NS 1000000ull /* after a failed trigger, wait 1 ms */
 #define NAT_SWEEP_MAX 1024u        /* items swept per batch at most: ~1024 probes, mostly misses */
+#define NAT_BULK 64u               /* packets whose mappings are looked up together (nf.h bulk limit) */
 #define NAT_SWEEP_SLOTS_MAX 4096u  /* `in` slots walked per batch at most (ABI 1.2 sweep) */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
@@ -190,6 +191,39 @@ struct nat_in_val {
 
 /* ---- per-instance data ------------------------------------------------ */
 
+/* Where the L4 checksum and port (or echo id) sit, per protocol. */
+struct nat_l4 {
+    uint8_t *hdr;
+    uint8_t proto;
+    uint16_t csum_at;  /* offset of the checksum in the L4 header */
+    uint16_t sport_at; /* ICMP: the echo id for both */
+    uint16_t dport_at;
+    int pseudo;        /* the checksum covers the IP addresses */
+};
+
+/* One packet of a chunk, between classification and translation. */
+enum nat_kind { NAT_K_DONE, NAT_K_OUT, NAT_K_IN };
+
+struct nat_job {
+    uint8_t kind;
+    uint8_t at;      /* index of its key in the chunk's out or in keys */
+    uint8_t fin_or_rst;
+    uint8_t *ip;
+    struct nat_l4 l4;
+};
+
+/* A chunk's lookups, done in two bulk calls so their cache misses overlap. */
+struct nat_chunk {
+    struct nat_job job[NAT_BULK];
+    struct nat_out_key okey[NAT_BULK];
+    struct nat_out_val oval[NAT_BULK];
+    struct nat_in_key ikey[NAT_BULK];
+    struct nat_in_val ival[NAT_BULK];
+    uint64_t ohit, ihit; /* bulk results still valid for this chunk */
+    uint32_t n_out, n_in;
+};
+
+
 struct nat_prefix {
     uint32_t net;  /* host byte order */
     uint32_t mask;
@@ -231,6 +265,7 @@ struct nat {
 
     uint64_t *counter[NAT_N_COUNTERS];
     uint64_t bitmap[NAT_CHUNK_WORDS]; /* scratch for one pool chunk */
+    struct nat_chunk chunk;           /* scratch for the packets in flight */
 };
 
 static const uint8_t nat_protos[NAT_N_PROTOS] = {NAT_PROTO_TCP, NAT_PROTO_UDP, NAT_PROTO_ICMP};
@@ -505,16 +540,6 @@ static void nat_sweep_items(struct nat *n, uint64_t now)
 
 /* ---- the data path ---------------------------------------------------- */
 
-/* Where the L4 checksum and port (or echo id) sit, per protocol. */
-struct nat_l4 {
-    uint8_t *hdr;
-    uint8_t proto;
-    uint16_t csum_at;  /* offset of the checksum in the L4 header */
-    uint16_t sport_at; /* ICMP: the echo id for both */
-    uint16_t dport_at;
-    int pseudo;        /* the checksum covers the IP addresses */
-};
-
 /* Finds the L4 fields to rewrite; 0 on success, else the counter to bump. */
 static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct nat_l4 *l4)
 {
@@ -560,32 +585,117 @@ static void nat_rewrite(uint8_t *ip, unsigned addr_at, struct nat_l4 *l4, unsign
                          new_port);
 }
 
-/* Inside -> outside.  Returns SERPENS_PORT_DEFAULT or SERPENS_PORT_DROP. */
-static uint8_t nat_outbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, uint8_t proto, uint64_t now)
+/* Decides what a packet needs.  NAT_K_DONE: its verdict is in *port (and
+ * counted); else its key is added to the chunk. */
+static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct nat_chunk *c, struct nat_job *job,
+                                  uint8_t *port)
 {
-    struct nat_l4 l4;
-    int bad = nat_l4_of(p, proto, 1, &l4);
+    *port = SERPENS_PORT_DROP;
+    if (!(p->flags & SERPENS_PKT_F_PARSED)) {
+        nat_count(n, NAT_C_MALFORMED);
+        return NAT_K_DONE;
+    }
+    if (p->l3_type != SERPENS_L3_IPV4) {
+        nat_count(n, NAT_C_PASSED);
+        *port = SERPENS_PORT_DEFAULT;
+        return NAT_K_DONE;
+    }
+    if (p->l3_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l3_offset + 20u) {
+        nat_count(n, NAT_C_MALFORMED);
+        return NAT_K_DONE;
+    }
+    uint8_t *ip = p->data + p->l3_offset;
+    uint32_t src = ntohl(serpens_ld32(ip + 12));
+    uint32_t dst = ntohl(serpens_ld32(ip + 16));
+    int outbound = nat_inside(n, src) && !nat_inside(n, dst);
+    int inbound = !outbound && nat_ext_index(n, dst) >= 0;
+    if (!outbound && !inbound) {
+        nat_count(n, NAT_C_PASSED);
+        *port = SERPENS_PORT_DEFAULT;
+        return NAT_K_DONE;
+    }
+    if (p->flags & SERPENS_PKT_F_FRAGMENT) {
+        /* Non-first fragments carry no ports to translate or look up. */
+        nat_count(n, NAT_C_UNSUPPORTED);
+        return NAT_K_DONE;
+    }
+    uint8_t proto = ip[9];
+    int bad = nat_l4_of(p, proto, outbound, &job->l4);
     if (bad) {
         nat_count(n, (enum nat_counter)bad);
-        return SERPENS_PORT_DROP;
+        return NAT_K_DONE;
     }
-    struct nat_out_key key;
-    memset(&key, 0, sizeof key);
-    key.in_ip = serpens_ld32(ip + 12);
-    key.rem_ip = serpens_ld32(ip + 16);
-    key.in_port = serpens_ld16(l4.hdr + l4.sport_at);
-    key.rem_port = proto == NAT_PROTO_ICMP ? 0 : serpens_ld16(l4.hdr + l4.dport_at);
-    key.proto = proto;
-    int fin_or_rst = proto == NAT_PROTO_TCP && (l4.hdr[13] & 0x05) != 0;
+    job->ip = ip;
+    const struct nat_l4 *l4 = &job->l4;
+    if (outbound) {
+        struct nat_out_key *key = &c->okey[c->n_out];
+        memset(key, 0, sizeof *key);
+        key->in_ip = serpens_ld32(ip + 12);
+        key->rem_ip = serpens_ld32(ip + 16);
+        key->in_port = serpens_ld16(l4->hdr + l4->sport_at);
+        key->rem_port = proto == NAT_PROTO_ICMP ? 0 : serpens_ld16(l4->hdr + l4->dport_at);
+        key->proto = proto;
+        job->fin_or_rst = proto == NAT_PROTO_TCP && (l4->hdr[13] & 0x05) != 0;
+        job->at = (uint8_t)c->n_out++;
+        return NAT_K_OUT;
+    }
+    struct nat_in_key *key = &c->ikey[c->n_in];
+    memset(key, 0, sizeof *key);
+    key->ext_ip = serpens_ld32(ip + 16);
+    key->ext_port = serpens_ld16(l4->hdr + l4->dport_at);
+    key->proto = proto;
+    job->at = (uint8_t)c->n_in++;
+    return NAT_K_IN;
+}
 
-    struct nat_out_val val;
-    if (n->host->get_state(n->out, &key, &val) == SERPENS_OK) {
-        if (now - val.last_ns >= n->refresh_ns || (fin_or_rst && !val.closing)) {
-            val.last_ns = now;
-            val.closing |= (uint8_t)fin_or_rst;
-            if (n->host->put_state(n->out, &key, &val) != SERPENS_OK) {
+static uint64_t nat_lookup_bulk(struct nat *n, serpens_table *t, const void *keys, uint32_t count, void *values,
+                                size_t key_size, size_t value_size)
+{
+    if (count == 0) {
+        return 0;
+    }
+    if (n->host->get_state_bulk != NULL) {
+        return n->host->get_state_bulk(t, keys, count, values);
+    }
+    uint64_t hit = 0;
+    for (uint32_t j = 0; j < count; ++j) {
+        if (n->host->get_state(t, (const uint8_t *)keys + j * key_size, (uint8_t *)values + j * value_size) ==
+            SERPENS_OK) {
+            hit |= 1ull << j;
+        }
+    }
+    return hit;
+}
+
+/* After a write to key `at` of the out table, later packets of the chunk
+ * with the same key must read it again (their bulk result is old). */
+static void nat_invalidate_out(struct nat_chunk *c, uint32_t at)
+{
+    for (uint32_t j = at + 1; j < c->n_out; ++j) {
+        if ((c->ohit & (1ull << j)) && memcmp(&c->okey[j], &c->okey[at], sizeof c->okey[at]) == 0) {
+            c->ohit &= ~(1ull << j);
+        }
+    }
+}
+
+/* Inside -> outside.  Returns SERPENS_PORT_DEFAULT or SERPENS_PORT_DROP. */
+static uint8_t nat_outbound(struct nat *n, struct nat_chunk *c, const struct nat_job *job, uint64_t now)
+{
+    const struct nat_out_key *key = &c->okey[job->at];
+    struct nat_out_val *val = &c->oval[job->at];
+    struct nat_l4 l4 = job->l4;
+    const uint8_t proto = key->proto;
+    const int fin_or_rst = job->fin_or_rst;
+    /* A bulk miss may since have been created by an earlier packet of this
+     * chunk (a new flow's second packet): look again before taking an item. */
+    if ((c->ohit & (1ull << job->at)) || n->host->get_state(n->out, key, val) == SERPENS_OK) {
+        if (now - val->last_ns >= n->refresh_ns || (fin_or_rst && !val->closing)) {
+            val->last_ns = now;
+            val->closing |= (uint8_t)fin_or_rst;
+            if (n->host->put_state(n->out, key, val) != SERPENS_OK) {
                 nat_count(n, NAT_C_STATE_ERRORS); /* the old stamp stays: harmless */
             }
+            nat_invalidate_out(c, job->at);
         }
     } else {
         unsigned pi = nat_proto_index(proto);
@@ -598,23 +708,23 @@ static uint8_t nat_outbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, u
         struct nat_in_val iv;
         memset(&ik, 0, sizeof ik);
         memset(&iv, 0, sizeof iv);
-        memset(&val, 0, sizeof val);
+        memset(val, 0, sizeof *val);
         nat_item_endpoint(n, (uint32_t)item, &ik.ext_ip, &ik.ext_port);
         ik.proto = proto;
-        iv.in_ip = key.in_ip;
-        iv.rem_ip = key.rem_ip;
-        iv.in_port = key.in_port;
-        iv.rem_port = key.rem_port;
+        iv.in_ip = key->in_ip;
+        iv.rem_ip = key->rem_ip;
+        iv.in_port = key->in_port;
+        iv.rem_port = key->rem_port;
         iv.owner = (uint16_t)n->ctx->instance_id;
         iv.proto = proto;
-        val.ext_ip = ik.ext_ip;
-        val.ext_port = ik.ext_port;
-        val.closing = (uint8_t)fin_or_rst;
-        val.last_ns = now;
+        val->ext_ip = ik.ext_ip;
+        val->ext_port = ik.ext_port;
+        val->closing = (uint8_t)fin_or_rst;
+        val->last_ns = now;
         /* Reverse entry first: once the forward one exists, replies may come. */
         int rc = n->host->put_state(n->in, &ik, &iv);
         if (rc == SERPENS_OK) {
-            rc = n->host->put_state(n->out, &key, &val);
+            rc = n->host->put_state(n->out, key, val);
             if (rc != SERPENS_OK) {
                 n->host->delete_state(n->in, &ik);
             }
@@ -626,81 +736,64 @@ static uint8_t nat_outbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, u
         }
         nat_count(n, NAT_C_NEW);
     }
-    nat_rewrite(ip, 12, &l4, l4.sport_at, val.ext_ip, val.ext_port);
+    nat_rewrite(job->ip, 12, &l4, l4.sport_at, val->ext_ip, val->ext_port);
     nat_count(n, NAT_C_OUT);
     return SERPENS_PORT_DEFAULT;
 }
 
 /* Outside -> an external address. */
-static uint8_t nat_inbound(struct nat *n, struct serpens_pkt *p, uint8_t *ip, uint8_t proto)
+static uint8_t nat_inbound(struct nat *n, struct nat_chunk *c, const struct nat_job *job)
 {
-    struct nat_l4 l4;
-    int bad = nat_l4_of(p, proto, 0, &l4);
-    if (bad) {
-        nat_count(n, (enum nat_counter)bad);
-        return SERPENS_PORT_DROP;
-    }
-    struct nat_in_key key;
-    struct nat_in_val val;
-    memset(&key, 0, sizeof key);
-    key.ext_ip = serpens_ld32(ip + 16);
-    key.ext_port = serpens_ld16(l4.hdr + l4.dport_at);
-    key.proto = proto;
-    if (n->host->get_state(n->in, &key, &val) != SERPENS_OK) {
+    const struct nat_in_key *key = &c->ikey[job->at];
+    struct nat_in_val *val = &c->ival[job->at];
+    struct nat_l4 l4 = job->l4;
+    const uint8_t *ip = job->ip;
+    /* A miss: the mapping may have been made by this chunk's outbound packets. */
+    if (!(c->ihit & (1ull << job->at)) && n->host->get_state(n->in, key, val) != SERPENS_OK) {
         nat_count(n, NAT_C_NO_MAPPING);
         return SERPENS_PORT_DROP;
     }
-    if (val.rem_ip != serpens_ld32(ip + 12) ||
-        (proto != NAT_PROTO_ICMP && val.rem_port != serpens_ld16(l4.hdr + l4.sport_at))) {
+    if (val->rem_ip != serpens_ld32(ip + 12) ||
+        (key->proto != NAT_PROTO_ICMP && val->rem_port != serpens_ld16(l4.hdr + l4.sport_at))) {
         nat_count(n, NAT_C_FILTERED);
         return SERPENS_PORT_DROP;
     }
-    nat_rewrite(ip, 16, &l4, l4.dport_at, val.in_ip, val.in_port);
+    nat_rewrite(job->ip, 16, &l4, l4.dport_at, val->in_ip, val->in_port);
     nat_count(n, NAT_C_IN);
     return SERPENS_PORT_DEFAULT;
 }
 
-static uint8_t nat_packet(struct nat *n, struct serpens_pkt *p, uint64_t now)
+/* Up to NAT_BULK packets: classify all, look their mappings up in one bulk
+ * call per table, then translate in order. */
+static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t first, uint32_t end, uint64_t now)
 {
-    if (!(p->flags & SERPENS_PKT_F_PARSED)) {
-        nat_count(n, NAT_C_MALFORMED);
-        return SERPENS_PORT_DROP;
+    struct nat_chunk *c = &n->chunk;
+    c->n_out = c->n_in = 0;
+    for (uint32_t i = first; i < end; ++i) {
+        struct nat_job *job = &c->job[i - first];
+        job->kind = NAT_K_DONE;
+        if (batch->labels[i] == batch->self) {
+            job->kind = (uint8_t)nat_classify(n, &batch->pkts[i], c, job, &batch->ports[i]);
+        }
     }
-    if (p->l3_type != SERPENS_L3_IPV4) {
-        nat_count(n, NAT_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
+    c->ohit = nat_lookup_bulk(n, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0], sizeof c->oval[0]);
+    c->ihit = nat_lookup_bulk(n, n->in, c->ikey, c->n_in, c->ival, sizeof c->ikey[0], sizeof c->ival[0]);
+    for (uint32_t i = first; i < end; ++i) {
+        const struct nat_job *job = &c->job[i - first];
+        if (job->kind == NAT_K_OUT) {
+            batch->ports[i] = nat_outbound(n, c, job, now);
+        } else if (job->kind == NAT_K_IN) {
+            batch->ports[i] = nat_inbound(n, c, job);
+        }
     }
-    if (p->l3_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l3_offset + 20u) {
-        nat_count(n, NAT_C_MALFORMED);
-        return SERPENS_PORT_DROP;
-    }
-    uint8_t *ip = p->data + p->l3_offset;
-    uint32_t src = ntohl(serpens_ld32(ip + 12));
-    uint32_t dst = ntohl(serpens_ld32(ip + 16));
-    int outbound = nat_inside(n, src) && !nat_inside(n, dst);
-    int inbound = !outbound && nat_ext_index(n, dst) >= 0;
-    if (!outbound && !inbound) {
-        nat_count(n, NAT_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
-    }
-    if (p->flags & SERPENS_PKT_F_FRAGMENT) {
-        /* Non-first fragments carry no ports to translate or look up. */
-        nat_count(n, NAT_C_UNSUPPORTED);
-        return SERPENS_PORT_DROP;
-    }
-    uint8_t proto = ip[9];
-    return outbound ? nat_outbound(n, p, ip, proto, now) : nat_inbound(n, p, ip, proto);
 }
 
 static void nat_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     struct nat *n = ctx->priv;
     const uint64_t now = batch->now_ns;
-    for (uint32_t i = 0; i < batch->count; ++i) {
-        if (batch->labels[i] != batch->self) {
-            continue;
-        }
-        batch->ports[i] = nat_packet(n, &batch->pkts[i], now);
+    for (uint32_t first = 0; first < batch->count; first += NAT_BULK) {
+        nat_run_chunk(n, batch, first, batch->count - first < NAT_BULK ? batch->count : first + NAT_BULK, now);
     }
     if (n->scan) {
         nat_sweep_entries(n, now);

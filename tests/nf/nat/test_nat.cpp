@@ -271,6 +271,60 @@ ports = [4000, 4007]
     CHECK(n.c("pool_exhausted", 1) == 1);
 }
 
+TEST_CASE("nat: packets of one flow in one batch share a mapping; a reply in the same batch comes back; a FIN sticks")
+{
+    Nat n;
+    Flow f{17, ip4("10.1.2.3"), ip4("198.51.100.7"), 40000, 53};
+    Flow t{6, ip4("10.1.2.4"), ip4("198.51.100.7"), 40001, 80};
+    Flow fin = t;
+    fin.tcp_flags = 0x11; // FIN|ACK
+    Flow ack = t;
+    ack.tcp_flags = 0x10;
+    // Batch 1 establishes t, so batch 2's lookups of t hit in bulk.
+    n.run(frame(t), kSec);
+    Packets p;
+    p.add(frame(f));   // new flow: takes an item
+    p.add(frame(f));   // same flow, looked up (missing) before the first made it
+    p.add(frame(fin)); // refreshes t's mapping with closing set...
+    p.add(frame(ack)); // ...which this later packet must not undo
+    // 3 s: past the refresh interval (1/16 of the 20 s closed timeout), so
+    // the ack would rewrite t's mapping from a stale bulk copy.
+    n.host.process(0, p.parse(), p.ports, 3 * kSec);
+    for (std::size_t i = 0; i < 4; ++i) {
+        REQUIRE_FALSE(p.dropped(i));
+    }
+    Decoded d0 = decode(p.frames[0]), d1 = decode(p.frames[1]);
+    CHECK(d0.l4_ok);
+    CHECK(d1.src == d0.src);
+    CHECK(d1.sport == d0.sport);
+    CHECK(n.c("mappings_created") == 2);
+    MockTable *out = n.host.table("out");
+    REQUIRE(out->entries.size() == 2);
+    for (auto &[key, value] : out->entries) {
+        CHECK(value.at(0).at(6) == (key[12] == 6 ? 1 : 0)); // closing: the TCP flow only
+    }
+
+    // A reply in the same batch as the packet that makes the mapping.
+    Flow g{17, ip4("10.1.2.5"), ip4("198.51.100.9"), 40002, 53};
+    Packets q;
+    q.add(frame(g));
+    Decoded predicted = d0; // the next item after d0's, from the same address
+    predicted.sport = static_cast<uint16_t>(d0.sport + 1);
+    predicted.dst = g.dst;
+    predicted.dport = 53;
+    q.add(frame(reply_to(predicted, 17)));
+    n.host.process(0, q.parse(), q.ports, 4 * kSec);
+    REQUIRE_FALSE(q.dropped(0));
+    Decoded dg = decode(q.frames[0]);
+    REQUIRE(dg.src == predicted.src);
+    REQUIRE(dg.sport == predicted.sport);
+    REQUIRE_FALSE(q.dropped(1));
+    Decoded back = decode(q.frames[1]);
+    CHECK(back.dst == g.src);
+    CHECK(back.dport == 40002);
+    CHECK(n.c("no_mapping") == 0);
+}
+
 TEST_CASE("nat: idle mappings expire and their items return to the pool")
 {
     Nat n(R"(inside = "10.0.0.0/8"
