@@ -14,7 +14,9 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <new>
 
@@ -380,6 +382,12 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
         ::close(fd);
         return fail("flock");
+    }
+    // On hugetlbfs (a state_dir on a hugepage mount, which takes the TLB
+    // misses off every lookup) a file is a whole number of its pages.
+    if (struct statfs fs {}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
+        const uint64_t page = static_cast<uint64_t>(fs.f_bsize);
+        want.file_size = (want.file_size + page - 1) / page * page;
     }
     if (::ftruncate(fd, static_cast<off_t>(want.file_size)) != 0) {
         ::close(fd);
