@@ -69,6 +69,7 @@
 #include <serpens/nf.h>
 #include <serpens/nf_util.h>
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,9 @@ struct mon_flow_key {
     uint8_t ip_version;
     uint8_t pad[2];
 };
+
+/* Whole words: the chunk index hashes and compares keys word by word. */
+_Static_assert(sizeof(struct mon_flow_key) % 8 == 0, "mon_flow_key is not a whole number of words");
 
 struct mon_flow_val {
     uint64_t packets;
@@ -156,11 +160,27 @@ static inline uint16_t rd16(const uint8_t *p)
     return (uint16_t)((p[0] << 8) | p[1]);
 }
 
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
 static inline uint64_t rd64(const uint8_t *p)
 {
     uint64_t w;
     memcpy(&w, p, 8);
     return w;
+}
+
+/* Equality of n 8-byte words: inline, where a memcmp call cost this NF
+ * about 13 ns per packet in serpens-host. */
+static inline int mon_words_eq(const void *a, const void *b, unsigned words)
+{
+    uint64_t diff = 0;
+    for (unsigned i = 0; i < words; ++i) {
+        diff |= rd64((const uint8_t *)a + 8 * i) ^ rd64((const uint8_t *)b + 8 * i);
+    }
+    return diff == 0;
 }
 
 /* A quick hash of n 8-byte words, for the chunk's indexes only.  The top
@@ -252,7 +272,7 @@ static uint64_t *mon_host_row(struct mon *m, const uint8_t addr[16])
             memset(m->hdelta[at], 0, sizeof m->hdelta[at]);
             return m->hdelta[at];
         }
-        if (memcmp(m->hkey[m->host_at[s]], addr, 16) == 0) {
+        if (mon_words_eq(m->hkey[m->host_at[s]], addr, 2)) {
             return m->hdelta[m->host_at[s]];
         }
     }
@@ -305,7 +325,7 @@ static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t
             return;
         }
         uint32_t at = m->flow_at[s];
-        if (memcmp(&m->fkey[at], k, sizeof *k) == 0) {
+        if (mon_words_eq(&m->fkey[at], k, sizeof *k / 8)) {
             m->fpackets[at] += 1;
             m->fbytes[at] += len;
             return;
@@ -315,58 +335,81 @@ static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t
 
 /* ---- the data path ---------------------------------------------------- */
 
-/* Fills the flow key; 0 on success, -1 when the headers it needs are cut. */
+static inline void wr64(uint8_t *p, uint64_t w)
+{
+    memcpy(p, &w, 8);
+}
+
+/* The flow's ports: TCP/UDP ports, the echo id in both for ICMP(v6) echo,
+ * else 0. */
+static void mon_ports(const struct serpens_pkt *p, uint8_t proto, uint16_t *sport, uint16_t *dport)
+{
+    *sport = *dport = 0;
+    if ((p->flags & SERPENS_PKT_F_FRAGMENT) || p->l4_offset == SERPENS_OFFSET_NONE) {
+        return;
+    }
+    const uint8_t *l4 = p->data + p->l4_offset;
+    uint32_t avail = p->len > p->l4_offset ? p->len - p->l4_offset : 0;
+    if ((proto == 6 || proto == 17) && avail >= 4) {
+        *sport = rd16(l4);
+        *dport = rd16(l4 + 2);
+    } else if ((proto == 1 && avail >= 8 && (l4[0] == 8 || l4[0] == 0)) ||
+               (proto == 58 && avail >= 8 && (l4[0] == 128 || l4[0] == 129))) {
+        *sport = *dport = rd16(l4 + 4); /* echo id: both directions alike */
+    }
+}
+
+/* The key's last word: ports, protocol, IP version, padding. */
+static inline uint64_t mon_tail_word(uint16_t port_a, uint16_t port_b, uint8_t proto, uint8_t version)
+{
+    struct mon_flow_key k;
+    k.port_a = port_a;
+    k.port_b = port_b;
+    k.proto = proto;
+    k.ip_version = version;
+    k.pad[0] = k.pad[1] = 0;
+    return rd64((const uint8_t *)&k + offsetof(struct mon_flow_key, port_a));
+}
+
+/* Fills the flow key and the two host keys; 0 on success, -1 when the
+ * headers it needs are cut.  Keys are written as whole words: the chunk
+ * index reads them back as words at once, and a word pieced together from
+ * narrower stores stalls that read (store forwarding fails). */
 static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uint8_t src[16], uint8_t dst[16])
 {
-    memset(k, 0, sizeof *k);
-    memset(src, 0, 16);
-    memset(dst, 0, 16);
     const uint8_t *ip = p->data + p->l3_offset;
-    uint8_t proto;
+    uint8_t *kb = (uint8_t *)k;
+    uint16_t sport, dport;
     if (p->l3_type == SERPENS_L3_IPV4) {
         if (p->len < (uint32_t)p->l3_offset + 20u) {
             return -1;
         }
+        uint32_t sa, da; /* network order, as in the packet */
+        memcpy(&sa, ip + 12, 4);
+        memcpy(&da, ip + 16, 4);
         /* IPv4-mapped (::ffff:a.b.c.d) in the host table, as 4 bytes in flows. */
-        src[10] = src[11] = dst[10] = dst[11] = 0xff;
-        memcpy(src + 12, ip + 12, 4);
-        memcpy(dst + 12, ip + 16, 4);
-        k->ip_version = 4;
-        proto = ip[9];
-    } else {
-        if (p->len < (uint32_t)p->l3_offset + 40u) {
-            return -1;
-        }
-        memcpy(src, ip + 8, 16);
-        memcpy(dst, ip + 24, 16);
-        k->ip_version = 6;
-        proto = p->l4_proto;
+        wr64(src, 0), wr64(src + 8, 0xffff0000ull | (uint64_t)sa << 32);
+        wr64(dst, 0), wr64(dst + 8, 0xffff0000ull | (uint64_t)da << 32);
+        mon_ports(p, ip[9], &sport, &dport);
+        /* The lower (address, port) endpoint first: one entry per connection. */
+        uint32_t sh = rd32(ip + 12), dh = rd32(ip + 16);
+        int src_first = sh < dh || (sh == dh && sport <= dport);
+        wr64(kb, src_first ? sa : da), wr64(kb + 8, 0);
+        wr64(kb + 16, src_first ? da : sa), wr64(kb + 24, 0);
+        wr64(kb + 32, src_first ? mon_tail_word(sport, dport, ip[9], 4) : mon_tail_word(dport, sport, ip[9], 4));
+        return 0;
     }
-    uint16_t sport = 0, dport = 0;
-    if (!(p->flags & SERPENS_PKT_F_FRAGMENT) && p->l4_offset != SERPENS_OFFSET_NONE) {
-        const uint8_t *l4 = p->data + p->l4_offset;
-        uint32_t avail = p->len > p->l4_offset ? p->len - p->l4_offset : 0;
-        if ((proto == 6 || proto == 17) && avail >= 4) {
-            sport = rd16(l4);
-            dport = rd16(l4 + 2);
-        } else if ((proto == 1 && avail >= 8 && (l4[0] == 8 || l4[0] == 0)) ||
-                   (proto == 58 && avail >= 8 && (l4[0] == 128 || l4[0] == 129))) {
-            sport = dport = rd16(l4 + 4); /* echo id: both directions alike */
-        }
+    if (p->len < (uint32_t)p->l3_offset + 40u) {
+        return -1;
     }
-    k->proto = proto;
-    /* The lower (address, port) endpoint first: one entry per connection. */
-    const uint8_t *sa = k->ip_version == 4 ? src + 12 : src;
-    const uint8_t *da = k->ip_version == 4 ? dst + 12 : dst;
-    size_t alen = k->ip_version == 4 ? 4 : 16;
-    int c = memcmp(sa, da, alen);
-    if (c < 0 || (c == 0 && sport <= dport)) {
-        memcpy(k->addr_a, sa, alen), memcpy(k->addr_b, da, alen);
-        k->port_a = sport, k->port_b = dport;
-    } else {
-        memcpy(k->addr_a, da, alen), memcpy(k->addr_b, sa, alen);
-        k->port_a = dport, k->port_b = sport;
-    }
+    memcpy(src, ip + 8, 16);
+    memcpy(dst, ip + 24, 16);
+    mon_ports(p, p->l4_proto, &sport, &dport);
+    int c = memcmp(src, dst, 16);
+    int src_first = c < 0 || (c == 0 && sport <= dport);
+    memcpy(k->addr_a, src_first ? src : dst, 16);
+    memcpy(k->addr_b, src_first ? dst : src, 16);
+    wr64(kb + 32, src_first ? mon_tail_word(sport, dport, p->l4_proto, 6) : mon_tail_word(dport, sport, p->l4_proto, 6));
     return 0;
 }
 
