@@ -506,32 +506,46 @@ void Table::repair()
 // Hot path
 // ---------------------------------------------------------------------------
 
-__attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *out) noexcept
+// One slot of k's probe sequence: a hit (value copied), the end of the
+// sequence (an empty slot: a miss), or another key's slot (go on).
+__attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf &k, std::size_t i,
+                                                                    void *out) noexcept
 {
-    const uint32_t h32 = static_cast<uint32_t>(k.h);
+    SlotHeader *s = slot(i);
+    for (;;) {
+        const uint64_t c1 = ld_acq(&s->ctl);
+        const uint32_t st = ctl_state(c1);
+        if (st == slot_empty) {
+            return Step::miss;
+        }
+        if (st != slot_live || ld_rlx(&s->hash) != static_cast<uint32_t>(k.h) || !key_eq(s, k.w)) {
+            return Step::next;
+        }
+        words_out(vbuf(s, ctl_buf(c1)), out, _value_size);
+        fence_acq();
+        if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) == 0) {
+            touch(s);
+            return Step::hit;
+        }
+        // changed under us: read this slot again
+    }
+}
+
+// k's probe sequence from its home slot + `skip` on.
+__attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *out, uint64_t skip) noexcept
+{
     std::size_t i = home(k.h);
+    for (uint64_t n = 0; n < skip; ++n) {
+        i = next(i);
+    }
     // About a third of the keys sit one slot past home at 50% load: start
     // fetching that line too so a second probe does not pay a second miss.
     __builtin_prefetch(slot(next(i)));
-    for (uint64_t n = 0; n < _n_slots;) {
-        SlotHeader *s = slot(i);
-        uint64_t c1 = ld_acq(&s->ctl);
-        uint32_t st = ctl_state(c1);
-        if (st == slot_empty) {
-            return SERPENS_ENOENT;
+    for (uint64_t n = skip; n < _n_slots; ++n, i = next(i)) {
+        const Step step = probe_slot(k, i, out);
+        if (step != Step::next) {
+            return step == Step::hit ? SERPENS_OK : SERPENS_ENOENT;
         }
-        if (st == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
-            words_out(vbuf(s, ctl_buf(c1)), out, _value_size);
-            fence_acq();
-            uint64_t c2 = ld_rlx(&s->ctl);
-            if (((c1 ^ c2) & ~ctl_w) != 0) {
-                continue; // changed under us: read this slot again
-            }
-            touch(s);
-            return SERPENS_OK;
-        }
-        ++n;
-        i = next(i);
     }
     return SERPENS_ENOENT;
 }
@@ -579,17 +593,31 @@ uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
     }
     KeyBuf kb[max_bulk];
     const auto *kp = static_cast<const uint8_t *>(keys);
-    // Hash everything and prefetch the home slots first so the misses overlap.
+    auto *vp = static_cast<uint8_t *>(values);
+    // In stages, so the cache misses of all n keys overlap at every step of
+    // their probe sequences rather than only at the first: hash every key and
+    // fetch its home slot; then settle the keys found at home (or missing)
+    // while fetching the next slot of the others; then finish those.  A
+    // quarter of the keys are displaced at 50% load, and each displaced one
+    // used to cost a full serial miss.
     for (uint32_t i = 0; i < n; ++i) {
         load_key(kb[i], kp + static_cast<std::size_t>(i) * _key_size);
-        std::size_t h = home(kb[i].h);
-        __builtin_prefetch(slot(h));
-        __builtin_prefetch(slot(next(h)));
+        __builtin_prefetch(slot(home(kb[i].h)));
     }
-    uint64_t mask = 0;
-    auto *vp = static_cast<uint8_t *>(values);
+    uint64_t mask = 0, displaced = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        if (lookup(kb[i], vp + static_cast<std::size_t>(i) * _value_size) == SERPENS_OK) {
+        const std::size_t h = home(kb[i].h);
+        const Step step = probe_slot(kb[i], h, vp + static_cast<std::size_t>(i) * _value_size);
+        if (step == Step::hit) {
+            mask |= 1ull << i;
+        } else if (step == Step::next) {
+            displaced |= 1ull << i;
+            __builtin_prefetch(slot(next(h)));
+        }
+    }
+    for (uint64_t d = displaced; d != 0; d &= d - 1) {
+        const auto i = static_cast<uint32_t>(__builtin_ctzll(d));
+        if (lookup(kb[i], vp + static_cast<std::size_t>(i) * _value_size, 1) == SERPENS_OK) {
             mask |= 1ull << i;
         }
     }

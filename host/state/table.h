@@ -285,7 +285,10 @@ private:
             st_rlx(&s->access, now);
         }
     }
-    inline int lookup(const KeyBuf &k, void *out) noexcept;
+    enum class Step { hit, miss, next };
+    inline Step probe_slot(const KeyBuf &k, std::size_t i, void *out) noexcept;
+    // k's probe sequence from its home slot + skip on: SERPENS_OK / ENOENT.
+    inline int lookup(const KeyBuf &k, void *out, uint64_t skip = 0) noexcept;
     int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
     Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;

@@ -112,6 +112,46 @@ TEST_CASE("state-perflow: put/get/delete/bulk round trip")
     CHECK_MESSAGE(rep.ok(), (rep.problems.empty() ? std::string() : rep.problems.front()));
 }
 
+TEST_CASE("state-perflow: get_bulk agrees with get on a full table (long probe runs, tombstones, misses)")
+{
+    ScratchDir d("bulkfull");
+    std::string err;
+    auto t = Table::open(d.path / "flows.tbl", flow_spec(256), err);
+    REQUIRE_MESSAGE(t, err);
+    uint8_t k[13], v[24];
+    for (uint64_t i = 0; i < 256; ++i) {
+        key_of(k, i);
+        std::memset(v, static_cast<int>(i), sizeof v);
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    for (uint64_t i = 0; i < 256; i += 5) { // tombstones inside the runs
+        key_of(k, i);
+        REQUIRE(t->del(k) == SERPENS_OK);
+    }
+    // Keys 0..383 in chunks of up to 64: present, deleted and never-put ones.
+    for (uint64_t first = 0; first < 384; first += 61) {
+        const uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(61, 384 - first));
+        std::vector<uint8_t> keys(n * 13), vals(n * 24, 0xcc);
+        uint64_t want = 0;
+        for (uint32_t j = 0; j < n; ++j) {
+            key_of(&keys[j * 13], first + j);
+            uint8_t one[24];
+            if (t->get(&keys[j * 13], one) == SERPENS_OK) {
+                want |= 1ull << j;
+                CHECK(one[0] == static_cast<uint8_t>(first + j));
+            }
+        }
+        const uint64_t got = t->get_bulk(keys.data(), n, vals.data());
+        CHECK(got == want);
+        for (uint32_t j = 0; j < n; ++j) {
+            if (got & (1ull << j)) {
+                CHECK(vals[j * 24] == static_cast<uint8_t>(first + j));
+                CHECK(vals[j * 24 + 23] == static_cast<uint8_t>(first + j));
+            }
+        }
+    }
+}
+
 TEST_CASE("state-perflow: a full table refuses new flows cleanly and counts it")
 {
     ScratchDir d("full");
