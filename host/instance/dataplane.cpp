@@ -276,6 +276,11 @@ uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
     };
 
     const io::RouteTable *routes = _router.current();
+    // One chain for all traffic: rule 0 for every packet, counted at once.
+    const bool match_all = _gateway.first_rule_matches_everything();
+    if (match_all) {
+        _gateway.count_matches(0, n_kept);
+    }
     int32_t cached_rule = io::gateway_no_match;
     uint32_t cached_tag = 0;
     std::span<const io::RouteTarget> cached_targets;
@@ -284,8 +289,10 @@ uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
         if (parsed[i]) {
             view.flow_hash = hashes[i];
         }
-        const int32_t rule = _gateway.classify(port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
-                                               parsed[i], keys[i].key);
+        const int32_t rule =
+            match_all ? 0
+                      : _gateway.classify(port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
+                                          parsed[i], keys[i].key);
         if (rule == io::gateway_no_match) {
             if (_gateway.default_port() >= 0) {
                 bump(_counters.unmatched_passed);

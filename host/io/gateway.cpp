@@ -105,6 +105,8 @@ Gateway::Gateway(const HostConfig &cfg, const std::function<int32_t(const std::s
         if (rc.vlan) {
             rule.vlan = *rc.vlan;
         }
+        rule.needs_l3 = rule.src.version != 0 || rule.dst.version != 0 || rule.proto >= 0 || rule.has_src_ports ||
+                        rule.has_dst_ports;
         _rules.push_back(rule);
     }
     _matches.assign(_rules.size(), 0);
@@ -124,9 +126,7 @@ int32_t Gateway::classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool p
         if (r.vlan >= 0 && (!has_vlan || r.vlan != vlan)) {
             continue;
         }
-        bool needs_l3 = r.src.version != 0 || r.dst.version != 0 || r.proto >= 0 || r.has_src_ports ||
-                        r.has_dst_ports;
-        if (needs_l3) {
+        if (r.needs_l3) {
             if (!parsed || !r.src.matches(key.ip_version, key.src) || !r.dst.matches(key.ip_version, key.dst)) {
                 continue;
             }

@@ -37,6 +37,9 @@ struct GatewayRule {
     PortRange src_ports;
     PortRange dst_ports;
     int32_t vlan = -1;
+    bool needs_l3 = false; // tests addresses, protocol or ports (set by the Gateway)
+
+    bool matches_everything() const noexcept { return in_port < 0 && vlan < 0 && !needs_l3; }
 };
 
 inline constexpr int32_t gateway_no_match = -1;
@@ -53,6 +56,15 @@ public:
     // rules that test nothing but the ingress port (and VLAN) can match.
     int32_t classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed,
                      const net::FlowKey &key) noexcept;
+
+    // True when the first rule tests nothing (one chain for all traffic):
+    // then every packet's verdict is rule 0, and a dispatcher may skip
+    // classify() and count a burst at once with count_matches().
+    bool first_rule_matches_everything() const noexcept
+    {
+        return !_rules.empty() && _rules.front().matches_everything();
+    }
+    void count_matches(std::size_t rule, uint64_t n) noexcept { _matches[rule] += n; }
 
     const std::vector<GatewayRule> &rules() const noexcept { return _rules; }
     uint64_t matches(std::size_t rule) const noexcept { return _matches[rule]; }

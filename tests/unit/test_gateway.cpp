@@ -108,6 +108,34 @@ TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules withou
     CHECK(gw.default_port() == 0);
 }
 
+TEST_CASE("a first rule that tests nothing is recognised: the dispatcher may give a whole burst rule 0")
+{
+    Gateway all = make_gateway({rule("all", "a"), rule("later", "b")});
+    CHECK(all.first_rule_matches_everything());
+    net::FlowKey none;
+    // What it stands for: classify gives rule 0 to anything, parsed or not.
+    CHECK(all.classify(1, 7, true, false, none) == 0);
+    CHECK(all.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7)) == 0);
+    all.count_matches(0, 30);
+    CHECK(all.matches(0) == 32);
+
+    GatewayRuleConfig by_port = rule("p1", "a");
+    by_port.in_port = "p1";
+    GatewayRuleConfig by_vlan = rule("v", "a");
+    by_vlan.vlan = 5;
+    GatewayRuleConfig by_proto = rule("udp", "a");
+    by_proto.proto = 17;
+    GatewayRuleConfig by_dst = rule("dst", "a");
+    by_dst.dst = "10.0.0.0/8";
+    GatewayRuleConfig by_ports = rule("ports", "a");
+    by_ports.src_ports = PortRange{1, 2};
+    for (const GatewayRuleConfig &first : {by_port, by_vlan, by_proto, by_dst, by_ports}) {
+        CAPTURE(first.name);
+        CHECK_FALSE(make_gateway({first, rule("all", "a")}).first_rule_matches_everything());
+    }
+    CHECK_FALSE(make_gateway({}).first_rule_matches_everything());
+}
+
 TEST_CASE("port ranges never match an ICMP echo id")
 {
     GatewayRuleConfig r = rule("r", "a");
