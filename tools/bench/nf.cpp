@@ -206,7 +206,9 @@ public:
                     "host/net/traffic.h (no VLAN, no malformed frames).  Every timed batch is copied into packet "
                     "buffers and parsed, as the dataplane does; that cost is the `parse only` row and is "
                     "subtracted from `ns_pkt` (`ns_pkt_raw` keeps it).  A whole pass over the traffic "
-                    "establishes every flow before timing.  `egress_pct`: packets that left the chain (the "
+                    "establishes every flow before timing; each batch carries the real clock, as in "
+                    "serpens-host, so work an NF paces by time (nat's expiry sweep) is in the figure.  "
+                    "`egress_pct`: packets that left the chain (the "
                     "rest were dropped by an NF's verdict: e.g. nat drops nothing here, vpn passes replies "
                     "that match no SA).  fw rules: generated, none matches the traffic, `default allow`.\n");
         write_notes(opts, "nf-fw-rules",
