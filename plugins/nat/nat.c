@@ -45,19 +45,20 @@
  *   table (host ABI 1.2 scan_state, at most NAT_SWEEP_SLOTS_MAX slots per
  *   batch), so the sweep costs in proportion to max_mappings; an older host
  *   makes it look up every item of the pool in turn (at most NAT_SWEEP_MAX
- *   per batch), which costs about a probe per packet with a /24 pool.  The mapping tables are created with NF_EXPIRY (host ABI
- *   1.1): the host's own per-flow idle expiry leaves them alone, so a mapping
- *   and its item always go together, through the sweep.  (Before, a host
- *   expiry removed mappings whose items then never came back to the pool,
- *   e.g. after the NF saw no packet for longer than the host's idle timeout.)
+ *   per batch), which costs about a probe per packet with a /24 pool.  The
+ *   mapping tables are created with NF_EXPIRY (host ABI 1.1): the host's own
+ *   per-flow idle expiry leaves them alone, so a mapping and its item always
+ *   go together, through the sweep.  (Before, a host expiry removed mappings
+ *   whose items then never came back to the pool, e.g. after the NF saw no
+ *   packet for longer than the host's idle timeout.)
  *
  * LIMITATIONS
  *   The sweep runs only when packets arrive: after a quiet period, expired
- *   mappings are freed when traffic resumes (a bounded slice per batch).  Only the instance that took an item frees it: the items of
- *   mappings made by an instance that was scaled in for good stay taken
- *   until an instance with its id runs again.  On an ABI 1.0 host the
- *   tables have no NF_EXPIRY and the old leak on host expiry remains (logged
- *   at init).
+ *   mappings are freed when traffic resumes (a bounded slice per batch).
+ *   Only the instance that took an item frees it: the items of mappings
+ *   made by an instance that was scaled in for good stay taken until an
+ *   instance with its id runs again.  On an ABI 1.0 host the tables have no
+ *   NF_EXPIRY and the old leak on host expiry remains (logged at init).
  *
  * STATE (paper Table I)
  *   pool  GLOBAL|WRITE|RELEASE  key (pool fingerprint, chunk, protocol), value a
@@ -222,7 +223,6 @@ struct nat_chunk {
     uint64_t ohit, ihit; /* bulk results still valid for this chunk */
     uint32_t n_out, n_in;
 };
-
 
 struct nat_prefix {
     uint32_t net;  /* host byte order */
@@ -492,6 +492,9 @@ static uint64_t nat_sweep_budget(struct nat *n, uint64_t total, uint64_t now, ui
 static void nat_sweep_entries(struct nat *n, uint64_t now)
 {
     const uint64_t slots = n->host->table_slots(n->in);
+    if (slots == 0) {
+        return;
+    }
     uint64_t budget = nat_sweep_budget(n, slots, now, NAT_SWEEP_SLOTS_MAX);
     while (budget > 0) {
         struct nat_in_key ik;
