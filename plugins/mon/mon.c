@@ -387,7 +387,8 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
         uint32_t sa, da; /* network order, as in the packet */
         memcpy(&sa, ip + 12, 4);
         memcpy(&da, ip + 16, 4);
-        /* IPv4-mapped (::ffff:a.b.c.d) in the host table, as 4 bytes in flows. */
+        /* IPv4-mapped (::ffff:a.b.c.d) in the host table, as 4 bytes in flows
+         * (words little-endian, as the host's state segments are). */
         wr64(src, 0), wr64(src + 8, 0xffff0000ull | (uint64_t)sa << 32);
         wr64(dst, 0), wr64(dst + 8, 0xffff0000ull | (uint64_t)da << 32);
         mon_ports(p, ip[9], &sport, &dport);
