@@ -290,6 +290,12 @@ static int nat_inside(const struct nat *n, uint32_t ip_h)
 /* Index of an external address, or -1. */
 static int32_t nat_ext_index(const struct nat *n, uint32_t ip_h)
 {
+    /* Most traffic that is no NAT's business is addressed outside the
+     * external range: one compare instead of a mispredicted binary search
+     * (13% of this NF in serpens-host). */
+    if (n->n_ext == 0 || ip_h < n->ext_ip[0] || ip_h > n->ext_ip[n->n_ext - 1]) {
+        return -1;
+    }
     uint32_t lo = 0, hi = n->n_ext;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
