@@ -359,17 +359,16 @@ static void mon_ports(const struct serpens_pkt *p, uint8_t proto, uint16_t *spor
     }
 }
 
-/* The key's last word: ports, protocol, IP version, padding. */
+/* The key's last word: port_a, port_b, proto, ip_version, pad[2], as the
+ * struct lays them out on a little-endian host.  Computed, not stored field
+ * by field and read back: that read would stall on store forwarding too. */
 static inline uint64_t mon_tail_word(uint16_t port_a, uint16_t port_b, uint8_t proto, uint8_t version)
 {
-    struct mon_flow_key k;
-    k.port_a = port_a;
-    k.port_b = port_b;
-    k.proto = proto;
-    k.ip_version = version;
-    k.pad[0] = k.pad[1] = 0;
-    return rd64((const uint8_t *)&k + offsetof(struct mon_flow_key, port_a));
+    return (uint64_t)port_a | (uint64_t)port_b << 16 | (uint64_t)proto << 32 | (uint64_t)version << 40;
 }
+_Static_assert(offsetof(struct mon_flow_key, port_a) == 32 && offsetof(struct mon_flow_key, port_b) == 34 &&
+                   offsetof(struct mon_flow_key, proto) == 36 && offsetof(struct mon_flow_key, ip_version) == 37,
+               "mon_tail_word follows struct mon_flow_key");
 
 /* Fills the flow key and the two host keys; 0 on success, -1 when the
  * headers it needs are cut.  Keys are written as whole words: the chunk
