@@ -112,6 +112,14 @@ inline bool cas(uint64_t *p, uint64_t expected, uint64_t desired) noexcept
 inline uint64_t fetch_add(uint64_t *p, uint64_t v) noexcept { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline uint64_t fetch_sub(uint64_t *p, uint64_t v) noexcept { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }
 inline void fence_acq() noexcept { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+// The reader's side of the seqlock: after copying out what control word c1
+// guarded, true when no writer published in between (the W bit alone, a
+// writer that has not finished, does not count: it writes the other buffer).
+inline bool ctl_unchanged(const uint64_t *ctl, uint64_t c1) noexcept
+{
+    fence_acq();
+    return ((c1 ^ ld_rlx(ctl)) & ~ctl_w) == 0;
+}
 inline void cpu_relax() noexcept
 {
 #if defined(__x86_64__) || defined(__i386__)

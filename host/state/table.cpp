@@ -522,8 +522,7 @@ __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf
             return Step::next;
         }
         words_out(vbuf(s, ctl_buf(c1)), out, _value_size);
-        fence_acq();
-        if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) == 0) {
+        if (ctl_unchanged(&s->ctl, c1)) {
             touch(s);
             return Step::hit;
         }
@@ -575,8 +574,7 @@ int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value
             }
             words_out(key_words(s), key_out, _key_size);
             words_out(vbuf(s, ctl_buf(c1)), value_out, _value_size);
-            fence_acq();
-            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) != 0) {
+            if (!ctl_unchanged(&s->ctl, c1)) {
                 continue; // changed under us: read this slot again
             }
             *cursor = next(i);
@@ -822,9 +820,7 @@ uint64_t Table::read_cell(uint64_t *cp, void *out) const noexcept
     for (;;) {
         uint64_t c1 = ld_acq(cp);
         words_out(cbuf(cp, ctl_buf(c1)), out, _value_size);
-        fence_acq();
-        uint64_t c2 = ld_rlx(cp);
-        if (((c1 ^ c2) & ~ctl_w) == 0) {
+        if (ctl_unchanged(cp, c1)) {
             return c1 & ~ctl_w;
         }
     }
@@ -848,8 +844,7 @@ int Table::cell_get(const void *key, uint32_t cellno, void *out, VersionCache *v
         }
         if (st == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
             uint64_t v = read_cell(cell(s, cellno), out);
-            fence_acq();
-            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) != 0) {
+            if (!ctl_unchanged(&s->ctl, c1)) {
                 continue;
             }
             if (vc != nullptr) {
@@ -921,22 +916,9 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
 
 int Table::cell_add(const KeyBuf &k, uint32_t cellno, const uint64_t *delta) noexcept
 {
-    const uint32_t h32 = static_cast<uint32_t>(k.h);
     for (;;) {
         // Lock-free find first (the common case: the key exists).
-        std::size_t found = npos;
-        std::size_t i = home(k.h);
-        for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
-            SlotHeader *s = slot(i);
-            uint64_t c = ld_acq(&s->ctl);
-            if (ctl_state(c) == slot_empty) {
-                break;
-            }
-            if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
-                found = i;
-                break;
-            }
-        }
+        std::size_t found = find_live(k);
         if (found == npos) {
             Probe p = probe_for_write(k);
             if (p.found == npos) {
@@ -1057,6 +1039,11 @@ std::size_t Table::find_live(const void *key) const noexcept
 {
     KeyBuf k;
     load_key(k, key);
+    return find_live(k);
+}
+
+std::size_t Table::find_live(const KeyBuf &k) const noexcept
+{
     std::size_t i = home(k.h);
     for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
         SlotHeader *s = slot(i);
@@ -1140,8 +1127,7 @@ void Table::dump(const std::function<void(const uint8_t *, const uint8_t *)> &fn
                     read_cell(cell(s, k), vals.data() + static_cast<std::size_t>(k) * _value_size);
                 }
             }
-            fence_acq();
-            if (((c1 ^ ld_rlx(&s->ctl)) & ~ctl_w) == 0) {
+            if (ctl_unchanged(&s->ctl, c1)) {
                 fn(key.data(), vals.data());
                 break;
             }

@@ -290,6 +290,7 @@ private:
     // k's probe sequence from its home slot + skip on: SERPENS_OK / ENOENT.
     inline int lookup(const KeyBuf &k, void *out, uint64_t skip = 0) noexcept;
     int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
+    std::size_t find_live(const KeyBuf &k) const noexcept;
     Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;
