@@ -12,7 +12,8 @@
  *    (RFC 1624, HC' = ~(~HC + ~m + m'));
  *  - cold-path configuration helpers that log "file:line:col: <nf>: <path>:
  *    <message>" through the host and return SERPENS_EINVAL;
- *  - counter registration for a table of names.
+ *  - counter registration for a table of names;
+ *  - a bulk state lookup that falls back to one get_state per key.
  *
  * Thread safety: the packet and checksum helpers touch only their arguments
  * and may run on any thread.  The configuration and counter helpers call the
@@ -278,6 +279,36 @@ static inline int serpens_register_counters(struct serpens_nf_ctx *ctx, const ch
  *     };
  */
 #define SERPENS_COUNTER_NAME(sym, name, desc) name,
+
+/* ------------------------------------------------------------------------ */
+/* State                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * get_state_bulk when the host has it, else one get_state per key: looks up
+ * n (<= 64) keys of key_size bytes laid out back to back, copies the hits to
+ * values (value_size bytes each, at the key's index) and returns their bit
+ * mask.  Hot path, same thread rules as get_state.
+ */
+static inline uint64_t serpens_get_state_bulk(const struct serpens_host_api *host, serpens_table *t,
+                                              const void *keys, uint32_t n, void *values, size_t key_size,
+                                              size_t value_size)
+{
+    if (n == 0) {
+        return 0;
+    }
+    if (host->get_state_bulk != NULL) {
+        return host->get_state_bulk(t, keys, n, values);
+    }
+    uint64_t hit = 0;
+    for (uint32_t j = 0; j < n; ++j) {
+        if (host->get_state(t, (const unsigned char *)keys + j * key_size, (unsigned char *)values + j * value_size) ==
+            SERPENS_OK) {
+            hit |= 1ull << j;
+        }
+    }
+    return hit;
+}
 
 #ifdef __cplusplus
 }

@@ -283,14 +283,8 @@ static uint64_t *mon_host_row(struct mon *m, const uint8_t addr[16])
 static void mon_flush_flows(struct mon *m, uint64_t now)
 {
     uint32_t n = m->n_flows;
-    uint64_t hit = 0;
-    if (m->host->get_state_bulk != NULL) {
-        hit = m->host->get_state_bulk(m->flows, m->fkey, n, m->fval);
-    } else {
-        for (uint32_t j = 0; j < n; ++j) {
-            hit |= (uint64_t)(m->host->get_state(m->flows, &m->fkey[j], &m->fval[j]) == SERPENS_OK) << j;
-        }
-    }
+    const uint64_t hit = serpens_get_state_bulk(m->host, m->flows, m->fkey, n, m->fval, sizeof m->fkey[0],
+                                                sizeof m->fval[0]);
     for (uint32_t j = 0; j < n; ++j) {
         struct mon_flow_val *v = &m->fval[j];
         if (!(hit & (1ull << j))) {
@@ -360,10 +354,12 @@ static void mon_ports(const struct serpens_pkt *p, uint8_t proto, uint16_t *spor
 }
 
 /* The key's last word: port_a, port_b, proto, ip_version, pad[2], as the
- * struct lays them out on a little-endian host.  Computed, not stored field
- * by field and read back: that read would stall on store forwarding too. */
-static inline uint64_t mon_tail_word(uint16_t port_a, uint16_t port_b, uint8_t proto, uint8_t version)
+ * struct lays them out on a little-endian host, port_a being the lower
+ * endpoint's (the source's when src_first).  Computed, not stored field by
+ * field and read back: that read would stall on store forwarding too. */
+static inline uint64_t mon_tail_word(int src_first, uint16_t sport, uint16_t dport, uint8_t proto, uint8_t version)
 {
+    const uint16_t port_a = src_first ? sport : dport, port_b = src_first ? dport : sport;
     return (uint64_t)port_a | (uint64_t)port_b << 16 | (uint64_t)proto << 32 | (uint64_t)version << 40;
 }
 _Static_assert(offsetof(struct mon_flow_key, port_a) == 32 && offsetof(struct mon_flow_key, port_b) == 34 &&
@@ -396,7 +392,7 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
         int src_first = sh < dh || (sh == dh && sport <= dport);
         wr64(kb, src_first ? sa : da), wr64(kb + 8, 0);
         wr64(kb + 16, src_first ? da : sa), wr64(kb + 24, 0);
-        wr64(kb + 32, src_first ? mon_tail_word(sport, dport, ip[9], 4) : mon_tail_word(dport, sport, ip[9], 4));
+        wr64(kb + 32, mon_tail_word(src_first, sport, dport, ip[9], 4));
         return 0;
     }
     if (p->len < (uint32_t)p->l3_offset + 40u) {
@@ -409,7 +405,7 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
     int src_first = c < 0 || (c == 0 && sport <= dport);
     memcpy(k->addr_a, src_first ? src : dst, 16);
     memcpy(k->addr_b, src_first ? dst : src, 16);
-    wr64(kb + 32, src_first ? mon_tail_word(sport, dport, p->l4_proto, 6) : mon_tail_word(dport, sport, p->l4_proto, 6));
+    wr64(kb + 32, mon_tail_word(src_first, sport, dport, p->l4_proto, 6));
     return 0;
 }
 

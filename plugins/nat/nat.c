@@ -657,25 +657,6 @@ static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct n
     return NAT_K_IN;
 }
 
-static uint64_t nat_lookup_bulk(struct nat *n, serpens_table *t, const void *keys, uint32_t count, void *values,
-                                size_t key_size, size_t value_size)
-{
-    if (count == 0) {
-        return 0;
-    }
-    if (n->host->get_state_bulk != NULL) {
-        return n->host->get_state_bulk(t, keys, count, values);
-    }
-    uint64_t hit = 0;
-    for (uint32_t j = 0; j < count; ++j) {
-        if (n->host->get_state(t, (const uint8_t *)keys + j * key_size, (uint8_t *)values + j * value_size) ==
-            SERPENS_OK) {
-            hit |= 1ull << j;
-        }
-    }
-    return hit;
-}
-
 /* After a write to key `at` of the out table, later packets of the chunk
  * with the same key must read it again (their bulk result is old). */
 static void nat_invalidate_out(struct nat_chunk *c, uint32_t at)
@@ -785,8 +766,8 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
             job->kind = (uint8_t)nat_classify(n, &batch->pkts[i], c, job, &batch->ports[i]);
         }
     }
-    c->ohit = nat_lookup_bulk(n, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0], sizeof c->oval[0]);
-    c->ihit = nat_lookup_bulk(n, n->in, c->ikey, c->n_in, c->ival, sizeof c->ikey[0], sizeof c->ival[0]);
+    c->ohit = serpens_get_state_bulk(n->host, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0], sizeof c->oval[0]);
+    c->ihit = serpens_get_state_bulk(n->host, n->in, c->ikey, c->n_in, c->ival, sizeof c->ikey[0], sizeof c->ival[0]);
     for (uint32_t i = first; i < end; ++i) {
         const struct nat_job *job = &c->job[i - first];
         if (job->kind == NAT_K_OUT) {

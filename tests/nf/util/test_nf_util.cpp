@@ -1,6 +1,7 @@
 // serpens/nf_util.h: the full checksum against RFC 1071's example, the
 // incremental updates (RFC 1624) against a full recompute on random data,
-// and serpens_ipv4_rewrite on TCP, UDP and ICMP packets.
+// serpens_ipv4_rewrite on TCP, UDP and ICMP packets, and the bulk state
+// lookup with and without the host's get_state_bulk.
 
 #include <serpens/nf_util.h>
 
@@ -165,4 +166,55 @@ TEST_CASE("nf_util.h compiled as C gives the same rewrite")
     serpens_ipv4_rewrite(a.ip(), 16, a.l4(), 16, 2, 1, 0, 0x01020304u, 0x5000);
     CHECK(nf_util_c_rewrite_csum(b.ip(), b.l4(), 0x01020304u, 0x5000) == serpens_ld16(a.l4() + 16));
     CHECK(a.bytes == b.bytes);
+}
+
+namespace {
+
+// A "table" of keys 0..9 (4-byte keys), each with the value key * 7 (8 bytes).
+int fake_get(serpens_table *, const void *key, void *out)
+{
+    uint32_t k;
+    std::memcpy(&k, key, 4);
+    if (k >= 10) {
+        return SERPENS_ENOENT;
+    }
+    const uint64_t v = uint64_t{k} * 7;
+    std::memcpy(out, &v, 8);
+    return SERPENS_OK;
+}
+
+int bulk_calls = 0;
+uint64_t fake_bulk(serpens_table *t, const void *keys, uint32_t n, void *values)
+{
+    ++bulk_calls;
+    uint64_t hit = 0;
+    for (uint32_t j = 0; j < n; ++j) {
+        if (fake_get(t, static_cast<const uint8_t *>(keys) + 4 * j, static_cast<uint8_t *>(values) + 8 * j) ==
+            SERPENS_OK) {
+            hit |= 1ull << j;
+        }
+    }
+    return hit;
+}
+
+} // namespace
+
+TEST_CASE("serpens_get_state_bulk: the host's bulk call when there is one, else one get_state per key")
+{
+    const uint32_t keys[5] = {3, 12, 0, 9, 40};
+    for (bool with_bulk : {false, true}) {
+        CAPTURE(with_bulk);
+        serpens_host_api api{};
+        api.get_state = fake_get;
+        api.get_state_bulk = with_bulk ? fake_bulk : nullptr;
+        bulk_calls = 0;
+        uint64_t values[5] = {0, 0, 0, 0, 0};
+        const uint64_t hit = serpens_get_state_bulk(&api, nullptr, keys, 5, values, 4, 8);
+        CHECK(hit == 0b01101);
+        CHECK(values[0] == 21);
+        CHECK(values[2] == 0);
+        CHECK(values[3] == 63);
+        CHECK(bulk_calls == (with_bulk ? 1 : 0));
+        CHECK(serpens_get_state_bulk(&api, nullptr, keys, 0, values, 4, 8) == 0);
+    }
 }
