@@ -4,7 +4,7 @@
 // host idle expiry far shorter than nat's UDP timeout, a quiet period longer
 // than both: afterwards eight new flows must get ports again.
 
-#include "nf_mock.h" // frames and the parser (its MockHost is not used here)
+#include "nf_mock.h" // frames, the parser and run_batch (its MockHost is not used here)
 
 #include "chain/nf_context.h"
 #include "plugin/host_api.h"
@@ -79,18 +79,7 @@ struct RealHost {
         for (uint16_t i = 0; i < n; ++i) {
             p.add(frame({17, ip4("10.0.0.1"), ip4("198.51.100.9"), static_cast<uint16_t>(first_sport + i), 53}));
         }
-        auto &views = p.parse();
-        std::vector<uint16_t> labels(views.size(), 1);
-        p.ports.assign(views.size(), SERPENS_PORT_DEFAULT);
-        serpens_batch b{};
-        b.struct_size = sizeof b;
-        b.count = static_cast<uint32_t>(views.size());
-        b.self = 1;
-        b.pkts = views.data();
-        b.labels = labels.data();
-        b.ports = p.ports.data();
-        b.now_ns = now;
-        desc->process(&nc.pub, &b);
+        run_batch(desc, &nc.pub, p.parse(), p.ports, now);
     }
 };
 
