@@ -19,6 +19,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 #include <new>
+#include <type_traits>
 
 namespace serpens::state {
 
@@ -300,6 +301,7 @@ void Table::init_from_header()
     _n_slots = _h->n_slots;
     _capacity = _h->capacity;
     _cells = is_global_write(_kind) ? 1 + _h->max_instances : 0;
+    pick_shape();
     _name.assign(_h->name, strnlen(_h->name, sizeof(_h->name)));
 }
 
@@ -508,6 +510,7 @@ void Table::repair()
 
 // One slot of k's probe sequence: a hit (value copied), the end of the
 // sequence (an empty slot: a miss), or another key's slot (go on).
+template <uint32_t KW, uint32_t VW>
 __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf &k, std::size_t i,
                                                                     void *out) noexcept
 {
@@ -518,10 +521,10 @@ __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf
         if (st == slot_empty) {
             return Step::miss;
         }
-        if (st != slot_live || ld_rlx(&s->hash) != static_cast<uint32_t>(k.h) || !key_eq(s, k.w)) {
+        if (st != slot_live || ld_rlx(&s->hash) != static_cast<uint32_t>(k.h) || !key_eq<KW>(s, k.w)) {
             return Step::next;
         }
-        words_out(vbuf(s, ctl_buf(c1)), out, _value_size);
+        words_out(vbuf<KW, VW>(s, ctl_buf(c1)), out, vbytes<VW>());
         if (ctl_unchanged(&s->ctl, c1)) {
             touch(s);
             return Step::hit;
@@ -531,6 +534,7 @@ __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf
 }
 
 // k's probe sequence from its home slot + `skip` on.
+template <uint32_t KW, uint32_t VW>
 __attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *out, uint64_t skip) noexcept
 {
     std::size_t i = home(k.h);
@@ -542,7 +546,7 @@ __attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *o
     // second miss.
     __builtin_prefetch(slot(next(i)));
     for (uint64_t n = skip; n < _n_slots; ++n, i = next(i)) {
-        const Step step = probe_slot(k, i, out);
+        const Step step = probe_slot<KW, VW>(k, i, out);
         if (step != Step::next) {
             return step == Step::hit ? SERPENS_OK : SERPENS_ENOENT;
         }
@@ -550,11 +554,16 @@ __attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *o
     return SERPENS_ENOENT;
 }
 
-int Table::get(const void *key, void *value_out) noexcept
+template <uint32_t KW, uint32_t VW> int Table::get_as(const void *key, void *value_out) noexcept
 {
     KeyBuf k;
-    load_key(k, key);
-    return lookup(k, value_out);
+    load_key<KW>(k, key);
+    return lookup<KW, VW>(k, value_out);
+}
+
+int Table::get(const void *key, void *value_out) noexcept
+{
+    return (this->*_get)(key, value_out);
 }
 
 int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out) noexcept
@@ -585,7 +594,8 @@ int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value
     return SERPENS_ENOENT;
 }
 
-uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
+template <uint32_t KW, uint32_t VW>
+uint64_t Table::get_bulk_as(const void *keys, uint32_t n, void *values) noexcept
 {
     if (n > max_bulk) {
         n = max_bulk;
@@ -593,6 +603,7 @@ uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
     KeyBuf kb[max_bulk];
     const auto *kp = static_cast<const uint8_t *>(keys);
     auto *vp = static_cast<uint8_t *>(values);
+    const std::size_t ks = kbytes<KW>(), vs = vbytes<VW>();
     // In stages, so the cache misses of all n keys overlap at every step of
     // their probe sequences rather than only at the first: hash every key and
     // fetch its home slot; then settle the keys found at home (or missing)
@@ -600,13 +611,13 @@ uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
     // quarter of the keys are displaced at 50% load, and each displaced one
     // used to cost a full serial miss.
     for (uint32_t i = 0; i < n; ++i) {
-        load_key(kb[i], kp + static_cast<std::size_t>(i) * _key_size);
+        load_key<KW>(kb[i], kp + i * ks);
         __builtin_prefetch(slot(home(kb[i].h)));
     }
     uint64_t mask = 0, displaced = 0;
     for (uint32_t i = 0; i < n; ++i) {
         const std::size_t h = home(kb[i].h);
-        const Step step = probe_slot(kb[i], h, vp + static_cast<std::size_t>(i) * _value_size);
+        const Step step = probe_slot<KW, VW>(kb[i], h, vp + i * vs);
         if (step == Step::hit) {
             mask |= 1ull << i;
         } else if (step == Step::next) {
@@ -616,14 +627,57 @@ uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
     }
     for (uint64_t d = displaced; d != 0; d &= d - 1) {
         const auto i = static_cast<uint32_t>(__builtin_ctzll(d));
-        if (lookup(kb[i], vp + static_cast<std::size_t>(i) * _value_size, 1) == SERPENS_OK) {
+        if (lookup<KW, VW>(kb[i], vp + i * vs, 1) == SERPENS_OK) {
             mask |= 1ull << i;
         }
     }
     return mask;
 }
 
-Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
+uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
+{
+    return (this->*_get_bulk)(keys, n, values);
+}
+
+template <uint32_t KW, uint32_t VW> void Table::use_shape() noexcept
+{
+    _get = &Table::get_as<KW, VW>;
+    _get_bulk = &Table::get_bulk_as<KW, VW>;
+    _put = &Table::put_as<KW, VW>;
+    _cell_add_bulk = &Table::cell_add_bulk_as<KW, VW>;
+}
+
+// Keys of whole words (up to 64 bytes: all keys) with values of one to four
+// whole words get straight-line code; other shapes the general loops.
+void Table::pick_shape() noexcept
+{
+    use_shape<0, 0>();
+    if (_key_size % 8 != 0 || _value_size % 8 != 0 || _vw > 4) {
+        return;
+    }
+    auto pick = [&]<uint32_t KW>(std::integral_constant<uint32_t, KW>) {
+        switch (_vw) {
+        case 1: use_shape<KW, 1>(); break;
+        case 2: use_shape<KW, 2>(); break;
+        case 3: use_shape<KW, 3>(); break;
+        case 4: use_shape<KW, 4>(); break;
+        default: break;
+        }
+    };
+    switch (_kw) {
+    case 1: pick(std::integral_constant<uint32_t, 1>{}); break;
+    case 2: pick(std::integral_constant<uint32_t, 2>{}); break;
+    case 3: pick(std::integral_constant<uint32_t, 3>{}); break;
+    case 4: pick(std::integral_constant<uint32_t, 4>{}); break;
+    case 5: pick(std::integral_constant<uint32_t, 5>{}); break;
+    case 6: pick(std::integral_constant<uint32_t, 6>{}); break;
+    case 7: pick(std::integral_constant<uint32_t, 7>{}); break;
+    case 8: pick(std::integral_constant<uint32_t, 8>{}); break;
+    default: break;
+    }
+}
+
+template <uint32_t KW> Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
 {
     const uint32_t h32 = static_cast<uint32_t>(k.h);
     const bool gw = _cells != 0;
@@ -646,7 +700,7 @@ Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
             }
             return p;
         }
-        bool same = ld_rlx(&s->hash) == h32 && key_eq(s, k.w);
+        bool same = ld_rlx(&s->hash) == h32 && key_eq<KW>(s, k.w);
         if (same && st == slot_live) {
             p.found = i;
             p.found_ctl = c;
@@ -764,15 +818,15 @@ int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
     return SERPENS_ENOTSUP;
 }
 
-int Table::put(const void *key, const void *value) noexcept
+template <uint32_t KW, uint32_t VW> int Table::put_as(const void *key, const void *value) noexcept
 {
     KeyBuf k;
-    load_key(k, key);
+    load_key<KW>(k, key);
     if (_sealed) {
         return put_sealed(k, value);
     }
     for (;;) {
-        Probe p = probe_for_write(k);
+        Probe p = probe_for_write<KW>(k);
         if (p.found != npos) {
             SlotHeader *s = slot(p.found);
             uint64_t c = p.found_ctl;
@@ -781,7 +835,7 @@ int Table::put(const void *key, const void *value) noexcept
                 continue;
             }
             uint32_t nb = ctl_buf(c) ^ 1u;
-            words_in(vbuf(s, nb), value, _value_size);
+            words_in(vbuf<KW, VW>(s, nb), value, vbytes<VW>());
             touch(s);
             st_rel(&s->ctl, ctl_next(c, slot_live, nb));
             return SERPENS_OK;
@@ -791,6 +845,11 @@ int Table::put(const void *key, const void *value) noexcept
             return r;
         }
     }
+}
+
+int Table::put(const void *key, const void *value) noexcept
+{
+    return (this->*_put)(key, value);
 }
 
 int Table::del(const void *key) noexcept
@@ -914,11 +973,12 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
     }
 }
 
+template <uint32_t KW, uint32_t VW>
 int Table::cell_add(const KeyBuf &k, uint32_t cellno, const uint64_t *delta) noexcept
 {
     for (;;) {
         // Lock-free find first (the common case: the key exists).
-        std::size_t found = find_live(k);
+        std::size_t found = find_live<KW>(k);
         if (found == npos) {
             Probe p = probe_for_write(k);
             if (p.found == npos) {
@@ -936,10 +996,10 @@ int Table::cell_add(const KeyBuf &k, uint32_t cellno, const uint64_t *delta) noe
             cpu_relax(); // the state manager (or a merge) holds the cell: wait
             continue;
         }
-        const uint64_t *src = cbuf(cp, ctl_buf(c));
+        const uint64_t *src = cbuf<VW>(cp, ctl_buf(c));
         const uint32_t nb = ctl_buf(c) ^ 1u;
-        uint64_t *dst = cbuf(cp, nb);
-        for (uint32_t w = 0; w < _vw; ++w) {
+        uint64_t *dst = cbuf<VW>(cp, nb);
+        for (uint32_t w = 0; w < vwords<VW>(); ++w) {
             st_rlx(dst + w, ld_rlx(src + w) + delta[w]);
         }
         st_rel(cp, ctl_next(c, 0, nb));
@@ -952,6 +1012,12 @@ uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, con
     if (_cells == 0 || cellno >= _cells || _value_size % 8 != 0) {
         return 0;
     }
+    return (this->*_cell_add_bulk)(keys, n, cellno, deltas);
+}
+
+template <uint32_t KW, uint32_t VW>
+uint64_t Table::cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cellno, const uint64_t *deltas) noexcept
+{
     if (n > max_bulk) {
         n = max_bulk;
     }
@@ -960,7 +1026,7 @@ uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, con
     // Hash everything and prefetch each home slot's header and our cell
     // first, so the misses of the n keys overlap.
     for (uint32_t i = 0; i < n; ++i) {
-        load_key(kb[i], kp + static_cast<std::size_t>(i) * _key_size);
+        load_key<KW>(kb[i], kp + static_cast<std::size_t>(i) * kbytes<KW>());
         SlotHeader *s = slot(home(kb[i].h));
         __builtin_prefetch(s);
         uint64_t *cp = cell(s, cellno);
@@ -969,7 +1035,7 @@ uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, con
     }
     uint64_t mask = 0;
     for (uint32_t i = 0; i < n; ++i) {
-        if (cell_add(kb[i], cellno, deltas + static_cast<std::size_t>(i) * _vw) == SERPENS_OK) {
+        if (cell_add<KW, VW>(kb[i], cellno, deltas + static_cast<std::size_t>(i) * _vw) == SERPENS_OK) {
             mask |= 1ull << i;
         }
     }
@@ -1042,7 +1108,7 @@ std::size_t Table::find_live(const void *key) const noexcept
     return find_live(k);
 }
 
-std::size_t Table::find_live(const KeyBuf &k) const noexcept
+template <uint32_t KW> std::size_t Table::find_live(const KeyBuf &k) const noexcept
 {
     std::size_t i = home(k.h);
     for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
@@ -1051,7 +1117,7 @@ std::size_t Table::find_live(const KeyBuf &k) const noexcept
         if (ctl_state(c) == slot_empty) {
             return npos;
         }
-        if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == static_cast<uint32_t>(k.h) && key_eq(s, k.w)) {
+        if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == static_cast<uint32_t>(k.h) && key_eq<KW>(s, k.w)) {
             return i;
         }
     }

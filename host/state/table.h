@@ -230,26 +230,33 @@ private:
     void init_from_header();
     void repair();
 
-    void load_key(KeyBuf &k, const void *key) const noexcept
+    // Lookups are compiled once per key and value size in words (KW, VW;
+    // 0: the table's own, read at run time) so that hashing, comparing and
+    // copying are straight-line code; init_from_header() picks the variant.
+    template <uint32_t KW = 0> uint32_t kwords() const noexcept { return KW != 0 ? KW : _kw; }
+    template <uint32_t KW = 0> uint32_t kbytes() const noexcept { return KW != 0 ? 8 * KW : _key_size; }
+    template <uint32_t KW = 0> void load_key(KeyBuf &k, const void *key) const noexcept
     {
         // Fixed-size word loads (no memcpy call); the tail is zero padded.
         const auto *p = static_cast<const uint8_t *>(key);
-        const uint32_t full = _key_size / 8;
+        const uint32_t full = KW != 0 ? KW : _key_size / 8;
         uint32_t i = 0;
         for (; i < full; ++i) {
             uint64_t w;
             __builtin_memcpy(&w, p + 8 * i, 8);
             k.w[i] = w;
-            asm("" : "+r"(w)); // keeps GCC from turning the loop back into a memcpy call
+            if constexpr (KW == 0) {
+                asm("" : "+r"(w)); // keeps GCC from turning the loop back into a memcpy call
+            }
         }
-        if (i != _kw) {
+        if (KW == 0 && i != _kw) {
             uint64_t w = 0;
             for (uint32_t b = 0; b < _key_size % 8; ++b) {
                 w |= uint64_t{p[8 * i + b]} << (8 * b);
             }
             k.w[i] = w;
         }
-        k.h = hash_key(k.w, _kw);
+        k.h = hash_key(k.w, kwords<KW>());
     }
     std::size_t home(uint64_t h) const noexcept
     {
@@ -262,16 +269,24 @@ private:
         return reinterpret_cast<SlotHeader *>(_slots + i * _slot_size);
     }
     uint64_t *key_words(SlotHeader *s) const noexcept { return reinterpret_cast<uint64_t *>(s + 1); }
-    uint64_t *vbuf(SlotHeader *s, uint32_t b) const noexcept { return key_words(s) + _kw + b * _vw; }
+    template <uint32_t VW = 0> uint32_t vwords() const noexcept { return VW != 0 ? VW : _vw; }
+    template <uint32_t VW = 0> uint32_t vbytes() const noexcept { return VW != 0 ? 8 * VW : _value_size; }
+    template <uint32_t KW = 0, uint32_t VW = 0> uint64_t *vbuf(SlotHeader *s, uint32_t b) const noexcept
+    {
+        return key_words(s) + kwords<KW>() + b * vwords<VW>();
+    }
     uint64_t *cell(SlotHeader *s, uint32_t c) const noexcept
     {
         return key_words(s) + _kw + static_cast<std::size_t>(c) * (1 + 2 * _vw);
     }
-    uint64_t *cbuf(uint64_t *cellp, uint32_t b) const noexcept { return cellp + 1 + b * _vw; }
-    bool key_eq(SlotHeader *s, const uint64_t *kw) const noexcept
+    template <uint32_t VW = 0> uint64_t *cbuf(uint64_t *cellp, uint32_t b) const noexcept
+    {
+        return cellp + 1 + b * vwords<VW>();
+    }
+    template <uint32_t KW = 0> bool key_eq(SlotHeader *s, const uint64_t *kw) const noexcept
     {
         const uint64_t *sk = key_words(s);
-        for (uint32_t i = 0; i < _kw; ++i) {
+        for (uint32_t i = 0; i < kwords<KW>(); ++i) {
             if (ld_rlx(sk + i) != kw[i]) {
                 return false;
             }
@@ -286,12 +301,22 @@ private:
         }
     }
     enum class Step { hit, miss, next };
+    template <uint32_t KW = 0, uint32_t VW = 0>
     inline Step probe_slot(const KeyBuf &k, std::size_t i, void *out) noexcept;
     // k's probe sequence from its home slot + skip on: SERPENS_OK / ENOENT.
+    template <uint32_t KW = 0, uint32_t VW = 0>
     inline int lookup(const KeyBuf &k, void *out, uint64_t skip = 0) noexcept;
+    template <uint32_t KW, uint32_t VW> int get_as(const void *key, void *value_out) noexcept;
+    template <uint32_t KW, uint32_t VW> uint64_t get_bulk_as(const void *keys, uint32_t n, void *values) noexcept;
+    template <uint32_t KW, uint32_t VW> int put_as(const void *key, const void *value) noexcept;
+    template <uint32_t KW, uint32_t VW>
+    uint64_t cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cell, const uint64_t *deltas) noexcept;
+    template <uint32_t KW, uint32_t VW> void use_shape() noexcept;
+    void pick_shape() noexcept;
+    template <uint32_t KW = 0, uint32_t VW = 0>
     int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
-    std::size_t find_live(const KeyBuf &k) const noexcept;
-    Probe probe_for_write(const KeyBuf &k) noexcept;
+    template <uint32_t KW = 0> std::size_t find_live(const KeyBuf &k) const noexcept;
+    template <uint32_t KW = 0> Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;
     uint64_t read_cell(uint64_t *cellp, void *out) const noexcept;
@@ -308,6 +333,10 @@ private:
     TableKind _kind = TableKind::per_flow;
     uint32_t _key_size = 0, _value_size = 0, _kw = 1, _vw = 1, _slot_size = 0, _cells = 0;
     uint64_t _n_slots = 0, _capacity = 0;
+    int (Table::*_get)(const void *, void *) noexcept = nullptr;
+    uint64_t (Table::*_get_bulk)(const void *, uint32_t, void *) noexcept = nullptr;
+    int (Table::*_put)(const void *, const void *) noexcept = nullptr;
+    uint64_t (Table::*_cell_add_bulk)(const void *, uint32_t, uint32_t, const uint64_t *) noexcept = nullptr;
     std::filesystem::path _path;
     std::string _name;
 };
