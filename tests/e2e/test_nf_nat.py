@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, csum, write_pcap, eth_ipv4, nf_counters
+from harness import HOST, Host, check, csum, read_pcap, write_pcap, eth_ipv4, nf_counters
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
@@ -163,6 +163,47 @@ c = nf_counters(host, "nat")
 check(c.get("translated_in") == len(want), f"translated_in {c.get('translated_in')} != {len(want)}: {c}")
 check(c.get("no_mapping") == bad, f"no_mapping {c.get('no_mapping')} != {bad}: {c}")
 check(c.get("filtered") == filtered, f"filtered {c.get('filtered')} != {filtered}: {c}")
+
+# ---- pass 3: ICMP errors about translated packets come back in (RFC 5508) -
+# A router answers some of pass 1's translated packets with time exceeded,
+# quoting the IPv4 header and 8 bytes, as RFC 792 asks; tshark must see the
+# error addressed to the inside client and the quote set back to the client's
+# address and port, every checksum good.
+ROUTER = "192.0.2.254"
+errors, expect = [], []
+per_proto = {}
+for a, raw in zip(ins, read_pcap(host.path("pass1.pcap"))):
+    if a["src"] is None or ipaddress.ip_address(a["src"]) not in INSIDE or a["proto"] not in (1, 6, 17):
+        continue
+    if ipaddress.ip_address(a["dst"]) in INSIDE or per_proto.get(a["proto"], 0) == 3:
+        continue
+    per_proto[a["proto"]] = per_proto.get(a["proto"], 0) + 1
+    ip = raw[18:] if raw[12:14] == b"\x81\x00" else raw[14:]
+    quote = ip[:(ip[0] & 15) * 4 + 8]
+    icmp = struct.pack("!BBHI", 11, 0, 0, 0) + quote
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+    errors.append(eth_ipv4(ipaddress.ip_address(ROUTER).packed, ip[12:16], 1, icmp))
+    expect.append((a["src"], a["dst"], a["sport"]))
+check(len(errors) == 9, f"pass 3: wanted 3 packets of each protocol to quote, found {per_proto}")
+write_pcap(host.path("in.pcap"), errors)
+host.run("--idle-exit", "1")
+cmd = ["tshark", "-n", "-r", host.path("out.pcap"), "-o", "ip.check_checksum:TRUE",
+       "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,",
+       "-e", "ip.src", "-e", "ip.dst", "-e", "ip.checksum.status", "-e", "icmp.checksum.status",
+       "-e", "tcp.srcport", "-e", "udp.srcport", "-e", "icmp.ident"]
+rows = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+check(len(rows) == len(expect), f"pass 3: {len(expect)} ICMP errors should come back, {len(rows)} did")
+for i, (row, (client, remote, sport)) in enumerate(zip(rows, expect)):
+    src, dst, ip_ok, icmp_ok, tcp_sport, udp_sport, ident = row.split("|")
+    check(src.split(",") == [ROUTER, client] and dst.split(",") == [client, remote],
+          f"pass 3 error {i + 1}: addresses {src} -> {dst}, wanted {ROUTER},{client} -> {client},{remote}")
+    check(ip_ok == "1,1" and icmp_ok.split(",")[0] == "1",
+          f"pass 3 error {i + 1}: checksums not good (outer and quoted IPv4 {ip_ok}, ICMP {icmp_ok})")
+    port = int(tcp_sport or udp_sport or ident.split(",")[-1], 0)
+    check(port == sport, f"pass 3 error {i + 1}: quoted source port {port}, wanted the client's {sport}")
+c = nf_counters(host, "nat")
+check(c.get("icmp_errors") == len(expect), f"icmp_errors {c.get('icmp_errors')} != {len(expect)}: {c}")
 print(f"ok: pass 1 {n_out} translated, {n_passed} passed, {len(mapping)} mappings; "
-      f"pass 2 {len(want)} replies back, {bad} unknown and {filtered} filtered dropped; all checksums good")
+      f"pass 2 {len(want)} replies back, {bad} unknown and {filtered} filtered dropped; "
+      f"pass 3 {len(expect)} ICMP errors back with their quotes; all checksums good")
 host.cleanup()

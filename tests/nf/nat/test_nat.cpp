@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <set>
 
 using namespace nftest;
@@ -155,6 +156,110 @@ TEST_CASE("nat: replies are filtered by remote endpoint; unknown external ports 
     CHECK(n.c("unsupported") == 1);
 }
 
+namespace {
+
+// An ICMP error from `src` to `dst` quoting the IP header and the first
+// `quoted_l4` bytes of L4 of `offending` (a whole frame), checksums right.
+Bytes icmp_error(uint32_t src, uint32_t dst, uint8_t type, uint8_t code, const Bytes &offending,
+                 std::size_t quoted_l4 = 8)
+{
+    const uint8_t *oip = offending.data() + 14;
+    const std::size_t oihl = (oip[0] & 15u) * 4u;
+    const std::size_t quote = std::min(oihl + quoted_l4, offending.size() - 14);
+    Flow f{1, src, dst, 0, 0, type};
+    Bytes b = frame(f, quote);
+    uint8_t *icmp = b.data() + 14 + 20;
+    icmp[1] = code;
+    wr32(icmp + 4, 0);
+    std::copy(oip, oip + quote, icmp + 8);
+    wr16(icmp + 2, 0);
+    wr16(icmp + 2, csum(icmp, 8 + quote));
+    return b;
+}
+
+// The quote inside an ICMP error, as a frame of its own (for decode()).
+Bytes quoted(const Bytes &err)
+{
+    constexpr std::size_t skip = 20 + 8; // the outer IPv4 and ICMP headers
+    Bytes q(err.size() - skip);
+    std::copy_n(err.begin(), 14, q.begin());
+    std::copy(err.begin() + 14 + skip, err.end(), q.begin() + 14);
+    return q;
+}
+
+} // namespace
+
+TEST_CASE("nat: ICMP errors about a mapped flow are translated with the header they quote (RFC 5508)")
+{
+    Nat n;
+    const uint32_t router = ip4("192.0.2.254"), remote = ip4("198.51.100.7");
+    for (uint8_t proto : {6, 17, 1}) {
+        CAPTURE(int(proto));
+        const Flow f{proto, ip4("10.1.2.3"), remote, 40000, 443};
+        const Bytes sent = n.run(frame(f));
+        REQUIRE(!sent.empty());
+        const Decoded d = decode(sent);
+        for (std::size_t quoted_l4 : {std::size_t{8}, std::size_t{64}}) { // RFC 792's 8 bytes, or all of it
+            CAPTURE(quoted_l4);
+            // From outside: a router's time exceeded about the translated packet.
+            const uint64_t icmp_before = n.c("icmp_errors");
+            Bytes back = n.run(icmp_error(router, d.src, 11, 0, sent, quoted_l4), 2 * kSec);
+            REQUIRE(!back.empty());
+            const Decoded outer = decode(back);
+            CHECK(outer.ip_ok);
+            CHECK(outer.l4_ok); // the ICMP checksum, over the rewritten quote
+            CHECK(outer.src == router);
+            CHECK(outer.dst == f.src);
+            const Bytes q = quoted(back);
+            const Decoded in = decode(q);
+            CHECK(in.ip_ok);
+            CHECK(in.src == f.src);
+            CHECK(in.dst == remote);
+            CHECK(in.sport == 40000);
+            if (quoted_l4 == 64) {
+                CHECK(in.l4_ok); // the whole packet is quoted: its own checksum holds too
+                CHECK(q == frame(f));
+            }
+            CHECK(n.c("icmp_errors") == icmp_before + 1);
+        }
+
+        // From inside: the inside host's port unreachable about the reply it got.
+        Flow reply{proto, remote, d.src, proto == 1 ? d.sport : uint16_t{443}, d.sport, 0}; // echo: the id in both
+        const Bytes delivered = n.run(frame(reply), 3 * kSec);
+        REQUIRE(!delivered.empty());
+        Bytes out = n.run(icmp_error(f.src, remote, 3, 3, delivered, 64), 4 * kSec);
+        REQUIRE(!out.empty());
+        const Decoded outer = decode(out);
+        CHECK(outer.ip_ok);
+        CHECK(outer.l4_ok);
+        CHECK(outer.src == d.src);
+        CHECK(outer.dst == remote);
+        const Decoded in = decode(quoted(out));
+        CHECK(in.ip_ok);
+        CHECK(in.l4_ok);
+        CHECK(in.src == remote);
+        CHECK(in.dst == d.src);
+        CHECK(in.dport == d.sport);
+    }
+    CHECK(n.c("icmp_errors") == 9);
+
+    // Errors about no mapping, or quoting another remote endpoint, are dropped.
+    const Decoded d = decode(n.run(frame({17, ip4("10.1.2.4"), remote, 5000, 53})));
+    Bytes other = frame({17, d.src, ip4("198.51.100.8"), d.sport, 53});
+    CHECK(n.run(icmp_error(router, d.src, 3, 1, other)).empty());
+    CHECK(n.c("filtered") == 1);
+    Bytes unmapped = frame({17, d.src, remote, 3000, 53}); // outside the pool's ports
+    CHECK(n.run(icmp_error(router, d.src, 3, 1, unmapped)).empty());
+    Bytes not_ours = frame({17, remote, ip4("10.9.9.9"), 53, 5000});
+    CHECK(n.run(icmp_error(ip4("10.9.9.9"), remote, 3, 3, not_ours)).empty());
+    CHECK(n.c("no_mapping") == 2);
+    // A quote cut inside its ports is malformed.
+    Bytes cut = icmp_error(router, d.src, 3, 1, frame({17, d.src, remote, d.sport, 53}), 4);
+    CHECK(n.run(cut).empty());
+    CHECK(n.c("malformed") == 1);
+    CHECK(n.c("icmp_errors") == 9);
+}
+
 TEST_CASE("nat: traffic that is not the NAT's business passes unchanged")
 {
     Nat n;
@@ -188,8 +293,8 @@ TEST_CASE("nat: truncated, unparsed and fragmented packets are dropped and count
     wr16(frag.data() + 14 + 10, 0);
     wr16(frag.data() + 14 + 10, csum(frag.data() + 14, 20));
     p.add(frag);
-    Bytes icmp_err = frame({1, ip4("10.1.1.1"), ip4("198.51.100.1"), 5, 5, 3}); // dest unreachable
-    p.add(icmp_err);
+    Bytes icmp_err = frame({1, ip4("10.1.1.1"), ip4("198.51.100.1"), 5, 5, 3}); // dest unreachable,
+    p.add(icmp_err);                                                               // quoting no IPv4 header
     Bytes lying = frame(f); // parsed, then cut: the NF checks bounds itself
     p.add(lying);
     p.add(frame({47, ip4("10.1.1.1"), ip4("198.51.100.1"), 0, 0})); // GRE: no ports to map
@@ -200,8 +305,8 @@ TEST_CASE("nat: truncated, unparsed and fragmented packets are dropped and count
         CAPTURE(i);
         CHECK(p.dropped(i));
     }
-    CHECK(n.c("malformed") == 3);
-    CHECK(n.c("unsupported") == 3);
+    CHECK(n.c("malformed") == 4);
+    CHECK(n.c("unsupported") == 2);
     CHECK(n.c("translated_out") == 0);
     CHECK(n.c("mappings_created") == 0);
 }
