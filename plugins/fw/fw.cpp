@@ -30,8 +30,12 @@
  *   Stateful mode: a flow allowed by a rule (or an allow default) opens a
  *   connection; a packet the rules deny is admitted when it is the reverse
  *   5-tuple of an open connection (a reply).  Connections expire with the
- *   host's per-flow idle timeout.  Non-first IP fragments carry no ports and
- *   are classified on addresses and protocol alone.
+ *   host's per-flow idle timeout.  An ICMP or ICMPv6 error the rules deny is
+ *   admitted when it goes to the sender of the packet it quotes and that
+ *   packet belongs to an open connection (RELATED, as conntrack says), so
+ *   path MTU discovery and traceroute work through a default-deny policy;
+ *   errors are decided one by one, never cached.  Non-first IP fragments
+ *   carry no ports and are classified on addresses and protocol alone.
  *
  * STATE (paper Table I)
  *   rules        global/read  — per instance, parsed at init (read-only after)
@@ -43,7 +47,8 @@
  *
  * PORTS   0 allowed, 1 allowed + suspicious, DROP denied.
  * COUNTERS
- *   allowed, suspicious, denied, replies (admitted as replies), cache_hits,
+ *   allowed, suspicious, denied, replies (admitted as replies), related (ICMP
+ *   errors admitted for the open connection they quote), cache_hits,
  *   cache_misses, malformed (IP packet whose L4 header is cut), non_ip,
  *   cache_full (a verdict the host table had no room for; still applied).
  */
@@ -74,7 +79,7 @@ struct FlowKey {
 static_assert(sizeof(FlowKey) == 40);
 
 enum : uint8_t { V_ALLOW = 0, V_SUSPICIOUS = 1, V_DENY = 2 };
-enum : uint8_t { WHY_RULE = 0, WHY_DEFAULT = 1, WHY_REPLY = 2 };
+enum : uint8_t { WHY_RULE = 0, WHY_DEFAULT = 1, WHY_REPLY = 2, WHY_RELATED = 3 };
 
 struct Verdict {
     uint8_t verdict;
@@ -95,6 +100,7 @@ enum Counter {
     C_SUSPICIOUS,
     C_DENIED,
     C_REPLIES,
+    C_RELATED,
     C_HITS,
     C_MISSES,
     C_MALFORMED,
@@ -102,8 +108,8 @@ enum Counter {
     C_CACHE_FULL,
     C_COUNT
 };
-const char *const counter_names[C_COUNT] = {"allowed",      "suspicious", "denied",    "replies",   "cache_hits",
-                                            "cache_misses", "malformed",  "non_ip",    "cache_full"};
+const char *const counter_names[C_COUNT] = {"allowed",    "suspicious",   "denied",    "replies", "related",
+                                            "cache_hits", "cache_misses", "malformed", "non_ip",  "cache_full"};
 
 struct Fw {
     RuleSet rules;
@@ -178,8 +184,8 @@ FlowKey reversed(const FlowKey &k) noexcept
     return r;
 }
 
-// Cache miss: classify, consult/open connections, remember the verdict.
-Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
+// What the rules (or the file's default) say of flow k.
+Verdict rule_verdict(const Fw &fw, const FlowKey &k) noexcept
 {
     PacketKey pk;
     pk.family = k.family;
@@ -200,6 +206,13 @@ Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
         v.verdict = fw.rules.default_action == Action::deny ? V_DENY : V_ALLOW;
         v.why = WHY_DEFAULT;
     }
+    return v;
+}
+
+// Cache miss: classify, consult/open connections, remember the verdict.
+Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
+{
+    Verdict v = rule_verdict(fw, k);
     if (fw.stateful) {
         if (v.verdict == V_DENY) {
             Conn c;
@@ -326,6 +339,95 @@ bool key_of(Fw &fw, serpens_batch *b, uint32_t i, FlowKey &k) noexcept
     return false;
 }
 
+// Sets packet i's port from its verdict and counts it.
+void settle(Fw &fw, serpens_batch *b, uint32_t i, const Verdict &v) noexcept
+{
+    b->ports[i] = port_of(v.verdict);
+    ++*fw.c[v.verdict == V_DENY ? C_DENIED : C_ALLOWED];
+    *fw.c[C_SUSPICIOUS] += v.verdict == V_SUSPICIOUS;
+    *fw.c[C_REPLIES] += v.why == WHY_REPLY;
+    *fw.c[C_RELATED] += v.why == WHY_RELATED;
+}
+
+// ICMP errors (destination unreachable, time exceeded, parameter problem;
+// ICMPv6 also packet too big) quote the packet they are about.
+bool is_icmp_error(const serpens_pkt &p) noexcept
+{
+    if (p.l4_offset == SERPENS_OFFSET_NONE || p.l4_offset >= p.len) {
+        return false;
+    }
+    const uint8_t type = p.data[p.l4_offset];
+    return (p.l4_proto == 1 && (type == 3 || type == 11 || type == 12)) || (p.l4_proto == 58 && type >= 1 && type <= 4);
+}
+
+// The ports of a quoted packet starting its L4 header at `l4`, for the
+// protocols that have them; false when the quote is cut before them.
+bool quoted_ports(const serpens_pkt &p, uint32_t l4, bool later_fragment, FlowKey &q) noexcept
+{
+    if ((q.proto != 6 && q.proto != 17 && q.proto != 132) || later_fragment) {
+        return true;
+    }
+    if (l4 + 4 > p.len) {
+        return false;
+    }
+    q.has_ports = 1;
+    q.sport = static_cast<uint16_t>(p.data[l4] << 8 | p.data[l4 + 1]);
+    q.dport = static_cast<uint16_t>(p.data[l4 + 2] << 8 | p.data[l4 + 3]);
+    return true;
+}
+
+// The flow key of the packet an ICMP error quotes (as make_key would give
+// it); false when the quote is cut short.  An IPv6 quote's extension
+// headers are not followed: its key then names the first one, which no
+// connection has.
+bool quoted_key(const serpens_pkt &p, FlowKey &q) noexcept
+{
+    std::memset(&q, 0, sizeof q);
+    const uint32_t at = p.l4_offset + 8; // past the ICMP header
+    const uint8_t *ip = p.data + at;
+    if (p.l3_type == SERPENS_L3_IPV4) {
+        const uint32_t ihl = at < p.len ? (ip[0] & 15u) * 4u : 0;
+        if (at + 20 > p.len || (ip[0] >> 4) != 4 || ihl < 20) {
+            return false;
+        }
+        q.family = 4;
+        q.proto = ip[9];
+        std::memcpy(q.src, ip + 12, 4);
+        std::memcpy(q.dst, ip + 16, 4);
+        return quoted_ports(p, at + ihl, ((ip[6] & 0x1f) << 8 | ip[7]) != 0, q);
+    }
+    if (at + 40 > p.len || (ip[0] >> 4) != 6) {
+        return false;
+    }
+    q.family = 6;
+    q.proto = ip[6];
+    std::memcpy(q.src, ip + 8, 16);
+    std::memcpy(q.dst, ip + 24, 16);
+    return quoted_ports(p, at + 40, false, q);
+}
+
+// Stateful mode: an ICMP error the rules deny is admitted when it goes to
+// the sender of the packet it quotes and that packet belongs to an open
+// connection (conntrack's RELATED), so path MTU discovery and traceroute
+// work through a default-deny firewall.  Errors are decided one by one and
+// never cached: the verdict depends on the quote, not on the error's own
+// addresses.
+void apply_icmp_error(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, uint64_t now) noexcept
+{
+    Verdict v = rule_verdict(fw, k);
+    FlowKey q;
+    if (v.verdict == V_DENY && quoted_key(b->pkts[i], q) && q.family == k.family &&
+        std::memcmp(q.src, k.dst, sizeof q.src) == 0) {
+        const FlowKey reply = reversed(q);
+        Conn c;
+        if (fw.conns.get(&reply, &c, now) == SERPENS_OK && c.gen == fw.rules.fingerprint) {
+            v.verdict = V_ALLOW;
+            v.why = WHY_RELATED;
+        }
+    }
+    settle(fw, b, i, v);
+}
+
 // Packet i of flow k, given its cached verdict when `hit`: decides on a miss
 // (or a verdict of older rules), sets the port, counts.
 void apply(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, Verdict v, bool hit, uint64_t now) noexcept
@@ -336,10 +438,7 @@ void apply(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, Verdict v, bo
         ++*fw.c[C_MISSES];
         v = decide(fw, k, now);
     }
-    b->ports[i] = port_of(v.verdict);
-    ++*fw.c[v.verdict == V_DENY ? C_DENIED : C_ALLOWED];
-    *fw.c[C_SUSPICIOUS] += v.verdict == V_SUSPICIOUS;
-    *fw.c[C_REPLIES] += v.why == WHY_REPLY;
+    settle(fw, b, i, v);
 }
 
 bool written_since_bulk(const Fw &fw, const FlowKey &k) noexcept
@@ -362,9 +461,14 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
     while (i < b->count) {
         uint32_t n = 0;
         for (; i < b->count && n < FlowTable::kMaxBulk; ++i) {
-            if (b->labels[i] == b->self && key_of(fw, b, i, fw.keys[n])) {
-                fw.at[n++] = i;
+            if (b->labels[i] != b->self || !key_of(fw, b, i, fw.keys[n])) {
+                continue;
             }
+            if (fw.stateful && is_icmp_error(b->pkts[i])) {
+                apply_icmp_error(fw, b, i, fw.keys[n], now);
+                continue;
+            }
+            fw.at[n++] = i;
         }
         if (n == 0) {
             continue;
@@ -403,6 +507,10 @@ void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
         }
         FlowKey k;
         if (!key_of(fw, b, i, k)) {
+            continue;
+        }
+        if (fw.stateful && is_icmp_error(b->pkts[i])) {
+            apply_icmp_error(fw, b, i, k, now);
             continue;
         }
         Verdict v;

@@ -319,6 +319,61 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     CHECK(h2.run(*d, {&syn, &reply}) == std::vector<uint8_t>{0, SERPENS_PORT_DROP});
 }
 
+namespace {
+
+// An ICMP (v4 type `type`) or ICMPv6 error from `from` to `to` quoting the IP
+// header and 8 bytes of L4 of `offending`.
+Bytes icmp_error(bool v6, const std::string &from, const std::string &to, uint8_t type, const Bytes &offending)
+{
+    const std::size_t ip_len = v6 ? 40 : (offending[14] & 15u) * 4u;
+    const std::string quote(offending.begin() + 14, offending.begin() + 14 + static_cast<long>(ip_len) + 8);
+    Bytes b = frame({v6, from, to, static_cast<uint8_t>(v6 ? 58 : 1), 0, 0}, quote);
+    b[14 + (v6 ? 40 : 20)] = type;
+    return b;
+}
+
+} // namespace
+
+TEST_CASE("fw: stateful mode admits ICMP errors about open connections (RELATED), one by one")
+{
+    MockHost h(FW_PLUGIN);
+    h.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\nallow proto=udp src=fd00::/8\n");
+    h.set_config("rules = \"fw.rules\"\nstateful = true\n");
+    Ctx *c = nullptr;
+    REQUIRE(h.init(c) == SERPENS_OK);
+    const Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
+    const Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
+    const Flow never{false, "10.0.0.5", "198.51.100.9", 6, 40001, 443};
+    Packet frag_needed(icmp_error(false, "192.0.2.254", "10.0.0.5", 3, frame(out)));
+    Packet too_big(icmp_error(true, "2001:db8::1", "fd00::5", 2, frame(out6)));
+    Packet about_other(icmp_error(false, "192.0.2.254", "10.0.0.5", 11, frame(never)));
+    Packet misdirected(icmp_error(false, "192.0.2.254", "10.0.0.6", 3, frame(out))); // not the quote's sender
+    Packet cut(frame({false, "192.0.2.254", "10.0.0.5", 1, 0, 0}, "short"));
+    cut.buf[cut.off + 34] = 3;
+    cut.reparse();
+
+    // Before the connections exist every error is denied, and nothing is cached ...
+    CHECK(h.run(*c, {&frag_needed, &too_big}) == std::vector<uint8_t>{SERPENS_PORT_DROP, SERPENS_PORT_DROP});
+    // ... so once they are open, the same errors are admitted.
+    Packet syn = make(out), first6 = make(out6);
+    CHECK(h.run(*c, {&syn, &first6}) == std::vector<uint8_t>{0, 0});
+    auto ports = h.run(*c, {&frag_needed, &too_big, &about_other, &misdirected, &cut, &frag_needed});
+    CHECK(ports == std::vector<uint8_t>{0, 0, SERPENS_PORT_DROP, SERPENS_PORT_DROP, SERPENS_PORT_DROP, 0});
+    CHECK(c->counters["related"] == 3);
+    CHECK(c->counters["denied"] == 5);
+    // Only the two connections' own verdicts were cached, no error's.
+    CHECK(h.table("verdicts")->entries.size() == 2);
+
+    // Without stateful, errors are ordinary packets for the rules.
+    MockHost h2(FW_PLUGIN);
+    h2.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\n");
+    h2.set_config("rules = \"fw.rules\"\n");
+    Ctx *d = nullptr;
+    REQUIRE(h2.init(d) == SERPENS_OK);
+    CHECK(h2.run(*d, {&syn, &frag_needed}) == std::vector<uint8_t>{0, SERPENS_PORT_DROP});
+    CHECK(d->counters["related"] == 0);
+}
+
 TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
 {
     // 100 packets (two bulk runs) of 10 new flows, each flow repeated: every
