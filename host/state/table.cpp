@@ -561,6 +561,9 @@ template <uint32_t KW, uint32_t VW> int Table::get_as(const void *key, void *val
     return lookup<KW, VW>(k, value_out);
 }
 
+// The public entry points jump to the code compiled for this table's shape
+// (pick_shape): one well-predicted indirect call, the same target for every
+// call on a table.
 int Table::get(const void *key, void *value_out) noexcept
 {
     return (this->*_get)(key, value_out);
