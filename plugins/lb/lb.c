@@ -27,6 +27,9 @@
  *   instances with different configs sharing the executor's state).
  *   Replies from a backend to a client whose flow it serves get the service
  *   address and port back as their source.
+ *   Flow entries are looked up in bulk, one state call per 64 packets, so
+ *   their cache misses overlap; a packet whose entry an earlier packet of
+ *   the same run created reads it again.
  *   Every other packet passes unchanged; frames the host could not parse
  *   pass too (counted), since the LB is no filter.  Fragments and packets cut
  *   short inside the headers to rewrite, when bound for a service address,
@@ -62,6 +65,7 @@
 #define LB_MAX_TABLE 1000003u /* a prime; the table is 2 bytes per entry */
 #define LB_PUT_RETRIES 4
 #define LB_EAGAIN SERPENS_EAGAIN
+#define LB_BULK 64u /* packets whose flow entries are looked up together (nf.h bulk limit) */
 
 #define LB_COUNTERS(X)                                                                       \
     X(BALANCED, "balanced", "packets to a service sent to a backend")                        \
@@ -121,6 +125,24 @@ struct lb_prefix {
     uint32_t mask;
 };
 
+enum lb_kind { LB_K_FORWARD, LB_K_REPLY };
+
+/* Up to LB_BULK packets between classification and rewriting: their flow
+ * entries are read in one bulk call, so the cache misses overlap. */
+struct lb_run {
+    uint32_t at[LB_BULK]; /* index in the batch */
+    uint8_t kind[LB_BULK];
+    struct lb_flow_key key[LB_BULK];
+    struct lb_flow_val val[LB_BULK];
+    uint32_t n;
+    /* Keys this run wrote (new flows): a later packet of the run with one
+     * of them reads it again, its bulk result being older.  `written_bits`
+     * is a one-word filter in front of the list. */
+    struct lb_flow_key written[2 * LB_BULK];
+    uint32_t n_written;
+    uint64_t written_bits;
+};
+
 struct lb {
     struct serpens_nf_ctx *ctx;
     const struct serpens_host_api *host;
@@ -138,6 +160,7 @@ struct lb {
     struct lb_usage batch_usage[LB_MAX_BACKENDS];
     uint16_t touched[LB_MAX_BACKENDS];
     uint32_t n_touched;
+    struct lb_run run;
 };
 
 static inline void lb_count(struct lb *l, enum lb_counter c)
@@ -253,35 +276,63 @@ static void lb_use(struct lb *l, uint32_t b, uint32_t len, int new_flow)
     u->flows += (uint64_t)new_flow;
 }
 
-/* Client -> service: pick (or recall) the backend and rewrite the destination. */
-static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t *l4, uint8_t proto)
+/* A key's bit in the run's written filter. */
+static uint64_t lb_key_bit(const struct lb_flow_key *k)
 {
-    struct lb_flow_key key = lb_key_of(ip, l4, proto, LB_DIR_FORWARD);
-    struct lb_flow_val val;
+    return 1ull << ((k->a_ip ^ k->b_ip ^ ((uint32_t)k->a_port << 16 | k->b_port)) * 0x9e3779b9u >> 26);
+}
+
+static void lb_mark_written(struct lb_run *r, const struct lb_flow_key *k)
+{
+    r->written[r->n_written++] = *k;
+    r->written_bits |= lb_key_bit(k);
+}
+
+static int lb_was_written(const struct lb_run *r, const struct lb_flow_key *k)
+{
+    if (!(r->written_bits & lb_key_bit(k))) {
+        return 0;
+    }
+    for (uint32_t w = 0; w < r->n_written; ++w) {
+        if (memcmp(&r->written[w], k, sizeof *k) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Client -> service: recall the flow's backend (`found`: *val holds it) or
+ * pick one, and rewrite the destination. */
+static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, struct lb_flow_val *val,
+                       int found)
+{
+    uint8_t *ip = p->data + p->l3_offset, *l4 = p->data + p->l4_offset;
     uint32_t b = UINT32_MAX;
     int new_flow = 0;
-    if (l->host->get_state(l->flows, &key, &val) != SERPENS_OK) {
-        b = l->lookup[hash_bytes(&key, sizeof key, 0) % l->table_size];
-        val.ip = l->backend[b].ip;
-        val.port = l->backend[b].port != 0 ? l->backend[b].port : key.b_port;
-        val.pad = 0;
+    if (!found) {
+        b = l->lookup[hash_bytes(key, sizeof *key, 0) % l->table_size];
+        val->ip = l->backend[b].ip;
+        val->port = l->backend[b].port != 0 ? l->backend[b].port : key->b_port;
+        val->pad = 0;
         new_flow = 1;
         struct lb_flow_key rkey;
         struct lb_flow_val rval;
         memset(&rkey, 0, sizeof rkey);
-        rkey.a_ip = val.ip;
-        rkey.b_ip = key.a_ip;
-        rkey.a_port = val.port;
-        rkey.b_port = key.a_port;
-        rkey.proto = proto;
+        rkey.a_ip = val->ip;
+        rkey.b_ip = key->a_ip;
+        rkey.a_port = val->port;
+        rkey.b_port = key->a_port;
+        rkey.proto = key->proto;
         rkey.dir = LB_DIR_REPLY;
-        rval.ip = key.b_ip;
-        rval.port = key.b_port;
+        rval.ip = key->b_ip;
+        rval.port = key->b_port;
         rval.pad = 0;
         int rc = l->host->put_state(l->flows, &rkey, &rval);
         if (rc == SERPENS_OK) {
-            rc = l->host->put_state(l->flows, &key, &val);
+            rc = l->host->put_state(l->flows, key, val);
         }
+        lb_mark_written(&l->run, &rkey);
+        lb_mark_written(&l->run, key);
         if (rc != SERPENS_OK) {
             /* Still balanced (the Maglev table keeps the choice stable), but
              * without the memory that survives a backend change. */
@@ -291,8 +342,8 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t
     } else {
         /* Find the usage slot of the stored backend (it may have left the list). */
         for (uint32_t i = 0; i < l->n_backends; ++i) {
-            if (l->backend[i].ip == val.ip &&
-                (l->backend[i].port == 0 ? val.port == key.b_port : l->backend[i].port == val.port)) {
+            if (l->backend[i].ip == val->ip &&
+                (l->backend[i].port == 0 ? val->port == key->b_port : l->backend[i].port == val->port)) {
                 b = i;
                 break;
             }
@@ -301,67 +352,92 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, uint8_t *ip, uint8_t
     if (b != UINT32_MAX) {
         lb_use(l, b, p->len, new_flow);
     }
-    lb_rewrite(ip, 16, l4, proto, 2, val.ip, val.port);
+    lb_rewrite(ip, 16, l4, key->proto, 2, val->ip, val->port);
     lb_count(l, LB_C_BALANCED);
 }
 
-/* Backend -> client: put the service address back; 0 when not a reply. */
-static int lb_reply(struct lb *l, uint8_t *ip, uint8_t *l4, uint8_t proto)
+/* Backend -> client (`found`: *val holds the service): put the service
+ * address back; anything else passes. */
+static void lb_reply(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key,
+                     const struct lb_flow_val *val, int found)
 {
-    struct lb_flow_key key = lb_key_of(ip, l4, proto, LB_DIR_REPLY);
-    struct lb_flow_val val;
-    if (l->host->get_state(l->flows, &key, &val) != SERPENS_OK) {
-        return 0;
+    if (!found) {
+        lb_count(l, LB_C_PASSED);
+        return;
     }
-    lb_rewrite(ip, 12, l4, proto, 0, val.ip, val.port);
+    lb_rewrite(p->data + p->l3_offset, 12, p->data + p->l4_offset, key->proto, 0, val->ip, val->port);
     lb_count(l, LB_C_REPLIES);
-    return 1;
 }
 
-static uint8_t lb_packet(struct lb *l, struct serpens_pkt *p)
+/* Decides what packet p needs: 1 when its flow entry must be looked up
+ * (*kind and *key set), else 0 with its port in *port (counted). */
+static int lb_classify(struct lb *l, struct serpens_pkt *p, uint8_t *kind, struct lb_flow_key *key, uint8_t *port)
 {
+    *port = SERPENS_PORT_DEFAULT;
     if (!(p->flags & SERPENS_PKT_F_PARSED)) {
         lb_count(l, LB_C_UNPARSED);
-        return SERPENS_PORT_DEFAULT;
+        return 0;
     }
     if (p->l3_type != SERPENS_L3_IPV4 || p->l3_offset == SERPENS_OFFSET_NONE ||
         p->len < (uint32_t)p->l3_offset + 20u) {
         lb_count(l, LB_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
+        return 0;
     }
     uint8_t *ip = p->data + p->l3_offset;
     uint8_t proto = ip[9];
     int to_vip = lb_is_vip(l, ntohl(serpens_ld32(ip + 16)));
     if (proto != 6 && proto != 17) {
         lb_count(l, LB_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
+        return 0;
     }
     if (p->flags & SERPENS_PKT_F_FRAGMENT) {
         if (to_vip) {
             lb_count(l, LB_C_UNSUPPORTED);
-            return SERPENS_PORT_DROP;
+            *port = SERPENS_PORT_DROP;
+            return 0;
         }
         lb_count(l, LB_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
+        return 0;
     }
     uint32_t need = proto == 6 ? 20u : 8u;
     if (p->l4_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l4_offset + need) {
         if (to_vip) {
             lb_count(l, LB_C_MALFORMED);
-            return SERPENS_PORT_DROP;
+            *port = SERPENS_PORT_DROP;
+            return 0;
         }
         lb_count(l, LB_C_PASSED);
-        return SERPENS_PORT_DEFAULT;
+        return 0;
     }
     uint8_t *l4 = p->data + p->l4_offset;
-    if (to_vip && (l->vport < 0 || ntohs(serpens_ld16(l4 + 2)) == (uint16_t)l->vport)) {
-        lb_forward(l, p, ip, l4, proto);
-        return SERPENS_PORT_DEFAULT;
+    *kind = to_vip && (l->vport < 0 || ntohs(serpens_ld16(l4 + 2)) == (uint16_t)l->vport) ? LB_K_FORWARD
+                                                                                         : LB_K_REPLY;
+    *key = lb_key_of(ip, l4, proto, *kind == LB_K_FORWARD ? LB_DIR_FORWARD : LB_DIR_REPLY);
+    return 1;
+}
+
+/* Looks up the run's flow entries in one bulk call, then handles its packets
+ * in order; an entry a packet before it created is read again. */
+static void lb_run_packets(struct lb *l, struct serpens_batch *batch)
+{
+    struct lb_run *r = &l->run;
+    const uint64_t hit = serpens_get_state_bulk(l->host, l->flows, r->key, r->n, r->val, sizeof r->key[0],
+                                                sizeof r->val[0]);
+    r->n_written = 0;
+    r->written_bits = 0;
+    for (uint32_t j = 0; j < r->n; ++j) {
+        int found = (int)((hit >> j) & 1u);
+        if (lb_was_written(r, &r->key[j])) {
+            found = l->host->get_state(l->flows, &r->key[j], &r->val[j]) == SERPENS_OK;
+        }
+        struct serpens_pkt *p = &batch->pkts[r->at[j]];
+        if (r->kind[j] == LB_K_FORWARD) {
+            lb_forward(l, p, &r->key[j], &r->val[j], found);
+        } else {
+            lb_reply(l, p, &r->key[j], &r->val[j], found);
+        }
     }
-    if (!lb_reply(l, ip, l4, proto)) {
-        lb_count(l, LB_C_PASSED);
-    }
-    return SERPENS_PORT_DEFAULT;
+    r->n = 0;
 }
 
 /* Adds one batch's usage of a backend to this instance's replica. */
@@ -395,11 +471,22 @@ static void lb_flush(struct lb *l, uint32_t b)
 static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     struct lb *l = ctx->priv;
+    struct lb_run *r = &l->run;
     l->n_touched = 0;
+    r->n = 0;
     for (uint32_t i = 0; i < batch->count; ++i) {
-        if (batch->labels[i] == batch->self) {
-            batch->ports[i] = lb_packet(l, &batch->pkts[i]);
+        if (batch->labels[i] != batch->self) {
+            continue;
         }
+        if (lb_classify(l, &batch->pkts[i], &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
+            r->at[r->n++] = i;
+            if (r->n == LB_BULK) {
+                lb_run_packets(l, batch);
+            }
+        }
+    }
+    if (r->n != 0) {
+        lb_run_packets(l, batch);
     }
     for (uint32_t t = 0; t < l->n_touched; ++t) {
         lb_flush(l, l->touched[t]);

@@ -137,6 +137,43 @@ TEST_CASE("lb: replies from a backend get the service address and port back")
     CHECK(l.host.counter(0, "replies") == 40);
 }
 
+TEST_CASE("lb: packets of one batch see the flows earlier packets of the batch created (bulk lookups)")
+{
+    // Where each flow goes, learnt on a separate host (Maglev is deterministic).
+    Lb probe;
+    std::vector<Flow> flows;
+    std::vector<Decoded> to;
+    for (uint32_t i = 0; i < 20; ++i) {
+        flows.push_back(client_flow(100 + i, i % 2 ? 6 : 17));
+        to.push_back(decode(probe.run({frame(flows.back())})[0]));
+    }
+    // One batch: each new flow's first packet, its reply from the backend,
+    // and its second packet, interleaved with the other flows'.
+    Lb l;
+    std::vector<Bytes> batch;
+    for (uint32_t i = 0; i < 20; ++i) {
+        batch.push_back(frame(flows[i]));
+        batch.push_back(frame({flows[i].proto, to[i].dst, to[i].src, to[i].dport, to[i].sport}, 9));
+        batch.push_back(frame(flows[i], 3));
+    }
+    REQUIRE(batch.size() <= 64);
+    const std::vector<Bytes> out = l.run(batch);
+    for (uint32_t i = 0; i < 20; ++i) {
+        CAPTURE(i);
+        const Decoded first = decode(out[3 * i]), reply = decode(out[3 * i + 1]), second = decode(out[3 * i + 2]);
+        CHECK(first.dst == to[i].dst);
+        CHECK(second.dst == to[i].dst);
+        CHECK(second.dport == to[i].dport);
+        CHECK(reply.ip_ok);
+        CHECK(reply.l4_ok);
+        CHECK(reply.src == flows[i].dst); // the service address back
+        CHECK(reply.sport == 80);
+    }
+    CHECK(l.host.counter(0, "flows_new") == 20);
+    CHECK(l.host.counter(0, "balanced") == 40);
+    CHECK(l.host.counter(0, "replies") == 20);
+}
+
 TEST_CASE("lb: a flow stays on its backend when the backend list changes; few new flows move")
 {
     Lb l;
