@@ -112,6 +112,15 @@ static inline uint16_t serpens_csum_replace32(uint16_t hc, uint32_t old, uint32_
     return serpens_csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
 }
 
+/* Sets the IPv4 address at ip + addr_at (source 12, destination 16), given
+ * in network order, and updates the header checksum incrementally. */
+static inline void serpens_ipv4_set_addr(uint8_t *ip, unsigned addr_at, uint32_t new_ip)
+{
+    const uint32_t old_ip = serpens_ld32(ip + addr_at);
+    serpens_st32(ip + addr_at, new_ip);
+    serpens_st16(ip + 10, serpens_csum_replace32(serpens_ld16(ip + 10), old_ip, new_ip));
+}
+
 /*
  * Rewrites the IPv4 address at ip + addr_at (source 12, destination 16) and
  * the 16-bit field at l4 + port_at (a port, an ICMP echo id), both given and
@@ -126,8 +135,7 @@ static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *
 {
     uint32_t old_ip = serpens_ld32(ip + addr_at);
     uint16_t old_port = serpens_ld16(l4 + port_at);
-    serpens_st32(ip + addr_at, new_ip);
-    serpens_st16(ip + 10, serpens_csum_replace32(serpens_ld16(ip + 10), old_ip, new_ip));
+    serpens_ipv4_set_addr(ip, addr_at, new_ip);
     uint16_t hc = serpens_ld16(l4 + csum_at);
     serpens_st16(l4 + port_at, new_port);
     if (udp && hc == 0) {

@@ -635,13 +635,6 @@ static void nat_icmp_set32(uint8_t *icmp, uint8_t *field, uint32_t now)
     serpens_st16(icmp + 2, serpens_csum_replace32(serpens_ld16(icmp + 2), old, now));
 }
 
-/* Sets the outer IPv4 address at addr_at (the ICMP checksum does not cover it). */
-static void nat_set_addr(uint8_t *ip, unsigned addr_at, uint32_t now)
-{
-    serpens_st16(ip + 10, serpens_csum_replace32(serpens_ld16(ip + 10), serpens_ld32(ip + addr_at), now));
-    serpens_st32(ip + addr_at, now);
-}
-
 /* The quoted packet: its IPv4 header and the part of its L4 header the
  * error carries (at least the 8 bytes RFC 792 asks for). */
 struct nat_quote {
@@ -744,7 +737,7 @@ static uint8_t nat_icmp_error(struct nat *n, struct serpens_pkt *p, uint8_t *ip,
             return SERPENS_PORT_DROP;
         }
         nat_quote_rewrite(icmp, &q, 16, dport_at, val.ext_ip, val.ext_port);
-        nat_set_addr(ip, 12, val.ext_ip);
+        serpens_ipv4_set_addr(ip, 12, val.ext_ip);
         nat_count(n, NAT_C_OUT);
     } else {
         struct nat_in_key key;
@@ -762,7 +755,7 @@ static uint8_t nat_icmp_error(struct nat *n, struct serpens_pkt *p, uint8_t *ip,
             return SERPENS_PORT_DROP;
         }
         nat_quote_rewrite(icmp, &q, 12, sport_at, val.in_ip, val.in_port);
-        nat_set_addr(ip, 16, val.in_ip);
+        serpens_ipv4_set_addr(ip, 16, val.in_ip);
         nat_count(n, NAT_C_IN);
     }
     nat_count(n, NAT_C_ICMP_ERRORS);
