@@ -342,6 +342,18 @@ static void nat_item_endpoint(const struct nat *n, uint32_t item, uint32_t *ip_n
     *port_net = htons((uint16_t)(n->port_min + item % n->n_ports));
 }
 
+/* The inverse: the item of an endpoint (network order), or -1 when it is
+ * not in this pool (e.g. one of an earlier pool configuration). */
+static int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_net)
+{
+    const int32_t ext = nat_ext_index(n, ntohl(ip_net));
+    const uint32_t port = ntohs(port_net);
+    if (ext < 0 || port < n->port_min || port - n->port_min >= n->n_ports) {
+        return -1;
+    }
+    return (int64_t)ext * n->n_ports + (port - n->port_min);
+}
+
 /* ---- the pool (RELEASE) ----------------------------------------------- */
 
 /* Takes one free item of `chunk` from this instance's share; -1 when none. */
@@ -527,13 +539,11 @@ static void nat_sweep_entries(struct nat *n, uint64_t now)
         if (iv.owner != n->ctx->instance_id) {
             continue;
         }
-        const int32_t ext = nat_ext_index(n, ntohl(ik.ext_ip));
-        const uint32_t port = ntohs(ik.ext_port);
-        if (ext < 0 || port < n->port_min || port - n->port_min >= n->n_ports) {
+        const int64_t item = nat_endpoint_item(n, ik.ext_ip, ik.ext_port);
+        if (item < 0) {
             continue; /* an item of another pool configuration: not ours to give back */
         }
-        nat_expire_mapping(n, nat_proto_index(ik.proto), (uint32_t)ext * n->n_ports + (port - n->port_min), &ik, &iv,
-                           now);
+        nat_expire_mapping(n, nat_proto_index(ik.proto), (uint32_t)item, &ik, &iv, now);
     }
 }
 
