@@ -10,6 +10,7 @@
 
 #include "config/plugin_config.h"
 #include "net/parse.h"
+#include "../run_batch.h"
 
 #include <serpens/nf.h>
 
@@ -375,17 +376,8 @@ public:
         for (Packet *p : pkts) {
             views.push_back(p->view);
         }
-        std::vector<uint16_t> labels(pkts.size(), 1);
-        std::vector<uint8_t> ports(pkts.size(), 0);
-        serpens_batch b{};
-        b.struct_size = sizeof b;
-        b.count = static_cast<uint32_t>(pkts.size());
-        b.self = 1;
-        b.pkts = views.data();
-        b.labels = labels.data();
-        b.ports = ports.data();
-        b.now_ns = now_ns;
-        _desc->process(&c.pub, &b);
+        std::vector<uint8_t> ports;
+        nfbatch::run_batch(_desc, &c.pub, views, ports, now_ns);
         for (std::size_t i = 0; i < pkts.size(); ++i) {
             pkts[i]->view = views[i];
         }

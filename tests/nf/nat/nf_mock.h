@@ -17,6 +17,7 @@
 
 #include "config/plugin_config.h"
 #include "net/parse.h"
+#include "../run_batch.h"
 
 #include <serpens/nf.h>
 
@@ -62,23 +63,7 @@ inline const serpens_nf_descriptor *load_plugin(const std::string &path)
 // The mock host
 // ---------------------------------------------------------------------------
 
-// Runs one batch through an NF: every packet labelled for it, every port
-// reset to the default first.
-inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, std::vector<serpens_pkt> &pkts,
-                      std::vector<uint8_t> &ports, uint64_t now)
-{
-    std::vector<uint16_t> labels(pkts.size(), 1);
-    ports.assign(pkts.size(), SERPENS_PORT_DEFAULT);
-    serpens_batch b{};
-    b.struct_size = sizeof b;
-    b.count = static_cast<uint32_t>(pkts.size());
-    b.self = 1;
-    b.pkts = pkts.data();
-    b.labels = labels.data();
-    b.ports = ports.data();
-    b.now_ns = now;
-    desc->process(ctx, &b);
-}
+using nfbatch::run_batch;
 
 class MockHost;
 
