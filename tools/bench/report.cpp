@@ -148,8 +148,8 @@ std::string paper_summary(const fs::path &dir)
          "serpens_x"},
         {"fw established-flow cost, 10000 rules / 1 rule", "target within 10%", "nf-fw-rules", {{"rules", "10000"}},
          "x_1rule"},
-        {"SFC in serpens-host / testpmd macswap (throughput --chain)", "target >= 0.5x", "throughput",
-         {{"config", "serpens SFC 1 core"}}, "x_macswap"},
+        {"SFC FW->MON->NAT in serpens-host / testpmd macswap (throughput)", "target >= 0.5x", "throughput",
+         {{"config", "serpens fw-mon-nat 1 core"}}, "x_macswap"},
         {"serpens-host noop / testpmd macswap", "target >= 0.8x", "throughput", {{"config", "serpens 1 core"}},
          "x_macswap"},
     };

@@ -11,6 +11,9 @@
 //   serpens 1 core        main lcore = the instance's lcore: receive, parse,
 //                         classify, route, run the chain, transmit on one core.
 //   serpens 2 cores       main lcore dispatches, a worker lcore runs the chain.
+//   serpens <chain> 1 core  as serpens 1 core with a chain of real NFs (--chain:
+//                         the SFC FW -> MON -> NAT, and by default its parts,
+//                         so the report shows what each NF costs in the host).
 //                         serpens-host runs `--duration <window>`; its counters
 //                         cover its main loop from the first poll, so
 //                         Mpps = egress TX / window (no start-up inside).
@@ -290,9 +293,22 @@ const Config configs[] = {
     {Kind::testpmd_macswap, "testpmd macswap", "dpdk-testpmd", "macswap (swaps MACs)", 1},
     {Kind::serpens_1core, "serpens 1 core", "serpens-host", "parse+gateway+router+noop chain", 1},
     {Kind::serpens_2core, "serpens 2 cores", "serpens-host", "dispatch on main; chain on worker", 2},
-    // The SFC of --chain (default fw-mon-nat; --chain "" leaves it out) on one core.
-    {Kind::serpens_chain, "serpens SFC 1 core", "serpens-host", "parse+gateway+router+SFC (--chain)", 1},
+    // One row per chain of --chain; name and forwarding are the chain's (Entry).
+    {Kind::serpens_chain, "serpens <chain> 1 core", "serpens-host", "parse+gateway+router+<chain>", 1},
 };
+
+// What one row measures: a configuration, and for serpens_chain its chain.
+struct Entry {
+    const Config *config;
+    std::string chain; // dash-separated plugin names; empty but for serpens_chain
+    std::string name;
+    std::string forward;
+};
+
+// The chains --chain runs when not given: the SFC and, in a full run, its
+// parts, whose ratios show where the SFC's time goes.
+const std::vector<std::string> default_chains_full = {"fw-mon-nat", "fw-nat", "fw", "mon", "nat"};
+const std::vector<std::string> default_chains_quick = {"fw-mon-nat"};
 
 // The one reference measurement of this process (see bench.h).
 struct ReferenceCache {
@@ -334,10 +350,11 @@ public:
         app.add_option("--target-ratio", _target_ratio, "target: serpens 1 core / testpmd macswap (informational)")
             ->capture_default_str();
         app.add_flag("--keep", _keep, "keep the temporary directory (configs, pcap, logs)");
-        app.add_option("--chain", _sfc,
-                       "also run this SFC of real NFs (dash-separated plugin names) on one core, as a ratio to "
-                       "testpmd macswap (issue target >= 0.5x for fw-mon-nat); \"\" to leave it out")
-            ->capture_default_str();
+        _chain_opt = app.add_option("--chain", _chains,
+                                    "also run these chains of real NFs (each dash-separated plugin names) on one "
+                                    "core, as ratios to testpmd macswap (issue target >= 0.5x for fw-mon-nat); "
+                                    "default fw-mon-nat fw-nat fw mon nat (--quick: fw-mon-nat); \"\" for none")
+                         ->expected(1, -1);
         app.add_option("--fw-rules", _fw_rules, "rules of the fw in --chain")->capture_default_str();
     }
 
@@ -353,6 +370,10 @@ public:
             throw std::runtime_error("--duration must be > 0 and --warmup >= 0");
         }
         pick_lcores(opts);
+        if (_chain_opt == nullptr || _chain_opt->count() == 0) {
+            _chains = opts.quick ? default_chains_quick : default_chains_full;
+        }
+        std::erase(_chains, std::string());
         // A missing tool skips its configurations (with the reason), so
         // `all` still runs where testpmd is not installed.
         const bool have_testpmd = !which(_testpmd).empty();
@@ -368,15 +389,19 @@ public:
         if (which(_pktgen).empty()) {
             skipped += "serpens-pktgen not found ('" + _pktgen + "'; build it or pass --pktgen): nothing measured\n";
         }
-        std::vector<const Config *> chosen;
+        std::vector<Entry> chosen;
         for (const Config &c : configs) {
             const bool is_testpmd = c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap;
-            if (c.kind == Kind::serpens_chain && _sfc.empty()) {
+            if (!wanted(c) || (c.kind == Kind::serpens_2core && _main_lcore == _fwd_lcore) ||
+                !(is_testpmd ? have_testpmd : have_host) || which(_pktgen).empty()) {
                 continue;
             }
-            if (wanted(c) && (c.kind != Kind::serpens_2core || _main_lcore != _fwd_lcore) &&
-                (is_testpmd ? have_testpmd : have_host) && !which(_pktgen).empty()) {
-                chosen.push_back(&c);
+            if (c.kind != Kind::serpens_chain) {
+                chosen.push_back(Entry{&c, "", c.name, c.forward});
+                continue;
+            }
+            for (const std::string &chain : _chains) {
+                chosen.push_back(Entry{&c, chain, "serpens " + chain + " 1 core", "parse+gateway+router+" + chain});
             }
         }
         if (!skipped.empty()) {
@@ -532,15 +557,16 @@ private:
             throw std::runtime_error("no serpens_nf_noop.so in " + opts.plugin_dir + " or its noop/: pass --plugins");
         }
         fs::create_directories(_tmp / "plugins");
-        fs::create_directories(_tmp / "chains");
         fs::copy_file(noop, _tmp / "plugins" / "serpens_nf_noop.so", fs::copy_options::overwrite_existing);
         fs::permissions(_tmp / "plugins" / "serpens_nf_noop.so", fs::perms(0755));
-        if (!_sfc.empty()) {
-            // The SFC's plugins beside noop; NF configs as the nf subcommand's.
+        // Each chain in a chains directory of its own: the host sets up every
+        // chain it finds, and a run should hold only the chain it measures.
+        for (const std::string &chain : _chains) {
+            // The chain's plugins beside noop; NF configs as the nf subcommand's.
             std::vector<std::string> nfs;
             for (std::size_t start = 0;;) {
-                const std::size_t dash = _sfc.find('-', start);
-                nfs.push_back(_sfc.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
+                const std::size_t dash = chain.find('-', start);
+                nfs.push_back(chain.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
                 if (dash == std::string::npos) {
                     break;
                 }
@@ -558,10 +584,12 @@ private:
             NfParams params;
             params.fw_rules = _fw_rules;
             params.flows = _flows;
-            std::ofstream(_tmp / "chains" / "sfc.toml") << "egress = \"out\"\n"
-                                                        << lab_chain_toml(_tmp, nfs, params, "sfc");
+            fs::create_directories(_tmp / ("chains-" + chain));
+            std::ofstream(_tmp / ("chains-" + chain) / (chain + ".toml"))
+                << "egress = \"out\"\n" << lab_chain_toml(_tmp, nfs, params, chain);
         }
-        std::ofstream(_tmp / "chains" / "passthrough.toml") << "name = \"passthrough\"\n"
+        fs::create_directories(_tmp / "chains-passthrough");
+        std::ofstream(_tmp / "chains-passthrough" / "passthrough.toml") << "name = \"passthrough\"\n"
                                                                "egress = \"out\"\n\n"
                                                                "[[nf]]\n"
                                                                "name = \"pass\"\n"
@@ -581,7 +609,7 @@ private:
             "id = \"bench-tp-{}\"\n"
             "log_level = \"info\"\n"
             "plugin_dir = \"plugins\"\n"
-            "chains_dir = \"chains\"\n"
+            "chains_dir = \"chains-{}\"\n"
             "state_dir = \"state-{}\"\n\n"
             "[eal]\n"
             "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
@@ -608,7 +636,7 @@ private:
             "lcores = [{}]\n",
             two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
                       : "everything on the main lcore (one core)",
-            getpid(), _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst, chain,
+            getpid(), chain, _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst, chain,
             instance_lcore);
         if (!out) {
             throw std::runtime_error("cannot write " + path.string());
@@ -746,9 +774,9 @@ private:
         return r;
     }
 
-    Run run_config(const Config &c)
+    Run run_config(const Entry &e)
     {
-        switch (c.kind) {
+        switch (e.config->kind) {
         case Kind::testpmd_io:
             return run_testpmd("io");
         case Kind::testpmd_macswap:
@@ -758,12 +786,12 @@ private:
         case Kind::serpens_2core:
             return run_serpens(true);
         case Kind::serpens_chain:
-            return run_serpens(false, "sfc");
+            return run_serpens(false, e.chain);
         }
         return {};
     }
 
-    int measure_all(const Options &opts, const std::vector<const Config *> &chosen)
+    int measure_all(const Options &opts, const std::vector<Entry> &chosen)
     {
         make_pcap();
         make_serpens_files(opts);
@@ -777,9 +805,9 @@ private:
         for (int round = 0; round < opts.repeat; ++round) {
             for (std::size_t k = 0; k < chosen.size(); ++k) {
                 const std::size_t i = (k + static_cast<std::size_t>(round)) % chosen.size();
-                Run r = run_config(*chosen[i]);
+                Run r = run_config(chosen[i]);
                 std::cout << fmt::format("  round {} {:<16} {:>7} Mpps  ({} pkts / {:.2f} s, CPU {:.2f} cores)\n",
-                                         round + 1, chosen[i]->name, fmt_num(r.mpps), r.packets, r.window_s,
+                                         round + 1, chosen[i].name, fmt_num(r.mpps), r.packets, r.window_s,
                                          r.cpu_cores);
                 std::cout.flush();
                 runs[i].push_back(r);
@@ -788,7 +816,7 @@ private:
 
         auto find = [&](Kind kind) -> int {
             for (std::size_t i = 0; i < chosen.size(); ++i) {
-                if (chosen[i]->kind == kind) {
+                if (chosen[i].config->kind == kind) {
                     return static_cast<int>(i);
                 }
             }
@@ -825,15 +853,30 @@ private:
         };
         auto cell = [](double v) { return v < 0 ? std::string("-") : fmt_num(v); };
 
+        // What a chain's NFs add per packet in the host: its time per packet
+        // minus the noop chain's, round by round.
+        const int noop = find(Kind::serpens_1core);
+        auto ns_over_noop = [&](std::size_t i) -> Summary {
+            std::vector<double> v;
+            if (noop < 0) {
+                return Summary{-1, -1, -1, -1, -1};
+            }
+            for (std::size_t r = 0; r < runs[i].size(); ++r) {
+                v.push_back(1e3 / runs[i][r].mpps - 1e3 / runs[static_cast<std::size_t>(noop)][r].mpps);
+            }
+            return summarize(v);
+        };
+
         Table table{"throughput",
                     fmt::format("Forwarding throughput, {} B x {} flows, net_pcap replay -> net_null (Mpps; median "
                                 "[min..max] of {})",
                                 _size, _flows, opts.repeat),
                     {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max",
-                     "mpps_per_cpu", "x_macswap", "x_io", "x_macswap_per_cpu"},
+                     "mpps_per_cpu", "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
                     {}};
         std::string summary;
         for (std::size_t i = 0; i < chosen.size(); ++i) {
+            const Config &c = *chosen[i].config;
             std::vector<double> mpps, cores, per_cpu;
             for (const Run &r : runs[i]) {
                 mpps.push_back(r.mpps);
@@ -846,22 +889,20 @@ private:
             const Summary x_mac = ratio(i, macswap, false);
             const Summary x_io = ratio(i, io, false);
             const Summary x_mac_cpu = ratio(i, macswap, true);
-            table.rows.push_back({chosen[i]->name, chosen[i]->tool, chosen[i]->forward,
-                                  std::to_string(chosen[i]->lcores),
+            const Summary nf_ns = c.kind == Kind::serpens_chain ? ns_over_noop(i) : Summary{-1, -1, -1, -1, -1};
+            table.rows.push_back({chosen[i].name, c.tool, chosen[i].forward, std::to_string(c.lcores),
                                   cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median),
                                   fmt_num(m.min), fmt_num(m.max),
                                   per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median), cell(x_mac.median),
-                                  cell(x_io.median), cell(x_mac_cpu.median)});
-            if (chosen[i]->kind == Kind::serpens_chain && macswap >= 0) {
-                summary += fmt::format("serpens SFC {} on 1 core / testpmd macswap = {} (rounds {}..{}; target >= "
-                                       "0.5): {}\n",
-                                       _sfc, fmt_num(x_mac.median), cell(x_mac.min), cell(x_mac.max),
+                                  cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
+            if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
+                summary += fmt::format("serpens SFC fw-mon-nat on 1 core / testpmd macswap = {} (rounds {}..{}; "
+                                       "target >= 0.5): {}\n",
+                                       fmt_num(x_mac.median), cell(x_mac.min), cell(x_mac.max),
                                        x_mac.median >= 0.5 ? "MEETS" : "BELOW");
             }
-            if (chosen[i]->kind == Kind::serpens_1core || chosen[i]->kind == Kind::serpens_2core ||
-                chosen[i]->kind == Kind::serpens_chain) {
-                summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i]->name, fmt_num(m.median),
-                                       chosen[i]->lcores);
+            if (c.kind == Kind::serpens_1core || c.kind == Kind::serpens_2core || c.kind == Kind::serpens_chain) {
+                summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i].name, fmt_num(m.median), c.lcores);
                 if (macswap >= 0) {
                     summary += fmt::format("; x{} of testpmd macswap (rounds {}..{}), per CPU-second x{}",
                                            cell(x_mac.median), cell(x_mac.min), cell(x_mac.max),
@@ -870,9 +911,12 @@ private:
                 if (io >= 0) {
                     summary += fmt::format("; x{} of testpmd io", cell(x_io.median));
                 }
+                if (nf_ns.median >= 0) {
+                    summary += fmt::format("; its NFs add {} ns/packet to the noop chain's", fmt_num(nf_ns.median));
+                }
                 summary += "\n";
             }
-            if (chosen[i]->kind == Kind::serpens_1core && macswap >= 0) {
+            if (c.kind == Kind::serpens_1core && macswap >= 0) {
                 summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n",
                                        fmt_num(x_mac.median), fmt_num(_target_ratio),
                                        x_mac.median >= _target_ratio ? "MEETS" : "BELOW");
@@ -892,7 +936,9 @@ private:
             "its main loop, start-up is outside).  `cpu_cores`: CPU time the process got over the window "
             "(schedstat) — below `lcores` means the machine's other load took CPU from it; "
             "`mpps_per_cpu` and `x_macswap_per_cpu` normalise for that.  Ratios are medians of per-round "
-            "ratios (the configurations run interleaved, round by round).\n{}",
+            "ratios (the configurations run interleaved, round by round).  `nf_ns_pkt`: what a chain's NFs add "
+            "to the noop chain's time per packet (1000 / Mpps, per round); a chain of one NF gives that NF's "
+            "cost in the host, and the parts of the SFC show where its time goes.\n{}",
             fmt_num(_target_ratio), summary, _pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", _burst,
             _mbufs, _memory_mb, _main_lcore, _fwd_lcore, fmt_num(_window_s), fmt_num(_warmup_s),
             fmt_num(_window_s), _skipped.empty() ? "" : "\nNot measured: " + _skipped);
@@ -920,7 +966,8 @@ private:
     std::vector<std::string> _only;
     double _target_ratio = 0.8;
     bool _keep = false;
-    std::string _sfc = "fw-mon-nat";
+    std::vector<std::string> _chains;
+    CLI::Option *_chain_opt = nullptr;
     uint32_t _fw_rules = 1000;
 
     int _main_lcore = 0;
@@ -979,7 +1026,7 @@ std::string reference_note(const Options &opts)
 }
 
 SERPENS_BENCH_SUBCOMMAND(ThroughputBench, "throughput",
-                         "Mpps of serpens-host (noop chain, 1 and 2 cores; the SFC of --chain) vs dpdk-testpmd "
+                         "Mpps of serpens-host (noop chain, 1 and 2 cores; the chains of --chain) vs dpdk-testpmd "
                          "io/macswap, same vdevs",
                          22);
 
