@@ -318,6 +318,65 @@ static inline uint64_t serpens_get_state_bulk(const struct serpens_host_api *hos
     return hit;
 }
 
+/*
+ * A sweep over a table's slots (or any `total` positions) in small slices, for
+ * NFs that expire or fold their own entries.  Paced by the batch clock so a
+ * whole pass takes period_ns whatever the packet rate: call
+ * serpens_sweep_budget once per batch for the positions this batch may visit
+ * (at most cap), then serpens_sweep_next for the live entries among them.
+ * Runs only when batches arrive.  Zero-initialise; set period_ns (> 0) and,
+ * to start the clock, last_ns.
+ */
+struct serpens_sweep {
+    uint64_t pos;       /* next position (slot or item) */
+    uint64_t last_ns;   /* batch clock at the last budget handed out */
+    uint64_t period_ns; /* one whole pass */
+};
+
+static inline uint64_t serpens_sweep_budget(struct serpens_sweep *s, uint64_t total, uint64_t now, uint64_t cap)
+{
+    if (now < s->last_ns || s->period_ns == 0) {
+        s->last_ns = now;
+        return 0;
+    }
+    uint64_t elapsed = now - s->last_ns;
+    if (elapsed > s->period_ns) {
+        elapsed = s->period_ns;
+    }
+    /* double: total * elapsed overflows 64 bits for week-long periods */
+    uint64_t budget = (uint64_t)((double)total * (double)elapsed / (double)s->period_ns);
+    if (budget == 0) {
+        return 0; /* too soon: let time accumulate */
+    }
+    s->last_ns = now;
+    return budget < cap ? budget : cap;
+}
+
+/*
+ * The next live entry of `t` (ABI 1.2 scan_state) within *budget slots of the
+ * sweep's position: SERPENS_OK with its key and value copied out, and
+ * *budget reduced by the slots passed; SERPENS_ENOENT when those slots hold
+ * no more entries.  `slots` is host->table_slots(t).
+ */
+static inline int serpens_sweep_next(const struct serpens_host_api *host, serpens_table *t,
+                                     struct serpens_sweep *s, uint64_t slots, uint64_t *budget, void *key_out,
+                                     void *value_out)
+{
+    if (*budget == 0 || slots == 0) {
+        return SERPENS_ENOENT;
+    }
+    const uint64_t before = s->pos;
+    const uint32_t max = *budget < UINT32_MAX ? (uint32_t)*budget : UINT32_MAX;
+    if (host->scan_state(t, &s->pos, max, key_out, value_out) != SERPENS_OK) {
+        *budget = 0;
+        return SERPENS_ENOENT;
+    }
+    uint64_t seen = (s->pos + slots - before % slots) % slots;
+    seen = seen == 0 ? slots : seen;
+    *budget = seen < *budget ? *budget - seen : 0;
+    return SERPENS_OK;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -271,9 +271,7 @@ struct nat {
     /* expiry sweep: the `in` table's slots (scan), else every item of the
      * pool, all protocols in a row */
     int scan; /* the host has scan_state (ABI 1.2) */
-    uint64_t sweep_pos;
-    uint64_t sweep_last_ns;
-    uint64_t sweep_period_ns;
+    struct serpens_sweep sweep;
 
     uint64_t *counter[NAT_N_COUNTERS];
     uint64_t bitmap[NAT_CHUNK_WORDS]; /* scratch for one pool chunk */
@@ -495,27 +493,6 @@ static void nat_expire_mapping(struct nat *n, unsigned pi, uint32_t item, const 
     nat_count(n, NAT_C_EXPIRED);
 }
 
-/* Slots (or items) the sweep may look at in this batch: paced so a whole pass
- * takes sweep_period_ns, and capped per batch. */
-static uint64_t nat_sweep_budget(struct nat *n, uint64_t total, uint64_t now, uint64_t cap)
-{
-    if (now < n->sweep_last_ns) {
-        n->sweep_last_ns = now;
-        return 0;
-    }
-    uint64_t elapsed = now - n->sweep_last_ns;
-    if (elapsed > n->sweep_period_ns) {
-        elapsed = n->sweep_period_ns;
-    }
-    /* double: total * elapsed overflows 64 bits for week-long timeouts */
-    uint64_t budget = (uint64_t)((double)total * (double)elapsed / (double)n->sweep_period_ns);
-    if (budget == 0) {
-        return 0; /* too soon: let time accumulate */
-    }
-    n->sweep_last_ns = now;
-    return budget < cap ? budget : cap;
-}
-
 /* The sweep on an ABI 1.2 host: walks the `in` table's slots, so its cost
  * follows the table, not the pool (16M items per protocol for a /24 of
  * external addresses, swept item by item, cost this NF ~1 probe per packet). */
@@ -525,17 +502,10 @@ static void nat_sweep_entries(struct nat *n, uint64_t now)
     if (slots == 0) {
         return;
     }
-    uint64_t budget = nat_sweep_budget(n, slots, now, NAT_SWEEP_SLOTS_MAX);
-    while (budget > 0) {
-        struct nat_in_key ik;
-        struct nat_in_val iv;
-        const uint64_t before = n->sweep_pos;
-        if (n->host->scan_state(n->in, &n->sweep_pos, (uint32_t)budget, &ik, &iv) != SERPENS_OK) {
-            return; /* the budget's slots held no more entries */
-        }
-        uint64_t seen = (n->sweep_pos + slots - before % slots) % slots;
-        seen = seen == 0 ? slots : seen;
-        budget = seen < budget ? budget - seen : 0;
+    uint64_t budget = serpens_sweep_budget(&n->sweep, slots, now, NAT_SWEEP_SLOTS_MAX);
+    struct nat_in_key ik;
+    struct nat_in_val iv;
+    while (serpens_sweep_next(n->host, n->in, &n->sweep, slots, &budget, &ik, &iv) == SERPENS_OK) {
         if (iv.owner != n->ctx->instance_id) {
             continue;
         }
@@ -552,10 +522,10 @@ static void nat_sweep_entries(struct nat *n, uint64_t now)
 static void nat_sweep_items(struct nat *n, uint64_t now)
 {
     const uint64_t total = (uint64_t)n->n_items * NAT_N_PROTOS;
-    const uint64_t budget = nat_sweep_budget(n, total, now, NAT_SWEEP_MAX);
+    const uint64_t budget = serpens_sweep_budget(&n->sweep, total, now, NAT_SWEEP_MAX);
     for (uint64_t k = 0; k < budget; ++k) {
-        uint64_t pos = n->sweep_pos;
-        n->sweep_pos = (pos + 1) % total;
+        uint64_t pos = n->sweep.pos % total;
+        n->sweep.pos = (pos + 1) % total;
         unsigned pi = (unsigned)(pos / n->n_items);
         uint32_t item = (uint32_t)(pos % n->n_items);
         struct nat_in_key ik;
@@ -1169,7 +1139,7 @@ static int nat_configure(struct nat *n, const serpens_config *cfg)
     /* Stamps at 1/16 of the shortest timeout cost little precision; sweeps
      * twice per shortest timeout bound how late a mapping is freed. */
     n->refresh_ns = shortest / 16 < NAT_REFRESH_MAX_NS ? shortest / 16 : NAT_REFRESH_MAX_NS;
-    n->sweep_period_ns = shortest / 2;
+    n->sweep.period_ns = shortest / 2;
 
     uint32_t fp = fnv1a(2166136261u, n->ext_ip, (size_t)n->n_ext * sizeof n->ext_ip[0]);
     fp = fnv1a(fp, &n->port_min, sizeof n->port_min);
@@ -1266,7 +1236,7 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         SERPENS_OK) {
         return rc;
     }
-    n->sweep_last_ns = h->now_ns();
+    n->sweep.last_ns = h->now_ns();
     struct in_addr first = {htonl(n->ext_ip[0])};
     h->log(ctx, SERPENS_LOG_INFO, "nat: %u inside prefixes, %u external addresses from %s, ports %u-%u (%u items per protocol)",
            n->n_inside, n->n_ext, inet_ntoa(first), n->port_min, n->port_min + n->n_ports - 1, n->n_items);
