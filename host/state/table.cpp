@@ -650,21 +650,23 @@ template <uint32_t KW, uint32_t VW> void Table::use_shape() noexcept
     _cell_add_bulk = &Table::cell_add_bulk_as<KW, VW>;
 }
 
-// Keys of whole words (up to 64 bytes: all keys) with values of one to four
-// whole words get straight-line code; other shapes the general loops.
+// Keys of whole words (up to 64 bytes: all keys) get straight-line code,
+// with values of one to four whole words too, other values copied by the
+// general loop; other keys get the general loops.
 void Table::pick_shape() noexcept
 {
     use_shape<0, 0>();
-    if (_key_size % 8 != 0 || _value_size % 8 != 0 || _vw > 4) {
+    if (_key_size % 8 != 0) {
         return;
     }
+    const bool small_value = _value_size % 8 == 0 && _vw <= 4;
     auto pick = [&]<uint32_t KW>(std::integral_constant<uint32_t, KW>) {
-        switch (_vw) {
+        switch (small_value ? _vw : 0) {
         case 1: use_shape<KW, 1>(); break;
         case 2: use_shape<KW, 2>(); break;
         case 3: use_shape<KW, 3>(); break;
         case 4: use_shape<KW, 4>(); break;
-        default: break;
+        default: use_shape<KW, 0>(); break;
         }
     };
     switch (_kw) {
