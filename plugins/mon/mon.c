@@ -10,6 +10,10 @@
  *   max_hosts = 4096         # hosts the per-host table is sized for
  *   merge_ms  = 1000         # how often the state manager folds the
  *                            # instances' host replicas (0: only at scale events)
+ *   fold_ms   = 1000         # how long a flow's counts may wait before they
+ *                            # are added to its hosts' (0: every batch)
+ *   idle_timeout = 300       # seconds without a packet before a flow's entry
+ *                            # is removed (0: never)
  *
  * DESCRIPTION
  *   Counts every packet it sees and passes it on unchanged (port 0).  For each
@@ -24,22 +28,45 @@
  *   same key the host's parser uses for steering.  Frames the host could not
  *   parse are counted (`unparsed`) and passed.
  *
- *   Host counts are eventually consistent (paper §III-A1): each instance adds
- *   to its own replica and the state manager folds replicas every merge_ms
- *   with one table-wide timer (the host's default EVENTUAL merge: counters
- *   add, G' = G + sum_i (R_i - G), exact).  Each host is its own key; a batch
- *   sums its packets per host and per flow first, then updates the tables
- *   with one bulk call per 64 hosts (add_state_bulk, misses overlapped) and
- *   one bulk lookup plus one put per flow.  A host that finds the table full
+ *   A batch sums its packets per flow first, then updates each flow with one
+ *   bulk lookup (per 64 flows) and one put.
+ *
+ *   Host counts are eventually consistent (paper §III-A1), in two steps.
+ *    1. Fold: a flow's entry keeps the packets and bytes each endpoint sent
+ *       that its hosts have not been told of yet (`pending`).  They are added
+ *       to the hosts' counts when the flow is next written at least fold_ms
+ *       after its last fold, or, for a flow that went quiet, by the sweep
+ *       (below) once it has been idle for fold_ms; so a host's counts lag its
+ *       flows' by less than 2 * fold_ms.  Adding per flow every fold_ms rather
+ *       than per packet is what keeps mon cheap: two host-table updates per
+ *       packet made it cost four times what fw or nat cost.  Pending counts
+ *       live in the shared entry, so a crash or restart loses none of them.
+ *    2. Merge: each instance adds to its own replica of `hosts` (one bulk
+ *       add_state_bulk per 64 hosts) and the state manager folds the replicas
+ *       every merge_ms with one table-wide timer (the host's default EVENTUAL
+ *       merge: counters add, G' = G + sum_i (R_i - G), exact).
+ *   At any moment, a host's exact counts are its global value in `hosts` plus
+ *   the pending counts of its flows.  A host that finds the table full
  *   (max_hosts) is added to the single row of host_overflow instead and
- *   counted in `host_overflow`, so tx packets over all hosts plus the
- *   overflow's always equal the packets counted.
+ *   counted in `host_overflow`, so tx packets over all hosts, the overflow's
+ *   and the flows' pending always sum to the packets counted.
+ *
+ *   Each flow entry names its owner, the instance that last wrote it (the
+ *   host steers a flow to one instance).  Each instance sweeps the flows
+ *   table (host ABI 1.2 scan_state, at most MON_SWEEP_SLOTS_MAX slots per
+ *   batch, a whole pass per min(fold_ms, idle_timeout / 2)): it folds the
+ *   pending counts of its own flows idle for fold_ms and removes its flows
+ *   idle for idle_timeout (folding what they still hold).  The table is
+ *   NF_EXPIRY, so the host never removes an entry with pending counts.
  *
  * READING THE STATE FROM OUTSIDE (serpens-state dump <chain> <nf> <table>)
  *   flows  key   40 B: addr_a[16] addr_b[16] port_a port_b (u16, host order)
  *                      proto ip_version pad[2]; IPv4 in the first 4 bytes of
  *                      each address.  (addr_a, port_a) is the lower endpoint.
- *          value 32 B: packets bytes first_ns last_ns (u64, little endian)
+ *          value 80 B: packets bytes first_ns last_ns (both directions),
+ *                      pending: a_packets a_bytes b_packets b_bytes (sent by
+ *                      endpoint a / b, not yet in the hosts' counts),
+ *                      folded_ns owner (u64 each, little endian)
  *   hosts  key   16 B: the address (IPv4 mapped as ::ffff:a.b.c.d)
  *          value 32 B: tx_packets tx_bytes rx_packets rx_bytes (u64)
  *   host_overflow  key 4 B: 0 (u32); value 32 B as in hosts: the sums of the
@@ -49,14 +76,24 @@
  *   (replica - base), word by word (an all-zero replica: an instance that
  *   never ran since the key was created).
  *
+ * LIMITATIONS
+ *   The sweep runs only when packets arrive: after traffic stops, the last
+ *   fold_ms of counts stay pending in the flows (read them there) until
+ *   traffic resumes.  Only a flow's owner folds and removes it: the flows of
+ *   an instance scaled in for good wait for an instance with its id, or for
+ *   their next packet (which makes its instance the owner).  On a host
+ *   without scan_state (ABI < 1.2) mon folds at every batch (fold_ms = 0) and
+ *   leaves idle expiry to the host.
+ *
  * STATE (paper Table I)
- *   flows          PER_FLOW|WRITE         connection statistics
+ *   flows          PER_FLOW|WRITE|NF_EXPIRY  connection statistics
  *   hosts          GLOBAL|WRITE|EVENTUAL  host statistics, default merge
  *   host_overflow  GLOBAL|WRITE|EVENTUAL  hosts beyond max_hosts, summed
  *
  * HOST ABI
  *   1.1 or later when merge_ms > 0 (a table-wide merge timer: the NULL key).
- *   Uses add_state_bulk when the host has it, else get_state + put_state.
+ *   Uses add_state_bulk when the host has it, else get_state + put_state;
+ *   scan_state (1.2) for the sweep, else folds at every batch.
  *
  * COUNTERS
  *   See MON_COUNTERS below.
@@ -80,13 +117,15 @@
 #define MON_BULK 64u           /* keys per bulk call (nf.h) */
 #define MON_HOST_WORDS 4u
 #define MON_PUT_RETRIES 4
+#define MON_SWEEP_SLOTS_MAX 4096u /* flow slots the sweep walks per batch at most */
 
 #define MON_COUNTERS(X)                                                                  \
     X(PACKETS, "packets", "packets seen (all of them pass)")                             \
     X(BYTES, "bytes", "frame bytes seen")                                                \
     X(FLOWS_NEW, "flows_new", "flows this instance saw first")                           \
     X(FLOW_TABLE_FULL, "flow_table_full", "packets of flows the full table could not hold") \
-    X(HOST_OVERFLOW, "host_overflow", "host updates (one per host per batch) that found the host table full") \
+    X(FLOWS_EXPIRED, "flows_expired", "flows removed after idle_timeout without a packet")  \
+    X(HOST_OVERFLOW, "host_overflow", "host updates (one per host per table round) that found the host table full") \
     X(UNPARSED, "unparsed", "frames the host could not parse: counted here only")        \
     X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
 
@@ -114,11 +153,17 @@ struct mon_flow_key {
 /* Whole words: the chunk index hashes and compares keys word by word. */
 _Static_assert(sizeof(struct mon_flow_key) % 8 == 0, "mon_flow_key is not a whole number of words");
 
+/* What each endpoint of a flow sent: a flow's pending counts, a chunk's sums. */
+enum { MON_A_PACKETS, MON_A_BYTES, MON_B_PACKETS, MON_B_BYTES, MON_DIR_WORDS };
+
 struct mon_flow_val {
-    uint64_t packets;
+    uint64_t packets; /* both directions */
     uint64_t bytes;
     uint64_t first_ns;
     uint64_t last_ns;
+    uint64_t pending[MON_DIR_WORDS]; /* not yet added to the hosts' counts */
+    uint64_t folded_ns;              /* when pending was last added */
+    uint64_t owner;                  /* instance id of the last writer */
 };
 
 /* hosts and host_overflow values: MON_HOST_WORDS counters. */
@@ -131,8 +176,12 @@ struct mon {
     serpens_table *hosts;
     serpens_table *overflow;
     uint64_t merge_ns;
+    uint64_t fold_ns; /* 0: fold at every write */
+    uint64_t idle_ns; /* 0: flows never expire here */
     uint64_t *counter[MON_N_COUNTERS];
     int have_add; /* the host has add_state_bulk (ABI 1.1) */
+    int scan;     /* the host has scan_state (ABI 1.2): mon sweeps its flows */
+    struct serpens_sweep sweep;
 
     /* One chunk's sums, deduplicated through small open-addressing indexes
      * whose slots are valid when their stamp equals `gen`. */
@@ -144,8 +193,7 @@ struct mon {
     uint8_t host_at[MON_HOST_SLOTS];
     struct mon_flow_key fkey[MON_CHUNK];
     struct mon_flow_val fval[MON_CHUNK];
-    uint64_t fpackets[MON_CHUNK];
-    uint64_t fbytes[MON_CHUNK];
+    uint64_t fdelta[MON_CHUNK][MON_DIR_WORDS];
     uint8_t hkey[2 * MON_CHUNK][16];
     uint64_t hdelta[2 * MON_CHUNK][MON_HOST_WORDS];
 };
@@ -278,6 +326,44 @@ static uint64_t *mon_host_row(struct mon *m, const uint8_t addr[16])
     }
 }
 
+/* An endpoint's address as a hosts key: IPv4 mapped (::ffff:a.b.c.d). */
+static void mon_host_key(const struct mon_flow_key *k, const uint8_t addr[16], uint8_t out[16])
+{
+    if (k->ip_version == 4) {
+        memset(out, 0, 10);
+        out[10] = out[11] = 0xff;
+        memcpy(out + 12, addr, 4);
+    } else {
+        memcpy(out, addr, 16);
+    }
+}
+
+/* Adds what a flow's endpoints sent (d: MON_DIR_WORDS) to the hosts' rows of
+ * this chunk; at most two rows. */
+static void mon_fold(struct mon *m, const struct mon_flow_key *k, const uint64_t d[MON_DIR_WORDS])
+{
+    if ((d[MON_A_PACKETS] | d[MON_B_PACKETS]) == 0) {
+        return;
+    }
+    uint8_t a[16], b[16];
+    mon_host_key(k, k->addr_a, a);
+    mon_host_key(k, k->addr_b, b);
+    uint64_t *ra = mon_host_row(m, a);
+    ra[MON_TX_PACKETS] += d[MON_A_PACKETS], ra[MON_TX_BYTES] += d[MON_A_BYTES];
+    ra[MON_RX_PACKETS] += d[MON_B_PACKETS], ra[MON_RX_BYTES] += d[MON_B_BYTES];
+    uint64_t *rb = mon_host_row(m, b);
+    rb[MON_TX_PACKETS] += d[MON_B_PACKETS], rb[MON_TX_BYTES] += d[MON_B_BYTES];
+    rb[MON_RX_PACKETS] += d[MON_A_PACKETS], rb[MON_RX_BYTES] += d[MON_A_BYTES];
+}
+
+/* Moves v's pending counts into `out` and stamps the fold. */
+static void mon_take_pending(struct mon_flow_val *v, uint64_t out[MON_DIR_WORDS], uint64_t now)
+{
+    memcpy(out, v->pending, sizeof v->pending);
+    memset(v->pending, 0, sizeof v->pending);
+    v->folded_ns = now;
+}
+
 /* ---- per-flow counts ---------------------------------------------------- */
 
 static void mon_flush_flows(struct mon *m, uint64_t now)
@@ -287,43 +373,62 @@ static void mon_flush_flows(struct mon *m, uint64_t now)
                                                 sizeof m->fval[0]);
     for (uint32_t j = 0; j < n; ++j) {
         struct mon_flow_val *v = &m->fval[j];
+        const uint64_t *d = m->fdelta[j];
         if (!(hit & (1ull << j))) {
             memset(v, 0, sizeof *v);
-            v->first_ns = now;
+            v->first_ns = v->folded_ns = now;
             mon_add(m, MON_C_FLOWS_NEW, 1);
         }
-        v->packets += m->fpackets[j];
-        v->bytes += m->fbytes[j];
+        v->packets += d[MON_A_PACKETS] + d[MON_B_PACKETS];
+        v->bytes += d[MON_A_BYTES] + d[MON_B_BYTES];
+        for (unsigned w = 0; w < MON_DIR_WORDS; ++w) {
+            v->pending[w] += d[w];
+        }
         v->last_ns = now;
+        v->owner = m->ctx->instance_id;
+        uint64_t fold[MON_DIR_WORDS];
+        const int due = m->fold_ns == 0 || now - v->folded_ns >= m->fold_ns || now < v->folded_ns;
+        if (due) {
+            mon_take_pending(v, fold, now);
+        }
         int rc = m->host->put_state(m->flows, &m->fkey[j], v);
+        if (rc == SERPENS_OK) {
+            if (due) {
+                mon_fold(m, &m->fkey[j], fold);
+            }
+            continue;
+        }
+        /* Not stored: the hosts still count this chunk's packets (the entry,
+         * if any, keeps its own pending counts). */
+        mon_fold(m, &m->fkey[j], d);
         if (rc == SERPENS_ENOSPC) {
-            mon_add(m, MON_C_FLOW_TABLE_FULL, m->fpackets[j]);
-        } else if (rc != SERPENS_OK) {
+            mon_add(m, MON_C_FLOW_TABLE_FULL, d[MON_A_PACKETS] + d[MON_B_PACKETS]);
+        } else {
             mon_add(m, MON_C_STATE_ERRORS, 1);
         }
     }
 }
 
-static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t len)
+/* Adds one packet to the chunk's sums: `a_sent` when endpoint a sent it. */
+static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t len, int a_sent)
 {
     uint32_t h = mon_hash((const uint8_t *)k, sizeof *k / 8);
+    const unsigned dir = a_sent ? MON_A_PACKETS : MON_B_PACKETS;
     for (uint32_t probe = 0;; ++probe) {
         uint32_t s = (h + probe) & (MON_FLOW_SLOTS - 1);
+        uint32_t at = m->flow_at[s];
         if (m->flow_stamp[s] != m->gen) {
-            uint32_t at = m->n_flows++;
+            at = m->n_flows++;
             m->flow_stamp[s] = m->gen;
             m->flow_at[s] = (uint8_t)at;
             m->fkey[at] = *k;
-            m->fpackets[at] = 1;
-            m->fbytes[at] = len;
-            return;
+            memset(m->fdelta[at], 0, sizeof m->fdelta[at]);
+        } else if (!mon_words_eq(&m->fkey[at], k, sizeof *k / 8)) {
+            continue; /* another flow's slot */
         }
-        uint32_t at = m->flow_at[s];
-        if (mon_words_eq(&m->fkey[at], k, sizeof *k / 8)) {
-            m->fpackets[at] += 1;
-            m->fbytes[at] += len;
-            return;
-        }
+        m->fdelta[at][dir] += 1;
+        m->fdelta[at][dir + 1] += len;
+        return;
     }
 }
 
@@ -366,11 +471,11 @@ _Static_assert(offsetof(struct mon_flow_key, port_a) == 32 && offsetof(struct mo
                    offsetof(struct mon_flow_key, proto) == 36 && offsetof(struct mon_flow_key, ip_version) == 37,
                "mon_tail_word follows struct mon_flow_key");
 
-/* Fills the flow key and the two host keys; 0 on success, -1 when the
- * headers it needs are cut.  Keys are written as whole words: the chunk
- * index reads them back as words at once, and a word pieced together from
- * narrower stores stalls that read (store forwarding fails). */
-static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uint8_t src[16], uint8_t dst[16])
+/* Fills the flow key and *a_sent (the packet's source is endpoint a); 0 on
+ * success, -1 when the headers it needs are cut.  Keys are written as whole
+ * words: the chunk index reads them back as words at once, and a word pieced
+ * together from narrower stores stalls that read (store forwarding fails). */
+static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, int *a_sent)
 {
     const uint8_t *ip = p->data + p->l3_offset;
     uint8_t *kb = (uint8_t *)k;
@@ -382,10 +487,6 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
         uint32_t sa, da; /* network order, as in the packet */
         memcpy(&sa, ip + 12, 4);
         memcpy(&da, ip + 16, 4);
-        /* IPv4-mapped (::ffff:a.b.c.d) in the host table, as 4 bytes in flows
-         * (words little-endian, as the host's state segments are). */
-        wr64(src, 0), wr64(src + 8, 0xffff0000ull | (uint64_t)sa << 32);
-        wr64(dst, 0), wr64(dst + 8, 0xffff0000ull | (uint64_t)da << 32);
         mon_ports(p, ip[9], &sport, &dport);
         /* The lower (address, port) endpoint first: one entry per connection. */
         uint32_t sh = rd32(ip + 12), dh = rd32(ip + 16);
@@ -393,19 +494,20 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, uin
         wr64(kb, src_first ? sa : da), wr64(kb + 8, 0);
         wr64(kb + 16, src_first ? da : sa), wr64(kb + 24, 0);
         wr64(kb + 32, mon_tail_word(src_first, sport, dport, ip[9], 4));
+        *a_sent = src_first;
         return 0;
     }
     if (p->len < (uint32_t)p->l3_offset + 40u) {
         return -1;
     }
-    memcpy(src, ip + 8, 16);
-    memcpy(dst, ip + 24, 16);
+    const uint8_t *src = ip + 8, *dst = ip + 24;
     mon_ports(p, p->l4_proto, &sport, &dport);
     int c = memcmp(src, dst, 16);
     int src_first = c < 0 || (c == 0 && sport <= dport);
     memcpy(k->addr_a, src_first ? src : dst, 16);
     memcpy(k->addr_b, src_first ? dst : src, 16);
     wr64(kb + 32, mon_tail_word(src_first, sport, dport, p->l4_proto, 6));
+    *a_sent = src_first;
     return 0;
 }
 
@@ -420,18 +522,12 @@ static void mon_packet(struct mon *m, const struct serpens_pkt *p)
         return;
     }
     struct mon_flow_key key;
-    uint8_t src[16], dst[16];
-    if (mon_flow_key(p, &key, src, dst) != 0) {
+    int a_sent;
+    if (mon_flow_key(p, &key, &a_sent) != 0) {
         mon_add(m, MON_C_UNPARSED, 1);
         return;
     }
-    mon_count_flow(m, &key, p->len);
-    uint64_t *s = mon_host_row(m, src);
-    s[MON_TX_PACKETS] += 1;
-    s[MON_TX_BYTES] += p->len;
-    uint64_t *d = mon_host_row(m, dst);
-    d[MON_RX_PACKETS] += 1;
-    d[MON_RX_BYTES] += p->len;
+    mon_count_flow(m, &key, p->len, a_sent);
 }
 
 static void mon_chunk_begin(struct mon *m)
@@ -450,6 +546,49 @@ static void mon_chunk_end(struct mon *m, uint64_t now)
 {
     if (m->n_flows != 0) {
         mon_flush_flows(m, now);
+    }
+    if (m->n_hosts != 0) {
+        mon_flush_hosts(m);
+    }
+}
+
+/* The sweep (ABI 1.2 hosts): over this instance's flows, folds the pending
+ * counts of those idle for fold_ms and removes those idle for idle_timeout.
+ * Runs in its own table rounds after the batch's, on the same thread as this
+ * instance's writes, so it never races the owner of what it touches. */
+static void mon_sweep(struct mon *m, uint64_t now)
+{
+    const uint64_t slots = m->host->table_slots(m->flows);
+    uint64_t budget = serpens_sweep_budget(&m->sweep, slots, now, MON_SWEEP_SLOTS_MAX);
+    struct mon_flow_key k;
+    struct mon_flow_val v;
+    mon_chunk_begin(m);
+    while (serpens_sweep_next(m->host, m->flows, &m->sweep, slots, &budget, &k, &v) == SERPENS_OK) {
+        if (v.owner != m->ctx->instance_id) {
+            continue;
+        }
+        const uint64_t idle = now > v.last_ns ? now - v.last_ns : 0;
+        uint64_t fold[MON_DIR_WORDS];
+        if (m->idle_ns != 0 && idle > m->idle_ns) {
+            if (m->host->delete_state(m->flows, &k) != SERPENS_OK) {
+                continue;
+            }
+            mon_take_pending(&v, fold, now);
+            mon_add(m, MON_C_FLOWS_EXPIRED, 1);
+        } else if ((v.pending[MON_A_PACKETS] | v.pending[MON_B_PACKETS]) != 0 && idle >= m->fold_ns) {
+            mon_take_pending(&v, fold, now);
+            if (m->host->put_state(m->flows, &k, &v) != SERPENS_OK) {
+                mon_add(m, MON_C_STATE_ERRORS, 1);
+                continue;
+            }
+        } else {
+            continue;
+        }
+        mon_fold(m, &k, fold);
+        if (m->n_hosts + 2 > 2 * MON_CHUNK) { /* room for the next flow's two rows */
+            mon_flush_hosts(m);
+            mon_chunk_begin(m);
+        }
     }
     if (m->n_hosts != 0) {
         mon_flush_hosts(m);
@@ -476,6 +615,9 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         }
     }
     mon_chunk_end(m, now);
+    if (m->scan) {
+        mon_sweep(m, now);
+    }
 }
 
 /* ---- configuration (cold path) ---------------------------------------- */
@@ -491,14 +633,28 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     ctx->priv = m;
     m->ctx = ctx;
     m->host = h;
-    int64_t max_flows = 65536, max_hosts = 4096, merge_ms = 1000;
+    int64_t max_flows = 65536, max_hosts = 4096, merge_ms = 1000, fold_ms = 1000, idle_s = 300;
     int rc;
     if ((rc = serpens_config_int_range(ctx, config, "mon", "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
         (rc = serpens_config_int_range(ctx, config, "mon", "max_hosts", 1, 1ll << 22, &max_hosts)) != SERPENS_OK ||
-        (rc = serpens_config_int_range(ctx, config, "mon", "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK) {
+        (rc = serpens_config_int_range(ctx, config, "mon", "merge_ms", 0, 3600000, &merge_ms)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "mon", "fold_ms", 0, 3600000, &fold_ms)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "mon", "idle_timeout", 0, 7 * 86400, &idle_s)) != SERPENS_OK) {
         return rc;
     }
     m->merge_ns = (uint64_t)merge_ms * 1000000ull;
+    m->scan = SERPENS_HOST_HAS(h, scan_state) && SERPENS_HOST_HAS(h, table_slots) && h->delete_state != NULL;
+    /* Without the sweep nothing would fold a flow that went quiet, nor
+     * remove it: fold at every write and leave expiry to the host. */
+    m->fold_ns = m->scan ? (uint64_t)fold_ms * 1000000ull : 0;
+    m->idle_ns = m->scan ? (uint64_t)idle_s * 1000000000ull : 0;
+    /* A pass per fold_ms finds a quiet flow within 2 * fold_ms of its last
+     * packet; one per idle_timeout / 2 removes a flow within 1.5 timeouts. */
+    m->sweep.period_ns = m->fold_ns;
+    if (m->idle_ns != 0 && (m->sweep.period_ns == 0 || m->idle_ns / 2 < m->sweep.period_ns)) {
+        m->sweep.period_ns = m->idle_ns / 2;
+    }
+    m->sweep.last_ns = h->now_ns();
     if (h->create_table == NULL || h->get_state == NULL || h->put_state == NULL || h->timer == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "mon: this host provides no state API");
         return SERPENS_ENOTSUP;
@@ -512,7 +668,8 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     }
     m->have_add = SERPENS_HOST_HAS(h, add_state_bulk);
     const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
-    m->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE,
+    m->flows = h->create_table(ctx, "flows",
+                               SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | (m->scan ? SERPENS_STATE_NF_EXPIRY : 0),
                                sizeof(struct mon_flow_key), sizeof(struct mon_flow_val), (uint64_t)max_flows);
     m->hosts = h->create_table(ctx, "hosts", ev, 16, MON_HOST_WORDS * 8, (uint64_t)max_hosts);
     m->overflow = h->create_table(ctx, "host_overflow", ev, sizeof(uint32_t), MON_HOST_WORDS * 8, 1);

@@ -6,8 +6,9 @@ read from outside with `serpens-state dump --json` and compared with counts
 made here from the input capture by an independent decoder:
  - flows (per-flow/write): packets and bytes per direction-independent 5-tuple;
  - hosts (global/write EVENTUAL, one key per address, two replicas folded by
-   the host's default merge on a table-wide timer):
-   packets and bytes sent and received per address;
+   the host's default merge on a table-wide timer) plus what the flows still
+   hold for their hosts (pending, folded every fold_ms = 1 here): packets and
+   bytes sent and received per address, exactly;
  - the NF counters in the host's stats: packets, bytes, unparsed.
 Every packet leaves unchanged.
 """
@@ -75,6 +76,7 @@ plugin = "mon"
 [nf.config]
 max_hosts = 8192
 merge_ms = 20
+fold_ms = 1
 ''')
 host.config(host.pcap_port() + '\n[parser]\nmalformed = "pass"\n'
             '\n[[gateway.rule]]\nname = "all"\nchain = "mon"\n'
@@ -102,15 +104,29 @@ for n, frame in enumerate(inputs, start=1):
 # ---- what mon kept, read from outside -------------------------------------
 table = dump(host, "flows")
 check("flow" in table["kind"], f"flows table kind {table['kind']}")
-got = {}
+got, pending, folded = {}, {}, 0
+
+
+def host_key(addr, ver):
+    return bytes(10) + b"\xff\xff" + addr[0:4] if ver == 4 else addr
+
+
 for e in table["entries"]:
     k, v = bytes.fromhex(e["key"]), bytes.fromhex(e["value"])
     ver = k[37]
     alen = 4 if ver == 4 else 16
     key = (k[0:alen], k[16:16 + alen]) + struct.unpack("<HHB", k[32:37]) + (ver,)
-    packets, nbytes, first, last = struct.unpack("<QQQQ", v)
+    packets, nbytes, first, last, a_p, a_b, b_p, b_b, folded_ns, owner = struct.unpack("<10Q", v)
     check(first <= last, f"flow {key}: first seen after last seen")
+    check(owner in (0, 1), f"flow {key}: owner {owner} is no instance")
+    check(a_p + b_p <= packets and a_b + b_b <= nbytes, f"flow {key}: more pending than counted")
+    folded += a_p + b_p < packets
     got[key] = [packets, nbytes]
+    # what the flow has not yet added to its hosts' counts
+    for addr, sent, heard in ((k[0:16], (a_p, a_b), (b_p, b_b)), (k[16:32], (b_p, b_b), (a_p, a_b))):
+        h = pending.setdefault(host_key(addr, ver), [0, 0, 0, 0])
+        for i, c in enumerate(sent + heard):
+            h[i] += c
 check(len(got) == len(flows), f"mon has {len(got)} flows, Python counts {len(flows)}")
 for key, want in flows.items():
     check(got.get(key) == want, f"flow {key}: mon {got.get(key)}, Python {want}")
@@ -142,9 +158,13 @@ for e in table["entries"]:
     got_hosts[a] = global_value(e)
 overflow = sum(global_value(e)[0] for e in dump(host, "host_overflow")["entries"])
 check(overflow == 0, f"{overflow} packets overflowed the host table")
-check(len(got_hosts) == len(hosts), f"mon has {len(got_hosts)} hosts, Python counts {len(hosts)}")
+check(set(got_hosts) <= set(hosts), f"mon has hosts Python never saw: {set(got_hosts) - set(hosts)}")
+check(set(pending) == set(hosts), f"mon's flows name {len(pending)} hosts, Python counts {len(hosts)}")
+check(folded > 0 and got_hosts, "no flow was folded into the hosts table (fold_ms = 1)")
 for addr, want in hosts.items():
-    check(got_hosts.get(addr) == want, f"host {ipaddress.ip_address(addr)}: mon {got_hosts.get(addr)}, Python {want}")
+    have = [g + p for g, p in zip(got_hosts.get(addr, [0, 0, 0, 0]), pending[addr])]
+    check(have == want, f"host {ipaddress.ip_address(addr)}: mon {got_hosts.get(addr)} + pending {pending[addr]}, "
+          f"Python {want}")
 
 # ---- the NF counters --------------------------------------------------------
 stats = host.stats()

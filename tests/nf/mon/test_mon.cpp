@@ -1,7 +1,9 @@
 // mon against the mock host: per-flow and per-host counts match what the
 // test counts itself (also in batches larger than mon's 64-packet rounds and
 // on a host without add_state_bulk), replicas of two instances fold without
-// loss or double counting, hosts beyond max_hosts go to the counted overflow
+// loss or double counting, flows fold their pending counts into the hosts
+// every fold_ms and through the sweep (which also expires idle flows, each
+// instance only its own), hosts beyond max_hosts go to the counted overflow
 // row, bad config and truncated packets.
 
 #include "nf_mock.h"
@@ -22,7 +24,10 @@ constexpr uint64_t kMs = 1000000ull;
 // The table layouts, as documented at the top of mon.c.
 struct FlowVal {
     uint64_t packets, bytes, first_ns, last_ns;
+    uint64_t a_packets, a_bytes, b_packets, b_bytes; // pending: not yet in the hosts' counts
+    uint64_t folded_ns, owner;
 };
+static_assert(sizeof(FlowVal) == 80);
 struct HostCounts {
     uint64_t tx_packets = 0, tx_bytes = 0, rx_packets = 0, rx_bytes = 0;
     bool operator==(const HostCounts &) const = default;
@@ -53,14 +58,65 @@ HostCounts read_counts(const Bytes &v)
     return HostCounts{u64(v.data()), u64(v.data() + 8), u64(v.data() + 16), u64(v.data() + 24)};
 }
 
+Addr host_of(const uint8_t *addr, uint8_t ip_version)
+{
+    Addr a{};
+    if (ip_version == 4) {
+        return mapped(rd32(addr));
+    }
+    std::memcpy(a.data(), addr, 16);
+    return a;
+}
+
+HostCounts &operator+=(HostCounts &a, const HostCounts &b)
+{
+    a.tx_packets += b.tx_packets, a.tx_bytes += b.tx_bytes;
+    a.rx_packets += b.rx_packets, a.rx_bytes += b.rx_bytes;
+    return a;
+}
+
 struct Mon {
     MockHost host{mon()};
-    explicit Mon(const std::string &cfg = "", uint32_t instances = 1)
+    // scan: the host offers scan_state (ABI 1.2), so mon sweeps its flows.
+    explicit Mon(const std::string &cfg = "", uint32_t instances = 1, bool scan = false)
     {
         host.set_config(cfg);
+        if (scan) {
+            host.enable_scan();
+        }
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
         }
+    }
+    std::map<Bytes, FlowVal> flows()
+    {
+        std::map<Bytes, FlowVal> out;
+        for (auto &[key, cells] : host.table("flows")->entries) {
+            REQUIRE(cells[0].size() == sizeof(FlowVal));
+            std::memcpy(&out[key], cells[0].data(), sizeof(FlowVal));
+        }
+        return out;
+    }
+    // What the flows hold for their hosts and have not folded yet.
+    std::map<Addr, HostCounts> pending()
+    {
+        std::map<Addr, HostCounts> out;
+        for (auto &[key, v] : flows()) {
+            out[host_of(key.data(), key[37])] += HostCounts{v.a_packets, v.a_bytes, v.b_packets, v.b_bytes};
+            out[host_of(key.data() + 16, key[37])] += HostCounts{v.b_packets, v.b_bytes, v.a_packets, v.a_bytes};
+        }
+        return out;
+    }
+    // The hosts table plus the flows' pending counts: what mon has counted.
+    std::map<Addr, HostCounts> counted()
+    {
+        std::map<Addr, HostCounts> out = hosts();
+        for (auto &[a, c] : pending()) {
+            if (c != HostCounts{}) {
+                out[a] += c;
+            }
+        }
+        return out;
     }
     // The global per-host counts (base + replica deltas), and the overflow's.
     std::map<Addr, HostCounts> hosts(HostCounts *overflow = nullptr)
@@ -125,7 +181,11 @@ std::vector<Flow> traffic(std::size_t n)
 
 TEST_CASE("mon: per-flow and per-host counts match an independent count; packets pass unchanged")
 {
-    Mon m;
+    // fold_ms = 0: hosts hear of every batch at once, with or without the sweep.
+    bool scan = false;
+    SUBCASE("a host without scan_state") {}
+    SUBCASE("a host with scan_state: mon sweeps") { scan = true; }
+    Mon m("fold_ms = 0\n", 1, scan);
     Expect want;
     auto flows = traffic(300);
     for (std::size_t start = 0; start < flows.size(); start += 100) { // > 64: two table rounds per batch
@@ -157,6 +217,7 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
         CHECK(v.bytes == want.flows[k].second);
         CHECK(v.first_ns <= v.last_ns);
         CHECK(v.first_ns >= 1 * kMs);
+        CHECK(v.a_packets + v.b_packets == 0); // all folded
     }
     CHECK(m.hosts() == want.hosts);
     CHECK(m.host.bulk_adds > 0);
@@ -303,7 +364,10 @@ TEST_CASE("mon: unparsed and truncated frames are counted and passed")
 
 TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
 {
-    Mon m("max_flows = 2\n");
+    bool scan = false;
+    SUBCASE("a host without scan_state") {}
+    SUBCASE("a host with scan_state: mon sweeps") { scan = true; }
+    Mon m("max_flows = 2\n", 1, scan);
     Packets p;
     for (uint16_t i = 0; i < 5; ++i) {
         p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
@@ -311,7 +375,87 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
     m.host.process(0, p.parse(), p.ports, kMs);
     CHECK(m.host.table("flows")->entries.size() == 2);
     CHECK(m.host.counter(0, "flow_table_full") == 3);
-    CHECK(m.hosts()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+    CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+}
+
+TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet flow's through the sweep; none lost, none twice")
+{
+    Mon m("fold_ms = 10\nmax_flows = 64\n", 1, true);
+    CHECK((m.host.table("flows")->flags & SERPENS_STATE_NF_EXPIRY) != 0);
+    Expect want;
+    auto flows = traffic(60);
+    auto send = [&](std::size_t from, std::size_t to, uint64_t now) {
+        Packets p;
+        for (std::size_t i = from; i < to; ++i) {
+            Bytes f = frame(flows[i], i % 9);
+            want.add(flows[i], f.size());
+            p.add(f);
+        }
+        m.host.process(0, p.parse(), p.ports, now);
+    };
+    auto pending_packets = [&] {
+        uint64_t n = 0;
+        for (auto &[k, v] : m.flows()) {
+            n += v.a_packets + v.b_packets;
+        }
+        return n;
+    };
+    send(0, 60, 1 * kMs); // new flows: everything pending
+    REQUIRE(m.flows().size() == want.flows.size());
+    CHECK(m.hosts().empty());
+    CHECK(pending_packets() == 60);
+    CHECK(m.counted() == want.hosts);
+    send(0, 60, 5 * kMs); // before fold_ms: still pending
+    CHECK(m.hosts().empty());
+    CHECK(m.counted() == want.hosts);
+    send(0, 30, 12 * kMs); // these flows are due: written, and folded with it
+    CHECK(!m.hosts().empty());
+    CHECK(pending_packets() > 0);
+    CHECK(pending_packets() < 150);
+    CHECK(m.counted() == want.hosts);
+    send(0, 1, 40 * kMs); // a quiet spell: the sweep folds every flow left
+    CHECK(pending_packets() == 0);
+    CHECK(m.hosts() == want.hosts);
+    for (auto &[k, v] : m.flows()) {
+        CHECK(v.owner == 0);
+        CHECK(v.folded_ns >= 12 * kMs);
+    }
+    CHECK(m.host.counter(0, "flows_expired") == 0);
+}
+
+TEST_CASE("mon: flows idle for idle_timeout go, their pending counts folded; each instance sweeps only its own")
+{
+    Mon m("idle_timeout = 1\nfold_ms = 1000\nmax_flows = 64\n", 2, true);
+    Expect want;
+    auto send = [&](uint32_t instance, const Flow &f, uint64_t now) {
+        Packets p;
+        Bytes b = frame(f, 3);
+        want.add(f, b.size());
+        p.add(b);
+        m.host.process(instance, p.parse(), p.ports, now);
+    };
+    const Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1000, 53};
+    const Flow b{6, ip4("10.0.0.2"), ip4("198.51.100.2"), 2000, 80};
+    const Flow c{17, ip4("10.0.0.3"), ip4("198.51.100.3"), 3000, 53};
+    send(0, a, 1 * kMs);
+    send(0, a, 2 * kMs);
+    send(1, b, 1 * kMs);
+    // Instance 1 sweeps 2 s later: a is idle past the timeout but not its flow.
+    send(1, c, 2000 * kMs);
+    CHECK(m.flows().size() == 2); // a (instance 0's) and c; b went
+    CHECK(m.host.counter(1, "flows_expired") == 1);
+    CHECK(m.counted() == want.hosts);
+    for (auto &[k, v] : m.flows()) {
+        CHECK(v.owner == (rd32(k.data()) == ip4("10.0.0.1") ? 0u : 1u));
+    }
+    // Instance 0's own sweep removes a, folding its two pending packets.
+    send(0, c, 2001 * kMs); // c is now instance 0's: the host steered it there
+    CHECK(m.flows().size() == 1);
+    CHECK(m.host.counter(0, "flows_expired") == 1);
+    CHECK(m.hosts()[mapped(ip4("10.0.0.1"))] == want.hosts[mapped(ip4("10.0.0.1"))]);
+    CHECK(m.counted() == want.hosts);
+    CHECK(m.flows().begin()->second.owner == 0);
+    CHECK(m.flows().begin()->second.packets == 2);
 }
 
 TEST_CASE("mon: config errors name file:line and fail init")
@@ -325,6 +469,8 @@ TEST_CASE("mon: config errors name file:line and fail init")
         {"max_flows = \"many\"\n", 2, "max_flows: expected an integer"},
         {"merge_ms = -1\n", 2, "merge_ms: -1 is out of range"},
         {"max_flows = 10\nmax_hosts = 0\n", 3, "max_hosts: 0 is out of range"},
+        {"fold_ms = -5\n", 2, "fold_ms: -5 is out of range"},
+        {"idle_timeout = \"1h\"\n", 2, "idle_timeout: expected an integer"},
     };
     for (const Case &c : cases) {
         CAPTURE(c.config);

@@ -74,6 +74,10 @@ struct MockTable {
     uint64_t active = 0; // bit i: instance i has a cell
     // per-flow / global-read: one value; global/write: cells[0] base, cells[1 + i]
     std::map<Bytes, std::vector<Bytes>> entries;
+    // Per-flow: the slot (0..capacity) each key sits in, for scan_state;
+    // an entry keeps its slot while it lives, as in the host's tables.
+    std::vector<Bytes> slot_key;
+    std::map<Bytes, uint64_t> slot_of;
 
     bool global_write() const { return (flags & SERPENS_STATE_GLOBAL) && (flags & SERPENS_STATE_WRITE); }
     bool release() const { return flags & SERPENS_STATE_RELEASE; }
@@ -173,6 +177,13 @@ public:
     // The API table handed to the NF: tests may clear optional entries
     // before init to play an older host.
     serpens_host_api &api() { return _api; }
+    // Offers scan_state and table_slots (ABI 1.2), off by default: the NFs
+    // then run as on a host without them unless a test asks.
+    void enable_scan()
+    {
+        _api.scan_state = &MockHost::s_scan;
+        _api.table_slots = &MockHost::s_slots;
+    }
     uint64_t counter(uint32_t id, const std::string &name)
     {
         auto &m = _ctxs.at(id).mock.counters;
@@ -334,6 +345,15 @@ private:
             }
             std::size_t cells = t.global_write() ? 1 + kMockMaxInstances : 1;
             it = t.entries.emplace(k, std::vector<Bytes>(cells, Bytes(t.value_size, 0))).first;
+            if (!t.global_write()) {
+                t.slot_key.resize(t.capacity);
+                uint64_t free = 0;
+                while (!t.slot_key[free].empty()) {
+                    ++free;
+                }
+                t.slot_key[free] = k;
+                t.slot_of[k] = free;
+            }
         }
         auto *p = static_cast<const uint8_t *>(value);
         it->second[t.global_write() ? 1 + h.instance : 0].assign(p, p + t.value_size);
@@ -341,8 +361,34 @@ private:
     }
     static int s_delete(serpens_table *th, const void *key)
     {
-        MockHandle &h = handle(th);
-        return h.table->entries.erase(key_of(*h.table, key)) ? SERPENS_OK : SERPENS_ENOENT;
+        MockTable &t = *handle(th).table;
+        const Bytes k = key_of(t, key);
+        if (auto it = t.slot_of.find(k); it != t.slot_of.end()) {
+            t.slot_key[it->second].clear();
+            t.slot_of.erase(it);
+        }
+        return t.entries.erase(k) ? SERPENS_OK : SERPENS_ENOENT;
+    }
+    static uint64_t s_slots(serpens_table *th) { return handle(th).table->capacity; }
+    static int s_scan(serpens_table *th, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
+    {
+        MockTable &t = *handle(th).table;
+        if (t.global_write() || t.capacity == 0) {
+            return SERPENS_ENOTSUP;
+        }
+        t.slot_key.resize(t.capacity);
+        uint64_t i = *cursor % t.capacity;
+        for (uint64_t n = 0; n < std::min<uint64_t>(max_slots, t.capacity); ++n, i = (i + 1) % t.capacity) {
+            const Bytes &k = t.slot_key[i];
+            if (!k.empty()) {
+                std::memcpy(key_out, k.data(), k.size());
+                std::memcpy(value_out, t.entries.at(k)[0].data(), t.value_size);
+                *cursor = (i + 1) % t.capacity;
+                return SERPENS_OK;
+            }
+        }
+        *cursor = i;
+        return SERPENS_ENOENT;
     }
     static uint64_t s_bulk(serpens_table *th, const void *keys, uint32_t n, void *values)
     {
