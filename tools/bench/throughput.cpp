@@ -636,8 +636,8 @@ private:
             "lcores = [{}]\n",
             two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
                       : "everything on the main lcore (one core)",
-            getpid(), chain, _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst, chain,
-            instance_lcore);
+            getpid(), chain, _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst,
+            chain, instance_lcore);
         if (!out) {
             throw std::runtime_error("cannot write " + path.string());
         }

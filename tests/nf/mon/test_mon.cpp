@@ -378,7 +378,7 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
     CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
 }
 
-TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet flow's through the sweep; none lost, none twice")
+TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")
 {
     Mon m("fold_ms = 10\nmax_flows = 64\n", 1, true);
     CHECK((m.host.table("flows")->flags & SERPENS_STATE_NF_EXPIRY) != 0);
