@@ -95,6 +95,17 @@ uint64_t shim_add_bulk(serpens_table *t, const void *keys, uint32_t n, const uin
     return h->table->cell_add_bulk(keys, n, h->cell, deltas);
 }
 
+uint64_t shim_update_bulk(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                          void *values_out)
+{
+    TableHandle *h = from_abi(t);
+    if (h->kind != TableKind::per_flow || !(h->table->flags() & SERPENS_STATE_WRITE) || rows == nullptr ||
+        ops == nullptr) {
+        return 0;
+    }
+    return h->table->update_bulk(keys, n, rows, ops, values_out);
+}
+
 int shim_scan(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
 {
     if (cursor == nullptr) {
@@ -155,6 +166,7 @@ void install_host_api(serpens_host_api &api)
     api.add_state_bulk = &shim_add_bulk;
     api.scan_state = &shim_scan;
     api.table_slots = &shim_table_slots;
+    api.update_state_bulk = &shim_update_bulk;
 }
 
 } // namespace serpens::state

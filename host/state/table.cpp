@@ -647,6 +647,7 @@ template <uint32_t KW, uint32_t VW> void Table::use_shape() noexcept
     _get = &Table::get_as<KW, VW>;
     _get_bulk = &Table::get_bulk_as<KW, VW>;
     _put = &Table::put_as<KW, VW>;
+    _update_bulk = &Table::update_bulk_as<KW, VW>;
     _cell_add_bulk = &Table::cell_add_bulk_as<KW, VW>;
 }
 
@@ -855,6 +856,77 @@ template <uint32_t KW, uint32_t VW> int Table::put_as(const void *key, const voi
 int Table::put(const void *key, const void *value) noexcept
 {
     return (this->*_put)(key, value);
+}
+
+template <uint32_t KW, uint32_t VW>
+uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                               void *out) noexcept
+{
+    if (n > max_bulk) {
+        n = max_bulk;
+    }
+    KeyBuf kb[max_bulk];
+    const auto *kp = static_cast<const uint8_t *>(keys);
+    // Hash every key and fetch its home slot first, so the n misses overlap.
+    for (uint32_t i = 0; i < n; ++i) {
+        load_key<KW>(kb[i], kp + static_cast<std::size_t>(i) * kbytes<KW>());
+        __builtin_prefetch(slot(home(kb[i].h)), 1);
+    }
+    const uint32_t vw = vwords<VW>();
+    uint64_t mask = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint64_t *row = rows + static_cast<std::size_t>(i) * vw;
+        uint64_t *res = out != nullptr ? static_cast<uint64_t *>(out) + static_cast<std::size_t>(i) * vw : nullptr;
+        for (;;) {
+            Probe p = probe_for_write<KW>(kb[i]);
+            if (p.found == npos) {
+                const int r = insert(kb[i], p, row);
+                if (r == err_again) {
+                    continue;
+                }
+                if (r == SERPENS_OK) {
+                    mask |= 1ull << i;
+                    if (res != nullptr) {
+                        std::memcpy(res, row, 8ull * vw);
+                    }
+                }
+                break;
+            }
+            SlotHeader *s = slot(p.found);
+            const uint64_t c = p.found_ctl;
+            if ((c & ctl_w) || !cas(&s->ctl, c, c | ctl_w)) {
+                cpu_relax(); // another writer of this key; look again
+                continue;
+            }
+            const uint32_t nb = ctl_buf(c) ^ 1u;
+            const uint64_t *src = vbuf<KW, VW>(s, ctl_buf(c));
+            uint64_t *dst = vbuf<KW, VW>(s, nb);
+            for (uint32_t w = 0; w < vw; ++w) {
+                const uint64_t old = ld_rlx(src + w);
+                const uint64_t v = ops[w] == SERPENS_WORD_ADD   ? old + row[w]
+                                   : ops[w] == SERPENS_WORD_SET ? row[w]
+                                                                : old;
+                st_rlx(dst + w, v);
+                if (res != nullptr) {
+                    res[w] = v;
+                }
+            }
+            touch(s);
+            st_rel(&s->ctl, ctl_next(c, slot_live, nb));
+            mask |= 1ull << i;
+            break;
+        }
+    }
+    return mask;
+}
+
+uint64_t Table::update_bulk(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                            void *out) noexcept
+{
+    if (_kind != TableKind::per_flow || _ro || _value_size % 8 != 0 || n == 0) {
+        return 0;
+    }
+    return (this->*_update_bulk)(keys, n, rows, ops, out);
 }
 
 int Table::del(const void *key) noexcept

@@ -144,6 +144,12 @@ public:
     int del(const void *key) noexcept;
     // n <= 64 keys back to back; hits copied to values + i * value_size.
     uint64_t get_bulk(const void *keys, uint32_t n, void *values) noexcept;
+    // Per-flow, value of whole words: for key i, row i applied word by word
+    // (ops[w]: SERPENS_WORD_ADD / SET / KEEP), or inserted as the value when
+    // absent; one probe and one atomic write per key.  Results copied to
+    // out + i * value_size when out is not null.  Returns the mask of keys
+    // written (not: table full, counted); 0 for other tables.
+    uint64_t update_bulk(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops, void *out) noexcept;
 
     // Per-flow and global/read: looks at up to max_slots slots from
     // *cursor (taken modulo n_slots) and copies out the first live entry,
@@ -310,6 +316,9 @@ private:
     template <uint32_t KW, uint32_t VW> uint64_t get_bulk_as(const void *keys, uint32_t n, void *values) noexcept;
     template <uint32_t KW, uint32_t VW> int put_as(const void *key, const void *value) noexcept;
     template <uint32_t KW, uint32_t VW>
+    uint64_t update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                            void *out) noexcept;
+    template <uint32_t KW, uint32_t VW>
     uint64_t cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cell, const uint64_t *deltas) noexcept;
     template <uint32_t KW, uint32_t VW> void use_shape() noexcept;
     void pick_shape() noexcept;
@@ -336,6 +345,8 @@ private:
     int (Table::*_get)(const void *, void *) noexcept = nullptr;
     uint64_t (Table::*_get_bulk)(const void *, uint32_t, void *) noexcept = nullptr;
     int (Table::*_put)(const void *, const void *) noexcept = nullptr;
+    uint64_t (Table::*_update_bulk)(const void *, uint32_t, const uint64_t *, const uint8_t *, void *) noexcept =
+        nullptr;
     uint64_t (Table::*_cell_add_bulk)(const void *, uint32_t, uint32_t, const uint64_t *) noexcept = nullptr;
     std::filesystem::path _path;
     std::string _name;

@@ -34,7 +34,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 2
+#define SERPENS_ABI_MINOR 3
 
 /* The name of the one symbol every plugin exports. */
 #define SERPENS_NF_ENTRY_SYMBOL "serpens_nf_entry"
@@ -286,7 +286,28 @@ struct serpens_host_api {
     int (*scan_state)(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out);
     /* The number of slots scan_state walks over: fixed for a table's life. */
     uint64_t (*table_slots)(serpens_table *t);
+
+    /* --- ABI 1.3 and later: valid when struct_size covers them --- */
+
+    /* Read-modify-write of n <= 64 entries of a PER_FLOW|WRITE table whose
+     * value is value_size / 8 uint64 words, in one probe per key (misses of
+     * the n keys overlapped): for key i, row i (value_size / 8 words) is
+     * applied word by word as ops[w] says (SERPENS_WORD_*, one per word, the
+     * same for every key); an absent key is created with row i as its
+     * value.  Each update is one atomic write, as put_state's.  When
+     * values_out is not NULL the resulting values are copied there (key i's
+     * at i * value_size).  Returns the mask of keys written; a key is not
+     * when the table is full (counted as put_state's).  Other tables: 0,
+     * nothing written.  Same thread rules as put_state: one writer per key
+     * (the host steers a flow to one instance). */
+    uint64_t (*update_state_bulk)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
+                                  const uint8_t *ops, void *values_out);
 };
+
+/* update_state_bulk's operations on one value word. */
+#define SERPENS_WORD_ADD 0u  /* word += row word */
+#define SERPENS_WORD_SET 1u  /* word = row word */
+#define SERPENS_WORD_KEEP 2u /* word unchanged (a new entry takes the row's) */
 
 /* True when `api` provides the member `field` (appended after ABI 1.0). */
 #define SERPENS_HOST_HAS(api, field)                                                           \

@@ -248,6 +248,86 @@ TEST_CASE("state-perflow: a full table refuses new flows cleanly and counts it")
     CHECK(t->put(k, v) == SERPENS_OK); // room again
 }
 
+TEST_CASE("state-perflow: update_bulk adds, sets or keeps each word, inserts absent keys, refuses when full")
+{
+    for (const uint32_t words : {4u, 10u}) { // the specialised value copy and the general one
+        CAPTURE(words);
+        ScratchDir d("update");
+        std::string err;
+        auto t = Table::open(d.path / "flows.tbl", TableSpec{"flows", PF | WR, 16, 8 * words, 8, 0}, err);
+        REQUIRE_MESSAGE(t, err);
+        std::vector<uint8_t> ops(words);
+        for (uint32_t w = 0; w < words; ++w) {
+            ops[w] = w % 3 == 0 ? SERPENS_WORD_ADD : w % 3 == 1 ? SERPENS_WORD_SET : SERPENS_WORD_KEEP;
+        }
+        auto keys = [](std::initializer_list<uint64_t> ids) {
+            std::vector<uint64_t> k;
+            for (uint64_t id : ids) {
+                k.push_back(id), k.push_back(~id);
+            }
+            return k;
+        };
+        auto row = [&](uint64_t id, uint64_t round) {
+            std::vector<uint64_t> r(words);
+            for (uint32_t w = 0; w < words; ++w) {
+                r[w] = 1000 * round + 10 * id + w;
+            }
+            return r;
+        };
+        // What the entry of `id` holds after rounds 1..`rounds` of updates.
+        auto expected = [&](uint64_t id, uint64_t rounds) {
+            std::vector<uint64_t> v = row(id, 1);
+            for (uint64_t r = 2; r <= rounds; ++r) {
+                const auto x = row(id, r);
+                for (uint32_t w = 0; w < words; ++w) {
+                    v[w] = ops[w] == SERPENS_WORD_ADD ? v[w] + x[w] : ops[w] == SERPENS_WORD_SET ? x[w] : v[w];
+                }
+            }
+            return v;
+        };
+        auto update = [&](std::initializer_list<uint64_t> ids, uint64_t round, std::vector<uint64_t> *out) {
+            const auto k = keys(ids);
+            std::vector<uint64_t> rows;
+            for (uint64_t id : ids) {
+                const auto r = row(id, round);
+                rows.insert(rows.end(), r.begin(), r.end());
+            }
+            if (out != nullptr) {
+                out->assign(rows.size(), 0);
+            }
+            return t->update_bulk(k.data(), static_cast<uint32_t>(ids.size()), rows.data(), ops.data(),
+                                  out != nullptr ? out->data() : nullptr);
+        };
+        std::vector<uint64_t> out;
+        CHECK(update({0, 1, 2, 3, 4, 5}, 1, &out) == 0x3f); // all new: the rows are the values
+        CHECK(std::vector<uint64_t>(out.begin(), out.begin() + words) == expected(0, 1));
+        CHECK(update({0, 1, 2}, 2, nullptr) == 0x7);
+        CHECK(update({0, 1, 2, 6}, 3, &out) == 0xf);
+        for (uint64_t id = 0; id < 7; ++id) {
+            CAPTURE(id);
+            const uint64_t rounds = id < 3 ? 3 : id < 6 ? 1 : 0;
+            std::vector<uint64_t> got(words);
+            const auto k = keys({id});
+            CHECK(t->get(k.data(), got.data()) == SERPENS_OK);
+            std::vector<uint64_t> want = id < 6 ? expected(id, rounds) : row(6, 3);
+            CHECK(got == want);
+        }
+        CHECK(std::vector<uint64_t>(out.begin(), out.begin() + words) == expected(0, 3));
+        CHECK(std::vector<uint64_t>(out.begin() + 3 * words, out.end()) == row(6, 3));
+        CHECK(update({7, 8}, 1, nullptr) == 0x1); // 8 live entries: key 8 does not fit
+        CHECK(t->header().refused_full == 1);
+        CHECK(t->live() == 8);
+    }
+    ScratchDir d("update-global");
+    std::string err;
+    auto g = Table::open(d.path / "g.tbl", TableSpec{"g", GL | RD, 16, 32, 8, 0}, err);
+    REQUIRE(g);
+    const uint64_t k[2] = {1, 2}, r[4] = {1, 2, 3, 4};
+    const uint8_t ops[4] = {};
+    CHECK(g->update_bulk(k, 1, r, ops, nullptr) == 0); // per-flow tables only
+    CHECK(g->live() == 0);
+}
+
 TEST_CASE("state-perflow: idle expiry is incremental and keeps touched flows")
 {
     ScratchDir d("exp");
