@@ -28,8 +28,9 @@
  *   same key the host's parser uses for steering.  Frames the host could not
  *   parse are counted (`unparsed`) and passed.
  *
- *   A batch sums its packets per flow first, then updates each flow with one
- *   bulk lookup (per 64 flows) and one put.
+ *   A batch sums its packets per flow first, then updates up to 64 flows with
+ *   one update_state_bulk (host ABI 1.3: counts added, last seen set, one
+ *   probe per flow); on an older host, one bulk lookup and one put per flow.
  *
  *   Host counts are eventually consistent (paper §III-A1), in two steps.
  *    1. Fold: a flow's entry keeps the packets and bytes each endpoint sent
@@ -93,7 +94,8 @@
  * HOST ABI
  *   1.1 or later when merge_ms > 0 (a table-wide merge timer: the NULL key).
  *   Uses add_state_bulk when the host has it, else get_state + put_state;
- *   scan_state (1.2) for the sweep, else folds at every batch.
+ *   scan_state (1.2) for the sweep, else folds at every batch;
+ *   update_state_bulk (1.3) for the flows, else get_state_bulk + put_state.
  *
  * COUNTERS
  *   See MON_COUNTERS below.
@@ -179,8 +181,9 @@ struct mon {
     uint64_t fold_ns; /* 0: fold at every write */
     uint64_t idle_ns; /* 0: flows never expire here */
     uint64_t *counter[MON_N_COUNTERS];
-    int have_add; /* the host has add_state_bulk (ABI 1.1) */
-    int scan;     /* the host has scan_state (ABI 1.2): mon sweeps its flows */
+    int have_add;    /* the host has add_state_bulk (ABI 1.1) */
+    int scan;        /* the host has scan_state (ABI 1.2): mon sweeps its flows */
+    int have_update; /* update_state_bulk (ABI 1.3), and fold_ms > 0 */
     struct serpens_sweep sweep;
 
     /* One chunk's sums, deduplicated through small open-addressing indexes
@@ -193,6 +196,7 @@ struct mon {
     uint8_t host_at[MON_HOST_SLOTS];
     struct mon_flow_key fkey[MON_CHUNK];
     struct mon_flow_val fval[MON_CHUNK];
+    struct mon_flow_val frow[MON_CHUNK]; /* update_state_bulk's rows */
     uint64_t fdelta[MON_CHUNK][MON_DIR_WORDS];
     uint8_t hkey[2 * MON_CHUNK][16];
     uint64_t hdelta[2 * MON_CHUNK][MON_HOST_WORDS];
@@ -366,8 +370,64 @@ static void mon_take_pending(struct mon_flow_val *v, uint64_t out[MON_DIR_WORDS]
 
 /* ---- per-flow counts ---------------------------------------------------- */
 
+/* A flow's row for update_state_bulk, and what each of its words does. */
+static const uint8_t mon_flow_ops[sizeof(struct mon_flow_val) / 8] = {
+    SERPENS_WORD_ADD, SERPENS_WORD_ADD,  /* packets, bytes */
+    SERPENS_WORD_KEEP, SERPENS_WORD_SET, /* first_ns, last_ns */
+    SERPENS_WORD_ADD, SERPENS_WORD_ADD, SERPENS_WORD_ADD, SERPENS_WORD_ADD, /* pending */
+    SERPENS_WORD_KEEP, SERPENS_WORD_SET, /* folded_ns, owner */
+};
+_Static_assert(offsetof(struct mon_flow_val, pending) == 32 && offsetof(struct mon_flow_val, owner) == 72,
+               "mon_flow_ops follows struct mon_flow_val");
+
+/* Where the host has update_state_bulk: one read-modify-write per flow (the
+ * counts added, last_ns and owner set), and a put only for the flows whose
+ * fold is due, once per fold_ms each. */
+static void mon_update_flows(struct mon *m, uint64_t now)
+{
+    const uint32_t n = m->n_flows;
+    for (uint32_t j = 0; j < n; ++j) {
+        const uint64_t *d = m->fdelta[j];
+        struct mon_flow_val *r = &m->frow[j];
+        r->packets = d[MON_A_PACKETS] + d[MON_B_PACKETS];
+        r->bytes = d[MON_A_BYTES] + d[MON_B_BYTES];
+        r->first_ns = r->last_ns = r->folded_ns = now;
+        memcpy(r->pending, d, sizeof r->pending);
+        r->owner = m->ctx->instance_id;
+    }
+    const uint64_t written = m->host->update_state_bulk(m->flows, m->fkey, n, (const uint64_t *)m->frow,
+                                                        mon_flow_ops, m->fval);
+    for (uint32_t j = 0; j < n; ++j) {
+        const uint64_t *d = m->fdelta[j];
+        if (!(written & (1ull << j))) {
+            /* The table is full: the hosts still count this chunk's packets. */
+            mon_fold(m, &m->fkey[j], d);
+            mon_add(m, MON_C_FLOW_TABLE_FULL, m->frow[j].packets);
+            continue;
+        }
+        struct mon_flow_val *v = &m->fval[j];
+        if (v->packets == m->frow[j].packets) {
+            mon_add(m, MON_C_FLOWS_NEW, 1); /* an entry holds at least one packet */
+        }
+        if (now - v->folded_ns < m->fold_ns && now >= v->folded_ns) {
+            continue;
+        }
+        uint64_t fold[MON_DIR_WORDS];
+        mon_take_pending(v, fold, now);
+        if (m->host->put_state(m->flows, &m->fkey[j], v) == SERPENS_OK) {
+            mon_fold(m, &m->fkey[j], fold);
+        } else {
+            mon_add(m, MON_C_STATE_ERRORS, 1); /* the counts stay pending in the entry */
+        }
+    }
+}
+
 static void mon_flush_flows(struct mon *m, uint64_t now)
 {
+    if (m->have_update) {
+        mon_update_flows(m, now);
+        return;
+    }
     uint32_t n = m->n_flows;
     const uint64_t hit = serpens_get_state_bulk(m->host, m->flows, m->fkey, n, m->fval, sizeof m->fkey[0],
                                                 sizeof m->fval[0]);
@@ -655,6 +715,8 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         m->sweep.period_ns = m->idle_ns / 2;
     }
     m->sweep.last_ns = h->now_ns();
+    /* With fold_ms = 0 every write folds: get + put is then one write less. */
+    m->have_update = SERPENS_HOST_HAS(h, update_state_bulk) && m->fold_ns != 0;
     if (h->create_table == NULL || h->get_state == NULL || h->put_state == NULL || h->timer == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "mon: this host provides no state API");
         return SERPENS_ENOTSUP;

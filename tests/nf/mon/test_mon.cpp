@@ -77,12 +77,16 @@ HostCounts &operator+=(HostCounts &a, const HostCounts &b)
 
 struct Mon {
     MockHost host{mon()};
-    // scan: the host offers scan_state (ABI 1.2), so mon sweeps its flows.
-    explicit Mon(const std::string &cfg = "", uint32_t instances = 1, bool scan = false)
+    // scan: the host offers scan_state (ABI 1.2), so mon sweeps its flows;
+    // update: it offers update_state_bulk (ABI 1.3).
+    explicit Mon(const std::string &cfg = "", uint32_t instances = 1, bool scan = false, bool update = true)
     {
         host.set_config(cfg);
         if (scan) {
             host.enable_scan();
+        }
+        if (!update) {
+            host.api().update_state_bulk = nullptr;
         }
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
@@ -380,7 +384,10 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
 
 TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")
 {
-    Mon m("fold_ms = 10\nmax_flows = 64\n", 1, true);
+    bool update = true;
+    SUBCASE("flows written by update_state_bulk") {}
+    SUBCASE("flows written by get and put (a host before ABI 1.3)") { update = false; }
+    Mon m("fold_ms = 10\nmax_flows = 64\n", 1, true, update);
     CHECK((m.host.table("flows")->flags & SERPENS_STATE_NF_EXPIRY) != 0);
     Expect want;
     auto flows = traffic(60);
@@ -421,6 +428,8 @@ TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's b
         CHECK(v.folded_ns >= 12 * kMs);
     }
     CHECK(m.host.counter(0, "flows_expired") == 0);
+    CHECK(m.host.counter(0, "flows_new") == want.flows.size());
+    CHECK((m.host.bulk_updates > 0) == update);
 }
 
 TEST_CASE("mon: flows idle for idle_timeout go, their pending counts folded; each instance sweeps only its own")

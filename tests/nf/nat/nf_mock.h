@@ -118,6 +118,7 @@ public:
         _api.trigger = &MockHost::s_trigger;
         _api.counter = &MockHost::s_counter;
         _api.add_state_bulk = &MockHost::s_add_bulk;
+        _api.update_state_bulk = &MockHost::s_update_bulk;
         current() = this;
     }
     ~MockHost()
@@ -262,7 +263,7 @@ public:
 
     std::vector<std::string> logs;
     std::vector<std::pair<std::string, uint64_t>> timers; // table name, period
-    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0;
+    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0, bulk_updates = 0;
     bool null_key_timers = false; // a timer was set with key NULL (every key)
     uint64_t now_value = 0;
 
@@ -368,6 +369,39 @@ private:
             t.slot_of.erase(it);
         }
         return t.entries.erase(k) ? SERPENS_OK : SERPENS_ENOENT;
+    }
+    // Per-flow read-modify-write of uint64 words (ABI 1.3).
+    static uint64_t s_update_bulk(serpens_table *th, const void *keys, uint32_t n, const uint64_t *rows,
+                                  const uint8_t *ops, void *out)
+    {
+        MockHandle &h = handle(th);
+        MockTable &t = *h.table;
+        if (t.global_write() || !(t.flags & SERPENS_STATE_WRITE) || t.value_size % 8 != 0) {
+            return 0;
+        }
+        ++h.host->bulk_updates;
+        const std::size_t words = t.value_size / 8;
+        uint64_t mask = 0;
+        for (uint32_t i = 0; i < n && i < 64; ++i) {
+            const auto *key = static_cast<const uint8_t *>(keys) + std::size_t{i} * t.key_size;
+            std::vector<uint64_t> v(rows + i * words, rows + (i + 1) * words);
+            auto it = t.entries.find(key_of(t, key));
+            if (it != t.entries.end()) {
+                for (std::size_t w = 0; w < words; ++w) {
+                    uint64_t old;
+                    std::memcpy(&old, it->second[0].data() + 8 * w, 8);
+                    v[w] = ops[w] == SERPENS_WORD_ADD ? old + v[w] : ops[w] == SERPENS_WORD_SET ? v[w] : old;
+                }
+            }
+            if (s_put(th, key, v.data()) != SERPENS_OK) {
+                continue;
+            }
+            if (out != nullptr) {
+                std::memcpy(static_cast<uint8_t *>(out) + i * t.value_size, v.data(), t.value_size);
+            }
+            mask |= 1ull << i;
+        }
+        return mask;
     }
     static uint64_t s_slots(serpens_table *th) { return handle(th).table->capacity; }
     static int s_scan(serpens_table *th, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
