@@ -600,23 +600,16 @@ int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value
 template <uint32_t KW, uint32_t VW>
 uint64_t Table::get_bulk_as(const void *keys, uint32_t n, void *values) noexcept
 {
-    if (n > max_bulk) {
-        n = max_bulk;
-    }
     KeyBuf kb[max_bulk];
-    const auto *kp = static_cast<const uint8_t *>(keys);
     auto *vp = static_cast<uint8_t *>(values);
-    const std::size_t ks = kbytes<KW>(), vs = vbytes<VW>();
+    const std::size_t vs = vbytes<VW>();
     // In stages, so the cache misses of all n keys overlap at every step of
     // their probe sequences rather than only at the first: hash every key and
     // fetch its home slot; then settle the keys found at home (or missing)
     // while fetching the next slot of the others; then finish those.  A
     // quarter of the keys are displaced at 50% load, and each displaced one
     // used to cost a full serial miss.
-    for (uint32_t i = 0; i < n; ++i) {
-        load_key<KW>(kb[i], kp + i * ks);
-        __builtin_prefetch(slot(home(kb[i].h)));
-    }
+    n = load_keys<KW>(keys, n, kb, [&](const KeyBuf &k) { __builtin_prefetch(slot(home(k.h))); });
     uint64_t mask = 0, displaced = 0;
     for (uint32_t i = 0; i < n; ++i) {
         const std::size_t h = home(kb[i].h);
@@ -862,16 +855,9 @@ template <uint32_t KW, uint32_t VW>
 uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
                                void *out) noexcept
 {
-    if (n > max_bulk) {
-        n = max_bulk;
-    }
     KeyBuf kb[max_bulk];
-    const auto *kp = static_cast<const uint8_t *>(keys);
     // Hash every key and fetch its home slot first, so the n misses overlap.
-    for (uint32_t i = 0; i < n; ++i) {
-        load_key<KW>(kb[i], kp + static_cast<std::size_t>(i) * kbytes<KW>());
-        __builtin_prefetch(slot(home(kb[i].h)), 1);
-    }
+    n = load_keys<KW>(keys, n, kb, [&](const KeyBuf &k) { __builtin_prefetch(slot(home(k.h)), 1); });
     const uint32_t vw = vwords<VW>();
     uint64_t mask = 0;
     for (uint32_t i = 0; i < n; ++i) {
@@ -1095,21 +1081,16 @@ uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, con
 template <uint32_t KW, uint32_t VW>
 uint64_t Table::cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cellno, const uint64_t *deltas) noexcept
 {
-    if (n > max_bulk) {
-        n = max_bulk;
-    }
     KeyBuf kb[max_bulk];
-    const auto *kp = static_cast<const uint8_t *>(keys);
     // Hash everything and prefetch each home slot's header and our cell
     // first, so the misses of the n keys overlap.
-    for (uint32_t i = 0; i < n; ++i) {
-        load_key<KW>(kb[i], kp + static_cast<std::size_t>(i) * kbytes<KW>());
-        SlotHeader *s = slot(home(kb[i].h));
+    n = load_keys<KW>(keys, n, kb, [&](const KeyBuf &k) {
+        SlotHeader *s = slot(home(k.h));
         __builtin_prefetch(s);
         uint64_t *cp = cell(s, cellno);
         __builtin_prefetch(cp, 1);
         __builtin_prefetch(cp + 2 * _vw, 1);
-    }
+    });
     uint64_t mask = 0;
     for (uint32_t i = 0; i < n; ++i) {
         if (cell_add<KW, VW>(kb[i], cellno, deltas + static_cast<std::size_t>(i) * _vw) == SERPENS_OK) {

@@ -264,6 +264,20 @@ private:
         }
         k.h = hash_key(k.w, kwords<KW>());
     }
+    // The first min(n, max_bulk) keys of a bulk call into kb, calling
+    // fetch(kb[i]) after each so its prefetches start while the rest hash.
+    // Returns how many.
+    template <uint32_t KW, class Fetch>
+    uint32_t load_keys(const void *keys, uint32_t n, KeyBuf *kb, Fetch &&fetch) const noexcept
+    {
+        n = n < max_bulk ? n : max_bulk;
+        const auto *kp = static_cast<const uint8_t *>(keys);
+        for (uint32_t i = 0; i < n; ++i) {
+            load_key<KW>(kb[i], kp + static_cast<std::size_t>(i) * kbytes<KW>());
+            fetch(kb[i]);
+        }
+        return n;
+    }
     std::size_t home(uint64_t h) const noexcept
     {
         return static_cast<std::size_t>((static_cast<unsigned __int128>(h) * _n_slots) >> 64);
