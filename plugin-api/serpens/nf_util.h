@@ -151,6 +151,19 @@ static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *
     serpens_st16(l4 + csum_at, hc);
 }
 
+/* An ICMP error, which quotes the packet it is about: destination
+ * unreachable, time exceeded or parameter problem (ICMP), and also packet
+ * too big (ICMPv6). */
+static inline int serpens_is_icmp_error(const struct serpens_pkt *p)
+{
+    if (p->l4_offset == SERPENS_OFFSET_NONE || p->l4_offset >= p->len) {
+        return 0;
+    }
+    const uint8_t type = p->data[p->l4_offset];
+    return (p->l4_proto == 1 && (type == 3 || type == 11 || type == 12)) ||
+           (p->l4_proto == 58 && type >= 1 && type <= 4);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Configuration (init only)                                                 */
 /* ------------------------------------------------------------------------ */
@@ -316,6 +329,74 @@ static inline uint64_t serpens_get_state_bulk(const struct serpens_host_api *hos
         }
     }
     return hit;
+}
+
+/*
+ * The keys an NF wrote since its last bulk lookup (get_state_bulk), so that a
+ * later packet of the same run reads its entry again: the bulk result is
+ * older than that write.  The caller gives the storage (cap keys of key_size
+ * bytes); a one-word filter keeps the common check (no such key) to a hash.
+ * serpens_written_reset before each bulk lookup.
+ */
+struct serpens_written {
+    void *keys;
+    uint32_t key_size;
+    uint32_t cap;
+    uint32_t n;
+    int overflow; /* more keys than cap: every key counts as written */
+    uint64_t bits;
+};
+
+static inline uint64_t serpens_written_bit(const struct serpens_written *w, const void *key)
+{
+    const unsigned char *p = (const unsigned char *)key;
+    uint64_t h = 0;
+    uint32_t i = 0;
+    for (; i + 8 <= w->key_size; i += 8) {
+        uint64_t word;
+        memcpy(&word, p + i, 8);
+        h = (h ^ word) * 0x9e3779b97f4a7c15ull;
+    }
+    for (; i < w->key_size; ++i) {
+        h = (h ^ p[i]) * 0x9e3779b97f4a7c15ull;
+    }
+    return 1ull << (h >> 58);
+}
+
+static inline void serpens_written_reset(struct serpens_written *w)
+{
+    w->n = 0;
+    w->overflow = 0;
+    w->bits = 0;
+}
+
+/* Remembers key.  Beyond cap keys every key counts as written (a re-read
+ * is never wrong, only slower): size the storage for the run. */
+static inline void serpens_written_add(struct serpens_written *w, const void *key)
+{
+    if (w->n == w->cap) {
+        w->overflow = 1;
+        return;
+    }
+    memcpy((unsigned char *)w->keys + (size_t)w->n * w->key_size, key, w->key_size);
+    ++w->n;
+    w->bits |= serpens_written_bit(w, key);
+}
+
+static inline int serpens_written_has(const struct serpens_written *w, const void *key)
+{
+    if (w->overflow) {
+        return 1;
+    }
+    if (w->n == 0 || !(w->bits & serpens_written_bit(w, key))) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < w->n; ++i) {
+        if (memcmp((const unsigned char *)w->keys + (size_t)i * w->key_size, key, w->key_size) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /*

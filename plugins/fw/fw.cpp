@@ -126,8 +126,8 @@ struct Fw {
     uint32_t at[FlowTable::kMaxBulk];
     // Verdict keys written (put or deleted) by decide() since the bulk
     // lookup: their looked-up values may be stale.
-    FlowKey written[2 * FlowTable::kMaxBulk];
-    uint32_t n_written = 0;
+    FlowKey written_keys[2 * FlowTable::kMaxBulk];
+    serpens_written written{written_keys, sizeof(FlowKey), 2 * FlowTable::kMaxBulk, 0, 0, 0};
 };
 
 uint8_t port_of(uint8_t verdict)
@@ -349,17 +349,6 @@ void settle(Fw &fw, serpens_batch *b, uint32_t i, const Verdict &v) noexcept
     *fw.c[C_RELATED] += v.why == WHY_RELATED;
 }
 
-// ICMP errors (destination unreachable, time exceeded, parameter problem;
-// ICMPv6 also packet too big) quote the packet they are about.
-bool is_icmp_error(const serpens_pkt &p) noexcept
-{
-    if (p.l4_offset == SERPENS_OFFSET_NONE || p.l4_offset >= p.len) {
-        return false;
-    }
-    const uint8_t type = p.data[p.l4_offset];
-    return (p.l4_proto == 1 && (type == 3 || type == 11 || type == 12)) || (p.l4_proto == 58 && type >= 1 && type <= 4);
-}
-
 // The ports of a quoted packet starting its L4 header at `l4`, for the
 // protocols that have them; false when the quote is cut before them.
 bool quoted_ports(const serpens_pkt &p, uint32_t l4, bool later_fragment, FlowKey &q) noexcept
@@ -441,16 +430,6 @@ void apply(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, Verdict v, bo
     settle(fw, b, i, v);
 }
 
-bool written_since_bulk(const Fw &fw, const FlowKey &k) noexcept
-{
-    for (uint32_t w = 0; w < fw.n_written; ++w) {
-        if (std::memcmp(&fw.written[w], &k, sizeof k) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
 // One bulk verdict lookup per run of up to 64 packets.  A packet then sees
 // what a get of its own would have: a miss, or a key that decide() wrote or
 // deleted for an earlier packet of the run (its flow's verdict, or the
@@ -464,7 +443,7 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
             if (b->labels[i] != b->self || !key_of(fw, b, i, fw.keys[n])) {
                 continue;
             }
-            if (fw.stateful && is_icmp_error(b->pkts[i])) {
+            if (fw.stateful && serpens_is_icmp_error(&b->pkts[i])) {
                 apply_icmp_error(fw, b, i, fw.keys[n], now);
                 continue;
             }
@@ -474,18 +453,19 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
             continue;
         }
         uint64_t hits = fw.verdicts.get_bulk(fw.keys, n, fw.cached);
-        fw.n_written = 0;
+        serpens_written_reset(&fw.written);
         for (uint32_t j = 0; j < n; ++j) {
             const FlowKey &k = fw.keys[j];
             Verdict v = fw.cached[j];
             bool hit = (hits >> j) & 1;
-            if (!hit || written_since_bulk(fw, k)) {
+            if (!hit || serpens_written_has(&fw.written, &k)) {
                 hit = fw.verdicts.get(&k, &v, now) == SERPENS_OK;
             }
             if (!hit || v.gen != fw.rules.fingerprint) {
-                fw.written[fw.n_written++] = k;
+                serpens_written_add(&fw.written, &k);
                 if (fw.stateful) {
-                    fw.written[fw.n_written++] = reversed(k);
+                    const FlowKey r = reversed(k);
+                    serpens_written_add(&fw.written, &r);
                 }
             }
             apply(fw, b, fw.at[j], k, v, hit, now);
@@ -509,7 +489,7 @@ void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
         if (!key_of(fw, b, i, k)) {
             continue;
         }
-        if (fw.stateful && is_icmp_error(b->pkts[i])) {
+        if (fw.stateful && serpens_is_icmp_error(&b->pkts[i])) {
             apply_icmp_error(fw, b, i, k, now);
             continue;
         }

@@ -135,12 +135,10 @@ struct lb_run {
     struct lb_flow_key key[LB_BULK];
     struct lb_flow_val val[LB_BULK];
     uint32_t n;
-    /* Keys this run wrote (new flows): a later packet of the run with one
-     * of them reads it again, its bulk result being older.  `written_bits`
-     * is a one-word filter in front of the list. */
-    struct lb_flow_key written[2 * LB_BULK];
-    uint32_t n_written;
-    uint64_t written_bits;
+    /* Keys this run wrote (new flows, two each): a later packet of the run
+     * with one of them reads it again, its bulk result being older. */
+    struct lb_flow_key written_keys[2 * LB_BULK];
+    struct serpens_written written;
 };
 
 struct lb {
@@ -276,31 +274,6 @@ static void lb_use(struct lb *l, uint32_t b, uint32_t len, int new_flow)
     u->flows += (uint64_t)new_flow;
 }
 
-/* A key's bit in the run's written filter. */
-static uint64_t lb_key_bit(const struct lb_flow_key *k)
-{
-    return 1ull << ((k->a_ip ^ k->b_ip ^ ((uint32_t)k->a_port << 16 | k->b_port)) * 0x9e3779b9u >> 26);
-}
-
-static void lb_mark_written(struct lb_run *r, const struct lb_flow_key *k)
-{
-    r->written[r->n_written++] = *k;
-    r->written_bits |= lb_key_bit(k);
-}
-
-static int lb_was_written(const struct lb_run *r, const struct lb_flow_key *k)
-{
-    if (!(r->written_bits & lb_key_bit(k))) {
-        return 0;
-    }
-    for (uint32_t w = 0; w < r->n_written; ++w) {
-        if (memcmp(&r->written[w], k, sizeof *k) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* Client -> service: recall the flow's backend (`found`: *val holds it) or
  * pick one, and rewrite the destination. */
 static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, struct lb_flow_val *val,
@@ -331,8 +304,8 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow
         if (rc == SERPENS_OK) {
             rc = l->host->put_state(l->flows, key, val);
         }
-        lb_mark_written(&l->run, &rkey);
-        lb_mark_written(&l->run, key);
+        serpens_written_add(&l->run.written, &rkey);
+        serpens_written_add(&l->run.written, key);
         if (rc != SERPENS_OK) {
             /* Still balanced (the Maglev table keeps the choice stable), but
              * without the memory that survives a backend change. */
@@ -423,11 +396,10 @@ static void lb_run_packets(struct lb *l, struct serpens_batch *batch)
     struct lb_run *r = &l->run;
     const uint64_t hit = serpens_get_state_bulk(l->host, l->flows, r->key, r->n, r->val, sizeof r->key[0],
                                                 sizeof r->val[0]);
-    r->n_written = 0;
-    r->written_bits = 0;
+    serpens_written_reset(&r->written);
     for (uint32_t j = 0; j < r->n; ++j) {
         int found = (int)((hit >> j) & 1u);
-        if (lb_was_written(r, &r->key[j])) {
+        if (serpens_written_has(&r->written, &r->key[j])) {
             found = l->host->get_state(l->flows, &r->key[j], &r->val[j]) == SERPENS_OK;
         }
         struct serpens_pkt *p = &batch->pkts[r->at[j]];
@@ -592,6 +564,9 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     ctx->priv = l;
     l->ctx = ctx;
     l->host = h;
+    l->run.written.keys = l->run.written_keys;
+    l->run.written.key_size = sizeof l->run.written_keys[0];
+    l->run.written.cap = 2 * LB_BULK;
     int rc;
     if ((rc = serpens_config_for_each_string(ctx, config, "lb", "vips", add_vip, l)) != SERPENS_OK ||
         (rc = serpens_config_for_each_string(ctx, config, "lb", "backends", add_backend, l)) != SERPENS_OK) {

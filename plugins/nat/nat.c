@@ -588,17 +588,6 @@ static void nat_rewrite(uint8_t *ip, unsigned addr_at, struct nat_l4 *l4, unsign
 
 /* ---- ICMP errors (RFC 5508 REQ-3) -------------------------------------- */
 
-/* Destination unreachable, time exceeded, parameter problem: the messages
- * that quote a packet of the flow they are about. */
-static int nat_is_icmp_error(const struct serpens_pkt *p)
-{
-    if (p->l4_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l4_offset + 1u) {
-        return 0;
-    }
-    const uint8_t type = p->data[p->l4_offset];
-    return type == 3 || type == 11 || type == 12;
-}
-
 /* Stores a 16- or 32-bit field inside an ICMP message and keeps the
  * message's checksum (at icmp + 2) right.  Fields sit at even offsets. */
 static void nat_icmp_set16(uint8_t *icmp, uint8_t *field, uint16_t now)
@@ -777,7 +766,7 @@ static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct n
         return NAT_K_DONE;
     }
     uint8_t proto = ip[9];
-    if (proto == NAT_PROTO_ICMP && nat_is_icmp_error(p)) {
+    if (proto == NAT_PROTO_ICMP && serpens_is_icmp_error(p)) {
         *port = nat_icmp_error(n, p, ip, outbound);
         return NAT_K_DONE;
     }
