@@ -817,6 +817,32 @@ int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
     return SERPENS_ENOTSUP;
 }
 
+template <uint32_t KW, uint32_t VW, class Fill>
+__attribute__((always_inline)) inline int Table::upsert(const KeyBuf &k, const void *fresh, Fill &&fill) noexcept
+{
+    for (;;) {
+        Probe p = probe_for_write<KW>(k);
+        if (p.found == npos) {
+            const int r = insert(k, p, fresh);
+            if (r != err_again) {
+                return r;
+            }
+            continue;
+        }
+        SlotHeader *s = slot(p.found);
+        const uint64_t c = p.found_ctl;
+        if ((c & ctl_w) || !cas(&s->ctl, c, c | ctl_w)) {
+            cpu_relax(); // another writer of this key; look again
+            continue;
+        }
+        const uint32_t nb = ctl_buf(c) ^ 1u;
+        fill(vbuf<KW, VW>(s, ctl_buf(c)), vbuf<KW, VW>(s, nb));
+        touch(s);
+        st_rel(&s->ctl, ctl_next(c, slot_live, nb));
+        return SERPENS_OK;
+    }
+}
+
 template <uint32_t KW, uint32_t VW> int Table::put_as(const void *key, const void *value) noexcept
 {
     KeyBuf k;
@@ -824,26 +850,8 @@ template <uint32_t KW, uint32_t VW> int Table::put_as(const void *key, const voi
     if (_sealed) {
         return put_sealed(k, value);
     }
-    for (;;) {
-        Probe p = probe_for_write<KW>(k);
-        if (p.found != npos) {
-            SlotHeader *s = slot(p.found);
-            uint64_t c = p.found_ctl;
-            if ((c & ctl_w) || !cas(&s->ctl, c, c | ctl_w)) {
-                cpu_relax(); // another writer of this key; look again
-                continue;
-            }
-            uint32_t nb = ctl_buf(c) ^ 1u;
-            words_in(vbuf<KW, VW>(s, nb), value, vbytes<VW>());
-            touch(s);
-            st_rel(&s->ctl, ctl_next(c, slot_live, nb));
-            return SERPENS_OK;
-        }
-        int r = insert(k, p, value);
-        if (r != err_again) {
-            return r;
-        }
-    }
+    return upsert<KW, VW>(k, value,
+                          [&](const uint64_t *, uint64_t *dst) { words_in(dst, value, vbytes<VW>()); });
 }
 
 int Table::put(const void *key, const void *value) noexcept
@@ -863,30 +871,7 @@ uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *row
     for (uint32_t i = 0; i < n; ++i) {
         const uint64_t *row = rows + static_cast<std::size_t>(i) * vw;
         uint64_t *res = out != nullptr ? static_cast<uint64_t *>(out) + static_cast<std::size_t>(i) * vw : nullptr;
-        for (;;) {
-            Probe p = probe_for_write<KW>(kb[i]);
-            if (p.found == npos) {
-                const int r = insert(kb[i], p, row);
-                if (r == err_again) {
-                    continue;
-                }
-                if (r == SERPENS_OK) {
-                    mask |= 1ull << i;
-                    if (res != nullptr) {
-                        std::memcpy(res, row, 8ull * vw);
-                    }
-                }
-                break;
-            }
-            SlotHeader *s = slot(p.found);
-            const uint64_t c = p.found_ctl;
-            if ((c & ctl_w) || !cas(&s->ctl, c, c | ctl_w)) {
-                cpu_relax(); // another writer of this key; look again
-                continue;
-            }
-            const uint32_t nb = ctl_buf(c) ^ 1u;
-            const uint64_t *src = vbuf<KW, VW>(s, ctl_buf(c));
-            uint64_t *dst = vbuf<KW, VW>(s, nb);
+        const int r = upsert<KW, VW>(kb[i], row, [&](const uint64_t *src, uint64_t *dst) {
             for (uint32_t w = 0; w < vw; ++w) {
                 const uint64_t old = ld_rlx(src + w);
                 const uint64_t v = ops[w] == SERPENS_WORD_ADD   ? old + row[w]
@@ -897,10 +882,13 @@ uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *row
                     res[w] = v;
                 }
             }
-            touch(s);
-            st_rel(&s->ctl, ctl_next(c, slot_live, nb));
+            res = nullptr; // written: not the inserted row
+        });
+        if (r == SERPENS_OK) {
             mask |= 1ull << i;
-            break;
+            if (res != nullptr) { // inserted: the value is the row
+                std::memcpy(res, row, 8ull * vw);
+            }
         }
     }
     return mask;

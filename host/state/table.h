@@ -328,6 +328,12 @@ private:
     inline int lookup(const KeyBuf &k, void *out, uint64_t skip = 0) noexcept;
     template <uint32_t KW, uint32_t VW> int get_as(const void *key, void *value_out) noexcept;
     template <uint32_t KW, uint32_t VW> uint64_t get_bulk_as(const void *keys, uint32_t n, void *values) noexcept;
+    // Inserts `fresh` when k is absent, else rewrites k's value: fill(cur,
+    // next) writes the next value's words from the current ones into the
+    // inactive buffer, published with one flip.  The writer protocol shared
+    // by put and update_bulk.
+    template <uint32_t KW, uint32_t VW, class Fill>
+    inline int upsert(const KeyBuf &k, const void *fresh, Fill &&fill) noexcept;
     template <uint32_t KW, uint32_t VW> int put_as(const void *key, const void *value) noexcept;
     template <uint32_t KW, uint32_t VW>
     uint64_t update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
