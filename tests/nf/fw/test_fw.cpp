@@ -172,6 +172,20 @@ PacketKey random_packet(std::mt19937 &rng)
     return p;
 }
 
+// Starts an fw instance on h with `rules` as its rules file and `more`
+// after the rules line of its config.
+Ctx *start_fw(MockHost &h, const std::string &rules, const std::string &more = "")
+{
+    h.write("fw.rules", rules);
+    h.set_config("rules = \"fw.rules\"\n" + more);
+    Ctx *c = nullptr;
+    REQUIRE_MESSAGE(h.init(c) == SERPENS_OK, h.all_logs());
+    return c;
+}
+
+// Stateful: TCP from inside opens connections, and so does UDP over IPv6.
+const char *kStatefulRules = "default deny\nallow proto=tcp src=10.0.0.0/8\nallow proto=udp src=fd00::/8\n";
+
 } // namespace
 
 TEST_CASE("classifier: tuple-space search agrees with the linear scan")
@@ -196,10 +210,7 @@ TEST_CASE("classifier: tuple-space search agrees with the linear scan")
 TEST_CASE("fw: verdicts, ports and counters through the mock host")
 {
     MockHost h(FW_PLUGIN);
-    h.write("fw.rules", kRules);
-    h.set_config("rules = \"fw.rules\"\n");
-    Ctx *c = nullptr;
-    REQUIRE_MESSAGE(h.init(c) == SERPENS_OK, h.all_logs());
+    Ctx *c = start_fw(h, kRules);
 
     Packet web = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
     Packet bad = make({false, "10.0.0.66", "192.0.2.1", 6, 4000, 80});
@@ -238,10 +249,7 @@ TEST_CASE("fw: verdicts, ports and counters through the mock host")
 TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, bad config")
 {
     MockHost h(FW_PLUGIN);
-    h.write("fw.rules", "default allow\n");
-    h.set_config("rules = \"fw.rules\"\n");
-    Ctx *c = nullptr;
-    REQUIRE(h.init(c) == SERPENS_OK);
+    Ctx *c = start_fw(h, "default allow\n");
 
     // An IP packet whose TCP header is cut after the host parsed it.
     Packet cut = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
@@ -281,10 +289,7 @@ TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, ba
 TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
 {
     MockHost h(FW_PLUGIN);
-    h.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\nallow proto=udp src=fd00::/8\n");
-    h.set_config("rules = \"fw.rules\"\nstateful = true\n");
-    Ctx *c = nullptr;
-    REQUIRE(h.init(c) == SERPENS_OK);
+    Ctx *c = start_fw(h, kStatefulRules, "stateful = true\n");
     Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
     Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
     Packet reply_early = make(reverse(out));
@@ -337,10 +342,7 @@ Bytes icmp_error(bool v6, const std::string &from, const std::string &to, uint8_
 TEST_CASE("fw: stateful mode admits ICMP errors about open connections (RELATED), one by one")
 {
     MockHost h(FW_PLUGIN);
-    h.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\nallow proto=udp src=fd00::/8\n");
-    h.set_config("rules = \"fw.rules\"\nstateful = true\n");
-    Ctx *c = nullptr;
-    REQUIRE(h.init(c) == SERPENS_OK);
+    Ctx *c = start_fw(h, kStatefulRules, "stateful = true\n");
     const Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
     const Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
     const Flow never{false, "10.0.0.5", "198.51.100.9", 6, 40001, 443};
@@ -380,10 +382,7 @@ TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
     // flow misses once, its later packets hit, also those of the same run
     // whose bulk lookup came before the first packet's verdict was stored.
     MockHost h(FW_PLUGIN);
-    h.write("fw.rules", "default deny\nallow proto=tcp src=10.0.0.0/8\n");
-    h.set_config("rules = \"fw.rules\"\n");
-    Ctx *c = nullptr;
-    REQUIRE(h.init(c) == SERPENS_OK);
+    Ctx *c = start_fw(h, "default deny\nallow proto=tcp src=10.0.0.0/8\n");
     std::vector<std::unique_ptr<Packet>> storage; // a Packet's view points into itself: never moved
     for (int f = 0; f < 10; ++f) {
         storage.push_back(std::make_unique<Packet>(frame(
@@ -408,10 +407,7 @@ TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
 TEST_CASE("fw: works without the host's state API (per-instance cache)")
 {
     MockHost h(FW_PLUGIN, /*with_state=*/false);
-    h.write("fw.rules", kRules);
-    h.set_config("rules = \"fw.rules\"\nstateful = true\n");
-    Ctx *c = nullptr;
-    REQUIRE(h.init(c) == SERPENS_OK);
+    Ctx *c = start_fw(h, kRules, "stateful = true\n");
     CHECK(h.logged("per-instance cache"));
     Packet web = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
     Packet back = make(reverse({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80}));
