@@ -122,6 +122,26 @@ static inline void serpens_ipv4_set_addr(uint8_t *ip, unsigned addr_at, uint32_t
 }
 
 /*
+ * An L4 checksum hc after its packet's IPv4 address changed from old_ip to
+ * new_ip and a 16-bit field it covers (a port, an echo id) from old_field to
+ * new_field, all in network order.  pseudo: the checksum covers the
+ * addresses (TCP, UDP).  udp: a zero checksum means "none sent" and stays
+ * zero, and a computed zero is sent as 0xffff (RFC 768).
+ */
+static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, uint32_t old_ip, uint32_t new_ip,
+                                              uint16_t old_field, uint16_t new_field)
+{
+    if (udp && hc == 0) {
+        return 0; /* no UDP checksum was sent: nothing to keep right */
+    }
+    if (pseudo) {
+        hc = serpens_csum_replace32(hc, old_ip, new_ip);
+    }
+    hc = serpens_csum_replace16(hc, old_field, new_field);
+    return udp && hc == 0 ? 0xffff : hc; /* zero would mean "no checksum" */
+}
+
+/*
  * Rewrites the IPv4 address at ip + addr_at (source 12, destination 16) and
  * the 16-bit field at l4 + port_at (a port, an ICMP echo id), both given and
  * stored in network order, and updates incrementally the IPv4 header checksum
@@ -136,19 +156,9 @@ static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *
     uint32_t old_ip = serpens_ld32(ip + addr_at);
     uint16_t old_port = serpens_ld16(l4 + port_at);
     serpens_ipv4_set_addr(ip, addr_at, new_ip);
-    uint16_t hc = serpens_ld16(l4 + csum_at);
     serpens_st16(l4 + port_at, new_port);
-    if (udp && hc == 0) {
-        return; /* no UDP checksum was sent: nothing to keep right */
-    }
-    if (pseudo) {
-        hc = serpens_csum_replace32(hc, old_ip, new_ip);
-    }
-    hc = serpens_csum_replace16(hc, old_port, new_port);
-    if (udp && hc == 0) {
-        hc = 0xffff; /* zero would mean "no checksum" */
-    }
-    serpens_st16(l4 + csum_at, hc);
+    serpens_st16(l4 + csum_at, serpens_l4_csum_update(serpens_ld16(l4 + csum_at), pseudo, udp, old_ip, new_ip,
+                                                      old_port, new_port));
 }
 
 /* An ICMP error, which quotes the packet it is about: destination

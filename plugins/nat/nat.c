@@ -624,16 +624,12 @@ static void nat_quote_rewrite(uint8_t *icmp, const struct nat_quote *q, unsigned
     const uint16_t old_port = serpens_ld16(q->l4 + port_at);
     const unsigned csum_at = q->proto == NAT_PROTO_TCP ? 16u : q->proto == NAT_PROTO_UDP ? 6u : 2u;
     if (q->l4_len >= csum_at + 2u) {
-        uint16_t hc = serpens_ld16(q->l4 + csum_at);
-        if (q->proto != NAT_PROTO_UDP || hc != 0) { /* a zero UDP checksum: none was sent */
-            if (q->proto != NAT_PROTO_ICMP) {
-                hc = serpens_csum_replace32(hc, old_ip, new_ip); /* the pseudo header */
-            }
-            hc = serpens_csum_replace16(hc, old_port, new_port);
-            if (q->proto == NAT_PROTO_UDP && hc == 0) {
-                hc = 0xffff;
-            }
-            nat_icmp_set16(icmp, q->l4 + csum_at, hc);
+        const uint16_t hc = serpens_ld16(q->l4 + csum_at);
+        const int udp = q->proto == NAT_PROTO_UDP;
+        if (!udp || hc != 0) { /* a zero UDP checksum: none was sent, nothing to change */
+            nat_icmp_set16(icmp, q->l4 + csum_at,
+                           serpens_l4_csum_update(hc, q->proto != NAT_PROTO_ICMP, udp, old_ip, new_ip, old_port,
+                                                  new_port));
         }
     }
     nat_icmp_set16(icmp, q->l4 + port_at, new_port);
