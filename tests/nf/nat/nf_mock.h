@@ -78,6 +78,8 @@ struct MockTable {
     // an entry keeps its slot while it lives, as in the host's tables.
     std::vector<Bytes> slot_key;
     std::map<Bytes, uint64_t> slot_of;
+    std::vector<uint64_t> freed_slots; // taken again first
+    uint64_t fresh_slot = 0;           // slots from here on were never taken
 
     bool global_write() const { return (flags & SERPENS_STATE_GLOBAL) && (flags & SERPENS_STATE_WRITE); }
     bool release() const { return flags & SERPENS_STATE_RELEASE; }
@@ -348,9 +350,12 @@ private:
             it = t.entries.emplace(k, std::vector<Bytes>(cells, Bytes(t.value_size, 0))).first;
             if (!t.global_write()) {
                 t.slot_key.resize(t.capacity);
-                uint64_t free = 0;
-                while (!t.slot_key[free].empty()) {
-                    ++free;
+                uint64_t free = t.fresh_slot;
+                if (t.freed_slots.empty()) {
+                    ++t.fresh_slot;
+                } else {
+                    free = t.freed_slots.back();
+                    t.freed_slots.pop_back();
                 }
                 t.slot_key[free] = k;
                 t.slot_of[k] = free;
@@ -366,6 +371,7 @@ private:
         const Bytes k = key_of(t, key);
         if (auto it = t.slot_of.find(k); it != t.slot_of.end()) {
             t.slot_key[it->second].clear();
+            t.freed_slots.push_back(it->second);
             t.slot_of.erase(it);
         }
         return t.entries.erase(k) ? SERPENS_OK : SERPENS_ENOENT;
