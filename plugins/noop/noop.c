@@ -1,17 +1,43 @@
 /*
- * noop — the pass-through NF.
+ * noop — the pass-through NF, optionally with the least per-flow state work.
  *
  * SYNOPSIS
  *   [[nf]]
  *   name   = "pass"
  *   plugin = "noop"
+ *   [nf.config]              # every key optional; defaults shown
+ *   flow_state = "none"      # "lookup" or "count": one state access per packet
+ *   max_flows = 65536        # flows the per-flow table holds (lookup, count)
  *
  * DESCRIPTION
  *   Sends every packet it sees to its default next hop (port 0) without
- *   reading or writing the packet.  It takes no configuration and keeps no
- *   state or counters, so a chain of noops measures the chaining runtime
- *   alone: serpens-bench uses it to cost one NF hop.  Also useful as a
- *   placeholder NF while writing a chain file.
+ *   reading or writing the packet.  With flow_state = "none" it keeps no state
+ *   or counters, so a chain of noops measures the chaining runtime alone:
+ *   serpens-bench uses it to cost one NF hop.  Also useful as a placeholder NF
+ *   while writing a chain file.
+ *
+ *   With flow_state set it does, per packet, the one per-flow state access a
+ *   stateful NF cannot do without, and nothing else:
+ *    - "lookup": looks the packet's flow up (one get_state_bulk per 64
+ *      packets) and inserts a flow it did not find, as a verdict or mapping
+ *      cache does (fw, nat);
+ *    - "count": adds one to the flow's packet count (one update_state_bulk
+ *      per 64 packets), as a per-flow counter does (mon).
+ *   The flow is the host's 32-bit flow hash, the cheapest key there is
+ *   (flows whose hashes collide share an entry).  A chain of these is the
+ *   floor of what a chain of stateful NFs costs on this host: serpens-bench
+ *   throughput measures "lookup-count-lookup" beside FW -> MON -> NAT.
+ *
+ * STATE (paper Table I)
+ *   flows  PER_FLOW|WRITE  key 8 B: the flow hash (u32) and 4 zero bytes;
+ *                          value 8 B: packets counted (count), 0 (lookup)
+ *
+ * HOST ABI
+ *   flow_state = "count" needs update_state_bulk (1.3).
+ *
+ * COUNTERS
+ *   table_full  packets whose flow the full table could not take
+ *               (flow_state only)
  *
  * PORTS
  *   0  every packet (the runtime resets ports to 0 before each NF, so
@@ -20,19 +46,123 @@
  * Builds against plugin-api/ alone, as C with pedantic warnings.
  */
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
-static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
+#include <stdlib.h>
+#include <string.h>
+
+#define NOOP_BULK 64u /* keys per bulk call (nf.h) */
+
+enum noop_flow_state { NOOP_NONE, NOOP_LOOKUP, NOOP_COUNT };
+
+struct noop {
+    const struct serpens_host_api *host;
+    serpens_table *flows;
+    enum noop_flow_state mode;
+    uint64_t *table_full;
+    uint64_t key[NOOP_BULK];
+    uint64_t value[NOOP_BULK];
+    uint64_t one[NOOP_BULK]; /* update_state_bulk's rows: +1 each */
+};
+
+static const uint8_t noop_count_ops[1] = {SERPENS_WORD_ADD};
+
+/* One round of at most NOOP_BULK keys. */
+static void noop_flush(struct noop *s, uint32_t n)
 {
-    (void)ctx;
-    (void)config;
-    return SERPENS_OK;
+    if (s->mode == NOOP_COUNT) {
+        const uint64_t done = s->host->update_state_bulk(s->flows, s->key, n, s->one, noop_count_ops, NULL);
+        *s->table_full += (uint64_t)(n - (uint32_t)__builtin_popcountll(done));
+        return;
+    }
+    const uint64_t hit = serpens_get_state_bulk(s->host, s->flows, s->key, n, s->value, sizeof s->key[0],
+                                                sizeof s->value[0]);
+    for (uint64_t miss = ~hit & (n == 64 ? ~0ull : (1ull << n) - 1); miss != 0; miss &= miss - 1) {
+        static const uint64_t zero = 0;
+        if (s->host->put_state(s->flows, &s->key[__builtin_ctzll(miss)], &zero) != SERPENS_OK) {
+            ++*s->table_full;
+        }
+    }
 }
 
 static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     /* Ports arrive as SERPENS_PORT_DEFAULT: "pass on" needs no store. */
-    (void)ctx;
-    (void)batch;
+    struct noop *s = ctx->priv;
+    if (s->mode == NOOP_NONE) {
+        return;
+    }
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < batch->count; ++i) {
+        if (batch->labels[i] != batch->self) {
+            continue;
+        }
+        s->key[n++] = batch->pkts[i].flow_hash;
+        if (n == NOOP_BULK) {
+            noop_flush(s, n);
+            n = 0;
+        }
+    }
+    if (n != 0) {
+        noop_flush(s, n);
+    }
+}
+
+/* ---- configuration (cold path) ---------------------------------------- */
+
+static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
+{
+    const struct serpens_host_api *h = ctx->host;
+    struct noop *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return SERPENS_ENOMEM;
+    }
+    ctx->priv = s;
+    s->host = h;
+    const char *mode = "none";
+    int rc = h->config_string(config, "flow_state", &mode);
+    if (rc == SERPENS_OK || rc == SERPENS_EINVAL) {
+        if (rc == SERPENS_EINVAL || (strcmp(mode, "none") != 0 && strcmp(mode, "lookup") != 0 &&
+                                     strcmp(mode, "count") != 0)) {
+            return serpens_config_error(ctx, config, "noop", "flow_state",
+                                        "expected \"none\", \"lookup\" or \"count\"");
+        }
+    }
+    s->mode = strcmp(mode, "lookup") == 0 ? NOOP_LOOKUP : strcmp(mode, "count") == 0 ? NOOP_COUNT : NOOP_NONE;
+    int64_t max_flows = 65536;
+    if ((rc = serpens_config_int_range(ctx, config, "noop", "max_flows", 16, 1ll << 32, &max_flows)) != SERPENS_OK) {
+        return rc;
+    }
+    if (s->mode == NOOP_NONE) {
+        return SERPENS_OK;
+    }
+    if (s->mode == NOOP_COUNT && !SERPENS_HOST_HAS(h, update_state_bulk)) {
+        h->log(ctx, SERPENS_LOG_ERROR,
+               "noop: flow_state = \"count\" needs update_state_bulk (host ABI 1.3); this host speaks %u.%u",
+               (unsigned)h->abi_major, (unsigned)h->abi_minor);
+        return SERPENS_ENOTSUP;
+    }
+    if (h->create_table == NULL || h->put_state == NULL) {
+        h->log(ctx, SERPENS_LOG_ERROR, "noop: this host provides no state API");
+        return SERPENS_ENOTSUP;
+    }
+    s->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof s->key[0],
+                               sizeof s->value[0], (uint64_t)max_flows);
+    if (s->flows == NULL) {
+        h->log(ctx, SERPENS_LOG_ERROR, "noop: cannot create its state table (see the host's message)");
+        return SERPENS_EINVAL;
+    }
+    for (uint32_t i = 0; i < NOOP_BULK; ++i) {
+        s->one[i] = 1;
+    }
+    static const char *const names[1] = {"table_full"};
+    return serpens_register_counters(ctx, "noop", names, 1, &s->table_full, NULL);
+}
+
+static void noop_fini(struct serpens_nf_ctx *ctx)
+{
+    free(ctx->priv);
+    ctx->priv = NULL;
 }
 
 /* ---- registration ---------------------------------------------------- */
@@ -40,11 +170,12 @@ static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch
 static const struct serpens_nf_descriptor noop_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,
     .name = "noop",
-    .version = "1.0",
-    .summary = "passes every packet to its default next hop unchanged",
+    .version = "1.1",
+    .summary = "passes every packet to its default next hop unchanged (optionally one flow-state access each)",
     .n_ports = 1,
     .init = noop_init,
     .process = noop_process,
+    .fini = noop_fini,
 };
 
 SERPENS_NF_REGISTER(noop_descriptor)

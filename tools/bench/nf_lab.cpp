@@ -137,6 +137,9 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
                            "\"10.1.0.4:8080\"]\nmax_flows = {}\n",
                            cap);
     }
+    if (plugin == "lookup" || plugin == "count") {
+        return fmt::format("flow_state = \"{}\"\nmax_flows = {}\n", plugin, cap);
+    }
     if (plugin == "vpn") {
         // Site A (the generator's clients) tunnelled to the peer; example keys.
         return "state = \"auto\"\n"
@@ -152,6 +155,11 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
 
 } // namespace
 
+std::string lab_plugin(const std::string &nf)
+{
+    return nf == "lookup" || nf == "count" ? "noop" : nf;
+}
+
 std::string lab_chain_toml(const fs::path &dir, const std::vector<std::string> &nfs, const NfParams &params,
                            const std::string &chain_name)
 {
@@ -161,7 +169,7 @@ std::string lab_chain_toml(const fs::path &dir, const std::vector<std::string> &
     }
     text += "]\n";
     for (std::size_t i = 0; i < nfs.size(); ++i) {
-        text += fmt::format("\n[[nf]]\nname = \"{0}{1}\"\nplugin = \"{0}\"\n", nfs[i], i);
+        text += fmt::format("\n[[nf]]\nname = \"{}{}\"\nplugin = \"{}\"\n", nfs[i], i, lab_plugin(nfs[i]));
         const std::string cfg = nf_config(dir, nfs[i], params);
         if (!cfg.empty()) {
             text += "[nf.config]\n" + cfg;
@@ -175,10 +183,10 @@ NfChain::NfChain(const Options &opts, const ScratchDir &dir, const std::vector<s
     : _nfs(nfs), _name(chain_name), _api(make_host_api(mem_packet_ops()))
 {
     for (const std::string &nf : nfs) {
-        const std::string path = find_plugin(opts.plugin_dir, nf);
+        const std::string path = find_plugin(opts.plugin_dir, lab_plugin(nf));
         if (path.empty()) {
-            throw Error(fmt::format("no serpens_nf_{0}.so in {1} or {1}/{0}/: build it or pass --plugins", nf,
-                                    opts.plugin_dir));
+            throw Error(fmt::format("no serpens_nf_{0}.so in {1} or {1}/{0}/: build it or pass --plugins",
+                                    lab_plugin(nf), opts.plugin_dir));
         }
         if (std::find(_paths.begin(), _paths.end(), path) != _paths.end()) {
             continue;

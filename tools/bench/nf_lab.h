@@ -92,6 +92,10 @@ private:
     std::shared_ptr<const CompiledChain> _chain;
 };
 
+// The plugin an NF name of a lab chain loads: the name itself, or noop for
+// the floor NFs "lookup" and "count" (noop with that flow_state: the one
+// per-flow state access a stateful NF makes per packet, and nothing else).
+std::string lab_plugin(const std::string &nf);
 // The chain's TOML text (NF configs included) for `nfs`, files in `dir`.
 std::string lab_chain_toml(const std::filesystem::path &dir, const std::vector<std::string> &nfs,
                            const NfParams &params, const std::string &chain_name);

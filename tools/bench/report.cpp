@@ -150,6 +150,8 @@ std::string paper_summary(const fs::path &dir)
          "x_1rule"},
         {"SFC FW->MON->NAT in serpens-host / testpmd macswap (throughput)", "target >= 0.5x", "throughput",
          {{"config", "serpens fw-mon-nat 1 core"}}, "x_macswap"},
+        {"its floor: 3 noops, one per-flow state access each (lookup, count, lookup) / testpmd macswap", "-",
+         "throughput", {{"config", "serpens lookup-count-lookup 1 core"}}, "x_macswap"},
         {"serpens-host noop / testpmd macswap", "target >= 0.8x", "throughput", {{"config", "serpens 1 core"}},
          "x_macswap"},
     };

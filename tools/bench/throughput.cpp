@@ -305,10 +305,13 @@ struct Entry {
     std::string forward;
 };
 
-// The chains --chain runs when not given: the SFC and, in a full run, its
-// parts, whose ratios show where the SFC's time goes.
-const std::vector<std::string> default_chains_full = {"fw-mon-nat", "fw-nat", "fw", "mon", "nat"};
-const std::vector<std::string> default_chains_quick = {"fw-mon-nat"};
+// The chains --chain runs when not given: the SFC; its floor, three noops
+// that each make only the one per-flow state access fw, mon and nat make per
+// packet (a lookup, a counter add, a lookup); and, in a full run, the SFC's
+// parts, whose ratios show where its time goes.
+const std::vector<std::string> default_chains_full = {"fw-mon-nat", "lookup-count-lookup", "fw-nat", "fw", "mon",
+                                                      "nat"};
+const std::vector<std::string> default_chains_quick = {"fw-mon-nat", "lookup-count-lookup"};
 
 // The one reference measurement of this process (see bench.h).
 struct ReferenceCache {
@@ -351,9 +354,11 @@ public:
             ->capture_default_str();
         app.add_flag("--keep", _keep, "keep the temporary directory (configs, pcap, logs)");
         _chain_opt = app.add_option("--chain", _chains,
-                                    "also run these chains of real NFs (each dash-separated plugin names) on one "
-                                    "core, as ratios to testpmd macswap (issue target >= 0.5x for fw-mon-nat); "
-                                    "default fw-mon-nat fw-nat fw mon nat (--quick: fw-mon-nat); \"\" for none")
+                                    "also run these chains of real NFs (each dash-separated plugin names; "
+                                    "\"lookup\" and \"count\" are noops that make one per-flow state access per "
+                                    "packet) on one core, as ratios to testpmd macswap (issue target >= 0.5x for "
+                                    "fw-mon-nat); default fw-mon-nat lookup-count-lookup fw-nat fw mon nat "
+                                    "(--quick: fw-mon-nat lookup-count-lookup); \"\" for none")
                          ->expected(1, -1);
         app.add_option("--fw-rules", _fw_rules, "rules of the fw in --chain")->capture_default_str();
     }
@@ -573,11 +578,13 @@ private:
                 start = dash + 1;
             }
             for (const std::string &nf : nfs) {
-                const std::string so = find_plugin(opts.plugin_dir, nf);
+                const std::string plugin = lab_plugin(nf);
+                const std::string so = find_plugin(opts.plugin_dir, plugin);
                 if (so.empty()) {
-                    throw std::runtime_error("no serpens_nf_" + nf + ".so in " + opts.plugin_dir + ": pass --plugins");
+                    throw std::runtime_error("no serpens_nf_" + plugin + ".so in " + opts.plugin_dir +
+                                             ": pass --plugins");
                 }
-                const fs::path dst = _tmp / "plugins" / ("serpens_nf_" + nf + ".so");
+                const fs::path dst = _tmp / "plugins" / ("serpens_nf_" + plugin + ".so");
                 fs::copy_file(so, dst, fs::copy_options::overwrite_existing);
                 fs::permissions(dst, fs::perms(0755));
             }

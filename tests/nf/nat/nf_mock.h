@@ -265,7 +265,7 @@ public:
 
     std::vector<std::string> logs;
     std::vector<std::pair<std::string, uint64_t>> timers; // table name, period
-    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0, bulk_updates = 0;
+    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0, bulk_updates = 0, bulk_lookups = 0;
     bool null_key_timers = false; // a timer was set with key NULL (every key)
     uint64_t now_value = 0;
 
@@ -433,6 +433,7 @@ private:
     static uint64_t s_bulk(serpens_table *th, const void *keys, uint32_t n, void *values)
     {
         MockHandle &h = handle(th);
+        ++h.host->bulk_lookups;
         uint64_t mask = 0;
         for (uint32_t i = 0; i < n && i < 64; ++i) {
             if (s_get(th, static_cast<const uint8_t *>(keys) + std::size_t{i} * h.table->key_size,

@@ -1,0 +1,173 @@
+// noop against the mock host: without flow_state it keeps no state; "count"
+// keeps each flow's packet count exactly (also over batches larger than its
+// 64-key rounds), "lookup" inserts each flow once; a full table is counted,
+// packets always pass unchanged; bad config is refused with the key named.
+
+#include "nf_mock.h"
+
+#include <doctest/doctest.h>
+
+#include <map>
+
+using namespace nftest;
+
+namespace {
+
+const serpens_nf_descriptor *noop() { return load_plugin(NF_PLUGIN); }
+
+// 150 packets over 40 TCP/UDP flows, both directions (one flow hash each).
+std::vector<Flow> traffic()
+{
+    std::vector<Flow> out;
+    for (uint16_t i = 0; i < 150; ++i) {
+        Flow f{static_cast<uint8_t>(i % 2 ? 6 : 17), ip4("10.0.0.1") + i % 8u, ip4("198.51.100.7"),
+               static_cast<uint16_t>(2000 + i % 5), 443};
+        if (i % 3 == 0) {
+            std::swap(f.src, f.dst), std::swap(f.sport, f.dport);
+        }
+        out.push_back(f);
+    }
+    return out;
+}
+
+Bytes hash_key(uint32_t flow_hash)
+{
+    Bytes k(8, 0);
+    std::memcpy(k.data(), &flow_hash, 4);
+    return k;
+}
+
+// Runs the traffic in one batch; returns the packets each flow hash sent.
+std::map<Bytes, uint64_t> run(MockHost &host)
+{
+    Packets p;
+    for (const Flow &f : traffic()) {
+        p.add(frame(f, 12));
+    }
+    const std::vector<Bytes> before = p.frames;
+    auto &views = p.parse();
+    std::map<Bytes, uint64_t> sent;
+    for (const serpens_pkt &v : views) {
+        ++sent[hash_key(v.flow_hash)];
+    }
+    host.process(0, views, p.ports, 1000);
+    for (std::size_t i = 0; i < before.size(); ++i) {
+        CHECK_FALSE(p.dropped(i));
+        CHECK(p.frames[i] == before[i]);
+    }
+    return sent;
+}
+
+uint64_t value_of(const std::vector<Bytes> &cells)
+{
+    REQUIRE(cells.at(0).size() == 8);
+    uint64_t v;
+    std::memcpy(&v, cells[0].data(), 8);
+    return v;
+}
+
+} // namespace
+
+TEST_CASE("noop: by default it keeps no state and passes every packet unchanged")
+{
+    MockHost host(noop());
+    REQUIRE(host.init(0) == SERPENS_OK);
+    run(host);
+    CHECK(host.table("flows") == nullptr);
+    CHECK_FALSE(host.has_counter(0, "table_full"));
+}
+
+TEST_CASE("noop: flow_state = \"count\" keeps each flow's packet count")
+{
+    MockHost host(noop());
+    host.set_config("flow_state = \"count\"\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    std::map<Bytes, uint64_t> want = run(host);
+    REQUIRE(want.size() > 10);
+    for (auto &[k, n] : run(host)) { // a second batch adds to the same entries
+        want[k] += n;
+    }
+    MockTable *t = host.table("flows");
+    REQUIRE(t != nullptr);
+    CHECK(t->entries.size() == want.size());
+    for (auto &[key, cells] : t->entries) {
+        REQUIRE(want.count(key));
+        CHECK(value_of(cells) == want[key]);
+    }
+    CHECK(host.counter(0, "table_full") == 0);
+    CHECK(host.bulk_updates == 2 * 3); // 150 packets: rounds of 64, 64 and 22 per batch
+}
+
+TEST_CASE("noop: flow_state = \"lookup\" inserts each flow once and finds it after")
+{
+    MockHost host(noop());
+    host.set_config("flow_state = \"lookup\"\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    const std::map<Bytes, uint64_t> flows = run(host);
+    MockTable *t = host.table("flows");
+    REQUIRE(t != nullptr);
+    CHECK(t->entries.size() == flows.size());
+    for (auto &[key, cells] : t->entries) {
+        CHECK(flows.count(key) == 1);
+        CHECK(value_of(cells) == 0);
+    }
+    const uint64_t bulk_before = host.bulk_lookups;
+    run(host);
+    CHECK(host.bulk_lookups > bulk_before);
+    CHECK(t->entries.size() == flows.size());
+}
+
+TEST_CASE("noop: a full flow table is counted, and its packets still pass")
+{
+    const char *mode = "count";
+    SUBCASE("count") {}
+    SUBCASE("lookup") { mode = "lookup"; }
+    MockHost host(noop());
+    host.set_config(std::string("flow_state = \"") + mode + "\"\nmax_flows = 16\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    const std::map<Bytes, uint64_t> flows = run(host);
+    REQUIRE(flows.size() > 16);
+    CHECK(host.table("flows")->entries.size() == 16);
+    uint64_t refused = 0;
+    for (auto &[key, n] : flows) {
+        if (!host.table("flows")->entries.count(key)) {
+            refused += std::string(mode) == "count" ? n : 1; // lookup: a flow's first packet is inserted once
+        }
+    }
+    if (std::string(mode) == "count") {
+        CHECK(host.counter(0, "table_full") == refused);
+    } else {
+        CHECK(host.counter(0, "table_full") >= refused); // each of its packets retries
+        CHECK(host.counter(0, "table_full") > 0);
+    }
+}
+
+TEST_CASE("noop: bad configuration is refused, naming the key")
+{
+    const char *cfg = nullptr;
+    const char *key = "flow_state"; // the key the error names
+    int want = SERPENS_EINVAL;
+    bool old_host = false;
+    SUBCASE("an unknown mode") { cfg = "flow_state = \"sometimes\"\n"; }
+    SUBCASE("a mode that is not a string") { cfg = "flow_state = 1\n"; }
+    SUBCASE("max_flows out of range")
+    {
+        cfg = "flow_state = \"count\"\nmax_flows = 2\n";
+        key = "max_flows";
+    }
+    SUBCASE("count on a host without update_state_bulk")
+    {
+        cfg = "flow_state = \"count\"\n";
+        key = "update_state_bulk";
+        want = SERPENS_ENOTSUP;
+        old_host = true;
+    }
+    MockHost host(noop());
+    host.set_config(cfg);
+    if (old_host) {
+        host.api().update_state_bulk = nullptr;
+    }
+    CHECK(host.init(0) == want);
+    REQUIRE_FALSE(host.logs.empty());
+    CHECK(host.logs.back().find(key) != std::string::npos);
+}
