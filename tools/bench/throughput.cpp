@@ -945,7 +945,9 @@ private:
             "`mpps_per_cpu` and `x_macswap_per_cpu` normalise for that.  Ratios are medians of per-round "
             "ratios (the configurations run interleaved, round by round).  `nf_ns_pkt`: what a chain's NFs add "
             "to the noop chain's time per packet (1000 / Mpps, per round); a chain of one NF gives that NF's "
-            "cost in the host, and the parts of the SFC show where its time goes.\n{}",
+            "cost in the host, and the parts of the SFC show where its time goes.  `lookup-count-lookup` is the "
+            "SFC's floor: three noops that make only the per-flow state access fw, mon and nat each need per "
+            "packet (a lookup, a counter add, a lookup) on one-word keys, and nothing else.\n{}",
             fmt_num(_target_ratio), summary, _pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", _burst,
             _mbufs, _memory_mb, _main_lcore, _fwd_lcore, fmt_num(_window_s), fmt_num(_warmup_s),
             fmt_num(_window_s), _skipped.empty() ? "" : "\nNot measured: " + _skipped);
