@@ -223,20 +223,6 @@ public:
     }
 
 private:
-    static std::vector<std::string> split_chain(const std::string &name)
-    {
-        std::vector<std::string> out;
-        std::size_t start = 0;
-        for (;;) {
-            const std::size_t dash = name.find('-', start);
-            out.push_back(name.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
-            if (dash == std::string::npos) {
-                return out;
-            }
-            start = dash + 1;
-        }
-    }
-
     // {ns_pkt, min, max, raw, mpps, egress%}
     std::vector<std::string> measure_chain(const Options &opts, NfChain &chain, const Traffic &traffic,
                                            double parse_pkt)

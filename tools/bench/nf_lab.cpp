@@ -155,6 +155,19 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
 
 } // namespace
 
+std::vector<std::string> split_chain(const std::string &name)
+{
+    std::vector<std::string> out;
+    for (std::size_t start = 0;;) {
+        const std::size_t dash = name.find('-', start);
+        out.push_back(name.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
+        if (dash == std::string::npos) {
+            return out;
+        }
+        start = dash + 1;
+    }
+}
+
 std::string lab_plugin(const std::string &nf)
 {
     return nf == "lookup" || nf == "count" ? "noop" : nf;

@@ -92,6 +92,8 @@ private:
     std::shared_ptr<const CompiledChain> _chain;
 };
 
+// A chain's NF names from its dash-separated form ("fw-mon-nat").
+std::vector<std::string> split_chain(const std::string &name);
 // The plugin an NF name of a lab chain loads: the name itself, or noop for
 // the floor NFs "lookup" and "count" (noop with that flow_state: the one
 // per-flow state access a stateful NF makes per packet, and nothing else).

@@ -568,15 +568,7 @@ private:
         // chain it finds, and a run should hold only the chain it measures.
         for (const std::string &chain : _chains) {
             // The chain's plugins beside noop; NF configs as the nf subcommand's.
-            std::vector<std::string> nfs;
-            for (std::size_t start = 0;;) {
-                const std::size_t dash = chain.find('-', start);
-                nfs.push_back(chain.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
-                if (dash == std::string::npos) {
-                    break;
-                }
-                start = dash + 1;
-            }
+            const std::vector<std::string> nfs = split_chain(chain);
             for (const std::string &nf : nfs) {
                 const std::string plugin = lab_plugin(nf);
                 const std::string so = find_plugin(opts.plugin_dir, plugin);
