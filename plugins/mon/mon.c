@@ -360,6 +360,13 @@ static void mon_fold(struct mon *m, const struct mon_flow_key *k, const uint64_t
     rb[MON_RX_PACKETS] += d[MON_A_PACKETS], rb[MON_RX_BYTES] += d[MON_A_BYTES];
 }
 
+/* A written flow's pending counts go to its hosts now: fold_ms = 0, fold_ms
+ * since its last fold, or a clock that went back. */
+static int mon_fold_due(const struct mon *m, const struct mon_flow_val *v, uint64_t now)
+{
+    return m->fold_ns == 0 || now < v->folded_ns || now - v->folded_ns >= m->fold_ns;
+}
+
 /* Moves v's pending counts into `out` and stamps the fold. */
 static void mon_take_pending(struct mon_flow_val *v, uint64_t out[MON_DIR_WORDS], uint64_t now)
 {
@@ -409,7 +416,7 @@ static void mon_update_flows(struct mon *m, uint64_t now)
         if (v->packets == m->frow[j].packets) {
             mon_add(m, MON_C_FLOWS_NEW, 1); /* an entry holds at least one packet */
         }
-        if (now - v->folded_ns < m->fold_ns && now >= v->folded_ns) {
+        if (!mon_fold_due(m, v, now)) {
             continue;
         }
         uint64_t fold[MON_DIR_WORDS];
@@ -447,7 +454,7 @@ static void mon_flush_flows(struct mon *m, uint64_t now)
         v->last_ns = now;
         v->owner = m->ctx->instance_id;
         uint64_t fold[MON_DIR_WORDS];
-        const int due = m->fold_ns == 0 || now - v->folded_ns >= m->fold_ns || now < v->folded_ns;
+        const int due = mon_fold_due(m, v, now);
         if (due) {
             mon_take_pending(v, fold, now);
         }
