@@ -627,6 +627,9 @@ static void mon_sweep(struct mon *m, uint64_t now)
 {
     const uint64_t slots = m->host->table_slots(m->flows);
     uint64_t budget = serpens_sweep_budget(&m->sweep, slots, now, MON_SWEEP_SLOTS_MAX);
+    if (budget == 0) {
+        return; /* most batches: too soon to visit a slot */
+    }
     struct mon_flow_key k;
     struct mon_flow_val v;
     mon_chunk_begin(m);
