@@ -67,7 +67,7 @@ public:
         params.mon_hosts = 4096;
         params.flows = 10000;
         for (const std::string &w : _workloads) {
-            std::vector<std::string> nfs = split(w);
+            std::vector<std::string> nfs = split_chain(w);
             Summary serpens;
             {
                 NfChain chain(opts, dir, nfs, params, fmt::format("s{}", serial++));
@@ -120,19 +120,6 @@ public:
     }
 
 private:
-    static std::vector<std::string> split(const std::string &name)
-    {
-        std::vector<std::string> out;
-        for (std::size_t start = 0;;) {
-            const std::size_t dash = name.find('-', start);
-            out.push_back(name.substr(start, dash == std::string::npos ? std::string::npos : dash - start));
-            if (dash == std::string::npos) {
-                return out;
-            }
-            start = dash + 1;
-        }
-    }
-
     Summary run_platform(const Options &opts, const std::string &platform, const ScratchDir &dir,
                          const std::vector<std::string> &nfs, const NfParams &params, const RedisServer &redis,
                          const Traffic &traffic, int cpu, unsigned &serial)
