@@ -4,7 +4,9 @@
 #include "chain/runtime.h"
 #include "config/host_config.h"
 #include "control/server.h"
+#include "config/eal_lcores.h"
 #include "core/error.h"
+#include "core/fault.h"
 #include "instance/dataplane.h"
 #include "io/gateway.h"
 #include "io/mbuf.h"
@@ -20,10 +22,12 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
-#include <cstring>
-#include <thread>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <thread>
+#include <unistd.h>
 #include <map>
 #include <set>
 #include <sstream>
@@ -89,10 +93,16 @@ struct Placement {
     unsigned lcore;
 };
 
-std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains &loaded, bool check_lcores)
+// Where each instance runs.  The same for `--check` (lcores read from the EAL
+// args) and a start (lcores the EAL reports), so a config --check accepts
+// places the same way when it starts.
+std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains &loaded, const LcoreSet &lcores)
 {
     std::vector<Placement> plan;
     std::set<std::string> placed;
+    // A chain without a placement runs on the first worker lcore, or in place
+    // on the main lcore when the EAL gives no other.
+    const unsigned default_lcore = lcores.first_worker().value_or(lcores.main);
     for (const InstanceConfig &ic : cfg.instances) {
         if (loaded.tag_of.count(ic.chain) == 0) {
             throw ConfigError(cfg.file, ic.line, 0,
@@ -103,44 +113,40 @@ std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains 
             throw ConfigError(cfg.file, ic.line, 0, "[[instance]]: chain '" + ic.chain + "' is placed twice");
         }
         for (uint32_t i = 0; i < ic.count; ++i) {
-            unsigned lcore = 0;
-            if (ic.lcores.empty()) {
-                lcore = check_lcores ? rte_get_next_lcore(rte_get_main_lcore(), 1, 1) : 0;
-                if (check_lcores && lcore >= RTE_MAX_LCORE) {
-                    lcore = rte_get_main_lcore();
-                }
-            } else {
-                lcore = ic.lcores.size() == 1 ? ic.lcores[0] : ic.lcores[i];
-            }
-            if (check_lcores && lcore != rte_get_main_lcore() && !rte_lcore_is_enabled(lcore)) {
+            unsigned lcore = ic.lcores.empty() ? default_lcore : ic.lcores.size() == 1 ? ic.lcores[0] : ic.lcores[i];
+            if (!lcores.has(lcore)) {
                 throw ConfigError(cfg.file, ic.line, 0,
                                   "[[instance]] of chain '" + ic.chain + "': lcore " + std::to_string(lcore) +
-                                      " is not enabled (add it to the EAL -l list in [eal] args)");
+                                      " is not enabled (the EAL args give " + lcores.describe() +
+                                      "; add it to -l in [eal] args)");
             }
             plan.push_back({ic.chain, i, lcore});
         }
     }
-    // A chain a rule sends to but no [[instance]] places gets one instance on
-    // the first worker lcore (the main lcore when there is none).
     for (const GatewayRuleConfig &rule : cfg.rules) {
         if (placed.insert(rule.chain).second && loaded.tag_of.count(rule.chain) != 0) {
-            unsigned lcore = 0;
-            if (check_lcores) {
-                lcore = rte_get_next_lcore(rte_get_main_lcore(), 1, 1);
-                if (lcore >= RTE_MAX_LCORE) {
-                    lcore = rte_get_main_lcore();
-                }
-            }
-            plan.push_back({rule.chain, 0, lcore});
+            plan.push_back({rule.chain, 0, default_lcore});
         }
     }
     for (const auto &[name, tag] : loaded.tag_of) {
-        if (placed.count(name) == 0 && check_lcores) {
+        if (placed.count(name) == 0) {
             // A chains directory is a library: unused chains are normal.
             spdlog::info("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
         }
     }
     return plan;
+}
+
+LcoreSet lcores_of_eal()
+{
+    LcoreSet set;
+    set.main = rte_get_main_lcore();
+    for (unsigned id = 0; id < RTE_MAX_LCORE; ++id) {
+        if (rte_lcore_is_enabled(id) != 0) {
+            set.enabled.insert(id);
+        }
+    }
+    return set;
 }
 
 void print_stats(const Dataplane &dp, std::FILE *out)
@@ -340,13 +346,97 @@ private:
     pthread_t _thread{};
 };
 
+
+// The services every NF of this host gets, packets being DPDK mbufs.
+const serpens_host_api *host_api()
+{
+    static const serpens_host_api api = make_host_api(io::mbuf_packet_ops());
+    return &api;
+}
+
+io::Gateway make_gateway(const HostConfig &cfg, const LoadedChains &loaded)
+{
+    auto port_index = [&](const std::string &name) -> int32_t {
+        for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
+            if (cfg.ports[i].name == name) {
+                return static_cast<int32_t>(i);
+            }
+        }
+        return -1;
+    };
+    auto chain_tag = [&](const std::string &name) -> int32_t {
+        auto it = loaded.tag_of.find(name);
+        return it == loaded.tag_of.end() ? -1 : static_cast<int32_t>(it->second);
+    };
+    return io::Gateway(cfg, chain_tag, port_index);
+}
+
+// `--check`: every instance a start would run is created, which runs each
+// NF's init against throw-away state, then destroyed (fini).  No port opens.
+void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded, const std::vector<Placement> &plan)
+{
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::path base = fs::is_directory("/dev/shm", ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
+    std::string dir_template = (base / "serpens-check-XXXXXX").string();
+    if (mkdtemp(dir_template.data()) == nullptr) {
+        throw Error("--check: cannot create throw-away state under " + base.string() + ": " + std::strerror(errno));
+    }
+    struct RemoveOnExit {
+        fs::path path;
+        ~RemoveOnExit()
+        {
+            std::error_code ignored;
+            fs::remove_all(path, ignored);
+        }
+    } scratch{dir_template};
+
+    state::StoreOptions store_options;
+    store_options.root = scratch.path;
+    store_options.host_id = cfg.id;
+    state::StateStore store(store_options);
+    ExecutorResolver executors = [&store](const std::string &chain, const std::string &nf) {
+        return &store.executor(chain, nf);
+    };
+    std::vector<std::unique_ptr<ChainInstance>> instances; // all at once, as a start has them
+    for (const Placement &p : plan) {
+        instances.push_back(std::make_unique<ChainInstance>(loaded.chains[loaded.tag_of.at(p.chain)], p.index,
+                                                            host_api(), executors,
+                                                            std::chrono::milliseconds(cfg.init_warn_ms)));
+    }
+    instances.clear(); // fini, in reverse chain order per instance
+}
+
+void on_sighup(int)
+{
+    static const char message[] = "serpens-host: SIGHUP ignored: reload is not implemented yet "
+                                  "(SIGINT or SIGTERM stops the host)\n";
+    ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);
+    (void)ignored;
+}
+
+void install_signal_handlers()
+{
+    // A peer that goes away (a control client, a pipe) is an error to handle
+    // where it happens, never a reason for the data plane to die.
+    std::signal(SIGPIPE, SIG_IGN);
+    struct sigaction hup {};
+    hup.sa_handler = on_sighup;
+    hup.sa_flags = SA_RESTART;
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, nullptr);
+    fault::install_fault_handlers();
+}
+
 } // namespace
 
 int run_host(const HostOptions &options)
 {
+    install_signal_handlers();
     HostConfig cfg;
     PluginRegistry plugins;
     LoadedChains loaded;
+    std::vector<Placement> plan;
     try {
         cfg = load_host_config(options.config_path);
         spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
@@ -362,17 +452,20 @@ int run_host(const HostOptions &options)
                                       "' (no chain of that name in " + cfg.chains_dir + ")");
             }
         }
-        plan_instances(cfg, loaded, false);
-    } catch (const ConfigError &e) {
-        std::fprintf(stderr, "serpens-host: %s\n", e.what());
-        return 2;
+        plan = plan_instances(cfg, loaded, lcores_of_eal_args(cfg.eal_args, cfg.file));
+        make_gateway(cfg, loaded); // its rules' prefixes and ports
+        if (options.check_only) {
+            start_and_stop_instances(cfg, loaded, plan);
+        }
     } catch (const Error &e) {
         std::fprintf(stderr, "serpens-host: %s\n", e.what());
         return 2;
     }
     if (options.check_only) {
-        std::printf("%s: OK — %zu plugin(s), %zu chain(s), %zu port(s), %zu gateway rule(s)\n",
-                    cfg.file.c_str(), plugins.size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size());
+        std::printf("%s: OK — %zu plugin(s), %zu chain(s), %zu port(s), %zu gateway rule(s), %zu instance(s) "
+                    "started and stopped\n",
+                    cfg.file.c_str(), plugins.size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size(),
+                    plan.size());
         for (const auto &chain : loaded.chains) {
             std::printf("  chain %s\n", chain->describe().c_str());
         }
@@ -385,26 +478,14 @@ int run_host(const HostOptions &options)
         io::start_eal(cfg, "serpens-host");
         io::register_packet_meta();
         rte_mempool *pool = io::create_mbuf_pool(cfg);
-        std::vector<Placement> plan = plan_instances(cfg, loaded, true);
+        // The EAL has the last word on lcores (it may refuse what the args name).
+        plan = plan_instances(cfg, loaded, lcores_of_eal());
         std::set<unsigned> tx_lcores{rte_get_main_lcore()};
         for (const Placement &p : plan) {
             tx_lcores.insert(p.lcore);
         }
         ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()));
-
-        auto port_index = [&](const std::string &name) -> int32_t {
-            for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
-                if (cfg.ports[i].name == name) {
-                    return static_cast<int32_t>(i);
-                }
-            }
-            return -1;
-        };
-        auto chain_tag = [&](const std::string &name) -> int32_t {
-            auto it = loaded.tag_of.find(name);
-            return it == loaded.tag_of.end() ? -1 : static_cast<int32_t>(it->second);
-        };
-        io::Gateway gateway(cfg, chain_tag, port_index);
+        io::Gateway gateway = make_gateway(cfg, loaded);
 
         DataplaneOptions dp_options;
         dp_options.burst = cfg.burst;
@@ -413,7 +494,6 @@ int run_host(const HostOptions &options)
         dp_options.idle_sleep_us = cfg.idle_sleep_us;
         dp_options.idle_exit_s = options.idle_exit_s;
         dp_options.duration_s = options.duration_s;
-        static const serpens_host_api api = make_host_api(io::mbuf_packet_ops());
         state::StoreOptions store_options;
         store_options.root = cfg.state_dir;
         store_options.host_id = cfg.id;
@@ -427,7 +507,8 @@ int run_host(const HostOptions &options)
             for (const Placement &p : plan) {
                 uint32_t tag = loaded.tag_of.at(p.chain);
                 const auto &chain = loaded.chains[tag];
-                auto instance = std::make_unique<ChainInstance>(chain, p.index, &api, executors);
+                auto instance = std::make_unique<ChainInstance>(chain, p.index, host_api(), executors,
+                                                                std::chrono::milliseconds(cfg.init_warn_ms));
                 dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain),
                                        std::move(instance), cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);

@@ -38,6 +38,9 @@ struct NfContext {
     const serpens_nf_descriptor *desc = nullptr;
     std::string chain_name;
     std::string nf_name;                      // the chain's name for this NF
+    std::string where;                        // "NF 'x' (plugin y, file) of chain 'c' instance i"
+    std::string process_site;                 // "process() of " + where: what a crash line names
+    std::string fini_site;                    // "fini() of " + where
     state::Executor *executor = nullptr;      // owner of this NF's state tables
     CounterBlock counters;
 

@@ -1,14 +1,78 @@
 #include "chain/runtime.h"
 
 #include "core/error.h"
+#include "core/fault.h"
+#include "plugin/registry.h"
 #include "state/executor.h"
 
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 namespace serpens {
+namespace {
+
+// Names an NF whose init has not returned after `after`: a plugin that spins
+// or blocks at start-up would otherwise hang the host with nothing saying
+// which one.  It only warns; an init may legitimately take long (a large
+// signature set to compile).
+class InitWatch {
+public:
+    InitWatch(const std::string &where, std::chrono::milliseconds after)
+    {
+        if (after.count() <= 0) {
+            return;
+        }
+        _thread = std::thread([this, where, after] {
+            std::unique_lock lock(_mutex);
+            auto start = std::chrono::steady_clock::now();
+            auto next = after;
+            while (!_done) {
+                if (_cv.wait_for(lock, start + next - std::chrono::steady_clock::now(), [this] { return _done; })) {
+                    break;
+                }
+                spdlog::warn("init() of {} has not returned after {:.1f} s", where,
+                             std::chrono::duration<double>(next).count());
+                next *= 2;
+            }
+        });
+    }
+    ~InitWatch()
+    {
+        if (_thread.joinable()) {
+            {
+                std::lock_guard lock(_mutex);
+                _done = true;
+            }
+            _cv.notify_one();
+            _thread.join();
+        }
+    }
+    InitWatch(const InitWatch &) = delete;
+    InitWatch &operator=(const InitWatch &) = delete;
+
+private:
+    std::mutex _mutex;
+    std::condition_variable _cv;
+    bool _done = false;
+    std::thread _thread;
+};
+
+std::string describe_nf(const CompiledChain &chain, const CompiledNf &nf, uint32_t instance_id)
+{
+    std::string plugin = nf.desc->name;
+    if (nf.plugin != nullptr) {
+        plugin += ", " + nf.plugin->path();
+    }
+    return "NF '" + nf.name + "' (plugin " + plugin + ") of chain '" + chain.name + "' instance " +
+           std::to_string(instance_id);
+}
+
+} // namespace
 
 uint64_t *CounterBlock::get(const char *name)
 {
@@ -25,7 +89,8 @@ uint64_t *CounterBlock::get(const char *name)
 }
 
 ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
-                             const serpens_host_api *api, const ExecutorResolver &executors)
+                             const serpens_host_api *api, const ExecutorResolver &executors,
+                             std::chrono::milliseconds init_warn_after)
     : _chain(std::move(chain)), _instance_id(instance_id)
 {
     const std::size_t n = _chain->nfs.size();
@@ -38,6 +103,9 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         ctx->desc = nf.desc;
         ctx->chain_name = _chain->name;
         ctx->nf_name = nf.name;
+        ctx->where = describe_nf(*_chain, nf, instance_id);
+        ctx->process_site = "process() of " + ctx->where;
+        ctx->fini_site = "fini() of " + ctx->where;
         ctx->executor = executors ? executors(_chain->name, nf.name) : nullptr;
         if (ctx->executor != nullptr) {
             ctx->executor->set_descriptor(nf.desc); // its split/merge/update hooks
@@ -50,7 +118,13 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         ctx->pub.host_private = ctx.get();
         _contexts.push_back(std::move(ctx));
 
-        int rc = nf.desc->init(&_contexts.back()->pub, nf.config.get());
+        int rc = SERPENS_OK;
+        {
+            const std::string site = "init() of " + _contexts.back()->where;
+            fault::SiteScope in_init(site.c_str());
+            InitWatch watch(_contexts.back()->where, init_warn_after);
+            rc = nf.desc->init(&_contexts.back()->pub, nf.config.get());
+        }
         if (rc != SERPENS_OK) {
             finalize(_contexts.size());
             _contexts.clear();
@@ -58,7 +132,8 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
                         ") refused to start: init returned " + std::to_string(rc) +
                         "; its own log line above says why");
         }
-        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data()});
+        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
+                          _contexts.back()->process_site.c_str()});
     }
     // Global/read state is written in init only: from now on it is read-only.
     for (const auto &ctx : _contexts) {
@@ -83,6 +158,7 @@ void ChainInstance::finalize(std::size_t count) noexcept
         }
         const serpens_nf_descriptor *desc = _contexts[i]->desc;
         if (desc->fini != nullptr) {
+            fault::SiteScope in_fini(_contexts[i]->fini_site.c_str());
             desc->fini(&_contexts[i]->pub);
         }
     }
@@ -115,6 +191,7 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         }
         const Slot &slot = _slots[label - 1];
         batch.self = label;
+        fault::current_site = slot.site; // one store: a crash in process() names this NF
         slot.process(slot.ctx, &batch);
 
         // Map each visitor's output port to its next label; reset the port so
@@ -135,6 +212,7 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
                             std::memory_order_relaxed);
         stats.batches.store(stats.batches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
+    fault::current_site = nullptr;
     return pending[0];
 }
 

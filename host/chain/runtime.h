@@ -8,6 +8,7 @@
 #include "chain/nf_context.h"
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -15,6 +16,7 @@
 namespace serpens {
 
 inline constexpr uint32_t max_burst = 256;
+inline constexpr std::chrono::milliseconds default_init_warn_after{5000};
 
 // Finds (or creates) the state executor of (chain, NF); may return nullptr
 // when the host runs without state (then create_table fails).
@@ -32,9 +34,11 @@ class ChainInstance {
 public:
     // Creates a context per NF and calls each NF's init, in chain order.  When
     // one init fails, every context created so far (the failing one included)
-    // gets fini, and Error is thrown naming the NF and its return code.
+    // gets fini, and Error is thrown naming the NF and its return code.  An
+    // init still running after `init_warn_after` is named in a warning (0: never).
     ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
-                  const serpens_host_api *api, const ExecutorResolver &executors = {});
+                  const serpens_host_api *api, const ExecutorResolver &executors = {},
+                  std::chrono::milliseconds init_warn_after = default_init_warn_after);
     ~ChainInstance(); // fini for every NF, exactly once, in reverse order
     ChainInstance(const ChainInstance &) = delete;
     ChainInstance &operator=(const ChainInstance &) = delete;
@@ -55,6 +59,7 @@ private:
         void (*process)(serpens_nf_ctx *, serpens_batch *);
         serpens_nf_ctx *ctx;
         const uint16_t *next; // port -> label, 256 entries
+        const char *site;     // what a crash in process() names (fault.h)
     };
 
     void finalize(std::size_t count) noexcept;

@@ -229,7 +229,7 @@ HostConfig load_host_config(const std::string &path)
 
     if (const toml::table *t = top.optional_table("instances")) {
         config::TableReader r(*t, path, "[instances]");
-        r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us"});
+        r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms"});
         cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
         cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
@@ -244,6 +244,7 @@ HostConfig load_host_config(const std::string &path)
         cfg.wake_deadline_us =
             static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));
         cfg.idle_sleep_us = static_cast<uint32_t>(r.integer_or("idle_sleep_us", cfg.idle_sleep_us, 0, 1000000));
+        cfg.init_warn_ms = static_cast<uint32_t>(r.integer_or("init_warn_ms", cfg.init_warn_ms, 0, 3600000));
     }
 
     for (const toml::table *t : top.table_array("instance")) {

@@ -69,6 +69,7 @@ struct HostConfig {
     uint32_t wake_threshold = 128;
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
+    uint32_t init_warn_ms = 5000;    // an NF init still running after this long is named in a warning
     std::vector<InstanceConfig> instances;
 };
 

@@ -1,0 +1,75 @@
+/*
+ * faulty — misbehaves on purpose, for the host's fault tests.
+ *
+ * CONFIG
+ *   init_sleep_ms = 0    # init sleeps this long before it returns
+ *   init_fail = false    # init returns SERPENS_EINVAL
+ *   crash_after = 0      # process() dereferences NULL once this many packets
+ *                        # passed (0: never)
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <serpens/nf.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct faulty {
+    int64_t crash_after;
+    int64_t seen;
+};
+
+static int faulty_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
+{
+    const struct serpens_host_api *h = ctx->host;
+    int64_t sleep_ms = 0;
+    int fail = 0;
+    struct faulty *f = calloc(1, sizeof *f);
+    if (f == NULL) {
+        return SERPENS_ENOMEM;
+    }
+    ctx->priv = f;
+    h->config_int(config, "init_sleep_ms", &sleep_ms);
+    h->config_bool(config, "init_fail", &fail);
+    h->config_int(config, "crash_after", &f->crash_after);
+    if (sleep_ms > 0) {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(sleep_ms / 1000);
+        ts.tv_nsec = (long)(sleep_ms % 1000) * 1000000L;
+        while (nanosleep(&ts, &ts) != 0) {
+        }
+    }
+    if (fail) {
+        h->log(ctx, SERPENS_LOG_ERROR, "init_fail is set: refusing to start");
+        return SERPENS_EINVAL;
+    }
+    return SERPENS_OK;
+}
+
+static void faulty_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
+{
+    struct faulty *f = ctx->priv;
+    f->seen += batch->count;
+    if (f->crash_after > 0 && f->seen >= f->crash_after) {
+        volatile int *nowhere = NULL;
+        *nowhere = 1;
+    }
+}
+
+static void faulty_fini(struct serpens_nf_ctx *ctx)
+{
+    free(ctx->priv);
+}
+
+static const struct serpens_nf_descriptor faulty_descriptor = {
+    SERPENS_NF_DESCRIPTOR_HEADER,
+    .name = "faulty",
+    .version = "1.0",
+    .summary = "sleeps in init, fails init or crashes in process, as configured",
+    .n_ports = 1,
+    .init = faulty_init,
+    .process = faulty_process,
+    .fini = faulty_fini,
+};
+
+SERPENS_NF_REGISTER(faulty_descriptor)
