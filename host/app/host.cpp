@@ -376,11 +376,14 @@ io::Gateway make_gateway(const HostConfig &cfg, const LoadedChains &loaded)
 void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded, const std::vector<Placement> &plan)
 {
     namespace fs = std::filesystem;
+    // Beside the real state, on the same filesystem: a table that would not
+    // fit there fails here too, with the same message.
+    fs::path base = fs::path(cfg.state_dir).parent_path();
     std::error_code ec;
-    fs::path base = fs::is_directory("/dev/shm", ec) ? fs::path("/dev/shm") : fs::temp_directory_path();
-    std::string dir_template = (base / "serpens-check-XXXXXX").string();
+    fs::create_directories(base, ec);
+    std::string dir_template = (base / ("." + cfg.id + ".check-XXXXXX")).string();
     if (mkdtemp(dir_template.data()) == nullptr) {
-        throw Error("--check: cannot create throw-away state under " + base.string() + ": " + std::strerror(errno));
+        throw Error("--check: cannot create throw-away state in " + base.string() + ": " + std::strerror(errno));
     }
     struct RemoveOnExit {
         fs::path path;

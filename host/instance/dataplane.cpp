@@ -1,6 +1,7 @@
 #include "instance/dataplane.h"
 
 #include "core/error.h"
+#include "core/fault.h"
 #include "io/mbuf.h"
 #include "plugin/host_api.h"
 
@@ -404,6 +405,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
 int Dataplane::worker_entry(void *arg)
 {
     auto *self = static_cast<Dataplane *>(arg);
+    fault::use_alternate_signal_stack(); // a stack overflow in an NF is still named
     unsigned id = rte_lcore_id();
     for (auto &lcore : self->_lcores) {
         if (lcore->id == id) {
@@ -525,6 +527,7 @@ void Dataplane::main_loop(Lcore &lcore)
         if (!_rx_stopped.load(std::memory_order_relaxed)) {
             for (uint16_t p = 0; p < _ports.size(); ++p) {
                 if (backlogged()) {
+                    last_rx = now; // a worker still has work: not idle
                     break;
                 }
                 uint32_t got = dispatch(p, now);

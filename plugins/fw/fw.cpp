@@ -10,7 +10,7 @@
  *   rules      = "../rules/fw.rules"  # required; relative to the chain file
  *   stateful   = false     # true: admit the replies of connections opened through allow rules
  *   non_ip     = "deny"    # "allow" | "deny": packets the host did not parse as IPv4/IPv6
- *   cache_size = 65536     # flows in the verdict cache (and the connection table)
+ *   cache_size = 1048576   # flows in the verdict cache (and the connection table)
  *   idle_timeout = 300     # seconds; expiry of the per-instance cache (state = "local")
  *   state      = "auto"    # "auto" | "host" | "local": where the per-flow tables live
  *
@@ -274,7 +274,7 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     } else if (rc == SERPENS_EINVAL) {
         return bad("non_ip", "`non_ip` must be \"allow\" or \"deny\"");
     }
-    int64_t cache_size = 65536, idle_s = 300;
+    int64_t cache_size = 1048576, idle_s = 300;
     if (h->config_int(cfg, "cache_size", &cache_size) == SERPENS_EINVAL || cache_size < 16 ||
         cache_size > (int64_t{1} << 26)) {
         return bad("cache_size", "`cache_size` must be an integer in 16..67108864");

@@ -11,7 +11,7 @@
  *   backends   = ["10.1.0.1", "10.1.0.2:8080"]  # address[:port]; a port rewrites the
  *                                         # destination port too; required, 1..256
  *   table_size = 65537                    # Maglev lookup table size, a prime > 100 * backends
- *   max_flows  = 65536                    # flows the mapping table holds
+ *   max_flows  = 1048576                  # flows the mapping table holds
  *   merge_ms   = 1000                     # backend usage replicas folded this often (0: at scale events)
  *
  * DESCRIPTION
@@ -572,7 +572,7 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         (rc = serpens_config_for_each_string(ctx, config, "lb", "backends", add_backend, l)) != SERPENS_OK) {
         return rc;
     }
-    int64_t vport = -1, table_size = 65537, max_flows = 65536, merge_ms = 1000;
+    int64_t vport = -1, table_size = 65537, max_flows = 1048576, merge_ms = 1000;
     if ((rc = serpens_config_int_range(ctx, config, "lb", "vport", 1, 65535, &vport)) != SERPENS_OK ||
         (rc = serpens_config_int_range(ctx, config, "lb", "table_size", 2, LB_MAX_TABLE, &table_size)) != SERPENS_OK ||
         (rc = serpens_config_int_range(ctx, config, "lb", "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||

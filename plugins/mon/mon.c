@@ -6,8 +6,8 @@
  *   name   = "mon"
  *   plugin = "mon"
  *   [nf.config]              # every key optional; defaults shown
- *   max_flows = 65536        # flows the per-flow table holds
- *   max_hosts = 4096         # hosts the per-host table is sized for
+ *   max_flows = 1048576      # flows the per-flow table holds
+ *   max_hosts = 262144       # hosts the per-host table is sized for
  *   merge_ms  = 1000         # how often the state manager folds the
  *                            # instances' host replicas (0: only at scale events)
  *   fold_ms   = 1000         # how long a flow's counts may wait before they
@@ -703,7 +703,7 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     ctx->priv = m;
     m->ctx = ctx;
     m->host = h;
-    int64_t max_flows = 65536, max_hosts = 4096, merge_ms = 1000, fold_ms = 1000, idle_s = 300;
+    int64_t max_flows = 1048576, max_hosts = 262144, merge_ms = 1000, fold_ms = 1000, idle_s = 300;
     int rc;
     if ((rc = serpens_config_int_range(ctx, config, "mon", "max_flows", 1, 1ll << 26, &max_flows)) != SERPENS_OK ||
         (rc = serpens_config_int_range(ctx, config, "mon", "max_hosts", 1, 1ll << 22, &max_hosts)) != SERPENS_OK ||

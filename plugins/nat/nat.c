@@ -10,7 +10,7 @@
  *   external     = ["203.0.113.1", "203.0.113.8/30",   # the pool's addresses: a string or an array
  *                   "198.51.100.10-198.51.100.20"]     #   of addresses, prefixes and a-b ranges
  *   ports        = [1024, 65535]    # external ports (and ICMP echo ids), inclusive; default shown
- *   max_mappings = 65536            # flows the mapping tables hold; default shown
+ *   max_mappings = 1048576          # flows the mapping tables hold; default shown
  *   rebalance_ms = 0                # > 0: also rebalance the pool periodically (timer)
  *   [nf.config.timeouts]            # idle timeouts in seconds; defaults shown
  *   tcp = 7440                      #   established TCP (RFC 5382 REQ-5: at least 2 h 4 min)
@@ -1095,7 +1095,7 @@ static int nat_configure(struct nat *n, const serpens_config *cfg)
     n->n_items = (uint32_t)items;
     n->n_chunks = (n->n_items + NAT_CHUNK_ITEMS - 1) / NAT_CHUNK_ITEMS;
 
-    int64_t max_mappings = 65536;
+    int64_t max_mappings = 1048576;
     if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", "max_mappings", 1, 1ll << 26, &max_mappings)) !=
         SERPENS_OK) {
         return rc;

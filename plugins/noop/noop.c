@@ -7,7 +7,7 @@
  *   plugin = "noop"
  *   [nf.config]              # every key optional; defaults shown
  *   flow_state = "none"      # "lookup" or "count": one state access per packet
- *   max_flows = 65536        # flows the per-flow table holds (lookup, count)
+ *   max_flows = 1048576      # flows the per-flow table holds (lookup, count)
  *
  * DESCRIPTION
  *   Sends every packet it sees to its default next hop (port 0) without
@@ -129,7 +129,7 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         }
     }
     s->mode = strcmp(mode, "lookup") == 0 ? NOOP_LOOKUP : strcmp(mode, "count") == 0 ? NOOP_COUNT : NOOP_NONE;
-    int64_t max_flows = 65536;
+    int64_t max_flows = 1048576;
     if ((rc = serpens_config_int_range(ctx, config, "noop", "max_flows", 16, 1ll << 32, &max_flows)) != SERPENS_OK) {
         return rc;
     }

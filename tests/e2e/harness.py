@@ -4,6 +4,7 @@ Independent of the C++ code on purpose: captures are read and decoded here,
 with Python's standard library only, so a bug in the host's parser cannot
 hide itself in the checks.
 """
+import atexit
 import json
 import os
 import shutil
@@ -148,6 +149,11 @@ class Host:
         _prefix_counter += 1
         self.dir = tempfile.mkdtemp(prefix="serpens-e2e-")
         self.prefix = f"serpens-e2e-{os.getpid()}-{_prefix_counter}"
+        # State on tmpfs, where the host's default puts it: on disk every new
+        # page of a table waits for writeback.
+        self.state = f"/dev/shm/{self.prefix}"
+        # A failed check exits at once: the scratch files go all the same.
+        atexit.register(self.cleanup)
         os.makedirs(os.path.join(self.dir, "plugins"))
         os.makedirs(os.path.join(self.dir, "chains"))
         for name in plugins:
@@ -184,7 +190,7 @@ class Host:
         if "[mempool]" not in body:
             body += "\n[mempool]\nmbufs = 32767\n"
         text = (f'[host]\nid = "{self.prefix}"\nplugin_dir = "plugins"\nchains_dir = "chains"\n'
-                f'state_dir = "state"\ncontrol_socket = "ctl.sock"\n\n[eal]\n{eal or self.eal()}\n\n{body}\n')
+                f'state_dir = "{self.state}"\ncontrol_socket = "ctl.sock"\n\n[eal]\n{eal or self.eal()}\n\n{body}\n')
         with open(self.path("host.toml"), "w") as f:
             f.write(text)
         return self.path("host.toml")
@@ -210,6 +216,7 @@ class Host:
 
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
 
 
 def total_drops(stats):

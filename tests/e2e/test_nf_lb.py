@@ -118,7 +118,7 @@ check(c.get("balanced") == n_balanced, f"balanced {c.get('balanced')} != {n_bala
 check(c.get("flows_new") == n_flows, f"flows_new {c.get('flows_new')} != {n_flows}: {c}")
 
 # Backend usage (global/write EVENTUAL), read from outside.
-dump = json.loads(subprocess.run([STATE_TOOL, "--root", host.path("state"), "dump", "lb", "lb", "backends", "--json"],
+dump = json.loads(subprocess.run([STATE_TOOL, "--root", host.state, "dump", "lb", "lb", "backends", "--json"],
                                  capture_output=True, text=True, check=True).stdout)
 usage = {}
 for e in dump["entries"]:

@@ -57,7 +57,7 @@ def flow_of(frame):
 
 
 def dump(host, table):
-    out = subprocess.run([STATE_TOOL, "--root", host.path("state"), "dump", "mon", "mon", table, "--json"],
+    out = subprocess.run([STATE_TOOL, "--root", host.state, "dump", "mon", "mon", table, "--json"],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 

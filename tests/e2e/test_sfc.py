@@ -219,7 +219,7 @@ def run_sfc(kind):
     check(stats["mon"]["seen"] == len(mon_seen) and stats["mon"]["c.packets"] == len(mon_seen),
           f"{kind}: mon saw {stats['mon']}, expected {len(mon_seen)} packets")
     # mon counted flows as the fw let them through, before NAT rewrote them.
-    dumped = json.loads(subprocess.run([STATE_TOOL, "--root", host.path("state"), "dump", "sfc", "mon", "flows",
+    dumped = json.loads(subprocess.run([STATE_TOOL, "--root", host.state, "dump", "sfc", "mon", "flows",
                                         "--json"], capture_output=True, text=True, check=True).stdout)
     want_flows = {}
     for i in mon_seen:
