@@ -127,7 +127,9 @@ std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains 
         if (placed.insert(rule.chain).second && loaded.tag_of.count(rule.chain) != 0) {
             unsigned lcore = 0;
             if (check_lcores) {
-                lcore = rte_get_next_lcore(rte_get_main_lcore(), 1, 1);
+                // From -1 without wrapping: with wrap, a host with only the
+                // main lcore looped here for ever.
+                lcore = rte_get_next_lcore(static_cast<unsigned>(-1), 1, 0);
                 if (lcore >= RTE_MAX_LCORE) {
                     lcore = rte_get_main_lcore();
                 }
