@@ -2,6 +2,7 @@
 abused: clients gone before their reply, a 10 MB line, 500 idle connections,
 a one-byte drip, a foreign user; its socket is 0600 under umask 000; a file
 at the socket path stops the host and stays intact."""
+import grp
 import json
 import os
 import shutil
@@ -208,4 +209,33 @@ run = other.run(timeout=60, expect_rc=2)
 check(other.path("host.toml") + ":" in run.stderr and "no-such-serpens-group" in run.stderr,
       f"unknown control_group: {run.stderr}")
 print("ok: an unknown control_group is refused with file:line:col")
+
+# A known control_group: its members are served, the socket is 0660 and theirs.
+with open(other.path("host.toml"), "w") as f:
+    group_65534 = grp.getgrgid(65534).gr_name  # nogroup on Debian, nobody elsewhere
+    f.write(text.replace('control_socket = "ctl.sock"\n',
+                         f'control_socket = "ctl.sock"\ncontrol_group = "{group_65534}"\n'))
+os.remove(other.path("ctl.sock"))
+os.chmod(other.dir, 0o711)
+shutil.copy(CTL, other.path("serpensctl"))
+os.chmod(other.path("serpensctl"), 0o755)
+proc = subprocess.Popen([HOST, "-c", other.path("host.toml"), "--log-level", "warn"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+try:
+    member = None
+    for _ in range(100):
+        member = subprocess.run(NOBODY + [other.path("serpensctl"), "--socket", other.path("ctl.sock"), "ping"],
+                                capture_output=True, text=True, timeout=10)
+        if member.stdout.strip() == "pong" or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    check(member.stdout.strip() == "pong", f"a member of control_group was not served: {member.stdout} {member.stderr}")
+    st = os.stat(other.path("ctl.sock"))
+    check(st.st_mode & 0o7777 == 0o660 and st.st_gid == 65534,
+          f"socket with control_group: mode {st.st_mode & 0o7777:o} gid {st.st_gid}, expected 660 and 65534")
+finally:
+    proc.terminate()
+    rc = proc.wait(timeout=30)
+check(rc == 0, f"host with control_group exited {rc}: {proc.stderr.read()}")
+print("ok: control_group's members are served; the socket is 0660 and the group's")
 other.cleanup()
