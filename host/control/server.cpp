@@ -195,19 +195,23 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
     }
     const mode_t mode = _options.group ? 0660 : 0600;
     if (chmod(temp.c_str(), mode) != 0) {
-        fail("cannot set the mode of the control socket " + temp, errno);
+        int err = errno; // before building the message can change it
+        fail("cannot set the mode of the control socket " + temp, err);
     }
     if (_options.group && lchown(temp.c_str(), static_cast<uid_t>(-1), *_options.group) != 0) {
-        fail("cannot give the control socket " + temp + " to group " + std::to_string(*_options.group), errno);
+        int err = errno; // before building the message can change it
+        fail("cannot give the control socket " + temp + " to group " + std::to_string(*_options.group), err);
     }
     struct stat st{};
     if (lstat(temp.c_str(), &st) != 0) {
-        fail("cannot inspect the control socket " + temp, errno);
+        int err = errno; // before building the message can change it
+        fail("cannot inspect the control socket " + temp, err);
     }
     _dev = st.st_dev;
     _ino = st.st_ino;
     if (listen(_listen_fd, _options.backlog) != 0) {
-        fail("cannot listen on the control socket " + temp, errno);
+        int err = errno; // before building the message can change it
+        fail("cannot listen on the control socket " + temp, err);
     }
     if (link(temp.c_str(), path.c_str()) != 0) {
         int err = errno;
@@ -219,7 +223,8 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
         // A filesystem without hard links: rename is atomic too, only not
         // exclusive.
         if (rename(temp.c_str(), path.c_str()) != 0) {
-            fail("cannot publish the control socket at " + path, errno);
+            int rename_err = errno; // before building the message can change it
+            fail("cannot publish the control socket at " + path, rename_err);
         }
     } else {
         unlink(temp.c_str());
