@@ -3,8 +3,9 @@
 #include "chain/compiled.h"
 #include "chain/runtime.h"
 #include "config/host_config.h"
-#include "control/server.h"
 #include "config/eal_lcores.h"
+#include "control/request.h"
+#include "control/server.h"
 #include "core/error.h"
 #include "core/fault.h"
 #include "instance/dataplane.h"
@@ -282,31 +283,29 @@ std::string stats_json(const Dataplane &dp, bool live)
     return j.str();
 }
 
-std::string control_command(Dataplane &dp, const std::string &line)
+// Executes one control request against the running dataplane; parsing is
+// control/request.cpp's, so that this holds only what needs the Dataplane.
+std::string control_command(Dataplane &dp, std::string_view line, const ControlPeer &peer)
 {
-    std::istringstream words(line);
-    std::string verb, what;
-    words >> verb >> what;
-    if (verb == "ping") {
+    ParsedControlRequest parsed = parse_control_request(line);
+    if (const auto *refused = std::get_if<ControlRequestError>(&parsed)) {
+        return refused->message;
+    }
+    const ControlRequest &request = std::get<ControlRequest>(parsed);
+    switch (request.verb) {
+    case ControlVerb::ping:
         return "pong";
-    }
-    if (verb == "stats") {
+    case ControlVerb::stats:
         return stats_json(dp, true);
-    }
-    if (verb == "get" && what == "wake_threshold") {
+    case ControlVerb::get_wake_threshold:
         return std::to_string(dp.wake_threshold().load());
-    }
-    if (verb == "set" && what == "wake_threshold") {
-        long long value = 0;
-        if (!(words >> value) || value < 1 || value > (1 << 20)) {
-            return "error: wake_threshold takes a packet count 1..1048576";
-        }
-        dp.wake_threshold().store(static_cast<uint32_t>(value));
-        spdlog::info("wake_threshold set to {} by the control socket", value);
+    case ControlVerb::set_wake_threshold:
+        dp.wake_threshold().store(request.value);
+        spdlog::info("wake_threshold set to {} by the control socket (pid {}, uid {})", request.value, peer.pid,
+                     peer.uid);
         return "ok";
     }
-    return "error: unknown command '" + line +
-           "' (commands: ping, stats, get wake_threshold, set wake_threshold N)";
+    return "error: unhandled request"; // every verb returns above; keeps -Wreturn-type quiet
 }
 
 // The state manager's clock: timers, triggers, idle-flow expiry, on a DPDK
@@ -516,8 +515,18 @@ int run_host(const HostOptions &options)
                                        std::move(instance), cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
             }
-            ControlServer control(cfg.control_socket,
-                                  [&dataplane](const std::string &line) { return control_command(dataplane, line); });
+            ControlServerOptions control_options;
+            control_options.path = cfg.control_socket;
+            control_options.group = cfg.control_gid;
+            // On the EAL's control CPUs, like the state manager: never where a
+            // worker lcore polls.
+            control_options.start_thread = [](pthread_t *thread, void *(*body)(void *), void *arg) {
+                return rte_ctrl_thread_create(thread, "serpens-ctl", nullptr, body, arg);
+            };
+            ControlServer control(std::move(control_options),
+                                  [&dataplane](std::string_view line, const ControlPeer &peer) {
+                                      return control_command(dataplane, line, peer);
+                                  });
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);

@@ -4,8 +4,13 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <grp.h>
 #include <map>
+#include <unistd.h>
+#include <vector>
 
 namespace serpens {
 namespace {
@@ -80,6 +85,30 @@ std::optional<PortRange> parse_port_range(config::TableReader &reader, std::stri
     return range;
 }
 
+// The gid of a group name, from the system's group database.
+gid_t resolve_group(config::TableReader &reader, const std::string &name)
+{
+    long hint = sysconf(_SC_GETGR_R_SIZE_MAX);
+    std::vector<char> buf(hint > 0 ? static_cast<std::size_t>(hint) : 1024);
+    for (;;) {
+        group entry{};
+        group *found = nullptr;
+        int rc = getgrnam_r(name.c_str(), &entry, buf.data(), buf.size(), &found);
+        if (rc == ERANGE && buf.size() < (1u << 20)) {
+            buf.resize(buf.size() * 2); // a group with many members
+            continue;
+        }
+        if (rc != 0) {
+            reader.fail("control_group", "cannot look up group '" + name + "': " + std::strerror(rc));
+        }
+        if (found == nullptr) {
+            reader.fail("control_group", "'control_group' names no group: '" + name +
+                                             "' is not in the group database");
+        }
+        return found->gr_gid;
+    }
+}
+
 } // namespace
 
 HostConfig load_host_config(const std::string &path)
@@ -97,7 +126,8 @@ HostConfig load_host_config(const std::string &path)
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
-        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket"});
+        r.allow_only(
+            {"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket", "control_group"});
         cfg.id = r.string_or("id", cfg.id);
         if (cfg.id.empty() || cfg.id.find('/') != std::string::npos) {
             r.fail("id", "'id' must be a non-empty name without '/'");
@@ -111,6 +141,10 @@ HostConfig load_host_config(const std::string &path)
         cfg.chains_dir = r.string_or("chains_dir", cfg.chains_dir);
         cfg.state_dir = r.string_or("state_dir", "");
         cfg.control_socket = r.string_or("control_socket", "");
+        cfg.control_group = r.string_or("control_group", "");
+        if (!cfg.control_group.empty()) {
+            cfg.control_gid = resolve_group(r, cfg.control_group);
+        }
     }
     cfg.plugin_dir = resolve(base, cfg.plugin_dir);
     cfg.chains_dir = resolve(base, cfg.chains_dir);

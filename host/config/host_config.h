@@ -2,6 +2,8 @@
 // host.toml: everything one serpens-host needs.  Every key has a default; the
 // shipped conf/host.toml documents each one.
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,6 +53,8 @@ struct HostConfig {
     std::string chains_dir = "chains";
     std::string state_dir;       // default /dev/shm/serpens/<id>
     std::string control_socket;  // default /run/serpens/<id>.sock
+    std::string control_group;   // may use the control socket besides root and the host's user
+    std::optional<gid_t> control_gid; // control_group resolved
 
     std::vector<std::string> eal_args;
 

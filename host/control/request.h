@@ -1,0 +1,45 @@
+#pragma once
+// The control protocol's requests: one text line each, e.g. "set
+// wake_threshold 256".  Parsing is pure (no DPDK, no I/O, no allocation beyond
+// the error text) so a fuzzer can drive it; the host executes the typed result.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace serpens {
+
+enum class ControlVerb {
+    ping,               // "ping" -> "pong"
+    stats,              // "stats" -> the live counters as JSON
+    get_wake_threshold, // "get wake_threshold" -> the packet count
+    set_wake_threshold, // "set wake_threshold N" -> "ok"
+};
+
+inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
+
+struct ControlRequest {
+    ControlVerb verb = ControlVerb::ping;
+    uint32_t value = 0; // set_wake_threshold: 1..kMaxWakeThreshold
+};
+
+// Why a line was refused; `message` is the whole reply, starting "error: ".
+struct ControlRequestError {
+    std::string message;
+};
+
+using ParsedControlRequest = std::variant<ControlRequest, ControlRequestError>;
+
+// Parses one request line (without its newline; one trailing '\r' is
+// tolerated).  Words are separated by spaces or tabs; anything beyond a
+// command's words is refused, as is a value out of range.  Thread-safe.
+ParsedControlRequest parse_control_request(std::string_view line);
+
+// True for requests that change the host (as opposed to reading it).
+constexpr bool changes_host(const ControlRequest &request) noexcept
+{
+    return request.verb == ControlVerb::set_wake_threshold;
+}
+
+} // namespace serpens
