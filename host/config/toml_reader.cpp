@@ -36,6 +36,27 @@ std::string type_name(const toml::node &node)
     }
 }
 
+bool is_safe_name(std::string_view name) noexcept
+{
+    if (name.empty() || name.size() > max_name_length || name.front() == '.') {
+        return false;
+    }
+    for (char c : name) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '-' || c == '.';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string unsafe_name_message(std::string_view what, std::string_view value)
+{
+    return "'" + std::string(value) + "' is not a valid " + std::string(what) + ": expected 1.." +
+           std::to_string(max_name_length) + " characters of A-Z a-z 0-9 _ - . (not starting with '.')";
+}
+
 TableReader::TableReader(const toml::table &table, std::string file, std::string what)
     : _table(table), _file(std::move(file)), _what(std::move(what))
 {
