@@ -498,3 +498,21 @@ TEST_CASE("fw: established-flow cost does not depend on the rule count")
                     << "x of 1 rule)");
     }
 }
+
+TEST_CASE("fw: the rules file must be a regular file within the size limit")
+{
+    MockHost h(FW_PLUGIN);
+    for (const BadFile &bad : bad_config_files(h)) {
+        CAPTURE(bad.path);
+        h.set_config("rules = \"" + bad.path + "\"\n");
+        Ctx *c = nullptr;
+        auto start = std::chrono::steady_clock::now();
+        CHECK(h.init(c) == SERPENS_EINVAL);
+        CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+        CHECK_MESSAGE(h.logged(bad.logged), h.all_logs());
+    }
+    // load_rules says the same to its other callers.
+    RuleSet set;
+    CHECK(load_rules("/dev/zero", set) == "/dev/zero: is a character device, expected a regular file");
+    CHECK(load_rules(h.dir(), set).find("is a directory") != std::string::npos);
+}

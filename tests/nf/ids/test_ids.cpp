@@ -145,3 +145,15 @@ TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
     CHECK(h.init(c) == SERPENS_EINVAL);
     CHECK(h.logged("chain.toml:3"));
 }
+
+TEST_CASE("ids: the signatures file must be a regular file within the size limit")
+{
+    MockHost h(IDS_PLUGIN);
+    for (const BadFile &bad : bad_config_files(h)) {
+        CAPTURE(bad.path);
+        h.set_config("rules = \"" + bad.path + "\"\n");
+        Ctx *c = nullptr;
+        CHECK(h.init(c) == SERPENS_EINVAL);
+        CHECK_MESSAGE(h.logged(bad.logged), h.all_logs());
+    }
+}
