@@ -128,6 +128,11 @@ ChainSpec parse_chain_file(const std::string &path)
     return parse_chain_toml(std::make_shared<const toml::table>(config::parse_file(path)), path);
 }
 
+ChainSpec parse_chain_text(std::string_view text, const std::string &path)
+{
+    return parse_chain_toml(std::make_shared<const toml::table>(config::parse_text(text, path)), path);
+}
+
 std::vector<ChainSpec> load_chain_directory(const std::string &directory)
 {
     namespace fs = std::filesystem;
