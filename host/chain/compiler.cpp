@@ -276,6 +276,8 @@ private:
             config->table = spec.config != nullptr ? spec.config : &empty_config;
             config->file = _spec.file;
             config->directory = _spec.directory;
+            config->nf_name = spec.name;
+            config->plugin = nf.desc->name;
             nf.config = std::move(config);
             nf.next.fill(SERPENS_LABEL_DROP);
             // Port 0 without an edge leaves the chain; any other unconnected

@@ -32,7 +32,9 @@ class ChainInstance {
 public:
     // Creates a context per NF and calls each NF's init, in chain order.  When
     // one init fails, every context created so far (the failing one included)
-    // gets fini, and Error is thrown naming the NF and its return code.
+    // gets fini, and Error is thrown naming the NF and its return code.  An
+    // NF whose config holds a key its init never read is refused the same
+    // way with ConfigError at that key (config::unread_keys).
     ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
                   const serpens_host_api *api, const ExecutorResolver &executors = {});
     ~ChainInstance(); // fini for every NF, exactly once, in reverse order
