@@ -407,6 +407,8 @@ public:
     }
     Table *table(const std::string &name) { return _tables.count(name) ? _tables[name].get() : nullptr; }
     const serpens_nf_descriptor *desc() const { return _desc; }
+    // The config as the host keeps it: what the NF read is recorded there.
+    const serpens_config &config() const { return *_config; }
     serpens_host_api &api() { return _api; }
 
 private:

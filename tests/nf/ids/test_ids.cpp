@@ -157,3 +157,15 @@ TEST_CASE("ids: the signatures file must be a regular file within the size limit
         CHECK_MESSAGE(h.logged(bad.logged), h.all_logs());
     }
 }
+
+TEST_CASE("ids: init reads every key its synopsis documents")
+{
+    MockHost h(IDS_PLUGIN);
+    h.write("ids.rules", "alert tcp any any -> any any (msg:\"x\"; content:\"evil\"; sid:1;)\n");
+    h.set_config("rules = \"ids.rules\"\nmax_flows = 64\nidle_timeout = 10\nmax_flow = 3\n");
+    Ctx *c = nullptr;
+    REQUIRE_MESSAGE(h.init(c) == SERPENS_OK, h.all_logs());
+    auto unread = serpens::config::unread_keys(h.config());
+    REQUIRE(unread.size() == 1);
+    CHECK(unread[0].find(":5:1: unknown key 'max_flow'") != std::string::npos);
+}
