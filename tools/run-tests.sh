@@ -1,7 +1,7 @@
 #!/bin/bash
 # The full test suite: installs what is missing, builds with warnings as
 # errors, runs every meson test, then the unit tests again under
-# AddressSanitizer/UBSan, and a bounded fuzzing run of the packet parser.
+# AddressSanitizer/UBSan, and a bounded run of every fuzz target.
 # Ends with one line "N passed, N failed" and a non-zero exit on any failure.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,14 +53,19 @@ else
     step_failed "sanitizer build"
 fi
 
-# 3. The parser fuzzer, bounded in time.
-if bash tests/fuzz/run.sh "${SERPENS_FUZZ_SECONDS:-60}" "$root/build-fuzz" > build-fuzz.log 2>&1; then
-    passed=$((passed + 1))
-    echo "fuzz-parse: OK ($(grep -o 'stat::number_of_executed_units: *[0-9]*' build-fuzz.log | awk '{print $2}') inputs)"
-else
-    tail -30 build-fuzz.log
-    step_failed "fuzz-parse"
-fi
+# 3. Every fuzz target (one per tests/fuzz/fuzz_*.cpp), each bounded in time
+#    and counted as one test.
+for src in tests/fuzz/fuzz_*.cpp; do
+    target=$(basename "$src" .cpp | tr _ -)
+    log="build-fuzz.$target.log"
+    if bash tests/fuzz/run.sh "$target" "${SERPENS_FUZZ_SECONDS:-45}" "$root/build-fuzz" > "$log" 2>&1; then
+        passed=$((passed + 1))
+        echo "$target: OK ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{print $2}') inputs)"
+    else
+        tail -30 "$log"
+        step_failed "$target"
+    fi
+done
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -159,35 +159,47 @@ private:
         }
     }
 
+    // Depth-first search with an explicit stack (a chain of SERPENS_MAX_CHAIN_NFS
+    // NFs must not cost as many native frames); the stack is the current path,
+    // so a back edge names the whole cycle.
     void check_acyclic(std::size_t entry) const
     {
         enum class Mark { none, active, done };
-        std::vector<Mark> mark(_spec.nfs.size(), Mark::none);
-        std::vector<std::size_t> path;
-        auto visit = [&](auto &&self, std::size_t node) -> void {
-            mark[node] = Mark::active;
-            path.push_back(node);
-            for (const auto &[port, target] : _out[node]) {
-                if (target.node >= mark.size()) {
-                    continue;
-                }
-                if (mark[target.node] == Mark::active) {
-                    std::vector<std::string> names;
-                    auto start = std::find(path.begin(), path.end(), target.node);
-                    for (auto it = start; it != path.end(); ++it) {
-                        names.push_back(_spec.nfs[*it].name);
-                    }
-                    names.push_back(_spec.nfs[target.node].name);
-                    fail(target.edge.where, "cycle " + join(names, " -> ") + ": a chain must be a DAG");
-                }
-                if (mark[target.node] == Mark::none) {
-                    self(self, target.node);
-                }
-            }
-            path.pop_back();
-            mark[node] = Mark::done;
+        struct Frame {
+            std::size_t node;
+            std::map<uint32_t, Target>::const_iterator next;
         };
-        visit(visit, entry);
+        std::vector<Mark> mark(_spec.nfs.size(), Mark::none);
+        std::vector<Frame> stack;
+        mark[entry] = Mark::active;
+        stack.push_back({entry, _out[entry].begin()});
+        while (!stack.empty()) {
+            Frame &top = stack.back();
+            if (top.next == _out[top.node].end()) {
+                mark[top.node] = Mark::done;
+                stack.pop_back();
+                continue;
+            }
+            const Target &target = top.next->second;
+            ++top.next;
+            if (target.node >= mark.size()) {
+                continue;
+            }
+            if (mark[target.node] == Mark::active) {
+                std::vector<std::string> names;
+                auto start = std::find_if(stack.begin(), stack.end(),
+                                          [&](const Frame &frame) { return frame.node == target.node; });
+                for (auto it = start; it != stack.end(); ++it) {
+                    names.push_back(_spec.nfs[it->node].name);
+                }
+                names.push_back(_spec.nfs[target.node].name);
+                fail(target.edge.where, "cycle " + join(names, " -> ") + ": a chain must be a DAG");
+            }
+            if (mark[target.node] == Mark::none) {
+                mark[target.node] = Mark::active;
+                stack.push_back({target.node, _out[target.node].begin()});
+            }
+        }
     }
 
     // Kahn's algorithm; among ready NFs the one declared first goes first, so
@@ -264,6 +276,8 @@ private:
             config->table = spec.config != nullptr ? spec.config : &empty_config;
             config->file = _spec.file;
             config->directory = _spec.directory;
+            config->nf_name = spec.name;
+            config->plugin = nf.desc->name;
             nf.config = std::move(config);
             nf.next.fill(SERPENS_LABEL_DROP);
             // Port 0 without an edge leaves the chain; any other unconnected

@@ -132,6 +132,16 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
                         ") refused to start: init returned " + std::to_string(rc) +
                         "; its own log line above says why");
         }
+        // A key the NF never asked for is a typo or a setting it does not
+        // have: refuse it rather than run with the default silently.
+        if (std::vector<config::UnreadKey> unread = config::unread_key_list(*nf.config); !unread.empty()) {
+            finalize(_contexts.size());
+            _contexts.clear();
+            for (std::size_t k = 1; k < unread.size(); ++k) {
+                spdlog::error("{}", unread[k].text);
+            }
+            throw ConfigError(nf.config->file, unread.front().line, unread.front().column, unread.front().message);
+        }
         _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
                           _contexts.back()->process_site.c_str()});
     }

@@ -35,7 +35,9 @@ public:
     // Creates a context per NF and calls each NF's init, in chain order.  When
     // one init fails, every context created so far (the failing one included)
     // gets fini, and Error is thrown naming the NF and its return code.  An
-    // init still running after `init_warn_after` is named in a warning (0: never).
+    // NF whose config holds a key its init never read is refused the same
+    // way with ConfigError at that key (config::unread_keys).  An init still
+    // running after `init_warn_after` is named in a warning (0: never).
     ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
                   const serpens_host_api *api, const ExecutorResolver &executors = {},
                   std::chrono::milliseconds init_warn_after = default_init_warn_after);

@@ -2,6 +2,8 @@
 
 #include "config/toml_reader.h"
 
+#include <serpens/nf.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <map>
@@ -26,8 +28,11 @@ NfSpec parse_nf(const toml::table &table, const std::string &file, std::size_t i
     NfSpec nf;
     nf.name = reader.required_string("name");
     nf.plugin = reader.required_string("plugin");
-    if (nf.name.empty() || is_reserved_target(nf.name)) {
-        reader.fail("name", "NF name '" + nf.name + "' is empty or reserved ('out' and 'drop' are targets)");
+    if (!config::is_safe_name(nf.name)) {
+        reader.fail("name", config::unsafe_name_message("NF name", nf.name));
+    }
+    if (is_reserved_target(nf.name)) {
+        reader.fail("name", "NF name '" + nf.name + "' is reserved ('out' and 'drop' are targets)");
     }
     nf.config = reader.optional_table("config");
     nf.where = pos_of(table);
@@ -48,8 +53,8 @@ ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> document, const st
     spec.file = file;
     spec.directory = std::filesystem::path(file).parent_path().string();
     spec.name = reader.required_string("name");
-    if (spec.name.empty()) {
-        reader.fail("name", "chain name must not be empty");
+    if (!config::is_safe_name(spec.name)) {
+        reader.fail("name", config::unsafe_name_message("chain name", spec.name));
     }
     spec.egress = reader.string_or("egress", "");
     spec.entry = reader.string_or("entry", "");
@@ -58,6 +63,12 @@ ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> document, const st
     auto nf_tables = reader.table_array("nf");
     if (nf_tables.empty()) {
         reader.fail_table("missing required [[nf]] entries: a chain needs at least one NF");
+    }
+    // Refused before any graph is built: every later step is sized by this.
+    if (nf_tables.size() > SERPENS_MAX_CHAIN_NFS) {
+        reader.fail(*nf_tables[SERPENS_MAX_CHAIN_NFS],
+                    "[[nf]] #" + std::to_string(SERPENS_MAX_CHAIN_NFS + 1) + ": a chain holds at most " +
+                        std::to_string(SERPENS_MAX_CHAIN_NFS) + " NFs (SERPENS_MAX_CHAIN_NFS)");
     }
     for (std::size_t i = 0; i < nf_tables.size(); ++i) {
         spec.nfs.push_back(parse_nf(*nf_tables[i], file, i));
@@ -115,6 +126,11 @@ ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> document, const st
 ChainSpec parse_chain_file(const std::string &path)
 {
     return parse_chain_toml(std::make_shared<const toml::table>(config::parse_file(path)), path);
+}
+
+ChainSpec parse_chain_text(std::string_view text, const std::string &path)
+{
+    return parse_chain_toml(std::make_shared<const toml::table>(config::parse_text(text, path)), path);
 }
 
 std::vector<ChainSpec> load_chain_directory(const std::string &directory)

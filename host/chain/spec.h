@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace serpens {
@@ -68,6 +69,8 @@ struct ChainSpec {
 // Parses one chain file.  Throws ConfigError (file:line:col: what was expected)
 // on syntax errors, wrong types, missing required keys and unknown keys.
 ChainSpec parse_chain_file(const std::string &path);
+// The same from text that claims to come from `path` (messages, relative paths).
+ChainSpec parse_chain_text(std::string_view text, const std::string &path);
 ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> root, const std::string &file);
 
 // Parses every *.toml in a directory (sorted by name); refuses a chain name

@@ -109,14 +109,10 @@ gid_t resolve_group(config::TableReader &reader, const std::string &name)
     }
 }
 
-} // namespace
-
-HostConfig load_host_config(const std::string &path)
+// The whole of host.toml; check_dirs: also require plugin_dir and chains_dir
+// to exist (not for text that comes from no file, such as the fuzzer's).
+HostConfig read_host_config(const toml::table &root, const std::string &path, bool check_dirs)
 {
-    if (!fs::exists(path)) {
-        throw ConfigError(path, "no such file (give the host config with --config)");
-    }
-    toml::table root = config::parse_file(path);
     const fs::path base = fs::path(path).parent_path();
     HostConfig cfg;
     cfg.file = path;
@@ -129,8 +125,9 @@ HostConfig load_host_config(const std::string &path)
         r.allow_only(
             {"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket", "control_group"});
         cfg.id = r.string_or("id", cfg.id);
-        if (cfg.id.empty() || cfg.id.find('/') != std::string::npos) {
-            r.fail("id", "'id' must be a non-empty name without '/'");
+        // The id names the state directory and the control socket.
+        if (!config::is_safe_name(cfg.id)) {
+            r.fail("id", config::unsafe_name_message("host id", cfg.id));
         }
         cfg.log_level = r.string_or("log_level", cfg.log_level);
         static const char *levels[] = {"trace", "debug", "info", "warn", "error", "off"};
@@ -155,7 +152,7 @@ HostConfig load_host_config(const std::string &path)
     }
     cfg.control_socket = cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock"
                                                     : resolve(base, cfg.control_socket);
-    if (!fs::is_directory(cfg.plugin_dir)) {
+    if (check_dirs && !fs::is_directory(cfg.plugin_dir)) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
         std::string message = "plugin directory " + cfg.plugin_dir + " does not exist (set [host] plugin_dir)";
         if (node != nullptr) {
@@ -163,7 +160,7 @@ HostConfig load_host_config(const std::string &path)
         }
         throw ConfigError(path, message);
     }
-    if (!fs::is_directory(cfg.chains_dir)) {
+    if (check_dirs && !fs::is_directory(cfg.chains_dir)) {
         const toml::node *node = root.at_path("host.chains_dir").node();
         std::string message = "chains directory " + cfg.chains_dir + " does not exist (set [host] chains_dir)";
         if (node != nullptr) {
@@ -303,6 +300,21 @@ HostConfig load_host_config(const std::string &path)
         cfg.instances.push_back(std::move(inst));
     }
     return cfg;
+}
+
+} // namespace
+
+HostConfig load_host_config_text(std::string_view text, const std::string &path)
+{
+    return read_host_config(config::parse_text(text, path), path, false);
+}
+
+HostConfig load_host_config(const std::string &path)
+{
+    if (!fs::exists(path)) {
+        throw ConfigError(path, "no such file (give the host config with --config)");
+    }
+    return read_host_config(config::parse_file(path), path, true);
 }
 
 } // namespace serpens

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace serpens {
@@ -80,5 +81,8 @@ struct HostConfig {
 // Parses and validates a host.toml.  Relative paths resolve against the file's
 // directory.  Throws ConfigError (file:line:col: what was expected).
 HostConfig load_host_config(const std::string &path);
+// The same from text that claims to come from `path` (for messages and
+// relative paths); does not require plugin_dir and chains_dir to exist.
+HostConfig load_host_config_text(std::string_view text, const std::string &path);
 
 } // namespace serpens

@@ -1,17 +1,34 @@
 #include "config/plugin_config.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
 namespace serpens::config {
 namespace {
 
-toml::node_view<const toml::node> find(const serpens_config *cfg, const char *path)
+// The path as unread_keys spells it: "a.b[2].c", whatever spacing the NF used.
+std::string canonical(const char *path)
+{
+    return toml::path(path).str();
+}
+
+toml::node_view<const toml::node> locate(const serpens_config *cfg, const char *path)
 {
     if (cfg == nullptr || path == nullptr) {
         return {};
     }
     return cfg->table->at_path(path);
+}
+
+// A getter's lookup: also records that the NF reads this path.
+toml::node_view<const toml::node> find(const serpens_config *cfg, const char *path)
+{
+    if (cfg != nullptr && path != nullptr) {
+        std::lock_guard lock(cfg->queried_mutex);
+        cfg->queried.insert(canonical(path));
+    }
+    return locate(cfg, path);
 }
 
 int copy_out(const std::string &value, char *buf, size_t len)
@@ -112,7 +129,7 @@ int config_where(const serpens_config *cfg, const char *path, char *buf, size_t 
     if (cfg == nullptr) {
         return SERPENS_EINVAL;
     }
-    auto node = find(cfg, path);
+    auto node = locate(cfg, path); // naming a key in a message is not reading it
     const auto &source = node ? node.node()->source() : cfg->table->source();
     std::string where = cfg->file;
     if (source.begin.line != 0) {
@@ -121,7 +138,123 @@ int config_where(const serpens_config *cfg, const char *path, char *buf, size_t 
     return copy_out(where, buf, len);
 }
 
+// Every prefix of every queried path: "a.b[2].c" touches a, a.b, a.b[2], a.b[2].c.
+std::set<std::string> touched_paths(const std::set<std::string> &queried)
+{
+    std::set<std::string> touched;
+    for (const std::string &text : queried) {
+        std::string prefix;
+        for (const toml::path_component &part : toml::path(text)) {
+            if (part.type() == toml::path_component_type::array_index) {
+                prefix += "[" + std::to_string(part.index()) + "]";
+            } else {
+                prefix += (prefix.empty() ? "" : ".") + std::string(part.key());
+            }
+            touched.insert(prefix);
+        }
+    }
+    return touched;
+}
+
+struct UnreadScan {
+    const serpens_config &cfg;
+    std::set<std::string> queried;
+    std::set<std::string> touched;
+    std::vector<UnreadKey> found;
+
+    // The names read directly inside `parent` ("" for the top), for the hint.
+    std::string read_below(const std::string &parent) const
+    {
+        std::set<std::string> names;
+        for (const std::string &path : queried) {
+            if (!parent.empty() && path.compare(0, parent.size() + 1, parent + ".") != 0) {
+                continue;
+            }
+            std::string rest = parent.empty() ? path : path.substr(parent.size() + 1);
+            names.insert(rest.substr(0, rest.find_first_of(".[")));
+        }
+        std::string out;
+        for (const std::string &name : names) {
+            out += (out.empty() ? "" : ", ") + name;
+        }
+        return out;
+    }
+
+    void report(const std::string &parent, const toml::key &key, const toml::node &node, const std::string &path)
+    {
+        const toml::source_region &at = key.source().begin.line != 0 ? key.source() : node.source();
+        UnreadKey unread;
+        unread.line = at.begin.line;
+        unread.column = at.begin.column;
+        std::string who = cfg.nf_name.empty() ? std::string("this NF") : "NF '" + cfg.nf_name + "'";
+        if (!cfg.plugin.empty()) {
+            who += " (plugin " + cfg.plugin + ")";
+        }
+        std::string reads = read_below(parent);
+        unread.message = "unknown key '" + path + "' in the config of " + who +
+                         (reads.empty() ? std::string("; it reads no keys here")
+                                        : "; it reads: " + reads);
+        unread.text = cfg.file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " +
+                      unread.message;
+        found.push_back(std::move(unread));
+    }
+
+    // Recursion depth is bounded by the TOML nesting toml++ accepts.
+    void table(const toml::table &t, const std::string &parent)
+    {
+        for (const auto &[key, node] : t) {
+            std::string path = (parent.empty() ? "" : parent + ".") + std::string(key.str());
+            if (node.is_table()) {
+                if (touched.count(path) == 0) {
+                    report(parent, key, node, path);
+                    continue;
+                }
+                table(*node.as_table(), path);
+            } else if (node.is_array()) {
+                if (touched.count(path) == 0) {
+                    report(parent, key, node, path);
+                    continue;
+                }
+                const toml::array &array = *node.as_array();
+                for (std::size_t i = 0; i < array.size(); ++i) {
+                    if (const toml::table *element = array.get(i)->as_table()) {
+                        table(*element, path + "[" + std::to_string(i) + "]");
+                    }
+                }
+            } else if (queried.count(path) == 0) {
+                report(parent, key, node, path);
+            }
+        }
+    }
+};
+
 } // namespace
+
+std::vector<UnreadKey> unread_key_list(const serpens_config &cfg)
+{
+    UnreadScan scan{cfg, {}, {}, {}};
+    {
+        std::lock_guard lock(cfg.queried_mutex);
+        scan.queried = cfg.queried;
+    }
+    scan.touched = touched_paths(scan.queried);
+    if (cfg.table != nullptr) {
+        scan.table(*cfg.table, "");
+    }
+    std::sort(scan.found.begin(), scan.found.end(), [](const UnreadKey &a, const UnreadKey &b) {
+        return a.line != b.line ? a.line < b.line : a.column < b.column;
+    });
+    return scan.found;
+}
+
+std::vector<std::string> unread_keys(const serpens_config &cfg)
+{
+    std::vector<std::string> out;
+    for (UnreadKey &unread : unread_key_list(cfg)) {
+        out.push_back(std::move(unread.text));
+    }
+    return out;
+}
 
 void install_config_api(serpens_host_api &api)
 {

@@ -6,9 +6,11 @@
 
 #include <toml++/toml.h>
 
-#include <string>
-
 #include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
 
 struct serpens_config {
     // The whole parsed chain file: kept alive (not copied) because toml++
@@ -17,11 +19,34 @@ struct serpens_config {
     const toml::table *table = nullptr; // the NF's config table, or an empty one
     std::string file;                   // the chain file it came from
     std::string directory;              // relative paths resolve against this
+    std::string nf_name;                // for messages: the chain's name for the NF
+    std::string plugin;                 // and its plugin
+
+    // Every path the NF asked a config_* getter for (config_where aside),
+    // found or not, as toml++ spells it: what unread_keys compares against.
+    // Written by init, which may run for several instances of one config.
+    mutable std::mutex queried_mutex;
+    mutable std::set<std::string> queried;
 };
 
 namespace serpens::config {
 
 // Fills the config_* entries of a host API table.
 void install_config_api(serpens_host_api &api);
+
+// The keys of the NF's config table that no getter asked for, in file
+// order, each as "file:line:col: unknown key 'k' in the config of NF 'n'
+// (plugin p); it reads: a, b".  A table or array counts as read when it or
+// any path below it was asked for; the keys of a table are checked one by
+// one (those inside arrays of tables too); any other value only when it was
+// asked for itself.  Call after init returned SERPENS_OK.
+struct UnreadKey {
+    uint32_t line = 0;
+    uint32_t column = 0;
+    std::string message; // without the location
+    std::string text;    // "file:line:col: " + message
+};
+std::vector<UnreadKey> unread_key_list(const serpens_config &cfg);
+std::vector<std::string> unread_keys(const serpens_config &cfg);
 
 } // namespace serpens::config

@@ -1,13 +1,34 @@
 #include "config/toml_reader.h"
 
+#include <serpens/nf_util.h>
+
+#include <cstdlib>
+#include <memory>
 #include <sstream>
 
 namespace serpens::config {
 
 toml::table parse_file(const std::string &path)
 {
+    // The reader NFs use for their files: a FIFO or /dev/zero named as a
+    // config must fail at once, not hang or fill memory.
+    char *data = nullptr;
+    std::size_t size = 0;
+    char err[1024];
+    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) !=
+        SERPENS_OK) {
+        std::string why = err;
+        std::string prefix = path + ": ";
+        throw ConfigError(path, why.compare(0, prefix.size(), prefix) == 0 ? why.substr(prefix.size()) : why);
+    }
+    std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);
+    return parse_text(std::string_view(data, size), path);
+}
+
+toml::table parse_text(std::string_view text, const std::string &path)
+{
     try {
-        return toml::parse_file(path);
+        return toml::parse(text, path);
     } catch (const toml::parse_error &e) {
         const auto &begin = e.source().begin;
         throw ConfigError(path, begin.line, begin.column,
@@ -34,6 +55,27 @@ std::string type_name(const toml::node &node)
     case toml::node_type::date_time: return "a date/time";
     default: return "nothing";
     }
+}
+
+bool is_safe_name(std::string_view name) noexcept
+{
+    if (name.empty() || name.size() > max_name_length || name.front() == '.') {
+        return false;
+    }
+    for (char c : name) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '-' || c == '.';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string unsafe_name_message(std::string_view what, std::string_view value)
+{
+    return "'" + std::string(value) + "' is not a valid " + std::string(what) + ": expected 1.." +
+           std::to_string(max_name_length) + " characters of A-Z a-z 0-9 _ - . (not starting with '.')";
 }
 
 TableReader::TableReader(const toml::table &table, std::string file, std::string what)

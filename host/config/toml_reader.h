@@ -19,6 +19,8 @@ namespace serpens::config {
 
 // Parses a TOML file; syntax errors become ConfigError with line and column.
 toml::table parse_file(const std::string &path);
+// Parses TOML text; `path` names it in messages and source positions.
+toml::table parse_text(std::string_view text, const std::string &path);
 
 [[noreturn]] void fail_at(const std::string &file, const toml::source_region &where,
                           const std::string &message);
@@ -65,5 +67,13 @@ private:
 };
 
 std::string type_name(const toml::node &node);
+
+// Names that end up in file names, shared-memory segments and log lines (host
+// ids, chain and NF names): 1..64 of [A-Za-z0-9_.-], not starting with '.', so
+// no name can be "..", hold a '/' or hide as a dot file.
+inline constexpr std::size_t max_name_length = 64;
+bool is_safe_name(std::string_view name) noexcept;
+// "'<value>' is not a valid <what>: ..." naming the rule, for the messages above.
+std::string unsafe_name_message(std::string_view what, std::string_view value);
 
 } // namespace serpens::config

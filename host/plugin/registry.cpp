@@ -193,6 +193,23 @@ bool PluginRegistry::load_file(const std::string &path)
     return true;
 }
 
+bool PluginRegistry::add_builtin(const serpens_nf_descriptor &desc, const std::string &origin)
+{
+    RefusalReason reason{};
+    std::string why = validate_descriptor(desc, reason);
+    if (!why.empty()) {
+        refuse(origin, reason, why);
+        return false;
+    }
+    if (auto existing = _plugins.find(desc.name); existing != _plugins.end()) {
+        refuse(origin, RefusalReason::duplicate_name,
+               "NF '" + std::string(desc.name) + "' is already loaded from " + existing->second->path());
+        return false;
+    }
+    _plugins.emplace(desc.name, std::make_unique<Plugin>(origin, nullptr, &desc));
+    return true;
+}
+
 void PluginRegistry::load_directory(const std::string &directory)
 {
     namespace fs = std::filesystem;

@@ -60,6 +60,10 @@ public:
     void load_directory(const std::string &directory);
     // Loads one file; returns false (and records the refusal) when refused.
     bool load_file(const std::string &path);
+    // Registers a descriptor that lives in this process (built-in NFs, the
+    // chain fuzzer), checked as a loaded one is; `origin` stands for the path
+    // in messages.  Returns false (and records the refusal) when refused.
+    bool add_builtin(const serpens_nf_descriptor &desc, const std::string &origin);
 
     const Plugin *find(const std::string &name) const;
     const std::vector<PluginRefusal> &refusals() const noexcept { return _refusals; }

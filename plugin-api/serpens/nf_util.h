@@ -2,9 +2,10 @@
  * serpens/nf_util.h — small helpers NF plugins share, header-only.
  *
  * Optional: nothing here is part of the ABI.  Every helper is a static inline
- * function (or a macro) built from serpens/nf.h and the C standard library
- * alone, so a plugin compiles it into itself and still links against nothing
- * of the host.  Pure C99, usable from C and C++ plugins.
+ * function (or a macro) built from serpens/nf.h, the C standard library and
+ * (for files) POSIX open/fstat/read, so a plugin compiles it into itself and
+ * still links against nothing of the host.  Pure C99, usable from C and C++
+ * plugins.
  *
  * Contents:
  *  - unaligned loads and stores of packet fields (byte order as in memory);
@@ -12,6 +13,8 @@
  *    (RFC 1624, HC' = ~(~HC + ~m + m'));
  *  - cold-path configuration helpers that log "file:line:col: <nf>: <path>:
  *    <message>" through the host and return SERPENS_EINVAL;
+ *  - a bounded reader for the files a config names (rules, signatures):
+ *    regular files only, up to a size limit;
  *  - counter registration for a table of names;
  *  - a bulk state lookup that falls back to one get_state per key.
  *
@@ -25,9 +28,15 @@
 
 #include <serpens/nf.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -271,6 +280,122 @@ static inline int serpens_config_for_each_string(const struct serpens_nf_ctx *ct
             return rc;
         }
     }
+    return SERPENS_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Files named by a config (init only)                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The size limit NFs use for a rules or signatures file. */
+#define SERPENS_CONFIG_FILE_MAX ((size_t)64 << 20)
+
+/*
+ * Reads the whole file at path into a malloc'd buffer: SERPENS_OK with
+ * *data (NUL-terminated, free() it) and *size set.  Otherwise *data is NULL,
+ * err holds "<path>: <why>" (cut to err_len) and the return is
+ * SERPENS_ENOENT (cannot open), SERPENS_EINVAL (not a regular file, over
+ * max_size bytes, a read error) or SERPENS_ENOMEM.
+ *
+ * Only regular files: a directory, /dev/zero, a FIFO or a socket is refused
+ * after open (the open itself does not block on a FIFO), and the read stops
+ * past max_size bytes even when the file grows meanwhile, so the call takes
+ * bounded time and memory whatever the path names.
+ */
+static inline int serpens_read_config_file(const char *path, size_t max_size, char **data, size_t *size, char *err,
+                                           size_t err_len)
+{
+    int flags = O_RDONLY | O_NONBLOCK; /* O_NONBLOCK: a FIFO with no writer must not hang init */
+#ifdef O_CLOEXEC
+    flags |= O_CLOEXEC;
+#endif
+    struct stat st;
+    char *buf = NULL;
+    size_t cap = 0;
+    size_t len = 0;
+    int fd = -1;
+    const char *kind = NULL;
+    *data = NULL;
+    *size = 0;
+    fd = open(path, flags);
+    if (fd < 0) {
+        snprintf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
+        return SERPENS_ENOENT;
+    }
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, err_len, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return SERPENS_EINVAL;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        kind = S_ISDIR(st.st_mode)    ? "a directory"
+               : S_ISCHR(st.st_mode)  ? "a character device"
+               : S_ISBLK(st.st_mode)  ? "a block device"
+               : S_ISFIFO(st.st_mode) ? "a FIFO"
+                                      : "a special file";
+        snprintf(err, err_len, "%s: is %s, expected a regular file", path, kind);
+        close(fd);
+        return SERPENS_EINVAL;
+    }
+    if (st.st_size < 0 || (unsigned long long)st.st_size > (unsigned long long)max_size) {
+        snprintf(err, err_len, "%s: %lld bytes, over the limit of %zu bytes", path, (long long)st.st_size,
+                 max_size);
+        close(fd);
+        return SERPENS_EINVAL;
+    }
+    /* st_size is a hint (a /proc file says 0, a file may grow): read to EOF
+     * into a buffer of st_size + 1 bytes, growing it only when more comes,
+     * and never holding more than max_size bytes. */
+    cap = (size_t)st.st_size + 1;
+    buf = (char *)malloc(cap);
+    if (buf == NULL) {
+        snprintf(err, err_len, "%s: out of memory for %zu bytes", path, cap);
+        close(fd);
+        return SERPENS_ENOMEM;
+    }
+    for (;;) {
+        char probe[4096];
+        const int full = len + 1 >= cap;
+        ssize_t got = read(fd, full ? probe : buf + len, full ? sizeof probe : cap - 1 - len);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0) {
+            snprintf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
+            free(buf);
+            close(fd);
+            return SERPENS_EINVAL;
+        }
+        if (got == 0) {
+            break;
+        }
+        if ((size_t)got > max_size - len) {
+            snprintf(err, err_len, "%s: more than the limit of %zu bytes", path, max_size);
+            free(buf);
+            close(fd);
+            return SERPENS_EINVAL;
+        }
+        if (full) {
+            size_t want = cap * 2 > len + (size_t)got + 1 ? cap * 2 : len + (size_t)got + 1;
+            char *grown;
+            want = want > max_size + 1 ? max_size + 1 : want;
+            grown = (char *)realloc(buf, want);
+            if (grown == NULL) {
+                snprintf(err, err_len, "%s: out of memory for %zu bytes", path, want);
+                free(buf);
+                close(fd);
+                return SERPENS_ENOMEM;
+            }
+            buf = grown;
+            cap = want;
+            memcpy(buf + len, probe, (size_t)got);
+        }
+        len += (size_t)got;
+    }
+    close(fd);
+    buf[len] = '\0';
+    *data = buf;
+    *size = len;
     return SERPENS_OK;
 }
 

@@ -2,14 +2,15 @@
 
 #include "fw_rules.h"
 
+#include <serpens/nf_util.h>
+
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cctype>
-#include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+#include <cstdlib>
+#include <memory>
 #include <sys/socket.h>
 
 namespace serpens_fw {
@@ -256,13 +257,15 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
 
 std::string load_rules(const std::string &path, RuleSet &out)
 {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        return path + ": cannot read the rules file: " + std::strerror(errno);
+    char *data = nullptr;
+    std::size_t size = 0;
+    char err[512];
+    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) !=
+        SERPENS_OK) {
+        return err;
     }
-    std::ostringstream text;
-    text << in.rdbuf();
-    return parse_rules(text.str(), path, out);
+    std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);
+    return parse_rules(std::string_view(data, size), path, out);
 }
 
 bool rule_matches(const Rule &r, const PacketKey &p) noexcept

@@ -69,7 +69,8 @@ struct PacketKey {
 // Parses `text`; on error returns "file:line: what was expected" and leaves
 // `out` unspecified; on success returns "".
 std::string parse_rules(std::string_view text, std::string_view file, RuleSet &out);
-// Reads and parses a file; errors as above ("file: cannot read: ..." for I/O).
+// Reads and parses a file; errors as above, "file: why" when the file is not
+// a regular file of at most SERPENS_CONFIG_FILE_MAX bytes or cannot be read.
 std::string load_rules(const std::string &path, RuleSet &out);
 
 // The reference: index of the first matching rule, or -1.

@@ -63,9 +63,8 @@
 #include <sys/socket.h>
 
 #include <cctype>
-#include <cerrno>
 #include <cstring>
-#include <fstream>
+#include <cstdlib>
 #include <memory>
 #include <new>
 #include <sstream>
@@ -579,14 +578,15 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     }
     ids->idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
     try {
-        std::ifstream in(path, std::ios::binary);
-        if (!in) {
-            h->log(ctx, SERPENS_LOG_ERROR, "%s: cannot read the rules file: %s", path, std::strerror(errno));
+        char *data = nullptr;
+        std::size_t size = 0;
+        char why[sizeof path + 256]; // the path and the reason, never cut
+        if (serpens_read_config_file(path, SERPENS_CONFIG_FILE_MAX, &data, &size, why, sizeof why) != SERPENS_OK) {
+            h->log(ctx, SERPENS_LOG_ERROR, "%s", why);
             return SERPENS_EINVAL;
         }
-        std::ostringstream text;
-        text << in.rdbuf();
-        std::string err = parse_rules(text.str(), path, ids->rules);
+        std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);
+        std::string err = parse_rules(std::string(data, size), path, ids->rules);
         if (!err.empty()) {
             h->log(ctx, SERPENS_LOG_ERROR, "%s", err.c_str());
             return SERPENS_EINVAL;

@@ -1,34 +1,56 @@
 #!/bin/sh
-# Builds (if needed) and runs the parser fuzzer for a bounded time.
-#   tests/fuzz/run.sh [seconds] [build-dir]      default: 60 s, build-fuzz
+# Builds (if needed) and runs one libFuzzer target for a bounded time.
+#   tests/fuzz/run.sh <target> [seconds] [build-dir]   default: 60 s, build-fuzz
+# Targets: fuzz-parse, fuzz-chain, fuzz-host-config, fuzz-control (one per fuzz_*.cpp here).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev or
-# the llvm-14 runtime shipped with clang-14).  Seeds are the hex files in
-# seeds/, converted to binary into <build-dir>/fuzz-corpus/ (the corpus also
-# keeps what the fuzzer finds, so later runs start from there).  A crash
-# leaves its input as <build-dir>/fuzz-crash-* and exits non-zero.
+# the llvm-14 runtime shipped with clang-14).  Each target has its own corpus,
+# <build-dir>/fuzz-corpus/<target>/, which also keeps what the fuzzer finds so
+# later runs start from there.  Seeds: the files of seeds/<target>/ (*.hex
+# converted to binary), and for the config readers the shipped conf/ files.
+# A dictionary <name>.dict (fuzz-parse: parse.dict) is used when present.  A
+# crash leaves its input as <build-dir>/fuzz-<target>-crash-* and exits
+# non-zero.
 set -eu
-seconds=${1:-60}
+target=${1:?usage: run.sh <target> [seconds] [build-dir]}
+seconds=${2:-60}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-build=${2:-$root/build-fuzz}
+build=${3:-$root/build-fuzz}
 
+if [ ! -f "$here/fuzz_$(echo "${target#fuzz-}" | tr - _).cpp" ]; then
+    echo "run.sh: no fuzz target '$target' (expected $here/fuzz_*.cpp)" >&2
+    exit 2
+fi
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang CXX=clang++ meson setup "$build" "$root" -Dfuzz=true -Dbuildtype=debugoptimized
 fi
 # Only the fuzz target: the rest of the tree need not build with clang here.
-ninja -C "$build" tests/fuzz/fuzz-parse
+ninja -C "$build" "tests/fuzz/$target"
 
-corpus="$build/fuzz-corpus"
+corpus="$build/fuzz-corpus/$target"
 mkdir -p "$corpus"
-for hex in "$here"/seeds/*.hex; do
-    name=$(basename "$hex" .hex)
-    # perl is always present on Debian (perl-base); xxd may not be.
-    grep -v '^#' "$hex" | perl -ne 's/\s+//g; print pack("H*", $_)' > "$corpus/seed-$name"
-done
+if [ -d "$here/seeds/$target" ]; then
+    for seed in "$here/seeds/$target"/*; do
+        name=$(basename "$seed")
+        case "$name" in
+        *.hex)
+            # perl is always present on Debian (perl-base); xxd may not be.
+            grep -v '^#' "$seed" | perl -ne 's/\s+//g; print pack("H*", $_)' > "$corpus/seed-${name%.hex}" ;;
+        *) cp "$seed" "$corpus/seed-$name" ;;
+        esac
+    done
+fi
+# The shipped configs are the best seeds the config readers can have.
+case "$target" in
+fuzz-chain)
+    for f in "$root"/conf/chains/*.toml; do cp "$f" "$corpus/seed-conf-$(basename "$f")"; done ;;
+fuzz-host-config)
+    cp "$root/conf/host.toml" "$corpus/seed-conf-host.toml" ;;
+esac
 
-exec "$build/tests/fuzz/fuzz-parse" "$corpus" \
-    -dict="$here/parse.dict" \
-    -max_total_time="$seconds" \
-    -max_len=2048 \
-    -print_final_stats=1 \
-    -artifact_prefix="$build/fuzz-"
+dict="$here/${target#fuzz-}.dict"
+set -- "$corpus" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$build/$target-"
+if [ -f "$dict" ]; then
+    set -- "$@" -dict="$dict"
+fi
+exec "$build/tests/fuzz/$target" "$@"

@@ -60,8 +60,14 @@ static void trace_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batc
     }
 }
 
+/* Counts fini calls so a test can check fini runs for an NF refused after
+ * its init succeeded (an unknown config key). */
+SERPENS_EXPORT int trace_fini_calls;
+int trace_fini_calls = 0;
+
 static void trace_fini(struct serpens_nf_ctx *ctx)
 {
+    ++trace_fini_calls;
     free(ctx->priv);
     ctx->priv = NULL;
 }

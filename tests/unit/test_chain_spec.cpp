@@ -301,3 +301,69 @@ TEST_CASE("rejects an ambiguous entry and reserved NF names")
                       1, "ambiguous entry: NFs a, b have no incoming edge");
     f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"out\"\nplugin = \"noop\"\n", 3, "reserved");
 }
+
+namespace {
+
+// A chain file of n noop NFs n0..n(n-1), each [[nf]] three lines long from line 3 on.
+std::string long_chain(std::size_t n, const std::string &tail = "")
+{
+    std::string text = "name = \"long\"\nentry = \"n0\"\n";
+    std::string sequence = "chain = [";
+    for (std::size_t i = 0; i < n; ++i) {
+        text += "[[nf]]\nname = \"n" + std::to_string(i) + "\"\nplugin = \"noop\"\n";
+        sequence += (i ? ", \"n" : "\"n") + std::to_string(i) + "\"";
+    }
+    // Root keys must come before the first table: put chain first.
+    return sequence + "]\n" + text + tail;
+}
+
+} // namespace
+
+TEST_CASE("refuses a chain longer than SERPENS_MAX_CHAIN_NFS at the first NF over the limit")
+{
+    Fixture f;
+    // Line 1 is `chain`, 2-3 name and entry; NF #k starts at line 4 + 3 * (k - 1).
+    const int first_over = 4 + 3 * static_cast<int>(SERPENS_MAX_CHAIN_NFS);
+    f.expect_rejected(long_chain(SERPENS_MAX_CHAIN_NFS + 1), first_over,
+                      "[[nf]] #1025: a chain holds at most 1024 NFs (SERPENS_MAX_CHAIN_NFS)");
+    // Far beyond the limit: refused the same way, without ever building a graph.
+    f.expect_rejected(long_chain(40000), first_over, "a chain holds at most 1024 NFs");
+}
+
+TEST_CASE("a chain of SERPENS_MAX_CHAIN_NFS NFs compiles, and a cycle through all of them is named")
+{
+    Fixture f;
+    auto chain = f.compile(long_chain(SERPENS_MAX_CHAIN_NFS));
+    REQUIRE(chain->nfs.size() == SERPENS_MAX_CHAIN_NFS);
+    CHECK(chain->nfs.front().name == "n0");
+    CHECK(chain->nfs.back().name == "n1023");
+    CHECK(chain->nfs.back().next[0] == SERPENS_LABEL_OUT);
+
+    const int distribute_to = 4 + 3 * static_cast<int>(SERPENS_MAX_CHAIN_NFS) + 2;
+    f.expect_rejected(long_chain(SERPENS_MAX_CHAIN_NFS, "[[distribute]]\nfrom = \"n1023\"\nto = [\"n0\"]\n"),
+                      distribute_to, "cycle n0 -> n1 -> n2 -> ");
+    try {
+        f.compile(long_chain(SERPENS_MAX_CHAIN_NFS, "[[distribute]]\nfrom = \"n1023\"\nto = [\"n0\"]\n"));
+        FAIL("a cycle was accepted");
+    } catch (const ConfigError &e) {
+        CHECK(std::string(e.what()).find("n1022 -> n1023 -> n0: a chain must be a DAG") != std::string::npos);
+    }
+}
+
+TEST_CASE("chain and NF names are limited to a safe character set")
+{
+    Fixture f;
+    const char *nf = "[[nf]]\nname = \"a\"\nplugin = \"noop\"\n";
+    for (const char *bad : {"..", ".hidden", "a/b", "../x", "with space", "tab\\tname", "naïve", ""}) {
+        f.expect_rejected("name = \"" + std::string(bad) + "\"\n" + nf, 1, "is not a valid chain name");
+    }
+    f.expect_rejected("name = \"" + std::string(65, 'c') + "\"\n" + nf, 1, "expected 1..64 characters");
+    f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"../up\"\nplugin = \"noop\"\n", 3,
+                      "'../up' is not a valid NF name");
+    f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"a b\"\nplugin = \"noop\"\n", 3, "is not a valid NF name");
+
+    auto chain = f.compile("name = \"Fw-1.v2_" + std::string(56, 'x') + "\"\n[[nf]]\nname = \"fw.0-A_b\"\nplugin = "
+                           "\"noop\"\n");
+    CHECK(chain->name.size() == 64);
+    CHECK(chain->nfs.front().name == "fw.0-A_b");
+}

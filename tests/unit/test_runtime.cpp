@@ -275,3 +275,75 @@ TEST_CASE("packet helpers keep the view and header offsets in step")
     CHECK(api.pkt_prepend(&pkt, MemPacket::capacity) == nullptr);
     CHECK(api.pkt_append(&pkt, MemPacket::capacity) == nullptr);
 }
+
+TEST_CASE("a config key the NF never read refuses the chain at that key, after fini")
+{
+    Harness h;
+    auto chain = h.compile(R"(name = "typo"
+chain = ["a", "b"]
+[[nf]]
+name = "a"
+plugin = "trace"
+[[nf]]
+name = "b"
+plugin = "steer"
+[nf.config]
+by = "proto"
+ofset = 3
+)");
+    void *handle = dlopen(h.registry.find("trace")->path().c_str(), RTLD_NOW | RTLD_NOLOAD);
+    REQUIRE(handle != nullptr);
+    auto *fini_calls = static_cast<int *>(dlsym(handle, "trace_fini_calls"));
+    REQUIRE(fini_calls != nullptr);
+    int before = *fini_calls;
+    std::string expected = (h.chains / "c.toml") +
+                           ":11:1: unknown key 'ofset' in the config of NF 'b' (plugin steer); it reads: by, offset, tag";
+    CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api), expected.c_str(), ConfigError);
+    CHECK(*fini_calls == before + 1); // 'a' had started: it is finalized
+    dlclose(handle);
+
+    // Tables the NF never looks into are named as a whole; every key is named.
+    chain = h.compile("name = \"t\"\n[[nf]]\nname = \"a\"\nplugin = \"trace\"\n[nf.config]\ntag = 1\n"
+                      "[nf.config.pool]\nsize = 3\n");
+    CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
+                         doctest::Contains(":7:12: unknown key 'pool' in the config of NF 'a' (plugin trace)"),
+                         ConfigError);
+    // The same keys, all read: the chain starts.
+    chain = h.compile("name = \"t\"\n[[nf]]\nname = \"a\"\nplugin = \"trace\"\n[nf.config]\ntag = 1\n"
+                      "by_instance = true\n");
+    CHECK_NOTHROW(ChainInstance(chain, 0, &h.api));
+}
+
+TEST_CASE("unread_keys: paths touch their prefixes; where() reads nothing; leaves count only when read")
+{
+    Harness h;
+    auto chain = h.compile(R"(name = "keys"
+[[nf]]
+name = "a"
+plugin = "noop"
+[nf.config]
+a = { b = [ { c = 1, d = 2 }, { c = 3 } ], e = 1 }
+f = [1, 2]
+g = { h = 1 }
+i = "x"
+j = 5
+)");
+    const serpens_config *cfg = chain->nfs[0].config.get();
+    int64_t v = 0;
+    size_t n = 0;
+    char where[256];
+    const char *s = nullptr;
+    CHECK(h.api.config_int(cfg, "a.b[0].c", &v) == SERPENS_OK);
+    CHECK(h.api.config_int(cfg, "a.b[1].c", &v) == SERPENS_OK);
+    CHECK(h.api.config_array_size(cfg, "f", &n) == SERPENS_OK);
+    CHECK(h.api.config_where(cfg, "g.h", where, sizeof where) == SERPENS_OK);
+    CHECK(h.api.config_int(cfg, "i", &v) == SERPENS_EINVAL); // asked for, wrong type: still read
+    CHECK(h.api.config_string(cfg, "absent", &s) == SERPENS_ENOENT);
+    std::string file = h.chains / "c.toml";
+    std::vector<std::string> unread = config::unread_keys(*cfg);
+    REQUIRE(unread.size() == 4);
+    CHECK(unread[0] == file + ":6:22: unknown key 'a.b[0].d' in the config of NF 'a' (plugin noop); it reads: c");
+    CHECK(unread[1] == file + ":6:44: unknown key 'a.e' in the config of NF 'a' (plugin noop); it reads: b");
+    CHECK(unread[2] == file + ":8:1: unknown key 'g' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+    CHECK(unread[3] == file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+}

@@ -13,6 +13,7 @@
 #include "../run_batch.h"
 
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <doctest/doctest.h>
 #include <toml++/toml.h>
@@ -20,6 +21,7 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdarg>
@@ -405,6 +407,8 @@ public:
     }
     Table *table(const std::string &name) { return _tables.count(name) ? _tables[name].get() : nullptr; }
     const serpens_nf_descriptor *desc() const { return _desc; }
+    // The config as the host keeps it: what the NF read is recorded there.
+    const serpens_config &config() const { return *_config; }
     serpens_host_api &api() { return _api; }
 
 private:
@@ -441,6 +445,31 @@ private:
     std::map<std::string, std::unique_ptr<Table>> _tables;
     std::vector<std::string> _logs;
 };
+
+// Files a rules or signatures file must not be, each with what init must log:
+// /dev/zero (endless), a directory, a FIFO nobody writes to (opening it must
+// not block) and a sparse file one byte over SERPENS_CONFIG_FILE_MAX.
+struct BadFile {
+    std::string path;
+    std::string logged;
+};
+
+inline std::vector<BadFile> bad_config_files(MockHost &h)
+{
+    std::string fifo = h.dir() + "/fifo.rules";
+    if (mkfifo(fifo.c_str(), 0600) != 0) {
+        throw std::runtime_error("mkfifo " + fifo);
+    }
+    std::string huge = h.write("huge.rules", "");
+    std::filesystem::resize_file(huge, SERPENS_CONFIG_FILE_MAX + 1);
+    std::filesystem::create_directory(h.dir() + "/dir.rules");
+    return {
+        {"/dev/zero", "/dev/zero: is a character device, expected a regular file"},
+        {h.dir() + "/dir.rules", "dir.rules: is a directory, expected a regular file"},
+        {fifo, "fifo.rules: is a FIFO, expected a regular file"},
+        {huge, "huge.rules: 67108865 bytes, over the limit of 67108864 bytes"},
+    };
+}
 
 inline Bytes ip_bytes(const std::string &s, bool v6)
 {

@@ -498,3 +498,34 @@ TEST_CASE("fw: established-flow cost does not depend on the rule count")
                     << "x of 1 rule)");
     }
 }
+
+TEST_CASE("fw: the rules file must be a regular file within the size limit")
+{
+    MockHost h(FW_PLUGIN);
+    for (const BadFile &bad : bad_config_files(h)) {
+        CAPTURE(bad.path);
+        h.set_config("rules = \"" + bad.path + "\"\n");
+        Ctx *c = nullptr;
+        auto start = std::chrono::steady_clock::now();
+        CHECK(h.init(c) == SERPENS_EINVAL);
+        CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+        CHECK_MESSAGE(h.logged(bad.logged), h.all_logs());
+    }
+    // load_rules says the same to its other callers.
+    RuleSet set;
+    CHECK(load_rules("/dev/zero", set) == "/dev/zero: is a character device, expected a regular file");
+    CHECK(load_rules(h.dir(), set).find("is a directory") != std::string::npos);
+}
+
+TEST_CASE("fw: init reads every key its synopsis documents, so a misspelt one stands out")
+{
+    MockHost h(FW_PLUGIN);
+    start_fw(h, "default allow\n",
+             "stateful = true\nnon_ip = \"allow\"\ncache_size = 1024\nidle_timeout = 60\nstate = \"auto\"\n");
+    CHECK(serpens::config::unread_keys(h.config()).empty());
+    start_fw(h, "default allow\n", "statefull = true\n");
+    auto unread = serpens::config::unread_keys(h.config());
+    REQUIRE(unread.size() == 1);
+    CHECK(unread[0].find("chain.toml:3:1: unknown key 'statefull' in the config of this NF; it reads: cache_size, "
+                         "idle_timeout, non_ip, rules, state, stateful") != std::string::npos);
+}

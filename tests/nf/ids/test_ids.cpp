@@ -145,3 +145,27 @@ TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
     CHECK(h.init(c) == SERPENS_EINVAL);
     CHECK(h.logged("chain.toml:3"));
 }
+
+TEST_CASE("ids: the signatures file must be a regular file within the size limit")
+{
+    MockHost h(IDS_PLUGIN);
+    for (const BadFile &bad : bad_config_files(h)) {
+        CAPTURE(bad.path);
+        h.set_config("rules = \"" + bad.path + "\"\n");
+        Ctx *c = nullptr;
+        CHECK(h.init(c) == SERPENS_EINVAL);
+        CHECK_MESSAGE(h.logged(bad.logged), h.all_logs());
+    }
+}
+
+TEST_CASE("ids: init reads every key its synopsis documents")
+{
+    MockHost h(IDS_PLUGIN);
+    h.write("ids.rules", "alert tcp any any -> any any (msg:\"x\"; content:\"evil\"; sid:1;)\n");
+    h.set_config("rules = \"ids.rules\"\nmax_flows = 64\nidle_timeout = 10\nmax_flow = 3\n");
+    Ctx *c = nullptr;
+    REQUIRE_MESSAGE(h.init(c) == SERPENS_OK, h.all_logs());
+    auto unread = serpens::config::unread_keys(h.config());
+    REQUIRE(unread.size() == 1);
+    CHECK(unread[0].find(":5:1: unknown key 'max_flow'") != std::string::npos);
+}

@@ -291,3 +291,13 @@ TEST_CASE("lb: config errors name file:line and fail init")
         CHECK(host.logs.back().find(c.what) != std::string::npos);
     }
 }
+
+TEST_CASE("lb: init reads every key its synopsis documents")
+{
+    Lb all(std::string(kConfig) + "table_size = 1009\nmax_flows = 1024\n");
+    CHECK(serpens::config::unread_keys(all.host.config()).empty());
+    Lb typo(std::string(kConfig) + "backend = [\"10.9.9.9\"]\n");
+    auto unread = serpens::config::unread_keys(typo.host.config());
+    REQUIRE(unread.size() == 1);
+    CHECK(unread[0].find(":6:1: unknown key 'backend'") != std::string::npos);
+}

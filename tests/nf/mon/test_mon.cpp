@@ -492,3 +492,13 @@ TEST_CASE("mon: config errors name file:line and fail init")
         CHECK(host.logs.back().find(c.what) != std::string::npos);
     }
 }
+
+TEST_CASE("mon: init reads every key its synopsis documents")
+{
+    Mon m("max_flows = 1024\nmax_hosts = 256\nmerge_ms = 100\nfold_ms = 10\nidle_timeout = 30\n");
+    CHECK(serpens::config::unread_keys(m.host.config()).empty());
+    Mon typo("max_flow = 1024\n");
+    auto unread = serpens::config::unread_keys(typo.host.config());
+    REQUIRE(unread.size() == 1);
+    CHECK(unread[0].find(":2:1: unknown key 'max_flow'") != std::string::npos);
+}

@@ -161,6 +161,8 @@ public:
         _config->directory = _dir;
     }
     const std::string &config_file() const { return _config_file; }
+    // The config as the host keeps it: what the NF read is recorded there.
+    const serpens_config &config() const { return *_config; }
 
     // Creates instance `id`'s context and runs init.
     int init(uint32_t id)

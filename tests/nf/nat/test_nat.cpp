@@ -560,3 +560,15 @@ rebalance_ms = 500
     CHECK(n.host.timers.front().second == 500 * 1000000ull);
     CHECK(n.host.table("pool")->entries.size() == 3 * 4032);
 }
+
+TEST_CASE("nat: init reads every key its synopsis documents")
+{
+    Nat n(std::string("max_mappings = 4096\nrebalance_ms = 100\n") + kConfig);
+    CHECK(serpens::config::unread_keys(n.host.config()).empty());
+    Nat typo(std::string("bogus = 1\n") + kConfig + "udpp = 3\n");
+    auto unread = serpens::config::unread_keys(typo.host.config());
+    REQUIRE(unread.size() == 2);
+    CHECK(unread[0].find(":2:1: unknown key 'bogus'") != std::string::npos);
+    CHECK(unread[1].find(":11:1: unknown key 'timeouts.udpp'") != std::string::npos);
+    CHECK(unread[1].find("it reads: icmp, tcp, tcp_closed, udp") != std::string::npos);
+}

@@ -169,3 +169,11 @@ TEST_CASE("noop: bad configuration is refused, naming the key")
     REQUIRE_FALSE(host.logs.empty());
     CHECK(host.logs.back().find(key) != std::string::npos);
 }
+
+TEST_CASE("noop: init reads every key its synopsis documents")
+{
+    MockHost host(noop());
+    host.set_config("flow_state = \"lookup\"\nmax_flows = 1024\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    CHECK(serpens::config::unread_keys(host.config()).empty());
+}

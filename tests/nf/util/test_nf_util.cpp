@@ -7,8 +7,10 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 extern "C" uint16_t nf_util_c_rewrite_csum(uint8_t *ip, uint8_t *l4, uint32_t new_ip, uint16_t new_port);
@@ -217,4 +219,36 @@ TEST_CASE("serpens_get_state_bulk: the host's bulk call when there is one, else 
         CHECK(bulk_calls == (with_bulk ? 1 : 0));
         CHECK(serpens_get_state_bulk(&api, nullptr, keys, 0, values, 4, 8) == 0);
     }
+}
+
+TEST_CASE("serpens_read_config_file: reads to EOF within the limit, refuses past it")
+{
+    char tmpl[] = "/tmp/serpens-read-XXXXXX";
+    int fd = mkstemp(tmpl);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, "0123456789", 10) == 10);
+    close(fd);
+    char *data = nullptr;
+    size_t size = 0;
+    char err[256] = "";
+    // Exactly at the limit: read whole and NUL-terminated.
+    REQUIRE(serpens_read_config_file(tmpl, 10, &data, &size, err, sizeof err) == SERPENS_OK);
+    CHECK(size == 10);
+    CHECK(std::string(data) == "0123456789");
+    std::free(data);
+    CHECK(serpens_read_config_file(tmpl, 9, &data, &size, err, sizeof err) == SERPENS_EINVAL);
+    CHECK(data == nullptr);
+    CHECK(std::string(err) == std::string(tmpl) + ": 10 bytes, over the limit of 9 bytes");
+    unlink(tmpl);
+    CHECK(serpens_read_config_file(tmpl, 9, &data, &size, err, sizeof err) == SERPENS_ENOENT);
+    CHECK(std::string(err).find(": cannot read: No such file") != std::string::npos);
+
+    // A regular file whose st_size says 0 (procfs) is still read to its end,
+    // and the limit holds while reading, not only against st_size.
+    REQUIRE(serpens_read_config_file("/proc/self/status", 1 << 20, &data, &size, err, sizeof err) == SERPENS_OK);
+    CHECK(size > 100);
+    CHECK(std::string(data, size).find("Pid:") != std::string::npos);
+    std::free(data);
+    CHECK(serpens_read_config_file("/proc/self/status", 100, &data, &size, err, sizeof err) == SERPENS_EINVAL);
+    CHECK(std::string(err) == "/proc/self/status: more than the limit of 100 bytes");
 }

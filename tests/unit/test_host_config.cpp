@@ -1,0 +1,66 @@
+// host.toml: the host id names files (state dir, control socket), so only a
+// safe set of characters passes; the text entry point (the fuzzer's) reads
+// the same as the file one.
+
+#include "support.h"
+
+#include "config/host_config.h"
+#include "core/error.h"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+
+using namespace serpens;
+using serpens::test::ScratchDir;
+
+namespace {
+
+const char *ports = "[[port]]\nname = \"p0\"\ndevice = \"net_null0\"\n";
+
+std::string with_id(const std::string &id)
+{
+    return "[host]\nid = \"" + id + "\"\nplugin_dir = \".\"\nchains_dir = \".\"\n" + ports;
+}
+
+} // namespace
+
+TEST_CASE("host ids are limited to a safe character set, with file:line:col")
+{
+    for (const char *bad : {"..", ".", ".hidden", "a/b", "../../etc", "with space", "", "tab\\there"}) {
+        CAPTURE(bad);
+        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"),
+                             doctest::Contains("h.toml:2:6: '"), ConfigError);
+        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"),
+                             doctest::Contains("is not a valid host id"), ConfigError);
+    }
+    CHECK_THROWS_WITH_AS(load_host_config_text(with_id(std::string(65, 'h')), "h.toml"),
+                         doctest::Contains("expected 1..64 characters"), ConfigError);
+    HostConfig cfg = load_host_config_text(with_id("Edge-01.rack_7"), "/etc/serpens/h.toml");
+    CHECK(cfg.id == "Edge-01.rack_7");
+    CHECK(cfg.state_dir == "/dev/shm/serpens/Edge-01.rack_7");
+    CHECK(cfg.plugin_dir == "/etc/serpens/");
+}
+
+TEST_CASE("the file entry point reads what the text one does, and checks the directories")
+{
+    ScratchDir dir;
+    std::string file = dir.write("h.toml", with_id("x"));
+    CHECK(load_host_config(file).id == "x");
+    std::string missing = dir.write("m.toml", "[host]\nchains_dir = \"nowhere\"\nplugin_dir = \".\"\n");
+    CHECK_THROWS_WITH_AS(load_host_config(missing), doctest::Contains("m.toml:2:14: chains directory"), ConfigError);
+    // The text entry point does not look at the disk.
+    CHECK(load_host_config_text("[host]\nchains_dir = \"nowhere\"\n" + std::string(ports), file).chains_dir ==
+          (dir.path() / "nowhere").string());
+}
+
+TEST_CASE("a host.toml that is not a regular file is refused at once")
+{
+    ScratchDir dir;
+    CHECK_THROWS_WITH_AS(load_host_config("/dev/zero"),
+                         doctest::Contains("/dev/zero: is a character device, expected a regular file"), ConfigError);
+    std::string fifo = dir / "fifo.toml";
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK_THROWS_WITH_AS(load_host_config(fifo), doctest::Contains("is a FIFO"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config(dir.path().string()), doctest::Contains("is a directory"), ConfigError);
+}
