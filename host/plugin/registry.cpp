@@ -595,15 +595,41 @@ void PluginRegistry::load_directory(const std::string &directory)
             paths.push_back(entry.path().string());
         }
     }
-    std::sort(paths.begin(), paths.end());
+    std::sort(paths.begin(), paths.end()); // for a stable log, not to pick winners
     // Files in a subfolder are checked against their own folder by
     // open_plugin; this directory could still rename those folders.
     std::string unsafe = directory_problem(directory);
+    std::map<std::string, std::vector<std::unique_ptr<Plugin>>> by_name;
     for (const auto &path : paths) {
         if (!unsafe.empty()) {
             refuse(path, RefusalReason::insecure_directory, unsafe);
+        } else if (std::unique_ptr<Plugin> plugin = open_plugin(path)) {
+            std::string name = plugin->name();
+            by_name[name].push_back(std::move(plugin));
+        }
+    }
+    // Only now, with every claimant known, can a name be given to one file.
+    for (auto &[name, claimants] : by_name) {
+        std::vector<std::string> claimant_paths;
+        for (const auto &plugin : claimants) {
+            claimant_paths.push_back(plugin->path());
+        }
+        std::string why;
+        if (auto existing = _plugins.find(name); existing != _plugins.end()) {
+            why = "NF '" + name + "' is already loaded from " + existing->second->path();
+        } else if (claimants.size() > 1) {
+            why = "NF '" + name + "' is claimed by " + claimant_paths.front();
+            for (std::size_t i = 1; i < claimant_paths.size(); ++i) {
+                why += (i + 1 == claimant_paths.size() ? " and " : ", ") + claimant_paths[i];
+            }
+            why += "; none is loaded until only one remains";
         } else {
-            load_file(path);
+            admit(std::move(claimants.front()));
+            continue;
+        }
+        claimants.clear(); // dlclose them before saying so
+        for (const auto &path : claimant_paths) {
+            refuse(path, RefusalReason::duplicate_name, why);
         }
     }
     if (_plugins.empty()) {

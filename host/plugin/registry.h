@@ -75,10 +75,10 @@ private:
 
 class PluginRegistry {
 public:
-    // Loads every *.so in `directory` and in its immediate subdirectories
-    // (sorted by path, so the result does not depend on readdir order).
-    // Refuses every plugin when `directory` is writable by group or others.
-    // Throws Error
+    // Loads every *.so in `directory` and in its immediate subdirectories.
+    // When two files declare one NF name, both are refused, each refusal
+    // naming every claimant: no file wins by sorting first.  Refuses every
+    // plugin when `directory` is writable by group or others.  Throws Error
     // when the directory itself cannot be read; individual plugins are
     // refused, not thrown.
     void load_directory(const std::string &directory);

@@ -130,15 +130,36 @@ TEST_CASE("loader refuses unknown flags and a missing process callback")
     expect_refused("bad_no_process", RefusalReason::invalid_descriptor, "no process callback");
 }
 
-TEST_CASE("loader refuses a second plugin with the same NF name")
+TEST_CASE("two plugins claiming one NF name are both refused, whichever sorts first")
+{
+    ScratchDir dir;
+    std::string first = install_plugin(dir, "noop");
+    std::string twin = install_plugin(dir, "noop_twin");
+    install_plugin(dir, "noop2");
+    PluginRegistry registry;
+    registry.load_directory(dir.path().string());
+    CHECK(registry.find("noop") == nullptr);
+    CHECK(registry.find("noop2") != nullptr);
+    for (const auto &path : {first, twin}) {
+        const PluginRefusal *refusal = refusal_for(registry, path);
+        REQUIRE_MESSAGE(refusal != nullptr, path << " was not refused");
+        CHECK(refusal->reason == RefusalReason::duplicate_name);
+        CHECK_MESSAGE(refusal->message.find(first) != std::string::npos, refusal->message);
+        CHECK_MESSAGE(refusal->message.find(twin) != std::string::npos, refusal->message);
+    }
+    CHECK(registry.refusals().size() == 2);
+}
+
+TEST_CASE("load_file refuses a name already loaded, naming the loaded file")
 {
     ScratchDir dir;
     std::string first = install_plugin(dir, "noop");
     std::string twin = install_plugin(dir, "noop_twin");
     PluginRegistry registry;
-    registry.load_directory(dir.path().string());
+    CHECK(registry.load_file(first));
+    CHECK_FALSE(registry.load_file(twin));
     REQUIRE(registry.find("noop") != nullptr);
-    CHECK(registry.find("noop")->path() == first); // sorted: serpens_nf_noop.so first
+    CHECK(registry.find("noop")->path() == first);
     const PluginRefusal *refusal = refusal_for(registry, twin);
     REQUIRE(refusal != nullptr);
     CHECK(refusal->reason == RefusalReason::duplicate_name);
