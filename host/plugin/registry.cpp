@@ -297,6 +297,11 @@ std::optional<Problem> check_elf(char *image, std::size_t size)
     if (static_cast<unsigned char>(image[EI_DATA]) != host_elf_data) {
         return Problem{RefusalReason::wrong_machine, "built for the other byte order than this host's"};
     }
+    // libelf refuses every call until told which ELF version we speak.
+    static const bool libelf_ready = elf_version(EV_CURRENT) != EV_NONE;
+    if (!libelf_ready) {
+        return Problem{RefusalReason::not_shared_object, std::string("libelf unusable: ") + elf_errmsg(-1)};
+    }
     ElfHandle elf(elf_memory(image, size));
     GElf_Ehdr ehdr{};
     if (elf.get() == nullptr || elf_kind(elf.get()) != ELF_K_ELF || gelf_getehdr(elf.get(), &ehdr) == nullptr) {

@@ -6,7 +6,8 @@
 //
 // The file is decided on before any of its code runs: it must be a regular
 // file (no symlink), owned by root or this host's user, writable by neither
-// group nor others, in a directory that is not writable by group or others.
+// group nor others, in a directory (its own and the plugin directory) owned
+// the same way and not writable by group or others.
 // It is then copied into a sealed memfd, and the copy, not the file, is
 // checked (ELF shared object for this machine, exporting the entry function)
 // and dlopened.  So a refused file never has its ELF constructors run, and
