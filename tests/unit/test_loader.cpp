@@ -306,6 +306,24 @@ TEST_CASE("loader refuses a shared object built for another machine")
     CHECK(by_class->message.find("32-bit") != std::string::npos);
 }
 
+TEST_CASE("a plugin that stays mapped after unloading never stands in for the next one")
+{
+    // The dynamic linker knows it as /proc/self/fd/N; if N were reused, the
+    // next dlopen of that name would return it instead of the new plugin.
+    ScratchDir dir;
+    std::string sticky = install_plugin(dir, "noop_nodelete");
+    std::string next = install_plugin(dir, "noop2");
+    {
+        PluginRegistry registry;
+        REQUIRE(registry.load_file(sticky));
+    }
+    PluginRegistry registry;
+    REQUIRE(registry.load_file(next));
+    REQUIRE(registry.find("noop2") != nullptr);
+    CHECK(std::string(registry.find("noop2")->descriptor().name) == "noop2");
+    CHECK(registry.find("noop_nodelete") == nullptr);
+}
+
 TEST_CASE("overwriting a loaded plugin's file leaves the running code alone")
 {
     ScratchDir dir;
