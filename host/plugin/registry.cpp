@@ -80,6 +80,11 @@ Plugin::~Plugin()
     unload(_handle, _image_fd);
 }
 
+void *Plugin::symbol(const char *name) const noexcept
+{
+    return dlsym(_handle, name);
+}
+
 namespace {
 
 struct Problem {

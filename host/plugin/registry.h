@@ -66,6 +66,9 @@ public:
     const std::string &path() const noexcept { return _path; }
     const serpens_nf_descriptor &descriptor() const noexcept { return *_desc; }
     std::string name() const { return _desc->name; }
+    // The address of an exported symbol of this plugin, or nullptr.  The
+    // object is loaded from a private copy, so dlopen(path()) would not find it.
+    void *symbol(const char *name) const noexcept;
 
 private:
     std::string _path; // the file on disk, for messages; the code comes from _image_fd
