@@ -9,6 +9,8 @@ packages=(
     libdpdk-dev libtomlplusplus-dev libcli11-dev libspdlog-dev doctest-dev
     # NFs: IDS signatures, VPN ciphers; remote-state baseline of the benchmarks
     libhyperscan-dev libssl-dev libhiredis-dev redis-server
+    # plugin loader: reads a plugin's ELF symbols before dlopen
+    libelf-dev
     # tests: independent decoder, network namespaces, fuzzing
     tshark iproute2 clang
     # benchmarks: dpdk-testpmd as the reference, plots

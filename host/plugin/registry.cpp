@@ -5,12 +5,20 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cstring>
 #include <dlfcn.h>
 #include <elf.h>
+#include <fcntl.h>
 #include <filesystem>
-#include <fstream>
+#include <gelf.h>
+#include <libelf.h>
+#include <optional>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
 
 namespace serpens {
 
@@ -26,44 +34,355 @@ const char *to_string(RefusalReason reason) noexcept
     case RefusalReason::descriptor_too_small: return "descriptor too small";
     case RefusalReason::invalid_descriptor: return "invalid descriptor";
     case RefusalReason::duplicate_name: return "duplicate NF name";
+    case RefusalReason::not_regular_file: return "not a regular file";
+    case RefusalReason::unreadable: return "unreadable";
+    case RefusalReason::too_large: return "too large";
+    case RefusalReason::foreign_owner: return "foreign owner";
+    case RefusalReason::insecure_directory: return "insecure directory";
+    case RefusalReason::wrong_machine: return "built for another machine";
     }
     return "unknown";
 }
 
-Plugin::Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc)
-    : _path(std::move(path)), _handle(handle), _desc(desc)
+namespace {
+
+std::string image_path(int image_fd)
+{
+    return "/proc/self/fd/" + std::to_string(image_fd);
+}
+
+// dlcloses `handle`, then closes the memfd it was loaded from unless the
+// object is still mapped (marked nodelete, or pinned by another object): then
+// its /proc/self/fd name stays registered in the dynamic linker, and reusing
+// the fd number would make a later dlopen return this object instead.
+void unload(void *handle, int image_fd)
+{
+    if (handle != nullptr) {
+        dlclose(handle);
+        if (void *still = dlopen(image_path(image_fd).c_str(), RTLD_LAZY | RTLD_NOLOAD); still != nullptr) {
+            dlclose(still);
+            spdlog::debug("plugin image {} stays mapped after dlclose; keeping its fd", image_path(image_fd));
+            return;
+        }
+    }
+    if (image_fd >= 0) {
+        ::close(image_fd);
+    }
+}
+
+} // namespace
+
+Plugin::Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd)
+    : _path(std::move(path)), _handle(handle), _desc(desc), _image_fd(image_fd)
 {
 }
 
 Plugin::~Plugin()
 {
-    if (_handle != nullptr) {
-        dlclose(_handle);
-    }
+    unload(_handle, _image_fd);
+}
+
+void *Plugin::symbol(const char *name) const noexcept
+{
+    return dlsym(_handle, name);
 }
 
 namespace {
 
-// True when the file starts with an ELF header whose type is ET_DYN.
-bool is_elf_shared_object(const std::string &path, std::string &why)
+struct Problem {
+    RefusalReason reason;
+    std::string why;
+};
+
+class Fd {
+public:
+    explicit Fd(int fd) noexcept : _fd(fd) {}
+    ~Fd()
+    {
+        if (_fd >= 0) {
+            ::close(_fd);
+        }
+    }
+    Fd(const Fd &) = delete;
+    Fd &operator=(const Fd &) = delete;
+
+    int get() const noexcept { return _fd; }
+    int release() noexcept { return std::exchange(_fd, -1); }
+
+private:
+    int _fd;
+};
+
+// A read-only view of a sealed memfd for libelf; unmapped on scope exit.
+class Mapping {
+public:
+    Mapping(int fd, std::size_t size)
+        // Private and writable so libelf may convert in place without touching the memfd.
+        : _size(size), _data(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0))
+    {
+    }
+    ~Mapping()
+    {
+        if (_data != MAP_FAILED) {
+            ::munmap(_data, _size);
+        }
+    }
+    Mapping(const Mapping &) = delete;
+    Mapping &operator=(const Mapping &) = delete;
+
+    bool ok() const noexcept { return _data != MAP_FAILED; }
+    char *data() const noexcept { return static_cast<char *>(_data); }
+
+private:
+    std::size_t _size;
+    void *_data;
+};
+
+std::string octal(mode_t mode)
 {
-    std::ifstream in(path, std::ios::binary);
-    Elf64_Ehdr header{};
-    in.read(reinterpret_cast<char *>(&header), sizeof(header));
-    if (in.gcount() < SELFMAG || std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0) {
-        why = "not an ELF file";
-        return false;
-    }
-    if (in.gcount() < static_cast<std::streamsize>(sizeof(header))) {
-        why = "truncated ELF header";
-        return false;
-    }
-    if (header.e_type != ET_DYN) {
-        why = "ELF file is not a shared object (e_type " + std::to_string(header.e_type) + ")";
-        return false;
-    }
-    return true;
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%o", static_cast<unsigned>(mode & 07777));
+    return buf;
 }
+
+std::string errno_text()
+{
+    return std::strerror(errno);
+}
+
+bool owned_by_us(uid_t uid)
+{
+    return uid == 0 || uid == ::geteuid();
+}
+
+// Why the open directory `fd` may not hold plugins (empty when it may):
+// whoever can write to it can swap a plugin for their own code.
+std::string directory_problem(int fd, const std::string &directory)
+{
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        return "cannot stat directory " + directory + ": " + errno_text();
+    }
+    if (!owned_by_us(st.st_uid)) {
+        return "directory " + directory + " is owned by uid " + std::to_string(st.st_uid) +
+               ", neither root nor this host's uid " + std::to_string(::geteuid()) + "; chown it";
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        return "directory " + directory + " is writable by group or others (mode " + octal(st.st_mode) +
+               "); run chmod go-w " + directory;
+    }
+    return {};
+}
+
+// Opens a directory and says why it may not hold plugins (empty when it may).
+std::string directory_problem(const std::string &directory)
+{
+    Fd dir(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (dir.get() < 0) {
+        return "cannot open directory " + directory + ": " + errno_text();
+    }
+    return directory_problem(dir.get(), directory);
+}
+
+// The ELF identity of this host's own code: a plugin must match it.
+constexpr unsigned char host_elf_class = sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32;
+constexpr unsigned char host_elf_data = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB : ELFDATA2MSB;
+#if defined(__x86_64__)
+constexpr GElf_Half host_elf_machine = EM_X86_64;
+#elif defined(__aarch64__)
+constexpr GElf_Half host_elf_machine = EM_AARCH64;
+#elif defined(__powerpc64__)
+constexpr GElf_Half host_elf_machine = EM_PPC64;
+#elif defined(__riscv)
+constexpr GElf_Half host_elf_machine = EM_RISCV;
+#elif defined(__i386__)
+constexpr GElf_Half host_elf_machine = EM_386;
+#elif defined(__arm__)
+constexpr GElf_Half host_elf_machine = EM_ARM;
+#else
+#error "add this architecture's ELF e_machine value to host_elf_machine"
+#endif
+
+const char *class_name(unsigned char elf_class)
+{
+    return elf_class == ELFCLASS64 ? "64-bit" : elf_class == ELFCLASS32 ? "32-bit" : "unknown-class";
+}
+
+class ElfHandle {
+public:
+    explicit ElfHandle(Elf *elf) noexcept : _elf(elf) {}
+    ~ElfHandle()
+    {
+        if (_elf != nullptr) {
+            elf_end(_elf);
+        }
+    }
+    ElfHandle(const ElfHandle &) = delete;
+    ElfHandle &operator=(const ElfHandle &) = delete;
+
+    Elf *get() const noexcept { return _elf; }
+
+private:
+    Elf *_elf;
+};
+
+// Why `sym` cannot be the entry function dlsym would find, or empty.
+std::string entry_symbol_problem(const GElf_Sym &sym)
+{
+    std::string name = std::string("'") + SERPENS_NF_ENTRY_SYMBOL + "'";
+    if (sym.st_shndx == SHN_UNDEF) {
+        return name + " is only referenced, not defined";
+    }
+    unsigned bind = GELF_ST_BIND(sym.st_info);
+    unsigned visibility = GELF_ST_VISIBILITY(sym.st_other);
+    if ((bind != STB_GLOBAL && bind != STB_WEAK) || (visibility != STV_DEFAULT && visibility != STV_PROTECTED)) {
+        return name + " is not exported";
+    }
+    if (GELF_ST_TYPE(sym.st_info) != STT_FUNC) {
+        return name + " is not a function";
+    }
+    return {};
+}
+
+// Looks for the entry function in the dynamic symbol table, the one dlsym uses.
+std::optional<Problem> check_entry_symbol(Elf *elf)
+{
+    std::string unsuitable;
+    std::size_t sym_size = gelf_fsize(elf, ELF_T_SYM, 1, EV_CURRENT);
+    Elf_Scn *scn = nullptr;
+    while (sym_size != 0 && (scn = elf_nextscn(elf, scn)) != nullptr) {
+        GElf_Shdr shdr{};
+        if (gelf_getshdr(scn, &shdr) == nullptr || shdr.sh_type != SHT_DYNSYM) {
+            continue;
+        }
+        Elf_Data *data = elf_getdata(scn, nullptr);
+        if (data == nullptr) {
+            return Problem{RefusalReason::not_shared_object,
+                           std::string("unreadable dynamic symbol table: ") + elf_errmsg(-1)};
+        }
+        std::size_t count = std::min<std::size_t>(data->d_size / sym_size, INT_MAX);
+        for (std::size_t i = 0; i < count; ++i) {
+            GElf_Sym sym{};
+            if (gelf_getsym(data, static_cast<int>(i), &sym) == nullptr) {
+                break;
+            }
+            const char *name = elf_strptr(elf, shdr.sh_link, sym.st_name);
+            if (name == nullptr || std::strcmp(name, SERPENS_NF_ENTRY_SYMBOL) != 0) {
+                continue;
+            }
+            std::string why = entry_symbol_problem(sym);
+            if (why.empty()) {
+                return std::nullopt;
+            }
+            unsuitable = why;
+        }
+    }
+    if (!unsuitable.empty()) {
+        return Problem{RefusalReason::missing_entry, unsuitable + " (use SERPENS_NF_REGISTER in the plugin)"};
+    }
+    return Problem{RefusalReason::missing_entry, std::string("no exported symbol '") + SERPENS_NF_ENTRY_SYMBOL +
+                                                     "' (use SERPENS_NF_REGISTER in the plugin)"};
+}
+
+// Checks an ELF image in memory: a shared object for this machine that
+// exports the entry function.  libelf bounds-checks every table it reads.
+std::optional<Problem> check_elf(char *image, std::size_t size)
+{
+    if (size < SELFMAG || std::memcmp(image, ELFMAG, SELFMAG) != 0) {
+        return Problem{RefusalReason::not_shared_object, "not an ELF file"};
+    }
+    std::size_t header_size = size > EI_CLASS && image[EI_CLASS] == ELFCLASS32 ? sizeof(Elf32_Ehdr)
+                                                                                : sizeof(Elf64_Ehdr);
+    if (size < header_size) {
+        return Problem{RefusalReason::not_shared_object, "truncated ELF header"};
+    }
+    auto elf_class = static_cast<unsigned char>(image[EI_CLASS]);
+    if (elf_class != host_elf_class) {
+        return Problem{RefusalReason::wrong_machine, std::string("built as a ") + class_name(elf_class) +
+                                                         " ELF, this host is " + class_name(host_elf_class)};
+    }
+    if (static_cast<unsigned char>(image[EI_DATA]) != host_elf_data) {
+        return Problem{RefusalReason::wrong_machine, "built for the other byte order than this host's"};
+    }
+    // libelf refuses every call until told which ELF version we speak.
+    static const bool libelf_ready = elf_version(EV_CURRENT) != EV_NONE;
+    if (!libelf_ready) {
+        return Problem{RefusalReason::not_shared_object, std::string("libelf unusable: ") + elf_errmsg(-1)};
+    }
+    ElfHandle elf(elf_memory(image, size));
+    GElf_Ehdr ehdr{};
+    if (elf.get() == nullptr || elf_kind(elf.get()) != ELF_K_ELF || gelf_getehdr(elf.get(), &ehdr) == nullptr) {
+        return Problem{RefusalReason::not_shared_object, std::string("malformed ELF file: ") + elf_errmsg(-1)};
+    }
+    if (ehdr.e_type != ET_DYN) {
+        return Problem{RefusalReason::not_shared_object,
+                       "ELF file is not a shared object (e_type " + std::to_string(ehdr.e_type) + ")"};
+    }
+    if (ehdr.e_machine != host_elf_machine) {
+        return Problem{RefusalReason::wrong_machine, "built for ELF machine " + std::to_string(ehdr.e_machine) +
+                                                         ", this host is machine " +
+                                                         std::to_string(host_elf_machine)};
+    }
+    return check_entry_symbol(elf.get());
+}
+
+struct PrivateCopy {
+    int fd; // -1 when `problem` is set
+    std::optional<Problem> problem;
+};
+
+// Copies the open file into a sealed memfd (at most max_plugin_bytes), so
+// neither later writes to the file nor anyone holding the memfd can change
+// what is checked and loaded.
+PrivateCopy private_copy(int file_fd, const std::string &name)
+{
+    auto failed = [](RefusalReason reason, std::string why) {
+        return PrivateCopy{-1, Problem{reason, std::move(why)}};
+    };
+    Fd image(::memfd_create(("serpens_nf:" + name).substr(0, 240).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (image.get() < 0) {
+        return failed(RefusalReason::unreadable, "cannot create a private copy (memfd_create): " + errno_text());
+    }
+    std::vector<char> buffer(std::size_t{1} << 16);
+    std::size_t total = 0;
+    for (;;) {
+        ssize_t got = ::read(file_fd, buffer.data(), buffer.size());
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0) {
+            return failed(RefusalReason::unreadable, "cannot read: " + errno_text());
+        }
+        if (got == 0) {
+            break;
+        }
+        total += static_cast<std::size_t>(got);
+        // The file may grow while it is read: bound the copy, not just fstat's size.
+        if (total > max_plugin_bytes) {
+            return failed(RefusalReason::too_large, "file grew beyond the " +
+                                                            std::to_string(max_plugin_bytes >> 20) +
+                                                            " MiB a plugin may have");
+        }
+        for (ssize_t done = 0; done < got;) {
+            ssize_t put = ::write(image.get(), buffer.data() + done, static_cast<std::size_t>(got - done));
+            if (put < 0 && errno == EINTR) {
+                continue;
+            }
+            if (put < 0) {
+                return failed(RefusalReason::unreadable, "cannot write the private copy: " + errno_text());
+            }
+            done += put;
+        }
+    }
+    if (::fcntl(image.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) {
+        return failed(RefusalReason::unreadable, "cannot seal the private copy: " + errno_text());
+    }
+    return PrivateCopy{image.release(), std::nullopt};
+}
+
+} // namespace
+
+namespace {
 
 bool valid_nf_name(const char *name)
 {
@@ -131,66 +450,139 @@ void PluginRegistry::refuse(const std::string &path, RefusalReason reason, const
     _refusals.push_back({path, reason, std::move(message)});
 }
 
-bool PluginRegistry::load_file(const std::string &path)
+std::unique_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
 {
+    std::filesystem::path file(path);
+    std::string directory = file.has_parent_path() ? file.parent_path().string() : ".";
+    Fd dir(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (dir.get() < 0) {
+        refuse(path, RefusalReason::unreadable, "cannot open its directory " + directory + ": " + errno_text());
+        return nullptr;
+    }
+    if (std::string why = directory_problem(dir.get(), directory); !why.empty()) {
+        refuse(path, RefusalReason::insecure_directory, why);
+        return nullptr;
+    }
+    // Opened relative to the directory just checked; O_NOFOLLOW because a
+    // symlink could lead past that check, O_NONBLOCK so a FIFO cannot hang us.
+    Fd in(::openat(dir.get(), file.filename().c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+    if (in.get() < 0) {
+        if (errno == ELOOP) {
+            refuse(path, RefusalReason::not_regular_file, "is a symbolic link; install the plugin file itself");
+        } else {
+            refuse(path, RefusalReason::unreadable, "cannot open: " + errno_text());
+        }
+        return nullptr;
+    }
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) {
-        refuse(path, RefusalReason::not_shared_object, std::string("cannot stat: ") + std::strerror(errno));
-        return false;
+    if (::fstat(in.get(), &st) != 0) {
+        refuse(path, RefusalReason::unreadable, "cannot stat: " + errno_text());
+        return nullptr;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        refuse(path, RefusalReason::not_regular_file, "is not a regular file");
+        return nullptr;
+    }
+    // Its owner can rewrite it, so its owner could run code inside the data plane.
+    if (!owned_by_us(st.st_uid)) {
+        refuse(path, RefusalReason::foreign_owner,
+               "file is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this host's uid " +
+                   std::to_string(::geteuid()) + "; chown it");
+        return nullptr;
     }
     // Anyone who can rewrite the file can run code inside the data plane.
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         refuse(path, RefusalReason::insecure_permissions,
-               "file is writable by group or others (mode " + [&] {
-                   char buf[8];
-                   std::snprintf(buf, sizeof buf, "%o", st.st_mode & 07777);
-                   return std::string(buf);
-               }() + "); run chmod go-w on it");
-        return false;
+               "file is writable by group or others (mode " + octal(st.st_mode) + "); run chmod go-w on it");
+        return nullptr;
     }
-    std::string why;
-    if (!is_elf_shared_object(path, why)) {
-        refuse(path, RefusalReason::not_shared_object, why);
-        return false;
+    if (static_cast<std::uint64_t>(st.st_size) > max_plugin_bytes) {
+        refuse(path, RefusalReason::too_large,
+               "file is " + std::to_string(st.st_size) + " bytes, more than the " +
+                   std::to_string(max_plugin_bytes >> 20) + " MiB a plugin may have");
+        return nullptr;
     }
-    void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    PrivateCopy copy = private_copy(in.get(), file.filename().string());
+    if (copy.problem) {
+        refuse(path, copy.problem->reason, copy.problem->why);
+        return nullptr;
+    }
+    Fd image(copy.fd);
+    struct stat image_st {};
+    if (::fstat(image.get(), &image_st) != 0) {
+        refuse(path, RefusalReason::unreadable, "cannot stat the private copy: " + errno_text());
+        return nullptr;
+    }
+    auto size = static_cast<std::size_t>(image_st.st_size);
+    if (size == 0) {
+        refuse(path, RefusalReason::not_shared_object, "not an ELF file (empty)");
+        return nullptr;
+    }
+    // Checked on the sealed copy, which is exactly what dlopen will map.
+    {
+        Mapping mapping(image.get(), size);
+        if (!mapping.ok()) {
+            refuse(path, RefusalReason::unreadable, "cannot map the private copy: " + errno_text());
+            return nullptr;
+        }
+        if (std::optional<Problem> problem = check_elf(mapping.data(), size)) {
+            refuse(path, problem->reason, problem->why);
+            return nullptr;
+        }
+    }
+    void *handle = dlopen(image_path(image.get()).c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
         refuse(path, RefusalReason::dlopen_failed, dlerror());
-        return false;
+        return nullptr;
     }
+    // The checks above read the section headers; dlsym reads the dynamic
+    // segment, which a crafted file could make disagree.
     auto entry = reinterpret_cast<serpens_nf_entry_fn>(dlsym(handle, SERPENS_NF_ENTRY_SYMBOL));
     if (entry == nullptr) {
-        dlclose(handle);
+        unload(handle, image.release());
         refuse(path, RefusalReason::missing_entry,
                std::string("no exported symbol '") + SERPENS_NF_ENTRY_SYMBOL +
                    "' (use SERPENS_NF_REGISTER in the plugin)");
-        return false;
+        return nullptr;
     }
     const serpens_nf_descriptor *desc = entry();
     if (desc == nullptr) {
-        dlclose(handle);
+        unload(handle, image.release());
         refuse(path, RefusalReason::null_descriptor, "entry function returned NULL");
-        return false;
+        return nullptr;
     }
     RefusalReason reason{};
-    why = validate_descriptor(*desc, reason);
+    std::string why = validate_descriptor(*desc, reason);
     if (!why.empty()) {
-        dlclose(handle);
+        unload(handle, image.release());
         refuse(path, reason, why);
-        return false;
+        return nullptr;
     }
-    if (auto existing = _plugins.find(desc->name); existing != _plugins.end()) {
-        std::string name = desc->name;
-        dlclose(handle);
-        refuse(path, RefusalReason::duplicate_name,
-               "NF '" + name + "' is already loaded from " + existing->second->path());
-        return false;
-    }
-    spdlog::info("plugin {} loaded: NF '{}' version {} (ABI {}.{})", path, desc->name,
-                 desc->version != nullptr ? desc->version : "?", desc->abi_major, desc->abi_minor);
-    std::string name = desc->name;
-    _plugins.emplace(name, std::make_unique<Plugin>(path, handle, desc));
+    return std::make_unique<Plugin>(path, handle, desc, image.release());
+}
+
+bool PluginRegistry::admit(std::unique_ptr<Plugin> plugin)
+{
+    const serpens_nf_descriptor &desc = plugin->descriptor();
+    spdlog::info("plugin {} loaded: NF '{}' version {} (ABI {}.{})", plugin->path(), desc.name,
+                 desc.version != nullptr ? desc.version : "?", desc.abi_major, desc.abi_minor);
+    std::string name = plugin->name();
+    _plugins.emplace(std::move(name), std::move(plugin));
     return true;
+}
+
+bool PluginRegistry::load_file(const std::string &path)
+{
+    std::unique_ptr<Plugin> plugin = open_plugin(path);
+    if (plugin == nullptr) {
+        return false;
+    }
+    if (auto existing = _plugins.find(plugin->name()); existing != _plugins.end()) {
+        refuse(path, RefusalReason::duplicate_name,
+               "NF '" + plugin->name() + "' is already loaded from " + existing->second->path());
+        return false;
+    }
+    return admit(std::move(plugin));
 }
 
 bool PluginRegistry::add_builtin(const serpens_nf_descriptor &desc, const std::string &origin)
@@ -206,7 +598,7 @@ bool PluginRegistry::add_builtin(const serpens_nf_descriptor &desc, const std::s
                "NF '" + std::string(desc.name) + "' is already loaded from " + existing->second->path());
         return false;
     }
-    _plugins.emplace(desc.name, std::make_unique<Plugin>(origin, nullptr, &desc));
+    _plugins.emplace(desc.name, std::make_unique<Plugin>(origin, nullptr, &desc, -1));
     return true;
 }
 
@@ -232,9 +624,42 @@ void PluginRegistry::load_directory(const std::string &directory)
             paths.push_back(entry.path().string());
         }
     }
-    std::sort(paths.begin(), paths.end());
+    std::sort(paths.begin(), paths.end()); // for a stable log, not to pick winners
+    // Files in a subfolder are checked against their own folder by
+    // open_plugin; this directory could still rename those folders.
+    std::string unsafe = directory_problem(directory);
+    std::map<std::string, std::vector<std::unique_ptr<Plugin>>> by_name;
     for (const auto &path : paths) {
-        load_file(path);
+        if (!unsafe.empty()) {
+            refuse(path, RefusalReason::insecure_directory, unsafe);
+        } else if (std::unique_ptr<Plugin> plugin = open_plugin(path)) {
+            std::string name = plugin->name();
+            by_name[name].push_back(std::move(plugin));
+        }
+    }
+    // Only now, with every claimant known, can a name be given to one file.
+    for (auto &[name, claimants] : by_name) {
+        std::vector<std::string> claimant_paths;
+        for (const auto &plugin : claimants) {
+            claimant_paths.push_back(plugin->path());
+        }
+        std::string why;
+        if (auto existing = _plugins.find(name); existing != _plugins.end()) {
+            why = "NF '" + name + "' is already loaded from " + existing->second->path();
+        } else if (claimants.size() > 1) {
+            why = "NF '" + name + "' is claimed by " + claimant_paths.front();
+            for (std::size_t i = 1; i < claimant_paths.size(); ++i) {
+                why += (i + 1 == claimant_paths.size() ? " and " : ", ") + claimant_paths[i];
+            }
+            why += "; none is loaded until only one remains";
+        } else {
+            admit(std::move(claimants.front()));
+            continue;
+        }
+        claimants.clear(); // dlclose them before saying so
+        for (const auto &path : claimant_paths) {
+            refuse(path, RefusalReason::duplicate_name, why);
+        }
     }
     if (_plugins.empty()) {
         spdlog::warn("no NF plugin loaded from {}", directory);

@@ -2,12 +2,21 @@
 // Loads NF plugins (*.so) from a directory and keeps the valid ones by name.
 //
 // Each refusal is one log line naming the file and the reason, and never stops
-// the other plugins from loading.  A plugin is refused before any of its code
-// other than the entry function runs (its ELF constructors aside, which dlopen
-// runs and no loader can avoid).
+// the other plugins from loading.
+//
+// The file is decided on before any of its code runs: it must be a regular
+// file (no symlink), owned by root or this host's user, writable by neither
+// group nor others, in a directory (its own and the plugin directory) owned
+// the same way and not writable by group or others.
+// It is then copied into a sealed memfd, and the copy, not the file, is
+// checked (ELF shared object for this machine, exporting the entry function)
+// and dlopened.  So a refused file never has its ELF constructors run, and
+// overwriting the file on disk never touches the code a running host uses.
+// Only the descriptor checks need the entry function, hence dlopen, first.
 
 #include <serpens/nf.h>
 
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,7 +34,16 @@ enum class RefusalReason {
     descriptor_too_small,
     invalid_descriptor,
     duplicate_name,
+    not_regular_file,   // a symlink, directory, FIFO or device
+    unreadable,         // cannot be opened, read or copied
+    too_large,          // larger than max_plugin_bytes
+    foreign_owner,      // owned by neither root nor this host's user
+    insecure_directory, // its directory is writable by group or others, or foreign-owned
+    wrong_machine,      // an ELF for another class, byte order or machine
 };
+
+// No plugin is anywhere near this; it bounds the private in-memory copy.
+inline constexpr std::size_t max_plugin_bytes = std::size_t{256} << 20;
 
 const char *to_string(RefusalReason reason) noexcept;
 
@@ -37,7 +55,10 @@ struct PluginRefusal {
 
 class Plugin {
 public:
-    Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc);
+    // Owns `handle` and `image_fd`, the sealed private copy `handle` was
+    // loaded from; the fd stays open while the object is mapped, so its
+    // /proc/self/fd name can never be handed to another plugin.
+    Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd);
     ~Plugin();
     Plugin(const Plugin &) = delete;
     Plugin &operator=(const Plugin &) = delete;
@@ -45,20 +66,28 @@ public:
     const std::string &path() const noexcept { return _path; }
     const serpens_nf_descriptor &descriptor() const noexcept { return *_desc; }
     std::string name() const { return _desc->name; }
+    // The address of an exported symbol of this plugin, or nullptr.  The
+    // object is loaded from a private copy, so dlopen(path()) would not find it.
+    void *symbol(const char *name) const noexcept;
 
 private:
-    std::string _path;
+    std::string _path; // the file on disk, for messages; the code comes from _image_fd
     void *_handle;
     const serpens_nf_descriptor *_desc;
+    int _image_fd;
 };
 
 class PluginRegistry {
 public:
-    // Loads every *.so in `directory` and in its immediate subdirectories
-    // (sorted by path, so the result does not depend on readdir order).  Throws Error when the directory itself
-    // cannot be read; individual plugins are refused, not thrown.
+    // Loads every *.so in `directory` and in its immediate subdirectories.
+    // When two files declare one NF name, both are refused, each refusal
+    // naming every claimant: no file wins by sorting first.  Refuses every
+    // plugin when `directory` is writable by group or others.  Throws Error
+    // when the directory itself cannot be read; individual plugins are
+    // refused, not thrown.
     void load_directory(const std::string &directory);
-    // Loads one file; returns false (and records the refusal) when refused.
+    // Loads one file; returns false (and records the refusal) when refused,
+    // including when its NF name is already loaded.
     bool load_file(const std::string &path);
     // Registers a descriptor that lives in this process (built-in NFs, the
     // chain fuzzer), checked as a loaded one is; `origin` stands for the path
@@ -72,6 +101,9 @@ public:
 
 private:
     void refuse(const std::string &path, RefusalReason reason, const std::string &why);
+    // Checks, copies and dlopens one file; nullptr (refusal recorded) when refused.
+    std::unique_ptr<Plugin> open_plugin(const std::string &path);
+    bool admit(std::unique_ptr<Plugin> plugin);
 
     std::map<std::string, std::unique_ptr<Plugin>> _plugins;
     std::vector<PluginRefusal> _refusals;
