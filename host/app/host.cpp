@@ -55,13 +55,19 @@ LoadedChains load_chains(const HostConfig &cfg, const PluginRegistry &plugins)
 {
     LoadedChains loaded;
     for (const ChainSpec &spec : load_chain_directory(cfg.chains_dir)) {
-        auto chain = compile_chain(spec, plugins);
+        auto chain = compile_chain(spec, plugins, &cfg.nf_defaults);
         loaded.tag_of[chain->name] = static_cast<uint32_t>(loaded.chains.size());
         spdlog::info("chain {}", chain->describe());
         loaded.chains.push_back(std::move(chain));
     }
     if (loaded.chains.empty()) {
         spdlog::warn("no chain in {}: every packet follows the gateway default", cfg.chains_dir);
+    }
+    for (const auto &[plugin, table] : cfg.nf_defaults.by_plugin) {
+        if (plugins.find(plugin) == nullptr) {
+            spdlog::warn("{}:{}: [nf_defaults.{}]: no plugin '{}' is loaded from {}", cfg.file,
+                         table->source().begin.line, plugin, plugin, cfg.plugin_dir);
+        }
     }
     return loaded;
 }

@@ -43,6 +43,8 @@ struct CompiledChain {
 // Checks and compiles a chain.  Throws ConfigError with file:line:col for an
 // unknown NF or plugin, a cycle, an unreachable NF, a port out of range, a
 // port given two targets, or a missing/ambiguous entry.
-std::shared_ptr<const CompiledChain> compile_chain(const ChainSpec &spec, const PluginRegistry &plugins);
+// `defaults`: host.toml's [nf_defaults], attached to each NF's config.
+std::shared_ptr<const CompiledChain> compile_chain(const ChainSpec &spec, const PluginRegistry &plugins,
+                                                   const config::NfDefaults *defaults = nullptr);
 
 } // namespace serpens

@@ -22,7 +22,10 @@ std::string join(const std::vector<std::string> &names, const char *sep)
 
 class ChainCompiler {
 public:
-    ChainCompiler(const ChainSpec &spec, const PluginRegistry &plugins) : _spec(spec), _plugins(plugins) {}
+    ChainCompiler(const ChainSpec &spec, const PluginRegistry &plugins, const config::NfDefaults *defaults)
+        : _spec(spec), _plugins(plugins), _defaults(defaults)
+    {
+    }
 
     std::shared_ptr<const CompiledChain> run()
     {
@@ -278,6 +281,9 @@ private:
             config->directory = _spec.directory;
             config->nf_name = spec.name;
             config->plugin = nf.desc->name;
+            if (_defaults != nullptr) {
+                _defaults->attach(*config);
+            }
             nf.config = std::move(config);
             nf.next.fill(SERPENS_LABEL_DROP);
             // Port 0 without an edge leaves the chain; any other unconnected
@@ -300,6 +306,7 @@ private:
 
     const ChainSpec &_spec;
     const PluginRegistry &_plugins;
+    const config::NfDefaults *_defaults;
     std::map<std::string, std::size_t> _index;
     std::vector<const serpens_nf_descriptor *> _descs;
     std::vector<const Plugin *> _plugin_of;
@@ -339,9 +346,10 @@ std::string CompiledChain::describe() const
     return out.str();
 }
 
-std::shared_ptr<const CompiledChain> compile_chain(const ChainSpec &spec, const PluginRegistry &plugins)
+std::shared_ptr<const CompiledChain> compile_chain(const ChainSpec &spec, const PluginRegistry &plugins,
+                                                   const config::NfDefaults *defaults)
 {
-    return ChainCompiler(spec, plugins).run();
+    return ChainCompiler(spec, plugins, defaults).run();
 }
 
 } // namespace serpens

@@ -140,7 +140,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             for (std::size_t k = 1; k < unread.size(); ++k) {
                 spdlog::error("{}", unread[k].text);
             }
-            throw ConfigError(nf.config->file, unread.front().line, unread.front().column, unread.front().message);
+            throw ConfigError(unread.front().file, unread.front().line, unread.front().column, unread.front().message);
         }
         _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
                           _contexts.back()->process_site.c_str()});

@@ -111,14 +111,15 @@ gid_t resolve_group(config::TableReader &reader, const std::string &name)
 
 // The whole of host.toml; check_dirs: also require plugin_dir and chains_dir
 // to exist (not for text that comes from no file, such as the fuzzer's).
-HostConfig read_host_config(const toml::table &root, const std::string &path, bool check_dirs)
+HostConfig read_host_config(std::shared_ptr<const toml::table> document, const std::string &path, bool check_dirs)
 {
+    const toml::table &root = *document;
     const fs::path base = fs::path(path).parent_path();
     HostConfig cfg;
     cfg.file = path;
 
     config::TableReader top(root, path, "host config");
-    top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance"});
+    top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "nf_defaults"});
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
@@ -299,6 +300,21 @@ HostConfig read_host_config(const toml::table &root, const std::string &path, bo
         }
         cfg.instances.push_back(std::move(inst));
     }
+
+    if (const toml::table *t = top.optional_table("nf_defaults")) {
+        cfg.nf_defaults.document = document;
+        cfg.nf_defaults.file = path;
+        cfg.nf_defaults.directory = base.string();
+        for (const auto &[key, node] : *t) {
+            std::string plugin(key.str());
+            if (!node.is_table()) {
+                config::fail_at(path, node.source(),
+                                "[nf_defaults]: '" + plugin + "' must be a table of config keys for the NFs of "
+                                "plugin '" + plugin + "' ([nf_defaults." + plugin + "])");
+            }
+            cfg.nf_defaults.by_plugin.emplace(plugin, node.as_table());
+        }
+    }
     return cfg;
 }
 
@@ -306,7 +322,7 @@ HostConfig read_host_config(const toml::table &root, const std::string &path, bo
 
 HostConfig load_host_config_text(std::string_view text, const std::string &path)
 {
-    return read_host_config(config::parse_text(text, path), path, false);
+    return read_host_config(std::make_shared<const toml::table>(config::parse_text(text, path)), path, false);
 }
 
 HostConfig load_host_config(const std::string &path)
@@ -314,7 +330,7 @@ HostConfig load_host_config(const std::string &path)
     if (!fs::exists(path)) {
         throw ConfigError(path, "no such file (give the host config with --config)");
     }
-    return read_host_config(config::parse_file(path), path, true);
+    return read_host_config(std::make_shared<const toml::table>(config::parse_file(path)), path, true);
 }
 
 } // namespace serpens

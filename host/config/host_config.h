@@ -2,6 +2,8 @@
 // host.toml: everything one serpens-host needs.  Every key has a default; the
 // shipped conf/host.toml documents each one.
 
+#include "config/plugin_config.h"
+
 #include <sys/types.h>
 
 #include <cstdint>
@@ -76,6 +78,8 @@ struct HostConfig {
     uint32_t idle_sleep_us = 1000;
     uint32_t init_warn_ms = 5000;    // an NF init still running after this long is named in a warning
     std::vector<InstanceConfig> instances;
+
+    config::NfDefaults nf_defaults; // [nf_defaults.<plugin>]
 };
 
 // Parses and validates a host.toml.  Relative paths resolve against the file's

@@ -13,12 +13,31 @@ std::string canonical(const char *path)
     return toml::path(path).str();
 }
 
-toml::node_view<const toml::node> locate(const serpens_config *cfg, const char *path)
+// The key in the NF's own config, else in its [nf_defaults.<plugin>] table.
+struct Located {
+    toml::node_view<const toml::node> node;
+    bool from_defaults = false;
+};
+
+Located locate_with_source(const serpens_config *cfg, const char *path)
 {
     if (cfg == nullptr || path == nullptr) {
         return {};
     }
-    return cfg->table->at_path(path);
+    if (auto own = cfg->table->at_path(path)) {
+        return {own, false};
+    }
+    if (cfg->defaults != nullptr) {
+        if (auto fallback = cfg->defaults->at_path(path)) {
+            return {fallback, true};
+        }
+    }
+    return {};
+}
+
+toml::node_view<const toml::node> locate(const serpens_config *cfg, const char *path)
+{
+    return locate_with_source(cfg, path).node;
 }
 
 // A getter's lookup: also records that the NF reads this path.
@@ -119,7 +138,8 @@ int config_path(const serpens_config *cfg, const char *path, char *buf, size_t l
     }
     std::filesystem::path resolved(value);
     if (resolved.is_relative()) {
-        resolved = std::filesystem::path(cfg->directory) / resolved;
+        bool from_defaults = locate_with_source(cfg, path).from_defaults;
+        resolved = std::filesystem::path(from_defaults ? cfg->defaults_directory : cfg->directory) / resolved;
     }
     return copy_out(resolved.lexically_normal().string(), buf, len);
 }
@@ -129,9 +149,9 @@ int config_where(const serpens_config *cfg, const char *path, char *buf, size_t 
     if (cfg == nullptr) {
         return SERPENS_EINVAL;
     }
-    auto node = locate(cfg, path); // naming a key in a message is not reading it
-    const auto &source = node ? node.node()->source() : cfg->table->source();
-    std::string where = cfg->file;
+    Located found = locate_with_source(cfg, path); // naming a key in a message is not reading it
+    const auto &source = found.node ? found.node.node()->source() : cfg->table->source();
+    std::string where = found.from_defaults ? cfg->defaults_file : cfg->file;
     if (source.begin.line != 0) {
         where += ':' + std::to_string(source.begin.line) + ':' + std::to_string(source.begin.column);
     }
@@ -158,6 +178,8 @@ std::set<std::string> touched_paths(const std::set<std::string> &queried)
 
 struct UnreadScan {
     const serpens_config &cfg;
+    const std::string &file;
+    std::string subject; // "the config of NF 'n' (plugin p)"
     std::set<std::string> queried;
     std::set<std::string> touched;
     std::vector<UnreadKey> found;
@@ -184,17 +206,14 @@ struct UnreadScan {
     {
         const toml::source_region &at = key.source().begin.line != 0 ? key.source() : node.source();
         UnreadKey unread;
+        unread.file = file;
         unread.line = at.begin.line;
         unread.column = at.begin.column;
-        std::string who = cfg.nf_name.empty() ? std::string("this NF") : "NF '" + cfg.nf_name + "'";
-        if (!cfg.plugin.empty()) {
-            who += " (plugin " + cfg.plugin + ")";
-        }
         std::string reads = read_below(parent);
-        unread.message = "unknown key '" + path + "' in the config of " + who +
+        unread.message = "unknown key '" + path + "' in " + subject +
                          (reads.empty() ? std::string("; it reads no keys here")
                                         : "; it reads: " + reads);
-        unread.text = cfg.file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " +
+        unread.text = file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " +
                       unread.message;
         found.push_back(std::move(unread));
     }
@@ -232,19 +251,47 @@ struct UnreadScan {
 
 std::vector<UnreadKey> unread_key_list(const serpens_config &cfg)
 {
-    UnreadScan scan{cfg, {}, {}, {}};
+    std::string who = cfg.nf_name.empty() ? std::string("this NF") : "NF '" + cfg.nf_name + "'";
+    if (!cfg.plugin.empty()) {
+        who += " (plugin " + cfg.plugin + ")";
+    }
+    std::set<std::string> queried;
     {
         std::lock_guard lock(cfg.queried_mutex);
-        scan.queried = cfg.queried;
+        queried = cfg.queried;
     }
-    scan.touched = touched_paths(scan.queried);
+    std::set<std::string> touched = touched_paths(queried);
+    auto scan_table = [&](const toml::table &table, const std::string &file, std::string subject) {
+        UnreadScan scan{cfg, file, std::move(subject), queried, touched, {}};
+        scan.table(table, "");
+        std::sort(scan.found.begin(), scan.found.end(), [](const UnreadKey &a, const UnreadKey &b) {
+            return a.line != b.line ? a.line < b.line : a.column < b.column;
+        });
+        return scan.found;
+    };
+    std::vector<UnreadKey> found;
     if (cfg.table != nullptr) {
-        scan.table(*cfg.table, "");
+        found = scan_table(*cfg.table, cfg.file, "the config of " + who);
     }
-    std::sort(scan.found.begin(), scan.found.end(), [](const UnreadKey &a, const UnreadKey &b) {
-        return a.line != b.line ? a.line < b.line : a.column < b.column;
-    });
-    return scan.found;
+    if (cfg.defaults != nullptr) {
+        for (UnreadKey &unread :
+             scan_table(*cfg.defaults, cfg.defaults_file, "[nf_defaults." + cfg.plugin + "], read by " + who)) {
+            found.push_back(std::move(unread));
+        }
+    }
+    return found;
+}
+
+void NfDefaults::attach(serpens_config &cfg) const
+{
+    auto it = by_plugin.find(cfg.plugin);
+    if (it == by_plugin.end()) {
+        return;
+    }
+    cfg.defaults_document = document;
+    cfg.defaults = it->second;
+    cfg.defaults_file = file;
+    cfg.defaults_directory = directory;
 }
 
 std::vector<std::string> unread_keys(const serpens_config &cfg)

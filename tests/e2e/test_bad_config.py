@@ -33,3 +33,22 @@ check(re.search(r"host\.toml:3:\d+: plugin directory .*no-such-dir does not exis
       f"[missing plugin dir] {proc.stderr!r}")
 print(f"ok [missing plugin dir]: {proc.stderr.strip()}")
 host.cleanup()
+
+# A key the NF never reads, in the chain file or in host.toml's [nf_defaults]:
+# refused at file:line:col by a start and by --check alike.
+host = Host()
+host.pktgen("--packets", "10")
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n[nf.config]\ntag = 1\nbogus = 2\n')
+host.config(host.pcap_port() + rule)
+for extra in ([], ["--check"]):
+    proc = host.run(*extra, expect_rc=2)
+    check(re.search(r"chains/c\.toml:7:1: unknown key 'bogus' in the config of NF 't' \(plugin trace\); it reads: ",
+                    proc.stderr), f"[unknown NF key {extra}] {proc.stderr!r}")
+print(f"ok [unknown NF key]: {proc.stderr.strip()}")
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+host.config(host.pcap_port() + rule + "\n[nf_defaults.trace]\ntag = 3\ncolour = 1\n")
+proc = host.run("--check", expect_rc=2)
+check(re.search(r"host\.toml:\d+:1: unknown key 'colour' in \[nf_defaults\.trace\], read by NF 't' \(plugin trace\)",
+                proc.stderr), f"[unknown default key] {proc.stderr!r}")
+print(f"ok [unknown default key]: {proc.stderr.strip()}")
+host.cleanup()

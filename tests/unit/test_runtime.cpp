@@ -6,6 +6,7 @@
 #include "chain/compiled.h"
 #include "chain/mem_packets.h"
 #include "chain/runtime.h"
+#include "config/host_config.h"
 #include "core/error.h"
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
@@ -339,4 +340,49 @@ j = 5
     CHECK(unread[1] == file + ":6:44: unknown key 'a.e' in the config of NF 'a' (plugin noop); it reads: b");
     CHECK(unread[2] == file + ":8:1: unknown key 'g' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
     CHECK(unread[3] == file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+}
+
+TEST_CASE("[nf_defaults.<plugin>] of host.toml fills the keys a chain file leaves out, and is checked like it")
+{
+    Harness h;
+    std::string host_toml = h.chains / "host.toml";
+    HostConfig host = load_host_config_text("[host]\nid = \"d\"\n"
+                                            "[[port]]\nname = \"p\"\ndevice = \"net_null0\"\n"
+                                            "[nf_defaults.steer]\nby = \"proto\"\noffset = 7\n"
+                                            "file = \"rules/x.rules\"\n"
+                                            "[nf_defaults.noop]\ncolour = 1\n",
+                                            host_toml);
+    auto compile = [&](const std::string &text) {
+        return compile_chain(parse_chain_file(h.chains.write("c.toml", text)), h.registry, &host.nf_defaults);
+    };
+    auto chain = compile("name = \"d\"\n[[nf]]\nname = \"s\"\nplugin = \"steer\"\n[nf.config]\noffset = 3\n");
+    const serpens_config *cfg = chain->nfs[0].config.get();
+    const char *by = nullptr;
+    int64_t offset = 0;
+    char path[512];
+    char where[512];
+    CHECK(h.api.config_string(cfg, "by", &by) == SERPENS_OK); // from host.toml
+    CHECK(std::string(by) == "proto");
+    CHECK(h.api.config_int(cfg, "offset", &offset) == SERPENS_OK); // the chain file wins
+    CHECK(offset == 3);
+    CHECK(h.api.config_int(cfg, "tag", &offset) == SERPENS_ENOENT); // set nowhere
+    // A default's relative path resolves against host.toml's directory, and is named there.
+    REQUIRE(h.api.config_path(cfg, "file", path, sizeof path) == SERPENS_OK);
+    CHECK(std::string(path) == (h.chains / "rules/x.rules"));
+    REQUIRE(h.api.config_where(cfg, "by", where, sizeof where) == SERPENS_OK);
+    CHECK(std::string(where) == host_toml + ":7:6");
+
+    // steer never reads `file` (the calls above did, not the NF): the default
+    // is refused where it stands in host.toml.
+    chain = compile("name = \"d\"\n[[nf]]\nname = \"s\"\nplugin = \"steer\"\n[nf.config]\noffset = 3\n");
+    CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
+                         doctest::Contains((host_toml + ":9:1: unknown key 'file' in [nf_defaults.steer], read by NF 's' "
+                                                        "(plugin steer)").c_str()),
+                         ConfigError);
+    // Another plugin's defaults do not concern this NF; a plugin's unread ones do.
+    chain = compile("name = \"d\"\n[[nf]]\nname = \"n\"\nplugin = \"noop\"\n");
+    CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
+                         doctest::Contains(":11:1: unknown key 'colour' in [nf_defaults.noop]"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text("[[port]]\nname = \"p\"\ndevice = \"d\"\n[nf_defaults]\nnat = 5\n", "h.toml"),
+                         doctest::Contains("h.toml:5:7: [nf_defaults]: 'nat' must be a table"), ConfigError);
 }
