@@ -455,6 +455,18 @@ private:
             throw std::runtime_error("mkdtemp " + dir_template + ": " + std::strerror(errno));
         }
         _tmp = dir_template;
+        // Host state on tmpfs, as the host's default puts it: on disk every
+        // new page of a table waits for writeback, which no operator runs.
+        std::error_code shm_ec;
+        _state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / _tmp.filename() : _tmp;
+        struct RemoveState {
+            const fs::path &root;
+            ~RemoveState()
+            {
+                std::error_code ignored;
+                fs::remove_all(root, ignored);
+            }
+        } remove_state{_state_root};
         // testpmd may exit before reading all of its stdin.
         struct sigaction ignore {}, old_pipe {};
         ignore.sa_handler = SIG_IGN;
@@ -609,7 +621,7 @@ private:
             "log_level = \"info\"\n"
             "plugin_dir = \"plugins\"\n"
             "chains_dir = \"chains-{}\"\n"
-            "state_dir = \"state-{}\"\n\n"
+            "state_dir = \"{}\"\n\n"
             "[eal]\n"
             "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
             "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
@@ -635,7 +647,7 @@ private:
             "lcores = [{}]\n",
             two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
                       : "everything on the main lcore (one core)",
-            getpid(), chain, _runs, lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst,
+            getpid(), chain, (_state_root / fmt::format("state-{}", _runs)).string(), lcores, _memory_mb, eal_prefix("host"), _mbufs - 1, pcap_vdev(), chain, _burst,
             chain, instance_lcore);
         if (!out) {
             throw std::runtime_error("cannot write " + path.string());
@@ -975,6 +987,7 @@ private:
     int _fwd_lcore = 1;
     unsigned _runs = 0;
     fs::path _tmp;
+    fs::path _state_root; // host state: /dev/shm/<_tmp's name>, or _tmp without /dev/shm
     fs::path _pcap;
     std::string _pktgen_cmd;
     std::string _skipped;
