@@ -22,6 +22,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -133,12 +134,6 @@ std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains 
     for (const GatewayRuleConfig &rule : cfg.rules) {
         if (placed.insert(rule.chain).second && loaded.tag_of.count(rule.chain) != 0) {
             plan.push_back({rule.chain, 0, default_lcore});
-        }
-    }
-    for (const auto &[name, tag] : loaded.tag_of) {
-        if (placed.count(name) == 0) {
-            // A chains directory is a library: unused chains are normal.
-            spdlog::info("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
         }
     }
     return plan;
@@ -351,7 +346,6 @@ private:
     pthread_t _thread{};
 };
 
-
 // The services every NF of this host gets, packets being DPDK mbufs.
 const serpens_host_api *host_api()
 {
@@ -461,6 +455,12 @@ int run_host(const HostOptions &options)
             }
         }
         plan = plan_instances(cfg, loaded, lcores_of_eal_args(cfg.eal_args, cfg.file));
+        for (const auto &[name, tag] : loaded.tag_of) {
+            if (std::none_of(plan.begin(), plan.end(), [&](const Placement &p) { return p.chain == name; })) {
+                // A chains directory is a library: unused chains are normal.
+                spdlog::info("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);
+            }
+        }
         make_gateway(cfg, loaded); // its rules' prefixes and ports
         if (options.check_only) {
             start_and_stop_instances(cfg, loaded, plan);
