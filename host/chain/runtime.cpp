@@ -185,8 +185,14 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
     std::fill(labels, labels + n, uint16_t{1}); // the entry NF is always label 1
     pending[1] = n;
 
+    // nf.h's rule: views at the 1.0 size for chains with a plugin older than
+    // 1.4 (it indexes pkts[i]), else at sizeof(serpens_pkt).  The two agree
+    // while serpens_pkt has not grown; when it does, this assert stops the
+    // build until run() takes the chain's stride.
+    static_assert(sizeof(serpens_pkt) == SERPENS_PKT_V1_0_SIZE, "serpens_pkt grew: lay views out per nf.h's rule");
     serpens_batch batch{};
     batch.struct_size = sizeof(serpens_batch);
+    batch.pkt_stride = sizeof(serpens_pkt);
     batch.count = n;
     batch.pkts = pkts;
     batch.labels = labels;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstddef>
 #include <cstring>
 #include <dlfcn.h>
 #include <elf.h>
@@ -30,6 +31,7 @@ const char *to_string(RefusalReason reason) noexcept
     case RefusalReason::dlopen_failed: return "dlopen failed";
     case RefusalReason::missing_entry: return "missing entry symbol";
     case RefusalReason::null_descriptor: return "null descriptor";
+    case RefusalReason::host_too_old: return "host too old";
     case RefusalReason::abi_major_mismatch: return "ABI major mismatch";
     case RefusalReason::descriptor_too_small: return "descriptor too small";
     case RefusalReason::invalid_descriptor: return "invalid descriptor";
@@ -437,8 +439,19 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
     for (void *slot : desc.reserved) {
         reserved_clear = reserved_clear && slot == nullptr;
     }
+    // Fields appended in 1.4: a 1.0..1.3 descriptor ends before them.
+    const bool has_1_4 = desc.struct_size >= offsetof(serpens_nf_descriptor, reserved2) + sizeof desc.reserved2;
+    if (has_1_4) {
+        reserved_clear = reserved_clear && desc.reserved1 == 0 && desc.reserved2 == 0;
+    }
     if (!reserved_clear) {
         return "reserved fields must be zero";
+    }
+    if (has_1_4 && desc.min_host_minor > SERPENS_ABI_MINOR) {
+        reason = RefusalReason::host_too_old;
+        return std::string("NF '") + desc.name + "' needs host ABI " + std::to_string(SERPENS_ABI_MAJOR) + "." +
+               std::to_string(desc.min_host_minor) + ", this host speaks " + std::to_string(SERPENS_ABI_MAJOR) +
+               "." + std::to_string(SERPENS_ABI_MINOR);
     }
     return {};
 }

@@ -40,6 +40,7 @@ enum class RefusalReason {
     foreign_owner,      // owned by neither root nor this host's user
     insecure_directory, // its directory is writable by group or others, or foreign-owned
     wrong_machine,      // an ELF for another class, byte order or machine
+    host_too_old,       // min_host_minor above this host's SERPENS_ABI_MINOR
 };
 
 // No plugin is anywhere near this; it bounds the private in-memory copy.

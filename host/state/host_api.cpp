@@ -106,6 +106,61 @@ uint64_t shim_update_bulk(serpens_table *t, const void *keys, uint32_t n, const 
     return h->table->update_bulk(keys, n, rows, ops, values_out);
 }
 
+// Rows 0..n-1 of a bulk call, as a mask.
+uint64_t all_rows(uint32_t n) noexcept
+{
+    return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
+}
+
+// ABI 1.4: the same writes as shim_update_bulk, but saying why a row was not
+// written; the 1.3 call's 0 meant "full" and "not allowed" alike.
+int shim_update_bulk_v2(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                        void *values_out, uint64_t *written)
+{
+    if (written == nullptr) {
+        return SERPENS_EINVAL;
+    }
+    *written = 0;
+    if (n > max_bulk || rows == nullptr || ops == nullptr || (n != 0 && keys == nullptr)) {
+        return SERPENS_EINVAL;
+    }
+    TableHandle *h = from_abi(t);
+    if (h->kind != TableKind::per_flow || !(h->table->flags() & SERPENS_STATE_WRITE) || h->table->read_only() ||
+        h->table->value_size() % 8 != 0) {
+        return SERPENS_ENOTSUP;
+    }
+    if (n == 0) {
+        return SERPENS_OK;
+    }
+    *written = h->table->update_bulk(keys, n, rows, ops, values_out);
+    return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC; // insert fails only for room
+}
+
+// ABI 1.4: shim_add_bulk with the reason told apart, as update's.
+int shim_add_bulk_v2(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas, uint64_t *written)
+{
+    if (written == nullptr) {
+        return SERPENS_EINVAL;
+    }
+    *written = 0;
+    if (n > max_bulk || deltas == nullptr || (n != 0 && keys == nullptr)) {
+        return SERPENS_EINVAL;
+    }
+    TableHandle *h = from_abi(t);
+    if (h->kind != TableKind::eventual || h->table->value_size() % 8 != 0) {
+        return SERPENS_ENOTSUP;
+    }
+    // A removed instance no longer owns a cell, as in shim_put.
+    if (!(ld_rlx(&h->table->header().active_mask) & (1ull << h->instance))) {
+        return SERPENS_EINVAL;
+    }
+    if (n == 0) {
+        return SERPENS_OK;
+    }
+    *written = h->table->cell_add_bulk(keys, n, h->cell, deltas);
+    return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
+}
+
 int shim_scan(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
 {
     if (cursor == nullptr) {
@@ -167,6 +222,8 @@ void install_host_api(serpens_host_api &api)
     api.scan_state = &shim_scan;
     api.table_slots = &shim_table_slots;
     api.update_state_bulk = &shim_update_bulk;
+    api.update_state_bulk_v2 = &shim_update_bulk_v2;
+    api.add_state_bulk_v2 = &shim_add_bulk_v2;
 }
 
 } // namespace serpens::state

@@ -6,8 +6,8 @@
  * descriptor.  The host refuses a plugin before running any of its code (other
  * than that entry function) when the descriptor's ABI major differs from the
  * host's, when struct_size is smaller than SERPENS_NF_DESCRIPTOR_V1_SIZE, when
- * unknown flag bits or reserved fields are set, or when a required callback is
- * missing.
+ * unknown flag bits or reserved fields are set, when a required callback is
+ * missing, or (ABI 1.4 and later) when min_host_minor exceeds the host's minor.
  *
  * This header is pure C99: no DPDK, no C++ types, no exceptions cross it.
  * Everything a plugin may call in the host arrives in `struct serpens_host_api`
@@ -18,6 +18,12 @@
  *    the context, the packet view and the batch; each grows its struct_size.
  *  - A minor version bump adds; a major bump is the only thing that breaks.
  *  - Readers check struct_size before touching a field added after v1.0.
+ *  - The v1.0 sizes below are literals, frozen forever: a reader compares
+ *    struct_size with them, never with a sizeof that grows with this header.
+ *    They are the LP64 sizes (x86-64, aarch64: the targets the host builds
+ *    for); tests/unit/test_abi_layout.c pins every field's offset.
+ *  - Packet views are reached through serpens_batch_pkt(), never pkts[i]
+ *    (since ABI 1.4; see struct serpens_batch for the rule).
  *
  * Threading: init/fini run on a control thread.  process() runs on exactly one
  * worker thread per NF context (one context per NF per instance), so an NF
@@ -34,7 +40,14 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 3
+#define SERPENS_ABI_MINOR 4
+
+/* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
+#define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
+#define SERPENS_HOST_API_V1_0_SIZE 200u
+#define SERPENS_NF_CTX_V1_0_SIZE 48u
+#define SERPENS_BATCH_V1_0_SIZE 48u
+#define SERPENS_PKT_V1_0_SIZE 48u
 
 /* The name of the one symbol every plugin exports. */
 #define SERPENS_NF_ENTRY_SYMBOL "serpens_nf_entry"
@@ -102,12 +115,30 @@ struct serpens_pkt {
 };
 #define SERPENS_OFFSET_NONE 0xffffu
 
+/* True when the views of `batch` have the member `field` of serpens_pkt
+ * (appended after ABI 1.0): the host may lay out views smaller than the
+ * plugin's sizeof(struct serpens_pkt).  Check once per batch, not per packet. */
+#define SERPENS_PKT_HAS(batch, field)                                                          \
+    ((batch)->pkt_stride >= offsetof(struct serpens_pkt, field) + sizeof(((struct serpens_pkt *)0)->field))
+
 /*
  * One burst of packets as one NF sees it.  pkts, labels and ports are arrays
  * of `count` elements shared by every NF of the chain during this batch.
  * An NF processes exactly the packets i with labels[i] == self and writes
  * ports[i] (left at SERPENS_PORT_DEFAULT it means "default next hop").  It must
  * not write labels[] — the runtime maps ports to labels after the call.
+ *
+ * Packet views are pkt_stride bytes apart (ABI 1.4 and later), so that
+ * serpens_pkt can grow.  The rule:
+ *  - A plugin built against ABI 1.4 or later reaches packet i only through
+ *    serpens_batch_pkt(batch, i), and reads a serpens_pkt field appended after
+ *    1.0 only when SERPENS_PKT_HAS(batch, field).  It declares min_host_minor
+ *    >= SERPENS_ABI_MINOR_PKT_STRIDE (an older host sets no pkt_stride).
+ *  - A plugin built against 1.0..1.3 indexes pkts[i] at the 1.0 size.  So in a
+ *    chain holding such a plugin the host lays views out at exactly
+ *    SERPENS_PKT_V1_0_SIZE; otherwise at its own sizeof(struct serpens_pkt).
+ *    (Today both are SERPENS_PKT_V1_0_SIZE: serpens_pkt has not grown yet.)
+ *  - pkt_stride is a multiple of 8 and at least SERPENS_PKT_V1_0_SIZE.
  */
 struct serpens_batch {
     uint32_t struct_size;
@@ -119,7 +150,22 @@ struct serpens_batch {
     const uint16_t *labels;
     uint8_t *ports;
     uint64_t now_ns;     /* monotonic clock sampled once per batch */
+
+    /* --- ABI 1.4 and later: valid when struct_size covers them --- */
+
+    uint32_t pkt_stride; /* bytes from one serpens_pkt view to the next */
+    uint32_t reserved2;
 };
+
+/* The host minor that introduced pkt_stride: a plugin calling
+ * serpens_batch_pkt declares it as its min_host_minor. */
+#define SERPENS_ABI_MINOR_PKT_STRIDE 4u
+
+/* Packet i of a batch: one multiply-add, whatever size the host's views are. */
+static inline struct serpens_pkt *serpens_batch_pkt(const struct serpens_batch *batch, uint32_t i)
+{
+    return (struct serpens_pkt *)(void *)((uint8_t *)batch->pkts + (size_t)i * batch->pkt_stride);
+}
 
 /* ------------------------------------------------------------------------ */
 /* State (paper Fig. 9)                                                      */
@@ -302,6 +348,24 @@ struct serpens_host_api {
      * (the host steers a flow to one instance). */
     uint64_t (*update_state_bulk)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
                                   const uint8_t *ops, void *values_out);
+
+    /* --- ABI 1.4 and later: valid when struct_size covers them --- */
+
+    /* update_state_bulk and add_state_bulk, saying why a row was not written
+     * (the 1.1/1.3 calls return 0 alike for "full" and for "not allowed").
+     * *written gets the mask of the rows written.  Returns:
+     *   SERPENS_OK      every row i < n was written;
+     *   SERPENS_ENOSPC  the table was full for the rows missing from *written;
+     *   SERPENS_ENOTSUP the table is of another kind (update: not
+     *                   PER_FLOW|WRITE; add: not GLOBAL|WRITE|EVENTUAL or its
+     *                   value_size not a multiple of 8): nothing written;
+     *   SERPENS_EINVAL  n > 64, a NULL rows/ops/deltas/written, or (add) this
+     *                   instance is no longer active: nothing written.
+     * Otherwise exactly as the 1.1/1.3 calls (hot path, thread rules). */
+    int (*update_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
+                                const uint8_t *ops, void *values_out, uint64_t *written);
+    int (*add_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas,
+                             uint64_t *written);
 };
 
 /* update_state_bulk's operations on one value word. */
@@ -358,9 +422,18 @@ struct serpens_nf_descriptor {
     int (*update)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
 
     void *reserved[4];     /* must be NULL */
-};
 
-#define SERPENS_NF_DESCRIPTOR_V1_SIZE (sizeof(struct serpens_nf_descriptor))
+    /* --- ABI 1.4 and later: the host reads them when struct_size covers them --- */
+
+    /* The oldest host ABI minor this plugin runs on (0: any 1.x host), so a
+     * plugin may drop its fallbacks for older hosts.  A 1.4+ host refuses the
+     * plugin when this exceeds its SERPENS_ABI_MINOR; an older host cannot
+     * read it, so a plugin that must not run there also checks
+     * ctx->host->abi_minor in init. */
+    uint16_t min_host_minor;
+    uint16_t reserved1;    /* must be 0 */
+    uint32_t reserved2;    /* must be 0 */
+};
 
 /* Fills the version fields; use as the first line of a descriptor initializer. */
 #define SERPENS_NF_DESCRIPTOR_HEADER                                                 \

@@ -325,7 +325,7 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
 // Packet i's flow key; false (its port and counter set) when it has none.
 bool key_of(Fw &fw, serpens_batch *b, uint32_t i, FlowKey &k) noexcept
 {
-    KeyResult kr = make_key(b->pkts[i], k);
+    KeyResult kr = make_key(*serpens_batch_pkt(b, i), k);
     if (kr == KeyResult::ok) {
         return true;
     }
@@ -405,7 +405,7 @@ void apply_icmp_error(Fw &fw, serpens_batch *b, uint32_t i, const FlowKey &k, ui
 {
     Verdict v = rule_verdict(fw, k);
     FlowKey q;
-    if (v.verdict == V_DENY && quoted_key(b->pkts[i], q) && q.family == k.family &&
+    if (v.verdict == V_DENY && quoted_key(*serpens_batch_pkt(b, i), q) && q.family == k.family &&
         std::memcmp(q.src, k.dst, sizeof q.src) == 0) {
         const FlowKey reply = reversed(q);
         Conn c;
@@ -443,7 +443,7 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
             if (b->labels[i] != b->self || !key_of(fw, b, i, fw.keys[n])) {
                 continue;
             }
-            if (fw.stateful && serpens_is_icmp_error(&b->pkts[i])) {
+            if (fw.stateful && serpens_is_icmp_error(serpens_batch_pkt(b, i))) {
                 apply_icmp_error(fw, b, i, fw.keys[n], now);
                 continue;
             }
@@ -489,7 +489,7 @@ void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
         if (!key_of(fw, b, i, k)) {
             continue;
         }
-        if (fw.stateful && serpens_is_icmp_error(&b->pkts[i])) {
+        if (fw.stateful && serpens_is_icmp_error(serpens_batch_pkt(b, i))) {
             apply_icmp_error(fw, b, i, k, now);
             continue;
         }
@@ -522,6 +522,9 @@ const serpens_nf_descriptor fw_descriptor = {
     .merge = nullptr,
     .update = nullptr,
     .reserved = {},
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
+    .reserved1 = 0,
+    .reserved2 = 0,
 };
 
 } // namespace

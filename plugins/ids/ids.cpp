@@ -499,7 +499,7 @@ void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
         if (b->labels[i] != b->self) {
             continue;
         }
-        const serpens_pkt &p = b->pkts[i];
+        const serpens_pkt &p = *serpens_batch_pkt(b, i);
         if (!(p.flags & SERPENS_PKT_F_PARSED) || (p.flags & SERPENS_PKT_F_FRAGMENT) ||
             (p.l4_proto != 6 && p.l4_proto != 17) || p.payload_offset == SERPENS_OFFSET_NONE ||
             p.l4_offset == SERPENS_OFFSET_NONE) {
@@ -667,6 +667,9 @@ const serpens_nf_descriptor ids_descriptor = {
     .merge = nullptr,
     .update = nullptr,
     .reserved = {},
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
+    .reserved1 = 0,
+    .reserved2 = 0,
 };
 
 } // namespace

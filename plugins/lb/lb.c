@@ -402,7 +402,7 @@ static void lb_run_packets(struct lb *l, struct serpens_batch *batch)
         if (serpens_written_has(&r->written, &r->key[j])) {
             found = l->host->get_state(l->flows, &r->key[j], &r->val[j]) == SERPENS_OK;
         }
-        struct serpens_pkt *p = &batch->pkts[r->at[j]];
+        struct serpens_pkt *p = serpens_batch_pkt(batch, r->at[j]);
         if (r->kind[j] == LB_K_FORWARD) {
             lb_forward(l, p, &r->key[j], &r->val[j], found);
         } else {
@@ -450,7 +450,7 @@ static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         if (batch->labels[i] != batch->self) {
             continue;
         }
-        if (lb_classify(l, &batch->pkts[i], &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
+        if (lb_classify(l, serpens_batch_pkt(batch, i), &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
             r->at[r->n++] = i;
             if (r->n == LB_BULK) {
                 lb_run_packets(l, batch);
@@ -639,6 +639,7 @@ static const struct serpens_nf_descriptor lb_descriptor = {
     .init = lb_init,
     .process = lb_process,
     .fini = lb_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(lb_descriptor)

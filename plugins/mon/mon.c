@@ -93,9 +93,11 @@
  *
  * HOST ABI
  *   1.1 or later when merge_ms > 0 (a table-wide merge timer: the NULL key).
- *   Uses add_state_bulk when the host has it, else get_state + put_state;
- *   scan_state (1.2) for the sweep, else folds at every batch;
- *   update_state_bulk (1.3) for the flows, else get_state_bulk + put_state.
+ *   Uses add_state_bulk (1.4: _v2) when the host has it, else get_state +
+ *   put_state; scan_state (1.2) for the sweep, else folds at every batch;
+ *   update_state_bulk (1.4: _v2) for the flows, else get_state_bulk +
+ *   put_state.  With the _v2 calls a refused write (not a full table) counts
+ *   in state_errors, not in flow_table_full or host_overflow.
  *
  * COUNTERS
  *   See MON_COUNTERS below.
@@ -181,9 +183,9 @@ struct mon {
     uint64_t fold_ns; /* 0: fold at every write */
     uint64_t idle_ns; /* 0: flows never expire here */
     uint64_t *counter[MON_N_COUNTERS];
-    int have_add;    /* the host has add_state_bulk (ABI 1.1) */
+    int have_add;    /* 2: add_state_bulk_v2 (ABI 1.4), 1: add_state_bulk (1.1) */
     int scan;        /* the host has scan_state (ABI 1.2): mon sweeps its flows */
-    int have_update; /* update_state_bulk (ABI 1.3), and fold_ms > 0 */
+    int have_update; /* 2: update_state_bulk_v2 (1.4), 1: update_state_bulk (1.3); 0 when fold_ms = 0 */
     struct serpens_sweep sweep;
 
     /* One chunk's sums, deduplicated through small open-addressing indexes
@@ -250,12 +252,24 @@ static inline uint32_t mon_hash(const uint8_t *p, unsigned words)
 
 /* ---- per-host counts (EVENTUAL) --------------------------------------- */
 
-/* Adds n rows to this instance's replica of `t`; returns the mask applied. */
-static uint64_t mon_add_rows(struct mon *m, serpens_table *t, const void *keys, uint32_t key_size, uint32_t n,
-                             const uint64_t (*rows)[MON_HOST_WORDS])
+/* Rows 0..n-1 of a bulk call, as a mask. */
+static inline uint64_t mon_all_rows(uint32_t n)
 {
-    if (m->have_add) {
-        return m->host->add_state_bulk(t, keys, n, &rows[0][0]);
+    return n >= 64 ? ~0ull : (1ull << n) - 1;
+}
+
+/* Adds n rows to this instance's replica of `t`; *done gets the mask of the
+ * rows added.  Returns SERPENS_OK, SERPENS_ENOSPC (the table is full for the
+ * rest) or another code (nothing added, and not for want of room). */
+static int mon_add_rows(struct mon *m, serpens_table *t, const void *keys, uint32_t key_size, uint32_t n,
+                        const uint64_t (*rows)[MON_HOST_WORDS], uint64_t *done)
+{
+    if (m->have_add == 2) {
+        return m->host->add_state_bulk_v2(t, keys, n, &rows[0][0], done);
+    }
+    if (m->have_add == 1) {
+        *done = m->host->add_state_bulk(t, keys, n, &rows[0][0]);
+        return *done == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC; /* 1.1 cannot say why */
     }
     /* A host without add_state_bulk: read, add, write back; a merge between
      * the two refuses the write (SERPENS_EAGAIN) and the row is redone. */
@@ -282,7 +296,8 @@ static uint64_t mon_add_rows(struct mon *m, serpens_table *t, const void *keys, 
             }
         }
     }
-    return mask;
+    *done = mask;
+    return mask == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
 }
 
 static void mon_flush_hosts(struct mon *m)
@@ -291,7 +306,13 @@ static void mon_flush_hosts(struct mon *m)
     uint64_t spilled = 0;
     for (uint32_t off = 0; off < m->n_hosts; off += MON_BULK) {
         uint32_t n = m->n_hosts - off < MON_BULK ? m->n_hosts - off : MON_BULK;
-        uint64_t ok = mon_add_rows(m, m->hosts, m->hkey[off], 16, n, (const uint64_t(*)[MON_HOST_WORDS])m->hdelta[off]);
+        uint64_t ok = 0;
+        const int rc =
+            mon_add_rows(m, m->hosts, m->hkey[off], 16, n, (const uint64_t(*)[MON_HOST_WORDS])m->hdelta[off], &ok);
+        if (rc != SERPENS_OK && rc != SERPENS_ENOSPC) {
+            mon_add(m, MON_C_STATE_ERRORS, 1); /* refused, not full: host_overflow is for full */
+            continue;
+        }
         for (uint32_t i = 0; i < n; ++i) {
             if (!(ok & (1ull << i))) {
                 for (unsigned w = 0; w < MON_HOST_WORDS; ++w) {
@@ -304,8 +325,9 @@ static void mon_flush_hosts(struct mon *m)
     if (spilled != 0) {
         static const uint32_t zero_key = 0;
         mon_add(m, MON_C_HOST_OVERFLOW, spilled);
-        if (mon_add_rows(m, m->overflow, &zero_key, sizeof zero_key, 1, (const uint64_t(*)[MON_HOST_WORDS])spill) !=
-            1) {
+        uint64_t ok = 0;
+        if (mon_add_rows(m, m->overflow, &zero_key, sizeof zero_key, 1, (const uint64_t(*)[MON_HOST_WORDS])spill,
+                         &ok) != SERPENS_OK) {
             mon_add(m, MON_C_STATE_ERRORS, 1);
         }
     }
@@ -402,14 +424,26 @@ static void mon_update_flows(struct mon *m, uint64_t now)
         memcpy(r->pending, d, sizeof r->pending);
         r->owner = m->ctx->instance_id;
     }
-    const uint64_t written = m->host->update_state_bulk(m->flows, m->fkey, n, (const uint64_t *)m->frow,
-                                                        mon_flow_ops, m->fval);
+    uint64_t written = 0;
+    int rc;
+    if (m->have_update == 2) {
+        rc = m->host->update_state_bulk_v2(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops, m->fval,
+                                           &written);
+    } else {
+        written = m->host->update_state_bulk(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops, m->fval);
+        rc = written == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC; /* 1.3 cannot say why */
+    }
+    if (rc != SERPENS_OK && rc != SERPENS_ENOSPC) {
+        mon_add(m, MON_C_STATE_ERRORS, 1); /* refused, not full */
+    }
     for (uint32_t j = 0; j < n; ++j) {
         const uint64_t *d = m->fdelta[j];
         if (!(written & (1ull << j))) {
-            /* The table is full: the hosts still count this chunk's packets. */
+            /* Not written: the hosts still count this chunk's packets. */
             mon_fold(m, &m->fkey[j], d);
-            mon_add(m, MON_C_FLOW_TABLE_FULL, m->frow[j].packets);
+            if (rc == SERPENS_ENOSPC) {
+                mon_add(m, MON_C_FLOW_TABLE_FULL, m->frow[j].packets);
+            }
             continue;
         }
         struct mon_flow_val *v = &m->fval[j];
@@ -675,7 +709,7 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         if (batch->labels[i] != batch->self) {
             continue;
         }
-        mon_packet(m, &batch->pkts[i]);
+        mon_packet(m, serpens_batch_pkt(batch, i));
         /* One table round per MON_CHUNK packets: at most that many flows and
          * twice as many hosts, whatever the burst size. */
         if (++in_chunk == MON_CHUNK) {
@@ -726,7 +760,10 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     }
     m->sweep.last_ns = h->now_ns();
     /* With fold_ms = 0 every write folds: get + put is then one write less. */
-    m->have_update = SERPENS_HOST_HAS(h, update_state_bulk) && m->fold_ns != 0;
+    m->have_update = m->fold_ns == 0                               ? 0
+                     : SERPENS_HOST_HAS(h, update_state_bulk_v2) ? 2
+                     : SERPENS_HOST_HAS(h, update_state_bulk)    ? 1
+                                                                 : 0;
     if (h->create_table == NULL || h->get_state == NULL || h->put_state == NULL || h->timer == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "mon: this host provides no state API");
         return SERPENS_ENOTSUP;
@@ -738,7 +775,7 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
                (unsigned)h->abi_major, (unsigned)h->abi_minor);
         return SERPENS_ENOTSUP;
     }
-    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk);
+    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk_v2) ? 2 : SERPENS_HOST_HAS(h, add_state_bulk) ? 1 : 0;
     const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
     m->flows = h->create_table(ctx, "flows",
                                SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | (m->scan ? SERPENS_STATE_NF_EXPIRY : 0),
@@ -778,6 +815,7 @@ static const struct serpens_nf_descriptor mon_descriptor = {
     .init = mon_init,
     .process = mon_process,
     .fini = mon_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(mon_descriptor)

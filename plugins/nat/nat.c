@@ -900,7 +900,7 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         struct nat_job *job = &c->job[i - first];
         job->kind = NAT_K_DONE;
         if (batch->labels[i] == batch->self) {
-            job->kind = (uint8_t)nat_classify(n, &batch->pkts[i], c, job, &batch->ports[i]);
+            job->kind = (uint8_t)nat_classify(n, serpens_batch_pkt(batch, i), c, job, &batch->ports[i]);
         }
     }
     c->ohit = serpens_get_state_bulk(n->host, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0], sizeof c->oval[0]);
@@ -1245,6 +1245,7 @@ static const struct serpens_nf_descriptor nat_descriptor = {
     .init = nat_init,
     .process = nat_process,
     .fini = nat_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(nat_descriptor)

@@ -21,7 +21,7 @@
  *    - "lookup": looks the packet's flow up (one get_state_bulk per 64
  *      packets) and inserts a flow it did not find, as a verdict or mapping
  *      cache does (fw, nat);
- *    - "count": adds one to the flow's packet count (one update_state_bulk
+ *    - "count": adds one to the flow's packet count (one update_state_bulk_v2
  *      per 64 packets), as a per-flow counter does (mon).
  *   The flow is the host's 32-bit flow hash, the cheapest key there is
  *   (flows whose hashes collide share an entry).  A chain of these is the
@@ -33,11 +33,14 @@
  *                          value 8 B: packets counted (count), 0 (lookup)
  *
  * HOST ABI
- *   flow_state = "count" needs update_state_bulk (1.3).
+ *   1.4 or later (serpens_batch_pkt); flow_state = "count" uses
+ *   update_state_bulk_v2 (1.4).
  *
  * COUNTERS
- *   table_full  packets whose flow the full table could not take
- *               (flow_state only)
+ *   table_full    packets whose flow the full table could not take
+ *                 (flow_state only)
+ *   state_errors  count rounds the host refused for another reason than a
+ *                 full table (flow_state only; none expected)
  *
  * PORTS
  *   0  every packet (the runtime resets ports to 0 before each NF, so
@@ -60,6 +63,7 @@ struct noop {
     serpens_table *flows;
     enum noop_flow_state mode;
     uint64_t *table_full;
+    uint64_t *state_errors;
     uint64_t key[NOOP_BULK];
     uint64_t value[NOOP_BULK];
     uint64_t one[NOOP_BULK]; /* update_state_bulk's rows: +1 each */
@@ -71,8 +75,13 @@ static const uint8_t noop_count_ops[1] = {SERPENS_WORD_ADD};
 static void noop_flush(struct noop *s, uint32_t n)
 {
     if (s->mode == NOOP_COUNT) {
-        const uint64_t done = s->host->update_state_bulk(s->flows, s->key, n, s->one, noop_count_ops, NULL);
-        *s->table_full += (uint64_t)(n - (uint32_t)__builtin_popcountll(done));
+        uint64_t done = 0;
+        const int rc = s->host->update_state_bulk_v2(s->flows, s->key, n, s->one, noop_count_ops, NULL, &done);
+        if (rc == SERPENS_ENOSPC) {
+            *s->table_full += (uint64_t)(n - (uint32_t)__builtin_popcountll(done));
+        } else if (rc != SERPENS_OK) {
+            ++*s->state_errors; /* not full: table_full would mislead */
+        }
         return;
     }
     const uint64_t hit = serpens_get_state_bulk(s->host, s->flows, s->key, n, s->value, sizeof s->key[0],
@@ -97,7 +106,7 @@ static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch
         if (batch->labels[i] != batch->self) {
             continue;
         }
-        s->key[n++] = batch->pkts[i].flow_hash;
+        s->key[n++] = serpens_batch_pkt(batch, i)->flow_hash;
         if (n == NOOP_BULK) {
             noop_flush(s, n);
             n = 0;
@@ -136,9 +145,9 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     if (s->mode == NOOP_NONE) {
         return SERPENS_OK;
     }
-    if (s->mode == NOOP_COUNT && !SERPENS_HOST_HAS(h, update_state_bulk)) {
+    if (s->mode == NOOP_COUNT && !SERPENS_HOST_HAS(h, update_state_bulk_v2)) {
         h->log(ctx, SERPENS_LOG_ERROR,
-               "noop: flow_state = \"count\" needs update_state_bulk (host ABI 1.3); this host speaks %u.%u",
+               "noop: flow_state = \"count\" needs update_state_bulk_v2 (host ABI 1.4); this host speaks %u.%u",
                (unsigned)h->abi_major, (unsigned)h->abi_minor);
         return SERPENS_ENOTSUP;
     }
@@ -155,8 +164,12 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     for (uint32_t i = 0; i < NOOP_BULK; ++i) {
         s->one[i] = 1;
     }
-    static const char *const names[1] = {"table_full"};
-    return serpens_register_counters(ctx, "noop", names, 1, &s->table_full, NULL);
+    static const char *const names[2] = {"table_full", "state_errors"};
+    uint64_t *slots[2] = {NULL, NULL};
+    rc = serpens_register_counters(ctx, "noop", names, 2, slots, NULL);
+    s->table_full = slots[0];
+    s->state_errors = slots[1];
+    return rc;
 }
 
 static void noop_fini(struct serpens_nf_ctx *ctx)
@@ -176,6 +189,7 @@ static const struct serpens_nf_descriptor noop_descriptor = {
     .init = noop_init,
     .process = noop_process,
     .fini = noop_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(noop_descriptor)

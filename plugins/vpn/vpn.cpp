@@ -570,7 +570,7 @@ void vpn_process(serpens_nf_ctx *ctx, serpens_batch *b)
         if (b->labels[i] != b->self) {
             continue;
         }
-        serpens_pkt &p = b->pkts[i];
+        serpens_pkt &p = *serpens_batch_pkt(b, i);
         if (!(p.flags & SERPENS_PKT_F_PARSED) || (p.l3_type != SERPENS_L3_IPV4 && p.l3_type != SERPENS_L3_IPV6)) {
             ++*v.c[C_BYPASSED];
             continue;
@@ -610,6 +610,9 @@ const serpens_nf_descriptor vpn_descriptor = {
     .merge = nullptr,
     .update = nullptr,
     .reserved = {},
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
+    .reserved1 = 0,
+    .reserved2 = 0,
 };
 
 } // namespace

@@ -20,6 +20,7 @@ inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, st
     b.count = static_cast<uint32_t>(pkts.size());
     b.self = 1;
     b.pkts = pkts.data();
+    b.pkt_stride = sizeof(serpens_pkt);
     b.labels = labels.data();
     b.ports = ports.data();
     b.now_ns = now;

@@ -62,6 +62,11 @@ static const struct serpens_nf_descriptor bad_descriptor = {
     .process = bad_process,
 #endif
     .fini = bad_fini,
+#if defined(BAD_NEW_HOST)
+    .min_host_minor = SERPENS_ABI_MINOR + 1,
+#elif defined(BAD_RESERVED_1_4)
+    .reserved2 = 1,
+#endif
 };
 
 #if defined(BAD_NO_ENTRY)

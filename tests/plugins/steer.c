@@ -52,7 +52,7 @@ static void steer_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batc
     uint8_t tag = (uint8_t)(priv->tag >= 0 ? priv->tag : 0xA0 + batch->self);
     uint32_t i;
     for (i = 0; i < batch->count; ++i) {
-        struct serpens_pkt *pkt = &batch->pkts[i];
+        struct serpens_pkt *pkt = serpens_batch_pkt(batch, i);
         uint8_t port;
         uint8_t *tail;
         if (batch->labels[i] != batch->self) {
@@ -89,6 +89,7 @@ static const struct serpens_nf_descriptor steer_descriptor = {
     .init = steer_init,
     .process = steer_process,
     .fini = steer_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(steer_descriptor)

@@ -49,7 +49,7 @@ static void trace_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batc
     uint32_t i;
     for (i = 0; i < batch->count; ++i) {
         if (batch->labels[i] == batch->self) {
-            uint8_t *tail = ctx->host->pkt_append(&batch->pkts[i], 1);
+            uint8_t *tail = ctx->host->pkt_append(serpens_batch_pkt(batch, i), 1);
             if (tail != NULL) {
                 *tail = tag;
             } else {
@@ -81,6 +81,7 @@ static const struct serpens_nf_descriptor trace_descriptor = {
     .init = trace_init,
     .process = trace_process,
     .fini = trace_fini,
+    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
 };
 
 SERPENS_NF_REGISTER(trace_descriptor)

@@ -499,6 +499,60 @@ TEST_CASE("state-eventual: add_state_bulk from K instances under a table-wide (N
     CHECK(api.trigger(tab[0], nullptr) == SERPENS_EINVAL);
 }
 
+TEST_CASE("state ABI 1.4: the _v2 bulk calls tell a full table from a refused call")
+{
+    ScratchDir d("bulkv2");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("v2-chain", "nf");
+    const serpens_host_api &api = state_api();
+    REQUIRE(SERPENS_HOST_HAS(&api, update_state_bulk_v2));
+    REQUIRE(SERPENS_HOST_HAS(&api, add_state_bulk_v2));
+    FakeInstance a(ex, 0), b(ex, 1);
+    serpens_table *flows = a.create("flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 8, 8, 4);
+    serpens_table *hosts = a.create("hosts", EV, 16, 16, 4);
+    serpens_table *hosts_b = b.create("hosts", EV, 16, 16, 4);
+    REQUIRE(flows);
+    REQUIRE(hosts);
+    REQUIRE(hosts_b);
+    const uint8_t add[1] = {SERPENS_WORD_ADD};
+    uint64_t keys[6] = {1, 2, 3, 4, 5, 6}, rows[6] = {1, 1, 1, 1, 1, 1};
+    uint64_t written = 99;
+
+    // update: room for every row, then a full table (capacity 4), then refusals.
+    CHECK(api.update_state_bulk_v2(flows, keys, 3, rows, add, nullptr, &written) == SERPENS_OK);
+    CHECK(written == 0x7);
+    CHECK(api.update_state_bulk_v2(flows, keys, 6, rows, add, nullptr, &written) == SERPENS_ENOSPC);
+    CHECK(written == 0xf); // keys 1-3 exist, 4 takes the last entry, 5 and 6 find none
+    uint64_t v = 0;
+    REQUIRE(api.get_state(flows, &keys[0], &v) == SERPENS_OK);
+    CHECK(v == 2);
+    // The 1.3 call says 0 for a table of another kind, as for a full one; _v2 tells them apart.
+    CHECK(api.update_state_bulk(hosts, keys, 1, rows, add, nullptr) == 0);
+    CHECK(api.update_state_bulk_v2(hosts, keys, 1, rows, add, nullptr, &written) == SERPENS_ENOTSUP);
+    CHECK(written == 0);
+    CHECK(api.update_state_bulk_v2(flows, keys, 65, rows, add, nullptr, &written) == SERPENS_EINVAL);
+    CHECK(api.update_state_bulk_v2(flows, keys, 1, rows, nullptr, nullptr, &written) == SERPENS_EINVAL);
+    CHECK(api.update_state_bulk_v2(flows, keys, 1, rows, add, nullptr, nullptr) == SERPENS_EINVAL);
+
+    // add: the same, on an EVENTUAL table's replica.
+    struct Key {
+        uint64_t a, b;
+    } hk[6] = {{1, 0}, {2, 0}, {3, 0}, {4, 0}, {5, 0}, {6, 0}};
+    uint64_t hrows[6][2] = {{1, 10}, {1, 10}, {1, 10}, {1, 10}, {1, 10}, {1, 10}};
+    CHECK(api.add_state_bulk_v2(hosts, hk, 3, &hrows[0][0], &written) == SERPENS_OK);
+    CHECK(written == 0x7);
+    CHECK(api.add_state_bulk_v2(hosts, hk, 6, &hrows[0][0], &written) == SERPENS_ENOSPC);
+    CHECK(written == 0xf);
+    CHECK(api.add_state_bulk_v2(flows, keys, 1, rows, &written) == SERPENS_ENOTSUP);
+    CHECK(written == 0);
+    ex.remove_instance(1);
+    CHECK(api.add_state_bulk(hosts_b, hk, 1, &hrows[0][0]) == 0);
+    CHECK(api.add_state_bulk_v2(hosts_b, hk, 1, &hrows[0][0], &written) == SERPENS_EINVAL);
+    CHECK(api.add_state_bulk_v2(hosts, hk, 65, &hrows[0][0], &written) == SERPENS_EINVAL);
+}
+
 namespace {
 std::atomic<int> g_custom_merges{0};
 // An NF whose global value is the maximum seen by any instance.

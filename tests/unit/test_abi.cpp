@@ -1,10 +1,12 @@
-// nf.h compiles as C++20 (this file) and its layout is what ABI 1.0 promises.
+// nf.h compiles as C++20 (this file); test_abi_layout.c pins its layout as C.
+// Everything here is decided at compile time: a wrong constant fails the build.
 
 #include <serpens/nf.h>
 
 #include <doctest/doctest.h>
 
 #include <cstddef>
+#include <cstring>
 #include <type_traits>
 
 static_assert(std::is_standard_layout_v<serpens_nf_descriptor>);
@@ -13,9 +15,37 @@ static_assert(offsetof(serpens_nf_descriptor, abi_major) == 0, "version first, s
 static_assert(offsetof(serpens_nf_descriptor, struct_size) == 4);
 static_assert(offsetof(serpens_host_api, struct_size) == 0);
 
-TEST_CASE("labels and ports leave room for chains and branches")
+// Labels and ports leave room for chains and branches.
+static_assert(SERPENS_LABEL_OUT == 0);
+static_assert(SERPENS_MAX_CHAIN_NFS < SERPENS_LABEL_DROP);
+static_assert(SERPENS_MAX_PORTS < SERPENS_PORT_DROP);
+
+// The frozen 1.0 sizes are literals: growing a struct leaves them alone.
+static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE < sizeof(serpens_nf_descriptor));
+static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == offsetof(serpens_nf_descriptor, min_host_minor));
+static_assert(SERPENS_BATCH_V1_0_SIZE == offsetof(serpens_batch, pkt_stride));
+static_assert(SERPENS_HOST_API_V1_0_SIZE == offsetof(serpens_host_api, add_state_bulk));
+
+TEST_CASE("serpens_batch_pkt steps by pkt_stride, not by the plugin's sizeof")
 {
-    CHECK(SERPENS_LABEL_OUT == 0);
-    CHECK(SERPENS_MAX_CHAIN_NFS < SERPENS_LABEL_DROP);
-    CHECK(SERPENS_MAX_PORTS < SERPENS_PORT_DROP);
+    // A host whose views are larger than this header's serpens_pkt (a later
+    // minor appended fields): 64-byte views, each tagged by its len.
+    alignas(8) unsigned char views[3 * 64] = {};
+    for (uint32_t i = 0; i < 3; ++i) {
+        serpens_pkt p{};
+        p.len = 100 + i;
+        std::memcpy(views + i * 64, &p, sizeof p);
+    }
+    serpens_batch batch{};
+    batch.struct_size = sizeof batch;
+    batch.count = 3;
+    batch.pkts = reinterpret_cast<serpens_pkt *>(views);
+    batch.pkt_stride = 64;
+    CHECK(serpens_batch_pkt(&batch, 0)->len == 100);
+    CHECK(serpens_batch_pkt(&batch, 2)->len == 102);
+    CHECK(reinterpret_cast<unsigned char *>(serpens_batch_pkt(&batch, 2)) == views + 128);
+
+    batch.pkt_stride = SERPENS_PKT_V1_0_SIZE; // what the host lays out today
+    CHECK(serpens_batch_pkt(&batch, 1) == &batch.pkts[1]);
+    CHECK(SERPENS_PKT_HAS(&batch, handle));
 }

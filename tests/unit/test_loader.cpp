@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <iterator>
+#include <string>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -122,6 +123,33 @@ TEST_CASE("loader refuses an ABI major mismatch")
 TEST_CASE("loader refuses a descriptor smaller than ABI 1.0's")
 {
     expect_refused("bad_small", RefusalReason::descriptor_too_small, "struct_size 16");
+}
+
+TEST_CASE("loader refuses a plugin that needs a newer host, saying which")
+{
+    const std::string needs = "needs host ABI " + std::to_string(SERPENS_ABI_MAJOR) + "." +
+                              std::to_string(SERPENS_ABI_MINOR + 1) + ", this host speaks " +
+                              std::to_string(SERPENS_ABI_MAJOR) + "." + std::to_string(SERPENS_ABI_MINOR);
+    expect_refused("bad_new_host", RefusalReason::host_too_old, needs);
+}
+
+TEST_CASE("loader refuses non-zero reserved fields appended in ABI 1.4")
+{
+    expect_refused("bad_reserved_1_4", RefusalReason::invalid_descriptor, "reserved fields must be zero");
+}
+
+TEST_CASE("a plugin built against the frozen ABI 1.0 header still loads")
+{
+    ScratchDir dir;
+    install_plugin(dir, "abi10");
+    PluginRegistry registry;
+    registry.load_directory(dir.path().string());
+    const Plugin *old = registry.find("abi10");
+    REQUIRE_MESSAGE(old != nullptr, (registry.refusals().empty() ? "" : registry.refusals()[0].message));
+    // Its descriptor ends where 1.0's did: the host must not read past it.
+    CHECK(old->descriptor().struct_size == SERPENS_NF_DESCRIPTOR_V1_SIZE);
+    CHECK(old->descriptor().abi_minor == 0);
+    CHECK(registry.refusals().empty());
 }
 
 TEST_CASE("loader refuses unknown flags and a missing process callback")

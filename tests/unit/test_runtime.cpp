@@ -29,7 +29,7 @@ struct Harness {
 
     Harness()
     {
-        for (const char *name : {"noop", "steer", "trace", "bad_init"}) {
+        for (const char *name : {"noop", "steer", "trace", "bad_init", "abi10"}) {
             install_plugin(plugins, name);
         }
         registry.load_directory(plugins.path().string());
@@ -136,6 +136,7 @@ to = ["mon", "ids"]
     b.count = 4;
     b.self = 1;
     b.pkts = batch.pkts.data();
+    b.pkt_stride = sizeof(serpens_pkt);
     std::vector<uint16_t> labels(4, 1);
     b.labels = labels.data();
     b.ports = ports.data();
@@ -146,6 +147,38 @@ to = ["mon", "ids"]
         labels[i] = chain->nfs[0].next[ports[i]];
     }
     CHECK(labels == std::vector<uint16_t>{2, 3, 3, 2});
+}
+
+TEST_CASE("a plugin built against the frozen ABI 1.0 header runs in a chain beside a 1.4 one")
+{
+    Harness h;
+    // abi10 indexes batch->pkts[i] at the 1.0 size; trace walks the same
+    // views with serpens_batch_pkt.  Both must see the same packets.
+    auto chain = h.compile(R"(name = "old-and-new"
+chain = ["old", "new"]
+[[nf]]
+name = "old"
+plugin = "abi10"
+[[nf]]
+name = "new"
+plugin = "trace"
+config = { tag = 7 }
+)");
+    ChainInstance instance(chain, 0, &h.api);
+    Batch batch({0, 1, 2, 3, 4});
+    uint32_t out = instance.run(batch.pkts.data(), 5, batch.labels.data(), 0);
+    CHECK(out == 3);
+    // abi10 decided: odd first bytes dropped, even ones rewritten to 0x10.
+    CHECK(batch.labels == std::vector<uint16_t>{SERPENS_LABEL_OUT, SERPENS_LABEL_DROP, SERPENS_LABEL_OUT,
+                                                SERPENS_LABEL_DROP, SERPENS_LABEL_OUT});
+    for (std::size_t i : {0u, 2u, 4u}) {
+        CHECK(batch.pkts[i].data[0] == 0x10);
+        CHECK(batch.trail(i) == std::vector<uint8_t>{7}); // then trace saw it
+    }
+    CHECK(batch.pkts[1].data[0] == 1); // dropped untouched
+    CHECK(batch.trail(1).empty());
+    CHECK(instance.stats(0).dropped == 2);
+    CHECK(instance.stats(1).packets == 3);
 }
 
 TEST_CASE("drops are counted per NF and never reach egress")

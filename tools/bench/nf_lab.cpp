@@ -625,6 +625,7 @@ RemoteClient::RemoteClient(const RedisServer &server, const serpens_host_api &lo
     // go to redis.  Left as the local entry, it would be handed this shim's
     // table handles.
     _api.add_state_bulk = nullptr;
+    _api.add_state_bulk_v2 = nullptr;
     _api.scan_state = remote_scan_nothing;
     _api.table_slots = remote_one_slot;
     building = _impl.get(); // tables created on this thread bind to this client

@@ -463,6 +463,7 @@ TEST_CASE("fw: established-flow cost does not depend on the rule count")
     serpens_batch b{};
     b.struct_size = sizeof b;
     b.count = 32;
+    b.pkt_stride = sizeof(serpens_pkt);
     b.self = 1;
     b.labels = labels.data();
     b.ports = ports.data();

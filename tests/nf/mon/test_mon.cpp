@@ -87,6 +87,7 @@ struct Mon {
         }
         if (!update) {
             host.api().update_state_bulk = nullptr;
+            host.api().update_state_bulk_v2 = nullptr; // older than 1.4 too
         }
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
@@ -282,6 +283,7 @@ TEST_CASE("mon: a host without add_state_bulk (ABI 1.0 table) gets the same coun
     MockHost host(mon());
     host.set_config("");
     host.api().add_state_bulk = nullptr;
+    host.api().add_state_bulk_v2 = nullptr; // older than 1.4 too
     REQUIRE(host.init(0) == SERPENS_OK);
     Expect want;
     auto flows = traffic(200);
@@ -380,6 +382,41 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
     CHECK(m.host.table("flows")->entries.size() == 2);
     CHECK(m.host.counter(0, "flow_table_full") == 3);
     CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+}
+
+TEST_CASE("mon: a flow write the host refuses is a state error, not a full table; hosts still count")
+{
+    Mon m("", 1, true); // with scan_state mon folds every fold_ms, so it uses update_state_bulk_v2
+    // A host that refuses every flow round for another reason than room.
+    m.host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *,
+                                           const uint8_t *, void *, uint64_t *written) {
+        *written = 0;
+        return SERPENS_ENOTSUP;
+    };
+    Packets p;
+    for (uint16_t i = 0; i < 5; ++i) {
+        p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
+    }
+    m.host.process(0, p.parse(), p.ports, kMs);
+    CHECK(m.host.table("flows")->entries.empty());
+    CHECK(m.host.counter(0, "flow_table_full") == 0);
+    CHECK(m.host.counter(0, "state_errors") == 1); // one round of 5 flows
+    CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+}
+
+TEST_CASE("mon: a host replica the host refuses is a state error, not host_overflow")
+{
+    Mon m("fold_ms = 0\n"); // every write folds: the hosts table is written this batch
+    m.host.api().add_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *,
+                                        uint64_t *written) {
+        *written = 0;
+        return SERPENS_EINVAL; // e.g. this instance is no longer active
+    };
+    Packets p;
+    p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 53}));
+    m.host.process(0, p.parse(), p.ports, kMs);
+    CHECK(m.host.counter(0, "host_overflow") == 0);
+    CHECK(m.host.counter(0, "state_errors") >= 1);
 }
 
 TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")

@@ -7,7 +7,8 @@
 //    trigger rebalances at once.
 //  - EVENTUAL: replicas start as copies of the base; merge folds
 //    G + sum(R_i - G) (or calls the NF's own merge hook) and copies back;
-//    add_state_bulk (ABI 1.1) adds uint64 rows to the caller's replica.
+//    add_state_bulk (ABI 1.1) adds uint64 rows to the caller's replica;
+//    the 1.4 _v2 bulk calls wrap the 1.1/1.3 ones, telling refusals from full.
 // Config getters are the host's real ones over a TOML text (so config_where
 // gives real file:line:col); counters are a map per context; log lines are
 // kept for the tests to read.  The plugin is the real .so, loaded by dlopen.
@@ -121,6 +122,8 @@ public:
         _api.counter = &MockHost::s_counter;
         _api.add_state_bulk = &MockHost::s_add_bulk;
         _api.update_state_bulk = &MockHost::s_update_bulk;
+        _api.update_state_bulk_v2 = &MockHost::s_update_bulk_v2;
+        _api.add_state_bulk_v2 = &MockHost::s_add_bulk_v2;
         current() = this;
     }
     ~MockHost()
@@ -447,6 +450,49 @@ private:
     }
 
     // EVENTUAL: adds uint64 rows to this instance's replica (ABI 1.1).
+    static uint64_t all_rows(uint32_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+    // ABI 1.4: the 1.3 call with its refusals told apart from a full table.
+    static int s_update_bulk_v2(serpens_table *th, const void *keys, uint32_t n, const uint64_t *rows,
+                                const uint8_t *ops, void *out, uint64_t *written)
+    {
+        if (written == nullptr) {
+            return SERPENS_EINVAL;
+        }
+        *written = 0;
+        if (n > 64 || rows == nullptr || ops == nullptr) {
+            return SERPENS_EINVAL;
+        }
+        MockTable &t = *handle(th).table;
+        if (t.global_write() || !(t.flags & SERPENS_STATE_WRITE) || t.value_size % 8 != 0) {
+            return SERPENS_ENOTSUP;
+        }
+        *written = s_update_bulk(th, keys, n, rows, ops, out);
+        return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
+    }
+
+    static int s_add_bulk_v2(serpens_table *th, const void *keys, uint32_t n, const uint64_t *deltas,
+                             uint64_t *written)
+    {
+        if (written == nullptr) {
+            return SERPENS_EINVAL;
+        }
+        *written = 0;
+        if (n > 64 || deltas == nullptr) {
+            return SERPENS_EINVAL;
+        }
+        MockHandle &h = handle(th);
+        MockTable &t = *h.table;
+        if (!t.global_write() || t.release() || t.value_size % 8 != 0) {
+            return SERPENS_ENOTSUP;
+        }
+        if (!(t.active & (1ull << h.instance))) {
+            return SERPENS_EINVAL;
+        }
+        *written = s_add_bulk(th, keys, n, deltas);
+        return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
+    }
+
     static uint64_t s_add_bulk(serpens_table *th, const void *keys, uint32_t n, const uint64_t *deltas)
     {
         MockHandle &h = handle(th);

@@ -140,6 +140,23 @@ TEST_CASE("noop: a full flow table is counted, and its packets still pass")
     CHECK(host.counter(0, "table_full") == refused);
 }
 
+TEST_CASE("noop: a write the host refuses is a state error, not a full table")
+{
+    MockHost host(noop());
+    host.set_config("flow_state = \"count\"\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    // A host that refuses every round for another reason than room (as the
+    // 1.3 call did, it returns no rows written).
+    host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *, const uint8_t *,
+                                         void *, uint64_t *written) {
+        *written = 0;
+        return SERPENS_ENOTSUP;
+    };
+    run(host); // packets still pass unchanged
+    CHECK(host.counter(0, "table_full") == 0);
+    CHECK(host.counter(0, "state_errors") == 3); // rounds of 64, 64 and 22
+}
+
 TEST_CASE("noop: bad configuration is refused, naming the key")
 {
     const char *cfg = nullptr;
@@ -164,6 +181,7 @@ TEST_CASE("noop: bad configuration is refused, naming the key")
     host.set_config(cfg);
     if (old_host) {
         host.api().update_state_bulk = nullptr;
+        host.api().update_state_bulk_v2 = nullptr; // older than 1.4 too
     }
     CHECK(host.init(0) == want);
     REQUIRE_FALSE(host.logs.empty());

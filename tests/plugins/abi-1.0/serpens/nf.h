@@ -1,0 +1,315 @@
+/*
+ * FROZEN COPY of plugin-api/serpens/nf.h as released for ABI 1.0 (commit 7413fd3).
+ * It must never change: tests/plugins/abi10.c builds against it to prove that
+ * a plugin compiled for ABI 1.0 still loads and runs on this host.
+ */
+/*
+ * serpens/nf.h — the Serpens network-function plugin ABI, version 1.
+ *
+ * An NF is a shared object (serpens_nf_<name>.so) that exports one C function,
+ * SERPENS_NF_ENTRY_SYMBOL, returning a pointer to a static, plain-data
+ * descriptor.  The host refuses a plugin before running any of its code (other
+ * than that entry function) when the descriptor's ABI major differs from the
+ * host's, when struct_size is smaller than SERPENS_NF_DESCRIPTOR_V1_SIZE, when
+ * unknown flag bits or reserved fields are set, or when a required callback is
+ * missing.
+ *
+ * This header is pure C99: no DPDK, no C++ types, no exceptions cross it.
+ * Everything a plugin may call in the host arrives in `struct serpens_host_api`
+ * (handed over in the NF context), so a plugin never links against the host.
+ *
+ * Compatibility rules (what keeps old plugins loadable):
+ *  - New fields are only ever appended to the descriptor, the host API table,
+ *    the context, the packet view and the batch; each grows its struct_size.
+ *  - A minor version bump adds; a major bump is the only thing that breaks.
+ *  - Readers check struct_size before touching a field added after v1.0.
+ *
+ * Threading: init/fini run on a control thread.  process() runs on exactly one
+ * worker thread per NF context (one context per NF per instance), so an NF
+ * needs no locking for anything it keeps in ctx->priv.
+ */
+#ifndef SERPENS_NF_H
+#define SERPENS_NF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SERPENS_ABI_MAJOR 1
+#define SERPENS_ABI_MINOR 0
+
+/* The name of the one symbol every plugin exports. */
+#define SERPENS_NF_ENTRY_SYMBOL "serpens_nf_entry"
+
+#if defined(_WIN32)
+#define SERPENS_EXPORT __declspec(dllexport)
+#else
+#define SERPENS_EXPORT __attribute__((visibility("default")))
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Labels and output ports                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A chain is compiled to a *prime sequential order*: its NFs numbered 1..N.
+ * Each packet of a batch carries a label: the number of the next NF it visits,
+ * SERPENS_LABEL_OUT when it has finished the chain (goes to egress), or
+ * SERPENS_LABEL_DROP.  An NF only sees the packets whose label is its own
+ * number (batch->self) and decides, per packet, an output port.
+ */
+#define SERPENS_LABEL_OUT 0u
+#define SERPENS_LABEL_DROP 0xffffu
+#define SERPENS_MAX_CHAIN_NFS 1024u
+
+/* Output ports an NF writes into batch->ports[i]. 0 is the default next hop. */
+#define SERPENS_PORT_DEFAULT 0u
+#define SERPENS_PORT_DROP 0xffu
+#define SERPENS_MAX_PORTS 16u
+
+/* ------------------------------------------------------------------------ */
+/* Packets and batches                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Values of serpens_pkt.l3_type. */
+#define SERPENS_L3_NONE 0u
+#define SERPENS_L3_IPV4 4u
+#define SERPENS_L3_IPV6 6u
+
+/* Bits of serpens_pkt.flags. */
+#define SERPENS_PKT_F_PARSED 0x1u    /* l3/l4 offsets are valid */
+#define SERPENS_PKT_F_FRAGMENT 0x2u  /* IP fragment: no L4 header here */
+#define SERPENS_PKT_F_VLAN 0x4u      /* carried at least one 802.1Q tag */
+
+/*
+ * A view of one packet.  The bytes [data, data + len) are contiguous and
+ * writable.  Offsets are from `data`; an offset of 0xffff means "absent".
+ * The host fills the view before the chain runs; packet helpers keep it in
+ * step when they move `data` or change `len`.
+ */
+struct serpens_pkt {
+    uint8_t *data;
+    uint32_t len;
+    uint16_t l3_offset;
+    uint16_t l4_offset;
+    uint16_t payload_offset;
+    uint8_t l3_type;   /* SERPENS_L3_* */
+    uint8_t l4_proto;  /* IPPROTO_* value, 0 when none */
+    uint32_t flow_hash; /* symmetric: both directions of a flow hash alike */
+    uint32_t flags;     /* SERPENS_PKT_F_* */
+    uint16_t vlan_id;   /* outermost VLAN id when SERPENS_PKT_F_VLAN */
+    uint16_t reserved0;
+    uint32_t reserved1;
+    void *handle;       /* opaque to the NF: the host's buffer (e.g. an mbuf) */
+};
+#define SERPENS_OFFSET_NONE 0xffffu
+
+/*
+ * One burst of packets as one NF sees it.  pkts, labels and ports are arrays
+ * of `count` elements shared by every NF of the chain during this batch.
+ * An NF processes exactly the packets i with labels[i] == self and writes
+ * ports[i] (left at SERPENS_PORT_DEFAULT it means "default next hop").  It must
+ * not write labels[] — the runtime maps ports to labels after the call.
+ */
+struct serpens_batch {
+    uint32_t struct_size;
+    uint32_t count;
+    uint16_t self;       /* this NF's label in the chain's order */
+    uint16_t reserved0;
+    uint32_t reserved1;
+    struct serpens_pkt *pkts;
+    const uint16_t *labels;
+    uint8_t *ports;
+    uint64_t now_ns;     /* monotonic clock sampled once per batch */
+};
+
+/* ------------------------------------------------------------------------ */
+/* State (paper Fig. 9)                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Flags of create_table: exactly one scope, exactly one access pattern, and for
+ * GLOBAL|WRITE exactly one consistency. */
+#define SERPENS_STATE_PER_FLOW 0x01u
+#define SERPENS_STATE_GLOBAL 0x02u
+#define SERPENS_STATE_READ 0x04u
+#define SERPENS_STATE_WRITE 0x08u
+#define SERPENS_STATE_RELEASE 0x10u  /* single writer: split into sub-states */
+#define SERPENS_STATE_EVENTUAL 0x20u /* multi writer: replicas, merged */
+
+typedef struct serpens_table serpens_table; /* opaque, owned by the host */
+
+/* Arguments of the state-manager hooks; one struct so it can grow. */
+struct serpens_state_hook_args {
+    uint32_t struct_size;
+    uint32_t n;            /* number of parts/replicas */
+    const char *table;     /* table name as given to create_table */
+    const void *key;
+    uint32_t key_size;
+    uint32_t value_size;
+    const void *whole;     /* split: the value to split (NULL otherwise) */
+    void *const *parts;    /* split/update/merge: n values of value_size */
+    void *out;             /* merge: where the folded value goes */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Configuration and host services                                           */
+/* ------------------------------------------------------------------------ */
+
+/* The NF's config table from the chain TOML; opaque, read through the API. */
+typedef struct serpens_config serpens_config;
+
+struct serpens_nf_ctx;
+
+/* Log levels for host_api.log. */
+#define SERPENS_LOG_ERROR 0
+#define SERPENS_LOG_WARN 1
+#define SERPENS_LOG_INFO 2
+#define SERPENS_LOG_DEBUG 3
+
+/* Return codes: 0 success, negative errno-style values on failure. */
+#define SERPENS_OK 0
+#define SERPENS_ENOENT (-2)
+#define SERPENS_ENOMEM (-12)
+#define SERPENS_EINVAL (-22)
+#define SERPENS_ENOSPC (-28)
+#define SERPENS_ENOTSUP (-95)
+
+/*
+ * Everything a plugin may call in the host.  Append-only: entries added after
+ * v1.0 sit below a "ABI 1.x and later" comment and are valid only when
+ * struct_size covers them.  A NULL entry means "this host does not provide it"
+ * and must be checked by plugins that use optional services.
+ */
+struct serpens_host_api {
+    uint32_t struct_size;
+    uint16_t abi_major;
+    uint16_t abi_minor;
+
+    /* --- ABI 1.0 --- */
+
+    /* printf-style logging, tagged with the NF and chain name. */
+    void (*log)(const struct serpens_nf_ctx *ctx, int level, const char *fmt, ...)
+#if defined(__GNUC__)
+        __attribute__((format(printf, 3, 4)))
+#endif
+        ;
+    /* Monotonic clock in nanoseconds. */
+    uint64_t (*now_ns)(void);
+
+    /* Configuration, addressed by TOML paths such as "pool.ports[1]".
+     * Getters return SERPENS_OK, SERPENS_ENOENT (absent) or SERPENS_EINVAL
+     * (present with another type). */
+    int (*config_string)(const serpens_config *cfg, const char *path, const char **out);
+    int (*config_int)(const serpens_config *cfg, const char *path, int64_t *out);
+    int (*config_double)(const serpens_config *cfg, const char *path, double *out);
+    int (*config_bool)(const serpens_config *cfg, const char *path, int *out);
+    /* Number of elements of an array (SERPENS_ENOENT when not an array). */
+    int (*config_array_size)(const serpens_config *cfg, const char *path, size_t *out);
+    /* A path value resolved against the directory of the chain file. */
+    int (*config_path)(const serpens_config *cfg, const char *path, char *buf, size_t len);
+    /* "file:line:col" of a key, for error messages (best effort). */
+    int (*config_where)(const serpens_config *cfg, const char *path, char *buf, size_t len);
+
+    /* State, paper Fig. 9.  create_table attaches when the executor already has
+     * a table of that name with identical flags and sizes (so a restarted or
+     * added instance sees the same state) and fails otherwise. */
+    serpens_table *(*create_table)(struct serpens_nf_ctx *ctx, const char *name, uint32_t flags,
+                                   uint32_t key_size, uint32_t value_size, uint64_t capacity);
+    /* Copies the value out (consistent even while another instance writes). */
+    int (*get_state)(serpens_table *t, const void *key, void *value_out);
+    /* Inserts or replaces; SERPENS_ENOSPC when the table is full. */
+    int (*put_state)(serpens_table *t, const void *key, const void *value);
+    int (*delete_state)(serpens_table *t, const void *key);
+    /* Looks up n (<= 64) keys laid out back to back; copies hits into values
+     * (n * value_size bytes) and returns a bit mask of the hits. */
+    uint64_t (*get_state_bulk)(serpens_table *t, const void *keys, uint32_t n, void *values);
+    int (*split)(serpens_table *t, const void *key);
+    int (*merge)(serpens_table *t, const void *key);
+    int (*update)(serpens_table *t, const void *key);
+    int (*timer)(serpens_table *t, const void *key, uint64_t period_ns);
+    int (*trigger)(serpens_table *t, const void *key);
+
+    /* Packet helpers.  Each keeps the view (data, len, offsets) in step and
+     * returns NULL / a negative code when the buffer has no room. */
+    uint8_t *(*pkt_prepend)(struct serpens_pkt *pkt, uint32_t len);
+    uint8_t *(*pkt_append)(struct serpens_pkt *pkt, uint32_t len);
+    int (*pkt_trim)(struct serpens_pkt *pkt, uint32_t len);   /* drop len bytes at the tail */
+    int (*pkt_adj)(struct serpens_pkt *pkt, uint32_t len);    /* drop len bytes at the head */
+
+    /* A named 64-bit counter of this NF context, registered in init.  The
+     * returned pointer is the context's own cache-aligned slot: increment it
+     * directly in process(); the host reads and sums it. */
+    uint64_t *(*counter)(struct serpens_nf_ctx *ctx, const char *name);
+};
+
+/*
+ * One NF inside one chain instance.  The host owns it; the NF reads the public
+ * fields and may set `priv` in init.
+ */
+struct serpens_nf_ctx {
+    uint32_t struct_size;
+    uint32_t instance_id;   /* which instance of the chain (0..n-1) */
+    const struct serpens_host_api *host;
+    const char *chain_name;
+    const char *nf_name;     /* the name the chain gives this NF */
+    void *priv;              /* the NF's own per-instance data */
+    void *host_private;      /* opaque to the NF */
+};
+
+/* ------------------------------------------------------------------------ */
+/* The descriptor                                                            */
+/* ------------------------------------------------------------------------ */
+
+struct serpens_nf_descriptor {
+    uint16_t abi_major;    /* SERPENS_ABI_MAJOR the plugin was built against */
+    uint16_t abi_minor;
+    uint32_t struct_size;  /* sizeof(struct serpens_nf_descriptor) */
+    const char *name;      /* unique NF type name, [a-z0-9_-]+ */
+    const char *version;   /* the NF's own version, free text */
+    const char *summary;   /* one line for listings */
+    uint32_t flags;        /* none defined in 1.0: must be 0 */
+    uint16_t n_ports;      /* output ports the NF uses, 1..SERPENS_MAX_PORTS */
+    uint16_t reserved0;    /* must be 0 */
+
+    /* Required.  Returns SERPENS_OK or a negative code; on failure the NF
+     * should log why.  fini is still called once, even after a failed init. */
+    int (*init)(struct serpens_nf_ctx *ctx, const serpens_config *config);
+    /* Required.  Hot path: no blocking, no allocation. */
+    void (*process)(struct serpens_nf_ctx *ctx, struct serpens_batch *batch);
+    /* Optional.  Called exactly once per context, whatever init returned. */
+    void (*fini)(struct serpens_nf_ctx *ctx);
+
+    /* Optional state-manager hooks for GLOBAL|WRITE tables; NULL selects the
+     * host's default (RELEASE: split equally; EVENTUAL: copy, then add). */
+    int (*split)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
+    int (*merge)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
+    int (*update)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
+
+    void *reserved[4];     /* must be NULL */
+};
+
+#define SERPENS_NF_DESCRIPTOR_V1_SIZE (sizeof(struct serpens_nf_descriptor))
+
+/* Fills the version fields; use as the first line of a descriptor initializer. */
+#define SERPENS_NF_DESCRIPTOR_HEADER                                                 \
+    .abi_major = SERPENS_ABI_MAJOR, .abi_minor = SERPENS_ABI_MINOR,                  \
+    .struct_size = (uint32_t)sizeof(struct serpens_nf_descriptor)
+
+/* Exports `desc` (a static struct serpens_nf_descriptor) as the plugin entry. */
+#define SERPENS_NF_REGISTER(desc)                                                     \
+    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void);        \
+    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void)         \
+    {                                                                                 \
+        return &(desc);                                                               \
+    }
+
+typedef const struct serpens_nf_descriptor *(*serpens_nf_entry_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SERPENS_NF_H */
