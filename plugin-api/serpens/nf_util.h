@@ -247,6 +247,13 @@ static inline int serpens_is_icmp_error(const struct serpens_pkt *p)
 /* IPv4/IPv6 prefixes                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* The netmask of an IPv4 prefix length (0..32), in host order, for NFs that
+ * keep IPv4 prefixes as host-order net and mask words. */
+static inline uint32_t serpens_prefix_mask4(unsigned len)
+{
+    return len == 0 ? 0 : ~0u << (32 - len);
+}
+
 /* One meaning everywhere (host.toml, chain files, rules files): a prefix is
  * "a.b.c.d/len", an IPv6 "x::/len", or a bare address (= /32 or /128).  An
  * address with bits set past len is refused, not masked: "10.1.2.3/8" is
@@ -328,6 +335,52 @@ static inline int serpens_parse_prefix(const char *text, struct serpens_prefix *
     return SERPENS_OK;
 }
 
+/* serpens_parse_prefix for NFs that handle IPv4 only and keep a prefix as
+ * host-order words: *net_h and *mask_h (see serpens_prefix_mask4). */
+static inline int serpens_parse_prefix4(const char *text, uint32_t *net_h, uint32_t *mask_h, char *why,
+                                        size_t why_len)
+{
+    struct serpens_prefix p;
+    if (serpens_parse_prefix(text, &p, why, why_len) != SERPENS_OK) {
+        return SERPENS_EINVAL;
+    }
+    if (p.family != 4) {
+        snprintf(why, why_len, "'%s' is IPv6; expected an IPv4 address or prefix", text);
+        return SERPENS_EINVAL;
+    }
+    *net_h = serpens_ld_be32(p.addr);
+    *mask_h = serpens_prefix_mask4(p.len);
+    return SERPENS_OK;
+}
+
+/*
+ * A rule's address selector, as fw, ids and vpn rules write it: "any" (addr
+ * zero, *len 0, which matches every address) or a prefix read by
+ * serpens_parse_prefix into addr (16 bytes) and *len.  Addresses of one rule
+ * share a family: *family starts at 0, a prefix sets it to 4 or 6, and a
+ * prefix of the other family is refused.  SERPENS_OK or SERPENS_EINVAL with
+ * why.  Cold path.
+ */
+static inline int serpens_parse_selector(const char *text, uint8_t *family, uint8_t *addr, uint8_t *len, char *why,
+                                         size_t why_len)
+{
+    struct serpens_prefix p;
+    if (strcmp(text, "any") == 0) {
+        memset(&p, 0, sizeof p);
+    } else if (serpens_parse_prefix(text, &p, why, why_len) != SERPENS_OK) {
+        return SERPENS_EINVAL;
+    } else if (*family != 0 && *family != p.family) {
+        snprintf(why, why_len, "'%s' is IPv%u, the rule's other address IPv%u", text, (unsigned)p.family,
+                 (unsigned)*family);
+        return SERPENS_EINVAL;
+    } else {
+        *family = p.family;
+    }
+    memcpy(addr, p.addr, sizeof p.addr);
+    *len = p.len;
+    return SERPENS_OK;
+}
+
 /* Whether addr (network order, 4 or 16 bytes) lies in the len-bit prefix
  * net; the caller compares families.  Hot path. */
 static inline int serpens_prefix_match(const uint8_t *net, unsigned len, const uint8_t *addr)
@@ -342,13 +395,6 @@ static inline int serpens_prefix_match(const uint8_t *net, unsigned len, const u
     }
     const uint8_t mask = (uint8_t)(0xff00u >> rest);
     return (net[full] & mask) == (addr[full] & mask);
-}
-
-/* The netmask of an IPv4 prefix length (0..32), in host order, for NFs that
- * keep IPv4 prefixes as host-order net and mask words. */
-static inline uint32_t serpens_prefix_mask4(unsigned len)
-{
-    return len == 0 ? 0 : ~0u << (32 - len);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -58,9 +58,9 @@ TEST_CASE("rules: malformed lines fail with file:line and what was expected")
     } cases[] = {
         {"allow proto=tcp\npermit src=1.2.3.4\n", "r.rules:2:", "expected 'allow', 'deny' or 'default'"},
         {"allow proto=xyz\n", "r.rules:1:", "expected proto=tcp"},
-        {"\n\nallow src=10.0.0.0/33\n", "r.rules:3:", "prefix length 0..32"},
-        {"allow src=10.0.0.1/8\n", "r.rules:1:", "host bits set"},
-        {"allow src=10.0.0.300\n", "r.rules:1:", "expected an IPv4 or IPv6 prefix"},
+        {"\n\nallow src=10.0.0.0/33\n", "r.rules:3:", "bad prefix length (0..32)"},
+        {"allow src=10.0.0.1/8\n", "r.rules:1:", "host bits set; did you mean 10.0.0.0/8?"},
+        {"allow src=10.0.0.300\n", "r.rules:1:", "is not an IPv4 or IPv6 address or prefix"},
         {"allow dport=90-80\n", "r.rules:1:", "dport=port or lo-hi"},
         {"allow dport=70000\n", "r.rules:1:", "dport=port or lo-hi"},
         {"allow proto=icmp dport=80\n", "r.rules:1:", "need proto=tcp, udp or sctp"},
@@ -272,7 +272,7 @@ TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, ba
     h.set_config("rules = \"bad.rules\"\n");
     Ctx *c3 = nullptr;
     CHECK(h.init(c3) == SERPENS_EINVAL);
-    CHECK_MESSAGE(h.logged("bad.rules:3: expected a prefix length 0..32"), h.all_logs());
+    CHECK_MESSAGE(h.logged("bad.rules:3: '10.0.0.0/40' has a bad prefix length (0..32)"), h.all_logs());
 
     // Config errors name the chain file's line.
     h.set_config("cache_size = 8\nrules = \"fw.rules\"\n");

@@ -522,8 +522,8 @@ TEST_CASE("nat: config errors name file:line and fail init")
     };
     const Case cases[] = {
         {"external = \"203.0.113.1\"\n", 1, "inside: required"},
-        {"inside = \"10.0.0.1/8\"\nexternal = \"203.0.113.1\"\n", 2, "host bits"},
-        {"inside = [\"10.0.0.0/8\", \"ten\"]\nexternal = \"203.0.113.1\"\n", 2, "inside[1]: 'ten' is not an IPv4 prefix"},
+        {"inside = \"10.0.0.1/8\"\nexternal = \"203.0.113.1\"\n", 2, "host bits set; did you mean 10.0.0.0/8?"},
+        {"inside = [\"10.0.0.0/8\", \"ten\"]\nexternal = \"203.0.113.1\"\n", 2, "inside[1]: 'ten' is not an IPv4"},
         {"inside = \"10.0.0.0/8\"\nexternal = 5\n", 3, "external: expected a string"},
         {"inside = \"10.0.0.0/8\"\nexternal = \"203.0.113.9-203.0.113.1\"\n", 3, "not an address range"},
         {"inside = \"10.0.0.0/8\"\nexternal = \"10.0.0.1\"\n", 3, "lies inside"},

@@ -361,6 +361,31 @@ TEST_CASE("serpens_parse_prefix: host bits refused with the prefix meant")
     CHECK(prefix_error("::1/127").find("did you mean ::/127?") != std::string::npos);
 }
 
+TEST_CASE("serpens_parse_selector: any matches all, a prefix sets the family, the other family is refused")
+{
+    uint8_t family = 0, len = 99;
+    uint8_t addr[16];
+    std::memset(addr, 0xff, sizeof addr);
+    char why[256] = "";
+    REQUIRE(serpens_parse_selector("any", &family, addr, &len, why, sizeof why) == SERPENS_OK);
+    CHECK(family == 0);
+    CHECK(len == 0);
+    CHECK(addr[15] == 0);
+    REQUIRE(serpens_parse_selector("2001:db8::/32", &family, addr, &len, why, sizeof why) == SERPENS_OK);
+    CHECK(family == 6);
+    CHECK(len == 32);
+    CHECK(addr[1] == 0x01);
+    REQUIRE(serpens_parse_selector("any", &family, addr, &len, why, sizeof why) == SERPENS_OK);
+    CHECK(family == 6); // "any" keeps the family the other address set
+    CHECK(serpens_parse_selector("10.0.0.0/8", &family, addr, &len, why, sizeof why) == SERPENS_EINVAL);
+    CHECK(std::string(why) == "'10.0.0.0/8' is IPv4, the rule's other address IPv6");
+    family = 0;
+    CHECK(serpens_parse_selector("10.1.2.3/8", &family, addr, &len, why, sizeof why) == SERPENS_EINVAL);
+    CHECK(std::string(why).find("did you mean 10.0.0.0/8?") != std::string::npos);
+    CHECK(serpens_parse_selector("ANY", &family, addr, &len, why, sizeof why) == SERPENS_EINVAL);
+    CHECK(family == 0);
+}
+
 TEST_CASE("serpens_parse_prefix: bad lengths, garbage and overlong text refused")
 {
     CHECK(prefix_error("10.0.0.0/33") == "'10.0.0.0/33' has a bad prefix length (0..32)");
