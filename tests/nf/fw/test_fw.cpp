@@ -2,7 +2,7 @@
 // a linear scan, and the NF through its .so against the mock host table.
 
 #include "fw_rules.h"
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
@@ -11,7 +11,8 @@
 #include <cstdio>
 #include <random>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 using namespace serpens_fw;
 
 namespace {
@@ -228,7 +229,7 @@ TEST_CASE("fw: verdicts, ports and counters through the mock host")
     CHECK(c->counters["cache_hits"] == 0);
 
     // Established flows: answered from the verdict cache (one get, no put).
-    Table *t = h.table("verdicts");
+    MockTable *t = h.table("verdicts");
     REQUIRE(t != nullptr);
     CHECK(t->flags == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ));
     uint64_t puts = t->puts;
@@ -304,7 +305,7 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     auto ports = h.run(*c, {&syn, &reply, &stranger, &out6p, &reply6});
     CHECK(ports == std::vector<uint8_t>{0, 0, SERPENS_PORT_DROP, 0, 0});
     CHECK(c->counters["replies"] == 2);
-    Table *conns = h.table("conns");
+    MockTable *conns = h.table("conns");
     REQUIRE(conns != nullptr);
     CHECK(conns->flags == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE));
     CHECK(conns->entries.size() == 2);

@@ -1,11 +1,12 @@
 // ids: signatures split across packets (streaming), pcre flags, per-rule
 // counters, rule headers, malformed rules with file:line, truncated packets.
 
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 
 namespace {
 

@@ -2,14 +2,15 @@
 // the pool split across instances and never handed out twice, exhaustion,
 // expiry, and bad input (config errors with file:line, truncated packets).
 
-#include "nf_mock.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <set>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 

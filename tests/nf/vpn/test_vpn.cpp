@@ -5,12 +5,13 @@
 // SPI, bad ICV, replay window, truncated packets, restart, config errors.
 
 #include "gcm.h"
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 using serpens_vpn::Gcm;
 
 namespace {
