@@ -141,7 +141,8 @@ inline uint8_t *pkt_append(serpens_pkt *p, uint32_t n)
     p->len = m->len;
     return tail;
 }
-inline int pkt_trim(serpens_pkt *p, uint32_t n)
+// Cuts n bytes off the packet's head (adj) or tail (trim).
+inline int pkt_cut(serpens_pkt *p, uint32_t n, bool head)
 {
     auto *m = static_cast<Packet *>(p->handle);
     if (n > m->len) {
@@ -149,21 +150,15 @@ inline int pkt_trim(serpens_pkt *p, uint32_t n)
     }
     m->len -= n;
     p->len = m->len;
-    return SERPENS_OK;
-}
-inline int pkt_adj(serpens_pkt *p, uint32_t n)
-{
-    auto *m = static_cast<Packet *>(p->handle);
-    if (n > m->len) {
-        return SERPENS_EINVAL;
+    if (head) {
+        m->off += n;
+        p->data = m->buf + m->off;
+        shift(p, -static_cast<int32_t>(n));
     }
-    m->off += n;
-    m->len -= n;
-    p->data = m->buf + m->off;
-    p->len = m->len;
-    shift(p, -static_cast<int32_t>(n));
     return SERPENS_OK;
 }
+inline int pkt_trim(serpens_pkt *p, uint32_t n) { return pkt_cut(p, n, false); }
+inline int pkt_adj(serpens_pkt *p, uint32_t n) { return pkt_cut(p, n, true); }
 
 // ---------------------------------------------------------------------------
 // The mock host
