@@ -2,8 +2,10 @@
 
 #include "core/error.h"
 
-#include <arpa/inet.h>
+#include <serpens/nf_util.h>
 
+#include <algorithm>
+#include <iterator>
 #include <stdexcept>
 
 namespace serpens::io {
@@ -13,51 +15,21 @@ bool Prefix::matches(uint8_t ip_version, const std::array<uint8_t, 16> &ip) cons
     if (version == 0) {
         return true;
     }
-    if (version != ip_version) {
-        return false;
-    }
-    uint8_t full = length / 8;
-    for (uint8_t i = 0; i < full; ++i) {
-        if (ip[i] != addr[i]) {
-            return false;
-        }
-    }
-    uint8_t rest = length % 8;
-    if (rest == 0) {
-        return true;
-    }
-    auto mask = static_cast<uint8_t>(0xff << (8 - rest));
-    return (ip[full] & mask) == (addr[full] & mask);
+    return version == ip_version && serpens_prefix_match(addr.data(), length, ip.data()) != 0;
 }
 
 Prefix parse_prefix(const std::string &text)
 {
+    serpens_prefix parsed;
+    char why[256];
+    // The NFs' parser: host.toml and chain files read a prefix the same way.
+    if (serpens_parse_prefix(text.c_str(), &parsed, why, sizeof why) != SERPENS_OK) {
+        throw std::invalid_argument(why);
+    }
     Prefix prefix;
-    auto slash = text.find('/');
-    std::string address = text.substr(0, slash);
-    if (inet_pton(AF_INET, address.c_str(), prefix.addr.data()) == 1) {
-        prefix.version = 4;
-        prefix.length = 32;
-    } else if (inet_pton(AF_INET6, address.c_str(), prefix.addr.data()) == 1) {
-        prefix.version = 6;
-        prefix.length = 128;
-    } else {
-        throw std::invalid_argument("'" + text + "' is not an IPv4 or IPv6 address or prefix");
-    }
-    if (slash != std::string::npos) {
-        std::string len = text.substr(slash + 1);
-        char *end = nullptr;
-        unsigned long value = std::strtoul(len.c_str(), &end, 10);
-        if (len.empty() || *end != '\0' || value > prefix.length) {
-            throw std::invalid_argument("'" + text + "' has a bad prefix length (0.." +
-                                        std::to_string(prefix.length) + ")");
-        }
-        prefix.length = static_cast<uint8_t>(value);
-    }
-    // Host bits are ignored rather than refused: 10.1.2.3/8 means 10.0.0.0/8.
-    for (unsigned bit = prefix.length; bit < 128; ++bit) {
-        prefix.addr[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
-    }
+    prefix.version = parsed.family;
+    prefix.length = parsed.len;
+    std::copy(std::begin(parsed.addr), std::end(parsed.addr), prefix.addr.begin());
     return prefix;
 }
 

@@ -22,7 +22,8 @@ struct Prefix {
     bool matches(uint8_t ip_version, const std::array<uint8_t, 16> &ip) const noexcept;
 };
 
-// Parses "10.0.0.0/8", "2001:db8::/32" or a bare address.  Throws std::invalid_argument.
+// Parses "10.0.0.0/8", "2001:db8::/32" or a bare address as serpens_parse_prefix
+// does (host bits refused).  Throws std::invalid_argument saying why.
 Prefix parse_prefix(const std::string &text);
 
 struct GatewayRule {

@@ -1,6 +1,8 @@
 // Packet parser and flow hash; see parse.h for the contract.
 #include "net/parse.h"
 
+#include <serpens/nf_util.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -211,11 +213,6 @@ constexpr uint8_t kProtoIcmpv6 = 58;
 constexpr uint8_t kProtoNoNext = 59;
 constexpr uint8_t kProtoDestOpts = 60;
 
-inline uint16_t be16(const uint8_t *p) noexcept
-{
-    return static_cast<uint16_t>((p[0] << 8) | p[1]);
-}
-
 // Marks everything past L2 absent and clears the hash: the "not parsed" view.
 inline ParseResult fail(serpens_pkt &pkt, FlowKey &key, ParseResult r) noexcept
 {
@@ -247,8 +244,8 @@ inline ParseResult parse_l4(const uint8_t *data, uint32_t p, uint32_t end, uint8
         if (hlen < 20 || hlen > avail) {
             return ParseResult::bad_tcp_offset;
         }
-        key.src_port = be16(h);
-        key.dst_port = be16(h + 2);
+        key.src_port = serpens_ld_be16(h);
+        key.dst_port = serpens_ld_be16(h + 2);
         pkt.payload_offset = static_cast<uint16_t>(p + hlen);
         return ParseResult::ok;
     }
@@ -256,13 +253,13 @@ inline ParseResult parse_l4(const uint8_t *data, uint32_t p, uint32_t end, uint8
         if (avail < 8) {
             return ParseResult::truncated_l4;
         }
-        const uint32_t ulen = be16(h + 4);
+        const uint32_t ulen = serpens_ld_be16(h + 4);
         // Shorter than the IP payload is tolerated (trailing bytes), longer is not.
         if (ulen < 8 || (!first_fragment && ulen > avail)) {
             return ParseResult::bad_udp_length;
         }
-        key.src_port = be16(h);
-        key.dst_port = be16(h + 2);
+        key.src_port = serpens_ld_be16(h);
+        key.dst_port = serpens_ld_be16(h + 2);
         pkt.payload_offset = static_cast<uint16_t>(p + 8);
         return ParseResult::ok;
     }
@@ -278,7 +275,7 @@ inline ParseResult parse_l4(const uint8_t *data, uint32_t p, uint32_t end, uint8
         const uint8_t type = h[0];
         const bool echo = ipv6 ? (type == 128 || type == 129) : (type == 8 || type == 0);
         if (echo) {
-            key.src_port = key.dst_port = be16(h + 4);
+            key.src_port = key.dst_port = serpens_ld_be16(h + 4);
         }
         pkt.payload_offset = static_cast<uint16_t>(p + 8);
         return ParseResult::ok;
@@ -304,7 +301,7 @@ inline ParseResult parse_ipv4(const uint8_t *data, uint32_t len, uint32_t off, s
     if (hlen > len - off) {
         return ParseResult::truncated_ipv4;
     }
-    const uint32_t total = be16(ip + 2);
+    const uint32_t total = serpens_ld_be16(ip + 2);
     if (total < hlen || total > len - off) {
         return ParseResult::bad_ipv4_length;
     }
@@ -314,7 +311,7 @@ inline ParseResult parse_ipv4(const uint8_t *data, uint32_t len, uint32_t off, s
     std::memcpy(key.src.data(), ip + 12, 4);
     std::memcpy(key.dst.data(), ip + 16, 4);
 
-    const uint16_t frag = be16(ip + 6);
+    const uint16_t frag = serpens_ld_be16(ip + 6);
     const bool more = (frag & 0x2000) != 0;
     const uint16_t frag_off = frag & 0x1fff;
     if (frag_off != 0) {
@@ -340,7 +337,7 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
     if ((ip[0] >> 4) != 6) {
         return ParseResult::bad_ipv6_header;
     }
-    const uint32_t end = off + 40 + be16(ip + 4);
+    const uint32_t end = off + 40 + serpens_ld_be16(ip + 4);
     if (end > len) {
         return ParseResult::bad_ipv6_length;
     }
@@ -385,7 +382,7 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
         const uint8_t *h = data + p;
         if (nh == kProtoFragment) {
             hlen = 8;
-            const uint16_t fo = be16(h + 2);
+            const uint16_t fo = serpens_ld_be16(h + 2);
             if ((fo & 0xfff8) != 0) {
                 key.proto = h[0];
                 pkt.l4_proto = h[0];
@@ -511,13 +508,13 @@ inline bool parse_common_v4(const uint8_t *data, uint32_t len, serpens_pkt &pkt,
 {
     constexpr uint32_t l3 = 14;
     constexpr uint32_t l4 = l3 + 20;
-    if (data == nullptr || len < l4 + 8 || be16(data + 12) != kEtherIpv4) {
+    if (data == nullptr || len < l4 + 8 || serpens_ld_be16(data + 12) != kEtherIpv4) {
         return false;
     }
     const uint8_t *ip = data + l3;
-    const uint32_t total = be16(ip + 2);
+    const uint32_t total = serpens_ld_be16(ip + 2);
     // 0x45: version 4, 20-byte header; neither MF nor a fragment offset.
-    if (ip[0] != 0x45 || total > len - l3 || (be16(ip + 6) & 0x3fff) != 0) {
+    if (ip[0] != 0x45 || total > len - l3 || (serpens_ld_be16(ip + 6) & 0x3fff) != 0) {
         return false;
     }
     const uint8_t proto = ip[9];
@@ -533,7 +530,7 @@ inline bool parse_common_v4(const uint8_t *data, uint32_t len, serpens_pkt &pkt,
             return false;
         }
     } else if (proto == kProtoUdp) {
-        const uint32_t ulen = be16(h + 4);
+        const uint32_t ulen = serpens_ld_be16(h + 4);
         if (avail < 8 || ulen < 8 || ulen > avail) {
             return false;
         }
@@ -544,8 +541,8 @@ inline bool parse_common_v4(const uint8_t *data, uint32_t len, serpens_pkt &pkt,
     key = FlowKey{};
     std::memcpy(key.src.data(), ip + 12, 4);
     std::memcpy(key.dst.data(), ip + 16, 4);
-    key.src_port = be16(h);
-    key.dst_port = be16(h + 2);
+    key.src_port = serpens_ld_be16(h);
+    key.dst_port = serpens_ld_be16(h + 2);
     key.proto = proto;
     key.ip_version = 4;
     pkt.l3_offset = l3;
@@ -586,7 +583,7 @@ ParseResult detail::parse_headers_general(const uint8_t *data, uint32_t len, ser
     }
     // Offsets are 16-bit in the view; they always fit: L2 <= 22 bytes, IPv4
     // <= 60, IPv6 + 8 extension headers <= 16 KiB + 40, L4 header <= 60.
-    uint16_t type = be16(data + 12);
+    uint16_t type = serpens_ld_be16(data + 12);
     uint32_t off = 14;
     for (unsigned tags = 0; type == kEtherVlan || type == kEtherQinQ; ++tags) {
         if (tags == kMaxVlanTags) {
@@ -597,9 +594,9 @@ ParseResult detail::parse_headers_general(const uint8_t *data, uint32_t len, ser
         }
         if (tags == 0) {
             pkt.flags |= SERPENS_PKT_F_VLAN;
-            pkt.vlan_id = be16(data + off) & 0x0fff;
+            pkt.vlan_id = serpens_ld_be16(data + off) & 0x0fff;
         }
-        type = be16(data + off + 2);
+        type = serpens_ld_be16(data + off + 2);
         off += 4;
     }
     pkt.l3_offset = static_cast<uint16_t>(off);

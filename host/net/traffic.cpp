@@ -1,12 +1,13 @@
 // Synthetic traffic generation; see traffic.h for what is generated.
 #include "net/traffic.h"
 
-#include <arpa/inet.h>
+#include <serpens/nf_util.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <set>
 #include <stdexcept>
 
@@ -82,58 +83,18 @@ private:
     uint64_t _s[4];
 };
 
-void put16(uint8_t *p, uint16_t v) noexcept
-{
-    p[0] = static_cast<uint8_t>(v >> 8);
-    p[1] = static_cast<uint8_t>(v);
-}
-void put32(uint8_t *p, uint32_t v) noexcept
-{
-    put16(p, static_cast<uint16_t>(v >> 16));
-    put16(p + 2, static_cast<uint16_t>(v));
-}
-
-// One's-complement sum, folded but not inverted.
-uint32_t csum_add(uint32_t sum, const uint8_t *p, std::size_t n) noexcept
-{
-    for (; n >= 2; n -= 2, p += 2) {
-        sum += static_cast<uint32_t>((p[0] << 8) | p[1]);
-    }
-    if (n != 0) {
-        sum += static_cast<uint32_t>(p[0] << 8);
-    }
-    return sum;
-}
-uint16_t csum_fold(uint32_t sum) noexcept
-{
-    while ((sum >> 16) != 0) {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    return static_cast<uint16_t>(~sum);
-}
-
+// Sums of words as they sit in memory (RFC 1071 §2(B)): store with serpens_st16.
 void ipv4_header_checksum(uint8_t *ip) noexcept
 {
     const uint32_t hlen = static_cast<uint32_t>(ip[0] & 0x0f) * 4;
-    put16(ip + 10, 0);
-    put16(ip + 10, csum_fold(csum_add(0, ip, std::max<uint32_t>(hlen, 20))));
+    serpens_st16(ip + 10, 0);
+    serpens_st16(ip + 10, serpens_csum(ip, std::max<uint32_t>(hlen, 20)));
 }
 
 // TCP/UDP/ICMPv6 checksum over the pseudo header and [l4, l4 + l4_len).
 uint16_t l4_checksum(const uint8_t *ip, bool v6, uint8_t proto, const uint8_t *l4, uint32_t l4_len) noexcept
 {
-    uint32_t sum = 0;
-    if (v6) {
-        sum = csum_add(sum, ip + 8, 32);
-        sum += l4_len >> 16;
-        sum += l4_len & 0xffff;
-    } else {
-        sum = csum_add(sum, ip + 12, 8);
-        sum += l4_len;
-    }
-    sum += proto;
-    sum = csum_add(sum, l4, l4_len);
-    return csum_fold(sum);
+    return serpens_csum_fold(serpens_csum_add(serpens_csum_pseudo(ip, v6 ? 1 : 0, proto, l4_len), l4, l4_len));
 }
 
 struct Flow {
@@ -195,7 +156,7 @@ std::array<uint8_t, 16> random_v4(Rng &rng, const Ipv4Prefix &p)
         host = span > 2 ? static_cast<uint32_t>(rng.between(1, span - 2)) : static_cast<uint32_t>(rng.below(span));
     }
     std::array<uint8_t, 16> a{};
-    put32(a.data(), p.addr | host);
+    serpens_st_be32(a.data(), p.addr | host);
     return a;
 }
 
@@ -233,52 +194,35 @@ const char *corruption_name(Corruption c) noexcept
 
 namespace {
 
-std::pair<std::string, int> split_prefix(std::string_view text, int max_len)
+// serpens_parse_prefix, as the gateway and the NFs read prefixes, of one family.
+serpens_prefix parse_family(std::string_view text, uint8_t family)
 {
-    const auto slash = text.find('/');
-    std::string addr(text.substr(0, slash));
-    int len = max_len;
-    if (slash != std::string_view::npos) {
-        const std::string l(text.substr(slash + 1));
-        std::size_t used = 0;
-        try {
-            len = std::stoi(l, &used);
-        } catch (const std::exception &) {
-            used = 0;
-        }
-        if (l.empty() || used != l.size() || len < 0 || len > max_len) {
-            throw std::invalid_argument("bad prefix length in '" + std::string(text) + "' (0.." +
-                                        std::to_string(max_len) + ")");
-        }
+    serpens_prefix p;
+    char why[256];
+    if (serpens_parse_prefix(std::string(text).c_str(), &p, why, sizeof why) != SERPENS_OK) {
+        throw std::invalid_argument(why);
     }
-    return {addr, len};
+    if (p.family != family) {
+        throw std::invalid_argument("'" + std::string(text) + "' is not an IPv" + std::to_string(family) + " prefix");
+    }
+    return p;
 }
 
 } // namespace
 
 Ipv4Prefix parse_ipv4_prefix(std::string_view text)
 {
-    const auto [addr, len] = split_prefix(text, 32);
-    in_addr a{};
-    if (inet_pton(AF_INET, addr.c_str(), &a) != 1) {
-        throw std::invalid_argument("bad IPv4 address in '" + std::string(text) + "'");
-    }
-    const uint32_t mask = len == 0 ? 0 : ~uint32_t{0} << (32 - len);
-    return Ipv4Prefix{ntohl(a.s_addr) & mask, static_cast<uint8_t>(len)};
+    const serpens_prefix p = parse_family(text, 4);
+    return Ipv4Prefix{serpens_ld_be32(p.addr), p.len};
 }
 
 Ipv6Prefix parse_ipv6_prefix(std::string_view text)
 {
-    const auto [addr, len] = split_prefix(text, 128);
-    Ipv6Prefix p;
-    if (inet_pton(AF_INET6, addr.c_str(), p.addr.data()) != 1) {
-        throw std::invalid_argument("bad IPv6 address in '" + std::string(text) + "'");
-    }
-    for (int bit = len; bit < 128; ++bit) {
-        p.addr[static_cast<std::size_t>(bit / 8)] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
-    }
-    p.len = static_cast<uint8_t>(len);
-    return p;
+    const serpens_prefix p = parse_family(text, 6);
+    Ipv6Prefix out;
+    std::copy(std::begin(p.addr), std::end(p.addr), out.addr.begin());
+    out.len = p.len;
+    return out;
 }
 
 TrafficMix parse_traffic_mix(std::string_view text)
@@ -500,8 +444,8 @@ struct TrafficGenerator::Impl {
                 std::array<uint8_t, 40> k{};
                 std::memcpy(k.data(), f.client.data(), 16);
                 std::memcpy(k.data() + 16, f.server.data(), 16);
-                put16(k.data() + 32, f.client_port);
-                put16(k.data() + 34, f.server_port);
+                serpens_st_be16(k.data() + 32, f.client_port);
+                serpens_st_be16(k.data() + 34, f.server_port);
                 k[36] = static_cast<uint8_t>(f.cls);
                 if (f.client != f.server && seen.insert(k).second) {
                     break;
@@ -638,17 +582,17 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     std::memcpy(p + 6, from_client ? kClientMac : kServerMac, 6);
     uint32_t off = 12;
     if (f.tags == 2) {
-        put16(p + off, 0x88a8);
-        put16(p + off + 2, f.vlan_outer);
-        put16(p + off + 4, 0x8100);
-        put16(p + off + 6, f.vlan_inner);
+        serpens_st_be16(p + off, 0x88a8);
+        serpens_st_be16(p + off + 2, f.vlan_outer);
+        serpens_st_be16(p + off + 4, 0x8100);
+        serpens_st_be16(p + off + 6, f.vlan_inner);
         off += 8;
     } else if (f.tags == 1) {
-        put16(p + off, 0x8100);
-        put16(p + off + 2, f.vlan_outer);
+        serpens_st_be16(p + off, 0x8100);
+        serpens_st_be16(p + off + 2, f.vlan_outer);
         off += 4;
     }
-    put16(p + off, v6 ? 0x86dd : 0x0800);
+    serpens_st_be16(p + off, v6 ? 0x86dd : 0x0800);
     off += 2;
 
     const uint32_t l3 = off;
@@ -676,17 +620,17 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     uint8_t *ip = p + l3;
     if (v6) {
         ip[0] = 0x60;
-        put16(ip + 4, static_cast<uint16_t>(l4_len));
+        serpens_st_be16(ip + 4, static_cast<uint16_t>(l4_len));
         ip[6] = proto;
         ip[7] = 64;
         std::memcpy(ip + 8, src.data(), 16);
         std::memcpy(ip + 24, dst.data(), 16);
     } else {
         ip[0] = 0x45;
-        put16(ip + 2, static_cast<uint16_t>(20 + l4_len));
+        serpens_st_be16(ip + 2, static_cast<uint16_t>(20 + l4_len));
         uint16_t &id = from_client ? f.ip_id_client : f.ip_id_server;
-        put16(ip + 4, id++);
-        put16(ip + 6, 0x4000); // DF
+        serpens_st_be16(ip + 4, id++);
+        serpens_st_be16(ip + 6, 0x4000); // DF
         ip[8] = 64;
         ip[9] = proto;
         std::memcpy(ip + 12, src.data(), 4);
@@ -703,30 +647,30 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     if (is_tcp(f.cls)) {
         uint32_t &seq = from_client ? f.client_seq : f.server_seq;
         const uint32_t ack = from_client ? f.server_seq : f.client_seq;
-        put16(h, from_client ? f.client_port : f.server_port);
-        put16(h + 2, from_client ? f.server_port : f.client_port);
-        put32(h + 4, seq);
-        put32(h + 8, (tcp_flags & kTcpAck) ? ack : 0);
+        serpens_st_be16(h, from_client ? f.client_port : f.server_port);
+        serpens_st_be16(h + 2, from_client ? f.server_port : f.client_port);
+        serpens_st_be32(h + 4, seq);
+        serpens_st_be32(h + 8, (tcp_flags & kTcpAck) ? ack : 0);
         h[12] = 5 << 4;
         h[13] = tcp_flags;
-        put16(h + 14, 64240);
+        serpens_st_be16(h + 14, 64240);
         seq += payload + ((tcp_flags & (kTcpSyn | kTcpFin)) ? 1 : 0);
-        put16(h + 16, l4_checksum(ip, v6, proto, h, l4_len));
+        serpens_st16(h + 16, l4_checksum(ip, v6, proto, h, l4_len));
     } else if (is_udp(f.cls)) {
-        put16(h, from_client ? f.client_port : f.server_port);
-        put16(h + 2, from_client ? f.server_port : f.client_port);
-        put16(h + 4, static_cast<uint16_t>(l4_len));
+        serpens_st_be16(h, from_client ? f.client_port : f.server_port);
+        serpens_st_be16(h + 2, from_client ? f.server_port : f.client_port);
+        serpens_st_be16(h + 4, static_cast<uint16_t>(l4_len));
         uint16_t c = l4_checksum(ip, v6, proto, h, l4_len);
-        put16(h + 6, c == 0 ? 0xffff : c); // 0 means "no checksum" in UDP
+        serpens_st16(h + 6, c == 0 ? 0xffff : c); // 0 means "no checksum" in UDP
     } else {
         const bool request = from_client;
         h[0] = v6 ? (request ? 128 : 129) : (request ? 8 : 0);
-        put16(h + 4, f.server_port);
-        put16(h + 6, request ? ++f.icmp_seq : f.icmp_seq);
+        serpens_st_be16(h + 4, f.server_port);
+        serpens_st_be16(h + 6, request ? ++f.icmp_seq : f.icmp_seq);
         if (v6) {
-            put16(h + 2, l4_checksum(ip, true, proto, h, l4_len));
+            serpens_st16(h + 2, l4_checksum(ip, true, proto, h, l4_len));
         } else {
-            put16(h + 2, csum_fold(csum_add(0, h, l4_len)));
+            serpens_st16(h + 2, serpens_csum(h, l4_len));
         }
     }
 
@@ -796,10 +740,10 @@ void TrafficGenerator::Impl::corrupt(const Flow &f, uint32_t l3, uint32_t l4, Ge
     case Corruption::bad_ip_length: {
         const auto beyond = static_cast<uint32_t>(buf.size() - l3 + rng.between(1, 64));
         if (v6) {
-            put16(ip + 4, static_cast<uint16_t>(beyond - 40));
+            serpens_st_be16(ip + 4, static_cast<uint16_t>(beyond - 40));
             out.expected = ParseResult::bad_ipv6_length;
         } else {
-            put16(ip + 2, rng.below(2) == 0 ? static_cast<uint16_t>(beyond) : static_cast<uint16_t>(rng.below(20)));
+            serpens_st_be16(ip + 2, rng.below(2) == 0 ? static_cast<uint16_t>(beyond) : static_cast<uint16_t>(rng.below(20)));
             ipv4_header_checksum(ip);
             out.expected = ParseResult::bad_ipv4_length;
         }
@@ -809,9 +753,9 @@ void TrafficGenerator::Impl::corrupt(const Flow &f, uint32_t l3, uint32_t l4, Ge
         const uint32_t l4_min = is_tcp(f.cls) ? 20 : 8;
         const auto keep = static_cast<uint32_t>(rng.below(l4_min));
         if (v6) {
-            put16(ip + 4, static_cast<uint16_t>(keep));
+            serpens_st_be16(ip + 4, static_cast<uint16_t>(keep));
         } else {
-            put16(ip + 2, static_cast<uint16_t>(20 + keep));
+            serpens_st_be16(ip + 2, static_cast<uint16_t>(20 + keep));
             ipv4_header_checksum(ip);
         }
         buf.resize(l4 + keep);
@@ -824,7 +768,7 @@ void TrafficGenerator::Impl::corrupt(const Flow &f, uint32_t l3, uint32_t l4, Ge
         break;
     case Corruption::bad_udp_length: {
         const uint32_t avail = ip_total - l3_len;
-        put16(h + 4, rng.below(2) == 0 ? static_cast<uint16_t>(avail + rng.between(1, 64))
+        serpens_st_be16(h + 4, rng.below(2) == 0 ? static_cast<uint16_t>(avail + rng.between(1, 64))
                                        : static_cast<uint16_t>(rng.below(8)));
         out.expected = ParseResult::bad_udp_length;
         break;

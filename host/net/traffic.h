@@ -71,7 +71,8 @@ struct Ipv6Prefix {
     uint8_t len = 0;
 };
 
-// "198.18.0.0/16"; a bare address is a /32 (/128).  Throw std::invalid_argument.
+// "198.18.0.0/16"; a bare address is a /32 (/128); host bits are refused, as
+// serpens_parse_prefix refuses them everywhere.  Throw std::invalid_argument.
 Ipv4Prefix parse_ipv4_prefix(std::string_view text);
 Ipv6Prefix parse_ipv6_prefix(std::string_view text);
 

@@ -8,9 +8,12 @@
  * plugins.
  *
  * Contents:
- *  - unaligned loads and stores of packet fields (byte order as in memory);
- *  - Internet checksums: a full one (RFC 1071) and incremental updates
+ *  - unaligned loads and stores of packet fields, as in memory or big-endian;
+ *  - Internet checksums: a full one (RFC 1071), partial sums with the
+ *    TCP/UDP pseudo header, and incremental updates
  *    (RFC 1624, HC' = ~(~HC + ~m + m'));
+ *  - IPv4/IPv6 prefixes: the one parser (host bits refused) and match, for
+ *    plugins and the host alike;
  *  - cold-path configuration helpers that log "file:line:col: <nf>: <path>:
  *    <message>" through the host and return SERPENS_EINVAL;
  *  - a bounded reader for the files a config names (rules, signatures):
@@ -28,6 +31,7 @@
 
 #include <serpens/nf.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -72,6 +76,31 @@ static inline void serpens_st32(uint8_t *p, uint32_t v)
     memcpy(p, &v, 4);
 }
 
+/* Big-endian (network order) fields as host integers, at any alignment. */
+static inline uint16_t serpens_ld_be16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+static inline uint32_t serpens_ld_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void serpens_st_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void serpens_st_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Internet checksums                                                        */
 /* ------------------------------------------------------------------------ */
@@ -83,24 +112,55 @@ static inline void serpens_st32(uint8_t *p, uint32_t v)
  * serpens_ld16, store the result with serpens_st16.
  */
 
-/* The Internet checksum of len bytes at data (an odd last byte is padded
- * with zero), ready to store in a header whose checksum field was zero. */
-static inline uint16_t serpens_csum(const void *data, size_t len)
+/* Adds len bytes at data to a running one's complement sum, unfolded.  An
+ * odd last byte is padded with zero, so only the last piece of a checksummed
+ * range may have an odd length. */
+static inline uint64_t serpens_csum_add(uint64_t sum, const void *data, size_t len)
 {
     const uint8_t *p = (const uint8_t *)data;
-    uint64_t s = 0;
     size_t i = 0;
     for (; i + 1 < len; i += 2) {
-        s += serpens_ld16(p + i);
+        sum += serpens_ld16(p + i);
     }
     if (i < len) {
         uint8_t last[2] = {p[i], 0};
-        s += serpens_ld16(last);
+        sum += serpens_ld16(last);
     }
-    while (s >> 16) {
-        s = (s & 0xffffu) + (s >> 16);
+    return sum;
+}
+
+/* Folds a running sum to 16 bits and complements it: the checksum to store. */
+static inline uint16_t serpens_csum_fold(uint64_t sum)
+{
+    while (sum >> 16) {
+        sum = (sum & 0xffffu) + (sum >> 16);
     }
-    return (uint16_t)~s;
+    return (uint16_t)~sum;
+}
+
+/* The Internet checksum of len bytes at data (an odd last byte is padded
+ * with zero), ready to store in a header whose checksum field was zero; a
+ * range that includes a correct checksum gives 0. */
+static inline uint16_t serpens_csum(const void *data, size_t len)
+{
+    return serpens_csum_fold(serpens_csum_add(0, data, len));
+}
+
+/* The running sum of the pseudo header TCP, UDP and ICMPv6 checksums cover:
+ * the addresses of the IPv4 (v6 = 0) or IPv6 header at ip, the protocol
+ * and the L4 length (RFC 793, RFC 768, RFC 8200 §8.1).  Add the L4 bytes
+ * with serpens_csum_add and store serpens_csum_fold of the result. */
+static inline uint64_t serpens_csum_pseudo(const uint8_t *ip, int v6, uint8_t proto, uint32_t l4_len)
+{
+    uint8_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (v6) {
+        serpens_st_be32(tail, l4_len);
+        tail[7] = proto;
+        return serpens_csum_add(serpens_csum_add(0, ip + 8, 32), tail, 8);
+    }
+    tail[1] = proto;
+    serpens_st_be16(tail + 2, (uint16_t)l4_len);
+    return serpens_csum_add(serpens_csum_add(0, ip + 12, 8), tail, 4);
 }
 
 /* The checksum hc updated for one 16-bit word changed from old to now
@@ -181,6 +241,160 @@ static inline int serpens_is_icmp_error(const struct serpens_pkt *p)
     const uint8_t type = p->data[p->l4_offset];
     return (p->l4_proto == 1 && (type == 3 || type == 11 || type == 12)) ||
            (p->l4_proto == 58 && type >= 1 && type <= 4);
+}
+
+/* ------------------------------------------------------------------------ */
+/* IPv4/IPv6 prefixes                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* The netmask of an IPv4 prefix length (0..32), in host order, for NFs that
+ * keep IPv4 prefixes as host-order net and mask words. */
+static inline uint32_t serpens_prefix_mask4(unsigned len)
+{
+    return len == 0 ? 0 : ~0u << (32 - len);
+}
+
+/* One meaning everywhere (host.toml, chain files, rules files): a prefix is
+ * "a.b.c.d/len", an IPv6 "x::/len", or a bare address (= /32 or /128).  An
+ * address with bits set past len is refused, not masked: "10.1.2.3/8" is
+ * almost always a typo, and silently reading it as 10.0.0.0/8 in one file
+ * and refusing it in another made the same text mean two things.  An
+ * IPv4-mapped IPv6 address (::ffff:a.b.c.d) is IPv6 and matches only IPv6
+ * packets. */
+struct serpens_prefix {
+    uint8_t family;   /* 4 or 6 */
+    uint8_t len;      /* bits, 0..32 or 0..128 */
+    uint8_t addr[16]; /* network order; IPv4 in addr[0..3], the rest zero */
+};
+
+/* The longest text serpens_parse_prefix reads: a full IPv6 address with an
+ * embedded IPv4 one (45 characters) and "/128". */
+#define SERPENS_PREFIX_TEXT_MAX 49
+
+/* Parses text into *out: SERPENS_OK, or SERPENS_EINVAL with why (cut to
+ * why_len) saying what is wrong, quoting text, e.g. "'10.1.2.3/8' has host
+ * bits set; did you mean 10.0.0.0/8?".  Cold path. */
+static inline int serpens_parse_prefix(const char *text, struct serpens_prefix *out, char *why, size_t why_len)
+{
+    char buf[SERPENS_PREFIX_TEXT_MAX + 1];
+    size_t n = 0;
+    while (n < sizeof buf && text[n] != '\0') {
+        ++n;
+    }
+    if (n == sizeof buf) {
+        snprintf(why, why_len, "'%.*s...' is too long for an IPv4 or IPv6 prefix", SERPENS_PREFIX_TEXT_MAX, text);
+        return SERPENS_EINVAL;
+    }
+    memcpy(buf, text, n + 1);
+    char *slash = strchr(buf, '/');
+    if (slash != NULL) {
+        *slash = '\0';
+    }
+    memset(out, 0, sizeof *out);
+    /* ':' decides the family: inet_pton's IPv6 form never lacks one. */
+    const int v6 = strchr(buf, ':') != NULL;
+    const unsigned max = v6 ? 128u : 32u;
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, buf, out->addr) != 1) {
+        snprintf(why, why_len,
+                 "'%s' is not an IPv4 or IPv6 address or prefix (like 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)",
+                 text);
+        return SERPENS_EINVAL;
+    }
+    unsigned len = max;
+    if (slash != NULL) {
+        const char *d = slash + 1;
+        len = 0;
+        /* Decimal digits only: no sign, space or hex strtoul would take. */
+        if (*d == '\0' || strlen(d) > 3) {
+            len = max + 1;
+        }
+        for (; *d != '\0' && len <= max; ++d) {
+            len = *d >= '0' && *d <= '9' ? len * 10 + (unsigned)(*d - '0') : max + 1;
+        }
+        if (len > max) {
+            snprintf(why, why_len, "'%s' has a bad prefix length (0..%u)", text, max);
+            return SERPENS_EINVAL;
+        }
+    }
+    out->family = v6 ? 6 : 4;
+    out->len = (uint8_t)len;
+    uint8_t net[16];
+    int host_bits = 0;
+    memcpy(net, out->addr, sizeof net);
+    for (unsigned b = len; b < max; ++b) {
+        const uint8_t bit = (uint8_t)(0x80u >> (b % 8));
+        host_bits |= (net[b / 8] & bit) != 0;
+        net[b / 8] &= (uint8_t)~bit;
+    }
+    if (host_bits) {
+        char fix[64] = "?";
+        inet_ntop(v6 ? AF_INET6 : AF_INET, net, fix, sizeof fix);
+        snprintf(why, why_len, "'%s' has host bits set; did you mean %s/%u?", text, fix, len);
+        return SERPENS_EINVAL;
+    }
+    return SERPENS_OK;
+}
+
+/* serpens_parse_prefix for NFs that handle IPv4 only and keep a prefix as
+ * host-order words: *net_h and *mask_h (see serpens_prefix_mask4). */
+static inline int serpens_parse_prefix4(const char *text, uint32_t *net_h, uint32_t *mask_h, char *why,
+                                        size_t why_len)
+{
+    struct serpens_prefix p;
+    if (serpens_parse_prefix(text, &p, why, why_len) != SERPENS_OK) {
+        return SERPENS_EINVAL;
+    }
+    if (p.family != 4) {
+        snprintf(why, why_len, "'%s' is IPv6; expected an IPv4 address or prefix", text);
+        return SERPENS_EINVAL;
+    }
+    *net_h = serpens_ld_be32(p.addr);
+    *mask_h = serpens_prefix_mask4(p.len);
+    return SERPENS_OK;
+}
+
+/*
+ * A rule's address selector, as fw, ids and vpn rules write it: "any" (addr
+ * zero, *len 0, which matches every address) or a prefix read by
+ * serpens_parse_prefix into addr (16 bytes) and *len.  Addresses of one rule
+ * share a family: *family starts at 0, a prefix sets it to 4 or 6, and a
+ * prefix of the other family is refused.  SERPENS_OK or SERPENS_EINVAL with
+ * why.  Cold path.
+ */
+static inline int serpens_parse_selector(const char *text, uint8_t *family, uint8_t *addr, uint8_t *len, char *why,
+                                         size_t why_len)
+{
+    struct serpens_prefix p;
+    if (strcmp(text, "any") == 0) {
+        memset(&p, 0, sizeof p);
+    } else if (serpens_parse_prefix(text, &p, why, why_len) != SERPENS_OK) {
+        return SERPENS_EINVAL;
+    } else if (*family != 0 && *family != p.family) {
+        snprintf(why, why_len, "'%s' is IPv%u, the rule's other address IPv%u", text, (unsigned)p.family,
+                 (unsigned)*family);
+        return SERPENS_EINVAL;
+    } else {
+        *family = p.family;
+    }
+    memcpy(addr, p.addr, sizeof p.addr);
+    *len = p.len;
+    return SERPENS_OK;
+}
+
+/* Whether addr (network order, 4 or 16 bytes) lies in the len-bit prefix
+ * net; the caller compares families.  Hot path. */
+static inline int serpens_prefix_match(const uint8_t *net, unsigned len, const uint8_t *addr)
+{
+    const unsigned full = len / 8;
+    const unsigned rest = len % 8;
+    if (memcmp(net, addr, full) != 0) {
+        return 0;
+    }
+    if (rest == 0) {
+        return 1;
+    }
+    const uint8_t mask = (uint8_t)(0xff00u >> rest);
+    return (net[full] & mask) == (addr[full] & mask);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -5,13 +5,11 @@
 #include <serpens/nf_util.h>
 
 #include <algorithm>
-#include <arpa/inet.h>
 #include <cctype>
 #include <charconv>
 #include <cstring>
 #include <cstdlib>
 #include <memory>
-#include <sys/socket.h>
 
 namespace serpens_fw {
 
@@ -29,38 +27,6 @@ bool parse_u32(std::string_view s, uint32_t max, uint32_t &out)
     }
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
     return ec == std::errc() && p == s.data() + s.size() && out <= max;
-}
-
-// "10.0.0.0/8", "2001:db8::/32", a bare address, or "any" (len 0, family 0).
-bool parse_prefix(std::string_view s, uint8_t &family, uint8_t *addr, uint8_t &len, std::string &why)
-{
-    if (s == "any") {
-        family = 0;
-        len = 0;
-        return true;
-    }
-    std::string host(s.substr(0, s.find('/')));
-    bool v6 = host.find(':') != std::string::npos;
-    uint8_t buf[16] = {};
-    if (inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), buf) != 1) {
-        why = "expected an IPv4 or IPv6 prefix like 10.0.0.0/8 or 2001:db8::/32, got '" + std::string(s) + "'";
-        return false;
-    }
-    uint32_t max = v6 ? 128 : 32, bits = max;
-    if (s.find('/') != std::string_view::npos && !parse_u32(s.substr(s.find('/') + 1), max, bits)) {
-        why = "expected a prefix length 0.." + std::to_string(max) + " in '" + std::string(s) + "'";
-        return false;
-    }
-    for (uint32_t b = bits; b < max; ++b) {
-        if (buf[b / 8] & (0x80u >> (b % 8))) {
-            why = "host bits set in '" + std::string(s) + "' (the address must end where the prefix does)";
-            return false;
-        }
-    }
-    family = v6 ? 6 : 4;
-    std::memcpy(addr, buf, 16);
-    len = static_cast<uint8_t>(bits);
-    return true;
 }
 
 bool parse_ports(std::string_view s, uint16_t &lo, uint16_t &hi)
@@ -107,19 +73,6 @@ bool parse_proto(std::string_view s, int16_t &proto)
 }
 
 bool has_port_proto(int16_t proto) { return proto == 6 || proto == 17 || proto == 132; }
-
-bool prefix_match(const uint8_t *rule, const uint8_t *pkt, uint8_t len) noexcept
-{
-    uint8_t full = len / 8, rest = len % 8;
-    if (std::memcmp(rule, pkt, full) != 0) {
-        return false;
-    }
-    if (rest == 0) {
-        return true;
-    }
-    uint8_t mask = static_cast<uint8_t>(0xff00u >> rest);
-    return (rule[full] & mask) == (pkt[full] & mask);
-}
 
 uint32_t fnv1a(std::string_view s)
 {
@@ -202,7 +155,6 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
                                             std::string(tok[k]) + "'");
             }
             std::string_view key = tok[k].substr(0, eq), val = tok[k].substr(eq + 1);
-            std::string why;
             auto dup = [&](bool &seen) {
                 bool was = seen;
                 seen = true;
@@ -221,7 +173,9 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
                 if (dup(src ? seen_src : seen_dst)) {
                     return at(file, lineno, "duplicate key '" + std::string(key) + "'");
                 }
-                if (!parse_prefix(val, src ? sfam : dfam, src ? r.src : r.dst, src ? r.src_len : r.dst_len, why)) {
+                char why[256];
+                if (serpens_parse_selector(std::string(val).c_str(), src ? &sfam : &dfam, src ? r.src : r.dst,
+                                           src ? &r.src_len : &r.dst_len, why, sizeof why) != SERPENS_OK) {
                     return at(file, lineno, why);
                 }
             } else if (key == "sport" || key == "dport") {
@@ -280,7 +234,7 @@ bool rule_matches(const Rule &r, const PacketKey &p) noexcept
                           p.dport > r.dport_hi)) {
         return false;
     }
-    return prefix_match(r.src, p.src, r.src_len) && prefix_match(r.dst, p.dst, r.dst_len);
+    return serpens_prefix_match(r.src, r.src_len, p.src) && serpens_prefix_match(r.dst, r.dst_len, p.dst);
 }
 
 int32_t classify_linear(const RuleSet &set, const PacketKey &p) noexcept

@@ -59,8 +59,6 @@
 
 #include <hs/hs.h>
 
-#include <arpa/inet.h>
-#include <sys/socket.h>
 
 #include <cctype>
 #include <cstring>
@@ -141,34 +139,6 @@ struct ScanCtx {
 std::string at(const std::string &file, uint32_t line, const std::string &what)
 {
     return file + ":" + std::to_string(line) + ": " + what;
-}
-
-bool parse_prefix(const std::string &s, uint8_t &family, uint8_t *addr, uint8_t &len)
-{
-    if (s == "any") {
-        return true;
-    }
-    std::string host = s.substr(0, s.find('/'));
-    bool v6 = host.find(':') != std::string::npos;
-    if (inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), addr) != 1) {
-        return false;
-    }
-    unsigned max = v6 ? 128 : 32, bits = max;
-    if (s.find('/') != std::string::npos) {
-        std::string t = s.substr(s.find('/') + 1);
-        char *end = nullptr;
-        unsigned long b = std::strtoul(t.c_str(), &end, 10);
-        if (t.empty() || *end != '\0' || b > max) {
-            return false;
-        }
-        bits = static_cast<unsigned>(b);
-    }
-    if (family != 0 && family != (v6 ? 6 : 4)) {
-        return false;
-    }
-    family = v6 ? 6 : 4;
-    len = static_cast<uint8_t>(bits);
-    return true;
 }
 
 bool parse_ports(const std::string &s, uint16_t &lo, uint16_t &hi)
@@ -324,8 +294,10 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
             return at(file, lineno, "expected direction '->' or '<>', got '" + dir + "'");
         }
         r.both = dir == "<>";
-        if (!parse_prefix(src, r.family, r.src, r.src_len) || !parse_prefix(dst, r.family, r.dst, r.dst_len)) {
-            return at(file, lineno, "expected 'any' or an IPv4/IPv6 address or prefix (both of one family)");
+        char why[256];
+        if (serpens_parse_selector(src.c_str(), &r.family, r.src, &r.src_len, why, sizeof why) != SERPENS_OK ||
+            serpens_parse_selector(dst.c_str(), &r.family, r.dst, &r.dst_len, why, sizeof why) != SERPENS_OK) {
+            return at(file, lineno, why);
         }
         if (!parse_ports(sport, r.sport_lo, r.sport_hi) || !parse_ports(dport, r.dport_lo, r.dport_hi)) {
             return at(file, lineno, "expected a port as 'any', N or LO:HI (0..65535)");
@@ -412,20 +384,10 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
 
 // ---- data path ----------------------------------------------------------------
 
-bool prefix_match(const uint8_t *rule, const uint8_t *addr, uint8_t len)
-{
-    uint8_t full = len / 8, rest = len % 8;
-    if (std::memcmp(rule, addr, full) != 0) {
-        return false;
-    }
-    uint8_t mask = static_cast<uint8_t>(0xff00u >> rest);
-    return rest == 0 || (rule[full] & mask) == (addr[full] & mask);
-}
-
 bool header_matches_dir(const Rule &r, const uint8_t *src, const uint8_t *dst, uint16_t sport, uint16_t dport)
 {
-    return prefix_match(r.src, src, r.src_len) && prefix_match(r.dst, dst, r.dst_len) && sport >= r.sport_lo &&
-           sport <= r.sport_hi && dport >= r.dport_lo && dport <= r.dport_hi;
+    return serpens_prefix_match(r.src, r.src_len, src) && serpens_prefix_match(r.dst, r.dst_len, dst) &&
+           sport >= r.sport_lo && sport <= r.sport_hi && dport >= r.dport_lo && dport <= r.dport_hi;
 }
 
 bool header_matches(const Rule &r, const FlowKey &k)

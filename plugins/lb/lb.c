@@ -494,19 +494,15 @@ static int lb_parse_addr(const char *value, char sep, unsigned long lo, unsigned
 static int add_vip(void *arg, const serpens_config *cfg, const char *path, const char *value)
 {
     struct lb *l = arg;
-    unsigned long len = 32;
-    struct in_addr a;
-    if (lb_parse_addr(value, '/', 0, 32, &a, &len) != 0) {
-        return lb_config_error(l, cfg, path, "'%s' is not an IPv4 address or prefix", value);
-    }
-    uint32_t mask = len == 0 ? 0 : ~0u << (32 - len);
-    if (ntohl(a.s_addr) & ~mask) {
-        return lb_config_error(l, cfg, path, "'%s' has host bits set", value);
+    uint32_t net = 0, mask = 0;
+    char why[256];
+    if (serpens_parse_prefix4(value, &net, &mask, why, sizeof why) != SERPENS_OK) {
+        return lb_config_error(l, cfg, path, "%s", why);
     }
     if (l->n_vips == LB_MAX_VIPS) {
         return lb_config_error(l, cfg, path, "more than %d service prefixes", LB_MAX_VIPS);
     }
-    l->vip[l->n_vips].net = ntohl(a.s_addr);
+    l->vip[l->n_vips].net = net;
     l->vip[l->n_vips].mask = mask;
     ++l->n_vips;
     return SERPENS_OK;

@@ -209,16 +209,6 @@ static inline void mon_add(struct mon *m, enum mon_counter c, uint64_t v)
     *m->counter[c] += v;
 }
 
-static inline uint16_t rd16(const uint8_t *p)
-{
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
-
-static inline uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 static inline uint64_t rd64(const uint8_t *p)
 {
     uint64_t w;
@@ -551,11 +541,11 @@ static void mon_ports(const struct serpens_pkt *p, uint8_t proto, uint16_t *spor
     const uint8_t *l4 = p->data + p->l4_offset;
     uint32_t avail = p->len > p->l4_offset ? p->len - p->l4_offset : 0;
     if ((proto == 6 || proto == 17) && avail >= 4) {
-        *sport = rd16(l4);
-        *dport = rd16(l4 + 2);
+        *sport = serpens_ld_be16(l4);
+        *dport = serpens_ld_be16(l4 + 2);
     } else if ((proto == 1 && avail >= 8 && (l4[0] == 8 || l4[0] == 0)) ||
                (proto == 58 && avail >= 8 && (l4[0] == 128 || l4[0] == 129))) {
-        *sport = *dport = rd16(l4 + 4); /* echo id: both directions alike */
+        *sport = *dport = serpens_ld_be16(l4 + 4); /* echo id: both directions alike */
     }
 }
 
@@ -590,7 +580,7 @@ static int mon_flow_key(const struct serpens_pkt *p, struct mon_flow_key *k, int
         memcpy(&da, ip + 16, 4);
         mon_ports(p, ip[9], &sport, &dport);
         /* The lower (address, port) endpoint first: one entry per connection. */
-        uint32_t sh = rd32(ip + 12), dh = rd32(ip + 16);
+        uint32_t sh = serpens_ld_be32(ip + 12), dh = serpens_ld_be32(ip + 16);
         int src_first = sh < dh || (sh == dh && sport <= dport);
         wr64(kb, src_first ? sa : da), wr64(kb + 8, 0);
         wr64(kb + 16, src_first ? da : sa), wr64(kb + 24, 0);

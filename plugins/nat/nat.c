@@ -944,48 +944,19 @@ static int parse_ipv4(const char *text, uint32_t *out_h)
     return 0;
 }
 
-/* "a.b.c.d/len" or "a.b.c.d" (a /32).  Host bits must be zero. */
-static int parse_prefix(const char *text, uint32_t *net_h, uint32_t *len)
-{
-    char buf[64];
-    if (strlen(text) >= sizeof buf) {
-        return -1;
-    }
-    strcpy(buf, text);
-    char *slash = strchr(buf, '/');
-    *len = 32;
-    if (slash != NULL) {
-        char *end = NULL;
-        *slash = '\0';
-        unsigned long l = strtoul(slash + 1, &end, 10);
-        if (slash[1] == '\0' || *end != '\0' || l > 32) {
-            return -1;
-        }
-        *len = (uint32_t)l;
-    }
-    if (parse_ipv4(buf, net_h) != 0) {
-        return -1;
-    }
-    uint32_t mask = *len == 0 ? 0 : ~0u << (32 - *len);
-    return (*net_h & ~mask) == 0 ? 0 : -2;
-}
-
 static int add_inside(void *arg, const serpens_config *cfg, const char *path, const char *value)
 {
     struct nat *n = arg;
-    uint32_t net = 0, len = 0;
-    int rc = parse_prefix(value, &net, &len);
-    if (rc == -2) {
-        return nat_config_error(n->ctx, cfg, path, "'%s' has host bits set", value);
-    }
-    if (rc != 0) {
-        return nat_config_error(n->ctx, cfg, path, "'%s' is not an IPv4 prefix (a.b.c.d/len)", value);
+    uint32_t net = 0, mask = 0;
+    char why[256];
+    if (serpens_parse_prefix4(value, &net, &mask, why, sizeof why) != SERPENS_OK) {
+        return nat_config_error(n->ctx, cfg, path, "%s", why);
     }
     if (n->n_inside == NAT_MAX_INSIDE) {
         return nat_config_error(n->ctx, cfg, path, "more than %d inside prefixes", NAT_MAX_INSIDE);
     }
     n->inside[n->n_inside].net = net;
-    n->inside[n->n_inside].mask = len == 0 ? 0 : ~0u << (32 - len);
+    n->inside[n->n_inside].mask = mask;
     ++n->n_inside;
     return SERPENS_OK;
 }
@@ -1008,15 +979,12 @@ static int add_external(void *arg, const serpens_config *cfg, const char *path, 
                                     value);
         }
     } else {
-        uint32_t len = 0;
-        int rc = parse_prefix(value, &first, &len);
-        if (rc == -2) {
-            return nat_config_error(n->ctx, cfg, path, "'%s' has host bits set", value);
+        uint32_t mask = 0;
+        char why[256];
+        if (serpens_parse_prefix4(value, &first, &mask, why, sizeof why) != SERPENS_OK) {
+            return nat_config_error(n->ctx, cfg, path, "%s (or a range a.b.c.d-e.f.g.h)", why);
         }
-        if (rc != 0) {
-            return nat_config_error(n->ctx, cfg, path, "'%s' is not an IPv4 address, prefix or range", value);
-        }
-        last = first + (uint32_t)((len == 0 ? 0xffffffffull : (1ull << (32 - len)) - 1));
+        last = first | ~mask;
     }
     if ((uint64_t)last - first + 1 > NAT_MAX_EXTERNAL_IPS - n->n_ext) {
         return nat_config_error(n->ctx, cfg, path, "more than %d external addresses in all", NAT_MAX_EXTERNAL_IPS);

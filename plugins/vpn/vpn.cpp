@@ -136,33 +136,6 @@ struct Vpn {
     }
 };
 
-inline uint16_t be16(const uint8_t *p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-inline uint32_t be32(const uint8_t *p)
-{
-    return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 |
-           p[3];
-}
-inline void put16(uint8_t *p, uint16_t v)
-{
-    p[0] = static_cast<uint8_t>(v >> 8);
-    p[1] = static_cast<uint8_t>(v);
-}
-inline void put32(uint8_t *p, uint32_t v)
-{
-    put16(p, static_cast<uint16_t>(v >> 16));
-    put16(p + 2, static_cast<uint16_t>(v));
-}
-
-bool prefix_match(const uint8_t *rule, const uint8_t *addr, uint8_t len)
-{
-    uint8_t full = len / 8, rest = len % 8;
-    if (std::memcmp(rule, addr, full) != 0) {
-        return false;
-    }
-    uint8_t mask = static_cast<uint8_t>(0xff00u >> rest);
-    return rest == 0 || (rule[full] & mask) == (addr[full] & mask);
-}
-
 // ---- state: host table or the SA's own copy -----------------------------
 
 void seq_get(const Vpn &v, Sa &sa, SeqState &st) noexcept
@@ -212,8 +185,8 @@ Sa *find_outbound(const Vpn &v, const serpens_pkt &p) noexcept
     const uint8_t *src = p.data + l3 + (family == 4 ? 12 : 8);
     const uint8_t *dst = src + alen;
     for (Sa *sa : v.sas) {
-        if (sa->out && (sa->sel_family == 0 || sa->sel_family == family) && prefix_match(sa->src, src, sa->src_len) &&
-            prefix_match(sa->dst, dst, sa->dst_len)) {
+        if (sa->out && (sa->sel_family == 0 || sa->sel_family == family) && serpens_prefix_match(sa->src, sa->src_len, src) &&
+            serpens_prefix_match(sa->dst, sa->dst_len, dst)) {
             return sa;
         }
     }
@@ -233,7 +206,7 @@ void parse_inner(serpens_pkt &p, uint32_t l3) noexcept
         p.l3_type = SERPENS_L3_IPV4;
         l4 = l3 + (ip[0] & 0xfu) * 4;
         p.l4_proto = ip[9];
-        if ((be16(ip + 6) & 0x1fff) != 0) {
+        if ((serpens_ld_be16(ip + 6) & 0x1fff) != 0) {
             p.flags |= SERPENS_PKT_F_PARSED | SERPENS_PKT_F_FRAGMENT;
             return;
         }
@@ -262,7 +235,7 @@ uint8_t encrypt(serpens_nf_ctx *ctx, Vpn &v, Sa &sa, serpens_pkt &p) noexcept
     const serpens_host_api *h = ctx->host;
     const uint32_t l2 = p.l3_offset;
     const uint8_t *ip = p.data + l2;
-    uint32_t inner = p.l3_type == SERPENS_L3_IPV4 ? be16(ip + 2) : 40u + be16(ip + 4);
+    uint32_t inner = p.l3_type == SERPENS_L3_IPV4 ? serpens_ld_be16(ip + 2) : 40u + serpens_ld_be16(ip + 4);
     if (l2 + inner > p.len || inner < 20) {
         ++*v.c[C_MALFORMED];
         return SERPENS_PORT_DROP;
@@ -291,7 +264,7 @@ uint8_t encrypt(serpens_nf_ctx *ctx, Vpn &v, Sa &sa, serpens_pkt &p) noexcept
         return SERPENS_PORT_DROP;
     }
     std::memmove(head, head + kOuter + kEspHeader + kIv, l2); // the L2 header to the new front
-    put16(head + l2 - 2, 0x0800);
+    serpens_st_be16(head + l2 - 2, 0x0800);
     uint8_t *outer = head + l2, *esp = outer + kOuter, *iv = esp + kEspHeader, *payload = iv + kIv;
     const uint8_t next_header = p.l3_type == SERPENS_L3_IPV4 ? 4 : 41;
     for (uint32_t i = 0; i < pad; ++i) {
@@ -299,10 +272,10 @@ uint8_t encrypt(serpens_nf_ctx *ctx, Vpn &v, Sa &sa, serpens_pkt &p) noexcept
     }
     tail[pad] = static_cast<uint8_t>(pad);
     tail[pad + 1] = next_header;
-    put32(esp, sa.spi);
-    put32(esp + 4, static_cast<uint32_t>(st.seq));
-    put32(iv, v.instance);
-    put32(iv + 4, static_cast<uint32_t>(st.seq));
+    serpens_st_be32(esp, sa.spi);
+    serpens_st_be32(esp + 4, static_cast<uint32_t>(st.seq));
+    serpens_st_be32(iv, v.instance);
+    serpens_st_be32(iv + 4, static_cast<uint32_t>(st.seq));
     uint8_t nonce[Gcm::nonce_size];
     std::memcpy(nonce, sa.salt, 4);
     std::memcpy(nonce + 4, iv, kIv);
@@ -313,12 +286,12 @@ uint8_t encrypt(serpens_nf_ctx *ctx, Vpn &v, Sa &sa, serpens_pkt &p) noexcept
     const uint32_t total = kOuter + kEspHeader + kIv + plain + kIcv;
     outer[0] = 0x45;
     outer[1] = 0;
-    put16(outer + 2, static_cast<uint16_t>(total));
-    put16(outer + 4, static_cast<uint16_t>(st.seq));
-    put16(outer + 6, 0);
+    serpens_st_be16(outer + 2, static_cast<uint16_t>(total));
+    serpens_st_be16(outer + 4, static_cast<uint16_t>(st.seq));
+    serpens_st_be16(outer + 6, 0);
     outer[8] = 64;
     outer[9] = 50; // ESP
-    put16(outer + 10, 0);
+    serpens_st_be16(outer + 10, 0);
     std::memcpy(outer + 12, sa.local, 4);
     std::memcpy(outer + 16, sa.remote, 4);
     serpens_st16(outer + 10, serpens_csum(outer, kOuter));
@@ -337,13 +310,13 @@ uint8_t decrypt(serpens_nf_ctx *ctx, Vpn &v, serpens_pkt &p) noexcept
     const serpens_host_api *h = ctx->host;
     const uint32_t l2 = p.l3_offset;
     uint8_t *outer = p.data + l2;
-    const uint32_t ihl = (outer[0] & 0xfu) * 4, total = be16(outer + 2);
+    const uint32_t ihl = (outer[0] & 0xfu) * 4, total = serpens_ld_be16(outer + 2);
     if (ihl < 20 || total < ihl || l2 + total > p.len || total - ihl < kEspHeader + kIv + 2 + kIcv) {
         ++*v.c[C_MALFORMED];
         return SERPENS_PORT_DROP;
     }
     uint8_t *esp = outer + ihl, *payload = esp + kEspHeader + kIv;
-    const uint32_t spi = be32(esp), seq = be32(esp + 4);
+    const uint32_t spi = serpens_ld_be32(esp), seq = serpens_ld_be32(esp + 4);
     const uint32_t cipher = total - ihl - kEspHeader - kIv - kIcv;
     Sa *sa = find_inbound(v, spi);
     if (sa == nullptr) {
@@ -390,7 +363,7 @@ uint8_t decrypt(serpens_nf_ctx *ctx, Vpn &v, serpens_pkt &p) noexcept
         ++*v.c[C_NO_ROOM];
         return SERPENS_PORT_DROP;
     }
-    put16(p.data + l2 - 2, version == 4 ? 0x0800 : 0x86dd);
+    serpens_st_be16(p.data + l2 - 2, version == 4 ? 0x0800 : 0x86dd);
     parse_inner(p, l2);
     ++*v.c[C_DECRYPTED];
     return SERPENS_PORT_DEFAULT;
@@ -414,35 +387,6 @@ bool parse_hex(const char *s, uint8_t *out, std::size_t n)
         }
         out[i] = static_cast<uint8_t>(v);
     }
-    return true;
-}
-
-bool parse_prefix(const char *s, uint8_t &family, uint8_t *addr, uint8_t &len)
-{
-    std::string text(s);
-    if (text == "any") {
-        return true;
-    }
-    std::string host = text.substr(0, text.find('/'));
-    bool v6 = host.find(':') != std::string::npos;
-    if (inet_pton(v6 ? AF_INET6 : AF_INET, host.c_str(), addr) != 1) {
-        return false;
-    }
-    unsigned max = v6 ? 128 : 32, bits = max;
-    if (text.find('/') != std::string::npos) {
-        char *end = nullptr;
-        std::string tail = text.substr(text.find('/') + 1);
-        unsigned long b = std::strtoul(tail.c_str(), &end, 10);
-        if (tail.empty() || *end != '\0' || b > max) {
-            return false;
-        }
-        bits = static_cast<unsigned>(b);
-    }
-    if (family != 0 && family != (v6 ? 6 : 4)) {
-        return false;
-    }
-    family = v6 ? 6 : 4;
-    len = static_cast<uint8_t>(bits);
     return true;
 }
 
@@ -513,11 +457,14 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
                 if (!sa->out) {
                     return bad(key(k), std::string("`") + k + "` is a traffic selector of \"out\" SAs only");
                 }
-                if (rc != SERPENS_OK ||
-                    !parse_prefix(s, sa->sel_family, src ? sa->src : sa->dst, src ? sa->src_len : sa->dst_len)) {
+                if (rc != SERPENS_OK) {
                     return bad(key(k), std::string("`") + k +
-                                           "` must be an IPv4 or IPv6 prefix (e.g. \"10.1.0.0/16\") or \"any\", "
-                                           "of the same family as the other selector");
+                                           "` must be an IPv4 or IPv6 prefix (e.g. \"10.1.0.0/16\") or \"any\"");
+                }
+                char why[256];
+                if (serpens_parse_selector(s, &sa->sel_family, src ? sa->src : sa->dst,
+                                           src ? &sa->src_len : &sa->dst_len, why, sizeof why) != SERPENS_OK) {
+                    return bad(key(k), std::string("`") + k + "`: " + why);
                 }
             }
             for (std::size_t j = 0; j < i; ++j) {

@@ -289,14 +289,20 @@ TEST_CASE("config parsing and validation errors name the problem")
     CHECK_THROWS_WITH_AS(parse_traffic_mix("tcp=0"), doctest::Contains("no positive weight"),
                          std::invalid_argument);
 
-    const Ipv4Prefix p = parse_ipv4_prefix("10.1.2.3/8");
+    const Ipv4Prefix p = parse_ipv4_prefix("10.0.0.0/8");
     CHECK(p.addr == 0x0a000000u);
     CHECK(p.len == 8);
+    CHECK_THROWS_WITH_AS(parse_ipv4_prefix("10.1.2.3/8"), doctest::Contains("did you mean 10.0.0.0/8?"),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(parse_ipv4_prefix("2001:db8::/32"), doctest::Contains("is not an IPv4 prefix"),
+                         std::invalid_argument);
     CHECK(parse_ipv4_prefix("1.2.3.4").len == 32);
     CHECK_THROWS_AS(parse_ipv4_prefix("10.0.0.0/33"), std::invalid_argument);
     CHECK_THROWS_AS(parse_ipv4_prefix("10.0.0/8"), std::invalid_argument);
     CHECK_THROWS_AS(parse_ipv6_prefix("2001:db8::/129"), std::invalid_argument);
-    CHECK(parse_ipv6_prefix("2001:db8::ff/120").addr[15] == 0);
+    CHECK(parse_ipv6_prefix("2001:db8::/120").addr[1] == 0x01);
+    CHECK_THROWS_WITH_AS(parse_ipv6_prefix("2001:db8::ff/120"), doctest::Contains("has host bits set"),
+                         std::invalid_argument);
 
     TrafficConfig c;
     c.size_min = 10;

@@ -145,7 +145,7 @@ TEST_CASE("port ranges never match an ICMP echo id")
     CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 6, 7, 7)) == 0);
 }
 
-TEST_CASE("a rule naming an unknown chain or a bad prefix is refused with its line")
+TEST_CASE("a rule naming an unknown chain, a bad prefix or host bits is refused with its line")
 {
     GatewayRuleConfig ghost = rule("g", "nope", 12);
     CHECK_THROWS_WITH_AS(make_gateway({ghost}), doctest::Contains("host.toml:12: [[gateway.rule]] 'g': unknown chain 'nope'"),
@@ -153,6 +153,13 @@ TEST_CASE("a rule naming an unknown chain or a bad prefix is refused with its li
     GatewayRuleConfig bad = rule("b", "a", 7);
     bad.src = "10.0.0.0/33";
     CHECK_THROWS_WITH_AS(make_gateway({bad}), doctest::Contains("host.toml:7: [[gateway.rule]] 'b': '10.0.0.0/33' has a bad prefix length"),
+                         ConfigError);
+    // Host bits are refused as the NFs refuse them, with the prefix meant.
+    GatewayRuleConfig sloppy = rule("s", "a", 9);
+    sloppy.dst = "10.1.2.3/8";
+    CHECK_THROWS_WITH_AS(make_gateway({sloppy}),
+                         doctest::Contains("host.toml:9: [[gateway.rule]] 's': '10.1.2.3/8' has host bits set; "
+                                           "did you mean 10.0.0.0/8?"),
                          ConfigError);
     GatewayRuleConfig mixed = rule("m", "a", 3);
     mixed.src = "10.0.0.0/8";

@@ -2,7 +2,7 @@
 // a linear scan, and the NF through its .so against the mock host table.
 
 #include "fw_rules.h"
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
@@ -11,7 +11,8 @@
 #include <cstdio>
 #include <random>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 using namespace serpens_fw;
 
 namespace {
@@ -58,9 +59,9 @@ TEST_CASE("rules: malformed lines fail with file:line and what was expected")
     } cases[] = {
         {"allow proto=tcp\npermit src=1.2.3.4\n", "r.rules:2:", "expected 'allow', 'deny' or 'default'"},
         {"allow proto=xyz\n", "r.rules:1:", "expected proto=tcp"},
-        {"\n\nallow src=10.0.0.0/33\n", "r.rules:3:", "prefix length 0..32"},
-        {"allow src=10.0.0.1/8\n", "r.rules:1:", "host bits set"},
-        {"allow src=10.0.0.300\n", "r.rules:1:", "expected an IPv4 or IPv6 prefix"},
+        {"\n\nallow src=10.0.0.0/33\n", "r.rules:3:", "bad prefix length (0..32)"},
+        {"allow src=10.0.0.1/8\n", "r.rules:1:", "host bits set; did you mean 10.0.0.0/8?"},
+        {"allow src=10.0.0.300\n", "r.rules:1:", "is not an IPv4 or IPv6 address or prefix"},
         {"allow dport=90-80\n", "r.rules:1:", "dport=port or lo-hi"},
         {"allow dport=70000\n", "r.rules:1:", "dport=port or lo-hi"},
         {"allow proto=icmp dport=80\n", "r.rules:1:", "need proto=tcp, udp or sctp"},
@@ -228,7 +229,7 @@ TEST_CASE("fw: verdicts, ports and counters through the mock host")
     CHECK(c->counters["cache_hits"] == 0);
 
     // Established flows: answered from the verdict cache (one get, no put).
-    Table *t = h.table("verdicts");
+    MockTable *t = h.table("verdicts");
     REQUIRE(t != nullptr);
     CHECK(t->flags == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ));
     uint64_t puts = t->puts;
@@ -272,7 +273,7 @@ TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, ba
     h.set_config("rules = \"bad.rules\"\n");
     Ctx *c3 = nullptr;
     CHECK(h.init(c3) == SERPENS_EINVAL);
-    CHECK_MESSAGE(h.logged("bad.rules:3: expected a prefix length 0..32"), h.all_logs());
+    CHECK_MESSAGE(h.logged("bad.rules:3: '10.0.0.0/40' has a bad prefix length (0..32)"), h.all_logs());
 
     // Config errors name the chain file's line.
     h.set_config("cache_size = 8\nrules = \"fw.rules\"\n");
@@ -304,7 +305,7 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     auto ports = h.run(*c, {&syn, &reply, &stranger, &out6p, &reply6});
     CHECK(ports == std::vector<uint8_t>{0, 0, SERPENS_PORT_DROP, 0, 0});
     CHECK(c->counters["replies"] == 2);
-    Table *conns = h.table("conns");
+    MockTable *conns = h.table("conns");
     REQUIRE(conns != nullptr);
     CHECK(conns->flags == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE));
     CHECK(conns->entries.size() == 2);

@@ -1,11 +1,12 @@
 // ids: signatures split across packets (streaming), pcre flags, per-rule
 // counters, rule headers, malformed rules with file:line, truncated packets.
 
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 
 namespace {
 
@@ -115,7 +116,13 @@ TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
         {"\nalert tcp any any => any 80 (content:\"x\"; sid:1;)\n", "ids.rules:2: expected direction"},
         {"alert icmp any any -> any 80 (content:\"x\"; sid:1;)\n", "ids.rules:1: expected protocol"},
         {"alert tcp any any -> any 99999 (content:\"x\"; sid:1;)\n", "ids.rules:1: expected a port"},
-        {"alert tcp 10.0.0.0/99 any -> any 80 (content:\"x\"; sid:1;)\n", "ids.rules:1: expected 'any' or an IPv4"},
+        {"alert tcp 10.0.0.0/99 any -> any 80 (content:\"x\"; sid:1;)\n",
+         "ids.rules:1: '10.0.0.0/99' has a bad prefix length (0..32)"},
+        // Host bits are refused, as in every other file that names a prefix.
+        {"alert tcp 10.1.2.3/8 any -> any 80 (content:\"x\"; sid:1;)\n",
+         "ids.rules:1: '10.1.2.3/8' has host bits set; did you mean 10.0.0.0/8?"},
+        {"alert tcp 10.0.0.0/8 any -> 2001:db8::/32 80 (content:\"x\"; sid:1;)\n",
+         "ids.rules:1: '2001:db8::/32' is IPv6, the rule's other address IPv4"},
         {"alert tcp any any -> any 80 (content:\"x\";)\n", "ids.rules:1: a rule needs sid"},
         {"alert tcp any any -> any 80 (msg:\"m\"; sid:3;)\n", "ids.rules:1: a rule needs a content"},
         {"alert tcp any any -> any 80 (content:\"|4\"; sid:1;)\n", "ids.rules:1: expected content with balanced"},

@@ -3,7 +3,7 @@
 // service address back, checksums stay valid, usage counts add up, and bad
 // config and truncated packets are handled.
 
-#include "nf_mock.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
@@ -11,7 +11,8 @@
 #include <map>
 #include <set>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 

@@ -6,14 +6,15 @@
 // instance only its own), hosts beyond max_hosts go to the counted overflow
 // row, bad config and truncated packets.
 
-#include "nf_mock.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
 #include <map>
 #include <tuple>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 

@@ -2,14 +2,15 @@
 // the pool split across instances and never handed out twice, exhaustion,
 // expiry, and bad input (config errors with file:line, truncated packets).
 
-#include "nf_mock.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <set>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 
@@ -522,8 +523,8 @@ TEST_CASE("nat: config errors name file:line and fail init")
     };
     const Case cases[] = {
         {"external = \"203.0.113.1\"\n", 1, "inside: required"},
-        {"inside = \"10.0.0.1/8\"\nexternal = \"203.0.113.1\"\n", 2, "host bits"},
-        {"inside = [\"10.0.0.0/8\", \"ten\"]\nexternal = \"203.0.113.1\"\n", 2, "inside[1]: 'ten' is not an IPv4 prefix"},
+        {"inside = \"10.0.0.1/8\"\nexternal = \"203.0.113.1\"\n", 2, "host bits set; did you mean 10.0.0.0/8?"},
+        {"inside = [\"10.0.0.0/8\", \"ten\"]\nexternal = \"203.0.113.1\"\n", 2, "inside[1]: 'ten' is not an IPv4"},
         {"inside = \"10.0.0.0/8\"\nexternal = 5\n", 3, "external: expected a string"},
         {"inside = \"10.0.0.0/8\"\nexternal = \"203.0.113.9-203.0.113.1\"\n", 3, "not an address range"},
         {"inside = \"10.0.0.0/8\"\nexternal = \"10.0.0.1\"\n", 3, "lies inside"},

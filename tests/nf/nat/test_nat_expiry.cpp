@@ -4,7 +4,7 @@
 // host idle expiry far shorter than nat's UDP timeout, a quiet period longer
 // than both: afterwards eight new flows must get ports again.
 
-#include "nf_mock.h" // frames, the parser and run_batch (its MockHost is not used here)
+#include "mock_host.h" // frames, the parser and run_batch (its MockHost is not used here)
 
 #include "chain/nf_context.h"
 #include "plugin/host_api.h"
@@ -14,7 +14,8 @@
 
 #include <unistd.h>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 

@@ -3,13 +3,14 @@
 // 64-key rounds), "lookup" inserts each flow once; a full table is counted,
 // packets always pass unchanged; bad config is refused with the key named.
 
-#include "nf_mock.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 
 #include <map>
 
-using namespace nftest;
+using namespace nfmock;
+using namespace nfmock::ipv4_frames;
 
 namespace {
 

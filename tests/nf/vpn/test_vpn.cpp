@@ -5,12 +5,13 @@
 // SPI, bad ICV, replay window, truncated packets, restart, config errors.
 
 #include "gcm.h"
-#include "nf_host.h"
+#include "mock_host.h"
 
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
 
-using namespace nfhost;
+using namespace nfmock;
+using namespace nfmock::text_frames;
 using serpens_vpn::Gcm;
 
 namespace {
@@ -293,7 +294,8 @@ TEST_CASE("vpn: works without the host's state API; bad config names file:line")
         {sa(0x1000, "sideways"), "chain.toml:4"},
         {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"0x1234\"\nlocal = \"192.0.2.1\"\nremote = \"1.2.3.4\"\n",
          "chain.toml:5:"},
-        {sa(0x1000, "out", "src = \"10.0.0.0/8\"\ndst = \"2001:db8::/32\"\n"), "same family"},
+        {sa(0x1000, "out", "src = \"10.0.0.0/8\"\ndst = \"2001:db8::/32\"\n"), "other address IPv4"},
+        {sa(0x1000, "out", "src = \"10.1.0.0/8\"\n"), "did you mean 10.0.0.0/8?"},
         {sa(0x1000, "in", "src = \"10.0.0.0/8\"\n"), "\"out\" SAs only"},
         {sa(0x1000, "out") + sa(0x1000, "out"), "same spi and direction"},
         {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"" + std::string(kKey) +

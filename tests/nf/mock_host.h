@@ -1,34 +1,42 @@
 #pragma once
-// A small mock host for NF unit tests (nat, mon, lb): an in-test
-// serpens_host_api whose state API is std::map/unordered_map behind
-// create_table/get/put/delete, with trivially correct split/merge/update:
-//  - RELEASE: each key has a base cell and one cell per instance; merge = OR,
-//    split deals the free bits equally (as host/state's default does),
-//    trigger rebalances at once.
-//  - EVENTUAL: replicas start as copies of the base; merge folds
-//    G + sum(R_i - G) (or calls the NF's own merge hook) and copies back;
-//    add_state_bulk (ABI 1.1) adds uint64 rows to the caller's replica;
-//    the 1.4 _v2 bulk calls wrap the 1.1/1.3 ones, telling refusals from full.
-// Config getters are the host's real ones over a TOML text (so config_where
-// gives real file:line:col); counters are a map per context; log lines are
-// kept for the tests to read.  The plugin is the real .so, loaded by dlopen.
-//
-// Also: frames with correct checksums, a checksum verifier written from
-// RFC 1071 directly, and the host's parser to fill packet views.
+// The mock host every NF unit test runs its plugin on: an in-test
+// serpens_host_api around the real .so (loaded by dlopen), with
+//  - config getters that are the host's real ones over a TOML text, so
+//    config_where gives real file:line:col, and a scratch directory for the
+//    files a config names;
+//  - state in std::map behind create_table/get/put/delete/bulk, per table
+//    counts of the calls, and trivially correct split/merge/update:
+//    RELEASE: each key has a base cell and one cell per instance; merge =
+//    OR, split deals the set bits equally (as host/state's default does),
+//    trigger rebalances at once.  EVENTUAL: replicas start as copies of the
+//    base; merge folds G + sum(R_i - G) (or calls the NF's merge hook) and
+//    copies back; add_state_bulk adds uint64 rows to the caller's replica;
+//    the 1.4 _v2 bulk calls wrap the 1.1/1.3 ones, telling refusals from full;
+//  - counters per context (64 at most, as the host), log lines kept;
+//  - packets: plain memory with headroom (Packet, for NFs that grow or cut
+//    them) or a batch of frames (Packets), views filled by the host's parser;
+//    frame builders by address text (text_frames, IPv4 and IPv6) and by
+//    number (ipv4_frames, with an independent decoder); checksums are
+//    nf_util's, which tests/nf/util checks against RFC 1071.
+// Contexts outlive fini: "restart an instance" is fini, then init again.
 
 #include "config/plugin_config.h"
 #include "net/parse.h"
-#include "../run_batch.h"
 
 #include <serpens/nf.h>
+#include <serpens/nf_util.h>
 
 #include <doctest/doctest.h>
 #include <toml++/toml.h>
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -36,16 +44,11 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
-namespace nftest {
+namespace nfmock {
 
 using Bytes = std::vector<uint8_t>;
-
-// ---------------------------------------------------------------------------
-// The plugin
-// ---------------------------------------------------------------------------
 
 inline const serpens_nf_descriptor *load_plugin(const std::string &path)
 {
@@ -60,11 +63,108 @@ inline const serpens_nf_descriptor *load_plugin(const std::string &path)
     return entry();
 }
 
+// Every packet labelled for the NF, every port reset to the default first.
+inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, std::vector<serpens_pkt> &pkts,
+                      std::vector<uint8_t> &ports, uint64_t now)
+{
+    std::vector<uint16_t> labels(pkts.size(), 1);
+    ports.assign(pkts.size(), SERPENS_PORT_DEFAULT);
+    serpens_batch b{};
+    b.struct_size = sizeof b;
+    b.count = static_cast<uint32_t>(pkts.size());
+    b.self = 1;
+    b.pkts = pkts.data();
+    b.pkt_stride = sizeof(serpens_pkt);
+    b.labels = labels.data();
+    b.ports = ports.data();
+    b.now_ns = now;
+    desc->process(ctx, &b);
+}
+
+// ---------------------------------------------------------------------------
+// Packets with headroom
+// ---------------------------------------------------------------------------
+
+struct Packet {
+    static constexpr uint32_t headroom = 128, capacity = 2304;
+    uint32_t off = headroom, len = 0;
+    alignas(64) uint8_t buf[capacity];
+    serpens_pkt view{};
+
+    explicit Packet(const Bytes &frame)
+    {
+        len = static_cast<uint32_t>(frame.size());
+        std::memcpy(buf + off, frame.data(), frame.size());
+        reparse();
+    }
+    // Fills the view as the host does before the chain runs.
+    void reparse()
+    {
+        view = serpens_pkt{};
+        view.data = buf + off;
+        view.len = len;
+        view.handle = this;
+        serpens::net::FlowKey key;
+        serpens::net::parse_packet(view.data, view.len, view, key);
+    }
+    Bytes bytes() const { return Bytes(view.data, view.data + view.len); }
+};
+
+inline void shift(serpens_pkt *p, int32_t d)
+{
+    for (uint16_t *o : {&p->l3_offset, &p->l4_offset, &p->payload_offset}) {
+        if (*o != SERPENS_OFFSET_NONE) {
+            int32_t v = *o + d;
+            *o = v < 0 || v >= 0xffff ? uint16_t{SERPENS_OFFSET_NONE} : static_cast<uint16_t>(v);
+        }
+    }
+}
+inline uint8_t *pkt_prepend(serpens_pkt *p, uint32_t n)
+{
+    auto *m = static_cast<Packet *>(p->handle);
+    if (m->off < n) {
+        return nullptr;
+    }
+    m->off -= n;
+    m->len += n;
+    p->data = m->buf + m->off;
+    p->len = m->len;
+    shift(p, static_cast<int32_t>(n));
+    return p->data;
+}
+inline uint8_t *pkt_append(serpens_pkt *p, uint32_t n)
+{
+    auto *m = static_cast<Packet *>(p->handle);
+    if (m->off + m->len + n > Packet::capacity) {
+        return nullptr;
+    }
+    uint8_t *tail = m->buf + m->off + m->len;
+    m->len += n;
+    p->len = m->len;
+    return tail;
+}
+// Cuts n bytes off the packet's head (adj) or tail (trim).
+inline int pkt_cut(serpens_pkt *p, uint32_t n, bool head)
+{
+    auto *m = static_cast<Packet *>(p->handle);
+    if (n > m->len) {
+        return SERPENS_EINVAL;
+    }
+    m->len -= n;
+    p->len = m->len;
+    if (head) {
+        m->off += n;
+        p->data = m->buf + m->off;
+        shift(p, -static_cast<int32_t>(n));
+    }
+    return SERPENS_OK;
+}
+inline int pkt_trim(serpens_pkt *p, uint32_t n) { return pkt_cut(p, n, false); }
+inline int pkt_adj(serpens_pkt *p, uint32_t n) { return pkt_cut(p, n, true); }
+
 // ---------------------------------------------------------------------------
 // The mock host
 // ---------------------------------------------------------------------------
-
-using nfbatch::run_batch;
 
 class MockHost;
 
@@ -81,6 +181,8 @@ struct MockTable {
     std::map<Bytes, uint64_t> slot_of;
     std::vector<uint64_t> freed_slots; // taken again first
     uint64_t fresh_slot = 0;           // slots from here on were never taken
+    uint64_t gets = 0, puts = 0;       // get_state / put_state calls (bulk keys count in gets)
+    uint64_t bulk_calls = 0;           // get_state_bulk calls
 
     bool global_write() const { return (flags & SERPENS_STATE_GLOBAL) && (flags & SERPENS_STATE_WRITE); }
     bool release() const { return flags & SERPENS_STATE_RELEASE; }
@@ -92,17 +194,38 @@ struct MockHandle {
     uint32_t instance;
 };
 
-struct MockCtx {
-    MockHost *host;
-    std::map<std::string, std::unique_ptr<uint64_t>> counters;
+// One NF context.  Contexts outlive fini, so "restart an instance" is fini,
+// then init a new context of the same instance id on the same host.
+struct Ctx {
+    serpens_nf_ctx pub{};
+    MockHost *host = nullptr;
+    std::map<std::string, uint64_t> counters; // node-based: stable addresses
+    bool initialised = false;
 };
 
 inline constexpr uint32_t kMockMaxInstances = 8;
 
 class MockHost {
 public:
+    // The plugin .so at plugin_path; with_state false plays a host without
+    // state services (create_table and the state calls absent).
+    explicit MockHost(const std::string &plugin_path, bool with_state = true) : MockHost(load_plugin(plugin_path))
+    {
+        if (!with_state) {
+            _api.create_table = nullptr;
+            _api.get_state = nullptr;
+            _api.put_state = nullptr;
+            _api.delete_state = nullptr;
+            _api.get_state_bulk = nullptr;
+        }
+    }
     explicit MockHost(const serpens_nf_descriptor *desc) : _desc(desc)
     {
+        char tmpl[] = "/tmp/serpens-nftest-XXXXXX";
+        if (mkdtemp(tmpl) == nullptr) {
+            throw std::runtime_error("mkdtemp");
+        }
+        _dir = tmpl;
         _api.struct_size = sizeof _api;
         _api.abi_major = SERPENS_ABI_MAJOR;
         _api.abi_minor = SERPENS_ABI_MINOR;
@@ -124,18 +247,22 @@ public:
         _api.update_state_bulk = &MockHost::s_update_bulk;
         _api.update_state_bulk_v2 = &MockHost::s_update_bulk_v2;
         _api.add_state_bulk_v2 = &MockHost::s_add_bulk_v2;
+        _api.pkt_prepend = pkt_prepend;
+        _api.pkt_append = pkt_append;
+        _api.pkt_trim = pkt_trim;
+        _api.pkt_adj = pkt_adj;
         current() = this;
+        set_config("");
     }
     ~MockHost()
     {
         for (auto &c : _ctxs) {
-            if (c.second.initialised && _desc->fini) {
-                _desc->fini(&c.second.pub);
+            if (c->initialised) {
+                fini(*c);
             }
         }
-        if (!_dir.empty()) {
-            std::filesystem::remove_all(_dir);
-        }
+        std::error_code ec;
+        std::filesystem::remove_all(_dir, ec);
         current() = nullptr;
     }
 
@@ -150,12 +277,7 @@ public:
     // first line, which is "[config]".
     void set_config(const std::string &text)
     {
-        if (_dir.empty()) {
-            char tmpl[] = "/tmp/serpens-nftest-XXXXXX";
-            _dir = mkdtemp(tmpl);
-        }
-        _config_file = _dir + "/chain.toml";
-        std::ofstream(_config_file) << "[config]\n" << text;
+        _config_file = write("chain.toml", "[config]\n" + text);
         auto doc = std::make_shared<toml::table>(toml::parse_file(_config_file));
         _config = std::make_unique<serpens_config>();
         _config->document = doc;
@@ -164,24 +286,47 @@ public:
         _config->directory = _dir;
     }
     const std::string &config_file() const { return _config_file; }
+    // A scratch directory for files the config names; removed with the host.
+    const std::string &dir() const { return _dir; }
+    std::string write(const std::string &name, const std::string &text)
+    {
+        std::string p = _dir + "/" + name;
+        std::ofstream(p, std::ios::binary) << text;
+        return p;
+    }
     // The config as the host keeps it: what the NF read is recorded there.
     const serpens_config &config() const { return *_config; }
 
-    // Creates instance `id`'s context and runs init.
+    // A new context of instance `id`, and its init's return code.
+    int init(Ctx *&out, uint32_t id = 0)
+    {
+        auto c = std::make_unique<Ctx>();
+        c->pub.struct_size = sizeof c->pub;
+        c->pub.instance_id = id;
+        c->pub.host = &_api;
+        c->pub.chain_name = "test";
+        c->pub.nf_name = _desc->name;
+        c->pub.host_private = c.get();
+        c->host = this;
+        c->initialised = true;
+        out = c.get();
+        _ctxs.push_back(std::move(c));
+        return _desc->init(&out->pub, _config.get());
+    }
     int init(uint32_t id)
     {
-        auto &c = _ctxs[id];
-        c.mock.host = this;
-        c.pub.struct_size = sizeof c.pub;
-        c.pub.instance_id = id;
-        c.pub.host = &_api;
-        c.pub.chain_name = "test";
-        c.pub.nf_name = _desc->name;
-        c.pub.host_private = &c.mock;
-        c.initialised = true;
-        return _desc->init(&c.pub, _config.get());
+        Ctx *c = nullptr;
+        return init(c, id);
     }
-    serpens_nf_ctx *ctx(uint32_t id) { return &_ctxs.at(id).pub; }
+    void fini(Ctx &c)
+    {
+        if (_desc->fini != nullptr) {
+            _desc->fini(&c.pub);
+        }
+        c.initialised = false;
+    }
+    // The newest context of instance `id`.
+    serpens_nf_ctx *ctx(uint32_t id) { return &latest(id).pub; }
     // The API table handed to the NF: tests may clear optional entries
     // before init to play an older host.
     serpens_host_api &api() { return _api; }
@@ -194,11 +339,11 @@ public:
     }
     uint64_t counter(uint32_t id, const std::string &name)
     {
-        auto &m = _ctxs.at(id).mock.counters;
+        auto &m = latest(id).counters;
         auto it = m.find(name);
-        return it == m.end() ? 0 : *it->second;
+        return it == m.end() ? 0 : it->second;
     }
-    bool has_counter(uint32_t id, const std::string &name) { return _ctxs.at(id).mock.counters.count(name) != 0; }
+    bool has_counter(uint32_t id, const std::string &name) { return latest(id).counters.count(name) != 0; }
 
     // Removes an instance: RELEASE cells go back and are re-dealt, EVENTUAL
     // replicas are merged into the base (scale-in).
@@ -220,11 +365,10 @@ public:
                 t.active &= ~(1ull << id);
             }
         }
-        auto &c = _ctxs.at(id);
-        if (c.initialised && _desc->fini) {
-            _desc->fini(&c.pub);
+        Ctx &c = latest(id);
+        if (c.initialised) {
+            fini(c);
         }
-        c.initialised = false;
     }
 
     void process(uint32_t id, std::vector<serpens_pkt> &pkts, std::vector<uint8_t> &ports, uint64_t now)
@@ -232,6 +376,41 @@ public:
         _now = now;
         run_batch(_desc, ctx(id), pkts, ports, now);
     }
+    // Runs one batch of Packets on context c and returns their ports.
+    std::vector<uint8_t> run(Ctx &c, std::vector<Packet *> pkts, uint64_t now_ns = 1'000'000'000)
+    {
+        std::vector<serpens_pkt> views;
+        for (Packet *p : pkts) {
+            views.push_back(p->view);
+        }
+        std::vector<uint8_t> ports;
+        _now = now_ns;
+        run_batch(_desc, &c.pub, views, ports, now_ns);
+        for (std::size_t i = 0; i < pkts.size(); ++i) {
+            pkts[i]->view = views[i];
+        }
+        return ports;
+    }
+    uint8_t run1(Ctx &c, Packet &p, uint64_t now_ns = 1'000'000'000) { return run(c, {&p}, now_ns)[0]; }
+
+    bool logged(const std::string &needle) const
+    {
+        for (const auto &l : logs) {
+            if (l.find(needle) != std::string::npos) {
+                return true;
+            }
+        }
+        return false;
+    }
+    std::string all_logs() const
+    {
+        std::string s;
+        for (const auto &l : logs) {
+            s += l + "\n";
+        }
+        return s;
+    }
+    const serpens_nf_descriptor *desc() const { return _desc; }
 
     MockTable *table(const std::string &name)
     {
@@ -275,11 +454,15 @@ public:
     uint64_t now_value = 0;
 
 private:
-    struct Ctx {
-        serpens_nf_ctx pub{};
-        MockCtx mock;
-        bool initialised = false;
-    };
+    Ctx &latest(uint32_t id)
+    {
+        for (auto it = _ctxs.rbegin(); it != _ctxs.rend(); ++it) {
+            if ((*it)->pub.instance_id == id) {
+                return **it;
+            }
+        }
+        throw std::out_of_range("no context of instance " + std::to_string(id));
+    }
 
     static MockHost &of(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t)->host; }
     static MockHandle &handle(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t); }
@@ -291,7 +474,7 @@ private:
         va_start(args, fmt);
         vsnprintf(buf, sizeof buf, fmt, args);
         va_end(args);
-        MockHost *h = static_cast<MockCtx *>(ctx->host_private)->host;
+        MockHost *h = static_cast<Ctx *>(ctx->host_private)->host;
         h->logs.push_back(std::to_string(level) + " " + buf);
     }
     static uint64_t s_now() { return current() ? current()->_now : 0; }
@@ -299,7 +482,7 @@ private:
     static serpens_table *s_create(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t ks, uint32_t vs,
                                    uint64_t cap)
     {
-        MockHost *h = static_cast<MockCtx *>(ctx->host_private)->host;
+        MockHost *h = static_cast<Ctx *>(ctx->host_private)->host;
         auto [it, fresh] = h->_tables.try_emplace(name);
         MockTable &t = it->second;
         if (fresh) {
@@ -333,6 +516,7 @@ private:
     static int s_get(serpens_table *th, const void *key, void *out)
     {
         MockHandle &h = handle(th);
+        ++h.table->gets;
         auto it = h.table->entries.find(key_of(*h.table, key));
         if (it == h.table->entries.end()) {
             return SERPENS_ENOENT;
@@ -345,6 +529,7 @@ private:
     {
         MockHandle &h = handle(th);
         MockTable &t = *h.table;
+        ++t.puts;
         Bytes k = key_of(t, key);
         auto it = t.entries.find(k);
         if (it == t.entries.end()) {
@@ -439,6 +624,7 @@ private:
     {
         MockHandle &h = handle(th);
         ++h.host->bulk_lookups;
+        ++h.table->bulk_calls;
         uint64_t mask = 0;
         for (uint32_t i = 0; i < n && i < 64; ++i) {
             if (s_get(th, static_cast<const uint8_t *>(keys) + std::size_t{i} * h.table->key_size,
@@ -583,7 +769,7 @@ private:
             a.whole = cells[0].data();
             a.parts = parts.data();
             a.out = out.data();
-            REQUIRE(_desc->merge(&_ctxs.begin()->second.pub, &a) == SERPENS_OK);
+            REQUIRE(_desc->merge(&_ctxs.front()->pub, &a) == SERPENS_OK);
             return;
         }
         REQUIRE(t.value_size % 8 == 0);
@@ -668,12 +854,11 @@ private:
     }
     static uint64_t *s_counter(serpens_nf_ctx *ctx, const char *name)
     {
-        auto &m = static_cast<MockCtx *>(ctx->host_private)->counters;
-        auto &slot = m[name];
-        if (!slot) {
-            slot = std::make_unique<uint64_t>(0);
+        auto &m = static_cast<Ctx *>(ctx->host_private)->counters;
+        if (m.size() >= 64 && !m.count(name)) {
+            return nullptr; // the real host's limit
         }
-        return slot.get();
+        return &m[name];
     }
 
     const serpens_nf_descriptor *_desc;
@@ -682,13 +867,157 @@ private:
     std::unique_ptr<serpens_config> _config;
     std::map<std::string, MockTable> _tables;
     std::vector<std::unique_ptr<MockHandle>> _handles;
-    std::map<uint32_t, Ctx> _ctxs;
+    std::vector<std::unique_ptr<Ctx>> _ctxs;
     uint64_t _now = 0;
 };
 
+// Files a rules or signatures file must not be, each with what init must log:
+// /dev/zero (endless), a directory, a FIFO nobody writes to (opening it must
+// not block) and a sparse file one byte over SERPENS_CONFIG_FILE_MAX.
+struct BadFile {
+    std::string path;
+    std::string logged;
+};
+
+inline std::vector<BadFile> bad_config_files(MockHost &h)
+{
+    std::string fifo = h.dir() + "/fifo.rules";
+    if (mkfifo(fifo.c_str(), 0600) != 0) {
+        throw std::runtime_error("mkfifo " + fifo);
+    }
+    std::string huge = h.write("huge.rules", "");
+    std::filesystem::resize_file(huge, SERPENS_CONFIG_FILE_MAX + 1);
+    std::filesystem::create_directory(h.dir() + "/dir.rules");
+    return {
+        {"/dev/zero", "/dev/zero: is a character device, expected a regular file"},
+        {h.dir() + "/dir.rules", "dir.rules: is a directory, expected a regular file"},
+        {fifo, "fifo.rules: is a FIFO, expected a regular file"},
+        {huge, "huge.rules: 67108865 bytes, over the limit of 67108864 bytes"},
+    };
+}
+
 // ---------------------------------------------------------------------------
-// Packets
+// Byte order and checksums for building and checking frames
 // ---------------------------------------------------------------------------
+
+inline uint16_t rd16(const uint8_t *p) { return serpens_ld_be16(p); }
+inline uint32_t rd32(const uint8_t *p) { return serpens_ld_be32(p); }
+inline void wr16(uint8_t *p, uint16_t v) { serpens_st_be16(p, v); }
+inline void wr32(uint8_t *p, uint32_t v) { serpens_st_be32(p, v); }
+
+// serpens_csum as a number, for wr16 (the sum is of words as in memory).
+inline uint16_t csum(const uint8_t *p, std::size_t n)
+{
+    uint8_t b[2];
+    serpens_st16(b, serpens_csum(p, n));
+    return rd16(b);
+}
+
+// The TCP/UDP checksum of an IPv4 packet's L4 bytes, as a number for wr16;
+// 0 when a correct checksum is in place.
+inline uint16_t l4_csum(const uint8_t *ip, const uint8_t *l4, std::size_t l4len)
+{
+    uint8_t b[2];
+    const auto len = static_cast<uint32_t>(l4len);
+    serpens_st16(b, serpens_csum_fold(serpens_csum_add(serpens_csum_pseudo(ip, 0, ip[9], len), l4, l4len)));
+    return rd16(b);
+}
+
+// ---------------------------------------------------------------------------
+// Frames by address text, IPv4 or IPv6
+// ---------------------------------------------------------------------------
+
+namespace text_frames {
+
+struct Flow {
+    bool v6 = false;
+    std::string src = "10.0.0.1", dst = "192.0.2.1";
+    uint8_t proto = 6;
+    uint16_t sport = 1234, dport = 80;
+};
+
+Bytes ip_bytes(const std::string &s, bool v6);
+
+// Ethernet + IPv4/IPv6 + TCP/UDP (or a bare L4 of other protocols) + payload.
+inline Bytes frame(const Flow &f, const std::string &payload = "", uint8_t tcp_flags = 0x18)
+{
+    Bytes l4;
+    if (f.proto == 6) {
+        l4.assign(20, 0);
+        l4[12] = 0x50;
+        l4[13] = tcp_flags;
+        l4[14] = 0xff;
+    } else if (f.proto == 17) {
+        l4.assign(8, 0);
+        uint16_t ulen = static_cast<uint16_t>(8 + payload.size());
+        l4[4] = static_cast<uint8_t>(ulen >> 8);
+        l4[5] = static_cast<uint8_t>(ulen);
+    } else if (f.proto == 1 || f.proto == 58) {
+        l4.assign(8, 0);
+        l4[0] = f.proto == 1 ? 8 : 128;
+    }
+    if (f.proto == 6 || f.proto == 17) {
+        l4[0] = static_cast<uint8_t>(f.sport >> 8);
+        l4[1] = static_cast<uint8_t>(f.sport);
+        l4[2] = static_cast<uint8_t>(f.dport >> 8);
+        l4[3] = static_cast<uint8_t>(f.dport);
+    }
+    l4.insert(l4.end(), payload.begin(), payload.end());
+    Bytes out = {0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0, 0};
+    Bytes s = ip_bytes(f.src, f.v6), d = ip_bytes(f.dst, f.v6);
+    if (!f.v6) {
+        out[12] = 0x08;
+        Bytes ip(20, 0);
+        ip[0] = 0x45;
+        uint16_t total = static_cast<uint16_t>(20 + l4.size());
+        ip[2] = static_cast<uint8_t>(total >> 8);
+        ip[3] = static_cast<uint8_t>(total);
+        ip[8] = 64;
+        ip[9] = f.proto;
+        std::memcpy(&ip[12], s.data(), 4);
+        std::memcpy(&ip[16], d.data(), 4);
+        serpens_st16(&ip[10], serpens_csum(ip.data(), 20));
+        out.insert(out.end(), ip.begin(), ip.end());
+    } else {
+        out[12] = 0x86;
+        out[13] = 0xdd;
+        Bytes ip(40, 0);
+        ip[0] = 0x60;
+        ip[4] = static_cast<uint8_t>(l4.size() >> 8);
+        ip[5] = static_cast<uint8_t>(l4.size());
+        ip[6] = f.proto;
+        ip[7] = 64;
+        std::memcpy(&ip[8], s.data(), 16);
+        std::memcpy(&ip[24], d.data(), 16);
+        out.insert(out.end(), ip.begin(), ip.end());
+    }
+    out.insert(out.end(), l4.begin(), l4.end());
+    return out;
+}
+
+inline Flow reverse(Flow f)
+{
+    std::swap(f.src, f.dst);
+    std::swap(f.sport, f.dport);
+    return f;
+}
+
+inline Bytes ip_bytes(const std::string &s, bool v6)
+{
+    Bytes b(v6 ? 16 : 4);
+    if (inet_pton(v6 ? AF_INET6 : AF_INET, s.c_str(), b.data()) != 1) {
+        throw std::runtime_error("bad address " + s);
+    }
+    return b;
+}
+
+} // namespace text_frames
+
+// ---------------------------------------------------------------------------
+// IPv4 frames by number, and a decoder independent of NF and parser
+// ---------------------------------------------------------------------------
+
+namespace ipv4_frames {
 
 inline uint32_t ip4(const char *text)
 {
@@ -703,30 +1032,6 @@ inline std::string ip4_str(uint32_t ip)
 {
     return std::to_string(ip >> 24) + "." + std::to_string((ip >> 16) & 255) + "." + std::to_string((ip >> 8) & 255) +
            "." + std::to_string(ip & 255);
-}
-
-inline uint16_t rd16(const uint8_t *p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
-inline uint32_t rd32(const uint8_t *p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (p[2] << 8) | p[3]; }
-inline void wr16(uint8_t *p, uint16_t v) { p[0] = static_cast<uint8_t>(v >> 8), p[1] = static_cast<uint8_t>(v); }
-inline void wr32(uint8_t *p, uint32_t v)
-{
-    wr16(p, static_cast<uint16_t>(v >> 16));
-    wr16(p + 2, static_cast<uint16_t>(v));
-}
-
-// RFC 1071 over a byte range, plus a starting sum.
-inline uint16_t csum(const uint8_t *p, std::size_t n, uint64_t sum = 0)
-{
-    for (std::size_t i = 0; i + 1 < n; i += 2) {
-        sum += rd16(p + i);
-    }
-    if (n % 2) {
-        sum += uint64_t{p[n - 1]} << 8;
-    }
-    while (sum >> 16) {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    return static_cast<uint16_t>(~sum);
 }
 
 struct Flow {
@@ -759,17 +1064,16 @@ inline Bytes frame(const Flow &f, std::size_t payload = 16, bool udp_zero_csum =
     for (std::size_t i = 0; i < payload; ++i) {
         l4[l4len - payload + i] = static_cast<uint8_t>(i * 7 + 3);
     }
-    uint64_t pseudo = (f.src >> 16) + (f.src & 0xffff) + (f.dst >> 16) + (f.dst & 0xffff) + f.proto + l4len;
     if (f.proto == 6) {
         wr16(l4, f.sport), wr16(l4 + 2, f.dport);
         wr32(l4 + 4, 1000), wr32(l4 + 8, 2000);
         l4[12] = 0x50, l4[13] = f.tcp_flags;
         wr16(l4 + 14, 65535);
-        wr16(l4 + 16, csum(l4, l4len, pseudo));
+        wr16(l4 + 16, l4_csum(ip, l4, l4len));
     } else if (f.proto == 17) {
         wr16(l4, f.sport), wr16(l4 + 2, f.dport);
         wr16(l4 + 4, static_cast<uint16_t>(l4len));
-        uint16_t c = csum(l4, l4len, pseudo);
+        uint16_t c = l4_csum(ip, l4, l4len);
         wr16(l4 + 6, udp_zero_csum ? 0 : (c == 0 ? 0xffff : c));
     } else {
         l4[0] = f.icmp_type;
@@ -797,10 +1101,9 @@ inline Decoded decode(const Bytes &b)
     d.ip_ok = csum(ip, ihl) == 0;
     const uint8_t *l4 = ip + ihl;
     std::size_t l4len = total - ihl;
-    uint64_t pseudo = (d.src >> 16) + (d.src & 0xffff) + (d.dst >> 16) + (d.dst & 0xffff) + d.proto + l4len;
     if (d.proto == 6 || d.proto == 17) {
         d.sport = rd16(l4), d.dport = rd16(l4 + 2);
-        d.l4_ok = (d.proto == 17 && rd16(l4 + 6) == 0) || csum(l4, l4len, pseudo) == 0;
+        d.l4_ok = (d.proto == 17 && rd16(l4 + 6) == 0) || l4_csum(ip, l4, l4len) == 0;
     } else if (d.proto == 1) {
         d.sport = d.dport = rd16(l4 + 4);
         d.l4_ok = csum(l4, l4len) == 0;
@@ -830,4 +1133,6 @@ struct Packets {
     bool dropped(std::size_t i) const { return ports.at(i) == SERPENS_PORT_DROP; }
 };
 
-} // namespace nftest
+} // namespace ipv4_frames
+
+} // namespace nfmock
