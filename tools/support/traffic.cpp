@@ -1,5 +1,5 @@
 // Synthetic traffic generation; see traffic.h for what is generated.
-#include "net/traffic.h"
+#include "support/traffic.h"
 
 #include <arpa/inet.h>
 
