@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
     # build
     meson ninja-build pkg-config g++ python3
-    libdpdk-dev libtomlplusplus-dev libcli11-dev libspdlog-dev doctest-dev
+    libdpdk-dev libtomlplusplus-dev libcli11-dev libspdlog-dev doctest-dev nlohmann-json3-dev
     # NFs: IDS signatures, VPN ciphers; remote-state baseline of the benchmarks
     libhyperscan-dev libssl-dev libhiredis-dev redis-server
     # plugin loader: reads a plugin's ELF symbols before dlopen

@@ -20,6 +20,7 @@
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -32,7 +33,6 @@
 #include <unistd.h>
 #include <map>
 #include <set>
-#include <sstream>
 
 namespace serpens {
 namespace {
@@ -212,25 +212,15 @@ void print_stats(const Dataplane &dp, std::FILE *out)
     std::fflush(out);
 }
 
-std::string json_escape(const std::string &s)
-{
-    std::string out;
-    for (char ch : s) {
-        if (ch == '"' || ch == '\\') {
-            out += '\\';
-        }
-        out += ch;
-    }
-    return out;
-}
-
 // The counters as JSON.  `live`: the lcores still run, so device counters
 // are read now (the final ones are kept by the dataplane after it stops).
+// ordered_json keeps the keys in the order a reader expects them.
 std::string stats_json(const Dataplane &dp, bool live)
 {
-    std::ostringstream j;
+    using nlohmann::ordered_json;
     const DispatchCounters &c = dp.counters();
-    j << "{\n  \"ports\": [";
+    ordered_json j;
+    ordered_json ports = ordered_json::array();
     for (std::size_t p = 0; p < dp.ports().size(); ++p) {
         Dataplane::PortTotals totals;
         if (live) {
@@ -240,48 +230,62 @@ std::string stats_json(const Dataplane &dp, bool live)
         } else {
             totals = dp.port_totals()[p];
         }
-        j << (p ? ", " : "") << "{\"name\": \"" << json_escape(dp.ports()[p].name) << "\", \"rx\": " << c.rx[p].load()
-          << ", \"tx\": " << totals.tx << ", \"rx_missed\": " << totals.rx_missed
-          << ", \"tx_errors\": " << totals.tx_errors << "}";
+        ports.push_back({{"name", dp.ports()[p].name},
+                         {"rx", c.rx[p].load()},
+                         {"tx", totals.tx},
+                         {"rx_missed", totals.rx_missed},
+                         {"tx_errors", totals.tx_errors}});
     }
-    j << "],\n  \"parser\": {";
+    j["ports"] = std::move(ports);
+    ordered_json parser = ordered_json::object();
     for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
-        j << (r ? ", " : "") << "\"" << net::parse_result_name(static_cast<net::ParseResult>(r))
-          << "\": " << c.parse.by_result[r];
+        parser[net::parse_result_name(static_cast<net::ParseResult>(r))] = c.parse.by_result[r];
     }
-    j << "},\n  \"dispatch\": {\"malformed_dropped\": " << c.malformed_dropped.load()
-      << ", \"unmatched_dropped\": " << c.unmatched_dropped.load()
-      << ", \"unmatched_passed\": " << c.unmatched_passed.load() << ", \"no_instance\": " << c.no_instance.load()
-      << ", \"ring_full\": " << c.ring_full.load() << ", \"linearize_failed\": " << c.linearize_failed.load()
-      << ", \"default_tx_dropped\": " << c.default_tx_dropped.load() << ", \"rx_paused\": " << c.rx_paused.load()
-      << "},\n  \"rules\": {";
+    j["parser"] = std::move(parser);
+    j["dispatch"] = {{"malformed_dropped", c.malformed_dropped.load()},
+                     {"unmatched_dropped", c.unmatched_dropped.load()},
+                     {"unmatched_passed", c.unmatched_passed.load()},
+                     {"no_instance", c.no_instance.load()},
+                     {"ring_full", c.ring_full.load()},
+                     {"linearize_failed", c.linearize_failed.load()},
+                     {"default_tx_dropped", c.default_tx_dropped.load()},
+                     {"rx_paused", c.rx_paused.load()}};
+    ordered_json rules = ordered_json::object();
     for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
-        j << (r ? ", " : "") << "\"" << json_escape(dp.gateway().rules()[r].name) << "\": " << dp.gateway().matches(r);
+        rules[dp.gateway().rules()[r].name] = dp.gateway().matches(r);
     }
-    j << "},\n  \"unmatched\": " << dp.gateway().unmatched() << ",\n  \"instances\": [";
-    bool first = true;
+    j["rules"] = std::move(rules);
+    j["unmatched"] = dp.gateway().unmatched();
+    ordered_json instances = ordered_json::array();
     for (const auto &slot : dp.instances()) {
-        j << (first ? "\n    " : ",\n    ") << "{\"chain\": \"" << json_escape(slot->chain_name)
-          << "\", \"index\": " << slot->index << ", \"lcore\": " << slot->lcore
-          << ", \"packets\": " << slot->packets.load() << ", \"out\": " << slot->out.load()
-          << ", \"dropped\": " << slot->dropped.load() << ", \"tx_dropped\": " << slot->tx_dropped.load()
-          << ", \"nfs\": [";
-        first = false;
         const ChainInstance &ci = *slot->chain;
+        ordered_json nfs = ordered_json::array();
         for (std::size_t i = 0; i < ci.size(); ++i) {
             const NfContext &ctx = ci.context(i);
-            j << (i ? ", " : "") << "{\"name\": \"" << json_escape(ctx.nf_name) << "\", \"plugin\": \""
-              << json_escape(ctx.desc->name) << "\", \"packets\": " << ci.stats(i).packets.load()
-              << ", \"dropped\": " << ci.stats(i).dropped.load() << ", \"counters\": {";
+            ordered_json counters = ordered_json::object();
             for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
-                j << (k ? ", " : "") << "\"" << json_escape(ctx.counters.name(k)) << "\": " << ctx.counters.value(k);
+                counters[ctx.counters.name(k)] = ctx.counters.value(k);
             }
-            j << "}}";
+            nfs.push_back({{"name", ctx.nf_name},
+                           {"plugin", ctx.desc->name},
+                           {"packets", ci.stats(i).packets.load()},
+                           {"dropped", ci.stats(i).dropped.load()},
+                           {"counters", std::move(counters)}});
         }
-        j << "]}";
+        instances.push_back({{"chain", slot->chain_name},
+                             {"index", slot->index},
+                             {"lcore", slot->lcore},
+                             {"packets", slot->packets.load()},
+                             {"out", slot->out.load()},
+                             {"dropped", slot->dropped.load()},
+                             {"tx_dropped", slot->tx_dropped.load()},
+                             {"nfs", std::move(nfs)}});
     }
-    j << "\n  ],\n  \"wake_threshold\": " << const_cast<Dataplane &>(dp).wake_threshold().load() << "\n}\n";
-    return j.str();
+    j["instances"] = std::move(instances);
+    j["wake_threshold"] = const_cast<Dataplane &>(dp).wake_threshold().load();
+    // Names come from config files and plugins: replace invalid UTF-8 rather
+    // than throw from a stats request.
+    return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 // Executes one control request against the running dataplane; parsing is

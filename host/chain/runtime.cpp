@@ -74,20 +74,6 @@ std::string describe_nf(const CompiledChain &chain, const CompiledNf &nf, uint32
 
 } // namespace
 
-uint64_t *CounterBlock::get(const char *name)
-{
-    for (std::size_t i = 0; i < _size; ++i) {
-        if (_names[i] == name) {
-            return &_values[i];
-        }
-    }
-    if (_size == capacity) {
-        return nullptr;
-    }
-    _names[_size] = name;
-    return &_values[_size++];
-}
-
 ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
                              const serpens_host_api *api, const ExecutorResolver &executors,
                              std::chrono::milliseconds init_warn_after)

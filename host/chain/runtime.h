@@ -5,7 +5,7 @@
 // batch visits are skipped.
 
 #include "chain/compiled.h"
-#include "chain/nf_context.h"
+#include "core/nf_context.h"
 
 #include <atomic>
 #include <chrono>

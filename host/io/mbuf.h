@@ -5,7 +5,7 @@
 // registered dynamic field so the instance that runs the chain (maybe on
 // another lcore) builds the NF's packet view without parsing again.
 
-#include "plugin/host_api.h"
+#include "core/packet_ops.h"
 
 #include <serpens/nf.h>
 

@@ -1,7 +1,7 @@
 #include "plugin/host_api.h"
 
-#include "chain/nf_context.h"
 #include "config/plugin_config.h"
+#include "core/nf_context.h"
 #include "state/host_api.h"
 
 #include <spdlog/spdlog.h>

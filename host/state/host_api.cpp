@@ -2,7 +2,7 @@
 
 #include "state/host_api.h"
 
-#include "chain/nf_context.h"
+#include "core/nf_context.h"
 #include "state/executor.h"
 
 #include <spdlog/spdlog.h>

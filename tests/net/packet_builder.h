@@ -1,6 +1,6 @@
 #pragma once
 // Hand-rolled packet construction for the net tests.  Deliberately separate
-// from host/net/traffic.cpp (its own checksum code too) so the tests check the
+// from tools/support/traffic.cpp (its own checksum code too) so the tests check the
 // generator instead of agreeing with it.
 
 #include <cstdint>

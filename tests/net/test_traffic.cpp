@@ -1,6 +1,6 @@
 // net::TrafficGenerator: reproducibility, checksums (verified independently),
 // flow scripts, and agreement with the parser.
-#include "net/traffic.h"
+#include "support/traffic.h"
 #include "packet_builder.h"
 
 #include <doctest/doctest.h>

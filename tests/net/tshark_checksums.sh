@@ -15,9 +15,9 @@ trap 'rm -rf "$dir"' EXIT
 
 "$pktgen" -o "$dir/t.pcap" --seed 11 --packets 20000 --flows 300 --vlan-ratio 0.2 \
     --mix tcp=40,udp=25,icmp=10,tcp6=10,udp6=10,icmp6=5 --summary > "$dir/s.json"
-# The malformed frame numbers, one per line.
-sed -n 's/.*"malformed_frames": \[\(.*\)\].*/\1/p' "$dir/s.json" | tr ',' '\n' | tr -d ' ' | sed '/^$/d' \
-    > "$dir/malformed"
+# The malformed frame numbers, one per line (read as JSON, not by layout).
+python3 -c 'import json, sys; print("\n".join(str(f) for f in json.load(open(sys.argv[1]))["malformed_frames"]))' \
+    "$dir/s.json" > "$dir/malformed"
 
 # checksum.status: 0 = bad, 1 = good, 2 = unverified.
 TSHARK="tshark -n -r $dir/t.pcap -o ip.check_checksum:TRUE -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE"

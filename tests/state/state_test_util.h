@@ -2,7 +2,7 @@
 // Helpers shared by the state tests: scratch roots under /dev/shm and NF
 // contexts wired to an executor the way the host wires them.
 
-#include "chain/nf_context.h"
+#include "core/nf_context.h"
 #include "state/executor.h"
 #include "state/host_api.h"
 

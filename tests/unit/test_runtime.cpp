@@ -4,7 +4,7 @@
 #include "support.h"
 
 #include "chain/compiled.h"
-#include "chain/mem_packets.h"
+#include "support/mem_packets.h"
 #include "chain/runtime.h"
 #include "config/host_config.h"
 #include "core/error.h"

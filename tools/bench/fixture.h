@@ -6,7 +6,7 @@
 #include "bench.h"
 
 #include "chain/compiled.h"
-#include "chain/mem_packets.h"
+#include "support/mem_packets.h"
 #include "chain/runtime.h"
 #include "plugin/registry.h"
 

@@ -6,7 +6,7 @@
 //
 // Everything is in memory through the lab fixture (nf_lab.h): the real
 // plugins, chains compiled by the host's code, state in a real StateStore,
-// traffic from host/net/traffic.h.  Each timed batch is copied into packet
+// traffic from tools/support/traffic.h.  Each timed batch is copied into packet
 // buffers and parsed first, as the dataplane does; that load+parse cost is
 // measured alone ("parse only") and subtracted, so ns_pkt is the chain's own
 // cost.  Before timing, one whole pass over the traffic establishes every
@@ -203,7 +203,7 @@ public:
         write_notes(opts, "nf",
                     "Real plugins through the lab fixture (tools/bench/nf_lab.h): chain compiled by the host's "
                     "code, state in a StateStore in a scratch directory, TCP/UDP IPv4 traffic from "
-                    "host/net/traffic.h (no VLAN, no malformed frames).  Every timed batch is copied into packet "
+                    "tools/support/traffic.h (no VLAN, no malformed frames).  Every timed batch is copied into packet "
                     "buffers and parsed, as the dataplane does; that cost is the `parse only` row and is "
                     "subtracted from `ns_pkt` (`ns_pkt_raw` keeps it).  A whole pass over the traffic "
                     "establishes every flow before timing; each batch carries the real clock, as in "

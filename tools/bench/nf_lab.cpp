@@ -6,7 +6,7 @@
 #include "chain/spec.h"
 #include "core/error.h"
 #include "net/parse.h"
-#include "net/traffic.h"
+#include "support/traffic.h"
 #include "plugin/host_api.h"
 
 #include <fmt/format.h>

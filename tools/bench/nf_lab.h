@@ -3,14 +3,14 @@
 // the NF library's ns/packet): plugins loaded from their .so files, chains
 // parsed and compiled by the host's own code, state in a real StateStore in a
 // private temporary directory, packets from the host's traffic generator
-// (host/net/traffic.h), parsed by the host's parser before every run, as the
+// (tools/support/traffic.h), parsed by the host's parser before every run, as the
 // dataplane does.  Plus the pieces the baselines need: a remote-state shim
 // over a real redis-server (hiredis, requests pipelined per batch), and a
 // single-producer/single-consumer ring for the thread-based chaining models.
 
 #include "bench.h"
 
-#include "chain/mem_packets.h"
+#include "support/mem_packets.h"
 #include "chain/runtime.h"
 #include "plugin/registry.h"
 #include "state/executor.h"

@@ -31,6 +31,7 @@
 #include "nf_lab.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 #include <sys/types.h>
@@ -770,13 +771,22 @@ private:
             throw fail(fmt::format("exit code {}", code));
         }
         const std::string stats = read_text(json);
-        static const std::regex out_port(R"re("name": "out", "rx": \d+, "tx": (\d+))re");
-        std::smatch m;
-        if (!std::regex_search(stats, m, out_port)) {
+        // The host's stats JSON: ports[] entries with "name" and "tx".
+        const auto parsed = nlohmann::json::parse(stats, nullptr, false);
+        std::optional<uint64_t> out_tx;
+        if (parsed.is_object() && parsed.contains("ports") && parsed["ports"].is_array()) {
+            for (const auto &port : parsed["ports"]) {
+                if (port.is_object() && port.value("name", "") == "out" && port.contains("tx") &&
+                    port["tx"].is_number_unsigned()) {
+                    out_tx = port["tx"].get<uint64_t>();
+                }
+            }
+        }
+        if (!out_tx) {
             throw fail("no TX count for port 'out' in " + json.string());
         }
         Run r;
-        r.packets = std::stoull(m[1]);
+        r.packets = *out_tx;
         r.window_s = _window_s;
         r.mpps = static_cast<double>(r.packets) / _window_s / 1e6;
         if (c0 >= 0 && c1 >= 0 && t1 > t0) {

@@ -1,9 +1,9 @@
-// serpens-pktgen: writes a reproducible synthetic pcap (see host/net/traffic.h
+// serpens-pktgen: writes a reproducible synthetic pcap (see tools/support/traffic.h
 // for the traffic model and the list of corruptions).
 //
 //   serpens-pktgen -o in.pcap                      10000 packets, 256 flows, mixed, 1% malformed
 //   serpens-pktgen -o in.pcap --seed 7 --packets 1e6 --mix tcp=70,udp=30 --size 64 --summary
-#include "net/traffic.h"
+#include "support/traffic.h"
 
 #include <CLI/CLI.hpp>
 

@@ -1,6 +1,6 @@
 // serpens-state-bench — local state access vs. Redis on loopback, one run.
 
-#include "state/bench.h"
+#include "state_bench.h"
 
 #include <CLI/CLI.hpp>
 

@@ -13,6 +13,7 @@
 #include "state/table.h"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -70,22 +71,11 @@ std::string hex(const uint8_t *p, std::size_t n)
     return s;
 }
 
+// A JSON string literal; the dump streams its entries, so only the escaping
+// is the library's.  Invalid UTF-8 in a name is replaced, not thrown on.
 std::string json_str(const std::string &s)
 {
-    std::string o = "\"";
-    for (char c : s) {
-        if (c == '"' || c == '\\') {
-            o += '\\';
-            o += c;
-        } else if (static_cast<unsigned char>(c) < 0x20) {
-            char b[8];
-            std::snprintf(b, sizeof(b), "\\u%04x", c);
-            o += b;
-        } else {
-            o += c;
-        }
-    }
-    return o + "\"";
+    return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 int cmd_list(const fs::path &root)

@@ -6,7 +6,7 @@
 
 #include "mock_host.h" // frames, the parser and run_batch (its MockHost is not used here)
 
-#include "chain/nf_context.h"
+#include "core/nf_context.h"
 #include "plugin/host_api.h"
 #include "state/executor.h"
 

@@ -1,6 +1,7 @@
 #pragma once
 // Reproducible synthetic traffic: the engine behind serpens-pktgen, kept in
-// the library so tests and benchmarks can generate packets in memory.
+// serpens_support (not libserpens: the host never generates traffic) so tests
+// and benchmarks can generate packets in memory.
 //
 // A run is fully determined by TrafficConfig (same config, same seed -> same
 // bytes on every machine: the generator uses its own PRNG and integer

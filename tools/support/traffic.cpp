@@ -1,7 +1,9 @@
 // Synthetic traffic generation; see traffic.h for what is generated.
-#include "net/traffic.h"
+#include "support/traffic.h"
 
 #include <serpens/nf_util.h>
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -337,46 +339,34 @@ void TrafficConfig::validate() const
 
 std::string TrafficSummary::to_json() const
 {
-    std::string j = "{\n";
-    auto num = [&](const char *key, uint64_t v, bool comma = true) {
-        j += "  \"";
-        j += key;
-        j += "\": " + std::to_string(v) + (comma ? ",\n" : "\n");
-    };
-    auto obj = [&](const char *key, auto names, std::size_t n, auto value) {
-        j += "  \"";
-        j += key;
-        j += "\": {";
+    // ordered_json: the keys stay in this order, so equal runs print equal bytes.
+    nlohmann::ordered_json j;
+    j["packets"] = packets;
+    j["bytes"] = bytes;
+    j["flows"] = flows;
+    j["malformed"] = malformed();
+    j["vlan"] = vlan;
+    j["qinq"] = qinq;
+    j["tcp_syn"] = tcp_syn;
+    j["tcp_fin"] = tcp_fin;
+    j["from_server"] = from_server;
+    auto counts = [](auto name, std::size_t n, auto value) {
+        nlohmann::ordered_json o = nlohmann::ordered_json::object();
         for (std::size_t i = 0; i < n; ++i) {
-            j += (i != 0 ? ", \"" : "\"");
-            j += names(i);
-            j += "\": " + std::to_string(value(i));
+            o[name(i)] = value(i);
         }
-        j += "},\n";
+        return o;
     };
-    num("packets", packets);
-    num("bytes", bytes);
-    num("flows", flows);
-    num("malformed", malformed());
-    num("vlan", vlan);
-    num("qinq", qinq);
-    num("tcp_syn", tcp_syn);
-    num("tcp_fin", tcp_fin);
-    num("from_server", from_server);
-    obj("packets_by_class", [](std::size_t i) { return kClassNames[i]; }, kTrafficClassCount,
-        [&](std::size_t i) { return packets_by_class[i]; });
-    obj("flows_by_class", [](std::size_t i) { return kClassNames[i]; }, kTrafficClassCount,
-        [&](std::size_t i) { return flows_by_class[i]; });
-    obj("corruptions", [](std::size_t i) { return kCorruptionNames[i]; }, kCorruptionCount,
-        [&](std::size_t i) { return by_corruption[i]; });
-    obj("expected_parse", [](std::size_t i) { return parse_result_name(static_cast<ParseResult>(i)); },
-        kParseResultCount, [&](std::size_t i) { return expected.by_result[i]; });
-    j += "  \"malformed_frames\": [";
-    for (std::size_t i = 0; i < malformed_frames.size(); ++i) {
-        j += (i != 0 ? ", " : "") + std::to_string(malformed_frames[i]);
-    }
-    j += "]\n}\n";
-    return j;
+    j["packets_by_class"] = counts([](std::size_t i) { return kClassNames[i]; }, kTrafficClassCount,
+                                   [&](std::size_t i) { return packets_by_class[i]; });
+    j["flows_by_class"] = counts([](std::size_t i) { return kClassNames[i]; }, kTrafficClassCount,
+                                 [&](std::size_t i) { return flows_by_class[i]; });
+    j["corruptions"] = counts([](std::size_t i) { return kCorruptionNames[i]; }, kCorruptionCount,
+                              [&](std::size_t i) { return by_corruption[i]; });
+    j["expected_parse"] = counts([](std::size_t i) { return parse_result_name(static_cast<ParseResult>(i)); },
+                                 kParseResultCount, [&](std::size_t i) { return expected.by_result[i]; });
+    j["malformed_frames"] = malformed_frames;
+    return j.dump(2) + "\n";
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #pragma once
 // Microbenchmark of local state access against a Redis baseline (paper
-// §IV-B, Fig. 11).  Not a test: `serpens-state-bench` and the future
-// `serpens-bench state-api` call bench_run() and print bench_format().
+// §IV-B, Fig. 11).  Not a test: `serpens-state-bench` calls bench_run() and
+// prints bench_format().  Built with the tool, not in libserpens, so only the
+// benchmark links hiredis.
 
 #include <cstdint>
 #include <filesystem>

@@ -2,7 +2,7 @@
 // Packets in plain memory, for running chains without DPDK: unit tests, the
 // in-memory demo and micro-benchmarks.  Same headroom/tailroom rules as mbufs.
 
-#include "plugin/host_api.h"
+#include "core/packet_ops.h"
 
 #include <serpens/nf.h>
 

@@ -1,7 +1,8 @@
 #pragma once
 // The host side of one NF inside one chain instance: what serpens_nf_ctx's
-// host_private points to.  Owned by ChainInstance; every area that implements
-// a host service (counters, state, packets) finds its context through here.
+// host_private points to.  Owned by chain/'s ChainInstance; every area that
+// implements a host service (plugin/'s counters, state/'s tables) finds its
+// context through here, so it lives in core/ below all of them.
 
 #include <serpens/nf.h>
 

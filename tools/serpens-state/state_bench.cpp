@@ -1,8 +1,7 @@
 // bench_run(): local table vs. redis-server on loopback.
 
-#include "state/bench.h"
+#include "state_bench.h"
 
-#include "state/state_config.h"
 #include "state/table.h"
 
 #include <algorithm>

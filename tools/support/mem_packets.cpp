@@ -1,4 +1,4 @@
-#include "chain/mem_packets.h"
+#include "support/mem_packets.h"
 
 #include "core/pkt_view.h"
 
