@@ -584,15 +584,21 @@ bool PluginRegistry::admit(std::unique_ptr<Plugin> plugin)
     return true;
 }
 
+std::string PluginRegistry::already_loaded(const std::string &name) const
+{
+    auto existing = _plugins.find(name);
+    return existing == _plugins.end() ? std::string()
+                                      : "NF '" + name + "' is already loaded from " + existing->second->path();
+}
+
 bool PluginRegistry::load_file(const std::string &path)
 {
     std::unique_ptr<Plugin> plugin = open_plugin(path);
     if (plugin == nullptr) {
         return false;
     }
-    if (auto existing = _plugins.find(plugin->name()); existing != _plugins.end()) {
-        refuse(path, RefusalReason::duplicate_name,
-               "NF '" + plugin->name() + "' is already loaded from " + existing->second->path());
+    if (std::string why = already_loaded(plugin->name()); !why.empty()) {
+        refuse(path, RefusalReason::duplicate_name, why);
         return false;
     }
     return admit(std::move(plugin));
@@ -606,9 +612,8 @@ bool PluginRegistry::add_builtin(const serpens_nf_descriptor &desc, const std::s
         refuse(origin, reason, why);
         return false;
     }
-    if (auto existing = _plugins.find(desc.name); existing != _plugins.end()) {
-        refuse(origin, RefusalReason::duplicate_name,
-               "NF '" + std::string(desc.name) + "' is already loaded from " + existing->second->path());
+    if (why = already_loaded(desc.name); !why.empty()) {
+        refuse(origin, RefusalReason::duplicate_name, why);
         return false;
     }
     _plugins.emplace(desc.name, std::make_unique<Plugin>(origin, nullptr, &desc, -1));
@@ -656,18 +661,17 @@ void PluginRegistry::load_directory(const std::string &directory)
         for (const auto &plugin : claimants) {
             claimant_paths.push_back(plugin->path());
         }
-        std::string why;
-        if (auto existing = _plugins.find(name); existing != _plugins.end()) {
-            why = "NF '" + name + "' is already loaded from " + existing->second->path();
-        } else if (claimants.size() > 1) {
+        std::string why = already_loaded(name);
+        if (why.empty() && claimants.size() == 1) {
+            admit(std::move(claimants.front()));
+            continue;
+        }
+        if (why.empty()) {
             why = "NF '" + name + "' is claimed by " + claimant_paths.front();
             for (std::size_t i = 1; i < claimant_paths.size(); ++i) {
                 why += (i + 1 == claimant_paths.size() ? " and " : ", ") + claimant_paths[i];
             }
             why += "; none is loaded until only one remains";
-        } else {
-            admit(std::move(claimants.front()));
-            continue;
         }
         claimants.clear(); // dlclose them before saying so
         for (const auto &path : claimant_paths) {

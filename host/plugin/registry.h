@@ -102,6 +102,8 @@ public:
 
 private:
     void refuse(const std::string &path, RefusalReason reason, const std::string &why);
+    // Why `name` cannot be loaded again ("NF 'x' is already loaded from ..."), or "".
+    std::string already_loaded(const std::string &name) const;
     // Checks, copies and dlopens one file; nullptr (refusal recorded) when refused.
     std::unique_ptr<Plugin> open_plugin(const std::string &path);
     bool admit(std::unique_ptr<Plugin> plugin);
