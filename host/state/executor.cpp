@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <ctime>
 #include <system_error>
@@ -42,7 +43,7 @@ Executor::Executor(StateStore &store, std::string chain, std::string nf, std::fi
     : _store(store), _chain(std::move(chain)), _nf(std::move(nf)), _dir(std::move(dir))
 {
     _mgr_ctx.struct_size = sizeof(serpens_nf_ctx);
-    _mgr_ctx.instance_id = UINT32_MAX; // "the state manager", not an instance
+    _mgr_ctx.instance_id = SERPENS_INSTANCE_STATE_MANAGER;
     _mgr_ctx.chain_name = _chain.c_str();
     _mgr_ctx.nf_name = _nf.c_str();
 }
@@ -110,6 +111,9 @@ Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
         spdlog::info("state: {}: folded replicas of previous instances (mask {:#x})", t->path().string(), old);
     }
     Table *raw = t.get();
+    if (is_global_write(raw->kind())) {
+        _boards.emplace(raw, std::make_unique<TriggerBoard>(raw->n_slots()));
+    }
     _tables.emplace(spec.name, std::move(t));
     return raw;
 }
@@ -132,11 +136,8 @@ TableHandle *Executor::open_handle(TableSpec spec, uint32_t instance, serpens_nf
               std::to_string(instance) + " >= max_instances " + std::to_string(t->header().max_instances);
         return nullptr;
     }
-    if (ctx != nullptr) {
-        _ctxs[instance] = ctx;
-        if (_mgr_ctx.host == nullptr) {
-            _mgr_ctx.host = ctx->host;
-        }
+    if (ctx != nullptr && _mgr_ctx.host == nullptr) {
+        _mgr_ctx.host = ctx->host;
     }
     auto &slot = _handles[{spec.name, instance}];
     if (!slot) {
@@ -146,6 +147,9 @@ TableHandle *Executor::open_handle(TableSpec spec, uint32_t instance, serpens_nf
         slot->instance = instance;
         slot->cell = 1 + instance;
         slot->kind = t->kind();
+        if (auto b = _boards.find(t); b != _boards.end()) {
+            slot->board = b->second.get();
+        }
     }
     if (is_global_write(t->kind())) {
         activate_locked(*t, instance);
@@ -180,16 +184,6 @@ void Executor::seal()
     }
 }
 
-serpens_nf_ctx *Executor::hook_ctx()
-{
-    for (auto &[id, ctx] : _ctxs) {
-        if (ctx != nullptr) {
-            return ctx;
-        }
-    }
-    return &_mgr_ctx;
-}
-
 int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
                         const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out)
 {
@@ -208,7 +202,7 @@ int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_a
     a.whole = whole;
     a.parts = ptrs.data();
     a.out = out;
-    int rc = hook(hook_ctx(), &a);
+    int rc = hook(&_mgr_ctx, &a);
     if (rc != SERPENS_OK) {
         spdlog::error("state: chain '{}' nf '{}' table '{}': state hook returned {}; state left unchanged", _chain,
                       _nf, name, rc);
@@ -389,8 +383,8 @@ void Executor::deactivate_locked(Table &t, uint32_t id)
 void Executor::add_instance(uint32_t id, serpens_nf_ctx *ctx)
 {
     std::lock_guard lk(_mu);
-    if (ctx != nullptr) {
-        _ctxs[id] = ctx;
+    if (ctx != nullptr && _mgr_ctx.host == nullptr) {
+        _mgr_ctx.host = ctx->host;
     }
     for (auto &[n, t] : _tables) {
         if (is_global_write(t->kind()) && id < t->header().max_instances) {
@@ -407,7 +401,6 @@ void Executor::remove_instance(uint32_t id)
             deactivate_locked(*t, id);
         }
     }
-    _ctxs.erase(id);
 }
 
 uint64_t Executor::active_instances() const
@@ -482,31 +475,24 @@ int Executor::timer(Table &t, const void *key, uint64_t period_ns)
     return SERPENS_OK;
 }
 
-int Executor::trigger(Table &t, const void *key, uint32_t instance)
+int Executor::trigger(TableHandle &h, const void *key)
 {
-    if (!is_global_write(t.kind()) || key == nullptr) {
+    if (!is_global_write(h.kind) || key == nullptr || h.board == nullptr) {
         return SERPENS_EINVAL;
     }
-    std::unique_lock lk(_mu, std::try_to_lock);
-    if (!lk.owns_lock()) {
-        std::lock_guard pl(_pending_mu);
-        _pending.push_back(Pending{&t, std::vector<uint8_t>(static_cast<const uint8_t *>(key),
-                                                            static_cast<const uint8_t *>(key) + t.key_size())});
-        return SERPENS_OK;
-    }
-    std::size_t s = t.find_live(key);
+    const std::size_t s = h.table->find_live(key);
     if (s == Table::npos) {
         return SERPENS_ENOENT;
     }
-    int rc = update_locked(t, s);
-    if (rc != SERPENS_OK || t.kind() != TableKind::release || (_desc && (_desc->split || _desc->update))) {
-        return rc;
+    if (s >= h.board->n || h.instance >= 64) {
+        return SERPENS_EAGAIN; // cannot be recorded; not expected with a slot-sized board
     }
-    Buf mine(words_of(t.value_size()), 0);
-    if (t.cell_get(key, 1 + instance, mine.data(), nullptr) == SERPENS_OK && all_zero(mine)) {
-        return SERPENS_ENOSPC;
-    }
-    return SERPENS_OK;
+    const uint64_t bit = 1ull << h.instance;
+    const bool was_empty = (h.board->empty[s].fetch_and(~bit, std::memory_order_relaxed) & bit) != 0;
+    // want before any, so a tick that clears any still sees this bit next time.
+    h.board->want[s].fetch_or(bit, std::memory_order_release);
+    h.board->any.store(true, std::memory_order_release);
+    return was_empty ? SERPENS_ENOSPC : SERPENS_OK;
 }
 
 int Executor::read_global(Table &t, const void *key, void *out)
@@ -542,17 +528,35 @@ int Executor::read_global(Table &t, const void *key, void *out)
     return rc;
 }
 
-void Executor::run_pending_locked()
+// Executes the triggers workers recorded since the last tick: one update per
+// requested key, whatever the number of instances or triggers that asked.
+void Executor::run_triggers_locked()
 {
-    std::vector<Pending> todo;
-    {
-        std::lock_guard pl(_pending_mu);
-        todo.swap(_pending);
-    }
-    for (auto &p : todo) {
-        std::size_t s = p.table->find_live(p.key.data());
-        if (s != Table::npos) {
-            update_locked(*p.table, s);
+    for (auto &[tp, board] : _boards) {
+        if (!board->any.exchange(false, std::memory_order_acq_rel)) {
+            continue;
+        }
+        Table &t = *const_cast<Table *>(tp);
+        const bool default_release = t.kind() == TableKind::release && !(_desc && (_desc->split || _desc->update));
+        Buf mine(default_release ? words_of(t.value_size()) : 0, 0);
+        for (std::size_t s = 0; s < board->n; ++s) {
+            const uint64_t want = board->want[s].exchange(0, std::memory_order_acquire);
+            if (want == 0 || !t.is_live_slot(s)) {
+                continue;
+            }
+            if (update_locked(t, s) != SERPENS_OK || !default_release) {
+                continue;
+            }
+            // Tell each asker whether the rebalance found anything for it.
+            uint64_t empty = 0;
+            for (uint64_t w = want; w != 0; w &= w - 1) {
+                const uint32_t i = static_cast<uint32_t>(std::countr_zero(w));
+                if (t.cell_get(t.slot_key(s), 1 + i, mine.data(), nullptr) == SERPENS_OK && all_zero(mine)) {
+                    empty |= 1ull << i;
+                }
+            }
+            board->empty[s].fetch_and(~(want & ~empty), std::memory_order_relaxed);
+            board->empty[s].fetch_or(empty, std::memory_order_relaxed);
         }
     }
 }
@@ -572,7 +576,7 @@ void Executor::tick(uint64_t now_ns)
                 tm.due_ns = now_ns + tm.period_ns;
             }
         }
-        run_pending_locked();
+        run_triggers_locked();
         for (auto &[n, t] : _tables) {
             if (t->kind() == TableKind::per_flow) {
                 flows.push_back(t.get());

@@ -38,6 +38,7 @@
 
 #include <serpens/nf.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <filesystem>
@@ -61,6 +62,24 @@ struct StoreOptions {
     std::size_t expire_budget = 16384;                     // slots swept per table per tick, at most
 };
 
+// Trigger requests of one global/write table, preallocated when the table is
+// created so a worker records one without locking or allocating: bit i of
+// want[slot] = instance i asked for that key's rebalance; `any` tells the
+// state manager's tick that some bit may be set.  empty[slot] bit i = the last
+// rebalance done for instance i's trigger left its cell empty (default RELEASE
+// format only), reported to its next trigger as SERPENS_ENOSPC.  A slot reused
+// by another key at worst gets one extra rebalance.
+struct TriggerBoard {
+    explicit TriggerBoard(std::size_t n_slots)
+        : n(n_slots), want(new std::atomic<uint64_t>[n_slots]()), empty(new std::atomic<uint64_t>[n_slots]())
+    {
+    }
+    std::size_t n;
+    std::unique_ptr<std::atomic<uint64_t>[]> want;
+    std::unique_ptr<std::atomic<uint64_t>[]> empty;
+    std::atomic<bool> any{false};
+};
+
 // What a plugin's serpens_table * points to: one table as seen by one
 // instance.  Owned by the Executor; stays valid until the Executor goes.
 // Used by one worker thread (the instance's).
@@ -70,6 +89,7 @@ struct TableHandle {
     uint32_t instance = 0;
     uint32_t cell = 0; // global/write: 1 + instance
     TableKind kind = TableKind::per_flow;
+    TriggerBoard *board = nullptr; // global/write tables only
     VersionCache vc;
 };
 
@@ -113,13 +133,20 @@ public:
     // period 0 cancels.  key == nullptr: one timer for every key of the
     // table, including keys created after this call.
     int timer(Table &t, const void *key, uint64_t period_ns);
-    // An instance ran out: rebalance now if the lock is free, else at the
-    // next tick.  Never blocks.  RELEASE with the default format returns
-    // SERPENS_ENOSPC when the caller's cell is still empty afterwards.
-    int trigger(Table &t, const void *key, uint32_t instance);
+    // An instance ran out: records the request for the next tick(), which
+    // rebalances the key (update).  Worker-safe: no lock, no allocation, no
+    // hook call.  SERPENS_ENOENT: no such key.  RELEASE with the default
+    // format returns SERPENS_ENOSPC when the rebalance done for this
+    // instance's previous trigger of the key left its cell empty (the request
+    // is still recorded).
+    int trigger(TableHandle &h, const void *key);
     // The merged global value (EVENTUAL: last merge result; RELEASE: union
     // of all cells).  Thread-safe.
     int read_global(Table &t, const void *key, void *out);
+
+    // The context NF hooks get: not any instance's (instance_id
+    // SERPENS_INSTANCE_STATE_MANAGER, priv NULL), same host API.
+    const serpens_nf_ctx &hook_context() const noexcept { return _mgr_ctx; }
 
     // Scale events.  add_instance activates `id` in every global/write table
     // (RELEASE: rebalance so it gets a share; EVENTUAL: its replica becomes a
@@ -147,10 +174,6 @@ private:
         uint64_t period_ns;
         uint64_t due_ns;
     };
-    struct Pending {
-        Table *table;
-        std::vector<uint8_t> key;
-    };
     using Buf = std::vector<uint64_t>;
 
     Table *create_table_locked(TableSpec &spec, std::string &err);
@@ -162,12 +185,11 @@ private:
     int update_locked(Table &t, std::size_t slot);
     int call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
                   const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out);
-    serpens_nf_ctx *hook_ctx();
     int op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, std::size_t));
     int split_slot(Table &t, std::size_t slot) { return rebalance_locked(t, slot, false); }
     int update_slot(Table &t, std::size_t slot) { return update_locked(t, slot); }
     int merge_slot(Table &t, std::size_t slot);
-    void run_pending_locked();
+    void run_triggers_locked();
     // op on every live slot of t (a NULL key); the first error, else OK.
     int for_all_locked(Table &t, int (Executor::*op)(Table &, std::size_t));
 
@@ -178,12 +200,11 @@ private:
     mutable std::mutex _mu;
     std::map<std::string, std::unique_ptr<Table>, std::less<>> _tables;
     std::map<std::pair<std::string, uint32_t>, std::unique_ptr<TableHandle>> _handles;
-    std::map<uint32_t, serpens_nf_ctx *> _ctxs;
+    // Hooks get this, never a worker's ctx: a worker's priv is its own.
     serpens_nf_ctx _mgr_ctx{};
     const serpens_nf_descriptor *_desc = nullptr;
     std::vector<Timer> _timers;
-    std::mutex _pending_mu; // guards _pending only; taken without _mu by trigger()
-    std::vector<Pending> _pending;
+    std::map<const Table *, std::unique_ptr<TriggerBoard>> _boards; // global/write tables
     uint64_t _last_expire_ns = 0; // tick() paces the idle-flow sweep by the time since
 };
 

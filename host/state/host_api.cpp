@@ -201,7 +201,7 @@ int shim_timer(serpens_table *t, const void *key, uint64_t period_ns)
 int shim_trigger(serpens_table *t, const void *key)
 {
     TableHandle *h = from_abi(t);
-    return h->executor->trigger(*h->table, key, h->instance);
+    return h->executor->trigger(*h, key);
 }
 
 } // namespace

@@ -11,7 +11,8 @@
 // Thread safety of the shims: get/put/delete/bulk are lock-free and may be
 // called from the instance's worker; a handle belongs to one instance, i.e.
 // one thread.  split/merge/update/timer take the executor's lock (init or
-// rare control events); trigger never blocks.
+// rare control events); trigger only records a request (lock- and
+// allocation-free) that the state manager's tick carries out.
 
 #include <serpens/nf.h>
 

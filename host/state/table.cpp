@@ -1181,6 +1181,11 @@ void Table::for_each_live_slot(const std::function<void(std::size_t)> &fn) const
 
 const void *Table::slot_key(std::size_t i) const noexcept { return key_words(slot(i)); }
 
+bool Table::is_live_slot(std::size_t i) const noexcept
+{
+    return i < _n_slots && ctl_state(ld_acq(&slot(i)->ctl)) == slot_live;
+}
+
 uint64_t Table::lock_cell(std::size_t i, uint32_t c) noexcept
 {
     uint64_t *cp = cell(slot(i), c);

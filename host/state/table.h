@@ -181,7 +181,9 @@ public:
     std::size_t expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept;
 
     // --- state manager (callers serialise) ----------------------------------
+    // find_live only reads (acquire loads), so a worker may call it too.
     std::size_t find_live(const void *key) const noexcept;
+    bool is_live_slot(std::size_t slot) const noexcept;
     void for_each_live_slot(const std::function<void(std::size_t slot)> &fn) const;
     const void *slot_key(std::size_t slot) const noexcept;
     // Waits for the owner's write to finish, then owns the cell; returns its

@@ -27,7 +27,12 @@
  *
  * Threading: init/fini run on a control thread.  process() runs on exactly one
  * worker thread per NF context (one context per NF per instance), so an NF
- * needs no locking for anything it keeps in ctx->priv.
+ * needs no locking for anything it keeps in ctx->priv.  The descriptor's
+ * state hooks (split/merge/update) run on the state manager's side (its
+ * thread, or the thread calling the host's split/merge/update), never
+ * concurrently with each other for one (chain, NF), and get a context of
+ * their own whose instance_id is SERPENS_INSTANCE_STATE_MANAGER and whose
+ * priv is NULL: they must not reach any instance's priv.
  */
 #ifndef SERPENS_NF_H
 #define SERPENS_NF_H
@@ -287,6 +292,14 @@ struct serpens_host_api {
     int (*merge)(serpens_table *t, const void *key);
     int (*update)(serpens_table *t, const void *key);
     int (*timer)(serpens_table *t, const void *key, uint64_t period_ns);
+    /* Hot path (process() may call it: never blocks, locks or allocates): asks
+     * the state manager to rebalance key, done at its next tick (update:
+     * RELEASE re-splits, EVENTUAL merges); until then this instance's share is
+     * unchanged, and afterwards its put_state fails once with SERPENS_EAGAIN
+     * as for any rebalance.  SERPENS_ENOENT: no such key; SERPENS_ENOSPC
+     * (RELEASE, default format): the rebalance done for this instance's
+     * previous trigger of key left its share empty (the request is recorded
+     * all the same); SERPENS_EAGAIN: the request could not be recorded. */
     int (*trigger)(serpens_table *t, const void *key);
 
     /* Packet helpers.  Each keeps the view (data, len, offsets) in step and
@@ -382,6 +395,9 @@ struct serpens_host_api {
  * One NF inside one chain instance.  The host owns it; the NF reads the public
  * fields and may set `priv` in init.
  */
+/* instance_id of the context state hooks get: not any instance. */
+#define SERPENS_INSTANCE_STATE_MANAGER UINT32_MAX
+
 struct serpens_nf_ctx {
     uint32_t struct_size;
     uint32_t instance_id;   /* which instance of the chain (0..n-1) */
@@ -416,7 +432,11 @@ struct serpens_nf_descriptor {
     void (*fini)(struct serpens_nf_ctx *ctx);
 
     /* Optional state-manager hooks for GLOBAL|WRITE tables; NULL selects the
-     * host's default (RELEASE: split equally; EVENTUAL: copy, then add). */
+     * host's default (RELEASE: split equally; EVENTUAL: copy, then add).
+     * They run on the state manager's side, one at a time per (chain, NF),
+     * with the state manager's ctx (instance_id
+     * SERPENS_INSTANCE_STATE_MANAGER, priv NULL, the same host API), never
+     * an instance's: they must not touch any worker's ctx->priv. */
     int (*split)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
     int (*merge)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
     int (*update)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
