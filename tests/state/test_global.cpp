@@ -11,7 +11,9 @@
 #include <atomic>
 #include <bit>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -644,4 +646,169 @@ TEST_CASE("state-release: a stale put after a rebalance is refused, so nothing i
     CHECK(std::popcount(theirs) == 32);
     CHECK((mine & theirs) == 0);
     CHECK(api.put_state(ta, &k, &mine) == SERPENS_OK);
+}
+
+TEST_CASE("state-trigger: trigger only records a request; the next tick rebalances; a stale put is refused")
+{
+    ScratchDir d("trig");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("c", "nat");
+    const serpens_host_api &api = state_api();
+    FakeInstance a(ex, 0), b(ex, 1);
+    serpens_table *ta = a.create("pool", REL, 8, 8, 8);
+    serpens_table *tb = b.create("pool", REL, 8, 8, 8);
+    REQUIRE(ta);
+    REQUIRE(tb);
+    uint64_t k = 7, all = ~0ull, mine = 0, theirs = 0;
+    REQUIRE(api.put_state(ta, &k, &all) == SERPENS_OK); // every item in instance 0's cell
+    REQUIRE(api.get_state(ta, &k, &mine) == SERPENS_OK);
+    REQUIRE(api.get_state(tb, &k, &theirs) == SERPENS_OK);
+    REQUIRE(theirs == 0);
+    uint64_t missing = 9;
+    CHECK(api.trigger(tb, &missing) == SERPENS_ENOENT);
+    CHECK(api.trigger(tb, &k) == SERPENS_OK);
+    // Nothing moved on the caller's thread.
+    REQUIRE(api.get_state(tb, &k, &theirs) == SERPENS_OK);
+    CHECK(theirs == 0);
+    uint64_t again = 0;
+    REQUIRE(api.get_state(ta, &k, &again) == SERPENS_OK);
+    CHECK(again == ~0ull);
+    // The state manager's tick (host.cpp's thread every 5 ms) does it.
+    store.tick(monotonic_ns());
+    REQUIRE(api.get_state(tb, &k, &theirs) == SERPENS_OK);
+    CHECK(std::popcount(theirs) == 32);
+    mine &= ~1ull; // instance 0 allocates from its copy read before the rebalance
+    CHECK(api.put_state(ta, &k, &mine) == err_again);
+    REQUIRE(api.get_state(ta, &k, &mine) == SERPENS_OK);
+    CHECK(std::popcount(mine) == 32);
+    CHECK((mine & theirs) == 0);
+    // Pool exhausted: both hand everything out.
+    uint64_t zero = 0;
+    REQUIRE(api.put_state(ta, &k, &zero) == SERPENS_OK);
+    REQUIRE(api.put_state(tb, &k, &zero) == SERPENS_OK);
+    CHECK(api.trigger(tb, &k) == SERPENS_OK); // the last rebalance had given it items
+    store.tick(monotonic_ns());
+    CHECK(api.trigger(tb, &k) == SERPENS_ENOSPC); // this one found nothing
+    // An item comes back: the request recorded with ENOSPC is still served.
+    uint64_t one = 1;
+    REQUIRE(api.get_state(ta, &k, &mine) == SERPENS_OK);
+    REQUIRE(api.put_state(ta, &k, &one) == SERPENS_OK);
+    store.tick(monotonic_ns());
+    REQUIRE(api.get_state(ta, &k, &mine) == SERPENS_OK);
+    REQUIRE(api.get_state(tb, &k, &theirs) == SERPENS_OK);
+    CHECK(std::popcount(mine | theirs) == 1);
+    CHECK(api.trigger(tb, &k) == (theirs == 0 ? SERPENS_ENOSPC : SERPENS_OK));
+}
+
+namespace {
+// A split hook that records who called it and can be held inside (so the
+// executor's lock stays taken), then splits as the default does.
+std::mutex g_hook_mu;
+std::vector<std::thread::id> g_hook_threads;
+std::vector<serpens_nf_ctx> g_hook_ctxs;
+std::vector<const serpens_nf_ctx *> g_hook_ctx_ptrs;
+std::atomic<bool> g_hold{false}, g_in_hook{false};
+
+int held_split(serpens_nf_ctx *ctx, const serpens_state_hook_args *a)
+{
+    {
+        std::lock_guard lk(g_hook_mu);
+        g_hook_threads.push_back(std::this_thread::get_id());
+        g_hook_ctxs.push_back(*ctx);
+        g_hook_ctx_ptrs.push_back(ctx);
+    }
+    g_in_hook = true;
+    while (g_hold.load()) {
+        std::this_thread::yield();
+    }
+    g_in_hook = false;
+    return default_release_split(ctx, a);
+}
+
+std::size_t hook_calls()
+{
+    std::lock_guard lk(g_hook_mu);
+    return g_hook_threads.size();
+}
+} // namespace
+
+TEST_CASE("state-trigger: trigger never waits for the state manager; hooks run on it with their own ctx")
+{
+    ScratchDir d("trighold");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    const serpens_host_api &api = state_api();
+    serpens_nf_descriptor desc{};
+    desc.split = &held_split;
+    Executor &ex = store.executor("c", "holdnf");
+    FakeInstance a(ex, 0, &desc), b(ex, 1, &desc);
+    int a_priv = 0, b_priv = 0;
+    a.ctx()->priv = &a_priv;
+    b.ctx()->priv = &b_priv;
+    serpens_table *ta = a.create("pool", REL, 8, 8, 8);
+    serpens_table *tb = b.create("pool", REL, 8, 8, 8);
+    REQUIRE(ta);
+    REQUIRE(tb);
+    uint64_t k = 3, all = ~0ull, theirs = 0;
+    REQUIRE(api.put_state(ta, &k, &all) == SERPENS_OK);
+    {
+        std::lock_guard lk(g_hook_mu);
+        g_hook_threads.clear();
+        g_hook_ctxs.clear();
+        g_hook_ctx_ptrs.clear();
+    }
+    // With the executor idle, a trigger still runs no hook on the worker.
+    CHECK(api.trigger(tb, &k) == SERPENS_OK);
+    CHECK(hook_calls() == 0);
+
+    // The state manager's tick takes the executor's lock and is held inside
+    // the hook; a worker's triggers meanwhile all return at once.
+    g_hold = true;
+    std::thread::id mgr_id;
+    std::thread mgr([&] {
+        mgr_id = std::this_thread::get_id();
+        store.tick(monotonic_ns());
+    });
+    const uint64_t wait_until = monotonic_ns() + 10'000'000'000ull;
+    while (!g_in_hook.load() && monotonic_ns() < wait_until) {
+        std::this_thread::yield();
+    }
+    REQUIRE(g_in_hook.load());
+    const uint64_t t0 = monotonic_ns();
+    int not_ok = 0;
+    for (int i = 0; i < 100000; ++i) {
+        not_ok += api.trigger(ta, &k) != SERPENS_OK;
+    }
+    const uint64_t elapsed = monotonic_ns() - t0;
+    CHECK(g_in_hook.load()); // the lock was held throughout
+    g_hold = false;
+    mgr.join();
+    CHECK(not_ok == 0);
+    CHECK(elapsed < 2'000'000'000ull);
+    MESSAGE("100000 triggers while the state manager held the executor: ", elapsed / 1000, " us");
+
+    // That tick served instance 1's trigger, on the state manager's thread.
+    REQUIRE(api.get_state(tb, &k, &theirs) == SERPENS_OK);
+    CHECK(std::popcount(theirs) == 32);
+    REQUIRE(hook_calls() == 1);
+    // The next tick serves the 100000 triggers recorded meanwhile with one rebalance.
+    store.tick(monotonic_ns());
+    CHECK(hook_calls() == 2);
+    store.tick(monotonic_ns());
+    CHECK(hook_calls() == 2);
+
+    std::lock_guard lk(g_hook_mu);
+    for (std::size_t i = 0; i < g_hook_threads.size(); ++i) {
+        CHECK(g_hook_ctx_ptrs[i] != a.ctx());
+        CHECK(g_hook_ctx_ptrs[i] != b.ctx());
+        CHECK(g_hook_ctx_ptrs[i] == &ex.hook_context());
+        CHECK(g_hook_ctxs[i].instance_id == SERPENS_INSTANCE_STATE_MANAGER);
+        CHECK(g_hook_ctxs[i].priv == nullptr);
+        CHECK(g_hook_ctxs[i].host == &api);
+        CHECK(std::string(g_hook_ctxs[i].nf_name) == "holdnf");
+    }
+    CHECK(g_hook_threads[0] == mgr_id); // the tick's thread, not the trigger's
 }
