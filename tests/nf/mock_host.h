@@ -8,7 +8,8 @@
 //    counts of the calls, and trivially correct split/merge/update:
 //    RELEASE: each key has a base cell and one cell per instance; merge =
 //    OR, split deals the set bits equally (as host/state's default does),
-//    trigger rebalances at once.  EVENTUAL: replicas start as copies of the
+//    trigger rebalances at once (the real host only records it and
+//    rebalances at the state manager's next tick).  EVENTUAL: replicas start as copies of the
 //    base; merge folds G + sum(R_i - G) (or calls the NF's merge hook) and
 //    copies back; add_state_bulk adds uint64 rows to the caller's replica;
 //    the 1.4 _v2 bulk calls wrap the 1.1/1.3 ones, telling refusals from full;
