@@ -1,6 +1,7 @@
 #include "plugin/host_api.h"
 
 #include "config/plugin_config.h"
+#include "core/clock.h"
 #include "core/nf_context.h"
 #include "state/host_api.h"
 
@@ -11,13 +12,6 @@
 #include <ctime>
 
 namespace serpens {
-
-uint64_t monotonic_ns() noexcept
-{
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 namespace {
 

@@ -11,6 +11,4 @@ namespace serpens {
 
 serpens_host_api make_host_api(const PacketOps &packets);
 
-uint64_t monotonic_ns() noexcept;
-
 } // namespace serpens

@@ -14,13 +14,6 @@
 
 namespace serpens::state {
 
-uint64_t monotonic_ns() noexcept
-{
-    timespec ts{};
-    ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 namespace {
 
 uint64_t instance_mask(uint32_t max_instances)

@@ -34,6 +34,7 @@
 //    shows the global value as of the last merge plus its own increments.
 //    update = merge.  The all-zero value must be the empty state.
 
+#include "core/clock.h"
 #include "state/table.h"
 
 #include <serpens/nf.h>
@@ -240,8 +241,5 @@ private:
     std::mutex _mu;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<Executor>, std::less<>> _executors;
 };
-
-// Monotonic clock in ns (what tick() expects).
-uint64_t monotonic_ns() noexcept;
 
 } // namespace serpens::state

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+using serpens::monotonic_ns;
 using namespace serpens::state;
 using namespace serpens::state::test;
 

@@ -92,7 +92,7 @@ TEST_CASE("nat: a mapping outlives the host's idle expiry, and its port returns 
                "[config.timeouts]\nudp = 120\n",
                10 * kSec);
     REQUIRE(h.init() == SERPENS_OK);
-    const uint64_t t0 = serpens::state::monotonic_ns();
+    const uint64_t t0 = serpens::monotonic_ns();
     h.store->tick(t0);
     h.send(5000, 8, t0);
     CHECK(h.counter("mappings_created") == 8);
