@@ -154,12 +154,14 @@ LcoreSet lcores_of_eal()
 void print_stats(const Dataplane &dp, std::FILE *out)
 {
     std::fprintf(out, "\n=== serpens-host counters ===\n");
-    std::fprintf(out, "%-14s %14s %14s %12s %12s\n", "port", "rx", "tx", "rx_missed", "tx_errors");
+    std::fprintf(out, "%-14s %14s %14s %12s %12s %14s\n", "port", "rx", "tx", "rx_missed", "tx_errors",
+                 "tx_ring_drops");
     for (std::size_t p = 0; p < dp.ports().size(); ++p) {
         const Dataplane::PortTotals &totals = dp.port_totals()[p];
-        std::fprintf(out, "%-14s %14lu %14lu %12lu %12lu\n", dp.ports()[p].name.c_str(),
+        std::fprintf(out, "%-14s %14lu %14lu %12lu %12lu %14lu\n", dp.ports()[p].name.c_str(),
                      static_cast<unsigned long>(dp.counters().rx[p].load()), static_cast<unsigned long>(totals.tx),
-                     static_cast<unsigned long>(totals.rx_missed), static_cast<unsigned long>(totals.tx_errors));
+                     static_cast<unsigned long>(totals.rx_missed), static_cast<unsigned long>(totals.tx_errors),
+                     static_cast<unsigned long>(dp.tx_ring_dropped(p)));
     }
     const DispatchCounters &c = dp.counters();
     std::fprintf(out, "\nparser:");
@@ -234,7 +236,8 @@ std::string stats_json(const Dataplane &dp, bool live)
                          {"rx", c.rx[p].load()},
                          {"tx", totals.tx},
                          {"rx_missed", totals.rx_missed},
-                         {"tx_errors", totals.tx_errors}});
+                         {"tx_errors", totals.tx_errors},
+                         {"tx_ring_dropped", dp.tx_ring_dropped(p)}});
     }
     j["ports"] = std::move(ports);
     ordered_json parser = ordered_json::object();

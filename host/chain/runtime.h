@@ -5,6 +5,7 @@
 // batch visits are skipped.
 
 #include "chain/compiled.h"
+#include "core/burst.h"
 #include "core/nf_context.h"
 
 #include <atomic>
@@ -15,7 +16,6 @@
 
 namespace serpens {
 
-inline constexpr uint32_t max_burst = 256;
 inline constexpr std::chrono::milliseconds default_init_warn_after{5000};
 
 // Finds (or creates) the state executor of (chain, NF); may return nullptr

@@ -1,9 +1,9 @@
 #include "instance/dataplane.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/fault.h"
 #include "io/mbuf.h"
-#include "plugin/host_api.h"
 
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
@@ -17,10 +17,16 @@
 namespace serpens {
 
 Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options)
-    : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
+    : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options),
+      _dispatcher(_ports, _gateway, _router, _wake_threshold, {options.burst, options.drop_malformed})
 {
-    _counters.rx = std::vector<Counter>(_ports.size());
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
+    // The main lcore receives on queue 0 of every port.
+    std::vector<io::RxQueue> rx;
+    for (uint16_t p = 0; p < _ports.size(); ++p) {
+        rx.push_back({p, 0});
+    }
+    _dispatcher.set_rx_queues(std::move(rx));
     auto main_lcore = std::make_unique<Lcore>();
     main_lcore->id = rte_get_main_lcore();
     main_lcore->main = true;
@@ -79,20 +85,18 @@ InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint
 
 void Dataplane::build_routes()
 {
-    auto table = std::make_unique<io::RouteTable>();
-    for (const auto &slot : _instances) {
-        if (table->by_tag.size() <= slot->chain_tag) {
-            table->by_tag.resize(slot->chain_tag + 1);
-        }
-        Lcore &owner = lcore_state(slot->lcore);
-        table->by_tag[slot->chain_tag].push_back(
-            {slot->ring, &owner.wakeup, owner.main ? static_cast<void *>(slot.get()) : nullptr});
+    std::vector<io::RoutedInstance> routed;
+    for (std::size_t i = 0; i < _instances.size(); ++i) {
+        const InstanceSlot &slot = *_instances[i];
+        routed.push_back({slot.chain_tag, static_cast<uint32_t>(i), slot.lcore, slot.ring,
+                          &lcore_state(slot.lcore).wakeup});
     }
-    _router.publish(std::move(table));
+    _router.publish(io::RouteTable::spread(routed, rte_get_main_lcore()));
 
     // TX paths: the main lcore owns queue 0 of every port; each worker lcore
     // takes the next queue, and shares the port's TX ring when none is left.
     _tx_rings.assign(_ports.size(), nullptr);
+    _tx_ring_dropped = std::vector<Counter>(_ports.size());
     uint16_t next_queue = 1;
     for (auto &lcore : _lcores) {
         lcore->tx.resize(_ports.size());
@@ -157,201 +161,22 @@ uint32_t Dataplane::drain_tx_rings()
             if (n == 0) {
                 break;
             }
-            transmit(main, static_cast<uint16_t>(p), mbufs, static_cast<uint16_t>(n), _counters.default_tx_dropped);
+            transmit(main, static_cast<uint16_t>(p), mbufs, static_cast<uint16_t>(n), _tx_ring_dropped[p]);
             moved += n;
         }
     }
     return moved;
 }
 
-uint32_t Dataplane::dispatch(uint16_t port_index, uint64_t now)
+void Dataplane::MainSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
+                                       uint64_t now)
 {
-    rte_mbuf *mbufs[max_burst];
-    const uint16_t port_id = _ports[port_index].id;
-    const uint16_t n = rte_eth_rx_burst(port_id, 0, mbufs, static_cast<uint16_t>(_options.burst));
-    if (n == 0) {
-        return 0;
-    }
-    bump(_counters.rx[port_index], n);
+    _dp.run_views(_lcore, *_dp._instances[instance], mbufs, views, n, now);
+}
 
-    // The burst goes through in stages (parse all, hash all, then classify and
-    // route) rather than packet by packet: each stage is a short loop over
-    // independent packets whose latencies the CPU overlaps.
-    serpens_pkt views[max_burst];
-    // Left uninitialised: parse_headers writes every key, and zeroing 256 of
-    // them per burst cost more than parsing.
-    union KeySlot {
-        KeySlot() noexcept {}
-        net::FlowKey key;
-    } keys[max_burst];
-    uint32_t hashes[max_burst];
-    bool parsed[max_burst];
-    rte_mbuf *drops[max_burst];
-    uint16_t n_drop = 0;
-    uint16_t n_kept = 0; // mbufs[0, n_kept) survive parsing, in order
-    for (uint16_t i = 0; i < n; ++i) {
-        rte_mbuf *m = mbufs[i];
-        if (m->nb_segs > 1 && rte_pktmbuf_linearize(m) != 0) {
-            bump(_counters.linearize_failed);
-            drops[n_drop++] = m;
-            continue;
-        }
-        // Field by field, not a copy of a temporary: the narrow stores of a
-        // temporary read back 16 bytes at a time stall store forwarding, and
-        // the profile showed that as the dispatcher's hottest spot.
-        serpens_pkt &view = views[n_kept];
-        view.data = rte_pktmbuf_mtod(m, uint8_t *);
-        view.len = m->data_len;
-        view.reserved0 = 0;
-        view.reserved1 = 0;
-        view.handle = m;
-        const net::ParseResult result = net::parse_headers(view.data, view.len, view, keys[n_kept].key);
-        _counters.parse.count(result);
-        parsed[n_kept] = result == net::ParseResult::ok;
-        if (!parsed[n_kept] && _options.drop_malformed && net::is_malformed(result)) {
-            bump(_counters.malformed_dropped);
-            drops[n_drop++] = m;
-            continue;
-        }
-        mbufs[n_kept++] = m;
-    }
-    static_assert(sizeof(KeySlot) == sizeof(net::FlowKey));
-    net::hash_flows(&keys[0].key, n_kept, hashes);
-
-    // Per-target staging, so each target gets its packets as one batch.
-    struct Stage {
-        const io::RouteTarget *target;
-        uint16_t count;
-        uint8_t index[max_burst]; // into mbufs/views
-    };
-    static_assert(max_burst <= 256);
-    Stage stages[8];
-    uint32_t n_stages = 0;
-    rte_mbuf *passthrough[max_burst];
-    uint16_t n_pass = 0;
-    uint32_t tags[max_burst];
-
-    auto flush_stage = [&](Stage &stage) {
-        rte_mbuf *batch[max_burst];
-        auto gather = [&] {
-            for (uint16_t k = 0; k < stage.count; ++k) {
-                batch[k] = mbufs[stage.index[k]];
-            }
-        };
-        if (stage.target->direct != nullptr) {
-            // Same lcore: run the chain now on the views just parsed; no ring
-            // and no metadata round trip through the mbuf, and nothing is
-            // reordered, since this instance receives only from here.
-            auto *slot = static_cast<InstanceSlot *>(stage.target->direct);
-            if (stage.count == n_kept) {
-                // The whole burst, in order (the common case): no gather.
-                run_views(*_lcores.front(), *slot, mbufs, views, stage.count, now);
-            } else {
-                gather();
-                serpens_pkt batch_views[max_burst];
-                for (uint16_t k = 0; k < stage.count; ++k) {
-                    batch_views[k] = views[stage.index[k]];
-                }
-                run_views(*_lcores.front(), *slot, batch, batch_views, stage.count, now);
-            }
-            stage.count = 0;
-            return;
-        }
-        gather();
-        for (uint16_t k = 0; k < stage.count; ++k) {
-            io::store_meta(batch[k], views[stage.index[k]], tags[stage.index[k]]);
-        }
-        unsigned queued =
-            rte_ring_enqueue_burst(stage.target->ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);
-        if (queued < stage.count) {
-            bump(_counters.ring_full, stage.count - queued);
-            for (unsigned k = queued; k < stage.count; ++k) {
-                drops[n_drop++] = batch[k];
-            }
-        }
-        if (stage.target->wakeup->sleeping() &&
-            rte_ring_count(stage.target->ring) >= _wake_threshold.load(std::memory_order_relaxed)) {
-            stage.target->wakeup->wake();
-        }
-        stage.count = 0;
-    };
-
-    const io::RouteTable *routes = _router.current();
-    // One chain for all traffic: rule 0 for every packet, counted at once.
-    const bool match_all = _gateway.first_rule_matches_everything();
-    if (match_all) {
-        _gateway.count_matches(0, n_kept);
-    }
-    int32_t cached_rule = io::gateway_no_match;
-    uint32_t cached_tag = 0;
-    std::span<const io::RouteTarget> cached_targets;
-    for (uint16_t i = 0; i < n_kept; ++i) {
-        serpens_pkt &view = views[i];
-        if (parsed[i]) {
-            view.flow_hash = hashes[i];
-        }
-        const int32_t rule =
-            match_all ? 0
-                      : _gateway.classify(port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
-                                          parsed[i], keys[i].key);
-        if (rule == io::gateway_no_match) {
-            if (_gateway.default_port() >= 0) {
-                bump(_counters.unmatched_passed);
-                passthrough[n_pass++] = mbufs[i];
-            } else {
-                bump(_counters.unmatched_dropped);
-                drops[n_drop++] = mbufs[i];
-            }
-            continue;
-        }
-        // Consecutive packets mostly match the same rule: look its chain's
-        // instances up once per run of them, not once per packet.
-        if (rule != cached_rule) {
-            cached_rule = rule;
-            cached_tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
-            cached_targets = routes != nullptr ? routes->targets(cached_tag) : std::span<const io::RouteTarget>{};
-        }
-        const uint32_t tag = cached_tag;
-        const io::RouteTarget *target = io::RouteTable::pick(cached_targets, view.flow_hash);
-        if (target == nullptr) {
-            bump(_counters.no_instance);
-            drops[n_drop++] = mbufs[i];
-            continue;
-        }
-        tags[i] = tag;
-        Stage *stage = nullptr;
-        for (uint32_t s = 0; s < n_stages; ++s) {
-            if (stages[s].target == target) {
-                stage = &stages[s];
-                break;
-            }
-        }
-        if (stage == nullptr) {
-            if (n_stages == std::size(stages)) {
-                flush_stage(stages[0]); // rare: more targets in one burst than stages
-                stages[0].target = target;
-                stage = &stages[0];
-            } else {
-                stage = &stages[n_stages++];
-                stage->target = target;
-                stage->count = 0;
-            }
-        }
-        stage->index[stage->count++] = static_cast<uint8_t>(i);
-    }
-    for (uint32_t s = 0; s < n_stages; ++s) {
-        if (stages[s].count > 0) {
-            flush_stage(stages[s]);
-        }
-    }
-    if (n_pass > 0) {
-        transmit(*_lcores.front(), static_cast<uint16_t>(_gateway.default_port()), passthrough, n_pass,
-                 _counters.default_tx_dropped);
-    }
-    if (n_drop > 0) {
-        rte_pktmbuf_free_bulk(drops, n_drop);
-    }
-    return n;
+void Dataplane::MainSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
+{
+    _dp.transmit(_lcore, port_index, mbufs, n, dropped);
 }
 
 uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
@@ -461,22 +286,6 @@ void Dataplane::worker_loop(Lcore &lcore)
     lcore.done.store(true, std::memory_order_release);
 }
 
-bool Dataplane::backlogged()
-{
-    // Back-pressure: while a worker's ring cannot take one more burst, leave
-    // packets in the ports' RX queues (a NIC counts what overflows there as
-    // rx_missed; a pcap replay just waits) rather than parse them only to
-    // drop them at the ring.
-    for (const auto &slot : _instances) {
-        if (slot->lcore != rte_get_main_lcore() && rte_ring_free_count(slot->ring) < _options.burst) {
-            bump(_counters.rx_paused);
-            lcore_state(slot->lcore).wakeup.wake();
-            return true;
-        }
-    }
-    return false;
-}
-
 void Dataplane::wake_overdue(uint64_t now)
 {
     const uint64_t deadline_ns = uint64_t{_options.wake_deadline_us} * 1000;
@@ -505,6 +314,7 @@ void Dataplane::main_loop(Lcore &lcore)
     const uint64_t start = monotonic_ns();
     uint64_t last_rx = start;
     uint32_t idle = 0;
+    MainSink sink(*this, lcore);
     for (;;) {
         const uint64_t now = monotonic_ns();
         bool stopping = _stop.load(std::memory_order_acquire);
@@ -525,19 +335,14 @@ void Dataplane::main_loop(Lcore &lcore)
         }
         uint32_t work = 0;
         if (!_rx_stopped.load(std::memory_order_relaxed)) {
-            for (uint16_t p = 0; p < _ports.size(); ++p) {
-                if (backlogged()) {
-                    last_rx = now; // a worker still has work: not idle
-                    break;
-                }
-                uint32_t got = dispatch(p, now);
-                if (got > 0) {
-                    last_rx = now;
-                }
-                work += got;
+            const io::Dispatcher::Poll got = _dispatcher.poll(now, sink);
+            if (got.received > 0 || got.backlogged) {
+                last_rx = now; // a backlogged worker still has work: not idle
             }
+            work += got.received;
+        } else {
+            _router.quiescent();
         }
-        _router.quiescent();
         for (InstanceSlot *slot : lcore.instances) {
             work += serve(lcore, *slot, now); // only non-empty if routes changed
         }

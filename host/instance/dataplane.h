@@ -1,21 +1,23 @@
 #pragma once
-// The lcores of one host and what runs on them.
+// The lcores of one host and the chain instances that run on them.
 //
-// The main lcore dispatches: it receives from every port, parses, classifies
-// (gateway) and routes (router) into per-instance rings.  Every lcore, the
-// main one included, serves the rings of the chain instances placed on it:
-// dequeue a burst, run the whole chain by function calls, transmit on the
-// chain's egress port, free drops.  Idle workers sleep on a futex and are
-// woken by the router once a ring holds `wake_threshold` packets, or by the
-// main lcore once a packet has waited `wake_deadline_us`; with no traffic at
-// all nobody wakes them, so an idle host costs (almost) no CPU.
+// The main lcore receives: its dispatcher (io/dispatcher.h) takes every port
+// through parse, gateway and router, runs the instances placed on the main
+// lcore in place and enqueues the others' packets into their rings.  Every
+// other lcore serves the rings of its instances: dequeue a burst, run the
+// whole chain by function calls, transmit on the chain's egress port, free
+// drops.  Idle workers sleep on a futex and are woken by the dispatcher once
+// a ring holds `wake_threshold` packets, or by the main lcore once a packet
+// has waited `wake_deadline_us`; with no traffic at all nobody wakes them, so
+// an idle host costs (almost) no CPU.
 
 #include "chain/runtime.h"
+#include "core/counter.h"
 #include "core/wakeup.h"
+#include "io/dispatcher.h"
 #include "io/gateway.h"
 #include "io/port.h"
 #include "io/router.h"
-#include "net/parse.h"
 
 #include <rte_mbuf.h>
 #include <rte_ring.h>
@@ -26,15 +28,6 @@
 #include <vector>
 
 namespace serpens {
-
-// Counters are written by one lcore and read by the control thread; relaxed
-// atomics make that well-defined at no cost on x86.
-using Counter = std::atomic<uint64_t>;
-
-inline void bump(Counter &c, uint64_t n = 1) noexcept
-{
-    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-}
 
 struct InstanceSlot {
     std::string chain_name;
@@ -52,18 +45,7 @@ struct InstanceSlot {
     Counter batches{0};
 };
 
-struct DispatchCounters {
-    std::vector<Counter> rx;   // per port
-    net::ParseCounters parse;  // written by the dispatcher only; read after stop
-    Counter malformed_dropped{0};
-    Counter unmatched_dropped{0};
-    Counter unmatched_passed{0};
-    Counter no_instance{0};
-    Counter ring_full{0};
-    Counter linearize_failed{0};
-    Counter default_tx_dropped{0};
-    Counter rx_paused{0}; // loops that left RX alone because a worker's ring was nearly full
-};
+using io::DispatchCounters;
 
 struct DataplaneOptions {
     uint32_t burst = 32;
@@ -99,7 +81,13 @@ public:
     };
     const std::vector<PortTotals> &port_totals() const noexcept { return _port_totals; }
     const io::Gateway &gateway() const noexcept { return _gateway; }
-    const DispatchCounters &counters() const noexcept { return _counters; }
+    const DispatchCounters &counters() const noexcept { return _dispatcher.counters(); }
+    // Per port: packets of lcores without a TX queue of their own that the
+    // port refused when the main lcore sent them on.
+    uint64_t tx_ring_dropped(std::size_t port_index) const noexcept
+    {
+        return port_index < _tx_ring_dropped.size() ? _tx_ring_dropped[port_index].load() : 0;
+    }
     const std::vector<std::unique_ptr<InstanceSlot>> &instances() const noexcept { return _instances; }
 
 private:
@@ -118,10 +106,22 @@ private:
         uint64_t pending_since = 0; // main lcore only: when it saw packets waiting for this sleeper
     };
 
+    // The main lcore's side of its dispatcher: in-place runs and transmits.
+    class MainSink final : public io::LocalSink {
+    public:
+        MainSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
+        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
+                          uint64_t now) override;
+        void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
+
+    private:
+        Dataplane &_dp;
+        Lcore &_lcore;
+    };
+
     static int worker_entry(void *arg);
     void worker_loop(Lcore &lcore);
     void main_loop(Lcore &lcore);
-    uint32_t dispatch(uint16_t port_index, uint64_t now);
     uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
     // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
@@ -131,7 +131,6 @@ private:
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
-    bool backlogged();
     void build_routes();
     Lcore &lcore_state(unsigned id);
 
@@ -140,13 +139,14 @@ private:
     io::Gateway _gateway;
     DataplaneOptions _options;
     io::Router _router;
-    DispatchCounters _counters;
+    std::atomic<uint32_t> _wake_threshold{128};
+    io::Dispatcher _dispatcher; // after what it refers to
     std::vector<std::unique_ptr<InstanceSlot>> _instances;
     std::vector<std::unique_ptr<Lcore>> _lcores;
     std::vector<rte_ring *> _tx_rings; // per port; nullptr when every lcore has a queue
+    std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
     std::atomic<bool> _stop{false};
     std::atomic<bool> _rx_stopped{false};
-    std::atomic<uint32_t> _wake_threshold{128};
 };
 
 } // namespace serpens

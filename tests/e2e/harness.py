@@ -224,6 +224,7 @@ def total_drops(stats):
     d = stats["dispatch"]
     drops = (d["malformed_dropped"] + d["unmatched_dropped"] + d["no_instance"] + d["ring_full"]
              + d["linearize_failed"] + d["default_tx_dropped"])
+    drops += sum(port["tx_ring_dropped"] for port in stats["ports"])
     for inst in stats["instances"]:
         drops += inst["dropped"] + inst["tx_dropped"]
     return drops

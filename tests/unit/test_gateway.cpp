@@ -1,9 +1,8 @@
 // Gateway rules: first match wins, every match key narrows, unmatched traffic
-// is counted; the routing table keeps a flow on one instance.
+// is counted.
 
 #include "core/error.h"
 #include "io/gateway.h"
-#include "io/router.h"
 
 #include <doctest/doctest.h>
 
@@ -165,26 +164,4 @@ TEST_CASE("a rule naming an unknown chain, a bad prefix or host bits is refused 
     mixed.src = "10.0.0.0/8";
     mixed.dst = "::/0";
     CHECK_THROWS_WITH_AS(make_gateway({mixed}), doctest::Contains("different IP versions"), ConfigError);
-}
-
-TEST_CASE("the route table picks one instance per flow hash and is swapped whole")
-{
-    io::Router router;
-    CHECK(router.current() == nullptr);
-    auto table = std::make_unique<io::RouteTable>();
-    Wakeup w0, w1;
-    table->by_tag.resize(2);
-    table->by_tag[1] = {{nullptr, &w0}, {nullptr, &w1}};
-    router.publish(std::move(table));
-    const io::RouteTable *t = router.current();
-    REQUIRE(t != nullptr);
-    CHECK(t->route(0, 5) == nullptr); // a chain without instances
-    CHECK(t->route(7, 5) == nullptr); // an unknown tag
-    CHECK(t->route(1, 4)->wakeup == &w0);
-    CHECK(t->route(1, 5)->wakeup == &w1);
-    auto next = std::make_unique<io::RouteTable>();
-    next->by_tag.resize(2);
-    next->by_tag[1] = {{nullptr, &w1}};
-    router.publish(std::move(next)); // dispatcher not running: old table freed at once
-    CHECK(router.current()->route(1, 4)->wakeup == &w1);
 }
