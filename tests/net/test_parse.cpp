@@ -43,7 +43,7 @@ ParseResult result_of(const Bytes &frame)
 
 } // namespace
 
-TEST_SUITE("parse") {
+TEST_SUITE_BEGIN("parse");
 
 TEST_CASE("IPv4 TCP: offsets, key and flags")
 {
@@ -488,9 +488,9 @@ TEST_CASE("every truncation of valid packets parses without reading past the end
     }
 }
 
-} // TEST_SUITE("parse")
+TEST_SUITE_END();
 
-TEST_SUITE("flowhash") {
+TEST_SUITE_BEGIN("flowhash");
 
 TEST_CASE("CRC32C matches the standard check value")
 {
@@ -582,4 +582,4 @@ TEST_CASE("a burst parsed, then hashed at once, equals parsing one packet at a t
     CHECK(hashes[2] == hashes[3]);
 }
 
-} // TEST_SUITE("flowhash")
+TEST_SUITE_END();

@@ -73,7 +73,7 @@ std::string error_of(const std::function<void()> &f)
 
 } // namespace
 
-TEST_SUITE("pcap") {
+TEST_SUITE_BEGIN("pcap");
 
 TEST_CASE("write then read a file round trip")
 {
@@ -199,4 +199,4 @@ TEST_CASE("bad files give errors naming the file")
     }
 }
 
-} // TEST_SUITE("pcap")
+TEST_SUITE_END();

@@ -80,7 +80,7 @@ void check_checksums(const std::vector<uint8_t> &f, uint64_t frame)
 
 } // namespace
 
-TEST_SUITE("traffic") {
+TEST_SUITE_BEGIN("traffic");
 
 TEST_CASE("same seed, same bytes; another seed, other bytes")
 {
@@ -322,4 +322,4 @@ TEST_CASE("config parsing and validation errors name the problem")
     CHECK_THROWS_WITH_AS(TrafficGenerator{c}, doctest::Contains("distinct flows"), std::invalid_argument);
 }
 
-} // TEST_SUITE("traffic")
+TEST_SUITE_END();
