@@ -13,6 +13,8 @@ packages=(
     libelf-dev
     # tests: independent decoder, network namespaces, fuzzing
     tshark iproute2 clang
+    # layout check of every source (.clang-format)
+    clang-format
     # benchmarks: dpdk-testpmd as the reference, plots
     dpdk-dev python3-matplotlib
 )
