@@ -153,17 +153,17 @@ LcoreSet lcores_of_eal()
 
 void print_stats(const Dataplane &dp, std::FILE *out)
 {
+    const io::DispatchTotals c = dp.dispatch_totals();
     std::fprintf(out, "\n=== serpens-host counters ===\n");
     std::fprintf(out, "%-14s %14s %14s %12s %12s %14s\n", "port", "rx", "tx", "rx_missed", "tx_errors",
                  "tx_ring_drops");
     for (std::size_t p = 0; p < dp.ports().size(); ++p) {
         const Dataplane::PortTotals &totals = dp.port_totals()[p];
         std::fprintf(out, "%-14s %14lu %14lu %12lu %12lu %14lu\n", dp.ports()[p].name.c_str(),
-                     static_cast<unsigned long>(dp.counters().rx[p].load()), static_cast<unsigned long>(totals.tx),
+                     static_cast<unsigned long>(c.rx[p]), static_cast<unsigned long>(totals.tx),
                      static_cast<unsigned long>(totals.rx_missed), static_cast<unsigned long>(totals.tx_errors),
                      static_cast<unsigned long>(dp.tx_ring_dropped(p)));
     }
-    const DispatchCounters &c = dp.counters();
     std::fprintf(out, "\nparser:");
     for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
         uint64_t v = c.parse.by_result[r];
@@ -172,21 +172,23 @@ void print_stats(const Dataplane &dp, std::FILE *out)
                          static_cast<unsigned long>(v));
         }
     }
-    std::fprintf(out, "\ndispatch: malformed_dropped=%lu unmatched_dropped=%lu unmatched_passed=%lu "
-                      "no_instance=%lu ring_full=%lu linearize_failed=%lu default_tx_dropped=%lu rx_paused=%lu\n",
-                 static_cast<unsigned long>(c.malformed_dropped.load()),
-                 static_cast<unsigned long>(c.unmatched_dropped.load()),
-                 static_cast<unsigned long>(c.unmatched_passed.load()),
-                 static_cast<unsigned long>(c.no_instance.load()), static_cast<unsigned long>(c.ring_full.load()),
-                 static_cast<unsigned long>(c.linearize_failed.load()),
-                 static_cast<unsigned long>(c.default_tx_dropped.load()),
-                 static_cast<unsigned long>(c.rx_paused.load()));
+    std::fprintf(out, "\ndispatch:");
+#define SERPENS_X(name) std::fprintf(out, " %s=%lu", #name, static_cast<unsigned long>(c.name));
+    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
+#undef SERPENS_X
+    std::fprintf(out, "\n");
+    for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
+        if (!l.rx_queues.empty()) {
+            std::fprintf(out, "lcore %u received %lu on %zu queue(s)\n", l.id, static_cast<unsigned long>(l.rx),
+                         l.rx_queues.size());
+        }
+    }
     std::fprintf(out, "\n%-24s %14s\n", "gateway rule", "matched");
     for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
         std::fprintf(out, "%-24s %14lu\n", dp.gateway().rules()[r].name.c_str(),
-                     static_cast<unsigned long>(dp.gateway().matches(r)));
+                     static_cast<unsigned long>(c.rule_matched[r]));
     }
-    std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(dp.gateway().unmatched()));
+    std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(c.unmatched));
 
     std::fprintf(out, "\n%-20s %4s %6s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "packets", "out",
                  "dropped", "tx_dropped");
@@ -220,7 +222,7 @@ void print_stats(const Dataplane &dp, std::FILE *out)
 std::string stats_json(const Dataplane &dp, bool live)
 {
     using nlohmann::ordered_json;
-    const DispatchCounters &c = dp.counters();
+    const io::DispatchTotals c = dp.dispatch_totals();
     ordered_json j;
     ordered_json ports = ordered_json::array();
     for (std::size_t p = 0; p < dp.ports().size(); ++p) {
@@ -233,7 +235,7 @@ std::string stats_json(const Dataplane &dp, bool live)
             totals = dp.port_totals()[p];
         }
         ports.push_back({{"name", dp.ports()[p].name},
-                         {"rx", c.rx[p].load()},
+                         {"rx", c.rx[p]},
                          {"tx", totals.tx},
                          {"rx_missed", totals.rx_missed},
                          {"tx_errors", totals.tx_errors},
@@ -245,20 +247,26 @@ std::string stats_json(const Dataplane &dp, bool live)
         parser[net::parse_result_name(static_cast<net::ParseResult>(r))] = c.parse.by_result[r];
     }
     j["parser"] = std::move(parser);
-    j["dispatch"] = {{"malformed_dropped", c.malformed_dropped.load()},
-                     {"unmatched_dropped", c.unmatched_dropped.load()},
-                     {"unmatched_passed", c.unmatched_passed.load()},
-                     {"no_instance", c.no_instance.load()},
-                     {"ring_full", c.ring_full.load()},
-                     {"linearize_failed", c.linearize_failed.load()},
-                     {"default_tx_dropped", c.default_tx_dropped.load()},
-                     {"rx_paused", c.rx_paused.load()}};
+    ordered_json dispatch = ordered_json::object();
+#define SERPENS_X(name) dispatch[#name] = c.name;
+    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
+#undef SERPENS_X
+    j["dispatch"] = std::move(dispatch);
+    ordered_json lcores = ordered_json::array();
+    for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
+        ordered_json queues = ordered_json::array();
+        for (const io::RxQueue &q : l.rx_queues) {
+            queues.push_back({{"port", dp.ports()[q.port_index].name}, {"queue", q.queue}});
+        }
+        lcores.push_back({{"id", l.id}, {"rx_queues", std::move(queues)}, {"rx", l.rx}});
+    }
+    j["lcores"] = std::move(lcores);
     ordered_json rules = ordered_json::object();
     for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
-        rules[dp.gateway().rules()[r].name] = dp.gateway().matches(r);
+        rules[dp.gateway().rules()[r].name] = c.rule_matched[r];
     }
     j["rules"] = std::move(rules);
-    j["unmatched"] = dp.gateway().unmatched();
+    j["unmatched"] = c.unmatched;
     ordered_json instances = ordered_json::array();
     for (const auto &slot : dp.instances()) {
         const ChainInstance &ci = *slot->chain;
@@ -499,7 +507,13 @@ int run_host(const HostOptions &options)
         for (const Placement &p : plan) {
             tx_lcores.insert(p.lcore);
         }
-        ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()));
+        std::vector<unsigned> instance_lcores;
+        for (const Placement &p : plan) {
+            instance_lcores.push_back(p.lcore);
+        }
+        const auto receivers = Dataplane::receiving_lcores(instance_lcores, rte_get_main_lcore());
+        ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()),
+                                static_cast<uint16_t>(receivers.size()));
         io::Gateway gateway = make_gateway(cfg, loaded);
 
         DataplaneOptions dp_options;
@@ -528,6 +542,7 @@ int run_host(const HostOptions &options)
                                        std::move(instance), cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
             }
+            dataplane.prepare();
             ControlServerOptions control_options;
             control_options.path = cfg.control_socket;
             control_options.group = cfg.control_gid;

@@ -187,12 +187,13 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     std::map<std::string, uint32_t> port_lines;
     for (const toml::table *t : top.table_array("port")) {
         config::TableReader r(*t, path, "[[port]]");
-        r.allow_only({"name", "device", "rx_descriptors", "tx_descriptors", "promiscuous"});
+        r.allow_only({"name", "device", "rx_descriptors", "tx_descriptors", "rx_queues", "promiscuous"});
         PortConfig port;
         port.name = r.required_string("name");
         port.device = r.required_string("device");
         port.rx_descriptors = static_cast<uint16_t>(r.integer_or("rx_descriptors", port.rx_descriptors, 64, 32768));
         port.tx_descriptors = static_cast<uint16_t>(r.integer_or("tx_descriptors", port.tx_descriptors, 64, 32768));
+        port.rx_queues = static_cast<uint16_t>(r.integer_or("rx_queues", port.rx_queues, 0, 1024));
         port.promiscuous = r.bool_or("promiscuous", port.promiscuous);
         port.line = line_of(*t);
         if (!port_lines.emplace(port.name, port.line).second) {

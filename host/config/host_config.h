@@ -19,6 +19,7 @@ struct PortConfig {
     std::string device;       // a DPDK vdev string ("net_pcap0,rx_pcap=...") or a PCI address
     uint16_t rx_descriptors = 1024;
     uint16_t tx_descriptors = 1024;
+    uint16_t rx_queues = 0;   // 0: one per receiving lcore, as many as the device has
     bool promiscuous = true;
     uint32_t line;            // where it was declared, for later errors
 };

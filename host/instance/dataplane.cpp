@@ -17,16 +17,9 @@
 namespace serpens {
 
 Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options)
-    : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options),
-      _dispatcher(_ports, _gateway, _router, _wake_threshold, {options.burst, options.drop_malformed})
+    : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
 {
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
-    // The main lcore receives on queue 0 of every port.
-    std::vector<io::RxQueue> rx;
-    for (uint16_t p = 0; p < _ports.size(); ++p) {
-        rx.push_back({p, 0});
-    }
-    _dispatcher.set_rx_queues(std::move(rx));
     auto main_lcore = std::make_unique<Lcore>();
     main_lcore->id = rte_get_main_lcore();
     main_lcore->main = true;
@@ -71,9 +64,8 @@ InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint
     slot->egress = egress;
     slot->chain = std::move(chain);
     std::string ring_name = "sp_i" + std::to_string(_instances.size());
-    // One producer (the dispatcher) and one consumer (the instance's lcore).
-    slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()),
-                                 RING_F_SP_ENQ | RING_F_SC_DEQ);
+    // Every receiving lcore may produce; the instance's lcore consumes.
+    slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     if (slot->ring == nullptr) {
         throw Error("cannot create the ring of chain '" + slot->chain_name + "' instance " +
                     std::to_string(index) + ": " + rte_strerror(rte_errno));
@@ -81,6 +73,50 @@ InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint
     lcore_state(lcore).instances.push_back(slot.get());
     _instances.push_back(std::move(slot));
     return *_instances.back();
+}
+
+std::vector<unsigned> Dataplane::receiving_lcores(const std::vector<unsigned> &lcores, unsigned main_lcore)
+{
+    std::vector<unsigned> receivers;
+    for (unsigned id : lcores) {
+        if (std::find(receivers.begin(), receivers.end(), id) == receivers.end()) {
+            receivers.push_back(id);
+        }
+    }
+    std::sort(receivers.begin(), receivers.end(), [main_lcore](unsigned a, unsigned b) {
+        return (a == main_lcore) != (b == main_lcore) ? a == main_lcore : a < b;
+    });
+    if (receivers.empty()) {
+        receivers.push_back(main_lcore);
+    }
+    return receivers;
+}
+
+void Dataplane::build_dispatchers()
+{
+    std::vector<unsigned> instance_lcores;
+    for (const auto &slot : _instances) {
+        instance_lcores.push_back(slot->lcore);
+    }
+    const std::vector<unsigned> receivers = receiving_lcores(instance_lcores, rte_get_main_lcore());
+    // Queue q of each port goes to receiver q (a port has no more queues than
+    // there are receivers, unless its rx_queues says so: then they wrap).
+    std::vector<std::vector<io::RxQueue>> queues(receivers.size());
+    for (uint16_t p = 0; p < _ports.size(); ++p) {
+        for (uint16_t q = 0; q < _ports[p].rx_queues; ++q) {
+            queues[q % receivers.size()].push_back({p, q});
+        }
+    }
+    _receivers = 0;
+    for (std::size_t r = 0; r < receivers.size(); ++r) {
+        if (queues[r].empty()) {
+            continue; // every port has fewer queues than there are receivers
+        }
+        lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
+            _ports, _gateway, _wake_threshold, std::move(queues[r]),
+            io::DispatchOptions{_options.burst, _options.drop_malformed});
+        ++_receivers;
+    }
 }
 
 void Dataplane::build_routes()
@@ -91,8 +127,15 @@ void Dataplane::build_routes()
         routed.push_back({slot.chain_tag, static_cast<uint32_t>(i), slot.lcore, slot.ring,
                           &lcore_state(slot.lcore).wakeup});
     }
-    _router.publish(io::RouteTable::spread(routed, rte_get_main_lcore()));
+    for (auto &lcore : _lcores) {
+        if (lcore->dispatcher != nullptr) {
+            lcore->dispatcher->router().publish(io::RouteTable::spread(routed, lcore->id));
+        }
+    }
+}
 
+void Dataplane::build_tx_paths()
+{
     // TX paths: the main lcore owns queue 0 of every port; each worker lcore
     // takes the next queue, and shares the port's TX ring when none is left.
     _tx_rings.assign(_ports.size(), nullptr);
@@ -168,13 +211,13 @@ uint32_t Dataplane::drain_tx_rings()
     return moved;
 }
 
-void Dataplane::MainSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
+void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
                                        uint64_t now)
 {
     _dp.run_views(_lcore, *_dp._instances[instance], mbufs, views, n, now);
 }
 
-void Dataplane::MainSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
+void Dataplane::LcoreSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
 {
     _dp.transmit(_lcore, port_index, mbufs, n, dropped);
 }
@@ -234,56 +277,67 @@ int Dataplane::worker_entry(void *arg)
     unsigned id = rte_lcore_id();
     for (auto &lcore : self->_lcores) {
         if (lcore->id == id) {
-            self->worker_loop(*lcore);
+            self->lcore_loop(*lcore);
         }
     }
     return 0;
 }
 
-void Dataplane::worker_loop(Lcore &lcore)
+bool Dataplane::rings_empty(const Lcore &lcore) const
 {
-    // Keeps polling for this long after the last packet before it sleeps:
-    // under steady traffic a worker that sleeps between bursts pays a futex
-    // round trip (tens of µs) per wake-up and starves; measured with
-    // serpens-bench throughput, 2 lcores, 4096-flow replay: 4.6-6.8 Mpps with a
-    // 2048-poll spin, the worker on CPU 13% of the time.
-    constexpr uint64_t spin_ns = 500'000;
-    uint64_t last_work = monotonic_ns();
-    for (;;) {
-        uint32_t work = 0;
-        const uint64_t now = monotonic_ns();
-        for (InstanceSlot *slot : lcore.instances) {
-            work += serve(lcore, *slot, now);
+    for (const InstanceSlot *slot : lcore.instances) {
+        if (!rte_ring_empty(slot->ring)) {
+            return false;
         }
-        if (work > 0) {
-            last_work = now;
-            continue;
-        }
-        bool empty = true;
-        for (InstanceSlot *slot : lcore.instances) {
-            empty = empty && rte_ring_empty(slot->ring);
-        }
-        if (empty && _rx_stopped.load(std::memory_order_acquire)) {
-            break;
-        }
-        if (now - last_work < spin_ns) {
-            rte_pause();
-            continue;
-        }
-        lcore.wakeup.prepare_sleep();
-        empty = true;
-        for (InstanceSlot *slot : lcore.instances) {
-            empty = empty && rte_ring_empty(slot->ring);
-        }
-        if (!empty) {
-            lcore.wakeup.cancel_sleep();
-            continue;
-        }
-        // The main lcore wakes us when packets wait (threshold or deadline);
-        // the timeout is only a safety net.
-        lcore.wakeup.wait(100000);
     }
-    lcore.done.store(true, std::memory_order_release);
+    return true;
+}
+
+bool Dataplane::finished(const Lcore &lcore) const
+{
+    // Once every receiver has stopped, no ring gets another packet.
+    if (!_rx_stopped.load(std::memory_order_acquire) ||
+        _receivers_stopped.load(std::memory_order_acquire) < _receivers || !rings_empty(lcore)) {
+        return false;
+    }
+    if (!lcore.main) {
+        return true;
+    }
+    // The main lcore sends on what the others put in the TX rings, so it
+    // finishes last.
+    for (const auto &other : _lcores) {
+        if (!other->main && !other->done.load(std::memory_order_acquire)) {
+            return false;
+        }
+    }
+    for (rte_ring *ring : _tx_rings) {
+        if (ring != nullptr && !rte_ring_empty(ring)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool Dataplane::should_stop(uint64_t start, uint64_t now)
+{
+    if (_stop.load(std::memory_order_acquire)) {
+        return true;
+    }
+    if (_options.duration_s > 0 && now - start >= static_cast<uint64_t>(_options.duration_s * 1e9)) {
+        return true;
+    }
+    if (_options.idle_exit_s > 0) {
+        uint64_t last_rx = start;
+        for (const auto &lcore : _lcores) {
+            last_rx = std::max(last_rx, lcore->last_rx.load(std::memory_order_relaxed));
+        }
+        // Another lcore may have read its clock after ours.
+        if (now > last_rx && now - last_rx >= static_cast<uint64_t>(_options.idle_exit_s * 1e9)) {
+            spdlog::info("no packet received for {} s: stopping (--idle-exit)", _options.idle_exit_s);
+            return true;
+        }
+    }
+    return false;
 }
 
 void Dataplane::wake_overdue(uint64_t now)
@@ -294,11 +348,7 @@ void Dataplane::wake_overdue(uint64_t now)
             other->pending_since = 0;
             continue;
         }
-        bool pending = false;
-        for (InstanceSlot *slot : other->instances) {
-            pending = pending || !rte_ring_empty(slot->ring);
-        }
-        if (!pending) {
+        if (rings_empty(*other)) {
             other->pending_since = 0;
         } else if (other->pending_since == 0) {
             other->pending_since = now;
@@ -309,24 +359,34 @@ void Dataplane::wake_overdue(uint64_t now)
     }
 }
 
-void Dataplane::main_loop(Lcore &lcore)
+void Dataplane::lcore_loop(Lcore &lcore)
 {
+    // An lcore that does not receive keeps polling its rings for this long
+    // after the last packet before it sleeps: under steady traffic one that
+    // sleeps between bursts pays a futex round trip (tens of µs) per wake-up
+    // and starves; measured with serpens-bench throughput, 2 lcores,
+    // 4096-flow replay: 4.6-6.8 Mpps with a 2048-poll spin, the worker on CPU
+    // 13% of the time.
+    constexpr uint64_t spin_ns = 500'000;
+    // Its sleep is cut short by a dispatcher or the main lcore; the timeout
+    // is only a safety net.
+    constexpr uint32_t safety_sleep_us = 100'000;
+    LcoreSink sink(*this, lcore);
     const uint64_t start = monotonic_ns();
-    uint64_t last_rx = start;
+    uint64_t last_work = start;
     uint32_t idle = 0;
-    MainSink sink(*this, lcore);
+    bool receiving = lcore.dispatcher != nullptr;
+    auto sleep = [&](uint32_t us) {
+        lcore.wakeup.prepare_sleep();
+        if (!rings_empty(lcore)) { // re-checked after announcing it: no wake-up is missed
+            lcore.wakeup.cancel_sleep();
+            return;
+        }
+        lcore.wakeup.wait(us);
+    };
     for (;;) {
         const uint64_t now = monotonic_ns();
-        bool stopping = _stop.load(std::memory_order_acquire);
-        if (!stopping && _options.duration_s > 0 && now - start >= static_cast<uint64_t>(_options.duration_s * 1e9)) {
-            stopping = true;
-        }
-        if (!stopping && !_rx_stopped.load(std::memory_order_relaxed) && _options.idle_exit_s > 0 &&
-            now - last_rx >= static_cast<uint64_t>(_options.idle_exit_s * 1e9)) {
-            spdlog::info("no packet received for {} s: stopping (--idle-exit)", _options.idle_exit_s);
-            stopping = true;
-        }
-        if (stopping && !_rx_stopped.load(std::memory_order_relaxed)) {
+        if (lcore.main && !_rx_stopped.load(std::memory_order_relaxed) && should_stop(start, now)) {
             // Stop receiving; everything already received is still delivered.
             _rx_stopped.store(true, std::memory_order_release);
             for (auto &other : _lcores) {
@@ -334,56 +394,114 @@ void Dataplane::main_loop(Lcore &lcore)
             }
         }
         uint32_t work = 0;
-        if (!_rx_stopped.load(std::memory_order_relaxed)) {
-            const io::Dispatcher::Poll got = _dispatcher.poll(now, sink);
+        if (receiving && _rx_stopped.load(std::memory_order_acquire)) {
+            receiving = false;
+            lcore.dispatcher->router().set_dispatcher_running(false);
+            if (_receivers_stopped.fetch_add(1, std::memory_order_acq_rel) + 1 == _receivers) {
+                for (auto &other : _lcores) {
+                    other->wakeup.wake(); // the last one: the rings get nothing more
+                }
+            }
+        }
+        if (receiving) {
+            const io::Dispatcher::Poll got = lcore.dispatcher->poll(now, sink);
             if (got.received > 0 || got.backlogged) {
-                last_rx = now; // a backlogged worker still has work: not idle
+                lcore.last_rx.store(now, std::memory_order_relaxed); // a backlogged lcore is not idle
             }
             work += got.received;
-        } else {
-            _router.quiescent();
         }
         for (InstanceSlot *slot : lcore.instances) {
-            work += serve(lcore, *slot, now); // only non-empty if routes changed
+            work += serve(lcore, *slot, now);
         }
-        work += drain_tx_rings();
-        wake_overdue(now);
-        if (_rx_stopped.load(std::memory_order_relaxed) && work == 0) {
-            bool all_done = true;
-            for (auto &other : _lcores) {
-                all_done = all_done && (other->main || other->done.load(std::memory_order_acquire));
-            }
-            bool empty = true;
-            for (InstanceSlot *slot : lcore.instances) {
-                empty = empty && rte_ring_empty(slot->ring);
-            }
-            for (rte_ring *ring : _tx_rings) {
-                empty = empty && (ring == nullptr || rte_ring_empty(ring));
-            }
-            if (all_done && empty) {
-                break;
-            }
+        if (lcore.main) {
+            work += drain_tx_rings();
+            wake_overdue(now);
         }
         if (work > 0) {
+            last_work = now;
             idle = 0;
             continue;
         }
-        // Back off while idle: pause first, then sleep longer and longer up to
-        // idle_sleep_us, so an idle host burns no CPU and a busy one no time.
-        ++idle;
-        if (idle < 1024 || _options.idle_sleep_us == 0) {
+        if (finished(lcore)) {
+            break;
+        }
+        if (receiving || (lcore.main && _main_polls)) {
+            // Back off while idle: pause first, then sleep longer and longer
+            // up to idle_sleep_us, so an idle host burns no CPU and a busy one
+            // no time.
+            ++idle;
+            if (idle < 1024 || _options.idle_sleep_us == 0) {
+                rte_pause();
+            } else {
+                sleep(std::min<uint32_t>(_options.idle_sleep_us, (idle - 1023) * 10));
+            }
+        } else if (now - last_work < spin_ns) {
             rte_pause();
         } else {
-            uint32_t us = std::min<uint32_t>(_options.idle_sleep_us, (idle - 1023) * 10);
-            std::this_thread::sleep_for(std::chrono::microseconds(us));
+            sleep(safety_sleep_us);
         }
     }
+    lcore.done.store(true, std::memory_order_release);
+}
+
+void Dataplane::prepare()
+{
+    if (_prepared) {
+        return;
+    }
+    build_dispatchers();
+    build_routes();
+    build_tx_paths();
+    // The main lcore polls for duties of its own when some lcore transmits
+    // through it, or sleeps with nobody but it to notice a waiting packet.
+    _main_polls = false;
+    for (rte_ring *ring : _tx_rings) {
+        _main_polls = _main_polls || ring != nullptr;
+    }
+    for (const auto &lcore : _lcores) {
+        _main_polls = _main_polls || (lcore->dispatcher == nullptr && !lcore->instances.empty());
+    }
+    _prepared = true;
+}
+
+io::DispatchTotals Dataplane::dispatch_totals() const
+{
+    io::DispatchTotals totals;
+    totals.rx.assign(_ports.size(), 0);
+    totals.rule_matched.assign(_gateway.rules().size(), 0);
+    for (const auto &lcore : _lcores) {
+        if (lcore->dispatcher != nullptr) {
+            totals.add(lcore->dispatcher->counters());
+        }
+    }
+    return totals;
+}
+
+std::vector<Dataplane::LcoreTotals> Dataplane::lcore_totals() const
+{
+    std::vector<LcoreTotals> out;
+    for (const auto &lcore : _lcores) {
+        LcoreTotals t;
+        t.id = lcore->id;
+        if (lcore->dispatcher != nullptr) {
+            t.rx_queues = lcore->dispatcher->rx_queues();
+            for (const Counter &c : lcore->dispatcher->counters().rx) {
+                t.rx += c.load(std::memory_order_relaxed);
+            }
+        }
+        out.push_back(std::move(t));
+    }
+    return out;
 }
 
 void Dataplane::run()
 {
-    build_routes();
-    _router.set_dispatcher_running(true);
+    prepare();
+    for (auto &lcore : _lcores) {
+        if (lcore->dispatcher != nullptr) {
+            lcore->dispatcher->router().set_dispatcher_running(true);
+        }
+    }
     for (auto &lcore : _lcores) {
         if (!lcore->main) {
             if (int rc = rte_eal_remote_launch(worker_entry, this, lcore->id); rc != 0) {
@@ -391,7 +509,7 @@ void Dataplane::run()
             }
         }
     }
-    main_loop(*_lcores.front());
+    lcore_loop(*_lcores.front());
     rte_eal_mp_wait_lcore();
     _port_totals.clear();
     for (const io::Port &port : _ports) {
@@ -399,7 +517,6 @@ void Dataplane::run()
         rte_eth_stats_get(port.id, &stats);
         _port_totals.push_back({stats.opackets, stats.imissed, stats.oerrors});
     }
-    _router.set_dispatcher_running(false);
 }
 
 } // namespace serpens

@@ -1,15 +1,18 @@
 #pragma once
 // The lcores of one host and the chain instances that run on them.
 //
-// The main lcore receives: its dispatcher (io/dispatcher.h) takes every port
-// through parse, gateway and router, runs the instances placed on the main
-// lcore in place and enqueues the others' packets into their rings.  Every
-// other lcore serves the rings of its instances: dequeue a burst, run the
-// whole chain by function calls, transmit on the chain's egress port, free
-// drops.  Idle workers sleep on a futex and are woken by the dispatcher once
-// a ring holds `wake_threshold` packets, or by the main lcore once a packet
-// has waited `wake_deadline_us`; with no traffic at all nobody wakes them, so
-// an idle host costs (almost) no CPU.
+// Every lcore that runs an instance receives on RX queues of its own when the
+// ports have enough (a port with one queue is received by the first of them):
+// its dispatcher (io/dispatcher.h) parses, classifies and routes each burst,
+// runs the flows its own instances own in place, and passes the others into
+// the owning instance's ring.  Each lcore serves its instances' rings too,
+// runs the whole chain by function calls, and transmits on its own TX queue
+// (or through the main lcore when the port has too few).  An lcore that
+// neither receives nor has packets waiting sleeps on a futex; a dispatcher
+// wakes it once its ring holds `wake_threshold` packets, and the main lcore
+// once a packet has waited `wake_deadline_us`.  With no traffic at all nobody
+// wakes it, and receiving lcores back off to short sleeps, so an idle host
+// costs (almost) no CPU.
 
 #include "chain/runtime.h"
 #include "core/counter.h"
@@ -17,7 +20,6 @@
 #include "io/dispatcher.h"
 #include "io/gateway.h"
 #include "io/port.h"
-#include "io/router.h"
 
 #include <rte_mbuf.h>
 #include <rte_ring.h>
@@ -45,8 +47,6 @@ struct InstanceSlot {
     Counter batches{0};
 };
 
-using io::DispatchCounters;
-
 struct DataplaneOptions {
     uint32_t burst = 32;
     bool drop_malformed = true;
@@ -61,14 +61,27 @@ public:
     Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options);
     ~Dataplane();
 
+    // The lcores that receive, in RX queue order, for instances on `lcores`:
+    // each of them, the main lcore first; the main lcore alone when none.
+    static std::vector<unsigned> receiving_lcores(const std::vector<unsigned> &lcores, unsigned main_lcore);
+
     // Cold path: add an instance before run(); creates its ring.
     InstanceSlot &add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore,
                                uint16_t egress, std::unique_ptr<ChainInstance> chain, uint32_t ring_size);
 
+    // Cold path, after the last add_instance: sets up receiving, routes and
+    // TX paths (run() does it when not done).  Call it before anything reads
+    // counters from another thread.
+    void prepare();
     // Runs until stop() (or idle-exit/duration); returns when every lcore has
     // drained its rings.  Call from the main lcore.
     void run();
-    void stop() noexcept { _stop.store(true, std::memory_order_release); }
+    // Async-signal-safe.
+    void stop() noexcept
+    {
+        _stop.store(true, std::memory_order_release);
+        _lcores.front()->wakeup.wake(); // the main lcore may sleep
+    }
 
     std::atomic<uint32_t> &wake_threshold() noexcept { return _wake_threshold; }
 
@@ -81,7 +94,14 @@ public:
     };
     const std::vector<PortTotals> &port_totals() const noexcept { return _port_totals; }
     const io::Gateway &gateway() const noexcept { return _gateway; }
-    const DispatchCounters &counters() const noexcept { return _dispatcher.counters(); }
+    // Every dispatcher's counters, summed.
+    io::DispatchTotals dispatch_totals() const;
+    struct LcoreTotals {
+        unsigned id = 0;
+        std::vector<io::RxQueue> rx_queues;
+        uint64_t rx = 0;
+    };
+    std::vector<LcoreTotals> lcore_totals() const;
     // Per port: packets of lcores without a TX queue of their own that the
     // port refused when the main lcore sent them on.
     uint64_t tx_ring_dropped(std::size_t port_index) const noexcept
@@ -100,16 +120,18 @@ private:
         unsigned id = 0;
         bool main = false;
         std::vector<InstanceSlot *> instances;
-        std::vector<TxPath> tx; // per port index
+        std::vector<TxPath> tx;                  // per port index
+        std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
         Wakeup wakeup;
         std::atomic<bool> done{false};
+        std::atomic<uint64_t> last_rx{0};        // when it last received (or was held back)
         uint64_t pending_since = 0; // main lcore only: when it saw packets waiting for this sleeper
     };
 
-    // The main lcore's side of its dispatcher: in-place runs and transmits.
-    class MainSink final : public io::LocalSink {
+    // An lcore's side of its dispatcher: in-place runs and transmits.
+    class LcoreSink final : public io::LocalSink {
     public:
-        MainSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
+        LcoreSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
         void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
                           uint64_t now) override;
         void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
@@ -120,8 +142,11 @@ private:
     };
 
     static int worker_entry(void *arg);
-    void worker_loop(Lcore &lcore);
-    void main_loop(Lcore &lcore);
+    void lcore_loop(Lcore &lcore);
+    // Main lcore: whether to stop receiving now (stop(), duration, idle exit).
+    bool should_stop(uint64_t start, uint64_t now);
+    bool rings_empty(const Lcore &lcore) const;
+    bool finished(const Lcore &lcore) const;
     uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
     // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
@@ -131,22 +156,26 @@ private:
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
+    void build_dispatchers();
     void build_routes();
+    void build_tx_paths();
     Lcore &lcore_state(unsigned id);
 
     std::vector<io::Port> _ports;
     std::vector<PortTotals> _port_totals;
     io::Gateway _gateway;
     DataplaneOptions _options;
-    io::Router _router;
     std::atomic<uint32_t> _wake_threshold{128};
-    io::Dispatcher _dispatcher; // after what it refers to
     std::vector<std::unique_ptr<InstanceSlot>> _instances;
     std::vector<std::unique_ptr<Lcore>> _lcores;
     std::vector<rte_ring *> _tx_rings; // per port; nullptr when every lcore has a queue
     std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
     std::atomic<bool> _stop{false};
-    std::atomic<bool> _rx_stopped{false};
+    std::atomic<bool> _rx_stopped{false};       // set by the main lcore: receive no more
+    std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
+    uint32_t _receivers = 0;
+    bool _prepared = false;
+    bool _main_polls = false; // else it sleeps until stop() when it has nothing to receive
 };
 
 } // namespace serpens

@@ -8,11 +8,29 @@
 
 namespace serpens::io {
 
-Dispatcher::Dispatcher(std::span<const Port> ports, Gateway &gateway, Router &router,
-                       const std::atomic<uint32_t> &wake_threshold, DispatchOptions options)
-    : _ports(ports), _gateway(gateway), _router(router), _wake_threshold(wake_threshold), _options(options)
+void DispatchTotals::add(const DispatchCounters &c)
 {
-    _counters.rx = std::vector<Counter>(_ports.size());
+    rx.resize(std::max(rx.size(), c.rx.size()));
+    for (std::size_t p = 0; p < c.rx.size(); ++p) {
+        rx[p] += c.rx[p].load(std::memory_order_relaxed);
+    }
+    parse.add(c.parse);
+    rule_matched.resize(std::max(rule_matched.size(), c.rules.matched.size()));
+    for (std::size_t r = 0; r < c.rules.matched.size(); ++r) {
+        rule_matched[r] += c.rules.matched[r].load(std::memory_order_relaxed);
+    }
+    unmatched += c.rules.unmatched.load(std::memory_order_relaxed);
+#define SERPENS_X(name) name += c.name.load(std::memory_order_relaxed);
+    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
+#undef SERPENS_X
+}
+
+Dispatcher::Dispatcher(std::span<const Port> ports, const Gateway &gateway,
+                       const std::atomic<uint32_t> &wake_threshold, std::vector<RxQueue> rx_queues,
+                       DispatchOptions options)
+    : _ports(ports), _gateway(gateway), _wake_threshold(wake_threshold), _options(options),
+      _rx(std::move(rx_queues)), _counters(ports.size(), gateway.rules().size())
+{
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
 }
 
@@ -164,7 +182,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     // One chain for all traffic: rule 0 for every packet, counted at once.
     const bool match_all = _gateway.first_rule_matches_everything();
     if (match_all) {
-        _gateway.count_matches(0, n_kept);
+        bump(_counters.rules.matched[0], n_kept);
     }
     int32_t cached_rule = gateway_no_match;
     uint32_t cached_tag = 0;
@@ -177,7 +195,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         const int32_t rule =
             match_all ? 0
                       : _gateway.classify(rxq.port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
-                                          parsed[i], keys[i].key);
+                                          parsed[i], keys[i].key, _counters.rules);
         if (rule == gateway_no_match) {
             if (_gateway.default_port() >= 0) {
                 bump(_counters.unmatched_passed);

@@ -3,7 +3,8 @@
 // burst it receives, parses and hashes, classifies (gateway), routes (router)
 // and hands each target its packets as one batch: in place through the
 // lcore's sink, or into another lcore's ring.  One dispatcher runs on each
-// lcore that receives, over the RX queues it was given.
+// lcore that receives, over the RX queues it was given, with its own routes
+// and counters.
 
 #include "core/burst.h"
 #include "core/counter.h"
@@ -28,17 +29,41 @@ struct RxQueue {
     uint16_t queue = 0;
 };
 
+// What a dispatcher counts besides RX, parse results and rule matches, each
+// a packet count except rx_paused.
+#define SERPENS_DISPATCH_COUNTERS(X)                                                                         \
+    X(malformed_dropped)  /* malformed and [parser] says drop */                                             \
+    X(unmatched_dropped)  /* no rule matched, no default port */                                             \
+    X(unmatched_passed)   /* no rule matched, sent to the default port */                                    \
+    X(no_instance)        /* the chain has no instance */                                                    \
+    X(ring_full)          /* another lcore's ring could not take it */                                       \
+    X(linearize_failed)   /* a multi-segment mbuf that could not be made one */                              \
+    X(default_tx_dropped) /* the default port refused it */                                                  \
+    X(rx_paused)          /* loops that left RX alone because a ring was nearly full */
+
+// One dispatcher's counters: written by its lcore only, read by anyone.
 struct DispatchCounters {
-    std::vector<Counter> rx;   // per port
-    net::ParseCounters parse;  // written by the dispatcher only; read after stop
-    Counter malformed_dropped{0};
-    Counter unmatched_dropped{0};
-    Counter unmatched_passed{0};
-    Counter no_instance{0};
-    Counter ring_full{0};
-    Counter linearize_failed{0};
-    Counter default_tx_dropped{0};
-    Counter rx_paused{0}; // loops that left RX alone because a worker's ring was nearly full
+    DispatchCounters(std::size_t ports, std::size_t rules) : rx(ports), rules(rules) {}
+
+    std::vector<Counter> rx;  // per port
+    net::ParseCounters parse; // read live: a stats reply may lag by a burst
+    RuleCounts rules;
+#define SERPENS_X(name) Counter name{0};
+    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
+#undef SERPENS_X
+};
+
+// The sum of several dispatchers' counters.
+struct DispatchTotals {
+    std::vector<uint64_t> rx; // per port
+    net::ParseCounters parse;
+    std::vector<uint64_t> rule_matched;
+    uint64_t unmatched = 0;
+#define SERPENS_X(name) uint64_t name = 0;
+    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
+#undef SERPENS_X
+
+    void add(const DispatchCounters &c);
 };
 
 // What the dispatching lcore does with the packets that stay on it.  Called
@@ -63,11 +88,13 @@ struct DispatchOptions {
 
 class Dispatcher {
 public:
-    // `ports`, `gateway`, `router` and `wake_threshold` outlive the dispatcher.
-    Dispatcher(std::span<const Port> ports, Gateway &gateway, Router &router,
-               const std::atomic<uint32_t> &wake_threshold, DispatchOptions options);
+    // `ports`, `gateway` and `wake_threshold` outlive the dispatcher.
+    Dispatcher(std::span<const Port> ports, const Gateway &gateway, const std::atomic<uint32_t> &wake_threshold,
+               std::vector<RxQueue> rx_queues, DispatchOptions options);
 
-    void set_rx_queues(std::vector<RxQueue> queues) { _rx = std::move(queues); }
+    const std::vector<RxQueue> &rx_queues() const noexcept { return _rx; }
+    // The routes as seen from this dispatcher's lcore.
+    Router &router() noexcept { return _router; }
 
     struct Poll {
         uint32_t received = 0;
@@ -84,11 +111,11 @@ private:
     bool backlogged(const RouteTable *routes);
 
     std::span<const Port> _ports;
-    Gateway &_gateway;
-    Router &_router;
+    const Gateway &_gateway;
     const std::atomic<uint32_t> &_wake_threshold;
     DispatchOptions _options;
     std::vector<RxQueue> _rx;
+    Router _router;
     DispatchCounters _counters;
 };
 

@@ -81,14 +81,13 @@ Gateway::Gateway(const HostConfig &cfg, const std::function<int32_t(const std::s
                         rule.has_dst_ports;
         _rules.push_back(rule);
     }
-    _matches.assign(_rules.size(), 0);
     if (cfg.gateway_default != "drop") {
         _default_port = port_index_of(cfg.gateway_default);
     }
 }
 
-int32_t Gateway::classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed,
-                          const net::FlowKey &key) noexcept
+int32_t Gateway::classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed, const net::FlowKey &key,
+                          RuleCounts &counts) const noexcept
 {
     for (std::size_t i = 0; i < _rules.size(); ++i) {
         const GatewayRule &r = _rules[i];
@@ -117,10 +116,10 @@ int32_t Gateway::classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool p
                 continue;
             }
         }
-        ++_matches[i];
+        bump(counts.matched[i]);
         return static_cast<int32_t>(i);
     }
-    ++_unmatched;
+    bump(counts.unmatched);
     return gateway_no_match;
 }
 

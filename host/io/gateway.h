@@ -5,6 +5,7 @@
 // counters have a single writer.
 
 #include "config/host_config.h"
+#include "core/counter.h"
 #include "net/parse.h"
 
 #include <cstdint>
@@ -45,6 +46,14 @@ struct GatewayRule {
 
 inline constexpr int32_t gateway_no_match = -1;
 
+// Packets per rule, kept by each dispatcher (one writer each) and summed for
+// stats.
+struct RuleCounts {
+    explicit RuleCounts(std::size_t rules) : matched(rules) {}
+    std::vector<Counter> matched;
+    Counter unmatched{0};
+};
+
 class Gateway {
 public:
     // Resolves names in the config: chain names to tags and port names to
@@ -52,30 +61,26 @@ public:
     Gateway(const HostConfig &cfg, const std::function<int32_t(const std::string &)> &chain_tag_of,
             const std::function<int32_t(const std::string &)> &port_index_of);
 
-    // Returns the index of the first matching rule or gateway_no_match.
-    // `parsed` is false for packets without usable L3/L4 headers: then only
-    // rules that test nothing but the ingress port (and VLAN) can match.
-    int32_t classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed,
-                     const net::FlowKey &key) noexcept;
+    // Returns the index of the first matching rule or gateway_no_match, and
+    // counts it in `counts`.  `parsed` is false for packets without usable
+    // L3/L4 headers: then only rules that test nothing but the ingress port
+    // (and VLAN) can match.
+    int32_t classify(uint16_t in_port, uint16_t vlan, bool has_vlan, bool parsed, const net::FlowKey &key,
+                     RuleCounts &counts) const noexcept;
 
     // True when the first rule tests nothing (one chain for all traffic):
     // then every packet's verdict is rule 0, and a dispatcher may skip
-    // classify() and count a burst at once with count_matches().
+    // classify() and count a burst at once.
     bool first_rule_matches_everything() const noexcept
     {
         return !_rules.empty() && _rules.front().matches_everything();
     }
-    void count_matches(std::size_t rule, uint64_t n) noexcept { _matches[rule] += n; }
 
     const std::vector<GatewayRule> &rules() const noexcept { return _rules; }
-    uint64_t matches(std::size_t rule) const noexcept { return _matches[rule]; }
-    uint64_t unmatched() const noexcept { return _unmatched; }
     int32_t default_port() const noexcept { return _default_port; } // -1: drop
 
 private:
     std::vector<GatewayRule> _rules;
-    std::vector<uint64_t> _matches;
-    uint64_t _unmatched = 0;
     int32_t _default_port = -1;
 };
 

@@ -27,6 +27,21 @@ std::string device_name(const std::string &device)
     return device.substr(0, device.find(','));
 }
 
+// A symmetric Toeplitz key (0x6d5a repeated): both directions of a flow hash
+// alike, so a NIC puts them on the same RX queue.
+void symmetric_rss(const rte_eth_dev_info &info, rte_eth_conf &conf, std::vector<uint8_t> &key)
+{
+    key.resize(info.hash_key_size != 0 ? info.hash_key_size : 40);
+    for (std::size_t i = 0; i < key.size(); ++i) {
+        key[i] = i % 2 == 0 ? 0x6d : 0x5a;
+    }
+    conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+    conf.rx_adv_conf.rss_conf.rss_key = key.data();
+    conf.rx_adv_conf.rss_conf.rss_key_len = static_cast<uint8_t>(key.size());
+    conf.rx_adv_conf.rss_conf.rss_hf =
+        (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+}
+
 } // namespace
 
 std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string &program)
@@ -85,7 +100,8 @@ rte_mempool *create_mbuf_pool(const HostConfig &cfg)
     return pool;
 }
 
-std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t wanted_tx_queues)
+std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t wanted_tx_queues,
+                              uint16_t wanted_rx_queues)
 {
     std::vector<Port> ports;
     for (const PortConfig &pc : cfg.ports) {
@@ -103,17 +119,31 @@ std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t
             throw Error("port '" + pc.name + "': cannot read device info: " + rte_strerror(-rc));
         }
         port.tx_queues = std::max<uint16_t>(1, std::min<uint16_t>(wanted_tx_queues, info.max_tx_queues));
+        const uint16_t rx_wanted = pc.rx_queues != 0 ? pc.rx_queues : wanted_rx_queues;
+        port.rx_queues = std::max<uint16_t>(1, std::min<uint16_t>(rx_wanted, info.max_rx_queues));
+        if (pc.rx_queues > info.max_rx_queues) {
+            throw ConfigError(cfg.file, pc.line, 0,
+                              "port '" + pc.name + "': rx_queues = " + std::to_string(pc.rx_queues) + ", but " +
+                                  info.driver_name + " offers " + std::to_string(info.max_rx_queues) +
+                                  " (net_pcap: one per rx_pcap; net_af_packet: qpairs)");
+        }
         rte_eth_conf conf{};
-        if (int rc = rte_eth_dev_configure(port.id, 1, port.tx_queues, &conf); rc != 0) {
+        std::vector<uint8_t> rss_key;
+        if (port.rx_queues > 1 && info.flow_type_rss_offloads != 0) {
+            symmetric_rss(info, conf, rss_key);
+        }
+        if (int rc = rte_eth_dev_configure(port.id, port.rx_queues, port.tx_queues, &conf); rc != 0) {
             throw Error("port '" + pc.name + "': configure failed: " + rte_strerror(-rc));
         }
         uint16_t rx_desc = pc.rx_descriptors;
         uint16_t tx_desc = pc.tx_descriptors;
         rte_eth_dev_adjust_nb_rx_tx_desc(port.id, &rx_desc, &tx_desc);
         int socket = rte_eth_dev_socket_id(port.id);
-        if (int rc = rte_eth_rx_queue_setup(port.id, 0, rx_desc, socket, nullptr, pool); rc != 0) {
-            throw Error("port '" + pc.name + "': RX queue set-up failed: " + rte_strerror(-rc) +
-                        " (too few mbufs? raise [mempool] mbufs)");
+        for (uint16_t q = 0; q < port.rx_queues; ++q) {
+            if (int rc = rte_eth_rx_queue_setup(port.id, q, rx_desc, socket, nullptr, pool); rc != 0) {
+                throw Error("port '" + pc.name + "': RX queue set-up failed: " + rte_strerror(-rc) +
+                            " (too few mbufs? raise [mempool] mbufs)");
+            }
         }
         for (uint16_t q = 0; q < port.tx_queues; ++q) {
             if (int rc = rte_eth_tx_queue_setup(port.id, q, tx_desc, socket, nullptr); rc != 0) {
@@ -126,8 +156,8 @@ std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t
         if (pc.promiscuous) {
             rte_eth_promiscuous_enable(port.id); // vdevs may not support it; harmless
         }
-        spdlog::info("port '{}' is DPDK port {} ({}; {} TX queue(s))", pc.name, port.id, info.driver_name,
-                     port.tx_queues);
+        spdlog::info("port '{}' is DPDK port {} ({}; {} RX queue(s){}, {} TX queue(s))", pc.name, port.id,
+                     info.driver_name, port.rx_queues, rss_key.empty() ? "" : " by symmetric RSS", port.tx_queues);
         ports.push_back(port);
     }
     return ports;

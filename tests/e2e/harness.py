@@ -141,6 +141,23 @@ def decode(frame):
     return (version, proto, 0, 0)
 
 
+def flow_of(frame):
+    """Direction-independent flow key from our own decoder: addresses and ports."""
+    d = decode(frame)
+    if d is None:
+        return None
+    offset = 12
+    while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
+        offset += 4
+    l3 = offset + 2
+    if d[0] == 4:
+        a, b = frame[l3 + 12:l3 + 16], frame[l3 + 16:l3 + 20]
+    else:
+        a, b = frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40]
+    ends = sorted([(a, d[2]), (b, d[3])])
+    return (d[1], tuple(ends))
+
+
 class Host:
     """A scratch directory with plugins, chains and a host.toml for one run."""
 

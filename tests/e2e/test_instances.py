@@ -2,7 +2,7 @@
 flow on one instance (symmetric flow hash), and the instances share the load."""
 from collections import defaultdict
 
-from harness import Host, check, decode
+from harness import Host, check, flow_of
 
 host = Host()
 host.pktgen("--packets", "6000", "--flows", "500", "--malformed-ratio", "0", "--seed", "21",
@@ -12,23 +12,6 @@ host.chain("c", 'name = "c"\negress = "pcap0"\n[[nf]]\nname = "t"\nplugin = "tra
 host.config(host.pcap_port() + '\n[[gateway.rule]]\nname = "all"\nchain = "c"\n'
             '\n[[instance]]\nchain = "c"\ncount = 3\nlcores = [0, 1, 1]\n')
 host.run("--idle-exit", "1")
-
-
-def flow_of(frame):
-    """Direction-independent flow key from our own decoder: addresses and ports."""
-    d = decode(frame)
-    if d is None:
-        return None
-    offset = 12
-    while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
-        offset += 4
-    l3 = offset + 2
-    if d[0] == 4:
-        a, b = frame[l3 + 12:l3 + 16], frame[l3 + 16:l3 + 20]
-    else:
-        a, b = frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40]
-    ends = sorted([(a, d[2]), (b, d[3])])
-    return (d[1], tuple(ends))
 
 
 instances_of = defaultdict(set)

@@ -67,13 +67,14 @@ TEST_CASE("first matching rule wins and counts")
     web.dst = "10.0.0.0/8";
     GatewayRuleConfig rest = rule("rest", "b");
     Gateway gw = make_gateway({web, rest});
-    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 80)) == 0);
-    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 443)) == 0);
-    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 444)) == 1);
-    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "11.0.0.1", 6, 5555, 80)) == 1);
-    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.0.0.1", 17, 5555, 80)) == 1);
-    CHECK(gw.matches(0) == 2);
-    CHECK(gw.matches(1) == 3);
+    io::RuleCounts gw_counts(gw.rules().size());
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 80), gw_counts) == 0);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 443), gw_counts) == 0);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.9.8.7", 6, 5555, 444), gw_counts) == 1);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "11.0.0.1", 6, 5555, 80), gw_counts) == 1);
+    CHECK(gw.classify(0, 0, false, true, v4("1.2.3.4", "10.0.0.1", 17, 5555, 80), gw_counts) == 1);
+    CHECK(gw_counts.matched[0] == 2);
+    CHECK(gw_counts.matched[1] == 3);
     CHECK(gw.rules()[1].chain_tag == 1);
 }
 
@@ -82,11 +83,12 @@ TEST_CASE("prefixes match on bit boundaries, v4 and v6 apart")
     GatewayRuleConfig r = rule("r", "a");
     r.src = "2001:db8:80::/41";
     Gateway gw = make_gateway({r});
-    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:80::1", "::1", 17)) == 0);
-    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:ff::1", "::1", 17)) == 0);
-    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:7f::1", "::1", 17)) == io::gateway_no_match);
-    CHECK(gw.classify(0, 0, false, true, v4("32.1.13.184", "1.1.1.1", 17, 1, 1)) == io::gateway_no_match);
-    CHECK(gw.unmatched() == 2);
+    io::RuleCounts gw_counts(gw.rules().size());
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:80::1", "::1", 17), gw_counts) == 0);
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:ff::1", "::1", 17), gw_counts) == 0);
+    CHECK(gw.classify(0, 0, false, true, v6("2001:db8:7f::1", "::1", 17), gw_counts) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("32.1.13.184", "1.1.1.1", 17, 1, 1), gw_counts) == io::gateway_no_match);
+    CHECK(gw_counts.unmatched == 2);
 }
 
 TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules without L3/L4 keys")
@@ -97,26 +99,28 @@ TEST_CASE("ingress port and VLAN rules; unparsed packets only match rules withou
     by_vlan.vlan = 100;
     by_vlan.proto = 17;
     Gateway gw = make_gateway({by_port, by_vlan}, "p0");
+    io::RuleCounts gw_counts(gw.rules().size());
     net::FlowKey none;
-    CHECK(gw.classify(1, 0, false, false, none) == 0);
-    CHECK(gw.classify(0, 0, false, false, none) == io::gateway_no_match);
-    CHECK(gw.classify(0, 100, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == 1);
-    CHECK(gw.classify(0, 100, true, false, none) == io::gateway_no_match);
-    CHECK(gw.classify(0, 101, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == io::gateway_no_match);
-    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2)) == io::gateway_no_match);
+    CHECK(gw.classify(1, 0, false, false, none, gw_counts) == 0);
+    CHECK(gw.classify(0, 0, false, false, none, gw_counts) == io::gateway_no_match);
+    CHECK(gw.classify(0, 100, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2), gw_counts) == 1);
+    CHECK(gw.classify(0, 100, true, false, none, gw_counts) == io::gateway_no_match);
+    CHECK(gw.classify(0, 101, true, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2), gw_counts) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 17, 1, 2), gw_counts) == io::gateway_no_match);
     CHECK(gw.default_port() == 0);
 }
 
 TEST_CASE("a first rule that tests nothing is recognised: the dispatcher may give a whole burst rule 0")
 {
     Gateway all = make_gateway({rule("all", "a"), rule("later", "b")});
+    io::RuleCounts all_counts(all.rules().size());
     CHECK(all.first_rule_matches_everything());
     net::FlowKey none;
     // What it stands for: classify gives rule 0 to anything, parsed or not.
-    CHECK(all.classify(1, 7, true, false, none) == 0);
-    CHECK(all.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7)) == 0);
-    all.count_matches(0, 30);
-    CHECK(all.matches(0) == 32);
+    CHECK(all.classify(1, 7, true, false, none, all_counts) == 0);
+    CHECK(all.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7), all_counts) == 0);
+    CHECK(all_counts.matched[0] == 2);
+    CHECK(all_counts.matched[1] == 0);
 
     GatewayRuleConfig by_port = rule("p1", "a");
     by_port.in_port = "p1";
@@ -140,8 +144,9 @@ TEST_CASE("port ranges never match an ICMP echo id")
     GatewayRuleConfig r = rule("r", "a");
     r.dst_ports = PortRange{0, 65535};
     Gateway gw = make_gateway({r});
-    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7)) == io::gateway_no_match);
-    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 6, 7, 7)) == 0);
+    io::RuleCounts gw_counts(gw.rules().size());
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 1, 7, 7), gw_counts) == io::gateway_no_match);
+    CHECK(gw.classify(0, 0, false, true, v4("1.1.1.1", "2.2.2.2", 6, 7, 7), gw_counts) == 0);
 }
 
 TEST_CASE("a rule naming an unknown chain, a bad prefix or host bits is refused with its line")
