@@ -28,7 +28,7 @@
 
 #include "bench.h"
 #include "fixture.h"
-#include "nf_lab.h"
+#include "lab_config.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
