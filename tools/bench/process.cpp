@@ -87,7 +87,8 @@ int64_t cpu_ns(pid_t pid)
 }
 
 
-Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pipe_stdin) : _log(log)
+Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pipe_stdin, ChildCpus cpus)
+    : _log(log)
 {
     int in_pipe[2] = {-1, -1};
     if (pipe_stdin && pipe2(in_pipe, O_CLOEXEC) != 0) {
@@ -105,15 +106,17 @@ Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pip
     cargs.push_back(nullptr);
     _pid = fork();
     if (_pid == 0) {
-        // Undo the measuring thread's pinning: DPDK pins its own lcores,
-        // its service threads may run anywhere.
-        cpu_set_t all;
-        CPU_ZERO(&all);
-        const long n = sysconf(_SC_NPROCESSORS_CONF);
-        for (long c = 0; c < n && c < CPU_SETSIZE; ++c) {
-            CPU_SET(static_cast<int>(c), &all);
+        if (cpus == ChildCpus::all) {
+            // Undo the measuring thread's pinning: DPDK pins its own lcores,
+            // its service threads may run anywhere.
+            cpu_set_t all;
+            CPU_ZERO(&all);
+            const long n = sysconf(_SC_NPROCESSORS_CONF);
+            for (long c = 0; c < n && c < CPU_SETSIZE; ++c) {
+                CPU_SET(static_cast<int>(c), &all);
+            }
+            sched_setaffinity(0, sizeof all, &all);
         }
-        sched_setaffinity(0, sizeof all, &all);
         const int null_fd = ::open("/dev/null", O_RDONLY);
         dup2(pipe_stdin ? in_pipe[0] : null_fd, 0);
         dup2(log_fd, 1);
@@ -172,8 +175,22 @@ void Child::close_stdin()
 
 int Child::wait_exit(double timeout_s)
 {
+    return reap(timeout_s, 0);
+}
+
+int Child::stop(double grace_s)
+{
+    if (!running()) {
+        return reap(0, 0);
+    }
+    kill(_pid, SIGTERM);
+    return reap(grace_s, SIGTERM);
+}
+
+int Child::reap(double timeout_s, int sent)
+{
     double deadline = now_s() + timeout_s;
-    int sig = 0;
+    int sig = sent;
     while (running()) {
         if (now_s() > deadline && sig != SIGKILL) {
             sig = sig == 0 ? SIGTERM : SIGKILL;

@@ -1,8 +1,8 @@
 #pragma once
 // Child processes of serpens-bench (serpens-host, dpdk-testpmd,
-// serpens-pktgen): finding their executables, starting them with their
-// output in a log file, talking to their stdin, waiting for a line in their
-// log, stopping them, and the CPU time they got.
+// serpens-pktgen, redis-server): finding their executables, starting them
+// with their output in a log file, talking to their stdin, waiting for a
+// line in their log, stopping them, and the CPU time they got.
 
 #include <sys/types.h>
 
@@ -28,14 +28,20 @@ std::string last_lines(const std::string &text, int lines);
 double now_s();
 void sleep_s(double s);
 
+// Where a child may run: every CPU (programs that pin their own threads,
+// like DPDK's lcores), or the CPUs of the thread that starts it (a helper
+// that belongs to a one-core experiment, like its redis-server).
+enum class ChildCpus { all, inherit };
+
 // A child process: stdout and stderr go to a log file, stdin is a pipe (when
 // asked) or /dev/null.  Killed and reaped on destruction if still running.
 // Not thread-safe: one thread owns a Child.
 class Child {
 public:
-    // Starts argv[0] (searched on PATH) with every CPU allowed.  Throws
-    // std::runtime_error when the log, the pipe or fork fails.
-    Child(const std::vector<std::string> &argv, const std::filesystem::path &log, bool pipe_stdin);
+    // Starts argv[0] (searched on PATH).  Throws std::runtime_error when the
+    // log, the pipe or fork fails.
+    Child(const std::vector<std::string> &argv, const std::filesystem::path &log, bool pipe_stdin,
+          ChildCpus cpus = ChildCpus::all);
     Child(const Child &) = delete;
     Child &operator=(const Child &) = delete;
     ~Child();
@@ -68,8 +74,14 @@ public:
     // Waits for exit; SIGTERM after timeout_s, SIGKILL 3 s later.  Returns
     // the exit code, or -signal when killed by one.
     int wait_exit(double timeout_s);
+    // SIGTERM now, SIGKILL after grace_s; returns as wait_exit.
+    int stop(double grace_s);
 
 private:
+    // Waits for exit; `timeout_s` after `sent` (0: nothing sent yet) it
+    // sends the next of SIGTERM, SIGKILL, each 3 s apart.
+    int reap(double timeout_s, int sent);
+
     pid_t _pid = -1;
     int _stdin = -1;
     bool _reaped = false;

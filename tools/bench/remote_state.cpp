@@ -1,19 +1,16 @@
 #include "remote_state.h"
 
 #include "core/error.h"
+#include "process.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <thread>
 #include <vector>
@@ -22,11 +19,7 @@
 #include <hiredis/hiredis.h>
 #endif
 
-extern char **environ;
-
 namespace serpens::bench {
-
-namespace fs = std::filesystem;
 
 bool have_hiredis() noexcept
 {
@@ -66,27 +59,6 @@ bool can_connect(int port)
     return ok;
 }
 
-std::string which_exe(const std::string &exe)
-{
-    const char *path = std::getenv("PATH");
-    std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-    dirs += ":/usr/sbin:/usr/bin";
-    std::size_t start = 0;
-    while (start <= dirs.size()) {
-        const std::size_t end = dirs.find(':', start);
-        const std::string d = dirs.substr(start, end == std::string::npos ? std::string::npos : end - start);
-        const fs::path p = fs::path(d.empty() ? "." : d) / exe;
-        if (access(p.c_str(), X_OK) == 0) {
-            return p.string();
-        }
-        if (end == std::string::npos) {
-            break;
-        }
-        start = end + 1;
-    }
-    return {};
-}
-
 } // namespace
 
 RedisServer::RedisServer()
@@ -95,7 +67,7 @@ RedisServer::RedisServer()
         _why = "hiredis not found at build time (apt-get install libhiredis-dev, then reconfigure)";
         return;
     }
-    const std::string exe = which_exe("redis-server");
+    const std::string exe = which("redis-server");
     if (exe.empty()) {
         _why = "redis-server not on PATH (apt-get install redis-server)";
         return;
@@ -104,43 +76,32 @@ RedisServer::RedisServer()
     for (int attempt = 0; attempt < 3 && _port == 0; ++attempt) {
         const int port = free_port();
         const std::string log = (_dir->path() / "redis.log").string();
-        std::vector<std::string> args = {exe,          "--port",       std::to_string(port),
-                                         "--bind",     "127.0.0.1",    "--save",
-                                         "",           "--appendonly", "no",
-                                         "--dir",      _dir->path().string(), "--logfile",
-                                         log,          "--daemonize",  "no",
-                                         "--protected-mode", "yes"};
-        std::vector<char *> argv;
-        for (auto &a : args) {
-            argv.push_back(a.data());
-        }
-        argv.push_back(nullptr);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        pid_t pid = -1;
-        const int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
-        posix_spawn_file_actions_destroy(&fa);
-        if (rc != 0) {
-            _why = std::string("cannot start redis-server: ") + std::strerror(rc);
+        const std::vector<std::string> args = {exe,          "--port",       std::to_string(port),
+                                               "--bind",     "127.0.0.1",    "--save",
+                                               "",           "--appendonly", "no",
+                                               "--dir",      _dir->path().string(), "--logfile",
+                                               log,          "--daemonize",  "no",
+                                               "--protected-mode", "yes"};
+        std::unique_ptr<Child> child;
+        try {
+            // On the caller's CPUs: a one-core experiment's redis shares its core.
+            child = std::make_unique<Child>(args, _dir->path() / "redis.out", false, ChildCpus::inherit);
+        } catch (const std::exception &e) {
+            _why = std::string("cannot start redis-server: ") + e.what();
             return;
         }
         for (int i = 0; i < 500; ++i) {
             if (can_connect(port)) {
-                _pid = pid;
+                _child = std::move(child);
                 _port = port;
                 break;
             }
-            int status = 0;
-            if (waitpid(pid, &status, WNOHANG) == pid) {
+            if (!child->running()) {
                 break; // lost the port race: try another
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
         }
-        if (_port == 0 && _pid < 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, nullptr, 0);
-        }
+        // A redis-server that never listened is killed and reaped with `child`.
     }
     if (_port == 0) {
         _why = "redis-server did not accept connections";
@@ -149,16 +110,8 @@ RedisServer::RedisServer()
 
 RedisServer::~RedisServer()
 {
-    if (_pid > 0) {
-        kill(_pid, SIGTERM);
-        int status = 0;
-        for (int i = 0; i < 300 && waitpid(_pid, &status, WNOHANG) == 0; ++i) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        }
-        if (waitpid(_pid, &status, WNOHANG) == 0) {
-            kill(_pid, SIGKILL);
-            waitpid(_pid, &status, 0);
-        }
+    if (_child) {
+        _child->stop(3);
     }
 }
 

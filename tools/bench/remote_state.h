@@ -12,6 +12,8 @@
 
 namespace serpens::bench {
 
+class Child;
+
 // A redis-server of our own on a free loopback port in a scratch directory
 // (`--save '' --appendonly no`), stopped with the object.
 class RedisServer {
@@ -24,7 +26,7 @@ public:
 
 private:
     std::unique_ptr<ScratchDir> _dir;
-    int _pid = -1;
+    std::unique_ptr<Child> _child;
     int _port = 0;
     std::string _why;
 };
