@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include <sched.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -111,6 +112,46 @@ template <class Run> std::vector<double> measure(const Options &opts, Run &&run)
     return per_op;
 }
 
+// Paced open-loop latency: batches arrive every interval_ns (the schedule
+// does not wait for completions); each is served as soon as the server is
+// free; latency = completion - scheduled arrival.  serve(i) handles batch i.
+struct Latency {
+    double mean_us = 0;
+    double p50_us = 0;
+    double p99_us = 0;
+    uint64_t batches = 0;
+};
+template <class Serve> Latency paced_latency(double interval_ns, uint64_t batches, Serve &&serve)
+{
+    std::vector<double> lat;
+    lat.reserve(batches);
+    const uint64_t t0 = now_ns() + 1000000;
+    for (uint64_t i = 0; i < batches; ++i) {
+        const uint64_t arrival = t0 + static_cast<uint64_t>(interval_ns * static_cast<double>(i));
+        for (uint64_t now = now_ns(); now < arrival; now = now_ns()) {
+            if (arrival - now > 100000) {
+                timespec ts{0, static_cast<long>(arrival - now - 50000)};
+                nanosleep(&ts, nullptr);
+            }
+        }
+        serve(i);
+        lat.push_back(static_cast<double>(now_ns() - arrival) / 1e3);
+    }
+    Latency l;
+    l.batches = batches;
+    double sum = 0;
+    for (double v : lat) {
+        sum += v;
+    }
+    l.mean_us = lat.empty() ? 0 : sum / static_cast<double>(lat.size());
+    std::sort(lat.begin(), lat.end());
+    if (!lat.empty()) {
+        l.p50_us = lat[lat.size() / 2];
+        l.p99_us = lat[std::min(lat.size() - 1, static_cast<std::size_t>(static_cast<double>(lat.size()) * 0.99))];
+    }
+    return l;
+}
+
 // ---- output --------------------------------------------------------------
 
 struct Table {
@@ -121,6 +162,11 @@ struct Table {
 };
 
 std::string fmt_num(double v); // 3 significant digits, no exponent for normal ranges
+// Median and spread of samples as table cells.
+inline std::vector<std::string> cells(const Summary &s)
+{
+    return {fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)};
+}
 
 void print_table(const Table &table);
 // Writes <out>/<name>.csv; returns the path.  Throws on I/O errors.
@@ -170,5 +216,9 @@ std::string find_plotter(Options &opts);
 // Pins the calling thread; returns false (errno set) when the kernel refuses.
 bool pin_self(int cpu);
 std::string describe_cpus(const cpu_set_t &set);
+// Pins the calling thread to opts.cpu when set (all threads of a one-core
+// experiment), else leaves it.
+void pin_like(const Options &opts);
+int first_worker_cpu(const Options &opts);
 
 } // namespace serpens::bench

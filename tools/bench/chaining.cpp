@@ -10,7 +10,8 @@
 // as it does on a loaded core.  Each NF is the real fw plugin (--rules rules).
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
+#include "pipeline.h"
 
 #include <fmt/format.h>
 

@@ -247,4 +247,21 @@ std::string describe_cpus(const cpu_set_t &set)
     return cpus.empty() ? "none" : join(cpus, ",");
 }
 
+void pin_like(const Options &opts)
+{
+    if (opts.cpu >= 0) {
+        pin_self(opts.cpu);
+    }
+}
+
+int first_worker_cpu(const Options &opts)
+{
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+        if (CPU_ISSET(c, &opts.worker_cpus)) {
+            return c;
+        }
+    }
+    return -1;
+}
+
 } // namespace serpens::bench

@@ -5,12 +5,15 @@
 //   OpenFaaS  load binary per batch, gateway-based chaining, remote state
 //   SAND      fork per batch, direct chaining, remote state
 //   Serpens   one ChainInstance by function calls, local shared-memory state
-// Remote state: the RemoteClient shim (nf_lab.h) — every state request of
+// Remote state: the RemoteClient shim (remote_state.h) — every state request of
 // an NF goes to a real redis-server, pipelined per batch.  Without redis or
 // hiredis the baselines print "skipped" rows and only Serpens is measured.
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
+#include "pipeline.h"
+#include "remote_state.h"
+#include "workers.h"
 
 #include <fmt/format.h>
 

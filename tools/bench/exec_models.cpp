@@ -12,7 +12,8 @@
 // completion - scheduled arrival (queueing included), mean and p99.
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
+#include "models.h"
 
 #include <fmt/format.h>
 

@@ -4,7 +4,7 @@
 // established-flow cost at 1, 1000 and 10000 rules (issue "The NF library":
 // within 10% of each other).
 //
-// Everything is in memory through the lab fixture (nf_lab.h): the real
+// Everything is in memory through the lab fixture (lab_chain.h): the real
 // plugins, chains compiled by the host's code, state in a real StateStore,
 // traffic from tools/support/traffic.h.  Each timed batch is copied into packet
 // buffers and parsed first, as the dataplane does; that load+parse cost is
@@ -14,7 +14,7 @@
 // of `flows` entries).
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
 
 #include <fmt/format.h>
 
@@ -201,7 +201,7 @@ public:
         std::cout << verdict << '\n';
         plot(opts, r, PlotSpec{"bar", "rules", "", {"ns_pkt"}, "ns_pkt_min", "ns_pkt_max", "ns per packet", false});
         write_notes(opts, "nf",
-                    "Real plugins through the lab fixture (tools/bench/nf_lab.h): chain compiled by the host's "
+                    "Real plugins through the lab fixture (tools/bench/lab_chain.h): chain compiled by the host's "
                     "code, state in a StateStore in a scratch directory, TCP/UDP IPv4 traffic from "
                     "tools/support/traffic.h (no VLAN, no malformed frames).  Every timed batch is copied into packet "
                     "buffers and parsed, as the dataplane does; that cost is the `parse only` row and is "

@@ -13,7 +13,10 @@
 //               (the router's ring into the instance)
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
+#include "pipeline.h"
+#include "remote_state.h"
+#include "workers.h"
 
 #include <fmt/format.h>
 

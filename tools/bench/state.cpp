@@ -6,7 +6,9 @@
 // without redis-server or hiredis the remote rows say "skipped".
 
 #include "bench.h"
-#include "nf_lab.h"
+#include "lab_chain.h"
+#include "models.h"
+#include "remote_state.h"
 
 #include <fmt/format.h>
 

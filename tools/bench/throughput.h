@@ -1,0 +1,111 @@
+#pragma once
+// serpens-bench throughput (throughput.cpp): what its files share — the
+// configurations a row can measure, one run's result, and the rig every run
+// is set up on (tools, traffic, lcores, a scratch directory).
+//   throughput_setup.cpp    the scratch directory, the pcap and the config files
+//   throughput_runners.cpp  one measured run of testpmd or serpens-host
+//   throughput_report.cpp   the table, the summary lines and the notes
+//   reference.cpp           the testpmd io reference line of every figure
+
+#include "bench.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#ifndef SERPENS_BENCH_HOST
+#define SERPENS_BENCH_HOST "serpens-host"
+#endif
+#ifndef SERPENS_BENCH_PKTGEN
+#define SERPENS_BENCH_PKTGEN "serpens-pktgen"
+#endif
+
+namespace serpens::bench {
+
+// One measured run of one configuration.
+struct Run {
+    double mpps = 0;
+    double window_s = 0;
+    double cpu_cores = -1; // CPU the process got over the window, in cores; -1 unknown
+    uint64_t packets = 0;
+};
+
+enum class Kind { testpmd_io, testpmd_macswap, serpens_1core, serpens_2core, serpens_chain };
+
+struct Config {
+    Kind kind;
+    const char *name;
+    const char *tool;
+    const char *forward;
+    int lcores; // lcores that poll
+};
+
+// What one row measures: a configuration, and for serpens_chain its chain.
+struct Entry {
+    const Config *config;
+    std::string chain; // dash-separated plugin names; empty but for serpens_chain
+    std::string name;
+    std::string forward;
+};
+
+// The settings (the subcommand's options) and, once set up, the files and
+// lcores every run of `throughput` uses.  One thread uses a rig.
+struct ThroughputRig {
+    double window_s = 3;
+    double warmup_s = 1;
+    uint32_t flows = 4096;
+    uint32_t size = 64;
+    uint32_t packets = 8192;
+    std::string mix = "tcp=50,udp=50";
+    double vlan_ratio = 0;
+    uint32_t burst = 32;
+    uint32_t mbufs = 32768;
+    uint32_t memory_mb = 512;
+    std::string lcores; // "MAIN,FWD" as given, or empty
+    std::string testpmd_exe = "dpdk-testpmd";
+    std::string host_exe = SERPENS_BENCH_HOST;
+    std::string pktgen_exe = SERPENS_BENCH_PKTGEN;
+    bool keep = false;
+    uint32_t fw_rules = 1000;
+
+    int main_lcore = 0;
+    int fwd_lcore = 1;
+    unsigned runs = 0;
+    std::filesystem::path tmp;
+    std::filesystem::path state_root; // host state: /dev/shm/<tmp's name>, or tmp without /dev/shm
+    std::filesystem::path pcap;
+    std::string pktgen_cmd;
+
+    // throughput_setup.cpp
+    // Sets main_lcore and fwd_lcore from `lcores`, else the first two worker CPUs.
+    void pick_lcores(const Options &opts);
+    // Runs `body` with a fresh temporary directory (tmp); see the definition.
+    int in_scratch_dir(const std::function<int()> &body);
+    std::string eal_prefix(const char *what);
+    std::string pcap_vdev() const;
+    // tmp/in.pcap from serpens-pktgen; pktgen_cmd says how.
+    void make_pcap();
+    void make_serpens_files(const Options &opts, const std::vector<std::string> &chains);
+    std::filesystem::path write_host_toml(bool two_cores, const std::string &chain = "passthrough");
+
+    // throughput_runners.cpp: one measured run each; throw with the log's tail.
+    std::vector<std::string> testpmd_argv(const char *mode);
+    Run run_testpmd(const char *mode);
+    Run run_serpens(bool two_cores, const std::string &chain = "passthrough");
+};
+
+// The index in `chosen` of the row of `kind`; -1 when none.
+int find_entry(const std::vector<Entry> &chosen, Kind kind);
+
+// Prints the table and summary of a measured run and writes its CSV, notes
+// and figure.  runs[i] holds the rounds of chosen[i].
+int report_throughput(const Options &opts, const ThroughputRig &rig, const std::vector<Entry> &chosen,
+                      const std::vector<std::vector<Run>> &runs, double target_ratio, const std::string &skipped);
+
+// reference.cpp: this run's io Mpps becomes the reference line, unless one
+// was measured already or opts.reference is off.
+void offer_reference_io_mpps(const Options &opts, double mpps);
+
+} // namespace serpens::bench

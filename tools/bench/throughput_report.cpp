@@ -1,0 +1,145 @@
+// serpens-bench throughput: the report of a measured run — one table row
+// per configuration (Mpps, CPU, ratios to testpmd, what a chain's NFs add),
+// the summary lines against the issue's targets, the notes and the figure.
+
+#include "throughput.h"
+
+#include <fmt/format.h>
+
+#include <iostream>
+
+namespace serpens::bench {
+
+int find_entry(const std::vector<Entry> &chosen, Kind kind)
+{
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+        if (chosen[i].config->kind == kind) {
+            return static_cast<int>(i);
+        }
+    }
+    return -1;
+}
+
+int report_throughput(const Options &opts, const ThroughputRig &rig, const std::vector<Entry> &chosen,
+                      const std::vector<std::vector<Run>> &runs, double target_ratio, const std::string &skipped)
+{
+    const int io = find_entry(chosen, Kind::testpmd_io);
+    const int macswap = find_entry(chosen, Kind::testpmd_macswap);
+    // Ratios per round (same round: same load), then their median and range.
+    auto ratio = [&](std::size_t i, int ref, bool per_core) -> Summary {
+        std::vector<double> v;
+        if (ref < 0) {
+            return Summary{-1, -1, -1, -1, -1};
+        }
+        for (std::size_t r = 0; r < runs[i].size(); ++r) {
+            const Run &a = runs[i][r];
+            const Run &b = runs[static_cast<std::size_t>(ref)][r];
+            if (per_core) {
+                if (a.cpu_cores > 0 && b.cpu_cores > 0) {
+                    v.push_back((a.mpps / a.cpu_cores) / (b.mpps / b.cpu_cores));
+                }
+            } else {
+                v.push_back(a.mpps / b.mpps);
+            }
+        }
+        return v.empty() ? Summary{-1, -1, -1, -1, -1} : summarize(v);
+    };
+    auto cell = [](double v) { return v < 0 ? std::string("-") : fmt_num(v); };
+
+    // What a chain's NFs add per packet in the host: its time per packet
+    // minus the noop chain's, round by round.
+    const int noop = find_entry(chosen, Kind::serpens_1core);
+    auto ns_over_noop = [&](std::size_t i) -> Summary {
+        std::vector<double> v;
+        if (noop < 0) {
+            return Summary{-1, -1, -1, -1, -1};
+        }
+        for (std::size_t r = 0; r < runs[i].size(); ++r) {
+            v.push_back(1e3 / runs[i][r].mpps - 1e3 / runs[static_cast<std::size_t>(noop)][r].mpps);
+        }
+        return summarize(v);
+    };
+
+    Table table{"throughput",
+                fmt::format("Forwarding throughput, {} B x {} flows, net_pcap replay -> net_null (Mpps; median "
+                            "[min..max] of {})",
+                            rig.size, rig.flows, opts.repeat),
+                {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max",
+                 "mpps_per_cpu", "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
+                {}};
+    std::string summary;
+    for (std::size_t i = 0; i < chosen.size(); ++i) {
+        const Config &c = *chosen[i].config;
+        std::vector<double> mpps, cores, per_cpu;
+        for (const Run &r : runs[i]) {
+            mpps.push_back(r.mpps);
+            if (r.cpu_cores > 0) {
+                cores.push_back(r.cpu_cores);
+                per_cpu.push_back(r.mpps / r.cpu_cores);
+            }
+        }
+        const Summary m = summarize(mpps);
+        const Summary x_mac = ratio(i, macswap, false);
+        const Summary x_io = ratio(i, io, false);
+        const Summary x_mac_cpu = ratio(i, macswap, true);
+        const Summary nf_ns = c.kind == Kind::serpens_chain ? ns_over_noop(i) : Summary{-1, -1, -1, -1, -1};
+        table.rows.push_back({chosen[i].name, c.tool, chosen[i].forward, std::to_string(c.lcores),
+                              cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median),
+                              fmt_num(m.min), fmt_num(m.max),
+                              per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median), cell(x_mac.median),
+                              cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
+        if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
+            summary += fmt::format("serpens SFC fw-mon-nat on 1 core / testpmd macswap = {} (rounds {}..{}; "
+                                   "target >= 0.5): {}\n",
+                                   fmt_num(x_mac.median), cell(x_mac.min), cell(x_mac.max),
+                                   x_mac.median >= 0.5 ? "MEETS" : "BELOW");
+        }
+        if (c.kind == Kind::serpens_1core || c.kind == Kind::serpens_2core || c.kind == Kind::serpens_chain) {
+            summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i].name, fmt_num(m.median), c.lcores);
+            if (macswap >= 0) {
+                summary += fmt::format("; x{} of testpmd macswap (rounds {}..{}), per CPU-second x{}",
+                                       cell(x_mac.median), cell(x_mac.min), cell(x_mac.max),
+                                       cell(x_mac_cpu.median));
+            }
+            if (io >= 0) {
+                summary += fmt::format("; x{} of testpmd io", cell(x_io.median));
+            }
+            if (nf_ns.median >= 0) {
+                summary += fmt::format("; its NFs add {} ns/packet to the noop chain's", fmt_num(nf_ns.median));
+            }
+            summary += "\n";
+        }
+        if (c.kind == Kind::serpens_1core && macswap >= 0) {
+            summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n",
+                                   fmt_num(x_mac.median), fmt_num(target_ratio),
+                                   x_mac.median >= target_ratio ? "MEETS" : "BELOW");
+        }
+    }
+    print_table(table);
+    std::cout << '\n' << summary;
+    write_csv(opts, table);
+
+    std::string notes = fmt::format(
+        "Target (issue \"Data path\", informational): serpens on one core >= {}x testpmd macswap on one "
+        "forwarding core.\n\n{}\n"
+        "Input: `{}`, replayed by `{}` into `net_null0,no-rx=1`; burst {}, {} mbufs, EAL `--no-huge -m {} "
+        "--no-pci`.  testpmd: `-l {},{} ... -- -i --forward-mode=io|macswap --port-topology=chained "
+        "--nb-cores=1`, Mpps = TX delta between two `show port stats all` {} s apart, after {} s of "
+        "warm-up.  serpens-host: `--duration {}`; Mpps = egress TX / duration (its counters start with "
+        "its main loop, start-up is outside).  `cpu_cores`: CPU time the process got over the window "
+        "(schedstat) — below `lcores` means the machine's other load took CPU from it; "
+        "`mpps_per_cpu` and `x_macswap_per_cpu` normalise for that.  Ratios are medians of per-round "
+        "ratios (the configurations run interleaved, round by round).  `nf_ns_pkt`: what a chain's NFs add "
+        "to the noop chain's time per packet (1000 / Mpps, per round); a chain of one NF gives that NF's "
+        "cost in the host, and the parts of the SFC show where its time goes.  `lookup-count-lookup` is the "
+        "SFC's floor: three noops that make only the per-flow state access fw, mon and nat each need per "
+        "packet (a lookup, a counter add, a lookup) on one-word keys, and nothing else.\n{}",
+        fmt_num(target_ratio), summary, rig.pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", rig.burst,
+        rig.mbufs, rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
+        fmt_num(rig.window_s), skipped.empty() ? "" : "\nNot measured: " + skipped);
+    write_notes(opts, table.name, notes + "\n" + reference_note(opts));
+    plot_with_reference(opts, table, PlotSpec{"bar", "config", "", {"mpps"}, "mpps_min", "mpps_max", "Mpps", false});
+    return 0;
+}
+
+} // namespace serpens::bench

@@ -1,0 +1,226 @@
+// serpens-bench throughput: the files every run reads — a scratch directory,
+// the pcap serpens-pktgen writes, the plugins and chains serpens-host loads
+// and its config — and the lcores and EAL prefixes of each run.
+
+#include "throughput.h"
+
+#include "fixture.h"
+#include "lab_config.h"
+#include "process.h"
+
+#include <fmt/format.h>
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+
+namespace serpens::bench {
+
+namespace fs = std::filesystem;
+
+// Runs `body` with a fresh temporary directory (tmp) for configs, pcap
+// and logs; removes it afterwards unless --keep (or on error, for a look).
+int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
+{
+    const char *tmpdir = std::getenv("TMPDIR");
+    std::string dir_template =
+        (fs::path(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp") / "serpens-bench-throughput-XXXXXX")
+            .string();
+    if (mkdtemp(dir_template.data()) == nullptr) {
+        throw std::runtime_error("mkdtemp " + dir_template + ": " + std::strerror(errno));
+    }
+    tmp = dir_template;
+    // Host state on tmpfs, as the host's default puts it: on disk every
+    // new page of a table waits for writeback, which no operator runs.
+    std::error_code shm_ec;
+    state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / tmp.filename() : tmp;
+    struct RemoveState {
+        const fs::path &root;
+        ~RemoveState()
+        {
+            std::error_code ignored;
+            fs::remove_all(root, ignored);
+        }
+    } remove_state{state_root};
+    // testpmd may exit before reading all of its stdin.
+    struct sigaction ignore {}, old_pipe {};
+    ignore.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &ignore, &old_pipe);
+    int rc = 0;
+    try {
+        rc = body();
+    } catch (...) {
+        sigaction(SIGPIPE, &old_pipe, nullptr);
+        std::cout << "throughput: logs kept in " << tmp.string() << '\n';
+        throw;
+    }
+    sigaction(SIGPIPE, &old_pipe, nullptr);
+    if (keep) {
+        std::cout << "throughput: configs, pcap and logs kept in " << tmp.string() << '\n';
+    } else {
+        std::error_code ec;
+        fs::remove_all(tmp, ec);
+    }
+    return rc;
+}
+
+void ThroughputRig::pick_lcores(const Options &opts)
+{
+    if (!lcores.empty()) {
+        const auto comma = lcores.find(',');
+        if (comma == std::string::npos) {
+            throw std::runtime_error("--lcores wants MAIN,FWD (two lcore numbers)");
+        }
+        main_lcore = std::stoi(lcores.substr(0, comma));
+        fwd_lcore = std::stoi(lcores.substr(comma + 1));
+        return;
+    }
+    std::vector<int> cpus;
+    for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c) {
+        if (CPU_ISSET(c, &opts.worker_cpus)) {
+            cpus.push_back(c);
+        }
+    }
+    if (cpus.empty()) {
+        cpus.push_back(0);
+    }
+    main_lcore = cpus.front();
+    fwd_lcore = cpus.back();
+}
+
+std::string ThroughputRig::eal_prefix(const char *what)
+{
+    return fmt::format("--file-prefix=serpens-bench-{}-{}-{}", what, getpid(), runs++);
+}
+
+std::string ThroughputRig::pcap_vdev() const
+{
+    return "net_pcap0,rx_pcap=" + fs::absolute(pcap).string() + ",infinite_rx=1";
+}
+
+void ThroughputRig::make_pcap()
+{
+    pcap = tmp / "in.pcap";
+    std::vector<std::string> argv = {pktgen_exe,
+                                     "-o",
+                                     pcap.string(),
+                                     "--flows",
+                                     std::to_string(flows),
+                                     "--size",
+                                     std::to_string(size),
+                                     "--packets",
+                                     std::to_string(packets),
+                                     "--malformed-ratio",
+                                     "0",
+                                     "--mix",
+                                     mix,
+                                     "--vlan-ratio",
+                                     fmt::format("{}", vlan_ratio)};
+    Child gen(argv, tmp / "pktgen.log", false);
+    if (gen.wait_exit(120) != 0 || !fs::exists(pcap)) {
+        throw std::runtime_error("serpens-pktgen failed (" + pktgen_exe + "; pass --pktgen): " +
+                                 last_lines(gen.log(), 5));
+    }
+    pktgen_cmd.clear();
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        pktgen_cmd += (i ? " " : "") + (i == 0 ? std::string("serpens-pktgen") : i == 2 ? "in.pcap" : argv[i]);
+    }
+}
+
+// The noop plugin alone in a private plugin directory: the host loads
+// every .so in plugin_dir, and the build's may hold others.
+void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<std::string> &chains)
+{
+    const std::string noop = find_plugin(opts.plugin_dir, "noop");
+    if (noop.empty()) {
+        throw std::runtime_error("no serpens_nf_noop.so in " + opts.plugin_dir + " or its noop/: pass --plugins");
+    }
+    fs::create_directories(tmp / "plugins");
+    fs::copy_file(noop, tmp / "plugins" / "serpens_nf_noop.so", fs::copy_options::overwrite_existing);
+    fs::permissions(tmp / "plugins" / "serpens_nf_noop.so", fs::perms(0755));
+    // Each chain in a chains directory of its own: the host sets up every
+    // chain it finds, and a run should hold only the chain it measures.
+    for (const std::string &chain : chains) {
+        // The chain's plugins beside noop; NF configs as the nf subcommand's.
+        const std::vector<std::string> nfs = split_chain(chain);
+        for (const std::string &nf : nfs) {
+            const std::string plugin = lab_plugin(nf);
+            const std::string so = find_plugin(opts.plugin_dir, plugin);
+            if (so.empty()) {
+                throw std::runtime_error("no serpens_nf_" + plugin + ".so in " + opts.plugin_dir +
+                                         ": pass --plugins");
+            }
+            const fs::path dst = tmp / "plugins" / ("serpens_nf_" + plugin + ".so");
+            fs::copy_file(so, dst, fs::copy_options::overwrite_existing);
+            fs::permissions(dst, fs::perms(0755));
+        }
+        NfParams params;
+        params.fw_rules = fw_rules;
+        params.flows = flows;
+        fs::create_directories(tmp / ("chains-" + chain));
+        std::ofstream(tmp / ("chains-" + chain) / (chain + ".toml"))
+            << "egress = \"out\"\n" << lab_chain_toml(tmp, nfs, params, chain);
+    }
+    fs::create_directories(tmp / "chains-passthrough");
+    std::ofstream(tmp / "chains-passthrough" / "passthrough.toml") << "name = \"passthrough\"\n"
+                                                           "egress = \"out\"\n\n"
+                                                           "[[nf]]\n"
+                                                           "name = \"pass\"\n"
+                                                           "plugin = \"noop\"\n";
+}
+
+fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain)
+{
+    const int instance_lcore = fwd_lcore;
+    const std::string eal_lcores = two_cores ? fmt::format("{},{}", main_lcore, fwd_lcore)
+                                             : std::to_string(fwd_lcore);
+    const fs::path path = tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
+    std::ofstream out(path);
+    out << fmt::format(
+        "# serpens-bench throughput: {}\n"
+        "[host]\n"
+        "id = \"bench-tp-{}\"\n"
+        "log_level = \"info\"\n"
+        "plugin_dir = \"plugins\"\n"
+        "chains_dir = \"chains-{}\"\n"
+        "state_dir = \"{}\"\n\n"
+        "[eal]\n"
+        "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
+        "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
+        "[mempool]\n"
+        "mbufs = {}\n"
+        "cache = 256\n\n"
+        "[[port]]\n"
+        "name = \"in\"\n"
+        "device = \"{}\"\n\n"
+        "[[port]]\n"
+        "name = \"out\"\n"
+        "device = \"net_null0,no-rx=1\"\n\n"
+        "[gateway]\n"
+        "default = \"drop\"\n\n"
+        "[[gateway.rule]]\n"
+        "name = \"all\"\n"
+        "chain = \"{}\"\n\n"
+        "[instances]\n"
+        "burst = {}\n\n"
+        "[[instance]]\n"
+        "chain = \"{}\"\n"
+        "count = 1\n"
+        "lcores = [{}]\n",
+        two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
+                  : "everything on the main lcore (one core)",
+        getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
+        eal_prefix("host"), mbufs - 1, pcap_vdev(), chain, burst, chain, instance_lcore);
+    if (!out) {
+        throw std::runtime_error("cannot write " + path.string());
+    }
+    return path;
+}
+
+} // namespace serpens::bench
