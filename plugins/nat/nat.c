@@ -319,11 +319,7 @@ static void nat_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
     for (uint32_t first = 0; first < batch->count; first += NAT_BULK) {
         nat_run_chunk(n, batch, first, batch->count - first < NAT_BULK ? batch->count : first + NAT_BULK, now);
     }
-    if (n->scan) {
-        nat_sweep_entries(n, now);
-    } else {
-        nat_sweep_items(n, now);
-    }
+    nat_sweep_entries(n, now);
 }
 
 static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
@@ -357,7 +353,6 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
                "out of the pool",
                (unsigned)h->abi_major, (unsigned)h->abi_minor);
     }
-    n->scan = SERPENS_HOST_HAS(h, scan_state) && SERPENS_HOST_HAS(h, table_slots);
     n->out = h->create_table(ctx, "out", flow_flags, sizeof(struct nat_out_key), sizeof(struct nat_out_val),
                              n->max_mappings);
     n->in = h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val),

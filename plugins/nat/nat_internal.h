@@ -26,9 +26,8 @@
 #define NAT_SCAN_WINDOW 16u        /* pool chunks tried per allocation */
 #define NAT_PUT_RETRIES 4          /* redo a pool update that raced a rebalance */
 #define NAT_EXHAUSTED_BACKOFF_NS 1000000ull /* after a failed trigger, wait 1 ms */
-#define NAT_SWEEP_MAX 1024u        /* items swept per batch at most: ~1024 probes, mostly misses */
 #define NAT_BULK 64u               /* packets whose mappings are looked up together (nf.h bulk limit) */
-#define NAT_SWEEP_SLOTS_MAX 4096u  /* `in` slots walked per batch at most (ABI 1.2 sweep) */
+#define NAT_SWEEP_SLOTS_MAX 4096u  /* `in` slots the sweep walks per batch at most */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
 /* The host's "cell changed since you read it, read again" code.  */
@@ -175,10 +174,7 @@ struct nat {
     uint32_t empty_windows[NAT_N_PROTOS];
     uint64_t retry_after_ns[NAT_N_PROTOS];
 
-    /* expiry sweep: the `in` table's slots (scan), else every item of the
-     * pool, all protocols in a row */
-    int scan; /* the host has scan_state (ABI 1.2) */
-    struct serpens_sweep sweep;
+    struct serpens_sweep sweep; /* expiry sweep over the `in` table's slots */
 
     uint64_t *counter[NAT_N_COUNTERS];
     uint64_t bitmap[NAT_CHUNK_WORDS]; /* scratch for one pool chunk */
@@ -245,7 +241,6 @@ int nat_pool_init(struct nat *n);
 int64_t nat_pool_take(struct nat *n, unsigned pi, uint64_t now);
 void nat_pool_give(struct nat *n, unsigned pi, uint32_t item);
 void nat_sweep_entries(struct nat *n, uint64_t now);
-void nat_sweep_items(struct nat *n, uint64_t now);
 
 /* nat_icmp.c: an ICMP error about a mapped flow (RFC 5508 REQ-3). */
 uint8_t nat_icmp_error(struct nat *n, struct serpens_pkt *p, uint8_t *ip, int outbound);

@@ -9,10 +9,8 @@
  *   instance never writes a flow it does not own).  Each instance sweeps the
  *   mappings it made, paced to see each twice per shortest timeout, and
  *   returns expired ones' items to its share of the pool.  It walks the `in`
- *   table (host ABI 1.2 scan_state, at most NAT_SWEEP_SLOTS_MAX slots per
- *   batch), so the sweep costs in proportion to max_mappings; an older host
- *   makes it look up every item of the pool in turn (at most NAT_SWEEP_MAX
- *   per batch), which costs about a probe per packet with a /24 pool.  The
+ *   table (scan_state, at most NAT_SWEEP_SLOTS_MAX slots per batch), so the
+ *   sweep costs in proportion to max_mappings, not to the pool.  The
  *   mapping tables are created with NF_EXPIRY (host ABI 1.1): the host's own
  *   per-flow idle expiry leaves them alone, so a mapping and its item always
  *   go together, through the sweep.  (Before, a host expiry removed mappings
@@ -196,9 +194,9 @@ static void nat_expire_mapping(struct nat *n, unsigned pi, uint32_t item, const 
     nat_count(n, NAT_C_EXPIRED);
 }
 
-/* The sweep on an ABI 1.2 host: walks the `in` table's slots, so its cost
- * follows the table, not the pool (16M items per protocol for a /24 of
- * external addresses, swept item by item, cost this NF ~1 probe per packet). */
+/* The sweep: walks the `in` table's slots (scan_state), so its cost follows
+ * the table, not the pool (16M items per protocol for a /24 of external
+ * addresses). */
 void nat_sweep_entries(struct nat *n, uint64_t now)
 {
     const uint64_t slots = n->host->table_slots(n->in);
@@ -217,28 +215,6 @@ void nat_sweep_entries(struct nat *n, uint64_t now)
             continue; /* an item of another pool configuration: not ours to give back */
         }
         nat_expire_mapping(n, nat_proto_index(ik.proto), (uint32_t)item, &ik, &iv, now);
-    }
-}
-
-/* The sweep on an older host: every item of the pool in turn, one lookup
- * each, mostly misses. */
-void nat_sweep_items(struct nat *n, uint64_t now)
-{
-    const uint64_t total = (uint64_t)n->n_items * NAT_N_PROTOS;
-    const uint64_t budget = serpens_sweep_budget(&n->sweep, total, now, NAT_SWEEP_MAX);
-    for (uint64_t k = 0; k < budget; ++k) {
-        uint64_t pos = n->sweep.pos % total;
-        n->sweep.pos = (pos + 1) % total;
-        unsigned pi = (unsigned)(pos / n->n_items);
-        uint32_t item = (uint32_t)(pos % n->n_items);
-        struct nat_in_key ik;
-        struct nat_in_val iv;
-        memset(&ik, 0, sizeof ik);
-        nat_item_endpoint(n, item, &ik.ext_ip, &ik.ext_port);
-        ik.proto = nat_protos[pi];
-        if (n->host->get_state(n->in, &ik, &iv) == SERPENS_OK && iv.owner == n->ctx->instance_id) {
-            nat_expire_mapping(n, pi, item, &ik, &iv, now);
-        }
     }
 }
 
