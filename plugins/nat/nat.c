@@ -337,22 +337,10 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     if (rc != SERPENS_OK) {
         return rc;
     }
-    if (h->create_table == NULL || h->get_state == NULL || h->trigger == NULL || h->split == NULL) {
-        h->log(ctx, SERPENS_LOG_ERROR, "nat: this host provides no state API");
-        return SERPENS_ENOTSUP;
-    }
     n->pool = h->create_table(ctx, "pool", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE,
                               sizeof(struct nat_pool_key), sizeof n->bitmap, (uint64_t)n->n_chunks * NAT_N_PROTOS);
     /* The sweep alone expires mappings, so an item goes back with its mapping. */
-    uint32_t flow_flags = SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE;
-    if (h->abi_minor >= 1) {
-        flow_flags |= SERPENS_STATE_NF_EXPIRY;
-    } else {
-        h->log(ctx, SERPENS_LOG_WARN,
-               "nat: host ABI %u.%u has no NF_EXPIRY tables: mappings the host expires keep their external port "
-               "out of the pool",
-               (unsigned)h->abi_major, (unsigned)h->abi_minor);
-    }
+    const uint32_t flow_flags = SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY;
     n->out = h->create_table(ctx, "out", flow_flags, sizeof(struct nat_out_key), sizeof(struct nat_out_val),
                              n->max_mappings);
     n->in = h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val),

@@ -11,19 +11,17 @@
  *   returns expired ones' items to its share of the pool.  It walks the `in`
  *   table (scan_state, at most NAT_SWEEP_SLOTS_MAX slots per batch), so the
  *   sweep costs in proportion to max_mappings, not to the pool.  The
- *   mapping tables are created with NF_EXPIRY (host ABI 1.1): the host's own
- *   per-flow idle expiry leaves them alone, so a mapping and its item always
- *   go together, through the sweep.  (Before, a host expiry removed mappings
- *   whose items then never came back to the pool, e.g. after the NF saw no
- *   packet for longer than the host's idle timeout.)
+ *   mapping tables are created with NF_EXPIRY: the host's own per-flow idle
+ *   expiry leaves them alone, so a mapping and its item always go together,
+ *   through the sweep (a mapping the host removed would keep its item out of
+ *   the pool for good).
  *
  * LIMITATIONS
  *   The sweep runs only when packets arrive: after a quiet period, expired
  *   mappings are freed when traffic resumes (a bounded slice per batch).
  *   Only the instance that took an item frees it: the items of mappings
  *   made by an instance that was scaled in for good stay taken until an
- *   instance with its id runs again.  On an ABI 1.0 host the tables have no
- *   NF_EXPIRY and the old leak on host expiry remains (logged at init).
+ *   instance with its id runs again.
  */
 #include "nat_internal.h"
 
