@@ -590,10 +590,6 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         h->log(ctx, SERPENS_LOG_ERROR, "lb: out of memory for the lookup table");
         return rc;
     }
-    if (h->create_table == NULL || h->timer == NULL) {
-        h->log(ctx, SERPENS_LOG_ERROR, "lb: this host provides no state API");
-        return SERPENS_ENOTSUP;
-    }
     /* Two entries per flow: forward and reply. */
     l->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(struct lb_flow_key),
                                sizeof(struct lb_flow_val), 2 * (uint64_t)max_flows);

@@ -29,8 +29,9 @@
  *   parse are counted (`unparsed`) and passed.
  *
  *   A batch sums its packets per flow first, then updates up to 64 flows with
- *   one update_state_bulk (host ABI 1.3: counts added, last seen set, one
- *   probe per flow); on an older host, one bulk lookup and one put per flow.
+ *   one update_state_bulk_v2 (counts added, last seen set, one probe per
+ *   flow).  With fold_ms = 0, where every write folds, it does one bulk
+ *   lookup and one put per flow instead: one write less.
  *
  *   Host counts are eventually consistent (paper §III-A1), in two steps.
  *    1. Fold: a flow's entry keeps the packets and bytes each endpoint sent
@@ -54,8 +55,8 @@
  *
  *   Each flow entry names its owner, the instance that last wrote it (the
  *   host steers a flow to one instance).  Each instance sweeps the flows
- *   table (host ABI 1.2 scan_state, at most MON_SWEEP_SLOTS_MAX slots per
- *   batch, a whole pass per min(fold_ms, idle_timeout / 2)): it folds the
+ *   table (scan_state, at most MON_SWEEP_SLOTS_MAX slots per batch, a whole
+ *   pass per min(fold_ms, idle_timeout / 2)): it folds the
  *   pending counts of its own flows idle for fold_ms and removes its flows
  *   idle for idle_timeout (folding what they still hold).  The table is
  *   NF_EXPIRY, so the host never removes an entry with pending counts.
@@ -82,9 +83,7 @@
  *   fold_ms of counts stay pending in the flows (read them there) until
  *   traffic resumes.  Only a flow's owner folds and removes it: the flows of
  *   an instance scaled in for good wait for an instance with its id, or for
- *   their next packet (which makes its instance the owner).  On a host
- *   without scan_state (ABI < 1.2) mon folds at every batch (fold_ms = 0) and
- *   leaves idle expiry to the host.
+ *   their next packet (which makes its instance the owner).
  *
  * STATE (paper Table I)
  *   flows          PER_FLOW|WRITE|NF_EXPIRY  connection statistics
@@ -92,12 +91,13 @@
  *   host_overflow  GLOBAL|WRITE|EVENTUAL  hosts beyond max_hosts, summed
  *
  * HOST ABI
- *   1.1 or later when merge_ms > 0 (a table-wide merge timer: the NULL key).
- *   Uses add_state_bulk (1.4: _v2) when the host has it, else get_state +
- *   put_state; scan_state (1.2) for the sweep, else folds at every batch;
- *   update_state_bulk (1.4: _v2) for the flows, else get_state_bulk +
- *   put_state.  With the _v2 calls a refused write (not a full table) counts
- *   in state_errors, not in flow_table_full or host_overflow.
+ *   1.4 or later (min_host_minor): update_state_bulk_v2 for the flows
+ *   (get_state_bulk + put_state when fold_ms = 0), scan_state for the sweep,
+ *   a table-wide merge timer (the NULL key), and add_state_bulk_v2 for the
+ *   hosts when the API has it, else get_state + put_state (serpens-bench's
+ *   redis-backed state API leaves the counter add out).  A write the host
+ *   refuses (not for a full table) counts in state_errors, not in
+ *   flow_table_full or host_overflow.
  *
  * COUNTERS
  *   See MON_COUNTERS below.
@@ -183,9 +183,7 @@ struct mon {
     uint64_t fold_ns; /* 0: fold at every write */
     uint64_t idle_ns; /* 0: flows never expire here */
     uint64_t *counter[MON_N_COUNTERS];
-    int have_add;    /* 2: add_state_bulk_v2 (ABI 1.4), 1: add_state_bulk (1.1) */
-    int scan;        /* the host has scan_state (ABI 1.2): mon sweeps its flows */
-    int have_update; /* 2: update_state_bulk_v2 (1.4), 1: update_state_bulk (1.3); 0 when fold_ms = 0 */
+    int have_add; /* the API has add_state_bulk_v2 */
     struct serpens_sweep sweep;
 
     /* One chunk's sums, deduplicated through small open-addressing indexes
@@ -254,15 +252,12 @@ static inline uint64_t mon_all_rows(uint32_t n)
 static int mon_add_rows(struct mon *m, serpens_table *t, const void *keys, uint32_t key_size, uint32_t n,
                         const uint64_t (*rows)[MON_HOST_WORDS], uint64_t *done)
 {
-    if (m->have_add == 2) {
+    if (m->have_add) {
         return m->host->add_state_bulk_v2(t, keys, n, &rows[0][0], done);
     }
-    if (m->have_add == 1) {
-        *done = m->host->add_state_bulk(t, keys, n, &rows[0][0]);
-        return *done == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC; /* 1.1 cannot say why */
-    }
-    /* A host without add_state_bulk: read, add, write back; a merge between
-     * the two refuses the write (SERPENS_EAGAIN) and the row is redone. */
+    /* An API without add_state_bulk_v2: read, add, write back; a merge
+     * between the two refuses the write (SERPENS_EAGAIN) and the row is
+     * redone. */
     uint64_t mask = 0;
     for (uint32_t i = 0; i < n; ++i) {
         const uint8_t *key = (const uint8_t *)keys + (size_t)i * key_size;
@@ -399,9 +394,8 @@ static const uint8_t mon_flow_ops[sizeof(struct mon_flow_val) / 8] = {
 _Static_assert(offsetof(struct mon_flow_val, pending) == 32 && offsetof(struct mon_flow_val, owner) == 72,
                "mon_flow_ops follows struct mon_flow_val");
 
-/* Where the host has update_state_bulk: one read-modify-write per flow (the
- * counts added, last_ns and owner set), and a put only for the flows whose
- * fold is due, once per fold_ms each. */
+/* One read-modify-write per flow (the counts added, last_ns and owner set),
+ * and a put only for the flows whose fold is due, once per fold_ms each. */
 static void mon_update_flows(struct mon *m, uint64_t now)
 {
     const uint32_t n = m->n_flows;
@@ -415,14 +409,8 @@ static void mon_update_flows(struct mon *m, uint64_t now)
         r->owner = m->ctx->instance_id;
     }
     uint64_t written = 0;
-    int rc;
-    if (m->have_update == 2) {
-        rc = m->host->update_state_bulk_v2(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops, m->fval,
-                                           &written);
-    } else {
-        written = m->host->update_state_bulk(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops, m->fval);
-        rc = written == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC; /* 1.3 cannot say why */
-    }
+    const int rc = m->host->update_state_bulk_v2(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops,
+                                                 m->fval, &written);
     if (rc != SERPENS_OK && rc != SERPENS_ENOSPC) {
         mon_add(m, MON_C_STATE_ERRORS, 1); /* refused, not full */
     }
@@ -455,7 +443,8 @@ static void mon_update_flows(struct mon *m, uint64_t now)
 
 static void mon_flush_flows(struct mon *m, uint64_t now)
 {
-    if (m->have_update) {
+    /* With fold_ms = 0 every write folds: get + put is then one write less. */
+    if (m->fold_ns != 0) {
         mon_update_flows(m, now);
         return;
     }
@@ -643,7 +632,7 @@ static void mon_chunk_end(struct mon *m, uint64_t now)
     }
 }
 
-/* The sweep (ABI 1.2 hosts): over this instance's flows, folds the pending
+/* The sweep: over this instance's flows, folds the pending
  * counts of those idle for fold_ms and removes those idle for idle_timeout.
  * Runs in its own table rounds after the batch's, on the same thread as this
  * instance's writes, so it never races the owner of what it touches. */
@@ -709,9 +698,7 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         }
     }
     mon_chunk_end(m, now);
-    if (m->scan) {
-        mon_sweep(m, now);
-    }
+    mon_sweep(m, now);
 }
 
 /* ---- configuration (cold path) ---------------------------------------- */
@@ -737,11 +724,8 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         return rc;
     }
     m->merge_ns = (uint64_t)merge_ms * 1000000ull;
-    m->scan = SERPENS_HOST_HAS(h, scan_state) && SERPENS_HOST_HAS(h, table_slots) && h->delete_state != NULL;
-    /* Without the sweep nothing would fold a flow that went quiet, nor
-     * remove it: fold at every write and leave expiry to the host. */
-    m->fold_ns = m->scan ? (uint64_t)fold_ms * 1000000ull : 0;
-    m->idle_ns = m->scan ? (uint64_t)idle_s * 1000000000ull : 0;
+    m->fold_ns = (uint64_t)fold_ms * 1000000ull;
+    m->idle_ns = (uint64_t)idle_s * 1000000000ull;
     /* A pass per fold_ms finds a quiet flow within 2 * fold_ms of its last
      * packet; one per idle_timeout / 2 removes a flow within 1.5 timeouts. */
     m->sweep.period_ns = m->fold_ns;
@@ -749,26 +733,10 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         m->sweep.period_ns = m->idle_ns / 2;
     }
     m->sweep.last_ns = h->now_ns();
-    /* With fold_ms = 0 every write folds: get + put is then one write less. */
-    m->have_update = m->fold_ns == 0                               ? 0
-                     : SERPENS_HOST_HAS(h, update_state_bulk_v2) ? 2
-                     : SERPENS_HOST_HAS(h, update_state_bulk)    ? 1
-                                                                 : 0;
-    if (h->create_table == NULL || h->get_state == NULL || h->put_state == NULL || h->timer == NULL) {
-        h->log(ctx, SERPENS_LOG_ERROR, "mon: this host provides no state API");
-        return SERPENS_ENOTSUP;
-    }
-    if (m->merge_ns != 0 && h->abi_minor < 1) {
-        h->log(ctx, SERPENS_LOG_ERROR,
-               "mon: merge_ms > 0 needs a host of ABI 1.1 or later (table-wide merge timers); this host speaks "
-               "%u.%u (set merge_ms = 0 to merge only at scale events)",
-               (unsigned)h->abi_major, (unsigned)h->abi_minor);
-        return SERPENS_ENOTSUP;
-    }
-    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk_v2) ? 2 : SERPENS_HOST_HAS(h, add_state_bulk) ? 1 : 0;
+    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk_v2);
     const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
     m->flows = h->create_table(ctx, "flows",
-                               SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | (m->scan ? SERPENS_STATE_NF_EXPIRY : 0),
+                               SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY,
                                sizeof(struct mon_flow_key), sizeof(struct mon_flow_val), (uint64_t)max_flows);
     m->hosts = h->create_table(ctx, "hosts", ev, 16, MON_HOST_WORDS * 8, (uint64_t)max_hosts);
     m->overflow = h->create_table(ctx, "host_overflow", ev, sizeof(uint32_t), MON_HOST_WORDS * 8, 1);

@@ -145,16 +145,6 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     if (s->mode == NOOP_NONE) {
         return SERPENS_OK;
     }
-    if (s->mode == NOOP_COUNT && !SERPENS_HOST_HAS(h, update_state_bulk_v2)) {
-        h->log(ctx, SERPENS_LOG_ERROR,
-               "noop: flow_state = \"count\" needs update_state_bulk_v2 (host ABI 1.4); this host speaks %u.%u",
-               (unsigned)h->abi_major, (unsigned)h->abi_minor);
-        return SERPENS_ENOTSUP;
-    }
-    if (h->create_table == NULL || h->put_state == NULL) {
-        h->log(ctx, SERPENS_LOG_ERROR, "noop: this host provides no state API");
-        return SERPENS_ENOTSUP;
-    }
     s->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof s->key[0],
                                sizeof s->value[0], (uint64_t)max_flows);
     if (s->flows == NULL) {

@@ -248,6 +248,8 @@ public:
         _api.update_state_bulk = &MockHost::s_update_bulk;
         _api.update_state_bulk_v2 = &MockHost::s_update_bulk_v2;
         _api.add_state_bulk_v2 = &MockHost::s_add_bulk_v2;
+        _api.scan_state = &MockHost::s_scan;
+        _api.table_slots = &MockHost::s_slots;
         _api.pkt_prepend = pkt_prepend;
         _api.pkt_append = pkt_append;
         _api.pkt_trim = pkt_trim;
@@ -328,16 +330,10 @@ public:
     }
     // The newest context of instance `id`.
     serpens_nf_ctx *ctx(uint32_t id) { return &latest(id).pub; }
-    // The API table handed to the NF: tests may clear optional entries
-    // before init to play an older host.
+    // The API table handed to the NF, a 1.4 host's: tests may replace or
+    // clear entries before init (a host that refuses a call, an API without
+    // an optional entry).
     serpens_host_api &api() { return _api; }
-    // Offers scan_state and table_slots (ABI 1.2), off by default: the NFs
-    // then run as on a host without them unless a test asks.
-    void enable_scan()
-    {
-        _api.scan_state = &MockHost::s_scan;
-        _api.table_slots = &MockHost::s_slots;
-    }
     uint64_t counter(uint32_t id, const std::string &name)
     {
         auto &m = latest(id).counters;

@@ -1,7 +1,7 @@
 // mon against the mock host: per-flow and per-host counts match what the
 // test counts itself (also in batches larger than mon's 64-packet rounds and
-// on a host without add_state_bulk), replicas of two instances fold without
-// loss or double counting, flows fold their pending counts into the hosts
+// through an API without add_state_bulk_v2), replicas of two instances fold
+// without loss or double counting, flows fold their pending counts into the hosts
 // every fold_ms and through the sweep (which also expires idle flows, each
 // instance only its own), hosts beyond max_hosts go to the counted overflow
 // row, bad config and truncated packets.
@@ -78,18 +78,9 @@ HostCounts &operator+=(HostCounts &a, const HostCounts &b)
 
 struct Mon {
     MockHost host{mon()};
-    // scan: the host offers scan_state (ABI 1.2), so mon sweeps its flows;
-    // update: it offers update_state_bulk (ABI 1.3).
-    explicit Mon(const std::string &cfg = "", uint32_t instances = 1, bool scan = false, bool update = true)
+    explicit Mon(const std::string &cfg = "", uint32_t instances = 1)
     {
         host.set_config(cfg);
-        if (scan) {
-            host.enable_scan();
-        }
-        if (!update) {
-            host.api().update_state_bulk = nullptr;
-            host.api().update_state_bulk_v2 = nullptr; // older than 1.4 too
-        }
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
         }
@@ -187,11 +178,8 @@ std::vector<Flow> traffic(std::size_t n)
 
 TEST_CASE("mon: per-flow and per-host counts match an independent count; packets pass unchanged")
 {
-    // fold_ms = 0: hosts hear of every batch at once, with or without the sweep.
-    bool scan = false;
-    SUBCASE("a host without scan_state") {}
-    SUBCASE("a host with scan_state: mon sweeps") { scan = true; }
-    Mon m("fold_ms = 0\n", 1, scan);
+    // fold_ms = 0: hosts hear of every batch at once.
+    Mon m("fold_ms = 0\n");
     Expect want;
     auto flows = traffic(300);
     for (std::size_t start = 0; start < flows.size(); start += 100) { // > 64: two table rounds per batch
@@ -239,7 +227,7 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
 
 TEST_CASE("mon: two instances' host replicas fold without loss or double counting")
 {
-    Mon m("merge_ms = 250\n", 2);
+    Mon m("merge_ms = 250\nfold_ms = 0\n", 2); // every write folds: hosts hold every count
     // Only instance 0 registers the merge timers: one table-wide (NULL key)
     // timer per EVENTUAL table, whatever the number of hosts.
     CHECK(m.host.timers.size() == 2);
@@ -279,12 +267,11 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     CHECK(m.hosts() == want.hosts);
 }
 
-TEST_CASE("mon: a host without add_state_bulk (ABI 1.0 table) gets the same counts through get and put")
+TEST_CASE("mon: an API without add_state_bulk_v2 (serpens-bench's redis state) gets the same counts through get and put")
 {
     MockHost host(mon());
-    host.set_config("");
-    host.api().add_state_bulk = nullptr;
-    host.api().add_state_bulk_v2 = nullptr; // older than 1.4 too
+    host.set_config("fold_ms = 0\n"); // every write folds: hosts hold every count
+    host.api().add_state_bulk_v2 = nullptr;
     REQUIRE(host.init(0) == SERPENS_OK);
     Expect want;
     auto flows = traffic(200);
@@ -307,24 +294,9 @@ TEST_CASE("mon: a host without add_state_bulk (ABI 1.0 table) gets the same coun
     CHECK(got == want.hosts);
 }
 
-TEST_CASE("mon: merge_ms > 0 on an ABI 1.0 host fails init with the reason; merge_ms = 0 runs")
-{
-    MockHost host(mon());
-    host.set_config("");
-    host.api().abi_minor = 0;
-    CHECK(host.init(0) == SERPENS_ENOTSUP);
-    REQUIRE(!host.logs.empty());
-    CHECK(host.logs.back().find("ABI 1.1") != std::string::npos);
-    MockHost old(mon());
-    old.set_config("merge_ms = 0\n");
-    old.api().abi_minor = 0;
-    CHECK(old.init(0) == SERPENS_OK);
-    CHECK(old.timers.empty());
-}
-
 TEST_CASE("mon: hosts beyond max_hosts are summed in the overflow row and counted")
 {
-    Mon m("max_hosts = 8\n");
+    Mon m("max_hosts = 8\nfold_ms = 0\n"); // every write folds: hosts hold every count
     std::size_t total = 0;
     for (uint32_t h = 0; h < 12; ++h) {
         Packets p;
@@ -371,10 +343,10 @@ TEST_CASE("mon: unparsed and truncated frames are counted and passed")
 
 TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
 {
-    bool scan = false;
-    SUBCASE("a host without scan_state") {}
-    SUBCASE("a host with scan_state: mon sweeps") { scan = true; }
-    Mon m("max_flows = 2\n", 1, scan);
+    std::string fold;
+    SUBCASE("flows written by update_state_bulk_v2") {}
+    SUBCASE("flows written by get and put (fold_ms = 0)") { fold = "fold_ms = 0\n"; }
+    Mon m("max_flows = 2\n" + fold);
     Packets p;
     for (uint16_t i = 0; i < 5; ++i) {
         p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
@@ -387,7 +359,7 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
 
 TEST_CASE("mon: a flow write the host refuses is a state error, not a full table; hosts still count")
 {
-    Mon m("", 1, true); // with scan_state mon folds every fold_ms, so it uses update_state_bulk_v2
+    Mon m; // mon folds every fold_ms, so it uses update_state_bulk_v2
     // A host that refuses every flow round for another reason than room.
     m.host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *,
                                            const uint8_t *, void *, uint64_t *written) {
@@ -422,10 +394,7 @@ TEST_CASE("mon: a host replica the host refuses is a state error, not host_overf
 
 TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")
 {
-    bool update = true;
-    SUBCASE("flows written by update_state_bulk") {}
-    SUBCASE("flows written by get and put (a host before ABI 1.3)") { update = false; }
-    Mon m("fold_ms = 10\nmax_flows = 64\n", 1, true, update);
+    Mon m("fold_ms = 10\nmax_flows = 64\n");
     CHECK((m.host.table("flows")->flags & SERPENS_STATE_NF_EXPIRY) != 0);
     Expect want;
     auto flows = traffic(60);
@@ -467,12 +436,12 @@ TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's b
     }
     CHECK(m.host.counter(0, "flows_expired") == 0);
     CHECK(m.host.counter(0, "flows_new") == want.flows.size());
-    CHECK((m.host.bulk_updates > 0) == update);
+    CHECK(m.host.bulk_updates > 0);
 }
 
 TEST_CASE("mon: flows idle for idle_timeout go, their pending counts folded; each instance sweeps only its own")
 {
-    Mon m("idle_timeout = 1\nfold_ms = 1000\nmax_flows = 64\n", 2, true);
+    Mon m("idle_timeout = 1\nfold_ms = 1000\nmax_flows = 64\n", 2);
     Expect want;
     auto send = [&](uint32_t instance, const Flow &f, uint64_t now) {
         Packets p;

@@ -449,9 +449,11 @@ TEST_CASE("nat: packets of one flow in one batch share a mapping; a reply in the
 
 TEST_CASE("nat: idle mappings expire and their items return to the pool")
 {
+    // max_mappings: tables this small are swept whole every batch.
     Nat n(R"(inside = "10.0.0.0/8"
 external = "203.0.113.1"
 ports = [5000, 5001]
+max_mappings = 64
 [config.timeouts]
 udp = 2
 tcp = 100
