@@ -215,6 +215,32 @@ uint64_t remote_bulk(serpens_table *tab, const void *keys, uint32_t n, void *val
     return t->client->local->get_state_bulk(t->local, keys, n, values);
 }
 
+// A read-modify-write per key: a GET and a SET each in redis, the values kept
+// by the local table like every call of this shim.
+int remote_update_bulk_v2(serpens_table *tab, const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                          void *values_out, uint64_t *written)
+{
+    RemoteTable *t = rt(tab);
+    const int rc = t->client->local->update_state_bulk_v2(t->local, keys, n, rows, ops, values_out, written);
+    for (uint32_t i = 0; i < n && rc != SERPENS_EINVAL && rc != SERPENS_ENOTSUP; ++i) {
+        key_of(t, static_cast<const char *>(keys) + static_cast<std::size_t>(i) * t->key_size);
+        redisAppendCommand(t->client->redis, "GET %b", t->client->keybuf.data(), t->client->keybuf.size());
+        redisAppendCommand(t->client->redis, "SET %b %b", t->client->keybuf.data(), t->client->keybuf.size(),
+                           reinterpret_cast<const char *>(rows) + static_cast<std::size_t>(i) * t->value_size,
+                           static_cast<size_t>(t->value_size));
+        t->client->pending += 2;
+    }
+    return rc;
+}
+
+uint64_t remote_update_bulk(serpens_table *tab, const void *keys, uint32_t n, const uint64_t *rows,
+                            const uint8_t *ops, void *values_out)
+{
+    uint64_t written = 0;
+    remote_update_bulk_v2(tab, keys, n, rows, ops, values_out, &written);
+    return written;
+}
+
 #define REMOTE_FORWARD(name, sig, call)                                                                             \
     int remote_##name sig { return rt(t)->client->local->name(rt(t)->local, call); }
 REMOTE_FORWARD(split, (serpens_table * t, const void *key), key)
@@ -227,10 +253,7 @@ int remote_timer(serpens_table *t, const void *key, uint64_t period)
 }
 
 // A redis-backed NF would expire entries by key TTL, which costs its data
-// path nothing; so the remote table walk finds nothing, at no cost.  (Without
-// a walk, nat falls back to looking every pool item up in turn, ~1000 redis
-// round trips per batch: a cost of this emulation, not of the platforms it
-// stands for.)
+// path nothing; so the remote table walk finds nothing, at no cost.
 int remote_scan_nothing(serpens_table *, uint64_t *cursor, uint32_t, void *, void *)
 {
     *cursor = 0;
@@ -263,6 +286,8 @@ RemoteClient::RemoteClient(const RedisServer &server, const serpens_host_api &lo
     // table handles.
     _api.add_state_bulk = nullptr;
     _api.add_state_bulk_v2 = nullptr;
+    _api.update_state_bulk = remote_update_bulk;
+    _api.update_state_bulk_v2 = remote_update_bulk_v2;
     _api.scan_state = remote_scan_nothing;
     _api.table_slots = remote_one_slot;
     building = _impl.get(); // tables created on this thread bind to this client
