@@ -45,7 +45,8 @@ const Config configs[] = {
     {Kind::testpmd_io, "testpmd io", "dpdk-testpmd", "io (no packet access)", 1},
     {Kind::testpmd_macswap, "testpmd macswap", "dpdk-testpmd", "macswap (swaps MACs)", 1},
     {Kind::serpens_1core, "serpens 1 core", "serpens-host", "parse+gateway+router+noop chain", 1},
-    {Kind::serpens_2core, "serpens 2 cores", "serpens-host", "dispatch on main; chain on worker", 2},
+    {Kind::testpmd_macswap_2core, "testpmd macswap 2 cores", "dpdk-testpmd", "macswap, 2 RX queues", 2},
+    {Kind::serpens_2core, "serpens 2 cores", "serpens-host", "2 lcores each receive a queue, 2 instances", 2},
     // One row per chain of --chain; name and forwarding are the chain's (Entry).
     {Kind::serpens_chain, "serpens <chain> 1 core", "serpens-host", "parse+gateway+router+<chain>", 1},
 };
@@ -83,7 +84,8 @@ public:
             ->capture_default_str();
         app.add_option("--pktgen", _rig.pktgen_exe, "serpens-pktgen executable (default: this build's)")
             ->capture_default_str();
-        app.add_option("--only", _only, "configurations to run: io, macswap, serpens1, serpens2, chain (default all)")
+        app.add_option("--only", _only,
+                       "configurations to run: io, macswap, macswap2, serpens1, serpens2, chain (default all)")
             ->expected(1, -1);
         app.add_option("--target-ratio", _target_ratio, "target: serpens 1 core / testpmd macswap (informational)")
             ->capture_default_str();
@@ -133,8 +135,9 @@ public:
         }
         std::vector<Entry> chosen;
         for (const Config &c : configs) {
-            const bool is_testpmd = c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap;
-            if (!wanted(c) || (c.kind == Kind::serpens_2core && _rig.main_lcore == _rig.fwd_lcore) ||
+            const bool is_testpmd = c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap ||
+                                    c.kind == Kind::testpmd_macswap_2core;
+            if (!wanted(c) || (c.lcores == 2 && _rig.main_lcore == _rig.fwd_lcore) ||
                 !(is_testpmd ? have_testpmd : have_host) || which(_rig.pktgen_exe).empty()) {
                 continue;
             }
@@ -165,11 +168,12 @@ private:
         if (_only.empty()) {
             return true;
         }
-        const char *key = c.kind == Kind::testpmd_io        ? "io"
-                          : c.kind == Kind::testpmd_macswap ? "macswap"
-                          : c.kind == Kind::serpens_1core   ? "serpens1"
-                          : c.kind == Kind::serpens_chain   ? "chain"
-                                                            : "serpens2";
+        const char *key = c.kind == Kind::testpmd_io              ? "io"
+                          : c.kind == Kind::testpmd_macswap       ? "macswap"
+                          : c.kind == Kind::testpmd_macswap_2core ? "macswap2"
+                          : c.kind == Kind::serpens_1core         ? "serpens1"
+                          : c.kind == Kind::serpens_chain         ? "chain"
+                                                                  : "serpens2";
         return std::find(_only.begin(), _only.end(), key) != _only.end();
     }
 
@@ -180,6 +184,8 @@ private:
             return _rig.run_testpmd("io");
         case Kind::testpmd_macswap:
             return _rig.run_testpmd("macswap");
+        case Kind::testpmd_macswap_2core:
+            return _rig.run_testpmd("macswap", true);
         case Kind::serpens_1core:
             return _rig.run_serpens(false);
         case Kind::serpens_2core:

@@ -32,7 +32,7 @@ struct Run {
     uint64_t packets = 0;
 };
 
-enum class Kind { testpmd_io, testpmd_macswap, serpens_1core, serpens_2core, serpens_chain };
+enum class Kind { testpmd_io, testpmd_macswap, testpmd_macswap_2core, serpens_1core, serpens_2core, serpens_chain };
 
 struct Config {
     Kind kind;
@@ -76,6 +76,7 @@ struct ThroughputRig {
     std::filesystem::path tmp;
     std::filesystem::path state_root; // host state: /dev/shm/<tmp's name>, or tmp without /dev/shm
     std::filesystem::path pcap;
+    std::filesystem::path queue_pcaps[2]; // pcap's flows split in two, one capture per RX queue
     std::string pktgen_cmd;
 
     // throughput_setup.cpp
@@ -84,15 +85,19 @@ struct ThroughputRig {
     // Runs `body` with a fresh temporary directory (tmp); see the definition.
     int in_scratch_dir(const std::function<int()> &body);
     std::string eal_prefix(const char *what);
-    std::string pcap_vdev() const;
-    // tmp/in.pcap from serpens-pktgen; pktgen_cmd says how.
+    // The replayed input: in.pcap on one RX queue, or its two halves on two.
+    std::string pcap_vdev(unsigned queues = 1) const;
+    // tmp/in.pcap from serpens-pktgen (pktgen_cmd says how), and its flows
+    // split in two by the router's buckets, as a NIC whose RSS redirection
+    // table follows them would split them: each half's flows belong to the
+    // instance of the lcore that receives it.
     void make_pcap();
     void make_serpens_files(const Options &opts, const std::vector<std::string> &chains);
     std::filesystem::path write_host_toml(bool two_cores, const std::string &chain = "passthrough");
 
     // throughput_runners.cpp: one measured run each; throw with the log's tail.
-    std::vector<std::string> testpmd_argv(const char *mode);
-    Run run_testpmd(const char *mode);
+    std::vector<std::string> testpmd_argv(const char *mode, bool two_cores);
+    Run run_testpmd(const char *mode, bool two_cores = false);
     Run run_serpens(bool two_cores, const std::string &chain = "passthrough");
 };
 

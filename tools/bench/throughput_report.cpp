@@ -109,6 +109,24 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             }
             summary += "\n";
         }
+        if (c.kind == Kind::serpens_2core) {
+            const int one = find_entry(chosen, Kind::serpens_1core);
+            const int mac2 = find_entry(chosen, Kind::testpmd_macswap_2core);
+            if (one >= 0) {
+                const Summary x_one = ratio(i, one, false);
+                summary += fmt::format("serpens 2 cores on 2 RX queues / serpens 1 core = {} (rounds {}..{}; "
+                                       "target >= 1.7): {}\n",
+                                       fmt_num(x_one.median), cell(x_one.min), cell(x_one.max),
+                                       x_one.median >= 1.7 ? "MEETS" : "BELOW");
+            }
+            if (mac2 >= 0) {
+                const Summary x_mac2 = ratio(i, mac2, false);
+                summary += fmt::format("serpens 2 cores / testpmd macswap 2 cores = {} (rounds {}..{}; target >= "
+                                       "0.8): {}\n",
+                                       fmt_num(x_mac2.median), cell(x_mac2.min), cell(x_mac2.max),
+                                       x_mac2.median >= 0.8 ? "MEETS" : "BELOW");
+            }
+        }
         if (c.kind == Kind::serpens_1core && macswap >= 0) {
             summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n",
                                    fmt_num(x_mac.median), fmt_num(target_ratio),
@@ -137,6 +155,13 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         fmt_num(target_ratio), summary, rig.pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", rig.burst,
         rig.mbufs, rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
         fmt_num(rig.window_s), skipped.empty() ? "" : "\nNot measured: " + skipped);
+    notes += fmt::format(
+        "\nTwo cores: in.pcap's flows split in two by the router's buckets (in-q0.pcap, in-q1.pcap; each flow "
+        "in the half whose lcore's instance owns it, as a NIC whose RSS redirection table follows the buckets "
+        "would split them), one per RX queue of the same net_pcap port.  testpmd: `--lcores 0@{0},1@{0},2@{1} "
+        "... --nb-cores=2 --rxq=2 --txq=2` (its main lcore only reads commands).  serpens-host: `-l {0},{1}`, "
+        "two instances on lcores {0} and {1}, each receiving one queue and transmitting on its own TX queue.\n",
+        rig.main_lcore, rig.fwd_lcore);
     write_notes(opts, table.name, notes + "\n" + reference_note(opts));
     plot_with_reference(opts, table, PlotSpec{"bar", "config", "", {"mpps"}, "mpps_min", "mpps_max", "Mpps", false});
     return 0;

@@ -32,11 +32,16 @@ std::size_t count_of(const std::string &text, const std::string &needle)
 
 } // namespace
 
-std::vector<std::string> ThroughputRig::testpmd_argv(const char *mode)
+std::vector<std::string> ThroughputRig::testpmd_argv(const char *mode, bool two_cores)
 {
+    // Two forwarding cores: testpmd's main lcore (which only reads commands)
+    // shares the first CPU with a forwarding lcore.
+    const std::string lcores = two_cores ? fmt::format("0@{},1@{},2@{}", main_lcore, main_lcore, fwd_lcore)
+                                         : fmt::format("{},{}", main_lcore, fwd_lcore);
+    const unsigned queues = two_cores ? 2 : 1;
     return {testpmd_exe,
-            "-l",
-            fmt::format("{},{}", main_lcore, fwd_lcore),
+            two_cores ? "--lcores" : "-l",
+            lcores,
             "--no-huge",
             "-m",
             std::to_string(memory_mb),
@@ -44,22 +49,24 @@ std::vector<std::string> ThroughputRig::testpmd_argv(const char *mode)
             "--no-shconf",
             eal_prefix("testpmd"),
             "--no-telemetry",
-            "--vdev=" + pcap_vdev(),
+            "--vdev=" + pcap_vdev(queues),
             "--vdev=net_null0,no-rx=1",
             "--",
             "-i",
             std::string("--forward-mode=") + mode,
             "--port-topology=chained",
-            "--nb-cores=1",
+            "--nb-cores=" + std::to_string(queues),
+            "--rxq=" + std::to_string(queues),
+            "--txq=" + std::to_string(queues),
             "--burst=" + std::to_string(burst),
             "--total-num-mbufs=" + std::to_string(mbufs),
             "--no-mlockall"};
 }
 
-Run ThroughputRig::run_testpmd(const char *mode)
+Run ThroughputRig::run_testpmd(const char *mode, bool two_cores)
 {
-    const fs::path log = tmp / fmt::format("testpmd-{}-{}.log", mode, runs);
-    Child tp(testpmd_argv(mode), log, true);
+    const fs::path log = tmp / fmt::format("testpmd-{}{}-{}.log", mode, two_cores ? "-2core" : "", runs);
+    Child tp(testpmd_argv(mode, two_cores), log, true);
     auto prompts = [&](std::size_t n) {
         return tp.wait_log([n](const std::string &text) { return count_of(text, "testpmd> ") >= n; }, 60);
     };

@@ -8,6 +8,10 @@
 #include "lab_config.h"
 #include "process.h"
 
+#include "io/router.h"
+#include "net/parse.h"
+#include "net/pcap.h"
+
 #include <fmt/format.h>
 
 #include <unistd.h>
@@ -18,6 +22,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <stdexcept>
 
 namespace serpens::bench {
@@ -99,9 +104,13 @@ std::string ThroughputRig::eal_prefix(const char *what)
     return fmt::format("--file-prefix=serpens-bench-{}-{}-{}", what, getpid(), runs++);
 }
 
-std::string ThroughputRig::pcap_vdev() const
+std::string ThroughputRig::pcap_vdev(unsigned queues) const
 {
-    return "net_pcap0,rx_pcap=" + fs::absolute(pcap).string() + ",infinite_rx=1";
+    if (queues == 1) {
+        return "net_pcap0,rx_pcap=" + fs::absolute(pcap).string() + ",infinite_rx=1";
+    }
+    return "net_pcap0,rx_pcap=" + fs::absolute(queue_pcaps[0]).string() +
+           ",rx_pcap=" + fs::absolute(queue_pcaps[1]).string() + ",infinite_rx=1";
 }
 
 void ThroughputRig::make_pcap()
@@ -130,6 +139,23 @@ void ThroughputRig::make_pcap()
     pktgen_cmd.clear();
     for (std::size_t i = 0; i < argv.size(); ++i) {
         pktgen_cmd += (i ? " " : "") + (i == 0 ? std::string("serpens-pktgen") : i == 2 ? "in.pcap" : argv[i]);
+    }
+
+    // Two instances own alternate buckets (io::RouteTable::spread).
+    net::PcapReader reader(pcap.string());
+    std::unique_ptr<net::PcapWriter> halves[2];
+    for (unsigned q = 0; q < 2; ++q) {
+        queue_pcaps[q] = tmp / fmt::format("in-q{}.pcap", q);
+        halves[q] = std::make_unique<net::PcapWriter>(queue_pcaps[q].string());
+    }
+    while (auto rec = reader.next()) {
+        serpens_pkt view{};
+        net::FlowKey key;
+        net::parse_packet(rec->data, view, key);
+        halves[io::route_bucket(key.hash()) % 2]->write(rec->data, rec->ts_ns, rec->orig_len);
+    }
+    for (auto &half : halves) {
+        half->close();
     }
 }
 
@@ -177,9 +203,9 @@ void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<st
 
 fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain)
 {
-    const int instance_lcore = fwd_lcore;
     const std::string eal_lcores = two_cores ? fmt::format("{},{}", main_lcore, fwd_lcore)
                                              : std::to_string(fwd_lcore);
+    const std::string instance_lcores = two_cores ? eal_lcores : std::to_string(fwd_lcore);
     const fs::path path = tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
     std::ofstream out(path);
     out << fmt::format(
@@ -211,12 +237,13 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
         "burst = {}\n\n"
         "[[instance]]\n"
         "chain = \"{}\"\n"
-        "count = 1\n"
+        "count = {}\n"
         "lcores = [{}]\n",
-        two_cores ? "dispatch on the main lcore, the chain on a worker lcore"
+        two_cores ? "two lcores, each receiving one RX queue and running an instance"
                   : "everything on the main lcore (one core)",
         getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
-        eal_prefix("host"), mbufs - 1, pcap_vdev(), chain, burst, chain, instance_lcore);
+        eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst, chain, two_cores ? 2 : 1,
+        instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }
