@@ -2,7 +2,9 @@
 """Fails, naming the cycle, when the folders of host/ include each other in a
 circle.  Each folder is one area of libserpens; an `#include "area/..."` in a
 file of another folder is an edge from that folder to `area`.  Dependencies
-must run one way (README.md draws the graph), so the edges form a DAG."""
+must run one way, so the edges form a DAG.  With --readme FILE it also fails
+when the graph FILE draws (`area ──► other ...` lines) or its folder table
+(`host/area` rows) is not the code's."""
 
 import pathlib
 import re
@@ -47,8 +49,62 @@ def find_cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
     return sorted(list(c) for c in cycles)
 
 
+ARROW = '──►'
+
+
+def drawn_graph(readme: str) -> dict[str, set[str]]:
+    """The graph the README draws: every `area ──► a b c` (several per line),
+    and areas named on a line without an arrow, which include nothing."""
+    drawn: dict[str, set[str]] = {}
+    for line in readme.splitlines():
+        tokens = line.split()
+        if ARROW not in tokens:
+            continue
+        i = 0
+        while i < len(tokens):
+            if i + 1 < len(tokens) and tokens[i + 1] == ARROW:
+                source = tokens[i]
+                drawn.setdefault(source, set())
+                i += 2
+                while i < len(tokens) and not (i + 1 < len(tokens) and tokens[i + 1] == ARROW):
+                    drawn[source].add(tokens[i])
+                    i += 1
+            else:
+                i += 1
+    for line in readme.splitlines():
+        if '(include no other folder)' in line:
+            for name in line.split('(')[0].replace(',', ' ').split():
+                drawn.setdefault(name, set())
+    return drawn
+
+
+def readme_mismatches(graph: dict[str, dict[str, list[str]]], readme: str) -> list[str]:
+    drawn = drawn_graph(readme)
+    problems = []
+    for area in sorted(set(graph) | set(drawn)):
+        actual = set(graph.get(area, {}))
+        claimed = drawn.get(area)
+        if area not in graph:
+            problems.append(f'the README draws {area}, which is no folder of host/')
+        elif claimed is None:
+            problems.append(f'the README does not draw {area} (it includes {", ".join(sorted(actual)) or "nothing"})')
+        else:
+            for missing in sorted(actual - claimed):
+                problems.append(f'{area} includes {missing} ({graph[area][missing][0]}), the README does not say so')
+            for extra in sorted(claimed - actual):
+                problems.append(f'the README says {area} includes {extra}; it does not')
+        if area in graph and f'`host/{area}`' not in readme:
+            problems.append(f'the README\'s folder table has no row for host/{area}')
+    return problems
+
+
 def main() -> int:
-    host = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / 'host'
+    args = sys.argv[1:]
+    readme = None
+    if len(args) >= 2 and args[0] == '--readme':
+        readme = pathlib.Path(args[1]).read_text(encoding='utf-8')
+        args = args[2:]
+    host = pathlib.Path(args[0]) if args else pathlib.Path(__file__).resolve().parents[2] / 'host'
     graph = area_graph(host)
     if not graph:
         print(f'include-cycles: no folders under {host}', file=sys.stderr)
@@ -60,6 +116,12 @@ def main() -> int:
             print(f'  {a} -> {b}: {", ".join(graph[a][b])}', file=sys.stderr)
     if cycles:
         return 1
+    if readme is not None:
+        problems = readme_mismatches(graph, readme)
+        for problem in problems:
+            print(f'include-cycles: {problem}', file=sys.stderr)
+        if problems:
+            return 1
     edges = sum(len(targets) for targets in graph.values())
     print(f'include-cycles: {len(graph)} areas, {edges} edges, no cycle')
     for area in sorted(graph):
