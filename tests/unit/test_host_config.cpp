@@ -64,3 +64,14 @@ TEST_CASE("a host.toml that is not a regular file is refused at once")
     CHECK_THROWS_WITH_AS(load_host_config(fifo), doctest::Contains("is a FIFO"), ConfigError);
     CHECK_THROWS_WITH_AS(load_host_config(dir.path().string()), doctest::Contains("is a directory"), ConfigError);
 }
+
+TEST_CASE("a port's rx_queues: 0 (one per receiving lcore) unless given, refused past 1024 at file:line:col")
+{
+    const std::string base = "[host]\nid = \"h\"\nplugin_dir = \".\"\nchains_dir = \".\"\n";
+    CHECK(load_host_config_text(base + ports, "h.toml").ports.at(0).rx_queues == 0);
+    CHECK(load_host_config_text(base + ports + "rx_queues = 4\n", "h.toml").ports.at(0).rx_queues == 4);
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + ports + "rx_queues = 1025\n", "h.toml"),
+                         doctest::Contains("h.toml:8:13:"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + ports + "rx_queues = \"all\"\n", "h.toml"),
+                         doctest::Contains("h.toml:8:"), ConfigError);
+}
