@@ -236,6 +236,38 @@ class Host:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
+class Netns:
+    """A network namespace of the test's own, removed at exit, with veth
+    pairs inside it: hosts and senders reach each other with
+    namespace-internal interfaces only."""
+
+    def __init__(self, tag):
+        self.name = f"serpens-{tag}-{os.getpid()}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        atexit.register(lambda: subprocess.run(["ip", "netns", "delete", self.name], check=False))
+
+    def run(self, *cmd, **kw):
+        return subprocess.run(["ip", "netns", "exec", self.name] + list(cmd), check=True, **kw)
+
+    def popen(self, *cmd, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.name] + list(cmd), **kw)
+
+    def veth(self, a, b):
+        """A veth pair a <-> b, up, without IPv6 (the kernel's own neighbour
+        and multicast messages would be traffic a test did not send)."""
+        self.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        for dev in (a, b):
+            self.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            self.run("ip", "link", "set", dev, "up")
+
+    def send_pcap(self, iface, pcap, pause_s=0.002):
+        """Sends a pcap's frames out of iface, 32 at a time with a pause."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        proc = self.run("python3", os.path.join(here, "send_frames.py"), iface, pcap, str(pause_s), cwd=here,
+                        capture_output=True, text=True)
+        return proc
+
+
 def total_drops(stats):
     """Every packet the host counted as dropped, wherever it was dropped."""
     d = stats["dispatch"]

@@ -5,28 +5,14 @@ Frames sent into the other end reach the chain on both lcores; every one
 leaves, each flow in its original order."""
 import atexit
 import os
-import socket
 import subprocess
 import time
 from collections import defaultdict
 
-from harness import HOST, Host, check, flow_of, read_pcap, write_pcap
+from harness import HOST, Host, Netns, check, flow_of, read_pcap, write_pcap
 
-ns = f"serpens-afp-{os.getpid()}"
-
-
-def in_ns(*cmd, **kw):
-    return subprocess.run(["ip", "netns", "exec", ns] + list(cmd), check=True, **kw)
-
-
-subprocess.run(["ip", "netns", "add", ns], check=True)
-atexit.register(lambda: subprocess.run(["ip", "netns", "delete", ns], check=False))
-in_ns("ip", "link", "add", "spa", "type", "veth", "peer", "name", "spb")
-for dev in ("spa", "spb"):
-    # No IPv6 on the pair: the kernel's own neighbour and multicast
-    # messages would be traffic the test did not send.
-    in_ns("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-    in_ns("ip", "link", "set", dev, "up")
+ns = Netns("afp")
+ns.veth("spa", "spb")
 
 host = Host()
 # Untagged: the kernel hands af_packet the outer VLAN tag apart, and the
@@ -42,9 +28,8 @@ host.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=spa,qpairs=2,
             f'tx_pcap={host.path("out.pcap")}"\n'
             '\n[[gateway.rule]]\nname = "in"\nin_port = "in"\nchain = "c"\n'
             '\n[[instance]]\nchain = "c"\ncount = 2\nlcores = [0, 1]\n')
-proc = subprocess.Popen(["ip", "netns", "exec", ns, HOST, "-c", host.path("host.toml"), "--log-level", "warn",
-                         "--stats-json", host.path("stats.json"), "--idle-exit", "2"],
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+proc = ns.popen(HOST, "-c", host.path("host.toml"), "--log-level", "warn", "--stats-json", host.path("stats.json"),
+                "--idle-exit", "2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 atexit.register(lambda: proc.poll() is None and proc.kill())
 # The control socket appears just before the lcores start.
 deadline = time.monotonic() + 30
@@ -53,17 +38,7 @@ while not os.path.exists(host.path("ctl.sock")) and proc.poll() is None and time
 check(os.path.exists(host.path("ctl.sock")), f"host did not start: {proc.poll()}")
 
 # Paced, so the kernel's rings never overflow into the other queue.
-sender = subprocess.run(
-    ["ip", "netns", "exec", ns, "python3", "-c",
-     "import socket, sys, time\n"
-     "from harness import read_pcap\n"
-     "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-     "s.bind(('spb', 0))\n"
-     "for i, f in enumerate(read_pcap(sys.argv[1])):\n"
-     "    s.send(f)\n"
-     "    if i % 32 == 31:\n"
-     "        time.sleep(0.002)\n",
-     host.path("in.pcap")], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True, text=True)
+sender = ns.send_pcap("spb", host.path("in.pcap"))
 check(sender.returncode == 0, f"sending failed: {sender.stderr}")
 out, _ = proc.communicate(timeout=60)
 check(proc.returncode == 0, f"host exited {proc.returncode}:\n{out}")
