@@ -36,10 +36,17 @@ if command -v dpdk-testpmd >/dev/null 2>&1; then
         fi
     done
 fi
-# Every row of every CSV has as many cells as its header (no half-written rows).
+# Every row of every CSV has as many cells as its header (no half-written
+# rows), read as CSV: a quoted cell may hold a comma.
 for csv in "$out"/*.csv; do
-    awk -F, 'NR == 1 { n = NF } NF != n { print FILENAME ": row " NR " has " NF " cells, header " n; bad = 1 }
-             END { exit bad }' "$csv" || fail=1
+    python3 - "$csv" <<'PY' || fail=1
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], newline="")))
+bad = [(i + 1, len(r)) for i, r in enumerate(rows) if len(r) != len(rows[0])]
+for line, n in bad:
+    print(f"{sys.argv[1]}: row {line} has {n} cells, header {len(rows[0])}")
+sys.exit(1 if bad else 0)
+PY
 done
 [ $fail -eq 0 ] && echo "bench-smoke: ok"
 exit $fail
