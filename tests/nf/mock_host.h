@@ -4,16 +4,13 @@
 //  - config getters that are the host's real ones over a TOML text, so
 //    config_where gives real file:line:col, and a scratch directory for the
 //    files a config names;
-//  - state in std::map behind create_table/get/put/delete/bulk, per table
-//    counts of the calls, and trivially correct split/merge/update:
-//    RELEASE: each key has a base cell and one cell per instance; merge =
-//    OR, split deals the set bits equally (as host/state's default does),
-//    trigger rebalances at once (the real host only records it and
-//    rebalances at the state manager's next tick).  EVENTUAL: replicas start as copies of the
-//    base; merge folds G + sum(R_i - G) (or calls the NF's merge hook) and
-//    copies back; add_state_bulk adds uint64 rows to the caller's replica;
-//    the 1.4 _v2 bulk calls wrap the 1.1/1.3 ones, telling refusals from full;
-//  - counters per context (64 at most, as the host), log lines kept;
+//  - state on the host's real state layer (host/state): a StateStore in a
+//    tmpfs scratch directory, one Executor for the NF and the host's own
+//    state entries of serpens_host_api (a few wrapped to count calls for
+//    the tests), so NFs are tested on the semantics they run on; the state
+//    manager ticks before every batch at the batch's time, as the host's
+//    control thread does between batches;
+//  - counters: the host's own (NfContext's CounterBlock); log lines kept;
 //  - packets: plain memory with headroom (Packet, for NFs that grow or cut
 //    them) or a batch of frames (Packets), views filled by the host's parser;
 //    frame builders by address text (text_frames, IPv4 and IPv6) and by
@@ -22,7 +19,10 @@
 // Contexts outlive fini: "restart an instance" is fini, then init again.
 
 #include "config/plugin_config.h"
+#include "core/nf_context.h"
 #include "net/parse.h"
+#include "plugin/host_api.h"
+#include "state/executor.h"
 
 #include <serpens/nf.h>
 #include <serpens/nf_util.h>
@@ -169,42 +169,56 @@ inline int pkt_adj(serpens_pkt *p, uint32_t n) { return pkt_cut(p, n, true); }
 
 class MockHost;
 
+// One table of the host's real state layer as a test inspects it, with the
+// calls the NF made on it through this host's API table.
 struct MockTable {
-    std::string name;
-    uint32_t flags = 0, key_size = 0, value_size = 0;
-    uint64_t capacity = 0;
-    uint64_t active = 0; // bit i: instance i has a cell
-    // per-flow / global-read: one value; global/write: cells[0] base, cells[1 + i]
-    std::map<Bytes, std::vector<Bytes>> entries;
-    // Per-flow: the slot (0..capacity) each key sits in, for scan_state;
-    // an entry keeps its slot while it lives, as in the host's tables.
-    std::vector<Bytes> slot_key;
-    std::map<Bytes, uint64_t> slot_of;
-    std::vector<uint64_t> freed_slots; // taken again first
-    uint64_t fresh_slot = 0;           // slots from here on were never taken
-    uint64_t gets = 0, puts = 0;       // get_state / put_state calls (bulk keys count in gets)
-    uint64_t bulk_calls = 0;           // get_state_bulk calls
+    serpens::state::Table *real = nullptr;
+    uint64_t puts = 0;       // put_state calls
+    uint64_t bulk_calls = 0; // get_state_bulk calls
 
-    bool global_write() const { return (flags & SERPENS_STATE_GLOBAL) && (flags & SERPENS_STATE_WRITE); }
-    bool release() const { return flags & SERPENS_STATE_RELEASE; }
+    uint32_t flags() const { return real->flags(); }
+    // Every live key with its cells: one value for per-flow and global/read
+    // tables; for global/write the base (cell 0), then one cell per instance.
+    std::map<Bytes, std::vector<Bytes>> entries() const
+    {
+        const uint32_t ks = real->key_size(), vs = real->value_size();
+        const uint32_t n = serpens::state::is_global_write(real->kind()) ? real->cells() : 1;
+        std::map<Bytes, std::vector<Bytes>> out;
+        real->dump([&](const uint8_t *key, const uint8_t *values) {
+            auto &cells = out[Bytes(key, key + ks)];
+            for (uint32_t c = 0; c < n; ++c) {
+                cells.emplace_back(values + std::size_t{c} * vs, values + std::size_t{c + 1} * vs);
+            }
+        });
+        return out;
+    }
 };
 
-struct MockHandle {
-    MockHost *host;
-    MockTable *table;
-    uint32_t instance;
-};
-
-// One NF context.  Contexts outlive fini, so "restart an instance" is fini,
-// then init a new context of the same instance id on the same host.
-struct Ctx {
-    serpens_nf_ctx pub{};
+// One NF context: the host's own NfContext (state and counters find it
+// through host_private, as in a chain instance) plus the mock's bookkeeping.
+// Contexts outlive fini, so "restart an instance" is fini, then init a new
+// context of the same instance id on the same host.
+struct Ctx : serpens::NfContext {
     MockHost *host = nullptr;
-    std::map<std::string, uint64_t> counters; // node-based: stable addresses
     bool initialised = false;
-};
 
-inline constexpr uint32_t kMockMaxInstances = 8;
+    // The counter's value; 0 when the NF never registered it.
+    uint64_t counter(const std::string &name) const
+    {
+        std::size_t i = find_counter(name);
+        return i < counters.size() ? counters.value(i) : 0;
+    }
+    bool has_counter(const std::string &name) const { return find_counter(name) < counters.size(); }
+    // The counter's index in the host's CounterBlock; counters.size() when absent.
+    std::size_t find_counter(const std::string &name) const
+    {
+        std::size_t i = 0;
+        while (i < counters.size() && counters.name(i) != name) {
+            ++i;
+        }
+        return i;
+    }
+};
 
 class MockHost {
 public:
@@ -222,38 +236,26 @@ public:
     }
     explicit MockHost(const serpens_nf_descriptor *desc) : _desc(desc)
     {
-        char tmpl[] = "/tmp/serpens-nftest-XXXXXX";
+        // tmpfs, as the host's own state root (/dev/shm/serpens/<host-id>).
+        char tmpl[] = "/dev/shm/serpens-nftest-XXXXXX";
         if (mkdtemp(tmpl) == nullptr) {
             throw std::runtime_error("mkdtemp");
         }
         _dir = tmpl;
-        _api.struct_size = sizeof _api;
-        _api.abi_major = SERPENS_ABI_MAJOR;
-        _api.abi_minor = SERPENS_ABI_MINOR;
+        set_store_options({});
+        _real = serpens::make_host_api(serpens::PacketOps{pkt_prepend, pkt_append, pkt_trim, pkt_adj});
+        _api = _real;
         _api.log = &MockHost::s_log;
         _api.now_ns = &MockHost::s_now;
-        serpens::config::install_config_api(_api);
-        _api.create_table = &MockHost::s_create;
-        _api.get_state = &MockHost::s_get;
+        // The state calls tests count, each forwarding to the host's own.
         _api.put_state = &MockHost::s_put;
-        _api.delete_state = &MockHost::s_delete;
         _api.get_state_bulk = &MockHost::s_bulk;
-        _api.split = &MockHost::s_split;
-        _api.merge = &MockHost::s_merge;
-        _api.update = &MockHost::s_update;
-        _api.timer = &MockHost::s_timer;
-        _api.trigger = &MockHost::s_trigger;
-        _api.counter = &MockHost::s_counter;
-        _api.add_state_bulk = &MockHost::s_add_bulk;
         _api.update_state_bulk = &MockHost::s_update_bulk;
         _api.update_state_bulk_v2 = &MockHost::s_update_bulk_v2;
+        _api.add_state_bulk = &MockHost::s_add_bulk;
         _api.add_state_bulk_v2 = &MockHost::s_add_bulk_v2;
-        _api.scan_state = &MockHost::s_scan;
-        _api.table_slots = &MockHost::s_slots;
-        _api.pkt_prepend = pkt_prepend;
-        _api.pkt_append = pkt_append;
-        _api.pkt_trim = pkt_trim;
-        _api.pkt_adj = pkt_adj;
+        _api.timer = &MockHost::s_timer;
+        _api.trigger = &MockHost::s_trigger;
         current() = this;
         set_config("");
     }
@@ -264,15 +266,34 @@ public:
                 fini(*c);
             }
         }
+        registry().erase(_ex);
+        _store.reset();
         std::error_code ec;
         std::filesystem::remove_all(_dir, ec);
-        current() = nullptr;
+        if (current() == this) {
+            current() = nullptr;
+        }
     }
+    MockHost(const MockHost &) = delete;
+    MockHost &operator=(const MockHost &) = delete;
 
     static MockHost *&current()
     {
         static MockHost *h = nullptr;
         return h;
+    }
+
+    // A fresh state store with these options (root: under dir()), e.g. a
+    // short per-flow idle expiry.  Before the first init.
+    void set_store_options(serpens::state::StoreOptions o)
+    {
+        registry().erase(_ex);
+        _tables.clear();
+        o.root = _dir + "/state";
+        _store.reset();
+        _store = std::make_unique<serpens::state::StateStore>(o);
+        _ex = &_store->executor("test", _desc->name);
+        registry()[_ex] = this;
     }
 
     // Writes `text` as a chain file's NF config table (under [config]) and
@@ -289,7 +310,8 @@ public:
         _config->directory = _dir;
     }
     const std::string &config_file() const { return _config_file; }
-    // A scratch directory for files the config names; removed with the host.
+    // A scratch directory (on tmpfs) for files the config names and for the
+    // state store; removed with the host.
     const std::string &dir() const { return _dir; }
     std::string write(const std::string &name, const std::string &text)
     {
@@ -300,21 +322,30 @@ public:
     // The config as the host keeps it: what the NF read is recorded there.
     const serpens_config &config() const { return *_config; }
 
-    // A new context of instance `id`, and its init's return code.
+    // A new context of instance `id`, and its init's return code.  As in a
+    // chain instance, global/read tables are sealed once init succeeded.
     int init(Ctx *&out, uint32_t id = 0)
     {
         auto c = std::make_unique<Ctx>();
+        c->desc = _desc;
+        c->chain_name = "test";
+        c->nf_name = _desc->name;
+        c->executor = _ex;
         c->pub.struct_size = sizeof c->pub;
         c->pub.instance_id = id;
         c->pub.host = &_api;
-        c->pub.chain_name = "test";
-        c->pub.nf_name = _desc->name;
-        c->pub.host_private = c.get();
+        c->pub.chain_name = c->chain_name.c_str();
+        c->pub.nf_name = c->nf_name.c_str();
+        c->pub.host_private = static_cast<serpens::NfContext *>(c.get());
         c->host = this;
         c->initialised = true;
         out = c.get();
         _ctxs.push_back(std::move(c));
-        return _desc->init(&out->pub, _config.get());
+        int rc = _desc->init(&out->pub, _config.get());
+        if (rc == SERPENS_OK) {
+            _ex->seal();
+        }
+        return rc;
     }
     int init(uint32_t id)
     {
@@ -334,43 +365,31 @@ public:
     // clear entries before init (a host that refuses a call, an API without
     // an optional entry).
     serpens_host_api &api() { return _api; }
-    uint64_t counter(uint32_t id, const std::string &name)
-    {
-        auto &m = latest(id).counters;
-        auto it = m.find(name);
-        return it == m.end() ? 0 : it->second;
-    }
-    bool has_counter(uint32_t id, const std::string &name) { return latest(id).counters.count(name) != 0; }
+    uint64_t counter(uint32_t id, const std::string &name) { return latest(id).counter(name); }
+    bool has_counter(uint32_t id, const std::string &name) { return latest(id).has_counter(name); }
 
-    // Removes an instance: RELEASE cells go back and are re-dealt, EVENTUAL
-    // replicas are merged into the base (scale-in).
+    // Scale-in, as a chain instance that stops: the state manager folds the
+    // instance's global/write cells into the survivors (RELEASE: its free
+    // items are re-split; EVENTUAL: its counts merged into the base), then
+    // the NF's fini runs.
     void remove_instance(uint32_t id)
     {
-        for (auto &[n, t] : _tables) {
-            if (!t.global_write() || !(t.active & (1ull << id))) {
-                continue;
-            }
-            if (t.release()) {
-                t.active &= ~(1ull << id);
-                for (auto &[k, cells] : t.entries) {
-                    rebalance(t, k);
-                }
-            } else {
-                for (auto &[k, cells] : t.entries) {
-                    merge_eventual(t, k);
-                }
-                t.active &= ~(1ull << id);
-            }
-        }
+        _ex->remove_instance(id);
         Ctx &c = latest(id);
         if (c.initialised) {
             fini(c);
         }
     }
 
+    // The state manager's tick (timers due, pending triggers, idle per-flow
+    // entries) at `now_ns`.  process() and run() tick at their batch's time
+    // first, as the host's control thread ticks between batches.
+    void tick(uint64_t now_ns) { _store->tick(now_ns); }
+
     void process(uint32_t id, std::vector<serpens_pkt> &pkts, std::vector<uint8_t> &ports, uint64_t now)
     {
         _now = now;
+        tick(now);
         run_batch(_desc, ctx(id), pkts, ports, now);
     }
     // Runs one batch of Packets on context c and returns their ports.
@@ -382,6 +401,7 @@ public:
         }
         std::vector<uint8_t> ports;
         _now = now_ns;
+        tick(now_ns);
         run_batch(_desc, &c.pub, views, ports, now_ns);
         for (std::size_t i = 0; i < pkts.size(); ++i) {
             pkts[i]->view = views[i];
@@ -409,46 +429,34 @@ public:
     }
     const serpens_nf_descriptor *desc() const { return _desc; }
 
+    // The NF's table `name` in the state store, or nullptr.
     MockTable *table(const std::string &name)
     {
-        auto it = _tables.find(name);
-        return it == _tables.end() ? nullptr : &it->second;
+        serpens::state::Table *t = _ex->find(name);
+        if (t == nullptr) {
+            return nullptr;
+        }
+        MockTable &m = _tables[name];
+        m.real = t;
+        return &m;
     }
-    // The global value of a global/write key: RELEASE the OR of every cell,
-    // EVENTUAL the fold of the replicas into the base (without writing it).
+    // The state manager's global value of a global/write key
+    // (Executor::read_global): RELEASE the union of every cell, EVENTUAL the
+    // base as of the last merge (merge_all first for the current total).
     Bytes global_value(const std::string &name, const Bytes &key)
     {
-        MockTable &t = _tables.at(name);
-        auto &cells = t.entries.at(key);
-        if (t.release()) {
-            Bytes out(t.value_size, 0);
-            for (auto &c : cells) {
-                for (std::size_t i = 0; i < out.size(); ++i) {
-                    out[i] |= c[i];
-                }
-            }
-            return out;
-        }
-        Bytes out(t.value_size, 0);
-        fold(t, key, cells, out);
+        serpens::state::Table &t = real_table(name);
+        Bytes out(t.value_size(), 0);
+        REQUIRE(_ex->read_global(t, key.data(), out.data()) == SERPENS_OK);
         return out;
     }
-
-    // What the merge timer does: folds every key of an EVENTUAL table.
-    void merge_all(const std::string &name)
-    {
-        MockTable &t = _tables.at(name);
-        for (auto &[k, cells] : t.entries) {
-            merge_eventual(t, k);
-        }
-        ++merges;
-    }
+    // What a table-wide merge timer does when it fires: merges every key.
+    void merge_all(const std::string &name) { REQUIRE(_ex->merge(real_table(name), nullptr) == SERPENS_OK); }
 
     std::vector<std::string> logs;
-    std::vector<std::pair<std::string, uint64_t>> timers; // table name, period
-    uint64_t triggers = 0, splits = 0, merges = 0, bulk_adds = 0, bulk_updates = 0, bulk_lookups = 0;
+    std::vector<std::pair<std::string, uint64_t>> timers; // table name, period: timer calls
+    uint64_t triggers = 0, bulk_adds = 0, bulk_updates = 0, bulk_lookups = 0;
     bool null_key_timers = false; // a timer was set with key NULL (every key)
-    uint64_t now_value = 0;
 
 private:
     Ctx &latest(uint32_t id)
@@ -460,9 +468,21 @@ private:
         }
         throw std::out_of_range("no context of instance " + std::to_string(id));
     }
+    serpens::state::Table &real_table(const std::string &name)
+    {
+        serpens::state::Table *t = _ex->find(name);
+        REQUIRE(t != nullptr);
+        return *t;
+    }
 
-    static MockHost &of(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t)->host; }
-    static MockHandle &handle(serpens_table *t) { return *reinterpret_cast<MockHandle *>(t); }
+    // Each host's executor, so a shim finds the host of a table handle.
+    static std::map<const serpens::state::Executor *, MockHost *> &registry()
+    {
+        static std::map<const serpens::state::Executor *, MockHost *> r;
+        return r;
+    }
+    static MockHost &of(serpens_table *t) { return *registry().at(serpens::state::from_abi(t)->executor); }
+    MockTable &stats(serpens_table *t) { return _tables[std::string(serpens::state::from_abi(t)->table->name())]; }
 
     static void s_log(const serpens_nf_ctx *ctx, int level, const char *fmt, ...)
     {
@@ -471,399 +491,74 @@ private:
         va_start(args, fmt);
         vsnprintf(buf, sizeof buf, fmt, args);
         va_end(args);
-        MockHost *h = static_cast<Ctx *>(ctx->host_private)->host;
+        // NF hooks log with the state manager's context, which has no host_private.
+        MockHost *h = ctx->host_private != nullptr ? static_cast<Ctx *>(serpens::NfContext::of(ctx))->host : current();
         h->logs.push_back(std::to_string(level) + " " + buf);
     }
     static uint64_t s_now() { return current() ? current()->_now : 0; }
 
-    static serpens_table *s_create(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t ks, uint32_t vs,
-                                   uint64_t cap)
+    // Counting shims: each counts, then calls the host's own entry.
+    static int s_put(serpens_table *t, const void *key, const void *value)
     {
-        MockHost *h = static_cast<Ctx *>(ctx->host_private)->host;
-        auto [it, fresh] = h->_tables.try_emplace(name);
-        MockTable &t = it->second;
-        if (fresh) {
-            t.name = name, t.flags = flags, t.key_size = ks, t.value_size = vs, t.capacity = cap;
-        } else if (t.flags != flags || t.key_size != ks || t.value_size != vs || t.capacity != cap) {
-            return nullptr;
-        }
-        if (ks == 0 || ks > 64 || vs == 0 || cap == 0) {
-            return nullptr;
-        }
-        auto &hd = h->_handles.emplace_back(std::make_unique<MockHandle>(MockHandle{h, &t, ctx->instance_id}));
-        if (t.global_write() && !(t.active & (1ull << ctx->instance_id))) {
-            t.active |= 1ull << ctx->instance_id;
-            for (auto &[k, cells] : t.entries) {
-                if (t.release()) {
-                    h->rebalance(t, k);
-                } else {
-                    cells[1 + ctx->instance_id] = cells[0];
-                }
-            }
-        }
-        return reinterpret_cast<serpens_table *>(hd.get());
+        MockHost &h = of(t);
+        ++h.stats(t).puts;
+        return h._real.put_state(t, key, value);
     }
-
-    static Bytes key_of(const MockTable &t, const void *key)
+    static uint64_t s_bulk(serpens_table *t, const void *keys, uint32_t n, void *values)
     {
-        auto *p = static_cast<const uint8_t *>(key);
-        return Bytes(p, p + t.key_size);
+        MockHost &h = of(t);
+        ++h.bulk_lookups;
+        ++h.stats(t).bulk_calls;
+        return h._real.get_state_bulk(t, keys, n, values);
     }
-
-    static int s_get(serpens_table *th, const void *key, void *out)
-    {
-        MockHandle &h = handle(th);
-        ++h.table->gets;
-        auto it = h.table->entries.find(key_of(*h.table, key));
-        if (it == h.table->entries.end()) {
-            return SERPENS_ENOENT;
-        }
-        const Bytes &v = h.table->global_write() ? it->second[1 + h.instance] : it->second[0];
-        std::memcpy(out, v.data(), v.size());
-        return SERPENS_OK;
-    }
-    static int s_put(serpens_table *th, const void *key, const void *value)
-    {
-        MockHandle &h = handle(th);
-        MockTable &t = *h.table;
-        ++t.puts;
-        Bytes k = key_of(t, key);
-        auto it = t.entries.find(k);
-        if (it == t.entries.end()) {
-            if (t.entries.size() >= t.capacity) {
-                return SERPENS_ENOSPC;
-            }
-            std::size_t cells = t.global_write() ? 1 + kMockMaxInstances : 1;
-            it = t.entries.emplace(k, std::vector<Bytes>(cells, Bytes(t.value_size, 0))).first;
-            if (!t.global_write()) {
-                t.slot_key.resize(t.capacity);
-                uint64_t free = t.fresh_slot;
-                if (t.freed_slots.empty()) {
-                    ++t.fresh_slot;
-                } else {
-                    free = t.freed_slots.back();
-                    t.freed_slots.pop_back();
-                }
-                t.slot_key[free] = k;
-                t.slot_of[k] = free;
-            }
-        }
-        auto *p = static_cast<const uint8_t *>(value);
-        it->second[t.global_write() ? 1 + h.instance : 0].assign(p, p + t.value_size);
-        return SERPENS_OK;
-    }
-    static int s_delete(serpens_table *th, const void *key)
-    {
-        MockTable &t = *handle(th).table;
-        const Bytes k = key_of(t, key);
-        if (auto it = t.slot_of.find(k); it != t.slot_of.end()) {
-            t.slot_key[it->second].clear();
-            t.freed_slots.push_back(it->second);
-            t.slot_of.erase(it);
-        }
-        return t.entries.erase(k) ? SERPENS_OK : SERPENS_ENOENT;
-    }
-    // Per-flow read-modify-write of uint64 words (ABI 1.3).
-    static uint64_t s_update_bulk(serpens_table *th, const void *keys, uint32_t n, const uint64_t *rows,
+    static uint64_t s_update_bulk(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
                                   const uint8_t *ops, void *out)
     {
-        MockHandle &h = handle(th);
-        MockTable &t = *h.table;
-        if (t.global_write() || !(t.flags & SERPENS_STATE_WRITE) || t.value_size % 8 != 0) {
-            return 0;
-        }
-        ++h.host->bulk_updates;
-        const std::size_t words = t.value_size / 8;
-        uint64_t mask = 0;
-        for (uint32_t i = 0; i < n && i < 64; ++i) {
-            const auto *key = static_cast<const uint8_t *>(keys) + std::size_t{i} * t.key_size;
-            std::vector<uint64_t> v(rows + i * words, rows + (i + 1) * words);
-            auto it = t.entries.find(key_of(t, key));
-            if (it != t.entries.end()) {
-                for (std::size_t w = 0; w < words; ++w) {
-                    uint64_t old;
-                    std::memcpy(&old, it->second[0].data() + 8 * w, 8);
-                    v[w] = ops[w] == SERPENS_WORD_ADD ? old + v[w] : ops[w] == SERPENS_WORD_SET ? v[w] : old;
-                }
-            }
-            if (s_put(th, key, v.data()) != SERPENS_OK) {
-                continue;
-            }
-            if (out != nullptr) {
-                std::memcpy(static_cast<uint8_t *>(out) + i * t.value_size, v.data(), t.value_size);
-            }
-            mask |= 1ull << i;
-        }
-        return mask;
+        MockHost &h = of(t);
+        ++h.bulk_updates;
+        return h._real.update_state_bulk(t, keys, n, rows, ops, out);
     }
-    static uint64_t s_slots(serpens_table *th) { return handle(th).table->capacity; }
-    static int s_scan(serpens_table *th, uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out)
-    {
-        MockTable &t = *handle(th).table;
-        if (t.global_write() || t.capacity == 0) {
-            return SERPENS_ENOTSUP;
-        }
-        t.slot_key.resize(t.capacity);
-        uint64_t i = *cursor % t.capacity;
-        for (uint64_t n = 0; n < std::min<uint64_t>(max_slots, t.capacity); ++n, i = (i + 1) % t.capacity) {
-            const Bytes &k = t.slot_key[i];
-            if (!k.empty()) {
-                std::memcpy(key_out, k.data(), k.size());
-                std::memcpy(value_out, t.entries.at(k)[0].data(), t.value_size);
-                *cursor = (i + 1) % t.capacity;
-                return SERPENS_OK;
-            }
-        }
-        *cursor = i;
-        return SERPENS_ENOENT;
-    }
-    static uint64_t s_bulk(serpens_table *th, const void *keys, uint32_t n, void *values)
-    {
-        MockHandle &h = handle(th);
-        ++h.host->bulk_lookups;
-        ++h.table->bulk_calls;
-        uint64_t mask = 0;
-        for (uint32_t i = 0; i < n && i < 64; ++i) {
-            if (s_get(th, static_cast<const uint8_t *>(keys) + std::size_t{i} * h.table->key_size,
-                      static_cast<uint8_t *>(values) + std::size_t{i} * h.table->value_size) == SERPENS_OK) {
-                mask |= 1ull << i;
-            }
-        }
-        return mask;
-    }
-
-    // EVENTUAL: adds uint64 rows to this instance's replica (ABI 1.1).
-    static uint64_t all_rows(uint32_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
-
-    // ABI 1.4: the 1.3 call with its refusals told apart from a full table.
-    static int s_update_bulk_v2(serpens_table *th, const void *keys, uint32_t n, const uint64_t *rows,
+    static int s_update_bulk_v2(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
                                 const uint8_t *ops, void *out, uint64_t *written)
     {
-        if (written == nullptr) {
-            return SERPENS_EINVAL;
-        }
-        *written = 0;
-        if (n > 64 || rows == nullptr || ops == nullptr) {
-            return SERPENS_EINVAL;
-        }
-        MockTable &t = *handle(th).table;
-        if (t.global_write() || !(t.flags & SERPENS_STATE_WRITE) || t.value_size % 8 != 0) {
-            return SERPENS_ENOTSUP;
-        }
-        *written = s_update_bulk(th, keys, n, rows, ops, out);
-        return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
+        MockHost &h = of(t);
+        ++h.bulk_updates;
+        return h._real.update_state_bulk_v2(t, keys, n, rows, ops, out, written);
     }
-
-    static int s_add_bulk_v2(serpens_table *th, const void *keys, uint32_t n, const uint64_t *deltas,
-                             uint64_t *written)
+    static uint64_t s_add_bulk(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas)
     {
-        if (written == nullptr) {
-            return SERPENS_EINVAL;
-        }
-        *written = 0;
-        if (n > 64 || deltas == nullptr) {
-            return SERPENS_EINVAL;
-        }
-        MockHandle &h = handle(th);
-        MockTable &t = *h.table;
-        if (!t.global_write() || t.release() || t.value_size % 8 != 0) {
-            return SERPENS_ENOTSUP;
-        }
-        if (!(t.active & (1ull << h.instance))) {
-            return SERPENS_EINVAL;
-        }
-        *written = s_add_bulk(th, keys, n, deltas);
-        return *written == all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
+        MockHost &h = of(t);
+        ++h.bulk_adds;
+        return h._real.add_state_bulk(t, keys, n, deltas);
     }
-
-    static uint64_t s_add_bulk(serpens_table *th, const void *keys, uint32_t n, const uint64_t *deltas)
+    static int s_add_bulk_v2(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas, uint64_t *written)
     {
-        MockHandle &h = handle(th);
-        MockTable &t = *h.table;
-        if (!t.global_write() || t.release() || t.value_size % 8 != 0 || !(t.active & (1ull << h.instance))) {
-            return 0;
-        }
-        ++h.host->bulk_adds;
-        uint64_t mask = 0;
-        const std::size_t words = t.value_size / 8;
-        for (uint32_t i = 0; i < n && i < 64; ++i) {
-            Bytes k = key_of(t, static_cast<const uint8_t *>(keys) + std::size_t{i} * t.key_size);
-            auto it = t.entries.find(k);
-            if (it == t.entries.end()) {
-                if (t.entries.size() >= t.capacity) {
-                    continue;
-                }
-                it = t.entries.emplace(k, std::vector<Bytes>(1 + kMockMaxInstances, Bytes(t.value_size, 0))).first;
-            }
-            Bytes &cell = it->second[1 + h.instance];
-            for (std::size_t w = 0; w < words; ++w) {
-                uint64_t v;
-                std::memcpy(&v, cell.data() + 8 * w, 8);
-                v += deltas[i * words + w];
-                std::memcpy(cell.data() + 8 * w, &v, 8);
-            }
-            mask |= 1ull << i;
-        }
-        return mask;
+        MockHost &h = of(t);
+        ++h.bulk_adds;
+        return h._real.add_state_bulk_v2(t, keys, n, deltas, written);
     }
-
-    void rebalance(MockTable &t, const Bytes &k)
+    static int s_timer(serpens_table *t, const void *key, uint64_t period)
     {
-        auto &cells = t.entries.at(k);
-        Bytes whole(t.value_size, 0);
-        for (auto &c : cells) {
-            for (std::size_t i = 0; i < whole.size(); ++i) {
-                whole[i] |= c[i];
-            }
-            std::fill(c.begin(), c.end(), 0);
-        }
-        std::vector<uint32_t> act;
-        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
-            if (t.active & (1ull << i)) {
-                act.push_back(i);
-            }
-        }
-        if (act.empty()) {
-            cells[0] = whole;
-            return;
-        }
-        uint64_t total = 0;
-        for (uint8_t b : whole) {
-            total += static_cast<uint64_t>(__builtin_popcount(b));
-        }
-        // Deal bits in ascending order: part j gets total/n (+1 for the first total%n).
-        std::size_t j = 0;
-        uint64_t quota = total / act.size() + (0 < total % act.size() ? 1 : 0);
-        for (std::size_t bit = 0; bit < whole.size() * 8; ++bit) {
-            if (!(whole[bit / 8] & (1u << (bit % 8)))) {
-                continue;
-            }
-            while (quota == 0 && j + 1 < act.size()) {
-                ++j;
-                quota = total / act.size() + (j < total % act.size() ? 1 : 0);
-            }
-            cells[1 + act[j]][bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
-            --quota;
-        }
+        MockHost &h = of(t);
+        h.null_key_timers |= key == nullptr;
+        h.timers.emplace_back(std::string(serpens::state::from_abi(t)->table->name()), period);
+        return h._real.timer(t, key, period);
     }
-
-    void fold(MockTable &t, const Bytes &k, std::vector<Bytes> &cells, Bytes &out)
+    static int s_trigger(serpens_table *t, const void *key)
     {
-        std::vector<void *> parts;
-        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
-            if (t.active & (1ull << i)) {
-                parts.push_back(cells[1 + i].data());
-            }
-        }
-        if (_desc->merge != nullptr) {
-            serpens_state_hook_args a{};
-            a.struct_size = sizeof a;
-            a.n = static_cast<uint32_t>(parts.size());
-            a.table = t.name.c_str();
-            a.key = k.data();
-            a.key_size = t.key_size;
-            a.value_size = t.value_size;
-            a.whole = cells[0].data();
-            a.parts = parts.data();
-            a.out = out.data();
-            REQUIRE(_desc->merge(&_ctxs.front()->pub, &a) == SERPENS_OK);
-            return;
-        }
-        REQUIRE(t.value_size % 8 == 0);
-        for (uint32_t w = 0; w < t.value_size / 8; ++w) {
-            uint64_t g, v;
-            std::memcpy(&g, cells[0].data() + 8 * w, 8);
-            v = g;
-            for (void *p : parts) {
-                uint64_t r;
-                std::memcpy(&r, static_cast<uint8_t *>(p) + 8 * w, 8);
-                v += r - g;
-            }
-            std::memcpy(out.data() + 8 * w, &v, 8);
-        }
-    }
-
-    void merge_eventual(MockTable &t, const Bytes &k)
-    {
-        auto &cells = t.entries.at(k);
-        Bytes out(t.value_size, 0);
-        fold(t, k, cells, out);
-        cells[0] = out;
-        for (uint32_t i = 0; i < kMockMaxInstances; ++i) {
-            if (t.active & (1ull << i)) {
-                cells[1 + i] = out;
-            }
-        }
-    }
-
-    static int s_split(serpens_table *th, const void *key)
-    {
-        MockHandle &h = handle(th);
-        MockHost &m = *h.host;
-        ++m.splits;
-        Bytes k = key_of(*h.table, key);
-        if (!h.table->global_write()) {
-            return SERPENS_EINVAL;
-        }
-        if (!h.table->entries.count(k)) {
-            return SERPENS_ENOENT;
-        }
-        if (h.table->release()) {
-            m.rebalance(*h.table, k);
-        } else {
-            m.merge_eventual(*h.table, k);
-        }
-        return SERPENS_OK;
-    }
-    static int s_merge(serpens_table *th, const void *key)
-    {
-        MockHandle &h = handle(th);
-        ++h.host->merges;
-        return s_split(th, key);
-    }
-    static int s_update(serpens_table *th, const void *key) { return s_split(th, key); }
-    static int s_timer(serpens_table *th, const void *key, uint64_t period)
-    {
-        MockHandle &h = handle(th);
-        if (!h.table->global_write()) {
-            return SERPENS_EINVAL;
-        }
-        h.host->null_key_timers |= key == nullptr;
-        h.host->timers.emplace_back(h.table->name, period);
-        return SERPENS_OK;
-    }
-    static int s_trigger(serpens_table *th, const void *key)
-    {
-        MockHandle &h = handle(th);
-        ++h.host->triggers;
-        int rc = s_split(th, key);
-        --h.host->splits;
-        if (rc != SERPENS_OK || !h.table->release()) {
-            return rc;
-        }
-        const Bytes &mine = h.table->entries.at(key_of(*h.table, key))[1 + h.instance];
-        for (uint8_t b : mine) {
-            if (b) {
-                return SERPENS_OK;
-            }
-        }
-        return SERPENS_ENOSPC;
-    }
-    static uint64_t *s_counter(serpens_nf_ctx *ctx, const char *name)
-    {
-        auto &m = static_cast<Ctx *>(ctx->host_private)->counters;
-        if (m.size() >= 64 && !m.count(name)) {
-            return nullptr; // the real host's limit
-        }
-        return &m[name];
+        MockHost &h = of(t);
+        ++h.triggers;
+        return h._real.trigger(t, key);
     }
 
     const serpens_nf_descriptor *_desc;
-    serpens_host_api _api{};
+    serpens_host_api _real{}; // the host's own table, as make_host_api builds it
+    serpens_host_api _api{};  // what the NF gets: _real with the mock's log, clock and counting shims
     std::string _dir, _config_file;
     std::unique_ptr<serpens_config> _config;
+    std::unique_ptr<serpens::state::StateStore> _store;
+    serpens::state::Executor *_ex = nullptr;
     std::map<std::string, MockTable> _tables;
-    std::vector<std::unique_ptr<MockHandle>> _handles;
     std::vector<std::unique_ptr<Ctx>> _ctxs;
     uint64_t _now = 0;
 };

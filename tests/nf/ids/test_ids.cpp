@@ -46,9 +46,9 @@ TEST_CASE("ids: a signature split across packets of one flow is found")
     CHECK(t.send(other, "il") == 0); // another flow in between: its own stream
     CHECK(t.send(web, "IL HTTP/1.0") == 1); // "evIL" completes here (nocase)
     CHECK(t.send(web, "more evil") == 0);   // one alert per rule per stream
-    CHECK(t.c->counters["sid_1001"] == 1);
-    CHECK(t.c->counters["alerts"] == 1);
-    CHECK(t.c->counters["scanned"] == 4);
+    CHECK(t.c->counter("sid_1001") == 1);
+    CHECK(t.c->counter("alerts") == 1);
+    CHECK(t.c->counter("scanned") == 4);
     // The reverse direction is a stream of its own, and the rule says -> port 80.
     CHECK(t.send(reverse(web), "evil") == 0);
 }
@@ -65,10 +65,10 @@ TEST_CASE("ids: pcre flags, hex content, rule headers and <>")
     CHECK(t.send({true, "2001:db9::1", "2001:db9::2", 17, 9, 9}, std::string("\xde\xad" "BEEF\r\n", 8)) == 0);
     CHECK(t.send({false, "10.2.3.4", "203.0.113.1", 6, 1, 2}, "a secret") == 1);
     CHECK(t.send({false, "11.2.3.4", "203.0.113.1", 6, 1, 2}, "a secret") == 0);
-    CHECK(t.c->counters["sid_1002"] == 1);
-    CHECK(t.c->counters["sid_1003"] == 2);
-    CHECK(t.c->counters["sid_1004"] == 1);
-    CHECK(t.c->counters["matches"] == 4);
+    CHECK(t.c->counter("sid_1002") == 1);
+    CHECK(t.c->counter("sid_1003") == 2);
+    CHECK(t.c->counter("sid_1004") == 1);
+    CHECK(t.c->counter("matches") == 4);
     // Regex escapes survive option parsing; \" \; \\ are option escapes.
     Flow alt{false, "10.9.9.9", "203.0.113.5", 6, 3333, 8080};
     CHECK(t.send(alt, "GET /x/ysh HTTP") == 0); // '.' is literal: \. kept
@@ -95,13 +95,13 @@ TEST_CASE("ids: truncated packets, no payload, small flow table, idle expiry")
         Packet p(frame({false, "1.1.1.1", "2.2.2.2", 6, static_cast<uint16_t>(100 + i), 80}, "ev"));
         CHECK(h.run1(*c, p) == 0);
     }
-    CHECK(c->counters["evicted"] > 0);
+    CHECK(c->counter("evicted") > 0);
     // A stream idle longer than idle_timeout starts over: "ev" + (2 s later) "il" is no match.
     Flow f{false, "9.9.9.9", "2.2.2.2", 6, 7, 80};
     Packet a(frame(f, "ev")), b(frame(f, "il"));
     CHECK(h.run1(*c, a, 10'000'000'000) == 0);
     CHECK(h.run1(*c, b, 12'000'000'000) == 0);
-    CHECK(c->counters["scan_errors"] == 0);
+    CHECK(c->counter("scan_errors") == 0);
 }
 
 TEST_CASE("ids: malformed rules fail init with file:line and what was expected")

@@ -88,7 +88,7 @@ struct Mon {
     std::map<Bytes, FlowVal> flows()
     {
         std::map<Bytes, FlowVal> out;
-        for (auto &[key, cells] : host.table("flows")->entries) {
+        for (auto &[key, cells] : host.table("flows")->entries()) {
             REQUIRE(cells[0].size() == sizeof(FlowVal));
             std::memcpy(&out[key], cells[0].data(), sizeof(FlowVal));
         }
@@ -115,11 +115,14 @@ struct Mon {
         }
         return out;
     }
-    // The global per-host counts (base + replica deltas), and the overflow's.
+    // The global per-host counts, and the overflow's: the merged values, as
+    // the state manager reports them once the merge timer has fired.
     std::map<Addr, HostCounts> hosts(HostCounts *overflow = nullptr)
     {
+        host.merge_all("hosts");
+        host.merge_all("host_overflow");
         std::map<Addr, HostCounts> out;
-        for (auto &[key, cells] : host.table("hosts")->entries) {
+        for (auto &[key, cells] : host.table("hosts")->entries()) {
             REQUIRE(key.size() == 16);
             Addr a;
             std::memcpy(a.data(), key.data(), 16);
@@ -127,7 +130,7 @@ struct Mon {
         }
         if (overflow) {
             *overflow = HostCounts{};
-            for (auto &[key, cells] : host.table("host_overflow")->entries) {
+            for (auto &[key, cells] : host.table("host_overflow")->entries()) {
                 CHECK(key == Bytes(4, 0));
                 *overflow = read_counts(host.global_value("host_overflow", key));
             }
@@ -198,8 +201,8 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
     }
     MockTable *ft = m.host.table("flows");
     REQUIRE(ft != nullptr);
-    CHECK(ft->entries.size() == want.flows.size());
-    for (auto &[key, cells] : ft->entries) {
+    CHECK(ft->entries().size() == want.flows.size());
+    for (auto &[key, cells] : ft->entries()) {
         REQUIRE(key.size() == 40);
         CHECK(key[37] == 4);
         auto k = std::make_tuple(rd32(key.data()), rd32(key.data() + 16), uint16_t(key[32] | key[33] << 8),
@@ -251,7 +254,7 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     CHECK(m.hosts() == want.hosts);
     // After a merge the base alone holds everything.
     std::map<Addr, HostCounts> base;
-    for (auto &[key, cells] : m.host.table("hosts")->entries) {
+    for (auto &[key, cells] : m.host.table("hosts")->entries()) {
         Addr a;
         std::memcpy(a.data(), key.data(), 16);
         base[a] = read_counts(cells[0]);
@@ -285,8 +288,9 @@ TEST_CASE("mon: an API without add_state_bulk_v2 (serpens-bench's redis state) g
         host.process(0, p.parse(), p.ports, (1 + start) * kMs);
     }
     CHECK(host.bulk_adds == 0);
+    host.merge_all("hosts"); // the merge timer firing
     std::map<Addr, HostCounts> got;
-    for (auto &[key, cells] : host.table("hosts")->entries) {
+    for (auto &[key, cells] : host.table("hosts")->entries()) {
         Addr a;
         std::memcpy(a.data(), key.data(), 16);
         got[a] = read_counts(host.global_value("hosts", key));
@@ -338,7 +342,7 @@ TEST_CASE("mon: unparsed and truncated frames are counted and passed")
     }
     CHECK(m.host.counter(0, "unparsed") == 4);
     CHECK(m.host.counter(0, "packets") == 4);
-    CHECK(m.host.table("flows")->entries.empty());
+    CHECK(m.host.table("flows")->entries().empty());
 }
 
 TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
@@ -352,7 +356,7 @@ TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
         p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
     }
     m.host.process(0, p.parse(), p.ports, kMs);
-    CHECK(m.host.table("flows")->entries.size() == 2);
+    CHECK(m.host.table("flows")->entries().size() == 2);
     CHECK(m.host.counter(0, "flow_table_full") == 3);
     CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
 }
@@ -371,7 +375,7 @@ TEST_CASE("mon: a flow write the host refuses is a state error, not a full table
         p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
     }
     m.host.process(0, p.parse(), p.ports, kMs);
-    CHECK(m.host.table("flows")->entries.empty());
+    CHECK(m.host.table("flows")->entries().empty());
     CHECK(m.host.counter(0, "flow_table_full") == 0);
     CHECK(m.host.counter(0, "state_errors") == 1); // one round of 5 flows
     CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
@@ -395,7 +399,7 @@ TEST_CASE("mon: a host replica the host refuses is a state error, not host_overf
 TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")
 {
     Mon m("fold_ms = 10\nmax_flows = 64\n");
-    CHECK((m.host.table("flows")->flags & SERPENS_STATE_NF_EXPIRY) != 0);
+    CHECK((m.host.table("flows")->flags() & SERPENS_STATE_NF_EXPIRY) != 0);
     Expect want;
     auto flows = traffic(60);
     auto send = [&](std::size_t from, std::size_t to, uint64_t now) {

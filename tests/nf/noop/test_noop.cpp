@@ -90,8 +90,8 @@ TEST_CASE("noop: flow_state = \"count\" keeps each flow's packet count")
     }
     MockTable *t = host.table("flows");
     REQUIRE(t != nullptr);
-    CHECK(t->entries.size() == want.size());
-    for (auto &[key, cells] : t->entries) {
+    CHECK(t->entries().size() == want.size());
+    for (auto &[key, cells] : t->entries()) {
         REQUIRE(want.count(key));
         CHECK(value_of(cells) == want[key]);
     }
@@ -107,15 +107,15 @@ TEST_CASE("noop: flow_state = \"lookup\" inserts each flow once and finds it aft
     const std::map<Bytes, uint64_t> flows = run(host);
     MockTable *t = host.table("flows");
     REQUIRE(t != nullptr);
-    CHECK(t->entries.size() == flows.size());
-    for (auto &[key, cells] : t->entries) {
+    CHECK(t->entries().size() == flows.size());
+    for (auto &[key, cells] : t->entries()) {
         CHECK(flows.count(key) == 1);
         CHECK(value_of(cells) == 0);
     }
     const uint64_t bulk_before = host.bulk_lookups;
     run(host);
     CHECK(host.bulk_lookups > bulk_before);
-    CHECK(t->entries.size() == flows.size());
+    CHECK(t->entries().size() == flows.size());
 }
 
 TEST_CASE("noop: a full flow table is counted, and its packets still pass")
@@ -128,12 +128,12 @@ TEST_CASE("noop: a full flow table is counted, and its packets still pass")
     REQUIRE(host.init(0) == SERPENS_OK);
     const std::map<Bytes, uint64_t> flows = run(host);
     REQUIRE(flows.size() > 16);
-    CHECK(host.table("flows")->entries.size() == 16);
+    CHECK(host.table("flows")->entries().size() == 16);
     // Every packet of a flow left out is counted: in lookup mode each one
     // misses and its insert is refused again.
     uint64_t refused = 0;
     for (auto &[key, n] : flows) {
-        if (!host.table("flows")->entries.count(key)) {
+        if (!host.table("flows")->entries().count(key)) {
             refused += n;
         }
     }
