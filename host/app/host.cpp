@@ -91,8 +91,8 @@ uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
     for (const auto &port : cfg.ports) {
         known += (known.empty() ? "" : ", ") + port.name;
     }
-    throw ConfigError(chain.file, "chain '" + chain.name + "': egress port '" + chain.egress +
-                                      "' is not a port of " + cfg.file + " (ports: " + known + ")");
+    throw ConfigError(chain.file, "chain '" + chain.name + "': egress port '" + chain.egress + "' is not a port of " +
+                                      cfg.file + " (ports: " + known + ")");
 }
 
 struct Placement {
@@ -190,12 +190,12 @@ void print_stats(const Dataplane &dp, std::FILE *out)
     }
     std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(c.unmatched));
 
-    std::fprintf(out, "\n%-20s %4s %6s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "packets", "out",
-                 "dropped", "tx_dropped");
+    std::fprintf(out, "\n%-20s %4s %6s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "packets", "out", "dropped",
+                 "tx_dropped");
     for (const auto &slot : dp.instances()) {
-        std::fprintf(out, "%-20s %4u %6u %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index,
-                     slot->lcore, static_cast<unsigned long>(slot->packets.load()),
-                     static_cast<unsigned long>(slot->out.load()), static_cast<unsigned long>(slot->dropped.load()),
+        std::fprintf(out, "%-20s %4u %6u %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index, slot->lcore,
+                     static_cast<unsigned long>(slot->packets.load()), static_cast<unsigned long>(slot->out.load()),
+                     static_cast<unsigned long>(slot->dropped.load()),
                      static_cast<unsigned long>(slot->tx_dropped.load()));
     }
     std::fprintf(out, "\n%-20s %-12s %14s %12s  %s\n", "chain/nf", "plugin", "packets", "dropped", "nf counters");
@@ -538,8 +538,8 @@ int run_host(const HostOptions &options)
                 const auto &chain = loaded.chains[tag];
                 auto instance = std::make_unique<ChainInstance>(chain, p.index, host_api(), executors,
                                                                 std::chrono::milliseconds(cfg.init_warn_ms));
-                dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain),
-                                       std::move(instance), cfg.ring_size);
+                dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain), std::move(instance),
+                                       cfg.ring_size);
                 spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
             }
             dataplane.prepare();

@@ -24,8 +24,7 @@ class ChainCompiler {
 public:
     ChainCompiler(const ChainSpec &spec, const PluginRegistry &plugins, const config::NfDefaults *defaults)
         : _spec(spec), _plugins(plugins), _defaults(defaults)
-    {
-    }
+    {}
 
     std::shared_ptr<const CompiledChain> run()
     {
@@ -57,7 +56,7 @@ private:
             if (plugin == nullptr) {
                 auto loaded = _plugins.names();
                 fail(nf.plugin_where, "unknown NF plugin '" + nf.plugin + "' for NF '" + nf.name + "' (loaded: " +
-                                   (loaded.empty() ? std::string("none") : join(loaded, ", ")) + ")");
+                                          (loaded.empty() ? std::string("none") : join(loaded, ", ")) + ")");
             }
             _descs.push_back(&plugin->descriptor());
             _plugin_of.push_back(plugin);
@@ -79,8 +78,8 @@ private:
             for (const auto &nf : _spec.nfs) {
                 known.push_back(nf.name);
             }
-            fail(edge.where, "unknown NF '" + name + "' in " + edge.via + " (this chain's NFs: " +
-                                 join(known, ", ") + (allow_targets ? "; or 'out', 'drop')" : ")"));
+            fail(edge.where, "unknown NF '" + name + "' in " + edge.via + " (this chain's NFs: " + join(known, ", ") +
+                                 (allow_targets ? "; or 'out', 'drop')" : ")"));
         }
         return it->second;
     }
@@ -98,9 +97,9 @@ private:
             }
             auto [it, inserted] = _out[from].emplace(edge.port, Target{to, edge});
             if (!inserted && it->second.node != to) {
-                fail(edge.where, "port " + std::to_string(edge.port) + " of NF '" + edge.from +
-                                     "' already goes to '" + it->second.edge.to + "' (" + it->second.edge.via +
-                                     " at line " + std::to_string(it->second.edge.where.line) + ")");
+                fail(edge.where, "port " + std::to_string(edge.port) + " of NF '" + edge.from + "' already goes to '" +
+                                     it->second.edge.to + "' (" + it->second.edge.via + " at line " +
+                                     std::to_string(it->second.edge.where.line) + ")");
             }
         }
     }
@@ -130,11 +129,10 @@ private:
             for (std::size_t r : roots) {
                 names.push_back(_spec.nfs[r].name);
             }
-            fail(_spec.where, roots.empty()
-                                  ? std::string("no entry NF: every NF has an incoming edge (a cycle?); "
-                                                "set 'entry'")
-                                  : "ambiguous entry: NFs " + join(names, ", ") +
-                                        " have no incoming edge; set 'entry' or connect them");
+            fail(_spec.where, roots.empty() ? std::string("no entry NF: every NF has an incoming edge (a cycle?); "
+                                                          "set 'entry'")
+                                            : "ambiguous entry: NFs " + join(names, ", ") +
+                                                  " have no incoming edge; set 'entry' or connect them");
         }
         return roots.front();
     }
@@ -156,8 +154,8 @@ private:
         }
         for (std::size_t i = 0; i < seen.size(); ++i) {
             if (!seen[i]) {
-                fail(_spec.nfs[i].where, "NF '" + _spec.nfs[i].name + "' is unreachable from the entry NF '" +
-                                             _spec.nfs[entry].name + "'");
+                fail(_spec.nfs[i].where,
+                     "NF '" + _spec.nfs[i].name + "' is unreachable from the entry NF '" + _spec.nfs[entry].name + "'");
             }
         }
     }

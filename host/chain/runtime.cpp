@@ -128,8 +128,8 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             }
             throw ConfigError(unread.front().file, unread.front().line, unread.front().column, unread.front().message);
         }
-        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
-                          _contexts.back()->process_site.c_str()});
+        _slots.push_back(
+            {nf.desc->process, &_contexts.back()->pub, nf.next.data(), _contexts.back()->process_site.c_str()});
     }
     // Global/read state is written in init only: from now on it is read-only.
     for (const auto &ctx : _contexts) {
@@ -139,10 +139,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
     }
 }
 
-ChainInstance::~ChainInstance()
-{
-    finalize(_contexts.size());
-}
+ChainInstance::~ChainInstance() { finalize(_contexts.size()); }
 
 void ChainInstance::finalize(std::size_t count) noexcept
 {

@@ -25,9 +25,9 @@ using ExecutorResolver = std::function<state::Executor *(const std::string &chai
 // Per-NF counters the runtime keeps.  Written by the instance's worker only;
 // relaxed atomics let the control thread read them while it runs.
 struct NfRunStats {
-    std::atomic<uint64_t> packets{0};  // packets this NF processed
-    std::atomic<uint64_t> dropped{0};  // of those, dropped by its verdict
-    std::atomic<uint64_t> batches{0};  // calls of process()
+    std::atomic<uint64_t> packets{0}; // packets this NF processed
+    std::atomic<uint64_t> dropped{0}; // of those, dropped by its verdict
+    std::atomic<uint64_t> batches{0}; // calls of process()
 };
 
 class ChainInstance {
@@ -38,8 +38,8 @@ public:
     // NF whose config holds a key its init never read is refused the same
     // way with ConfigError at that key (config::unread_keys).  An init still
     // running after `init_warn_after` is named in a warning (0: never).
-    ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
-                  const serpens_host_api *api, const ExecutorResolver &executors = {},
+    ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id, const serpens_host_api *api,
+                  const ExecutorResolver &executors = {},
                   std::chrono::milliseconds init_warn_after = default_init_warn_after);
     ~ChainInstance(); // fini for every NF, exactly once, in reverse order
     ChainInstance(const ChainInstance &) = delete;

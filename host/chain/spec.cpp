@@ -11,15 +11,9 @@
 namespace serpens {
 namespace {
 
-SourcePos pos_of(const toml::node &node)
-{
-    return {node.source().begin.line, node.source().begin.column};
-}
+SourcePos pos_of(const toml::node &node) { return {node.source().begin.line, node.source().begin.column}; }
 
-bool is_reserved_target(const std::string &name)
-{
-    return name == chain_target_out || name == chain_target_drop;
-}
+bool is_reserved_target(const std::string &name) { return name == chain_target_out || name == chain_target_drop; }
 
 NfSpec parse_nf(const toml::table &table, const std::string &file, std::size_t index)
 {
@@ -98,8 +92,8 @@ ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> document, const st
             d.fail_table("missing required key 'to' (an array of NF names, one per output port)");
         }
         for (std::size_t port = 0; port < to.size(); ++port) {
-            spec.edges.push_back({from, static_cast<uint32_t>(port), to[port], "distribute",
-                                  pos_of(*to_array->get(port))});
+            spec.edges.push_back(
+                {from, static_cast<uint32_t>(port), to[port], "distribute", pos_of(*to_array->get(port))});
         }
         d.reject_unknown_keys();
     }
@@ -154,8 +148,7 @@ std::vector<ChainSpec> load_chain_directory(const std::string &directory)
         ChainSpec spec = parse_chain_file(path);
         if (auto [it2, inserted] = seen.emplace(spec.name, path); !inserted) {
             throw ConfigError(path, spec.where.line, spec.where.column,
-                              "duplicate chain name '" + spec.name + "' (already defined in " +
-                                  it2->second + ")");
+                              "duplicate chain name '" + spec.name + "' (already defined in " + it2->second + ")");
         }
         chains.push_back(std::move(spec));
     }

@@ -49,7 +49,7 @@ struct NfSpec {
 struct EdgeSpec {
     std::string from;
     uint32_t port = 0;
-    std::string to; // an NF name, chain_target_out or chain_target_drop
+    std::string to;  // an NF name, chain_target_out or chain_target_drop
     std::string via; // "chain", "distribute" or "aggregate", for messages
     SourcePos where;
 };

@@ -86,7 +86,10 @@ void add_mask(std::string_view mask, std::set<unsigned> &out)
     unsigned bit = 0;
     for (std::size_t i = mask.size(); i-- > 0; bit += 4) {
         char c = mask[i];
-        int nibble = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        int nibble = c >= '0' && c <= '9'   ? c - '0'
+                     : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                     : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                            : -1;
         if (nibble < 0) {
             throw LcoreSyntaxError{"'" + std::string(whole) + "' is not a hexadecimal core mask"};
         }
@@ -209,8 +212,8 @@ LcoreSet lcores_of_eal_args(const std::vector<std::string> &args, const std::str
     }
     set.main = main.value_or(*set.enabled.begin());
     if (!set.has(set.main)) {
-        throw ConfigError(file, "[eal] args: --main-lcore " + std::to_string(set.main) +
-                                    " is not in the lcore list " + set.list());
+        throw ConfigError(file, "[eal] args: --main-lcore " + std::to_string(set.main) + " is not in the lcore list " +
+                                    set.list());
     }
     return set;
 }

@@ -23,10 +23,7 @@ std::string resolve(const fs::path &base, const std::string &value)
     return (p.is_relative() ? base / p : p).lexically_normal().string();
 }
 
-uint32_t line_of(const toml::node &node)
-{
-    return node.source().begin.line;
-}
+uint32_t line_of(const toml::node &node) { return node.source().begin.line; }
 
 std::optional<uint8_t> parse_proto(config::TableReader &reader)
 {
@@ -39,12 +36,12 @@ std::optional<uint8_t> parse_proto(config::TableReader &reader)
         return static_cast<uint8_t>(reader.integer_or("proto", 0, 0, 255));
     }
     std::string name = reader.required_string("proto");
-    static const std::map<std::string, uint8_t> names = {
-        {"icmp", 1}, {"tcp", 6}, {"udp", 17}, {"icmpv6", 58}, {"esp", 50}, {"gre", 47}, {"sctp", 132}};
+    static const std::map<std::string, uint8_t> names = {{"icmp", 1}, {"tcp", 6},  {"udp", 17},  {"icmpv6", 58},
+                                                         {"esp", 50}, {"gre", 47}, {"sctp", 132}};
     auto it = names.find(name);
     if (it == names.end()) {
-        reader.fail("proto", "'proto' must be tcp, udp, icmp, icmpv6, esp, gre, sctp or a number 0..255, not '" +
-                                 name + "'");
+        reader.fail("proto",
+                    "'proto' must be tcp, udp, icmp, icmpv6, esp, gre, sctp or a number 0..255, not '" + name + "'");
     }
     return it->second;
 }
@@ -102,8 +99,7 @@ gid_t resolve_group(config::TableReader &reader, const std::string &name)
             reader.fail("control_group", "cannot look up group '" + name + "': " + std::strerror(rc));
         }
         if (found == nullptr) {
-            reader.fail("control_group", "'control_group' names no group: '" + name +
-                                             "' is not in the group database");
+            reader.fail("control_group", "'control_group' names no group: '" + name + "' is not in the group database");
         }
         return found->gr_gid;
     }
@@ -123,8 +119,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
-        r.allow_only(
-            {"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket", "control_group"});
+        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket", "control_group"});
         cfg.id = r.string_or("id", cfg.id);
         // The id names the state directory and the control socket.
         if (!config::is_safe_name(cfg.id)) {
@@ -151,8 +146,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     } else {
         cfg.state_dir = resolve(base, cfg.state_dir);
     }
-    cfg.control_socket = cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock"
-                                                    : resolve(base, cfg.control_socket);
+    cfg.control_socket =
+        cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock" : resolve(base, cfg.control_socket);
     if (check_dirs && !fs::is_directory(cfg.plugin_dir)) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
         std::string message = "plugin directory " + cfg.plugin_dir + " does not exist (set [host] plugin_dir)";
@@ -197,8 +192,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         port.promiscuous = r.bool_or("promiscuous", port.promiscuous);
         port.line = line_of(*t);
         if (!port_lines.emplace(port.name, port.line).second) {
-            r.fail("name", "port name '" + port.name + "' is already used at line " +
-                               std::to_string(port_lines[port.name]));
+            r.fail("name",
+                   "port name '" + port.name + "' is already used at line " + std::to_string(port_lines[port.name]));
         }
         cfg.ports.push_back(std::move(port));
     }
@@ -270,8 +265,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         if (cfg.ring_size < 2 * cfg.burst) {
             r.fail("ring_size", "'ring_size' (" + std::to_string(cfg.ring_size) + ") must hold at least two bursts (" +
-                                    std::to_string(2 * cfg.burst) + " packets with burst = " +
-                                    std::to_string(cfg.burst) + ")");
+                                    std::to_string(2 * cfg.burst) +
+                                    " packets with burst = " + std::to_string(cfg.burst) + ")");
         }
         cfg.wake_threshold = static_cast<uint32_t>(r.integer_or("wake_threshold", cfg.wake_threshold, 1, 1 << 20));
         cfg.wake_deadline_us =
@@ -310,8 +305,10 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             std::string plugin(key.str());
             if (!node.is_table()) {
                 config::fail_at(path, node.source(),
-                                "[nf_defaults]: '" + plugin + "' must be a table of config keys for the NFs of "
-                                "plugin '" + plugin + "' ([nf_defaults." + plugin + "])");
+                                "[nf_defaults]: '" + plugin +
+                                    "' must be a table of config keys for the NFs of "
+                                    "plugin '" +
+                                    plugin + "' ([nf_defaults." + plugin + "])");
             }
             cfg.nf_defaults.by_plugin.emplace(plugin, node.as_table());
         }

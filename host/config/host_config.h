@@ -15,13 +15,13 @@
 namespace serpens {
 
 struct PortConfig {
-    std::string name;         // how chains and rules refer to the port
-    std::string device;       // a DPDK vdev string ("net_pcap0,rx_pcap=...") or a PCI address
+    std::string name;   // how chains and rules refer to the port
+    std::string device; // a DPDK vdev string ("net_pcap0,rx_pcap=...") or a PCI address
     uint16_t rx_descriptors = 1024;
     uint16_t tx_descriptors = 1024;
-    uint16_t rx_queues = 0;   // 0: one per receiving lcore, as many as the device has
+    uint16_t rx_queues = 0; // 0: one per receiving lcore, as many as the device has
     bool promiscuous = true;
-    uint32_t line;            // where it was declared, for later errors
+    uint32_t line; // where it was declared, for later errors
 };
 
 struct PortRange {
@@ -33,9 +33,9 @@ struct GatewayRuleConfig {
     std::string name;
     std::string chain;
     std::optional<std::string> in_port;
-    std::optional<std::string> src;  // prefix, v4 or v6
+    std::optional<std::string> src; // prefix, v4 or v6
     std::optional<std::string> dst;
-    std::optional<uint8_t> proto;    // IPPROTO_* number
+    std::optional<uint8_t> proto; // IPPROTO_* number
     std::optional<PortRange> src_ports;
     std::optional<PortRange> dst_ports;
     std::optional<uint16_t> vlan;
@@ -50,14 +50,14 @@ struct InstanceConfig {
 };
 
 struct HostConfig {
-    std::string file;            // the host.toml path, for messages
-    std::string id = "serpens";  // names this host's shared-memory state
+    std::string file;           // the host.toml path, for messages
+    std::string id = "serpens"; // names this host's shared-memory state
     std::string log_level = "info";
     std::string plugin_dir = "plugins";
     std::string chains_dir = "chains";
-    std::string state_dir;       // default /dev/shm/serpens/<id>
-    std::string control_socket;  // default /run/serpens/<id>.sock
-    std::string control_group;   // may use the control socket besides root and the host's user
+    std::string state_dir;            // default /dev/shm/serpens/<id>
+    std::string control_socket;       // default /run/serpens/<id>.sock
+    std::string control_group;        // may use the control socket besides root and the host's user
     std::optional<gid_t> control_gid; // control_group resolved
 
     std::vector<std::string> eal_args;
@@ -77,7 +77,7 @@ struct HostConfig {
     uint32_t wake_threshold = 128;
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
-    uint32_t init_warn_ms = 5000;    // an NF init still running after this long is named in a warning
+    uint32_t init_warn_ms = 5000; // an NF init still running after this long is named in a warning
     std::vector<InstanceConfig> instances;
 
     config::NfDefaults nf_defaults; // [nf_defaults.<plugin>]

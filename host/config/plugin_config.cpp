@@ -8,10 +8,7 @@ namespace serpens::config {
 namespace {
 
 // The path as unread_keys spells it: "a.b[2].c", whatever spacing the NF used.
-std::string canonical(const char *path)
-{
-    return toml::path(path).str();
-}
+std::string canonical(const char *path) { return toml::path(path).str(); }
 
 // The key in the NF's own config, else in its [nf_defaults.<plugin>] table.
 struct Located {
@@ -211,10 +208,9 @@ struct UnreadScan {
         unread.column = at.begin.column;
         std::string reads = read_below(parent);
         unread.message = "unknown key '" + path + "' in " + subject +
-                         (reads.empty() ? std::string("; it reads no keys here")
-                                        : "; it reads: " + reads);
-        unread.text = file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " +
-                      unread.message;
+                         (reads.empty() ? std::string("; it reads no keys here") : "; it reads: " + reads);
+        unread.text =
+            file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " + unread.message;
         found.push_back(std::move(unread));
     }
 

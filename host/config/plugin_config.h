@@ -27,8 +27,8 @@ struct serpens_config {
     // set is looked up next (nullptr: nowhere).  Same lifetime rule as above.
     std::shared_ptr<const toml::table> defaults_document;
     const toml::table *defaults = nullptr;
-    std::string defaults_file;          // host.toml
-    std::string defaults_directory;     // relative paths found there resolve against this
+    std::string defaults_file;      // host.toml
+    std::string defaults_directory; // relative paths found there resolve against this
 
     // Every path the NF asked a config_* getter for (config_where aside),
     // found or not, as toml++ spells it: what unread_keys compares against.

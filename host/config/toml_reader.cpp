@@ -15,8 +15,7 @@ toml::table parse_file(const std::string &path)
     char *data = nullptr;
     std::size_t size = 0;
     char err[1024];
-    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) !=
-        SERPENS_OK) {
+    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) != SERPENS_OK) {
         std::string why = err;
         std::string prefix = path + ": ";
         throw ConfigError(path, why.compare(0, prefix.size(), prefix) == 0 ? why.substr(prefix.size()) : why);
@@ -31,8 +30,7 @@ toml::table parse_text(std::string_view text, const std::string &path)
         return toml::parse(text, path);
     } catch (const toml::parse_error &e) {
         const auto &begin = e.source().begin;
-        throw ConfigError(path, begin.line, begin.column,
-                          "TOML syntax error: " + std::string(e.description()));
+        throw ConfigError(path, begin.line, begin.column, "TOML syntax error: " + std::string(e.description()));
     }
 }
 
@@ -44,16 +42,24 @@ void fail_at(const std::string &file, const toml::source_region &where, const st
 std::string type_name(const toml::node &node)
 {
     switch (node.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
+    case toml::node_type::string:
+        return "a string";
+    case toml::node_type::integer:
+        return "an integer";
+    case toml::node_type::floating_point:
+        return "a float";
+    case toml::node_type::boolean:
+        return "a boolean";
+    case toml::node_type::table:
+        return "a table";
+    case toml::node_type::array:
+        return "an array";
     case toml::node_type::date:
     case toml::node_type::time:
-    case toml::node_type::date_time: return "a date/time";
-    default: return "nothing";
+    case toml::node_type::date_time:
+        return "a date/time";
+    default:
+        return "nothing";
     }
 }
 
@@ -63,8 +69,8 @@ bool is_safe_name(std::string_view name) noexcept
         return false;
     }
     for (char c : name) {
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                  c == '-' || c == '.';
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                  c == '.';
         if (!ok) {
             return false;
         }
@@ -80,8 +86,7 @@ std::string unsafe_name_message(std::string_view what, std::string_view value)
 
 TableReader::TableReader(const toml::table &table, std::string file, std::string what)
     : _table(table), _file(std::move(file)), _what(std::move(what))
-{
-}
+{}
 
 const toml::node *TableReader::lookup(std::string_view key)
 {
@@ -239,8 +244,8 @@ std::vector<const toml::table *> TableReader::table_array(std::string_view key)
     }
     for (const toml::node &element : *array) {
         if (!element.is_table()) {
-            fail(element, "'" + std::string(key) + "' must be an array of tables ([[" +
-                              std::string(key) + "]]), found " + type_name(element));
+            fail(element, "'" + std::string(key) + "' must be an array of tables ([[" + std::string(key) +
+                              "]]), found " + type_name(element));
         }
         out.push_back(element.as_table());
     }
@@ -263,8 +268,7 @@ void TableReader::reject_unknown_keys() const
             for (const auto &name : _known) {
                 known += (known.empty() ? "" : ", ") + name;
             }
-            fail(node, _what + ": unknown key '" + std::string(key.str()) + "' (expected one of: " +
-                           known + ")");
+            fail(node, _what + ": unknown key '" + std::string(key.str()) + "' (expected one of: " + known + ")");
         }
     }
 }

@@ -22,8 +22,7 @@ toml::table parse_file(const std::string &path);
 // Parses TOML text; `path` names it in messages and source positions.
 toml::table parse_text(std::string_view text, const std::string &path);
 
-[[noreturn]] void fail_at(const std::string &file, const toml::source_region &where,
-                          const std::string &message);
+[[noreturn]] void fail_at(const std::string &file, const toml::source_region &where, const std::string &message);
 
 class TableReader {
 public:

@@ -23,10 +23,7 @@ std::string quoted(std::string_view text)
     return out;
 }
 
-bool is_space(char c)
-{
-    return c == ' ' || c == '\t';
-}
+bool is_space(char c) { return c == ' ' || c == '\t'; }
 
 // Splits into at most four words; a fourth means "too many".
 struct Words {
@@ -53,10 +50,7 @@ Words split(std::string_view line)
     return words;
 }
 
-ControlRequestError refuse(std::string message)
-{
-    return ControlRequestError{"error: " + std::move(message)};
-}
+ControlRequestError refuse(std::string message) { return ControlRequestError{"error: " + std::move(message)}; }
 
 } // namespace
 

@@ -27,8 +27,8 @@ struct ControlServer::Connection {
     ControlPeer peer;
     bool allowed = false;
     Clock::time_point deadline;
-    std::string in;   // bytes of the request line received so far
-    std::string out;  // the reply, once known
+    std::string in;  // bytes of the request line received so far
+    std::string out; // the reply, once known
     std::size_t sent = 0;
     // reading -> replying -> draining: after its reply the connection reads
     // and discards until the client closes, because closing with unread
@@ -42,18 +42,15 @@ namespace {
 
 constexpr std::size_t kMaxReply = 16u << 20;
 
-std::string errno_text(int err)
-{
-    return std::strerror(err);
-}
+std::string errno_text(int err) { return std::strerror(err); }
 
 sockaddr_un address_of(const std::string &path)
 {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
-        throw Error("control socket path is too long or empty (" + std::to_string(path.size()) +
-                    " bytes, at most " + std::to_string(sizeof(addr.sun_path) - 1) + "): " + path);
+        throw Error("control socket path is too long or empty (" + std::to_string(path.size()) + " bytes, at most " +
+                    std::to_string(sizeof(addr.sun_path) - 1) + "): " + path);
     }
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     return addr;
@@ -73,7 +70,7 @@ void make_parent_directories(const std::filesystem::path &dir, std::optional<gid
     if (dir.empty()) {
         return;
     }
-    struct stat st{};
+    struct stat st {};
     if (lstat(dir.c_str(), &st) == 0) {
         return;
     }
@@ -95,7 +92,7 @@ void make_parent_directories(const std::filesystem::path &dir, std::optional<gid
 // listens on any more (its host died).  Everything else is refused and kept.
 void clear_stale_socket(const std::string &path)
 {
-    struct stat st{};
+    struct stat st {};
     if (lstat(path.c_str(), &st) != 0) {
         if (errno == ENOENT) {
             return;
@@ -119,7 +116,8 @@ void clear_stale_socket(const std::string &path)
     int err = errno;
     close(fd);
     if (rc == 0 || err == EAGAIN || err == EINPROGRESS) {
-        throw Error("control socket " + path + " is in use by a running serpens-host; give this host "
+        throw Error("control socket " + path +
+                    " is in use by a running serpens-host; give this host "
                     "another [host] id or control_socket");
     }
     if (err != ECONNREFUSED) {
@@ -174,9 +172,9 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
     // Bound under a temporary name, given its mode, then published: the
     // socket never exists at `path` with the umask's mode, and link() will
     // not replace a socket another host published meanwhile.
-    const std::string temp = (fs_path.parent_path() / ("." + fs_path.filename().string() + "." +
-                                                       std::to_string(getpid()) + ".tmp"))
-                                 .string();
+    const std::string temp =
+        (fs_path.parent_path() / ("." + fs_path.filename().string() + "." + std::to_string(getpid()) + ".tmp"))
+            .string();
     sockaddr_un temp_addr = address_of(temp);
     _listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (_listen_fd < 0) {
@@ -202,7 +200,7 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
         int err = errno; // before building the message can change it
         fail("cannot give the control socket " + temp + " to group " + std::to_string(*_options.group), err);
     }
-    struct stat st{};
+    struct stat st {};
     if (lstat(temp.c_str(), &st) != 0) {
         int err = errno; // before building the message can change it
         fail("cannot inspect the control socket " + temp, err);
@@ -216,8 +214,9 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
     if (link(temp.c_str(), path.c_str()) != 0) {
         int err = errno;
         if (err == EEXIST) {
-            fail("control socket " + path + " appeared while this host started (another host with the same "
-                 "[host] id or control_socket?)",
+            fail("control socket " + path +
+                     " appeared while this host started (another host with the same "
+                     "[host] id or control_socket?)",
                  err);
         }
         // A filesystem without hard links: rename is atomic too, only not
@@ -270,7 +269,7 @@ ControlServer::~ControlServer()
     close(_listen_fd);
     close(_wake_fd);
     // Remove the socket only if it is still the one this server published.
-    struct stat st{};
+    struct stat st {};
     if (lstat(_options.path.c_str(), &st) == 0 && st.st_dev == _dev && st.st_ino == _ino) {
         unlink(_options.path.c_str());
     }
@@ -298,8 +297,8 @@ void ControlServer::accept_new(Clock::time_point now)
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 // The listen socket stays readable: back off instead of spinning.
-                spdlog::warn("control socket {}: cannot accept ({}); pausing accepts for 100 ms",
-                             _options.path, errno_text(errno));
+                spdlog::warn("control socket {}: cannot accept ({}); pausing accepts for 100 ms", _options.path,
+                             errno_text(errno));
                 _accept_paused_until = now + std::chrono::milliseconds(100);
             }
             return; // EAGAIN, or a connection that went away before accept
@@ -329,7 +328,8 @@ bool ControlServer::evict_oldest_waiting()
     // is served before the flood reaches it.
     auto oldest = _connections.end();
     for (auto it = _connections.begin(); it != _connections.end(); ++it) {
-        if (it->phase != Connection::Phase::replying && (oldest == _connections.end() || it->deadline < oldest->deadline)) {
+        if (it->phase != Connection::Phase::replying &&
+            (oldest == _connections.end() || it->deadline < oldest->deadline)) {
             oldest = it;
         }
     }
@@ -472,12 +472,12 @@ void ControlServer::serve()
             if (keep && now >= c.deadline) {
                 if (c.phase == Connection::Phase::reading) {
                     // Best effort, never waits: say why before closing.
-                    std::string why = "error: no complete request within " +
-                                      std::to_string(_options.deadline.count()) + " ms\n";
+                    std::string why =
+                        "error: no complete request within " + std::to_string(_options.deadline.count()) + " ms\n";
                     (void)send(c.fd, why.data(), why.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
                 }
-                spdlog::debug("control socket {}: closing a connection from pid {} at its deadline",
-                              _options.path, c.peer.pid);
+                spdlog::debug("control socket {}: closing a connection from pid {} at its deadline", _options.path,
+                              c.peer.pid);
                 keep = false;
             }
             done[i] = !keep;
@@ -531,8 +531,8 @@ std::string control_request(const std::string &path, const std::string &command,
         pollfd p{fd, events, 0};
         int rc = poll(&p, 1, remaining_ms(deadline));
         if (rc == 0) {
-            throw Error("serpens-host at " + path + " did not answer within " + std::to_string(timeout_ms) +
-                        " ms (" + doing + ")");
+            throw Error("serpens-host at " + path + " did not answer within " + std::to_string(timeout_ms) + " ms (" +
+                        doing + ")");
         }
         if (rc < 0 && errno != EINTR) {
             throw Error("poll on the control socket " + path + " failed: " + errno_text(errno));

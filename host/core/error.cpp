@@ -2,8 +2,7 @@
 
 namespace serpens {
 
-static std::string located(const std::string &file, uint32_t line, uint32_t column,
-                           const std::string &message)
+static std::string located(const std::string &file, uint32_t line, uint32_t column, const std::string &message)
 {
     std::string out = file;
     if (line != 0) {
@@ -15,15 +14,12 @@ static std::string located(const std::string &file, uint32_t line, uint32_t colu
     return out + ": " + message;
 }
 
-ConfigError::ConfigError(const std::string &file, uint32_t line, uint32_t column,
-                         const std::string &message)
+ConfigError::ConfigError(const std::string &file, uint32_t line, uint32_t column, const std::string &message)
     : Error(located(file, line, column, message)), _file(file), _line(line)
-{
-}
+{}
 
 ConfigError::ConfigError(const std::string &file, const std::string &message)
     : Error(located(file, 0, 0, message)), _file(file)
-{
-}
+{}
 
 } // namespace serpens

@@ -35,20 +35,17 @@ private:
 };
 
 struct NfContext {
-    serpens_nf_ctx pub{};                     // handed to the plugin
+    serpens_nf_ctx pub{}; // handed to the plugin
     const serpens_nf_descriptor *desc = nullptr;
     std::string chain_name;
-    std::string nf_name;                      // the chain's name for this NF
-    std::string where;                        // "NF 'x' (plugin y, file) of chain 'c' instance i"
-    std::string process_site;                 // "process() of " + where: what a crash line names
-    std::string fini_site;                    // "fini() of " + where
-    state::Executor *executor = nullptr;      // owner of this NF's state tables
+    std::string nf_name;                 // the chain's name for this NF
+    std::string where;                   // "NF 'x' (plugin y, file) of chain 'c' instance i"
+    std::string process_site;            // "process() of " + where: what a crash line names
+    std::string fini_site;               // "fini() of " + where
+    state::Executor *executor = nullptr; // owner of this NF's state tables
     CounterBlock counters;
 
-    static NfContext *of(const serpens_nf_ctx *ctx) noexcept
-    {
-        return static_cast<NfContext *>(ctx->host_private);
-    }
+    static NfContext *of(const serpens_nf_ctx *ctx) noexcept { return static_cast<NfContext *>(ctx->host_private); }
 };
 
 } // namespace serpens

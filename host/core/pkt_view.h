@@ -16,7 +16,7 @@ inline void shift_offsets(serpens_pkt &pkt, int32_t delta) noexcept
         }
         int32_t moved = static_cast<int32_t>(offset) + delta;
         offset = moved < 0 || moved >= static_cast<int32_t>(SERPENS_OFFSET_NONE) ? uint16_t{SERPENS_OFFSET_NONE}
-                                                           : static_cast<uint16_t>(moved);
+                                                                                 : static_cast<uint16_t>(moved);
     };
     shift(pkt.l3_offset);
     shift(pkt.l4_offset);

@@ -67,8 +67,8 @@ InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint
     // Every receiving lcore may produce; the instance's lcore consumes.
     slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     if (slot->ring == nullptr) {
-        throw Error("cannot create the ring of chain '" + slot->chain_name + "' instance " +
-                    std::to_string(index) + ": " + rte_strerror(rte_errno));
+        throw Error("cannot create the ring of chain '" + slot->chain_name + "' instance " + std::to_string(index) +
+                    ": " + rte_strerror(rte_errno));
     }
     lcore_state(lcore).instances.push_back(slot.get());
     _instances.push_back(std::move(slot));
@@ -112,9 +112,9 @@ void Dataplane::build_dispatchers()
         if (queues[r].empty()) {
             continue; // every port has fewer queues than there are receivers
         }
-        lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
-            _ports, _gateway, _wake_threshold, std::move(queues[r]),
-            io::DispatchOptions{_options.burst, _options.drop_malformed});
+        lcore_state(receivers[r]).dispatcher =
+            std::make_unique<io::Dispatcher>(_ports, _gateway, _wake_threshold, std::move(queues[r]),
+                                             io::DispatchOptions{_options.burst, _options.drop_malformed});
         ++_receivers;
     }
 }
@@ -124,8 +124,8 @@ void Dataplane::build_routes()
     std::vector<io::RoutedInstance> routed;
     for (std::size_t i = 0; i < _instances.size(); ++i) {
         const InstanceSlot &slot = *_instances[i];
-        routed.push_back({slot.chain_tag, static_cast<uint32_t>(i), slot.lcore, slot.ring,
-                          &lcore_state(slot.lcore).wakeup});
+        routed.push_back(
+            {slot.chain_tag, static_cast<uint32_t>(i), slot.lcore, slot.ring, &lcore_state(slot.lcore).wakeup});
     }
     for (auto &lcore : _lcores) {
         if (lcore->dispatcher != nullptr) {
@@ -153,8 +153,7 @@ void Dataplane::build_tx_paths()
             }
             if (_tx_rings[p] == nullptr) {
                 std::string name = "sp_tx" + std::to_string(p);
-                _tx_rings[p] = rte_ring_create(name.c_str(), 16384, static_cast<int>(rte_socket_id()),
-                                               RING_F_SC_DEQ);
+                _tx_rings[p] = rte_ring_create(name.c_str(), 16384, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
                 if (_tx_rings[p] == nullptr) {
                     throw Error("cannot create the TX ring of port '" + _ports[p].name + "'");
                 }
@@ -212,7 +211,7 @@ uint32_t Dataplane::drain_tx_rings()
 }
 
 void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                                       uint64_t now)
+                                        uint64_t now)
 {
     _dp.run_views(_lcore, *_dp._instances[instance], mbufs, views, n, now);
 }

@@ -34,16 +34,16 @@ namespace serpens {
 struct InstanceSlot {
     std::string chain_name;
     uint32_t chain_tag = 0;
-    uint32_t index = 0;        // instance number within its chain
+    uint32_t index = 0; // instance number within its chain
     unsigned lcore = 0;
-    uint16_t egress = 0;       // index into the host's ports
+    uint16_t egress = 0; // index into the host's ports
     rte_ring *ring = nullptr;
     std::unique_ptr<ChainInstance> chain;
 
-    Counter packets{0};        // metered: packets the chain ran on
-    Counter out{0};            // reached egress and were handed to TX
-    Counter dropped{0};        // dropped by an NF's verdict
-    Counter tx_dropped{0};     // TX queue or TX ring full
+    Counter packets{0};    // metered: packets the chain ran on
+    Counter out{0};        // reached egress and were handed to TX
+    Counter dropped{0};    // dropped by an NF's verdict
+    Counter tx_dropped{0}; // TX queue or TX ring full
     Counter batches{0};
 };
 
@@ -52,8 +52,8 @@ struct DataplaneOptions {
     bool drop_malformed = true;
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
-    double idle_exit_s = 0;  // 0: never; else stop after this long without RX
-    double duration_s = 0;   // 0: until signalled
+    double idle_exit_s = 0; // 0: never; else stop after this long without RX
+    double duration_s = 0;  // 0: until signalled
 };
 
 class Dataplane {
@@ -66,8 +66,8 @@ public:
     static std::vector<unsigned> receiving_lcores(const std::vector<unsigned> &lcores, unsigned main_lcore);
 
     // Cold path: add an instance before run(); creates its ring.
-    InstanceSlot &add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore,
-                               uint16_t egress, std::unique_ptr<ChainInstance> chain, uint32_t ring_size);
+    InstanceSlot &add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore, uint16_t egress,
+                               std::unique_ptr<ChainInstance> chain, uint32_t ring_size);
 
     // Cold path, after the last add_instance: sets up receiving, routes and
     // TX paths (run() does it when not done).  Call it before anything reads
@@ -120,20 +120,19 @@ private:
         unsigned id = 0;
         bool main = false;
         std::vector<InstanceSlot *> instances;
-        std::vector<TxPath> tx;                  // per port index
+        std::vector<TxPath> tx;                     // per port index
         std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
         Wakeup wakeup;
         std::atomic<bool> done{false};
-        std::atomic<uint64_t> last_rx{0};        // when it last received (or was held back)
-        uint64_t pending_since = 0; // main lcore only: when it saw packets waiting for this sleeper
+        std::atomic<uint64_t> last_rx{0}; // when it last received (or was held back)
+        uint64_t pending_since = 0;       // main lcore only: when it saw packets waiting for this sleeper
     };
 
     // An lcore's side of its dispatcher: in-place runs and transmits.
     class LcoreSink final : public io::LocalSink {
     public:
         LcoreSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
-        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                          uint64_t now) override;
+        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now) override;
         void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
 
     private:
@@ -151,8 +150,7 @@ private:
     // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
     // Runs the chain on views[i] of mbufs[i], then frees or transmits each.
-    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                   uint64_t now);
+    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
@@ -168,10 +166,10 @@ private:
     std::atomic<uint32_t> _wake_threshold{128};
     std::vector<std::unique_ptr<InstanceSlot>> _instances;
     std::vector<std::unique_ptr<Lcore>> _lcores;
-    std::vector<rte_ring *> _tx_rings; // per port; nullptr when every lcore has a queue
+    std::vector<rte_ring *> _tx_rings;     // per port; nullptr when every lcore has a queue
     std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
     std::atomic<bool> _stop{false};
-    std::atomic<bool> _rx_stopped{false};       // set by the main lcore: receive no more
+    std::atomic<bool> _rx_stopped{false};        // set by the main lcore: receive no more
     std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
     uint32_t _receivers = 0;
     bool _prepared = false;

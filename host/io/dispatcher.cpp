@@ -25,11 +25,10 @@ void DispatchTotals::add(const DispatchCounters &c)
 #undef SERPENS_X
 }
 
-Dispatcher::Dispatcher(std::span<const Port> ports, const Gateway &gateway,
-                       const std::atomic<uint32_t> &wake_threshold, std::vector<RxQueue> rx_queues,
-                       DispatchOptions options)
-    : _ports(ports), _gateway(gateway), _wake_threshold(wake_threshold), _options(options),
-      _rx(std::move(rx_queues)), _counters(ports.size(), gateway.rules().size())
+Dispatcher::Dispatcher(std::span<const Port> ports, const Gateway &gateway, const std::atomic<uint32_t> &wake_threshold,
+                       std::vector<RxQueue> rx_queues, DispatchOptions options)
+    : _ports(ports), _gateway(gateway), _wake_threshold(wake_threshold), _options(options), _rx(std::move(rx_queues)),
+      _counters(ports.size(), gateway.rules().size())
 {
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
 }

@@ -31,14 +31,14 @@ struct RxQueue {
 
 // What a dispatcher counts besides RX, parse results and rule matches, each
 // a packet count except rx_paused.
-#define SERPENS_DISPATCH_COUNTERS(X)                                                                         \
-    X(malformed_dropped)  /* malformed and [parser] says drop */                                             \
-    X(unmatched_dropped)  /* no rule matched, no default port */                                             \
-    X(unmatched_passed)   /* no rule matched, sent to the default port */                                    \
-    X(no_instance)        /* the chain has no instance */                                                    \
-    X(ring_full)          /* another lcore's ring could not take it */                                       \
-    X(linearize_failed)   /* a multi-segment mbuf that could not be made one */                              \
-    X(default_tx_dropped) /* the default port refused it */                                                  \
+#define SERPENS_DISPATCH_COUNTERS(X)                                                                                   \
+    X(malformed_dropped)  /* malformed and [parser] says drop */                                                       \
+    X(unmatched_dropped)  /* no rule matched, no default port */                                                       \
+    X(unmatched_passed)   /* no rule matched, sent to the default port */                                              \
+    X(no_instance)        /* the chain has no instance */                                                              \
+    X(ring_full)          /* another lcore's ring could not take it */                                                 \
+    X(linearize_failed)   /* a multi-segment mbuf that could not be made one */                                        \
+    X(default_tx_dropped) /* the default port refused it */                                                            \
     X(rx_paused)          /* loops that left RX alone because a ring was nearly full */
 
 // One dispatcher's counters: written by its lcore only, read by anyone.
@@ -71,8 +71,7 @@ struct DispatchTotals {
 class LocalSink {
 public:
     // Runs `instance` on packets just parsed here: views[i] describes mbufs[i].
-    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                              uint64_t now) = 0;
+    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now) = 0;
     // Transmits on this lcore's path to a port; frees what does not fit and
     // adds it to `dropped`.
     virtual void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) = 0;

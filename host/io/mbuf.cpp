@@ -19,17 +19,13 @@ void register_packet_meta()
     desc.align = alignof(PacketMeta);
     packet_meta_offset = rte_mbuf_dynfield_register(&desc);
     if (packet_meta_offset < 0) {
-        throw Error(std::string("cannot register the mbuf field for packet metadata: ") +
-                    rte_strerror(rte_errno));
+        throw Error(std::string("cannot register the mbuf field for packet metadata: ") + rte_strerror(rte_errno));
     }
 }
 
 namespace {
 
-rte_mbuf *mbuf_of(serpens_pkt *pkt)
-{
-    return static_cast<rte_mbuf *>(pkt->handle);
-}
+rte_mbuf *mbuf_of(serpens_pkt *pkt) { return static_cast<rte_mbuf *>(pkt->handle); }
 
 // Views cover one contiguous segment: the host linearizes on receive.
 uint8_t *mbuf_prepend(serpens_pkt *pkt, uint32_t len)
@@ -86,9 +82,6 @@ int mbuf_adj(serpens_pkt *pkt, uint32_t len)
 
 } // namespace
 
-PacketOps mbuf_packet_ops()
-{
-    return {mbuf_prepend, mbuf_append, mbuf_trim, mbuf_adj};
-}
+PacketOps mbuf_packet_ops() { return {mbuf_prepend, mbuf_append, mbuf_trim, mbuf_adj}; }
 
 } // namespace serpens::io

@@ -32,10 +32,7 @@ static_assert(sizeof(PacketMeta) == 16);
 void register_packet_meta();
 extern int packet_meta_offset;
 
-inline PacketMeta &meta_of(rte_mbuf *m) noexcept
-{
-    return *RTE_MBUF_DYNFIELD(m, packet_meta_offset, PacketMeta *);
-}
+inline PacketMeta &meta_of(rte_mbuf *m) noexcept { return *RTE_MBUF_DYNFIELD(m, packet_meta_offset, PacketMeta *); }
 
 // Stores a parsed view's offsets in the mbuf.
 inline void store_meta(rte_mbuf *m, const serpens_pkt &view, uint32_t chain_tag) noexcept

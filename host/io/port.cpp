@@ -15,17 +15,11 @@
 namespace serpens::io {
 namespace {
 
-bool is_vdev(const std::string &device)
-{
-    return device.rfind("net_", 0) == 0 || device.rfind("eth_", 0) == 0;
-}
+bool is_vdev(const std::string &device) { return device.rfind("net_", 0) == 0 || device.rfind("eth_", 0) == 0; }
 
 // The device name DPDK gives the port: the vdev name before its first comma,
 // or the PCI address.
-std::string device_name(const std::string &device)
-{
-    return device.substr(0, device.find(','));
-}
+std::string device_name(const std::string &device) { return device.substr(0, device.find(',')); }
 
 // A symmetric Toeplitz key (0x6d5a repeated): both directions of a flow hash
 // alike, so a NIC puts them on the same RX queue.
@@ -70,8 +64,12 @@ void start_eal(const HostConfig &cfg, const std::string &program)
         int err = rte_errno;
         std::string hint;
         switch (err) {
-        case EACCES: hint = "run as root, or give the user access to hugepages and devices"; break;
-        case EALREADY: hint = "EAL is already initialised in this process"; break;
+        case EACCES:
+            hint = "run as root, or give the user access to hugepages and devices";
+            break;
+        case EALREADY:
+            hint = "EAL is already initialised in this process";
+            break;
         case ENOMEM:
             hint = "no memory: reserve hugepages (dpdk-hugepages.py -p 2M --setup 1G) or add "
                    "\"--no-huge\", \"-m\", \"512\" to [eal] args";
@@ -90,9 +88,9 @@ void start_eal(const HostConfig &cfg, const std::string &program)
 
 rte_mempool *create_mbuf_pool(const HostConfig &cfg)
 {
-    rte_mempool *pool = rte_pktmbuf_pool_create("serpens_mbufs", cfg.mbufs, cfg.mbuf_cache, 0,
-                                                static_cast<uint16_t>(cfg.mbuf_data_room),
-                                                static_cast<int>(rte_socket_id()));
+    rte_mempool *pool =
+        rte_pktmbuf_pool_create("serpens_mbufs", cfg.mbufs, cfg.mbuf_cache, 0,
+                                static_cast<uint16_t>(cfg.mbuf_data_room), static_cast<int>(rte_socket_id()));
     if (pool == nullptr) {
         throw Error("cannot create the mbuf pool of " + std::to_string(cfg.mbufs) + " mbufs (" +
                     rte_strerror(rte_errno) + "): lower [mempool] mbufs or give EAL more memory (-m)");

@@ -38,10 +38,7 @@ std::unique_ptr<RouteTable> RouteTable::spread(std::span<const RoutedInstance> i
     return table;
 }
 
-Router::~Router()
-{
-    delete _table.load(std::memory_order_acquire);
-}
+Router::~Router() { delete _table.load(std::memory_order_acquire); }
 
 void Router::publish(std::unique_ptr<RouteTable> table)
 {

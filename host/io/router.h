@@ -32,10 +32,7 @@ namespace serpens::io {
 // to 512 entries), so one can be programmed from the other.
 inline constexpr uint32_t route_buckets = 256;
 
-inline constexpr uint32_t route_bucket(uint32_t flow_hash) noexcept
-{
-    return flow_hash & (route_buckets - 1);
-}
+inline constexpr uint32_t route_bucket(uint32_t flow_hash) noexcept { return flow_hash & (route_buckets - 1); }
 
 enum class RouteKind : uint8_t {
     in_place, // the instance runs on the dispatching lcore: called with no ring between
@@ -81,10 +78,7 @@ struct RouteTable {
     {
         return buckets.empty() ? nullptr : &targets[buckets[route_bucket(flow_hash)]];
     }
-    const RouteTarget *route(uint32_t tag, uint32_t flow_hash) const noexcept
-    {
-        return pick(buckets(tag), flow_hash);
-    }
+    const RouteTarget *route(uint32_t tag, uint32_t flow_hash) const noexcept { return pick(buckets(tag), flow_hash); }
 };
 
 class Router {

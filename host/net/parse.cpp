@@ -79,10 +79,7 @@ struct SoftCrc {
 
 #ifdef SERPENS_NET_HAVE_X86
 struct HwCrc {
-    [[gnu::target("sse4.2")]] static inline uint32_t u8(uint32_t c, uint8_t v) noexcept
-    {
-        return _mm_crc32_u8(c, v);
-    }
+    [[gnu::target("sse4.2")]] static inline uint32_t u8(uint32_t c, uint8_t v) noexcept { return _mm_crc32_u8(c, v); }
     [[gnu::target("sse4.2")]] static inline uint32_t u32(uint32_t c, uint32_t v) noexcept
     {
         return _mm_crc32_u32(c, v);
@@ -112,7 +109,7 @@ inline uint64_t load_u64(const uint8_t *p) noexcept
     return v;
 }
 
-template <class Crc>
+template<class Crc>
 inline uint32_t crc_bytes(uint32_t c, const uint8_t *p, std::size_t n) noexcept
 {
     for (; n >= 8; n -= 8, p += 8) {
@@ -126,7 +123,7 @@ inline uint32_t crc_bytes(uint32_t c, const uint8_t *p, std::size_t n) noexcept
 
 // Hash each endpoint on its own, then combine the two in sorted order: that is
 // what makes A->B and B->A agree without comparing 16-byte addresses.
-template <class Crc>
+template<class Crc>
 inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
 {
     constexpr uint32_t seed = 0x5e7be115u;
@@ -166,12 +163,14 @@ inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
 #ifdef SERPENS_NET_HAVE_X86
 // flatten: pull the generic template and the intrinsics into one function
 // compiled for SSE4.2 (always_inline cannot cross the target mismatch).
-[[gnu::target("sse4.2"), gnu::flatten]] uint32_t flow_hash_hw(const FlowKey &k) noexcept { return flow_hash_impl<HwCrc>(k); }
+[[gnu::target("sse4.2"), gnu::flatten]] uint32_t flow_hash_hw(const FlowKey &k) noexcept
+{
+    return flow_hash_impl<HwCrc>(k);
+}
 
 // One loop over independent keys: the CPU overlaps their CRC dependency
 // chains, where hashing inside the per-packet parse left each chain exposed.
-[[gnu::target("sse4.2"), gnu::flatten]] void flow_hash_burst_hw(const FlowKey *keys, uint32_t n,
-                                                              uint32_t *out) noexcept
+[[gnu::target("sse4.2"), gnu::flatten]] void flow_hash_burst_hw(const FlowKey *keys, uint32_t n, uint32_t *out) noexcept
 {
     for (uint32_t i = 0; i < n; ++i) {
         out[i] = flow_hash_impl<HwCrc>(keys[i]);
@@ -287,8 +286,7 @@ inline ParseResult parse_l4(const uint8_t *data, uint32_t p, uint32_t end, uint8
     return ParseResult::ok;
 }
 
-inline ParseResult parse_ipv4(const uint8_t *data, uint32_t len, uint32_t off, serpens_pkt &pkt,
-                              FlowKey &key) noexcept
+inline ParseResult parse_ipv4(const uint8_t *data, uint32_t len, uint32_t off, serpens_pkt &pkt, FlowKey &key) noexcept
 {
     if (len - off < 20) {
         return ParseResult::truncated_ipv4;
@@ -327,8 +325,7 @@ inline ParseResult parse_ipv4(const uint8_t *data, uint32_t len, uint32_t off, s
     return r;
 }
 
-inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, serpens_pkt &pkt,
-                              FlowKey &key) noexcept
+inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, serpens_pkt &pkt, FlowKey &key) noexcept
 {
     if (len - off < 40) {
         return ParseResult::truncated_ipv6;
@@ -477,15 +474,9 @@ bool FlowKey::is_canonical() const noexcept
     return c < 0 || (c == 0 && src_port <= dst_port);
 }
 
-FlowKey FlowKey::canonical() const noexcept
-{
-    return is_canonical() ? *this : reversed();
-}
+FlowKey FlowKey::canonical() const noexcept { return is_canonical() ? *this : reversed(); }
 
-uint32_t FlowKey::hash() const noexcept
-{
-    return flow_hash(*this);
-}
+uint32_t FlowKey::hash() const noexcept { return flow_hash(*this); }
 
 uint32_t crc32c(uint32_t crc, const void *data, std::size_t len) noexcept
 {

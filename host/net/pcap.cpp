@@ -19,15 +19,12 @@ constexpr std::size_t kRecordHeaderSize = 16;
 // says (libpcap itself caps at 256 KiB).
 constexpr uint32_t kMaxRecordLen = 256 * 1024;
 
-uint32_t bswap32(uint32_t v) noexcept
-{
-    return __builtin_bswap32(v);
-}
+uint32_t bswap32(uint32_t v) noexcept { return __builtin_bswap32(v); }
 
 uint32_t load_le32(const uint8_t *p) noexcept
 {
-    return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
-           (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+    return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
+           (static_cast<uint32_t>(p[3]) << 24);
 }
 
 void store_le32(uint8_t *p, uint32_t v) noexcept
@@ -44,10 +41,7 @@ void store_le16(uint8_t *p, uint16_t v) noexcept
     p[1] = static_cast<uint8_t>(v >> 8);
 }
 
-std::string errno_text()
-{
-    return errno != 0 ? std::string(": ") + std::strerror(errno) : std::string();
-}
+std::string errno_text() { return errno != 0 ? std::string(": ") + std::strerror(errno) : std::string(); }
 
 } // namespace
 
@@ -66,10 +60,7 @@ PcapReader::PcapReader(const std::string &path) : _name(path)
     read_header();
 }
 
-PcapReader::PcapReader(std::istream &in, std::string name) : _in(&in), _name(std::move(name))
-{
-    read_header();
-}
+PcapReader::PcapReader(std::istream &in, std::string name) : _in(&in), _name(std::move(name)) { read_header(); }
 
 uint32_t PcapReader::field(const uint8_t *p) const noexcept
 {
@@ -125,8 +116,8 @@ std::optional<PcapPacket> PcapReader::next()
     if (got == 0) {
         return std::nullopt;
     }
-    const std::string where = "pcap " + _name + ": record " + std::to_string(_records + 1) + " at offset " +
-                              std::to_string(_offset);
+    const std::string where =
+        "pcap " + _name + ": record " + std::to_string(_records + 1) + " at offset " + std::to_string(_offset);
     if (got != sizeof h) {
         throw PcapError(where + ": truncated record header (" + std::to_string(got) + " of 16 bytes)");
     }
@@ -170,8 +161,7 @@ std::vector<PcapRecord> read_pcap(const std::string &path)
 // Writer
 // ---------------------------------------------------------------------------
 
-PcapWriter::PcapWriter(const std::string &path, uint32_t snaplen, uint32_t linktype)
-    : _name(path), _snaplen(snaplen)
+PcapWriter::PcapWriter(const std::string &path, uint32_t snaplen, uint32_t linktype) : _name(path), _snaplen(snaplen)
 {
     errno = 0;
     _file = std::make_unique<std::ofstream>(path, std::ios::binary | std::ios::trunc);

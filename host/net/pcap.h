@@ -85,8 +85,7 @@ private:
 class PcapWriter {
 public:
     // Creates (truncates) `path` and writes the global header; throws PcapError.
-    explicit PcapWriter(const std::string &path, uint32_t snaplen = 65535,
-                        uint32_t linktype = kLinktypeEthernet);
+    explicit PcapWriter(const std::string &path, uint32_t snaplen = 65535, uint32_t linktype = kLinktypeEthernet);
     // Writes to a stream the caller keeps alive; `name` is used in errors.
     PcapWriter(std::ostream &out, std::string name = "<stream>", uint32_t snaplen = 65535,
                uint32_t linktype = kLinktypeEthernet);

@@ -26,10 +26,18 @@ void plugin_log(const serpens_nf_ctx *ctx, int level, const char *fmt, ...)
     const char *nf = ctx != nullptr && ctx->nf_name != nullptr ? ctx->nf_name : "-";
     auto spd_level = spdlog::level::info;
     switch (level) {
-    case SERPENS_LOG_ERROR: spd_level = spdlog::level::err; break;
-    case SERPENS_LOG_WARN: spd_level = spdlog::level::warn; break;
-    case SERPENS_LOG_INFO: spd_level = spdlog::level::info; break;
-    default: spd_level = spdlog::level::debug; break;
+    case SERPENS_LOG_ERROR:
+        spd_level = spdlog::level::err;
+        break;
+    case SERPENS_LOG_WARN:
+        spd_level = spdlog::level::warn;
+        break;
+    case SERPENS_LOG_INFO:
+        spd_level = spdlog::level::info;
+        break;
+    default:
+        spd_level = spdlog::level::debug;
+        break;
     }
     spdlog::log(spd_level, "[{}/{}] {}", chain, nf, message);
 }
@@ -41,8 +49,8 @@ uint64_t *plugin_counter(serpens_nf_ctx *ctx, const char *name)
     }
     uint64_t *slot = NfContext::of(ctx)->counters.get(name);
     if (slot == nullptr) {
-        spdlog::error("[{}/{}] counter '{}' refused: at most {} counters per NF", ctx->chain_name,
-                      ctx->nf_name, name, CounterBlock::capacity);
+        spdlog::error("[{}/{}] counter '{}' refused: at most {} counters per NF", ctx->chain_name, ctx->nf_name, name,
+                      CounterBlock::capacity);
     }
     return slot;
 }

@@ -26,32 +26,45 @@ namespace serpens {
 const char *to_string(RefusalReason reason) noexcept
 {
     switch (reason) {
-    case RefusalReason::not_shared_object: return "not a shared object";
-    case RefusalReason::insecure_permissions: return "insecure permissions";
-    case RefusalReason::dlopen_failed: return "dlopen failed";
-    case RefusalReason::missing_entry: return "missing entry symbol";
-    case RefusalReason::null_descriptor: return "null descriptor";
-    case RefusalReason::host_too_old: return "host too old";
-    case RefusalReason::abi_major_mismatch: return "ABI major mismatch";
-    case RefusalReason::descriptor_too_small: return "descriptor too small";
-    case RefusalReason::invalid_descriptor: return "invalid descriptor";
-    case RefusalReason::duplicate_name: return "duplicate NF name";
-    case RefusalReason::not_regular_file: return "not a regular file";
-    case RefusalReason::unreadable: return "unreadable";
-    case RefusalReason::too_large: return "too large";
-    case RefusalReason::foreign_owner: return "foreign owner";
-    case RefusalReason::insecure_directory: return "insecure directory";
-    case RefusalReason::wrong_machine: return "built for another machine";
+    case RefusalReason::not_shared_object:
+        return "not a shared object";
+    case RefusalReason::insecure_permissions:
+        return "insecure permissions";
+    case RefusalReason::dlopen_failed:
+        return "dlopen failed";
+    case RefusalReason::missing_entry:
+        return "missing entry symbol";
+    case RefusalReason::null_descriptor:
+        return "null descriptor";
+    case RefusalReason::host_too_old:
+        return "host too old";
+    case RefusalReason::abi_major_mismatch:
+        return "ABI major mismatch";
+    case RefusalReason::descriptor_too_small:
+        return "descriptor too small";
+    case RefusalReason::invalid_descriptor:
+        return "invalid descriptor";
+    case RefusalReason::duplicate_name:
+        return "duplicate NF name";
+    case RefusalReason::not_regular_file:
+        return "not a regular file";
+    case RefusalReason::unreadable:
+        return "unreadable";
+    case RefusalReason::too_large:
+        return "too large";
+    case RefusalReason::foreign_owner:
+        return "foreign owner";
+    case RefusalReason::insecure_directory:
+        return "insecure directory";
+    case RefusalReason::wrong_machine:
+        return "built for another machine";
     }
     return "unknown";
 }
 
 namespace {
 
-std::string image_path(int image_fd)
-{
-    return "/proc/self/fd/" + std::to_string(image_fd);
-}
+std::string image_path(int image_fd) { return "/proc/self/fd/" + std::to_string(image_fd); }
 
 // dlcloses `handle`, then closes the memfd it was loaded from unless the
 // object is still mapped (marked nodelete, or pinned by another object): then
@@ -76,18 +89,11 @@ void unload(void *handle, int image_fd)
 
 Plugin::Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd)
     : _path(std::move(path)), _handle(handle), _desc(desc), _image_fd(image_fd)
-{
-}
+{}
 
-Plugin::~Plugin()
-{
-    unload(_handle, _image_fd);
-}
+Plugin::~Plugin() { unload(_handle, _image_fd); }
 
-void *Plugin::symbol(const char *name) const noexcept
-{
-    return dlsym(_handle, name);
-}
+void *Plugin::symbol(const char *name) const noexcept { return dlsym(_handle, name); }
 
 namespace {
 
@@ -121,8 +127,7 @@ public:
     Mapping(int fd, std::size_t size)
         // Private and writable so libelf may convert in place without touching the memfd.
         : _size(size), _data(::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0))
-    {
-    }
+    {}
     ~Mapping()
     {
         if (_data != MAP_FAILED) {
@@ -147,15 +152,9 @@ std::string octal(mode_t mode)
     return buf;
 }
 
-std::string errno_text()
-{
-    return std::strerror(errno);
-}
+std::string errno_text() { return std::strerror(errno); }
 
-bool owned_by_us(uid_t uid)
-{
-    return uid == 0 || uid == ::geteuid();
-}
+bool owned_by_us(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
 
 // Why the open directory `fd` may not hold plugins (empty when it may):
 // whoever can write to it can swap a plugin for their own code.
@@ -293,8 +292,8 @@ std::optional<Problem> check_elf(char *image, std::size_t size)
     if (size < SELFMAG || std::memcmp(image, ELFMAG, SELFMAG) != 0) {
         return Problem{RefusalReason::not_shared_object, "not an ELF file"};
     }
-    std::size_t header_size = size > EI_CLASS && image[EI_CLASS] == ELFCLASS32 ? sizeof(Elf32_Ehdr)
-                                                                                : sizeof(Elf64_Ehdr);
+    std::size_t header_size =
+        size > EI_CLASS && image[EI_CLASS] == ELFCLASS32 ? sizeof(Elf32_Ehdr) : sizeof(Elf64_Ehdr);
     if (size < header_size) {
         return Problem{RefusalReason::not_shared_object, "truncated ELF header"};
     }
@@ -322,8 +321,7 @@ std::optional<Problem> check_elf(char *image, std::size_t size)
     }
     if (ehdr.e_machine != host_elf_machine) {
         return Problem{RefusalReason::wrong_machine, "built for ELF machine " + std::to_string(ehdr.e_machine) +
-                                                         ", this host is machine " +
-                                                         std::to_string(host_elf_machine)};
+                                                         ", this host is machine " + std::to_string(host_elf_machine)};
     }
     return check_entry_symbol(elf.get());
 }
@@ -361,9 +359,8 @@ PrivateCopy private_copy(int file_fd, const std::string &name)
         total += static_cast<std::size_t>(got);
         // The file may grow while it is read: bound the copy, not just fstat's size.
         if (total > max_plugin_bytes) {
-            return failed(RefusalReason::too_large, "file grew beyond the " +
-                                                            std::to_string(max_plugin_bytes >> 20) +
-                                                            " MiB a plugin may have");
+            return failed(RefusalReason::too_large,
+                          "file grew beyond the " + std::to_string(max_plugin_bytes >> 20) + " MiB a plugin may have");
         }
         for (ssize_t done = 0; done < got;) {
             ssize_t put = ::write(image.get(), buffer.data() + done, static_cast<std::size_t>(got - done));
@@ -407,14 +404,12 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
     if (desc.abi_major != SERPENS_ABI_MAJOR) {
         reason = RefusalReason::abi_major_mismatch;
         return "built for ABI " + std::to_string(desc.abi_major) + "." + std::to_string(desc.abi_minor) +
-               ", this host speaks ABI " + std::to_string(SERPENS_ABI_MAJOR) + "." +
-               std::to_string(SERPENS_ABI_MINOR);
+               ", this host speaks ABI " + std::to_string(SERPENS_ABI_MAJOR) + "." + std::to_string(SERPENS_ABI_MINOR);
     }
     if (desc.struct_size < SERPENS_NF_DESCRIPTOR_V1_SIZE) {
         reason = RefusalReason::descriptor_too_small;
-        return "descriptor struct_size " + std::to_string(desc.struct_size) +
-               " is smaller than the " + std::to_string(SERPENS_NF_DESCRIPTOR_V1_SIZE) +
-               " bytes ABI 1.0 requires";
+        return "descriptor struct_size " + std::to_string(desc.struct_size) + " is smaller than the " +
+               std::to_string(SERPENS_NF_DESCRIPTOR_V1_SIZE) + " bytes ABI 1.0 requires";
     }
     reason = RefusalReason::invalid_descriptor;
     if (!valid_nf_name(desc.name)) {
@@ -432,8 +427,7 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
         }() + " (ABI 1.0 defines none)";
     }
     if (desc.n_ports < 1 || desc.n_ports > SERPENS_MAX_PORTS) {
-        return "n_ports " + std::to_string(desc.n_ports) + " is outside 1.." +
-               std::to_string(SERPENS_MAX_PORTS);
+        return "n_ports " + std::to_string(desc.n_ports) + " is outside 1.." + std::to_string(SERPENS_MAX_PORTS);
     }
     bool reserved_clear = desc.reserved0 == 0;
     for (void *slot : desc.reserved) {
@@ -450,8 +444,8 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
     if (has_1_4 && desc.min_host_minor > SERPENS_ABI_MINOR) {
         reason = RefusalReason::host_too_old;
         return std::string("NF '") + desc.name + "' needs host ABI " + std::to_string(SERPENS_ABI_MAJOR) + "." +
-               std::to_string(desc.min_host_minor) + ", this host speaks " + std::to_string(SERPENS_ABI_MAJOR) +
-               "." + std::to_string(SERPENS_ABI_MINOR);
+               std::to_string(desc.min_host_minor) + ", this host speaks " + std::to_string(SERPENS_ABI_MAJOR) + "." +
+               std::to_string(SERPENS_ABI_MINOR);
     }
     return {};
 }

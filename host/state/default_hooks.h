@@ -8,8 +8,8 @@
 namespace serpens::state {
 
 // RELEASE, bitmap pool (a set bit is a free item).
-int default_release_merge(serpens_nf_ctx *ctx, const serpens_state_hook_args *a); // out = whole | parts...
-int default_release_split(serpens_nf_ctx *ctx, const serpens_state_hook_args *a); // deal equally
+int default_release_merge(serpens_nf_ctx *ctx, const serpens_state_hook_args *a);  // out = whole | parts...
+int default_release_split(serpens_nf_ctx *ctx, const serpens_state_hook_args *a);  // deal equally
 int default_release_update(serpens_nf_ctx *ctx, const serpens_state_hook_args *a); // merge + split in place
 
 // EVENTUAL, uint64 counters.

@@ -16,10 +16,7 @@ namespace serpens::state {
 
 namespace {
 
-uint64_t instance_mask(uint32_t max_instances)
-{
-    return max_instances >= 64 ? ~0ull : ((1ull << max_instances) - 1);
-}
+uint64_t instance_mask(uint32_t max_instances) { return max_instances >= 64 ? ~0ull : ((1ull << max_instances) - 1); }
 
 bool all_zero(const std::vector<uint64_t> &b)
 {
@@ -75,8 +72,8 @@ Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
             h.capacity != spec.capacity) {
             err = where + ": already exists as " + flags_to_string(h.flags) + " key " + std::to_string(h.key_size) +
                   " value " + std::to_string(h.value_size) + " capacity " + std::to_string(h.capacity) +
-                  ", requested " + flags_to_string(spec.flags) + " key " + std::to_string(spec.key_size) +
-                  " value " + std::to_string(spec.value_size) + " capacity " + std::to_string(spec.capacity);
+                  ", requested " + flags_to_string(spec.flags) + " key " + std::to_string(spec.key_size) + " value " +
+                  std::to_string(spec.value_size) + " capacity " + std::to_string(spec.capacity);
             return nullptr;
         }
         return it->second.get();
@@ -177,8 +174,8 @@ void Executor::seal()
     }
 }
 
-int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
-                        const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out)
+int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t, const void *key,
+                        const void *whole, std::vector<Buf> &parts, uint32_t n, void *out)
 {
     std::vector<void *> ptrs(n);
     for (uint32_t i = 0; i < n; ++i) {
@@ -197,8 +194,8 @@ int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_a
     a.out = out;
     int rc = hook(&_mgr_ctx, &a);
     if (rc != SERPENS_OK) {
-        spdlog::error("state: chain '{}' nf '{}' table '{}': state hook returned {}; state left unchanged", _chain,
-                      _nf, name, rc);
+        spdlog::error("state: chain '{}' nf '{}' table '{}': state hook returned {}; state left unchanged", _chain, _nf,
+                      name, rc);
     }
     return rc;
 }
@@ -587,8 +584,7 @@ void Executor::tick(uint64_t now_ns)
         _last_expire_ns = now_ns;
         for (Table *t : flows) {
             const unsigned __int128 due = static_cast<unsigned __int128>(t->n_slots()) * elapsed / period;
-            const std::size_t budget =
-                static_cast<std::size_t>(std::min<unsigned __int128>(due + 1, o.expire_budget));
+            const std::size_t budget = static_cast<std::size_t>(std::min<unsigned __int128>(due + 1, o.expire_budget));
             t->expire(now_ns, o.flow_idle_timeout_ns, budget);
         }
     }

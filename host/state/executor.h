@@ -56,11 +56,11 @@ class Executor;
 class StateStore;
 
 struct StoreOptions {
-    std::filesystem::path root;                            // empty: default_root(host_id)
+    std::filesystem::path root; // empty: default_root(host_id)
     std::string host_id = "default";
-    uint32_t max_instances = 16;                           // cells per global/write key, <= 64
-    uint64_t flow_idle_timeout_ns = 300'000'000'000ull;    // per-flow expiry; 0 = never
-    std::size_t expire_budget = 16384;                     // slots swept per table per tick, at most
+    uint32_t max_instances = 16;                        // cells per global/write key, <= 64
+    uint64_t flow_idle_timeout_ns = 300'000'000'000ull; // per-flow expiry; 0 = never
+    std::size_t expire_budget = 16384;                  // slots swept per table per tick, at most
 };
 
 // Trigger requests of one global/write table, preallocated when the table is
@@ -73,8 +73,7 @@ struct StoreOptions {
 struct TriggerBoard {
     explicit TriggerBoard(std::size_t n_slots)
         : n(n_slots), want(new std::atomic<uint64_t>[n_slots]()), empty(new std::atomic<uint64_t>[n_slots]())
-    {
-    }
+    {}
     std::size_t n;
     std::unique_ptr<std::atomic<uint64_t>[]> want;
     std::unique_ptr<std::atomic<uint64_t>[]> empty;
@@ -184,8 +183,8 @@ private:
     int gather_locked(Table &t, std::size_t slot); // RELEASE: everything into the base
     int merge_locked(Table &t, std::size_t slot, uint64_t mask);
     int update_locked(Table &t, std::size_t slot);
-    int call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t,
-                  const void *key, const void *whole, std::vector<Buf> &parts, uint32_t n, void *out);
+    int call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t, const void *key,
+                  const void *whole, std::vector<Buf> &parts, uint32_t n, void *out);
     int op_by_key(Table &t, const void *key, int (Executor::*op)(Table &, std::size_t));
     int split_slot(Table &t, std::size_t slot) { return rebalance_locked(t, slot, false); }
     int update_slot(Table &t, std::size_t slot) { return update_locked(t, slot); }

@@ -62,10 +62,7 @@ int shim_put(serpens_table *t, const void *key, const void *value)
     return h->table->cell_put(key, h->cell, value, &h->vc);
 }
 
-int shim_delete(serpens_table *t, const void *key)
-{
-    return from_abi(t)->table->del(key);
-}
+int shim_delete(serpens_table *t, const void *key) { return from_abi(t)->table->del(key); }
 
 uint64_t shim_get_bulk(serpens_table *t, const void *keys, uint32_t n, void *values)
 {
@@ -77,8 +74,8 @@ uint64_t shim_get_bulk(serpens_table *t, const void *keys, uint32_t n, void *val
     const uint32_t ks = h->table->key_size(), vs = h->table->value_size();
     for (uint32_t i = 0; i < n && i < max_bulk; ++i) {
         if (h->table->cell_get(static_cast<const uint8_t *>(keys) + static_cast<std::size_t>(i) * ks, h->cell,
-                               static_cast<uint8_t *>(values) + static_cast<std::size_t>(i) * vs, &h->vc) ==
-            SERPENS_OK) {
+                               static_cast<uint8_t *>(values) + static_cast<std::size_t>(i) * vs,
+                               &h->vc) == SERPENS_OK) {
             mask |= 1ull << i;
         }
     }
@@ -88,8 +85,7 @@ uint64_t shim_get_bulk(serpens_table *t, const void *keys, uint32_t n, void *val
 uint64_t shim_add_bulk(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas)
 {
     TableHandle *h = from_abi(t);
-    if (h->kind != TableKind::eventual ||
-        !(ld_rlx(&h->table->header().active_mask) & (1ull << h->instance))) {
+    if (h->kind != TableKind::eventual || !(ld_rlx(&h->table->header().active_mask) & (1ull << h->instance))) {
         return 0;
     }
     return h->table->cell_add_bulk(keys, n, h->cell, deltas);
@@ -107,10 +103,7 @@ uint64_t shim_update_bulk(serpens_table *t, const void *keys, uint32_t n, const 
 }
 
 // Rows 0..n-1 of a bulk call, as a mask.
-uint64_t all_rows(uint32_t n) noexcept
-{
-    return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1;
-}
+uint64_t all_rows(uint32_t n) noexcept { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
 
 // ABI 1.4: the same writes as shim_update_bulk, but saying why a row was not
 // written; the 1.3 call's 0 meant "full" and "not allowed" alike.
@@ -169,10 +162,7 @@ int shim_scan(serpens_table *t, uint64_t *cursor, uint32_t max_slots, void *key_
     return from_abi(t)->table->scan(cursor, max_slots, key_out, value_out);
 }
 
-uint64_t shim_table_slots(serpens_table *t)
-{
-    return from_abi(t)->table->n_slots();
-}
+uint64_t shim_table_slots(serpens_table *t) { return from_abi(t)->table->n_slots(); }
 
 int shim_split(serpens_table *t, const void *key)
 {

@@ -42,10 +42,10 @@ inline constexpr uint32_t max_bulk = 64;
 inline constexpr std::size_t table_name_max = 127;
 
 // --- slot / cell control word -------------------------------------------
-inline constexpr uint64_t ctl_w = 1ull;            // a writer owns the slot/cell
-inline constexpr uint64_t ctl_state_mask = 6ull;   // bits 1..2
-inline constexpr uint64_t ctl_active = 8ull;       // which value buffer is current
-inline constexpr uint64_t ctl_ver_one = 16ull;     // version lives in bits 4..63
+inline constexpr uint64_t ctl_w = 1ull;          // a writer owns the slot/cell
+inline constexpr uint64_t ctl_state_mask = 6ull; // bits 1..2
+inline constexpr uint64_t ctl_active = 8ull;     // which value buffer is current
+inline constexpr uint64_t ctl_ver_one = 16ull;   // version lives in bits 4..63
 
 enum SlotState : uint32_t { slot_empty = 0, slot_live = 1, slot_dead = 2 };
 
@@ -71,11 +71,11 @@ struct SegmentHeader {
     uint64_t magic;
     uint32_t version;
     uint32_t header_size;
-    uint32_t flags;          // SERPENS_STATE_* as given to create_table
+    uint32_t flags; // SERPENS_STATE_* as given to create_table
     uint32_t key_size;
     uint32_t value_size;
-    uint32_t max_instances;  // global/write: number of instance cells; else 0
-    uint64_t capacity;       // live entries allowed
+    uint32_t max_instances; // global/write: number of instance cells; else 0
+    uint64_t capacity;      // live entries allowed
     uint64_t n_slots;
     uint32_t slot_size;
     uint32_t hash_id;
@@ -85,12 +85,12 @@ struct SegmentHeader {
     uint64_t layout_checksum;
 
     // Mutable, shared by every mapping.  Own cache lines: written at runtime.
-    alignas(64) uint64_t live;        // LIVE slots (approximate while inserts race)
-    uint64_t refused_full;            // puts refused because the table was full
-    uint64_t torn_repaired;           // in-flight updates found at attach (old value kept)
-    uint64_t torn_discarded;          // in-flight inserts found at attach (dropped)
-    uint64_t expired;                 // entries removed by expire()
-    uint64_t attaches;                // times a host attached read-write
+    alignas(64) uint64_t live; // LIVE slots (approximate while inserts race)
+    uint64_t refused_full;     // puts refused because the table was full
+    uint64_t torn_repaired;    // in-flight updates found at attach (old value kept)
+    uint64_t torn_discarded;   // in-flight inserts found at attach (dropped)
+    uint64_t expired;          // entries removed by expire()
+    uint64_t attaches;         // times a host attached read-write
     alignas(64) uint64_t expire_cursor;
     alignas(64) uint64_t active_mask; // global/write: instances holding a cell
     uint64_t sealed;                  // global/read: informational copy of the seal

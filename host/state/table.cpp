@@ -84,8 +84,7 @@ bool compute_layout(const TableSpec &spec, SegmentHeader &h, std::string &err)
 }
 
 // Reasons an existing header cannot be used for `want` (empty when it can).
-std::vector<std::string> header_mismatch(const SegmentHeader &got, const SegmentHeader *want,
-                                         uint64_t actual_size)
+std::vector<std::string> header_mismatch(const SegmentHeader &got, const SegmentHeader *want, uint64_t actual_size)
 {
     std::vector<std::string> why;
     if (got.magic != segment_magic) {
@@ -114,8 +113,8 @@ std::vector<std::string> header_mismatch(const SegmentHeader &got, const Segment
     if (want != nullptr) {
         auto cmp = [&](const char *what, uint64_t g, uint64_t w) {
             if (g != w) {
-                why.push_back(std::string(what) + " " + std::to_string(g) + " on disk, " +
-                              std::to_string(w) + " requested");
+                why.push_back(std::string(what) + " " + std::to_string(g) + " on disk, " + std::to_string(w) +
+                              " requested");
             }
         };
         if (got.flags != want->flags) {
@@ -163,9 +162,9 @@ const char *kind_name(TableKind kind) noexcept
 std::string flags_to_string(uint32_t flags)
 {
     static const std::pair<uint32_t, const char *> names[] = {
-        {SERPENS_STATE_PER_FLOW, "PER_FLOW"}, {SERPENS_STATE_GLOBAL, "GLOBAL"},
-        {SERPENS_STATE_READ, "READ"},         {SERPENS_STATE_WRITE, "WRITE"},
-        {SERPENS_STATE_RELEASE, "RELEASE"},   {SERPENS_STATE_EVENTUAL, "EVENTUAL"},
+        {SERPENS_STATE_PER_FLOW, "PER_FLOW"},   {SERPENS_STATE_GLOBAL, "GLOBAL"},
+        {SERPENS_STATE_READ, "READ"},           {SERPENS_STATE_WRITE, "WRITE"},
+        {SERPENS_STATE_RELEASE, "RELEASE"},     {SERPENS_STATE_EVENTUAL, "EVENTUAL"},
         {SERPENS_STATE_NF_EXPIRY, "NF_EXPIRY"},
     };
     std::string s;
@@ -188,9 +187,8 @@ std::string flags_to_string(uint32_t flags)
 
 std::string validate_spec(const TableSpec &spec)
 {
-    const uint32_t known = SERPENS_STATE_PER_FLOW | SERPENS_STATE_GLOBAL | SERPENS_STATE_READ |
-                           SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL |
-                           SERPENS_STATE_NF_EXPIRY;
+    const uint32_t known = SERPENS_STATE_PER_FLOW | SERPENS_STATE_GLOBAL | SERPENS_STATE_READ | SERPENS_STATE_WRITE |
+                           SERPENS_STATE_RELEASE | SERPENS_STATE_EVENTUAL | SERPENS_STATE_NF_EXPIRY;
     uint32_t f = spec.flags;
     if (spec.name.empty()) {
         return "table name is empty";
@@ -222,8 +220,7 @@ std::string validate_spec(const TableSpec &spec)
         return "key_size " + std::to_string(spec.key_size) + " outside 1.." + std::to_string(max_key_size);
     }
     if (spec.value_size == 0 || spec.value_size > max_value_size) {
-        return "value_size " + std::to_string(spec.value_size) + " outside 1.." +
-               std::to_string(max_value_size);
+        return "value_size " + std::to_string(spec.value_size) + " outside 1.." + std::to_string(max_value_size);
     }
     if (spec.capacity == 0) {
         return "capacity is 0";
@@ -387,7 +384,7 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     }
     // On hugetlbfs (a state_dir on a hugepage mount: fewer TLB misses on big
     // tables) a file is a whole number of its pages.
-    if (struct statfs fs {}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
+    if (struct statfs fs{}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
         const uint64_t page = static_cast<uint64_t>(fs.f_bsize);
         want.file_size = (want.file_size + page - 1) / page * page;
     }
@@ -442,8 +439,12 @@ std::unique_ptr<Table> Table::open_readonly(const std::filesystem::path &file, s
     }
     auto why = header_mismatch(got, nullptr, static_cast<uint64_t>(st.st_size));
     if (why.empty()) {
-        TableSpec spec{std::string(got.name, strnlen(got.name, sizeof(got.name))), got.flags, got.key_size,
-                       got.value_size, got.capacity, got.max_instances ? got.max_instances : 16};
+        TableSpec spec{std::string(got.name, strnlen(got.name, sizeof(got.name))),
+                       got.flags,
+                       got.key_size,
+                       got.value_size,
+                       got.capacity,
+                       got.max_instances ? got.max_instances : 16};
         SegmentHeader want;
         std::string e2;
         if (!validate_spec(spec).empty() || !compute_layout(spec, want, e2) || want.n_slots != got.n_slots ||
@@ -510,9 +511,8 @@ void Table::repair()
 
 // One slot of k's probe sequence: a hit (value copied), the end of the
 // sequence (an empty slot: a miss), or another key's slot (go on).
-template <uint32_t KW, uint32_t VW>
-__attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf &k, std::size_t i,
-                                                                    void *out) noexcept
+template<uint32_t KW, uint32_t VW>
+__attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf &k, std::size_t i, void *out) noexcept
 {
     SlotHeader *s = slot(i);
     for (;;) {
@@ -534,7 +534,7 @@ __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf
 }
 
 // k's probe sequence from its home slot + `skip` on.
-template <uint32_t KW, uint32_t VW>
+template<uint32_t KW, uint32_t VW>
 __attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *out, uint64_t skip) noexcept
 {
     std::size_t i = home(k.h);
@@ -554,7 +554,8 @@ __attribute__((always_inline)) inline int Table::lookup(const KeyBuf &k, void *o
     return SERPENS_ENOENT;
 }
 
-template <uint32_t KW, uint32_t VW> int Table::get_as(const void *key, void *value_out) noexcept
+template<uint32_t KW, uint32_t VW>
+int Table::get_as(const void *key, void *value_out) noexcept
 {
     KeyBuf k;
     load_key<KW>(k, key);
@@ -564,10 +565,7 @@ template <uint32_t KW, uint32_t VW> int Table::get_as(const void *key, void *val
 // The public entry points jump to the code compiled for this table's shape
 // (pick_shape): one well-predicted indirect call, the same target for every
 // call on a table.
-int Table::get(const void *key, void *value_out) noexcept
-{
-    return (this->*_get)(key, value_out);
-}
+int Table::get(const void *key, void *value_out) noexcept { return (this->*_get)(key, value_out); }
 
 int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value_out) noexcept
 {
@@ -597,7 +595,7 @@ int Table::scan(uint64_t *cursor, uint32_t max_slots, void *key_out, void *value
     return SERPENS_ENOENT;
 }
 
-template <uint32_t KW, uint32_t VW>
+template<uint32_t KW, uint32_t VW>
 uint64_t Table::get_bulk_as(const void *keys, uint32_t n, void *values) noexcept
 {
     KeyBuf kb[max_bulk];
@@ -635,7 +633,8 @@ uint64_t Table::get_bulk(const void *keys, uint32_t n, void *values) noexcept
     return (this->*_get_bulk)(keys, n, values);
 }
 
-template <uint32_t KW, uint32_t VW> void Table::use_shape() noexcept
+template<uint32_t KW, uint32_t VW>
+void Table::use_shape() noexcept
 {
     _get = &Table::get_as<KW, VW>;
     _get_bulk = &Table::get_bulk_as<KW, VW>;
@@ -656,27 +655,55 @@ void Table::pick_shape() noexcept
     const bool small_value = _value_size % 8 == 0 && _vw <= 4;
     auto pick = [&]<uint32_t KW>(std::integral_constant<uint32_t, KW>) {
         switch (small_value ? _vw : 0) {
-        case 1: use_shape<KW, 1>(); break;
-        case 2: use_shape<KW, 2>(); break;
-        case 3: use_shape<KW, 3>(); break;
-        case 4: use_shape<KW, 4>(); break;
-        default: use_shape<KW, 0>(); break;
+        case 1:
+            use_shape<KW, 1>();
+            break;
+        case 2:
+            use_shape<KW, 2>();
+            break;
+        case 3:
+            use_shape<KW, 3>();
+            break;
+        case 4:
+            use_shape<KW, 4>();
+            break;
+        default:
+            use_shape<KW, 0>();
+            break;
         }
     };
     switch (_kw) {
-    case 1: pick(std::integral_constant<uint32_t, 1>{}); break;
-    case 2: pick(std::integral_constant<uint32_t, 2>{}); break;
-    case 3: pick(std::integral_constant<uint32_t, 3>{}); break;
-    case 4: pick(std::integral_constant<uint32_t, 4>{}); break;
-    case 5: pick(std::integral_constant<uint32_t, 5>{}); break;
-    case 6: pick(std::integral_constant<uint32_t, 6>{}); break;
-    case 7: pick(std::integral_constant<uint32_t, 7>{}); break;
-    case 8: pick(std::integral_constant<uint32_t, 8>{}); break;
-    default: break;
+    case 1:
+        pick(std::integral_constant<uint32_t, 1>{});
+        break;
+    case 2:
+        pick(std::integral_constant<uint32_t, 2>{});
+        break;
+    case 3:
+        pick(std::integral_constant<uint32_t, 3>{});
+        break;
+    case 4:
+        pick(std::integral_constant<uint32_t, 4>{});
+        break;
+    case 5:
+        pick(std::integral_constant<uint32_t, 5>{});
+        break;
+    case 6:
+        pick(std::integral_constant<uint32_t, 6>{});
+        break;
+    case 7:
+        pick(std::integral_constant<uint32_t, 7>{});
+        break;
+    case 8:
+        pick(std::integral_constant<uint32_t, 8>{});
+        break;
+    default:
+        break;
     }
 }
 
-template <uint32_t KW> Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
+template<uint32_t KW>
+Table::Probe Table::probe_for_write(const KeyBuf &k) noexcept
 {
     const uint32_t h32 = static_cast<uint32_t>(k.h);
     const bool gw = _cells != 0;
@@ -817,7 +844,7 @@ int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
     return SERPENS_ENOTSUP;
 }
 
-template <uint32_t KW, uint32_t VW, class Fill>
+template<uint32_t KW, uint32_t VW, class Fill>
 __attribute__((always_inline)) inline int Table::upsert(const KeyBuf &k, const void *fresh, Fill &&fill) noexcept
 {
     for (;;) {
@@ -843,23 +870,20 @@ __attribute__((always_inline)) inline int Table::upsert(const KeyBuf &k, const v
     }
 }
 
-template <uint32_t KW, uint32_t VW> int Table::put_as(const void *key, const void *value) noexcept
+template<uint32_t KW, uint32_t VW>
+int Table::put_as(const void *key, const void *value) noexcept
 {
     KeyBuf k;
     load_key<KW>(k, key);
     if (_sealed) {
         return put_sealed(k, value);
     }
-    return upsert<KW, VW>(k, value,
-                          [&](const uint64_t *, uint64_t *dst) { words_in(dst, value, vbytes<VW>()); });
+    return upsert<KW, VW>(k, value, [&](const uint64_t *, uint64_t *dst) { words_in(dst, value, vbytes<VW>()); });
 }
 
-int Table::put(const void *key, const void *value) noexcept
-{
-    return (this->*_put)(key, value);
-}
+int Table::put(const void *key, const void *value) noexcept { return (this->*_put)(key, value); }
 
-template <uint32_t KW, uint32_t VW>
+template<uint32_t KW, uint32_t VW>
 uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
                                void *out) noexcept
 {
@@ -894,8 +918,7 @@ uint64_t Table::update_bulk_as(const void *keys, uint32_t n, const uint64_t *row
     return mask;
 }
 
-uint64_t Table::update_bulk(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
-                            void *out) noexcept
+uint64_t Table::update_bulk(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops, void *out) noexcept
 {
     if (_kind != TableKind::per_flow || _ro || _value_size % 8 != 0 || n == 0) {
         return 0;
@@ -1024,7 +1047,7 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
     }
 }
 
-template <uint32_t KW, uint32_t VW>
+template<uint32_t KW, uint32_t VW>
 int Table::cell_add(const KeyBuf &k, uint32_t cellno, const uint64_t *delta) noexcept
 {
     for (;;) {
@@ -1066,7 +1089,7 @@ uint64_t Table::cell_add_bulk(const void *keys, uint32_t n, uint32_t cellno, con
     return (this->*_cell_add_bulk)(keys, n, cellno, deltas);
 }
 
-template <uint32_t KW, uint32_t VW>
+template<uint32_t KW, uint32_t VW>
 uint64_t Table::cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cellno, const uint64_t *deltas) noexcept
 {
     KeyBuf kb[max_bulk];
@@ -1154,7 +1177,8 @@ std::size_t Table::find_live(const void *key) const noexcept
     return find_live(k);
 }
 
-template <uint32_t KW> std::size_t Table::find_live(const KeyBuf &k) const noexcept
+template<uint32_t KW>
+std::size_t Table::find_live(const KeyBuf &k) const noexcept
 {
     std::size_t i = home(k.h);
     for (uint64_t n = 0; n < _n_slots; ++n, i = next(i)) {
@@ -1304,8 +1328,7 @@ CheckReport Table::check() const
             uint64_t co = ld_acq(&o->ctl);
             if (ctl_state(co) == slot_empty) {
                 ++r.unreachable;
-                note("slot " + std::to_string(i) + ": unreachable (empty slot " + std::to_string(j) +
-                     " before it)");
+                note("slot " + std::to_string(i) + ": unreachable (empty slot " + std::to_string(j) + " before it)");
                 break;
             }
             if (ctl_state(co) == slot_live && key_eq(o, k.w)) {

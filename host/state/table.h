@@ -126,8 +126,7 @@ public:
     // renamed to `<file>.bad-<UTC time>` (logged, never deleted) and a fresh
     // one is created.  Attaching repairs writes interrupted by a crash.
     // Returns nullptr and sets `err` (with the path) on failure.
-    static std::unique_ptr<Table> open(const std::filesystem::path &file, const TableSpec &spec,
-                                       std::string &err);
+    static std::unique_ptr<Table> open(const std::filesystem::path &file, const TableSpec &spec, std::string &err);
     // Maps an existing segment read-only (for serpens-state); no repair.
     static std::unique_ptr<Table> open_readonly(const std::filesystem::path &file, std::string &err);
     ~Table();
@@ -241,9 +240,18 @@ private:
     // Lookups are compiled once per key and value size in words (KW, VW;
     // 0: the table's own, read at run time) so that hashing, comparing and
     // copying are straight-line code; init_from_header() picks the variant.
-    template <uint32_t KW = 0> uint32_t kwords() const noexcept { return KW != 0 ? KW : _kw; }
-    template <uint32_t KW = 0> uint32_t kbytes() const noexcept { return KW != 0 ? 8 * KW : _key_size; }
-    template <uint32_t KW = 0> void load_key(KeyBuf &k, const void *key) const noexcept
+    template<uint32_t KW = 0>
+    uint32_t kwords() const noexcept
+    {
+        return KW != 0 ? KW : _kw;
+    }
+    template<uint32_t KW = 0>
+    uint32_t kbytes() const noexcept
+    {
+        return KW != 0 ? 8 * KW : _key_size;
+    }
+    template<uint32_t KW = 0>
+    void load_key(KeyBuf &k, const void *key) const noexcept
     {
         // Fixed-size word loads (no memcpy call); the tail is zero padded.
         const auto *p = static_cast<const uint8_t *>(key);
@@ -269,7 +277,7 @@ private:
     // The first min(n, max_bulk) keys of a bulk call into kb, calling
     // fetch(kb[i]) after each so its prefetches start while the rest hash.
     // Returns how many.
-    template <uint32_t KW, class Fetch>
+    template<uint32_t KW, class Fetch>
     uint32_t load_keys(const void *keys, uint32_t n, KeyBuf *kb, Fetch &&fetch) const noexcept
     {
         n = n < max_bulk ? n : max_bulk;
@@ -286,14 +294,20 @@ private:
     }
     std::size_t next(std::size_t i) const noexcept { return (i + 1 == _n_slots) ? 0 : i + 1; }
     std::size_t prev(std::size_t i) const noexcept { return (i == 0) ? _n_slots - 1 : i - 1; }
-    SlotHeader *slot(std::size_t i) const noexcept
-    {
-        return reinterpret_cast<SlotHeader *>(_slots + i * _slot_size);
-    }
+    SlotHeader *slot(std::size_t i) const noexcept { return reinterpret_cast<SlotHeader *>(_slots + i * _slot_size); }
     uint64_t *key_words(SlotHeader *s) const noexcept { return reinterpret_cast<uint64_t *>(s + 1); }
-    template <uint32_t VW = 0> uint32_t vwords() const noexcept { return VW != 0 ? VW : _vw; }
-    template <uint32_t VW = 0> uint32_t vbytes() const noexcept { return VW != 0 ? 8 * VW : _value_size; }
-    template <uint32_t KW = 0, uint32_t VW = 0> uint64_t *vbuf(SlotHeader *s, uint32_t b) const noexcept
+    template<uint32_t VW = 0>
+    uint32_t vwords() const noexcept
+    {
+        return VW != 0 ? VW : _vw;
+    }
+    template<uint32_t VW = 0>
+    uint32_t vbytes() const noexcept
+    {
+        return VW != 0 ? 8 * VW : _value_size;
+    }
+    template<uint32_t KW = 0, uint32_t VW = 0>
+    uint64_t *vbuf(SlotHeader *s, uint32_t b) const noexcept
     {
         return key_words(s) + kwords<KW>() + b * vwords<VW>();
     }
@@ -301,11 +315,13 @@ private:
     {
         return key_words(s) + _kw + static_cast<std::size_t>(c) * (1 + 2 * _vw);
     }
-    template <uint32_t VW = 0> uint64_t *cbuf(uint64_t *cellp, uint32_t b) const noexcept
+    template<uint32_t VW = 0>
+    uint64_t *cbuf(uint64_t *cellp, uint32_t b) const noexcept
     {
         return cellp + 1 + b * vwords<VW>();
     }
-    template <uint32_t KW = 0> bool key_eq(SlotHeader *s, const uint64_t *kw) const noexcept
+    template<uint32_t KW = 0>
+    bool key_eq(SlotHeader *s, const uint64_t *kw) const noexcept
     {
         const uint64_t *sk = key_words(s);
         for (uint32_t i = 0; i < kwords<KW>(); ++i) {
@@ -323,31 +339,36 @@ private:
         }
     }
     enum class Step { hit, miss, next };
-    template <uint32_t KW = 0, uint32_t VW = 0>
+    template<uint32_t KW = 0, uint32_t VW = 0>
     inline Step probe_slot(const KeyBuf &k, std::size_t i, void *out) noexcept;
     // k's probe sequence from its home slot + skip on: SERPENS_OK / ENOENT.
-    template <uint32_t KW = 0, uint32_t VW = 0>
+    template<uint32_t KW = 0, uint32_t VW = 0>
     inline int lookup(const KeyBuf &k, void *out, uint64_t skip = 0) noexcept;
-    template <uint32_t KW, uint32_t VW> int get_as(const void *key, void *value_out) noexcept;
-    template <uint32_t KW, uint32_t VW> uint64_t get_bulk_as(const void *keys, uint32_t n, void *values) noexcept;
+    template<uint32_t KW, uint32_t VW>
+    int get_as(const void *key, void *value_out) noexcept;
+    template<uint32_t KW, uint32_t VW>
+    uint64_t get_bulk_as(const void *keys, uint32_t n, void *values) noexcept;
     // Inserts `fresh` when k is absent, else rewrites k's value: fill(cur,
     // next) writes the next value's words from the current ones into the
     // inactive buffer, published with one flip.  The writer protocol shared
     // by put and update_bulk.
-    template <uint32_t KW, uint32_t VW, class Fill>
+    template<uint32_t KW, uint32_t VW, class Fill>
     inline int upsert(const KeyBuf &k, const void *fresh, Fill &&fill) noexcept;
-    template <uint32_t KW, uint32_t VW> int put_as(const void *key, const void *value) noexcept;
-    template <uint32_t KW, uint32_t VW>
-    uint64_t update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
-                            void *out) noexcept;
-    template <uint32_t KW, uint32_t VW>
+    template<uint32_t KW, uint32_t VW>
+    int put_as(const void *key, const void *value) noexcept;
+    template<uint32_t KW, uint32_t VW>
+    uint64_t update_bulk_as(const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops, void *out) noexcept;
+    template<uint32_t KW, uint32_t VW>
     uint64_t cell_add_bulk_as(const void *keys, uint32_t n, uint32_t cell, const uint64_t *deltas) noexcept;
-    template <uint32_t KW, uint32_t VW> void use_shape() noexcept;
+    template<uint32_t KW, uint32_t VW>
+    void use_shape() noexcept;
     void pick_shape() noexcept;
-    template <uint32_t KW = 0, uint32_t VW = 0>
+    template<uint32_t KW = 0, uint32_t VW = 0>
     int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
-    template <uint32_t KW = 0> std::size_t find_live(const KeyBuf &k) const noexcept;
-    template <uint32_t KW = 0> Probe probe_for_write(const KeyBuf &k) noexcept;
+    template<uint32_t KW = 0>
+    std::size_t find_live(const KeyBuf &k) const noexcept;
+    template<uint32_t KW = 0>
+    Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;
     uint64_t read_cell(uint64_t *cellp, void *out) const noexcept;
@@ -367,8 +388,8 @@ private:
     int (Table::*_get)(const void *, void *) noexcept = nullptr;
     uint64_t (Table::*_get_bulk)(const void *, uint32_t, void *) noexcept = nullptr;
     int (Table::*_put)(const void *, const void *) noexcept = nullptr;
-    uint64_t (Table::*_update_bulk)(const void *, uint32_t, const uint64_t *, const uint8_t *, void *) noexcept =
-        nullptr;
+    uint64_t (Table::*_update_bulk)(const void *, uint32_t, const uint64_t *, const uint8_t *,
+                                    void *) noexcept = nullptr;
     uint64_t (Table::*_cell_add_bulk)(const void *, uint32_t, uint32_t, const uint64_t *) noexcept = nullptr;
     std::filesystem::path _path;
     std::string _name;

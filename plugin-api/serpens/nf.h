@@ -93,9 +93,9 @@ extern "C" {
 #define SERPENS_L3_IPV6 6u
 
 /* Bits of serpens_pkt.flags. */
-#define SERPENS_PKT_F_PARSED 0x1u    /* l3/l4 offsets are valid */
-#define SERPENS_PKT_F_FRAGMENT 0x2u  /* IP fragment: no L4 header here */
-#define SERPENS_PKT_F_VLAN 0x4u      /* carried at least one 802.1Q tag */
+#define SERPENS_PKT_F_PARSED 0x1u   /* l3/l4 offsets are valid */
+#define SERPENS_PKT_F_FRAGMENT 0x2u /* IP fragment: no L4 header here */
+#define SERPENS_PKT_F_VLAN 0x4u     /* carried at least one 802.1Q tag */
 
 /*
  * A view of one packet.  The bytes [data, data + len) are contiguous and
@@ -109,21 +109,21 @@ struct serpens_pkt {
     uint16_t l3_offset;
     uint16_t l4_offset;
     uint16_t payload_offset;
-    uint8_t l3_type;   /* SERPENS_L3_* */
-    uint8_t l4_proto;  /* IPPROTO_* value, 0 when none */
+    uint8_t l3_type;    /* SERPENS_L3_* */
+    uint8_t l4_proto;   /* IPPROTO_* value, 0 when none */
     uint32_t flow_hash; /* symmetric: both directions of a flow hash alike */
     uint32_t flags;     /* SERPENS_PKT_F_* */
     uint16_t vlan_id;   /* outermost VLAN id when SERPENS_PKT_F_VLAN */
     uint16_t reserved0;
     uint32_t reserved1;
-    void *handle;       /* opaque to the NF: the host's buffer (e.g. an mbuf) */
+    void *handle; /* opaque to the NF: the host's buffer (e.g. an mbuf) */
 };
 #define SERPENS_OFFSET_NONE 0xffffu
 
 /* True when the views of `batch` have the member `field` of serpens_pkt
  * (appended after ABI 1.0): the host may lay out views smaller than the
  * plugin's sizeof(struct serpens_pkt).  Check once per batch, not per packet. */
-#define SERPENS_PKT_HAS(batch, field)                                                          \
+#define SERPENS_PKT_HAS(batch, field)                                                                                  \
     ((batch)->pkt_stride >= offsetof(struct serpens_pkt, field) + sizeof(((struct serpens_pkt *)0)->field))
 
 /*
@@ -148,13 +148,13 @@ struct serpens_pkt {
 struct serpens_batch {
     uint32_t struct_size;
     uint32_t count;
-    uint16_t self;       /* this NF's label in the chain's order */
+    uint16_t self; /* this NF's label in the chain's order */
     uint16_t reserved0;
     uint32_t reserved1;
     struct serpens_pkt *pkts;
     const uint16_t *labels;
     uint8_t *ports;
-    uint64_t now_ns;     /* monotonic clock sampled once per batch */
+    uint64_t now_ns; /* monotonic clock sampled once per batch */
 
     /* --- ABI 1.4 and later: valid when struct_size covers them --- */
 
@@ -197,14 +197,14 @@ typedef struct serpens_table serpens_table; /* opaque, owned by the host */
 /* Arguments of the state-manager hooks; one struct so it can grow. */
 struct serpens_state_hook_args {
     uint32_t struct_size;
-    uint32_t n;            /* number of parts/replicas */
-    const char *table;     /* table name as given to create_table */
+    uint32_t n;        /* number of parts/replicas */
+    const char *table; /* table name as given to create_table */
     const void *key;
     uint32_t key_size;
     uint32_t value_size;
-    const void *whole;     /* split: the value to split (NULL otherwise) */
-    void *const *parts;    /* split/update/merge: n values of value_size */
-    void *out;             /* merge: where the folded value goes */
+    const void *whole;  /* split: the value to split (NULL otherwise) */
+    void *const *parts; /* split/update/merge: n values of value_size */
+    void *out;          /* merge: where the folded value goes */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -270,8 +270,8 @@ struct serpens_host_api {
     /* State, paper Fig. 9.  create_table attaches when the executor already has
      * a table of that name with identical flags and sizes (so a restarted or
      * added instance sees the same state) and fails otherwise. */
-    serpens_table *(*create_table)(struct serpens_nf_ctx *ctx, const char *name, uint32_t flags,
-                                   uint32_t key_size, uint32_t value_size, uint64_t capacity);
+    serpens_table *(*create_table)(struct serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t key_size,
+                                   uint32_t value_size, uint64_t capacity);
     /* Copies the value out (consistent even while another instance writes). */
     int (*get_state)(serpens_table *t, const void *key, void *value_out);
     /* Inserts or replaces; SERPENS_ENOSPC when the table is full.  On a
@@ -306,8 +306,8 @@ struct serpens_host_api {
      * returns NULL / a negative code when the buffer has no room. */
     uint8_t *(*pkt_prepend)(struct serpens_pkt *pkt, uint32_t len);
     uint8_t *(*pkt_append)(struct serpens_pkt *pkt, uint32_t len);
-    int (*pkt_trim)(struct serpens_pkt *pkt, uint32_t len);   /* drop len bytes at the tail */
-    int (*pkt_adj)(struct serpens_pkt *pkt, uint32_t len);    /* drop len bytes at the head */
+    int (*pkt_trim)(struct serpens_pkt *pkt, uint32_t len); /* drop len bytes at the tail */
+    int (*pkt_adj)(struct serpens_pkt *pkt, uint32_t len);  /* drop len bytes at the head */
 
     /* A named 64-bit counter of this NF context, registered in init.  The
      * returned pointer is the context's own cache-aligned slot: increment it
@@ -377,8 +377,7 @@ struct serpens_host_api {
      * Otherwise exactly as the 1.1/1.3 calls (hot path, thread rules). */
     int (*update_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
                                 const uint8_t *ops, void *values_out, uint64_t *written);
-    int (*add_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas,
-                             uint64_t *written);
+    int (*add_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas, uint64_t *written);
 };
 
 /* update_state_bulk's operations on one value word. */
@@ -387,9 +386,8 @@ struct serpens_host_api {
 #define SERPENS_WORD_KEEP 2u /* word unchanged (a new entry takes the row's) */
 
 /* True when `api` provides the member `field` (appended after ABI 1.0). */
-#define SERPENS_HOST_HAS(api, field)                                                           \
-    ((api)->struct_size >= offsetof(struct serpens_host_api, field) + sizeof((api)->field) &&   \
-     (api)->field != NULL)
+#define SERPENS_HOST_HAS(api, field)                                                                                   \
+    ((api)->struct_size >= offsetof(struct serpens_host_api, field) + sizeof((api)->field) && (api)->field != NULL)
 
 /*
  * One NF inside one chain instance.  The host owns it; the NF reads the public
@@ -400,12 +398,12 @@ struct serpens_host_api {
 
 struct serpens_nf_ctx {
     uint32_t struct_size;
-    uint32_t instance_id;   /* which instance of the chain (0..n-1) */
+    uint32_t instance_id; /* which instance of the chain (0..n-1) */
     const struct serpens_host_api *host;
     const char *chain_name;
-    const char *nf_name;     /* the name the chain gives this NF */
-    void *priv;              /* the NF's own per-instance data */
-    void *host_private;      /* opaque to the NF */
+    const char *nf_name; /* the name the chain gives this NF */
+    void *priv;          /* the NF's own per-instance data */
+    void *host_private;  /* opaque to the NF */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -413,15 +411,15 @@ struct serpens_nf_ctx {
 /* ------------------------------------------------------------------------ */
 
 struct serpens_nf_descriptor {
-    uint16_t abi_major;    /* SERPENS_ABI_MAJOR the plugin was built against */
+    uint16_t abi_major; /* SERPENS_ABI_MAJOR the plugin was built against */
     uint16_t abi_minor;
-    uint32_t struct_size;  /* sizeof(struct serpens_nf_descriptor) */
-    const char *name;      /* unique NF type name, [a-z0-9_-]+ */
-    const char *version;   /* the NF's own version, free text */
-    const char *summary;   /* one line for listings */
-    uint32_t flags;        /* none defined in 1.0: must be 0 */
-    uint16_t n_ports;      /* output ports the NF uses, 1..SERPENS_MAX_PORTS */
-    uint16_t reserved0;    /* must be 0 */
+    uint32_t struct_size; /* sizeof(struct serpens_nf_descriptor) */
+    const char *name;     /* unique NF type name, [a-z0-9_-]+ */
+    const char *version;  /* the NF's own version, free text */
+    const char *summary;  /* one line for listings */
+    uint32_t flags;       /* none defined in 1.0: must be 0 */
+    uint16_t n_ports;     /* output ports the NF uses, 1..SERPENS_MAX_PORTS */
+    uint16_t reserved0;   /* must be 0 */
 
     /* Required.  Returns SERPENS_OK or a negative code; on failure the NF
      * should log why.  fini is still called once, even after a failed init. */
@@ -441,7 +439,7 @@ struct serpens_nf_descriptor {
     int (*merge)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
     int (*update)(struct serpens_nf_ctx *ctx, const struct serpens_state_hook_args *args);
 
-    void *reserved[4];     /* must be NULL */
+    void *reserved[4]; /* must be NULL */
 
     /* --- ABI 1.4 and later: the host reads them when struct_size covers them --- */
 
@@ -451,22 +449,19 @@ struct serpens_nf_descriptor {
      * read it, so a plugin that must not run there also checks
      * ctx->host->abi_minor in init. */
     uint16_t min_host_minor;
-    uint16_t reserved1;    /* must be 0 */
-    uint32_t reserved2;    /* must be 0 */
+    uint16_t reserved1; /* must be 0 */
+    uint32_t reserved2; /* must be 0 */
 };
 
 /* Fills the version fields; use as the first line of a descriptor initializer. */
-#define SERPENS_NF_DESCRIPTOR_HEADER                                                 \
-    .abi_major = SERPENS_ABI_MAJOR, .abi_minor = SERPENS_ABI_MINOR,                  \
+#define SERPENS_NF_DESCRIPTOR_HEADER                                                                                   \
+    .abi_major = SERPENS_ABI_MAJOR, .abi_minor = SERPENS_ABI_MINOR,                                                    \
     .struct_size = (uint32_t)sizeof(struct serpens_nf_descriptor)
 
 /* Exports `desc` (a static struct serpens_nf_descriptor) as the plugin entry. */
-#define SERPENS_NF_REGISTER(desc)                                                     \
-    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void);        \
-    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void)         \
-    {                                                                                 \
-        return &(desc);                                                               \
-    }
+#define SERPENS_NF_REGISTER(desc)                                                                                      \
+    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void);                                         \
+    SERPENS_EXPORT const struct serpens_nf_descriptor *serpens_nf_entry(void) { return &(desc); }
 
 typedef const struct serpens_nf_descriptor *(*serpens_nf_entry_fn)(void);
 

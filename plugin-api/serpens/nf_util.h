@@ -66,21 +66,12 @@ static inline uint32_t serpens_ld32(const uint8_t *p)
     return v;
 }
 
-static inline void serpens_st16(uint8_t *p, uint16_t v)
-{
-    memcpy(p, &v, 2);
-}
+static inline void serpens_st16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 
-static inline void serpens_st32(uint8_t *p, uint32_t v)
-{
-    memcpy(p, &v, 4);
-}
+static inline void serpens_st32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 
 /* Big-endian (network order) fields as host integers, at any alignment. */
-static inline uint16_t serpens_ld_be16(const uint8_t *p)
-{
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
+static inline uint16_t serpens_ld_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
 
 static inline uint32_t serpens_ld_be32(const uint8_t *p)
 {
@@ -219,15 +210,15 @@ static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, 
  * sent" and stays zero, and a computed zero is sent as 0xffff (RFC 768).
  * The caller has checked that the headers are all there.
  */
-static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, unsigned csum_at,
-                                        unsigned port_at, int pseudo, int udp, uint32_t new_ip, uint16_t new_port)
+static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, unsigned csum_at, unsigned port_at,
+                                        int pseudo, int udp, uint32_t new_ip, uint16_t new_port)
 {
     uint32_t old_ip = serpens_ld32(ip + addr_at);
     uint16_t old_port = serpens_ld16(l4 + port_at);
     serpens_ipv4_set_addr(ip, addr_at, new_ip);
     serpens_st16(l4 + port_at, new_port);
-    serpens_st16(l4 + csum_at, serpens_l4_csum_update(serpens_ld16(l4 + csum_at), pseudo, udp, old_ip, new_ip,
-                                                      old_port, new_port));
+    serpens_st16(l4 + csum_at,
+                 serpens_l4_csum_update(serpens_ld16(l4 + csum_at), pseudo, udp, old_ip, new_ip, old_port, new_port));
 }
 
 /* An ICMP error, which quotes the packet it is about: destination
@@ -249,10 +240,7 @@ static inline int serpens_is_icmp_error(const struct serpens_pkt *p)
 
 /* The netmask of an IPv4 prefix length (0..32), in host order, for NFs that
  * keep IPv4 prefixes as host-order net and mask words. */
-static inline uint32_t serpens_prefix_mask4(unsigned len)
-{
-    return len == 0 ? 0 : ~0u << (32 - len);
-}
+static inline uint32_t serpens_prefix_mask4(unsigned len) { return len == 0 ? 0 : ~0u << (32 - len); }
 
 /* One meaning everywhere (host.toml, chain files, rules files): a prefix is
  * "a.b.c.d/len", an IPv6 "x::/len", or a bare address (= /32 or /128).  An
@@ -296,8 +284,7 @@ static inline int serpens_parse_prefix(const char *text, struct serpens_prefix *
     const unsigned max = v6 ? 128u : 32u;
     if (inet_pton(v6 ? AF_INET6 : AF_INET, buf, out->addr) != 1) {
         snprintf(why, why_len,
-                 "'%s' is not an IPv4 or IPv6 address or prefix (like 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)",
-                 text);
+                 "'%s' is not an IPv4 or IPv6 address or prefix (like 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)", text);
         return SERPENS_EINVAL;
     }
     unsigned len = max;
@@ -337,8 +324,7 @@ static inline int serpens_parse_prefix(const char *text, struct serpens_prefix *
 
 /* serpens_parse_prefix for NFs that handle IPv4 only and keep a prefix as
  * host-order words: *net_h and *mask_h (see serpens_prefix_mask4). */
-static inline int serpens_parse_prefix4(const char *text, uint32_t *net_h, uint32_t *mask_h, char *why,
-                                        size_t why_len)
+static inline int serpens_parse_prefix4(const char *text, uint32_t *net_h, uint32_t *mask_h, char *why, size_t why_len)
 {
     struct serpens_prefix p;
     if (serpens_parse_prefix(text, &p, why, why_len) != SERPENS_OK) {
@@ -437,8 +423,8 @@ serpens_config_error(const struct serpens_nf_ctx *ctx, const serpens_config *cfg
 /* An optional integer key within [lo, hi]: SERPENS_OK with *out set, or left
  * at its default when the key is absent; otherwise logs why (another type,
  * out of range) and returns SERPENS_EINVAL. */
-static inline int serpens_config_int_range(const struct serpens_nf_ctx *ctx, const serpens_config *cfg,
-                                           const char *nf, const char *path, int64_t lo, int64_t hi, int64_t *out)
+static inline int serpens_config_int_range(const struct serpens_nf_ctx *ctx, const serpens_config *cfg, const char *nf,
+                                           const char *path, int64_t lo, int64_t hi, int64_t *out)
 {
     int64_t v = 0;
     int rc = ctx->host->config_int(cfg, path, &v);
@@ -552,8 +538,7 @@ static inline int serpens_read_config_file(const char *path, size_t max_size, ch
         return SERPENS_EINVAL;
     }
     if (st.st_size < 0 || (unsigned long long)st.st_size > (unsigned long long)max_size) {
-        snprintf(err, err_len, "%s: %lld bytes, over the limit of %zu bytes", path, (long long)st.st_size,
-                 max_size);
+        snprintf(err, err_len, "%s: %lld bytes, over the limit of %zu bytes", path, (long long)st.st_size, max_size);
         close(fd);
         return SERPENS_EINVAL;
     }
@@ -623,8 +608,8 @@ static inline int serpens_read_config_file(const char *path, size_t max_size, ch
  * nobody reads, and runs on); with spare NULL the helper logs "<nf>: counter
  * '<name>' refused" and returns SERPENS_ENOMEM at the first refusal.
  */
-static inline int serpens_register_counters(struct serpens_nf_ctx *ctx, const char *nf, const char *const *names,
-                                            int n, uint64_t **slots, uint64_t *spare)
+static inline int serpens_register_counters(struct serpens_nf_ctx *ctx, const char *nf, const char *const *names, int n,
+                                            uint64_t **slots, uint64_t *spare)
 {
     for (int i = 0; i < n; ++i) {
         slots[i] = ctx->host->counter(ctx, names[i]);
@@ -660,9 +645,8 @@ static inline int serpens_register_counters(struct serpens_nf_ctx *ctx, const ch
  * values (value_size bytes each, at the key's index) and returns their bit
  * mask.  Hot path, same thread rules as get_state.
  */
-static inline uint64_t serpens_get_state_bulk(const struct serpens_host_api *host, serpens_table *t,
-                                              const void *keys, uint32_t n, void *values, size_t key_size,
-                                              size_t value_size)
+static inline uint64_t serpens_get_state_bulk(const struct serpens_host_api *host, serpens_table *t, const void *keys,
+                                              uint32_t n, void *values, size_t key_size, size_t value_size)
 {
     if (n == 0) {
         return 0;
@@ -788,9 +772,8 @@ static inline uint64_t serpens_sweep_budget(struct serpens_sweep *s, uint64_t to
  * *budget reduced by the slots passed; SERPENS_ENOENT when those slots hold
  * no more entries.  `slots` is host->table_slots(t).
  */
-static inline int serpens_sweep_next(const struct serpens_host_api *host, serpens_table *t,
-                                     struct serpens_sweep *s, uint64_t slots, uint64_t *budget, void *key_out,
-                                     void *value_out)
+static inline int serpens_sweep_next(const struct serpens_host_api *host, serpens_table *t, struct serpens_sweep *s,
+                                     uint64_t slots, uint64_t *budget, void *key_out, void *value_out)
 {
     if (*budget == 0 || slots == 0) {
         return SERPENS_ENOENT;

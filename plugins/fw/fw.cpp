@@ -284,7 +284,10 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     }
     int want = 0;
     if ((rc = h->config_string(cfg, "state", &s)) == SERPENS_OK) {
-        want = std::strcmp(s, "auto") == 0 ? 0 : std::strcmp(s, "host") == 0 ? 1 : std::strcmp(s, "local") == 0 ? 2 : -1;
+        want = std::strcmp(s, "auto") == 0    ? 0
+               : std::strcmp(s, "host") == 0  ? 1
+               : std::strcmp(s, "local") == 0 ? 2
+                                              : -1;
     }
     if (rc == SERPENS_EINVAL || want < 0) {
         return bad("state", "`state` must be \"auto\", \"host\" or \"local\"");
@@ -309,9 +312,8 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
                            sizeof(Verdict), static_cast<uint64_t>(cache_size), want, idle_ns)) {
         return SERPENS_ENOMEM;
     }
-    if (fw->stateful &&
-        !fw->conns.open(ctx, "conns", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(FlowKey), sizeof(Conn),
-                        static_cast<uint64_t>(cache_size), want, idle_ns)) {
+    if (fw->stateful && !fw->conns.open(ctx, "conns", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(FlowKey),
+                                        sizeof(Conn), static_cast<uint64_t>(cache_size), want, idle_ns)) {
         return SERPENS_ENOMEM;
     }
     serpens_register_counters(ctx, "fw", counter_names, C_COUNT, fw->c, fw->spare);

@@ -56,8 +56,8 @@ bool parse_proto(std::string_view s, int16_t &proto)
     static const struct {
         const char *name;
         int16_t value;
-    } names[] = {{"any", -1}, {"tcp", 6}, {"udp", 17}, {"icmp", 1}, {"icmpv6", 58},
-                 {"sctp", 132}, {"esp", 50}, {"gre", 47}};
+    } names[] = {{"any", -1},    {"tcp", 6},    {"udp", 17}, {"icmp", 1},
+                 {"icmpv6", 58}, {"sctp", 132}, {"esp", 50}, {"gre", 47}};
     for (const auto &n : names) {
         if (s == n.name) {
             proto = n.value;
@@ -135,8 +135,9 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
         } else if (tok[0] == "deny") {
             r.action = Action::deny;
         } else {
-            return at(file, lineno, "expected 'allow', 'deny' or 'default' at the start of a rule, got '" +
-                                        std::string(tok[0]) + "'");
+            return at(file, lineno,
+                      "expected 'allow', 'deny' or 'default' at the start of a rule, got '" + std::string(tok[0]) +
+                          "'");
         }
         std::size_t k = 1;
         if (k < tok.size() && tok[k] == "suspicious") {
@@ -151,8 +152,8 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
         for (; k < tok.size(); ++k) {
             auto eq = tok[k].find('=');
             if (eq == std::string_view::npos) {
-                return at(file, lineno, "expected key=value (proto, src, dst, sport, dport), got '" +
-                                            std::string(tok[k]) + "'");
+                return at(file, lineno,
+                          "expected key=value (proto, src, dst, sport, dport), got '" + std::string(tok[k]) + "'");
             }
             std::string_view key = tok[k].substr(0, eq), val = tok[k].substr(eq + 1);
             auto dup = [&](bool &seen) {
@@ -165,8 +166,9 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
                     return at(file, lineno, "duplicate key 'proto'");
                 }
                 if (!parse_proto(val, r.proto)) {
-                    return at(file, lineno, "expected proto=tcp|udp|icmp|icmpv6|sctp|esp|gre|0..255|any, got '" +
-                                                std::string(val) + "'");
+                    return at(file, lineno,
+                              "expected proto=tcp|udp|icmp|icmpv6|sctp|esp|gre|0..255|any, got '" + std::string(val) +
+                                  "'");
                 }
             } else if (key == "src" || key == "dst") {
                 bool src = key == "src";
@@ -184,13 +186,13 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
                     return at(file, lineno, "duplicate key '" + std::string(key) + "'");
                 }
                 if (!parse_ports(val, s ? r.sport_lo : r.dport_lo, s ? r.sport_hi : r.dport_hi)) {
-                    return at(file, lineno, "expected " + std::string(key) +
-                                                "=port or lo-hi within 0..65535 (lo <= hi), got '" +
-                                                std::string(val) + "'");
+                    return at(file, lineno,
+                              "expected " + std::string(key) + "=port or lo-hi within 0..65535 (lo <= hi), got '" +
+                                  std::string(val) + "'");
                 }
             } else {
-                return at(file, lineno, "unknown key '" + std::string(key) +
-                                            "' (expected proto, src, dst, sport or dport)");
+                return at(file, lineno,
+                          "unknown key '" + std::string(key) + "' (expected proto, src, dst, sport or dport)");
             }
         }
         if (sfam != 0 && dfam != 0 && sfam != dfam) {
@@ -214,8 +216,7 @@ std::string load_rules(const std::string &path, RuleSet &out)
     char *data = nullptr;
     std::size_t size = 0;
     char err[512];
-    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) !=
-        SERPENS_OK) {
+    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) != SERPENS_OK) {
         return err;
     }
     std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);
@@ -260,8 +261,8 @@ std::size_t Classifier::KeyHash::operator()(const Key &k) const noexcept
     return static_cast<std::size_t>(h);
 }
 
-Classifier::Key Classifier::make_key(uint8_t family, const uint8_t *src, uint8_t slen, const uint8_t *dst,
-                                     uint8_t dlen, int proto) noexcept
+Classifier::Key Classifier::make_key(uint8_t family, const uint8_t *src, uint8_t slen, const uint8_t *dst, uint8_t dlen,
+                                     int proto) noexcept
 {
     Key k{};
     uint8_t s[16] = {}, d[16] = {};
@@ -299,8 +300,7 @@ void Classifier::build(const RuleSet &set)
             }
             it->buckets[make_key(family, r.src, r.src_len, r.dst, r.dst_len, has_proto ? r.proto : -1)].push_back(i);
         }
-        std::sort(_tuples[f].begin(), _tuples[f].end(),
-                  [](const Tuple &a, const Tuple &b) { return a.best < b.best; });
+        std::sort(_tuples[f].begin(), _tuples[f].end(), [](const Tuple &a, const Tuple &b) { return a.best < b.best; });
     }
 }
 

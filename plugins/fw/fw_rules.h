@@ -38,27 +38,27 @@ enum class Action : uint8_t { allow, deny };
 struct Rule {
     Action action = Action::deny;
     bool suspicious = false;
-    uint8_t family = 0;        // 0 any, 4, 6
-    int16_t proto = -1;        // -1 any
-    uint8_t src[16] = {};      // IPv4 in the first 4 bytes, network order
+    uint8_t family = 0;   // 0 any, 4, 6
+    int16_t proto = -1;   // -1 any
+    uint8_t src[16] = {}; // IPv4 in the first 4 bytes, network order
     uint8_t dst[16] = {};
-    uint8_t src_len = 0;       // prefix length in bits, 0 = any
+    uint8_t src_len = 0; // prefix length in bits, 0 = any
     uint8_t dst_len = 0;
-    bool needs_ports = false;  // sport or dport restricted
+    bool needs_ports = false; // sport or dport restricted
     uint16_t sport_lo = 0, sport_hi = 65535;
     uint16_t dport_lo = 0, dport_hi = 65535;
-    uint32_t line = 0;         // where it came from, for logs
+    uint32_t line = 0; // where it came from, for logs
 };
 
 struct RuleSet {
     std::vector<Rule> rules;
     Action default_action = Action::deny;
-    uint32_t fingerprint = 0;  // FNV-1a of the file text: cached verdicts carry it
+    uint32_t fingerprint = 0; // FNV-1a of the file text: cached verdicts carry it
 };
 
 // What a packet looks like to the classifier.  Ports in host order.
 struct PacketKey {
-    uint8_t family = 0;     // 4 or 6
+    uint8_t family = 0; // 4 or 6
     uint8_t proto = 0;
     bool has_ports = false;
     uint16_t sport = 0, dport = 0;

@@ -59,7 +59,6 @@
 
 #include <hs/hs.h>
 
-
 #include <cctype>
 #include <cstring>
 #include <cstdlib>
@@ -77,7 +76,7 @@ constexpr std::size_t kMaxSidCounters = 48;
 struct Rule {
     uint32_t sid = 0;
     uint32_t line = 0;
-    int proto = -1; // -1 tcp or udp, 6, 17
+    int proto = -1;    // -1 tcp or udp, 6, 17
     bool both = false; // <>
     uint8_t family = 0;
     uint8_t src[16] = {}, dst[16] = {};
@@ -339,8 +338,8 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
                         } else if (f == 'm') {
                             r.flags |= HS_FLAG_MULTILINE;
                         } else {
-                            return at(file, lineno, std::string("unsupported pcre flag '") + f +
-                                                        "' (supported: i, s, m)");
+                            return at(file, lineno,
+                                      std::string("unsupported pcre flag '") + f + "' (supported: i, s, m)");
                         }
                     }
                 }
@@ -358,8 +357,9 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
                 r.sid = static_cast<uint32_t>(sid);
                 have_sid = true;
             } else if (k != "rev" && k != "classtype" && k != "priority" && k != "reference") {
-                return at(file, lineno, "unsupported option '" + k +
-                                            "' (supported: msg, content, nocase, pcre, sid, rev, classtype)");
+                return at(file, lineno,
+                          "unsupported option '" + k +
+                              "' (supported: msg, content, nocase, pcre, sid, rev, classtype)");
             }
         }
         if (!have_pattern) {
@@ -370,8 +370,8 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
         }
         for (const Rule &o : rules) {
             if (o.sid == r.sid) {
-                return at(file, lineno, "sid " + std::to_string(r.sid) + " already used on line " +
-                                            std::to_string(o.line));
+                return at(file, lineno,
+                          "sid " + std::to_string(r.sid) + " already used on line " + std::to_string(o.line));
             }
         }
         rules.push_back(std::move(r));

@@ -67,22 +67,22 @@
 #define LB_EAGAIN SERPENS_EAGAIN
 #define LB_BULK 64u /* packets whose flow entries are looked up together (nf.h bulk limit) */
 
-#define LB_COUNTERS(X)                                                                       \
-    X(BALANCED, "balanced", "packets to a service sent to a backend")                        \
-    X(REPLIES, "replies", "backend replies given the service address back")                 \
-    X(PASSED, "passed", "packets for no service, passed unchanged")                          \
-    X(FLOWS_NEW, "flows_new", "flows given a backend from the Maglev table")                 \
-    X(TABLE_FULL, "table_full", "new flows balanced without a stored mapping: table full")   \
-    X(UNPARSED, "unparsed", "frames the host could not parse, passed unchanged")             \
-    X(MALFORMED, "malformed", "packets to a service cut short inside their headers, dropped") \
-    X(UNSUPPORTED, "unsupported", "fragments to a service: no ports to balance by, dropped") \
+#define LB_COUNTERS(X)                                                                                                 \
+    X(BALANCED, "balanced", "packets to a service sent to a backend")                                                  \
+    X(REPLIES, "replies", "backend replies given the service address back")                                            \
+    X(PASSED, "passed", "packets for no service, passed unchanged")                                                    \
+    X(FLOWS_NEW, "flows_new", "flows given a backend from the Maglev table")                                           \
+    X(TABLE_FULL, "table_full", "new flows balanced without a stored mapping: table full")                             \
+    X(UNPARSED, "unparsed", "frames the host could not parse, passed unchanged")                                       \
+    X(MALFORMED, "malformed", "packets to a service cut short inside their headers, dropped")                          \
+    X(UNSUPPORTED, "unsupported", "fragments to a service: no ports to balance by, dropped")                           \
     X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
 
 enum lb_counter {
 #define LB_COUNTER_ENUM(sym, name, desc) LB_C_##sym,
     LB_COUNTERS(LB_COUNTER_ENUM)
 #undef LB_COUNTER_ENUM
-    LB_N_COUNTERS
+        LB_N_COUNTERS
 };
 
 static const char *const lb_counter_names[LB_N_COUNTERS] = {LB_COUNTERS(SERPENS_COUNTER_NAME)};
@@ -161,10 +161,7 @@ struct lb {
     struct lb_run run;
 };
 
-static inline void lb_count(struct lb *l, enum lb_counter c)
-{
-    ++*l->counter[c];
-}
+static inline void lb_count(struct lb *l, enum lb_counter c) { ++*l->counter[c]; }
 
 /* ---- hashing ----------------------------------------------------------- */
 
@@ -331,8 +328,8 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow
 
 /* Backend -> client (`found`: *val holds the service): put the service
  * address back; anything else passes. */
-static void lb_reply(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key,
-                     const struct lb_flow_val *val, int found)
+static void lb_reply(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, const struct lb_flow_val *val,
+                     int found)
 {
     if (!found) {
         lb_count(l, LB_C_PASSED);
@@ -351,8 +348,7 @@ static int lb_classify(struct lb *l, struct serpens_pkt *p, uint8_t *kind, struc
         lb_count(l, LB_C_UNPARSED);
         return 0;
     }
-    if (p->l3_type != SERPENS_L3_IPV4 || p->l3_offset == SERPENS_OFFSET_NONE ||
-        p->len < (uint32_t)p->l3_offset + 20u) {
+    if (p->l3_type != SERPENS_L3_IPV4 || p->l3_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l3_offset + 20u) {
         lb_count(l, LB_C_PASSED);
         return 0;
     }
@@ -383,8 +379,7 @@ static int lb_classify(struct lb *l, struct serpens_pkt *p, uint8_t *kind, struc
         return 0;
     }
     uint8_t *l4 = p->data + p->l4_offset;
-    *kind = to_vip && (l->vport < 0 || ntohs(serpens_ld16(l4 + 2)) == (uint16_t)l->vport) ? LB_K_FORWARD
-                                                                                         : LB_K_REPLY;
+    *kind = to_vip && (l->vport < 0 || ntohs(serpens_ld16(l4 + 2)) == (uint16_t)l->vport) ? LB_K_FORWARD : LB_K_REPLY;
     *key = lb_key_of(ip, l4, proto, *kind == LB_K_FORWARD ? LB_DIR_FORWARD : LB_DIR_REPLY);
     return 1;
 }
@@ -394,8 +389,8 @@ static int lb_classify(struct lb *l, struct serpens_pkt *p, uint8_t *kind, struc
 static void lb_run_packets(struct lb *l, struct serpens_batch *batch)
 {
     struct lb_run *r = &l->run;
-    const uint64_t hit = serpens_get_state_bulk(l->host, l->flows, r->key, r->n, r->val, sizeof r->key[0],
-                                                sizeof r->val[0]);
+    const uint64_t hit =
+        serpens_get_state_bulk(l->host, l->flows, r->key, r->n, r->val, sizeof r->key[0], sizeof r->val[0]);
     serpens_written_reset(&r->written);
     for (uint32_t j = 0; j < r->n; ++j) {
         int found = (int)((hit >> j) & 1u);

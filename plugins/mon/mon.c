@@ -115,29 +115,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MON_CHUNK 64u          /* packets summed per table round: the bulk calls' limit */
-#define MON_FLOW_SLOTS 128u    /* a chunk's flows: power of two, >= 2 * MON_CHUNK */
-#define MON_HOST_SLOTS 256u    /* a chunk's hosts (two per packet): >= 2 * 2 * MON_CHUNK */
-#define MON_BULK 64u           /* keys per bulk call (nf.h) */
+#define MON_CHUNK 64u       /* packets summed per table round: the bulk calls' limit */
+#define MON_FLOW_SLOTS 128u /* a chunk's flows: power of two, >= 2 * MON_CHUNK */
+#define MON_HOST_SLOTS 256u /* a chunk's hosts (two per packet): >= 2 * 2 * MON_CHUNK */
+#define MON_BULK 64u        /* keys per bulk call (nf.h) */
 #define MON_HOST_WORDS 4u
 #define MON_PUT_RETRIES 4
 #define MON_SWEEP_SLOTS_MAX 4096u /* flow slots the sweep walks per batch at most */
 
-#define MON_COUNTERS(X)                                                                  \
-    X(PACKETS, "packets", "packets seen (all of them pass)")                             \
-    X(BYTES, "bytes", "frame bytes seen")                                                \
-    X(FLOWS_NEW, "flows_new", "flows this instance saw first")                           \
-    X(FLOW_TABLE_FULL, "flow_table_full", "packets of flows the full table could not hold") \
-    X(FLOWS_EXPIRED, "flows_expired", "flows removed after idle_timeout without a packet")  \
-    X(HOST_OVERFLOW, "host_overflow", "host updates (one per host per table round) that found the host table full") \
-    X(UNPARSED, "unparsed", "frames the host could not parse: counted here only")        \
+#define MON_COUNTERS(X)                                                                                                \
+    X(PACKETS, "packets", "packets seen (all of them pass)")                                                           \
+    X(BYTES, "bytes", "frame bytes seen")                                                                              \
+    X(FLOWS_NEW, "flows_new", "flows this instance saw first")                                                         \
+    X(FLOW_TABLE_FULL, "flow_table_full", "packets of flows the full table could not hold")                            \
+    X(FLOWS_EXPIRED, "flows_expired", "flows removed after idle_timeout without a packet")                             \
+    X(HOST_OVERFLOW, "host_overflow", "host updates (one per host per table round) that found the host table full")    \
+    X(UNPARSED, "unparsed", "frames the host could not parse: counted here only")                                      \
     X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
 
 enum mon_counter {
 #define MON_COUNTER_ENUM(sym, name, desc) MON_C_##sym,
     MON_COUNTERS(MON_COUNTER_ENUM)
 #undef MON_COUNTER_ENUM
-    MON_N_COUNTERS
+        MON_N_COUNTERS
 };
 
 static const char *const mon_counter_names[MON_N_COUNTERS] = {MON_COUNTERS(SERPENS_COUNTER_NAME)};
@@ -202,10 +202,7 @@ struct mon {
     uint64_t hdelta[2 * MON_CHUNK][MON_HOST_WORDS];
 };
 
-static inline void mon_add(struct mon *m, enum mon_counter c, uint64_t v)
-{
-    *m->counter[c] += v;
-}
+static inline void mon_add(struct mon *m, enum mon_counter c, uint64_t v) { *m->counter[c] += v; }
 
 static inline uint64_t rd64(const uint8_t *p)
 {
@@ -241,10 +238,7 @@ static inline uint32_t mon_hash(const uint8_t *p, unsigned words)
 /* ---- per-host counts (EVENTUAL) --------------------------------------- */
 
 /* Rows 0..n-1 of a bulk call, as a mask. */
-static inline uint64_t mon_all_rows(uint32_t n)
-{
-    return n >= 64 ? ~0ull : (1ull << n) - 1;
-}
+static inline uint64_t mon_all_rows(uint32_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
 
 /* Adds n rows to this instance's replica of `t`; *done gets the mask of the
  * rows added.  Returns SERPENS_OK, SERPENS_ENOSPC (the table is full for the
@@ -386,10 +380,10 @@ static void mon_take_pending(struct mon_flow_val *v, uint64_t out[MON_DIR_WORDS]
 
 /* A flow's row for update_state_bulk, and what each of its words does. */
 static const uint8_t mon_flow_ops[sizeof(struct mon_flow_val) / 8] = {
-    SERPENS_WORD_ADD, SERPENS_WORD_ADD,  /* packets, bytes */
-    SERPENS_WORD_KEEP, SERPENS_WORD_SET, /* first_ns, last_ns */
-    SERPENS_WORD_ADD, SERPENS_WORD_ADD, SERPENS_WORD_ADD, SERPENS_WORD_ADD, /* pending */
-    SERPENS_WORD_KEEP, SERPENS_WORD_SET, /* folded_ns, owner */
+    SERPENS_WORD_ADD,  SERPENS_WORD_ADD,                                     /* packets, bytes */
+    SERPENS_WORD_KEEP, SERPENS_WORD_SET,                                     /* first_ns, last_ns */
+    SERPENS_WORD_ADD,  SERPENS_WORD_ADD, SERPENS_WORD_ADD, SERPENS_WORD_ADD, /* pending */
+    SERPENS_WORD_KEEP, SERPENS_WORD_SET,                                     /* folded_ns, owner */
 };
 _Static_assert(offsetof(struct mon_flow_val, pending) == 32 && offsetof(struct mon_flow_val, owner) == 72,
                "mon_flow_ops follows struct mon_flow_val");
@@ -409,8 +403,8 @@ static void mon_update_flows(struct mon *m, uint64_t now)
         r->owner = m->ctx->instance_id;
     }
     uint64_t written = 0;
-    const int rc = m->host->update_state_bulk_v2(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops,
-                                                 m->fval, &written);
+    const int rc =
+        m->host->update_state_bulk_v2(m->flows, m->fkey, n, (const uint64_t *)m->frow, mon_flow_ops, m->fval, &written);
     if (rc != SERPENS_OK && rc != SERPENS_ENOSPC) {
         mon_add(m, MON_C_STATE_ERRORS, 1); /* refused, not full */
     }
@@ -449,8 +443,8 @@ static void mon_flush_flows(struct mon *m, uint64_t now)
         return;
     }
     uint32_t n = m->n_flows;
-    const uint64_t hit = serpens_get_state_bulk(m->host, m->flows, m->fkey, n, m->fval, sizeof m->fkey[0],
-                                                sizeof m->fval[0]);
+    const uint64_t hit =
+        serpens_get_state_bulk(m->host, m->flows, m->fkey, n, m->fval, sizeof m->fkey[0], sizeof m->fval[0]);
     for (uint32_t j = 0; j < n; ++j) {
         struct mon_flow_val *v = &m->fval[j];
         const uint64_t *d = m->fdelta[j];
@@ -514,10 +508,7 @@ static void mon_count_flow(struct mon *m, const struct mon_flow_key *k, uint32_t
 
 /* ---- the data path ---------------------------------------------------- */
 
-static inline void wr64(uint8_t *p, uint64_t w)
-{
-    memcpy(p, &w, 8);
-}
+static inline void wr64(uint8_t *p, uint64_t w) { memcpy(p, &w, 8); }
 
 /* The flow's ports: TCP/UDP ports, the echo id in both for ICMP(v6) echo,
  * else 0. */
@@ -735,8 +726,7 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     m->sweep.last_ns = h->now_ns();
     m->have_add = SERPENS_HOST_HAS(h, add_state_bulk_v2);
     const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
-    m->flows = h->create_table(ctx, "flows",
-                               SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY,
+    m->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY,
                                sizeof(struct mon_flow_key), sizeof(struct mon_flow_val), (uint64_t)max_flows);
     m->hosts = h->create_table(ctx, "hosts", ev, 16, MON_HOST_WORDS * 8, (uint64_t)max_hosts);
     m->overflow = h->create_table(ctx, "host_overflow", ev, sizeof(uint32_t), MON_HOST_WORDS * 8, 1);

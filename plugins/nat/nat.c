@@ -343,8 +343,8 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     const uint32_t flow_flags = SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY;
     n->out = h->create_table(ctx, "out", flow_flags, sizeof(struct nat_out_key), sizeof(struct nat_out_val),
                              n->max_mappings);
-    n->in = h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val),
-                            n->max_mappings);
+    n->in =
+        h->create_table(ctx, "in", flow_flags, sizeof(struct nat_in_key), sizeof(struct nat_in_val), n->max_mappings);
     if (n->pool == NULL || n->out == NULL || n->in == NULL) {
         h->log(ctx, SERPENS_LOG_ERROR, "nat: cannot create its state tables (see the host's message)");
         return SERPENS_EINVAL;
@@ -359,8 +359,9 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     }
     n->sweep.last_ns = h->now_ns();
     struct in_addr first = {htonl(n->ext_ip[0])};
-    h->log(ctx, SERPENS_LOG_INFO, "nat: %u inside prefixes, %u external addresses from %s, ports %u-%u (%u items per protocol)",
-           n->n_inside, n->n_ext, inet_ntoa(first), n->port_min, n->port_min + n->n_ports - 1, n->n_items);
+    h->log(ctx, SERPENS_LOG_INFO,
+           "nat: %u inside prefixes, %u external addresses from %s, ports %u-%u (%u items per protocol)", n->n_inside,
+           n->n_ext, inet_ntoa(first), n->port_min, n->port_min + n->n_ports - 1, n->n_items);
     return SERPENS_OK;
 }
 

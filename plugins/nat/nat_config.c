@@ -105,8 +105,7 @@ int nat_configure(struct nat *n, const serpens_config *cfg)
     for (uint32_t i = 0; i < n->n_ext; ++i) {
         if (nat_inside(n, n->ext_ip[i])) {
             struct in_addr a = {htonl(n->ext_ip[i])};
-            return nat_config_error(n->ctx, cfg, "external", "address %s lies inside an inside prefix",
-                                    inet_ntoa(a));
+            return nat_config_error(n->ctx, cfg, "external", "address %s lies inside an inside prefix", inet_ntoa(a));
         }
     }
 
@@ -122,8 +121,8 @@ int nat_configure(struct nat *n, const serpens_config *cfg)
             return rc;
         }
         if (port_hi < port_lo) {
-            return nat_config_error(n->ctx, cfg, "ports", "last port %lld is below first port %lld",
-                                    (long long)port_hi, (long long)port_lo);
+            return nat_config_error(n->ctx, cfg, "ports", "last port %lld is below first port %lld", (long long)port_hi,
+                                    (long long)port_lo);
         }
     } else if (rc != SERPENS_ENOENT) {
         return nat_config_error(n->ctx, cfg, "ports", "expected [first, last]");
@@ -133,8 +132,7 @@ int nat_configure(struct nat *n, const serpens_config *cfg)
     uint64_t items = (uint64_t)n->n_ext * n->n_ports;
     if (items > (uint64_t)NAT_CHUNK_ITEMS * NAT_MAX_CHUNKS) {
         return nat_config_error(n->ctx, cfg, "external", "%llu (address, port) items exceed the limit of %llu",
-                                (unsigned long long)items,
-                                (unsigned long long)NAT_CHUNK_ITEMS * NAT_MAX_CHUNKS);
+                                (unsigned long long)items, (unsigned long long)NAT_CHUNK_ITEMS * NAT_MAX_CHUNKS);
     }
     n->n_items = (uint32_t)items;
     n->n_chunks = (n->n_items + NAT_CHUNK_ITEMS - 1) / NAT_CHUNK_ITEMS;

@@ -54,9 +54,9 @@ static void nat_quote_rewrite(uint8_t *icmp, const struct nat_quote *q, unsigned
         const uint16_t hc = serpens_ld16(q->l4 + csum_at);
         const int udp = q->proto == NAT_PROTO_UDP;
         if (!udp || hc != 0) { /* a zero UDP checksum: none was sent, nothing to change */
-            nat_icmp_set16(icmp, q->l4 + csum_at,
-                           serpens_l4_csum_update(hc, q->proto != NAT_PROTO_ICMP, udp, old_ip, new_ip, old_port,
-                                                  new_port));
+            nat_icmp_set16(
+                icmp, q->l4 + csum_at,
+                serpens_l4_csum_update(hc, q->proto != NAT_PROTO_ICMP, udp, old_ip, new_ip, old_port, new_port));
         }
     }
     nat_icmp_set16(icmp, q->l4 + port_at, new_port);

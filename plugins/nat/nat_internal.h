@@ -18,16 +18,16 @@
 
 /* ---- limits and constants -------------------------------------------- */
 
-#define NAT_MAX_INSIDE 32          /* inside prefixes */
-#define NAT_MAX_EXTERNAL_IPS 4096  /* external addresses, after expanding ranges */
-#define NAT_CHUNK_ITEMS 4096u      /* items per pool key: a 512-byte bitmap */
+#define NAT_MAX_INSIDE 32         /* inside prefixes */
+#define NAT_MAX_EXTERNAL_IPS 4096 /* external addresses, after expanding ranges */
+#define NAT_CHUNK_ITEMS 4096u     /* items per pool key: a 512-byte bitmap */
 #define NAT_CHUNK_WORDS (NAT_CHUNK_ITEMS / 64u)
-#define NAT_MAX_CHUNKS 65535u      /* chunk index is 16 bits */
-#define NAT_SCAN_WINDOW 16u        /* pool chunks tried per allocation */
-#define NAT_PUT_RETRIES 4          /* redo a pool update that raced a rebalance */
+#define NAT_MAX_CHUNKS 65535u               /* chunk index is 16 bits */
+#define NAT_SCAN_WINDOW 16u                 /* pool chunks tried per allocation */
+#define NAT_PUT_RETRIES 4                   /* redo a pool update that raced a rebalance */
 #define NAT_EXHAUSTED_BACKOFF_NS 1000000ull /* after a failed trigger, wait 1 ms */
-#define NAT_BULK 64u               /* packets whose mappings are looked up together (nf.h bulk limit) */
-#define NAT_SWEEP_SLOTS_MAX 4096u  /* `in` slots the sweep walks per batch at most */
+#define NAT_BULK 64u                        /* packets whose mappings are looked up together (nf.h bulk limit) */
+#define NAT_SWEEP_SLOTS_MAX 4096u           /* `in` slots the sweep walks per batch at most */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
 
 /* The host's "cell changed since you read it, read again" code.  */
@@ -41,27 +41,27 @@
 enum nat_timeout { NAT_TO_TCP, NAT_TO_TCP_CLOSED, NAT_TO_UDP, NAT_TO_ICMP, NAT_N_TIMEOUTS };
 
 /* Counters: symbol, name shown by the host, what it counts. */
-#define NAT_COUNTERS(X)                                                                         \
-    X(OUT, "translated_out", "inside-to-outside packets translated")                            \
-    X(IN, "translated_in", "outside-to-inside packets translated back")                         \
-    X(PASSED, "passed", "packets not the NAT's business, passed unchanged (IPv6, transit)")     \
-    X(NEW, "mappings_created", "new flows given an external item")                              \
-    X(EXPIRED, "mappings_expired", "mappings removed after their idle timeout")                 \
-    X(EXHAUSTED, "pool_exhausted", "new flows dropped: no free item even after a trigger")      \
-    X(TRIGGERS, "pool_triggers", "rebalances this instance asked for when its share ran out")   \
-    X(NO_MAPPING, "no_mapping", "packets to an external address with no mapping, dropped")      \
-    X(FILTERED, "filtered", "packets to a mapping from another remote endpoint, dropped")       \
-    X(UNSUPPORTED, "unsupported", "fragments and other protocols to or from NAT space, dropped") \
-    X(MALFORMED, "malformed", "unparsed frames or headers cut short, dropped")                  \
-    X(TABLE_FULL, "table_full", "new flows dropped: the mapping tables are full")               \
-    X(ICMP_ERRORS, "icmp_errors", "ICMP errors about a mapped flow, translated with their inner header") \
+#define NAT_COUNTERS(X)                                                                                                \
+    X(OUT, "translated_out", "inside-to-outside packets translated")                                                   \
+    X(IN, "translated_in", "outside-to-inside packets translated back")                                                \
+    X(PASSED, "passed", "packets not the NAT's business, passed unchanged (IPv6, transit)")                            \
+    X(NEW, "mappings_created", "new flows given an external item")                                                     \
+    X(EXPIRED, "mappings_expired", "mappings removed after their idle timeout")                                        \
+    X(EXHAUSTED, "pool_exhausted", "new flows dropped: no free item even after a trigger")                             \
+    X(TRIGGERS, "pool_triggers", "rebalances this instance asked for when its share ran out")                          \
+    X(NO_MAPPING, "no_mapping", "packets to an external address with no mapping, dropped")                             \
+    X(FILTERED, "filtered", "packets to a mapping from another remote endpoint, dropped")                              \
+    X(UNSUPPORTED, "unsupported", "fragments and other protocols to or from NAT space, dropped")                       \
+    X(MALFORMED, "malformed", "unparsed frames or headers cut short, dropped")                                         \
+    X(TABLE_FULL, "table_full", "new flows dropped: the mapping tables are full")                                      \
+    X(ICMP_ERRORS, "icmp_errors", "ICMP errors about a mapped flow, translated with their inner header")               \
     X(STATE_ERRORS, "state_errors", "state API calls that failed unexpectedly")
 
 enum nat_counter {
 #define NAT_COUNTER_ENUM(sym, name, desc) NAT_C_##sym,
     NAT_COUNTERS(NAT_COUNTER_ENUM)
 #undef NAT_COUNTER_ENUM
-    NAT_N_COUNTERS
+        NAT_N_COUNTERS
 };
 
 /* ---- state layouts (plain bytes in shared memory, zero padded) -------- */
@@ -77,7 +77,7 @@ struct nat_pool_key {
 struct nat_out_key {
     uint32_t in_ip;
     uint32_t rem_ip;
-    uint16_t in_port; /* ICMP: echo id */
+    uint16_t in_port;  /* ICMP: echo id */
     uint16_t rem_port; /* ICMP: 0 */
     uint8_t proto;
     uint8_t pad[3];
@@ -117,7 +117,7 @@ struct nat_l4 {
     uint16_t csum_at;  /* offset of the checksum in the L4 header */
     uint16_t sport_at; /* ICMP: the echo id for both */
     uint16_t dport_at;
-    int pseudo;        /* the checksum covers the IP addresses */
+    int pseudo; /* the checksum covers the IP addresses */
 };
 
 /* One packet of a chunk, between classification and translation. */
@@ -125,7 +125,7 @@ enum nat_kind { NAT_K_DONE, NAT_K_OUT, NAT_K_IN };
 
 struct nat_job {
     uint8_t kind;
-    uint8_t at;      /* index of its key in the chunk's out or in keys */
+    uint8_t at; /* index of its key in the chunk's out or in keys */
     uint8_t fin_or_rst;
     uint8_t *ip;
     struct nat_l4 l4;
@@ -143,7 +143,7 @@ struct nat_chunk {
 };
 
 struct nat_prefix {
-    uint32_t net;  /* host byte order */
+    uint32_t net; /* host byte order */
     uint32_t mask;
 };
 
@@ -160,8 +160,8 @@ struct nat {
     uint32_t n_ext;
     uint32_t port_min;
     uint32_t n_ports;
-    uint32_t n_items;   /* per protocol: n_ext * n_ports */
-    uint32_t n_chunks;  /* per protocol */
+    uint32_t n_items;  /* per protocol: n_ext * n_ports */
+    uint32_t n_chunks; /* per protocol */
     uint32_t fingerprint;
     uint64_t max_mappings;
     uint64_t rebalance_ns;
@@ -181,10 +181,7 @@ struct nat {
     struct nat_chunk chunk;           /* scratch for the packets in flight */
 };
 
-static inline void nat_count(struct nat *n, enum nat_counter c)
-{
-    ++*n->counter[c];
-}
+static inline void nat_count(struct nat *n, enum nat_counter c) { ++*n->counter[c]; }
 
 /* ---- helpers ---------------------------------------------------------- */
 

@@ -84,8 +84,8 @@ static void noop_flush(struct noop *s, uint32_t n)
         }
         return;
     }
-    const uint64_t hit = serpens_get_state_bulk(s->host, s->flows, s->key, n, s->value, sizeof s->key[0],
-                                                sizeof s->value[0]);
+    const uint64_t hit =
+        serpens_get_state_bulk(s->host, s->flows, s->key, n, s->value, sizeof s->key[0], sizeof s->value[0]);
     for (uint64_t miss = ~hit & (n == 64 ? ~0ull : (1ull << n) - 1); miss != 0; miss &= miss - 1) {
         static const uint64_t zero = 0;
         if (s->host->put_state(s->flows, &s->key[__builtin_ctzll(miss)], &zero) != SERPENS_OK) {
@@ -131,8 +131,8 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     const char *mode = "none";
     int rc = h->config_string(config, "flow_state", &mode);
     if (rc == SERPENS_OK || rc == SERPENS_EINVAL) {
-        if (rc == SERPENS_EINVAL || (strcmp(mode, "none") != 0 && strcmp(mode, "lookup") != 0 &&
-                                     strcmp(mode, "count") != 0)) {
+        if (rc == SERPENS_EINVAL ||
+            (strcmp(mode, "none") != 0 && strcmp(mode, "lookup") != 0 && strcmp(mode, "count") != 0)) {
             return serpens_config_error(ctx, config, "noop", "flow_state",
                                         "expected \"none\", \"lookup\" or \"count\"");
         }

@@ -29,8 +29,8 @@ bool Gcm::init(const uint8_t key[key_size]) noexcept
            EVP_DecryptInit_ex(_dec, nullptr, nullptr, key, nullptr) == 1;
 }
 
-bool Gcm::seal(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data,
-               std::size_t len, uint8_t tag[tag_size]) noexcept
+bool Gcm::seal(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data, std::size_t len,
+               uint8_t tag[tag_size]) noexcept
 {
     int n = 0;
     if (_enc == nullptr || len > INT_MAX || aad_len > INT_MAX ||
@@ -43,8 +43,8 @@ bool Gcm::seal(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t 
     return EVP_CIPHER_CTX_ctrl(_enc, EVP_CTRL_GCM_GET_TAG, tag_size, tag) == 1;
 }
 
-bool Gcm::open(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data,
-               std::size_t len, const uint8_t tag[tag_size]) noexcept
+bool Gcm::open(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data, std::size_t len,
+               const uint8_t tag[tag_size]) noexcept
 {
     int n = 0;
     if (_dec == nullptr || len > INT_MAX || aad_len > INT_MAX ||

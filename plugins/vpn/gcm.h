@@ -22,11 +22,11 @@ public:
     // Cold path.  False when OpenSSL refuses (no memory, no AES-GCM).
     bool init(const uint8_t key[key_size]) noexcept;
     // Encrypts data[0, len) in place and writes the tag.  nonce = salt || IV.
-    bool seal(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data,
-              std::size_t len, uint8_t tag[tag_size]) noexcept;
+    bool seal(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data, std::size_t len,
+              uint8_t tag[tag_size]) noexcept;
     // Decrypts in place; false when the tag does not verify (data is then garbage).
-    bool open(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data,
-              std::size_t len, const uint8_t tag[tag_size]) noexcept;
+    bool open(const uint8_t nonce[nonce_size], const uint8_t *aad, std::size_t aad_len, uint8_t *data, std::size_t len,
+              const uint8_t tag[tag_size]) noexcept;
 
 private:
     EVP_CIPHER_CTX *_enc = nullptr;

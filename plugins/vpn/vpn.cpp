@@ -116,9 +116,9 @@ enum Counter {
     C_STATE_FULL,
     C_COUNT
 };
-const char *const counter_names[C_COUNT] = {"encrypted", "decrypted",   "bypassed",      "unknown_spi",
-                                            "bad_icv",   "replay",      "malformed",     "bad_trailer",
-                                            "seq_exhausted", "no_room", "state_full"};
+const char *const counter_names[C_COUNT] = {"encrypted",     "decrypted", "bypassed",  "unknown_spi",
+                                            "bad_icv",       "replay",    "malformed", "bad_trailer",
+                                            "seq_exhausted", "no_room",   "state_full"};
 
 struct Vpn {
     std::vector<Sa *> sas;
@@ -185,8 +185,8 @@ Sa *find_outbound(const Vpn &v, const serpens_pkt &p) noexcept
     const uint8_t *src = p.data + l3 + (family == 4 ? 12 : 8);
     const uint8_t *dst = src + alen;
     for (Sa *sa : v.sas) {
-        if (sa->out && (sa->sel_family == 0 || sa->sel_family == family) && serpens_prefix_match(sa->src, sa->src_len, src) &&
-            serpens_prefix_match(sa->dst, sa->dst_len, dst)) {
+        if (sa->out && (sa->sel_family == 0 || sa->sel_family == family) &&
+            serpens_prefix_match(sa->src, sa->src_len, src) && serpens_prefix_match(sa->dst, sa->dst_len, dst)) {
             return sa;
         }
     }
@@ -221,7 +221,7 @@ void parse_inner(serpens_pkt &p, uint32_t l3) noexcept
     p.l4_offset = static_cast<uint16_t>(l4);
     uint32_t hdr = p.l4_proto == 6 && l4 + 20 <= end ? (p.data[l4 + 12] >> 4) * 4u
                    : (p.l4_proto == 17 || p.l4_proto == 1 || p.l4_proto == 58) && l4 + 8 <= end ? 8u
-                                                                                                 : 0u;
+                                                                                                : 0u;
     if (hdr != 0 && l4 + hdr <= end) {
         p.payload_offset = static_cast<uint16_t>(l4 + hdr);
     }
@@ -410,7 +410,10 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     const char *s = nullptr;
     int rc = h->config_string(cfg, "state", &s);
     if (rc == SERPENS_OK) {
-        want = std::strcmp(s, "auto") == 0 ? 0 : std::strcmp(s, "host") == 0 ? 1 : std::strcmp(s, "local") == 0 ? 2 : -1;
+        want = std::strcmp(s, "auto") == 0    ? 0
+               : std::strcmp(s, "host") == 0  ? 1
+               : std::strcmp(s, "local") == 0 ? 2
+                                              : -1;
     }
     if (rc == SERPENS_EINVAL || want < 0) {
         return bad("state", "`state` must be \"auto\", \"host\" or \"local\"");
@@ -480,8 +483,8 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         return SERPENS_ENOMEM;
     }
     if (want != 2 && h->create_table != nullptr && h->get_state != nullptr && h->put_state != nullptr) {
-        v->sa_table = h->create_table(ctx, "sas", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(SaKey),
-                                      sizeof(SaRef), 256);
+        v->sa_table =
+            h->create_table(ctx, "sas", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(SaKey), sizeof(SaRef), 256);
         v->seq_table = h->create_table(ctx, "seq", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(SaKey),
                                        sizeof(SeqState), 256);
     }
@@ -491,8 +494,9 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
             return SERPENS_ENOTSUP;
         }
         if (want == 0) {
-            h->log(ctx, SERPENS_LOG_WARN, "host state unavailable: sequence numbers and replay windows are "
-                                          "per instance and restart from zero (use fresh keys after a restart)");
+            h->log(ctx, SERPENS_LOG_WARN,
+                   "host state unavailable: sequence numbers and replay windows are "
+                   "per instance and restart from zero (use fresh keys after a restart)");
         }
         v->sa_table = v->seq_table = nullptr;
     } else {
@@ -506,7 +510,8 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         }
     }
     serpens_register_counters(ctx, "vpn", counter_names, C_COUNT, v->c, v->spare);
-    h->log(ctx, SERPENS_LOG_INFO, "%zu SAs, %s state", v->sas.size(), v->seq_table != nullptr ? "host" : "per-instance");
+    h->log(ctx, SERPENS_LOG_INFO, "%zu SAs, %s state", v->sas.size(),
+           v->seq_table != nullptr ? "host" : "per-instance");
     return SERPENS_OK;
 }
 
@@ -524,7 +529,7 @@ void vpn_process(serpens_nf_ctx *ctx, serpens_batch *b)
         }
         if (p.l3_type == SERPENS_L3_IPV4 && p.l4_proto == 50) {
             b->ports[i] = (p.flags & SERPENS_PKT_F_FRAGMENT) ? (++*v.c[C_MALFORMED], uint8_t{SERPENS_PORT_DROP})
-                                                              : decrypt(ctx, v, p);
+                                                             : decrypt(ctx, v, p);
             continue;
         }
         Sa *sa = find_outbound(v, p);

@@ -27,10 +27,7 @@ void check(bool ok)
     }
 }
 
-int fake_init(serpens_nf_ctx *, const serpens_config *)
-{
-    return SERPENS_OK;
-}
+int fake_init(serpens_nf_ctx *, const serpens_config *) { return SERPENS_OK; }
 
 void fake_process(serpens_nf_ctx *, serpens_batch *) {}
 

@@ -10,10 +10,7 @@ using namespace serpens::net;
 
 namespace {
 
-[[noreturn]] void broken()
-{
-    __builtin_trap();
-}
+[[noreturn]] void broken() { __builtin_trap(); }
 
 void check(bool ok)
 {
@@ -22,10 +19,7 @@ void check(bool ok)
     }
 }
 
-bool within(uint16_t off, std::size_t size)
-{
-    return off == SERPENS_OFFSET_NONE || off <= size;
-}
+bool within(uint16_t off, std::size_t size) { return off == SERPENS_OFFSET_NONE || off <= size; }
 
 } // namespace
 

@@ -18,10 +18,7 @@ inline void put16(Bytes &b, std::size_t at, uint16_t v)
     b[at + 1] = static_cast<uint8_t>(v);
 }
 
-inline uint16_t get16(const uint8_t *p)
-{
-    return static_cast<uint16_t>((p[0] << 8) | p[1]);
-}
+inline uint16_t get16(const uint8_t *p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 
 inline Bytes cat(std::initializer_list<Bytes> parts)
 {

@@ -36,10 +36,7 @@ Parsed parse(const Bytes &frame)
     return p;
 }
 
-ParseResult result_of(const Bytes &frame)
-{
-    return parse(frame).result;
-}
+ParseResult result_of(const Bytes &frame) { return parse(frame).result; }
 
 } // namespace
 
@@ -555,9 +552,7 @@ TEST_CASE("a burst parsed, then hashed at once, equals parsing one packet at a t
     // The dispatcher's path (parse_headers + hash_flows) and parse_packet
     // must agree on every packet, or flows would land on other instances.
     const std::vector<Bytes> frames = {v4_tcp(40000, 80, {10, 0, 0, 1}, {10, 0, 0, 2}),
-                                       v4_tcp(80, 40000, {10, 0, 0, 2}, {10, 0, 0, 1}),
-                                       v6_tcp(1, 2),
-                                       v6_tcp(2, 1),
+                                       v4_tcp(80, 40000, {10, 0, 0, 2}, {10, 0, 0, 1}), v6_tcp(1, 2), v6_tcp(2, 1),
                                        Bytes(10, 0xab)};
     std::vector<FlowKey> keys(frames.size());
     std::vector<uint32_t> hashes(frames.size());

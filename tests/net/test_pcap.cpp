@@ -158,8 +158,7 @@ TEST_CASE("bad files give errors naming the file")
           std::string::npos);
     {
         std::stringstream ss("short");
-        CHECK(error_of([&] { PcapReader r(ss, "tiny.pcap"); }).find("tiny.pcap: file too short") !=
-              std::string::npos);
+        CHECK(error_of([&] { PcapReader r(ss, "tiny.pcap"); }).find("tiny.pcap: file too short") != std::string::npos);
     }
     {
         std::stringstream ss(std::string("\x0a\x0d\x0d\x0a", 4) + std::string(20, '\0'));
@@ -184,8 +183,7 @@ TEST_CASE("bad files give errors naming the file")
         std::stringstream ss(f);
         PcapReader r(ss, "tail.pcap");
         REQUIRE(r.next());
-        CHECK(error_of([&] { r.next(); }).find("record 2 at offset 41: truncated record header") !=
-              std::string::npos);
+        CHECK(error_of([&] { r.next(); }).find("record 2 at offset 41: truncated record header") != std::string::npos);
     }
     {
         std::string f = make_file(false, false, {}, 0, 0);

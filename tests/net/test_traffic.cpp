@@ -286,8 +286,7 @@ TEST_CASE("config parsing and validation errors name the problem")
                          std::invalid_argument);
     CHECK_THROWS_WITH_AS(parse_traffic_mix("tcp"), doctest::Contains("not class=weight"), std::invalid_argument);
     CHECK_THROWS_WITH_AS(parse_traffic_mix("tcp=-1"), doctest::Contains("non-negative"), std::invalid_argument);
-    CHECK_THROWS_WITH_AS(parse_traffic_mix("tcp=0"), doctest::Contains("no positive weight"),
-                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(parse_traffic_mix("tcp=0"), doctest::Contains("no positive weight"), std::invalid_argument);
 
     const Ipv4Prefix p = parse_ipv4_prefix("10.0.0.0/8");
     CHECK(p.addr == 0x0a000000u);

@@ -56,10 +56,7 @@ static void faulty_process(struct serpens_nf_ctx *ctx, struct serpens_batch *bat
     }
 }
 
-static void faulty_fini(struct serpens_nf_ctx *ctx)
-{
-    free(ctx->priv);
-}
+static void faulty_fini(struct serpens_nf_ctx *ctx) { free(ctx->priv); }
 
 static const struct serpens_nf_descriptor faulty_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,

@@ -75,10 +75,7 @@ static void steer_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batc
     }
 }
 
-static void steer_fini(struct serpens_nf_ctx *ctx)
-{
-    free(ctx->priv);
-}
+static void steer_fini(struct serpens_nf_ctx *ctx) { free(ctx->priv); }
 
 static const struct serpens_nf_descriptor steer_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,

@@ -44,7 +44,10 @@ void key_of(uint64_t *k, uint64_t i)
 }
 uint64_t check_of(uint64_t i, uint64_t gen) { return mix64(i * 0x9e3779b97f4a7c15ull ^ (gen + 1)); }
 
-TableSpec spec() { return TableSpec{"flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 16, sizeof(Value), n_entries, 0}; }
+TableSpec spec()
+{
+    return TableSpec{"flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 16, sizeof(Value), n_entries, 0};
+}
 
 [[noreturn]] void child(const std::filesystem::path &file, Shared *sh, uint64_t seed)
 {

@@ -481,9 +481,9 @@ TEST_CASE("state-eventual: add_state_bulk from K instances under a table-wide (N
     for (uint64_t r : refused) {
         refused_all += r;
     }
-    CHECK(live == cap);                                // the rest found the table full ...
+    CHECK(live == cap); // the rest found the table full ...
     CHECK(refused_all > 0);
-    CHECK(pkts + refused_all == K * rounds * 64);      // ... and every row is either counted or refused
+    CHECK(pkts + refused_all == K * rounds * 64); // ... and every row is either counted or refused
     // After the merge each replica shows the global value.
     uint64_t mine[2], global[2];
     const void *k0 = nullptr;

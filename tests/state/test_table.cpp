@@ -44,8 +44,7 @@ TEST_CASE("state-flags: exactly the five flag combinations of the paper are acce
     for (uint32_t f = 0; f < 64; ++f) {
         TableSpec s{"t", f, 8, 8, 16, 4};
         bool ok = validate_spec(s).empty();
-        bool expect = f == (PF | RD) || f == (PF | WR) || f == (GL | RD) || f == (GL | WR | REL) ||
-                      f == (GL | WR | EV);
+        bool expect = f == (PF | RD) || f == (PF | WR) || f == (GL | RD) || f == (GL | WR | REL) || f == (GL | WR | EV);
         CHECK_MESSAGE(ok == expect, "flags ", flags_to_string(f), ": ", validate_spec(s));
         valid += ok;
     }

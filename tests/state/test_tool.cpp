@@ -55,8 +55,8 @@ TEST_CASE("state-tool: list, dump and check a host's segments read-only")
         REQUIRE(t);
         uint32_t k = 0x0a0b0c0d, v = 0x11223344;
         REQUIRE(state_api().put_state(t, &k, &v) == SERPENS_OK);
-        serpens_table *c = i0.create("bytes", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL,
-                                     4, 8, 10);
+        serpens_table *c =
+            i0.create("bytes", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL, 4, 8, 10);
         REQUIRE(c);
         uint64_t n = 5;
         REQUIRE(state_api().put_state(c, &k, &n) == SERPENS_OK);

@@ -53,8 +53,7 @@ inline std::string install_plugin(const ScratchDir &dir, const std::string &name
                                   std::filesystem::perms mode = std::filesystem::perms(0755))
 {
     std::string target = dir / ("serpens_nf_" + name + ".so");
-    std::filesystem::copy_file(built_plugin(name), target,
-                               std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::copy_file(built_plugin(name), target, std::filesystem::copy_options::overwrite_existing);
     std::filesystem::permissions(target, mode);
     return target;
 }

@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-#define AT(type, field, off) \
+#define AT(type, field, off)                                                                                           \
     _Static_assert(offsetof(struct type, field) == (off), #type "." #field " moved: the ABI is append-only")
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
@@ -91,7 +91,7 @@ AT(serpens_host_api, counter, 192);
 AT(serpens_host_api, add_state_bulk, SERPENS_HOST_API_V1_0_SIZE); /* 1.1 */
 AT(serpens_host_api, scan_state, 208);                            /* 1.2 */
 AT(serpens_host_api, table_slots, 216);
-AT(serpens_host_api, update_state_bulk, 224); /* 1.3 */
+AT(serpens_host_api, update_state_bulk, 224);    /* 1.3 */
 AT(serpens_host_api, update_state_bulk_v2, 232); /* 1.4 */
 AT(serpens_host_api, add_state_bulk_v2, 240);
 SIZE(serpens_host_api, 248);

@@ -257,8 +257,7 @@ TEST_CASE("rejects a duplicate chain name across files")
     std::string first = dir.write("a.toml", "name = \"same\"\n[[nf]]\nname = \"a\"\nplugin = \"noop\"\n");
     std::string second = dir.write("b.toml", "# another\nname = \"same\"\n[[nf]]\nname = \"a\"\nplugin = \"noop\"\n");
     std::string expected = second + ":2:8: duplicate chain name 'same' (already defined in " + first + ")";
-    CHECK_THROWS_WITH_AS(load_chain_directory(dir.path().string()), doctest::Contains(expected.c_str()),
-                         ConfigError);
+    CHECK_THROWS_WITH_AS(load_chain_directory(dir.path().string()), doctest::Contains(expected.c_str()), ConfigError);
 }
 
 TEST_CASE("rejects wrong types")
@@ -297,8 +296,9 @@ TEST_CASE("rejects unknown keys and TOML syntax errors")
 TEST_CASE("rejects an ambiguous entry and reserved NF names")
 {
     Fixture f;
-    f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"a\"\nplugin = \"noop\"\n[[nf]]\nname = \"b\"\nplugin = \"noop\"\n",
-                      1, "ambiguous entry: NFs a, b have no incoming edge");
+    f.expect_rejected(
+        "name = \"x\"\n[[nf]]\nname = \"a\"\nplugin = \"noop\"\n[[nf]]\nname = \"b\"\nplugin = \"noop\"\n", 1,
+        "ambiguous entry: NFs a, b have no incoming edge");
     f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"out\"\nplugin = \"noop\"\n", 3, "reserved");
 }
 
@@ -362,7 +362,8 @@ TEST_CASE("chain and NF names are limited to a safe character set")
                       "'../up' is not a valid NF name");
     f.expect_rejected("name = \"x\"\n[[nf]]\nname = \"a b\"\nplugin = \"noop\"\n", 3, "is not a valid NF name");
 
-    auto chain = f.compile("name = \"Fw-1.v2_" + std::string(56, 'x') + "\"\n[[nf]]\nname = \"fw.0-A_b\"\nplugin = "
+    auto chain = f.compile("name = \"Fw-1.v2_" + std::string(56, 'x') +
+                           "\"\n[[nf]]\nname = \"fw.0-A_b\"\nplugin = "
                            "\"noop\"\n");
     CHECK(chain->name.size() == 64);
     CHECK(chain->nfs.front().name == "fw.0-A_b");

@@ -104,7 +104,7 @@ Received read_until_close(int fd, int timeout_ms)
 
 mode_t mode_of(const std::string &path)
 {
-    struct stat st{};
+    struct stat st {};
     REQUIRE(lstat(path.c_str(), &st) == 0);
     return st.st_mode & 07777;
 }
@@ -281,7 +281,7 @@ TEST_CASE("the socket is 0600 and its new directory 0700 whatever the umask")
         ControlServer server(std::move(options), echo.handler());
         CHECK(mode_of(server.path()) == 0660);
         CHECK(mode_of(dir / "grp") == 0750);
-        struct stat st{};
+        struct stat st {};
         REQUIRE(stat(server.path().c_str(), &st) == 0);
         CHECK(st.st_gid == group);
     }
@@ -410,8 +410,8 @@ TEST_CASE("SO_PEERCRED: a peer that is not root, the host's user or in its group
     SUBCASE("with the mode loosened, SO_PEERCRED still refuses")
     {
         REQUIRE(chmod(server.path().c_str(), 0666) == 0);
-        CHECK(request_as(server.path(), kNobody, kNobody, {}, "set wake_threshold 7").rfind(
-                  "error: permission denied", 0) == 0);
+        CHECK(request_as(server.path(), kNobody, kNobody, {}, "set wake_threshold 7")
+                  .rfind("error: permission denied", 0) == 0);
         CHECK(request_as(server.path(), kNobody, kNobody, {}, "ping").rfind("error: permission denied", 0) == 0);
         CHECK(echo.calls.load() == 0);
     }

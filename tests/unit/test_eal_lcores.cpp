@@ -10,15 +10,9 @@ using namespace serpens;
 
 namespace {
 
-std::set<unsigned> ids(std::initializer_list<unsigned> list)
-{
-    return std::set<unsigned>(list);
-}
+std::set<unsigned> ids(std::initializer_list<unsigned> list) { return std::set<unsigned>(list); }
 
-LcoreSet read(const std::vector<std::string> &args)
-{
-    return lcores_of_eal_args(args, "host.toml");
-}
+LcoreSet read(const std::vector<std::string> &args) { return lcores_of_eal_args(args, "host.toml"); }
 
 } // namespace
 

@@ -50,9 +50,7 @@ Gateway make_gateway(std::vector<GatewayRuleConfig> rules, std::string default_a
     cfg.file = "host.toml";
     cfg.rules = std::move(rules);
     cfg.gateway_default = std::move(default_action);
-    auto chain_tag = [](const std::string &name) -> int32_t {
-        return name == "a" ? 0 : name == "b" ? 1 : -1;
-    };
+    auto chain_tag = [](const std::string &name) -> int32_t { return name == "a" ? 0 : name == "b" ? 1 : -1; };
     auto port_index = [](const std::string &name) -> int32_t { return name == "p0" ? 0 : name == "p1" ? 1 : -1; };
     return Gateway(cfg, chain_tag, port_index);
 }
@@ -152,11 +150,12 @@ TEST_CASE("port ranges never match an ICMP echo id")
 TEST_CASE("a rule naming an unknown chain, a bad prefix or host bits is refused with its line")
 {
     GatewayRuleConfig ghost = rule("g", "nope", 12);
-    CHECK_THROWS_WITH_AS(make_gateway({ghost}), doctest::Contains("host.toml:12: [[gateway.rule]] 'g': unknown chain 'nope'"),
-                         ConfigError);
+    CHECK_THROWS_WITH_AS(make_gateway({ghost}),
+                         doctest::Contains("host.toml:12: [[gateway.rule]] 'g': unknown chain 'nope'"), ConfigError);
     GatewayRuleConfig bad = rule("b", "a", 7);
     bad.src = "10.0.0.0/33";
-    CHECK_THROWS_WITH_AS(make_gateway({bad}), doctest::Contains("host.toml:7: [[gateway.rule]] 'b': '10.0.0.0/33' has a bad prefix length"),
+    CHECK_THROWS_WITH_AS(make_gateway({bad}),
+                         doctest::Contains("host.toml:7: [[gateway.rule]] 'b': '10.0.0.0/33' has a bad prefix length"),
                          ConfigError);
     // Host bits are refused as the NFs refuse them, with the prefix meant.
     GatewayRuleConfig sloppy = rule("s", "a", 9);

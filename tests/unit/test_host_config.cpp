@@ -29,10 +29,10 @@ TEST_CASE("host ids are limited to a safe character set, with file:line:col")
 {
     for (const char *bad : {"..", ".", ".hidden", "a/b", "../../etc", "with space", "", "tab\\there"}) {
         CAPTURE(bad);
-        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"),
-                             doctest::Contains("h.toml:2:6: '"), ConfigError);
-        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"),
-                             doctest::Contains("is not a valid host id"), ConfigError);
+        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"), doctest::Contains("h.toml:2:6: '"),
+                             ConfigError);
+        CHECK_THROWS_WITH_AS(load_host_config_text(with_id(bad), "h.toml"), doctest::Contains("is not a valid host id"),
+                             ConfigError);
     }
     CHECK_THROWS_WITH_AS(load_host_config_text(with_id(std::string(65, 'h')), "h.toml"),
                          doctest::Contains("expected 1..64 characters"), ConfigError);

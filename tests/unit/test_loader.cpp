@@ -70,10 +70,7 @@ void overwrite_in_place(const std::string &path, const std::string &bytes)
     ::close(fd);
 }
 
-bool exists(const std::string &path)
-{
-    return ::access(path.c_str(), F_OK) == 0;
-}
+bool exists(const std::string &path) { return ::access(path.c_str(), F_OK) == 0; }
 
 } // namespace
 
@@ -95,8 +92,11 @@ TEST_CASE("loader refuses a file that is not an ELF shared object")
     ScratchDir dir;
     install_plugin(dir, "noop");
     std::string text = dir.write("serpens_nf_text.so", "this is not a plugin\n");
-    std::string rel = dir.write("serpens_nf_rel.so", std::string("\x7f" "ELF\x02\x01\x01", 7) + std::string(9, '\0') +
-                                                         std::string("\x01\x00", 2) + std::string(64, '\0'));
+    std::string rel =
+        dir.write("serpens_nf_rel.so", std::string("\x7f"
+                                                   "ELF\x02\x01\x01",
+                                                   7) +
+                                           std::string(9, '\0') + std::string("\x01\x00", 2) + std::string(64, '\0'));
     PluginRegistry registry;
     registry.load_directory(dir.path().string());
     CHECK(registry.find("noop") != nullptr);
@@ -270,8 +270,7 @@ TEST_CASE("loader refuses plugins in a directory writable by group or others")
         const PluginRefusal *refusal = refusal_for(registry, inner);
         REQUIRE(refusal != nullptr);
         CHECK(refusal->reason == RefusalReason::insecure_directory);
-        CHECK_MESSAGE(refusal->message.find("chmod go-w " + folder.string()) != std::string::npos,
-                      refusal->message);
+        CHECK_MESSAGE(refusal->message.find("chmod go-w " + folder.string()) != std::string::npos, refusal->message);
     }
     SUBCASE("load_file checks the file's directory too")
     {

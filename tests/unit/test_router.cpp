@@ -16,10 +16,7 @@ using namespace serpens;
 namespace {
 
 // Fake rings: the table only stores and compares the pointers.
-rte_ring *fake_ring(uintptr_t n)
-{
-    return reinterpret_cast<rte_ring *>(n * 64);
-}
+rte_ring *fake_ring(uintptr_t n) { return reinterpret_cast<rte_ring *>(n * 64); }
 
 } // namespace
 
@@ -36,7 +33,7 @@ TEST_CASE("each chain's buckets are spread evenly over its own instances, one ow
     };
     auto table = io::RouteTable::spread(instances, 0);
 
-    CHECK(table->route(0, 5) == nullptr);  // a chain without instances
+    CHECK(table->route(0, 5) == nullptr); // a chain without instances
     CHECK(table->route(2, 5) == nullptr);
     CHECK(table->route(99, 5) == nullptr); // an unknown tag
 

@@ -258,8 +258,7 @@ plugin = "bad_init"
     REQUIRE(fini_calls != nullptr);
     int before = *fini_calls;
     CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
-                         doctest::Contains("NF 'b' (plugin bad_init) refused to start: init returned -22"),
-                         Error);
+                         doctest::Contains("NF 'b' (plugin bad_init) refused to start: init returned -22"), Error);
     CHECK(*fini_calls == before + 1);
 }
 
@@ -324,8 +323,9 @@ ofset = 3
     auto *fini_calls = static_cast<int *>(h.registry.find("trace")->symbol("trace_fini_calls"));
     REQUIRE(fini_calls != nullptr);
     int before = *fini_calls;
-    std::string expected = (h.chains / "c.toml") +
-                           ":11:1: unknown key 'ofset' in the config of NF 'b' (plugin steer); it reads: by, offset, tag";
+    std::string expected =
+        (h.chains / "c.toml") +
+        ":11:1: unknown key 'ofset' in the config of NF 'b' (plugin steer); it reads: by, offset, tag";
     CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api), expected.c_str(), ConfigError);
     CHECK(*fini_calls == before + 1); // 'a' had started: it is finalized
 
@@ -372,7 +372,8 @@ j = 5
     CHECK(unread[0] == file + ":6:22: unknown key 'a.b[0].d' in the config of NF 'a' (plugin noop); it reads: c");
     CHECK(unread[1] == file + ":6:44: unknown key 'a.e' in the config of NF 'a' (plugin noop); it reads: b");
     CHECK(unread[2] == file + ":8:1: unknown key 'g' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
-    CHECK(unread[3] == file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+    CHECK(unread[3] ==
+          file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
 }
 
 TEST_CASE("[nf_defaults.<plugin>] of host.toml fills the keys a chain file leaves out, and is checked like it")
@@ -408,14 +409,17 @@ TEST_CASE("[nf_defaults.<plugin>] of host.toml fills the keys a chain file leave
     // steer never reads `file` (the calls above did, not the NF): the default
     // is refused where it stands in host.toml.
     chain = compile("name = \"d\"\n[[nf]]\nname = \"s\"\nplugin = \"steer\"\n[nf.config]\noffset = 3\n");
-    CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
-                         doctest::Contains((host_toml + ":9:1: unknown key 'file' in [nf_defaults.steer], read by NF 's' "
-                                                        "(plugin steer)").c_str()),
-                         ConfigError);
+    CHECK_THROWS_WITH_AS(
+        ChainInstance(chain, 0, &h.api),
+        doctest::Contains((host_toml + ":9:1: unknown key 'file' in [nf_defaults.steer], read by NF 's' "
+                                       "(plugin steer)")
+                              .c_str()),
+        ConfigError);
     // Another plugin's defaults do not concern this NF; a plugin's unread ones do.
     chain = compile("name = \"d\"\n[[nf]]\nname = \"n\"\nplugin = \"noop\"\n");
     CHECK_THROWS_WITH_AS(ChainInstance(chain, 0, &h.api),
                          doctest::Contains(":11:1: unknown key 'colour' in [nf_defaults.noop]"), ConfigError);
-    CHECK_THROWS_WITH_AS(load_host_config_text("[[port]]\nname = \"p\"\ndevice = \"d\"\n[nf_defaults]\nnat = 5\n", "h.toml"),
-                         doctest::Contains("h.toml:5:7: [nf_defaults]: 'nat' must be a table"), ConfigError);
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text("[[port]]\nname = \"p\"\ndevice = \"d\"\n[nf_defaults]\nnat = 5\n", "h.toml"),
+        doctest::Contains("h.toml:5:7: [nf_defaults]: 'nat' must be a table"), ConfigError);
 }

@@ -21,17 +21,17 @@ namespace serpens::bench {
 
 // Flags every subcommand sees (given before or after the subcommand name).
 struct Options {
-    std::string out_dir;       // CSV, PNG and notes go here
-    std::string plugin_dir;    // where serpens_nf_<name>.so are (flat or <name>/ folders)
-    std::string plot_script;   // tools/bench/plot.py
-    std::string python;        // interpreter that runs it (resolved: has matplotlib)
-    int repeat = 5;            // measured repeats (after a warm-up)
-    double min_time_ms = 200;  // each repeat runs at least this long
-    bool quick = false;        // smaller sizes, fewer repeats (smoke runs)
-    bool plot = false;         // resolved: requested and a plotter exists
-    bool reference = true;     // measure and draw the testpmd io reference line
-    int cpu = -1;              // the measuring thread's CPU, -1 when not pinned
-    cpu_set_t worker_cpus{};   // affinity of worker threads the benchmarks create
+    std::string out_dir;      // CSV, PNG and notes go here
+    std::string plugin_dir;   // where serpens_nf_<name>.so are (flat or <name>/ folders)
+    std::string plot_script;  // tools/bench/plot.py
+    std::string python;       // interpreter that runs it (resolved: has matplotlib)
+    int repeat = 5;           // measured repeats (after a warm-up)
+    double min_time_ms = 200; // each repeat runs at least this long
+    bool quick = false;       // smaller sizes, fewer repeats (smoke runs)
+    bool plot = false;        // resolved: requested and a plotter exists
+    bool reference = true;    // measure and draw the testpmd io reference line
+    int cpu = -1;             // the measuring thread's CPU, -1 when not pinned
+    cpu_set_t worker_cpus{};  // affinity of worker threads the benchmarks create
     std::string worker_cpus_text;
 };
 
@@ -60,18 +60,23 @@ struct Registrar {
 
 // Registers class `cls` as subcommand `name` (static initialisation; every
 // bench file is linked into the executable directly, so none is dropped).
-#define SERPENS_BENCH_SUBCOMMAND(cls, name, summary, order)                                             \
-    static const ::serpens::bench::Registrar serpens_bench_registrar_##cls{::serpens::bench::SubcommandInfo{ \
-        name, summary, order, []() -> std::unique_ptr<::serpens::bench::Subcommand> {                    \
-            return std::make_unique<cls>();                                                              \
-        }}}
+#define SERPENS_BENCH_SUBCOMMAND(cls, name, summary, order)                                                            \
+    static const ::serpens::bench::Registrar serpens_bench_registrar_##cls                                             \
+    {                                                                                                                  \
+        ::serpens::bench::SubcommandInfo                                                                               \
+        {                                                                                                              \
+            name, summary, order,                                                                                      \
+                []() -> std::unique_ptr<::serpens::bench::Subcommand> { return std::make_unique<cls>(); }              \
+        }                                                                                                              \
+    }
 
 // ---- timing ------------------------------------------------------------
 
 uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
 
 // Keeps `value` alive so the compiler cannot drop the work producing it.
-template <class T> inline void keep(const T &value) noexcept
+template<class T>
+inline void keep(const T &value) noexcept
 {
     asm volatile("" : : "r,m"(value) : "memory");
 }
@@ -88,7 +93,8 @@ Summary summarize(std::vector<double> samples);
 // Calls run(iters) — which must do `iters` operations — first to warm up and
 // calibrate iters so a repeat lasts >= opts.min_time_ms, then opts.repeat
 // times.  Returns ns per operation for each measured repeat.
-template <class Run> std::vector<double> measure(const Options &opts, Run &&run)
+template<class Run>
+std::vector<double> measure(const Options &opts, Run &&run)
 {
     const double target_ns = opts.min_time_ms * 1e6;
     uint64_t iters = 1;
@@ -121,7 +127,8 @@ struct Latency {
     double p99_us = 0;
     uint64_t batches = 0;
 };
-template <class Serve> Latency paced_latency(double interval_ns, uint64_t batches, Serve &&serve)
+template<class Serve>
+Latency paced_latency(double interval_ns, uint64_t batches, Serve &&serve)
 {
     std::vector<double> lat;
     lat.reserve(batches);
@@ -155,7 +162,7 @@ template <class Serve> Latency paced_latency(double interval_ns, uint64_t batche
 // ---- output --------------------------------------------------------------
 
 struct Table {
-    std::string name;  // file stem: <out>/<name>.csv, .png, .notes.md
+    std::string name; // file stem: <out>/<name>.csv, .png, .notes.md
     std::string title;
     std::vector<std::string> columns;
     std::vector<std::vector<std::string>> rows;
@@ -163,10 +170,7 @@ struct Table {
 
 std::string fmt_num(double v); // 3 significant digits, no exponent for normal ranges
 // Median and spread of samples as table cells.
-inline std::vector<std::string> cells(const Summary &s)
-{
-    return {fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)};
-}
+inline std::vector<std::string> cells(const Summary &s) { return {fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)}; }
 
 void print_table(const Table &table);
 // Writes <out>/<name>.csv; returns the path.  Throws on I/O errors.

@@ -23,8 +23,7 @@ public:
     void add_options(CLI::App &app) override
     {
         app.add_option("--hops", _hops, "NFs in the chain (noop plugin each)")->capture_default_str();
-        _batch_opt = app.add_option("--batch", _batches,
-                                    "batch sizes to measure (default 8 32 128 256; --quick: 32)")
+        _batch_opt = app.add_option("--batch", _batches, "batch sizes to measure (default 8 32 128 256; --quick: 32)")
                          ->expected(1, -1);
         app.add_option("--workers", _workers, "kernel threads in the pool")->capture_default_str();
         app.add_option("--target-ns", _target_ns, "target: runtime ns per packet per hop (informational)")
@@ -32,8 +31,7 @@ public:
         app.add_option("--target-ratio", _target_ratio,
                        "target: pool hand-off / runtime cost per batch (informational)")
             ->capture_default_str();
-        app.add_option("--target-batch", _target_batch, "batch size the targets are judged at")
-            ->capture_default_str();
+        app.add_option("--target-batch", _target_batch, "batch size the targets are judged at")->capture_default_str();
     }
 
     int run(const Options &opts) override
@@ -49,8 +47,8 @@ public:
         Table table{"chain",
                     fmt::format("Chain runtime vs kThread-pool hand-off ({} noop hops, ns; median [min..max] of {})",
                                 _hops, opts.repeat),
-                    {"model", "batch", "hops", "ns_per_batch", "ns_per_batch_min", "ns_per_batch_max",
-                     "ns_per_pkt_hop", "ns_per_pkt_hop_min", "ns_per_pkt_hop_max", "x_vs_call"},
+                    {"model", "batch", "hops", "ns_per_batch", "ns_per_batch_min", "ns_per_batch_max", "ns_per_pkt_hop",
+                     "ns_per_pkt_hop_min", "ns_per_pkt_hop_max", "x_vs_call"},
                     {}};
         std::string verdicts;
         for (uint32_t n : batches) {
@@ -74,11 +72,16 @@ public:
         write_csv(opts, table);
         write_notes(opts, table.name,
                     "Targets (issue acceptance): <= " + fmt_num(_target_ns) + " ns per packet per hop, >= " +
-                        fmt_num(_target_ratio) + "x cheaper per batch than the thread-pool hand-off.\n\n" +
-                        verdicts);
+                        fmt_num(_target_ratio) + "x cheaper per batch than the thread-pool hand-off.\n\n" + verdicts);
         plot(opts, table,
-             PlotSpec{"line", "batch", "model", {"ns_per_batch"}, "ns_per_batch_min", "ns_per_batch_max",
-                      "ns per batch (log)", true});
+             PlotSpec{"line",
+                      "batch",
+                      "model",
+                      {"ns_per_batch"},
+                      "ns_per_batch_min",
+                      "ns_per_batch_max",
+                      "ns per batch (log)",
+                      true});
         return 0;
     }
 
@@ -92,8 +95,8 @@ private:
     static void run_batch(void *p, unsigned worker)
     {
         auto *arg = static_cast<PoolArg *>(p);
-        arg->out = (*arg->instances)[worker]->run(arg->batch->pkts.data(), arg->batch->size(),
-                                                   arg->batch->labels.data(), 0);
+        arg->out =
+            (*arg->instances)[worker]->run(arg->batch->pkts.data(), arg->batch->size(), arg->batch->labels.data(), 0);
     }
 
     static std::vector<double> measure_call(const Options &opts, const NoopChain &chain, uint32_t n)

@@ -93,13 +93,15 @@ public:
         print_table(t);
         write_csv(opts, t);
         write_notes(opts, t.name,
-                    std::string(fmt::format("Each NF is the real fw plugin ({} rules, none matching, default allow), 10k flows "
-                                "of 64 B.  Thread-based models keep {} batches in flight; every thread (NFs, "
-                                "chainer, router, gateway, driver) is pinned to CPU {}.  The driver thread loads and "
-                                "parses each batch in every model (Serpens included).  Paper Fig. 15: Serpens' "
-                                "throughput stays flat with chain length while thread-based chaining falls with "
-                                "each hop; `x_vs_direct` is the speed-up over direct chaining.\n",
-                                _rules, _inflight, cpu)) + "\n" + reference_note(opts));
+                    std::string(fmt::format(
+                        "Each NF is the real fw plugin ({} rules, none matching, default allow), 10k flows "
+                        "of 64 B.  Thread-based models keep {} batches in flight; every thread (NFs, "
+                        "chainer, router, gateway, driver) is pinned to CPU {}.  The driver thread loads and "
+                        "parses each batch in every model (Serpens included).  Paper Fig. 15: Serpens' "
+                        "throughput stays flat with chain length while thread-based chaining falls with "
+                        "each hop; `x_vs_direct` is the speed-up over direct chaining.\n",
+                        _rules, _inflight, cpu)) +
+                        "\n" + reference_note(opts));
         plot_with_reference(opts, t, PlotSpec{"line", "nfs", "model", {"mpps"}, "", "", "Mpps (log)", true});
         return 0;
     }

@@ -181,22 +181,14 @@ void plot(const Options &opts, const Table &table, const PlotSpec &spec, const s
         return;
     }
     const auto dir = std::filesystem::path(opts.out_dir);
-    std::vector<std::string> argv = {opts.python,
-                                     opts.plot_script,
-                                     "--csv",
-                                     (dir / (table.name + ".csv")).string(),
-                                     "--out",
-                                     (dir / (table.name + ".png")).string(),
-                                     "--kind",
-                                     spec.kind,
-                                     "--x",
-                                     spec.x,
-                                     "--y",
-                                     join(spec.y, ","),
-                                     "--title",
-                                     table.title,
-                                     "--ylabel",
-                                     spec.ylabel};
+    std::vector<std::string> argv = {opts.python, opts.plot_script,
+                                     "--csv",     (dir / (table.name + ".csv")).string(),
+                                     "--out",     (dir / (table.name + ".png")).string(),
+                                     "--kind",    spec.kind,
+                                     "--x",       spec.x,
+                                     "--y",       join(spec.y, ","),
+                                     "--title",   table.title,
+                                     "--ylabel",  spec.ylabel};
     for (const auto &[flag, value] : {std::pair{"--group", spec.group}, {"--lo", spec.lo}, {"--hi", spec.hi}}) {
         if (!value.empty()) {
             argv.push_back(flag);

@@ -82,8 +82,8 @@ public:
                     t.rows.push_back({w, platform, "skipped: " + redis.why(), "-", "-", "-"});
                     continue;
                 }
-                rows.emplace_back(platform, run_platform(opts, platform, dir, nfs, params, redis, traffic, cpu,
-                                                         serial));
+                rows.emplace_back(platform,
+                                  run_platform(opts, platform, dir, nfs, params, redis, traffic, cpu, serial));
             }
             rows.emplace_back("Serpens", serpens);
             for (const auto &[name, s] : rows) {
@@ -103,21 +103,23 @@ public:
         print_table(t);
         std::cout << ratios;
         write_csv(opts, t);
-        write_notes(opts, t.name,
-                    std::string(ratios + fmt::format(
-                                 "\nAll threads pinned to CPU {}; 10k flows of 64 B TCP/UDP; fw {} rules.  "
-                                 "Fission/OpenFaaS: every NF hop of every batch dlopens the plugin, compiles the "
-                                 "chain, runs NF init (fw: parses its rules; ids: compiles its Hyperscan "
-                                 "database), processes, runs fini and dlcloses — a cold function per batch, "
-                                 "what \"load binary per batch\" means.  Chaining through a chainer + router "
-                                 "(Fission) or a re-classifying gateway (OpenFaaS) thread; SAND: one thread per "
-                                 "NF with direct rings, each hop forks a child that processes the batch.  "
-                                 "Remote state: every get/put/delete the NF makes is also sent to a "
-                                 "redis-server on loopback, pipelined and awaited once per batch per NF (the NF "
-                                 "reads values from a local mirror so it behaves exactly as with local state).  "
-                                 "ids keeps its streams per instance (no host state calls), so it pays no redis "
-                                 "traffic.  `serpens_x` = Serpens throughput / this platform's.\n",
-                                 cpu, _rules)) + "\n" + reference_note(opts));
+        write_notes(
+            opts, t.name,
+            std::string(ratios +
+                        fmt::format("\nAll threads pinned to CPU {}; 10k flows of 64 B TCP/UDP; fw {} rules.  "
+                                    "Fission/OpenFaaS: every NF hop of every batch dlopens the plugin, compiles the "
+                                    "chain, runs NF init (fw: parses its rules; ids: compiles its Hyperscan "
+                                    "database), processes, runs fini and dlcloses — a cold function per batch, "
+                                    "what \"load binary per batch\" means.  Chaining through a chainer + router "
+                                    "(Fission) or a re-classifying gateway (OpenFaaS) thread; SAND: one thread per "
+                                    "NF with direct rings, each hop forks a child that processes the batch.  "
+                                    "Remote state: every get/put/delete the NF makes is also sent to a "
+                                    "redis-server on loopback, pipelined and awaited once per batch per NF (the NF "
+                                    "reads values from a local mirror so it behaves exactly as with local state).  "
+                                    "ids keeps its streams per instance (no host state calls), so it pays no redis "
+                                    "traffic.  `serpens_x` = Serpens throughput / this platform's.\n",
+                                    cpu, _rules)) +
+                "\n" + reference_note(opts));
         plot_with_reference(opts, t, PlotSpec{"bar", "workload", "platform", {"mpps"}, "", "", "Mpps (log)", true});
         return 0;
     }
@@ -140,8 +142,7 @@ private:
             if (!cold) {
                 clients.back()->bind();
                 insts.push_back(chains.back()->instance(0, clients.back()->api()));
-                void *mem = mmap(nullptr, sizeof(ForkArea), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
-                                 0);
+                void *mem = mmap(nullptr, sizeof(ForkArea), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
                 if (mem == MAP_FAILED) {
                     throw std::runtime_error("mmap failed");
                 }
@@ -167,8 +168,8 @@ private:
                 ForkJob fj{insts[stage].get(), clients[stage].get(), &b, areas[stage]};
                 const Job job{[](void *p, unsigned) {
                                   auto *f = static_cast<ForkJob *>(p);
-                                  f->area->out = f->inst->run(f->b->pkts.data(), f->b->n, f->b->labels.data(),
-                                                              now_ns());
+                                  f->area->out =
+                                      f->inst->run(f->b->pkts.data(), f->b->n, f->b->labels.data(), now_ns());
                                   f->client->flush();
                                   std::memcpy(f->area->labels, f->b->labels.data(), f->b->n * sizeof(uint16_t));
                               },
@@ -178,7 +179,7 @@ private:
                 b.compact();
             };
         }
-        const Chaining c = platform == "Fission" ? Chaining::executor
+        const Chaining c = platform == "Fission"    ? Chaining::executor
                            : platform == "OpenFaaS" ? Chaining::gateway
                                                     : Chaining::direct;
         Summary s;

@@ -85,8 +85,8 @@ public:
                                    fmt_num(b * 1e3 / s.max), fmt_num(b * 1e3 / s.min), fmt_num(s.median / 1e3)});
                 const double interval = s.median / _load;
                 const double budget_ns = (opts.quick ? 0.15 : 1.0) * 1e9;
-                const uint64_t n = std::clamp<uint64_t>(static_cast<uint64_t>(budget_ns / interval), 30,
-                                                        opts.quick ? 300 : 5000);
+                const uint64_t n =
+                    std::clamp<uint64_t>(static_cast<uint64_t>(budget_ns / interval), 30, opts.quick ? 300 : 5000);
                 const Latency l = paced_latency(interval, n, [&](uint64_t) {
                     batch.load(traffic, cursor, b);
                     launcher.run(job);

@@ -30,8 +30,11 @@ std::string write_fw_rules(const fs::path &dir, uint32_t n)
         const uint32_t srcmask = sl == 0 ? 0 : ~0u << (32 - sl);
         const uint32_t b = 0xac100000u | ((i * 40503u) & 0x000fffffu);
         const uint32_t dstmask = dl == 0 ? 0 : ~0u << (32 - dl);
-        auto ip = [](uint32_t v) { return fmt::format("{}.{}.{}.{}", v >> 24, (v >> 16) & 255, (v >> 8) & 255, v & 255); };
-        out << fmt::format("{} proto={} src={}/{}", i % 3 ? "deny " : "allow", i % 2 ? "tcp" : "udp", ip(a & srcmask), sl);
+        auto ip = [](uint32_t v) {
+            return fmt::format("{}.{}.{}.{}", v >> 24, (v >> 16) & 255, (v >> 8) & 255, v & 255);
+        };
+        out << fmt::format("{} proto={} src={}/{}", i % 3 ? "deny " : "allow", i % 2 ? "tcp" : "udp", ip(a & srcmask),
+                           sl);
         if (dl > 0) {
             out << fmt::format(" dst={}/{}", ip(b & dstmask), dl);
         }
@@ -66,8 +69,7 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
                            write_fw_rules(dir, p.fw_rules), cap, p.fw_state);
     }
     if (plugin == "nat") {
-        return fmt::format("inside = [\"198.18.0.0/16\"]\nexternal = \"{}\"\nmax_mappings = {}\n", p.nat_external,
-                           cap);
+        return fmt::format("inside = [\"198.18.0.0/16\"]\nexternal = \"{}\"\nmax_mappings = {}\n", p.nat_external, cap);
     }
     if (plugin == "mon") {
         return fmt::format("max_flows = {}\nmax_hosts = {}\n", cap,
@@ -116,10 +118,7 @@ std::vector<std::string> split_chain(const std::string &name)
     }
 }
 
-std::string lab_plugin(const std::string &nf)
-{
-    return nf == "lookup" || nf == "count" ? "noop" : nf;
-}
+std::string lab_plugin(const std::string &nf) { return nf == "lookup" || nf == "count" ? "noop" : nf; }
 
 std::string lab_chain_toml(const fs::path &dir, const std::vector<std::string> &nfs, const NfParams &params,
                            const std::string &chain_name)

@@ -13,11 +13,11 @@ namespace serpens::bench {
 
 // What every NF of a lab chain is configured with.
 struct NfParams {
-    uint32_t fw_rules = 100;     // rules in the generated fw rules file (none match the traffic)
-    uint64_t flows = 10000;      // sizes per-flow tables (x2, at least 65536)
+    uint32_t fw_rules = 100; // rules in the generated fw rules file (none match the traffic)
+    uint64_t flows = 10000;  // sizes per-flow tables (x2, at least 65536)
     std::string fw_state = "auto";
     std::string nat_external = "203.0.113.0/24"; // nat's pool (init cost grows with it)
-    uint64_t mon_hosts = 0;                       // 0: sized like the per-flow tables
+    uint64_t mon_hosts = 0;                      // 0: sized like the per-flow tables
 };
 
 // A chain's NF names from its dash-separated form ("fw-mon-nat").

@@ -22,11 +22,8 @@ struct PaperRow {
     double us;
 };
 constexpr PaperRow paper_rows[] = {
-    {"fork per batch", 249.72},
-    {"kThread create", 23.66},
-    {"kThread pool", 5.57},
-    {"uThread pool", 0.46},
-    {"function call", 0.11},
+    {"fork per batch", 249.72}, {"kThread create", 23.66}, {"kThread pool", 5.57},
+    {"uThread pool", 0.46},     {"function call", 0.11},
 };
 
 class LaunchBench : public Subcommand {
@@ -47,8 +44,8 @@ public:
         }
         NoopChain chain(opts.plugin_dir, _hops);
         chain.verify(_batch);
-        std::cout << fmt::format("launch: job = {} x noop on {} packets; kThread workers on CPUs {}\n", _hops,
-                                 _batch, opts.worker_cpus_text);
+        std::cout << fmt::format("launch: job = {} x noop on {} packets; kThread workers on CPUs {}\n", _hops, _batch,
+                                 opts.worker_cpus_text);
 
         // One instance per possible worker index: instances are single-threaded.
         const unsigned n_instances = std::max({1u, _workers, _uthreads});
@@ -105,8 +102,8 @@ public:
                                 "measuring thread.  Paper numbers from Table II / §II-C, their hardware.\n",
                                 _hops, _batch, opts.worker_cpus_text, _uthreads));
         plot(opts, table,
-             PlotSpec{"bar", "model", "", {"us_per_launch", "paper_us"}, "us_min", "us_max", "us per launch (log)",
-                      true});
+             PlotSpec{
+                 "bar", "model", "", {"us_per_launch", "paper_us"}, "us_min", "us_max", "us per launch (log)", true});
         return 0;
     }
 
@@ -120,8 +117,8 @@ private:
     static void run_batch(void *p, unsigned worker)
     {
         auto *arg = static_cast<Arg *>(p);
-        arg->out = (*arg->instances)[worker]->run(arg->batch->pkts.data(), arg->batch->size(),
-                                                   arg->batch->labels.data(), 0);
+        arg->out =
+            (*arg->instances)[worker]->run(arg->batch->pkts.data(), arg->batch->size(), arg->batch->labels.data(), 0);
     }
 
     // A std::function call per launch costs ~1 ns: noise next to these models.

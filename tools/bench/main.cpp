@@ -97,13 +97,13 @@ int main(int argc, char **argv)
                    "directory of NF plugins: serpens_nf_<name>.so flat or in <name>/ folders (default: this "
                    "build's plugins/)")
         ->capture_default_str();
-    auto *repeat_opt = app.add_option("--repeat", opts.repeat, "measured repeats per point, after one warm-up "
-                                                               "(default 5; --quick: 3)");
+    auto *repeat_opt = app.add_option("--repeat", opts.repeat,
+                                      "measured repeats per point, after one warm-up "
+                                      "(default 5; --quick: 3)");
     auto *time_opt = app.add_option("--min-time", opts.min_time_ms,
                                     "milliseconds each repeat runs at least (default 200; --quick: 20)");
     app.add_flag("--quick", opts.quick, "smaller sizes and fewer/shorter repeats: a smoke run");
-    auto *plot_opt = app.add_flag("--plot", want_plot,
-                                  "draw PNGs (default: on when python3-matplotlib is installed)");
+    auto *plot_opt = app.add_flag("--plot", want_plot, "draw PNGs (default: on when python3-matplotlib is installed)");
     app.add_flag("--no-plot", no_plot, "do not draw PNGs")->excludes(plot_opt);
     bool no_reference = false;
     app.add_flag("--no-reference", no_reference,
@@ -113,8 +113,9 @@ int main(int argc, char **argv)
     app.add_option("--python", opts.python,
                    "python interpreter for plots (default: python3 on PATH, else /usr/bin/python3, whichever "
                    "has matplotlib)");
-    app.add_option("--cpu", cpu, "pin the measuring thread to this CPU; -1: do not pin (default: the CPU it "
-                                 "starts on)");
+    app.add_option("--cpu", cpu,
+                   "pin the measuring thread to this CPU; -1: do not pin (default: the CPU it "
+                   "starts on)");
     app.add_option("--worker-cpus", worker_cpus,
                    "CPUs for worker threads the models create: any (all allowed), same (the measuring CPU), "
                    "or a list like 1 or 0,2-3")
@@ -154,8 +155,7 @@ int main(int argc, char **argv)
     sched_getaffinity(0, sizeof allowed, &allowed);
     opts.cpu = cpu == -2 ? sched_getcpu() : cpu;
     if (opts.cpu >= 0 && !pin_self(opts.cpu)) {
-        std::cout << fmt::format("could not pin to CPU {} ({}); measuring unpinned\n", opts.cpu,
-                                 std::strerror(errno));
+        std::cout << fmt::format("could not pin to CPU {} ({}); measuring unpinned\n", opts.cpu, std::strerror(errno));
         opts.cpu = -1;
     }
     try {

@@ -67,8 +67,8 @@ public:
                 const uint64_t packets = std::max<uint64_t>(flows, std::min<uint64_t>(4ull * flows, cap_pkts));
                 const uint64_t t0 = now_ns();
                 Traffic traffic = make_traffic(flows, opts.quick ? std::max<uint64_t>(flows, 20000) : packets, size);
-                std::cout << fmt::format("nf: {} packets of {} B over {} flows generated in {:.2f} s\n",
-                                         traffic.size(), size, flows, (now_ns() - t0) / 1e9);
+                std::cout << fmt::format("nf: {} packets of {} B over {} flows generated in {:.2f} s\n", traffic.size(),
+                                         size, flows, (now_ns() - t0) / 1e9);
                 std::cout.flush();
                 // The fixture's own cost: copy + parse.
                 LabBatch b(_batch);
@@ -115,11 +115,13 @@ public:
             Traffic traffic = make_traffic(10000, opts.quick ? 20000 : 200000, 64);
             LabBatch b(_batch);
             std::size_t cursor = 0;
-            const double parse_pkt = summarize(measure(opts, [&](uint64_t iters) {
-                                         for (uint64_t i = 0; i < iters; ++i) {
-                                             b.load(traffic, cursor, _batch);
-                                         }
-                                     })).median /
+            const double parse_pkt = summarize(measure(opts,
+                                                       [&](uint64_t iters) {
+                                                           for (uint64_t i = 0; i < iters; ++i) {
+                                                               b.load(traffic, cursor, _batch);
+                                                           }
+                                                       }))
+                                         .median /
                                      _batch;
             // Every firewall is built and warmed first, then all are timed in
             // interleaved rounds (each round in another order): drift in the
@@ -194,10 +196,10 @@ public:
         for (const auto &row : r.rows) {
             worst = std::max(worst, std::abs(std::stod(row[4]) - 1));
         }
-        const std::string verdict = fmt::format(
-            "fw established-flow cost: 1000 and 10000 rules vs 1 rule within {:.0f}% (median of per-round "
-            "ratios; target 10%): {}",
-            worst * 100, worst <= 0.10 ? "MEETS" : "MISSES");
+        const std::string verdict =
+            fmt::format("fw established-flow cost: 1000 and 10000 rules vs 1 rule within {:.0f}% (median of per-round "
+                        "ratios; target 10%): {}",
+                        worst * 100, worst <= 0.10 ? "MEETS" : "MISSES");
         std::cout << verdict << '\n';
         plot(opts, r, PlotSpec{"bar", "rules", "", {"ns_pkt"}, "ns_pkt_min", "ns_pkt_max", "ns per packet", false});
         write_notes(opts, "nf",

@@ -75,7 +75,8 @@ const char *chaining_name(Chaining c) noexcept
     return "?";
 }
 
-Pipeline::Pipeline(Chaining c, unsigned stages, Hop hop, int cpu) : _c(c), _stages(stages), _hop(std::move(hop)), _cpu(cpu)
+Pipeline::Pipeline(Chaining c, unsigned stages, Hop hop, int cpu)
+    : _c(c), _stages(stages), _hop(std::move(hop)), _cpu(cpu)
 {
     for (unsigned i = 0; i < stages; ++i) {
         _in.push_back(std::make_unique<Ring>());

@@ -19,7 +19,7 @@ class Ring {
 public:
     explicit Ring(uint32_t cap = 256);
     bool push(LabBatch *b) noexcept;
-    LabBatch *pop() noexcept;            // nullptr when empty
+    LabBatch *pop() noexcept; // nullptr when empty
     LabBatch *pop_wait(const std::atomic<bool> &stop) noexcept;
     void push_wait(LabBatch *b) noexcept;
 

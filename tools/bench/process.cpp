@@ -22,10 +22,7 @@ namespace serpens::bench {
 
 namespace fs = std::filesystem;
 
-double now_s()
-{
-    return static_cast<double>(now_ns()) / 1e9;
-}
+double now_s() { return static_cast<double>(now_ns()) / 1e9; }
 
 void sleep_s(double s)
 {
@@ -86,9 +83,7 @@ int64_t cpu_ns(pid_t pid)
     return any ? total : -1;
 }
 
-
-Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pipe_stdin, ChildCpus cpus)
-    : _log(log)
+Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pipe_stdin, ChildCpus cpus) : _log(log)
 {
     int in_pipe[2] = {-1, -1};
     if (pipe_stdin && pipe2(in_pipe, O_CLOEXEC) != 0) {
@@ -173,10 +168,7 @@ void Child::close_stdin()
     }
 }
 
-int Child::wait_exit(double timeout_s)
-{
-    return reap(timeout_s, 0);
-}
+int Child::wait_exit(double timeout_s) { return reap(timeout_s, 0); }
 
 int Child::stop(double grace_s)
 {

@@ -57,7 +57,8 @@ public:
     void close_stdin();
 
     // Polls the log until `ready(log)` holds; false on timeout or exit.
-    template <class Pred> bool wait_log(Pred &&ready, double timeout_s)
+    template<class Pred>
+    bool wait_log(Pred &&ready, double timeout_s)
     {
         const double deadline = now_s() + timeout_s;
         for (;;) {

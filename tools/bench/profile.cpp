@@ -59,11 +59,13 @@ public:
             for (std::size_t i = 0; i < traffic.size(); i += _batch) {
                 one();
             }
-            return summarize(measure(opts, [&](uint64_t iters) {
-                       for (uint64_t i = 0; i < iters; ++i) {
-                           one();
-                       }
-                   })).median;
+            return summarize(measure(opts,
+                                     [&](uint64_t iters) {
+                                         for (uint64_t i = 0; i < iters; ++i) {
+                                             one();
+                                         }
+                                     }))
+                .median;
         };
         LabBatch probe(_batch);
         std::size_t c0 = 0;
@@ -107,7 +109,8 @@ public:
             if (cpu >= 0) {
                 pin_self(cpu);
             }
-            Pipeline pipe(Chaining::direct, 1, [](unsigned, LabBatch &) {}, cpu);
+            Pipeline pipe(
+                Chaining::direct, 1, [](unsigned, LabBatch &) {}, cpu);
             probe.n = 0;
             handoff_ns = summarize(measure(opts, [&](uint64_t iters) {
                              for (uint64_t i = 0; i < iters; ++i) {

@@ -21,10 +21,7 @@
 
 namespace serpens::bench {
 
-bool have_hiredis() noexcept
-{
-    return SERPENS_BENCH_HAVE_HIREDIS != 0;
-}
+bool have_hiredis() noexcept { return SERPENS_BENCH_HAVE_HIREDIS != 0; }
 
 namespace {
 
@@ -76,12 +73,10 @@ RedisServer::RedisServer()
     for (int attempt = 0; attempt < 3 && _port == 0; ++attempt) {
         const int port = free_port();
         const std::string log = (_dir->path() / "redis.log").string();
-        const std::vector<std::string> args = {exe,          "--port",       std::to_string(port),
-                                               "--bind",     "127.0.0.1",    "--save",
-                                               "",           "--appendonly", "no",
-                                               "--dir",      _dir->path().string(), "--logfile",
-                                               log,          "--daemonize",  "no",
-                                               "--protected-mode", "yes"};
+        const std::vector<std::string> args = {
+            exe,  "--port", std::to_string(port),  "--bind",    "127.0.0.1", "--save",      "",   "--appendonly",
+            "no", "--dir",  _dir->path().string(), "--logfile", log,         "--daemonize", "no", "--protected-mode",
+            "yes"};
         std::unique_ptr<Child> child;
         try {
             // On the caller's CPUs: a one-core experiment's redis shares its core.
@@ -144,10 +139,7 @@ std::vector<std::unique_ptr<RemoteTable>> &remote_tables()
     return tables;
 }
 
-RemoteTable *rt(serpens_table *t)
-{
-    return reinterpret_cast<RemoteTable *>(t);
-}
+RemoteTable *rt(serpens_table *t) { return reinterpret_cast<RemoteTable *>(t); }
 
 void key_of(RemoteTable *t, const void *key)
 {
@@ -233,15 +225,15 @@ int remote_update_bulk_v2(serpens_table *tab, const void *keys, uint32_t n, cons
     return rc;
 }
 
-uint64_t remote_update_bulk(serpens_table *tab, const void *keys, uint32_t n, const uint64_t *rows,
-                            const uint8_t *ops, void *values_out)
+uint64_t remote_update_bulk(serpens_table *tab, const void *keys, uint32_t n, const uint64_t *rows, const uint8_t *ops,
+                            void *values_out)
 {
     uint64_t written = 0;
     remote_update_bulk_v2(tab, keys, n, rows, ops, values_out, &written);
     return written;
 }
 
-#define REMOTE_FORWARD(name, sig, call)                                                                             \
+#define REMOTE_FORWARD(name, sig, call)                                                                                \
     int remote_##name sig { return rt(t)->client->local->name(rt(t)->local, call); }
 REMOTE_FORWARD(split, (serpens_table * t, const void *key), key)
 REMOTE_FORWARD(merge, (serpens_table * t, const void *key), key)
@@ -303,10 +295,7 @@ RemoteClient::~RemoteClient()
     }
 }
 
-void RemoteClient::bind() noexcept
-{
-    building = _impl.get();
-}
+void RemoteClient::bind() noexcept { building = _impl.get(); }
 
 uint32_t RemoteClient::flush()
 {
@@ -332,10 +321,7 @@ RemoteClient::RemoteClient(const RedisServer &, const serpens_host_api &local) :
 }
 RemoteClient::~RemoteClient() = default;
 void RemoteClient::bind() noexcept {}
-uint32_t RemoteClient::flush()
-{
-    return 0;
-}
+uint32_t RemoteClient::flush() { return 0; }
 
 #endif
 

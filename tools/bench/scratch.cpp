@@ -15,8 +15,8 @@ namespace fs = std::filesystem;
 ScratchDir::ScratchDir(const std::string &what)
 {
     const char *tmpdir = std::getenv("TMPDIR");
-    fs::path base = fs::is_directory("/dev/shm") ? fs::path("/dev/shm")
-                                                 : fs::path(tmpdir != nullptr && *tmpdir ? tmpdir : "/tmp");
+    fs::path base =
+        fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::path(tmpdir != nullptr && *tmpdir ? tmpdir : "/tmp");
     std::string templ = (base / ("serpens-bench-" + what + "-XXXXXX")).string();
     if (mkdtemp(templ.data()) == nullptr) {
         throw Error("mkdtemp " + templ + ": " + std::strerror(errno));

@@ -74,22 +74,25 @@ public:
                                   fmt_num(s.median / local.median)});
             }
             for (std::size_t i = t.rows.size() - 3; i < t.rows.size(); ++i) {
-                std::cout << fmt::format("  {:<5} {:<6} {:<14} {:>9} Mpps\n", t.rows[i][0], t.rows[i][1],
-                                         t.rows[i][2], t.rows[i][3]);
+                std::cout << fmt::format("  {:<5} {:<6} {:<14} {:>9} Mpps\n", t.rows[i][0], t.rows[i][1], t.rows[i][2],
+                                         t.rows[i][3]);
             }
             std::cout.flush();
         }
         print_table(t);
         write_csv(opts, t);
-        write_notes(opts, t.name,
-                    std::string("Local: the NF's tables in the host's StateStore (shared memory), NF run by function call.  "
-                    "Redis: the same NF built with the RemoteClient shim — each get/put/delete/bulk is appended to "
-                    "a pipeline (GET/SET/DEL on redis) that is sent and fully answered at the end of every batch "
-                    "(the paper aggregated requests per batch); the NF reads values from the local mirror, so its "
-                    "behaviour is the same.  Fig. 14's comparison is the two redis rows: function call vs "
-                    "handing each batch to a kernel-thread-pool worker.  `local_x` = local throughput / this row's.  "
-                    "ids keeps its Hyperscan streams per instance and makes no host state calls: its redis rows "
-                    "send nothing.  The flows are established (one pass) before timing.\n") + "\n" + reference_note(opts));
+        write_notes(
+            opts, t.name,
+            std::string(
+                "Local: the NF's tables in the host's StateStore (shared memory), NF run by function call.  "
+                "Redis: the same NF built with the RemoteClient shim — each get/put/delete/bulk is appended to "
+                "a pipeline (GET/SET/DEL on redis) that is sent and fully answered at the end of every batch "
+                "(the paper aggregated requests per batch); the NF reads values from the local mirror, so its "
+                "behaviour is the same.  Fig. 14's comparison is the two redis rows: function call vs "
+                "handing each batch to a kernel-thread-pool worker.  `local_x` = local throughput / this row's.  "
+                "ids keeps its Hyperscan streams per instance and makes no host state calls: its redis rows "
+                "send nothing.  The flows are established (one pass) before timing.\n") +
+                "\n" + reference_note(opts));
         plot_with_reference(opts, t, PlotSpec{"bar", "nf", "model", {"mpps"}, "", "", "Mpps (log)", true});
         return 0;
     }
@@ -109,8 +112,8 @@ private:
         }
     }
 
-    Summary time_chain(const Options &opts, ChainInstance &inst, RemoteClient *client, const Traffic &traffic,
-                       Model m, uint64_t *batches = nullptr)
+    Summary time_chain(const Options &opts, ChainInstance &inst, RemoteClient *client, const Traffic &traffic, Model m,
+                       uint64_t *batches = nullptr)
     {
         LabBatch b(_batch);
         std::size_t cursor = 0;

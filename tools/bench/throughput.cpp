@@ -63,8 +63,7 @@ class ThroughputBench : public Subcommand {
 public:
     void add_options(CLI::App &app) override
     {
-        _window_opt = app.add_option("--duration", _rig.window_s,
-                                     "measured seconds per run (default 3; --quick: 1)");
+        _window_opt = app.add_option("--duration", _rig.window_s, "measured seconds per run (default 3; --quick: 1)");
         _warmup_opt = app.add_option("--warmup", _rig.warmup_s,
                                      "testpmd: seconds forwarded before the window opens (default 1; --quick: 0.3)");
         app.add_option("--flows", _rig.flows, "distinct flows in the pcap")->capture_default_str();
@@ -126,17 +125,17 @@ public:
                        "'; apt-get install dpdk-dev or pass --testpmd): testpmd not measured, no ratios\n";
         }
         if (!have_host) {
-            skipped += "serpens-host not found ('" + _rig.host_exe +
-                       "'; build it or pass --host): serpens not measured\n";
+            skipped +=
+                "serpens-host not found ('" + _rig.host_exe + "'; build it or pass --host): serpens not measured\n";
         }
         if (which(_rig.pktgen_exe).empty()) {
-            skipped += "serpens-pktgen not found ('" + _rig.pktgen_exe +
-                       "'; build it or pass --pktgen): nothing measured\n";
+            skipped +=
+                "serpens-pktgen not found ('" + _rig.pktgen_exe + "'; build it or pass --pktgen): nothing measured\n";
         }
         std::vector<Entry> chosen;
         for (const Config &c : configs) {
-            const bool is_testpmd = c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap ||
-                                    c.kind == Kind::testpmd_macswap_2core;
+            const bool is_testpmd =
+                c.kind == Kind::testpmd_io || c.kind == Kind::testpmd_macswap || c.kind == Kind::testpmd_macswap_2core;
             if (!wanted(c) || (c.lcores == 2 && _rig.main_lcore == _rig.fwd_lcore) ||
                 !(is_testpmd ? have_testpmd : have_host) || which(_rig.pktgen_exe).empty()) {
                 continue;

@@ -64,8 +64,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                 fmt::format("Forwarding throughput, {} B x {} flows, net_pcap replay -> net_null (Mpps; median "
                             "[min..max] of {})",
                             rig.size, rig.flows, opts.repeat),
-                {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max",
-                 "mpps_per_cpu", "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
+                {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max", "mpps_per_cpu",
+                 "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
                 {}};
     std::string summary;
     for (std::size_t i = 0; i < chosen.size(); ++i) {
@@ -84,10 +84,9 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         const Summary x_mac_cpu = ratio(i, macswap, true);
         const Summary nf_ns = c.kind == Kind::serpens_chain ? ns_over_noop(i) : Summary{-1, -1, -1, -1, -1};
         table.rows.push_back({chosen[i].name, c.tool, chosen[i].forward, std::to_string(c.lcores),
-                              cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median),
-                              fmt_num(m.min), fmt_num(m.max),
-                              per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median), cell(x_mac.median),
-                              cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
+                              cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median), fmt_num(m.min),
+                              fmt_num(m.max), per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median),
+                              cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
             summary += fmt::format("serpens SFC fw-mon-nat on 1 core / testpmd macswap = {} (rounds {}..{}; "
                                    "target >= 0.5): {}\n",
@@ -98,8 +97,7 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i].name, fmt_num(m.median), c.lcores);
             if (macswap >= 0) {
                 summary += fmt::format("; x{} of testpmd macswap (rounds {}..{}), per CPU-second x{}",
-                                       cell(x_mac.median), cell(x_mac.min), cell(x_mac.max),
-                                       cell(x_mac_cpu.median));
+                                       cell(x_mac.median), cell(x_mac.min), cell(x_mac.max), cell(x_mac_cpu.median));
             }
             if (io >= 0) {
                 summary += fmt::format("; x{} of testpmd io", cell(x_io.median));
@@ -128,9 +126,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             }
         }
         if (c.kind == Kind::serpens_1core && macswap >= 0) {
-            summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n",
-                                   fmt_num(x_mac.median), fmt_num(target_ratio),
-                                   x_mac.median >= target_ratio ? "MEETS" : "BELOW");
+            summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n", fmt_num(x_mac.median),
+                                   fmt_num(target_ratio), x_mac.median >= target_ratio ? "MEETS" : "BELOW");
         }
     }
     print_table(table);
@@ -152,8 +149,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         "cost in the host, and the parts of the SFC show where its time goes.  `lookup-count-lookup` is the "
         "SFC's floor: three noops that make only the per-flow state access fw, mon and nat each need per "
         "packet (a lookup, a counter add, a lookup) on one-word keys, and nothing else.\n{}",
-        fmt_num(target_ratio), summary, rig.pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", rig.burst,
-        rig.mbufs, rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
+        fmt_num(target_ratio), summary, rig.pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", rig.burst, rig.mbufs,
+        rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
         fmt_num(rig.window_s), skipped.empty() ? "" : "\nNot measured: " + skipped);
     notes += fmt::format(
         "\nTwo cores: in.pcap's flows split in two by the router's buckets (in-q0.pcap, in-q1.pcap; each flow "

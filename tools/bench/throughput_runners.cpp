@@ -71,8 +71,8 @@ Run ThroughputRig::run_testpmd(const char *mode, bool two_cores)
         return tp.wait_log([n](const std::string &text) { return count_of(text, "testpmd> ") >= n; }, 60);
     };
     auto fail = [&](const std::string &what) {
-        return std::runtime_error(fmt::format("testpmd {}: {} (log {}):\n{}", mode, what, log.string(),
-                                              last_lines(tp.log(), 15)));
+        return std::runtime_error(
+            fmt::format("testpmd {}: {} (log {}):\n{}", mode, what, log.string(), last_lines(tp.log(), 15)));
     };
     if (!prompts(1)) {
         throw fail("no prompt");
@@ -132,16 +132,15 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     const fs::path log = tmp / fmt::format("host-{}-{}.log", what, runs);
     const fs::path json = tmp / fmt::format("host-{}-{}.json", what, runs);
     fs::remove(json);
-    Child host({host_exe, "-c", toml.string(), "--duration", fmt::format("{}", window_s), "--stats-json",
-                json.string(), "--log-level", "info"},
+    Child host({host_exe, "-c", toml.string(), "--duration", fmt::format("{}", window_s), "--stats-json", json.string(),
+                "--log-level", "info"},
                log, false);
     auto fail = [&](const std::string &why) {
-        return std::runtime_error(fmt::format("serpens-host ({}): {} (log {}):\n{}", what, why, log.string(),
-                                              last_lines(host.log(), 15)));
+        return std::runtime_error(
+            fmt::format("serpens-host ({}): {} (log {}):\n{}", what, why, log.string(), last_lines(host.log(), 15)));
     };
     // "running" is logged just before the main loop starts.
-    if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; },
-                       60)) {
+    if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; }, 60)) {
         throw fail("did not start");
     }
     const double t0 = now_s();

@@ -35,8 +35,7 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
 {
     const char *tmpdir = std::getenv("TMPDIR");
     std::string dir_template =
-        (fs::path(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp") / "serpens-bench-throughput-XXXXXX")
-            .string();
+        (fs::path(tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp") / "serpens-bench-throughput-XXXXXX").string();
     if (mkdtemp(dir_template.data()) == nullptr) {
         throw std::runtime_error("mkdtemp " + dir_template + ": " + std::strerror(errno));
     }
@@ -54,7 +53,8 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
         }
     } remove_state{state_root};
     // testpmd may exit before reading all of its stdin.
-    struct sigaction ignore {}, old_pipe {};
+    struct sigaction ignore {
+    }, old_pipe{};
     ignore.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &ignore, &old_pipe);
     int rc = 0;
@@ -133,8 +133,8 @@ void ThroughputRig::make_pcap()
                                      fmt::format("{}", vlan_ratio)};
     Child gen(argv, tmp / "pktgen.log", false);
     if (gen.wait_exit(120) != 0 || !fs::exists(pcap)) {
-        throw std::runtime_error("serpens-pktgen failed (" + pktgen_exe + "; pass --pktgen): " +
-                                 last_lines(gen.log(), 5));
+        throw std::runtime_error("serpens-pktgen failed (" + pktgen_exe +
+                                 "; pass --pktgen): " + last_lines(gen.log(), 5));
     }
     pktgen_cmd.clear();
     for (std::size_t i = 0; i < argv.size(); ++i) {
@@ -179,8 +179,7 @@ void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<st
             const std::string plugin = lab_plugin(nf);
             const std::string so = find_plugin(opts.plugin_dir, plugin);
             if (so.empty()) {
-                throw std::runtime_error("no serpens_nf_" + plugin + ".so in " + opts.plugin_dir +
-                                         ": pass --plugins");
+                throw std::runtime_error("no serpens_nf_" + plugin + ".so in " + opts.plugin_dir + ": pass --plugins");
             }
             const fs::path dst = tmp / "plugins" / ("serpens_nf_" + plugin + ".so");
             fs::copy_file(so, dst, fs::copy_options::overwrite_existing);
@@ -190,60 +189,58 @@ void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<st
         params.fw_rules = fw_rules;
         params.flows = flows;
         fs::create_directories(tmp / ("chains-" + chain));
-        std::ofstream(tmp / ("chains-" + chain) / (chain + ".toml"))
-            << "egress = \"out\"\n" << lab_chain_toml(tmp, nfs, params, chain);
+        std::ofstream(tmp / ("chains-" + chain) / (chain + ".toml")) << "egress = \"out\"\n"
+                                                                     << lab_chain_toml(tmp, nfs, params, chain);
     }
     fs::create_directories(tmp / "chains-passthrough");
     std::ofstream(tmp / "chains-passthrough" / "passthrough.toml") << "name = \"passthrough\"\n"
-                                                           "egress = \"out\"\n\n"
-                                                           "[[nf]]\n"
-                                                           "name = \"pass\"\n"
-                                                           "plugin = \"noop\"\n";
+                                                                      "egress = \"out\"\n\n"
+                                                                      "[[nf]]\n"
+                                                                      "name = \"pass\"\n"
+                                                                      "plugin = \"noop\"\n";
 }
 
 fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain)
 {
-    const std::string eal_lcores = two_cores ? fmt::format("{},{}", main_lcore, fwd_lcore)
-                                             : std::to_string(fwd_lcore);
+    const std::string eal_lcores = two_cores ? fmt::format("{},{}", main_lcore, fwd_lcore) : std::to_string(fwd_lcore);
     const std::string instance_lcores = two_cores ? eal_lcores : std::to_string(fwd_lcore);
     const fs::path path = tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
     std::ofstream out(path);
-    out << fmt::format(
-        "# serpens-bench throughput: {}\n"
-        "[host]\n"
-        "id = \"bench-tp-{}\"\n"
-        "log_level = \"info\"\n"
-        "plugin_dir = \"plugins\"\n"
-        "chains_dir = \"chains-{}\"\n"
-        "state_dir = \"{}\"\n\n"
-        "[eal]\n"
-        "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
-        "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
-        "[mempool]\n"
-        "mbufs = {}\n"
-        "cache = 256\n\n"
-        "[[port]]\n"
-        "name = \"in\"\n"
-        "device = \"{}\"\n\n"
-        "[[port]]\n"
-        "name = \"out\"\n"
-        "device = \"net_null0,no-rx=1\"\n\n"
-        "[gateway]\n"
-        "default = \"drop\"\n\n"
-        "[[gateway.rule]]\n"
-        "name = \"all\"\n"
-        "chain = \"{}\"\n\n"
-        "[instances]\n"
-        "burst = {}\n\n"
-        "[[instance]]\n"
-        "chain = \"{}\"\n"
-        "count = {}\n"
-        "lcores = [{}]\n",
-        two_cores ? "two lcores, each receiving one RX queue and running an instance"
-                  : "everything on the main lcore (one core)",
-        getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
-        eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst, chain, two_cores ? 2 : 1,
-        instance_lcores);
+    out << fmt::format("# serpens-bench throughput: {}\n"
+                       "[host]\n"
+                       "id = \"bench-tp-{}\"\n"
+                       "log_level = \"info\"\n"
+                       "plugin_dir = \"plugins\"\n"
+                       "chains_dir = \"chains-{}\"\n"
+                       "state_dir = \"{}\"\n\n"
+                       "[eal]\n"
+                       "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
+                       "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
+                       "[mempool]\n"
+                       "mbufs = {}\n"
+                       "cache = 256\n\n"
+                       "[[port]]\n"
+                       "name = \"in\"\n"
+                       "device = \"{}\"\n\n"
+                       "[[port]]\n"
+                       "name = \"out\"\n"
+                       "device = \"net_null0,no-rx=1\"\n\n"
+                       "[gateway]\n"
+                       "default = \"drop\"\n\n"
+                       "[[gateway.rule]]\n"
+                       "name = \"all\"\n"
+                       "chain = \"{}\"\n\n"
+                       "[instances]\n"
+                       "burst = {}\n\n"
+                       "[[instance]]\n"
+                       "chain = \"{}\"\n"
+                       "count = {}\n"
+                       "lcores = [{}]\n",
+                       two_cores ? "two lcores, each receiving one RX queue and running an instance"
+                                 : "everything on the main lcore (one core)",
+                       getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
+                       eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst, chain,
+                       two_cores ? 2 : 1, instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }

@@ -35,8 +35,7 @@ int main(int argc, char **argv)
     app.add_option("-o,--output", output, "pcap file to write (classic pcap, microseconds, Ethernet)")->required();
     app.add_option("--seed", cfg.seed, "PRNG seed; same seed and options -> identical file")->capture_default_str();
     app.add_option("-n,--packets", cfg.packets, "number of packets to write")->capture_default_str();
-    app.add_option("-f,--flows", cfg.flows,
-                   "number of flows; packets are split evenly between them and interleaved")
+    app.add_option("-f,--flows", cfg.flows, "number of flows; packets are split evenly between them and interleaved")
         ->capture_default_str();
     app.add_option("--mix", mix,
                    "protocol mix as class=weight,... over flows; classes tcp, udp, icmp (IPv4), tcp6, udp6, "
@@ -94,8 +93,8 @@ int main(int argc, char **argv)
             }
         }
         if (!summary) {
-            std::cerr << "serpens-pktgen: wrote " << s.packets << " packets (" << s.flows << " flows, "
-                      << s.malformed() << " malformed) to " << output << "\n";
+            std::cerr << "serpens-pktgen: wrote " << s.packets << " packets (" << s.flows << " flows, " << s.malformed()
+                      << " malformed) to " << output << "\n";
         }
     } catch (const std::invalid_argument &e) {
         std::cerr << "serpens-pktgen: " << e.what() << "\n";

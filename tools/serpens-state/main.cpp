@@ -104,8 +104,8 @@ int cmd_list(const fs::path &root)
                     s.table.c_str(), kind_name(t->kind()), h.key_size, h.value_size,
                     static_cast<unsigned long long>(h.live), static_cast<unsigned long long>(h.capacity),
                     static_cast<unsigned long long>(h.refused_full), static_cast<unsigned long long>(h.expired),
-                    static_cast<unsigned long long>(h.torn_repaired),
-                    static_cast<unsigned long long>(h.torn_discarded), static_cast<unsigned long long>(h.attaches));
+                    static_cast<unsigned long long>(h.torn_repaired), static_cast<unsigned long long>(h.torn_discarded),
+                    static_cast<unsigned long long>(h.attaches));
         if (is_global_write(t->kind())) {
             std::printf(" instances %#llx", static_cast<unsigned long long>(h.active_mask));
         }
@@ -117,8 +117,8 @@ int cmd_list(const fs::path &root)
     return 0;
 }
 
-int cmd_dump(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table,
-             bool json, uint64_t limit)
+int cmd_dump(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table, bool json,
+             uint64_t limit)
 {
     fs::path file = root / StateStore::escape(chain) / StateStore::escape(nf) / (StateStore::escape(table) + ".tbl");
     std::string err;

@@ -48,7 +48,8 @@ void make_key(uint8_t *k, uint32_t size, uint64_t i)
 }
 
 // Times `fn(i)` over samples of ops_per_sample calls; returns median ns/call.
-template <typename F> double time_ops(uint32_t samples, uint32_t per, F &&fn)
+template<typename F>
+double time_ops(uint32_t samples, uint32_t per, F &&fn)
 {
     std::vector<double> v;
     v.reserve(samples);
@@ -135,8 +136,7 @@ void bench_redis(const BenchOptions &o, const std::vector<uint8_t> &keys, BenchR
     for (uint64_t i = 0; i < o.entries; i += chunk) {
         uint64_t n = std::min(chunk, o.entries - i);
         for (uint64_t k = 0; k < n; ++k) {
-            redisAppendCommand(c, "SET %b %b", &keys[(i + k) * ks], static_cast<size_t>(ks), val.data(),
-                               val.size());
+            redisAppendCommand(c, "SET %b %b", &keys[(i + k) * ks], static_cast<size_t>(ks), val.data(), val.size());
         }
         for (uint64_t k = 0; k < n; ++k) {
             void *rep = nullptr;
@@ -153,7 +153,8 @@ void bench_redis(const BenchOptions &o, const std::vector<uint8_t> &keys, BenchR
     std::uniform_int_distribution<uint64_t> pick(0, o.entries - 1);
     uint64_t sink = 0;
     r.redis_get_ns = time_ops(o.redis_samples, 1, [&](uint64_t) {
-        auto *rep = static_cast<redisReply *>(redisCommand(c, "GET %b", &keys[pick(rng) * ks], static_cast<size_t>(ks)));
+        auto *rep =
+            static_cast<redisReply *>(redisCommand(c, "GET %b", &keys[pick(rng) * ks], static_cast<size_t>(ks)));
         sink += rep ? rep->len : 0;
         freeReplyObject(rep);
     });
@@ -216,9 +217,8 @@ BenchResult bench_run(const BenchOptions &o)
     r.entries = o.entries;
     r.key_size = o.key_size;
     r.value_size = o.value_size;
-    std::filesystem::path dir = o.dir.empty() ? std::filesystem::path("/dev/shm") /
-                                                    ("serpens-bench-" + std::to_string(::getpid()))
-                                              : o.dir;
+    std::filesystem::path dir =
+        o.dir.empty() ? std::filesystem::path("/dev/shm") / ("serpens-bench-" + std::to_string(::getpid())) : o.dir;
     std::filesystem::create_directories(dir);
     const uint32_t ks = o.key_size, vs = o.value_size;
     // Keys [0, entries) are present, [entries, 2*entries) are misses.

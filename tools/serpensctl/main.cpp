@@ -19,9 +19,8 @@ int main(int argc, char **argv)
 
     auto *ping = app.add_subcommand("ping", "check that the host answers");
     auto *stats = app.add_subcommand("stats", "print the live counters as JSON (ports, parser, gateway "
-                                               "rules, instances and their NFs; metered packets per chain)");
-    auto *wake = app.add_subcommand("wake-threshold",
-                                    "show, or set, how many queued packets wake a sleeping instance");
+                                              "rules, instances and their NFs; metered packets per chain)");
+    auto *wake = app.add_subcommand("wake-threshold", "show, or set, how many queued packets wake a sleeping instance");
     long long threshold = 0;
     wake->add_option("packets", threshold, "new threshold (1..1048576); omit to show the current one");
 

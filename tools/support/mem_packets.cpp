@@ -17,10 +17,7 @@ serpens_pkt MemPacket::load(std::span<const uint8_t> bytes) noexcept
 
 namespace {
 
-MemPacket &backing(serpens_pkt *pkt)
-{
-    return *static_cast<MemPacket *>(pkt->handle);
-}
+MemPacket &backing(serpens_pkt *pkt) { return *static_cast<MemPacket *>(pkt->handle); }
 
 uint8_t *mem_prepend(serpens_pkt *pkt, uint32_t len)
 {
@@ -75,9 +72,6 @@ int mem_adj(serpens_pkt *pkt, uint32_t len)
 
 } // namespace
 
-PacketOps mem_packet_ops()
-{
-    return {mem_prepend, mem_append, mem_trim, mem_adj};
-}
+PacketOps mem_packet_ops() { return {mem_prepend, mem_append, mem_trim, mem_adj}; }
 
 } // namespace serpens

@@ -19,7 +19,7 @@ namespace {
 
 constexpr const char *kClassNames[kTrafficClassCount] = {"tcp", "udp", "icmp", "tcp6", "udp6", "icmp6"};
 constexpr const char *kCorruptionNames[kCorruptionCount] = {
-    "none",        "truncate_l2",   "truncate_vlan",  "truncate_l3",   "bad_ip_header",
+    "none",          "truncate_l2", "truncate_vlan",  "truncate_l3",    "bad_ip_header",
     "bad_ip_length", "truncate_l4", "bad_tcp_offset", "bad_udp_length",
 };
 
@@ -35,14 +35,8 @@ bool is_v6(TrafficClass c) noexcept
 {
     return c == TrafficClass::tcp6 || c == TrafficClass::udp6 || c == TrafficClass::icmp6;
 }
-bool is_tcp(TrafficClass c) noexcept
-{
-    return c == TrafficClass::tcp || c == TrafficClass::tcp6;
-}
-bool is_udp(TrafficClass c) noexcept
-{
-    return c == TrafficClass::udp || c == TrafficClass::udp6;
-}
+bool is_tcp(TrafficClass c) noexcept { return c == TrafficClass::tcp || c == TrafficClass::tcp6; }
+bool is_udp(TrafficClass c) noexcept { return c == TrafficClass::udp || c == TrafficClass::udp6; }
 
 // xoshiro256** seeded through splitmix64: fully specified, so identical
 // streams everywhere (std::uniform_*_distribution is implementation-defined).
@@ -255,8 +249,7 @@ TrafficMix parse_traffic_mix(std::string_view text)
             used = 0;
         }
         if (value.empty() || used != value.size() || !(w >= 0) || !std::isfinite(w)) {
-            throw std::invalid_argument("mix weight '" + value + "' for '" + key +
-                                        "' is not a non-negative number");
+            throw std::invalid_argument("mix weight '" + value + "' for '" + key + "' is not a non-negative number");
         }
         if (key == "ipv6") {
             mix[3] += w * 0.6;
@@ -264,8 +257,8 @@ TrafficMix parse_traffic_mix(std::string_view text)
             mix[5] += w * 0.1;
             continue;
         }
-        const auto *it = std::find_if(std::begin(kClassNames), std::end(kClassNames),
-                                      [&](const char *n) { return key == n; });
+        const auto *it =
+            std::find_if(std::begin(kClassNames), std::end(kClassNames), [&](const char *n) { return key == n; });
         if (it == std::end(kClassNames)) {
             throw std::invalid_argument("unknown mix class '" + key +
                                         "' (known: tcp, udp, icmp, tcp6, udp6, icmp6, ipv6)");
@@ -465,7 +458,7 @@ struct TrafficGenerator::Impl {
         shuffle(schedule);
     }
 
-    template <class T>
+    template<class T>
     void shuffle(std::vector<T> &v)
     {
         for (std::size_t i = v.size(); i > 1; --i) {
@@ -525,8 +518,8 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     bool has_data = true;
     if (is_tcp(f.cls)) {
         // Script positions: 0 SYN, 1 SYN-ACK, 2 ACK, data..., then FIN, FIN, ACK.
-        static constexpr uint8_t kShort[] = {kTcpSyn, kTcpSyn | kTcpAck, kTcpAck, kTcpFin | kTcpAck,
-                                             kTcpFin | kTcpAck, kTcpAck};
+        static constexpr uint8_t kShort[] = {kTcpSyn,           kTcpSyn | kTcpAck, kTcpAck,
+                                             kTcpFin | kTcpAck, kTcpFin | kTcpAck, kTcpAck};
         static constexpr bool kShortFromClient[] = {true, false, true, true, false, true};
         int slot; // index into kShort, or -1 for data
         if (f.packets < 6) {
@@ -733,7 +726,8 @@ void TrafficGenerator::Impl::corrupt(const Flow &f, uint32_t l3, uint32_t l4, Ge
             serpens_st_be16(ip + 4, static_cast<uint16_t>(beyond - 40));
             out.expected = ParseResult::bad_ipv6_length;
         } else {
-            serpens_st_be16(ip + 2, rng.below(2) == 0 ? static_cast<uint16_t>(beyond) : static_cast<uint16_t>(rng.below(20)));
+            serpens_st_be16(ip + 2,
+                            rng.below(2) == 0 ? static_cast<uint16_t>(beyond) : static_cast<uint16_t>(rng.below(20)));
             ipv4_header_checksum(ip);
             out.expected = ParseResult::bad_ipv4_length;
         }
@@ -759,7 +753,7 @@ void TrafficGenerator::Impl::corrupt(const Flow &f, uint32_t l3, uint32_t l4, Ge
     case Corruption::bad_udp_length: {
         const uint32_t avail = ip_total - l3_len;
         serpens_st_be16(h + 4, rng.below(2) == 0 ? static_cast<uint16_t>(avail + rng.between(1, 64))
-                                       : static_cast<uint16_t>(rng.below(8)));
+                                                 : static_cast<uint16_t>(rng.below(8)));
         out.expected = ParseResult::bad_udp_length;
         break;
     }
@@ -771,20 +765,11 @@ TrafficGenerator::~TrafficGenerator() = default;
 TrafficGenerator::TrafficGenerator(TrafficGenerator &&) noexcept = default;
 TrafficGenerator &TrafficGenerator::operator=(TrafficGenerator &&) noexcept = default;
 
-std::optional<GeneratedPacket> TrafficGenerator::next()
-{
-    return _impl->next();
-}
+std::optional<GeneratedPacket> TrafficGenerator::next() { return _impl->next(); }
 
-const TrafficConfig &TrafficGenerator::config() const noexcept
-{
-    return _impl->cfg;
-}
+const TrafficConfig &TrafficGenerator::config() const noexcept { return _impl->cfg; }
 
-const TrafficSummary &TrafficGenerator::summary() const noexcept
-{
-    return _impl->summary;
-}
+const TrafficSummary &TrafficGenerator::summary() const noexcept { return _impl->summary; }
 
 GeneratedTraffic generate_traffic(const TrafficConfig &cfg)
 {
@@ -792,8 +777,8 @@ GeneratedTraffic generate_traffic(const TrafficConfig &cfg)
     GeneratedTraffic out;
     out.packets.reserve(cfg.packets);
     while (auto p = gen.next()) {
-        out.packets.push_back(
-            PcapRecord{std::vector<uint8_t>(p->data.begin(), p->data.end()), p->ts_ns, static_cast<uint32_t>(p->data.size())});
+        out.packets.push_back(PcapRecord{std::vector<uint8_t>(p->data.begin(), p->data.end()), p->ts_ns,
+                                         static_cast<uint32_t>(p->data.size())});
     }
     out.summary = gen.summary();
     return out;

@@ -90,12 +90,12 @@ struct TrafficConfig {
     uint64_t packets = 10000;
     uint32_t flows = 256;
     TrafficMix mix = {55, 25, 5, 8, 5, 2};
-    double vlan_ratio = 0.1;    // share of flows carrying VLAN tags (a quarter of those QinQ)
-    uint32_t size_min = 64;     // frame bytes as stored in the pcap (no FCS), data packets;
-    uint32_t size_max = 1024;   // control packets (SYN, ACK, FIN) carry no payload
+    double vlan_ratio = 0.1;  // share of flows carrying VLAN tags (a quarter of those QinQ)
+    uint32_t size_min = 64;   // frame bytes as stored in the pcap (no FCS), data packets;
+    uint32_t size_max = 1024; // control packets (SYN, ACK, FIN) carry no payload
     double malformed_ratio = 0.01;
-    Ipv4Prefix src_net{0xc6120000u, 16}; // 198.18.0.0/16 (RFC 2544 benchmarking range)
-    Ipv4Prefix dst_net{0xc6130000u, 16}; // 198.19.0.0/16
+    Ipv4Prefix src_net{0xc6120000u, 16};                           // 198.18.0.0/16 (RFC 2544 benchmarking range)
+    Ipv4Prefix dst_net{0xc6130000u, 16};                           // 198.19.0.0/16
     Ipv6Prefix src_net6{{0x20, 0x01, 0x0d, 0xb8, 0x00, 0x0a}, 48}; // 2001:db8:a::/48
     Ipv6Prefix dst_net6{{0x20, 0x01, 0x0d, 0xb8, 0x00, 0x0b}, 48}; // 2001:db8:b::/48
     uint64_t start_ns = 1700000000ull * 1000000000ull;
@@ -119,7 +119,7 @@ struct TrafficSummary {
     uint64_t tcp_fin = 0;
     uint64_t from_server = 0;
     std::array<uint64_t, kCorruptionCount> by_corruption{};
-    ParseCounters expected; // what parse_packet() must answer, per reason
+    ParseCounters expected;                 // what parse_packet() must answer, per reason
     std::vector<uint64_t> malformed_frames; // 1-based frame numbers (as tshark counts)
 
     uint64_t malformed() const noexcept { return packets - by_corruption[0]; }

@@ -386,8 +386,8 @@ TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
     Ctx *c = start_fw(h, "default deny\nallow proto=tcp src=10.0.0.0/8\n");
     std::vector<std::unique_ptr<Packet>> storage; // a Packet's view points into itself: never moved
     for (int f = 0; f < 10; ++f) {
-        storage.push_back(std::make_unique<Packet>(frame(
-            {false, "10.0.0." + std::to_string(f + 1), "192.0.2.1", 6, static_cast<uint16_t>(2000 + f), 80})));
+        storage.push_back(std::make_unique<Packet>(
+            frame({false, "10.0.0." + std::to_string(f + 1), "192.0.2.1", 6, static_cast<uint16_t>(2000 + f), 80})));
     }
     storage.push_back(std::make_unique<Packet>(frame({false, "198.51.100.1", "192.0.2.1", 6, 3000, 80}))); // denied
     std::vector<Packet *> batch;
@@ -450,9 +450,9 @@ TEST_CASE("fw: established-flow cost does not depend on the rule count")
     }
     std::vector<std::unique_ptr<Packet>> storage;
     for (int f = 0; f < 4096; ++f) {
-        storage.push_back(std::make_unique<Packet>(frame(
-            {false, "10.0." + std::to_string(f / 256) + "." + std::to_string(f % 256), "192.0.2.1", 6,
-             static_cast<uint16_t>(1024 + f), 80})));
+        storage.push_back(
+            std::make_unique<Packet>(frame({false, "10.0." + std::to_string(f / 256) + "." + std::to_string(f % 256),
+                                            "192.0.2.1", 6, static_cast<uint16_t>(1024 + f), 80})));
     }
     // Batches of 32, views prepared once, so only process() is timed.
     std::vector<serpens_pkt> views;

@@ -43,7 +43,7 @@ TEST_CASE("ids: a signature split across packets of one flow is found")
     Flow web{false, "198.51.100.7", "192.0.2.80", 6, 40000, 80};
     Flow other{false, "198.51.100.8", "192.0.2.80", 6, 40001, 80};
     CHECK(t.send(web, "GET /?q=ev") == 0);
-    CHECK(t.send(other, "il") == 0); // another flow in between: its own stream
+    CHECK(t.send(other, "il") == 0);        // another flow in between: its own stream
     CHECK(t.send(web, "IL HTTP/1.0") == 1); // "evIL" completes here (nocase)
     CHECK(t.send(web, "more evil") == 0);   // one alert per rule per stream
     CHECK(t.c->counter("sid_1001") == 1);
@@ -60,9 +60,15 @@ TEST_CASE("ids: pcre flags, hex content, rule headers and <>")
     CHECK(t.send(dns, "XXXX1234.TUNNEL.example") == 1);
     CHECK(t.send({false, "10.1.1.1", "198.18.0.1", 17, 5353, 53}, "xxxx1.tunnel") == 0); // dst outside /24
     Flow v6{true, "2001:db8::1", "2001:db8:1::2", 17, 9, 9};
-    CHECK(t.send(v6, std::string("\xde\xad" "BEEF\r\n", 8)) == 1);
-    CHECK(t.send(reverse(v6), std::string("ab\xde\xad" "BEEF\r\n", 10)) == 1); // <> : either direction
-    CHECK(t.send({true, "2001:db9::1", "2001:db9::2", 17, 9, 9}, std::string("\xde\xad" "BEEF\r\n", 8)) == 0);
+    CHECK(t.send(v6, std::string("\xde\xad"
+                                 "BEEF\r\n",
+                                 8)) == 1);
+    CHECK(t.send(reverse(v6), std::string("ab\xde\xad"
+                                          "BEEF\r\n",
+                                          10)) == 1); // <> : either direction
+    CHECK(t.send({true, "2001:db9::1", "2001:db9::2", 17, 9, 9}, std::string("\xde\xad"
+                                                                             "BEEF\r\n",
+                                                                             8)) == 0);
     CHECK(t.send({false, "10.2.3.4", "203.0.113.1", 6, 1, 2}, "a secret") == 1);
     CHECK(t.send({false, "11.2.3.4", "203.0.113.1", 6, 1, 2}, "a secret") == 0);
     CHECK(t.c->counter("sid_1002") == 1);

@@ -223,16 +223,16 @@ TEST_CASE("lb: other traffic passes unchanged; fragments and cut packets to a se
 {
     Lb l;
     Packets p;
-    p.add(frame({6, ip4("172.16.0.1"), ip4("198.51.100.1"), 1000, 80}));  // not a service
-    p.add(frame({6, ip4("172.16.0.1"), ip4("198.19.0.1"), 1000, 443}));   // service, other port
-    p.add(frame({1, ip4("172.16.0.1"), ip4("198.19.0.1"), 7, 7}));        // ICMP to a service
-    p.add(Bytes(10, 0));                                                  // unparsed
+    p.add(frame({6, ip4("172.16.0.1"), ip4("198.51.100.1"), 1000, 80})); // not a service
+    p.add(frame({6, ip4("172.16.0.1"), ip4("198.19.0.1"), 1000, 443}));  // service, other port
+    p.add(frame({1, ip4("172.16.0.1"), ip4("198.19.0.1"), 7, 7}));       // ICMP to a service
+    p.add(Bytes(10, 0));                                                 // unparsed
     Bytes frag = frame({17, ip4("172.16.0.1"), ip4("198.19.0.1"), 1, 80});
     wr16(frag.data() + 14 + 6, 0x0010);
     wr16(frag.data() + 14 + 10, 0);
     wr16(frag.data() + 14 + 10, csum(frag.data() + 14, 20));
-    p.add(frag);                                                          // fragment to a service
-    p.add(frame({6, ip4("172.16.0.1"), ip4("198.19.0.1"), 1000, 80}));    // cut below (the view lies)
+    p.add(frag);                                                       // fragment to a service
+    p.add(frame({6, ip4("172.16.0.1"), ip4("198.19.0.1"), 1000, 80})); // cut below (the view lies)
     std::vector<Bytes> before = p.frames;
     auto &v = p.parse();
     v[5].len = 14 + 20 + 10;
@@ -274,7 +274,8 @@ TEST_CASE("lb: config errors name file:line and fail init")
     const Case cases[] = {
         {"backends = \"10.0.0.1\"\n", 1, "vips: required"},
         {"vips = \"198.19.0.1/16\"\nbackends = \"10.0.0.1\"\n", 2, "host bits"},
-        {"vips = \"198.19.0.0/16\"\nbackends = [\"10.0.0.1\", \"10.0.0.2:0\"]\n", 3, "backends[1]: '10.0.0.2:0': the port"},
+        {"vips = \"198.19.0.0/16\"\nbackends = [\"10.0.0.1\", \"10.0.0.2:0\"]\n", 3,
+         "backends[1]: '10.0.0.2:0': the port"},
         {"vips = \"198.19.0.0/16\"\nbackends = [\"10.0.0.1\", \"10.0.0.1\"]\n", 3, "listed twice"},
         {"vips = \"198.19.0.0/16\"\nbackends = \"bad\"\n", 3, "not address[:port]"},
         {"vips = \"198.19.0.0/16\"\nbackends = \"10.0.0.1\"\ntable_size = 65536\n", 4, "not a prime"},

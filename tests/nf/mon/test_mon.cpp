@@ -270,7 +270,8 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     CHECK(m.hosts() == want.hosts);
 }
 
-TEST_CASE("mon: an API without add_state_bulk_v2 (serpens-bench's redis state) gets the same counts through get and put")
+TEST_CASE(
+    "mon: an API without add_state_bulk_v2 (serpens-bench's redis state) gets the same counts through get and put")
 {
     MockHost host(mon());
     host.set_config("fold_ms = 0\n"); // every write folds: hosts hold every count
@@ -326,14 +327,14 @@ TEST_CASE("mon: unparsed and truncated frames are counted and passed")
 {
     Mon m;
     Packets p;
-    p.add(Bytes(10, 0));                                             // shorter than Ethernet
+    p.add(Bytes(10, 0)); // shorter than Ethernet
     Bytes arp(60, 0);
     arp[12] = 0x08, arp[13] = 0x06;
-    p.add(arp);                                                      // not IP
+    p.add(arp); // not IP
     Bytes cut = frame({6, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2});
-    cut.resize(14 + 20 + 8);                                         // inside TCP
+    cut.resize(14 + 20 + 8); // inside TCP
     p.add(cut);
-    p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2}));      // fine, then the view lies:
+    p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2})); // fine, then the view lies:
     auto &v = p.parse();
     v[3].len = 14 + 12;
     m.host.process(0, v, p.ports, kMs);
@@ -365,8 +366,8 @@ TEST_CASE("mon: a flow write the host refuses is a state error, not a full table
 {
     Mon m; // mon folds every fold_ms, so it uses update_state_bulk_v2
     // A host that refuses every flow round for another reason than room.
-    m.host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *,
-                                           const uint8_t *, void *, uint64_t *written) {
+    m.host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *, const uint8_t *,
+                                           void *, uint64_t *written) {
         *written = 0;
         return SERPENS_ENOTSUP;
     };
@@ -384,8 +385,7 @@ TEST_CASE("mon: a flow write the host refuses is a state error, not a full table
 TEST_CASE("mon: a host replica the host refuses is a state error, not host_overflow")
 {
     Mon m("fold_ms = 0\n"); // every write folds: the hosts table is written this batch
-    m.host.api().add_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *,
-                                        uint64_t *written) {
+    m.host.api().add_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *, uint64_t *written) {
         *written = 0;
         return SERPENS_EINVAL; // e.g. this instance is no longer active
     };

@@ -56,7 +56,10 @@ Flow reply_to(const Decoded &out, uint8_t proto)
     return r;
 }
 
-bool is_external(uint32_t ip) { return ip == ip4("203.0.113.1") || ip == ip4("203.0.113.8") || ip == ip4("203.0.113.9"); }
+bool is_external(uint32_t ip)
+{
+    return ip == ip4("203.0.113.1") || ip == ip4("203.0.113.8") || ip == ip4("203.0.113.9");
+}
 
 } // namespace
 
@@ -281,7 +284,7 @@ TEST_CASE("nat: traffic that is not the NAT's business passes unchanged")
 {
     Nat n;
     Packets p;
-    p.add(frame({6, ip4("10.1.1.1"), ip4("10.2.2.2"), 1, 2}));        // inside to inside
+    p.add(frame({6, ip4("10.1.1.1"), ip4("10.2.2.2"), 1, 2}));          // inside to inside
     p.add(frame({17, ip4("198.51.100.1"), ip4("198.51.100.2"), 1, 2})); // transit
     p.add(frame({17, ip4("198.51.100.1"), ip4("10.9.9.9"), 1, 2}));     // outside to inside address
     Bytes v6 = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 64};
@@ -311,7 +314,7 @@ TEST_CASE("nat: truncated, unparsed and fragmented packets are dropped and count
     wr16(frag.data() + 14 + 10, csum(frag.data() + 14, 20));
     p.add(frag);
     Bytes icmp_err = frame({1, ip4("10.1.1.1"), ip4("198.51.100.1"), 5, 5, 3}); // dest unreachable,
-    p.add(icmp_err);                                                               // quoting no IPv4 header
+    p.add(icmp_err);                                                            // quoting no IPv4 header
     Bytes lying = frame(f); // parsed, then cut: the NF checks bounds itself
     p.add(lying);
     p.add(frame({47, ip4("10.1.1.1"), ip4("198.51.100.1"), 0, 0})); // GRE: no ports to map

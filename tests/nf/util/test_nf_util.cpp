@@ -390,8 +390,8 @@ TEST_CASE("serpens_parse_prefix: bad lengths, garbage and overlong text refused"
         INFO(bad_len);
         CHECK(prefix_error(bad_len).find("bad prefix length") != std::string::npos);
     }
-    for (const char *garbage : {"", "/8", "any", "10.0.0", "10.0.0.256/8", "10.0.0.0.0/8", " 10.0.0.0/8",
-                                "010.0.0.0/8", "2001:db8:::/32", "2001:db8::g/32", "example.com"}) {
+    for (const char *garbage : {"", "/8", "any", "10.0.0", "10.0.0.256/8", "10.0.0.0.0/8", " 10.0.0.0/8", "010.0.0.0/8",
+                                "2001:db8:::/32", "2001:db8::g/32", "example.com"}) {
         INFO(garbage);
         CHECK(prefix_error(garbage).find("is not an IPv4 or IPv6 address or prefix") != std::string::npos);
     }

@@ -129,7 +129,8 @@ TEST_CASE("vpn: outbound ESP layout decrypts independently to the inner packet")
 
     for (int k = 0; k < 2; ++k) {
         Bytes out = k == 0 ? p.bytes() : q.bytes();
-        Bytes inner = k == 0 ? Bytes(original.begin() + 14, original.end()) : Bytes(small.begin() + 14, small.begin() + 54);
+        Bytes inner =
+            k == 0 ? Bytes(original.begin() + 14, original.end()) : Bytes(small.begin() + 14, small.begin() + 54);
         CHECK(out[12] == 0x08);
         CHECK(out[13] == 0x00);
         const uint8_t *ip = out.data() + 14;
@@ -292,7 +293,8 @@ TEST_CASE("vpn: works without the host's state API; bad config names file:line")
         {"", "needs at least one"},
         {sa(100, "out"), "chain.toml:3"},
         {sa(0x1000, "sideways"), "chain.toml:4"},
-        {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"0x1234\"\nlocal = \"192.0.2.1\"\nremote = \"1.2.3.4\"\n",
+        {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"0x1234\"\nlocal = \"192.0.2.1\"\nremote = "
+         "\"1.2.3.4\"\n",
          "chain.toml:5:"},
         {sa(0x1000, "out", "src = \"10.0.0.0/8\"\ndst = \"2001:db8::/32\"\n"), "other address IPv4"},
         {sa(0x1000, "out", "src = \"10.1.0.0/8\"\n"), "did you mean 10.0.0.0/8?"},
