@@ -20,31 +20,25 @@ class FlowTable {
 public:
     enum class Backend { host, local };
 
-    // Cold path.  `want`: 0 auto (host if it works, else local), 1 host only,
-    // 2 local only.  Returns false (and logs) when `want` cannot be met.
+    // Cold path.  The host's table, or with `local` a per-instance cache.
+    // Returns false (and logs) when it cannot be had.
     bool open(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t key_size, uint32_t value_size,
-              uint64_t capacity, int want, uint64_t idle_ns)
+              uint64_t capacity, bool local, uint64_t idle_ns)
     {
         const serpens_host_api *api = ctx->host;
         _api = api;
         _ks = key_size;
         _vs = value_size;
         _idle_ns = idle_ns;
-        if (want != 2 && api->create_table != nullptr && api->get_state != nullptr && api->put_state != nullptr &&
-            api->delete_state != nullptr) {
+        if (!local) {
             _t = api->create_table(ctx, name, flags, key_size, value_size, capacity);
-            if (_t != nullptr) {
-                _backend = Backend::host;
-                return true;
+            if (_t == nullptr) {
+                api->log(ctx, SERPENS_LOG_ERROR,
+                         "the host could not create table '%s' (state = \"local\" keeps per-instance caches)", name);
+                return false;
             }
-        }
-        if (want == 1) {
-            api->log(ctx, SERPENS_LOG_ERROR, "state = \"host\" but the host could not create table '%s'", name);
-            return false;
-        }
-        if (want == 0) {
-            api->log(ctx, SERPENS_LOG_WARN,
-                     "table '%s': host state unavailable, using a per-instance cache (lost on restart)", name);
+            _backend = Backend::host;
+            return true;
         }
         _backend = Backend::local;
         uint64_t sets = 1;

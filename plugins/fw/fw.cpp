@@ -12,7 +12,8 @@
  *   non_ip     = "deny"    # "allow" | "deny": packets the host did not parse as IPv4/IPv6
  *   cache_size = 1048576   # flows in the verdict cache (and the connection table)
  *   idle_timeout = 300     # seconds; expiry of the per-instance cache (state = "local")
- *   state      = "auto"    # "auto" | "host" | "local": where the per-flow tables live
+ *   state      = "host"    # "host": per-flow tables in the host's shared memory (default);
+ *                          # "local": per-instance caches, lost when the instance restarts
  *
  * DESCRIPTION
  *   Rules (format in fw_rules.h, example conf/rules/fw.rules) match protocol,
@@ -41,9 +42,9 @@
  *   rules        global/read  — per instance, parsed at init (read-only after)
  *   "verdicts"   per-flow/read  (key 40 B 5-tuple, value 8 B) — written once per flow
  *   "conns"      per-flow/write (stateful only; key: the expected reply 5-tuple)
- *   With the host's state API both tables live in the executor's shared
- *   memory and survive instance restarts; without it (or state = "local")
- *   they are per-instance caches.
+ *   With state = "host" both tables live in the executor's shared memory and
+ *   survive instance restarts, and init fails when the host cannot create
+ *   them; with state = "local" they are per-instance caches.
  *
  * PORTS   0 allowed, 1 allowed + suspicious, DROP denied.
  * COUNTERS
@@ -282,15 +283,16 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0) {
         return bad("idle_timeout", "`idle_timeout` must be a number of seconds >= 0 (0: never)");
     }
-    int want = 0;
+    bool local = false;
     if ((rc = h->config_string(cfg, "state", &s)) == SERPENS_OK) {
-        want = std::strcmp(s, "auto") == 0    ? 0
-               : std::strcmp(s, "host") == 0  ? 1
-               : std::strcmp(s, "local") == 0 ? 2
-                                              : -1;
+        if (std::strcmp(s, "local") != 0 && std::strcmp(s, "host") != 0) {
+            return bad("state", "`state` must be \"host\" (the default: tables in the host's shared memory) or "
+                                "\"local\" (per-instance caches)");
+        }
+        local = std::strcmp(s, "local") == 0;
     }
-    if (rc == SERPENS_EINVAL || want < 0) {
-        return bad("state", "`state` must be \"auto\", \"host\" or \"local\"");
+    if (rc == SERPENS_EINVAL) {
+        return bad("state", "`state` must be a string");
     }
 
     std::string err;
@@ -309,11 +311,11 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
 
     uint64_t idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
     if (!fw->verdicts.open(ctx, "verdicts", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(FlowKey),
-                           sizeof(Verdict), static_cast<uint64_t>(cache_size), want, idle_ns)) {
+                           sizeof(Verdict), static_cast<uint64_t>(cache_size), local, idle_ns)) {
         return SERPENS_ENOMEM;
     }
     if (fw->stateful && !fw->conns.open(ctx, "conns", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(FlowKey),
-                                        sizeof(Conn), static_cast<uint64_t>(cache_size), want, idle_ns)) {
+                                        sizeof(Conn), static_cast<uint64_t>(cache_size), local, idle_ns)) {
         return SERPENS_ENOMEM;
     }
     serpens_register_counters(ctx, "fw", counter_names, C_COUNT, fw->c, fw->spare);

@@ -14,7 +14,9 @@
  *   src       = "10.1.0.0/16"     # out only: traffic selector, IPv4 or IPv6 prefix (default any)
  *   dst       = "10.2.0.0/16"     #   "
  *   [nf.config]
- *   state = "auto"                # "auto" | "host" | "local": where sequence/replay state lives
+ *   state = "host"                # "host": sequence numbers and replay windows in the host's
+ *                                 # shared memory (default); "local": per instance, from zero
+ *                                 # after a restart (so never with a key used before)
  *
  * DESCRIPTION
  *   Outbound: an IPv4/IPv6 packet matching an "out" SA's selectors (first SA
@@ -406,17 +408,18 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         h->log(ctx, SERPENS_LOG_ERROR, "%s: %s", where, what.c_str());
         return SERPENS_EINVAL;
     };
-    int want = 0; // 0 auto, 1 host, 2 local
+    bool local = false;
     const char *s = nullptr;
     int rc = h->config_string(cfg, "state", &s);
     if (rc == SERPENS_OK) {
-        want = std::strcmp(s, "auto") == 0    ? 0
-               : std::strcmp(s, "host") == 0  ? 1
-               : std::strcmp(s, "local") == 0 ? 2
-                                              : -1;
+        if (std::strcmp(s, "local") != 0 && std::strcmp(s, "host") != 0) {
+            return bad("state", "`state` must be \"host\" (the default: sequence numbers in the host's shared "
+                                "memory) or \"local\" (per instance)");
+        }
+        local = std::strcmp(s, "local") == 0;
     }
-    if (rc == SERPENS_EINVAL || want < 0) {
-        return bad("state", "`state` must be \"auto\", \"host\" or \"local\"");
+    if (rc == SERPENS_EINVAL) {
+        return bad("state", "`state` must be a string");
     }
     std::size_t n = 0;
     if (h->config_array_size(cfg, "sa", &n) != SERPENS_OK || n == 0) {
@@ -482,24 +485,19 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     } catch (const std::bad_alloc &) {
         return SERPENS_ENOMEM;
     }
-    if (want != 2 && h->create_table != nullptr && h->get_state != nullptr && h->put_state != nullptr) {
+    if (!local) {
         v->sa_table =
             h->create_table(ctx, "sas", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(SaKey), sizeof(SaRef), 256);
         v->seq_table = h->create_table(ctx, "seq", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(SaKey),
                                        sizeof(SeqState), 256);
-    }
-    if (v->sa_table == nullptr || v->seq_table == nullptr) {
-        if (want == 1) {
-            h->log(ctx, SERPENS_LOG_ERROR, "state = \"host\" but the host could not create the vpn tables");
+        if (v->sa_table == nullptr || v->seq_table == nullptr) {
+            // Never a silent fallback to per-instance sequence numbers: after
+            // a restart they would reuse GCM nonces under the same key.
+            h->log(ctx, SERPENS_LOG_ERROR,
+                   "the host could not create the vpn tables (state = \"local\" keeps them per instance, "
+                   "restarting from zero: only with fresh keys)");
             return SERPENS_ENOTSUP;
         }
-        if (want == 0) {
-            h->log(ctx, SERPENS_LOG_WARN,
-                   "host state unavailable: sequence numbers and replay windows are "
-                   "per instance and restart from zero (use fresh keys after a restart)");
-        }
-        v->sa_table = v->seq_table = nullptr;
-    } else {
         for (uint32_t i = 0; i < v->sas.size(); ++i) {
             SaKey k{v->sas[i]->spi, v->sas[i]->out ? 0u : 1u};
             SaRef ref{i, 0};

@@ -69,7 +69,7 @@ def run_host(frames_in, direction):
     else:
         write_pcap(host.path("in.pcap"), frames_in)
     host.chain("vpn", f'name = "vpn"\negress = "pcap0"\n[[nf]]\nname = "vpn"\nplugin = "vpn"\n'
-                      f'[nf.config]\nstate = "auto"\n{sa_toml(direction)}')
+                      f'[nf.config]\nstate = "host"\n{sa_toml(direction)}')
     host.config(host.pcap_port() + '\n[[gateway.rule]]\nname = "all"\nchain = "vpn"\n')
     host.run("--idle-exit", "1")
     nf = next(n for n in host.stats()["instances"][0]["nfs"] if n["name"] == "vpn")

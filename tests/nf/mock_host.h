@@ -222,16 +222,14 @@ struct Ctx : serpens::NfContext {
 
 class MockHost {
 public:
-    // The plugin .so at plugin_path; with_state false plays a host without
-    // state services (create_table and the state calls absent).
+    // The plugin .so at plugin_path; with_state false plays a host that
+    // cannot create tables (create_table returns NULL, as when the state
+    // directory is full).
     explicit MockHost(const std::string &plugin_path, bool with_state = true) : MockHost(load_plugin(plugin_path))
     {
         if (!with_state) {
-            _api.create_table = nullptr;
-            _api.get_state = nullptr;
-            _api.put_state = nullptr;
-            _api.delete_state = nullptr;
-            _api.get_state_bulk = nullptr;
+            _api.create_table = [](serpens_nf_ctx *, const char *, uint32_t, uint32_t, uint32_t,
+                                   uint64_t) -> serpens_table * { return nullptr; };
         }
     }
     explicit MockHost(const serpens_nf_descriptor *desc) : _desc(desc)

@@ -92,7 +92,7 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
     }
     if (plugin == "vpn") {
         // Site A (the generator's clients) tunnelled to the peer; example keys.
-        return "state = \"auto\"\n"
+        return "state = \"host\"\n"
                "[[nf.config.sa]]\nspi = 0x00001001\ndirection = \"out\"\n"
                "key = \"0x0123456789abcdef0123456789abcdef01020304\"\nlocal = \"192.0.2.1\"\n"
                "remote = \"198.51.100.2\"\nsrc = \"198.18.0.0/16\"\n"

@@ -15,7 +15,7 @@ namespace serpens::bench {
 struct NfParams {
     uint32_t fw_rules = 100; // rules in the generated fw rules file (none match the traffic)
     uint64_t flows = 10000;  // sizes per-flow tables (x2, at least 65536)
-    std::string fw_state = "auto";
+    std::string fw_state = "host";
     std::string nat_external = "203.0.113.0/24"; // nat's pool (init cost grows with it)
     uint64_t mon_hosts = 0;                      // 0: sized like the per-flow tables
 };

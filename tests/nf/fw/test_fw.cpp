@@ -405,20 +405,28 @@ TEST_CASE("fw: a bulk verdict lookup counts as a lookup per packet would")
     CHECK(h.table("verdicts")->bulk_calls == 2);
 }
 
-TEST_CASE("fw: works without the host's state API (per-instance cache)")
+TEST_CASE("fw: state = \"local\" runs on per-instance caches; the default refuses a host without tables")
 {
     MockHost h(FW_PLUGIN, /*with_state=*/false);
-    Ctx *c = start_fw(h, kRules, "stateful = true\n");
-    CHECK(h.logged("per-instance cache"));
+    Ctx *c = start_fw(h, kRules, "stateful = true\nstate = \"local\"\n");
+    CHECK(h.logged("per-instance"));
     Packet web = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
     Packet back = make(reverse({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80}));
     CHECK(h.run(*c, {&web, &back, &web}) == std::vector<uint8_t>{0, 0, 0});
     CHECK(c->counter("cache_hits") == 1);
     CHECK(c->counter("replies") == 1);
-    // state = "host" refuses to run without it.
-    h.set_config("rules = \"fw.rules\"\nstate = \"host\"\n");
-    Ctx *c2 = nullptr;
-    CHECK(h.init(c2) != SERPENS_OK);
+    // state = "host", the default, refuses to run without it, saying what
+    // would, and "auto" (which fell back without a word) is gone.
+    for (const char *state : {"", "state = \"host\"\n"}) {
+        h.set_config(std::string("rules = \"fw.rules\"\n") + state);
+        Ctx *c2 = nullptr;
+        CHECK(h.init(c2) != SERPENS_OK);
+        CHECK(h.logged("could not create table 'verdicts' (state = \"local\" keeps per-instance caches)"));
+    }
+    h.set_config("rules = \"fw.rules\"\nstate = \"auto\"\n");
+    Ctx *c3 = nullptr;
+    CHECK(h.init(c3) == SERPENS_EINVAL);
+    CHECK(h.logged("`state` must be \"host\""));
 }
 
 TEST_CASE("fw: established-flow cost does not depend on the rule count")
@@ -523,10 +531,12 @@ TEST_CASE("fw: init reads every key its synopsis documents, so a misspelt one st
 {
     MockHost h(FW_PLUGIN);
     start_fw(h, "default allow\n",
-             "stateful = true\nnon_ip = \"allow\"\ncache_size = 1024\nidle_timeout = 60\nstate = \"auto\"\n");
+             "stateful = true\nnon_ip = \"allow\"\ncache_size = 1024\nidle_timeout = 60\nstate = \"host\"\n");
     CHECK(serpens::config::unread_keys(h.config()).empty());
-    start_fw(h, "default allow\n", "statefull = true\n");
-    auto unread = serpens::config::unread_keys(h.config());
+    // A host of its own: this one's tables were made with another cache_size.
+    MockHost h2(FW_PLUGIN);
+    start_fw(h2, "default allow\n", "statefull = true\n");
+    auto unread = serpens::config::unread_keys(h2.config());
     REQUIRE(unread.size() == 1);
     CHECK(unread[0].find("chain.toml:3:1: unknown key 'statefull' in the config of this NF; it reads: cache_size, "
                          "idle_timeout, non_ip, rules, state, stateful") != std::string::npos);

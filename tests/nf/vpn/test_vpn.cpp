@@ -273,13 +273,18 @@ TEST_CASE("vpn: a restarted instance continues the sequence (no nonce reuse) and
     CHECK(c3->counter("replay") == 1);
 }
 
-TEST_CASE("vpn: works without the host's state API; bad config names file:line")
+TEST_CASE("vpn: state = \"local\" without host tables; never a silent fallback; bad config names file:line")
 {
     MockHost h(VPN_PLUGIN, /*with_state=*/false);
+    // Per-instance sequence numbers restart from zero: only when asked for.
     h.set_config(sa(0x5005, "out") + sa(0x5005, "in"));
+    Ctx *refused = nullptr;
+    CHECK(h.init(refused) == SERPENS_ENOTSUP);
+    CHECK(h.logged("the host could not create the vpn tables"));
+    h.set_config("state = \"local\"\n" + sa(0x5005, "out") + sa(0x5005, "in"));
     Ctx *c = nullptr;
     REQUIRE(h.init(c) == SERPENS_OK);
-    CHECK(h.logged("host state unavailable"));
+    CHECK(h.logged("per-instance state"));
     Bytes orig = frame({false, "10.9.9.9", "10.8.8.8", 17, 7, 9}, "abc");
     Packet p(orig);
     CHECK(h.run1(*c, p) == 0);
