@@ -94,8 +94,7 @@
  *   1.4 or later (min_host_minor): update_state_bulk_v2 for the flows
  *   (get_state_bulk + put_state when fold_ms = 0), scan_state for the sweep,
  *   a table-wide merge timer (the NULL key), and add_state_bulk_v2 for the
- *   hosts when the API has it, else get_state + put_state (serpens-bench's
- *   redis-backed state API leaves the counter add out).  A write the host
+ *   hosts.  A write the host
  *   refuses (not for a full table) counts in state_errors, not in
  *   flow_table_full or host_overflow.
  *
@@ -120,7 +119,6 @@
 #define MON_HOST_SLOTS 256u /* a chunk's hosts (two per packet): >= 2 * 2 * MON_CHUNK */
 #define MON_BULK 64u        /* keys per bulk call (nf.h) */
 #define MON_HOST_WORDS 4u
-#define MON_PUT_RETRIES 4
 #define MON_SWEEP_SLOTS_MAX 4096u /* flow slots the sweep walks per batch at most */
 
 #define MON_COUNTERS(X)                                                                                                \
@@ -183,7 +181,6 @@ struct mon {
     uint64_t fold_ns; /* 0: fold at every write */
     uint64_t idle_ns; /* 0: flows never expire here */
     uint64_t *counter[MON_N_COUNTERS];
-    int have_add; /* the API has add_state_bulk_v2 */
     struct serpens_sweep sweep;
 
     /* One chunk's sums, deduplicated through small open-addressing indexes
@@ -237,48 +234,6 @@ static inline uint32_t mon_hash(const uint8_t *p, unsigned words)
 
 /* ---- per-host counts (EVENTUAL) --------------------------------------- */
 
-/* Rows 0..n-1 of a bulk call, as a mask. */
-static inline uint64_t mon_all_rows(uint32_t n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
-
-/* Adds n rows to this instance's replica of `t`; *done gets the mask of the
- * rows added.  Returns SERPENS_OK, SERPENS_ENOSPC (the table is full for the
- * rest) or another code (nothing added, and not for want of room). */
-static int mon_add_rows(struct mon *m, serpens_table *t, const void *keys, uint32_t key_size, uint32_t n,
-                        const uint64_t (*rows)[MON_HOST_WORDS], uint64_t *done)
-{
-    if (m->have_add) {
-        return m->host->add_state_bulk_v2(t, keys, n, &rows[0][0], done);
-    }
-    /* An API without add_state_bulk_v2: read, add, write back; a merge
-     * between the two refuses the write (SERPENS_EAGAIN) and the row is
-     * redone. */
-    uint64_t mask = 0;
-    for (uint32_t i = 0; i < n; ++i) {
-        const uint8_t *key = (const uint8_t *)keys + (size_t)i * key_size;
-        for (int attempt = 0; attempt < MON_PUT_RETRIES; ++attempt) {
-            uint64_t v[MON_HOST_WORDS];
-            int rc = m->host->get_state(t, key, v);
-            if (rc == SERPENS_ENOENT) {
-                memset(v, 0, sizeof v);
-            } else if (rc != SERPENS_OK) {
-                break;
-            }
-            for (unsigned w = 0; w < MON_HOST_WORDS; ++w) {
-                v[w] += rows[i][w];
-            }
-            rc = m->host->put_state(t, key, v);
-            if (rc == SERPENS_OK) {
-                mask |= 1ull << i;
-            }
-            if (rc != SERPENS_EAGAIN) {
-                break;
-            }
-        }
-    }
-    *done = mask;
-    return mask == mon_all_rows(n) ? SERPENS_OK : SERPENS_ENOSPC;
-}
-
 static void mon_flush_hosts(struct mon *m)
 {
     uint64_t spill[1][MON_HOST_WORDS] = {{0, 0, 0, 0}};
@@ -286,8 +241,7 @@ static void mon_flush_hosts(struct mon *m)
     for (uint32_t off = 0; off < m->n_hosts; off += MON_BULK) {
         uint32_t n = m->n_hosts - off < MON_BULK ? m->n_hosts - off : MON_BULK;
         uint64_t ok = 0;
-        const int rc =
-            mon_add_rows(m, m->hosts, m->hkey[off], 16, n, (const uint64_t(*)[MON_HOST_WORDS])m->hdelta[off], &ok);
+        const int rc = m->host->add_state_bulk_v2(m->hosts, m->hkey[off], n, &m->hdelta[off][0], &ok);
         if (rc != SERPENS_OK && rc != SERPENS_ENOSPC) {
             mon_add(m, MON_C_STATE_ERRORS, 1); /* refused, not full: host_overflow is for full */
             continue;
@@ -305,8 +259,7 @@ static void mon_flush_hosts(struct mon *m)
         static const uint32_t zero_key = 0;
         mon_add(m, MON_C_HOST_OVERFLOW, spilled);
         uint64_t ok = 0;
-        if (mon_add_rows(m, m->overflow, &zero_key, sizeof zero_key, 1, (const uint64_t(*)[MON_HOST_WORDS])spill,
-                         &ok) != SERPENS_OK) {
+        if (m->host->add_state_bulk_v2(m->overflow, &zero_key, 1, &spill[0][0], &ok) != SERPENS_OK) {
             mon_add(m, MON_C_STATE_ERRORS, 1);
         }
     }
@@ -724,7 +677,6 @@ static int mon_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         m->sweep.period_ns = m->idle_ns / 2;
     }
     m->sweep.last_ns = h->now_ns();
-    m->have_add = SERPENS_HOST_HAS(h, add_state_bulk_v2);
     const uint32_t ev = SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL;
     m->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY,
                                sizeof(struct mon_flow_key), sizeof(struct mon_flow_val), (uint64_t)max_flows);

@@ -1,6 +1,6 @@
 // mon against the mock host: per-flow and per-host counts match what the
-// test counts itself (also in batches larger than mon's 64-packet rounds and
-// through an API without add_state_bulk_v2), replicas of two instances fold
+// test counts itself (also in batches larger than mon's 64-packet rounds),
+// replicas of two instances fold
 // without loss or double counting, flows fold their pending counts into the hosts
 // every fold_ms and through the sweep (which also expires idle flows, each
 // instance only its own), hosts beyond max_hosts go to the counted overflow
@@ -268,35 +268,6 @@ TEST_CASE("mon: two instances' host replicas fold without loss or double countin
     m.host.process(1, p.parse(), p.ports, 1000 * kMs);
     m.host.remove_instance(1);
     CHECK(m.hosts() == want.hosts);
-}
-
-TEST_CASE(
-    "mon: an API without add_state_bulk_v2 (serpens-bench's redis state) gets the same counts through get and put")
-{
-    MockHost host(mon());
-    host.set_config("fold_ms = 0\n"); // every write folds: hosts hold every count
-    host.api().add_state_bulk_v2 = nullptr;
-    REQUIRE(host.init(0) == SERPENS_OK);
-    Expect want;
-    auto flows = traffic(200);
-    for (std::size_t start = 0; start < flows.size(); start += 50) {
-        Packets p;
-        for (std::size_t i = start; i < start + 50; ++i) {
-            Bytes f = frame(flows[i], 5);
-            want.add(flows[i], f.size());
-            p.add(f);
-        }
-        host.process(0, p.parse(), p.ports, (1 + start) * kMs);
-    }
-    CHECK(host.bulk_adds == 0);
-    host.merge_all("hosts"); // the merge timer firing
-    std::map<Addr, HostCounts> got;
-    for (auto &[key, cells] : host.table("hosts")->entries()) {
-        Addr a;
-        std::memcpy(a.data(), key.data(), 16);
-        got[a] = read_counts(host.global_value("hosts", key));
-    }
-    CHECK(got == want.hosts);
 }
 
 TEST_CASE("mon: hosts beyond max_hosts are summed in the overflow row and counted")
