@@ -40,14 +40,15 @@ else
     step_failed "build"
 fi
 
-# 2. Unit tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+# 2. Unit tests under AddressSanitizer and UndefinedBehaviorSanitizer, which
+#    run several times slower: their time limits are tripled.
 if [ ! -f build-asan/build.ninja ]; then
     meson setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null \
         || step_failed "meson setup build-asan"
 fi
 if ninja -C build-asan; then
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
-        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 2>&1 | tee build-asan/test-summary.txt
+        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --timeout-multiplier 3 2>&1 | tee build-asan/test-summary.txt
     count build-asan/test-summary.txt
 else
     step_failed "sanitizer build"
