@@ -4,15 +4,15 @@
 //
 // A chain's flows are split into route_buckets buckets by their symmetric flow
 // hash (so both directions of a flow meet the same instance), and each bucket
-// has exactly one owning instance.  Scaling moves buckets between instances,
-// a bucket at a time.  A route table is the view from one dispatching lcore:
+// has exactly one owning instance, so scaling can move buckets between
+// instances rather than rehash every flow.  A route table is the view from one dispatching lcore:
 // an owner on that lcore is run in place, an owner on another lcore is reached
 // through its input ring (and, later, an owner on another server through a
 // peer).
 //
 // A table is immutable once published and swapped whole (RCU-style): the
-// dispatcher loads it once per burst and reports a quiescent state once per
-// loop; the control thread frees an old table only after the dispatcher has
+// dispatcher loads it once per poll of its RX queues and reports a quiescent
+// state after each; the control thread frees an old table only after the dispatcher has
 // passed a quiescent state, so routes change without a lock and without
 // losing a packet.
 
