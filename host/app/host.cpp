@@ -503,14 +503,12 @@ int run_host(const HostOptions &options)
         rte_mempool *pool = io::create_mbuf_pool(cfg);
         // The EAL has the last word on lcores (it may refuse what the args name).
         plan = plan_instances(cfg, loaded, lcores_of_eal());
-        std::set<unsigned> tx_lcores{rte_get_main_lcore()};
-        for (const Placement &p : plan) {
-            tx_lcores.insert(p.lcore);
-        }
         std::vector<unsigned> instance_lcores;
         for (const Placement &p : plan) {
             instance_lcores.push_back(p.lcore);
         }
+        std::set<unsigned> tx_lcores(instance_lcores.begin(), instance_lcores.end());
+        tx_lcores.insert(rte_get_main_lcore());
         const auto receivers = Dataplane::receiving_lcores(instance_lcores, rte_get_main_lcore());
         ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()),
                                 static_cast<uint16_t>(receivers.size()));
