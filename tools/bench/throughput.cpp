@@ -198,6 +198,9 @@ private:
     int measure_all(const Options &opts, const std::vector<Entry> &chosen)
     {
         _rig.make_pcap();
+        if (std::any_of(chosen.begin(), chosen.end(), [](const Entry &e) { return e.config->lcores == 2; })) {
+            _rig.make_queue_pcaps();
+        }
         _rig.make_serpens_files(opts, _chains);
         std::cout << fmt::format("throughput: {} packets of {} B, {} flows ({}), replayed by net_pcap into "
                                  "net_null; lcores main {} fwd {}; {} s window after {} s warm-up, {} round(s)\n",

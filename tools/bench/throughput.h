@@ -87,11 +87,12 @@ struct ThroughputRig {
     std::string eal_prefix(const char *what);
     // The replayed input: in.pcap on one RX queue, or its two halves on two.
     std::string pcap_vdev(unsigned queues = 1) const;
-    // tmp/in.pcap from serpens-pktgen (pktgen_cmd says how), and its flows
-    // split in two by the router's buckets, as a NIC whose RSS redirection
-    // table follows them would split them: each half's flows belong to the
-    // instance of the lcore that receives it.
+    // tmp/in.pcap from serpens-pktgen; pktgen_cmd says how.
     void make_pcap();
+    // queue_pcaps: in.pcap's flows split in two by the router's buckets, as a
+    // NIC whose RSS redirection table follows them would split them: each
+    // half's flows belong to the instance of the lcore that receives it.
+    void make_queue_pcaps();
     void make_serpens_files(const Options &opts, const std::vector<std::string> &chains);
     std::filesystem::path write_host_toml(bool two_cores, const std::string &chain = "passthrough");
 

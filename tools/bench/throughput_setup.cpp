@@ -140,7 +140,10 @@ void ThroughputRig::make_pcap()
     for (std::size_t i = 0; i < argv.size(); ++i) {
         pktgen_cmd += (i ? " " : "") + (i == 0 ? std::string("serpens-pktgen") : i == 2 ? "in.pcap" : argv[i]);
     }
+}
 
+void ThroughputRig::make_queue_pcaps()
+{
     // Two instances own alternate buckets (io::RouteTable::spread).
     net::PcapReader reader(pcap.string());
     std::unique_ptr<net::PcapWriter> halves[2];
