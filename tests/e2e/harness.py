@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict
 
 HOST = os.environ["SERPENS_HOST"]
 CTL = os.environ.get("SERPENSCTL", "")
@@ -234,6 +235,15 @@ class Host:
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def by_flow(frames):
+    """Frames grouped by flow_of, each group in the order given: two captures
+    carry the same flows in the same order exactly when these are equal."""
+    groups = defaultdict(list)
+    for frame in frames:
+        groups[flow_of(frame)].append(frame)
+    return groups
 
 
 class Netns:

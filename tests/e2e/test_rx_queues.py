@@ -6,7 +6,7 @@ instance and in its original order."""
 import zlib
 from collections import defaultdict
 
-from harness import Host, check, flow_of, write_pcap
+from harness import Host, by_flow, check, flow_of, write_pcap
 
 host = Host()
 host.pktgen("--packets", "8000", "--flows", "600", "--malformed-ratio", "0", "--seed", "5",
@@ -36,19 +36,15 @@ for lcore, queue in ((0, 0), (1, 1)):
     check(by_lcore[lcore]["rx"] == len(queues[queue]),
           f"lcore {lcore} received {by_lcore[lcore]['rx']} of queue {queue}'s {len(queues[queue])}")
 
-sent = defaultdict(list)
-for frame in frames:
-    sent[flow_of(frame)].append(frame)
-received = defaultdict(list)
 instances_of = defaultdict(set)
 outputs = host.output()
 check(len(outputs) == len(frames), f"{len(outputs)} packets out of {len(frames)}")
 for frame in outputs:
     tag = frame[-1]
     check(tag in (0xC0, 0xC1), f"trailer {tag:#x} is not an instance tag")
-    flow = flow_of(frame[:-1])
-    received[flow].append(frame[:-1])
-    instances_of[flow].add(tag - 0xC0)
+    instances_of[flow_of(frame[:-1])].add(tag - 0xC0)
+sent = by_flow(frames)
+received = by_flow(frame[:-1] for frame in outputs)
 split = [f for f, s in instances_of.items() if len(s) > 1]
 check(not split, f"{len(split)} flows ran on more than one instance")
 reordered = [f for f in sent if received[f] != sent[f]]
