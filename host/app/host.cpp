@@ -515,8 +515,8 @@ int run_host(const HostOptions &options)
         io::Gateway gateway = make_gateway(cfg, loaded);
 
         DataplaneOptions dp_options;
-        dp_options.burst = cfg.burst;
-        dp_options.drop_malformed = cfg.parse_malformed == "drop";
+        dp_options.dispatch.burst = cfg.burst;
+        dp_options.dispatch.drop_malformed = cfg.parse_malformed == "drop";
         dp_options.wake_deadline_us = cfg.wake_deadline_us;
         dp_options.idle_sleep_us = cfg.idle_sleep_us;
         dp_options.idle_exit_s = options.idle_exit_s;

@@ -19,7 +19,7 @@ namespace serpens {
 Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options)
     : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
 {
-    _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
+    _options.dispatch.burst = std::clamp<uint32_t>(_options.dispatch.burst, 1, max_burst);
     auto main_lcore = std::make_unique<Lcore>();
     main_lcore->id = rte_get_main_lcore();
     main_lcore->main = true;
@@ -112,9 +112,8 @@ void Dataplane::build_dispatchers()
         if (queues[r].empty()) {
             continue; // every port has fewer queues than there are receivers
         }
-        lcore_state(receivers[r]).dispatcher =
-            std::make_unique<io::Dispatcher>(_ports, _gateway, _wake_threshold, std::move(queues[r]),
-                                             io::DispatchOptions{_options.burst, _options.drop_malformed});
+        lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
+            _ports, _gateway, _wake_threshold, std::move(queues[r]), _options.dispatch);
         ++_receivers;
     }
 }
@@ -224,7 +223,8 @@ void Dataplane::LcoreSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint1
 uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
 {
     rte_mbuf *mbufs[max_burst];
-    const unsigned n = rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.burst, nullptr);
+    const unsigned n =
+        rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.dispatch.burst, nullptr);
     if (n > 0) {
         run_batch(lcore, slot, mbufs, n, now);
     }

@@ -48,8 +48,7 @@ struct InstanceSlot {
 };
 
 struct DataplaneOptions {
-    uint32_t burst = 32;
-    bool drop_malformed = true;
+    io::DispatchOptions dispatch; // burst (also of ring dequeues) and malformed packets
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
     double idle_exit_s = 0; // 0: never; else stop after this long without RX
