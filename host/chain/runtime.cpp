@@ -96,12 +96,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         if (ctx->executor != nullptr) {
             ctx->executor->set_descriptor(nf.desc); // its split/merge/update hooks
         }
-        ctx->pub.struct_size = sizeof(serpens_nf_ctx);
-        ctx->pub.instance_id = instance_id;
-        ctx->pub.host = api;
-        ctx->pub.chain_name = ctx->chain_name.c_str();
-        ctx->pub.nf_name = ctx->nf_name.c_str();
-        ctx->pub.host_private = ctx.get();
+        ctx->fill_public(api, instance_id);
         _contexts.push_back(std::move(ctx));
 
         int rc = SERPENS_OK;

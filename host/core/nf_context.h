@@ -45,6 +45,18 @@ struct NfContext {
     state::Executor *executor = nullptr; // owner of this NF's state tables
     CounterBlock counters;
 
+    // Fills `pub`, what the plugin sees of this context, from it; chain_name
+    // and nf_name are set by then, and the context does not move afterwards.
+    void fill_public(const serpens_host_api *api, uint32_t instance_id) noexcept
+    {
+        pub.struct_size = sizeof(serpens_nf_ctx);
+        pub.instance_id = instance_id;
+        pub.host = api;
+        pub.chain_name = chain_name.c_str();
+        pub.nf_name = nf_name.c_str();
+        pub.host_private = this;
+    }
+
     static NfContext *of(const serpens_nf_ctx *ctx) noexcept { return static_cast<NfContext *>(ctx->host_private); }
 };
 

@@ -329,12 +329,7 @@ public:
         c->chain_name = "test";
         c->nf_name = _desc->name;
         c->executor = _ex;
-        c->pub.struct_size = sizeof c->pub;
-        c->pub.instance_id = id;
-        c->pub.host = &_api;
-        c->pub.chain_name = c->chain_name.c_str();
-        c->pub.nf_name = c->nf_name.c_str();
-        c->pub.host_private = static_cast<serpens::NfContext *>(c.get());
+        c->fill_public(&_api, id);
         c->host = this;
         c->initialised = true;
         out = c.get();

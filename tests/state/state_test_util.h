@@ -50,12 +50,7 @@ struct FakeInstance {
         nc.nf_name = ex.nf();
         nc.executor = &ex;
         nc.desc = desc;
-        nc.pub.struct_size = sizeof(nc.pub);
-        nc.pub.instance_id = id;
-        nc.pub.host = &state_api();
-        nc.pub.chain_name = nc.chain_name.c_str();
-        nc.pub.nf_name = nc.nf_name.c_str();
-        nc.pub.host_private = &nc;
+        nc.fill_public(&state_api(), id);
     }
     serpens_nf_ctx *ctx() { return &nc.pub; }
     serpens_table *create(const char *name, uint32_t flags, uint32_t ks, uint32_t vs, uint64_t cap)
