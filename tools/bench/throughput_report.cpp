@@ -68,6 +68,11 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                  "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
                 {}};
     std::string summary;
+    // "<what> = <median> (rounds <min>..<max>; target >= <target>): MEETS|BELOW"
+    auto target_line = [&cell](const std::string &what, const Summary &x, double target) {
+        return fmt::format("{} = {} (rounds {}..{}; target >= {}): {}\n", what, fmt_num(x.median), cell(x.min),
+                           cell(x.max), target, x.median >= target ? "MEETS" : "BELOW");
+    };
     for (std::size_t i = 0; i < chosen.size(); ++i) {
         const Config &c = *chosen[i].config;
         std::vector<double> mpps, cores, per_cpu;
@@ -88,10 +93,7 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                               fmt_num(m.max), per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median),
                               cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
-            summary += fmt::format("serpens SFC fw-mon-nat on 1 core / testpmd macswap = {} (rounds {}..{}; "
-                                   "target >= 0.5): {}\n",
-                                   fmt_num(x_mac.median), cell(x_mac.min), cell(x_mac.max),
-                                   x_mac.median >= 0.5 ? "MEETS" : "BELOW");
+            summary += target_line("serpens SFC fw-mon-nat on 1 core / testpmd macswap", x_mac, 0.5);
         }
         if (c.kind == Kind::serpens_1core || c.kind == Kind::serpens_2core || c.kind == Kind::serpens_chain) {
             summary += fmt::format("{}: {} Mpps on {} lcore(s)", chosen[i].name, fmt_num(m.median), c.lcores);
@@ -111,18 +113,10 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             const int one = find_entry(chosen, Kind::serpens_1core);
             const int mac2 = find_entry(chosen, Kind::testpmd_macswap_2core);
             if (one >= 0) {
-                const Summary x_one = ratio(i, one, false);
-                summary += fmt::format("serpens 2 cores on 2 RX queues / serpens 1 core = {} (rounds {}..{}; "
-                                       "target >= 1.7): {}\n",
-                                       fmt_num(x_one.median), cell(x_one.min), cell(x_one.max),
-                                       x_one.median >= 1.7 ? "MEETS" : "BELOW");
+                summary += target_line("serpens 2 cores on 2 RX queues / serpens 1 core", ratio(i, one, false), 1.7);
             }
             if (mac2 >= 0) {
-                const Summary x_mac2 = ratio(i, mac2, false);
-                summary += fmt::format("serpens 2 cores / testpmd macswap 2 cores = {} (rounds {}..{}; target >= "
-                                       "0.8): {}\n",
-                                       fmt_num(x_mac2.median), cell(x_mac2.min), cell(x_mac2.max),
-                                       x_mac2.median >= 0.8 ? "MEETS" : "BELOW");
+                summary += target_line("serpens 2 cores / testpmd macswap 2 cores", ratio(i, mac2, false), 0.8);
             }
         }
         if (c.kind == Kind::serpens_1core && macswap >= 0) {
