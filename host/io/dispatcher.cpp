@@ -58,7 +58,7 @@ bool Dispatcher::backlogged(const RouteTable *routes)
         return false;
     }
     for (const RouteTarget &target : routes->targets) {
-        if (target.kind == RouteKind::ring && rte_ring_free_count(target.ring) < _options.burst) {
+        if (rte_ring_free_count(target.ring) < _options.burst) {
             bump(_counters.rx_paused);
             target.wakeup->wake();
             return true;
@@ -141,7 +141,9 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
                 batch[k] = mbufs[stage.index[k]];
             }
         };
-        if (stage.target->kind == RouteKind::in_place) {
+        const RouteTarget &target = *stage.target;
+        if (target.kind == RouteKind::in_place && !target.gate->held.load(std::memory_order_acquire) &&
+            rte_ring_empty(target.ring)) {
             // Run the chain now on the views just parsed: no ring and no
             // metadata round trip through the mbuf, and nothing is reordered,
             // since this instance receives only from here.
@@ -164,16 +166,27 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             store_meta(batch[k], views[stage.index[k]], tags[stage.index[k]]);
         }
         unsigned queued =
-            rte_ring_enqueue_burst(stage.target->ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);
+            rte_ring_enqueue_burst(target.ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);
         if (queued < stage.count) {
             bump(_counters.ring_full, stage.count - queued);
             for (unsigned k = queued; k < stage.count; ++k) {
                 drops[n_drop++] = batch[k];
             }
         }
-        if (stage.target->wakeup->sleeping() &&
-            rte_ring_count(stage.target->ring) >= _wake_threshold.load(std::memory_order_relaxed)) {
-            stage.target->wakeup->wake();
+        if (target.wake_on_arrival) {
+            // Parked: these packets open the gate.  The fence orders the
+            // enqueue before the load, against the parking thread's store of
+            // `held` before its look at the ring: one of the two sees the other.
+            std::atomic_thread_fence(std::memory_order_seq_cst);
+            if (target.gate->held.load(std::memory_order_relaxed) &&
+                target.gate->held.exchange(false, std::memory_order_acq_rel)) {
+                target.gate->woken_ns.store(now, std::memory_order_release);
+                bump(_counters.wakeups);
+                target.wakeup->wake();
+            }
+        } else if (target.kind == RouteKind::ring && target.wakeup->sleeping() &&
+                   rte_ring_count(target.ring) >= _wake_threshold.load(std::memory_order_relaxed)) {
+            target.wakeup->wake();
         }
         stage.count = 0;
     };

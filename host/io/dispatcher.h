@@ -30,7 +30,7 @@ struct RxQueue {
 };
 
 // What a dispatcher counts besides RX, parse results and rule matches, each
-// a packet count except rx_paused.
+// a packet count except rx_paused and wakeups.
 #define SERPENS_DISPATCH_COUNTERS(X)                                                                                   \
     X(malformed_dropped)  /* malformed and [parser] says drop */                                                       \
     X(unmatched_dropped)  /* no rule matched, no default port */                                                       \
@@ -39,7 +39,8 @@ struct RxQueue {
     X(ring_full)          /* another lcore's ring could not take it */                                                 \
     X(linearize_failed)   /* a multi-segment mbuf that could not be made one */                                        \
     X(default_tx_dropped) /* the default port refused it */                                                            \
-    X(rx_paused)          /* loops that left RX alone because a ring was nearly full */
+    X(rx_paused)          /* loops that left RX alone because a ring was nearly full */                                \
+    X(wakeups)            /* parked instances (chains at zero) a packet woke */
 
 // One dispatcher's counters: written by its lcore only, read by anyone.
 struct DispatchCounters {

@@ -2,47 +2,138 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <limits>
+#include <map>
 #include <string>
 #include <thread>
 
 namespace serpens::io {
 
-std::unique_ptr<RouteTable> RouteTable::spread(std::span<const RoutedInstance> instances, unsigned dispatch_lcore)
+BucketOwners spread_buckets(std::span<const uint32_t> members)
+{
+    BucketOwners owners;
+    if (members.empty()) {
+        return owners;
+    }
+    owners.resize(route_buckets);
+    for (uint32_t b = 0; b < route_buckets; ++b) {
+        owners[b] = members[b % members.size()];
+    }
+    return owners;
+}
+
+BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members)
+{
+    if (members.empty()) {
+        return {};
+    }
+    if (current.size() != route_buckets) {
+        return spread_buckets(members);
+    }
+    std::map<uint32_t, uint32_t> held; // member -> buckets it owns now
+    for (uint32_t m : members) {
+        held[m] = 0;
+    }
+    for (uint32_t owner : current) {
+        if (auto it = held.find(owner); it != held.end()) {
+            ++it->second;
+        }
+    }
+    // The remainder goes to the members that own most already: fewer moves.
+    std::vector<uint32_t> by_holding(members.begin(), members.end());
+    std::stable_sort(by_holding.begin(), by_holding.end(), [&](uint32_t a, uint32_t b) { return held[a] > held[b]; });
+    std::map<uint32_t, uint32_t> quota;
+    const auto n = static_cast<uint32_t>(members.size());
+    for (uint32_t i = 0; i < n; ++i) {
+        quota[by_holding[i]] = route_buckets / n + (i < route_buckets % n ? 1 : 0);
+    }
+    BucketOwners owners(route_buckets);
+    std::map<uint32_t, uint32_t> kept;
+    std::vector<uint32_t> freed;
+    for (uint32_t b = 0; b < route_buckets; ++b) {
+        auto q = quota.find(current[b]);
+        if (q != quota.end() && kept[current[b]] < q->second) {
+            owners[b] = current[b];
+            ++kept[current[b]];
+        } else {
+            freed.push_back(b);
+        }
+    }
+    std::size_t next = 0;
+    for (uint32_t m : members) {
+        for (; kept[m] < quota[m]; ++kept[m]) {
+            owners[freed[next++]] = m;
+        }
+    }
+    return owners;
+}
+
+std::unique_ptr<RouteTable> RouteTable::build(std::span<const RoutedInstance> instances,
+                                              std::span<const BucketOwners> owners_by_tag, unsigned dispatch_lcore)
 {
     if (instances.size() > std::numeric_limits<uint16_t>::max()) {
         throw Error("the router takes at most 65535 instances, got " + std::to_string(instances.size()));
     }
+    static InstanceGate always_open; // never held: nobody stores to it
     auto table = std::make_unique<RouteTable>();
-    std::vector<std::vector<uint16_t>> members; // chain tag -> indices into targets
+    std::map<uint32_t, uint16_t> target_of; // instance number -> index into targets
     for (const RoutedInstance &inst : instances) {
         const bool local = inst.lcore == dispatch_lcore;
-        table->targets.push_back({local ? RouteKind::in_place : RouteKind::ring, inst.instance,
-                                  local ? nullptr : inst.ring, local ? nullptr : inst.wakeup});
-        if (members.size() <= inst.chain_tag) {
-            members.resize(inst.chain_tag + 1);
-        }
-        members[inst.chain_tag].push_back(static_cast<uint16_t>(table->targets.size() - 1));
+        table->targets.push_back({local ? RouteKind::in_place : RouteKind::ring, inst.parked, inst.instance, inst.ring,
+                                  inst.wakeup, inst.gate != nullptr ? inst.gate : &always_open});
+        target_of[inst.instance] = static_cast<uint16_t>(table->targets.size() - 1);
     }
-    table->buckets_by_tag.resize(members.size());
-    for (std::size_t tag = 0; tag < members.size(); ++tag) {
-        if (members[tag].empty()) {
+    table->buckets_by_tag.resize(owners_by_tag.size());
+    for (std::size_t tag = 0; tag < owners_by_tag.size(); ++tag) {
+        const BucketOwners &owners = owners_by_tag[tag];
+        if (owners.empty()) {
             continue;
+        }
+        if (owners.size() != route_buckets) {
+            throw Error("chain tag " + std::to_string(tag) + ": " + std::to_string(owners.size()) +
+                        " bucket owners, expected " + std::to_string(route_buckets));
         }
         std::vector<uint16_t> &buckets = table->buckets_by_tag[tag];
         buckets.resize(route_buckets);
         for (uint32_t b = 0; b < route_buckets; ++b) {
-            buckets[b] = members[tag][b % members[tag].size()];
+            auto it = target_of.find(owners[b]);
+            if (it == target_of.end()) {
+                throw Error("chain tag " + std::to_string(tag) + ": bucket " + std::to_string(b) +
+                            " is owned by instance " + std::to_string(owners[b]) + ", which is not routed");
+            }
+            buckets[b] = it->second;
         }
     }
     return table;
 }
 
+std::unique_ptr<RouteTable> RouteTable::spread(std::span<const RoutedInstance> instances, unsigned dispatch_lcore)
+{
+    std::vector<std::vector<uint32_t>> members; // chain tag -> its instance numbers
+    for (const RoutedInstance &inst : instances) {
+        if (members.size() <= inst.chain_tag) {
+            members.resize(inst.chain_tag + 1);
+        }
+        members[inst.chain_tag].push_back(inst.instance);
+    }
+    std::vector<BucketOwners> owners;
+    for (const auto &m : members) {
+        owners.push_back(spread_buckets(m));
+    }
+    return build(instances, owners, dispatch_lcore);
+}
+
 Router::~Router() { delete _table.load(std::memory_order_acquire); }
+
+std::unique_ptr<const RouteTable> Router::exchange(std::unique_ptr<RouteTable> table)
+{
+    return std::unique_ptr<const RouteTable>(_table.exchange(table.release(), std::memory_order_acq_rel));
+}
 
 void Router::publish(std::unique_ptr<RouteTable> table)
 {
-    const RouteTable *old = _table.exchange(table.release(), std::memory_order_acq_rel);
+    std::unique_ptr<const RouteTable> old = exchange(std::move(table));
     if (old == nullptr) {
         return;
     }
@@ -52,7 +143,6 @@ void Router::publish(std::unique_ptr<RouteTable> table)
     while (_running.load(std::memory_order_acquire) && _epoch.load(std::memory_order_acquire) < start + 2) {
         std::this_thread::yield();
     }
-    delete old;
 }
 
 } // namespace serpens::io

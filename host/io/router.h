@@ -15,6 +15,16 @@
 // state after each; the control thread frees an old table only after the dispatcher has
 // passed a quiescent state, so routes change without a lock and without
 // losing a packet.
+//
+// Moving a bucket must not reorder its flows either.  Each instance has a
+// gate: while it is held, no lcore runs the instance and every dispatcher
+// queues its packets in its ring, even one that would run it in place.  A
+// handover holds the gaining instances, publishes the new tables, waits until
+// the losing instances have processed everything queued to them before, then
+// opens the gates (instance/dataplane.cpp).  A dispatcher runs an instance in
+// place only when its gate is open and its ring is empty, so nothing queued
+// earlier is overtaken.  A parked instance (a chain scaled to zero) is held
+// with its ring as the chain's buffer, and the first packet opens its gate.
 
 #include "core/wakeup.h"
 
@@ -39,11 +49,21 @@ enum class RouteKind : uint8_t {
     ring,     // the instance runs on another lcore: enqueued to its input ring
 };
 
+// Whether an instance may run now; see the handover above.
+struct InstanceGate {
+    std::atomic<bool> held{false};
+    // When a packet opened a parked instance's gate (monotonic ns), until
+    // that packet has been processed; 0 otherwise.
+    std::atomic<uint64_t> woken_ns{0};
+};
+
 struct RouteTarget {
     RouteKind kind = RouteKind::ring;
-    uint32_t instance = 0;    // the host's instance number
-    rte_ring *ring = nullptr; // ring: the instance's input ring
-    Wakeup *wakeup = nullptr; // ring: the lcore that serves the ring
+    bool wake_on_arrival = false; // parked: a packet queued here opens the gate
+    uint32_t instance = 0;        // the host's instance number
+    rte_ring *ring = nullptr;     // the instance's input ring (in_place too: used while held or queued)
+    Wakeup *wakeup = nullptr;     // the lcore that serves the ring
+    InstanceGate *gate = nullptr; // never null in a built table
 };
 
 // One instance as the router needs to know it.
@@ -53,7 +73,23 @@ struct RoutedInstance {
     unsigned lcore = 0;
     rte_ring *ring = nullptr;
     Wakeup *wakeup = nullptr;
+    InstanceGate *gate = nullptr; // null: a gate that is always open
+    bool parked = false;
 };
+
+// Per bucket, the instance number that owns it; empty: the chain has none.
+using BucketOwners = std::vector<uint32_t>;
+
+// Buckets dealt evenly over `members` in their order (bucket b to member b
+// mod n); empty when there is none.
+BucketOwners spread_buckets(std::span<const uint32_t> members);
+
+// New owners for `members` that move as few buckets as possible from
+// `current`: a member keeps its buckets up to its fair share (256/n, the
+// members holding most getting the remainder), and only the buckets of
+// leaving instances and the excess of the others are dealt to those below
+// their share.  Counts differ by at most one afterwards.
+BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members);
 
 struct RouteTable {
     std::vector<RouteTarget> targets; // every instance this lcore routes to
@@ -61,9 +97,13 @@ struct RouteTable {
     // has no instance.
     std::vector<std::vector<uint16_t>> buckets_by_tag;
 
-    // Spreads each chain's buckets evenly over its instances, in their order
-    // (bucket b to the chain's instance b mod n), as seen from
-    // `dispatch_lcore`.  Throws Error past 65535 instances.
+    // The table seen from `dispatch_lcore` when chain tag t's buckets are
+    // owned as owners_by_tag[t] says (instance numbers of `instances`; a
+    // tag past the end or an empty entry: no instance).  Throws Error past
+    // 65535 instances or for an owner not in `instances`.
+    static std::unique_ptr<RouteTable> build(std::span<const RoutedInstance> instances,
+                                             std::span<const BucketOwners> owners_by_tag, unsigned dispatch_lcore);
+    // Each chain's buckets spread evenly over its instances, in their order.
     static std::unique_ptr<RouteTable> spread(std::span<const RoutedInstance> instances, unsigned dispatch_lcore);
 
     // The chain's bucket owners; empty when it has none.
@@ -89,6 +129,9 @@ public:
     // Control thread.  Publishes `table` and frees the previous one once the
     // dispatcher has moved past it (returns at once when it is not running).
     void publish(std::unique_ptr<RouteTable> table);
+    // Control thread.  Publishes `table` and returns the previous one, which
+    // the caller frees after a grace period of its own.
+    std::unique_ptr<const RouteTable> exchange(std::unique_ptr<RouteTable> table);
 
     // Dispatcher, hot path.
     const RouteTable *current() const noexcept { return _table.load(std::memory_order_acquire); }

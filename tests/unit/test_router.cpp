@@ -2,6 +2,7 @@
 // are spread evenly, both directions of a flow meet one instance, and a
 // target is run in place exactly when its instance is on the dispatching lcore.
 
+#include "core/error.h"
 #include "io/router.h"
 #include "net/parse.h"
 
@@ -71,14 +72,13 @@ TEST_CASE("an instance on the dispatching lcore runs in place; others are reache
             const io::RouteTarget *t = table->route(0, b);
             seen.insert(t->instance);
             const unsigned lcore = t->instance == 0 ? 4 : 5;
-            if (lcore == dispatcher) {
-                CHECK(t->kind == io::RouteKind::in_place);
-                CHECK(t->ring == nullptr);
-            } else {
-                CHECK(t->kind == io::RouteKind::ring);
-                CHECK(t->ring == instances[t->instance].ring);
-                CHECK(t->wakeup == instances[t->instance].wakeup);
-            }
+            CHECK(t->kind == (lcore == dispatcher ? io::RouteKind::in_place : io::RouteKind::ring));
+            // The ring is there in place too: the handover queues into it.
+            CHECK(t->ring == instances[t->instance].ring);
+            CHECK(t->wakeup == instances[t->instance].wakeup);
+            REQUIRE(t->gate != nullptr); // a gate that is always open
+            CHECK(!t->gate->held.load());
+            CHECK(!t->wake_on_arrival);
         }
         CHECK(seen.size() == 2);
     }
@@ -121,4 +121,89 @@ TEST_CASE("a published table replaces the previous one whole")
     router.publish(io::RouteTable::spread(one, 0)); // dispatcher not running: old table freed at once
     CHECK(router.current()->route(1, 4)->wakeup == &w1);
     CHECK(router.current()->route(1, 5)->wakeup == &w1);
+}
+
+namespace {
+
+std::map<uint32_t, unsigned> holdings(const io::BucketOwners &owners)
+{
+    std::map<uint32_t, unsigned> n;
+    for (uint32_t owner : owners) {
+        ++n[owner];
+    }
+    return n;
+}
+
+unsigned moved(const io::BucketOwners &a, const io::BucketOwners &b)
+{
+    unsigned n = 0;
+    for (uint32_t i = 0; i < io::route_buckets; ++i) {
+        n += a[i] != b[i];
+    }
+    return n;
+}
+
+} // namespace
+
+TEST_CASE("rebalancing keeps every bucket owned, shares even, and moves only what it must")
+{
+    const std::vector<uint32_t> one = {7};
+    const std::vector<uint32_t> two = {7, 9};
+    const std::vector<uint32_t> three = {7, 9, 4};
+    io::BucketOwners owners = io::rebalance_buckets({}, one);
+    REQUIRE(owners.size() == io::route_buckets);
+    CHECK(holdings(owners) == std::map<uint32_t, unsigned>{{7, 256}});
+
+    // 1 -> 2: the newcomer gets half, nothing else moves.
+    io::BucketOwners next = io::rebalance_buckets(owners, two);
+    CHECK(holdings(next) == std::map<uint32_t, unsigned>{{7, 128}, {9, 128}});
+    CHECK(moved(owners, next) == 128);
+    owners = next;
+
+    // 2 -> 3: each gives a third of its share; 256 = 86 + 85 + 85.
+    next = io::rebalance_buckets(owners, three);
+    auto held = holdings(next);
+    REQUIRE(held.size() == 3);
+    for (const auto &[owner, n] : held) {
+        CHECK(n >= 85);
+        CHECK(n <= 86);
+    }
+    CHECK(moved(owners, next) == held[4]);
+    owners = next;
+
+    // 3 -> 2 (instance 9 leaves): only its buckets move.
+    const std::vector<uint32_t> stay = {7, 4};
+    next = io::rebalance_buckets(owners, stay);
+    CHECK(holdings(next) == std::map<uint32_t, unsigned>{{7, 128}, {4, 128}});
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        if (owners[b] != 9) {
+            CHECK(next[b] == owners[b]);
+        }
+    }
+    CHECK(io::rebalance_buckets(next, std::vector<uint32_t>{}).empty()); // no member: no owner
+}
+
+TEST_CASE("a table built from owners routes each bucket to its owner and marks parked instances")
+{
+    Wakeup w;
+    io::InstanceGate gate;
+    const std::vector<io::RoutedInstance> instances = {
+        {0, 3, 1, fake_ring(1), &w, &gate, true},
+        {2, 8, 0, fake_ring(2), &w, nullptr, false},
+    };
+    std::vector<io::BucketOwners> owners(3);
+    owners[0] = io::spread_buckets(std::vector<uint32_t>{3});
+    owners[2] = io::spread_buckets(std::vector<uint32_t>{8});
+    auto table = io::RouteTable::build(instances, owners, 0);
+    CHECK(table->route(1, 0) == nullptr);
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        const io::RouteTarget *parked = table->route(0, b);
+        CHECK(parked->instance == 3);
+        CHECK(parked->wake_on_arrival);
+        CHECK(parked->gate == &gate);
+        CHECK(parked->kind == io::RouteKind::ring);
+        CHECK(table->route(2, b)->kind == io::RouteKind::in_place);
+    }
+    owners[1] = io::spread_buckets(std::vector<uint32_t>{42}); // not an instance given
+    CHECK_THROWS_AS(io::RouteTable::build(instances, owners, 0), Error);
 }
