@@ -131,10 +131,13 @@ int cmd_dump(const fs::path &root, const std::string &chain, const std::string &
     const uint32_t cells = t->cells();
     uint64_t n = 0;
     if (json) {
+        // active_mask: bit i = instance i's cell is live; the others hold
+        // whatever their instance left when it stopped (already merged).
         std::printf("{\"chain\":%s,\"nf\":%s,\"table\":%s,\"kind\":%s,\"key_size\":%u,\"value_size\":%u,"
-                    "\"entries\":[",
+                    "\"active_mask\":%llu,\"entries\":[",
                     json_str(chain).c_str(), json_str(nf).c_str(), json_str(table).c_str(),
-                    json_str(kind_name(t->kind())).c_str(), t->key_size(), vs);
+                    json_str(kind_name(t->kind())).c_str(), t->key_size(), vs,
+                    static_cast<unsigned long long>(t->header().active_mask));
     }
     t->dump([&](const uint8_t *key, const uint8_t *vals) {
         if (limit != 0 && n >= limit) {
