@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/fault.h"
 #include "instance/dataplane.h"
+#include "instance/manager.h"
 #include "io/gateway.h"
 #include "io/mbuf.h"
 #include "io/port.h"
@@ -21,6 +22,7 @@
 #include <rte_lcore.h>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -95,10 +97,12 @@ uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
                                       cfg.file + " (ports: " + known + ")");
 }
 
+// Where a chain's instances run at the start, and where it may scale to.
 struct Placement {
     std::string chain;
-    uint32_t index;
-    unsigned lcore;
+    uint32_t count = 1;                 // 0: parked (one instance, held) until a packet comes
+    std::vector<unsigned> lcores;       // of each started instance (one even at count 0)
+    std::vector<unsigned> scale_lcores; // [[instance]] lcores: where new ones go; empty: any worker
 };
 
 // Where each instance runs.  The same for `--check` (lcores read from the EAL
@@ -120,23 +124,42 @@ std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains 
         if (!placed.insert(ic.chain).second) {
             throw ConfigError(cfg.file, ic.line, 0, "[[instance]]: chain '" + ic.chain + "' is placed twice");
         }
-        for (uint32_t i = 0; i < ic.count; ++i) {
-            unsigned lcore = ic.lcores.empty() ? default_lcore : ic.lcores.size() == 1 ? ic.lcores[0] : ic.lcores[i];
+        for (unsigned lcore : ic.lcores) {
             if (!lcores.has(lcore)) {
                 throw ConfigError(cfg.file, ic.line, 0,
                                   "[[instance]] of chain '" + ic.chain + "': lcore " + std::to_string(lcore) +
                                       " is not enabled (the EAL args give " + lcores.describe() +
                                       "; add it to -l in [eal] args)");
             }
-            plan.push_back({ic.chain, i, lcore});
         }
+        Placement p{ic.chain, ic.count, {}, {ic.lcores.begin(), ic.lcores.end()}};
+        for (uint32_t i = 0; i < std::max<uint32_t>(ic.count, 1); ++i) {
+            p.lcores.push_back(ic.lcores.empty() ? default_lcore : ic.lcores.size() == 1 ? ic.lcores[0] : ic.lcores[i]);
+        }
+        plan.push_back(std::move(p));
     }
     for (const GatewayRuleConfig &rule : cfg.rules) {
         if (placed.insert(rule.chain).second && loaded.tag_of.count(rule.chain) != 0) {
-            plan.push_back({rule.chain, 0, default_lcore});
+            plan.push_back({rule.chain, 1, {default_lcore}, {}});
+        }
+    }
+    for (const AutoscaleChainConfig &a : cfg.autoscale.chains) {
+        if (std::none_of(plan.begin(), plan.end(), [&](const Placement &p) { return p.chain == a.chain; })) {
+            throw ConfigError(cfg.file, a.line, 0,
+                              "[[autoscale.chain]]: chain '" + a.chain +
+                                  "' runs nowhere (give it an [[instance]] or a gateway rule)");
         }
     }
     return plan;
+}
+
+std::size_t instance_count(const std::vector<Placement> &plan)
+{
+    std::size_t n = 0;
+    for (const Placement &p : plan) {
+        n += p.lcores.size();
+    }
+    return n;
 }
 
 LcoreSet lcores_of_eal()
@@ -149,6 +172,11 @@ LcoreSet lcores_of_eal()
         }
     }
     return set;
+}
+
+bool runs_on_lcore(const InstanceSlot &slot)
+{
+    return slot.state == SlotState::active || slot.state == SlotState::parked;
 }
 
 void print_stats(const Dataplane &dp, std::FILE *out)
@@ -190,16 +218,20 @@ void print_stats(const Dataplane &dp, std::FILE *out)
     }
     std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(c.unmatched));
 
-    std::fprintf(out, "\n%-20s %4s %6s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "packets", "out", "dropped",
-                 "tx_dropped");
-    for (const auto &slot : dp.instances()) {
-        std::fprintf(out, "%-20s %4u %6u %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index, slot->lcore,
-                     static_cast<unsigned long>(slot->packets.load()), static_cast<unsigned long>(slot->out.load()),
-                     static_cast<unsigned long>(slot->dropped.load()),
+    std::fprintf(out, "\n%-20s %4s %6s %-7s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "state", "packets", "out",
+                 "dropped", "tx_dropped");
+    for (const auto &slot : dp.slots()) {
+        const std::string lcore = runs_on_lcore(*slot) ? std::to_string(slot->lcore) : "-";
+        std::fprintf(out, "%-20s %4u %6s %-7s %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index,
+                     lcore.c_str(), slot_state_name(slot->state), static_cast<unsigned long>(slot->packets.load()),
+                     static_cast<unsigned long>(slot->out.load()), static_cast<unsigned long>(slot->dropped.load()),
                      static_cast<unsigned long>(slot->tx_dropped.load()));
     }
     std::fprintf(out, "\n%-20s %-12s %14s %12s  %s\n", "chain/nf", "plugin", "packets", "dropped", "nf counters");
-    for (const auto &slot : dp.instances()) {
+    for (const auto &slot : dp.slots()) {
+        if (slot->chain == nullptr) {
+            continue;
+        }
         const ChainInstance &ci = *slot->chain;
         for (std::size_t i = 0; i < ci.size(); ++i) {
             const NfContext &ctx = ci.context(i);
@@ -219,7 +251,7 @@ void print_stats(const Dataplane &dp, std::FILE *out)
 // The counters as JSON.  `live`: the lcores still run, so device counters
 // are read now (the final ones are kept by the dataplane after it stops).
 // ordered_json keeps the keys in the order a reader expects them.
-std::string stats_json(const Dataplane &dp, bool live)
+std::string stats_json(const Dataplane &dp, const std::string &chains_json, bool live)
 {
     using nlohmann::ordered_json;
     const io::DispatchTotals c = dp.dispatch_totals();
@@ -268,10 +300,10 @@ std::string stats_json(const Dataplane &dp, bool live)
     j["rules"] = std::move(rules);
     j["unmatched"] = c.unmatched;
     ordered_json instances = ordered_json::array();
-    for (const auto &slot : dp.instances()) {
-        const ChainInstance &ci = *slot->chain;
+    for (const auto &slot : dp.slots()) {
         ordered_json nfs = ordered_json::array();
-        for (std::size_t i = 0; i < ci.size(); ++i) {
+        for (std::size_t i = 0; slot->chain != nullptr && i < slot->chain->size(); ++i) {
+            const ChainInstance &ci = *slot->chain;
             const NfContext &ctx = ci.context(i);
             ordered_json counters = ordered_json::object();
             for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
@@ -285,7 +317,8 @@ std::string stats_json(const Dataplane &dp, bool live)
         }
         instances.push_back({{"chain", slot->chain_name},
                              {"index", slot->index},
-                             {"lcore", slot->lcore},
+                             {"lcore", runs_on_lcore(*slot) ? ordered_json(slot->lcore) : ordered_json()},
+                             {"state", slot_state_name(slot->state)},
                              {"packets", slot->packets.load()},
                              {"out", slot->out.load()},
                              {"dropped", slot->dropped.load()},
@@ -293,6 +326,7 @@ std::string stats_json(const Dataplane &dp, bool live)
                              {"nfs", std::move(nfs)}});
     }
     j["instances"] = std::move(instances);
+    j["chains"] = ordered_json::parse(chains_json);
     j["wake_threshold"] = const_cast<Dataplane &>(dp).wake_threshold().load();
     // Names come from config files and plugins: replace invalid UTF-8 rather
     // than throw from a stats request.
@@ -301,7 +335,29 @@ std::string stats_json(const Dataplane &dp, bool live)
 
 // Executes one control request against the running dataplane; parsing is
 // control/request.cpp's, so that this holds only what needs the Dataplane.
-std::string control_command(Dataplane &dp, std::string_view line, const ControlPeer &peer)
+std::string scale_reply(const ScaleResult &r)
+{
+    nlohmann::ordered_json instances = nlohmann::ordered_json::array();
+    for (const auto &[index, lcore] : r.instances) {
+        instances.push_back({{"index", index}, {"lcore", lcore}});
+    }
+    nlohmann::ordered_json j = {
+        {"chain", r.chain},
+        {"before", r.before},
+        {"after", r.after},
+        {"moved_buckets", r.moved},
+        {"pause_us", static_cast<double>(r.pause_ns) / 1e3},
+        {"from_pool", r.from_pool},
+        {"cold", r.cold},
+        {"launch_us", static_cast<double>(r.launch_ns) / 1e3},
+        {"instances", std::move(instances)},
+    };
+    return j.dump();
+}
+
+// Executes one control request against the running dataplane; parsing is
+// control/request.cpp's, so that this holds only what needs the Dataplane.
+std::string control_command(Dataplane &dp, InstanceManager &manager, std::string_view line, const ControlPeer &peer)
 {
     ParsedControlRequest parsed = parse_control_request(line);
     if (const auto *refused = std::get_if<ControlRequestError>(&parsed)) {
@@ -311,8 +367,10 @@ std::string control_command(Dataplane &dp, std::string_view line, const ControlP
     switch (request.verb) {
     case ControlVerb::ping:
         return "pong";
-    case ControlVerb::stats:
-        return stats_json(dp, true);
+    case ControlVerb::stats: {
+        const std::string chains = manager.chains_json();
+        return manager.locked([&] { return stats_json(dp, chains, true); });
+    }
     case ControlVerb::get_wake_threshold:
         return std::to_string(dp.wake_threshold().load());
     case ControlVerb::set_wake_threshold:
@@ -320,6 +378,16 @@ std::string control_command(Dataplane &dp, std::string_view line, const ControlP
         spdlog::info("wake_threshold set to {} by the control socket (pid {}, uid {})", request.value, peer.pid,
                      peer.uid);
         return "ok";
+    case ControlVerb::scale: {
+        const ScaleTarget target{request.relative,
+                                 request.negative ? -static_cast<int64_t>(request.value) : request.value};
+        const std::string why = "serpensctl, pid " + std::to_string(peer.pid) + " uid " + std::to_string(peer.uid);
+        try {
+            return scale_reply(manager.scale(request.chain, target, request.lcores, why));
+        } catch (const Error &e) {
+            return std::string("error: ") + e.what();
+        }
+    }
     }
     return "error: unhandled request"; // every verb returns above; keeps -Wreturn-type quiet
 }
@@ -417,9 +485,11 @@ void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded,
     };
     std::vector<std::unique_ptr<ChainInstance>> instances; // all at once, as a start has them
     for (const Placement &p : plan) {
-        instances.push_back(std::make_unique<ChainInstance>(loaded.chains[loaded.tag_of.at(p.chain)], p.index,
-                                                            host_api(), executors,
-                                                            std::chrono::milliseconds(cfg.init_warn_ms)));
+        for (uint32_t i = 0; i < p.lcores.size(); ++i) {
+            instances.push_back(std::make_unique<ChainInstance>(loaded.chains[loaded.tag_of.at(p.chain)], i, host_api(),
+                                                                executors,
+                                                                std::chrono::milliseconds(cfg.init_warn_ms)));
+        }
     }
     instances.clear(); // fini, in reverse chain order per instance
 }
@@ -488,7 +558,7 @@ int run_host(const HostOptions &options)
         std::printf("%s: OK — %zu plugin(s), %zu chain(s), %zu port(s), %zu gateway rule(s), %zu instance(s) "
                     "started and stopped\n",
                     cfg.file.c_str(), plugins.size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size(),
-                    plan.size());
+                    instance_count(plan));
         for (const auto &chain : loaded.chains) {
             std::printf("  chain %s\n", chain->describe().c_str());
         }
@@ -505,12 +575,13 @@ int run_host(const HostOptions &options)
         plan = plan_instances(cfg, loaded, lcores_of_eal());
         std::vector<unsigned> instance_lcores;
         for (const Placement &p : plan) {
-            instance_lcores.push_back(p.lcore);
+            instance_lcores.insert(instance_lcores.end(), p.lcores.begin(), p.lcores.end());
         }
-        std::set<unsigned> tx_lcores(instance_lcores.begin(), instance_lcores.end());
-        tx_lcores.insert(rte_get_main_lcore());
+        // Every enabled lcore may run instances (scaling places them at run
+        // time), so each gets a TX queue where the port has enough.
+        const LcoreSet enabled = lcores_of_eal();
         const auto receivers = Dataplane::receiving_lcores(instance_lcores, rte_get_main_lcore());
-        ports = io::start_ports(cfg, pool, static_cast<uint16_t>(tx_lcores.size()),
+        ports = io::start_ports(cfg, pool, static_cast<uint16_t>(enabled.enabled.size()),
                                 static_cast<uint16_t>(receivers.size()));
         io::Gateway gateway = make_gateway(cfg, loaded);
 
@@ -531,28 +602,51 @@ int run_host(const HostOptions &options)
         {
             Dataplane dataplane(ports, std::move(gateway), dp_options);
             dataplane.wake_threshold().store(cfg.wake_threshold);
+            std::vector<ManagedChain> managed;
+            for (const auto &[name, tag] : loaded.tag_of) {
+                ManagedChain chain{name, tag, egress_port_of(cfg, *loaded.chains[tag]), {}};
+                for (const Placement &p : plan) {
+                    if (p.chain == name) {
+                        chain.lcores.assign(p.scale_lcores.begin(), p.scale_lcores.end());
+                    }
+                }
+                managed.push_back(std::move(chain));
+            }
+            ManagerOptions manager_options;
+            manager_options.pool = cfg.pool;
+            manager_options.keep_warm_s = cfg.keep_warm_s;
+            manager_options.ring_size = cfg.ring_size;
+            manager_options.max_instances = store_options.max_instances;
+            manager_options.autoscale = cfg.autoscale;
+            auto manager = std::make_unique<InstanceManager>(
+                dataplane, std::move(managed),
+                [&](uint32_t tag, uint32_t index) {
+                    return std::make_unique<ChainInstance>(loaded.chains[tag], index, host_api(), executors,
+                                                           std::chrono::milliseconds(cfg.init_warn_ms));
+                },
+                manager_options);
             for (const Placement &p : plan) {
-                uint32_t tag = loaded.tag_of.at(p.chain);
-                const auto &chain = loaded.chains[tag];
-                auto instance = std::make_unique<ChainInstance>(chain, p.index, host_api(), executors,
-                                                                std::chrono::milliseconds(cfg.init_warn_ms));
-                dataplane.add_instance(p.chain, tag, p.index, p.lcore, egress_port_of(cfg, *chain), std::move(instance),
-                                       cfg.ring_size);
-                spdlog::info("chain '{}' instance {} on lcore {}", p.chain, p.index, p.lcore);
+                manager->start(p.chain, p.count, p.lcores);
+                spdlog::info("chain '{}': {} instance(s) on lcore(s) {}{}", p.chain, p.count, fmt::join(p.lcores, ","),
+                             p.count == 0 ? " (parked until a packet comes)" : "");
             }
             dataplane.prepare();
+            // On the EAL's control CPUs, like the state manager: never where a
+            // worker lcore polls.
+            auto control_cpus = [](pthread_t *thread, void *(*body)(void *), void *arg) {
+                return rte_ctrl_thread_create(thread, "serpens-ctl", nullptr, body, arg);
+            };
             ControlServerOptions control_options;
             control_options.path = cfg.control_socket;
             control_options.group = cfg.control_gid;
-            // On the EAL's control CPUs, like the state manager: never where a
-            // worker lcore polls.
-            control_options.start_thread = [](pthread_t *thread, void *(*body)(void *), void *arg) {
-                return rte_ctrl_thread_create(thread, "serpens-ctl", nullptr, body, arg);
-            };
+            control_options.start_thread = control_cpus;
             ControlServer control(std::move(control_options),
-                                  [&dataplane](std::string_view line, const ControlPeer &peer) {
-                                      return control_command(dataplane, line, peer);
+                                  [&dataplane, &manager](std::string_view line, const ControlPeer &peer) {
+                                      return control_command(dataplane, *manager, line, peer);
                                   });
+            manager->start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
+                return rte_ctrl_thread_create(thread, "serpens-inst", nullptr, body, arg);
+            });
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
@@ -561,12 +655,13 @@ int run_host(const HostOptions &options)
                 spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);
                 dataplane.run();
             }
+            const std::string chains = manager->chains_json();
             running_dataplane.store(nullptr);
             io::stop_ports(ports); // flushes pcap output before anyone reads it
             ports.clear();
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {
-                std::ofstream(options.stats_json) << stats_json(dataplane, false);
+                std::ofstream(options.stats_json) << stats_json(dataplane, chains, false);
             }
         } // chain instances are finalized here, after the lcores stopped
     } catch (const ConfigError &e) {

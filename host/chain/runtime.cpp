@@ -136,6 +136,24 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
 
 ChainInstance::~ChainInstance() { finalize(_contexts.size()); }
 
+void ChainInstance::join_state()
+{
+    for (const auto &ctx : _contexts) {
+        if (ctx->executor != nullptr) {
+            ctx->executor->add_instance(_instance_id, &ctx->pub);
+        }
+    }
+}
+
+void ChainInstance::leave_state()
+{
+    for (const auto &ctx : _contexts) {
+        if (ctx->executor != nullptr) {
+            ctx->executor->remove_instance(_instance_id);
+        }
+    }
+}
+
 void ChainInstance::finalize(std::size_t count) noexcept
 {
     for (std::size_t i = count; i-- > 0;) {

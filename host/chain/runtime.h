@@ -50,6 +50,13 @@ public:
     // number of packets that reached egress.  Hot path: no allocation.
     uint32_t run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns) noexcept;
 
+    // Its share of the chain's global/write state: the constructor takes it;
+    // leave_state gives it back (RELEASE: re-split among the others;
+    // EVENTUAL: its counts merged into the base) while it waits in a pool,
+    // and join_state takes a share again before it serves.  Control side.
+    void join_state();
+    void leave_state();
+
     const CompiledChain &chain() const noexcept { return *_chain; }
     uint32_t instance_id() const noexcept { return _instance_id; }
     const NfRunStats &stats(std::size_t nf_index) const { return _stats[nf_index]; }

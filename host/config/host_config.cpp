@@ -115,7 +115,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     cfg.file = path;
 
     config::TableReader top(root, path, "host config");
-    top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "nf_defaults"});
+    top.allow_only(
+        {"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "autoscale", "nf_defaults"});
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
@@ -257,7 +258,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
 
     if (const toml::table *t = top.optional_table("instances")) {
         config::TableReader r(*t, path, "[instances]");
-        r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms"});
+        r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms",
+                      "pool", "keep_warm_s"});
         cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
         cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
@@ -273,6 +275,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));
         cfg.idle_sleep_us = static_cast<uint32_t>(r.integer_or("idle_sleep_us", cfg.idle_sleep_us, 0, 1000000));
         cfg.init_warn_ms = static_cast<uint32_t>(r.integer_or("init_warn_ms", cfg.init_warn_ms, 0, 3600000));
+        cfg.pool = static_cast<uint32_t>(r.integer_or("pool", cfg.pool, 0, 16));
+        cfg.keep_warm_s = r.double_or("keep_warm_s", cfg.keep_warm_s, 0, 86400);
     }
 
     for (const toml::table *t : top.table_array("instance")) {
@@ -281,7 +285,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         InstanceConfig inst;
         inst.line = line_of(*t);
         inst.chain = r.required_string("chain");
-        inst.count = static_cast<uint32_t>(r.integer_or("count", 1, 1, 1024));
+        inst.count = static_cast<uint32_t>(r.integer_or("count", 1, 0, 16));
         if (const toml::array *lcores = r.optional_array("lcores")) {
             for (const toml::node &n : *lcores) {
                 if (!n.is_integer() || n.as_integer()->get() < 0 || n.as_integer()->get() >= 1024) {
@@ -290,11 +294,41 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
                 inst.lcores.push_back(static_cast<uint32_t>(n.as_integer()->get()));
             }
         }
-        if (!inst.lcores.empty() && inst.lcores.size() != 1 && inst.lcores.size() != inst.count) {
-            r.fail("lcores", "'lcores' must name one lcore for all instances or one per instance (count = " +
+        if (!inst.lcores.empty() && inst.lcores.size() != 1 && inst.lcores.size() < inst.count) {
+            r.fail("lcores", "'lcores' must name one lcore for all instances or at least one per instance (count = " +
                                  std::to_string(inst.count) + ")");
         }
         cfg.instances.push_back(std::move(inst));
+    }
+
+    if (const toml::table *t = top.optional_table("autoscale")) {
+        config::TableReader r(*t, path, "[autoscale]");
+        r.allow_only({"interval_ms", "scale_out_ms", "scale_in_ms", "scale_in_margin", "chain"});
+        AutoscaleConfig &a = cfg.autoscale;
+        a.interval_ms = static_cast<uint32_t>(r.integer_or("interval_ms", a.interval_ms, 10, 1000));
+        a.scale_out_ms = static_cast<uint32_t>(r.integer_or("scale_out_ms", a.scale_out_ms, 0, 600000));
+        a.scale_in_ms = static_cast<uint32_t>(r.integer_or("scale_in_ms", a.scale_in_ms, 0, 3600000));
+        a.scale_in_margin = r.double_or("scale_in_margin", a.scale_in_margin, 0.1, 1.0);
+        for (const toml::table *c : r.table_array("chain")) {
+            config::TableReader cr(*c, path, "[[autoscale.chain]]");
+            cr.allow_only({"chain", "min", "max", "target_busy"});
+            AutoscaleChainConfig chain;
+            chain.line = line_of(*c);
+            chain.chain = cr.required_string("chain");
+            chain.min = static_cast<uint32_t>(cr.integer_or("min", chain.min, 0, 16));
+            chain.max = static_cast<uint32_t>(cr.integer_or("max", chain.max, 1, 16));
+            chain.target_busy = cr.double_or("target_busy", chain.target_busy, 0.05, 1.0);
+            if (chain.min > chain.max) {
+                cr.fail("min",
+                        "'min' (" + std::to_string(chain.min) + ") is above 'max' (" + std::to_string(chain.max) + ")");
+            }
+            for (const AutoscaleChainConfig &other : a.chains) {
+                if (other.chain == chain.chain) {
+                    cr.fail("chain", "chain '" + chain.chain + "' is autoscaled twice");
+                }
+            }
+            a.chains.push_back(std::move(chain));
+        }
     }
 
     if (const toml::table *t = top.optional_table("nf_defaults")) {

@@ -44,9 +44,26 @@ struct GatewayRuleConfig {
 
 struct InstanceConfig {
     std::string chain;
-    uint32_t count = 1;
-    std::vector<uint32_t> lcores; // one per instance, or one shared by all
+    uint32_t count = 1;           // 0: the chain starts parked (at zero)
+    std::vector<uint32_t> lcores; // where its instances run (the first `count`, or one for all) and scale to
     uint32_t line = 0;
+};
+
+// [[autoscale.chain]]: one chain the autoscaler sizes.
+struct AutoscaleChainConfig {
+    std::string chain;
+    uint32_t min = 1;
+    uint32_t max = 4;
+    double target_busy = 0.7; // busy fraction of its instances' lcores it aims at
+    uint32_t line = 0;
+};
+
+struct AutoscaleConfig {
+    uint32_t interval_ms = 100;               // how often load is sampled
+    uint32_t scale_out_ms = 300;              // above target this long: more instances
+    uint32_t scale_in_ms = 3000;              // below it (with the margin) this long: one fewer
+    double scale_in_margin = 0.8;             // fewer instances only if their load would stay under target x margin
+    std::vector<AutoscaleChainConfig> chains; // empty: the autoscaler is off
 };
 
 struct HostConfig {
@@ -78,7 +95,10 @@ struct HostConfig {
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
     uint32_t init_warn_ms = 5000; // an NF init still running after this long is named in a warning
+    uint32_t pool = 1;            // pre-initialized instances kept ready per chain
+    double keep_warm_s = 0;       // an instance idle this long goes back to the pool; 0: never
     std::vector<InstanceConfig> instances;
+    AutoscaleConfig autoscale;
 
     config::NfDefaults nf_defaults; // [nf_defaults.<plugin>]
 };

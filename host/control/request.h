@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 namespace serpens {
 
@@ -15,13 +16,22 @@ enum class ControlVerb {
     stats,              // "stats" -> the live counters as JSON
     get_wake_threshold, // "get wake_threshold" -> the packet count
     set_wake_threshold, // "set wake_threshold N" -> "ok"
+    scale,              // "scale CHAIN N|+K|-K [LCORE,LCORE...]" -> what it did, as JSON
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
 
+inline constexpr uint32_t kMaxScaleInstances = 1024;
+inline constexpr unsigned kMaxLcoreId = 1023;
+
 struct ControlRequest {
     ControlVerb verb = ControlVerb::ping;
-    uint32_t value = 0; // set_wake_threshold: 1..kMaxWakeThreshold
+    uint32_t value = 0; // set_wake_threshold: 1..kMaxWakeThreshold; scale: the count or step
+    // scale:
+    std::string chain{};
+    bool relative = false;          // +K / -K
+    bool negative = false;          // -K
+    std::vector<unsigned> lcores{}; // where new instances may go
 };
 
 // Why a line was refused; `message` is the whole reply, starting "error: ".
@@ -39,7 +49,7 @@ ParsedControlRequest parse_control_request(std::string_view line);
 // True for requests that change the host (as opposed to reading it).
 constexpr bool changes_host(const ControlRequest &request) noexcept
 {
-    return request.verb == ControlVerb::set_wake_threshold;
+    return request.verb == ControlVerb::set_wake_threshold || request.verb == ControlVerb::scale;
 }
 
 } // namespace serpens

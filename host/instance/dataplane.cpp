@@ -16,32 +16,68 @@
 
 namespace serpens {
 
+const char *slot_state_name(SlotState state) noexcept
+{
+    switch (state) {
+    case SlotState::empty:
+        return "empty";
+    case SlotState::pooled:
+        return "pooled";
+    case SlotState::active:
+        return "active";
+    case SlotState::parked:
+        return "parked";
+    }
+    return "?";
+}
+
 Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, DataplaneOptions options)
     : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
 {
     _options.dispatch.burst = std::clamp<uint32_t>(_options.dispatch.burst, 1, max_burst);
+    _slots.resize(std::max<uint32_t>(_options.max_slots, 1));
     auto main_lcore = std::make_unique<Lcore>();
     main_lcore->id = rte_get_main_lcore();
     main_lcore->main = true;
     _lcores.push_back(std::move(main_lcore));
+    // Every enabled lcore runs a loop, so that an instance can be placed on
+    // any of them at run time; one without instances sleeps.
+    unsigned id = 0;
+    RTE_LCORE_FOREACH_WORKER(id) { lcore_state(id); }
+    for (auto &lcore : _lcores) {
+        lcore->instances.store(new InstanceList(), std::memory_order_release);
+    }
 }
 
 Dataplane::~Dataplane()
 {
-    for (auto &slot : _instances) {
-        rte_ring_free(slot->ring);
+    for (auto &lcore : _lcores) {
+        delete lcore->instances.load(std::memory_order_acquire);
+    }
+    for (auto &slot : _slots) {
+        if (slot != nullptr) {
+            rte_ring_free(slot->ring);
+        }
     }
     for (rte_ring *ring : _tx_rings) {
         rte_ring_free(ring);
     }
 }
 
+Dataplane::Lcore *Dataplane::find_lcore(unsigned id) const
+{
+    for (const auto &lcore : _lcores) {
+        if (lcore->id == id) {
+            return lcore.get();
+        }
+    }
+    return nullptr;
+}
+
 Dataplane::Lcore &Dataplane::lcore_state(unsigned id)
 {
-    for (auto &lcore : _lcores) {
-        if (lcore->id == id) {
-            return *lcore;
-        }
+    if (Lcore *lcore = find_lcore(id)) {
+        return *lcore;
     }
     auto lcore = std::make_unique<Lcore>();
     lcore->id = id;
@@ -49,30 +85,259 @@ Dataplane::Lcore &Dataplane::lcore_state(unsigned id)
     return *_lcores.back();
 }
 
-InstanceSlot &Dataplane::add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore,
-                                      uint16_t egress, std::unique_ptr<ChainInstance> chain, uint32_t ring_size)
+std::vector<unsigned> Dataplane::lcore_ids() const
 {
-    if (lcore != rte_get_main_lcore() && !rte_lcore_is_enabled(lcore)) {
-        throw Error("chain '" + chain_name + "' instance " + std::to_string(index) + ": lcore " +
-                    std::to_string(lcore) + " is not enabled; list it in the EAL -l argument");
+    std::vector<unsigned> ids;
+    for (const auto &lcore : _lcores) {
+        ids.push_back(lcore->id);
+    }
+    return ids;
+}
+
+uint64_t Dataplane::busy_ns(unsigned lcore) const noexcept
+{
+    const Lcore *l = find_lcore(lcore);
+    return l != nullptr ? l->busy_ns.load(std::memory_order_relaxed) : 0;
+}
+
+InstanceSlot &Dataplane::slot(const std::string &chain_name, uint32_t tag, uint32_t index, uint16_t egress,
+                              uint32_t ring_size)
+{
+    for (const auto &existing : slots()) {
+        if (existing->chain_tag == tag && existing->index == index) {
+            return *existing;
+        }
+    }
+    const std::size_t number = _slot_count.load(std::memory_order_relaxed);
+    if (number == _slots.size()) {
+        throw Error("chain '" + chain_name + "' instance " + std::to_string(index) +
+                    ": the host has no instance slot "
+                    "left (" +
+                    std::to_string(_slots.size()) + " in all)");
     }
     auto slot = std::make_unique<InstanceSlot>();
-    slot->chain_name = std::move(chain_name);
+    slot->chain_name = chain_name;
     slot->chain_tag = tag;
     slot->index = index;
-    slot->lcore = lcore;
+    slot->number = static_cast<uint32_t>(number);
     slot->egress = egress;
-    slot->chain = std::move(chain);
-    std::string ring_name = "sp_i" + std::to_string(_instances.size());
+    std::string ring_name = "sp_i" + std::to_string(number);
     // Every receiving lcore may produce; the instance's lcore consumes.
     slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
     if (slot->ring == nullptr) {
-        throw Error("cannot create the ring of chain '" + slot->chain_name + "' instance " + std::to_string(index) +
-                    ": " + rte_strerror(rte_errno));
+        throw Error("cannot create the ring of chain '" + chain_name + "' instance " + std::to_string(index) + ": " +
+                    rte_strerror(rte_errno));
     }
-    lcore_state(lcore).instances.push_back(slot.get());
-    _instances.push_back(std::move(slot));
-    return *_instances.back();
+    _slots[number] = std::move(slot);
+    _slot_count.store(number + 1, std::memory_order_release);
+    return *_slots[number];
+}
+
+void Dataplane::synchronize()
+{
+    std::vector<std::pair<Lcore *, uint64_t>> waiting;
+    for (auto &lcore : _lcores) {
+        if (lcore->running.load(std::memory_order_acquire)) {
+            waiting.emplace_back(lcore.get(), lcore->epoch.load(std::memory_order_acquire));
+            lcore->wakeup.wake(); // a sleeper completes no iteration
+        }
+    }
+    for (auto &[lcore, start] : waiting) {
+        // Two steps: the iteration under way when we looked has ended.
+        while (lcore->running.load(std::memory_order_acquire) &&
+               lcore->epoch.load(std::memory_order_acquire) < start + 2) {
+            lcore->wakeup.wake();
+            std::this_thread::yield();
+        }
+    }
+}
+
+void Dataplane::publish_instances(Lcore &lcore, InstanceList list)
+{
+    const InstanceList *old = lcore.instances.exchange(new InstanceList(std::move(list)), std::memory_order_acq_rel);
+    synchronize();
+    delete old;
+}
+
+void Dataplane::update_main_polls()
+{
+    // The main lcore polls for duties of its own when some lcore transmits
+    // through it, or when an lcore that does not receive has instances: the
+    // main lcore is who notices their packets waiting past the deadline.
+    bool polls = false;
+    for (rte_ring *ring : _tx_rings) {
+        polls = polls || ring != nullptr;
+    }
+    for (const auto &lcore : _lcores) {
+        polls = polls || (lcore->dispatcher == nullptr && !lcore->instances.load()->empty());
+    }
+    const bool polled = _main_polls.exchange(polls);
+    if (polls && !polled) {
+        _lcores.front()->wakeup.wake(); // it may sleep until stop()
+    }
+}
+
+void Dataplane::attach(InstanceSlot &slot, unsigned lcore_id, std::unique_ptr<ChainInstance> chain)
+{
+    Lcore *lcore = find_lcore(lcore_id);
+    if (lcore == nullptr) {
+        throw Error("chain '" + slot.chain_name + "' instance " + std::to_string(slot.index) + ": lcore " +
+                    std::to_string(lcore_id) + " is not enabled; list it in the EAL -l argument");
+    }
+    slot.chain = std::move(chain);
+    slot.lcore = lcore_id;
+    slot.gate.held.store(false);
+    slot.last_batch_ns.store(monotonic_ns(), std::memory_order_relaxed); // idle from now, not from boot
+    slot.state = SlotState::active;
+    InstanceList list = *lcore->instances.load();
+    list.push_back(&slot);
+    publish_instances(*lcore, std::move(list));
+    if (_prepared) {
+        update_main_polls();
+    }
+}
+
+std::unique_ptr<ChainInstance> Dataplane::detach(InstanceSlot &slot)
+{
+    Lcore &lcore = *find_lcore(slot.lcore);
+    InstanceList list = *lcore.instances.load();
+    std::erase(list, &slot);
+    wait_processed(slot); // owns no bucket: nothing more comes in
+    publish_instances(lcore, std::move(list));
+    slot.state = SlotState::empty;
+    if (_prepared) {
+        update_main_polls();
+    }
+    return std::move(slot.chain);
+}
+
+const io::BucketOwners &Dataplane::owners(uint32_t tag) const
+{
+    static const io::BucketOwners none;
+    return tag < _owners.size() ? _owners[tag] : none;
+}
+
+void Dataplane::publish_routes()
+{
+    std::vector<io::RoutedInstance> routed;
+    for (const auto &slot : slots()) {
+        if (slot->state == SlotState::active || slot->state == SlotState::parked) {
+            routed.push_back({slot->chain_tag, slot->number, slot->lcore, slot->ring, &find_lcore(slot->lcore)->wakeup,
+                              &slot->gate, slot->state == SlotState::parked});
+        }
+    }
+    std::vector<std::unique_ptr<const io::RouteTable>> old;
+    for (auto &lcore : _lcores) {
+        if (lcore->dispatcher != nullptr) {
+            old.push_back(lcore->dispatcher->router().exchange(io::RouteTable::build(routed, _owners, lcore->id)));
+        }
+    }
+    synchronize(); // the old tables are freed on return
+}
+
+void Dataplane::wait_processed(const InstanceSlot &slot)
+{
+    // Every packet queued to the slot so far sits below the producer's tail;
+    // the slot publishes `served` after it ran (and transmitted) a batch.
+    const uint32_t queued = __atomic_load_n(&slot.ring->prod.tail, __ATOMIC_ACQUIRE);
+    Lcore &lcore = *find_lcore(slot.lcore);
+    auto processed = [&] { return static_cast<int32_t>(slot.served.load(std::memory_order_acquire) - queued) >= 0; };
+    const uint64_t start = monotonic_ns();
+    bool warned = false;
+    while (!processed()) {
+        lcore.wakeup.wake();
+        std::this_thread::yield();
+        if (!warned && monotonic_ns() - start > 1'000'000'000) {
+            spdlog::warn("handover: chain '{}' instance {} on lcore {} has not processed its queue for 1 s",
+                         slot.chain_name, slot.index, slot.lcore);
+            warned = true;
+        }
+    }
+    // What it transmitted through the main lcore must have left too before
+    // the next owner's packets can, or the main lcore could send them first.
+    if (!lcore.tx.empty() && lcore.tx[slot.egress].ring != nullptr) {
+        rte_ring *tx = lcore.tx[slot.egress].ring;
+        const uint32_t sent = __atomic_load_n(&tx->prod.tail, __ATOMIC_ACQUIRE);
+        Lcore &main = *_lcores.front();
+        while (static_cast<int32_t>(__atomic_load_n(&tx->cons.tail, __ATOMIC_ACQUIRE) - sent) < 0 &&
+               main.running.load(std::memory_order_acquire)) {
+            main.wakeup.wake();
+            std::this_thread::yield();
+        }
+    }
+}
+
+Dataplane::Handover Dataplane::assign(uint32_t tag, io::BucketOwners owners)
+{
+    if (_owners.size() <= tag) {
+        _owners.resize(tag + 1);
+    }
+    const io::BucketOwners &before = _owners[tag];
+    std::vector<InstanceSlot *> gaining;
+    std::vector<InstanceSlot *> losing;
+    Handover result;
+    auto note = [](std::vector<InstanceSlot *> &set, InstanceSlot *slot) {
+        if (std::find(set.begin(), set.end(), slot) == set.end()) {
+            set.push_back(slot);
+        }
+    };
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        const bool had = !before.empty();
+        const bool has = !owners.empty();
+        if (had && has && before[b] == owners[b]) {
+            continue;
+        }
+        ++result.moved;
+        if (has) {
+            note(gaining, _slots[owners[b]].get());
+        }
+        if (had) {
+            note(losing, _slots[before[b]].get());
+        }
+    }
+    if (result.moved == 0) {
+        return result;
+    }
+    const uint64_t start = monotonic_ns();
+    // Hold the gaining instances before any packet can reach them.
+    for (InstanceSlot *slot : gaining) {
+        slot->gate.held.store(true, std::memory_order_seq_cst);
+    }
+    _owners[tag] = std::move(owners);
+    publish_routes(); // returns once no dispatcher uses the old owners
+    for (InstanceSlot *slot : losing) {
+        wait_processed(*slot);
+    }
+    for (InstanceSlot *slot : gaining) {
+        if (slot->state != SlotState::parked) {
+            slot->gate.held.store(false, std::memory_order_release);
+            find_lcore(slot->lcore)->wakeup.wake();
+        }
+    }
+    result.pause_ns = monotonic_ns() - start;
+    return result;
+}
+
+void Dataplane::park(InstanceSlot &slot)
+{
+    slot.state = SlotState::parked;
+    publish_routes(); // dispatchers now open its gate on arrival
+    slot.gate.held.store(true, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // A packet queued before it saw the gate held has nobody to open it.
+    if (!rte_ring_empty(slot.ring) && slot.gate.held.exchange(false)) {
+        find_lcore(slot.lcore)->wakeup.wake();
+    }
+    // Whatever its lcore was running of it finishes before parking counts.
+    synchronize();
+}
+
+void Dataplane::unpark(InstanceSlot &slot)
+{
+    slot.state = SlotState::active;
+    slot.gate.held.store(false, std::memory_order_release);
+    find_lcore(slot.lcore)->wakeup.wake();
+    publish_routes();
 }
 
 std::vector<unsigned> Dataplane::receiving_lcores(const std::vector<unsigned> &lcores, unsigned main_lcore)
@@ -95,8 +360,10 @@ std::vector<unsigned> Dataplane::receiving_lcores(const std::vector<unsigned> &l
 void Dataplane::build_dispatchers()
 {
     std::vector<unsigned> instance_lcores;
-    for (const auto &slot : _instances) {
-        instance_lcores.push_back(slot->lcore);
+    for (const auto &slot : slots()) {
+        if (slot->state == SlotState::active) {
+            instance_lcores.push_back(slot->lcore);
+        }
     }
     const std::vector<unsigned> receivers = receiving_lcores(instance_lcores, rte_get_main_lcore());
     // Queue q of each port goes to receiver q (a port has no more queues than
@@ -115,21 +382,6 @@ void Dataplane::build_dispatchers()
         lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
             _ports, _gateway, _wake_threshold, std::move(queues[r]), _options.dispatch);
         ++_receivers;
-    }
-}
-
-void Dataplane::build_routes()
-{
-    std::vector<io::RoutedInstance> routed;
-    for (std::size_t i = 0; i < _instances.size(); ++i) {
-        const InstanceSlot &slot = *_instances[i];
-        routed.push_back(
-            {slot.chain_tag, static_cast<uint32_t>(i), slot.lcore, slot.ring, &lcore_state(slot.lcore).wakeup});
-    }
-    for (auto &lcore : _lcores) {
-        if (lcore->dispatcher != nullptr) {
-            lcore->dispatcher->router().publish(io::RouteTable::spread(routed, lcore->id));
-        }
     }
 }
 
@@ -212,7 +464,7 @@ uint32_t Dataplane::drain_tx_rings()
 void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
                                         uint64_t now)
 {
-    _dp.run_views(_lcore, *_dp._instances[instance], mbufs, views, n, now);
+    _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, n, now);
 }
 
 void Dataplane::LcoreSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
@@ -222,11 +474,20 @@ void Dataplane::LcoreSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint1
 
 uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
 {
+    if (slot.gate.held.load(std::memory_order_acquire)) {
+        return 0; // a handover (or parking) holds it
+    }
     rte_mbuf *mbufs[max_burst];
     const unsigned n =
         rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.dispatch.burst, nullptr);
     if (n > 0) {
         run_batch(lcore, slot, mbufs, n, now);
+        // Processed, transmitted: a handover may let the next owner go.
+        slot.served.store(slot.served.load(std::memory_order_relaxed) + n, std::memory_order_release);
+        if (const uint64_t woken = slot.gate.woken_ns.load(std::memory_order_relaxed); woken != 0) {
+            slot.wake_latency_ns.store(monotonic_ns() - woken, std::memory_order_relaxed);
+            slot.gate.woken_ns.store(0, std::memory_order_relaxed);
+        }
     }
     return n;
 }
@@ -259,6 +520,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
     }
     bump(slot.packets, n);
     bump(slot.batches);
+    slot.last_batch_ns.store(now, std::memory_order_relaxed);
     bump(slot.dropped, n_drop);
     bump(slot.out, n_out);
     if (n_drop > 0) {
@@ -282,21 +544,22 @@ int Dataplane::worker_entry(void *arg)
     return 0;
 }
 
-bool Dataplane::rings_empty(const Lcore &lcore) const
+bool Dataplane::rings_empty(const InstanceList &list, bool servable)
 {
-    for (const InstanceSlot *slot : lcore.instances) {
-        if (!rte_ring_empty(slot->ring)) {
+    for (const InstanceSlot *slot : list) {
+        if (!rte_ring_empty(slot->ring) && !(servable && slot->gate.held.load(std::memory_order_relaxed))) {
             return false;
         }
     }
     return true;
 }
 
-bool Dataplane::finished(const Lcore &lcore) const
+bool Dataplane::finished(const Lcore &lcore, const InstanceList &list) const
 {
-    // Once every receiver has stopped, no ring gets another packet.
+    // Once every receiver has stopped, no ring gets another packet.  A held
+    // ring is not finished either: its gate opens when the handover ends.
     if (!_rx_stopped.load(std::memory_order_acquire) ||
-        _receivers_stopped.load(std::memory_order_acquire) < _receivers || !rings_empty(lcore)) {
+        _receivers_stopped.load(std::memory_order_acquire) < _receivers || !rings_empty(list, false)) {
         return false;
     }
     if (!lcore.main) {
@@ -347,7 +610,7 @@ void Dataplane::wake_overdue(uint64_t now)
             other->pending_since = 0;
             continue;
         }
-        if (rings_empty(*other)) {
+        if (rings_empty(*other->instances.load(std::memory_order_acquire), true)) {
             other->pending_since = 0;
         } else if (other->pending_since == 0) {
             other->pending_since = now;
@@ -373,18 +636,22 @@ void Dataplane::lcore_loop(Lcore &lcore)
     LcoreSink sink(*this, lcore);
     const uint64_t start = monotonic_ns();
     uint64_t last_work = start;
+    uint64_t last_now = start;
+    bool worked = false;
     uint32_t idle = 0;
     bool receiving = lcore.dispatcher != nullptr;
-    auto sleep = [&](uint32_t us) {
-        lcore.wakeup.prepare_sleep();
-        if (!rings_empty(lcore)) { // re-checked after announcing it: no wake-up is missed
-            lcore.wakeup.cancel_sleep();
-            return;
-        }
-        lcore.wakeup.wait(us);
-    };
-    for (;;) {
+    lcore.running.store(true, std::memory_order_release);
+    for (;; lcore.epoch.store(lcore.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_release)) {
         const uint64_t now = monotonic_ns();
+        if (worked) {
+            // The iteration that just ended did work: busy time, for the autoscaler.
+            lcore.busy_ns.store(lcore.busy_ns.load(std::memory_order_relaxed) + (now - last_now),
+                                std::memory_order_relaxed);
+        }
+        last_now = now;
+        // Loaded once per iteration; replaced ones are freed only after this
+        // iteration (synchronize).
+        const InstanceList &instances = *lcore.instances.load(std::memory_order_acquire);
         if (lcore.main && !_rx_stopped.load(std::memory_order_relaxed) && should_stop(start, now)) {
             // Stop receiving; everything already received is still delivered.
             _rx_stopped.store(true, std::memory_order_release);
@@ -409,22 +676,32 @@ void Dataplane::lcore_loop(Lcore &lcore)
             }
             work += got.received;
         }
-        for (InstanceSlot *slot : lcore.instances) {
+        for (InstanceSlot *slot : instances) {
             work += serve(lcore, *slot, now);
         }
         if (lcore.main) {
             work += drain_tx_rings();
             wake_overdue(now);
         }
-        if (work > 0) {
+        worked = work > 0;
+        if (worked) {
             last_work = now;
             idle = 0;
             continue;
         }
-        if (finished(lcore)) {
+        if (finished(lcore, instances)) {
             break;
         }
-        if (receiving || (lcore.main && _main_polls)) {
+        auto sleep = [&](uint32_t us) {
+            lcore.wakeup.prepare_sleep();
+            // Re-checked after announcing it: no wake-up is missed.
+            if (!rings_empty(instances, true)) {
+                lcore.wakeup.cancel_sleep();
+                return;
+            }
+            lcore.wakeup.wait(us);
+        };
+        if (receiving || (lcore.main && _main_polls.load(std::memory_order_relaxed))) {
             // Back off while idle: pause first, then sleep longer and longer
             // up to idle_sleep_us, so an idle host burns no CPU and a busy one
             // no time.
@@ -440,6 +717,7 @@ void Dataplane::lcore_loop(Lcore &lcore)
             sleep(safety_sleep_us);
         }
     }
+    lcore.running.store(false, std::memory_order_release);
     lcore.done.store(true, std::memory_order_release);
 }
 
@@ -449,18 +727,10 @@ void Dataplane::prepare()
         return;
     }
     build_dispatchers();
-    build_routes();
     build_tx_paths();
-    // The main lcore polls for duties of its own when some lcore transmits
-    // through it, or sleeps with nobody but it to notice a waiting packet.
-    _main_polls = false;
-    for (rte_ring *ring : _tx_rings) {
-        _main_polls = _main_polls || ring != nullptr;
-    }
-    for (const auto &lcore : _lcores) {
-        _main_polls = _main_polls || (lcore->dispatcher == nullptr && !lcore->instances.empty());
-    }
+    publish_routes();
     _prepared = true;
+    update_main_polls();
 }
 
 io::DispatchTotals Dataplane::dispatch_totals() const

@@ -13,6 +13,12 @@
 // once a packet has waited `wake_deadline_us`.  With no traffic at all nobody
 // wakes it, and receiving lcores back off to short sleeps, so an idle host
 // costs (almost) no CPU.
+//
+// Instances come and go while it runs (instance/manager.h decides which):
+// attach and detach change an lcore's instance list, assign moves buckets
+// between instances with a handover (io/router.h), park holds a chain at
+// zero.  Every enabled lcore runs a loop, so an instance can be placed on any
+// of them; those that had instances at the start receive.
 
 #include "chain/runtime.h"
 #include "core/counter.h"
@@ -26,33 +32,54 @@
 
 #include <atomic>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 namespace serpens {
 
+// What the instance manager has made of a slot.
+enum class SlotState : uint8_t {
+    empty,  // no chain instance (never created, or destroyed)
+    pooled, // initialized, on no lcore, owns no bucket
+    active, // on an lcore, may own buckets
+    parked, // its chain is at zero: it owns every bucket, held, its ring buffers
+};
+
+const char *slot_state_name(SlotState state) noexcept;
+
+// One instance number of one chain.  A slot outlives the chain instances
+// that fill it in turn, so its counters (metering included) keep counting
+// across scale events; it is never freed while the dataplane lives.
 struct InstanceSlot {
     std::string chain_name;
     uint32_t chain_tag = 0;
-    uint32_t index = 0; // instance number within its chain
-    unsigned lcore = 0;
+    uint32_t index = 0;  // instance number within its chain
+    uint32_t number = 0; // the host's instance number (route targets name it)
+    unsigned lcore = 0;  // where it runs while active or parked
     uint16_t egress = 0; // index into the host's ports
     rte_ring *ring = nullptr;
     std::unique_ptr<ChainInstance> chain;
+    SlotState state = SlotState::empty; // control side only
+    io::InstanceGate gate;
 
     Counter packets{0};    // metered: packets the chain ran on
     Counter out{0};        // reached egress and were handed to TX
     Counter dropped{0};    // dropped by an NF's verdict
     Counter tx_dropped{0}; // TX queue or TX ring full
     Counter batches{0};
+    std::atomic<uint32_t> served{0};          // ring position up to which packets were processed
+    std::atomic<uint64_t> last_batch_ns{0};   // when it last processed a batch
+    std::atomic<uint64_t> wake_latency_ns{0}; // last wake: from the packet that opened the gate to its processing
 };
 
 struct DataplaneOptions {
     io::DispatchOptions dispatch; // burst (also of ring dequeues) and malformed packets
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
-    double idle_exit_s = 0; // 0: never; else stop after this long without RX
-    double duration_s = 0;  // 0: until signalled
+    double idle_exit_s = 0;    // 0: never; else stop after this long without RX
+    double duration_s = 0;     // 0: until signalled
+    uint32_t max_slots = 1024; // instance slots of all chains together
 };
 
 class Dataplane {
@@ -64,12 +91,48 @@ public:
     // each of them, the main lcore first; the main lcore alone when none.
     static std::vector<unsigned> receiving_lcores(const std::vector<unsigned> &lcores, unsigned main_lcore);
 
-    // Cold path: add an instance before run(); creates its ring.
-    InstanceSlot &add_instance(std::string chain_name, uint32_t tag, uint32_t index, unsigned lcore, uint16_t egress,
-                               std::unique_ptr<ChainInstance> chain, uint32_t ring_size);
+    // Cold path (the instance manager's thread, one call at a time; also
+    // before run()).  The slot of (chain, index), created with its ring on
+    // first use.  Throws Error when the host has no slot left.
+    InstanceSlot &slot(const std::string &chain_name, uint32_t tag, uint32_t index, uint16_t egress,
+                       uint32_t ring_size);
+    // Puts `chain` into an empty or pooled-out slot and onto `lcore`'s list;
+    // it owns no bucket yet.  Throws Error for an lcore the EAL did not enable.
+    void attach(InstanceSlot &slot, unsigned lcore, std::unique_ptr<ChainInstance> chain);
+    // Takes an instance that owns no bucket off its lcore and hands its chain
+    // instance back, once no lcore can still be running it.
+    std::unique_ptr<ChainInstance> detach(InstanceSlot &slot);
 
-    // Cold path, after the last add_instance: sets up receiving, routes and
-    // TX paths (run() does it when not done).  Call it before anything reads
+    // What a handover cost the data path.
+    struct Handover {
+        uint64_t pause_ns = 0; // the gaining instances were held this long
+        uint32_t moved = 0;    // buckets that changed owner
+    };
+    // Gives chain `tag`'s buckets to `owners` (slot numbers of attached
+    // slots; empty: the chain has none) without losing or reordering a
+    // packet: see the handover in io/router.h.  A losing instance must not be
+    // held.  Works before run() and after the lcores stopped too.
+    Handover assign(uint32_t tag, io::BucketOwners owners);
+    const io::BucketOwners &owners(uint32_t tag) const;
+    // Parks the attached slot that owns every bucket of its chain: its lcore
+    // stops running it, and its ring buffers the chain's packets until the
+    // first one opens the gate (or unpark does).
+    void park(InstanceSlot &slot);
+    void unpark(InstanceSlot &slot);
+
+    // Every slot created so far, by number.  Slots are never removed.
+    std::span<const std::unique_ptr<InstanceSlot>> slots() const noexcept
+    {
+        return {_slots.data(), _slot_count.load(std::memory_order_acquire)};
+    }
+    // Time an lcore spent on iterations that did work (monotonic ns).
+    uint64_t busy_ns(unsigned lcore) const noexcept;
+    // Every lcore the dataplane runs on: the main one first.
+    std::vector<unsigned> lcore_ids() const;
+
+    // Cold path, once the instances of the start are attached and own their
+    // buckets: sets up receiving (those instances' lcores receive) and TX
+    // paths (run() does it when not done).  Call it before anything reads
     // counters from another thread.
     void prepare();
     // Runs until stop() (or idle-exit/duration); returns when every lcore has
@@ -81,6 +144,9 @@ public:
         _stop.store(true, std::memory_order_release);
         _lcores.front()->wakeup.wake(); // the main lcore may sleep
     }
+
+    // True once the host stopped receiving: no more scale events.
+    bool stopping() const noexcept { return _rx_stopped.load(std::memory_order_acquire); }
 
     std::atomic<uint32_t> &wake_threshold() noexcept { return _wake_threshold; }
 
@@ -107,7 +173,6 @@ public:
     {
         return port_index < _tx_ring_dropped.size() ? _tx_ring_dropped[port_index].load() : 0;
     }
-    const std::vector<std::unique_ptr<InstanceSlot>> &instances() const noexcept { return _instances; }
 
 private:
     struct TxPath {
@@ -115,10 +180,16 @@ private:
         int32_t queue = -1;       // own TX queue, or -1: through the port's TX ring
         rte_ring *ring = nullptr; // drained by the main lcore
     };
+    using InstanceList = std::vector<InstanceSlot *>;
     struct Lcore {
         unsigned id = 0;
         bool main = false;
-        std::vector<InstanceSlot *> instances;
+        // Replaced whole by the control side and freed after a grace period
+        // (synchronize): the lcore loads it once per loop iteration.
+        std::atomic<const InstanceList *> instances{nullptr};
+        std::atomic<uint64_t> epoch{0};             // loop iterations completed
+        std::atomic<bool> running{false};           // in lcore_loop
+        std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
         std::vector<TxPath> tx;                     // per port index
         std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
         Wakeup wakeup;
@@ -143,8 +214,10 @@ private:
     void lcore_loop(Lcore &lcore);
     // Main lcore: whether to stop receiving now (stop(), duration, idle exit).
     bool should_stop(uint64_t start, uint64_t now);
-    bool rings_empty(const Lcore &lcore) const;
-    bool finished(const Lcore &lcore) const;
+    // Whether the rings of `list` are empty; `servable`: only those of
+    // instances whose gate is open.
+    static bool rings_empty(const InstanceList &list, bool servable);
+    bool finished(const Lcore &lcore, const InstanceList &list) const;
     uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
     // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
@@ -154,16 +227,28 @@ private:
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
     void build_dispatchers();
-    void build_routes();
     void build_tx_paths();
     Lcore &lcore_state(unsigned id);
+    Lcore *find_lcore(unsigned id) const;
+    // Waits until every running lcore has finished the loop iteration it was
+    // in: what it loaded before (instance list, route table) is no longer used.
+    void synchronize();
+    void publish_instances(Lcore &lcore, InstanceList list);
+    void publish_routes();
+    void update_main_polls();
+    // Waits until `slot` has processed everything queued to it so far, and
+    // its lcore's TX ring (if it transmits through the main lcore) has been
+    // sent on that far.
+    void wait_processed(const InstanceSlot &slot);
 
     std::vector<io::Port> _ports;
     std::vector<PortTotals> _port_totals;
     io::Gateway _gateway;
     DataplaneOptions _options;
     std::atomic<uint32_t> _wake_threshold{128};
-    std::vector<std::unique_ptr<InstanceSlot>> _instances;
+    std::vector<std::unique_ptr<InstanceSlot>> _slots; // sized once: lcores index it while it grows
+    std::atomic<std::size_t> _slot_count{0};
+    std::vector<io::BucketOwners> _owners; // per chain tag
     std::vector<std::unique_ptr<Lcore>> _lcores;
     std::vector<rte_ring *> _tx_rings;     // per port; nullptr when every lcore has a queue
     std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
@@ -172,7 +257,7 @@ private:
     std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
     uint32_t _receivers = 0;
     bool _prepared = false;
-    bool _main_polls = false; // else it sleeps until stop() when it has nothing to receive
+    std::atomic<bool> _main_polls{false}; // else it sleeps until stop() when it has nothing to receive
 };
 
 } // namespace serpens

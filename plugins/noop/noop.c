@@ -8,6 +8,7 @@
  *   [nf.config]              # every key optional; defaults shown
  *   flow_state = "none"      # "lookup" or "count": one state access per packet
  *   max_flows = 1048576      # flows the per-flow table holds (lookup, count)
+ *   spin_ns = 0              # busy-waits this long per packet (0..1000000)
  *
  * DESCRIPTION
  *   Sends every packet it sees to its default next hop (port 0) without
@@ -27,6 +28,10 @@
  *   (flows whose hashes collide share an entry).  A chain of these is the
  *   floor of what a chain of stateful NFs costs on this host: serpens-bench
  *   throughput measures "lookup-count-lookup" beside FW -> MON -> NAT.
+ *
+ *   With spin_ns set it also busy-waits that long per packet: a stand-in for
+ *   a heavy NF, so that load (and the autoscaler's reaction to it) can be
+ *   produced at a rate a paced sender reaches.
  *
  * STATE (paper Table I)
  *   flows  PER_FLOW|WRITE  key 8 B: the flow hash (u32) and 4 zero bytes;
@@ -48,11 +53,13 @@
  *
  * Builds against plugin-api/ alone, as C with pedantic warnings.
  */
+#define _POSIX_C_SOURCE 200112L /* clock_gettime under -std=c11 */
 #include <serpens/nf.h>
 #include <serpens/nf_util.h>
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NOOP_BULK 64u /* keys per bulk call (nf.h) */
 
@@ -62,6 +69,7 @@ struct noop {
     const struct serpens_host_api *host;
     serpens_table *flows;
     enum noop_flow_state mode;
+    uint64_t spin_ns;
     uint64_t *table_full;
     uint64_t *state_errors;
     uint64_t key[NOOP_BULK];
@@ -94,10 +102,31 @@ static void noop_flush(struct noop *s, uint32_t n)
     }
 }
 
+static uint64_t noop_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void noop_spin(const struct noop *s, const struct serpens_batch *batch)
+{
+    uint32_t visiting = 0;
+    for (uint32_t i = 0; i < batch->count; ++i) {
+        visiting += batch->labels[i] == batch->self;
+    }
+    const uint64_t until = noop_clock_ns() + s->spin_ns * visiting;
+    while (noop_clock_ns() < until) {
+    }
+}
+
 static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     /* Ports arrive as SERPENS_PORT_DEFAULT: "pass on" needs no store. */
     struct noop *s = ctx->priv;
+    if (s->spin_ns != 0) {
+        noop_spin(s, batch);
+    }
     if (s->mode == NOOP_NONE) {
         return;
     }
@@ -138,10 +167,12 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         }
     }
     s->mode = strcmp(mode, "lookup") == 0 ? NOOP_LOOKUP : strcmp(mode, "count") == 0 ? NOOP_COUNT : NOOP_NONE;
-    int64_t max_flows = 1048576;
-    if ((rc = serpens_config_int_range(ctx, config, "noop", "max_flows", 16, 1ll << 32, &max_flows)) != SERPENS_OK) {
+    int64_t max_flows = 1048576, spin_ns = 0;
+    if ((rc = serpens_config_int_range(ctx, config, "noop", "max_flows", 16, 1ll << 32, &max_flows)) != SERPENS_OK ||
+        (rc = serpens_config_int_range(ctx, config, "noop", "spin_ns", 0, 1000000, &spin_ns)) != SERPENS_OK) {
         return rc;
     }
+    s->spin_ns = (uint64_t)spin_ns;
     if (s->mode == NOOP_NONE) {
         return SERPENS_OK;
     }

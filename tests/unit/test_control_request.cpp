@@ -97,3 +97,26 @@ TEST_CASE("a hostile line is echoed short and printable")
         CHECK((c >= 0x20 && c < 0x7f));
     }
 }
+
+TEST_CASE("scale: a chain, N, +K or -K, and optionally the lcores new instances may use")
+{
+    ControlRequest to = accepted("scale fw-mon-nat 3");
+    CHECK(to.verb == ControlVerb::scale);
+    CHECK(to.chain == "fw-mon-nat");
+    CHECK((to.value == 3 && !to.relative));
+    CHECK(changes_host(to));
+    ControlRequest up = accepted("scale c +2 1,3,4");
+    CHECK((up.relative && !up.negative && up.value == 2));
+    CHECK(up.lcores == std::vector<unsigned>{1, 3, 4});
+    ControlRequest down = accepted("scale c -1");
+    CHECK((down.relative && down.negative && down.value == 1));
+    CHECK(accepted("scale c 0").value == 0); // to zero: the chain parks
+    for (const char *bad : {"scale", "scale c", "scale c x", "scale c 1 2 3", "scale c ++1", "scale c 1025",
+                            "scale c 1 1,", "scale c 1 ,1", "scale c 1 1024", "scale c 1 a,b", "scale ../x 1",
+                            "scale c -", "scale c 99999999999999999999"}) {
+        CAPTURE(bad);
+        CHECK(refused(bad).rfind("error: ", 0) == 0);
+    }
+    // A hostile chain name is not echoed raw.
+    CHECK(refused("scale \x01\x02 1").find('\x01') == std::string::npos);
+}

@@ -75,3 +75,41 @@ TEST_CASE("a port's rx_queues: 0 (one per receiving lcore) unless given, refused
     CHECK_THROWS_WITH_AS(load_host_config_text(base + ports + "rx_queues = \"all\"\n", "h.toml"),
                          doctest::Contains("h.toml:8:"), ConfigError);
 }
+
+TEST_CASE("the instance manager's keys: pool, keep-warm, count 0, and the autoscaler off unless chains are named")
+{
+    const std::string base = with_id("h");
+    HostConfig cfg = load_host_config_text(base, "h.toml");
+    CHECK(cfg.pool == 1);
+    CHECK(cfg.keep_warm_s == 0);
+    CHECK(cfg.autoscale.chains.empty());
+
+    cfg = load_host_config_text(base + "[instances]\npool = 3\nkeep_warm_s = 30\n"
+                                       "[[instance]]\nchain = \"c\"\ncount = 0\nlcores = [1, 2, 3]\n"
+                                       "[autoscale]\nscale_out_ms = 200\n"
+                                       "[[autoscale.chain]]\nchain = \"c\"\nmin = 0\nmax = 3\ntarget_busy = 0.5\n",
+                                "h.toml");
+    CHECK(cfg.pool == 3);
+    CHECK(cfg.keep_warm_s == 30);
+    REQUIRE(cfg.instances.size() == 1);
+    CHECK(cfg.instances[0].count == 0);
+    CHECK(cfg.instances[0].lcores == std::vector<uint32_t>{1, 2, 3}); // more lcores than count: where it scales
+    CHECK(cfg.autoscale.scale_out_ms == 200);
+    REQUIRE(cfg.autoscale.chains.size() == 1);
+    CHECK(cfg.autoscale.chains[0].max == 3);
+    CHECK(cfg.autoscale.chains[0].target_busy == doctest::Approx(0.5));
+
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[instances]\npool = 17\n", "h.toml"),
+                         doctest::Contains("h.toml:9:8: 'pool' = 17 is out of range"), ConfigError);
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text(base + "[[autoscale.chain]]\nchain = \"c\"\nmin = 3\nmax = 2\n", "h.toml"),
+        doctest::Contains("'min' (3) is above 'max' (2)"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[[autoscale.chain]]\nchain = \"c\"\n"
+                                                      "[[autoscale.chain]]\nchain = \"c\"\n",
+                                               "h.toml"),
+                         doctest::Contains("autoscaled twice"), ConfigError);
+    CHECK_THROWS_AS(load_host_config_text(base + "[autoscale]\ntarget = 1\n", "h.toml"), ConfigError);
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text(base + "[[instance]]\nchain = \"c\"\ncount = 3\nlcores = [1, 2]\n", "h.toml"),
+        doctest::Contains("at least one per instance"), ConfigError);
+}

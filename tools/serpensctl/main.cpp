@@ -9,7 +9,7 @@
 
 int main(int argc, char **argv)
 {
-    CLI::App app{"serpensctl: inspect and tune a running serpens-host through its control socket\n"
+    CLI::App app{"serpensctl: inspect, tune and scale a running serpens-host through its control socket\n"
                  "([host] control_socket in host.toml, default /run/serpens/<id>.sock)."};
     std::string host_id = "serpens";
     std::string socket;
@@ -24,6 +24,23 @@ int main(int argc, char **argv)
     long long threshold = 0;
     wake->add_option("packets", threshold, "new threshold (1..1048576); omit to show the current one");
 
+    auto *scale = app.add_subcommand(
+        "scale", "change how many instances of a chain run, while traffic flows: no packet is lost or reordered.\n"
+                 "N sets the count, +K / -K change it; 0 parks the chain (it keeps its state and its gateway rule,\n"
+                 "and the first packet wakes an instance).  Prints what happened as JSON: instances before and\n"
+                 "after, buckets moved, how long the data path paused, and whether new instances came warm from\n"
+                 "the pool or were started cold (NF init).");
+    std::string scale_chain;
+    std::string scale_count;
+    std::vector<unsigned> scale_lcores;
+    scale->add_option("chain", scale_chain, "the chain's name")->required();
+    scale->add_option("count", scale_count, "N, +K or -K")->required();
+    scale
+        ->add_option("-l,--lcores", scale_lcores,
+                     "lcores new instances may run on (default: the chain's [[instance]] lcores, else any "
+                     "worker lcore; the least loaded is taken)")
+        ->delimiter(',');
+
     CLI11_PARSE(app, argc, argv);
     if (socket.empty()) {
         socket = "/run/serpens/" + host_id + ".sock";
@@ -35,6 +52,11 @@ int main(int argc, char **argv)
         command = "stats";
     } else if (wake->parsed()) {
         command = threshold != 0 ? "set wake_threshold " + std::to_string(threshold) : "get wake_threshold";
+    } else if (scale->parsed()) {
+        command = "scale " + scale_chain + " " + scale_count;
+        for (std::size_t i = 0; i < scale_lcores.size(); ++i) {
+            command += (i == 0 ? " " : ",") + std::to_string(scale_lcores[i]);
+        }
     }
     try {
         std::string reply = serpens::control_request(socket, command);

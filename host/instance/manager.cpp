@@ -1,0 +1,551 @@
+#include "instance/manager.h"
+
+#include "core/clock.h"
+#include "core/error.h"
+
+#include <rte_lcore.h>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace serpens {
+namespace {
+
+// Pauses kept per chain for the percentiles in the stats.
+constexpr std::size_t kPausesKept = 1024;
+
+uint64_t percentile(std::vector<uint64_t> values, double p)
+{
+    if (values.empty()) {
+        return 0;
+    }
+    std::sort(values.begin(), values.end());
+    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(values.size())));
+    return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
+}
+
+} // namespace
+
+InstanceManager::InstanceManager(Dataplane &dataplane, std::vector<ManagedChain> chains, Factory factory,
+                                 ManagerOptions options)
+    : _dp(dataplane), _factory(std::move(factory)), _options(std::move(options))
+{
+    for (ManagedChain &chain : chains) {
+        ChainRuntime runtime;
+        runtime.spec = std::move(chain);
+        _chains.push_back(std::move(runtime));
+    }
+}
+
+InstanceManager::~InstanceManager()
+{
+    if (_thread_started) {
+        {
+            std::lock_guard lock(_stop_mutex);
+            _stopping = true;
+        }
+        _stop_cv.notify_all();
+        pthread_join(_thread, nullptr);
+    }
+}
+
+InstanceManager::ChainRuntime &InstanceManager::chain_named(const std::string &name)
+{
+    for (ChainRuntime &chain : _chains) {
+        if (chain.spec.name == name) {
+            return chain;
+        }
+    }
+    std::string known;
+    for (const ChainRuntime &chain : _chains) {
+        known += (known.empty() ? "" : ", ") + chain.spec.name;
+    }
+    throw Error("no chain '" + name + "' on this host (chains: " + (known.empty() ? "none" : known) + ")");
+}
+
+std::vector<InstanceSlot *> InstanceManager::slots_of(uint32_t tag, SlotState state) const
+{
+    std::vector<InstanceSlot *> out;
+    for (const auto &slot : _dp.slots()) {
+        if (slot->chain_tag == tag && slot->state == state) {
+            out.push_back(slot.get());
+        }
+    }
+    return out;
+}
+
+std::optional<uint32_t> InstanceManager::free_index(uint32_t tag) const
+{
+    for (uint32_t index = 0; index < _options.max_instances; ++index) {
+        const bool used = std::any_of(_dp.slots().begin(), _dp.slots().end(), [&](const auto &slot) {
+            return slot->chain_tag == tag && slot->index == index && slot->state != SlotState::empty;
+        });
+        if (!used) {
+            return index;
+        }
+    }
+    return std::nullopt;
+}
+
+unsigned InstanceManager::pick_lcore(const ChainRuntime &chain, const std::vector<unsigned> &allowed) const
+{
+    std::vector<unsigned> candidates = allowed.empty() ? chain.spec.lcores : allowed;
+    if (candidates.empty()) {
+        for (unsigned id : _dp.lcore_ids()) {
+            if (id != rte_get_main_lcore()) {
+                candidates.push_back(id);
+            }
+        }
+    }
+    if (candidates.empty()) {
+        candidates.push_back(rte_get_main_lcore());
+    }
+    // The least loaded by instances (of every chain), then the lowest id.
+    auto load = [&](unsigned lcore) {
+        return std::count_if(_dp.slots().begin(), _dp.slots().end(), [&](const auto &slot) {
+            return slot->lcore == lcore && (slot->state == SlotState::active || slot->state == SlotState::parked);
+        });
+    };
+    return *std::min_element(candidates.begin(), candidates.end(), [&](unsigned a, unsigned b) {
+        const auto la = load(a);
+        const auto lb = load(b);
+        return la != lb ? la < lb : a < b;
+    });
+}
+
+InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &result)
+{
+    const uint32_t tag = chain.spec.tag;
+    if (std::vector<InstanceSlot *> pooled = slots_of(tag, SlotState::pooled); !pooled.empty()) {
+        ++result.from_pool;
+        ++chain.pool_starts;
+        return *pooled.front();
+    }
+    std::optional<uint32_t> index = free_index(tag);
+    if (!index) {
+        throw Error("chain '" + chain.spec.name + "' already has " + std::to_string(_options.max_instances) +
+                    " instances (pooled ones included), the most one chain can have");
+    }
+    InstanceSlot &slot = _dp.slot(chain.spec.name, tag, *index, chain.spec.egress, _options.ring_size);
+    slot.chain = _factory(tag, *index);
+    slot.chain->leave_state(); // taken again when it attaches
+    slot.state = SlotState::pooled;
+    ++result.cold;
+    ++chain.cold_starts;
+    return slot;
+}
+
+void InstanceManager::record_pause(ChainRuntime &chain, const Dataplane::Handover &handover)
+{
+    if (handover.moved == 0) {
+        return;
+    }
+    chain.pauses_ns.push_back(handover.pause_ns);
+    if (chain.pauses_ns.size() > kPausesKept) {
+        chain.pauses_ns.erase(chain.pauses_ns.begin());
+    }
+}
+
+void InstanceManager::release(ChainRuntime &chain, InstanceSlot &slot)
+{
+    std::unique_ptr<ChainInstance> instance = _dp.detach(slot);
+    instance->leave_state();
+    if (slots_of(chain.spec.tag, SlotState::pooled).size() < _options.pool) {
+        slot.chain = std::move(instance);
+        slot.state = SlotState::pooled;
+    }
+    // Otherwise it is finalized here (fini), on this thread.
+}
+
+ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, const std::vector<unsigned> &lcores,
+                                           const std::string &why)
+{
+    const uint64_t start = monotonic_ns();
+    const uint32_t tag = chain.spec.tag;
+    ScaleResult result;
+    result.chain = chain.spec.name;
+    std::vector<InstanceSlot *> active = slots_of(tag, SlotState::active);
+    std::vector<InstanceSlot *> parked = slots_of(tag, SlotState::parked);
+    result.before = static_cast<uint32_t>(active.size());
+    auto record = [&](const Dataplane::Handover &h) {
+        result.moved += h.moved;
+        result.pause_ns = std::max(result.pause_ns, h.pause_ns);
+        record_pause(chain, h);
+    };
+    auto members = [](const std::vector<InstanceSlot *> &slots) {
+        std::vector<uint32_t> numbers;
+        for (const InstanceSlot *slot : slots) {
+            numbers.push_back(slot->number);
+        }
+        return numbers;
+    };
+
+    if (!parked.empty() && n > 0) {
+        _dp.unpark(*parked.front());
+        active.push_back(parked.front());
+    }
+    if (n > active.size()) {
+        std::vector<InstanceSlot *> added;
+        while (active.size() + added.size() < n) {
+            InstanceSlot &slot = ready_instance(chain, result);
+            std::unique_ptr<ChainInstance> instance = std::move(slot.chain);
+            instance->join_state();
+            _dp.attach(slot, pick_lcore(chain, lcores), std::move(instance));
+            added.push_back(&slot);
+        }
+        active.insert(active.end(), added.begin(), added.end());
+        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), members(active))));
+    } else if (n < active.size()) {
+        // The most recently started leave first; the last one parks.
+        const std::size_t keep = std::max<std::size_t>(n, 1);
+        std::vector<InstanceSlot *> leaving(active.begin() + static_cast<std::ptrdiff_t>(keep), active.end());
+        active.resize(keep);
+        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), members(active))));
+        for (InstanceSlot *slot : leaving) {
+            release(chain, *slot);
+        }
+        if (n == 0) {
+            _dp.park(*active.front());
+            active.clear();
+        }
+    }
+    result.after = static_cast<uint32_t>(active.size());
+    for (const InstanceSlot *slot : active) {
+        result.instances.emplace_back(slot->index, slot->lcore);
+    }
+    result.launch_ns = monotonic_ns() - start;
+    if (result.before != result.after || result.moved > 0) {
+        ++chain.scale_events;
+        spdlog::info("chain '{}': {} -> {} instance(s) ({}); {} bucket(s) moved, data path paused {:.1f} us, "
+                     "{} from the pool, {} cold, {:.1f} us in all",
+                     chain.spec.name, result.before, result.after, why, result.moved,
+                     static_cast<double>(result.pause_ns) / 1e3, result.from_pool, result.cold,
+                     static_cast<double>(result.launch_ns) / 1e3);
+    }
+    return result;
+}
+
+void InstanceManager::start(const std::string &name, uint32_t count, const std::vector<unsigned> &lcores)
+{
+    std::lock_guard lock(_mutex);
+    ChainRuntime &chain = chain_named(name);
+    if (count > _options.max_instances) {
+        throw Error("chain '" + name + "': " + std::to_string(count) + " instances, at most " +
+                    std::to_string(_options.max_instances));
+    }
+    std::vector<InstanceSlot *> placed;
+    for (uint32_t i = 0; i < std::max<uint32_t>(count, 1); ++i) {
+        const uint32_t tag = chain.spec.tag;
+        InstanceSlot &slot = _dp.slot(name, tag, i, chain.spec.egress, _options.ring_size);
+        std::unique_ptr<ChainInstance> instance = _factory(tag, i);
+        ++chain.cold_starts;
+        unsigned lcore = lcores.empty() ? pick_lcore(chain, {}) : lcores.size() == 1 ? lcores[0] : lcores[i];
+        _dp.attach(slot, lcore, std::move(instance));
+        placed.push_back(&slot);
+    }
+    std::vector<uint32_t> numbers;
+    for (const InstanceSlot *slot : placed) {
+        numbers.push_back(slot->number);
+    }
+    _dp.assign(chain.spec.tag, io::spread_buckets(numbers));
+    if (count == 0) {
+        _dp.park(*placed.front());
+    }
+}
+
+ScaleResult InstanceManager::scale(const std::string &name, ScaleTarget target, const std::vector<unsigned> &lcores,
+                                   const std::string &why)
+{
+    std::lock_guard lock(_mutex);
+    if (_dp.stopping()) {
+        throw Error("the host is stopping");
+    }
+    ChainRuntime &chain = chain_named(name);
+    for (unsigned lcore : lcores) {
+        const std::vector<unsigned> ids = _dp.lcore_ids();
+        if (std::find(ids.begin(), ids.end(), lcore) == ids.end()) {
+            throw Error("lcore " + std::to_string(lcore) + " is not enabled on this host (add it to -l in [eal] args)");
+        }
+    }
+    const auto current = static_cast<int64_t>(slots_of(chain.spec.tag, SlotState::active).size());
+    const int64_t wanted = target.relative ? current + target.value : target.value;
+    if (wanted < 0 || wanted > static_cast<int64_t>(_options.max_instances)) {
+        throw Error("chain '" + name + "' has " + std::to_string(current) + " instance(s); " +
+                    std::to_string(wanted) + " is outside 0.." + std::to_string(_options.max_instances));
+    }
+    return resize_locked(chain, static_cast<uint32_t>(wanted), lcores, why);
+}
+
+void InstanceManager::refill_pools()
+{
+    for (ChainRuntime &chain : _chains) {
+        std::optional<uint32_t> index;
+        {
+            std::lock_guard lock(_mutex);
+            if (_dp.stopping() || slots_of(chain.spec.tag, SlotState::pooled).size() >= _options.pool) {
+                continue;
+            }
+            index = free_index(chain.spec.tag);
+            if (!index) {
+                continue;
+            }
+        }
+        // NF init may take long (a signature set to compile): outside the
+        // lock, so scale requests are not held up.  Only this thread fills
+        // pools, so the index stays free meanwhile unless a scale takes it.
+        std::unique_ptr<ChainInstance> instance;
+        try {
+            instance = _factory(chain.spec.tag, *index);
+            instance->leave_state();
+        } catch (const Error &e) {
+            spdlog::error("chain '{}': cannot pre-initialize a pool instance: {}", chain.spec.name, e.what());
+            continue;
+        }
+        std::lock_guard lock(_mutex);
+        if (free_index(chain.spec.tag) != index) {
+            continue; // a cold start took the index; this one is finalized
+        }
+        InstanceSlot &slot = _dp.slot(chain.spec.name, chain.spec.tag, *index, chain.spec.egress, _options.ring_size);
+        slot.chain = std::move(instance);
+        slot.state = SlotState::pooled;
+    }
+}
+
+void InstanceManager::notice_wakeups()
+{
+    for (ChainRuntime &chain : _chains) {
+        for (InstanceSlot *slot : slots_of(chain.spec.tag, SlotState::parked)) {
+            if (!slot->gate.held.load(std::memory_order_acquire)) {
+                // A packet opened its gate: the chain is at one again.
+                _dp.unpark(*slot);
+                ++chain.wakeups;
+                spdlog::info("chain '{}': woken from zero by a packet (instance {} on lcore {})", chain.spec.name,
+                             slot->index, slot->lcore);
+            }
+        }
+    }
+}
+
+uint32_t InstanceManager::autoscale_min(const ChainRuntime &chain) const
+{
+    for (const AutoscaleChainConfig &rule : _options.autoscale.chains) {
+        if (rule.chain == chain.spec.name) {
+            return rule.min;
+        }
+    }
+    return 0;
+}
+
+void InstanceManager::reap_idle(uint64_t now_ns)
+{
+    if (_options.keep_warm_s <= 0) {
+        return;
+    }
+    const auto keep_warm_ns = static_cast<uint64_t>(_options.keep_warm_s * 1e9);
+    for (ChainRuntime &chain : _chains) {
+        std::vector<InstanceSlot *> active = slots_of(chain.spec.tag, SlotState::active);
+        // The autoscaler's minimum stands: keep-warm reaps down to it only.
+        const std::size_t floor = autoscale_min(chain);
+        std::vector<InstanceSlot *> idle;
+        for (InstanceSlot *slot : active) {
+            const uint64_t last = slot->last_batch_ns.load(std::memory_order_relaxed);
+            if (active.size() - idle.size() > floor && now_ns > last && now_ns - last >= keep_warm_ns &&
+                rte_ring_empty(slot->ring)) {
+                idle.push_back(slot);
+            }
+        }
+        if (idle.empty()) {
+            continue;
+        }
+        // Idle ones leave; when all are idle the chain goes to zero.
+        const auto n = static_cast<uint32_t>(active.size() - idle.size());
+        chain.reaped += idle.size();
+        if (n == 0) {
+            resize_locked(chain, 0, {}, "keep-warm " + std::to_string(_options.keep_warm_s) + " s expired");
+            continue;
+        }
+        std::vector<uint32_t> keep;
+        for (InstanceSlot *slot : active) {
+            if (std::find(idle.begin(), idle.end(), slot) == idle.end()) {
+                keep.push_back(slot->number);
+            }
+        }
+        record_pause(chain, _dp.assign(chain.spec.tag, io::rebalance_buckets(_dp.owners(chain.spec.tag), keep)));
+        for (InstanceSlot *slot : idle) {
+            release(chain, *slot);
+        }
+        ++chain.scale_events;
+        spdlog::info("chain '{}': {} idle instance(s) back to the pool after keep-warm {} s; {} left",
+                     chain.spec.name, idle.size(), _options.keep_warm_s, n);
+    }
+}
+
+void InstanceManager::autoscale(uint64_t now_ns)
+{
+    const AutoscaleConfig &cfg = _options.autoscale;
+    for (const AutoscaleChainConfig &rule : cfg.chains) {
+        ChainRuntime &chain = chain_named(rule.chain);
+        std::vector<InstanceSlot *> active = slots_of(chain.spec.tag, SlotState::active);
+        // Load: the busy fraction of the lcores its instances run on, averaged,
+        // since the last sample.
+        double busy = 0;
+        unsigned lcores = 0;
+        std::map<unsigned, uint64_t> seen;
+        for (const InstanceSlot *slot : active) {
+            if (seen.count(slot->lcore) != 0) {
+                continue;
+            }
+            const uint64_t total = _dp.busy_ns(slot->lcore);
+            seen[slot->lcore] = total;
+            auto before = chain.busy_seen.find(slot->lcore);
+            if (before != chain.busy_seen.end() && chain.sampled_at != 0 && now_ns > chain.sampled_at) {
+                busy += std::min(1.0, static_cast<double>(total - before->second) /
+                                          static_cast<double>(now_ns - chain.sampled_at));
+                ++lcores;
+            }
+        }
+        chain.busy_seen = std::move(seen);
+        chain.sampled_at = now_ns;
+        const auto n = static_cast<uint32_t>(active.size());
+        if (lcores == 0) {
+            // Parked or just resized: no sample yet.  A parked chain below its
+            // minimum wakes.
+            if (n < rule.min && !_dp.stopping()) {
+                ++chain.autoscale_out;
+                resize_locked(chain, rule.min, {}, "autoscale: below min " + std::to_string(rule.min));
+            }
+            chain.above_since = chain.below_since = 0;
+            continue;
+        }
+        chain.load = busy / lcores;
+        // Instances that would bring the load to the target.
+        const double demand = chain.load * n / rule.target_busy;
+        auto wanted = static_cast<uint32_t>(std::ceil(demand - 1e-9));
+        wanted = std::clamp<uint32_t>(wanted, rule.min, rule.max);
+        // Hysteresis: fewer instances only when they would stay below the
+        // target with a margin, so a scale-in does not trigger a scale-out.
+        if (wanted < n && chain.load * n / (n - 1.0) > rule.target_busy * cfg.scale_in_margin) {
+            wanted = n;
+        }
+        const uint64_t out_ns = uint64_t{cfg.scale_out_ms} * 1'000'000;
+        const uint64_t in_ns = uint64_t{cfg.scale_in_ms} * 1'000'000;
+        if (wanted > n) {
+            chain.below_since = 0;
+            chain.above_since = chain.above_since != 0 ? chain.above_since : now_ns;
+            if (now_ns - chain.above_since >= out_ns && !_dp.stopping()) {
+                ++chain.autoscale_out;
+                char why[128];
+                std::snprintf(why, sizeof why, "autoscale: load %.2f above target %.2f", chain.load,
+                              rule.target_busy);
+                resize_locked(chain, wanted, {}, why);
+                chain.above_since = 0;
+                chain.busy_seen.clear(); // the next sample starts after the change
+            }
+        } else if (wanted < n) {
+            chain.above_since = 0;
+            chain.below_since = chain.below_since != 0 ? chain.below_since : now_ns;
+            if (now_ns - chain.below_since >= in_ns && !_dp.stopping()) {
+                ++chain.autoscale_in;
+                char why[128];
+                std::snprintf(why, sizeof why, "autoscale: load %.2f below target %.2f", chain.load,
+                              rule.target_busy);
+                resize_locked(chain, n - 1, {}, why); // one at a time: load redistributes
+                chain.below_since = 0;
+                chain.busy_seen.clear();
+            }
+        } else {
+            chain.above_since = chain.below_since = 0;
+        }
+    }
+}
+
+void InstanceManager::tick(uint64_t now_ns)
+{
+    {
+        std::lock_guard lock(_mutex);
+        if (_dp.stopping()) {
+            return;
+        }
+        notice_wakeups();
+        reap_idle(now_ns);
+        autoscale(now_ns);
+    }
+    refill_pools();
+}
+
+void *InstanceManager::thread_main(void *self_ptr)
+{
+    auto *self = static_cast<InstanceManager *>(self_ptr);
+    // Often enough to notice a woken chain and to react to load well within
+    // a second; the autoscaler samples at its own interval.
+    const auto period = std::chrono::milliseconds(
+        std::clamp<uint32_t>(self->_options.autoscale.interval_ms, 10, 1000));
+    std::unique_lock lock(self->_stop_mutex);
+    while (!self->_stop_cv.wait_for(lock, period, [self] { return self->_stopping; })) {
+        lock.unlock();
+        try {
+            self->tick(monotonic_ns());
+        } catch (const Error &e) {
+            spdlog::error("instance manager: {}", e.what());
+        }
+        lock.lock();
+    }
+    return nullptr;
+}
+
+void InstanceManager::start_thread(const ThreadStarter &start)
+{
+    if (int rc = start(&_thread, &InstanceManager::thread_main, this); rc != 0) {
+        throw Error(std::string("cannot start the instance manager thread: ") + std::strerror(rc < 0 ? -rc : rc));
+    }
+    _thread_started = true;
+}
+
+std::string InstanceManager::chains_json() const
+{
+    std::lock_guard lock(_mutex);
+    nlohmann::ordered_json out = nlohmann::ordered_json::object();
+    for (const ChainRuntime &chain : _chains) {
+        uint32_t active = 0;
+        uint32_t pooled = 0;
+        uint32_t parked = 0;
+        uint64_t metered = 0;
+        nlohmann::ordered_json wake_us = nlohmann::ordered_json::array();
+        for (const auto &slot : _dp.slots()) {
+            if (slot->chain_tag != chain.spec.tag) {
+                continue;
+            }
+            active += slot->state == SlotState::active;
+            pooled += slot->state == SlotState::pooled;
+            parked += slot->state == SlotState::parked;
+            metered += slot->packets.load(std::memory_order_relaxed);
+            if (uint64_t ns = slot->wake_latency_ns.load(std::memory_order_relaxed); ns != 0) {
+                wake_us.push_back(static_cast<double>(ns) / 1e3);
+            }
+        }
+        out[chain.spec.name] = {
+            {"instances", active},
+            {"pooled", pooled},
+            {"parked", parked},
+            {"metered_packets", metered},
+            {"scale_events", chain.scale_events},
+            {"autoscale_out", chain.autoscale_out},
+            {"autoscale_in", chain.autoscale_in},
+            {"reaped", chain.reaped},
+            {"wakeups", chain.wakeups},
+            {"cold_starts", chain.cold_starts},
+            {"pool_starts", chain.pool_starts},
+            {"load", chain.load},
+            {"pause_us_p50", static_cast<double>(percentile(chain.pauses_ns, 0.5)) / 1e3},
+            {"pause_us_p99", static_cast<double>(percentile(chain.pauses_ns, 0.99)) / 1e3},
+            {"wake_latency_us", std::move(wake_us)},
+        };
+    }
+    return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+} // namespace serpens

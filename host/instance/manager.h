@@ -1,0 +1,169 @@
+#pragma once
+// The instance manager: the serverless lifecycle of chain instances on one
+// host (paper §III-A2, §IV-A2).
+//
+//  - Scale: `scale(chain, n)` adds or removes instances while traffic
+//    flows.  A new instance attaches the executors' state (no per-flow copy;
+//    RELEASE state is re-split so it gets a share, EVENTUAL state gives it a
+//    replica), then buckets move to it by a handover (io/router.h); a leaving
+//    instance's buckets move first, then its share is merged back.
+//  - Warm pool: per chain, `pool` instances whose NF init is done wait on no
+//    lcore, so a scale-out or a wake-up is an attach and a route publish.
+//  - Keep-warm: an instance that has processed nothing for keep_warm_s goes
+//    back to the pool (its state stays); the last one of a chain is parked
+//    instead (scale to zero): it owns every bucket, its lcore does not run it,
+//    and its ring buffers packets until the first one wakes it.
+//  - Autoscaler (off unless [[autoscale.chain]] names chains): every
+//    interval, a chain whose instances' lcores are busier than its target for
+//    scale_out_ms gets the instances that bring it back under; one below it
+//    with a margin for scale_in_ms gets fewer.  Every decision is logged and
+//    counted.
+//
+// Everything here runs on the control thread or the manager's own thread,
+// never on a worker lcore; one mutex serializes them.
+
+#include "config/host_config.h"
+#include "instance/dataplane.h"
+
+#include <pthread.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace serpens {
+
+// A chain the manager can run.
+struct ManagedChain {
+    std::string name;
+    uint32_t tag = 0;
+    uint16_t egress = 0;
+    std::vector<unsigned> lcores; // where new instances may go; empty: every worker lcore
+};
+
+struct ManagerOptions {
+    uint32_t pool = 1;            // pre-initialized instances kept per chain
+    double keep_warm_s = 0;       // 0: an idle instance is never reaped
+    uint32_t ring_size = 4096;
+    uint32_t max_instances = 16;  // per chain (cells of global/write state)
+    AutoscaleConfig autoscale;
+};
+
+// How many instances a scale request asks for.
+struct ScaleTarget {
+    bool relative = false;
+    int64_t value = 0; // absolute count, or +k / -k
+};
+
+// What a scale event did.
+struct ScaleResult {
+    std::string chain;
+    uint32_t before = 0;
+    uint32_t after = 0;
+    uint32_t moved = 0;              // buckets that changed owner
+    uint64_t pause_ns = 0;           // longest a gaining instance was held
+    uint32_t from_pool = 0;          // instances that came ready from the pool
+    uint32_t cold = 0;               // instances created (NF init) for this event
+    uint64_t launch_ns = 0;          // from the request to the new instances owning buckets
+    std::vector<std::pair<uint32_t, unsigned>> instances; // (index, lcore) of each active one
+};
+
+class InstanceManager {
+public:
+    using Factory = std::function<std::unique_ptr<ChainInstance>(uint32_t tag, uint32_t index)>;
+
+    InstanceManager(Dataplane &dataplane, std::vector<ManagedChain> chains, Factory factory, ManagerOptions options);
+    ~InstanceManager(); // stops its thread; instances stay in the dataplane's slots
+    InstanceManager(const InstanceManager &) = delete;
+    InstanceManager &operator=(const InstanceManager &) = delete;
+
+    // Before Dataplane::prepare(): the instances a start runs, `count` of
+    // chain `chain` on `lcores` (one per instance, or one for all, or empty:
+    // the least loaded).  Count 0 parks one instance.  Throws Error.
+    void start(const std::string &chain, uint32_t count, const std::vector<unsigned> &lcores);
+    // Starts the thread that refills pools, reaps idle instances, notices
+    // wake-ups and runs the autoscaler, with `start` (e.g.
+    // rte_ctrl_thread_create, to keep it off the workers' CPUs; returns an
+    // errno-style code).  Throws Error when it cannot.
+    using ThreadStarter = std::function<int(pthread_t *thread, void *(*body)(void *), void *arg)>;
+    void start_thread(const ThreadStarter &start);
+
+    // Scales `chain` to the target; `lcores` (empty: the chain's, or any
+    // worker lcore) is where new instances may go.  Throws Error with the
+    // reason a request cannot be done (unknown chain, out of range,
+    // stopping).
+    ScaleResult scale(const std::string &chain, ScaleTarget target, const std::vector<unsigned> &lcores,
+                      const std::string &why);
+
+    // Per chain: instances by state, events, pauses and wake-ups, as JSON
+    // text (an object keyed by chain name).
+    std::string chains_json() const;
+
+    // Runs `f` with every scale event held off, so it may read slots'
+    // chain instances.
+    template <class F>
+    auto locked(F &&f) const
+    {
+        std::lock_guard lock(_mutex);
+        return f();
+    }
+
+    // One pass of the background work (the thread calls it; tests may too).
+    void tick(uint64_t now_ns);
+
+private:
+    struct ChainRuntime {
+        ManagedChain spec;
+        uint64_t scale_events = 0;
+        uint64_t autoscale_out = 0;
+        uint64_t autoscale_in = 0;
+        uint64_t reaped = 0;
+        uint64_t wakeups = 0;
+        uint64_t cold_starts = 0;
+        uint64_t pool_starts = 0;
+        std::vector<uint64_t> pauses_ns; // of the last events, for p50/p99
+        // autoscaler
+        std::map<unsigned, uint64_t> busy_seen; // lcore -> its busy_ns at the last sample
+        uint64_t sampled_at = 0;
+        uint64_t above_since = 0;
+        uint64_t below_since = 0;
+        double load = 0;
+    };
+
+    ChainRuntime &chain_named(const std::string &name);
+    std::vector<InstanceSlot *> slots_of(uint32_t tag, SlotState state) const;
+    std::optional<uint32_t> free_index(uint32_t tag) const;
+    unsigned pick_lcore(const ChainRuntime &chain, const std::vector<unsigned> &allowed) const;
+    // An instance ready to attach: from the pool, else created now.
+    InstanceSlot &ready_instance(ChainRuntime &chain, ScaleResult &result);
+    void release(ChainRuntime &chain, InstanceSlot &slot); // detached: to the pool or destroyed
+    static void record_pause(ChainRuntime &chain, const Dataplane::Handover &handover);
+    ScaleResult resize_locked(ChainRuntime &chain, uint32_t n, const std::vector<unsigned> &lcores,
+                              const std::string &why);
+    void refill_pools();
+    uint32_t autoscale_min(const ChainRuntime &chain) const; // 0 when not autoscaled
+    void reap_idle(uint64_t now_ns);
+    void notice_wakeups();
+    void autoscale(uint64_t now_ns);
+
+    static void *thread_main(void *self);
+
+    Dataplane &_dp;
+    std::vector<ChainRuntime> _chains;
+    Factory _factory;
+    ManagerOptions _options;
+    mutable std::mutex _mutex;
+    bool _thread_started = false;
+    pthread_t _thread{};
+    std::mutex _stop_mutex;
+    std::condition_variable _stop_cv;
+    bool _stopping = false;
+};
+
+} // namespace serpens
