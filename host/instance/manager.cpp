@@ -274,8 +274,8 @@ ScaleResult InstanceManager::scale(const std::string &name, ScaleTarget target, 
     const auto current = static_cast<int64_t>(slots_of(chain.spec.tag, SlotState::active).size());
     const int64_t wanted = target.relative ? current + target.value : target.value;
     if (wanted < 0 || wanted > static_cast<int64_t>(_options.max_instances)) {
-        throw Error("chain '" + name + "' has " + std::to_string(current) + " instance(s); " +
-                    std::to_string(wanted) + " is outside 0.." + std::to_string(_options.max_instances));
+        throw Error("chain '" + name + "' has " + std::to_string(current) + " instance(s); " + std::to_string(wanted) +
+                    " is outside 0.." + std::to_string(_options.max_instances));
     }
     return resize_locked(chain, static_cast<uint32_t>(wanted), lcores, why);
 }
@@ -379,8 +379,8 @@ void InstanceManager::reap_idle(uint64_t now_ns)
             release(chain, *slot);
         }
         ++chain.scale_events;
-        spdlog::info("chain '{}': {} idle instance(s) back to the pool after keep-warm {} s; {} left",
-                     chain.spec.name, idle.size(), _options.keep_warm_s, n);
+        spdlog::info("chain '{}': {} idle instance(s) back to the pool after keep-warm {} s; {} left", chain.spec.name,
+                     idle.size(), _options.keep_warm_s, n);
     }
 }
 
@@ -439,8 +439,7 @@ void InstanceManager::autoscale(uint64_t now_ns)
             if (now_ns - chain.above_since >= out_ns && !_dp.stopping()) {
                 ++chain.autoscale_out;
                 char why[128];
-                std::snprintf(why, sizeof why, "autoscale: load %.2f above target %.2f", chain.load,
-                              rule.target_busy);
+                std::snprintf(why, sizeof why, "autoscale: load %.2f above target %.2f", chain.load, rule.target_busy);
                 resize_locked(chain, wanted, {}, why);
                 chain.above_since = 0;
                 chain.busy_seen.clear(); // the next sample starts after the change
@@ -451,8 +450,7 @@ void InstanceManager::autoscale(uint64_t now_ns)
             if (now_ns - chain.below_since >= in_ns && !_dp.stopping()) {
                 ++chain.autoscale_in;
                 char why[128];
-                std::snprintf(why, sizeof why, "autoscale: load %.2f below target %.2f", chain.load,
-                              rule.target_busy);
+                std::snprintf(why, sizeof why, "autoscale: load %.2f below target %.2f", chain.load, rule.target_busy);
                 resize_locked(chain, n - 1, {}, why); // one at a time: load redistributes
                 chain.below_since = 0;
                 chain.busy_seen.clear();
@@ -482,8 +480,7 @@ void *InstanceManager::thread_main(void *self_ptr)
     auto *self = static_cast<InstanceManager *>(self_ptr);
     // Often enough to notice a woken chain and to react to load well within
     // a second; the autoscaler samples at its own interval.
-    const auto period = std::chrono::milliseconds(
-        std::clamp<uint32_t>(self->_options.autoscale.interval_ms, 10, 1000));
+    const auto period = std::chrono::milliseconds(std::clamp<uint32_t>(self->_options.autoscale.interval_ms, 10, 1000));
     std::unique_lock lock(self->_stop_mutex);
     while (!self->_stop_cv.wait_for(lock, period, [self] { return self->_stopping; })) {
         lock.unlock();

@@ -48,10 +48,10 @@ struct ManagedChain {
 };
 
 struct ManagerOptions {
-    uint32_t pool = 1;            // pre-initialized instances kept per chain
-    double keep_warm_s = 0;       // 0: an idle instance is never reaped
+    uint32_t pool = 1;      // pre-initialized instances kept per chain
+    double keep_warm_s = 0; // 0: an idle instance is never reaped
     uint32_t ring_size = 4096;
-    uint32_t max_instances = 16;  // per chain (cells of global/write state)
+    uint32_t max_instances = 16; // per chain (cells of global/write state)
     AutoscaleConfig autoscale;
 };
 
@@ -66,11 +66,11 @@ struct ScaleResult {
     std::string chain;
     uint32_t before = 0;
     uint32_t after = 0;
-    uint32_t moved = 0;              // buckets that changed owner
-    uint64_t pause_ns = 0;           // longest a gaining instance was held
-    uint32_t from_pool = 0;          // instances that came ready from the pool
-    uint32_t cold = 0;               // instances created (NF init) for this event
-    uint64_t launch_ns = 0;          // from the request to the new instances owning buckets
+    uint32_t moved = 0;                                   // buckets that changed owner
+    uint64_t pause_ns = 0;                                // longest a gaining instance was held
+    uint32_t from_pool = 0;                               // instances that came ready from the pool
+    uint32_t cold = 0;                                    // instances created (NF init) for this event
+    uint64_t launch_ns = 0;                               // from the request to the new instances owning buckets
     std::vector<std::pair<uint32_t, unsigned>> instances; // (index, lcore) of each active one
 };
 
@@ -107,7 +107,7 @@ public:
 
     // Runs `f` with every scale event held off, so it may read slots'
     // chain instances.
-    template <class F>
+    template<class F>
     auto locked(F &&f) const
     {
         std::lock_guard lock(_mutex);
