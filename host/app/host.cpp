@@ -290,7 +290,12 @@ std::string stats_json(const Dataplane &dp, const std::string &chains_json, bool
         for (const io::RxQueue &q : l.rx_queues) {
             queues.push_back({{"port", dp.ports()[q.port_index].name}, {"queue", q.queue}});
         }
-        lcores.push_back({{"id", l.id}, {"rx_queues", std::move(queues)}, {"rx", l.rx}});
+        ordered_json latency = ordered_json::array(); // [lowest ns of the bucket, batches]
+        for (const auto &[low, n] : l.batch_latency) {
+            latency.push_back({low, n});
+        }
+        lcores.push_back(
+            {{"id", l.id}, {"rx_queues", std::move(queues)}, {"rx", l.rx}, {"batch_latency_ns", std::move(latency)}});
     }
     j["lcores"] = std::move(lcores);
     ordered_json rules = ordered_json::object();

@@ -5,6 +5,7 @@
 #include "core/fault.h"
 #include "io/mbuf.h"
 
+#include <rte_cycles.h>
 #include <rte_ethdev.h>
 #include <rte_lcore.h>
 
@@ -35,6 +36,7 @@ Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, Dataplane
     : _ports(std::move(ports)), _gateway(std::move(gateway)), _options(options)
 {
     _options.dispatch.burst = std::clamp<uint32_t>(_options.dispatch.burst, 1, max_burst);
+    _ns_per_tsc = 1e9 / static_cast<double>(rte_get_tsc_hz());
     _slots.resize(std::max<uint32_t>(_options.max_slots, 1));
     auto main_lcore = std::make_unique<Lcore>();
     main_lcore->id = rte_get_main_lcore();
@@ -462,9 +464,15 @@ uint32_t Dataplane::drain_tx_rings()
 }
 
 void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                                        uint64_t now)
+                                        uint64_t now, uint64_t rx_tsc)
 {
     _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, n, now);
+    _dp.record_latency(_lcore, rx_tsc);
+}
+
+void Dataplane::record_latency(Lcore &lcore, uint64_t rx_tsc) const noexcept
+{
+    lcore.batch_latency.record(static_cast<uint64_t>(static_cast<double>(rte_rdtsc() - rx_tsc) * _ns_per_tsc));
 }
 
 void Dataplane::LcoreSink::transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped)
@@ -481,7 +489,9 @@ uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
     const unsigned n =
         rte_ring_dequeue_burst(slot.ring, reinterpret_cast<void **>(mbufs), _options.dispatch.burst, nullptr);
     if (n > 0) {
+        const uint64_t rx_tsc = io::meta_of(mbufs[0]).rx_tsc; // the batch's oldest packet
         run_batch(lcore, slot, mbufs, n, now);
+        record_latency(lcore, rx_tsc);
         // Processed, transmitted: a handover may let the next owner go.
         slot.served.store(slot.served.load(std::memory_order_relaxed) + n, std::memory_order_release);
         if (const uint64_t woken = slot.gate.woken_ns.load(std::memory_order_relaxed); woken != 0) {
@@ -756,6 +766,11 @@ std::vector<Dataplane::LcoreTotals> Dataplane::lcore_totals() const
             t.rx_queues = lcore->dispatcher->rx_queues();
             for (const Counter &c : lcore->dispatcher->counters().rx) {
                 t.rx += c.load(std::memory_order_relaxed);
+            }
+        }
+        for (std::size_t b = 0; b < LatencyHistogram::buckets; ++b) {
+            if (const uint64_t n = lcore->batch_latency.count(b); n != 0) {
+                t.batch_latency.emplace_back(LatencyHistogram::bucket_low(b), n);
             }
         }
         out.push_back(std::move(t));

@@ -22,6 +22,7 @@
 
 #include "chain/runtime.h"
 #include "core/counter.h"
+#include "core/latency.h"
 #include "core/wakeup.h"
 #include "io/dispatcher.h"
 #include "io/gateway.h"
@@ -165,6 +166,7 @@ public:
         unsigned id = 0;
         std::vector<io::RxQueue> rx_queues;
         uint64_t rx = 0;
+        std::vector<std::pair<uint64_t, uint64_t>> batch_latency; // (bucket's lowest ns, batches), non-empty buckets
     };
     std::vector<LcoreTotals> lcore_totals() const;
     // Per port: packets of lcores without a TX queue of their own that the
@@ -190,6 +192,7 @@ private:
         std::atomic<uint64_t> epoch{0};             // loop iterations completed
         std::atomic<bool> running{false};           // in lcore_loop
         std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
+        LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run
         std::vector<TxPath> tx;                     // per port index
         std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
         Wakeup wakeup;
@@ -202,7 +205,8 @@ private:
     class LcoreSink final : public io::LocalSink {
     public:
         LcoreSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
-        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now) override;
+        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
+                          uint64_t rx_tsc) override;
         void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
 
     private:
@@ -224,6 +228,7 @@ private:
     // Runs the chain on views[i] of mbufs[i], then frees or transmits each.
     void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
+    void record_latency(Lcore &lcore, uint64_t rx_tsc) const noexcept;
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
     void build_dispatchers();
@@ -246,6 +251,7 @@ private:
     io::Gateway _gateway;
     DataplaneOptions _options;
     std::atomic<uint32_t> _wake_threshold{128};
+    double _ns_per_tsc = 0;
     std::vector<std::unique_ptr<InstanceSlot>> _slots; // sized once: lcores index it while it grows
     std::atomic<std::size_t> _slot_count{0};
     std::vector<io::BucketOwners> _owners; // per chain tag

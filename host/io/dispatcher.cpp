@@ -2,6 +2,7 @@
 
 #include "io/mbuf.h"
 
+#include <rte_cycles.h>
 #include <rte_ethdev.h>
 
 #include <algorithm>
@@ -76,6 +77,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         return 0;
     }
     bump(_counters.rx[rxq.port_index], n);
+    const uint64_t rx_tsc = rte_rdtsc();
 
     // The burst goes through in stages (parse all, hash all, then classify and
     // route) rather than packet by packet: each stage is a short loop over
@@ -149,21 +151,21 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             // since this instance receives only from here.
             if (stage.count == n_kept) {
                 // The whole burst, in order (the common case): no gather.
-                sink.run_in_place(stage.target->instance, mbufs, views, stage.count, now);
+                sink.run_in_place(stage.target->instance, mbufs, views, stage.count, now, rx_tsc);
             } else {
                 gather();
                 serpens_pkt batch_views[max_burst];
                 for (uint16_t k = 0; k < stage.count; ++k) {
                     batch_views[k] = views[stage.index[k]];
                 }
-                sink.run_in_place(stage.target->instance, batch, batch_views, stage.count, now);
+                sink.run_in_place(stage.target->instance, batch, batch_views, stage.count, now, rx_tsc);
             }
             stage.count = 0;
             return;
         }
         gather();
         for (uint16_t k = 0; k < stage.count; ++k) {
-            store_meta(batch[k], views[stage.index[k]], tags[stage.index[k]]);
+            store_meta(batch[k], views[stage.index[k]], tags[stage.index[k]], rx_tsc);
         }
         unsigned queued =
             rte_ring_enqueue_burst(target.ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);

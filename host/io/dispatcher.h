@@ -71,8 +71,10 @@ struct DispatchTotals {
 // once per batch, never per packet.
 class LocalSink {
 public:
-    // Runs `instance` on packets just parsed here: views[i] describes mbufs[i].
-    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now) = 0;
+    // Runs `instance` on packets just parsed here: views[i] describes mbufs[i];
+    // they were received at `rx_tsc` (rte_rdtsc).
+    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
+                              uint64_t rx_tsc) = 0;
     // Transmits on this lcore's path to a port; frees what does not fit and
     // adds it to `dropped`.
     virtual void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) = 0;

@@ -25,8 +25,9 @@ struct PacketMeta {
     uint8_t l4_proto;
     uint16_t flags;
     uint16_t vlan_id;
+    uint64_t rx_tsc; // when its burst was received (TSC): its batch's latency starts here
 };
-static_assert(sizeof(PacketMeta) == 16);
+static_assert(sizeof(PacketMeta) == 24);
 
 // Registers the dynamic field; call once after EAL init.  Throws Error.
 void register_packet_meta();
@@ -35,9 +36,10 @@ extern int packet_meta_offset;
 inline PacketMeta &meta_of(rte_mbuf *m) noexcept { return *RTE_MBUF_DYNFIELD(m, packet_meta_offset, PacketMeta *); }
 
 // Stores a parsed view's offsets in the mbuf.
-inline void store_meta(rte_mbuf *m, const serpens_pkt &view, uint32_t chain_tag) noexcept
+inline void store_meta(rte_mbuf *m, const serpens_pkt &view, uint32_t chain_tag, uint64_t rx_tsc) noexcept
 {
     PacketMeta &meta = meta_of(m);
+    meta.rx_tsc = rx_tsc;
     meta.chain_tag = chain_tag;
     meta.l3_offset = view.l3_offset;
     meta.l4_offset = view.l4_offset;

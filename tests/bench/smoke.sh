@@ -11,7 +11,7 @@ trap 'rm -rf "$out"' EXIT
 "$bench" all --quick --out "$out" --plugins "$plugins"
 
 fail=0
-for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models-latency.csv chaining.csv e2e.csv state.csv profile.csv throughput.csv \
+for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models-latency.csv chaining.csv e2e.csv state.csv profile.csv throughput.csv scale.csv \
          REPORT.md; do
     if [ ! -s "$out/$f" ]; then
         echo "missing or empty: $f"
@@ -20,7 +20,7 @@ for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models
 done
 # PNGs only when a plotter exists (the bench skips plots otherwise).
 if python3 -c 'import matplotlib' >/dev/null 2>&1 || /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1; then
-    for f in chain.png launch.png nf.png nf-fw-rules.png exec-models.png exec-models-latency.png chaining.png e2e.png state.png profile.png throughput.png; do
+    for f in chain.png launch.png nf.png nf-fw-rules.png exec-models.png exec-models-latency.png chaining.png e2e.png state.png profile.png throughput.png scale.png; do
         if [ ! -s "$out/$f" ]; then
             echo "matplotlib is installed but $f was not drawn"
             fail=1
