@@ -10,8 +10,8 @@ using serpens::LatencyHistogram;
 
 TEST_CASE("every latency falls in the bucket whose range holds it, within 12.5%")
 {
-    for (uint64_t ns : {0ull, 1ull, 7ull, 8ull, 9ull, 15ull, 16ull, 1000ull, 1023ull, 1024ull, 123456789ull,
-                        (1ull << 40) + 12345}) {
+    for (uint64_t ns :
+         {0ull, 1ull, 7ull, 8ull, 9ull, 15ull, 16ull, 1000ull, 1023ull, 1024ull, 123456789ull, (1ull << 40) + 12345}) {
         CAPTURE(ns);
         const std::size_t b = LatencyHistogram::bucket_of(ns);
         REQUIRE(b + 1 < LatencyHistogram::buckets);

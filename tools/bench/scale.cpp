@@ -157,22 +157,23 @@ class ScaleBench : public Subcommand {
 public:
     void add_options(CLI::App &app) override
     {
-        _events_opt = app.add_option("--events", _events, "scale events, alternately 2 -> 3 and 3 -> 2 (default 30; "
-                                                          "--quick: 6)");
+        _events_opt = app.add_option("--events", _events,
+                                     "scale events, alternately 2 -> 3 and 3 -> 2 (default 30; "
+                                     "--quick: 6)");
         app.add_option("--gap", _gap_s, "seconds between events (a steady window, then one around the event)")
             ->capture_default_str();
         app.add_option("--host-lcores", _lcores_used,
                        "lcores the host forwards on, 1 or 2 (default: 2 with at least 4 CPUs, else 1, so that its "
                        "control thread has a CPU)")
             ->check(CLI::Range(0, 2));
-        app.add_option("--ring-size", _ring_size,
-                       "instance ring size: the backlog a handover waits for at saturation")
+        app.add_option("--ring-size", _ring_size, "instance ring size: the backlog a handover waits for at saturation")
             ->capture_default_str();
         app.add_option("--chain", _chain, "the chain scaled (dash-separated NFs, as throughput's --chain)")
             ->capture_default_str();
         app.add_option("--flows", _rig.flows, "distinct flows in the pcap")->capture_default_str();
-        app.add_option("--lcores", _rig.lcores, "MAIN,FWD: the host's two lcores (default: the first two of "
-                                                "--worker-cpus)");
+        app.add_option("--lcores", _rig.lcores,
+                       "MAIN,FWD: the host's two lcores (default: the first two of "
+                       "--worker-cpus)");
         app.add_option("--host", _rig.host_exe, "serpens-host executable")->capture_default_str();
         app.add_option("--pktgen", _rig.pktgen_exe, "serpens-pktgen executable")->capture_default_str();
         app.add_flag("--keep", _rig.keep, "keep the scratch directory (configs, logs)");
@@ -255,19 +256,19 @@ private:
             copied = std::max(copied, n);
         }
 
-        Table table{"scale", fmt::format("Scale events 2 <-> 3 instances of {} under traffic ({} events)", _chain,
-                                         _events),
+        Table table{"scale",
+                    fmt::format("Scale events 2 <-> 3 instances of {} under traffic ({} events)", _chain, _events),
                     {"what", "p50_us", "p99_us", "target"},
                     {}};
         const double steady_p99 = percentile_us(steady, 0.99);
         const double around_p99 = percentile_us(around, 0.99);
-        table.rows.push_back({"serpens handover pause", fmt_num(quantile(pauses, 0.5)), fmt_num(quantile(pauses, 0.99)),
-                              "p99 < 50"});
-        table.rows.push_back({"OpenNF-like state copy pause", fmt_num(quantile(baseline, 0.5)),
-                              fmt_num(quantile(baseline, 0.99)), "-"});
+        table.rows.push_back(
+            {"serpens handover pause", fmt_num(quantile(pauses, 0.5)), fmt_num(quantile(pauses, 0.99)), "p99 < 50"});
+        table.rows.push_back(
+            {"OpenNF-like state copy pause", fmt_num(quantile(baseline, 0.5)), fmt_num(quantile(baseline, 0.99)), "-"});
         table.rows.push_back({"batch latency, steady", fmt_num(percentile_us(steady, 0.5)), fmt_num(steady_p99), "-"});
-        table.rows.push_back({"batch latency, around events", fmt_num(percentile_us(around, 0.5)),
-                              fmt_num(around_p99), "p99 <= 2x steady"});
+        table.rows.push_back({"batch latency, around events", fmt_num(percentile_us(around, 0.5)), fmt_num(around_p99),
+                              "p99 <= 2x steady"});
         const std::vector<double> wakes = wake_latencies(opts);
         table.rows.push_back({"first packet from zero (parked, warm)", fmt_num(quantile(wakes, 0.5)),
                               fmt_num(quantile(wakes, 0.99)), "< 100"});
@@ -287,10 +288,11 @@ private:
             warm_us >= 0 && warm_us < 100 ? "MEETS" : "BELOW", copied, fmt_num(quantile(baseline, 0.5)));
         std::cout << summary;
         write_notes(opts, "scale",
-                    summary + "\nThe pause holds only the instances that gain buckets (their packets queue in their "
-                              "rings); the others run on.  Batch latency: the host's per-lcore histograms (buckets "
-                              "12.5% wide), RX of a batch to the end of its chain run.  Command: serpens-bench scale "
-                              "--chain " +
+                    summary +
+                        "\nThe pause holds only the instances that gain buckets (their packets queue in their "
+                        "rings); the others run on.  Batch latency: the host's per-lcore histograms (buckets "
+                        "12.5% wide), RX of a batch to the end of its chain run.  Command: serpens-bench scale "
+                        "--chain " +
                         _chain + "\n");
         PlotSpec spec;
         spec.x = "what";
@@ -314,7 +316,9 @@ private:
 
     // First-packet latency from zero: hosts that start with the chain
     // parked (count = 0) and get one packet each; the host measures from its
-    // RX to the end of its chain run.
+    // RX to the end of its chain run.  That packet is also the instance's
+    // first, so it pays what an NF does on its first packet after a pause
+    // (mon sweeps up to 4096 flow slots).
     std::vector<double> wake_latencies(const Options &opts)
     {
         std::vector<double> out;
@@ -326,14 +330,26 @@ private:
             const uint32_t caplen = *reinterpret_cast<const uint32_t *>(all.data() + 24 + 8);
             std::ofstream(one, std::ios::binary) << all.substr(0, 24 + 16 + caplen);
         }
-        for (int r = 0; r < runs; ++r) {
+        // Run 0 starts the chain at one instance and creates the packet's
+        // flow state; the measured runs wake a parked instance on that state,
+        // as after keep-warm reaped the last one.
+        const fs::path state = _rig.state_root / "state-wake";
+        for (int r = 0; r <= runs; ++r) {
             ++_rig.runs;
             const fs::path toml = _rig.write_host_toml(false, _chain);
             std::string text = read_text(toml);
             const std::string from = fs::absolute(_rig.pcap).string() + ",infinite_rx=1";
             text.replace(text.find(from), from.size(), fs::absolute(one).string());
-            text.replace(text.find("count = 1"), 9, "count = 0");
+            const std::size_t dir = text.find("state_dir = \"");
+            text.replace(dir, text.find('\n', dir) - dir, fmt::format("state_dir = \"{}\"", state.string()));
+            if (r > 0) {
+                text.replace(text.find("count = 1"), 9, "count = 0");
+            }
             std::ofstream(toml) << text;
+            // No pool refill meanwhile: taking a new instance's share of
+            // RELEASE state out (nat's port pool) holds the parked
+            // instance's cells for tens of ms, which is not the wake-up.
+            patch(toml, "[instances]\n", "pool = 0\n");
             const fs::path json = _rig.tmp / fmt::format("wake-{}.json", r);
             Child host({_rig.host_exe, "-c", toml.string(), "--idle-exit", "0.5", "--stats-json", json.string()},
                        _rig.tmp / fmt::format("wake-{}.log", r), false);
@@ -342,7 +358,9 @@ private:
             }
             const auto stats = nlohmann::json::parse(read_text(json));
             for (const auto &us : stats.at("chains").at(_chain).at("wake_latency_us")) {
-                out.push_back(us.get<double>());
+                if (r > 0) {
+                    out.push_back(us.get<double>());
+                }
             }
         }
         return out;
