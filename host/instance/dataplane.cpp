@@ -113,9 +113,7 @@ InstanceSlot &Dataplane::slot(const std::string &chain_name, uint32_t tag, uint3
     const std::size_t number = _slot_count.load(std::memory_order_relaxed);
     if (number == _slots.size()) {
         throw Error("chain '" + chain_name + "' instance " + std::to_string(index) +
-                    ": the host has no instance slot "
-                    "left (" +
-                    std::to_string(_slots.size()) + " in all)");
+                    ": the host has no instance slot left (" + std::to_string(_slots.size()) + " in all)");
     }
     auto slot = std::make_unique<InstanceSlot>();
     slot->chain_name = chain_name;
@@ -283,9 +281,9 @@ Dataplane::Handover Dataplane::assign(uint32_t tag, io::BucketOwners owners)
             set.push_back(slot);
         }
     };
-    for (uint32_t b = 0; b < io::route_buckets; ++b) {
-        const bool had = !before.empty();
-        const bool has = !owners.empty();
+    const bool had = !before.empty();
+    const bool has = !owners.empty();
+    for (uint32_t b = 0; (had || has) && b < io::route_buckets; ++b) {
         if (had && has && before[b] == owners[b]) {
             continue;
         }
@@ -376,13 +374,16 @@ void Dataplane::build_dispatchers()
             queues[q % receivers.size()].push_back({p, q});
         }
     }
+    io::DispatchOptions options = _options.dispatch;
+    options.producers =
+        static_cast<uint32_t>(std::count_if(queues.begin(), queues.end(), [](const auto &q) { return !q.empty(); }));
     _receivers = 0;
     for (std::size_t r = 0; r < receivers.size(); ++r) {
         if (queues[r].empty()) {
             continue; // every port has fewer queues than there are receivers
         }
-        lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
-            _ports, _gateway, _wake_threshold, std::move(queues[r]), _options.dispatch);
+        lcore_state(receivers[r]).dispatcher =
+            std::make_unique<io::Dispatcher>(_ports, _gateway, _wake_threshold, std::move(queues[r]), options);
         ++_receivers;
     }
 }

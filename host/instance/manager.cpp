@@ -190,17 +190,25 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
     }
     if (n > active.size()) {
         std::vector<InstanceSlot *> added;
-        while (active.size() + added.size() < n) {
-            InstanceSlot &slot = ready_instance(chain, result);
-            std::unique_ptr<ChainInstance> instance = std::move(slot.chain);
-            instance->join_state();
-            _dp.attach(slot, pick_lcore(chain, lcores), std::move(instance));
-            added.push_back(&slot);
+        try {
+            while (active.size() + added.size() < n) {
+                InstanceSlot &slot = ready_instance(chain, result);
+                std::unique_ptr<ChainInstance> instance = std::move(slot.chain);
+                instance->join_state();
+                _dp.attach(slot, pick_lcore(chain, lcores), std::move(instance));
+                added.push_back(&slot);
+            }
+        } catch (const Error &) {
+            // All or nothing: the ones attached so far own no bucket yet.
+            for (InstanceSlot *slot : added) {
+                release(chain, *slot);
+            }
+            throw;
         }
         active.insert(active.end(), added.begin(), added.end());
         record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), members(active))));
     } else if (n < active.size()) {
-        // The most recently started leave first; the last one parks.
+        // The highest-numbered leave first; at zero the last one parks.
         const std::size_t keep = std::max<std::size_t>(n, 1);
         std::vector<InstanceSlot *> leaving(active.begin() + static_cast<std::ptrdiff_t>(keep), active.end());
         active.resize(keep);

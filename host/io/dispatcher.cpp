@@ -32,6 +32,7 @@ Dispatcher::Dispatcher(std::span<const Port> ports, const Gateway &gateway, cons
       _counters(ports.size(), gateway.rules().size())
 {
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
+    _options.producers = std::max<uint32_t>(_options.producers, 1);
 }
 
 Dispatcher::Poll Dispatcher::poll(uint64_t now, LocalSink &sink)
@@ -59,7 +60,9 @@ bool Dispatcher::backlogged(const RouteTable *routes)
         return false;
     }
     for (const RouteTarget &target : routes->targets) {
-        if (rte_ring_free_count(target.ring) < _options.burst) {
+        // A ring too small for every producer's burst waits until empty.
+        const unsigned room = std::min(_options.burst * _options.producers, rte_ring_get_capacity(target.ring));
+        if (rte_ring_free_count(target.ring) < room) {
             bump(_counters.rx_paused);
             target.wakeup->wake();
             return true;

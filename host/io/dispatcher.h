@@ -86,6 +86,10 @@ protected:
 struct DispatchOptions {
     uint32_t burst = 32;
     bool drop_malformed = true;
+    // Dispatchers that may enqueue into the same ring.  RX pauses while a
+    // ring has room for fewer than this many bursts, so that all of them
+    // enqueueing at once still fit: back-pressure, never a ring_full drop.
+    uint32_t producers = 1;
 };
 
 class Dispatcher {

@@ -153,6 +153,10 @@ def run(queues, start, lcores, events):
             if os.path.exists(host.path("ctl.sock")):
                 break
             time.sleep(0.1)
+        for bad, why in ((["scale", "sfc", "17"], "outside 0..16"), (["scale", "nope", "1"], "no chain 'nope'"),
+                         (["scale", "sfc", "+1", "-l", "63"], "lcore 63 is not enabled")):
+            out = subprocess.run([CTL, "-s", host.path("ctl.sock")] + bad, capture_output=True, text=True, timeout=30)
+            check(out.returncode != 0 and why in out.stdout, f"serpensctl {' '.join(bad)}: {out.stdout}{out.stderr}")
         replies = []
         for k, n in enumerate(events, start=1):
             while sum(f.written for f in feeders) < total * k // (len(events) + 1):
