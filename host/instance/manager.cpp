@@ -439,30 +439,27 @@ void InstanceManager::autoscale(uint64_t now_ns)
         if (wanted < n && chain.load * n / (n - 1.0) > rule.target_busy * cfg.scale_in_margin) {
             wanted = n;
         }
-        const uint64_t out_ns = uint64_t{cfg.scale_out_ms} * 1'000'000;
-        const uint64_t in_ns = uint64_t{cfg.scale_in_ms} * 1'000'000;
+        // A direction held for its window acts; the other one's clock restarts.
+        auto decide = [&](uint64_t &since, uint64_t &other, uint64_t window_ms, uint64_t &decisions, uint32_t to,
+                          const char *direction) {
+            other = 0;
+            since = since != 0 ? since : now_ns;
+            if (now_ns - since < window_ms * 1'000'000 || _dp.stopping()) {
+                return;
+            }
+            ++decisions;
+            char why[128];
+            std::snprintf(why, sizeof why, "autoscale: load %.2f %s target %.2f", chain.load, direction,
+                          rule.target_busy);
+            resize_locked(chain, to, {}, why);
+            since = 0;
+            chain.busy_seen.clear(); // the next sample starts after the change
+        };
         if (wanted > n) {
-            chain.below_since = 0;
-            chain.above_since = chain.above_since != 0 ? chain.above_since : now_ns;
-            if (now_ns - chain.above_since >= out_ns && !_dp.stopping()) {
-                ++chain.autoscale_out;
-                char why[128];
-                std::snprintf(why, sizeof why, "autoscale: load %.2f above target %.2f", chain.load, rule.target_busy);
-                resize_locked(chain, wanted, {}, why);
-                chain.above_since = 0;
-                chain.busy_seen.clear(); // the next sample starts after the change
-            }
+            decide(chain.above_since, chain.below_since, cfg.scale_out_ms, chain.autoscale_out, wanted, "above");
         } else if (wanted < n) {
-            chain.above_since = 0;
-            chain.below_since = chain.below_since != 0 ? chain.below_since : now_ns;
-            if (now_ns - chain.below_since >= in_ns && !_dp.stopping()) {
-                ++chain.autoscale_in;
-                char why[128];
-                std::snprintf(why, sizeof why, "autoscale: load %.2f below target %.2f", chain.load, rule.target_busy);
-                resize_locked(chain, n - 1, {}, why); // one at a time: load redistributes
-                chain.below_since = 0;
-                chain.busy_seen.clear();
-            }
+            // One at a time: the load redistributes before the next.
+            decide(chain.below_since, chain.above_since, cfg.scale_in_ms, chain.autoscale_in, n - 1, "below");
         } else {
             chain.above_since = chain.below_since = 0;
         }

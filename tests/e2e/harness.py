@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 HOST = os.environ["SERPENS_HOST"]
@@ -221,6 +222,33 @@ class Host:
             fail(f"serpens-host exited {proc.returncode}, expected {expect_rc}\n"
                  f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
+
+    def start(self, *extra, ns=None, log_level="info"):
+        """Starts serpens-host (inside the Netns `ns` when given) without
+        waiting for it to end; returns its Popen once the control socket is
+        up.  Killed at exit if still running."""
+        cmd = [HOST, "-c", self.path("host.toml"), "--log-level", log_level, "--stats-json",
+               self.path("stats.json")] + list(extra)
+        output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = ns.popen(*cmd, **output) if ns is not None else subprocess.Popen(cmd, **output)
+        atexit.register(lambda: proc.poll() is None and proc.kill())
+        # The control socket appears just before the lcores start.
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check(os.path.exists(self.path("ctl.sock")), f"host did not start: {proc.poll()}")
+        return proc
+
+    def ctl(self, *args, timeout=30):
+        """serpensctl on this host's control socket: the CompletedProcess."""
+        return subprocess.run([CTL, "-s", self.path("ctl.sock")] + list(args), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def chain_stats(self, chain):
+        """The live `chains` entry of one chain, from serpensctl stats."""
+        out = self.ctl("stats")
+        check(out.returncode == 0, f"serpensctl stats: {out.stdout}{out.stderr}")
+        return json.loads(out.stdout)["chains"][chain]
 
     def stats(self):
         with open(self.path("stats.json")) as f:

@@ -3,10 +3,6 @@ one end of a veth pair (in a network namespace of its own), the kernel's
 fanout spreading flows over the two queues by its symmetric flow hash.
 Frames sent into the other end reach the chain on both lcores; every one
 leaves, each flow in its original order."""
-import atexit
-import os
-import subprocess
-import time
 
 from harness import HOST, Host, Netns, by_flow, check, flow_of, read_pcap, write_pcap
 
@@ -27,14 +23,7 @@ host.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=spa,qpairs=2,
             f'tx_pcap={host.path("out.pcap")}"\n'
             '\n[[gateway.rule]]\nname = "in"\nin_port = "in"\nchain = "c"\n'
             '\n[[instance]]\nchain = "c"\ncount = 2\nlcores = [0, 1]\n')
-proc = ns.popen(HOST, "-c", host.path("host.toml"), "--log-level", "warn", "--stats-json", host.path("stats.json"),
-                "--idle-exit", "2", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-atexit.register(lambda: proc.poll() is None and proc.kill())
-# The control socket appears just before the lcores start.
-deadline = time.monotonic() + 30
-while not os.path.exists(host.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.05)
-check(os.path.exists(host.path("ctl.sock")), f"host did not start: {proc.poll()}")
+proc = host.start("--idle-exit", "2", ns=ns, log_level="warn")
 
 # Paced, so the kernel's rings never overflow into the other queue.
 sender = ns.send_pcap("spb", host.path("in.pcap"))

@@ -7,15 +7,12 @@ keeps one lcore busy well above the target of 0.3.  [[autoscale.chain]]
 allows 1..2 instances.  While the traffic lasts the chain must go to 2; after
 it, back to 1; exactly one decision each way.  No packet is lost.
 """
-import atexit
-import json
 import os
 import re
 import shutil
-import subprocess
 import time
 
-from harness import CTL, HOST, Host, Netns, check, read_pcap, write_pcap
+from harness import HOST, Host, Netns, check, read_pcap, write_pcap
 
 BUILD = os.path.dirname(os.path.dirname(HOST))
 
@@ -37,28 +34,15 @@ host.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=asa,framecnt=
             '\n[[instance]]\nchain = "c"\ncount = 1\nlcores = [1, 0]\n'
             '\n[autoscale]\ninterval_ms = 100\nscale_out_ms = 300\nscale_in_ms = 1000\n'
             '[[autoscale.chain]]\nchain = "c"\nmin = 1\nmax = 2\ntarget_busy = 0.3\n')
-proc = ns.popen(HOST, "-c", host.path("host.toml"), "--log-level", "info", "--stats-json", host.path("stats.json"),
-                "--idle-exit", "4", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-atexit.register(lambda: proc.poll() is None and proc.kill())
-deadline = time.monotonic() + 30
-while not os.path.exists(host.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.05)
-check(os.path.exists(host.path("ctl.sock")), f"host did not start: {proc.poll()}")
-
-
-def chain_stats():
-    out = subprocess.run([CTL, "-s", host.path("ctl.sock"), "stats"], capture_output=True, text=True, timeout=10)
-    check(out.returncode == 0, f"serpensctl stats: {out.stdout}{out.stderr}")
-    return json.loads(out.stdout)["chains"]["c"]
-
+proc = host.start("--idle-exit", "4", ns=ns)
 
 sent = ns.send_pcap("asb", host.path("in.pcap"))
 check(sent.returncode == 0, f"sending failed: {sent.stderr}")
-under_load = chain_stats()
+under_load = host.chain_stats("c")
 check(under_load["autoscale_out"] == 1 and under_load["instances"] == 2,
       f"the chain scaled out to 2 under load: {under_load}")
 end = time.monotonic() + 6
-while time.monotonic() < end and chain_stats()["instances"] != 1:
+while time.monotonic() < end and host.chain_stats("c")["instances"] != 1:
     time.sleep(0.1)
 log, _ = proc.communicate(timeout=60)
 check(proc.returncode == 0, f"host exited {proc.returncode}:\n{log}")

@@ -8,7 +8,6 @@ same flows then wakes it.  Every packet of both batches leaves in order, mon's
 per-flow counts cover both batches (the state outlived the instance), and the
 host counted the wake-up and its first-packet latency.
 """
-import atexit
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import struct
 import subprocess
 import time
 
-from harness import CTL, HOST, Host, Netns, by_flow, check, flow_of, read_pcap, write_pcap
+from harness import HOST, Host, Netns, by_flow, check, flow_of, read_pcap, write_pcap
 
 BUILD = os.path.dirname(os.path.dirname(HOST))
 STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
@@ -40,29 +39,17 @@ host.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=kwa,framecnt=
             '\n[[gateway.rule]]\nname = "in"\nin_port = "in"\nchain = "c"\n'
             '\n[[instance]]\nchain = "c"\ncount = 1\nlcores = [1]\n'
             '\n[instances]\nkeep_warm_s = 0.4\npool = 1\n')
-proc = ns.popen(HOST, "-c", host.path("host.toml"), "--log-level", "info", "--stats-json", host.path("stats.json"),
-                "--idle-exit", "5", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-atexit.register(lambda: proc.poll() is None and proc.kill())
-deadline = time.monotonic() + 30
-while not os.path.exists(host.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
-    time.sleep(0.05)
-check(os.path.exists(host.path("ctl.sock")), f"host did not start: {proc.poll()}")
-
-
-def chain_stats():
-    out = subprocess.run([CTL, "-s", host.path("ctl.sock"), "stats"], capture_output=True, text=True, timeout=10)
-    check(out.returncode == 0, f"serpensctl stats: {out.stdout}{out.stderr}")
-    return json.loads(out.stdout)["chains"]["c"]
+proc = host.start("--idle-exit", "5", ns=ns)
 
 
 def wait_for(what, condition, seconds=4):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        state = chain_stats()
+        state = host.chain_stats("c")
         if condition(state):
             return state
         time.sleep(0.05)
-    check(False, f"{what} within {seconds} s: {chain_stats()}")
+    check(False, f"{what} within {seconds} s: {host.chain_stats('c')}")
 
 
 sent = ns.send_pcap("kwb", host.path("first.pcap"))
