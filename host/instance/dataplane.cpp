@@ -473,6 +473,9 @@ void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, ser
 
 void Dataplane::record_latency(Lcore &lcore, uint64_t rx_tsc) const noexcept
 {
+    if (rx_tsc == 0) {
+        return; // not sampled
+    }
     lcore.batch_latency.record(static_cast<uint64_t>(static_cast<double>(rte_rdtsc() - rx_tsc) * _ns_per_tsc));
 }
 

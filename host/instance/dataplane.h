@@ -183,22 +183,26 @@ private:
         rte_ring *ring = nullptr; // drained by the main lcore
     };
     using InstanceList = std::vector<InstanceSlot *>;
+    // Laid out by who writes: what other threads read often (its wakeup,
+    // its instance list) must not share a cache line with what the lcore
+    // writes every iteration, or each read pulls the line across cores.
     struct Lcore {
         unsigned id = 0;
         bool main = false;
         // Replaced whole by the control side and freed after a grace period
         // (synchronize): the lcore loads it once per loop iteration.
         std::atomic<const InstanceList *> instances{nullptr};
-        std::atomic<uint64_t> epoch{0};             // loop iterations completed
-        std::atomic<bool> running{false};           // in lcore_loop
-        std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
-        LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run
+        std::atomic<bool> running{false}; // in lcore_loop
+        std::atomic<bool> done{false};
         std::vector<TxPath> tx;                     // per port index
         std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
-        Wakeup wakeup;
-        std::atomic<bool> done{false};
-        std::atomic<uint64_t> last_rx{0}; // when it last received (or was held back)
-        uint64_t pending_since = 0;       // main lcore only: when it saw packets waiting for this sleeper
+        uint64_t pending_since = 0;                 // main lcore only: when it saw packets waiting for this sleeper
+        alignas(64) Wakeup wakeup;                  // written by wakers and by the lcore when it sleeps
+        // Written by the lcore every iteration.
+        alignas(64) std::atomic<uint64_t> epoch{0}; // loop iterations completed
+        std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
+        std::atomic<uint64_t> last_rx{0};           // when it last received (or was held back)
+        LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run (sampled)
     };
 
     // An lcore's side of its dispatcher: in-place runs and transmits.

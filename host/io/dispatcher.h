@@ -72,7 +72,8 @@ struct DispatchTotals {
 class LocalSink {
 public:
     // Runs `instance` on packets just parsed here: views[i] describes mbufs[i];
-    // they were received at `rx_tsc` (rte_rdtsc).
+    // they were received at `rx_tsc` (rte_rdtsc; 0 when their latency is not
+    // sampled).
     virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
                               uint64_t rx_tsc) = 0;
     // Transmits on this lcore's path to a port; frees what does not fit and
@@ -91,6 +92,9 @@ struct DispatchOptions {
     // enqueueing at once still fit: back-pressure, never a ring_full drop.
     uint32_t producers = 1;
 };
+
+// One burst in this many has its latency measured (a power of two).
+inline constexpr uint32_t latency_sample = 8;
 
 class Dispatcher {
 public:
@@ -123,6 +127,7 @@ private:
     std::vector<RxQueue> _rx;
     Router _router;
     DispatchCounters _counters;
+    uint32_t _bursts = 0;
 };
 
 } // namespace serpens::io

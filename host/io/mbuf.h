@@ -25,7 +25,7 @@ struct PacketMeta {
     uint8_t l4_proto;
     uint16_t flags;
     uint16_t vlan_id;
-    uint64_t rx_tsc; // when its burst was received (TSC): its batch's latency starts here
+    uint64_t rx_tsc; // when its burst was received (TSC; 0: not sampled): its batch's latency starts here
 };
 static_assert(sizeof(PacketMeta) == 24);
 
