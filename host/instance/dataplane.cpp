@@ -431,8 +431,23 @@ void Dataplane::transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, ui
                                      static_cast<uint16_t>(n - sent));
         }
     } else {
-        sent = static_cast<uint16_t>(
-            rte_ring_enqueue_burst(path.ring, reinterpret_cast<void *const *>(mbufs), n, nullptr));
+        // Through the main lcore, which drains the ring every loop and waits
+        // for no other lcore: waiting for room always ends, and it is
+        // back-pressure (this lcore stops taking packets, its rings fill, RX
+        // pauses) where a drop would lose packets a slow main lcore could
+        // still have sent.  Only the main lcore's own transmit may drop.
+        Wakeup &main = _lcores.front()->wakeup;
+        for (;;) {
+            sent += static_cast<uint16_t>(
+                rte_ring_enqueue_burst(path.ring, reinterpret_cast<void *const *>(mbufs + sent), n - sent, nullptr));
+            if (sent == n) {
+                break;
+            }
+            if (main.sleeping()) {
+                main.wake();
+            }
+            rte_pause();
+        }
     }
     if (sent < n) {
         rte_pktmbuf_free_bulk(mbufs + sent, n - sent);

@@ -67,7 +67,7 @@ struct InstanceSlot {
     Counter packets{0};    // metered: packets the chain ran on
     Counter out{0};        // reached egress and were handed to TX
     Counter dropped{0};    // dropped by an NF's verdict
-    Counter tx_dropped{0}; // TX queue or TX ring full
+    Counter tx_dropped{0}; // its TX queue was full (through the main lcore, nothing is dropped: it waits)
     Counter batches{0};
     std::atomic<uint32_t> served{0};          // ring position up to which packets were processed
     std::atomic<uint64_t> last_batch_ns{0};   // when it last processed a batch

@@ -177,7 +177,9 @@ def run(queues, start, lcores, events):
 
     stats = host.stats()
     out = read_pcap(host.path("out.pcap"))
-    check(total_drops(stats) == 0, f"the host dropped packets: {json.dumps(stats['dispatch'])}")
+    check(total_drops(stats) == 0, f"the host dropped packets: {json.dumps(stats['dispatch'])} "
+          f"{[(p['name'], p['tx_ring_dropped']) for p in stats['ports']]} "
+          f"{[(i['index'], i['dropped'], i['tx_dropped']) for i in stats['instances']]}")
     check(len(out) == total, f"{total} packets in, {len(out)} out")
 
     # Order and NAT mappings, from the marker each packet carries.
