@@ -1,8 +1,8 @@
 #pragma once
 // The lcores of one host and the chain instances that run on them.
 //
-// Every lcore that runs an instance receives on RX queues of its own when the
-// ports have enough (a port with one queue is received by the first of them):
+// Every lcore that runs an instance at start receives on RX queues of its own
+// when the ports have enough (a port with one queue is received by the first):
 // its dispatcher (io/dispatcher.h) parses, classifies and routes each burst,
 // runs the flows its own instances own in place, and passes the others into
 // the owning instance's ring.  Each lcore serves its instances' rings too,

@@ -8,11 +8,13 @@
 //    replica), then buckets move to it by a handover (io/router.h); a leaving
 //    instance's buckets move first, then its share is merged back.
 //  - Warm pool: per chain, `pool` instances whose NF init is done wait on no
-//    lcore, so a scale-out or a wake-up is an attach and a route publish.
+//    lcore, holding no share of global/write state, so a scale-out is taking
+//    a share, an attach and a handover, with no NF init.
 //  - Keep-warm: an instance that has processed nothing for keep_warm_s goes
 //    back to the pool (its state stays); the last one of a chain is parked
 //    instead (scale to zero): it owns every bucket, its lcore does not run it,
-//    and its ring buffers packets until the first one wakes it.
+//    and its ring buffers packets until the first one opens its gate (a
+//    wake-up is that, and the manager noticing it).
 //  - Autoscaler (off unless [[autoscale.chain]] names chains): every
 //    interval, a chain whose instances' lcores are busier than its target for
 //    scale_out_ms gets the instances that bring it back under; one below it
