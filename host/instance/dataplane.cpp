@@ -143,7 +143,9 @@ void Dataplane::synchronize()
         }
     }
     for (auto &[lcore, start] : waiting) {
-        // Two steps: the iteration under way when we looked has ended.
+        // Two steps, not one: an lcore's epoch store at the end of an
+        // iteration may still sit in its store buffer while its next
+        // iteration loads the old pointer, so one step could be that store.
         while (lcore->running.load(std::memory_order_acquire) &&
                lcore->epoch.load(std::memory_order_acquire) < start + 2) {
             lcore->wakeup.wake();
