@@ -607,15 +607,13 @@ int run_host(const HostOptions &options)
         {
             Dataplane dataplane(ports, std::move(gateway), dp_options);
             dataplane.wake_threshold().store(cfg.wake_threshold);
+            // The chains that run here; a chain the directory holds but
+            // nothing places gets no pool, no state and no scaling.
             std::vector<ManagedChain> managed;
-            for (const auto &[name, tag] : loaded.tag_of) {
-                ManagedChain chain{name, tag, egress_port_of(cfg, *loaded.chains[tag]), {}};
-                for (const Placement &p : plan) {
-                    if (p.chain == name) {
-                        chain.lcores.assign(p.scale_lcores.begin(), p.scale_lcores.end());
-                    }
-                }
-                managed.push_back(std::move(chain));
+            for (const Placement &p : plan) {
+                const uint32_t tag = loaded.tag_of.at(p.chain);
+                managed.push_back({p.chain, tag, egress_port_of(cfg, *loaded.chains[tag]),
+                                   std::vector<unsigned>(p.scale_lcores.begin(), p.scale_lcores.end())});
             }
             ManagerOptions manager_options;
             manager_options.pool = cfg.pool;
