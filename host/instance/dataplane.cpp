@@ -223,7 +223,7 @@ void Dataplane::publish_routes()
 {
     std::vector<io::RoutedInstance> routed;
     for (const auto &slot : slots()) {
-        if (slot->state == SlotState::active || slot->state == SlotState::parked) {
+        if (on_lcore(slot->state)) {
             routed.push_back({slot->chain_tag, slot->number, slot->lcore, slot->ring, &find_lcore(slot->lcore)->wakeup,
                               &slot->gate, slot->state == SlotState::parked});
         }
@@ -693,7 +693,6 @@ void Dataplane::lcore_loop(Lcore &lcore)
         uint32_t work = 0;
         if (receiving && _rx_stopped.load(std::memory_order_acquire)) {
             receiving = false;
-            lcore.dispatcher->router().set_dispatcher_running(false);
             if (_receivers_stopped.fetch_add(1, std::memory_order_acq_rel) + 1 == _receivers) {
                 for (auto &other : _lcores) {
                     other->wakeup.wake(); // the last one: the rings get nothing more
@@ -802,11 +801,6 @@ std::vector<Dataplane::LcoreTotals> Dataplane::lcore_totals() const
 void Dataplane::run()
 {
     prepare();
-    for (auto &lcore : _lcores) {
-        if (lcore->dispatcher != nullptr) {
-            lcore->dispatcher->router().set_dispatcher_running(true);
-        }
-    }
     for (auto &lcore : _lcores) {
         if (!lcore->main) {
             if (int rc = rte_eal_remote_launch(worker_entry, this, lcore->id); rc != 0) {

@@ -46,7 +46,6 @@ Dispatcher::Poll Dispatcher::poll(uint64_t now, LocalSink &sink)
         }
         result.received += receive(rxq, routes, now, sink);
     }
-    _router.quiescent(); // `routes` is not used past this point
     return result;
 }
 

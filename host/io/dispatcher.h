@@ -111,7 +111,7 @@ public:
         bool backlogged = false; // a ring target could not take a burst: RX was left alone
     };
     // Hot path: one burst from each RX queue, unless a ring target is
-    // backlogged; then reports a quiescent state to the router.
+    // backlogged.
     Poll poll(uint64_t now, LocalSink &sink);
 
     const DispatchCounters &counters() const noexcept { return _counters; }

@@ -6,7 +6,6 @@
 #include <limits>
 #include <map>
 #include <string>
-#include <thread>
 
 namespace serpens::io {
 
@@ -129,20 +128,6 @@ Router::~Router() { delete _table.load(std::memory_order_acquire); }
 std::unique_ptr<const RouteTable> Router::exchange(std::unique_ptr<RouteTable> table)
 {
     return std::unique_ptr<const RouteTable>(_table.exchange(table.release(), std::memory_order_acq_rel));
-}
-
-void Router::publish(std::unique_ptr<RouteTable> table)
-{
-    std::unique_ptr<const RouteTable> old = exchange(std::move(table));
-    if (old == nullptr) {
-        return;
-    }
-    // Grace period: two epoch steps guarantee the dispatcher finished the loop
-    // iteration that may have loaded `old`.
-    uint64_t start = _epoch.load(std::memory_order_acquire);
-    while (_running.load(std::memory_order_acquire) && _epoch.load(std::memory_order_acquire) < start + 2) {
-        std::this_thread::yield();
-    }
 }
 
 } // namespace serpens::io

@@ -5,16 +5,16 @@
 // A chain's flows are split into route_buckets buckets by their symmetric flow
 // hash (so both directions of a flow meet the same instance), and each bucket
 // has exactly one owning instance, so scaling can move buckets between
-// instances rather than rehash every flow.  A route table is the view from one dispatching lcore:
-// an owner on that lcore is run in place, an owner on another lcore is reached
-// through its input ring (and, later, an owner on another server through a
-// peer).
+// instances rather than rehash every flow.  A route table is the view from
+// one dispatching lcore: an owner on that lcore is run in place, an owner on
+// another lcore is reached through its input ring (and, later, an owner on
+// another server through a peer).
 //
 // A table is immutable once published and swapped whole (RCU-style): the
-// dispatcher loads it once per poll of its RX queues and reports a quiescent
-// state after each; the control thread frees an old table only after the dispatcher has
-// passed a quiescent state, so routes change without a lock and without
-// losing a packet.
+// dispatcher loads it once per poll of its RX queues, within one iteration of
+// its lcore's loop; the dataplane frees an old table only after every lcore
+// has finished the iterations that may have loaded it (its grace period), so
+// routes change without a lock and without losing a packet.
 //
 // Moving a bucket must not reorder its flows either.  Each instance has a
 // gate: while it is held, no lcore runs the instance and every dispatcher
@@ -126,22 +126,15 @@ public:
     Router() = default;
     ~Router();
 
-    // Control thread.  Publishes `table` and frees the previous one once the
-    // dispatcher has moved past it (returns at once when it is not running).
-    void publish(std::unique_ptr<RouteTable> table);
     // Control thread.  Publishes `table` and returns the previous one, which
-    // the caller frees after a grace period of its own.
+    // the caller frees after a grace period (Dataplane::synchronize).
     std::unique_ptr<const RouteTable> exchange(std::unique_ptr<RouteTable> table);
 
     // Dispatcher, hot path.
     const RouteTable *current() const noexcept { return _table.load(std::memory_order_acquire); }
-    void quiescent() noexcept { _epoch.fetch_add(1, std::memory_order_release); }
-    void set_dispatcher_running(bool running) noexcept { _running.store(running, std::memory_order_release); }
 
 private:
     std::atomic<const RouteTable *> _table{nullptr};
-    std::atomic<uint64_t> _epoch{0};
-    std::atomic<bool> _running{false};
 };
 
 } // namespace serpens::io

@@ -108,17 +108,19 @@ TEST_CASE("both directions of a flow are routed to the same instance")
     CHECK(used.size() == 5); // 400 flows reach every one of 5 instances
 }
 
-TEST_CASE("a published table replaces the previous one whole")
+TEST_CASE("a published table replaces the previous one whole, and the previous one is handed back")
 {
     io::Router router;
     CHECK(router.current() == nullptr);
     Wakeup w0, w1;
     const std::vector<io::RoutedInstance> two = {{1, 0, 1, fake_ring(1), &w0}, {1, 1, 1, fake_ring(2), &w1}};
-    router.publish(io::RouteTable::spread(two, 0));
-    CHECK(router.current()->route(1, 4)->wakeup == &w0);
-    CHECK(router.current()->route(1, 5)->wakeup == &w1);
+    CHECK(router.exchange(io::RouteTable::spread(two, 0)) == nullptr);
+    const io::RouteTable *first = router.current();
+    CHECK(first->route(1, 4)->wakeup == &w0);
+    CHECK(first->route(1, 5)->wakeup == &w1);
     const std::vector<io::RoutedInstance> one = {{1, 1, 1, fake_ring(2), &w1}};
-    router.publish(io::RouteTable::spread(one, 0)); // dispatcher not running: old table freed at once
+    std::unique_ptr<const io::RouteTable> old = router.exchange(io::RouteTable::spread(one, 0));
+    CHECK(old.get() == first); // the caller frees it after its grace period
     CHECK(router.current()->route(1, 4)->wakeup == &w1);
     CHECK(router.current()->route(1, 5)->wakeup == &w1);
 }
