@@ -174,11 +174,6 @@ LcoreSet lcores_of_eal()
     return set;
 }
 
-bool runs_on_lcore(const InstanceSlot &slot)
-{
-    return slot.state == SlotState::active || slot.state == SlotState::parked;
-}
-
 void print_stats(const Dataplane &dp, std::FILE *out)
 {
     const io::DispatchTotals c = dp.dispatch_totals();
@@ -221,7 +216,7 @@ void print_stats(const Dataplane &dp, std::FILE *out)
     std::fprintf(out, "\n%-20s %4s %6s %-7s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "state", "packets", "out",
                  "dropped", "tx_dropped");
     for (const auto &slot : dp.slots()) {
-        const std::string lcore = runs_on_lcore(*slot) ? std::to_string(slot->lcore) : "-";
+        const std::string lcore = on_lcore(slot->state) ? std::to_string(slot->lcore) : "-";
         std::fprintf(out, "%-20s %4u %6s %-7s %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index,
                      lcore.c_str(), slot_state_name(slot->state), static_cast<unsigned long>(slot->packets.load()),
                      static_cast<unsigned long>(slot->out.load()), static_cast<unsigned long>(slot->dropped.load()),
@@ -322,7 +317,7 @@ std::string stats_json(const Dataplane &dp, const std::string &chains_json, bool
         }
         instances.push_back({{"chain", slot->chain_name},
                              {"index", slot->index},
-                             {"lcore", runs_on_lcore(*slot) ? ordered_json(slot->lcore) : ordered_json()},
+                             {"lcore", on_lcore(slot->state) ? ordered_json(slot->lcore) : ordered_json()},
                              {"state", slot_state_name(slot->state)},
                              {"packets", slot->packets.load()},
                              {"out", slot->out.load()},

@@ -48,6 +48,8 @@ enum class SlotState : uint8_t {
 };
 
 const char *slot_state_name(SlotState state) noexcept;
+// Whether a slot in `state` is on an lcore's list (and routed to).
+constexpr bool on_lcore(SlotState state) noexcept { return state == SlotState::active || state == SlotState::parked; }
 
 // One instance number of one chain.  A slot outlives the chain instances
 // that fill it in turn, so its counters (metering included) keep counting

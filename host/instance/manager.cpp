@@ -28,6 +28,16 @@ uint64_t percentile(std::vector<uint64_t> values, double p)
     return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
 }
 
+// The host's instance numbers of `slots`, in order.
+std::vector<uint32_t> numbers_of(const std::vector<InstanceSlot *> &slots)
+{
+    std::vector<uint32_t> numbers;
+    for (const InstanceSlot *slot : slots) {
+        numbers.push_back(slot->number);
+    }
+    return numbers;
+}
+
 } // namespace
 
 InstanceManager::InstanceManager(Dataplane &dataplane, std::vector<ManagedChain> chains, Factory factory,
@@ -106,9 +116,8 @@ unsigned InstanceManager::pick_lcore(const ChainRuntime &chain, const std::vecto
     }
     // The least loaded by instances (of every chain), then the lowest id.
     auto load = [&](unsigned lcore) {
-        return std::count_if(_dp.slots().begin(), _dp.slots().end(), [&](const auto &slot) {
-            return slot->lcore == lcore && (slot->state == SlotState::active || slot->state == SlotState::parked);
-        });
+        return std::count_if(_dp.slots().begin(), _dp.slots().end(),
+                             [&](const auto &slot) { return slot->lcore == lcore && on_lcore(slot->state); });
     };
     return *std::min_element(candidates.begin(), candidates.end(), [&](unsigned a, unsigned b) {
         const auto la = load(a);
@@ -123,6 +132,7 @@ InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &
     if (std::vector<InstanceSlot *> pooled = slots_of(tag, SlotState::pooled); !pooled.empty()) {
         ++result.from_pool;
         ++chain.pool_starts;
+        pooled.front()->chain->join_state();
         return *pooled.front();
     }
     std::optional<uint32_t> index = free_index(tag);
@@ -131,9 +141,7 @@ InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &
                     " instances (pooled ones included), the most one chain can have");
     }
     InstanceSlot &slot = _dp.slot(chain.spec.name, tag, *index, chain.spec.egress, _options.ring_size);
-    slot.chain = _factory(tag, *index);
-    slot.chain->leave_state(); // taken again when it attaches
-    slot.state = SlotState::pooled;
+    slot.chain = _factory(tag, *index); // its NFs' init took its share
     ++result.cold;
     ++chain.cold_starts;
     return slot;
@@ -148,6 +156,17 @@ void InstanceManager::record_pause(ChainRuntime &chain, const Dataplane::Handove
     if (chain.pauses_ns.size() > kPausesKept) {
         chain.pauses_ns.erase(chain.pauses_ns.begin());
     }
+}
+
+Dataplane::Handover InstanceManager::shrink(ChainRuntime &chain, const std::vector<InstanceSlot *> &stay,
+                                            const std::vector<InstanceSlot *> &leaving)
+{
+    const Dataplane::Handover handover =
+        _dp.assign(chain.spec.tag, io::rebalance_buckets(_dp.owners(chain.spec.tag), numbers_of(stay)));
+    for (InstanceSlot *slot : leaving) {
+        release(chain, *slot);
+    }
+    return handover;
 }
 
 void InstanceManager::release(ChainRuntime &chain, InstanceSlot &slot)
@@ -176,14 +195,6 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
         result.pause_ns = std::max(result.pause_ns, h.pause_ns);
         record_pause(chain, h);
     };
-    auto members = [](const std::vector<InstanceSlot *> &slots) {
-        std::vector<uint32_t> numbers;
-        for (const InstanceSlot *slot : slots) {
-            numbers.push_back(slot->number);
-        }
-        return numbers;
-    };
-
     if (!parked.empty() && n > 0) {
         _dp.unpark(*parked.front());
         active.push_back(parked.front());
@@ -193,9 +204,7 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
         try {
             while (active.size() + added.size() < n) {
                 InstanceSlot &slot = ready_instance(chain, result);
-                std::unique_ptr<ChainInstance> instance = std::move(slot.chain);
-                instance->join_state();
-                _dp.attach(slot, pick_lcore(chain, lcores), std::move(instance));
+                _dp.attach(slot, pick_lcore(chain, lcores), std::move(slot.chain));
                 added.push_back(&slot);
             }
         } catch (const Error &) {
@@ -206,16 +215,13 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
             throw;
         }
         active.insert(active.end(), added.begin(), added.end());
-        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), members(active))));
+        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), numbers_of(active))));
     } else if (n < active.size()) {
         // The highest-numbered leave first; at zero the last one parks.
         const std::size_t keep = std::max<std::size_t>(n, 1);
         std::vector<InstanceSlot *> leaving(active.begin() + static_cast<std::ptrdiff_t>(keep), active.end());
         active.resize(keep);
-        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), members(active))));
-        for (InstanceSlot *slot : leaving) {
-            release(chain, *slot);
-        }
+        record(shrink(chain, active, leaving));
         if (n == 0) {
             _dp.park(*active.front());
             active.clear();
@@ -255,11 +261,7 @@ void InstanceManager::start(const std::string &name, uint32_t count, const std::
         _dp.attach(slot, lcore, std::move(instance));
         placed.push_back(&slot);
     }
-    std::vector<uint32_t> numbers;
-    for (const InstanceSlot *slot : placed) {
-        numbers.push_back(slot->number);
-    }
-    _dp.assign(chain.spec.tag, io::spread_buckets(numbers));
+    _dp.assign(chain.spec.tag, io::spread_buckets(numbers_of(placed)));
     if (count == 0) {
         _dp.park(*placed.front());
     }
@@ -376,16 +378,13 @@ void InstanceManager::reap_idle(uint64_t now_ns)
             resize_locked(chain, 0, {}, "keep-warm " + std::to_string(_options.keep_warm_s) + " s expired");
             continue;
         }
-        std::vector<uint32_t> keep;
+        std::vector<InstanceSlot *> stay;
         for (InstanceSlot *slot : active) {
             if (std::find(idle.begin(), idle.end(), slot) == idle.end()) {
-                keep.push_back(slot->number);
+                stay.push_back(slot);
             }
         }
-        record_pause(chain, _dp.assign(chain.spec.tag, io::rebalance_buckets(_dp.owners(chain.spec.tag), keep)));
-        for (InstanceSlot *slot : idle) {
-            release(chain, *slot);
-        }
+        record_pause(chain, shrink(chain, stay, idle));
         ++chain.scale_events;
         spdlog::info("chain '{}': {} idle instance(s) back to the pool after keep-warm {} s; {} left", chain.spec.name,
                      idle.size(), _options.keep_warm_s, n);

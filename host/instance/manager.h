@@ -142,8 +142,12 @@ private:
     std::vector<InstanceSlot *> slots_of(uint32_t tag, SlotState state) const;
     std::optional<uint32_t> free_index(uint32_t tag) const;
     unsigned pick_lcore(const ChainRuntime &chain, const std::vector<unsigned> &allowed) const;
-    // An instance ready to attach: from the pool, else created now.
+    // An instance ready to attach, holding its share of global/write state:
+    // from the pool, else created now.
     InstanceSlot &ready_instance(ChainRuntime &chain, ScaleResult &result);
+    // Gives the buckets of `leaving` to `stay` (a handover), then releases them.
+    Dataplane::Handover shrink(ChainRuntime &chain, const std::vector<InstanceSlot *> &stay,
+                               const std::vector<InstanceSlot *> &leaving);
     void release(ChainRuntime &chain, InstanceSlot &slot); // detached: to the pool or destroyed
     static void record_pause(ChainRuntime &chain, const Dataplane::Handover &handover);
     ScaleResult resize_locked(ChainRuntime &chain, uint32_t n, const std::vector<unsigned> &lcores,
