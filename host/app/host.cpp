@@ -453,6 +453,23 @@ io::Gateway make_gateway(const HostConfig &cfg, const LoadedChains &loaded)
     return io::Gateway(cfg, chain_tag, port_index);
 }
 
+// Chains' flow tables in `store`, sized and timed as host.toml says.
+FlowTableResolver flow_tables(const HostConfig &cfg, state::StateStore &store)
+{
+    return [&cfg, &store](state::FlowTableSpec spec, bool &first) {
+        spec.capacity = cfg.flow_capacity;
+        double idle_s = cfg.flow_idle_s;
+        for (const InstanceConfig &inst : cfg.instances) {
+            if (inst.chain == spec.chain) {
+                spec.capacity = inst.flow_capacity.value_or(spec.capacity);
+                idle_s = inst.flow_idle_s.value_or(idle_s);
+            }
+        }
+        spec.idle_timeout_ns = static_cast<uint64_t>(idle_s * 1e9);
+        return &store.flow_table(std::move(spec), first);
+    };
+}
+
 // `--check`: every instance a start would run is created, which runs each
 // NF's init against throw-away state, then destroyed (fini).  No port opens.
 void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded, const std::vector<Placement> &plan)
@@ -483,12 +500,13 @@ void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded,
     ExecutorResolver executors = [&store](const std::string &chain, const std::string &nf) {
         return &store.executor(chain, nf);
     };
+    const FlowTableResolver flows = flow_tables(cfg, store);
     std::vector<std::unique_ptr<ChainInstance>> instances; // all at once, as a start has them
     for (const Placement &p : plan) {
         for (uint32_t i = 0; i < p.lcores.size(); ++i) {
             instances.push_back(std::make_unique<ChainInstance>(loaded.chains[loaded.tag_of.at(p.chain)], i, host_api(),
-                                                                executors,
-                                                                std::chrono::milliseconds(cfg.init_warn_ms)));
+                                                                executors, std::chrono::milliseconds(cfg.init_warn_ms),
+                                                                flows));
         }
     }
     instances.clear(); // fini, in reverse chain order per instance
@@ -599,6 +617,7 @@ int run_host(const HostOptions &options)
         ExecutorResolver executors = [&store](const std::string &chain, const std::string &nf) {
             return &store.executor(chain, nf);
         };
+        const FlowTableResolver flows = flow_tables(cfg, store);
         {
             Dataplane dataplane(ports, std::move(gateway), dp_options);
             dataplane.wake_threshold().store(cfg.wake_threshold);
@@ -620,7 +639,7 @@ int run_host(const HostOptions &options)
                 dataplane, std::move(managed),
                 [&](uint32_t tag, uint32_t index) {
                     return std::make_unique<ChainInstance>(loaded.chains[tag], index, host_api(), executors,
-                                                           std::chrono::milliseconds(cfg.init_warn_ms));
+                                                           std::chrono::milliseconds(cfg.init_warn_ms), flows);
                 },
                 manager_options);
             for (const Placement &p : plan) {

@@ -76,7 +76,7 @@ std::string describe_nf(const CompiledChain &chain, const CompiledNf &nf, uint32
 
 ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id,
                              const serpens_host_api *api, const ExecutorResolver &executors,
-                             std::chrono::milliseconds init_warn_after)
+                             std::chrono::milliseconds init_warn_after, const FlowTableResolver &flows)
     : _chain(std::move(chain)), _instance_id(instance_id)
 {
     const std::size_t n = _chain->nfs.size();
@@ -97,6 +97,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             ctx->executor->set_descriptor(nf.desc); // its split/merge/update hooks
         }
         ctx->fill_public(api, instance_id);
+        ctx->flow_state_size = flow_state_size(*nf.desc); // init may change it (host API flow_state)
         _contexts.push_back(std::move(ctx));
 
         int rc = SERPENS_OK;
@@ -104,7 +105,9 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             const std::string site = "init() of " + _contexts.back()->where;
             fault::SiteScope in_init(site.c_str());
             InitWatch watch(_contexts.back()->where, init_warn_after);
+            _contexts.back()->in_init = true;
             rc = nf.desc->init(&_contexts.back()->pub, nf.config.get());
+            _contexts.back()->in_init = false;
         }
         if (rc != SERPENS_OK) {
             finalize(_contexts.size());
@@ -123,8 +126,16 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             }
             throw ConfigError(unread.front().file, unread.front().line, unread.front().column, unread.front().message);
         }
-        _slots.push_back(
-            {nf.desc->process, &_contexts.back()->pub, nf.next.data(), _contexts.back()->process_site.c_str()});
+        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
+                          _contexts.back()->process_site.c_str(), 0,
+                          has_descriptor_1_5(*nf.desc) ? nf.desc->flow_expired : nullptr});
+    }
+    try {
+        open_flow_table(flows);
+    } catch (...) {
+        finalize(_contexts.size());
+        _contexts.clear();
+        throw;
     }
     // Global/read state is written in init only: from now on it is read-only.
     for (const auto &ctx : _contexts) {
@@ -135,6 +146,64 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
 }
 
 ChainInstance::~ChainInstance() { finalize(_contexts.size()); }
+
+void ChainInstance::open_flow_table(const FlowTableResolver &flows)
+{
+    state::FlowTableSpec spec;
+    spec.chain = _chain->name;
+    for (const auto &ctx : _contexts) {
+        spec.areas.push_back({ctx->nf_name, ctx->flow_state_size, 0});
+    }
+    if (!flows || std::all_of(spec.areas.begin(), spec.areas.end(), [](const auto &a) { return a.size == 0; })) {
+        return;
+    }
+    bool first = false;
+    _flows = flows(spec, first);
+    if (_flows == nullptr) {
+        return;
+    }
+    // Offsets from the table's own layout: a chain may name an NF twice.
+    const std::vector<state::FlowArea> &areas = _flows->spec().areas;
+    std::size_t next = 0;
+    for (std::size_t i = 0; i < _slots.size(); ++i) {
+        if (_contexts[i]->flow_state_size != 0) {
+            if (next >= areas.size() || areas[next].nf != _contexts[i]->nf_name ||
+                areas[next].size != _contexts[i]->flow_state_size) {
+                throw Error(
+                    "chain '" + _chain->name + "': NF '" + _contexts[i]->nf_name + "' of instance " +
+                    std::to_string(_instance_id) + " asked for other per-flow state than the chain's first instance (" +
+                    std::to_string(_contexts[i]->flow_state_size) + " bytes): every instance must ask the same");
+            }
+            _slots[i].flow_offset = areas[next++].offset;
+        }
+    }
+    if (first) {
+        if (const std::size_t n = _flows->recover(&ChainInstance::on_flow_expired, this); n != 0) {
+            spdlog::warn("chain '{}': finished {} flow expiries a crash interrupted", _chain->name, n);
+        }
+    }
+}
+
+void ChainInstance::on_flow_expired(void *self, uint8_t *entry) noexcept
+{
+    auto *instance = static_cast<ChainInstance *>(self);
+    for (const Slot &slot : instance->_slots) {
+        if (slot.flow_expired != nullptr && slot.flow_offset != 0) {
+            fault::current_site = slot.site;
+            slot.flow_expired(slot.ctx, entry + slot.flow_offset);
+        }
+    }
+    fault::current_site = nullptr;
+}
+
+std::size_t ChainInstance::expire_flows(const uint64_t *owned, uint64_t now_ns, uint64_t period_ns) noexcept
+{
+    if (_flows == nullptr) {
+        return 0;
+    }
+    return _flows->expire(owned, _sweep, now_ns, _flows->sweep_buckets(period_ns), &ChainInstance::on_flow_expired,
+                          this);
+}
 
 void ChainInstance::join_state()
 {
@@ -194,6 +263,11 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
     batch.labels = labels;
     batch.ports = _ports;
     batch.now_ns = now_ns;
+    if (_flows != nullptr) {
+        _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries, _flow_flags);
+        batch.flows = _flow_entries;
+        batch.flow_flags = _flow_flags;
+    }
 
     const uint16_t drop_bucket = n_nfs + 1;
     for (uint16_t label = 1; label <= n_nfs; ++label) {
@@ -203,6 +277,7 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         }
         const Slot &slot = _slots[label - 1];
         batch.self = label;
+        batch.flow_offset = slot.flow_offset;
         fault::current_site = slot.site; // one store: a crash in process() names this NF
         slot.process(slot.ctx, &batch);
 

@@ -7,6 +7,7 @@
 #include "chain/compiled.h"
 #include "core/burst.h"
 #include "core/nf_context.h"
+#include "state/flow_table.h"
 
 #include <atomic>
 #include <chrono>
@@ -21,6 +22,11 @@ inline constexpr std::chrono::milliseconds default_init_warn_after{5000};
 // Finds (or creates) the state executor of (chain, NF); may return nullptr
 // when the host runs without state (then create_table fails).
 using ExecutorResolver = std::function<state::Executor *(const std::string &chain, const std::string &nf)>;
+
+// Opens (or finds) the flow table of a chain whose NFs keep per-flow state:
+// `spec` names the chain and its NFs' areas; the resolver sets capacity and
+// timeout and says in `first` whether it opened the table just now.
+using FlowTableResolver = std::function<state::FlowTable *(state::FlowTableSpec spec, bool &first)>;
 
 // Per-NF counters the runtime keeps.  Written by the instance's worker only;
 // relaxed atomics let the control thread read them while it runs.
@@ -38,9 +44,15 @@ public:
     // NF whose config holds a key its init never read is refused the same
     // way with ConfigError at that key (config::unread_keys).  An init still
     // running after `init_warn_after` is named in a warning (0: never).
+    //
+    // When an NF of the chain keeps per-flow state and `flows` is given, the
+    // instance uses the chain's flow table: run() looks every packet up in
+    // it once, and expire_flows() sweeps it.  The first instance to open the
+    // table finishes the expiries a crash interrupted.
     ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_t instance_id, const serpens_host_api *api,
                   const ExecutorResolver &executors = {},
-                  std::chrono::milliseconds init_warn_after = default_init_warn_after);
+                  std::chrono::milliseconds init_warn_after = default_init_warn_after,
+                  const FlowTableResolver &flows = {});
     ~ChainInstance(); // fini for every NF, exactly once, in reverse order
     ChainInstance(const ChainInstance &) = delete;
     ChainInstance &operator=(const ChainInstance &) = delete;
@@ -57,6 +69,14 @@ public:
     void join_state();
     void leave_state();
 
+    // Hot path, on the instance's worker between batches: removes flows
+    // idle past the chain's timeout from the parts of the flow table this
+    // instance owns (bit p of owned[p / 64]), looking at a share of the table
+    // sized for a call every `period_ns`; NFs' flow_expired hooks run first.
+    // Returns how many went.
+    std::size_t expire_flows(const uint64_t *owned, uint64_t now_ns, uint64_t period_ns) noexcept;
+    state::FlowTable *flow_table() const noexcept { return _flows; }
+
     const CompiledChain &chain() const noexcept { return *_chain; }
     uint32_t instance_id() const noexcept { return _instance_id; }
     const NfRunStats &stats(std::size_t nf_index) const { return _stats[nf_index]; }
@@ -69,9 +89,13 @@ private:
         serpens_nf_ctx *ctx;
         const uint16_t *next; // port -> label, 256 entries
         const char *site;     // what a crash in process() names (fault.h)
+        uint32_t flow_offset; // its area in a flow entry (0: it keeps none)
+        void (*flow_expired)(serpens_nf_ctx *, void *);
     };
 
     void finalize(std::size_t count) noexcept;
+    void open_flow_table(const FlowTableResolver &flows);
+    static void on_flow_expired(void *self, uint8_t *entry) noexcept;
 
     std::shared_ptr<const CompiledChain> _chain;
     uint32_t _instance_id;
@@ -79,7 +103,11 @@ private:
     std::vector<Slot> _slots;
     std::unique_ptr<NfRunStats[]> _stats;
     std::vector<uint32_t> _pending; // per label bucket: 0 out, 1..N NFs, N+1 drop
+    state::FlowTable *_flows = nullptr;
+    state::FlowSweepCursor _sweep;
     alignas(64) uint8_t _ports[max_burst] = {};
+    void *_flow_entries[max_burst] = {};
+    uint8_t _flow_flags[max_burst] = {};
 };
 
 } // namespace serpens

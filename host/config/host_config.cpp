@@ -259,7 +259,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     if (const toml::table *t = top.optional_table("instances")) {
         config::TableReader r(*t, path, "[instances]");
         r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms",
-                      "pool", "keep_warm_s"});
+                      "pool", "keep_warm_s", "flow_capacity", "flow_idle_s"});
         cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
         cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
@@ -277,15 +277,23 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         cfg.init_warn_ms = static_cast<uint32_t>(r.integer_or("init_warn_ms", cfg.init_warn_ms, 0, 3600000));
         cfg.pool = static_cast<uint32_t>(r.integer_or("pool", cfg.pool, 0, 16));
         cfg.keep_warm_s = r.double_or("keep_warm_s", cfg.keep_warm_s, 0, 86400);
+        cfg.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 65536, 16, int64_t{1} << 32));
+        cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, 86400 * 7);
     }
 
     for (const toml::table *t : top.table_array("instance")) {
         config::TableReader r(*t, path, "[[instance]]");
-        r.allow_only({"chain", "count", "lcores"});
+        r.allow_only({"chain", "count", "lcores", "flow_capacity", "flow_idle_s"});
         InstanceConfig inst;
         inst.line = line_of(*t);
         inst.chain = r.required_string("chain");
         inst.count = static_cast<uint32_t>(r.integer_or("count", 1, 0, 16));
+        if (t->contains("flow_capacity")) {
+            inst.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 0, 16, int64_t{1} << 32));
+        }
+        if (t->contains("flow_idle_s")) {
+            inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, 86400 * 7);
+        }
         if (const toml::array *lcores = r.optional_array("lcores")) {
             for (const toml::node &n : *lcores) {
                 if (!n.is_integer() || n.as_integer()->get() < 0 || n.as_integer()->get() >= 1024) {

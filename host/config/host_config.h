@@ -44,8 +44,10 @@ struct GatewayRuleConfig {
 
 struct InstanceConfig {
     std::string chain;
-    uint32_t count = 1;           // 0: the chain starts parked (at zero)
-    std::vector<uint32_t> lcores; // where its instances run (the first `count`, or one for all) and scale to
+    uint32_t count = 1;                    // 0: the chain starts parked (at zero)
+    std::vector<uint32_t> lcores;          // where its instances run (the first `count`, or one for all) and scale to
+    std::optional<uint64_t> flow_capacity; // the chain's flow table; default [instances] flow_capacity
+    std::optional<double> flow_idle_s;     // its flows' idle timeout; default [instances] flow_idle_s
     uint32_t line = 0;
 };
 
@@ -94,9 +96,11 @@ struct HostConfig {
     uint32_t wake_threshold = 128;
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
-    uint32_t init_warn_ms = 5000; // an NF init still running after this long is named in a warning
-    uint32_t pool = 1;            // pre-initialized instances kept ready per chain
-    double keep_warm_s = 0;       // an instance idle this long goes back to the pool; 0: never
+    uint32_t init_warn_ms = 5000;   // an NF init still running after this long is named in a warning
+    uint32_t pool = 1;              // pre-initialized instances kept ready per chain
+    double keep_warm_s = 0;         // an instance idle this long goes back to the pool; 0: never
+    uint64_t flow_capacity = 65536; // flows a chain's flow table holds (per chain, see [[instance]])
+    double flow_idle_s = 300;       // a flow idle this long is removed; 0: never
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
 

@@ -44,6 +44,8 @@ struct NfContext {
     std::string fini_site;               // "fini() of " + where
     state::Executor *executor = nullptr; // owner of this NF's state tables
     CounterBlock counters;
+    bool in_init = false;         // init() is running (what flow_state may be called from)
+    uint32_t flow_state_size = 0; // bytes it keeps per flow in the chain's flow table
 
     // Fills `pub`, what the plugin sees of this context, from it; chain_name
     // and nf_name are set by then, and the context does not move afterwards.

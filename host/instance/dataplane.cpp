@@ -17,6 +17,10 @@
 
 namespace serpens {
 
+// How often an instance sweeps its parts of the flow table for idle flows.
+inline constexpr uint64_t flow_sweep_period_ns = 1'000'000;
+static_assert(state::flow_parts == io::route_buckets, "a flow-table part is a router bucket: one owner each");
+
 const char *slot_state_name(SlotState state) noexcept
 {
     switch (state) {
@@ -305,10 +309,21 @@ Dataplane::Handover Dataplane::assign(uint32_t tag, io::BucketOwners owners)
     for (InstanceSlot *slot : gaining) {
         slot->gate.held.store(true, std::memory_order_seq_cst);
     }
+    // Flow-table sweeps: meanwhile only the buckets an instance keeps;
+    // publish_routes() waits out the lcore iterations still sweeping the
+    // others.
+    for (auto *set : {&gaining, &losing}) {
+        for (InstanceSlot *slot : *set) {
+            set_sweep_parts(*slot, before, owners);
+        }
+    }
     _owners[tag] = std::move(owners);
     publish_routes(); // returns once no dispatcher uses the old owners
     for (InstanceSlot *slot : losing) {
         wait_processed(*slot);
+    }
+    for (InstanceSlot *slot : gaining) {
+        set_sweep_parts(*slot, _owners[tag], _owners[tag]); // the losers are done with them
     }
     for (InstanceSlot *slot : gaining) {
         if (slot->state != SlotState::parked) {
@@ -318,6 +333,19 @@ Dataplane::Handover Dataplane::assign(uint32_t tag, io::BucketOwners owners)
     }
     result.pause_ns = monotonic_ns() - start;
     return result;
+}
+
+void Dataplane::set_sweep_parts(InstanceSlot &slot, const io::BucketOwners &a, const io::BucketOwners &b)
+{
+    std::array<uint64_t, io::route_buckets / 64> bits{};
+    for (uint32_t bucket = 0; bucket < io::route_buckets && !a.empty() && !b.empty(); ++bucket) {
+        if (a[bucket] == slot.number && b[bucket] == slot.number) {
+            bits[bucket / 64] |= uint64_t{1} << (bucket % 64);
+        }
+    }
+    for (std::size_t w = 0; w < bits.size(); ++w) {
+        slot.sweep_parts[w].store(bits[w], std::memory_order_release);
+    }
 }
 
 void Dataplane::park(InstanceSlot &slot)
@@ -519,6 +547,15 @@ uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
             slot.wake_latency_ns.store(monotonic_ns() - woken, std::memory_order_relaxed);
             slot.gate.woken_ns.store(0, std::memory_order_relaxed);
         }
+    }
+    if (now >= slot.next_sweep_ns) {
+        // Idle flows go a little at a time, between batches.
+        slot.next_sweep_ns = now + flow_sweep_period_ns;
+        uint64_t parts[io::route_buckets / 64];
+        for (std::size_t w = 0; w < std::size(parts); ++w) {
+            parts[w] = slot.sweep_parts[w].load(std::memory_order_acquire);
+        }
+        slot.chain->expire_flows(parts, now, flow_sweep_period_ns);
     }
     return n;
 }

@@ -31,6 +31,7 @@
 #include <rte_mbuf.h>
 #include <rte_ring.h>
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <span>
@@ -74,6 +75,11 @@ struct InstanceSlot {
     std::atomic<uint32_t> served{0};          // ring position up to which packets were processed
     std::atomic<uint64_t> last_batch_ns{0};   // when it last processed a batch
     std::atomic<uint64_t> wake_latency_ns{0}; // last wake: from the packet that opened the gate to its processing
+    // Router buckets (= flow-table parts) whose flows it may expire: bit b of
+    // word b / 64.  Set by handovers so that a part has one sweeper, its
+    // owner, and never while the previous owner may still touch it.
+    std::array<std::atomic<uint64_t>, io::route_buckets / 64> sweep_parts{};
+    uint64_t next_sweep_ns = 0; // its lcore's: when it next sweeps the flow table
 };
 
 struct DataplaneOptions {
@@ -251,6 +257,8 @@ private:
     // its lcore's TX ring (if it transmits through the main lcore) has been
     // sent on that far.
     void wait_processed(const InstanceSlot &slot);
+    // slot's sweep_parts: the buckets both `a` and `b` give it.
+    static void set_sweep_parts(InstanceSlot &slot, const io::BucketOwners &a, const io::BucketOwners &b);
 
     std::vector<io::Port> _ports;
     std::vector<PortTotals> _port_totals;

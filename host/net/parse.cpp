@@ -616,6 +616,46 @@ ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, Fl
     return r;
 }
 
+bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept
+{
+    if ((pkt.flags & SERPENS_PKT_F_PARSED) == 0 || pkt.l3_offset == SERPENS_OFFSET_NONE) {
+        return false;
+    }
+    key = FlowKey{};
+    const uint8_t *ip = pkt.data + pkt.l3_offset;
+    bool fragment = (pkt.flags & SERPENS_PKT_F_FRAGMENT) != 0;
+    bool ipv6 = false;
+    if (pkt.l3_type == SERPENS_L3_IPV4) {
+        key.ip_version = 4;
+        std::memcpy(key.src.data(), ip + 12, 4);
+        std::memcpy(key.dst.data(), ip + 16, 4);
+        fragment = fragment || (serpens_ld_be16(ip + 6) & 0x3fff) != 0; // MF or an offset: ports 0
+    } else if (pkt.l3_type == SERPENS_L3_IPV6) {
+        ipv6 = true;
+        key.ip_version = 6;
+        std::memcpy(key.src.data(), ip + 8, 16);
+        std::memcpy(key.dst.data(), ip + 24, 16);
+    } else {
+        return false;
+    }
+    key.proto = pkt.l4_proto;
+    if (fragment || pkt.l4_offset == SERPENS_OFFSET_NONE) {
+        return true;
+    }
+    // parse_l4 checked that these bytes are there.
+    const uint8_t *h = pkt.data + pkt.l4_offset;
+    if (key.proto == kProtoTcp || key.proto == kProtoUdp) {
+        key.src_port = serpens_ld_be16(h);
+        key.dst_port = serpens_ld_be16(h + 2);
+    } else if ((key.proto == kProtoIcmp && !ipv6) || (key.proto == kProtoIcmpv6 && ipv6)) {
+        const uint8_t type = h[0];
+        if (ipv6 ? (type == 128 || type == 129) : (type == 8 || type == 0)) {
+            key.src_port = key.dst_port = serpens_ld_be16(h + 4);
+        }
+    }
+    return true;
+}
+
 void hash_flows(const FlowKey *keys, uint32_t n, uint32_t *out) noexcept
 {
 #ifdef SERPENS_NET_HAVE_X86

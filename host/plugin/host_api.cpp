@@ -55,6 +55,15 @@ uint64_t *plugin_counter(serpens_nf_ctx *ctx, const char *name)
     return slot;
 }
 
+int plugin_flow_state(serpens_nf_ctx *ctx, uint32_t size)
+{
+    if (ctx == nullptr || size > SERPENS_MAX_FLOW_STATE || !NfContext::of(ctx)->in_init) {
+        return SERPENS_EINVAL;
+    }
+    NfContext::of(ctx)->flow_state_size = size;
+    return SERPENS_OK;
+}
+
 } // namespace
 
 serpens_host_api make_host_api(const PacketOps &packets)
@@ -72,6 +81,7 @@ serpens_host_api make_host_api(const PacketOps &packets)
     api.pkt_trim = packets.trim;
     api.pkt_adj = packets.adj;
     api.counter = plugin_counter;
+    api.flow_state = plugin_flow_state;
     return api;
 }
 

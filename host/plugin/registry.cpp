@@ -438,6 +438,13 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
     if (has_1_4) {
         reserved_clear = reserved_clear && desc.reserved1 == 0 && desc.reserved2 == 0;
     }
+    if (has_descriptor_1_5(desc)) {
+        reserved_clear = reserved_clear && desc.reserved3 == 0;
+        if (desc.flow_state_size > SERPENS_MAX_FLOW_STATE) {
+            return "flow_state_size " + std::to_string(desc.flow_state_size) + " is above the " +
+                   std::to_string(SERPENS_MAX_FLOW_STATE) + " bytes an NF may keep per flow";
+        }
+    }
     if (!reserved_clear) {
         return "reserved fields must be zero";
     }

@@ -116,4 +116,15 @@ private:
 // valid, else the reason.  Exposed for tests and for `serpens-host --check`.
 std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason &reason);
 
+// Whether a descriptor has the fields ABI 1.5 appended (flow state).
+inline bool has_descriptor_1_5(const serpens_nf_descriptor &desc) noexcept
+{
+    return desc.struct_size >= offsetof(serpens_nf_descriptor, flow_expired) + sizeof desc.flow_expired;
+}
+// Bytes of the chain's flow entry the NF wants (0: none, or a pre-1.5 NF).
+inline uint32_t flow_state_size(const serpens_nf_descriptor &desc) noexcept
+{
+    return has_descriptor_1_5(desc) ? desc.flow_state_size : 0;
+}
+
 } // namespace serpens

@@ -2,6 +2,7 @@
 
 #include "state/executor.h"
 
+#include "core/error.h"
 #include "state/default_hooks.h"
 
 #include <spdlog/spdlog.h>
@@ -653,6 +654,39 @@ Executor &StateStore::executor(std::string_view chain, std::string_view nf)
         it = _executors.emplace(key, std::make_unique<Executor>(*this, key.first, key.second, dir)).first;
     }
     return *it->second;
+}
+
+FlowTable &StateStore::flow_table(FlowTableSpec spec, bool &first)
+{
+    std::lock_guard lk(_mu);
+    first = false;
+    if (auto it = _flow_tables.find(spec.chain); it != _flow_tables.end()) {
+        return *it->second;
+    }
+    const std::filesystem::path dir = _opts.root / escape(spec.chain);
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) {
+        throw Error("state: cannot create " + dir.string() + ": " + ec.message());
+    }
+    std::string err;
+    const std::string chain = spec.chain;
+    std::unique_ptr<FlowTable> table = FlowTable::open(dir / "flows.seg", std::move(spec), err);
+    if (!table) {
+        throw Error("state: " + err);
+    }
+    first = true;
+    return *_flow_tables.emplace(chain, std::move(table)).first->second;
+}
+
+std::vector<FlowTable *> StateStore::flow_tables()
+{
+    std::lock_guard lk(_mu);
+    std::vector<FlowTable *> v;
+    for (auto &[chain, table] : _flow_tables) {
+        v.push_back(table.get());
+    }
+    return v;
 }
 
 std::vector<Executor *> StateStore::executors()

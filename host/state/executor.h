@@ -35,6 +35,7 @@
 //    update = merge.  The all-zero value must be the empty state.
 
 #include "core/clock.h"
+#include "state/flow_table.h"
 #include "state/table.h"
 
 #include <serpens/nf.h>
@@ -232,6 +233,15 @@ public:
     // sweeps idle per-flow entries incrementally.  Thread-safe.
     void tick(uint64_t now_ns);
 
+    // The flow table of chain spec.chain (<root>/<chain>/flows.seg), opened
+    // on first use; later calls get the same one (their spec is not looked
+    // at).  `first` says whether this call opened it: then the caller
+    // recovers it (FlowTable::recover) before any worker uses it.  Throws
+    // Error naming the file and what to do.  Thread-safe.
+    FlowTable &flow_table(FlowTableSpec spec, bool &first);
+    // The flow tables opened so far.  Thread-safe.
+    std::vector<FlowTable *> flow_tables();
+
     const StoreOptions &options() const noexcept { return _opts; }
     const std::filesystem::path &root() const noexcept { return _opts.root; }
 
@@ -239,6 +249,7 @@ private:
     StoreOptions _opts;
     std::mutex _mu;
     std::map<std::pair<std::string, std::string>, std::unique_ptr<Executor>, std::less<>> _executors;
+    std::map<std::string, std::unique_ptr<FlowTable>, std::less<>> _flow_tables;
 };
 
 } // namespace serpens::state

@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 4
+#define SERPENS_ABI_MINOR 5
 
 /* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
 #define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
@@ -160,6 +160,18 @@ struct serpens_batch {
 
     uint32_t pkt_stride; /* bytes from one serpens_pkt view to the next */
     uint32_t reserved2;
+
+    /* --- ABI 1.5 and later: valid when struct_size covers them --- */
+
+    /* The chain's flow table (see "Per-flow state of the chain" below):
+     * flows[i] is packet i's entry, NULL when it has none (not IP, or the
+     * table was full); flow_flags[i] holds SERPENS_FLOW_*; flow_offset is
+     * where this NF's own area starts in every entry.  Reach them through
+     * serpens_batch_flow() and serpens_batch_flow_flags(). */
+    void *const *flows;
+    const uint8_t *flow_flags;
+    uint32_t flow_offset;
+    uint32_t reserved3;
 };
 
 /* The host minor that introduced pkt_stride: a plugin calling
@@ -171,6 +183,55 @@ static inline struct serpens_pkt *serpens_batch_pkt(const struct serpens_batch *
 {
     return (struct serpens_pkt *)(void *)((uint8_t *)batch->pkts + (size_t)i * batch->pkt_stride);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Per-flow state of the chain (ABI 1.5)                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * An NF that keeps state per flow declares how many bytes it wants in its
+ * descriptor (flow_state_size).  The host keeps one flow table per chain in
+ * shared memory, looks every packet up once as its batch enters the chain
+ * (both directions of a flow share one entry), creates the entry on the
+ * flow's first packet with every area zeroed, and hands each NF its own area.
+ * Packets of one flow all go to one instance, so an area has one writer.
+ *
+ * An area is written in place and survives the instance (and a crash of the
+ * host).  An aligned store of up to 8 bytes is never torn; an NF whose state
+ * spans several words writes them first and a word that says they are valid
+ * last.  Entries idle past the chain's flow timeout are removed; before that
+ * the NF's flow_expired hook (optional) gets the area to give back what it
+ * held (a NAT port).  The hook may run again for the same area after a crash
+ * in the middle of an expiry, so giving back must be idempotent.
+ */
+#define SERPENS_MAX_FLOW_STATE 256u
+
+/* Bits of batch->flow_flags[i]. */
+#define SERPENS_FLOW_NEW 0x1u   /* this packet created the entry */
+#define SERPENS_FLOW_REPLY 0x2u /* it goes against the direction of the flow's first packet */
+
+/* NF area of packet i's flow entry; NULL when the packet has none or the
+ * host is older than 1.5 (a plugin using it declares min_host_minor 5). */
+static inline void *serpens_batch_flow(const struct serpens_batch *batch, uint32_t i)
+{
+    if (batch->struct_size < offsetof(struct serpens_batch, reserved3) || batch->flows == NULL) {
+        return NULL;
+    }
+    void *entry = batch->flows[i];
+    return entry != NULL ? (void *)((uint8_t *)entry + batch->flow_offset) : NULL;
+}
+
+/* SERPENS_FLOW_* of packet i (0 when it has no entry). */
+static inline uint32_t serpens_batch_flow_flags(const struct serpens_batch *batch, uint32_t i)
+{
+    if (batch->struct_size < offsetof(struct serpens_batch, reserved3) || batch->flow_flags == NULL) {
+        return 0;
+    }
+    return batch->flow_flags[i];
+}
+
+/* The host minor that introduced the chain's flow table. */
+#define SERPENS_ABI_MINOR_FLOW_STATE 5u
 
 /* ------------------------------------------------------------------------ */
 /* State (paper Fig. 9)                                                      */
@@ -378,6 +439,15 @@ struct serpens_host_api {
     int (*update_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *rows,
                                 const uint8_t *ops, void *values_out, uint64_t *written);
     int (*add_state_bulk_v2)(serpens_table *t, const void *keys, uint32_t n, const uint64_t *deltas, uint64_t *written);
+
+    /* --- ABI 1.5 and later: valid when struct_size covers them --- */
+
+    /* In init only: this NF keeps `size` bytes (0..SERPENS_MAX_FLOW_STATE)
+     * of per-flow state in the chain's flow table, instead of the
+     * descriptor's flow_state_size: for an NF whose need depends on its
+     * config.  Every instance of a chain must ask the same.  SERPENS_EINVAL
+     * outside init or above the maximum. */
+    int (*flow_state)(struct serpens_nf_ctx *ctx, uint32_t size);
 };
 
 /* update_state_bulk's operations on one value word. */
@@ -451,6 +521,19 @@ struct serpens_nf_descriptor {
     uint16_t min_host_minor;
     uint16_t reserved1; /* must be 0 */
     uint32_t reserved2; /* must be 0 */
+
+    /* --- ABI 1.5 and later: the host reads them when struct_size covers them --- */
+
+    /* Bytes of per-flow state this NF wants in every entry of the chain's
+     * flow table, 0..SERPENS_MAX_FLOW_STATE (0: none); see "Per-flow state
+     * of the chain".  Declare min_host_minor >= SERPENS_ABI_MINOR_FLOW_STATE
+     * with it: an older host does not read it. */
+    uint32_t flow_state_size;
+    uint32_t reserved3; /* must be 0 */
+    /* Optional.  An entry goes (idle past the chain's flow timeout): give
+     * back what `state` (this NF's area) held.  Runs on the worker of the
+     * instance that owns the flow, between batches: hot-path rules. */
+    void (*flow_expired)(struct serpens_nf_ctx *ctx, void *state);
 };
 
 /* Fills the version fields; use as the first line of a descriptor initializer. */

@@ -632,6 +632,9 @@ const serpens_nf_descriptor ids_descriptor = {
     .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
     .reserved1 = 0,
     .reserved2 = 0,
+    .flow_state_size = 0, // keeps no per-flow state in the chain's flow table
+    .reserved3 = 0,
+    .flow_expired = nullptr,
 };
 
 } // namespace

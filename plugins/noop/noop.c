@@ -24,25 +24,31 @@
  *      cache does (fw, nat);
  *    - "count": adds one to the flow's packet count (one update_state_bulk_v2
  *      per 64 packets), as a per-flow counter does (mon).
- *   The flow is the host's 32-bit flow hash, the cheapest key there is
- *   (flows whose hashes collide share an entry).  A chain of these is the
- *   floor of what a chain of stateful NFs costs on this host: serpens-bench
- *   throughput measures "lookup-count-lookup" beside FW -> MON -> NAT.
+ *   On a host with the chain's flow table (ABI 1.5) the state is 8 bytes of
+ *   the packet's flow entry, which the host looked up once for the whole
+ *   chain: "lookup" reads them, "count" adds one.  On an older host it is a
+ *   table of its own keyed by the host's 32-bit flow hash, the cheapest key
+ *   there is (flows whose hashes collide share an entry).  A chain of these
+ *   is the floor of what a chain of stateful NFs costs on this host:
+ *   serpens-bench throughput measures "lookup-count-lookup" beside
+ *   FW -> MON -> NAT.
  *
  *   With spin_ns set it also busy-waits that long per packet: a stand-in for
  *   a heavy NF, so that load (and the autoscaler's reaction to it) can be
  *   produced at a rate a paced sender reaches.
  *
  * STATE (paper Table I)
- *   flows  PER_FLOW|WRITE  key 8 B: the flow hash (u32) and 4 zero bytes;
- *                          value 8 B: packets counted (count), 0 (lookup)
+ *   per flow       8 B in the chain's flow table (ABI 1.5 hosts): packets
+ *                  counted (count), 0 (lookup)
+ *   flows          PER_FLOW|WRITE, older hosts only: key 8 B, the flow hash
+ *                  (u32) and 4 zero bytes; value 8 B as above
  *
  * HOST ABI
  *   1.4 or later (serpens_batch_pkt); flow_state = "count" uses
- *   update_state_bulk_v2 (1.4).
+ *   update_state_bulk_v2 (1.4) there, the chain's flow table on 1.5.
  *
  * COUNTERS
- *   table_full    packets whose flow the full table could not take
+ *   table_full    IP packets whose flow the full table could not take
  *                 (flow_state only)
  *   state_errors  count rounds the host refused for another reason than a
  *                 full table (flow_state only; none expected)
@@ -69,6 +75,8 @@ struct noop {
     const struct serpens_host_api *host;
     serpens_table *flows;
     enum noop_flow_state mode;
+    int chain_flows; /* the state is in the chain's flow table */
+    uint64_t sink;   /* what "lookup" read, so that the read stays */
     uint64_t spin_ns;
     uint64_t *table_full;
     uint64_t *state_errors;
@@ -130,6 +138,22 @@ static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch
     if (s->mode == NOOP_NONE) {
         return;
     }
+    if (s->chain_flows) {
+        for (uint32_t i = 0; i < batch->count; ++i) {
+            if (batch->labels[i] != batch->self) {
+                continue;
+            }
+            uint64_t *count = serpens_batch_flow(batch, i);
+            if (count == NULL) {
+                *s->table_full += (serpens_batch_pkt(batch, i)->flags & SERPENS_PKT_F_PARSED) != 0;
+            } else if (s->mode == NOOP_COUNT) {
+                ++*count;
+            } else {
+                s->sink += *count;
+            }
+        }
+        return;
+    }
     uint32_t n = 0;
     for (uint32_t i = 0; i < batch->count; ++i) {
         if (batch->labels[i] != batch->self) {
@@ -176,6 +200,17 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     if (s->mode == NOOP_NONE) {
         return SERPENS_OK;
     }
+    static const char *const names[2] = {"table_full", "state_errors"};
+    uint64_t *slots[2] = {NULL, NULL};
+    if ((rc = serpens_register_counters(ctx, "noop", names, 2, slots, NULL)) != SERPENS_OK) {
+        return rc;
+    }
+    s->table_full = slots[0];
+    s->state_errors = slots[1];
+    if (SERPENS_HOST_HAS(h, flow_state)) {
+        s->chain_flows = 1;
+        return h->flow_state(ctx, sizeof(uint64_t));
+    }
     s->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof s->key[0],
                                sizeof s->value[0], (uint64_t)max_flows);
     if (s->flows == NULL) {
@@ -185,12 +220,7 @@ static int noop_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     for (uint32_t i = 0; i < NOOP_BULK; ++i) {
         s->one[i] = 1;
     }
-    static const char *const names[2] = {"table_full", "state_errors"};
-    uint64_t *slots[2] = {NULL, NULL};
-    rc = serpens_register_counters(ctx, "noop", names, 2, slots, NULL);
-    s->table_full = slots[0];
-    s->state_errors = slots[1];
-    return rc;
+    return SERPENS_OK;
 }
 
 static void noop_fini(struct serpens_nf_ctx *ctx)
@@ -204,7 +234,7 @@ static void noop_fini(struct serpens_nf_ctx *ctx)
 static const struct serpens_nf_descriptor noop_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,
     .name = "noop",
-    .version = "1.1",
+    .version = "1.2",
     .summary = "passes every packet to its default next hop unchanged (optionally one flow-state access each)",
     .n_ports = 1,
     .init = noop_init,

@@ -19,9 +19,11 @@
 // Contexts outlive fini: "restart an instance" is fini, then init again.
 
 #include "config/plugin_config.h"
+#include "core/burst.h"
 #include "core/nf_context.h"
 #include "net/parse.h"
 #include "plugin/host_api.h"
+#include "plugin/registry.h"
 #include "state/executor.h"
 
 #include <serpens/nf.h>
@@ -35,6 +37,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdarg>
 #include <cstdio>
@@ -65,9 +68,14 @@ inline const serpens_nf_descriptor *load_plugin(const std::string &path)
 }
 
 // Every packet labelled for the NF, every port reset to the default first.
+// With `flows` (the chain's flow table, the NF's area at `flow_offset`),
+// the packets are looked up first, as a chain instance does.
 inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, std::vector<serpens_pkt> &pkts,
-                      std::vector<uint8_t> &ports, uint64_t now)
+                      std::vector<uint8_t> &ports, uint64_t now, serpens::state::FlowTable *flows = nullptr,
+                      uint32_t flow_offset = 0)
 {
+    std::vector<void *> entries(pkts.size());
+    std::vector<uint8_t> flow_flags(pkts.size());
     std::vector<uint16_t> labels(pkts.size(), 1);
     ports.assign(pkts.size(), SERPENS_PORT_DEFAULT);
     serpens_batch b{};
@@ -79,6 +87,15 @@ inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, st
     b.labels = labels.data();
     b.ports = ports.data();
     b.now_ns = now;
+    if (flows != nullptr) {
+        for (std::size_t i = 0; i < pkts.size(); i += serpens::max_burst) {
+            const auto n = static_cast<uint32_t>(std::min<std::size_t>(serpens::max_burst, pkts.size() - i));
+            flows->lookup_burst(&pkts[i], sizeof(serpens_pkt), n, now, &entries[i], &flow_flags[i]);
+        }
+        b.flows = entries.data();
+        b.flow_flags = flow_flags.data();
+        b.flow_offset = flow_offset;
+    }
     desc->process(ctx, &b);
 }
 
@@ -334,11 +351,68 @@ public:
         c->initialised = true;
         out = c.get();
         _ctxs.push_back(std::move(c));
+        out->in_init = true;
         int rc = _desc->init(&out->pub, _config.get());
+        out->in_init = false;
         if (rc == SERPENS_OK) {
             _ex->seal();
+            if (out->flow_state_size != 0 && _flows == nullptr) {
+                // The chain's flow table, holding this NF's area only.
+                serpens::state::FlowTableSpec spec;
+                spec.chain = "test";
+                spec.capacity = flow_capacity;
+                spec.idle_timeout_ns = flow_idle_ns;
+                spec.areas = {{_desc->name, out->flow_state_size, 0}};
+                bool first = false;
+                _flows = &_store->flow_table(spec, first);
+                _flow_offset = _flows->spec().areas.front().offset;
+            }
         }
         return rc;
+    }
+    // The chain's flow table (nullptr until an NF asked for per-flow state),
+    // its size and idle timeout (set before the first init).
+    serpens::state::FlowTable *flows() const noexcept { return _flows; }
+    uint64_t flow_capacity = 65536;
+    uint64_t flow_idle_ns = 300'000'000'000ull;
+    // The NF's area in packet p's flow entry (nullptr: none).
+    void *flow_area(const serpens_pkt &p)
+    {
+        if (_flows == nullptr) {
+            return nullptr;
+        }
+        serpens_pkt view = p;
+        void *entry = nullptr;
+        uint8_t flags = 0;
+        _flows->lookup_burst(&view, sizeof view, 1, _now, &entry, &flags);
+        return entry != nullptr ? static_cast<uint8_t *>(entry) + _flow_offset : nullptr;
+    }
+    // The host's idle-flow sweep over the whole table at `now_ns`, the NF's
+    // flow_expired hook (instance id's context) on each flow that goes.
+    std::size_t expire_flows(uint64_t now_ns, uint32_t id = 0)
+    {
+        if (_flows == nullptr) {
+            return 0;
+        }
+        static constexpr uint64_t all[4] = {~0ull, ~0ull, ~0ull, ~0ull};
+        struct Hook {
+            MockHost *host;
+            serpens_nf_ctx *ctx;
+            static void call(void *self, uint8_t *entry) noexcept
+            {
+                auto *h = static_cast<Hook *>(self);
+                const auto *d = h->host->_desc;
+                if (serpens::has_descriptor_1_5(*d) && d->flow_expired != nullptr) {
+                    d->flow_expired(h->ctx, entry + h->host->_flow_offset);
+                }
+            }
+        } hook{this, ctx(id)};
+        serpens::state::FlowSweepCursor cursor;
+        std::size_t gone = 0;
+        for (uint32_t p = 0; p < serpens::state::flow_parts * _flows->buckets_per_part(); p += 256) {
+            gone += _flows->expire(all, cursor, now_ns, 256, &Hook::call, &hook);
+        }
+        return gone;
     }
     int init(uint32_t id)
     {
@@ -383,7 +457,7 @@ public:
     {
         _now = now;
         tick(now);
-        run_batch(_desc, ctx(id), pkts, ports, now);
+        run_batch(_desc, ctx(id), pkts, ports, now, _flows, _flow_offset);
     }
     // Runs one batch of Packets on context c and returns their ports.
     std::vector<uint8_t> run(Ctx &c, std::vector<Packet *> pkts, uint64_t now_ns = 1'000'000'000)
@@ -395,7 +469,7 @@ public:
         std::vector<uint8_t> ports;
         _now = now_ns;
         tick(now_ns);
-        run_batch(_desc, &c.pub, views, ports, now_ns);
+        run_batch(_desc, &c.pub, views, ports, now_ns, _flows, _flow_offset);
         for (std::size_t i = 0; i < pkts.size(); ++i) {
             pkts[i]->view = views[i];
         }
@@ -554,6 +628,8 @@ private:
     std::map<std::string, MockTable> _tables;
     std::vector<std::unique_ptr<Ctx>> _ctxs;
     uint64_t _now = 0;
+    serpens::state::FlowTable *_flows = nullptr;
+    uint32_t _flow_offset = 0;
 };
 
 // Files a rules or signatures file must not be, each with what init must log:

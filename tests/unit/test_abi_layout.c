@@ -13,7 +13,7 @@
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
 _Static_assert(SERPENS_ABI_MAJOR == 1, "a major bump breaks every plugin");
-_Static_assert(SERPENS_ABI_MINOR == 4, "a new minor appends fields: pin them here");
+_Static_assert(SERPENS_ABI_MINOR == 5, "a new minor appends fields: pin them here");
 
 /* The frozen v1.0 sizes are where each struct's 1.0 fields end. */
 _Static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == 120, "frozen");
@@ -48,7 +48,11 @@ AT(serpens_batch, ports, 32);
 AT(serpens_batch, now_ns, 40);
 AT(serpens_batch, pkt_stride, SERPENS_BATCH_V1_0_SIZE); /* 1.4 */
 AT(serpens_batch, reserved2, 52);
-SIZE(serpens_batch, 56);
+AT(serpens_batch, flows, 56); /* 1.5 */
+AT(serpens_batch, flow_flags, 64);
+AT(serpens_batch, flow_offset, 72);
+AT(serpens_batch, reserved3, 76);
+SIZE(serpens_batch, 80);
 
 AT(serpens_state_hook_args, struct_size, 0);
 AT(serpens_state_hook_args, n, 4);
@@ -94,7 +98,8 @@ AT(serpens_host_api, table_slots, 216);
 AT(serpens_host_api, update_state_bulk, 224);    /* 1.3 */
 AT(serpens_host_api, update_state_bulk_v2, 232); /* 1.4 */
 AT(serpens_host_api, add_state_bulk_v2, 240);
-SIZE(serpens_host_api, 248);
+AT(serpens_host_api, flow_state, 248); /* 1.5 */
+SIZE(serpens_host_api, 256);
 
 AT(serpens_nf_ctx, struct_size, 0);
 AT(serpens_nf_ctx, instance_id, 4);
@@ -124,4 +129,7 @@ AT(serpens_nf_descriptor, reserved, 88);
 AT(serpens_nf_descriptor, min_host_minor, SERPENS_NF_DESCRIPTOR_V1_SIZE); /* 1.4 */
 AT(serpens_nf_descriptor, reserved1, 122);
 AT(serpens_nf_descriptor, reserved2, 124);
-SIZE(serpens_nf_descriptor, 128);
+AT(serpens_nf_descriptor, flow_state_size, 128); /* 1.5 */
+AT(serpens_nf_descriptor, reserved3, 132);
+AT(serpens_nf_descriptor, flow_expired, 136);
+SIZE(serpens_nf_descriptor, 144);

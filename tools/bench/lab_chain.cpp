@@ -55,6 +55,16 @@ ExecutorResolver NfChain::resolver()
     return [store](const std::string &chain, const std::string &nf) { return &store->executor(chain, nf); };
 }
 
+FlowTableResolver NfChain::flow_tables()
+{
+    state::StateStore *store = _store.get();
+    return [store](state::FlowTableSpec spec, bool &first) {
+        spec.capacity = uint64_t{1} << 20;
+        spec.idle_timeout_ns = 0;
+        return &store->flow_table(std::move(spec), first);
+    };
+}
+
 uint32_t NfChain::run_cold(const serpens_host_api *api, LabBatch &b)
 {
     // One cold load at a time: loading, parsing and init from several stage
@@ -70,7 +80,7 @@ uint32_t NfChain::run_cold(const serpens_host_api *api, LabBatch &b)
     }
     auto root = std::make_shared<const toml::table>(toml::parse(_text, _file));
     auto chain = compile_chain(parse_chain_toml(root, _file), registry);
-    ChainInstance inst(chain, 0, api != nullptr ? api : &_api, resolver());
+    ChainInstance inst(chain, 0, api != nullptr ? api : &_api, resolver(), default_init_warn_after, flow_tables());
     return inst.run(b.pkts.data(), b.n, b.labels.data(), now_ns());
 }
 
@@ -84,7 +94,8 @@ NfChain::~NfChain()
 
 std::unique_ptr<ChainInstance> NfChain::instance(uint32_t id, const serpens_host_api *api)
 {
-    return std::make_unique<ChainInstance>(_chain, id, api != nullptr ? api : &_api, resolver());
+    return std::make_unique<ChainInstance>(_chain, id, api != nullptr ? api : &_api, resolver(),
+                                           default_init_warn_after, flow_tables());
 }
 
 std::string NfChain::describe() const

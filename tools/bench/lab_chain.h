@@ -43,6 +43,8 @@ public:
     const serpens_host_api &local_api() const noexcept { return _api; }
     std::string describe() const;
     ExecutorResolver resolver();
+    // The chain's flow table in its state directory (1M flows, no expiry).
+    FlowTableResolver flow_tables();
     const std::string &toml_text() const noexcept { return _text; }
     const std::string &toml_file() const noexcept { return _file; }
     const std::vector<std::string> &plugin_paths() const noexcept { return _paths; }

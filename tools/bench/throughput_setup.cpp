@@ -16,6 +16,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -234,7 +235,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        "name = \"all\"\n"
                        "chain = \"{}\"\n\n"
                        "[instances]\n"
-                       "burst = {}\n\n"
+                       "burst = {}\n"
+                       "flow_capacity = {}\n\n"
                        "[[instance]]\n"
                        "chain = \"{}\"\n"
                        "count = {}\n"
@@ -242,8 +244,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        two_cores ? "two lcores, each receiving one RX queue and running an instance"
                                  : "everything on the main lcore (one core)",
                        getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
-                       eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst, chain,
-                       two_cores ? 2 : 1, instance_lcores);
+                       eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
+                       std::max<uint64_t>(65536, flows), chain, two_cores ? 2 : 1, instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }

@@ -1,7 +1,9 @@
 // noop against the mock host: without flow_state it keeps no state; "count"
-// keeps each flow's packet count exactly (also over batches larger than its
-// 64-key rounds), "lookup" inserts each flow once; a full table is counted,
-// packets always pass unchanged; bad config is refused with the key named.
+// keeps each flow's packet count exactly, in the chain's flow table on a 1.5
+// host and in a table of its own on an older one (also over batches larger
+// than its 64-key rounds); "lookup" inserts each flow once; a full table is
+// counted, packets always pass unchanged; bad config is refused with the key
+// named.
 
 #include "mock_host.h"
 
@@ -36,6 +38,13 @@ Bytes hash_key(uint32_t flow_hash)
     Bytes k(8, 0);
     std::memcpy(k.data(), &flow_hash, 4);
     return k;
+}
+
+// A host of ABI 1.4: no chain flow table, so noop keeps a table of its own.
+MockHost &as_1_4_host(MockHost &host)
+{
+    host.api().flow_state = nullptr;
+    return host;
 }
 
 // Runs the traffic in one batch; returns the packets each flow hash sent.
@@ -78,9 +87,10 @@ TEST_CASE("noop: by default it keeps no state and passes every packet unchanged"
     CHECK_FALSE(host.has_counter(0, "table_full"));
 }
 
-TEST_CASE("noop: flow_state = \"count\" keeps each flow's packet count")
+TEST_CASE("noop on a 1.4 host: flow_state = \"count\" keeps each flow's packet count in its table")
 {
     MockHost host(noop());
+    as_1_4_host(host);
     host.set_config("flow_state = \"count\"\n");
     REQUIRE(host.init(0) == SERPENS_OK);
     std::map<Bytes, uint64_t> want = run(host);
@@ -99,9 +109,10 @@ TEST_CASE("noop: flow_state = \"count\" keeps each flow's packet count")
     CHECK(host.bulk_updates == 2 * 3); // 150 packets: rounds of 64, 64 and 22 per batch
 }
 
-TEST_CASE("noop: flow_state = \"lookup\" inserts each flow once and finds it after")
+TEST_CASE("noop on a 1.4 host: flow_state = \"lookup\" inserts each flow once and finds it after")
 {
     MockHost host(noop());
+    as_1_4_host(host);
     host.set_config("flow_state = \"lookup\"\n");
     REQUIRE(host.init(0) == SERPENS_OK);
     const std::map<Bytes, uint64_t> flows = run(host);
@@ -118,12 +129,13 @@ TEST_CASE("noop: flow_state = \"lookup\" inserts each flow once and finds it aft
     CHECK(t->entries().size() == flows.size());
 }
 
-TEST_CASE("noop: a full flow table is counted, and its packets still pass")
+TEST_CASE("noop on a 1.4 host: a full flow table is counted, and its packets still pass")
 {
     const char *mode = "count";
     SUBCASE("count") {}
     SUBCASE("lookup") { mode = "lookup"; }
     MockHost host(noop());
+    as_1_4_host(host);
     host.set_config(std::string("flow_state = \"") + mode + "\"\nmax_flows = 16\n");
     REQUIRE(host.init(0) == SERPENS_OK);
     const std::map<Bytes, uint64_t> flows = run(host);
@@ -144,6 +156,7 @@ TEST_CASE("noop: a full flow table is counted, and its packets still pass")
 TEST_CASE("noop: a write the host refuses is a state error, not a full table")
 {
     MockHost host(noop());
+    as_1_4_host(host);
     host.set_config("flow_state = \"count\"\n");
     REQUIRE(host.init(0) == SERPENS_OK);
     // A host that refuses every round for another reason than room (as the
@@ -156,6 +169,35 @@ TEST_CASE("noop: a write the host refuses is a state error, not a full table")
     run(host); // packets still pass unchanged
     CHECK(host.counter(0, "table_full") == 0);
     CHECK(host.counter(0, "state_errors") == 3); // rounds of 64, 64 and 22
+}
+
+TEST_CASE("noop: flow_state keeps 8 bytes of the chain's flow entry: a count per flow, both directions")
+{
+    const char *mode = "count";
+    SUBCASE("count") {}
+    SUBCASE("lookup") { mode = "lookup"; }
+    MockHost host(noop());
+    host.set_config(std::string("flow_state = \"") + mode + "\"\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    REQUIRE(host.flows() != nullptr);
+    std::map<Bytes, uint64_t> want = run(host);
+    for (auto &[k, n] : run(host)) {
+        want[k] += n;
+    }
+    CHECK(host.table("flows") == nullptr); // nothing of its own
+    CHECK(host.flows()->totals().live == want.size());
+    Packets p;
+    for (const Flow &f : traffic()) {
+        p.add(frame(f, 12));
+    }
+    for (const serpens_pkt &v : p.parse()) {
+        auto *count = static_cast<uint64_t *>(host.flow_area(v));
+        REQUIRE(count != nullptr);
+        CHECK(*count == (std::string(mode) == "count" ? want[hash_key(v.flow_hash)] : 0));
+    }
+    CHECK(host.counter(0, "table_full") == 0);
+    CHECK(host.bulk_updates == 0);
+    CHECK(host.bulk_lookups == 0);
 }
 
 TEST_CASE("noop: bad configuration is refused, naming the key")

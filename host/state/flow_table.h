@@ -1,0 +1,182 @@
+#pragma once
+// The chain's flow table: one entry per flow (both directions share it) that
+// holds the per-flow state of every NF of the chain, so a packet is looked up
+// once when its batch enters the chain instead of once per NF (nf.h, "Per-flow
+// state of the chain").
+//
+// One segment file per chain, <root>/<chain>/flows.seg, mapped MAP_SHARED:
+//
+//   [FlowTableHeader, 4096 B][part 0][part 1]...[part flow_parts-1]
+//   part = [PartHeader, 64 B][n_buckets bucket lines][n_buckets * 8 entries]
+//
+// A flow's part is its router bucket (flow_hash mod flow_parts), and the
+// router gives every bucket exactly one owning instance at a time and drains
+// the old owner before the new one runs (io/router.h).  So a part has a
+// single writer and the hot path needs no atomic read-modify-write, only
+// ordered stores for the crash guarantee and for readers in other processes.
+//
+// Within a part a flow may live in one of two buckets (its primary or its
+// alternative; 8 slots each), chosen from the flow hash.  A bucket line holds
+// the 8 slots' signatures (0: empty) and `overflow`, the number of flows whose
+// primary is this bucket but which live in their alternative: a lookup reads
+// the alternative only when that is not 0.
+//
+// Crash guarantee (SIGKILL at any instruction): an entry is written (key,
+// zeroed NF areas) before its signature is stored, so no reader or restart
+// sees a torn entry; overflow is raised before and lowered after the
+// signature changes, so it may be too high after a crash (one needless look
+// at the alternative) but never too low.  Removing marks the entry expiring,
+// runs the NFs' flow_expired hooks, then clears the signature; an entry still
+// marked expiring at the next attach gets its hooks again (recover()).
+
+#include "net/parse.h"
+
+#include <serpens/nf.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace serpens::state {
+
+// Parts per table: the router's buckets per chain (io::route_buckets, which
+// checks that they agree).
+inline constexpr uint32_t flow_parts = 256;
+inline constexpr uint32_t flow_bucket_slots = 8;
+inline constexpr uint32_t flow_entry_header = 64; // NF areas start here
+
+// One NF's area in every entry.
+struct FlowArea {
+    std::string nf;     // the name the chain gives the NF (identifies the layout)
+    uint32_t size = 0;  // bytes the NF asked for
+    uint32_t offset = 0; // from the entry's start; set by FlowTableSpec::layout
+};
+
+struct FlowTableSpec {
+    std::string chain;
+    uint64_t capacity = 65536;      // flows the table must hold
+    uint64_t idle_timeout_ns = 300'000'000'000ull; // 0: entries never expire
+    std::vector<FlowArea> areas;    // in chain order; zero-sized ones are left out
+
+    // Sets each area's offset; returns the entry size (a multiple of 64).
+    uint32_t layout();
+};
+
+// Per-part counters, written by the part's owner only.
+struct FlowPartCounters {
+    uint64_t live = 0;
+    uint64_t created = 0;
+    uint64_t refused_full = 0; // first packets that found both buckets full
+    uint64_t expired = 0;
+};
+
+struct FlowTableTotals {
+    uint64_t capacity = 0; // slots
+    uint64_t live = 0;
+    uint64_t created = 0;
+    uint64_t refused_full = 0;
+    uint64_t expired = 0;
+};
+
+// The owner's position in an incremental expiry sweep (one per instance).
+struct FlowSweepCursor {
+    uint32_t part = 0;
+    uint32_t bucket = 0;
+};
+
+class FlowTable {
+public:
+    // Called for every entry that expires, before it is removed.
+    using ExpireFn = void (*)(void *arg, uint8_t *entry) noexcept;
+
+    ~FlowTable();
+    FlowTable(const FlowTable &) = delete;
+    FlowTable &operator=(const FlowTable &) = delete;
+
+    // Cold path.  Attaches `file` when its layout is this spec's (same
+    // capacity, areas and entry size), else moves it aside (with a warning
+    // naming why) and creates it.  Returns nullptr and sets `err` (the file,
+    // what failed, what to do) on failure.
+    static std::unique_ptr<FlowTable> open(const std::filesystem::path &file, FlowTableSpec spec, std::string &err);
+
+    // Cold path, before any worker uses the table: finishes the expiries a
+    // crash interrupted (fn on each entry still marked expiring, then
+    // removes it).  Returns how many.
+    std::size_t recover(ExpireFn fn, void *arg) noexcept;
+
+    // Hot path, by the owner of the packets' parts.  For each of the n
+    // packets (views `stride` bytes apart) finds or creates its flow's entry:
+    // entries[i] (nullptr: not IP, or no room) and flags[i] (SERPENS_FLOW_*).
+    // `now_ns` stamps the entries' last use.
+    void lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                      uint8_t *flags) noexcept;
+
+    // Hot path, by the owner: looks at up to `max_buckets` buckets of the
+    // parts whose bit is set in `owned` (bit p of word p / 64), from `cursor`
+    // on, and removes the entries idle for longer than the timeout (fn first).
+    // Returns how many went.
+    std::size_t expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_buckets,
+                       ExpireFn fn, void *arg) noexcept;
+
+    // Buckets to look at per expire() call made every `period_ns` so that a
+    // whole pass takes at most half the idle timeout.
+    uint32_t sweep_buckets(uint64_t period_ns) const noexcept;
+
+    // Cold path (tools, tests; no worker writing): fn on every entry.
+    template <class Fn>
+    void for_each_entry(Fn &&fn) const
+    {
+        for (uint32_t p = 0; p < flow_parts; ++p) {
+            for (uint32_t b = 0; b < _n_buckets; ++b) {
+                for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
+                    if (uint8_t *entry = entry_at(p, b, s)) {
+                        fn(static_cast<const uint8_t *>(entry));
+                    }
+                }
+            }
+        }
+    }
+    // The entry's flow hash.
+    static uint32_t entry_hash(const uint8_t *entry) noexcept;
+
+    // The entry's key, in canonical form (for tools and tests).
+    static const net::FlowKey &entry_key(const uint8_t *entry) noexcept
+    {
+        return *reinterpret_cast<const net::FlowKey *>(entry);
+    }
+
+    const FlowTableSpec &spec() const noexcept { return _spec; }
+    uint32_t entry_size() const noexcept { return _entry_size; }
+    uint32_t buckets_per_part() const noexcept { return _n_buckets; }
+    const std::filesystem::path &path() const noexcept { return _path; }
+    // Summed over parts; exact when no worker writes, approximate otherwise.
+    FlowTableTotals totals() const noexcept;
+
+private:
+    struct Part;
+    FlowTable() = default;
+    uint8_t *entry_at(uint32_t part, uint32_t bucket, uint32_t slot) const noexcept; // nullptr: empty
+    Part part(uint32_t p) const noexcept;
+    uint8_t *find(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t primary,
+                  uint32_t alternative) const noexcept;
+    uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t primary,
+                    uint32_t alternative, uint32_t now) noexcept;
+    void remove(const Part &part, uint32_t bucket, uint32_t slot, ExpireFn fn, void *arg) noexcept;
+    uint32_t primary_bucket(uint32_t hash) const noexcept;
+    uint32_t alternative_bucket(uint32_t hash, uint32_t primary) const noexcept;
+
+    std::filesystem::path _path;
+    FlowTableSpec _spec;
+    int _fd = -1;
+    uint8_t *_map = nullptr;
+    std::size_t _map_size = 0;
+    uint32_t _entry_size = 0;
+    uint32_t _n_buckets = 0;  // per part
+    std::size_t _part_size = 0;
+    uint32_t _idle_units = 0; // timeout in coarse units (0: never)
+};
+
+} // namespace serpens::state

@@ -1,0 +1,360 @@
+// The chain's flow table: one entry per flow for both directions, areas that
+// persist, expiry that hands entries to the NFs' hook, a full table that
+// refuses and counts, and no torn entry after a SIGKILL.
+
+#include "state_test_util.h"
+
+#include "net/parse.h"
+#include "state/flow_table.h"
+
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <array>
+#include <csignal>
+#include <cstring>
+#include <set>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+using namespace serpens;
+using namespace serpens::state;
+using namespace serpens::state::test;
+
+namespace {
+
+constexpr uint64_t second = 1'000'000'000ull;
+
+// An Ethernet/IPv4/UDP (or TCP) frame from src:sport to dst:dport.
+struct Frame {
+    std::array<uint8_t, 64> bytes{};
+    serpens_pkt view{};
+};
+
+Frame udp_frame(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint8_t proto = 17)
+{
+    Frame f;
+    uint8_t *b = f.bytes.data();
+    b[12] = 0x08; // IPv4
+    uint8_t *ip = b + 14;
+    ip[0] = 0x45;
+    const uint16_t total = htons(proto == 6 ? 40 : 28);
+    std::memcpy(ip + 2, &total, 2);
+    ip[8] = 64;
+    ip[9] = proto;
+    const uint32_t s = htonl(src), d = htonl(dst);
+    std::memcpy(ip + 12, &s, 4);
+    std::memcpy(ip + 16, &d, 4);
+    uint8_t *l4 = ip + 20;
+    const uint16_t sp = htons(sport), dp = htons(dport);
+    std::memcpy(l4, &sp, 2);
+    std::memcpy(l4 + 2, &dp, 2);
+    if (proto == 6) {
+        l4[12] = 0x50;
+    } else {
+        const uint16_t ulen = htons(8);
+        std::memcpy(l4 + 4, &ulen, 2);
+    }
+    net::FlowKey key;
+    f.view.data = b;
+    f.view.len = static_cast<uint32_t>(f.bytes.size());
+    REQUIRE(net::parse_packet(f.view, key) == net::ParseResult::ok);
+    return f;
+}
+
+struct Looked {
+    void *entry = nullptr;
+    uint8_t flags = 0;
+};
+
+Looked look(FlowTable &t, Frame &f, uint64_t now)
+{
+    Looked r;
+    f.view.data = f.bytes.data(); // the frame may have moved (a vector of them grew)
+    t.lookup_burst(&f.view, sizeof(serpens_pkt), 1, now, &r.entry, &r.flags);
+    return r;
+}
+
+FlowTableSpec spec_of(uint64_t capacity, uint64_t idle_ns = 300 * second)
+{
+    FlowTableSpec spec;
+    spec.chain = "c";
+    spec.capacity = capacity;
+    spec.idle_timeout_ns = idle_ns;
+    spec.areas = {{"fw", 8, 0}, {"mon", 24, 0}, {"none", 0, 0}, {"nat", 8, 0}};
+    return spec;
+}
+
+std::unique_ptr<FlowTable> open_table(const ScratchDir &dir, FlowTableSpec spec)
+{
+    std::string err;
+    auto t = FlowTable::open(dir.path / "flows.seg", std::move(spec), err);
+    INFO(err);
+    REQUIRE(t != nullptr);
+    return t;
+}
+
+struct Expired {
+    std::vector<uint8_t *> entries;
+    static void hook(void *self, uint8_t *entry) noexcept { static_cast<Expired *>(self)->entries.push_back(entry); }
+};
+
+constexpr uint64_t all_parts[4] = {~0ull, ~0ull, ~0ull, ~0ull};
+
+} // namespace
+
+TEST_CASE("areas are laid out in chain order, 8-byte aligned, NFs without state left out")
+{
+    FlowTableSpec spec = spec_of(1024);
+    spec.areas[1].size = 20;
+    const uint32_t size = spec.layout();
+    REQUIRE(spec.areas.size() == 3);
+    CHECK(spec.areas[0].offset == flow_entry_header);
+    CHECK(spec.areas[1].offset == flow_entry_header + 8);
+    CHECK(spec.areas[2].nf == "nat");
+    CHECK(spec.areas[2].offset == flow_entry_header + 8 + 24);
+    CHECK(size % 64 == 0);
+    CHECK(size >= spec.areas[2].offset + 8);
+}
+
+TEST_CASE("both directions of a flow share one entry; the first packet creates it")
+{
+    ScratchDir dir("flows-dir");
+    auto t = open_table(dir, spec_of(4096));
+    Frame out = udp_frame(0x0a000001, 40000, 0xc0a80001, 53);
+    Frame back = udp_frame(0xc0a80001, 53, 0x0a000001, 40000);
+    CHECK(out.view.flow_hash == back.view.flow_hash);
+
+    Looked first = look(*t, out, 1);
+    REQUIRE(first.entry != nullptr);
+    CHECK(first.flags == SERPENS_FLOW_NEW);
+    Looked again = look(*t, out, 2);
+    CHECK(again.entry == first.entry);
+    CHECK(again.flags == 0);
+    Looked reply = look(*t, back, 3);
+    CHECK(reply.entry == first.entry);
+    CHECK(reply.flags == SERPENS_FLOW_REPLY);
+
+    // Another flow (other port, other protocol) has its own entry.
+    Frame other = udp_frame(0x0a000001, 40001, 0xc0a80001, 53);
+    Frame tcp = udp_frame(0x0a000001, 40000, 0xc0a80001, 53, 6);
+    CHECK(look(*t, other, 4).entry != first.entry);
+    CHECK(look(*t, tcp, 4).entry != first.entry);
+    CHECK(t->totals().live == 3);
+
+    // A flow opened from the "higher" side is a reply the other way round.
+    Frame high_first = udp_frame(0xc0a80009, 80, 0x0a000009, 5000);
+    Frame high_reply = udp_frame(0x0a000009, 5000, 0xc0a80009, 80);
+    CHECK(look(*t, high_first, 5).flags == SERPENS_FLOW_NEW);
+    CHECK(look(*t, high_reply, 5).flags == SERPENS_FLOW_REPLY);
+}
+
+TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow once")
+{
+    ScratchDir dir("flows-burst");
+    auto t = open_table(dir, spec_of(4096));
+    std::vector<Frame> frames;
+    for (uint16_t i = 0; i < 40; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(1000 + i % 10), 0x0a000002, 80));
+    }
+    Frame arp;
+    arp.bytes[12] = 0x08;
+    arp.bytes[13] = 0x06;
+    net::FlowKey key;
+    arp.view.data = arp.bytes.data();
+    arp.view.len = 64;
+    net::parse_packet(arp.view, key);
+    frames.push_back(arp);
+    std::vector<serpens_pkt> views;
+    for (Frame &f : frames) {
+        f.view.data = f.bytes.data();
+        views.push_back(f.view);
+    }
+    std::vector<void *> entries(views.size());
+    std::vector<uint8_t> flags(views.size());
+    t->lookup_burst(views.data(), sizeof(serpens_pkt), static_cast<uint32_t>(views.size()), 1, entries.data(),
+                    flags.data());
+    CHECK(entries.back() == nullptr);
+    CHECK(t->totals().live == 10);
+    for (std::size_t i = 0; i < 40; ++i) {
+        CHECK(entries[i] == entries[i % 10]);
+        CHECK(flags[i] == (i < 10 ? SERPENS_FLOW_NEW : 0));
+    }
+}
+
+TEST_CASE("areas persist across a re-open; a changed layout starts afresh")
+{
+    ScratchDir dir("flows-reopen");
+    Frame f = udp_frame(0x0a000001, 1234, 0x0a000002, 80);
+    {
+        auto t = open_table(dir, spec_of(4096));
+        auto *entry = static_cast<uint8_t *>(look(*t, f, 1).entry);
+        REQUIRE(entry != nullptr);
+        const uint64_t verdict = 0x1122334455667788ull;
+        std::memcpy(entry + t->spec().areas[0].offset, &verdict, 8);
+    }
+    {
+        auto t = open_table(dir, spec_of(4096));
+        Looked again = look(*t, f, 2);
+        REQUIRE(again.entry != nullptr);
+        CHECK(again.flags == 0);
+        uint64_t verdict = 0;
+        std::memcpy(&verdict, static_cast<uint8_t *>(again.entry) + t->spec().areas[0].offset, 8);
+        CHECK(verdict == 0x1122334455667788ull);
+    }
+    FlowTableSpec other = spec_of(4096);
+    other.areas[1].size = 32; // mon keeps more now: old entries mean nothing
+    auto t = open_table(dir, other);
+    CHECK(t->totals().live == 0);
+    CHECK(look(*t, f, 3).flags == SERPENS_FLOW_NEW);
+    bool moved_aside = false;
+    for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
+        moved_aside = moved_aside || e.path().filename().string().starts_with("flows.seg.bad-");
+    }
+    CHECK(moved_aside);
+}
+
+TEST_CASE("idle flows expire in the owner's parts only, through the hook, and come back as new")
+{
+    ScratchDir dir("flows-expire");
+    auto t = open_table(dir, spec_of(4096, 1 * second));
+    std::vector<Frame> frames;
+    for (uint16_t i = 0; i < 200; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(2000 + i), 0x0a000002, 80));
+        REQUIRE(look(*t, frames.back(), 0).flags == SERPENS_FLOW_NEW);
+    }
+    // Flow 0 stays busy.
+    REQUIRE(look(*t, frames[0], 2 * second).entry != nullptr);
+
+    Expired expired;
+    FlowSweepCursor cursor;
+    // Owning no part: nothing goes.
+    const uint64_t none[4] = {};
+    CHECK(t->expire(none, cursor, 3 * second / 2 + 2 * second, 1 << 20, &Expired::hook, &expired) == 0);
+    // Owning only the parts of flows 1..: the sweep is incremental (a few
+    // buckets a call) and covers them all.
+    uint64_t owned[4] = {};
+    const uint32_t busy_part = frames[0].view.flow_hash % flow_parts;
+    std::size_t expected = 0;
+    for (std::size_t i = 1; i < frames.size(); ++i) {
+        const uint32_t p = frames[i].view.flow_hash % flow_parts;
+        if (p != busy_part) {
+            owned[p / 64] |= uint64_t{1} << (p % 64);
+        }
+    }
+    for (std::size_t i = 1; i < frames.size(); ++i) {
+        const uint32_t p = frames[i].view.flow_hash % flow_parts;
+        expected += (owned[p / 64] >> (p % 64)) & 1u;
+    }
+    std::size_t gone = 0;
+    for (int call = 0; call < 100000 && gone < expected; ++call) {
+        gone += t->expire(owned, cursor, 3 * second, 4, &Expired::hook, &expired);
+    }
+    CHECK(gone == expected);
+    CHECK(expired.entries.size() == expected);
+    CHECK(t->totals().expired == expected);
+    CHECK(t->totals().live == frames.size() - expected);
+    // The busy flow is still there; an expired one comes back as new.
+    CHECK(look(*t, frames[0], 3 * second).flags == 0);
+    for (std::size_t i = 1; i < frames.size(); ++i) {
+        const uint32_t p = frames[i].view.flow_hash % flow_parts;
+        if (p != busy_part) {
+            CHECK(look(*t, frames[i], 3 * second).flags == SERPENS_FLOW_NEW);
+            break;
+        }
+    }
+}
+
+TEST_CASE("a full bucket pair refuses new flows and counts them; existing flows go on")
+{
+    ScratchDir dir("flows-full");
+    auto t = open_table(dir, spec_of(16)); // a few buckets per part
+    // Every flow forced into one part and one primary bucket: it holds two
+    // buckets' worth (its own and its alternative), then refuses.
+    const uint32_t slots = 2 * flow_bucket_slots;
+    std::vector<Frame> frames;
+    std::vector<void *> entries;
+    for (uint16_t i = 0; i < slots + 5; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(3000 + i), 0x0a000002, 80));
+        frames.back().view.flow_hash = 0x00000100; // part 0, primary bucket 0
+        entries.push_back(look(*t, frames.back(), 1).entry);
+    }
+    for (uint32_t i = 0; i < frames.size(); ++i) {
+        CHECK((entries[i] != nullptr) == (i < slots));
+    }
+    CHECK(t->totals().refused_full == 5);
+    CHECK(t->totals().live == slots);
+    // Entries in the alternative bucket are still found.
+    for (uint32_t i = 0; i < slots; ++i) {
+        CHECK(look(*t, frames[i], 2).entry == entries[i]);
+    }
+    // Once one goes, a new flow fits again.
+    Expired expired;
+    FlowSweepCursor cursor;
+    t.reset();
+    auto t2 = open_table(dir, spec_of(16, 1 * second)); // same layout: the timeout is the host's setting
+    look(*t2, frames[1], 10 * second);
+    for (int call = 0; call < 1000; ++call) {
+        t2->expire(all_parts, cursor, 10 * second, 64, &Expired::hook, &expired);
+    }
+    CHECK(expired.entries.size() == slots - 1);
+    CHECK(look(*t2, frames[slots], 10 * second).flags == SERPENS_FLOW_NEW);
+}
+
+TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn entry")
+{
+    ScratchDir dir("flows-crash");
+    const FlowTableSpec spec = spec_of(1 << 16);
+    auto *progress = static_cast<std::atomic<uint64_t> *>(
+        ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(progress != MAP_FAILED);
+    for (int round = 0; round < 5; ++round) {
+        progress->store(0);
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            std::string err;
+            auto t = FlowTable::open(dir.path / "flows.seg", spec, err);
+            if (!t) {
+                ::_exit(3);
+            }
+            for (uint64_t i = 0;; ++i) {
+                const auto n = static_cast<uint32_t>(i % 60000);
+                Frame f = udp_frame(0x0a000000 + (n >> 8), static_cast<uint16_t>(1024 + (n & 0xff)), 0x0a800000, 443);
+                auto *entry = static_cast<uint8_t *>(look(*t, f, i).entry);
+                if (entry != nullptr) {
+                    uint64_t count;
+                    std::memcpy(&count, entry + t->spec().areas[1].offset, 8);
+                    ++count;
+                    std::memcpy(entry + t->spec().areas[1].offset, &count, 8);
+                }
+                progress->store(i + 1, std::memory_order_relaxed);
+            }
+        }
+        while (progress->load() < static_cast<uint64_t>(20000 * (round + 1))) {
+            ::usleep(100);
+        }
+        ::kill(pid, SIGKILL);
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+
+        auto t = open_table(dir, spec);
+        Expired expired;
+        t->recover(&Expired::hook, &expired);
+        std::size_t entries = 0;
+        std::size_t bad = 0;
+        t->for_each_entry([&](const uint8_t *entry) {
+            ++entries;
+            const net::FlowKey &k = FlowTable::entry_key(entry);
+            net::FlowKey again = k;
+            // Its key is one the child made, stored canonically, under its hash.
+            bad += !(k.ip_version == 4 && k.proto == 17 && k.is_canonical() && again.hash() == FlowTable::entry_hash(entry));
+        });
+        CHECK(bad == 0);
+        CHECK(entries == t->totals().live);
+        CHECK(entries > 0);
+    }
+    ::munmap(progress, sizeof(std::atomic<uint64_t>));
+}
