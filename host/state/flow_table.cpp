@@ -280,7 +280,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         return fail("flock", errno);
     }
     uint64_t size = want.file_size;
-    if (struct statfs fs {}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
+    if (struct statfs fs{}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
         const auto page = static_cast<uint64_t>(fs.f_bsize); // hugetlbfs files are whole pages
         size = (size + page - 1) / page * page;
         want.file_size = size;
@@ -318,8 +318,7 @@ FlowTable::Part FlowTable::part(uint32_t p) const noexcept
 {
     uint8_t *base = _map + flow_header_size + _part_size * p;
     auto *buckets = reinterpret_cast<BucketLine *>(base + sizeof(PartHeader));
-    return {reinterpret_cast<PartHeader *>(base), buckets,
-            reinterpret_cast<uint8_t *>(buckets + _n_buckets), p};
+    return {reinterpret_cast<PartHeader *>(base), buckets, reinterpret_cast<uint8_t *>(buckets + _n_buckets), p};
 }
 
 uint8_t *FlowTable::entry_at(uint32_t p, uint32_t bucket, uint32_t slot) const noexcept
@@ -450,7 +449,8 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
     uint8_t *candidate[chunk];
     const uint32_t now = coarse_units(now_ns);
     auto view = [&](uint32_t i) -> const serpens_pkt & {
-        return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) + std::size_t{i} * stride);
+        return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) +
+                                                      std::size_t{i} * stride);
     };
     for (uint32_t base = 0; base < n; base += chunk) {
         const uint32_t m = std::min(chunk, n - base);
@@ -479,8 +479,8 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             const uint32_t sig = signature(hash);
             for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
                 if (ld32(&line.sig[s]) == sig) {
-                    candidate[j] =
-                        part(hash % flow_parts).entries + (std::size_t{primary[j]} * flow_bucket_slots + s) * _entry_size;
+                    candidate[j] = part(hash % flow_parts).entries +
+                                   (std::size_t{primary[j]} * flow_bucket_slots + s) * _entry_size;
                     __builtin_prefetch(candidate[j], 1, 3);
                     break;
                 }

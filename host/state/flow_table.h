@@ -50,16 +50,16 @@ inline constexpr uint32_t flow_entry_header = 64; // NF areas start here
 
 // One NF's area in every entry.
 struct FlowArea {
-    std::string nf;     // the name the chain gives the NF (identifies the layout)
-    uint32_t size = 0;  // bytes the NF asked for
+    std::string nf;      // the name the chain gives the NF (identifies the layout)
+    uint32_t size = 0;   // bytes the NF asked for
     uint32_t offset = 0; // from the entry's start; set by FlowTableSpec::layout
 };
 
 struct FlowTableSpec {
     std::string chain;
-    uint64_t capacity = 65536;      // flows the table must hold
+    uint64_t capacity = 65536;                     // flows the table must hold
     uint64_t idle_timeout_ns = 300'000'000'000ull; // 0: entries never expire
-    std::vector<FlowArea> areas;    // in chain order; zero-sized ones are left out
+    std::vector<FlowArea> areas;                   // in chain order; zero-sized ones are left out
 
     // Sets each area's offset; returns the entry size (a multiple of 64).
     uint32_t layout();
@@ -126,7 +126,7 @@ public:
     uint32_t sweep_buckets(uint64_t period_ns) const noexcept;
 
     // Cold path (tools, tests; no worker writing): fn on every entry.
-    template <class Fn>
+    template<class Fn>
     void for_each_entry(Fn &&fn) const
     {
         for (uint32_t p = 0; p < flow_parts; ++p) {
@@ -174,7 +174,7 @@ private:
     uint8_t *_map = nullptr;
     std::size_t _map_size = 0;
     uint32_t _entry_size = 0;
-    uint32_t _n_buckets = 0;  // per part
+    uint32_t _n_buckets = 0; // per part
     std::size_t _part_size = 0;
     uint32_t _idle_units = 0; // timeout in coarse units (0: never)
 };

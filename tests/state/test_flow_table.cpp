@@ -350,7 +350,8 @@ TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn e
             const net::FlowKey &k = FlowTable::entry_key(entry);
             net::FlowKey again = k;
             // Its key is one the child made, stored canonically, under its hash.
-            bad += !(k.ip_version == 4 && k.proto == 17 && k.is_canonical() && again.hash() == FlowTable::entry_hash(entry));
+            bad += !(k.ip_version == 4 && k.proto == 17 && k.is_canonical() &&
+                     again.hash() == FlowTable::entry_hash(entry));
         });
         CHECK(bad == 0);
         CHECK(entries == t->totals().live);
