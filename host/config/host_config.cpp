@@ -278,7 +278,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         cfg.pool = static_cast<uint32_t>(r.integer_or("pool", cfg.pool, 0, 16));
         cfg.keep_warm_s = r.double_or("keep_warm_s", cfg.keep_warm_s, 0, 86400);
         cfg.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 65536, 16, int64_t{1} << 32));
-        cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, 86400 * 7);
+        cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, 34000); // idle times are 16-bit (flow_table.h)
     }
 
     for (const toml::table *t : top.table_array("instance")) {
@@ -292,7 +292,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             inst.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 0, 16, int64_t{1} << 32));
         }
         if (t->contains("flow_idle_s")) {
-            inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, 86400 * 7);
+            inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, 34000);
         }
         if (const toml::array *lcores = r.optional_array("lcores")) {
             for (const toml::node &n : *lcores) {

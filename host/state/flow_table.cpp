@@ -52,24 +52,18 @@ struct alignas(64) PartHeader {
 };
 static_assert(sizeof(PartHeader) == 64);
 
+// What a lookup reads first, and everything about a slot but its key: so an
+// entry is the key and the NF areas only, and small areas share its line.
 struct alignas(64) BucketLine {
-    uint32_t sig[flow_bucket_slots]; // 0: empty slot
-    uint32_t overflow;               // flows of this primary living in their alternative
-    uint32_t pad[7];
+    uint32_t sig[flow_bucket_slots];       // (hash >> 8) | 1 << 31; 0: empty slot
+    uint16_t last_seen[flow_bucket_slots]; // idle units (2^30 ns), modulo 2^16
+    uint32_t overflow;                     // flows of this primary living in their alternative
+    uint8_t initiator;                     // bit s: slot s's first packet went key.dst -> key.src
+    uint8_t expiring;                      // bit s: slot s is being removed (hooks running)
+    uint8_t pad[10];
 };
 static_assert(sizeof(BucketLine) == 64);
-
-// The entry header; NF areas follow at flow_entry_header.
-struct EntryHeader {
-    net::FlowKey key;   // canonical: both directions look it up alike
-    uint32_t hash;      // the flow hash (which part and buckets)
-    uint32_t last_seen; // coarse units (table.h)
-    uint8_t state;      // entry_live / entry_expiring
-    uint8_t initiator;  // 1: the first packet went from key.dst to key.src
-};
-static_assert(sizeof(EntryHeader) <= flow_entry_header);
-
-enum : uint8_t { entry_live = 1, entry_expiring = 2 };
+static_assert(sizeof(net::FlowKey) == flow_entry_header);
 
 struct FlowTable::Part {
     PartHeader *header;
@@ -82,8 +76,15 @@ namespace {
 
 std::string errno_text(int e) { return std::strerror(e); }
 
-// The signature of a flow hash: its bits above the part, never 0.
+// The signature of a flow hash: its bits above the part, never 0.  With the
+// part it gives the hash back.
 inline uint32_t signature(uint32_t hash) noexcept { return (hash >> 8) | 0x80000000u; }
+inline uint32_t hash_of(uint32_t sig, uint32_t part) noexcept { return (sig << 8) | part; }
+
+// Idle time is kept in units of 2^30 ns (about a second) in 16 bits.
+inline uint16_t idle_units(uint64_t ns) noexcept { return static_cast<uint16_t>(ns >> 30); }
+inline void st16(uint16_t *p, uint16_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline void st8(uint8_t *p, uint8_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
 inline uint32_t ld32(const uint32_t *p) noexcept { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline void st32_rel(uint32_t *p, uint32_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -202,10 +203,10 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     t->_entry_size = entry_size;
     t->_n_buckets = want.buckets_per_part;
     t->_part_size = part_size;
-    t->_idle_units = t->_spec.idle_timeout_ns == 0
-                         ? 0
-                         : std::max<uint32_t>(1, coarse_units(std::min<uint64_t>(t->_spec.idle_timeout_ns,
-                                                                                 uint64_t{UINT32_MAX / 2} << 20)));
+    t->_idle_units =
+        t->_spec.idle_timeout_ns == 0
+            ? 0
+            : std::clamp<uint32_t>(static_cast<uint32_t>(t->_spec.idle_timeout_ns >> 30), 1, flow_max_idle_units);
     auto map = [&](int fd, std::size_t size) {
         void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
@@ -321,18 +322,15 @@ FlowTable::Part FlowTable::part(uint32_t p) const noexcept
     return {reinterpret_cast<PartHeader *>(base), buckets, reinterpret_cast<uint8_t *>(buckets + _n_buckets), p};
 }
 
-uint8_t *FlowTable::entry_at(uint32_t p, uint32_t bucket, uint32_t slot) const noexcept
+uint8_t *FlowTable::entry_at(uint32_t p, uint32_t bucket, uint32_t slot, uint32_t &hash) const noexcept
 {
     const Part pv = part(p);
-    if (ld32(&pv.buckets[bucket].sig[slot]) == 0) {
+    const uint32_t sig = ld32(&pv.buckets[bucket].sig[slot]);
+    if (sig == 0) {
         return nullptr;
     }
+    hash = hash_of(sig, p);
     return pv.entries + (std::size_t{bucket} * flow_bucket_slots + slot) * _entry_size;
-}
-
-uint32_t FlowTable::entry_hash(const uint8_t *entry) noexcept
-{
-    return reinterpret_cast<const EntryHeader *>(entry)->hash;
 }
 
 uint32_t FlowTable::primary_bucket(uint32_t hash) const noexcept
@@ -360,7 +358,7 @@ uint8_t *FlowTable::find(const Part &part, uint32_t hash, const net::FlowKey &ke
         for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
             if (ld32(&line.sig[s]) == sig) {
                 uint8_t *entry = part.entries + (std::size_t{b} * flow_bucket_slots + s) * _entry_size;
-                if (same_key(reinterpret_cast<const EntryHeader *>(entry)->key, key)) {
+                if (same_key(entry_key(entry), key)) {
                     return entry;
                 }
             }
@@ -377,7 +375,7 @@ uint8_t *FlowTable::find(const Part &part, uint32_t hash, const net::FlowKey &ke
 }
 
 uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi,
-                           uint32_t primary, uint32_t alternative, uint32_t now) noexcept
+                           uint32_t primary, uint32_t alternative, uint16_t now) noexcept
 {
     auto free_slot = [&](uint32_t b) -> int {
         for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
@@ -402,15 +400,16 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
         bump(part.header->counters.refused_full);
         return nullptr;
     }
-    uint8_t *entry = part.entries + (std::size_t{b} * flow_bucket_slots + static_cast<uint32_t>(s)) * _entry_size;
+    const auto slot = static_cast<uint32_t>(s);
+    uint8_t *entry = part.entries + (std::size_t{b} * flow_bucket_slots + slot) * _entry_size;
+    std::memcpy(entry, &key, sizeof key);
     std::memset(entry + flow_entry_header, 0, _entry_size - flow_entry_header);
-    auto *h = reinterpret_cast<EntryHeader *>(entry);
-    h->key = key;
-    h->hash = hash;
-    h->last_seen = now;
-    h->state = entry_live;
-    h->initiator = initiator_hi ? 1 : 0;
-    st32_rel(&part.buckets[b].sig[s], signature(hash)); // publishes the entry
+    BucketLine &line = part.buckets[b];
+    st16(&line.last_seen[slot], now);
+    const auto bit = static_cast<uint8_t>(1u << slot);
+    st8(&line.initiator, static_cast<uint8_t>(initiator_hi ? line.initiator | bit : line.initiator & ~bit));
+    st8(&line.expiring, static_cast<uint8_t>(line.expiring & ~bit));
+    st32_rel(&line.sig[slot], signature(hash)); // publishes the entry
     bump(part.header->counters.live);
     bump(part.header->counters.created);
     return entry;
@@ -419,13 +418,14 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
 void FlowTable::remove(const Part &part, uint32_t bucket, uint32_t slot, ExpireFn fn, void *arg) noexcept
 {
     uint8_t *entry = part.entries + (std::size_t{bucket} * flow_bucket_slots + slot) * _entry_size;
-    auto *h = reinterpret_cast<EntryHeader *>(entry);
-    __atomic_store_n(&h->state, entry_expiring, __ATOMIC_RELEASE);
+    BucketLine &line = part.buckets[bucket];
+    const uint32_t hash = hash_of(ld32(&line.sig[slot]), part.index);
+    st8(&line.expiring, static_cast<uint8_t>(line.expiring | 1u << slot));
     if (fn != nullptr) {
         fn(arg, entry);
     }
-    st32_rel(&part.buckets[bucket].sig[slot], 0);
-    const uint32_t primary = primary_bucket(h->hash);
+    st32_rel(&line.sig[slot], 0);
+    const uint32_t primary = primary_bucket(hash);
     if (primary != bucket) {
         // Lowered after the entry is gone: never too low.
         uint32_t &overflow = part.buckets[primary].overflow;
@@ -447,7 +447,7 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
     bool reverse[chunk];
     uint32_t primary[chunk];
     uint8_t *candidate[chunk];
-    const uint32_t now = coarse_units(now_ns);
+    const uint16_t now = idle_units(now_ns);
     auto view = [&](uint32_t i) -> const serpens_pkt & {
         return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) +
                                                       std::size_t{i} * stride);
@@ -481,7 +481,9 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
                 if (ld32(&line.sig[s]) == sig) {
                     candidate[j] = part(hash % flow_parts).entries +
                                    (std::size_t{primary[j]} * flow_bucket_slots + s) * _entry_size;
-                    __builtin_prefetch(candidate[j], 1, 3);
+                    for (uint32_t off = 0; off < _entry_size; off += 64) {
+                        __builtin_prefetch(candidate[j] + off, 1, 3); // the NFs' areas too
+                    }
                     break;
                 }
             }
@@ -493,7 +495,7 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             const uint32_t hash = view(base + j).flow_hash;
             const Part p = part(hash % flow_parts);
             uint8_t *entry = candidate[j];
-            if (entry == nullptr || !same_key(reinterpret_cast<const EntryHeader *>(entry)->key, keys[j])) {
+            if (entry == nullptr || !same_key(entry_key(entry), keys[j])) {
                 // A miss, a signature collision, or a flow an earlier packet of
                 // this burst created: the full search (its lines are cached).
                 entry = find(p, hash, keys[j], primary[j], alternative_bucket(hash, primary[j]));
@@ -506,11 +508,14 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             if (entry == nullptr) {
                 continue;
             }
-            auto *h = reinterpret_cast<EntryHeader *>(entry);
-            if (h->last_seen != now) {
-                st32(&h->last_seen, now);
+            // Its bucket line (cached by the search): last use and direction.
+            const std::size_t index = static_cast<std::size_t>(entry - p.entries) / _entry_size;
+            BucketLine &line = p.buckets[index / flow_bucket_slots];
+            const auto slot = static_cast<uint32_t>(index % flow_bucket_slots);
+            if (line.last_seen[slot] != now) {
+                st16(&line.last_seen[slot], now);
             }
-            if (static_cast<uint8_t>(reverse[j]) != h->initiator) {
+            if (reverse[j] != ((line.initiator >> slot & 1u) != 0)) {
                 f |= SERPENS_FLOW_REPLY;
             }
             entries[base + j] = entry;
@@ -525,7 +530,7 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
     if (_idle_units == 0) {
         return 0;
     }
-    const uint32_t now = coarse_units(now_ns);
+    const uint16_t now = idle_units(now_ns);
     std::size_t gone = 0;
     // Unowned parts are skipped without counting against the budget, but a
     // call looks at each part at most once.
@@ -544,10 +549,10 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
                 if (ld32(&part_view.buckets[b].sig[s]) == 0) {
                     continue;
                 }
-                const auto *h = reinterpret_cast<const EntryHeader *>(
-                    part_view.entries + (std::size_t{b} * flow_bucket_slots + s) * _entry_size);
-                // Wrap-safe: idle time in units, modulo 2^32.
-                if (now - h->last_seen > _idle_units) {
+                // Idle time modulo 2^16 units: right while below half of that
+                // (flow_max_idle_units), and a sweep passes much more often.
+                const auto idle = static_cast<uint16_t>(now - part_view.buckets[b].last_seen[s]);
+                if (idle > _idle_units) {
                     remove(part_view, b, s, fn, arg);
                     ++gone;
                 }
@@ -584,9 +589,7 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
                 if (ld32(&pv.buckets[b].sig[s]) == 0) {
                     continue;
                 }
-                const auto *h = reinterpret_cast<const EntryHeader *>(
-                    pv.entries + (std::size_t{b} * flow_bucket_slots + s) * _entry_size);
-                if (h->state == entry_expiring) {
+                if ((pv.buckets[b].expiring >> s & 1u) != 0) {
                     remove(pv, b, s, fn, arg);
                     ++done;
                 } else {

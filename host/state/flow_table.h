@@ -17,9 +17,11 @@
 //
 // Within a part a flow may live in one of two buckets (its primary or its
 // alternative; 8 slots each), chosen from the flow hash.  A bucket line holds
-// the 8 slots' signatures (0: empty) and `overflow`, the number of flows whose
-// primary is this bucket but which live in their alternative: a lookup reads
-// the alternative only when that is not 0.
+// what a lookup reads before any entry: the 8 slots' signatures (0: empty),
+// last use and direction, and `overflow`, the number of flows whose primary
+// is this bucket but which live in their alternative (a lookup reads the
+// alternative only when that is not 0).  An entry is the flow's key and the
+// NFs' areas, nothing else, so small areas share the key's cache line.
 //
 // Crash guarantee (SIGKILL at any instruction): an entry is written (key,
 // zeroed NF areas) before its signature is stored, so no reader or restart
@@ -28,6 +30,8 @@
 // at the alternative) but never too low.  Removing marks the entry expiring,
 // runs the NFs' flow_expired hooks, then clears the signature; an entry still
 // marked expiring at the next attach gets its hooks again (recover()).
+// Idle timeouts are whole units of 2^30 ns (about a second), at most
+// flow_max_idle_units.
 
 #include "net/parse.h"
 
@@ -46,7 +50,10 @@ namespace serpens::state {
 // checks that they agree).
 inline constexpr uint32_t flow_parts = 256;
 inline constexpr uint32_t flow_bucket_slots = 8;
-inline constexpr uint32_t flow_entry_header = 64; // NF areas start here
+inline constexpr uint32_t flow_entry_header = 40; // the key; NF areas follow
+// Longest idle timeout, in units of 2^30 ns (about 9.5 hours): idle times
+// are kept modulo 2^16 units.
+inline constexpr uint32_t flow_max_idle_units = 32000;
 
 // One NF's area in every entry.
 struct FlowArea {
@@ -125,22 +132,22 @@ public:
     // whole pass takes at most half the idle timeout.
     uint32_t sweep_buckets(uint64_t period_ns) const noexcept;
 
-    // Cold path (tools, tests; no worker writing): fn on every entry.
+    // Cold path (tools, tests; no worker writing): fn(entry, flow hash) on
+    // every entry.
     template<class Fn>
     void for_each_entry(Fn &&fn) const
     {
         for (uint32_t p = 0; p < flow_parts; ++p) {
             for (uint32_t b = 0; b < _n_buckets; ++b) {
                 for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-                    if (uint8_t *entry = entry_at(p, b, s)) {
-                        fn(static_cast<const uint8_t *>(entry));
+                    uint32_t hash = 0;
+                    if (const uint8_t *entry = entry_at(p, b, s, hash)) {
+                        fn(entry, hash);
                     }
                 }
             }
         }
     }
-    // The entry's flow hash.
-    static uint32_t entry_hash(const uint8_t *entry) noexcept;
 
     // The entry's key, in canonical form (for tools and tests).
     static const net::FlowKey &entry_key(const uint8_t *entry) noexcept
@@ -158,12 +165,13 @@ public:
 private:
     struct Part;
     FlowTable() = default;
-    uint8_t *entry_at(uint32_t part, uint32_t bucket, uint32_t slot) const noexcept; // nullptr: empty
+    // The entry in a slot and its flow hash; nullptr: empty.
+    uint8_t *entry_at(uint32_t part, uint32_t bucket, uint32_t slot, uint32_t &hash) const noexcept;
     Part part(uint32_t p) const noexcept;
     uint8_t *find(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t primary,
                   uint32_t alternative) const noexcept;
     uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t primary,
-                    uint32_t alternative, uint32_t now) noexcept;
+                    uint32_t alternative, uint16_t now) noexcept;
     void remove(const Part &part, uint32_t bucket, uint32_t slot, ExpireFn fn, void *arg) noexcept;
     uint32_t primary_bucket(uint32_t hash) const noexcept;
     uint32_t alternative_bucket(uint32_t hash, uint32_t primary) const noexcept;
@@ -176,7 +184,7 @@ private:
     uint32_t _entry_size = 0;
     uint32_t _n_buckets = 0; // per part
     std::size_t _part_size = 0;
-    uint32_t _idle_units = 0; // timeout in coarse units (0: never)
+    uint32_t _idle_units = 0; // timeout in units of 2^30 ns (0: never)
 };
 
 } // namespace serpens::state
