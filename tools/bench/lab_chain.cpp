@@ -37,6 +37,7 @@ NfChain::NfChain(const Options &opts, const ScratchDir &dir, const std::vector<s
     state::StoreOptions so;
     so.root = dir.path() / ("state-" + chain_name);
     _state_root = so.root;
+    _flow_capacity = std::max<uint64_t>(65536, params.flows);
     so.host_id = "bench";
     so.flow_idle_timeout_ns = 0;
     _store = std::make_unique<state::StateStore>(so);
@@ -58,8 +59,8 @@ ExecutorResolver NfChain::resolver()
 FlowTableResolver NfChain::flow_tables()
 {
     state::StateStore *store = _store.get();
-    return [store](state::FlowTableSpec spec, bool &first) {
-        spec.capacity = uint64_t{1} << 20;
+    return [store, capacity = _flow_capacity](state::FlowTableSpec spec, bool &first) {
+        spec.capacity = capacity;
         spec.idle_timeout_ns = 0;
         return &store->flow_table(std::move(spec), first);
     };
