@@ -94,9 +94,34 @@ inline void bump(uint64_t &counter, uint64_t by = 1) noexcept
     __atomic_store_n(&counter, __atomic_load_n(&counter, __ATOMIC_RELAXED) + by, __ATOMIC_RELAXED);
 }
 
+// Inline word compares: the library calls were 12% of a lookup's profile.
 inline bool same_key(const net::FlowKey &a, const net::FlowKey &b) noexcept
 {
-    return std::memcmp(&a, &b, sizeof a) == 0;
+    uint64_t x[5], y[5];
+    std::memcpy(x, &a, sizeof x);
+    std::memcpy(y, &b, sizeof y);
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+// FlowKey::is_canonical(), inline: the lower (address, port) endpoint first,
+// addresses compared as big-endian numbers (bytewise).
+inline bool canonical_order(const net::FlowKey &k) noexcept
+{
+    uint64_t s[2], d[2];
+    std::memcpy(s, k.src.data(), sizeof s);
+    std::memcpy(d, k.dst.data(), sizeof d);
+    for (int w = 0; w < 2; ++w) {
+        if (s[w] != d[w]) {
+            return __builtin_bswap64(s[w]) < __builtin_bswap64(d[w]);
+        }
+    }
+    return k.src_port <= k.dst_port;
+}
+
+inline void reverse_in_place(net::FlowKey &k) noexcept
+{
+    std::swap(k.src, k.dst);
+    std::swap(k.src_port, k.dst_port);
 }
 
 // Buckets a part needs so that its share of `capacity` fits with room for the
@@ -315,7 +340,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     return t;
 }
 
-FlowTable::Part FlowTable::part(uint32_t p) const noexcept
+[[gnu::always_inline]] inline FlowTable::Part FlowTable::part(uint32_t p) const noexcept
 {
     uint8_t *base = _map + flow_header_size + _part_size * p;
     auto *buckets = reinterpret_cast<BucketLine *>(base + sizeof(PartHeader));
@@ -462,9 +487,9 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
                 primary[j] = UINT32_MAX;
                 continue;
             }
-            reverse[j] = !keys[j].is_canonical();
+            reverse[j] = !canonical_order(keys[j]);
             if (reverse[j]) {
-                keys[j] = keys[j].reversed();
+                reverse_in_place(keys[j]);
             }
             primary[j] = primary_bucket(pkt.flow_hash);
             __builtin_prefetch(&part(pkt.flow_hash % flow_parts).buckets[primary[j]], 0, 3);
