@@ -201,8 +201,7 @@ std::size_t ChainInstance::expire_flows(const uint64_t *owned, uint64_t now_ns, 
     if (_flows == nullptr) {
         return 0;
     }
-    return _flows->expire(owned, _sweep, now_ns, _flows->sweep_buckets(period_ns), &ChainInstance::on_flow_expired,
-                          this);
+    return _flows->expire(owned, _sweep, now_ns, _flows->sweep_slots(period_ns), &ChainInstance::on_flow_expired, this);
 }
 
 void ChainInstance::join_state()

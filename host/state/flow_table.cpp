@@ -1,8 +1,5 @@
 #include "state/flow_table.h"
 
-#include "state/layout.h"
-#include "state/table.h"
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -33,7 +30,7 @@ struct FlowTableHeader {
     uint64_t capacity;
     uint64_t idle_timeout_ns; // informational: the host's setting wins at attach
     uint32_t parts;
-    uint32_t buckets_per_part;
+    uint32_t slots_per_part;
     uint32_t entry_size;
     uint32_t n_areas;
     uint64_t file_size;
@@ -52,23 +49,22 @@ struct alignas(64) PartHeader {
 };
 static_assert(sizeof(PartHeader) == 64);
 
-// What a lookup reads first, and everything about a slot but its key: so an
-// entry is the key and the NF areas only, and small areas share its line.
-struct alignas(64) BucketLine {
-    uint32_t sig[flow_bucket_slots];       // (hash >> 8) | 1 << 31; 0: empty slot
-    uint16_t last_seen[flow_bucket_slots]; // idle units (2^30 ns), modulo 2^16
-    uint32_t overflow;                     // flows of this primary living in their alternative
-    uint8_t initiator;                     // bit s: slot s's first packet went key.dst -> key.src
-    uint8_t expiring;                      // bit s: slot s is being removed (hooks running)
-    uint8_t pad[10];
+// The first bytes of every slot: the key, then what the table keeps about
+// the flow, so the lookup of a known flow reads one line.  NF areas follow.
+struct SlotHeader {
+    net::FlowKey key;   // canonical: both directions look it up alike
+    uint32_t sig;       // (hash >> 8) | 1 << 31: a cheap first compare, and the hash with the part
+    uint16_t last_seen; // idle units (2^30 ns), modulo 2^16
+    uint8_t state;      // slot_* below; written last when a flow appears
+    uint8_t initiator;  // 1: the first packet went from key.dst to key.src
 };
-static_assert(sizeof(BucketLine) == 64);
-static_assert(sizeof(net::FlowKey) == flow_entry_header);
+static_assert(sizeof(SlotHeader) == flow_entry_header);
+
+enum : uint8_t { slot_free = 0, slot_live = 1, slot_deleted = 2, slot_expiring = 3 };
 
 struct FlowTable::Part {
     PartHeader *header;
-    BucketLine *buckets;
-    uint8_t *entries;
+    uint8_t *slots;
     uint32_t index;
 };
 
@@ -86,9 +82,6 @@ inline uint16_t idle_units(uint64_t ns) noexcept { return static_cast<uint16_t>(
 inline void st16(uint16_t *p, uint16_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void st8(uint8_t *p, uint8_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
-inline uint32_t ld32(const uint32_t *p) noexcept { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-inline void st32_rel(uint32_t *p, uint32_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-inline void st32(uint32_t *p, uint32_t v) noexcept { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void bump(uint64_t &counter, uint64_t by = 1) noexcept
 {
     __atomic_store_n(&counter, __atomic_load_n(&counter, __ATOMIC_RELAXED) + by, __ATOMIC_RELAXED);
@@ -124,13 +117,13 @@ inline void reverse_in_place(net::FlowKey &k) noexcept
     std::swap(k.src_port, k.dst_port);
 }
 
-// Buckets a part needs so that its share of `capacity` fits with room for the
-// unevenness of hashing (4 standard deviations) and for two-choice placement.
-uint32_t buckets_for(uint64_t capacity)
+// Slots a part needs: its share of `capacity` with room for the unevenness
+// of hashing (4 standard deviations), at most half full so that a linear
+// probe stays short (about 1.5 slots for a hit, 2.5 for a miss).
+uint32_t slots_for(uint64_t capacity)
 {
     const double per_part = static_cast<double>(capacity) / flow_parts;
-    const double slots = per_part * 1.1 + 4 * std::sqrt(per_part) + 8;
-    return static_cast<uint32_t>(std::ceil(slots / flow_bucket_slots));
+    return static_cast<uint32_t>(std::ceil(2 * (per_part + 4 * std::sqrt(per_part)) + 16));
 }
 
 std::vector<std::string> layout_mismatch(const FlowTableHeader &got, const FlowTableHeader &want, uint64_t size)
@@ -143,7 +136,7 @@ std::vector<std::string> layout_mismatch(const FlowTableHeader &got, const FlowT
     if (got.file_size != size) {
         why.push_back(fmt::format("file is {} bytes, its header says {}", size, got.file_size));
     }
-    if (got.capacity != want.capacity || got.buckets_per_part != want.buckets_per_part || got.parts != want.parts) {
+    if (got.capacity != want.capacity || got.slots_per_part != want.slots_per_part || got.parts != want.parts) {
         why.push_back(fmt::format("capacity {} (configured: {})", got.capacity, want.capacity));
     }
     bool same_areas = got.n_areas == want.n_areas && got.entry_size == want.entry_size;
@@ -209,7 +202,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     want.capacity = spec.capacity;
     want.idle_timeout_ns = spec.idle_timeout_ns;
     want.parts = flow_parts;
-    want.buckets_per_part = buckets_for(spec.capacity);
+    want.slots_per_part = slots_for(spec.capacity);
     want.entry_size = entry_size;
     want.n_areas = static_cast<uint32_t>(spec.areas.size());
     for (std::size_t i = 0; i < spec.areas.size(); ++i) {
@@ -218,15 +211,15 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         want.areas[i].offset = spec.areas[i].offset;
     }
     std::snprintf(want.chain, sizeof want.chain, "%s", spec.chain.c_str());
-    const std::size_t part_size = sizeof(PartHeader) + std::size_t{want.buckets_per_part} * sizeof(BucketLine) +
-                                  std::size_t{want.buckets_per_part} * flow_bucket_slots * entry_size;
+    const std::size_t part_size = sizeof(PartHeader) + std::size_t{want.slots_per_part} * entry_size;
     want.file_size = flow_header_size + part_size * flow_parts;
 
     std::unique_ptr<FlowTable> t(new FlowTable());
     t->_path = file;
     t->_spec = std::move(spec);
     t->_entry_size = entry_size;
-    t->_n_buckets = want.buckets_per_part;
+    t->_n_slots = want.slots_per_part;
+    t->_max_live = want.slots_per_part * 3 / 4;
     t->_part_size = part_size;
     t->_idle_units =
         t->_spec.idle_timeout_ns == 0
@@ -343,118 +336,99 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
 [[gnu::always_inline]] inline FlowTable::Part FlowTable::part(uint32_t p) const noexcept
 {
     uint8_t *base = _map + flow_header_size + _part_size * p;
-    auto *buckets = reinterpret_cast<BucketLine *>(base + sizeof(PartHeader));
-    return {reinterpret_cast<PartHeader *>(base), buckets, reinterpret_cast<uint8_t *>(buckets + _n_buckets), p};
+    return {reinterpret_cast<PartHeader *>(base), base + sizeof(PartHeader), p};
 }
 
-uint8_t *FlowTable::entry_at(uint32_t p, uint32_t bucket, uint32_t slot, uint32_t &hash) const noexcept
+uint8_t *FlowTable::entry_at(uint32_t p, uint32_t slot, uint32_t &hash) const noexcept
 {
-    const Part pv = part(p);
-    const uint32_t sig = ld32(&pv.buckets[bucket].sig[slot]);
-    if (sig == 0) {
+    uint8_t *entry = part(p).slots + std::size_t{slot} * _entry_size;
+    const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != slot_live) {
         return nullptr;
     }
-    hash = hash_of(sig, p);
-    return pv.entries + (std::size_t{bucket} * flow_bucket_slots + slot) * _entry_size;
+    hash = hash_of(h->sig, p);
+    return entry;
 }
 
-uint32_t FlowTable::primary_bucket(uint32_t hash) const noexcept
+uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
 {
-    // The 24 bits above the part, scaled to [0, n_buckets) without a division.
-    return static_cast<uint32_t>((uint64_t{hash >> 8} * _n_buckets) >> 24);
+    // The 24 bits above the part, scaled to [0, n_slots) without a division.
+    return static_cast<uint32_t>((uint64_t{hash >> 8} * _n_slots) >> 24);
 }
 
-uint32_t FlowTable::alternative_bucket(uint32_t hash, uint32_t primary) const noexcept
-{
-    if (_n_buckets == 1) {
-        return primary;
-    }
-    const uint32_t mixed = (hash >> 8) * 0x9e3779b1u; // another view of the same bits
-    uint32_t alt = static_cast<uint32_t>((uint64_t{mixed >> 8} * _n_buckets) >> 24);
-    return alt != primary ? alt : (primary + 1) % _n_buckets;
-}
-
-uint8_t *FlowTable::find(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t primary,
-                         uint32_t alternative) const noexcept
+uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept
 {
     const uint32_t sig = signature(hash);
-    auto scan = [&](uint32_t b) -> uint8_t * {
-        const BucketLine &line = part.buckets[b];
-        for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-            if (ld32(&line.sig[s]) == sig) {
-                uint8_t *entry = part.entries + (std::size_t{b} * flow_bucket_slots + s) * _entry_size;
-                if (same_key(entry_key(entry), key)) {
-                    return entry;
-                }
+    free_slot = UINT32_MAX;
+    uint32_t s = home_slot(hash);
+    // A flow lives within flow_max_probe slots of its home (insert() puts it
+    // nowhere else), so no probe, even of a full part, goes further.
+    for (uint32_t n = 0; n < std::min(_n_slots, flow_max_probe); ++n) {
+        uint8_t *entry = part.slots + std::size_t{s} * _entry_size;
+        const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+        const uint8_t state = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
+        if (state == slot_free) {
+            if (free_slot == UINT32_MAX) {
+                free_slot = s;
             }
+            return nullptr; // the end of the probe: not here
         }
-        return nullptr;
-    };
-    if (uint8_t *e = scan(primary)) {
-        return e;
-    }
-    if (alternative != primary && __atomic_load_n(&part.buckets[primary].overflow, __ATOMIC_ACQUIRE) != 0) {
-        return scan(alternative);
+        if (state == slot_live && h->sig == sig && same_key(h->key, key)) {
+            return entry;
+        }
+        if (state == slot_deleted && free_slot == UINT32_MAX) {
+            free_slot = s; // reused if the flow is not further on
+        }
+        s = s + 1 == _n_slots ? 0 : s + 1;
     }
     return nullptr;
 }
 
-uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi,
-                           uint32_t primary, uint32_t alternative, uint16_t now) noexcept
+uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t slot,
+                           uint16_t now) noexcept
 {
-    auto free_slot = [&](uint32_t b) -> int {
-        for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-            if (ld32(&part.buckets[b].sig[s]) == 0) {
-                return static_cast<int>(s);
-            }
-        }
-        return -1;
-    };
-    uint32_t b = primary;
-    int s = free_slot(primary);
-    if (s < 0 && alternative != primary) {
-        b = alternative;
-        s = free_slot(alternative);
-        if (s >= 0) {
-            // Raised before the entry appears: never too low, even after a crash.
-            uint32_t &overflow = part.buckets[primary].overflow;
-            st32_rel(&overflow, overflow + 1);
-        }
-    }
-    if (s < 0) {
+    // Refused when the probe found no room, or when the part holds its share
+    // of the capacity: fuller, probes would grow long.
+    if (slot == UINT32_MAX || __atomic_load_n(&part.header->counters.live, __ATOMIC_RELAXED) >= _max_live) {
         bump(part.header->counters.refused_full);
         return nullptr;
     }
-    const auto slot = static_cast<uint32_t>(s);
-    uint8_t *entry = part.entries + (std::size_t{b} * flow_bucket_slots + slot) * _entry_size;
-    std::memcpy(entry, &key, sizeof key);
+    uint8_t *entry = part.slots + std::size_t{slot} * _entry_size;
+    auto *h = reinterpret_cast<SlotHeader *>(entry);
+    h->key = key;
+    h->sig = signature(hash);
+    h->last_seen = now;
+    h->initiator = initiator_hi ? 1 : 0;
     std::memset(entry + flow_entry_header, 0, _entry_size - flow_entry_header);
-    BucketLine &line = part.buckets[b];
-    st16(&line.last_seen[slot], now);
-    const auto bit = static_cast<uint8_t>(1u << slot);
-    st8(&line.initiator, static_cast<uint8_t>(initiator_hi ? line.initiator | bit : line.initiator & ~bit));
-    st8(&line.expiring, static_cast<uint8_t>(line.expiring & ~bit));
-    st32_rel(&line.sig[slot], signature(hash)); // publishes the entry
+    st8(&h->state, slot_live); // publishes the entry, after all of it
     bump(part.header->counters.live);
     bump(part.header->counters.created);
     return entry;
 }
 
-void FlowTable::remove(const Part &part, uint32_t bucket, uint32_t slot, ExpireFn fn, void *arg) noexcept
+void FlowTable::remove(const Part &part, uint32_t slot, ExpireFn fn, void *arg) noexcept
 {
-    uint8_t *entry = part.entries + (std::size_t{bucket} * flow_bucket_slots + slot) * _entry_size;
-    BucketLine &line = part.buckets[bucket];
-    const uint32_t hash = hash_of(ld32(&line.sig[slot]), part.index);
-    st8(&line.expiring, static_cast<uint8_t>(line.expiring | 1u << slot));
+    uint8_t *entry = part.slots + std::size_t{slot} * _entry_size;
+    auto *h = reinterpret_cast<SlotHeader *>(entry);
+    st8(&h->state, slot_expiring); // a crash from here on: recover() runs the hooks again
     if (fn != nullptr) {
         fn(arg, entry);
     }
-    st32_rel(&line.sig[slot], 0);
-    const uint32_t primary = primary_bucket(hash);
-    if (primary != bucket) {
-        // Lowered after the entry is gone: never too low.
-        uint32_t &overflow = part.buckets[primary].overflow;
-        st32_rel(&overflow, overflow > 0 ? overflow - 1 : 0);
+    // A slot followed by a free one ends no probe: it becomes free, and so
+    // do the deleted slots before it.  Otherwise it stays a tombstone that
+    // probes step over.
+    const uint32_t next = slot + 1 == _n_slots ? 0 : slot + 1;
+    auto state_at = [&](uint32_t s) -> uint8_t & {
+        return reinterpret_cast<SlotHeader *>(part.slots + std::size_t{s} * _entry_size)->state;
+    };
+    if (state_at(next) == slot_free) {
+        st8(&h->state, slot_free);
+        for (uint32_t s = slot == 0 ? _n_slots - 1 : slot - 1, n = 0; n < _n_slots && state_at(s) == slot_deleted;
+             s = s == 0 ? _n_slots - 1 : s - 1, ++n) {
+            st8(&state_at(s), slot_free);
+        }
+    } else {
+        st8(&h->state, slot_deleted);
     }
     FlowPartCounters &c = part.header->counters;
     bump(c.expired);
@@ -465,13 +439,11 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
                              uint8_t *flags) noexcept
 {
     constexpr uint32_t chunk = 64;
-    // Three passes per chunk, so the cache misses of its packets overlap:
-    // keys and bucket prefetches, signature scans and entry prefetches, then
-    // key checks and creation.
+    // Two passes per chunk, so the cache misses of its packets overlap: keys
+    // and the prefetch of each home slot (every line of it: the NFs' areas
+    // too), then the probes, creation and stamps.
     net::FlowKey keys[chunk];
     bool reverse[chunk];
-    uint32_t primary[chunk];
-    uint8_t *candidate[chunk];
     const uint16_t now = idle_units(now_ns);
     auto view = [&](uint32_t i) -> const serpens_pkt & {
         return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) +
@@ -479,68 +451,46 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
     };
     for (uint32_t base = 0; base < n; base += chunk) {
         const uint32_t m = std::min(chunk, n - base);
+        bool keyed[chunk];
         for (uint32_t j = 0; j < m; ++j) {
             const serpens_pkt &pkt = view(base + j);
             entries[base + j] = nullptr;
             flags[base + j] = 0;
-            if (!net::flow_key_of(pkt, keys[j])) {
-                primary[j] = UINT32_MAX;
+            keyed[j] = net::flow_key_of(pkt, keys[j]);
+            if (!keyed[j]) {
                 continue;
             }
             reverse[j] = !canonical_order(keys[j]);
             if (reverse[j]) {
                 reverse_in_place(keys[j]);
             }
-            primary[j] = primary_bucket(pkt.flow_hash);
-            __builtin_prefetch(&part(pkt.flow_hash % flow_parts).buckets[primary[j]], 0, 3);
-        }
-        for (uint32_t j = 0; j < m; ++j) {
-            candidate[j] = nullptr;
-            if (primary[j] == UINT32_MAX) {
-                continue;
-            }
-            const uint32_t hash = view(base + j).flow_hash;
-            const BucketLine &line = part(hash % flow_parts).buckets[primary[j]];
-            const uint32_t sig = signature(hash);
-            for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-                if (ld32(&line.sig[s]) == sig) {
-                    candidate[j] = part(hash % flow_parts).entries +
-                                   (std::size_t{primary[j]} * flow_bucket_slots + s) * _entry_size;
-                    for (uint32_t off = 0; off < _entry_size; off += 64) {
-                        __builtin_prefetch(candidate[j] + off, 1, 3); // the NFs' areas too
-                    }
-                    break;
-                }
+            const uint8_t *home =
+                part(pkt.flow_hash % flow_parts).slots + std::size_t{home_slot(pkt.flow_hash)} * _entry_size;
+            for (uint32_t off = 0; off < _entry_size; off += 64) {
+                __builtin_prefetch(home + off, 1, 3);
             }
         }
         for (uint32_t j = 0; j < m; ++j) {
-            if (primary[j] == UINT32_MAX) {
+            if (!keyed[j]) {
                 continue;
             }
             const uint32_t hash = view(base + j).flow_hash;
             const Part p = part(hash % flow_parts);
-            uint8_t *entry = candidate[j];
-            if (entry == nullptr || !same_key(entry_key(entry), keys[j])) {
-                // A miss, a signature collision, or a flow an earlier packet of
-                // this burst created: the full search (its lines are cached).
-                entry = find(p, hash, keys[j], primary[j], alternative_bucket(hash, primary[j]));
-            }
+            uint32_t free_slot;
+            uint8_t *entry = probe(p, hash, keys[j], free_slot);
             uint8_t f = 0;
             if (entry == nullptr) {
-                entry = insert(p, hash, keys[j], reverse[j], primary[j], alternative_bucket(hash, primary[j]), now);
+                entry = insert(p, hash, keys[j], reverse[j], free_slot, now);
                 f = SERPENS_FLOW_NEW;
+                if (entry == nullptr) {
+                    continue;
+                }
             }
-            if (entry == nullptr) {
-                continue;
+            auto *h = reinterpret_cast<SlotHeader *>(entry);
+            if (h->last_seen != now) {
+                st16(&h->last_seen, now);
             }
-            // Its bucket line (cached by the search): last use and direction.
-            const std::size_t index = static_cast<std::size_t>(entry - p.entries) / _entry_size;
-            BucketLine &line = p.buckets[index / flow_bucket_slots];
-            const auto slot = static_cast<uint32_t>(index % flow_bucket_slots);
-            if (line.last_seen[slot] != now) {
-                st16(&line.last_seen[slot], now);
-            }
-            if (reverse[j] != ((line.initiator >> slot & 1u) != 0)) {
+            if (reverse[j] != (h->initiator != 0)) {
                 f |= SERPENS_FLOW_REPLY;
             }
             entries[base + j] = entry;
@@ -549,7 +499,7 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
     }
 }
 
-std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_buckets,
+std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,
                               ExpireFn fn, void *arg) noexcept
 {
     if (_idle_units == 0) {
@@ -559,33 +509,28 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
     std::size_t gone = 0;
     // Unowned parts are skipped without counting against the budget, but a
     // call looks at each part at most once.
-    for (uint32_t visited = 0; visited < flow_parts && max_buckets > 0; ++visited) {
+    for (uint32_t visited = 0; visited < flow_parts && max_slots > 0; ++visited) {
         const uint32_t p = cursor.part % flow_parts;
         if ((owned[p / 64] >> (p % 64) & 1u) == 0) {
             cursor.part = (p + 1) % flow_parts;
-            cursor.bucket = 0;
+            cursor.slot = 0;
             continue;
         }
-        const Part part_view = part(p);
-        while (cursor.bucket < _n_buckets && max_buckets > 0) {
-            const uint32_t b = cursor.bucket++;
-            --max_buckets;
-            for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-                if (ld32(&part_view.buckets[b].sig[s]) == 0) {
-                    continue;
-                }
-                // Idle time modulo 2^16 units: right while below half of that
-                // (flow_max_idle_units), and a sweep passes much more often.
-                const auto idle = static_cast<uint16_t>(now - part_view.buckets[b].last_seen[s]);
-                if (idle > _idle_units) {
-                    remove(part_view, b, s, fn, arg);
-                    ++gone;
-                }
+        const Part pv = part(p);
+        while (cursor.slot < _n_slots && max_slots > 0) {
+            const uint32_t s = cursor.slot++;
+            --max_slots;
+            const auto *h = reinterpret_cast<const SlotHeader *>(pv.slots + std::size_t{s} * _entry_size);
+            // Idle time modulo 2^16 units: right while below half of that
+            // (flow_max_idle_units), and a sweep passes much more often.
+            if (h->state == slot_live && static_cast<uint16_t>(now - h->last_seen) > _idle_units) {
+                remove(pv, s, fn, arg);
+                ++gone;
             }
         }
-        if (cursor.bucket >= _n_buckets) {
+        if (cursor.slot >= _n_slots) {
             cursor.part = (p + 1) % flow_parts;
-            cursor.bucket = 0;
+            cursor.slot = 0;
         } else {
             break; // budget spent inside this part: resume here
         }
@@ -593,14 +538,14 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
     return gone;
 }
 
-uint32_t FlowTable::sweep_buckets(uint64_t period_ns) const noexcept
+uint32_t FlowTable::sweep_slots(uint64_t period_ns) const noexcept
 {
     if (_idle_units == 0) {
         return 0;
     }
     const double passes_per_call = static_cast<double>(period_ns) / (static_cast<double>(_spec.idle_timeout_ns) / 2);
-    const double buckets = passes_per_call * flow_parts * _n_buckets;
-    return static_cast<uint32_t>(std::clamp(std::ceil(buckets), 1.0, 256.0));
+    const double slots = passes_per_call * flow_parts * _n_slots;
+    return static_cast<uint32_t>(std::clamp(std::ceil(slots), 8.0, 2048.0));
 }
 
 std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
@@ -609,17 +554,13 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
     for (uint32_t p = 0; p < flow_parts; ++p) {
         const Part pv = part(p);
         uint64_t live = 0;
-        for (uint32_t b = 0; b < _n_buckets; ++b) {
-            for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-                if (ld32(&pv.buckets[b].sig[s]) == 0) {
-                    continue;
-                }
-                if ((pv.buckets[b].expiring >> s & 1u) != 0) {
-                    remove(pv, b, s, fn, arg);
-                    ++done;
-                } else {
-                    ++live;
-                }
+        for (uint32_t s = 0; s < _n_slots; ++s) {
+            const auto *h = reinterpret_cast<const SlotHeader *>(pv.slots + std::size_t{s} * _entry_size);
+            if (h->state == slot_expiring) {
+                remove(pv, s, fn, arg);
+                ++done;
+            } else {
+                live += h->state == slot_live;
             }
         }
         // A crash between an entry's publication and its count leaves the
@@ -632,7 +573,7 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
 FlowTableTotals FlowTable::totals() const noexcept
 {
     FlowTableTotals t;
-    t.capacity = uint64_t{flow_parts} * _n_buckets * flow_bucket_slots;
+    t.capacity = uint64_t{flow_parts} * _max_live;
     for (uint32_t p = 0; p < flow_parts; ++p) {
         const FlowPartCounters &c = part(p).header->counters;
         t.live += __atomic_load_n(&c.live, __ATOMIC_RELAXED);

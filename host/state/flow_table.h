@@ -15,23 +15,21 @@
 // single writer and the hot path needs no atomic read-modify-write, only
 // ordered stores for the crash guarantee and for readers in other processes.
 //
-// Within a part a flow may live in one of two buckets (its primary or its
-// alternative; 8 slots each), chosen from the flow hash.  A bucket line holds
-// what a lookup reads before any entry: the 8 slots' signatures (0: empty),
-// last use and direction, and `overflow`, the number of flows whose primary
-// is this bucket but which live in their alternative (a lookup reads the
-// alternative only when that is not 0).  An entry is the flow's key and the
-// NFs' areas, nothing else, so small areas share the key's cache line.
+// A part is an open-addressing table: a flow lives in the first usable slot
+// from its home slot on (linear probing, at most flow_max_probe slots), and
+// a slot is the flow's key and state (last use, direction) followed by the
+// NFs' areas.  So the lookup of a known flow reads one line, which the
+// lookup prefetches for a whole burst before it looks.  A part is sized at
+// most three quarters full at its share of the capacity, and a removed flow
+// leaves a tombstone unless the slot after it is free (then it and the
+// tombstones before it become free), so probes stay short.
 //
-// Crash guarantee (SIGKILL at any instruction): an entry is written (key,
-// zeroed NF areas) before its signature is stored, so no reader or restart
-// sees a torn entry; overflow is raised before and lowered after the
-// signature changes, so it may be too high after a crash (one needless look
-// at the alternative) but never too low.  Removing marks the entry expiring,
-// runs the NFs' flow_expired hooks, then clears the signature; an entry still
-// marked expiring at the next attach gets its hooks again (recover()).
-// Idle timeouts are whole units of 2^30 ns (about a second), at most
-// flow_max_idle_units.
+// Crash guarantee (SIGKILL at any instruction): a slot's state is stored
+// last when a flow appears, after its key and zeroed areas, so no reader or
+// restart sees a torn entry.  Removing marks the slot expiring, runs the
+// NFs' flow_expired hooks, then frees it; a slot still marked expiring at
+// the next attach gets its hooks again (recover()).  Idle timeouts are whole
+// units of 2^30 ns (about a second), at most flow_max_idle_units.
 
 #include "net/parse.h"
 
@@ -49,8 +47,8 @@ namespace serpens::state {
 // Parts per table: the router's buckets per chain (io::route_buckets, which
 // checks that they agree).
 inline constexpr uint32_t flow_parts = 256;
-inline constexpr uint32_t flow_bucket_slots = 8;
-inline constexpr uint32_t flow_entry_header = 40; // the key; NF areas follow
+inline constexpr uint32_t flow_entry_header = 48; // the key and the flow's state; NF areas follow
+inline constexpr uint32_t flow_max_probe = 32;    // slots a flow may live from its home
 // Longest idle timeout, in units of 2^30 ns (about 9.5 hours): idle times
 // are kept modulo 2^16 units.
 inline constexpr uint32_t flow_max_idle_units = 32000;
@@ -91,7 +89,7 @@ struct FlowTableTotals {
 // The owner's position in an incremental expiry sweep (one per instance).
 struct FlowSweepCursor {
     uint32_t part = 0;
-    uint32_t bucket = 0;
+    uint32_t slot = 0;
 };
 
 class FlowTable {
@@ -121,16 +119,16 @@ public:
     void lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
                       uint8_t *flags) noexcept;
 
-    // Hot path, by the owner: looks at up to `max_buckets` buckets of the
-    // parts whose bit is set in `owned` (bit p of word p / 64), from `cursor`
-    // on, and removes the entries idle for longer than the timeout (fn first).
+    // Hot path, by the owner: looks at up to `max_slots` slots of the parts
+    // whose bit is set in `owned` (bit p of word p / 64), from `cursor` on,
+    // and removes the entries idle for longer than the timeout (fn first).
     // Returns how many went.
-    std::size_t expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_buckets,
-                       ExpireFn fn, void *arg) noexcept;
+    std::size_t expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots, ExpireFn fn,
+                       void *arg) noexcept;
 
-    // Buckets to look at per expire() call made every `period_ns` so that a
+    // Slots to look at per expire() call made every `period_ns` so that a
     // whole pass takes at most half the idle timeout.
-    uint32_t sweep_buckets(uint64_t period_ns) const noexcept;
+    uint32_t sweep_slots(uint64_t period_ns) const noexcept;
 
     // Cold path (tools, tests; no worker writing): fn(entry, flow hash) on
     // every entry.
@@ -138,12 +136,10 @@ public:
     void for_each_entry(Fn &&fn) const
     {
         for (uint32_t p = 0; p < flow_parts; ++p) {
-            for (uint32_t b = 0; b < _n_buckets; ++b) {
-                for (uint32_t s = 0; s < flow_bucket_slots; ++s) {
-                    uint32_t hash = 0;
-                    if (const uint8_t *entry = entry_at(p, b, s, hash)) {
-                        fn(entry, hash);
-                    }
+            for (uint32_t s = 0; s < _n_slots; ++s) {
+                uint32_t hash = 0;
+                if (const uint8_t *entry = entry_at(p, s, hash)) {
+                    fn(entry, hash);
                 }
             }
         }
@@ -157,7 +153,9 @@ public:
 
     const FlowTableSpec &spec() const noexcept { return _spec; }
     uint32_t entry_size() const noexcept { return _entry_size; }
-    uint32_t buckets_per_part() const noexcept { return _n_buckets; }
+    uint32_t slots_per_part() const noexcept { return _n_slots; }
+    // Flows a part takes before it refuses new ones (its share of the capacity).
+    uint32_t max_live_per_part() const noexcept { return _max_live; }
     const std::filesystem::path &path() const noexcept { return _path; }
     // Summed over parts; exact when no worker writes, approximate otherwise.
     FlowTableTotals totals() const noexcept;
@@ -165,16 +163,16 @@ public:
 private:
     struct Part;
     FlowTable() = default;
-    // The entry in a slot and its flow hash; nullptr: empty.
-    uint8_t *entry_at(uint32_t part, uint32_t bucket, uint32_t slot, uint32_t &hash) const noexcept;
+    // The entry in a slot and its flow hash; nullptr: no live flow there.
+    uint8_t *entry_at(uint32_t part, uint32_t slot, uint32_t &hash) const noexcept;
     Part part(uint32_t p) const noexcept;
-    uint8_t *find(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t primary,
-                  uint32_t alternative) const noexcept;
-    uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t primary,
-                    uint32_t alternative, uint16_t now) noexcept;
-    void remove(const Part &part, uint32_t bucket, uint32_t slot, ExpireFn fn, void *arg) noexcept;
-    uint32_t primary_bucket(uint32_t hash) const noexcept;
-    uint32_t alternative_bucket(uint32_t hash, uint32_t primary) const noexcept;
+    uint32_t home_slot(uint32_t hash) const noexcept;
+    // The flow's entry, or nullptr and in free_slot where it would go
+    // (UINT32_MAX: nowhere within reach).
+    uint8_t *probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept;
+    uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t slot,
+                    uint16_t now) noexcept;
+    void remove(const Part &part, uint32_t slot, ExpireFn fn, void *arg) noexcept;
 
     std::filesystem::path _path;
     FlowTableSpec _spec;
@@ -182,7 +180,8 @@ private:
     uint8_t *_map = nullptr;
     std::size_t _map_size = 0;
     uint32_t _entry_size = 0;
-    uint32_t _n_buckets = 0; // per part
+    uint32_t _n_slots = 0;  // per part
+    uint32_t _max_live = 0; // per part
     std::size_t _part_size = 0;
     uint32_t _idle_units = 0; // timeout in units of 2^30 ns (0: never)
 };

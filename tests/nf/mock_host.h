@@ -409,8 +409,8 @@ public:
         } hook{this, ctx(id)};
         serpens::state::FlowSweepCursor cursor;
         std::size_t gone = 0;
-        for (uint32_t p = 0; p < serpens::state::flow_parts * _flows->buckets_per_part(); p += 256) {
-            gone += _flows->expire(all, cursor, now_ns, 256, &Hook::call, &hook);
+        for (uint32_t p = 0; p < serpens::state::flow_parts * _flows->slots_per_part(); p += 2048) {
+            gone += _flows->expire(all, cursor, now_ns, 2048, &Hook::call, &hook);
         }
         return gone;
     }

@@ -267,18 +267,19 @@ TEST_CASE("idle flows expire in the owner's parts only, through the hook, and co
     }
 }
 
-TEST_CASE("a full bucket pair refuses new flows and counts them; existing flows go on")
+TEST_CASE("a full part refuses new flows and counts them; existing flows go on")
 {
     ScratchDir dir("flows-full");
-    auto t = open_table(dir, spec_of(16)); // a few buckets per part
-    // Every flow forced into one part and one primary bucket: it holds two
-    // buckets' worth (its own and its alternative), then refuses.
-    const uint32_t slots = 2 * flow_bucket_slots;
+    auto t = open_table(dir, spec_of(16)); // a few slots per part
+    // Every flow forced into one part: it takes its share of the capacity,
+    // then refuses.
+    const uint32_t slots = t->max_live_per_part();
+    REQUIRE(slots >= 8);
     std::vector<Frame> frames;
     std::vector<void *> entries;
     for (uint16_t i = 0; i < slots + 5; ++i) {
         frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(3000 + i), 0x0a000002, 80));
-        frames.back().view.flow_hash = 0x00000100; // part 0, primary bucket 0
+        frames.back().view.flow_hash = 0x00000100 + (uint32_t{i} << 20); // part 0
         entries.push_back(look(*t, frames.back(), 1).entry);
     }
     for (uint32_t i = 0; i < frames.size(); ++i) {
@@ -286,7 +287,6 @@ TEST_CASE("a full bucket pair refuses new flows and counts them; existing flows 
     }
     CHECK(t->totals().refused_full == 5);
     CHECK(t->totals().live == slots);
-    // Entries in the alternative bucket are still found.
     for (uint32_t i = 0; i < slots; ++i) {
         CHECK(look(*t, frames[i], 2).entry == entries[i]);
     }
@@ -301,6 +301,52 @@ TEST_CASE("a full bucket pair refuses new flows and counts them; existing flows 
     }
     CHECK(expired.entries.size() == slots - 1);
     CHECK(look(*t2, frames[slots], 10 * second).flags == SERPENS_FLOW_NEW);
+    CHECK(look(*t2, frames[1], 10 * second).flags == 0);
+}
+
+TEST_CASE("flows with one home slot: a bounded probe takes what fits within reach, and no lookup goes further")
+{
+    ScratchDir dir("flows-probe");
+    auto t = open_table(dir, spec_of(1 << 20));
+    REQUIRE(t->max_live_per_part() > 2 * flow_max_probe);
+    std::vector<Frame> frames;
+    std::vector<void *> entries;
+    for (uint16_t i = 0; i < flow_max_probe + 8; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(5000 + i), 0x0a000002, 80));
+        frames.back().view.flow_hash = 0x00000700; // one part, one home slot
+        entries.push_back(look(*t, frames.back(), 1).entry);
+    }
+    for (uint32_t i = 0; i < frames.size(); ++i) {
+        CHECK((entries[i] != nullptr) == (i < flow_max_probe));
+    }
+    CHECK(t->totals().refused_full == 8);
+    // Removing one in the middle leaves a tombstone that lookups step over,
+    // and the next new flow of that home takes its place.
+    Expired expired;
+    FlowSweepCursor cursor;
+    t.reset();
+    auto t2 = open_table(dir, spec_of(1 << 20, 1 * second));
+    for (uint32_t i = 0; i < flow_max_probe; ++i) {
+        if (i != 10) {
+            look(*t2, frames[i], 10 * second);
+        }
+    }
+    for (int call = 0; call < 100000 && expired.entries.empty(); ++call) {
+        t2->expire(all_parts, cursor, 10 * second, 2048, &Expired::hook, &expired);
+    }
+    REQUIRE(expired.entries.size() == 1);
+    net::FlowKey gone;
+    frames[10].view.data = frames[10].bytes.data(); // the vector grew since its lookup
+    REQUIRE(net::flow_key_of(frames[10].view, gone));
+    CHECK(FlowTable::entry_key(expired.entries.front()) == gone.canonical());
+    for (uint32_t i = 0; i < flow_max_probe; ++i) {
+        if (i != 10) {
+            Looked again = look(*t2, frames[i], 10 * second);
+            CHECK(again.entry != nullptr);
+            CHECK(again.flags == 0);
+        }
+    }
+    CHECK(look(*t2, frames[flow_max_probe], 10 * second).entry == expired.entries.front());
 }
 
 TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn entry")
