@@ -516,9 +516,13 @@ std::string InstanceManager::chains_json() const
         uint32_t parked = 0;
         uint64_t metered = 0;
         nlohmann::ordered_json wake_us = nlohmann::ordered_json::array();
+        const state::FlowTable *flows = nullptr;
         for (const auto &slot : _dp.slots()) {
             if (slot->chain_tag != chain.spec.tag) {
                 continue;
+            }
+            if (flows == nullptr && slot->state != SlotState::empty && slot->chain) {
+                flows = slot->chain->flow_table();
             }
             active += slot->state == SlotState::active;
             pooled += slot->state == SlotState::pooled;
@@ -545,6 +549,15 @@ std::string InstanceManager::chains_json() const
             {"pause_us_p99", static_cast<double>(percentile(chain.pauses_ns, 0.99)) / 1e3},
             {"wake_latency_us", std::move(wake_us)},
         };
+        if (flows != nullptr) {
+            // The chain's flow table (its NFs' per-flow state), summed over parts.
+            const state::FlowTableTotals t = flows->totals();
+            out[chain.spec.name]["flows"] = {{"live", t.live},
+                                             {"capacity", t.capacity},
+                                             {"created", t.created},
+                                             {"expired", t.expired},
+                                             {"refused_full", t.refused_full}};
+        }
     }
     return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
