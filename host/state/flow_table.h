@@ -7,7 +7,7 @@
 // One segment file per chain, <root>/<chain>/flows.seg, mapped MAP_SHARED:
 //
 //   [FlowTableHeader, 4096 B][part 0][part 1]...[part flow_parts-1]
-//   part = [PartHeader, 64 B][n_buckets bucket lines][n_buckets * 8 entries]
+//   part = [PartHeader, 64 B][slot 0][slot 1]...[slot n_slots-1]
 //
 // A flow's part is its router bucket (flow_hash mod flow_parts), and the
 // router gives every bucket exactly one owning instance at a time and drains
@@ -19,10 +19,11 @@
 // from its home slot on (linear probing, at most flow_max_probe slots), and
 // a slot is the flow's key and state (last use, direction) followed by the
 // NFs' areas.  So the lookup of a known flow reads one line, which the
-// lookup prefetches for a whole burst before it looks.  A part is sized at
-// most three quarters full at its share of the capacity, and a removed flow
-// leaves a tombstone unless the slot after it is free (then it and the
-// tombstones before it become free), so probes stay short.
+// lookup prefetches for a whole burst before it looks.  A part holds twice
+// its share of the capacity in slots and refuses new flows at three quarters
+// full, and a removed flow leaves a tombstone unless the slot after it is
+// free (then it and the tombstones before it become free), so probes stay
+// short.
 //
 // Crash guarantee (SIGKILL at any instruction): a slot's state is stored
 // last when a flow appears, after its key and zeroed areas, so no reader or
@@ -74,7 +75,7 @@ struct FlowTableSpec {
 struct FlowPartCounters {
     uint64_t live = 0;
     uint64_t created = 0;
-    uint64_t refused_full = 0; // first packets that found both buckets full
+    uint64_t refused_full = 0; // first packets that found the part full (or no slot within reach)
     uint64_t expired = 0;
 };
 
