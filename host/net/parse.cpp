@@ -458,22 +458,6 @@ void ParseCounters::add(const ParseCounters &other) noexcept
     }
 }
 
-FlowKey FlowKey::reversed() const noexcept
-{
-    FlowKey r = *this;
-    r.src = dst;
-    r.dst = src;
-    r.src_port = dst_port;
-    r.dst_port = src_port;
-    return r;
-}
-
-bool FlowKey::is_canonical() const noexcept
-{
-    const int c = std::memcmp(src.data(), dst.data(), src.size());
-    return c < 0 || (c == 0 && src_port <= dst_port);
-}
-
 FlowKey FlowKey::canonical() const noexcept { return is_canonical() ? *this : reversed(); }
 
 uint32_t FlowKey::hash() const noexcept { return flow_hash(*this); }

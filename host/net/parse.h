@@ -16,6 +16,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 namespace serpens::net {
@@ -84,12 +85,34 @@ struct alignas(8) FlowKey {
     bool operator==(const FlowKey &) const noexcept = default;
 
     // Same key with source and destination swapped.
-    FlowKey reversed() const noexcept;
+    FlowKey reversed() const noexcept
+    {
+        FlowKey r = *this;
+        r.src = dst;
+        r.dst = src;
+        r.src_port = dst_port;
+        r.dst_port = src_port;
+        return r;
+    }
     // The direction-independent form: the (address, port) endpoint that
     // compares lower (bytewise, then port) is the source.  A key and its
     // reverse have the same canonical form.
     FlowKey canonical() const noexcept;
-    bool is_canonical() const noexcept;
+    // Inline and without a library call: the flow table orders every
+    // packet's key with it.
+    bool is_canonical() const noexcept
+    {
+        // Addresses compare bytewise, i.e. as big-endian numbers, a word at a time.
+        uint64_t s[2], d[2];
+        std::memcpy(s, src.data(), sizeof s);
+        std::memcpy(d, dst.data(), sizeof d);
+        for (int w = 0; w < 2; ++w) {
+            if (s[w] != d[w]) {
+                return __builtin_bswap64(s[w]) < __builtin_bswap64(d[w]);
+            }
+        }
+        return src_port <= dst_port;
+    }
     // Symmetric 32-bit hash: hash() == reversed().hash().  Same value on every
     // host (CRC32C in hardware when the CPU has SSE4.2, in software otherwise),
     // so routers on different servers agree.

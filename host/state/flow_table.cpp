@@ -96,27 +96,6 @@ inline bool same_key(const net::FlowKey &a, const net::FlowKey &b) noexcept
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-// FlowKey::is_canonical(), inline: the lower (address, port) endpoint first,
-// addresses compared as big-endian numbers (bytewise).
-inline bool canonical_order(const net::FlowKey &k) noexcept
-{
-    uint64_t s[2], d[2];
-    std::memcpy(s, k.src.data(), sizeof s);
-    std::memcpy(d, k.dst.data(), sizeof d);
-    for (int w = 0; w < 2; ++w) {
-        if (s[w] != d[w]) {
-            return __builtin_bswap64(s[w]) < __builtin_bswap64(d[w]);
-        }
-    }
-    return k.src_port <= k.dst_port;
-}
-
-inline void reverse_in_place(net::FlowKey &k) noexcept
-{
-    std::swap(k.src, k.dst);
-    std::swap(k.src_port, k.dst_port);
-}
-
 // Slots a part needs: its share of `capacity` with room for the unevenness
 // of hashing (4 standard deviations), at most half full so that a linear
 // probe stays short (about 1.5 slots for a hit, 2.5 for a miss).
@@ -460,9 +439,9 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             if (!keyed[j]) {
                 continue;
             }
-            reverse[j] = !canonical_order(keys[j]);
+            reverse[j] = !keys[j].is_canonical();
             if (reverse[j]) {
-                reverse_in_place(keys[j]);
+                keys[j] = keys[j].reversed();
             }
             const uint8_t *home =
                 part(pkt.flow_hash % flow_parts).slots + std::size_t{home_slot(pkt.flow_hash)} * _entry_size;
