@@ -1,5 +1,7 @@
 #include "state/flow_table.h"
 
+#include "state/segment_file.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -9,11 +11,9 @@
 #include <cmath>
 #include <cstring>
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 namespace serpens::state {
@@ -70,8 +70,6 @@ struct FlowTable::Part {
 
 namespace {
 
-std::string errno_text(int e) { return std::strerror(e); }
-
 // The signature of a flow hash: its bits above the part, never 0.  With the
 // part it gives the hash back.
 inline uint32_t signature(uint32_t hash) noexcept { return (hash >> 8) | 0x80000000u; }
@@ -127,16 +125,6 @@ std::vector<std::string> layout_mismatch(const FlowTableHeader &got, const FlowT
         why.push_back("the chain's NFs keep other per-flow state than when it was created");
     }
     return why;
-}
-
-std::string utc_stamp()
-{
-    std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
-    return buf;
 }
 
 } // namespace
@@ -245,8 +233,8 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
             }
             return t;
         }
-        const std::string aside = file.string() + ".bad-" + utc_stamp();
-        if (::rename(file.c_str(), aside.c_str()) != 0) {
+        const std::string aside = move_aside(file);
+        if (aside.empty()) {
             err = fmt::format("{}: cannot use it ({}) nor move it aside: {}", file.string(), fmt::join(why, "; "),
                               errno_text(errno));
             ::close(fd);
@@ -263,40 +251,15 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     // Built under a temporary name and renamed into place: a crash during
     // creation never leaves a half-written header.
     const std::string tmp = file.string() + ".tmp-" + std::to_string(::getpid());
-    fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    fd = create_reserved(tmp, want.file_size,
+                         fmt::format("for {} flows (free space in {}, or lower the chain's flow_capacity)",
+                                     want.capacity, file.parent_path().string()),
+                         err);
     if (fd < 0) {
-        err = tmp + ": create failed: " + errno_text(errno);
         return nullptr;
     }
-    auto fail = [&](const std::string &what, int e) {
-        err = tmp + ": " + what + ": " + errno_text(e);
+    if (!map(fd, static_cast<std::size_t>(want.file_size))) {
         ::close(fd);
-        ::unlink(tmp.c_str());
-        return nullptr;
-    };
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        return fail("flock", errno);
-    }
-    uint64_t size = want.file_size;
-    if (struct statfs fs{}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
-        const auto page = static_cast<uint64_t>(fs.f_bsize); // hugetlbfs files are whole pages
-        size = (size + page - 1) / page * page;
-        want.file_size = size;
-    }
-    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
-        return fail(fmt::format("ftruncate to {} bytes", size), errno);
-    }
-    // Reserved now: on a full tmpfs a sparse file takes SIGBUS at the first
-    // write to a new page, in the data path.
-    if (int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); rc != 0) {
-        return fail(fmt::format("reserving {:.1f} MiB for {} flows (free space in {}, or lower the chain's "
-                                "flow_capacity)",
-                                static_cast<double>(size) / (1 << 20), want.capacity, file.parent_path().string()),
-                    rc);
-    }
-    if (!map(fd, static_cast<std::size_t>(size))) {
-        ::close(fd);
-        t->_fd = -1;
         ::unlink(tmp.c_str());
         return nullptr;
     }

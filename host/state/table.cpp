@@ -3,6 +3,8 @@
 
 #include "state/table.h"
 
+#include "state/segment_file.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -14,9 +16,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 #include <new>
 #include <type_traits>
@@ -30,8 +30,6 @@ constexpr uint64_t max_segment_bytes = 64ull << 30;
 // Spins an inserter waits on a neighbour's claim before backing off; only a
 // pathological probe-range overlap can make it wait this long.
 constexpr uint32_t rescan_spin_limit = 1u << 16;
-
-std::string errno_text(int e) { return std::strerror(e); }
 
 bool compute_layout(const TableSpec &spec, SegmentHeader &h, std::string &err)
 {
@@ -129,17 +127,6 @@ std::vector<std::string> header_mismatch(const SegmentHeader &got, const Segment
         cmp("slot_size", got.slot_size, want->slot_size);
     }
     return why;
-}
-
-std::string utc_stamp()
-{
-    auto now = std::chrono::system_clock::now();
-    std::time_t t = std::chrono::system_clock::to_time_t(now);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", &tm);
-    return buf;
 }
 
 } // namespace
@@ -345,14 +332,14 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
             fetch_add(&t->_h->attaches, 1);
             return t;
         }
-        std::string aside = file.string() + ".bad-" + utc_stamp();
         std::string reasons;
         for (auto &w : why) {
             reasons += (reasons.empty() ? "" : "; ") + w;
         }
-        if (::rename(file.c_str(), aside.c_str()) != 0) {
-            err = file.string() + ": cannot use existing segment (" + reasons + ") and cannot move it aside to " +
-                  aside + ": " + errno_text(errno);
+        const std::string aside = move_aside(file);
+        if (aside.empty()) {
+            err = file.string() + ": cannot use existing segment (" + reasons +
+                  ") and cannot move it aside: " + errno_text(errno);
             ::close(fd);
             return nullptr;
         }
@@ -368,38 +355,13 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     // Build the new segment under a temporary name and rename it into place,
     // so a crash during creation never leaves a half-written header behind.
     std::string tmp = file.string() + ".tmp-" + std::to_string(::getpid());
-    fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    // Reserved now, so memory that is not there is an error from
+    // create_table that says what to do.
+    fd = create_reserved(tmp, want.file_size,
+                         "for the table (free space in " + file.parent_path().string() + ", or lower its capacity)",
+                         err);
     if (fd < 0) {
-        err = tmp + ": create failed: " + errno_text(errno);
         return nullptr;
-    }
-    auto fail = [&](const std::string &what) {
-        err = tmp + ": " + what + ": " + errno_text(errno);
-        ::unlink(tmp.c_str());
-        return nullptr;
-    };
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        ::close(fd);
-        return fail("flock");
-    }
-    // On hugetlbfs (a state_dir on a hugepage mount: fewer TLB misses on big
-    // tables) a file is a whole number of its pages.
-    if (struct statfs fs{}; ::fstatfs(fd, &fs) == 0 && fs.f_type == HUGETLBFS_MAGIC && fs.f_bsize > 0) {
-        const uint64_t page = static_cast<uint64_t>(fs.f_bsize);
-        want.file_size = (want.file_size + page - 1) / page * page;
-    }
-    if (::ftruncate(fd, static_cast<off_t>(want.file_size)) != 0) {
-        ::close(fd);
-        return fail("ftruncate to " + std::to_string(want.file_size) + " bytes");
-    }
-    // Reserve the memory now: on a full tmpfs a sparse segment takes SIGBUS
-    // at its first write to a new page, in the data path; here it is an error
-    // from create_table that says what to do.
-    if (int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(want.file_size)); rc != 0) {
-        ::close(fd);
-        errno = rc;
-        return fail(fmt::format("reserving {:.1f} MiB for the table (free space in {}, or lower its capacity)",
-                                static_cast<double>(want.file_size) / (1 << 20), file.parent_path().string()));
     }
     if (!t->map(fd, want.file_size, false, err)) {
         ::close(fd);
@@ -413,7 +375,9 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     std::memcpy(t->_h, &want, sizeof(want));
     t->_h->attaches = 1;
     if (::rename(tmp.c_str(), file.c_str()) != 0) {
-        return fail("rename to " + file.string());
+        err = tmp + ": rename to " + file.string() + ": " + errno_text(errno);
+        ::unlink(tmp.c_str());
+        return nullptr;
     }
     t->init_from_header();
     return t;
