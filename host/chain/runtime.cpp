@@ -98,6 +98,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         }
         ctx->fill_public(api, instance_id);
         ctx->flow_state_size = flow_state_size(*nf.desc); // init may change it (host API flow_state)
+        ctx->flow_visit_ms = has_descriptor_1_6(*nf.desc) ? nf.desc->flow_visit_ms : 0; // and flow_visit_every
         _contexts.push_back(std::move(ctx));
 
         int rc = SERPENS_OK;
@@ -126,9 +127,10 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             }
             throw ConfigError(unread.front().file, unread.front().line, unread.front().column, unread.front().message);
         }
-        _slots.push_back({nf.desc->process, &_contexts.back()->pub, nf.next.data(),
-                          _contexts.back()->process_site.c_str(), 0,
-                          has_descriptor_1_5(*nf.desc) ? nf.desc->flow_expired : nullptr});
+        _slots.push_back(
+            {nf.desc->process, &_contexts.back()->pub, nf.next.data(), _contexts.back()->process_site.c_str(), 0,
+             has_descriptor_1_5(*nf.desc) ? nf.desc->flow_expired : nullptr,
+             has_descriptor_1_6(*nf.desc) ? nf.desc->flow_visit : nullptr, _contexts.back()->flow_visit_ms});
     }
     try {
         open_flow_table(flows);
@@ -177,6 +179,17 @@ void ChainInstance::open_flow_table(const FlowTableResolver &flows)
             _slots[i].flow_offset = areas[next++].offset;
         }
     }
+    // A pass over the owned parts as often as expiry or the most eager
+    // visitor needs.
+    _sweep_pass_ns = _flows->expiry_pass_ns();
+    for (const Slot &slot : _slots) {
+        _visitors |= slot.flow_visit != nullptr && slot.flow_offset != 0;
+        if (slot.flow_visit != nullptr && slot.flow_offset != 0 && slot.flow_visit_ms != 0) {
+            _visit_all = true;
+            const uint64_t every = uint64_t{slot.flow_visit_ms} * 1'000'000;
+            _sweep_pass_ns = _sweep_pass_ns == 0 ? every : std::min(_sweep_pass_ns, every);
+        }
+    }
     if (first) {
         if (const std::size_t n = _flows->recover(&ChainInstance::on_flow_expired, this); n != 0) {
             spdlog::warn("chain '{}': finished {} flow expiries a crash interrupted", _chain->name, n);
@@ -196,12 +209,31 @@ void ChainInstance::on_flow_expired(void *self, uint8_t *entry) noexcept
     fault::current_site = nullptr;
 }
 
+bool ChainInstance::on_flow_visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept
+{
+    auto *instance = static_cast<ChainInstance *>(self);
+    const serpens_flow_info info = state::FlowTable::entry_info(entry, idle_ns, expiring, instance->_sweep_now_ns);
+    bool keep = false;
+    for (const Slot &slot : instance->_slots) {
+        // Every visitor sees an expiring entry; the eager ones see them all.
+        if (slot.flow_visit != nullptr && slot.flow_offset != 0 && (expiring || slot.flow_visit_ms != 0)) {
+            fault::current_site = slot.site;
+            keep |= slot.flow_visit(slot.ctx, entry + slot.flow_offset, &info) == SERPENS_FLOW_KEEP;
+        }
+    }
+    fault::current_site = nullptr;
+    return keep;
+}
+
 std::size_t ChainInstance::expire_flows(const uint64_t *owned, uint64_t now_ns, uint64_t period_ns) noexcept
 {
     if (_flows == nullptr) {
         return 0;
     }
-    return _flows->expire(owned, _sweep, now_ns, _flows->sweep_slots(period_ns), &ChainInstance::on_flow_expired, this);
+    _sweep_now_ns = now_ns;
+    const state::FlowSweepHooks hooks{_visitors ? &ChainInstance::on_flow_visit : nullptr, _visit_all,
+                                      &ChainInstance::on_flow_expired, this};
+    return _flows->sweep(owned, _sweep, now_ns, _flows->sweep_slots(period_ns, _sweep_pass_ns), hooks);
 }
 
 void ChainInstance::join_state()

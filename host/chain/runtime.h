@@ -69,10 +69,11 @@ public:
     void join_state();
     void leave_state();
 
-    // Hot path, on the instance's worker between batches: removes flows
-    // idle past the chain's timeout from the parts of the flow table this
-    // instance owns (bit p of owned[p / 64]), looking at a share of the table
-    // sized for a call every `period_ns`; NFs' flow_expired hooks run first.
+    // Hot path, on the instance's worker between batches: sweeps the parts
+    // of the flow table this instance owns (bit p of owned[p / 64]), a share
+    // sized for a call every `period_ns`: shows entries to the NFs'
+    // flow_visit hooks (nf.h, "Visiting flows") and removes the flows idle
+    // past the chain's timeout that none kept, flow_expired hooks first.
     // Returns how many went.
     std::size_t expire_flows(const uint64_t *owned, uint64_t now_ns, uint64_t period_ns) noexcept;
     state::FlowTable *flow_table() const noexcept { return _flows; }
@@ -91,11 +92,14 @@ private:
         const char *site;     // what a crash in process() names (fault.h)
         uint32_t flow_offset; // its area in a flow entry (0: it keeps none)
         void (*flow_expired)(serpens_nf_ctx *, void *);
+        int (*flow_visit)(serpens_nf_ctx *, void *, const serpens_flow_info *);
+        uint32_t flow_visit_ms;
     };
 
     void finalize(std::size_t count) noexcept;
     void open_flow_table(const FlowTableResolver &flows);
     static void on_flow_expired(void *self, uint8_t *entry) noexcept;
+    static bool on_flow_visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept;
 
     std::shared_ptr<const CompiledChain> _chain;
     uint32_t _instance_id;
@@ -105,6 +109,10 @@ private:
     std::vector<uint32_t> _pending; // per label bucket: 0 out, 1..N NFs, N+1 drop
     state::FlowTable *_flows = nullptr;
     state::FlowSweepCursor _sweep;
+    uint64_t _sweep_pass_ns = 0; // a whole pass over the owned parts at least this often (0: no sweep)
+    bool _visitors = false;      // an NF of the chain has a flow_visit hook
+    bool _visit_all = false;     // an NF visits every entry, not only expiring ones
+    uint64_t _sweep_now_ns = 0;  // the running sweep's clock, for the visitors
     alignas(64) uint8_t _ports[max_burst] = {};
     void *_flow_entries[max_burst] = {};
     uint8_t _flow_flags[max_burst] = {};

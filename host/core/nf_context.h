@@ -46,6 +46,7 @@ struct NfContext {
     CounterBlock counters;
     bool in_init = false;         // init() is running (what flow_state may be called from)
     uint32_t flow_state_size = 0; // bytes it keeps per flow in the chain's flow table
+    uint32_t flow_visit_ms = 0;   // how often its flow_visit hook sees every entry (0: expiring ones only)
 
     // Fills `pub`, what the plugin sees of this context, from it; chain_name
     // and nf_name are set by then, and the context does not move afterwards.

@@ -64,6 +64,15 @@ int plugin_flow_state(serpens_nf_ctx *ctx, uint32_t size)
     return SERPENS_OK;
 }
 
+int plugin_flow_visit_every(serpens_nf_ctx *ctx, uint32_t ms)
+{
+    if (ctx == nullptr || !NfContext::of(ctx)->in_init) {
+        return SERPENS_EINVAL;
+    }
+    NfContext::of(ctx)->flow_visit_ms = ms;
+    return SERPENS_OK;
+}
+
 } // namespace
 
 serpens_host_api make_host_api(const PacketOps &packets)
@@ -82,6 +91,7 @@ serpens_host_api make_host_api(const PacketOps &packets)
     api.pkt_adj = packets.adj;
     api.counter = plugin_counter;
     api.flow_state = plugin_flow_state;
+    api.flow_visit_every = plugin_flow_visit_every;
     return api;
 }
 

@@ -445,6 +445,9 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
                    std::to_string(SERPENS_MAX_FLOW_STATE) + " bytes an NF may keep per flow";
         }
     }
+    if (has_descriptor_1_6(desc)) {
+        reserved_clear = reserved_clear && desc.reserved4 == 0;
+    }
     if (!reserved_clear) {
         return "reserved fields must be zero";
     }

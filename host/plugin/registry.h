@@ -121,6 +121,11 @@ inline bool has_descriptor_1_5(const serpens_nf_descriptor &desc) noexcept
 {
     return desc.struct_size >= offsetof(serpens_nf_descriptor, flow_expired) + sizeof desc.flow_expired;
 }
+// Whether a descriptor has the fields ABI 1.6 appended (flow visits).
+inline bool has_descriptor_1_6(const serpens_nf_descriptor &desc) noexcept
+{
+    return desc.struct_size >= offsetof(serpens_nf_descriptor, reserved4) + sizeof desc.reserved4;
+}
 // Bytes of the chain's flow entry the NF wants (0: none, or a pre-1.5 NF).
 inline uint32_t flow_state_size(const serpens_nf_descriptor &desc) noexcept
 {

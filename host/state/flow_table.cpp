@@ -348,7 +348,7 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
     return entry;
 }
 
-void FlowTable::remove(const Part &part, uint32_t slot, ExpireFn fn, void *arg) noexcept
+void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept
 {
     uint8_t *entry = part.slots + std::size_t{slot} * _entry_size;
     auto *h = reinterpret_cast<SlotHeader *>(entry);
@@ -441,10 +441,10 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
     }
 }
 
-std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,
-                              ExpireFn fn, void *arg) noexcept
+std::size_t FlowTable::sweep(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,
+                             const FlowSweepHooks &hooks) noexcept
 {
-    if (_idle_units == 0) {
+    if (_idle_units == 0 && !(hooks.visit != nullptr && hooks.visit_all)) {
         return 0;
     }
     const uint16_t now = idle_units(now_ns);
@@ -462,11 +462,23 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
         while (cursor.slot < _n_slots && max_slots > 0) {
             const uint32_t s = cursor.slot++;
             --max_slots;
-            const auto *h = reinterpret_cast<const SlotHeader *>(pv.slots + std::size_t{s} * _entry_size);
+            uint8_t *entry = pv.slots + std::size_t{s} * _entry_size;
+            const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+            if (h->state != slot_live) {
+                continue;
+            }
             // Idle time modulo 2^16 units: right while below half of that
             // (flow_max_idle_units), and a sweep passes much more often.
-            if (h->state == slot_live && static_cast<uint16_t>(now - h->last_seen) > _idle_units) {
-                remove(pv, s, fn, arg);
+            const uint16_t idle = static_cast<uint16_t>(now - h->last_seen);
+            const bool expiring = _idle_units != 0 && idle > _idle_units;
+            if (hooks.visit != nullptr && (expiring || hooks.visit_all)) {
+                const bool keep = hooks.visit(hooks.arg, entry, uint64_t{idle} << 30, expiring);
+                if (expiring && keep) {
+                    continue;
+                }
+            }
+            if (expiring) {
+                remove(pv, s, hooks.expired, hooks.arg);
                 ++gone;
             }
         }
@@ -480,14 +492,32 @@ std::size_t FlowTable::expire(const uint64_t *owned, FlowSweepCursor &cursor, ui
     return gone;
 }
 
-uint32_t FlowTable::sweep_slots(uint64_t period_ns) const noexcept
+uint32_t FlowTable::sweep_slots(uint64_t call_period_ns, uint64_t pass_ns) const noexcept
 {
-    if (_idle_units == 0) {
+    if (pass_ns == 0) {
         return 0;
     }
-    const double passes_per_call = static_cast<double>(period_ns) / (static_cast<double>(_spec.idle_timeout_ns) / 2);
+    const double passes_per_call = static_cast<double>(call_period_ns) / static_cast<double>(pass_ns);
     const double slots = passes_per_call * flow_parts * _n_slots;
     return static_cast<uint32_t>(std::clamp(std::ceil(slots), 8.0, 2048.0));
+}
+
+serpens_flow_info FlowTable::entry_info(const uint8_t *entry, uint64_t idle_ns, bool expiring, uint64_t now_ns) noexcept
+{
+    const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+    serpens_flow_info info{};
+    info.struct_size = sizeof info;
+    info.ip_version = h->key.ip_version;
+    info.proto = h->key.proto;
+    info.initiator_b = h->initiator;
+    info.expiring = expiring ? 1 : 0;
+    std::memcpy(info.addr_a, h->key.src.data(), sizeof info.addr_a);
+    std::memcpy(info.addr_b, h->key.dst.data(), sizeof info.addr_b);
+    info.port_a = h->key.src_port;
+    info.port_b = h->key.dst_port;
+    info.idle_ns = idle_ns;
+    info.now_ns = now_ns;
+    return info;
 }
 
 std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept

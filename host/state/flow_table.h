@@ -87,16 +87,30 @@ struct FlowTableTotals {
     uint64_t expired = 0;
 };
 
-// The owner's position in an incremental expiry sweep (one per instance).
+// The owner's position in an incremental sweep (one per instance).
 struct FlowSweepCursor {
     uint32_t part = 0;
     uint32_t slot = 0;
 };
 
+// Called for every entry that expires, before it is removed.
+using FlowExpireFn = void (*)(void *arg, uint8_t *entry) noexcept;
+
+// What a sweep does with the live entries it looks at.
+struct FlowSweepHooks {
+    // Shown each entry idle past the timeout (`expiring`: true; returns
+    // true to keep it) and, when visit_all, every other live entry too.
+    // idle_ns is whole units of 2^30 ns.
+    using VisitFn = bool (*)(void *arg, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept;
+    VisitFn visit = nullptr;
+    bool visit_all = false;
+    FlowExpireFn expired = nullptr;
+    void *arg = nullptr;
+};
+
 class FlowTable {
 public:
-    // Called for every entry that expires, before it is removed.
-    using ExpireFn = void (*)(void *arg, uint8_t *entry) noexcept;
+    using ExpireFn = FlowExpireFn;
 
     ~FlowTable();
     FlowTable(const FlowTable &) = delete;
@@ -122,14 +136,19 @@ public:
 
     // Hot path, by the owner: looks at up to `max_slots` slots of the parts
     // whose bit is set in `owned` (bit p of word p / 64), from `cursor` on,
-    // and removes the entries idle for longer than the timeout (fn first).
-    // Returns how many went.
-    std::size_t expire(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots, ExpireFn fn,
-                       void *arg) noexcept;
+    // shows live entries to hooks.visit as it says, and removes the entries
+    // idle for longer than the timeout that no visit kept (hooks.expired
+    // first).  Returns how many went.
+    std::size_t sweep(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,
+                      const FlowSweepHooks &hooks) noexcept;
 
-    // Slots to look at per expire() call made every `period_ns` so that a
-    // whole pass takes at most half the idle timeout.
-    uint32_t sweep_slots(uint64_t period_ns) const noexcept;
+    // How long a whole sweep pass may take for expiry alone: half the idle
+    // timeout (0: entries never expire).
+    uint64_t expiry_pass_ns() const noexcept { return _idle_units == 0 ? 0 : _spec.idle_timeout_ns / 2; }
+    // Slots to look at per sweep() call made every `call_period_ns` so that
+    // a whole pass takes at most `pass_ns` (0: no sweep).  At most 2048, so
+    // a pass over a large table takes longer than a short pass_ns asks.
+    uint32_t sweep_slots(uint64_t call_period_ns, uint64_t pass_ns) const noexcept;
 
     // Cold path (tools, tests; no worker writing): fn(entry, flow hash) on
     // every entry.
@@ -152,6 +171,10 @@ public:
         return *reinterpret_cast<const net::FlowKey *>(entry);
     }
 
+    // What a flow_visit hook is shown of the entry (nf.h, "Visiting flows").
+    static serpens_flow_info entry_info(const uint8_t *entry, uint64_t idle_ns, bool expiring,
+                                        uint64_t now_ns) noexcept;
+
     const FlowTableSpec &spec() const noexcept { return _spec; }
     uint32_t entry_size() const noexcept { return _entry_size; }
     uint32_t slots_per_part() const noexcept { return _n_slots; }
@@ -173,7 +196,7 @@ private:
     uint8_t *probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept;
     uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t slot,
                     uint16_t now) noexcept;
-    void remove(const Part &part, uint32_t slot, ExpireFn fn, void *arg) noexcept;
+    void remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept;
 
     std::filesystem::path _path;
     FlowTableSpec _spec;

@@ -45,7 +45,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 5
+#define SERPENS_ABI_MINOR 6
 
 /* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
 #define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
@@ -232,6 +232,41 @@ static inline uint32_t serpens_batch_flow_flags(const struct serpens_batch *batc
 
 /* The host minor that introduced the chain's flow table. */
 #define SERPENS_ABI_MINOR_FLOW_STATE 5u
+
+/*
+ * Visiting flows (ABI 1.6).  The instance that owns a flow sweeps its entries
+ * between batches.  An NF with a flow_visit hook is shown each live entry it
+ * asked for:
+ *  - every entry, at least every flow_visit_ms (0: only the next case), for
+ *    work due while a flow is quiet (a monitor folding counts);
+ *  - an entry idle past the chain's flow timeout (`expiring`), which goes
+ *    unless a hook returns SERPENS_FLOW_KEEP: an NF whose flows outlive the
+ *    chain's timeout (a NAT's established TCP) keeps them, and is asked
+ *    again at the next pass.  Idle times wrap after about 9.5 hours: keep no
+ *    flow idle longer.
+ * The entry's key is the flow's, endpoints in canonical order: endpoint a is
+ * the lower (address bytewise, then port).  Hot-path rules apply.
+ */
+struct serpens_flow_info {
+    uint32_t struct_size;
+    uint8_t ip_version;  /* 4 or 6 */
+    uint8_t proto;       /* IPPROTO_* */
+    uint8_t initiator_b; /* 1: endpoint b sent the flow's first packet */
+    uint8_t expiring;    /* idle past the chain's timeout: goes unless kept */
+    uint8_t addr_a[16];  /* network order; IPv4 in the first 4 bytes */
+    uint8_t addr_b[16];
+    uint16_t port_a; /* host order; ICMP echo: the identifier in both */
+    uint16_t port_b;
+    uint32_t reserved;
+    uint64_t idle_ns; /* since the flow's last packet, in whole units of 2^30 ns */
+    uint64_t now_ns;  /* the sweep's clock (the batch clock's) */
+};
+
+/* flow_visit's answer: keep an expiring entry. */
+#define SERPENS_FLOW_KEEP 1
+
+/* The host minor that introduced flow_visit. */
+#define SERPENS_ABI_MINOR_FLOW_VISIT 6u
 
 /* ------------------------------------------------------------------------ */
 /* State (paper Fig. 9)                                                      */
@@ -448,6 +483,13 @@ struct serpens_host_api {
      * config.  Every instance of a chain must ask the same.  SERPENS_EINVAL
      * outside init or above the maximum. */
     int (*flow_state)(struct serpens_nf_ctx *ctx, uint32_t size);
+
+    /* --- ABI 1.6 and later: valid when struct_size covers them --- */
+
+    /* In init only: visit this NF's flows at least every `ms` instead of the
+     * descriptor's flow_visit_ms (see "Visiting flows").  SERPENS_EINVAL
+     * outside init. */
+    int (*flow_visit_every)(struct serpens_nf_ctx *ctx, uint32_t ms);
 };
 
 /* update_state_bulk's operations on one value word. */
@@ -534,6 +576,16 @@ struct serpens_nf_descriptor {
      * back what `state` (this NF's area) held.  Runs on the worker of the
      * instance that owns the flow, between batches: hot-path rules. */
     void (*flow_expired)(struct serpens_nf_ctx *ctx, void *state);
+
+    /* --- ABI 1.6 and later: the host reads them when struct_size covers them --- */
+
+    /* Optional.  Shown this NF's area of a live entry as the flow's owner
+     * sweeps it (see "Visiting flows"); returns SERPENS_FLOW_KEEP to keep an
+     * expiring entry, else 0.  Declare min_host_minor >=
+     * SERPENS_ABI_MINOR_FLOW_VISIT with it. */
+    int (*flow_visit)(struct serpens_nf_ctx *ctx, void *state, const struct serpens_flow_info *flow);
+    uint32_t flow_visit_ms; /* visit every entry at least this often (0: expiring ones only) */
+    uint32_t reserved4;     /* must be 0 */
 };
 
 /* Fills the version fields; use as the first line of a descriptor initializer. */

@@ -566,6 +566,9 @@ const serpens_nf_descriptor vpn_descriptor = {
     .flow_state_size = 0, // keeps no per-flow state in the chain's flow table
     .reserved3 = 0,
     .flow_expired = nullptr,
+    .flow_visit = nullptr,
+    .flow_visit_ms = 0,
+    .reserved4 = 0,
 };
 
 } // namespace

@@ -347,6 +347,8 @@ public:
         c->nf_name = _desc->name;
         c->executor = _ex;
         c->fill_public(&_api, id);
+        c->flow_state_size = serpens::flow_state_size(*_desc);
+        c->flow_visit_ms = serpens::has_descriptor_1_6(*_desc) ? _desc->flow_visit_ms : 0;
         c->host = this;
         c->initialised = true;
         out = c.get();
@@ -387,8 +389,10 @@ public:
         _flows->lookup_burst(&view, sizeof view, 1, _now, &entry, &flags);
         return entry != nullptr ? static_cast<uint8_t *>(entry) + _flow_offset : nullptr;
     }
-    // The host's idle-flow sweep over the whole table at `now_ns`, the NF's
-    // flow_expired hook (instance id's context) on each flow that goes.
+    // The host's flow sweep over the whole table at `now_ns`, with the NF's
+    // hooks (instance id's context): flow_visit on each entry (when the NF
+    // visits them all, else on expiring ones), flow_expired on each flow
+    // that goes.  Returns how many went.
     std::size_t expire_flows(uint64_t now_ns, uint32_t id = 0)
     {
         if (_flows == nullptr) {
@@ -397,20 +401,36 @@ public:
         static constexpr uint64_t all[4] = {~0ull, ~0ull, ~0ull, ~0ull};
         struct Hook {
             MockHost *host;
-            serpens_nf_ctx *ctx;
-            static void call(void *self, uint8_t *entry) noexcept
+            Ctx *ctx;
+            uint64_t now_ns;
+            static void expired(void *self, uint8_t *entry) noexcept
             {
                 auto *h = static_cast<Hook *>(self);
                 const auto *d = h->host->_desc;
                 if (serpens::has_descriptor_1_5(*d) && d->flow_expired != nullptr) {
-                    d->flow_expired(h->ctx, entry + h->host->_flow_offset);
+                    d->flow_expired(&h->ctx->pub, entry + h->host->_flow_offset);
                 }
             }
-        } hook{this, ctx(id)};
+            static bool visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept
+            {
+                auto *h = static_cast<Hook *>(self);
+                const serpens_flow_info info =
+                    serpens::state::FlowTable::entry_info(entry, idle_ns, expiring, h->now_ns);
+                return h->host->_desc->flow_visit(&h->ctx->pub, entry + h->host->_flow_offset, &info) ==
+                       SERPENS_FLOW_KEEP;
+            }
+        } hook{this, &latest(id), now_ns};
+        serpens::state::FlowSweepHooks hooks;
+        if (serpens::has_descriptor_1_6(*_desc) && _desc->flow_visit != nullptr) {
+            hooks.visit = &Hook::visit;
+            hooks.visit_all = hook.ctx->flow_visit_ms != 0;
+        }
+        hooks.expired = &Hook::expired;
+        hooks.arg = &hook;
         serpens::state::FlowSweepCursor cursor;
         std::size_t gone = 0;
         for (uint32_t p = 0; p < serpens::state::flow_parts * _flows->slots_per_part(); p += 2048) {
-            gone += _flows->expire(all, cursor, now_ns, 2048, &Hook::call, &hook);
+            gone += _flows->sweep(all, cursor, now_ns, 2048, hooks);
         }
         return gone;
     }

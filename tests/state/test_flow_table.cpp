@@ -101,6 +101,13 @@ struct Expired {
     static void hook(void *self, uint8_t *entry) noexcept { static_cast<Expired *>(self)->entries.push_back(entry); }
 };
 
+// A sweep call that only expires (no visitor).
+std::size_t expire(FlowTable &t, const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now, uint32_t max_slots,
+                   Expired &expired)
+{
+    return t.sweep(owned, cursor, now, max_slots, FlowSweepHooks{nullptr, false, &Expired::hook, &expired});
+}
+
 constexpr uint64_t all_parts[4] = {~0ull, ~0ull, ~0ull, ~0ull};
 
 } // namespace
@@ -232,7 +239,7 @@ TEST_CASE("idle flows expire in the owner's parts only, through the hook, and co
     FlowSweepCursor cursor;
     // Owning no part: nothing goes.
     const uint64_t none[4] = {};
-    CHECK(t->expire(none, cursor, 3 * second / 2 + 2 * second, 1 << 20, &Expired::hook, &expired) == 0);
+    CHECK(expire(*t, none, cursor, 3 * second / 2 + 2 * second, 1 << 20, expired) == 0);
     // Owning only the parts of flows 1..: the sweep is incremental (a few
     // buckets a call) and covers them all.
     uint64_t owned[4] = {};
@@ -250,7 +257,7 @@ TEST_CASE("idle flows expire in the owner's parts only, through the hook, and co
     }
     std::size_t gone = 0;
     for (int call = 0; call < 100000 && gone < expected; ++call) {
-        gone += t->expire(owned, cursor, 3 * second, 4, &Expired::hook, &expired);
+        gone += expire(*t, owned, cursor, 3 * second, 4, expired);
     }
     CHECK(gone == expected);
     CHECK(expired.entries.size() == expected);
@@ -265,6 +272,72 @@ TEST_CASE("idle flows expire in the owner's parts only, through the hook, and co
             break;
         }
     }
+}
+
+TEST_CASE("a sweep shows visitors the entry's key and idle time; a visitor keeps an expiring flow")
+{
+    ScratchDir dir("flows-visit");
+    auto t = open_table(dir, spec_of(4096, 3 * second)); // two whole units
+    // Flow a: 10.0.0.9:4000 -> 10.0.0.2:80 (the initiator is the higher
+    // endpoint, key.dst); flow b: 10.0.0.1:5000 -> 10.0.0.2:53, idle longer.
+    Frame a = udp_frame(0x0a000009, 4000, 0x0a000002, 80);
+    Frame b = udp_frame(0x0a000001, 5000, 0x0a000002, 53);
+    REQUIRE(look(*t, b, 0).entry != nullptr);
+    REQUIRE(look(*t, a, 2 * second).entry != nullptr);
+
+    struct Seen {
+        std::vector<serpens_flow_info> visits;
+        bool keep = false;
+        std::vector<uint8_t *> expired;
+        uint8_t *entry_b = nullptr;
+        static bool visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept
+        {
+            auto *s = static_cast<Seen *>(self);
+            s->visits.push_back(FlowTable::entry_info(entry, idle_ns, expiring, 0));
+            return s->keep && entry == s->entry_b;
+        }
+        static void gone(void *self, uint8_t *entry) noexcept { static_cast<Seen *>(self)->expired.push_back(entry); }
+    } seen;
+    seen.entry_b = static_cast<uint8_t *>(look(*t, b, 0).entry); // same unit as its creation: idle unchanged
+    const uint64_t now = 4 * second;                             // b idle 3 units: expiring; a 2 units: not
+    FlowSweepCursor cursor;
+    auto pass = [&](bool visit_all) {
+        seen.visits.clear();
+        const FlowSweepHooks hooks{&Seen::visit, visit_all, &Seen::gone, &seen};
+        std::size_t gone = 0;
+        for (uint32_t s = 0; s < flow_parts * t->slots_per_part(); s += 2048) {
+            gone += t->sweep(all_parts, cursor, now, 2048, hooks);
+        }
+        return gone;
+    };
+    // Visiting all: both entries, a not expiring; b expiring but kept.
+    seen.keep = true;
+    CHECK(pass(true) == 0);
+    REQUIRE(seen.visits.size() == 2);
+    const auto &va = seen.visits[0].port_b == 80 || seen.visits[0].port_a == 80 ? seen.visits[0] : seen.visits[1];
+    const auto &vb = &va == &seen.visits[0] ? seen.visits[1] : seen.visits[0];
+    CHECK(va.expiring == 0);
+    CHECK(vb.expiring == 1);
+    CHECK(va.idle_ns < vb.idle_ns);
+    CHECK(vb.idle_ns >= 3 * second);
+    // Canonical endpoints: a is the lower; the initiator is named.
+    CHECK(va.ip_version == 4);
+    CHECK(va.proto == 17);
+    CHECK(va.port_a == 80);
+    CHECK(va.port_b == 4000);
+    CHECK(va.initiator_b == 1);
+    CHECK(vb.port_a == 5000);
+    CHECK(vb.initiator_b == 0);
+    const uint8_t lower[4] = {10, 0, 0, 1};
+    CHECK(std::memcmp(vb.addr_a, lower, 4) == 0);
+    CHECK(t->totals().live == 2);
+    // Visiting expiring entries only: b alone, let go this time.
+    seen.keep = false;
+    CHECK(pass(false) == 1);
+    REQUIRE(seen.visits.size() == 1);
+    CHECK(seen.visits[0].expiring == 1);
+    CHECK(seen.expired.size() == 1);
+    CHECK(t->totals().live == 1);
 }
 
 TEST_CASE("a full part refuses new flows and counts them; existing flows go on")
@@ -297,7 +370,7 @@ TEST_CASE("a full part refuses new flows and counts them; existing flows go on")
     auto t2 = open_table(dir, spec_of(16, 1 * second)); // same layout: the timeout is the host's setting
     look(*t2, frames[1], 10 * second);
     for (int call = 0; call < 1000; ++call) {
-        t2->expire(all_parts, cursor, 10 * second, 64, &Expired::hook, &expired);
+        expire(*t2, all_parts, cursor, 10 * second, 64, expired);
     }
     CHECK(expired.entries.size() == slots - 1);
     CHECK(look(*t2, frames[slots], 10 * second).flags == SERPENS_FLOW_NEW);
@@ -332,7 +405,7 @@ TEST_CASE("flows with one home slot: a bounded probe takes what fits within reac
         }
     }
     for (int call = 0; call < 100000 && expired.entries.empty(); ++call) {
-        t2->expire(all_parts, cursor, 10 * second, 2048, &Expired::hook, &expired);
+        expire(*t2, all_parts, cursor, 10 * second, 2048, expired);
     }
     REQUIRE(expired.entries.size() == 1);
     net::FlowKey gone;

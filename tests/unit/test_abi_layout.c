@@ -13,7 +13,7 @@
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
 _Static_assert(SERPENS_ABI_MAJOR == 1, "a major bump breaks every plugin");
-_Static_assert(SERPENS_ABI_MINOR == 5, "a new minor appends fields: pin them here");
+_Static_assert(SERPENS_ABI_MINOR == 6, "a new minor appends fields: pin them here");
 
 /* The frozen v1.0 sizes are where each struct's 1.0 fields end. */
 _Static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == 120, "frozen");
@@ -98,8 +98,9 @@ AT(serpens_host_api, table_slots, 216);
 AT(serpens_host_api, update_state_bulk, 224);    /* 1.3 */
 AT(serpens_host_api, update_state_bulk_v2, 232); /* 1.4 */
 AT(serpens_host_api, add_state_bulk_v2, 240);
-AT(serpens_host_api, flow_state, 248); /* 1.5 */
-SIZE(serpens_host_api, 256);
+AT(serpens_host_api, flow_state, 248);       /* 1.5 */
+AT(serpens_host_api, flow_visit_every, 256); /* 1.6 */
+SIZE(serpens_host_api, 264);
 
 AT(serpens_nf_ctx, struct_size, 0);
 AT(serpens_nf_ctx, instance_id, 4);
@@ -132,4 +133,21 @@ AT(serpens_nf_descriptor, reserved2, 124);
 AT(serpens_nf_descriptor, flow_state_size, 128); /* 1.5 */
 AT(serpens_nf_descriptor, reserved3, 132);
 AT(serpens_nf_descriptor, flow_expired, 136);
-SIZE(serpens_nf_descriptor, 144);
+AT(serpens_nf_descriptor, flow_visit, 144); /* 1.6 */
+AT(serpens_nf_descriptor, flow_visit_ms, 152);
+AT(serpens_nf_descriptor, reserved4, 156);
+SIZE(serpens_nf_descriptor, 160);
+
+AT(serpens_flow_info, struct_size, 0);
+AT(serpens_flow_info, ip_version, 4);
+AT(serpens_flow_info, proto, 5);
+AT(serpens_flow_info, initiator_b, 6);
+AT(serpens_flow_info, expiring, 7);
+AT(serpens_flow_info, addr_a, 8);
+AT(serpens_flow_info, addr_b, 24);
+AT(serpens_flow_info, port_a, 40);
+AT(serpens_flow_info, port_b, 42);
+AT(serpens_flow_info, reserved, 44);
+AT(serpens_flow_info, idle_ns, 48);
+AT(serpens_flow_info, now_ns, 56);
+SIZE(serpens_flow_info, 64);
