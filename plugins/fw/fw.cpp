@@ -40,11 +40,22 @@
  *
  * STATE (paper Table I)
  *   rules        global/read  — per instance, parsed at init (read-only after)
- *   "verdicts"   per-flow/read  (key 40 B 5-tuple, value 8 B) — written once per flow
- *   "conns"      per-flow/write (stateful only; key: the expected reply 5-tuple)
- *   With state = "host" both tables live in the executor's shared memory and
- *   survive instance restarts, and init fails when the host cannot create
- *   them; with state = "local" they are per-instance caches.
+ *   per flow     16 B of the chain's flow table (1.5 hosts, state = "host"):
+ *                the verdict of each direction of the flow (8 B each:
+ *                verdict, why, 1 = stored, rules fingerprint).  The host
+ *                looked the flow up for the whole chain, so a packet of a
+ *                known flow costs fw no lookup; a stateful reply is admitted
+ *                when the flow's other direction opened the connection.
+ *                SCTP flows are classified per packet (the host's flow key
+ *                has no SCTP ports).
+ *   "verdicts"   per-flow/read  (key 40 B 5-tuple, value 8 B) — written once
+ *                per flow; older hosts and state = "local" only
+ *   "conns"      per-flow/write (stateful only; key: the expected reply 5-tuple);
+ *                with the flow table, only ICMP errors (RELATED) and flows the
+ *                full flow table left out read it
+ *   With state = "host" the state lives in the host's shared memory and
+ *   survives instance restarts, and init fails when the host cannot create
+ *   it; with state = "local" the tables are per-instance caches.
  *
  * PORTS   0 allowed, 1 allowed + suspicious, DROP denied.
  * COUNTERS
@@ -96,6 +107,15 @@ struct Conn {
     uint32_t pad;
 };
 
+// Its state in the chain's flow table (a 1.5 host): the verdict of each
+// direction of the flow, each written as one 8-byte store (never torn).
+// `pad` is 1 in a stored verdict: the zeroed area of a new flow has none.
+struct FlowVerdicts {
+    Verdict dir[2]; // [0]: the direction of the flow's first packet, [1]: its replies
+};
+static_assert(sizeof(FlowVerdicts) == 16);
+constexpr uint16_t kStored = 1;
+
 enum Counter {
     C_ALLOWED,
     C_SUSPICIOUS,
@@ -117,6 +137,7 @@ struct Fw {
     Classifier classifier;
     FlowTable verdicts;
     FlowTable conns;
+    bool chain_flows = false; // verdicts live in the chain's flow table
     bool stateful = false;
     uint8_t non_ip_port = SERPENS_PORT_DROP;
     uint64_t *c[C_COUNT] = {};
@@ -210,7 +231,8 @@ Verdict rule_verdict(const Fw &fw, const FlowKey &k) noexcept
     return v;
 }
 
-// Cache miss: classify, consult/open connections, remember the verdict.
+// Cache miss: classify, consult/open connections, remember the verdict (in
+// the verdicts table; with the chain's flow table, the caller does).
 Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
 {
     Verdict v = rule_verdict(fw, k);
@@ -227,12 +249,67 @@ Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
             if (fw.conns.put(&rk, &c, now) != SERPENS_OK) {
                 ++*fw.c[C_CACHE_FULL];
             }
-            fw.verdicts.del(&rk, now); // a reply denied earlier is re-decided
+            if (!fw.chain_flows) {
+                fw.verdicts.del(&rk, now); // a reply denied earlier is re-decided
+            }
         }
     }
-    if (fw.verdicts.put(&k, &v, now) != SERPENS_OK) {
+    if (!fw.chain_flows && fw.verdicts.put(&k, &v, now) != SERPENS_OK) {
         ++*fw.c[C_CACHE_FULL];
     }
+    return v;
+}
+
+Verdict load_verdict(const Verdict *slot) noexcept
+{
+    Verdict v;
+    const uint64_t word = __atomic_load_n(reinterpret_cast<const uint64_t *>(slot), __ATOMIC_RELAXED);
+    std::memcpy(&v, &word, sizeof v);
+    return v;
+}
+
+void store_verdict(Verdict *slot, Verdict v) noexcept
+{
+    v.pad = kStored;
+    uint64_t word;
+    std::memcpy(&word, &v, sizeof word);
+    __atomic_store_n(reinterpret_cast<uint64_t *>(slot), word, __ATOMIC_RELAXED);
+}
+
+bool current(const Fw &fw, const Verdict &v) noexcept { return v.pad == kStored && v.gen == fw.rules.fingerprint; }
+
+// Cache miss with the flow's entry (`flow`, nullptr when the table had no
+// room; `dir` 1 for a reply): as decide(), the other direction of the flow
+// being the connection a reply belongs to.
+Verdict decide_in_flow(Fw &fw, const FlowKey &k, FlowVerdicts *flow, unsigned dir, uint64_t now) noexcept
+{
+    if (flow == nullptr) {
+        ++*fw.c[C_CACHE_FULL];
+        return decide(fw, k, now); // connections are still in conns
+    }
+    Verdict v = rule_verdict(fw, k);
+    if (fw.stateful) {
+        const Verdict other = load_verdict(&flow->dir[1 - dir]);
+        if (v.verdict == V_DENY) {
+            // A reply: the other direction opened the connection.
+            if (current(fw, other) && other.verdict != V_DENY && (other.why == WHY_RULE || other.why == WHY_DEFAULT)) {
+                v.verdict = V_ALLOW;
+                v.why = WHY_REPLY;
+            }
+        } else {
+            // Opens a connection: a reply denied earlier is re-decided, and
+            // ICMP errors quoting this flow find it (conns).
+            if (current(fw, other) && other.verdict == V_DENY) {
+                __atomic_store_n(reinterpret_cast<uint64_t *>(&flow->dir[1 - dir]), uint64_t{0}, __ATOMIC_RELAXED);
+            }
+            const FlowKey rk = reversed(k);
+            Conn c{now, fw.rules.fingerprint, 0};
+            if (fw.conns.put(&rk, &c, now) != SERPENS_OK) {
+                ++*fw.c[C_CACHE_FULL];
+            }
+        }
+    }
+    store_verdict(&flow->dir[dir], v);
     return v;
 }
 
@@ -310,8 +387,16 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     }
 
     uint64_t idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
-    if (!fw->verdicts.open(ctx, "verdicts", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(FlowKey),
-                           sizeof(Verdict), static_cast<uint64_t>(cache_size), local, idle_ns)) {
+    // On a 1.5 host the verdicts live in the chain's flow table: the host
+    // has looked the flow up already, so a packet of a known flow costs no
+    // lookup of fw's own.
+    fw->chain_flows = !local && SERPENS_HOST_HAS(h, flow_state);
+    if (fw->chain_flows) {
+        if ((rc = h->flow_state(ctx, sizeof(FlowVerdicts))) != SERPENS_OK) {
+            return rc;
+        }
+    } else if (!fw->verdicts.open(ctx, "verdicts", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(FlowKey),
+                                  sizeof(Verdict), static_cast<uint64_t>(cache_size), local, idle_ns)) {
         return SERPENS_ENOMEM;
     }
     if (fw->stateful && !fw->conns.open(ctx, "conns", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(FlowKey),
@@ -319,10 +404,12 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         return SERPENS_ENOMEM;
     }
     serpens_register_counters(ctx, "fw", counter_names, C_COUNT, fw->c, fw->spare);
-    h->log(ctx, SERPENS_LOG_INFO, "%zu rules from %s (default %s, %zu classifier tuples, %s, %s tables)",
+    h->log(ctx, SERPENS_LOG_INFO, "%zu rules from %s (default %s, %zu classifier tuples, %s, verdicts in %s)",
            fw->rules.rules.size(), path, fw->rules.default_action == Action::deny ? "deny" : "allow",
            fw->classifier.tuples(), fw->stateful ? "stateful" : "stateless",
-           fw->verdicts.backend() == FlowTable::Backend::host ? "host" : "per-instance");
+           fw->chain_flows                                      ? "the chain's flow table"
+           : fw->verdicts.backend() == FlowTable::Backend::host ? "host tables"
+                                                                : "per-instance caches");
     return SERPENS_OK;
 }
 
@@ -477,10 +564,41 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
     }
 }
 
+// With the chain's flow table: each packet's verdict is in its flow's entry.
+// SCTP is classified packet by packet: the host's flow key has no SCTP ports,
+// so one entry may hold flows the rules tell apart.
+void fw_process_chain_flows(Fw &fw, serpens_batch *b, uint64_t now) noexcept
+{
+    for (uint32_t i = 0; i < b->count; ++i) {
+        FlowKey k;
+        if (b->labels[i] != b->self || !key_of(fw, b, i, k)) {
+            continue;
+        }
+        if (fw.stateful && serpens_is_icmp_error(serpens_batch_pkt(b, i))) {
+            apply_icmp_error(fw, b, i, k, now);
+            continue;
+        }
+        auto *flow = k.proto == 132 ? nullptr : static_cast<FlowVerdicts *>(serpens_batch_flow(b, i));
+        const unsigned dir = (serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY) != 0 ? 1 : 0;
+        Verdict v{};
+        if (flow != nullptr && current(fw, v = load_verdict(&flow->dir[dir]))) {
+            ++*fw.c[C_HITS];
+        } else {
+            ++*fw.c[C_MISSES];
+            v = k.proto == 132 ? decide(fw, k, now) : decide_in_flow(fw, k, flow, dir, now);
+        }
+        settle(fw, b, i, v);
+    }
+}
+
 void fw_process(serpens_nf_ctx *ctx, serpens_batch *b)
 {
     Fw &fw = *static_cast<Fw *>(ctx->priv);
     const uint64_t now = b->now_ns;
+    if (fw.chain_flows) {
+        fw_process_chain_flows(fw, b, now);
+        return;
+    }
     if (fw.verdicts.has_bulk()) {
         fw_process_bulk(fw, b, now);
         return;
@@ -514,7 +632,7 @@ void fw_fini(serpens_nf_ctx *ctx)
 const serpens_nf_descriptor fw_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,
     .name = "fw",
-    .version = "1.0",
+    .version = "1.1",
     .summary = "5-tuple firewall: first-match rules, per-flow verdict cache, optional stateful replies",
     .flags = 0,
     .n_ports = 2,
@@ -529,9 +647,9 @@ const serpens_nf_descriptor fw_descriptor = {
     .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
     .reserved1 = 0,
     .reserved2 = 0,
-    .flow_state_size = 0, // keeps no per-flow state in the chain's flow table
+    .flow_state_size = 0, // asked for in init (flow_state) on a 1.5 host
     .reserved3 = 0,
-    .flow_expired = nullptr,
+    .flow_expired = nullptr, // a verdict holds nothing to give back
     .flow_visit = nullptr,
     .flow_visit_ms = 0,
     .reserved4 = 0,

@@ -175,8 +175,13 @@ PacketKey random_packet(std::mt19937 &rng)
 
 // Starts an fw instance on h with `rules` as its rules file and `more`
 // after the rules line of its config.
-Ctx *start_fw(MockHost &h, const std::string &rules, const std::string &more = "")
+// With chain_flows false the host is a 1.4 one (no chain flow table), so fw
+// keeps its verdicts in tables of its own, which these tests look into.
+Ctx *start_fw(MockHost &h, const std::string &rules, const std::string &more = "", bool chain_flows = false)
 {
+    if (!chain_flows) {
+        h.api().flow_state = nullptr;
+    }
     h.write("fw.rules", rules);
     h.set_config("rules = \"fw.rules\"\n" + more);
     Ctx *c = nullptr;
@@ -540,4 +545,77 @@ TEST_CASE("fw: init reads every key its synopsis documents, so a misspelt one st
     REQUIRE(unread.size() == 1);
     CHECK(unread[0].find("chain.toml:3:1: unknown key 'statefull' in the config of this NF; it reads: cache_size, "
                          "idle_timeout, non_ip, rules, state, stateful") != std::string::npos);
+}
+
+TEST_CASE("fw on a 1.5 host: verdicts in the chain's flow table, no lookup of its own")
+{
+    MockHost h(FW_PLUGIN);
+    Ctx *c = start_fw(h, kRules, "", /*chain_flows=*/true);
+    REQUIRE(h.flows() != nullptr);
+    Packet web = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
+    Packet bad = make({false, "10.0.0.66", "192.0.2.1", 6, 4000, 80});
+    Packet telnet = make({false, "198.51.100.1", "192.0.2.1", 6, 4000, 23});
+    Packet v6udp = make({true, "2001:db8:1::1", "2001:db8::2", 17, 1500, 53});
+    Packet v6udp_out = make({true, "2001:db8:1::1", "2001:db8::2", 17, 2500, 53});
+    Packet ping = make({false, "203.0.113.1", "192.0.2.1", 1, 0, 0});
+    Packet other = make({false, "203.0.113.1", "192.0.2.1", 6, 4000, 443});
+    const std::vector<uint8_t> want{0, SERPENS_PORT_DROP, 1, 0, SERPENS_PORT_DROP, 0, SERPENS_PORT_DROP};
+    CHECK(h.run(*c, {&web, &bad, &telnet, &v6udp, &v6udp_out, &ping, &other}) == want);
+    CHECK(c->counter("cache_misses") == 7);
+    CHECK(h.table("verdicts") == nullptr);
+    CHECK(h.flows()->totals().live == 7);
+
+    // Known flows: the verdict from the entry, the same ports.
+    CHECK(h.run(*c, {&web, &bad, &telnet, &v6udp, &v6udp_out, &ping, &other}) == want);
+    CHECK(c->counter("cache_hits") == 7);
+    CHECK(c->counter("allowed") == 8);
+    CHECK(c->counter("suspicious") == 2);
+
+    // A restarted instance finds them in the entries.
+    h.fini(*c);
+    Ctx *c2 = nullptr;
+    REQUIRE(h.init(c2) == SERPENS_OK);
+    CHECK(h.run1(*c2, web) == 0);
+    CHECK(h.run1(*c2, bad) == SERPENS_PORT_DROP);
+    CHECK(c2->counter("cache_hits") == 2);
+    CHECK(c2->counter("cache_misses") == 0);
+
+    // Other rules (another fingerprint) re-decide: telnet is denied now.
+    h.write("fw.rules", "default allow\ndeny proto=tcp dport=23\n");
+    Ctx *c3 = nullptr;
+    REQUIRE(h.init(c3) == SERPENS_OK);
+    CHECK(h.run(*c3, {&telnet, &bad}) == std::vector<uint8_t>{SERPENS_PORT_DROP, 0});
+    CHECK(c3->counter("cache_misses") == 2);
+}
+
+TEST_CASE("fw on a 1.5 host: stateful replies are admitted through the flow's entry")
+{
+    MockHost h(FW_PLUGIN);
+    Ctx *c = start_fw(h, kStatefulRules, "stateful = true\n", /*chain_flows=*/true);
+    Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
+    Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
+    Packet reply_early = make(reverse(out));
+    Packet syn = make(out);
+    Packet reply = make(reverse(out));
+    Packet reply6 = make(reverse(out6));
+    Packet out6p = make(out6);
+    Packet stranger = make({false, "198.51.100.9", "10.0.0.5", 6, 40001, 443});
+    // A reply before its connection exists is denied (and its entry says so) ...
+    CHECK(h.run1(*c, reply_early) == SERPENS_PORT_DROP);
+    // ... opening the connection re-decides it, in the same batch too.
+    CHECK(h.run(*c, {&syn, &reply, &stranger, &out6p, &reply6}) == std::vector<uint8_t>{0, 0, SERPENS_PORT_DROP, 0, 0});
+    CHECK(c->counter("replies") == 2);
+    // Later replies: hits.
+    const uint64_t hits = c->counter("cache_hits");
+    CHECK(h.run(*c, {&reply, &reply6, &syn}) == std::vector<uint8_t>{0, 0, 0});
+    CHECK(c->counter("cache_hits") == hits + 3);
+    CHECK(c->counter("replies") == 4);
+    // ICMP errors about the connection still find it (RELATED, via conns).
+    Packet frag_needed(icmp_error(false, "192.0.2.254", "10.0.0.5", 3, frame(out)));
+    CHECK(h.run1(*c, frag_needed) == 0);
+    CHECK(c->counter("related") == 1);
+    // Without stateful, the same reply is denied.
+    MockHost h2(FW_PLUGIN);
+    Ctx *d = start_fw(h2, "default deny\nallow proto=tcp src=10.0.0.0/8\n", "", /*chain_flows=*/true);
+    CHECK(h2.run(*d, {&syn, &reply}) == std::vector<uint8_t>{0, SERPENS_PORT_DROP});
 }
