@@ -275,6 +275,73 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     return t;
 }
 
+std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path &file, std::string &err)
+{
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = file.string() + ": open failed: " + errno_text(errno);
+        return nullptr;
+    }
+    struct stat st {};
+    FlowTableHeader h{};
+    if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < flow_header_size ||
+        ::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) {
+        err = file.string() + ": no complete flow table header";
+        ::close(fd);
+        return nullptr;
+    }
+    // Everything the mapping is walked with comes from the header: checked
+    // against itself and the file's size before any of it is trusted.
+    const std::size_t part_size = sizeof(PartHeader) + std::size_t{h.slots_per_part} * h.entry_size;
+    std::string why;
+    if (h.magic != flow_magic || h.version != flow_layout_version || h.header_size != flow_header_size) {
+        why = "not a flow table of this version";
+    } else if (h.parts != flow_parts || h.n_areas > flow_max_areas || h.entry_size < flow_entry_header ||
+               h.entry_size % 64 != 0 || h.slots_per_part == 0 ||
+               h.file_size != flow_header_size + part_size * flow_parts) {
+        why = "inconsistent header";
+    } else if (h.file_size != static_cast<uint64_t>(st.st_size)) {
+        why = fmt::format("file is {} bytes, its header says {}", st.st_size, h.file_size);
+    }
+    FlowTableSpec spec;
+    spec.chain.assign(h.chain, ::strnlen(h.chain, sizeof h.chain));
+    spec.capacity = h.capacity;
+    spec.idle_timeout_ns = h.idle_timeout_ns;
+    for (uint32_t i = 0; why.empty() && i < h.n_areas; ++i) {
+        FlowArea a;
+        a.nf.assign(h.areas[i].nf, ::strnlen(h.areas[i].nf, sizeof h.areas[i].nf));
+        a.size = h.areas[i].size;
+        a.offset = h.areas[i].offset;
+        if (a.size > SERPENS_MAX_FLOW_STATE || a.offset < flow_entry_header || a.offset + a.size > h.entry_size) {
+            why = fmt::format("area of '{}' lies outside the entry", a.nf);
+        }
+        spec.areas.push_back(std::move(a));
+    }
+    if (!why.empty()) {
+        err = file.string() + ": " + why;
+        ::close(fd);
+        return nullptr;
+    }
+    void *p = ::mmap(nullptr, h.file_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        err = fmt::format("{}: mmap of {} bytes failed: {}", file.string(), h.file_size, errno_text(errno));
+        ::close(fd);
+        return nullptr;
+    }
+    std::unique_ptr<FlowTable> t(new FlowTable());
+    t->_path = file;
+    t->_spec = std::move(spec);
+    t->_fd = fd;
+    t->_map = static_cast<uint8_t *>(p); // PROT_READ: a write through it faults
+    t->_map_size = h.file_size;
+    t->_entry_size = h.entry_size;
+    t->_n_slots = h.slots_per_part;
+    t->_max_live = h.slots_per_part * 3 / 4;
+    t->_part_size = part_size;
+    t->_idle_units = 0; // never sweeps
+    return t;
+}
+
 [[gnu::always_inline]] inline FlowTable::Part FlowTable::part(uint32_t p) const noexcept
 {
     uint8_t *base = _map + flow_header_size + _part_size * p;

@@ -122,6 +122,14 @@ public:
     // what failed, what to do) on failure.
     static std::unique_ptr<FlowTable> open(const std::filesystem::path &file, FlowTableSpec spec, std::string &err);
 
+    // Cold path (tools): maps `file` read-only with the layout its own header
+    // gives (chain, capacity, areas), without locking, creating, moving or
+    // writing anything, so it is safe next to a running host (what it reads
+    // is then a snapshot).  Only the const accessors, for_each_entry and
+    // totals may be used on it.  nullptr and `err` when the file is missing
+    // or not a flow table of this version.
+    static std::unique_ptr<FlowTable> open_readonly(const std::filesystem::path &file, std::string &err);
+
     // Cold path, before any worker uses the table: finishes the expiries a
     // crash interrupted (fn on each entry still marked expiring, then
     // removes it).  Returns how many.

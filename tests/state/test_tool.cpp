@@ -1,14 +1,20 @@
-// serpens-state against a prepared store: list, dump (text and JSON), and
-// check exiting non-zero on a segment with an interrupted write.
+// serpens-state against a prepared store: list, dump (text and JSON), check
+// exiting non-zero on a segment with an interrupted write, and flows (a
+// chain's flow table) read-only.
 
 #include "state_test_util.h"
 
+#include "net/parse.h"
+#include "state/flow_table.h"
 #include "state/table.h"
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sys/wait.h>
 
@@ -119,4 +125,72 @@ TEST_CASE("state-tool: list, dump and check a host's segments read-only")
     CHECK_MESSAGE(fixed.status == 0, fixed.out);
     Run none = run(root + " check nochain");
     CHECK(none.status == 1);
+}
+
+TEST_CASE("state-tool: flows prints a chain's flow table read-only, each NF's area as words")
+{
+    ScratchDir d("tool-flows");
+    StoreOptions o;
+    o.root = d.path;
+    const std::string root = "--root " + d.path.string();
+    // Nothing there: an error, and nothing created.
+    Run none = run(root + " flows 'web chain'");
+    CHECK(none.status == 1);
+    CHECK(none.out.find("flows.seg") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(d.path / StateStore::escape("web chain")));
+    {
+        StateStore store(o);
+        FlowTableSpec spec;
+        spec.chain = "web chain";
+        spec.capacity = 1024;
+        spec.areas = {{"fw", 16, 0}, {"pass", 0, 0}, {"mon", 64, 0}};
+        bool first = false;
+        FlowTable &t = store.flow_table(spec, first);
+        REQUIRE(first);
+        // 10.0.0.2:5000 -> 10.0.0.1:80: the first packet came from endpoint b.
+        std::array<uint8_t, 64> frame{};
+        uint8_t *ip = frame.data() + 14;
+        frame[12] = 0x08;
+        ip[0] = 0x45, ip[3] = 28, ip[8] = 64, ip[9] = 17;
+        const uint8_t src[4] = {10, 0, 0, 2}, dst[4] = {10, 0, 0, 1};
+        std::memcpy(ip + 12, src, 4);
+        std::memcpy(ip + 16, dst, 4);
+        ip[20] = 5000 >> 8, ip[21] = 5000 & 0xff, ip[22] = 0, ip[23] = 80, ip[25] = 8;
+        serpens_pkt view{};
+        view.data = frame.data();
+        view.len = static_cast<uint32_t>(frame.size());
+        serpens::net::FlowKey key;
+        REQUIRE(serpens::net::parse_packet(view, key) == serpens::net::ParseResult::ok);
+        void *entry = nullptr;
+        uint8_t flags = 0;
+        t.lookup_burst(&view, sizeof view, 1, 1'000'000'000, &entry, &flags);
+        REQUIRE(entry != nullptr);
+        const FlowArea &mon = t.spec().areas.back();
+        REQUIRE(mon.nf == "mon");
+        const uint64_t words[8] = {3, 180, 1'000'000'000, 0, 1, 60, 2, 120};
+        std::memcpy(static_cast<uint8_t *>(entry) + mon.offset, words, sizeof words);
+    }
+    const auto seg = d.path / StateStore::escape("web chain") / "flows.seg";
+    const auto before = std::filesystem::last_write_time(seg);
+    Run j = run(root + " flows 'web chain' --json");
+    CHECK_MESSAGE(j.status == 0, j.out);
+    CHECK(j.out.find("\"chain\":\"web chain\"") != std::string::npos);
+    CHECK(j.out.find("\"areas\":[{\"nf\":\"fw\",\"size\":16,") != std::string::npos);
+    CHECK(j.out.find("\"addr_a\":\"10.0.0.1\",\"addr_b\":\"10.0.0.2\",\"port_a\":80,\"port_b\":5000,\"proto\":17,"
+                     "\"ip_version\":4,\"initiator\":\"b\"") != std::string::npos);
+    CHECK(j.out.find("\"areas\":{\"fw\":[0,0],\"mon\":[3,180,1000000000,0,1,60,2,120]}") != std::string::npos);
+    CHECK(j.out.find("\"pass\"") == std::string::npos); // no per-flow state: no area
+    Run txt = run(root + " flows 'web chain'");
+    CHECK_MESSAGE(txt.status == 0, txt.out);
+    CHECK(txt.out.find("1 live") != std::string::npos);
+    CHECK(txt.out.find("10.0.0.1 80 10.0.0.2 5000 proto 17 initiator b fw [0 0] mon [3 180 1000000000 0 1 60 2 120]") !=
+          std::string::npos);
+    CHECK(std::filesystem::last_write_time(seg) == before); // read-only
+    // Not a flow table: refused, left in place.
+    std::filesystem::create_directories(d.path / "junk");
+    std::ofstream(d.path / "junk" / "flows.seg") << std::string(8192, 'x');
+    Run junk = run(root + " flows junk");
+    CHECK(junk.status == 1);
+    CHECK(junk.out.find("not a flow table of this version") != std::string::npos);
+    CHECK(std::filesystem::file_size(d.path / "junk" / "flows.seg") == 8192);
 }

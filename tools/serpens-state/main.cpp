@@ -3,19 +3,28 @@
 //   serpens-state [--root DIR | --host-id ID] list
 //   serpens-state [...] dump CHAIN NF TABLE [--json] [--limit N]
 //   serpens-state [...] check [CHAIN [NF [TABLE]]]
+//   serpens-state [...] flows CHAIN [--json] [--limit N]
 //
 // For operators after a crash and for tests.  Never writes: segments are
 // mapped PROT_READ, so it is safe next to a running host (results are then a
 // snapshot; "write in flight" may be transient).  `check` exits 1 when a
-// segment is unreadable or inconsistent.
+// segment is unreadable or inconsistent.  `flows` prints the chain's flow
+// table (<root>/<chain>/flows.seg, laid out as its own header says): each
+// live entry's canonical key, which endpoint sent the first packet, and each
+// NF's area as u64 words (little endian), by the NF's name in the chain.
 
 #include "state/executor.h"
+#include "state/flow_table.h"
 #include "state/table.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -216,6 +225,78 @@ int cmd_check(const fs::path &root, const std::string &chain, const std::string 
     return bad ? 1 : 0;
 }
 
+// An entry address (network order, IPv4 in the first 4 bytes) as text.
+std::string addr_text(const uint8_t *addr, unsigned ip_version)
+{
+    char buf[INET6_ADDRSTRLEN] = "?";
+    ::inet_ntop(ip_version == 4 ? AF_INET : AF_INET6, addr, buf, sizeof buf);
+    return buf;
+}
+
+int cmd_flows(const fs::path &root, const std::string &chain, bool json, uint64_t limit)
+{
+    const fs::path file = root / StateStore::escape(chain) / "flows.seg";
+    std::string err;
+    auto t = FlowTable::open_readonly(file, err);
+    if (!t) {
+        std::fprintf(stderr, "serpens-state: %s\n", err.c_str());
+        return 1;
+    }
+    const auto &areas = t->spec().areas;
+    const FlowTableTotals totals = t->totals();
+    if (json) {
+        std::printf("{\"chain\":%s,\"capacity\":%llu,\"live\":%llu,\"entry_size\":%u,\"areas\":[",
+                    json_str(chain).c_str(), static_cast<unsigned long long>(totals.capacity),
+                    static_cast<unsigned long long>(totals.live), t->entry_size());
+        for (std::size_t i = 0; i < areas.size(); ++i) {
+            std::printf("%s{\"nf\":%s,\"size\":%u,\"offset\":%u}", i ? "," : "", json_str(areas[i].nf).c_str(),
+                        areas[i].size, areas[i].offset);
+        }
+        std::printf("],\"entries\":[");
+    } else {
+        std::printf("flow table of chain %s: %llu live of %llu, areas:", chain.c_str(),
+                    static_cast<unsigned long long>(totals.live), static_cast<unsigned long long>(totals.capacity));
+        for (const FlowArea &a : areas) {
+            std::printf(" %s (%u B)", a.nf.c_str(), a.size);
+        }
+        std::printf("\n");
+    }
+    uint64_t n = 0;
+    t->for_each_entry([&](const uint8_t *entry, uint32_t) {
+        if (limit != 0 && n >= limit) {
+            return;
+        }
+        const serpens_flow_info info = FlowTable::entry_info(entry, 0, false, 0);
+        const std::string a = addr_text(info.addr_a, info.ip_version), b = addr_text(info.addr_b, info.ip_version);
+        const char *initiator = info.initiator_b ? "b" : "a";
+        if (json) {
+            std::printf("%s{\"addr_a\":\"%s\",\"addr_b\":\"%s\",\"port_a\":%u,\"port_b\":%u,\"proto\":%u,"
+                        "\"ip_version\":%u,\"initiator\":\"%s\",\"areas\":{",
+                        n ? "," : "", a.c_str(), b.c_str(), info.port_a, info.port_b, info.proto, info.ip_version,
+                        initiator);
+        } else {
+            std::printf("%s %u %s %u proto %u initiator %s", a.c_str(), info.port_a, b.c_str(), info.port_b, info.proto,
+                        initiator);
+        }
+        for (std::size_t i = 0; i < areas.size(); ++i) {
+            std::printf(json ? "%s%s:[" : " %s%s [", json && i ? "," : "",
+                        json ? json_str(areas[i].nf).c_str() : areas[i].nf.c_str());
+            // Areas start 8-byte aligned and are padded to whole words.
+            for (uint32_t w = 0; w < (areas[i].size + 7) / 8; ++w) {
+                uint64_t v;
+                std::memcpy(&v, entry + areas[i].offset + 8 * w, 8);
+                std::printf("%s%llu", w ? (json ? "," : " ") : "", static_cast<unsigned long long>(v));
+            }
+            std::printf("]");
+        }
+        std::printf(json ? "}}" : "\n");
+        ++n;
+    });
+    if (json) {
+        std::printf("]}\n");
+    }
+    return 0;
+}
 } // namespace
 
 int main(int argc, char **argv)
@@ -241,6 +322,11 @@ int main(int argc, char **argv)
     check->add_option("nf", nf);
     check->add_option("table", table);
 
+    auto *flows = app.add_subcommand("flows", "dump a chain's flow table (keys and each NF's per-flow words)");
+    flows->add_option("chain", chain)->required();
+    flows->add_flag("--json", json, "JSON output");
+    flows->add_option("--limit", limit, "at most N entries (0 = all)");
+
     CLI11_PARSE(app, argc, argv);
     fs::path r = root.empty() ? StateStore::default_root(host_id) : fs::path(root);
     if (*list) {
@@ -248,6 +334,9 @@ int main(int argc, char **argv)
     }
     if (*dump) {
         return cmd_dump(r, chain, nf, table, json, limit);
+    }
+    if (*flows) {
+        return cmd_flows(r, chain, json, limit);
     }
     return cmd_check(r, chain, nf, table);
 }
