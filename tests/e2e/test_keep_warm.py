@@ -11,7 +11,6 @@ host counted the wake-up and its first-packet latency.
 import json
 import os
 import shutil
-import struct
 import subprocess
 import time
 
@@ -32,7 +31,7 @@ write_pcap(host.path("first.pcap"), frames[:600])
 write_pcap(host.path("second.pcap"), frames[600:])
 write_pcap(host.path("empty.pcap"), [])
 host.chain("c", 'name = "c"\negress = "out"\n[[nf]]\nname = "mon"\nplugin = "mon"\n'
-                '[nf.config]\nmax_flows = 4096\nmax_hosts = 4096\n')
+                '[nf.config]\nmax_hosts = 4096\n')
 host.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=kwa,framecnt=4096"\n'
             f'\n[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={host.path("empty.pcap")},'
             f'tx_pcap={host.path("out.pcap")}"\n'
@@ -75,9 +74,10 @@ reordered = [f for f in sent_flows if received[f] != sent_flows[f]]
 check(not reordered, f"{len(reordered)} of {len(sent_flows)} flows left out of order or incomplete")
 
 # mon's counts survived the instance: both batches, per flow.
-dump = subprocess.run([STATE_TOOL, "--root", host.state, "dump", "c", "mon", "flows", "--json"], capture_output=True,
-                      text=True, check=True).stdout
-counted = sorted(struct.unpack("<Q", bytes.fromhex(e["value"])[0:8])[0] for e in json.loads(dump)["entries"])
+# Word 0 of mon's area in the chain's flow table: the flow's packets.
+dump = subprocess.run([STATE_TOOL, "--root", host.state, "flows", "c", "--json"], capture_output=True, text=True,
+                      check=True).stdout
+counted = sorted(e["areas"]["mon"][0] for e in json.loads(dump)["entries"])
 check(counted == sorted(len(v) for v in sent_flows.values()),
       f"mon's per-flow counts {counted[:8]}... differ from what was sent")
 print(f"ok: parked after keep-warm, woken by a packet in {chain['wake_latency_us']} us, "

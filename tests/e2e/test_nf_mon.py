@@ -2,9 +2,12 @@
 
 Two instances of a mon chain run serpens-pktgen traffic (IPv4 and IPv6, VLAN
 tags, 2% malformed frames passed unparsed).  Afterwards the state tables are
-read from outside with `serpens-state dump --json` and compared with counts
-made here from the input capture by an independent decoder:
- - flows (per-flow/write): packets and bytes per direction-independent 5-tuple;
+read from outside with `serpens-state flows --json` (mon's area of each entry
+of the chain's flow table) and `serpens-state dump --json` (its tables), and
+compared with counts made here from the input capture by an independent
+decoder:
+ - flows (mon's 64-byte area in the chain's flow table): packets and bytes
+   per direction-independent 5-tuple;
  - hosts (global/write EVENTUAL, one key per address, two replicas folded by
    the host's default merge on a table-wide timer) plus what the flows still
    hold for their hosts (pending, folded every fold_ms = 1 here): packets and
@@ -102,28 +105,30 @@ for n, frame in enumerate(inputs, start=1):
         h[at + 1] += len(frame)
 
 # ---- what mon kept, read from outside -------------------------------------
-table = dump(host, "flows")
-check("flow" in table["kind"], f"flows table kind {table['kind']}")
+flow_table = json.loads(subprocess.run([STATE_TOOL, "--root", host.state, "flows", "mon", "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+check([a["nf"] for a in flow_table["areas"]] == ["mon"] and flow_table["areas"][0]["size"] == 64,
+      f"flow table areas {flow_table['areas']}")
 got, pending, folded = {}, {}, 0
 
 
 def host_key(addr, ver):
-    return bytes(10) + b"\xff\xff" + addr[0:4] if ver == 4 else addr
+    return bytes(10) + b"\xff\xff" + addr if ver == 4 else addr
 
 
-for e in table["entries"]:
-    k, v = bytes.fromhex(e["key"]), bytes.fromhex(e["value"])
-    ver = k[37]
-    alen = 4 if ver == 4 else 16
-    key = (k[0:alen], k[16:16 + alen]) + struct.unpack("<HHB", k[32:37]) + (ver,)
-    packets, nbytes, first, last, a_p, a_b, b_p, b_b, folded_ns, owner = struct.unpack("<10Q", v)
-    check(first <= last, f"flow {key}: first seen after last seen")
-    check(owner in (0, 1), f"flow {key}: owner {owner} is no instance")
+for e in flow_table["entries"]:
+    ver = e["ip_version"]
+    addr_a, addr_b = ipaddress.ip_address(e["addr_a"]).packed, ipaddress.ip_address(e["addr_b"]).packed
+    key = (addr_a, addr_b, e["port_a"], e["port_b"], e["proto"], ver)
+    packets, nbytes, first, folded_ns, a_p, a_b, b_p, b_b = e["areas"]["mon"]
+    if packets == 0:
+        continue  # an entry of a frame mon did not count (none expected)
+    check(0 < first <= folded_ns, f"flow {key}: first seen {first}, folded {folded_ns}")
     check(a_p + b_p <= packets and a_b + b_b <= nbytes, f"flow {key}: more pending than counted")
     folded += a_p + b_p < packets
     got[key] = [packets, nbytes]
     # what the flow has not yet added to its hosts' counts
-    for addr, sent, heard in ((k[0:16], (a_p, a_b), (b_p, b_b)), (k[16:32], (b_p, b_b), (a_p, a_b))):
+    for addr, sent, heard in ((addr_a, (a_p, a_b), (b_p, b_b)), (addr_b, (b_p, b_b), (a_p, a_b))):
         h = pending.setdefault(host_key(addr, ver), [0, 0, 0, 0])
         for i, c in enumerate(sent + heard):
             h[i] += c

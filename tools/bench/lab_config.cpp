@@ -72,8 +72,8 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
         return fmt::format("inside = [\"198.18.0.0/16\"]\nexternal = \"{}\"\nmax_mappings = {}\n", p.nat_external, cap);
     }
     if (plugin == "mon") {
-        return fmt::format("max_flows = {}\nmax_hosts = {}\n", cap,
-                           p.mon_hosts ? p.mon_hosts : std::min<uint64_t>(1u << 22, cap));
+        // Its flows are in the chain's flow table, sized by the chain.
+        return fmt::format("max_hosts = {}\n", p.mon_hosts ? p.mon_hosts : std::min<uint64_t>(1u << 22, cap));
     }
     if (plugin == "ids") {
         const fs::path rules = dir / "ids.rules";

@@ -1,10 +1,12 @@
-// mon against the mock host: per-flow and per-host counts match what the
-// test counts itself (also in batches larger than mon's 64-packet rounds),
-// replicas of two instances fold
-// without loss or double counting, flows fold their pending counts into the hosts
-// every fold_ms and through the sweep (which also expires idle flows, each
-// instance only its own), hosts beyond max_hosts go to the counted overflow
-// row, bad config and truncated packets.
+// mon against the mock host (with the chain's flow table): per-flow counts in
+// mon's area of each flow entry and per-host counts match what the test
+// counts itself (also in batches larger than mon's 64-packet rounds), both
+// directions of a flow in one area with per-endpoint pending counts, replicas
+// of two instances fold without loss or double counting, flows fold their
+// pending counts into the hosts every fold_ms on write and through the host's
+// flow visits (quiet and expiring flows), a full flow table and hosts beyond
+// max_hosts are counted and lose nothing, bad config, an old host and
+// truncated packets.
 
 #include "mock_host.h"
 
@@ -22,13 +24,12 @@ const serpens_nf_descriptor *mon() { return load_plugin(NF_PLUGIN); }
 
 constexpr uint64_t kMs = 1000000ull;
 
-// The table layouts, as documented at the top of mon.c.
-struct FlowVal {
-    uint64_t packets, bytes, first_ns, last_ns;
+// mon's area of a flow entry, as documented at the top of mon.c.
+struct Area {
+    uint64_t packets, bytes, first_ns, folded_ns;
     uint64_t a_packets, a_bytes, b_packets, b_bytes; // pending: not yet in the hosts' counts
-    uint64_t folded_ns, owner;
 };
-static_assert(sizeof(FlowVal) == 80);
+static_assert(sizeof(Area) == 64);
 struct HostCounts {
     uint64_t tx_packets = 0, tx_bytes = 0, rx_packets = 0, rx_bytes = 0;
     bool operator==(const HostCounts &) const = default;
@@ -76,22 +77,37 @@ HostCounts &operator+=(HostCounts &a, const HostCounts &b)
     return a;
 }
 
+struct KeyLess {
+    bool operator()(const serpens::net::FlowKey &a, const serpens::net::FlowKey &b) const
+    {
+        return std::memcmp(&a, &b, sizeof a) < 0;
+    }
+};
+
 struct Mon {
     MockHost host{mon()};
-    explicit Mon(const std::string &cfg = "", uint32_t instances = 1)
+    explicit Mon(const std::string &cfg = "", uint32_t instances = 1, uint64_t flow_capacity = 65536,
+                 uint64_t flow_idle_ns = 300'000'000'000ull)
     {
+        host.flow_capacity = flow_capacity;
+        host.flow_idle_ns = flow_idle_ns;
         host.set_config(cfg);
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
         }
     }
-    std::map<Bytes, FlowVal> flows()
+    // mon's area of every live flow entry, by the entry's canonical key.
+    std::map<serpens::net::FlowKey, Area, KeyLess> flows()
     {
-        std::map<Bytes, FlowVal> out;
-        for (auto &[key, cells] : host.table("flows")->entries()) {
-            REQUIRE(cells[0].size() == sizeof(FlowVal));
-            std::memcpy(&out[key], cells[0].data(), sizeof(FlowVal));
-        }
+        std::map<serpens::net::FlowKey, Area, KeyLess> out;
+        serpens::state::FlowTable *t = host.flows();
+        REQUIRE(t != nullptr);
+        REQUIRE(t->spec().areas.size() == 1);
+        REQUIRE(t->spec().areas[0].size == sizeof(Area));
+        const uint32_t off = t->spec().areas[0].offset;
+        t->for_each_entry([&](const uint8_t *entry, uint32_t) {
+            std::memcpy(&out[serpens::state::FlowTable::entry_key(entry)], entry + off, sizeof(Area));
+        });
         return out;
     }
     // What the flows hold for their hosts and have not folded yet.
@@ -99,10 +115,18 @@ struct Mon {
     {
         std::map<Addr, HostCounts> out;
         for (auto &[key, v] : flows()) {
-            out[host_of(key.data(), key[37])] += HostCounts{v.a_packets, v.a_bytes, v.b_packets, v.b_bytes};
-            out[host_of(key.data() + 16, key[37])] += HostCounts{v.b_packets, v.b_bytes, v.a_packets, v.a_bytes};
+            out[host_of(key.src.data(), key.ip_version)] += HostCounts{v.a_packets, v.a_bytes, v.b_packets, v.b_bytes};
+            out[host_of(key.dst.data(), key.ip_version)] += HostCounts{v.b_packets, v.b_bytes, v.a_packets, v.a_bytes};
         }
         return out;
+    }
+    uint64_t pending_packets()
+    {
+        uint64_t n = 0;
+        for (auto &[k, v] : flows()) {
+            n += v.a_packets + v.b_packets;
+        }
+        return n;
     }
     // The hosts table plus the flows' pending counts: what mon has counted.
     std::map<Addr, HostCounts> counted()
@@ -156,6 +180,13 @@ struct Expect {
     }
 };
 
+Flow rev(Flow f)
+{
+    std::swap(f.src, f.dst);
+    std::swap(f.sport, f.dport);
+    return f;
+}
+
 // Traffic between 6 clients and 3 servers, both directions, TCP/UDP/ICMP.
 std::vector<Flow> traffic(std::size_t n)
 {
@@ -199,22 +230,17 @@ TEST_CASE("mon: per-flow and per-host counts match an independent count; packets
             CHECK(p.frames[i] == before[i]);
         }
     }
-    MockTable *ft = m.host.table("flows");
-    REQUIRE(ft != nullptr);
-    CHECK(ft->entries().size() == want.flows.size());
-    for (auto &[key, cells] : ft->entries()) {
-        REQUIRE(key.size() == 40);
-        CHECK(key[37] == 4);
-        auto k = std::make_tuple(rd32(key.data()), rd32(key.data() + 16), uint16_t(key[32] | key[33] << 8),
-                                 uint16_t(key[34] | key[35] << 8), key[36]);
+    auto areas = m.flows();
+    CHECK(areas.size() == want.flows.size());
+    for (auto &[key, v] : areas) {
+        CHECK(key.ip_version == 4);
+        auto k = std::make_tuple(rd32(key.src.data()), rd32(key.dst.data()), key.src_port, key.dst_port, key.proto);
         REQUIRE(want.flows.count(k));
-        FlowVal v;
-        std::memcpy(&v, cells[0].data(), sizeof v);
         CHECK(v.packets == want.flows[k].first);
         CHECK(v.bytes == want.flows[k].second);
-        CHECK(v.first_ns <= v.last_ns);
         CHECK(v.first_ns >= 1 * kMs);
-        CHECK(v.a_packets + v.b_packets == 0); // all folded
+        CHECK(v.first_ns <= v.folded_ns);
+        CHECK(v.a_packets + v.b_packets + v.a_bytes + v.b_bytes == 0); // all folded
     }
     CHECK(m.hosts() == want.hosts);
     CHECK(m.host.bulk_adds > 0);
@@ -314,46 +340,97 @@ TEST_CASE("mon: unparsed and truncated frames are counted and passed")
     }
     CHECK(m.host.counter(0, "unparsed") == 4);
     CHECK(m.host.counter(0, "packets") == 4);
-    CHECK(m.host.table("flows")->entries().empty());
-}
-
-TEST_CASE("mon: the flow table full is counted; counting goes on for hosts")
-{
-    std::string fold;
-    SUBCASE("flows written by update_state_bulk_v2") {}
-    SUBCASE("flows written by get and put (fold_ms = 0)") { fold = "fold_ms = 0\n"; }
-    Mon m("max_flows = 2\n" + fold);
-    Packets p;
-    for (uint16_t i = 0; i < 5; ++i) {
-        p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
-    }
-    m.host.process(0, p.parse(), p.ports, kMs);
-    CHECK(m.host.table("flows")->entries().size() == 2);
-    CHECK(m.host.counter(0, "flow_table_full") == 3);
-    CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
-}
-
-TEST_CASE("mon: a flow write the host refuses is a state error, not a full table; hosts still count")
-{
-    Mon m; // mon folds every fold_ms, so it uses update_state_bulk_v2
-    // A host that refuses every flow round for another reason than room.
-    m.host.api().update_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *, const uint8_t *,
-                                           void *, uint64_t *written) {
-        *written = 0;
-        return SERPENS_ENOTSUP;
-    };
-    Packets p;
-    for (uint16_t i = 0; i < 5; ++i) {
-        p.add(frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(i + 1), 53}));
-    }
-    m.host.process(0, p.parse(), p.ports, kMs);
-    CHECK(m.host.table("flows")->entries().empty());
+    CHECK(m.host.counter(0, "flows_new") == 0);
     CHECK(m.host.counter(0, "flow_table_full") == 0);
-    CHECK(m.host.counter(0, "state_errors") == 1); // one round of 5 flows
-    CHECK(m.counted()[mapped(ip4("10.0.0.1"))].tx_packets == 5);
+    for (auto &[k, a] : m.flows()) {
+        CHECK(a.packets == 0); // an entry the host made; mon counted nothing in it
+    }
+    CHECK(m.hosts().empty());
 }
 
-TEST_CASE("mon: a host replica the host refuses is a state error, not host_overflow")
+TEST_CASE("mon: both directions of a flow count in one area, per endpoint until they fold")
+{
+    Mon m("fold_ms = 10\n");
+    const Flow up{6, ip4("10.0.0.9"), ip4("10.0.0.3"), 40000, 443}; // from endpoint b (the higher address)
+    Packets p;
+    Bytes f1 = frame(up, 10), f2 = frame(up, 20), f3 = frame(rev(up), 30);
+    p.add(f1), p.add(f2), p.add(f3);
+    m.host.process(0, p.parse(), p.ports, 1 * kMs);
+    auto flows = m.flows();
+    REQUIRE(flows.size() == 1);
+    const auto &[key, a] = *flows.begin();
+    CHECK(rd32(key.src.data()) == ip4("10.0.0.3")); // endpoint a: the lower address
+    CHECK(key.src_port == 443);
+    CHECK(a.packets == 3);
+    CHECK(a.bytes == f1.size() + f2.size() + f3.size());
+    CHECK(a.first_ns == 1 * kMs);
+    CHECK(a.b_packets == 2);
+    CHECK(a.b_bytes == f1.size() + f2.size());
+    CHECK(a.a_packets == 1);
+    CHECK(a.a_bytes == f3.size());
+    CHECK(m.host.counter(0, "flows_new") == 1);
+    CHECK(m.hosts().empty()); // before fold_ms
+    // The next write after fold_ms folds: the hosts then hold what each sent.
+    Packets q;
+    Bytes f4 = frame(rev(up), 40);
+    q.add(f4);
+    m.host.process(0, q.parse(), q.ports, 12 * kMs);
+    auto hosts = m.hosts();
+    const HostCounts client{2, f1.size() + f2.size(), 2, f3.size() + f4.size()};
+    const HostCounts server{2, f3.size() + f4.size(), 2, f1.size() + f2.size()};
+    CHECK(hosts[mapped(ip4("10.0.0.9"))] == client);
+    CHECK(hosts[mapped(ip4("10.0.0.3"))] == server);
+    CHECK(m.pending_packets() == 0);
+    CHECK(m.flows().begin()->second.folded_ns == 12 * kMs);
+    CHECK(m.flows().begin()->second.packets == 4);
+}
+
+TEST_CASE("mon: a full flow table is counted; the hosts still get every packet, none lost")
+{
+    // A small table: 256 parts of a few slots each refuse most of 4000 flows.
+    Mon m("", 1, 16);
+    const uint64_t n = 4000;
+    uint64_t bytes = 0;
+    for (uint64_t start = 0; start < n; start += 500) {
+        Packets p;
+        for (uint64_t i = start; i < start + 500; ++i) {
+            Bytes f = frame({17, ip4("10.0.0.1"), ip4("10.0.0.2"), static_cast<uint16_t>(1 + i), 53}, i % 7);
+            bytes += f.size();
+            p.add(f);
+        }
+        m.host.process(0, p.parse(), p.ports, kMs);
+    }
+    const auto areas = m.flows();
+    const uint64_t full = m.host.counter(0, "flow_table_full");
+    CHECK(full > 0);
+    CHECK(full == n - areas.size());
+    CHECK(full == m.host.flows()->totals().refused_full);
+    CHECK(m.host.counter(0, "flows_new") == areas.size());
+    // Every packet reached the hosts, directly or pending in its flow.
+    auto hosts = m.hosts();
+    CHECK(hosts[mapped(ip4("10.0.0.1"))].tx_packets == full);
+    CHECK(m.counted()[mapped(ip4("10.0.0.1"))] == HostCounts{n, bytes, 0, 0});
+    CHECK(m.counted()[mapped(ip4("10.0.0.2"))] == HostCounts{0, 0, n, bytes});
+    HostCounts overflow;
+    uint64_t tx = 0;
+    for (auto &[h, c] : m.hosts(&overflow)) {
+        tx += c.tx_packets;
+    }
+    CHECK(tx + overflow.tx_packets + m.pending_packets() == m.host.counter(0, "packets"));
+}
+
+TEST_CASE("mon: a host older than 1.6 is refused in init, saying why")
+{
+    MockHost host(mon());
+    host.set_config("");
+    host.api().abi_minor = 5;
+    CHECK(host.init(0) == SERPENS_ENOTSUP);
+    REQUIRE(!host.logs.empty());
+    CHECK(host.logs.back().find("ABI 1.6 or later") != std::string::npos);
+    CHECK(host.logs.back().find("this host is 1.5") != std::string::npos);
+}
+
+TEST_CASE("mon: a host replica the host refuses is a state error, not host_overflow; the counts stay pending")
 {
     Mon m("fold_ms = 0\n"); // every write folds: the hosts table is written this batch
     m.host.api().add_state_bulk_v2 = [](serpens_table *, const void *, uint32_t, const uint64_t *, uint64_t *written) {
@@ -365,12 +442,17 @@ TEST_CASE("mon: a host replica the host refuses is a state error, not host_overf
     m.host.process(0, p.parse(), p.ports, kMs);
     CHECK(m.host.counter(0, "host_overflow") == 0);
     CHECK(m.host.counter(0, "state_errors") >= 1);
+    CHECK(m.pending_packets() == 1); // not taken: folded again later
+    // An expiring flow whose fold is refused stays, so its counts do not go with it.
+    CHECK(m.host.expire_flows(1000 * 1'000'000'000ull) == 0);
+    CHECK(m.pending_packets() == 1);
+    CHECK(m.host.counter(0, "flows_expired") == 0);
 }
 
-TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's by the sweep; none lost, none twice")
+TEST_CASE("mon: hosts hear of a flow's packets every fold_ms on write, of a quiet one's by a visit; none lost, none "
+          "twice")
 {
-    Mon m("fold_ms = 10\nmax_flows = 64\n");
-    CHECK((m.host.table("flows")->flags() & SERPENS_STATE_NF_EXPIRY) != 0);
+    Mon m("fold_ms = 10\n");
     Expect want;
     auto flows = traffic(60);
     auto send = [&](std::size_t from, std::size_t to, uint64_t now) {
@@ -382,71 +464,54 @@ TEST_CASE("mon: hosts hear of a flow's packets every fold_ms, of a quiet one's b
         }
         m.host.process(0, p.parse(), p.ports, now);
     };
-    auto pending_packets = [&] {
-        uint64_t n = 0;
-        for (auto &[k, v] : m.flows()) {
-            n += v.a_packets + v.b_packets;
-        }
-        return n;
-    };
     send(0, 60, 1 * kMs); // new flows: everything pending
     REQUIRE(m.flows().size() == want.flows.size());
     CHECK(m.hosts().empty());
-    CHECK(pending_packets() == 60);
+    CHECK(m.pending_packets() == 60);
     CHECK(m.counted() == want.hosts);
     send(0, 60, 5 * kMs); // before fold_ms: still pending
     CHECK(m.hosts().empty());
     CHECK(m.counted() == want.hosts);
+    m.host.expire_flows(8 * kMs); // a visit before fold_ms folds nothing
+    CHECK(m.hosts().empty());
     send(0, 30, 12 * kMs); // these flows are due: written, and folded with it
     CHECK(!m.hosts().empty());
-    CHECK(pending_packets() > 0);
-    CHECK(pending_packets() < 150);
+    CHECK(m.pending_packets() > 0);
+    CHECK(m.pending_packets() < 150);
     CHECK(m.counted() == want.hosts);
-    send(0, 1, 40 * kMs); // a quiet spell: the sweep folds every flow left
-    CHECK(pending_packets() == 0);
+    // A quiet spell: the host's visit folds every flow left, and no flow goes.
+    CHECK(m.host.expire_flows(40 * kMs) == 0);
+    CHECK(m.pending_packets() == 0);
     CHECK(m.hosts() == want.hosts);
     for (auto &[k, v] : m.flows()) {
-        CHECK(v.owner == 0);
         CHECK(v.folded_ns >= 12 * kMs);
     }
+    m.host.expire_flows(80 * kMs); // nothing pending: nothing twice
+    CHECK(m.hosts() == want.hosts);
     CHECK(m.host.counter(0, "flows_expired") == 0);
     CHECK(m.host.counter(0, "flows_new") == want.flows.size());
-    CHECK(m.host.bulk_updates > 0);
+    CHECK(m.host.counter(0, "state_errors") == 0);
 }
 
-TEST_CASE("mon: flows idle for idle_timeout go, their pending counts folded; each instance sweeps only its own")
+TEST_CASE("mon: a flow idle past the chain's timeout goes, everything it held folded")
 {
-    Mon m("idle_timeout = 1\nfold_ms = 1000\nmax_flows = 64\n", 2);
+    const uint64_t second = 1'000'000'000ull;
+    Mon m("fold_ms = 1000\n", 1, 65536, 2 * second); // fold_ms: nothing folds on write in this test
     Expect want;
-    auto send = [&](uint32_t instance, const Flow &f, uint64_t now) {
-        Packets p;
-        Bytes b = frame(f, 3);
-        want.add(f, b.size());
-        p.add(b);
-        m.host.process(instance, p.parse(), p.ports, now);
-    };
-    const Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1000, 53};
-    const Flow b{6, ip4("10.0.0.2"), ip4("198.51.100.2"), 2000, 80};
-    const Flow c{17, ip4("10.0.0.3"), ip4("198.51.100.3"), 3000, 53};
-    send(0, a, 1 * kMs);
-    send(0, a, 2 * kMs);
-    send(1, b, 1 * kMs);
-    // Instance 1 sweeps 2 s later: a is idle past the timeout but not its flow.
-    send(1, c, 2000 * kMs);
-    CHECK(m.flows().size() == 2); // a (instance 0's) and c; b went
-    CHECK(m.host.counter(1, "flows_expired") == 1);
-    CHECK(m.counted() == want.hosts);
-    for (auto &[k, v] : m.flows()) {
-        CHECK(v.owner == (rd32(k.data()) == ip4("10.0.0.1") ? 0u : 1u));
+    auto flows = traffic(40);
+    Packets p;
+    for (std::size_t i = 0; i < flows.size(); ++i) {
+        Bytes f = frame(flows[i], i % 5);
+        want.add(flows[i], f.size());
+        p.add(f);
     }
-    // Instance 0's own sweep removes a, folding its two pending packets.
-    send(0, c, 2001 * kMs); // c is now instance 0's: the host steered it there
-    CHECK(m.flows().size() == 1);
-    CHECK(m.host.counter(0, "flows_expired") == 1);
-    CHECK(m.hosts()[mapped(ip4("10.0.0.1"))] == want.hosts[mapped(ip4("10.0.0.1"))]);
-    CHECK(m.counted() == want.hosts);
-    CHECK(m.flows().begin()->second.owner == 0);
-    CHECK(m.flows().begin()->second.packets == 2);
+    m.host.process(0, p.parse(), p.ports, 1 * kMs);
+    const std::size_t n = m.flows().size();
+    CHECK(m.hosts().empty());
+    CHECK(m.host.expire_flows(10 * second) == n);
+    CHECK(m.host.flows()->totals().live == 0);
+    CHECK(m.host.counter(0, "flows_expired") == n);
+    CHECK(m.hosts() == want.hosts);
 }
 
 TEST_CASE("mon: config errors name file:line and fail init")
@@ -457,11 +522,10 @@ TEST_CASE("mon: config errors name file:line and fail init")
         const char *what;
     };
     const Case cases[] = {
-        {"max_flows = \"many\"\n", 2, "max_flows: expected an integer"},
+        {"max_hosts = \"many\"\n", 2, "max_hosts: expected an integer"},
         {"merge_ms = -1\n", 2, "merge_ms: -1 is out of range"},
-        {"max_flows = 10\nmax_hosts = 0\n", 3, "max_hosts: 0 is out of range"},
+        {"merge_ms = 10\nmax_hosts = 0\n", 3, "max_hosts: 0 is out of range"},
         {"fold_ms = -5\n", 2, "fold_ms: -5 is out of range"},
-        {"idle_timeout = \"1h\"\n", 2, "idle_timeout: expected an integer"},
     };
     for (const Case &c : cases) {
         CAPTURE(c.config);
@@ -475,12 +539,15 @@ TEST_CASE("mon: config errors name file:line and fail init")
     }
 }
 
-TEST_CASE("mon: init reads every key its synopsis documents")
+TEST_CASE("mon: init reads every key its synopsis documents, and no longer the flow table's")
 {
-    Mon m("max_flows = 1024\nmax_hosts = 256\nmerge_ms = 100\nfold_ms = 10\nidle_timeout = 30\n");
+    Mon m("max_hosts = 256\nmerge_ms = 100\nfold_ms = 10\n");
     CHECK(serpens::config::unread_keys(m.host.config()).empty());
-    Mon typo("max_flow = 1024\n");
+    Mon typo("max_host = 1024\n");
     auto unread = serpens::config::unread_keys(typo.host.config());
     REQUIRE(unread.size() == 1);
-    CHECK(unread[0].find(":2:1: unknown key 'max_flow'") != std::string::npos);
+    CHECK(unread[0].find(":2:1: unknown key 'max_host'") != std::string::npos);
+    // The flow table's size and timeout are the host's now (flow_capacity, flow_idle_s).
+    Mon old("max_flows = 1024\nidle_timeout = 30\n");
+    CHECK(serpens::config::unread_keys(old.host.config()).size() == 2);
 }
