@@ -116,14 +116,6 @@ static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct 
     return NAT_C_UNSUPPORTED;
 }
 
-/* Rewrites one address (at ip + addr_at) and one port/id, fixing checksums. */
-static void nat_rewrite(uint8_t *ip, unsigned addr_at, struct nat_l4 *l4, unsigned port_at, uint32_t new_ip,
-                        uint16_t new_port)
-{
-    serpens_ipv4_rewrite(ip, addr_at, l4->hdr, l4->csum_at, port_at, l4->pseudo, l4->proto == NAT_PROTO_UDP, new_ip,
-                         new_port);
-}
-
 /* Decides what a packet needs.  NAT_K_DONE: its verdict is in *port (and
  * counted); else its key is added to the chunk. */
 static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct nat_chunk *c, struct nat_job *job,
@@ -228,31 +220,11 @@ static uint8_t nat_outbound(struct nat *n, struct nat_chunk *c, const struct nat
             nat_count(n, NAT_C_EXHAUSTED);
             return SERPENS_PORT_DROP;
         }
-        struct nat_in_key ik;
-        struct nat_in_val iv;
-        memset(&ik, 0, sizeof ik);
-        memset(&iv, 0, sizeof iv);
         memset(val, 0, sizeof *val);
-        nat_item_endpoint(n, (uint32_t)item, &ik.ext_ip, &ik.ext_port);
-        ik.proto = proto;
-        iv.in_ip = key->in_ip;
-        iv.rem_ip = key->rem_ip;
-        iv.in_port = key->in_port;
-        iv.rem_port = key->rem_port;
-        iv.owner = (uint16_t)n->ctx->instance_id;
-        iv.proto = proto;
-        val->ext_ip = ik.ext_ip;
-        val->ext_port = ik.ext_port;
+        nat_item_endpoint(n, (uint32_t)item, &val->ext_ip, &val->ext_port);
         val->closing = (uint8_t)fin_or_rst;
         val->last_ns = now;
-        /* Reverse entry first: once the forward one exists, replies may come. */
-        int rc = n->host->put_state(n->in, &ik, &iv);
-        if (rc == SERPENS_OK) {
-            rc = n->host->put_state(n->out, key, val);
-            if (rc != SERPENS_OK) {
-                n->host->delete_state(n->in, &ik);
-            }
-        }
+        const int rc = nat_put_mapping(n, key, val);
         if (rc != SERPENS_OK) {
             nat_pool_give(n, pi, (uint32_t)item);
             nat_count(n, rc == SERPENS_ENOSPC ? NAT_C_TABLE_FULL : NAT_C_STATE_ERRORS);
@@ -298,14 +270,18 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         job->kind = NAT_K_DONE;
         if (batch->labels[i] == batch->self) {
             job->kind = (uint8_t)nat_classify(n, serpens_batch_pkt(batch, i), c, job, &batch->ports[i]);
+            job->flow = n->chain_flows ? serpens_batch_flow(batch, i) : NULL;
         }
     }
-    c->ohit = serpens_get_state_bulk(n->host, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0], sizeof c->oval[0]);
+    /* With the chain's flow table an outbound packet's mapping is its area. */
+    c->ohit = n->chain_flows ? 0
+                             : serpens_get_state_bulk(n->host, n->out, c->okey, c->n_out, c->oval, sizeof c->okey[0],
+                                                      sizeof c->oval[0]);
     c->ihit = serpens_get_state_bulk(n->host, n->in, c->ikey, c->n_in, c->ival, sizeof c->ikey[0], sizeof c->ival[0]);
     for (uint32_t i = first; i < end; ++i) {
         const struct nat_job *job = &c->job[i - first];
         if (job->kind == NAT_K_OUT) {
-            batch->ports[i] = nat_outbound(n, c, job, now);
+            batch->ports[i] = n->chain_flows ? nat_outbound_flow(n, c, job, now) : nat_outbound(n, c, job, now);
         } else if (job->kind == NAT_K_IN) {
             batch->ports[i] = nat_inbound(n, c, job);
         }
@@ -319,7 +295,9 @@ static void nat_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
     for (uint32_t first = 0; first < batch->count; first += NAT_BULK) {
         nat_run_chunk(n, batch, first, batch->count - first < NAT_BULK ? batch->count : first + NAT_BULK, now);
     }
-    nat_sweep_entries(n, now);
+    if (!n->chain_flows) {
+        nat_sweep_entries(n, now); /* else the host's sweep shows nat its flows (nat_flow.c) */
+    }
 }
 
 static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
@@ -334,7 +312,7 @@ static int nat_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     n->ctx = ctx;
     n->host = h;
     int rc = nat_configure(n, config);
-    if (rc != SERPENS_OK) {
+    if (rc != SERPENS_OK || (rc = nat_flow_init(n)) != SERPENS_OK) {
         return rc;
     }
     n->pool = h->create_table(ctx, "pool", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_RELEASE,
@@ -383,6 +361,9 @@ static const struct serpens_nf_descriptor nat_descriptor = {
     .process = nat_process,
     .fini = nat_fini,
     .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, /* serpens_batch_pkt */
+    .flow_state_size = 0,                           /* asked for in init on a 1.6 host (nat_flow.c) */
+    .flow_expired = nat_flow_expired,
+    .flow_visit = nat_flow_visit,
 };
 
 SERPENS_NF_REGISTER(nat_descriptor)

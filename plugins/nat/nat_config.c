@@ -155,7 +155,8 @@ int nat_configure(struct nat *n, const serpens_config *cfg)
     uint64_t shortest = ~0ull;
     for (int t = 0; t < NAT_N_TIMEOUTS; ++t) {
         int64_t s = timeout_defaults[t];
-        if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", timeout_keys[t], 1, 7 * 86400, &s)) != SERPENS_OK) {
+        if ((rc = serpens_config_int_range(n->ctx, cfg, "nat", timeout_keys[t], 1, NAT_MAX_TIMEOUT_S, &s)) !=
+            SERPENS_OK) {
             return rc;
         }
         n->timeout_ns[t] = (uint64_t)s * 1000000000ull;

@@ -29,6 +29,7 @@
 #define NAT_BULK 64u                        /* packets whose mappings are looked up together (nf.h bulk limit) */
 #define NAT_SWEEP_SLOTS_MAX 4096u           /* `in` slots the sweep walks per batch at most */
 #define NAT_REFRESH_MAX_NS 1000000000ull    /* rewrite last-seen at most once a second */
+#define NAT_MAX_TIMEOUT_S 32000             /* the chain's flow table tells idle times up to about 9.5 h */
 
 /* The host's "cell changed since you read it, read again" code.  */
 #define NAT_EAGAIN SERPENS_EAGAIN
@@ -98,6 +99,19 @@ struct nat_in_key {
     uint8_t pad;
 };
 
+/* The NF's area of a flow entry (chain flow table, nf.h "Per-flow state of
+ * the chain"): one word, so a crash never tears it.  ext_ip and ext_port in
+ * network order, as in the packet. */
+struct nat_flow {
+    uint32_t ext_ip;
+    uint16_t ext_port;
+    uint8_t proto;
+    uint8_t flags; /* NAT_FLOW_* */
+};
+#define NAT_FLOW_TAKEN 0x1u   /* the item is this flow's: give it back when it goes */
+#define NAT_FLOW_MAPPED 0x2u  /* its `in` and `out` entries are written */
+#define NAT_FLOW_CLOSING 0x4u /* a FIN or RST went out: the short TCP timeout applies */
+
 struct nat_in_val {
     uint32_t in_ip;
     uint32_t rem_ip;
@@ -128,6 +142,7 @@ struct nat_job {
     uint8_t at; /* index of its key in the chunk's out or in keys */
     uint8_t fin_or_rst;
     uint8_t *ip;
+    struct nat_flow *flow; /* chain_flows: the packet's area (NULL: none) */
     struct nat_l4 l4;
 };
 
@@ -175,6 +190,7 @@ struct nat {
     uint64_t retry_after_ns[NAT_N_PROTOS];
 
     struct serpens_sweep sweep; /* expiry sweep over the `in` table's slots */
+    int chain_flows;            /* mappings live in the chain's flow table (nat_flow.c) */
 
     uint64_t *counter[NAT_N_COUNTERS];
     uint64_t bitmap[NAT_CHUNK_WORDS]; /* scratch for one pool chunk */
@@ -221,6 +237,14 @@ static inline unsigned nat_proto_index(uint8_t proto)
     return proto == NAT_PROTO_TCP ? 0u : proto == NAT_PROTO_UDP ? 1u : 2u;
 }
 
+/* Rewrites one address (at ip + addr_at) and one port/id, fixing checksums. */
+static inline void nat_rewrite(uint8_t *ip, unsigned addr_at, struct nat_l4 *l4, unsigned port_at, uint32_t new_ip,
+                               uint16_t new_port)
+{
+    serpens_ipv4_rewrite(ip, addr_at, l4->hdr, l4->csum_at, port_at, l4->pseudo, l4->proto == NAT_PROTO_UDP, new_ip,
+                         new_port);
+}
+
 /* Item i of a protocol's pool is (ext_ip[i / n_ports], port_min + i % n_ports). */
 static inline void nat_item_endpoint(const struct nat *n, uint32_t item, uint32_t *ip_net, uint16_t *port_net)
 {
@@ -238,6 +262,21 @@ int nat_pool_init(struct nat *n);
 int64_t nat_pool_take(struct nat *n, unsigned pi, uint64_t now);
 void nat_pool_give(struct nat *n, unsigned pi, uint32_t item);
 void nat_sweep_entries(struct nat *n, uint64_t now);
+
+int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_net);
+uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing);
+/* Writes a new mapping's `in` (first: once `out` exists, replies may come)
+ * and `out` entries; on failure neither stays.  SERPENS_OK or the error. */
+int nat_put_mapping(struct nat *n, const struct nat_out_key *key, const struct nat_out_val *val);
+/* Removes the mapping of external item `ik` (both entries) and gives the
+ * item back to this instance's share; counts it expired. */
+void nat_drop_mapping(struct nat *n, const struct nat_in_key *ik);
+
+/* nat_flow.c: mappings in the chain's flow table. */
+int nat_flow_init(struct nat *n);
+uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_job *job, uint64_t now);
+int nat_flow_visit(struct serpens_nf_ctx *ctx, void *state, const struct serpens_flow_info *flow);
+void nat_flow_expired(struct serpens_nf_ctx *ctx, void *state);
 
 /* nat_icmp.c: an ICMP error about a mapped flow (RFC 5508 REQ-3). */
 uint8_t nat_icmp_error(struct nat *n, struct serpens_pkt *p, uint8_t *ip, int outbound);

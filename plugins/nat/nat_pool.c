@@ -41,7 +41,7 @@ static struct nat_pool_key nat_pool_key(const struct nat *n, unsigned pi, uint32
 
 /* The inverse: the item of an endpoint (network order), or -1 when it is
  * not in this pool (e.g. one of an earlier pool configuration). */
-static int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_net)
+int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_net)
 {
     const int32_t ext = nat_ext_index(n, ntohl(ip_net));
     const uint32_t port = ntohs(port_net);
@@ -157,7 +157,7 @@ void nat_pool_give(struct nat *n, unsigned pi, uint32_t item)
 
 /* ---- expiry ----------------------------------------------------------- */
 
-static uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing)
+uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing)
 {
     if (proto == NAT_PROTO_TCP) {
         return n->timeout_ns[closing ? NAT_TO_TCP_CLOSED : NAT_TO_TCP];
@@ -165,31 +165,75 @@ static uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing)
     return n->timeout_ns[proto == NAT_PROTO_UDP ? NAT_TO_UDP : NAT_TO_ICMP];
 }
 
-/* Frees one mapping of this instance (its `in` entry ik -> iv, item `item`
- * of protocol pi) when its outbound side is idle or gone. */
-static void nat_expire_mapping(struct nat *n, unsigned pi, uint32_t item, const struct nat_in_key *ik,
-                               const struct nat_in_val *iv, uint64_t now)
+int nat_put_mapping(struct nat *n, const struct nat_out_key *key, const struct nat_out_val *val)
+{
+    struct nat_in_key ik;
+    struct nat_in_val iv;
+    memset(&ik, 0, sizeof ik);
+    memset(&iv, 0, sizeof iv);
+    ik.ext_ip = val->ext_ip;
+    ik.ext_port = val->ext_port;
+    ik.proto = key->proto;
+    iv.in_ip = key->in_ip;
+    iv.rem_ip = key->rem_ip;
+    iv.in_port = key->in_port;
+    iv.rem_port = key->rem_port;
+    iv.owner = (uint16_t)n->ctx->instance_id;
+    iv.proto = key->proto;
+    int rc = n->host->put_state(n->in, &ik, &iv);
+    if (rc == SERPENS_OK) {
+        rc = n->host->put_state(n->out, key, val);
+        if (rc != SERPENS_OK) {
+            n->host->delete_state(n->in, &ik);
+        }
+    }
+    return rc;
+}
+
+/* The forward key of the mapping an `in` entry describes. */
+static struct nat_out_key nat_out_key_of(const struct nat_in_val *iv)
 {
     struct nat_out_key ok;
-    struct nat_out_val ov;
     memset(&ok, 0, sizeof ok);
     ok.in_ip = iv->in_ip;
     ok.rem_ip = iv->rem_ip;
     ok.in_port = iv->in_port;
     ok.rem_port = iv->rem_port;
     ok.proto = iv->proto;
-    int have_out = n->host->get_state(n->out, &ok, &ov) == SERPENS_OK;
-    if (have_out && (ov.ext_ip != ik->ext_ip || ov.ext_port != ik->ext_port)) {
-        have_out = 0; /* the flow moved on to another item: this one is stale */
-    } else if (have_out && now - ov.last_ns <= nat_timeout(n, iv->proto, ov.closing)) {
+    return ok;
+}
+
+void nat_drop_mapping(struct nat *n, const struct nat_in_key *ik)
+{
+    struct nat_in_val iv;
+    if (n->host->get_state(n->in, ik, &iv) == SERPENS_OK) {
+        const struct nat_out_key ok = nat_out_key_of(&iv);
+        struct nat_out_val ov;
+        /* Only this item's: the flow may have moved on to another one. */
+        if (n->host->get_state(n->out, &ok, &ov) == SERPENS_OK && ov.ext_ip == ik->ext_ip &&
+            ov.ext_port == ik->ext_port) {
+            n->host->delete_state(n->out, &ok);
+        }
+        n->host->delete_state(n->in, ik);
+    }
+    const int64_t item = nat_endpoint_item(n, ik->ext_ip, ik->ext_port);
+    if (item >= 0) { /* else an item of another pool configuration: not ours to give back */
+        nat_pool_give(n, nat_proto_index(ik->proto), (uint32_t)item);
+    }
+    nat_count(n, NAT_C_EXPIRED);
+}
+
+/* Frees one mapping of this instance (its `in` entry ik -> iv) when its
+ * outbound side is idle or gone. */
+static void nat_expire_mapping(struct nat *n, const struct nat_in_key *ik, const struct nat_in_val *iv, uint64_t now)
+{
+    const struct nat_out_key ok = nat_out_key_of(iv);
+    struct nat_out_val ov;
+    if (n->host->get_state(n->out, &ok, &ov) == SERPENS_OK && ov.ext_ip == ik->ext_ip && ov.ext_port == ik->ext_port &&
+        now - ov.last_ns <= nat_timeout(n, iv->proto, ov.closing)) {
         return; /* still in use */
     }
-    if (have_out) {
-        n->host->delete_state(n->out, &ok);
-    }
-    n->host->delete_state(n->in, ik);
-    nat_pool_give(n, pi, item);
-    nat_count(n, NAT_C_EXPIRED);
+    nat_drop_mapping(n, ik);
 }
 
 /* The sweep: walks the `in` table's slots (scan_state), so its cost follows
@@ -205,14 +249,10 @@ void nat_sweep_entries(struct nat *n, uint64_t now)
     struct nat_in_key ik;
     struct nat_in_val iv;
     while (serpens_sweep_next(n->host, n->in, &n->sweep, slots, &budget, &ik, &iv) == SERPENS_OK) {
-        if (iv.owner != n->ctx->instance_id) {
-            continue;
+        if (iv.owner != n->ctx->instance_id || nat_endpoint_item(n, ik.ext_ip, ik.ext_port) < 0) {
+            continue; /* another instance's, or an item of another pool configuration */
         }
-        const int64_t item = nat_endpoint_item(n, ik.ext_ip, ik.ext_port);
-        if (item < 0) {
-            continue; /* an item of another pool configuration: not ours to give back */
-        }
-        nat_expire_mapping(n, nat_proto_index(ik.proto), (uint32_t)item, &ik, &iv, now);
+        nat_expire_mapping(n, &ik, &iv, now);
     }
 }
 

@@ -16,6 +16,13 @@ namespace {
 
 const serpens_nf_descriptor *nat() { return load_plugin(NF_PLUGIN); }
 
+// Built twice: nf-nat runs nat on its own tables (a 1.5 host), nf-nat-flows
+// on the chain's flow table (NAT_CHAIN_FLOWS=1, a 1.6 host).
+#ifndef NAT_CHAIN_FLOWS
+#define NAT_CHAIN_FLOWS 0
+#endif
+constexpr bool kChainFlows = NAT_CHAIN_FLOWS != 0;
+
 constexpr uint64_t kSec = 1000000000ull;
 
 const char *kConfig = R"(inside = ["10.0.0.0/8", "192.168.0.0/16"]
@@ -28,10 +35,16 @@ tcp = 600
 tcp_closed = 20
 )";
 
+// With chain_flows false the host is a 1.5 one (no flow visits), so nat
+// keeps its mappings in tables of its own.
 struct Nat {
     MockHost host{nat()};
-    explicit Nat(const std::string &cfg = kConfig, uint32_t instances = 1)
+    explicit Nat(const std::string &cfg = kConfig, uint32_t instances = 1, bool chain_flows = kChainFlows)
     {
+        if (!chain_flows) {
+            host.api().flow_visit_every = nullptr;
+        }
+        sweeps = chain_flows;
         host.set_config(cfg);
         for (uint32_t i = 0; i < instances; ++i) {
             REQUIRE(host.init(i) == SERPENS_OK);
@@ -44,8 +57,12 @@ struct Nat {
         Packets p;
         p.add(in);
         host.process(id, p.parse(), p.ports, now);
+        if (sweeps) {
+            host.expire_flows(now, id); // the host's sweep between batches
+        }
         return p.dropped(0) ? Bytes{} : p.frames[0];
     }
+    bool sweeps = false;
     uint64_t c(const std::string &name, uint32_t id = 0) { return host.counter(id, name); }
 };
 
@@ -430,10 +447,21 @@ TEST_CASE("nat: packets of one flow in one batch share a mapping; a reply in the
     CHECK(d1.src == d0.src);
     CHECK(d1.sport == d0.sport);
     CHECK(n.c("mappings_created") == 2);
-    MockTable *out = n.host.table("out");
-    REQUIRE(out->entries().size() == 2);
-    for (auto &[key, value] : out->entries()) {
-        CHECK(value.at(0).at(6) == (key[12] == 6 ? 1 : 0)); // closing: the TCP flow only
+    if (kChainFlows) {
+        // closing: the TCP flow only (flags in the area's last byte); the
+        // areas of the flows as they entered, before translation
+        Packets entered;
+        entered.add(frame(t));
+        entered.add(frame(f));
+        const auto &views = entered.parse();
+        CHECK((static_cast<uint8_t *>(n.host.flow_area(views[0]))[7] & 0x4) != 0);
+        CHECK((static_cast<uint8_t *>(n.host.flow_area(views[1]))[7] & 0x4) == 0);
+    } else {
+        MockTable *out = n.host.table("out");
+        REQUIRE(out->entries().size() == 2);
+        for (auto &[key, value] : out->entries()) {
+            CHECK(value.at(0).at(6) == (key[12] == 6 ? 1 : 0)); // closing: the TCP flow only
+        }
     }
 
     // A reply in the same batch as the packet that makes the mapping.
@@ -525,6 +553,148 @@ TEST_CASE("nat: the pool conserves items: free bits plus live mappings is the wh
     CHECK(n.host.table("out")->entries().size() == 40);
     CHECK(n.host.table("in")->entries().size() == 40);
 }
+
+#if NAT_CHAIN_FLOWS
+namespace {
+
+// The mapping in a flow's area (nat_flow.c: struct nat_flow).
+struct Area {
+    uint32_t ext_ip; // network order
+    uint16_t ext_port;
+    uint8_t proto;
+    uint8_t flags; // 1 taken, 2 mapped, 4 closing
+};
+
+Area area_of(MockHost &h, const Flow &f)
+{
+    Packets p;
+    p.add(frame(f));
+    void *a = h.flow_area(p.parse()[0]);
+    REQUIRE(a != nullptr);
+    Area out;
+    std::memcpy(&out, a, sizeof out);
+    return out;
+}
+
+const char *kSmallPool = R"(inside = "10.0.0.0/8"
+external = "203.0.113.1"
+ports = [6000, 6001]
+[config.timeouts]
+udp = 2
+tcp = 100
+tcp_closed = 1
+icmp = 2
+)";
+
+} // namespace
+
+TEST_CASE("nat on the chain's flow table: a flow's mapping is its area; expiry hands the ports back to the pool")
+{
+    Nat n(kSmallPool);
+    REQUIRE(n.host.flows() != nullptr);
+    Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1, 53};
+    Flow b{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 2, 53};
+    Flow c{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 3, 53};
+    Decoded da = decode(n.run(frame(a), kSec));
+    Decoded db = decode(n.run(frame(b), kSec));
+    const Area aa = area_of(n.host, a);
+    CHECK(aa.flags == 3);
+    CHECK(aa.proto == 17);
+    CHECK(ntohs(aa.ext_port) == da.sport);
+    CHECK(ntohl(aa.ext_ip) == da.src);
+    CHECK(n.run(frame(c), kSec).empty()); // both ports taken
+    CHECK(n.c("pool_exhausted") == 1);
+
+    // Past the UDP timeout (2 s), well within the chain's (300 s): the
+    // sweep drops both mappings, the entries stay, the ports come back.
+    n.host.expire_flows(5 * kSec);
+    CHECK(n.c("mappings_expired") == 2);
+    CHECK(area_of(n.host, a).flags == 0);
+    CHECK(n.host.flows()->totals().live == 3);
+    CHECK(n.run(frame(reply_to(db, 17)), 5 * kSec).empty()); // the reverse mapping went too
+    Decoded dc = decode(n.run(frame(c), 5 * kSec));
+    CHECK((dc.sport == da.sport || dc.sport == db.sport));
+    // a comes back as a new mapping on the other port.
+    Decoded da2 = decode(n.run(frame(a), 5 * kSec));
+    CHECK(da2.sport != dc.sport);
+    CHECK(n.c("mappings_created") == 4);
+    // A second sweep gives nothing back twice.
+    n.host.expire_flows(5 * kSec);
+    CHECK(n.c("mappings_expired") == 2);
+}
+
+TEST_CASE("nat on the chain's flow table: an established TCP mapping outlives the chain's flow timeout")
+{
+    MockHost host(nat());
+    host.flow_idle_ns = 10 * kSec; // the chain's timeout: far below nat's TCP 600 s
+    host.set_config(kConfig);
+    REQUIRE(host.init(0) == SERPENS_OK);
+    auto run = [&](const Bytes &in, uint64_t now) {
+        Packets p;
+        p.add(in);
+        host.process(0, p.parse(), p.ports, now);
+        host.expire_flows(now);
+        return p.dropped(0) ? Bytes{} : p.frames[0];
+    };
+    Flow t{6, ip4("10.0.0.7"), ip4("198.51.100.9"), 4000, 443};
+    Flow u{17, ip4("10.0.0.7"), ip4("198.51.100.9"), 4001, 53};
+    Decoded dt = decode(run(frame(t), kSec));
+    REQUIRE_FALSE(run(frame(u), kSec).empty());
+    host.expire_flows(60 * kSec);
+    // UDP (30 s) went with the chain's timeout; TCP (600 s) stays.
+    CHECK(host.flows()->totals().live == 1);
+    CHECK(host.counter(0, "mappings_expired") == 1);
+    CHECK_FALSE(run(frame(reply_to(dt, 6)), 60 * kSec).empty()); // replies still come back
+    // Past nat's own TCP timeout, the mapping and the entry go.
+    host.expire_flows(700 * kSec);
+    CHECK(host.counter(0, "mappings_expired") == 2);
+    CHECK(host.flows()->totals().live == 0);
+    CHECK(run(frame(reply_to(dt, 6)), 700 * kSec).empty());
+}
+
+TEST_CASE("nat on the chain's flow table: a crash between taking a port and writing its entries heals")
+{
+    Nat n(kSmallPool);
+    Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1, 53};
+    // What a crash right after the port was taken leaves: the area holds
+    // the port (taken, not mapped), and neither table has the mapping.
+    Packets p;
+    p.add(frame(a));
+    auto *area = static_cast<uint8_t *>(n.host.flow_area(p.parse()[0]));
+    REQUIRE(area != nullptr);
+    const Area taken{htonl(ip4("203.0.113.1")), htons(6001), 17, 1};
+    std::memcpy(area, &taken, sizeof taken);
+    // The next packet writes the mapping for that port; the reply finds it.
+    Decoded d = decode(n.run(frame(a), 2 * kSec));
+    CHECK(d.sport == 6001);
+    CHECK(area_of(n.host, a).flags == 3);
+    CHECK_FALSE(n.run(frame(reply_to(d, 17)), 2 * kSec).empty());
+    CHECK(n.c("mappings_created") == 1);
+}
+
+TEST_CASE("nat on the chain's flow table: new flows the full table cannot hold are dropped and counted")
+{
+    MockHost host(nat());
+    host.flow_capacity = 256; // a few flows per part
+    host.set_config("inside = \"10.0.0.0/8\"\nexternal = \"203.0.113.1\"\nports = [1024, 17407]\n");
+    REQUIRE(host.init(0) == SERPENS_OK);
+    const uint64_t flows = host.flows()->totals().capacity + 1000;
+    REQUIRE(flows < 16384); // the pool does not run out first
+    Packets p;
+    for (uint64_t i = 0; i < flows; ++i) {
+        p.add(frame({17, ip4("10.0.0.1"), ip4("198.51.100.1"), static_cast<uint16_t>(1000 + i), 53}));
+        if (p.frames.size() == 64) {
+            host.process(0, p.parse(), p.ports, kSec);
+            p = Packets{};
+        }
+    }
+    host.process(0, p.parse(), p.ports, kSec);
+    const uint64_t full = host.counter(0, "table_full");
+    CHECK(full > 0);
+    CHECK(host.counter(0, "mappings_created") == host.flows()->totals().live);
+    CHECK(host.counter(0, "mappings_created") + full == flows);
+}
+#endif
 
 TEST_CASE("nat: config errors name file:line and fail init")
 {
