@@ -17,6 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// A chain's flow table: at least a few flows, at most what 32-bit slot
+// indexes per part reach; idle times are 16-bit units (state/flow_table.h).
+constexpr int64_t min_flow_capacity = 16;
+constexpr int64_t max_flow_capacity = int64_t{1} << 32;
+constexpr double max_flow_idle_s = 34000;
+
 std::string resolve(const fs::path &base, const std::string &value)
 {
     fs::path p(value);
@@ -277,8 +283,9 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         cfg.init_warn_ms = static_cast<uint32_t>(r.integer_or("init_warn_ms", cfg.init_warn_ms, 0, 3600000));
         cfg.pool = static_cast<uint32_t>(r.integer_or("pool", cfg.pool, 0, 16));
         cfg.keep_warm_s = r.double_or("keep_warm_s", cfg.keep_warm_s, 0, 86400);
-        cfg.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 65536, 16, int64_t{1} << 32));
-        cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, 34000); // idle times are 16-bit (flow_table.h)
+        cfg.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", static_cast<int64_t>(cfg.flow_capacity),
+                                                               min_flow_capacity, max_flow_capacity));
+        cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, max_flow_idle_s);
     }
 
     for (const toml::table *t : top.table_array("instance")) {
@@ -289,10 +296,11 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         inst.chain = r.required_string("chain");
         inst.count = static_cast<uint32_t>(r.integer_or("count", 1, 0, 16));
         if (t->contains("flow_capacity")) {
-            inst.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", 0, 16, int64_t{1} << 32));
+            inst.flow_capacity =
+                static_cast<uint64_t>(r.integer_or("flow_capacity", 0, min_flow_capacity, max_flow_capacity));
         }
         if (t->contains("flow_idle_s")) {
-            inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, 34000);
+            inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, max_flow_idle_s);
         }
         if (const toml::array *lcores = r.optional_array("lcores")) {
             for (const toml::node &n : *lcores) {

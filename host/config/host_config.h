@@ -96,11 +96,11 @@ struct HostConfig {
     uint32_t wake_threshold = 128;
     uint32_t wake_deadline_us = 1000;
     uint32_t idle_sleep_us = 1000;
-    uint32_t init_warn_ms = 5000;   // an NF init still running after this long is named in a warning
-    uint32_t pool = 1;              // pre-initialized instances kept ready per chain
-    double keep_warm_s = 0;         // an instance idle this long goes back to the pool; 0: never
-    uint64_t flow_capacity = 65536; // flows a chain's flow table holds (per chain, see [[instance]])
-    double flow_idle_s = 300;       // a flow idle this long is removed; 0: never
+    uint32_t init_warn_ms = 5000;     // an NF init still running after this long is named in a warning
+    uint32_t pool = 1;                // pre-initialized instances kept ready per chain
+    double keep_warm_s = 0;           // an instance idle this long goes back to the pool; 0: never
+    uint64_t flow_capacity = 1048576; // flows a chain's flow table holds (per chain, see [[instance]])
+    double flow_idle_s = 300;         // a flow idle this long is removed; 0: never
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
 
