@@ -198,11 +198,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
             err = fmt::format("{}: mmap of {} bytes failed: {}", file.string(), size, errno_text(errno));
             return false;
         }
-#ifdef MADV_HUGEPAGE
-        if (size >= (64u << 20)) {
-            ::madvise(p, size, MADV_HUGEPAGE); // a big table is TLB-bound on 4 KiB pages
-        }
-#endif
+        ready_for_data_path(p, size);
         t->_map = static_cast<uint8_t *>(p);
         t->_map_size = size;
         t->_fd = fd;

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -56,6 +57,20 @@ int create_reserved(const std::string &tmp, uint64_t &size, const std::string &r
         return fail(fmt::format("reserving {:.1f} MiB {}", static_cast<double>(size) / (1 << 20), reserving), rc);
     }
     return fd;
+}
+
+void ready_for_data_path(void *map, std::size_t size) noexcept
+{
+#ifdef MADV_HUGEPAGE
+    // tmpfs honours this when /sys/kernel/mm/transparent_hugepage/shmem_enabled
+    // is "advise" or more; before the pages are faulted in, so they can be huge.
+    if (size >= (64u << 20)) {
+        ::madvise(map, size, MADV_HUGEPAGE);
+    }
+#endif
+#ifdef MADV_POPULATE_WRITE
+    ::madvise(map, size, MADV_POPULATE_WRITE); // Linux 5.14+; an older kernel faults them in later
+#endif
 }
 
 } // namespace serpens::state

@@ -24,4 +24,11 @@ std::string move_aside(const std::filesystem::path &file);
 // was, with what to do) and `tmp` removed.
 int create_reserved(const std::string &tmp, uint64_t &size, const std::string &reserving, std::string &err);
 
+// Readies a writable mapping of a segment for the data path, at start (cold
+// path): a big one asks for huge pages (4 KiB pages make it TLB-bound), and
+// every page is faulted in now, since tmpfs zeroes a reserved page only at
+// its first touch and a flow's first packet would wait for that (nat's new
+// flows ran at 20k/s while their tables' pages were first written).
+void ready_for_data_path(void *map, std::size_t size) noexcept;
+
 } // namespace serpens::state

@@ -258,13 +258,9 @@ bool Table::map(int fd, std::size_t size, bool ro, std::string &err)
         err = _path.string() + ": mmap of " + std::to_string(size) + " bytes failed: " + errno_text(errno);
         return false;
     }
-#ifdef MADV_HUGEPAGE
-    // Large tables are TLB-bound on 4 KiB pages; tmpfs honours this when
-    // /sys/kernel/mm/transparent_hugepage/shmem_enabled is "advise" or more.
-    if (!ro && size >= (64u << 20)) {
-        ::madvise(p, size, MADV_HUGEPAGE);
+    if (!ro) {
+        ready_for_data_path(p, size);
     }
-#endif
     _map = p;
     _map_size = size;
     _fd = fd;
