@@ -194,16 +194,14 @@ private:
         _rig.make_pcap();
         _rig.make_queue_pcaps();
         _rig.make_serpens_files(opts, {_chain});
-        const fs::path socket = _rig.tmp / "ctl.sock";
         // The control thread that carries the handover needs a CPU of its
         // own, or the pause measures how long the scheduler keeps it off one.
         const bool two_lcores = _lcores_used == 2 || (_lcores_used == 0 && std::thread::hardware_concurrency() >= 4);
         std::cout << fmt::format("scale: the host forwards on {} lcore(s) of {} CPUs\n", two_lcores ? 2 : 1,
                                  std::thread::hardware_concurrency());
         const fs::path toml = _rig.write_host_toml(two_lcores, _chain);
-        // The rig's config, with a control socket to scale through
-        // and the instance rings' size under test.
-        patch(toml, "[host]\n", fmt::format("control_socket = \"{}\"\n", socket.string()));
+        const fs::path socket = _rig.host_socket; // what it scales through
+        // The rig's config, with the instance rings' size under test.
         patch(toml, "[instances]\n", fmt::format("ring_size = {}\n", _ring_size));
         const unsigned scale_run = _rig.runs;
         const fs::path log = _rig.tmp / "host-scale.log";

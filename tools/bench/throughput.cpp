@@ -14,9 +14,13 @@
 //   serpens <chain> 1 core  as serpens 1 core with a chain of real NFs (--chain:
 //                         the SFC FW -> MON -> NAT, and by default its parts,
 //                         so the report shows what each NF costs in the host).
-//                         serpens-host runs `--duration <window>`; its counters
-//                         cover its main loop from the first poll, so
-//                         Mpps = egress TX / window (no start-up inside).
+//                         serpens-host is read through its control socket:
+//                         once every flow of the capture is in the chain's
+//                         flow table, warm-up, egress TX, window, egress TX;
+//                         Mpps = TX delta / window, as for testpmd.  With
+//                         --new-flows the window starts at once and ends
+//                         before the capture's first pass does (every packet
+//                         opens a flow), and the chain's new flows/s count too.
 // Input: a serpens-pktgen pcap (--flows distinct flows, --size B frames)
 // replayed forever by net_pcap (infinite_rx=1); output: net_null,no-rx=1.
 //
@@ -97,6 +101,10 @@ public:
                                     "(--quick: fw-mon-nat lookup-count-lookup); \"\" for none")
                          ->expected(1, -1);
         app.add_option("--fw-rules", _rig.fw_rules, "rules of the fw in --chain")->capture_default_str();
+        app.add_flag("--new-flows", _rig.new_flows,
+                     "serpens runs measure the capture's first pass, where every packet of a new flow opens it "
+                     "(use --flows = --packets: a SYN flood's worst case), and report new flows per second; "
+                     "otherwise every flow is established before the warm-up");
     }
 
     int run(const Options &opts) override
@@ -213,9 +221,10 @@ private:
             for (std::size_t k = 0; k < chosen.size(); ++k) {
                 const std::size_t i = (k + static_cast<std::size_t>(round)) % chosen.size();
                 Run r = run_config(chosen[i]);
-                std::cout << fmt::format("  round {} {:<16} {:>7} Mpps  ({} pkts / {:.2f} s, CPU {:.2f} cores)\n",
-                                         round + 1, chosen[i].name, fmt_num(r.mpps), r.packets, r.window_s,
-                                         r.cpu_cores);
+                std::cout << fmt::format(
+                    "  round {} {:<16} {:>7} Mpps  ({} pkts / {:.2f} s, CPU {:.2f} cores){}\n", round + 1,
+                    chosen[i].name, fmt_num(r.mpps), r.packets, r.window_s, r.cpu_cores,
+                    r.new_flows_per_s >= 0 ? fmt::format(", {} M new flows/s", fmt_num(r.new_flows_per_s / 1e6)) : "");
                 std::cout.flush();
                 runs[i].push_back(r);
             }

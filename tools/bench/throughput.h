@@ -30,6 +30,7 @@ struct Run {
     double window_s = 0;
     double cpu_cores = -1; // CPU the process got over the window, in cores; -1 unknown
     uint64_t packets = 0;
+    double new_flows_per_s = -1; // serpens with --new-flows: flows its chain created per second; -1 unknown
 };
 
 enum class Kind { testpmd_io, testpmd_macswap, testpmd_macswap_2core, serpens_1core, serpens_2core, serpens_chain };
@@ -69,6 +70,7 @@ struct ThroughputRig {
     std::string pktgen_exe = SERPENS_BENCH_PKTGEN;
     bool keep = false;
     uint32_t fw_rules = 1000;
+    bool new_flows = false; // serpens runs measure the capture's first pass: every packet opens a flow
 
     int main_lcore = 0;
     int fwd_lcore = 1;
@@ -78,6 +80,7 @@ struct ThroughputRig {
     std::filesystem::path pcap;
     std::filesystem::path queue_pcaps[2]; // pcap's flows split in two, one capture per RX queue
     std::string pktgen_cmd;
+    std::filesystem::path host_socket; // the control socket of the host last configured
 
     // throughput_setup.cpp
     // Sets main_lcore and fwd_lcore from `lcores`, else the first two worker CPUs.
@@ -94,6 +97,7 @@ struct ThroughputRig {
     // half's flows belong to the instance of the lcore that receives it.
     void make_queue_pcaps();
     void make_serpens_files(const Options &opts, const std::vector<std::string> &chains);
+    // Also sets host_socket, where that host listens.
     std::filesystem::path write_host_toml(bool two_cores, const std::string &chain = "passthrough");
 
     // throughput_runners.cpp: one measured run each; throw with the log's tail.

@@ -65,7 +65,7 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                             "[min..max] of {})",
                             rig.size, rig.flows, opts.repeat),
                 {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max", "mpps_per_cpu",
-                 "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt"},
+                 "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt", "new_flows_mps"},
                 {}};
     std::string summary;
     // "<what> = <median> (rounds <min>..<max>; target >= <target>): MEETS|BELOW"
@@ -75,9 +75,12 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
     };
     for (std::size_t i = 0; i < chosen.size(); ++i) {
         const Config &c = *chosen[i].config;
-        std::vector<double> mpps, cores, per_cpu;
+        std::vector<double> mpps, cores, per_cpu, new_flows;
         for (const Run &r : runs[i]) {
             mpps.push_back(r.mpps);
+            if (r.new_flows_per_s >= 0) {
+                new_flows.push_back(r.new_flows_per_s / 1e6);
+            }
             if (r.cpu_cores > 0) {
                 cores.push_back(r.cpu_cores);
                 per_cpu.push_back(r.mpps / r.cpu_cores);
@@ -91,7 +94,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         table.rows.push_back({chosen[i].name, c.tool, chosen[i].forward, std::to_string(c.lcores),
                               cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median), fmt_num(m.min),
                               fmt_num(m.max), per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median),
-                              cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median)});
+                              cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median),
+                              new_flows.empty() ? "-" : fmt_num(summarize(new_flows).median)});
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
             summary += target_line("serpens SFC fw-mon-nat on 1 core / testpmd macswap", x_mac, 0.5);
         }
@@ -106,6 +110,11 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             }
             if (nf_ns.median >= 0) {
                 summary += fmt::format("; its NFs add {} ns/packet to the noop chain's", fmt_num(nf_ns.median));
+            }
+            if (!new_flows.empty()) {
+                const Summary nf = summarize(new_flows);
+                summary += fmt::format("; {} M new flows/s (rounds {}..{})", fmt_num(nf.median), fmt_num(nf.min),
+                                       fmt_num(nf.max));
             }
             summary += "\n";
         }
@@ -134,8 +143,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         "Input: `{}`, replayed by `{}` into `net_null0,no-rx=1`; burst {}, {} mbufs, EAL `--no-huge -m {} "
         "--no-pci`.  testpmd: `-l {},{} ... -- -i --forward-mode=io|macswap --port-topology=chained "
         "--nb-cores=1`, Mpps = TX delta between two `show port stats all` {} s apart, after {} s of "
-        "warm-up.  serpens-host: `--duration {}`; Mpps = egress TX / duration (its counters start with "
-        "its main loop, start-up is outside).  `cpu_cores`: CPU time the process got over the window "
+        "warm-up.  serpens-host: read through its control socket (`stats`); {}.  `cpu_cores`: CPU time the process got "
+        "over the window "
         "(schedstat) — below `lcores` means the machine's other load took CPU from it; "
         "`mpps_per_cpu` and `x_macswap_per_cpu` normalise for that.  Ratios are medians of per-round "
         "ratios (the configurations run interleaved, round by round).  `nf_ns_pkt`: what a chain's NFs add "
@@ -145,7 +154,15 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         "packet (a lookup, a counter add, a lookup) on one-word keys, and nothing else.\n{}",
         fmt_num(target_ratio), summary, rig.pktgen_cmd, "net_pcap0,rx_pcap=in.pcap,infinite_rx=1", rig.burst, rig.mbufs,
         rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
-        fmt_num(rig.window_s), skipped.empty() ? "" : "\nNot measured: " + skipped);
+        rig.new_flows ? fmt::format("--new-flows: the window opens at its first packet and closes after {} s or "
+                                    "once 90% of the capture's flows exist, whichever is first; Mpps = egress TX "
+                                    "delta / window, `new_flows_mps` = flows the chain created / window",
+                                    fmt_num(rig.window_s))
+                      : fmt::format("once every flow of the capture is in the chain's flow table (or its growth "
+                                    "stalled for 1 s), {} s of warm-up, then Mpps = egress TX delta over {} s, as for "
+                                    "testpmd",
+                                    fmt_num(rig.warmup_s), fmt_num(rig.window_s)),
+        skipped.empty() ? "" : "\nNot measured: " + skipped);
     notes += fmt::format(
         "\nTwo cores: in.pcap's flows split in two by the router's buckets (in-q0.pcap, in-q1.pcap; each flow "
         "in the half whose lcore's instance owns it, as a NIC whose RSS redirection table follows the buckets "

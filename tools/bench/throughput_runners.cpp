@@ -1,10 +1,12 @@
 // serpens-bench throughput: one measured run of one configuration — testpmd
-// driven through its command line, or serpens-host for a fixed duration —
-// as packets, window and the CPU the process got.
+// driven through its command line, or serpens-host read through its control
+// socket — as packets, window and the CPU the process got.
 
 #include "throughput.h"
 
 #include "process.h"
+
+#include "control/server.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -125,6 +127,39 @@ Run ThroughputRig::run_testpmd(const char *mode, bool two_cores)
     return r;
 }
 
+namespace {
+
+// What the bench reads of a running host (its control socket's `stats`).
+struct LiveCounters {
+    uint64_t tx = 0;            // egress port "out"
+    bool has_flows = false;     // the chain keeps a flow table
+    uint64_t flows_live = 0;    // its live flows
+    uint64_t flows_created = 0; // flows it created so far
+};
+
+LiveCounters live_counters(const fs::path &socket, const std::string &chain)
+{
+    const auto j = nlohmann::json::parse(control_request(socket.string(), "stats"), nullptr, false);
+    if (!j.is_object() || !j.contains("ports")) {
+        throw std::runtime_error("the host's stats are not the JSON expected");
+    }
+    LiveCounters c;
+    for (const auto &port : j["ports"]) {
+        if (port.value("name", "") == "out") {
+            c.tx = port.value("tx", uint64_t{0});
+        }
+    }
+    if (j.contains("chains") && j["chains"].contains(chain) && j["chains"][chain].contains("flows")) {
+        const auto &f = j["chains"][chain]["flows"];
+        c.has_flows = true;
+        c.flows_live = f.value("live", uint64_t{0});
+        c.flows_created = f.value("created", uint64_t{0});
+    }
+    return c;
+}
+
+} // namespace
+
 Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
 {
     const fs::path toml = write_host_toml(two_cores, chain);
@@ -132,9 +167,8 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     const fs::path log = tmp / fmt::format("host-{}-{}.log", what, runs);
     const fs::path json = tmp / fmt::format("host-{}-{}.json", what, runs);
     fs::remove(json);
-    Child host({host_exe, "-c", toml.string(), "--duration", fmt::format("{}", window_s), "--stats-json", json.string(),
-                "--log-level", "info"},
-               log, false);
+    // Stopped once measured: how long the flows take to establish is not known.
+    Child host({host_exe, "-c", toml.string(), "--stats-json", json.string(), "--log-level", "info"}, log, false);
     auto fail = [&](const std::string &why) {
         return std::runtime_error(
             fmt::format("serpens-host ({}): {} (log {}):\n{}", what, why, log.string(), last_lines(host.log(), 15)));
@@ -143,37 +177,76 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; }, 60)) {
         throw fail("did not start");
     }
-    const double t0 = now_s();
-    const int64_t c0 = cpu_ns(host.pid());
-    sleep_s(window_s * 0.9);
-    const double t1 = now_s();
-    const int64_t c1 = cpu_ns(host.pid());
-    const int code = host.wait_exit(window_s + 60);
-    if (code != 0) {
-        throw fail(fmt::format("exit code {}", code));
-    }
-    const std::string stats = read_text(json);
-    // The host's stats JSON: ports[] entries with "name" and "tx".
-    const auto parsed = nlohmann::json::parse(stats, nullptr, false);
-    std::optional<uint64_t> out_tx;
-    if (parsed.is_object() && parsed.contains("ports") && parsed["ports"].is_array()) {
-        for (const auto &port : parsed["ports"]) {
-            if (port.is_object() && port.value("name", "") == "out" && port.contains("tx") &&
-                port["tx"].is_number_unsigned()) {
-                out_tx = port["tx"].get<uint64_t>();
+    const fs::path socket = host_socket;
+    auto counters = [&] {
+        try {
+            return live_counters(socket, chain);
+        } catch (const std::exception &e) {
+            throw fail(std::string("cannot read its counters: ") + e.what());
+        }
+    };
+    Run r;
+    if (new_flows) {
+        // Every packet opens a flow: the window starts with the first packet
+        // and ends before the capture's first pass does.
+        const LiveCounters s1 = counters();
+        const double t1 = now_s();
+        const int64_t c1 = cpu_ns(host.pid());
+        LiveCounters s2 = s1;
+        double t2 = t1;
+        while (t2 - t1 < window_s) {
+            sleep_s(std::min(0.02, window_s / 10));
+            s2 = counters();
+            t2 = now_s();
+            if (s2.flows_created - s1.flows_created >= flows * 9 / 10) {
+                break; // most of the capture's flows exist: the rest would be established ones
             }
         }
+        const int64_t c2 = cpu_ns(host.pid());
+        r.packets = s2.tx - s1.tx;
+        r.window_s = t2 - t1;
+        r.new_flows_per_s = static_cast<double>(s2.flows_created - s1.flows_created) / r.window_s;
+        if (c1 >= 0 && c2 >= 0) {
+            r.cpu_cores = static_cast<double>(c2 - c1) / 1e9 / r.window_s;
+        }
+    } else {
+        // Established flows: every flow of the capture is in the chain's
+        // flow table before the warm-up (its growth stalling for a second
+        // ends the wait too: a table that refuses the rest), as testpmd
+        // has replayed the capture before its window.
+        const double deadline = now_s() + 300;
+        LiveCounters s = counters();
+        double grew = now_s();
+        while (s.has_flows && s.flows_live < flows && now_s() - grew < 1 && now_s() < deadline) {
+            sleep_s(0.05);
+            const LiveCounters next = counters();
+            if (next.flows_live > s.flows_live) {
+                grew = now_s();
+            }
+            s = next;
+        }
+        sleep_s(warmup_s);
+        const LiveCounters s1 = counters();
+        const double t1 = now_s();
+        const int64_t c1 = cpu_ns(host.pid());
+        sleep_s(window_s);
+        const LiveCounters s2 = counters();
+        const double t2 = now_s();
+        const int64_t c2 = cpu_ns(host.pid());
+        r.packets = s2.tx - s1.tx;
+        r.window_s = t2 - t1;
+        if (c1 >= 0 && c2 >= 0) {
+            r.cpu_cores = static_cast<double>(c2 - c1) / 1e9 / r.window_s;
+        }
     }
-    if (!out_tx) {
-        throw fail("no TX count for port 'out' in " + json.string());
+    const int code = host.stop(10);
+    if (code != 0) {
+        throw fail(fmt::format("exit code {} after SIGTERM", code));
     }
-    Run r;
-    r.packets = *out_tx;
-    r.window_s = window_s;
-    r.mpps = static_cast<double>(r.packets) / window_s / 1e6;
-    if (c0 >= 0 && c1 >= 0 && t1 > t0) {
-        r.cpu_cores = static_cast<double>(c1 - c0) / 1e9 / (t1 - t0);
+    if (r.packets == 0) {
+        throw fail("no packet left the chain in the window");
     }
+    r.mpps = static_cast<double>(r.packets) / r.window_s / 1e6;
     return r;
 }
 

@@ -209,6 +209,7 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
     const std::string eal_lcores = two_cores ? fmt::format("{},{}", main_lcore, fwd_lcore) : std::to_string(fwd_lcore);
     const std::string instance_lcores = two_cores ? eal_lcores : std::to_string(fwd_lcore);
     const fs::path path = tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
+    host_socket = tmp / fmt::format("host-{}.sock", runs);
     std::ofstream out(path);
     out << fmt::format("# serpens-bench throughput: {}\n"
                        "[host]\n"
@@ -216,7 +217,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        "log_level = \"info\"\n"
                        "plugin_dir = \"plugins\"\n"
                        "chains_dir = \"chains-{}\"\n"
-                       "state_dir = \"{}\"\n\n"
+                       "state_dir = \"{}\"\n"
+                       "control_socket = \"{}\"\n\n"
                        "[eal]\n"
                        "args = [\"-l\", \"{}\", \"--no-huge\", \"-m\", \"{}\", \"--no-pci\", \"--no-shconf\", \"{}\", "
                        "\"--no-telemetry\", \"--log-level=warning\"]\n\n"
@@ -243,8 +245,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        "lcores = [{}]\n",
                        two_cores ? "two lcores, each receiving one RX queue and running an instance"
                                  : "everything on the main lcore (one core)",
-                       getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), eal_lcores, memory_mb,
-                       eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
+                       getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), host_socket.string(),
+                       eal_lcores, memory_mb, eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
                        std::max<uint64_t>(65536, flows), chain, two_cores ? 2 : 1, instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
