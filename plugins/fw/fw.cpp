@@ -40,9 +40,10 @@
  *
  * STATE (paper Table I)
  *   rules        global/read  — per instance, parsed at init (read-only after)
- *   per flow     16 B of the chain's flow table (1.5 hosts, state = "host"):
- *                the verdict of each direction of the flow (8 B each:
- *                verdict, why, 1 = stored, rules fingerprint).  The host
+ *   per flow     8 B of the chain's flow table (1.5 hosts, state = "host"):
+ *                the verdict of each direction of the flow (verdict + 1,
+ *                why; 1 B each) and the rules fingerprint both were
+ *                decided under, one word.  The host
  *                looked the flow up for the whole chain, so a packet of a
  *                known flow costs fw no lookup; a stateful reply is admitted
  *                when the flow's other direction opened the connection.
@@ -108,12 +109,17 @@ struct Conn {
 };
 
 // Its state in the chain's flow table (a 1.5 host): the verdict of each
-// direction of the flow, each written as one 8-byte store (never torn).
-// `pad` is 1 in a stored verdict: the zeroed area of a new flow has none.
+// direction of the flow and the rules fingerprint both were decided under,
+// one 8-byte word written in one store (never torn), so that an entry of
+// FW -> MON -> NAT stays two cache lines.  code[d] is the verdict + 1: the
+// zeroed area of a new flow has none.  [0]: the direction of the flow's
+// first packet, [1]: its replies.
 struct FlowVerdicts {
-    Verdict dir[2]; // [0]: the direction of the flow's first packet, [1]: its replies
+    uint8_t code[2];
+    uint8_t why[2];
+    uint32_t gen;
 };
-static_assert(sizeof(FlowVerdicts) == 16);
+static_assert(sizeof(FlowVerdicts) == 8);
 constexpr uint16_t kStored = 1;
 
 enum Counter {
@@ -260,20 +266,48 @@ Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
     return v;
 }
 
-Verdict load_verdict(const Verdict *slot) noexcept
+FlowVerdicts load_flow(const FlowVerdicts *flow) noexcept
 {
-    Verdict v;
-    const uint64_t word = __atomic_load_n(reinterpret_cast<const uint64_t *>(slot), __ATOMIC_RELAXED);
-    std::memcpy(&v, &word, sizeof v);
+    FlowVerdicts f;
+    const uint64_t word = __atomic_load_n(reinterpret_cast<const uint64_t *>(flow), __ATOMIC_RELAXED);
+    std::memcpy(&f, &word, sizeof f);
+    return f;
+}
+
+void store_flow(FlowVerdicts *flow, const FlowVerdicts &f) noexcept
+{
+    uint64_t word;
+    std::memcpy(&word, &f, sizeof word);
+    __atomic_store_n(reinterpret_cast<uint64_t *>(flow), word, __ATOMIC_RELAXED);
+}
+
+// Direction d's verdict (pad kStored when there is one).
+Verdict load_verdict(const FlowVerdicts *flow, unsigned d) noexcept
+{
+    const FlowVerdicts f = load_flow(flow);
+    Verdict v{};
+    if (f.code[d] != 0) {
+        v.verdict = static_cast<uint8_t>(f.code[d] - 1);
+        v.why = f.why[d];
+        v.pad = kStored;
+        v.gen = f.gen;
+    }
     return v;
 }
 
-void store_verdict(Verdict *slot, Verdict v) noexcept
+// Stores direction d's verdict; the other direction's goes when it was
+// decided under other rules (`clear_other`: in any case).
+void store_verdict(FlowVerdicts *flow, unsigned d, const Verdict &v, bool clear_other = false) noexcept
 {
-    v.pad = kStored;
-    uint64_t word;
-    std::memcpy(&word, &v, sizeof word);
-    __atomic_store_n(reinterpret_cast<uint64_t *>(slot), word, __ATOMIC_RELAXED);
+    FlowVerdicts f = load_flow(flow);
+    if (clear_other || f.gen != v.gen) {
+        f.code[1 - d] = 0;
+        f.why[1 - d] = 0;
+    }
+    f.code[d] = static_cast<uint8_t>(v.verdict + 1);
+    f.why[d] = v.why;
+    f.gen = v.gen;
+    store_flow(flow, f);
 }
 
 bool current(const Fw &fw, const Verdict &v) noexcept { return v.pad == kStored && v.gen == fw.rules.fingerprint; }
@@ -288,8 +322,9 @@ Verdict decide_in_flow(Fw &fw, const FlowKey &k, FlowVerdicts *flow, unsigned di
         return decide(fw, k, now); // connections are still in conns
     }
     Verdict v = rule_verdict(fw, k);
+    bool clear_other = false;
     if (fw.stateful) {
-        const Verdict other = load_verdict(&flow->dir[1 - dir]);
+        const Verdict other = load_verdict(flow, 1 - dir);
         if (v.verdict == V_DENY) {
             // A reply: the other direction opened the connection.
             if (current(fw, other) && other.verdict != V_DENY && (other.why == WHY_RULE || other.why == WHY_DEFAULT)) {
@@ -299,9 +334,7 @@ Verdict decide_in_flow(Fw &fw, const FlowKey &k, FlowVerdicts *flow, unsigned di
         } else {
             // Opens a connection: a reply denied earlier is re-decided, and
             // ICMP errors quoting this flow find it (conns).
-            if (current(fw, other) && other.verdict == V_DENY) {
-                __atomic_store_n(reinterpret_cast<uint64_t *>(&flow->dir[1 - dir]), uint64_t{0}, __ATOMIC_RELAXED);
-            }
+            clear_other = current(fw, other) && other.verdict == V_DENY;
             const FlowKey rk = reversed(k);
             Conn c{now, fw.rules.fingerprint, 0};
             if (fw.conns.put(&rk, &c, now) != SERPENS_OK) {
@@ -309,7 +342,7 @@ Verdict decide_in_flow(Fw &fw, const FlowKey &k, FlowVerdicts *flow, unsigned di
             }
         }
     }
-    store_verdict(&flow->dir[dir], v);
+    store_verdict(flow, dir, v, clear_other);
     return v;
 }
 
@@ -581,7 +614,7 @@ void fw_process_chain_flows(Fw &fw, serpens_batch *b, uint64_t now) noexcept
         auto *flow = k.proto == 132 ? nullptr : static_cast<FlowVerdicts *>(serpens_batch_flow(b, i));
         const unsigned dir = (serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY) != 0 ? 1 : 0;
         Verdict v{};
-        if (flow != nullptr && current(fw, v = load_verdict(&flow->dir[dir]))) {
+        if (flow != nullptr && current(fw, v = load_verdict(flow, dir))) {
             ++*fw.c[C_HITS];
         } else {
             ++*fw.c[C_MISSES];
