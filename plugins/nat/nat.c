@@ -40,8 +40,11 @@
  *   inside the headers it rewrites or quotes, and new flows when the pool has
  *   no free item.
  *
- *   Mappings expire after the idle timeout of their protocol, swept by the
- *   instance that made them (nat_pool.c, also for the limitations).
+ *   Mappings expire after the idle timeout of their protocol (at most
+ *   32000 s).  On a 1.6 host the forward mapping lives in the chain's flow
+ *   table and the host's flow sweep shows nat its flows (nat_flow.c); on an
+ *   older host the instance that made a mapping sweeps its own tables
+ *   (nat_pool.c, also for the limitations).
  *
  * STATE (paper Table I)
  *   pool  GLOBAL|WRITE|RELEASE  key (pool fingerprint, chunk, protocol), value a
@@ -50,8 +53,13 @@
  *                               to the instances; an instance that runs out
  *                               triggers a rebalance and drops (counted) only
  *                               when that finds nothing either.
+ *   per flow  8 B of the chain's flow table (1.6 hosts): the flow's external
+ *                               addr:port, protocol and flags (taken, mapped,
+ *                               closing), one word (nat_flow.c)
  *   out   PER_FLOW|WRITE|NF_EXPIRY  (proto, inside addr:port, remote addr:port)
- *                               -> (external addr:port, last outbound packet)
+ *                               -> (external addr:port, last outbound packet);
+ *                               with the flow table only ICMP errors from
+ *                               inside read it
  *   in    PER_FLOW|WRITE|NF_EXPIRY  (proto, external addr:port) -> (inside addr:port,
  *                               remote addr:port, owning instance)
  *   Pool size: (addresses x ports) / 4096 keys per protocol; the host keeps

@@ -2,7 +2,7 @@
  * nat_pool.c — the nat NF's pool of (external address, port) items and the
  * sweep that gives expired mappings' items back to it.
  *
- * EXPIRY
+ * EXPIRY (hosts older than 1.6; on a 1.6 host see nat_flow.c)
  *   Mappings expire after the idle timeout of their protocol; only outbound
  *   packets refresh them (RFC 4787 REQ-6 makes inbound refresh optional, and
  *   keeping the inbound path read-only means a reply steered to another
