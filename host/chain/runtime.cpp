@@ -98,7 +98,7 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
         }
         ctx->fill_public(api, instance_id);
         ctx->flow_state_size = flow_state_size(*nf.desc); // init may change it (host API flow_state)
-        ctx->flow_visit_ms = has_descriptor_1_6(*nf.desc) ? nf.desc->flow_visit_ms : 0; // and flow_visit_every
+        ctx->flow_visit_ms = flow_visit_ms(*nf.desc);     // and flow_visit_every
         _contexts.push_back(std::move(ctx));
 
         int rc = SERPENS_OK;

@@ -131,5 +131,10 @@ inline uint32_t flow_state_size(const serpens_nf_descriptor &desc) noexcept
 {
     return has_descriptor_1_5(desc) ? desc.flow_state_size : 0;
 }
+// How often the NF's flow_visit hook sees every entry (0: expiring ones only, or a pre-1.6 NF).
+inline uint32_t flow_visit_ms(const serpens_nf_descriptor &desc) noexcept
+{
+    return has_descriptor_1_6(desc) ? desc.flow_visit_ms : 0;
+}
 
 } // namespace serpens

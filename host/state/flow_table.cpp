@@ -97,6 +97,12 @@ inline bool same_key(const net::FlowKey &a, const net::FlowKey &b) noexcept
 // Slots a part needs: its share of `capacity` with room for the unevenness
 // of hashing (4 standard deviations), at most half full so that a linear
 // probe stays short (about 1.5 slots for a hit, 2.5 for a miss).
+// Bytes of one part: its header and its slots.
+std::size_t part_bytes(uint32_t slots, uint32_t entry_size)
+{
+    return sizeof(PartHeader) + std::size_t{slots} * entry_size;
+}
+
 uint32_t slots_for(uint64_t capacity)
 {
     const double per_part = static_cast<double>(capacity) / flow_parts;
@@ -178,7 +184,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         want.areas[i].offset = spec.areas[i].offset;
     }
     std::snprintf(want.chain, sizeof want.chain, "%s", spec.chain.c_str());
-    const std::size_t part_size = sizeof(PartHeader) + std::size_t{want.slots_per_part} * entry_size;
+    const std::size_t part_size = part_bytes(want.slots_per_part, entry_size);
     want.file_size = flow_header_size + part_size * flow_parts;
 
     std::unique_ptr<FlowTable> t(new FlowTable());
@@ -186,7 +192,6 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
     t->_spec = std::move(spec);
     t->_entry_size = entry_size;
     t->_n_slots = want.slots_per_part;
-    t->_max_live = want.slots_per_part * 3 / 4;
     t->_part_size = part_size;
     t->_idle_units =
         t->_spec.idle_timeout_ns == 0
@@ -288,7 +293,7 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
     }
     // Everything the mapping is walked with comes from the header: checked
     // against itself and the file's size before any of it is trusted.
-    const std::size_t part_size = sizeof(PartHeader) + std::size_t{h.slots_per_part} * h.entry_size;
+    const std::size_t part_size = part_bytes(h.slots_per_part, h.entry_size);
     std::string why;
     if (h.magic != flow_magic || h.version != flow_layout_version || h.header_size != flow_header_size) {
         why = "not a flow table of this version";
@@ -332,7 +337,6 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
     t->_map_size = h.file_size;
     t->_entry_size = h.entry_size;
     t->_n_slots = h.slots_per_part;
-    t->_max_live = h.slots_per_part * 3 / 4;
     t->_part_size = part_size;
     t->_idle_units = 0; // never sweeps
     return t;
@@ -346,13 +350,18 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
 
 uint8_t *FlowTable::entry_at(uint32_t p, uint32_t slot, uint32_t &hash) const noexcept
 {
-    uint8_t *entry = part(p).slots + std::size_t{slot} * _entry_size;
+    uint8_t *entry = slot_at(part(p), slot);
     const auto *h = reinterpret_cast<const SlotHeader *>(entry);
     if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != slot_live) {
         return nullptr;
     }
     hash = hash_of(h->sig, p);
     return entry;
+}
+
+[[gnu::always_inline]] inline uint8_t *FlowTable::slot_at(const Part &part, uint32_t slot) const noexcept
+{
+    return part.slots + std::size_t{slot} * _entry_size;
 }
 
 uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
@@ -369,7 +378,7 @@ uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &k
     // A flow lives within flow_max_probe slots of its home (insert() puts it
     // nowhere else), so no probe, even of a full part, goes further.
     for (uint32_t n = 0; n < std::min(_n_slots, flow_max_probe); ++n) {
-        uint8_t *entry = part.slots + std::size_t{s} * _entry_size;
+        uint8_t *entry = slot_at(part, s);
         const auto *h = reinterpret_cast<const SlotHeader *>(entry);
         const uint8_t state = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
         if (state == slot_free) {
@@ -394,11 +403,11 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
 {
     // Refused when the probe found no room, or when the part holds its share
     // of the capacity: fuller, probes would grow long.
-    if (slot == UINT32_MAX || __atomic_load_n(&part.header->counters.live, __ATOMIC_RELAXED) >= _max_live) {
+    if (slot == UINT32_MAX || __atomic_load_n(&part.header->counters.live, __ATOMIC_RELAXED) >= max_live_per_part()) {
         bump(part.header->counters.refused_full);
         return nullptr;
     }
-    uint8_t *entry = part.slots + std::size_t{slot} * _entry_size;
+    uint8_t *entry = slot_at(part, slot);
     auto *h = reinterpret_cast<SlotHeader *>(entry);
     h->key = key;
     h->sig = signature(hash);
@@ -413,7 +422,7 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
 
 void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept
 {
-    uint8_t *entry = part.slots + std::size_t{slot} * _entry_size;
+    uint8_t *entry = slot_at(part, slot);
     auto *h = reinterpret_cast<SlotHeader *>(entry);
     st8(&h->state, slot_expiring); // a crash from here on: recover() runs the hooks again
     if (fn != nullptr) {
@@ -423,9 +432,7 @@ void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *a
     // do the deleted slots before it.  Otherwise it stays a tombstone that
     // probes step over.
     const uint32_t next = slot + 1 == _n_slots ? 0 : slot + 1;
-    auto state_at = [&](uint32_t s) -> uint8_t & {
-        return reinterpret_cast<SlotHeader *>(part.slots + std::size_t{s} * _entry_size)->state;
-    };
+    auto state_at = [&](uint32_t s) -> uint8_t & { return reinterpret_cast<SlotHeader *>(slot_at(part, s))->state; };
     if (state_at(next) == slot_free) {
         st8(&h->state, slot_free);
         for (uint32_t s = slot == 0 ? _n_slots - 1 : slot - 1, n = 0; n < _n_slots && state_at(s) == slot_deleted;
@@ -469,8 +476,7 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             if (reverse[j]) {
                 keys[j] = keys[j].reversed();
             }
-            const uint8_t *home =
-                part(pkt.flow_hash % flow_parts).slots + std::size_t{home_slot(pkt.flow_hash)} * _entry_size;
+            const uint8_t *home = slot_at(part(pkt.flow_hash % flow_parts), home_slot(pkt.flow_hash));
             for (uint32_t off = 0; off < _entry_size; off += 64) {
                 __builtin_prefetch(home + off, 1, 3);
             }
@@ -525,7 +531,7 @@ std::size_t FlowTable::sweep(const uint64_t *owned, FlowSweepCursor &cursor, uin
         while (cursor.slot < _n_slots && max_slots > 0) {
             const uint32_t s = cursor.slot++;
             --max_slots;
-            uint8_t *entry = pv.slots + std::size_t{s} * _entry_size;
+            uint8_t *entry = slot_at(pv, s);
             const auto *h = reinterpret_cast<const SlotHeader *>(entry);
             if (h->state != slot_live) {
                 continue;
@@ -590,7 +596,7 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
         const Part pv = part(p);
         uint64_t live = 0;
         for (uint32_t s = 0; s < _n_slots; ++s) {
-            const auto *h = reinterpret_cast<const SlotHeader *>(pv.slots + std::size_t{s} * _entry_size);
+            const auto *h = reinterpret_cast<const SlotHeader *>(slot_at(pv, s));
             if (h->state == slot_expiring) {
                 remove(pv, s, fn, arg);
                 ++done;
@@ -608,7 +614,7 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
 FlowTableTotals FlowTable::totals() const noexcept
 {
     FlowTableTotals t;
-    t.capacity = uint64_t{flow_parts} * _max_live;
+    t.capacity = uint64_t{flow_parts} * max_live_per_part();
     for (uint32_t p = 0; p < flow_parts; ++p) {
         const FlowPartCounters &c = part(p).header->counters;
         t.live += __atomic_load_n(&c.live, __ATOMIC_RELAXED);

@@ -187,7 +187,7 @@ public:
     uint32_t entry_size() const noexcept { return _entry_size; }
     uint32_t slots_per_part() const noexcept { return _n_slots; }
     // Flows a part takes before it refuses new ones (its share of the capacity).
-    uint32_t max_live_per_part() const noexcept { return _max_live; }
+    uint32_t max_live_per_part() const noexcept { return _n_slots * 3 / 4; }
     const std::filesystem::path &path() const noexcept { return _path; }
     // Summed over parts; exact when no worker writes, approximate otherwise.
     FlowTableTotals totals() const noexcept;
@@ -198,6 +198,7 @@ private:
     // The entry in a slot and its flow hash; nullptr: no live flow there.
     uint8_t *entry_at(uint32_t part, uint32_t slot, uint32_t &hash) const noexcept;
     Part part(uint32_t p) const noexcept;
+    uint8_t *slot_at(const Part &part, uint32_t slot) const noexcept;
     uint32_t home_slot(uint32_t hash) const noexcept;
     // The flow's entry, or nullptr and in free_slot where it would go
     // (UINT32_MAX: nowhere within reach).
@@ -212,8 +213,7 @@ private:
     uint8_t *_map = nullptr;
     std::size_t _map_size = 0;
     uint32_t _entry_size = 0;
-    uint32_t _n_slots = 0;  // per part
-    uint32_t _max_live = 0; // per part
+    uint32_t _n_slots = 0; // per part
     std::size_t _part_size = 0;
     uint32_t _idle_units = 0; // timeout in units of 2^30 ns (0: never)
 };

@@ -348,7 +348,7 @@ public:
         c->executor = _ex;
         c->fill_public(&_api, id);
         c->flow_state_size = serpens::flow_state_size(*_desc);
-        c->flow_visit_ms = serpens::has_descriptor_1_6(*_desc) ? _desc->flow_visit_ms : 0;
+        c->flow_visit_ms = serpens::flow_visit_ms(*_desc);
         c->host = this;
         c->initialised = true;
         out = c.get();
