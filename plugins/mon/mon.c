@@ -473,12 +473,10 @@ static void mon_packet(struct mon *m, const struct serpens_batch *batch, uint32_
     if (f == NULL) {
         /* No entry (the flow table was full): the hosts count it now. */
         mon_add(m, MON_C_FLOW_TABLE_FULL, 1);
+        const uint64_t sent[MON_DIR_WORDS] = {1, len, 0, 0}; /* by the source, as endpoint a */
         mon_host_key(version, src, skey);
         mon_host_key(version, dst, dkey);
-        uint64_t *rs = mon_host_row(m, skey);
-        rs[MON_TX_PACKETS] += 1, rs[MON_TX_BYTES] += len;
-        uint64_t *rd = mon_host_row(m, dkey);
-        rd[MON_RX_PACKETS] += 1, rd[MON_RX_BYTES] += len;
+        mon_fold(m, skey, dkey, sent);
         return;
     }
     const int is_new = (serpens_batch_flow_flags(batch, i) & SERPENS_FLOW_NEW) != 0;
