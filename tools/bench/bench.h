@@ -74,6 +74,10 @@ struct Registrar {
 
 uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
 
+// The chain flow table's capacity for a run of `flows` flows, in the lab and
+// in the throughput host alike: room for all of them, and at least 65536.
+inline uint64_t bench_flow_capacity(uint64_t flows) noexcept { return std::max<uint64_t>(65536, flows); }
+
 // Keeps `value` alive so the compiler cannot drop the work producing it.
 template<class T>
 inline void keep(const T &value) noexcept

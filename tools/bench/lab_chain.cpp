@@ -37,7 +37,7 @@ NfChain::NfChain(const Options &opts, const ScratchDir &dir, const std::vector<s
     state::StoreOptions so;
     so.root = dir.path() / ("state-" + chain_name);
     _state_root = so.root;
-    _flow_capacity = std::max<uint64_t>(65536, params.flows);
+    _flow_capacity = bench_flow_capacity(params.flows);
     so.host_id = "bench";
     so.flow_idle_timeout_ns = 0;
     _store = std::make_unique<state::StateStore>(so);

@@ -43,8 +43,8 @@ public:
     const serpens_host_api &local_api() const noexcept { return _api; }
     std::string describe() const;
     ExecutorResolver resolver();
-    // The chain's flow table in its state directory, sized as the host sizes
-    // it (its 65536 default, or the flows measured), with no expiry.
+    // The chain's flow table in its state directory, sized as the throughput
+    // bench sizes the host's (bench_flow_capacity), with no expiry.
     FlowTableResolver flow_tables();
     const std::string &toml_text() const noexcept { return _text; }
     const std::string &toml_file() const noexcept { return _file; }
@@ -63,7 +63,7 @@ private:
     PluginRegistry _registry;
     serpens_host_api _api;
     std::filesystem::path _state_root;
-    uint64_t _flow_capacity = 65536;
+    uint64_t _flow_capacity = 0; // set in the constructor
     std::unique_ptr<state::StateStore> _store;
     std::shared_ptr<const CompiledChain> _chain;
 };

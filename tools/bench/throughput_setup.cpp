@@ -247,7 +247,7 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                                  : "everything on the main lcore (one core)",
                        getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), host_socket.string(),
                        eal_lcores, memory_mb, eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
-                       std::max<uint64_t>(65536, flows), chain, two_cores ? 2 : 1, instance_lcores);
+                       bench_flow_capacity(flows), chain, two_cores ? 2 : 1, instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }
