@@ -19,6 +19,9 @@ HOST = os.environ["SERPENS_HOST"]
 CTL = os.environ.get("SERPENSCTL", "")
 PKTGEN = os.environ["SERPENS_PKTGEN"]
 TEST_PLUGINS = os.environ["SERPENS_TEST_PLUGINS"]
+# The build tree the host comes from: its NF plugins and tools.
+BUILD = os.path.dirname(os.path.dirname(HOST))
+STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 
 _prefix_counter = 0
 
@@ -182,6 +185,41 @@ class Host:
 
     def path(self, name):
         return os.path.join(self.dir, name)
+
+    def add_built_plugins(self, *names):
+        """Copies the build's NF plugins (serpens_nf_<name>.so) into this host's plugin directory."""
+        for name in names:
+            target = self.path(f"plugins/serpens_nf_{name}.so")
+            shutil.copy(os.path.join(BUILD, "plugins", name, f"serpens_nf_{name}.so"), target)
+            os.chmod(target, 0o755)
+
+    def fw_mon_nat(self, egress):
+        """The SFC FW -> MON -> NAT as chain "sfc" leaving by `egress`, with
+        every size at its default: the build's plugins, a stateful fw that
+        allows everything, mon, and nat from serpens-pktgen's inside
+        198.18.0.0/16 to 203.0.113.0/28."""
+        self.add_built_plugins("fw", "mon", "nat")
+        with open(self.path("allow.rules"), "w") as f:
+            f.write("default allow\n")
+        self.chain("sfc", f'''name = "sfc"
+egress = "{egress}"
+chain = ["fw", "mon", "nat"]
+[[nf]]
+name = "fw"
+plugin = "fw"
+[nf.config]
+rules = "../allow.rules"
+stateful = true
+[[nf]]
+name = "mon"
+plugin = "mon"
+[[nf]]
+name = "nat"
+plugin = "nat"
+[nf.config]
+inside = "198.18.0.0/16"
+external = "203.0.113.0/28"
+''')
 
     def chain(self, name, text):
         with open(os.path.join(self.dir, "chains", name + ".toml"), "w") as f:

@@ -7,20 +7,17 @@ keeps one lcore busy well above the target of 0.3.  [[autoscale.chain]]
 allows 1..2 instances.  While the traffic lasts the chain must go to 2; after
 it, back to 1; exactly one decision each way.  No packet is lost.
 """
-import os
 import re
-import shutil
 import time
 
-from harness import HOST, Host, Netns, check, read_pcap, write_pcap
+from harness import Host, Netns, check, read_pcap, write_pcap
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
 
 ns = Netns("auto")
 ns.veth("asa", "asb")
 
 host = Host(plugins=())
-shutil.copy(os.path.join(BUILD, "plugins", "noop", "serpens_nf_noop.so"), host.path("plugins"))
+host.add_built_plugins("noop")
 # About 3 s of traffic at the sender's pace (32 frames per 2 ms).
 host.pktgen("--packets", "24000", "--flows", "400", "--malformed-ratio", "0", "--seed", "3", "--mix", "tcp=50,udp=50",
             "--vlan-ratio", "0")

@@ -1,40 +1,13 @@
 """The default state sizes hold a server's flows: 100k new flows through
 FW -> MON -> NAT with no size key in the chain fill no table (nothing counted
 as full, nothing dropped for want of room)."""
-import os
-import shutil
 
-from harness import HOST, Host, check
+from harness import Host, check
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
 FLOWS = 100_000
 
 host = Host(plugins=())
-for name in ("fw", "mon", "nat"):
-    target = host.path(f"plugins/serpens_nf_{name}.so")
-    shutil.copy(os.path.join(BUILD, "plugins", name, f"serpens_nf_{name}.so"), target)
-    os.chmod(target, 0o755)
-with open(host.path("allow.rules"), "w") as f:
-    f.write("default allow\n")
-host.chain("sfc", f'''name = "sfc"
-egress = "pcap0"
-chain = ["fw", "mon", "nat"]
-[[nf]]
-name = "fw"
-plugin = "fw"
-[nf.config]
-rules = "../allow.rules"
-stateful = true
-[[nf]]
-name = "mon"
-plugin = "mon"
-[[nf]]
-name = "nat"
-plugin = "nat"
-[nf.config]
-inside = "198.18.0.0/16"
-external = "203.0.113.0/28"
-''')
+host.fw_mon_nat(egress="pcap0")
 # Two packets per flow, every flow new: the worst case for table sizes.
 host.pktgen("--packets", str(2 * FLOWS), "--flows", str(FLOWS), "--mix", "tcp=60,udp=40",
             "--malformed-ratio", "0", "--vlan-ratio", "0", "--size", "64", "--seed", "7")

@@ -4,45 +4,17 @@ makes no new mapping and classifies no flow again), and no mon count is
 lower than before the kill.  Read from the chain's flow table
 (`serpens-state flows`) and the NFs' counters."""
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-from harness import HOST, Host, check
+from harness import Host, STATE_TOOL, check
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
-STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 FLOWS = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
 
 host = Host(plugins=())
-for name in ("fw", "mon", "nat"):
-    target = host.path(f"plugins/serpens_nf_{name}.so")
-    shutil.copy(os.path.join(BUILD, "plugins", name, f"serpens_nf_{name}.so"), target)
-    os.chmod(target, 0o755)
-with open(host.path("allow.rules"), "w") as f:
-    f.write("default allow\n")
-host.chain("sfc", '''name = "sfc"
-egress = "out"
-chain = ["fw", "mon", "nat"]
-[[nf]]
-name = "fw"
-plugin = "fw"
-[nf.config]
-rules = "../allow.rules"
-stateful = true
-[[nf]]
-name = "mon"
-plugin = "mon"
-[[nf]]
-name = "nat"
-plugin = "nat"
-[nf.config]
-inside = "198.18.0.0/16"
-external = "203.0.113.0/28"
-''')
+host.fw_mon_nat(egress="out")
 host.pktgen("--packets", str(FLOWS), "--flows", str(FLOWS), "--mix", "tcp=60,udp=40", "--malformed-ratio", "0",
             "--vlan-ratio", "0", "--size", "64", "--seed", "11")
 # The capture replays until the kill; what leaves is dropped.

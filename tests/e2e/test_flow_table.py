@@ -2,15 +2,12 @@
 flow in it gets one entry per flow of the capture (both directions of a flow
 share one), and the host's sweep removes them once they are idle past the
 chain's flow_idle_s.  Read from the host's stats (`chains.<c>.flows`)."""
-import os
-import shutil
 
-from harness import HOST, Host, check, flow_of
+from harness import Host, check, flow_of
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
 
 host = Host(plugins=())
-shutil.copy(os.path.join(BUILD, "plugins", "noop", "serpens_nf_noop.so"), host.path("plugins"))
+host.add_built_plugins("noop")
 host.pktgen("--packets", "3000", "--flows", "300", "--malformed-ratio", "0", "--vlan-ratio", "0", "--mix",
             "tcp=50,udp=50", "--seed", "5")
 frames = host.input()

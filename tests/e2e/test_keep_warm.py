@@ -9,21 +9,17 @@ per-flow counts cover both batches (the state outlived the instance), and the
 host counted the wake-up and its first-packet latency.
 """
 import json
-import os
-import shutil
 import subprocess
 import time
 
-from harness import HOST, Host, Netns, by_flow, check, flow_of, read_pcap, write_pcap
+from harness import Host, Netns, STATE_TOOL, by_flow, check, flow_of, read_pcap, write_pcap
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
-STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 
 ns = Netns("warm")
 ns.veth("kwa", "kwb")
 
 host = Host(plugins=())
-shutil.copy(os.path.join(BUILD, "plugins", "mon", "serpens_nf_mon.so"), host.path("plugins"))
+host.add_built_plugins("mon")
 host.pktgen("--packets", "1200", "--flows", "100", "--malformed-ratio", "0", "--seed", "5", "--mix", "tcp=50,udp=50",
             "--vlan-ratio", "0")
 frames = host.input()

@@ -19,17 +19,14 @@ RX queues with instances on two lcores that both receive.
 import ipaddress
 import json
 import os
-import shutil
 import stat
 import struct
 import subprocess
 import threading
 import time
 
-from harness import CTL, HOST, Host, check, csum, fail, read_pcap, total_drops
+from harness import CTL, HOST, Host, STATE_TOOL, check, csum, fail, read_pcap, total_drops
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
-STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 FLOWS = 3000
 ROUNDS = 40
 EXTERNAL = [ipaddress.ip_address("203.0.113.1") + i for i in range(4)]
@@ -121,8 +118,7 @@ def scale(host, n):
 
 def run(queues, start, lcores, events):
     host = Host(plugins=())
-    for name in ("fw", "mon", "nat"):
-        shutil.copy(os.path.join(BUILD, "plugins", name, f"serpens_nf_{name}.so"), host.path("plugins"))
+    host.add_built_plugins("fw", "mon", "nat")
     with open(host.path("fw.rules"), "w") as f:
         f.write("default allow\n")
     host.chain("sfc", CHAIN)

@@ -26,15 +26,13 @@ import struct
 import subprocess
 import sys
 
-from harness import HOST, Host, check, read_pcap, csum, write_pcap, eth_ipv4
+from harness import Host, STATE_TOOL, check, csum, eth_ipv4, read_pcap, write_pcap
 
 if shutil.which("tshark") is None:
     print("tshark not installed: skipping")
     sys.exit(77)
 
-BUILD = os.path.dirname(os.path.dirname(HOST))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 PLUGINS = ("fw", "ids", "mon", "nat", "lb")
 INSIDE = ipaddress.ip_network("198.18.0.0/16")
 EXTERNAL = {"203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"}
@@ -46,10 +44,7 @@ EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 def new_host():
     host = Host(plugins=())
-    for name in PLUGINS:
-        target = host.path(f"plugins/serpens_nf_{name}.so")
-        shutil.copy(os.path.join(BUILD, "plugins", name, f"serpens_nf_{name}.so"), target)
-        os.chmod(target, 0o755)
+    host.add_built_plugins(*PLUGINS)
     return host
 
 
