@@ -192,6 +192,20 @@ Ctx *start_fw(MockHost &h, const std::string &rules, const std::string &more = "
 // Stateful: TCP from inside opens connections, and so does UDP over IPv6.
 const char *kStatefulRules = "default deny\nallow proto=tcp src=10.0.0.0/8\nallow proto=udp src=fd00::/8\n";
 
+// What the stateful tests send: a TCP connection opened from inside and a
+// UDP flow over IPv6, their replies (one before the connection exists), and
+// a reply-like packet of no connection.
+struct StatefulTraffic {
+    Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
+    Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
+    Packet reply_early = make(reverse(out));
+    Packet syn = make(out);
+    Packet reply = make(reverse(out));
+    Packet reply6 = make(reverse(out6));
+    Packet out6p = make(out6);
+    Packet stranger = make({false, "198.51.100.9", "10.0.0.5", 6, 40001, 443});
+};
+
 } // namespace
 
 TEST_CASE("classifier: tuple-space search agrees with the linear scan")
@@ -296,14 +310,8 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
 {
     MockHost h(FW_PLUGIN);
     Ctx *c = start_fw(h, kStatefulRules, "stateful = true\n");
-    Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
-    Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
-    Packet reply_early = make(reverse(out));
-    Packet syn = make(out);
-    Packet reply = make(reverse(out));
-    Packet reply6 = make(reverse(out6));
-    Packet out6p = make(out6);
-    Packet stranger = make({false, "198.51.100.9", "10.0.0.5", 6, 40001, 443});
+    StatefulTraffic t;
+    auto &[out, out6, reply_early, syn, reply, reply6, out6p, stranger] = t;
     // A reply before its connection exists is denied (and cached) ...
     CHECK(h.run1(*c, reply_early) == SERPENS_PORT_DROP);
     // ... opening the connection re-decides it.
@@ -592,14 +600,8 @@ TEST_CASE("fw on a 1.5 host: stateful replies are admitted through the flow's en
 {
     MockHost h(FW_PLUGIN);
     Ctx *c = start_fw(h, kStatefulRules, "stateful = true\n", /*chain_flows=*/true);
-    Flow out{false, "10.0.0.5", "198.51.100.9", 6, 40000, 443};
-    Flow out6{true, "fd00::5", "2001:db8::9", 17, 5353, 53};
-    Packet reply_early = make(reverse(out));
-    Packet syn = make(out);
-    Packet reply = make(reverse(out));
-    Packet reply6 = make(reverse(out6));
-    Packet out6p = make(out6);
-    Packet stranger = make({false, "198.51.100.9", "10.0.0.5", 6, 40001, 443});
+    StatefulTraffic t;
+    auto &[out, out6, reply_early, syn, reply, reply6, out6p, stranger] = t;
     // A reply before its connection exists is denied (and its entry says so) ...
     CHECK(h.run1(*c, reply_early) == SERPENS_PORT_DROP);
     // ... opening the connection re-decides it, in the same batch too.
