@@ -32,6 +32,13 @@ std::size_t count_of(const std::string &text, const std::string &needle)
     return n;
 }
 
+// The CPU a process got over a window, in cores, from its CPU times at the
+// window's ends (cpu_ns); -1 when either is unknown.
+double cpu_cores_over(int64_t c1, int64_t c2, double window_s)
+{
+    return c1 >= 0 && c2 >= 0 ? static_cast<double>(c2 - c1) / 1e9 / window_s : -1;
+}
+
 } // namespace
 
 std::vector<std::string> ThroughputRig::testpmd_argv(const char *mode, bool two_cores)
@@ -121,9 +128,7 @@ Run ThroughputRig::run_testpmd(const char *mode, bool two_cores)
     r.packets = delta;
     r.window_s = t2 - t1;
     r.mpps = static_cast<double>(delta) / r.window_s / 1e6;
-    if (c1 >= 0 && c2 >= 0) {
-        r.cpu_cores = static_cast<double>(c2 - c1) / 1e9 / r.window_s;
-    }
+    r.cpu_cores = cpu_cores_over(c1, c2, r.window_s);
     return r;
 }
 
@@ -185,31 +190,7 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
             throw fail(std::string("cannot read its counters: ") + e.what());
         }
     };
-    Run r;
-    if (new_flows) {
-        // Every packet opens a flow: the window starts with the first packet
-        // and ends before the capture's first pass does.
-        const LiveCounters s1 = counters();
-        const double t1 = now_s();
-        const int64_t c1 = cpu_ns(host.pid());
-        LiveCounters s2 = s1;
-        double t2 = t1;
-        while (t2 - t1 < window_s) {
-            sleep_s(std::min(0.02, window_s / 10));
-            s2 = counters();
-            t2 = now_s();
-            if (s2.flows_created - s1.flows_created >= flows * 9 / 10) {
-                break; // most of the capture's flows exist: the rest would be established ones
-            }
-        }
-        const int64_t c2 = cpu_ns(host.pid());
-        r.packets = s2.tx - s1.tx;
-        r.window_s = t2 - t1;
-        r.new_flows_per_s = static_cast<double>(s2.flows_created - s1.flows_created) / r.window_s;
-        if (c1 >= 0 && c2 >= 0) {
-            r.cpu_cores = static_cast<double>(c2 - c1) / 1e9 / r.window_s;
-        }
-    } else {
+    if (!new_flows) {
         // Established flows: every flow of the capture is in the chain's
         // flow table before the warm-up (its growth stalling for a second
         // ends the wait too: a table that refuses the rest), as testpmd
@@ -226,18 +207,34 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
             s = next;
         }
         sleep_s(warmup_s);
-        const LiveCounters s1 = counters();
-        const double t1 = now_s();
-        const int64_t c1 = cpu_ns(host.pid());
-        sleep_s(window_s);
-        const LiveCounters s2 = counters();
-        const double t2 = now_s();
-        const int64_t c2 = cpu_ns(host.pid());
-        r.packets = s2.tx - s1.tx;
-        r.window_s = t2 - t1;
-        if (c1 >= 0 && c2 >= 0) {
-            r.cpu_cores = static_cast<double>(c2 - c1) / 1e9 / r.window_s;
+    }
+    const LiveCounters s1 = counters();
+    const double t1 = now_s();
+    const int64_t c1 = cpu_ns(host.pid());
+    LiveCounters s2 = s1;
+    double t2 = t1;
+    if (new_flows) {
+        // Every packet opens a flow: the window starts with the first packet
+        // and ends before the capture's first pass does.
+        while (t2 - t1 < window_s) {
+            sleep_s(std::min(0.02, window_s / 10));
+            s2 = counters();
+            t2 = now_s();
+            if (s2.flows_created - s1.flows_created >= flows * 9 / 10) {
+                break; // most of the capture's flows exist: the rest would be established ones
+            }
         }
+    } else {
+        sleep_s(window_s);
+        s2 = counters();
+        t2 = now_s();
+    }
+    Run r;
+    r.packets = s2.tx - s1.tx;
+    r.window_s = t2 - t1;
+    r.cpu_cores = cpu_cores_over(c1, cpu_ns(host.pid()), r.window_s);
+    if (new_flows) {
+        r.new_flows_per_s = static_cast<double>(s2.flows_created - s1.flows_created) / r.window_s;
     }
     const int code = host.stop(10);
     if (code != 0) {
