@@ -36,13 +36,18 @@ tcp_closed = 20
 )";
 
 // With chain_flows false the host is a 1.5 one (no flow visits), so nat
-// keeps its mappings in tables of its own.
+// keeps its mappings in tables of its own.  flow_idle_ns: the chain's flow
+// timeout (0: the mock host's default).
 struct Nat {
     MockHost host{nat()};
-    explicit Nat(const std::string &cfg = kConfig, uint32_t instances = 1, bool chain_flows = kChainFlows)
+    explicit Nat(const std::string &cfg = kConfig, uint32_t instances = 1, bool chain_flows = kChainFlows,
+                 uint64_t flow_idle_ns = 0)
     {
         if (!chain_flows) {
             host.api().flow_visit_every = nullptr;
+        }
+        if (flow_idle_ns != 0) {
+            host.flow_idle_ns = flow_idle_ns;
         }
         sweeps = chain_flows;
         host.set_config(cfg);
@@ -625,31 +630,21 @@ TEST_CASE("nat on the chain's flow table: a flow's mapping is its area; expiry h
 
 TEST_CASE("nat on the chain's flow table: an established TCP mapping outlives the chain's flow timeout")
 {
-    MockHost host(nat());
-    host.flow_idle_ns = 10 * kSec; // the chain's timeout: far below nat's TCP 600 s
-    host.set_config(kConfig);
-    REQUIRE(host.init(0) == SERPENS_OK);
-    auto run = [&](const Bytes &in, uint64_t now) {
-        Packets p;
-        p.add(in);
-        host.process(0, p.parse(), p.ports, now);
-        host.expire_flows(now);
-        return p.dropped(0) ? Bytes{} : p.frames[0];
-    };
+    Nat n(kConfig, 1, true, 10 * kSec); // the chain's timeout: far below nat's TCP 600 s
     Flow t{6, ip4("10.0.0.7"), ip4("198.51.100.9"), 4000, 443};
     Flow u{17, ip4("10.0.0.7"), ip4("198.51.100.9"), 4001, 53};
-    Decoded dt = decode(run(frame(t), kSec));
-    REQUIRE_FALSE(run(frame(u), kSec).empty());
-    host.expire_flows(60 * kSec);
+    Decoded dt = decode(n.run(frame(t), kSec));
+    REQUIRE_FALSE(n.run(frame(u), kSec).empty());
+    n.host.expire_flows(60 * kSec);
     // UDP (30 s) went with the chain's timeout; TCP (600 s) stays.
-    CHECK(host.flows()->totals().live == 1);
-    CHECK(host.counter(0, "mappings_expired") == 1);
-    CHECK_FALSE(run(frame(reply_to(dt, 6)), 60 * kSec).empty()); // replies still come back
+    CHECK(n.host.flows()->totals().live == 1);
+    CHECK(n.host.counter(0, "mappings_expired") == 1);
+    CHECK_FALSE(n.run(frame(reply_to(dt, 6)), 60 * kSec).empty()); // replies still come back
     // Past nat's own TCP timeout, the mapping and the entry go.
-    host.expire_flows(700 * kSec);
-    CHECK(host.counter(0, "mappings_expired") == 2);
-    CHECK(host.flows()->totals().live == 0);
-    CHECK(run(frame(reply_to(dt, 6)), 700 * kSec).empty());
+    n.host.expire_flows(700 * kSec);
+    CHECK(n.host.counter(0, "mappings_expired") == 2);
+    CHECK(n.host.flows()->totals().live == 0);
+    CHECK(n.run(frame(reply_to(dt, 6)), 700 * kSec).empty());
 }
 
 TEST_CASE("nat on the chain's flow table: a crash between taking a port and writing its entries heals")
