@@ -1,10 +1,12 @@
 #include "app/host.h"
 
+#include "app/control_commands.h"
+#include "app/stats.h"
+
 #include "chain/compiled.h"
 #include "chain/runtime.h"
 #include "config/host_config.h"
 #include "config/eal_lcores.h"
-#include "control/request.h"
 #include "control/server.h"
 #include "core/error.h"
 #include "core/fault.h"
@@ -172,224 +174,6 @@ LcoreSet lcores_of_eal()
         }
     }
     return set;
-}
-
-void print_stats(const Dataplane &dp, std::FILE *out)
-{
-    const io::DispatchTotals c = dp.dispatch_totals();
-    std::fprintf(out, "\n=== serpens-host counters ===\n");
-    std::fprintf(out, "%-14s %14s %14s %12s %12s %14s\n", "port", "rx", "tx", "rx_missed", "tx_errors",
-                 "tx_ring_drops");
-    for (std::size_t p = 0; p < dp.ports().size(); ++p) {
-        const Dataplane::PortTotals &totals = dp.port_totals()[p];
-        std::fprintf(out, "%-14s %14lu %14lu %12lu %12lu %14lu\n", dp.ports()[p].name.c_str(),
-                     static_cast<unsigned long>(c.rx[p]), static_cast<unsigned long>(totals.tx),
-                     static_cast<unsigned long>(totals.rx_missed), static_cast<unsigned long>(totals.tx_errors),
-                     static_cast<unsigned long>(dp.tx_ring_dropped(p)));
-    }
-    std::fprintf(out, "\nparser:");
-    for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
-        uint64_t v = c.parse.by_result[r];
-        if (v != 0) {
-            std::fprintf(out, " %s=%lu", net::parse_result_name(static_cast<net::ParseResult>(r)),
-                         static_cast<unsigned long>(v));
-        }
-    }
-    std::fprintf(out, "\ndispatch:");
-#define SERPENS_X(name) std::fprintf(out, " %s=%lu", #name, static_cast<unsigned long>(c.name));
-    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
-#undef SERPENS_X
-    std::fprintf(out, "\n");
-    for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
-        if (!l.rx_queues.empty()) {
-            std::fprintf(out, "lcore %u received %lu on %zu queue(s)\n", l.id, static_cast<unsigned long>(l.rx),
-                         l.rx_queues.size());
-        }
-    }
-    std::fprintf(out, "\n%-24s %14s\n", "gateway rule", "matched");
-    for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
-        std::fprintf(out, "%-24s %14lu\n", dp.gateway().rules()[r].name.c_str(),
-                     static_cast<unsigned long>(c.rule_matched[r]));
-    }
-    std::fprintf(out, "%-24s %14lu\n", "(no match)", static_cast<unsigned long>(c.unmatched));
-
-    std::fprintf(out, "\n%-20s %4s %6s %-7s %14s %14s %12s %12s\n", "chain", "inst", "lcore", "state", "packets", "out",
-                 "dropped", "tx_dropped");
-    for (const auto &slot : dp.slots()) {
-        const std::string lcore = on_lcore(slot->state) ? std::to_string(slot->lcore) : "-";
-        std::fprintf(out, "%-20s %4u %6s %-7s %14lu %14lu %12lu %12lu\n", slot->chain_name.c_str(), slot->index,
-                     lcore.c_str(), slot_state_name(slot->state), static_cast<unsigned long>(slot->packets.load()),
-                     static_cast<unsigned long>(slot->out.load()), static_cast<unsigned long>(slot->dropped.load()),
-                     static_cast<unsigned long>(slot->tx_dropped.load()));
-    }
-    std::fprintf(out, "\n%-20s %-12s %14s %12s  %s\n", "chain/nf", "plugin", "packets", "dropped", "nf counters");
-    for (const auto &slot : dp.slots()) {
-        if (slot->chain == nullptr) {
-            continue;
-        }
-        const ChainInstance &ci = *slot->chain;
-        for (std::size_t i = 0; i < ci.size(); ++i) {
-            const NfContext &ctx = ci.context(i);
-            std::string counters;
-            for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
-                counters += ctx.counters.name(k) + "=" + std::to_string(ctx.counters.value(k)) + " ";
-            }
-            std::string name = slot->chain_name + "#" + std::to_string(slot->index) + "/" + ctx.nf_name;
-            std::fprintf(out, "%-20s %-12s %14lu %12lu  %s\n", name.c_str(), ctx.desc->name,
-                         static_cast<unsigned long>(ci.stats(i).packets.load()),
-                         static_cast<unsigned long>(ci.stats(i).dropped.load()), counters.c_str());
-        }
-    }
-    std::fflush(out);
-}
-
-// The counters as JSON.  `live`: the lcores still run, so device counters
-// are read now (the final ones are kept by the dataplane after it stops).
-// ordered_json keeps the keys in the order a reader expects them.
-std::string stats_json(const Dataplane &dp, const std::string &chains_json, bool live)
-{
-    using nlohmann::ordered_json;
-    const io::DispatchTotals c = dp.dispatch_totals();
-    ordered_json j;
-    ordered_json ports = ordered_json::array();
-    for (std::size_t p = 0; p < dp.ports().size(); ++p) {
-        Dataplane::PortTotals totals;
-        if (live) {
-            rte_eth_stats stats{};
-            rte_eth_stats_get(dp.ports()[p].id, &stats);
-            totals = {stats.opackets, stats.imissed, stats.oerrors};
-        } else {
-            totals = dp.port_totals()[p];
-        }
-        ports.push_back({{"name", dp.ports()[p].name},
-                         {"rx", c.rx[p]},
-                         {"tx", totals.tx},
-                         {"rx_missed", totals.rx_missed},
-                         {"tx_errors", totals.tx_errors},
-                         {"tx_ring_dropped", dp.tx_ring_dropped(p)}});
-    }
-    j["ports"] = std::move(ports);
-    ordered_json parser = ordered_json::object();
-    for (std::size_t r = 0; r < net::kParseResultCount; ++r) {
-        parser[net::parse_result_name(static_cast<net::ParseResult>(r))] = c.parse.by_result[r];
-    }
-    j["parser"] = std::move(parser);
-    ordered_json dispatch = ordered_json::object();
-#define SERPENS_X(name) dispatch[#name] = c.name;
-    SERPENS_DISPATCH_COUNTERS(SERPENS_X)
-#undef SERPENS_X
-    j["dispatch"] = std::move(dispatch);
-    ordered_json lcores = ordered_json::array();
-    for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
-        ordered_json queues = ordered_json::array();
-        for (const io::RxQueue &q : l.rx_queues) {
-            queues.push_back({{"port", dp.ports()[q.port_index].name}, {"queue", q.queue}});
-        }
-        ordered_json latency = ordered_json::array(); // [lowest ns of the bucket, batches]
-        for (const auto &[low, n] : l.batch_latency) {
-            latency.push_back({low, n});
-        }
-        lcores.push_back(
-            {{"id", l.id}, {"rx_queues", std::move(queues)}, {"rx", l.rx}, {"batch_latency_ns", std::move(latency)}});
-    }
-    j["lcores"] = std::move(lcores);
-    ordered_json rules = ordered_json::object();
-    for (std::size_t r = 0; r < dp.gateway().rules().size(); ++r) {
-        rules[dp.gateway().rules()[r].name] = c.rule_matched[r];
-    }
-    j["rules"] = std::move(rules);
-    j["unmatched"] = c.unmatched;
-    ordered_json instances = ordered_json::array();
-    for (const auto &slot : dp.slots()) {
-        ordered_json nfs = ordered_json::array();
-        for (std::size_t i = 0; slot->chain != nullptr && i < slot->chain->size(); ++i) {
-            const ChainInstance &ci = *slot->chain;
-            const NfContext &ctx = ci.context(i);
-            ordered_json counters = ordered_json::object();
-            for (std::size_t k = 0; k < ctx.counters.size(); ++k) {
-                counters[ctx.counters.name(k)] = ctx.counters.value(k);
-            }
-            nfs.push_back({{"name", ctx.nf_name},
-                           {"plugin", ctx.desc->name},
-                           {"packets", ci.stats(i).packets.load()},
-                           {"dropped", ci.stats(i).dropped.load()},
-                           {"counters", std::move(counters)}});
-        }
-        instances.push_back({{"chain", slot->chain_name},
-                             {"index", slot->index},
-                             {"lcore", on_lcore(slot->state) ? ordered_json(slot->lcore) : ordered_json()},
-                             {"state", slot_state_name(slot->state)},
-                             {"packets", slot->packets.load()},
-                             {"out", slot->out.load()},
-                             {"dropped", slot->dropped.load()},
-                             {"tx_dropped", slot->tx_dropped.load()},
-                             {"nfs", std::move(nfs)}});
-    }
-    j["instances"] = std::move(instances);
-    j["chains"] = ordered_json::parse(chains_json);
-    j["wake_threshold"] = const_cast<Dataplane &>(dp).wake_threshold().load();
-    // Names come from config files and plugins: replace invalid UTF-8 rather
-    // than throw from a stats request.
-    return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
-}
-
-// Executes one control request against the running dataplane; parsing is
-// control/request.cpp's, so that this holds only what needs the Dataplane.
-std::string scale_reply(const ScaleResult &r)
-{
-    nlohmann::ordered_json instances = nlohmann::ordered_json::array();
-    for (const auto &[index, lcore] : r.instances) {
-        instances.push_back({{"index", index}, {"lcore", lcore}});
-    }
-    nlohmann::ordered_json j = {
-        {"chain", r.chain},
-        {"before", r.before},
-        {"after", r.after},
-        {"moved_buckets", r.moved},
-        {"pause_us", static_cast<double>(r.pause_ns) / 1e3},
-        {"from_pool", r.from_pool},
-        {"cold", r.cold},
-        {"launch_us", static_cast<double>(r.launch_ns) / 1e3},
-        {"instances", std::move(instances)},
-    };
-    return j.dump();
-}
-
-// Executes one control request against the running dataplane; parsing is
-// control/request.cpp's, so that this holds only what needs the Dataplane.
-std::string control_command(Dataplane &dp, InstanceManager &manager, std::string_view line, const ControlPeer &peer)
-{
-    ParsedControlRequest parsed = parse_control_request(line);
-    if (const auto *refused = std::get_if<ControlRequestError>(&parsed)) {
-        return refused->message;
-    }
-    const ControlRequest &request = std::get<ControlRequest>(parsed);
-    switch (request.verb) {
-    case ControlVerb::ping:
-        return "pong";
-    case ControlVerb::stats: {
-        const std::string chains = manager.chains_json();
-        return manager.locked([&] { return stats_json(dp, chains, true); });
-    }
-    case ControlVerb::get_wake_threshold:
-        return std::to_string(dp.wake_threshold().load());
-    case ControlVerb::set_wake_threshold:
-        dp.wake_threshold().store(request.value);
-        spdlog::info("wake_threshold set to {} by the control socket (pid {}, uid {})", request.value, peer.pid,
-                     peer.uid);
-        return "ok";
-    case ControlVerb::scale: {
-        const ScaleTarget target{request.relative,
-                                 request.negative ? -static_cast<int64_t>(request.value) : request.value};
-        const std::string why = "serpensctl, pid " + std::to_string(peer.pid) + " uid " + std::to_string(peer.uid);
-        try {
-            return scale_reply(manager.scale(request.chain, target, request.lcores, why));
-        } catch (const Error &e) {
-            return std::string("error: ") + e.what();
-        }
-    }
-    }
-    return "error: unhandled request"; // every verb returns above; keeps -Wreturn-type quiet
 }
 
 // The state manager's clock: timers, triggers, idle-flow expiry, on a DPDK
@@ -657,10 +441,12 @@ int run_host(const HostOptions &options)
             control_options.path = cfg.control_socket;
             control_options.group = cfg.control_gid;
             control_options.start_thread = control_cpus;
-            ControlServer control(std::move(control_options),
-                                  [&dataplane, &manager](std::string_view line, const ControlPeer &peer) {
-                                      return control_command(dataplane, *manager, line, peer);
-                                  });
+            ControlCommands commands(
+                dataplane, *manager, plugins, loaded.chains,
+                HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir});
+            ControlServer control(
+                std::move(control_options),
+                [&commands](std::string_view line, const ControlPeer &peer) { return commands.handle(line, peer); });
             manager->start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
                 return rte_ctrl_thread_create(thread, "serpens-inst", nullptr, body, arg);
             });
@@ -678,7 +464,11 @@ int run_host(const HostOptions &options)
             ports.clear();
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {
-                std::ofstream(options.stats_json) << stats_json(dataplane, chains, false);
+                // Names come from config files and plugins: invalid UTF-8 is replaced.
+                std::ofstream(options.stats_json)
+                    << stats_json(dataplane, chains, false)
+                           .dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                    << "\n";
             }
         } // chain instances are finalized here, after the lcores stopped
     } catch (const ConfigError &e) {

@@ -2,19 +2,40 @@
 
 #include "config/toml_reader.h"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
-#include <optional>
+#include <initializer_list>
 
 namespace serpens {
 namespace {
 
-constexpr std::string_view kCommands =
-    "commands: ping, stats, get wake_threshold, set wake_threshold N, scale CHAIN N|+K|-K [LCORE,...]";
+using nlohmann::json;
 
-// A refused line is echoed in the reply; keep that echo short and printable
-// so a hostile line cannot make the reply huge or smuggle control bytes.
-std::string quoted(std::string_view text)
+constexpr std::string_view kCommands =
+    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale";
+
+struct Command {
+    std::string_view name;
+    ControlVerb verb;
+};
+constexpr std::array kCommandTable{
+    Command{"ping", ControlVerb::ping},
+    Command{"version", ControlVerb::version},
+    Command{"status", ControlVerb::status},
+    Command{"stats", ControlVerb::stats},
+    Command{"chains", ControlVerb::chains},
+    Command{"plugins", ControlVerb::plugins},
+    Command{"instances", ControlVerb::instances},
+    Command{"clear", ControlVerb::clear},
+    Command{"wake_threshold", ControlVerb::wake_threshold},
+    Command{"log_level", ControlVerb::log_level},
+    Command{"scale", ControlVerb::scale},
+};
+
+// Text from the request that goes back in an error: short and printable, so
+// a hostile request cannot make the reply huge or smuggle control bytes.
+std::string echoed(std::string_view text)
 {
     constexpr std::size_t kMaxEcho = 64;
     std::string out = "'";
@@ -26,36 +47,35 @@ std::string quoted(std::string_view text)
     return out;
 }
 
-bool is_space(char c) { return c == ' ' || c == '\t'; }
-
-// Splits into at most five words; one more than a command takes means "too many".
-struct Words {
-    std::array<std::string_view, 5> word;
-    std::size_t count = 0;
-};
-
-Words split(std::string_view line)
+std::string echoed_json(const json &value)
 {
-    Words words;
-    std::size_t i = 0;
-    while (i < line.size() && words.count < words.word.size()) {
-        while (i < line.size() && is_space(line[i])) {
-            ++i;
-        }
-        std::size_t start = i;
-        while (i < line.size() && !is_space(line[i])) {
-            ++i;
-        }
-        if (i > start) {
-            words.word[words.count++] = line.substr(start, i - start);
-        }
-    }
-    return words;
+    return echoed(value.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
-ControlRequestError refuse(std::string message) { return ControlRequestError{"error: " + std::move(message)}; }
+ControlRequestError refuse(std::string message, ControlErrorCode code = ControlErrorCode::bad_request)
+{
+    return ControlRequestError{code, std::move(message)};
+}
 
-std::optional<uint64_t> number(std::string_view text, uint64_t max)
+// The request's fields beyond "v" and "cmd" must all be among `allowed`.
+std::optional<ControlRequestError> only_fields(const json &request, std::string_view cmd,
+                                               std::initializer_list<std::string_view> allowed)
+{
+    for (const auto &[key, value] : request.items()) {
+        if (key == "v" || key == "cmd" || std::find(allowed.begin(), allowed.end(), key) != allowed.end()) {
+            continue;
+        }
+        std::string expected;
+        for (std::string_view a : allowed) {
+            expected += (expected.empty() ? "" : ", ") + std::string(a);
+        }
+        return refuse(std::string(cmd) + " takes " + (expected.empty() ? "no fields" : "only " + expected) + ", not " +
+                      echoed(key));
+    }
+    return std::nullopt;
+}
+
+std::optional<uint64_t> whole_number(std::string_view text, uint64_t max)
 {
     uint64_t value = 0;
     auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -65,48 +85,99 @@ std::optional<uint64_t> number(std::string_view text, uint64_t max)
     return value;
 }
 
-ParsedControlRequest parse_scale(const Words &w, std::string_view line)
+std::optional<uint64_t> whole_number(const json &value, uint64_t max)
 {
-    constexpr std::string_view usage = "'scale CHAIN N|+K|-K [LCORE,LCORE...]'";
-    if (w.count < 3 || w.count > 4) {
-        return refuse("scale takes a chain, a count and optionally lcores, as " + std::string(usage) + ", got " +
-                      quoted(line));
+    if (!value.is_number_unsigned() && !(value.is_number_integer() && value.get<int64_t>() >= 0)) {
+        return std::nullopt;
     }
-    ControlRequest request;
-    request.verb = ControlVerb::scale;
-    if (!config::is_safe_name(w.word[1])) {
-        return refuse("scale: " + quoted(w.word[1]) + " cannot be a chain name");
+    const uint64_t n = value.get<uint64_t>();
+    return n <= max ? std::optional<uint64_t>(n) : std::nullopt;
+}
+
+ParsedControlRequest parse_scale(const json &request)
+{
+    if (auto e = only_fields(request, "scale", {"chain", "count", "lcores"})) {
+        return *e;
     }
-    request.chain = std::string(w.word[1]);
-    std::string_view count = w.word[2];
-    if (!count.empty() && (count.front() == '+' || count.front() == '-')) {
-        request.relative = true;
-        request.negative = count.front() == '-';
-        count.remove_prefix(1);
+    ControlRequest out;
+    out.verb = ControlVerb::scale;
+    auto chain = request.find("chain");
+    if (chain == request.end() || !chain->is_string() || !config::is_safe_name(chain->get<std::string>())) {
+        return refuse("scale needs \"chain\": a chain's name, not " +
+                      (chain == request.end() ? std::string("nothing") : echoed_json(*chain)));
     }
-    std::optional<uint64_t> value = number(count, kMaxScaleInstances);
+    out.chain = chain->get<std::string>();
+    const std::string range = "0.." + std::to_string(kMaxScaleInstances);
+    auto count = request.find("count");
+    std::optional<uint64_t> value;
+    if (count != request.end() && count->is_string()) {
+        std::string_view text = count->get_ref<const std::string &>();
+        if (!text.empty() && (text.front() == '+' || text.front() == '-')) {
+            out.relative = true;
+            out.negative = text.front() == '-';
+            text.remove_prefix(1);
+        }
+        value = whole_number(text, kMaxScaleInstances);
+    } else if (count != request.end()) {
+        value = whole_number(*count, kMaxScaleInstances);
+    }
     if (!value) {
-        return refuse("scale: the count must be N, +K or -K with numbers 0.." + std::to_string(kMaxScaleInstances) +
-                      ", not " + quoted(w.word[2]));
+        return refuse("scale needs \"count\": N, \"N\", \"+K\" or \"-K\" with numbers " + range + ", not " +
+                      (count == request.end() ? std::string("nothing") : echoed_json(*count)));
     }
-    request.value = static_cast<uint32_t>(*value);
-    if (w.count == 4) {
-        std::string_view list = w.word[3];
-        while (true) {
-            const std::size_t comma = list.find(',');
-            std::optional<uint64_t> lcore = number(list.substr(0, comma), kMaxLcoreId);
-            if (!lcore) {
-                return refuse("scale: lcores are ids 0.." + std::to_string(kMaxLcoreId) + " separated by commas, not " +
-                              quoted(w.word[3]));
+    out.value = static_cast<uint32_t>(*value);
+    if (auto lcores = request.find("lcores"); lcores != request.end()) {
+        const std::string expected = "scale's \"lcores\" is a list of lcore ids 0.." + std::to_string(kMaxLcoreId) +
+                                     " (at most " + std::to_string(kMaxScaleLcores) + ")";
+        if (!lcores->is_array() || lcores->size() > kMaxScaleLcores) {
+            return refuse(expected + ", not " + echoed_json(*lcores));
+        }
+        for (const json &lcore : *lcores) {
+            std::optional<uint64_t> id = whole_number(lcore, kMaxLcoreId);
+            if (!id) {
+                return refuse(expected + ", not " + echoed_json(lcore));
             }
-            request.lcores.push_back(static_cast<unsigned>(*lcore));
-            if (comma == std::string_view::npos) {
-                break;
-            }
-            list.remove_prefix(comma + 1);
+            out.lcores.push_back(static_cast<unsigned>(*id));
         }
     }
-    return request;
+    return out;
+}
+
+ParsedControlRequest parse_wake_threshold(const json &request)
+{
+    if (auto e = only_fields(request, "wake_threshold", {"set"})) {
+        return *e;
+    }
+    ControlRequest out;
+    out.verb = ControlVerb::wake_threshold;
+    if (auto set = request.find("set"); set != request.end()) {
+        std::optional<uint64_t> value = whole_number(*set, kMaxWakeThreshold);
+        if (!value || *value < 1) {
+            return refuse("wake_threshold's \"set\" is a packet count 1.." + std::to_string(kMaxWakeThreshold) +
+                          ", not " + echoed_json(*set));
+        }
+        out.set_threshold = static_cast<uint32_t>(*value);
+    }
+    return out;
+}
+
+ParsedControlRequest parse_log_level(const json &request)
+{
+    if (auto e = only_fields(request, "log_level", {"set"})) {
+        return *e;
+    }
+    ControlRequest out;
+    out.verb = ControlVerb::log_level;
+    if (auto set = request.find("set"); set != request.end()) {
+        const bool known = set->is_string() && std::find(std::begin(kLogLevels), std::end(kLogLevels),
+                                                         set->get_ref<const std::string &>()) != std::end(kLogLevels);
+        if (!known) {
+            return refuse("log_level's \"set\" is one of trace, debug, info, warn, error, off; not " +
+                          echoed_json(*set));
+        }
+        out.set_level = set->get<std::string>();
+    }
+    return out;
 }
 
 } // namespace
@@ -116,49 +187,44 @@ ParsedControlRequest parse_control_request(std::string_view line)
     if (!line.empty() && line.back() == '\r') {
         line.remove_suffix(1);
     }
-    Words w = split(line);
-    auto expect_words = [&](std::size_t n, std::string_view usage) -> std::optional<ControlRequestError> {
-        if (w.count != n) {
-            return refuse("'" + std::string(usage) + "' takes no further words, got " + quoted(line));
-        }
-        return std::nullopt;
-    };
-    if (w.count == 0) {
-        return refuse("empty request (" + std::string(kCommands) + ")");
+    // No exceptions: a malformed line is a "discarded" value.
+    const json request = json::parse(line, nullptr, false);
+    if (!request.is_object()) {
+        return refuse("a request is one JSON object on one line, e.g. {\"v\":" +
+                      std::to_string(kControlProtocolVersion) + ",\"cmd\":\"status\"}; got " + echoed(line));
     }
-    if (w.word[0] == "ping") {
-        if (auto e = expect_words(1, "ping")) {
+    auto version = request.find("v");
+    if (version == request.end() || !version->is_number_integer() ||
+        version->get<int64_t>() != kControlProtocolVersion) {
+        return refuse("this host speaks control protocol version " + std::to_string(kControlProtocolVersion) +
+                          "; the request's \"v\" is " +
+                          (version == request.end() ? std::string("missing") : echoed_json(*version)),
+                      ControlErrorCode::unsupported_version);
+    }
+    auto cmd = request.find("cmd");
+    if (cmd == request.end() || !cmd->is_string()) {
+        return refuse("a request needs \"cmd\": one of " + std::string(kCommands));
+    }
+    const std::string &name = cmd->get_ref<const std::string &>();
+    auto command =
+        std::find_if(kCommandTable.begin(), kCommandTable.end(), [&](const Command &c) { return c.name == name; });
+    if (command == kCommandTable.end()) {
+        return refuse("unknown command " + echoed(name) + " (commands: " + std::string(kCommands) + ")",
+                      ControlErrorCode::unknown_command);
+    }
+    switch (command->verb) {
+    case ControlVerb::scale:
+        return parse_scale(request);
+    case ControlVerb::wake_threshold:
+        return parse_wake_threshold(request);
+    case ControlVerb::log_level:
+        return parse_log_level(request);
+    default:
+        if (auto e = only_fields(request, command->name, {})) {
             return *e;
         }
-        return ControlRequest{.verb = ControlVerb::ping};
+        return ControlRequest{.verb = command->verb};
     }
-    if (w.word[0] == "stats") {
-        if (auto e = expect_words(1, "stats")) {
-            return *e;
-        }
-        return ControlRequest{.verb = ControlVerb::stats};
-    }
-    if (w.word[0] == "get" && w.count >= 2 && w.word[1] == "wake_threshold") {
-        if (auto e = expect_words(2, "get wake_threshold")) {
-            return *e;
-        }
-        return ControlRequest{.verb = ControlVerb::get_wake_threshold};
-    }
-    if (w.word[0] == "set" && w.count >= 2 && w.word[1] == "wake_threshold") {
-        const std::string range = "wake_threshold takes a packet count 1.." + std::to_string(kMaxWakeThreshold);
-        if (w.count != 3) {
-            return refuse(range + ", as 'set wake_threshold N', got " + quoted(line));
-        }
-        std::optional<uint64_t> value = number(w.word[2], kMaxWakeThreshold);
-        if (!value || *value < 1) {
-            return refuse(range + ", not " + quoted(w.word[2]));
-        }
-        return ControlRequest{.verb = ControlVerb::set_wake_threshold, .value = static_cast<uint32_t>(*value)};
-    }
-    if (w.word[0] == "scale") {
-        return parse_scale(w, line);
-    }
-    return refuse("unknown command " + quoted(line) + " (" + std::string(kCommands) + ")");
 }
 
 } // namespace serpens

@@ -1,9 +1,13 @@
 #pragma once
-// The control protocol's requests: one text line each, e.g. "set
-// wake_threshold 256".  Parsing is pure (no DPDK, no I/O, no allocation beyond
-// the error text) so a fuzzer can drive it; the host executes the typed result.
+// The control protocol's requests (protocol.h has the envelope): one JSON
+// object per line, e.g. {"v":1,"cmd":"wake_threshold","set":256}.  Parsing is
+// pure (no DPDK, no I/O) so a fuzzer can drive it; the host executes the
+// typed result.
+
+#include "control/protocol.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -11,45 +15,72 @@
 
 namespace serpens {
 
+// Each verb is the "cmd" of the same name.  Reads take no further fields
+// unless noted.
 enum class ControlVerb {
-    ping,               // "ping" -> "pong"
-    stats,              // "stats" -> the live counters as JSON
-    get_wake_threshold, // "get wake_threshold" -> the packet count
-    set_wake_threshold, // "set wake_threshold N" -> "ok"
-    scale,              // "scale CHAIN N|+K|-K [LCORE,LCORE...]" -> what it did, as JSON
+    ping,           // -> {"pong":true}
+    version,        // -> the host's version and the protocol's
+    status,         // -> who the host is, since when, from which config, and a line per chain
+    stats,          // -> the live counters (since the last "clear")
+    chains,         // -> every chain: its graph as text, its NFs and instances
+    plugins,        // -> every loaded plugin: name, version, ABI, file
+    instances,      // -> every instance slot: chain, index, lcore, state, counters
+    clear,          // -> zeroes what "stats" shows; bills and metrics keep counting
+    wake_threshold, // {"set":N}? -> the threshold (after setting it)
+    log_level,      // {"set":"debug"}? -> the level (after setting it)
+    scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?} -> what it did
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
 
 inline constexpr uint32_t kMaxScaleInstances = 1024;
 inline constexpr unsigned kMaxLcoreId = 1023;
+inline constexpr std::size_t kMaxScaleLcores = 256;
 
 struct ControlRequest {
     ControlVerb verb = ControlVerb::ping;
-    uint32_t value = 0; // set_wake_threshold: 1..kMaxWakeThreshold; scale: the count or step
+    // wake_threshold: the new value (1..kMaxWakeThreshold), if setting.
+    std::optional<uint32_t> set_threshold{};
+    // log_level: the new level (a name spdlog knows), if setting.
+    std::optional<std::string> set_level{};
     // scale:
     std::string chain{};
+    uint32_t value = 0;             // the count or step
     bool relative = false;          // +K / -K
     bool negative = false;          // -K
     std::vector<unsigned> lcores{}; // where new instances may go
 };
 
-// Why a line was refused; `message` is the whole reply, starting "error: ".
 struct ControlRequestError {
+    ControlErrorCode code = ControlErrorCode::bad_request;
     std::string message;
 };
 
 using ParsedControlRequest = std::variant<ControlRequest, ControlRequestError>;
 
 // Parses one request line (without its newline; one trailing '\r' is
-// tolerated).  Words are separated by spaces or tabs; anything beyond a
-// command's words is refused, as is a value out of range.  Thread-safe.
+// tolerated).  Unknown fields are refused rather than ignored, so that a
+// client never believes a host honoured an option it does not know.
+// Thread-safe.
 ParsedControlRequest parse_control_request(std::string_view line);
+
+// The log levels "log_level" accepts, as spdlog names them.
+inline constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
 
 // True for requests that change the host (as opposed to reading it).
 constexpr bool changes_host(const ControlRequest &request) noexcept
 {
-    return request.verb == ControlVerb::set_wake_threshold || request.verb == ControlVerb::scale;
+    switch (request.verb) {
+    case ControlVerb::clear:
+    case ControlVerb::scale:
+        return true;
+    case ControlVerb::wake_threshold:
+        return request.set_threshold.has_value();
+    case ControlVerb::log_level:
+        return request.set_level.has_value();
+    default:
+        return false;
+    }
 }
 
 } // namespace serpens

@@ -1,5 +1,7 @@
 #include "control/server.h"
 
+#include "control/protocol.h"
+
 #include "core/error.h"
 
 #include <spdlog/spdlog.h>
@@ -390,20 +392,22 @@ bool ControlServer::on_readable(Connection &c)
             }
             std::string answer;
             if (!c.allowed) {
-                answer = "error: permission denied (uid " + std::to_string(c.peer.uid) +
-                         " is neither root, the host's user nor in its control group)";
+                answer = control_error_reply(ControlErrorCode::permission_denied,
+                                             "permission denied (uid " + std::to_string(c.peer.uid) +
+                                                 " is neither root, the host's user nor in its control group)");
             } else {
                 try {
                     answer = _handler(line, c.peer);
                 } catch (const std::exception &e) {
-                    answer = std::string("error: ") + e.what();
+                    answer = control_error_reply(ControlErrorCode::internal, e.what());
                 }
             }
             reply(c, std::move(answer));
             return on_writable(c);
         }
         if (c.in.size() > _options.max_request) {
-            reply(c, "error: request longer than " + std::to_string(_options.max_request) + " bytes");
+            reply(c, control_error_reply(ControlErrorCode::too_large,
+                                         "request longer than " + std::to_string(_options.max_request) + " bytes"));
             return on_writable(c);
         }
         if (eof) {
@@ -472,8 +476,10 @@ void ControlServer::serve()
             if (keep && now >= c.deadline) {
                 if (c.phase == Connection::Phase::reading) {
                     // Best effort, never waits: say why before closing.
-                    std::string why =
-                        "error: no complete request within " + std::to_string(_options.deadline.count()) + " ms\n";
+                    std::string why = control_error_reply(ControlErrorCode::timeout,
+                                                          "no complete request within " +
+                                                              std::to_string(_options.deadline.count()) + " ms") +
+                                      "\n";
                     (void)send(c.fd, why.data(), why.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
                 }
                 spdlog::debug("control socket {}: closing a connection from pid {} at its deadline", _options.path,

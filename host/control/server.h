@@ -1,6 +1,6 @@
 #pragma once
 // The control socket: a Unix stream socket on which serpensctl sends one
-// command line and reads one reply.  One control thread (never a worker
+// request line and reads one reply line (protocol.h says what they hold).  One control thread (never a worker
 // lcore) serves every connection without blocking, with poll(): a client that
 // is idle, slow, hostile or gone costs a table slot until its deadline and
 // delays nobody.  The handler runs on that thread and must only touch what is
@@ -9,8 +9,8 @@
 // Who may talk: the socket is created 0600 (0660 with a control group)
 // whatever the umask, and every accepted peer is checked with SO_PEERCRED.
 // Only root, the host's own user, and members of the control group are
-// served; any other peer that reaches the socket gets "error: permission
-// denied" for every command, reads included: counters describe the traffic,
+// served; any other peer that reaches the socket gets a "permission_denied"
+// error for every command, reads included: counters describe the traffic,
 // and a peer the file mode should have kept out is not one to trust.
 
 #include <sys/types.h>
@@ -58,7 +58,7 @@ struct ControlServerOptions {
 class ControlServer {
 public:
     // Gets one request line (newline removed) and returns the reply (without
-    // newline).  An exception becomes an "error: ..." reply.
+    // newline).  An exception becomes an "internal" error reply.
     using Handler = std::function<std::string(std::string_view line, const ControlPeer &peer)>;
 
     // Publishes the socket at options.path and starts serving.  A socket

@@ -284,7 +284,7 @@ external = "203.0.113.0/28"
 
     def chain_stats(self, chain):
         """The live `chains` entry of one chain, from serpensctl stats."""
-        out = self.ctl("stats")
+        out = self.ctl("stats", "--json")
         check(out.returncode == 0, f"serpensctl stats: {out.stdout}{out.stderr}")
         return json.loads(out.stdout)["chains"][chain]
 

@@ -27,7 +27,7 @@ def start(host):
 
 
 def rx(host):
-    out = subprocess.run([CTL, "--socket", host.path("ctl.sock"), "stats"], capture_output=True, text=True,
+    out = subprocess.run([CTL, "--socket", host.path("ctl.sock"), "stats", "--json"], capture_output=True, text=True,
                          timeout=10)
     m = re.search(r'"rx": (\d+)', out.stdout)
     return int(m.group(1)) if m else None

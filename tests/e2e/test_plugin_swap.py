@@ -27,7 +27,7 @@ def ctl(*args):
 
 def progress():
     """(packets the trace NF has seen, packets sent out of the sink port)."""
-    out = ctl("stats")
+    out = ctl("stats", "--json")
     if out.returncode != 0:
         died = proc.poll()
         fail(f"host died (exit {died})" if died is not None else f"serpensctl stats failed: {out.stderr}")

@@ -107,7 +107,7 @@ class Feeder(threading.Thread):
 
 
 def scale(host, n):
-    out = subprocess.run([CTL, "-s", host.path("ctl.sock"), "scale", "sfc", str(n)], capture_output=True, text=True,
+    out = subprocess.run([CTL, "-s", host.path("ctl.sock"), "scale", "sfc", str(n), "--json"], capture_output=True, text=True,
                          timeout=30)
     if out.returncode != 0:
         fail(f"serpensctl scale sfc {n}: {out.stdout}{out.stderr}")
@@ -151,7 +151,7 @@ def run(queues, start, lcores, events):
         for bad, why in ((["scale", "sfc", "17"], "outside 0..16"), (["scale", "nope", "1"], "no chain 'nope'"),
                          (["scale", "sfc", "+1", "-l", "63"], "lcore 63 is not enabled")):
             out = subprocess.run([CTL, "-s", host.path("ctl.sock")] + bad, capture_output=True, text=True, timeout=30)
-            check(out.returncode != 0 and why in out.stdout, f"serpensctl {' '.join(bad)}: {out.stdout}{out.stderr}")
+            check(out.returncode == 1 and why in out.stderr, f"serpensctl {' '.join(bad)}: {out.stdout}{out.stderr}")
         replies = []
         for k, n in enumerate(events, start=1):
             while sum(f.written for f in feeders) < total * k // (len(events) + 1):

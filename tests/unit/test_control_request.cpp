@@ -1,5 +1,6 @@
-// The control protocol's parser: every command serpensctl sends, and every
-// way a line can be wrong (range, sign, trailing words, junk bytes).
+// The control protocol's requests: every command serpensctl sends, and every
+// way a request can be wrong (not JSON, wrong version, unknown command or
+// field, mistyped or out-of-range values, junk bytes).
 
 #include "control/request.h"
 
@@ -16,107 +17,161 @@ ControlRequest accepted(std::string_view line)
     ParsedControlRequest parsed = parse_control_request(line);
     const auto *request = std::get_if<ControlRequest>(&parsed);
     INFO("line: '", std::string(line), "'");
+    if (const auto *error = std::get_if<ControlRequestError>(&parsed)) {
+        INFO("refused: ", error->message);
+    }
     REQUIRE(request != nullptr);
     return *request;
 }
 
-std::string refused(std::string_view line)
+ControlRequestError refused(std::string_view line)
 {
     ParsedControlRequest parsed = parse_control_request(line);
     const auto *error = std::get_if<ControlRequestError>(&parsed);
     INFO("line: '", std::string(line), "'");
     REQUIRE(error != nullptr);
-    CHECK(error->message.rfind("error: ", 0) == 0);
-    return error->message;
+    CHECK(!error->message.empty());
+    return *error;
 }
+
+std::string with_version(const std::string &body) { return "{\"v\":1," + body + "}"; }
 
 } // namespace
 
-TEST_CASE("the commands serpensctl sends")
+TEST_CASE("the commands serpensctl sends, each a JSON object naming version 1")
 {
-    CHECK(accepted("ping").verb == ControlVerb::ping);
-    CHECK(accepted("stats").verb == ControlVerb::stats);
-    CHECK(accepted("get wake_threshold").verb == ControlVerb::get_wake_threshold);
-    ControlRequest set = accepted("set wake_threshold 512");
-    CHECK(set.verb == ControlVerb::set_wake_threshold);
-    CHECK(set.value == 512);
-    CHECK(changes_host(set));
-    CHECK_FALSE(changes_host(accepted("stats")));
-    CHECK_FALSE(changes_host(accepted("get wake_threshold")));
+    struct Case {
+        const char *cmd;
+        ControlVerb verb;
+    };
+    for (const Case &c :
+         {Case{"ping", ControlVerb::ping}, Case{"version", ControlVerb::version}, Case{"status", ControlVerb::status},
+          Case{"stats", ControlVerb::stats}, Case{"chains", ControlVerb::chains}, Case{"plugins", ControlVerb::plugins},
+          Case{"instances", ControlVerb::instances}, Case{"clear", ControlVerb::clear},
+          Case{"wake_threshold", ControlVerb::wake_threshold}, Case{"log_level", ControlVerb::log_level}}) {
+        CAPTURE(c.cmd);
+        CHECK(accepted(with_version("\"cmd\":\"" + std::string(c.cmd) + "\"")).verb == c.verb);
+    }
+    CHECK(accepted(R"({"cmd":"ping","v":1})").verb == ControlVerb::ping); // any field order
+    CHECK(accepted(" {\"v\":1,\"cmd\":\"ping\"} \r").verb == ControlVerb::ping);
 }
 
-TEST_CASE("spaces, tabs and a carriage return around words are tolerated")
+TEST_CASE("reads change nothing; clear, scale and the setters do")
 {
-    CHECK(accepted("  ping  ").verb == ControlVerb::ping);
-    CHECK(accepted("stats\r").verb == ControlVerb::stats);
-    CHECK(accepted("set\twake_threshold \t 7\r").value == 7);
+    CHECK_FALSE(changes_host(accepted(R"({"v":1,"cmd":"stats"})")));
+    CHECK_FALSE(changes_host(accepted(R"({"v":1,"cmd":"wake_threshold"})")));
+    CHECK_FALSE(changes_host(accepted(R"({"v":1,"cmd":"log_level"})")));
+    CHECK(changes_host(accepted(R"({"v":1,"cmd":"wake_threshold","set":7})")));
+    CHECK(changes_host(accepted(R"({"v":1,"cmd":"log_level","set":"debug"})")));
+    CHECK(changes_host(accepted(R"({"v":1,"cmd":"clear"})")));
+}
+
+TEST_CASE("a request that is not a version-1 object is refused with the right code")
+{
+    for (const char *bad : {"", "   ", "ping", "[1,2]", "\"ping\"", "{", "{\"v\":1,\"cmd\":\"ping\"", "null", "7"}) {
+        CAPTURE(bad);
+        const ControlRequestError e = refused(bad);
+        CHECK(e.code == ControlErrorCode::bad_request);
+        CHECK(e.message.find("one JSON object") != std::string::npos);
+    }
+    CHECK(refused(R"({"cmd":"ping"})").code == ControlErrorCode::unsupported_version);
+    CHECK(refused(R"({"v":2,"cmd":"ping"})").code == ControlErrorCode::unsupported_version);
+    CHECK(refused(R"({"v":"1","cmd":"ping"})").code == ControlErrorCode::unsupported_version);
+    CHECK(refused(R"({"v":1})").code == ControlErrorCode::bad_request);
+    CHECK(refused(R"({"v":1,"cmd":7})").code == ControlErrorCode::bad_request);
+    const ControlRequestError unknown = refused(R"({"v":1,"cmd":"reboot"})");
+    CHECK(unknown.code == ControlErrorCode::unknown_command);
+    CHECK(unknown.message.find("'reboot'") != std::string::npos);
+    CHECK(unknown.message.find("status") != std::string::npos); // names the commands
+    CHECK(refused(R"({"v":1,"cmd":"PING"})").code == ControlErrorCode::unknown_command);
+}
+
+TEST_CASE("a field the command does not take is refused, never ignored")
+{
+    CHECK(refused(R"({"v":1,"cmd":"stats","watch":1})").message.find("'watch'") != std::string::npos);
+    CHECK(refused(R"({"v":1,"cmd":"ping","set":1})").code == ControlErrorCode::bad_request);
+    CHECK(refused(R"({"v":1,"cmd":"scale","chain":"c","count":1,"lcore":[1]})").message.find("lcores") !=
+          std::string::npos);
 }
 
 TEST_CASE("wake_threshold's range is 1..1048576")
 {
-    CHECK(accepted("set wake_threshold 1").value == 1);
-    CHECK(accepted("set wake_threshold 1048576").value == 1048576);
-    CHECK(refused("set wake_threshold 0").find("1..1048576") != std::string::npos);
-    refused("set wake_threshold 1048577");
-    refused("set wake_threshold -3");
-    refused("set wake_threshold +3");
-    refused("set wake_threshold 99999999999999999999999");
-    refused("set wake_threshold 0x10");
-    refused("set wake_threshold 12abc");
-    refused("set wake_threshold");
+    CHECK(accepted(R"({"v":1,"cmd":"wake_threshold","set":1})").set_threshold == 1u);
+    CHECK(accepted(R"({"v":1,"cmd":"wake_threshold","set":1048576})").set_threshold == 1048576u);
+    CHECK_FALSE(accepted(R"({"v":1,"cmd":"wake_threshold"})").set_threshold.has_value());
+    CHECK(refused(R"({"v":1,"cmd":"wake_threshold","set":0})").message.find("1..1048576") != std::string::npos);
+    for (const char *bad : {"1048577", "-3", "\"7\"", "7.5", "null", "[7]", "99999999999999999999999", "1e3"}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"wake_threshold\",\"set\":" + std::string(bad))).code ==
+              ControlErrorCode::bad_request);
+    }
 }
 
-TEST_CASE("trailing words are refused, not ignored")
+TEST_CASE("log_level takes the levels host.toml takes")
 {
-    refused("ping pong");
-    refused("stats now");
-    refused("get wake_threshold please");
-    refused("set wake_threshold 5 6");
-    refused("set wake_threshold 5 ; rm -rf /");
+    CHECK(accepted(R"({"v":1,"cmd":"log_level","set":"debug"})").set_level == "debug");
+    CHECK(accepted(R"({"v":1,"cmd":"log_level","set":"off"})").set_level == "off");
+    for (const char *bad : {"\"loud\"", "\"DEBUG\"", "3", "null", "\"\""}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"log_level\",\"set\":" + std::string(bad))).message.find("trace, debug") !=
+              std::string::npos);
+    }
 }
 
-TEST_CASE("unknown and empty lines name the commands")
+TEST_CASE("a hostile request is echoed short and printable")
 {
-    CHECK(refused("").find("commands: ping") != std::string::npos);
-    CHECK(refused("   ").find("empty") != std::string::npos);
-    CHECK(refused("reboot").find("unknown command 'reboot'") != std::string::npos);
-    refused("get");
-    refused("set");
-    refused("get other_knob");
-    refused("PING"); // commands are case-sensitive, as they always were
-}
-
-TEST_CASE("a hostile line is echoed short and printable")
-{
-    std::string huge(100000, 'A');
-    std::string reply = refused(huge);
-    CHECK(reply.size() < 300);
+    std::string huge = with_version("\"cmd\":\"" + std::string(100000, 'A') + "\"");
+    CHECK(refused(huge).message.size() < 300);
     std::string junk = std::string("x\x01\x1b[2J", 6) + '\0' + "\xff";
-    reply = refused(junk);
-    for (char c : reply) {
+    for (char c : refused(junk).message) {
+        CHECK((c >= 0x20 && c < 0x7f));
+    }
+    for (char c : refused(with_version("\"cmd\":\"\\u0001\\u001b[2J\"")).message) {
         CHECK((c >= 0x20 && c < 0x7f));
     }
 }
 
 TEST_CASE("scale: a chain, N, +K or -K, and optionally the lcores new instances may use")
 {
-    ControlRequest to = accepted("scale fw-mon-nat 3");
+    ControlRequest to = accepted(R"({"v":1,"cmd":"scale","chain":"fw-mon-nat","count":3})");
     CHECK(to.verb == ControlVerb::scale);
     CHECK(to.chain == "fw-mon-nat");
     CHECK((to.value == 3 && !to.relative));
     CHECK(changes_host(to));
-    ControlRequest up = accepted("scale c +2 1,3,4");
+    CHECK(accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"3"})").value == 3);
+    ControlRequest up = accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"+2","lcores":[1,3,4]})");
     CHECK((up.relative && !up.negative && up.value == 2));
     CHECK(up.lcores == std::vector<unsigned>{1, 3, 4});
-    ControlRequest down = accepted("scale c -1");
+    ControlRequest down = accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"-1"})");
     CHECK((down.relative && down.negative && down.value == 1));
-    CHECK(accepted("scale c 0").value == 0); // to zero: the chain parks
-    for (const char *bad : {"scale", "scale c", "scale c x", "scale c 1 2 3", "scale c ++1", "scale c 1025",
-                            "scale c 1 1,", "scale c 1 ,1", "scale c 1 1024", "scale c 1 a,b", "scale ../x 1",
-                            "scale c -", "scale c 99999999999999999999"}) {
+    CHECK(accepted(R"({"v":1,"cmd":"scale","chain":"c","count":0})").value == 0); // to zero: the chain parks
+    for (const char *bad :
+         {R"("chain":"c")", R"("count":1)", R"("chain":"c","count":"x")", R"("chain":"c","count":"++1")",
+          R"("chain":"c","count":1025)", R"("chain":"c","count":-1)", R"("chain":"c","count":"-")",
+          R"("chain":"c","count":1.5)", R"("chain":"c","count":1,"lcores":1)",
+          R"("chain":"c","count":1,"lcores":[1024])", R"("chain":"c","count":1,"lcores":["1"])",
+          R"("chain":"../x","count":1)", R"("chain":7,"count":1)", R"("chain":"c","count":"99999999999999999999")"}) {
         CAPTURE(bad);
-        CHECK(refused(bad).rfind("error: ", 0) == 0);
+        CHECK(refused(with_version("\"cmd\":\"scale\"," + std::string(bad))).code == ControlErrorCode::bad_request);
     }
+    std::string many = R"({"v":1,"cmd":"scale","chain":"c","count":1,"lcores":[)";
+    for (int i = 0; i < 300; ++i) {
+        many += (i == 0 ? "" : ",") + std::to_string(i % 8);
+    }
+    CHECK(refused(many + "]}").message.find("at most 256") != std::string::npos);
     // A hostile chain name is not echoed raw.
-    CHECK(refused("scale \x01\x02 1").find('\x01') == std::string::npos);
+    CHECK(refused(R"({"v":1,"cmd":"scale","chain":"\u0001\u0002","count":1})").message.find('\x01') ==
+          std::string::npos);
+}
+
+TEST_CASE("replies: an envelope with the version, ok, and a result or a coded error")
+{
+    const auto ok = nlohmann::json::parse(control_ok_reply({{"pong", true}}));
+    CHECK(ok == nlohmann::json{{"v", 1}, {"ok", true}, {"result", {{"pong", true}}}});
+    const auto error = nlohmann::json::parse(control_error_reply(ControlErrorCode::not_found, "no chain 'x'"));
+    CHECK(error["ok"] == false);
+    CHECK(error["error"]["code"] == "not_found");
+    CHECK(error["error"]["message"] == "no chain 'x'");
+    // Names from configs and plugins may be invalid UTF-8: replaced, never thrown.
+    CHECK_NOTHROW(nlohmann::json::parse(control_ok_reply({{"name", "bad\xff"}})));
 }

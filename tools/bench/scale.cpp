@@ -31,7 +31,7 @@
 #include "process.h"
 #include "throughput.h"
 
-#include "control/server.h"
+#include "control/protocol.h"
 #include "state/table.h"
 
 #include <fmt/format.h>
@@ -50,7 +50,7 @@ namespace {
 namespace fs = std::filesystem;
 using Histogram = std::map<uint64_t, uint64_t>; // bucket's lowest ns -> batches
 
-Histogram latency_of(const nlohmann::json &stats)
+Histogram latency_of(const nlohmann::ordered_json &stats)
 {
     Histogram h;
     for (const auto &lcore : stats.at("lcores")) {
@@ -210,14 +210,13 @@ private:
             throw std::runtime_error("serpens-host did not start (log " + log.string() + "):\n" +
                                      last_lines(host.log(), 15));
         }
-        auto request = [&](const std::string &line) {
-            std::string reply = control_request(socket.string(), line, 30000);
-            if (reply.rfind("error", 0) == 0) {
-                throw std::runtime_error("serpens-host refused '" + line + "': " + reply);
-            }
-            return reply;
+        auto request = [&](nlohmann::ordered_json line) {
+            return control_call(socket.string(), std::move(line), 30000);
         };
-        auto stats = [&] { return nlohmann::json::parse(request("stats")); };
+        auto stats = [&] { return request({{"cmd", "stats"}}); };
+        auto scale_to = [&](const std::string &count) {
+            return request({{"cmd", "scale"}, {"chain", _chain}, {"count", count}});
+        };
         sleep_s(1); // warm: the pool fills, caches and tables settle
 
         Histogram steady;
@@ -225,13 +224,13 @@ private:
         std::vector<double> pauses;
         std::vector<double> shares;
         for (int k = 0; k < _events; ++k) {
-            const nlohmann::json a = stats();
+            const nlohmann::ordered_json a = stats();
             sleep_s(_gap_s / 2);
-            const nlohmann::json b = stats();
+            const nlohmann::ordered_json b = stats();
             sleep_s(_gap_s / 4);
-            const auto reply = nlohmann::json::parse(request(fmt::format("scale {} {}", _chain, k % 2 == 0 ? 3 : 2)));
+            const auto reply = scale_to(k % 2 == 0 ? "3" : "2");
             sleep_s(_gap_s / 4);
-            const nlohmann::json c = stats();
+            const nlohmann::ordered_json c = stats();
             add_difference(steady, latency_of(b), latency_of(a));
             add_difference(around, latency_of(c), latency_of(b));
             pauses.push_back(reply.at("pause_us").get<double>());
@@ -240,10 +239,10 @@ private:
 
         // Launch: a scale-out drawing on the pool (refilled meanwhile), then
         // one with the pool empty, which runs the NFs' init (cold).
-        request(fmt::format("scale {} 2", _chain));
+        scale_to("2");
         sleep_s(0.5);
-        const auto warm_launch = nlohmann::json::parse(request(fmt::format("scale {} +1", _chain)));
-        const auto cold_launch = nlohmann::json::parse(request(fmt::format("scale {} +1", _chain)));
+        const auto warm_launch = scale_to("+1");
+        const auto cold_launch = scale_to("+1");
         host.stop(10);
         const fs::path state = _rig.state_root / fmt::format("state-{}", scale_run);
         std::vector<double> baseline;

@@ -6,7 +6,7 @@
 
 #include "process.h"
 
-#include "control/server.h"
+#include "control/protocol.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -144,7 +144,7 @@ struct LiveCounters {
 
 LiveCounters live_counters(const fs::path &socket, const std::string &chain)
 {
-    const auto j = nlohmann::json::parse(control_request(socket.string(), "stats"), nullptr, false);
+    const auto j = control_call(socket.string(), {{"cmd", "stats"}});
     if (!j.is_object() || !j.contains("ports")) {
         throw std::runtime_error("the host's stats are not the JSON expected");
     }

@@ -1,35 +1,109 @@
-// serpensctl: talks to a running serpens-host over its control socket.
+// serpensctl: operates a running serpens-host through its control socket.
 
-#include "control/server.h"
+#include "config/host_config.h"
+#include "control/protocol.h"
 #include "core/error.h"
+#include "render.h"
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <thread>
+
+namespace {
+
+using nlohmann::ordered_json;
+
+// Documented in --help; scripts rely on them.
+enum ExitCode {
+    kOk = 0,
+    kRefused = 1,     // the host answered with an error
+    kUsage = 2,       // bad arguments or an unreadable host.toml
+    kUnreachable = 3, // no host answered on the socket (not running, no permission, timeout)
+};
+
+constexpr const char *kExitCodes = "Exit codes: 0 done; 1 the host refused the request (its reason on stderr); "
+                                   "2 bad arguments or host.toml; 3 no host answered on the control socket.";
+
+struct Target {
+    std::string config;
+    std::string host_id = "serpens";
+    std::string socket;
+    bool json = false;
+    int timeout_ms = 5000;
+};
+
+// Where the host listens: --socket, else host.toml's [host] control_socket
+// (-c, or the installed config of --host-id when there is one), else
+// /run/serpens/<id>.sock.
+std::string socket_of(const Target &target)
+{
+    if (!target.socket.empty()) {
+        return target.socket;
+    }
+    std::string config = target.config;
+    if (config.empty()) {
+        const std::filesystem::path installed =
+            std::filesystem::path(SERPENS_SYSCONFDIR) / "serpens" / (target.host_id + ".toml");
+        std::error_code ec;
+        if (std::filesystem::is_regular_file(installed, ec)) {
+            config = installed.string();
+        }
+    }
+    if (!config.empty()) {
+        return serpens::load_host_config(config).control_socket;
+    }
+    return "/run/serpens/" + target.host_id + ".sock";
+}
+
+void print(const std::string &text) { std::fputs(text.c_str(), stdout); }
+
+void print_json(const ordered_json &value, int indent = 2)
+{
+    print(value.dump(indent, ' ', false, ordered_json::error_handler_t::replace) + "\n");
+}
+
+} // namespace
 
 int main(int argc, char **argv)
 {
-    CLI::App app{"serpensctl: inspect, tune and scale a running serpens-host through its control socket\n"
-                 "([host] control_socket in host.toml, default /run/serpens/<id>.sock)."};
-    std::string host_id = "serpens";
-    std::string socket;
-    app.add_option("--host-id", host_id, "the host's [host] id; picks /run/serpens/<id>.sock");
-    app.add_option("-s,--socket", socket, "the control socket path (overrides --host-id)");
+    CLI::App app{"serpensctl: operates a running serpens-host through its control socket.\n"
+                 "The host is found through -c host.toml, or --host-id (its installed config, else\n"
+                 "/run/serpens/<id>.sock), or --socket.  Every command prints a table for people, or with\n"
+                 "--json the host's reply as JSON for scripts."};
+    app.footer(kExitCodes);
+    app.set_version_flag("--version", std::string("serpensctl ") + SERPENS_VERSION);
+    app.fallthrough(); // global options may follow the command too
+    Target target;
+    app.add_option("-c,--config", target.config, "the host's host.toml: its control_socket is used");
+    app.add_option("--host-id", target.host_id,
+                   "the host's [host] id (default serpens): uses " SERPENS_SYSCONFDIR
+                   "/serpens/<id>.toml when installed, else /run/serpens/<id>.sock");
+    app.add_option("-s,--socket", target.socket, "the control socket's path (overrides -c and --host-id)");
+    app.add_flag("--json", target.json, "print the reply as JSON");
+    app.add_option("--timeout", target.timeout_ms, "milliseconds to wait for the host (default 5000)")
+        ->check(CLI::Range(1, 600000));
     app.require_subcommand(1);
 
-    auto *ping = app.add_subcommand("ping", "check that the host answers");
-    auto *stats = app.add_subcommand("stats", "print the live counters as JSON (ports, parser, gateway "
-                                              "rules, instances and their NFs; metered packets per chain)");
-    auto *wake = app.add_subcommand("wake-threshold", "show, or set, how many queued packets wake a sleeping instance");
-    long long threshold = 0;
-    wake->add_option("packets", threshold, "new threshold (1..1048576); omit to show the current one");
-
+    auto *status = app.add_subcommand("status", "who the host is, since when, from which config; its chains");
+    auto *chains = app.add_subcommand("chains", "every chain: its graph, egress and instances");
+    auto *plugins = app.add_subcommand("plugins", "every loaded plugin: version, ABI, file, the chains using it");
+    auto *instances = app.add_subcommand("instances", "every chain instance: lcore, state and packet counters");
+    auto *stats = app.add_subcommand("stats", "the counters (ports, gateway rules, chains, NFs) since the last clear");
+    double watch_s = 0;
+    unsigned watch_count = 0;
+    stats->add_option("-w,--watch", watch_s, "repeat every SECONDS, showing rates per second")
+        ->check(CLI::Range(0.1, 3600.0))
+        ->expected(0, 1)
+        ->default_str("1");
+    stats->add_option("-n,--count", watch_count, "with --watch: stop after this many updates (default: never)");
+    auto *clear = app.add_subcommand("clear", "zero the counters stats shows (bills and metrics keep counting)");
     auto *scale = app.add_subcommand(
         "scale", "change how many instances of a chain run, while traffic flows: no packet is lost or reordered.\n"
                  "N sets the count, +K / -K change it; 0 parks the chain (it keeps its state and its gateway rule,\n"
-                 "and the first packet wakes an instance).  Prints what happened as JSON: instances before and\n"
-                 "after, buckets moved, how long the data path paused, and whether new instances came warm from\n"
-                 "the pool or were started cold (NF init).");
+                 "and the first packet wakes an instance).");
     std::string scale_chain;
     std::string scale_count;
     std::vector<unsigned> scale_lcores;
@@ -40,30 +114,119 @@ int main(int argc, char **argv)
                      "lcores new instances may run on (default: the chain's [[instance]] lcores, else any "
                      "worker lcore; the least loaded is taken)")
         ->delimiter(',');
+    auto *wake = app.add_subcommand("wake-threshold", "show, or set, how many queued packets wake a sleeping instance");
+    uint32_t threshold = 0;
+    wake->add_option("packets", threshold, "the new threshold, 1..1048576; omit to show the current one")
+        ->check(CLI::Range(1u, 1u << 20));
+    auto *log_level = app.add_subcommand("log-level", "show, or set, the host's log level");
+    std::string level;
+    log_level->add_option("level", level, "trace, debug, info, warn, error or off; omit to show the current one")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    auto *version = app.add_subcommand("version", "serpensctl's version and the host's");
+    auto *ping = app.add_subcommand("ping", "check that the host answers");
 
-    CLI11_PARSE(app, argc, argv);
-    if (socket.empty()) {
-        socket = "/run/serpens/" + host_id + ".sock";
-    }
-    std::string command;
-    if (ping->parsed()) {
-        command = "ping";
-    } else if (stats->parsed()) {
-        command = "stats";
-    } else if (wake->parsed()) {
-        command = threshold != 0 ? "set wake_threshold " + std::to_string(threshold) : "get wake_threshold";
-    } else if (scale->parsed()) {
-        command = "scale " + scale_chain + " " + scale_count;
-        for (std::size_t i = 0; i < scale_lcores.size(); ++i) {
-            command += (i == 0 ? " " : ",") + std::to_string(scale_lcores[i]);
-        }
-    }
     try {
-        std::string reply = serpens::control_request(socket, command);
-        std::puts(reply.c_str());
-        return reply.rfind("error:", 0) == 0 ? 1 : 0;
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError &e) {
+        const int code = app.exit(e);
+        return code == 0 ? kOk : kUsage;
+    }
+
+    std::string socket;
+    try {
+        socket = socket_of(target);
     } catch (const serpens::Error &e) {
         std::fprintf(stderr, "serpensctl: %s\n", e.what());
-        return 1;
+        return kUsage;
     }
+    auto call = [&](ordered_json request) {
+        return serpens::control_call(socket, std::move(request), target.timeout_ms);
+    };
+    try {
+        if (status->parsed()) {
+            ordered_json r = call({{"cmd", "status"}});
+            target.json ? print_json(r) : print(serpensctl::render_status(r));
+        } else if (chains->parsed()) {
+            ordered_json r = call({{"cmd", "chains"}});
+            target.json ? print_json(r) : print(serpensctl::render_chains(r));
+        } else if (plugins->parsed()) {
+            ordered_json r = call({{"cmd", "plugins"}});
+            target.json ? print_json(r) : print(serpensctl::render_plugins(r));
+        } else if (instances->parsed()) {
+            ordered_json r = call({{"cmd", "instances"}});
+            target.json ? print_json(r) : print(serpensctl::render_instances(r));
+        } else if (stats->parsed() && stats->count("--watch") == 0) {
+            ordered_json r = call({{"cmd", "stats"}});
+            target.json ? print_json(r) : print(serpensctl::render_stats(r));
+        } else if (stats->parsed()) {
+            using Clock = std::chrono::steady_clock;
+            const auto period = std::chrono::duration<double>(watch_s > 0 ? watch_s : 1.0);
+            ordered_json before = call({{"cmd", "stats"}});
+            Clock::time_point t0 = Clock::now();
+            for (unsigned n = 0; watch_count == 0 || n < watch_count; ++n) {
+                std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(period));
+                ordered_json now = call({{"cmd", "stats"}});
+                const Clock::time_point t1 = Clock::now();
+                const double seconds = std::chrono::duration<double>(t1 - t0).count();
+                ordered_json rates = serpensctl::stats_rates(now, before, seconds);
+                if (target.json) {
+                    print_json({{"seconds", seconds}, {"rates", std::move(rates)}, {"counters", now}}, -1);
+                } else {
+                    print((n == 0 ? "" : "\n") + serpensctl::render_rates(rates, seconds));
+                }
+                std::fflush(stdout);
+                before = std::move(now);
+                t0 = t1;
+            }
+        } else if (clear->parsed()) {
+            ordered_json r = call({{"cmd", "clear"}});
+            target.json ? print_json(r)
+                        : print("counters cleared at " + r.value("cleared", std::string("?")) +
+                                " (bills and metrics keep counting)\n");
+        } else if (scale->parsed()) {
+            ordered_json request = {{"cmd", "scale"}, {"chain", scale_chain}, {"count", scale_count}};
+            if (!scale_lcores.empty()) {
+                request["lcores"] = scale_lcores;
+            }
+            ordered_json r = call(request);
+            target.json ? print_json(r) : print(serpensctl::render_scale(r));
+        } else if (wake->parsed()) {
+            ordered_json request = {{"cmd", "wake_threshold"}};
+            if (threshold != 0) {
+                request["set"] = threshold;
+            }
+            ordered_json r = call(request);
+            target.json ? print_json(r) : print("wake threshold: " + r["wake_threshold"].dump() + " packets\n");
+        } else if (log_level->parsed()) {
+            ordered_json request = {{"cmd", "log_level"}};
+            if (!level.empty()) {
+                request["set"] = level;
+            }
+            ordered_json r = call(request);
+            target.json ? print_json(r) : print("log level: " + r.value("log_level", std::string("?")) + "\n");
+        } else if (version->parsed()) {
+            ordered_json r = call({{"cmd", "version"}});
+            r["serpensctl"] = SERPENS_VERSION;
+            target.json ? print_json(r)
+                        : print(std::string("serpensctl ") + SERPENS_VERSION + "\nserpens-host " +
+                                r.value("host", std::string("?")) + " (control protocol " + r["protocol"].dump() +
+                                ", plugin ABI " + r.value("plugin_abi", std::string("?")) + ")\n");
+        } else if (ping->parsed()) {
+            ordered_json r = call({{"cmd", "ping"}});
+            target.json ? print_json(r) : print("pong\n");
+        }
+    } catch (const serpens::ControlReplyError &e) {
+        if (target.json) {
+            print_json({{"error", {{"code", e.code()}, {"message", e.what()}}}});
+        }
+        std::fprintf(stderr, "serpensctl: %s (%s)\n", e.what(), e.code().c_str());
+        return kRefused;
+    } catch (const serpens::Error &e) {
+        std::fprintf(stderr, "serpensctl: %s\n", e.what());
+        return kUnreachable;
+    } catch (const nlohmann::json::exception &e) {
+        std::fprintf(stderr, "serpensctl: the host's reply has an unexpected shape: %s\n", e.what());
+        return kUnreachable;
+    }
+    return kOk;
 }

@@ -1,0 +1,253 @@
+#include "render.h"
+
+#include "app/stats.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace serpensctl {
+namespace {
+
+// A text table: a header row, then rows; columns marked numeric are right-aligned.
+class Table {
+public:
+    Table(std::vector<std::string> header, std::vector<bool> numeric)
+        : _numeric(std::move(numeric)), _rows{std::move(header)}
+    {}
+    void add(std::vector<std::string> row) { _rows.push_back(std::move(row)); }
+    std::string text() const
+    {
+        std::vector<std::size_t> width(_rows.front().size(), 0);
+        for (const auto &row : _rows) {
+            for (std::size_t c = 0; c < row.size() && c < width.size(); ++c) {
+                width[c] = std::max(width[c], row[c].size());
+            }
+        }
+        std::string out;
+        for (const auto &row : _rows) {
+            std::string line;
+            for (std::size_t c = 0; c < row.size() && c < width.size(); ++c) {
+                const bool right = c < _numeric.size() && _numeric[c];
+                line += c == 0 ? "" : "  ";
+                line += right ? fmt::format("{:>{}}", row[c], width[c]) : fmt::format("{:<{}}", row[c], width[c]);
+            }
+            line.erase(line.find_last_not_of(' ') + 1);
+            out += line + "\n";
+        }
+        return out;
+    }
+
+private:
+    std::vector<bool> _numeric;
+    std::vector<std::vector<std::string>> _rows;
+};
+
+// Any JSON leaf as a table cell: integers as they are, rates with one decimal.
+std::string cell(const ordered_json &value)
+{
+    if (value.is_null()) {
+        return "-";
+    }
+    if (value.is_string()) {
+        return value.get<std::string>();
+    }
+    if (value.is_number_float()) {
+        return fmt::format("{:.1f}", value.get<double>());
+    }
+    return value.dump();
+}
+
+const ordered_json &field(const ordered_json &object, const char *key)
+{
+    static const ordered_json missing;
+    if (!object.is_object()) {
+        return missing;
+    }
+    auto it = object.find(key);
+    return it == object.end() ? missing : *it;
+}
+
+std::string text_of(const ordered_json &object, const char *key) { return cell(field(object, key)); }
+
+std::string joined(const ordered_json &list, const char *separator)
+{
+    std::string out;
+    if (list.is_array()) {
+        for (const ordered_json &item : list) {
+            out += (out.empty() ? "" : separator) + cell(item);
+        }
+    }
+    return out.empty() ? "-" : out;
+}
+
+std::string nf_counters(const ordered_json &counters)
+{
+    std::string out;
+    if (counters.is_object()) {
+        for (const auto &[name, value] : counters.items()) {
+            if (!(value.is_number() && value.get<double>() == 0)) {
+                out += (out.empty() ? "" : " ") + name + "=" + cell(value);
+            }
+        }
+    }
+    return out;
+}
+
+// The tables stats and stats --watch share: ports, gateway rules, chains,
+// then every instance's NFs.  `unit` follows each number's column title.
+std::string render_counters(const ordered_json &stats, const std::string &unit)
+{
+    std::string out;
+    Table ports({"port", "rx" + unit, "tx" + unit, "rx_missed" + unit, "tx_errors" + unit},
+                {false, true, true, true, true});
+    for (const ordered_json &port : field(stats, "ports")) {
+        ports.add({text_of(port, "name"), text_of(port, "rx"), text_of(port, "tx"), text_of(port, "rx_missed"),
+                   text_of(port, "tx_errors")});
+    }
+    out += ports.text() + "\n";
+
+    Table rules({"gateway rule", "matched" + unit}, {false, true});
+    for (const auto &[name, matched] : field(stats, "rules").items()) {
+        rules.add({name, cell(matched)});
+    }
+    rules.add({"(no match)", text_of(stats, "unmatched")});
+    out += rules.text() + "\n";
+
+    Table chains({"chain", "instances", "parked", "packets" + unit, "flows"}, {false, true, true, true, true});
+    for (const auto &[name, chain] : field(stats, "chains").items()) {
+        const ordered_json &flows = field(chain, "flows");
+        chains.add({name, text_of(chain, "instances"), text_of(chain, "parked"), text_of(chain, "metered_packets"),
+                    flows.is_object() ? text_of(flows, "live") + "/" + text_of(flows, "capacity") : "-"});
+    }
+    out += chains.text() + "\n";
+
+    Table nfs({"instance/nf", "plugin", "packets" + unit, "dropped" + unit, "counters"},
+              {false, false, true, true, false});
+    for (const ordered_json &instance : field(stats, "instances")) {
+        const std::string prefix = text_of(instance, "chain") + "#" + text_of(instance, "index") + "/";
+        for (const ordered_json &nf : field(instance, "nfs")) {
+            nfs.add({prefix + text_of(nf, "name"), text_of(nf, "plugin"), text_of(nf, "packets"),
+                     text_of(nf, "dropped"), nf_counters(field(nf, "counters"))});
+        }
+    }
+    return out + nfs.text();
+}
+
+} // namespace
+
+std::string human_duration(double seconds)
+{
+    auto s = static_cast<long long>(std::llround(std::max(0.0, seconds)));
+    const long long d = s / 86400;
+    const long long h = s / 3600 % 24;
+    const long long m = s / 60 % 60;
+    s %= 60;
+    if (d > 0) {
+        return fmt::format("{}d{}h{}m", d, h, m);
+    }
+    if (h > 0) {
+        return fmt::format("{}h{}m{}s", h, m, s);
+    }
+    return m > 0 ? fmt::format("{}m{}s", m, s) : fmt::format("{}s", s);
+}
+
+std::string render_status(const ordered_json &st)
+{
+    std::string out = fmt::format("host {} (serpens-host {}), pid {}, up {} since {}\n", text_of(st, "id"),
+                                  text_of(st, "version"), text_of(st, "pid"),
+                                  human_duration(field(st, "uptime_s").is_number() ? st["uptime_s"].get<double>() : 0),
+                                  text_of(st, "started"));
+    out += fmt::format("config          {}\n", text_of(st, "config"));
+    out += fmt::format("state dir       {}\n", text_of(st, "state_dir"));
+    out += fmt::format("control socket  {}\n", text_of(st, "control_socket"));
+    out += fmt::format("plugins         {}\n", text_of(st, "plugin_dir"));
+    out += fmt::format("chains          {}\n", text_of(st, "chains_dir"));
+    out += fmt::format("log level       {}\n", text_of(st, "log_level"));
+    out += fmt::format("wake threshold  {} packets\n", text_of(st, "wake_threshold"));
+    out += fmt::format("lcores          {}\n", joined(field(st, "lcores"), ","));
+    out += fmt::format("ports           {}\n\n", joined(field(st, "ports"), ", "));
+    Table chains({"chain", "instances", "parked", "pooled", "packets"}, {false, true, true, true, true});
+    for (const auto &[name, chain] : field(st, "chains").items()) {
+        chains.add({name, text_of(chain, "instances"), text_of(chain, "parked"), text_of(chain, "pooled"),
+                    text_of(chain, "packets")});
+    }
+    return out + chains.text();
+}
+
+std::string render_chains(const ordered_json &chains)
+{
+    std::string out;
+    for (const ordered_json &chain : chains) {
+        const ordered_json &runtime = field(chain, "runtime");
+        out += fmt::format("{}  ({})\n", text_of(chain, "name"), text_of(chain, "file"));
+        out += fmt::format("  graph    {}\n", text_of(chain, "graph"));
+        const std::string egress = text_of(chain, "egress");
+        out += fmt::format("  egress   {}\n", egress.empty() || egress == "-" ? "the only port" : egress);
+        if (runtime.is_object()) {
+            out += fmt::format("  runs     {} instance(s), {} parked, {} pooled; {} packets\n",
+                               text_of(runtime, "instances"), text_of(runtime, "parked"), text_of(runtime, "pooled"),
+                               text_of(runtime, "metered_packets"));
+        } else {
+            out += "  runs     nowhere (no gateway rule and no [[instance]])\n";
+        }
+    }
+    return out;
+}
+
+std::string render_plugins(const ordered_json &plugins)
+{
+    Table table({"plugin", "version", "abi", "used by", "file"}, {false, false, false, false, false});
+    for (const ordered_json &plugin : plugins) {
+        table.add({text_of(plugin, "name"), text_of(plugin, "version"), text_of(plugin, "abi"),
+                   joined(field(plugin, "used_by"), ","), text_of(plugin, "file")});
+    }
+    return table.text();
+}
+
+std::string render_instances(const ordered_json &instances)
+{
+    Table table({"chain", "index", "lcore", "state", "packets", "out", "dropped", "tx_dropped"},
+                {false, true, true, false, true, true, true, true});
+    for (const ordered_json &i : instances) {
+        table.add({text_of(i, "chain"), text_of(i, "index"), text_of(i, "lcore"), text_of(i, "state"),
+                   text_of(i, "packets"), text_of(i, "out"), text_of(i, "dropped"), text_of(i, "tx_dropped")});
+    }
+    return table.text();
+}
+
+std::string render_stats(const ordered_json &stats)
+{
+    std::string since = field(stats, "seconds").is_number()
+                            ? " (" + human_duration(stats["seconds"].get<double>()) + ")"
+                            : std::string();
+    return "counters since " + text_of(stats, "since") + since + "\n\n" + render_counters(stats, "");
+}
+
+ordered_json stats_rates(const ordered_json &now, const ordered_json &before, double seconds)
+{
+    return serpens::subtract_counters(now, before, seconds > 0 ? seconds : 1e-9);
+}
+
+std::string render_rates(const ordered_json &rates, double seconds)
+{
+    return fmt::format("rates per second over the last {:.1f} s\n\n", seconds) + render_counters(rates, "/s");
+}
+
+std::string render_scale(const ordered_json &r)
+{
+    std::string lcores;
+    for (const ordered_json &instance : field(r, "instances")) {
+        lcores += (lcores.empty() ? "" : ",") + text_of(instance, "lcore");
+    }
+    return fmt::format("chain {}: {} -> {} instance(s) on lcore(s) {}\n"
+                       "  {} from the pool, {} started cold; {} bucket(s) moved; data path paused {} us; "
+                       "done in {} us\n",
+                       text_of(r, "chain"), text_of(r, "before"), text_of(r, "after"), lcores.empty() ? "-" : lcores,
+                       text_of(r, "from_pool"), text_of(r, "cold"), text_of(r, "moved_buckets"), text_of(r, "pause_us"),
+                       text_of(r, "launch_us"));
+}
+
+} // namespace serpensctl

@@ -1,0 +1,29 @@
+#pragma once
+// serpensctl's human output: each reply of the control protocol as the text
+// an operator reads (--json prints the reply's result instead).
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace serpensctl {
+
+using nlohmann::ordered_json;
+
+std::string render_status(const ordered_json &status);
+std::string render_chains(const ordered_json &chains);
+std::string render_plugins(const ordered_json &plugins);
+std::string render_instances(const ordered_json &instances);
+std::string render_stats(const ordered_json &stats);
+std::string render_scale(const ordered_json &result);
+
+// Per-second rates between two "stats" replies `seconds` apart: every
+// counter of `now` less `before`, divided by `seconds` (what stats --watch
+// shows).  Gauges and identities are kept as in `now`.
+ordered_json stats_rates(const ordered_json &now, const ordered_json &before, double seconds);
+std::string render_rates(const ordered_json &rates, double seconds);
+
+// 3725.2 -> "1h2m5s"
+std::string human_duration(double seconds);
+
+} // namespace serpensctl
