@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 #include <spdlog/fmt/ranges.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -296,6 +298,23 @@ void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded,
     instances.clear(); // fini, in reverse chain order per instance
 }
 
+// Logs go to stderr, where journald takes them under systemd, and also to
+// `file` when set (appended).  Throws Error when the file cannot be opened.
+void log_to(const std::string &file)
+{
+    std::vector<spdlog::sink_ptr> sinks{std::make_shared<spdlog::sinks::stderr_color_sink_mt>()};
+    if (!file.empty()) {
+        try {
+            sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(file));
+        } catch (const spdlog::spdlog_ex &e) {
+            throw Error("cannot open [host] log_file " + file + ": " + e.what());
+        }
+    }
+    auto logger = std::make_shared<spdlog::logger>("serpens", sinks.begin(), sinks.end());
+    logger->set_level(spdlog::get_level());
+    spdlog::set_default_logger(std::move(logger));
+}
+
 void on_sighup(int)
 {
     static const char message[] = "serpens-host: SIGHUP ignored: reload is not implemented yet "
@@ -322,6 +341,7 @@ void install_signal_handlers()
 int run_host(const HostOptions &options)
 {
     install_signal_handlers();
+    log_to("");
     HostConfig cfg;
     PluginRegistry plugins;
     LoadedChains loaded;
@@ -329,6 +349,9 @@ int run_host(const HostOptions &options)
     try {
         cfg = load_host_config(options.config_path);
         spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
+        if (!options.check_only) {
+            log_to(cfg.log_file);
+        }
         plugins.load_directory(cfg.plugin_dir);
         loaded = load_chains(cfg, plugins);
         for (const auto &chain : loaded.chains) {

@@ -126,7 +126,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
-        r.allow_only({"id", "log_level", "plugin_dir", "chains_dir", "state_dir", "control_socket", "control_group"});
+        r.allow_only({"id", "log_level", "log_file", "plugin_dir", "chains_dir", "state_dir", "control_socket",
+                      "control_group"});
         cfg.id = r.string_or("id", cfg.id);
         // The id names the state directory and the control socket.
         if (!config::is_safe_name(cfg.id)) {
@@ -137,6 +138,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         if (std::find(std::begin(levels), std::end(levels), cfg.log_level) == std::end(levels)) {
             r.fail("log_level", "'log_level' must be one of trace, debug, info, warn, error, off");
         }
+        cfg.log_file = r.string_or("log_file", "");
         cfg.plugin_dir = r.string_or("plugin_dir", cfg.plugin_dir);
         cfg.chains_dir = r.string_or("chains_dir", cfg.chains_dir);
         cfg.state_dir = r.string_or("state_dir", "");
@@ -145,6 +147,9 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         if (!cfg.control_group.empty()) {
             cfg.control_gid = resolve_group(r, cfg.control_group);
         }
+    }
+    if (!cfg.log_file.empty()) {
+        cfg.log_file = resolve(base, cfg.log_file);
     }
     cfg.plugin_dir = resolve(base, cfg.plugin_dir);
     cfg.chains_dir = resolve(base, cfg.chains_dir);
