@@ -2,7 +2,8 @@
 the layout README.md's Installing section describes, the README's hello
 plugin built out of tree with `pkg-config --cflags serpens-nf`, the installed
 serpens-host running it on net_pcap, the installed host.toml passing
---check, the systemd unit verified, and every program's --version.
+--check and kept by a reinstall, the systemd unit verified, and every
+program's --version.
 
 usage: test_install.py MESON (the rest comes from the environment, see
 tests/install/meson.build)
@@ -38,10 +39,15 @@ def staged(path):
     return destdir + path
 
 
-proc = subprocess.run([MESON, "install", "-C", BUILD, "--destdir", destdir, "--no-rebuild", "--quiet"],
-                      capture_output=True, text=True, timeout=120)
-if proc.returncode != 0:
-    fail(f"meson install exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+def install():
+    """meson install into the DESTDIR, of what the build already holds."""
+    proc = subprocess.run([MESON, "install", "-C", BUILD, "--destdir", destdir, "--no-rebuild", "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        fail(f"meson install exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+
+
+install()
 
 # The harness runs what it finds in SERPENS_HOST and SERPENS_PKTGEN: the
 # installed programs.
@@ -146,6 +152,12 @@ proc = subprocess.run([os.environ["SERPENS_HOST"], "-c", os.path.join(config_dir
                       capture_output=True, text=True, timeout=60)
 check(proc.returncode == 0, f"installed host.toml fails --check: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
 print("ok [installed host.toml]: --check passes")
+
+# Installing again keeps the host.toml edited above.
+install()
+with open(os.path.join(config_dir, "host.toml")) as f:
+    check(staged(PLUGIN_DIR) in f.read(), "a second meson install overwrote the edited host.toml")
+print("ok [reinstall]: the edited host.toml stays")
 
 # The unit, its paths moved into the DESTDIR, as one instance of the template.
 analyze = shutil.which("systemd-analyze")
