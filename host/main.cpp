@@ -2,6 +2,7 @@
 // runs them on DPDK ports until SIGINT/SIGTERM.
 
 #include "app/host.h"
+#include "core/version.h"
 
 #include <CLI/CLI.hpp>
 
@@ -11,6 +12,7 @@ int main(int argc, char **argv)
     CLI::App app{"serpens-host: runs service function chains of NF plugins on DPDK ports.\n"
                  "Everything is configured in host.toml (ports, EAL args, plugin and chain\n"
                  "directories, gateway rules, instance placement); see conf/host.toml."};
+    app.set_version_flag("--version", serpens::version_line("serpens-host"));
     app.add_option("-c,--config", options.config_path, "host config file")->required()->check(CLI::ExistingFile);
     app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error or off (overrides [host])");
     app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");

@@ -17,6 +17,8 @@ packages=(
     clang-format
     # benchmarks: dpdk-testpmd as the reference, plots
     dpdk-dev python3-matplotlib
+    # install: man pages from each tool's --help
+    help2man
 )
 
 missing=()

@@ -5,6 +5,7 @@
 #include "control/protocol.h"
 #include "control/request.h"
 #include "core/error.h"
+#include "core/version.h"
 #include "instance/dataplane.h"
 #include "instance/manager.h"
 #include "plugin/registry.h"

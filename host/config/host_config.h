@@ -2,6 +2,7 @@
 // host.toml: everything one serpens-host needs.  Every key has a default; the
 // shipped conf/host.toml documents each one.
 
+#include "config/install_dirs.h"
 #include "config/plugin_config.h"
 
 #include <sys/types.h>
@@ -73,7 +74,7 @@ struct HostConfig {
     std::string id = "serpens"; // names this host's shared-memory state
     std::string log_level = "info";
     std::string log_file; // logs go here too (appended); stderr always has them
-    std::string plugin_dir = "plugins";
+    std::string plugin_dir = install_dirs::plugins; // where `meson install` puts the NF plugins
     std::string chains_dir = "chains";
     std::string state_dir;            // default /dev/shm/serpens/<id>
     std::string control_socket;       // default /run/serpens/<id>.sock

@@ -54,6 +54,14 @@ TEST_CASE("the file entry point reads what the text one does, and checks the dir
           (dir.path() / "nowhere").string());
 }
 
+TEST_CASE("without plugin_dir the host looks where meson install put the plugins; chains_dir is relative")
+{
+    HostConfig cfg = load_host_config_text(ports, "/etc/serpens/h.toml");
+    CHECK(cfg.plugin_dir == install_dirs::plugins);
+    CHECK(std::string_view(install_dirs::plugins).starts_with("/"));
+    CHECK(cfg.chains_dir == "/etc/serpens/chains");
+}
+
 TEST_CASE("a host.toml that is not a regular file is refused at once")
 {
     ScratchDir dir;

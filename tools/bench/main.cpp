@@ -3,8 +3,10 @@
 // that registers itself (see bench.h and README.md).
 
 #include "bench.h"
+#include "paths.h"
 
 #include "core/error.h"
+#include "core/version.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -14,13 +16,6 @@
 #include <cstring>
 #include <iostream>
 #include <sstream>
-
-#ifndef SERPENS_BENCH_PLUGIN_DIR
-#error "SERPENS_BENCH_PLUGIN_DIR: the build's plugins directory, set by meson"
-#endif
-#ifndef SERPENS_BENCH_PLOT_SCRIPT
-#error "SERPENS_BENCH_PLOT_SCRIPT: path of plot.py, set by meson"
-#endif
 
 using namespace serpens::bench;
 
@@ -79,8 +74,8 @@ int main(int argc, char **argv)
 
     Options opts;
     opts.out_dir = "bench-out";
-    opts.plugin_dir = SERPENS_BENCH_PLUGIN_DIR;
-    opts.plot_script = SERPENS_BENCH_PLOT_SCRIPT;
+    opts.plugin_dir = default_paths().plugin_dir;
+    opts.plot_script = default_paths().plot_script;
     bool want_plot = false;
     bool no_plot = false;
     int cpu = -2; // -2: not given
@@ -90,12 +85,13 @@ int main(int argc, char **argv)
                  "Each subcommand prints a table, writes <out>/<name>.csv (+ .png), and `report` gathers them "
                  "into <out>/REPORT.md.  Measurements are medians of --repeat runs after a warm-up, with min/max; "
                  "speed is reported, never asserted (exit 0 whatever the numbers)."};
+    app.set_version_flag("--version", serpens::version_line("serpens-bench"));
     app.fallthrough(); // common flags may follow the subcommand name
     app.require_subcommand(1);
     app.add_option("--out", opts.out_dir, "directory for CSV, PNG and REPORT.md")->capture_default_str();
     app.add_option("--plugins", opts.plugin_dir,
                    "directory of NF plugins: serpens_nf_<name>.so flat or in <name>/ folders (default: this "
-                   "build's plugins/)")
+                   "build's plugins/, or the installed ones)")
         ->capture_default_str();
     auto *repeat_opt = app.add_option("--repeat", opts.repeat,
                                       "measured repeats per point, after one warm-up "
@@ -108,7 +104,8 @@ int main(int argc, char **argv)
     bool no_reference = false;
     app.add_flag("--no-reference", no_reference,
                  "do not measure dpdk-testpmd io forwarding for the reference line of the throughput figures");
-    app.add_option("--plot-script", opts.plot_script, "the plotting script (tools/bench/plot.py)")
+    app.add_option("--plot-script", opts.plot_script,
+                   "the plotting script (tools/bench/plot.py; default: this build's copy, or the installed one)")
         ->capture_default_str();
     app.add_option("--python", opts.python,
                    "python interpreter for plots (default: python3 on PATH, else /usr/bin/python3, whichever "

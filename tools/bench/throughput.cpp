@@ -83,9 +83,10 @@ public:
                        "both (default: the first two of --worker-cpus)");
         app.add_option("--testpmd", _rig.testpmd_exe, "dpdk-testpmd executable (Debian: apt-get install dpdk-dev)")
             ->capture_default_str();
-        app.add_option("--host", _rig.host_exe, "serpens-host executable (default: this build's)")
+        app.add_option("--host", _rig.host_exe, "serpens-host executable (default: this build's, or the installed one)")
             ->capture_default_str();
-        app.add_option("--pktgen", _rig.pktgen_exe, "serpens-pktgen executable (default: this build's)")
+        app.add_option("--pktgen", _rig.pktgen_exe,
+                       "serpens-pktgen executable (default: this build's, or the installed one)")
             ->capture_default_str();
         app.add_option("--only", _only,
                        "configurations to run: io, macswap, macswap2, serpens1, serpens2, chain (default all)")

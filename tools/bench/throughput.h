@@ -8,19 +8,13 @@
 //   reference.cpp           the testpmd io reference line of every figure
 
 #include "bench.h"
+#include "paths.h"
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
-
-#ifndef SERPENS_BENCH_HOST
-#define SERPENS_BENCH_HOST "serpens-host"
-#endif
-#ifndef SERPENS_BENCH_PKTGEN
-#define SERPENS_BENCH_PKTGEN "serpens-pktgen"
-#endif
 
 namespace serpens::bench {
 
@@ -66,8 +60,8 @@ struct ThroughputRig {
     uint32_t memory_mb = 512;
     std::string lcores; // "MAIN,FWD" as given, or empty
     std::string testpmd_exe = "dpdk-testpmd";
-    std::string host_exe = SERPENS_BENCH_HOST;
-    std::string pktgen_exe = SERPENS_BENCH_PKTGEN;
+    std::string host_exe = default_paths().host_exe;
+    std::string pktgen_exe = default_paths().pktgen_exe;
     bool keep = false;
     uint32_t fw_rules = 1000;
     bool new_flows = false; // serpens runs measure the capture's first pass: every packet opens a flow

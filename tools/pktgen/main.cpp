@@ -3,6 +3,7 @@
 //
 //   serpens-pktgen -o in.pcap                      10000 packets, 256 flows, mixed, 1% malformed
 //   serpens-pktgen -o in.pcap --seed 7 --packets 1e6 --mix tcp=70,udp=30 --size 64 --summary
+#include "core/version.h"
 #include "support/traffic.h"
 
 #include <CLI/CLI.hpp>
@@ -21,6 +22,7 @@ int main(int argc, char **argv)
                  "TCP/UDP/ICMP/ICMPv6, correct checksums, an optional share of malformed packets).\n"
                  "The same options and --seed give the same bytes on every machine."};
     app.get_formatter()->column_width(30);
+    app.set_version_flag("--version", serpens::version_line("serpens-pktgen"));
 
     std::string output;
     std::string mix = net::format_traffic_mix(cfg.mix);

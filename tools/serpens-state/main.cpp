@@ -13,6 +13,7 @@
 // live entry's canonical key, which endpoint sent the first packet, and each
 // NF's area as u64 words (little endian), by the NF's name in the chain.
 
+#include "core/version.h"
 #include "state/executor.h"
 #include "state/flow_table.h"
 #include "state/table.h"
@@ -302,6 +303,7 @@ int cmd_flows(const fs::path &root, const std::string &chain, bool json, uint64_
 int main(int argc, char **argv)
 {
     CLI::App app{"serpens-state: inspect Serpens state segments (read-only)"};
+    app.set_version_flag("--version", serpens::version_line("serpens-state"));
     std::string root, host_id = "default";
     app.add_option("--root", root, "state root directory (default /dev/shm/serpens/<host-id>)");
     app.add_option("--host-id", host_id, "host id used for the default root");

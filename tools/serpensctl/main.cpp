@@ -1,8 +1,10 @@
 // serpensctl: operates a running serpens-host through its control socket.
 
 #include "config/host_config.h"
+#include "config/install_dirs.h"
 #include "control/protocol.h"
 #include "core/error.h"
+#include "core/version.h"
 #include "render.h"
 
 #include <CLI/CLI.hpp>
@@ -46,7 +48,7 @@ std::string socket_of(const Target &target)
     std::string config = target.config;
     if (config.empty()) {
         const std::filesystem::path installed =
-            std::filesystem::path(SERPENS_SYSCONFDIR) / "serpens" / (target.host_id + ".toml");
+            std::filesystem::path(serpens::install_dirs::sysconf) / (target.host_id + ".toml");
         std::error_code ec;
         if (std::filesystem::is_regular_file(installed, ec)) {
             config = installed.string();
@@ -74,13 +76,13 @@ int main(int argc, char **argv)
                  "/run/serpens/<id>.sock), or --socket.  Every command prints a table for people, or with\n"
                  "--json the host's reply as JSON for scripts."};
     app.footer(kExitCodes);
-    app.set_version_flag("--version", std::string("serpensctl ") + SERPENS_VERSION);
+    app.set_version_flag("--version", serpens::version_line("serpensctl"));
     app.fallthrough(); // global options may follow the command too
     Target target;
     app.add_option("-c,--config", target.config, "the host's host.toml: its control_socket is used");
     app.add_option("--host-id", target.host_id,
-                   "the host's [host] id (default serpens): uses " SERPENS_SYSCONFDIR
-                   "/serpens/<id>.toml when installed, else /run/serpens/<id>.sock");
+                   std::string("the host's [host] id (default serpens): uses ") + serpens::install_dirs::sysconf +
+                       "/<id>.toml when there is one, else /run/serpens/<id>.sock");
     app.add_option("-s,--socket", target.socket, "the control socket's path (overrides -c and --host-id)");
     app.add_flag("--json", target.json, "print the reply as JSON");
     app.add_option("--timeout", target.timeout_ms, "milliseconds to wait for the host (default 5000)")
