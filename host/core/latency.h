@@ -1,8 +1,9 @@
 #pragma once
 // A latency histogram one thread writes and any thread reads: log-linear
 // buckets, eight per power of two (so a bucket is at most 12.5% wide), from
-// 0 ns to over an hour.  Recording is two plain memory operations;
-// readers take the difference of two snapshots to see a time window.
+// 0 ns to over an hour, and the exact sum of what was recorded (a Prometheus
+// histogram's _sum).  Recording is four plain memory operations; readers take
+// the difference of two snapshots to see a time window.
 
 #include <array>
 #include <atomic>
@@ -41,11 +42,16 @@ public:
     {
         std::atomic<uint64_t> &c = _counts[bucket_of(ns)];
         c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        _sum_ns.store(_sum_ns.load(std::memory_order_relaxed) + ns, std::memory_order_relaxed);
     }
     uint64_t count(std::size_t b) const noexcept { return _counts[b].load(std::memory_order_relaxed); }
+    // Every recorded latency added up (read apart from the counts: a reader
+    // racing the writer may see one more or one less record in either).
+    uint64_t sum_ns() const noexcept { return _sum_ns.load(std::memory_order_relaxed); }
 
 private:
     std::array<std::atomic<uint64_t>, buckets> _counts{};
+    std::atomic<uint64_t> _sum_ns{0};
 };
 
 } // namespace serpens

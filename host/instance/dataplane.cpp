@@ -830,6 +830,7 @@ std::vector<Dataplane::LcoreTotals> Dataplane::lcore_totals() const
                 t.batch_latency.emplace_back(LatencyHistogram::bucket_low(b), n);
             }
         }
+        t.batch_latency_sum_ns = lcore->batch_latency.sum_ns();
         out.push_back(std::move(t));
     }
     return out;

@@ -175,6 +175,7 @@ public:
         std::vector<io::RxQueue> rx_queues;
         uint64_t rx = 0;
         std::vector<std::pair<uint64_t, uint64_t>> batch_latency; // (bucket's lowest ns, batches), non-empty buckets
+        uint64_t batch_latency_sum_ns = 0;                        // of every batch counted there
     };
     std::vector<LcoreTotals> lcore_totals() const;
     // Per port: packets of lcores without a TX queue of their own that the
