@@ -506,16 +506,13 @@ void InstanceManager::start_thread(const ThreadStarter &start)
     _thread_started = true;
 }
 
-std::string InstanceManager::chains_json() const
+std::vector<ChainSummary> InstanceManager::chain_summaries() const
 {
     std::lock_guard lock(_mutex);
-    nlohmann::ordered_json out = nlohmann::ordered_json::object();
+    std::vector<ChainSummary> out;
     for (const ChainRuntime &chain : _chains) {
-        uint32_t active = 0;
-        uint32_t pooled = 0;
-        uint32_t parked = 0;
-        uint64_t metered = 0;
-        nlohmann::ordered_json wake_us = nlohmann::ordered_json::array();
+        ChainSummary s;
+        s.name = chain.spec.name;
         const state::FlowTable *flows = nullptr;
         for (const auto &slot : _dp.slots()) {
             if (slot->chain_tag != chain.spec.tag) {
@@ -524,39 +521,70 @@ std::string InstanceManager::chains_json() const
             if (flows == nullptr && slot->state != SlotState::empty && slot->chain) {
                 flows = slot->chain->flow_table();
             }
-            active += slot->state == SlotState::active;
-            pooled += slot->state == SlotState::pooled;
-            parked += slot->state == SlotState::parked;
-            metered += slot->packets.load(std::memory_order_relaxed);
+            s.active += slot->state == SlotState::active;
+            s.pooled += slot->state == SlotState::pooled;
+            s.parked += slot->state == SlotState::parked;
+            s.metered += slot->packets.load(std::memory_order_relaxed);
             if (uint64_t ns = slot->wake_latency_ns.load(std::memory_order_relaxed); ns != 0) {
-                wake_us.push_back(static_cast<double>(ns) / 1e3);
+                s.wake_latency_ns.push_back(ns);
             }
         }
-        out[chain.spec.name] = {
-            {"instances", active},
-            {"pooled", pooled},
-            {"parked", parked},
-            {"metered_packets", metered},
-            {"scale_events", chain.scale_events},
-            {"autoscale_out", chain.autoscale_out},
-            {"autoscale_in", chain.autoscale_in},
-            {"reaped", chain.reaped},
-            {"wakeups", chain.wakeups},
-            {"cold_starts", chain.cold_starts},
-            {"pool_starts", chain.pool_starts},
-            {"load", chain.load},
-            {"pause_us_p50", static_cast<double>(percentile(chain.pauses_ns, 0.5)) / 1e3},
-            {"pause_us_p99", static_cast<double>(percentile(chain.pauses_ns, 0.99)) / 1e3},
+        s.scale_events = chain.scale_events;
+        s.autoscale_out = chain.autoscale_out;
+        s.autoscale_in = chain.autoscale_in;
+        s.reaped = chain.reaped;
+        s.wakeups = chain.wakeups;
+        s.cold_starts = chain.cold_starts;
+        s.pool_starts = chain.pool_starts;
+        s.load = chain.load;
+        s.pause_ns_p50 = percentile(chain.pauses_ns, 0.5);
+        s.pause_ns_p99 = percentile(chain.pauses_ns, 0.99);
+        if (flows != nullptr) {
+            const state::FlowTableTotals t = flows->totals();
+            s.has_flows = true;
+            s.flows_live = t.live;
+            s.flows_capacity = t.capacity;
+            s.flows_created = t.created;
+            s.flows_expired = t.expired;
+            s.flows_refused_full = t.refused_full;
+        }
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+std::string InstanceManager::chains_json() const
+{
+    nlohmann::ordered_json out = nlohmann::ordered_json::object();
+    for (const ChainSummary &s : chain_summaries()) {
+        nlohmann::ordered_json wake_us = nlohmann::ordered_json::array();
+        for (uint64_t ns : s.wake_latency_ns) {
+            wake_us.push_back(static_cast<double>(ns) / 1e3);
+        }
+        out[s.name] = {
+            {"instances", s.active},
+            {"pooled", s.pooled},
+            {"parked", s.parked},
+            {"metered_packets", s.metered},
+            {"scale_events", s.scale_events},
+            {"autoscale_out", s.autoscale_out},
+            {"autoscale_in", s.autoscale_in},
+            {"reaped", s.reaped},
+            {"wakeups", s.wakeups},
+            {"cold_starts", s.cold_starts},
+            {"pool_starts", s.pool_starts},
+            {"load", s.load},
+            {"pause_us_p50", static_cast<double>(s.pause_ns_p50) / 1e3},
+            {"pause_us_p99", static_cast<double>(s.pause_ns_p99) / 1e3},
             {"wake_latency_us", std::move(wake_us)},
         };
-        if (flows != nullptr) {
+        if (s.has_flows) {
             // The chain's flow table (its NFs' per-flow state), summed over parts.
-            const state::FlowTableTotals t = flows->totals();
-            out[chain.spec.name]["flows"] = {{"live", t.live},
-                                             {"capacity", t.capacity},
-                                             {"created", t.created},
-                                             {"expired", t.expired},
-                                             {"refused_full", t.refused_full}};
+            out[s.name]["flows"] = {{"live", s.flows_live},
+                                    {"capacity", s.flows_capacity},
+                                    {"created", s.flows_created},
+                                    {"expired", s.flows_expired},
+                                    {"refused_full", s.flows_refused_full}};
         }
     }
     return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);

@@ -76,6 +76,34 @@ struct ScaleResult {
     std::vector<std::pair<uint32_t, unsigned>> instances; // (index, lcore) of each active one
 };
 
+// One chain's instances and events, as the stats show them.
+struct ChainSummary {
+    std::string name;
+    uint32_t active = 0;
+    uint32_t pooled = 0;
+    uint32_t parked = 0;
+    uint64_t metered = 0; // packets its instance slots ran on (they survive scale events)
+    uint64_t scale_events = 0;
+    uint64_t autoscale_out = 0;
+    uint64_t autoscale_in = 0;
+    uint64_t reaped = 0;
+    uint64_t wakeups = 0;
+    uint64_t cold_starts = 0;
+    uint64_t pool_starts = 0;
+    double load = 0;
+    uint64_t pause_ns_p50 = 0;
+    uint64_t pause_ns_p99 = 0;
+    std::vector<uint64_t> wake_latency_ns; // last wake-up of each slot that had one
+    // Its flow table (its NFs' per-flow state), summed over parts; only when
+    // an instance exists to hold it.
+    bool has_flows = false;
+    uint64_t flows_live = 0;
+    uint64_t flows_capacity = 0;
+    uint64_t flows_created = 0;
+    uint64_t flows_expired = 0;
+    uint64_t flows_refused_full = 0;
+};
+
 class InstanceManager {
 public:
     using Factory = std::function<std::unique_ptr<ChainInstance>(uint32_t tag, uint32_t index)>;
@@ -106,6 +134,8 @@ public:
     // Per chain: instances by state, events, pauses and wake-ups, as JSON
     // text (an object keyed by chain name).
     std::string chains_json() const;
+    // The same, as data (takes the manager's lock for as long as chains_json).
+    std::vector<ChainSummary> chain_summaries() const;
 
     // Runs `f` with every scale event held off, so it may read slots'
     // chain instances.
