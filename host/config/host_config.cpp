@@ -2,6 +2,8 @@
 
 #include "config/toml_reader.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cerrno>
@@ -111,6 +113,53 @@ gid_t resolve_group(config::TableReader &reader, const std::string &name)
     }
 }
 
+// [metrics] listen: "192.0.2.1:9650" or "[2001:db8::1]:9650", numeric
+// addresses only (a name would make the start depend on a resolver).
+void parse_metrics_listen(config::TableReader &reader, MetricsConfig &out)
+{
+    const std::string text = reader.required_string("listen");
+    const std::string expected = "'listen' must be \"<IPv4>:<port>\" or \"[<IPv6>]:<port>\" with a numeric address and "
+                                 "a port 1..65535 (e.g. \"127.0.0.1:9650\", \"[::1]:9650\"), not '" +
+                                 text + "'";
+    std::string address;
+    std::string_view port_text;
+    if (!text.empty() && text.front() == '[') {
+        const auto close = text.find(']');
+        if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+            reader.fail("listen", expected);
+        }
+        address = text.substr(1, close - 1);
+        port_text = std::string_view(text).substr(close + 2);
+        in6_addr v6{};
+        if (inet_pton(AF_INET6, address.c_str(), &v6) != 1) {
+            reader.fail("listen", "'listen': '" + address + "' is not an IPv6 address; " + expected);
+        }
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string::npos) {
+            reader.fail("listen", "'listen' has no port; " + expected);
+        }
+        address = text.substr(0, colon);
+        port_text = std::string_view(text).substr(colon + 1);
+        if (address.find(':') != std::string::npos) {
+            reader.fail("listen", "'listen': an IPv6 address goes in brackets; " + expected);
+        }
+        in_addr v4{};
+        if (inet_pton(AF_INET, address.c_str(), &v4) != 1) {
+            reader.fail("listen", "'listen': '" + address + "' is not an IPv4 address; " + expected);
+        }
+    }
+    unsigned port = 0;
+    auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() || port == 0 ||
+        port > 65535) {
+        reader.fail("listen", "'listen': port '" + std::string(port_text) + "' is not 1..65535; " + expected);
+    }
+    out.enabled = true;
+    out.address = std::move(address);
+    out.port = static_cast<uint16_t>(port);
+}
+
 // The whole of host.toml; check_dirs: also require plugin_dir and chains_dir
 // to exist (not for text that comes from no file, such as the fuzzer's).
 HostConfig read_host_config(std::shared_ptr<const toml::table> document, const std::string &path, bool check_dirs)
@@ -121,8 +170,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     cfg.file = path;
 
     config::TableReader top(root, path, "host config");
-    top.allow_only(
-        {"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "autoscale", "nf_defaults"});
+    top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "autoscale",
+                    "metrics", "nf_defaults"});
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
@@ -349,6 +398,15 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
                 }
             }
             a.chains.push_back(std::move(chain));
+        }
+    }
+
+    if (const toml::table *t = top.optional_table("metrics")) {
+        config::TableReader r(*t, path, "[metrics]");
+        r.allow_only({"listen"});
+        if (t->contains("listen")) {
+            cfg.metrics.line = line_of(*t->get("listen"));
+            parse_metrics_listen(r, cfg.metrics);
         }
     }
 

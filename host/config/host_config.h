@@ -69,6 +69,14 @@ struct AutoscaleConfig {
     std::vector<AutoscaleChainConfig> chains; // empty: the autoscaler is off
 };
 
+// [metrics]: the Prometheus endpoint, off unless `listen` is given.
+struct MetricsConfig {
+    bool enabled = false;
+    std::string address; // numeric IPv4 or IPv6 (without brackets)
+    uint16_t port = 0;   // 1..65535
+    uint32_t line = 0;   // of `listen`, for later errors (cannot bind)
+};
+
 struct HostConfig {
     std::string file;           // the host.toml path, for messages
     std::string id = "serpens"; // names this host's shared-memory state
@@ -105,6 +113,7 @@ struct HostConfig {
     double flow_idle_s = 300;         // a flow idle this long is removed; 0: never
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
+    MetricsConfig metrics;
 
     config::NfDefaults nf_defaults; // [nf_defaults.<plugin>]
 };

@@ -121,3 +121,57 @@ TEST_CASE("the instance manager's keys: pool, keep-warm, count 0, and the autosc
         load_host_config_text(base + "[[instance]]\nchain = \"c\"\ncount = 3\nlcores = [1, 2]\n", "h.toml"),
         doctest::Contains("at least one per instance"), ConfigError);
 }
+
+TEST_CASE("[metrics] listen: off when absent, IPv4 or bracketed IPv6 with a port, refused at file:line:col")
+{
+    const std::string base = "[host]\nplugin_dir = \".\"\nchains_dir = \".\"\n" + std::string(ports);
+    CHECK_FALSE(load_host_config_text(base, "h.toml").metrics.enabled);
+    CHECK_FALSE(load_host_config_text(base + "[metrics]\n", "h.toml").metrics.enabled);
+
+    HostConfig cfg = load_host_config_text(base + "[metrics]\nlisten = \"127.0.0.1:9650\"\n", "h.toml");
+    CHECK(cfg.metrics.enabled);
+    CHECK(cfg.metrics.address == "127.0.0.1");
+    CHECK(cfg.metrics.port == 9650);
+    CHECK(cfg.metrics.line == 8);
+    cfg = load_host_config_text(base + "[metrics]\nlisten = \"[::1]:65535\"\n", "h.toml");
+    CHECK(cfg.metrics.address == "::1");
+    CHECK(cfg.metrics.port == 65535);
+    cfg = load_host_config_text(base + "[metrics]\nlisten = \"[fe80::1:2]:1\"\n", "h.toml");
+    CHECK(cfg.metrics.address == "fe80::1:2");
+    CHECK(cfg.metrics.port == 1);
+    CHECK(load_host_config_text(base + "[metrics]\nlisten = \"0.0.0.0:80\"\n", "h.toml").metrics.address == "0.0.0.0");
+
+    // Each refused with the line and column of the value and what was expected.
+    const std::pair<const char *, const char *> bad[] = {
+        {"127.0.0.1", "has no port"},
+        {"127.0.0.1:", "port '' is not 1..65535"},
+        {"127.0.0.1:0", "port '0' is not 1..65535"},
+        {"127.0.0.1:65536", "port '65536' is not 1..65535"},
+        {"127.0.0.1:96x", "port '96x' is not 1..65535"},
+        {"127.0.0.1:-1", "port '-1' is not 1..65535"},
+        {"localhost:9650", "'localhost' is not an IPv4 address"},
+        {"256.0.0.1:9650", "'256.0.0.1' is not an IPv4 address"},
+        {":9650", "'' is not an IPv4 address"},
+        {"::1:9650", "an IPv6 address goes in brackets"},
+        {"[::1]", "must be"},
+        {"[::1]9650", "must be"},
+        {"[::1:9650", "must be"},
+        {"[127.0.0.1]:9650", "'127.0.0.1' is not an IPv6 address"},
+        {"[::g]:9650", "'::g' is not an IPv6 address"},
+        {"", "has no port"},
+    };
+    for (const auto &[value, why] : bad) {
+        CAPTURE(value);
+        const std::string text = base + "[metrics]\nlisten = \"" + value + "\"\n";
+        CHECK_THROWS_WITH_AS(load_host_config_text(text, "h.toml"), doctest::Contains("h.toml:8:10: 'listen'"),
+                             ConfigError);
+        CHECK_THROWS_WITH_AS(load_host_config_text(text, "h.toml"), doctest::Contains(why), ConfigError);
+        CHECK_THROWS_WITH_AS(load_host_config_text(text, "h.toml"), doctest::Contains("\"[<IPv6>]:<port>\""),
+                             ConfigError);
+    }
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[metrics]\nlisten = 9650\n", "h.toml"),
+                         doctest::Contains("h.toml:8:10:"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[metrics]\nlisen = \"127.0.0.1:9650\"\n", "h.toml"),
+                         doctest::Contains("h.toml:8:9: [metrics]: unknown key 'lisen' (expected one of: listen)"),
+                         ConfigError);
+}
