@@ -7,12 +7,16 @@ packages=(
     # build
     meson ninja-build pkg-config g++ python3
     libdpdk-dev libtomlplusplus-dev libcli11-dev libspdlog-dev doctest-dev nlohmann-json3-dev
+    # the Prometheus endpoint (HTTP)
+    libcpp-httplib-dev
     # NFs: IDS signatures, VPN ciphers; remote-state baseline of the benchmarks
     libhyperscan-dev libssl-dev libhiredis-dev redis-server
     # plugin loader: reads a plugin's ELF symbols before dlopen
     libelf-dev
     # tests: independent decoder, network namespaces, fuzzing
     tshark iproute2 clang
+    # e2e-metrics: promtool and a real Prometheus scraping the endpoint
+    prometheus
     # layout check of every source (.clang-format)
     clang-format
     # benchmarks: dpdk-testpmd as the reference, plots
