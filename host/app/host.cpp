@@ -15,6 +15,7 @@
 #include "io/gateway.h"
 #include "io/mbuf.h"
 #include "io/port.h"
+#include "metrics/endpoint.h"
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
 #include "state/executor.h"
@@ -470,6 +471,8 @@ int run_host(const HostOptions &options)
             ControlServer control(
                 std::move(control_options),
                 [&commands](std::string_view line, const ControlPeer &peer) { return commands.handle(line, peer); });
+            // [metrics] listen: the Prometheus endpoint, on a control CPU too; off when absent.
+            auto metrics_endpoint = metrics::start_endpoint(cfg, dataplane, *manager, store);
             manager->start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
                 return rte_ctrl_thread_create(thread, "serpens-inst", nullptr, body, arg);
             });
@@ -483,7 +486,8 @@ int run_host(const HostOptions &options)
             }
             const std::string chains = manager->chains_json();
             running_dataplane.store(nullptr);
-            io::stop_ports(ports); // flushes pcap output before anyone reads it
+            metrics_endpoint.reset(); // scrapes read the ports' counters
+            io::stop_ports(ports);    // flushes pcap output before anyone reads it
             ports.clear();
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {
