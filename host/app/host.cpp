@@ -486,8 +486,9 @@ int run_host(const HostOptions &options)
             }
             const std::string chains = manager->chains_json();
             running_dataplane.store(nullptr);
-            metrics_endpoint.reset(); // scrapes read the ports' counters
-            io::stop_ports(ports);    // flushes pcap output before anyone reads it
+            // Scrapes read the ports' counters: none once they close.
+            metrics_endpoint.reset();
+            io::stop_ports(ports); // flushes pcap output before anyone reads it
             ports.clear();
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {

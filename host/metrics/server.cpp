@@ -94,6 +94,7 @@ struct MetricsServer::Impl {
     int listen_fd = -1;
     int wake_fd = -1;
     std::vector<Connection> connections;
+    std::vector<pollfd> fds; // of one poll(): wake_fd, listen_fd, then connections in order
     pthread_t thread{};
     bool started = false;
     std::atomic<bool> stopping{false};
@@ -104,6 +105,7 @@ struct MetricsServer::Impl {
         return nullptr;
     }
     void serve();
+    void serve_once(); // one poll() and what it found
     void accept_new(Clock::time_point now);
     bool on_readable(Connection &c);
     bool on_writable(Connection &c);
@@ -200,53 +202,65 @@ MetricsServer::~MetricsServer()
 
 void MetricsServer::Impl::serve()
 {
-    std::vector<pollfd> fds;
     while (!stopping.load(std::memory_order_relaxed)) {
-        Clock::time_point now = Clock::now();
-        // Connections past their deadline go first.
-        std::erase_if(connections, [&](const Connection &c) {
-            if (now >= c.deadline) {
-                ::close(c.fd);
-                return true;
-            }
-            return false;
-        });
-        int timeout_ms = 1000;
-        for (const Connection &c : connections) {
-            const auto left = std::chrono::ceil<std::chrono::milliseconds>(c.deadline - now).count();
-            timeout_ms = std::min<int>(timeout_ms, static_cast<int>(std::max<int64_t>(left, 1)));
-        }
-        fds.clear();
-        fds.push_back({wake_fd, POLLIN, 0});
-        fds.push_back({listen_fd, POLLIN, 0});
-        for (const Connection &c : connections) {
-            fds.push_back({c.fd, static_cast<short>(c.writing ? POLLOUT : POLLIN), 0});
-        }
-        if (::poll(fds.data(), fds.size(), timeout_ms) < 0) {
-            continue; // EINTR
-        }
-        now = Clock::now();
-        // Connections first (accepting may evict some).
-        std::vector<bool> keep(connections.size(), true);
-        for (std::size_t i = 0; i < connections.size(); ++i) {
-            const short ev = fds[i + 2].revents;
-            if (ev == 0) {
-                continue;
-            }
-            Connection &c = connections[i];
-            keep[i] = (ev & (POLLERR | POLLNVAL)) == 0 && (c.writing ? on_writable(c) : on_readable(c));
-        }
-        std::size_t i = 0;
-        std::erase_if(connections, [&](const Connection &c) {
-            const bool gone = !keep[i++];
-            if (gone) {
+        try {
+            serve_once();
+        } catch (const std::exception &) {
+            // Out of memory for a buffer: drop every connection rather than end the host.
+            for (Connection &c : connections) {
                 ::close(c.fd);
             }
-            return gone;
-        });
-        if ((fds[1].revents & POLLIN) != 0) {
-            accept_new(now);
+            connections.clear();
         }
+    }
+}
+
+void MetricsServer::Impl::serve_once()
+{
+    Clock::time_point now = Clock::now();
+    // Connections past their deadline go first.
+    std::erase_if(connections, [&](const Connection &c) {
+        if (now >= c.deadline) {
+            ::close(c.fd);
+            return true;
+        }
+        return false;
+    });
+    int timeout_ms = 1000;
+    for (const Connection &c : connections) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(c.deadline - now).count();
+        timeout_ms = std::min<int>(timeout_ms, static_cast<int>(std::max<int64_t>(left, 1)));
+    }
+    fds.clear();
+    fds.push_back({wake_fd, POLLIN, 0});
+    fds.push_back({listen_fd, POLLIN, 0});
+    for (const Connection &c : connections) {
+        fds.push_back({c.fd, static_cast<short>(c.writing ? POLLOUT : POLLIN), 0});
+    }
+    if (::poll(fds.data(), fds.size(), timeout_ms) < 0) {
+        return; // EINTR
+    }
+    now = Clock::now();
+    // Connections first (accepting may evict some).
+    std::vector<bool> keep(connections.size(), true);
+    for (std::size_t i = 0; i < connections.size(); ++i) {
+        const short ev = fds[i + 2].revents;
+        if (ev == 0) {
+            continue;
+        }
+        Connection &c = connections[i];
+        keep[i] = (ev & (POLLERR | POLLNVAL)) == 0 && (c.writing ? on_writable(c) : on_readable(c));
+    }
+    std::size_t i = 0;
+    std::erase_if(connections, [&](const Connection &c) {
+        const bool gone = !keep[i++];
+        if (gone) {
+            ::close(c.fd);
+        }
+        return gone;
+    });
+    if ((fds[1].revents & POLLIN) != 0) {
+        accept_new(now);
     }
 }
 
@@ -296,9 +310,14 @@ void MetricsServer::Impl::respond(Connection &c)
 {
     BufferStream stream(c.in, c.fd);
     bool closed = false;
-    // One request per connection ("Connection: close"): nothing waits on an idle keep-alive.
-    http.process_request(stream, true, closed, [](httplib::Request &) {});
-    c.out = std::move(stream.out);
+    try {
+        // One request per connection ("Connection: close"): nothing waits on an idle keep-alive.
+        http.process_request(stream, true, closed, [](httplib::Request &) {});
+        c.out = std::move(stream.out);
+    } catch (...) {
+        // Nothing may leave this thread (it would end the host): the client gets a 500.
+        c.out = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    }
     c.in.clear();
     c.in.shrink_to_fit();
     c.writing = true;

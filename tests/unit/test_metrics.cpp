@@ -1,12 +1,23 @@
 // The Prometheus text of a snapshot: label values escaped, one HELP and one
 // TYPE per family, the batch-latency histogram folded into cumulative `le`
-// buckets with +Inf, _sum and _count.  No DPDK: the renderer is pure.
+// buckets with +Inf, _sum and _count.  No DPDK: the renderer is pure.  And
+// the server: GET /metrics, 404 elsewhere, bounded requests, a deadline per
+// connection, a silent client holding up nobody, a taken port refused.
 
+#include "core/error.h"
 #include "core/latency.h"
 #include "metrics/render.h"
+#include "metrics/server.h"
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <set>
@@ -199,4 +210,140 @@ TEST_CASE("the batch-latency histogram: cumulative le buckets in seconds, +Inf, 
     const std::string zero = render(empty);
     CHECK(value_of(zero, "serpens_batch_latency_seconds_bucket{lcore=\"0\",le=\"+Inf\"}") == "0");
     CHECK(value_of(zero, "serpens_batch_latency_seconds_sum{lcore=\"0\"}") == "0");
+}
+
+namespace {
+
+// A connected TCP socket to 127.0.0.1:port (closed by its destructor).
+struct Client {
+    explicit Client(uint16_t port)
+    {
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0);
+    }
+    ~Client() { ::close(fd); }
+    void send(const std::string &text) const { REQUIRE(::send(fd, text.data(), text.size(), MSG_NOSIGNAL) >= 0); }
+    // Everything until the server closes, or what came within `ms`.
+    std::string receive(int ms = 3000) const
+    {
+        std::string out;
+        const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+        for (;;) {
+            const auto left =
+                std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+            pollfd p{fd, POLLIN, 0};
+            if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+                return out;
+            }
+            char buf[4096];
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) {
+                return out;
+            }
+            out.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    int fd = -1;
+};
+
+metrics::ServerOptions loopback()
+{
+    metrics::ServerOptions o;
+    o.address = "127.0.0.1";
+    o.port = 0; // any free port
+    return o;
+}
+
+} // namespace
+
+TEST_CASE("the server answers GET /metrics with the text format, 404 elsewhere, one request per connection")
+{
+    MetricsServer server(loopback(), [] { return std::string("serpens_up 1\n"); });
+    REQUIRE(server.port() != 0);
+    {
+        Client c(server.port());
+        c.send("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        const std::string reply = c.receive();
+        CHECK(reply.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+        CHECK(reply.find("Content-Type: text/plain; version=0.0.4") != std::string::npos);
+        CHECK(reply.find("Connection: close") != std::string::npos);
+        CHECK(reply.ends_with("\r\n\r\nserpens_up 1\n"));
+    }
+    {
+        Client c(server.port());
+        c.send("GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
+        CHECK(c.receive().rfind("HTTP/1.1 404", 0) == 0);
+    }
+    {
+        Client c(server.port());
+        c.send("garbage\r\n\r\n");
+        CHECK(c.receive().rfind("HTTP/1.1 400", 0) == 0);
+    }
+}
+
+TEST_CASE("a render that throws is a 500, and the server goes on")
+{
+    bool fail = true;
+    MetricsServer server(loopback(), [&fail] {
+        if (fail) {
+            throw Error("no counters");
+        }
+        return std::string("ok\n");
+    });
+    Client a(server.port());
+    a.send("GET /metrics HTTP/1.1\r\n\r\n");
+    CHECK(a.receive().rfind("HTTP/1.1 500", 0) == 0);
+    fail = false;
+    Client b(server.port());
+    b.send("GET /metrics HTTP/1.1\r\n\r\n");
+    CHECK(b.receive().rfind("HTTP/1.1 200", 0) == 0);
+}
+
+TEST_CASE("silent, trickling and oversized clients hold up no scrape, and each is cut off")
+{
+    metrics::ServerOptions o = loopback();
+    o.deadline = std::chrono::milliseconds(300);
+    MetricsServer server(o, [] { return std::string("x 1\n"); });
+    std::vector<std::unique_ptr<Client>> silent;
+    for (int i = 0; i < 20; ++i) {
+        silent.push_back(std::make_unique<Client>(server.port()));
+        silent.back()->send("GET /metr");
+    }
+    {
+        const auto began = std::chrono::steady_clock::now();
+        Client c(server.port());
+        c.send("GET /metrics HTTP/1.1\r\n\r\n");
+        CHECK(c.receive().rfind("HTTP/1.1 200", 0) == 0);
+        CHECK(std::chrono::steady_clock::now() - began < std::chrono::milliseconds(250));
+    }
+    // Past the deadline the silent ones are closed: recv sees the end.
+    for (auto &c : silent) {
+        CHECK(c->receive(2000).empty());
+    }
+    {
+        Client big(server.port());
+        big.send("GET /metrics HTTP/1.1\r\nX: " + std::string(10000, 'a'));
+        CHECK(big.receive().rfind("HTTP/1.1 431", 0) == 0);
+    }
+}
+
+TEST_CASE("a port another socket has is refused with the address and the reason")
+{
+    MetricsServer first(loopback(), [] { return std::string(); });
+    metrics::ServerOptions o = loopback();
+    o.port = first.port();
+    const std::string taken = "cannot listen on 127.0.0.1:" + std::to_string(first.port()) + ": Address already in use";
+    CHECK_THROWS_WITH_AS(MetricsServer(o, [] { return std::string(); }), doctest::Contains(taken.c_str()), Error);
+    metrics::ServerOptions v6;
+    v6.address = "::1";
+    try {
+        MetricsServer server(v6, [] { return std::string("v6 1\n"); });
+        CHECK(server.port() != 0);
+    } catch (const Error &e) {
+        MESSAGE("no IPv6 loopback here: " << e.what()); // containers without IPv6
+    }
 }
