@@ -160,7 +160,9 @@ TEST_CASE("[metrics] listen: off when absent, IPv4 or bracketed IPv6 with a port
         {"[::g]:9650", "'::g' is not an IPv6 address"},
         {"", "has no port"},
     };
-    for (const auto &[value, why] : bad) {
+    for (const auto &entry : bad) {
+        const char *value = entry.first;
+        const char *why = entry.second;
         CAPTURE(value);
         const std::string text = base + "[metrics]\nlisten = \"" + value + "\"\n";
         CHECK_THROWS_WITH_AS(load_host_config_text(text, "h.toml"), doctest::Contains("h.toml:8:10: 'listen'"),

@@ -147,7 +147,9 @@ TEST_CASE("every family has one HELP and one TYPE line, before its samples, and 
         REQUIRE(type_of.count(name) == 1); // its TYPE came first
         sampled.insert(name);
     }
-    for (const auto &[name, type] : type_of) {
+    for (const auto &entry : type_of) {
+        const std::string &name = entry.first;
+        const std::string &type = entry.second;
         CAPTURE(name);
         CHECK(help_count[name] == 1);
         CHECK(name.rfind("serpens_", 0) == 0);
