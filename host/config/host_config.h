@@ -81,7 +81,7 @@ struct HostConfig {
     std::string file;           // the host.toml path, for messages
     std::string id = "serpens"; // names this host's shared-memory state
     std::string log_level = "info";
-    std::string log_file; // logs go here too (appended); stderr always has them
+    std::string log_file;                           // logs go here too (appended); stderr always has them
     std::string plugin_dir = install_dirs::plugins; // where `meson install` puts the NF plugins
     std::string chains_dir = "chains";
     std::string state_dir;            // default /dev/shm/serpens/<id>
