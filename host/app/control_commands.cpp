@@ -8,6 +8,7 @@
 #include "core/version.h"
 #include "instance/dataplane.h"
 #include "instance/manager.h"
+#include "metering/meter.h"
 #include "plugin/registry.h"
 
 #include <spdlog/spdlog.h>
@@ -56,6 +57,36 @@ ordered_json scale_result(const ScaleResult &r)
     };
 }
 
+std::string iso_time(int64_t unix_s)
+{
+    return iso_time(std::chrono::system_clock::time_point(std::chrono::seconds(unix_s)));
+}
+
+ordered_json bill_result(const metering::Bill &bill)
+{
+    ordered_json chains = ordered_json::object();
+    for (const auto &[name, used] : bill.chains) {
+        ordered_json nfs = ordered_json::object();
+        for (const auto &[nf, n] : used.nfs) {
+            nfs[nf] = {{"packets", n.packets}, {"bytes", n.bytes}, {"dropped", n.dropped}};
+        }
+        chains[name] = {{"packets", used.packets},       {"bytes", used.bytes},   {"dropped", used.dropped},
+                        {"instance_s", used.instance_s}, {"busy_s", used.busy_s}, {"nfs", std::move(nfs)}};
+    }
+    return {{"from", iso_time(bill.from_s)},
+            {"to", iso_time(bill.to_s)},
+            {"from_s", bill.from_s},
+            {"to_s", bill.to_s},
+            {"chains", std::move(chains)}};
+}
+
+// spdlog names levels with its own string_view, which JSON would take for an array.
+std::string log_level_name()
+{
+    const auto name = spdlog::level::to_string_view(spdlog::get_level());
+    return std::string(name.data(), name.size());
+}
+
 std::string who(const ControlPeer &peer)
 {
     return "the control socket (pid " + std::to_string(peer.pid) + ", uid " + std::to_string(peer.uid) + ")";
@@ -63,10 +94,11 @@ std::string who(const ControlPeer &peer)
 
 } // namespace
 
-ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager, const PluginRegistry &plugins,
+ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
+                                 const PluginRegistry &plugins,
                                  const std::vector<std::shared_ptr<const CompiledChain>> &chains, HostIdentity identity)
-    : _dp(dataplane), _manager(manager), _plugins(plugins), _chains(chains), _identity(std::move(identity)),
-      _cleared(ordered_json::object()), _cleared_at(_identity.started)
+    : _dp(dataplane), _manager(manager), _meter(meter), _plugins(plugins), _chains(chains),
+      _identity(std::move(identity)), _cleared(ordered_json::object()), _cleared_at(_identity.started)
 {}
 
 ordered_json ControlCommands::live_stats() const
@@ -104,7 +136,7 @@ ordered_json ControlCommands::status() const
         {"control_socket", _identity.control_socket},
         {"plugin_dir", _identity.plugin_dir},
         {"chains_dir", _identity.chains_dir},
-        {"log_level", spdlog::level::to_string_view(spdlog::get_level())},
+        {"log_level", log_level_name()},
         {"wake_threshold", _dp.wake_threshold().load()},
         {"lcores", std::move(lcores)},
         {"ports", std::move(ports)},
@@ -223,7 +255,9 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
             spdlog::info("log level set to {} by {}", *request.set_level, who(peer));
             spdlog::set_level(spdlog::level::from_str(*request.set_level));
         }
-        return control_ok_reply({{"log_level", spdlog::level::to_string_view(spdlog::get_level())}});
+        return control_ok_reply({{"log_level", log_level_name()}});
+    case ControlVerb::bill:
+        return control_ok_reply(bill_result(_meter.bill(request.since, request.chain)));
     case ControlVerb::scale: {
         const bool known = std::any_of(_chains.begin(), _chains.end(),
                                        [&](const auto &chain) { return chain->name == request.chain; });

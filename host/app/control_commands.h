@@ -18,6 +18,9 @@ namespace serpens {
 
 class Dataplane;
 class InstanceManager;
+namespace metering {
+class Meter;
+}
 class PluginRegistry;
 struct CompiledChain;
 
@@ -34,8 +37,9 @@ struct HostIdentity {
 
 class ControlCommands {
 public:
-    ControlCommands(Dataplane &dataplane, InstanceManager &manager, const PluginRegistry &plugins,
-                    const std::vector<std::shared_ptr<const CompiledChain>> &chains, HostIdentity identity);
+    ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
+                    const PluginRegistry &plugins, const std::vector<std::shared_ptr<const CompiledChain>> &chains,
+                    HostIdentity identity);
 
     // The control server's handler: one request line in, one reply line out.
     std::string handle(std::string_view line, const ControlPeer &peer);
@@ -49,6 +53,7 @@ private:
 
     Dataplane &_dp;
     InstanceManager &_manager;
+    metering::Meter &_meter;
     const PluginRegistry &_plugins;
     const std::vector<std::shared_ptr<const CompiledChain>> &_chains;
     HostIdentity _identity;

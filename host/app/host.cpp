@@ -12,6 +12,7 @@
 #include "core/fault.h"
 #include "instance/dataplane.h"
 #include "instance/manager.h"
+#include "metering/meter.h"
 #include "io/gateway.h"
 #include "io/mbuf.h"
 #include "io/port.h"
@@ -465,8 +466,13 @@ int run_host(const HostOptions &options)
             control_options.path = cfg.control_socket;
             control_options.group = cfg.control_gid;
             control_options.start_thread = control_cpus;
+            // Bills: the usage ledger in the state dir, sampled every second.
+            metering::Meter meter(*manager, std::filesystem::path(cfg.state_dir) / "usage.jsonl");
+            meter.start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
+                return rte_ctrl_thread_create(thread, "serpens-meter", nullptr, body, arg);
+            });
             ControlCommands commands(
-                dataplane, *manager, plugins, loaded.chains,
+                dataplane, *manager, meter, plugins, loaded.chains,
                 HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir});
             ControlServer control(
                 std::move(control_options),
@@ -484,6 +490,7 @@ int run_host(const HostOptions &options)
                 spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);
                 dataplane.run();
             }
+            meter.stop(); // the lcores are done: the ledger gets their last packets
             const std::string chains = manager->chains_json();
             running_dataplane.store(nullptr);
             // Scrapes read the ports' counters: none once they close.

@@ -316,8 +316,10 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         // the next NF starts from "default" without a separate clearing pass.
         const uint16_t *next = slot.next;
         const uint32_t dropped_before = pending[drop_bucket];
+        uint64_t bytes = 0;
         for (uint32_t i = 0; i < n; ++i) {
             if (labels[i] == label) {
+                bytes += pkts[i].len;
                 const uint16_t to = next[_ports[i]];
                 _ports[i] = SERPENS_PORT_DEFAULT;
                 labels[i] = to;
@@ -329,6 +331,7 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         stats.dropped.store(stats.dropped.load(std::memory_order_relaxed) + pending[drop_bucket] - dropped_before,
                             std::memory_order_relaxed);
         stats.batches.store(stats.batches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        stats.bytes.store(stats.bytes.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
     }
     fault::current_site = nullptr;
     return pending[0];

@@ -33,6 +33,7 @@ using FlowTableResolver = std::function<state::FlowTable *(state::FlowTableSpec 
 struct NfRunStats {
     std::atomic<uint64_t> packets{0}; // packets this NF processed
     std::atomic<uint64_t> dropped{0}; // of those, dropped by its verdict
+    std::atomic<uint64_t> bytes{0};   // their lengths as the NF left them (metering)
     std::atomic<uint64_t> batches{0}; // calls of process()
 };
 

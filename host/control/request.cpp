@@ -13,7 +13,7 @@ namespace {
 using nlohmann::json;
 
 constexpr std::string_view kCommands =
-    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale";
+    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill";
 
 struct Command {
     std::string_view name;
@@ -31,6 +31,7 @@ constexpr std::array kCommandTable{
     Command{"wake_threshold", ControlVerb::wake_threshold},
     Command{"log_level", ControlVerb::log_level},
     Command{"scale", ControlVerb::scale},
+    Command{"bill", ControlVerb::bill},
 };
 
 // Text from the request that goes back in an error: short and printable, so
@@ -180,6 +181,30 @@ ParsedControlRequest parse_log_level(const json &request)
     return out;
 }
 
+ParsedControlRequest parse_bill(const json &request)
+{
+    if (auto e = only_fields(request, "bill", {"since", "chain"})) {
+        return *e;
+    }
+    ControlRequest out;
+    out.verb = ControlVerb::bill;
+    if (auto since = request.find("since"); since != request.end()) {
+        // Up to year 9999: far enough for any bill, small enough for any clock.
+        std::optional<uint64_t> value = whole_number(*since, 253402300799u);
+        if (!value) {
+            return refuse("bill's \"since\" is a time in Unix seconds, not " + echoed_json(*since));
+        }
+        out.since = static_cast<int64_t>(*value);
+    }
+    if (auto chain = request.find("chain"); chain != request.end()) {
+        if (!chain->is_string() || !config::is_safe_name(chain->get<std::string>())) {
+            return refuse("bill's \"chain\" is a chain's name, not " + echoed_json(*chain));
+        }
+        out.chain = chain->get<std::string>();
+    }
+    return out;
+}
+
 } // namespace
 
 ParsedControlRequest parse_control_request(std::string_view line)
@@ -219,6 +244,8 @@ ParsedControlRequest parse_control_request(std::string_view line)
         return parse_wake_threshold(request);
     case ControlVerb::log_level:
         return parse_log_level(request);
+    case ControlVerb::bill:
+        return parse_bill(request);
     default:
         if (auto e = only_fields(request, command->name, {})) {
             return *e;

@@ -29,6 +29,7 @@ enum class ControlVerb {
     wake_threshold, // {"set":N}? -> the threshold (after setting it)
     log_level,      // {"set":"debug"}? -> the level (after setting it)
     scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?} -> what it did
+    bill,           // {"since":UNIX_S?,"chain":"c"?} -> per chain what it used, from the ledger
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
@@ -49,6 +50,8 @@ struct ControlRequest {
     bool relative = false;          // +K / -K
     bool negative = false;          // -K
     std::vector<unsigned> lcores{}; // where new instances may go
+    // bill: from when (Unix seconds; all the ledger holds when absent); scale, bill: the chain
+    std::optional<int64_t> since{};
 };
 
 struct ControlRequestError {

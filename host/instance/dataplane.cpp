@@ -572,6 +572,10 @@ void Dataplane::run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, un
 void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
                           uint64_t now)
 {
+    uint64_t bytes = 0;
+    for (unsigned i = 0; i < n; ++i) {
+        bytes += views[i].len;
+    }
     uint16_t labels[max_burst];
     slot.chain->run(views, n, labels, now);
 
@@ -587,6 +591,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
         }
     }
     bump(slot.packets, n);
+    bump(slot.bytes, bytes);
     bump(slot.batches);
     slot.last_batch_ns.store(now, std::memory_order_relaxed);
     bump(slot.dropped, n_drop);

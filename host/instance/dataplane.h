@@ -68,6 +68,7 @@ struct InstanceSlot {
     io::InstanceGate gate;
 
     Counter packets{0};    // metered: packets the chain ran on
+    Counter bytes{0};      // metered: their bytes as they entered the chain
     Counter out{0};        // reached egress and were handed to TX
     Counter dropped{0};    // dropped by an NF's verdict
     Counter tx_dropped{0}; // its TX queue was full (through the main lcore, nothing is dropped: it waits)

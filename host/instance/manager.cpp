@@ -176,8 +176,10 @@ void InstanceManager::release(ChainRuntime &chain, InstanceSlot &slot)
     if (slots_of(chain.spec.tag, SlotState::pooled).size() < _options.pool) {
         slot.chain = std::move(instance);
         slot.state = SlotState::pooled;
+        return;
     }
-    // Otherwise it is finalized here (fini), on this thread.
+    // Finalized here (fini), on this thread; what its NFs metered stays with the chain.
+    add_nf_usage(chain.retired, *instance);
 }
 
 ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, const std::vector<unsigned> &lcores,
@@ -549,6 +551,54 @@ std::vector<ChainSummary> InstanceManager::chain_summaries() const
             s.flows_refused_full = t.refused_full;
         }
         out.push_back(std::move(s));
+    }
+    return out;
+}
+
+void InstanceManager::add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance)
+{
+    if (into.empty()) {
+        for (std::size_t i = 0; i < instance.size(); ++i) {
+            into.push_back({instance.context(i).nf_name});
+        }
+    }
+    for (std::size_t i = 0; i < instance.size() && i < into.size(); ++i) {
+        const NfRunStats &s = instance.stats(i);
+        into[i].packets += s.packets.load(std::memory_order_relaxed);
+        into[i].bytes += s.bytes.load(std::memory_order_relaxed);
+        into[i].dropped += s.dropped.load(std::memory_order_relaxed);
+    }
+}
+
+HostUsage InstanceManager::usage() const
+{
+    std::lock_guard lock(_mutex);
+    HostUsage out;
+    for (const ChainRuntime &chain : _chains) {
+        const std::size_t index = out.chains.size();
+        ChainUsage u;
+        u.name = chain.spec.name;
+        u.nfs = chain.retired;
+        for (const auto &slot : _dp.slots()) {
+            if (slot->chain_tag != chain.spec.tag) {
+                continue;
+            }
+            u.packets += slot->packets.load(std::memory_order_relaxed);
+            u.bytes += slot->bytes.load(std::memory_order_relaxed);
+            u.dropped +=
+                slot->dropped.load(std::memory_order_relaxed) + slot->tx_dropped.load(std::memory_order_relaxed);
+            u.active += slot->state == SlotState::active;
+            if (slot->chain) {
+                add_nf_usage(u.nfs, *slot->chain);
+            }
+            const bool running = on_lcore(slot->state);
+            out.slots.push_back(
+                {index, slot->number, slot->lcore, running, slot->packets.load(std::memory_order_relaxed)});
+            if (running && out.lcore_busy_ns.count(slot->lcore) == 0) {
+                out.lcore_busy_ns[slot->lcore] = _dp.busy_ns(slot->lcore);
+            }
+        }
+        out.chains.push_back(std::move(u));
     }
     return out;
 }

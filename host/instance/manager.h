@@ -104,6 +104,38 @@ struct ChainSummary {
     uint64_t flows_refused_full = 0;
 };
 
+// What the host's chains used so far, for metering: counters that only grow
+// while the host runs, across scale events (an instance that is finalized
+// leaves its NFs' counts with its chain).
+struct NfUsage {
+    std::string name;
+    uint64_t packets = 0;
+    uint64_t bytes = 0;
+    uint64_t dropped = 0;
+};
+struct ChainUsage {
+    std::string name;
+    uint64_t packets = 0;     // its instances ran on
+    uint64_t bytes = 0;       // of those, as they entered the chain
+    uint64_t dropped = 0;     // by an NF's verdict, or a full TX queue
+    uint32_t active = 0;      // instances running now
+    std::vector<NfUsage> nfs; // chain order; empty until the chain has had an instance
+};
+// One instance slot's packets and where it runs: busy time of an lcore is
+// shared among the chains it ran, by packets.
+struct SlotUsage {
+    std::size_t chain = 0; // index into HostUsage::chains
+    uint32_t number = 0;   // the host's instance number: stable across samples
+    unsigned lcore = 0;
+    bool on_lcore = false;
+    uint64_t packets = 0;
+};
+struct HostUsage {
+    std::vector<ChainUsage> chains;
+    std::vector<SlotUsage> slots;
+    std::map<unsigned, uint64_t> lcore_busy_ns; // of the lcores that run instances
+};
+
 class InstanceManager {
 public:
     using Factory = std::function<std::unique_ptr<ChainInstance>(uint32_t tag, uint32_t index)>;
@@ -137,6 +169,9 @@ public:
     // The same, as data (takes the manager's lock for as long as chains_json).
     std::vector<ChainSummary> chain_summaries() const;
 
+    // What every chain used so far (for the meter).
+    HostUsage usage() const;
+
     // Runs `f` with every scale event held off, so it may read slots'
     // chain instances.
     template<class F>
@@ -162,6 +197,7 @@ private:
         std::vector<uint64_t> pauses_ns; // of the last events, for p50/p99
         // autoscaler
         std::map<unsigned, uint64_t> busy_seen; // lcore -> its busy_ns at the last sample
+        std::vector<NfUsage> retired;           // NF counts of its finalized instances
         uint64_t sampled_at = 0;
         uint64_t above_since = 0;
         uint64_t below_since = 0;
@@ -187,6 +223,7 @@ private:
     void reap_idle(uint64_t now_ns);
     void notice_wakeups();
     void autoscale(uint64_t now_ns);
+    static void add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance);
 
     static void *thread_main(void *self);
 

@@ -164,6 +164,23 @@ TEST_CASE("scale: a chain, N, +K or -K, and optionally the lcores new instances 
           std::string::npos);
 }
 
+TEST_CASE("bill: optionally from a Unix time, optionally one chain")
+{
+    ControlRequest all = accepted(R"({"v":1,"cmd":"bill"})");
+    CHECK(all.verb == ControlVerb::bill);
+    CHECK_FALSE(all.since.has_value());
+    CHECK(all.chain.empty());
+    CHECK_FALSE(changes_host(all));
+    ControlRequest some = accepted(R"({"v":1,"cmd":"bill","since":1796300000,"chain":"fw-nat"})");
+    CHECK(some.since == 1796300000);
+    CHECK(some.chain == "fw-nat");
+    for (const char *bad : {R"("since":-1)", R"("since":"yesterday")", R"("since":1.5)", R"("since":1e20)",
+                            R"("chain":"../x")", R"("chain":5)", R"("until":5)"}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"bill\"," + std::string(bad))).code == ControlErrorCode::bad_request);
+    }
+}
+
 TEST_CASE("replies: an envelope with the version, ok, and a result or a coded error")
 {
     const auto ok = nlohmann::json::parse(control_ok_reply({{"pong", true}}));

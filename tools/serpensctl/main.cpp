@@ -124,6 +124,16 @@ int main(int argc, char **argv)
     std::string level;
     log_level->add_option("level", level, "trace, debug, info, warn, error or off; omit to show the current one")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    auto *bill = app.add_subcommand(
+        "bill", "what each chain used (packets, bytes, drops, instance-seconds, busy CPU-seconds; per NF packets,\n"
+                "bytes, drops), from the usage ledger in the host's state dir: it survives restarts, and a crash\n"
+                "loses at most the last second.  Exact to the second over the last hour, to the hour before.");
+    std::string bill_since;
+    std::string bill_chain;
+    bill->add_option("--since", bill_since,
+                     "from when: 30s, 10m, 2h or 7d ago; Unix seconds; or UTC 2026-12-03T18:00:00Z or 2026-12-03 "
+                     "(default: all the ledger holds)");
+    bill->add_option("--chain", bill_chain, "only this chain");
     auto *version = app.add_subcommand("version", "serpensctl's version and the host's");
     auto *ping = app.add_subcommand("ping", "check that the host answers");
 
@@ -206,6 +216,26 @@ int main(int argc, char **argv)
             }
             ordered_json r = call(request);
             target.json ? print_json(r) : print("log level: " + r.value("log_level", std::string("?")) + "\n");
+        } else if (bill->parsed()) {
+            ordered_json request = {{"cmd", "bill"}};
+            if (!bill_since.empty()) {
+                const auto now = std::chrono::system_clock::now().time_since_epoch();
+                const std::optional<int64_t> since =
+                    serpensctl::parse_since(bill_since, std::chrono::duration_cast<std::chrono::seconds>(now).count());
+                if (!since || *since < 0) {
+                    std::fprintf(stderr,
+                                 "serpensctl: --since %s: expected 30s, 10m, 2h, 7d, Unix seconds, or a UTC time "
+                                 "like 2026-12-03T18:00:00Z\n",
+                                 bill_since.c_str());
+                    return kUsage;
+                }
+                request["since"] = *since;
+            }
+            if (!bill_chain.empty()) {
+                request["chain"] = bill_chain;
+            }
+            ordered_json r = call(request);
+            target.json ? print_json(r) : print(serpensctl::render_bill(r));
         } else if (version->parsed()) {
             ordered_json r = call({{"cmd", "version"}});
             r["serpensctl"] = SERPENS_VERSION;

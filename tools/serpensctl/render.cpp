@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 #include <vector>
 
 namespace serpensctl {
@@ -234,6 +235,58 @@ ordered_json stats_rates(const ordered_json &now, const ordered_json &before, do
 std::string render_rates(const ordered_json &rates, double seconds)
 {
     return fmt::format("rates per second over the last {:.1f} s\n\n", seconds) + render_counters(rates, "/s");
+}
+
+std::string render_bill(const ordered_json &bill)
+{
+    std::string out = "usage from " + text_of(bill, "from") + " to " + text_of(bill, "to") + "\n\n";
+    Table table({"chain / nf", "packets", "bytes", "dropped", "instance-s", "busy-s"},
+                {false, true, true, true, true, true});
+    for (const auto &[name, chain] : field(bill, "chains").items()) {
+        table.add({name, text_of(chain, "packets"), text_of(chain, "bytes"), text_of(chain, "dropped"),
+                   text_of(chain, "instance_s"), text_of(chain, "busy_s")});
+        for (const auto &[nf, used] : field(chain, "nfs").items()) {
+            table.add({"  " + nf, text_of(used, "packets"), text_of(used, "bytes"), text_of(used, "dropped"), "", ""});
+        }
+    }
+    return out + table.text();
+}
+
+std::optional<int64_t> parse_since(const std::string &text, int64_t now_s)
+{
+    if (text.empty()) {
+        return std::nullopt;
+    }
+    const std::size_t digits = text.find_first_not_of("0123456789");
+    if (digits == std::string::npos) {
+        if (text.size() > 12) {
+            return std::nullopt;
+        }
+        return std::stoll(text);
+    }
+    if (digits > 0 && digits <= 9 && digits + 1 == text.size()) {
+        const int64_t n = std::stoll(text.substr(0, digits));
+        switch (text.back()) {
+        case 's':
+            return now_s - n;
+        case 'm':
+            return now_s - n * 60;
+        case 'h':
+            return now_s - n * 3600;
+        case 'd':
+            return now_s - n * 86400;
+        default:
+            return std::nullopt;
+        }
+    }
+    for (const char *format : {"%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"}) {
+        std::tm tm{};
+        const char *end = strptime(text.c_str(), format, &tm);
+        if (end != nullptr && *end == '\0') {
+            return static_cast<int64_t>(timegm(&tm));
+        }
+    }
+    return std::nullopt;
 }
 
 std::string render_scale(const ordered_json &r)

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 
 namespace serpensctl {
@@ -16,6 +18,11 @@ std::string render_plugins(const ordered_json &plugins);
 std::string render_instances(const ordered_json &instances);
 std::string render_stats(const ordered_json &stats);
 std::string render_scale(const ordered_json &result);
+std::string render_bill(const ordered_json &bill);
+
+// --since: "30s", "10m", "2h", "7d" ago; Unix seconds; or a UTC time
+// "2026-12-03T18:00:00Z" / "2026-12-03".  nullopt when it is none of these.
+std::optional<int64_t> parse_since(const std::string &text, int64_t now_s);
 
 // Per-second rates between two "stats" replies `seconds` apart: every
 // counter of `now` less `before`, divided by `seconds` (what stats --watch
