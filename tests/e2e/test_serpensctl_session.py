@@ -7,11 +7,9 @@ more without --json and must print something and exit 0.  Then the exit
 codes scripts rely on: 1 with an error object for a chain that does not
 exist, 3 for a host that has stopped; and -c host.toml finding the socket.
 """
-import atexit
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -22,8 +20,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHAIN = "session"
 
 host = Host()
-# EAL's runtime directory goes too, also after a failed check.
-atexit.register(shutil.rmtree, f"/var/run/dpdk/{host.prefix}", ignore_errors=True)
 host.pktgen("--packets", "500", "--flows", "50", "--seed", "3", "--malformed-ratio", "0")
 host.chain(CHAIN, f'name = "{CHAIN}"\negress = "sink"\nchain = ["t", "n"]\n'
                   '[[nf]]\nname = "t"\nplugin = "trace"\n[[nf]]\nname = "n"\nplugin = "noop"\n')
