@@ -301,6 +301,9 @@ external = "203.0.113.0/28"
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+        # EAL's runtime directory, which --no-shconf still creates.
+        runtime = "/var/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/tmp")
+        shutil.rmtree(os.path.join(runtime, "dpdk", self.prefix), ignore_errors=True)
 
 
 def by_flow(frames):

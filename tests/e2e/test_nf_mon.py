@@ -60,7 +60,8 @@ def flow_of(frame):
 
 
 def dump(host, table):
-    out = subprocess.run([STATE_TOOL, "--root", host.state, "dump", "mon", "mon", table, "--json"],
+    # -c: the tool finds the state where host.toml's state_dir puts it.
+    out = subprocess.run([STATE_TOOL, "-c", host.path("host.toml"), "dump", "mon", "mon", table, "--json"],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 

@@ -194,3 +194,59 @@ TEST_CASE("state-tool: flows prints a chain's flow table read-only, each NF's ar
     CHECK(junk.out.find("not a flow table of this version") != std::string::npos);
     CHECK(std::filesystem::file_size(d.path / "junk" / "flows.seg") == 8192);
 }
+
+TEST_CASE("state-tool: -c host.toml finds a custom state_dir; list and check in JSON; exit codes")
+{
+    // A host.toml whose state_dir is neither the default nor absolute: it
+    // resolves against the file's directory, as the host resolves it.
+    ScratchDir d("tool-config");
+    std::filesystem::create_directories(d.path / "plugins");
+    std::filesystem::create_directories(d.path / "chains");
+    const auto config = d.path / "host.toml";
+    std::ofstream(config) << "[host]\nid = \"tool-config-test\"\nplugin_dir = \"plugins\"\nchains_dir = \"chains\"\n"
+                             "state_dir = \"custom-state\"\n[[port]]\nname = \"p\"\ndevice = \"net_null0\"\n";
+    StoreOptions o;
+    o.root = d.path / "custom-state";
+    {
+        StateStore store(o);
+        Executor &ex = store.executor("web", "fw");
+        FakeInstance i0(ex, 0);
+        serpens_table *t = i0.create("conn", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 4, 4, 100);
+        REQUIRE(t);
+        uint32_t k = 1, v = 2;
+        REQUIRE(state_api().put_state(t, &k, &v) == SERPENS_OK);
+    }
+    const std::string c = "-c " + config.string();
+    Run l = run(c + " list");
+    CHECK_MESSAGE(l.status == 0, l.out);
+    CHECK(l.out.find("executor web / fw") != std::string::npos);
+    CHECK(l.out.find("live 1/100") != std::string::npos);
+    Run lj = run(c + " list --json");
+    CHECK_MESSAGE(lj.status == 0, lj.out);
+    CHECK(lj.out.find("\"root\":\"" + o.root.string() + "\"") != std::string::npos);
+    CHECK(lj.out.find("{\"chain\":\"web\",\"nf\":\"fw\",\"table\":\"conn\",\"kind\":") != std::string::npos);
+    CHECK(lj.out.find("\"live\":1,\"capacity\":100") != std::string::npos);
+    Run cj = run(c + " check --json");
+    CHECK_MESSAGE(cj.status == 0, cj.out);
+    CHECK(cj.out.find("\"ok\":true,\"segments\":[{\"chain\":\"web\",\"nf\":\"fw\",\"table\":\"conn\",\"ok\":true,"
+                      "\"live\":1") != std::string::npos);
+    Run none = run(c + " check --json nochain");
+    CHECK(none.status == 1);
+    CHECK(none.out.find("\"ok\":false,\"segments\":[]") != std::string::npos);
+    // The same host's default root is elsewhere: --host-id alone (no
+    // installed config of that id) does not find it.
+    Run by_id = run("--host-id tool-config-test list");
+    CHECK(by_id.status == 0);
+    CHECK(by_id.out.find("no state segments under /dev/shm/serpens/tool-config-test") != std::string::npos);
+
+    // 2: a host.toml that is not there or not valid, or -c with --host-id.
+    Run missing = run("-c " + (d.path / "nope.toml").string() + " list");
+    CHECK(missing.status == 2);
+    CHECK(missing.out.find("nope.toml") != std::string::npos);
+    std::ofstream(d.path / "bad.toml") << "[host]\nstate_dirr = \"x\"\n";
+    Run bad = run("-c " + (d.path / "bad.toml").string() + " list");
+    CHECK(bad.status == 2);
+    CHECK(bad.out.find("bad.toml:2:") != std::string::npos);
+    CHECK(run(c + " --host-id x list").status == 2);
+    CHECK(run("list --no-such-option").status == 2);
+}

@@ -1,18 +1,24 @@
 // serpens-state — inspect a host's state segments read-only.
 //
-//   serpens-state [--root DIR | --host-id ID] list
+//   serpens-state [--root DIR | -c host.toml | --host-id ID] list [--json]
 //   serpens-state [...] dump CHAIN NF TABLE [--json] [--limit N]
-//   serpens-state [...] check [CHAIN [NF [TABLE]]]
+//   serpens-state [...] check [CHAIN [NF [TABLE]]] [--json]
 //   serpens-state [...] flows CHAIN [--json] [--limit N]
 //
 // For operators after a crash and for tests.  Never writes: segments are
 // mapped PROT_READ, so it is safe next to a running host (results are then a
-// snapshot; "write in flight" may be transient).  `check` exits 1 when a
-// segment is unreadable or inconsistent.  `flows` prints the chain's flow
-// table (<root>/<chain>/flows.seg, laid out as its own header says): each
-// live entry's canonical key, which endpoint sent the first packet, and each
-// NF's area as u64 words (little endian), by the NF's name in the chain.
+// snapshot; "write in flight" may be transient).  The state root is --root,
+// else host.toml's [host] state_dir (-c, or the installed config of
+// --host-id when there is one), else /dev/shm/serpens/<id>: where the host
+// keeps it.  `check` exits 1 when a segment is unreadable or inconsistent.
+// `flows` prints the chain's flow table (<root>/<chain>/flows.seg, laid out
+// as its own header says): each live entry's canonical key, which endpoint
+// sent the first packet, and each NF's area as u64 words (little endian), by
+// the NF's name in the chain.
 
+#include "config/host_config.h"
+#include "config/install_dirs.h"
+#include "core/error.h"
 #include "core/version.h"
 #include "state/executor.h"
 #include "state/flow_table.h"
@@ -33,8 +39,53 @@
 
 namespace fs = std::filesystem;
 using namespace serpens::state;
+using nlohmann::ordered_json;
 
 namespace {
+
+// Documented in --help; scripts rely on them.
+enum ExitCode {
+    kOk = 0,
+    kFound = 1, // check found a problem, or a named segment is missing or unreadable
+    kUsage = 2, // bad arguments or an unreadable host.toml
+};
+
+constexpr const char *kExitCodes =
+    "Exit codes: 0 done; 1 check found an unreadable or inconsistent segment (or none matched the names "
+    "given), or dump/flows could not read theirs; 2 bad arguments or host.toml.";
+
+struct Where {
+    std::string root;
+    std::string config;
+    std::string host_id = "serpens"; // the host's own default [host] id
+};
+
+// The state root: --root, else host.toml's [host] state_dir (-c, or the
+// installed config of --host-id when there is one), else the host's default
+// for the id.  Throws serpens::Error for an unreadable host.toml.
+fs::path root_of(const Where &where)
+{
+    if (!where.root.empty()) {
+        return where.root;
+    }
+    std::string config = where.config;
+    if (config.empty()) {
+        const fs::path installed = fs::path(serpens::install_dirs::sysconf) / (where.host_id + ".toml");
+        std::error_code ec;
+        if (fs::is_regular_file(installed, ec)) {
+            config = installed.string();
+        }
+    }
+    if (!config.empty()) {
+        return serpens::load_host_config(config).state_dir;
+    }
+    return StateStore::default_root(where.host_id);
+}
+
+void print_json(const ordered_json &value)
+{
+    std::printf("%s\n", value.dump(-1, ' ', false, ordered_json::error_handler_t::replace).c_str());
+}
 
 struct Seg {
     std::string chain, nf, table;
@@ -88,27 +139,52 @@ std::string json_str(const std::string &s)
     return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-int cmd_list(const fs::path &root)
+int cmd_list(const fs::path &root, bool json)
 {
     std::vector<fs::path> aside;
     auto segs = scan(root, &aside);
-    if (segs.empty()) {
+    ordered_json tables = ordered_json::array();
+    if (segs.empty() && !json) {
         std::printf("no state segments under %s\n", root.c_str());
     }
     std::string last;
     for (auto &s : segs) {
         std::string ex = s.chain + " / " + s.nf;
-        if (ex != last) {
+        if (ex != last && !json) {
             std::printf("executor %s\n", ex.c_str());
-            last = ex;
         }
+        last = ex;
         std::string err;
         auto t = Table::open_readonly(s.file, err);
         if (!t) {
-            std::printf("  %-24s UNREADABLE: %s\n", s.table.c_str(), err.c_str());
+            if (json) {
+                tables.push_back({{"chain", s.chain}, {"nf", s.nf}, {"table", s.table}, {"error", err}});
+            } else {
+                std::printf("  %-24s UNREADABLE: %s\n", s.table.c_str(), err.c_str());
+            }
             continue;
         }
         const SegmentHeader &h = t->header();
+        if (json) {
+            ordered_json row = {{"chain", s.chain},
+                                {"nf", s.nf},
+                                {"table", s.table},
+                                {"kind", kind_name(t->kind())},
+                                {"key_size", h.key_size},
+                                {"value_size", h.value_size},
+                                {"live", h.live},
+                                {"capacity", h.capacity},
+                                {"refused", h.refused_full},
+                                {"expired", h.expired},
+                                {"torn_repaired", h.torn_repaired},
+                                {"torn_discarded", h.torn_discarded},
+                                {"attaches", h.attaches}};
+            if (is_global_write(t->kind())) {
+                row["active_mask"] = h.active_mask;
+            }
+            tables.push_back(std::move(row));
+            continue;
+        }
         std::printf("  %-24s %-22s key %3u value %5u live %llu/%llu refused %llu expired %llu torn-repaired %llu "
                     "torn-discarded %llu attaches %llu",
                     s.table.c_str(), kind_name(t->kind()), h.key_size, h.value_size,
@@ -121,10 +197,18 @@ int cmd_list(const fs::path &root)
         }
         std::printf("\n");
     }
+    if (json) {
+        ordered_json moved = ordered_json::array();
+        for (auto &a : aside) {
+            moved.push_back(a.string());
+        }
+        print_json({{"root", root.string()}, {"tables", std::move(tables)}, {"moved_aside", std::move(moved)}});
+        return kOk;
+    }
     for (auto &a : aside) {
         std::printf("moved aside: %s\n", a.c_str());
     }
-    return 0;
+    return kOk;
 }
 
 int cmd_dump(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table, bool json,
@@ -135,7 +219,7 @@ int cmd_dump(const fs::path &root, const std::string &chain, const std::string &
     auto t = Table::open_readonly(file, err);
     if (!t) {
         std::fprintf(stderr, "serpens-state: %s\n", err.c_str());
-        return 1;
+        return kFound;
     }
     const uint32_t vs = t->value_size();
     const uint32_t cells = t->cells();
@@ -181,14 +265,16 @@ int cmd_dump(const fs::path &root, const std::string &chain, const std::string &
     if (json) {
         std::printf("]}\n");
     }
-    return 0;
+    return kOk;
 }
 
-int cmd_check(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table)
+int cmd_check(const fs::path &root, const std::string &chain, const std::string &nf, const std::string &table,
+              bool json)
 {
     std::vector<fs::path> aside;
     auto segs = scan(root, &aside);
     int bad = 0, checked = 0;
+    ordered_json results = ordered_json::array();
     for (auto &s : segs) {
         if ((!chain.empty() && s.chain != chain) || (!nf.empty() && s.nf != nf) ||
             (!table.empty() && s.table != table)) {
@@ -198,11 +284,30 @@ int cmd_check(const fs::path &root, const std::string &chain, const std::string 
         std::string err;
         auto t = Table::open_readonly(s.file, err);
         if (!t) {
-            std::printf("FAIL %s: %s\n", s.file.c_str(), err.c_str());
+            if (json) {
+                results.push_back(
+                    {{"chain", s.chain}, {"nf", s.nf}, {"table", s.table}, {"ok", false}, {"error", err}});
+            } else {
+                std::printf("FAIL %s: %s\n", s.file.c_str(), err.c_str());
+            }
             ++bad;
             continue;
         }
         auto r = t->check();
+        bad += !r.ok();
+        if (json) {
+            results.push_back({{"chain", s.chain},
+                               {"nf", s.nf},
+                               {"table", s.table},
+                               {"ok", r.ok()},
+                               {"live", r.live},
+                               {"dead", r.dead},
+                               {"empty", r.empty},
+                               {"slots", r.slots},
+                               {"problems", r.problems},
+                               {"notes", r.warnings}});
+            continue;
+        }
         std::printf("%s %s/%s/%s: %llu live, %llu dead, %llu empty of %llu slots", r.ok() ? "ok  " : "FAIL",
                     s.chain.c_str(), s.nf.c_str(), s.table.c_str(), static_cast<unsigned long long>(r.live),
                     static_cast<unsigned long long>(r.dead), static_cast<unsigned long long>(r.empty),
@@ -214,16 +319,27 @@ int cmd_check(const fs::path &root, const std::string &chain, const std::string 
         for (auto &w : r.warnings) {
             std::printf("    note: %s\n", w.c_str());
         }
-        bad += !r.ok();
+    }
+    // Nothing matched names given: the caller asked about something not there.
+    const int status = bad != 0 || (checked == 0 && !chain.empty()) ? kFound : kOk;
+    if (json) {
+        ordered_json moved = ordered_json::array();
+        for (auto &a : aside) {
+            moved.push_back(a.string());
+        }
+        print_json({{"root", root.string()},
+                    {"ok", status == kOk},
+                    {"segments", std::move(results)},
+                    {"moved_aside", std::move(moved)}});
+        return status;
     }
     for (auto &a : aside) {
         std::printf("note: moved-aside segment %s (kept for inspection)\n", a.c_str());
     }
     if (checked == 0) {
         std::printf("no matching segments under %s\n", root.c_str());
-        return chain.empty() ? 0 : 1;
     }
-    return bad ? 1 : 0;
+    return status;
 }
 
 // An entry address (network order, IPv4 in the first 4 bytes) as text.
@@ -241,7 +357,7 @@ int cmd_flows(const fs::path &root, const std::string &chain, bool json, uint64_
     auto t = FlowTable::open_readonly(file, err);
     if (!t) {
         std::fprintf(stderr, "serpens-state: %s\n", err.c_str());
-        return 1;
+        return kFound;
     }
     const auto &areas = t->spec().areas;
     const FlowTableTotals totals = t->totals();
@@ -296,23 +412,33 @@ int cmd_flows(const fs::path &root, const std::string &chain, bool json, uint64_
     if (json) {
         std::printf("]}\n");
     }
-    return 0;
+    return kOk;
 }
 } // namespace
 
 int main(int argc, char **argv)
 {
-    CLI::App app{"serpens-state: inspect Serpens state segments (read-only)"};
+    CLI::App app{"serpens-state: inspect Serpens state segments (read-only).\n"
+                 "The state root is --root, else host.toml's [host] state_dir (-c, or the installed\n"
+                 "config of --host-id when there is one), else /dev/shm/serpens/<host-id>."};
+    app.footer(kExitCodes);
     app.set_version_flag("--version", serpens::version_line("serpens-state"));
-    std::string root, host_id = "default";
-    app.add_option("--root", root, "state root directory (default /dev/shm/serpens/<host-id>)");
-    app.add_option("--host-id", host_id, "host id used for the default root");
+    Where where;
+    auto *root_option = app.add_option("--root", where.root, "the state root directory itself");
+    auto *config_option =
+        app.add_option("-c,--config", where.config, "the host's host.toml: its [host] state_dir is used");
+    app.add_option("--host-id", where.host_id,
+                   std::string("the host's [host] id (default serpens): uses ") + serpens::install_dirs::sysconf +
+                       "/<id>.toml when there is one, else /dev/shm/serpens/<id>")
+        ->excludes(config_option);
+    root_option->excludes(config_option);
     app.require_subcommand(1);
 
-    auto *list = app.add_subcommand("list", "list executors and their tables");
     std::string chain, nf, table;
     bool json = false;
     uint64_t limit = 0;
+    auto *list = app.add_subcommand("list", "list executors and their tables");
+    list->add_flag("--json", json, "JSON output");
     auto *dump = app.add_subcommand("dump", "dump a table (hex keys and values)");
     dump->add_option("chain", chain)->required();
     dump->add_option("nf", nf)->required();
@@ -323,16 +449,28 @@ int main(int argc, char **argv)
     check->add_option("chain", chain);
     check->add_option("nf", nf);
     check->add_option("table", table);
+    check->add_flag("--json", json, "JSON output");
 
     auto *flows = app.add_subcommand("flows", "dump a chain's flow table (keys and each NF's per-flow words)");
     flows->add_option("chain", chain)->required();
     flows->add_flag("--json", json, "JSON output");
     flows->add_option("--limit", limit, "at most N entries (0 = all)");
 
-    CLI11_PARSE(app, argc, argv);
-    fs::path r = root.empty() ? StateStore::default_root(host_id) : fs::path(root);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError &e) {
+        const int code = app.exit(e);
+        return code == 0 ? kOk : kUsage;
+    }
+    fs::path r;
+    try {
+        r = root_of(where);
+    } catch (const serpens::Error &e) {
+        std::fprintf(stderr, "serpens-state: %s\n", e.what());
+        return kUsage;
+    }
     if (*list) {
-        return cmd_list(r);
+        return cmd_list(r, json);
     }
     if (*dump) {
         return cmd_dump(r, chain, nf, table, json, limit);
@@ -340,5 +478,5 @@ int main(int argc, char **argv)
     if (*flows) {
         return cmd_flows(r, chain, json, limit);
     }
-    return cmd_check(r, chain, nf, table);
+    return cmd_check(r, chain, nf, table, json);
 }
