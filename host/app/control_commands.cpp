@@ -80,11 +80,25 @@ ordered_json bill_result(const metering::Bill &bill)
             {"chains", std::move(chains)}};
 }
 
-// spdlog names levels with its own string_view, which JSON would take for an array.
+// The level by the names host.toml and log_level take (spdlog says
+// "warning" and "critical").
 std::string log_level_name()
 {
-    const auto name = spdlog::level::to_string_view(spdlog::get_level());
-    return std::string(name.data(), name.size());
+    switch (spdlog::get_level()) {
+    case spdlog::level::trace:
+        return "trace";
+    case spdlog::level::debug:
+        return "debug";
+    case spdlog::level::info:
+        return "info";
+    case spdlog::level::warn:
+        return "warn";
+    case spdlog::level::err:
+    case spdlog::level::critical:
+        return "error";
+    default:
+        return "off";
+    }
 }
 
 std::string who(const ControlPeer &peer)
