@@ -211,14 +211,7 @@ ordered_json ControlCommands::instances() const
             if (slot->state == SlotState::empty) {
                 continue;
             }
-            out.push_back({{"chain", slot->chain_name},
-                           {"index", slot->index},
-                           {"lcore", on_lcore(slot->state) ? ordered_json(slot->lcore) : ordered_json()},
-                           {"state", slot_state_name(slot->state)},
-                           {"packets", slot->packets.load()},
-                           {"out", slot->out.load()},
-                           {"dropped", slot->dropped.load()},
-                           {"tx_dropped", slot->tx_dropped.load()}});
+            out.push_back(instance_json(*slot));
         }
         return out;
     });

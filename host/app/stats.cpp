@@ -152,20 +152,27 @@ nlohmann::ordered_json stats_json(const Dataplane &dp, const std::string &chains
                            {"dropped", ci.stats(i).dropped.load()},
                            {"counters", std::move(counters)}});
         }
-        instances.push_back({{"chain", slot->chain_name},
-                             {"index", slot->index},
-                             {"lcore", on_lcore(slot->state) ? ordered_json(slot->lcore) : ordered_json()},
-                             {"state", slot_state_name(slot->state)},
-                             {"packets", slot->packets.load()},
-                             {"out", slot->out.load()},
-                             {"dropped", slot->dropped.load()},
-                             {"tx_dropped", slot->tx_dropped.load()},
-                             {"nfs", std::move(nfs)}});
+        ordered_json instance = instance_json(*slot);
+        instance["nfs"] = std::move(nfs);
+        instances.push_back(std::move(instance));
     }
     j["instances"] = std::move(instances);
     j["chains"] = ordered_json::parse(chains_json);
     j["wake_threshold"] = const_cast<Dataplane &>(dp).wake_threshold().load();
     return j;
+}
+
+ordered_json instance_json(const InstanceSlot &slot)
+{
+    return {{"chain", slot.chain_name},
+            {"index", slot.index},
+            {"lcore", on_lcore(slot.state) ? ordered_json(slot.lcore) : ordered_json()},
+            {"state", slot_state_name(slot.state)},
+            {"packets", slot.packets.load()},
+            {"bytes", slot.bytes.load()},
+            {"out", slot.out.load()},
+            {"dropped", slot.dropped.load()},
+            {"tx_dropped", slot.tx_dropped.load()}};
 }
 
 namespace {

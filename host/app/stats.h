@@ -10,6 +10,7 @@
 namespace serpens {
 
 class Dataplane;
+struct InstanceSlot;
 
 void print_stats(const Dataplane &dp, std::FILE *out);
 
@@ -18,6 +19,9 @@ void print_stats(const Dataplane &dp, std::FILE *out);
 // `chains_json`: InstanceManager::chains_json().  ordered_json keeps the keys
 // in the order a reader expects them.
 nlohmann::ordered_json stats_json(const Dataplane &dp, const std::string &chains_json, bool live);
+
+// One instance slot: its chain, index, lcore, state and packet counters.
+nlohmann::ordered_json instance_json(const InstanceSlot &slot);
 
 // `now` less `base`, counter by counter: what "clear" makes stats show.
 // Counters are the unsigned integers; identities and gauges (names, ids,
