@@ -253,6 +253,7 @@ check(rc == 0, f"host exited {rc}:\n{log_text()}")
 for config in (False, True):
     gone = ctl("status", "--json", config=config)
     check(gone.returncode == 3 and gone.stderr, f"a stopped host gives exit 3: {gone.returncode} {gone.stderr!r}")
+    check(json.loads(gone.stdout)["error"]["code"] == "unreachable", f"--json names why: {gone.stdout!r}")
 check(not log_level_failed, "log-level failed (above)")
 print(f"ok: a serpensctl session against a forwarding host, every command in JSON and for people "
       f"(scale {scaled['before']} -> {scaled['after']} -> {back['after']}, version {version['host']})")

@@ -67,6 +67,17 @@ void print_json(const ordered_json &value, int indent = 2)
     print(value.dump(indent, ' ', false, ordered_json::error_handler_t::replace) + "\n");
 }
 
+// Exit 3; with --json, scripts get an error object on stdout as for a
+// refusal, with the code "unreachable".
+int unreachable(const std::string &why, bool json)
+{
+    if (json) {
+        print_json({{"error", {{"code", "unreachable"}, {"message", why}}}});
+    }
+    std::fprintf(stderr, "serpensctl: %s\n", why.c_str());
+    return kUnreachable;
+}
+
 } // namespace
 
 int main(int argc, char **argv)
@@ -254,11 +265,9 @@ int main(int argc, char **argv)
         std::fprintf(stderr, "serpensctl: %s (%s)\n", e.what(), e.code().c_str());
         return kRefused;
     } catch (const serpens::Error &e) {
-        std::fprintf(stderr, "serpensctl: %s\n", e.what());
-        return kUnreachable;
+        return unreachable(e.what(), target.json);
     } catch (const nlohmann::json::exception &e) {
-        std::fprintf(stderr, "serpensctl: the host's reply has an unexpected shape: %s\n", e.what());
-        return kUnreachable;
+        return unreachable(std::string("the host's reply has an unexpected shape: ") + e.what(), target.json);
     }
     return kOk;
 }
