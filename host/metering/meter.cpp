@@ -133,8 +133,9 @@ void Meter::sample_locked()
         row.used.packets = grown(u.packets, before ? before->packets : 0);
         row.used.bytes = grown(u.bytes, before ? before->bytes : 0);
         row.used.dropped = grown(u.dropped, before ? before->dropped : 0);
-        // Instances that ran through the interval: the mean of its two ends.
-        row.used.instance_s = (u.active + (before ? before->active : 0)) / 2.0 * seconds;
+        // Instances that ran through the interval: the mean of its two ends
+        // (the first interval starts with the instances the host started).
+        row.used.instance_s = (u.active + (before ? before->active : u.active)) / 2.0 * seconds;
         row.used.busy_s = busy_s[c];
         for (std::size_t i = 0; i < u.nfs.size(); ++i) {
             const NfUsage *b = before && i < before->nfs.size() ? &before->nfs[i] : nullptr;
