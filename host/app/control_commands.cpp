@@ -123,13 +123,12 @@ ordered_json ControlCommands::live_stats() const
 
 ordered_json ControlCommands::status() const
 {
-    ordered_json chains = ordered_json::parse(_manager.chains_json());
     ordered_json summary = ordered_json::object();
-    for (const auto &[name, chain] : chains.items()) {
-        summary[name] = {{"instances", chain.value("instances", 0u)},
-                         {"parked", chain.value("parked", 0u)},
-                         {"pooled", chain.value("pooled", 0u)},
-                         {"packets", chain.value("metered_packets", uint64_t{0})}};
+    for (const ChainSummary &chain : _manager.chain_summaries()) {
+        summary[chain.name] = {{"instances", chain.active},
+                               {"parked", chain.parked},
+                               {"pooled", chain.pooled},
+                               {"packets", chain.metered}};
     }
     ordered_json lcores = ordered_json::array();
     for (const Dataplane::LcoreTotals &l : _dp.lcore_totals()) {
