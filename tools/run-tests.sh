@@ -29,6 +29,25 @@ step_failed() {
     failed=$((failed + 1))
 }
 
+# The ninja targets (relative to build dir $1) that `meson test --suite unit`
+# runs or loads: each test's program when it is built here, plus the targets
+# the test declares in `depends` (mapped to their files as mtest does).
+unit_targets() {
+    meson introspect --tests --targets "$1" | python3 -c '
+import json, os, sys
+build = os.path.abspath(sys.argv[1])
+intro = json.load(sys.stdin)
+files = {t["id"]: t["filename"] for t in intro["targets"]}
+built = {f for fs in files.values() for f in fs}
+want = set()
+for test in intro["tests"]:
+    if "unit" in (s.split(":")[-1] for s in test["suite"]):
+        want.update(p for p in test["cmd"][:1] if p in built)
+        want.update(f for d in test["depends"] for f in files[d])
+print("\n".join(sorted(os.path.relpath(p, build) for p in want)))
+' "$1"
+}
+
 # 1. Everything, warnings as errors.
 if [ ! -f build-test/build.ninja ]; then
     meson setup build-test --buildtype=debugoptimized -Dwerror=true >/dev/null || step_failed "meson setup build-test"
@@ -46,7 +65,13 @@ if [ ! -f build-asan/build.ninja ]; then
     meson setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null \
         || step_failed "meson setup build-asan"
 fi
-if ninja -C build-asan; then
+# Only the targets the unit suite needs: each unit test's program and what
+# the test depends on (tests/plugins, the NF plugins, the tools it runs), as
+# `meson test` itself resolves them.  The rest of the tree (serpens-host,
+# serpensctl, the bench tools, man pages) is built and tested in step 1.
+# Regenerate first, so the introspection reads the current meson.build files.
+if ninja -C build-asan build.ninja >/dev/null && asan_targets=$(unit_targets build-asan) \
+    && { [ -z "$asan_targets" ] || ninja -C build-asan $asan_targets; }; then
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
         meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --timeout-multiplier 3 2>&1 | tee build-asan/test-summary.txt
     count build-asan/test-summary.txt
