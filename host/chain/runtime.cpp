@@ -111,11 +111,12 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
             _contexts.back()->in_init = false;
         }
         if (rc != SERPENS_OK) {
+            const std::string why = _contexts.back()->init_error.empty() ? "; it logged no error saying why"
+                                                                         : ": " + _contexts.back()->init_error;
             finalize(_contexts.size());
             _contexts.clear();
             throw Error("chain '" + _chain->name + "': NF '" + nf.name + "' (plugin " + nf.desc->name +
-                        ") refused to start: init returned " + std::to_string(rc) +
-                        "; its own log line above says why");
+                        ") refused to start: init returned " + std::to_string(rc) + why);
         }
         // A key the NF never asked for is a typo or a setting it does not
         // have: refuse it rather than run with the default silently.
@@ -241,6 +242,15 @@ void ChainInstance::join_state()
     for (const auto &ctx : _contexts) {
         if (ctx->executor != nullptr) {
             ctx->executor->add_instance(_instance_id, &ctx->pub);
+        }
+    }
+}
+
+void ChainInstance::adopt_state_hooks()
+{
+    for (std::size_t i = 0; i < _contexts.size(); ++i) {
+        if (_contexts[i]->executor != nullptr) {
+            _contexts[i]->executor->replace_descriptor(_chain->nfs[i].desc);
         }
     }
 }

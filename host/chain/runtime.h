@@ -69,6 +69,9 @@ public:
     // and join_state takes a share again before it serves.  Control side.
     void join_state();
     void leave_state();
+    // Makes this instance's NFs the ones whose split/merge/update hooks the
+    // state manager calls: a reload swapped in their build.  Control side.
+    void adopt_state_hooks();
 
     // Hot path, on the instance's worker between batches: sweeps the parts
     // of the flow table this instance owns (bit p of owned[p / 64]), a share

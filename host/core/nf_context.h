@@ -9,6 +9,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace serpens {
 
@@ -45,8 +46,19 @@ struct NfContext {
     state::Executor *executor = nullptr; // owner of this NF's state tables
     CounterBlock counters;
     bool in_init = false;         // init() is running (what flow_state may be called from)
+    std::string init_error;       // errors logged by or for it during init: why init failed
     uint32_t flow_state_size = 0; // bytes it keeps per flow in the chain's flow table
     uint32_t flow_visit_ms = 0;   // how often its flow_visit hook sees every entry (0: expiring ones only)
+
+    // Adds an error of its init to init_error (bounded: an NF logging in a
+    // loop must not grow it without end).
+    void note_init_error(std::string_view message)
+    {
+        constexpr std::size_t kMaxInitError = 2048;
+        if (init_error.size() < kMaxInitError) {
+            init_error += (init_error.empty() ? "" : "; ") + std::string(message.substr(0, kMaxInitError));
+        }
+    }
 
     // Fills `pub`, what the plugin sees of this context, from it; chain_name
     // and nf_name are set by then, and the context does not move afterwards.

@@ -40,6 +40,9 @@ void plugin_log(const serpens_nf_ctx *ctx, int level, const char *fmt, ...)
         break;
     }
     spdlog::log(spd_level, "[{}/{}] {}", chain, nf, message);
+    if (level == SERPENS_LOG_ERROR && ctx != nullptr && NfContext::of(ctx)->in_init) {
+        NfContext::of(ctx)->note_init_error(message);
+    }
 }
 
 uint64_t *plugin_counter(serpens_nf_ctx *ctx, const char *name)

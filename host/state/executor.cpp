@@ -49,6 +49,12 @@ void Executor::set_descriptor(const serpens_nf_descriptor *desc)
     }
 }
 
+void Executor::replace_descriptor(const serpens_nf_descriptor *desc)
+{
+    std::lock_guard lk(_mu);
+    _desc = desc;
+}
+
 Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
 {
     const std::string where = "chain '" + _chain + "' nf '" + _nf + "' table '" + spec.name + "'";

@@ -116,6 +116,8 @@ public:
     // The NF's split/merge/update hooks (NULL entries select the defaults).
     // Thread-safe; the first non-null descriptor wins.
     void set_descriptor(const serpens_nf_descriptor *desc);
+    // A reload swapped in another build of the NF: its hooks from now on.
+    void replace_descriptor(const serpens_nf_descriptor *desc);
 
     // Seals every global/read table: call once the first instance's init
     // returned.  Thread-safe.

@@ -35,6 +35,9 @@ serpens_table *shim_create_table(serpens_nf_ctx *ctx, const char *name, uint32_t
     TableHandle *h = ex.open_handle(spec, ctx->instance_id, ctx, err);
     if (h == nullptr) {
         spdlog::error("state: create_table refused: {}", err);
+        if (nc->in_init) {
+            nc->note_init_error("create_table refused: " + err);
+        }
         return nullptr;
     }
     return to_abi(h);
