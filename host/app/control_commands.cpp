@@ -1,5 +1,6 @@
 #include "app/control_commands.h"
 
+#include "app/reload.h"
 #include "app/stats.h"
 #include "chain/compiled.h"
 #include "control/protocol.h"
@@ -57,6 +58,22 @@ ordered_json scale_result(const ScaleResult &r)
     };
 }
 
+ordered_json reload_result(const ReloadReport &r)
+{
+    ordered_json swaps = ordered_json::array();
+    for (const ReplaceResult &s : r.swaps) {
+        swaps.push_back({{"chain", s.chain},
+                         {"instances", s.replaced},
+                         {"moved_buckets", s.moved},
+                         {"pause_us", static_cast<double>(s.pause_ns) / 1e3}});
+    }
+    return {
+        {"reloaded", r.reloaded},        {"updated", r.updated},      {"added", r.added},
+        {"removed", r.removed},          {"unchanged", r.unchanged},  {"plugins_changed", r.plugins_changed},
+        {"plugin_refusals", r.refusals}, {"swaps", std::move(swaps)}, {"took_ms", static_cast<double>(r.took_ns) / 1e6},
+    };
+}
+
 std::string iso_time(int64_t unix_s)
 {
     return iso_time(std::chrono::system_clock::time_point(std::chrono::seconds(unix_s)));
@@ -109,10 +126,9 @@ std::string who(const ControlPeer &peer)
 } // namespace
 
 ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
-                                 const PluginRegistry &plugins,
-                                 const std::vector<std::shared_ptr<const CompiledChain>> &chains, HostIdentity identity)
-    : _dp(dataplane), _manager(manager), _meter(meter), _plugins(plugins), _chains(chains),
-      _identity(std::move(identity)), _cleared(ordered_json::object()), _cleared_at(_identity.started)
+                                 Reloader &reloader, HostIdentity identity)
+    : _dp(dataplane), _manager(manager), _meter(meter), _reloader(reloader), _identity(std::move(identity)),
+      _cleared(ordered_json::object()), _cleared_at(_identity.started)
 {}
 
 ordered_json ControlCommands::live_stats() const
@@ -161,7 +177,11 @@ ordered_json ControlCommands::chains() const
 {
     const ordered_json runtime = ordered_json::parse(_manager.chains_json());
     ordered_json out = ordered_json::array();
-    for (const auto &chain : _chains) {
+    const std::shared_ptr<const ChainSet> set = _reloader.current();
+    for (const auto &chain : set->chains) {
+        if (chain == nullptr) {
+            continue; // its file went away in a reload
+        }
         ordered_json nfs = ordered_json::array();
         for (const CompiledNf &nf : chain->nfs) {
             nfs.push_back({{"name", nf.name}, {"plugin", nf.desc->name}, {"label", nf.label}, {"ports", nf.n_ports}});
@@ -181,13 +201,17 @@ ordered_json ControlCommands::chains() const
 ordered_json ControlCommands::plugins() const
 {
     ordered_json out = ordered_json::array();
-    for (const std::string &name : _plugins.names()) {
-        const Plugin *plugin = _plugins.find(name);
+    const std::shared_ptr<const ChainSet> set = _reloader.current();
+    for (const std::string &name : set->plugins->names()) {
+        const Plugin *plugin = set->plugins->find(name);
         const serpens_nf_descriptor &desc = plugin->descriptor();
         ordered_json used_by = ordered_json::array();
-        for (const auto &chain : _chains) {
+        for (const auto &chain : set->chains) {
+            if (chain == nullptr) {
+                continue;
+            }
             for (const CompiledNf &nf : chain->nfs) {
-                if (nf.plugin == plugin) {
+                if (nf.plugin.get() == plugin) {
                     used_by.push_back(chain->name + "/" + nf.name);
                 }
             }
@@ -264,10 +288,15 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
         return control_ok_reply({{"log_level", log_level_name()}});
     case ControlVerb::bill:
         return control_ok_reply(bill_result(_meter.bill(request.since, request.chain)));
+    case ControlVerb::reload:
+        try {
+            spdlog::info("reload requested by {}", who(peer));
+            return control_ok_reply(reload_result(_reloader.reload(request.chains)));
+        } catch (const Error &e) { // a ConfigError too: file:line of the invalid edit
+            return control_error_reply(ControlErrorCode::refused, e.what());
+        }
     case ControlVerb::scale: {
-        const bool known = std::any_of(_chains.begin(), _chains.end(),
-                                       [&](const auto &chain) { return chain->name == request.chain; });
-        if (!known) {
+        if (_reloader.current()->find(request.chain) == nullptr) {
             return control_error_reply(ControlErrorCode::not_found, "no chain '" + request.chain + "' on this host");
         }
         const ScaleTarget target{request.relative,

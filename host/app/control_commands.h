@@ -21,8 +21,7 @@ class InstanceManager;
 namespace metering {
 class Meter;
 }
-class PluginRegistry;
-struct CompiledChain;
+class Reloader;
 
 // Who this host is, for "status" and "version".
 struct HostIdentity {
@@ -37,8 +36,8 @@ struct HostIdentity {
 
 class ControlCommands {
 public:
-    ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
-                    const PluginRegistry &plugins, const std::vector<std::shared_ptr<const CompiledChain>> &chains,
+    // `reloader` also says which plugins and chains the host runs from now.
+    ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter, Reloader &reloader,
                     HostIdentity identity);
 
     // The control server's handler: one request line in, one reply line out.
@@ -54,8 +53,7 @@ private:
     Dataplane &_dp;
     InstanceManager &_manager;
     metering::Meter &_meter;
-    const PluginRegistry &_plugins;
-    const std::vector<std::shared_ptr<const CompiledChain>> &_chains;
+    Reloader &_reloader;
     HostIdentity _identity;
     // "clear": the counters then, taken off every later "stats".
     nlohmann::ordered_json _cleared;

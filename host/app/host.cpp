@@ -1,6 +1,7 @@
 #include "app/host.h"
 
 #include "app/control_commands.h"
+#include "app/reload.h"
 #include "app/stats.h"
 
 #include "chain/compiled.h"
@@ -55,54 +56,6 @@ void on_signal(int)
     }
 }
 
-struct LoadedChains {
-    std::vector<std::shared_ptr<const CompiledChain>> chains; // index = chain tag
-    std::map<std::string, uint32_t> tag_of;
-};
-
-LoadedChains load_chains(const HostConfig &cfg, const PluginRegistry &plugins)
-{
-    LoadedChains loaded;
-    for (const ChainSpec &spec : load_chain_directory(cfg.chains_dir)) {
-        auto chain = compile_chain(spec, plugins, &cfg.nf_defaults);
-        loaded.tag_of[chain->name] = static_cast<uint32_t>(loaded.chains.size());
-        spdlog::info("chain {}", chain->describe());
-        loaded.chains.push_back(std::move(chain));
-    }
-    if (loaded.chains.empty()) {
-        spdlog::warn("no chain in {}: every packet follows the gateway default", cfg.chains_dir);
-    }
-    for (const auto &[plugin, table] : cfg.nf_defaults.by_plugin) {
-        if (plugins.find(plugin) == nullptr) {
-            spdlog::warn("{}:{}: [nf_defaults.{}]: no plugin '{}' is loaded from {}", cfg.file,
-                         table->source().begin.line, plugin, plugin, cfg.plugin_dir);
-        }
-    }
-    return loaded;
-}
-
-uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
-{
-    if (chain.egress.empty()) {
-        if (cfg.ports.size() == 1) {
-            return 0;
-        }
-        throw ConfigError(chain.file, "chain '" + chain.name + "' has no 'egress' and the host has " +
-                                          std::to_string(cfg.ports.size()) + " ports: name one");
-    }
-    for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
-        if (cfg.ports[i].name == chain.egress) {
-            return static_cast<uint16_t>(i);
-        }
-    }
-    std::string known;
-    for (const auto &port : cfg.ports) {
-        known += (known.empty() ? "" : ", ") + port.name;
-    }
-    throw ConfigError(chain.file, "chain '" + chain.name + "': egress port '" + chain.egress + "' is not a port of " +
-                                      cfg.file + " (ports: " + known + ")");
-}
-
 // Where a chain's instances run at the start, and where it may scale to.
 struct Placement {
     std::string chain;
@@ -114,7 +67,7 @@ struct Placement {
 // Where each instance runs.  The same for `--check` (lcores read from the EAL
 // args) and a start (lcores the EAL reports), so a config --check accepts
 // places the same way when it starts.
-std::vector<Placement> plan_instances(const HostConfig &cfg, const LoadedChains &loaded, const LcoreSet &lcores)
+std::vector<Placement> plan_instances(const HostConfig &cfg, const ChainSet &loaded, const LcoreSet &lcores)
 {
     std::vector<Placement> plan;
     std::set<std::string> placed;
@@ -224,7 +177,7 @@ const serpens_host_api *host_api()
     return &api;
 }
 
-io::Gateway make_gateway(const HostConfig &cfg, const LoadedChains &loaded)
+io::Gateway make_gateway(const HostConfig &cfg, const ChainSet &loaded)
 {
     auto port_index = [&](const std::string &name) -> int32_t {
         for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
@@ -260,7 +213,7 @@ FlowTableResolver flow_tables(const HostConfig &cfg, state::StateStore &store)
 
 // `--check`: every instance a start would run is created, which runs each
 // NF's init against throw-away state, then destroyed (fini).  No port opens.
-void start_and_stop_instances(const HostConfig &cfg, const LoadedChains &loaded, const std::vector<Placement> &plan)
+void start_and_stop_instances(const HostConfig &cfg, const ChainSet &loaded, const std::vector<Placement> &plan)
 {
     namespace fs = std::filesystem;
     // Beside the real state, on the same filesystem: a table that would not
@@ -317,24 +270,62 @@ void log_to(const std::string &file)
     spdlog::set_default_logger(std::move(logger));
 }
 
-void on_sighup(int)
-{
-    static const char message[] = "serpens-host: SIGHUP ignored: reload is not implemented yet "
-                                  "(SIGINT or SIGTERM stops the host)\n";
-    ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);
-    (void)ignored;
-}
+// SIGHUP asks for a reload.  It is blocked in every thread (install_signal_
+// handlers runs before any thread starts, and threads inherit the mask) and
+// taken here with sigtimedwait, so the reload runs on an ordinary control
+// thread, never inside a signal handler.
+class ReloadOnHangup {
+public:
+    explicit ReloadOnHangup(Reloader &reloader) : _reloader(reloader)
+    {
+        if (int rc = rte_ctrl_thread_create(&_thread, "serpens-hup", nullptr, &ReloadOnHangup::loop, this); rc != 0) {
+            throw Error(std::string("cannot start the reload thread: ") + std::strerror(rc < 0 ? -rc : rc));
+        }
+    }
+    ~ReloadOnHangup()
+    {
+        _running.store(false);
+        pthread_join(_thread, nullptr);
+    }
+    ReloadOnHangup(const ReloadOnHangup &) = delete;
+    ReloadOnHangup &operator=(const ReloadOnHangup &) = delete;
+
+private:
+    static void *loop(void *self_ptr)
+    {
+        auto *self = static_cast<ReloadOnHangup *>(self_ptr);
+        sigset_t hangup;
+        sigemptyset(&hangup);
+        sigaddset(&hangup, SIGHUP);
+        while (self->_running.load(std::memory_order_relaxed)) {
+            const timespec wait{0, 200'000'000}; // how soon a stopping host notices
+            if (sigtimedwait(&hangup, nullptr, &wait) != SIGHUP) {
+                continue;
+            }
+            spdlog::info("SIGHUP: reloading chains and plugins");
+            try {
+                self->_reloader.reload();
+            } catch (const Error &e) {
+                spdlog::error("SIGHUP: {}", e.what());
+            }
+        }
+        return nullptr;
+    }
+
+    Reloader &_reloader;
+    std::atomic<bool> _running{true};
+    pthread_t _thread{};
+};
 
 void install_signal_handlers()
 {
     // A peer that goes away (a control client, a pipe) is an error to handle
     // where it happens, never a reason for the data plane to die.
     std::signal(SIGPIPE, SIG_IGN);
-    struct sigaction hup {};
-    hup.sa_handler = on_sighup;
-    hup.sa_flags = SA_RESTART;
-    sigemptyset(&hup.sa_mask);
-    sigaction(SIGHUP, &hup, nullptr);
+    sigset_t hangup;
+    sigemptyset(&hangup);
+    sigaddset(&hangup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hangup, nullptr);
     fault::install_fault_handlers();
 }
 
@@ -345,8 +336,7 @@ int run_host(const HostOptions &options)
     install_signal_handlers();
     log_to("");
     HostConfig cfg;
-    PluginRegistry plugins;
-    LoadedChains loaded;
+    std::shared_ptr<const ChainSet> chain_set;
     std::vector<Placement> plan;
     try {
         cfg = load_host_config(options.config_path);
@@ -354,8 +344,8 @@ int run_host(const HostOptions &options)
         if (!options.check_only) {
             log_to(cfg.log_file);
         }
-        plugins.load_directory(cfg.plugin_dir);
-        loaded = load_chains(cfg, plugins);
+        chain_set = load_chain_set(cfg);
+        const ChainSet &loaded = *chain_set;
         for (const auto &chain : loaded.chains) {
             egress_port_of(cfg, *chain);
         }
@@ -381,15 +371,16 @@ int run_host(const HostOptions &options)
         std::fprintf(stderr, "serpens-host: %s\n", e.what());
         return 2;
     }
+    const ChainSet &loaded = *chain_set;
     if (options.check_only) {
         std::printf("%s: OK — %zu plugin(s), %zu chain(s), %zu port(s), %zu gateway rule(s), %zu instance(s) "
                     "started and stopped\n",
-                    cfg.file.c_str(), plugins.size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size(),
+                    cfg.file.c_str(), loaded.plugins->size(), loaded.chains.size(), cfg.ports.size(), cfg.rules.size(),
                     instance_count(plan));
         for (const auto &chain : loaded.chains) {
             std::printf("  chain %s\n", chain->describe().c_str());
         }
-        return plugins.refusals().empty() ? 0 : 1;
+        return loaded.plugins->refusals().empty() ? 0 : 1;
     }
 
     int exit_code = 0;
@@ -436,7 +427,8 @@ int run_host(const HostOptions &options)
             for (const Placement &p : plan) {
                 const uint32_t tag = loaded.tag_of.at(p.chain);
                 managed.push_back({p.chain, tag, egress_port_of(cfg, *loaded.chains[tag]),
-                                   std::vector<unsigned>(p.scale_lcores.begin(), p.scale_lcores.end())});
+                                   std::vector<unsigned>(p.scale_lcores.begin(), p.scale_lcores.end()),
+                                   loaded.chains[tag]});
             }
             ManagerOptions manager_options;
             manager_options.pool = cfg.pool;
@@ -446,8 +438,8 @@ int run_host(const HostOptions &options)
             manager_options.autoscale = cfg.autoscale;
             auto manager = std::make_unique<InstanceManager>(
                 dataplane, std::move(managed),
-                [&](uint32_t tag, uint32_t index) {
-                    return std::make_unique<ChainInstance>(loaded.chains[tag], index, host_api(), executors,
+                [&](const std::shared_ptr<const CompiledChain> &chain, uint32_t index) {
+                    return std::make_unique<ChainInstance>(chain, index, host_api(), executors,
                                                            std::chrono::milliseconds(cfg.init_warn_ms), flows);
                 },
                 manager_options);
@@ -471,8 +463,9 @@ int run_host(const HostOptions &options)
             meter.start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
                 return rte_ctrl_thread_create(thread, "serpens-meter", nullptr, body, arg);
             });
+            Reloader reloader(cfg, *manager, chain_set);
             ControlCommands commands(
-                dataplane, *manager, meter, plugins, loaded.chains,
+                dataplane, *manager, meter, reloader,
                 HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir});
             ControlServer control(
                 std::move(control_options),
@@ -485,9 +478,11 @@ int run_host(const HostOptions &options)
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
+            ReloadOnHangup hangup(reloader);
             {
                 StateManagerThread state_manager(store);
-                spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it", cfg.id);
+                spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it, SIGHUP reloads chains and plugins",
+                             cfg.id);
                 dataplane.run();
             }
             meter.stop(); // the lcores are done: the ledger gets their last packets

@@ -20,7 +20,9 @@ class PluginRegistry;
 
 struct CompiledNf {
     std::string name;
-    const Plugin *plugin = nullptr;
+    // Shared: the plugin stays loaded while a chain compiled against it (and
+    // so any instance of it) lives, whatever reloads did to its registry.
+    std::shared_ptr<const Plugin> plugin;
     const serpens_nf_descriptor *desc = nullptr;
     std::shared_ptr<const serpens_config> config;
     uint16_t label = 0; // 1..N

@@ -52,14 +52,14 @@ private:
             if (!_index.emplace(nf.name, i).second) {
                 fail(nf.where, "NF name '" + nf.name + "' is used twice in this chain");
             }
-            const Plugin *plugin = _plugins.find(nf.plugin);
+            std::shared_ptr<const Plugin> plugin = _plugins.share(nf.plugin);
             if (plugin == nullptr) {
                 auto loaded = _plugins.names();
                 fail(nf.plugin_where, "unknown NF plugin '" + nf.plugin + "' for NF '" + nf.name + "' (loaded: " +
                                           (loaded.empty() ? std::string("none") : join(loaded, ", ")) + ")");
             }
             _descs.push_back(&plugin->descriptor());
-            _plugin_of.push_back(plugin);
+            _plugin_of.push_back(std::move(plugin));
         }
         _out.assign(_spec.nfs.size(), {});
     }
@@ -307,7 +307,7 @@ private:
     const config::NfDefaults *_defaults;
     std::map<std::string, std::size_t> _index;
     std::vector<const serpens_nf_descriptor *> _descs;
-    std::vector<const Plugin *> _plugin_of;
+    std::vector<std::shared_ptr<const Plugin>> _plugin_of;
     std::vector<std::map<uint32_t, Target>> _out; // per NF: port -> target
 };
 

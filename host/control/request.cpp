@@ -13,7 +13,7 @@ namespace {
 using nlohmann::json;
 
 constexpr std::string_view kCommands =
-    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill";
+    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill, reload";
 
 struct Command {
     std::string_view name;
@@ -32,6 +32,7 @@ constexpr std::array kCommandTable{
     Command{"log_level", ControlVerb::log_level},
     Command{"scale", ControlVerb::scale},
     Command{"bill", ControlVerb::bill},
+    Command{"reload", ControlVerb::reload},
 };
 
 // Text from the request that goes back in an error: short and printable, so
@@ -205,6 +206,29 @@ ParsedControlRequest parse_bill(const json &request)
     return out;
 }
 
+ParsedControlRequest parse_reload(const json &request)
+{
+    if (auto e = only_fields(request, "reload", {"chains"})) {
+        return *e;
+    }
+    ControlRequest out;
+    out.verb = ControlVerb::reload;
+    if (auto chains = request.find("chains"); chains != request.end()) {
+        const std::string expected =
+            "reload's \"chains\" is a list of at most " + std::to_string(kMaxReloadChains) + " chain names, not ";
+        if (!chains->is_array() || chains->size() > kMaxReloadChains) {
+            return refuse(expected + echoed_json(*chains));
+        }
+        for (const json &chain : *chains) {
+            if (!chain.is_string() || !config::is_safe_name(chain.get<std::string>())) {
+                return refuse(expected + "one holding " + echoed_json(chain));
+            }
+            out.chains.push_back(chain.get<std::string>());
+        }
+    }
+    return out;
+}
+
 } // namespace
 
 ParsedControlRequest parse_control_request(std::string_view line)
@@ -246,6 +270,8 @@ ParsedControlRequest parse_control_request(std::string_view line)
         return parse_log_level(request);
     case ControlVerb::bill:
         return parse_bill(request);
+    case ControlVerb::reload:
+        return parse_reload(request);
     default:
         if (auto e = only_fields(request, command->name, {})) {
             return *e;

@@ -30,6 +30,7 @@ enum class ControlVerb {
     log_level,      // {"set":"debug"}? -> the level (after setting it)
     scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?} -> what it did
     bill,           // {"since":UNIX_S?,"chain":"c"?} -> per chain what it used, from the ledger
+    reload,         // {"chains":["c",..]?} -> re-reads chains and plugins, swaps what changed (and the chains named)
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
@@ -37,6 +38,7 @@ inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
 inline constexpr uint32_t kMaxScaleInstances = 1024;
 inline constexpr unsigned kMaxLcoreId = 1023;
 inline constexpr std::size_t kMaxScaleLcores = 256;
+inline constexpr std::size_t kMaxReloadChains = 256;
 
 struct ControlRequest {
     ControlVerb verb = ControlVerb::ping;
@@ -52,6 +54,9 @@ struct ControlRequest {
     std::vector<unsigned> lcores{}; // where new instances may go
     // bill: from when (Unix seconds; all the ledger holds when absent); scale, bill: the chain
     std::optional<int64_t> since{};
+    // reload: chains to swap for a new instance even when neither their file
+    // nor their plugins changed (a file their NFs read did)
+    std::vector<std::string> chains{};
 };
 
 struct ControlRequestError {
@@ -76,6 +81,7 @@ constexpr bool changes_host(const ControlRequest &request) noexcept
     switch (request.verb) {
     case ControlVerb::clear:
     case ControlVerb::scale:
+    case ControlVerb::reload:
         return true;
     case ControlVerb::wake_threshold:
         return request.set_threshold.has_value();

@@ -141,7 +141,8 @@ InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &
                     " instances (pooled ones included), the most one chain can have");
     }
     InstanceSlot &slot = _dp.slot(chain.spec.name, tag, *index, chain.spec.egress, _options.ring_size);
-    slot.chain = _factory(tag, *index); // its NFs' init took its share
+    slot.egress = chain.spec.egress;                    // a reload may have changed it since the slot was made
+    slot.chain = _factory(chain.spec.compiled, *index); // its NFs' init took its share
     ++result.cold;
     ++chain.cold_starts;
     return slot;
@@ -257,7 +258,7 @@ void InstanceManager::start(const std::string &name, uint32_t count, const std::
     for (uint32_t i = 0; i < std::max<uint32_t>(count, 1); ++i) {
         const uint32_t tag = chain.spec.tag;
         InstanceSlot &slot = _dp.slot(name, tag, i, chain.spec.egress, _options.ring_size);
-        std::unique_ptr<ChainInstance> instance = _factory(tag, i);
+        std::unique_ptr<ChainInstance> instance = _factory(chain.spec.compiled, i);
         ++chain.cold_starts;
         unsigned lcore = lcores.empty() ? pick_lcore(chain, {}) : lcores.size() == 1 ? lcores[0] : lcores[i];
         _dp.attach(slot, lcore, std::move(instance));
@@ -292,10 +293,132 @@ ScaleResult InstanceManager::scale(const std::string &name, ScaleTarget target, 
     return resize_locked(chain, static_cast<uint32_t>(wanted), lcores, why);
 }
 
+std::vector<InstanceManager::Staged> InstanceManager::stage_replacements(ChainRuntime &chain, const ChainUpdate &update)
+{
+    const uint32_t tag = chain.spec.tag;
+    // Pooled instances of the old version hold no share and run nowhere:
+    // finalized now, they leave their numbers to the new version.
+    for (InstanceSlot *slot : slots_of(tag, SlotState::pooled)) {
+        std::unique_ptr<ChainInstance> old = std::move(slot->chain);
+        slot->state = SlotState::empty;
+        add_nf_usage(chain.retired, *old);
+    }
+    std::vector<InstanceSlot *> running = slots_of(tag, SlotState::active);
+    for (InstanceSlot *slot : slots_of(tag, SlotState::parked)) {
+        running.push_back(slot);
+    }
+    std::vector<Staged> staged;
+    std::vector<uint32_t> taken;
+    for (InstanceSlot *old : running) {
+        std::optional<uint32_t> index;
+        for (uint32_t i = 0; i < _options.max_instances && !index; ++i) {
+            const bool used = std::any_of(_dp.slots().begin(), _dp.slots().end(), [&](const auto &slot) {
+                return slot->chain_tag == tag && slot->index == i && slot->state != SlotState::empty;
+            });
+            if (!used && std::find(taken.begin(), taken.end(), i) == taken.end()) {
+                index = i;
+            }
+        }
+        if (!index) {
+            throw Error("chain '" + chain.spec.name + "' runs " + std::to_string(running.size()) +
+                        " instances: a reload starts as many beside them, and a chain has at most " +
+                        std::to_string(_options.max_instances) + "; scale it to " +
+                        std::to_string(_options.max_instances / 2) + " or fewer first");
+        }
+        taken.push_back(*index);
+        InstanceSlot &slot = _dp.slot(chain.spec.name, tag, *index, update.egress, _options.ring_size);
+        slot.egress = update.egress; // empty: no lcore reads it until attached
+        staged.push_back({old, &slot, _factory(update.compiled, *index)});
+    }
+    return staged;
+}
+
+ReplaceResult InstanceManager::swap_in(ChainRuntime &chain, const ChainUpdate &update, std::vector<Staged> &staged)
+{
+    const uint32_t tag = chain.spec.tag;
+    ReplaceResult result;
+    result.chain = chain.spec.name;
+    chain.spec.compiled = update.compiled;
+    chain.spec.egress = update.egress;
+    ++chain.generation;
+    if (staged.empty()) {
+        return result;
+    }
+    // A parked chain: the old instance runs again for the handover (a losing
+    // instance must not be held), and the new one parks after it.
+    bool was_parked = false;
+    for (Staged &s : staged) {
+        if (s.old->state == SlotState::parked) {
+            _dp.unpark(*s.old);
+            was_parked = true;
+        }
+    }
+    std::map<uint32_t, uint32_t> successor;
+    for (Staged &s : staged) {
+        _dp.attach(*s.slot, s.old->lcore, std::move(s.instance));
+        successor[s.old->number] = s.slot->number;
+    }
+    io::BucketOwners owners = _dp.owners(tag);
+    for (uint32_t &owner : owners) {
+        if (auto it = successor.find(owner); it != successor.end()) {
+            owner = it->second;
+        }
+    }
+    const Dataplane::Handover handover = _dp.assign(tag, std::move(owners));
+    record_pause(chain, handover);
+    if (was_parked) {
+        _dp.park(*staged.front().slot);
+    }
+    staged.front().slot->chain->adopt_state_hooks();
+    for (Staged &s : staged) {
+        // Finalized here: its share of global/write state goes back, its
+        // metering stays with the chain.
+        std::unique_ptr<ChainInstance> old = _dp.detach(*s.old);
+        old->leave_state();
+        add_nf_usage(chain.retired, *old);
+    }
+    ++chain.reloads;
+    result.replaced = static_cast<uint32_t>(staged.size());
+    result.moved = handover.moved;
+    result.pause_ns = handover.pause_ns;
+    return result;
+}
+
+std::vector<ReplaceResult> InstanceManager::replace(const std::vector<ChainUpdate> &updates)
+{
+    std::lock_guard lock(_mutex);
+    if (_dp.stopping()) {
+        throw Error("the host is stopping");
+    }
+    std::vector<std::pair<ChainRuntime *, std::vector<Staged>>> prepared;
+    try {
+        for (const ChainUpdate &update : updates) {
+            ChainRuntime &chain = chain_named(update.chain);
+            prepared.emplace_back(&chain, std::vector<Staged>{});
+            prepared.back().second = stage_replacements(chain, update);
+        }
+    } catch (const Error &e) {
+        // Nothing swapped: the staged instances are finalized (fini, their
+        // share given back) and the running ones never noticed.
+        prepared.clear();
+        throw Error(std::string("reload refused, nothing changed: ") + e.what());
+    }
+    std::vector<ReplaceResult> results;
+    for (std::size_t i = 0; i < prepared.size(); ++i) {
+        ReplaceResult r = swap_in(*prepared[i].first, updates[i], prepared[i].second);
+        spdlog::info("chain '{}': reloaded; {} instance(s) replaced, {} bucket(s) moved, data path paused {:.1f} us",
+                     r.chain, r.replaced, r.moved, static_cast<double>(r.pause_ns) / 1e3);
+        results.push_back(std::move(r));
+    }
+    return results;
+}
+
 void InstanceManager::refill_pools()
 {
     for (ChainRuntime &chain : _chains) {
         std::optional<uint32_t> index;
+        std::shared_ptr<const CompiledChain> version;
+        uint64_t generation = 0;
         {
             std::lock_guard lock(_mutex);
             if (_dp.stopping() || slots_of(chain.spec.tag, SlotState::pooled).size() >= _options.pool) {
@@ -305,23 +428,26 @@ void InstanceManager::refill_pools()
             if (!index) {
                 continue;
             }
+            version = chain.spec.compiled;
+            generation = chain.generation;
         }
         // NF init may take long (a signature set to compile): outside the
         // lock, so scale requests are not held up.  Only this thread fills
         // pools, so the index stays free meanwhile unless a scale takes it.
         std::unique_ptr<ChainInstance> instance;
         try {
-            instance = _factory(chain.spec.tag, *index);
+            instance = _factory(version, *index);
             instance->leave_state();
         } catch (const Error &e) {
             spdlog::error("chain '{}': cannot pre-initialize a pool instance: {}", chain.spec.name, e.what());
             continue;
         }
         std::lock_guard lock(_mutex);
-        if (free_index(chain.spec.tag) != index) {
-            continue; // a cold start took the index; this one is finalized
+        if (free_index(chain.spec.tag) != index || chain.generation != generation) {
+            continue; // a cold start took the index, or a reload made this version old; this one is finalized
         }
         InstanceSlot &slot = _dp.slot(chain.spec.name, chain.spec.tag, *index, chain.spec.egress, _options.ring_size);
+        slot.egress = chain.spec.egress;
         slot.chain = std::move(instance);
         slot.state = SlotState::pooled;
     }
@@ -538,6 +664,7 @@ std::vector<ChainSummary> InstanceManager::chain_summaries() const
         s.wakeups = chain.wakeups;
         s.cold_starts = chain.cold_starts;
         s.pool_starts = chain.pool_starts;
+        s.reloads = chain.reloads;
         s.load = chain.load;
         s.pause_ns_p50 = percentile(chain.pauses_ns, 0.5);
         s.pause_ns_p99 = percentile(chain.pauses_ns, 0.99);
@@ -557,16 +684,17 @@ std::vector<ChainSummary> InstanceManager::chain_summaries() const
 
 void InstanceManager::add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance)
 {
-    if (into.empty()) {
-        for (std::size_t i = 0; i < instance.size(); ++i) {
-            into.push_back({instance.context(i).nf_name});
+    // By name: a reload may have added, removed or reordered the chain's NFs.
+    for (std::size_t i = 0; i < instance.size(); ++i) {
+        const std::string &name = instance.context(i).nf_name;
+        auto it = std::find_if(into.begin(), into.end(), [&](const NfUsage &u) { return u.name == name; });
+        if (it == into.end()) {
+            it = into.insert(into.end(), NfUsage{name});
         }
-    }
-    for (std::size_t i = 0; i < instance.size() && i < into.size(); ++i) {
         const NfRunStats &s = instance.stats(i);
-        into[i].packets += s.packets.load(std::memory_order_relaxed);
-        into[i].bytes += s.bytes.load(std::memory_order_relaxed);
-        into[i].dropped += s.dropped.load(std::memory_order_relaxed);
+        it->packets += s.packets.load(std::memory_order_relaxed);
+        it->bytes += s.bytes.load(std::memory_order_relaxed);
+        it->dropped += s.dropped.load(std::memory_order_relaxed);
     }
 }
 
@@ -623,6 +751,7 @@ std::string InstanceManager::chains_json() const
             {"wakeups", s.wakeups},
             {"cold_starts", s.cold_starts},
             {"pool_starts", s.pool_starts},
+            {"reloads", s.reloads},
             {"load", s.load},
             {"pause_us_p50", static_cast<double>(s.pause_ns_p50) / 1e3},
             {"pause_us_p99", static_cast<double>(s.pause_ns_p99) / 1e3},

@@ -46,7 +46,23 @@ struct ManagedChain {
     std::string name;
     uint32_t tag = 0;
     uint16_t egress = 0;
-    std::vector<unsigned> lcores; // where new instances may go; empty: every worker lcore
+    std::vector<unsigned> lcores;                  // where new instances may go; empty: every worker lcore
+    std::shared_ptr<const CompiledChain> compiled; // the version new instances run
+};
+
+// A new version of a managed chain, for a reload.
+struct ChainUpdate {
+    std::string chain;
+    std::shared_ptr<const CompiledChain> compiled;
+    uint16_t egress = 0;
+};
+
+// What a reload did to one chain.
+struct ReplaceResult {
+    std::string chain;
+    uint32_t replaced = 0; // instances on lcores swapped for the new version (a parked one included)
+    uint32_t moved = 0;    // buckets that changed owner
+    uint64_t pause_ns = 0; // the new instances were held this long
 };
 
 struct ManagerOptions {
@@ -90,6 +106,7 @@ struct ChainSummary {
     uint64_t wakeups = 0;
     uint64_t cold_starts = 0;
     uint64_t pool_starts = 0;
+    uint64_t reloads = 0;
     double load = 0;
     uint64_t pause_ns_p50 = 0;
     uint64_t pause_ns_p99 = 0;
@@ -138,7 +155,10 @@ struct HostUsage {
 
 class InstanceManager {
 public:
-    using Factory = std::function<std::unique_ptr<ChainInstance>(uint32_t tag, uint32_t index)>;
+    // Creates instance `index` of a chain's version `chain` (NF init, which
+    // takes its share of global/write state).  Throws Error.
+    using Factory = std::function<std::unique_ptr<ChainInstance>(const std::shared_ptr<const CompiledChain> &chain,
+                                                                 uint32_t index)>;
 
     InstanceManager(Dataplane &dataplane, std::vector<ManagedChain> chains, Factory factory, ManagerOptions options);
     ~InstanceManager(); // stops its thread; instances stay in the dataplane's slots
@@ -162,6 +182,20 @@ public:
     // stopping).
     ScaleResult scale(const std::string &chain, ScaleTarget target, const std::vector<unsigned> &lcores,
                       const std::string &why);
+
+    // Reload: swaps every instance of each updated chain for one of its new
+    // version, all chains or none.  First the new instances are created
+    // (NF init: a state table the new build declares otherwise than the
+    // running one refuses it, as does anything else init refuses); when any
+    // fails, those created are finalized and Error says why, the running
+    // instances untouched.  Then, per chain, each new instance takes the
+    // buckets of the old one on the same lcore by a handover, so the old
+    // version finishes the packets it has and the new one starts at a batch
+    // boundary, no packet lost or reordered; the old ones are finalized (their
+    // share of global/write state merged back, their metering kept with the
+    // chain).  Pooled instances of the old version are finalized; the pool
+    // refills with the new one.
+    std::vector<ReplaceResult> replace(const std::vector<ChainUpdate> &updates);
 
     // Per chain: instances by state, events, pauses and wake-ups, as JSON
     // text (an object keyed by chain name).
@@ -194,6 +228,8 @@ private:
         uint64_t wakeups = 0;
         uint64_t cold_starts = 0;
         uint64_t pool_starts = 0;
+        uint64_t reloads = 0;
+        uint64_t generation = 0;         // of spec.compiled: a pool instance of an older one is not kept
         std::vector<uint64_t> pauses_ns; // of the last events, for p50/p99
         // autoscaler
         std::map<unsigned, uint64_t> busy_seen; // lcore -> its busy_ns at the last sample
@@ -224,6 +260,14 @@ private:
     void notice_wakeups();
     void autoscale(uint64_t now_ns);
     static void add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance);
+    // An instance of a new version, staged on `slot` until the swap.
+    struct Staged {
+        InstanceSlot *old = nullptr;
+        InstanceSlot *slot = nullptr;
+        std::unique_ptr<ChainInstance> instance;
+    };
+    std::vector<Staged> stage_replacements(ChainRuntime &chain, const ChainUpdate &update);
+    ReplaceResult swap_in(ChainRuntime &chain, const ChainUpdate &update, std::vector<Staged> &staged);
 
     static void *thread_main(void *self);
 

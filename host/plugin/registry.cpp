@@ -13,9 +13,11 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <filesystem>
+#include <functional>
 #include <gelf.h>
 #include <libelf.h>
 #include <optional>
+#include <string_view>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -87,8 +89,8 @@ void unload(void *handle, int image_fd)
 
 } // namespace
 
-Plugin::Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd)
-    : _path(std::move(path)), _handle(handle), _desc(desc), _image_fd(image_fd)
+Plugin::Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd, uint64_t digest)
+    : _path(std::move(path)), _handle(handle), _desc(desc), _image_fd(image_fd), _digest(digest)
 {}
 
 Plugin::~Plugin() { unload(_handle, _image_fd); }
@@ -467,7 +469,7 @@ void PluginRegistry::refuse(const std::string &path, RefusalReason reason, const
     _refusals.push_back({path, reason, std::move(message)});
 }
 
-std::unique_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
+std::shared_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
 {
     std::filesystem::path file(path);
     std::string directory = file.has_parent_path() ? file.parent_path().string() : ".";
@@ -536,6 +538,7 @@ std::unique_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
         return nullptr;
     }
     // Checked on the sealed copy, which is exactly what dlopen will map.
+    uint64_t digest = 0;
     {
         Mapping mapping(image.get(), size);
         if (!mapping.ok()) {
@@ -546,6 +549,12 @@ std::unique_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
             refuse(path, problem->reason, problem->why);
             return nullptr;
         }
+        // Not a security check (the file's owner is trusted): it only tells a
+        // reload which files changed.
+        digest = std::hash<std::string_view>{}(std::string_view(static_cast<const char *>(mapping.data()), size));
+    }
+    if (std::shared_ptr<Plugin> same = unchanged(path, digest)) {
+        return same;
     }
     void *handle = dlopen(image_path(image.get()).c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
@@ -575,12 +584,30 @@ std::unique_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
         refuse(path, reason, why);
         return nullptr;
     }
-    return std::make_unique<Plugin>(path, handle, desc, image.release());
+    return std::make_shared<Plugin>(path, handle, desc, image.release(), digest);
 }
 
-bool PluginRegistry::admit(std::unique_ptr<Plugin> plugin)
+std::shared_ptr<Plugin> PluginRegistry::unchanged(const std::string &path, uint64_t digest) const
+{
+    if (_previous == nullptr) {
+        return nullptr;
+    }
+    for (const auto &[name, plugin] : _previous->_plugins) {
+        if (plugin->path() == path && plugin->digest() == digest && digest != 0) {
+            return plugin;
+        }
+    }
+    return nullptr;
+}
+
+bool PluginRegistry::admit(std::shared_ptr<Plugin> plugin)
 {
     const serpens_nf_descriptor &desc = plugin->descriptor();
+    if (_previous != nullptr && _previous->find(plugin->name()) == plugin.get()) {
+        spdlog::debug("plugin {} unchanged: NF '{}'", plugin->path(), desc.name);
+        _plugins.emplace(plugin->name(), std::move(plugin));
+        return true;
+    }
     spdlog::info("plugin {} loaded: NF '{}' version {} (ABI {}.{})", plugin->path(), desc.name,
                  desc.version != nullptr ? desc.version : "?", desc.abi_major, desc.abi_minor);
     std::string name = plugin->name();
@@ -597,7 +624,7 @@ std::string PluginRegistry::already_loaded(const std::string &name) const
 
 bool PluginRegistry::load_file(const std::string &path)
 {
-    std::unique_ptr<Plugin> plugin = open_plugin(path);
+    std::shared_ptr<Plugin> plugin = open_plugin(path);
     if (plugin == nullptr) {
         return false;
     }
@@ -620,7 +647,7 @@ bool PluginRegistry::add_builtin(const serpens_nf_descriptor &desc, const std::s
         refuse(origin, RefusalReason::duplicate_name, why);
         return false;
     }
-    _plugins.emplace(desc.name, std::make_unique<Plugin>(origin, nullptr, &desc, -1));
+    _plugins.emplace(desc.name, std::make_shared<Plugin>(origin, nullptr, &desc, -1));
     return true;
 }
 
@@ -650,11 +677,11 @@ void PluginRegistry::load_directory(const std::string &directory)
     // Files in a subfolder are checked against their own folder by
     // open_plugin; this directory could still rename those folders.
     std::string unsafe = directory_problem(directory);
-    std::map<std::string, std::vector<std::unique_ptr<Plugin>>> by_name;
+    std::map<std::string, std::vector<std::shared_ptr<Plugin>>> by_name;
     for (const auto &path : paths) {
         if (!unsafe.empty()) {
             refuse(path, RefusalReason::insecure_directory, unsafe);
-        } else if (std::unique_ptr<Plugin> plugin = open_plugin(path)) {
+        } else if (std::shared_ptr<Plugin> plugin = open_plugin(path)) {
             std::string name = plugin->name();
             by_name[name].push_back(std::move(plugin));
         }
@@ -691,6 +718,12 @@ const Plugin *PluginRegistry::find(const std::string &name) const
 {
     auto it = _plugins.find(name);
     return it == _plugins.end() ? nullptr : it->second.get();
+}
+
+std::shared_ptr<const Plugin> PluginRegistry::share(const std::string &name) const
+{
+    auto it = _plugins.find(name);
+    return it == _plugins.end() ? nullptr : it->second;
 }
 
 std::vector<std::string> PluginRegistry::names() const

@@ -17,6 +17,7 @@
 #include <serpens/nf.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -58,8 +59,9 @@ class Plugin {
 public:
     // Owns `handle` and `image_fd`, the sealed private copy `handle` was
     // loaded from; the fd stays open while the object is mapped, so its
-    // /proc/self/fd name can never be handed to another plugin.
-    Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd);
+    // /proc/self/fd name can never be handed to another plugin.  `digest`
+    // identifies the image's bytes (0 for a built-in).
+    Plugin(std::string path, void *handle, const serpens_nf_descriptor *desc, int image_fd, uint64_t digest = 0);
     ~Plugin();
     Plugin(const Plugin &) = delete;
     Plugin &operator=(const Plugin &) = delete;
@@ -67,6 +69,8 @@ public:
     const std::string &path() const noexcept { return _path; }
     const serpens_nf_descriptor &descriptor() const noexcept { return *_desc; }
     std::string name() const { return _desc->name; }
+    // A hash of the loaded image's bytes: tells a rebuilt file from the same one.
+    uint64_t digest() const noexcept { return _digest; }
     // The address of an exported symbol of this plugin, or nullptr.  The
     // object is loaded from a private copy, so dlopen(path()) would not find it.
     void *symbol(const char *name) const noexcept;
@@ -76,10 +80,17 @@ private:
     void *_handle;
     const serpens_nf_descriptor *_desc;
     int _image_fd;
+    uint64_t _digest;
 };
 
 class PluginRegistry {
 public:
+    PluginRegistry() = default;
+    // A registry for a reload: a file whose bytes are those `previous` loaded
+    // from the same path is not loaded again; both registries share that
+    // Plugin (`previous` must outlive the loads).
+    explicit PluginRegistry(const PluginRegistry *previous) : _previous(previous) {}
+
     // Loads every *.so in `directory` and in its immediate subdirectories.
     // When two files declare one NF name, both are refused, each refusal
     // naming every claimant: no file wins by sorting first.  Refuses every
@@ -96,6 +107,9 @@ public:
     bool add_builtin(const serpens_nf_descriptor &desc, const std::string &origin);
 
     const Plugin *find(const std::string &name) const;
+    // The same, sharing ownership: keeps the plugin loaded for as long as the
+    // caller holds it.
+    std::shared_ptr<const Plugin> share(const std::string &name) const;
     const std::vector<PluginRefusal> &refusals() const noexcept { return _refusals; }
     std::vector<std::string> names() const;
     std::size_t size() const noexcept { return _plugins.size(); }
@@ -105,11 +119,14 @@ private:
     // Why `name` cannot be loaded again ("NF 'x' is already loaded from ..."), or "".
     std::string already_loaded(const std::string &name) const;
     // Checks, copies and dlopens one file; nullptr (refusal recorded) when refused.
-    std::unique_ptr<Plugin> open_plugin(const std::string &path);
-    bool admit(std::unique_ptr<Plugin> plugin);
+    std::shared_ptr<Plugin> open_plugin(const std::string &path);
+    bool admit(std::shared_ptr<Plugin> plugin);
+    // The plugin `_previous` loaded from `path` when its digest is `digest`.
+    std::shared_ptr<Plugin> unchanged(const std::string &path, uint64_t digest) const;
 
-    std::map<std::string, std::unique_ptr<Plugin>> _plugins;
+    std::map<std::string, std::shared_ptr<Plugin>> _plugins;
     std::vector<PluginRefusal> _refusals;
+    const PluginRegistry *_previous = nullptr;
 };
 
 // Checks a descriptor against this host's ABI; returns an empty string when

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 
@@ -63,6 +64,41 @@ def write_pcap(path, frames):
         for i, fr in enumerate(frames):
             f.write(struct.pack("<IIII", 1700000000 + i // 1000, (i % 1000) * 1000, len(fr), len(fr)))
             f.write(fr)
+
+
+def pcap_stream(frames):
+    """A pcap file's header, then one record per frame: what a FIFO feeds net_pcap."""
+    yield struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for i, fr in enumerate(frames):
+        yield struct.pack("<IIII", 1700000000 + i // 1000000, i % 1000000, len(fr), len(fr)) + fr
+
+
+class Feeder(threading.Thread):
+    """Writes a trace into a FIFO that net_pcap reads (rx_pcap=<fifo>), counting
+    the frames written: the host reads it as it goes, so a test can act while
+    packets are in flight.  `per_ms`: at most that many frames per millisecond
+    (None: as fast as the host reads).  `hold`: (frames, threading.Event): the
+    writer waits for the event once it has written that many."""
+
+    def __init__(self, path, frames, per_ms=None, hold=None):
+        super().__init__(daemon=True)
+        self.path, self.frames, self.written, self.error = path, frames, 0, None
+        self.per_ms, self.hold = per_ms, hold
+
+    def run(self):
+        try:
+            with open(self.path, "wb", buffering=1 << 16) as fifo:
+                for i, chunk in enumerate(pcap_stream(self.frames)):
+                    if self.hold is not None and i == self.hold[0] + 1:
+                        fifo.flush()
+                        self.hold[1].wait()
+                    if self.per_ms is not None and i % self.per_ms == 0:
+                        fifo.flush()
+                        time.sleep(0.001)
+                    fifo.write(chunk)
+                    self.written += 1
+        except OSError as e:
+            self.error = e
 
 
 def csum(data):

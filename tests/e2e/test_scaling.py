@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 
-from harness import CTL, HOST, Host, STATE_TOOL, check, csum, fail, read_pcap, total_drops
+from harness import CTL, HOST, Feeder, Host, STATE_TOOL, check, csum, fail, read_pcap, total_drops
 
 FLOWS = 3000
 ROUNDS = 40
@@ -81,29 +81,6 @@ def frame(f, seq):
                      dst.packed)
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
-
-
-def pcap_stream(frames):
-    yield struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    for i, fr in enumerate(frames):
-        yield struct.pack("<IIII", 1700000000 + i // 1000000, i % 1000000, len(fr), len(fr)) + fr
-
-
-class Feeder(threading.Thread):
-    """Writes one queue's trace into its FIFO, counting what it wrote."""
-
-    def __init__(self, path, frames):
-        super().__init__(daemon=True)
-        self.path, self.frames, self.written, self.error = path, frames, 0, None
-
-    def run(self):
-        try:
-            with open(self.path, "wb", buffering=1 << 16) as fifo:
-                for chunk in pcap_stream(self.frames):
-                    fifo.write(chunk)
-                    self.written += 1
-        except OSError as e:
-            self.error = e
 
 
 def scale(host, n):

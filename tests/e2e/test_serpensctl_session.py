@@ -223,6 +223,15 @@ try:
           f"version is the project's {project_version()}: {version}")
     check(version["protocol"] == 1 and re.fullmatch(r"\d+\.\d+", version["plugin_abi"]), f"version: {version}")
 
+    # reload with nothing edited: every chain kept, nothing swapped.
+    reloaded = ctl_json("reload")
+    check(CHAIN in reloaded["unchanged"] and reloaded["reloaded"] == [] and reloaded["swaps"] == [],
+          f"reload with nothing changed: {reloaded}")
+    forced = ctl_json("reload", "--chain", CHAIN)
+    check(forced["reloaded"] == [CHAIN] and forced["swaps"][0]["chain"] == CHAIN, f"reload --chain: {forced}")
+    runtime = next(c["runtime"] for c in ctl_json("chains") if c["name"] == CHAIN)
+    check(runtime["reloads"] == 1, f"chains counts the forced reload: {runtime}")
+
     # -c host.toml finds the socket through the config (no -s).
     by_config = ctl("status", "--json", config=True)
     check(by_config.returncode == 0 and json.loads(by_config.stdout)["id"] == host.prefix,
@@ -231,7 +240,7 @@ try:
     # Every command once for people: exit 0 and some text.
     for args in (["ping"], ["status"], ["chains"], ["plugins"], ["instances"], ["stats"],
                  ["stats", "--watch", "0.2", "--count", "1"], ["clear"], ["scale", CHAIN, "+1"],
-                 ["scale", CHAIN, "-1"], ["wake-threshold"], ["wake-threshold", "128"], ["version"]):
+                 ["scale", CHAIN, "-1"], ["wake-threshold"], ["wake-threshold", "128"], ["version"], ["reload"]):
         human(*args)
     check(CHAIN in human("chains") and "trace" in human("plugins"), "the tables name the chain and plugins")
 

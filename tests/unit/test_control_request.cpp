@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 using namespace serpens;
 
@@ -178,6 +179,26 @@ TEST_CASE("bill: optionally from a Unix time, optionally one chain")
                             R"("chain":"../x")", R"("chain":5)", R"("until":5)"}) {
         CAPTURE(bad);
         CHECK(refused(with_version("\"cmd\":\"bill\"," + std::string(bad))).code == ControlErrorCode::bad_request);
+    }
+}
+
+TEST_CASE("reload: optionally the chains to swap though unchanged")
+{
+    ControlRequest plain = accepted(R"({"v":1,"cmd":"reload"})");
+    CHECK(plain.verb == ControlVerb::reload);
+    CHECK(plain.chains.empty());
+    CHECK(changes_host(plain));
+    ControlRequest forced = accepted(R"({"v":1,"cmd":"reload","chains":["fw-nat","c"]})");
+    CHECK(forced.chains == std::vector<std::string>{"fw-nat", "c"});
+    std::string many = R"("chains":[)";
+    for (std::size_t i = 0; i <= kMaxReloadChains; ++i) {
+        many += (i == 0 ? "\"c" : ",\"c") + std::to_string(i) + "\"";
+    }
+    many += "]";
+    for (const std::string &bad : {std::string(R"("chains":"c")"), std::string(R"("chains":["../x"])"),
+                                   std::string(R"("chains":[5])"), std::string(R"("chain":"c")"), many}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"reload\"," + bad)).code == ControlErrorCode::bad_request);
     }
 }
 

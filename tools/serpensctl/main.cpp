@@ -145,6 +145,15 @@ int main(int argc, char **argv)
                      "from when: 30s, 10m, 2h or 7d ago; Unix seconds; or UTC 2026-12-03T18:00:00Z or 2026-12-03 "
                      "(default: all the ledger holds)");
     bill->add_option("--chain", bill_chain, "only this chain");
+    auto *reload = app.add_subcommand(
+        "reload", "read the chain and plugin directories again, while traffic flows (as SIGHUP does).  A chain\n"
+                  "whose file or plugins changed gets new instances that take over at a batch boundary, its\n"
+                  "state kept; an invalid edit, or a new build whose state tables differ, is refused and the\n"
+                  "running chains stay as they are (exit 1).  host.toml is not read again.");
+    std::vector<std::string> reload_chains;
+    reload->add_option("--chain", reload_chains,
+                       "also swap this chain though neither its file nor its plugins changed (to take a file its "
+                       "NFs read, e.g. fw's rules); repeatable");
     auto *version = app.add_subcommand("version", "serpensctl's version and the host's");
     auto *ping = app.add_subcommand("ping", "check that the host answers");
 
@@ -247,6 +256,16 @@ int main(int argc, char **argv)
             }
             ordered_json r = call(request);
             target.json ? print_json(r) : print(serpensctl::render_bill(r));
+        } else if (reload->parsed()) {
+            ordered_json request = {{"cmd", "reload"}};
+            if (!reload_chains.empty()) {
+                request["chains"] = reload_chains;
+            }
+            // NF init may take seconds (ids compiles its signatures): wait
+            // longer than for a read, unless told otherwise.
+            const int timeout_ms = app.get_option("--timeout")->count() == 0 ? 120000 : target.timeout_ms;
+            ordered_json r = serpens::control_call(socket, std::move(request), timeout_ms);
+            target.json ? print_json(r) : print(serpensctl::render_reload(r));
         } else if (version->parsed()) {
             ordered_json r = call({{"cmd", "version"}});
             r["serpensctl"] = SERPENS_VERSION;

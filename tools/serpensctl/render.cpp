@@ -303,4 +303,31 @@ std::string render_scale(const ordered_json &r)
                        text_of(r, "launch_us"));
 }
 
+std::string render_reload(const ordered_json &r)
+{
+    auto names = [&](const char *key) {
+        std::string out;
+        for (const ordered_json &name : field(r, key)) {
+            out += (out.empty() ? "" : ", ") + name.get<std::string>();
+        }
+        return out.empty() ? std::string("-") : out;
+    };
+    std::string out = fmt::format("reloaded in {} ms\n  swapped:   {}\n  unchanged: {}\n", text_of(r, "took_ms"),
+                                  names("reloaded"), names("unchanged"));
+    for (const char *key : {"updated", "added", "removed", "plugins_changed"}) {
+        if (!field(r, key).empty()) {
+            out += fmt::format("  {:<10} {}\n", std::string(key) + ":", names(key));
+        }
+    }
+    for (const ordered_json &swap : field(r, "swaps")) {
+        out += fmt::format("  chain {}: {} instance(s) replaced, {} bucket(s) moved, data path paused {} us\n",
+                           text_of(swap, "chain"), text_of(swap, "instances"), text_of(swap, "moved_buckets"),
+                           text_of(swap, "pause_us"));
+    }
+    for (const ordered_json &refusal : field(r, "plugin_refusals")) {
+        out += "  plugin refused: " + refusal.get<std::string>() + "\n";
+    }
+    return out;
+}
+
 } // namespace serpensctl

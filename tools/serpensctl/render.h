@@ -18,6 +18,8 @@ std::string render_plugins(const ordered_json &plugins);
 std::string render_instances(const ordered_json &instances);
 std::string render_stats(const ordered_json &stats);
 std::string render_scale(const ordered_json &result);
+// "reload": what was swapped, kept, added; what each swap cost.
+std::string render_reload(const ordered_json &result);
 std::string render_bill(const ordered_json &bill);
 
 // --since: "30s", "10m", "2h", "7d" ago; Unix seconds; or a UTC time
