@@ -132,7 +132,7 @@ int cmd_list(const fs::path &root, bool json)
         if (state::is_global_write(t->kind())) {
             row["active_mask"] = h.active_mask;
             char mask[24];
-            std::snprintf(mask, sizeof mask, "%#llx", static_cast<unsigned long long>(h.active_mask));
+            std::snprintf(mask, sizeof mask, "0x%llx", static_cast<unsigned long long>(h.active_mask));
             instances = mask;
         }
         row["layout"] = decoded;
@@ -172,22 +172,33 @@ void add_cells(std::vector<std::string> &row, const std::vector<state::Field> *f
         return;
     }
     for (const state::Field &f : *fields) {
+        // A long blob (a pool's bitmap) would push every other column off
+        // the screen: its head and size here, the whole of it with --json.
+        constexpr uint32_t shown = 16;
+        if (f.type == state::FieldType::bytes && f.size > shown) {
+            row.push_back(state::hex(bytes + f.offset, shown) + "... (" + std::to_string(f.size) + " B)");
+            continue;
+        }
         const ordered_json v = state::field_value(f, bytes);
         row.push_back(v.is_string() ? v.get<std::string>() : v.dump());
     }
 }
 
-// Column names and alignment of a key or value: its fields, or one hex column.
+// Column names and alignment of a key or value: its fields, or one hex
+// column.  A value field named as a key field is "value.<name>", so that no
+// two columns read alike.
 void add_columns(std::vector<std::string> &names, std::vector<bool> &numeric, const std::vector<state::Field> *fields,
                  const char *hex_name)
 {
+    const std::size_t key_columns = names.size();
     if (fields == nullptr || fields->empty()) {
         names.emplace_back(hex_name);
         numeric.push_back(false);
         return;
     }
     for (const state::Field &f : *fields) {
-        names.push_back(f.name);
+        const bool taken = std::find(names.begin(), names.begin() + key_columns, f.name) != names.begin() + key_columns;
+        names.push_back(taken ? std::string(hex_name) + "." + f.name : f.name);
         const bool number = f.type == state::FieldType::u8 || f.type == state::FieldType::u16 ||
                             f.type == state::FieldType::u32 || f.type == state::FieldType::u64 ||
                             f.type == state::FieldType::be16 || f.type == state::FieldType::be32 ||
