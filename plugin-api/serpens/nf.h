@@ -7,7 +7,8 @@
  * than that entry function) when the descriptor's ABI major differs from the
  * host's, when struct_size is smaller than SERPENS_NF_DESCRIPTOR_V1_SIZE, when
  * unknown flag bits or reserved fields are set, when a required callback is
- * missing, or (ABI 1.4 and later) when min_host_minor exceeds the host's minor.
+ * missing, (ABI 1.4 and later) when min_host_minor exceeds the host's minor,
+ * or (ABI 1.7 and later) when a table layout is malformed.
  *
  * This header is pure C99: no DPDK, no C++ types, no exceptions cross it.
  * Everything a plugin may call in the host arrives in `struct serpens_host_api`
