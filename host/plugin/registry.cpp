@@ -1,6 +1,7 @@
 #include "plugin/registry.h"
 
 #include "core/error.h"
+#include "state/record_layout.h"
 
 #include <spdlog/spdlog.h>
 
@@ -449,6 +450,12 @@ std::string validate_descriptor(const serpens_nf_descriptor &desc, RefusalReason
     }
     if (has_descriptor_1_6(desc)) {
         reserved_clear = reserved_clear && desc.reserved4 == 0;
+    }
+    if (state::has_table_layouts(desc)) {
+        reserved_clear = reserved_clear && desc.reserved5 == 0;
+        if (auto why = state::check_declared_layouts(desc); !why.empty()) {
+            return why;
+        }
     }
     if (!reserved_clear) {
         return "reserved fields must be zero";

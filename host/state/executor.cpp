@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "state/default_hooks.h"
+#include "state/record_layout.h"
 
 #include <spdlog/spdlog.h>
 
@@ -11,6 +12,7 @@
 #include <bit>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <system_error>
 
 namespace serpens::state {
@@ -85,16 +87,34 @@ Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
         }
         return it->second.get();
     }
+    // Checked before the segment exists, so a layout that does not fit
+    // leaves nothing behind.
+    std::optional<RecordLayout> layout;
+    if (_desc != nullptr) {
+        layout = declared_layout(*_desc, spec.name, spec.key_size, spec.value_size, err);
+        if (!err.empty()) {
+            err = where + ": " + err;
+            return nullptr;
+        }
+    }
     std::error_code ec;
     std::filesystem::create_directories(_dir, ec);
     if (ec) {
         err = where + ": cannot create " + _dir.string() + ": " + ec.message();
         return nullptr;
     }
-    auto t = Table::open(_dir / (StateStore::escape(spec.name) + ".tbl"), spec, err);
+    const std::filesystem::path file = _dir / (StateStore::escape(spec.name) + ".tbl");
+    auto t = Table::open(file, spec, err);
     if (!t) {
         err = where + ": " + err;
         return nullptr;
+    }
+    // For the tools, which load no plugin.  Without it they show hex, so a
+    // failure to write it costs readability, not the table.
+    if (!layout) {
+        remove_layout(file);
+    } else if (std::string why; !write_layout(file, *layout, spec.key_size, spec.value_size, why)) {
+        spdlog::warn("state: {}: {}; tools will show this table in hex", where, why);
     }
     // Instances of a previous run are gone.  EVENTUAL: fold what they had not
     // merged yet; RELEASE: their cells keep their items until the next

@@ -7,7 +7,8 @@
  * than that entry function) when the descriptor's ABI major differs from the
  * host's, when struct_size is smaller than SERPENS_NF_DESCRIPTOR_V1_SIZE, when
  * unknown flag bits or reserved fields are set, when a required callback is
- * missing, or (ABI 1.4 and later) when min_host_minor exceeds the host's minor.
+ * missing, (ABI 1.4 and later) when min_host_minor exceeds the host's minor,
+ * or (ABI 1.7 and later) when a table layout is malformed.
  *
  * This header is pure C99: no DPDK, no C++ types, no exceptions cross it.
  * Everything a plugin may call in the host arrives in `struct serpens_host_api`
@@ -45,7 +46,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 6
+#define SERPENS_ABI_MINOR 7
 
 /* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
 #define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
@@ -302,6 +303,55 @@ struct serpens_state_hook_args {
     void *const *parts; /* split/update/merge: n values of value_size */
     void *out;          /* merge: where the folded value goes */
 };
+
+/*
+ * What a table's bytes mean (ABI 1.7).  An NF may describe the keys and
+ * values of its tables (descriptor table_layouts) so that tools show them
+ * decoded (`serpensctl state dump`, `serpens-state dump`) rather than as hex.
+ * The host never reads it on the hot path: the loader refuses a plugin whose
+ * description is malformed (unknown type, bad or repeated name, overlapping
+ * fields, non-zero reserved field), and create_table refuses a table whose
+ * fields do not fit its key_size or value_size; an accepted description is
+ * written beside the table's segment.  A table the NF does not describe stays
+ * hex, and so do bytes no field covers.  Multi-byte integers are in the
+ * host's byte order (little endian on the targets) or, for the BE types,
+ * network order, as the NF stores them.
+ */
+#define SERPENS_FIELD_U8 1u
+#define SERPENS_FIELD_U16 2u    /* host byte order */
+#define SERPENS_FIELD_U32 3u    /* host byte order */
+#define SERPENS_FIELD_U64 4u    /* host byte order */
+#define SERPENS_FIELD_BE16 5u   /* network byte order */
+#define SERPENS_FIELD_BE32 6u   /* network byte order */
+#define SERPENS_FIELD_BE64 7u   /* network byte order */
+#define SERPENS_FIELD_IPV4 8u   /* 4 bytes, network order */
+#define SERPENS_FIELD_IPV6 9u   /* 16 bytes; IPv4-mapped shows as ::ffff:a.b.c.d */
+#define SERPENS_FIELD_MAC 10u   /* 6 bytes */
+#define SERPENS_FIELD_BYTES 11u /* `size` bytes, shown as hex */
+
+/* At most this many fields in one key or one value. */
+#define SERPENS_MAX_TABLE_FIELDS 64u
+
+/* One named field of a key or a value.  Frozen: 16 bytes. */
+struct serpens_field {
+    const char *name; /* [a-z0-9_]+, 1-31 characters, unique in its key or value */
+    uint32_t offset;  /* bytes from the start of the key or the value */
+    uint16_t type;    /* SERPENS_FIELD_* */
+    uint16_t size;    /* BYTES: its length (>= 1); any other type: 0 or that type's size */
+};
+
+/* The fields of one table's keys and values.  Frozen: 32 bytes. */
+struct serpens_table_layout {
+    const char *table;                 /* the name the NF gives create_table */
+    const struct serpens_field *key;   /* n_key fields (NULL when 0) */
+    const struct serpens_field *value; /* n_value fields (NULL when 0) */
+    uint16_t n_key;                    /* <= SERPENS_MAX_TABLE_FIELDS */
+    uint16_t n_value;                  /* <= SERPENS_MAX_TABLE_FIELDS */
+    uint32_t reserved;                 /* must be 0 */
+};
+
+/* The host minor that introduced table layouts. */
+#define SERPENS_ABI_MINOR_TABLE_LAYOUT 7u
 
 /* ------------------------------------------------------------------------ */
 /* Configuration and host services                                           */
@@ -586,6 +636,15 @@ struct serpens_nf_descriptor {
     int (*flow_visit)(struct serpens_nf_ctx *ctx, void *state, const struct serpens_flow_info *flow);
     uint32_t flow_visit_ms; /* visit every entry at least this often (0: expiring ones only) */
     uint32_t reserved4;     /* must be 0 */
+
+    /* --- ABI 1.7 and later: the host reads them when struct_size covers them --- */
+
+    /* Optional: n_table_layouts descriptions of this NF's tables (see "What a
+     * table's bytes mean"), at most one per table name; NULL when 0.  An
+     * older host ignores them, so the NF needs no min_host_minor for them. */
+    const struct serpens_table_layout *table_layouts;
+    uint32_t n_table_layouts;
+    uint32_t reserved5; /* must be 0 */
 };
 
 /* Fills the version fields; use as the first line of a descriptor initializer. */

@@ -686,6 +686,9 @@ const serpens_nf_descriptor fw_descriptor = {
     .flow_visit = nullptr,
     .flow_visit_ms = 0,
     .reserved4 = 0,
+    .table_layouts = nullptr,
+    .n_table_layouts = 0,
+    .reserved5 = 0,
 };
 
 } // namespace

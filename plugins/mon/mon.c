@@ -74,11 +74,12 @@
  *       endpoint a / b, not yet in the hosts' counts).  An entry mon never
  *       saw a packet of (another NF's flow, or one another branch took) is
  *       all zero.
- *   serpens-state dump <chain> <nf> <table>   mon's own tables:
- *   hosts  key   16 B: the address (IPv4 mapped as ::ffff:a.b.c.d)
+ *   serpensctl state dump <chain> <nf> <table> (or serpens-state dump)
+ *   mon's own tables, decoded field by field (mon declares their layout):
+ *   hosts  key   16 B: addr (IPv4 mapped as ::ffff:a.b.c.d)
  *          value 32 B: tx_packets tx_bytes rx_packets rx_bytes (u64)
- *   host_overflow  key 4 B: 0 (u32); value 32 B as in hosts: the sums of the
- *                      hosts that did not fit
+ *   host_overflow  key 4 B: row, 0 (u32); value 32 B as in hosts: the sums
+ *                      of the hosts that did not fit
  *   The dump of an EVENTUAL table shows the base (last merge) and each
  *   instance's replica; the global value is base + sum over instances of
  *   (replica - base), word by word (an all-zero replica: an instance that
@@ -613,6 +614,20 @@ static void mon_fini(struct serpens_nf_ctx *ctx)
 
 /* ---- registration ---------------------------------------------------- */
 
+/* What the tools show of mon's tables (nf.h, "What a table's bytes mean"). */
+static const struct serpens_field mon_host_key_fields[] = {{"addr", 0, SERPENS_FIELD_IPV6, 16}};
+static const struct serpens_field mon_overflow_key_fields[] = {{"row", 0, SERPENS_FIELD_U32, 4}};
+static const struct serpens_field mon_host_value_fields[MON_HOST_WORDS] = {
+    {"tx_packets", 0, SERPENS_FIELD_U64, 8},
+    {"tx_bytes", 8, SERPENS_FIELD_U64, 8},
+    {"rx_packets", 16, SERPENS_FIELD_U64, 8},
+    {"rx_bytes", 24, SERPENS_FIELD_U64, 8},
+};
+static const struct serpens_table_layout mon_layouts[] = {
+    {"hosts", mon_host_key_fields, mon_host_value_fields, 1, MON_HOST_WORDS, 0},
+    {"host_overflow", mon_overflow_key_fields, mon_host_value_fields, 1, MON_HOST_WORDS, 0},
+};
+
 /* 1.6 host (flow table, flow_visit); no flow_expired hook: an expiring
  * flow's visit folds what it holds (LIMITATIONS); init sets the visit period
  * to max(fold_ms, 100 ms). */
@@ -630,6 +645,8 @@ static const struct serpens_nf_descriptor mon_descriptor = {
     .flow_expired = NULL,
     .flow_visit = mon_flow_visit,
     .flow_visit_ms = 1000,
+    .table_layouts = mon_layouts,
+    .n_table_layouts = sizeof mon_layouts / sizeof mon_layouts[0],
 };
 
 SERPENS_NF_REGISTER(mon_descriptor)

@@ -69,6 +69,8 @@
  *   restarted host with a changed pool from reading an old pool's bitmaps.
  *   Changing the pool while old mappings are live is not supported: give the
  *   NF a new name in the chain, or clear the host's state directory.
+ *   `serpensctl state dump <chain> <nf> out|in|pool` shows these tables
+ *   field by field (nat declares their layout; names as in nat_internal.h).
  *
  * COUNTERS
  *   See NAT_COUNTERS in nat_internal.h: one line each, with what it counts.
@@ -359,6 +361,55 @@ static void nat_fini(struct serpens_nf_ctx *ctx)
 
 /* ---- registration ---------------------------------------------------- */
 
+/* What the tools show of nat's tables (nf.h, "What a table's bytes mean").
+ * Addresses and ports are in network order, as in the packet. */
+#define NAT_FIELD(type, member, kind)                                                                                  \
+    {                                                                                                                  \
+#member, (uint32_t)offsetof(type, member), kind, 0                                                             \
+    }
+static const struct serpens_field nat_pool_key_fields[] = {
+    NAT_FIELD(struct nat_pool_key, fingerprint, SERPENS_FIELD_U32),
+    NAT_FIELD(struct nat_pool_key, chunk, SERPENS_FIELD_U16),
+    NAT_FIELD(struct nat_pool_key, proto, SERPENS_FIELD_U8),
+};
+static const struct serpens_field nat_pool_value_fields[] = {
+    {"free_bitmap", 0, SERPENS_FIELD_BYTES, NAT_CHUNK_ITEMS / 8},
+};
+static const struct serpens_field nat_out_key_fields[] = {
+    NAT_FIELD(struct nat_out_key, in_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_out_key, rem_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_out_key, in_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_out_key, rem_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_out_key, proto, SERPENS_FIELD_U8),
+};
+static const struct serpens_field nat_out_value_fields[] = {
+    NAT_FIELD(struct nat_out_val, ext_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_out_val, ext_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_out_val, closing, SERPENS_FIELD_U8),
+    NAT_FIELD(struct nat_out_val, last_ns, SERPENS_FIELD_U64),
+};
+static const struct serpens_field nat_in_key_fields[] = {
+    NAT_FIELD(struct nat_in_key, ext_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_in_key, ext_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_in_key, proto, SERPENS_FIELD_U8),
+};
+static const struct serpens_field nat_in_value_fields[] = {
+    NAT_FIELD(struct nat_in_val, in_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_in_val, rem_ip, SERPENS_FIELD_IPV4),
+    NAT_FIELD(struct nat_in_val, in_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_in_val, rem_port, SERPENS_FIELD_BE16),
+    NAT_FIELD(struct nat_in_val, owner, SERPENS_FIELD_U16),
+    NAT_FIELD(struct nat_in_val, proto, SERPENS_FIELD_U8),
+};
+#undef NAT_FIELD
+#define NAT_N(fields) (uint16_t)(sizeof fields / sizeof fields[0])
+static const struct serpens_table_layout nat_layouts[] = {
+    {"pool", nat_pool_key_fields, nat_pool_value_fields, NAT_N(nat_pool_key_fields), NAT_N(nat_pool_value_fields), 0},
+    {"out", nat_out_key_fields, nat_out_value_fields, NAT_N(nat_out_key_fields), NAT_N(nat_out_value_fields), 0},
+    {"in", nat_in_key_fields, nat_in_value_fields, NAT_N(nat_in_key_fields), NAT_N(nat_in_value_fields), 0},
+};
+#undef NAT_N
+
 static const struct serpens_nf_descriptor nat_descriptor = {
     SERPENS_NF_DESCRIPTOR_HEADER,
     .name = "nat",
@@ -372,6 +423,8 @@ static const struct serpens_nf_descriptor nat_descriptor = {
     .flow_state_size = 0,                           /* asked for in init on a 1.6 host (nat_flow.c) */
     .flow_expired = nat_flow_expired,
     .flow_visit = nat_flow_visit,
+    .table_layouts = nat_layouts,
+    .n_table_layouts = sizeof nat_layouts / sizeof nat_layouts[0],
 };
 
 SERPENS_NF_REGISTER(nat_descriptor)

@@ -3,9 +3,10 @@
 Two instances of a mon chain run serpens-pktgen traffic (IPv4 and IPv6, VLAN
 tags, 2% malformed frames passed unparsed).  Afterwards the state tables are
 read from outside with `serpens-state flows --json` (mon's area of each entry
-of the chain's flow table) and `serpens-state dump --json` (its tables), and
-compared with counts made here from the input capture by an independent
-decoder:
+of the chain's flow table) and `serpensctl state dump --json` (its tables,
+decoded by the layout mon declares: each field must equal its bytes in the
+hex dump), and compared with counts made here from the input capture by an
+independent decoder:
  - flows (mon's 64-byte area in the chain's flow table): packets and bytes
    per direction-independent 5-tuple;
  - hosts (global/write EVENTUAL, one key per address, two replicas folded by
@@ -22,7 +23,7 @@ import shutil
 import struct
 import subprocess
 
-from harness import HOST, Host, check, nf_counters
+from harness import CTL, HOST, Host, check, nf_counters
 
 BUILD = os.path.dirname(os.path.dirname(HOST))
 MON_SO = os.path.join(BUILD, "plugins", "mon", "serpens_nf_mon.so")
@@ -59,11 +60,33 @@ def flow_of(frame):
     return (a[0], b[0], a[1], b[1], proto, ver), mapped_src, mapped_dst
 
 
+HOST_FIELDS = ["tx_packets", "tx_bytes", "rx_packets", "rx_bytes"]
+
+
+def counts(v):
+    return list(struct.unpack("<QQQQ", v))
+
+
 def dump(host, table):
-    # -c: the tool finds the state where host.toml's state_dir puts it.
-    out = subprocess.run([STATE_TOOL, "-c", host.path("host.toml"), "dump", "mon", "mon", table, "--json"],
+    # -c: serpensctl finds the state where host.toml's state_dir puts it.
+    out = subprocess.run([CTL, "-c", host.path("host.toml"), "state", "dump", "mon", "mon", table, "--json"],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    d = json.loads(out)
+    check(d["layout"] is not None and [f["name"] for f in d["layout"]["value"]] == HOST_FIELDS,
+          f"{table}: mon declares its value layout, the dump shows {d['layout']}")
+    # Every decoded field is what its bytes say (independently of the tools' decoder).
+    for e in d["entries"]:
+        dec = e["decoded"]
+        for hexed, fields in [(e["base"], dec["base"])] + list(zip(e["instances"], dec["instances"])):
+            check([fields[f] for f in HOST_FIELDS] == counts(bytes.fromhex(hexed)),
+                  f"{table}: decoded {fields} is not the hex {hexed}")
+        key = bytes.fromhex(e["key"])
+        want = str(ipaddress.ip_address(key)) if table == "hosts" else struct.unpack("<I", key)[0]
+        got = dec["key"]["addr" if table == "hosts" else "row"]
+        if table == "hosts" and key[:12] == bytes(10) + b"\xff\xff":
+            want = "::ffff:" + str(ipaddress.ip_address(key[12:]))  # inet_ntop's spelling of a mapped address
+        check(got == want, f"{table}: decoded key {got}, its bytes say {want}")
+    return d
 
 
 host = Host(plugins=())
@@ -137,22 +160,20 @@ check(len(got) == len(flows), f"mon has {len(got)} flows, Python counts {len(flo
 for key, want in flows.items():
     check(got.get(key) == want, f"flow {key}: mon {got.get(key)}, Python {want}")
 
-def counts(v):
-    return list(struct.unpack("<QQQQ", v))
-
-
 def global_value(e, active_mask):
     """base + sum over live replicas of (replica - base); an all-zero cell
     belongs to an instance that never ran since the key was created, and one
     outside the active mask to an instance whose counts were merged when it
     stopped (the host keeps a pre-initialized one in its pool)."""
-    base = counts(bytes.fromhex(e["base"]))
+    def fields(cell):
+        return [cell[f] for f in HOST_FIELDS]
+    base = fields(e["decoded"]["base"])
     total = list(base)
-    for i, rep in enumerate(e["instances"]):
-        r = bytes.fromhex(rep)
-        if r == bytes(len(r)) or not active_mask >> i & 1:
+    for i, rep in enumerate(e["decoded"]["instances"]):
+        r = fields(rep)
+        if not any(r) or not active_mask >> i & 1:
             continue
-        for i, c in enumerate(counts(r)):
+        for i, c in enumerate(r):
             total[i] += c - base[i]
     return total
 
@@ -161,7 +182,7 @@ table = dump(host, "hosts")
 check("eventual" in table["kind"], f"hosts table kind {table['kind']}")
 got_hosts = {}
 for e in table["entries"]:
-    a = bytes.fromhex(e["key"])
+    a = ipaddress.ip_address(e["decoded"]["key"]["addr"]).packed
     check(len(a) == 16 and a not in got_hosts, f"hosts key {e['key']}")
     got_hosts[a] = global_value(e, table["active_mask"])
 overflow_table = dump(host, "host_overflow")
@@ -174,6 +195,14 @@ for addr, want in hosts.items():
     have = [g + p for g, p in zip(got_hosts.get(addr, [0, 0, 0, 0]), pending[addr])]
     check(have == want, f"host {ipaddress.ip_address(addr)}: mon {got_hosts.get(addr)} + pending {pending[addr]}, "
           f"Python {want}")
+
+listed = json.loads(subprocess.run([CTL, "-c", host.path("host.toml"), "state", "list", "--json"],
+                                  capture_output=True, text=True, check=True).stdout)
+check(sorted((t["table"], t["layout"]) for t in listed["tables"]) == [("host_overflow", True), ("hosts", True)],
+      f"serpensctl state list: {listed['tables']}")
+text = subprocess.run([CTL, "-c", host.path("host.toml"), "state", "dump", "mon", "mon", "hosts", "--limit", "3"],
+                      capture_output=True, text=True, check=True).stdout
+check("decoded by the NF's layout" in text and "tx_packets" in text.splitlines()[1], f"human dump:\n{text}")
 
 # ---- the NF counters --------------------------------------------------------
 stats = host.stats()

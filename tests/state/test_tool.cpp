@@ -1,11 +1,13 @@
 // serpens-state against a prepared store: list, dump (text and JSON), check
 // exiting non-zero on a segment with an interrupted write, and flows (a
-// chain's flow table) read-only.
+// chain's flow table) read-only; tables decoded by their NF's layout; and
+// `serpensctl state`, which must print exactly what serpens-state prints.
 
 #include "state_test_util.h"
 
 #include "net/parse.h"
 #include "state/flow_table.h"
+#include "state/record_layout.h"
 #include "state/table.h"
 
 #include <doctest/doctest.h>
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sys/wait.h>
 
 using namespace serpens::state;
@@ -28,11 +31,12 @@ struct Run {
     std::string out;
 };
 
-Run run(const std::string &args)
+// `args` run by the tool in the environment variable `tool_env`.
+Run run(const std::string &args, const char *tool_env = "SERPENS_STATE_TOOL", bool with_stderr = true)
 {
-    const char *tool = std::getenv("SERPENS_STATE_TOOL");
-    REQUIRE_MESSAGE(tool != nullptr, "SERPENS_STATE_TOOL not set (run through meson test)");
-    std::string cmd = std::string(tool) + " " + args + " 2>&1";
+    const char *tool = std::getenv(tool_env);
+    REQUIRE_MESSAGE(tool != nullptr, tool_env << " not set (run through meson test)");
+    std::string cmd = std::string(tool) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
     FILE *p = ::popen(cmd.c_str(), "r");
     REQUIRE(p != nullptr);
     Run r{0, {}};
@@ -44,6 +48,13 @@ Run run(const std::string &args)
     int st = ::pclose(p);
     r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return r;
+}
+
+// Whether some line of `text` matches `pattern` (a table row: cells are
+// separated by runs of spaces).
+bool has_row(const std::string &text, const std::string &pattern)
+{
+    return std::regex_search(text, std::regex("(^|\n)" + pattern + "(\n|$)"));
 }
 
 } // namespace
@@ -70,9 +81,8 @@ TEST_CASE("state-tool: list, dump and check a host's segments read-only")
     std::string root = "--root " + d.path.string();
     Run l = run(root + " list");
     CHECK(l.status == 0);
-    CHECK(l.out.find("executor web chain / fw") != std::string::npos);
-    CHECK(l.out.find("conn") != std::string::npos);
-    CHECK(l.out.find("live 1/100") != std::string::npos);
+    CHECK_MESSAGE(has_row(l.out, "web chain +fw +conn +per-flow +4 +4 +1 +100 .* - +hex"), l.out);
+    CHECK_MESSAGE(has_row(l.out, "web chain +fw +bytes +global/write eventual +4 +8 +1 +10 .* 0x1 +hex"), l.out);
 
     Run dj = run(root + " dump 'web chain' fw conn --json");
     CHECK(dj.status == 0);
@@ -80,7 +90,8 @@ TEST_CASE("state-tool: list, dump and check a host's segments read-only")
     CHECK(dj.out.find("\"value\":\"44332211\"") != std::string::npos);
     Run dt = run(root + " dump 'web chain' fw bytes");
     CHECK(dt.status == 0);
-    CHECK(dt.out.find("instance 0 0500000000000000") != std::string::npos);
+    CHECK_MESSAGE(has_row(dt.out, "0d0c0b0a +instance 0 +0500000000000000"), dt.out);
+    CHECK(dt.out.find("hex (the NF declares no layout)") != std::string::npos);
 
     Run ok = run(root + " check");
     CHECK_MESSAGE(ok.status == 0, ok.out);
@@ -183,8 +194,10 @@ TEST_CASE("state-tool: flows prints a chain's flow table read-only, each NF's ar
     Run txt = run(root + " flows 'web chain'");
     CHECK_MESSAGE(txt.status == 0, txt.out);
     CHECK(txt.out.find("1 live") != std::string::npos);
-    CHECK(txt.out.find("10.0.0.1 80 10.0.0.2 5000 proto 17 initiator b fw [0 0] mon [3 180 1000000000 0 1 60 2 120]") !=
-          std::string::npos);
+    CHECK_MESSAGE(has_row(txt.out, "addr_a +port_a +addr_b +port_b +proto +initiator +fw +mon"), txt.out);
+    CHECK_MESSAGE(
+        has_row(txt.out, "10\\.0\\.0\\.1 +80 +10\\.0\\.0\\.2 +5000 +17 +b +0 0 +3 180 1000000000 0 1 60 2 120"),
+        txt.out);
     CHECK(std::filesystem::last_write_time(seg) == before); // read-only
     // Not a flow table: refused, left in place.
     std::filesystem::create_directories(d.path / "junk");
@@ -219,8 +232,7 @@ TEST_CASE("state-tool: -c host.toml finds a custom state_dir; list and check in 
     const std::string c = "-c " + config.string();
     Run l = run(c + " list");
     CHECK_MESSAGE(l.status == 0, l.out);
-    CHECK(l.out.find("executor web / fw") != std::string::npos);
-    CHECK(l.out.find("live 1/100") != std::string::npos);
+    CHECK_MESSAGE(has_row(l.out, "web +fw +conn +per-flow +4 +4 +1 +100 .*"), l.out);
     Run lj = run(c + " list --json");
     CHECK_MESSAGE(lj.status == 0, lj.out);
     CHECK(lj.out.find("\"root\":\"" + o.root.string() + "\"") != std::string::npos);
@@ -249,4 +261,96 @@ TEST_CASE("state-tool: -c host.toml finds a custom state_dir; list and check in 
     CHECK(bad.out.find("bad.toml:2:") != std::string::npos);
     CHECK(run(c + " --host-id x list").status == 2);
     CHECK(run("list --no-such-option").status == 2);
+}
+
+TEST_CASE("state-tool: a table whose NF declares its layout is dumped field by field, by both tools")
+{
+    ScratchDir d("tool-layout");
+    StoreOptions o;
+    o.root = d.path;
+    // A NAT-like reverse map: (external ip, port, proto) -> (inside ip, port, owner).
+    static const serpens_field key[] = {{"ext_ip", 0, SERPENS_FIELD_IPV4, 0},
+                                        {"ext_port", 4, SERPENS_FIELD_BE16, 0},
+                                        {"proto", 6, SERPENS_FIELD_U8, 0}};
+    static const serpens_field value[] = {
+        {"in_ip", 0, SERPENS_FIELD_IPV4, 0}, {"in_port", 4, SERPENS_FIELD_BE16, 0}, {"owner", 6, SERPENS_FIELD_U16, 0}};
+    static const serpens_field counts[] = {{"packets", 0, SERPENS_FIELD_U64, 0}};
+    static const serpens_table_layout layouts[] = {{"in", key, value, 3, 3, 0}, {"bytes", nullptr, counts, 0, 1, 0}};
+    serpens_nf_descriptor desc{};
+    desc.struct_size = sizeof desc;
+    desc.table_layouts = layouts;
+    desc.n_table_layouts = 2;
+    {
+        StateStore store(o);
+        Executor &ex = store.executor("c", "nat");
+        FakeInstance i0(ex, 0, &desc);
+        serpens_table *in = i0.create("in", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 8, 8, 100);
+        REQUIRE(in);
+        const uint8_t k[8] = {203, 0, 113, 5, 0x9c, 0x40, 17, 0}; // 203.0.113.5:40000 UDP
+        const uint8_t v[8] = {10, 0, 0, 2, 0x13, 0x88, 3, 0};     // 10.0.0.2:5000, instance 3
+        REQUIRE(state_api().put_state(in, k, v) == SERPENS_OK);
+        serpens_table *bytes =
+            i0.create("bytes", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL, 4, 8, 10);
+        REQUIRE(bytes);
+        const uint32_t bk = 7;
+        const uint64_t n = 42;
+        REQUIRE(state_api().put_state(bytes, &bk, &n) == SERPENS_OK);
+        // Declared, but not for this table: stays hex.
+        REQUIRE(i0.create("conn", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, 4, 4, 100));
+    }
+    const std::string root = "--root " + d.path.string();
+    Run j = run(root + " dump c nat in --json");
+    CHECK_MESSAGE(j.status == 0, j.out);
+    CHECK(j.out.find("\"layout\":{\"key\":[{\"name\":\"ext_ip\",\"type\":\"ipv4\",\"offset\":0,\"size\":4},") !=
+          std::string::npos);
+    CHECK_MESSAGE(j.out.find("{\"key\":\"cb007105"
+                             "9c401100\",\"value\":\"0a000002"
+                             "13880300\",\"decoded\":{\"key\":{\"ext_ip\":\"203.0.113.5\",\"ext_port\":40000,"
+                             "\"proto\":17},\"value\":{\"in_ip\":\"10.0.0.2\",\"in_port\":5000,\"owner\":3}}}") !=
+                      std::string::npos,
+                  j.out);
+    Run t = run(root + " dump c nat in");
+    CHECK(t.out.find("decoded by the NF's layout") != std::string::npos);
+    CHECK_MESSAGE(has_row(t.out, "ext_ip +ext_port +proto +in_ip +in_port +owner"), t.out);
+    CHECK_MESSAGE(has_row(t.out, "203\\.0\\.113\\.5 +40000 +17 +10\\.0\\.0\\.2 +5000 +3"), t.out);
+    // Global/write: the base and each instance's cell; a key without fields stays hex.
+    Run g = run(root + " dump c nat bytes --json");
+    CHECK_MESSAGE(g.out.find("\"decoded\":{\"key\":{},\"base\":{\"packets\":0},\"instances\":[{\"packets\":42},") !=
+                      std::string::npos,
+                  g.out);
+    Run gt = run(root + " dump c nat bytes");
+    CHECK_MESSAGE(has_row(gt.out, "key +cell +packets"), gt.out);
+    CHECK_MESSAGE(has_row(gt.out, "07000000 +instance 0 +42"), gt.out);
+    Run plain = run(root + " dump c nat conn --json");
+    CHECK(plain.out.find("\"layout\":null") != std::string::npos);
+    CHECK(plain.out.find("decoded") == std::string::npos);
+    Run l = run(root + " list --json");
+    CHECK(l.out.find("\"table\":\"in\",\"kind\":\"per-flow\"") != std::string::npos);
+    CHECK_MESSAGE(l.out.find("\"layout\":true}") != std::string::npos, l.out);
+    CHECK_MESSAGE(l.out.find("\"table\":\"conn\",\"kind\":\"per-flow\",\"key_size\":4,\"value_size\":4,\"live\":0,"
+                             "\"capacity\":100,\"refused\":0,\"expired\":0,\"torn_repaired\":0,\"torn_discarded\":0,"
+                             "\"attaches\":1,\"layout\":false}") != std::string::npos,
+                  l.out);
+
+    // serpensctl state reads the same dir with the same code: the same bytes.
+    for (const char *args : {" list", " list --json", " dump c nat in", " dump c nat in --json", " dump c nat bytes",
+                             " check --json", " dump c nat in --limit 0 --json"}) {
+        Run a = run(root + args, "SERPENS_STATE_TOOL", false);
+        Run b = run(std::string("state ") + root + args, "SERPENSCTL", false);
+        CHECK_MESSAGE(a.out == b.out, args);
+        CHECK(a.status == b.status);
+    }
+    Run missing = run("state " + root + " dump c nat nosuch --json", "SERPENSCTL", false);
+    CHECK(missing.status == 1);
+    CHECK(missing.out.find("{\"error\":{\"code\":\"not_found\",\"message\":") == 0);
+
+    // A layout file that does not fit the segment is not trusted: hex, and a note.
+    std::ofstream(layout_file(d.path / "c" / "nat" / "in.tbl"))
+        << "{\"version\":1,\"key_size\":8,\"value_size\":8,\"key\":[{\"name\":\"x\",\"type\":\"u64\",\"offset\":4,"
+           "\"size\":8}],\"value\":[]}";
+    Run bad = run(root + " dump c nat in --json");
+    CHECK(bad.status == 0);
+    CHECK(bad.out.find("layout not used, showing hex") != std::string::npos);
+    CHECK(bad.out.find("ends past the key's 8 bytes") != std::string::npos);
+    CHECK(bad.out.find("\"layout\":null") != std::string::npos);
 }

@@ -13,7 +13,7 @@
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
 _Static_assert(SERPENS_ABI_MAJOR == 1, "a major bump breaks every plugin");
-_Static_assert(SERPENS_ABI_MINOR == 6, "a new minor appends fields: pin them here");
+_Static_assert(SERPENS_ABI_MINOR == 7, "a new minor appends fields: pin them here");
 
 /* The frozen v1.0 sizes are where each struct's 1.0 fields end. */
 _Static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == 120, "frozen");
@@ -136,7 +136,24 @@ AT(serpens_nf_descriptor, flow_expired, 136);
 AT(serpens_nf_descriptor, flow_visit, 144); /* 1.6 */
 AT(serpens_nf_descriptor, flow_visit_ms, 152);
 AT(serpens_nf_descriptor, reserved4, 156);
-SIZE(serpens_nf_descriptor, 160);
+AT(serpens_nf_descriptor, table_layouts, 160); /* 1.7 */
+AT(serpens_nf_descriptor, n_table_layouts, 168);
+AT(serpens_nf_descriptor, reserved5, 172);
+SIZE(serpens_nf_descriptor, 176);
+
+AT(serpens_field, name, 0);
+AT(serpens_field, offset, 8);
+AT(serpens_field, type, 12);
+AT(serpens_field, size, 14);
+SIZE(serpens_field, 16);
+
+AT(serpens_table_layout, table, 0);
+AT(serpens_table_layout, key, 8);
+AT(serpens_table_layout, value, 16);
+AT(serpens_table_layout, n_key, 24);
+AT(serpens_table_layout, n_value, 26);
+AT(serpens_table_layout, reserved, 28);
+SIZE(serpens_table_layout, 32);
 
 AT(serpens_flow_info, struct_size, 0);
 AT(serpens_flow_info, ip_version, 4);

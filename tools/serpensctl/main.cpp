@@ -6,12 +6,12 @@
 #include "core/error.h"
 #include "core/version.h"
 #include "render.h"
+#include "support/state_inspect.h"
 
 #include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <thread>
 
 namespace {
@@ -26,8 +26,9 @@ enum ExitCode {
     kUnreachable = 3, // no host answered on the socket (not running, no permission, timeout)
 };
 
-constexpr const char *kExitCodes = "Exit codes: 0 done; 1 the host refused the request (its reason on stderr); "
-                                   "2 bad arguments or host.toml; 3 no host answered on the control socket.";
+constexpr const char *kExitCodes = "Exit codes: 0 done; 1 the host refused the request (its reason on stderr), or "
+                                   "for state: the table or chain has no readable segment, or check found a "
+                                   "problem; 2 bad arguments or host.toml; 3 no host answered on the control socket.";
 
 struct Target {
     std::string config;
@@ -45,15 +46,7 @@ std::string socket_of(const Target &target)
     if (!target.socket.empty()) {
         return target.socket;
     }
-    std::string config = target.config;
-    if (config.empty()) {
-        const std::filesystem::path installed =
-            std::filesystem::path(serpens::install_dirs::sysconf) / (target.host_id + ".toml");
-        std::error_code ec;
-        if (std::filesystem::is_regular_file(installed, ec)) {
-            config = installed.string();
-        }
-    }
+    const std::string config = serpens::support::host_config_of(target.config, target.host_id);
     if (!config.empty()) {
         return serpens::load_host_config(config).control_socket;
     }
@@ -85,7 +78,8 @@ int main(int argc, char **argv)
     CLI::App app{"serpensctl: operates a running serpens-host through its control socket.\n"
                  "The host is found through -c host.toml, or --host-id (its installed config, else\n"
                  "/run/serpens/<id>.sock), or --socket.  Every command prints a table for people, or with\n"
-                 "--json the host's reply as JSON for scripts."};
+                 "--json the host's reply as JSON for scripts.  `state` reads the host's state dir\n"
+                 "(host.toml's state_dir, else /dev/shm/serpens/<id>) directly, read-only: it needs no socket."};
     app.footer(kExitCodes);
     app.set_version_flag("--version", serpens::version_line("serpensctl"));
     app.fallthrough(); // global options may follow the command too
@@ -156,6 +150,14 @@ int main(int argc, char **argv)
                        "NFs read, e.g. fw's rules); repeatable");
     auto *version = app.add_subcommand("version", "serpensctl's version and the host's");
     auto *ping = app.add_subcommand("ping", "check that the host answers");
+    auto *state = app.add_subcommand(
+        "state", "the host's NF state, read from its state dir (safe beside a running host): list the tables,\n"
+                 "dump one (field by field when its NF declares the layout, else hex), check them, or dump a\n"
+                 "chain's flow table.  --json prints one JSON document on one line.");
+    state->require_subcommand(1);
+    std::string state_root;
+    state->add_option("--root", state_root, "the state dir itself (default: host.toml's state_dir)");
+    const serpens::support::StateCommands state_commands(*state, &target.json);
 
     try {
         app.parse(argc, argv);
@@ -164,6 +166,15 @@ int main(int argc, char **argv)
         return code == 0 ? kOk : kUsage;
     }
 
+    if (state->parsed()) {
+        try {
+            return state_commands.run(serpens::support::state_root({state_root, target.config, target.host_id}),
+                                      "serpensctl");
+        } catch (const serpens::Error &e) {
+            std::fprintf(stderr, "serpensctl: %s\n", e.what());
+            return kUsage;
+        }
+    }
     std::string socket;
     try {
         socket = socket_of(target);
