@@ -12,6 +12,7 @@
 #include "metering/meter.h"
 #include "plugin/registry.h"
 
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <unistd.h>
@@ -72,6 +73,22 @@ ordered_json reload_result(const ReloadReport &r)
         {"removed", r.removed},          {"unchanged", r.unchanged},  {"plugins_changed", r.plugins_changed},
         {"plugin_refusals", r.refusals}, {"swaps", std::move(swaps)}, {"took_ms", static_cast<double>(r.took_ns) / 1e6},
     };
+}
+
+ordered_json drain_result(const DrainResult &r)
+{
+    ordered_json moves = ordered_json::array();
+    for (const DrainResult::Move &m : r.moves) {
+        moves.push_back({{"chain", m.chain},
+                         {"from_index", m.from_index},
+                         {"from_lcore", m.from_lcore},
+                         {"to_index", m.to_index},
+                         {"to_lcore", m.to_lcore}});
+    }
+    return {{"drained", r.drained},
+            {"moves", std::move(moves)},
+            {"moved_buckets", r.moved},
+            {"pause_us", static_cast<double>(r.pause_ns) / 1e3}};
 }
 
 std::string iso_time(int64_t unix_s)
@@ -168,6 +185,7 @@ ordered_json ControlCommands::status() const
         {"log_level", log_level_name()},
         {"wake_threshold", _dp.wake_threshold().load()},
         {"lcores", std::move(lcores)},
+        {"drained_lcores", _manager.drained()},
         {"ports", std::move(ports)},
         {"chains", std::move(summary)},
     };
@@ -293,6 +311,23 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
             spdlog::info("reload requested by {}", who(peer));
             return control_ok_reply(reload_result(_reloader.reload(request.chains)));
         } catch (const Error &e) { // a ConfigError too: file:line of the invalid edit
+            return control_error_reply(ControlErrorCode::refused, e.what());
+        }
+    case ControlVerb::drain:
+        try {
+            if (request.undo) {
+                spdlog::info("lcore(s) {} undrained by {}",
+                             request.lcores.empty() ? std::string("all")
+                                                    : fmt::format("{}", fmt::join(request.lcores, ",")),
+                             who(peer));
+                return control_ok_reply({{"drained", _manager.undrain(request.lcores)}});
+            }
+            if (request.lcores.empty()) {
+                return control_ok_reply({{"drained", _manager.drained()}});
+            }
+            spdlog::info("lcore(s) {} drained by {}", fmt::join(request.lcores, ","), who(peer));
+            return control_ok_reply(drain_result(_manager.drain(request.lcores)));
+        } catch (const Error &e) {
             return control_error_reply(ControlErrorCode::refused, e.what());
         }
     case ControlVerb::scale: {

@@ -13,7 +13,8 @@ namespace {
 using nlohmann::json;
 
 constexpr std::string_view kCommands =
-    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill, reload";
+    "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill, reload, "
+    "drain";
 
 struct Command {
     std::string_view name;
@@ -33,6 +34,7 @@ constexpr std::array kCommandTable{
     Command{"scale", ControlVerb::scale},
     Command{"bill", ControlVerb::bill},
     Command{"reload", ControlVerb::reload},
+    Command{"drain", ControlVerb::drain},
 };
 
 // Text from the request that goes back in an error: short and printable, so
@@ -96,6 +98,29 @@ std::optional<uint64_t> whole_number(const json &value, uint64_t max)
     return n <= max ? std::optional<uint64_t>(n) : std::nullopt;
 }
 
+// `command`'s optional "lcores": a list of lcore ids into `out`.
+std::optional<ControlRequestError> read_lcores(const json &request, std::string_view command,
+                                               std::vector<unsigned> &out)
+{
+    auto lcores = request.find("lcores");
+    if (lcores == request.end()) {
+        return std::nullopt;
+    }
+    const std::string expected = std::string(command) + "'s \"lcores\" is a list of lcore ids 0.." +
+                                 std::to_string(kMaxLcoreId) + " (at most " + std::to_string(kMaxScaleLcores) + ")";
+    if (!lcores->is_array() || lcores->size() > kMaxScaleLcores) {
+        return refuse(expected + ", not " + echoed_json(*lcores));
+    }
+    for (const json &lcore : *lcores) {
+        std::optional<uint64_t> id = whole_number(lcore, kMaxLcoreId);
+        if (!id) {
+            return refuse(expected + ", not " + echoed_json(lcore));
+        }
+        out.push_back(static_cast<unsigned>(*id));
+    }
+    return std::nullopt;
+}
+
 ParsedControlRequest parse_scale(const json &request)
 {
     if (auto e = only_fields(request, "scale", {"chain", "count", "lcores"})) {
@@ -128,19 +153,27 @@ ParsedControlRequest parse_scale(const json &request)
                       (count == request.end() ? std::string("nothing") : echoed_json(*count)));
     }
     out.value = static_cast<uint32_t>(*value);
-    if (auto lcores = request.find("lcores"); lcores != request.end()) {
-        const std::string expected = "scale's \"lcores\" is a list of lcore ids 0.." + std::to_string(kMaxLcoreId) +
-                                     " (at most " + std::to_string(kMaxScaleLcores) + ")";
-        if (!lcores->is_array() || lcores->size() > kMaxScaleLcores) {
-            return refuse(expected + ", not " + echoed_json(*lcores));
+    if (auto e = read_lcores(request, "scale", out.lcores)) {
+        return *e;
+    }
+    return out;
+}
+
+ParsedControlRequest parse_drain(const json &request)
+{
+    if (auto e = only_fields(request, "drain", {"lcores", "undo"})) {
+        return *e;
+    }
+    ControlRequest out;
+    out.verb = ControlVerb::drain;
+    if (auto e = read_lcores(request, "drain", out.lcores)) {
+        return *e;
+    }
+    if (auto undo = request.find("undo"); undo != request.end()) {
+        if (!undo->is_boolean()) {
+            return refuse("drain's \"undo\" is true or false, not " + echoed_json(*undo));
         }
-        for (const json &lcore : *lcores) {
-            std::optional<uint64_t> id = whole_number(lcore, kMaxLcoreId);
-            if (!id) {
-                return refuse(expected + ", not " + echoed_json(lcore));
-            }
-            out.lcores.push_back(static_cast<unsigned>(*id));
-        }
+        out.undo = undo->get<bool>();
     }
     return out;
 }
@@ -272,6 +305,8 @@ ParsedControlRequest parse_control_request(std::string_view line)
         return parse_bill(request);
     case ControlVerb::reload:
         return parse_reload(request);
+    case ControlVerb::drain:
+        return parse_drain(request);
     default:
         if (auto e = only_fields(request, command->name, {})) {
             return *e;

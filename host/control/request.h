@@ -31,6 +31,7 @@ enum class ControlVerb {
     scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?} -> what it did
     bill,           // {"since":UNIX_S?,"chain":"c"?} -> per chain what it used, from the ledger
     reload,         // {"chains":["c",..]?} -> re-reads chains and plugins, swaps what changed (and the chains named)
+    drain,          // {"lcores":[..]?,"undo":true?} -> moves instances off lcores (or lets them back); the drained ones
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;
@@ -51,7 +52,8 @@ struct ControlRequest {
     uint32_t value = 0;             // the count or step
     bool relative = false;          // +K / -K
     bool negative = false;          // -K
-    std::vector<unsigned> lcores{}; // where new instances may go
+    std::vector<unsigned> lcores{}; // scale: where new instances may go; drain: the lcores
+    bool undo = false;              // drain: let the lcores run instances again
     // bill: from when (Unix seconds; all the ledger holds when absent); scale, bill: the chain
     std::optional<int64_t> since{};
     // reload: chains to swap for a new instance even when neither their file
@@ -83,6 +85,8 @@ constexpr bool changes_host(const ControlRequest &request) noexcept
     case ControlVerb::scale:
     case ControlVerb::reload:
         return true;
+    case ControlVerb::drain:
+        return request.undo || !request.lcores.empty();
     case ControlVerb::wake_threshold:
         return request.set_threshold.has_value();
     case ControlVerb::log_level:

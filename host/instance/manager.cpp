@@ -6,6 +6,7 @@
 #include <rte_lcore.h>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -103,16 +104,31 @@ std::optional<uint32_t> InstanceManager::free_index(uint32_t tag) const
 
 unsigned InstanceManager::pick_lcore(const ChainRuntime &chain, const std::vector<unsigned> &allowed) const
 {
-    std::vector<unsigned> candidates = allowed.empty() ? chain.spec.lcores : allowed;
+    auto undrained = [&](std::vector<unsigned> ids) {
+        std::erase_if(ids,
+                      [&](unsigned id) { return std::find(_drained.begin(), _drained.end(), id) != _drained.end(); });
+        return ids;
+    };
+    std::vector<unsigned> candidates = undrained(allowed);
+    if (!allowed.empty() && candidates.empty()) {
+        throw Error("every lcore asked for is drained (serpensctl drain --undo lets it run instances again)");
+    }
+    if (candidates.empty()) {
+        candidates = undrained(chain.spec.lcores);
+    }
     if (candidates.empty()) {
         for (unsigned id : _dp.lcore_ids()) {
             if (id != rte_get_main_lcore()) {
                 candidates.push_back(id);
             }
         }
+        candidates = undrained(std::move(candidates));
     }
     if (candidates.empty()) {
-        candidates.push_back(rte_get_main_lcore());
+        candidates = undrained({rte_get_main_lcore()});
+    }
+    if (candidates.empty()) {
+        throw Error("chain '" + chain.spec.name + "': every lcore it may run on is drained");
     }
     // The least loaded by instances (of every chain), then the lowest id.
     auto load = [&](unsigned lcore) {
@@ -206,8 +222,10 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
         std::vector<InstanceSlot *> added;
         try {
             while (active.size() + added.size() < n) {
+                // The lcore first: a refusal there must not leave an instance taken.
+                const unsigned lcore = pick_lcore(chain, lcores);
                 InstanceSlot &slot = ready_instance(chain, result);
-                _dp.attach(slot, pick_lcore(chain, lcores), std::move(slot.chain));
+                _dp.attach(slot, lcore, std::move(slot.chain));
                 added.push_back(&slot);
             }
         } catch (const Error &) {
@@ -328,22 +346,13 @@ std::vector<InstanceManager::Staged> InstanceManager::stage_replacements(ChainRu
         taken.push_back(*index);
         InstanceSlot &slot = _dp.slot(chain.spec.name, tag, *index, update.egress, _options.ring_size);
         slot.egress = update.egress; // empty: no lcore reads it until attached
-        staged.push_back({old, &slot, _factory(update.compiled, *index)});
+        staged.push_back({old, &slot, _factory(update.compiled, *index), old->lcore});
     }
     return staged;
 }
 
-ReplaceResult InstanceManager::swap_in(ChainRuntime &chain, const ChainUpdate &update, std::vector<Staged> &staged)
+Dataplane::Handover InstanceManager::hand_over(ChainRuntime &chain, std::vector<Staged> &staged, bool old_to_pool)
 {
-    const uint32_t tag = chain.spec.tag;
-    ReplaceResult result;
-    result.chain = chain.spec.name;
-    chain.spec.compiled = update.compiled;
-    chain.spec.egress = update.egress;
-    ++chain.generation;
-    if (staged.empty()) {
-        return result;
-    }
     // A parked chain: the old instance runs again for the handover (a losing
     // instance must not be held), and the new one parks after it.
     bool was_parked = false;
@@ -355,28 +364,48 @@ ReplaceResult InstanceManager::swap_in(ChainRuntime &chain, const ChainUpdate &u
     }
     std::map<uint32_t, uint32_t> successor;
     for (Staged &s : staged) {
-        _dp.attach(*s.slot, s.old->lcore, std::move(s.instance));
+        if (s.instance) {
+            _dp.attach(*s.slot, s.lcore, std::move(s.instance));
+        }
         successor[s.old->number] = s.slot->number;
     }
-    io::BucketOwners owners = _dp.owners(tag);
+    io::BucketOwners owners = _dp.owners(chain.spec.tag);
     for (uint32_t &owner : owners) {
         if (auto it = successor.find(owner); it != successor.end()) {
             owner = it->second;
         }
     }
-    const Dataplane::Handover handover = _dp.assign(tag, std::move(owners));
+    const Dataplane::Handover handover = _dp.assign(chain.spec.tag, std::move(owners));
     record_pause(chain, handover);
     if (was_parked) {
         _dp.park(*staged.front().slot);
     }
-    staged.front().slot->chain->adopt_state_hooks();
     for (Staged &s : staged) {
+        if (old_to_pool) {
+            release(chain, *s.old);
+            continue;
+        }
         // Finalized here: its share of global/write state goes back, its
         // metering stays with the chain.
         std::unique_ptr<ChainInstance> old = _dp.detach(*s.old);
         old->leave_state();
         add_nf_usage(chain.retired, *old);
     }
+    return handover;
+}
+
+ReplaceResult InstanceManager::swap_in(ChainRuntime &chain, const ChainUpdate &update, std::vector<Staged> &staged)
+{
+    ReplaceResult result;
+    result.chain = chain.spec.name;
+    chain.spec.compiled = update.compiled;
+    chain.spec.egress = update.egress;
+    ++chain.generation;
+    if (staged.empty()) {
+        return result;
+    }
+    staged.front().instance->adopt_state_hooks();
+    const Dataplane::Handover handover = hand_over(chain, staged, false);
     ++chain.reloads;
     result.replaced = static_cast<uint32_t>(staged.size());
     result.moved = handover.moved;
@@ -411,6 +440,93 @@ std::vector<ReplaceResult> InstanceManager::replace(const std::vector<ChainUpdat
         results.push_back(std::move(r));
     }
     return results;
+}
+
+DrainResult InstanceManager::drain(const std::vector<unsigned> &lcores)
+{
+    std::lock_guard lock(_mutex);
+    if (_dp.stopping()) {
+        throw Error("the host is stopping");
+    }
+    const std::vector<unsigned> ids = _dp.lcore_ids();
+    std::vector<unsigned> drained = _drained;
+    for (unsigned lcore : lcores) {
+        if (std::find(ids.begin(), ids.end(), lcore) == ids.end()) {
+            throw Error("lcore " + std::to_string(lcore) + " is not enabled on this host");
+        }
+        if (std::find(drained.begin(), drained.end(), lcore) == drained.end()) {
+            drained.push_back(lcore);
+        }
+    }
+    if (drained.size() == ids.size()) {
+        throw Error("draining every lcore would leave none to run instances");
+    }
+    std::sort(drained.begin(), drained.end());
+    const std::vector<unsigned> before = std::exchange(_drained, drained);
+    DrainResult result;
+    try {
+        for (ChainRuntime &chain : _chains) {
+            std::vector<InstanceSlot *> leaving;
+            for (const auto &slot : _dp.slots()) {
+                if (slot->chain_tag == chain.spec.tag && on_lcore(slot->state) &&
+                    std::find(_drained.begin(), _drained.end(), slot->lcore) != _drained.end()) {
+                    leaving.push_back(slot.get());
+                }
+            }
+            std::vector<Staged> staged;
+            try {
+                for (InstanceSlot *old : leaving) {
+                    // Attached at once (owning no bucket yet), so the next
+                    // pick counts it and a pooled slot is not taken twice.
+                    const unsigned lcore = pick_lcore(chain, {});
+                    ScaleResult counted; // pool and cold starts are counted on the chain
+                    InstanceSlot &fresh = ready_instance(chain, counted);
+                    _dp.attach(fresh, lcore, std::move(fresh.chain));
+                    staged.push_back({old, &fresh, nullptr, lcore});
+                }
+            } catch (const Error &) {
+                // Nothing of this chain moved: the instances taken go back to the pool.
+                for (Staged &s : staged) {
+                    release(chain, *s.slot);
+                }
+                throw;
+            }
+            if (staged.empty()) {
+                continue;
+            }
+            for (const Staged &s : staged) {
+                result.moves.push_back({chain.spec.name, s.old->index, s.slot->index, s.old->lcore, s.lcore});
+            }
+            const Dataplane::Handover handover = hand_over(chain, staged, true);
+            ++chain.scale_events;
+            result.moved += handover.moved;
+            result.pause_ns = std::max(result.pause_ns, handover.pause_ns);
+            spdlog::info("chain '{}': {} instance(s) moved off drained lcore(s) {}; {} bucket(s) moved, data path "
+                         "paused {:.1f} us",
+                         chain.spec.name, staged.size(), fmt::join(_drained, ","), handover.moved,
+                         static_cast<double>(handover.pause_ns) / 1e3);
+        }
+    } catch (const Error &) {
+        _drained = before;
+        throw;
+    }
+    result.drained = _drained;
+    return result;
+}
+
+std::vector<unsigned> InstanceManager::undrain(const std::vector<unsigned> &lcores)
+{
+    std::lock_guard lock(_mutex);
+    std::erase_if(_drained, [&](unsigned id) {
+        return lcores.empty() || std::find(lcores.begin(), lcores.end(), id) != lcores.end();
+    });
+    return _drained;
+}
+
+std::vector<unsigned> InstanceManager::drained() const
+{
+    std::lock_guard lock(_mutex);
+    return _drained;
 }
 
 void InstanceManager::refill_pools()

@@ -73,6 +73,21 @@ struct ManagerOptions {
     AutoscaleConfig autoscale;
 };
 
+// What a drain did: instances moved off the drained lcores.
+struct DrainResult {
+    struct Move {
+        std::string chain;
+        uint32_t from_index = 0;
+        uint32_t to_index = 0;
+        unsigned from_lcore = 0;
+        unsigned to_lcore = 0;
+    };
+    std::vector<unsigned> drained; // every drained lcore, after this request
+    std::vector<Move> moves;
+    uint32_t moved = 0;    // buckets that changed owner
+    uint64_t pause_ns = 0; // longest a gaining instance was held
+};
+
 // How many instances a scale request asks for.
 struct ScaleTarget {
     bool relative = false;
@@ -197,6 +212,20 @@ public:
     // refills with the new one.
     std::vector<ReplaceResult> replace(const std::vector<ChainUpdate> &updates);
 
+    // Drain: every instance on `lcores` hands its buckets to one started on
+    // another lcore (from the pool, else created), by the handover scaling
+    // uses, and goes back to the pool; no scale event, autoscaler or wake-up
+    // places an instance there until undrain.  An lcore that receives keeps
+    // receiving and dispatches to the instances' new lcores.  Throws Error
+    // (an lcore not enabled, none left to run instances, a chain at its most
+    // instances); then the lcores are not drained, and instances already
+    // moved stay where they went.
+    DrainResult drain(const std::vector<unsigned> &lcores);
+    // Lets scaling use `lcores` again (empty: every drained lcore); no
+    // instance moves back by itself.  Returns the lcores still drained.
+    std::vector<unsigned> undrain(const std::vector<unsigned> &lcores);
+    std::vector<unsigned> drained() const;
+
     // Per chain: instances by state, events, pauses and wake-ups, as JSON
     // text (an object keyed by chain name).
     std::string chains_json() const;
@@ -243,6 +272,8 @@ private:
     ChainRuntime &chain_named(const std::string &name);
     std::vector<InstanceSlot *> slots_of(uint32_t tag, SlotState state) const;
     std::optional<uint32_t> free_index(uint32_t tag) const;
+    // The least loaded lcore `chain` may use.  Throws Error when every one it
+    // may use is drained.
     unsigned pick_lcore(const ChainRuntime &chain, const std::vector<unsigned> &allowed) const;
     // An instance ready to attach, holding its share of global/write state:
     // from the pool, else created now.
@@ -260,14 +291,20 @@ private:
     void notice_wakeups();
     void autoscale(uint64_t now_ns);
     static void add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance);
-    // An instance of a new version, staged on `slot` until the swap.
+    // An instance staged on `slot` to take over from `old` on `lcore` (null:
+    // already attached there).
     struct Staged {
         InstanceSlot *old = nullptr;
         InstanceSlot *slot = nullptr;
         std::unique_ptr<ChainInstance> instance;
+        unsigned lcore = 0;
     };
     std::vector<Staged> stage_replacements(ChainRuntime &chain, const ChainUpdate &update);
     ReplaceResult swap_in(ChainRuntime &chain, const ChainUpdate &update, std::vector<Staged> &staged);
+    // Attaches each staged instance and gives it its old one's buckets in one
+    // handover (a parked old one is unparked first, its successor parked
+    // after); the old ones go back to the pool, or are finalized.
+    Dataplane::Handover hand_over(ChainRuntime &chain, std::vector<Staged> &staged, bool old_to_pool);
 
     static void *thread_main(void *self);
 
@@ -276,6 +313,7 @@ private:
     Factory _factory;
     ManagerOptions _options;
     mutable std::mutex _mutex;
+    std::vector<unsigned> _drained; // lcores no instance is placed on
     bool _thread_started = false;
     pthread_t _thread{};
     std::mutex _stop_mutex;

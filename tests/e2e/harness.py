@@ -119,6 +119,25 @@ def eth_ipv4(src, dst, proto, l4, ident=1):
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + l4
 
 
+def flow_frame(flow, seq):
+    """UDP packet `seq` of flow `flow` (< 65536): its payload starts with both, as big-endian u32."""
+    payload = struct.pack("!II", flow, seq) + bytes(10)
+    udp = struct.pack("!HHHH", 10000 + flow, 53, 8 + len(payload), 0) + payload
+    return eth_ipv4(bytes([198, 18, flow >> 8, flow & 0xFF]), bytes([203, 0, 113, 9]), 17, udp)
+
+
+def tally_by_flow(frames, plain_len):
+    """What the tally test NF appended to flow_frame packets: per flow, in the
+    order they left, (seq, build, count, the rest of the tail)."""
+    flows = defaultdict(list)
+    for fr in frames:
+        flow, seq = struct.unpack("!II", fr[42:50])
+        tail = fr[plain_len:]
+        check(len(tail) >= 5, f"flow {flow} packet {seq}: no tally tail ({tail.hex()})")
+        flows[flow].append((seq, tail[0], int.from_bytes(tail[1:5], "little"), tail[5:]))
+    return flows
+
+
 def nf_counters(host, nf_name):
     """The named NF's own counters from the host's stats, summed over instances."""
     out = {}

@@ -20,12 +20,10 @@ import os
 import shutil
 import signal
 import stat
-import struct
-import subprocess
 import threading
 import time
 
-from harness import HOST, TEST_PLUGINS, Feeder, Host, check, eth_ipv4, read_pcap
+from harness import TEST_PLUGINS, Feeder, Host, check, flow_frame, read_pcap, tally_by_flow
 
 FLOWS = 400
 ROUNDS = 60
@@ -36,16 +34,10 @@ EDITED = (CHAIN.replace('egress = "pcap0"\n', 'egress = "pcap0"\nchain = ["tally
 INVALID = CHAIN + '[[nf]]\nname = "t"\nplugin = "trace"\n[nf.config]\ntag = \n'
 
 
-def frame(flow, seq):
-    payload = struct.pack("!II", flow, seq) + bytes(10)
-    udp = struct.pack("!HHHH", 10000 + flow, 53, 8 + len(payload), 0) + payload
-    return eth_ipv4(bytes([198, 18, flow >> 8, flow & 0xFF]), bytes([203, 0, 113, 9]), 17, udp)
-
-
 host = Host(plugins=("tally", "trace"))
 chain_file = host.path("chains/c.toml")
 host.chain("c", CHAIN)
-trace = [frame(f, seq) for seq in range(ROUNDS) for f in range(FLOWS)]
+trace = [flow_frame(f, seq) for seq in range(ROUNDS) for f in range(FLOWS)]
 plain_len = len(trace[0])
 fifo = host.path("in.fifo")
 os.mkfifo(fifo, stat.S_IRUSR | stat.S_IWUSR)
@@ -139,26 +131,19 @@ check("reload refused" in log or "refused" in log, f"the refusals are not logged
 
 out = read_pcap(host.path("out.pcap"))
 check(len(out) == len(trace), f"{len(trace)} packets sent, {len(out)} left the host:\n{log}")
-counts, builds, tagged = {}, {}, {}
-for fr in out:
-    flow, seq = struct.unpack("!II", fr[42:50])
-    tail = fr[plain_len:]
-    check(len(tail) in (5, 6), f"flow {flow} packet {seq}: tail {tail.hex()} is neither tally's nor tally+trace's")
-    build, count = tail[0], int.from_bytes(tail[1:5], "little")
-    counts.setdefault(flow, []).append((seq, count))
-    builds.setdefault(flow, []).append(build)
-    tagged.setdefault(flow, []).append(len(tail) == 6 and tail[5] == TRACE_TAG)
-for flow, seen in counts.items():
-    check([s for s, _ in seen] == list(range(ROUNDS)), f"flow {flow}: packets out of order or lost: {seen}")
-    check([c for _, c in seen] == list(range(1, ROUNDS + 1)),
-          f"flow {flow}: its count did not carry on across the swaps: {[c for _, c in seen]}")
-    b = builds[flow]
+flows = tally_by_flow(out, plain_len)
+for flow, seen in flows.items():
+    check([s for s, _, _, _ in seen] == list(range(ROUNDS)), f"flow {flow}: packets out of order or lost: {seen}")
+    check([c for _, _, c, _ in seen] == list(range(1, ROUNDS + 1)),
+          f"flow {flow}: its count did not carry on across the swaps: {[c for _, _, c, _ in seen]}")
+    b = [build for _, build, _, _ in seen]
     check(b == sorted(b) and set(b) <= {1, 2} and b[0] == 1, f"flow {flow}: builds {b}")
-    t = tagged[flow]
+    check(all(rest in (b"", bytes([TRACE_TAG])) for _, _, _, rest in seen), f"flow {flow}: unexpected tails {seen}")
+    t = [rest == bytes([TRACE_TAG]) for _, _, _, rest in seen]
     check(t == sorted(t), f"flow {flow}: the trace NF's tag came and went: {t}")
-all_builds = [b for bs in builds.values() for b in bs]
+all_builds = [build for seen in flows.values() for _, build, _, _ in seen]
 check(all_builds.count(2) > 0 and all_builds.count(1) > 0, "the trace did not run on both builds")
-check(any(any(t) for t in tagged.values()), "no packet went through the edited chain")
+check(any(rest for seen in flows.values() for _, _, _, rest in seen), "no packet went through the edited chain")
 
 stats = host.stats()
 chain = stats["chains"]["c"]

@@ -22,7 +22,6 @@ import os
 import stat
 import struct
 import subprocess
-import threading
 import time
 
 from harness import CTL, HOST, Feeder, Host, STATE_TOOL, check, csum, fail, read_pcap, total_drops

@@ -202,6 +202,24 @@ TEST_CASE("reload: optionally the chains to swap though unchanged")
     }
 }
 
+TEST_CASE("drain: lcores to drain, --undo, or nothing to list")
+{
+    ControlRequest list = accepted(R"({"v":1,"cmd":"drain"})");
+    CHECK(list.verb == ControlVerb::drain);
+    CHECK_FALSE(changes_host(list));
+    ControlRequest some = accepted(R"({"v":1,"cmd":"drain","lcores":[2,3]})");
+    CHECK(some.lcores == std::vector<unsigned>{2, 3});
+    CHECK(changes_host(some));
+    ControlRequest undo = accepted(R"({"v":1,"cmd":"drain","undo":true})");
+    CHECK(undo.undo);
+    CHECK(changes_host(undo));
+    for (const char *bad :
+         {R"("lcores":2)", R"("lcores":[-1])", R"("lcores":[1024])", R"("undo":1)", R"("lcore":[2])"}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"drain\"," + std::string(bad))).code == ControlErrorCode::bad_request);
+    }
+}
+
 TEST_CASE("replies: an envelope with the version, ok, and a result or a coded error")
 {
     const auto ok = nlohmann::json::parse(control_ok_reply({{"pong", true}}));

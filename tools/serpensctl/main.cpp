@@ -148,6 +148,14 @@ int main(int argc, char **argv)
     reload->add_option("--chain", reload_chains,
                        "also swap this chain though neither its file nor its plugins changed (to take a file its "
                        "NFs read, e.g. fw's rules); repeatable");
+    auto *drain = app.add_subcommand(
+        "drain", "move every instance off these lcores, while traffic flows (each hands its flows to one started on\n"
+                 "another lcore, no packet lost or reordered), and keep scaling off them until --undo; an lcore\n"
+                 "that receives keeps receiving.  Without lcores: list the drained ones.");
+    std::vector<unsigned> drain_lcores;
+    bool drain_undo = false;
+    drain->add_option("lcores", drain_lcores, "lcore ids (comma- or space-separated)")->delimiter(',');
+    drain->add_flag("--undo", drain_undo, "let these lcores (default: every drained one) run instances again");
     auto *version = app.add_subcommand("version", "serpensctl's version and the host's");
     auto *ping = app.add_subcommand("ping", "check that the host answers");
     auto *state = app.add_subcommand(
@@ -277,6 +285,16 @@ int main(int argc, char **argv)
             const int timeout_ms = app.get_option("--timeout")->count() == 0 ? 120000 : target.timeout_ms;
             ordered_json r = serpens::control_call(socket, std::move(request), timeout_ms);
             target.json ? print_json(r) : print(serpensctl::render_reload(r));
+        } else if (drain->parsed()) {
+            ordered_json request = {{"cmd", "drain"}};
+            if (!drain_lcores.empty()) {
+                request["lcores"] = drain_lcores;
+            }
+            if (drain_undo) {
+                request["undo"] = true;
+            }
+            ordered_json r = call(request);
+            target.json ? print_json(r) : print(serpensctl::render_drain(r));
         } else if (version->parsed()) {
             ordered_json r = call({{"cmd", "version"}});
             r["serpensctl"] = SERPENS_VERSION;

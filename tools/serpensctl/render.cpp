@@ -138,6 +138,9 @@ std::string render_status(const ordered_json &st)
     out += fmt::format("log level       {}\n", text_of(st, "log_level"));
     out += fmt::format("wake threshold  {} packets\n", text_of(st, "wake_threshold"));
     out += fmt::format("lcores          {}\n", joined(field(st, "lcores"), ","));
+    if (!field(st, "drained_lcores").empty()) {
+        out += fmt::format("drained         {}\n", joined(field(st, "drained_lcores"), ","));
+    }
     out += fmt::format("ports           {}\n\n", joined(field(st, "ports"), ", "));
     Table chains({"chain", "instances", "parked", "pooled", "packets"}, {false, true, true, true, true});
     for (const auto &[name, chain] : field(st, "chains").items()) {
@@ -274,13 +277,7 @@ std::string render_scale(const ordered_json &r)
 
 std::string render_reload(const ordered_json &r)
 {
-    auto names = [&](const char *key) {
-        std::string out;
-        for (const ordered_json &name : field(r, key)) {
-            out += (out.empty() ? "" : ", ") + name.get<std::string>();
-        }
-        return out.empty() ? std::string("-") : out;
-    };
+    auto names = [&](const char *key) { return joined(field(r, key), ", "); };
     std::string out = fmt::format("reloaded in {} ms\n  swapped:   {}\n  unchanged: {}\n", text_of(r, "took_ms"),
                                   names("reloaded"), names("unchanged"));
     for (const char *key : {"updated", "added", "removed", "plugins_changed"}) {
@@ -294,9 +291,25 @@ std::string render_reload(const ordered_json &r)
                            text_of(swap, "pause_us"));
     }
     for (const ordered_json &refusal : field(r, "plugin_refusals")) {
-        out += "  plugin refused: " + refusal.get<std::string>() + "\n";
+        out += "  plugin refused: " + cell(refusal) + "\n";
     }
     return out;
+}
+
+std::string render_drain(const ordered_json &r)
+{
+    std::string out;
+    for (const ordered_json &m : field(r, "moves")) {
+        out += fmt::format("chain {}: instance {} on lcore {} -> instance {} on lcore {}\n", text_of(m, "chain"),
+                           text_of(m, "from_index"), text_of(m, "from_lcore"), text_of(m, "to_index"),
+                           text_of(m, "to_lcore"));
+    }
+    if (!field(r, "moves").empty()) {
+        out += fmt::format("{} bucket(s) moved; data path paused {} us\n", text_of(r, "moved_buckets"),
+                           text_of(r, "pause_us"));
+    }
+    const std::string drained = joined(field(r, "drained"), ",");
+    return out + "drained lcores: " + (drained == "-" ? "none" : drained) + "\n";
 }
 
 } // namespace serpensctl

@@ -20,6 +20,8 @@ std::string render_stats(const ordered_json &stats);
 std::string render_scale(const ordered_json &result);
 // "reload": what was swapped, kept, added; what each swap cost.
 std::string render_reload(const ordered_json &result);
+// "drain": the instances moved, and which lcores are drained now.
+std::string render_drain(const ordered_json &result);
 std::string render_bill(const ordered_json &bill);
 
 // --since: "30s", "10m", "2h", "7d" ago; Unix seconds; or a UTC time
