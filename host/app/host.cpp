@@ -8,6 +8,7 @@
 #include "chain/runtime.h"
 #include "config/host_config.h"
 #include "config/eal_lcores.h"
+#include "core/clock.h"
 #include "control/server.h"
 #include "core/error.h"
 #include "core/fault.h"
@@ -484,6 +485,8 @@ int run_host(const HostOptions &options)
                 spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it, SIGHUP reloads chains and plugins",
                              cfg.id);
                 dataplane.run();
+                // No packet runs any more: NFs fold what their flows hold.
+                manager->visit_flows_at_stop(monotonic_ns());
             }
             meter.stop(); // the lcores are done: the ledger gets their last packets
             const std::string chains = manager->chains_json();

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <limits>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -213,11 +214,14 @@ void ChainInstance::on_flow_expired(void *self, uint8_t *entry) noexcept
 bool ChainInstance::on_flow_visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept
 {
     auto *instance = static_cast<ChainInstance *>(self);
-    const serpens_flow_info info = state::FlowTable::entry_info(entry, idle_ns, expiring, instance->_sweep_now_ns);
+    serpens_flow_info info = state::FlowTable::entry_info(entry, idle_ns, expiring, instance->_sweep_now_ns);
+    info.stopping = instance->_stopping ? 1 : 0;
     bool keep = false;
     for (const Slot &slot : instance->_slots) {
-        // Every visitor sees an expiring entry; the eager ones see them all.
-        if (slot.flow_visit != nullptr && slot.flow_offset != 0 && (expiring || slot.flow_visit_ms != 0)) {
+        // Every visitor sees an expiring entry, and every entry at a stop;
+        // the eager ones see them all.
+        if (slot.flow_visit != nullptr && slot.flow_offset != 0 &&
+            (expiring || slot.flow_visit_ms != 0 || instance->_stopping)) {
             fault::current_site = slot.site;
             keep |= slot.flow_visit(slot.ctx, entry + slot.flow_offset, &info) == SERPENS_FLOW_KEEP;
         }
@@ -235,6 +239,19 @@ std::size_t ChainInstance::expire_flows(const uint64_t *owned, uint64_t now_ns, 
     const state::FlowSweepHooks hooks{_visitors ? &ChainInstance::on_flow_visit : nullptr, _visit_all,
                                       &ChainInstance::on_flow_expired, this};
     return _flows->sweep(owned, _sweep, now_ns, _flows->sweep_slots(period_ns, _sweep_pass_ns), hooks);
+}
+
+void ChainInstance::visit_flows_at_stop(const uint64_t *owned, uint64_t now_ns) noexcept
+{
+    if (_flows == nullptr || !_visitors) {
+        return;
+    }
+    _sweep_now_ns = now_ns;
+    _stopping = true;
+    state::FlowSweepCursor whole; // from the start, over every owned part at once
+    const state::FlowSweepHooks hooks{&ChainInstance::on_flow_visit, true, &ChainInstance::on_flow_expired, this};
+    _flows->sweep(owned, whole, now_ns, std::numeric_limits<uint32_t>::max(), hooks);
+    _stopping = false;
 }
 
 void ChainInstance::join_state()

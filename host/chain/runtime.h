@@ -81,6 +81,11 @@ public:
     // Returns how many went.
     std::size_t expire_flows(const uint64_t *owned, uint64_t now_ns, uint64_t period_ns) noexcept;
     state::FlowTable *flow_table() const noexcept { return _flows; }
+    // A clean stop, once no packet runs any more: shows every entry of the
+    // parts this instance owns to the NFs' flow_visit hooks with `stopping`
+    // set, so they fold what flows hold (entries past the timeout go as in
+    // a sweep).  Runs on the caller's thread.
+    void visit_flows_at_stop(const uint64_t *owned, uint64_t now_ns) noexcept;
 
     const CompiledChain &chain() const noexcept { return *_chain; }
     uint32_t instance_id() const noexcept { return _instance_id; }
@@ -117,6 +122,7 @@ private:
     bool _visitors = false;      // an NF of the chain has a flow_visit hook
     bool _visit_all = false;     // an NF visits every entry, not only expiring ones
     uint64_t _sweep_now_ns = 0;  // the running sweep's clock, for the visitors
+    bool _stopping = false;      // the running sweep is visit_flows_at_stop's
     alignas(64) uint8_t _ports[max_burst] = {};
     void *_flow_entries[max_burst] = {};
     uint8_t _flow_flags[max_burst] = {};

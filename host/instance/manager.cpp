@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -796,6 +797,21 @@ std::vector<ChainSummary> InstanceManager::chain_summaries() const
         out.push_back(std::move(s));
     }
     return out;
+}
+
+void InstanceManager::visit_flows_at_stop(uint64_t now_ns)
+{
+    std::lock_guard lock(_mutex);
+    for (const auto &slot : _dp.slots()) {
+        if (!on_lcore(slot->state) || !slot->chain) {
+            continue;
+        }
+        std::array<uint64_t, io::route_buckets / 64> owned{};
+        for (std::size_t w = 0; w < owned.size(); ++w) {
+            owned[w] = slot->sweep_parts[w].load(std::memory_order_acquire);
+        }
+        slot->chain->visit_flows_at_stop(owned.data(), now_ns);
+    }
 }
 
 void InstanceManager::add_nf_usage(std::vector<NfUsage> &into, const ChainInstance &instance)

@@ -232,6 +232,11 @@ public:
     // The same, as data (takes the manager's lock for as long as chains_json).
     std::vector<ChainSummary> chain_summaries() const;
 
+    // A clean stop, after Dataplane::run() returned: every instance on an
+    // lcore shows the flows it owns to its NFs' flow_visit hooks once more
+    // (ChainInstance::visit_flows_at_stop), before any fini.
+    void visit_flows_at_stop(uint64_t now_ns);
+
     // What every chain used so far (for the meter).
     HostUsage usage() const;
 

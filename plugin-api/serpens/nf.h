@@ -244,7 +244,10 @@ static inline uint32_t serpens_batch_flow_flags(const struct serpens_batch *batc
  *    unless a hook returns SERPENS_FLOW_KEEP: an NF whose flows outlive the
  *    chain's timeout (a NAT's established TCP) keeps them, and is asked
  *    again at the next pass.  Idle times wrap after about 9.5 hours: keep no
- *    flow idle longer.
+ *    flow idle longer;
+ *  - (ABI 1.7) every entry once more when the host stops cleanly, after the
+ *    last packet and before fini, with `stopping` set: the last chance to
+ *    fold what a flow holds into tables that outlive it.
  * The entry's key is the flow's, endpoints in canonical order: endpoint a is
  * the lower (address bytewise, then port).  Hot-path rules apply.
  */
@@ -258,7 +261,8 @@ struct serpens_flow_info {
     uint8_t addr_b[16];
     uint16_t port_a; /* host order; ICMP echo: the identifier in both */
     uint16_t port_b;
-    uint32_t reserved;
+    uint8_t stopping; /* ABI 1.7: the last visit of a clean stop (0 from older hosts) */
+    uint8_t reserved[3];
     uint64_t idle_ns; /* since the flow's last packet, in whole units of 2^30 ns */
     uint64_t now_ns;  /* the sweep's clock (the batch clock's) */
 };

@@ -38,7 +38,7 @@
  *       after its last fold, or, for a flow that went quiet, when the host's
  *       flow sweep shows it to mon (flow_visit, every max(fold_ms, 100 ms))
  *       at least fold_ms after its last fold, and always when the flow
- *       expires; so a host's counts lag its flows' by less than about
+ *       expires or the host stops cleanly (its last visit); so a host's counts lag its flows' by less than about
  *       fold_ms plus the visit period.  Adding per flow every fold_ms rather
  *       than per packet is what keeps mon cheap: two host-table updates per
  *       packet made it cost four times what fw or nat cost.
@@ -534,7 +534,8 @@ static int mon_flow_visit(struct serpens_nf_ctx *ctx, void *state, const struct 
         return 0;
     }
     int keep = 0;
-    if (mon_pending(f) && (flow->expiring || mon_fold_due(m, f, flow->now_ns))) {
+    /* A stopping host shows each flow one last time: all it holds goes now. */
+    if (mon_pending(f) && (flow->expiring || flow->stopping || mon_fold_due(m, f, flow->now_ns))) {
         const unsigned version = flow->ip_version == 4 ? 4u : 6u;
         mon_round_begin(m);
         m->n_folds = 1;
