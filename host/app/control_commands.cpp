@@ -102,7 +102,7 @@ ordered_json bill_result(const metering::Bill &bill)
     for (const auto &[name, used] : bill.chains) {
         ordered_json nfs = ordered_json::object();
         for (const auto &[nf, n] : used.nfs) {
-            nfs[nf] = {{"packets", n.packets}, {"bytes", n.bytes}, {"dropped", n.dropped}};
+            nfs[nf] = metering::nf_json(n);
         }
         chains[name] = {{"packets", used.packets},       {"bytes", used.bytes},   {"dropped", used.dropped},
                         {"instance_s", used.instance_s}, {"busy_s", used.busy_s}, {"nfs", std::move(nfs)}};

@@ -1,5 +1,6 @@
 #include "chain/runtime.h"
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/fault.h"
 #include "plugin/registry.h"
@@ -328,6 +329,7 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
     }
 
     const uint16_t drop_bucket = n_nfs + 1;
+    const bool timed = (_batch_seq++ & (kTimedBatchEvery - 1)) == 0;
     for (uint16_t label = 1; label <= n_nfs; ++label) {
         const uint32_t visiting = pending[label];
         if (visiting == 0) {
@@ -337,7 +339,9 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         batch.self = label;
         batch.flow_offset = slot.flow_offset;
         fault::current_site = slot.site; // one store: a crash in process() names this NF
+        const uint64_t started = timed ? monotonic_ns() : 0;
         slot.process(slot.ctx, &batch);
+        const uint64_t took = timed ? monotonic_ns() - started : 0;
 
         // Map each visitor's output port to its next label; reset the port so
         // the next NF starts from "default" without a separate clearing pass.
@@ -359,6 +363,9 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
                             std::memory_order_relaxed);
         stats.batches.store(stats.batches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         stats.bytes.store(stats.bytes.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
+        if (timed) {
+            stats.sampled_ns.store(stats.sampled_ns.load(std::memory_order_relaxed) + took, std::memory_order_relaxed);
+        }
     }
     fault::current_site = nullptr;
     return pending[0];

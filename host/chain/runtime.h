@@ -35,7 +35,13 @@ struct NfRunStats {
     std::atomic<uint64_t> dropped{0}; // of those, dropped by its verdict
     std::atomic<uint64_t> bytes{0};   // their lengths as the NF left them (metering)
     std::atomic<uint64_t> batches{0}; // calls of process()
+    // Time in process() over one batch in kTimedBatchEvery: shares the
+    // chain's busy time among its NFs (metering) at no per-packet cost.
+    std::atomic<uint64_t> sampled_ns{0};
 };
+
+// One batch in this many is timed per NF (a power of two).
+inline constexpr uint32_t kTimedBatchEvery = 16;
 
 class ChainInstance {
 public:
@@ -116,6 +122,7 @@ private:
     std::vector<Slot> _slots;
     std::unique_ptr<NfRunStats[]> _stats;
     std::vector<uint32_t> _pending; // per label bucket: 0 out, 1..N NFs, N+1 drop
+    uint32_t _batch_seq = 0;        // batches run, for kTimedBatchEvery
     state::FlowTable *_flows = nullptr;
     state::FlowSweepCursor _sweep;
     uint64_t _sweep_pass_ns = 0; // a whole pass over the owned parts at least this often (0: no sweep)

@@ -827,6 +827,7 @@ void InstanceManager::add_nf_usage(std::vector<NfUsage> &into, const ChainInstan
         it->packets += s.packets.load(std::memory_order_relaxed);
         it->bytes += s.bytes.load(std::memory_order_relaxed);
         it->dropped += s.dropped.load(std::memory_order_relaxed);
+        it->sampled_ns += s.sampled_ns.load(std::memory_order_relaxed);
     }
 }
 
@@ -850,6 +851,11 @@ HostUsage InstanceManager::usage() const
             u.active += slot->state == SlotState::active;
             if (slot->chain) {
                 add_nf_usage(u.nfs, *slot->chain);
+                for (std::size_t i = 0; on_lcore(slot->state) && i < slot->chain->size(); ++i) {
+                    const std::string &nf = slot->chain->context(i).nf_name;
+                    std::find_if(u.nfs.begin(), u.nfs.end(), [&](const NfUsage &n) { return n.name == nf; })->running =
+                        true;
+                }
             }
             const bool running = on_lcore(slot->state);
             out.slots.push_back(

@@ -144,6 +144,8 @@ struct NfUsage {
     uint64_t packets = 0;
     uint64_t bytes = 0;
     uint64_t dropped = 0;
+    uint64_t sampled_ns = 0; // NfRunStats::sampled_ns: its share of the chain's busy time
+    bool running = false;    // an instance on an lcore runs it now (it accrues instance-seconds)
 };
 struct ChainUsage {
     std::string name;

@@ -63,6 +63,8 @@ Used &Used::operator+=(const Used &other)
         mine.packets += nf.packets;
         mine.bytes += nf.bytes;
         mine.dropped += nf.dropped;
+        mine.instance_s += nf.instance_s;
+        mine.busy_s += nf.busy_s;
     }
     return *this;
 }
@@ -72,11 +74,20 @@ bool Used::empty() const noexcept
     return packets == 0 && bytes == 0 && dropped == 0 && instance_s == 0 && busy_s == 0;
 }
 
+nlohmann::ordered_json nf_json(const NfUsed &nf)
+{
+    return {{"packets", nf.packets},
+            {"bytes", nf.bytes},
+            {"dropped", nf.dropped},
+            {"instance_s", nf.instance_s},
+            {"busy_s", nf.busy_s}};
+}
+
 std::string row_line(const Row &row)
 {
     ordered_json nfs = ordered_json::object();
     for (const auto &[name, nf] : row.used.nfs) {
-        nfs[name] = {{"packets", nf.packets}, {"bytes", nf.bytes}, {"dropped", nf.dropped}};
+        nfs[name] = nf_json(nf);
     }
     const ordered_json line = {{"from", row.from_s},
                                {"to", row.to_s},
@@ -109,7 +120,8 @@ std::optional<Row> parse_row(const std::string &line)
     if (auto nfs = j.find("nfs"); nfs != j.end() && nfs->is_object()) {
         for (const auto &[name, nf] : nfs->items()) {
             if (nf.is_object()) {
-                row.used.nfs[name] = {whole(nf, "packets"), whole(nf, "bytes"), whole(nf, "dropped")};
+                row.used.nfs[name] = {whole(nf, "packets"), whole(nf, "bytes"), whole(nf, "dropped"),
+                                      real(nf, "instance_s"), real(nf, "busy_s")};
             }
         }
     }

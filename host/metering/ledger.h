@@ -7,6 +7,8 @@
 // file stays small on a host that runs for months: "since" is exact to the
 // second for the last hour, to the hour before that.
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -20,6 +22,8 @@ struct NfUsed {
     uint64_t packets = 0;
     uint64_t bytes = 0;
     uint64_t dropped = 0;
+    double instance_s = 0; // its chain's instances that ran it, times seconds
+    double busy_s = 0;     // its share of the chain's busy time, by time measured in it
 };
 
 struct Used {
@@ -83,5 +87,7 @@ private:
 // line is not a row.
 std::string row_line(const Row &row);
 std::optional<Row> parse_row(const std::string &line);
+// One NF's usage as the ledger and the bill show it.
+nlohmann::ordered_json nf_json(const NfUsed &nf);
 
 } // namespace serpens::metering

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -137,12 +138,32 @@ void Meter::sample_locked()
         // (the first interval starts with the instances the host started).
         row.used.instance_s = (u.active + (before ? before->active : u.active)) / 2.0 * seconds;
         row.used.busy_s = busy_s[c];
-        for (std::size_t i = 0; i < u.nfs.size(); ++i) {
-            const NfUsage *b = before && i < before->nfs.size() ? &before->nfs[i] : nullptr;
-            NfUsed used{grown(u.nfs[i].packets, b ? b->packets : 0), grown(u.nfs[i].bytes, b ? b->bytes : 0),
-                        grown(u.nfs[i].dropped, b ? b->dropped : 0)};
-            if (used.packets != 0 || used.bytes != 0 || used.dropped != 0) {
-                row.used.nfs[u.nfs[i].name] = used;
+        // Per NF, matched by name (a reload may add or reorder NFs): the
+        // chain's busy time shared by the time measured in each NF, and its
+        // instance-seconds for each NF its running instances have.
+        auto before_of = [&](const std::string &name) -> const NfUsage * {
+            if (before == nullptr) {
+                return nullptr;
+            }
+            auto it =
+                std::find_if(before->nfs.begin(), before->nfs.end(), [&](const NfUsage &n) { return n.name == name; });
+            return it == before->nfs.end() ? nullptr : &*it;
+        };
+        uint64_t sampled_total = 0;
+        for (const NfUsage &nf : u.nfs) {
+            const NfUsage *b = before_of(nf.name);
+            sampled_total += grown(nf.sampled_ns, b ? b->sampled_ns : 0);
+        }
+        for (const NfUsage &nf : u.nfs) {
+            const NfUsage *b = before_of(nf.name);
+            const uint64_t sampled = grown(nf.sampled_ns, b ? b->sampled_ns : 0);
+            NfUsed used{grown(nf.packets, b ? b->packets : 0), grown(nf.bytes, b ? b->bytes : 0),
+                        grown(nf.dropped, b ? b->dropped : 0), nf.running ? row.used.instance_s : 0.0,
+                        sampled_total == 0
+                            ? 0.0
+                            : row.used.busy_s * static_cast<double>(sampled) / static_cast<double>(sampled_total)};
+            if (used.packets != 0 || used.bytes != 0 || used.dropped != 0 || used.instance_s != 0 || used.busy_s != 0) {
+                row.used.nfs[nf.name] = used;
             }
         }
         if (!row.used.empty()) {

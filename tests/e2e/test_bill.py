@@ -48,6 +48,10 @@ try:
     reply = bill()
     expect(reply, first, "after a clean restart")
     check(reply["chains"]["c"]["instance_s"] > 0, f"no instance-seconds billed: {reply}")
+    # One NF, always running: its instance-seconds and busy time are the chain's.
+    nf_bill, chain_bill = reply["chains"]["c"]["nfs"]["t"], reply["chains"]["c"]
+    check(abs(nf_bill["instance_s"] - chain_bill["instance_s"]) < 1e-6 and nf_bill["busy_s"] > 0 and
+          abs(nf_bill["busy_s"] - chain_bill["busy_s"]) < 1e-6, f"the NF's instance-s and busy-s: {reply}")
     check(bill("--since", str(int(time.time()) + 3600))["chains"] == {}, "a bill from the future is not empty")
     check(bill("--chain", "nope")["chains"] == {}, "a bill of an unknown chain is not empty")
     human = host.ctl("bill")

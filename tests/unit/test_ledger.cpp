@@ -22,7 +22,7 @@ Row row(int64_t from, int64_t to, const std::string &chain, uint64_t packets)
     r.used.packets = packets;
     r.used.bytes = packets * 100;
     r.used.instance_s = static_cast<double>(to - from);
-    r.used.nfs["fw"] = {packets, packets * 100, 1};
+    r.used.nfs["fw"] = {packets, packets * 100, 1, static_cast<double>(to - from), 0.25};
     return r;
 }
 
@@ -113,4 +113,6 @@ TEST_CASE("a line that is not a row is skipped, never trusted")
     const Row back = *parse_row(row_line(row(5, 6, "c", 4)));
     CHECK(back.used.packets == 4);
     CHECK(back.used.nfs.at("fw").bytes == 400);
+    CHECK(back.used.nfs.at("fw").instance_s == doctest::Approx(1.0));
+    CHECK(back.used.nfs.at("fw").busy_s == doctest::Approx(0.25));
 }

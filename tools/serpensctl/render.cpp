@@ -218,7 +218,8 @@ std::string render_bill(const ordered_json &bill)
         table.add({name, text_of(chain, "packets"), text_of(chain, "bytes"), text_of(chain, "dropped"),
                    text_of(chain, "instance_s"), text_of(chain, "busy_s")});
         for (const auto &[nf, used] : field(chain, "nfs").items()) {
-            table.add({"  " + nf, text_of(used, "packets"), text_of(used, "bytes"), text_of(used, "dropped"), "", ""});
+            table.add({"  " + nf, text_of(used, "packets"), text_of(used, "bytes"), text_of(used, "dropped"),
+                       text_of(used, "instance_s"), text_of(used, "busy_s")});
         }
     }
     return out + table.text();
