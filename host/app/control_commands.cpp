@@ -150,7 +150,7 @@ ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager,
 
 ordered_json ControlCommands::live_stats() const
 {
-    const std::string chains = _manager.chains_json();
+    const std::vector<ChainSummary> chains = _manager.chain_summaries();
     return _manager.locked([&] { return stats_json(_dp, chains, true); });
 }
 
@@ -193,7 +193,7 @@ ordered_json ControlCommands::status() const
 
 ordered_json ControlCommands::chains() const
 {
-    const ordered_json runtime = ordered_json::parse(_manager.chains_json());
+    const ordered_json runtime = chains_json(_manager.chain_summaries());
     ordered_json out = ordered_json::array();
     const std::shared_ptr<const ChainSet> set = _reloader.current();
     for (const auto &chain : set->chains) {

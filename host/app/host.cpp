@@ -489,7 +489,7 @@ int run_host(const HostOptions &options)
                 manager->visit_flows_at_stop(monotonic_ns());
             }
             meter.stop(); // the lcores are done: the ledger gets their last packets
-            const std::string chains = manager->chains_json();
+            const std::vector<ChainSummary> chains = manager->chain_summaries();
             running_dataplane.store(nullptr);
             // Scrapes read the ports' counters: none once they close.
             metrics_endpoint.reset();

@@ -1,6 +1,7 @@
 #include "app/stats.h"
 
 #include "instance/dataplane.h"
+#include "instance/manager.h"
 #include "io/gateway.h"
 #include "io/port.h"
 #include "net/parse.h"
@@ -84,7 +85,45 @@ void print_stats(const Dataplane &dp, std::FILE *out)
     std::fflush(out);
 }
 
-nlohmann::ordered_json stats_json(const Dataplane &dp, const std::string &chains_json, bool live)
+nlohmann::ordered_json chains_json(const std::vector<ChainSummary> &chains)
+{
+    ordered_json out = nlohmann::ordered_json::object();
+    for (const ChainSummary &s : chains) {
+        ordered_json wake_us = ordered_json::array();
+        for (uint64_t ns : s.wake_latency_ns) {
+            wake_us.push_back(static_cast<double>(ns) / 1e3);
+        }
+        out[s.name] = {
+            {"instances", s.active},
+            {"pooled", s.pooled},
+            {"parked", s.parked},
+            {"metered_packets", s.metered},
+            {"scale_events", s.scale_events},
+            {"autoscale_out", s.autoscale_out},
+            {"autoscale_in", s.autoscale_in},
+            {"reaped", s.reaped},
+            {"wakeups", s.wakeups},
+            {"cold_starts", s.cold_starts},
+            {"pool_starts", s.pool_starts},
+            {"reloads", s.reloads},
+            {"load", s.load},
+            {"pause_us_p50", static_cast<double>(s.pause_ns_p50) / 1e3},
+            {"pause_us_p99", static_cast<double>(s.pause_ns_p99) / 1e3},
+            {"wake_latency_us", std::move(wake_us)},
+        };
+        if (s.has_flows) {
+            // The chain's flow table (its NFs' per-flow state), summed over parts.
+            out[s.name]["flows"] = {{"live", s.flows_live},
+                                    {"capacity", s.flows_capacity},
+                                    {"created", s.flows_created},
+                                    {"expired", s.flows_expired},
+                                    {"refused_full", s.flows_refused_full}};
+        }
+    }
+    return out;
+}
+
+nlohmann::ordered_json stats_json(const Dataplane &dp, const std::vector<ChainSummary> &chains, bool live)
 {
     const io::DispatchTotals c = dp.dispatch_totals();
     ordered_json j;
@@ -157,7 +196,7 @@ nlohmann::ordered_json stats_json(const Dataplane &dp, const std::string &chains
         instances.push_back(std::move(instance));
     }
     j["instances"] = std::move(instances);
-    j["chains"] = ordered_json::parse(chains_json);
+    j["chains"] = chains_json(chains);
     j["wake_threshold"] = const_cast<Dataplane &>(dp).wake_threshold().load();
     return j;
 }

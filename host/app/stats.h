@@ -6,19 +6,25 @@
 
 #include <cstdio>
 #include <string>
+#include <vector>
 
 namespace serpens {
 
 class Dataplane;
 struct InstanceSlot;
+struct ChainSummary;
 
 void print_stats(const Dataplane &dp, std::FILE *out);
 
 // The counters as JSON.  `live`: the lcores still run, so device counters are
 // read now (the final ones are kept by the dataplane after it stops).
-// `chains_json`: InstanceManager::chains_json().  ordered_json keeps the keys
+// `chains`: InstanceManager::chain_summaries().  ordered_json keeps the keys
 // in the order a reader expects them.
-nlohmann::ordered_json stats_json(const Dataplane &dp, const std::string &chains_json, bool live);
+nlohmann::ordered_json stats_json(const Dataplane &dp, const std::vector<ChainSummary> &chains, bool live);
+
+// Per chain, keyed by name: instances by state, events, pauses, wake-ups and
+// its flow table, as "stats" and "chains" show them.
+nlohmann::ordered_json chains_json(const std::vector<ChainSummary> &chains);
 
 // One instance slot: its chain, index, lcore, state and packet counters.
 nlohmann::ordered_json instance_json(const InstanceSlot &slot);

@@ -5,7 +5,6 @@
 
 #include <rte_lcore.h>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
@@ -867,44 +866,6 @@ HostUsage InstanceManager::usage() const
         out.chains.push_back(std::move(u));
     }
     return out;
-}
-
-std::string InstanceManager::chains_json() const
-{
-    nlohmann::ordered_json out = nlohmann::ordered_json::object();
-    for (const ChainSummary &s : chain_summaries()) {
-        nlohmann::ordered_json wake_us = nlohmann::ordered_json::array();
-        for (uint64_t ns : s.wake_latency_ns) {
-            wake_us.push_back(static_cast<double>(ns) / 1e3);
-        }
-        out[s.name] = {
-            {"instances", s.active},
-            {"pooled", s.pooled},
-            {"parked", s.parked},
-            {"metered_packets", s.metered},
-            {"scale_events", s.scale_events},
-            {"autoscale_out", s.autoscale_out},
-            {"autoscale_in", s.autoscale_in},
-            {"reaped", s.reaped},
-            {"wakeups", s.wakeups},
-            {"cold_starts", s.cold_starts},
-            {"pool_starts", s.pool_starts},
-            {"reloads", s.reloads},
-            {"load", s.load},
-            {"pause_us_p50", static_cast<double>(s.pause_ns_p50) / 1e3},
-            {"pause_us_p99", static_cast<double>(s.pause_ns_p99) / 1e3},
-            {"wake_latency_us", std::move(wake_us)},
-        };
-        if (s.has_flows) {
-            // The chain's flow table (its NFs' per-flow state), summed over parts.
-            out[s.name]["flows"] = {{"live", s.flows_live},
-                                    {"capacity", s.flows_capacity},
-                                    {"created", s.flows_created},
-                                    {"expired", s.flows_expired},
-                                    {"refused_full", s.flows_refused_full}};
-        }
-    }
-    return out.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 } // namespace serpens

@@ -228,10 +228,7 @@ public:
     std::vector<unsigned> undrain(const std::vector<unsigned> &lcores);
     std::vector<unsigned> drained() const;
 
-    // Per chain: instances by state, events, pauses and wake-ups, as JSON
-    // text (an object keyed by chain name).
-    std::string chains_json() const;
-    // The same, as data (takes the manager's lock for as long as chains_json).
+    // Per chain: instances by state, events, pauses and wake-ups.
     std::vector<ChainSummary> chain_summaries() const;
 
     // A clean stop, after Dataplane::run() returned: every instance on an
