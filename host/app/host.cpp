@@ -39,6 +39,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <thread>
 #include <unistd.h>
 #include <map>
@@ -134,40 +135,39 @@ LcoreSet lcores_of_eal()
     return set;
 }
 
-// The state manager's clock: timers, triggers, idle-flow expiry, on a DPDK
-// control thread (the CPUs the EAL leaves to control work) so it never
-// preempts a worker.  5 ms: fine enough for ms-scale timers and deferred
-// triggers; at 1 ms this thread alone cost an idle host 1.2% of a core.
-class StateManagerThread {
+// A thread of the host's own control work, on the CPUs the EAL leaves to
+// control work, so it never preempts a worker.
+class ControlThread {
 public:
-    explicit StateManagerThread(state::StateStore &store) : _store(store)
+    // Runs `step` over and over on a DPDK control thread named `name` until
+    // destroyed; each step waits (sleeps, polls) for its own period, which
+    // is how soon a stopping host is noticed.  Throws Error naming `what`.
+    ControlThread(const char *name, const char *what, std::function<void()> step) : _step(std::move(step))
     {
-        if (int rc = rte_ctrl_thread_create(&_thread, "serpens-state", nullptr, &StateManagerThread::loop, this);
-            rc != 0) {
-            throw Error(std::string("cannot start the state manager thread: ") + std::strerror(rc < 0 ? -rc : rc));
+        if (int rc = rte_ctrl_thread_create(&_thread, name, nullptr, &ControlThread::loop, this); rc != 0) {
+            throw Error(std::string("cannot start the ") + what + " thread: " + std::strerror(rc < 0 ? -rc : rc));
         }
     }
-    ~StateManagerThread()
+    ~ControlThread()
     {
-        _ticking.store(false);
+        _running.store(false);
         pthread_join(_thread, nullptr);
     }
-    StateManagerThread(const StateManagerThread &) = delete;
-    StateManagerThread &operator=(const StateManagerThread &) = delete;
+    ControlThread(const ControlThread &) = delete;
+    ControlThread &operator=(const ControlThread &) = delete;
 
 private:
     static void *loop(void *self_ptr)
     {
-        auto *self = static_cast<StateManagerThread *>(self_ptr);
-        while (self->_ticking.load(std::memory_order_relaxed)) {
-            self->_store.tick(monotonic_ns());
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        auto *self = static_cast<ControlThread *>(self_ptr);
+        while (self->_running.load(std::memory_order_relaxed)) {
+            self->_step();
         }
         return nullptr;
     }
 
-    state::StateStore &_store;
-    std::atomic<bool> _ticking{true};
+    std::function<void()> _step;
+    std::atomic<bool> _running{true};
     pthread_t _thread{};
 };
 
@@ -273,50 +273,24 @@ void log_to(const std::string &file)
 
 // SIGHUP asks for a reload.  It is blocked in every thread (install_signal_
 // handlers runs before any thread starts, and threads inherit the mask) and
-// taken here with sigtimedwait, so the reload runs on an ordinary control
-// thread, never inside a signal handler.
-class ReloadOnHangup {
-public:
-    explicit ReloadOnHangup(Reloader &reloader) : _reloader(reloader)
-    {
-        if (int rc = rte_ctrl_thread_create(&_thread, "serpens-hup", nullptr, &ReloadOnHangup::loop, this); rc != 0) {
-            throw Error(std::string("cannot start the reload thread: ") + std::strerror(rc < 0 ? -rc : rc));
-        }
+// taken by this step of a control thread with sigtimedwait, so the reload
+// runs on an ordinary thread, never inside a signal handler.
+void reload_on_hangup(Reloader &reloader)
+{
+    sigset_t hangup;
+    sigemptyset(&hangup);
+    sigaddset(&hangup, SIGHUP);
+    const timespec wait{0, 200'000'000}; // how soon a stopping host notices
+    if (sigtimedwait(&hangup, nullptr, &wait) != SIGHUP) {
+        return;
     }
-    ~ReloadOnHangup()
-    {
-        _running.store(false);
-        pthread_join(_thread, nullptr);
+    spdlog::info("SIGHUP: reloading chains and plugins");
+    try {
+        reloader.reload();
+    } catch (const Error &e) {
+        spdlog::error("SIGHUP: {}", e.what());
     }
-    ReloadOnHangup(const ReloadOnHangup &) = delete;
-    ReloadOnHangup &operator=(const ReloadOnHangup &) = delete;
-
-private:
-    static void *loop(void *self_ptr)
-    {
-        auto *self = static_cast<ReloadOnHangup *>(self_ptr);
-        sigset_t hangup;
-        sigemptyset(&hangup);
-        sigaddset(&hangup, SIGHUP);
-        while (self->_running.load(std::memory_order_relaxed)) {
-            const timespec wait{0, 200'000'000}; // how soon a stopping host notices
-            if (sigtimedwait(&hangup, nullptr, &wait) != SIGHUP) {
-                continue;
-            }
-            spdlog::info("SIGHUP: reloading chains and plugins");
-            try {
-                self->_reloader.reload();
-            } catch (const Error &e) {
-                spdlog::error("SIGHUP: {}", e.what());
-            }
-        }
-        return nullptr;
-    }
-
-    Reloader &_reloader;
-    std::atomic<bool> _running{true};
-    pthread_t _thread{};
-};
+}
 
 void install_signal_handlers()
 {
@@ -479,9 +453,16 @@ int run_host(const HostOptions &options)
             running_dataplane.store(&dataplane);
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
-            ReloadOnHangup hangup(reloader);
+            ControlThread hangup("serpens-hup", "reload", [&reloader] { reload_on_hangup(reloader); });
             {
-                StateManagerThread state_manager(store);
+                // The state manager's clock: timers, triggers, idle-flow
+                // expiry.  5 ms: fine enough for ms-scale timers and deferred
+                // triggers; at 1 ms this thread alone cost an idle host 1.2%
+                // of a core.
+                ControlThread state_manager("serpens-state", "state manager", [&store] {
+                    store.tick(monotonic_ns());
+                    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                });
                 spdlog::info("serpens-host '{}' running; SIGINT or SIGTERM stops it, SIGHUP reloads chains and plugins",
                              cfg.id);
                 dataplane.run();
