@@ -129,7 +129,21 @@ ReloadReport Reloader::reload(const std::vector<std::string> &force)
             report.plugins_changed.push_back(name);
         }
     }
-    std::shared_ptr<ChainSet> next = compile_chain_set(_cfg, plugins, &old);
+    std::shared_ptr<ChainSet> next;
+    try {
+        next = compile_chain_set(_cfg, plugins, &old);
+    } catch (const Error &e) {
+        if (report.refusals.empty()) {
+            throw;
+        }
+        // A chain may fail to compile because its plugin was refused just
+        // now (a rebuilt file with bad permissions): say that too.
+        std::string why = e.what();
+        for (const std::string &refusal : report.refusals) {
+            why += "; plugin refused: " + refusal;
+        }
+        throw Error(why);
+    }
 
     std::vector<ChainUpdate> updates;
     for (const auto &[name, tag] : old.tag_of) {

@@ -7,7 +7,8 @@ flow's packets in the chain's flow table and appends its build number and the
 flow's count to every packet.  A paced trace of many UDP flows is fed through a
 FIFO; while it flows:
  1. an invalid edit of the chain file is refused with file:line;
- 2. build 3 of tally, whose state table has another value size, is refused;
+ 2. build 3 of tally, whose state table has another value size, is refused,
+    and so is a build the loader refuses (group-writable), saying why;
  3. build 2, compatible, is swapped in by `serpensctl reload`;
  4. a valid edit (a trace NF after tally) is swapped in by SIGHUP.
 Then every packet left the host, and each flow's counts run 1, 2, 3... in
@@ -94,6 +95,14 @@ try:
     check(out.returncode == 1 and "'seen'" in out.stdout and json.loads(out.stdout)["error"]["code"] == "refused",
           f"an incompatible build was not refused for its table: {out.returncode} {out.stdout}{out.stderr}")
     check(tally_version() == "build 1", "after a refused swap the running plugin is not build 1")
+
+    # 2b. A new build the loader refuses (group-writable): the chain cannot
+    # compile, and the reply says why.
+    install("_v2")
+    os.chmod(host.path("plugins/serpens_nf_tally.so"), 0o775)
+    out = host.ctl("reload")
+    check(out.returncode == 1 and "plugin refused" in out.stderr and "writable by group" in out.stderr,
+          f"a refused plugin file does not explain the failed reload: {out.returncode} {out.stderr}")
 
     # 3. A compatible build, swapped in by serpensctl.
     wait_fed(0.5)
