@@ -152,6 +152,35 @@ ChainInstance::ChainInstance(std::shared_ptr<const CompiledChain> chain, uint32_
 
 ChainInstance::~ChainInstance() { finalize(_contexts.size()); }
 
+void ChainInstance::steer_remote(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept
+{
+    uint32_t taken = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        if (returned_from != nullptr && returned_from[i] != 0) {
+            labels[i] = SERPENS_LABEL_OUT; // a peer ran the chain on it
+            ++pending[SERPENS_LABEL_OUT];
+            ++taken;
+            continue;
+        }
+        if ((_flow_flags[i] & state::flow_flag_remote) == 0) {
+            continue;
+        }
+        auto *entry = static_cast<uint8_t *>(_flow_entries[i]);
+        const uint8_t peer = state::FlowTable::remote_peer(entry);
+        _flow_flags[i] &= static_cast<uint8_t>(~state::flow_flag_remote);
+        if (_steering != nullptr && _steering->peer_up[peer].load(std::memory_order_relaxed)) {
+            labels[i] = label_remote;
+            _remote_peers[i] = peer;
+            ++taken;
+        } else {
+            // Its peer is gone, and the flow's state with it: it starts over here.
+            state::FlowTable::make_local(entry);
+            _flow_flags[i] |= SERPENS_FLOW_NEW;
+        }
+    }
+    pending[1] -= taken;
+}
+
 void ChainInstance::open_flow_table(const FlowTableResolver &flows)
 {
     state::FlowTableSpec spec;
@@ -203,6 +232,9 @@ void ChainInstance::open_flow_table(const FlowTableResolver &flows)
 void ChainInstance::on_flow_expired(void *self, uint8_t *entry) noexcept
 {
     auto *instance = static_cast<ChainInstance *>(self);
+    if (state::FlowTable::remote_peer(entry) != 0) {
+        return; // no NF here holds anything for it
+    }
     for (const Slot &slot : instance->_slots) {
         if (slot.flow_expired != nullptr && slot.flow_offset != 0) {
             fault::current_site = slot.site;
@@ -215,6 +247,9 @@ void ChainInstance::on_flow_expired(void *self, uint8_t *entry) noexcept
 bool ChainInstance::on_flow_visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept
 {
     auto *instance = static_cast<ChainInstance *>(self);
+    if (state::FlowTable::remote_peer(entry) != 0) {
+        return false; // served by a peer: no NF here knows it
+    }
     serpens_flow_info info = state::FlowTable::entry_info(entry, idle_ns, expiring, instance->_sweep_now_ns);
     info.stopping = instance->_stopping ? 1 : 0;
     bool keep = false;
@@ -298,7 +333,8 @@ void ChainInstance::finalize(std::size_t count) noexcept
     }
 }
 
-uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns) noexcept
+uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns,
+                            const uint8_t *returned_from) noexcept
 {
     const auto n_nfs = static_cast<uint16_t>(_slots.size());
     if (n == 0 || n_nfs == 0) {
@@ -323,9 +359,29 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
     batch.ports = _ports;
     batch.now_ns = now_ns;
     if (_flows != nullptr) {
-        _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries, _flow_flags);
+        // Which peer a flow created now goes to: the one that sent it back
+        // processed, else its bucket's.
+        const uint8_t *new_flow_peers = nullptr;
+        const bool steers = _steering != nullptr && _steering->steers.load(std::memory_order_relaxed);
+        if (steers || returned_from != nullptr) {
+            for (uint32_t i = 0; i < n; ++i) {
+                const uint8_t from = returned_from != nullptr ? returned_from[i] : 0;
+                _new_flow_peers[i] =
+                    from != 0 || !steers
+                        ? from
+                        : _steering->new_flows[pkts[i].flow_hash % state::flow_parts].load(std::memory_order_relaxed);
+            }
+            new_flow_peers = _new_flow_peers;
+        }
+        const uint32_t remote =
+            _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries, _flow_flags, new_flow_peers);
         batch.flows = _flow_entries;
         batch.flow_flags = _flow_flags;
+        if (remote != 0 || returned_from != nullptr) {
+            steer_remote(n, labels, returned_from, pending);
+        }
+    } else if (returned_from != nullptr) {
+        steer_remote(n, labels, returned_from, pending);
     }
 
     const uint16_t drop_bucket = n_nfs + 1;

@@ -9,6 +9,7 @@
 #include "core/nf_context.h"
 #include "state/flow_table.h"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -43,6 +44,24 @@ struct NfRunStats {
 // One batch in this many is timed per NF (a power of two).
 inline constexpr uint32_t kTimedBatchEvery = 16;
 
+// run()'s label for a packet whose flow a peer serves (remote_peers()).  No
+// NF is shown it: it is no NF's index, nor OUT or DROP.
+inline constexpr uint16_t label_remote = 0xfffe;
+
+// Where a chain's flows are served when it has instances on other servers
+// (migration avoidance, paper SIII-A2): a flow stays where its first packet
+// was served, and only new flows follow new_flows.  One per chain, shared
+// by its instances; the control thread writes it, workers read it.
+struct FlowSteering {
+    // Per router bucket: the peer (1..flow_max_peer) that serves the
+    // bucket's new flows; 0: this host does.
+    std::array<std::atomic<uint8_t>, state::flow_parts> new_flows{};
+    std::atomic<bool> steers{false}; // some bucket's new flows go to a peer
+    // Per peer: whether it serves.  A flow of a peer that is down comes
+    // back to this host as a new flow: its state there is lost.
+    std::array<std::atomic<bool>, state::flow_max_peer + 1> peer_up{};
+};
+
 class ChainInstance {
 public:
     // Creates a context per NF and calls each NF's init, in chain order.  When
@@ -65,9 +84,20 @@ public:
     ChainInstance &operator=(const ChainInstance &) = delete;
 
     // Runs n <= max_burst packets through the chain.  On return labels[i] is
-    // SERPENS_LABEL_OUT (reached egress) or SERPENS_LABEL_DROP.  Returns the
+    // SERPENS_LABEL_OUT (reached egress), SERPENS_LABEL_DROP, or
+    // label_remote: its flow is served by peer remote_peers()[i], which it
+    // must be sent to unprocessed.  returned_from[i] != 0 (nullptr: none
+    // is) says packet i comes back processed from that peer: it goes OUT
+    // untouched, and its flow is remembered as that peer's, so the replies
+    // to a flow a peer translated find their way back there.  Returns the
     // number of packets that reached egress.  Hot path: no allocation.
-    uint32_t run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns) noexcept;
+    uint32_t run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns,
+                 const uint8_t *returned_from = nullptr) noexcept;
+    // After run(): the peer of each label_remote packet.
+    const uint8_t *remote_peers() const noexcept { return _remote_peers; }
+    // Steers this instance's new flows as `steering` says (nullptr: all on
+    // this host); it outlives the instance.  Control side, before it serves.
+    void steer_by(const FlowSteering *steering) noexcept { _steering = steering; }
 
     // Its share of the chain's global/write state: the constructor takes it;
     // leave_state gives it back (RELEASE: re-split among the others;
@@ -115,6 +145,9 @@ private:
     void open_flow_table(const FlowTableResolver &flows);
     static void on_flow_expired(void *self, uint8_t *entry) noexcept;
     static bool on_flow_visit(void *self, uint8_t *entry, uint64_t idle_ns, bool expiring) noexcept;
+    // run()'s part for flows peers serve and packets they processed:
+    // relabels them and takes them from the entry NF's count.
+    void steer_remote(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept;
 
     std::shared_ptr<const CompiledChain> _chain;
     uint32_t _instance_id;
@@ -133,6 +166,9 @@ private:
     alignas(64) uint8_t _ports[max_burst] = {};
     void *_flow_entries[max_burst] = {};
     uint8_t _flow_flags[max_burst] = {};
+    const FlowSteering *_steering = nullptr;
+    uint8_t _new_flow_peers[max_burst] = {};
+    uint8_t _remote_peers[max_burst] = {};
 };
 
 } // namespace serpens

@@ -56,7 +56,9 @@ struct SlotHeader {
     uint32_t sig;       // (hash >> 8) | 1 << 31: a cheap first compare, and the hash with the part
     uint16_t last_seen; // idle units (2^30 ns), modulo 2^16
     uint8_t state;      // slot_* below; written last when a flow appears
-    uint8_t initiator;  // 1: the first packet went from key.dst to key.src
+    // Bit 0: the first packet went from key.dst to key.src.  Bits 1-7: the
+    // peer whose instance serves the flow (remote_peer), 0 on this host.
+    uint8_t initiator;
 };
 static_assert(sizeof(SlotHeader) == flow_entry_header);
 
@@ -398,8 +400,8 @@ uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &k
     return nullptr;
 }
 
-uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t slot,
-                           uint16_t now) noexcept
+uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint8_t peer,
+                           uint32_t slot, uint16_t now) noexcept
 {
     // Refused when the probe found no room, or when the part holds its share
     // of the capacity: fuller, probes would grow long.
@@ -412,7 +414,7 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
     h->key = key;
     h->sig = signature(hash);
     h->last_seen = now;
-    h->initiator = initiator_hi ? 1 : 0;
+    h->initiator = static_cast<uint8_t>((initiator_hi ? 1u : 0u) | (peer & flow_max_peer) << 1);
     std::memset(entry + flow_entry_header, 0, _entry_size - flow_entry_header);
     st8(&h->state, slot_live); // publishes the entry, after all of it
     bump(part.header->counters.live);
@@ -447,9 +449,10 @@ void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *a
     __atomic_store_n(&c.live, c.live > 0 ? c.live - 1 : 0, __ATOMIC_RELAXED);
 }
 
-void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
-                             uint8_t *flags) noexcept
+uint32_t FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                                 uint8_t *flags, const uint8_t *new_flow_peer) noexcept
 {
+    uint32_t remote = 0;
     constexpr uint32_t chunk = 64;
     // Two passes per chunk, so the cache misses of its packets overlap: keys
     // and the prefetch of each home slot (every line of it: the NFs' areas
@@ -491,7 +494,8 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             uint8_t *entry = probe(p, hash, keys[j], free_slot);
             uint8_t f = 0;
             if (entry == nullptr) {
-                entry = insert(p, hash, keys[j], reverse[j], free_slot, now);
+                entry = insert(p, hash, keys[j], reverse[j], new_flow_peer != nullptr ? new_flow_peer[base + j] : 0,
+                               free_slot, now);
                 f = SERPENS_FLOW_NEW;
                 if (entry == nullptr) {
                     continue;
@@ -501,13 +505,18 @@ void FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t 
             if (h->last_seen != now) {
                 st16(&h->last_seen, now);
             }
-            if (reverse[j] != (h->initiator != 0)) {
+            if (reverse[j] != ((h->initiator & 1u) != 0)) {
                 f |= SERPENS_FLOW_REPLY;
+            }
+            if (h->initiator > 1u) {
+                f |= flow_flag_remote;
+                ++remote;
             }
             entries[base + j] = entry;
             flags[base + j] = f;
         }
     }
+    return remote;
 }
 
 std::size_t FlowTable::sweep(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,
@@ -571,6 +580,17 @@ uint32_t FlowTable::sweep_slots(uint64_t call_period_ns, uint64_t pass_ns) const
     return static_cast<uint32_t>(std::clamp(std::ceil(slots), 8.0, 2048.0));
 }
 
+uint8_t FlowTable::remote_peer(const uint8_t *entry) noexcept
+{
+    return reinterpret_cast<const SlotHeader *>(entry)->initiator >> 1;
+}
+
+void FlowTable::make_local(uint8_t *entry) noexcept
+{
+    auto *h = reinterpret_cast<SlotHeader *>(entry);
+    st8(&h->initiator, h->initiator & 1u);
+}
+
 serpens_flow_info FlowTable::entry_info(const uint8_t *entry, uint64_t idle_ns, bool expiring, uint64_t now_ns) noexcept
 {
     const auto *h = reinterpret_cast<const SlotHeader *>(entry);
@@ -578,7 +598,7 @@ serpens_flow_info FlowTable::entry_info(const uint8_t *entry, uint64_t idle_ns, 
     info.struct_size = sizeof info;
     info.ip_version = h->key.ip_version;
     info.proto = h->key.proto;
-    info.initiator_b = h->initiator;
+    info.initiator_b = h->initiator & 1u;
     info.expiring = expiring ? 1 : 0;
     std::memcpy(info.addr_a, h->key.src.data(), sizeof info.addr_a);
     std::memcpy(info.addr_b, h->key.dst.data(), sizeof info.addr_b);

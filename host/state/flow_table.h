@@ -53,6 +53,11 @@ inline constexpr uint32_t flow_max_probe = 32;    // slots a flow may live from 
 // Longest idle timeout, in units of 2^30 ns (about 9.5 hours): idle times
 // are kept modulo 2^16 units.
 inline constexpr uint32_t flow_max_idle_units = 32000;
+// Peers an entry can name as the one serving its flow (remote_peer), 1 on.
+inline constexpr uint8_t flow_max_peer = 127;
+// lookup_burst's flag, beside SERPENS_FLOW_*, for a packet whose flow a peer
+// serves.  The host's own: no NF is shown such a packet.
+inline constexpr uint8_t flow_flag_remote = 0x80;
 
 // One NF's area in every entry.
 struct FlowArea {
@@ -138,9 +143,12 @@ public:
     // Hot path, by the owner of the packets' parts.  For each of the n
     // packets (views `stride` bytes apart) finds or creates its flow's entry:
     // entries[i] (nullptr: not IP, or no room) and flags[i] (SERPENS_FLOW_*).
-    // `now_ns` stamps the entries' last use.
-    void lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
-                      uint8_t *flags) noexcept;
+    // `now_ns` stamps the entries' last use.  A flow created here is served
+    // by peer new_flow_peer[i] (remote_peer; nullptr: all on this host).
+    // Returns how many packets belong to flows a peer serves: those have
+    // flow_flag_remote in flags[i].
+    uint32_t lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                          uint8_t *flags, const uint8_t *new_flow_peer = nullptr) noexcept;
 
     // Hot path, by the owner: looks at up to `max_slots` slots of the parts
     // whose bit is set in `owned` (bit p of word p / 64), from `cursor` on,
@@ -179,6 +187,17 @@ public:
         return *reinterpret_cast<const net::FlowKey *>(entry);
     }
 
+    // Scaling onto another server (migration avoidance): a flow whose first
+    // packet was steered to a peer is served there for its whole life, and
+    // its entry here only remembers which peer (1..flow_max_peer; 0: served
+    // on this host).  Its NF areas stay zero: no NF of this host touches it.
+    // Set when the entry is created (lookup_burst's new_flow_peer), so a
+    // crash never leaves a steered flow looking local.
+    static uint8_t remote_peer(const uint8_t *entry) noexcept;
+    // By the part's owner: the flow is served on this host from now on, its
+    // NF areas still zero (its peer went away).
+    static void make_local(uint8_t *entry) noexcept;
+
     // What a flow_visit hook is shown of the entry (nf.h, "Visiting flows").
     static serpens_flow_info entry_info(const uint8_t *entry, uint64_t idle_ns, bool expiring,
                                         uint64_t now_ns) noexcept;
@@ -203,8 +222,8 @@ private:
     // The flow's entry, or nullptr and in free_slot where it would go
     // (UINT32_MAX: nowhere within reach).
     uint8_t *probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept;
-    uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint32_t slot,
-                    uint16_t now) noexcept;
+    uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint8_t peer,
+                    uint32_t slot, uint16_t now) noexcept;
     void remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept;
 
     std::filesystem::path _path;

@@ -10,9 +10,13 @@
 #include "core/error.h"
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
+#include "net/parse.h"
+#include "state/executor.h"
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <cstring>
 #include <vector>
 
 using namespace serpens;
@@ -29,7 +33,7 @@ struct Harness {
 
     Harness()
     {
-        for (const char *name : {"noop", "steer", "trace", "bad_init", "abi10"}) {
+        for (const char *name : {"noop", "steer", "trace", "bad_init", "abi10", "tally"}) {
             install_plugin(plugins, name);
         }
         registry.load_directory(plugins.path().string());
@@ -422,4 +426,127 @@ TEST_CASE("[nf_defaults.<plugin>] of host.toml fills the keys a chain file leave
     CHECK_THROWS_WITH_AS(
         load_host_config_text("[[port]]\nname = \"p\"\ndevice = \"d\"\n[nf_defaults]\nnat = 5\n", "h.toml"),
         doctest::Contains("h.toml:5:7: [nf_defaults]: 'nat' must be a table"), ConfigError);
+}
+
+namespace {
+
+// A parsed IPv4/UDP frame from 10.0.0.<client>:<sport> to 10.9.9.9:80, or back.
+std::vector<uint8_t> udp_frame(uint8_t client, uint16_t sport, bool reply)
+{
+    std::vector<uint8_t> f(60, 0);
+    f[12] = 0x08;
+    uint8_t *ip = f.data() + 14;
+    ip[0] = 0x45;
+    ip[3] = 28;
+    ip[8] = 64;
+    ip[9] = 17;
+    const uint8_t a[4] = {10, 0, 0, client}, b[4] = {10, 9, 9, 9};
+    std::memcpy(ip + (reply ? 16 : 12), a, 4);
+    std::memcpy(ip + (reply ? 12 : 16), b, 4);
+    const uint16_t sp = htons(sport), dp = htons(80), ulen = htons(8);
+    std::memcpy(ip + (reply ? 22 : 20), &sp, 2);
+    std::memcpy(ip + (reply ? 20 : 22), &dp, 2);
+    std::memcpy(ip + 24, &ulen, 2);
+    return f;
+}
+
+// One flow table and the chain "count" (tally) over it, in a scratch state dir.
+struct SteeredChain {
+    Harness h;
+    ScratchDir dir;
+    state::StateStore store{[this] {
+        state::StoreOptions o;
+        o.root = dir.path();
+        return o;
+    }()};
+    std::unique_ptr<state::FlowTable> table;
+    FlowSteering steering;
+    std::unique_ptr<ChainInstance> instance;
+
+    SteeredChain()
+    {
+        auto chain = h.compile("name = \"count\"\nchain = [\"t\"]\n[[nf]]\nname = \"t\"\nplugin = \"tally\"\n");
+        ExecutorResolver executors = [this](const std::string &c, const std::string &nf) {
+            return &store.executor(c, nf);
+        };
+        FlowTableResolver flows = [this](state::FlowTableSpec spec, bool &first) {
+            std::string err;
+            table = state::FlowTable::open(dir.path() / "flows.seg", std::move(spec), err);
+            first = true;
+            return table.get();
+        };
+        instance = std::make_unique<ChainInstance>(chain, 0, &h.api, executors, default_init_warn_after, flows);
+        instance->steer_by(&steering);
+    }
+
+    // Runs the frames; returns their labels, and in peers the peer of each remote one.
+    std::vector<uint16_t> run(const std::vector<std::vector<uint8_t>> &frames, std::vector<uint8_t> &peers,
+                              const std::vector<uint8_t> &returned_from = {})
+    {
+        std::vector<MemPacket> storage(frames.size());
+        std::vector<serpens_pkt> pkts(frames.size());
+        for (std::size_t i = 0; i < frames.size(); ++i) {
+            pkts[i] = storage[i].load(frames[i]);
+            net::FlowKey key;
+            REQUIRE(net::parse_packet(pkts[i], key) == net::ParseResult::ok);
+        }
+        std::vector<uint16_t> labels(frames.size());
+        instance->run(pkts.data(), static_cast<uint32_t>(pkts.size()), labels.data(), 1'000'000'000,
+                      returned_from.empty() ? nullptr : returned_from.data());
+        peers.assign(instance->remote_peers(), instance->remote_peers() + frames.size());
+        last_lengths.clear();
+        for (const serpens_pkt &p : pkts) {
+            last_lengths.push_back(p.len);
+        }
+        return labels;
+    }
+    std::vector<uint32_t> last_lengths; // tally appends 5 bytes to what it sees
+};
+
+} // namespace
+
+TEST_CASE("flows served by a peer: new flows follow their bucket, old ones stay, replies and returns stick")
+{
+    SteeredChain c;
+    std::vector<uint8_t> peers;
+    // Flow 1 starts before any steering: it is this host's for good.
+    auto labels = c.run({udp_frame(1, 1000, false)}, peers);
+    CHECK(labels[0] == SERPENS_LABEL_OUT);
+
+    for (auto &bucket : c.steering.new_flows) {
+        bucket.store(3);
+    }
+    c.steering.peer_up[3].store(true);
+    c.steering.steers.store(true);
+    // Flow 1 and its reply stay here; flow 2 is new and goes to peer 3, its
+    // reply too; no NF sees flow 2.
+    labels = c.run(
+        {udp_frame(1, 1000, false), udp_frame(2, 2000, false), udp_frame(1, 1000, true), udp_frame(2, 2000, true)},
+        peers);
+    CHECK(labels == std::vector<uint16_t>{SERPENS_LABEL_OUT, label_remote, SERPENS_LABEL_OUT, label_remote});
+    CHECK(peers[1] == 3);
+    CHECK(peers[3] == 3);
+    CHECK(c.last_lengths == std::vector<uint32_t>{65, 60, 65, 60});
+    CHECK(c.instance->stats(0).packets == 3);
+
+    // Steering stops: flow 2 still belongs to peer 3, a new flow stays here.
+    c.steering.steers.store(false);
+    labels = c.run({udp_frame(2, 2000, false), udp_frame(4, 4000, false)}, peers);
+    CHECK(labels == std::vector<uint16_t>{label_remote, SERPENS_LABEL_OUT});
+
+    // Packets peer 5 processed go out untouched, and their flow (flow 6, as
+    // the peer translated it) is then peer 5's: its replies go there.
+    labels = c.run({udp_frame(6, 6000, false)}, peers, {5});
+    CHECK(labels[0] == SERPENS_LABEL_OUT);
+    CHECK(c.last_lengths[0] == 60);
+    c.steering.peer_up[5].store(true);
+    labels = c.run({udp_frame(6, 6000, true)}, peers);
+    CHECK(labels[0] == label_remote);
+    CHECK(peers[0] == 5);
+
+    // Peer 3 goes down: its flow 2 starts over here, as a new flow.
+    c.steering.peer_up[3].store(false);
+    labels = c.run({udp_frame(2, 2000, false), udp_frame(2, 2000, true)}, peers);
+    CHECK(labels == std::vector<uint16_t>{SERPENS_LABEL_OUT, SERPENS_LABEL_OUT});
+    CHECK(c.last_lengths == std::vector<uint32_t>{65, 65});
 }
