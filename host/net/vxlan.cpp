@@ -1,6 +1,8 @@
 // VXLAN encapsulation and decapsulation; see vxlan.h for the header layout.
 #include "net/vxlan.h"
 
+#include "net/result_table.h"
+
 #include <serpens/nf_util.h>
 
 #include <cstring>
@@ -11,26 +13,18 @@ namespace serpens::net {
 
 namespace {
 
-constexpr const char *kResultNames[] = {
-#define SERPENS_NET_VXLAN_RESULT(sym, cls, desc) #sym,
+using Row = detail::ResultRow<VxlanClass>;
+
+constexpr Row kResults[] = {
+#define SERPENS_NET_VXLAN_RESULT(sym, cls, desc) {#sym, desc, VxlanClass::cls},
 #include "net/vxlan_results.def"
 #undef SERPENS_NET_VXLAN_RESULT
 };
+static_assert(std::size(kResults) == kVxlanResultCount);
+static_assert(kResults[0].cls == VxlanClass::ok);
 
-constexpr const char *kResultDescriptions[] = {
-#define SERPENS_NET_VXLAN_RESULT(sym, cls, desc) desc,
-#include "net/vxlan_results.def"
-#undef SERPENS_NET_VXLAN_RESULT
-};
-
-constexpr VxlanClass kResultClasses[] = {
-#define SERPENS_NET_VXLAN_RESULT(sym, cls, desc) VxlanClass::cls,
-#include "net/vxlan_results.def"
-#undef SERPENS_NET_VXLAN_RESULT
-};
-
-static_assert(std::size(kResultNames) == kVxlanResultCount);
-static_assert(kResultClasses[0] == VxlanClass::ok);
+// Past the end: "?", and malformed, the class nothing should act on.
+constexpr Row kUnknown{"?", "?", VxlanClass::malformed};
 
 constexpr uint16_t kEtherIpv4 = 0x0800;
 constexpr uint16_t kEtherVlan = 0x8100;
@@ -44,23 +38,14 @@ static_assert(kVxlan + 8 == kVxlanOuterLen);
 
 } // namespace
 
-const char *vxlan_result_name(VxlanResult r) noexcept
-{
-    const auto i = static_cast<std::size_t>(r);
-    return i < kVxlanResultCount ? kResultNames[i] : "?";
-}
+const char *vxlan_result_name(VxlanResult r) noexcept { return detail::result_row(kResults, r, kUnknown).name; }
 
 const char *vxlan_result_description(VxlanResult r) noexcept
 {
-    const auto i = static_cast<std::size_t>(r);
-    return i < kVxlanResultCount ? kResultDescriptions[i] : "?";
+    return detail::result_row(kResults, r, kUnknown).description;
 }
 
-VxlanClass vxlan_result_class(VxlanResult r) noexcept
-{
-    const auto i = static_cast<std::size_t>(r);
-    return i < kVxlanResultCount ? kResultClasses[i] : VxlanClass::malformed;
-}
+VxlanClass vxlan_result_class(VxlanResult r) noexcept { return detail::result_row(kResults, r, kUnknown).cls; }
 
 void VxlanCounters::add(const VxlanCounters &other) noexcept
 {

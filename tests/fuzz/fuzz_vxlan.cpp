@@ -13,12 +13,10 @@ using namespace serpens::net;
 
 namespace {
 
-[[noreturn]] void broken() { __builtin_trap(); }
-
 void check(bool ok)
 {
     if (!ok) {
-        broken();
+        __builtin_trap();
     }
 }
 
