@@ -113,51 +113,100 @@ gid_t resolve_group(config::TableReader &reader, const std::string &name)
     }
 }
 
-// [metrics] listen: "192.0.2.1:9650" or "[2001:db8::1]:9650", numeric
-// addresses only (a name would make the start depend on a resolver).
-void parse_metrics_listen(config::TableReader &reader, MetricsConfig &out)
-{
-    const std::string text = reader.required_string("listen");
-    const std::string expected = "'listen' must be \"<IPv4>:<port>\" or \"[<IPv6>]:<port>\" with a numeric address and "
-                                 "a port 1..65535 (e.g. \"127.0.0.1:9650\", \"[::1]:9650\"), not '" +
-                                 text + "'";
+struct Endpoint {
     std::string address;
+    uint16_t port = 0;
+};
+
+// A numeric "<IPv4>:<port>", or with `ipv6` also "[<IPv6>]:<port>" (a name
+// would make the start depend on a resolver); `example` shows the form.
+Endpoint parse_endpoint(config::TableReader &reader, std::string_view key, bool ipv6, std::string_view example)
+{
+    const std::string text = reader.required_string(key);
+    const std::string name = "'" + std::string(key) + "'";
+    const std::string expected = name + " must be \"<IPv4>:<port>\"" + (ipv6 ? " or \"[<IPv6>]:<port>\"" : "") +
+                                 " with a numeric address and a port 1..65535 (e.g. " + std::string(example) +
+                                 "), not '" + text + "'";
+    Endpoint out;
     std::string_view port_text;
-    if (!text.empty() && text.front() == '[') {
+    if (ipv6 && !text.empty() && text.front() == '[') {
         const auto close = text.find(']');
         if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-            reader.fail("listen", expected);
+            reader.fail(key, expected);
         }
-        address = text.substr(1, close - 1);
+        out.address = text.substr(1, close - 1);
         port_text = std::string_view(text).substr(close + 2);
         in6_addr v6{};
-        if (inet_pton(AF_INET6, address.c_str(), &v6) != 1) {
-            reader.fail("listen", "'listen': '" + address + "' is not an IPv6 address; " + expected);
+        if (inet_pton(AF_INET6, out.address.c_str(), &v6) != 1) {
+            reader.fail(key, name + ": '" + out.address + "' is not an IPv6 address; " + expected);
         }
     } else {
         const auto colon = text.rfind(':');
         if (colon == std::string::npos) {
-            reader.fail("listen", "'listen' has no port; " + expected);
+            reader.fail(key, name + " has no port; " + expected);
         }
-        address = text.substr(0, colon);
+        out.address = text.substr(0, colon);
         port_text = std::string_view(text).substr(colon + 1);
-        if (address.find(':') != std::string::npos) {
-            reader.fail("listen", "'listen': an IPv6 address goes in brackets; " + expected);
+        if (ipv6 && out.address.find(':') != std::string::npos) {
+            reader.fail(key, name + ": an IPv6 address goes in brackets; " + expected);
         }
         in_addr v4{};
-        if (inet_pton(AF_INET, address.c_str(), &v4) != 1) {
-            reader.fail("listen", "'listen': '" + address + "' is not an IPv4 address; " + expected);
+        if (inet_pton(AF_INET, out.address.c_str(), &v4) != 1) {
+            reader.fail(key, name + ": '" + out.address + "' is not an IPv4 address; " + expected);
         }
     }
     unsigned port = 0;
     auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
     if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() || port == 0 ||
         port > 65535) {
-        reader.fail("listen", "'listen': port '" + std::string(port_text) + "' is not 1..65535; " + expected);
+        reader.fail(key, name + ": port '" + std::string(port_text) + "' is not 1..65535; " + expected);
     }
-    out.enabled = true;
-    out.address = std::move(address);
     out.port = static_cast<uint16_t>(port);
+    return out;
+}
+
+// A numeric IPv4 address a host sends from or to: not 0.0.0.0, broadcast or
+// multicast.  Returns it in network byte order.
+uint32_t parse_unicast_ipv4(config::TableReader &reader, std::string_view key)
+{
+    const std::string text = reader.required_string(key);
+    in_addr v4{};
+    if (inet_pton(AF_INET, text.c_str(), &v4) != 1) {
+        reader.fail(key, "'" + std::string(key) + "' must be a numeric IPv4 address (e.g. \"10.0.0.1\"), not '" + text +
+                             "'");
+    }
+    const uint32_t host_order = ntohl(v4.s_addr);
+    if (host_order == 0 || host_order == 0xffffffffu || (host_order >> 28) == 0xe) {
+        reader.fail(key, "'" + std::string(key) + "' must be a unicast address, not '" + text +
+                             "' (unspecified, broadcast or multicast)");
+    }
+    return v4.s_addr;
+}
+
+// "02:00:5e:10:00:01": six hex bytes separated by ':', a unicast address.
+std::array<uint8_t, 6> parse_mac(config::TableReader &reader, std::string_view key)
+{
+    const std::string text = reader.required_string(key);
+    const std::string expected = "'" + std::string(key) +
+                                 "' must be a MAC address of six hex bytes separated by ':' (e.g. "
+                                 "\"02:00:5e:10:00:01\"), not '" +
+                                 text + "'";
+    std::array<uint8_t, 6> mac{};
+    if (text.size() != 17) {
+        reader.fail(key, expected);
+    }
+    for (std::size_t i = 0; i < mac.size(); ++i) {
+        const char *at = text.data() + i * 3;
+        auto [ptr, ec] = std::from_chars(at, at + 2, mac[i], 16);
+        if (ec != std::errc() || ptr != at + 2 || (i < 5 && at[2] != ':')) {
+            reader.fail(key, expected);
+        }
+    }
+    if ((mac[0] & 1) != 0 || mac == std::array<uint8_t, 6>{}) {
+        reader.fail(key, "'" + std::string(key) + "' must be a unicast MAC address, not '" + text +
+                             "' (all zero, broadcast or multicast)");
+    }
+    return mac;
 }
 
 // The whole of host.toml; check_dirs: also require plugin_dir and chains_dir
@@ -171,7 +220,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
 
     config::TableReader top(root, path, "host config");
     top.allow_only({"host", "eal", "mempool", "port", "parser", "gateway", "instances", "instance", "autoscale",
-                    "metrics", "nf_defaults"});
+                    "metrics", "peer", "nf_defaults"});
 
     if (const toml::table *t = top.optional_table("host")) {
         config::TableReader r(*t, path, "[host]");
@@ -406,7 +455,89 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         r.allow_only({"listen"});
         if (t->contains("listen")) {
             cfg.metrics.line = line_of(*t->get("listen"));
-            parse_metrics_listen(r, cfg.metrics);
+            Endpoint listen = parse_endpoint(r, "listen", true, "\"127.0.0.1:9650\", \"[::1]:9650\"");
+            cfg.metrics.enabled = true;
+            cfg.metrics.address = std::move(listen.address);
+            cfg.metrics.port = listen.port;
+        }
+    }
+
+    if (const toml::table *t = top.optional_table("peer")) {
+        config::TableReader r(*t, path, "[peer]");
+        r.allow_only({"listen", "certificate", "private_key", "ca", "underlay_port", "underlay_address", "underlay_mtu",
+                      "vxlan_udp_port", "vni", "heartbeat_ms", "dead_after_ms", "lease_ms", "host"});
+        PeerConfig &p = cfg.peer;
+        p.enabled = true;
+        p.line = t->contains("listen") ? line_of(*t->get("listen")) : line_of(*t);
+        Endpoint listen = parse_endpoint(r, "listen", false, "\"10.0.0.1:7946\"");
+        p.listen_address = std::move(listen.address);
+        p.listen_port = listen.port;
+        // Credentials: relative to host.toml, and there when the host starts.
+        auto credential = [&](std::string_view key, std::string_view what) {
+            std::string file = resolve(base, r.required_string(key));
+            if (check_dirs && !fs::is_regular_file(file)) {
+                r.fail(key,
+                       "'" + std::string(key) + "': " + std::string(what) + " " + file + " is not a readable file");
+            }
+            return file;
+        };
+        p.certificate = credential("certificate", "this host's certificate");
+        p.private_key = credential("private_key", "this host's private key");
+        p.ca = credential("ca", "the peers' CA certificate");
+        p.underlay_port = r.required_string("underlay_port");
+        check_port(r, "underlay_port", p.underlay_port);
+        p.underlay_ip = parse_unicast_ipv4(r, "underlay_address");
+        p.underlay_address = r.required_string("underlay_address");
+        p.underlay_mtu = static_cast<uint32_t>(
+            r.integer_or("underlay_mtu", p.underlay_mtu, PeerConfig::min_underlay_mtu, PeerConfig::max_underlay_mtu));
+        p.vxlan_udp_port = static_cast<uint16_t>(r.integer_or("vxlan_udp_port", p.vxlan_udp_port, 1, 65535));
+        p.vni = static_cast<uint32_t>(r.integer_or("vni", p.vni, 0, PeerConfig::max_vni));
+        p.heartbeat_ms = static_cast<uint32_t>(r.integer_or("heartbeat_ms", p.heartbeat_ms, 10, 60000));
+        p.dead_after_ms = static_cast<uint32_t>(r.integer_or("dead_after_ms", p.dead_after_ms, 20, 600000));
+        p.lease_ms = static_cast<uint32_t>(r.integer_or("lease_ms", p.lease_ms, 100, 3600000));
+        // One lost heartbeat must not declare a peer dead.
+        if (p.dead_after_ms < 2 * p.heartbeat_ms) {
+            r.fail(t->contains("dead_after_ms") ? "dead_after_ms" : "heartbeat_ms",
+                   "'dead_after_ms' (" + std::to_string(p.dead_after_ms) +
+                       ") must be at least two heartbeats (2 x 'heartbeat_ms' = " + std::to_string(2 * p.heartbeat_ms) +
+                       ")");
+        }
+        // A lease must outlast finding its holder dead, or state could be
+        // granted again while its holder still counts as alive.
+        if (p.lease_ms <= p.dead_after_ms) {
+            r.fail(t->contains("lease_ms") ? "lease_ms" : "dead_after_ms",
+                   "'lease_ms' (" + std::to_string(p.lease_ms) + ") must be longer than 'dead_after_ms' (" +
+                       std::to_string(p.dead_after_ms) + ")");
+        }
+        for (const toml::table *ht : r.table_array("host")) {
+            config::TableReader hr(*ht, path, "[[peer.host]]");
+            hr.allow_only({"id", "address", "next_hop_mac"});
+            PeerHostConfig host;
+            host.line = line_of(*ht);
+            host.id = hr.required_string("id");
+            if (!config::is_safe_name(host.id)) {
+                hr.fail("id", config::unsafe_name_message("peer id", host.id));
+            }
+            if (host.id == cfg.id) {
+                hr.fail("id", "peer id '" + host.id + "' is this host's own [host] id");
+            }
+            Endpoint address = parse_endpoint(hr, "address", false, "\"10.0.0.2:7946\"");
+            host.address = std::move(address.address);
+            host.port = address.port;
+            for (const PeerHostConfig &other : p.hosts) {
+                if (other.id == host.id) {
+                    hr.fail("id", "peer id '" + host.id + "' is already used at line " + std::to_string(other.line));
+                }
+                if (other.address == host.address && other.port == host.port) {
+                    hr.fail("address", "peer address " + host.address + ":" + std::to_string(host.port) +
+                                           " is already the address of peer '" + other.id + "' (line " +
+                                           std::to_string(other.line) + ")");
+                }
+            }
+            if (ht->contains("next_hop_mac")) {
+                host.next_hop_mac = parse_mac(hr, "next_hop_mac");
+            }
+            p.hosts.push_back(std::move(host));
         }
     }
 

@@ -7,6 +7,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -77,6 +78,45 @@ struct MetricsConfig {
     uint32_t line = 0;   // of `listen`, for later errors (cannot bind)
 };
 
+// [[peer.host]]: another serpens-host this one talks to.
+struct PeerHostConfig {
+    std::string id;      // its [host] id, which its certificate must name
+    std::string address; // its peer listener: numeric IPv4
+    uint16_t port = 0;   // 1..65535
+    // Where VXLAN to it goes when it is not on the underlay's L2 segment;
+    // absent: the MAC it announces over the peer protocol.
+    std::optional<std::array<uint8_t, 6>> next_hop_mac;
+    uint32_t line = 0; // of its [[peer.host]], for later errors
+};
+
+// [peer]: the host-to-host protocol and VXLAN between hosts; off when absent.
+struct PeerConfig {
+    // The underlay MTU's limits, as net/vxlan.h has them (io/vxlan_io.cpp
+    // checks that they agree; config does not include net): the inner IPv4
+    // minimum MTU (68) plus the 50 bytes VXLAN adds, and the IPv4 length field.
+    static constexpr uint32_t min_underlay_mtu = 68 + 50;
+    static constexpr uint32_t max_underlay_mtu = 65535;
+    static constexpr uint32_t max_vni = 0xffffff; // 24 bits
+
+    bool enabled = false;
+    std::string listen_address; // numeric IPv4 of the TLS listener for peers
+    uint16_t listen_port = 0;
+    std::string certificate; // this host's; its CN/SAN must be [host] id (checked by the peer protocol)
+    std::string private_key;
+    std::string ca;               // peers' certificates must be signed by it
+    std::string underlay_port;    // the [[port]] that carries VXLAN
+    std::string underlay_address; // this host's VXLAN source address, numeric IPv4
+    uint32_t underlay_ip = 0;     // the same in network byte order (in_addr.s_addr)
+    uint32_t underlay_mtu = 1500; // the underlay's IP MTU: larger outer packets are counted and dropped
+    uint16_t vxlan_udp_port = 4789;
+    uint32_t vni = 1; // this Serpens cluster's VXLAN network id
+    uint32_t heartbeat_ms = 500;
+    uint32_t dead_after_ms = 2000; // a peer silent this long is down
+    uint32_t lease_ms = 10000;     // granted global/write state returns after this unless renewed
+    std::vector<PeerHostConfig> hosts;
+    uint32_t line = 0; // of `listen`, for later errors (cannot bind)
+};
+
 struct HostConfig {
     std::string file;           // the host.toml path, for messages
     std::string id = "serpens"; // names this host's shared-memory state
@@ -114,6 +154,7 @@ struct HostConfig {
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
     MetricsConfig metrics;
+    PeerConfig peer;
 
     config::NfDefaults nf_defaults; // [nf_defaults.<plugin>]
 };

@@ -1,6 +1,8 @@
 // Packet parser and flow hash; see parse.h for the contract.
 #include "net/parse.h"
 
+#include "net/result_table.h"
+
 #include <serpens/nf_util.h>
 
 #include <algorithm>
@@ -19,26 +21,17 @@ namespace {
 // Result tables
 // ---------------------------------------------------------------------------
 
-constexpr const char *kResultNames[] = {
-#define SERPENS_NET_PARSE_RESULT(sym, cls, desc) #sym,
+using Row = detail::ResultRow<ParseClass>;
+
+constexpr Row kResults[] = {
+#define SERPENS_NET_PARSE_RESULT(sym, cls, desc) {#sym, desc, ParseClass::cls},
 #include "net/parse_results.def"
 #undef SERPENS_NET_PARSE_RESULT
 };
+static_assert(std::size(kResults) == kParseResultCount);
+static_assert(kResults[0].cls == ParseClass::ok);
 
-constexpr const char *kResultDescriptions[] = {
-#define SERPENS_NET_PARSE_RESULT(sym, cls, desc) desc,
-#include "net/parse_results.def"
-#undef SERPENS_NET_PARSE_RESULT
-};
-
-constexpr ParseClass kResultClasses[] = {
-#define SERPENS_NET_PARSE_RESULT(sym, cls, desc) ParseClass::cls,
-#include "net/parse_results.def"
-#undef SERPENS_NET_PARSE_RESULT
-};
-
-static_assert(std::size(kResultNames) == kParseResultCount);
-static_assert(kResultClasses[0] == ParseClass::ok);
+constexpr Row kUnknown{"?", "?", ParseClass::malformed};
 
 // ---------------------------------------------------------------------------
 // CRC32C, in hardware when we can, with bit-identical software fallback
@@ -406,23 +399,14 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
 // Public API
 // ---------------------------------------------------------------------------
 
-const char *parse_result_name(ParseResult r) noexcept
-{
-    const auto i = static_cast<std::size_t>(r);
-    return i < kParseResultCount ? kResultNames[i] : "?";
-}
+const char *parse_result_name(ParseResult r) noexcept { return detail::result_row(kResults, r, kUnknown).name; }
 
 const char *parse_result_description(ParseResult r) noexcept
 {
-    const auto i = static_cast<std::size_t>(r);
-    return i < kParseResultCount ? kResultDescriptions[i] : "?";
+    return detail::result_row(kResults, r, kUnknown).description;
 }
 
-ParseClass parse_result_class(ParseResult r) noexcept
-{
-    const auto i = static_cast<std::size_t>(r);
-    return i < kParseResultCount ? kResultClasses[i] : ParseClass::malformed;
-}
+ParseClass parse_result_class(ParseResult r) noexcept { return detail::result_row(kResults, r, kUnknown).cls; }
 
 uint64_t ParseCounters::total() const noexcept
 {
@@ -437,7 +421,7 @@ uint64_t ParseCounters::malformed() const noexcept
 {
     uint64_t t = 0;
     for (std::size_t i = 0; i < kParseResultCount; ++i) {
-        t += kResultClasses[i] == ParseClass::malformed ? by_result[i] : 0;
+        t += kResults[i].cls == ParseClass::malformed ? by_result[i] : 0;
     }
     return t;
 }
@@ -446,7 +430,7 @@ uint64_t ParseCounters::unsupported() const noexcept
 {
     uint64_t t = 0;
     for (std::size_t i = 0; i < kParseResultCount; ++i) {
-        t += kResultClasses[i] == ParseClass::unsupported ? by_result[i] : 0;
+        t += kResults[i].cls == ParseClass::unsupported ? by_result[i] : 0;
     }
     return t;
 }

@@ -9,7 +9,11 @@
 
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <sys/stat.h>
+
+#include <array>
+#include <filesystem>
 
 using namespace serpens;
 using serpens::test::ScratchDir;
@@ -176,4 +180,166 @@ TEST_CASE("[metrics] listen: off when absent, IPv4 or bracketed IPv6 with a port
     CHECK_THROWS_WITH_AS(load_host_config_text(base + "[metrics]\nlisen = \"127.0.0.1:9650\"\n", "h.toml"),
                          doctest::Contains("h.toml:8:9: [metrics]: unknown key 'lisen' (expected one of: listen)"),
                          ConfigError);
+}
+
+namespace {
+
+// A host "a" with ports "lan" and "underlay" and a [peer] section whose
+// `listen` is on line 12; `extra` goes after it, in [peer] or later tables.
+std::string with_peer(const std::string &extra)
+{
+    return "[host]\nid = \"a\"\nplugin_dir = \".\"\nchains_dir = \".\"\n"
+           "[[port]]\nname = \"lan\"\ndevice = \"net_null0\"\n"
+           "[[port]]\nname = \"underlay\"\ndevice = \"net_null1\"\n"
+           "[peer]\nlisten = \"10.0.0.1:7946\"\n"
+           "certificate = \"peer/a.crt\"\nprivate_key = \"peer/a.key\"\nca = \"peer/ca.crt\"\n"
+           "underlay_port = \"underlay\"\nunderlay_address = \"10.0.0.1\"\n" +
+           extra;
+}
+
+} // namespace
+
+TEST_CASE("[peer]: off when absent; keys, defaults, paths relative to host.toml, [[peer.host]]")
+{
+    CHECK_FALSE(load_host_config_text(with_id("a"), "h.toml").peer.enabled);
+
+    HostConfig cfg = load_host_config_text(with_peer("[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:7946\"\n"
+                                                     "[[peer.host]]\nid = \"c\"\naddress = \"10.0.0.3:7000\"\n"
+                                                     "next_hop_mac = \"02:00:5E:10:00:01\"\n"),
+                                           "/etc/serpens/h.toml");
+    const PeerConfig &p = cfg.peer;
+    CHECK(p.enabled);
+    CHECK(p.listen_address == "10.0.0.1");
+    CHECK(p.listen_port == 7946);
+    CHECK(p.line == 12);
+    CHECK(p.certificate == "/etc/serpens/peer/a.crt");
+    CHECK(p.private_key == "/etc/serpens/peer/a.key");
+    CHECK(p.ca == "/etc/serpens/peer/ca.crt");
+    CHECK(p.underlay_port == "underlay");
+    CHECK(p.underlay_address == "10.0.0.1");
+    CHECK(p.underlay_ip == htonl(0x0a000001));
+    CHECK(p.underlay_mtu == 1500);
+    CHECK(p.vxlan_udp_port == 4789);
+    CHECK(p.vni == 1);
+    CHECK(p.heartbeat_ms == 500);
+    CHECK(p.dead_after_ms == 2000);
+    CHECK(p.lease_ms == 10000);
+    REQUIRE(p.hosts.size() == 2);
+    CHECK(p.hosts[0].id == "b");
+    CHECK(p.hosts[0].address == "10.0.0.2");
+    CHECK(p.hosts[0].port == 7946);
+    CHECK_FALSE(p.hosts[0].next_hop_mac.has_value());
+    CHECK(p.hosts[0].line == 18);
+    CHECK(p.hosts[1].next_hop_mac == std::array<uint8_t, 6>{0x02, 0x00, 0x5e, 0x10, 0x00, 0x01});
+
+    cfg = load_host_config_text(with_peer("underlay_mtu = 9000\nvxlan_udp_port = 8472\nvni = 16777215\n"
+                                          "heartbeat_ms = 100\ndead_after_ms = 200\nlease_ms = 201\n"),
+                                "h.toml");
+    CHECK(cfg.peer.underlay_mtu == 9000);
+    CHECK(cfg.peer.vxlan_udp_port == 8472);
+    CHECK(cfg.peer.vni == 16777215);
+    CHECK(cfg.peer.lease_ms == 201);
+    CHECK(cfg.peer.hosts.empty()); // a host may only listen
+    CHECK(load_host_config_text(with_peer("underlay_mtu = 118\nvni = 0\n"), "h.toml").peer.underlay_mtu == 118);
+}
+
+TEST_CASE("[peer]: each refusal names its line and column")
+{
+    const std::pair<std::string, const char *> bad[] = {
+        // [peer] keys (line 18 is the first after the required ones)
+        {"underlay_mtu = 117\n", "h.toml:18:16: 'underlay_mtu' = 117 is out of range [118, 65535]"},
+        {"underlay_mtu = 65536\n", "h.toml:18:16: 'underlay_mtu' = 65536 is out of range"},
+        {"vni = 16777216\n", "h.toml:18:7: 'vni' = 16777216 is out of range [0, 16777215]"},
+        {"vni = -1\n", "h.toml:18:7: 'vni' = -1 is out of range"},
+        {"vxlan_udp_port = 0\n", "h.toml:18:18: 'vxlan_udp_port' = 0 is out of range"},
+        {"heartbeat_ms = 500\ndead_after_ms = 999\n",
+         "h.toml:19:17: 'dead_after_ms' (999) must be at least two heartbeats (2 x 'heartbeat_ms' = 1000)"},
+        {"lease_ms = 2000\n", "h.toml:18:12: 'lease_ms' (2000) must be longer than 'dead_after_ms' (2000)"},
+        {"listn = 1\n", "h.toml:18:9: [peer]: unknown key 'listn'"},
+        // [[peer.host]] (its first key is on line 19)
+        {"[[peer.host]]\nid = \"a\"\naddress = \"10.0.0.2:7946\"\n",
+         "h.toml:19:6: peer id 'a' is this host's own [host] id"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:7946\"\n[[peer.host]]\nid = \"b\"\naddress = "
+         "\"10.0.0.3:7946\"\n",
+         "h.toml:22:6: peer id 'b' is already used at line 18"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:7946\"\n[[peer.host]]\nid = \"c\"\naddress = "
+         "\"10.0.0.2:7946\"\n",
+         "h.toml:23:11: peer address 10.0.0.2:7946 is already the address of peer 'b' (line 18)"},
+        {"[[peer.host]]\nid = \"../b\"\naddress = \"10.0.0.2:7946\"\n", "h.toml:19:6: '../b' is not a valid peer id"},
+        {"[[peer.host]]\nid = \"b\"\n", "h.toml:18:1: [[peer.host]]: missing required key 'address'"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2\"\n", "h.toml:20:11: 'address' has no port"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"[::1]:7946\"\n", "h.toml:20:11: 'address': '[::1]' is not an IPv4"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"peer-b:7946\"\n", "'peer-b' is not an IPv4 address"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:0\"\n", "h.toml:20:11: 'address': port '0' is not 1..65535"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nnext_hop_mac = \"02:00:5e:10:00\"\n",
+         "h.toml:21:16: 'next_hop_mac' must be a MAC address of six hex bytes"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nnext_hop_mac = \"02-00-5e-10-00-01\"\n",
+         "h.toml:21:16: 'next_hop_mac' must be a MAC address"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nnext_hop_mac = \"02:00:5e:10:00:0g\"\n",
+         "h.toml:21:16: 'next_hop_mac' must be a MAC address"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nnext_hop_mac = \"ff:ff:ff:ff:ff:ff\"\n",
+         "h.toml:21:16: 'next_hop_mac' must be a unicast MAC address"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nnext_hop_mac = \"00:00:00:00:00:00\"\n",
+         "h.toml:21:16: 'next_hop_mac' must be a unicast MAC address"},
+        {"[[peer.host]]\nid = \"b\"\naddress = \"10.0.0.2:1\"\nmac = \"02:00:5e:10:00:01\"\n",
+         "h.toml:21:7: [[peer.host]]: unknown key 'mac'"},
+    };
+    for (const auto &[extra, why] : bad) {
+        CAPTURE(extra);
+        CHECK_THROWS_WITH_AS(load_host_config_text(with_peer(extra), "h.toml"), doctest::Contains(why), ConfigError);
+    }
+}
+
+TEST_CASE("[peer]: the required keys, the listener, the underlay port and address")
+{
+    const std::string ports2 = "[host]\nid = \"a\"\nplugin_dir = \".\"\nchains_dir = \".\"\n"
+                               "[[port]]\nname = \"lan\"\ndevice = \"net_null0\"\n";
+    const std::string creds = "certificate = \"a.crt\"\nprivate_key = \"a.key\"\nca = \"ca.crt\"\n";
+    CHECK_THROWS_WITH_AS(load_host_config_text(ports2 + "[peer]\n", "h.toml"),
+                         doctest::Contains("missing required key 'listen'"), ConfigError);
+    const std::string listen = "[peer]\nlisten = \"10.0.0.1:7946\"\n";
+    CHECK_THROWS_WITH_AS(load_host_config_text(ports2 + listen + "certificate = \"a.crt\"\n", "h.toml"),
+                         doctest::Contains("missing required key 'private_key'"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(ports2 + "[peer]\nlisten = \"[::1]:7946\"\n" + creds, "h.toml"),
+                         doctest::Contains("h.toml:9:10: 'listen': '[::1]' is not an IPv4 address; 'listen' must be "
+                                           "\"<IPv4>:<port>\" with a numeric address"),
+                         ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(ports2 + listen + creds + "underlay_port = \"underlay\"\n", "h.toml"),
+                         doctest::Contains("h.toml:13:17: unknown port 'underlay' (ports: lan)"), ConfigError);
+    const std::string port = "underlay_port = \"lan\"\n";
+    CHECK_THROWS_WITH_AS(load_host_config_text(ports2 + listen + creds + port, "h.toml"),
+                         doctest::Contains("missing required key 'underlay_address'"), ConfigError);
+    for (const char *address : {"10.0.0", "10.0.0.1:4789", "fe80::1", ""}) {
+        CAPTURE(address);
+        CHECK_THROWS_WITH_AS(load_host_config_text(
+                                 ports2 + listen + creds + port + "underlay_address = \"" + address + "\"\n", "h.toml"),
+                             doctest::Contains("h.toml:14:20: 'underlay_address' must be a numeric IPv4 address"),
+                             ConfigError);
+    }
+    for (const char *address : {"0.0.0.0", "255.255.255.255", "239.1.2.3"}) {
+        CAPTURE(address);
+        CHECK_THROWS_WITH_AS(load_host_config_text(
+                                 ports2 + listen + creds + port + "underlay_address = \"" + address + "\"\n", "h.toml"),
+                             doctest::Contains("h.toml:14:20: 'underlay_address' must be a unicast address"),
+                             ConfigError);
+    }
+    CHECK(load_host_config_text(ports2 + listen + creds + port + "underlay_address = \"192.0.2.7\"\n", "h.toml")
+              .peer.underlay_port == "lan");
+}
+
+TEST_CASE("[peer]: a host started from a file needs its credentials to be there")
+{
+    ScratchDir dir;
+    const std::string text = with_peer("");
+    const std::string file = dir.write("h.toml", text);
+    const std::string missing = "h.toml:13:15: 'certificate': this host's certificate " +
+                                (dir.path() / "peer/a.crt").string() + " is not a readable file";
+    CHECK_THROWS_WITH_AS(load_host_config(file), doctest::Contains(missing.c_str()), ConfigError);
+    std::filesystem::create_directory(dir.path() / "peer");
+    dir.write("peer/a.crt", "x");
+    dir.write("peer/a.key", "x");
+    CHECK_THROWS_WITH_AS(load_host_config(file), doctest::Contains("h.toml:15:6: 'ca': the peers' CA certificate"),
+                         ConfigError);
+    dir.write("peer/ca.crt", "x");
+    CHECK(load_host_config(file).peer.ca == (dir.path() / "peer/ca.crt").string());
 }
