@@ -177,6 +177,8 @@ std::optional<DecodeFailure> validate(const Envelope &e)
     return check_body(e);
 }
 
+std::optional<DecodeFailure> validate_body(const Envelope &envelope) { return check_body(envelope); }
+
 std::string encode_frame(const Envelope &envelope)
 {
     if (auto f = validate(envelope)) {

@@ -60,6 +60,8 @@ using Decoded = std::variant<Envelope, DecodeFailure>;
 
 // The checks decode makes after parsing; nullopt when `envelope` may go on the wire.
 std::optional<DecodeFailure> validate(const Envelope &envelope);
+// validate()'s checks of the body alone, for a body whose header is yet to be stamped.
+std::optional<DecodeFailure> validate_body(const Envelope &envelope);
 
 // Header and payload of `envelope`.  Throws Error when validate() refuses it
 // or it serializes to more than kMaxFrameBytes: a host never sends what its
