@@ -546,9 +546,6 @@ void PeerService::Impl::on_hello(Conn &c, const Envelope &envelope, Clock::time_
                                  c.session->peer_cn() + "')");
         }
         c.peer_id = h.host_id();
-        Envelope answer = our_hello();
-        answer.set_in_reply_to(envelope.request_id());
-        send(c, std::move(answer), now);
     }
     c.stage = Conn::Stage::up;
     ReplyCache &cache = caches[c.peer_id];
@@ -574,6 +571,12 @@ void PeerService::Impl::on_hello(Conn &c, const Envelope &envelope, Clock::time_
     }
     if (!was_up) {
         spdlog::info("peer {} is up (incarnation {:x})", c.peer_id, h.incarnation());
+    }
+    if (!c.outgoing) {
+        // Answered once the peer counts as up here: whoever reads this Hello may rely on that.
+        Envelope answer = our_hello();
+        answer.set_in_reply_to(envelope.request_id());
+        send(c, std::move(answer), now);
     }
     send_pending(now);
 }
