@@ -31,21 +31,38 @@ std::optional<DecodeFailure> check_size(std::string_view field, const std::strin
     return std::nullopt;
 }
 
-// chain, nf, table and key of the state messages.
+// The entry and the value (or delta) of the state messages.
 template<typename Msg>
-std::optional<DecodeFailure> check_state_address(std::string_view what, const Msg &m)
+std::optional<DecodeFailure> check_state_entry(std::string_view what, const Msg &m, std::string_view value_field,
+                                               const std::string &value)
 {
     const std::string w(what);
-    if (auto f = check_name(w + ".chain", m.chain())) {
+    if (!m.has_entry()) {
+        return failure(DecodeError::bad_field, w + ".entry is missing");
+    }
+    const TableKey &entry = m.entry();
+    if (auto f = check_name(w + ".entry.chain", entry.chain())) {
         return f;
     }
-    if (auto f = check_name(w + ".nf", m.nf())) {
+    if (auto f = check_name(w + ".entry.nf", entry.nf())) {
         return f;
     }
-    if (auto f = check_name(w + ".table", m.table())) {
+    if (auto f = check_name(w + ".entry.table", entry.table())) {
         return f;
     }
-    return check_size(w + ".key", m.key(), kMaxKeyBytes);
+    if (auto f = check_size(w + ".entry.key", entry.key(), kMaxKeyBytes)) {
+        return f;
+    }
+    return check_size(w + "." + std::string(value_field), value, kMaxValueBytes);
+}
+
+// Lease ids start at 1: 0 is an unset field.
+std::optional<DecodeFailure> check_lease_id(std::string_view what, uint64_t lease_id)
+{
+    if (lease_id == 0) {
+        return failure(DecodeError::bad_field, std::string(what) + ".lease_id is 0");
+    }
+    return std::nullopt;
 }
 
 std::optional<DecodeFailure> check_hello(const Hello &h)
@@ -96,33 +113,21 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
         }
         return check_size("route_update.bucket_mask", e.route_update().bucket_mask(), kMaxBucketMaskBytes);
     case Envelope::kStateCopy:
-        if (auto f = check_state_address("state_copy", e.state_copy())) {
-            return f;
-        }
-        return check_size("state_copy.value", e.state_copy().value(), kMaxValueBytes);
+        return check_state_entry("state_copy", e.state_copy(), "value", e.state_copy().value());
     case Envelope::kLeaseGrant:
-        if (e.lease_grant().lease_id() == 0) {
-            return failure(DecodeError::bad_field, "lease_grant.lease_id is 0");
-        }
-        if (auto f = check_state_address("lease_grant", e.lease_grant())) {
+        if (auto f = check_lease_id("lease_grant", e.lease_grant().lease_id())) {
             return f;
         }
-        return check_size("lease_grant.value", e.lease_grant().value(), kMaxValueBytes);
+        return check_state_entry("lease_grant", e.lease_grant(), "value", e.lease_grant().value());
     case Envelope::kLeaseRenew:
-        if (e.lease_renew().lease_id() == 0) {
-            return failure(DecodeError::bad_field, "lease_renew.lease_id is 0");
-        }
-        return std::nullopt;
+        return check_lease_id("lease_renew", e.lease_renew().lease_id());
     case Envelope::kLeaseReturn:
-        if (e.lease_return().lease_id() == 0) {
-            return failure(DecodeError::bad_field, "lease_return.lease_id is 0");
+        if (auto f = check_lease_id("lease_return", e.lease_return().lease_id())) {
+            return f;
         }
         return check_size("lease_return.value", e.lease_return().value(), kMaxValueBytes);
     case Envelope::kReplicaMerge:
-        if (auto f = check_state_address("replica_merge", e.replica_merge())) {
-            return f;
-        }
-        return check_size("replica_merge.delta", e.replica_merge().delta(), kMaxValueBytes);
+        return check_state_entry("replica_merge", e.replica_merge(), "delta", e.replica_merge().delta());
     case Envelope::kScaleIn:
         return check_name("scale_in.chain", e.scale_in().chain());
     case Envelope::BODY_NOT_SET:
@@ -138,26 +143,11 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
 const char *decode_error_name(DecodeError error) noexcept
 {
     switch (error) {
-    case DecodeError::truncated:
-        return "truncated";
-    case DecodeError::trailing:
-        return "trailing";
-    case DecodeError::too_large:
-        return "too_large";
-    case DecodeError::empty:
-        return "empty";
-    case DecodeError::bad_protobuf:
-        return "bad_protobuf";
-    case DecodeError::wrong_version:
-        return "wrong_version";
-    case DecodeError::no_body:
-        return "no_body";
-    case DecodeError::bad_header:
-        return "bad_header";
-    case DecodeError::field_too_long:
-        return "field_too_long";
-    case DecodeError::bad_field:
-        return "bad_field";
+#define SERPENS_PEER_NAME(name)                                                                                        \
+    case DecodeError::name:                                                                                            \
+        return #name;
+        SERPENS_PEER_DECODE_ERRORS(SERPENS_PEER_NAME)
+#undef SERPENS_PEER_NAME
     }
     return "unknown";
 }

@@ -35,17 +35,23 @@ inline constexpr std::size_t kMaxErrorTextBytes = 1024;
 inline constexpr std::size_t kMaxBucketMaskBytes = 128;
 inline constexpr std::size_t kMacBytes = 6;
 
+// Why a frame was refused: X(name), one a reason.
+#define SERPENS_PEER_DECODE_ERRORS(X)                                                                                  \
+    X(truncated)      /* fewer bytes than the header announces */                                                      \
+    X(trailing)       /* more bytes than the header announces */                                                       \
+    X(too_large)      /* the header announces more than kMaxFrameBytes */                                              \
+    X(empty)          /* the header announces 0 bytes */                                                               \
+    X(bad_protobuf)   /* protobuf cannot parse the payload */                                                          \
+    X(wrong_version)  /* Envelope.version (or Hello.protocol_version) is not kProtocolVersion */                       \
+    X(no_body)        /* no message in the body, or one this version does not know */                                  \
+    X(bad_header)     /* request_id or sequence is 0 */                                                                \
+    X(field_too_long) /* a name, key, value or text over its limit */                                                  \
+    X(bad_field)      /* a field out of its range (empty name, MAC not 6 bytes, ...) */
+
 enum class DecodeError {
-    truncated,     // fewer bytes than the header announces
-    trailing,      // more bytes than the header announces
-    too_large,     // the header announces more than kMaxFrameBytes
-    empty,         // the header announces 0 bytes
-    bad_protobuf,  // protobuf cannot parse the payload
-    wrong_version, // Envelope.version (or Hello.protocol_version) is not kProtocolVersion
-    no_body,       // no message in the body
-    bad_header,    // request_id or sequence is 0
-    field_too_long,
-    bad_field, // a field out of its range (empty name, MAC not 6 bytes, ...)
+#define SERPENS_PEER_ENUM(name) name,
+    SERPENS_PEER_DECODE_ERRORS(SERPENS_PEER_ENUM)
+#undef SERPENS_PEER_ENUM
 };
 
 // "truncated", "too_large", ...: stable names for logs and tests.
