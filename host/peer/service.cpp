@@ -440,8 +440,23 @@ void PeerService::Impl::accept_new(Clock::time_point now)
         }
         c->id = next_conn_id++;
         c->setup_deadline = now + options.setup_timeout;
+        // Connections that have not said who they are yet are bounded: past the
+        // limit the oldest goes, so a flood of silent ones cannot lock a peer out.
+        std::vector<Conn *> unknown;
+        for (const auto &o : conns) {
+            if (!o->outgoing && o->stage != Conn::Stage::up && !o->closing) {
+                unknown.push_back(o.get());
+            }
+        }
+        if (unknown.size() >= options.max_unidentified) {
+            doom(*unknown.front(),
+                 "more than " + std::to_string(options.max_unidentified) +
+                     " connections not yet identified: the oldest goes",
+                 true);
+        }
         conns.push_back(std::move(c));
     }
+    reap();
 }
 
 Envelope PeerService::Impl::our_hello()

@@ -67,6 +67,8 @@ struct PeerServiceOptions {
     std::chrono::milliseconds reconnect_min{100};
     std::chrono::milliseconds reconnect_max{10000};
     std::size_t reply_cache = 1024; // replies remembered per peer, for retried requests
+    // Accepted connections before their Hello; past it the oldest is closed.
+    std::size_t max_unidentified = 64;
     // Starts the service thread; returns an errno-style code.  Empty: pthread_create.
     std::function<int(pthread_t *thread, void *(*body)(void *), void *arg)> start_thread;
 };

@@ -630,3 +630,21 @@ TEST_CASE("a peer that stops talking is marked down after dead_after; one that h
     CHECK(b2.peer("c")->sessions == 1);
     CHECK(hb.calls == 0);
 }
+
+TEST_CASE("connections that never say who they are cannot lock a peer out")
+{
+    Handler hb;
+    PeerServiceOptions bo = options_for("b", {{"a", "", 0}});
+    bo.max_unidentified = 2;
+    PeerService b(bo, hb.get());
+    std::vector<int> idle;
+    for (int i = 0; i < 5; ++i) {
+        idle.push_back(connect_to(b.port())); // TCP only: no TLS, no Hello
+    }
+    REQUIRE(eventually([&] { return b.counters().sessions_refused >= 3; }));
+    TlsContext a_tls(pki().credentials("a"));
+    CHECK_NOTHROW(raw_client(b.port(), a_tls, "b", "a"));
+    for (int fd : idle) {
+        ::close(fd);
+    }
+}
