@@ -5,7 +5,8 @@
 // a certificate from another CA, no certificate, an identity that does not
 // match, a TLS record tampered with or replayed by a proxy in the middle, a
 // sequence going backwards.  A retried request id is answered from the
-// cache, and a silent peer is marked down after dead_after.
+// cache, a silent peer is marked down after dead_after, strangers that never
+// identify cannot fill the port, and a request waits for its peer to come up.
 
 #include "core/error.h"
 #include "peer/codec.h"
@@ -647,4 +648,38 @@ TEST_CASE("connections that never say who they are cannot lock a peer out")
     for (int fd : idle) {
         ::close(fd);
     }
+}
+
+TEST_CASE("a request to a peer that is down waits for it to come up, within its timeout")
+{
+    Handler hb;
+    uint16_t port = 0;
+    {
+        PeerService first(options_for("b", {{"a", "", 0}}), hb.get());
+        port = first.port(); // a free port for b, free again once `first` is gone
+    }
+    Handler ha;
+    PeerService a(options_for("a", {{"b", "127.0.0.1", port}}), ha.get());
+    CHECK_FALSE(is_up(a, "b"));
+    CHECK_THROWS_AS(a.request("b", scale_out("early"), 100ms), serpens::Error); // nobody there yet
+
+    std::optional<Envelope> reply;
+    std::string failure;
+    std::thread waiter([&] {
+        try {
+            reply = a.request("b", scale_out("late"), 10s);
+        } catch (const serpens::Error &e) {
+            failure = e.what();
+        }
+    });
+    std::this_thread::sleep_for(200ms); // a dials, is refused, backs off
+    PeerServiceOptions bo = options_for("b", {{"a", "", 0}});
+    bo.listen_port = port;
+    PeerService b(bo, hb.get());
+    waiter.join();
+    CHECK(failure.empty());
+    REQUIRE(reply);
+    REQUIRE(reply->has_scale_out_accept());
+    CHECK(reply->scale_out_accept().chain() == "late");
+    CHECK(hb.calls == 1); // the request that timed out was never sent
 }
