@@ -11,6 +11,8 @@ packages=(
     libcpp-httplib-dev
     # NFs: IDS signatures, VPN ciphers; remote-state baseline of the benchmarks
     libhyperscan-dev libssl-dev libhiredis-dev redis-server
+    # peer protocol: messages (protoc, libprotobuf), TLS via libssl-dev above
+    protobuf-compiler libprotobuf-dev
     # plugin loader: reads a plugin's ELF symbols before dlopen
     libelf-dev
     # tests: independent decoder, network namespaces, fuzzing

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds (if needed) and runs one libFuzzer target for a bounded time.
 #   tests/fuzz/run.sh <target> [seconds] [build-dir]   default: 60 s, build-fuzz
-# Targets: fuzz-parse, fuzz-vxlan, fuzz-chain, fuzz-host-config, fuzz-control (one per fuzz_*.cpp here).
+# Targets: fuzz-parse, fuzz-vxlan, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer (one per
+# fuzz_*.cpp here).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev or
 # the llvm-14 runtime shipped with clang-14).  Each target has its own corpus,
 # <build-dir>/fuzz-corpus/<target>/, which also keeps what the fuzzer finds so
