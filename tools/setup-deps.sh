@@ -17,6 +17,8 @@ packages=(
     libelf-dev
     # tests: independent decoder, network namespaces, fuzzing
     tshark iproute2 clang
+    # e2e-peers: certificates for the peer protocol
+    openssl
     # e2e-metrics: promtool and a real Prometheus scraping the endpoint
     prometheus
     # layout check of every source (.clang-format)

@@ -143,9 +143,9 @@ std::string who(const ControlPeer &peer)
 } // namespace
 
 ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
-                                 Reloader &reloader, HostIdentity identity)
+                                 Reloader &reloader, HostIdentity identity, std::function<ordered_json()> peers)
     : _dp(dataplane), _manager(manager), _meter(meter), _reloader(reloader), _identity(std::move(identity)),
-      _cleared(ordered_json::object()), _cleared_at(_identity.started)
+      _peers(std::move(peers)), _cleared(ordered_json::object()), _cleared_at(_identity.started)
 {}
 
 ordered_json ControlCommands::live_stats() const
@@ -306,6 +306,8 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
         return control_ok_reply({{"log_level", log_level_name()}});
     case ControlVerb::bill:
         return control_ok_reply(bill_result(_meter.bill(request.since, request.chain)));
+    case ControlVerb::peers:
+        return control_ok_reply(_peers());
     case ControlVerb::reload:
         try {
             spdlog::info("reload requested by {}", who(peer));

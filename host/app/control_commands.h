@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -37,8 +38,9 @@ struct HostIdentity {
 class ControlCommands {
 public:
     // `reloader` also says which plugins and chains the host runs from now.
+    // `peers` answers "peers" (app/peers.h).
     ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter, Reloader &reloader,
-                    HostIdentity identity);
+                    HostIdentity identity, std::function<nlohmann::ordered_json()> peers);
 
     // The control server's handler: one request line in, one reply line out.
     std::string handle(std::string_view line, const ControlPeer &peer);
@@ -55,6 +57,7 @@ private:
     metering::Meter &_meter;
     Reloader &_reloader;
     HostIdentity _identity;
+    std::function<nlohmann::ordered_json()> _peers;
     // "clear": the counters then, taken off every later "stats".
     nlohmann::ordered_json _cleared;
     std::chrono::system_clock::time_point _cleared_at{};

@@ -1,6 +1,7 @@
 #include "app/host.h"
 
 #include "app/control_commands.h"
+#include "app/peers.h"
 #include "app/reload.h"
 #include "app/stats.h"
 
@@ -439,9 +440,12 @@ int run_host(const HostOptions &options)
                 return rte_ctrl_thread_create(thread, "serpens-meter", nullptr, body, arg);
             });
             Reloader reloader(cfg, *manager, chain_set);
+            // [peer]: the other hosts of this cluster; off when absent.
+            const std::unique_ptr<peer::PeerService> peers = start_peers(cfg, ports);
             ControlCommands commands(
                 dataplane, *manager, meter, reloader,
-                HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir});
+                HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir},
+                [&cfg, &peers] { return peers_json(cfg, peers.get()); });
             ControlServer control(
                 std::move(control_options),
                 [&commands](std::string_view line, const ControlPeer &peer) { return commands.handle(line, peer); });

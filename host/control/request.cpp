@@ -14,7 +14,7 @@ using nlohmann::json;
 
 constexpr std::string_view kCommands =
     "ping, version, status, stats, chains, plugins, instances, clear, wake_threshold, log_level, scale, bill, reload, "
-    "drain";
+    "drain, peers";
 
 struct Command {
     std::string_view name;
@@ -35,6 +35,7 @@ constexpr std::array kCommandTable{
     Command{"bill", ControlVerb::bill},
     Command{"reload", ControlVerb::reload},
     Command{"drain", ControlVerb::drain},
+    Command{"peers", ControlVerb::peers},
 };
 
 // Text from the request that goes back in an error: short and printable, so

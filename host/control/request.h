@@ -32,6 +32,7 @@ enum class ControlVerb {
     bill,           // {"since":UNIX_S?,"chain":"c"?} -> per chain what it used, from the ledger
     reload,         // {"chains":["c",..]?} -> re-reads chains and plugins, swaps what changed (and the chains named)
     drain,          // {"lcores":[..]?,"undo":true?} -> moves instances off lcores (or lets them back); the drained ones
+    peers,          // -> the other hosts of [peer]: up or down, since when, what they announced
 };
 
 inline constexpr uint32_t kMaxWakeThreshold = 1u << 20;

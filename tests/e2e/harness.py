@@ -394,12 +394,54 @@ class Netns:
             self.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
             self.run("ip", "link", "set", dev, "up")
 
+    def link(self, other, a, b, addr_a, addr_b):
+        """A veth pair from a here to b in the Netns `other`, up, with IPv4
+        addresses (CIDR) on both ends: two hosts' underlay."""
+        self.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        self.run("ip", "link", "set", b, "netns", other.name)
+        for ns, dev, addr in ((self, a, addr_a), (other, b, addr_b)):
+            ns.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+            ns.run("ip", "addr", "add", addr, "dev", dev)
+            ns.run("ip", "link", "set", dev, "up")
+            ns.run("ip", "link", "set", "lo", "up")
+
+    def mac(self, dev):
+        """The MAC address of an interface here, as aa:bb:cc:dd:ee:ff."""
+        out = self.run("cat", f"/sys/class/net/{dev}/address", capture_output=True, text=True).stdout
+        return out.strip()
+
     def send_pcap(self, iface, pcap, pause_s=0.002):
         """Sends a pcap's frames out of iface, 32 at a time with a pause."""
         here = os.path.dirname(os.path.abspath(__file__))
         proc = self.run("python3", os.path.join(here, "send_frames.py"), iface, pcap, str(pause_s), cwd=here,
                         capture_output=True, text=True)
         return proc
+
+
+def make_pki(directory, ids, rogue_ids=()):
+    """Certificates for the peer protocol, made with the openssl command: a
+    CA, and per host id a key and a certificate it signed naming the id (CN
+    and DNS SAN).  Ids in rogue_ids get theirs from another CA, which the
+    others do not trust.  Returns the CA's path and {id: (cert, key)}."""
+    os.makedirs(directory, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True, cwd=directory)
+
+    for ca in ("ca", "rogue-ca"):
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN=serpens test {ca}", "-days", "2")
+    issued = {}
+    for host_id in list(ids) + list(rogue_ids):
+        ca = "rogue-ca" if host_id in rogue_ids else "ca"
+        with open(os.path.join(directory, f"{host_id}.ext"), "w") as f:
+            f.write(f"subjectAltName=DNS:{host_id}\n")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                f"{host_id}.key", "-out", f"{host_id}.csr", "-subj", f"/CN={host_id}")
+        openssl("x509", "-req", "-in", f"{host_id}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+                "-CAcreateserial", "-out", f"{host_id}.crt", "-days", "2", "-extfile", f"{host_id}.ext")
+        issued[host_id] = (os.path.join(directory, f"{host_id}.crt"), os.path.join(directory, f"{host_id}.key"))
+    return os.path.join(directory, "ca.crt"), issued
 
 
 def total_drops(stats):

@@ -156,6 +156,9 @@ try:
           f"plugins names the chain using each: {plugins}")
     check(plugins["steer"]["used_by"] == [], f"steer is loaded but unused: {plugins['steer']}")
 
+    peers = ctl_json("peers")
+    check(peers["enabled"] is False and peers["peers"] == [], f"no [peer]: peers says so and lists none: {peers}")
+
     instances = ctl_json("instances")
     active = [i for i in instances if i["chain"] == CHAIN and i["state"] == "active"]
     check(len(active) == 1 and active[0]["lcore"] is not None, f"instances shows the one instance: {instances}")
@@ -240,7 +243,7 @@ try:
     # Every command once for people: exit 0 and some text.
     for args in (["ping"], ["status"], ["chains"], ["plugins"], ["instances"], ["stats"],
                  ["stats", "--watch", "0.2", "--count", "1"], ["clear"], ["scale", CHAIN, "+1"],
-                 ["scale", CHAIN, "-1"], ["wake-threshold"], ["wake-threshold", "128"], ["version"], ["reload"]):
+                 ["scale", CHAIN, "-1"], ["wake-threshold"], ["wake-threshold", "128"], ["version"], ["reload"], ["peers"]):
         human(*args)
     check(CHAIN in human("chains") and "trace" in human("plugins"), "the tables name the chain and plugins")
 

@@ -220,6 +220,14 @@ TEST_CASE("drain: lcores to drain, --undo, or nothing to list")
     }
 }
 
+TEST_CASE("peers: a read that takes no field")
+{
+    ControlRequest peers = accepted(R"({"v":1,"cmd":"peers"})");
+    CHECK(peers.verb == ControlVerb::peers);
+    CHECK_FALSE(changes_host(peers));
+    CHECK(refused(R"({"v":1,"cmd":"peers","peer":"b"})").code == ControlErrorCode::bad_request);
+}
+
 TEST_CASE("replies: an envelope with the version, ok, and a result or a coded error")
 {
     const auto ok = nlohmann::json::parse(control_ok_reply({{"pong", true}}));

@@ -98,6 +98,8 @@ int main(int argc, char **argv)
     auto *chains = app.add_subcommand("chains", "every chain: its graph, egress and instances");
     auto *plugins = app.add_subcommand("plugins", "every loaded plugin: version, ABI, file, the chains using it");
     auto *instances = app.add_subcommand("instances", "every chain instance: lcore, state and packet counters");
+    auto *peers = app.add_subcommand("peers", "the other hosts of host.toml's [peer]: up or down, when last heard,\n"
+                                              "their underlay address and MAC; and the peer protocol's counters");
     auto *stats = app.add_subcommand("stats", "the counters (ports, gateway rules, chains, NFs) since the last clear");
     double watch_s = 0;
     unsigned watch_count = 0;
@@ -200,6 +202,9 @@ int main(int argc, char **argv)
         } else if (chains->parsed()) {
             ordered_json r = call({{"cmd", "chains"}});
             target.json ? print_json(r) : print(serpensctl::render_chains(r));
+        } else if (peers->parsed()) {
+            ordered_json r = call({{"cmd", "peers"}});
+            target.json ? print_json(r) : print(serpensctl::render_peers(r));
         } else if (plugins->parsed()) {
             ordered_json r = call({{"cmd", "plugins"}});
             target.json ? print_json(r) : print(serpensctl::render_plugins(r));

@@ -180,6 +180,30 @@ std::string render_plugins(const ordered_json &plugins)
     return table.text();
 }
 
+std::string render_peers(const ordered_json &peers)
+{
+    if (!field(peers, "enabled").is_boolean() || !peers["enabled"].get<bool>()) {
+        return "host '" + text_of(peers, "host_id") + "' has no [peer] section: it talks to no other host\n";
+    }
+    std::string out =
+        fmt::format("host '{}', peer protocol on {}\n\n", text_of(peers, "host_id"), text_of(peers, "listen"));
+    Table table({"peer", "state", "last heard", "underlay", "mac", "sessions"},
+                {false, false, true, false, false, true});
+    for (const ordered_json &p : field(peers, "peers")) {
+        const ordered_json &seen = field(p, "last_seen_ms");
+        table.add({text_of(p, "id"), field(p, "up").is_boolean() && p["up"].get<bool>() ? "up" : "down",
+                   seen.is_number() ? human_duration(seen.get<double>() / 1000) + " ago" : "never",
+                   text_of(p, "underlay"), text_of(p, "underlay_mac"), text_of(p, "sessions")});
+    }
+    out += table.text();
+    const ordered_json &c = field(peers, "counters");
+    out +=
+        fmt::format("\nenvelopes in {}, out {}; sessions refused {}; requests handled {} ({} from the reply cache)\n",
+                    text_of(c, "envelopes_in"), text_of(c, "envelopes_out"), text_of(c, "sessions_refused"),
+                    text_of(c, "handler_calls"), text_of(c, "replies_from_cache"));
+    return out;
+}
+
 std::string render_instances(const ordered_json &instances)
 {
     Table table({"chain", "index", "lcore", "state", "packets", "out", "dropped", "tx_dropped"},

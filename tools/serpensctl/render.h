@@ -15,6 +15,7 @@ using nlohmann::ordered_json;
 std::string render_status(const ordered_json &status);
 std::string render_chains(const ordered_json &chains);
 std::string render_plugins(const ordered_json &plugins);
+std::string render_peers(const ordered_json &peers);
 std::string render_instances(const ordered_json &instances);
 std::string render_stats(const ordered_json &stats);
 std::string render_scale(const ordered_json &result);
