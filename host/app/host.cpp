@@ -450,7 +450,7 @@ int run_host(const HostOptions &options)
                 std::move(control_options),
                 [&commands](std::string_view line, const ControlPeer &peer) { return commands.handle(line, peer); });
             // [metrics] listen: the Prometheus endpoint, on a control CPU too; off when absent.
-            auto metrics_endpoint = metrics::start_endpoint(cfg, dataplane, *manager, store);
+            auto metrics_endpoint = metrics::start_endpoint(cfg, dataplane, *manager, store, peers.get());
             manager->start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
                 return rte_ctrl_thread_create(thread, "serpens-inst", nullptr, body, arg);
             });

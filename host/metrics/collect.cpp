@@ -4,6 +4,7 @@
 #include "instance/dataplane.h"
 #include "instance/manager.h"
 #include "net/parse.h"
+#include "peer/service.h"
 #include "state/executor.h"
 
 #include <rte_ethdev.h>
@@ -65,7 +66,8 @@ void collect_instances(const Dataplane &dp, Snapshot &s)
 
 } // namespace
 
-Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::StateStore &store)
+Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::StateStore &store,
+                 const peer::PeerService *peers)
 {
     Snapshot s;
     const io::DispatchTotals c = dp.dispatch_totals();
@@ -108,6 +110,14 @@ Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::Sta
 
     for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
         s.latency.push_back({l.id, l.batch_latency, l.batch_latency_sum_ns});
+    }
+
+    if (peers != nullptr) {
+        s.has_peers = true;
+        for (const peer::PeerStatus &p : peers->peers()) {
+            s.peers.push_back({p.id, p.up, p.sessions});
+        }
+        s.peer_sessions_refused = peers->counters().sessions_refused;
     }
     return s;
 }

@@ -10,6 +10,9 @@ class InstanceManager;
 namespace state {
 class StateStore;
 }
+namespace peer {
+class PeerService;
+}
 } // namespace serpens
 
 namespace serpens::metrics {
@@ -17,7 +20,9 @@ namespace serpens::metrics {
 // Takes the instance manager's lock as the stats do: once inside
 // chain_summaries(), then around the read of the slots' chain instances.
 // Device counters (bytes, TX, drops) are read from the ports, which must be
-// open; state tables through the store's and executors' own locks.
-Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::StateStore &store);
+// open; state tables through the store's and executors' own locks.  `peers`
+// is nullptr when the host has no [peer].
+Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::StateStore &store,
+                 const peer::PeerService *peers);
 
 } // namespace serpens::metrics

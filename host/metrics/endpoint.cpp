@@ -12,7 +12,8 @@
 namespace serpens::metrics {
 
 std::unique_ptr<MetricsServer> start_endpoint(const HostConfig &cfg, const Dataplane &dp,
-                                              const InstanceManager &manager, state::StateStore &store)
+                                              const InstanceManager &manager, state::StateStore &store,
+                                              const peer::PeerService *peers)
 {
     if (!cfg.metrics.enabled) {
         return nullptr;
@@ -25,7 +26,7 @@ std::unique_ptr<MetricsServer> start_endpoint(const HostConfig &cfg, const Datap
     };
     try {
         auto server = std::make_unique<MetricsServer>(
-            std::move(options), [&dp, &manager, &store] { return render(collect(dp, manager, store)); });
+            std::move(options), [&dp, &manager, &store, peers] { return render(collect(dp, manager, store, peers)); });
         spdlog::info("metrics: Prometheus endpoint on http://{}{}{}:{}/metrics",
                      cfg.metrics.address.find(':') != std::string::npos ? "[" : "", cfg.metrics.address,
                      cfg.metrics.address.find(':') != std::string::npos ? "]" : "", server->port());

@@ -322,6 +322,20 @@ std::string render(const Snapshot &s)
         w.sample("serpens_batch_latency_seconds_sum", {{"lcore", lcore}}, static_cast<double>(l.sum_ns) / 1e9);
         w.sample("serpens_batch_latency_seconds_count", {{"lcore", lcore}}, cumulative);
     }
+
+    if (s.has_peers) {
+        w.family("serpens_peer_up", "gauge", "1 while the peer of [peer] answers over the peer protocol.");
+        for (const PeerSample &p : s.peers) {
+            w.sample("serpens_peer_up", {{"peer", p.id}}, uint64_t{p.up ? 1u : 0u});
+        }
+        w.family("serpens_peer_sessions_total", "counter", "Connections with the peer that completed their Hello.");
+        for (const PeerSample &p : s.peers) {
+            w.sample("serpens_peer_sessions_total", {{"peer", p.id}}, p.sessions);
+        }
+        w.family("serpens_peer_sessions_refused_total", "counter",
+                 "Peer connections closed for a TLS, certificate, framing, sequence or Hello failure.");
+        w.sample("serpens_peer_sessions_refused_total", {}, s.peer_sessions_refused);
+    }
     return w.take();
 }
 

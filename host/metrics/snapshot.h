@@ -75,6 +75,13 @@ struct LatencySample {
     uint64_t sum_ns = 0;
 };
 
+// Another host of [peer], as this one sees it.
+struct PeerSample {
+    std::string id;
+    bool up = false;
+    uint64_t sessions = 0; // connections that completed their Hello, ever
+};
+
 struct Snapshot {
     std::vector<PortSample> ports;
     std::vector<std::pair<std::string, uint64_t>> parser;   // (result, packets)
@@ -86,6 +93,9 @@ struct Snapshot {
     std::vector<NfSample> nfs;
     std::vector<TableSample> tables;
     std::vector<LatencySample> latency;
+    bool has_peers = false; // [peer] is there
+    std::vector<PeerSample> peers;
+    uint64_t peer_sessions_refused = 0;
 };
 
 } // namespace serpens::metrics

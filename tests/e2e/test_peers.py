@@ -22,7 +22,7 @@ a, b, rogue = Host(plugins=("noop",)), Host(plugins=("noop",)), Host(plugins=("n
 ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix], rogue_ids=[rogue.prefix])
 
 
-def configure(host, address, underlay_device, peer_host, peer_address):
+def configure(host, address, underlay_device, peer_host, peer_address, extra=""):
     cert, key = certs[host.prefix]
     host.chain("c", 'name = "c"\n[[nf]]\nname = "n"\nplugin = "noop"\n')
     host.config(f'''[[port]]
@@ -43,10 +43,11 @@ lease_ms = 5000
 [[peer.host]]
 id = "{peer_host.prefix}"
 address = "{peer_address}:7946"
-''', eal=host.eal("0"))
+{extra}''', eal=host.eal("0"))
 
 
-configure(a, "10.99.0.1", "net_af_packet0,iface=pa", b, "10.99.0.2")
+# a's metrics endpoint, on its namespace's own loopback.
+configure(a, "10.99.0.1", "net_af_packet0,iface=pa", b, "10.99.0.2", extra='\n[metrics]\nlisten = "127.0.0.1:9650"\n')
 configure(b, "10.99.0.2", "net_af_packet0,iface=pb", a, "10.99.0.1")
 # The rogue host knows a's address and trusts the right CA, but its own
 # certificate comes from a CA a does not trust.
@@ -72,6 +73,17 @@ def wait_for(what, condition, timeout=20):
     fail(f"{what} within {timeout} s")
 
 
+def metric(name, labels=""):
+    """A sample of a's Prometheus endpoint, scraped inside its namespace."""
+    text = ns_a.run("python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                    "'http://127.0.0.1:9650/metrics', timeout=10).read().decode())",
+                    capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.split()[-1])
+    fail(f"a's metrics have no {name}{labels}:\n{text}")
+
+
 def peer_entry(host, peer_id):
     listed = [p for p in peers(host)["peers"] if p["id"] == peer_id]
     return listed[0] if listed else None
@@ -83,6 +95,7 @@ check(seen_by_a["underlay"] == "10.99.0.2", f"b announces its underlay address: 
 check(seen_by_a["underlay_mac"] == ns_b.mac("pb"), f"b announces its veth's MAC {ns_b.mac('pb')}: {seen_by_a}")
 check(seen_by_b["underlay_mac"] == ns_a.mac("pa"), f"a announces its veth's MAC: {seen_by_b}")
 check(seen_by_a["vxlan_port"] == 4789, f"the default VXLAN port: {seen_by_a}")
+check(metric("serpens_peer_up", f'{{peer="{b.prefix}"}}') == 1, "a's metrics say b is up")
 human = a.ctl("peers")
 check(human.returncode == 0 and b.prefix in human.stdout and " up " in human.stdout,
       f"serpensctl peers as a table: {human.stdout}{human.stderr}")
@@ -95,6 +108,7 @@ wait_for("a refuses the rogue host's certificate",
 check(all(p["id"] != rogue.prefix for p in peers(a)["peers"]), "a does not list the rogue host")
 check(not peer_entry(rogue, a.prefix)["up"], "the rogue host never sees a up")
 check(peer_entry(a, b.prefix)["up"], "b stays up meanwhile")
+check(metric("serpens_peer_sessions_refused_total") >= 1, "a's metrics count the refusal")
 proc_rogue.send_signal(signal.SIGTERM)
 proc_rogue.wait(timeout=30)
 
@@ -106,6 +120,7 @@ ns_b.run("ip", "link", "set", "pb", "down")
 cut_at = time.monotonic()
 wait_for("a marks a partitioned b down", lambda: not peer_entry(a, b.prefix)["up"], timeout=15)
 silent_s = time.monotonic() - cut_at
+check(metric("serpens_peer_up", f'{{peer="{b.prefix}"}}') == 0, "a's metrics say b is down")
 check(silent_s >= 0.8, f"b was marked down {silent_s:.2f} s after the cut, before dead_after_ms (1 s) passed")
 ns_b.run("ip", "link", "set", "pb", "up")
 wait_for("b up again after the partition", lambda: (e := peer_entry(a, b.prefix))["up"] and e["sessions"] > sessions,

@@ -116,6 +116,10 @@ TEST_CASE("every family has one HELP and one TYPE line, before its samples, and 
     s.tables.push_back({"c", "f", "t", 5, 100});
     s.latency.push_back(histogram(1, {500, 3000}));
     s.latency.push_back(histogram(2, {70}));
+    s.has_peers = true;
+    s.peers.push_back({"b", true, 2});
+    s.peers.push_back({"c", false, 0});
+    s.peer_sessions_refused = 3;
     const std::string text = render(s);
 
     std::map<std::string, std::string> type_of;
@@ -163,6 +167,12 @@ TEST_CASE("every family has one HELP and one TYPE line, before its samples, and 
     CHECK(value_of(text, "serpens_flow_table_capacity_entries{chain=\"c\"}") == "64");
     CHECK(value_of(text, "serpens_chain_instances{chain=\"c\",state=\"pooled\"}") == "1");
     CHECK(value_of(text, "serpens_instance_dropped_packets_total{chain=\"c\",instance=\"0\",reason=\"nf\"}") == "1");
+    CHECK(value_of(text, "serpens_peer_up{peer=\"b\"}") == "1");
+    CHECK(value_of(text, "serpens_peer_up{peer=\"c\"}") == "0");
+    CHECK(value_of(text, "serpens_peer_sessions_total{peer=\"b\"}") == "2");
+    CHECK(value_of(text, "serpens_peer_sessions_refused_total") == "3");
+    // Without [peer], no peer family at all.
+    CHECK(render(Snapshot{}).find("serpens_peer_") == std::string::npos);
 }
 
 TEST_CASE("the batch-latency histogram: cumulative le buckets in seconds, +Inf, _sum and _count")
