@@ -1,6 +1,7 @@
 #include "app/peers.h"
 
 #include "core/error.h"
+#include "net/addr_text.h"
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -24,15 +25,6 @@ peer::Envelope answer(const std::string &peer_id, const peer::Envelope &request)
     error->set_code(peer::Error::CODE_UNSUPPORTED);
     error->set_text("this host does not take scale, state or lease requests yet");
     return reply;
-}
-
-std::string mac_text(const std::string &bytes)
-{
-    std::string out;
-    for (unsigned char b : bytes) {
-        out += fmt::format("{}{:02x}", out.empty() ? "" : ":", b);
-    }
-    return out;
 }
 
 std::string ipv4_text(uint32_t host_order)
@@ -105,7 +97,8 @@ nlohmann::ordered_json peers_json(const HostConfig &cfg, const peer::PeerService
         if (p.incarnation != 0) {
             entry["incarnation"] = p.incarnation;
             entry["underlay"] = ipv4_text(p.hello.underlay_ipv4());
-            entry["underlay_mac"] = mac_text(p.hello.underlay_mac());
+            // The codec accepts a Hello only with a 6-byte MAC.
+            entry["underlay_mac"] = net::mac_text(reinterpret_cast<const uint8_t *>(p.hello.underlay_mac().data()));
             entry["vxlan_port"] = p.hello.vxlan_port();
         }
         list.push_back(std::move(entry));

@@ -2,6 +2,7 @@
 
 #include "state/record_layout.h"
 
+#include "net/addr_text.h"
 #include "state/layout.h"
 
 #include <arpa/inet.h>
@@ -9,7 +10,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -377,11 +377,8 @@ nlohmann::ordered_json field_value(const Field &f, const uint8_t *bytes)
         return address_text(AF_INET, p);
     case FieldType::ipv6:
         return address_text(AF_INET6, p);
-    case FieldType::mac: {
-        char buf[18];
-        std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", p[0], p[1], p[2], p[3], p[4], p[5]);
-        return buf;
-    }
+    case FieldType::mac:
+        return net::mac_text(p);
     case FieldType::bytes:
         break;
     }

@@ -391,8 +391,14 @@ class Netns:
         and multicast messages would be traffic a test did not send)."""
         self.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
         for dev in (a, b):
-            self.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            self.run("ip", "link", "set", dev, "up")
+            self.up(dev)
+
+    def up(self, dev, address=None):
+        """Brings dev up without IPv6, with an IPv4 address (CIDR) if given."""
+        self.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
+        if address is not None:
+            self.run("ip", "addr", "add", address, "dev", dev)
+        self.run("ip", "link", "set", dev, "up")
 
     def link(self, other, a, b, addr_a, addr_b):
         """A veth pair from a here to b in the Netns `other`, up, with IPv4
@@ -400,9 +406,7 @@ class Netns:
         self.run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
         self.run("ip", "link", "set", b, "netns", other.name)
         for ns, dev, addr in ((self, a, addr_a), (other, b, addr_b)):
-            ns.run("sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            ns.run("ip", "addr", "add", addr, "dev", dev)
-            ns.run("ip", "link", "set", dev, "up")
+            ns.up(dev, addr)
             ns.run("ip", "link", "set", "lo", "up")
 
     def mac(self, dev):
