@@ -5,6 +5,7 @@
 #include "io/gateway.h"
 #include "io/port.h"
 #include "net/parse.h"
+#include "net/vxlan.h"
 
 #include <rte_ethdev.h>
 
@@ -155,6 +156,15 @@ nlohmann::ordered_json stats_json(const Dataplane &dp, const std::vector<ChainSu
     SERPENS_DISPATCH_COUNTERS(SERPENS_X)
 #undef SERPENS_X
     j["dispatch"] = std::move(dispatch);
+    if (dp.underlay() != nullptr) {
+        // To and from peers: encapsulations and decapsulations by result.
+        const net::VxlanCounters vxlan = dp.vxlan_totals();
+        ordered_json results = ordered_json::object();
+        for (std::size_t r = 0; r < net::kVxlanResultCount; ++r) {
+            results[net::vxlan_result_name(static_cast<net::VxlanResult>(r))] = vxlan[static_cast<net::VxlanResult>(r)];
+        }
+        j["vxlan"] = std::move(results);
+    }
     ordered_json lcores = ordered_json::array();
     for (const Dataplane::LcoreTotals &l : dp.lcore_totals()) {
         ordered_json queues = ordered_json::array();
@@ -211,7 +221,10 @@ ordered_json instance_json(const InstanceSlot &slot)
             {"bytes", slot.bytes.load()},
             {"out", slot.out.load()},
             {"dropped", slot.dropped.load()},
-            {"tx_dropped", slot.tx_dropped.load()}};
+            {"tx_dropped", slot.tx_dropped.load()},
+            {"to_peers", slot.to_peers.load()},
+            {"for_peers", slot.for_peers.load()},
+            {"peer_dropped", slot.peer_dropped.load()}};
 }
 
 namespace {

@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/fault.h"
 #include "io/mbuf.h"
+#include "io/vxlan_io.h"
 
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
@@ -20,6 +21,7 @@ namespace serpens {
 // How often an instance sweeps its parts of the flow table for idle flows.
 inline constexpr uint64_t flow_sweep_period_ns = 1'000'000;
 static_assert(state::flow_parts == io::route_buckets, "a flow-table part is a router bucket: one owner each");
+static_assert(io::max_peer == state::flow_max_peer, "a peer number is what a flow-table entry keeps");
 
 const char *slot_state_name(SlotState state) noexcept
 {
@@ -125,6 +127,7 @@ InstanceSlot &Dataplane::slot(const std::string &chain_name, uint32_t tag, uint3
     slot->index = index;
     slot->number = static_cast<uint32_t>(number);
     slot->egress = egress;
+    slot->peering = &peering(tag);
     std::string ring_name = "sp_i" + std::to_string(number);
     // Every receiving lcore may produce; the instance's lcore consumes.
     slot->ring = rte_ring_create(ring_name.c_str(), ring_size, static_cast<int>(rte_socket_id()), RING_F_SC_DEQ);
@@ -191,6 +194,7 @@ void Dataplane::attach(InstanceSlot &slot, unsigned lcore_id, std::unique_ptr<Ch
                     std::to_string(lcore_id) + " is not enabled; list it in the EAL -l argument");
     }
     slot.chain = std::move(chain);
+    slot.chain->steer_by(&slot.peering->steering);
     slot.lcore = lcore_id;
     slot.gate.held.store(false);
     slot.last_batch_ns.store(monotonic_ns(), std::memory_order_relaxed); // idle from now, not from boot
@@ -412,8 +416,8 @@ void Dataplane::build_dispatchers()
         if (queues[r].empty()) {
             continue; // every port has fewer queues than there are receivers
         }
-        lcore_state(receivers[r]).dispatcher =
-            std::make_unique<io::Dispatcher>(_ports, _gateway, _wake_threshold, std::move(queues[r]), options);
+        lcore_state(receivers[r]).dispatcher = std::make_unique<io::Dispatcher>(
+            _ports, _gateway, _wake_threshold, std::move(queues[r]), options, _underlay.get());
         ++_receivers;
     }
 }
@@ -510,9 +514,9 @@ uint32_t Dataplane::drain_tx_rings()
 }
 
 void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                                        uint64_t now, uint64_t rx_tsc)
+                                        uint64_t now, uint64_t rx_tsc, const uint8_t *peer_marks)
 {
-    _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, n, now);
+    _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, n, now, peer_marks);
     _dp.record_latency(_lcore, rx_tsc);
 }
 
@@ -563,34 +567,74 @@ uint32_t Dataplane::serve(Lcore &lcore, InstanceSlot &slot, uint64_t now)
 void Dataplane::run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now)
 {
     serpens_pkt views[max_burst];
+    uint8_t marks[max_burst];
+    uint8_t any_mark = 0;
     for (unsigned i = 0; i < n; ++i) {
         io::load_view(mbufs[i], views[i]);
+        marks[i] = io::meta_of(mbufs[i]).peer_mark;
+        any_mark |= marks[i];
     }
-    run_views(lcore, slot, mbufs, views, n, now);
+    run_views(lcore, slot, mbufs, views, n, now, any_mark != 0 ? marks : nullptr);
 }
 
 void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                          uint64_t now)
+                          uint64_t now, const uint8_t *peer_marks)
 {
     uint64_t bytes = 0;
     for (unsigned i = 0; i < n; ++i) {
         bytes += views[i].len;
     }
+    // Packets a peer processed for us and sends back: the chain passes them.
+    uint8_t returned_from[max_burst];
+    unsigned n_returned = 0;
+    if (peer_marks != nullptr) {
+        for (unsigned i = 0; i < n; ++i) {
+            const bool back = (peer_marks[i] & io::peer_mark_returned) != 0;
+            returned_from[i] = back ? io::peer_of_mark(peer_marks[i]) : 0;
+            n_returned += back ? 1 : 0;
+        }
+    }
     uint16_t labels[max_burst];
-    slot.chain->run(views, n, labels, now);
+    slot.chain->run(views, n, labels, now, n_returned > 0 ? returned_from : nullptr);
 
     rte_mbuf *out[max_burst];
     rte_mbuf *drops[max_burst];
     uint16_t n_out = 0;
     uint16_t n_drop = 0;
+    // Towards peers: flows they serve (unprocessed), and packets processed
+    // here for them (back to where they came from).
+    rte_mbuf *remote[max_burst];
+    uint8_t remote_peer[max_burst];
+    uint32_t remote_hash[max_burst];
+    unsigned n_remote = 0;
+    rte_mbuf *back[max_burst];
+    uint8_t back_peer[max_burst];
+    uint32_t back_hash[max_burst];
+    unsigned n_back = 0;
+    const uint8_t *remote_peers = slot.chain->remote_peers();
     for (unsigned i = 0; i < n; ++i) {
         if (labels[i] == SERPENS_LABEL_OUT) {
-            out[n_out++] = mbufs[i];
+            const uint8_t origin = peer_marks != nullptr && (peer_marks[i] & io::peer_mark_returned) == 0
+                                       ? io::peer_of_mark(peer_marks[i])
+                                       : 0;
+            if (origin != 0) {
+                back[n_back] = mbufs[i];
+                back_peer[n_back] = origin;
+                back_hash[n_back++] = views[i].flow_hash;
+            } else {
+                out[n_out++] = mbufs[i];
+            }
+        } else if (labels[i] == label_remote) {
+            remote[n_remote] = mbufs[i];
+            remote_peer[n_remote] = remote_peers[i];
+            remote_hash[n_remote++] = views[i].flow_hash;
         } else {
             drops[n_drop++] = mbufs[i];
         }
     }
-    bump(slot.packets, n);
+    // Metered here: what the chain processed, not what only passed through
+    // it on the way to or from a peer.
+    bump(slot.packets, n - n_remote - n_returned);
     bump(slot.bytes, bytes);
     bump(slot.batches);
     slot.last_batch_ns.store(now, std::memory_order_relaxed);
@@ -602,6 +646,82 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
     if (n_out > 0) {
         transmit(lcore, slot.egress, out, n_out, slot.tx_dropped);
     }
+    if (n_remote > 0) {
+        bump(slot.to_peers, n_remote);
+        send_to_peers(lcore, slot, remote, remote_peer, remote_hash, n_remote, 0);
+    }
+    if (n_back > 0) {
+        bump(slot.for_peers, n_back);
+        send_to_peers(lcore, slot, back, back_peer, back_hash, n_back, net::kVxlanReturned);
+    }
+}
+
+void Dataplane::send_to_peers(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, const uint8_t *peers,
+                              const uint32_t *flow_hashes, unsigned n, uint8_t flags)
+{
+    rte_mbuf *ready[max_burst];
+    uint32_t ready_hash[max_burst];
+    const net::VxlanEncap *ready_tunnel[max_burst];
+    uint32_t ready_tag[max_burst];
+    rte_mbuf *drops[max_burst];
+    uint16_t n_ready = 0;
+    uint16_t n_drop = 0;
+    for (unsigned i = 0; i < n; ++i) {
+        // A peer that has not announced itself, or does not run the chain
+        // for us (any more): nowhere to send it.
+        const net::VxlanEncap *tunnel = _underlay != nullptr ? _underlay->tunnel(peers[i]) : nullptr;
+        const uint32_t tag_plus_one =
+            peers[i] <= io::max_peer ? slot.peering->tag_at_peer_plus_one[peers[i]].load(std::memory_order_relaxed) : 0;
+        if (tunnel == nullptr || tag_plus_one == 0) {
+            drops[n_drop++] = mbufs[i];
+            continue;
+        }
+        ready[n_ready] = mbufs[i];
+        ready_hash[n_ready] = flow_hashes[i];
+        ready_tunnel[n_ready] = tunnel;
+        ready_tag[n_ready++] = tag_plus_one - 1;
+    }
+    bump(slot.peer_dropped, n_drop);
+    net::VxlanResult results[max_burst];
+    io::encap_burst({ready, n_ready}, ready_tunnel, ready_tag, ready_hash, flags, results, lcore.vxlan);
+    uint16_t n_sent = 0;
+    for (uint16_t i = 0; i < n_ready; ++i) {
+        if (results[i] == net::VxlanResult::ok) {
+            ready[n_sent++] = ready[i];
+        } else {
+            drops[n_drop++] = ready[i]; // too big for the underlay, no headroom: counted by result
+        }
+    }
+    if (n_drop > 0) {
+        rte_pktmbuf_free_bulk(drops, n_drop);
+    }
+    if (n_sent > 0) {
+        transmit(lcore, _underlay->port_index(), ready, n_sent, slot.tx_dropped);
+    }
+}
+
+ChainPeering &Dataplane::peering(uint32_t tag)
+{
+    std::lock_guard lock(_peerings_mutex);
+    if (tag >= _peerings.size()) {
+        _peerings.resize(tag + 1);
+    }
+    if (_peerings[tag] == nullptr) {
+        _peerings[tag] = std::make_unique<ChainPeering>();
+    }
+    return *_peerings[tag];
+}
+
+net::VxlanCounters Dataplane::vxlan_totals() const
+{
+    net::VxlanCounters total;
+    for (const auto &lcore : _lcores) {
+        total.add(lcore->vxlan);
+        if (lcore->dispatcher != nullptr) {
+            total.add(lcore->dispatcher->counters().vxlan);
+        }
+    }
+    return total;
 }
 
 int Dataplane::worker_entry(void *arg)

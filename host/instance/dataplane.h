@@ -27,6 +27,7 @@
 #include "io/dispatcher.h"
 #include "io/gateway.h"
 #include "io/port.h"
+#include "io/underlay.h"
 
 #include <rte_mbuf.h>
 #include <rte_ring.h>
@@ -34,6 +35,7 @@
 #include <array>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -52,6 +54,16 @@ const char *slot_state_name(SlotState state) noexcept;
 // Whether a slot in `state` is on an lcore's list (and routed to).
 constexpr bool on_lcore(SlotState state) noexcept { return state == SlotState::active || state == SlotState::parked; }
 
+// A chain's side of other servers: where its new flows go (the instances
+// read it), and the tag the chain has on each peer (what a packet sent there
+// carries).  One per chain tag, for the dataplane's life; the control side
+// writes it.
+struct ChainPeering {
+    FlowSteering steering;
+    // Per peer: 1 + this chain's tag there; 0: the peer does not run it for us.
+    std::array<std::atomic<uint32_t>, io::max_peer + 1> tag_at_peer_plus_one{};
+};
+
 // One instance number of one chain.  A slot outlives the chain instances
 // that fill it in turn, so its counters (metering included) keep counting
 // across scale events; it is never freed while the dataplane lives.
@@ -63,6 +75,7 @@ struct InstanceSlot {
     unsigned lcore = 0;  // where it runs while active or parked
     uint16_t egress = 0; // index into the host's ports
     rte_ring *ring = nullptr;
+    ChainPeering *peering = nullptr; // its chain's, shared by every slot of the chain
     std::unique_ptr<ChainInstance> chain;
     SlotState state = SlotState::empty; // control side only
     io::InstanceGate gate;
@@ -73,6 +86,9 @@ struct InstanceSlot {
     Counter dropped{0};    // dropped by an NF's verdict
     Counter tx_dropped{0}; // its TX queue was full (through the main lcore, nothing is dropped: it waits)
     Counter batches{0};
+    Counter to_peers{0};                      // of a flow a peer serves: sent there unprocessed
+    Counter for_peers{0};                     // processed here for a peer, and sent back to it
+    Counter peer_dropped{0};                  // for a peer, or back from one, but no tunnel or tag to send it with
     std::atomic<uint32_t> served{0};          // ring position up to which packets were processed
     std::atomic<uint64_t> last_batch_ns{0};   // when it last processed a batch
     std::atomic<uint64_t> wake_latency_ns{0}; // last wake: from the packet that opened the gate to its processing
@@ -160,6 +176,15 @@ public:
 
     std::atomic<uint32_t> &wake_threshold() noexcept { return _wake_threshold; }
 
+    // Cold path, before prepare(): the port and tunnels to this host's peers.
+    void set_underlay(std::unique_ptr<io::Underlay> underlay) { _underlay = std::move(underlay); }
+    io::Underlay *underlay() const noexcept { return _underlay.get(); }
+    // Chain `tag`'s peering, created on first use; it stays where it is.
+    // Control side, any thread.
+    ChainPeering &peering(uint32_t tag);
+    // Every lcore's encapsulations and every dispatcher's decapsulations.
+    net::VxlanCounters vxlan_totals() const;
+
     const std::vector<io::Port> &ports() const noexcept { return _ports; }
     // Device counters read after run() returns, before the ports close.
     struct PortTotals {
@@ -213,6 +238,7 @@ private:
         std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
         std::atomic<uint64_t> last_rx{0};           // when it last received (or was held back)
         LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run (sampled)
+        net::VxlanCounters vxlan;                   // its encapsulations towards peers
     };
 
     // An lcore's side of its dispatcher: in-place runs and transmits.
@@ -220,7 +246,7 @@ private:
     public:
         LcoreSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
         void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
-                          uint64_t rx_tsc) override;
+                          uint64_t rx_tsc, const uint8_t *peer_marks) override;
         void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
 
     private:
@@ -239,8 +265,16 @@ private:
     uint32_t serve(Lcore &lcore, InstanceSlot &slot, uint64_t now);
     // A batch from an instance's ring: views rebuilt from the mbufs' metadata.
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
-    // Runs the chain on views[i] of mbufs[i], then frees or transmits each.
-    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now);
+    // Runs the chain on views[i] of mbufs[i], then frees or transmits each:
+    // to the chain's egress, or through a tunnel to the peer that serves its
+    // flow or that it is served for.  peer_marks: as io::LocalSink has them.
+    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
+                   const uint8_t *peer_marks);
+    // Encapsulates mbufs[i] towards peers[i] with the chain's tag there and
+    // `flags`, and sends them on the underlay; what cannot go is dropped and
+    // counted.
+    void send_to_peers(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, const uint8_t *peers,
+                       const uint32_t *flow_hashes, unsigned n, uint8_t flags);
     void transmit(Lcore &lcore, uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped);
     void record_latency(Lcore &lcore, uint64_t rx_tsc) const noexcept;
     uint32_t drain_tx_rings();
@@ -271,6 +305,9 @@ private:
     std::vector<std::unique_ptr<InstanceSlot>> _slots; // sized once: lcores index it while it grows
     std::atomic<std::size_t> _slot_count{0};
     std::vector<io::BucketOwners> _owners; // per chain tag
+    std::unique_ptr<io::Underlay> _underlay;
+    std::mutex _peerings_mutex;
+    std::vector<std::unique_ptr<ChainPeering>> _peerings; // per chain tag
     std::vector<std::unique_ptr<Lcore>> _lcores;
     std::vector<rte_ring *> _tx_rings;     // per port; nullptr when every lcore has a queue
     std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port

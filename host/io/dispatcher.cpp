@@ -1,6 +1,7 @@
 #include "io/dispatcher.h"
 
 #include "io/mbuf.h"
+#include "io/vxlan_io.h"
 
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
@@ -21,15 +22,16 @@ void DispatchTotals::add(const DispatchCounters &c)
         rule_matched[r] += c.rules.matched[r].load(std::memory_order_relaxed);
     }
     unmatched += c.rules.unmatched.load(std::memory_order_relaxed);
+    vxlan.add(c.vxlan);
 #define SERPENS_X(name) name += c.name.load(std::memory_order_relaxed);
     SERPENS_DISPATCH_COUNTERS(SERPENS_X)
 #undef SERPENS_X
 }
 
 Dispatcher::Dispatcher(std::span<const Port> ports, const Gateway &gateway, const std::atomic<uint32_t> &wake_threshold,
-                       std::vector<RxQueue> rx_queues, DispatchOptions options)
+                       std::vector<RxQueue> rx_queues, DispatchOptions options, const Underlay *underlay)
     : _ports(ports), _gateway(gateway), _wake_threshold(wake_threshold), _options(options), _rx(std::move(rx_queues)),
-      _counters(ports.size(), gateway.rules().size())
+      _underlay(underlay), _counters(ports.size(), gateway.rules().size())
 {
     _options.burst = std::clamp<uint32_t>(_options.burst, 1, max_burst);
     _options.producers = std::max<uint32_t>(_options.producers, 1);
@@ -70,15 +72,50 @@ bool Dispatcher::backlogged(const RouteTable *routes)
     return false;
 }
 
+uint16_t Dispatcher::take_from_tunnels(rte_mbuf **mbufs, uint16_t n, uint32_t *tags, uint8_t *marks)
+{
+    net::VxlanDecapped found[max_burst];
+    decap_burst({mbufs, n}, _underlay->decap(), found, _counters.vxlan);
+    rte_mbuf *drops[max_burst];
+    uint16_t n_drop = 0;
+    uint16_t kept = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+        const net::VxlanClass cls = net::vxlan_result_class(found[i].result);
+        const uint8_t peer = cls == net::VxlanClass::ok ? _underlay->peer_at(found[i].outer_src) : 0;
+        if (peer == 0) {
+            bump(cls == net::VxlanClass::not_vxlan ? _counters.underlay_other
+                 : cls == net::VxlanClass::ok      ? _counters.unknown_peer
+                                                   : _counters.tunnel_dropped);
+            drops[n_drop++] = mbufs[i];
+            continue;
+        }
+        tags[kept] = found[i].chain_tag;
+        marks[kept] = static_cast<uint8_t>(peer | ((found[i].flags & net::kVxlanReturned) ? peer_mark_returned : 0));
+        mbufs[kept++] = mbufs[i];
+    }
+    if (n_drop > 0) {
+        rte_pktmbuf_free_bulk(drops, n_drop);
+    }
+    return kept;
+}
+
 uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint64_t now, LocalSink &sink)
 {
     rte_mbuf *mbufs[max_burst];
-    const uint16_t n =
+    const uint16_t received =
         rte_eth_rx_burst(_ports[rxq.port_index].id, rxq.queue, mbufs, static_cast<uint16_t>(_options.burst));
-    if (n == 0) {
+    if (received == 0) {
         return 0;
     }
-    bump(_counters.rx[rxq.port_index], n);
+    bump(_counters.rx[rxq.port_index], received);
+    // From the underlay: peers' packets, each with its chain tag and peer.
+    const bool tunnelled = _underlay != nullptr && rxq.port_index == _underlay->port_index();
+    uint32_t tunnel_tags[max_burst];
+    uint8_t marks[max_burst];
+    const uint16_t n = tunnelled ? take_from_tunnels(mbufs, received, tunnel_tags, marks) : received;
+    if (n == 0) {
+        return received;
+    }
     // Latency is sampled: one burst in latency_sample carries its RX time
     // (0: not sampled), which keeps two TSC reads off most bursts.
     const uint64_t rx_tsc = (++_bursts & (latency_sample - 1)) == 0 ? rte_rdtsc() : 0;
@@ -122,6 +159,10 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             drops[n_drop++] = m;
             continue;
         }
+        if (tunnelled) {
+            tunnel_tags[n_kept] = tunnel_tags[i];
+            marks[n_kept] = marks[i];
+        }
         mbufs[n_kept++] = m;
     }
     static_assert(sizeof(KeySlot) == sizeof(net::FlowKey));
@@ -138,7 +179,6 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     uint32_t n_stages = 0;
     rte_mbuf *passthrough[max_burst];
     uint16_t n_pass = 0;
-    uint32_t tags[max_burst];
 
     auto flush_stage = [&](Stage &stage) {
         rte_mbuf *batch[max_burst];
@@ -155,21 +195,25 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             // since this instance receives only from here.
             if (stage.count == n_kept) {
                 // The whole burst, in order (the common case): no gather.
-                sink.run_in_place(stage.target->instance, mbufs, views, stage.count, now, rx_tsc);
+                sink.run_in_place(stage.target->instance, mbufs, views, stage.count, now, rx_tsc,
+                                  tunnelled ? marks : nullptr);
             } else {
                 gather();
                 serpens_pkt batch_views[max_burst];
+                uint8_t batch_marks[max_burst];
                 for (uint16_t k = 0; k < stage.count; ++k) {
                     batch_views[k] = views[stage.index[k]];
+                    batch_marks[k] = tunnelled ? marks[stage.index[k]] : 0;
                 }
-                sink.run_in_place(stage.target->instance, batch, batch_views, stage.count, now, rx_tsc);
+                sink.run_in_place(stage.target->instance, batch, batch_views, stage.count, now, rx_tsc,
+                                  tunnelled ? batch_marks : nullptr);
             }
             stage.count = 0;
             return;
         }
         gather();
         for (uint16_t k = 0; k < stage.count; ++k) {
-            store_meta(batch[k], views[stage.index[k]], tags[stage.index[k]], rx_tsc);
+            store_meta(batch[k], views[stage.index[k]], rx_tsc, tunnelled ? marks[stage.index[k]] : 0);
         }
         unsigned queued =
             rte_ring_enqueue_burst(target.ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);
@@ -198,7 +242,8 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     };
 
     // One chain for all traffic: rule 0 for every packet, counted at once.
-    const bool match_all = _gateway.first_rule_matches_everything();
+    // A peer's packets bypass the gateway: their header names the chain.
+    const bool match_all = !tunnelled && _gateway.first_rule_matches_everything();
     if (match_all) {
         bump(_counters.rules.matched[0], n_kept);
     }
@@ -210,26 +255,34 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         if (parsed[i]) {
             view.flow_hash = hashes[i];
         }
-        const int32_t rule =
-            match_all ? 0
-                      : _gateway.classify(rxq.port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
-                                          parsed[i], keys[i].key, _counters.rules);
-        if (rule == gateway_no_match) {
-            if (_gateway.default_port() >= 0) {
-                bump(_counters.unmatched_passed);
-                passthrough[n_pass++] = mbufs[i];
-            } else {
-                bump(_counters.unmatched_dropped);
-                drops[n_drop++] = mbufs[i];
+        if (tunnelled) {
+            // Its header names the chain: runs of one tag are looked up once.
+            if (i == 0 || tunnel_tags[i] != cached_tag) {
+                cached_tag = tunnel_tags[i];
+                cached_buckets = routes != nullptr ? routes->buckets(cached_tag) : std::span<const uint16_t>{};
             }
-            continue;
-        }
-        // Consecutive packets mostly match the same rule: look its chain's
-        // buckets up once per run of them, not once per packet.
-        if (rule != cached_rule) {
-            cached_rule = rule;
-            cached_tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
-            cached_buckets = routes != nullptr ? routes->buckets(cached_tag) : std::span<const uint16_t>{};
+        } else {
+            const int32_t rule =
+                match_all ? 0
+                          : _gateway.classify(rxq.port_index, view.vlan_id, (view.flags & SERPENS_PKT_F_VLAN) != 0,
+                                              parsed[i], keys[i].key, _counters.rules);
+            if (rule == gateway_no_match) {
+                if (_gateway.default_port() >= 0) {
+                    bump(_counters.unmatched_passed);
+                    passthrough[n_pass++] = mbufs[i];
+                } else {
+                    bump(_counters.unmatched_dropped);
+                    drops[n_drop++] = mbufs[i];
+                }
+                continue;
+            }
+            // Consecutive packets mostly match the same rule: look its chain's
+            // buckets up once per run of them, not once per packet.
+            if (rule != cached_rule) {
+                cached_rule = rule;
+                cached_tag = _gateway.rules()[static_cast<std::size_t>(rule)].chain_tag;
+                cached_buckets = routes != nullptr ? routes->buckets(cached_tag) : std::span<const uint16_t>{};
+            }
         }
         const RouteTarget *target = routes != nullptr ? routes->pick(cached_buckets, view.flow_hash) : nullptr;
         if (target == nullptr) {
@@ -237,7 +290,6 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             drops[n_drop++] = mbufs[i];
             continue;
         }
-        tags[i] = cached_tag;
         Stage *stage = nullptr;
         for (uint32_t s = 0; s < n_stages; ++s) {
             if (stages[s].target == target) {
@@ -270,7 +322,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     if (n_drop > 0) {
         rte_pktmbuf_free_bulk(drops, n_drop);
     }
-    return n;
+    return received;
 }
 
 } // namespace serpens::io

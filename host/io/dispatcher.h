@@ -11,7 +11,9 @@
 #include "io/gateway.h"
 #include "io/port.h"
 #include "io/router.h"
+#include "io/underlay.h"
 #include "net/parse.h"
+#include "net/vxlan.h"
 
 #include <serpens/nf.h>
 
@@ -40,7 +42,10 @@ struct RxQueue {
     X(linearize_failed)   /* a multi-segment mbuf that could not be made one */                                        \
     X(default_tx_dropped) /* the default port refused it */                                                            \
     X(rx_paused)          /* loops that left RX alone because a ring was nearly full */                                \
-    X(wakeups)            /* parked instances (chains at zero) a packet woke */
+    X(wakeups)            /* parked instances (chains at zero) a packet woke */                                        \
+    X(underlay_other)     /* on the underlay port, not VXLAN for this host (ARP, the kernel's own) */                  \
+    X(tunnel_dropped)     /* VXLAN refused as malformed or not ours; vxlan counts why */                               \
+    X(unknown_peer)       /* VXLAN from an address no peer announced */
 
 // One dispatcher's counters: written by its lcore only, read by anyone.
 struct DispatchCounters {
@@ -49,6 +54,7 @@ struct DispatchCounters {
     std::vector<Counter> rx;  // per port
     net::ParseCounters parse; // read live: a stats reply may lag by a burst
     RuleCounts rules;
+    net::VxlanCounters vxlan; // decapsulation results on the underlay port
 #define SERPENS_X(name) Counter name{0};
     SERPENS_DISPATCH_COUNTERS(SERPENS_X)
 #undef SERPENS_X
@@ -60,6 +66,7 @@ struct DispatchTotals {
     net::ParseCounters parse;
     std::vector<uint64_t> rule_matched;
     uint64_t unmatched = 0;
+    net::VxlanCounters vxlan;
 #define SERPENS_X(name) uint64_t name = 0;
     SERPENS_DISPATCH_COUNTERS(SERPENS_X)
 #undef SERPENS_X
@@ -73,9 +80,10 @@ class LocalSink {
 public:
     // Runs `instance` on packets just parsed here: views[i] describes mbufs[i];
     // they were received at `rx_tsc` (rte_rdtsc; 0 when their latency is not
-    // sampled).
+    // sampled).  peer_marks[i] says which peer's tunnel brought packet i
+    // (io/underlay.h); nullptr: they all came from traffic ports.
     virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
-                              uint64_t rx_tsc) = 0;
+                              uint64_t rx_tsc, const uint8_t *peer_marks) = 0;
     // Transmits on this lcore's path to a port; frees what does not fit and
     // adds it to `dropped`.
     virtual void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) = 0;
@@ -96,11 +104,17 @@ struct DispatchOptions {
 // One burst in this many has its latency measured (a power of two).
 inline constexpr uint32_t latency_sample = 8;
 
+// What arrives on the underlay port (when the host has peers) is VXLAN from
+// them: decapsulated here, its inner frame goes to the instance of the
+// chain the header's tag names that owns the inner flow's bucket, past the
+// gateway (the sending host classified it), marked with its peer.  Anything
+// else on that port is the underlay's own traffic and is dropped, counted.
 class Dispatcher {
 public:
-    // `ports`, `gateway` and `wake_threshold` outlive the dispatcher.
+    // `ports`, `gateway`, `wake_threshold` and `underlay` (nullptr: no peers)
+    // outlive the dispatcher.
     Dispatcher(std::span<const Port> ports, const Gateway &gateway, const std::atomic<uint32_t> &wake_threshold,
-               std::vector<RxQueue> rx_queues, DispatchOptions options);
+               std::vector<RxQueue> rx_queues, DispatchOptions options, const Underlay *underlay = nullptr);
 
     const std::vector<RxQueue> &rx_queues() const noexcept { return _rx; }
     // The routes as seen from this dispatcher's lcore.
@@ -119,12 +133,17 @@ public:
 private:
     uint32_t receive(const RxQueue &rxq, const RouteTable *routes, uint64_t now, LocalSink &sink);
     bool backlogged(const RouteTable *routes);
+    // Decapsulates a burst from the underlay port: keeps mbufs[0, returned)
+    // in order, the inner frames of peers' VXLAN, with their chain tags and
+    // peer marks; frees and counts the rest.
+    uint16_t take_from_tunnels(rte_mbuf **mbufs, uint16_t n, uint32_t *tags, uint8_t *marks);
 
     std::span<const Port> _ports;
     const Gateway &_gateway;
     const std::atomic<uint32_t> &_wake_threshold;
     DispatchOptions _options;
     std::vector<RxQueue> _rx;
+    const Underlay *_underlay;
     Router _router;
     DispatchCounters _counters;
     uint32_t _bursts = 0;

@@ -17,7 +17,8 @@
 namespace serpens::io {
 
 struct PacketMeta {
-    uint32_t chain_tag;
+    uint8_t peer_mark; // where it came from (io/underlay.h): 0, a traffic port
+    uint8_t reserved[3];
     uint16_t l3_offset;
     uint16_t l4_offset;
     uint16_t payload_offset;
@@ -27,6 +28,7 @@ struct PacketMeta {
     uint16_t vlan_id;
     uint64_t rx_tsc; // when its burst was received (TSC; 0: not sampled): its batch's latency starts here
 };
+// The mbuf's dynamic-field area has room for little more (DPDK 22.11).
 static_assert(sizeof(PacketMeta) == 24);
 
 // Registers the dynamic field; call once after EAL init.  Throws Error.
@@ -36,11 +38,12 @@ extern int packet_meta_offset;
 inline PacketMeta &meta_of(rte_mbuf *m) noexcept { return *RTE_MBUF_DYNFIELD(m, packet_meta_offset, PacketMeta *); }
 
 // Stores a parsed view's offsets in the mbuf.
-inline void store_meta(rte_mbuf *m, const serpens_pkt &view, uint32_t chain_tag, uint64_t rx_tsc) noexcept
+// The instance it is queued to knows its chain.
+inline void store_meta(rte_mbuf *m, const serpens_pkt &view, uint64_t rx_tsc, uint8_t peer_mark) noexcept
 {
     PacketMeta &meta = meta_of(m);
     meta.rx_tsc = rx_tsc;
-    meta.chain_tag = chain_tag;
+    meta.peer_mark = peer_mark;
     meta.l3_offset = view.l3_offset;
     meta.l4_offset = view.l4_offset;
     meta.payload_offset = view.payload_offset;

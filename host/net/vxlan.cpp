@@ -50,7 +50,7 @@ VxlanClass vxlan_result_class(VxlanResult r) noexcept { return detail::result_ro
 void VxlanCounters::add(const VxlanCounters &other) noexcept
 {
     for (std::size_t i = 0; i < kVxlanResultCount; ++i) {
-        by_result[i] += other.by_result[i];
+        by_result[i] += other.load(i);
     }
 }
 

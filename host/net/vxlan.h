@@ -54,6 +54,7 @@
 // number of threads may use one; one VxlanCounters must have one writer.
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -90,13 +91,26 @@ const char *vxlan_result_description(VxlanResult r) noexcept;
 VxlanClass vxlan_result_class(VxlanResult r) noexcept;
 
 // One 64-bit counter per VxlanResult, indexed by the enum.  Keep one per
-// lcore (single writer) and sum them for reporting.
+// lcore (single writer) and sum them for reporting: add() may read another
+// lcore's counters while it counts (relaxed atomic accesses, and a load-add-
+// store rather than a locked add on the writer's side).
 struct alignas(64) VxlanCounters {
     std::array<uint64_t, kVxlanResultCount> by_result{};
 
-    void count(VxlanResult r) noexcept { ++by_result[static_cast<std::size_t>(r)]; }
-    uint64_t operator[](VxlanResult r) const noexcept { return by_result[static_cast<std::size_t>(r)]; }
+    void count(VxlanResult r) noexcept
+    {
+        std::atomic_ref<uint64_t> c(by_result[static_cast<std::size_t>(r)]);
+        c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
+    uint64_t operator[](VxlanResult r) const noexcept { return load(static_cast<std::size_t>(r)); }
     void add(const VxlanCounters &other) noexcept;
+
+private:
+    uint64_t load(std::size_t i) const noexcept
+    {
+        // atomic_ref needs a non-const object; the counters never are const.
+        return std::atomic_ref<uint64_t>(const_cast<uint64_t &>(by_result[i])).load(std::memory_order_relaxed);
+    }
 };
 
 // ---------------------------------------------------------------------------
