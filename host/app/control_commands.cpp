@@ -1,5 +1,6 @@
 #include "app/control_commands.h"
 
+#include "app/peers.h"
 #include "app/reload.h"
 #include "app/stats.h"
 #include "chain/compiled.h"
@@ -143,9 +144,9 @@ std::string who(const ControlPeer &peer)
 } // namespace
 
 ControlCommands::ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter,
-                                 Reloader &reloader, HostIdentity identity, std::function<ordered_json()> peers)
+                                 Reloader &reloader, HostIdentity identity, Cluster &cluster)
     : _dp(dataplane), _manager(manager), _meter(meter), _reloader(reloader), _identity(std::move(identity)),
-      _peers(std::move(peers)), _cleared(ordered_json::object()), _cleared_at(_identity.started)
+      _cluster(cluster), _cleared(ordered_json::object()), _cleared_at(_identity.started)
 {}
 
 ordered_json ControlCommands::live_stats() const
@@ -307,7 +308,7 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
     case ControlVerb::bill:
         return control_ok_reply(bill_result(_meter.bill(request.since, request.chain)));
     case ControlVerb::peers:
-        return control_ok_reply(_peers());
+        return control_ok_reply(_cluster.peers_json());
     case ControlVerb::reload:
         try {
             spdlog::info("reload requested by {}", who(peer));
@@ -338,6 +339,16 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
         }
         const ScaleTarget target{request.relative,
                                  request.negative ? -static_cast<int64_t>(request.value) : request.value};
+        if (!request.peer.empty()) {
+            spdlog::info("chain '{}' scale {}1 on peer '{}' by {}", request.chain, request.negative ? '-' : '+',
+                         request.peer, who(peer));
+            try {
+                return control_ok_reply(request.negative ? _cluster.scale_in(request.chain, request.peer)
+                                                         : _cluster.scale_out(request.chain, request.peer));
+            } catch (const Error &e) {
+                return control_error_reply(ControlErrorCode::refused, e.what());
+            }
+        }
         try {
             return control_ok_reply(scale_result(_manager.scale(request.chain, target, request.lcores, who(peer))));
         } catch (const Error &e) {

@@ -23,6 +23,7 @@ namespace metering {
 class Meter;
 }
 class Reloader;
+class Cluster;
 
 // Who this host is, for "status" and "version".
 struct HostIdentity {
@@ -37,10 +38,10 @@ struct HostIdentity {
 
 class ControlCommands {
 public:
-    // `reloader` also says which plugins and chains the host runs from now.
-    // `peers` answers "peers" (app/peers.h).
+    // `reloader` also says which plugins and chains the host runs from now;
+    // `cluster` answers "peers" and scales chains onto peers (app/peers.h).
     ControlCommands(Dataplane &dataplane, InstanceManager &manager, metering::Meter &meter, Reloader &reloader,
-                    HostIdentity identity, std::function<nlohmann::ordered_json()> peers);
+                    HostIdentity identity, Cluster &cluster);
 
     // The control server's handler: one request line in, one reply line out.
     std::string handle(std::string_view line, const ControlPeer &peer);
@@ -57,7 +58,7 @@ private:
     metering::Meter &_meter;
     Reloader &_reloader;
     HostIdentity _identity;
-    std::function<nlohmann::ordered_json()> _peers;
+    Cluster &_cluster;
     // "clear": the counters then, taken off every later "stats".
     nlohmann::ordered_json _cleared;
     std::chrono::system_clock::time_point _cleared_at{};

@@ -424,6 +424,13 @@ int run_host(const HostOptions &options)
                 spdlog::info("chain '{}': {} instance(s) on lcore(s) {}{}", p.chain, p.count, fmt::join(p.lcores, ","),
                              p.count == 0 ? " (parked until a packet comes)" : "");
             }
+            // [peer]: the other hosts of this cluster and the underlay to
+            // them (before prepare: dispatchers decapsulate); off when absent.
+            std::map<std::string, uint32_t> running_chains;
+            for (const Placement &p : plan) {
+                running_chains.emplace(p.chain, loaded.tag_of.at(p.chain));
+            }
+            Cluster cluster(cfg, dataplane, *manager, std::move(running_chains));
             dataplane.prepare();
             // On the EAL's control CPUs, like the state manager: never where a
             // worker lcore polls.
@@ -440,17 +447,15 @@ int run_host(const HostOptions &options)
                 return rte_ctrl_thread_create(thread, "serpens-meter", nullptr, body, arg);
             });
             Reloader reloader(cfg, *manager, chain_set);
-            // [peer]: the other hosts of this cluster; off when absent.
-            const std::unique_ptr<peer::PeerService> peers = start_peers(cfg, ports);
             ControlCommands commands(
                 dataplane, *manager, meter, reloader,
                 HostIdentity{cfg.id, cfg.file, cfg.state_dir, cfg.control_socket, cfg.plugin_dir, cfg.chains_dir},
-                [&cfg, &peers] { return peers_json(cfg, peers.get()); });
+                cluster);
             ControlServer control(
                 std::move(control_options),
                 [&commands](std::string_view line, const ControlPeer &peer) { return commands.handle(line, peer); });
             // [metrics] listen: the Prometheus endpoint, on a control CPU too; off when absent.
-            auto metrics_endpoint = metrics::start_endpoint(cfg, dataplane, *manager, store, peers.get());
+            auto metrics_endpoint = metrics::start_endpoint(cfg, dataplane, *manager, store, cluster.service());
             manager->start_thread([](pthread_t *thread, void *(*body)(void *), void *arg) {
                 return rte_ctrl_thread_create(thread, "serpens-inst", nullptr, body, arg);
             });
@@ -458,6 +463,10 @@ int run_host(const HostOptions &options)
             std::signal(SIGINT, on_signal);
             std::signal(SIGTERM, on_signal);
             ControlThread hangup("serpens-hup", "reload", [&reloader] { reload_on_hangup(reloader); });
+            ControlThread peer_watch("serpens-peers", "peer liveness", [&cluster] {
+                cluster.tick();
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            });
             {
                 // The state manager's clock: timers, triggers, idle-flow
                 // expiry.  5 ms: fine enough for ms-scale timers and deferred

@@ -539,6 +539,11 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             }
             p.hosts.push_back(std::move(host));
         }
+        // A flow-table entry names the peer serving its flow in 7 bits.
+        if (p.hosts.size() > PeerConfig::max_peer_hosts) {
+            r.fail("host", "[peer] lists " + std::to_string(p.hosts.size()) + " [[peer.host]]; at most " +
+                               std::to_string(PeerConfig::max_peer_hosts) + " are supported");
+        }
     }
 
     if (const toml::table *t = top.optional_table("nf_defaults")) {

@@ -97,6 +97,9 @@ struct PeerConfig {
     static constexpr uint32_t min_underlay_mtu = 68 + 50;
     static constexpr uint32_t max_underlay_mtu = 65535;
     static constexpr uint32_t max_vni = 0xffffff; // 24 bits
+    // Peers are numbered 1..127 in [[peer.host]] order (state/flow_table.h
+    // keeps the serving peer of a flow in 7 bits).
+    static constexpr std::size_t max_peer_hosts = 127;
 
     bool enabled = false;
     std::string listen_address; // numeric IPv4 of the TLS listener for peers

@@ -124,7 +124,7 @@ std::optional<ControlRequestError> read_lcores(const json &request, std::string_
 
 ParsedControlRequest parse_scale(const json &request)
 {
-    if (auto e = only_fields(request, "scale", {"chain", "count", "lcores"})) {
+    if (auto e = only_fields(request, "scale", {"chain", "count", "lcores", "peer"})) {
         return *e;
     }
     ControlRequest out;
@@ -156,6 +156,21 @@ ParsedControlRequest parse_scale(const json &request)
     out.value = static_cast<uint32_t>(*value);
     if (auto e = read_lcores(request, "scale", out.lcores)) {
         return *e;
+    }
+    if (auto peer = request.find("peer"); peer != request.end()) {
+        if (!peer->is_string() || !config::is_safe_name(peer->get<std::string>())) {
+            return refuse("scale's \"peer\" is a peer's host id, not " + echoed_json(*peer));
+        }
+        // One instance there, or none: the peer decides how it runs it.
+        if (!out.relative || out.value != 1) {
+            return refuse("scale with \"peer\" takes \"count\": \"+1\" (onto the peer) or \"-1\" (back from it), "
+                          "not " +
+                          echoed_json(*request.find("count")));
+        }
+        if (!out.lcores.empty()) {
+            return refuse("scale with \"peer\" takes no \"lcores\": the peer places its instance");
+        }
+        out.peer = peer->get<std::string>();
     }
     return out;
 }

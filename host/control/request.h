@@ -28,7 +28,7 @@ enum class ControlVerb {
     clear,          // -> zeroes what "stats" shows; bills and metrics keep counting
     wake_threshold, // {"set":N}? -> the threshold (after setting it)
     log_level,      // {"set":"debug"}? -> the level (after setting it)
-    scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?} -> what it did
+    scale,          // {"chain":"c","count":N|"N"|"+K"|"-K","lcores":[..]?,"peer":"id"?} -> what it did
     bill,           // {"since":UNIX_S?,"chain":"c"?} -> per chain what it used, from the ledger
     reload,         // {"chains":["c",..]?} -> re-reads chains and plugins, swaps what changed (and the chains named)
     drain,          // {"lcores":[..]?,"undo":true?} -> moves instances off lcores (or lets them back); the drained ones
@@ -54,6 +54,7 @@ struct ControlRequest {
     bool relative = false;          // +K / -K
     bool negative = false;          // -K
     std::vector<unsigned> lcores{}; // scale: where new instances may go; drain: the lcores
+    std::string peer{};             // scale: +1 / -1 on this peer (a [[peer.host]] id) rather than here
     bool undo = false;              // drain: let the lcores run instances again
     // bill: from when (Unix seconds; all the ledger holds when absent); scale, bill: the chain
     std::optional<int64_t> since{};

@@ -85,6 +85,16 @@ std::optional<DecodeFailure> check_hello(const Hello &h)
     return std::nullopt;
 }
 
+// A chain tag travels in 24 bits of the VXLAN header (net/vxlan.h).
+std::optional<DecodeFailure> check_chain_tag(const char *field, uint32_t tag)
+{
+    if (tag > 0xffffff) {
+        return failure(DecodeError::bad_field,
+                       std::string(field) + " " + std::to_string(tag) + " does not fit 24 bits");
+    }
+    return std::nullopt;
+}
+
 std::optional<DecodeFailure> check_body(const Envelope &e)
 {
     switch (e.body_case()) {
@@ -99,8 +109,14 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
         if (e.scale_out_request().instances() == 0) {
             return failure(DecodeError::bad_field, "scale_out_request.instances is 0");
         }
+        if (auto f = check_chain_tag("scale_out_request.origin_tag", e.scale_out_request().origin_tag())) {
+            return f;
+        }
         return check_name("scale_out_request.chain", e.scale_out_request().chain());
     case Envelope::kScaleOutAccept:
+        if (auto f = check_chain_tag("scale_out_accept.tag", e.scale_out_accept().tag())) {
+            return f;
+        }
         return check_name("scale_out_accept.chain", e.scale_out_accept().chain());
     case Envelope::kScaleOutReady:
         return check_name("scale_out_ready.chain", e.scale_out_ready().chain());

@@ -329,7 +329,9 @@ external = "203.0.113.0/28"
         deadline = time.monotonic() + 30
         while not os.path.exists(self.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        check(os.path.exists(self.path("ctl.sock")), f"host did not start: {proc.poll()}")
+        if not os.path.exists(self.path("ctl.sock")):
+            output = proc.communicate()[0] if proc.poll() is not None else "(still running)"
+            fail(f"host did not start: {proc.poll()}\n{output}")
         return proc
 
     def ctl(self, *args, timeout=30):

@@ -165,6 +165,23 @@ TEST_CASE("scale: a chain, N, +K or -K, and optionally the lcores new instances 
           std::string::npos);
 }
 
+TEST_CASE("scale on a peer: +1 or -1, a peer's id, no lcores")
+{
+    ControlRequest out = accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"+1","peer":"host-b"})");
+    CHECK((out.peer == "host-b" && out.relative && !out.negative && out.value == 1));
+    CHECK(changes_host(out));
+    ControlRequest in = accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"-1","peer":"host-b"})");
+    CHECK((in.peer == "host-b" && in.negative));
+    CHECK(accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"+1"})").peer.empty());
+    for (const char *bad : {R"("chain":"c","count":"+2","peer":"b")", R"("chain":"c","count":1,"peer":"b")",
+                            R"("chain":"c","count":"-3","peer":"b")", R"("chain":"c","count":"+1","peer":"../b")",
+                            R"("chain":"c","count":"+1","peer":7)", R"("chain":"c","count":"+1","peer":"")",
+                            R"("chain":"c","count":"+1","peer":"b","lcores":[1])"}) {
+        CAPTURE(bad);
+        CHECK(refused(with_version("\"cmd\":\"scale\"," + std::string(bad))).code == ControlErrorCode::bad_request);
+    }
+}
+
 TEST_CASE("bill: optionally from a Unix time, optionally one chain")
 {
     ControlRequest all = accepted(R"({"v":1,"cmd":"bill"})");

@@ -112,7 +112,10 @@ int main(int argc, char **argv)
     auto *scale = app.add_subcommand(
         "scale", "change how many instances of a chain run, while traffic flows: no packet is lost or reordered.\n"
                  "N sets the count, +K / -K change it; 0 parks the chain (it keeps its state and its gateway rule,\n"
-                 "and the first packet wakes an instance).");
+                 "and the first packet wakes an instance).\n"
+                 "With --peer, +1 runs the chain on that peer too: it takes the new flows of an equal share of the\n"
+                 "chain's buckets, while every flow already here stays here; -1 sends new flows back here, and the\n"
+                 "flows the peer serves finish there.");
     std::string scale_chain;
     std::string scale_count;
     std::vector<unsigned> scale_lcores;
@@ -123,6 +126,8 @@ int main(int argc, char **argv)
                      "lcores new instances may run on (default: the chain's [[instance]] lcores, else any "
                      "worker lcore; the least loaded is taken)")
         ->delimiter(',');
+    std::string scale_peer;
+    scale->add_option("-p,--peer", scale_peer, "scale onto (+1) or back from (-1) this peer, a [[peer.host]] id");
     auto *wake = app.add_subcommand("wake-threshold", "show, or set, how many queued packets wake a sleeping instance");
     uint32_t threshold = 0;
     wake->add_option("packets", threshold, "the new threshold, 1..1048576; omit to show the current one")
@@ -244,8 +249,12 @@ int main(int argc, char **argv)
             if (!scale_lcores.empty()) {
                 request["lcores"] = scale_lcores;
             }
+            if (!scale_peer.empty()) {
+                request["peer"] = scale_peer;
+            }
             ordered_json r = call(request);
-            target.json ? print_json(r) : print(serpensctl::render_scale(r));
+            target.json ? print_json(r)
+                        : print(scale_peer.empty() ? serpensctl::render_scale(r) : serpensctl::render_peer_scale(r));
         } else if (wake->parsed()) {
             ordered_json request = {{"cmd", "wake_threshold"}};
             if (threshold != 0) {

@@ -300,6 +300,20 @@ std::string render_scale(const ordered_json &r)
                        text_of(r, "launch_us"));
 }
 
+std::string render_peer_scale(const ordered_json &r)
+{
+    if (r.contains("tag_at_peer")) {
+        return fmt::format("chain {}: +1 on peer {} (the chain's tag there: {})\n"
+                           "  new flows of {} of {} bucket(s) go there; flows already here stay here; done in {} ms\n",
+                           text_of(r, "chain"), text_of(r, "peer"), text_of(r, "tag_at_peer"), text_of(r, "buckets"),
+                           text_of(r, "of_buckets"), text_of(r, "ms"));
+    }
+    return fmt::format("chain {}: -1 on peer {}\n"
+                       "  new flows of {} bucket(s) stay here again; the flows the peer serves finish there "
+                       "(peer told: {})\n",
+                       text_of(r, "chain"), text_of(r, "peer"), text_of(r, "buckets"), text_of(r, "peer_told"));
+}
+
 std::string render_reload(const ordered_json &r)
 {
     auto names = [&](const char *key) { return joined(field(r, key), ", "); };

@@ -19,6 +19,7 @@ std::string render_peers(const ordered_json &peers);
 std::string render_instances(const ordered_json &instances);
 std::string render_stats(const ordered_json &stats);
 std::string render_scale(const ordered_json &result);
+std::string render_peer_scale(const ordered_json &result); // scale ... --peer
 // "reload": what was swapped, kept, added; what each swap cost.
 std::string render_reload(const ordered_json &result);
 // "drain": the instances moved, and which lcores are drained now.

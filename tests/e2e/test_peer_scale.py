@@ -1,0 +1,188 @@
+"""Scaling a chain onto another server with new flows only (paper §III-A2).
+
+Hosts a and b run in two network namespaces joined by a veth pair, their
+underlay (net_af_packet on each end; VXLAN between underlay addresses the
+kernels do not own).  Chain `c` is `tally` (tests/plugins/tally.c: it
+counts each flow's packets in the chain's flow table and appends its build
+and the count to every packet); a runs build 1, b build 2, so every packet
+that leaves a says which host processed it.
+
+Traffic enters a only, sent into a veth of its namespace (net_af_packet), in
+three phases:
+ 1. old flows, with the chain on a alone;
+ 2. `serpensctl scale c +1 --peer b`, then the old flows go on and new flows
+    start: the new flows of half the buckets go to b through the tunnel and
+    come back processed to leave by a's egress, while every old flow stays on a;
+ 3. `scale c -1 --peer b`, then all flows go on and late flows start: the flows
+    b took stay on b (their state is there), the late ones all stay on a.
+Afterwards every packet has left a, in order per flow, and each flow's counts
+run 1, 2, 3... on the one host that served it: nothing lost, reordered or
+split between hosts.
+"""
+import json
+import os
+import shutil
+import time
+
+from harness import TEST_PLUGINS, Host, Netns, check, fail, flow_frame, make_pki, read_pcap, tally_by_flow, write_pcap
+
+OLD, NEW, LATE = range(0, 120), range(120, 360), range(360, 420)
+ROUNDS = 4  # packets per flow and phase
+
+ns_a, ns_b = Netns("scale-a"), Netns("scale-b")
+ns_a.link(ns_b, "sa", "sb", "10.97.0.1/24", "10.97.0.2/24")
+ns_a.veth("ia", "ib")  # the test sends into ib; a receives on ia
+a, b = Host(plugins=("tally",)), Host(plugins=("tally",))
+shutil.copy(os.path.join(TEST_PLUGINS, "serpens_nf_tally_v2.so"), b.path("plugins/serpens_nf_tally.so"))
+ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix])
+CHAIN = 'name = "c"\negress = "{egress}"\n[[nf]]\nname = "tally"\nplugin = "tally"\n'
+
+
+def peer_section(host, address, underlay, peer_host, peer_address):
+    cert, key = certs[host.prefix]
+    return f'''
+[peer]
+listen = "{address}:7946"
+certificate = "{cert}"
+private_key = "{key}"
+ca = "{ca}"
+underlay_port = "underlay"
+underlay_address = "{underlay}"
+heartbeat_ms = 200
+dead_after_ms = 1000
+lease_ms = 5000
+
+[[peer.host]]
+id = "{peer_host.prefix}"
+address = "{peer_address}:7946"
+'''
+
+
+write_pcap(a.path("empty.pcap"), [])
+a.chain("c", CHAIN.format(egress="out"))
+a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096"\n'
+         f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
+         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
+         '\n[[gateway.rule]]\nin_port = "in"\nchain = "c"\n' +
+         peer_section(a, "10.97.0.1", "10.96.0.1", b, "10.97.0.2"), eal=a.eal("0"))
+# b runs the chain only for a: packets it processes go back to a, never
+# out of its own egress.
+b.chain("c", CHAIN.format(egress="underlay"))
+b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
+         '\n[[instance]]\nchain = "c"\ncount = 1\n' + peer_section(b, "10.97.0.2", "10.96.0.2", a, "10.97.0.1"),
+         eal=b.eal("0"))
+
+phase1 = [flow_frame(f, s) for s in range(ROUNDS) for f in OLD]
+phase2 = [flow_frame(f, s + (ROUNDS if f in OLD else 0)) for s in range(ROUNDS) for f in list(OLD) + list(NEW)]
+phase3 = [flow_frame(f, s + (2 * ROUNDS if f in OLD else ROUNDS if f in NEW else 0))
+          for s in range(ROUNDS) for f in list(OLD) + list(NEW) + list(LATE)]
+trace = phase1 + phase2 + phase3
+for n, phase in enumerate((phase1, phase2, phase3), 1):
+    write_pcap(a.path(f"phase{n}.pcap"), phase)
+proc_a = a.start(ns=ns_a, log_level="warn")
+proc_b = b.start(ns=ns_b, log_level="warn")
+
+
+def ctl_json(host, *args):
+    out = host.ctl(*args, "--json")
+    check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def wait_for(what, condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc, name in ((proc_a, "a"), (proc_b, "b")):
+            check(proc.poll() is None, f"host {name} stopped while waiting until {what}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    links = [ns.run("ip", "-s", "link", "show", dev, capture_output=True, text=True).stdout
+             for ns, dev in ((ns_a, "sa"), (ns_b, "sb"))]
+    fail(f"{what} within {timeout} s; a: {where_packets_are(a)}\nb: {where_packets_are(b)}\n{links[0]}{links[1]}")
+
+
+def where_packets_are(host):
+    stats = ctl_json(host, "stats")
+    return {k: stats.get(k) for k in ("instances", "dispatch", "vxlan", "ports")}
+
+
+def send(phase):
+    sender = ns_a.send_pcap("ib", a.path(f"phase{phase}.pcap"))
+    check(sender.returncode == 0, f"sending phase {phase}: {sender.stderr}")
+
+
+def instances(host):
+    return [i for i in ctl_json(host, "stats")["instances"] if i["chain"] == "c"]
+
+
+def total(host, key):
+    return sum(i[key] for i in instances(host))
+
+
+def peer_entry(host, peer_id):
+    return next(p for p in ctl_json(host, "peers")["peers"] if p["id"] == peer_id)
+
+
+try:
+    wait_for("a and b see each other up", lambda: peer_entry(a, b.prefix)["up"] and peer_entry(b, a.prefix)["up"])
+    send(1)
+    wait_for("a has sent the old flows' first packets", lambda: total(a, "out") >= len(phase1))
+
+    refused = a.ctl("scale", "c", "+2", "--peer", b.prefix)
+    check(refused.returncode != 0 and "+1" in refused.stderr, f"scale +2 on a peer is refused: {refused.stderr}")
+    unknown = a.ctl("scale", "c", "+1", "--peer", "nobody")
+    check(unknown.returncode != 0 and "no peer 'nobody'" in unknown.stderr, f"an unknown peer: {unknown.stderr}")
+    out = ctl_json(a, "scale", "c", "+1", "--peer", b.prefix)
+    check(out["buckets"] == 128 and out["of_buckets"] == 256, f"b takes the new flows of half the buckets: {out}")
+    check(peer_entry(a, b.prefix)["new_flows_of"] == {"c": 128}, "serpensctl peers shows what b takes")
+    again = a.ctl("scale", "c", "+1", "--peer", b.prefix)
+    check(again.returncode != 0 and "already" in again.stderr, f"a second scale-out is refused: {again.stderr}")
+    send(2)
+    wait_for("phase 2 has come back", lambda: total(a, "out") >= len(phase1) + len(phase2))
+
+    back = ctl_json(a, "scale", "c", "-1", "--peer", b.prefix)
+    check(back["buckets"] == 128 and back["peer_told"] == "yes", f"scale -1 on b: {back}")
+    check(peer_entry(a, b.prefix)["new_flows_of"] == {}, "after the scale-in b takes no new flows")
+    send(3)
+    wait_for("every packet has left a", lambda: total(a, "out") >= len(trace))
+    stats_a, stats_b = instances(a), instances(b)
+    vxlan_a = ctl_json(a, "stats")["vxlan"]
+finally:
+    for proc in (proc_a, proc_b):
+        if proc.poll() is None:
+            proc.terminate()
+    logs = [proc.communicate(timeout=60)[0] for proc in (proc_a, proc_b)]
+check(proc_a.returncode == 0 and proc_b.returncode == 0,
+      f"hosts exited {proc_a.returncode}, {proc_b.returncode}:\n{logs[0]}\n{logs[1]}")
+
+# Only the flows sent: the test does not own the kernel, which may send its
+# own frames on ia.
+left = read_pcap(a.path("out.pcap"))
+out = [fr for fr in left if len(fr) == len(trace[0]) + 5 and fr[26:28] == bytes([198, 18])]
+check(len(out) == len(trace), f"{len(trace)} packets sent, {len(out)} left a")
+served_by_b = set()
+for flow, seen in tally_by_flow(out, len(trace[0])).items():
+    builds = {build for _, build, _, _ in seen}
+    check(len(builds) == 1, f"flow {flow} was served by both hosts: {seen}")
+    check([(s, c) for s, _, c, _ in seen] == [(s, s + 1) for s in range(len(seen))],
+          f"flow {flow}: lost, reordered or recounted: {seen}")
+    if builds == {2}:
+        served_by_b.add(flow)
+check(not served_by_b & set(OLD), f"old flows went to b: {sorted(served_by_b & set(OLD))}")
+check(not served_by_b & set(LATE), f"flows that started after the scale-in went to b: {sorted(served_by_b & set(LATE))}")
+share = len(served_by_b) / len(NEW)
+check(0.3 <= share <= 0.7, f"b served {len(served_by_b)} of {len(NEW)} new flows; half the buckets are its")
+on_b = sum(1 for fr in out if fr[len(trace[0])] == 2)
+check(sum(i["packets"] for i in stats_b) == on_b, f"b's chain ran {on_b} packets: {stats_b}")
+check(sum(i["for_peers"] for i in stats_b) == on_b, f"b sent back what it ran for a: {stats_b}")
+check(sum(i["to_peers"] for i in stats_a) == on_b and sum(i["peer_dropped"] for i in stats_a) == 0,
+      f"a sent b exactly those: {stats_a}")
+check(sum(i["packets"] for i in stats_a) == len(trace) - on_b + len(left) - len(out),
+      f"a's chain ran the rest (and {len(left) - len(out)} frames of the kernel's), metered there: {stats_a}")
+check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}: {vxlan_a}")
+print(f"OK: {len(trace)} packets; b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
+      f"no old or late flow, and every flow stayed whole on one host")
+for host in (a, b):
+    host.cleanup()
