@@ -18,6 +18,9 @@ three phases:
 Afterwards every packet has left a, in order per flow, and each flow's counts
 run 1, 2, 3... on the one host that served it: nothing lost, reordered or
 split between hosts.
+ 4. b is killed; a sees it down, and the new flows go on: a serves them all
+    itself, those b served as new flows (their state died with b), and
+    nothing is lost.
 """
 import json
 import os
@@ -77,7 +80,8 @@ phase2 = [flow_frame(f, s + (ROUNDS if f in OLD else 0)) for s in range(ROUNDS) 
 phase3 = [flow_frame(f, s + (2 * ROUNDS if f in OLD else ROUNDS if f in NEW else 0))
           for s in range(ROUNDS) for f in list(OLD) + list(NEW) + list(LATE)]
 trace = phase1 + phase2 + phase3
-for n, phase in enumerate((phase1, phase2, phase3), 1):
+phase4 = [flow_frame(f, s + 2 * ROUNDS) for s in range(ROUNDS) for f in NEW]
+for n, phase in enumerate((phase1, phase2, phase3, phase4), 1):
     write_pcap(a.path(f"phase{n}.pcap"), phase)
 proc_a = a.start(ns=ns_a, log_level="warn")
 proc_b = b.start(ns=ns_b, log_level="warn")
@@ -92,19 +96,19 @@ def ctl_json(host, *args):
 def wait_for(what, condition, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for proc, name in ((proc_a, "a"), (proc_b, "b")):
-            check(proc.poll() is None, f"host {name} stopped while waiting until {what}")
+        check(proc_a.poll() is None, f"host a stopped while waiting until {what}")
         value = condition()
         if value:
             return value
         time.sleep(0.1)
-    links = [ns.run("ip", "-s", "link", "show", dev, capture_output=True, text=True).stdout
-             for ns, dev in ((ns_a, "sa"), (ns_b, "sb"))]
-    fail(f"{what} within {timeout} s; a: {where_packets_are(a)}\nb: {where_packets_are(b)}\n{links[0]}{links[1]}")
+    fail(f"{what} within {timeout} s; a: {where_packets_are(a)}\nb: {where_packets_are(b)}")
 
 
 def where_packets_are(host):
-    stats = ctl_json(host, "stats")
+    out = host.ctl("stats", "--json")
+    if out.returncode != 0:
+        return out.stderr
+    stats = json.loads(out.stdout)
     return {k: stats.get(k) for k in ("instances", "dispatch", "vxlan", "ports")}
 
 
@@ -146,30 +150,45 @@ try:
     check(back["buckets"] == 128 and back["peer_told"] == "yes", f"scale -1 on b: {back}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {}, "after the scale-in b takes no new flows")
     send(3)
-    wait_for("every packet has left a", lambda: total(a, "out") >= len(trace))
-    stats_a, stats_b = instances(a), instances(b)
+    wait_for("phase 3 has left a", lambda: total(a, "out") >= len(trace))
+    stats_b = instances(b)
+
+    proc_b.kill()
+    proc_b.wait(timeout=30)
+    wait_for("a sees b down", lambda: not peer_entry(a, b.prefix)["up"])
+    send(4)
+    wait_for("phase 4 has left a", lambda: total(a, "out") >= len(trace) + len(phase4))
+    stats_a = instances(a)
     vxlan_a = ctl_json(a, "stats")["vxlan"]
 finally:
     for proc in (proc_a, proc_b):
         if proc.poll() is None:
             proc.terminate()
     logs = [proc.communicate(timeout=60)[0] for proc in (proc_a, proc_b)]
-check(proc_a.returncode == 0 and proc_b.returncode == 0,
+check(proc_a.returncode == 0 and proc_b.returncode == -9,
       f"hosts exited {proc_a.returncode}, {proc_b.returncode}:\n{logs[0]}\n{logs[1]}")
 
 # Only the flows sent: the test does not own the kernel, which may send its
 # own frames on ia.
 left = read_pcap(a.path("out.pcap"))
 out = [fr for fr in left if len(fr) == len(trace[0]) + 5 and fr[26:28] == bytes([198, 18])]
-check(len(out) == len(trace), f"{len(trace)} packets sent, {len(out)} left a")
+check(len(out) == len(trace) + len(phase4), f"{len(trace) + len(phase4)} packets sent, {len(out)} left a")
 served_by_b = set()
 for flow, seen in tally_by_flow(out, len(trace[0])).items():
-    builds = {build for _, build, _, _ in seen}
+    check([s for s, _, _, _ in seen] == list(range(len(seen))), f"flow {flow}: lost or reordered: {seen}")
+    # Until b died: one host; after, a alone.
+    before = seen[:2 * ROUNDS] if flow in NEW else seen
+    builds = {build for _, build, _, _ in before}
     check(len(builds) == 1, f"flow {flow} was served by both hosts: {seen}")
-    check([(s, c) for s, _, c, _ in seen] == [(s, s + 1) for s in range(len(seen))],
-          f"flow {flow}: lost, reordered or recounted: {seen}")
+    check([c for _, _, c, _ in before] == list(range(1, len(before) + 1)), f"flow {flow}: recounted: {seen}")
     if builds == {2}:
         served_by_b.add(flow)
+    if flow in NEW:
+        after = seen[2 * ROUNDS:]
+        # b's flows start anew on a: their state died with b.
+        first = 1 if builds == {2} else 2 * ROUNDS + 1
+        check([(build, c) for _, build, c, _ in after] == [(1, first + k) for k in range(ROUNDS)],
+              f"flow {flow} after b died: {after}")
 check(not served_by_b & set(OLD), f"old flows went to b: {sorted(served_by_b & set(OLD))}")
 check(not served_by_b & set(LATE), f"flows that started after the scale-in went to b: {sorted(served_by_b & set(LATE))}")
 share = len(served_by_b) / len(NEW)
@@ -179,10 +198,10 @@ check(sum(i["packets"] for i in stats_b) == on_b, f"b's chain ran {on_b} packets
 check(sum(i["for_peers"] for i in stats_b) == on_b, f"b sent back what it ran for a: {stats_b}")
 check(sum(i["to_peers"] for i in stats_a) == on_b and sum(i["peer_dropped"] for i in stats_a) == 0,
       f"a sent b exactly those: {stats_a}")
-check(sum(i["packets"] for i in stats_a) == len(trace) - on_b + len(left) - len(out),
+check(sum(i["packets"] for i in stats_a) == len(left) - on_b,
       f"a's chain ran the rest (and {len(left) - len(out)} frames of the kernel's), metered there: {stats_a}")
 check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}: {vxlan_a}")
-print(f"OK: {len(trace)} packets; b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
-      f"no old or late flow, and every flow stayed whole on one host")
+print(f"OK: {len(out)} packets; b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
+      f"no old or late flow; every flow stayed whole on one host, and came back to a when b died")
 for host in (a, b):
     host.cleanup()
