@@ -231,8 +231,9 @@ int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_a
 // whole and deal it out to the active instances — or keep it in the base when
 // none is active.  With prefer_update_hook and an NF update hook, the hook
 // rebalances the active cells in place instead (only when nothing sits
-// outside them).
-int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook)
+// outside them and nothing is exchanged with another host).  `x` adds a part
+// from outside, replaces the whole, or splits a share off for outside.
+int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook, const Exchange &x)
 {
     const uint32_t cells = t.cells();
     const uint32_t vw = words_of(t.value_size());
@@ -258,7 +259,9 @@ int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_ho
             outside_empty = all_zero(cur[c]);
         }
     }
-    if (prefer_update_hook && _desc != nullptr && _desc->update != nullptr && !active.empty() && outside_empty) {
+    const bool exchange = x.in != nullptr || x.out != nullptr;
+    if (prefer_update_hook && !exchange && _desc != nullptr && _desc->update != nullptr && !active.empty() &&
+        outside_empty) {
         std::vector<Buf> parts;
         for (uint32_t a : active) {
             parts.push_back(cur[1 + a]);
@@ -269,18 +272,39 @@ int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_ho
         }
     } else {
         Buf whole(vw, 0);
-        auto merge = (_desc && _desc->merge) ? _desc->merge : &default_release_merge;
-        rc = call_hook(merge, t, key, nullptr, cur, cells, whole.data());
-        if (rc == SERPENS_OK) {
-            if (active.empty()) {
-                nxt[0] = whole;
-            } else {
-                std::vector<Buf> parts(active.size(), Buf(vw, 0));
-                auto split = (_desc && _desc->split) ? _desc->split : &default_release_split;
-                rc = call_hook(split, t, key, whole.data(), parts, static_cast<uint32_t>(parts.size()), nullptr);
-                for (std::size_t j = 0; j < active.size(); ++j) {
-                    nxt[1 + active[j]] = parts[j];
-                }
+        if (x.replace) {
+            whole = *x.in;
+        } else {
+            auto merge = (_desc && _desc->merge) ? _desc->merge : &default_release_merge;
+            std::vector<Buf> all = cur;
+            if (x.in != nullptr) {
+                all.push_back(*x.in);
+            }
+            rc = call_hook(merge, t, key, nullptr, all, static_cast<uint32_t>(all.size()), whole.data());
+        }
+        // Who gets a part: the active cells (the base when none is active,
+        // and when only a share is carved off for outside), then outside.
+        std::vector<uint32_t> to;
+        for (uint32_t a : active) {
+            to.push_back(1 + a);
+        }
+        if (to.empty() && !(x.out != nullptr && x.everything)) {
+            to.push_back(0);
+        }
+        if (rc == SERPENS_OK && x.everything) {
+            *x.out = whole;
+        } else if (rc == SERPENS_OK && active.empty() && x.out == nullptr) {
+            nxt[0] = whole;
+        } else if (rc == SERPENS_OK) {
+            const uint32_t n = static_cast<uint32_t>(to.size()) + (x.out != nullptr ? 1 : 0);
+            std::vector<Buf> parts(n, Buf(vw, 0));
+            auto split = (_desc && _desc->split) ? _desc->split : &default_release_split;
+            rc = call_hook(split, t, key, whole.data(), parts, n, nullptr);
+            for (std::size_t j = 0; j < to.size(); ++j) {
+                nxt[to[j]] = parts[j];
+            }
+            if (x.out != nullptr) {
+                *x.out = parts.back();
             }
         }
     }
@@ -543,6 +567,209 @@ int Executor::read_global(Table &t, const void *key, void *out)
         std::memcpy(out, whole.data(), t.value_size());
     }
     return rc;
+}
+
+std::size_t Executor::slot_of_locked(Table &t, const void *key, bool create, int &rc)
+{
+    rc = SERPENS_OK;
+    std::size_t s = t.find_live(key);
+    if (s != Table::npos || !create) {
+        rc = s == Table::npos ? SERPENS_ENOENT : SERPENS_OK;
+        return s;
+    }
+    // Writing the base creates the key with every cell zero (the empty
+    // state); only the state manager writes the base, and we hold it.
+    const Buf zero(words_of(t.value_size()), 0);
+    rc = t.cell_put(key, 0, zero.data(), nullptr);
+    if (rc != SERPENS_OK) {
+        return Table::npos;
+    }
+    s = t.find_live(key);
+    rc = s == Table::npos ? SERPENS_ENOENT : SERPENS_OK;
+    return s;
+}
+
+namespace {
+
+std::vector<uint64_t> to_words(const void *value, std::size_t len)
+{
+    std::vector<uint64_t> b(words_of(static_cast<uint32_t>(len)), 0);
+    std::memcpy(b.data(), value, len);
+    return b;
+}
+
+void to_bytes(const std::vector<uint64_t> &b, uint32_t len, std::vector<uint8_t> &out)
+{
+    out.resize(len);
+    std::memcpy(out.data(), b.data(), len);
+}
+
+} // namespace
+
+int Executor::lease_out(Table &t, const void *key, std::vector<uint8_t> &out)
+{
+    if (t.kind() != TableKind::release || key == nullptr) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    int rc;
+    const std::size_t s = slot_of_locked(t, key, false, rc);
+    if (s == Table::npos) {
+        return rc;
+    }
+    Buf part(words_of(t.value_size()), 0);
+    Exchange x;
+    x.out = &part;
+    rc = rebalance_locked(t, s, false, x);
+    if (rc == SERPENS_OK) {
+        to_bytes(part, t.value_size(), out);
+    }
+    return rc;
+}
+
+int Executor::take_back(Table &t, const void *key, const void *value, std::size_t len)
+{
+    if (t.kind() != TableKind::release || key == nullptr || value == nullptr || len != t.value_size()) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    int rc;
+    const std::size_t s = slot_of_locked(t, key, true, rc);
+    if (s == Table::npos) {
+        return rc;
+    }
+    const Buf in = to_words(value, len);
+    Exchange x;
+    x.in = &in;
+    return rebalance_locked(t, s, false, x);
+}
+
+int Executor::apply_delta(Table &t, const void *key, const void *delta, std::size_t len)
+{
+    if (t.kind() != TableKind::eventual || key == nullptr || delta == nullptr || len != t.value_size() ||
+        len % 8 != 0) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    if (_desc != nullptr && _desc->merge != nullptr) {
+        return SERPENS_EINVAL; // the NF's own format: a word-wise sum may mean nothing
+    }
+    int rc;
+    const std::size_t s = slot_of_locked(t, key, true, rc);
+    if (s == Table::npos) {
+        return rc;
+    }
+    const uint32_t vw = words_of(t.value_size());
+    const Buf d = to_words(delta, len);
+    const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
+    std::vector<uint32_t> idx{0};
+    for (uint32_t i = 0; i + 1 < t.cells(); ++i) {
+        if (mask & (1ull << i)) {
+            idx.push_back(1 + i);
+        }
+    }
+    // All cells owned at once, so no merge sees the base moved without the
+    // replicas (it would count the delta once per replica).
+    std::vector<uint64_t> ctl(idx.size());
+    std::vector<Buf> v(idx.size(), Buf(vw, 0));
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        ctl[j] = t.lock_cell(s, idx[j]);
+        t.read_locked_cell(s, idx[j], ctl[j], v[j].data());
+        for (uint32_t w = 0; w < vw; ++w) {
+            v[j][w] += d[w];
+        }
+    }
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        t.write_unlock_cell(s, idx[j], ctl[j], v[j].data());
+    }
+    return SERPENS_OK;
+}
+
+int Executor::adopt(Table &t, const void *key, const void *value, std::size_t len)
+{
+    if (!is_global_write(t.kind()) || key == nullptr || value == nullptr || len != t.value_size()) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    int rc;
+    const std::size_t s = slot_of_locked(t, key, true, rc);
+    if (s == Table::npos) {
+        return rc;
+    }
+    const Buf whole = to_words(value, len);
+    if (t.kind() == TableKind::release) {
+        Exchange x;
+        x.in = &whole;
+        x.replace = true;
+        return rebalance_locked(t, s, false, x);
+    }
+    const uint32_t vw = words_of(t.value_size());
+    const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
+    std::vector<uint32_t> idx{0};
+    for (uint32_t i = 0; i + 1 < t.cells(); ++i) {
+        if (mask & (1ull << i)) {
+            idx.push_back(1 + i);
+        }
+    }
+    std::vector<uint64_t> ctl(idx.size());
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        ctl[j] = t.lock_cell(s, idx[j]);
+    }
+    // Replicas as the NF's split makes them from a base (copies by default).
+    std::vector<Buf> copies(idx.size() - 1, Buf(vw, 0));
+    rc = SERPENS_OK;
+    if (!copies.empty()) {
+        auto split = (_desc && _desc->split) ? _desc->split : &default_eventual_split;
+        rc = call_hook(split, t, key, whole.data(), copies, static_cast<uint32_t>(copies.size()), nullptr);
+    }
+    for (std::size_t j = 0; j < idx.size(); ++j) {
+        if (rc == SERPENS_OK) {
+            t.write_unlock_cell(s, idx[j], ctl[j], j == 0 ? whole.data() : copies[j - 1].data());
+        } else {
+            t.unlock_cell(s, idx[j], ctl[j]);
+        }
+    }
+    return rc;
+}
+
+int Executor::surrender(Table &t, const void *key, std::vector<uint8_t> &out)
+{
+    if (!is_global_write(t.kind()) || key == nullptr) {
+        return SERPENS_EINVAL;
+    }
+    std::lock_guard lk(_mu);
+    int rc;
+    const std::size_t s = slot_of_locked(t, key, false, rc);
+    if (s == Table::npos) {
+        return rc;
+    }
+    Buf whole(words_of(t.value_size()), 0);
+    if (t.kind() == TableKind::release) {
+        Exchange x;
+        x.out = &whole;
+        x.everything = true;
+        rc = rebalance_locked(t, s, false, x);
+    } else {
+        rc = merge_locked(t, s, ld_rlx(&t.header().active_mask));
+        if (rc == SERPENS_OK) {
+            rc = t.cell_get(key, 0, whole.data(), nullptr);
+        }
+    }
+    if (rc == SERPENS_OK) {
+        to_bytes(whole, t.value_size(), out);
+    }
+    return rc;
+}
+
+std::vector<std::vector<uint8_t>> Executor::keys(Table &t)
+{
+    std::lock_guard lk(_mu);
+    std::vector<std::vector<uint8_t>> v;
+    t.for_each_live_slot([&](std::size_t s) {
+        const auto *k = static_cast<const uint8_t *>(t.slot_key(s));
+        v.emplace_back(k, k + t.key_size());
+    });
+    return v;
 }
 
 // Executes the triggers workers recorded since the last tick: one update per

@@ -147,6 +147,39 @@ public:
     // of all cells).  Thread-safe.
     int read_global(Table &t, const void *key, void *out);
 
+    // Moving state between hosts (the peer protocol's state side).  Each
+    // takes the executor's lock and owns every cell of the key it changes, as
+    // a rebalance does, so an instance's put racing one of them is refused
+    // (err_again).  `key`/`value` are the table's key_size/value_size bytes.
+    // SERPENS_OK or a negative code: SERPENS_EINVAL (wrong table kind or
+    // length), SERPENS_ENOENT (no such key), SERPENS_ENOSPC (table full when
+    // a key had to be created) or an NF hook's own code (state unchanged).
+    //
+    // RELEASE: carves the share one more (remote) instance would get in a
+    // split among the active instances + 1 (2 when none is active: the base
+    // keeps one) with the NF's split hook or the default bitmap split, and
+    // removes it from every cell: `out` (value_size bytes) holds it.
+    int lease_out(Table &t, const void *key, std::vector<uint8_t> &out);
+    // RELEASE: merges `value` (a returned lease) in as one more part and
+    // re-splits among the active instances.  Creates the key when absent, so
+    // returned items are never dropped.
+    int take_back(Table &t, const void *key, const void *value, std::size_t len);
+    // EVENTUAL with the default format only (an NF merge hook: SERPENS_EINVAL):
+    // adds `delta` word by word (uint64, wrapping) to the base and to every
+    // active replica, so the global value grows by delta and no replica's
+    // unmerged change (R_i - G) is lost.  Creates the key when absent.
+    int apply_delta(Table &t, const void *key, const void *delta, std::size_t len);
+    // The serving host takes a key over: its whole state becomes `value`
+    // (key created when absent), RELEASE: split among the active instances
+    // (kept in the base when none is); EVENTUAL: base and every active replica.
+    int adopt(Table &t, const void *key, const void *value, std::size_t len);
+    // The serving host gives a key up.  RELEASE: `out` = the union of every
+    // cell and every cell is left zero, so no instance hands anything out
+    // from it any more; EVENTUAL: merges and `out` = the global value G.
+    int surrender(Table &t, const void *key, std::vector<uint8_t> &out);
+    // The live keys of `t` (key_size bytes each).  Thread-safe.
+    std::vector<std::vector<uint8_t>> keys(Table &t);
+
     // The context NF hooks get: not any instance's (instance_id
     // SERPENS_INSTANCE_STATE_MANAGER, priv NULL), same host API.
     const serpens_nf_ctx &hook_context() const noexcept { return _mgr_ctx; }
@@ -182,7 +215,21 @@ private:
     Table *create_table_locked(TableSpec &spec, std::string &err);
     void activate_locked(Table &t, uint32_t id);
     void deactivate_locked(Table &t, uint32_t id);
-    int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook);
+    // What a RELEASE rebalance exchanges with the outside (another host).
+    struct Exchange {
+        const Buf *in = nullptr; // merged in as one more part (a returned lease)
+        bool replace = false;    // `in` is the whole instead of the cells' merge (adopt)
+        Buf *out = nullptr;      // one more share split off and removed from the cells (lease)
+        bool everything = false; // `out` gets the whole; every cell is left empty (surrender)
+    };
+    int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook, const Exchange &x);
+    int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook)
+    {
+        return rebalance_locked(t, slot, prefer_update_hook, Exchange{});
+    }
+    // The live slot of `key`; with `create`, makes the key (all cells zero)
+    // when absent.  Table::npos with `rc` set otherwise.
+    std::size_t slot_of_locked(Table &t, const void *key, bool create, int &rc);
     int gather_locked(Table &t, std::size_t slot); // RELEASE: everything into the base
     int merge_locked(Table &t, std::size_t slot, uint64_t mask);
     int update_locked(Table &t, std::size_t slot);
