@@ -1,0 +1,373 @@
+// LeaseBook: leases granted to peers and replica merges, persisted as JSON.
+
+#include "state/lease_book.h"
+
+#include "core/error.h"
+#include "state/segment_file.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace serpens::state {
+
+namespace {
+
+constexpr int book_version = 1;
+
+std::string to_hex(std::span<const uint8_t> b)
+{
+    static const char digits[] = "0123456789abcdef";
+    std::string s;
+    s.reserve(b.size() * 2);
+    for (uint8_t c : b) {
+        s += digits[c >> 4];
+        s += digits[c & 15];
+    }
+    return s;
+}
+
+std::vector<uint8_t> from_hex(const std::string &s)
+{
+    auto nibble = [&](char c) -> uint8_t {
+        if (c >= '0' && c <= '9') {
+            return static_cast<uint8_t>(c - '0');
+        }
+        if (c >= 'a' && c <= 'f') {
+            return static_cast<uint8_t>(c - 'a' + 10);
+        }
+        throw Error("not a hex digit: '" + std::string(1, c) + "'");
+    };
+    if (s.size() % 2 != 0) {
+        throw Error("hex string of odd length " + std::to_string(s.size()));
+    }
+    std::vector<uint8_t> b(s.size() / 2);
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        b[i] = static_cast<uint8_t>(nibble(s[2 * i]) << 4 | nibble(s[2 * i + 1]));
+    }
+    return b;
+}
+
+std::string where(const std::string &chain, const std::string &nf, const std::string &table)
+{
+    return "chain '" + chain + "' nf '" + nf + "' table '" + table + "'";
+}
+
+bool write_all(int fd, const std::string &text)
+{
+    std::size_t off = 0;
+    while (off < text.size()) {
+        ssize_t n = ::write(fd, text.data() + off, text.size() - off);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        off += static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+} // namespace
+
+LeaseBook::LeaseBook(StateStore &store) : _store(store), _path(store.root() / "leases.json") { load(); }
+
+void LeaseBook::load()
+{
+    std::ifstream in(_path);
+    if (!in) {
+        if (std::filesystem::exists(_path)) {
+            throw Error(_path.string() + ": cannot read: " + errno_text(errno));
+        }
+        return; // no lease granted yet
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    try {
+        const nlohmann::json j = nlohmann::json::parse(ss.str());
+        if (j.at("version").get<int>() != book_version) {
+            throw Error("version " + std::to_string(j.at("version").get<int>()) + ", this host reads " +
+                        std::to_string(book_version));
+        }
+        _next_id = j.at("next_id").get<uint64_t>();
+        for (const auto &r : j.at("leases")) {
+            Lease l;
+            l.id = r.at("id").get<uint64_t>();
+            l.peer = r.at("peer").get<std::string>();
+            l.chain = r.at("chain").get<std::string>();
+            l.nf = r.at("nf").get<std::string>();
+            l.table = r.at("table").get<std::string>();
+            l.key = from_hex(r.at("key").get<std::string>());
+            l.value = from_hex(r.at("value").get<std::string>());
+            l.expires_unix_ms = r.at("expires_unix_ms").get<uint64_t>();
+            if (r.contains("returning")) {
+                l.returning = from_hex(r.at("returning").get<std::string>());
+            }
+            if (l.id >= _next_id) {
+                throw Error("lease id " + std::to_string(l.id) + " not below next_id " + std::to_string(_next_id));
+            }
+            _leases.emplace(l.id, std::move(l));
+        }
+        for (const auto &r : j.at("replicas")) {
+            ReplicaKey k{r.at("peer").get<std::string>(), r.at("chain").get<std::string>(),
+                         r.at("nf").get<std::string>(), r.at("table").get<std::string>(),
+                         from_hex(r.at("key").get<std::string>())};
+            _replica_seq[std::move(k)] = r.at("sequence").get<uint64_t>();
+        }
+    } catch (const nlohmann::json::exception &e) {
+        throw Error(_path.string() + ": corrupt lease book: " + e.what());
+    } catch (const Error &e) {
+        throw Error(_path.string() + ": corrupt lease book: " + e.what());
+    }
+}
+
+void LeaseBook::save() const
+{
+    nlohmann::json leases = nlohmann::json::array();
+    for (const auto &[id, l] : _leases) {
+        nlohmann::json r = {{"id", l.id},
+                            {"peer", l.peer},
+                            {"chain", l.chain},
+                            {"nf", l.nf},
+                            {"table", l.table},
+                            {"key", to_hex(l.key)},
+                            {"value", to_hex(l.value)},
+                            {"expires_unix_ms", l.expires_unix_ms}};
+        if (l.returning) {
+            r["returning"] = to_hex(*l.returning);
+        }
+        leases.push_back(std::move(r));
+    }
+    nlohmann::json replicas = nlohmann::json::array();
+    for (const auto &[k, seq] : _replica_seq) {
+        replicas.push_back({{"peer", std::get<0>(k)},
+                            {"chain", std::get<1>(k)},
+                            {"nf", std::get<2>(k)},
+                            {"table", std::get<3>(k)},
+                            {"key", to_hex(std::get<4>(k))},
+                            {"sequence", seq}});
+    }
+    const nlohmann::json j = {
+        {"version", book_version}, {"next_id", _next_id}, {"leases", leases}, {"replicas", replicas}};
+
+    std::error_code ec;
+    std::filesystem::create_directories(_path.parent_path(), ec);
+    if (ec) {
+        throw Error("cannot create " + _path.parent_path().string() + " for the lease book: " + ec.message());
+    }
+    // A reader (or a restart) sees the old book or the new one, never half.
+    const std::filesystem::path temp = _path.string() + ".tmp";
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        throw Error("cannot write the lease book " + temp.string() + ": " + errno_text(errno));
+    }
+    const bool written = write_all(fd, j.dump(1) + "\n") && ::fsync(fd) == 0;
+    const int saved = errno;
+    ::close(fd);
+    if (!written || ::rename(temp.c_str(), _path.c_str()) != 0) {
+        const std::string why = errno_text(written ? errno : saved);
+        ::unlink(temp.c_str());
+        throw Error("cannot write the lease book " + _path.string() + ": " + why);
+    }
+    // The rename itself is durable only once the directory is.
+    if (int dfd = ::open(_path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+        ::fsync(dfd);
+        ::close(dfd);
+    }
+}
+
+Table *LeaseBook::find_table(const std::string &chain, const std::string &nf, const std::string &table)
+{
+    return _store.executor(chain, nf).find(table);
+}
+
+bool LeaseBook::return_items(const Lease &l, const std::vector<uint8_t> &items)
+{
+    Table *t = find_table(l.chain, l.nf, l.table);
+    if (t == nullptr) {
+        return false;
+    }
+    const int rc = _store.executor(l.chain, l.nf).take_back(*t, l.key.data(), items.data(), items.size());
+    if (rc != SERPENS_OK) {
+        throw Error(where(l.chain, l.nf, l.table) + ": taking back lease " + std::to_string(l.id) + " of peer '" +
+                    l.peer + "' failed with " + std::to_string(rc));
+    }
+    return true;
+}
+
+Lease LeaseBook::grant(const std::string &peer, const std::string &chain, const std::string &nf,
+                       const std::string &table, std::span<const uint8_t> key, uint64_t duration_ms,
+                       uint64_t now_unix_ms)
+{
+    std::lock_guard lk(_mu);
+    const std::string w = where(chain, nf, table);
+    Table *t = find_table(chain, nf, table);
+    if (t == nullptr) {
+        throw Error(w + ": no such table to lease from (has the NF created it?)");
+    }
+    if (key.size() != t->key_size()) {
+        throw Error(w + ": key of " + std::to_string(key.size()) + " bytes, the table's are " +
+                    std::to_string(t->key_size()));
+    }
+    Executor &ex = _store.executor(chain, nf);
+    Lease l;
+    const int rc = ex.lease_out(*t, key.data(), l.value);
+    if (rc == SERPENS_ENOENT) {
+        throw Error(w + ": no such key to lease");
+    }
+    if (rc != SERPENS_OK) {
+        throw Error(w + ": lease_out failed with " + std::to_string(rc));
+    }
+    l.id = _next_id++;
+    l.peer = peer;
+    l.chain = chain;
+    l.nf = nf;
+    l.table = table;
+    l.key.assign(key.begin(), key.end());
+    l.expires_unix_ms = now_unix_ms + duration_ms;
+    _leases.emplace(l.id, l);
+    try {
+        save();
+    } catch (const Error &) {
+        // Not recorded, so not lent: the items go back at once.
+        _leases.erase(l.id);
+        ex.take_back(*t, l.key.data(), l.value.data(), l.value.size());
+        throw;
+    }
+    return l;
+}
+
+bool LeaseBook::renew(uint64_t id, uint64_t duration_ms, uint64_t now_unix_ms)
+{
+    std::lock_guard lk(_mu);
+    auto it = _leases.find(id);
+    if (it == _leases.end() || it->second.returning || now_unix_ms >= it->second.expires_unix_ms) {
+        return false;
+    }
+    const uint64_t old = it->second.expires_unix_ms;
+    it->second.expires_unix_ms = now_unix_ms + duration_ms;
+    try {
+        save();
+    } catch (const Error &) {
+        it->second.expires_unix_ms = old;
+        throw;
+    }
+    return true;
+}
+
+bool LeaseBook::give_back(uint64_t id, std::span<const uint8_t> unused)
+{
+    std::lock_guard lk(_mu);
+    auto it = _leases.find(id);
+    if (it == _leases.end() || it->second.returning) {
+        return false;
+    }
+    Lease l = it->second;
+    if (unused.size() != l.value.size()) {
+        throw Error(where(l.chain, l.nf, l.table) + ": lease " + std::to_string(id) + " given back with " +
+                    std::to_string(unused.size()) + " bytes, " + std::to_string(l.value.size()) + " were lent");
+    }
+    l.returning.emplace(unused.begin(), unused.end());
+    if (find_table(l.chain, l.nf, l.table) == nullptr) {
+        it->second = l; // expire() finishes it once the table is back
+        save();
+        return true;
+    }
+    _leases.erase(it);
+    save();
+    try {
+        return_items(l, *l.returning);
+    } catch (const Error &) {
+        _leases.emplace(l.id, l); // retried by expire()
+        save();
+        throw;
+    }
+    return true;
+}
+
+std::vector<Lease> LeaseBook::expire(uint64_t now_unix_ms)
+{
+    std::lock_guard lk(_mu);
+    std::vector<Lease> done;
+    std::vector<uint64_t> due;
+    for (const auto &[id, l] : _leases) {
+        if (l.returning || now_unix_ms >= l.expires_unix_ms) {
+            due.push_back(id);
+        }
+    }
+    for (uint64_t id : due) {
+        Lease l = _leases.at(id);
+        const std::vector<uint8_t> items = l.returning ? *l.returning : l.value;
+        if (find_table(l.chain, l.nf, l.table) == nullptr) {
+            continue; // not created again since the restart: next call
+        }
+        _leases.erase(id);
+        save();
+        try {
+            return_items(l, items);
+        } catch (const Error &e) {
+            spdlog::error("state: {}; kept in {} to retry", e.what(), _path.string());
+            l.returning = items;
+            _leases.emplace(id, l);
+            save();
+            continue;
+        }
+        done.push_back(std::move(l));
+    }
+    return done;
+}
+
+std::vector<Lease> LeaseBook::leases() const
+{
+    std::lock_guard lk(_mu);
+    std::vector<Lease> v;
+    for (const auto &[id, l] : _leases) {
+        v.push_back(l);
+    }
+    return v;
+}
+
+bool LeaseBook::apply_replica(const std::string &peer, const std::string &chain, const std::string &nf,
+                              const std::string &table, std::span<const uint8_t> key, std::span<const uint8_t> delta,
+                              uint64_t merge_sequence)
+{
+    std::lock_guard lk(_mu);
+    const std::string w = where(chain, nf, table);
+    Table *t = find_table(chain, nf, table);
+    if (t == nullptr) {
+        throw Error(w + ": no such table to merge peer '" + peer + "' into");
+    }
+    if (key.size() != t->key_size()) {
+        throw Error(w + ": key of " + std::to_string(key.size()) + " bytes, the table's are " +
+                    std::to_string(t->key_size()));
+    }
+    ReplicaKey k{peer, chain, nf, table, std::vector<uint8_t>(key.begin(), key.end())};
+    auto it = _replica_seq.find(k);
+    const bool had = it != _replica_seq.end();
+    const uint64_t last = had ? it->second : 0;
+    if (had && merge_sequence <= last) {
+        return false; // a replay
+    }
+    _replica_seq[k] = merge_sequence;
+    save();
+    const int rc = _store.executor(chain, nf).apply_delta(*t, key.data(), delta.data(), delta.size());
+    if (rc != SERPENS_OK) {
+        if (had) {
+            _replica_seq[k] = last;
+        } else {
+            _replica_seq.erase(k);
+        }
+        save();
+        throw Error(w + ": merging sequence " + std::to_string(merge_sequence) + " of peer '" + peer +
+                    "' failed with " + std::to_string(rc));
+    }
+    return true;
+}
+
+} // namespace serpens::state

@@ -1,0 +1,105 @@
+#pragma once
+// LeaseBook — the RELEASE leases this host has granted to peers, and the
+// EVENTUAL replica deltas it has merged from them, kept in
+// <store root>/leases.json so both survive a restart of this host.
+//
+// A lease lends part of a RELEASE entry (Executor::lease_out) until a wall
+// clock deadline; the peer gives back what it did not use (give_back), or at
+// the deadline this host takes the whole grant back (expire).  The peer must
+// stop handing items out before the deadline; a lease is live while
+// now < expires_unix_ms and an expired lease is never renewed.
+//
+// Ordering against a crash, chosen so an item is never in two places:
+//  - grant: the share leaves the cells, then the record is written; a crash
+//    in between loses the share (never lends it twice).
+//  - give_back / expire: the record is removed on disk, then the items go
+//    back; a crash in between loses them rather than returning them twice.
+//  - apply_replica: the sequence is written, then the delta applied; a crash
+//    in between drops that delta rather than counting it twice.
+//
+// Tables are resolved when used: after a restart a chain's table exists only
+// once its instances created it again.  A give_back or expiry whose table is
+// not there yet keeps its record (marked returned, so it cannot be renewed)
+// and is retried by every later expire() call.
+//
+// Thread-safe (one mutex); cold path.  Errors throw serpens::Error naming the
+// file or the chain/nf/table.
+
+#include "state/executor.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace serpens::state {
+
+struct Lease {
+    uint64_t id = 0;
+    std::string peer, chain, nf, table;
+    std::vector<uint8_t> key;
+    std::vector<uint8_t> value;   // what was lent (value_size bytes)
+    uint64_t expires_unix_ms = 0; // wall clock: survives restarts
+    // Given back or expired, waiting for its table: the items to return.
+    std::optional<std::vector<uint8_t>> returning;
+};
+
+class LeaseBook {
+public:
+    // Loads <store.root()>/leases.json when present.  Throws Error with the
+    // file name when it cannot be read or parsed.
+    explicit LeaseBook(StateStore &store);
+
+    // Lends a share of (chain, nf, table)[key] to `peer` until now +
+    // duration.  Throws Error when the table or key is unknown, the key has
+    // the wrong size, lease_out fails or the book cannot be written (the
+    // share is then taken back).
+    Lease grant(const std::string &peer, const std::string &chain, const std::string &nf, const std::string &table,
+                std::span<const uint8_t> key, uint64_t duration_ms, uint64_t now_unix_ms);
+    // Moves a live lease's deadline to now + duration.  false: unknown id,
+    // expired or already given back.
+    bool renew(uint64_t id, uint64_t duration_ms, uint64_t now_unix_ms);
+    // The peer returns `unused` (value_size bytes, a subset of the grant) and
+    // the lease ends.  false: unknown id (also when given back before).
+    // Throws Error on a wrong length.
+    bool give_back(uint64_t id, std::span<const uint8_t> unused);
+    // Takes back every lease whose deadline passed (the whole grant) and
+    // finishes give_backs that waited for their table.  Returns the leases
+    // whose items went back in this call (`returning` set for give_backs).
+    std::vector<Lease> expire(uint64_t now_unix_ms);
+    std::vector<Lease> leases() const;
+
+    // Merges a peer's EVENTUAL delta for (chain, nf, table)[key] when
+    // `merge_sequence` is greater than the last one applied for that peer and
+    // key; returns whether it applied.  Throws Error when the table is
+    // unknown or apply_delta refuses (the sequence is then not recorded).
+    bool apply_replica(const std::string &peer, const std::string &chain, const std::string &nf,
+                       const std::string &table, std::span<const uint8_t> key, std::span<const uint8_t> delta,
+                       uint64_t merge_sequence);
+
+    const std::filesystem::path &path() const noexcept { return _path; }
+
+private:
+    using ReplicaKey = std::tuple<std::string, std::string, std::string, std::string, std::vector<uint8_t>>;
+
+    void load();
+    void save() const; // temp file, fsync, rename
+    Table *find_table(const std::string &chain, const std::string &nf, const std::string &table);
+    // Returns `items` of `l` into its table: false when the table is not
+    // there yet; throws Error when take_back fails.
+    bool return_items(const Lease &l, const std::vector<uint8_t> &items);
+
+    StateStore &_store;
+    std::filesystem::path _path;
+    mutable std::mutex _mu;
+    uint64_t _next_id = 1;
+    std::map<uint64_t, Lease> _leases;
+    std::map<ReplicaKey, uint64_t> _replica_seq;
+};
+
+} // namespace serpens::state
