@@ -282,13 +282,12 @@ int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_ho
             }
             rc = call_hook(merge, t, key, nullptr, all, static_cast<uint32_t>(all.size()), whole.data());
         }
-        // Who gets a part: the active cells (the base when none is active,
-        // and when only a share is carved off for outside), then outside.
+        // Who keeps a part on this host: the active cells, else the base.
         std::vector<uint32_t> to;
         for (uint32_t a : active) {
             to.push_back(1 + a);
         }
-        if (to.empty() && !(x.out != nullptr && x.everything)) {
+        if (to.empty()) {
             to.push_back(0);
         }
         if (rc == SERPENS_OK && x.everything) {
