@@ -17,6 +17,7 @@
 #include <fstream>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace serpens::state;
@@ -510,4 +511,94 @@ TEST_CASE("lease-book: a corrupt book is refused with its file name")
     } catch (const serpens::Error &e) {
         CHECK(std::string(e.what()).find("leases.json") != std::string::npos);
     }
+}
+
+TEST_CASE("state-lease: instances allocating while items are lent and returned never hold an item twice")
+{
+    ScratchDir d("lease-stress");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("c", "nat");
+    const serpens_host_api &api = state_api();
+    constexpr uint32_t items = 4096, bytes = items / 8, words = bytes / 8;
+    FakeInstance a(ex, 0), b(ex, 1);
+    serpens_table *tab[2] = {a.create("pool", REL, 8, bytes, 4), b.create("pool", REL, 8, bytes, 4)};
+    REQUIRE(tab[0]);
+    REQUIRE(tab[1]);
+    const uint64_t k = 1;
+    Table &t = *ex.find("pool");
+    std::vector<uint64_t> all(words, ~0ull);
+    REQUIRE(ex.adopt(t, &k, all.data(), bytes) == SERPENS_OK);
+
+    // owner[i]: who holds item i (0 nobody, 1/2 an instance, 3 the peer).
+    std::vector<std::atomic<uint8_t>> owner(items);
+    std::atomic<uint64_t> doubles{0}, refused{0};
+    auto take = [&](uint32_t item, uint8_t who) {
+        if (owner[item].exchange(who) != 0) {
+            ++doubles;
+        }
+    };
+    auto worker = [&](uint32_t id) {
+        std::vector<uint64_t> mine(words);
+        for (uint32_t got = 0; got < 1000;) {
+            REQUIRE(api.get_state(tab[id], &k, mine.data()) == SERPENS_OK);
+            uint32_t w = 0;
+            while (w < words && mine[w] == 0) {
+                ++w;
+            }
+            if (w == words) {
+                std::this_thread::yield(); // all lent out right now
+                continue;
+            }
+            const uint32_t bit = static_cast<uint32_t>(std::countr_zero(mine[w]));
+            mine[w] &= ~(1ull << bit);
+            const int rc = api.put_state(tab[id], &k, mine.data());
+            if (rc == err_again) {
+                ++refused;
+                continue;
+            }
+            REQUIRE(rc == SERPENS_OK);
+            take(w * 64 + bit, static_cast<uint8_t>(id + 1)); // ours only once the put succeeded
+            ++got;
+        }
+    };
+    std::atomic<bool> stop{false};
+    std::thread peer([&] {
+        std::vector<uint8_t> out;
+        while (!stop.load()) {
+            REQUIRE(ex.lease_out(t, &k, out) == SERPENS_OK);
+            std::vector<uint64_t> part(words);
+            std::memcpy(part.data(), out.data(), bytes);
+            for (uint32_t i = 0; i < items; ++i) {
+                if (part[i / 64] >> (i % 64) & 1) {
+                    take(i, 3);
+                }
+            }
+            for (uint32_t i = 0; i < items; ++i) {
+                if (part[i / 64] >> (i % 64) & 1) {
+                    owner[i].store(0); // stop using it before it is returned
+                }
+            }
+            REQUIRE(ex.take_back(t, &k, out.data(), out.size()) == SERPENS_OK);
+        }
+    });
+    std::thread w0(worker, 0), w1(worker, 1);
+    w0.join();
+    w1.join();
+    stop = true;
+    peer.join();
+    CHECK(doubles.load() == 0);
+    MESSAGE("puts refused after a lease or return: ", refused.load());
+    // Every item is either handed out by an instance or free in one cell.
+    std::vector<uint64_t> global(words);
+    REQUIRE(ex.read_global(t, &k, global.data()) == SERPENS_OK);
+    uint32_t held = 0;
+    for (uint32_t i = 0; i < items; ++i) {
+        const bool free = global[i / 64] >> (i % 64) & 1;
+        const bool taken = owner[i].load() != 0;
+        CHECK(free != taken);
+        held += taken;
+    }
+    CHECK(held == 2000);
 }
