@@ -182,6 +182,16 @@ void LeaseBook::save() const
     }
 }
 
+void LeaseBook::save_without(const Lease &l)
+{
+    try {
+        save();
+    } catch (const Error &) {
+        _leases.emplace(l.id, l); // still on disk, so still ours to return
+        throw;
+    }
+}
+
 Table *LeaseBook::find_table(const std::string &chain, const std::string &nf, const std::string &table)
 {
     return _store.executor(chain, nf).find(table);
@@ -280,7 +290,7 @@ bool LeaseBook::give_back(uint64_t id, std::span<const uint8_t> unused)
         return true;
     }
     _leases.erase(it);
-    save();
+    save_without(l);
     try {
         return_items(l, *l.returning);
     } catch (const Error &) {
@@ -308,7 +318,7 @@ std::vector<Lease> LeaseBook::expire(uint64_t now_unix_ms)
             continue; // not created again since the restart: next call
         }
         _leases.erase(id);
-        save();
+        save_without(l);
         try {
             return_items(l, items);
         } catch (const Error &e) {

@@ -89,6 +89,8 @@ private:
 
     void load();
     void save() const; // temp file, fsync, rename
+    // save() after `l` was erased; puts it back when that fails.
+    void save_without(const Lease &l);
     Table *find_table(const std::string &chain, const std::string &nf, const std::string &table);
     // Returns `items` of `l` into its table: false when the table is not
     // there yet; throws Error when take_back fails.
