@@ -182,16 +182,6 @@ void LeaseBook::save() const
     }
 }
 
-void LeaseBook::save_without(const Lease &l)
-{
-    try {
-        save();
-    } catch (const Error &) {
-        _leases.emplace(l.id, l); // still on disk, so still ours to return
-        throw;
-    }
-}
-
 Table *LeaseBook::find_table(const std::string &chain, const std::string &nf, const std::string &table)
 {
     return _store.executor(chain, nf).find(table);
@@ -215,90 +205,150 @@ Lease LeaseBook::grant(const std::string &peer, const std::string &chain, const 
                        const std::string &table, std::span<const uint8_t> key, uint64_t duration_ms,
                        uint64_t now_unix_ms)
 {
+    return grant_all(peer, chain, nf, table, {std::vector<uint8_t>(key.begin(), key.end())}, duration_ms, now_unix_ms)
+        .front();
+}
+
+std::vector<Lease> LeaseBook::grant_all(const std::string &peer, const std::string &chain, const std::string &nf,
+                                        const std::string &table, const std::vector<std::vector<uint8_t>> &keys,
+                                        uint64_t duration_ms, uint64_t now_unix_ms)
+{
     std::lock_guard lk(_mu);
     const std::string w = where(chain, nf, table);
     Table *t = find_table(chain, nf, table);
     if (t == nullptr) {
         throw Error(w + ": no such table to lease from (has the NF created it?)");
     }
-    if (key.size() != t->key_size()) {
-        throw Error(w + ": key of " + std::to_string(key.size()) + " bytes, the table's are " +
-                    std::to_string(t->key_size()));
-    }
     Executor &ex = _store.executor(chain, nf);
-    Lease l;
-    const int rc = ex.lease_out(*t, key.data(), l.value);
-    if (rc == SERPENS_ENOENT) {
-        throw Error(w + ": no such key to lease");
+    std::vector<Lease> granted;
+    // Not recorded, so not lent: on any failure the items lent so far go back.
+    auto undo = [&] {
+        for (const Lease &l : granted) {
+            _leases.erase(l.id);
+            ex.take_back(*t, l.key.data(), l.value.data(), l.value.size());
+        }
+    };
+    for (const std::vector<uint8_t> &key : keys) {
+        if (key.size() != t->key_size()) {
+            undo();
+            throw Error(w + ": key of " + std::to_string(key.size()) + " bytes, the table's are " +
+                        std::to_string(t->key_size()));
+        }
+        Lease l;
+        const int rc = ex.lease_out(*t, key.data(), l.value);
+        if (rc != SERPENS_OK) {
+            undo();
+            throw Error(w + (rc == SERPENS_ENOENT ? ": no such key to lease"
+                                                  : ": lease_out failed with " + std::to_string(rc)));
+        }
+        l.id = _next_id++;
+        l.peer = peer;
+        l.chain = chain;
+        l.nf = nf;
+        l.table = table;
+        l.key = key;
+        l.expires_unix_ms = now_unix_ms + duration_ms;
+        _leases.emplace(l.id, l);
+        granted.push_back(std::move(l));
     }
-    if (rc != SERPENS_OK) {
-        throw Error(w + ": lease_out failed with " + std::to_string(rc));
-    }
-    l.id = _next_id++;
-    l.peer = peer;
-    l.chain = chain;
-    l.nf = nf;
-    l.table = table;
-    l.key.assign(key.begin(), key.end());
-    l.expires_unix_ms = now_unix_ms + duration_ms;
-    _leases.emplace(l.id, l);
     try {
-        save();
+        save(); // once for all of them: a pool has hundreds of keys
     } catch (const Error &) {
-        // Not recorded, so not lent: the items go back at once.
-        _leases.erase(l.id);
-        ex.take_back(*t, l.key.data(), l.value.data(), l.value.size());
+        undo();
         throw;
     }
-    return l;
+    return granted;
 }
 
 bool LeaseBook::renew(uint64_t id, uint64_t duration_ms, uint64_t now_unix_ms)
 {
+    return renew_all({id}, duration_ms, now_unix_ms).front();
+}
+
+std::vector<bool> LeaseBook::renew_all(const std::vector<uint64_t> &ids, uint64_t duration_ms, uint64_t now_unix_ms)
+{
     std::lock_guard lk(_mu);
-    auto it = _leases.find(id);
-    if (it == _leases.end() || it->second.returning || now_unix_ms >= it->second.expires_unix_ms) {
-        return false;
+    std::vector<bool> renewed;
+    std::vector<std::pair<Lease *, uint64_t>> old;
+    for (uint64_t id : ids) {
+        auto it = _leases.find(id);
+        const bool live = it != _leases.end() && !it->second.returning && now_unix_ms < it->second.expires_unix_ms;
+        renewed.push_back(live);
+        if (live) {
+            old.emplace_back(&it->second, it->second.expires_unix_ms);
+            it->second.expires_unix_ms = now_unix_ms + duration_ms;
+        }
     }
-    const uint64_t old = it->second.expires_unix_ms;
-    it->second.expires_unix_ms = now_unix_ms + duration_ms;
-    try {
-        save();
-    } catch (const Error &) {
-        it->second.expires_unix_ms = old;
-        throw;
+    if (!old.empty()) {
+        try {
+            save();
+        } catch (const Error &) {
+            for (auto &[l, expires] : old) {
+                l->expires_unix_ms = expires;
+            }
+            throw;
+        }
     }
-    return true;
+    return renewed;
 }
 
 bool LeaseBook::give_back(uint64_t id, std::span<const uint8_t> unused)
 {
+    return give_back_all({{id, std::vector<uint8_t>(unused.begin(), unused.end())}}) == 1;
+}
+
+std::size_t LeaseBook::give_back_all(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>> &returns)
+{
     std::lock_guard lk(_mu);
-    auto it = _leases.find(id);
-    if (it == _leases.end() || it->second.returning) {
-        return false;
+    for (const auto &[id, unused] : returns) {
+        auto it = _leases.find(id);
+        if (it != _leases.end() && unused.size() != it->second.value.size()) {
+            throw Error(where(it->second.chain, it->second.nf, it->second.table) + ": lease " + std::to_string(id) +
+                        " given back with " + std::to_string(unused.size()) + " bytes, " +
+                        std::to_string(it->second.value.size()) + " were lent");
+        }
     }
-    Lease l = it->second;
-    if (unused.size() != l.value.size()) {
-        throw Error(where(l.chain, l.nf, l.table) + ": lease " + std::to_string(id) + " given back with " +
-                    std::to_string(unused.size()) + " bytes, " + std::to_string(l.value.size()) + " were lent");
+    std::vector<Lease> back;
+    for (const auto &[id, unused] : returns) {
+        auto it = _leases.find(id);
+        if (it == _leases.end() || it->second.returning) {
+            continue;
+        }
+        Lease l = it->second;
+        l.returning = unused;
+        if (find_table(l.chain, l.nf, l.table) == nullptr) {
+            it->second = l; // expire() finishes it once the table is back
+        } else {
+            _leases.erase(it);
+        }
+        back.push_back(std::move(l));
     }
-    l.returning.emplace(unused.begin(), unused.end());
-    if (find_table(l.chain, l.nf, l.table) == nullptr) {
-        it->second = l; // expire() finishes it once the table is back
-        save();
-        return true;
+    if (back.empty()) {
+        return 0;
     }
-    _leases.erase(it);
-    save_without(l);
+    // Off the disk first, then the items go back: a crash in between loses
+    // them rather than returning them twice.
     try {
-        return_items(l, *l.returning);
-    } catch (const Error &) {
-        _leases.emplace(l.id, l); // retried by expire()
         save();
+    } catch (const Error &) {
+        for (const Lease &l : back) {
+            _leases.insert_or_assign(l.id, l); // still on disk, so still ours to return
+        }
         throw;
     }
-    return true;
+    for (const Lease &l : back) {
+        if (_leases.count(l.id) != 0) {
+            continue; // waits for its table
+        }
+        try {
+            return_items(l, *l.returning);
+        } catch (const Error &) {
+            _leases.emplace(l.id, l); // retried by expire()
+            save();
+            throw;
+        }
+    }
+    return back.size();
 }
 
 std::vector<Lease> LeaseBook::expire(uint64_t now_unix_ms)
@@ -311,20 +361,35 @@ std::vector<Lease> LeaseBook::expire(uint64_t now_unix_ms)
             due.push_back(id);
         }
     }
+    std::vector<Lease> going;
     for (uint64_t id : due) {
-        Lease l = _leases.at(id);
-        const std::vector<uint8_t> items = l.returning ? *l.returning : l.value;
+        const Lease &l = _leases.at(id);
         if (find_table(l.chain, l.nf, l.table) == nullptr) {
             continue; // not created again since the restart: next call
         }
+        going.push_back(l);
         _leases.erase(id);
-        save_without(l);
+    }
+    if (going.empty()) {
+        return done;
+    }
+    // Off the disk first, all at once, then the items go back.
+    try {
+        save();
+    } catch (const Error &) {
+        for (const Lease &l : going) {
+            _leases.emplace(l.id, l);
+        }
+        throw;
+    }
+    for (Lease &l : going) {
+        const std::vector<uint8_t> items = l.returning ? *l.returning : l.value;
         try {
             return_items(l, items);
         } catch (const Error &e) {
             spdlog::error("state: {}; kept in {} to retry", e.what(), _path.string());
             l.returning = items;
-            _leases.emplace(id, l);
+            _leases.emplace(l.id, l);
             save();
             continue;
         }

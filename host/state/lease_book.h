@@ -61,13 +61,23 @@ public:
     // share is then taken back).
     Lease grant(const std::string &peer, const std::string &chain, const std::string &nf, const std::string &table,
                 std::span<const uint8_t> key, uint64_t duration_ms, uint64_t now_unix_ms);
+    // grant for several keys of one table, written once (a pool has hundreds
+    // of keys): all of them, or none and Error.
+    std::vector<Lease> grant_all(const std::string &peer, const std::string &chain, const std::string &nf,
+                                 const std::string &table, const std::vector<std::vector<uint8_t>> &keys,
+                                 uint64_t duration_ms, uint64_t now_unix_ms);
     // Moves a live lease's deadline to now + duration.  false: unknown id,
     // expired or already given back.
     bool renew(uint64_t id, uint64_t duration_ms, uint64_t now_unix_ms);
+    // renew for several, written once; one answer per id.
+    std::vector<bool> renew_all(const std::vector<uint64_t> &ids, uint64_t duration_ms, uint64_t now_unix_ms);
     // The peer returns `unused` (value_size bytes, a subset of the grant) and
     // the lease ends.  false: unknown id (also when given back before).
     // Throws Error on a wrong length.
     bool give_back(uint64_t id, std::span<const uint8_t> unused);
+    // give_back for several (id, unused), written once; returns how many were
+    // live.  Throws Error on a wrong length (before any is given back).
+    std::size_t give_back_all(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>> &returns);
     // Takes back every lease whose deadline passed (the whole grant) and
     // finishes give_backs that waited for their table.  Returns the leases
     // whose items went back in this call (`returning` set for give_backs).
@@ -89,8 +99,6 @@ private:
 
     void load();
     void save() const; // temp file, fsync, rename
-    // save() after `l` was erased; puts it back when that fails.
-    void save_without(const Lease &l);
     Table *find_table(const std::string &chain, const std::string &nf, const std::string &table);
     // Returns `items` of `l` into its table: false when the table is not
     // there yet; throws Error when take_back fails.
