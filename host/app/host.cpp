@@ -430,7 +430,7 @@ int run_host(const HostOptions &options)
             for (const Placement &p : plan) {
                 running_chains.emplace(p.chain, loaded.tag_of.at(p.chain));
             }
-            Cluster cluster(cfg, dataplane, *manager, std::move(running_chains));
+            Cluster cluster(cfg, dataplane, *manager, store, std::move(running_chains));
             dataplane.prepare();
             // On the EAL's control CPUs, like the state manager: never where a
             // worker lcore polls.

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 namespace serpens {
@@ -34,6 +35,59 @@ peer::Envelope error_reply(peer::Error::Code code, std::string text)
     return reply;
 }
 
+uint64_t unix_ms()
+{
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+}
+
+peer::Envelope ack()
+{
+    peer::Envelope reply;
+    reply.mutable_ack();
+    return reply;
+}
+
+state::Executor *executor_of(state::StateStore &store, const std::string &chain, const std::string &nf)
+{
+    for (state::Executor *ex : store.executors()) {
+        if (ex->chain() == chain && ex->nf() == nf) {
+            return ex;
+        }
+    }
+    return nullptr;
+}
+
+void set_entry(peer::TableKey *entry, const std::string &chain, const std::string &nf, std::string_view table,
+               std::string key)
+{
+    entry->set_chain(chain);
+    entry->set_nf(nf);
+    entry->set_table(std::string(table));
+    entry->set_key(std::move(key));
+}
+
+std::string bytes_of(const std::vector<uint8_t> &v) { return {v.begin(), v.end()}; }
+
+// EVENTUAL entries are uint64 counters (the default format apply_delta
+// takes): now - then, word by word, wrapping.
+std::string counter_delta(const std::string &now, const std::string &then)
+{
+    std::string delta(now.size(), '\0');
+    for (std::size_t w = 0; w + 8 <= now.size(); w += 8) {
+        uint64_t a = 0;
+        uint64_t b = 0;
+        std::memcpy(&a, now.data() + w, 8);
+        if (w + 8 <= then.size()) {
+            std::memcpy(&b, then.data() + w, 8);
+        }
+        const uint64_t d = a - b;
+        std::memcpy(delta.data() + w, &d, 8);
+    }
+    return delta;
+}
+
 uint16_t underlay_port_index(const HostConfig &cfg, const Dataplane &dp)
 {
     const auto &ports = dp.ports();
@@ -48,14 +102,15 @@ uint16_t underlay_port_index(const HostConfig &cfg, const Dataplane &dp)
 
 } // namespace
 
-Cluster::Cluster(const HostConfig &cfg, Dataplane &dataplane, InstanceManager &manager,
+Cluster::Cluster(const HostConfig &cfg, Dataplane &dataplane, InstanceManager &manager, state::StateStore &store,
                  std::map<std::string, uint32_t> chains)
-    : _cfg(cfg), _dp(dataplane), _manager(manager), _chains(std::move(chains))
+    : _cfg(cfg), _dp(dataplane), _manager(manager), _chains(std::move(chains)), _store(store)
 {
     const PeerConfig &pc = cfg.peer;
     if (!pc.enabled) {
         return;
     }
+    _leases = std::make_unique<state::LeaseBook>(store);
     const uint16_t underlay = underlay_port_index(cfg, dataplane);
     rte_ether_addr mac{};
     if (int rc = rte_eth_macaddr_get(dataplane.ports()[underlay].id, &mac); rc != 0) {
@@ -125,7 +180,25 @@ void Cluster::tick()
     if (_service == nullptr) {
         return;
     }
-    std::lock_guard lock(_mutex);
+    {
+        std::lock_guard lock(_mutex);
+        follow_peers();
+    }
+    // Off the lock: these wait on peers, and scale requests must not.
+    for (const state::Lease &lease : _leases->expire(unix_ms())) {
+        if (lease.returning) {
+            spdlog::info("lease {} of {}/{}/{} returned by peer '{}'", lease.id, lease.chain, lease.nf, lease.table,
+                         lease.peer);
+        } else {
+            spdlog::warn("lease {} of {}/{}/{} to peer '{}' expired unrenewed: its items are this host's again",
+                         lease.id, lease.chain, lease.nf, lease.table, lease.peer);
+        }
+    }
+    tick_held_leases(unix_ms());
+}
+
+void Cluster::follow_peers()
+{
     for (const peer::PeerStatus &status : _service->peers()) {
         const uint8_t number = peer_number(status.id);
         const bool up = status.up && status.incarnation != 0;
@@ -142,10 +215,33 @@ void Cluster::tick()
         // here as new flows, as from a peer that died.
         for (const auto &[name, tag] : _chains) {
             auto serving = _serving_incarnation.find({tag, number});
-            const bool serves = up && serving != _serving_incarnation.end() && serving->second == status.incarnation;
+            if (serving == _serving_incarnation.end()) {
+                continue;
+            }
+            const bool serves = up && serving->second == status.incarnation;
             _dp.peering(tag).steering.peer_up[number].store(serves, std::memory_order_release);
+            if (!serves) {
+                end_serving(tag, number, status.id);
+            }
         }
     }
+}
+
+void Cluster::end_serving(uint32_t tag, uint8_t number, const std::string &peer_id)
+{
+    FlowSteering &steering = _dp.peering(tag).steering;
+    bool steers = false;
+    for (auto &bucket : steering.new_flows) {
+        if (bucket.load(std::memory_order_relaxed) == number) {
+            bucket.store(0, std::memory_order_relaxed);
+        }
+        steers = steers || bucket.load(std::memory_order_relaxed) != 0;
+    }
+    steering.steers.store(steers, std::memory_order_release);
+    _serving_incarnation.erase({tag, number});
+    _serving_buckets.erase({tag, number});
+    spdlog::warn("peer '{}' went down or restarted: its flows come back here as new flows, and it takes no new ones",
+                 peer_id);
 }
 
 nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::string &peer_id)
@@ -163,6 +259,13 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
     if (!status || !status->up || status->incarnation == 0) {
         throw Error(fmt::format("peer '{}' is down (serpensctl peers shows why)", peer_id));
     }
+    for (const state::Lease &lease : _leases->leases()) {
+        if (lease.peer == peer_id && lease.chain == chain) {
+            throw Error(fmt::format("peer '{}' still holds lease {} of chain '{}' from its last scale-out; it "
+                                    "returns it once its flows are gone, or it expires",
+                                    peer_id, lease.id, chain));
+        }
+    }
     const uint64_t started = monotonic_ns();
     peer::Envelope request;
     peer::ScaleOutRequest *ask = request.mutable_scale_out_request();
@@ -179,6 +282,18 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
                                 peer::body_name(reply)));
     }
     const uint32_t tag_there = reply.scale_out_accept().tag();
+    try {
+        grant_leases(chain, peer_id);
+    } catch (const Error &) {
+        // What it took comes back when it drains, or when the leases expire.
+        peer::Envelope undo;
+        undo.mutable_scale_in()->set_chain(chain);
+        try {
+            _service->request(peer_id, std::move(undo), peer_reply_timeout);
+        } catch (const Error &) {
+        }
+        throw;
+    }
 
     ChainPeering &peering = _dp.peering(tag);
     FlowSteering &steering = peering.steering;
@@ -256,8 +371,329 @@ nlohmann::ordered_json Cluster::scale_in(const std::string &chain, const std::st
     return {{"chain", chain}, {"peer", peer_id}, {"buckets", returned}, {"peer_told", told}};
 }
 
+void Cluster::grant_leases(const std::string &chain, const std::string &peer_id)
+{
+    // A frame holds at most 1 MiB: grants go in messages of about half that.
+    constexpr std::size_t message_bytes = 512 * 1024;
+    for (state::Executor *ex : _store.executors()) {
+        if (ex->chain() != chain) {
+            continue;
+        }
+        for (state::Table *t : ex->tables()) {
+            if (t->kind() != state::TableKind::release) {
+                continue;
+            }
+            const std::vector<state::Lease> leases = _leases->grant_all(
+                peer_id, chain, ex->nf(), std::string(t->name()), ex->keys(*t), _cfg.peer.lease_ms, unix_ms());
+            for (std::size_t first = 0; first < leases.size();) {
+                peer::Envelope request;
+                peer::LeaseGrants *grants = request.mutable_lease_grants();
+                std::size_t bytes = 0;
+                for (; first < leases.size() && bytes < message_bytes &&
+                       static_cast<std::size_t>(grants->grants_size()) < peer::kMaxBatchItems;
+                     ++first) {
+                    const state::Lease &lease = leases[first];
+                    peer::LeaseGrant *grant = grants->add_grants();
+                    grant->set_lease_id(lease.id);
+                    set_entry(grant->mutable_entry(), chain, ex->nf(), t->name(), bytes_of(lease.key));
+                    grant->set_value(bytes_of(lease.value));
+                    grant->set_duration_ms(_cfg.peer.lease_ms);
+                    bytes += lease.key.size() + lease.value.size();
+                }
+                const peer::Envelope reply = _service->request(peer_id, std::move(request), peer_reply_timeout);
+                if (reply.has_error()) {
+                    throw Error(fmt::format("peer '{}' did not take the leases of {}/{}/{}: {}", peer_id, chain,
+                                            ex->nf(), t->name(), reply.error().text()));
+                }
+            }
+            spdlog::info("chain '{}': {} lease(s) of {}/{} lent to peer '{}'", chain, leases.size(), ex->nf(),
+                         t->name(), peer_id);
+        }
+    }
+}
+
+peer::Envelope Cluster::take_leases(const std::string &grantor, const peer::LeaseGrants &grants)
+{
+    // Every grant is checked before any is taken over: all, or none.
+    std::vector<std::pair<state::Executor *, state::Table *>> targets;
+    for (const peer::LeaseGrant &grant : grants.grants()) {
+        const peer::TableKey &entry = grant.entry();
+        state::Executor *ex = executor_of(_store, entry.chain(), entry.nf());
+        state::Table *t = ex != nullptr ? ex->find(entry.table()) : nullptr;
+        if (t == nullptr || t->kind() != state::TableKind::release) {
+            return error_reply(peer::Error::CODE_UNKNOWN,
+                               fmt::format("host '{}' has no RELEASE table {}/{}/{}", _cfg.id, entry.chain(),
+                                           entry.nf(), entry.table()));
+        }
+        if (entry.key().size() != t->key_size() || grant.value().size() != t->value_size()) {
+            return error_reply(peer::Error::CODE_BAD_REQUEST,
+                               fmt::format("{}/{}/{} has {}-byte keys and {}-byte values", entry.chain(), entry.nf(),
+                                           entry.table(), t->key_size(), t->value_size()));
+        }
+        targets.emplace_back(ex, t);
+    }
+    std::lock_guard lock(_held_mutex);
+    const uint64_t now = unix_ms();
+    for (int i = 0; i < grants.grants_size(); ++i) {
+        const peer::LeaseGrant &grant = grants.grants(i);
+        const peer::TableKey &entry = grant.entry();
+        if (std::any_of(_held.begin(), _held.end(),
+                        [&](const HeldLease &h) { return h.grantor == grantor && h.id == grant.lease_id(); })) {
+            continue; // a retry
+        }
+        auto [ex, t] = targets[static_cast<std::size_t>(i)];
+        if (int rc = ex->adopt(*t, entry.key().data(), grant.value().data(), grant.value().size()); rc != SERPENS_OK) {
+            return error_reply(peer::Error::CODE_REFUSED,
+                               fmt::format("{}/{}/{}: taking lease {} over failed ({})", entry.chain(), entry.nf(),
+                                           entry.table(), grant.lease_id(), rc));
+        }
+        // It stops handing out from it well before the grantor's deadline,
+        // which started earlier than this host's (the message's way here).
+        const uint32_t d = grant.duration_ms();
+        _held.push_back({grantor, grant.lease_id(), entry.chain(), entry.nf(), entry.table(), entry.key(), d,
+                         now + d * 3 / 4, now + d / 4, std::nullopt});
+    }
+    return ack();
+}
+
+peer::Envelope Cluster::answer_lease_request(const std::string &peer_id, const peer::Envelope &request)
+{
+    // A peer renews and returns only what was lent to it.
+    auto granted_to_peer = [&](uint64_t id) {
+        for (const state::Lease &lease : _leases->leases()) {
+            if (lease.id == id) {
+                return lease.peer == peer_id;
+            }
+        }
+        return false;
+    };
+    auto bytes = [](const std::string &b) {
+        return std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(b.data()), b.size());
+    };
+    try {
+        if (request.has_lease_renews()) {
+            std::vector<uint64_t> ids;
+            for (const peer::LeaseRenew &renew : request.lease_renews().renews()) {
+                if (granted_to_peer(renew.lease_id())) {
+                    ids.push_back(renew.lease_id());
+                }
+            }
+            const std::vector<bool> renewed = _leases->renew_all(ids, _cfg.peer.lease_ms, unix_ms());
+            peer::Envelope reply;
+            peer::LeaseRenews *done = reply.mutable_lease_renews();
+            for (std::size_t i = 0; i < ids.size(); ++i) {
+                if (renewed[i]) {
+                    peer::LeaseRenew *r = done->add_renews();
+                    r->set_lease_id(ids[i]);
+                    r->set_duration_ms(_cfg.peer.lease_ms);
+                }
+            }
+            return reply;
+        }
+        if (request.has_lease_returns()) {
+            // Unknown ids (returned before, or expired): their items are here already.
+            std::vector<std::pair<uint64_t, std::vector<uint8_t>>> returns;
+            for (const peer::LeaseReturn &back : request.lease_returns().returns()) {
+                if (granted_to_peer(back.lease_id())) {
+                    const auto unused = bytes(back.value());
+                    returns.emplace_back(back.lease_id(), std::vector<uint8_t>(unused.begin(), unused.end()));
+                }
+            }
+            const std::size_t back = _leases->give_back_all(returns);
+            spdlog::info("peer '{}' returned {} lease(s)", peer_id, back);
+            return ack();
+        }
+        const peer::ReplicaMerge &merge = request.replica_merge();
+        const peer::TableKey &e = merge.entry();
+        if (_chains.count(e.chain()) == 0) {
+            return error_reply(peer::Error::CODE_UNKNOWN,
+                               fmt::format("chain '{}' does not run on host '{}'", e.chain(), _cfg.id));
+        }
+        const bool applied = _leases->apply_replica(peer_id, e.chain(), e.nf(), e.table(), bytes(e.key()),
+                                                    bytes(merge.delta()), merge.merge_sequence());
+        spdlog::info("peer '{}': its change of {}/{}/{} {}", peer_id, e.chain(), e.nf(), e.table(),
+                     applied ? "is merged" : "was merged before (skipped)");
+        return ack();
+    } catch (const Error &e) {
+        return error_reply(peer::Error::CODE_REFUSED, e.what());
+    }
+}
+
+void Cluster::tick_held_leases(uint64_t now)
+{
+    std::vector<HeldLease> due;
+    {
+        std::lock_guard lock(_held_mutex);
+        for (auto it = _held.begin(); it != _held.end();) {
+            // Past its stop, unrenewed: nothing more is handed out from it.
+            if (now >= it->stop_at_ms && !it->unused) {
+                state::Executor *ex = executor_of(_store, it->chain, it->nf);
+                state::Table *t = ex != nullptr ? ex->find(it->table) : nullptr;
+                std::vector<uint8_t> dropped;
+                if (t != nullptr) {
+                    ex->surrender(*t, it->key.data(), dropped);
+                }
+                spdlog::warn("lease {} of {}/{}/{} from peer '{}' was not renewed: no more of it is handed out here",
+                             it->id, it->chain, it->nf, it->table, it->grantor);
+                it = _held.erase(it);
+                continue;
+            }
+            if (now >= it->renew_at_ms && !it->unused) {
+                due.push_back(*it);
+            }
+            ++it;
+        }
+        // Scaled-in chains whose flows are gone: their state goes home.
+        for (auto it = _served.begin(); it != _served.end();) {
+            bool flows_left = false;
+            for (const ChainSummary &summary :
+                 it->draining ? _manager.chain_summaries() : std::vector<ChainSummary>{}) {
+                flows_left = flows_left || (summary.name == it->chain && summary.flows_live > 0);
+            }
+            if (!it->draining || flows_left) {
+                ++it;
+                continue;
+            }
+            pack_state_to_return(*it);
+            it = _served.erase(it);
+        }
+    }
+    std::map<std::string, std::vector<uint64_t>> renew_by_grantor;
+    for (const HeldLease &lease : due) {
+        renew_by_grantor[lease.grantor].push_back(lease.id);
+    }
+    for (const auto &[grantor, ids] : renew_by_grantor) {
+        peer::Envelope request;
+        for (uint64_t id : ids) {
+            request.mutable_lease_renews()->add_renews()->set_lease_id(id);
+        }
+        std::set<uint64_t> renewed;
+        bool answered = false;
+        try {
+            const peer::Envelope reply = _service->request(grantor, std::move(request), peer_reply_timeout);
+            answered = reply.has_lease_renews();
+            for (const peer::LeaseRenew &r : reply.lease_renews().renews()) {
+                renewed.insert(r.lease_id());
+            }
+        } catch (const Error &) {
+        }
+        std::lock_guard lock(_held_mutex);
+        for (HeldLease &held : _held) {
+            if (held.grantor != grantor || std::find(ids.begin(), ids.end(), held.id) == ids.end()) {
+                continue;
+            }
+            if (renewed.count(held.id) != 0) {
+                // From when the renewal was asked: the grantor's deadline runs from later.
+                held.stop_at_ms = now + held.duration_ms * 3 / 4;
+                held.renew_at_ms = unix_ms() + held.duration_ms / 4;
+            } else if (answered) {
+                held.stop_at_ms = 0; // expired there: stopped at the next tick
+            } else {
+                held.renew_at_ms = unix_ms() + held.duration_ms / 16; // try again soon
+            }
+        }
+    }
+    send_returns();
+}
+
+void Cluster::pack_state_to_return(const ServedChain &served)
+{
+    for (HeldLease &held : _held) {
+        if (held.grantor == served.origin && held.chain == served.chain && !held.unused) {
+            state::Executor *ex = executor_of(_store, held.chain, held.nf);
+            state::Table *t = ex != nullptr ? ex->find(held.table) : nullptr;
+            std::vector<uint8_t> unused;
+            if (t != nullptr && ex->surrender(*t, held.key.data(), unused) == SERPENS_OK) {
+                held.unused = bytes_of(unused);
+            }
+        }
+    }
+    for (state::Executor *ex : _store.executors()) {
+        if (ex->chain() != served.chain) {
+            continue;
+        }
+        for (state::Table *t : ex->tables()) {
+            if (t->kind() != state::TableKind::eventual) {
+                continue;
+            }
+            for (const std::vector<uint8_t> &key : ex->keys(*t)) {
+                std::vector<uint8_t> now;
+                if (ex->surrender(*t, key.data(), now) != SERPENS_OK) {
+                    continue;
+                }
+                auto base = served.baselines.find({ex->nf(), std::string(t->name()), bytes_of(key)});
+                std::string delta = counter_delta(bytes_of(now), base != served.baselines.end() ? base->second : "");
+                if (delta.find_first_not_of('\0') != std::string::npos) {
+                    _replicas_out.push_back({served.origin, served.chain, ex->nf(), std::string(t->name()),
+                                             bytes_of(key), std::move(delta), unix_ms()});
+                }
+            }
+        }
+    }
+}
+
+void Cluster::send_returns()
+{
+    std::vector<HeldLease> returns;
+    std::vector<ReplicaOut> merges;
+    {
+        std::lock_guard lock(_held_mutex);
+        std::copy_if(_held.begin(), _held.end(), std::back_inserter(returns),
+                     [](const HeldLease &h) { return h.unused.has_value(); });
+        merges = _replicas_out;
+    }
+    // What is not acknowledged goes again next tick, the same bytes and
+    // sequence: at worst a lease expires at its grantor meanwhile.
+    auto sent = [&](const std::string &to, peer::Envelope request) {
+        try {
+            return !_service->request(to, std::move(request), peer_reply_timeout).has_error();
+        } catch (const Error &) {
+            return false;
+        }
+    };
+    std::map<std::string, std::vector<const HeldLease *>> by_grantor;
+    for (const HeldLease &lease : returns) {
+        by_grantor[lease.grantor].push_back(&lease);
+    }
+    for (const auto &[grantor, leases] : by_grantor) {
+        peer::Envelope request;
+        for (const HeldLease *lease : leases) {
+            peer::LeaseReturn *back = request.mutable_lease_returns()->add_returns();
+            back->set_lease_id(lease->id);
+            back->set_value(*lease->unused);
+        }
+        if (!sent(grantor, std::move(request))) {
+            continue;
+        }
+        spdlog::info("{} lease(s) returned to peer '{}'", leases.size(), grantor);
+        std::lock_guard lock(_held_mutex);
+        std::erase_if(_held, [&](const HeldLease &h) { return h.grantor == grantor && h.unused.has_value(); });
+    }
+    for (const ReplicaOut &merge : merges) {
+        peer::Envelope request;
+        peer::ReplicaMerge *body = request.mutable_replica_merge();
+        set_entry(body->mutable_entry(), merge.chain, merge.nf, merge.table, merge.key);
+        body->set_delta(merge.delta);
+        body->set_merge_sequence(merge.sequence);
+        if (!sent(merge.origin, std::move(request))) {
+            continue;
+        }
+        std::lock_guard lock(_held_mutex);
+        std::erase_if(_replicas_out, [&](const ReplicaOut &r) {
+            return r.origin == merge.origin && r.sequence == merge.sequence && r.nf == merge.nf &&
+                   r.table == merge.table && r.key == merge.key;
+        });
+    }
+}
+
 peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope &request)
 {
+    if (request.has_lease_grants()) {
+        return take_leases(peer_id, request.lease_grants());
+    }
+    if (request.has_lease_renews() || request.has_lease_returns() || request.has_replica_merge()) {
+        return answer_lease_request(peer_id, request);
+    }
     if (request.has_scale_out_request()) {
         const peer::ScaleOutRequest &ask = request.scale_out_request();
         auto chain = _chains.find(ask.chain());
@@ -269,6 +705,29 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
         _dp.peering(chain->second)
             .tag_at_peer_plus_one[peer_number(peer_id)]
             .store(ask.origin_tag() + 1, std::memory_order_relaxed);
+        // Where its EVENTUAL entries stand now: what goes back is the change.
+        ServedChain served{peer_id, ask.chain(), false, {}};
+        for (state::Executor *ex : _store.executors()) {
+            if (ex->chain() != ask.chain()) {
+                continue;
+            }
+            for (state::Table *t : ex->tables()) {
+                if (t->kind() != state::TableKind::eventual) {
+                    continue;
+                }
+                for (const std::vector<uint8_t> &key : ex->keys(*t)) {
+                    std::vector<uint8_t> value(t->value_size());
+                    if (ex->read_global(*t, key.data(), value.data()) == SERPENS_OK) {
+                        served.baselines[{ex->nf(), std::string(t->name()), bytes_of(key)}] = bytes_of(value);
+                    }
+                }
+            }
+        }
+        {
+            std::lock_guard lock(_held_mutex);
+            std::erase_if(_served, [&](const ServedChain &s) { return s.origin == peer_id && s.chain == ask.chain(); });
+            _served.push_back(std::move(served));
+        }
         spdlog::info("peer '{}' scales chain '{}' onto this host", peer_id, ask.chain());
         peer::Envelope reply;
         peer::ScaleOutAccept *accept = reply.mutable_scale_out_accept();
@@ -278,11 +737,15 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
         return reply;
     }
     if (request.has_scale_in()) {
-        spdlog::info("peer '{}' sends no more new flows of chain '{}' here; those that came finish here", peer_id,
-                     request.scale_in().chain());
-        peer::Envelope reply;
-        reply.mutable_ack();
-        return reply;
+        spdlog::info("peer '{}' sends no more new flows of chain '{}' here; those that came finish here, then its "
+                     "state goes back",
+                     peer_id, request.scale_in().chain());
+        std::lock_guard lock(_held_mutex);
+        for (ServedChain &served : _served) {
+            served.draining =
+                served.draining || (served.origin == peer_id && served.chain == request.scale_in().chain());
+        }
+        return ack();
     }
     spdlog::warn("peer '{}' sent request {} ({}), which this host does not take yet", peer_id, request.request_id(),
                  peer::body_name(request));
@@ -328,6 +791,9 @@ nlohmann::ordered_json Cluster::peers_json() const
             }
         }
         entry["new_flows_of"] = std::move(chains);
+        const auto leases = _leases->leases();
+        entry["leases_granted"] =
+            std::count_if(leases.begin(), leases.end(), [&](const state::Lease &l) { return l.peer == p.id; });
         list.push_back(std::move(entry));
     }
     out["peers"] = std::move(list);

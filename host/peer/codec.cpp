@@ -85,6 +85,22 @@ std::optional<DecodeFailure> check_hello(const Hello &h)
     return std::nullopt;
 }
 
+// A repeated field: at most kMaxBatchItems, each checked by `one`.
+template<class Items, class Check>
+std::optional<DecodeFailure> check_each(const std::string &what, const Items &items, Check one)
+{
+    if (static_cast<std::size_t>(items.size()) > kMaxBatchItems) {
+        return failure(DecodeError::bad_field, what + " has " + std::to_string(items.size()) + " items, more than " +
+                                                   std::to_string(kMaxBatchItems));
+    }
+    for (const auto &item : items) {
+        if (auto f = one(item)) {
+            return f;
+        }
+    }
+    return std::nullopt;
+}
+
 // A chain tag travels in 24 bits of the VXLAN header (net/vxlan.h).
 std::optional<DecodeFailure> check_chain_tag(const char *field, uint32_t tag)
 {
@@ -142,6 +158,23 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
             return f;
         }
         return check_size("lease_return.value", e.lease_return().value(), kMaxValueBytes);
+    case Envelope::kLeaseGrants:
+        return check_each("lease_grants.grants", e.lease_grants().grants(), [](const LeaseGrant &g) {
+            if (auto f = check_lease_id("lease_grants.grants", g.lease_id())) {
+                return f;
+            }
+            return check_state_entry("lease_grants.grants", g, "value", g.value());
+        });
+    case Envelope::kLeaseRenews:
+        return check_each("lease_renews.renews", e.lease_renews().renews(),
+                          [](const LeaseRenew &r) { return check_lease_id("lease_renews.renews", r.lease_id()); });
+    case Envelope::kLeaseReturns:
+        return check_each("lease_returns.returns", e.lease_returns().returns(), [](const LeaseReturn &r) {
+            if (auto f = check_lease_id("lease_returns.returns", r.lease_id())) {
+                return f;
+            }
+            return check_size("lease_returns.returns.value", r.value(), kMaxValueBytes);
+        });
     case Envelope::kReplicaMerge:
         return check_state_entry("replica_merge", e.replica_merge(), "delta", e.replica_merge().delta());
     case Envelope::kScaleIn:

@@ -30,6 +30,7 @@ inline constexpr std::size_t kMaxNameBytes = 255;
 // State keys and values: above the state tables' own limits (state/layout.h).
 inline constexpr std::size_t kMaxKeyBytes = 256;
 inline constexpr std::size_t kMaxValueBytes = 256 * 1024;
+inline constexpr std::size_t kMaxBatchItems = 4096; // grants, renewals or returns in one message
 inline constexpr std::size_t kMaxErrorTextBytes = 1024;
 // RouteUpdate.bucket_mask: one bit per router bucket.
 inline constexpr std::size_t kMaxBucketMaskBytes = 128;

@@ -111,6 +111,24 @@ std::vector<Envelope> every_message()
     });
     add([](Envelope &e) { e.mutable_scale_in()->set_chain("fw-mon-nat"); });
     add([](Envelope &e) { e.mutable_ack(); });
+    add([](Envelope &e) {
+        for (uint64_t id = 1; id <= 3; ++id) {
+            LeaseGrant *g = e.mutable_lease_grants()->add_grants();
+            g->set_lease_id(id);
+            set_entry(g->mutable_entry(), "nat", "pool", std::string(8, static_cast<char>(id)));
+            g->set_value(std::string(512, '\xff'));
+            g->set_duration_ms(10000);
+        }
+    });
+    add([](Envelope &e) {
+        e.mutable_lease_renews()->add_renews()->set_lease_id(4);
+        e.mutable_lease_renews()->add_renews()->set_lease_id(5);
+    });
+    add([](Envelope &e) {
+        LeaseReturn *r = e.mutable_lease_returns()->add_returns();
+        r->set_lease_id(4);
+        r->set_value(std::string(512, '\x01'));
+    });
     return out;
 }
 
@@ -284,6 +302,30 @@ TEST_CASE("fields over their limits or out of range are refused, naming the fiel
     e.Clear();
     e.mutable_scale_out_request()->set_chain("c");
     CHECK(refused(e).error == DecodeError::bad_field); // 0 instances
+    e.mutable_scale_out_request()->set_instances(1);
+    e.mutable_scale_out_request()->set_origin_tag(1u << 24); // does not fit the VXLAN header's 24 bits
+    CHECK(refused(e).error == DecodeError::bad_field);
+
+    // Batches: each item is checked as the single message, and there are at most kMaxBatchItems.
+    e.Clear();
+    e.mutable_lease_renews()->add_renews()->set_lease_id(3);
+    e.mutable_lease_renews()->add_renews()->set_lease_id(0);
+    CHECK(refused(e).message.find("lease_renews.renews") != std::string::npos);
+    e.Clear();
+    for (std::size_t i = 0; i <= kMaxBatchItems; ++i) {
+        e.mutable_lease_renews()->add_renews()->set_lease_id(i + 1);
+    }
+    CHECK(refused(e).error == DecodeError::bad_field);
+    e.Clear();
+    LeaseGrant *g = e.mutable_lease_grants()->add_grants();
+    g->set_lease_id(1);
+    g->set_value("v"); // no entry
+    CHECK(refused(e).message.find("lease_grants.grants.entry") != std::string::npos);
+    e.Clear();
+    LeaseReturn *r = e.mutable_lease_returns()->add_returns();
+    r->set_lease_id(1);
+    r->set_value(std::string(kMaxValueBytes + 1, 'x'));
+    CHECK(refused(e).error == DecodeError::field_too_long);
 }
 
 TEST_CASE("every error has its own name")

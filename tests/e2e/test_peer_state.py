@@ -1,0 +1,192 @@
+"""Global state follows a chain onto another server and back (paper §III-A2).
+
+Hosts a and b (two network namespaces over a veth, as in test_peer_scale.py)
+run FW -> MON -> NAT.  `scale sfc +1 --peer b` lends b a share of every key
+of nat's port pool (a lease, state/lease_book.h); b takes it over as its
+whole pool, so the two hosts' NATs never hand out one external (address,
+port) twice.  `scale sfc -1 --peer b` lets b's flows expire (flow_idle_s =
+1 there), after which b gives back what it did not hand out and what its mon
+counted (a replica merge), so a's mon, read from its state after a clean
+stop, counts every packet sent.  Then a second scale-out, and b is killed:
+a keeps forwarding b's flows itself, and the lease comes back to a once
+lease_ms passes unrenewed.
+"""
+import ipaddress
+import json
+import os
+import struct
+import subprocess
+import time
+
+from harness import CTL, Host, Netns, check, fail, flow_frame, make_pki, read_pcap, write_pcap
+
+OLD, NEW, AGAIN = range(0, 100), range(100, 300), range(300, 400)
+ROUNDS = 3
+LEASE_MS = 3000
+
+ns_a, ns_b = Netns("state-a"), Netns("state-b")
+ns_a.link(ns_b, "sa", "sb", "10.95.0.1/24", "10.95.0.2/24")
+ns_a.veth("ia", "ib")
+a, b = Host(plugins=()), Host(plugins=())
+ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix])
+
+
+def peer_section(host, address, underlay, peer_host, peer_address):
+    cert, key = certs[host.prefix]
+    return f'''
+[peer]
+listen = "{address}:7946"
+certificate = "{cert}"
+private_key = "{key}"
+ca = "{ca}"
+underlay_port = "underlay"
+underlay_address = "{underlay}"
+heartbeat_ms = 200
+dead_after_ms = 1000
+lease_ms = {LEASE_MS}
+
+[[peer.host]]
+id = "{peer_host.prefix}"
+address = "{peer_address}:7946"
+'''
+
+
+write_pcap(a.path("empty.pcap"), [])
+a.fw_mon_nat("out")
+a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096"\n'
+         f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
+         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
+         '\n[[gateway.rule]]\nin_port = "in"\nchain = "sfc"\n' +
+         peer_section(a, "10.95.0.1", "10.94.0.1", b, "10.95.0.2"), eal=a.eal("0"))
+b.fw_mon_nat("underlay")
+# b's flows end 1 s after their last packet, NAT mappings included, so a
+# scale-in drains in a few seconds.
+with open(b.path("chains/sfc.toml"), "a") as f:
+    f.write("[nf.config.timeouts]\nudp = 1\n")
+b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
+         '\n[[instance]]\nchain = "sfc"\ncount = 1\nflow_idle_s = 1\n' +
+         peer_section(b, "10.95.0.2", "10.94.0.2", a, "10.95.0.1"), eal=b.eal("0"))
+
+phases = [
+    [flow_frame(f, s) for s in range(ROUNDS) for f in OLD],
+    [flow_frame(f, s) for s in range(ROUNDS) for f in NEW],
+    [flow_frame(f, s) for s in range(ROUNDS) for f in AGAIN],
+    [flow_frame(f, s + ROUNDS) for s in range(ROUNDS) for f in AGAIN],
+]
+for n, phase in enumerate(phases):
+    write_pcap(a.path(f"phase{n}.pcap"), phase)
+sent = sum(len(p) for p in phases)
+proc_a = a.start(ns=ns_a, log_level="info")
+proc_b = b.start(ns=ns_b, log_level="info")
+
+
+def ctl_json(host, *args):
+    out = host.ctl(*args, "--json")
+    check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def wait_for(what, condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check(proc_a.poll() is None, f"host a stopped while waiting until {what}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    fail(f"{what} within {timeout} s")
+
+
+def send(n):
+    sender = ns_a.send_pcap("ib", a.path(f"phase{n}.pcap"))
+    check(sender.returncode == 0, f"sending phase {n}: {sender.stderr}")
+
+
+def out_total(host):
+    return sum(i["out"] + i["for_peers"] for i in ctl_json(host, "stats")["instances"] if i["chain"] == "sfc")
+
+
+def peer_entry(host, peer_id):
+    return next(p for p in ctl_json(host, "peers")["peers"] if p["id"] == peer_id)
+
+
+try:
+    wait_for("a and b see each other up", lambda: peer_entry(a, b.prefix)["up"] and peer_entry(b, a.prefix)["up"])
+    send(0)
+    wait_for("the old flows have left a", lambda: out_total(a) >= len(phases[0]))
+    ctl_json(a, "scale", "sfc", "+1", "--peer", b.prefix)
+    leases = peer_entry(a, b.prefix)["leases_granted"]
+    check(leases > 0, "b holds leases of nat's pool")
+    send(1)
+    wait_for("the new flows have left a", lambda: out_total(a) >= sum(map(len, phases[:2])))
+    check(out_total(b) > 0, "b served some of the new flows")
+
+    ctl_json(a, "scale", "sfc", "-1", "--peer", b.prefix)
+    # b's flows expire after 1 s idle; then its leases and mon's counts come home.
+    wait_for("b gives every lease back", lambda: peer_entry(a, b.prefix)["leases_granted"] == 0)
+
+    ctl_json(a, "scale", "sfc", "+1", "--peer", b.prefix)
+    check(peer_entry(a, b.prefix)["leases_granted"] > 0, "b holds leases again")
+    ran_by_b = out_total(b)
+    send(2)
+    wait_for("the third flows have left a", lambda: out_total(a) >= sum(map(len, phases[:3])))
+    lost_with_b = out_total(b) - ran_by_b  # mon's counts of these die with b
+    check(lost_with_b > 0, "b served some of the third flows")
+    proc_b.kill()
+    proc_b.wait(timeout=30)
+    killed_at = time.monotonic()
+    wait_for("a sees b down", lambda: not peer_entry(a, b.prefix)["up"])
+    send(3)
+    wait_for("a serves b's flows itself", lambda: out_total(a) >= sent)
+    wait_for("the leases b held expire back to a", lambda: peer_entry(a, b.prefix)["leases_granted"] == 0)
+    expired_after = time.monotonic() - killed_at
+except SystemExit:
+    for name, proc in (("a", proc_a), ("b", proc_b)):
+        if proc.poll() is None:
+            proc.kill()
+        print(f"--- host {name} (exit {proc.wait(timeout=60)}):\n{proc.communicate()[0]}")
+    raise
+finally:
+    for proc in (proc_a, proc_b):
+        if proc.poll() is None:
+            proc.terminate()
+    logs = [proc.communicate(timeout=60)[0] if proc.stdout and not proc.stdout.closed else "" for proc in (proc_a, proc_b)]
+check(proc_a.returncode == 0, f"a exited {proc_a.returncode}:\n{logs[0]}")
+check(expired_after >= LEASE_MS / 1000 * 0.5, f"the leases came back {expired_after:.1f} s after b died")
+
+# Every packet left a, translated by one NAT or the other.  Each flow keeps
+# one external (address, port) while its host lives, and no two flows share
+# one: not across the two hosts while b lived (phases 1-3), nor after (phase
+# 4, when a serves b's flows anew).
+frames = [fr for fr in read_pcap(a.path("out.pcap")) if len(fr) >= 50 and fr[23] == 17]
+check(len(frames) == sent, f"{sent} packets sent, {len(frames)} left a")
+seen = {}
+for fr in frames:
+    flow, _ = struct.unpack("!II", fr[42:50])
+    src = (str(ipaddress.ip_address(fr[26:30])), struct.unpack("!H", fr[34:36])[0])
+    check(ipaddress.ip_address(src[0]) in ipaddress.ip_network("203.0.113.0/28"), f"flow {flow} left untranslated")
+    seen.setdefault(flow, []).append(src)
+for group, flows in (("while b lived", [(f, seen[f][:ROUNDS]) for f in seen]),
+                     ("after b died", [(f, seen[f][ROUNDS:]) for f in AGAIN])):
+    owner = {}
+    for flow, srcs in flows:
+        check(len(set(srcs)) == 1, f"flow {flow} changed its external endpoint {group}: {srcs}")
+        other = owner.setdefault(srcs[0], flow)
+        check(other == flow, f"flows {other} and {flow} share the external {srcs[0]} {group}")
+
+# a's mon, from its state after the clean stop: every packet it ran, and
+# every packet b ran for the first scale-out (merged back); what b ran for
+# the second died with it.
+dump = json.loads(subprocess.run([CTL, "-c", a.path("host.toml"), "state", "dump", "sfc", "mon", "hosts", "--json"],
+                                 capture_output=True, text=True, check=True).stdout)
+total = 0
+for e in dump["entries"]:
+    base = e["decoded"]["base"]["tx_packets"]
+    total += base + sum(r["tx_packets"] - base for i, r in enumerate(e["decoded"]["instances"])
+                        if r["tx_packets"] and dump["active_mask"] >> i & 1)
+check(total == sent - lost_with_b, f"a's mon counts {total} packets: {sent} sent, {lost_with_b} counted by b when "
+      f"it was killed")
+print(f"OK: {sent} packets, no external endpoint shared; b gave its leases and counts back after the scale-in; "
+      f"after b was killed its leases came back in {expired_after:.1f} s; mon counts {total}")
+for host in (a, b):
+    host.cleanup()
