@@ -146,6 +146,15 @@ VxlanDecapped vxlan_decap(const uint8_t *data, uint32_t len, const VxlanDecapCon
     if ((ip[0] >> 4) != 4 || hlen < 20) {
         return fail(VxlanResult::bad_ipv4_header);
     }
+    // Not UDP, or not to us: not VXLAN for this host, whatever else is wrong
+    // with it (an af_packet capture truncates the kernel's own large TCP
+    // segments, which are no concern of ours).
+    if (ip[9] != kProtoUdp) {
+        return fail(VxlanResult::not_udp);
+    }
+    if (config.local_ip != 0 && std::memcmp(ip + 16, &config.local_ip, 4) != 0) {
+        return fail(VxlanResult::not_for_us);
+    }
     if (hlen > len - off) {
         return fail(VxlanResult::truncated_ipv4);
     }
@@ -158,12 +167,6 @@ VxlanDecapped vxlan_decap(const uint8_t *data, uint32_t len, const VxlanDecapCon
     }
     if ((serpens_ld_be16(ip + 6) & 0x3fff) != 0) { // MF or a fragment offset
         return fail(VxlanResult::ipv4_fragment);
-    }
-    if (ip[9] != kProtoUdp) {
-        return fail(VxlanResult::not_udp);
-    }
-    if (config.local_ip != 0 && std::memcmp(ip + 16, &config.local_ip, 4) != 0) {
-        return fail(VxlanResult::not_for_us);
     }
 
     const uint32_t l4 = total - hlen; // the IPv4 payload, within the frame

@@ -238,9 +238,10 @@ struct VxlanDecapped {
 };
 
 // Validates the frame [data, data + len) as a VXLAN packet for this host:
-// Ethernet (IPv4, at most one 802.1Q tag), IPv4 (version 4, IHL >= 5, total
-// length within the frame, not a fragment, UDP, header checksum right,
-// destination config.local_ip unless 0), UDP (destination config.udp_port,
+// Ethernet (IPv4, at most one 802.1Q tag), IPv4 (version 4, IHL >= 5, UDP,
+// destination config.local_ip unless 0 — these two first: a packet that is
+// not UDP to us is not_udp / not_for_us whatever else is wrong with it —
+// total length within the frame, header checksum right, not a fragment), UDP (destination config.udp_port,
 // length equal to the IPv4 payload's), VXLAN (I flag, no unknown flag, VNI
 // config.vni unless any) and an inner frame of at least an Ethernet header.
 // Bytes after the IPv4 total length (Ethernet padding) are ignored.

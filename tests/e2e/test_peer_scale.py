@@ -162,6 +162,7 @@ try:
     wait_for("phase 4 has left a", lambda: total(a, "out") >= len(trace) + len(phase4))
     stats_a = instances(a)
     vxlan_a = ctl_json(a, "stats")["vxlan"]
+    dispatch_a = ctl_json(a, "stats")["dispatch"]
 finally:
     for proc in (proc_a, proc_b):
         if proc.poll() is None:
@@ -203,6 +204,9 @@ check(sum(i["to_peers"] for i in stats_a) == on_b and sum(i["peer_dropped"] for 
 check(sum(i["packets"] for i in stats_a) == len(left) - on_b,
       f"a's chain ran the rest (and {len(left) - len(out)} frames of the kernel's), metered there: {stats_a}")
 check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}: {vxlan_a}")
+# The underlay also carries the kernels' own traffic (the peer protocol's
+# TCP): dropped as not VXLAN, never as refused VXLAN.
+check(dispatch_a["tunnel_dropped"] == 0 and dispatch_a["unknown_peer"] == 0, f"a's dispatch: {dispatch_a}")
 print(f"OK: scale-out answered in {scaled['ms']:.1f} ms; {len(out)} packets; b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
       f"no old or late flow; every flow stayed whole on one host, and came back to a when b died")
 for host in (a, b):

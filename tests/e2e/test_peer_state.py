@@ -110,8 +110,21 @@ def peer_entry(host, peer_id):
     return next(p for p in ctl_json(host, "peers")["peers"] if p["id"] == peer_id)
 
 
+def pool_free(host):
+    """Free items of nat's pool on a host, from its state: each item is in
+    exactly one cell of its key (RELEASE), or lent, or taken by a mapping."""
+    dump = json.loads(subprocess.run([CTL, "-c", host.path("host.toml"), "state", "dump", "sfc", "nat", "pool",
+                                      "--json", "--limit", "0"], capture_output=True, text=True, check=True).stdout)
+    free = 0
+    for e in dump["entries"]:
+        for cell in [e["base"]] + e["instances"]:
+            free += sum(bin(byte).count("1") for byte in bytes.fromhex(cell))
+    return free, len(dump["entries"])
+
+
 try:
     wait_for("a and b see each other up", lambda: peer_entry(a, b.prefix)["up"] and peer_entry(b, a.prefix)["up"])
+    free_at_start, pool_keys = pool_free(a)
     send(0)
     wait_for("the old flows have left a", lambda: out_total(a) >= len(phases[0]))
     ctl_json(a, "scale", "sfc", "+1", "--peer", b.prefix)
@@ -174,6 +187,15 @@ for group, flows in (("while b lived", [(f, seen[f][:ROUNDS]) for f in seen]),
         other = owner.setdefault(srcs[0], flow)
         check(other == flow, f"flows {other} and {flow} share the external {srcs[0]} {group}")
 
+# Every port of a's pool accounted for: free again, or held by a mapping a
+# still has; nothing stayed lent, nothing came back twice.
+free_at_end, _ = pool_free(a)
+nat = [nf["counters"] for i in json.load(open(a.path("stats.json")))["instances"] for nf in i["nfs"]
+       if nf["name"] == "nat"]
+held = sum(c["mappings_created"] - c["mappings_expired"] for c in nat)
+check(free_at_end + held == free_at_start,
+      f"a's pool: {free_at_start} free at the start, {free_at_end} at the end with {held} mappings held")
+
 # a's mon, from its state after the clean stop: every packet it ran, and
 # every packet b ran for the first scale-out (merged back); what b ran for
 # the second died with it.
@@ -186,7 +208,8 @@ for e in dump["entries"]:
                         if r["tx_packets"] and dump["active_mask"] >> i & 1)
 check(total == sent - lost_with_b, f"a's mon counts {total} packets: {sent} sent, {lost_with_b} counted by b when "
       f"it was killed")
-print(f"OK: {sent} packets, no external endpoint shared; b gave its leases and counts back after the scale-in; "
+print(f"OK: {sent} packets, no external endpoint shared; a's pool of {free_at_start} ports ({pool_keys} keys) "
+      f"accounted for; b gave its leases and counts back after the scale-in; "
       f"after b was killed its leases came back in {expired_after:.1f} s; mon counts {total}")
 for host in (a, b):
     host.cleanup()
