@@ -11,7 +11,7 @@ trap 'rm -rf "$out"' EXIT
 "$bench" all --quick --out "$out" --plugins "$plugins"
 
 fail=0
-for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models-latency.csv chaining.csv e2e.csv state.csv profile.csv throughput.csv scale.csv \
+for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models-latency.csv chaining.csv e2e.csv state.csv profile.csv throughput.csv scale.csv vxlan.csv \
          REPORT.md; do
     if [ ! -s "$out/$f" ]; then
         echo "missing or empty: $f"
