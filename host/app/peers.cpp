@@ -227,7 +227,7 @@ void Cluster::follow_peers()
     }
 }
 
-void Cluster::end_serving(uint32_t tag, uint8_t number, const std::string &peer_id)
+void Cluster::keep_new_flows_here(uint32_t tag, uint8_t number)
 {
     FlowSteering &steering = _dp.peering(tag).steering;
     bool steers = false;
@@ -238,6 +238,11 @@ void Cluster::end_serving(uint32_t tag, uint8_t number, const std::string &peer_
         steers = steers || bucket.load(std::memory_order_relaxed) != 0;
     }
     steering.steers.store(steers, std::memory_order_release);
+}
+
+void Cluster::end_serving(uint32_t tag, uint8_t number, const std::string &peer_id)
+{
+    keep_new_flows_here(tag, number);
     _serving_incarnation.erase({tag, number});
     _serving_buckets.erase({tag, number});
     spdlog::warn("peer '{}' went down or restarted: its flows come back here as new flows, and it takes no new ones",
@@ -343,15 +348,7 @@ nlohmann::ordered_json Cluster::scale_in(const std::string &chain, const std::st
     if (buckets == 0) {
         throw Error(fmt::format("chain '{}' sends no new flows to peer '{}'", chain, peer_id));
     }
-    FlowSteering &steering = _dp.peering(tag).steering;
-    bool steers = false;
-    for (auto &bucket : steering.new_flows) {
-        if (bucket.load(std::memory_order_relaxed) == number) {
-            bucket.store(0, std::memory_order_relaxed);
-        }
-        steers = steers || bucket.load(std::memory_order_relaxed) != 0;
-    }
-    steering.steers.store(steers, std::memory_order_release);
+    keep_new_flows_here(tag, number);
     const uint32_t returned = buckets;
     buckets = 0;
     // The flows it serves finish there: the tag and tunnel stay.
@@ -700,6 +697,18 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
         if (chain == _chains.end()) {
             return error_reply(peer::Error::CODE_UNKNOWN,
                                fmt::format("chain '{}' does not run on host '{}'", ask.chain(), _cfg.id));
+        }
+        {
+            // One owner at a time: a second one's leases would replace the
+            // first one's state here, and what went back to either would be wrong.
+            std::lock_guard lock(_held_mutex);
+            for (const HeldLease &held : _held) {
+                if (held.chain == ask.chain() && held.grantor != peer_id) {
+                    return error_reply(peer::Error::CODE_REFUSED,
+                                       fmt::format("host '{}' runs chain '{}' for peer '{}' still", _cfg.id,
+                                                   ask.chain(), held.grantor));
+                }
+            }
         }
         // Packets of it that we process for the peer go back with its tag.
         _dp.peering(chain->second)

@@ -120,6 +120,8 @@ private:
     void send_returns();
     // tick's part under _mutex: tunnels, liveness, scale-outs that end.
     void follow_peers();
+    // New flows of the chain's buckets that `number` takes stay here from now.
+    void keep_new_flows_here(uint32_t tag, uint8_t number);
     // A peer that went down while taking new flows: the scale-out ends.
     void end_serving(uint32_t tag, uint8_t number, const std::string &peer_id);
     // 1.. in [[peer.host]] order; throws Error for an id not there.

@@ -21,6 +21,19 @@ namespace {
 
 uint64_t instance_mask(uint32_t max_instances) { return max_instances >= 64 ? ~0ull : ((1ull << max_instances) - 1); }
 
+// The cells an EVENTUAL operation owns: the base (0), then 1 + i for each
+// instance i in `mask`.
+std::vector<uint32_t> base_and_replicas(uint64_t mask, uint32_t cells)
+{
+    std::vector<uint32_t> idx{0};
+    for (uint32_t i = 0; i + 1 < cells; ++i) {
+        if (mask & (1ull << i)) {
+            idx.push_back(1 + i);
+        }
+    }
+    return idx;
+}
+
 bool all_zero(const std::vector<uint64_t> &b)
 {
     return std::all_of(b.begin(), b.end(), [](uint64_t w) { return w == 0; });
@@ -334,12 +347,7 @@ int Executor::merge_locked(Table &t, std::size_t slot, uint64_t mask)
     const uint32_t vw = words_of(t.value_size());
     mask &= instance_mask(cells - 1);
     const void *key = t.slot_key(slot);
-    std::vector<uint32_t> idx{0};
-    for (uint32_t i = 0; i + 1 < cells; ++i) {
-        if (mask & (1ull << i)) {
-            idx.push_back(1 + i);
-        }
-    }
+    const std::vector<uint32_t> idx = base_and_replicas(mask, cells);
     std::vector<uint64_t> ctl(idx.size());
     std::vector<Buf> cur(idx.size(), Buf(vw, 0));
     for (std::size_t j = 0; j < idx.size(); ++j) {
@@ -661,12 +669,7 @@ int Executor::apply_delta(Table &t, const void *key, const void *delta, std::siz
     const uint32_t vw = words_of(t.value_size());
     const Buf d = to_words(delta, len);
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
-    std::vector<uint32_t> idx{0};
-    for (uint32_t i = 0; i + 1 < t.cells(); ++i) {
-        if (mask & (1ull << i)) {
-            idx.push_back(1 + i);
-        }
-    }
+    const std::vector<uint32_t> idx = base_and_replicas(mask, t.cells());
     // All cells owned at once, so no merge sees the base moved without the
     // replicas (it would count the delta once per replica).
     std::vector<uint64_t> ctl(idx.size());
@@ -704,12 +707,7 @@ int Executor::adopt(Table &t, const void *key, const void *value, std::size_t le
     }
     const uint32_t vw = words_of(t.value_size());
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
-    std::vector<uint32_t> idx{0};
-    for (uint32_t i = 0; i + 1 < t.cells(); ++i) {
-        if (mask & (1ull << i)) {
-            idx.push_back(1 + i);
-        }
-    }
+    const std::vector<uint32_t> idx = base_and_replicas(mask, t.cells());
     std::vector<uint64_t> ctl(idx.size());
     for (std::size_t j = 0; j < idx.size(); ++j) {
         ctl[j] = t.lock_cell(s, idx[j]);

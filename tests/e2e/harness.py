@@ -339,6 +339,12 @@ external = "203.0.113.0/28"
         return subprocess.run([CTL, "-s", self.path("ctl.sock")] + list(args), capture_output=True, text=True,
                               timeout=timeout)
 
+    def ctl_json(self, *args):
+        """serpensctl's --json reply to a command, which must succeed."""
+        out = self.ctl(*args, "--json")
+        check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
+        return json.loads(out.stdout)
+
     def chain_stats(self, chain):
         """The live `chains` entry of one chain, from serpensctl stats."""
         out = self.ctl("stats", "--json")
@@ -422,6 +428,45 @@ class Netns:
         proc = self.run("python3", os.path.join(here, "send_frames.py"), iface, pcap, str(pause_s), cwd=here,
                         capture_output=True, text=True)
         return proc
+
+
+def wait_until(what, condition, alive=(), timeout=30, explain=lambda: ""):
+    """condition()'s first true value, polled every 100 ms; fails after
+    `timeout` s (with explain()'s text), or when a process of `alive` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in alive:
+            check(proc.poll() is None, f"{' '.join(proc.args[-6:])} exited while waiting until {what}")
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    fail(f"{what} within {timeout} s {explain()}")
+
+
+def peer_section(host, pki, address, peer_host, peer_address, underlay=None, lease_ms=5000):
+    """host.toml's [peer] for `host`: the peer protocol on address:7946, the
+    port named "underlay" carrying VXLAN from `underlay` (default: address),
+    heartbeats every 200 ms, down after 1 s, and one [[peer.host]].  `pki`
+    is make_pki's (ca, certs)."""
+    ca, certs = pki
+    cert, key = certs[host.prefix]
+    return f'''
+[peer]
+listen = "{address}:7946"
+certificate = "{cert}"
+private_key = "{key}"
+ca = "{ca}"
+underlay_port = "underlay"
+underlay_address = "{underlay or address}"
+heartbeat_ms = 200
+dead_after_ms = 1000
+lease_ms = {lease_ms}
+
+[[peer.host]]
+id = "{peer_host.prefix}"
+address = "{peer_address}:7946"
+'''
 
 
 def make_pki(directory, ids, rogue_ids=()):

@@ -25,9 +25,9 @@ split between hosts.
 import json
 import os
 import shutil
-import time
 
-from harness import TEST_PLUGINS, Host, Netns, check, fail, flow_frame, make_pki, read_pcap, tally_by_flow, write_pcap
+from harness import (TEST_PLUGINS, Host, Netns, check, flow_frame, make_pki, peer_section, read_pcap, tally_by_flow,
+                     wait_until, write_pcap)
 
 OLD, NEW, LATE = range(0, 120), range(120, 360), range(360, 420)
 ROUNDS = 4  # packets per flow and phase
@@ -37,28 +37,8 @@ ns_a.link(ns_b, "sa", "sb", "10.97.0.1/24", "10.97.0.2/24")
 ns_a.veth("ia", "ib")  # the test sends into ib; a receives on ia
 a, b = Host(plugins=("tally",)), Host(plugins=("tally",))
 shutil.copy(os.path.join(TEST_PLUGINS, "serpens_nf_tally_v2.so"), b.path("plugins/serpens_nf_tally.so"))
-ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix])
+pki = make_pki(a.path("pki"), [a.prefix, b.prefix])
 CHAIN = 'name = "c"\negress = "{egress}"\n[[nf]]\nname = "tally"\nplugin = "tally"\n'
-
-
-def peer_section(host, address, underlay, peer_host, peer_address):
-    cert, key = certs[host.prefix]
-    return f'''
-[peer]
-listen = "{address}:7946"
-certificate = "{cert}"
-private_key = "{key}"
-ca = "{ca}"
-underlay_port = "underlay"
-underlay_address = "{underlay}"
-heartbeat_ms = 200
-dead_after_ms = 1000
-lease_ms = 5000
-
-[[peer.host]]
-id = "{peer_host.prefix}"
-address = "{peer_address}:7946"
-'''
 
 
 write_pcap(a.path("empty.pcap"), [])
@@ -67,12 +47,13 @@ a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096
          f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
          '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
          '\n[[gateway.rule]]\nin_port = "in"\nchain = "c"\n' +
-         peer_section(a, "10.97.0.1", "10.96.0.1", b, "10.97.0.2"), eal=a.eal("0"))
+         peer_section(a, pki, "10.97.0.1", b, "10.97.0.2", underlay="10.96.0.1"), eal=a.eal("0"))
 # b runs the chain only for a: packets it processes go back to a, never
 # out of its own egress.
 b.chain("c", CHAIN.format(egress="underlay"))
 b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
-         '\n[[instance]]\nchain = "c"\ncount = 1\n' + peer_section(b, "10.97.0.2", "10.96.0.2", a, "10.97.0.1"),
+         '\n[[instance]]\nchain = "c"\ncount = 1\n' +
+         peer_section(b, pki, "10.97.0.2", a, "10.97.0.1", underlay="10.96.0.2"),
          eal=b.eal("0"))
 
 phase1 = [flow_frame(f, s) for s in range(ROUNDS) for f in OLD]
@@ -87,21 +68,9 @@ proc_a = a.start(ns=ns_a, log_level="warn")
 proc_b = b.start(ns=ns_b, log_level="warn")
 
 
-def ctl_json(host, *args):
-    out = host.ctl(*args, "--json")
-    check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
-    return json.loads(out.stdout)
-
-
 def wait_for(what, condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check(proc_a.poll() is None, f"host a stopped while waiting until {what}")
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    fail(f"{what} within {timeout} s; a: {where_packets_are(a)}\nb: {where_packets_are(b)}")
+    return wait_until(what, condition, (proc_a,), timeout,
+                      lambda: f"; a: {where_packets_are(a)}\nb: {where_packets_are(b)}")
 
 
 def where_packets_are(host):
@@ -118,7 +87,7 @@ def send(phase):
 
 
 def instances(host):
-    return [i for i in ctl_json(host, "stats")["instances"] if i["chain"] == "c"]
+    return [i for i in host.ctl_json("stats")["instances"] if i["chain"] == "c"]
 
 
 def total(host, key):
@@ -126,7 +95,7 @@ def total(host, key):
 
 
 def peer_entry(host, peer_id):
-    return next(p for p in ctl_json(host, "peers")["peers"] if p["id"] == peer_id)
+    return next(p for p in host.ctl_json("peers")["peers"] if p["id"] == peer_id)
 
 
 try:
@@ -138,7 +107,7 @@ try:
     check(refused.returncode != 0 and "+1" in refused.stderr, f"scale +2 on a peer is refused: {refused.stderr}")
     unknown = a.ctl("scale", "c", "+1", "--peer", "nobody")
     check(unknown.returncode != 0 and "no peer 'nobody'" in unknown.stderr, f"an unknown peer: {unknown.stderr}")
-    scaled = ctl_json(a, "scale", "c", "+1", "--peer", b.prefix)
+    scaled = a.ctl_json("scale", "c", "+1", "--peer", b.prefix)
     check(scaled["buckets"] == 128 and scaled["of_buckets"] == 256,
           f"b takes the new flows of half the buckets: {scaled}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {"c": 128}, "serpensctl peers shows what b takes")
@@ -161,8 +130,8 @@ try:
     send(4)
     wait_for("phase 4 has left a", lambda: total(a, "out") >= len(trace) + len(phase4))
     stats_a = instances(a)
-    vxlan_a = ctl_json(a, "stats")["vxlan"]
-    dispatch_a = ctl_json(a, "stats")["dispatch"]
+    vxlan_a = a.ctl_json("stats")["vxlan"]
+    dispatch_a = a.ctl_json("stats")["dispatch"]
 finally:
     for proc in (proc_a, proc_b):
         if proc.poll() is None:
@@ -193,7 +162,8 @@ for flow, seen in tally_by_flow(out, len(trace[0])).items():
         check([(build, c) for _, build, c, _ in after] == [(1, first + k) for k in range(ROUNDS)],
               f"flow {flow} after b died: {after}")
 check(not served_by_b & set(OLD), f"old flows went to b: {sorted(served_by_b & set(OLD))}")
-check(not served_by_b & set(LATE), f"flows that started after the scale-in went to b: {sorted(served_by_b & set(LATE))}")
+check(not served_by_b & set(LATE),
+      f"flows that started after the scale-in went to b: {sorted(served_by_b & set(LATE))}")
 share = len(served_by_b) / len(NEW)
 check(0.3 <= share <= 0.7, f"b served {len(served_by_b)} of {len(NEW)} new flows; half the buckets are its")
 on_b = sum(1 for fr in out if fr[len(trace[0])] == 2)
@@ -207,7 +177,8 @@ check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}
 # The underlay also carries the kernels' own traffic (the peer protocol's
 # TCP): dropped as not VXLAN, never as refused VXLAN.
 check(dispatch_a["tunnel_dropped"] == 0 and dispatch_a["unknown_peer"] == 0, f"a's dispatch: {dispatch_a}")
-print(f"OK: scale-out answered in {scaled['ms']:.1f} ms; {len(out)} packets; b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
+print(f"OK: scale-out answered in {scaled['ms']:.1f} ms; {len(out)} packets; "
+      f"b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
       f"no old or late flow; every flow stayed whole on one host, and came back to a when b died")
 for host in (a, b):
     host.cleanup()

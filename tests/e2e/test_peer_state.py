@@ -18,7 +18,7 @@ import struct
 import subprocess
 import time
 
-from harness import CTL, Host, Netns, check, fail, flow_frame, make_pki, read_pcap, write_pcap
+from harness import CTL, Host, Netns, check, flow_frame, make_pki, peer_section, read_pcap, wait_until, write_pcap
 
 OLD, NEW, AGAIN = range(0, 100), range(100, 300), range(300, 400)
 ROUNDS = 3
@@ -28,27 +28,7 @@ ns_a, ns_b = Netns("state-a"), Netns("state-b")
 ns_a.link(ns_b, "sa", "sb", "10.95.0.1/24", "10.95.0.2/24")
 ns_a.veth("ia", "ib")
 a, b = Host(plugins=()), Host(plugins=())
-ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix])
-
-
-def peer_section(host, address, underlay, peer_host, peer_address):
-    cert, key = certs[host.prefix]
-    return f'''
-[peer]
-listen = "{address}:7946"
-certificate = "{cert}"
-private_key = "{key}"
-ca = "{ca}"
-underlay_port = "underlay"
-underlay_address = "{underlay}"
-heartbeat_ms = 200
-dead_after_ms = 1000
-lease_ms = {LEASE_MS}
-
-[[peer.host]]
-id = "{peer_host.prefix}"
-address = "{peer_address}:7946"
-'''
+pki = make_pki(a.path("pki"), [a.prefix, b.prefix])
 
 
 write_pcap(a.path("empty.pcap"), [])
@@ -57,7 +37,8 @@ a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096
          f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
          '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
          '\n[[gateway.rule]]\nin_port = "in"\nchain = "sfc"\n' +
-         peer_section(a, "10.95.0.1", "10.94.0.1", b, "10.95.0.2"), eal=a.eal("0"))
+         peer_section(a, pki, "10.95.0.1", b, "10.95.0.2", underlay="10.94.0.1", lease_ms=LEASE_MS),
+         eal=a.eal("0"))
 b.fw_mon_nat("underlay")
 # b's flows end 1 s after their last packet, NAT mappings included, so a
 # scale-in drains in a few seconds.
@@ -65,7 +46,8 @@ with open(b.path("chains/sfc.toml"), "a") as f:
     f.write("[nf.config.timeouts]\nudp = 1\n")
 b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
          '\n[[instance]]\nchain = "sfc"\ncount = 1\nflow_idle_s = 1\n' +
-         peer_section(b, "10.95.0.2", "10.94.0.2", a, "10.95.0.1"), eal=b.eal("0"))
+         peer_section(b, pki, "10.95.0.2", a, "10.95.0.1", underlay="10.94.0.2", lease_ms=LEASE_MS),
+         eal=b.eal("0"))
 
 phases = [
     [flow_frame(f, s) for s in range(ROUNDS) for f in OLD],
@@ -80,21 +62,8 @@ proc_a = a.start(ns=ns_a, log_level="info")
 proc_b = b.start(ns=ns_b, log_level="info")
 
 
-def ctl_json(host, *args):
-    out = host.ctl(*args, "--json")
-    check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
-    return json.loads(out.stdout)
-
-
 def wait_for(what, condition, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check(proc_a.poll() is None, f"host a stopped while waiting until {what}")
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    fail(f"{what} within {timeout} s")
+    return wait_until(what, condition, (proc_a,), timeout)
 
 
 def send(n):
@@ -103,11 +72,11 @@ def send(n):
 
 
 def out_total(host):
-    return sum(i["out"] + i["for_peers"] for i in ctl_json(host, "stats")["instances"] if i["chain"] == "sfc")
+    return sum(i["out"] + i["for_peers"] for i in host.ctl_json("stats")["instances"] if i["chain"] == "sfc")
 
 
 def peer_entry(host, peer_id):
-    return next(p for p in ctl_json(host, "peers")["peers"] if p["id"] == peer_id)
+    return next(p for p in host.ctl_json("peers")["peers"] if p["id"] == peer_id)
 
 
 def pool_free(host):
@@ -127,18 +96,18 @@ try:
     free_at_start, pool_keys = pool_free(a)
     send(0)
     wait_for("the old flows have left a", lambda: out_total(a) >= len(phases[0]))
-    ctl_json(a, "scale", "sfc", "+1", "--peer", b.prefix)
+    a.ctl_json("scale", "sfc", "+1", "--peer", b.prefix)
     leases = peer_entry(a, b.prefix)["leases_granted"]
     check(leases > 0, "b holds leases of nat's pool")
     send(1)
     wait_for("the new flows have left a", lambda: out_total(a) >= sum(map(len, phases[:2])))
     check(out_total(b) > 0, "b served some of the new flows")
 
-    ctl_json(a, "scale", "sfc", "-1", "--peer", b.prefix)
+    a.ctl_json("scale", "sfc", "-1", "--peer", b.prefix)
     # b's flows expire after 1 s idle; then its leases and mon's counts come home.
     wait_for("b gives every lease back", lambda: peer_entry(a, b.prefix)["leases_granted"] == 0)
 
-    ctl_json(a, "scale", "sfc", "+1", "--peer", b.prefix)
+    a.ctl_json("scale", "sfc", "+1", "--peer", b.prefix)
     check(peer_entry(a, b.prefix)["leases_granted"] > 0, "b holds leases again")
     ran_by_b = out_total(b)
     send(2)
@@ -163,7 +132,8 @@ finally:
     for proc in (proc_a, proc_b):
         if proc.poll() is None:
             proc.terminate()
-    logs = [proc.communicate(timeout=60)[0] if proc.stdout and not proc.stdout.closed else "" for proc in (proc_a, proc_b)]
+    logs = [proc.communicate(timeout=60)[0] if proc.stdout and not proc.stdout.closed else ""
+            for proc in (proc_a, proc_b)]
 check(proc_a.returncode == 0, f"a exited {proc_a.returncode}:\n{logs[0]}")
 check(expired_after >= LEASE_MS / 1000 * 0.5, f"the leases came back {expired_after:.1f} s after b died")
 

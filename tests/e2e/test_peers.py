@@ -11,7 +11,7 @@ import json
 import signal
 import time
 
-from harness import Host, Netns, check, fail, make_pki
+from harness import Host, Netns, check, fail, make_pki, peer_section
 
 ns_a, ns_b = Netns("peer-a"), Netns("peer-b")
 ns_a.link(ns_b, "pa", "pb", "10.99.0.1/24", "10.99.0.2/24")
@@ -23,27 +23,9 @@ ca, certs = make_pki(a.path("pki"), [a.prefix, b.prefix], rogue_ids=[rogue.prefi
 
 
 def configure(host, address, underlay_device, peer_host, peer_address, extra=""):
-    cert, key = certs[host.prefix]
     host.chain("c", 'name = "c"\n[[nf]]\nname = "n"\nplugin = "noop"\n')
-    host.config(f'''[[port]]
-name = "underlay"
-device = "{underlay_device}"
-
-[peer]
-listen = "{address}:7946"
-certificate = "{cert}"
-private_key = "{key}"
-ca = "{ca}"
-underlay_port = "underlay"
-underlay_address = "{address}"
-heartbeat_ms = 200
-dead_after_ms = 1000
-lease_ms = 5000
-
-[[peer.host]]
-id = "{peer_host.prefix}"
-address = "{peer_address}:7946"
-{extra}''', eal=host.eal("0"))
+    host.config(f'[[port]]\nname = "underlay"\ndevice = "{underlay_device}"\n' +
+                peer_section(host, (ca, certs), address, peer_host, peer_address) + extra, eal=host.eal("0"))
 
 
 # a's metrics endpoint, on its namespace's own loopback.

@@ -125,7 +125,7 @@ private:
 
 } // namespace
 
-SERPENS_BENCH_SUBCOMMAND(VxlanBench, "vxlan",
-                         "issue 19: VXLAN encap + decap per packet beside the pass-through chain", 90);
+SERPENS_BENCH_SUBCOMMAND(VxlanBench, "vxlan", "issue 19: VXLAN encap + decap per packet beside the pass-through chain",
+                         90);
 
 } // namespace serpens::bench
