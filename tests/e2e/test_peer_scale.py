@@ -111,6 +111,8 @@ try:
     check(scaled["buckets"] == 128 and scaled["of_buckets"] == 256,
           f"b takes the new flows of half the buckets: {scaled}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {"c": 128}, "serpensctl peers shows what b takes")
+    human = a.ctl("peers")
+    check(human.returncode == 0 and "c (128)" in human.stdout, f"serpensctl peers as a table: {human.stdout}")
     again = a.ctl("scale", "c", "+1", "--peer", b.prefix)
     check(again.returncode != 0 and "already" in again.stderr, f"a second scale-out is refused: {again.stderr}")
     send(2)

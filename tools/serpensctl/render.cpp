@@ -187,13 +187,19 @@ std::string render_peers(const ordered_json &peers)
     }
     std::string out =
         fmt::format("host '{}', peer protocol on {}\n\n", text_of(peers, "host_id"), text_of(peers, "listen"));
-    Table table({"peer", "state", "last heard", "underlay", "mac", "sessions"},
-                {false, false, true, false, false, true});
+    Table table({"peer", "state", "last heard", "underlay", "mac", "sessions", "takes new flows of", "leases"},
+                {false, false, true, false, false, true, false, true});
     for (const ordered_json &p : field(peers, "peers")) {
         const ordered_json &seen = field(p, "last_seen_ms");
+        // "chain (buckets)" for each of this host's chains the peer takes new flows of.
+        std::string takes;
+        for (const auto &[chain, buckets] : field(p, "new_flows_of").items()) {
+            takes += (takes.empty() ? "" : ", ") + chain + " (" + cell(buckets) + ")";
+        }
         table.add({text_of(p, "id"), field(p, "up").is_boolean() && p["up"].get<bool>() ? "up" : "down",
                    seen.is_number() ? human_duration(seen.get<double>() / 1000) + " ago" : "never",
-                   text_of(p, "underlay"), text_of(p, "underlay_mac"), text_of(p, "sessions")});
+                   text_of(p, "underlay"), text_of(p, "underlay_mac"), text_of(p, "sessions"),
+                   takes.empty() ? "-" : takes, text_of(p, "leases_granted")});
     }
     out += table.text();
     const ordered_json &c = field(peers, "counters");
