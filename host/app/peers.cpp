@@ -264,6 +264,20 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
     if (!status || !status->up || status->incarnation == 0) {
         throw Error(fmt::format("peer '{}' is down (serpensctl peers shows why)", peer_id));
     }
+    // The flow table is what keeps a flow where it started.
+    uint32_t local = 1;
+    bool pins_flows = false;
+    for (const ChainSummary &s : _manager.chain_summaries()) {
+        if (s.name == chain) {
+            local = std::max<uint32_t>(1, s.active + s.parked);
+            pins_flows = s.has_flows;
+        }
+    }
+    if (!pins_flows) {
+        throw Error(fmt::format("chain '{}' keeps no per-flow state, so nothing would keep its flows on one host; "
+                                "only chains with a flow table scale onto a peer",
+                                chain));
+    }
     for (const state::Lease &lease : _leases->leases()) {
         if (lease.peer == peer_id && lease.chain == chain) {
             throw Error(fmt::format("peer '{}' still holds lease {} of chain '{}' from its last scale-out; it "
@@ -308,12 +322,6 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
 
     // The peer takes new flows as one more instance would: an equal share
     // of the buckets, taken evenly from those whose new flows stay here.
-    uint32_t local = 1;
-    for (const ChainSummary &s : _manager.chain_summaries()) {
-        if (s.name == chain) {
-            local = std::max<uint32_t>(1, s.active + s.parked);
-        }
-    }
     std::set<uint8_t> serving_peers;
     std::vector<uint32_t> here;
     for (uint32_t b = 0; b < steering.new_flows.size(); ++b) {
