@@ -66,9 +66,10 @@ public:
     // nullptr without [peer].
     const peer::PeerService *service() const noexcept { return _service.get(); }
 
-    // Follows the peers' liveness and what they announced: their tunnels,
-    // and whether each may serve flows.  Call every ~100 ms from a control
-    // thread.
+    // Follows the peers' liveness and what they announced (their tunnels,
+    // whether each may serve flows), takes back leases past their deadline,
+    // renews the leases this host holds and sends back the state of chains
+    // it no longer serves.  Call every ~100 ms from a control thread.
     void tick();
 
     // serpensctl scale <chain> +1 --peer <id> / -1 --peer <id>.  Throw Error
