@@ -624,7 +624,10 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
             } else {
                 out[n_out++] = mbufs[i];
             }
+            // Passed through untouched: the peer ran it, and bills it.
+            bytes -= n_returned > 0 && returned_from[i] != 0 ? views[i].len : 0;
         } else if (labels[i] == label_remote) {
+            bytes -= views[i].len; // untouched: no NF saw it
             remote[n_remote] = mbufs[i];
             remote_peer[n_remote] = remote_peers[i];
             remote_hash[n_remote++] = views[i].flow_hash;

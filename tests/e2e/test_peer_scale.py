@@ -175,6 +175,11 @@ check(sum(i["to_peers"] for i in stats_a) == on_b and sum(i["peer_dropped"] for 
       f"a sent b exactly those: {stats_a}")
 check(sum(i["packets"] for i in stats_a) == len(left) - on_b,
       f"a's chain ran the rest (and {len(left) - len(out)} frames of the kernel's), metered there: {stats_a}")
+# Billed where the chain ran, bytes too: as they entered it (tally appends 5).
+ran_bytes = {"a": sum(len(fr) - 5 for fr in left) - on_b * len(trace[0]), "b": on_b * len(trace[0])}
+for name, stats in (("a", stats_a), ("b", stats_b)):
+    check(sum(i["bytes"] for i in stats) == ran_bytes[name],
+          f"{name} bills the {ran_bytes[name]} bytes of the packets its chain ran: {stats}")
 check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}: {vxlan_a}")
 # The underlay also carries the kernels' own traffic (the peer protocol's
 # TCP): dropped as not VXLAN, never as refused VXLAN.
