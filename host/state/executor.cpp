@@ -758,6 +758,12 @@ int Executor::surrender(Table &t, const void *key, std::vector<uint8_t> &out)
     return rc;
 }
 
+bool Executor::default_format() const
+{
+    std::lock_guard lk(_mu);
+    return _desc == nullptr || (_desc->split == nullptr && _desc->merge == nullptr);
+}
+
 std::vector<std::vector<uint8_t>> Executor::keys(Table &t)
 {
     std::lock_guard lk(_mu);

@@ -179,6 +179,10 @@ public:
     int surrender(Table &t, const void *key, std::vector<uint8_t> &out);
     // The live keys of `t` (key_size bytes each).  Thread-safe.
     std::vector<std::vector<uint8_t>> keys(Table &t);
+    // Whether the NF keeps its global/write values in the default formats
+    // (no split and no merge hook): a RELEASE value is then a bitmap of free
+    // items.  Thread-safe.
+    bool default_format() const;
 
     // The context NF hooks get: not any instance's (instance_id
     // SERPENS_INSTANCE_STATE_MANAGER, priv NULL), same host API.

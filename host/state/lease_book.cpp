@@ -316,6 +316,20 @@ std::size_t LeaseBook::give_back_all(const std::vector<std::pair<uint64_t, std::
         }
         Lease l = it->second;
         l.returning = unused;
+        if (_store.executor(l.chain, l.nf).default_format()) {
+            // Bitmaps of free items: only what was lent comes back, so a
+            // faulty peer cannot return items it never had (they would
+            // then be in two places).
+            bool foreign = false;
+            for (std::size_t b = 0; b < l.value.size(); ++b) {
+                foreign = foreign || ((*l.returning)[b] & ~l.value[b]) != 0;
+                (*l.returning)[b] &= l.value[b];
+            }
+            if (foreign) {
+                spdlog::warn("state: {}: peer '{}' returned items lease {} never lent; only the lent ones are taken",
+                             where(l.chain, l.nf, l.table), l.peer, l.id);
+            }
+        }
         if (find_table(l.chain, l.nf, l.table) == nullptr) {
             it->second = l; // expire() finishes it once the table is back
         } else {

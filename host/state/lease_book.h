@@ -76,7 +76,8 @@ public:
     // Throws Error on a wrong length.
     bool give_back(uint64_t id, std::span<const uint8_t> unused);
     // give_back for several (id, unused), written once; returns how many were
-    // live.  Throws Error on a wrong length (before any is given back).
+    // live.  Throws Error on a wrong length (before any is given back).  In
+    // the default format only items the lease lent are taken back.
     std::size_t give_back_all(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>> &returns);
     // Takes back every lease whose deadline passed (the whole grant) and
     // finishes give_backs that waited for their table.  Returns the leases
