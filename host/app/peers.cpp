@@ -463,15 +463,15 @@ peer::Envelope Cluster::take_leases(const std::string &grantor, const peer::Leas
 
 peer::Envelope Cluster::answer_lease_request(const std::string &peer_id, const peer::Envelope &request)
 {
-    // A peer renews and returns only what was lent to it.
-    auto granted_to_peer = [&](uint64_t id) {
-        for (const state::Lease &lease : _leases->leases()) {
-            if (lease.id == id) {
-                return lease.peer == peer_id;
-            }
+    // A peer renews and returns only what was lent to it.  The book is read
+    // once per request: a renewal names every lease of a pool.
+    std::set<uint64_t> lent_to_peer;
+    for (const state::Lease &lease : _leases->leases()) {
+        if (lease.peer == peer_id) {
+            lent_to_peer.insert(lease.id);
         }
-        return false;
-    };
+    }
+    auto granted_to_peer = [&](uint64_t id) { return lent_to_peer.count(id) != 0; };
     auto bytes = [](const std::string &b) {
         return std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(b.data()), b.size());
     };
@@ -783,6 +783,7 @@ nlohmann::ordered_json Cluster::peers_json() const
     out["listen"] = fmt::format("{}:{}", _cfg.peer.listen_address, _service->port());
     out["incarnation"] = _service->incarnation();
     const auto now = peer::Clock::now();
+    const std::vector<state::Lease> leases = _leases->leases();
     std::lock_guard lock(_mutex);
     for (const peer::PeerStatus &p : _service->peers()) {
         nlohmann::ordered_json entry{{"id", p.id}, {"up", p.up}, {"sessions", p.sessions}};
@@ -808,7 +809,6 @@ nlohmann::ordered_json Cluster::peers_json() const
             }
         }
         entry["new_flows_of"] = std::move(chains);
-        const auto leases = _leases->leases();
         entry["leases_granted"] =
             std::count_if(leases.begin(), leases.end(), [&](const state::Lease &l) { return l.peer == p.id; });
         list.push_back(std::move(entry));
