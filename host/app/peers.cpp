@@ -26,27 +26,11 @@ std::string ipv4_text(uint32_t host_order)
                        host_order & 0xff);
 }
 
-peer::Envelope error_reply(peer::Error::Code code, std::string text)
-{
-    peer::Envelope reply;
-    peer::Error *error = reply.mutable_error();
-    error->set_code(code);
-    error->set_text(std::move(text));
-    return reply;
-}
-
 uint64_t unix_ms()
 {
     return static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
             .count());
-}
-
-peer::Envelope ack()
-{
-    peer::Envelope reply;
-    reply.mutable_ack();
-    return reply;
 }
 
 state::Executor *executor_of(state::StateStore &store, const std::string &chain, const std::string &nf)
@@ -104,7 +88,7 @@ uint16_t underlay_port_index(const HostConfig &cfg, const Dataplane &dp)
 
 Cluster::Cluster(const HostConfig &cfg, Dataplane &dataplane, InstanceManager &manager, state::StateStore &store,
                  std::map<std::string, uint32_t> chains)
-    : _cfg(cfg), _dp(dataplane), _manager(manager), _chains(std::move(chains)), _store(store)
+    : _cfg(cfg), _dp(dataplane), _manager(manager), _chains(std::move(chains)), _store(store), _read_state(store)
 {
     const PeerConfig &pc = cfg.peer;
     if (!pc.enabled) {
@@ -292,6 +276,9 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
     ask->set_instances(1);
     ask->set_lease_ms(_cfg.peer.lease_ms);
     ask->set_origin_tag(tag);
+    for (peer::ReadStateDigest &digest : digests_of(_store, chain)) {
+        *ask->add_read_state() = std::move(digest);
+    }
     const peer::Envelope reply = _service->request(peer_id, std::move(request), peer_reply_timeout);
     if (reply.has_error()) {
         throw Error(fmt::format("peer '{}' refused to run chain '{}': {}", peer_id, chain, reply.error().text()));
@@ -301,7 +288,9 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
                                 peer::body_name(reply)));
     }
     const uint32_t tag_there = reply.scale_out_accept().tag();
+    const auto &copies = reply.scale_out_accept().read_state_wanted();
     try {
+        send_copies(*_service, peer_id, _store, chain, copies, peer_reply_timeout);
         grant_leases(chain, peer_id);
     } catch (const Error &) {
         // What it took comes back when it drains, or when the leases expire.
@@ -339,8 +328,13 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
     const double ms = static_cast<double>(monotonic_ns() - started) / 1e6;
     spdlog::info("chain '{}' scaled onto peer '{}' (its tag {}): new flows of {} of {} buckets go there ({:.1f} ms)",
                  chain, peer_id, tag_there, share, steering.new_flows.size(), ms);
-    return {{"chain", chain},   {"peer", peer_id}, {"tag_at_peer", tag_there},
-            {"buckets", share}, {"local", local},  {"of_buckets", steering.new_flows.size()},
+    return {{"chain", chain},
+            {"peer", peer_id},
+            {"tag_at_peer", tag_there},
+            {"buckets", share},
+            {"local", local},
+            {"of_buckets", steering.new_flows.size()},
+            {"read_state_copied", copies.size()},
             {"ms", ms}};
 }
 
@@ -426,14 +420,14 @@ peer::Envelope Cluster::take_leases(const std::string &grantor, const peer::Leas
         state::Executor *ex = executor_of(_store, entry.chain(), entry.nf());
         state::Table *t = ex != nullptr ? ex->find(entry.table()) : nullptr;
         if (t == nullptr || t->kind() != state::TableKind::release) {
-            return error_reply(peer::Error::CODE_UNKNOWN,
-                               fmt::format("host '{}' has no RELEASE table {}/{}/{}", _cfg.id, entry.chain(),
-                                           entry.nf(), entry.table()));
+            return peer::error_reply(peer::Error::CODE_UNKNOWN,
+                                     fmt::format("host '{}' has no RELEASE table {}/{}/{}", _cfg.id, entry.chain(),
+                                                 entry.nf(), entry.table()));
         }
         if (entry.key().size() != t->key_size() || grant.value().size() != t->value_size()) {
-            return error_reply(peer::Error::CODE_BAD_REQUEST,
-                               fmt::format("{}/{}/{} has {}-byte keys and {}-byte values", entry.chain(), entry.nf(),
-                                           entry.table(), t->key_size(), t->value_size()));
+            return peer::error_reply(peer::Error::CODE_BAD_REQUEST,
+                                     fmt::format("{}/{}/{} has {}-byte keys and {}-byte values", entry.chain(),
+                                                 entry.nf(), entry.table(), t->key_size(), t->value_size()));
         }
         targets.emplace_back(ex, t);
     }
@@ -448,9 +442,9 @@ peer::Envelope Cluster::take_leases(const std::string &grantor, const peer::Leas
         }
         auto [ex, t] = targets[static_cast<std::size_t>(i)];
         if (int rc = ex->adopt(*t, entry.key().data(), grant.value().data(), grant.value().size()); rc != SERPENS_OK) {
-            return error_reply(peer::Error::CODE_REFUSED,
-                               fmt::format("{}/{}/{}: taking lease {} over failed ({})", entry.chain(), entry.nf(),
-                                           entry.table(), grant.lease_id(), rc));
+            return peer::error_reply(peer::Error::CODE_REFUSED,
+                                     fmt::format("{}/{}/{}: taking lease {} over failed ({})", entry.chain(),
+                                                 entry.nf(), entry.table(), grant.lease_id(), rc));
         }
         // It stops handing out from it well before the grantor's deadline,
         // which started earlier than this host's (the message's way here).
@@ -458,7 +452,7 @@ peer::Envelope Cluster::take_leases(const std::string &grantor, const peer::Leas
         _held.push_back({grantor, grant.lease_id(), entry.chain(), entry.nf(), entry.table(), entry.key(), d,
                          now + d * 3 / 4, now + d / 4, std::nullopt});
     }
-    return ack();
+    return peer::ack_reply();
 }
 
 peer::Envelope Cluster::answer_lease_request(const std::string &peer_id, const peer::Envelope &request)
@@ -506,21 +500,21 @@ peer::Envelope Cluster::answer_lease_request(const std::string &peer_id, const p
             }
             const std::size_t back = _leases->give_back_all(returns);
             spdlog::info("peer '{}' returned {} lease(s)", peer_id, back);
-            return ack();
+            return peer::ack_reply();
         }
         const peer::ReplicaMerge &merge = request.replica_merge();
         const peer::TableKey &e = merge.entry();
         if (_chains.count(e.chain()) == 0) {
-            return error_reply(peer::Error::CODE_UNKNOWN,
-                               fmt::format("chain '{}' does not run on host '{}'", e.chain(), _cfg.id));
+            return peer::error_reply(peer::Error::CODE_UNKNOWN,
+                                     fmt::format("chain '{}' does not run on host '{}'", e.chain(), _cfg.id));
         }
         const bool applied = _leases->apply_replica(peer_id, e.chain(), e.nf(), e.table(), bytes(e.key()),
                                                     bytes(merge.delta()), merge.merge_sequence());
         spdlog::info("peer '{}': its change of {}/{}/{} {}", peer_id, e.chain(), e.nf(), e.table(),
                      applied ? "is merged" : "was merged before (skipped)");
-        return ack();
+        return peer::ack_reply();
     } catch (const Error &e) {
-        return error_reply(peer::Error::CODE_REFUSED, e.what());
+        return peer::error_reply(peer::Error::CODE_REFUSED, e.what());
     }
 }
 
@@ -699,12 +693,15 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
     if (request.has_lease_renews() || request.has_lease_returns() || request.has_replica_merge()) {
         return answer_lease_request(peer_id, request);
     }
+    if (request.has_state_copies()) {
+        return _read_state.take(peer_id, request.state_copies());
+    }
     if (request.has_scale_out_request()) {
         const peer::ScaleOutRequest &ask = request.scale_out_request();
         auto chain = _chains.find(ask.chain());
         if (chain == _chains.end()) {
-            return error_reply(peer::Error::CODE_UNKNOWN,
-                               fmt::format("chain '{}' does not run on host '{}'", ask.chain(), _cfg.id));
+            return peer::error_reply(peer::Error::CODE_UNKNOWN,
+                                     fmt::format("chain '{}' does not run on host '{}'", ask.chain(), _cfg.id));
         }
         {
             // One owner at a time: a second one's leases would replace the
@@ -712,11 +709,17 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
             std::lock_guard lock(_held_mutex);
             for (const HeldLease &held : _held) {
                 if (held.chain == ask.chain() && held.grantor != peer_id) {
-                    return error_reply(peer::Error::CODE_REFUSED,
-                                       fmt::format("host '{}' runs chain '{}' for peer '{}' still", _cfg.id,
-                                                   ask.chain(), held.grantor));
+                    return peer::error_reply(peer::Error::CODE_REFUSED,
+                                             fmt::format("host '{}' runs chain '{}' for peer '{}' still", _cfg.id,
+                                                         ask.chain(), held.grantor));
                 }
             }
+        }
+        std::vector<peer::TableName> differ;
+        try {
+            differ = tables_that_differ(_store, ask.chain(), ask.read_state());
+        } catch (const Error &e) {
+            return peer::error_reply(peer::Error::CODE_REFUSED, e.what());
         }
         // Packets of it that we process for the peer go back with its tag.
         _dp.peering(chain->second)
@@ -751,6 +754,9 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
         accept->set_chain(ask.chain());
         accept->set_instances(1);
         accept->set_tag(chain->second);
+        for (peer::TableName &name : differ) {
+            *accept->add_read_state_wanted() = std::move(name);
+        }
         return reply;
     }
     if (request.has_scale_in()) {
@@ -762,12 +768,12 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
             served.draining =
                 served.draining || (served.origin == peer_id && served.chain == request.scale_in().chain());
         }
-        return ack();
+        return peer::ack_reply();
     }
     spdlog::warn("peer '{}' sent request {} ({}), which this host does not take yet", peer_id, request.request_id(),
                  peer::body_name(request));
-    return error_reply(peer::Error::CODE_UNSUPPORTED,
-                       fmt::format("host '{}' does not take {} requests yet", _cfg.id, peer::body_name(request)));
+    return peer::error_reply(peer::Error::CODE_UNSUPPORTED,
+                             fmt::format("host '{}' does not take {} requests yet", _cfg.id, peer::body_name(request)));
 }
 
 nlohmann::ordered_json Cluster::peers_json() const

@@ -16,7 +16,9 @@
 //    flows (their state on it is lost) — FlowSteering::peer_up — and the
 //    scale-out ends: a peer that comes back gets no flows until scaled again.
 //
-// Global/write state goes with a scale-out (paper §III-A2):
+// Global/read state is copied first where the peer's differs
+// (app/read_state_copy.h).  Global/write state goes with a scale-out (paper
+// §III-A2):
 //  - RELEASE state (nat's port pool) is lent: every key's share, as one more
 //    instance would get it, leaves this host's cells as a lease
 //    (state/lease_book.h, kept in the state directory), and the peer takes
@@ -33,6 +35,7 @@
 // flow-table entry keeps for the peer that serves it, so reordering the
 // list while flows are pinned sends them to the wrong peer.
 
+#include "app/read_state_copy.h"
 #include "config/host_config.h"
 #include "instance/dataplane.h"
 #include "instance/manager.h"
@@ -141,6 +144,7 @@ private:
     std::map<std::pair<uint32_t, uint8_t>, uint64_t> _serving_incarnation;
     state::StateStore &_store;
     std::unique_ptr<state::LeaseBook> _leases; // what this host lent (with [peer] only)
+    ReadStateReceiver _read_state;             // copies of global/read tables from chains' owners
     std::mutex _held_mutex;                    // the serving side: service thread and tick
     std::vector<HeldLease> _held;
     std::vector<ServedChain> _served;

@@ -111,6 +111,68 @@ std::optional<DecodeFailure> check_chain_tag(const char *field, uint32_t tag)
     return std::nullopt;
 }
 
+// A SHA-256 digest: 32 bytes, or absent where a field allows it.
+std::optional<DecodeFailure> check_digest(const std::string &field, const std::string &digest, bool required)
+{
+    if (digest.size() == kDigestBytes || (digest.empty() && !required)) {
+        return std::nullopt;
+    }
+    return failure(DecodeError::bad_field,
+                   field + " has " + std::to_string(digest.size()) + " bytes, not " + std::to_string(kDigestBytes));
+}
+
+std::optional<DecodeFailure> check_table_name(const std::string &what, const std::string &nf, const std::string &table)
+{
+    if (auto f = check_name(what + ".nf", nf)) {
+        return f;
+    }
+    return check_name(what + ".table", table);
+}
+
+std::optional<DecodeFailure> check_scale_out_request(const ScaleOutRequest &r)
+{
+    if (r.instances() == 0) {
+        return failure(DecodeError::bad_field, "scale_out_request.instances is 0");
+    }
+    if (auto f = check_chain_tag("scale_out_request.origin_tag", r.origin_tag())) {
+        return f;
+    }
+    if (auto f = check_name("scale_out_request.chain", r.chain())) {
+        return f;
+    }
+    return check_each("scale_out_request.read_state", r.read_state(), [](const ReadStateDigest &d) {
+        const std::string what = "scale_out_request.read_state";
+        if (auto f = check_table_name(what, d.nf(), d.table())) {
+            return f;
+        }
+        if (d.key_size() == 0 || d.key_size() > kMaxKeyBytes || d.value_size() > kMaxValueBytes) {
+            return std::optional(failure(DecodeError::bad_field, what + " sizes " + std::to_string(d.key_size()) + "/" +
+                                                                     std::to_string(d.value_size()) +
+                                                                     " are not a table's"));
+        }
+        return check_digest(what + ".sha256", d.sha256(), true);
+    });
+}
+
+std::optional<DecodeFailure> check_state_copies(const StateCopies &c)
+{
+    if (auto f = check_name("state_copies.chain", c.chain())) {
+        return f;
+    }
+    if (auto f = check_table_name("state_copies", c.nf(), c.table())) {
+        return f;
+    }
+    if (auto f = check_digest("state_copies.sha256", c.sha256(), c.last())) {
+        return f;
+    }
+    return check_each("state_copies.entries", c.entries(), [](const Entry &entry) {
+        if (auto f = check_size("state_copies.entries.key", entry.key(), kMaxKeyBytes)) {
+            return f;
+        }
+        return check_size("state_copies.entries.value", entry.value(), kMaxValueBytes);
+    });
+}
+
 std::optional<DecodeFailure> check_body(const Envelope &e)
 {
     switch (e.body_case()) {
@@ -122,18 +184,20 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
     case Envelope::kError:
         return check_size("error.text", e.error().text(), kMaxErrorTextBytes);
     case Envelope::kScaleOutRequest:
-        if (e.scale_out_request().instances() == 0) {
-            return failure(DecodeError::bad_field, "scale_out_request.instances is 0");
-        }
-        if (auto f = check_chain_tag("scale_out_request.origin_tag", e.scale_out_request().origin_tag())) {
-            return f;
-        }
-        return check_name("scale_out_request.chain", e.scale_out_request().chain());
+        return check_scale_out_request(e.scale_out_request());
     case Envelope::kScaleOutAccept:
         if (auto f = check_chain_tag("scale_out_accept.tag", e.scale_out_accept().tag())) {
             return f;
         }
-        return check_name("scale_out_accept.chain", e.scale_out_accept().chain());
+        if (auto f = check_name("scale_out_accept.chain", e.scale_out_accept().chain())) {
+            return f;
+        }
+        return check_each("scale_out_accept.read_state_wanted", e.scale_out_accept().read_state_wanted(),
+                          [](const TableName &t) {
+                              return check_table_name("scale_out_accept.read_state_wanted", t.nf(), t.table());
+                          });
+    case Envelope::kStateCopies:
+        return check_state_copies(e.state_copies());
     case Envelope::kScaleOutReady:
         return check_name("scale_out_ready.chain", e.scale_out_ready().chain());
     case Envelope::kRouteUpdate:
@@ -299,6 +363,21 @@ std::string_view body_name(const Envelope &envelope)
     }
     const auto *field = Envelope::descriptor()->FindFieldByNumber(static_cast<int>(envelope.body_case()));
     return field != nullptr ? std::string_view(field->name()) : std::string_view("unknown");
+}
+
+Envelope error_reply(Error::Code code, std::string_view text)
+{
+    Envelope reply;
+    reply.mutable_error()->set_code(code);
+    reply.mutable_error()->set_text(std::string(text.substr(0, kMaxErrorTextBytes)));
+    return reply;
+}
+
+Envelope ack_reply()
+{
+    Envelope reply;
+    reply.mutable_ack();
+    return reply;
 }
 
 } // namespace serpens::peer

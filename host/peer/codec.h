@@ -32,6 +32,7 @@ inline constexpr std::size_t kMaxKeyBytes = 256;
 inline constexpr std::size_t kMaxValueBytes = 256 * 1024;
 inline constexpr std::size_t kMaxBatchItems = 4096; // grants, renewals or returns in one message
 inline constexpr std::size_t kMaxErrorTextBytes = 1024;
+inline constexpr std::size_t kDigestBytes = 32; // SHA-256
 // RouteUpdate.bucket_mask: one bit per router bucket.
 inline constexpr std::size_t kMaxBucketMaskBytes = 128;
 inline constexpr std::size_t kMacBytes = 6;
@@ -88,5 +89,11 @@ Decoded decode_frame(std::span<const uint8_t> frame);
 
 // The name of the body's message ("hello", "lease_grant", ...), "none" when unset.
 std::string_view body_name(const Envelope &envelope);
+
+// A reply saying why a request was not served; the text is cut to
+// kMaxErrorTextBytes, so the reply always goes on the wire.
+Envelope error_reply(Error::Code code, std::string_view text);
+// A reply saying the request was done.
+Envelope ack_reply();
 
 } // namespace serpens::peer

@@ -612,22 +612,16 @@ void PeerService::Impl::on_request(Conn &c, const Envelope &request)
         try {
             reply = handler(c.peer_id, request);
         } catch (const std::exception &e) {
-            reply.Clear();
-            reply.mutable_error()->set_code(Error_Code_CODE_INTERNAL);
-            reply.mutable_error()->set_text(std::string(e.what()).substr(0, kMaxErrorTextBytes));
+            reply = error_reply(Error_Code_CODE_INTERNAL, e.what());
         }
         if (reply.body_case() == Envelope::BODY_NOT_SET) {
-            reply.mutable_ack();
+            reply = ack_reply();
         } else if (reply.has_hello() || reply.has_heartbeat()) {
-            reply.Clear();
-            reply.mutable_error()->set_code(Error_Code_CODE_INTERNAL);
-            reply.mutable_error()->set_text("the handler answered with a hello or heartbeat");
+            reply = error_reply(Error_Code_CODE_INTERNAL, "the handler answered with a hello or heartbeat");
         } else if (auto f = validate_body(reply)) {
             // A reply the peer would refuse would close the connection: it gets the reason instead.
-            const std::string text = "the handler's " + std::string(body_name(reply)) + " is invalid: " + f->message;
-            reply.Clear();
-            reply.mutable_error()->set_code(Error_Code_CODE_INTERNAL);
-            reply.mutable_error()->set_text(text.substr(0, kMaxErrorTextBytes));
+            reply = error_reply(Error_Code_CODE_INTERNAL,
+                                "the handler's " + std::string(body_name(reply)) + " is invalid: " + f->message);
         }
         reply.set_in_reply_to(request.request_id());
         reply.set_deadline_ms(0);

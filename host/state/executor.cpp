@@ -775,6 +775,50 @@ std::vector<std::vector<uint8_t>> Executor::keys(Table &t)
     return v;
 }
 
+std::map<std::string, std::string> Executor::read_entries(Table &t)
+{
+    std::lock_guard lk(_mu);
+    std::map<std::string, std::string> entries;
+    if (t.kind() != TableKind::global_read) {
+        return entries;
+    }
+    t.dump([&](const uint8_t *key, const uint8_t *value) {
+        entries.emplace(std::string(reinterpret_cast<const char *>(key), t.key_size()),
+                        std::string(reinterpret_cast<const char *>(value), t.value_size()));
+    });
+    return entries;
+}
+
+int Executor::copy_read_state(Table &t, const std::map<std::string, std::string> &entries)
+{
+    if (t.kind() != TableKind::global_read) {
+        return SERPENS_EINVAL;
+    }
+    for (const auto &[key, value] : entries) {
+        if (key.size() != t.key_size() || value.size() != t.value_size()) {
+            return SERPENS_EINVAL;
+        }
+    }
+    std::lock_guard lk(_mu);
+    std::vector<std::string> stale;
+    t.for_each_live_slot([&](std::size_t s) {
+        std::string key(static_cast<const char *>(t.slot_key(s)), t.key_size());
+        if (!entries.contains(key)) {
+            stale.push_back(std::move(key));
+        }
+    });
+    // Removals first, so a full table has room for what comes.
+    for (const std::string &key : stale) {
+        t.del_despite_seal(key.data());
+    }
+    for (const auto &[key, value] : entries) {
+        if (const int rc = t.put_despite_seal(key.data(), value.data()); rc != SERPENS_OK) {
+            return rc;
+        }
+    }
+    return SERPENS_OK;
+}
+
 // Executes the triggers workers recorded since the last tick: one update per
 // requested key, whatever the number of instances or triggers that asked.
 void Executor::run_triggers_locked()

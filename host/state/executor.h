@@ -179,6 +179,15 @@ public:
     int surrender(Table &t, const void *key, std::vector<uint8_t> &out);
     // The live keys of `t` (key_size bytes each).  Thread-safe.
     std::vector<std::vector<uint8_t>> keys(Table &t);
+    // Global/read: every entry, key bytes -> value bytes, in key order.
+    // Thread-safe.
+    std::map<std::string, std::string> read_entries(Table &t);
+    // Global/read: makes `t` hold exactly `entries` despite its seal, as a
+    // copy of the chain's table on the host that owns the chain.  Entries
+    // change one at a time: a reader sees each entry's old value or its new
+    // one.  SERPENS_EINVAL (another kind, a key or value of another size:
+    // nothing changed), SERPENS_ENOSPC (full: some entries changed).
+    int copy_read_state(Table &t, const std::map<std::string, std::string> &entries);
     // Whether the NF keeps its global/write values in the default formats
     // (no split and no merge hook): a RELEASE value is then a bitmap of free
     // items.  Thread-safe.

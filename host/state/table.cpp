@@ -788,6 +788,9 @@ int Table::put_sealed(const KeyBuf &k, const void *value) noexcept
 {
     // Identical re-puts are fine (each instance's init may load the same
     // data).  Not a hot path: a sealed table is not written after init.
+    if (_copied.load(std::memory_order_relaxed)) {
+        return SERPENS_OK;
+    }
     alignas(8) uint8_t small[512];
     std::unique_ptr<uint8_t[]> big;
     uint8_t *cur = small;
@@ -893,6 +896,33 @@ int Table::del(const void *key) noexcept
     }
     KeyBuf k;
     load_key(k, key);
+    return del_key(k);
+}
+
+int Table::put_despite_seal(const void *key, const void *value) noexcept
+{
+    if (_ro) {
+        return SERPENS_ENOTSUP;
+    }
+    _copied.store(true, std::memory_order_relaxed);
+    KeyBuf k;
+    load_key(k, key);
+    return upsert<0, 0>(k, value, [&](const uint64_t *, uint64_t *dst) { words_in(dst, value, vbytes()); });
+}
+
+int Table::del_despite_seal(const void *key) noexcept
+{
+    if (_ro) {
+        return SERPENS_ENOTSUP;
+    }
+    _copied.store(true, std::memory_order_relaxed);
+    KeyBuf k;
+    load_key(k, key);
+    return del_key(k);
+}
+
+int Table::del_key(const KeyBuf &k) noexcept
+{
     for (;;) {
         Probe p = probe_for_write(k);
         if (p.found == npos) {

@@ -24,6 +24,7 @@
 
 #include <serpens/nf.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -198,6 +199,15 @@ public:
     // still succeed, so every instance's init may load the same data).
     void seal() noexcept;
     bool sealed() const noexcept { return _sealed; }
+    // Global/read, the state manager only: puts or deletes an entry despite
+    // the seal, to make the table a copy of the chain owner's on another
+    // host.  A reader sees an entry's old value or its new one, never a mix.
+    // SERPENS_ENOTSUP on a read-only map; otherwise as put() / del().  Once
+    // copied, puts into the sealed table succeed and change nothing: an
+    // instance started later loads its own config in init, and runs on the
+    // copy like the others.
+    int put_despite_seal(const void *key, const void *value) noexcept;
+    int del_despite_seal(const void *key) noexcept;
 
     // --- inspection ----------------------------------------------------------
     // Seqlock-consistent copy of every live entry: key bytes and, for
@@ -371,6 +381,7 @@ private:
     Probe probe_for_write(const KeyBuf &k) noexcept;
     int insert(const KeyBuf &k, const Probe &p, const void *value) noexcept;
     int put_sealed(const KeyBuf &k, const void *value) noexcept;
+    int del_key(const KeyBuf &k) noexcept;
     uint64_t read_cell(uint64_t *cellp, void *out) const noexcept;
     void reset_cells(SlotHeader *s) noexcept;
     void try_reclaim(std::size_t i) noexcept;
@@ -382,6 +393,7 @@ private:
     int _fd = -1;
     bool _ro = false;
     bool _sealed = false;
+    std::atomic<bool> _copied{false}; // global/read: holds a copy (put_despite_seal)
     TableKind _kind = TableKind::per_flow;
     uint32_t _key_size = 0, _value_size = 0, _kw = 1, _vw = 1, _slot_size = 0, _cells = 0;
     uint64_t _n_slots = 0, _capacity = 0;

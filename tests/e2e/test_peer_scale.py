@@ -5,7 +5,10 @@ underlay (net_af_packet on each end; VXLAN between underlay addresses the
 kernels do not own).  Chain `c` is `tally` (tests/plugins/tally.c: it
 counts each flow's packets in the chain's flow table and appends its build
 and the count to every packet); a runs build 1, b build 2, so every packet
-that leaves a says which host processed it.
+that leaves a says which host processed it.  tally also appends two bytes of
+its global/read table "marks", loaded from its config: [7] on a, [9, 5] on b.
+The scale-out copies a's table to b, so every packet shows (7, none),
+whichever host ran it.
 
 Traffic enters a only, sent into a veth of its namespace (net_af_packet), in
 three phases:
@@ -38,11 +41,13 @@ ns_a.veth("ia", "ib")  # the test sends into ib; a receives on ia
 a, b = Host(plugins=("tally",)), Host(plugins=("tally",))
 shutil.copy(os.path.join(TEST_PLUGINS, "serpens_nf_tally_v2.so"), b.path("plugins/serpens_nf_tally.so"))
 pki = make_pki(a.path("pki"), [a.prefix, b.prefix])
-CHAIN = 'name = "c"\negress = "{egress}"\n[[nf]]\nname = "tally"\nplugin = "tally"\n'
+CHAIN = 'name = "c"\negress = "{egress}"\n[[nf]]\nname = "tally"\nplugin = "tally"\n[nf.config]\nmarks = {marks}\n'
+MARKS_A = bytes([7, 255])  # a's marks[0], and no marks[1]
+TAIL = 7  # tally's bytes: build, count, marks[0], marks[1]
 
 
 write_pcap(a.path("empty.pcap"), [])
-a.chain("c", CHAIN.format(egress="out"))
+a.chain("c", CHAIN.format(egress="out", marks="[7]"))
 a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096"\n'
          f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
          '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
@@ -50,7 +55,7 @@ a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096
          peer_section(a, pki, "10.97.0.1", b, "10.97.0.2", underlay="10.96.0.1"), eal=a.eal("0"))
 # b runs the chain only for a: packets it processes go back to a, never
 # out of its own egress.
-b.chain("c", CHAIN.format(egress="underlay"))
+b.chain("c", CHAIN.format(egress="underlay", marks="[9, 5]"))
 b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
          '\n[[instance]]\nchain = "c"\ncount = 1\n' +
          peer_section(b, pki, "10.97.0.2", a, "10.97.0.1", underlay="10.96.0.2"),
@@ -110,6 +115,7 @@ try:
     scaled = a.ctl_json("scale", "c", "+1", "--peer", b.prefix)
     check(scaled["buckets"] == 128 and scaled["of_buckets"] == 256,
           f"b takes the new flows of half the buckets: {scaled}")
+    check(scaled["read_state_copied"] == 1, f"a's global/read table went to b: {scaled}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {"c": 128}, "serpensctl peers shows what b takes")
     human = a.ctl("peers")
     check(human.returncode == 0 and "c (128)" in human.stdout, f"serpensctl peers as a table: {human.stdout}")
@@ -145,11 +151,12 @@ check(proc_a.returncode == 0 and proc_b.returncode == -9,
 # Only the flows sent: the test does not own the kernel, which may send its
 # own frames on ia.
 left = read_pcap(a.path("out.pcap"))
-out = [fr for fr in left if len(fr) == len(trace[0]) + 5 and fr[26:28] == bytes([198, 18])]
+out = [fr for fr in left if len(fr) == len(trace[0]) + TAIL and fr[26:28] == bytes([198, 18])]
 check(len(out) == len(trace) + len(phase4), f"{len(trace) + len(phase4)} packets sent, {len(out)} left a")
 served_by_b = set()
 for flow, seen in tally_by_flow(out, len(trace[0])).items():
     check([s for s, _, _, _ in seen] == list(range(len(seen))), f"flow {flow}: lost or reordered: {seen}")
+    check(all(marks == MARKS_A for _, _, _, marks in seen), f"flow {flow} ran without a's global/read state: {seen}")
     # Until b died: one host; after, a alone.
     before = seen[:2 * ROUNDS] if flow in NEW else seen
     builds = {build for _, build, _, _ in before}
@@ -175,8 +182,8 @@ check(sum(i["to_peers"] for i in stats_a) == on_b and sum(i["peer_dropped"] for 
       f"a sent b exactly those: {stats_a}")
 check(sum(i["packets"] for i in stats_a) == len(left) - on_b,
       f"a's chain ran the rest (and {len(left) - len(out)} frames of the kernel's), metered there: {stats_a}")
-# Billed where the chain ran, bytes too: as they entered it (tally appends 5).
-ran_bytes = {"a": sum(len(fr) - 5 for fr in left) - on_b * len(trace[0]), "b": on_b * len(trace[0])}
+# Billed where the chain ran, bytes too: as they entered it (before tally's tail).
+ran_bytes = {"a": sum(len(fr) - TAIL for fr in left) - on_b * len(trace[0]), "b": on_b * len(trace[0])}
 for name, stats in (("a", stats_a), ("b", stats_b)):
     check(sum(i["bytes"] for i in stats) == ran_bytes[name],
           f"{name} bills the {ran_bytes[name]} bytes of the packets its chain ran: {stats}")
@@ -184,7 +191,7 @@ check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}
 # The underlay also carries the kernels' own traffic (the peer protocol's
 # TCP): dropped as not VXLAN, never as refused VXLAN.
 check(dispatch_a["tunnel_dropped"] == 0 and dispatch_a["unknown_peer"] == 0, f"a's dispatch: {dispatch_a}")
-print(f"OK: scale-out answered in {scaled['ms']:.1f} ms; {len(out)} packets; "
+print(f"OK: scale-out answered in {scaled['ms']:.1f} ms, a's global/read table copied; {len(out)} packets; "
       f"b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
       f"no old or late flow; every flow stayed whole on one host, and came back to a when b died")
 for host in (a, b):

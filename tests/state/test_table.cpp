@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -478,6 +479,62 @@ TEST_CASE("state-global-read: one copy per executor, writes refused after seal")
     CHECK(i1.create("patterns", GL | RD, 8, 32, 100) == nullptr);
     CHECK(i1.create("patterns", PF | RD, 8, 16, 100) == nullptr);
     CHECK(i1.create("bad", GL | WR, 8, 16, 100) == nullptr);
+}
+
+TEST_CASE("state-global-read: a copy from the chain's owner replaces the sealed table, entry by entry")
+{
+    ScratchDir d("grcopy");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("chain-a", "ids");
+    FakeInstance i0(ex, 0);
+    serpens_table *t0 = i0.create("patterns", GL | RD, 8, 8, 4);
+    REQUIRE(t0);
+    const serpens_host_api &api = state_api();
+    for (uint64_t k = 1; k <= 4; ++k) {
+        const uint64_t v = 100 + k;
+        REQUIRE(api.put_state(t0, &k, &v) == SERPENS_OK);
+    }
+    ex.seal();
+    Table &t = *ex.find("patterns");
+    const auto entry = [](uint64_t k, uint64_t v) {
+        return std::pair{std::string(reinterpret_cast<const char *>(&k), 8),
+                         std::string(reinterpret_cast<const char *>(&v), 8)};
+    };
+    // The owner has 2 (changed), 3 (same) and 9 (new); 1 and 4 go.  The table
+    // was full: removals make room first.
+    const std::map<std::string, std::string> owners{entry(2, 22), entry(3, 103), entry(9, 99)};
+    CHECK(ex.copy_read_state(t, owners) == SERPENS_OK);
+    CHECK(ex.read_entries(t) == owners);
+    uint64_t out = 0;
+    uint64_t k = 1;
+    CHECK(api.get_state(t0, &k, &out) == SERPENS_ENOENT);
+    k = 9;
+    CHECK(api.get_state(t0, &k, &out) == SERPENS_OK);
+    CHECK(out == 99);
+    // An instance that starts later loads its own config in init: the copy stays.
+    FakeInstance i1(ex, 1);
+    serpens_table *t1 = i1.create("patterns", GL | RD, 8, 8, 4);
+    REQUIRE(t1);
+    k = 2;
+    const uint64_t own = 102;
+    CHECK(api.put_state(t1, &k, &own) == SERPENS_OK);
+    CHECK(api.get_state(t1, &k, &out) == SERPENS_OK);
+    CHECK(out == 22);
+    // NFs still cannot delete from it.
+    CHECK(api.delete_state(t1, &k) == SERPENS_ENOTSUP);
+    // Entries of another size change nothing.
+    std::map<std::string, std::string> wrong = owners;
+    wrong.emplace(std::string(7, 'k'), std::string(8, 'v'));
+    CHECK(ex.copy_read_state(t, wrong) == SERPENS_EINVAL);
+    CHECK(ex.read_entries(t) == owners);
+    // More entries than the table holds: refused as full.
+    std::map<std::string, std::string> big;
+    for (uint64_t n = 0; n < 64; ++n) {
+        big.insert(entry(1000 + n, n));
+    }
+    CHECK(ex.copy_read_state(t, big) == SERPENS_ENOSPC);
 }
 
 TEST_CASE("state-abi: per-flow table through the host API; instances share it")

@@ -72,10 +72,31 @@ std::vector<Envelope> every_message()
         e.mutable_scale_out_request()->set_chain("fw-mon-nat");
         e.mutable_scale_out_request()->set_instances(2);
         e.mutable_scale_out_request()->set_lease_ms(30000);
+        ReadStateDigest *d = e.mutable_scale_out_request()->add_read_state();
+        d->set_nf("ids");
+        d->set_table("patterns");
+        d->set_sha256(std::string(kDigestBytes, '\x5a'));
+        d->set_entries(3);
+        d->set_key_size(8);
+        d->set_value_size(64);
     });
     add([](Envelope &e) {
         e.mutable_scale_out_accept()->set_chain("fw-mon-nat");
         e.mutable_scale_out_accept()->set_instances(1);
+        e.mutable_scale_out_accept()->add_read_state_wanted()->set_nf("ids");
+        e.mutable_scale_out_accept()->mutable_read_state_wanted(0)->set_table("patterns");
+    });
+    add([](Envelope &e) {
+        StateCopies *m = e.mutable_state_copies();
+        m->set_chain("fw-mon-nat");
+        m->set_nf("ids");
+        m->set_table("patterns");
+        m->set_part(2);
+        m->set_last(true);
+        m->set_sha256(std::string(kDigestBytes, '\x01'));
+        Entry *entry = m->add_entries();
+        entry->set_key(std::string(8, 'k'));
+        entry->set_value(std::string(64, 'v'));
     });
     add([](Envelope &e) { e.mutable_scale_out_ready()->set_chain("fw-mon-nat"); });
     add([](Envelope &e) {
@@ -305,6 +326,33 @@ TEST_CASE("fields over their limits or out of range are refused, naming the fiel
     e.mutable_scale_out_request()->set_instances(1);
     e.mutable_scale_out_request()->set_origin_tag(1u << 24); // does not fit the VXLAN header's 24 bits
     CHECK(refused(e).error == DecodeError::bad_field);
+
+    // Global/read state: digests are SHA-256 (a last part must name one), names are present.
+    e.Clear();
+    e = every_message()[3];
+    REQUIRE(e.has_scale_out_request());
+    e.mutable_scale_out_request()->mutable_read_state(0)->set_sha256("short");
+    CHECK(refused(e).message.find("scale_out_request.read_state.sha256") != std::string::npos);
+    e.mutable_scale_out_request()->mutable_read_state(0)->set_sha256(std::string(kDigestBytes, 'x'));
+    e.mutable_scale_out_request()->mutable_read_state(0)->set_key_size(0);
+    CHECK(refused(e).error == DecodeError::bad_field);
+    e.Clear();
+    StateCopies *copy = e.mutable_state_copies();
+    copy->set_chain("c");
+    copy->set_nf("ids");
+    copy->set_table("patterns");
+    copy->set_last(true);
+    CHECK(refused(e).message.find("state_copies.sha256") != std::string::npos);
+    copy->set_sha256(std::string(kDigestBytes, 'x'));
+    copy->add_entries()->set_key(std::string(kMaxKeyBytes + 1, 'k'));
+    CHECK(refused(e).message.find("state_copies.entries.key") != std::string::npos);
+    copy->clear_entries();
+    copy->set_nf("");
+    CHECK(refused(e).message.find("state_copies.nf") != std::string::npos);
+    e.Clear();
+    e.mutable_scale_out_accept()->set_chain("c");
+    e.mutable_scale_out_accept()->add_read_state_wanted()->set_nf("ids");
+    CHECK(refused(e).message.find("scale_out_accept.read_state_wanted.table") != std::string::npos);
 
     // Batches: each item is checked as the single message, and there are at most kMaxBatchItems.
     e.Clear();

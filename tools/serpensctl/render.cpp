@@ -310,9 +310,10 @@ std::string render_peer_scale(const ordered_json &r)
 {
     if (r.contains("tag_at_peer")) {
         return fmt::format("chain {}: +1 on peer {} (the chain's tag there: {})\n"
-                           "  new flows of {} of {} bucket(s) go there; flows already here stay here; done in {} ms\n",
+                           "  new flows of {} of {} bucket(s) go there; flows already here stay here; done in {} ms\n"
+                           "  global/read tables copied there (they differed): {}\n",
                            text_of(r, "chain"), text_of(r, "peer"), text_of(r, "tag_at_peer"), text_of(r, "buckets"),
-                           text_of(r, "of_buckets"), text_of(r, "ms"));
+                           text_of(r, "of_buckets"), text_of(r, "ms"), text_of(r, "read_state_copied"));
     }
     return fmt::format("chain {}: -1 on peer {}\n"
                        "  new flows of {} bucket(s) stay here again; the flows the peer serves finish there "
