@@ -330,6 +330,7 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
                  chain, peer_id, tag_there, share, steering.new_flows.size(), ms);
     return {{"chain", chain},
             {"peer", peer_id},
+            {"started_ns", started}, // monotonic: when the command came
             {"tag_at_peer", tag_there},
             {"buckets", share},
             {"local", local},
@@ -372,8 +373,6 @@ nlohmann::ordered_json Cluster::scale_in(const std::string &chain, const std::st
 
 void Cluster::grant_leases(const std::string &chain, const std::string &peer_id)
 {
-    // A frame holds at most 1 MiB: grants go in messages of about half that.
-    constexpr std::size_t message_bytes = 512 * 1024;
     for (state::Executor *ex : _store.executors()) {
         if (ex->chain() != chain) {
             continue;
@@ -388,7 +387,7 @@ void Cluster::grant_leases(const std::string &chain, const std::string &peer_id)
                 peer::Envelope request;
                 peer::LeaseGrants *grants = request.mutable_lease_grants();
                 std::size_t bytes = 0;
-                for (; first < leases.size() && bytes < message_bytes &&
+                for (; first < leases.size() && bytes < peer::kBatchBytes &&
                        static_cast<std::size_t>(grants->grants_size()) < peer::kMaxBatchItems;
                      ++first) {
                     const state::Lease &lease = leases[first];
@@ -502,16 +501,25 @@ peer::Envelope Cluster::answer_lease_request(const std::string &peer_id, const p
             spdlog::info("peer '{}' returned {} lease(s)", peer_id, back);
             return peer::ack_reply();
         }
-        const peer::ReplicaMerge &merge = request.replica_merge();
-        const peer::TableKey &e = merge.entry();
-        if (_chains.count(e.chain()) == 0) {
+        // One merge, or a batch of them.
+        std::vector<state::LeaseBook::ReplicaDelta> deltas;
+        auto take = [&](const peer::ReplicaMerge &merge) {
+            const peer::TableKey &e = merge.entry();
+            deltas.push_back(
+                {e.chain(), e.nf(), e.table(), bytes(e.key()), bytes(merge.delta()), merge.merge_sequence()});
+            return _chains.count(e.chain()) != 0;
+        };
+        const bool known = request.has_replica_merges() ? std::all_of(request.replica_merges().merges().begin(),
+                                                                      request.replica_merges().merges().end(), take)
+                                                        : take(request.replica_merge());
+        if (!known) {
             return peer::error_reply(peer::Error::CODE_UNKNOWN,
-                                     fmt::format("chain '{}' does not run on host '{}'", e.chain(), _cfg.id));
+                                     fmt::format("chain '{}' does not run on host '{}'", deltas.back().chain, _cfg.id));
         }
-        const bool applied = _leases->apply_replica(peer_id, e.chain(), e.nf(), e.table(), bytes(e.key()),
-                                                    bytes(merge.delta()), merge.merge_sequence());
-        spdlog::info("peer '{}': its change of {}/{}/{} {}", peer_id, e.chain(), e.nf(), e.table(),
-                     applied ? "is merged" : "was merged before (skipped)");
+        const std::vector<bool> applied = _leases->apply_replicas(peer_id, deltas);
+        const auto merged = std::count(applied.begin(), applied.end(), true);
+        spdlog::info("peer '{}': {} change(s) of EVENTUAL state merged, {} merged before (skipped)", peer_id, merged,
+                     static_cast<long>(applied.size()) - merged);
         return peer::ack_reply();
     } catch (const Error &e) {
         return peer::error_reply(peer::Error::CODE_REFUSED, e.what());
@@ -642,46 +650,75 @@ void Cluster::send_returns()
         merges = _replicas_out;
     }
     // What is not acknowledged goes again next tick, the same bytes and
-    // sequence: at worst a lease expires at its grantor meanwhile.
-    auto sent = [&](const std::string &to, peer::Envelope request) {
-        try {
-            return !_service->request(to, std::move(request), peer_reply_timeout).has_error();
-        } catch (const Error &) {
-            return false;
+    // sequence: at worst a lease expires at its grantor meanwhile.  Items go
+    // in batches (a pool has hundreds of keys, a drained mon a change per
+    // host it saw), in order, stopping at the first batch not acknowledged.
+    auto send_batches = [&](const std::string &to, const auto &items, auto add, auto acknowledged) {
+        for (std::size_t first = 0; first < items.size();) {
+            peer::Envelope request;
+            const std::size_t begin = first;
+            for (std::size_t bytes = 0;
+                 first < items.size() && bytes < peer::kBatchBytes && first - begin < peer::kMaxBatchItems; ++first) {
+                bytes += add(request, *items[first]);
+            }
+            try {
+                if (_service->request(to, std::move(request), peer_reply_timeout).has_error()) {
+                    return;
+                }
+            } catch (const Error &) {
+                return;
+            }
+            acknowledged(std::span(items).subspan(begin, first - begin));
         }
     };
-    std::map<std::string, std::vector<const HeldLease *>> by_grantor;
+    std::map<std::string, std::vector<const HeldLease *>> leases_by_grantor;
     for (const HeldLease &lease : returns) {
-        by_grantor[lease.grantor].push_back(&lease);
+        leases_by_grantor[lease.grantor].push_back(&lease);
     }
-    for (const auto &[grantor, leases] : by_grantor) {
-        peer::Envelope request;
-        for (const HeldLease *lease : leases) {
-            peer::LeaseReturn *back = request.mutable_lease_returns()->add_returns();
-            back->set_lease_id(lease->id);
-            back->set_value(*lease->unused);
-        }
-        if (!sent(grantor, std::move(request))) {
-            continue;
-        }
-        spdlog::info("{} lease(s) returned to peer '{}'", leases.size(), grantor);
-        std::lock_guard lock(_held_mutex);
-        std::erase_if(_held, [&](const HeldLease &h) { return h.grantor == grantor && h.unused.has_value(); });
+    for (const auto &[grantor, leases] : leases_by_grantor) {
+        send_batches(
+            grantor, leases,
+            [](peer::Envelope &request, const HeldLease &lease) {
+                peer::LeaseReturn *back = request.mutable_lease_returns()->add_returns();
+                back->set_lease_id(lease.id);
+                back->set_value(*lease.unused);
+                return lease.unused->size();
+            },
+            [&](std::span<const HeldLease *const> done) {
+                spdlog::info("{} lease(s) returned to peer '{}'", done.size(), grantor);
+                std::set<uint64_t> ids;
+                for (const HeldLease *lease : done) {
+                    ids.insert(lease->id);
+                }
+                std::lock_guard lock(_held_mutex);
+                std::erase_if(_held, [&](const HeldLease &h) { return h.grantor == grantor && ids.count(h.id) != 0; });
+            });
     }
+    std::map<std::string, std::vector<const ReplicaOut *>> merges_by_origin;
     for (const ReplicaOut &merge : merges) {
-        peer::Envelope request;
-        peer::ReplicaMerge *body = request.mutable_replica_merge();
-        set_entry(body->mutable_entry(), merge.chain, merge.nf, merge.table, merge.key);
-        body->set_delta(merge.delta);
-        body->set_merge_sequence(merge.sequence);
-        if (!sent(merge.origin, std::move(request))) {
-            continue;
-        }
-        std::lock_guard lock(_held_mutex);
-        std::erase_if(_replicas_out, [&](const ReplicaOut &r) {
-            return r.origin == merge.origin && r.sequence == merge.sequence && r.nf == merge.nf &&
-                   r.table == merge.table && r.key == merge.key;
-        });
+        merges_by_origin[merge.origin].push_back(&merge);
+    }
+    for (const auto &[origin, changes] : merges_by_origin) {
+        send_batches(
+            origin, changes,
+            [](peer::Envelope &request, const ReplicaOut &merge) {
+                peer::ReplicaMerge *body = request.mutable_replica_merges()->add_merges();
+                set_entry(body->mutable_entry(), merge.chain, merge.nf, merge.table, merge.key);
+                body->set_delta(merge.delta);
+                body->set_merge_sequence(merge.sequence);
+                return merge.key.size() + merge.delta.size();
+            },
+            [&](std::span<const ReplicaOut *const> done) {
+                using Id = std::tuple<std::string, std::string, std::string, std::string, uint64_t>;
+                std::set<Id> ids;
+                for (const ReplicaOut *m : done) {
+                    ids.emplace(m->chain, m->nf, m->table, m->key, m->sequence);
+                }
+                std::lock_guard lock(_held_mutex);
+                std::erase_if(_replicas_out, [&](const ReplicaOut &r) {
+                    return r.origin == origin && ids.count(Id{r.chain, r.nf, r.table, r.key, r.sequence}) != 0;
+                });
+            });
     }
 }
 
@@ -690,13 +727,15 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
     if (request.has_lease_grants()) {
         return take_leases(peer_id, request.lease_grants());
     }
-    if (request.has_lease_renews() || request.has_lease_returns() || request.has_replica_merge()) {
+    if (request.has_lease_renews() || request.has_lease_returns() || request.has_replica_merge() ||
+        request.has_replica_merges()) {
         return answer_lease_request(peer_id, request);
     }
     if (request.has_state_copies()) {
         return _read_state.take(peer_id, request.state_copies());
     }
     if (request.has_scale_out_request()) {
+        const uint64_t started = monotonic_ns();
         const peer::ScaleOutRequest &ask = request.scale_out_request();
         auto chain = _chains.find(ask.chain());
         if (chain == _chains.end()) {
@@ -722,11 +761,13 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
             return peer::error_reply(peer::Error::CODE_REFUSED, e.what());
         }
         // Packets of it that we process for the peer go back with its tag.
-        _dp.peering(chain->second)
-            .tag_at_peer_plus_one[peer_number(peer_id)]
-            .store(ask.origin_tag() + 1, std::memory_order_relaxed);
+        ChainPeering &peering = _dp.peering(chain->second);
+        const uint8_t number = peer_number(peer_id);
+        peering.tag_at_peer_plus_one[number].store(ask.origin_tag() + 1, std::memory_order_relaxed);
+        peering.first_served_ns[number].store(0, std::memory_order_relaxed);
         // Where its EVENTUAL entries stand now: what goes back is the change.
-        ServedChain served{peer_id, ask.chain(), false, {}};
+        ServedChain served{peer_id, ask.chain(), false, monotonic_ns(), {}};
+        std::size_t served_baselines = 0;
         for (state::Executor *ex : _store.executors()) {
             if (ex->chain() != ask.chain()) {
                 continue;
@@ -746,9 +787,13 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
         {
             std::lock_guard lock(_held_mutex);
             std::erase_if(_served, [&](const ServedChain &s) { return s.origin == peer_id && s.chain == ask.chain(); });
+            served_baselines = served.baselines.size();
             _served.push_back(std::move(served));
         }
-        spdlog::info("peer '{}' scales chain '{}' onto this host", peer_id, ask.chain());
+        spdlog::info("peer '{}' scales chain '{}' onto this host ({} global/read table(s) to copy, {} EVENTUAL "
+                     "entries recorded to send back their change later; {:.1f} ms)",
+                     peer_id, ask.chain(), differ.size(), served_baselines,
+                     static_cast<double>(monotonic_ns() - started) / 1e6);
         peer::Envelope reply;
         peer::ScaleOutAccept *accept = reply.mutable_scale_out_accept();
         accept->set_chain(ask.chain());
@@ -774,6 +819,27 @@ peer::Envelope Cluster::answer(const std::string &peer_id, const peer::Envelope 
                  peer::body_name(request));
     return peer::error_reply(peer::Error::CODE_UNSUPPORTED,
                              fmt::format("host '{}' does not take {} requests yet", _cfg.id, peer::body_name(request)));
+}
+
+nlohmann::ordered_json Cluster::chains_run_for(const std::string &peer_id, uint8_t number) const
+{
+    nlohmann::ordered_json chains = nlohmann::ordered_json::object();
+    std::lock_guard lock(_held_mutex);
+    for (const ServedChain &served : _served) {
+        if (served.origin != peer_id) {
+            continue;
+        }
+        const uint64_t first = _dp.peering(_chains.at(served.chain)).first_served_ns[number].load();
+        nlohmann::ordered_json &c = chains[served.chain];
+        c["draining"] = served.draining;
+        // Monotonic clock values, for a benchmark that reads both hosts of one machine.
+        c["asked_ns"] = served.asked_ns;
+        c["first_packet_ns"] = first != 0 ? nlohmann::ordered_json(first) : nlohmann::ordered_json(nullptr);
+        c["first_packet_after_ms"] = first >= served.asked_ns
+                                         ? nlohmann::ordered_json(static_cast<double>(first - served.asked_ns) / 1e6)
+                                         : nlohmann::ordered_json(nullptr);
+    }
+    return chains;
 }
 
 nlohmann::ordered_json Cluster::peers_json() const
@@ -815,6 +881,7 @@ nlohmann::ordered_json Cluster::peers_json() const
             }
         }
         entry["new_flows_of"] = std::move(chains);
+        entry["runs_for_it"] = chains_run_for(p.id, number);
         entry["leases_granted"] =
             std::count_if(leases.begin(), leases.end(), [&](const state::Lease &l) { return l.peer == p.id; });
         list.push_back(std::move(entry));

@@ -81,7 +81,8 @@ public:
     nlohmann::ordered_json scale_in(const std::string &chain, const std::string &peer_id);
 
     // serpensctl peers: every peer of [peer] with its liveness and what it
-    // announced, the chains it serves for this host, and the counters.
+    // announced, the chains it serves for this host, those this host runs
+    // for it (with when its first packet ran here), and the counters.
     nlohmann::ordered_json peers_json() const;
 
 private:
@@ -106,6 +107,7 @@ private:
     struct ServedChain {
         std::string origin, chain;
         bool draining = false; // scaled in: returns its state once its flows are gone
+        uint64_t asked_ns = 0; // monotonic: when the scale-out request came
         std::map<std::tuple<std::string, std::string, std::string>, std::string> baselines; // (nf, table, key)
     };
 
@@ -131,6 +133,8 @@ private:
     // 1.. in [[peer.host]] order; throws Error for an id not there.
     uint8_t peer_number(const std::string &peer_id) const;
     uint32_t chain_tag(const std::string &chain) const;
+    // peers_json's view of the chains this host runs for `peer_id`.
+    nlohmann::ordered_json chains_run_for(const std::string &peer_id, uint8_t number) const;
 
     const HostConfig &_cfg;
     Dataplane &_dp;
@@ -145,7 +149,7 @@ private:
     state::StateStore &_store;
     std::unique_ptr<state::LeaseBook> _leases; // what this host lent (with [peer] only)
     ReadStateReceiver _read_state;             // copies of global/read tables from chains' owners
-    std::mutex _held_mutex;                    // the serving side: service thread and tick
+    mutable std::mutex _held_mutex;            // the serving side: service thread and tick
     std::vector<HeldLease> _held;
     std::vector<ServedChain> _served;
     std::vector<ReplicaOut> _replicas_out;

@@ -655,6 +655,10 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
     }
     if (n_back > 0) {
         bump(slot.for_peers, n_back);
+        std::atomic<uint64_t> &first = slot.peering->first_served_ns[back_peer[0]];
+        if (first.load(std::memory_order_relaxed) == 0) {
+            first.store(now, std::memory_order_relaxed);
+        }
         send_to_peers(lcore, slot, back, back_peer, back_hash, n_back, net::kVxlanReturned);
     }
 }
@@ -843,6 +847,7 @@ void Dataplane::lcore_loop(Lcore &lcore)
             // The iteration that just ended did work: busy time, for the autoscaler.
             lcore.busy_ns.store(lcore.busy_ns.load(std::memory_order_relaxed) + (now - last_now),
                                 std::memory_order_relaxed);
+            lcore.busy_iterations.record(now - last_now);
         }
         last_now = now;
         // Loaded once per iteration; replaced ones are freed only after this
@@ -956,6 +961,9 @@ std::vector<Dataplane::LcoreTotals> Dataplane::lcore_totals() const
         for (std::size_t b = 0; b < LatencyHistogram::buckets; ++b) {
             if (const uint64_t n = lcore->batch_latency.count(b); n != 0) {
                 t.batch_latency.emplace_back(LatencyHistogram::bucket_low(b), n);
+            }
+            if (const uint64_t n = lcore->busy_iterations.count(b); n != 0) {
+                t.busy_iterations.emplace_back(LatencyHistogram::bucket_low(b), n);
             }
         }
         t.batch_latency_sum_ns = lcore->batch_latency.sum_ns();

@@ -62,6 +62,10 @@ struct ChainPeering {
     FlowSteering steering;
     // Per peer: 1 + this chain's tag there; 0: the peer does not run it for us.
     std::array<std::atomic<uint32_t>, io::max_peer + 1> tag_at_peer_plus_one{};
+    // Per peer: when an instance here first processed a packet of the chain
+    // for it (monotonic ns, at the start of that lcore iteration) since the
+    // control side set it to 0, at the peer's scale-out request.
+    std::array<std::atomic<uint64_t>, io::max_peer + 1> first_served_ns{};
 };
 
 // One instance number of one chain.  A slot outlives the chain instances
@@ -200,8 +204,9 @@ public:
         unsigned id = 0;
         std::vector<io::RxQueue> rx_queues;
         uint64_t rx = 0;
-        std::vector<std::pair<uint64_t, uint64_t>> batch_latency; // (bucket's lowest ns, batches), non-empty buckets
-        uint64_t batch_latency_sum_ns = 0;                        // of every batch counted there
+        std::vector<std::pair<uint64_t, uint64_t>> batch_latency;   // (bucket's lowest ns, batches), non-empty buckets
+        uint64_t batch_latency_sum_ns = 0;                          // of every batch counted there
+        std::vector<std::pair<uint64_t, uint64_t>> busy_iterations; // (bucket's lowest ns, iterations), non-empty
     };
     std::vector<LcoreTotals> lcore_totals() const;
     // Per port: packets of lcores without a TX queue of their own that the
@@ -238,7 +243,11 @@ private:
         std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
         std::atomic<uint64_t> last_rx{0};           // when it last received (or was held back)
         LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run (sampled)
-        net::VxlanCounters vxlan;                   // its encapsulations towards peers
+        // How long each iteration that did work lasted.  Meanwhile the lcore
+        // polls nothing, so this bounds how long it leaves a packet waiting:
+        // a stall of its data path (a held state cell, a lock) shows here.
+        LatencyHistogram busy_iterations;
+        net::VxlanCounters vxlan; // its encapsulations towards peers
     };
 
     // An lcore's side of its dispatcher: in-place runs and transmits.

@@ -241,6 +241,10 @@ std::optional<DecodeFailure> check_body(const Envelope &e)
         });
     case Envelope::kReplicaMerge:
         return check_state_entry("replica_merge", e.replica_merge(), "delta", e.replica_merge().delta());
+    case Envelope::kReplicaMerges:
+        return check_each("replica_merges.merges", e.replica_merges().merges(), [](const ReplicaMerge &m) {
+            return check_state_entry("replica_merges.merges", m, "delta", m.delta());
+        });
     case Envelope::kScaleIn:
         return check_name("scale_in.chain", e.scale_in().chain());
     case Envelope::BODY_NOT_SET:

@@ -31,6 +31,8 @@ inline constexpr std::size_t kMaxNameBytes = 255;
 inline constexpr std::size_t kMaxKeyBytes = 256;
 inline constexpr std::size_t kMaxValueBytes = 256 * 1024;
 inline constexpr std::size_t kMaxBatchItems = 4096; // grants, renewals or returns in one message
+// What a sender puts in one batch message: items up to about this many bytes, well under a frame.
+inline constexpr std::size_t kBatchBytes = kMaxFrameBytes / 2;
 inline constexpr std::size_t kMaxErrorTextBytes = 1024;
 inline constexpr std::size_t kDigestBytes = 32; // SHA-256
 // RouteUpdate.bucket_mask: one bit per router bucket.

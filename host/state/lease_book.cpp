@@ -18,7 +18,7 @@ namespace serpens::state {
 
 namespace {
 
-constexpr int book_version = 1;
+constexpr int book_version = 2; // 1: replica sequences per key (still read)
 
 std::string to_hex(std::span<const uint8_t> b)
 {
@@ -91,7 +91,8 @@ void LeaseBook::load()
     ss << in.rdbuf();
     try {
         const nlohmann::json j = nlohmann::json::parse(ss.str());
-        if (j.at("version").get<int>() != book_version) {
+        const int version = j.at("version").get<int>();
+        if (version != book_version && version != 1) {
             throw Error("version " + std::to_string(j.at("version").get<int>()) + ", this host reads " +
                         std::to_string(book_version));
         }
@@ -115,10 +116,19 @@ void LeaseBook::load()
             _leases.emplace(l.id, std::move(l));
         }
         for (const auto &r : j.at("replicas")) {
-            ReplicaKey k{r.at("peer").get<std::string>(), r.at("chain").get<std::string>(),
-                         r.at("nf").get<std::string>(), r.at("table").get<std::string>(),
-                         from_hex(r.at("key").get<std::string>())};
-            _replica_seq[std::move(k)] = r.at("sequence").get<uint64_t>();
+            ReplicaProgress &p =
+                _replicas[ReplicaTable{r.at("peer").get<std::string>(), r.at("chain").get<std::string>(),
+                                       r.at("nf").get<std::string>(), r.at("table").get<std::string>()}];
+            const uint64_t sequence = r.at("sequence").get<uint64_t>();
+            if (sequence > p.sequence) {
+                p = ReplicaProgress{sequence, {}};
+            }
+            if (sequence == p.sequence) {
+                // Version 1 kept one record per key.
+                for (const auto &key : version == 1 ? nlohmann::json::array({r.at("key")}) : r.at("keys")) {
+                    p.keys.insert(from_hex(key.get<std::string>()));
+                }
+            }
         }
     } catch (const nlohmann::json::exception &e) {
         throw Error(_path.string() + ": corrupt lease book: " + e.what());
@@ -145,13 +155,17 @@ void LeaseBook::save() const
         leases.push_back(std::move(r));
     }
     nlohmann::json replicas = nlohmann::json::array();
-    for (const auto &[k, seq] : _replica_seq) {
-        replicas.push_back({{"peer", std::get<0>(k)},
-                            {"chain", std::get<1>(k)},
-                            {"nf", std::get<2>(k)},
-                            {"table", std::get<3>(k)},
-                            {"key", to_hex(std::get<4>(k))},
-                            {"sequence", seq}});
+    for (const auto &[t, progress] : _replicas) {
+        nlohmann::json keys = nlohmann::json::array();
+        for (const std::vector<uint8_t> &key : progress.keys) {
+            keys.push_back(to_hex(key));
+        }
+        replicas.push_back({{"peer", std::get<0>(t)},
+                            {"chain", std::get<1>(t)},
+                            {"nf", std::get<2>(t)},
+                            {"table", std::get<3>(t)},
+                            {"sequence", progress.sequence},
+                            {"keys", std::move(keys)}});
     }
     const nlohmann::json j = {
         {"version", book_version}, {"next_id", _next_id}, {"leases", leases}, {"replicas", replicas}};
@@ -426,37 +440,65 @@ bool LeaseBook::apply_replica(const std::string &peer, const std::string &chain,
                               const std::string &table, std::span<const uint8_t> key, std::span<const uint8_t> delta,
                               uint64_t merge_sequence)
 {
+    return apply_replicas(peer, {ReplicaDelta{chain, nf, table, key, delta, merge_sequence}}).front();
+}
+
+std::vector<bool> LeaseBook::apply_replicas(const std::string &peer, const std::vector<ReplicaDelta> &deltas)
+{
     std::lock_guard lk(_mu);
-    const std::string w = where(chain, nf, table);
-    Table *t = find_table(chain, nf, table);
-    if (t == nullptr) {
-        throw Error(w + ": no such table to merge peer '" + peer + "' into");
-    }
-    if (key.size() != t->key_size()) {
-        throw Error(w + ": key of " + std::to_string(key.size()) + " bytes, the table's are " +
-                    std::to_string(t->key_size()));
-    }
-    ReplicaKey k{peer, chain, nf, table, std::vector<uint8_t>(key.begin(), key.end())};
-    auto it = _replica_seq.find(k);
-    const bool had = it != _replica_seq.end();
-    const uint64_t last = had ? it->second : 0;
-    if (had && merge_sequence <= last) {
-        return false; // a replay
-    }
-    _replica_seq[k] = merge_sequence;
-    save();
-    const int rc = _store.executor(chain, nf).apply_delta(*t, key.data(), delta.data(), delta.size());
-    if (rc != SERPENS_OK) {
-        if (had) {
-            _replica_seq[k] = last;
-        } else {
-            _replica_seq.erase(k);
+    std::vector<Table *> tables;
+    for (const ReplicaDelta &d : deltas) {
+        Table *t = find_table(d.chain, d.nf, d.table);
+        if (t == nullptr) {
+            throw Error(where(d.chain, d.nf, d.table) + ": no such table to merge peer '" + peer + "' into");
         }
-        save();
-        throw Error(w + ": merging sequence " + std::to_string(merge_sequence) + " of peer '" + peer +
-                    "' failed with " + std::to_string(rc));
+        if (d.key.size() != t->key_size()) {
+            throw Error(where(d.chain, d.nf, d.table) + ": key of " + std::to_string(d.key.size()) +
+                        " bytes, the table's are " + std::to_string(t->key_size()));
+        }
+        tables.push_back(t);
     }
-    return true;
+    // The sequences are written before the deltas apply: a crash in between
+    // loses a change rather than counting it twice.
+    std::vector<bool> applied(deltas.size(), false);
+    for (std::size_t i = 0; i < deltas.size(); ++i) {
+        const ReplicaDelta &d = deltas[i];
+        ReplicaProgress &p = _replicas[ReplicaTable{peer, d.chain, d.nf, d.table}];
+        std::vector<uint8_t> key(d.key.begin(), d.key.end());
+        if (d.merge_sequence < p.sequence || (d.merge_sequence == p.sequence && p.keys.count(key) != 0)) {
+            continue; // a replay
+        }
+        if (d.merge_sequence > p.sequence) {
+            p = ReplicaProgress{d.merge_sequence, {}};
+        }
+        p.keys.insert(std::move(key));
+        applied[i] = true;
+    }
+    save();
+    std::string failed;
+    for (std::size_t i = 0; i < deltas.size(); ++i) {
+        const ReplicaDelta &d = deltas[i];
+        if (!applied[i]) {
+            continue;
+        }
+        const int rc =
+            _store.executor(d.chain, d.nf).apply_delta(*tables[i], d.key.data(), d.delta.data(), d.delta.size());
+        if (rc == SERPENS_OK) {
+            continue;
+        }
+        _replicas[ReplicaTable{peer, d.chain, d.nf, d.table}].keys.erase(
+            std::vector<uint8_t>(d.key.begin(), d.key.end()));
+        applied[i] = false;
+        if (failed.empty()) {
+            failed = where(d.chain, d.nf, d.table) + ": merging sequence " + std::to_string(d.merge_sequence) +
+                     " of peer '" + peer + "' failed with " + std::to_string(rc);
+        }
+    }
+    if (!failed.empty()) {
+        save();
+        throw Error(failed);
+    }
+    return applied;
 }
 
 } // namespace serpens::state

@@ -17,6 +17,13 @@
 //  - apply_replica: the sequence is written, then the delta applied; a crash
 //    in between drops that delta rather than counting it twice.
 //
+// Replica merges are recorded per (peer, chain, nf, table), not per key, so
+// the book does not grow with every key a peer ever merged: the newest merge
+// sequence, and the keys merged under it.  That relies on the peer sending
+// its merges of a table in sequence order, each one until acknowledged
+// before any later one (Cluster::send_returns): a merge under an older
+// sequence than the newest is then a replay.
+//
 // Tables are resolved when used: after a restart a chain's table exists only
 // once its instances created it again.  A give_back or expiry whose table is
 // not there yet keeps its record (marked returned, so it cannot be renewed)
@@ -32,6 +39,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <tuple>
@@ -85,18 +93,35 @@ public:
     std::vector<Lease> expire(uint64_t now_unix_ms);
     std::vector<Lease> leases() const;
 
-    // Merges a peer's EVENTUAL delta for (chain, nf, table)[key] when
-    // `merge_sequence` is greater than the last one applied for that peer and
-    // key; returns whether it applied.  Throws Error when the table is
-    // unknown or apply_delta refuses (the sequence is then not recorded).
+    // Merges a peer's EVENTUAL delta for (chain, nf, table)[key] unless it is
+    // a replay: a sequence older than the newest from that peer for the
+    // table, or the newest again for a key merged under it.  Returns whether
+    // it applied.  Throws Error when the table is unknown or apply_delta
+    // refuses (the key is then not recorded as merged).
     bool apply_replica(const std::string &peer, const std::string &chain, const std::string &nf,
                        const std::string &table, std::span<const uint8_t> key, std::span<const uint8_t> delta,
                        uint64_t merge_sequence);
+    // One EVENTUAL change of a peer, for apply_replicas.
+    struct ReplicaDelta {
+        std::string chain, nf, table;
+        std::span<const uint8_t> key, delta;
+        uint64_t merge_sequence = 0;
+    };
+    // apply_replica for each, with one write of the book for all of them.
+    // Returns which applied (the others were replays).  Checks every table
+    // and key first and throws Error before anything changed; when an
+    // apply_delta refuses, the others stay applied and Error names it.
+    std::vector<bool> apply_replicas(const std::string &peer, const std::vector<ReplicaDelta> &deltas);
 
     const std::filesystem::path &path() const noexcept { return _path; }
 
 private:
-    using ReplicaKey = std::tuple<std::string, std::string, std::string, std::string, std::vector<uint8_t>>;
+    using ReplicaTable = std::tuple<std::string, std::string, std::string, std::string>; // peer, chain, nf, table
+    // A peer's newest merge sequence for a table, and the keys merged under it.
+    struct ReplicaProgress {
+        uint64_t sequence = 0;
+        std::set<std::vector<uint8_t>> keys;
+    };
 
     void load();
     void save() const; // temp file, fsync, rename
@@ -110,7 +135,7 @@ private:
     mutable std::mutex _mu;
     uint64_t _next_id = 1;
     std::map<uint64_t, Lease> _leases;
-    std::map<ReplicaKey, uint64_t> _replica_seq;
+    std::map<ReplicaTable, ReplicaProgress> _replicas;
 };
 
 } // namespace serpens::state

@@ -123,11 +123,16 @@ try:
     check(again.returncode != 0 and "already" in again.stderr, f"a second scale-out is refused: {again.stderr}")
     send(2)
     wait_for("phase 2 has come back", lambda: total(a, "out") >= len(phase1) + len(phase2))
+    ran_for_a = peer_entry(b, a.prefix)["runs_for_it"]["c"]
+    check(ran_for_a["first_packet_ns"] is not None and ran_for_a["first_packet_ns"] > scaled["started_ns"] and
+          not ran_for_a["draining"], f"b says when a's first packet ran there: {ran_for_a}")
+    first_remote_ms = (ran_for_a["first_packet_ns"] - scaled["started_ns"]) / 1e6
 
     back = a.ctl("scale", "c", "-1", "--peer", b.prefix)
     check(back.returncode == 0 and "new flows of 128 bucket(s) stay here again" in back.stdout and
           "(peer told: yes)" in back.stdout, f"scale -1 on b: {back.stdout}{back.stderr}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {}, "after the scale-in b takes no new flows")
+    check(peer_entry(b, a.prefix)["runs_for_it"]["c"]["draining"], "b drains the chain it ran for a")
     send(3)
     wait_for("phase 3 has left a", lambda: total(a, "out") >= len(trace))
     stats_b = instances(b)
@@ -191,7 +196,8 @@ check(vxlan_a["ok"] == 2 * on_b, f"a encapsulated {on_b} and decapsulated {on_b}
 # The underlay also carries the kernels' own traffic (the peer protocol's
 # TCP): dropped as not VXLAN, never as refused VXLAN.
 check(dispatch_a["tunnel_dropped"] == 0 and dispatch_a["unknown_peer"] == 0, f"a's dispatch: {dispatch_a}")
-print(f"OK: scale-out answered in {scaled['ms']:.1f} ms, a's global/read table copied; {len(out)} packets; "
+print(f"OK: scale-out answered in {scaled['ms']:.1f} ms, a's global/read table copied; "
+      f"{first_remote_ms:.1f} ms from the command to the first packet on b (sent after the reply); {len(out)} packets; "
       f"b served {len(served_by_b)} of {len(NEW)} new flows ({on_b} packets), "
       f"no old or late flow; every flow stayed whole on one host, and came back to a when b died")
 for host in (a, b):

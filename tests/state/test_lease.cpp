@@ -9,6 +9,7 @@
 #include "state/lease_book.h"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -497,6 +498,44 @@ TEST_CASE("lease-book: apply_replica merges a sequence once, also after reopenin
     CHECK(again.apply_replica("peer-b", "c", "nf", "hosts", key, bytes_of(delta), 3)); // the refused 3 was not kept
     REQUIRE(h.ex->read_global(h.table("hosts"), &k, g.data()) == SERPENS_OK);
     CHECK(g[0] == 40);
+}
+
+TEST_CASE("lease-book: apply_replicas merges a batch with one write; a bad item changes nothing")
+{
+    Host h("book-replicas", 2, EV);
+    const uint64_t k1 = 7, k2 = 8;
+    const auto key1 = std::span(reinterpret_cast<const uint8_t *>(&k1), sizeof(k1));
+    const auto key2 = std::span(reinterpret_cast<const uint8_t *>(&k2), sizeof(k2));
+    Pool delta(pool_words, 0);
+    delta[0] = 5;
+    LeaseBook book(*h.store);
+    REQUIRE(book.apply_replica("peer-b", "c", "nf", "hosts", key1, bytes_of(delta), 1));
+    // k1's sequence 1 is a replay, its 2 is new; k2 is new; the same change twice in one batch counts once.
+    const std::vector<LeaseBook::ReplicaDelta> batch{{"c", "nf", "hosts", key1, bytes_of(delta), 1},
+                                                     {"c", "nf", "hosts", key2, bytes_of(delta), 1},
+                                                     {"c", "nf", "hosts", key2, bytes_of(delta), 1},
+                                                     {"c", "nf", "hosts", key1, bytes_of(delta), 2}};
+    CHECK(book.apply_replicas("peer-b", batch) == std::vector<bool>{false, true, false, true});
+    Pool g(pool_words);
+    REQUIRE(h.ex->read_global(h.table("hosts"), &k1, g.data()) == SERPENS_OK);
+    CHECK(g[0] == 10);
+    REQUIRE(h.ex->read_global(h.table("hosts"), &k2, g.data()) == SERPENS_OK);
+    CHECK(g[0] == 5);
+    // The peer sends in sequence order: a merge older than the newest is a
+    // replay, and the book keeps only the newest sequence's keys.
+    CHECK_FALSE(book.apply_replica("peer-b", "c", "nf", "hosts", key2, bytes_of(delta), 1));
+    const auto saved = nlohmann::json::parse(std::ifstream(book.path()));
+    REQUIRE(saved.at("replicas").size() == 1);
+    CHECK(saved.at("replicas")[0].at("sequence") == 2);
+    CHECK(saved.at("replicas")[0].at("keys").size() == 1);
+    // An unknown table anywhere in the batch: refused before anything applies.
+    const std::vector<LeaseBook::ReplicaDelta> bad{{"c", "nf", "hosts", key1, bytes_of(delta), 3},
+                                                   {"c", "nf", "nope", key1, bytes_of(delta), 3}};
+    CHECK_THROWS_AS(book.apply_replicas("peer-b", bad), serpens::Error);
+    REQUIRE(h.ex->read_global(h.table("hosts"), &k1, g.data()) == SERPENS_OK);
+    CHECK(g[0] == 10);
+    LeaseBook again(*h.store);
+    CHECK(again.apply_replicas("peer-b", {bad.front()}) == std::vector<bool>{true});
 }
 
 TEST_CASE("lease-book: a corrupt book is refused with its file name")

@@ -131,6 +131,14 @@ std::vector<Envelope> every_message()
         m->set_merge_sequence(77);
     });
     add([](Envelope &e) { e.mutable_scale_in()->set_chain("fw-mon-nat"); });
+    add([](Envelope &e) {
+        for (uint64_t seq = 1; seq <= 2; ++seq) {
+            ReplicaMerge *m = e.mutable_replica_merges()->add_merges();
+            set_entry(m->mutable_entry(), "mon", "hosts", std::string(4, static_cast<char>(seq)));
+            m->set_delta(std::string(32, '\x02'));
+            m->set_merge_sequence(77);
+        }
+    });
     add([](Envelope &e) { e.mutable_ack(); });
     add([](Envelope &e) {
         for (uint64_t id = 1; id <= 3; ++id) {
@@ -355,6 +363,9 @@ TEST_CASE("fields over their limits or out of range are refused, naming the fiel
     CHECK(refused(e).message.find("scale_out_accept.read_state_wanted.table") != std::string::npos);
 
     // Batches: each item is checked as the single message, and there are at most kMaxBatchItems.
+    e.Clear();
+    e.mutable_replica_merges()->add_merges()->set_delta("d"); // no entry
+    CHECK(refused(e).message.find("replica_merges.merges.entry") != std::string::npos);
     e.Clear();
     e.mutable_lease_renews()->add_renews()->set_lease_id(3);
     e.mutable_lease_renews()->add_renews()->set_lease_id(0);
