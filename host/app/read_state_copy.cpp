@@ -12,10 +12,6 @@
 namespace serpens {
 namespace {
 
-// A StateCopies message holds at most this many bytes of entries, well
-// under the frame limit.
-constexpr std::size_t copy_part_bytes = 512 * 1024;
-
 // The chain's global/read tables here, by (nf, table).
 std::map<std::pair<std::string, std::string>, std::pair<state::Executor *, state::Table *>>
 read_tables(state::StateStore &store, const std::string &chain)
@@ -119,7 +115,7 @@ void send_copies(peer::PeerService &service, const std::string &peer_id, state::
             copy->set_nf(name.nf());
             copy->set_table(name.table());
             copy->set_part(part);
-            for (std::size_t bytes = 0; next != entries.end() && bytes < copy_part_bytes &&
+            for (std::size_t bytes = 0; next != entries.end() && bytes < peer::kBatchBytes &&
                                         static_cast<std::size_t>(copy->entries_size()) < peer::kMaxBatchItems;
                  ++next) {
                 peer::Entry *entry = copy->add_entries();

@@ -171,12 +171,18 @@ nlohmann::ordered_json stats_json(const Dataplane &dp, const std::vector<ChainSu
         for (const io::RxQueue &q : l.rx_queues) {
             queues.push_back({{"port", dp.ports()[q.port_index].name}, {"queue", q.queue}});
         }
-        ordered_json latency = ordered_json::array(); // [lowest ns of the bucket, batches]
-        for (const auto &[low, n] : l.batch_latency) {
-            latency.push_back({low, n});
-        }
-        lcores.push_back(
-            {{"id", l.id}, {"rx_queues", std::move(queues)}, {"rx", l.rx}, {"batch_latency_ns", std::move(latency)}});
+        auto histogram = [](const std::vector<std::pair<uint64_t, uint64_t>> &buckets) {
+            ordered_json h = ordered_json::array(); // [lowest ns of the bucket, count]
+            for (const auto &[low, n] : buckets) {
+                h.push_back({low, n});
+            }
+            return h;
+        };
+        lcores.push_back({{"id", l.id},
+                          {"rx_queues", std::move(queues)},
+                          {"rx", l.rx},
+                          {"batch_latency_ns", histogram(l.batch_latency)},
+                          {"busy_iteration_ns", histogram(l.busy_iterations)}});
     }
     j["lcores"] = std::move(lcores);
     ordered_json rules = ordered_json::object();
