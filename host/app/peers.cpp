@@ -309,20 +309,29 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
     _serving_incarnation[{tag, number}] = status->incarnation;
     steering.peer_up[number].store(true, std::memory_order_release);
 
-    // The peer takes new flows as one more instance would: an equal share
-    // of the buckets, taken evenly from those whose new flows stay here.
+    // The chain outgrew this host: the peer takes its new flows, those of
+    // every bucket whose new flows stay here.  When other peers take them
+    // all already, it takes an equal share of theirs, evenly.
     std::set<uint8_t> serving_peers;
     std::vector<uint32_t> here;
+    std::vector<uint32_t> elsewhere;
     for (uint32_t b = 0; b < steering.new_flows.size(); ++b) {
         const uint8_t p = steering.new_flows[b].load(std::memory_order_relaxed);
-        p == 0 ? here.push_back(b) : void(serving_peers.insert(p));
+        p == 0 ? here.push_back(b) : (serving_peers.insert(p), elsewhere.push_back(b));
     }
-    const auto instances = static_cast<uint32_t>(local + serving_peers.size() + 1);
-    const auto share = std::min<uint32_t>(static_cast<uint32_t>(steering.new_flows.size()) / instances,
-                                          static_cast<uint32_t>(here.size()));
-    for (uint32_t i = 0; i < share; ++i) {
-        steering.new_flows[here[i * here.size() / share]].store(number, std::memory_order_relaxed);
+    std::vector<uint32_t> taken = here;
+    if (taken.empty()) {
+        const auto share = static_cast<uint32_t>(elsewhere.size() / (serving_peers.size() + 1));
+        for (uint32_t i = 0; i < share; ++i) {
+            const uint32_t b = elsewhere[i * elsewhere.size() / share];
+            taken.push_back(b);
+            --_serving_buckets[{tag, steering.new_flows[b].load(std::memory_order_relaxed)}];
+        }
     }
+    for (uint32_t b : taken) {
+        steering.new_flows[b].store(number, std::memory_order_relaxed);
+    }
+    const auto share = static_cast<uint32_t>(taken.size());
     steering.steers.store(share > 0, std::memory_order_release);
     _serving_buckets[{tag, number}] = share;
     const double ms = static_cast<double>(monotonic_ns() - started) / 1e6;

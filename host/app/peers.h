@@ -4,9 +4,9 @@
 // onto them (paper §III-A2, migration avoidance):
 //
 //  - scale_out(chain, peer) asks the peer to run the chain for this host,
-//    learns the chain's tag there, and steers the new flows of a share of
-//    the chain's buckets to it; flows already here stay here (the flow
-//    table pins them).  The peer processes them and sends them back through
+//    learns the chain's tag there, and steers the chain's new flows to it
+//    (with other peers taking them already: an equal share of theirs);
+//    flows already here stay here (the flow table pins them).  The peer processes them and sends them back through
 //    the tunnel, marked as returned; this host transmits them on the
 //    chain's egress, and remembers the translated flow as the peer's so
 //    its replies go there too.
