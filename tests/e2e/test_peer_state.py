@@ -4,7 +4,8 @@ Hosts a and b (two network namespaces over a veth, as in test_peer_scale.py)
 run FW -> MON -> NAT.  `scale sfc +1 --peer b` lends b a share of every key
 of nat's port pool (a lease, state/lease_book.h); b takes it over as its
 whole pool, so the two hosts' NATs never hand out one external (address,
-port) twice.  `scale sfc -1 --peer b` lets b's flows expire (flow_idle_s =
+port) twice.  Every packet of the new flows runs on b, while the old flows,
+going on beside them, stay on a.  `scale sfc -1 --peer b` lets b's flows expire (flow_idle_s =
 1 there), after which b gives back what it did not hand out and what its mon
 counted (a replica merge), so a's mon, read from its state after a clean
 stop, counts every packet sent.  Then a second scale-out, and b is killed:
@@ -51,7 +52,8 @@ b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
 
 phases = [
     [flow_frame(f, s) for s in range(ROUNDS) for f in OLD],
-    [flow_frame(f, s) for s in range(ROUNDS) for f in NEW],
+    # The old flows go on beside the new ones: they stay on a.
+    [flow_frame(f, s + (ROUNDS if f in OLD else 0)) for s in range(ROUNDS) for f in list(OLD) + list(NEW)],
     [flow_frame(f, s) for s in range(ROUNDS) for f in AGAIN],
     [flow_frame(f, s + ROUNDS) for s in range(ROUNDS) for f in AGAIN],
 ]
@@ -101,7 +103,10 @@ try:
     check(leases > 0, "b holds leases of nat's pool")
     send(1)
     wait_for("the new flows have left a", lambda: out_total(a) >= sum(map(len, phases[:2])))
-    check(out_total(b) > 0, "b served some of the new flows")
+    to_b = sum(i["to_peers"] for i in a.ctl_json("stats")["instances"] if i["chain"] == "sfc")
+    check(out_total(b) == to_b == ROUNDS * len(NEW),
+          f"b ran every packet of the new flows and nothing else: {out_total(b)} there, a sent it {to_b}, "
+          f"the new flows have {ROUNDS * len(NEW)}")
 
     a.ctl_json("scale", "sfc", "-1", "--peer", b.prefix)
     # b's flows expire after 1 s idle; then its leases and mon's counts come home.
@@ -149,7 +154,7 @@ for fr in frames:
     src = (str(ipaddress.ip_address(fr[26:30])), struct.unpack("!H", fr[34:36])[0])
     check(ipaddress.ip_address(src[0]) in ipaddress.ip_network("203.0.113.0/28"), f"flow {flow} left untranslated")
     seen.setdefault(flow, []).append(src)
-for group, flows in (("while b lived", [(f, seen[f][:ROUNDS]) for f in seen]),
+for group, flows in (("while b lived", [(f, seen[f][:ROUNDS] if f in AGAIN else seen[f]) for f in seen]),
                      ("after b died", [(f, seen[f][ROUNDS:]) for f in AGAIN])):
     owner = {}
     for flow, srcs in flows:
