@@ -132,6 +132,8 @@ try:
           "(peer told: yes)" in back.stdout, f"scale -1 on b: {back.stdout}{back.stderr}")
     check(peer_entry(a, b.prefix)["new_flows_of"] == {}, "after the scale-in b takes no new flows")
     check(peer_entry(b, a.prefix)["runs_for_it"]["c"]["draining"], "b drains the chain it ran for a")
+    human_b = b.ctl("peers")
+    check(human_b.returncode == 0 and "c (draining)" in human_b.stdout, f"b's serpensctl peers: {human_b.stdout}")
     send(3)
     wait_for("phase 3 has left a", lambda: total(a, "out") >= len(trace))
     stats_b = instances(b)

@@ -187,8 +187,9 @@ std::string render_peers(const ordered_json &peers)
     }
     std::string out =
         fmt::format("host '{}', peer protocol on {}\n\n", text_of(peers, "host_id"), text_of(peers, "listen"));
-    Table table({"peer", "state", "last heard", "underlay", "mac", "sessions", "takes new flows of", "leases"},
-                {false, false, true, false, false, true, false, true});
+    Table table(
+        {"peer", "state", "last heard", "underlay", "mac", "sessions", "takes new flows of", "leases", "runs for it"},
+        {false, false, true, false, false, true, false, true, false});
     for (const ordered_json &p : field(peers, "peers")) {
         const ordered_json &seen = field(p, "last_seen_ms");
         // "chain (buckets)" for each of this host's chains the peer takes new flows of.
@@ -196,10 +197,16 @@ std::string render_peers(const ordered_json &peers)
         for (const auto &[chain, buckets] : field(p, "new_flows_of").items()) {
             takes += (takes.empty() ? "" : ", ") + chain + " (" + cell(buckets) + ")";
         }
+        // This host's chains it runs for the peer; "draining" once scaled back in.
+        std::string runs;
+        for (const auto &[chain, served] : field(p, "runs_for_it").items()) {
+            const bool draining = field(served, "draining").is_boolean() && served["draining"].get<bool>();
+            runs += (runs.empty() ? "" : ", ") + chain + (draining ? " (draining)" : "");
+        }
         table.add({text_of(p, "id"), field(p, "up").is_boolean() && p["up"].get<bool>() ? "up" : "down",
                    seen.is_number() ? human_duration(seen.get<double>() / 1000) + " ago" : "never",
                    text_of(p, "underlay"), text_of(p, "underlay_mac"), text_of(p, "sessions"),
-                   takes.empty() ? "-" : takes, text_of(p, "leases_granted")});
+                   takes.empty() ? "-" : takes, text_of(p, "leases_granted"), runs.empty() ? "-" : runs});
     }
     out += table.text();
     const ordered_json &c = field(peers, "counters");
