@@ -332,7 +332,7 @@ nlohmann::ordered_json Cluster::scale_out(const std::string &chain, const std::s
         steering.new_flows[b].store(number, std::memory_order_relaxed);
     }
     const auto share = static_cast<uint32_t>(taken.size());
-    steering.steers.store(share > 0, std::memory_order_release);
+    steering.steers.store(share > 0 || !elsewhere.empty(), std::memory_order_release);
     _serving_buckets[{tag, number}] = share;
     const double ms = static_cast<double>(monotonic_ns() - started) / 1e6;
     spdlog::info("chain '{}' scaled onto peer '{}' (its tag {}): new flows of {} of {} buckets go there ({:.1f} ms)",

@@ -159,12 +159,12 @@ peer::Envelope ReadStateReceiver::take(const std::string &peer_id, const peer::S
     if (part.part() == 0) {
         pending = Pending{};
     }
-    if (part.part() != pending.next_part) {
-        _pending.erase(id);
+    if (const uint32_t expected = pending.next_part; part.part() != expected) {
+        _pending.erase(id); // `pending` is gone from here on
         return peer::error_reply(
             peer::Error::CODE_BAD_REQUEST,
             fmt::format("copy of '{}/{}': part {} came, part {} was next; send it again from part 0", part.nf(),
-                        part.table(), part.part(), pending.next_part));
+                        part.table(), part.part(), expected));
     }
     for (const peer::Entry &entry : part.entries()) {
         if (entry.key().size() != t->key_size() || entry.value().size() != t->value_size()) {
