@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from harness import CTL, HOST, Host, check, fail
+from harness import CTL, HOST, Host, check, fail, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHAIN = "session"
@@ -162,7 +162,10 @@ try:
     instances = ctl_json("instances")
     active = [i for i in instances if i["chain"] == CHAIN and i["state"] == "active"]
     check(len(active) == 1 and active[0]["lcore"] is not None, f"instances shows the one instance: {instances}")
-    check(any(i["chain"] == CHAIN and i["state"] == "pooled" for i in instances), f"and the warm pool's: {instances}")
+    # The manager fills the warm pool on its tick, after start-up.
+    wait_until("instances shows the warm pool's instance",
+               lambda: any(i["chain"] == CHAIN and i["state"] == "pooled" for i in ctl_json("instances")),
+               alive=[proc], timeout=10, explain=lambda: f"{ctl_json('instances')}")
     check(active[0]["packets"] > 0, f"the instance has seen packets: {active[0]}")
 
     # Traffic flows: counters grow between two reads.
