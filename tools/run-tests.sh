@@ -84,7 +84,7 @@ fi
 for src in tests/fuzz/fuzz_*.cpp; do
     target=$(basename "$src" .cpp | tr _ -)
     log="build-fuzz.$target.log"
-    if bash tests/fuzz/run.sh "$target" "${SERPENS_FUZZ_SECONDS:-30}" "$root/build-fuzz" > "$log" 2>&1; then
+    if bash tests/fuzz/run.sh "$target" "${SERPENS_FUZZ_SECONDS:-20}" "$root/build-fuzz" > "$log" 2>&1; then
         passed=$((passed + 1))
         echo "$target: OK ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{print $2}') inputs)"
     else
