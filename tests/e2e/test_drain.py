@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 
-from harness import Feeder, Host, check, flow_frame, read_pcap, tally_by_flow
+from harness import Feeder, Host, check, flow_frame, read_pcap, tally_by_flow, wait_until
 
 FLOWS = 300
 ROUNDS = 50
@@ -45,8 +45,9 @@ def lcores_of_c():
 
 
 def wait_fed(fraction):
-    while feeder.written < len(trace) * fraction:
-        check(proc.poll() is None, "serpens-host stopped before the trace was fed")
+    # Polled, not spun: a spinning loop holds the GIL the feeder needs.
+    wait_until(f"{fraction:.0%} of the trace fed", lambda: feeder.written >= len(trace) * fraction, alive=[proc],
+               timeout=60, explain=lambda: f"({feeder.written} of {len(trace)} frames, error {feeder.error})")
 
 
 try:

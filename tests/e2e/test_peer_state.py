@@ -5,8 +5,8 @@ run FW -> MON -> NAT.  `scale sfc +1 --peer b` lends b a share of every key
 of nat's port pool (a lease, state/lease_book.h); b takes it over as its
 whole pool, so the two hosts' NATs never hand out one external (address,
 port) twice.  Every packet of the new flows runs on b, while the old flows,
-going on beside them, stay on a.  `scale sfc -1 --peer b` lets b's flows expire (flow_idle_s =
-1 there), after which b gives back what it did not hand out and what its mon
+going on beside them, stay on a.  `scale sfc -1 --peer b` lets b's flows expire (3 s idle
+there), after which b gives back what it did not hand out and what its mon
 counted (a replica merge), so a's mon, read from its state after a clean
 stop, counts every packet sent.  Then a second scale-out, and b is killed:
 a keeps forwarding b's flows itself, and the lease comes back to a once
@@ -41,10 +41,12 @@ a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096
          peer_section(a, pki, "10.95.0.1", b, "10.95.0.2", underlay="10.94.0.1", lease_ms=LEASE_MS),
          eal=a.eal("0"))
 b.fw_mon_nat("underlay")
-# b's flows end 1 s after their last packet, NAT mappings included, so a
-# scale-in drains in a few seconds.
+# b's flows end 3 s after their last packet, NAT mappings included, so a
+# scale-in drains in a few seconds; the rounds of a flow come well within
+# that even on a loaded machine (a mapping that expired between them would
+# give the flow a new port).
 with open(b.path("chains/sfc.toml"), "a") as f:
-    f.write("[nf.config.timeouts]\nudp = 1\n")
+    f.write("[nf.config.timeouts]\nudp = 3\n")
 b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
          '\n[[instance]]\nchain = "sfc"\ncount = 1\nflow_idle_s = 1\n' +
          peer_section(b, pki, "10.95.0.2", a, "10.95.0.1", underlay="10.94.0.2", lease_ms=LEASE_MS),
