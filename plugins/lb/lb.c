@@ -11,7 +11,7 @@
  *   backends   = ["10.1.0.1", "10.1.0.2:8080"]  # address[:port]; a port rewrites the
  *                                         # destination port too; required, 1..256
  *   table_size = 65537                    # Maglev lookup table size, a prime > 100 * backends
- *   max_flows  = 1048576                  # flows the mapping table holds
+ *   max_flows  = 1048576                  # flows the mapping table holds (see STATE)
  *   merge_ms   = 1000                     # backend usage replicas folded this often (0: at scale events)
  *
  * DESCRIPTION
@@ -27,17 +27,23 @@
  *   instances with different configs sharing the executor's state).
  *   Replies from a backend to a client whose flow it serves get the service
  *   address and port back as their source.
- *   Flow entries are looked up in bulk, one state call per 64 packets, so
- *   their cache misses overlap; a packet whose entry an earlier packet of
- *   the same run created reads it again.
+ *   On a host with the chain's flow table (ABI 1.5), a flow's backend lives
+ *   in lb's area of the flow's entry, which the host has already looked up:
+ *   a packet of a known flow costs lb no lookup.  Replies are another flow
+ *   of the chain, so they still look their service up in the `flows` table.
+ *   Those lookups go in bulk, one state call per 64 packets, so their cache
+ *   misses overlap; a packet whose entry an earlier packet of the same run
+ *   created reads it again.
  *   Every other packet passes unchanged; frames the host could not parse
  *   pass too (counted), since the LB is no filter.  Fragments and packets cut
  *   short inside the headers to rewrite, when bound for a service address,
  *   are dropped and counted.
  *
  * STATE (paper Table I)
- *   flows     PER_FLOW|WRITE         (proto, client addr:port, service addr:port) ->
- *                                    backend, and (backend, client) -> service for replies
+ *   (flow)    chain flow area, 8 B   backend address, port and index: the forward mapping
+ *   flows     PER_FLOW|WRITE         (backend, client) -> service for replies, max_flows
+ *                                    entries; on a host without the chain's flow table
+ *                                    also (proto, client, service) -> backend, 2 x max_flows
  *   backends  GLOBAL|WRITE|EVENTUAL  key backend addr:port (8 B: address and port in
  *                                    network order, 2 B zero), value flows, packets,
  *                                    bytes (u64, little endian); replicas summed by the
@@ -108,6 +114,19 @@ struct lb_flow_val {
     uint16_t pad;
 };
 
+/* lb's area of a flow's entry in the chain's flow table: one word, so a
+ * crash leaves it unset or whole.  It is set after the reply entry is in
+ * the table, so a flow with an area always has its replies translated. */
+struct lb_flow_area {
+    uint32_t ip;     /* backend address */
+    uint16_t port;   /* backend port (the service port when kept) */
+    uint8_t backend; /* its index in the list of the instance that chose it: a hint */
+    uint8_t mapped;  /* 1: set */
+};
+
+_Static_assert(sizeof(struct lb_flow_area) == 8, "a flow's backend is one word");
+_Static_assert(LB_MAX_BACKENDS <= 256, "a backend index fits the area's byte");
+
 struct lb_backend_key {
     uint32_t ip;
     uint16_t port; /* 0: the service port is kept */
@@ -146,6 +165,7 @@ struct lb {
     const struct serpens_host_api *host;
     serpens_table *flows;
     serpens_table *usage;
+    int chain_flows; /* forward mappings live in the chain's flow table */
     struct lb_prefix vip[LB_MAX_VIPS];
     uint32_t n_vips;
     int32_t vport; /* host order; -1 = any */
@@ -271,59 +291,126 @@ static void lb_use(struct lb *l, uint32_t b, uint32_t len, int new_flow)
     u->flows += (uint64_t)new_flow;
 }
 
-/* Client -> service: recall the flow's backend (`found`: *val holds it) or
- * pick one, and rewrite the destination. */
-static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, struct lb_flow_val *val,
-                       int found)
+/* The backend the Maglev table gives a new flow, into *val; its index. */
+static uint32_t lb_pick(const struct lb *l, const struct lb_flow_key *key, struct lb_flow_val *val)
 {
-    uint8_t *ip = p->data + p->l3_offset, *l4 = p->data + p->l4_offset;
-    uint32_t b = UINT32_MAX;
-    int new_flow = 0;
-    if (!found) {
-        b = l->lookup[hash_bytes(key, sizeof *key, 0) % l->table_size];
-        val->ip = l->backend[b].ip;
-        val->port = l->backend[b].port != 0 ? l->backend[b].port : key->b_port;
-        val->pad = 0;
-        new_flow = 1;
-        struct lb_flow_key rkey;
-        struct lb_flow_val rval;
-        memset(&rkey, 0, sizeof rkey);
-        rkey.a_ip = val->ip;
-        rkey.b_ip = key->a_ip;
-        rkey.a_port = val->port;
-        rkey.b_port = key->a_port;
-        rkey.proto = key->proto;
-        rkey.dir = LB_DIR_REPLY;
-        rval.ip = key->b_ip;
-        rval.port = key->b_port;
-        rval.pad = 0;
-        int rc = l->host->put_state(l->flows, &rkey, &rval);
-        if (rc == SERPENS_OK) {
-            rc = l->host->put_state(l->flows, key, val);
-        }
-        serpens_written_add(&l->run.written, &rkey);
-        serpens_written_add(&l->run.written, key);
-        if (rc != SERPENS_OK) {
-            /* Still balanced (the Maglev table keeps the choice stable), but
-             * without the memory that survives a backend change. */
-            lb_count(l, rc == SERPENS_ENOSPC ? LB_C_TABLE_FULL : LB_C_STATE_ERRORS);
-        }
-        lb_count(l, LB_C_FLOWS_NEW);
-    } else {
-        /* Find the usage slot of the stored backend (it may have left the list). */
-        for (uint32_t i = 0; i < l->n_backends; ++i) {
-            if (l->backend[i].ip == val->ip &&
-                (l->backend[i].port == 0 ? val->port == key->b_port : l->backend[i].port == val->port)) {
-                b = i;
-                break;
-            }
+    const uint32_t b = l->lookup[hash_bytes(key, sizeof *key, 0) % l->table_size];
+    val->ip = l->backend[b].ip;
+    val->port = l->backend[b].port != 0 ? l->backend[b].port : key->b_port;
+    val->pad = 0;
+    return b;
+}
+
+/* The reply entry of a flow (forward key, backend val): backend -> client
+ * maps back to the service. */
+static void lb_reply_entry(const struct lb_flow_key *key, const struct lb_flow_val *val, struct lb_flow_key *rkey,
+                           struct lb_flow_val *rval)
+{
+    memset(rkey, 0, sizeof *rkey);
+    rkey->a_ip = val->ip;
+    rkey->b_ip = key->a_ip;
+    rkey->a_port = val->port;
+    rkey->b_port = key->a_port;
+    rkey->proto = key->proto;
+    rkey->dir = LB_DIR_REPLY;
+    rval->ip = key->b_ip;
+    rval->port = key->b_port;
+    rval->pad = 0;
+}
+
+/* The index in this instance's list of a stored backend (hint: where it was
+ * when chosen), or UINT32_MAX when it has left the list. */
+static uint32_t lb_backend_index(const struct lb *l, const struct lb_flow_key *key, const struct lb_flow_val *val,
+                                 uint32_t hint)
+{
+    for (uint32_t n = 0, i = hint < l->n_backends ? hint : 0; n < l->n_backends;
+         ++n, i = i + 1 < l->n_backends ? i + 1 : 0) {
+        const struct lb_backend_key *b = &l->backend[i];
+        if (b->ip == val->ip && (b->port == 0 ? val->port == key->b_port : b->port == val->port)) {
+            return i;
         }
     }
+    return UINT32_MAX;
+}
+
+static void lb_forwarded(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key,
+                         const struct lb_flow_val *val, uint32_t b, int new_flow)
+{
     if (b != UINT32_MAX) {
         lb_use(l, b, p->len, new_flow);
     }
-    lb_rewrite(ip, 16, l4, key->proto, 2, val->ip, val->port);
+    if (new_flow) {
+        lb_count(l, LB_C_FLOWS_NEW);
+    }
+    lb_rewrite(p->data + p->l3_offset, 16, p->data + p->l4_offset, key->proto, 2, val->ip, val->port);
     lb_count(l, LB_C_BALANCED);
+}
+
+/* A stored mapping that failed: the flow is still balanced (the Maglev
+ * table keeps the choice stable), without the memory that survives a
+ * backend change. */
+static void lb_put_failed(struct lb *l, int rc)
+{
+    lb_count(l, rc == SERPENS_ENOSPC ? LB_C_TABLE_FULL : LB_C_STATE_ERRORS);
+}
+
+/* Client -> service without the chain's flow table: recall the flow's
+ * backend from the table (`found`: *val holds it) or pick one. */
+static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, struct lb_flow_val *val,
+                       int found)
+{
+    if (found) {
+        lb_forwarded(l, p, key, val, lb_backend_index(l, key, val, 0), 0);
+        return;
+    }
+    const uint32_t b = lb_pick(l, key, val);
+    struct lb_flow_key rkey;
+    struct lb_flow_val rval;
+    lb_reply_entry(key, val, &rkey, &rval);
+    int rc = l->host->put_state(l->flows, &rkey, &rval);
+    if (rc == SERPENS_OK) {
+        rc = l->host->put_state(l->flows, key, val);
+    }
+    serpens_written_add(&l->run.written, &rkey);
+    serpens_written_add(&l->run.written, key);
+    if (rc != SERPENS_OK) {
+        lb_put_failed(l, rc);
+    }
+    lb_forwarded(l, p, key, val, b, 1);
+}
+
+/* Client -> service, the flow's area in hand: it holds the backend, or gets
+ * it once the reply entry is stored (a crash in between leaves a reply
+ * entry the flow's next packet writes again). */
+static void lb_forward_flow(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, void *area)
+{
+    uint64_t word = __atomic_load_n((const uint64_t *)area, __ATOMIC_RELAXED);
+    struct lb_flow_area a;
+    memcpy(&a, &word, sizeof a);
+    struct lb_flow_val val;
+    memset(&val, 0, sizeof val);
+    if (a.mapped) {
+        val.ip = a.ip;
+        val.port = a.port;
+        lb_forwarded(l, p, key, &val, lb_backend_index(l, key, &val, a.backend), 0);
+        return;
+    }
+    const uint32_t b = lb_pick(l, key, &val);
+    struct lb_flow_key rkey;
+    struct lb_flow_val rval;
+    lb_reply_entry(key, &val, &rkey, &rval);
+    const int rc = l->host->put_state(l->flows, &rkey, &rval);
+    if (rc == SERPENS_OK) {
+        a.ip = val.ip;
+        a.port = val.port;
+        a.backend = (uint8_t)b;
+        a.mapped = 1;
+        memcpy(&word, &a, sizeof word);
+        __atomic_store_n((uint64_t *)area, word, __ATOMIC_RELEASE);
+    } else {
+        lb_put_failed(l, rc);
+    }
+    lb_forwarded(l, p, key, &val, b, 1);
 }
 
 /* Backend -> client (`found`: *val holds the service): put the service
@@ -445,7 +532,13 @@ static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         if (batch->labels[i] != batch->self) {
             continue;
         }
-        if (lb_classify(l, serpens_batch_pkt(batch, i), &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
+        struct serpens_pkt *p = serpens_batch_pkt(batch, i);
+        if (lb_classify(l, p, &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
+            void *area = l->chain_flows && r->kind[r->n] == LB_K_FORWARD ? serpens_batch_flow(batch, i) : NULL;
+            if (area != NULL) {
+                lb_forward_flow(l, p, &r->key[r->n], area);
+                continue;
+            }
             r->at[r->n++] = i;
             if (r->n == LB_BULK) {
                 lb_run_packets(l, batch);
@@ -585,9 +678,16 @@ static int lb_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
         h->log(ctx, SERPENS_LOG_ERROR, "lb: out of memory for the lookup table");
         return rc;
     }
-    /* Two entries per flow: forward and reply. */
+    if (SERPENS_HOST_HAS(h, flow_state)) {
+        if ((rc = h->flow_state(ctx, sizeof(struct lb_flow_area))) != SERPENS_OK) {
+            h->log(ctx, SERPENS_LOG_ERROR, "lb: the host refused the chain's flow state: error %d", rc);
+            return rc;
+        }
+        l->chain_flows = 1;
+    }
+    /* Per flow a reply entry, and without the chain's flow table a forward one. */
     l->flows = h->create_table(ctx, "flows", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(struct lb_flow_key),
-                               sizeof(struct lb_flow_val), 2 * (uint64_t)max_flows);
+                               sizeof(struct lb_flow_val), (l->chain_flows ? 1u : 2u) * (uint64_t)max_flows);
     l->usage = h->create_table(ctx, "backends", SERPENS_STATE_GLOBAL | SERPENS_STATE_WRITE | SERPENS_STATE_EVENTUAL,
                                sizeof(struct lb_backend_key), sizeof(struct lb_usage), LB_MAX_BACKENDS * 4);
     if (l->flows == NULL || l->usage == NULL) {

@@ -1,7 +1,9 @@
 // lb against the mock host: Maglev spreads flows within 5% of even, a flow
 // keeps its backend (also when the backend list changes), replies get the
 // service address back, checksums stay valid, usage counts add up, and bad
-// config and truncated packets are handled.
+// config and truncated packets are handled.  Built twice: on a host without
+// the chain's flow table (LB_CHAIN_FLOWS=0: lb keeps forward mappings in its
+// table) and on one with it (a flow's backend in lb's area).
 
 #include "mock_host.h"
 
@@ -13,6 +15,11 @@
 
 using namespace nfmock;
 using namespace nfmock::ipv4_frames;
+
+#ifndef LB_CHAIN_FLOWS
+#define LB_CHAIN_FLOWS 0
+#endif
+constexpr bool kChainFlows = LB_CHAIN_FLOWS != 0;
 
 namespace {
 
@@ -35,6 +42,9 @@ struct Lb {
     MockHost host{lb()};
     explicit Lb(const std::string &cfg = kConfig)
     {
+        if (!kChainFlows) {
+            host.api().flow_state = nullptr; // a 1.4 host
+        }
         host.set_config(cfg);
         REQUIRE(host.init(0) == SERPENS_OK);
     }
@@ -304,3 +314,42 @@ TEST_CASE("lb: init reads every key its synopsis documents")
     REQUIRE(unread.size() == 1);
     CHECK(unread[0].find(":6:1: unknown key 'backend'") != std::string::npos);
 }
+
+#if LB_CHAIN_FLOWS
+TEST_CASE("lb on the chain's flow table: a flow's backend is its area; the table holds only reply entries")
+{
+    Lb l;
+    REQUIRE(l.host.flows() != nullptr);
+    const uint32_t n = 300;
+    std::vector<Bytes> in;
+    for (uint32_t i = 0; i < n; ++i) {
+        in.push_back(frame(client_flow(i, i % 2 ? 6 : 17)));
+    }
+    const auto out = l.run(in);
+    for (uint32_t i = 0; i < n; ++i) {
+        CAPTURE(i);
+        Packets p;
+        p.add(in[i]);
+        const void *area = l.host.flow_area(p.parse()[0]);
+        REQUIRE(area != nullptr);
+        uint32_t ip;
+        uint16_t port;
+        std::memcpy(&ip, area, 4);
+        std::memcpy(&port, static_cast<const uint8_t *>(area) + 4, 2);
+        const Decoded d = decode(out[i]);
+        CHECK(ntohl(ip) == d.dst);
+        CHECK(ntohs(port) == d.dport);
+        CHECK(static_cast<const uint8_t *>(area)[7] == 1); // set
+    }
+    CHECK(l.host.table("flows")->entries().size() == n); // one reply entry per flow
+    // A stored backend wins over the Maglev table: point a flow's area at
+    // another backend, and its next packet goes there.
+    Packets p;
+    p.add(in[0]);
+    auto *area = static_cast<uint8_t *>(l.host.flow_area(p.parse()[0]));
+    const uint32_t elsewhere = htonl(decode(out[0]).dst == ip4("10.1.0.1") ? ip4("10.1.0.2") : ip4("10.1.0.1"));
+    std::memcpy(area, &elsewhere, 4);
+    CHECK(decode(l.run({in[0]})[0]).dst == ntohl(elsewhere));
+    CHECK(l.host.counter(0, "flows_new") == n);
+}
+#endif
