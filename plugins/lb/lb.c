@@ -333,6 +333,8 @@ static uint32_t lb_backend_index(const struct lb *l, const struct lb_flow_key *k
     return UINT32_MAX;
 }
 
+/* Rewrites a client's packet to backend *val and counts it; b is the
+ * backend's index here (UINT32_MAX: it has left the list, so no usage). */
 static void lb_forwarded(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key,
                          const struct lb_flow_val *val, uint32_t b, int new_flow)
 {
