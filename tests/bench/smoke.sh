@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench-smoke: `serpens-bench all --quick` completes and writes its outputs.
+# bench-smoke: `serpens-bench --repeat 1 all --quick` completes and writes its outputs.
 # Speed is never asserted here; only that every benchmark ran and reported.
 # usage: smoke.sh SERPENS_BENCH PLUGIN_DIR
 set -eu
@@ -8,7 +8,8 @@ plugins=$2
 out=$(mktemp -d "${TMPDIR:-/tmp}/serpens-bench-smoke-XXXXXX")
 trap 'rm -rf "$out"' EXIT
 
-"$bench" all --quick --out "$out" --plugins "$plugins"
+# One repeat per point: the smoke checks that each benchmark runs and reports.
+"$bench" --repeat 1 all --quick --out "$out" --plugins "$plugins"
 
 fail=0
 for f in chain.csv launch.csv nf.csv nf-fw-rules.csv exec-models.csv exec-models-latency.csv chaining.csv e2e.csv state.csv profile.csv throughput.csv scale.csv vxlan.csv \
