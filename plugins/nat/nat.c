@@ -278,10 +278,15 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
     for (uint32_t i = first; i < end; ++i) {
         struct nat_job *job = &c->job[i - first];
         job->kind = NAT_K_DONE;
+        job->no_item = 0;
         if (batch->labels[i] == batch->self) {
             job->kind = (uint8_t)nat_classify(n, serpens_batch_pkt(batch, i), c, job, &batch->ports[i]);
             job->flow = n->chain_flows ? serpens_batch_flow(batch, i) : NULL;
         }
+    }
+    c->n_jobs = end - first;
+    if (n->chain_flows) {
+        nat_flow_map_new(n, c, now);
     }
     /* With the chain's flow table an outbound packet's mapping is its area. */
     c->ohit = n->chain_flows ? 0

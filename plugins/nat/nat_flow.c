@@ -11,7 +11,11 @@
  * A new flow takes an item, records it in the area (TAKEN), writes `in` and
  * `out`, then marks the area MAPPED: a crash in between leaves a TAKEN area
  * whose next packet writes the entries again, and whose item goes back with
- * the flow, so nothing leaks and no reply finds a half-made mapping.
+ * the flow, so nothing leaks and no reply finds a half-made mapping.  A
+ * chunk's new flows write their entries together, one update_state_bulk_v2
+ * per table, so the misses of inserting into tables of a million entries
+ * overlap instead of queueing (nat_flow_map_new): through FW -> MON -> NAT
+ * that took new flows from 0.64-0.80 to 0.86-0.93 M/s in one run here.
  *
  * Expiry: the host shows nat its flows twice per shortest timeout
  * (flow_visit).  A mapping idle past its protocol's timeout is dropped and
@@ -86,6 +90,87 @@ static void nat_flow_drop(struct nat *n, void *area)
     nat_drop_mapping(n, &ik);
 }
 
+/* Records a new flow's item in its area (TAKEN), before its entries exist. */
+static struct nat_flow nat_flow_take(const struct nat *n, void *area, uint8_t proto, uint32_t item)
+{
+    struct nat_flow f;
+    memset(&f, 0, sizeof f);
+    nat_item_endpoint(n, item, &f.ext_ip, &f.ext_port);
+    f.proto = proto;
+    f.flags = NAT_FLOW_TAKEN;
+    nat_flow_store(area, f);
+    return f;
+}
+
+_Static_assert(sizeof(struct nat_in_val) == 16 && sizeof(struct nat_out_val) == 16,
+               "mapping values are two words each, written by update_state_bulk_v2");
+
+void nat_flow_map_new(struct nat *n, struct nat_chunk *c, uint64_t now)
+{
+    static const uint8_t set[2] = {SERPENS_WORD_SET, SERPENS_WORD_SET};
+    struct nat_in_key ik[NAT_BULK];
+    struct nat_out_key ok[NAT_BULK];
+    uint64_t irow[NAT_BULK][2], orow[NAT_BULK][2];
+    struct nat_flow *area[NAT_BULK];
+    struct nat_flow taken[NAT_BULK];
+    uint32_t m = 0;
+    for (uint32_t j = 0; j < NAT_BULK && j < c->n_jobs; ++j) {
+        struct nat_job *job = &c->job[j];
+        if (job->kind != NAT_K_OUT || job->flow == NULL) {
+            continue;
+        }
+        /* TAKEN or MAPPED: known, taken by an earlier packet of this chunk,
+         * or left by a crash (nat_outbound_flow writes its entries again). */
+        if (nat_flow_load(job->flow).flags & (NAT_FLOW_TAKEN | NAT_FLOW_MAPPED)) {
+            continue;
+        }
+        const struct nat_out_key *key = &c->okey[job->at];
+        const int64_t item = nat_pool_take(n, nat_proto_index(key->proto), now);
+        if (item < 0) {
+            job->no_item = 1; /* nat_outbound_flow drops and counts it */
+            continue;
+        }
+        const struct nat_flow f = nat_flow_take(n, job->flow, key->proto, (uint32_t)item);
+        struct nat_in_val iv;
+        nat_in_entry(n, key, f.ext_ip, f.ext_port, &ik[m], &iv);
+        memcpy(irow[m], &iv, sizeof iv);
+        struct nat_out_val ov;
+        memset(&ov, 0, sizeof ov);
+        ov.ext_ip = f.ext_ip;
+        ov.ext_port = f.ext_port;
+        ov.last_ns = now;
+        memcpy(orow[m], &ov, sizeof ov);
+        ok[m] = *key;
+        area[m] = job->flow;
+        taken[m] = f;
+        ++m;
+    }
+    if (m == 0) {
+        return;
+    }
+    uint64_t in_written = 0, out_written = 0;
+    (void)n->host->update_state_bulk_v2(n->in, ik, m, &irow[0][0], set, NULL, &in_written);
+    (void)n->host->update_state_bulk_v2(n->out, ok, m, &orow[0][0], set, NULL, &out_written);
+    for (uint32_t i = 0; i < m; ++i) {
+        const uint64_t bit = 1ull << i;
+        if ((in_written & bit) && (out_written & bit)) {
+            taken[i].flags |= NAT_FLOW_MAPPED;
+            nat_flow_store(area[i], taken[i]);
+            nat_count(n, NAT_C_NEW);
+            continue;
+        }
+        /* Half written (a full table): undo it; the area stays TAKEN, so
+         * nat_outbound_flow tries its entries once more, and drops the
+         * flow and counts why when they fail again. */
+        if (in_written & bit) {
+            n->host->delete_state(n->in, &ik[i]);
+        }
+        if (out_written & bit) {
+            n->host->delete_state(n->out, &ok[i]);
+        }
+    }
+}
+
 uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_job *job, uint64_t now)
 {
     const struct nat_out_key *key = &c->okey[job->at];
@@ -98,16 +183,12 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
     if (!(f.flags & NAT_FLOW_MAPPED)) {
         if (!(f.flags & NAT_FLOW_TAKEN)) {
             const unsigned pi = nat_proto_index(key->proto);
-            const int64_t item = nat_pool_take(n, pi, now);
+            const int64_t item = job->no_item ? -1 : nat_pool_take(n, pi, now);
             if (item < 0) {
                 nat_count(n, NAT_C_EXHAUSTED);
                 return SERPENS_PORT_DROP;
             }
-            memset(&f, 0, sizeof f);
-            nat_item_endpoint(n, (uint32_t)item, &f.ext_ip, &f.ext_port);
-            f.proto = key->proto;
-            f.flags = NAT_FLOW_TAKEN;
-            nat_flow_store(job->flow, f);
+            f = nat_flow_take(n, job->flow, key->proto, (uint32_t)item);
         }
         /* TAKEN only: new, or a crash came between the item and its entries. */
         struct nat_out_val val;

@@ -141,6 +141,7 @@ struct nat_job {
     uint8_t kind;
     uint8_t at; /* index of its key in the chunk's out or in keys */
     uint8_t fin_or_rst;
+    uint8_t no_item; /* chain_flows: the pool had no item for this new flow */
     uint8_t *ip;
     struct nat_flow *flow; /* chain_flows: the packet's area (NULL: none) */
     struct nat_l4 l4;
@@ -155,6 +156,7 @@ struct nat_chunk {
     struct nat_in_val ival[NAT_BULK];
     uint64_t ohit, ihit; /* bulk results still valid for this chunk */
     uint32_t n_out, n_in;
+    uint32_t n_jobs;
 };
 
 struct nat_prefix {
@@ -267,6 +269,9 @@ int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_ne
 uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing);
 /* Writes a new mapping's `in` (first: once `out` exists, replies may come)
  * and `out` entries; on failure neither stays.  SERPENS_OK or the error. */
+/* The `in` entry of the mapping of flow `key` to external (ext_ip, ext_port). */
+void nat_in_entry(const struct nat *n, const struct nat_out_key *key, uint32_t ext_ip, uint16_t ext_port,
+                  struct nat_in_key *ik, struct nat_in_val *iv);
 int nat_put_mapping(struct nat *n, const struct nat_out_key *key, const struct nat_out_val *val);
 /* Removes the mapping of external item `ik` (both entries) and gives the
  * item back to this instance's share; counts it expired. */
@@ -274,6 +279,11 @@ void nat_drop_mapping(struct nat *n, const struct nat_in_key *ik);
 
 /* nat_flow.c: mappings in the chain's flow table. */
 int nat_flow_init(struct nat *n);
+/* Before a chunk's packets are translated: gives its new outbound flows
+ * their items and writes their `in` and `out` entries in one bulk call per
+ * table, so the cache misses of the inserts overlap.  A flow it leaves
+ * unmapped (no item, a full table) nat_outbound_flow handles and counts. */
+void nat_flow_map_new(struct nat *n, struct nat_chunk *c, uint64_t now);
 uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_job *job, uint64_t now);
 int nat_flow_visit(struct serpens_nf_ctx *ctx, void *state, const struct serpens_flow_info *flow);
 void nat_flow_expired(struct serpens_nf_ctx *ctx, void *state);

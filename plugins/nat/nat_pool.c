@@ -165,21 +165,27 @@ uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing)
     return n->timeout_ns[proto == NAT_PROTO_UDP ? NAT_TO_UDP : NAT_TO_ICMP];
 }
 
+void nat_in_entry(const struct nat *n, const struct nat_out_key *key, uint32_t ext_ip, uint16_t ext_port,
+                  struct nat_in_key *ik, struct nat_in_val *iv)
+{
+    memset(ik, 0, sizeof *ik);
+    memset(iv, 0, sizeof *iv);
+    ik->ext_ip = ext_ip;
+    ik->ext_port = ext_port;
+    ik->proto = key->proto;
+    iv->in_ip = key->in_ip;
+    iv->rem_ip = key->rem_ip;
+    iv->in_port = key->in_port;
+    iv->rem_port = key->rem_port;
+    iv->owner = (uint16_t)n->ctx->instance_id;
+    iv->proto = key->proto;
+}
+
 int nat_put_mapping(struct nat *n, const struct nat_out_key *key, const struct nat_out_val *val)
 {
     struct nat_in_key ik;
     struct nat_in_val iv;
-    memset(&ik, 0, sizeof ik);
-    memset(&iv, 0, sizeof iv);
-    ik.ext_ip = val->ext_ip;
-    ik.ext_port = val->ext_port;
-    ik.proto = key->proto;
-    iv.in_ip = key->in_ip;
-    iv.rem_ip = key->rem_ip;
-    iv.in_port = key->in_port;
-    iv.rem_port = key->rem_port;
-    iv.owner = (uint16_t)n->ctx->instance_id;
-    iv.proto = key->proto;
+    nat_in_entry(n, key, val->ext_ip, val->ext_port, &ik, &iv);
     int rc = n->host->put_state(n->in, &ik, &iv);
     if (rc == SERPENS_OK) {
         rc = n->host->put_state(n->out, key, val);

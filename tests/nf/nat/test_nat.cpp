@@ -689,6 +689,49 @@ TEST_CASE("nat on the chain's flow table: new flows the full table cannot hold a
     CHECK(host.counter(0, "mappings_created") == host.flows()->totals().live);
     CHECK(host.counter(0, "mappings_created") + full == flows);
 }
+
+TEST_CASE("nat on the chain's flow table: a batch of new flows is mapped in bulk; what the full tables refuse keeps no "
+          "item and no half entry")
+{
+    Nat n("max_mappings = 16\n" + std::string(kConfig));
+    const uint16_t flows = 256; // batches of 64, past what the tables hold
+    uint64_t mapped = 0;
+    std::vector<Bytes> replies;
+    for (uint16_t first = 0; first < flows; first += 64) {
+        Packets p;
+        for (uint16_t i = first; i < first + 64; ++i) {
+            p.add(frame({17, ip4("10.4.0.1"), ip4("198.51.100.5"), static_cast<uint16_t>(30000 + i), 53}));
+        }
+        n.host.process(0, p.parse(), p.ports, kSec);
+        for (std::size_t i = 0; i < 64; ++i) {
+            if (!p.dropped(i)) {
+                ++mapped;
+                replies.push_back(frame(reply_to(decode(p.frames[i]), 17)));
+            }
+        }
+    }
+    CHECK(mapped > 0);
+    CHECK(mapped < flows);
+    CHECK(n.c("mappings_created") == mapped);
+    CHECK(n.c("table_full") == flows - mapped);
+    CHECK(n.host.table("in")->entries().size() == mapped);
+    CHECK(n.host.table("out")->entries().size() == mapped);
+    // Every refused flow's item went back: free UDP items plus mappings is the pool.
+    uint64_t free_udp = 0;
+    for (auto &[key, cells] : n.host.table("pool")->entries()) {
+        if (key[6] == 17) {
+            for (uint8_t byte : n.host.global_value("pool", key)) {
+                free_udp += static_cast<uint64_t>(__builtin_popcount(byte));
+            }
+        }
+    }
+    CHECK(free_udp + mapped == 3 * 100);
+    // The mapped flows' replies come back to them.
+    for (const Bytes &r : replies) {
+        CHECK_FALSE(n.run(r, kSec).empty());
+    }
+    CHECK(n.c("no_mapping") == 0);
+}
 #endif
 
 TEST_CASE("nat: config errors name file:line and fail init")
