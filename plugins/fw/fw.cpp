@@ -23,7 +23,8 @@
  *   A malformed rules file fails init with "file:line: what was expected".
  *
  *   The first packet of a flow is classified by tuple-space search (one hash
- *   lookup per distinct prefix-length pair, see fw_rules.h) and its verdict is
+ *   lookup per distinct prefix-length pair, see fw_rules.h; a per-tuple bit
+ *   filter answers most misses without touching the map) and its verdict is
  *   cached by the directional 5-tuple; every later packet costs one cache
  *   lookup, whatever the number of rules.  Cached verdicts carry a fingerprint
  *   of the rules file, so a host restarted with other rules re-decides.

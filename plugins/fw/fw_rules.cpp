@@ -298,7 +298,9 @@ void Classifier::build(const RuleSet &set)
                 _tuples[f].push_back(Tuple{r.src_len, r.dst_len, has_proto, i, {}});
                 it = _tuples[f].end() - 1;
             }
-            it->buckets[make_key(family, r.src, r.src_len, r.dst, r.dst_len, has_proto ? r.proto : -1)].push_back(i);
+            const Key key = make_key(family, r.src, r.src_len, r.dst, r.dst_len, has_proto ? r.proto : -1);
+            it->buckets[key].push_back(i);
+            it->mark(KeyHash{}(key));
         }
         std::sort(_tuples[f].begin(), _tuples[f].end(), [](const Tuple &a, const Tuple &b) { return a.best < b.best; });
     }
@@ -315,7 +317,11 @@ int32_t Classifier::classify(const PacketKey &p) const noexcept
         if (t.best >= best) {
             break; // sorted by best: nothing later can win
         }
-        auto it = t.buckets.find(make_key(p.family, p.src, t.src_len, p.dst, t.dst_len, t.has_proto ? p.proto : -1));
+        const Key key = make_key(p.family, p.src, t.src_len, p.dst, t.dst_len, t.has_proto ? p.proto : -1);
+        if (!t.may_hold(KeyHash{}(key))) {
+            continue;
+        }
+        auto it = t.buckets.find(key);
         if (it == t.buckets.end()) {
             continue;
         }

@@ -101,11 +101,20 @@ private:
     struct KeyHash {
         std::size_t operator()(const Key &k) const noexcept;
     };
+    // A packet's key misses most tuples: a bit per hash value, set for each
+    // key of the tuple, answers that without walking the map's buckets.
+    static constexpr unsigned kFilterBits = 1u << 13; // 1 KiB per tuple
     struct Tuple {
         uint8_t src_len, dst_len;
         bool has_proto;
         uint32_t best; // smallest rule index inside
         std::unordered_map<Key, std::vector<uint32_t>, KeyHash> buckets;
+        std::vector<uint64_t> filter = std::vector<uint64_t>(kFilterBits / 64);
+        void mark(std::size_t hash) noexcept { filter[(hash >> 7) % kFilterBits / 64] |= 1ull << (hash >> 7) % 64; }
+        bool may_hold(std::size_t hash) const noexcept
+        {
+            return (filter[(hash >> 7) % kFilterBits / 64] >> (hash >> 7) % 64) & 1u;
+        }
     };
     static Key make_key(uint8_t family, const uint8_t *src, uint8_t slen, const uint8_t *dst, uint8_t dlen,
                         int proto) noexcept;
