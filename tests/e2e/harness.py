@@ -8,6 +8,7 @@ import atexit
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +26,11 @@ BUILD = os.path.dirname(os.path.dirname(HOST))
 STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 
 _prefix_counter = 0
+
+# meson ends a test that overran its timeout with SIGTERM: exit through
+# SystemExit, so the atexit cleanups still kill the hosts and remove the
+# scratch and state directories and the namespaces.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def fail(message):
