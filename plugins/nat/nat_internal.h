@@ -267,11 +267,11 @@ void nat_sweep_entries(struct nat *n, uint64_t now);
 
 int64_t nat_endpoint_item(const struct nat *n, uint32_t ip_net, uint16_t port_net);
 uint64_t nat_timeout(const struct nat *n, uint8_t proto, int closing);
-/* Writes a new mapping's `in` (first: once `out` exists, replies may come)
- * and `out` entries; on failure neither stays.  SERPENS_OK or the error. */
 /* The `in` entry of the mapping of flow `key` to external (ext_ip, ext_port). */
 void nat_in_entry(const struct nat *n, const struct nat_out_key *key, uint32_t ext_ip, uint16_t ext_port,
                   struct nat_in_key *ik, struct nat_in_val *iv);
+/* Writes a new mapping's `in` (first: once `out` exists, replies may come)
+ * and `out` entries; on failure neither stays.  SERPENS_OK or the error. */
 int nat_put_mapping(struct nat *n, const struct nat_out_key *key, const struct nat_out_val *val);
 /* Removes the mapping of external item `ik` (both entries) and gives the
  * item back to this instance's share; counts it expired. */
