@@ -125,9 +125,11 @@ TEST_CASE("state-concurrency: readers never see a half-written value while one w
     REQUIRE(t->put(&key, &b) == SERPENS_OK);
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> torn{0}, reads{0};
+    // The writer goes on until the readers have read a while beside it: on a
+    // busy machine they may not be scheduled before 200000 puts are done.
     std::thread writer([&] {
         Big v{};
-        for (uint64_t i = 1; i < 200000; ++i) {
+        for (uint64_t i = 1; i < 200000 || reads.load() < 10000; ++i) {
             for (auto &w : v.w) {
                 w = i;
             }
