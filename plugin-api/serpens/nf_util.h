@@ -92,6 +92,24 @@ static inline void serpens_st_be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
+/* An NF's 8-byte word in a flow's area (nf.h, "Per-flow state of the
+ * chain"), read into / written from 8 bytes at `word`: one load and one
+ * store, never torn, so a crash leaves the old word or the new one.  The
+ * store releases: what the NF wrote before it (its table entries) is seen
+ * by whoever sees the new word. */
+static inline void serpens_flow_word_load(const void *area, void *word)
+{
+    const uint64_t w = __atomic_load_n((const uint64_t *)area, __ATOMIC_RELAXED);
+    memcpy(word, &w, 8);
+}
+
+static inline void serpens_flow_word_store(void *area, const void *word)
+{
+    uint64_t w;
+    memcpy(&w, word, 8);
+    __atomic_store_n((uint64_t *)area, w, __ATOMIC_RELEASE);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Internet checksums                                                        */
 /* ------------------------------------------------------------------------ */

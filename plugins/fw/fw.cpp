@@ -270,17 +270,11 @@ Verdict decide(Fw &fw, const FlowKey &k, uint64_t now) noexcept
 FlowVerdicts load_flow(const FlowVerdicts *flow) noexcept
 {
     FlowVerdicts f;
-    const uint64_t word = __atomic_load_n(reinterpret_cast<const uint64_t *>(flow), __ATOMIC_RELAXED);
-    std::memcpy(&f, &word, sizeof f);
+    serpens_flow_word_load(flow, &f);
     return f;
 }
 
-void store_flow(FlowVerdicts *flow, const FlowVerdicts &f) noexcept
-{
-    uint64_t word;
-    std::memcpy(&word, &f, sizeof word);
-    __atomic_store_n(reinterpret_cast<uint64_t *>(flow), word, __ATOMIC_RELAXED);
-}
+void store_flow(FlowVerdicts *flow, const FlowVerdicts &f) noexcept { serpens_flow_word_store(flow, &f); }
 
 // Direction d's verdict (pad kStored when there is one).
 Verdict load_verdict(const FlowVerdicts *flow, unsigned d) noexcept

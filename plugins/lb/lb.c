@@ -386,9 +386,8 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow
  * entry the flow's next packet writes again). */
 static void lb_forward_flow(struct lb *l, struct serpens_pkt *p, const struct lb_flow_key *key, void *area)
 {
-    uint64_t word = __atomic_load_n((const uint64_t *)area, __ATOMIC_RELAXED);
     struct lb_flow_area a;
-    memcpy(&a, &word, sizeof a);
+    serpens_flow_word_load(area, &a);
     struct lb_flow_val val;
     memset(&val, 0, sizeof val);
     if (a.mapped) {
@@ -407,8 +406,7 @@ static void lb_forward_flow(struct lb *l, struct serpens_pkt *p, const struct lb
         a.port = val.port;
         a.backend = (uint8_t)b;
         a.mapped = 1;
-        memcpy(&word, &a, sizeof word);
-        __atomic_store_n((uint64_t *)area, word, __ATOMIC_RELEASE);
+        serpens_flow_word_store(area, &a);
     } else {
         lb_put_failed(l, rc);
     }

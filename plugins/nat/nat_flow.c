@@ -31,19 +31,13 @@
 
 static struct nat_flow nat_flow_load(const void *area)
 {
-    uint64_t word = __atomic_load_n((const uint64_t *)area, __ATOMIC_RELAXED);
     struct nat_flow f;
-    memcpy(&f, &word, sizeof f);
+    serpens_flow_word_load(area, &f);
     return f;
 }
 
 /* One 8-byte store: a crash leaves the old area or the new one. */
-static void nat_flow_store(void *area, struct nat_flow f)
-{
-    uint64_t word;
-    memcpy(&word, &f, sizeof word);
-    __atomic_store_n((uint64_t *)area, word, __ATOMIC_RELEASE);
-}
+static void nat_flow_store(void *area, struct nat_flow f) { serpens_flow_word_store(area, &f); }
 
 _Static_assert(sizeof(struct nat_flow) == 8, "a flow's mapping is one word");
 
