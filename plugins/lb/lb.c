@@ -301,10 +301,11 @@ static uint32_t lb_pick(const struct lb *l, const struct lb_flow_key *key, struc
     return b;
 }
 
-/* The reply entry of a flow (forward key, backend val): backend -> client
- * maps back to the service. */
-static void lb_reply_entry(const struct lb_flow_key *key, const struct lb_flow_val *val, struct lb_flow_key *rkey,
-                           struct lb_flow_val *rval)
+/* Stores where a new flow's replies go back to: backend -> client maps to
+ * the service (forward key, backend val); the reply key in *rkey.  The
+ * put's result. */
+static int lb_put_reply(struct lb *l, const struct lb_flow_key *key, const struct lb_flow_val *val,
+                        struct lb_flow_key *rkey)
 {
     memset(rkey, 0, sizeof *rkey);
     rkey->a_ip = val->ip;
@@ -313,9 +314,8 @@ static void lb_reply_entry(const struct lb_flow_key *key, const struct lb_flow_v
     rkey->b_port = key->a_port;
     rkey->proto = key->proto;
     rkey->dir = LB_DIR_REPLY;
-    rval->ip = key->b_ip;
-    rval->port = key->b_port;
-    rval->pad = 0;
+    const struct lb_flow_val rval = {key->b_ip, key->b_port, 0};
+    return l->host->put_state(l->flows, rkey, &rval);
 }
 
 /* The index in this instance's list of a stored backend (hint: where it was
@@ -367,9 +367,7 @@ static void lb_forward(struct lb *l, struct serpens_pkt *p, const struct lb_flow
     }
     const uint32_t b = lb_pick(l, key, val);
     struct lb_flow_key rkey;
-    struct lb_flow_val rval;
-    lb_reply_entry(key, val, &rkey, &rval);
-    int rc = l->host->put_state(l->flows, &rkey, &rval);
+    int rc = lb_put_reply(l, key, val, &rkey);
     if (rc == SERPENS_OK) {
         rc = l->host->put_state(l->flows, key, val);
     }
@@ -398,9 +396,7 @@ static void lb_forward_flow(struct lb *l, struct serpens_pkt *p, const struct lb
     }
     const uint32_t b = lb_pick(l, key, &val);
     struct lb_flow_key rkey;
-    struct lb_flow_val rval;
-    lb_reply_entry(key, &val, &rkey, &rval);
-    const int rc = l->host->put_state(l->flows, &rkey, &rval);
+    const int rc = lb_put_reply(l, key, &val, &rkey);
     if (rc == SERPENS_OK) {
         a.ip = val.ip;
         a.port = val.port;

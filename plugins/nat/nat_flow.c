@@ -96,6 +96,17 @@ static struct nat_flow nat_flow_take(const struct nat *n, void *area, uint8_t pr
     return f;
 }
 
+/* The `out` entry of a flow that holds item f, refreshed at now. */
+static struct nat_out_val nat_flow_out_val(struct nat_flow f, uint64_t now)
+{
+    struct nat_out_val val;
+    memset(&val, 0, sizeof val);
+    val.ext_ip = f.ext_ip;
+    val.ext_port = f.ext_port;
+    val.last_ns = now;
+    return val;
+}
+
 _Static_assert(sizeof(struct nat_in_val) == 16 && sizeof(struct nat_out_val) == 16,
                "mapping values are two words each, written by update_state_bulk_v2");
 
@@ -108,7 +119,7 @@ void nat_flow_map_new(struct nat *n, struct nat_chunk *c, uint64_t now)
     struct nat_flow *area[NAT_BULK];
     struct nat_flow taken[NAT_BULK];
     uint32_t m = 0;
-    for (uint32_t j = 0; j < NAT_BULK && j < c->n_jobs; ++j) {
+    for (uint32_t j = 0; j < c->n_jobs; ++j) {
         struct nat_job *job = &c->job[j];
         if (job->kind != NAT_K_OUT || job->flow == NULL) {
             continue;
@@ -128,11 +139,7 @@ void nat_flow_map_new(struct nat *n, struct nat_chunk *c, uint64_t now)
         struct nat_in_val iv;
         nat_in_entry(n, key, f.ext_ip, f.ext_port, &ik[m], &iv);
         memcpy(irow[m], &iv, sizeof iv);
-        struct nat_out_val ov;
-        memset(&ov, 0, sizeof ov);
-        ov.ext_ip = f.ext_ip;
-        ov.ext_port = f.ext_port;
-        ov.last_ns = now;
+        const struct nat_out_val ov = nat_flow_out_val(f, now);
         memcpy(orow[m], &ov, sizeof ov);
         ok[m] = *key;
         area[m] = job->flow;
@@ -185,11 +192,7 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
             f = nat_flow_take(n, job->flow, key->proto, (uint32_t)item);
         }
         /* TAKEN only: new, or a crash came between the item and its entries. */
-        struct nat_out_val val;
-        memset(&val, 0, sizeof val);
-        val.ext_ip = f.ext_ip;
-        val.ext_port = f.ext_port;
-        val.last_ns = now;
+        const struct nat_out_val val = nat_flow_out_val(f, now);
         const int rc = nat_put_mapping(n, key, &val);
         if (rc != SERPENS_OK) {
             nat_flow_drop(n, job->flow);
