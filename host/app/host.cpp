@@ -202,14 +202,18 @@ FlowTableResolver flow_tables(const HostConfig &cfg, state::StateStore &store)
     return [&cfg, &store](state::FlowTableSpec spec, bool &first) {
         spec.capacity = cfg.flow_capacity;
         double idle_s = cfg.flow_idle_s;
+        std::string full = cfg.flow_full;
         for (const InstanceConfig &inst : cfg.instances) {
             if (inst.chain == spec.chain) {
                 spec.capacity = inst.flow_capacity.value_or(spec.capacity);
                 idle_s = inst.flow_idle_s.value_or(idle_s);
+                full = inst.flow_full.value_or(full);
             }
         }
         spec.idle_timeout_ns = static_cast<uint64_t>(idle_s * 1e9);
-        return &store.flow_table(std::move(spec), first);
+        state::FlowTable &table = store.flow_table(std::move(spec), first);
+        table.set_drops_when_full(full == "drop");
+        return &table;
     };
 }
 

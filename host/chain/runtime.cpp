@@ -181,6 +181,22 @@ void ChainInstance::steer_remote(uint32_t n, uint16_t *labels, const uint8_t *re
     pending[1] -= taken;
 }
 
+void ChainInstance::refuse_full(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept
+{
+    const bool drop = _flows->drops_when_full();
+    for (uint32_t i = 0; i < n; ++i) {
+        if ((_flow_flags[i] & state::flow_flag_refused) == 0) {
+            continue;
+        }
+        _flow_flags[i] = 0; // no NF is shown the host's flag
+        // A packet a peer processed passes untouched anyway (steer_remote).
+        if (drop && (returned_from == nullptr || returned_from[i] == 0)) {
+            labels[i] = SERPENS_LABEL_DROP;
+            --pending[1];
+        }
+    }
+}
+
 void ChainInstance::open_flow_table(const FlowTableResolver &flows)
 {
     state::FlowTableSpec spec;
@@ -373,11 +389,14 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
             }
             new_flow_peers = _new_flow_peers;
         }
-        const uint32_t remote =
+        const state::FlowBurst found =
             _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries, _flow_flags, new_flow_peers);
         batch.flows = _flow_entries;
         batch.flow_flags = _flow_flags;
-        if (remote != 0 || returned_from != nullptr) {
+        if (found.refused != 0) {
+            refuse_full(n, labels, returned_from, pending);
+        }
+        if (found.remote != 0 || returned_from != nullptr) {
             steer_remote(n, labels, returned_from, pending);
         }
     } else if (returned_from != nullptr) {

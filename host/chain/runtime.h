@@ -84,7 +84,8 @@ public:
     ChainInstance &operator=(const ChainInstance &) = delete;
 
     // Runs n <= max_burst packets through the chain.  On return labels[i] is
-    // SERPENS_LABEL_OUT (reached egress), SERPENS_LABEL_DROP, or
+    // SERPENS_LABEL_OUT (reached egress), SERPENS_LABEL_DROP (by an NF, or
+    // by the host: a new flow its full flow table refused), or
     // label_remote: its flow is served by peer remote_peers()[i], which it
     // must be sent to unprocessed.  returned_from[i] != 0 (nullptr: none
     // is) says packet i comes back processed from that peer: it goes OUT
@@ -148,6 +149,10 @@ private:
     // run()'s part for flows peers serve and packets they processed:
     // relabels them and takes them from the entry NF's count.
     void steer_remote(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept;
+    // run()'s part for new flows the full table refused (flow_flag_refused):
+    // dropped before the entry NF, or shown to the NFs with no entry, as the
+    // table's drops_when_full says.
+    void refuse_full(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept;
 
     std::shared_ptr<const CompiledChain> _chain;
     uint32_t _instance_id;

@@ -25,6 +25,17 @@ constexpr int64_t min_flow_capacity = 16;
 constexpr int64_t max_flow_capacity = int64_t{1} << 32;
 constexpr double max_flow_idle_s = 34000;
 
+// flow_full: what a chain does with a new flow its full flow table refuses.
+std::string flow_full_policy(config::TableReader &r, const std::string &fallback)
+{
+    std::string policy = r.string_or("flow_full", fallback);
+    if (policy != "drop" && policy != "pass") {
+        r.fail("flow_full", "'flow_full' must be \"drop\" (the packet, before any NF) or \"pass\" (through the "
+                            "chain with no flow entry)");
+    }
+    return policy;
+}
+
 std::string resolve(const fs::path &base, const std::string &value)
 {
     fs::path p(value);
@@ -368,7 +379,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     if (const toml::table *t = top.optional_table("instances")) {
         config::TableReader r(*t, path, "[instances]");
         r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms",
-                      "pool", "keep_warm_s", "flow_capacity", "flow_idle_s"});
+                      "pool", "keep_warm_s", "flow_capacity", "flow_idle_s", "flow_full"});
         cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
         cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
@@ -389,11 +400,12 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         cfg.flow_capacity = static_cast<uint64_t>(r.integer_or("flow_capacity", static_cast<int64_t>(cfg.flow_capacity),
                                                                min_flow_capacity, max_flow_capacity));
         cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, max_flow_idle_s);
+        cfg.flow_full = flow_full_policy(r, cfg.flow_full);
     }
 
     for (const toml::table *t : top.table_array("instance")) {
         config::TableReader r(*t, path, "[[instance]]");
-        r.allow_only({"chain", "count", "lcores", "flow_capacity", "flow_idle_s"});
+        r.allow_only({"chain", "count", "lcores", "flow_capacity", "flow_idle_s", "flow_full"});
         InstanceConfig inst;
         inst.line = line_of(*t);
         inst.chain = r.required_string("chain");
@@ -404,6 +416,9 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         if (t->contains("flow_idle_s")) {
             inst.flow_idle_s = r.double_or("flow_idle_s", 0, 0, max_flow_idle_s);
+        }
+        if (t->contains("flow_full")) {
+            inst.flow_full = flow_full_policy(r, "");
         }
         if (const toml::array *lcores = r.optional_array("lcores")) {
             for (const toml::node &n : *lcores) {

@@ -50,6 +50,7 @@ struct InstanceConfig {
     std::vector<uint32_t> lcores;          // where its instances run (the first `count`, or one for all) and scale to
     std::optional<uint64_t> flow_capacity; // the chain's flow table; default [instances] flow_capacity
     std::optional<double> flow_idle_s;     // its flows' idle timeout; default [instances] flow_idle_s
+    std::optional<std::string> flow_full;  // "drop" or "pass"; default [instances] flow_full
     uint32_t line = 0;
 };
 
@@ -154,6 +155,10 @@ struct HostConfig {
     double keep_warm_s = 0;           // an instance idle this long goes back to the pool; 0: never
     uint64_t flow_capacity = 1048576; // flows a chain's flow table holds (per chain, see [[instance]])
     double flow_idle_s = 300;         // a flow idle this long is removed; 0: never
+    // A new flow's first packet that finds the chain's flow table full:
+    // "drop" it before any NF (as conntrack does; a flood then costs a
+    // lookup per packet), or "pass" it through the chain with no entry.
+    std::string flow_full = "drop";
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
     MetricsConfig metrics;

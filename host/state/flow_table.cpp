@@ -449,10 +449,10 @@ void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *a
     __atomic_store_n(&c.live, c.live > 0 ? c.live - 1 : 0, __ATOMIC_RELAXED);
 }
 
-uint32_t FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
-                                 uint8_t *flags, const uint8_t *new_flow_peer) noexcept
+FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                                  uint8_t *flags, const uint8_t *new_flow_peer) noexcept
 {
-    uint32_t remote = 0;
+    FlowBurst found;
     constexpr uint32_t chunk = 64;
     // Two passes per chunk, so the cache misses of its packets overlap: keys
     // and the prefetch of each home slot (every line of it: the NFs' areas
@@ -498,6 +498,8 @@ uint32_t FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint3
                                free_slot, now);
                 f = SERPENS_FLOW_NEW;
                 if (entry == nullptr) {
+                    flags[base + j] = flow_flag_refused;
+                    ++found.refused;
                     continue;
                 }
             }
@@ -510,13 +512,13 @@ uint32_t FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint3
             }
             if (h->initiator > 1u) {
                 f |= flow_flag_remote;
-                ++remote;
+                ++found.remote;
             }
             entries[base + j] = entry;
             flags[base + j] = f;
         }
     }
-    return remote;
+    return found;
 }
 
 std::size_t FlowTable::sweep(const uint64_t *owned, FlowSweepCursor &cursor, uint64_t now_ns, uint32_t max_slots,

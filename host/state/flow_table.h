@@ -36,6 +36,7 @@
 
 #include <serpens/nf.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -58,6 +59,16 @@ inline constexpr uint8_t flow_max_peer = 127;
 // lookup_burst's flag, beside SERPENS_FLOW_*, for a packet whose flow a peer
 // serves.  The host's own: no NF is shown such a packet.
 inline constexpr uint8_t flow_flag_remote = 0x80;
+// lookup_burst's flag for a packet whose new flow found its part full: it
+// has no entry.  The host's own too (drops_when_full says what follows).
+inline constexpr uint8_t flow_flag_refused = 0x40;
+
+// What lookup_burst found besides entries: packets flagged flow_flag_remote
+// and flow_flag_refused.
+struct FlowBurst {
+    uint32_t remote = 0;
+    uint32_t refused = 0;
+};
 
 // One NF's area in every entry.
 struct FlowArea {
@@ -145,10 +156,11 @@ public:
     // entries[i] (nullptr: not IP, or no room) and flags[i] (SERPENS_FLOW_*).
     // `now_ns` stamps the entries' last use.  A flow created here is served
     // by peer new_flow_peer[i] (remote_peer; nullptr: all on this host).
-    // Returns how many packets belong to flows a peer serves: those have
-    // flow_flag_remote in flags[i].
-    uint32_t lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
-                          uint8_t *flags, const uint8_t *new_flow_peer = nullptr) noexcept;
+    // Returns how many packets belong to flows a peer serves (flagged
+    // flow_flag_remote) and how many new flows found no room (no entry,
+    // flagged flow_flag_refused).
+    FlowBurst lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                           uint8_t *flags, const uint8_t *new_flow_peer = nullptr) noexcept;
 
     // Hot path, by the owner: looks at up to `max_slots` slots of the parts
     // whose bit is set in `owned` (bit p of word p / 64), from `cursor` on,
@@ -203,6 +215,12 @@ public:
                                         uint64_t now_ns) noexcept;
 
     const FlowTableSpec &spec() const noexcept { return _spec; }
+    // host.toml's flow_full for the chain: a refused packet is dropped
+    // before any NF (true, the default), or runs through the chain with no
+    // entry.  Set by whoever opens the table for a chain; read by its
+    // instances per batch.
+    void set_drops_when_full(bool drop) noexcept { _drops_when_full.store(drop, std::memory_order_relaxed); }
+    bool drops_when_full() const noexcept { return _drops_when_full.load(std::memory_order_relaxed); }
     uint32_t entry_size() const noexcept { return _entry_size; }
     uint32_t slots_per_part() const noexcept { return _n_slots; }
     // Flows a part takes before it refuses new ones (its share of the capacity).
@@ -235,6 +253,7 @@ private:
     uint32_t _n_slots = 0; // per part
     std::size_t _part_size = 0;
     uint32_t _idle_units = 0; // timeout in units of 2^30 ns (0: never)
+    std::atomic<bool> _drops_when_full{true};
 };
 
 } // namespace serpens::state

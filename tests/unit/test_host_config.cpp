@@ -126,6 +126,25 @@ TEST_CASE("the instance manager's keys: pool, keep-warm, count 0, and the autosc
         doctest::Contains("at least one per instance"), ConfigError);
 }
 
+TEST_CASE("flow_full: drop unless a chain says pass, per host or per chain, anything else refused at file:line:col")
+{
+    const std::string base = with_id("h");
+    HostConfig cfg = load_host_config_text(base, "h.toml");
+    CHECK(cfg.flow_full == "drop");
+    cfg = load_host_config_text(base + "[instances]\nflow_full = \"pass\"\n"
+                                       "[[instance]]\nchain = \"a\"\nflow_full = \"drop\"\n"
+                                       "[[instance]]\nchain = \"b\"\n",
+                                "h.toml");
+    CHECK(cfg.flow_full == "pass");
+    REQUIRE(cfg.instances.size() == 2);
+    CHECK(cfg.instances[0].flow_full == "drop");
+    CHECK_FALSE(cfg.instances[1].flow_full.has_value());
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[instances]\nflow_full = \"queue\"\n", "h.toml"),
+                         doctest::Contains("h.toml:9:13: 'flow_full' must be \"drop\""), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[[instance]]\nchain = \"c\"\nflow_full = true\n", "h.toml"),
+                         doctest::Contains("h.toml:10:"), ConfigError);
+}
+
 TEST_CASE("[metrics] listen: off when absent, IPv4 or bracketed IPv6 with a port, refused at file:line:col")
 {
     const std::string base = "[host]\nplugin_dir = \".\"\nchains_dir = \".\"\n" + std::string(ports);

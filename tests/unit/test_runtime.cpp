@@ -463,15 +463,20 @@ struct SteeredChain {
     FlowSteering steering;
     std::unique_ptr<ChainInstance> instance;
 
-    SteeredChain()
+    // capacity 0: the spec's default; drop: the table's drops_when_full.
+    explicit SteeredChain(uint64_t capacity = 0, bool drop_when_full = true)
     {
         auto chain = h.compile("name = \"count\"\nchain = [\"t\"]\n[[nf]]\nname = \"t\"\nplugin = \"tally\"\n");
         ExecutorResolver executors = [this](const std::string &c, const std::string &nf) {
             return &store.executor(c, nf);
         };
-        FlowTableResolver flows = [this](state::FlowTableSpec spec, bool &first) {
+        FlowTableResolver flows = [this, capacity, drop_when_full](state::FlowTableSpec spec, bool &first) {
             std::string err;
+            if (capacity != 0) {
+                spec.capacity = capacity;
+            }
             table = state::FlowTable::open(dir.path() / "flows.seg", std::move(spec), err);
+            table->set_drops_when_full(drop_when_full);
             first = true;
             return table.get();
         };
@@ -549,4 +554,68 @@ TEST_CASE("flows served by a peer: new flows follow their bucket, old ones stay,
     labels = c.run({udp_frame(2, 2000, false), udp_frame(2, 2000, true)}, peers);
     CHECK(labels == std::vector<uint16_t>{SERPENS_LABEL_OUT, SERPENS_LABEL_OUT});
     CHECK(c.last_lengths == std::vector<uint32_t>{65, 65});
+}
+
+namespace {
+
+// Sends `batches` batches of max_burst new flows (flow b * max_burst + i + 1
+// by source port) through `c`; counts the labels and what the NF saw.
+struct Flood {
+    uint64_t out = 0;
+    uint64_t dropped = 0;
+};
+
+Flood flood(SteeredChain &c, uint32_t batches)
+{
+    Flood f;
+    std::vector<uint8_t> peers;
+    for (uint32_t b = 0; b < batches; ++b) {
+        std::vector<std::vector<uint8_t>> frames;
+        for (uint32_t i = 0; i < max_burst; ++i) {
+            frames.push_back(udp_frame(1, static_cast<uint16_t>(b * max_burst + i + 1), false));
+        }
+        const auto labels = c.run(frames, peers);
+        for (uint32_t i = 0; i < max_burst; ++i) {
+            if (labels[i] == SERPENS_LABEL_OUT) {
+                ++f.out;
+            } else {
+                CHECK(labels[i] == SERPENS_LABEL_DROP);
+                ++f.dropped;
+            }
+        }
+    }
+    return f;
+}
+
+} // namespace
+
+TEST_CASE("a new flow the full flow table refuses is dropped before any NF, or passed without an entry")
+{
+    // Capacity 16 gives each of the 256 parts 14 flows: 20 bursts of new
+    // flows overflow some parts whatever their hashes.
+    const uint32_t batches = 20;
+    const uint64_t sent = uint64_t{batches} * max_burst;
+    SUBCASE("drop (the default)")
+    {
+        SteeredChain c(16);
+        REQUIRE(c.table->drops_when_full());
+        const Flood f = flood(c, batches);
+        const state::FlowTableTotals t = c.table->totals();
+        CHECK(t.refused_full > 0);
+        CHECK(f.dropped == t.refused_full);
+        CHECK(f.out == t.created);
+        CHECK(f.out + f.dropped == sent);
+        CHECK(c.instance->stats(0).packets == f.out); // the NF never saw a refused packet
+        CHECK(c.instance->stats(0).dropped == 0);     // nor are they its drops
+    }
+    SUBCASE("pass")
+    {
+        SteeredChain c(16, false);
+        const Flood f = flood(c, batches);
+        const state::FlowTableTotals t = c.table->totals();
+        CHECK(t.refused_full > 0);
+        CHECK(f.dropped == 0);
+        CHECK(f.out == sent);
+        CHECK(c.instance->stats(0).packets == sent);
+    }
 }
