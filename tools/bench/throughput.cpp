@@ -78,6 +78,10 @@ public:
         app.add_option("--burst", _rig.burst, "packets per burst, both tools")->capture_default_str();
         app.add_option("--mbufs", _rig.mbufs, "mbufs in each tool's pool")->capture_default_str();
         app.add_option("--memory", _rig.memory_mb, "EAL -m (MB, --no-huge)")->capture_default_str();
+        app.add_option("--state-dir", _rig.state_parent,
+                       "put the host's state in a fresh directory under this one (default /dev/shm, the host's "
+                       "default): e.g. a hugetlbfs mount, or a tmpfs mounted with huge=always, to measure the flow "
+                       "table with 2 MB pages");
         app.add_option("--lcores", _rig.lcores,
                        "MAIN,FWD: testpmd's main and forwarding lcores; serpens 1 core runs on FWD, 2 cores on "
                        "both (default: the first two of --worker-cpus)");
@@ -102,6 +106,13 @@ public:
                                     "(--quick: fw-mon-nat lookup-count-lookup); \"\" for none")
                          ->expected(1, -1);
         app.add_option("--fw-rules", _rig.fw_rules, "rules of the fw in --chain")->capture_default_str();
+        app.add_option("--flow-capacity", _rig.flow_capacity,
+                       "flows the chain's flow table holds (default: --flows, at least 65536); below --flows with "
+                       "--new-flows, a flood that fills the table")
+            ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
+        app.add_option("--nat-external", _rig.nat_external,
+                       "nat's external pool, a CIDR (default 203.0.113.0/24); a small one, e.g. /30, with "
+                       "--new-flows: a flood that exhausts it");
         app.add_flag("--new-flows", _rig.new_flows,
                      "serpens runs measure the capture's first pass, where every packet of a new flow opens it "
                      "(use --flows = --packets: a SYN flood's worst case), and report new flows per second; "

@@ -25,6 +25,15 @@ struct Run {
     double cpu_cores = -1; // CPU the process got over the window, in cores; -1 unknown
     uint64_t packets = 0;
     double new_flows_per_s = -1; // serpens with --new-flows: flows its chain created per second; -1 unknown
+    // serpens with --new-flows, for floods the chain refuses: packets it took
+    // in, flows its full table refused and packets its NFs dropped, per
+    // second.  serpens: its batches' latency in the window (histogram
+    // buckets' lower bounds).  -1 unknown.
+    double rx_mpps = -1;
+    double refused_per_s = -1;
+    double nf_dropped_per_s = -1;
+    double batch_us_p99 = -1;
+    double batch_us_max = -1;
 };
 
 enum class Kind { testpmd_io, testpmd_macswap, testpmd_macswap_2core, serpens_1core, serpens_2core, serpens_chain };
@@ -64,13 +73,16 @@ struct ThroughputRig {
     std::string pktgen_exe = default_paths().pktgen_exe;
     bool keep = false;
     uint32_t fw_rules = 1000;
-    bool new_flows = false; // serpens runs measure the capture's first pass: every packet opens a flow
+    bool new_flows = false;     // serpens runs measure the capture's first pass: every packet opens a flow
+    std::string state_parent;   // where the host's state goes; empty: /dev/shm (the host's default), else tmp
+    uint64_t flow_capacity = 0; // the chain's flow table; 0: bench_flow_capacity(flows)
+    std::string nat_external;   // nat's pool; empty: NfParams' default
 
     int main_lcore = 0;
     int fwd_lcore = 1;
     unsigned runs = 0;
     std::filesystem::path tmp;
-    std::filesystem::path state_root; // host state: /dev/shm/<tmp's name>, or tmp without /dev/shm
+    std::filesystem::path state_root; // host state: <state_parent or /dev/shm>/<tmp's name>, or tmp
     std::filesystem::path pcap;
     std::filesystem::path queue_pcaps[2]; // pcap's flows split in two, one capture per RX queue
     std::string pktgen_cmd;

@@ -4,6 +4,8 @@
 
 #include "throughput.h"
 
+#include "lab_config.h"
+
 #include <fmt/format.h>
 
 #include <iostream>
@@ -45,6 +47,9 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         return v.empty() ? Summary{-1, -1, -1, -1, -1} : summarize(v);
     };
     auto cell = [](double v) { return v < 0 ? std::string("-") : fmt_num(v); };
+    auto median_or_dash = [](const std::vector<double> &v) {
+        return v.empty() ? std::string("-") : fmt_num(summarize(v).median);
+    };
 
     // What a chain's NFs add per packet in the host: its time per packet
     // minus the noop chain's, round by round.
@@ -65,7 +70,8 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                             "[min..max] of {})",
                             rig.size, rig.flows, opts.repeat),
                 {"config", "tool", "forwarding", "lcores", "cpu_cores", "mpps", "mpps_min", "mpps_max", "mpps_per_cpu",
-                 "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt", "new_flows_mps"},
+                 "x_macswap", "x_io", "x_macswap_per_cpu", "nf_ns_pkt", "new_flows_mps", "rx_mpps", "refused_mps",
+                 "nf_dropped_mps", "batch_us_p99", "batch_us_max"},
                 {}};
     std::string summary;
     // "<what> = <median> (rounds <min>..<max>; target >= <target>): MEETS|BELOW"
@@ -75,11 +81,18 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
     };
     for (std::size_t i = 0; i < chosen.size(); ++i) {
         const Config &c = *chosen[i].config;
-        std::vector<double> mpps, cores, per_cpu, new_flows;
+        std::vector<double> mpps, cores, per_cpu, new_flows, rx, refused, dropped, p99, worst;
         for (const Run &r : runs[i]) {
             mpps.push_back(r.mpps);
             if (r.new_flows_per_s >= 0) {
                 new_flows.push_back(r.new_flows_per_s / 1e6);
+                rx.push_back(r.rx_mpps);
+                refused.push_back(r.refused_per_s / 1e6);
+                dropped.push_back(r.nf_dropped_per_s / 1e6);
+            }
+            if (r.batch_us_max >= 0) {
+                p99.push_back(r.batch_us_p99);
+                worst.push_back(r.batch_us_max);
             }
             if (r.cpu_cores > 0) {
                 cores.push_back(r.cpu_cores);
@@ -95,7 +108,9 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                               cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median), fmt_num(m.min),
                               fmt_num(m.max), per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median),
                               cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median),
-                              new_flows.empty() ? "-" : fmt_num(summarize(new_flows).median)});
+                              median_or_dash(new_flows), median_or_dash(rx), median_or_dash(refused),
+                              median_or_dash(dropped), median_or_dash(p99),
+                              worst.empty() ? "-" : fmt_num(summarize(worst).max)});
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
             summary += target_line("serpens SFC fw-mon-nat on 1 core / testpmd macswap", x_mac, 0.5);
         }
@@ -113,8 +128,14 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             }
             if (!new_flows.empty()) {
                 const Summary nf = summarize(new_flows);
-                summary += fmt::format("; {} M new flows/s (rounds {}..{})", fmt_num(nf.median), fmt_num(nf.min),
-                                       fmt_num(nf.max));
+                summary += fmt::format("; {} M new flows/s (rounds {}..{}); took in {} Mpps, its full table refused "
+                                       "{} M flows/s, its NFs dropped {} Mpps",
+                                       fmt_num(nf.median), fmt_num(nf.min), fmt_num(nf.max), median_or_dash(rx),
+                                       median_or_dash(refused), median_or_dash(dropped));
+            }
+            if (!worst.empty()) {
+                summary += fmt::format("; batch latency p99 {} us, worst {} us", median_or_dash(p99),
+                                       fmt_num(summarize(worst).max));
             }
             summary += "\n";
         }
@@ -156,13 +177,21 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         rig.memory_mb, rig.main_lcore, rig.fwd_lcore, fmt_num(rig.window_s), fmt_num(rig.warmup_s),
         rig.new_flows ? fmt::format("--new-flows: the window opens at its first packet and closes after {} s or "
                                     "once 90% of the capture's flows exist, whichever is first; Mpps = egress TX "
-                                    "delta / window, `new_flows_mps` = flows the chain created / window",
-                                    fmt_num(rig.window_s))
+                                    "delta / window, `new_flows_mps` = flows the chain created / window; "
+                                    "`rx_mpps` = packets it took in, `refused_mps` = first packets its full flow "
+                                    "table refused (flow table of {} flows), `nf_dropped_mps` = packets its NFs "
+                                    "dropped (nat's pool {}), all per second of the window",
+                                    fmt_num(rig.window_s),
+                                    rig.flow_capacity != 0 ? rig.flow_capacity : bench_flow_capacity(rig.flows),
+                                    rig.nat_external.empty() ? NfParams{}.nat_external : rig.nat_external)
                       : fmt::format("once every flow of the capture is in the chain's flow table (or its growth "
                                     "stalled for 1 s), {} s of warm-up, then Mpps = egress TX delta over {} s, as for "
                                     "testpmd",
                                     fmt_num(rig.warmup_s), fmt_num(rig.window_s)),
         skipped.empty() ? "" : "\nNot measured: " + skipped);
+    notes += "\nserpens-host's `batch_us_p99` and `batch_us_max`: the lower bounds of the latency buckets (8 per power "
+             "of two, each at most 12.5% wide) of its batches in the window, sampled, from receive to transmit; the "
+             "max is the worst round's.\n";
     notes += fmt::format(
         "\nTwo cores: in.pcap's flows split in two by the router's buckets (in-q0.pcap, in-q1.pcap; each flow "
         "in the half whose lcore's instance owns it, as a NIC whose RSS redirection table follows the buckets "

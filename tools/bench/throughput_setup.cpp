@@ -43,8 +43,16 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
     tmp = dir_template;
     // Host state on tmpfs, as the host's default puts it: on disk every
     // new page of a table waits for writeback, which no operator runs.
+    // --state-dir picks another mount (hugetlbfs, tmpfs huge=always).
     std::error_code shm_ec;
-    state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / tmp.filename() : tmp;
+    if (!state_parent.empty()) {
+        if (!fs::is_directory(state_parent, shm_ec)) {
+            throw std::runtime_error("--state-dir " + state_parent + ": not a directory");
+        }
+        state_root = fs::path(state_parent) / tmp.filename();
+    } else {
+        state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / tmp.filename() : tmp;
+    }
     struct RemoveState {
         const fs::path &root;
         ~RemoveState()
@@ -192,6 +200,9 @@ void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<st
         NfParams params;
         params.fw_rules = fw_rules;
         params.flows = flows;
+        if (!nat_external.empty()) {
+            params.nat_external = nat_external;
+        }
         fs::create_directories(tmp / ("chains-" + chain));
         std::ofstream(tmp / ("chains-" + chain) / (chain + ".toml")) << "egress = \"out\"\n"
                                                                      << lab_chain_toml(tmp, nfs, params, chain);
@@ -247,7 +258,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                                  : "everything on the main lcore (one core)",
                        getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), host_socket.string(),
                        eal_lcores, memory_mb, eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
-                       bench_flow_capacity(flows), chain, two_cores ? 2 : 1, instance_lcores);
+                       flow_capacity != 0 ? flow_capacity : bench_flow_capacity(flows), chain, two_cores ? 2 : 1,
+                       instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }
