@@ -261,22 +261,31 @@ std::size_t Classifier::KeyHash::operator()(const Key &k) const noexcept
     return static_cast<std::size_t>(h);
 }
 
-Classifier::Key Classifier::make_key(uint8_t family, const uint8_t *src, uint8_t slen, const uint8_t *dst, uint8_t dlen,
-                                     int proto) noexcept
+Classifier::Words Classifier::address_words(uint8_t family, const uint8_t *addr) noexcept
 {
-    Key k{};
-    uint8_t s[16] = {}, d[16] = {};
-    unsigned n = family == 4 ? 4 : 16;
-    for (unsigned b = 0; b < n; ++b) {
-        unsigned keep_s = slen >= (b + 1) * 8 ? 8 : slen > b * 8 ? slen - b * 8 : 0;
-        unsigned keep_d = dlen >= (b + 1) * 8 ? 8 : dlen > b * 8 ? dlen - b * 8 : 0;
-        s[b] = static_cast<uint8_t>(src[b] & (0xff00u >> keep_s));
-        d[b] = static_cast<uint8_t>(dst[b] & (0xff00u >> keep_d));
+    Words a{};
+    std::memcpy(a.w, addr, family == 4 ? 4 : 16);
+    return a;
+}
+
+Classifier::Words Classifier::prefix_mask(uint8_t len) noexcept
+{
+    uint8_t m[16] = {};
+    for (unsigned b = 0; b < 16; ++b) {
+        const unsigned keep = len >= (b + 1) * 8 ? 8 : len > b * 8 ? len - b * 8 : 0;
+        m[b] = static_cast<uint8_t>(0xff00u >> keep);
     }
-    std::memcpy(&k.w[0], s, 16);
-    std::memcpy(&k.w[2], d, 16);
-    k.w[4] = static_cast<uint64_t>(proto + 1);
-    return k;
+    Words w;
+    std::memcpy(w.w, m, sizeof m);
+    return w;
+}
+
+Classifier::Key Classifier::make_key(const Tuple &t, const Words &src, const Words &dst, int proto) noexcept
+{
+    // Per tuple and packet, the classifier's inner step: four ANDs, no
+    // per-byte work (the masks were made once, in build).
+    return Key{{src.w[0] & t.src_mask.w[0], src.w[1] & t.src_mask.w[1], dst.w[0] & t.dst_mask.w[0],
+                dst.w[1] & t.dst_mask.w[1], static_cast<uint64_t>(proto + 1)}};
 }
 
 void Classifier::build(const RuleSet &set)
@@ -295,10 +304,12 @@ void Classifier::build(const RuleSet &set)
                 return t.src_len == r.src_len && t.dst_len == r.dst_len && t.has_proto == has_proto;
             });
             if (it == _tuples[f].end()) {
-                _tuples[f].push_back(Tuple{r.src_len, r.dst_len, has_proto, i, {}});
+                _tuples[f].push_back(
+                    Tuple{r.src_len, r.dst_len, has_proto, i, prefix_mask(r.src_len), prefix_mask(r.dst_len), {}});
                 it = _tuples[f].end() - 1;
             }
-            const Key key = make_key(family, r.src, r.src_len, r.dst, r.dst_len, has_proto ? r.proto : -1);
+            const Key key =
+                make_key(*it, address_words(family, r.src), address_words(family, r.dst), has_proto ? r.proto : -1);
             it->buckets[key].push_back(i);
             it->mark(KeyHash{}(key));
         }
@@ -312,12 +323,14 @@ int32_t Classifier::classify(const PacketKey &p) const noexcept
         return -1;
     }
     const auto &tuples = _tuples[p.family == 4 ? 0 : 1];
+    const Words src = address_words(p.family, p.src);
+    const Words dst = address_words(p.family, p.dst);
     uint32_t best = UINT32_MAX;
     for (const Tuple &t : tuples) {
         if (t.best >= best) {
             break; // sorted by best: nothing later can win
         }
-        const Key key = make_key(p.family, p.src, t.src_len, p.dst, t.dst_len, t.has_proto ? p.proto : -1);
+        const Key key = make_key(t, src, dst, t.has_proto ? p.proto : -1);
         if (!t.may_hold(KeyHash{}(key))) {
             continue;
         }

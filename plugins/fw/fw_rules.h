@@ -104,10 +104,18 @@ private:
     // A packet's key misses most tuples: a bit per hash value, set for each
     // key of the tuple, answers that without walking the map's buckets.
     static constexpr unsigned kFilterBits = 1u << 13; // 1 KiB per tuple
+    // An address as two words, its bytes in memory order (IPv4: 4 bytes,
+    // then zeros); a prefix's mask the same way.
+    struct Words {
+        uint64_t w[2];
+    };
+    static Words address_words(uint8_t family, const uint8_t *addr) noexcept;
+    static Words prefix_mask(uint8_t len) noexcept;
     struct Tuple {
         uint8_t src_len, dst_len;
         bool has_proto;
         uint32_t best; // smallest rule index inside
+        Words src_mask, dst_mask;
         std::unordered_map<Key, std::vector<uint32_t>, KeyHash> buckets;
         std::vector<uint64_t> filter = std::vector<uint64_t>(kFilterBits / 64);
         void mark(std::size_t hash) noexcept { filter[(hash >> 7) % kFilterBits / 64] |= 1ull << (hash >> 7) % 64; }
@@ -116,8 +124,8 @@ private:
             return (filter[(hash >> 7) % kFilterBits / 64] >> (hash >> 7) % 64) & 1u;
         }
     };
-    static Key make_key(uint8_t family, const uint8_t *src, uint8_t slen, const uint8_t *dst, uint8_t dlen,
-                        int proto) noexcept;
+    // A key of tuple t: the masked addresses and the proto (-1: any).
+    static Key make_key(const Tuple &t, const Words &src, const Words &dst, int proto) noexcept;
 
     const RuleSet *_set = nullptr;
     std::vector<Tuple> _tuples[2]; // [0] IPv4, [1] IPv6, sorted by `best`
