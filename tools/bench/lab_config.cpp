@@ -73,7 +73,8 @@ std::string nf_config(const fs::path &dir, const std::string &plugin, const NfPa
     }
     if (plugin == "mon") {
         // Its flows are in the chain's flow table, sized by the chain.
-        return fmt::format("max_hosts = {}\n", p.mon_hosts ? p.mon_hosts : std::min<uint64_t>(1u << 22, cap));
+        return fmt::format("max_hosts = {}\n{}", p.mon_hosts ? p.mon_hosts : std::min<uint64_t>(1u << 22, cap),
+                           p.mon_fold_ms ? fmt::format("fold_ms = {}\n", p.mon_fold_ms) : "");
     }
     if (plugin == "ids") {
         const fs::path rules = dir / "ids.rules";

@@ -18,6 +18,7 @@ struct NfParams {
     std::string fw_state = "host";
     std::string nat_external = "203.0.113.0/24"; // nat's pool (init cost grows with it)
     uint64_t mon_hosts = 0;                      // 0: sized like the per-flow tables
+    uint32_t mon_fold_ms = 0;                    // 0: mon's default
 };
 
 // A chain's NF names from its dash-separated form ("fw-mon-nat").

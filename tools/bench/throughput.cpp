@@ -113,6 +113,10 @@ public:
         app.add_option("--nat-external", _rig.nat_external,
                        "nat's external pool, a CIDR (default 203.0.113.0/24); a small one, e.g. /30, with "
                        "--new-flows: a flood that exhausts it");
+        app.add_option("--mon-fold-ms", _rig.mon_fold_ms,
+                       "mon's fold_ms (default: mon's, 1000): how long a flow's counts may wait before they are "
+                       "added to its hosts'; each flow folds at most that often, two hosts-table writes a fold")
+            ->check(CLI::Range(1u, 3600000u));
         app.add_flag("--new-flows", _rig.new_flows,
                      "serpens runs measure the capture's first pass, where every packet of a new flow opens it "
                      "(use --flows = --packets: a SYN flood's worst case), and report new flows per second; "

@@ -77,6 +77,7 @@ struct ThroughputRig {
     std::string state_parent;   // where the host's state goes; empty: /dev/shm (the host's default), else tmp
     uint64_t flow_capacity = 0; // the chain's flow table; 0: bench_flow_capacity(flows)
     std::string nat_external;   // nat's pool; empty: NfParams' default
+    uint32_t mon_fold_ms = 0;   // mon's fold_ms; 0: its default
 
     int main_lcore = 0;
     int fwd_lcore = 1;

@@ -189,6 +189,9 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
                                     "testpmd",
                                     fmt_num(rig.warmup_s), fmt_num(rig.window_s)),
         skipped.empty() ? "" : "\nNot measured: " + skipped);
+    notes += fmt::format("\nserpens-host's state under {}{}.\n",
+                         rig.state_parent.empty() ? "/dev/shm (the host's default: tmpfs)" : rig.state_parent,
+                         rig.mon_fold_ms != 0 ? fmt::format("; mon's fold_ms = {}", rig.mon_fold_ms) : "");
     notes += "\nserpens-host's `batch_us_p99` and `batch_us_max`: the lower bounds of the latency buckets (8 per power "
              "of two, each at most 12.5% wide) of its batches in the window, sampled, from receive to transmit; the "
              "max is the worst round's.\n";

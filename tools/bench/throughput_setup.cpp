@@ -203,6 +203,7 @@ void ThroughputRig::make_serpens_files(const Options &opts, const std::vector<st
         if (!nat_external.empty()) {
             params.nat_external = nat_external;
         }
+        params.mon_fold_ms = mon_fold_ms;
         fs::create_directories(tmp / ("chains-" + chain));
         std::ofstream(tmp / ("chains-" + chain) / (chain + ".toml")) << "egress = \"out\"\n"
                                                                      << lab_chain_toml(tmp, nfs, params, chain);
