@@ -6,6 +6,8 @@
 #include <serpens/nf_util.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstddef>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -589,38 +591,50 @@ bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept
     if ((pkt.flags & SERPENS_PKT_F_PARSED) == 0 || pkt.l3_offset == SERPENS_OFFSET_NONE) {
         return false;
     }
-    key = FlowKey{};
+    // The key is built in registers and stored a whole word at a time: the
+    // flow table reads it straight back by words (is_canonical, its probe),
+    // and a load that spans several narrower stores waits for them to
+    // retire instead of being forwarded.
+    static_assert(std::endian::native == std::endian::little, "the last word below is laid out little-endian");
+    static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, dst_port) == 34 &&
+                      offsetof(FlowKey, proto) == 36 && offsetof(FlowKey, ip_version) == 37,
+                  "FlowKey's last word: ports, proto, version, padding");
+    uint64_t w[5] = {};
     const uint8_t *ip = pkt.data + pkt.l3_offset;
     bool fragment = (pkt.flags & SERPENS_PKT_F_FRAGMENT) != 0;
     bool ipv6 = false;
+    uint64_t version = 4;
     if (pkt.l3_type == SERPENS_L3_IPV4) {
-        key.ip_version = 4;
-        std::memcpy(key.src.data(), ip + 12, 4);
-        std::memcpy(key.dst.data(), ip + 16, 4);
+        uint32_t src = 0, dst = 0;
+        std::memcpy(&src, ip + 12, 4);
+        std::memcpy(&dst, ip + 16, 4);
+        w[0] = src;
+        w[2] = dst;
         fragment = fragment || (serpens_ld_be16(ip + 6) & 0x3fff) != 0; // MF or an offset: ports 0
     } else if (pkt.l3_type == SERPENS_L3_IPV6) {
         ipv6 = true;
-        key.ip_version = 6;
-        std::memcpy(key.src.data(), ip + 8, 16);
-        std::memcpy(key.dst.data(), ip + 24, 16);
+        version = 6;
+        std::memcpy(&w[0], ip + 8, 32); // source, then destination
     } else {
         return false;
     }
-    key.proto = pkt.l4_proto;
-    if (fragment || pkt.l4_offset == SERPENS_OFFSET_NONE) {
-        return true;
-    }
-    // parse_l4 checked that these bytes are there.
-    const uint8_t *h = pkt.data + pkt.l4_offset;
-    if (key.proto == kProtoTcp || key.proto == kProtoUdp) {
-        key.src_port = serpens_ld_be16(h);
-        key.dst_port = serpens_ld_be16(h + 2);
-    } else if ((key.proto == kProtoIcmp && !ipv6) || (key.proto == kProtoIcmpv6 && ipv6)) {
-        const uint8_t type = h[0];
-        if (ipv6 ? (type == 128 || type == 129) : (type == 8 || type == 0)) {
-            key.src_port = key.dst_port = serpens_ld_be16(h + 4);
+    const uint8_t proto = pkt.l4_proto;
+    uint16_t sport = 0, dport = 0;
+    if (!fragment && pkt.l4_offset != SERPENS_OFFSET_NONE) {
+        // parse_l4 checked that these bytes are there.
+        const uint8_t *h = pkt.data + pkt.l4_offset;
+        if (proto == kProtoTcp || proto == kProtoUdp) {
+            sport = serpens_ld_be16(h);
+            dport = serpens_ld_be16(h + 2);
+        } else if ((proto == kProtoIcmp && !ipv6) || (proto == kProtoIcmpv6 && ipv6)) {
+            const uint8_t type = h[0];
+            if (ipv6 ? (type == 128 || type == 129) : (type == 8 || type == 0)) {
+                sport = dport = serpens_ld_be16(h + 4);
+            }
         }
     }
+    w[4] = uint64_t{sport} | uint64_t{dport} << 16 | uint64_t{proto} << 32 | version << 40;
+    std::memcpy(static_cast<void *>(&key), w, sizeof w);
     return true;
 }
 
