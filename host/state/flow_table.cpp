@@ -479,10 +479,9 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             if (reverse[j]) {
                 keys[j] = keys[j].reversed();
             }
-            const uint8_t *home = slot_at(part(pkt.flow_hash % flow_parts), home_slot(pkt.flow_hash));
-            for (uint32_t off = 0; off < _entry_size; off += 64) {
-                __builtin_prefetch(home + off, 1, 3);
-            }
+            // Only the line the probe reads: a chunk's further lines would
+            // fill the core's miss buffers before its probes' lines are in.
+            __builtin_prefetch(slot_at(part(pkt.flow_hash % flow_parts), home_slot(pkt.flow_hash)), 1, 3);
         }
         for (uint32_t j = 0; j < m; ++j) {
             if (!keyed[j]) {
@@ -513,6 +512,10 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             if (h->initiator > 1u) {
                 f |= flow_flag_remote;
                 ++found.remote;
+            }
+            // The NFs' areas past the first line, for their turn.
+            for (uint32_t off = 64; off < _entry_size; off += 64) {
+                __builtin_prefetch(entry + off, 1, 3);
             }
             entries[base + j] = entry;
             flags[base + j] = f;
