@@ -455,8 +455,8 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
     FlowBurst found;
     constexpr uint32_t chunk = 64;
     // Two passes per chunk, so the cache misses of its packets overlap: keys
-    // and the prefetch of each home slot (every line of it: the NFs' areas
-    // too), then the probes, creation and stamps.
+    // and the prefetch of each home slot's first line, then the probes,
+    // creation and stamps (and the prefetch of the entry's other lines).
     net::FlowKey keys[chunk];
     bool reverse[chunk];
     const uint16_t now = idle_units(now_ns);

@@ -92,6 +92,11 @@ inline void run_batch(const serpens_nf_descriptor *desc, serpens_nf_ctx *ctx, st
             const auto n = static_cast<uint32_t>(std::min<std::size_t>(serpens::max_burst, pkts.size() - i));
             flows->lookup_burst(&pkts[i], sizeof(serpens_pkt), n, now, &entries[i], &flow_flags[i]);
         }
+        // A refused flow's packets reach the NF without an entry, as a
+        // chain with flow_full = "pass" shows them, and without the host's flag.
+        for (uint8_t &f : flow_flags) {
+            f &= static_cast<uint8_t>(~serpens::state::flow_flag_refused);
+        }
         b.flows = entries.data();
         b.flow_flags = flow_flags.data();
         b.flow_offset = flow_offset;
