@@ -375,6 +375,13 @@ private:
     void pick_shape() noexcept;
     template<uint32_t KW = 0, uint32_t VW = 0>
     int cell_add(const KeyBuf &k, uint32_t cell, const uint64_t *delta) noexcept;
+    // cell_add's add into the cell of slot i, which held k: false when the
+    // cell is busy or the slot holds k no more (cell_add then does it all).
+    template<uint32_t KW, uint32_t VW>
+    bool cell_add_at(const KeyBuf &k, std::size_t i, uint32_t cell, const uint64_t *delta) noexcept;
+    // Adds delta to a cell whose write bit the caller set (cp's word was c).
+    template<uint32_t VW>
+    void add_to_held_cell(uint64_t *cp, uint64_t c, const uint64_t *delta) noexcept;
     template<uint32_t KW = 0>
     std::size_t find_live(const KeyBuf &k) const noexcept;
     template<uint32_t KW = 0>
