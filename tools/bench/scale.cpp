@@ -27,6 +27,7 @@
 // Targets: p99 pause < 50 us; p99 batch latency around events <= 2x steady;
 // warm start < 100 us.  Reported, never asserted.
 
+#include "batch_latency.h"
 #include "bench.h"
 #include "process.h"
 #include "throughput.h"
@@ -40,7 +41,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -48,44 +48,6 @@ namespace serpens::bench {
 namespace {
 
 namespace fs = std::filesystem;
-using Histogram = std::map<uint64_t, uint64_t>; // bucket's lowest ns -> batches
-
-Histogram latency_of(const nlohmann::ordered_json &stats)
-{
-    Histogram h;
-    for (const auto &lcore : stats.at("lcores")) {
-        for (const auto &bucket : lcore.at("batch_latency_ns")) {
-            h[bucket.at(0).get<uint64_t>()] += bucket.at(1).get<uint64_t>();
-        }
-    }
-    return h;
-}
-
-void add_difference(Histogram &sum, const Histogram &later, const Histogram &earlier)
-{
-    for (const auto &[low, n] : later) {
-        auto it = earlier.find(low);
-        sum[low] += n - (it == earlier.end() ? 0 : it->second);
-    }
-}
-
-// The p-th percentile's bucket (its lowest value), in microseconds.
-double percentile_us(const Histogram &h, double p)
-{
-    uint64_t total = 0;
-    for (const auto &[low, n] : h) {
-        total += n;
-    }
-    uint64_t seen = 0;
-    for (const auto &[low, n] : h) {
-        seen += n;
-        if (static_cast<double>(seen) >= p * static_cast<double>(total)) {
-            return static_cast<double>(low) / 1e3;
-        }
-    }
-    return 0;
-}
-
 double quantile(std::vector<double> v, double p)
 {
     if (v.empty()) {
@@ -219,8 +181,8 @@ private:
         };
         sleep_s(1); // warm: the pool fills, caches and tables settle
 
-        Histogram steady;
-        Histogram around;
+        BatchLatency steady;
+        BatchLatency around;
         std::vector<double> pauses;
         std::vector<double> shares;
         for (int k = 0; k < _events; ++k) {
@@ -231,8 +193,8 @@ private:
             const auto reply = scale_to(k % 2 == 0 ? "3" : "2");
             sleep_s(_gap_s / 4);
             const nlohmann::ordered_json c = stats();
-            add_difference(steady, latency_of(b), latency_of(a));
-            add_difference(around, latency_of(c), latency_of(b));
+            add_difference(steady, batch_latency_of(b), batch_latency_of(a));
+            add_difference(around, batch_latency_of(c), batch_latency_of(b));
             pauses.push_back(reply.at("pause_us").get<double>());
             shares.push_back(reply.at("moved_buckets").get<double>() / 256.0);
         }

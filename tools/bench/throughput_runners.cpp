@@ -4,6 +4,7 @@
 
 #include "throughput.h"
 
+#include "batch_latency.h"
 #include "process.h"
 
 #include "control/protocol.h"
@@ -16,8 +17,6 @@
 #include <optional>
 #include <regex>
 #include <stdexcept>
-#include <tuple>
-#include <utility>
 
 namespace serpens::bench {
 
@@ -138,43 +137,15 @@ namespace {
 
 // What the bench reads of a running host (its control socket's `stats`).
 struct LiveCounters {
-    uint64_t rx = 0;                            // ingress port "in"
-    uint64_t tx = 0;                            // egress port "out"
-    bool has_flows = false;                     // the chain keeps a flow table
-    uint64_t flows_live = 0;                    // its live flows
-    uint64_t flows_created = 0;                 // flows it created so far
-    uint64_t flows_refused = 0;                 // first packets its full table refused
-    uint64_t nf_dropped = 0;                    // packets the chain's NFs dropped, all instances
-    std::map<uint64_t, uint64_t> batch_latency; // bucket's lowest ns -> batches, all lcores
+    uint64_t rx = 0;            // ingress port "in"
+    uint64_t tx = 0;            // egress port "out"
+    bool has_flows = false;     // the chain keeps a flow table
+    uint64_t flows_live = 0;    // its live flows
+    uint64_t flows_created = 0; // flows it created so far
+    uint64_t flows_refused = 0; // first packets its full table refused
+    uint64_t nf_dropped = 0;    // packets the chain's NFs dropped, all instances
+    BatchLatency batch_latency;
 };
-
-// The bucket below which `q` of the batches counted between `a` and `b`
-// fall, and the highest bucket any reached, in µs; -1 when none was counted.
-std::pair<double, double> batch_latency_over(const LiveCounters &a, const LiveCounters &b, double q)
-{
-    std::map<uint64_t, uint64_t> window;
-    uint64_t total = 0;
-    for (const auto &[low, n] : b.batch_latency) {
-        const auto before = a.batch_latency.find(low);
-        const uint64_t d = n - (before != a.batch_latency.end() ? std::min(before->second, n) : 0);
-        if (d != 0) {
-            window[low] = d;
-            total += d;
-        }
-    }
-    if (total == 0) {
-        return {-1, -1};
-    }
-    double quantile = -1;
-    uint64_t seen = 0;
-    for (const auto &[low, n] : window) {
-        seen += n;
-        if (quantile < 0 && static_cast<double>(seen) >= q * static_cast<double>(total)) {
-            quantile = static_cast<double>(low) / 1e3;
-        }
-    }
-    return {quantile, static_cast<double>(window.rbegin()->first) / 1e3};
-}
 
 LiveCounters live_counters(const fs::path &socket, const std::string &chain)
 {
@@ -204,11 +175,7 @@ LiveCounters live_counters(const fs::path &socket, const std::string &chain)
             }
         }
     }
-    for (const auto &lcore : j.value("lcores", nlohmann::json::array())) {
-        for (const auto &bucket : lcore.value("batch_latency_ns", nlohmann::json::array())) {
-            c.batch_latency[bucket.at(0).get<uint64_t>()] += bucket.at(1).get<uint64_t>();
-        }
-    }
+    c.batch_latency = batch_latency_of(j);
     return c;
 }
 
@@ -288,7 +255,10 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
         r.refused_per_s = static_cast<double>(s2.flows_refused - s1.flows_refused) / r.window_s;
         r.nf_dropped_per_s = static_cast<double>(s2.nf_dropped - s1.nf_dropped) / r.window_s;
     }
-    std::tie(r.batch_us_p99, r.batch_us_max) = batch_latency_over(s1, s2, 0.99);
+    BatchLatency window;
+    add_difference(window, s2.batch_latency, s1.batch_latency);
+    r.batch_us_max = highest_us(window); // -1: no batch in the window
+    r.batch_us_p99 = r.batch_us_max < 0 ? -1 : percentile_us(window, 0.99);
     const int code = host.stop(10);
     if (code != 0) {
         throw fail(fmt::format("exit code {} after SIGTERM", code));
