@@ -118,10 +118,11 @@ private:
         Words src_mask, dst_mask;
         std::unordered_map<Key, std::vector<uint32_t>, KeyHash> buckets;
         std::vector<uint64_t> filter = std::vector<uint64_t>(kFilterBits / 64);
-        void mark(std::size_t hash) noexcept { filter[(hash >> 7) % kFilterBits / 64] |= 1ull << (hash >> 7) % 64; }
+        static std::size_t filter_bit(std::size_t hash) noexcept { return (hash >> 7) % kFilterBits; }
+        void mark(std::size_t hash) noexcept { filter[filter_bit(hash) / 64] |= 1ull << filter_bit(hash) % 64; }
         bool may_hold(std::size_t hash) const noexcept
         {
-            return (filter[(hash >> 7) % kFilterBits / 64] >> (hash >> 7) % 64) & 1u;
+            return (filter[filter_bit(hash) / 64] >> filter_bit(hash) % 64) & 1u;
         }
     };
     // A key of tuple t: the masked addresses and the proto (-1: any).
