@@ -105,11 +105,10 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         const Summary x_mac_cpu = ratio(i, macswap, true);
         const Summary nf_ns = c.kind == Kind::serpens_chain ? ns_over_noop(i) : Summary{-1, -1, -1, -1, -1};
         table.rows.push_back({chosen[i].name, c.tool, chosen[i].forward, std::to_string(c.lcores),
-                              cores.empty() ? "-" : fmt_num(summarize(cores).median), fmt_num(m.median), fmt_num(m.min),
-                              fmt_num(m.max), per_cpu.empty() ? "-" : fmt_num(summarize(per_cpu).median),
-                              cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median), cell(nf_ns.median),
-                              median_or_dash(new_flows), median_or_dash(rx), median_or_dash(refused),
-                              median_or_dash(dropped), median_or_dash(p99),
+                              median_or_dash(cores), fmt_num(m.median), fmt_num(m.min), fmt_num(m.max),
+                              median_or_dash(per_cpu), cell(x_mac.median), cell(x_io.median), cell(x_mac_cpu.median),
+                              cell(nf_ns.median), median_or_dash(new_flows), median_or_dash(rx),
+                              median_or_dash(refused), median_or_dash(dropped), median_or_dash(p99),
                               worst.empty() ? "-" : fmt_num(summarize(worst).max)});
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat" && macswap >= 0) {
             summary += target_line("serpens SFC fw-mon-nat on 1 core / testpmd macswap", x_mac, 0.5);
