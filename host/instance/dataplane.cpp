@@ -142,19 +142,18 @@ InstanceSlot &Dataplane::slot(const std::string &chain_name, uint32_t tag, uint3
 
 void Dataplane::synchronize()
 {
-    std::vector<std::pair<Lcore *, uint64_t>> waiting;
+    // An lcore that reads the new token has finished the iteration in which
+    // it may have loaded an old pointer (its report is a release store after
+    // it), and its acquire load of the token orders its next loads after our
+    // exchange.  So one report does, where counting iterations needs two: an
+    // iteration's end could be observed before that iteration's loads.
+    const uint64_t token = _grace.fetch_add(1, std::memory_order_seq_cst) + 1;
     for (auto &lcore : _lcores) {
-        if (lcore->running.load(std::memory_order_acquire)) {
-            waiting.emplace_back(lcore.get(), lcore->epoch.load(std::memory_order_acquire));
-            lcore->wakeup.wake(); // a sleeper completes no iteration
-        }
+        lcore->wakeup.wake(); // a sleeper completes no iteration
     }
-    for (auto &[lcore, start] : waiting) {
-        // Two steps, not one: an lcore's epoch store at the end of an
-        // iteration may still sit in its store buffer while its next
-        // iteration loads the old pointer, so one step could be that store.
+    for (auto &lcore : _lcores) {
         while (lcore->running.load(std::memory_order_acquire) &&
-               lcore->epoch.load(std::memory_order_acquire) < start + 2) {
+               lcore->passed.load(std::memory_order_acquire) < token) {
             lcore->wakeup.wake();
             std::this_thread::yield();
         }
@@ -841,7 +840,7 @@ void Dataplane::lcore_loop(Lcore &lcore)
     uint32_t idle = 0;
     bool receiving = lcore.dispatcher != nullptr;
     lcore.running.store(true, std::memory_order_release);
-    for (;; lcore.epoch.store(lcore.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_release)) {
+    for (;; lcore.passed.store(_grace.load(std::memory_order_acquire), std::memory_order_release)) {
         const uint64_t now = monotonic_ns();
         if (worked) {
             // The iteration that just ended did work: busy time, for the autoscaler.

@@ -239,7 +239,9 @@ private:
         uint64_t pending_since = 0;                 // main lcore only: when it saw packets waiting for this sleeper
         alignas(64) Wakeup wakeup;                  // written by wakers and by the lcore when it sleeps
         // Written by the lcore every iteration.
-        alignas(64) std::atomic<uint64_t> epoch{0}; // loop iterations completed
+        // The grace token it read at the end of its last iteration: the
+        // lists it loads from the next one on are those published before it.
+        alignas(64) std::atomic<uint64_t> passed{0};
         std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
         std::atomic<uint64_t> last_rx{0};           // when it last received (or was held back)
         LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run (sampled)
@@ -294,6 +296,7 @@ private:
     Lcore *find_lcore(unsigned id) const;
     // Waits until every running lcore has finished the loop iteration it was
     // in: what it loaded before (instance list, route table) is no longer used.
+    // Quiescent-state based, as rte_rcu_qsbr: one report per lcore suffices.
     void synchronize();
     void publish_instances(Lcore &lcore, InstanceList list);
     void publish_routes();
@@ -326,6 +329,7 @@ private:
     uint32_t _receivers = 0;
     bool _prepared = false;
     std::atomic<bool> _main_polls{false}; // else it sleeps until stop() when it has nothing to receive
+    alignas(64) std::atomic<uint64_t> _grace{0}; // raised by synchronize(), read by every lcore per iteration
 };
 
 } // namespace serpens
