@@ -242,9 +242,9 @@ private:
         // The grace token it read at the end of its last iteration: the
         // lists it loads from the next one on are those published before it.
         alignas(64) std::atomic<uint64_t> passed{0};
-        std::atomic<uint64_t> busy_ns{0};           // in iterations that did work
-        std::atomic<uint64_t> last_rx{0};           // when it last received (or was held back)
-        LatencyHistogram batch_latency;             // from a batch's RX to the end of its chain run (sampled)
+        std::atomic<uint64_t> busy_ns{0}; // in iterations that did work
+        std::atomic<uint64_t> last_rx{0}; // when it last received (or was held back)
+        LatencyHistogram batch_latency;   // from a batch's RX to the end of its chain run (sampled)
         // How long each iteration that did work lasted.  Meanwhile the lcore
         // polls nothing, so this bounds how long it leaves a packet waiting:
         // a stall of its data path (a held state cell, a lock) shows here.
@@ -328,7 +328,7 @@ private:
     std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
     uint32_t _receivers = 0;
     bool _prepared = false;
-    std::atomic<bool> _main_polls{false}; // else it sleeps until stop() when it has nothing to receive
+    std::atomic<bool> _main_polls{false};        // else it sleeps until stop() when it has nothing to receive
     alignas(64) std::atomic<uint64_t> _grace{0}; // raised by synchronize(), read by every lcore per iteration
 };
 
