@@ -49,6 +49,13 @@ inline constexpr uint64_t ctl_ver_one = 16ull;   // version lives in bits 4..63
 
 enum SlotState : uint32_t { slot_empty = 0, slot_live = 1, slot_dead = 2 };
 
+// A cell's control word uses the state bits for one hint: cell_zero, set when
+// the state manager publishes an all-zero value and when a key is made.  Every
+// other write clears it (ctl_next with state 0).  The manager then reads no
+// buffer of the cells of inactive instances, which are almost always zero: a
+// RELEASE rebalance at a scale event touches every key's every cell.
+inline constexpr uint32_t cell_zero = 1;
+
 inline constexpr uint32_t ctl_state(uint64_t c) noexcept { return static_cast<uint32_t>((c >> 1) & 3u); }
 inline constexpr uint32_t ctl_buf(uint64_t c) noexcept { return (c & ctl_active) ? 1u : 0u; }
 // Same version and buffer with a new state, W cleared, version bumped.

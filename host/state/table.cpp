@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -722,7 +723,7 @@ void Table::reset_cells(SlotHeader *s) noexcept
         for (uint32_t w = 0; w < _vw; ++w) {
             st_rlx(b + w, 0);
         }
-        st_rel(cp, ctl_next(c, 0, nb));
+        st_rel(cp, ctl_next(c, cell_zero, nb));
     }
 }
 
@@ -1248,6 +1249,10 @@ uint64_t Table::lock_cell(std::size_t i, uint32_t c) noexcept
 
 void Table::read_locked_cell(std::size_t i, uint32_t c, uint64_t ctl, void *out) const noexcept
 {
+    if (ctl_state(ctl) == cell_zero) {
+        std::memset(out, 0, _value_size);
+        return;
+    }
     words_out(cbuf(cell(slot(i), c), ctl_buf(ctl)), out, _value_size);
 }
 
@@ -1256,7 +1261,9 @@ void Table::write_unlock_cell(std::size_t i, uint32_t c, uint64_t ctl, const voi
     uint64_t *cp = cell(slot(i), c);
     uint32_t nb = ctl_buf(ctl) ^ 1u;
     words_in(cbuf(cp, nb), value, _value_size);
-    st_rel(cp, ctl_next(ctl, 0, nb));
+    const auto *bytes = static_cast<const uint8_t *>(value);
+    const bool zero = std::all_of(bytes, bytes + _value_size, [](uint8_t b) { return b == 0; });
+    st_rel(cp, ctl_next(ctl, zero ? cell_zero : 0, nb));
 }
 
 void Table::unlock_cell(std::size_t i, uint32_t c, uint64_t ctl) noexcept { st_rel(cell(slot(i), c), ctl); }

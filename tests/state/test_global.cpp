@@ -42,6 +42,29 @@ serpens_state_hook_args args(uint32_t n, uint32_t vs, const void *whole, void *c
     return a;
 }
 
+// Instances 0 and 1 of one nat with a RELEASE table "pool" of 8-byte keys
+// and values (64 items per key).
+struct TwoInstancePool {
+    ScratchDir d;
+    StoreOptions o;
+    std::unique_ptr<StateStore> store;
+    Executor *ex = nullptr;
+    std::unique_ptr<FakeInstance> a, b;
+    serpens_table *ta = nullptr, *tb = nullptr;
+    explicit TwoInstancePool(const std::string &tag) : d(tag)
+    {
+        o.root = d.path;
+        store = std::make_unique<StateStore>(o);
+        ex = &store->executor("c", "nat");
+        a = std::make_unique<FakeInstance>(*ex, 0);
+        b = std::make_unique<FakeInstance>(*ex, 1);
+        ta = a->create("pool", REL, 8, 8, 8);
+        tb = b->create("pool", REL, 8, 8, 8);
+        REQUIRE(ta);
+        REQUIRE(tb);
+    }
+};
+
 uint64_t popcount(const std::vector<uint64_t> &v)
 {
     uint64_t n = 0;
@@ -649,19 +672,38 @@ TEST_CASE("state-release: a stale put after a rebalance is refused, so nothing i
     CHECK(api.put_state(ta, &k, &mine) == SERPENS_OK);
 }
 
+TEST_CASE("state-release: items an instance puts into a cell the state manager emptied are dealt out again")
+{
+    // The manager marks a cell it empties as known zero and skips reading it
+    // later; an owner's put must take that mark away, or its items vanish.
+    TwoInstancePool p("zero-hint");
+    const serpens_host_api &api = state_api();
+    uint64_t k = 7, mine = 0, theirs = 0, zero = 0, one = 1;
+    REQUIRE(api.put_state(p.ta, &k, &zero) == SERPENS_OK);
+    REQUIRE(api.get_state(p.tb, &k, &theirs) == SERPENS_OK);
+    REQUIRE(api.put_state(p.tb, &k, &one) == SERPENS_OK); // the only free item, in instance 1's cell
+    // Instance 1 leaves (the manager empties its cell) and comes back: one
+    // item for two instances leaves one of the cells empty.
+    p.ex->remove_instance(1);
+    p.ex->add_instance(1, nullptr);
+    REQUIRE(api.get_state(p.ta, &k, &mine) == SERPENS_OK);
+    REQUIRE(api.get_state(p.tb, &k, &theirs) == SERPENS_OK);
+    REQUIRE(std::popcount(mine) + std::popcount(theirs) == 1);
+    // Both give an item back through their own cells.
+    REQUIRE(api.put_state(p.ta, &k, &(mine |= 1ull << 10)) == SERPENS_OK);
+    REQUIRE(api.put_state(p.tb, &k, &(theirs |= 1ull << 20)) == SERPENS_OK);
+    // Instance 1 leaves again: instance 0 holds every item.
+    p.ex->remove_instance(1);
+    REQUIRE(api.get_state(p.ta, &k, &mine) == SERPENS_OK);
+    CHECK(mine == (1ull | 1ull << 10 | 1ull << 20));
+}
+
 TEST_CASE("state-trigger: trigger only records a request; the next tick rebalances; a stale put is refused")
 {
-    ScratchDir d("trig");
-    StoreOptions o;
-    o.root = d.path;
-    StateStore store(o);
-    Executor &ex = store.executor("c", "nat");
+    TwoInstancePool p("trig");
+    StateStore &store = *p.store;
     const serpens_host_api &api = state_api();
-    FakeInstance a(ex, 0), b(ex, 1);
-    serpens_table *ta = a.create("pool", REL, 8, 8, 8);
-    serpens_table *tb = b.create("pool", REL, 8, 8, 8);
-    REQUIRE(ta);
-    REQUIRE(tb);
+    serpens_table *ta = p.ta, *tb = p.tb;
     uint64_t k = 7, all = ~0ull, mine = 0, theirs = 0;
     REQUIRE(api.put_state(ta, &k, &all) == SERPENS_OK); // every item in instance 0's cell
     REQUIRE(api.get_state(ta, &k, &mine) == SERPENS_OK);
