@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstring>
 #include <ctime>
@@ -37,6 +38,15 @@ std::vector<uint32_t> base_and_replicas(uint64_t mask, uint32_t cells)
 bool all_zero(const std::vector<uint64_t> &b)
 {
     return std::all_of(b.begin(), b.end(), [](uint64_t w) { return w == 0; });
+}
+
+// `bufs` as n zeroed buffers of vw words, reusing what it already holds.
+void fit(std::vector<std::vector<uint64_t>> &bufs, std::size_t n, uint32_t vw)
+{
+    bufs.resize(n);
+    for (auto &b : bufs) {
+        b.assign(vw, 0);
+    }
 }
 
 } // namespace
@@ -217,7 +227,10 @@ void Executor::seal()
 int Executor::call_hook(int (*hook)(serpens_nf_ctx *, const serpens_state_hook_args *), Table &t, const void *key,
                         const void *whole, std::vector<Buf> &parts, uint32_t n, void *out)
 {
-    std::vector<void *> ptrs(n);
+    std::array<void *, max_instances_limit + 2> ptrs{}; // every cell, and one part exchanged with a peer
+    if (n > ptrs.size()) {
+        return SERPENS_EINVAL;
+    }
     for (uint32_t i = 0; i < n; ++i) {
         ptrs[i] = parts[i].data();
     }
@@ -251,80 +264,83 @@ int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_ho
     const uint32_t cells = t.cells();
     const uint32_t vw = words_of(t.value_size());
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(cells - 1);
-    std::vector<uint32_t> active;
+    RebalanceScratch &r = _rebalance;
+    r.active.clear();
     for (uint32_t i = 0; i + 1 < cells; ++i) {
         if (mask & (1ull << i)) {
-            active.push_back(i);
+            r.active.push_back(i);
         }
     }
     const void *key = t.slot_key(slot);
-    std::vector<uint64_t> ctl(cells);
-    std::vector<Buf> cur(cells, Buf(vw, 0));
+    r.ctl.resize(cells);
+    fit(r.cur, cells, vw);
     for (uint32_t c = 0; c < cells; ++c) {
-        ctl[c] = t.lock_cell(slot, c);
-        t.read_locked_cell(slot, c, ctl[c], cur[c].data());
+        r.ctl[c] = t.lock_cell(slot, c);
+        t.read_locked_cell(slot, c, r.ctl[c], r.cur[c].data());
     }
-    std::vector<Buf> nxt(cells, Buf(vw, 0));
+    fit(r.nxt, cells, vw);
     int rc = SERPENS_OK;
-    bool outside_empty = all_zero(cur[0]);
+    bool outside_empty = all_zero(r.cur[0]);
     for (uint32_t c = 1; c < cells && outside_empty; ++c) {
         if (!(mask & (1ull << (c - 1)))) {
-            outside_empty = all_zero(cur[c]);
+            outside_empty = all_zero(r.cur[c]);
         }
     }
     const bool exchange = x.in != nullptr || x.out != nullptr;
-    if (prefer_update_hook && !exchange && _desc != nullptr && _desc->update != nullptr && !active.empty() &&
+    if (prefer_update_hook && !exchange && _desc != nullptr && _desc->update != nullptr && !r.active.empty() &&
         outside_empty) {
-        std::vector<Buf> parts;
-        for (uint32_t a : active) {
-            parts.push_back(cur[1 + a]);
+        fit(r.parts, r.active.size(), vw);
+        for (std::size_t j = 0; j < r.active.size(); ++j) {
+            r.parts[j] = r.cur[1 + r.active[j]];
         }
-        rc = call_hook(_desc->update, t, key, nullptr, parts, static_cast<uint32_t>(parts.size()), nullptr);
-        for (std::size_t j = 0; j < active.size(); ++j) {
-            nxt[1 + active[j]] = parts[j];
+        rc = call_hook(_desc->update, t, key, nullptr, r.parts, static_cast<uint32_t>(r.parts.size()), nullptr);
+        for (std::size_t j = 0; j < r.active.size(); ++j) {
+            r.nxt[1 + r.active[j]] = r.parts[j];
         }
     } else {
-        Buf whole(vw, 0);
+        Buf &whole = r.whole;
+        whole.assign(vw, 0);
         if (x.replace) {
             whole = *x.in;
         } else {
             auto merge = (_desc && _desc->merge) ? _desc->merge : &default_release_merge;
-            std::vector<Buf> all = cur;
+            fit(r.all, cells + (x.in != nullptr ? 1 : 0), vw);
+            std::copy(r.cur.begin(), r.cur.end(), r.all.begin()); // the hook may scribble on its parts
             if (x.in != nullptr) {
-                all.push_back(*x.in);
+                r.all.back() = *x.in;
             }
-            rc = call_hook(merge, t, key, nullptr, all, static_cast<uint32_t>(all.size()), whole.data());
+            rc = call_hook(merge, t, key, nullptr, r.all, static_cast<uint32_t>(r.all.size()), whole.data());
         }
         // Who keeps a part on this host: the active cells, else the base.
-        std::vector<uint32_t> to;
-        for (uint32_t a : active) {
-            to.push_back(1 + a);
+        r.to.clear();
+        for (uint32_t a : r.active) {
+            r.to.push_back(1 + a);
         }
-        if (to.empty()) {
-            to.push_back(0);
+        if (r.to.empty()) {
+            r.to.push_back(0);
         }
         if (rc == SERPENS_OK && x.everything) {
             *x.out = whole;
-        } else if (rc == SERPENS_OK && active.empty() && x.out == nullptr) {
-            nxt[0] = whole;
+        } else if (rc == SERPENS_OK && r.active.empty() && x.out == nullptr) {
+            r.nxt[0] = whole;
         } else if (rc == SERPENS_OK) {
-            const uint32_t n = static_cast<uint32_t>(to.size()) + (x.out != nullptr ? 1 : 0);
-            std::vector<Buf> parts(n, Buf(vw, 0));
+            const uint32_t n = static_cast<uint32_t>(r.to.size()) + (x.out != nullptr ? 1 : 0);
+            fit(r.parts, n, vw);
             auto split = (_desc && _desc->split) ? _desc->split : &default_release_split;
-            rc = call_hook(split, t, key, whole.data(), parts, n, nullptr);
-            for (std::size_t j = 0; j < to.size(); ++j) {
-                nxt[to[j]] = parts[j];
+            rc = call_hook(split, t, key, whole.data(), r.parts, n, nullptr);
+            for (std::size_t j = 0; j < r.to.size(); ++j) {
+                r.nxt[r.to[j]] = r.parts[j];
             }
             if (x.out != nullptr) {
-                *x.out = parts.back();
+                *x.out = r.parts.back();
             }
         }
     }
     for (uint32_t c = 0; c < cells; ++c) {
-        if (rc == SERPENS_OK && nxt[c] != cur[c]) {
-            t.write_unlock_cell(slot, c, ctl[c], nxt[c].data());
+        if (rc == SERPENS_OK && r.nxt[c] != r.cur[c]) {
+            t.write_unlock_cell(slot, c, r.ctl[c], r.nxt[c].data());
         } else {
-            t.unlock_cell(slot, c, ctl[c]);
+            t.unlock_cell(slot, c, r.ctl[c]);
         }
     }
     return rc;

@@ -236,6 +236,15 @@ private:
         bool everything = false; // `out` gets the whole; every cell is left empty (surrender)
     };
     int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook, const Exchange &x);
+    // What rebalance_locked works in, kept between calls (under _mu): a
+    // scale event rebalances every key, and allocating these per key cost
+    // about as much as the rebalance itself.
+    struct RebalanceScratch {
+        std::vector<uint64_t> ctl;
+        std::vector<Buf> cur, nxt, all, parts;
+        Buf whole;
+        std::vector<uint32_t> active, to;
+    };
     int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook)
     {
         return rebalance_locked(t, slot, prefer_update_hook, Exchange{});
@@ -269,6 +278,7 @@ private:
     std::vector<Timer> _timers;
     std::map<const Table *, std::unique_ptr<TriggerBoard>> _boards; // global/write tables
     uint64_t _last_expire_ns = 0; // tick() paces the idle-flow sweep by the time since
+    RebalanceScratch _rebalance;
 };
 
 class StateStore {
