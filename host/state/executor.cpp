@@ -24,15 +24,14 @@ uint64_t instance_mask(uint32_t max_instances) { return max_instances >= 64 ? ~0
 
 // The cells an EVENTUAL operation owns: the base (0), then 1 + i for each
 // instance i in `mask`.
-std::vector<uint32_t> base_and_replicas(uint64_t mask, uint32_t cells)
+void base_and_replicas(uint64_t mask, uint32_t cells, std::vector<uint32_t> &idx)
 {
-    std::vector<uint32_t> idx{0};
+    idx.assign(1, 0);
     for (uint32_t i = 0; i + 1 < cells; ++i) {
         if (mask & (1ull << i)) {
             idx.push_back(1 + i);
         }
     }
-    return idx;
 }
 
 bool all_zero(const std::vector<uint64_t> &b)
@@ -264,7 +263,7 @@ int Executor::rebalance_locked(Table &t, std::size_t slot, bool prefer_update_ho
     const uint32_t cells = t.cells();
     const uint32_t vw = words_of(t.value_size());
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(cells - 1);
-    RebalanceScratch &r = _rebalance;
+    CellScratch &r = _scratch;
     r.active.clear();
     for (uint32_t i = 0; i + 1 < cells; ++i) {
         if (mask & (1ull << i)) {
@@ -359,32 +358,34 @@ int Executor::gather_locked(Table &t, std::size_t slot)
 // EVENTUAL: G' = merge(G, replicas in `mask`); base and those replicas := G'.
 int Executor::merge_locked(Table &t, std::size_t slot, uint64_t mask)
 {
-    const uint32_t cells = t.cells();
     const uint32_t vw = words_of(t.value_size());
-    mask &= instance_mask(cells - 1);
     const void *key = t.slot_key(slot);
-    const std::vector<uint32_t> idx = base_and_replicas(mask, cells);
-    std::vector<uint64_t> ctl(idx.size());
-    std::vector<Buf> cur(idx.size(), Buf(vw, 0));
-    for (std::size_t j = 0; j < idx.size(); ++j) {
-        ctl[j] = t.lock_cell(slot, idx[j]);
-        t.read_locked_cell(slot, idx[j], ctl[j], cur[j].data());
+    CellScratch &r = _scratch;
+    base_and_replicas(mask & instance_mask(t.cells() - 1), t.cells(), r.to);
+    const std::size_t n = r.to.size();
+    r.ctl.resize(n);
+    fit(r.cur, n, vw);
+    for (std::size_t j = 0; j < n; ++j) {
+        r.ctl[j] = t.lock_cell(slot, r.to[j]);
+        t.read_locked_cell(slot, r.to[j], r.ctl[j], r.cur[j].data());
     }
-    std::vector<Buf> replicas(cur.begin() + 1, cur.end());
-    Buf out(vw, 0);
+    fit(r.all, n - 1, vw);
+    std::copy(r.cur.begin() + 1, r.cur.end(), r.all.begin()); // the replicas; the hook may scribble on them
+    Buf &out = r.whole;
+    out.assign(vw, 0);
     auto merge = (_desc && _desc->merge) ? _desc->merge : &default_eventual_merge;
-    int rc = call_hook(merge, t, key, cur[0].data(), replicas, static_cast<uint32_t>(replicas.size()), out.data());
-    std::vector<Buf> copies(replicas.size(), Buf(vw, 0));
-    if (rc == SERPENS_OK && !copies.empty()) {
+    int rc = call_hook(merge, t, key, r.cur[0].data(), r.all, static_cast<uint32_t>(n - 1), out.data());
+    fit(r.parts, n - 1, vw);
+    if (rc == SERPENS_OK && n > 1) {
         auto split = (_desc && _desc->split) ? _desc->split : &default_eventual_split;
-        rc = call_hook(split, t, key, out.data(), copies, static_cast<uint32_t>(copies.size()), nullptr);
+        rc = call_hook(split, t, key, out.data(), r.parts, static_cast<uint32_t>(n - 1), nullptr);
     }
-    for (std::size_t j = 0; j < idx.size(); ++j) {
-        const Buf &n = j == 0 ? out : copies[j - 1];
-        if (rc == SERPENS_OK && n != cur[j]) {
-            t.write_unlock_cell(slot, idx[j], ctl[j], n.data());
+    for (std::size_t j = 0; j < n; ++j) {
+        const Buf &next = j == 0 ? out : r.parts[j - 1];
+        if (rc == SERPENS_OK && next != r.cur[j]) {
+            t.write_unlock_cell(slot, r.to[j], r.ctl[j], next.data());
         } else {
-            t.unlock_cell(slot, idx[j], ctl[j]);
+            t.unlock_cell(slot, r.to[j], r.ctl[j]);
         }
     }
     return rc;
@@ -418,9 +419,8 @@ void Executor::activate_locked(Table &t, uint32_t id)
         return;
     }
     // EVENTUAL: the newcomer's replica starts as a copy of the base.
-    const uint32_t vw = words_of(t.value_size());
+    Buf base(words_of(t.value_size()), 0);
     t.for_each_live_slot([&](std::size_t s) {
-        Buf base(vw, 0);
         uint64_t c0 = t.lock_cell(s, 0);
         uint64_t ci = t.lock_cell(s, 1 + id);
         t.read_locked_cell(s, 0, c0, base.data());
@@ -685,7 +685,8 @@ int Executor::apply_delta(Table &t, const void *key, const void *delta, std::siz
     const uint32_t vw = words_of(t.value_size());
     const Buf d = to_words(delta, len);
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
-    const std::vector<uint32_t> idx = base_and_replicas(mask, t.cells());
+    std::vector<uint32_t> idx;
+    base_and_replicas(mask, t.cells(), idx);
     // All cells owned at once, so no merge sees the base moved without the
     // replicas (it would count the delta once per replica).
     std::vector<uint64_t> ctl(idx.size());
@@ -723,7 +724,8 @@ int Executor::adopt(Table &t, const void *key, const void *value, std::size_t le
     }
     const uint32_t vw = words_of(t.value_size());
     const uint64_t mask = ld_rlx(&t.header().active_mask) & instance_mask(t.cells() - 1);
-    const std::vector<uint32_t> idx = base_and_replicas(mask, t.cells());
+    std::vector<uint32_t> idx;
+    base_and_replicas(mask, t.cells(), idx);
     std::vector<uint64_t> ctl(idx.size());
     for (std::size_t j = 0; j < idx.size(); ++j) {
         ctl[j] = t.lock_cell(s, idx[j]);

@@ -236,10 +236,10 @@ private:
         bool everything = false; // `out` gets the whole; every cell is left empty (surrender)
     };
     int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook, const Exchange &x);
-    // What rebalance_locked works in, kept between calls (under _mu): a
-    // scale event rebalances every key, and allocating these per key cost
-    // about as much as the rebalance itself.
-    struct RebalanceScratch {
+    // What rebalance_locked and merge_locked work in, kept between calls
+    // (under _mu): a scale event or a timed merge goes over every key, and
+    // allocating these per key cost about as much as the work itself.
+    struct CellScratch {
         std::vector<uint64_t> ctl;
         std::vector<Buf> cur, nxt, all, parts;
         Buf whole;
@@ -278,7 +278,7 @@ private:
     std::vector<Timer> _timers;
     std::map<const Table *, std::unique_ptr<TriggerBoard>> _boards; // global/write tables
     uint64_t _last_expire_ns = 0; // tick() paces the idle-flow sweep by the time since
-    RebalanceScratch _rebalance;
+    CellScratch _scratch;
 };
 
 class StateStore {
