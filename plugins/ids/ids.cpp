@@ -40,9 +40,19 @@
  *   signatures  global/read: compiled once per instance at init, read-only.
  *   streams     per-flow/write: Hyperscan stream state holds pointers, so it
  *               cannot live in the host's shared-memory tables; each instance
- *               keeps a bounded 4-way set-associative table of pre-opened
- *               streams keyed by the directional 5-tuple, with idle expiry
- *               and LRU eviction (hs_reset_stream: no allocation per flow).
+ *               keeps a bounded pool of pre-opened streams (max_flows), with
+ *               idle expiry and eviction when it runs out (hs_reset_stream:
+ *               no allocation per flow).
+ *   per flow    16 B of the chain's flow table: for each direction, the
+ *               pool slot of its stream and the tag the slot had when it was
+ *               given, so the flow's own entry finds its streams with no
+ *               lookup of ids' own; a tag that no longer matches (the slot
+ *               went to another flow, another instance owns the flow now, or
+ *               the process restarted) starts a new stream.  The host's
+ *               expiry gives the slots back (flow_expired).  A packet without
+ *               an entry (the chain's table full, flow_full = "pass") finds
+ *               its stream in a 4-way set-associative index of the same pool
+ *               keyed by the directional 5-tuple, LRU within the set.
  *               Nothing per-flow survives an instance restart: a signature
  *               split across the restart point is missed; later matches in
  *               the same flow are found (hs_compress_stream into a host
@@ -67,6 +77,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <sys/random.h>
 
 namespace {
 
@@ -97,10 +109,21 @@ struct FlowKey {
 static_assert(sizeof(FlowKey) == 40);
 
 struct Slot {
-    FlowKey key;
+    FlowKey key;      // for the 5-tuple index; family 0 when a flow entry holds it
     uint64_t last_ns; // 0: free
     hs_stream_t *stream;
+    uint32_t tag; // changes whenever the slot goes to another flow direction
 };
+
+// ids' area in a flow entry: per direction (0: as the flow's first packet,
+// 1: reply), slot + 1 of its stream (0: none) and the slot's tag then.  Tags
+// start at a random value in each instance, so an area written by another
+// instance or an earlier process (or torn by a crash) matches no slot here.
+struct FlowArea {
+    uint32_t slot1[2];
+    uint32_t tag[2];
+};
+static_assert(sizeof(FlowArea) == 16);
 
 enum Counter { C_SCANNED, C_ALERTS, C_MATCHES, C_EVICTED, C_SCAN_ERRORS, C_COUNT };
 const char *const counter_names[C_COUNT] = {"scanned", "alerts", "matches", "evicted", "scan_errors"};
@@ -110,6 +133,9 @@ struct Ids {
     hs_database_t *db = nullptr;
     hs_scratch_t *scratch = nullptr;
     std::vector<Slot> slots;
+    std::vector<uint32_t> free_slots; // for flow entries: given back by expiry
+    uint32_t hand = 0;                // the next slot a flow entry takes when none is free
+    uint32_t next_tag = 0;            // random at init: tags of another process never match
     uint64_t mask = 0;
     uint64_t idle_ns = 0;
     uint64_t *c[C_COUNT] = {};
@@ -423,7 +449,20 @@ uint64_t key_hash(const FlowKey &k)
     return h;
 }
 
-// The stream of this flow direction: found, or a recycled slot reset for it.
+// Slot s starts a new stream for another flow direction.  No callback:
+// matches pending at the end of the old one are not reported.
+bool restart(Ids &ids, Slot &s, uint64_t now)
+{
+    if (hs_reset_stream(s.stream, 0, nullptr, nullptr, nullptr) != HS_SUCCESS) {
+        return false;
+    }
+    s.tag = ++ids.next_tag;
+    s.last_ns = now != 0 ? now : 1;
+    return true;
+}
+
+// The stream of this flow direction in the 5-tuple index: found, or a
+// recycled slot reset for it.
 Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
 {
     Slot *set = &ids.slots[(key_hash(k) & ids.mask) * kWays];
@@ -445,13 +484,76 @@ Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
     if (victim->last_ns != 0 && (ids.idle_ns == 0 || now - victim->last_ns <= ids.idle_ns)) {
         ++*ids.c[C_EVICTED];
     }
-    // No callback: matches pending at the end of the old flow are not reported.
-    if (hs_reset_stream(victim->stream, 0, nullptr, nullptr, nullptr) != HS_SUCCESS) {
+    if (!restart(ids, *victim, now)) {
         return nullptr;
     }
     victim->key = k;
-    victim->last_ns = now != 0 ? now : 1;
     return victim;
+}
+
+bool live(const Ids &ids, const Slot &s, uint64_t now)
+{
+    return s.last_ns != 0 && (ids.idle_ns == 0 || now <= s.last_ns || now - s.last_ns <= ids.idle_ns);
+}
+
+// The stream of this direction of the flow whose entry holds `area`: its
+// slot while the tag still matches and it was not idle too long, else a
+// free slot (or the next in turn when none is free) reset for it.
+Slot *stream_of_entry(Ids &ids, FlowArea &area, unsigned dir, uint64_t now)
+{
+    const uint32_t at = area.slot1[dir];
+    if (at != 0 && at <= ids.slots.size()) {
+        Slot &s = ids.slots[at - 1];
+        if (s.tag == area.tag[dir] && s.key.family == 0 && s.last_ns != 0) {
+            if (!live(ids, s, now)) { // idle too long: starts afresh in place
+                if (!restart(ids, s, now)) {
+                    return nullptr;
+                }
+                area.tag[dir] = s.tag;
+            }
+            s.last_ns = now != 0 ? now : 1;
+            return &s;
+        }
+    }
+    uint32_t i;
+    if (!ids.free_slots.empty()) {
+        i = ids.free_slots.back();
+        ids.free_slots.pop_back();
+    } else {
+        i = ids.hand;
+        ids.hand = (ids.hand + 1) % static_cast<uint32_t>(ids.slots.size());
+    }
+    Slot &s = ids.slots[i];
+    if (live(ids, s, now)) {
+        ++*ids.c[C_EVICTED];
+    }
+    if (!restart(ids, s, now)) {
+        return nullptr;
+    }
+    s.key.family = 0; // out of the 5-tuple index
+    area.slot1[dir] = i + 1;
+    area.tag[dir] = s.tag;
+    return &s;
+}
+
+// A flow entry goes: its streams' slots are free again (unless they went to
+// another flow meanwhile, or this ran before for the same area).
+void ids_flow_expired(serpens_nf_ctx *ctx, void *state)
+{
+    Ids &ids = *static_cast<Ids *>(ctx->priv);
+    auto &area = *static_cast<FlowArea *>(state);
+    for (unsigned dir = 0; dir < 2; ++dir) {
+        const uint32_t at = area.slot1[dir];
+        if (at == 0 || at > ids.slots.size()) {
+            continue;
+        }
+        Slot &s = ids.slots[at - 1];
+        if (s.tag == area.tag[dir] && s.key.family == 0 && s.last_ns != 0) {
+            s.last_ns = 0;
+            ++s.tag;
+            ids.free_slots.push_back(at - 1);
+        }
+    }
 }
 
 void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
@@ -493,7 +595,11 @@ void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
         k.proto = p.l4_proto;
         k.sport = static_cast<uint16_t>(p.data[p.l4_offset] << 8 | p.data[p.l4_offset + 1]);
         k.dport = static_cast<uint16_t>(p.data[p.l4_offset + 2] << 8 | p.data[p.l4_offset + 3]);
-        Slot *s = stream_for(ids, k, b->now_ns);
+        auto *area = static_cast<FlowArea *>(serpens_batch_flow(b, i));
+        Slot *s =
+            area != nullptr
+                ? stream_of_entry(ids, *area, serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY ? 1 : 0, b->now_ns)
+                : stream_for(ids, k, b->now_ns);
         ScanCtx sc{&ids, &k, false};
         ++*ids.c[C_SCANNED];
         if (s == nullptr || hs_scan_stream(s->stream, reinterpret_cast<const char *>(p.data + p.payload_offset),
@@ -583,6 +689,13 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         }
         ids->mask = sets - 1;
         ids->slots.assign(sets * kWays, Slot{});
+        ids->free_slots.reserve(ids->slots.size());
+        for (uint32_t i = static_cast<uint32_t>(ids->slots.size()); i-- > 0;) {
+            ids->free_slots.push_back(i);
+        }
+        if (getrandom(&ids->next_tag, sizeof ids->next_tag, 0) != sizeof ids->next_tag) {
+            ids->next_tag = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(ids) >> 4); // still per instance
+        }
         // Every stream opened now, recycled later with hs_reset_stream: the
         // hot path never allocates.
         for (Slot &s : ids->slots) {
@@ -629,12 +742,12 @@ const serpens_nf_descriptor ids_descriptor = {
     .merge = nullptr,
     .update = nullptr,
     .reserved = {},
-    .min_host_minor = SERPENS_ABI_MINOR_PKT_STRIDE, // serpens_batch_pkt
+    .min_host_minor = SERPENS_ABI_MINOR_FLOW_STATE, // serpens_batch_pkt, flow_state_size
     .reserved1 = 0,
     .reserved2 = 0,
-    .flow_state_size = 0, // keeps no per-flow state in the chain's flow table
+    .flow_state_size = sizeof(FlowArea),
     .reserved3 = 0,
-    .flow_expired = nullptr,
+    .flow_expired = ids_flow_expired,
     .flow_visit = nullptr,
     .flow_visit_ms = 0,
     .reserved4 = 0,

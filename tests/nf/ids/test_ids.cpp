@@ -110,6 +110,49 @@ TEST_CASE("ids: truncated packets, no payload, small flow table, idle expiry")
     CHECK(c->counter("scan_errors") == 0);
 }
 
+TEST_CASE("ids on the chain's flow table: expiry frees a flow's streams; a flow without an entry still streams")
+{
+    MockHost h(IDS_PLUGIN);
+    h.flow_capacity = 16;
+    h.flow_idle_ns = 30'000'000'000ull;
+    h.write("ids.rules", kRules);
+    h.set_config("rules = \"ids.rules\"\nmax_flows = 8\n");
+    Ctx *c = nullptr;
+    REQUIRE(h.init(c) == SERPENS_OK);
+    REQUIRE(h.flows() != nullptr);
+    auto flow = [](int i) { return Flow{false, "10.0.0.1", "192.0.2.80", 6, static_cast<uint16_t>(1000 + i), 80}; };
+    auto send = [&](const Flow &f, const std::string &payload, uint64_t now) {
+        Packet p(frame(f, payload));
+        return h.run1(*c, p, now);
+    };
+    const uint64_t t0 = 1'000'000'000;
+    // Eight flows fill the eight streams; the host expires them and their
+    // streams serve eight new flows without evicting anything.
+    for (int i = 0; i < 8; ++i) {
+        CHECK(send(flow(i), "ev", t0) == 0);
+    }
+    CHECK(h.expire_flows(t0 + 40'000'000'000ull) == 8);
+    const uint64_t t1 = t0 + 41'000'000'000ull;
+    for (int i = 8; i < 16; ++i) {
+        CHECK(send(flow(i), "ev", t1) == 0);
+    }
+    CHECK(c->counter("evicted") == 0);
+    // Each of them keeps its own stream: the signature completes in every one.
+    for (int i = 8; i < 16; ++i) {
+        CHECK(send(flow(i), "il", t1) == 1);
+    }
+    CHECK(c->counter("evicted") == 0);
+    // The table (16 entries) is full now: a new flow has no entry, and the
+    // 5-tuple index finds its stream across packets all the same.
+    for (int i = 16; i < 24; ++i) {
+        CHECK(send(flow(i), "x", t1) == 0);
+    }
+    const Flow late{false, "10.0.0.2", "192.0.2.80", 6, 5000, 80};
+    CHECK(send(late, "GET /e", t1) == 0);
+    CHECK(send(late, "vil", t1) == 1);
+    CHECK(c->counter("scan_errors") == 0);
+}
+
 TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
 {
     struct Case {
