@@ -449,6 +449,14 @@ uint64_t key_hash(const FlowKey &k)
     return h;
 }
 
+// Whether slot s holds a stream in use: taken, and not idle past idle_timeout.
+bool live(const Ids &ids, const Slot &s, uint64_t now)
+{
+    return s.last_ns != 0 && (ids.idle_ns == 0 || now <= s.last_ns || now - s.last_ns <= ids.idle_ns);
+}
+
+void touch(Slot &s, uint64_t now) { s.last_ns = now != 0 ? now : 1; } // last_ns 0 means free
+
 // Slot s starts a new stream for another flow direction.  No callback:
 // matches pending at the end of the old one are not reported.
 bool restart(Ids &ids, Slot &s, uint64_t now)
@@ -457,7 +465,7 @@ bool restart(Ids &ids, Slot &s, uint64_t now)
         return false;
     }
     s.tag = ++ids.next_tag;
-    s.last_ns = now != 0 ? now : 1;
+    touch(s, now);
     return true;
 }
 
@@ -470,8 +478,8 @@ Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
     for (unsigned w = 0; w < kWays; ++w) {
         Slot &s = set[w];
         if (s.last_ns != 0 && std::memcmp(&s.key, &k, sizeof k) == 0) {
-            if (ids.idle_ns == 0 || now <= s.last_ns || now - s.last_ns <= ids.idle_ns) {
-                s.last_ns = now;
+            if (live(ids, s, now)) {
+                touch(s, now);
                 return &s;
             }
             victim = &s; // expired: start the flow afresh
@@ -481,7 +489,7 @@ Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
             victim = &s;
         }
     }
-    if (victim->last_ns != 0 && (ids.idle_ns == 0 || now - victim->last_ns <= ids.idle_ns)) {
+    if (live(ids, *victim, now)) {
         ++*ids.c[C_EVICTED];
     }
     if (!restart(ids, *victim, now)) {
@@ -489,11 +497,6 @@ Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
     }
     victim->key = k;
     return victim;
-}
-
-bool live(const Ids &ids, const Slot &s, uint64_t now)
-{
-    return s.last_ns != 0 && (ids.idle_ns == 0 || now <= s.last_ns || now - s.last_ns <= ids.idle_ns);
 }
 
 // The stream of this direction of the flow whose entry holds `area`: its
@@ -511,7 +514,7 @@ Slot *stream_of_entry(Ids &ids, FlowArea &area, unsigned dir, uint64_t now)
                 }
                 area.tag[dir] = s.tag;
             }
-            s.last_ns = now != 0 ? now : 1;
+            touch(s, now);
             return &s;
         }
     }
