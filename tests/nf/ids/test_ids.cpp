@@ -153,6 +153,31 @@ TEST_CASE("ids on the chain's flow table: expiry frees a flow's streams; a flow 
     CHECK(c->counter("scan_errors") == 0);
 }
 
+TEST_CASE("ids on the chain's flow table: a flow that moves to another instance gets a stream of its own there")
+{
+    // Both instances hand out their first pool slot first; only the tags tell
+    // the moved flow's slot number from the other instance's flow using it.
+    MockHost h(IDS_PLUGIN);
+    h.write("ids.rules", kRules);
+    h.set_config("rules = \"ids.rules\"\n");
+    Ctx *a = nullptr, *b = nullptr;
+    REQUIRE(h.init(a, 0) == SERPENS_OK);
+    REQUIRE(h.init(b, 1) == SERPENS_OK);
+    const Flow moved{false, "10.0.0.1", "192.0.2.80", 6, 1000, 80};
+    const Flow local{false, "10.0.0.2", "192.0.2.80", 6, 2000, 80};
+    auto send = [&](Ctx &c, const Flow &f, const std::string &payload) {
+        Packet p(frame(f, payload));
+        return h.run1(c, p);
+    };
+    CHECK(send(*a, moved, "ev") == 0);
+    CHECK(send(*b, local, "ev") == 0);
+    // The flow moves to instance 1 (a scale event): its "il" starts afresh
+    // there instead of continuing `local`'s stream.
+    CHECK(send(*b, moved, "il") == 0);
+    CHECK(send(*b, local, "il") == 1);
+    CHECK(b->counter("alerts") == 1);
+}
+
 TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
 {
     struct Case {
