@@ -482,7 +482,7 @@ __attribute__((always_inline)) inline Table::Step Table::probe_slot(const KeyBuf
         if (st == slot_empty) {
             return Step::miss;
         }
-        if (st != slot_live || ld_rlx(&s->hash) != static_cast<uint32_t>(k.h) || !key_eq<KW>(s, k.w)) {
+        if (!holds<KW>(s, c1, k)) {
             return Step::next;
         }
         words_out(vbuf<KW, VW>(s, ctl_buf(c1)), out, vbytes<VW>());
@@ -764,7 +764,7 @@ int Table::insert(const KeyBuf &k, const Probe &p, const void *value) noexcept
             cpu_relax();
         }
         uint32_t st = ctl_state(c);
-        if (st == slot_empty || (st == slot_live && ld_rlx(&o->hash) == h32 && key_eq(o, k.w))) {
+        if (st == slot_empty || holds(o, c, k)) {
             st_rel(&s->ctl, p.free_ctl);
             fetch_sub(&_h->live, 1);
             return err_again;
@@ -954,7 +954,6 @@ int Table::cell_get(const void *key, uint32_t cellno, void *out, VersionCache *v
 {
     KeyBuf k;
     load_key(k, key);
-    const uint32_t h32 = static_cast<uint32_t>(k.h);
     std::size_t i = home(k.h);
     for (uint64_t n = 0; n < _n_slots;) {
         SlotHeader *s = slot(i);
@@ -966,7 +965,7 @@ int Table::cell_get(const void *key, uint32_t cellno, void *out, VersionCache *v
             }
             return SERPENS_ENOENT;
         }
-        if (st == slot_live && ld_rlx(&s->hash) == h32 && key_eq(s, k.w)) {
+        if (holds(s, c1, k)) {
             uint64_t v = read_cell(cell(s, cellno), out);
             if (!ctl_unchanged(&s->ctl, c1)) {
                 continue;
@@ -1076,8 +1075,7 @@ bool Table::cell_add_at(const KeyBuf &k, std::size_t i, uint32_t cellno, const u
         return false;
     }
     // Found a little earlier: the slot may have been emptied and reused since.
-    if (ctl_state(ld_acq(&s->ctl)) != slot_live || ld_rlx(&s->hash) != static_cast<uint32_t>(k.h) ||
-        !key_eq<KW>(s, k.w)) {
+    if (!holds<KW>(s, ld_acq(&s->ctl), k)) {
         st_rel(cp, c);
         return false;
     }
@@ -1212,7 +1210,7 @@ std::size_t Table::find_live(const KeyBuf &k) const noexcept
         if (ctl_state(c) == slot_empty) {
             return npos;
         }
-        if (ctl_state(c) == slot_live && ld_rlx(&s->hash) == static_cast<uint32_t>(k.h) && key_eq<KW>(s, k.w)) {
+        if (holds<KW>(s, c, k)) {
             return i;
         }
     }

@@ -341,6 +341,12 @@ private:
         }
         return true;
     }
+    // Slot s, whose control word was c, is live and holds key k.
+    template<uint32_t KW = 0>
+    bool holds(SlotHeader *s, uint64_t c, const KeyBuf &k) const noexcept
+    {
+        return ctl_state(c) == slot_live && ld_rlx(&s->hash) == static_cast<uint32_t>(k.h) && key_eq<KW>(s, k.w);
+    }
     void touch(SlotHeader *s) const noexcept
     {
         uint32_t now = coarse_now();
