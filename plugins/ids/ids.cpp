@@ -499,24 +499,32 @@ Slot *stream_for(Ids &ids, const FlowKey &k, uint64_t now)
     return victim;
 }
 
+// The slot area's direction `dir` was given, while it still has that stream:
+// same tag, and neither the 5-tuple index nor expiry took it since.
+Slot *held_slot(Ids &ids, const FlowArea &area, unsigned dir)
+{
+    const uint32_t at = area.slot1[dir];
+    if (at == 0 || at > ids.slots.size()) {
+        return nullptr;
+    }
+    Slot &s = ids.slots[at - 1];
+    return s.tag == area.tag[dir] && s.key.family == 0 && s.last_ns != 0 ? &s : nullptr;
+}
+
 // The stream of this direction of the flow whose entry holds `area`: its
 // slot while the tag still matches and it was not idle too long, else a
 // free slot (or the next in turn when none is free) reset for it.
 Slot *stream_of_entry(Ids &ids, FlowArea &area, unsigned dir, uint64_t now)
 {
-    const uint32_t at = area.slot1[dir];
-    if (at != 0 && at <= ids.slots.size()) {
-        Slot &s = ids.slots[at - 1];
-        if (s.tag == area.tag[dir] && s.key.family == 0 && s.last_ns != 0) {
-            if (!live(ids, s, now)) { // idle too long: starts afresh in place
-                if (!restart(ids, s, now)) {
-                    return nullptr;
-                }
-                area.tag[dir] = s.tag;
+    if (Slot *held = held_slot(ids, area, dir)) {
+        if (!live(ids, *held, now)) { // idle too long: starts afresh in place
+            if (!restart(ids, *held, now)) {
+                return nullptr;
             }
-            touch(s, now);
-            return &s;
+            area.tag[dir] = held->tag;
         }
+        touch(*held, now);
+        return held;
     }
     uint32_t i;
     if (!ids.free_slots.empty()) {
@@ -546,15 +554,10 @@ void ids_flow_expired(serpens_nf_ctx *ctx, void *state)
     Ids &ids = *static_cast<Ids *>(ctx->priv);
     auto &area = *static_cast<FlowArea *>(state);
     for (unsigned dir = 0; dir < 2; ++dir) {
-        const uint32_t at = area.slot1[dir];
-        if (at == 0 || at > ids.slots.size()) {
-            continue;
-        }
-        Slot &s = ids.slots[at - 1];
-        if (s.tag == area.tag[dir] && s.key.family == 0 && s.last_ns != 0) {
-            s.last_ns = 0;
-            ++s.tag;
-            ids.free_slots.push_back(at - 1);
+        if (Slot *held = held_slot(ids, area, dir)) {
+            held->last_ns = 0;
+            ++held->tag;
+            ids.free_slots.push_back(area.slot1[dir] - 1);
         }
     }
 }
