@@ -350,7 +350,7 @@ void ChainInstance::finalize(std::size_t count) noexcept
 }
 
 uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns,
-                            const uint8_t *returned_from) noexcept
+                            const uint8_t *returned_from, const net::FlowKey *keys) noexcept
 {
     const auto n_nfs = static_cast<uint16_t>(_slots.size());
     if (n == 0 || n_nfs == 0) {
@@ -389,8 +389,8 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
             }
             new_flow_peers = _new_flow_peers;
         }
-        const state::FlowBurst found =
-            _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries, _flow_flags, new_flow_peers);
+        const state::FlowBurst found = _flows->lookup_burst(pkts, sizeof(serpens_pkt), n, now_ns, _flow_entries,
+                                                            _flow_flags, new_flow_peers, keys);
         batch.flows = _flow_entries;
         batch.flow_flags = _flow_flags;
         if (found.refused != 0) {

@@ -90,10 +90,12 @@ public:
     // must be sent to unprocessed.  returned_from[i] != 0 (nullptr: none
     // is) says packet i comes back processed from that peer: it goes OUT
     // untouched, and its flow is remembered as that peer's, so the replies
-    // to a flow a peer translated find their way back there.  Returns the
-    // number of packets that reached egress.  Hot path: no allocation.
+    // to a flow a peer translated find their way back there.  keys[i]
+    // (nullptr: none) is the flow key the parser gave packet i, which
+    // spares the flow table reading it again.  Returns the number of
+    // packets that reached egress.  Hot path: no allocation.
     uint32_t run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns,
-                 const uint8_t *returned_from = nullptr) noexcept;
+                 const uint8_t *returned_from = nullptr, const net::FlowKey *keys = nullptr) noexcept;
     // After run(): the peer of each label_remote packet.
     const uint8_t *remote_peers() const noexcept { return _remote_peers; }
     // Steers this instance's new flows as `steering` says (nullptr: all on

@@ -545,10 +545,11 @@ uint32_t Dataplane::drain_tx_rings()
     return moved;
 }
 
-void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                                        uint64_t now, uint64_t rx_tsc, const uint8_t *peer_marks)
+void Dataplane::LcoreSink::run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views,
+                                        const net::FlowKey *keys, unsigned n, uint64_t now, uint64_t rx_tsc,
+                                        const uint8_t *peer_marks)
 {
-    _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, n, now, peer_marks);
+    _dp.run_views(_lcore, *_dp._slots[instance], mbufs, views, keys, n, now, peer_marks);
     _dp.record_latency(_lcore, rx_tsc);
 }
 
@@ -606,11 +607,11 @@ void Dataplane::run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, un
         marks[i] = io::meta_of(mbufs[i]).peer_mark;
         any_mark |= marks[i];
     }
-    run_views(lcore, slot, mbufs, views, n, now, any_mark != 0 ? marks : nullptr);
+    run_views(lcore, slot, mbufs, views, nullptr, n, now, any_mark != 0 ? marks : nullptr);
 }
 
-void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n,
-                          uint64_t now, const uint8_t *peer_marks)
+void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views,
+                          const net::FlowKey *keys, unsigned n, uint64_t now, const uint8_t *peer_marks)
 {
     uint64_t bytes = 0;
     for (unsigned i = 0; i < n; ++i) {
@@ -627,7 +628,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
         }
     }
     uint16_t labels[max_burst];
-    slot.chain->run(views, n, labels, now, n_returned > 0 ? returned_from : nullptr);
+    slot.chain->run(views, n, labels, now, n_returned > 0 ? returned_from : nullptr, keys);
 
     rte_mbuf *out[max_burst];
     rte_mbuf *drops[max_burst];

@@ -256,8 +256,8 @@ private:
     class LcoreSink final : public io::LocalSink {
     public:
         LcoreSink(Dataplane &dp, Lcore &lcore) : _dp(dp), _lcore(lcore) {}
-        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
-                          uint64_t rx_tsc, const uint8_t *peer_marks) override;
+        void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, const net::FlowKey *keys, unsigned n,
+                          uint64_t now, uint64_t rx_tsc, const uint8_t *peer_marks) override;
         void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) override;
 
     private:
@@ -278,9 +278,10 @@ private:
     void run_batch(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, unsigned n, uint64_t now);
     // Runs the chain on views[i] of mbufs[i], then frees or transmits each:
     // to the chain's egress, or through a tunnel to the peer that serves its
-    // flow or that it is served for.  peer_marks: as io::LocalSink has them.
-    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
-                   const uint8_t *peer_marks);
+    // flow or that it is served for.  keys, peer_marks: as io::LocalSink
+    // has them (nullptr: none).
+    void run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, serpens_pkt *views, const net::FlowKey *keys,
+                   unsigned n, uint64_t now, const uint8_t *peer_marks);
     // Encapsulates mbufs[i] towards peers[i] with the chain's tag there and
     // `flags`, and sends them on the underlay; what cannot go is dropped and
     // counted.

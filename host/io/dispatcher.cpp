@@ -195,18 +195,20 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             // since this instance receives only from here.
             if (stage.count == n_kept) {
                 // The whole burst, in order (the common case): no gather.
-                sink.run_in_place(stage.target->instance, mbufs, views, stage.count, now, rx_tsc,
+                sink.run_in_place(stage.target->instance, mbufs, views, &keys[0].key, stage.count, now, rx_tsc,
                                   tunnelled ? marks : nullptr);
             } else {
                 gather();
                 serpens_pkt batch_views[max_burst];
+                KeySlot batch_keys[max_burst];
                 uint8_t batch_marks[max_burst];
                 for (uint16_t k = 0; k < stage.count; ++k) {
                     batch_views[k] = views[stage.index[k]];
+                    batch_keys[k].key = keys[stage.index[k]].key;
                     batch_marks[k] = tunnelled ? marks[stage.index[k]] : 0;
                 }
-                sink.run_in_place(stage.target->instance, batch, batch_views, stage.count, now, rx_tsc,
-                                  tunnelled ? batch_marks : nullptr);
+                sink.run_in_place(stage.target->instance, batch, batch_views, &batch_keys[0].key, stage.count, now,
+                                  rx_tsc, tunnelled ? batch_marks : nullptr);
             }
             stage.count = 0;
             return;

@@ -78,12 +78,14 @@ struct DispatchTotals {
 // once per batch, never per packet.
 class LocalSink {
 public:
-    // Runs `instance` on packets just parsed here: views[i] describes mbufs[i];
-    // they were received at `rx_tsc` (rte_rdtsc; 0 when their latency is not
-    // sampled).  peer_marks[i] says which peer's tunnel brought packet i
-    // (io/underlay.h); nullptr: they all came from traffic ports.
-    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, unsigned n, uint64_t now,
-                              uint64_t rx_tsc, const uint8_t *peer_marks) = 0;
+    // Runs `instance` on packets just parsed here: views[i] describes mbufs[i],
+    // and keys[i] is the flow key its parse gave (valid where the view says
+    // it parsed); they were received at `rx_tsc` (rte_rdtsc; 0 when their
+    // latency is not sampled).  peer_marks[i] says which peer's tunnel
+    // brought packet i (io/underlay.h); nullptr: they all came from traffic
+    // ports.
+    virtual void run_in_place(uint32_t instance, rte_mbuf **mbufs, serpens_pkt *views, const net::FlowKey *keys,
+                              unsigned n, uint64_t now, uint64_t rx_tsc, const uint8_t *peer_marks) = 0;
     // Transmits on this lcore's path to a port; frees what does not fit and
     // adds it to `dropped`.
     virtual void transmit(uint16_t port_index, rte_mbuf **mbufs, uint16_t n, Counter &dropped) = 0;

@@ -586,6 +586,35 @@ ParseResult parse_packet(const uint8_t *data, uint32_t len, serpens_pkt &pkt, Fl
     return r;
 }
 
+namespace {
+
+// Whether a parsed IPv6 packet is the first fragment of a datagram, which
+// the view does not say: a fragment header with more to come on the way
+// from the IPv6 header to l4_offset (parse_ipv6 checked that chain).
+bool ipv6_first_fragment(const serpens_pkt &pkt) noexcept
+{
+    const uint8_t *ip = pkt.data + pkt.l3_offset;
+    uint8_t nh = ip[6];
+    uint32_t p = pkt.l3_offset + 40u;
+    for (unsigned n = 0; n < kMaxIpv6ExtHeaders && p < pkt.l4_offset; ++n) {
+        const uint8_t *h = pkt.data + p;
+        if (nh == kProtoFragment) {
+            if ((serpens_ld_be16(h + 2) & 1u) != 0) {
+                return true;
+            }
+            p += 8;
+        } else if (nh == kProtoAh) {
+            p += (static_cast<uint32_t>(h[1]) + 2) * 4;
+        } else {
+            p += (static_cast<uint32_t>(h[1]) + 1) * 8;
+        }
+        nh = h[0];
+    }
+    return false;
+}
+
+} // namespace
+
 bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept
 {
     if ((pkt.flags & SERPENS_PKT_F_PARSED) == 0 || pkt.l3_offset == SERPENS_OFFSET_NONE) {
@@ -615,6 +644,9 @@ bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept
         ipv6 = true;
         version = 6;
         std::memcpy(&w[0], ip + 8, 32); // source, then destination
+        // Extension headers before L4: a first fragment's ports are 0 too.
+        fragment =
+            fragment || (ip[6] != pkt.l4_proto && pkt.l4_offset != SERPENS_OFFSET_NONE && ipv6_first_fragment(pkt));
     } else {
         return false;
     }

@@ -169,9 +169,7 @@ ParseResult parse_headers_general(const uint8_t *data, uint32_t len, serpens_pkt
 
 // The flow key of a packet parse_packet already described in `pkt` (its
 // offsets, l3_type, l4_proto and flags), read again from its headers: false
-// when it is not a parsed IP packet.  The same key parse_packet returned,
-// except for the first fragment of an IPv6 datagram (the view does not say it
-// is one), which keeps its ports here.
+// when it is not a parsed IP packet.  The same key parse_packet returned.
 bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept;
 
 // out[i] = keys[i].hash() for i < n, faster than one at a time.

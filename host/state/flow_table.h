@@ -158,9 +158,12 @@ public:
     // by peer new_flow_peer[i] (remote_peer; nullptr: all on this host).
     // Returns how many packets belong to flows a peer serves (flagged
     // flow_flag_remote) and how many new flows found no room (no entry,
-    // flagged flow_flag_refused).
+    // flagged flow_flag_refused).  keys[i]: the key parse_headers gave
+    // packet i (read only when the view says it parsed); nullptr: read
+    // again from the headers (net::flow_key_of, the same key).
     FlowBurst lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
-                           uint8_t *flags, const uint8_t *new_flow_peer = nullptr) noexcept;
+                           uint8_t *flags, const uint8_t *new_flow_peer = nullptr,
+                           const net::FlowKey *keys = nullptr) noexcept;
 
     // Hot path, by the owner: looks at up to `max_slots` slots of the parts
     // whose bit is set in `owned` (bit p of word p / 64), from `cursor` on,

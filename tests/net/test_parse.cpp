@@ -577,4 +577,54 @@ TEST_CASE("a burst parsed, then hashed at once, equals parsing one packet at a t
     CHECK(hashes[2] == hashes[3]);
 }
 
+TEST_CASE("a parsed packet's flow key read again from its headers is the key its parse gave")
+{
+    // The flow table takes the dispatcher's keys for packets it runs in
+    // place and reads them again for packets that went through a ring: one
+    // flow must find one entry either way.
+    Bytes ah(16, 0);
+    ah[0] = 17;
+    ah[1] = 2;
+    const Bytes first6 = cat({ext(44), frag6(51, 0, true), ah, udp(1, 2, 4), Bytes(4, 9)}); // HBH, fragment, AH
+    const Bytes atomic6 = cat({frag6(6, 0, false), tcp(7, 8)});
+    const Bytes later6 = cat({frag6(17, 3, false), Bytes(16, 0)});
+    const Bytes udp_first = udp(5000, 6000, 100);
+    const std::vector<Bytes> frames = {
+        v4_tcp(),
+        v4_udp(),
+        v6_tcp(),
+        cat({eth(0x0800, {{0x88a8, 1}, {0x8100, 2}}), ipv4(6, 20), tcp(1, 2)}),
+        cat({eth(0x0800), ipv4(17, 8 + 40, {1, 1, 1, 1}, {2, 2, 2, 2}, {}, 0x2000), udp_first, Bytes(40, 1)}),
+        cat({eth(0x0800), ipv4(17, 48, {1, 1, 1, 1}, {2, 2, 2, 2}, {}, 0x2000 | 6), Bytes(48, 2)}),
+        cat({eth(0x86dd), ipv6(0, first6.size()), first6}),
+        cat({eth(0x86dd), ipv6(44, atomic6.size()), atomic6}),
+        cat({eth(0x86dd), ipv6(44, later6.size()), later6}),
+        cat({eth(0x0800), ipv4(1, 8), icmp_echo(8, 77, 1)}),
+        cat({eth(0x0800), ipv4(1, 8), icmp_echo(3, 77, 1)}),
+        cat({eth(0x86dd), ipv6(58, 8), icmp_echo(128, 77, 1)}),
+        cat({eth(0x86dd), ipv6(59, 0)}),
+        cat({eth(0x0800), ipv4(47, 4), Bytes(4, 0)}),
+    };
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+        CAPTURE(i);
+        Bytes copy = frames[i];
+        serpens_pkt pkt{};
+        pkt.data = copy.data();
+        pkt.len = static_cast<uint32_t>(copy.size());
+        FlowKey parsed;
+        REQUIRE(parse_packet(copy.data(), pkt.len, pkt, parsed) == ParseResult::ok);
+        FlowKey again;
+        REQUIRE(flow_key_of(pkt, again));
+        CHECK(again == parsed);
+    }
+    // The first IPv6 fragment behind other extension headers has ports 0,
+    // as the datagram's later fragments do.
+    Bytes copy = frames[6];
+    serpens_pkt pkt{};
+    pkt.data = copy.data();
+    FlowKey key;
+    REQUIRE(parse_packet(copy.data(), static_cast<uint32_t>(copy.size()), pkt, key) == ParseResult::ok);
+    CHECK(key.src_port == 0);
+}
+
 TEST_SUITE_END();

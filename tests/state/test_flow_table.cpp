@@ -9,6 +9,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <array>
 #include <csignal>
@@ -31,6 +32,7 @@ constexpr uint64_t second = 1'000'000'000ull;
 struct Frame {
     std::array<uint8_t, 64> bytes{};
     serpens_pkt view{};
+    net::FlowKey key; // its parse's
 };
 
 Frame udp_frame(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint8_t proto = 17)
@@ -57,10 +59,9 @@ Frame udp_frame(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint
         const uint16_t ulen = htons(8);
         std::memcpy(l4 + 4, &ulen, 2);
     }
-    net::FlowKey key;
     f.view.data = b;
     f.view.len = static_cast<uint32_t>(f.bytes.size());
-    REQUIRE(net::parse_packet(f.view, key) == net::ParseResult::ok);
+    REQUIRE(net::parse_packet(f.view, f.key) == net::ParseResult::ok);
     return f;
 }
 
@@ -158,7 +159,7 @@ TEST_CASE("both directions of a flow share one entry; the first packet creates i
     CHECK(look(*t, high_reply, 5).flags == SERPENS_FLOW_REPLY);
 }
 
-TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow once")
+TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow once; the parser's keys find it")
 {
     ScratchDir dir("flows-burst");
     auto t = open_table(dir, spec_of(4096));
@@ -169,10 +170,9 @@ TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow o
     Frame arp;
     arp.bytes[12] = 0x08;
     arp.bytes[13] = 0x06;
-    net::FlowKey key;
     arp.view.data = arp.bytes.data();
     arp.view.len = 64;
-    net::parse_packet(arp.view, key);
+    net::parse_packet(arp.view, arp.key);
     frames.push_back(arp);
     std::vector<serpens_pkt> views;
     for (Frame &f : frames) {
@@ -189,6 +189,19 @@ TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow o
         CHECK(entries[i] == entries[i % 10]);
         CHECK(flags[i] == (i < 10 ? SERPENS_FLOW_NEW : 0));
     }
+
+    // Given the keys the dispatcher's parse made, the same burst finds the
+    // same entries (the in-place path, against the ring path above).
+    std::vector<net::FlowKey> keys;
+    for (const Frame &f : frames) {
+        keys.push_back(f.key);
+    }
+    std::vector<void *> again(views.size());
+    t->lookup_burst(views.data(), sizeof(serpens_pkt), static_cast<uint32_t>(views.size()), 2, again.data(),
+                    flags.data(), nullptr, keys.data());
+    CHECK(again == entries);
+    CHECK(std::count(flags.begin(), flags.end(), uint8_t{0}) == static_cast<long>(flags.size()));
+    CHECK(t->totals().live == 10);
 }
 
 TEST_CASE("areas persist across a re-open; a changed layout starts afresh")
