@@ -14,6 +14,7 @@
 #include <serpens/nf.h>
 
 #include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -84,15 +85,20 @@ struct alignas(8) FlowKey {
     // Exact (directional) equality.
     bool operator==(const FlowKey &) const noexcept = default;
 
-    // Same key with source and destination swapped.
+    // Same key with source and destination swapped.  By whole words: a
+    // 16-bit store of a port inside a word that is then read back whole
+    // stalls store forwarding (the flow table reverses every reply's key).
     FlowKey reversed() const noexcept
     {
-        FlowKey r = *this;
-        r.src = dst;
-        r.dst = src;
-        r.src_port = dst_port;
-        r.dst_port = src_port;
-        return r;
+        static_assert(std::endian::native == std::endian::little, "the ports are the last word's low half");
+        uint64_t w[5];
+        std::memcpy(w, static_cast<const void *>(this), sizeof w);
+        const uint64_t ports = w[4] & 0xffffffffu;
+        const uint64_t r[5] = {w[2], w[3], w[0], w[1],
+                               (w[4] & ~uint64_t{0xffffffffu}) | ports >> 16 | (ports & 0xffffu) << 16};
+        FlowKey out;
+        std::memcpy(static_cast<void *>(&out), r, sizeof r);
+        return out;
     }
     // The direction-independent form: the (address, port) endpoint that
     // compares lower (bytewise, then port) is the source.  A key and its
@@ -119,6 +125,8 @@ struct alignas(8) FlowKey {
     uint32_t hash() const noexcept;
 };
 static_assert(sizeof(FlowKey) == 40);
+static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, dst_port) == 34,
+              "reversed() swaps the ports by word");
 
 // Both directions of a flow: a == b or a == b.reversed().
 inline bool same_flow(const FlowKey &a, const FlowKey &b) noexcept { return a.canonical() == b.canonical(); }

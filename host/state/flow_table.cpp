@@ -372,7 +372,8 @@ uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
     return static_cast<uint32_t>((uint64_t{hash >> 8} * _n_slots) >> 24);
 }
 
-uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept
+[[gnu::always_inline]] inline uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &key,
+                                                        uint32_t &free_slot) const noexcept
 {
     const uint32_t sig = signature(hash);
     free_slot = UINT32_MAX;
