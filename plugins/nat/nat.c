@@ -269,6 +269,37 @@ static uint8_t nat_inbound(struct nat *n, struct nat_chunk *c, const struct nat_
     return SERPENS_PORT_DEFAULT;
 }
 
+/* An outbound packet of a mapped flow, the common case with the chain's
+ * flow table: its area says the flow's outbound direction and its item, so
+ * it is translated here without classifying it or going through the
+ * chunk.  Returns 0 for anything else, which nat_classify sees.  A reload
+ * that changes `inside` applies to new flows: mapped ones keep translating
+ * until they expire, as conntrack keeps a connection's NAT binding. */
+static int nat_established_out(struct nat *n, struct serpens_pkt *p, void *area, int reply)
+{
+    if (area == NULL) {
+        return 0;
+    }
+    struct nat_flow f = nat_flow_load(area);
+    const uint8_t want = (uint8_t)(NAT_FLOW_MAPPED | nat_flow_dir(reply));
+    if ((f.flags & (NAT_FLOW_MAPPED | NAT_FLOW_DIR_KNOWN | NAT_FLOW_OUT_REPLY)) != want ||
+        (p->flags & (SERPENS_PKT_F_PARSED | SERPENS_PKT_F_FRAGMENT)) != SERPENS_PKT_F_PARSED ||
+        p->l3_type != SERPENS_L3_IPV4 || p->l4_proto != f.proto) {
+        return 0;
+    }
+    struct nat_l4 l4;
+    if (nat_l4_of(p, f.proto, 1, &l4) != 0) {
+        return 0; /* an ICMP other than an echo request: nat_classify says what */
+    }
+    if (f.proto == NAT_PROTO_TCP && (l4.hdr[13] & 0x05) != 0 && !(f.flags & NAT_FLOW_CLOSING)) {
+        f.flags |= NAT_FLOW_CLOSING;
+        nat_flow_store(area, f);
+    }
+    nat_rewrite(p->data + p->l3_offset, 12, &l4, l4.sport_at, f.ext_ip, f.ext_port);
+    nat_count(n, NAT_C_OUT);
+    return 1;
+}
+
 /* Up to NAT_BULK packets: classify all, look their mappings up in one bulk
  * call per table, then translate in order. */
 static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t first, uint32_t end, uint64_t now)
@@ -279,10 +310,21 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         struct nat_job *job = &c->job[i - first];
         job->kind = NAT_K_DONE;
         job->no_item = 0;
-        if (batch->labels[i] == batch->self) {
-            job->kind = (uint8_t)nat_classify(n, serpens_batch_pkt(batch, i), c, job, &batch->ports[i]);
-            job->flow = n->chain_flows ? serpens_batch_flow(batch, i) : NULL;
+        if (batch->labels[i] != batch->self) {
+            continue;
         }
+        struct serpens_pkt *p = serpens_batch_pkt(batch, i);
+        if (n->chain_flows) {
+            job->flow = serpens_batch_flow(batch, i);
+            job->reply = (serpens_batch_flow_flags(batch, i) & SERPENS_FLOW_REPLY) != 0;
+            if (nat_established_out(n, p, job->flow, job->reply)) {
+                batch->ports[i] = SERPENS_PORT_DEFAULT;
+                continue;
+            }
+        } else {
+            job->flow = NULL;
+        }
+        job->kind = (uint8_t)nat_classify(n, p, c, job, &batch->ports[i]);
     }
     c->n_jobs = end - first;
     if (n->chain_flows) {

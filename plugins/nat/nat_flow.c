@@ -29,16 +29,6 @@
 
 #include <string.h>
 
-static struct nat_flow nat_flow_load(const void *area)
-{
-    struct nat_flow f;
-    serpens_flow_word_load(area, &f);
-    return f;
-}
-
-/* One 8-byte store: a crash leaves the old area or the new one. */
-static void nat_flow_store(void *area, struct nat_flow f) { serpens_flow_word_store(area, &f); }
-
 _Static_assert(sizeof(struct nat_flow) == 8, "a flow's mapping is one word");
 
 int nat_flow_init(struct nat *n)
@@ -85,13 +75,14 @@ static void nat_flow_drop(struct nat *n, void *area)
 }
 
 /* Records a new flow's item in its area (TAKEN), before its entries exist. */
-static struct nat_flow nat_flow_take(const struct nat *n, void *area, uint8_t proto, uint32_t item)
+static struct nat_flow nat_flow_take(const struct nat *n, const struct nat_job *job, uint8_t proto, uint32_t item)
 {
+    void *area = job->flow;
     struct nat_flow f;
     memset(&f, 0, sizeof f);
     nat_item_endpoint(n, item, &f.ext_ip, &f.ext_port);
     f.proto = proto;
-    f.flags = NAT_FLOW_TAKEN;
+    f.flags = (uint8_t)(NAT_FLOW_TAKEN | nat_flow_dir(job->reply));
     nat_flow_store(area, f);
     return f;
 }
@@ -135,7 +126,7 @@ void nat_flow_map_new(struct nat *n, struct nat_chunk *c, uint64_t now)
             job->no_item = 1; /* nat_outbound_flow drops and counts it */
             continue;
         }
-        const struct nat_flow f = nat_flow_take(n, job->flow, key->proto, (uint32_t)item);
+        const struct nat_flow f = nat_flow_take(n, job, key->proto, (uint32_t)item);
         struct nat_in_val iv;
         nat_in_entry(n, key, f.ext_ip, f.ext_port, &ik[m], &iv);
         memcpy(irow[m], &iv, sizeof iv);
@@ -189,7 +180,7 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
                 nat_count(n, NAT_C_EXHAUSTED);
                 return SERPENS_PORT_DROP;
             }
-            f = nat_flow_take(n, job->flow, key->proto, (uint32_t)item);
+            f = nat_flow_take(n, job, key->proto, (uint32_t)item);
         }
         /* TAKEN only: new, or a crash came between the item and its entries. */
         const struct nat_out_val val = nat_flow_out_val(f, now);
@@ -203,8 +194,12 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
         nat_flow_store(job->flow, f);
         nat_count(n, NAT_C_NEW);
     }
-    if (job->fin_or_rst && !(f.flags & NAT_FLOW_CLOSING)) {
-        f.flags |= NAT_FLOW_CLOSING;
+    /* A FIN or RST, or an area an older nat made: the next packets of the
+     * flow take nat_flow_established. */
+    const uint8_t flags = (uint8_t)(f.flags | (job->fin_or_rst ? NAT_FLOW_CLOSING : 0u) |
+                                    (f.flags & NAT_FLOW_DIR_KNOWN ? 0u : nat_flow_dir(job->reply)));
+    if (flags != f.flags) {
+        f.flags = flags;
         nat_flow_store(job->flow, f);
     }
     nat_rewrite(job->ip, 12, &l4, l4.sport_at, f.ext_ip, f.ext_port);

@@ -111,6 +111,28 @@ struct nat_flow {
 #define NAT_FLOW_TAKEN 0x1u   /* the item is this flow's: give it back when it goes */
 #define NAT_FLOW_MAPPED 0x2u  /* its `in` and `out` entries are written */
 #define NAT_FLOW_CLOSING 0x4u /* a FIN or RST went out: the short TCP timeout applies */
+/* Which way the flow goes out, against the host's SERPENS_FLOW_REPLY:
+ * DIR_KNOWN says OUT_REPLY is set (areas an older nat made lack both), and
+ * OUT_REPLY that outbound packets are the flow's replies (the host saw it
+ * first from outside). */
+#define NAT_FLOW_DIR_KNOWN 0x8u
+#define NAT_FLOW_OUT_REPLY 0x10u
+
+static inline struct nat_flow nat_flow_load(const void *area)
+{
+    struct nat_flow f;
+    serpens_flow_word_load(area, &f);
+    return f;
+}
+
+/* One 8-byte store: a crash leaves the old area or the new one. */
+static inline void nat_flow_store(void *area, struct nat_flow f) { serpens_flow_word_store(area, &f); }
+
+/* The direction bits of a flow whose outbound packets carry `reply`. */
+static inline uint8_t nat_flow_dir(int reply)
+{
+    return (uint8_t)(NAT_FLOW_DIR_KNOWN | (reply ? NAT_FLOW_OUT_REPLY : 0u));
+}
 
 struct nat_in_val {
     uint32_t in_ip;
@@ -142,6 +164,7 @@ struct nat_job {
     uint8_t at; /* index of its key in the chunk's out or in keys */
     uint8_t fin_or_rst;
     uint8_t no_item; /* chain_flows: the pool had no item for this new flow */
+    uint8_t reply;   /* chain_flows: the host flagged it SERPENS_FLOW_REPLY */
     uint8_t *ip;
     struct nat_flow *flow; /* chain_flows: the packet's area (NULL: none) */
     struct nat_l4 l4;

@@ -567,8 +567,9 @@ struct Area {
     uint32_t ext_ip; // network order
     uint16_t ext_port;
     uint8_t proto;
-    uint8_t flags; // 1 taken, 2 mapped, 4 closing
+    uint8_t flags; // 1 taken, 2 mapped, 4 closing, 8 direction known, 16 outbound are replies
 };
+constexpr uint8_t kTakenMapped = 3;
 
 Area area_of(MockHost &h, const Flow &f)
 {
@@ -603,7 +604,7 @@ TEST_CASE("nat on the chain's flow table: a flow's mapping is its area; expiry h
     Decoded da = decode(n.run(frame(a), kSec));
     Decoded db = decode(n.run(frame(b), kSec));
     const Area aa = area_of(n.host, a);
-    CHECK(aa.flags == 3);
+    CHECK(aa.flags == (kTakenMapped | 8));
     CHECK(aa.proto == 17);
     CHECK(ntohs(aa.ext_port) == da.sport);
     CHECK(ntohl(aa.ext_ip) == da.src);
@@ -662,9 +663,54 @@ TEST_CASE("nat on the chain's flow table: a crash between taking a port and writ
     // The next packet writes the mapping for that port; the reply finds it.
     Decoded d = decode(n.run(frame(a), 2 * kSec));
     CHECK(d.sport == 6001);
-    CHECK(area_of(n.host, a).flags == 3);
+    CHECK(area_of(n.host, a).flags == (kTakenMapped | 8));
     CHECK_FALSE(n.run(frame(reply_to(d, 17)), 2 * kSec).empty());
     CHECK(n.c("mappings_created") == 1);
+}
+
+TEST_CASE("nat on the chain's flow table: a flow first seen from outside is translated on its way out only")
+{
+    // The host saw the flow first from outside (to an inside address, which
+    // nat passes), so its outbound packets are the flow's replies.
+    Nat n;
+    Flow in{17, ip4("198.51.100.5"), ip4("10.0.0.9"), 53, 5000};
+    Flow out{17, ip4("10.0.0.9"), ip4("198.51.100.5"), 5000, 53};
+    Decoded passed = decode(n.run(frame(in), kSec));
+    CHECK(passed.src == in.src);
+    CHECK(passed.dst == in.dst);
+    Decoded first = decode(n.run(frame(out), kSec));
+    REQUIRE(is_external(first.src));
+    CHECK(area_of(n.host, out).flags == (kTakenMapped | 8 | 16));
+    // The mapped flow's next packets: out translated the same, in untouched.
+    for (int round = 0; round < 2; ++round) {
+        Decoded o = decode(n.run(frame(out), 2 * kSec));
+        CHECK(o.src == first.src);
+        CHECK(o.sport == first.sport);
+        CHECK(o.l4_ok);
+        Decoded i = decode(n.run(frame(in), 2 * kSec));
+        CHECK(i.src == in.src);
+        CHECK(i.sport == in.sport);
+        CHECK(i.dst == in.dst);
+    }
+    CHECK(n.c("translated_out") == 3);
+    CHECK(n.c("passed") == 3);
+}
+
+TEST_CASE("nat on the chain's flow table: a mapping an older nat made learns its direction from its next packet")
+{
+    Nat n(kSmallPool);
+    Flow a{17, ip4("10.0.0.1"), ip4("198.51.100.1"), 1, 53};
+    Decoded d = decode(n.run(frame(a), kSec));
+    Packets p;
+    p.add(frame(a));
+    auto *area = static_cast<uint8_t *>(n.host.flow_area(p.parse()[0]));
+    REQUIRE(area != nullptr);
+    area[7] = kTakenMapped; // as nat before the direction bits left it
+    Decoded again = decode(n.run(frame(a), 2 * kSec));
+    CHECK(again.src == d.src);
+    CHECK(again.sport == d.sport);
+    CHECK(area_of(n.host, a).flags == (kTakenMapped | 8));
+    CHECK(n.c("translated_out") == 2);
 }
 
 TEST_CASE("nat on the chain's flow table: new flows the full table cannot hold are dropped and counted")
