@@ -598,24 +598,35 @@ void fw_process_bulk(Fw &fw, serpens_batch *b, uint64_t now) noexcept
 void fw_process_chain_flows(Fw &fw, serpens_batch *b, uint64_t now) noexcept
 {
     for (uint32_t i = 0; i < b->count; ++i) {
+        if (b->labels[i] != b->self) {
+            continue;
+        }
+        // A packet with an entry parsed as IP, so its key is well formed:
+        // a current verdict needs no key (an ICMP error is judged by the
+        // flow it quotes, SCTP packet by packet).
+        const serpens_pkt &p = *serpens_batch_pkt(b, i);
+        auto *area = static_cast<FlowVerdicts *>(serpens_batch_flow(b, i));
+        const unsigned dir = (serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY) != 0 ? 1 : 0;
+        const bool icmp = p.l4_proto == 1 || p.l4_proto == 58;
+        if (area != nullptr && p.l4_proto != 132 && !(icmp && fw.stateful && serpens_is_icmp_error(&p))) {
+            const Verdict v = load_verdict(area, dir);
+            if (current(fw, v)) {
+                ++*fw.c[C_HITS];
+                settle(fw, b, i, v);
+                continue;
+            }
+        }
         FlowKey k;
-        if (b->labels[i] != b->self || !key_of(fw, b, i, k)) {
+        if (!key_of(fw, b, i, k)) {
             continue;
         }
         if (fw.stateful && serpens_is_icmp_error(serpens_batch_pkt(b, i))) {
             apply_icmp_error(fw, b, i, k, now);
             continue;
         }
-        auto *flow = k.proto == 132 ? nullptr : static_cast<FlowVerdicts *>(serpens_batch_flow(b, i));
-        const unsigned dir = (serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY) != 0 ? 1 : 0;
-        Verdict v{};
-        if (flow != nullptr && current(fw, v = load_verdict(flow, dir))) {
-            ++*fw.c[C_HITS];
-        } else {
-            ++*fw.c[C_MISSES];
-            v = k.proto == 132 ? decide(fw, k, now) : decide_in_flow(fw, k, flow, dir, now);
-        }
-        settle(fw, b, i, v);
+        // A miss: no entry, no current verdict in it, or SCTP.
+        ++*fw.c[C_MISSES];
+        settle(fw, b, i, k.proto == 132 ? decide(fw, k, now) : decide_in_flow(fw, k, area, dir, now));
     }
 }
 
