@@ -423,15 +423,24 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         const uint16_t *next = slot.next;
         const uint32_t dropped_before = pending[drop_bucket];
         uint64_t bytes = 0;
+        // Packets that take the default port are counted in a register: an
+        // increment of pending[] per packet chained each through memory.
+        const uint16_t usual = next[SERPENS_PORT_DEFAULT];
+        uint32_t to_usual = 0;
         for (uint32_t i = 0; i < n; ++i) {
             if (labels[i] == label) {
                 bytes += pkts[i].len;
                 const uint16_t to = next[_ports[i]];
                 _ports[i] = SERPENS_PORT_DEFAULT;
                 labels[i] = to;
-                ++pending[to > n_nfs ? drop_bucket : to];
+                if (to == usual) {
+                    ++to_usual;
+                } else {
+                    ++pending[to > n_nfs ? drop_bucket : to];
+                }
             }
         }
+        pending[usual > n_nfs ? drop_bucket : usual] += to_usual;
         NfRunStats &stats = _stats[label - 1];
         stats.packets.store(stats.packets.load(std::memory_order_relaxed) + visiting, std::memory_order_relaxed);
         stats.dropped.store(stats.dropped.load(std::memory_order_relaxed) + pending[drop_bucket] - dropped_before,
