@@ -194,8 +194,10 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
         return std::runtime_error(
             fmt::format("serpens-host ({}): {} (log {}):\n{}", what, why, log.string(), last_lines(host.log(), 15)));
     };
-    // "running" is logged just before the main loop starts.
-    if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; }, 60)) {
+    // "running" is logged just before the main loop starts.  With state for
+    // a million flows, NF init alone takes 20-30 s here (mon's hosts table),
+    // and over a minute when the machine is busy.
+    if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; }, 180)) {
         throw fail("did not start");
     }
     const fs::path socket = host_socket;
