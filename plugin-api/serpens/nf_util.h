@@ -244,7 +244,9 @@ static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *
  * too big (ICMPv6). */
 static inline int serpens_is_icmp_error(const struct serpens_pkt *p)
 {
-    if (p->l4_offset == SERPENS_OFFSET_NONE || p->l4_offset >= p->len) {
+    /* The protocol first: most packets are not ICMP, and their data stays
+     * untouched. */
+    if ((p->l4_proto != 1 && p->l4_proto != 58) || p->l4_offset == SERPENS_OFFSET_NONE || p->l4_offset >= p->len) {
         return 0;
     }
     const uint8_t type = p->data[p->l4_offset];

@@ -607,8 +607,8 @@ void fw_process_chain_flows(Fw &fw, serpens_batch *b, uint64_t now) noexcept
         const serpens_pkt &p = *serpens_batch_pkt(b, i);
         auto *area = static_cast<FlowVerdicts *>(serpens_batch_flow(b, i));
         const unsigned dir = (serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY) != 0 ? 1 : 0;
-        const bool icmp = p.l4_proto == 1 || p.l4_proto == 58;
-        if (area != nullptr && p.l4_proto != 132 && !(icmp && fw.stateful && serpens_is_icmp_error(&p))) {
+        const bool judged_by_quote = fw.stateful && serpens_is_icmp_error(&p);
+        if (area != nullptr && p.l4_proto != 132 && !judged_by_quote) {
             const Verdict v = load_verdict(area, dir);
             if (current(fw, v)) {
                 ++*fw.c[C_HITS];
@@ -620,7 +620,7 @@ void fw_process_chain_flows(Fw &fw, serpens_batch *b, uint64_t now) noexcept
         if (!key_of(fw, b, i, k)) {
             continue;
         }
-        if (fw.stateful && serpens_is_icmp_error(serpens_batch_pkt(b, i))) {
+        if (judged_by_quote) {
             apply_icmp_error(fw, b, i, k, now);
             continue;
         }
