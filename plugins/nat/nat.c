@@ -128,6 +128,9 @@ static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct 
     return NAT_C_UNSUPPORTED;
 }
 
+/* A TCP segment with FIN or RST: the flow is closing. */
+static int nat_fin_or_rst(const struct nat_l4 *l4) { return l4->proto == NAT_PROTO_TCP && (l4->hdr[13] & 0x05) != 0; }
+
 /* Decides what a packet needs.  NAT_K_DONE: its verdict is in *port (and
  * counted); else its key is added to the chunk. */
 static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct nat_chunk *c, struct nat_job *job,
@@ -182,7 +185,7 @@ static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct n
         key->in_port = serpens_ld16(l4->hdr + l4->sport_at);
         key->rem_port = proto == NAT_PROTO_ICMP ? 0 : serpens_ld16(l4->hdr + l4->dport_at);
         key->proto = proto;
-        job->fin_or_rst = proto == NAT_PROTO_TCP && (l4->hdr[13] & 0x05) != 0;
+        job->fin_or_rst = nat_fin_or_rst(l4);
         job->at = (uint8_t)c->n_out++;
         return NAT_K_OUT;
     }
@@ -293,7 +296,7 @@ static int nat_established_out(struct nat *n, struct serpens_pkt *p, void *area,
     if (nat_l4_of(p, f.proto, 1, &l4) != 0) {
         return 0; /* an ICMP other than an echo request: nat_classify says what */
     }
-    if (f.proto == NAT_PROTO_TCP && (l4.hdr[13] & 0x05) != 0 && !(f.flags & NAT_FLOW_CLOSING)) {
+    if (nat_fin_or_rst(&l4) && !(f.flags & NAT_FLOW_CLOSING)) {
         f.flags |= NAT_FLOW_CLOSING;
         nat_flow_store(area, f);
     }

@@ -195,7 +195,7 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
         nat_count(n, NAT_C_NEW);
     }
     /* A FIN or RST, or an area an older nat made: the next packets of the
-     * flow take nat_flow_established. */
+     * flow take nat_established_out (nat.c). */
     const uint8_t flags = (uint8_t)(f.flags | (job->fin_or_rst ? NAT_FLOW_CLOSING : 0u) |
                                     (f.flags & NAT_FLOW_DIR_KNOWN ? 0u : nat_flow_dir(job->reply)));
     if (flags != f.flags) {
