@@ -207,6 +207,20 @@ constexpr uint8_t kProtoIcmpv6 = 58;
 constexpr uint8_t kProtoNoNext = 59;
 constexpr uint8_t kProtoDestOpts = 60;
 
+// The length of the IPv6 extension header `nh` at h, whose first 8 bytes are
+// there: a fragment header is 8 bytes, AH counts 4-byte words minus 2, the
+// others 8-byte words minus 1.
+inline uint32_t ipv6_ext_len(uint8_t nh, const uint8_t *h) noexcept
+{
+    if (nh == kProtoFragment) {
+        return 8;
+    }
+    if (nh == kProtoAh) {
+        return (static_cast<uint32_t>(h[1]) + 2) * 4;
+    }
+    return (static_cast<uint32_t>(h[1]) + 1) * 8;
+}
+
 // Marks everything past L2 absent and clears the hash: the "not parsed" view.
 inline ParseResult fail(serpens_pkt &pkt, FlowKey &key, ParseResult r) noexcept
 {
@@ -342,7 +356,6 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
     uint32_t p = off + 40;
     bool first_fragment = false;
     for (unsigned n = 0;; ++n) {
-        uint32_t hlen;
         switch (nh) {
         case kProtoHopByHop:
         case kProtoRouting:
@@ -373,7 +386,6 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
         }
         const uint8_t *h = data + p;
         if (nh == kProtoFragment) {
-            hlen = 8;
             const uint16_t fo = serpens_ld_be16(h + 2);
             if ((fo & 0xfff8) != 0) {
                 key.proto = h[0];
@@ -382,11 +394,8 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
                 return ParseResult::ok;
             }
             first_fragment = (fo & 1) != 0;
-        } else if (nh == kProtoAh) {
-            hlen = (static_cast<uint32_t>(h[1]) + 2) * 4; // AH counts 4-byte words, minus 2
-        } else {
-            hlen = (static_cast<uint32_t>(h[1]) + 1) * 8;
         }
+        const uint32_t hlen = ipv6_ext_len(nh, h);
         if (hlen > end - p) {
             return ParseResult::truncated_ext_header;
         }
@@ -598,16 +607,10 @@ bool ipv6_first_fragment(const serpens_pkt &pkt) noexcept
     uint32_t p = pkt.l3_offset + 40u;
     for (unsigned n = 0; n < kMaxIpv6ExtHeaders && p < pkt.l4_offset; ++n) {
         const uint8_t *h = pkt.data + p;
-        if (nh == kProtoFragment) {
-            if ((serpens_ld_be16(h + 2) & 1u) != 0) {
-                return true;
-            }
-            p += 8;
-        } else if (nh == kProtoAh) {
-            p += (static_cast<uint32_t>(h[1]) + 2) * 4;
-        } else {
-            p += (static_cast<uint32_t>(h[1]) + 1) * 8;
+        if (nh == kProtoFragment && (serpens_ld_be16(h + 2) & 1u) != 0) {
+            return true;
         }
+        p += ipv6_ext_len(nh, h);
         nh = h[0];
     }
     return false;
