@@ -620,7 +620,7 @@ bool ipv6_first_fragment(const serpens_pkt &pkt) noexcept
 
 bool flow_key_of(const serpens_pkt &pkt, FlowKey &key) noexcept
 {
-    if ((pkt.flags & SERPENS_PKT_F_PARSED) == 0 || pkt.l3_offset == SERPENS_OFFSET_NONE) {
+    if (!has_flow_key(pkt)) {
         return false;
     }
     // The key is built in registers and stored a whole word at a time: the

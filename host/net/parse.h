@@ -175,6 +175,13 @@ namespace detail {
 ParseResult parse_headers_general(const uint8_t *data, uint32_t len, serpens_pkt &pkt, FlowKey &key) noexcept;
 } // namespace detail
 
+// Whether parse_packet gave the packet it described in `pkt` a flow key:
+// it parsed as IP.
+inline bool has_flow_key(const serpens_pkt &pkt) noexcept
+{
+    return (pkt.flags & SERPENS_PKT_F_PARSED) != 0 && pkt.l3_offset != SERPENS_OFFSET_NONE;
+}
+
 // The flow key of a packet parse_packet already described in `pkt` (its
 // offsets, l3_type, l4_proto and flags), read again from its headers: false
 // when it is not a parsed IP packet.  The same key parse_packet returned.

@@ -476,7 +476,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             if (parsed_keys != nullptr) {
                 // The parser's key, in the cache since it was written: reading
                 // the headers again was a tenth of the lookup.
-                keyed[j] = (pkt.flags & SERPENS_PKT_F_PARSED) != 0 && pkt.l3_offset != SERPENS_OFFSET_NONE;
+                keyed[j] = net::has_flow_key(pkt);
                 if (keyed[j]) {
                     keys[j] = parsed_keys[base + j];
                 }
