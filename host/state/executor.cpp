@@ -361,13 +361,13 @@ int Executor::merge_locked(Table &t, std::size_t slot, uint64_t mask)
     const uint32_t vw = words_of(t.value_size());
     const void *key = t.slot_key(slot);
     CellScratch &r = _scratch;
-    base_and_replicas(mask & instance_mask(t.cells() - 1), t.cells(), r.to);
-    const std::size_t n = r.to.size();
+    base_and_replicas(mask & instance_mask(t.cells() - 1), t.cells(), r.idx);
+    const std::size_t n = r.idx.size();
     r.ctl.resize(n);
     fit(r.cur, n, vw);
     for (std::size_t j = 0; j < n; ++j) {
-        r.ctl[j] = t.lock_cell(slot, r.to[j]);
-        t.read_locked_cell(slot, r.to[j], r.ctl[j], r.cur[j].data());
+        r.ctl[j] = t.lock_cell(slot, r.idx[j]);
+        t.read_locked_cell(slot, r.idx[j], r.ctl[j], r.cur[j].data());
     }
     fit(r.all, n - 1, vw);
     std::copy(r.cur.begin() + 1, r.cur.end(), r.all.begin()); // the replicas; the hook may scribble on them
@@ -383,9 +383,9 @@ int Executor::merge_locked(Table &t, std::size_t slot, uint64_t mask)
     for (std::size_t j = 0; j < n; ++j) {
         const Buf &next = j == 0 ? out : r.parts[j - 1];
         if (rc == SERPENS_OK && next != r.cur[j]) {
-            t.write_unlock_cell(slot, r.to[j], r.ctl[j], next.data());
+            t.write_unlock_cell(slot, r.idx[j], r.ctl[j], next.data());
         } else {
-            t.unlock_cell(slot, r.to[j], r.ctl[j]);
+            t.unlock_cell(slot, r.idx[j], r.ctl[j]);
         }
     }
     return rc;

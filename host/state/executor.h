@@ -243,7 +243,8 @@ private:
         std::vector<uint64_t> ctl;
         std::vector<Buf> cur, nxt, all, parts;
         Buf whole;
-        std::vector<uint32_t> active, to;
+        std::vector<uint32_t> active, to; // rebalance: instances, cells that keep a part
+        std::vector<uint32_t> idx;        // merge: the base and the replicas merged
     };
     int rebalance_locked(Table &t, std::size_t slot, bool prefer_update_hook)
     {
