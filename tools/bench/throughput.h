@@ -88,6 +88,7 @@ struct ThroughputRig {
     std::filesystem::path queue_pcaps[2]; // pcap's flows split in two, one capture per RX queue
     std::string pktgen_cmd;
     std::filesystem::path host_socket; // the control socket of the host last configured
+    std::filesystem::path host_state;  // the state_dir of the host last configured
 
     // throughput_setup.cpp
     // Sets main_lcore and fwd_lcore from `lcores`, else the first two worker CPUs.

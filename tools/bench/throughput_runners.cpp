@@ -195,8 +195,8 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
             fmt::format("serpens-host ({}): {} (log {}):\n{}", what, why, log.string(), last_lines(host.log(), 15)));
     };
     // "running" is logged just before the main loop starts.  With state for
-    // a million flows, NF init alone takes 20-30 s here (mon's hosts table),
-    // and over a minute when the machine is busy.
+    // a million flows, NF init alone takes 20-30 s here (mon's hosts table
+    // is reserved and faulted in when it is made).
     if (!host.wait_log([](const std::string &text) { return text.find("' running;") != std::string::npos; }, 180)) {
         throw fail("did not start");
     }
@@ -262,6 +262,11 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     r.batch_us_max = highest_us(window); // -1: no batch in the window
     r.batch_us_p99 = r.batch_us_max < 0 ? -1 : percentile_us(window, 0.99);
     const int code = host.stop(10);
+    // Each run starts from fresh state, and at a million flows a run's is
+    // gigabytes of tmpfs: kept until the end, they got the fifth round's
+    // host killed for memory.
+    std::error_code ignored;
+    fs::remove_all(host_state, ignored);
     if (code != 0) {
         throw fail(fmt::format("exit code {} after SIGTERM", code));
     }

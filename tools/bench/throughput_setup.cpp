@@ -222,6 +222,7 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
     const std::string instance_lcores = two_cores ? eal_lcores : std::to_string(fwd_lcore);
     const fs::path path = tmp / (chain + (two_cores ? "-host-2core.toml" : "-host-1core.toml"));
     host_socket = tmp / fmt::format("host-{}.sock", runs);
+    host_state = state_root / fmt::format("state-{}", runs);
     std::ofstream out(path);
     out << fmt::format("# serpens-bench throughput: {}\n"
                        "[host]\n"
@@ -257,8 +258,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        "lcores = [{}]\n",
                        two_cores ? "two lcores, each receiving one RX queue and running an instance"
                                  : "everything on the main lcore (one core)",
-                       getpid(), chain, (state_root / fmt::format("state-{}", runs)).string(), host_socket.string(),
-                       eal_lcores, memory_mb, eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
+                       getpid(), chain, host_state.string(), host_socket.string(), eal_lcores, memory_mb,
+                       eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
                        flow_capacity != 0 ? flow_capacity : bench_flow_capacity(flows), chain, two_cores ? 2 : 1,
                        instance_lcores);
     if (!out) {
