@@ -112,14 +112,6 @@ RedisServer::~RedisServer()
 
 #if SERPENS_BENCH_HAVE_HIREDIS
 
-struct RemoteClient::Impl {
-    redisContext *redis = nullptr;
-    const serpens_host_api *local = nullptr;
-    uint32_t pending = 0;
-    uint32_t next_table = 1;
-    std::string keybuf;
-};
-
 namespace {
 
 struct RemoteTable {
@@ -130,14 +122,23 @@ struct RemoteTable {
     uint32_t value_size;
 };
 
-thread_local RemoteClient::Impl *building = nullptr;
+} // namespace
 
-// One RemoteTable per created table; kept for the process' life (small).
-std::vector<std::unique_ptr<RemoteTable>> &remote_tables()
-{
-    static std::vector<std::unique_ptr<RemoteTable>> tables;
-    return tables;
-}
+struct RemoteClient::Impl {
+    redisContext *redis = nullptr;
+    const serpens_host_api *local = nullptr;
+    uint32_t pending = 0;
+    uint32_t next_table = 1;
+    std::string keybuf;
+    // The shims of the tables made through this client, gone with it: kept
+    // for the process instead, a later client and table allocated at freed
+    // addresses matched a dead shim and took its key and value sizes.
+    std::vector<std::unique_ptr<RemoteTable>> tables;
+};
+
+namespace {
+
+thread_local RemoteClient::Impl *building = nullptr;
 
 RemoteTable *rt(serpens_table *t) { return reinterpret_cast<RemoteTable *>(t); }
 
@@ -157,14 +158,14 @@ serpens_table *remote_create(serpens_nf_ctx *ctx, const char *name, uint32_t fla
         return nullptr;
     }
     // A re-created instance (load per batch) gets its table's shim back.
-    for (const auto &t : remote_tables()) {
-        if (t->local == local && t->client == c) {
+    for (const auto &t : c->tables) {
+        if (t->local == local) {
             return reinterpret_cast<serpens_table *>(t.get());
         }
     }
     auto t = std::make_unique<RemoteTable>(RemoteTable{local, c, c->next_table++, ks, vs});
     RemoteTable *raw = t.get();
-    remote_tables().push_back(std::move(t));
+    c->tables.push_back(std::move(t));
     return reinterpret_cast<serpens_table *>(raw);
 }
 
