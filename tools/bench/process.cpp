@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -99,8 +100,16 @@ Child::Child(const std::vector<std::string> &argv, const fs::path &log, bool pip
         cargs.push_back(a.data());
     }
     cargs.push_back(nullptr);
+    const pid_t parent = getpid();
     _pid = fork();
     if (_pid == 0) {
+        // A bench that dies (a crash, SIGKILL) takes its children along
+        // rather than leaving a redis-server or a host holding shared memory.
+        // SIGTERM: a host still removes its state on the way out.
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) {
+            _exit(127); // the parent died before the request took effect
+        }
         if (cpus == ChildCpus::all) {
             // Undo the measuring thread's pinning: DPDK pins its own lcores,
             // its service threads may run anywhere.
