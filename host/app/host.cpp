@@ -306,7 +306,7 @@ void install_signal_handlers()
     sigemptyset(&hangup);
     sigaddset(&hangup, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &hangup, nullptr);
-    fault::install_fault_handlers();
+    fault::install_fault_handlers("serpens-host");
 }
 
 } // namespace

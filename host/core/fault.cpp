@@ -13,6 +13,8 @@ thread_local const char *current_site = nullptr;
 
 namespace {
 
+const char *program_name = "serpens";
+
 // A fixed buffer filled with async-signal-safe appends only.
 struct Line {
     char text[1024];
@@ -60,7 +62,8 @@ const char *signal_name(int sig) noexcept
 void on_fault(int sig, siginfo_t *info, void *)
 {
     Line line;
-    line.add("serpens-host: fatal ");
+    line.add(program_name);
+    line.add(": fatal ");
     line.add(signal_name(sig));
     if (sig != SIGABRT && info != nullptr) {
         line.add(" (address ");
@@ -83,8 +86,9 @@ void on_fault(int sig, siginfo_t *info, void *)
 
 } // namespace
 
-void install_fault_handlers()
+void install_fault_handlers(const char *program)
 {
+    program_name = program;
     struct sigaction action {};
     action.sa_sigaction = on_fault;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;

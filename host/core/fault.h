@@ -30,9 +30,10 @@ private:
 
 // Installs the SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGABRT handlers for the
 // process (idempotent).  Each writes
-//   "serpens-host: fatal SIGSEGV (address 0x...) in <site>"
-// and re-raises the signal with its default action.
-void install_fault_handlers();
+//   "<program>: fatal SIGSEGV (address 0x...) in <site>"
+// and re-raises the signal with its default action.  `program` must outlive
+// the process (a string literal).
+void install_fault_handlers(const char *program);
 
 // Gives the calling thread an alternate signal stack, so a stack overflow in
 // plugin code is still named.  Idempotent per thread; the stack lives as long

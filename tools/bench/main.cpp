@@ -6,6 +6,7 @@
 #include "paths.h"
 
 #include "core/error.h"
+#include "core/fault.h"
 #include "core/version.h"
 
 #include <fmt/format.h>
@@ -71,6 +72,8 @@ int run_one(const SubcommandInfo &info, Subcommand &sub, const Options &opts)
 int main(int argc, char **argv)
 {
     spdlog::set_level(spdlog::level::warn); // keep tables readable; refusals still show
+    // The bench runs plugin code too: a crash names the NF it was in.
+    serpens::fault::install_fault_handlers("serpens-bench");
 
     Options opts;
     opts.out_dir = "bench-out";
