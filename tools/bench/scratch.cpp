@@ -30,4 +30,10 @@ ScratchDir::~ScratchDir()
     fs::remove_all(_path, ec);
 }
 
+RemovedOnExit::~RemovedOnExit()
+{
+    std::error_code ec;
+    fs::remove_all(_path, ec);
+}
+
 } // namespace serpens::bench

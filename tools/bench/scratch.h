@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <utility>
 
 namespace serpens::bench {
 
@@ -16,6 +17,19 @@ public:
     ScratchDir(const ScratchDir &) = delete;
     ScratchDir &operator=(const ScratchDir &) = delete;
     const std::filesystem::path &path() const noexcept { return _path; }
+
+private:
+    std::filesystem::path _path;
+};
+
+// Removes a directory the bench did not make itself (a host's state) when
+// the scope ends, however it ends.
+class RemovedOnExit {
+public:
+    explicit RemovedOnExit(std::filesystem::path path) : _path(std::move(path)) {}
+    ~RemovedOnExit();
+    RemovedOnExit(const RemovedOnExit &) = delete;
+    RemovedOnExit &operator=(const RemovedOnExit &) = delete;
 
 private:
     std::filesystem::path _path;

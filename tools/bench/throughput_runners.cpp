@@ -6,6 +6,7 @@
 
 #include "batch_latency.h"
 #include "process.h"
+#include "scratch.h"
 
 #include "control/protocol.h"
 
@@ -188,6 +189,11 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     const fs::path log = tmp / fmt::format("host-{}-{}.log", what, runs);
     const fs::path json = tmp / fmt::format("host-{}-{}.json", what, runs);
     fs::remove(json);
+    // Each run starts from fresh state, and at a million flows a run's is
+    // gigabytes of tmpfs: kept until the end, they got the fifth round's
+    // host killed for memory.  Declared before the host, so it goes after
+    // the host has stopped, whether the run succeeds or throws.
+    const RemovedOnExit remove_state(host_state);
     // Stopped once measured: how long the flows take to establish is not known.
     Child host({host_exe, "-c", toml.string(), "--stats-json", json.string(), "--log-level", "info"}, log, false);
     auto fail = [&](const std::string &why) {
@@ -262,11 +268,6 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     r.batch_us_max = highest_us(window); // -1: no batch in the window
     r.batch_us_p99 = r.batch_us_max < 0 ? -1 : percentile_us(window, 0.99);
     const int code = host.stop(10);
-    // Each run starts from fresh state, and at a million flows a run's is
-    // gigabytes of tmpfs: kept until the end, they got the fifth round's
-    // host killed for memory.
-    std::error_code ignored;
-    fs::remove_all(host_state, ignored);
     if (code != 0) {
         throw fail(fmt::format("exit code {} after SIGTERM", code));
     }

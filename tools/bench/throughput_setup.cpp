@@ -7,6 +7,7 @@
 #include "fixture.h"
 #include "lab_config.h"
 #include "process.h"
+#include "scratch.h"
 
 #include "io/router.h"
 #include "net/parse.h"
@@ -53,14 +54,7 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
     } else {
         state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / tmp.filename() : tmp;
     }
-    struct RemoveState {
-        const fs::path &root;
-        ~RemoveState()
-        {
-            std::error_code ignored;
-            fs::remove_all(root, ignored);
-        }
-    } remove_state{state_root};
+    const RemovedOnExit remove_state(state_root);
     // testpmd may exit before reading all of its stdin.
     struct sigaction ignore {
     }, old_pipe{};
