@@ -209,14 +209,17 @@ static inline void serpens_ipv4_set_addr(uint8_t *ip, unsigned addr_at, uint32_t
 static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, uint32_t old_ip, uint32_t new_ip,
                                               uint16_t old_field, uint16_t new_field)
 {
-    if (udp && hc == 0) {
+    /* `&`, not `&&`: an NF handling TCP and UDP alike would otherwise branch
+     * on the protocol, and mispredict it about every other packet. */
+    const int udp_bit = udp != 0;
+    if (udp_bit & (hc == 0)) {
         return 0; /* no UDP checksum was sent: nothing to keep right */
     }
     if (pseudo) {
         hc = serpens_csum_replace32(hc, old_ip, new_ip);
     }
     hc = serpens_csum_replace16(hc, old_field, new_field);
-    return udp && hc == 0 ? 0xffff : hc; /* zero would mean "no checksum" */
+    return (udp_bit & (hc == 0)) ? 0xffff : hc; /* zero would mean "no checksum" */
 }
 
 /*

@@ -292,15 +292,29 @@ static int nat_established_out(struct nat *n, struct serpens_pkt *p, void *area,
         p->l3_type != SERPENS_L3_IPV4 || p->l4_proto != f.proto) {
         return 0;
     }
-    struct nat_l4 l4;
-    if (nat_l4_of(p, f.proto, 1, &l4) != 0) {
-        return 0; /* an ICMP other than an echo request: nat_classify says what */
+    if (f.proto == NAT_PROTO_ICMP) {
+        struct nat_l4 l4;
+        if (nat_l4_of(p, f.proto, 1, &l4) != 0) {
+            return 0; /* an ICMP other than an echo request: nat_classify says what */
+        }
+        nat_rewrite(p->data + p->l3_offset, 12, &l4, l4.sport_at, f.ext_ip, f.ext_port);
+        nat_count(n, NAT_C_OUT);
+        return 1;
     }
-    if (nat_fin_or_rst(&l4) && !(f.flags & NAT_FLOW_CLOSING)) {
+    /* TCP or UDP, the only other protocols a mapping holds.  Which of the two
+     * picks offsets rather than code paths: with both in the traffic, a
+     * branch on it was mispredicted about every other packet. */
+    const unsigned tcp = f.proto == NAT_PROTO_TCP;
+    if (p->l4_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l4_offset + 8u + 12u * tcp) {
+        return 0; /* cut short: nat_classify counts it */
+    }
+    uint8_t *l4 = p->data + p->l4_offset;
+    const unsigned fin_or_rst = (l4[13u * tcp] & (0x05u * tcp)) != 0; /* TCP's flags; nothing for UDP */
+    if (fin_or_rst && !(f.flags & NAT_FLOW_CLOSING)) {
         f.flags |= NAT_FLOW_CLOSING;
         nat_flow_store(area, f);
     }
-    nat_rewrite(p->data + p->l3_offset, 12, &l4, l4.sport_at, f.ext_ip, f.ext_port);
+    serpens_ipv4_rewrite(p->data + p->l3_offset, 12, l4, 6u + 10u * tcp, 0, 1, (int)(tcp ^ 1u), f.ext_ip, f.ext_port);
     nat_count(n, NAT_C_OUT);
     return 1;
 }
