@@ -114,11 +114,7 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
         if (c.kind == Kind::serpens_chain && chosen[i].chain == "fw-mon-nat") {
             if (rig.new_flows) {
                 if (!new_flows.empty()) {
-                    const Summary nf = summarize(new_flows);
-                    summary += fmt::format("serpens SFC fw-mon-nat new flows = {} M/s (rounds {}..{}; target >= 1): "
-                                           "{}\n",
-                                           fmt_num(nf.median), fmt_num(nf.min), fmt_num(nf.max),
-                                           nf.median >= 1 ? "MEETS" : "BELOW");
+                    summary += target_line("serpens SFC fw-mon-nat new flows, M/s", summarize(new_flows), 1);
                 }
             } else if (macswap >= 0) {
                 const bool million = rig.flows >= 1000000;

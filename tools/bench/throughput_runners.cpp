@@ -239,14 +239,28 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
     double t2 = t1;
     if (new_flows) {
         // Every packet opens a flow: the window starts with the first packet
-        // and ends before the capture's first pass does.
+        // and ends before the capture's first pass does.  A capture whose
+        // first pass was mostly over before the window opened cannot give
+        // a rate: what is left of it would read as a slow chain.
+        if (s1.flows_created >= flows / 2) {
+            throw fail(fmt::format("the capture's first pass was over before the window opened ({} of {} flows "
+                                   "created): measure new flows with a longer capture, e.g. --flows 1000000 "
+                                   "--packets 1000000",
+                                   s1.flows_created, flows));
+        }
         while (t2 - t1 < window_s) {
             sleep_s(std::min(0.02, window_s / 10));
             s2 = counters();
             t2 = now_s();
-            if (s2.flows_created - s1.flows_created >= flows * 9 / 10) {
+            if (s2.flows_created >= flows * 9 / 10) {
                 break; // most of the capture's flows exist: the rest would be established ones
             }
+        }
+        // Counters are read every 20 ms at most: a shorter pass is no rate.
+        if (t2 - t1 < 0.2) {
+            throw fail(fmt::format("the capture's first pass took {:.0f} ms, too short to time: measure new flows "
+                                   "with a longer capture, e.g. --flows 1000000 --packets 1000000",
+                                   (t2 - t1) * 1e3));
         }
     } else {
         sleep_s(window_s);
