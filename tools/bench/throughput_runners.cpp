@@ -242,11 +242,13 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
         // and ends before the capture's first pass does.  A capture whose
         // first pass was mostly over before the window opened cannot give
         // a rate: what is left of it would read as a slow chain.
+        auto too_short = [&](const std::string &why) {
+            return fail(why + ": measure new flows with a longer capture, e.g. --flows 1000000 --packets 1000000");
+        };
         if (s1.flows_created >= flows / 2) {
-            throw fail(fmt::format("the capture's first pass was over before the window opened ({} of {} flows "
-                                   "created): measure new flows with a longer capture, e.g. --flows 1000000 "
-                                   "--packets 1000000",
-                                   s1.flows_created, flows));
+            throw too_short(fmt::format("the capture's first pass was over before the window opened ({} of {} "
+                                        "flows created)",
+                                        s1.flows_created, flows));
         }
         while (t2 - t1 < window_s) {
             sleep_s(std::min(0.02, window_s / 10));
@@ -258,9 +260,7 @@ Run ThroughputRig::run_serpens(bool two_cores, const std::string &chain)
         }
         // Counters are read every 20 ms at most: a shorter pass is no rate.
         if (t2 - t1 < 0.2) {
-            throw fail(fmt::format("the capture's first pass took {:.0f} ms, too short to time: measure new flows "
-                                   "with a longer capture, e.g. --flows 1000000 --packets 1000000",
-                                   (t2 - t1) * 1e3));
+            throw too_short(fmt::format("the capture's first pass took {:.0f} ms, too short to time", (t2 - t1) * 1e3));
         }
     } else {
         sleep_s(window_s);
