@@ -124,12 +124,8 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     // route) rather than packet by packet: each stage is a short loop over
     // independent packets whose latencies the CPU overlaps.
     serpens_pkt views[max_burst];
-    // Left uninitialised: parse_headers writes every key, and zeroing 256 of
-    // them per burst cost more than parsing.
-    union KeySlot {
-        KeySlot() noexcept {}
-        net::FlowKey key;
-    } keys[max_burst];
+    // Left uninitialised: parse_headers writes every key.
+    net::FlowKeySlot keys[max_burst];
     uint32_t hashes[max_burst];
     bool parsed[max_burst];
     rte_mbuf *drops[max_burst];
@@ -165,7 +161,6 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         }
         mbufs[n_kept++] = m;
     }
-    static_assert(sizeof(KeySlot) == sizeof(net::FlowKey));
     net::hash_flows(&keys[0].key, n_kept, hashes);
 
     // Per-target staging, so each target gets its packets as one batch.
@@ -200,7 +195,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             } else {
                 gather();
                 serpens_pkt batch_views[max_burst];
-                KeySlot batch_keys[max_burst];
+                net::FlowKeySlot batch_keys[max_burst];
                 uint8_t batch_marks[max_burst];
                 for (uint16_t k = 0; k < stage.count; ++k) {
                     batch_views[k] = views[stage.index[k]];

@@ -85,17 +85,27 @@ struct alignas(8) FlowKey {
     // Exact (directional) equality.
     bool operator==(const FlowKey &) const noexcept = default;
 
+    // The key as five 8-byte words (native order), each loaded where it
+    // lies: copying a key to a word array first made the compiler bounce it
+    // through the stack, and the reloads stalled on store forwarding.
+    static constexpr unsigned words = 5;
+    uint64_t word(unsigned i) const noexcept
+    {
+        uint64_t w;
+        std::memcpy(&w, reinterpret_cast<const uint8_t *>(this) + 8 * i, sizeof w);
+        return w;
+    }
+
     // Same key with source and destination swapped.  By whole words: a
     // 16-bit store of a port inside a word that is then read back whole
     // stalls store forwarding (the flow table reverses every reply's key).
     FlowKey reversed() const noexcept
     {
         static_assert(std::endian::native == std::endian::little, "the ports are the last word's low half");
-        uint64_t w[5];
-        std::memcpy(w, static_cast<const void *>(this), sizeof w);
-        const uint64_t ports = w[4] & 0xffffffffu;
-        const uint64_t r[5] = {w[2], w[3], w[0], w[1],
-                               (w[4] & ~uint64_t{0xffffffffu}) | ports >> 16 | (ports & 0xffffu) << 16};
+        const uint64_t last = word(4);
+        const uint64_t ports = last & 0xffffffffu;
+        const uint64_t r[words] = {word(2), word(3), word(0), word(1),
+                                   (last & ~uint64_t{0xffffffffu}) | ports >> 16 | (ports & 0xffffu) << 16};
         FlowKey out;
         std::memcpy(static_cast<void *>(&out), r, sizeof r);
         return out;
@@ -108,13 +118,12 @@ struct alignas(8) FlowKey {
     // packet's key with it.
     bool is_canonical() const noexcept
     {
-        // Addresses compare bytewise, i.e. as big-endian numbers, a word at a time.
-        uint64_t s[2], d[2];
-        std::memcpy(s, src.data(), sizeof s);
-        std::memcpy(d, dst.data(), sizeof d);
-        for (int w = 0; w < 2; ++w) {
-            if (s[w] != d[w]) {
-                return __builtin_bswap64(s[w]) < __builtin_bswap64(d[w]);
+        // Addresses compare bytewise, i.e. as big-endian numbers, a word at
+        // a time (src is words 0-1, dst words 2-3).
+        for (unsigned w = 0; w < 2; ++w) {
+            const uint64_t s = word(w), d = word(w + 2);
+            if (s != d) {
+                return __builtin_bswap64(s) < __builtin_bswap64(d);
             }
         }
         return src_port <= dst_port;
@@ -124,9 +133,19 @@ struct alignas(8) FlowKey {
     // so routers on different servers agree.
     uint32_t hash() const noexcept;
 };
-static_assert(sizeof(FlowKey) == 40);
-static_assert(offsetof(FlowKey, src_port) == 32 && offsetof(FlowKey, dst_port) == 34,
-              "reversed() swaps the ports by word");
+static_assert(sizeof(FlowKey) == 8 * FlowKey::words);
+static_assert(offsetof(FlowKey, src) == 0 && offsetof(FlowKey, dst) == 16 && offsetof(FlowKey, src_port) == 32 &&
+                  offsetof(FlowKey, dst_port) == 34,
+              "is_canonical() and reversed() read the key by word");
+
+// Room for a FlowKey that is left uninitialised, for per-burst scratch
+// arrays that are written before they are read: zeroing a burst's keys
+// costs more than parsing them.
+union FlowKeySlot {
+    FlowKeySlot() noexcept {}
+    FlowKey key;
+};
+static_assert(sizeof(FlowKeySlot) == sizeof(FlowKey));
 
 // Both directions of a flow: a == b or a == b.reversed().
 inline bool same_flow(const FlowKey &a, const FlowKey &b) noexcept { return a.canonical() == b.canonical(); }

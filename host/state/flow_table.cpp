@@ -90,10 +90,11 @@ inline void bump(uint64_t &counter, uint64_t by = 1) noexcept
 // Inline word compares: the library calls were 12% of a lookup's profile.
 inline bool same_key(const net::FlowKey &a, const net::FlowKey &b) noexcept
 {
-    uint64_t x[5], y[5];
-    std::memcpy(x, &a, sizeof x);
-    std::memcpy(y, &b, sizeof y);
-    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+    uint64_t diff = 0;
+    for (unsigned i = 0; i < net::FlowKey::words; ++i) {
+        diff |= a.word(i) ^ b.word(i);
+    }
+    return diff == 0;
 }
 
 // Slots a part needs: its share of `capacity` with room for the unevenness
@@ -459,7 +460,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
     // Two passes per chunk, so the cache misses of its packets overlap: keys
     // and the prefetch of each home slot's first line, then the probes,
     // creation and stamps (and the prefetch of the entry's other lines).
-    net::FlowKey keys[chunk];
+    net::FlowKeySlot keys[chunk]; // written before read: not zeroed per burst
     bool reverse[chunk];
     const uint16_t now = idle_units(now_ns);
     auto view = [&](uint32_t i) -> const serpens_pkt & {
@@ -473,23 +474,17 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             const serpens_pkt &pkt = view(base + j);
             entries[base + j] = nullptr;
             flags[base + j] = 0;
-            if (parsed_keys != nullptr) {
-                // The parser's key, in the cache since it was written: reading
-                // the headers again was a tenth of the lookup.
-                keyed[j] = net::has_flow_key(pkt);
-                if (keyed[j]) {
-                    keys[j] = parsed_keys[base + j];
-                }
-            } else {
-                keyed[j] = net::flow_key_of(pkt, keys[j]);
-            }
+            // The parser's key, in the cache since it was written: reading
+            // the headers again was a tenth of the lookup.
+            const net::FlowKey *key = parsed_keys != nullptr ? &parsed_keys[base + j] : &keys[j].key;
+            keyed[j] = parsed_keys != nullptr ? net::has_flow_key(pkt) : net::flow_key_of(pkt, keys[j].key);
             if (!keyed[j]) {
                 continue;
             }
-            reverse[j] = !keys[j].is_canonical();
-            if (reverse[j]) {
-                keys[j] = keys[j].reversed();
-            }
+            // Ordered on the key where it lies, then copied once: reading a
+            // copy just stored stalled on store forwarding.
+            reverse[j] = !key->is_canonical();
+            keys[j].key = reverse[j] ? key->reversed() : *key;
             // Only the line the probe reads: a chunk's further lines would
             // fill the core's miss buffers before its probes' lines are in.
             __builtin_prefetch(slot_at(part(pkt.flow_hash % flow_parts), home_slot(pkt.flow_hash)), 1, 3);
@@ -501,10 +496,10 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             const uint32_t hash = view(base + j).flow_hash;
             const Part p = part(hash % flow_parts);
             uint32_t free_slot;
-            uint8_t *entry = probe(p, hash, keys[j], free_slot);
+            uint8_t *entry = probe(p, hash, keys[j].key, free_slot);
             uint8_t f = 0;
             if (entry == nullptr) {
-                entry = insert(p, hash, keys[j], reverse[j], new_flow_peer != nullptr ? new_flow_peer[base + j] : 0,
+                entry = insert(p, hash, keys[j].key, reverse[j], new_flow_peer != nullptr ? new_flow_peer[base + j] : 0,
                                free_slot, now);
                 f = SERPENS_FLOW_NEW;
                 if (entry == nullptr) {
