@@ -116,7 +116,10 @@ std::vector<std::string> header_mismatch(const SegmentHeader &got, const Segment
                               " requested");
             }
         };
-        if (got.flags != want->flags) {
+        // NF_EXPIRY is a policy for idle entries, not layout: a segment made
+        // with the other setting keeps its entries (moving a vpn's sequence
+        // numbers aside would reuse its nonces) and takes the one asked for.
+        if ((got.flags ^ want->flags) & ~uint32_t{SERPENS_STATE_NF_EXPIRY}) {
             why.push_back("flags " + flags_to_string(got.flags) + " on disk, " + flags_to_string(want->flags) +
                           " requested");
         }
@@ -274,6 +277,7 @@ bool Table::map(int fd, std::size_t size, bool ro, std::string &err)
 void Table::init_from_header()
 {
     _kind = kind_of(_h->flags);
+    _nf_expiry = (_h->flags & SERPENS_STATE_NF_EXPIRY) != 0;
     _key_size = _h->key_size;
     _value_size = _h->value_size;
     _kw = words_of(_key_size);
@@ -325,6 +329,7 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
                 return nullptr;
             }
             t->init_from_header();
+            t->set_nf_expiry((spec.flags & SERPENS_STATE_NF_EXPIRY) != 0);
             t->repair();
             fetch_add(&t->_h->attaches, 1);
             return t;
@@ -1164,7 +1169,7 @@ void Table::try_reclaim(std::size_t i) noexcept
 
 std::size_t Table::expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept
 {
-    if (_kind != TableKind::per_flow || _ro || budget == 0 || (_h->flags & SERPENS_STATE_NF_EXPIRY)) {
+    if (_kind != TableKind::per_flow || _ro || budget == 0 || _nf_expiry) {
         return 0;
     }
     const uint32_t nowu = coarse_units(now_ns);

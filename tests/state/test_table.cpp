@@ -363,6 +363,51 @@ TEST_CASE("state-perflow: idle expiry is incremental and keeps touched flows")
     set_coarse_now(0);
 }
 
+TEST_CASE("state-perflow: reopened with NF_EXPIRY changed, a segment keeps its entries and takes the new policy")
+{
+    // A plugin update that opts its table out of idle expiry (or back in):
+    // the entries stay (a vpn's sequence numbers moved aside would reuse its
+    // GCM nonces), and the host expires them as the NF now asks.
+    ScratchDir d("expiry-policy");
+    std::string err;
+    const uint64_t t0 = 1'000'000'000'000ull, s = 1'000'000'000ull;
+    set_coarse_now(t0);
+    uint8_t k[13], v[24] = {7}, out[24];
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err);
+        REQUIRE(t);
+        key_of(k, 1);
+        REQUIRE(t->put(k, v) == SERPENS_OK);
+    }
+    TableSpec never = flow_spec(100);
+    never.flags |= SERPENS_STATE_NF_EXPIRY;
+    {
+        auto t = Table::open(d.path / "flows.tbl", never, err);
+        REQUIRE(t);
+        CHECK(t->header().attaches == 2); // the same segment, not a new one
+        CHECK(t->nf_expiry());
+        for (uint64_t done = 0; done < t->n_slots(); done += 100) {
+            CHECK(t->expire(t0 + 100 * s, 5 * s, 100) == 0);
+        }
+        REQUIRE(t->get(k, out) == SERPENS_OK);
+        CHECK(out[0] == 7);
+    }
+    {
+        auto t = Table::open(d.path / "flows.tbl", flow_spec(100), err); // and back
+        REQUIRE(t);
+        CHECK_FALSE(t->nf_expiry());
+        std::size_t removed = 0;
+        for (uint64_t done = 0; done < t->n_slots(); done += 100) {
+            removed += t->expire(t0 + 200 * s, 5 * s, 100);
+        }
+        CHECK(removed == 1);
+    }
+    for (auto &e : std::filesystem::directory_iterator(d.path)) {
+        CHECK(e.path().filename().string().find(".bad-") == std::string::npos);
+    }
+    set_coarse_now(0);
+}
+
 TEST_CASE("state-perflow: entries survive close and re-attach; a mismatching segment is moved aside")
 {
     ScratchDir d("reattach");
