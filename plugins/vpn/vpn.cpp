@@ -37,6 +37,7 @@
  *   packets per SA), no buffer room.
  *
  * STATE (paper Table I)
+ *   Both tables are NF_EXPIRY: keyed by SA, never removed for being idle.
  *   "sas"     per-flow/read  key {spi, direction}: index of the SA; the SAs
  *             (keys, addresses, selectors) are read-only after init, and
  *             each instance keeps its own cipher contexts built from them.
@@ -486,10 +487,14 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         return SERPENS_ENOMEM;
     }
     if (!local) {
-        v->sa_table =
-            h->create_table(ctx, "sas", SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ, sizeof(SaKey), sizeof(SaRef), 256);
-        v->seq_table = h->create_table(ctx, "seq", SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE, sizeof(SaKey),
-                                       sizeof(SeqState), 256);
+        // Keyed by SA, not by flow: the host's idle expiry must never take
+        // them.  An SA quiet for longer than the flow timeout would lose its
+        // inbound entry (every later packet an unknown SPI) and its sequence
+        // number, which would restart at 0 and reuse GCM nonces.
+        const uint32_t never_idle = SERPENS_STATE_PER_FLOW | SERPENS_STATE_NF_EXPIRY;
+        v->sa_table = h->create_table(ctx, "sas", never_idle | SERPENS_STATE_READ, sizeof(SaKey), sizeof(SaRef), 256);
+        v->seq_table =
+            h->create_table(ctx, "seq", never_idle | SERPENS_STATE_WRITE, sizeof(SaKey), sizeof(SeqState), 256);
         if (v->sa_table == nullptr || v->seq_table == nullptr) {
             // Never a silent fallback to per-instance sequence numbers: after
             // a restart they would reuse GCM nonces under the same key.

@@ -263,7 +263,7 @@ void run_hostile(const Case &c, uint32_t seed)
     }
     // The mix reached the NF's deep paths, not only its first checks.
     for (const char *counter : c.reached) {
-        INFO(std::string(c.name) << " counter " << counter);
+        INFO(std::string(c.name) << " counter " << std::string(counter));
         CHECK(h.counter(0, counter) > 0);
     }
     MESSAGE(std::string(c.name) << ": " << sent << " hostile frames, " << dropped << " dropped");

@@ -240,8 +240,8 @@ TEST_CASE("vpn: round trip, unknown SPI, bad ICV, replay window, truncated ESP")
     CHECK(in.run1(*ci, short_view) == SERPENS_PORT_DROP);
     CHECK(ci->counter("malformed") == 2);
     CHECK(in.table("seq") != nullptr);
-    CHECK(in.table("sas")->flags() == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ));
-    CHECK(in.table("seq")->flags() == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE));
+    CHECK(in.table("sas")->flags() == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_READ | SERPENS_STATE_NF_EXPIRY));
+    CHECK(in.table("seq")->flags() == (SERPENS_STATE_PER_FLOW | SERPENS_STATE_WRITE | SERPENS_STATE_NF_EXPIRY));
 }
 
 TEST_CASE("vpn: a restarted instance continues the sequence (no nonce reuse) and keeps its window")
@@ -271,6 +271,35 @@ TEST_CASE("vpn: a restarted instance continues the sequence (no nonce reuse) and
     CHECK(h.run1(*c3, in2again) == SERPENS_PORT_DROP);
     CHECK(h.run1(*c3, in1) == 0); // 1 is inside the window and was never seen
     CHECK(c3->counter("replay") == 1);
+}
+
+TEST_CASE("vpn: an SA quiet for longer than the host's flow timeout keeps its sequence and its inbound entry")
+{
+    constexpr uint64_t kSec = 1000000000ull;
+    MockHost h(VPN_PLUGIN);
+    serpens::state::StoreOptions o;
+    o.flow_idle_timeout_ns = 10 * kSec;
+    h.set_store_options(o);
+    h.set_config(sa(0x6006, "out") + sa(0x6006, "in"));
+    Ctx *c = nullptr;
+    REQUIRE(h.init(c) == SERPENS_OK);
+    Packet a(frame({}));
+    CHECK(h.run1(*c, a, kSec) == 0);
+    const Bytes first = a.bytes();
+    // A minute later, ticked through as the host's control thread does.
+    for (uint64_t t = 2; t <= 60; ++t) {
+        h.tick(t * kSec);
+    }
+    Packet b(frame({}));
+    CHECK(h.run1(*c, b, 61 * kSec) == 0);
+    const Bytes second = b.bytes();
+    CHECK(second[34 + 7] == 2); // seq 2, not 1 again: no GCM nonce reused
+    CHECK(Bytes(first.begin() + 42, first.begin() + 50) != Bytes(second.begin() + 42, second.begin() + 50));
+    // The peer's ESP still finds the inbound SA.
+    Packet in(second);
+    CHECK(h.run1(*c, in, 62 * kSec) == 0);
+    CHECK(c->counter("decrypted") == 1);
+    CHECK(c->counter("unknown_spi") == 0);
 }
 
 TEST_CASE("vpn: state = \"local\" without host tables; never a silent fallback; bad config names file:line")
