@@ -277,7 +277,7 @@ bool Table::map(int fd, std::size_t size, bool ro, std::string &err)
 void Table::init_from_header()
 {
     _kind = kind_of(_h->flags);
-    _nf_expiry = (_h->flags & SERPENS_STATE_NF_EXPIRY) != 0;
+    set_nf_expiry((_h->flags & SERPENS_STATE_NF_EXPIRY) != 0);
     _key_size = _h->key_size;
     _value_size = _h->value_size;
     _kw = words_of(_key_size);
@@ -1169,7 +1169,7 @@ void Table::try_reclaim(std::size_t i) noexcept
 
 std::size_t Table::expire(uint64_t now_ns, uint64_t idle_ns, std::size_t budget) noexcept
 {
-    if (_kind != TableKind::per_flow || _ro || budget == 0 || _nf_expiry) {
+    if (_kind != TableKind::per_flow || _ro || budget == 0 || nf_expiry()) {
         return 0;
     }
     const uint32_t nowu = coarse_units(now_ns);

@@ -225,8 +225,9 @@ public:
     // Whether the host's idle expiry leaves this table alone: NF_EXPIRY as
     // the NF last asked, which may differ from the bit the segment was made
     // with (it is a policy, not part of the layout; see header_mismatch).
-    bool nf_expiry() const noexcept { return _nf_expiry; }
-    void set_nf_expiry(bool on) noexcept { _nf_expiry = on; }
+    // Atomic: a reload sets it while the state manager may be expiring.
+    bool nf_expiry() const noexcept { return _nf_expiry.load(std::memory_order_relaxed); }
+    void set_nf_expiry(bool on) noexcept { _nf_expiry.store(on, std::memory_order_relaxed); }
     uint32_t key_size() const noexcept { return _key_size; }
     uint32_t value_size() const noexcept { return _value_size; }
     uint64_t capacity() const noexcept { return _capacity; }
@@ -410,7 +411,7 @@ private:
     std::size_t _map_size = 0;
     int _fd = -1;
     bool _ro = false;
-    bool _nf_expiry = false;
+    std::atomic<bool> _nf_expiry{false};
     bool _sealed = false;
     std::atomic<bool> _copied{false}; // global/read: holds a copy (put_despite_seal)
     TableKind _kind = TableKind::per_flow;
