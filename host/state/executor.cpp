@@ -100,8 +100,8 @@ Table *Executor::create_table_locked(TableSpec &spec, std::string &err)
     if (auto it = _tables.find(spec.name); it != _tables.end()) {
         const SegmentHeader &h = it->second->header();
         // As when a segment is reopened, NF_EXPIRY may change (a reload).
-        if (((h.flags ^ spec.flags) & ~uint32_t{SERPENS_STATE_NF_EXPIRY}) != 0 || h.key_size != spec.key_size ||
-            h.value_size != spec.value_size || h.capacity != spec.capacity) {
+        if (!flags_compatible(h.flags, spec.flags) || h.key_size != spec.key_size || h.value_size != spec.value_size ||
+            h.capacity != spec.capacity) {
             err = where + ": already exists as " + flags_to_string(h.flags) + " key " + std::to_string(h.key_size) +
                   " value " + std::to_string(h.value_size) + " capacity " + std::to_string(h.capacity) +
                   ", requested " + flags_to_string(spec.flags) + " key " + std::to_string(spec.key_size) + " value " +

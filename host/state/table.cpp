@@ -116,10 +116,7 @@ std::vector<std::string> header_mismatch(const SegmentHeader &got, const Segment
                               " requested");
             }
         };
-        // NF_EXPIRY is a policy for idle entries, not layout: a segment made
-        // with the other setting keeps its entries (moving a vpn's sequence
-        // numbers aside would reuse its nonces) and takes the one asked for.
-        if ((got.flags ^ want->flags) & ~uint32_t{SERPENS_STATE_NF_EXPIRY}) {
+        if (!flags_compatible(got.flags, want->flags)) {
             why.push_back("flags " + flags_to_string(got.flags) + " on disk, " + flags_to_string(want->flags) +
                           " requested");
         }

@@ -64,6 +64,14 @@ std::string validate_spec(const TableSpec &spec);
 TableKind kind_of(uint32_t flags) noexcept;
 // "PER_FLOW|WRITE" etc.
 std::string flags_to_string(uint32_t flags);
+// Whether an existing table can serve a request with these flags.
+// NF_EXPIRY is a policy for idle entries, not layout: a table made with the
+// other setting keeps its entries (moving a vpn's sequence numbers aside
+// would reuse its nonces) and takes the one asked for (set_nf_expiry).
+inline bool flags_compatible(uint32_t existing, uint32_t requested) noexcept
+{
+    return ((existing ^ requested) & ~uint32_t{SERPENS_STATE_NF_EXPIRY}) == 0;
+}
 
 // Coarse clock for last-access stamps: the hot path stores this value instead
 // of reading a clock.  StateStore::tick() advances it.  Units of 2^20 ns.
@@ -224,7 +232,7 @@ public:
     uint32_t flags() const noexcept { return _h->flags; }
     // Whether the host's idle expiry leaves this table alone: NF_EXPIRY as
     // the NF last asked, which may differ from the bit the segment was made
-    // with (it is a policy, not part of the layout; see header_mismatch).
+    // with (flags_compatible).
     // Atomic: a reload sets it while the state manager may be expiring.
     bool nf_expiry() const noexcept { return _nf_expiry.load(std::memory_order_relaxed); }
     void set_nf_expiry(bool on) noexcept { _nf_expiry.store(on, std::memory_order_relaxed); }
