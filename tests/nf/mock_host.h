@@ -781,6 +781,21 @@ inline Bytes frame(const Flow &f, const std::string &payload = "", uint8_t tcp_f
     return out;
 }
 
+// An ICMP (v4 type `type`) or ICMPv6 error from `from` to `to` with `code`,
+// quoting the IP header and `quoted_l4` bytes of L4 of `offending` (a whole
+// frame; a shorter one is quoted whole).
+inline Bytes icmp_error(bool v6, const std::string &from, const std::string &to, uint8_t type, const Bytes &offending,
+                        std::size_t quoted_l4 = 8, uint8_t code = 0)
+{
+    const std::size_t ip_len = v6 ? 40 : (offending[14] & 15u) * 4u;
+    const std::size_t quote_len = std::min(ip_len + quoted_l4, offending.size() - 14);
+    const std::string quote(offending.begin() + 14, offending.begin() + 14 + static_cast<long>(quote_len));
+    Bytes b = frame({v6, from, to, static_cast<uint8_t>(v6 ? 58 : 1), 0, 0}, quote);
+    b[14 + (v6 ? 40 : 20)] = type;
+    b[14 + (v6 ? 40 : 20) + 1] = code;
+    return b;
+}
+
 inline Flow reverse(Flow f)
 {
     std::swap(f.src, f.dst);

@@ -338,21 +338,6 @@ TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
     CHECK(h2.run(*d, {&syn, &reply}) == std::vector<uint8_t>{0, SERPENS_PORT_DROP});
 }
 
-namespace {
-
-// An ICMP (v4 type `type`) or ICMPv6 error from `from` to `to` quoting the IP
-// header and 8 bytes of L4 of `offending`.
-Bytes icmp_error(bool v6, const std::string &from, const std::string &to, uint8_t type, const Bytes &offending)
-{
-    const std::size_t ip_len = v6 ? 40 : (offending[14] & 15u) * 4u;
-    const std::string quote(offending.begin() + 14, offending.begin() + 14 + static_cast<long>(ip_len) + 8);
-    Bytes b = frame({v6, from, to, static_cast<uint8_t>(v6 ? 58 : 1), 0, 0}, quote);
-    b[14 + (v6 ? 40 : 20)] = type;
-    return b;
-}
-
-} // namespace
-
 TEST_CASE("fw: stateful mode admits ICMP errors about open connections (RELATED), one by one")
 {
     MockHost h(FW_PLUGIN);

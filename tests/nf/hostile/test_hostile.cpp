@@ -51,34 +51,12 @@ Bytes random_bytes(std::mt19937 &rng, std::size_t n)
     return b;
 }
 
-// An ICMP (ICMPv6) destination-unreachable error from `from` to `to`
-// quoting `quoted` (an IP datagram, cut as routers do): what nat and the
+// A destination-unreachable error (ICMP 3, ICMPv6 1) about `offending`,
+// quoting a little more or less of it as routers do: what nat and the
 // firewall relate to the flow it quotes.
-Bytes icmp_error(std::mt19937 &rng, bool v6, const std::string &from, const std::string &to, Bytes quoted)
+Bytes unreachable(std::mt19937 &rng, bool v6, const std::string &from, const std::string &to, const Bytes &offending)
 {
-    Flow f;
-    f.v6 = v6;
-    f.src = from;
-    f.dst = to;
-    f.proto = v6 ? 58 : 1;
-    quoted.resize(std::min<std::size_t>(quoted.size(), (v6 ? 40u : 20u) + 8u + rng() % 16));
-    Bytes out = frame(f, "");
-    const std::size_t l4 = 14 + (v6 ? 40 : 20);
-    out[l4] = v6 ? 1 : 3;
-    out[l4 + 1] = static_cast<uint8_t>(rng() % 4);
-    out.insert(out.end(), quoted.begin(), quoted.end());
-    if (v6) {
-        const uint16_t plen = static_cast<uint16_t>(out.size() - l4);
-        out[18] = static_cast<uint8_t>(plen >> 8);
-        out[19] = static_cast<uint8_t>(plen);
-    } else {
-        const uint16_t total = static_cast<uint16_t>(out.size() - 14);
-        out[16] = static_cast<uint8_t>(total >> 8);
-        out[17] = static_cast<uint8_t>(total);
-        out[24] = out[25] = 0;
-        serpens_st16(&out[24], serpens_csum(&out[14], 20));
-    }
-    return out;
+    return icmp_error(v6, from, to, v6 ? 1 : 3, offending, 8 + rng() % 16, static_cast<uint8_t>(rng() % 4));
 }
 
 // The addresses of an IPv4 or IPv6 frame as text, and whether it is IPv6;
@@ -126,7 +104,7 @@ Bytes valid_frame(std::mt19937 &rng, const std::vector<Bytes> &sent)
         const Bytes &out = sent[rng() % sent.size()];
         if (addresses(out, v6, from, to)) {
             if (rng() % 4 == 0) {
-                return icmp_error(rng, v6, to, from, Bytes(out.begin() + 14, out.end()));
+                return unreachable(rng, v6, to, from, out);
             }
             return reply_to(out);
         }
@@ -165,8 +143,7 @@ Bytes valid_frame(std::mt19937 &rng, const std::vector<Bytes> &sent)
         inner.proto = rng() % 2 ? 6 : 17;
         inner.sport = pick(rng, kPorts);
         inner.dport = pick(rng, kPorts);
-        const Bytes quoted = frame(inner, pick(rng, kPayloads));
-        return icmp_error(rng, f.v6, f.src, f.dst, Bytes(quoted.begin() + 14, quoted.end()));
+        return unreachable(rng, f.v6, f.src, f.dst, frame(inner, pick(rng, kPayloads)));
     }
     Bytes out = frame(f, payload, static_cast<uint8_t>(rng()));
     if (!f.v6 && rng() % 8 == 0) {
