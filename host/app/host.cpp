@@ -337,7 +337,8 @@ int run_host(const HostOptions &options)
             }
         }
         plan = plan_instances(cfg, loaded, lcores_of_eal_args(cfg.eal_args, cfg.file));
-        for (const auto &[name, tag] : loaded.tag_of) {
+        for (const auto &chain_tag : loaded.tag_of) {
+            const std::string &name = chain_tag.first; // a named variable: lambdas capture no binding before clang 16
             if (std::none_of(plan.begin(), plan.end(), [&](const Placement &p) { return p.chain == name; })) {
                 // A chains directory is a library: unused chains are normal.
                 spdlog::info("chain '{}' has neither a gateway rule nor an [[instance]]: it runs nowhere", name);

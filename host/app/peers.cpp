@@ -684,7 +684,10 @@ void Cluster::send_returns()
     for (const HeldLease &lease : returns) {
         leases_by_grantor[lease.grantor].push_back(&lease);
     }
-    for (const auto &[grantor, leases] : leases_by_grantor) {
+    // Named variables, not bindings: lambdas capture no binding before clang 16.
+    for (const auto &by_grantor : leases_by_grantor) {
+        const std::string &grantor = by_grantor.first;
+        const auto &leases = by_grantor.second;
         send_batches(
             grantor, leases,
             [](peer::Envelope &request, const HeldLease &lease) {
@@ -707,7 +710,9 @@ void Cluster::send_returns()
     for (const ReplicaOut &merge : merges) {
         merges_by_origin[merge.origin].push_back(&merge);
     }
-    for (const auto &[origin, changes] : merges_by_origin) {
+    for (const auto &by_origin : merges_by_origin) {
+        const std::string &origin = by_origin.first;
+        const auto &changes = by_origin.second;
         send_batches(
             origin, changes,
             [](peer::Envelope &request, const ReplicaOut &merge) {
