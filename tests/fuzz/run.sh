@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds (if needed) and runs one libFuzzer target for a bounded time.
 #   tests/fuzz/run.sh <target> [seconds] [build-dir]   default: 60 s, build-fuzz
-# Targets: fuzz-parse, fuzz-vxlan, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer (one per
+# Targets: fuzz-parse, fuzz-vxlan, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer, fuzz-nf (one per
 # fuzz_*.cpp here).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev or
 # the llvm-14 runtime shipped with clang-14).  Each target has its own corpus,
@@ -25,8 +25,8 @@ fi
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang CXX=clang++ meson setup "$build" "$root" -Dfuzz=true -Dbuildtype=debugoptimized
 fi
-# Only the fuzz target: the rest of the tree need not build with clang here.
-ninja -C "$build" "tests/fuzz/$target"
+# Only the fuzz target and what it loads (fuzz-nf: the NF plugins).
+ninja -C "$build" "build-$target"
 
 corpus="$build/fuzz-corpus/$target"
 mkdir -p "$corpus"
