@@ -125,9 +125,12 @@ std::optional<PcapPacket> PcapReader::next()
     const uint32_t frac = field(h + 4);
     const uint32_t incl = field(h + 8);
     const uint32_t orig = field(h + 12);
-    if (incl > std::max(_snaplen, kMaxRecordLen)) {
-        throw PcapError(where + ": captured length " + std::to_string(incl) + " exceeds snaplen " +
-                        std::to_string(_snaplen) + " (corrupt file?)");
+    // Not max(snaplen, ...): a header claiming a 4 GiB snaplen had the
+    // reader allocate what each record claimed before reading it.
+    if (incl > kMaxRecordLen) {
+        throw PcapError(where + ": captured length " + std::to_string(incl) + " exceeds " +
+                        std::to_string(kMaxRecordLen) + " bytes, libpcap's largest snaplen (the header says " +
+                        std::to_string(_snaplen) + "; corrupt file?)");
     }
     if (frac >= (_nanosecond ? 1000000000u : 1000000u)) {
         throw PcapError(where + ": sub-second timestamp " + std::to_string(frac) + " out of range");

@@ -193,7 +193,21 @@ TEST_CASE("bad files give errors naming the file")
         push32(f, 0x7fffffff, false);
         std::stringstream ss(f);
         PcapReader r(ss, "huge.pcap");
-        CHECK(error_of([&] { r.next(); }).find("exceeds snaplen") != std::string::npos);
+        CHECK(error_of([&] { r.next(); }).find("exceeds 262144 bytes") != std::string::npos);
+    }
+    {
+        // A header that claims any length is fine: the record is still
+        // refused before anything is allocated for it.
+        std::string f = make_file(false, false, {}, 0, 0);
+        f.replace(16, 4, std::string(4, '\xff')); // snaplen 0xffffffff
+        push32(f, 1, false);
+        push32(f, 0, false);
+        push32(f, 0xfffffff0u, false);
+        push32(f, 0xfffffff0u, false);
+        std::stringstream ss(f);
+        PcapReader r(ss, "snaplen.pcap");
+        CHECK(r.snaplen() == 0xffffffffu);
+        CHECK(error_of([&] { r.next(); }).find("captured length 4294967280 exceeds 262144 bytes") != std::string::npos);
     }
 }
 
