@@ -8,8 +8,9 @@
 // An input is a program: which NF, a seed for the frame makers, then steps
 // that each add one packet to the burst (raw bytes, a generated frame, a
 // reply to or an ICMP error about a packet the NF let through, each with
-// byte edits), run the burst, or move the clock on and sweep flows.  A packet
-// given a port the NF does not have, or left outside its buffer, aborts.
+// byte edits), run the burst, restart the NF on its state, or move the clock
+// on and sweep flows.  A packet given a port the NF does not have, or left
+// outside its buffer, aborts.
 
 #include "hostile.h"
 
@@ -61,17 +62,40 @@ Bytes edit(FuzzedDataProvider &in, Bytes f)
 // ran 9 inputs a second.  So a crash may need the inputs before it too.
 struct Nf {
     const Case &c;
+    const uint64_t flow_capacity;
     std::unique_ptr<MockHost> host;
     Ctx *ctx = nullptr;
+    uint32_t restarts = 0;
     uint64_t now = kSec;
     std::vector<Bytes> passed; // up to 64 frames the NF let through
     std::vector<std::unique_ptr<Packet>> burst;
 
-    explicit Nf(const Case &nf_case) : c(nf_case), host(host_for(nf_case))
+    Nf(const Case &nf_case, uint64_t capacity) : c(nf_case), flow_capacity(capacity) { start_host(); }
+
+    void start_host()
     {
-        host->flow_capacity = 1024; // small, so inputs fill it
+        ctx = nullptr;
+        host = host_for(c);
+        host->flow_capacity = flow_capacity;
         if (host->init(ctx) != SERPENS_OK) {
             fail(c, "init refused the hostile config");
+        }
+    }
+
+    // The instance restarts on the state it left (fini, then init), as
+    // after a crash or an upgrade.  The mock host keeps every context, so
+    // after a while the whole host starts afresh instead.
+    void restart()
+    {
+        flush();
+        if (++restarts % 256 == 0) {
+            host.reset(); // the old host's scratch directory goes first
+            start_host();
+            return;
+        }
+        host->fini(*ctx);
+        if (host->init(ctx) != SERPENS_OK) {
+            fail(c, "init refused to restart on its own state");
         }
     }
 
@@ -109,12 +133,20 @@ struct Nf {
     }
 };
 
-Nf &nf_at(std::size_t i)
+const std::vector<Case> &all_cases()
 {
     static const std::vector<Case> all = cases();
-    static std::vector<std::unique_ptr<Nf>> nfs(all.size());
+    return all;
+}
+
+// NF i % n of the n cases: with a flow table of 1024 flows, or of 16 for
+// i >= n, which is full at once (the NFs' paths for packets with no entry).
+Nf &nf_at(std::size_t i)
+{
+    const std::vector<Case> &all = all_cases();
+    static std::vector<std::unique_ptr<Nf>> nfs(2 * all.size());
     if (nfs[i] == nullptr) {
-        nfs[i] = std::make_unique<Nf>(all[i]);
+        nfs[i] = std::make_unique<Nf>(all[i % all.size()], i < all.size() ? 1024 : 16);
     }
     return *nfs[i];
 }
@@ -124,11 +156,11 @@ Nf &nf_at(std::size_t i)
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, std::size_t size)
 {
     FuzzedDataProvider in(data, size);
-    Nf &nf = nf_at(in.ConsumeIntegralInRange<std::size_t>(0, cases().size() - 1));
+    Nf &nf = nf_at(in.ConsumeIntegralInRange<std::size_t>(0, 2 * all_cases().size() - 1));
     std::mt19937 rng(in.ConsumeIntegral<uint32_t>());
     for (std::size_t packets = 0; in.remaining_bytes() > 0 && packets < max_packets;) {
         Bytes frame;
-        switch (in.ConsumeIntegralInRange<int>(0, 6)) {
+        switch (in.ConsumeIntegralInRange<int>(0, 7)) {
         case 0:
             frame = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, max_frame));
             break;
@@ -149,6 +181,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, std::size_t size)
             break;
         case 5:
             nf.flush();
+            continue;
+        case 6:
+            nf.restart();
             continue;
         default:
             // The clock moves on, by up to a minute or by hours, and the

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Builds (if needed) and runs one libFuzzer target for a bounded time.
 #   tests/fuzz/run.sh <target> [seconds] [build-dir]   default: 60 s, build-fuzz
-# Targets: fuzz-parse, fuzz-vxlan, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer, fuzz-nf (one per
-# fuzz_*.cpp here).
+# Targets: fuzz-parse, fuzz-vxlan, fuzz-pcap, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer,
+# fuzz-nf (one per fuzz_*.cpp here).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev or
 # the llvm-14 runtime shipped with clang-14).  Each target has its own corpus,
 # <build-dir>/fuzz-corpus/<target>/, which also keeps what the fuzzer finds so
@@ -51,6 +51,12 @@ esac
 
 dict="$here/${target#fuzz-}.dict"
 set -- "$corpus" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$build/$target-"
+case "$target" in
+fuzz-nf)
+    # Twelve NF hosts with their state segments mapped and populated: about
+    # 2 GB, libFuzzer's default limit.  A single allocation is still held to 2 GB.
+    set -- "$@" -rss_limit_mb=6144 -malloc_limit_mb=2048 ;;
+esac
 if [ -f "$dict" ]; then
     set -- "$@" -dict="$dict"
 fi
