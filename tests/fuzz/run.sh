@@ -2,7 +2,7 @@
 # Builds (if needed) and runs one libFuzzer target for a bounded time.
 #   tests/fuzz/run.sh <target> [seconds] [build-dir]   default: 60 s, build-fuzz
 # Targets: fuzz-parse, fuzz-vxlan, fuzz-pcap, fuzz-chain, fuzz-host-config, fuzz-control, fuzz-peer,
-# fuzz-nf (one per fuzz_*.cpp here).
+# fuzz-nf, fuzz-nf-config (one per fuzz_*.cpp here).
 # Needs clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev or
 # the llvm-14 runtime shipped with clang-14).  Each target has its own corpus,
 # <build-dir>/fuzz-corpus/<target>/, which also keeps what the fuzzer finds so
@@ -47,6 +47,27 @@ fuzz-chain)
     for f in "$root"/conf/chains/*.toml; do cp "$f" "$corpus/seed-conf-$(basename "$f")"; done ;;
 fuzz-host-config)
     cp "$root/conf/host.toml" "$corpus/seed-conf-host.toml" ;;
+fuzz-nf-config)
+    # A selector byte (fuzz_nf_config.cpp), then each shipped chain's NF
+    # config as the mock host's [config] table, or a shipped rule file.
+    python3 - "$root/conf" "$corpus" <<'PY'
+import pathlib, re, sys
+conf, corpus = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+order = ["fw", "nat", "mon", "ids", "vpn", "lb"]
+def seed(name, selector, text):
+    (corpus / ("seed-" + name)).write_bytes(bytes([selector]) + text.encode())
+for chain in sorted((conf / "chains").glob("*.toml")):
+    for n, block in enumerate(re.split(r"^\[\[nf\]\]", chain.read_text(), flags=re.M)[1:]):
+        plugin = re.search(r'^plugin\s*=\s*"(\w+)"', block, re.M)
+        at = block.find("[nf.config]")
+        if plugin and plugin.group(1) in order and at >= 0:
+            i = order.index(plugin.group(1))
+            body = block[at + len("[nf.config]"):].replace("nf.config.", "config.")
+            seed(f"{chain.stem}-{n}", i + (6 if i in (0, 3) else 0), body)
+for i, rules in ((0, "fw.rules"), (3, "ids.rules")):
+    seed(rules, i, (conf / "rules" / rules).read_text())
+PY
+    ;;
 esac
 
 dict="$here/${target#fuzz-}.dict"
