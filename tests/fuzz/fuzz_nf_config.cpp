@@ -2,7 +2,7 @@
 // operator's chain file and rule files reach it: the [config] table of fw,
 // nat, mon, ids, vpn and lb, and the rule files of fw and ids.  An NF runs
 // inside the host, so no config may crash it; one it refuses must say why
-// (a log line), and one it takes must then handle traffic (nf-hostile's
+// (an error line), and one it takes must then handle traffic (nf-hostile's
 // frames) and fini cleanly.
 //
 // An input is a selector byte, then the text: byte % 6 picks the NF
@@ -12,6 +12,7 @@
 
 #include "hostile.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 
@@ -40,8 +41,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, std::size_t size)
     }
     Ctx *ctx = nullptr;
     if (host.init(ctx) != SERPENS_OK) {
-        if (host.logs.empty()) {
-            std::fprintf(stderr, "fuzz-nf-config: %s refused a config and said nothing\n", c.name);
+        // The operator's only clue: an error line (the mock host keeps
+        // "<level> <text>").
+        const bool said_why = std::any_of(host.logs.begin(), host.logs.end(), [](const std::string &line) {
+            return line.rfind(std::to_string(SERPENS_LOG_ERROR) + " ", 0) == 0;
+        });
+        if (!said_why) {
+            std::fprintf(stderr, "fuzz-nf-config: %s refused a config with no error line\n", c.name);
             std::abort();
         }
         return 0;

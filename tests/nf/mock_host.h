@@ -12,7 +12,8 @@
 //    control thread does between batches;
 //  - counters: the host's own (NfContext's CounterBlock); log lines kept;
 //  - packets: plain memory with headroom (Packet, for NFs that grow or cut
-//    them) or a batch of frames (Packets), views filled by the host's parser;
+//    them; fenced under ASan) or a batch of frames (Packets), views filled
+//    by the host's parser;
 //    frame builders by address text (text_frames, IPv4 and IPv6) and by
 //    number (ipv4_frames, with an independent decoder); checksums are
 //    nf_util's, which tests/nf/util checks against RFC 1071.
