@@ -3,7 +3,8 @@
 // nat, mon, ids, vpn and lb, and the rule files of fw and ids.  An NF runs
 // inside the host, so no config may crash it; one it refuses must say why
 // (an error line), and one it takes must then handle traffic (nf-hostile's
-// frames) and fini cleanly.
+// frames) and fini cleanly.  Tables are limited in size, as on a host with
+// little room for state.
 //
 // An input is a selector byte, then the text: byte % 6 picks the NF
 // (nf-hostile's order); for fw and ids, (byte / 6) % 2 == 0 makes the text
@@ -19,6 +20,28 @@
 using namespace nfmock;
 using namespace nfhostile;
 
+namespace {
+
+// A host with room for tables of up to 512 MiB: a bigger one is refused, as
+// on a host whose state directory is full, and the NF must say so.  The
+// configs the fuzzer writes ask for up to 2^26 entries in each of 17 cells,
+// gigabytes each on tmpfs.
+constexpr uint64_t max_table_bytes = uint64_t{512} << 20;
+decltype(serpens_host_api::create_table) host_create_table = nullptr;
+
+serpens_table *create_bounded_table(serpens_nf_ctx *ctx, const char *name, uint32_t flags, uint32_t key_size,
+                                    uint32_t value_size, uint64_t capacity)
+{
+    const bool per_instance_cells = (flags & SERPENS_STATE_GLOBAL) != 0 && (flags & SERPENS_STATE_WRITE) != 0;
+    const uint64_t entry = (uint64_t{key_size} + value_size + 16) * (per_instance_cells ? 17 : 1);
+    if (capacity > max_table_bytes / entry) {
+        return nullptr;
+    }
+    return host_create_table(ctx, name, flags, key_size, value_size, capacity);
+}
+
+} // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, std::size_t size)
 {
     static const std::vector<Case> all = cases();
@@ -31,6 +54,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, std::size_t size)
 
     MockHost host(c.plugin);
     host.flow_capacity = 64; // a small table: a fresh one per input
+    host_create_table = host.api().create_table;
+    host.api().create_table = create_bounded_table;
     for (const auto &[name, content] : c.files) {
         host.write(name, rules_file ? text : content);
     }
