@@ -8,9 +8,9 @@
 // An input is a program: which NF, a seed for the frame makers, then steps
 // that each add one packet to the burst (raw bytes, a generated frame, a
 // reply to or an ICMP error about a packet the NF let through, each with
-// byte edits), run the burst, restart the NF on its state, or move the clock
-// on and sweep flows.  A packet given a port the NF does not have, or left
-// outside its buffer, aborts.
+// nf-hostile's mutations), run the burst, restart the NF on its state, or
+// move the clock on and sweep flows.  A packet given a port the NF does not
+// have, or left outside its buffer, aborts.
 
 #include "hostile.h"
 
@@ -33,28 +33,10 @@ constexpr std::size_t max_frame = 1600;
     std::abort();
 }
 
-// The fuzzer's edits to a frame: a few bytes XORed, then maybe a cut or junk
-// at the end.
+// nf-hostile's mutations, with the fuzzer's choices.
 Bytes edit(FuzzedDataProvider &in, Bytes f)
 {
-    const unsigned flips = in.ConsumeIntegralInRange<unsigned>(0, 3);
-    for (unsigned i = 0; i < flips && !f.empty(); ++i) {
-        const std::size_t at = in.ConsumeIntegral<uint16_t>() % f.size();
-        f[at] ^= in.ConsumeIntegral<uint8_t>();
-    }
-    switch (in.ConsumeIntegralInRange<int>(0, 3)) {
-    case 0:
-        f.resize(in.ConsumeIntegralInRange<std::size_t>(0, f.size()));
-        break;
-    case 1: {
-        const Bytes junk = in.ConsumeBytes<uint8_t>(in.ConsumeIntegralInRange<std::size_t>(0, 64));
-        f.insert(f.end(), junk.begin(), junk.end());
-        break;
-    }
-    default:
-        break;
-    }
-    return f;
+    return mutate_with([&in](std::size_t n) { return in.ConsumeIntegralInRange<std::size_t>(0, n - 1); }, std::move(f));
 }
 
 // One NF on its mock host.  It lives across inputs, as an NF lives across

@@ -159,27 +159,35 @@ inline Bytes valid_frame(std::mt19937 &rng, const std::vector<Bytes> &sent)
 
 // A hostile version of a valid frame: flips where the headers and length
 // fields lie, a cut anywhere, junk after the end; sometimes nothing.
-inline Bytes mutate(std::mt19937 &rng, Bytes f)
+// pick(n) chooses in [0, n): an RNG for nf-hostile, the fuzzer's bytes for
+// fuzz-nf.
+template<class Pick>
+Bytes mutate_with(Pick &&pick, Bytes f)
 {
-    const unsigned flips = rng() % 5;
-    for (unsigned i = 0; i < flips && f.size() > 14; ++i) {
+    const std::size_t flips = pick(5);
+    for (std::size_t i = 0; i < flips && f.size() > 14; ++i) {
         // Mostly into the first 64 bytes past Ethernet: IP and L4 headers.
-        const std::size_t span = std::min<std::size_t>(f.size() - 14, rng() % 4 ? 64 : f.size());
-        f[14 + rng() % span] ^= static_cast<uint8_t>(1u << (rng() % 8) | (rng() % 4 == 0 ? rng() : 0));
+        const std::size_t span = std::min<std::size_t>(f.size() - 14, pick(4) ? 64 : f.size());
+        f[14 + pick(span)] ^= static_cast<uint8_t>(1u << pick(8) | (pick(4) == 0 ? pick(256) : 0));
     }
-    switch (rng() % 6) {
+    switch (pick(6)) {
     case 0:
-        f.resize(rng() % (f.size() + 1)); // cut anywhere, down to nothing
+        f.resize(pick(f.size() + 1)); // cut anywhere, down to nothing
         break;
-    case 1: {
-        const Bytes junk = random_bytes(rng, rng() % 64);
-        f.insert(f.end(), junk.begin(), junk.end());
+    case 1:
+        for (std::size_t n = pick(64); n > 0; --n) {
+            f.push_back(static_cast<uint8_t>(pick(256)));
+        }
         break;
-    }
     default:
         break;
     }
     return f;
+}
+
+inline Bytes mutate(std::mt19937 &rng, Bytes f)
+{
+    return mutate_with([&rng](std::size_t n) -> std::size_t { return rng() % n; }, std::move(f));
 }
 
 // One NF and what it runs with.
