@@ -49,3 +49,41 @@ TEST_CASE("serpens_batch_pkt steps by pkt_stride, not by the plugin's sizeof")
     CHECK(serpens_batch_pkt(&batch, 1) == &batch.pkts[1]);
     CHECK(SERPENS_PKT_HAS(&batch, handle));
 }
+
+TEST_CASE("serpens_batch_flow_view gives each packet what serpens_batch_flow and _flow_flags give")
+{
+    alignas(8) unsigned char entry_a[128] = {}, entry_b[128] = {};
+    void *entries[3] = {entry_a, nullptr, entry_b};
+    const uint8_t flags[3] = {SERPENS_FLOW_NEW, 0, SERPENS_FLOW_REPLY};
+    serpens_batch batch{};
+    batch.struct_size = sizeof batch;
+    batch.count = 3;
+    batch.flows = entries;
+    batch.flow_flags = flags;
+    batch.flow_offset = 56;
+    auto agree = [&] {
+        const serpens_flow_view view = serpens_batch_flow_view(&batch);
+        for (uint32_t i = 0; i < batch.count; ++i) {
+            CAPTURE(i);
+            CHECK(serpens_flow_area(&view, i) == serpens_batch_flow(&batch, i));
+            CHECK(serpens_flow_flags(&view, i) == serpens_batch_flow_flags(&batch, i));
+        }
+    };
+    agree();
+    const serpens_flow_view view = serpens_batch_flow_view(&batch);
+    CHECK(serpens_flow_area(&view, 2) == entry_b + 56);
+    CHECK(serpens_flow_area(&view, 1) == nullptr);
+
+    // A chain without a flow table, and a host older than 1.5 (its batch
+    // ends before the flow fields, whatever lies there): no areas, no flags.
+    batch.flows = nullptr;
+    batch.flow_flags = nullptr;
+    agree();
+    batch.flows = entries;
+    batch.flow_flags = flags;
+    batch.struct_size = offsetof(serpens_batch, flows);
+    agree();
+    const serpens_flow_view old_host = serpens_batch_flow_view(&batch);
+    CHECK(serpens_flow_area(&old_host, 0) == nullptr);
+    CHECK(serpens_flow_flags(&old_host, 0) == 0);
+}
