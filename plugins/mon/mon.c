@@ -333,10 +333,11 @@ static inline int mon_pending(const struct mon_area *f)
 }
 
 /* A flow's pending counts go to its hosts now: fold_ms = 0, fold_ms since
- * its last fold, or a clock that went back. */
+ * its last fold, or a clock that went back (the difference wraps to above
+ * any fold_ns).  One compare: this runs for every packet. */
 static inline int mon_fold_due(const struct mon *m, const struct mon_area *f, uint64_t now)
 {
-    return m->fold_ns == 0 || now < f->folded_ns || now - f->folded_ns >= m->fold_ns;
+    return now - f->folded_ns >= m->fold_ns;
 }
 
 /* Adds snapshots of the round's due flows' pending counts to their hosts'
@@ -451,12 +452,11 @@ static unsigned mon_endpoints(const struct serpens_pkt *p, const uint8_t **src, 
 
 /* Counts packet i: in its flow's area, or, without one, in its hosts' rows
  * of this round directly. */
-static void mon_packet(struct mon *m, const struct serpens_batch *batch, uint32_t i, uint64_t now)
+static void mon_packet(struct mon *m, const struct serpens_batch *batch, const struct serpens_flow_view *flows,
+                       uint32_t i, uint64_t now)
 {
     const struct serpens_pkt *p = serpens_batch_pkt(batch, i);
     const uint32_t len = p->len;
-    mon_add(m, MON_C_PACKETS, 1);
-    mon_add(m, MON_C_BYTES, len);
     if (!(p->flags & SERPENS_PKT_F_PARSED) || p->l3_offset == SERPENS_OFFSET_NONE ||
         (p->l3_type != SERPENS_L3_IPV4 && p->l3_type != SERPENS_L3_IPV6)) {
         mon_add(m, MON_C_UNPARSED, 1);
@@ -469,7 +469,7 @@ static void mon_packet(struct mon *m, const struct serpens_batch *batch, uint32_
         mon_add(m, MON_C_UNPARSED, 1);
         return;
     }
-    struct mon_area *f = serpens_batch_flow(batch, i);
+    struct mon_area *f = serpens_flow_area(flows, i);
     uint8_t skey[16], dkey[16];
     if (f == NULL) {
         /* No entry (the flow table was full): the hosts count it now. */
@@ -480,9 +480,10 @@ static void mon_packet(struct mon *m, const struct serpens_batch *batch, uint32_
         mon_fold(m, skey, dkey, sent);
         return;
     }
-    const int is_new = (serpens_batch_flow_flags(batch, i) & SERPENS_FLOW_NEW) != 0;
-    if (is_new || f->first_ns == 0) {
-        mon_add(m, MON_C_FLOWS_NEW, is_new);
+    /* A new flow's area is zeroed; an older one with first_ns 0 was
+     * created before mon was in its chain (a reload added it). */
+    if (f->first_ns == 0) {
+        mon_add(m, MON_C_FLOWS_NEW, (serpens_flow_flags(flows, i) & SERPENS_FLOW_NEW) != 0);
         /* The first fold is fold_ms from now: a short flow folds once. */
         f->first_ns = f->folded_ns = now;
     }
@@ -505,13 +506,17 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     struct mon *m = ctx->priv;
     const uint64_t now = batch->now_ns;
+    const struct serpens_flow_view flows = serpens_batch_flow_view(batch);
     uint32_t in_round = 0;
+    uint64_t packets = 0, bytes = 0; /* counted once per batch */
     mon_round_begin(m);
     for (uint32_t i = 0; i < batch->count; ++i) {
         if (batch->labels[i] != batch->self) {
             continue;
         }
-        mon_packet(m, batch, i, now);
+        ++packets;
+        bytes += serpens_batch_pkt(batch, i)->len;
+        mon_packet(m, batch, &flows, i, now);
         /* One table round per MON_CHUNK packets: at most that many folds
          * and twice as many hosts, whatever the burst size. */
         if (++in_round == MON_CHUNK) {
@@ -521,6 +526,8 @@ static void mon_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         }
     }
     mon_round_end(m, now);
+    mon_add(m, MON_C_PACKETS, packets);
+    mon_add(m, MON_C_BYTES, bytes);
 }
 
 /* The host's sweep shows mon each flow (every visit period, and when it
