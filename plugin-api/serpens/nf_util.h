@@ -172,22 +172,44 @@ static inline uint64_t serpens_csum_pseudo(const uint8_t *ip, int v6, uint8_t pr
     return serpens_csum_add(serpens_csum_add(0, ip + 12, 8), tail, 4);
 }
 
-/* The checksum hc updated for one 16-bit word changed from old to now
- * (RFC 1624 eqn. 3).  Never turns a valid checksum into a wrong one, and
- * keeps the -0/+0 distinction RFC 1624 §3 discusses. */
-static inline uint16_t serpens_csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
+/*
+ * Incremental checksum updates (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+ * A change is a delta, the sum of ~m + m' over its 16-bit words; deltas of
+ * several fields add up (below 2^24), and serpens_csum_apply folds one into
+ * a checksum.  Adding the deltas first gives exactly what updating field by
+ * field gives, with one fold instead of one per word: a NAT rewriting an
+ * address and a port updates two checksums from one address delta.
+ */
+static inline uint32_t serpens_csum_delta16(uint16_t old, uint16_t now) { return (uint32_t)(uint16_t)~old + now; }
+
+/* The delta of a 32-bit field (an IPv4 address), as two 16-bit words. */
+static inline uint32_t serpens_csum_delta32(uint32_t old, uint32_t now)
 {
-    uint32_t s = (uint32_t)(uint16_t)~hc + (uint16_t)~old + now;
+    return serpens_csum_delta16((uint16_t)old, (uint16_t)now) +
+           serpens_csum_delta16((uint16_t)(old >> 16), (uint16_t)(now >> 16));
+}
+
+/* The checksum hc after the changes whose deltas add up to delta.  Never
+ * turns a valid checksum into a wrong one, and keeps the -0/+0 distinction
+ * RFC 1624 §3 discusses. */
+static inline uint16_t serpens_csum_apply(uint16_t hc, uint32_t delta)
+{
+    uint32_t s = (uint32_t)(uint16_t)~hc + delta;
     s = (s & 0xffffu) + (s >> 16);
     s = (s & 0xffffu) + (s >> 16);
     return (uint16_t)~s;
 }
 
-/* The same for a 32-bit field (an IPv4 address), as two 16-bit words. */
+/* The checksum hc updated for one 16-bit word changed from old to now. */
+static inline uint16_t serpens_csum_replace16(uint16_t hc, uint16_t old, uint16_t now)
+{
+    return serpens_csum_apply(hc, serpens_csum_delta16(old, now));
+}
+
+/* The same for a 32-bit field (an IPv4 address). */
 static inline uint16_t serpens_csum_replace32(uint16_t hc, uint32_t old, uint32_t now)
 {
-    hc = serpens_csum_replace16(hc, (uint16_t)old, (uint16_t)now);
-    return serpens_csum_replace16(hc, (uint16_t)(old >> 16), (uint16_t)(now >> 16));
+    return serpens_csum_apply(hc, serpens_csum_delta32(old, now));
 }
 
 /* Sets the IPv4 address at ip + addr_at (source 12, destination 16), given
@@ -199,15 +221,10 @@ static inline void serpens_ipv4_set_addr(uint8_t *ip, unsigned addr_at, uint32_t
     serpens_st16(ip + 10, serpens_csum_replace32(serpens_ld16(ip + 10), old_ip, new_ip));
 }
 
-/*
- * An L4 checksum hc after its packet's IPv4 address changed from old_ip to
- * new_ip and a 16-bit field it covers (a port, an echo id) from old_field to
- * new_field, all in network order.  pseudo: the checksum covers the
- * addresses (TCP, UDP).  udp: a zero checksum means "none sent" and stays
- * zero, and a computed zero is sent as 0xffff (RFC 768).
- */
-static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, uint32_t old_ip, uint32_t new_ip,
-                                              uint16_t old_field, uint16_t new_field)
+/* An L4 checksum hc after changes whose deltas add up to delta.  udp: a
+ * zero checksum means "none sent" and stays zero, and a computed zero is
+ * sent as 0xffff (RFC 768). */
+static inline uint16_t serpens_l4_csum_apply(uint16_t hc, int udp, uint32_t delta)
 {
     /* `&`, not `&&`: an NF handling TCP and UDP alike would otherwise branch
      * on the protocol, and mispredict it about every other packet. */
@@ -215,11 +232,21 @@ static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, 
     if (udp_bit & (hc == 0)) {
         return 0; /* no UDP checksum was sent: nothing to keep right */
     }
-    if (pseudo) {
-        hc = serpens_csum_replace32(hc, old_ip, new_ip);
-    }
-    hc = serpens_csum_replace16(hc, old_field, new_field);
+    hc = serpens_csum_apply(hc, delta);
     return (udp_bit & (hc == 0)) ? 0xffff : hc; /* zero would mean "no checksum" */
+}
+
+/*
+ * An L4 checksum hc after its packet's IPv4 address changed from old_ip to
+ * new_ip and a 16-bit field it covers (a port, an echo id) from old_field to
+ * new_field, all in network order.  pseudo: the checksum covers the
+ * addresses (TCP, UDP).  udp: as serpens_l4_csum_apply.
+ */
+static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, uint32_t old_ip, uint32_t new_ip,
+                                              uint16_t old_field, uint16_t new_field)
+{
+    const uint32_t address = pseudo ? serpens_csum_delta32(old_ip, new_ip) : 0u;
+    return serpens_l4_csum_apply(hc, udp, address + serpens_csum_delta16(old_field, new_field));
 }
 
 /*
@@ -234,12 +261,14 @@ static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, 
 static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *l4, unsigned csum_at, unsigned port_at,
                                         int pseudo, int udp, uint32_t new_ip, uint16_t new_port)
 {
-    uint32_t old_ip = serpens_ld32(ip + addr_at);
-    uint16_t old_port = serpens_ld16(l4 + port_at);
-    serpens_ipv4_set_addr(ip, addr_at, new_ip);
+    const uint32_t address = serpens_csum_delta32(serpens_ld32(ip + addr_at), new_ip);
+    const uint32_t port = serpens_csum_delta16(serpens_ld16(l4 + port_at), new_port);
+    serpens_st32(ip + addr_at, new_ip);
+    serpens_st16(ip + 10, serpens_csum_apply(serpens_ld16(ip + 10), address));
     serpens_st16(l4 + port_at, new_port);
-    serpens_st16(l4 + csum_at,
-                 serpens_l4_csum_update(serpens_ld16(l4 + csum_at), pseudo, udp, old_ip, new_ip, old_port, new_port));
+    /* A mask, not a branch on the protocol (see serpens_l4_csum_apply). */
+    const uint32_t covered = address & (0u - (uint32_t)(pseudo != 0));
+    serpens_st16(l4 + csum_at, serpens_l4_csum_apply(serpens_ld16(l4 + csum_at), udp, covered + port));
 }
 
 /* An ICMP error, which quotes the packet it is about: destination

@@ -324,6 +324,7 @@ static int nat_established_out(struct nat *n, struct serpens_pkt *p, void *area,
 static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t first, uint32_t end, uint64_t now)
 {
     struct nat_chunk *c = &n->chunk;
+    const struct serpens_flow_view flows = serpens_batch_flow_view(batch);
     c->n_out = c->n_in = 0;
     for (uint32_t i = first; i < end; ++i) {
         struct nat_job *job = &c->job[i - first];
@@ -334,8 +335,8 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         }
         struct serpens_pkt *p = serpens_batch_pkt(batch, i);
         if (n->chain_flows) {
-            job->flow = serpens_batch_flow(batch, i);
-            job->reply = (serpens_batch_flow_flags(batch, i) & SERPENS_FLOW_REPLY) != 0;
+            job->flow = serpens_flow_area(&flows, i);
+            job->reply = (serpens_flow_flags(&flows, i) & SERPENS_FLOW_REPLY) != 0;
             if (nat_established_out(n, p, job->flow, job->reply)) {
                 batch->ports[i] = SERPENS_PORT_DEFAULT;
                 continue;

@@ -121,6 +121,48 @@ TEST_CASE("serpens_csum_replace16/32 equal a full recompute on random data")
     }
 }
 
+TEST_CASE("serpens_csum_apply of deltas added up equals updating field by field")
+{
+    // What serpens_ipv4_rewrite relies on: one fold of the summed deltas of
+    // an address and a port gives the checksum that four 16-bit updates give.
+    std::mt19937_64 rng(1624);
+    for (int round = 0; round < 20000; ++round) {
+        uint16_t hc = static_cast<uint16_t>(rng());
+        if (round % 5 == 0) {
+            hc = round % 10 == 0 ? 0 : 0xffff; // both zeros of one's complement
+        }
+        const int fields = 1 + static_cast<int>(rng() % 6);
+        uint16_t stepwise = hc;
+        uint32_t delta = 0;
+        for (int f = 0; f < fields; ++f) {
+            uint16_t old = static_cast<uint16_t>(rng()), now = static_cast<uint16_t>(rng());
+            if (round % 3 == 0) {
+                old = 0, now = 0xffff; // the largest delta: 0x1fffe a field
+            }
+            stepwise = serpens_csum_replace16(stepwise, old, now);
+            delta += serpens_csum_delta16(old, now);
+        }
+        INFO("round " << round);
+        CHECK(serpens_csum_apply(hc, delta) == stepwise);
+    }
+    // Every checksum with the largest deltas of 1 to 6 fields: where the sum
+    // needs its second fold.
+    for (uint32_t hc = 0; hc <= 0xffff; ++hc) {
+        uint16_t stepwise = static_cast<uint16_t>(hc);
+        uint32_t delta = 0;
+        for (int f = 0; f < 6; ++f) {
+            stepwise = serpens_csum_replace16(stepwise, 0, 0xffff);
+            delta += serpens_csum_delta16(0, 0xffff);
+            if (serpens_csum_apply(static_cast<uint16_t>(hc), delta) != stepwise) {
+                FAIL_CHECK("hc " << hc << ", " << f + 1 << " fields");
+            }
+        }
+    }
+    const uint32_t old_ip = 0xc0a80001u, new_ip = 0xcb007101u;
+    CHECK(serpens_csum_apply(0x1234, serpens_csum_delta32(old_ip, new_ip)) ==
+          serpens_csum_replace16(serpens_csum_replace16(0x1234, 0x0001, 0x7101), 0xc0a8, 0xcb00));
+}
+
 TEST_CASE("serpens_ipv4_rewrite keeps IPv4, TCP, UDP and ICMP checksums right")
 {
     std::mt19937 rng(768);
