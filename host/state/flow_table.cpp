@@ -472,13 +472,13 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
         bool keyed[chunk];
         for (uint32_t j = 0; j < m; ++j) {
             const serpens_pkt &pkt = view(base + j);
-            entries[base + j] = nullptr;
-            flags[base + j] = 0;
             // The parser's key, in the cache since it was written: reading
             // the headers again was a tenth of the lookup.
             const net::FlowKey *key = parsed_keys != nullptr ? &parsed_keys[base + j] : &keys[j].key;
             keyed[j] = parsed_keys != nullptr ? net::has_flow_key(pkt) : net::flow_key_of(pkt, keys[j].key);
             if (!keyed[j]) {
+                entries[base + j] = nullptr;
+                flags[base + j] = 0;
                 continue;
             }
             // Ordered on the key where it lies, then copied once: reading a
@@ -503,6 +503,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
                                free_slot, now);
                 f = SERPENS_FLOW_NEW;
                 if (entry == nullptr) {
+                    entries[base + j] = nullptr;
                     flags[base + j] = flow_flag_refused;
                     ++found.refused;
                     continue;
