@@ -236,6 +236,14 @@ static inline uint16_t serpens_l4_csum_apply(uint16_t hc, int udp, uint32_t delt
     return (udp_bit & (hc == 0)) ? 0xffff : hc; /* zero would mean "no checksum" */
 }
 
+/* The same after an address change (delta `address`) that the checksum
+ * covers when `pseudo` (TCP, UDP), and a change of a field it covers. */
+static inline uint16_t serpens_l4_csum_after(uint16_t hc, int pseudo, int udp, uint32_t address, uint32_t field)
+{
+    /* A mask, not a branch on the protocol (see serpens_l4_csum_apply). */
+    return serpens_l4_csum_apply(hc, udp, (address & (0u - (uint32_t)(pseudo != 0))) + field);
+}
+
 /*
  * An L4 checksum hc after its packet's IPv4 address changed from old_ip to
  * new_ip and a 16-bit field it covers (a port, an echo id) from old_field to
@@ -245,8 +253,8 @@ static inline uint16_t serpens_l4_csum_apply(uint16_t hc, int udp, uint32_t delt
 static inline uint16_t serpens_l4_csum_update(uint16_t hc, int pseudo, int udp, uint32_t old_ip, uint32_t new_ip,
                                               uint16_t old_field, uint16_t new_field)
 {
-    const uint32_t address = pseudo ? serpens_csum_delta32(old_ip, new_ip) : 0u;
-    return serpens_l4_csum_apply(hc, udp, address + serpens_csum_delta16(old_field, new_field));
+    return serpens_l4_csum_after(hc, pseudo, udp, serpens_csum_delta32(old_ip, new_ip),
+                                 serpens_csum_delta16(old_field, new_field));
 }
 
 /*
@@ -266,9 +274,7 @@ static inline void serpens_ipv4_rewrite(uint8_t *ip, unsigned addr_at, uint8_t *
     serpens_st32(ip + addr_at, new_ip);
     serpens_st16(ip + 10, serpens_csum_apply(serpens_ld16(ip + 10), address));
     serpens_st16(l4 + port_at, new_port);
-    /* A mask, not a branch on the protocol (see serpens_l4_csum_apply). */
-    const uint32_t covered = address & (0u - (uint32_t)(pseudo != 0));
-    serpens_st16(l4 + csum_at, serpens_l4_csum_apply(serpens_ld16(l4 + csum_at), udp, covered + port));
+    serpens_st16(l4 + csum_at, serpens_l4_csum_after(serpens_ld16(l4 + csum_at), pseudo, udp, address, port));
 }
 
 /* An ICMP error, which quotes the packet it is about: destination
