@@ -349,6 +349,16 @@ void ChainInstance::finalize(std::size_t count) noexcept
     }
 }
 
+bool ChainInstance::all_default_ports(uint32_t n) const noexcept
+{
+    static_assert(SERPENS_PORT_DEFAULT == 0, "the scan ORs ports together");
+    uint8_t any = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+        any |= _ports[i];
+    }
+    return any == 0;
+}
+
 uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uint64_t now_ns,
                             const uint8_t *returned_from, const net::FlowKey *keys) noexcept
 {
@@ -418,25 +428,38 @@ uint32_t ChainInstance::run(serpens_pkt *pkts, uint32_t n, uint16_t *labels, uin
         slot.process(slot.ctx, &batch);
         const uint64_t took = timed ? monotonic_ns() - started : 0;
 
-        // Map each visitor's output port to its next label; reset the port so
-        // the next NF starts from "default" without a separate clearing pass.
         const uint16_t *next = slot.next;
         const uint32_t dropped_before = pending[drop_bucket];
         uint64_t bytes = 0;
-        // Packets that take the default port are counted in a register: an
-        // increment of pending[] per packet chained each through memory.
         const uint16_t usual = next[SERPENS_PORT_DEFAULT];
         uint32_t to_usual = 0;
-        for (uint32_t i = 0; i < n; ++i) {
-            if (labels[i] == label) {
+        if (visiting == n && all_default_ports(n)) {
+            // A linear chain's usual batch: every packet visited and goes on
+            // by the default port.  Two short loops the compiler vectorizes,
+            // where the general one below cost ~18 instructions per packet
+            // per NF.
+            for (uint32_t i = 0; i < n; ++i) {
                 bytes += pkts[i].len;
-                const uint16_t to = next[_ports[i]];
-                _ports[i] = SERPENS_PORT_DEFAULT;
-                labels[i] = to;
-                if (to == usual) {
-                    ++to_usual;
-                } else {
-                    ++pending[to > n_nfs ? drop_bucket : to];
+            }
+            std::fill(labels, labels + n, usual);
+            to_usual = n;
+        } else {
+            // Map each visitor's output port to its next label; reset the
+            // port so the next NF starts from "default" without a separate
+            // clearing pass.  Packets that take the default port are counted
+            // in a register: an increment of pending[] per packet chained
+            // each through memory.
+            for (uint32_t i = 0; i < n; ++i) {
+                if (labels[i] == label) {
+                    bytes += pkts[i].len;
+                    const uint16_t to = next[_ports[i]];
+                    _ports[i] = SERPENS_PORT_DEFAULT;
+                    labels[i] = to;
+                    if (to == usual) {
+                        ++to_usual;
+                    } else {
+                        ++pending[to > n_nfs ? drop_bucket : to];
+                    }
                 }
             }
         }

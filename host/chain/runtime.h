@@ -155,6 +155,8 @@ private:
     // dropped before the entry NF, or shown to the NFs with no entry, as the
     // table's drops_when_full says.
     void refuse_full(uint32_t n, uint16_t *labels, const uint8_t *returned_from, uint32_t *pending) noexcept;
+    // Whether every one of the batch's first n packets has the default port.
+    bool all_default_ports(uint32_t n) const noexcept;
 
     std::shared_ptr<const CompiledChain> _chain;
     uint32_t _instance_id;

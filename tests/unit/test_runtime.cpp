@@ -213,6 +213,49 @@ to = ["tail", "drop", "out", "tail"]
     CHECK(batch.trail(3).size() == 2);
 }
 
+TEST_CASE("a batch that all goes on by the default port and one that branches are counted alike")
+{
+    Harness h;
+    auto chain = h.compile(R"(name = "linear"
+chain = ["fw", "tail"]
+[[nf]]
+name = "fw"
+plugin = "steer"
+[[nf]]
+name = "tail"
+plugin = "trace"
+[[distribute]]
+from = "fw"
+to = ["tail", "drop"]
+)");
+    ChainInstance instance(chain, 0, &h.api);
+    // Every packet visits each NF and takes the default port: the runtime's
+    // short way.  Each NF appends a tag, so bytes are counted after it ran.
+    Batch all({0, 0, 0});
+    CHECK(instance.run(all.pkts.data(), 3, all.labels.data(), 0) == 3);
+    CHECK(all.labels == std::vector<uint16_t>(3, SERPENS_LABEL_OUT));
+    CHECK(instance.stats(0).packets == 3);
+    CHECK(instance.stats(0).bytes == 3 * 65);
+    CHECK(instance.stats(1).packets == 3);
+    CHECK(instance.stats(1).bytes == 3 * 66);
+    CHECK(all.trail(1).size() == 2);
+    // One packet takes port 1 (drop): each packet is mapped on its own.
+    Batch branching({0, 1, 0});
+    CHECK(instance.run(branching.pkts.data(), 3, branching.labels.data(), 0) == 2);
+    CHECK(branching.labels == std::vector<uint16_t>{SERPENS_LABEL_OUT, SERPENS_LABEL_DROP, SERPENS_LABEL_OUT});
+    CHECK(instance.stats(0).packets == 6);
+    CHECK(instance.stats(0).dropped == 1);
+    CHECK(instance.stats(0).bytes == 6 * 65);
+    CHECK(instance.stats(1).packets == 5);
+    CHECK(instance.stats(1).bytes == 5 * 66);
+    // The dropped packet's port did not stay behind for the next batch.
+    Batch again({0, 0});
+    CHECK(instance.run(again.pkts.data(), 2, again.labels.data(), 0) == 2);
+    CHECK(again.labels == std::vector<uint16_t>(2, SERPENS_LABEL_OUT));
+    CHECK(instance.stats(0).dropped == 1);
+    CHECK(instance.stats(1).packets == 7);
+}
+
 TEST_CASE("an NF no packet visits is not called, and ports reset between batches")
 {
     Harness h;
