@@ -177,9 +177,12 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
 
     auto flush_stage = [&](Stage &stage) {
         rte_mbuf *batch[max_burst];
+        // A stage of the whole burst holds it in order: its index is left unset.
+        const bool whole = stage.count == n_kept;
+        auto at = [&](uint16_t k) -> uint16_t { return whole ? k : stage.index[k]; };
         auto gather = [&] {
             for (uint16_t k = 0; k < stage.count; ++k) {
-                batch[k] = mbufs[stage.index[k]];
+                batch[k] = mbufs[at(k)];
             }
         };
         const RouteTarget &target = *stage.target;
@@ -188,7 +191,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
             // Run the chain now on the views just parsed: no ring and no
             // metadata round trip through the mbuf, and nothing is reordered,
             // since this instance receives only from here.
-            if (stage.count == n_kept) {
+            if (whole) {
                 // The whole burst, in order (the common case): no gather.
                 sink.run_in_place(stage.target->instance, mbufs, views, &keys[0].key, stage.count, now, rx_tsc,
                                   tunnelled ? marks : nullptr);
@@ -210,7 +213,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         }
         gather();
         for (uint16_t k = 0; k < stage.count; ++k) {
-            store_meta(batch[k], views[stage.index[k]], rx_tsc, tunnelled ? marks[stage.index[k]] : 0);
+            store_meta(batch[k], views[at(k)], rx_tsc, tunnelled ? marks[at(k)] : 0);
         }
         unsigned queued =
             rte_ring_enqueue_burst(target.ring, reinterpret_cast<void *const *>(batch), stage.count, nullptr);
@@ -244,10 +247,21 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     if (match_all) {
         bump(_counters.rules.matched[0], n_kept);
     }
+    // ... and one instance of it owns every bucket: the burst is one stage.
+    const RouteTarget *sole = match_all && routes != nullptr ? routes->sole(_gateway.rules()[0].chain_tag) : nullptr;
+    if (sole != nullptr) {
+        for (uint16_t i = 0; i < n_kept; ++i) {
+            views[i].flow_hash = parsed[i] ? hashes[i] : views[i].flow_hash;
+        }
+        stages[0].target = sole;
+        stages[0].count = n_kept;
+        n_stages = 1;
+    }
+    // Else each packet is classified and routed on its own.
     int32_t cached_rule = gateway_no_match;
     uint32_t cached_tag = 0;
     std::span<const uint16_t> cached_buckets;
-    for (uint16_t i = 0; i < n_kept; ++i) {
+    for (uint16_t i = 0; i < n_kept && sole == nullptr; ++i) {
         serpens_pkt &view = views[i];
         if (parsed[i]) {
             view.flow_hash = hashes[i];

@@ -84,6 +84,7 @@ std::unique_ptr<RouteTable> RouteTable::build(std::span<const RoutedInstance> in
         target_of[inst.instance] = static_cast<uint16_t>(table->targets.size() - 1);
     }
     table->buckets_by_tag.resize(owners_by_tag.size());
+    table->sole_by_tag.assign(owners_by_tag.size(), -1);
     for (std::size_t tag = 0; tag < owners_by_tag.size(); ++tag) {
         const BucketOwners &owners = owners_by_tag[tag];
         if (owners.empty()) {
@@ -102,6 +103,9 @@ std::unique_ptr<RouteTable> RouteTable::build(std::span<const RoutedInstance> in
                             " is owned by instance " + std::to_string(owners[b]) + ", which is not routed");
             }
             buckets[b] = it->second;
+        }
+        if (std::all_of(buckets.begin(), buckets.end(), [&](uint16_t t) { return t == buckets[0]; })) {
+            table->sole_by_tag[tag] = buckets[0];
         }
     }
     return table;

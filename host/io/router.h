@@ -96,6 +96,9 @@ struct RouteTable {
     // chain tag -> route_buckets indices into `targets`; empty when the chain
     // has no instance.
     std::vector<std::vector<uint16_t>> buckets_by_tag;
+    // chain tag -> index into `targets` of the one instance that owns all the
+    // chain's buckets, or -1: such a chain's bursts need no route per packet.
+    std::vector<int32_t> sole_by_tag;
 
     // The table seen from `dispatch_lcore` when chain tag t's buckets are
     // owned as owners_by_tag[t] says (instance numbers of `instances`; a
@@ -119,6 +122,13 @@ struct RouteTable {
         return buckets.empty() ? nullptr : &targets[buckets[route_bucket(flow_hash)]];
     }
     const RouteTarget *route(uint32_t tag, uint32_t flow_hash) const noexcept { return pick(buckets(tag), flow_hash); }
+    // The target of every flow of chain `tag`, when one instance owns all its
+    // buckets; else nullptr.
+    const RouteTarget *sole(uint32_t tag) const noexcept
+    {
+        return tag < sole_by_tag.size() && sole_by_tag[tag] >= 0 ? &targets[static_cast<std::size_t>(sole_by_tag[tag])]
+                                                                 : nullptr;
+    }
 };
 
 class Router {

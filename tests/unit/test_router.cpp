@@ -56,6 +56,13 @@ TEST_CASE("each chain's buckets are spread evenly over its own instances, one ow
     for (uint32_t b = 0; b < io::route_buckets; ++b) {
         CHECK(table->route(3, b)->instance == 11);
     }
+    // The dispatcher routes a burst of a chain with one owner without a
+    // lookup per packet: only such a chain names a sole target.
+    REQUIRE(table->sole(3) != nullptr);
+    CHECK(table->sole(3)->instance == 11);
+    CHECK(table->sole(1) == nullptr);
+    CHECK(table->sole(0) == nullptr);
+    CHECK(table->sole(99) == nullptr);
 }
 
 TEST_CASE("an instance on the dispatching lcore runs in place; others are reached by their ring")
@@ -206,6 +213,20 @@ TEST_CASE("a table built from owners routes each bucket to its owner and marks p
         CHECK(parked->kind == io::RouteKind::ring);
         CHECK(table->route(2, b)->kind == io::RouteKind::in_place);
     }
+    REQUIRE(table->sole(0) != nullptr);
+    CHECK(table->sole(0)->instance == 3);
+    // Two instances of a chain, one of them with every bucket (the other
+    // idle, about to leave): that one is the sole target.
+    const std::vector<io::RoutedInstance> pair = {
+        {0, 3, 1, fake_ring(1), &w, nullptr, false},
+        {0, 4, 0, fake_ring(2), &w, nullptr, false},
+    };
+    std::vector<io::BucketOwners> one_owner = {io::spread_buckets(std::vector<uint32_t>{4})};
+    auto lopsided = io::RouteTable::build(pair, one_owner, 0);
+    REQUIRE(lopsided->sole(0) != nullptr);
+    CHECK(lopsided->sole(0)->instance == 4);
+    one_owner[0][7] = 3; // one bucket moves: each packet is routed again
+    CHECK(io::RouteTable::build(pair, one_owner, 0)->sole(0) == nullptr);
     owners[1] = io::spread_buckets(std::vector<uint32_t>{42}); // not an instance given
     CHECK_THROWS_AS(io::RouteTable::build(instances, owners, 0), Error);
 }
