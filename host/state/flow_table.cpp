@@ -373,16 +373,17 @@ uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
     return static_cast<uint32_t>((uint64_t{hash >> 8} * _n_slots) >> 24);
 }
 
-[[gnu::always_inline]] inline uint8_t *FlowTable::probe(const Part &part, uint32_t hash, const net::FlowKey &key,
+[[gnu::always_inline]] inline uint8_t *FlowTable::probe(const Part &part, uint32_t hash, uint32_t home,
+                                                        uint8_t *home_entry, const net::FlowKey &key,
                                                         uint32_t &free_slot) const noexcept
 {
     const uint32_t sig = signature(hash);
     free_slot = UINT32_MAX;
-    uint32_t s = home_slot(hash);
+    uint32_t s = home;
+    uint8_t *entry = home_entry;
     // A flow lives within flow_max_probe slots of its home (insert() puts it
     // nowhere else), so no probe, even of a full part, goes further.
     for (uint32_t n = 0; n < std::min(_n_slots, flow_max_probe); ++n) {
-        uint8_t *entry = slot_at(part, s);
         const auto *h = reinterpret_cast<const SlotHeader *>(entry);
         const uint8_t state = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
         if (state == slot_free) {
@@ -398,6 +399,7 @@ uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
             free_slot = s; // reused if the flow is not further on
         }
         s = s + 1 == _n_slots ? 0 : s + 1;
+        entry = slot_at(part, s);
     }
     return nullptr;
 }
@@ -462,6 +464,10 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
     // creation and stamps (and the prefetch of the entry's other lines).
     net::FlowKeySlot keys[chunk]; // written before read: not zeroed per burst
     bool reverse[chunk];
+    // What the first pass found of each packet's home, for the second.
+    uint32_t hash_of[chunk];
+    uint32_t home_of[chunk];
+    uint8_t *home_entry[chunk];
     const uint16_t now = idle_units(now_ns);
     auto view = [&](uint32_t i) -> const serpens_pkt & {
         return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) +
@@ -487,16 +493,19 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             keys[j].key = reverse[j] ? key->reversed() : *key;
             // Only the line the probe reads: a chunk's further lines would
             // fill the core's miss buffers before its probes' lines are in.
-            __builtin_prefetch(slot_at(part(pkt.flow_hash % flow_parts), home_slot(pkt.flow_hash)), 1, 3);
+            hash_of[j] = pkt.flow_hash;
+            home_of[j] = home_slot(pkt.flow_hash);
+            home_entry[j] = slot_at(part(pkt.flow_hash % flow_parts), home_of[j]);
+            __builtin_prefetch(home_entry[j], 1, 3);
         }
         for (uint32_t j = 0; j < m; ++j) {
             if (!keyed[j]) {
                 continue;
             }
-            const uint32_t hash = view(base + j).flow_hash;
+            const uint32_t hash = hash_of[j];
             const Part p = part(hash % flow_parts);
             uint32_t free_slot;
-            uint8_t *entry = probe(p, hash, keys[j].key, free_slot);
+            uint8_t *entry = probe(p, hash, home_of[j], home_entry[j], keys[j].key, free_slot);
             uint8_t f = 0;
             if (entry == nullptr) {
                 entry = insert(p, hash, keys[j].key, reverse[j], new_flow_peer != nullptr ? new_flow_peer[base + j] : 0,

@@ -241,8 +241,10 @@ private:
     uint8_t *slot_at(const Part &part, uint32_t slot) const noexcept;
     uint32_t home_slot(uint32_t hash) const noexcept;
     // The flow's entry, or nullptr and in free_slot where it would go
-    // (UINT32_MAX: nowhere within reach).
-    uint8_t *probe(const Part &part, uint32_t hash, const net::FlowKey &key, uint32_t &free_slot) const noexcept;
+    // (UINT32_MAX: nowhere within reach).  The probe starts at the flow's
+    // home slot, whose entry home_entry is (the caller prefetched it).
+    uint8_t *probe(const Part &part, uint32_t hash, uint32_t home, uint8_t *home_entry, const net::FlowKey &key,
+                   uint32_t &free_slot) const noexcept;
     uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint8_t peer,
                     uint32_t slot, uint16_t now) noexcept;
     void remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept;
