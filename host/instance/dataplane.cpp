@@ -628,7 +628,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
         }
     }
     uint16_t labels[max_burst];
-    slot.chain->run(views, n, labels, now, n_returned > 0 ? returned_from : nullptr, keys);
+    const uint32_t reached = slot.chain->run(views, n, labels, now, n_returned > 0 ? returned_from : nullptr, keys);
 
     rte_mbuf *out[max_burst];
     rte_mbuf *drops[max_burst];
@@ -645,7 +645,15 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
     uint32_t back_hash[max_burst];
     unsigned n_back = 0;
     const uint8_t *remote_peers = slot.chain->remote_peers();
-    for (unsigned i = 0; i < n; ++i) {
+    rte_mbuf **egress = out;
+    if (reached == n && peer_marks == nullptr) {
+        // The usual batch: every packet reached egress, and none came from
+        // or goes to a peer.  It leaves as it came, with nothing to sort.
+        egress = mbufs;
+        n_out = static_cast<uint16_t>(n);
+    }
+    // Else each packet goes where its label says.
+    for (unsigned i = 0; i < n && egress == out; ++i) {
         if (labels[i] == SERPENS_LABEL_OUT) {
             const uint8_t origin = peer_marks != nullptr && (peer_marks[i] & io::peer_mark_returned) == 0
                                        ? io::peer_of_mark(peer_marks[i])
@@ -680,7 +688,7 @@ void Dataplane::run_views(Lcore &lcore, InstanceSlot &slot, rte_mbuf **mbufs, se
         rte_pktmbuf_free_bulk(drops, n_drop);
     }
     if (n_out > 0) {
-        transmit(lcore, slot.egress, out, n_out, slot.tx_dropped);
+        transmit(lcore, slot.egress, egress, n_out, slot.tx_dropped);
     }
     if (n_remote > 0) {
         bump(slot.to_peers, n_remote);
