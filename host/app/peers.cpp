@@ -190,7 +190,7 @@ void Cluster::follow_peers()
             const PeerHostConfig &host = _cfg.peer.hosts[number - 1];
             std::array<uint8_t, 6> mac{};
             const std::string &announced = status.hello.underlay_mac(); // 6 bytes: the codec checked
-            std::copy(announced.begin(), announced.end(), mac.begin());
+            std::copy_n(announced.begin(), std::min(announced.size(), mac.size()), mac.begin());
             _dp.underlay()->set_peer(number, htonl(status.hello.underlay_ipv4()), host.next_hop_mac.value_or(mac),
                                      static_cast<uint16_t>(status.hello.vxlan_port()));
         }
