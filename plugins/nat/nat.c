@@ -347,6 +347,11 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         job->kind = (uint8_t)nat_classify(n, p, c, job, &batch->ports[i]);
     }
     c->n_jobs = end - first;
+    if (c->n_out + c->n_in == 0) {
+        /* The usual chunk of mapped flows: each packet was translated on
+         * the way, or needs nothing more.  No lookups, no second pass. */
+        return;
+    }
     if (n->chain_flows) {
         nat_flow_map_new(n, c, now);
     }
