@@ -177,7 +177,8 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
 
     auto flush_stage = [&](Stage &stage) {
         rte_mbuf *batch[max_burst];
-        // A stage of the whole burst holds it in order: its index is left unset.
+        // A stage of the whole burst holds it in order: its index is not read
+        // (the sole-target route leaves it unset).
         const bool whole = stage.count == n_kept;
         auto at = [&](uint16_t k) -> uint16_t { return whole ? k : stage.index[k]; };
         auto gather = [&] {

@@ -185,10 +185,9 @@ config = { tag = 7 }
     CHECK(instance.stats(1).packets == 3);
 }
 
-TEST_CASE("drops are counted per NF and never reach egress")
-{
-    Harness h;
-    auto chain = h.compile(R"(name = "drops"
+// steer, then trace: fw's port 0 goes on to tail, 1 is dropped, 2 leaves,
+// 3 goes to tail too.
+constexpr const char *kSteerToTail = R"(name = "drops"
 chain = ["fw", "tail"]
 [[nf]]
 name = "fw"
@@ -199,7 +198,12 @@ plugin = "trace"
 [[distribute]]
 from = "fw"
 to = ["tail", "drop", "out", "tail"]
-)");
+)";
+
+TEST_CASE("drops are counted per NF and never reach egress")
+{
+    Harness h;
+    auto chain = h.compile(kSteerToTail);
     ChainInstance instance(chain, 0, &h.api);
     Batch batch({0, 1, 2, 3, 0xff, 1});
     uint32_t out = instance.run(batch.pkts.data(), 6, batch.labels.data(), 0);
@@ -216,18 +220,7 @@ to = ["tail", "drop", "out", "tail"]
 TEST_CASE("a batch that all goes on by the default port and one that branches are counted alike")
 {
     Harness h;
-    auto chain = h.compile(R"(name = "linear"
-chain = ["fw", "tail"]
-[[nf]]
-name = "fw"
-plugin = "steer"
-[[nf]]
-name = "tail"
-plugin = "trace"
-[[distribute]]
-from = "fw"
-to = ["tail", "drop"]
-)");
+    auto chain = h.compile(kSteerToTail);
     ChainInstance instance(chain, 0, &h.api);
     // Every packet visits each NF and takes the default port: the runtime's
     // short way.  Each NF appends a tag, so bytes are counted after it ran.
