@@ -162,6 +162,9 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
         mbufs[n_kept++] = m;
     }
     net::hash_flows(&keys[0].key, n_kept, hashes);
+    for (uint16_t i = 0; i < n_kept; ++i) {
+        views[i].flow_hash = parsed[i] ? hashes[i] : views[i].flow_hash;
+    }
 
     // Per-target staging, so each target gets its packets as one batch.
     struct Stage {
@@ -251,9 +254,6 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     // ... and one instance of it owns every bucket: the burst is one stage.
     const RouteTarget *sole = match_all && routes != nullptr ? routes->sole(_gateway.rules()[0].chain_tag) : nullptr;
     if (sole != nullptr) {
-        for (uint16_t i = 0; i < n_kept; ++i) {
-            views[i].flow_hash = parsed[i] ? hashes[i] : views[i].flow_hash;
-        }
         stages[0].target = sole;
         stages[0].count = n_kept;
         n_stages = 1;
@@ -264,9 +264,6 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     std::span<const uint16_t> cached_buckets;
     for (uint16_t i = 0; i < n_kept && sole == nullptr; ++i) {
         serpens_pkt &view = views[i];
-        if (parsed[i]) {
-            view.flow_hash = hashes[i];
-        }
         if (tunnelled) {
             // Its header names the chain: runs of one tag are looked up once.
             if (i == 0 || tunnel_tags[i] != cached_tag) {
