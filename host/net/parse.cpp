@@ -2,6 +2,7 @@
 #include "net/parse.h"
 
 #include "net/result_table.h"
+#include "net/wire.h"
 
 #include <serpens/nf_util.h>
 
@@ -23,17 +24,17 @@ namespace {
 // Result tables
 // ---------------------------------------------------------------------------
 
-using Row = detail::ResultRow<ParseClass>;
+using ParseRow = detail::ResultRow<ParseClass>;
 
-constexpr Row kResults[] = {
+constexpr ParseRow kParseResults[] = {
 #define SERPENS_NET_PARSE_RESULT(sym, cls, desc) {#sym, desc, ParseClass::cls},
 #include "net/parse_results.def"
 #undef SERPENS_NET_PARSE_RESULT
 };
-static_assert(std::size(kResults) == kParseResultCount);
-static_assert(kResults[0].cls == ParseClass::ok);
+static_assert(std::size(kParseResults) == kParseResultCount);
+static_assert(kParseResults[0].cls == ParseClass::ok);
 
-constexpr Row kUnknown{"?", "?", ParseClass::malformed};
+constexpr ParseRow kParseUnknown{"?", "?", ParseClass::malformed};
 
 // ---------------------------------------------------------------------------
 // CRC32C, in hardware when we can, with bit-identical software fallback
@@ -190,22 +191,6 @@ inline uint32_t flow_hash(const FlowKey &k) noexcept
 // ---------------------------------------------------------------------------
 // Parsing helpers
 // ---------------------------------------------------------------------------
-
-constexpr uint16_t kEtherIpv4 = 0x0800;
-constexpr uint16_t kEtherIpv6 = 0x86dd;
-constexpr uint16_t kEtherVlan = 0x8100;
-constexpr uint16_t kEtherQinQ = 0x88a8;
-
-constexpr uint8_t kProtoHopByHop = 0;
-constexpr uint8_t kProtoIcmp = 1;
-constexpr uint8_t kProtoTcp = 6;
-constexpr uint8_t kProtoUdp = 17;
-constexpr uint8_t kProtoRouting = 43;
-constexpr uint8_t kProtoFragment = 44;
-constexpr uint8_t kProtoAh = 51;
-constexpr uint8_t kProtoIcmpv6 = 58;
-constexpr uint8_t kProtoNoNext = 59;
-constexpr uint8_t kProtoDestOpts = 60;
 
 // The length of the IPv6 extension header `nh` at h, whose first 8 bytes are
 // there: a fragment header is 8 bytes, AH counts 4-byte words minus 2, the
@@ -410,14 +395,20 @@ inline ParseResult parse_ipv6(const uint8_t *data, uint32_t len, uint32_t off, s
 // Public API
 // ---------------------------------------------------------------------------
 
-const char *parse_result_name(ParseResult r) noexcept { return detail::result_row(kResults, r, kUnknown).name; }
+const char *parse_result_name(ParseResult r) noexcept
+{
+    return detail::result_row(kParseResults, r, kParseUnknown).name;
+}
 
 const char *parse_result_description(ParseResult r) noexcept
 {
-    return detail::result_row(kResults, r, kUnknown).description;
+    return detail::result_row(kParseResults, r, kParseUnknown).description;
 }
 
-ParseClass parse_result_class(ParseResult r) noexcept { return detail::result_row(kResults, r, kUnknown).cls; }
+ParseClass parse_result_class(ParseResult r) noexcept
+{
+    return detail::result_row(kParseResults, r, kParseUnknown).cls;
+}
 
 uint64_t ParseCounters::total() const noexcept
 {
@@ -432,7 +423,7 @@ uint64_t ParseCounters::malformed() const noexcept
 {
     uint64_t t = 0;
     for (std::size_t i = 0; i < kParseResultCount; ++i) {
-        t += kResults[i].cls == ParseClass::malformed ? by_result[i] : 0;
+        t += kParseResults[i].cls == ParseClass::malformed ? by_result[i] : 0;
     }
     return t;
 }
@@ -441,7 +432,7 @@ uint64_t ParseCounters::unsupported() const noexcept
 {
     uint64_t t = 0;
     for (std::size_t i = 0; i < kParseResultCount; ++i) {
-        t += kResults[i].cls == ParseClass::unsupported ? by_result[i] : 0;
+        t += kParseResults[i].cls == ParseClass::unsupported ? by_result[i] : 0;
     }
     return t;
 }

@@ -2,6 +2,7 @@
 #include "net/vxlan.h"
 
 #include "net/result_table.h"
+#include "net/wire.h"
 
 #include <serpens/nf_util.h>
 
@@ -13,22 +14,18 @@ namespace serpens::net {
 
 namespace {
 
-using Row = detail::ResultRow<VxlanClass>;
+using VxlanRow = detail::ResultRow<VxlanClass>;
 
-constexpr Row kResults[] = {
+constexpr VxlanRow kVxlanResults[] = {
 #define SERPENS_NET_VXLAN_RESULT(sym, cls, desc) {#sym, desc, VxlanClass::cls},
 #include "net/vxlan_results.def"
 #undef SERPENS_NET_VXLAN_RESULT
 };
-static_assert(std::size(kResults) == kVxlanResultCount);
-static_assert(kResults[0].cls == VxlanClass::ok);
+static_assert(std::size(kVxlanResults) == kVxlanResultCount);
+static_assert(kVxlanResults[0].cls == VxlanClass::ok);
 
 // Past the end: "?", and malformed, the class nothing should act on.
-constexpr Row kUnknown{"?", "?", VxlanClass::malformed};
-
-constexpr uint16_t kEtherIpv4 = 0x0800;
-constexpr uint16_t kEtherVlan = 0x8100;
-constexpr uint8_t kProtoUdp = 17;
+constexpr VxlanRow kVxlanUnknown{"?", "?", VxlanClass::malformed};
 
 // Offsets in the outer packet Serpens sends.
 constexpr uint32_t kIp = 14;
@@ -38,14 +35,20 @@ static_assert(kVxlan + 8 == kVxlanOuterLen);
 
 } // namespace
 
-const char *vxlan_result_name(VxlanResult r) noexcept { return detail::result_row(kResults, r, kUnknown).name; }
+const char *vxlan_result_name(VxlanResult r) noexcept
+{
+    return detail::result_row(kVxlanResults, r, kVxlanUnknown).name;
+}
 
 const char *vxlan_result_description(VxlanResult r) noexcept
 {
-    return detail::result_row(kResults, r, kUnknown).description;
+    return detail::result_row(kVxlanResults, r, kVxlanUnknown).description;
 }
 
-VxlanClass vxlan_result_class(VxlanResult r) noexcept { return detail::result_row(kResults, r, kUnknown).cls; }
+VxlanClass vxlan_result_class(VxlanResult r) noexcept
+{
+    return detail::result_row(kVxlanResults, r, kVxlanUnknown).cls;
+}
 
 void VxlanCounters::add(const VxlanCounters &other) noexcept
 {

@@ -49,21 +49,6 @@ struct alignas(64) PartHeader {
 };
 static_assert(sizeof(PartHeader) == 64);
 
-// The first bytes of every slot: the key, then what the table keeps about
-// the flow, so the lookup of a known flow reads one line.  NF areas follow.
-struct SlotHeader {
-    net::FlowKey key;   // canonical: both directions look it up alike
-    uint32_t sig;       // (hash >> 8) | 1 << 31: a cheap first compare, and the hash with the part
-    uint16_t last_seen; // idle units (2^30 ns), modulo 2^16
-    uint8_t state;      // slot_* below; written last when a flow appears
-    // Bit 0: the first packet went from key.dst to key.src.  Bits 1-7: the
-    // peer whose instance serves the flow (remote_peer), 0 on this host.
-    uint8_t initiator;
-};
-static_assert(sizeof(SlotHeader) == flow_entry_header);
-
-enum : uint8_t { slot_free = 0, slot_live = 1, slot_deleted = 2, slot_expiring = 3 };
-
 struct FlowTable::Part {
     PartHeader *header;
     uint8_t *slots;
@@ -71,6 +56,21 @@ struct FlowTable::Part {
 };
 
 namespace {
+
+// The first bytes of every slot: the key, then what the table keeps about
+// the flow, so the lookup of a known flow reads one line.  NF areas follow.
+struct EntryHeader {
+    net::FlowKey key;   // canonical: both directions look it up alike
+    uint32_t sig;       // (hash >> 8) | 1 << 31: a cheap first compare, and the hash with the part
+    uint16_t last_seen; // idle units (2^30 ns), modulo 2^16
+    uint8_t state;      // flow_* below; written last when a flow appears
+    // Bit 0: the first packet went from key.dst to key.src.  Bits 1-7: the
+    // peer whose instance serves the flow (remote_peer), 0 on this host.
+    uint8_t initiator;
+};
+static_assert(sizeof(EntryHeader) == flow_entry_header);
+
+enum : uint8_t { flow_free = 0, flow_live = 1, flow_deleted = 2, flow_expiring = 3 };
 
 // The signature of a flow hash: its bits above the part, never 0.  With the
 // part it gives the hash back.
@@ -97,15 +97,15 @@ inline bool same_key(const net::FlowKey &a, const net::FlowKey &b) noexcept
     return diff == 0;
 }
 
-// Slots a part needs: its share of `capacity` with room for the unevenness
-// of hashing (4 standard deviations), at most half full so that a linear
-// probe stays short (about 1.5 slots for a hit, 2.5 for a miss).
 // Bytes of one part: its header and its slots.
 std::size_t part_bytes(uint32_t slots, uint32_t entry_size)
 {
     return sizeof(PartHeader) + std::size_t{slots} * entry_size;
 }
 
+// Slots a part needs: its share of `capacity` with room for the unevenness
+// of hashing (4 standard deviations), at most half full so that a linear
+// probe stays short (about 1.5 slots for a hit, 2.5 for a miss).
 uint32_t slots_for(uint64_t capacity)
 {
     const double per_part = static_cast<double>(capacity) / flow_parts;
@@ -354,8 +354,8 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
 uint8_t *FlowTable::entry_at(uint32_t p, uint32_t slot, uint32_t &hash) const noexcept
 {
     uint8_t *entry = slot_at(part(p), slot);
-    const auto *h = reinterpret_cast<const SlotHeader *>(entry);
-    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != slot_live) {
+    const auto *h = reinterpret_cast<const EntryHeader *>(entry);
+    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != flow_live) {
         return nullptr;
     }
     hash = hash_of(h->sig, p);
@@ -384,18 +384,18 @@ uint32_t FlowTable::home_slot(uint32_t hash) const noexcept
     // A flow lives within flow_max_probe slots of its home (insert() puts it
     // nowhere else), so no probe, even of a full part, goes further.
     for (uint32_t n = 0; n < std::min(_n_slots, flow_max_probe); ++n) {
-        const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+        const auto *h = reinterpret_cast<const EntryHeader *>(entry);
         const uint8_t state = __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
-        if (state == slot_free) {
+        if (state == flow_free) {
             if (free_slot == UINT32_MAX) {
                 free_slot = s;
             }
             return nullptr; // the end of the probe: not here
         }
-        if (state == slot_live && h->sig == sig && same_key(h->key, key)) {
+        if (state == flow_live && h->sig == sig && same_key(h->key, key)) {
             return entry;
         }
-        if (state == slot_deleted && free_slot == UINT32_MAX) {
+        if (state == flow_deleted && free_slot == UINT32_MAX) {
             free_slot = s; // reused if the flow is not further on
         }
         s = s + 1 == _n_slots ? 0 : s + 1;
@@ -414,13 +414,13 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
         return nullptr;
     }
     uint8_t *entry = slot_at(part, slot);
-    auto *h = reinterpret_cast<SlotHeader *>(entry);
+    auto *h = reinterpret_cast<EntryHeader *>(entry);
     h->key = key;
     h->sig = signature(hash);
     h->last_seen = now;
     h->initiator = static_cast<uint8_t>((initiator_hi ? 1u : 0u) | (peer & flow_max_peer) << 1);
     std::memset(entry + flow_entry_header, 0, _entry_size - flow_entry_header);
-    st8(&h->state, slot_live); // publishes the entry, after all of it
+    st8(&h->state, flow_live); // publishes the entry, after all of it
     bump(part.header->counters.live);
     bump(part.header->counters.created);
     return entry;
@@ -429,8 +429,8 @@ uint8_t *FlowTable::insert(const Part &part, uint32_t hash, const net::FlowKey &
 void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept
 {
     uint8_t *entry = slot_at(part, slot);
-    auto *h = reinterpret_cast<SlotHeader *>(entry);
-    st8(&h->state, slot_expiring); // a crash from here on: recover() runs the hooks again
+    auto *h = reinterpret_cast<EntryHeader *>(entry);
+    st8(&h->state, flow_expiring); // a crash from here on: recover() runs the hooks again
     if (fn != nullptr) {
         fn(arg, entry);
     }
@@ -438,15 +438,15 @@ void FlowTable::remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *a
     // do the deleted slots before it.  Otherwise it stays a tombstone that
     // probes step over.
     const uint32_t next = slot + 1 == _n_slots ? 0 : slot + 1;
-    auto state_at = [&](uint32_t s) -> uint8_t & { return reinterpret_cast<SlotHeader *>(slot_at(part, s))->state; };
-    if (state_at(next) == slot_free) {
-        st8(&h->state, slot_free);
-        for (uint32_t s = slot == 0 ? _n_slots - 1 : slot - 1, n = 0; n < _n_slots && state_at(s) == slot_deleted;
+    auto state_at = [&](uint32_t s) -> uint8_t & { return reinterpret_cast<EntryHeader *>(slot_at(part, s))->state; };
+    if (state_at(next) == flow_free) {
+        st8(&h->state, flow_free);
+        for (uint32_t s = slot == 0 ? _n_slots - 1 : slot - 1, n = 0; n < _n_slots && state_at(s) == flow_deleted;
              s = s == 0 ? _n_slots - 1 : s - 1, ++n) {
-            st8(&state_at(s), slot_free);
+            st8(&state_at(s), flow_free);
         }
     } else {
-        st8(&h->state, slot_deleted);
+        st8(&h->state, flow_deleted);
     }
     FlowPartCounters &c = part.header->counters;
     bump(c.expired);
@@ -520,7 +520,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
                     continue;
                 }
             }
-            auto *h = reinterpret_cast<SlotHeader *>(entry);
+            auto *h = reinterpret_cast<EntryHeader *>(entry);
             if (h->last_seen != now) {
                 st16(&h->last_seen, now);
             }
@@ -564,8 +564,8 @@ std::size_t FlowTable::sweep(const uint64_t *owned, FlowSweepCursor &cursor, uin
             const uint32_t s = cursor.slot++;
             --max_slots;
             uint8_t *entry = slot_at(pv, s);
-            const auto *h = reinterpret_cast<const SlotHeader *>(entry);
-            if (h->state != slot_live) {
+            const auto *h = reinterpret_cast<const EntryHeader *>(entry);
+            if (h->state != flow_live) {
                 continue;
             }
             // Idle time modulo 2^16 units: right while below half of that
@@ -605,18 +605,18 @@ uint32_t FlowTable::sweep_slots(uint64_t call_period_ns, uint64_t pass_ns) const
 
 uint8_t FlowTable::remote_peer(const uint8_t *entry) noexcept
 {
-    return reinterpret_cast<const SlotHeader *>(entry)->initiator >> 1;
+    return reinterpret_cast<const EntryHeader *>(entry)->initiator >> 1;
 }
 
 void FlowTable::make_local(uint8_t *entry) noexcept
 {
-    auto *h = reinterpret_cast<SlotHeader *>(entry);
+    auto *h = reinterpret_cast<EntryHeader *>(entry);
     st8(&h->initiator, h->initiator & 1u);
 }
 
 serpens_flow_info FlowTable::entry_info(const uint8_t *entry, uint64_t idle_ns, bool expiring, uint64_t now_ns) noexcept
 {
-    const auto *h = reinterpret_cast<const SlotHeader *>(entry);
+    const auto *h = reinterpret_cast<const EntryHeader *>(entry);
     serpens_flow_info info{};
     info.struct_size = sizeof info;
     info.ip_version = h->key.ip_version;
@@ -639,12 +639,12 @@ std::size_t FlowTable::recover(ExpireFn fn, void *arg) noexcept
         const Part pv = part(p);
         uint64_t live = 0;
         for (uint32_t s = 0; s < _n_slots; ++s) {
-            const auto *h = reinterpret_cast<const SlotHeader *>(slot_at(pv, s));
-            if (h->state == slot_expiring) {
+            const auto *h = reinterpret_cast<const EntryHeader *>(slot_at(pv, s));
+            if (h->state == flow_expiring) {
                 remove(pv, s, fn, arg);
                 ++done;
             } else {
-                live += h->state == slot_live;
+                live += h->state == flow_live;
             }
         }
         // A crash between an entry's publication and its count leaves the
