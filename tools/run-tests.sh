@@ -48,9 +48,14 @@ print("\n".join(sorted(os.path.relpath(p, build) for p in want)))
 ' "$1"
 }
 
+# Line tables only (-g1): backtraces and sanitizer reports keep file:line, and
+# compiling takes about a quarter less time than with full debug info (-g).
+line_tables=(-Dc_args=-g1 -Dcpp_args=-g1)
+
 # 1. Everything, warnings as errors.
 if [ ! -f build-test/build.ninja ]; then
-    meson setup build-test --buildtype=debugoptimized -Dwerror=true >/dev/null || step_failed "meson setup build-test"
+    meson setup build-test --buildtype=debugoptimized -Dwerror=true "${line_tables[@]}" >/dev/null \
+        || step_failed "meson setup build-test"
 fi
 if ninja -C build-test; then
     meson test -C build-test --print-errorlogs --num-processes 2 2>&1 | tee build-test/test-summary.txt
@@ -60,10 +65,13 @@ else
 fi
 
 # 2. Unit tests under AddressSanitizer and UndefinedBehaviorSanitizer, which
-#    run several times slower: their time limits are tripled.
+#    run several times slower: their time limits are tripled.  A unity build
+#    (each target's sources compiled as one) parses the common headers once
+#    per target: 363 s against 426 s on 2 cores.  It needs names private to
+#    a .cpp to differ between the .cpp files of one target.
 if [ ! -f build-asan/build.ninja ]; then
-    meson setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false >/dev/null \
-        || step_failed "meson setup build-asan"
+    meson setup build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false --unity on \
+        "${line_tables[@]}" >/dev/null || step_failed "meson setup build-asan"
 fi
 # Only the targets the unit suite needs: each unit test's program and what
 # the test depends on (tests/plugins, the NF plugins, the tools it runs), as

@@ -23,7 +23,7 @@ if [ ! -f "$here/fuzz_$(echo "${target#fuzz-}" | tr - _).cpp" ]; then
     exit 2
 fi
 if [ ! -f "$build/build.ninja" ]; then
-    CC=clang CXX=clang++ meson setup "$build" "$root" -Dfuzz=true -Dbuildtype=debugoptimized
+    CC=clang CXX=clang++ meson setup "$build" "$root" -Dfuzz=true -Dbuildtype=debugoptimized -Dc_args=-g1 -Dcpp_args=-g1
 fi
 # Only the fuzz target and what it loads (fuzz-nf: the NF plugins).
 ninja -C "$build" "build-$target"
