@@ -81,4 +81,8 @@ esac
 if [ -f "$dict" ]; then
     set -- "$@" -dict="$dict"
 fi
-exec "$build/tests/fuzz/$target" "$@"
+# The mock NF hosts' state goes in a directory of this run's, removed
+# however the fuzzer ends: a crash or an abort runs no destructor.
+scratch=$(mktemp -d /dev/shm/serpens-fuzz-XXXXXX) || exit 1
+trap 'rm -rf "$scratch"' EXIT
+SERPENS_NFTEST_DIR=$scratch "$build/tests/fuzz/$target" "$@"

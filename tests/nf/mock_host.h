@@ -40,8 +40,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -276,10 +278,14 @@ public:
     }
     explicit MockHost(const serpens_nf_descriptor *desc) : _desc(desc)
     {
-        // tmpfs, as the host's own state root (/dev/shm/serpens/<host-id>).
-        char tmpl[] = "/dev/shm/serpens-nftest-XXXXXX";
-        if (mkdtemp(tmpl) == nullptr) {
-            throw std::runtime_error("mkdtemp");
+        // tmpfs, as the host's own state root (/dev/shm/serpens/<host-id>),
+        // or under $SERPENS_NFTEST_DIR: a runner that may be killed (the
+        // fuzzers) names a directory it removes itself.
+        const char *parent = std::getenv("SERPENS_NFTEST_DIR");
+        std::string tmpl =
+            std::string(parent != nullptr && *parent != '\0' ? parent : "/dev/shm") + "/serpens-nftest-XXXXXX";
+        if (mkdtemp(tmpl.data()) == nullptr) {
+            throw std::runtime_error("mkdtemp in " + tmpl + ": " + std::strerror(errno));
         }
         _dir = tmpl;
         set_store_options({});
