@@ -565,6 +565,7 @@ void ids_flow_expired(serpens_nf_ctx *ctx, void *state)
 void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
 {
     Ids &ids = *static_cast<Ids *>(ctx->priv);
+    const serpens_flow_view flows = serpens_batch_flow_view(b);
     for (uint32_t i = 0; i < b->count; ++i) {
         if (b->labels[i] != b->self) {
             continue;
@@ -601,10 +602,10 @@ void ids_process(serpens_nf_ctx *ctx, serpens_batch *b)
         k.proto = p.l4_proto;
         k.sport = static_cast<uint16_t>(p.data[p.l4_offset] << 8 | p.data[p.l4_offset + 1]);
         k.dport = static_cast<uint16_t>(p.data[p.l4_offset + 2] << 8 | p.data[p.l4_offset + 3]);
-        auto *area = static_cast<FlowArea *>(serpens_batch_flow(b, i));
+        auto *area = static_cast<FlowArea *>(serpens_flow_area(&flows, i));
         Slot *s =
             area != nullptr
-                ? stream_of_entry(ids, *area, serpens_batch_flow_flags(b, i) & SERPENS_FLOW_REPLY ? 1 : 0, b->now_ns)
+                ? stream_of_entry(ids, *area, serpens_flow_flags(&flows, i) & SERPENS_FLOW_REPLY ? 1 : 0, b->now_ns)
                 : stream_for(ids, k, b->now_ns);
         ScanCtx sc{&ids, &k, false};
         ++*ids.c[C_SCANNED];

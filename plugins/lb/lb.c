@@ -522,6 +522,7 @@ static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
 {
     struct lb *l = ctx->priv;
     struct lb_run *r = &l->run;
+    const struct serpens_flow_view flows = serpens_batch_flow_view(batch);
     l->n_touched = 0;
     r->n = 0;
     for (uint32_t i = 0; i < batch->count; ++i) {
@@ -530,7 +531,7 @@ static void lb_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch)
         }
         struct serpens_pkt *p = serpens_batch_pkt(batch, i);
         if (lb_classify(l, p, &r->kind[r->n], &r->key[r->n], &batch->ports[i])) {
-            void *area = l->chain_flows && r->kind[r->n] == LB_K_FORWARD ? serpens_batch_flow(batch, i) : NULL;
+            void *area = l->chain_flows && r->kind[r->n] == LB_K_FORWARD ? serpens_flow_area(&flows, i) : NULL;
             if (area != NULL) {
                 lb_forward_flow(l, p, &r->key[r->n], area);
                 continue;

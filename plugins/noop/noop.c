@@ -139,11 +139,12 @@ static void noop_process(struct serpens_nf_ctx *ctx, struct serpens_batch *batch
         return;
     }
     if (s->chain_flows) {
+        const struct serpens_flow_view flows = serpens_batch_flow_view(batch);
         for (uint32_t i = 0; i < batch->count; ++i) {
             if (batch->labels[i] != batch->self) {
                 continue;
             }
-            uint64_t *count = serpens_batch_flow(batch, i);
+            uint64_t *count = serpens_flow_area(&flows, i);
             if (count == NULL) {
                 *s->table_full += (serpens_batch_pkt(batch, i)->flags & SERPENS_PKT_F_PARSED) != 0;
             } else if (s->mode == NOOP_COUNT) {
