@@ -199,7 +199,7 @@ Bytes icmp_error(uint32_t src, uint32_t dst, uint8_t type, uint8_t code, const B
 {
     const uint8_t *oip = offending.data() + 14;
     const std::size_t oihl = (oip[0] & 15u) * 4u;
-    const std::size_t quote = std::min(oihl + quoted_l4, offending.size() - 14);
+    const std::size_t quote = std::min(oihl + quoted_l4, offending.size() > 14 ? offending.size() - 14 : 0);
     Flow f{1, src, dst, 0, 0, type};
     Bytes b = frame(f, quote);
     uint8_t *icmp = b.data() + 14 + 20;
