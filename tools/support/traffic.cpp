@@ -1,6 +1,8 @@
 // Synthetic traffic generation; see traffic.h for what is generated.
 #include "support/traffic.h"
 
+#include "net/wire.h"
+
 #include <serpens/nf_util.h>
 
 #include <nlohmann/json.hpp>
@@ -565,17 +567,17 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     std::memcpy(p + 6, from_client ? kClientMac : kServerMac, 6);
     uint32_t off = 12;
     if (f.tags == 2) {
-        serpens_st_be16(p + off, 0x88a8);
+        serpens_st_be16(p + off, kEtherQinQ);
         serpens_st_be16(p + off + 2, f.vlan_outer);
-        serpens_st_be16(p + off + 4, 0x8100);
+        serpens_st_be16(p + off + 4, kEtherVlan);
         serpens_st_be16(p + off + 6, f.vlan_inner);
         off += 8;
     } else if (f.tags == 1) {
-        serpens_st_be16(p + off, 0x8100);
+        serpens_st_be16(p + off, kEtherVlan);
         serpens_st_be16(p + off + 2, f.vlan_outer);
         off += 4;
     }
-    serpens_st_be16(p + off, v6 ? 0x86dd : 0x0800);
+    serpens_st_be16(p + off, v6 ? kEtherIpv6 : kEtherIpv4);
     off += 2;
 
     const uint32_t l3 = off;
@@ -587,17 +589,17 @@ void TrafficGenerator::Impl::build(Flow &f, GeneratedPacket &out)
     switch (f.cls) {
     case TrafficClass::tcp:
     case TrafficClass::tcp6:
-        proto = 6;
+        proto = kProtoTcp;
         break;
     case TrafficClass::udp:
     case TrafficClass::udp6:
-        proto = 17;
+        proto = kProtoUdp;
         break;
     case TrafficClass::icmp:
-        proto = 1;
+        proto = kProtoIcmp;
         break;
     default:
-        proto = 58;
+        proto = kProtoIcmpv6;
         break;
     }
     uint8_t *ip = p + l3;
