@@ -2,6 +2,7 @@
 #include "net/parse.h"
 
 #include "net/result_table.h"
+#include "net/rss.h"
 #include "net/wire.h"
 
 #include <serpens/nf_util.h>
@@ -117,8 +118,13 @@ inline uint32_t crc_bytes(uint32_t c, const uint8_t *p, std::size_t n) noexcept
     return c;
 }
 
+// Read per key: set once at start, so the branch always goes one way.
+BucketHash g_bucket_hash = BucketHash::crc32c;
+
 // Hash each endpoint on its own, then combine the two in sorted order: that is
-// what makes A->B and B->A agree without comparing 16-byte addresses.
+// what makes A->B and B->A agree without comparing 16-byte addresses.  With
+// BucketHash::rss the low byte is the RSS hash's (rss.h), the bucket a NIC
+// given the host's key computes, and the CRC gives the bits above it.
 template<class Crc>
 inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
 {
@@ -148,11 +154,14 @@ inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
     const uint64_t pair = (static_cast<uint64_t>(hi) << 32) | lo;
     uint32_t h = Crc::u64(~seed, pair);
     h = Crc::u32(h, (static_cast<uint32_t>(k.ip_version) << 8) | k.proto);
-    // CRC is linear; a final multiply-xorshift spreads it over all bits so the
-    // low bits alone (a router's modulo) are well distributed.
+    // CRC is linear; a final multiply-xorshift spreads it over all bits so
+    // any range of them (the flow table's slot) is well distributed.
     h ^= h >> 16;
     h *= 0x7feb352du;
     h ^= h >> 15;
+    if (g_bucket_hash == BucketHash::rss) {
+        h = (h & ~0xffu) | (rss_hash(k) & 0xffu);
+    }
     return h;
 }
 
@@ -447,6 +456,9 @@ void ParseCounters::add(const ParseCounters &other) noexcept
 FlowKey FlowKey::canonical() const noexcept { return is_canonical() ? *this : reversed(); }
 
 uint32_t FlowKey::hash() const noexcept { return flow_hash(*this); }
+
+void set_bucket_hash(BucketHash how) noexcept { g_bucket_hash = how; }
+BucketHash bucket_hash() noexcept { return g_bucket_hash; }
 
 uint32_t crc32c(uint32_t crc, const void *data, std::size_t len) noexcept
 {

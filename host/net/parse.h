@@ -130,7 +130,8 @@ struct alignas(8) FlowKey {
     }
     // Symmetric 32-bit hash: hash() == reversed().hash().  Same value on every
     // host (CRC32C in hardware when the CPU has SSE4.2, in software otherwise),
-    // so routers on different servers agree.
+    // so routers on different servers agree.  Its low byte, the router's
+    // bucket, is the CRC's or the RSS hash's as bucket_hash() says.
     uint32_t hash() const noexcept;
 };
 static_assert(sizeof(FlowKey) == 8 * FlowKey::words);
@@ -149,6 +150,21 @@ static_assert(sizeof(FlowKeySlot) == sizeof(FlowKey));
 
 // Both directions of a flow: a == b or a == b.reversed().
 inline bool same_flow(const FlowKey &a, const FlowKey &b) noexcept { return a.canonical() == b.canonical(); }
+
+// Where a flow's router bucket (the flow hash's low byte) comes from, the
+// same for the whole process.
+enum class BucketHash : uint8_t {
+    crc32c, // the CRC's, like the rest of the hash: buckets even for any traffic
+    // The RSS hash's (net/rss.h), so a NIC's redirection table can follow the
+    // buckets.  It depends only on the XOR of a flow's 16-bit address and
+    // port words, so traffic whose addresses and ports rise together crowds
+    // a few buckets, on the NIC's queues as here.
+    rss,
+};
+// Set once before any packet is hashed (the host at start, from host.toml);
+// default crc32c.
+void set_bucket_hash(BucketHash how) noexcept;
+BucketHash bucket_hash() noexcept;
 
 // For std::unordered_map<FlowKey, ...>.
 struct FlowKeyHash {
