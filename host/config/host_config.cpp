@@ -379,7 +379,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     if (const toml::table *t = top.optional_table("instances")) {
         config::TableReader r(*t, path, "[instances]");
         r.allow_only({"burst", "ring_size", "wake_threshold", "wake_deadline_us", "idle_sleep_us", "init_warn_ms",
-                      "pool", "keep_warm_s", "flow_capacity", "flow_idle_s", "flow_full"});
+                      "pool", "keep_warm_s", "flow_capacity", "flow_idle_s", "flow_full", "bucket_hash"});
         cfg.burst = static_cast<uint32_t>(r.integer_or("burst", cfg.burst, 1, 256));
         cfg.ring_size = static_cast<uint32_t>(r.integer_or("ring_size", cfg.ring_size, 64, 1 << 20));
         if ((cfg.ring_size & (cfg.ring_size - 1)) != 0) {
@@ -401,6 +401,11 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
                                                                min_flow_capacity, max_flow_capacity));
         cfg.flow_idle_s = r.double_or("flow_idle_s", cfg.flow_idle_s, 0, max_flow_idle_s);
         cfg.flow_full = flow_full_policy(r, cfg.flow_full);
+        cfg.bucket_hash = r.string_or("bucket_hash", cfg.bucket_hash);
+        if (cfg.bucket_hash != "crc32c" && cfg.bucket_hash != "rss") {
+            r.fail("bucket_hash", "'bucket_hash' must be \"crc32c\" (buckets even for any traffic) or \"rss\" (the "
+                                  "NIC's symmetric RSS hash, so its redirection table follows the buckets)");
+        }
     }
 
     for (const toml::table *t : top.table_array("instance")) {

@@ -159,6 +159,10 @@ struct HostConfig {
     // "drop" it before any NF (as conntrack does; a flood then costs a
     // lookup per packet), or "pass" it through the chain with no entry.
     std::string flow_full = "drop";
+    // Where a flow's router bucket comes from (net::BucketHash): "crc32c",
+    // or "rss", the NIC's hash, so that ports with several RX queues get
+    // their RSS redirection table written from the buckets.
+    std::string bucket_hash = "crc32c";
     std::vector<InstanceConfig> instances;
     AutoscaleConfig autoscale;
     MetricsConfig metrics;

@@ -41,6 +41,9 @@ struct FlowTableHeader {
         uint32_t offset;
     } areas[flow_max_areas];
     char chain[128];
+    // net::BucketHash the parts were filled by (a flow's part is its bucket);
+    // files from before this field have 0 here, crc32c.
+    uint32_t bucket_hash;
 };
 static_assert(sizeof(FlowTableHeader) <= flow_header_size);
 
@@ -133,6 +136,11 @@ std::vector<std::string> layout_mismatch(const FlowTableHeader &got, const FlowT
     if (!same_areas) {
         why.push_back("the chain's NFs keep other per-flow state than when it was created");
     }
+    if (got.bucket_hash != want.bucket_hash) {
+        auto name = [](uint32_t how) { return how == static_cast<uint32_t>(net::BucketHash::rss) ? "rss" : "crc32c"; };
+        why.push_back(fmt::format("its flows are in parts by bucket_hash \"{}\" (configured: \"{}\")",
+                                  name(got.bucket_hash), name(want.bucket_hash)));
+    }
     return why;
 }
 
@@ -187,6 +195,7 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         want.areas[i].offset = spec.areas[i].offset;
     }
     std::snprintf(want.chain, sizeof want.chain, "%s", spec.chain.c_str());
+    want.bucket_hash = static_cast<uint32_t>(net::bucket_hash());
     const std::size_t part_size = part_bytes(want.slots_per_part, entry_size);
     want.file_size = flow_header_size + part_size * flow_parts;
 

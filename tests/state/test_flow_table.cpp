@@ -5,6 +5,7 @@
 #include "state_test_util.h"
 
 #include "net/parse.h"
+#include "net/rss.h"
 #include "state/flow_table.h"
 
 #include <doctest/doctest.h>
@@ -76,6 +77,17 @@ Looked look(FlowTable &t, Frame &f, uint64_t now)
     f.view.data = f.bytes.data(); // the frame may have moved (a vector of them grew)
     t.lookup_burst(&f.view, sizeof(serpens_pkt), 1, now, &r.entry, &r.flags);
     return r;
+}
+
+// Whether open() moved a table it could not use aside.
+bool moved_aside(const ScratchDir &dir)
+{
+    for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
+        if (e.path().filename().string().starts_with("flows.seg.bad-")) {
+            return true;
+        }
+    }
+    return false;
 }
 
 FlowTableSpec spec_of(uint64_t capacity, uint64_t idle_ns = 300 * second)
@@ -229,11 +241,33 @@ TEST_CASE("areas persist across a re-open; a changed layout starts afresh")
     auto t = open_table(dir, other);
     CHECK(t->totals().live == 0);
     CHECK(look(*t, f, 3).flags == SERPENS_FLOW_NEW);
-    bool moved_aside = false;
-    for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
-        moved_aside = moved_aside || e.path().filename().string().starts_with("flows.seg.bad-");
+    CHECK(moved_aside(dir));
+}
+
+TEST_CASE("with RSS buckets a flow's part is its RSS bucket; a table filled by the other hash starts afresh")
+{
+    ScratchDir dir("flows-bucket-hash");
+    Frame f = udp_frame(0x0a000001, 1234, 0x0a000002, 80);
+    {
+        auto t = open_table(dir, spec_of(4096));
+        REQUIRE(look(*t, f, 1).flags == SERPENS_FLOW_NEW);
     }
-    CHECK(moved_aside);
+    const net::BucketHash saved = net::bucket_hash();
+    net::set_bucket_hash(net::BucketHash::rss);
+    net::FlowKey key;
+    REQUIRE(net::parse_packet(f.view, key) == net::ParseResult::ok);
+    f.view.flow_hash = key.hash(); // as the dispatcher hashes under this setting
+    auto t = open_table(dir, spec_of(4096));
+    const bool fresh = t->totals().live == 0;
+    const Looked again = look(*t, f, 2);
+    std::vector<uint32_t> parts;
+    t->for_each_entry([&](const uint8_t *, uint32_t hash) { parts.push_back(hash % flow_parts); });
+    net::set_bucket_hash(saved);
+    CHECK(fresh);
+    CHECK(again.flags == SERPENS_FLOW_NEW);
+    REQUIRE(parts.size() == 1);
+    CHECK(parts[0] == (net::rss_hash(key) & 0xffu));
+    CHECK(moved_aside(dir));
 }
 
 TEST_CASE("idle flows expire in the owner's parts only, through the hook, and come back as new")

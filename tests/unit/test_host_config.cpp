@@ -145,6 +145,15 @@ TEST_CASE("flow_full: drop unless a chain says pass, per host or per chain, anyt
                          doctest::Contains("h.toml:10:"), ConfigError);
 }
 
+TEST_CASE("bucket_hash: crc32c unless [instances] says rss, anything else refused at file:line:col")
+{
+    const std::string base = with_id("h");
+    CHECK(load_host_config_text(base, "h.toml").bucket_hash == "crc32c");
+    CHECK(load_host_config_text(base + "[instances]\nbucket_hash = \"rss\"\n", "h.toml").bucket_hash == "rss");
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[instances]\nbucket_hash = \"toeplitz\"\n", "h.toml"),
+                         doctest::Contains("h.toml:9:15: 'bucket_hash' must be \"crc32c\""), ConfigError);
+}
+
 TEST_CASE("[metrics] listen: off when absent, IPv4 or bracketed IPv6 with a port, refused at file:line:col")
 {
     const std::string base = "[host]\nplugin_dir = \".\"\nchains_dir = \".\"\n" + std::string(ports);
