@@ -20,6 +20,7 @@
 #include "io/mbuf.h"
 #include "io/port.h"
 #include "metrics/endpoint.h"
+#include "net/parse.h"
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
 #include "state/executor.h"
@@ -367,6 +368,8 @@ int run_host(const HostOptions &options)
     int exit_code = 0;
     std::vector<io::Port> ports;
     try {
+        // Before any packet or flow table is hashed.
+        net::set_bucket_hash(cfg.bucket_hash == "rss" ? net::BucketHash::rss : net::BucketHash::crc32c);
         io::start_eal(cfg, "serpens-host");
         io::register_packet_meta();
         rte_mempool *pool = io::create_mbuf_pool(cfg);
@@ -391,6 +394,7 @@ int run_host(const HostOptions &options)
         dp_options.idle_sleep_us = cfg.idle_sleep_us;
         dp_options.idle_exit_s = options.idle_exit_s;
         dp_options.duration_s = options.duration_s;
+        dp_options.receivers = receivers;
         state::StoreOptions store_options;
         store_options.root = cfg.state_dir;
         store_options.host_id = cfg.id;

@@ -86,6 +86,22 @@ Dataplane::Dataplane(std::vector<io::Port> ports, io::Gateway gateway, Dataplane
     for (auto &lcore : _lcores) {
         lcore->instances.store(new InstanceList(), std::memory_order_release);
     }
+    find_bucket_homes(_options.receivers);
+}
+
+void Dataplane::find_bucket_homes(const std::vector<unsigned> &receivers)
+{
+    auto port = std::find_if(_ports.begin(), _ports.end(), [](const io::Port &p) { return p.rx_queues > 1; });
+    if (port == _ports.end() || receivers.empty()) {
+        return;
+    }
+    // Queue q of each port is received by receiver q (mod their number),
+    // as build_dispatchers deals them.
+    _bucket_homes.resize(io::route_buckets);
+    const auto reta_size = static_cast<uint16_t>(port->rss_table.size());
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        _bucket_homes[b] = receivers[io::bucket_queue(b, port->rx_queues, reta_size) % receivers.size()];
+    }
 }
 
 Dataplane::~Dataplane()
@@ -432,6 +448,12 @@ void Dataplane::build_dispatchers()
         }
     }
     const std::vector<unsigned> receivers = receiving_lcores(instance_lcores, rte_get_main_lcore());
+    // The instances the host started with chose these receivers, so they
+    // are options.receivers, which set the homes already (read by scaling
+    // from now on), unless it gave none.
+    if (_bucket_homes.empty()) {
+        find_bucket_homes(receivers);
+    }
     // Queue q of each port goes to receiver q (a port has no more queues than
     // there are receivers, unless its rx_queues says so: then they wrap).
     std::vector<std::vector<io::RxQueue>> queues(receivers.size());

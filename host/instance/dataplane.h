@@ -110,6 +110,10 @@ struct DataplaneOptions {
     double idle_exit_s = 0;    // 0: never; else stop after this long without RX
     double duration_s = 0;     // 0: until signalled
     uint32_t max_slots = 1024; // instance slots of all chains together
+    // The lcores that receive, in RX queue order (receiving_lcores() of the
+    // instances the host starts with); empty: those of the instances
+    // attached when the lcores start.
+    std::vector<unsigned> receivers;
 };
 
 class Dataplane {
@@ -144,6 +148,12 @@ public:
     // held.  Works before run() and after the lcores stopped too.
     Handover assign(uint32_t tag, io::BucketOwners owners);
     const io::BucketOwners &owners(uint32_t tag) const;
+    // Per bucket, the lcore its packets arrive on when the ports' RSS
+    // follows the buckets (io::bucket_queue of the first port with several
+    // RX queues); empty when no port has several or the receivers are not
+    // known yet.  Dealing each bucket to an instance there lets it run in
+    // place.
+    std::span<const unsigned> bucket_homes() const noexcept { return _bucket_homes; }
     // Parks the attached slot that owns every bucket of its chain: its lcore
     // stops running it, and its ring buffers the chain's packets until the
     // first one opens the gate (or unpark does).
@@ -292,6 +302,8 @@ private:
     uint32_t drain_tx_rings();
     void wake_overdue(uint64_t now);
     void build_dispatchers();
+    // Sets bucket_homes() for these receiving lcores.
+    void find_bucket_homes(const std::vector<unsigned> &receivers);
     void build_tx_paths();
     Lcore &lcore_state(unsigned id);
     Lcore *find_lcore(unsigned id) const;
@@ -328,6 +340,7 @@ private:
     std::atomic<bool> _rx_stopped{false};        // set by the main lcore: receive no more
     std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
     uint32_t _receivers = 0;
+    std::vector<unsigned> _bucket_homes;
     bool _prepared = false;
     std::atomic<bool> _main_polls{false};        // else it sleeps until stop() when it has nothing to receive
     alignas(64) std::atomic<uint64_t> _grace{0}; // raised by synchronize(), read by every lcore per iteration

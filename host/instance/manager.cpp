@@ -30,13 +30,29 @@ uint64_t percentile(std::vector<uint64_t> values, double p)
 }
 
 // The host's instance numbers of `slots`, in order.
-std::vector<uint32_t> numbers_of(const std::vector<InstanceSlot *> &slots)
-{
+// The slots as the router deals buckets to them: their instance numbers
+// and, in the same order, the lcores they run on.
+struct Members {
     std::vector<uint32_t> numbers;
+    std::vector<unsigned> lcores;
+};
+
+Members members_of(const std::vector<InstanceSlot *> &slots)
+{
+    Members m;
     for (const InstanceSlot *slot : slots) {
-        numbers.push_back(slot->number);
+        m.numbers.push_back(slot->number);
+        m.lcores.push_back(slot->lcore);
     }
-    return numbers;
+    return m;
+}
+
+// Chain `tag`'s buckets dealt anew to `slots`, each where its packets
+// arrive when an instance runs there, moving as few as possible.
+io::BucketOwners rebalanced(const Dataplane &dp, uint32_t tag, const std::vector<InstanceSlot *> &slots)
+{
+    const Members m = members_of(slots);
+    return io::rebalance_buckets(dp.owners(tag), m.numbers, {dp.bucket_homes(), m.lcores});
 }
 
 } // namespace
@@ -178,8 +194,7 @@ void InstanceManager::record_pause(ChainRuntime &chain, const Dataplane::Handove
 Dataplane::Handover InstanceManager::shrink(ChainRuntime &chain, const std::vector<InstanceSlot *> &stay,
                                             const std::vector<InstanceSlot *> &leaving)
 {
-    const Dataplane::Handover handover =
-        _dp.assign(chain.spec.tag, io::rebalance_buckets(_dp.owners(chain.spec.tag), numbers_of(stay)));
+    const Dataplane::Handover handover = _dp.assign(chain.spec.tag, rebalanced(_dp, chain.spec.tag, stay));
     for (InstanceSlot *slot : leaving) {
         release(chain, *slot);
     }
@@ -236,7 +251,7 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
             throw;
         }
         active.insert(active.end(), added.begin(), added.end());
-        record(_dp.assign(tag, io::rebalance_buckets(_dp.owners(tag), numbers_of(active))));
+        record(_dp.assign(tag, rebalanced(_dp, tag, active)));
     } else if (n < active.size()) {
         // The highest-numbered leave first; at zero the last one parks.
         const std::size_t keep = std::max<std::size_t>(n, 1);
@@ -282,7 +297,8 @@ void InstanceManager::start(const std::string &name, uint32_t count, const std::
         _dp.attach(slot, lcore, std::move(instance));
         placed.push_back(&slot);
     }
-    _dp.assign(chain.spec.tag, io::spread_buckets(numbers_of(placed)));
+    const Members members = members_of(placed);
+    _dp.assign(chain.spec.tag, io::spread_buckets(members.numbers, {_dp.bucket_homes(), members.lcores}));
     if (count == 0) {
         _dp.park(*placed.front());
     }

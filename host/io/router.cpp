@@ -9,62 +9,134 @@
 
 namespace serpens::io {
 
-BucketOwners spread_buckets(std::span<const uint32_t> members)
+namespace {
+
+// The affinity, checked: empty unless it names a home per bucket and an
+// lcore per member.
+bool has_affinity(const BucketAffinity &a, std::size_t members)
+{
+    return a.home_of_bucket.size() == route_buckets && a.lcore_of.size() == members;
+}
+
+// Deals `buckets` to members (indices) below their quota: first each to a
+// member on its home lcore, the one holding fewest; then the rest to those
+// still below, in the members' order.
+void deal(std::span<const uint32_t> buckets, std::span<const uint32_t> members, const BucketAffinity &affinity,
+          bool homes, std::vector<uint32_t> &holds, std::span<const uint32_t> quota, BucketOwners &owners)
+{
+    std::vector<uint32_t> rest;
+    for (uint32_t b : buckets) {
+        std::size_t best = members.size();
+        for (std::size_t m = 0; homes && m < members.size(); ++m) {
+            if (affinity.lcore_of[m] == affinity.home_of_bucket[b] && holds[m] < quota[m] &&
+                (best == members.size() || holds[m] < holds[best])) {
+                best = m;
+            }
+        }
+        if (best == members.size()) {
+            rest.push_back(b);
+            continue;
+        }
+        owners[b] = members[best];
+        ++holds[best];
+    }
+    std::size_t m = 0;
+    for (uint32_t b : rest) {
+        while (holds[m] >= quota[m]) {
+            ++m; // the quotas add up to route_buckets: someone is below
+        }
+        owners[b] = members[m];
+        ++holds[m];
+    }
+}
+
+} // namespace
+
+BucketOwners spread_buckets(std::span<const uint32_t> members, const BucketAffinity &affinity)
 {
     BucketOwners owners;
     if (members.empty()) {
         return owners;
     }
     owners.resize(route_buckets);
-    for (uint32_t b = 0; b < route_buckets; ++b) {
-        owners[b] = members[b % members.size()];
+    if (!has_affinity(affinity, members.size())) {
+        for (uint32_t b = 0; b < route_buckets; ++b) {
+            owners[b] = members[b % members.size()];
+        }
+        return owners;
     }
+    const auto n = static_cast<uint32_t>(members.size());
+    std::vector<uint32_t> quota(n);
+    for (uint32_t m = 0; m < n; ++m) {
+        quota[m] = route_buckets / n + (m < route_buckets % n ? 1 : 0);
+    }
+    std::vector<uint32_t> all(route_buckets);
+    for (uint32_t b = 0; b < route_buckets; ++b) {
+        all[b] = b;
+    }
+    std::vector<uint32_t> holds(n, 0);
+    deal(all, members, affinity, true, holds, quota, owners);
     return owners;
 }
 
-BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members)
+BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members,
+                               const BucketAffinity &affinity)
 {
     if (members.empty()) {
         return {};
     }
     if (current.size() != route_buckets) {
-        return spread_buckets(members);
+        return spread_buckets(members, affinity);
     }
-    std::map<uint32_t, uint32_t> held; // member -> buckets it owns now
-    for (uint32_t m : members) {
-        held[m] = 0;
+    const auto n = static_cast<uint32_t>(members.size());
+    std::map<uint32_t, uint32_t> index; // member -> its index in members
+    for (uint32_t m = 0; m < n; ++m) {
+        index.emplace(members[m], m);
     }
+    std::vector<uint32_t> held(n, 0); // buckets each member owns now
     for (uint32_t owner : current) {
-        if (auto it = held.find(owner); it != held.end()) {
-            ++it->second;
+        if (auto it = index.find(owner); it != index.end()) {
+            ++held[it->second];
         }
     }
     // The remainder goes to the members that own most already: fewer moves.
-    std::vector<uint32_t> by_holding(members.begin(), members.end());
+    std::vector<uint32_t> by_holding(n);
+    for (uint32_t m = 0; m < n; ++m) {
+        by_holding[m] = m;
+    }
     std::stable_sort(by_holding.begin(), by_holding.end(), [&](uint32_t a, uint32_t b) { return held[a] > held[b]; });
-    std::map<uint32_t, uint32_t> quota;
-    const auto n = static_cast<uint32_t>(members.size());
+    std::vector<uint32_t> quota(n);
     for (uint32_t i = 0; i < n; ++i) {
         quota[by_holding[i]] = route_buckets / n + (i < route_buckets % n ? 1 : 0);
     }
+    const bool homes = has_affinity(affinity, n);
+    // Kept: each member's buckets up to its quota, those on its own lcore
+    // first (the same count either way, so the same number of moves).
     BucketOwners owners(route_buckets);
-    std::map<uint32_t, uint32_t> kept;
+    std::vector<uint32_t> kept(n, 0);
+    std::vector<bool> placed(route_buckets, false);
+    for (int pass = homes ? 0 : 1; pass < 2; ++pass) {
+        for (uint32_t b = 0; b < route_buckets; ++b) {
+            auto it = index.find(current[b]);
+            if (placed[b] || it == index.end()) {
+                continue;
+            }
+            const uint32_t m = it->second;
+            const bool at_home = homes && affinity.lcore_of[m] == affinity.home_of_bucket[b];
+            if ((pass == 1 || at_home) && kept[m] < quota[m]) {
+                owners[b] = current[b];
+                placed[b] = true;
+                ++kept[m];
+            }
+        }
+    }
     std::vector<uint32_t> freed;
     for (uint32_t b = 0; b < route_buckets; ++b) {
-        auto q = quota.find(current[b]);
-        if (q != quota.end() && kept[current[b]] < q->second) {
-            owners[b] = current[b];
-            ++kept[current[b]];
-        } else {
+        if (!placed[b]) {
             freed.push_back(b);
         }
     }
-    std::size_t next = 0;
-    for (uint32_t m : members) {
-        for (; kept[m] < quota[m]; ++kept[m]) {
-            owners[freed[next++]] = m;
-        }
-    }
+    deal(freed, members, affinity, homes, kept, quota, owners);
     return owners;
 }
 

@@ -80,16 +80,29 @@ struct RoutedInstance {
 // Per bucket, the instance number that owns it; empty: the chain has none.
 using BucketOwners = std::vector<uint32_t>;
 
-// Buckets dealt evenly over `members` in their order (bucket b to member b
-// mod n); empty when there is none.
-BucketOwners spread_buckets(std::span<const uint32_t> members);
+// Where buckets arrive and members run, so that each bucket can go to an
+// instance on the lcore that receives it (and run there in place).  Empty
+// spans: nothing is known, any member will do.
+struct BucketAffinity {
+    std::span<const unsigned> home_of_bucket; // route_buckets lcores: where each bucket's packets arrive
+    std::span<const unsigned> lcore_of;       // per member, in the members' order: where it runs
+};
+
+// Buckets dealt evenly over `members`: bucket b to member b mod n, or with
+// an affinity, to a member on b's home lcore where that keeps the counts
+// even (they differ by at most one).  Empty when there is no member.
+BucketOwners spread_buckets(std::span<const uint32_t> members, const BucketAffinity &affinity = {});
 
 // New owners for `members` that move as few buckets as possible from
 // `current`: a member keeps its buckets up to its fair share (256/n, the
 // members holding most getting the remainder), and only the buckets of
 // leaving instances and the excess of the others are dealt to those below
-// their share.  Counts differ by at most one afterwards.
-BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members);
+// their share.  Counts differ by at most one afterwards.  With an affinity,
+// a member keeps the buckets of its own lcore first and a dealt bucket goes
+// to a member on its home lcore when one is below its share, for the same
+// number of moves.
+BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint32_t> members,
+                               const BucketAffinity &affinity = {});
 
 struct RouteTable {
     std::vector<RouteTarget> targets; // every instance this lcore routes to

@@ -192,6 +192,62 @@ TEST_CASE("rebalancing keeps every bucket owned, shares even, and moves only wha
     CHECK(io::rebalance_buckets(next, std::vector<uint32_t>{}).empty()); // no member: no owner
 }
 
+TEST_CASE("with an affinity, buckets go to instances on the lcore that receives them, for no more moves")
+{
+    // Two receiving lcores, each bucket arriving on lcore b mod 2 (a NIC's
+    // RSS table following the buckets over two queues).
+    std::vector<unsigned> homes(io::route_buckets);
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        homes[b] = b % 2 == 0 ? 4 : 6;
+    }
+    auto at_home = [&](const io::BucketOwners &owners, const std::map<uint32_t, unsigned> &lcore_of) {
+        unsigned n = 0;
+        for (uint32_t b = 0; b < io::route_buckets; ++b) {
+            n += lcore_of.at(owners[b]) == homes[b] ? 1 : 0;
+        }
+        return n;
+    };
+    const std::map<uint32_t, unsigned> lcore_of = {{7, 4}, {9, 6}, {5, 4}};
+
+    // Started on both lcores: every bucket on its home, halves even.  The
+    // members' order does not matter.
+    const std::vector<uint32_t> two = {9, 7};
+    const std::vector<unsigned> two_lcores = {6, 4};
+    io::BucketOwners owners = io::spread_buckets(two, {homes, two_lcores});
+    CHECK(holdings(owners) == std::map<uint32_t, unsigned>{{7, 128}, {9, 128}});
+    CHECK(at_home(owners, lcore_of) == io::route_buckets);
+
+    // 1 -> 2: the newcomer on the other lcore takes exactly that lcore's
+    // buckets, as many moves as without an affinity.
+    const std::vector<uint32_t> one = {7};
+    const std::vector<unsigned> one_lcore = {4};
+    owners = io::spread_buckets(one, {homes, one_lcore});
+    const std::vector<uint32_t> seven_nine = {7, 9};
+    const std::vector<unsigned> seven_nine_lcores = {4, 6};
+    io::BucketOwners next = io::rebalance_buckets(owners, seven_nine, {homes, seven_nine_lcores});
+    CHECK(moved(owners, next) == moved(owners, io::rebalance_buckets(owners, seven_nine)));
+    CHECK(at_home(next, lcore_of) == io::route_buckets);
+    CHECK(at_home(io::rebalance_buckets(owners, seven_nine), lcore_of) == io::route_buckets / 2); // blind: half
+
+    // 2 -> 3 with the third on lcore 4: counts within one, the same moves
+    // as without an affinity, and the new one takes lcore 4's buckets first
+    // (7 gives up 43 of lcore 4's, 9 gives up 42 of lcore 6's).
+    const std::vector<uint32_t> three = {7, 9, 5};
+    const std::vector<unsigned> three_lcores = {4, 6, 4};
+    io::BucketOwners third = io::rebalance_buckets(next, three, {homes, three_lcores});
+    auto held = holdings(third);
+    for (const auto &[member, n] : held) {
+        CHECK(n >= 85);
+        CHECK(n <= 86);
+    }
+    CHECK(moved(next, third) == moved(next, io::rebalance_buckets(next, three)));
+    CHECK(at_home(third, lcore_of) >= io::route_buckets - 43);
+
+    // An affinity that does not fit the members is ignored, not trusted.
+    const std::vector<unsigned> wrong = {4};
+    CHECK(io::spread_buckets(two, {homes, wrong}) == io::spread_buckets(two));
+}
+
 TEST_CASE("a table built from owners routes each bucket to its owner and marks parked instances")
 {
     Wakeup w;
