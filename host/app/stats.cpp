@@ -138,12 +138,16 @@ nlohmann::ordered_json stats_json(const Dataplane &dp, const std::vector<ChainSu
         } else {
             totals = dp.port_totals()[p];
         }
-        ports.push_back({{"name", dp.ports()[p].name},
-                         {"rx", c.rx[p]},
-                         {"tx", totals.tx},
-                         {"rx_missed", totals.rx_missed},
-                         {"tx_errors", totals.tx_errors},
-                         {"tx_ring_dropped", dp.tx_ring_dropped(p)}});
+        ordered_json port = {{"name", dp.ports()[p].name},
+                             {"rx", c.rx[p]},
+                             {"tx", totals.tx},
+                             {"rx_missed", totals.rx_missed},
+                             {"tx_errors", totals.tx_errors},
+                             {"tx_ring_dropped", dp.tx_ring_dropped(p)}};
+        if (!dp.ports()[p].rss_table.empty()) {
+            port["rss_table"] = dp.ports()[p].rss_table; // entry -> RX queue, as the NIC reads it back
+        }
+        ports.push_back(std::move(port));
     }
     j["ports"] = std::move(ports);
     ordered_json parser = ordered_json::object();

@@ -1,6 +1,8 @@
 #include "io/port.h"
 
 #include "core/error.h"
+#include "io/router.h"
+#include "net/rss.h"
 
 #include <rte_eal.h>
 #include <rte_errno.h>
@@ -8,8 +10,10 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace serpens::io {
@@ -21,13 +25,13 @@ bool is_vdev(const std::string &device) { return device.rfind("net_", 0) == 0 ||
 // or the PCI address.
 std::string device_name(const std::string &device) { return device.substr(0, device.find(',')); }
 
-// A symmetric Toeplitz key (0x6d5a repeated): both directions of a flow hash
-// alike, so a NIC puts them on the same RX queue.
+// The host's symmetric Toeplitz key (net/rss.h): both directions of a flow
+// hash alike, so a NIC puts them on the same RX queue.
 void symmetric_rss(const rte_eth_dev_info &info, rte_eth_conf &conf, std::vector<uint8_t> &key)
 {
     key.resize(info.hash_key_size != 0 ? info.hash_key_size : 40);
     for (std::size_t i = 0; i < key.size(); ++i) {
-        key[i] = i % 2 == 0 ? 0x6d : 0x5a;
+        key[i] = net::rss_key_byte(i);
     }
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
     conf.rx_adv_conf.rss_conf.rss_key = key.data();
@@ -36,7 +40,55 @@ void symmetric_rss(const rte_eth_dev_info &info, rte_eth_conf &conf, std::vector
         (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
 }
 
+// Writes the port's RSS redirection table so that each router bucket
+// arrives on bucket_queue(), and returns it as the NIC reads it back; empty
+// (with a warning saying what follows) when the driver cannot.
+std::vector<uint16_t> write_bucket_table(const std::string &name, uint16_t port_id, uint16_t reta_size,
+                                         uint16_t rx_queues)
+{
+    const auto why_not = [&](const std::string &what) {
+        spdlog::warn("port '{}': {}; its RSS spreads flows as the NIC likes, and packets that arrive on another "
+                     "lcore than their bucket's reach it through a ring",
+                     name, what);
+        return std::vector<uint16_t>{};
+    };
+    if (reta_size < RTE_ETH_RETA_GROUP_SIZE || (reta_size & (reta_size - 1)) != 0) {
+        return why_not("the device has no RSS redirection table the host can write (" + std::to_string(reta_size) +
+                       " entries)");
+    }
+    std::vector<rte_eth_rss_reta_entry64> table(reta_size / RTE_ETH_RETA_GROUP_SIZE);
+    for (uint16_t i = 0; i < reta_size; ++i) {
+        rte_eth_rss_reta_entry64 &group = table[i / RTE_ETH_RETA_GROUP_SIZE];
+        group.mask |= uint64_t{1} << (i % RTE_ETH_RETA_GROUP_SIZE);
+        group.reta[i % RTE_ETH_RETA_GROUP_SIZE] = bucket_queue(i, rx_queues, reta_size);
+    }
+    if (int rc = rte_eth_dev_rss_reta_update(port_id, table.data(), reta_size); rc != 0) {
+        return why_not("writing its RSS redirection table failed: " + std::string(rte_strerror(-rc)));
+    }
+    for (auto &group : table) {
+        std::memset(group.reta, 0, sizeof group.reta);
+    }
+    if (int rc = rte_eth_dev_rss_reta_query(port_id, table.data(), reta_size); rc != 0) {
+        return why_not("reading back its RSS redirection table failed: " + std::string(rte_strerror(-rc)));
+    }
+    std::vector<uint16_t> read(reta_size);
+    for (uint16_t i = 0; i < reta_size; ++i) {
+        read[i] = table[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE];
+        if (read[i] != bucket_queue(i, rx_queues, reta_size)) {
+            return why_not(fmt::format("its RSS redirection table reads back queue {} at entry {}, not {}", read[i], i,
+                                       bucket_queue(i, rx_queues, reta_size)));
+        }
+    }
+    return read;
+}
+
 } // namespace
+
+uint16_t bucket_queue(uint32_t bucket, uint16_t rx_queues, uint16_t reta_size) noexcept
+{
+    const uint32_t entries = reta_size == 0 ? route_buckets : std::min<uint32_t>(reta_size, route_buckets);
+    return static_cast<uint16_t>((bucket & (entries - 1)) % std::max<uint16_t>(rx_queues, 1));
+}
 
 std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string &program)
 {
@@ -130,6 +182,9 @@ std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t
         if (port.rx_queues > 1 && info.flow_type_rss_offloads != 0) {
             symmetric_rss(info, conf, rss_key);
         }
+        // With RSS buckets the table is written before the port starts, so
+        // no flow's packets arrive on one queue and then another.
+        const bool bucket_table = !rss_key.empty() && net::bucket_hash() == net::BucketHash::rss;
         if (int rc = rte_eth_dev_configure(port.id, port.rx_queues, port.tx_queues, &conf); rc != 0) {
             throw Error("port '" + pc.name + "': configure failed: " + rte_strerror(-rc));
         }
@@ -148,6 +203,9 @@ std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t
                 throw Error("port '" + pc.name + "': TX queue set-up failed: " + rte_strerror(-rc));
             }
         }
+        if (bucket_table) {
+            port.rss_table = write_bucket_table(pc.name, port.id, info.reta_size, port.rx_queues);
+        }
         if (int rc = rte_eth_dev_start(port.id); rc != 0) {
             throw Error("port '" + pc.name + "': start failed: " + rte_strerror(-rc));
         }
@@ -155,7 +213,11 @@ std::vector<Port> start_ports(const HostConfig &cfg, rte_mempool *pool, uint16_t
             rte_eth_promiscuous_enable(port.id); // vdevs may not support it; harmless
         }
         spdlog::info("port '{}' is DPDK port {} ({}; {} RX queue(s){}, {} TX queue(s))", pc.name, port.id,
-                     info.driver_name, port.rx_queues, rss_key.empty() ? "" : " by symmetric RSS", port.tx_queues);
+                     info.driver_name, port.rx_queues,
+                     rss_key.empty()          ? ""
+                     : port.rss_table.empty() ? " by symmetric RSS"
+                                              : " by symmetric RSS, its redirection table following the buckets",
+                     port.tx_queues);
         ports.push_back(port);
     }
     return ports;

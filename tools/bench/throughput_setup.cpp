@@ -9,9 +9,11 @@
 #include "process.h"
 #include "scratch.h"
 
+#include "io/port.h"
 #include "io/router.h"
 #include "net/parse.h"
 #include "net/pcap.h"
+#include "net/rss.h"
 
 #include <fmt/format.h>
 
@@ -147,7 +149,9 @@ void ThroughputRig::make_pcap()
 
 void ThroughputRig::make_queue_pcaps()
 {
-    // Two instances own alternate buckets (io::RouteTable::spread).
+    // Split as a NIC would whose RSS table the host wrote from the buckets
+    // (bucket_hash = "rss", io::bucket_queue); the host deals each bucket
+    // to the instance on the lcore that receives it.
     net::PcapReader reader(pcap.string());
     std::unique_ptr<net::PcapWriter> halves[2];
     for (unsigned q = 0; q < 2; ++q) {
@@ -158,7 +162,8 @@ void ThroughputRig::make_queue_pcaps()
         serpens_pkt view{};
         net::FlowKey key;
         net::parse_packet(rec->data, view, key);
-        halves[io::route_bucket(key.hash()) % 2]->write(rec->data, rec->ts_ns, rec->orig_len);
+        const uint32_t bucket = io::route_bucket(net::rss_hash(key));
+        halves[io::bucket_queue(bucket, 2, 0)]->write(rec->data, rec->ts_ns, rec->orig_len);
     }
     for (auto &half : halves) {
         half->close();
@@ -245,7 +250,7 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                        "chain = \"{}\"\n\n"
                        "[instances]\n"
                        "burst = {}\n"
-                       "flow_capacity = {}\n\n"
+                       "flow_capacity = {}\n{}\n"
                        "[[instance]]\n"
                        "chain = \"{}\"\n"
                        "count = {}\n"
@@ -254,8 +259,8 @@ fs::path ThroughputRig::write_host_toml(bool two_cores, const std::string &chain
                                  : "everything on the main lcore (one core)",
                        getpid(), chain, host_state.string(), host_socket.string(), eal_lcores, memory_mb,
                        eal_prefix("host"), mbufs - 1, pcap_vdev(two_cores ? 2 : 1), chain, burst,
-                       flow_capacity != 0 ? flow_capacity : bench_flow_capacity(flows), chain, two_cores ? 2 : 1,
-                       instance_lcores);
+                       flow_capacity != 0 ? flow_capacity : bench_flow_capacity(flows),
+                       two_cores ? "bucket_hash = \"rss\"\n" : "", chain, two_cores ? 2 : 1, instance_lcores);
     if (!out) {
         throw std::runtime_error("cannot write " + path.string());
     }
