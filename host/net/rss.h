@@ -46,8 +46,8 @@ namespace detail {
 constexpr uint32_t rss_window(unsigned bit) noexcept
 {
     // 32 key bits from bit `bit` (0: the key's first, most significant bit).
-    const uint64_t key = uint64_t{rss_key_word} << 48 | uint64_t{rss_key_word} << 32 | uint64_t{rss_key_word} << 16 |
-                         rss_key_word;
+    const uint64_t key =
+        uint64_t{rss_key_word} << 48 | uint64_t{rss_key_word} << 32 | uint64_t{rss_key_word} << 16 | rss_key_word;
     return static_cast<uint32_t>(key >> (32 - bit));
 }
 

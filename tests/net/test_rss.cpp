@@ -23,10 +23,7 @@ std::array<uint8_t, 52> host_key()
     return key;
 }
 
-uint32_t be32(const uint8_t *p)
-{
-    return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
-}
+uint32_t be32(const uint8_t *p) { return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3]; }
 
 // What a NIC with RSS on IP, TCP and UDP hashes for the key's packet, by
 // DPDK's rte_softrss: addresses, then the ports for TCP and UDP.
