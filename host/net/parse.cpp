@@ -133,14 +133,9 @@ inline uint32_t flow_hash_impl(const FlowKey &k) noexcept
     uint32_t hb;
     if (k.ip_version == 4) {
         // An IPv4 address is the first 4 bytes (the rest are zero): half the
-        // CRC steps, and no 8-byte load of a key just written 4 bytes at a
-        // time (a store-forwarding stall the profile showed per packet).
-        uint32_t a4;
-        uint32_t b4;
-        std::memcpy(&a4, k.src.data(), sizeof a4);
-        std::memcpy(&b4, k.dst.data(), sizeof b4);
-        ha = Crc::u32(Crc::u32(seed, k.src_port), a4);
-        hb = Crc::u32(Crc::u32(seed, k.dst_port), b4);
+        // CRC steps.
+        ha = Crc::u32(Crc::u32(seed, k.src_port), k.src_v4());
+        hb = Crc::u32(Crc::u32(seed, k.dst_port), k.dst_v4());
     } else {
         ha = Crc::u32(seed, k.src_port);
         ha = Crc::u64(ha, load_u64(k.src.data()));

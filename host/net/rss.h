@@ -85,13 +85,7 @@ inline uint32_t rss_hash(const FlowKey &k) noexcept
 {
     uint32_t x;
     if (k.ip_version == 4) {
-        // Only the first 4 bytes are set; 4-byte loads of 4-byte stores
-        // keep store forwarding intact.
-        uint32_t a;
-        uint32_t b;
-        std::memcpy(&a, k.src.data(), sizeof a);
-        std::memcpy(&b, k.dst.data(), sizeof b);
-        x = a ^ b;
+        x = k.src_v4() ^ k.dst_v4(); // the rest of the addresses is zero
     } else {
         x = detail::fold64(k.src.data()) ^ detail::fold64(k.src.data() + 8) ^ detail::fold64(k.dst.data()) ^
             detail::fold64(k.dst.data() + 8);
