@@ -207,19 +207,23 @@ def decode(frame):
     return (version, proto, 0, 0)
 
 
+def addresses_of(frame, version):
+    """The source and destination address bytes of a frame decode() took."""
+    offset = 12
+    while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
+        offset += 4
+    l3 = offset + 2
+    if version == 4:
+        return frame[l3 + 12:l3 + 16], frame[l3 + 16:l3 + 20]
+    return frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40]
+
+
 def flow_of(frame):
     """Direction-independent flow key from our own decoder: addresses and ports."""
     d = decode(frame)
     if d is None:
         return None
-    offset = 12
-    while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
-        offset += 4
-    l3 = offset + 2
-    if d[0] == 4:
-        a, b = frame[l3 + 12:l3 + 16], frame[l3 + 16:l3 + 20]
-    else:
-        a, b = frame[l3 + 8:l3 + 24], frame[l3 + 24:l3 + 40]
+    a, b = addresses_of(frame, d[0])
     ends = sorted([(a, d[2]), (b, d[3])])
     return (d[1], tuple(ends))
 
@@ -294,6 +298,17 @@ external = "203.0.113.0/28"
     def eal(self, lcores="0-1"):
         return (f'args = ["-l", "{lcores}", "--no-huge", "-m", "256", "--no-pci", "--no-shconf", '
                 f'"--file-prefix={self.prefix}", "--no-telemetry", "--log-level=warning"]')
+
+    def traced_queues(self, queues):
+        """One capture per RX queue of port "pcap0", and chain "c" out of it
+        with a trace NF that tags each packet with its instance (0xC0 + i as
+        the last byte); returns the port's [[port]] table."""
+        for q, frames in enumerate(queues):
+            write_pcap(self.path(f"q{q}.pcap"), frames)
+        self.chain("c", 'name = "c"\negress = "pcap0"\n[[nf]]\nname = "t"\nplugin = "trace"\n'
+                        'config = { by_instance = true }\n')
+        captures = ",".join(f'rx_pcap={self.path(f"q{q}.pcap")}' for q in range(len(queues)))
+        return f'[[port]]\nname = "pcap0"\ndevice = "net_pcap0,{captures},tx_pcap={self.path("out.pcap")}"\n'
 
     def pcap_port(self, name="pcap0"):
         return (f'[[port]]\nname = "{name}"\n'

@@ -13,7 +13,7 @@ wrote, as the device reads it back."""
 import struct
 from collections import defaultdict
 
-from harness import Host, by_flow, check, decode, flow_of, write_pcap
+from harness import Host, addresses_of, by_flow, check, decode, flow_of
 
 KEY = bytes([0x6D, 0x5A] * 20)  # the host's key: 0x6d5a repeated, 40 bytes
 
@@ -36,15 +36,8 @@ def nic_input(frame):
     d = decode(frame)
     if d is None:
         return None
-    offset = 12
-    while frame[offset:offset + 2] in (b"\x81\x00", b"\x88\xa8"):
-        offset += 4
-    l3 = offset + 2
     version, proto, sport, dport = d
-    if version == 4:
-        addresses = frame[l3 + 12:l3 + 20]
-    else:
-        addresses = frame[l3 + 8:l3 + 40]
+    addresses = b"".join(addresses_of(frame, version))
     if proto in (6, 17):  # decode() gives fragments ports 0: no bits, as if left out
         return addresses + struct.pack("!HH", sport, dport)
     return addresses
@@ -64,13 +57,7 @@ for frame in frames:
     check(queue_of_flow.setdefault(flow, q) == q, f"flow {flow} hashed to both queues: the key is not symmetric")
     queues[q].append(frame)
 check(all(len(q) > 1500 for q in queues), f"queues of {[len(q) for q in queues]} packets")
-for q, qframes in enumerate(queues):
-    write_pcap(host.path(f"q{q}.pcap"), qframes)
-
-host.chain("c", 'name = "c"\negress = "pcap0"\n[[nf]]\nname = "t"\nplugin = "trace"\n'
-                'config = { by_instance = true }\n')
-host.config(f'[[port]]\nname = "pcap0"\ndevice = "net_pcap0,rx_pcap={host.path("q0.pcap")},'
-            f'rx_pcap={host.path("q1.pcap")},tx_pcap={host.path("out.pcap")}"\n'
+host.config(host.traced_queues(queues) +
             '\n[[port]]\nname = "nic"\ndevice = "net_null0,no-rx=1"\n'
             '\n[[gateway.rule]]\nname = "all"\nchain = "c"\n'
             '\n[instances]\nring_size = 16384\nbucket_hash = "rss"\n'

@@ -6,7 +6,7 @@ instance and in its original order."""
 import zlib
 from collections import defaultdict
 
-from harness import Host, by_flow, check, flow_of, write_pcap
+from harness import Host, by_flow, check, flow_of
 
 host = Host()
 host.pktgen("--packets", "8000", "--flows", "600", "--malformed-ratio", "0", "--seed", "5",
@@ -17,13 +17,7 @@ queues = ([], [])
 for frame in frames:
     queues[zlib.crc32(repr(flow_of(frame)).encode()) % 2].append(frame)
 check(all(len(q) > 1000 for q in queues), f"queues of {[len(q) for q in queues]} packets")
-for q, qframes in enumerate(queues):
-    write_pcap(host.path(f"q{q}.pcap"), qframes)
-
-host.chain("c", 'name = "c"\negress = "pcap0"\n[[nf]]\nname = "t"\nplugin = "trace"\n'
-                'config = { by_instance = true }\n')
-host.config(f'[[port]]\nname = "pcap0"\ndevice = "net_pcap0,rx_pcap={host.path("q0.pcap")},'
-            f'rx_pcap={host.path("q1.pcap")},tx_pcap={host.path("out.pcap")}"\n'
+host.config(host.traced_queues(queues) +
             '\n[[gateway.rule]]\nname = "all"\nchain = "c"\n'
             '\n[[instance]]\nchain = "c"\ncount = 2\nlcores = [0, 1]\n')
 host.run("--idle-exit", "1")
