@@ -29,7 +29,6 @@ uint64_t percentile(std::vector<uint64_t> values, double p)
     return values[std::clamp<std::size_t>(rank, 1, values.size()) - 1];
 }
 
-// The host's instance numbers of `slots`, in order.
 // The slots as the router deals buckets to them: their instance numbers
 // and, in the same order, the lcores they run on.
 struct Members {
