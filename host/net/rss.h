@@ -1,9 +1,9 @@
 #pragma once
 // The host's receive-side scaling hash: Toeplitz with a key that repeats
 // every 16 bits (0x6d5a 0x6d5a ...).  The host gives NICs this key
-// (io/port.cpp), and the router's bucket of a flow is the low byte of this
-// hash (the flow hash's low byte, parse.h), so a NIC's RSS redirection table
-// can send each bucket to the RX queue of the lcore that serves it.
+// (io/port.cpp), and with BucketHash::rss (parse.h) the router's bucket of a
+// flow is the low byte of this hash, so a NIC's RSS redirection table can
+// send each bucket to the RX queue of the lcore that serves it.
 //
 // Why a periodic key: Toeplitz XORs, for every set input bit i, the 32 key
 // bits from bit i on.  With a key of period 16 those windows repeat every 16
