@@ -299,15 +299,20 @@ external = "203.0.113.0/28"
         return (f'args = ["-l", "{lcores}", "--no-huge", "-m", "256", "--no-pci", "--no-shconf", '
                 f'"--file-prefix={self.prefix}", "--no-telemetry", "--log-level=warning"]')
 
-    def traced_queues(self, queues):
-        """One capture per RX queue of port "pcap0", and chain "c" out of it
-        with a trace NF that tags each packet with its instance (0xC0 + i as
-        the last byte); returns the port's [[port]] table."""
-        for q, frames in enumerate(queues):
-            write_pcap(self.path(f"q{q}.pcap"), frames)
+    def traced_queues(self, queues, fifos=False):
+        """One capture per RX queue of port "pcap0" (written now, or FIFOs
+        a Feeder fills), and chain "c" out of it with a trace NF that tags
+        each packet with its instance (0xC0 + i as the last byte); returns
+        the port's [[port]] table."""
+        paths = [self.path(f"q{q}.{'fifo' if fifos else 'pcap'}") for q in range(len(queues))]
+        for path, frames in zip(paths, queues):
+            if fifos:
+                os.mkfifo(path, 0o600)
+            else:
+                write_pcap(path, frames)
         self.chain("c", 'name = "c"\negress = "pcap0"\n[[nf]]\nname = "t"\nplugin = "trace"\n'
                         'config = { by_instance = true }\n')
-        captures = ",".join(f'rx_pcap={self.path(f"q{q}.pcap")}' for q in range(len(queues)))
+        captures = ",".join(f"rx_pcap={path}" for path in paths)
         return f'[[port]]\nname = "pcap0"\ndevice = "net_pcap0,{captures},tx_pcap={self.path("out.pcap")}"\n'
 
     def pcap_port(self, name="pcap0"):

@@ -8,12 +8,14 @@ The NIC is played by this test: it hashes every frame with its own Toeplitz
 it on RX queue bucket mod 2, one capture per queue.  With an instance on
 each receiving lcore (listed in the other order), every flow must then run
 on the instance of the lcore that received it (none crosses to the other
-lcore), in order, each flow on one instance.  A net_null port with RSS shows the redirection table the host
-wrote, as the device reads it back."""
+lcore), in order, each flow on one instance.  A net_null port with RSS
+shows the redirection table the host wrote, as the device reads it back.
+Then the same again through scale events (2 -> 1 -> 2 while the queues are
+fed): buckets stay with instances on the lcore that receives them."""
 import struct
 from collections import defaultdict
 
-from harness import Host, addresses_of, by_flow, check, decode, flow_of
+from harness import Feeder, Host, addresses_of, by_flow, check, decode, flow_of, wait_until
 
 KEY = bytes([0x6D, 0x5A] * 20)  # the host's key: 0x6d5a repeated, 40 bytes
 
@@ -97,4 +99,54 @@ for lcore in (0, 1):
     check(by_lcore[lcore]["rx"] == len(queues[lcore]),
           f"lcore {lcore} received {by_lcore[lcore]['rx']} of queue {lcore}'s {len(queues[lcore])}")
 print(f"ok: {len(queue_of_flow)} flows, queues {[len(q) for q in queues]}, none crossing; nic's table {table[:8]}...")
+host.cleanup()
+
+# Scale events keep buckets on their receiving lcore.  The same queues, fed
+# through FIFOs at a pace: once a sixth is in, 2 -> 1 (instance 1, on lcore
+# 0, leaves: instance 0 on lcore 1 owns every bucket) and back to 2 with the
+# new instance on lcore 0.  The newcomer must take exactly lcore 0's
+# buckets: no packet fed after the events crosses.  (Dealt blind, it would
+# take half of each lcore's.)  net_pcap blocks on an empty FIFO, so the
+# feeders never stop: what counts is what they had written when the last
+# event returned.
+host = Host()
+port = host.traced_queues(queues, fifos=True)
+host.config(port + '\n[[gateway.rule]]\nname = "all"\nchain = "c"\n'
+            '\n[instances]\nring_size = 16384\nbucket_hash = "rss"\n'
+            '\n[[instance]]\nchain = "c"\ncount = 2\nlcores = [1, 0]\n')
+feeders = [Feeder(host.path(f"q{q}.fifo"), queues[q], per_ms=1) for q in range(2)]
+for feeder in feeders:
+    feeder.start()
+proc = host.start("--idle-exit", "2")
+wait_until("a sixth fed", lambda: all(f.written > len(q) // 6 for f, q in zip(feeders, queues)), alive=[proc])
+for args in (["scale", "c", "1"], ["scale", "c", "+1", "-l", "0"]):
+    out = host.ctl(*args, "--json")
+    check(out.returncode == 0, f"serpensctl {' '.join(args)}: {out.stdout}{out.stderr}")
+fed_before = [f.written for f in feeders]  # the pcap header counts as one
+check(all(n < len(q) - 200 for n, q in zip(fed_before, queues)), f"the events came too late: fed {fed_before}")
+for feeder in feeders:
+    feeder.join(timeout=60)
+    check(feeder.error is None, f"feeding: {feeder.error}")
+log, _ = proc.communicate(timeout=60)
+check(proc.returncode == 0, f"serpens-host exited {proc.returncode}:\n{log}")
+
+outputs = host.output()
+check(len(outputs) == len(frames), f"{len(outputs)} packets out of {len(frames)} across the scale events")
+tags = defaultdict(list)  # flow -> instance of each of its packets, in order
+for frame in outputs:
+    tags[flow_of(frame[:-1])].append(frame[-1] - 0xC0)
+check(by_flow(frame[:-1] for frame in outputs) == by_flow(frames), "flows left out of order or incomplete")
+# Lcore q receives queue q; the newcomer's index is whatever the pool gave.
+lcore_of = {i["index"]: i["lcore"] for i in host.stats()["instances"] if i["chain"] == "c" and i["lcore"] is not None}
+check(sorted(lcore_of.values()) == [0, 1], f"instances after the events: {lcore_of}")
+crossing = set()
+for q, qframes in enumerate(queues):
+    before = defaultdict(int)  # each flow's packets fed before the events (the header was the first write)
+    for frame in qframes[:fed_before[q] - 1]:
+        before[flow_of(frame)] += 1
+    for flow in {flow_of(frame) for frame in qframes}:
+        if any(lcore_of.get(tag) != q for tag in tags[flow][before[flow]:]):
+            crossing.add(flow)
+check(not crossing, f"after the scale events {len(crossing)} of {len(tags)} flows ran on the other lcore's instance")
+print(f"ok: after 2 -> 1 -> 2 (fed {fed_before} before), every flow runs on its receiving lcore")
 host.cleanup()
