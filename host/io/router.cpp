@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <string>
 
 namespace serpens::io {
@@ -17,6 +18,10 @@ bool has_affinity(const BucketAffinity &a, std::size_t members)
 {
     return a.home_of_bucket.size() == route_buckets && a.lcore_of.size() == members;
 }
+
+// The buckets the member of rank `rank` among `n` owns when shares are even:
+// 256/n, the first 256 mod n ranks one more.
+uint32_t fair_share(uint32_t rank, uint32_t n) { return route_buckets / n + (rank < route_buckets % n ? 1 : 0); }
 
 // Deals `buckets` to members (indices) below their quota: first each to a
 // member on its home lcore, the one holding fewest; then the rest to those
@@ -68,12 +73,10 @@ BucketOwners spread_buckets(std::span<const uint32_t> members, const BucketAffin
     const auto n = static_cast<uint32_t>(members.size());
     std::vector<uint32_t> quota(n);
     for (uint32_t m = 0; m < n; ++m) {
-        quota[m] = route_buckets / n + (m < route_buckets % n ? 1 : 0);
+        quota[m] = fair_share(m, n);
     }
     std::vector<uint32_t> all(route_buckets);
-    for (uint32_t b = 0; b < route_buckets; ++b) {
-        all[b] = b;
-    }
+    std::iota(all.begin(), all.end(), 0u);
     std::vector<uint32_t> holds(n, 0);
     deal(all, members, affinity, true, holds, quota, owners);
     return owners;
@@ -101,13 +104,11 @@ BucketOwners rebalance_buckets(const BucketOwners &current, std::span<const uint
     }
     // The remainder goes to the members that own most already: fewer moves.
     std::vector<uint32_t> by_holding(n);
-    for (uint32_t m = 0; m < n; ++m) {
-        by_holding[m] = m;
-    }
+    std::iota(by_holding.begin(), by_holding.end(), 0u);
     std::stable_sort(by_holding.begin(), by_holding.end(), [&](uint32_t a, uint32_t b) { return held[a] > held[b]; });
     std::vector<uint32_t> quota(n);
     for (uint32_t i = 0; i < n; ++i) {
-        quota[by_holding[i]] = route_buckets / n + (i < route_buckets % n ? 1 : 0);
+        quota[by_holding[i]] = fair_share(i, n);
     }
     const bool homes = has_affinity(affinity, n);
     // Kept: each member's buckets up to its quota, those on its own lcore
