@@ -56,11 +56,16 @@ std::vector<uint16_t> write_bucket_table(const std::string &name, uint16_t port_
         return why_not("the device has no RSS redirection table the host can write (" + std::to_string(reta_size) +
                        " entries)");
     }
+    // Entry i serves the buckets whose low bits are i's.
+    std::vector<uint16_t> want(reta_size);
+    for (uint16_t i = 0; i < reta_size; ++i) {
+        want[i] = bucket_queue(i, rx_queues, reta_size);
+    }
     std::vector<rte_eth_rss_reta_entry64> table(reta_size / RTE_ETH_RETA_GROUP_SIZE);
     for (uint16_t i = 0; i < reta_size; ++i) {
         rte_eth_rss_reta_entry64 &group = table[i / RTE_ETH_RETA_GROUP_SIZE];
         group.mask |= uint64_t{1} << (i % RTE_ETH_RETA_GROUP_SIZE);
-        group.reta[i % RTE_ETH_RETA_GROUP_SIZE] = bucket_queue(i, rx_queues, reta_size);
+        group.reta[i % RTE_ETH_RETA_GROUP_SIZE] = want[i];
     }
     if (int rc = rte_eth_dev_rss_reta_update(port_id, table.data(), reta_size); rc != 0) {
         return why_not("writing its RSS redirection table failed: " + std::string(rte_strerror(-rc)));
@@ -71,15 +76,14 @@ std::vector<uint16_t> write_bucket_table(const std::string &name, uint16_t port_
     if (int rc = rte_eth_dev_rss_reta_query(port_id, table.data(), reta_size); rc != 0) {
         return why_not("reading back its RSS redirection table failed: " + std::string(rte_strerror(-rc)));
     }
-    std::vector<uint16_t> read(reta_size);
     for (uint16_t i = 0; i < reta_size; ++i) {
-        read[i] = table[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE];
-        if (read[i] != bucket_queue(i, rx_queues, reta_size)) {
-            return why_not(fmt::format("its RSS redirection table reads back queue {} at entry {}, not {}", read[i], i,
-                                       bucket_queue(i, rx_queues, reta_size)));
+        const uint16_t read = table[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE];
+        if (read != want[i]) {
+            return why_not(
+                fmt::format("its RSS redirection table reads back queue {} at entry {}, not {}", read, i, want[i]));
         }
     }
-    return read;
+    return want; // what the device read back
 }
 
 } // namespace
