@@ -13,10 +13,11 @@ using namespace serpens::net;
 
 namespace {
 
-// The host's key at the longest length NICs use.
-std::array<uint8_t, 52> host_key()
+// The host's key at a length a NIC asks for (40 bytes for most, 52 for some).
+template<std::size_t N = 52>
+std::array<uint8_t, N> host_key()
 {
-    std::array<uint8_t, 52> key{};
+    std::array<uint8_t, N> key{};
     for (std::size_t i = 0; i < key.size(); ++i) {
         key[i] = rss_key_byte(i);
     }
@@ -25,9 +26,9 @@ std::array<uint8_t, 52> host_key()
 
 uint32_t be32(const uint8_t *p) { return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3]; }
 
-// What a NIC with RSS on IP, TCP and UDP hashes for the key's packet, by
-// DPDK's rte_softrss: addresses, then the ports for TCP and UDP.
-uint32_t nic_hash(const FlowKey &k)
+// What a NIC with RSS on IP, TCP and UDP hashes for the key's packet, as
+// DPDK's rte_softrss takes it: addresses, then the ports for TCP and UDP.
+std::vector<uint32_t> nic_tuple(const FlowKey &k)
 {
     std::vector<uint32_t> tuple;
     const unsigned addr_words = k.ip_version == 4 ? 1 : 4;
@@ -40,6 +41,12 @@ uint32_t nic_hash(const FlowKey &k)
     if (k.proto == 6 || k.proto == 17) {
         tuple.push_back(uint32_t{k.src_port} << 16 | k.dst_port);
     }
+    return tuple;
+}
+
+uint32_t nic_hash(const FlowKey &k)
+{
+    std::vector<uint32_t> tuple = nic_tuple(k); // rte_softrss takes it non-const
     const auto key = host_key();
     return rte_softrss(tuple.data(), static_cast<uint32_t>(tuple.size()), key.data());
 }
@@ -93,21 +100,11 @@ TEST_CASE("the key is the host's at any length a NIC asks for")
 {
     // 40 bytes (most NICs) and 52 (some): the same repeating word, so the
     // hash of a 36-byte input (IPv6 with ports) does not depend on it.
-    std::array<uint8_t, 40> short_key{};
-    for (std::size_t i = 0; i < short_key.size(); ++i) {
-        short_key[i] = rss_key_byte(i);
-    }
-    const auto long_key = host_key();
+    const auto short_key = host_key<40>();
+    const auto long_key = host_key<52>();
     std::mt19937_64 rng(11);
-    const FlowKey k = random_key(rng, 6, 6);
-    std::vector<uint32_t> tuple;
-    for (unsigned w = 0; w < 4; ++w) {
-        tuple.push_back(be32(k.src.data() + 4 * w));
-    }
-    for (unsigned w = 0; w < 4; ++w) {
-        tuple.push_back(be32(k.dst.data() + 4 * w));
-    }
-    tuple.push_back(uint32_t{k.src_port} << 16 | k.dst_port);
+    std::vector<uint32_t> tuple = nic_tuple(random_key(rng, 6, 6));
+    REQUIRE(tuple.size() == 9);
     CHECK(rte_softrss(tuple.data(), 9, short_key.data()) == rte_softrss(tuple.data(), 9, long_key.data()));
     CHECK(short_key[0] == 0x6d);
     CHECK(short_key[1] == 0x5a);
