@@ -11,6 +11,7 @@
 #include "fixture.h"
 #include "workers.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <iostream>

@@ -13,6 +13,7 @@
 #include "lab_chain.h"
 #include "pipeline.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <iostream>

@@ -15,6 +15,7 @@
 #include "remote_state.h"
 #include "workers.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <sys/mman.h>

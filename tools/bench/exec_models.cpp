@@ -15,6 +15,7 @@
 #include "lab_chain.h"
 #include "models.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <iostream>

@@ -8,6 +8,7 @@
 #include "fixture.h"
 #include "workers.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <functional>

@@ -9,6 +9,7 @@
 #include "core/fault.h"
 #include "core/version.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 

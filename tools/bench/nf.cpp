@@ -16,6 +16,7 @@
 #include "bench.h"
 #include "lab_chain.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>

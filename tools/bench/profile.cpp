@@ -18,6 +18,7 @@
 #include "remote_state.h"
 #include "workers.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <iostream>

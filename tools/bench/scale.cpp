@@ -35,6 +35,7 @@
 #include "control/protocol.h"
 #include "state/table.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 

@@ -10,6 +10,7 @@
 #include "models.h"
 #include "remote_state.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <iostream>

@@ -34,6 +34,7 @@
 #include "process.h"
 #include "throughput.h"
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>

@@ -10,6 +10,7 @@
 
 #include "net/vxlan.h"
 
+#include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <fmt/format.h>
 
