@@ -6,6 +6,7 @@
 
 #include "chain/compiled.h"
 #include "core/burst.h"
+#include "core/cache_line.h"
 #include "core/nf_context.h"
 #include "state/flow_table.h"
 
@@ -30,8 +31,9 @@ using ExecutorResolver = std::function<state::Executor *(const std::string &chai
 using FlowTableResolver = std::function<state::FlowTable *(state::FlowTableSpec spec, bool &first)>;
 
 // Per-NF counters the runtime keeps.  Written by the instance's worker only;
-// relaxed atomics let the control thread read them while it runs.
-struct NfRunStats {
+// relaxed atomics let the control thread read them while it runs.  A line
+// each, so one lcore's never shares one with another's (cache_line.h).
+struct alignas(cache_line) NfRunStats {
     std::atomic<uint64_t> packets{0}; // packets this NF processed
     std::atomic<uint64_t> dropped{0}; // of those, dropped by its verdict
     std::atomic<uint64_t> bytes{0};   // their lengths as the NF left them (metering)
@@ -163,8 +165,8 @@ private:
     std::vector<std::unique_ptr<NfContext>> _contexts;
     std::vector<Slot> _slots;
     std::unique_ptr<NfRunStats[]> _stats;
-    std::vector<uint32_t> _pending; // per label bucket: 0 out, 1..N NFs, N+1 drop
-    uint32_t _batch_seq = 0;        // batches run, for kTimedBatchEvery
+    LineVector<uint32_t> _pending; // per label bucket: 0 out, 1..N NFs, N+1 drop
+    uint32_t _batch_seq = 0;       // batches run, for kTimedBatchEvery
     state::FlowTable *_flows = nullptr;
     state::FlowSweepCursor _sweep;
     uint64_t _sweep_pass_ns = 0; // a whole pass over the owned parts at least this often (0: no sweep)
@@ -172,7 +174,7 @@ private:
     bool _visit_all = false;     // an NF visits every entry, not only expiring ones
     uint64_t _sweep_now_ns = 0;  // the running sweep's clock, for the visitors
     bool _stopping = false;      // the running sweep is visit_flows_at_stop's
-    alignas(64) uint8_t _ports[max_burst] = {};
+    alignas(cache_line) uint8_t _ports[max_burst] = {};
     void *_flow_entries[max_burst] = {};
     uint8_t _flow_flags[max_burst] = {};
     const FlowSteering *_steering = nullptr;

@@ -869,12 +869,11 @@ void Dataplane::wake_overdue(uint64_t now)
 {
     const uint64_t deadline_ns = uint64_t{_options.wake_deadline_us} * 1000;
     for (auto &other : _lcores) {
-        if (other->main || !other->wakeup.sleeping()) {
-            other->pending_since = 0;
-            continue;
-        }
-        if (rings_empty(*other->instances.load(std::memory_order_acquire), true)) {
-            other->pending_since = 0;
+        if (other->main || !other->wakeup.sleeping() ||
+            rings_empty(*other->instances.load(std::memory_order_acquire), true)) {
+            if (other->pending_since != 0) {
+                other->pending_since = 0; // written only when it changes: a running lcore reads beside it
+            }
         } else if (other->pending_since == 0) {
             other->pending_since = now;
         } else if (now - other->pending_since >= deadline_ns) {

@@ -21,6 +21,7 @@
 // of them; those that had instances at the start receive.
 
 #include "chain/runtime.h"
+#include "core/cache_line.h"
 #include "core/counter.h"
 #include "core/latency.h"
 #include "core/wakeup.h"
@@ -70,8 +71,10 @@ struct ChainPeering {
 
 // One instance number of one chain.  A slot outlives the chain instances
 // that fill it in turn, so its counters (metering included) keep counting
-// across scale events; it is never freed while the dataplane lives.
-struct InstanceSlot {
+// across scale events; it is never freed while the dataplane lives.  Its
+// lcore writes the counters per batch: they share no line with another
+// lcore's slot, nor with what it reads (cache_line.h).
+struct alignas(cache_line) InstanceSlot {
     std::string chain_name;
     uint32_t chain_tag = 0;
     uint32_t index = 0;  // instance number within its chain
@@ -84,10 +87,10 @@ struct InstanceSlot {
     SlotState state = SlotState::empty; // control side only
     io::InstanceGate gate;
 
-    Counter packets{0};    // metered: packets the chain ran on
-    Counter bytes{0};      // metered: their bytes as they entered the chain
-    Counter out{0};        // reached egress and were handed to TX
-    Counter dropped{0};    // dropped by an NF's verdict
+    alignas(cache_line) Counter packets{0}; // metered: packets the chain ran on
+    Counter bytes{0};                       // metered: their bytes as they entered the chain
+    Counter out{0};                         // reached egress and were handed to TX
+    Counter dropped{0};                     // dropped by an NF's verdict
     Counter tx_dropped{0}; // its TX queue was full (through the main lcore, nothing is dropped: it waits)
     Counter batches{0};
     Counter to_peers{0};                      // of a flow a peer serves: sent there unprocessed
@@ -232,7 +235,11 @@ private:
         int32_t queue = -1;       // own TX queue, or -1: through the port's TX ring
         rte_ring *ring = nullptr; // drained by the main lcore
     };
-    using InstanceList = std::vector<InstanceSlot *>;
+    // Loaded by its lcore every iteration: the list and its array on lines
+    // of their own.
+    struct alignas(cache_line) InstanceList : LineVector<InstanceSlot *> {
+        using LineVector<InstanceSlot *>::LineVector;
+    };
     // Laid out by who writes: what other threads read often (its wakeup,
     // its instance list) must not share a cache line with what the lcore
     // writes every iteration, or each read pulls the line across cores.
@@ -246,12 +253,12 @@ private:
         std::atomic<bool> done{false};
         std::vector<TxPath> tx;                     // per port index
         std::unique_ptr<io::Dispatcher> dispatcher; // null: this lcore does not receive
+        alignas(cache_line) Wakeup wakeup;          // written by wakers and by the lcore when it sleeps
         uint64_t pending_since = 0;                 // main lcore only: when it saw packets waiting for this sleeper
-        alignas(64) Wakeup wakeup;                  // written by wakers and by the lcore when it sleeps
         // Written by the lcore every iteration.
         // The grace token it read at the end of its last iteration: the
         // lists it loads from the next one on are those published before it.
-        alignas(64) std::atomic<uint64_t> passed{0};
+        alignas(cache_line) std::atomic<uint64_t> passed{0};
         std::atomic<uint64_t> busy_ns{0}; // in iterations that did work
         std::atomic<uint64_t> last_rx{0}; // when it last received (or was held back)
         LatencyHistogram batch_latency;   // from a batch's RX to the end of its chain run (sampled)
@@ -342,8 +349,8 @@ private:
     uint32_t _receivers = 0;
     std::vector<unsigned> _bucket_homes;
     bool _prepared = false;
-    std::atomic<bool> _main_polls{false};        // else it sleeps until stop() when it has nothing to receive
-    alignas(64) std::atomic<uint64_t> _grace{0}; // raised by synchronize(), read by every lcore per iteration
+    std::atomic<bool> _main_polls{false};                // else it sleeps until stop() when it has nothing to receive
+    alignas(cache_line) std::atomic<uint64_t> _grace{0}; // raised by synchronize(), read by every lcore per iteration
 };
 
 } // namespace serpens

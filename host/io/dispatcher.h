@@ -7,6 +7,7 @@
 // and counters.
 
 #include "core/burst.h"
+#include "core/cache_line.h"
 #include "core/counter.h"
 #include "io/gateway.h"
 #include "io/port.h"
@@ -51,7 +52,7 @@ struct RxQueue {
 struct DispatchCounters {
     DispatchCounters(std::size_t ports, std::size_t rules) : rx(ports), rules(rules) {}
 
-    std::vector<Counter> rx;  // per port
+    LineVector<Counter> rx;   // per port
     net::ParseCounters parse; // read live: a stats reply may lag by a burst
     RuleCounts rules;
     net::VxlanCounters vxlan; // decapsulation results on the underlay port

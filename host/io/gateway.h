@@ -5,6 +5,7 @@
 // counters have a single writer.
 
 #include "config/host_config.h"
+#include "core/cache_line.h"
 #include "core/counter.h"
 #include "net/parse.h"
 
@@ -50,7 +51,7 @@ inline constexpr int32_t gateway_no_match = -1;
 // stats.
 struct RuleCounts {
     explicit RuleCounts(std::size_t rules) : matched(rules) {}
-    std::vector<Counter> matched;
+    LineVector<Counter> matched; // a line of its own: its dispatcher's lcore writes it
     Counter unmatched{0};
 };
 
