@@ -902,6 +902,11 @@ void Dataplane::lcore_loop(Lcore &lcore)
     bool worked = false;
     uint32_t idle = 0;
     bool receiving = lcore.dispatcher != nullptr;
+    // The main lcore looks whether to stop once a millisecond, not every
+    // iteration: the idle test reads every lcore's last_rx, in the line each
+    // of them writes every iteration.
+    constexpr uint64_t stop_check_ns = 1'000'000;
+    uint64_t next_stop_check = start;
     lcore.running.store(true, std::memory_order_release);
     for (;; lcore.passed.store(_grace.load(std::memory_order_acquire), std::memory_order_release)) {
         const uint64_t now = monotonic_ns();
@@ -915,11 +920,14 @@ void Dataplane::lcore_loop(Lcore &lcore)
         // Loaded once per iteration; replaced ones are freed only after this
         // iteration (synchronize).
         const InstanceList &instances = *lcore.instances.load(std::memory_order_acquire);
-        if (lcore.main && !_rx_stopped.load(std::memory_order_relaxed) && should_stop(start, now)) {
-            // Stop receiving; everything already received is still delivered.
-            _rx_stopped.store(true, std::memory_order_release);
-            for (auto &other : _lcores) {
-                other->wakeup.wake();
+        if (lcore.main && now >= next_stop_check && !_rx_stopped.load(std::memory_order_relaxed)) {
+            next_stop_check = now + stop_check_ns;
+            if (should_stop(start, now)) {
+                // Stop receiving; everything already received is still delivered.
+                _rx_stopped.store(true, std::memory_order_release);
+                for (auto &other : _lcores) {
+                    other->wakeup.wake();
+                }
             }
         }
         uint32_t work = 0;
