@@ -904,7 +904,7 @@ void Dataplane::lcore_loop(Lcore &lcore)
     bool receiving = lcore.dispatcher != nullptr;
     // The main lcore looks whether to stop once a millisecond, not every
     // iteration: the idle test reads every lcore's last_rx, in the line each
-    // of them writes every iteration.
+    // of them writes every iteration.  A stop() it is woken for is seen at once.
     constexpr uint64_t stop_check_ns = 1'000'000;
     uint64_t next_stop_check = start;
     lcore.running.store(true, std::memory_order_release);
@@ -920,7 +920,8 @@ void Dataplane::lcore_loop(Lcore &lcore)
         // Loaded once per iteration; replaced ones are freed only after this
         // iteration (synchronize).
         const InstanceList &instances = *lcore.instances.load(std::memory_order_acquire);
-        if (lcore.main && now >= next_stop_check && !_rx_stopped.load(std::memory_order_relaxed)) {
+        if (lcore.main && !_rx_stopped.load(std::memory_order_relaxed) &&
+            (now >= next_stop_check || _stop.load(std::memory_order_relaxed))) {
             next_stop_check = now + stop_check_ns;
             if (should_stop(start, now)) {
                 // Stop receiving; everything already received is still delivered.
