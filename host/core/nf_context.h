@@ -4,6 +4,8 @@
 // implements a host service (plugin/'s counters, state/'s tables) finds its
 // context through here, so it lives in core/ below all of them.
 
+#include "core/cache_line.h"
+
 #include <serpens/nf.h>
 
 #include <array>
@@ -30,7 +32,7 @@ public:
     uint64_t value(std::size_t i) const noexcept { return _values[i]; }
 
 private:
-    alignas(64) std::array<uint64_t, capacity> _values{};
+    alignas(cache_line) std::array<uint64_t, capacity> _values{};
     std::array<std::string, capacity> _names;
     std::size_t _size = 0;
 };

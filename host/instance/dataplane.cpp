@@ -481,7 +481,7 @@ void Dataplane::build_tx_paths()
     // TX paths: the main lcore owns queue 0 of every port; each worker lcore
     // takes the next queue, and shares the port's TX ring when none is left.
     _tx_rings.assign(_ports.size(), nullptr);
-    _tx_ring_dropped = std::vector<Counter>(_ports.size());
+    _tx_ring_dropped = LineVector<Counter>(_ports.size());
     uint16_t next_queue = 1;
     for (auto &lcore : _lcores) {
         lcore->tx.resize(_ports.size());

@@ -341,8 +341,8 @@ private:
     std::mutex _peerings_mutex;
     std::vector<std::unique_ptr<ChainPeering>> _peerings; // per chain tag
     std::vector<std::unique_ptr<Lcore>> _lcores;
-    std::vector<rte_ring *> _tx_rings;     // per port; nullptr when every lcore has a queue
-    std::vector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
+    std::vector<rte_ring *> _tx_rings;    // per port; nullptr when every lcore has a queue
+    LineVector<Counter> _tx_ring_dropped; // per port: from the TX ring, refused by the port
     std::atomic<bool> _stop{false};
     std::atomic<bool> _rx_stopped{false};        // set by the main lcore: receive no more
     std::atomic<uint32_t> _receivers_stopped{0}; // lcores that saw it and will enqueue no more
