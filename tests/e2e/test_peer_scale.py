@@ -25,7 +25,6 @@ split between hosts.
     itself, those b served as new flows (their state died with b), and
     nothing is lost.
 """
-import json
 import os
 import shutil
 
@@ -50,13 +49,13 @@ write_pcap(a.path("empty.pcap"), [])
 a.chain("c", CHAIN.format(egress="out", marks="[7]"))
 a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096"\n'
          f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
-         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
+         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa,framecnt=4096"\n'
          '\n[[gateway.rule]]\nin_port = "in"\nchain = "c"\n' +
          peer_section(a, pki, "10.97.0.1", b, "10.97.0.2", underlay="10.96.0.1"), eal=a.eal("0"))
 # b runs the chain only for a: packets it processes go back to a, never
 # out of its own egress.
 b.chain("c", CHAIN.format(egress="underlay", marks="[9, 5]"))
-b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
+b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb,framecnt=4096"\n'
          '\n[[instance]]\nchain = "c"\ncount = 1\n' +
          peer_section(b, pki, "10.97.0.2", a, "10.97.0.1", underlay="10.96.0.2"),
          eal=b.eal("0"))
@@ -75,15 +74,7 @@ proc_b = b.start(ns=ns_b, log_level="warn")
 
 def wait_for(what, condition, timeout=30):
     return wait_until(what, condition, (proc_a,), timeout,
-                      lambda: f"; a: {where_packets_are(a)}\nb: {where_packets_are(b)}")
-
-
-def where_packets_are(host):
-    out = host.ctl("stats", "--json")
-    if out.returncode != 0:
-        return out.stderr
-    stats = json.loads(out.stdout)
-    return {k: stats.get(k) for k in ("instances", "dispatch", "vxlan", "ports")}
+                      lambda: f"; a: {a.where_packets_are()}\nb: {b.where_packets_are()}")
 
 
 def send(phase):

@@ -34,9 +34,12 @@ pki = make_pki(a.path("pki"), [a.prefix, b.prefix])
 
 write_pcap(a.path("empty.pcap"), [])
 a.fw_mon_nat("out")
+# Socket rings of 4096 frames (net_af_packet's default is 512): on a loaded
+# machine a host's lcore can be descheduled long enough for the kernel to
+# drop from a smaller one, and the test would wait for packets never received.
 a.config('[[port]]\nname = "in"\ndevice = "net_af_packet0,iface=ia,framecnt=4096"\n'
          f'[[port]]\nname = "out"\ndevice = "net_pcap0,rx_pcap={a.path("empty.pcap")},tx_pcap={a.path("out.pcap")}"\n'
-         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa"\n'
+         '[[port]]\nname = "underlay"\ndevice = "net_af_packet1,iface=sa,framecnt=4096"\n'
          '\n[[gateway.rule]]\nin_port = "in"\nchain = "sfc"\n' +
          peer_section(a, pki, "10.95.0.1", b, "10.95.0.2", underlay="10.94.0.1", lease_ms=LEASE_MS),
          eal=a.eal("0"))
@@ -47,7 +50,7 @@ b.fw_mon_nat("underlay")
 # give the flow a new port).
 with open(b.path("chains/sfc.toml"), "a") as f:
     f.write("[nf.config.timeouts]\nudp = 3\n")
-b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb"\n'
+b.config('[[port]]\nname = "underlay"\ndevice = "net_af_packet0,iface=sb,framecnt=4096"\n'
          '\n[[instance]]\nchain = "sfc"\ncount = 1\nflow_idle_s = 1\n' +
          peer_section(b, pki, "10.95.0.2", a, "10.95.0.1", underlay="10.94.0.2", lease_ms=LEASE_MS),
          eal=b.eal("0"))
@@ -67,7 +70,8 @@ proc_b = b.start(ns=ns_b, log_level="info")
 
 
 def wait_for(what, condition, timeout=30):
-    return wait_until(what, condition, (proc_a,), timeout)
+    return wait_until(what, condition, (proc_a,), timeout,
+                      lambda: f"; a: {a.where_packets_are()}\nb: {b.where_packets_are()}")
 
 
 def send(n):

@@ -29,8 +29,9 @@ def configure(host, address, underlay_device, peer_host, peer_address, extra="")
 
 
 # a's metrics endpoint, on its namespace's own loopback.
-configure(a, "10.99.0.1", "net_af_packet0,iface=pa", b, "10.99.0.2", extra='\n[metrics]\nlisten = "127.0.0.1:9650"\n')
-configure(b, "10.99.0.2", "net_af_packet0,iface=pb", a, "10.99.0.1")
+configure(a, "10.99.0.1", "net_af_packet0,iface=pa,framecnt=4096", b, "10.99.0.2",
+          extra='\n[metrics]\nlisten = "127.0.0.1:9650"\n')
+configure(b, "10.99.0.2", "net_af_packet0,iface=pb,framecnt=4096", a, "10.99.0.1")
 # The rogue host knows a's address and trusts the right CA, but its own
 # certificate comes from a CA a does not trust.
 configure(rogue, "10.99.0.3", "net_null0", a, "10.99.0.1")
