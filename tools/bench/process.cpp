@@ -34,7 +34,12 @@ void sleep_s(double s)
 
 std::string read_text(const fs::path &path)
 {
-    std::ifstream in(path);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        // Every file read is one this run wrote: gone means its temporary
+        // directory was removed under it.
+        throw std::runtime_error("cannot read " + path.string() + ": " + std::strerror(errno));
+    }
     std::stringstream s;
     s << in.rdbuf();
     return s.str();

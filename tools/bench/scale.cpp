@@ -40,6 +40,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -287,8 +288,16 @@ private:
         {
             // The first packet of the capture, alone.
             const std::string all = read_text(_rig.pcap);
-            const uint32_t caplen = *reinterpret_cast<const uint32_t *>(all.data() + 24 + 8);
-            std::ofstream(one, std::ios::binary) << all.substr(0, 24 + 16 + caplen);
+            constexpr std::size_t file_header = 24;
+            constexpr std::size_t record_header = 16;
+            uint32_t caplen = 0;
+            if (all.size() >= file_header + record_header) {
+                std::memcpy(&caplen, all.data() + file_header + 8, sizeof caplen);
+            }
+            if (caplen == 0 || all.size() < file_header + record_header + caplen) {
+                throw std::runtime_error(_rig.pcap.string() + " holds no whole first packet");
+            }
+            std::ofstream(one, std::ios::binary) << all.substr(0, file_header + record_header + caplen);
         }
         // Run 0 starts the chain at one instance and creates the packet's
         // flow state; the measured runs wake a parked instance on that state,

@@ -158,6 +158,14 @@ int report_throughput(const Options &opts, const ThroughputRig &rig, const std::
             if (mac2 >= 0) {
                 summary += target_line("serpens 2 cores / testpmd macswap 2 cores", ratio(i, mac2, false), 0.8);
             }
+            // The reference's own gain from its second core: what the machine
+            // allows, beside the 1.7x asked of serpens.
+            if (one >= 0 && mac2 >= 0 && macswap >= 0) {
+                const Summary ref = ratio(static_cast<std::size_t>(mac2), macswap, false);
+                summary += fmt::format("testpmd macswap 2 cores / 1 core = {} (rounds {}..{}): the reference's own "
+                                       "scaling on this machine\n",
+                                       fmt_num(ref.median), cell(ref.min), cell(ref.max));
+            }
         }
         if (c.kind == Kind::serpens_1core && macswap >= 0) {
             summary += fmt::format("serpens 1 core / testpmd macswap = {} (target >= {}): {}\n", fmt_num(x_mac.median),
