@@ -533,16 +533,24 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             if (h->last_seen != now) {
                 st16(&h->last_seen, now);
             }
-            if (reverse[j] != ((h->initiator & 1u) != 0)) {
-                f |= SERPENS_FLOW_REPLY;
-            }
+            // Which endpoint sent it, and whether that is against the first
+            // packet, in arithmetic: as branches they cost 13 instructions a
+            // packet (callgrind), half the time mispredicted.
+            static_assert(SERPENS_FLOW_REPLY == 1u << 1 && SERPENS_FLOW_FROM_B == 1u << 2);
+            const unsigned from_b = reverse[j] ? 1u : 0u;
+            f |= static_cast<uint8_t>((from_b ^ (h->initiator & 1u)) << 1 | from_b << 2);
             if (h->initiator > 1u) {
                 f |= flow_flag_remote;
                 ++found.remote;
             }
-            // The NFs' areas past the first line, for their turn.
-            for (uint32_t off = 64; off < _entry_size; off += 64) {
-                __builtin_prefetch(entry + off, 1, 3);
+            // The NFs' areas past the first line, for their turn.  The second
+            // line on its own: most chains' entries end there, and the loop
+            // alone was 10 instructions a packet.
+            if (_entry_size > 64) {
+                __builtin_prefetch(entry + 64, 1, 3);
+                for (uint32_t off = 128; off < _entry_size; off += 64) {
+                    __builtin_prefetch(entry + off, 1, 3);
+                }
             }
             entries[base + j] = entry;
             flags[base + j] = f;

@@ -46,7 +46,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 7
+#define SERPENS_ABI_MINOR 8
 
 /* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
 #define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
@@ -210,6 +210,11 @@ static inline struct serpens_pkt *serpens_batch_pkt(const struct serpens_batch *
 /* Bits of batch->flow_flags[i]. */
 #define SERPENS_FLOW_NEW 0x1u   /* this packet created the entry */
 #define SERPENS_FLOW_REPLY 0x2u /* it goes against the direction of the flow's first packet */
+/* (ABI 1.8) Its source is the flow's endpoint b: the higher of the two,
+ * address bytewise, then port, as serpens_flow_info orders them.  Which way
+ * a packet goes, without reading its headers; hosts older than 1.8 leave it
+ * 0 (SERPENS_ABI_MINOR_FLOW_SIDE: check host->abi_minor in init). */
+#define SERPENS_FLOW_FROM_B 0x4u
 
 /* NF area of packet i's flow entry; NULL when the packet has none or the
  * host is older than 1.5 (a plugin using it declares min_host_minor 5). */
@@ -396,6 +401,9 @@ struct serpens_table_layout {
 
 /* The host minor that introduced table layouts. */
 #define SERPENS_ABI_MINOR_TABLE_LAYOUT 7u
+
+/* The host minor that introduced SERPENS_FLOW_FROM_B. */
+#define SERPENS_ABI_MINOR_FLOW_SIDE 8u
 
 /* ------------------------------------------------------------------------ */
 /* Configuration and host services                                           */

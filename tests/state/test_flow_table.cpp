@@ -155,7 +155,8 @@ TEST_CASE("both directions of a flow share one entry; the first packet creates i
     CHECK(again.flags == 0);
     Looked reply = look(*t, back, 3);
     CHECK(reply.entry == first.entry);
-    CHECK(reply.flags == SERPENS_FLOW_REPLY);
+    // 192.168.0.1 is the flow's endpoint b (the higher address).
+    CHECK(reply.flags == (SERPENS_FLOW_REPLY | SERPENS_FLOW_FROM_B));
 
     // Another flow (other port, other protocol) has its own entry.
     Frame other = udp_frame(0x0a000001, 40001, 0xc0a80001, 53);
@@ -164,11 +165,19 @@ TEST_CASE("both directions of a flow share one entry; the first packet creates i
     CHECK(look(*t, tcp, 4).entry != first.entry);
     CHECK(t->totals().live == 3);
 
-    // A flow opened from the "higher" side is a reply the other way round.
+    // A flow opened from the "higher" side is a reply the other way round,
+    // and its packets from that side come from endpoint b all the same.
     Frame high_first = udp_frame(0xc0a80009, 80, 0x0a000009, 5000);
     Frame high_reply = udp_frame(0x0a000009, 5000, 0xc0a80009, 80);
-    CHECK(look(*t, high_first, 5).flags == SERPENS_FLOW_NEW);
+    CHECK(look(*t, high_first, 5).flags == (SERPENS_FLOW_NEW | SERPENS_FLOW_FROM_B));
+    CHECK(look(*t, high_first, 5).flags == SERPENS_FLOW_FROM_B);
     CHECK(look(*t, high_reply, 5).flags == SERPENS_FLOW_REPLY);
+
+    // Equal addresses: the lower port is endpoint a.
+    Frame low_port = udp_frame(0x0a000005, 1000, 0x0a000005, 2000);
+    Frame high_port = udp_frame(0x0a000005, 2000, 0x0a000005, 1000);
+    CHECK(look(*t, low_port, 6).flags == SERPENS_FLOW_NEW);
+    CHECK(look(*t, high_port, 6).flags == (SERPENS_FLOW_REPLY | SERPENS_FLOW_FROM_B));
 }
 
 TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow once; the parser's keys find it")

@@ -13,7 +13,7 @@
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
 _Static_assert(SERPENS_ABI_MAJOR == 1, "a major bump breaks every plugin");
-_Static_assert(SERPENS_ABI_MINOR == 7, "a new minor appends fields: pin them here");
+_Static_assert(SERPENS_ABI_MINOR == 8, "a new minor appends fields: pin them here");
 
 /* The frozen v1.0 sizes are where each struct's 1.0 fields end. */
 _Static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == 120, "frozen");
