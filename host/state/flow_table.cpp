@@ -535,7 +535,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
             }
             // Which endpoint sent it, and whether that is against the first
             // packet, in arithmetic: as branches they cost 13 instructions a
-            // packet (callgrind), half the time mispredicted.
+            // packet (callgrind).
             static_assert(SERPENS_FLOW_REPLY == 1u << 1 && SERPENS_FLOW_FROM_B == 1u << 2);
             const unsigned from_b = reverse[j] ? 1u : 0u;
             f |= static_cast<uint8_t>((from_b ^ (h->initiator & 1u)) << 1 | from_b << 2);
