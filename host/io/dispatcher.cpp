@@ -99,28 +99,6 @@ uint16_t Dispatcher::take_from_tunnels(rte_mbuf **mbufs, uint16_t n, uint32_t *t
     return kept;
 }
 
-const RouteTarget *Dispatcher::one_target(const RouteTable &routes, const serpens_pkt *views, uint16_t n) const noexcept
-{
-    const uint32_t tag = _gateway.rules()[0].chain_tag;
-    if (const RouteTarget *sole = routes.sole(tag); sole != nullptr || n == 0) {
-        return sole;
-    }
-    // Each lcore's RX queue carries the buckets its own instances own (RSS
-    // programmed from them), so a burst usually has one owner although the
-    // chain has several.  A branch-free pass over the burst's owners costs
-    // less than staging each packet on its own.
-    const std::span<const uint16_t> buckets = routes.buckets(tag);
-    if (buckets.empty()) {
-        return nullptr;
-    }
-    const uint16_t first = buckets[route_bucket(views[0].flow_hash)];
-    uint32_t differ = 0;
-    for (uint16_t i = 1; i < n; ++i) {
-        differ |= static_cast<uint32_t>(buckets[route_bucket(views[i].flow_hash)] ^ first);
-    }
-    return differ == 0 ? &routes.targets[first] : nullptr;
-}
-
 uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint64_t now, LocalSink &sink)
 {
     rte_mbuf *mbufs[max_burst];
@@ -185,7 +163,7 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     }
     net::hash_flows(&keys[0].key, n_kept, hashes);
     for (uint16_t i = 0; i < n_kept; ++i) {
-        views[i].flow_hash = parsed[i] ? hashes[i] : views[i].flow_hash;
+        hashes[i] = views[i].flow_hash = parsed[i] ? hashes[i] : views[i].flow_hash;
     }
 
     // Per-target staging, so each target gets its packets as one batch.
@@ -275,7 +253,8 @@ uint32_t Dispatcher::receive(const RxQueue &rxq, const RouteTable *routes, uint6
     }
     // ... and one instance of it owns every bucket, or every flow of the
     // burst: the burst is one stage.
-    const RouteTarget *sole = match_all && routes != nullptr ? one_target(*routes, views, n_kept) : nullptr;
+    const RouteTarget *sole =
+        match_all && routes != nullptr ? routes->sole(_gateway.rules()[0].chain_tag, hashes, n_kept) : nullptr;
     if (sole != nullptr) {
         stages[0].target = sole;
         stages[0].count = n_kept;

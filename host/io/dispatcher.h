@@ -135,10 +135,6 @@ public:
 
 private:
     uint32_t receive(const RxQueue &rxq, const RouteTable *routes, uint64_t now, LocalSink &sink);
-    // The one target of a burst that all matches the first gateway rule:
-    // its chain's sole instance, or the owner of every packet's bucket;
-    // nullptr when the packets go to several.
-    const RouteTarget *one_target(const RouteTable &routes, const serpens_pkt *views, uint16_t n) const noexcept;
     bool backlogged(const RouteTable *routes);
     // Decapsulates a burst from the underlay port: keeps mbufs[0, returned)
     // in order, the inner frames of peers' VXLAN, with their chain tags and

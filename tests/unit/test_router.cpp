@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <vector>
@@ -63,6 +64,30 @@ TEST_CASE("each chain's buckets are spread evenly over its own instances, one ow
     CHECK(table->sole(1) == nullptr);
     CHECK(table->sole(0) == nullptr);
     CHECK(table->sole(99) == nullptr);
+
+    // A burst whose flows all have one owner needs no route per packet
+    // either, even in a chain with several; one more owner, and it does.
+    std::vector<uint32_t> one_owner, two_owners;
+    const io::RouteTarget *owner = table->route(1, 0);
+    for (uint32_t b = 0; b < io::route_buckets; ++b) {
+        const uint32_t hash = b | 0x5a5a0000u;
+        if (table->route(1, b) == owner) {
+            one_owner.push_back(hash);
+        } else if (two_owners.empty()) {
+            two_owners.push_back(hash);
+        }
+    }
+    REQUIRE(one_owner.size() > 1);
+    CHECK(table->sole(1, one_owner.data(), static_cast<uint32_t>(one_owner.size())) == owner);
+    two_owners.insert(two_owners.begin(), one_owner.begin(), one_owner.end());
+    CHECK(table->sole(1, two_owners.data(), static_cast<uint32_t>(two_owners.size())) == nullptr);
+    two_owners.push_back(one_owner.front()); // the other owner's flow in the middle
+    std::rotate(two_owners.begin(), two_owners.begin() + 1, two_owners.end());
+    CHECK(table->sole(1, two_owners.data(), static_cast<uint32_t>(two_owners.size())) == nullptr);
+    CHECK(table->sole(1, one_owner.data(), 0) == nullptr);
+    // A chain with a sole target has it for any burst; one without instances none.
+    CHECK(table->sole(3, two_owners.data(), static_cast<uint32_t>(two_owners.size()))->instance == 11);
+    CHECK(table->sole(0, one_owner.data(), static_cast<uint32_t>(one_owner.size())) == nullptr);
 }
 
 TEST_CASE("an instance on the dispatching lcore runs in place; others are reached by their ring")
