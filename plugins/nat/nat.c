@@ -57,7 +57,8 @@
  *                               when that finds nothing either.
  *   per flow  8 B of the chain's flow table (1.6 hosts): the flow's external
  *                               addr:port, protocol and flags (taken, mapped,
- *                               closing), one word (nat_flow.c)
+ *                               closing, which way it goes out, which ways
+ *                               pass untouched), one word (nat_flow.c)
  *   out   PER_FLOW|WRITE|NF_EXPIRY  (proto, inside addr:port, remote addr:port)
  *                               -> (external addr:port, last outbound packet);
  *                               with the flow table only ICMP errors from
@@ -131,6 +132,26 @@ static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct 
 /* A TCP segment with FIN or RST: the flow is closing. */
 static int nat_fin_or_rst(const struct nat_l4 *l4) { return l4->proto == NAT_PROTO_TCP && (l4->hdr[13] & 0x05) != 0; }
 
+/* A packet that is not the NAT's business: it passes, and so will the next
+ * packets of its flow's direction (NAT_FLOW_PASS_FWD). */
+static enum nat_kind nat_pass(struct nat *n, const struct nat_job *job, uint8_t *port)
+{
+    nat_count(n, NAT_C_PASSED);
+    *port = SERPENS_PORT_DEFAULT;
+    if (job->flow != NULL) {
+        struct nat_flow f = nat_flow_load(job->flow);
+        const uint8_t bit = nat_flow_pass(job->reply);
+        /* Not the direction a mapping translates (a reload changed `inside`
+         * and a fragment came this way): that one keeps translating. */
+        const uint8_t mapped_way = (uint8_t)(NAT_FLOW_TAKEN | nat_flow_dir(job->reply));
+        if (!(f.flags & bit) && (f.flags & (NAT_FLOW_TAKEN | NAT_FLOW_DIR_KNOWN | NAT_FLOW_OUT_REPLY)) != mapped_way) {
+            f.flags |= bit;
+            nat_flow_store(job->flow, f);
+        }
+    }
+    return NAT_K_DONE;
+}
+
 /* Decides what a packet needs.  NAT_K_DONE: its verdict is in *port (and
  * counted); else its key is added to the chunk. */
 static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct nat_chunk *c, struct nat_job *job,
@@ -142,9 +163,7 @@ static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct n
         return NAT_K_DONE;
     }
     if (p->l3_type != SERPENS_L3_IPV4) {
-        nat_count(n, NAT_C_PASSED);
-        *port = SERPENS_PORT_DEFAULT;
-        return NAT_K_DONE;
+        return nat_pass(n, job, port);
     }
     if (p->l3_offset == SERPENS_OFFSET_NONE || p->len < (uint32_t)p->l3_offset + 20u) {
         nat_count(n, NAT_C_MALFORMED);
@@ -156,9 +175,7 @@ static enum nat_kind nat_classify(struct nat *n, struct serpens_pkt *p, struct n
     int outbound = nat_inside(n, src) && !nat_inside(n, dst);
     int inbound = !outbound && nat_ext_index(n, dst) >= 0;
     if (!outbound && !inbound) {
-        nat_count(n, NAT_C_PASSED);
-        *port = SERPENS_PORT_DEFAULT;
-        return NAT_K_DONE;
+        return nat_pass(n, job, port);
     }
     if (p->flags & SERPENS_PKT_F_FRAGMENT) {
         /* Non-first fragments carry no ports to translate or look up. */
@@ -274,18 +291,27 @@ static uint8_t nat_inbound(struct nat *n, struct nat_chunk *c, const struct nat_
     return SERPENS_PORT_DEFAULT;
 }
 
-/* An outbound packet of a mapped flow, the common case with the chain's
- * flow table: its area says the flow's outbound direction and its item, so
- * it is translated here without classifying it or going through the
- * chunk.  Returns 0 for anything else, which nat_classify sees.  A reload
- * that changes `inside` applies to new flows: mapped ones keep translating
- * until they expire, as conntrack keeps a connection's NAT binding. */
-static int nat_established_out(struct nat *n, struct serpens_pkt *p, void *area, int reply)
+/* A packet of a known flow, the common case with the chain's flow table.
+ * Its area says whether its direction passes (a reply to an inside host,
+ * transit, IPv6), or else the flow's outbound direction and its item: it
+ * is passed or translated here without classifying it or going through
+ * the chunk.  Returns 0 for anything else, which nat_classify sees.  A
+ * reload that changes `inside` applies to new flows: known ones keep
+ * passing or translating until they expire, as conntrack keeps a
+ * connection's NAT binding. */
+static int nat_known_flow(struct nat *n, struct serpens_pkt *p, void *area, int reply)
 {
     if (area == NULL) {
         return 0;
     }
     struct nat_flow f = nat_flow_load(area);
+    if (f.flags & nat_flow_pass(reply)) {
+        if (!(p->flags & SERPENS_PKT_F_PARSED)) {
+            return 0; /* rewritten beyond parsing by an NF before nat: nat_classify drops it */
+        }
+        nat_count(n, NAT_C_PASSED);
+        return 1;
+    }
     const uint8_t want = (uint8_t)(NAT_FLOW_MAPPED | nat_flow_dir(reply));
     if ((f.flags & (NAT_FLOW_MAPPED | NAT_FLOW_DIR_KNOWN | NAT_FLOW_OUT_REPLY)) != want ||
         (p->flags & (SERPENS_PKT_F_PARSED | SERPENS_PKT_F_FRAGMENT)) != SERPENS_PKT_F_PARSED ||
@@ -337,7 +363,7 @@ static void nat_run_chunk(struct nat *n, struct serpens_batch *batch, uint32_t f
         if (n->chain_flows) {
             job->flow = serpens_flow_area(&flows, i);
             job->reply = (serpens_flow_flags(&flows, i) & SERPENS_FLOW_REPLY) != 0;
-            if (nat_established_out(n, p, job->flow, job->reply)) {
+            if (nat_known_flow(n, p, job->flow, job->reply)) {
                 batch->ports[i] = SERPENS_PORT_DEFAULT;
                 continue;
             }

@@ -70,6 +70,7 @@ static void nat_flow_drop(struct nat *n, void *area)
     ik.proto = f.proto;
     struct nat_flow none;
     memset(&none, 0, sizeof none);
+    none.flags = (uint8_t)(f.flags & NAT_FLOW_PASSES);
     nat_flow_store(area, none);
     nat_drop_mapping(n, &ik);
 }
@@ -78,11 +79,12 @@ static void nat_flow_drop(struct nat *n, void *area)
 static struct nat_flow nat_flow_take(const struct nat *n, const struct nat_job *job, uint8_t proto, uint32_t item)
 {
     void *area = job->flow;
+    const uint8_t passes = (uint8_t)(nat_flow_load(area).flags & NAT_FLOW_PASSES); /* the other direction's */
     struct nat_flow f;
     memset(&f, 0, sizeof f);
     nat_item_endpoint(n, item, &f.ext_ip, &f.ext_port);
     f.proto = proto;
-    f.flags = (uint8_t)(NAT_FLOW_TAKEN | nat_flow_dir(job->reply));
+    f.flags = (uint8_t)(NAT_FLOW_TAKEN | nat_flow_dir(job->reply) | passes);
     nat_flow_store(area, f);
     return f;
 }
@@ -195,7 +197,7 @@ uint8_t nat_outbound_flow(struct nat *n, struct nat_chunk *c, const struct nat_j
         nat_count(n, NAT_C_NEW);
     }
     /* A FIN or RST, or an area an older nat made: the next packets of the
-     * flow take nat_established_out (nat.c). */
+     * flow take nat_known_flow (nat.c). */
     const uint8_t flags = (uint8_t)(f.flags | (job->fin_or_rst ? NAT_FLOW_CLOSING : 0u) |
                                     (f.flags & NAT_FLOW_DIR_KNOWN ? 0u : nat_flow_dir(job->reply)));
     if (flags != f.flags) {

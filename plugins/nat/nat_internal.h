@@ -117,6 +117,14 @@ struct nat_flow {
  * first from outside). */
 #define NAT_FLOW_DIR_KNOWN 0x8u
 #define NAT_FLOW_OUT_REPLY 0x10u
+/* The flow's packets without (PASS_FWD) or with (PASS_REPLY) the host's
+ * SERPENS_FLOW_REPLY were found not to be the NAT's business: their
+ * addresses, which the flow's key fixes, neither leave the inside nor reach
+ * the pool.  Their next packets pass without being classified again.  Like
+ * a mapping, the decision holds for the flow's life across a reload. */
+#define NAT_FLOW_PASS_FWD 0x20u
+#define NAT_FLOW_PASS_REPLY 0x40u
+#define NAT_FLOW_PASSES (NAT_FLOW_PASS_FWD | NAT_FLOW_PASS_REPLY)
 
 static inline struct nat_flow nat_flow_load(const void *area)
 {
@@ -133,6 +141,9 @@ static inline uint8_t nat_flow_dir(int reply)
 {
     return (uint8_t)(NAT_FLOW_DIR_KNOWN | (reply ? NAT_FLOW_OUT_REPLY : 0u));
 }
+
+/* The pass bit of the flow's direction `reply` (0 or 1). */
+static inline uint8_t nat_flow_pass(int reply) { return (uint8_t)(NAT_FLOW_PASS_FWD << (reply != 0)); }
 
 struct nat_in_val {
     uint32_t in_ip;

@@ -575,9 +575,12 @@ struct Area {
     uint32_t ext_ip; // network order
     uint16_t ext_port;
     uint8_t proto;
-    uint8_t flags; // 1 taken, 2 mapped, 4 closing, 8 direction known, 16 outbound are replies
+    uint8_t flags; // 1 taken, 2 mapped, 4 closing, 8 direction known, 16 outbound are replies,
+                   // 32 / 64: packets without / with the host's reply flag pass untouched
 };
 constexpr uint8_t kTakenMapped = 3;
+constexpr uint8_t kPassFirstWay = 32;
+constexpr uint8_t kPassReplies = 64;
 
 Area area_of(MockHost &h, const Flow &f)
 {
@@ -688,7 +691,8 @@ TEST_CASE("nat on the chain's flow table: a flow first seen from outside is tran
     CHECK(passed.dst == in.dst);
     Decoded first = decode(n.run(frame(out), kSec));
     REQUIRE(is_external(first.src));
-    CHECK(area_of(n.host, out).flags == (kTakenMapped | 8 | 16));
+    // The first packet's way passes; mapping the other way kept that.
+    CHECK(area_of(n.host, out).flags == (kTakenMapped | 8 | 16 | kPassFirstWay));
     // The mapped flow's next packets: out translated the same, in untouched.
     for (int round = 0; round < 2; ++round) {
         Decoded o = decode(n.run(frame(out), 2 * kSec));
@@ -702,6 +706,82 @@ TEST_CASE("nat on the chain's flow table: a flow first seen from outside is tran
     }
     CHECK(n.c("translated_out") == 3);
     CHECK(n.c("passed") == 3);
+}
+
+TEST_CASE("nat on the chain's flow table: a way that passes is remembered, beside the mapping and past its expiry")
+{
+    // Replies addressed to the inside host itself (not to the pool) are not
+    // the NAT's business: they pass, and so do the flow's next replies.
+    Nat n(kSmallPool);
+    Flow out{6, ip4("10.0.0.1"), ip4("198.51.100.1"), 1000, 80};
+    Flow back{6, ip4("198.51.100.1"), ip4("10.0.0.1"), 80, 1000};
+    Flow transit{17, ip4("198.51.100.2"), ip4("198.51.100.3"), 7, 9};
+    Decoded d = decode(n.run(frame(out), kSec));
+    REQUIRE(is_external(d.src));
+    for (int round = 0; round < 3; ++round) {
+        Decoded b = decode(n.run(frame(back), kSec));
+        CHECK(b.src == back.src);
+        CHECK(b.dst == back.dst);
+        CHECK(b.dport == back.dport);
+        CHECK(b.l4_ok);
+        CHECK(area_of(n.host, out).flags == (kTakenMapped | 8 | kPassReplies));
+        Decoded o = decode(n.run(frame(out), kSec));
+        CHECK(o.src == d.src);
+        CHECK(o.sport == d.sport);
+    }
+    CHECK(n.c("passed") == 3);
+    CHECK(n.c("translated_out") == 4);
+    // Transit: both ways pass, neither takes a port.
+    REQUIRE_FALSE(n.run(frame(transit), kSec).empty());
+    REQUIRE_FALSE(n.run(frame(reply_to(decode(n.run(frame(transit), kSec)), 17)), kSec).empty());
+    CHECK(area_of(n.host, transit).flags == (kPassFirstWay | kPassReplies));
+    CHECK(n.c("passed") == 6);
+    // The mapping expires and its port goes back; what passes stays known.
+    n.host.expire_flows(200 * kSec);
+    CHECK(n.c("mappings_expired") == 1);
+    CHECK(area_of(n.host, out).flags == kPassReplies);
+    CHECK_FALSE(n.run(frame(back), 200 * kSec).empty());
+    CHECK(n.c("passed") == 7);
+    Decoded again = decode(n.run(frame(out), 200 * kSec));
+    CHECK(is_external(again.src));
+    CHECK(area_of(n.host, out).flags == (kTakenMapped | 8 | kPassReplies));
+
+    // A reload that makes the remote side inside applies to new flows: the
+    // known replies keep passing, a new flow from there is translated.
+    std::string remote_inside = kSmallPool;
+    remote_inside.replace(remote_inside.find("10.0.0.0/8"), 10, "198.51.100.0/24");
+    n.host.set_config(remote_inside);
+    REQUIRE(n.host.init(0) == SERPENS_OK);
+    Decoded kept = decode(n.run(frame(back), 201 * kSec));
+    CHECK(kept.src == back.src);
+    CHECK(kept.sport == back.sport);
+    Flow fresh{6, ip4("198.51.100.1"), ip4("10.0.0.1"), 81, 1000};
+    CHECK(is_external(decode(n.run(frame(fresh), 201 * kSec)).src));
+}
+
+TEST_CASE("nat on the chain's flow table: after a reload, what passes on a mapped flow's way out does not stop its "
+          "translation")
+{
+    // An ICMP echo flow is mapped.  A reload makes its remote side inside,
+    // so an echo reply going the mapped way now passes; the echo requests
+    // still take the mapping.
+    Nat n(kSmallPool);
+    Flow request{1, ip4("10.0.0.1"), ip4("198.51.100.1"), 77, 77};
+    Flow reply = request;
+    reply.icmp_type = 0;
+    Decoded d = decode(n.run(frame(request), kSec));
+    REQUIRE(is_external(d.src));
+    std::string remote_inside = kSmallPool;
+    remote_inside.replace(remote_inside.find("10.0.0.0/8"), 10, "198.51.100.0/24");
+    n.host.set_config(remote_inside);
+    REQUIRE(n.host.init(0) == SERPENS_OK);
+    Decoded passed = decode(n.run(frame(reply), kSec));
+    CHECK(passed.src == reply.src);
+    CHECK(n.c("passed") == 1);
+    CHECK((area_of(n.host, request).flags & (kPassFirstWay | kPassReplies)) == 0);
+    Decoded again = decode(n.run(frame(request), kSec));
+    CHECK(again.src == d.src);
+    CHECK(again.sport == d.sport);
 }
 
 TEST_CASE("nat on the chain's flow table: a mapping an older nat made learns its direction from its next packet")
