@@ -133,7 +133,7 @@ static int nat_l4_of(struct serpens_pkt *p, uint8_t proto, int outbound, struct 
 static int nat_fin_or_rst(const struct nat_l4 *l4) { return l4->proto == NAT_PROTO_TCP && (l4->hdr[13] & 0x05) != 0; }
 
 /* A packet that is not the NAT's business: it passes, and so will the next
- * packets of its flow's direction (NAT_FLOW_PASS_FWD). */
+ * packets of its flow's direction (NAT_FLOW_PASS_*). */
 static enum nat_kind nat_pass(struct nat *n, const struct nat_job *job, uint8_t *port)
 {
     nat_count(n, NAT_C_PASSED);
@@ -141,8 +141,9 @@ static enum nat_kind nat_pass(struct nat *n, const struct nat_job *job, uint8_t 
     if (job->flow != NULL) {
         struct nat_flow f = nat_flow_load(job->flow);
         const uint8_t bit = nat_flow_pass(job->reply);
-        /* Not the direction a mapping translates (a reload changed `inside`
-         * and a fragment came this way): that one keeps translating. */
+        /* Never the way a mapping translates, which can pass only after a
+         * reload changed `inside` (an echo reply on an echo flow's way
+         * out): that way keeps translating. */
         const uint8_t mapped_way = (uint8_t)(NAT_FLOW_TAKEN | nat_flow_dir(job->reply));
         if (!(f.flags & bit) && (f.flags & (NAT_FLOW_TAKEN | NAT_FLOW_DIR_KNOWN | NAT_FLOW_OUT_REPLY)) != mapped_way) {
             f.flags |= bit;
