@@ -44,7 +44,8 @@
  *   32000 s).  On a 1.6 host the forward mapping lives in the chain's flow
  *   table and the host's flow sweep shows nat its flows (nat_flow.c), and a
  *   reload that changes `inside` applies to new flows only: a mapped flow
- *   keeps its translation until it expires.  On an older host the instance
+ *   keeps its translation, and a direction that passed keeps passing, until
+ *   the flow expires.  On an older host the instance
  *   that made a mapping sweeps its own tables (nat_pool.c, also for the
  *   limitations).
  *
