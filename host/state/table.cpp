@@ -987,7 +987,6 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
 {
     KeyBuf k;
     load_key(k, key);
-    bool inserted_here = false;
     for (;;) {
         Probe p = probe_for_write(k);
         if (p.found == npos) {
@@ -995,18 +994,28 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
             if (r != SERPENS_OK && r != err_again) {
                 return r;
             }
-            inserted_here = r == SERPENS_OK;
             continue;
         }
         uint64_t *cp = cell(slot(p.found), cellno);
         uint64_t expected = vc != nullptr ? vc->find(p.found) : VersionCache::none;
-        if (expected == VersionCache::none && vc != nullptr && !inserted_here && vc->absent_hash == (k.h | 1u)) {
-            // Read as absent, but another instance created the key since: a
-            // merge may already have copied the global value into our cell,
-            // and writing what we computed from "absent" would wipe it (a
-            // lost increment in mon's e2e test).  Read again.
-            vc->absent_hash = 0;
-            return err_again;
+        if (expected == VersionCache::none && vc != nullptr && vc->absent_hash == (k.h | 1u)) {
+            // Read as absent: the value was computed from zero, so it may
+            // only replace a cell that still holds zero.  Whoever created the
+            // key (another instance, or this put a moment ago), a merge may
+            // since have copied the global value into our cell, and writing
+            // over it would take our delta below the base: a lost increment
+            // in mon's e2e test, and 554 lost in state-eventual's under ASan
+            // when this put was descheduled between its insert and its write.
+            expected = ld_acq(cp);
+            if (expected & ctl_w) {
+                cpu_relax();
+                continue;
+            }
+            if (ctl_state(expected) != cell_zero) {
+                vc->absent_hash = 0;
+                return err_again; // read again
+            }
+            // Fall through: the CAS below fails if the cell moves on now.
         }
         if (expected == VersionCache::none) {
             // Blind write: no earlier read to protect, just serialise.
@@ -1034,6 +1043,9 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
         st_rel(cp, nc);
         if (vc != nullptr) {
             vc->remember(p.found, nc);
+            if (vc->absent_hash == (k.h | 1u)) {
+                vc->absent_hash = 0; // no longer absent to this instance
+            }
         }
         return SERPENS_OK;
     }

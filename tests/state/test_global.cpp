@@ -642,6 +642,48 @@ TEST_CASE("state-hooks: NF split/merge/update hooks override the defaults")
     CHECK(a.create("odd", EV, 8, 12, 8) == nullptr);
 }
 
+TEST_CASE("state-eventual: a put computed from an absent key lands only on a cell that still holds zero")
+{
+    ScratchDir d("absent");
+    StoreOptions o;
+    o.root = d.path;
+    StateStore store(o);
+    Executor &ex = store.executor("c", "mon");
+    const serpens_host_api &api = state_api();
+    FakeInstance a(ex, 0), b(ex, 1);
+    serpens_table *ta = a.create("hits", EV, 8, 8, 8);
+    serpens_table *tb = b.create("hits", EV, 8, 8, 8);
+    REQUIRE(ta);
+    REQUIRE(tb);
+    Table *t = ex.find("hits");
+    auto total = [&](uint64_t key) {
+        REQUIRE(ex.merge(*t, &key) == SERPENS_OK);
+        uint64_t v = 0;
+        REQUIRE(ex.read_global(*t, &key, &v) == SERPENS_OK);
+        return v;
+    };
+    // Both read the key as absent; b creates it.  a's cell still holds the
+    // zero a counted from, so a's put stands.
+    uint64_t k = 1, va = 0, vb = 0;
+    REQUIRE(api.get_state(ta, &k, &va) == SERPENS_ENOENT);
+    REQUIRE(api.get_state(tb, &k, &vb) == SERPENS_ENOENT);
+    REQUIRE(api.put_state(tb, &k, &(vb = 1)) == SERPENS_OK);
+    CHECK(api.put_state(ta, &k, &(va = 1)) == SERPENS_OK);
+    CHECK(total(k) == 2);
+    // Again, but a merge copies b's counts into a's cell first: a's put from
+    // zero would take its delta below the base.  It is refused; a reads again.
+    uint64_t k2 = 2;
+    REQUIRE(api.get_state(ta, &k2, &va) == SERPENS_ENOENT);
+    REQUIRE(api.get_state(tb, &k2, &vb) == SERPENS_ENOENT);
+    REQUIRE(api.put_state(tb, &k2, &(vb = 5)) == SERPENS_OK);
+    REQUIRE(total(k2) == 5);
+    CHECK(api.put_state(ta, &k2, &(va = 1)) == err_again);
+    REQUIRE(api.get_state(ta, &k2, &va) == SERPENS_OK);
+    CHECK(va == 5);
+    CHECK(api.put_state(ta, &k2, &(va += 1)) == SERPENS_OK);
+    CHECK(total(k2) == 6);
+}
+
 TEST_CASE("state-release: a stale put after a rebalance is refused, so nothing is granted twice")
 {
     ScratchDir d("stale");
