@@ -51,15 +51,17 @@ struct TwoInstancePool {
     Executor *ex = nullptr;
     std::unique_ptr<FakeInstance> a, b;
     serpens_table *ta = nullptr, *tb = nullptr;
-    explicit TwoInstancePool(const std::string &tag) : d(tag)
+    // Two instances of table `name` (8-byte keys and values), RELEASE
+    // unless `flags` says otherwise.
+    explicit TwoInstancePool(const std::string &tag, uint32_t flags = REL, const char *name = "pool") : d(tag)
     {
         o.root = d.path;
         store = std::make_unique<StateStore>(o);
         ex = &store->executor("c", "nat");
         a = std::make_unique<FakeInstance>(*ex, 0);
         b = std::make_unique<FakeInstance>(*ex, 1);
-        ta = a->create("pool", REL, 8, 8, 8);
-        tb = b->create("pool", REL, 8, 8, 8);
+        ta = a->create(name, flags, 8, 8, 8);
+        tb = b->create(name, flags, 8, 8, 8);
         REQUIRE(ta);
         REQUIRE(tb);
     }
@@ -644,22 +646,14 @@ TEST_CASE("state-hooks: NF split/merge/update hooks override the defaults")
 
 TEST_CASE("state-eventual: a put computed from an absent key lands only on a cell that still holds zero")
 {
-    ScratchDir d("absent");
-    StoreOptions o;
-    o.root = d.path;
-    StateStore store(o);
-    Executor &ex = store.executor("c", "mon");
+    TwoInstancePool p("absent", EV, "hits");
     const serpens_host_api &api = state_api();
-    FakeInstance a(ex, 0), b(ex, 1);
-    serpens_table *ta = a.create("hits", EV, 8, 8, 8);
-    serpens_table *tb = b.create("hits", EV, 8, 8, 8);
-    REQUIRE(ta);
-    REQUIRE(tb);
-    Table *t = ex.find("hits");
+    serpens_table *ta = p.ta, *tb = p.tb;
+    Table *t = p.ex->find("hits");
     auto total = [&](uint64_t key) {
-        REQUIRE(ex.merge(*t, &key) == SERPENS_OK);
+        REQUIRE(p.ex->merge(*t, &key) == SERPENS_OK);
         uint64_t v = 0;
-        REQUIRE(ex.read_global(*t, &key, &v) == SERPENS_OK);
+        REQUIRE(p.ex->read_global(*t, &key, &v) == SERPENS_OK);
         return v;
     };
     // Both read the key as absent; b creates it.  a's cell still holds the
