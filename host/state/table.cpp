@@ -998,31 +998,24 @@ int Table::cell_put(const void *key, uint32_t cellno, const void *value, Version
         }
         uint64_t *cp = cell(slot(p.found), cellno);
         uint64_t expected = vc != nullptr ? vc->find(p.found) : VersionCache::none;
-        if (expected == VersionCache::none && vc != nullptr && vc->absent_hash == (k.h | 1u)) {
-            // Read as absent: the value was computed from zero, so it may
-            // only replace a cell that still holds zero.  Whoever created the
-            // key (another instance, or this put a moment ago), a merge may
-            // since have copied the global value into our cell, and writing
-            // over it would take our delta below the base: a lost increment
-            // in mon's e2e test, and 554 lost in state-eventual's under ASan
-            // when this put was descheduled between its insert and its write.
+        if (expected == VersionCache::none) {
+            // No version read to protect: write over what the cell holds now.
             expected = ld_acq(cp);
             if (expected & ctl_w) {
                 cpu_relax();
                 continue;
             }
-            if (ctl_state(expected) != cell_zero) {
+            // Unless it was read as absent: the value was computed from zero,
+            // so it may only replace a cell that still holds zero.  Whoever
+            // created the key (another instance, or this put a moment ago), a
+            // merge may since have copied the global value into our cell, and
+            // writing over it would take our delta below the base: a lost
+            // increment in mon's e2e test, and 554 lost in state-eventual's
+            // under ASan when this put was descheduled between its insert and
+            // its write.  The CAS below fails if the cell moves on now.
+            if (vc != nullptr && vc->absent_hash == (k.h | 1u) && ctl_state(expected) != cell_zero) {
                 vc->absent_hash = 0;
                 return err_again; // read again
-            }
-            // Fall through: the CAS below fails if the cell moves on now.
-        }
-        if (expected == VersionCache::none) {
-            // Blind write: no earlier read to protect, just serialise.
-            expected = ld_acq(cp);
-            if (expected & ctl_w) {
-                cpu_relax();
-                continue;
             }
         }
         if (!cas(cp, expected, expected | ctl_w)) {
