@@ -7,6 +7,7 @@ hide itself in the checks.
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -41,6 +42,45 @@ def fail(message):
 def check(condition, message):
     if not condition:
         fail(message)
+
+
+def thread_report(pid):
+    """Each thread of process pid: its name, scheduler state, the kernel
+    function it sleeps in and (for root) its kernel stack, then its user
+    stacks when gdb is at hand: where a process that hangs is stuck."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+
+    lines = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError as e:
+        return f"  (no threads to show: {e})"
+    for tid in tids:
+        task = f"/proc/{pid}/task/{tid}"
+        state = read(f"{task}/stat").rpartition(")")[2].split()[:1] or ["?"]
+        kernel = [frame.split()[-1].split("+")[0] for frame in read(f"{task}/stack").splitlines()[:8]
+                  if frame.strip()]
+        lines.append(f"  {tid} {read(task + '/comm')} state {state[0]} in {read(task + '/wchan') or '-'}"
+                     f" kernel: {' < '.join(kernel) or '-'}")
+    gdb = shutil.which("gdb")
+    if gdb:
+        try:
+            out = subprocess.run([gdb, "-batch", "-p", str(pid), "-ex", "thread apply all bt 12"],
+                                 capture_output=True, text=True, timeout=30).stdout
+            for line in out.splitlines():
+                frame = re.match(r"#(\d+)\s+(?:0x\w+ in )?(\S+) \(.*\)(?: at (\S+))?", line)
+                if line.startswith("Thread"):
+                    lines.append("  " + line)
+                elif frame:
+                    lines.append(f"    #{frame[1]} {frame[2]}" + (f" at {os.path.basename(frame[3])}" if frame[3] else ""))
+        except subprocess.TimeoutExpired:
+            lines.append("  (gdb did not answer within 30 s)")
+    return "\n".join(lines)
 
 
 def read_pcap(path):
@@ -355,15 +395,26 @@ external = "203.0.113.0/28"
         # ends as soon as it does; its bound is generous because a loaded
         # two-core CI machine starting two hosts at once has taken over 30 s
         # (meson gives the whole test 120).
+        # A slow start says where it is, every 15 s, so that even a test
+        # meson ends for its timeout shows where the host was stuck.
         start_timeout = 60
-        deadline = time.monotonic() + start_timeout
-        while not os.path.exists(self.path("ctl.sock")) and proc.poll() is None and time.monotonic() < deadline:
+        started = time.monotonic()
+        next_report = started + 15
+        while not os.path.exists(self.path("ctl.sock")) and proc.poll() is None:
+            now = time.monotonic()
+            if now >= started + start_timeout:
+                break
+            if now >= next_report:
+                print(f"host {self.prefix} still starting after {now - started:.0f} s:\n{thread_report(proc.pid)}",
+                      file=sys.stderr, flush=True)
+                next_report += 15
             time.sleep(0.05)
         if not os.path.exists(self.path("ctl.sock")):
             if proc.poll() is None:
+                report = thread_report(proc.pid)
                 proc.kill()  # so that what it said so far shows where it was stuck
                 output = proc.communicate()[0]
-                fail(f"host did not start within {start_timeout} s; its output:\n{output}")
+                fail(f"host did not start within {start_timeout} s; its threads:\n{report}\nits output:\n{output}")
             output = proc.communicate()[0]
             fail(f"host did not start: exit code {proc.returncode}\n{output}")
         return proc
