@@ -13,6 +13,7 @@
 #include "control/server.h"
 #include "core/error.h"
 #include "core/fault.h"
+#include "core/private_dir.h"
 #include "instance/dataplane.h"
 #include "instance/manager.h"
 #include "metering/meter.h"
@@ -240,6 +241,15 @@ void start_and_stop_instances(const HostConfig &cfg, const ChainSet &loaded, con
             fs::remove_all(path, ignored);
         }
     } scratch{dir_template};
+    // What a start would refuse (core/private_dir.h): the directories above
+    // the state, which the scratch shares, and the state's own if it exists.
+    std::string why = private_directory_problem(scratch.path);
+    if (why.empty() && fs::exists(cfg.state_dir, ec)) {
+        why = private_directory_problem(cfg.state_dir);
+    }
+    if (!why.empty()) {
+        throw Error("[host] state_dir " + cfg.state_dir + " is not the host's alone: " + why);
+    }
 
     state::StoreOptions store_options;
     store_options.root = scratch.path;
@@ -324,6 +334,9 @@ int run_host(const HostOptions &options)
         spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
         if (!options.check_only) {
             log_to(cfg.log_file);
+            // Before anything is kept there: the bills, leases and tables
+            // the host writes and maps (core/private_dir.h says why).
+            make_private_directory(cfg.state_dir, "[host] state_dir");
         }
         chain_set = load_chain_set(cfg);
         const ChainSet &loaded = *chain_set;

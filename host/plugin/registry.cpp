@@ -1,6 +1,7 @@
 #include "plugin/registry.h"
 
 #include "core/error.h"
+#include "core/private_dir.h"
 #include "state/record_layout.h"
 
 #include <spdlog/spdlog.h>
@@ -148,16 +149,7 @@ private:
     void *_data;
 };
 
-std::string octal(mode_t mode)
-{
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "%o", static_cast<unsigned>(mode & 07777));
-    return buf;
-}
-
 std::string errno_text() { return std::strerror(errno); }
-
-bool owned_by_us(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
 
 // Why the open directory `fd` may not hold plugins (empty when it may):
 // whoever can write to it can swap a plugin for their own code.
@@ -167,12 +159,12 @@ std::string directory_problem(int fd, const std::string &directory)
     if (::fstat(fd, &st) != 0) {
         return "cannot stat directory " + directory + ": " + errno_text();
     }
-    if (!owned_by_us(st.st_uid)) {
+    if (!owned_by_host_user(st.st_uid)) {
         return "directory " + directory + " is owned by uid " + std::to_string(st.st_uid) +
                ", neither root nor this host's uid " + std::to_string(::geteuid()) + "; chown it";
     }
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-        return "directory " + directory + " is writable by group or others (mode " + octal(st.st_mode) +
+        return "directory " + directory + " is writable by group or others (mode " + mode_text(st.st_mode) +
                "); run chmod go-w " + directory;
     }
     return {};
@@ -510,7 +502,7 @@ std::shared_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
         return nullptr;
     }
     // Its owner can rewrite it, so its owner could run code inside the data plane.
-    if (!owned_by_us(st.st_uid)) {
+    if (!owned_by_host_user(st.st_uid)) {
         refuse(path, RefusalReason::foreign_owner,
                "file is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this host's uid " +
                    std::to_string(::geteuid()) + "; chown it");
@@ -519,7 +511,7 @@ std::shared_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
     // Anyone who can rewrite the file can run code inside the data plane.
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         refuse(path, RefusalReason::insecure_permissions,
-               "file is writable by group or others (mode " + octal(st.st_mode) + "); run chmod go-w on it");
+               "file is writable by group or others (mode " + mode_text(st.st_mode) + "); run chmod go-w on it");
         return nullptr;
     }
     if (static_cast<std::uint64_t>(st.st_size) > max_plugin_bytes) {

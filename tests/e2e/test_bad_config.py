@@ -1,4 +1,5 @@
 """A bad host.toml exits non-zero with file:line and what was expected, one case per class."""
+import os
 import re
 
 from harness import Host, check
@@ -52,3 +53,24 @@ check(re.search(r"host\.toml:\d+:1: unknown key 'colour' in \[nf_defaults\.trace
                 proc.stderr), f"[unknown default key] {proc.stderr!r}")
 print(f"ok [unknown default key]: {proc.stderr.strip()}")
 host.cleanup()
+
+# A state directory another local user could tamper with (core/private_dir.h):
+# below a directory that user made in /dev/shm before the host first ran, as
+# /dev/shm/serpens may be.  A start and --check both refuse, naming it, and
+# leave nothing below it.
+if os.geteuid() == 0:
+    host = Host()
+    host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+    host.config(host.pcap_port() + rule)
+    planted = host.state  # the harness removes it at the end
+    os.mkdir(planted, 0o755)
+    os.chown(planted, 65534, 65534)
+    text = open(host.path("host.toml")).read().replace(f'state_dir = "{planted}"', f'state_dir = "{planted}/state"')
+    open(host.path("host.toml"), "w").write(text)
+    for extra in ([], ["--check"]):
+        proc = host.run(*extra, expect_rc=2)
+        check(f"[host] state_dir {planted}/state is not the host's alone: {planted} is a directory owned by uid 65534"
+              in proc.stderr, f"[state dir of another user {extra}] {proc.stderr!r}")
+        check(os.listdir(planted) == [], f"[state dir of another user {extra}] made {os.listdir(planted)}")
+    print(f"ok [state dir of another user]: {proc.stderr.strip()}")
+    host.cleanup()

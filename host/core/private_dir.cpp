@@ -1,0 +1,190 @@
+#include "core/private_dir.h"
+
+#include "core/error.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace serpens {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Links followed on the way, as the kernel's own bound (ELOOP).
+constexpr int max_links = 40;
+
+std::string not_ours(const fs::path &at, const char *what, uid_t uid)
+{
+    return at.string() + " is " + what + " owned by uid " + std::to_string(uid) +
+           ", neither root nor this host's uid " + std::to_string(::geteuid()) +
+           ", so that user could replace what the host keeps below it";
+}
+
+// Why the directory `at` (its lstat in `st`) may not be on the way to the
+// host's directory, or be it when `last`.
+std::string directory_problem(const fs::path &at, const struct stat &st, bool last)
+{
+    if (!S_ISDIR(st.st_mode)) {
+        return at.string() + " is not a directory";
+    }
+    if (!owned_by_host_user(st.st_uid)) {
+        return not_ours(at, "a directory", st.st_uid);
+    }
+    const bool shared = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+    if (shared && last) {
+        return at.string() + " is writable by group or others (mode " + mode_text(st.st_mode) +
+               "), who could put files of their own where the host will open its";
+    }
+    if (shared && (st.st_mode & S_ISVTX) == 0) {
+        return at.string() + " is writable by group or others and not sticky (mode " + mode_text(st.st_mode) +
+               "), so they could replace what the host keeps below it";
+    }
+    return {};
+}
+
+std::string inspect(const fs::path &at, struct stat &st)
+{
+    if (::lstat(at.c_str(), &st) != 0) {
+        return "cannot inspect " + at.string() + ": " + std::strerror(errno);
+    }
+    return {};
+}
+
+// Checks `dir` (absolute) component by component from /, as the kernel
+// resolves it: `at` is always a directory already checked and free of
+// links, so ".." is its parent.  `ends_here`: dir is the host's directory
+// itself, not a link's target on the way to it.
+std::string walk(const fs::path &dir, bool ends_here, int links_left)
+{
+    std::vector<fs::path> parts;
+    for (const fs::path &part : dir.relative_path()) {
+        if (!part.empty() && part != ".") {
+            parts.push_back(part);
+        }
+    }
+    fs::path at = dir.root_path();
+    struct stat st {};
+    if (std::string why = inspect(at, st); !why.empty()) {
+        return why;
+    }
+    if (std::string why = directory_problem(at, st, ends_here && parts.empty()); !why.empty()) {
+        return why;
+    }
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const bool last = ends_here && i + 1 == parts.size();
+        if (parts[i] == "..") {
+            at = at.parent_path();
+            if (last) {
+                if (std::string why = inspect(at, st); !why.empty()) {
+                    return why;
+                }
+                if (std::string why = directory_problem(at, st, true); !why.empty()) {
+                    return why;
+                }
+            }
+            continue;
+        }
+        const fs::path next = at / parts[i];
+        if (std::string why = inspect(next, st); !why.empty()) {
+            return why;
+        }
+        if (S_ISLNK(st.st_mode)) {
+            // The link itself sits in a directory checked above, so only its
+            // owner can change it; where it leads is checked like the rest.
+            if (!owned_by_host_user(st.st_uid)) {
+                return not_ours(next, "a symbolic link", st.st_uid);
+            }
+            if (links_left == 0) {
+                return next.string() + ": too many symbolic links on the way";
+            }
+            char resolved[PATH_MAX];
+            if (::realpath(next.c_str(), resolved) == nullptr) {
+                return "cannot resolve " + next.string() + ": " + std::strerror(errno);
+            }
+            if (std::string why = walk(resolved, last, links_left - 1); !why.empty()) {
+                return why;
+            }
+            at = resolved;
+            continue;
+        }
+        if (std::string why = directory_problem(next, st, last); !why.empty()) {
+            return why;
+        }
+        at = next;
+    }
+    return {};
+}
+
+// mkdir -p with mode 0750: a directory made here is the host's from the start.
+void create_missing(const fs::path &dir, const std::string &what)
+{
+    struct stat st {};
+    if (dir.empty() || ::lstat(dir.c_str(), &st) == 0) {
+        return; // whatever is there, the check says whether it will do
+    }
+    create_missing(dir.parent_path(), what);
+    if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+        throw Error("cannot create " + what + " " + dir.string() + ": " + std::strerror(errno));
+    }
+}
+
+} // namespace
+
+bool owned_by_host_user(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
+
+std::string mode_text(mode_t mode)
+{
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%o", static_cast<unsigned>(mode & 07777));
+    return buf;
+}
+
+std::string private_directory_problem(const fs::path &dir)
+{
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(dir, ec);
+    if (ec) {
+        return "cannot make " + dir.string() + " absolute: " + ec.message();
+    }
+    return walk(absolute, true, max_links);
+}
+
+void make_private_directory(const fs::path &dir, const std::string &what)
+{
+    const auto refuse = [&](const std::string &why) {
+        return Error(what + " " + dir.string() + " is not the host's alone: " + why +
+                     ". Fix the owner or mode, or remove what another user made for the host to make it again, or "
+                     "set " +
+                     what + " elsewhere");
+    };
+    // Nothing is made below a directory another user could change: the
+    // part that exists is checked first, as the way to what is missing.
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(dir, ec);
+    if (ec) {
+        throw refuse("cannot make it absolute: " + ec.message());
+    }
+    fs::path existing = absolute;
+    struct stat st {};
+    while (::lstat(existing.c_str(), &st) != 0 && existing != existing.root_path()) {
+        existing = existing.parent_path();
+    }
+    if (existing != absolute) {
+        if (std::string why = walk(existing, false, max_links); !why.empty()) {
+            throw refuse(why);
+        }
+    }
+    create_missing(dir, what);
+    if (std::string why = private_directory_problem(dir); !why.empty()) {
+        throw refuse(why);
+    }
+}
+
+} // namespace serpens

@@ -1,0 +1,39 @@
+#pragma once
+// Directories the host keeps its own files in (state tables, bills, leases)
+// must be its alone.  Whoever can write to one, or to a directory above it,
+// can swap a file there for a symbolic link to a system file, which the
+// host, often root, would then write, or for a table of their own, which it
+// would map and trust.  /dev/shm, the default's home, is writable by every
+// local user, so /dev/shm/serpens may well have been made by one of them.
+//
+// The rule, as OpenSSH's StrictModes: every directory from / down to the
+// host's is owned by root or by the host's user.  One above it that others
+// may write to must also be sticky (as /tmp and /dev/shm are), where only an
+// entry's owner may rename or remove it.  The host's directory itself no
+// other user may write to.  A symbolic link on the way counts when root or
+// the host's user owns it, and what it points to is held to the same rule.
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+
+namespace serpens {
+
+// Root or the host's own user: the owners whose files and directories the
+// host may trust (the plugin loader holds plugins to the same).
+bool owned_by_host_user(uid_t uid);
+
+// A mode's permission bits as chmod takes them ("755").
+std::string mode_text(mode_t mode);
+
+// Why `dir` may not hold the host's files, or "" when it may.  `dir` must
+// exist; a relative path is taken from the working directory.
+std::string private_directory_problem(const std::filesystem::path &dir);
+
+// Creates `dir` and the directories it lacks (mode 0750 less the umask), then
+// checks it as above.  Throws Error naming `what` (the setting it comes
+// from, such as "[host] state_dir"), the directory at fault and the fix.
+void make_private_directory(const std::filesystem::path &dir, const std::string &what);
+
+} // namespace serpens

@@ -1,0 +1,117 @@
+// The host's state directory is its alone (core/private_dir.h): a directory
+// on the way that another local user owns, or can write to without the
+// sticky bit, or a link such a user owns, is refused with its path (and
+// nothing is made below it), as is a state directory others can write to;
+// the host's own and the usual shared sticky homes (/tmp, /dev/shm) above it
+// are not.
+
+#include "core/error.h"
+#include "core/private_dir.h"
+#include "support.h"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+using serpens::make_private_directory;
+using serpens::private_directory_problem;
+using serpens::test::ScratchDir;
+
+namespace {
+
+// A user that is neither root nor this test (nobody's usual uid).
+constexpr uid_t other_uid = 65534;
+
+bool can_chown() { return ::geteuid() == 0; }
+
+void set_mode(const std::string &path, mode_t mode) { REQUIRE(::chmod(path.c_str(), mode) == 0); }
+
+} // namespace
+
+TEST_CASE("a state directory the host makes below a sticky shared directory is its alone")
+{
+    ScratchDir scratch; // mkdtemp: 0700, in /tmp (root's and sticky)
+    const std::string dir = scratch / "serpens/host-a";
+    make_private_directory(dir, "[host] state_dir");
+    struct stat st {};
+    REQUIRE(::stat(dir.c_str(), &st) == 0);
+    CHECK(S_ISDIR(st.st_mode));
+    CHECK((st.st_mode & (S_IWGRP | S_IWOTH)) == 0);
+    CHECK(private_directory_problem(dir) == "");
+    // Again: an existing directory that passes is kept as it is.
+    make_private_directory(dir, "[host] state_dir");
+    // /tmp itself is shared: fine above the host's directory, not as it.
+    CHECK(private_directory_problem(scratch.path().parent_path()).find("writable by group or others") !=
+          std::string::npos);
+}
+
+TEST_CASE("a directory on the way that others may write to without the sticky bit is refused")
+{
+    ScratchDir scratch;
+    const std::string shared = scratch / "shared";
+    REQUIRE(::mkdir(shared.c_str(), 0700) == 0);
+    set_mode(shared, 0777);
+    const std::string dir = shared + "/state";
+    try {
+        make_private_directory(dir, "[host] state_dir");
+        FAIL("accepted a state directory below a world-writable one");
+    } catch (const serpens::Error &e) {
+        const std::string text = e.what();
+        CHECK(text.find("[host] state_dir " + dir) == 0);
+        CHECK(text.find(shared + " is writable by group or others and not sticky (mode 777)") != std::string::npos);
+    }
+    CHECK_FALSE(std::filesystem::exists(dir)); // nothing is made below it
+    // Sticky, as /tmp is: then only an entry's owner may move it.
+    set_mode(shared, 01777);
+    make_private_directory(dir, "[host] state_dir");
+    CHECK(private_directory_problem(dir) == "");
+    // The state directory itself writable by others: refused even so.
+    set_mode(dir, 0777);
+    CHECK(private_directory_problem(dir).find(dir + " is writable by group or others (mode 777)") == 0);
+}
+
+TEST_CASE("a directory or link on the way that another user owns is refused")
+{
+    if (!can_chown()) {
+        MESSAGE("skipped: making a directory another user's needs root");
+        return;
+    }
+    ScratchDir scratch;
+    // As a local user who made /dev/shm/serpens before the host first ran.
+    const std::string planted = scratch / "serpens";
+    REQUIRE(::mkdir(planted.c_str(), 0755) == 0);
+    REQUIRE(::chown(planted.c_str(), other_uid, other_uid) == 0);
+    const std::string dir = planted + "/host-a";
+    CHECK_THROWS_WITH_AS(make_private_directory(dir, "[host] state_dir"),
+                         doctest::Contains((planted + " is a directory owned by uid 65534").c_str()), serpens::Error);
+
+    // A link the host's user owns leads on to a directory that is checked too.
+    const std::string mine = scratch / "mine";
+    REQUIRE(::mkdir(mine.c_str(), 0750) == 0);
+    const std::string link = scratch / "link";
+    REQUIRE(::symlink(mine.c_str(), link.c_str()) == 0);
+    CHECK(private_directory_problem(link + "/../mine/.") == ""); // ".." from where the link leads
+    CHECK(private_directory_problem(link) == "");
+    REQUIRE(::chown(mine.c_str(), other_uid, other_uid) == 0);
+    CHECK(private_directory_problem(link).find(mine + " is a directory owned by uid 65534") == 0);
+    REQUIRE(::chown(mine.c_str(), 0, 0) == 0);
+
+    // A link another user owns: they could point it elsewhere at any time.
+    const std::string their_link = scratch / "their-link";
+    REQUIRE(::symlink(mine.c_str(), their_link.c_str()) == 0);
+    REQUIRE(::lchown(their_link.c_str(), other_uid, other_uid) == 0);
+    CHECK(private_directory_problem(their_link).find(their_link + " is a symbolic link owned by uid 65534") == 0);
+}
+
+TEST_CASE("a state directory that is a file, or below one, is refused with its path")
+{
+    ScratchDir scratch;
+    const std::string file = scratch.write("file", "x");
+    CHECK(private_directory_problem(file) == file + " is not a directory");
+    CHECK_THROWS_WITH_AS(
+        make_private_directory(file + "/state", "[host] state_dir"),
+        doctest::Contains(
+            ("[host] state_dir " + file + "/state is not the host's alone: " + file + " is not a directory").c_str()),
+        serpens::Error);
+}
