@@ -333,7 +333,13 @@ int run_host(const HostOptions &options)
         cfg = load_host_config(options.config_path);
         spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
         if (!options.check_only) {
+            if (!cfg.log_file.empty()) {
+                check_output_file(cfg.log_file, "[host] log_file");
+            }
             log_to(cfg.log_file);
+            if (!options.stats_json.empty()) {
+                check_output_file(options.stats_json, "--stats-json");
+            }
             // Before anything is kept there: the bills, leases and tables
             // the host writes and maps (core/private_dir.h says why).
             make_private_directory(cfg.state_dir, "[host] state_dir");

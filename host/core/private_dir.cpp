@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -185,6 +186,45 @@ void make_private_directory(const fs::path &dir, const std::string &what)
     if (std::string why = private_directory_problem(dir); !why.empty()) {
         throw refuse(why);
     }
+}
+
+void check_output_file(const fs::path &file, const std::string &what)
+{
+    const auto refuse = [&](const std::string &why) { return Error(what + " " + file.string() + ": " + why); };
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(file, ec);
+    if (ec || absolute.filename().empty()) {
+        throw refuse("not a file name" + (ec ? ": " + ec.message() : std::string()));
+    }
+    if (std::string why = walk(absolute.parent_path(), false, max_links); !why.empty()) {
+        throw refuse(why + "; write it elsewhere");
+    }
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        struct stat st {};
+        if (::lstat(absolute.c_str(), &st) == 0) {
+            if (!owned_by_host_user(st.st_uid)) {
+                throw refuse(std::string("it is ") + (S_ISLNK(st.st_mode) ? "a symbolic link" : "a file") +
+                             " owned by uid " + std::to_string(st.st_uid) + ", neither root nor this host's uid " +
+                             std::to_string(::geteuid()) + ", who could lead the host's writes elsewhere; remove it");
+            }
+            return;
+        }
+        if (errno != ENOENT) {
+            throw refuse(std::string("cannot inspect it: ") + std::strerror(errno));
+        }
+        // Made now, so that nobody else's file or link can take its place
+        // before the host opens it.
+        const int fd = ::open(absolute.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
+        if (fd >= 0) {
+            ::close(fd);
+            return;
+        }
+        if (errno != EEXIST) {
+            throw refuse(std::string("cannot create it: ") + std::strerror(errno));
+        }
+        // Someone made it meanwhile: look at what it is.
+    }
+    throw refuse("it keeps appearing and going while the host makes it");
 }
 
 } // namespace serpens

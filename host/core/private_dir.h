@@ -36,4 +36,14 @@ std::string private_directory_problem(const std::filesystem::path &dir);
 // from, such as "[host] state_dir"), the directory at fault and the fix.
 void make_private_directory(const std::filesystem::path &dir, const std::string &what);
 
+// Makes sure `file`, which the host will open by name to write (a log, a
+// stats file), goes where the host's user means it to: its directory and
+// those above it pass the rule above as the way to a directory of the
+// host's (so /tmp will do), and `file`, unless missing (then it is made
+// here, mode 0640 less the umask), is owned by root or the host's user,
+// itself and not where a link leads.  Others can then neither plant a
+// link there to a file of the system's nor swap the file later.  Throws
+// Error naming `what` (such as "[host] log_file") and the file.
+void check_output_file(const std::filesystem::path &file, const std::string &what);
+
 } // namespace serpens

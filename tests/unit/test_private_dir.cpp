@@ -3,7 +3,8 @@
 // sticky bit, or a link such a user owns, is refused with its path (and
 // nothing is made below it), as is a state directory others can write to;
 // the host's own and the usual shared sticky homes (/tmp, /dev/shm) above it
-// are not.
+// are not.  A file the host writes by name (a log, stats) is made by the
+// host, or must be its user's or root's, not a link another user planted.
 
 #include "core/error.h"
 #include "core/private_dir.h"
@@ -114,4 +115,61 @@ TEST_CASE("a state directory that is a file, or below one, is refused with its p
         doctest::Contains(
             ("[host] state_dir " + file + "/state is not the host's alone: " + file + " is not a directory").c_str()),
         serpens::Error);
+}
+
+TEST_CASE(
+    "an output file is made by the host, or must be its user's or root's own, in a directory others cannot change")
+{
+    using serpens::check_output_file;
+    ScratchDir scratch;
+    // Missing: made now, empty, the host's.
+    const std::string log = scratch / "host.log";
+    check_output_file(log, "[host] log_file");
+    struct stat st {};
+    REQUIRE(::lstat(log.c_str(), &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK(st.st_size == 0);
+    CHECK(st.st_uid == ::geteuid());
+    // Existing and the host's own: kept as it is, for appending.
+    scratch.write("kept.log", "earlier lines\n");
+    check_output_file(scratch / "kept.log", "[host] log_file");
+    CHECK(std::filesystem::file_size(scratch / "kept.log") == 14);
+    // A link the host's user made: where it leads is that user's choice.
+    REQUIRE(::symlink(log.c_str(), (scratch / "mine").c_str()) == 0);
+    check_output_file(scratch / "mine", "--stats-json");
+
+    // In a directory others may write to and that is not sticky: refused.
+    const std::string shared = scratch / "shared";
+    REQUIRE(::mkdir(shared.c_str(), 0700) == 0);
+    set_mode(shared, 0777);
+    CHECK_THROWS_WITH_AS(check_output_file(shared + "/stats.json", "--stats-json"),
+                         doctest::Contains(("--stats-json " + shared + "/stats.json: " + shared +
+                                            " is writable by group or others and not sticky")
+                                               .c_str()),
+                         serpens::Error);
+    CHECK_FALSE(std::filesystem::exists(shared + "/stats.json"));
+
+    if (!can_chown()) {
+        MESSAGE("skipped: planting another user's link needs root");
+        return;
+    }
+    // As /tmp: sticky, so fine as the way, but another user's link or file
+    // planted at the name is refused, and what it leads to left alone.
+    set_mode(shared, 01777);
+    const std::string victim = scratch.write("victim", "precious\n");
+    const std::string planted = shared + "/host.log";
+    REQUIRE(::symlink(victim.c_str(), planted.c_str()) == 0);
+    REQUIRE(::lchown(planted.c_str(), other_uid, other_uid) == 0);
+    CHECK_THROWS_WITH_AS(
+        check_output_file(planted, "[host] log_file"),
+        doctest::Contains(("[host] log_file " + planted +
+                           ": it is a symbolic link owned by uid 65534, neither root nor this host's uid")
+                              .c_str()),
+        serpens::Error);
+    const std::string their_file = shared + "/stats.json";
+    std::ofstream(their_file) << "";
+    REQUIRE(::chown(their_file.c_str(), other_uid, other_uid) == 0);
+    CHECK_THROWS_WITH_AS(check_output_file(their_file, "--stats-json"),
+                         doctest::Contains("it is a file owned by uid 65534"), serpens::Error);
+    CHECK(std::filesystem::file_size(victim) == 9);
 }
