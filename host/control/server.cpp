@@ -3,6 +3,7 @@
 #include "control/protocol.h"
 
 #include "core/error.h"
+#include "core/private_dir.h"
 
 #include <spdlog/spdlog.h>
 
@@ -169,6 +170,12 @@ ControlServer::ControlServer(ControlServerOptions options, Handler handler)
     address_of(path); // refuses a path that cannot be bound before touching anything
     const std::filesystem::path fs_path(path);
     make_parent_directories(fs_path.parent_path(), _options.group);
+    // Where no other user can swap the socket, or the temporary name below
+    // for a link the chmod would follow (core/private_dir.h).
+    if (std::string why = directory_way_problem(fs_path.has_parent_path() ? fs_path.parent_path() : ".");
+        !why.empty()) {
+        throw Error("control socket " + path + ": " + why + "; put it elsewhere");
+    }
     clear_stale_socket(path);
 
     // Bound under a temporary name, given its mode, then published: the

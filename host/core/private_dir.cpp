@@ -147,15 +147,23 @@ std::string mode_text(mode_t mode)
     return buf;
 }
 
-std::string private_directory_problem(const fs::path &dir)
+namespace {
+
+std::string walk_from(const fs::path &dir, bool ends_here)
 {
     std::error_code ec;
     const fs::path absolute = fs::absolute(dir, ec);
     if (ec) {
         return "cannot make " + dir.string() + " absolute: " + ec.message();
     }
-    return walk(absolute, true, max_links);
+    return walk(absolute, ends_here, max_links);
 }
+
+} // namespace
+
+std::string private_directory_problem(const fs::path &dir) { return walk_from(dir, true); }
+
+std::string directory_way_problem(const fs::path &dir) { return walk_from(dir, false); }
 
 void make_private_directory(const fs::path &dir, const std::string &what)
 {
@@ -196,7 +204,7 @@ void check_output_file(const fs::path &file, const std::string &what)
     if (ec || absolute.filename().empty()) {
         throw refuse("not a file name" + (ec ? ": " + ec.message() : std::string()));
     }
-    if (std::string why = walk(absolute.parent_path(), false, max_links); !why.empty()) {
+    if (std::string why = directory_way_problem(absolute.parent_path()); !why.empty()) {
         throw refuse(why + "; write it elsewhere");
     }
     for (int attempt = 0; attempt < 3; ++attempt) {

@@ -31,6 +31,11 @@ std::string mode_text(mode_t mode);
 // exist; a relative path is taken from the working directory.
 std::string private_directory_problem(const std::filesystem::path &dir);
 
+// Why `dir` may not hold a file of the host's that no other user may move
+// or replace (a socket, a log), or "" when it may: the rule above, with
+// `dir` itself held to it as a directory on the way, so /tmp will do.
+std::string directory_way_problem(const std::filesystem::path &dir);
+
 // Creates `dir` and the directories it lacks (mode 0750 less the umask), then
 // checks it as above.  Throws Error naming `what` (the setting it comes
 // from, such as "[host] state_dir"), the directory at fault and the fix.

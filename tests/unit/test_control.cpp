@@ -339,6 +339,27 @@ TEST_CASE("a path that is not a socket is refused and left intact")
     }
 }
 
+TEST_CASE("a socket directory that others may write to without the sticky bit is refused")
+{
+    // There another user could swap the socket, or its temporary name for a
+    // link the server's chmod would follow to a file of the system's.
+    test::ScratchDir dir;
+    EchoHandler echo;
+    const std::string shared = dir / "shared";
+    REQUIRE(mkdir(shared.c_str(), 0700) == 0);
+    REQUIRE(chmod(shared.c_str(), 0777) == 0);
+    CHECK_THROWS_WITH_AS(ControlServer(options_at(shared + "/ctl.sock"), echo.handler()),
+                         doctest::Contains(("control socket " + shared + "/ctl.sock: " + shared +
+                                            " is writable by group or others and not sticky")
+                                               .c_str()),
+                         Error);
+    CHECK(std::filesystem::is_empty(shared));
+    // Sticky, as /tmp is: only the socket's owner may move it.
+    REQUIRE(chmod(shared.c_str(), 01777) == 0);
+    ControlServer server(options_at(shared + "/ctl.sock"), echo.handler());
+    CHECK(control_request(server.path(), "ping", 2000) == "pong");
+}
+
 TEST_CASE("a stale socket is replaced; a live one is refused")
 {
     test::ScratchDir dir;
