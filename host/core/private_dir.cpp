@@ -235,4 +235,49 @@ void check_output_file(const fs::path &file, const std::string &what)
     throw refuse("it keeps appearing and going while the host makes it");
 }
 
+std::string trusted_file_problem(const fs::path &file, bool secret)
+{
+    fs::path at = file;
+    for (int links = 0;; ++links) {
+        std::error_code ec;
+        const fs::path absolute = fs::absolute(at, ec);
+        if (ec) {
+            return "cannot make " + at.string() + " absolute: " + ec.message();
+        }
+        if (std::string why = directory_way_problem(absolute.parent_path()); !why.empty()) {
+            return why;
+        }
+        struct stat st {};
+        if (std::string why = inspect(absolute, st); !why.empty()) {
+            return why;
+        }
+        if (!owned_by_host_user(st.st_uid)) {
+            return absolute.string() + " is owned by uid " + std::to_string(st.st_uid) +
+                   ", neither root nor this host's uid " + std::to_string(::geteuid()) + ", who could change it";
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char resolved[PATH_MAX];
+            if (links == max_links || ::realpath(absolute.c_str(), resolved) == nullptr) {
+                return "cannot resolve the link " + absolute.string() +
+                       (links == max_links ? std::string(": too many links")
+                                           : ": " + std::string(std::strerror(errno)));
+            }
+            at = resolved;
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            return absolute.string() + " is not a regular file";
+        }
+        if (secret && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+            return absolute.string() + " is open to group or others (mode " + mode_text(st.st_mode) +
+                   "), who could read the key and be this host; run chmod 600 on it";
+        }
+        if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+            return absolute.string() + " is writable by group or others (mode " + mode_text(st.st_mode) +
+                   "); run chmod go-w on it";
+        }
+        return {};
+    }
+}
+
 } // namespace serpens

@@ -51,4 +51,13 @@ void make_private_directory(const std::filesystem::path &dir, const std::string 
 // Error naming `what` (such as "[host] log_file") and the file.
 void check_output_file(const std::filesystem::path &file, const std::string &what);
 
+// Why the host may not trust `file` as input that decides who it trusts or
+// who it is (a CA, a certificate, a private key), or "" when it may: its
+// directory passes the rule above as the way to it, and it is a regular
+// file (or a link root or the host's user made to one, checked the same)
+// that root or the host's user owns and no one else may write to.  A
+// `secret` (a private key) no one else may read either, as OpenSSH holds
+// its keys: another local user who can read it can be this host.
+std::string trusted_file_problem(const std::filesystem::path &file, bool secret);
+
 } // namespace serpens

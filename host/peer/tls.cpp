@@ -1,11 +1,13 @@
 #include "peer/tls.h"
 
 #include "core/error.h"
+#include "core/private_dir.h"
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 #include <array>
+#include <tuple>
 
 namespace serpens::peer {
 
@@ -33,6 +35,15 @@ TlsContext::TlsContext(const TlsCredentials &credentials) : _ctx(SSL_CTX_new(TLS
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
         SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1) {
         throw serpens::Error("peer: this OpenSSL cannot restrict TLS to 1.3: " + openssl_errors());
+    }
+    // Files another local user could read (the key) or change (any of
+    // them) would let that user be this host, or be trusted by it.
+    for (const auto &[file, what, secret] :
+         {std::tuple{credentials.cert_file, "certificate", false},
+          std::tuple{credentials.key_file, "private key", true}, std::tuple{credentials.ca_file, "CA file", false}}) {
+        if (std::string why = serpens::trusted_file_problem(file, secret); !why.empty()) {
+            throw serpens::Error(std::string("peer: ") + what + " " + file + ": " + why);
+        }
     }
     if (SSL_CTX_use_certificate_chain_file(ctx, credentials.cert_file.c_str()) != 1) {
         throw serpens::Error("peer: certificate " + credentials.cert_file + ": " + openssl_errors());

@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -101,6 +102,7 @@ void write_pem(const fs::path &path, EVP_PKEY *key)
     REQUIRE(f != nullptr);
     PEM_write_PrivateKey(f, key, nullptr, nullptr, 0, nullptr, nullptr);
     std::fclose(f);
+    REQUIRE(::chmod(path.c_str(), 0600) == 0); // as openssl writes keys: the host refuses others'
 }
 
 // The test's PKI, in a directory removed with it.
@@ -459,6 +461,32 @@ TEST_CASE("credentials that do not load are refused with the file and OpenSSL's 
         CHECK(std::string(e.what()).find(bad.key_file) != std::string::npos);
         CHECK(std::string(e.what()).find("mismatch") != std::string::npos);
     }
+}
+
+TEST_CASE("a key others can read, or a CA others can change, is refused before it is loaded")
+{
+    // Another local user could be this host with the key, or make it trust
+    // their own peers with the CA.
+    const TlsCredentials good = pki().credentials("a");
+    const auto refusal = [&](const TlsCredentials &c) {
+        try {
+            TlsContext ctx(c);
+            return std::string();
+        } catch (const serpens::Error &e) {
+            return std::string(e.what());
+        }
+    };
+    REQUIRE(::chmod(good.key_file.c_str(), 0640) == 0);
+    CHECK(refusal(good).find("peer: private key " + good.key_file + ": ") == 0);
+    CHECK(refusal(good).find("is open to group or others (mode 640)") != std::string::npos);
+    REQUIRE(::chmod(good.key_file.c_str(), 0600) == 0);
+    CHECK(refusal(good) == "");
+
+    REQUIRE(::chmod(good.ca_file.c_str(), 0666) == 0);
+    CHECK(refusal(good).find("peer: CA file " + good.ca_file + ": ") == 0);
+    CHECK(refusal(good).find("is writable by group or others (mode 666)") != std::string::npos);
+    REQUIRE(::chmod(good.ca_file.c_str(), 0644) == 0); // readable by all is fine for a CA
+    CHECK(refusal(good) == "");
 }
 
 TEST_CASE("a client whose certificate another CA signed is refused")
