@@ -123,6 +123,17 @@ std::string walk(const fs::path &dir, bool ends_here, int links_left)
     return {};
 }
 
+// walk() from `dir` made absolute.
+std::string walk_from(const fs::path &dir, bool ends_here)
+{
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(dir, ec);
+    if (ec) {
+        return "cannot make " + dir.string() + " absolute: " + ec.message();
+    }
+    return walk(absolute, ends_here, max_links);
+}
+
 // mkdir -p with mode 0750: a directory made here is the host's from the start.
 void create_missing(const fs::path &dir, const std::string &what)
 {
@@ -146,20 +157,6 @@ std::string mode_text(mode_t mode)
     std::snprintf(buf, sizeof buf, "%o", static_cast<unsigned>(mode & 07777));
     return buf;
 }
-
-namespace {
-
-std::string walk_from(const fs::path &dir, bool ends_here)
-{
-    std::error_code ec;
-    const fs::path absolute = fs::absolute(dir, ec);
-    if (ec) {
-        return "cannot make " + dir.string() + " absolute: " + ec.message();
-    }
-    return walk(absolute, ends_here, max_links);
-}
-
-} // namespace
 
 std::string private_directory_problem(const fs::path &dir) { return walk_from(dir, true); }
 
