@@ -147,6 +147,31 @@ void create_missing(const fs::path &dir, const std::string &what)
     }
 }
 
+// Makes what is missing of `dir`, once the part that exists passes as the
+// way to it: nothing is made below a directory another user could change.
+// Returns why not, or "".
+std::string make_missing(const fs::path &dir, const std::string &what)
+{
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(dir, ec);
+    if (ec) {
+        return "cannot make " + dir.string() + " absolute: " + ec.message();
+    }
+    fs::path existing = absolute;
+    struct stat st {};
+    while (::lstat(existing.c_str(), &st) != 0 && existing != existing.root_path()) {
+        existing = existing.parent_path();
+    }
+    if (existing == absolute) {
+        return {};
+    }
+    if (std::string why = walk(existing, false, max_links); !why.empty()) {
+        return why;
+    }
+    create_missing(absolute, what);
+    return {};
+}
+
 } // namespace
 
 bool owned_by_host_user(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
@@ -170,24 +195,9 @@ void make_private_directory(const fs::path &dir, const std::string &what)
                      "set " +
                      what + " elsewhere");
     };
-    // Nothing is made below a directory another user could change: the
-    // part that exists is checked first, as the way to what is missing.
-    std::error_code ec;
-    const fs::path absolute = fs::absolute(dir, ec);
-    if (ec) {
-        throw refuse("cannot make it absolute: " + ec.message());
+    if (std::string why = make_missing(dir, what); !why.empty()) {
+        throw refuse(why);
     }
-    fs::path existing = absolute;
-    struct stat st {};
-    while (::lstat(existing.c_str(), &st) != 0 && existing != existing.root_path()) {
-        existing = existing.parent_path();
-    }
-    if (existing != absolute) {
-        if (std::string why = walk(existing, false, max_links); !why.empty()) {
-            throw refuse(why);
-        }
-    }
-    create_missing(dir, what);
     if (std::string why = private_directory_problem(dir); !why.empty()) {
         throw refuse(why);
     }
@@ -200,6 +210,10 @@ void check_output_file(const fs::path &file, const std::string &what)
     const fs::path absolute = fs::absolute(file, ec);
     if (ec || absolute.filename().empty()) {
         throw refuse("not a file name" + (ec ? ": " + ec.message() : std::string()));
+    }
+    // Its directory made if missing, as a log sink would.
+    if (std::string why = make_missing(absolute.parent_path(), what); !why.empty()) {
+        throw refuse(why + "; write it elsewhere");
     }
     if (std::string why = directory_way_problem(absolute.parent_path()); !why.empty()) {
         throw refuse(why + "; write it elsewhere");

@@ -44,11 +44,12 @@ void make_private_directory(const std::filesystem::path &dir, const std::string 
 // Makes sure `file`, which the host will open by name to write (a log, a
 // stats file), goes where the host's user means it to: its directory and
 // those above it pass the rule above as the way to a directory of the
-// host's (so /tmp will do), and `file`, unless missing (then it is made
-// here, mode 0640 less the umask), is owned by root or the host's user,
-// itself and not where a link leads.  Others can then neither plant a
-// link there to a file of the system's nor swap the file later.  Throws
-// Error naming `what` (such as "[host] log_file") and the file.
+// host's (so /tmp will do; missing ones are made, mode 0750), and `file`,
+// unless missing (then it is made here, mode 0640 less the umask), is
+// owned by root or the host's user, itself and not where a link leads.
+// Others can then neither plant a link there to a file of the system's nor
+// swap the file later.  Throws Error naming `what` (such as
+// "[host] log_file") and the file.
 void check_output_file(const std::filesystem::path &file, const std::string &what);
 
 // Why the host may not trust `file` as input that decides who it trusts or

@@ -130,6 +130,10 @@ TEST_CASE(
     CHECK(S_ISREG(st.st_mode));
     CHECK(st.st_size == 0);
     CHECK(st.st_uid == ::geteuid());
+    // In directories yet to be made, as a log sink makes them.
+    check_output_file(scratch / "logs/serpens/host.log", "[host] log_file");
+    CHECK(std::filesystem::is_regular_file(scratch / "logs/serpens/host.log"));
+    CHECK(private_directory_problem(scratch / "logs/serpens") == "");
     // Existing and the host's own: kept as it is, for appending.
     scratch.write("kept.log", "earlier lines\n");
     check_output_file(scratch / "kept.log", "[host] log_file");
