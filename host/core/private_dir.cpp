@@ -23,8 +23,7 @@ constexpr int max_links = 40;
 
 std::string not_ours(const fs::path &at, const char *what, uid_t uid)
 {
-    return at.string() + " is " + what + " owned by uid " + std::to_string(uid) +
-           ", neither root nor this host's uid " + std::to_string(::geteuid()) +
+    return at.string() + " is " + what + " " + foreign_owner_text(uid) +
            ", so that user could replace what the host keeps below it";
 }
 
@@ -176,6 +175,11 @@ std::string make_missing(const fs::path &dir, const std::string &what)
 
 bool owned_by_host_user(uid_t uid) { return uid == 0 || uid == ::geteuid(); }
 
+std::string foreign_owner_text(uid_t uid)
+{
+    return "owned by uid " + std::to_string(uid) + ", neither root nor this host's uid " + std::to_string(::geteuid());
+}
+
 std::string mode_text(mode_t mode)
 {
     char buf[8];
@@ -222,9 +226,8 @@ void check_output_file(const fs::path &file, const std::string &what)
         struct stat st {};
         if (::lstat(absolute.c_str(), &st) == 0) {
             if (!owned_by_host_user(st.st_uid)) {
-                throw refuse(std::string("it is ") + (S_ISLNK(st.st_mode) ? "a symbolic link" : "a file") +
-                             " owned by uid " + std::to_string(st.st_uid) + ", neither root nor this host's uid " +
-                             std::to_string(::geteuid()) + ", who could lead the host's writes elsewhere; remove it");
+                throw refuse(std::string("it is ") + (S_ISLNK(st.st_mode) ? "a symbolic link " : "a file ") +
+                             foreign_owner_text(st.st_uid) + ", who could lead the host's writes elsewhere; remove it");
             }
             return;
         }
@@ -263,8 +266,7 @@ std::string trusted_file_problem(const fs::path &file, bool secret)
             return why;
         }
         if (!owned_by_host_user(st.st_uid)) {
-            return absolute.string() + " is owned by uid " + std::to_string(st.st_uid) +
-                   ", neither root nor this host's uid " + std::to_string(::geteuid()) + ", who could change it";
+            return absolute.string() + " is " + foreign_owner_text(st.st_uid) + ", who could change it";
         }
         if (S_ISLNK(st.st_mode)) {
             char resolved[PATH_MAX];

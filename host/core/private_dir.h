@@ -24,6 +24,10 @@ namespace serpens {
 // host may trust (the plugin loader holds plugins to the same).
 bool owned_by_host_user(uid_t uid);
 
+// "owned by uid N, neither root nor this host's uid M": the words every
+// refusal of a file or directory for its owner uses.
+std::string foreign_owner_text(uid_t uid);
+
 // A mode's permission bits as chmod takes them ("755").
 std::string mode_text(mode_t mode);
 

@@ -160,8 +160,7 @@ std::string directory_problem(int fd, const std::string &directory)
         return "cannot stat directory " + directory + ": " + errno_text();
     }
     if (!owned_by_host_user(st.st_uid)) {
-        return "directory " + directory + " is owned by uid " + std::to_string(st.st_uid) +
-               ", neither root nor this host's uid " + std::to_string(::geteuid()) + "; chown it";
+        return "directory " + directory + " is " + foreign_owner_text(st.st_uid) + "; chown it";
     }
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         return "directory " + directory + " is writable by group or others (mode " + mode_text(st.st_mode) +
@@ -503,9 +502,7 @@ std::shared_ptr<Plugin> PluginRegistry::open_plugin(const std::string &path)
     }
     // Its owner can rewrite it, so its owner could run code inside the data plane.
     if (!owned_by_host_user(st.st_uid)) {
-        refuse(path, RefusalReason::foreign_owner,
-               "file is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this host's uid " +
-                   std::to_string(::geteuid()) + "; chown it");
+        refuse(path, RefusalReason::foreign_owner, "file is " + foreign_owner_text(st.st_uid) + "; chown it");
         return nullptr;
     }
     // Anyone who can rewrite the file can run code inside the data plane.
