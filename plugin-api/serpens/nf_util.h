@@ -558,7 +558,9 @@ static inline int serpens_config_for_each_string(const struct serpens_nf_ctx *ct
  * Only regular files: a directory, /dev/zero, a FIFO or a socket is refused
  * after open (the open itself does not block on a FIFO), and the read stops
  * past max_size bytes even when the file grows meanwhile, so the call takes
- * bounded time and memory whatever the path names.
+ * bounded time and memory whatever the path names.  A file every local user
+ * may write to (mode o+w) is refused too (SERPENS_EINVAL): any of them could
+ * rewrite the rules or settings of a host that often runs as root.
  */
 static inline int serpens_read_config_file(const char *path, size_t max_size, char **data, size_t *size, char *err,
                                            size_t err_len)
@@ -592,6 +594,13 @@ static inline int serpens_read_config_file(const char *path, size_t max_size, ch
                : S_ISFIFO(st.st_mode) ? "a FIFO"
                                       : "a special file";
         snprintf(err, err_len, "%s: is %s, expected a regular file", path, kind);
+        close(fd);
+        return SERPENS_EINVAL;
+    }
+    if ((st.st_mode & S_IWOTH) != 0) {
+        snprintf(err, err_len,
+                 "%s: every local user may write to it (mode %o), and so change what it sets; run chmod o-w on it",
+                 path, (unsigned)(st.st_mode & 07777));
         close(fd);
         return SERPENS_EINVAL;
     }

@@ -8,6 +8,8 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -283,6 +285,16 @@ TEST_CASE("serpens_read_config_file: reads to EOF within the limit, refuses past
     CHECK(serpens_read_config_file(tmpl, 9, &data, &size, err, sizeof err) == SERPENS_EINVAL);
     CHECK(data == nullptr);
     CHECK(std::string(err) == std::string(tmpl) + ": 10 bytes, over the limit of 9 bytes");
+    // One every local user may rewrite: refused, whatever it says.
+    REQUIRE(chmod(tmpl, 0646) == 0);
+    CHECK(serpens_read_config_file(tmpl, 10, &data, &size, err, sizeof err) == SERPENS_EINVAL);
+    CHECK(data == nullptr);
+    CHECK(std::string(err) == std::string(tmpl) +
+                                  ": every local user may write to it (mode 646), and so change what it sets; run "
+                                  "chmod o-w on it");
+    REQUIRE(chmod(tmpl, 0664) == 0); // a group's is the operator's choice
+    REQUIRE(serpens_read_config_file(tmpl, 10, &data, &size, err, sizeof err) == SERPENS_OK);
+    std::free(data);
     unlink(tmpl);
     CHECK(serpens_read_config_file(tmpl, 9, &data, &size, err, sizeof err) == SERPENS_ENOENT);
     CHECK(std::string(err).find(": cannot read: No such file") != std::string::npos);
