@@ -331,6 +331,10 @@ int run_host(const HostOptions &options)
     std::vector<Placement> plan;
     try {
         cfg = load_host_config(options.config_path);
+        const std::filesystem::path config_dir = std::filesystem::path(cfg.file).parent_path();
+        if (std::string why = config_directory_problem(config_dir.empty() ? "." : config_dir, false); !why.empty()) {
+            throw ConfigError(cfg.file, "others could replace it: " + why);
+        }
         spdlog::set_level(spdlog::level::from_str(options.log_level.empty() ? cfg.log_level : options.log_level));
         if (!options.check_only) {
             if (!cfg.log_file.empty()) {

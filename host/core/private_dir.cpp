@@ -293,4 +293,35 @@ std::string trusted_file_problem(const fs::path &file, bool secret)
     }
 }
 
+std::string config_directory_problem(const fs::path &dir, bool read_whole)
+{
+    char resolved[PATH_MAX];
+    if (::realpath(dir.c_str(), resolved) == nullptr) {
+        return "cannot resolve " + dir.string() + ": " + std::strerror(errno);
+    }
+    const fs::path target = resolved;
+    std::vector<fs::path> way{target.root_path()};
+    for (const fs::path &part : target.relative_path()) {
+        way.push_back(way.back() / part);
+    }
+    for (std::size_t i = 0; i < way.size(); ++i) {
+        struct stat st {};
+        if (::stat(way[i].c_str(), &st) != 0) {
+            return "cannot inspect " + way[i].string() + ": " + std::strerror(errno);
+        }
+        if ((st.st_mode & S_IWOTH) == 0) {
+            continue;
+        }
+        if (read_whole && i + 1 == way.size()) {
+            return way[i].string() + " is writable by every local user (mode " + mode_text(st.st_mode) +
+                   "), who could add files the host would read; run chmod o-w on it";
+        }
+        if ((st.st_mode & S_ISVTX) == 0) {
+            return way[i].string() + " is writable by every local user and not sticky (mode " + mode_text(st.st_mode) +
+                   "), so any of them could replace the configs below it; run chmod o-w on it";
+        }
+    }
+    return {};
+}
+
 } // namespace serpens

@@ -65,4 +65,14 @@ void check_output_file(const std::filesystem::path &file, const std::string &wha
 // its keys: another local user who can read it can be this host.
 std::string trusted_file_problem(const std::filesystem::path &file, bool secret);
 
+// Why others could change the configs the host reads from `dir` (host.toml's
+// directory; with `read_whole`, a directory all of whose files it reads, as
+// chains_dir), or "" when they cannot.  Every local user may write to none
+// of the directories `dir` resolves through unless it is sticky, and to a
+// `read_whole` directory not at all, where adding a file is enough.  (The
+// files themselves: serpens_read_config_file refuses one others may write.)
+// Owners are not held to root or the host's user here, unlike the host's
+// own directories: an operator's configs must work under sudo.
+std::string config_directory_problem(const std::filesystem::path &dir, bool read_whole);
+
 } // namespace serpens

@@ -74,3 +74,31 @@ if os.geteuid() == 0:
         check(os.listdir(planted) == [], f"[state dir of another user {extra}] made {os.listdir(planted)}")
     print(f"ok [state dir of another user]: {proc.stderr.strip()}")
     host.cleanup()
+
+# Configs every local user could change (core/private_dir.h): a host.toml or
+# a chain file anyone may write to, a chains directory anyone may add a chain
+# to, a host.toml in a directory anyone may replace it in.  A start and
+# --check both refuse, naming the file or directory and the fix; the same
+# files with group write (the operator's choice) start.
+host = Host()
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+host.config(host.pcap_port() + rule)
+cases = [
+    ("host.toml", host.path("host.toml"), 0o646, 0o664,
+     rf"{re.escape(host.path('host.toml'))}: every local user may write to it \(mode 646\).*chmod o-w"),
+    ("chain file", host.path("chains/c.toml"), 0o666, 0o664,
+     rf"{re.escape(host.path('chains/c.toml'))}: every local user may write to it \(mode 666\)"),
+    ("chains dir", host.path("chains"), 0o1777, 0o775,
+     rf"chains directory .*chains: .*chains is writable by every local user \(mode 1777\), who could add files"),
+    ("host.toml's dir", host.dir, 0o777, 0o775,
+     rf"host\.toml: others could replace it: {re.escape(host.dir)} is writable by every local user and not sticky"),
+]
+for name, path, bad, fine, pattern in cases:
+    os.chmod(path, bad)
+    for extra in ([], ["--check"]):
+        proc = host.run(*extra, expect_rc=2)
+        check(re.search(pattern, proc.stderr), f"[{name} others may change {extra}] {proc.stderr!r}")
+    print(f"ok [{name} others may change]: {proc.stderr.strip()}")
+    os.chmod(path, fine)
+    proc = host.run("--check", expect_rc=0)
+host.cleanup()

@@ -181,3 +181,45 @@ TEST_CASE(
                          doctest::Contains("it is a file owned by uid 65534"), serpens::Error);
     CHECK(std::filesystem::file_size(victim) == 9);
 }
+
+TEST_CASE("a config directory others could add to or replace configs in is refused; an operator's own is not")
+{
+    using serpens::config_directory_problem;
+    ScratchDir scratch;
+    const std::string conf = scratch / "conf";
+    const std::string chains = conf + "/chains";
+    REQUIRE(::mkdir(conf.c_str(), 0700) == 0);
+    REQUIRE(::mkdir(chains.c_str(), 0700) == 0);
+    set_mode(conf, 0775); // a group's is the operator's choice
+    set_mode(chains, 0755);
+    CHECK(config_directory_problem(conf, false) == "");
+    CHECK(config_directory_problem(chains, true) == "");
+    if (can_chown()) {
+        // Owners are not checked: `sudo serpens-host -c ~/host.toml` works.
+        REQUIRE(::chown(chains.c_str(), other_uid, other_uid) == 0);
+        CHECK(config_directory_problem(chains, true) == "");
+    }
+
+    // Sticky, as /tmp: no one can replace another's file, but anyone can add one.
+    set_mode(chains, 01777);
+    CHECK(config_directory_problem(chains, false) == "");
+    const std::string added = config_directory_problem(chains, true);
+    CHECK(added.find(chains + " is writable by every local user (mode 1777), who could add files") !=
+          std::string::npos);
+
+    // Not sticky: anyone can replace host.toml there, and the chains below.
+    set_mode(chains, 0755);
+    set_mode(conf, 0777);
+    const std::string host_dir = config_directory_problem(conf, false);
+    CHECK(host_dir.find(conf + " is writable by every local user and not sticky (mode 777)") != std::string::npos);
+    CHECK(config_directory_problem(chains, true).find(conf + " is writable by every local user and not sticky") !=
+          std::string::npos);
+    // Through a link, the directory it leads to is the one judged.
+    const std::string link = scratch / "conf-link";
+    REQUIRE(::symlink(chains.c_str(), link.c_str()) == 0);
+    CHECK(config_directory_problem(link, true).find(conf + " is writable") != std::string::npos);
+    set_mode(conf, 0755);
+    CHECK(config_directory_problem(link, true) == "");
+
+    CHECK(config_directory_problem(scratch / "missing", false).find("cannot resolve") != std::string::npos);
+}
