@@ -8,6 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+umask 022 # the host refuses configs every local user may write to
 
 bash tools/setup-deps.sh
 if [ ! -f build/build.ninja ]; then

@@ -6,6 +6,9 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# The host refuses configs every local user may write to: a umask of 0 here
+# would make the tests' own files so.
+umask 022
 
 bash tools/setup-deps.sh || exit 1
 

@@ -28,6 +28,10 @@ STATE_TOOL = os.path.join(BUILD, "tools", "serpens-state", "serpens-state")
 
 _prefix_counter = 0
 
+# The host refuses configs every local user may write to: the tests' own are
+# not, whatever umask the suite was started with.
+os.umask(os.umask(0o022) | 0o022)
+
 # meson ends a test that overran its timeout with SIGTERM: exit through
 # SystemExit, so the atexit cleanups still kill the hosts and remove the
 # scratch and state directories and the namespaces.

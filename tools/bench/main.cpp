@@ -9,6 +9,8 @@
 #include "core/fault.h"
 #include "core/version.h"
 
+#include <sys/stat.h>
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -75,6 +77,9 @@ int main(int argc, char **argv)
     spdlog::set_level(spdlog::level::warn); // keep tables readable; refusals still show
     // The bench runs plugin code too: a crash names the NF it was in.
     serpens::fault::install_fault_handlers("serpens-bench");
+    // The hosts it starts refuse configs every local user may write to: the
+    // ones it writes are not, whatever umask it was started with.
+    ::umask(::umask(022) | 022);
 
     Options opts;
     opts.out_dir = "bench-out";
