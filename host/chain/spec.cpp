@@ -1,6 +1,7 @@
 #include "chain/spec.h"
 
 #include "config/toml_reader.h"
+#include "core/private_dir.h"
 
 #include <serpens/nf.h>
 
@@ -130,6 +131,10 @@ ChainSpec parse_chain_text(std::string_view text, const std::string &path)
 std::vector<ChainSpec> load_chain_directory(const std::string &directory)
 {
     namespace fs = std::filesystem;
+    // Every file of it is read: anyone who may add one could add a chain.
+    if (std::string why = config_directory_problem(directory, true); !why.empty()) {
+        throw Error("chains directory " + directory + ": " + why);
+    }
     std::error_code ec;
     fs::directory_iterator it(directory, ec);
     if (ec) {

@@ -74,7 +74,8 @@ ChainSpec parse_chain_text(std::string_view text, const std::string &path);
 ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> root, const std::string &file);
 
 // Parses every *.toml in a directory (sorted by name); refuses a chain name
-// that two files use.
+// that two files use, and a directory every local user may add a file to
+// (core/private_dir.h, config_directory_problem).
 std::vector<ChainSpec> load_chain_directory(const std::string &directory);
 
 } // namespace serpens
