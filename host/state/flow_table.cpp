@@ -7,13 +7,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 namespace serpens::state {
@@ -222,48 +219,22 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         return true;
     };
 
-    int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    FlowTableHeader got{};
+    uint64_t size = 0;
+    const SegmentFit fits = [&](uint64_t file_size) { return layout_mismatch(got, want, file_size); };
+    int fd = open_existing(file, "flow table", &got, sizeof got, flow_header_size, fits, size, err);
     if (fd >= 0) {
-        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            err = file.string() + ": flow table is in use by another process (flock: " + errno_text(errno) + ")";
+        if (!map(fd, static_cast<std::size_t>(size))) {
             ::close(fd);
             return nullptr;
         }
-        struct stat st {};
-        ::fstat(fd, &st);
-        FlowTableHeader got{};
-        std::vector<std::string> why;
-        if (static_cast<uint64_t>(st.st_size) < flow_header_size ||
-            ::pread(fd, &got, sizeof got, 0) != static_cast<ssize_t>(sizeof got)) {
-            why.push_back("no complete header");
-        } else {
-            why = layout_mismatch(got, want, static_cast<uint64_t>(st.st_size));
-        }
-        if (why.empty()) {
-            if (!map(fd, static_cast<std::size_t>(st.st_size))) {
-                ::close(fd);
-                return nullptr;
-            }
-            return t;
-        }
-        const std::string aside = move_aside(file);
-        if (aside.empty()) {
-            err = fmt::format("{}: cannot use it ({}) nor move it aside: {}", file.string(), fmt::join(why, "; "),
-                              errno_text(errno));
-            ::close(fd);
-            return nullptr;
-        }
-        ::close(fd);
-        spdlog::warn("state: {}: flow table not usable ({}); moved it to {} and created a new one", file.string(),
-                     fmt::join(why, "; "), aside);
-    } else if (errno != ENOENT) {
-        err = file.string() + ": open failed: " + errno_text(errno);
+        return t;
+    }
+    if (!err.empty()) {
         return nullptr;
     }
 
-    // Built under a temporary name and renamed into place: a crash during
-    // creation never leaves a half-written header.
-    const std::string tmp = file.string() + ".tmp-" + std::to_string(::getpid());
+    const std::string tmp = creation_name(file);
     fd = create_reserved(tmp, want.file_size,
                          fmt::format("for {} flows (free space in {}, or lower the chain's flow_capacity)",
                                      want.capacity, file.parent_path().string()),
@@ -276,13 +247,9 @@ std::unique_ptr<FlowTable> FlowTable::open(const std::filesystem::path &file, Fl
         ::unlink(tmp.c_str());
         return nullptr;
     }
-    want.created_unix_ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count());
+    want.created_unix_ns = unix_now_ns();
     std::memcpy(t->_map, &want, sizeof want);
-    if (::rename(tmp.c_str(), file.c_str()) != 0) {
-        err = tmp + ": rename to " + file.string() + ": " + errno_text(errno);
-        ::unlink(tmp.c_str());
+    if (!publish(tmp, file, err)) {
         return nullptr;
     }
     return t;
@@ -295,11 +262,10 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
         err = file.string() + ": open failed: " + errno_text(errno);
         return nullptr;
     }
-    struct stat st {};
     FlowTableHeader h{};
-    if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < flow_header_size ||
-        ::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) {
-        err = file.string() + ": no complete flow table header";
+    uint64_t size = 0;
+    if (std::string unread = read_header(fd, &h, sizeof h, flow_header_size, size); !unread.empty()) {
+        err = file.string() + ": not a flow table: " + unread;
         ::close(fd);
         return nullptr;
     }
@@ -313,8 +279,8 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
                h.entry_size % 64 != 0 || h.slots_per_part == 0 ||
                h.file_size != flow_header_size + part_size * flow_parts) {
         why = "inconsistent header";
-    } else if (h.file_size != static_cast<uint64_t>(st.st_size)) {
-        why = fmt::format("file is {} bytes, its header says {}", st.st_size, h.file_size);
+    } else if (h.file_size != size) {
+        why = fmt::format("file is {} bytes, its header says {}", size, h.file_size);
     }
     FlowTableSpec spec;
     spec.chain.assign(h.chain, ::strnlen(h.chain, sizeof h.chain));

@@ -2,11 +2,14 @@
 // The file side of a shared-memory segment, the same for every kind of state
 // file (tables, a chain's flow table): a segment that cannot be used is moved
 // aside, never wiped, and a new one is built under a temporary name with its
-// memory reserved before it is renamed into place.
+// memory reserved before it is renamed into place.  Each kind brings its own
+// header and the rule for whether an existing file fits; the steps are here.
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <vector>
 
 namespace serpens::state {
 
@@ -15,6 +18,38 @@ std::string errno_text(int e);
 // Moves `file` to "<file>.bad-<UTC time>" and returns that name; "" when the
 // rename failed (errno says why).
 std::string move_aside(const std::filesystem::path &file);
+
+// Reads the header of the segment open at `fd`, the first `len` bytes, into
+// `header`, and its file's size into `size`.  "" or why not: the file is
+// shorter than `room` (the bytes its kind keeps for the header), or a read
+// failed.
+std::string read_header(int fd, void *header, std::size_t len, uint64_t room, uint64_t &size);
+
+// Why an existing segment, whose header was read and whose file is `size`
+// bytes, does not fit what the caller wants (empty: it fits).
+using SegmentFit = std::function<std::vector<std::string>(uint64_t size)>;
+
+// Opens `file`, an existing segment, read-write under an exclusive flock,
+// reads its header (read_header) and asks `fits`.  Returns the descriptor
+// of a segment that fits, its size in `size`.  -1 with `err` empty: there
+// is none to use, because `file` is missing or did not fit and was moved
+// aside (a warning names `what`, such as "flow table", why and where it
+// went), so the caller creates one.  -1 with `err`: another process holds
+// it, or it could be neither used nor moved aside, or it cannot be opened.
+int open_existing(const std::filesystem::path &file, const std::string &what, void *header, std::size_t len,
+                  uint64_t room, const SegmentFit &fits, uint64_t &size, std::string &err);
+
+// The temporary name a new segment for `file` is built under (this
+// process's own), until publish() renames it into place.
+std::string creation_name(const std::filesystem::path &file);
+
+// Renames the new segment `tmp`, its header written, to `file`: a crash
+// during creation never leaves a half-written header under the real name.
+// false with `err` (and `tmp` removed) when the rename failed.
+bool publish(const std::string &tmp, const std::filesystem::path &file, std::string &err);
+
+// Nanoseconds since the Unix epoch: when a segment's header says it was made.
+uint64_t unix_now_ns();
 
 // Creates `tmp` read-write with an exclusive flock, `size` bytes long (made
 // a whole number of pages on hugetlbfs, where `size` is updated), every byte

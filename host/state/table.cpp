@@ -11,13 +11,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <ctime>
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <new>
 #include <type_traits>
@@ -301,59 +297,30 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
     std::unique_ptr<Table> t(new Table());
     t->_path = file;
 
-    int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC);
+    SegmentHeader got{};
+    uint64_t size = 0;
+    const SegmentFit fits = [&](uint64_t file_size) {
+        want.layout_checksum = layout_checksum(want);
+        return header_mismatch(got, &want, file_size);
+    };
+    int fd =
+        open_existing(file, "segment of table '" + spec.name + "'", &got, sizeof got, header_size, fits, size, err);
     if (fd >= 0) {
-        if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-            err = file.string() + ": segment is in use by another process (flock: " + errno_text(errno) + ")";
+        if (!t->map(fd, size, false, err)) {
             ::close(fd);
             return nullptr;
         }
-        struct stat st {};
-        ::fstat(fd, &st);
-        std::vector<std::string> why;
-        SegmentHeader got{};
-        if (static_cast<uint64_t>(st.st_size) < header_size) {
-            why.push_back("file is " + std::to_string(st.st_size) + " bytes, smaller than the header");
-        } else if (::pread(fd, &got, sizeof(got), 0) != static_cast<ssize_t>(sizeof(got))) {
-            why.push_back("cannot read header: " + errno_text(errno));
-        } else {
-            want.layout_checksum = layout_checksum(want);
-            why = header_mismatch(got, &want, static_cast<uint64_t>(st.st_size));
-        }
-        if (why.empty()) {
-            if (!t->map(fd, st.st_size, false, err)) {
-                ::close(fd);
-                return nullptr;
-            }
-            t->init_from_header();
-            t->set_nf_expiry((spec.flags & SERPENS_STATE_NF_EXPIRY) != 0);
-            t->repair();
-            fetch_add(&t->_h->attaches, 1);
-            return t;
-        }
-        std::string reasons;
-        for (auto &w : why) {
-            reasons += (reasons.empty() ? "" : "; ") + w;
-        }
-        const std::string aside = move_aside(file);
-        if (aside.empty()) {
-            err = file.string() + ": cannot use existing segment (" + reasons +
-                  ") and cannot move it aside: " + errno_text(errno);
-            ::close(fd);
-            return nullptr;
-        }
-        ::close(fd);
-        spdlog::warn("state: {}: existing segment not usable for table '{}' ({}); moved it to {} and "
-                     "created a new one",
-                     file.string(), spec.name, reasons, aside);
-    } else if (errno != ENOENT) {
-        err = file.string() + ": open failed: " + errno_text(errno);
+        t->init_from_header();
+        t->set_nf_expiry((spec.flags & SERPENS_STATE_NF_EXPIRY) != 0);
+        t->repair();
+        fetch_add(&t->_h->attaches, 1);
+        return t;
+    }
+    if (!err.empty()) {
         return nullptr;
     }
 
-    // Build the new segment under a temporary name and rename it into place,
-    // so a crash during creation never leaves a half-written header behind.
-    std::string tmp = file.string() + ".tmp-" + std::to_string(::getpid());
+    const std::string tmp = creation_name(file);
     // Reserved now, so memory that is not there is an error from
     // create_table that says what to do.
     fd = create_reserved(tmp, want.file_size,
@@ -367,15 +334,11 @@ std::unique_ptr<Table> Table::open(const std::filesystem::path &file, const Tabl
         ::unlink(tmp.c_str());
         return nullptr;
     }
-    want.created_unix_ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count());
+    want.created_unix_ns = unix_now_ns();
     want.layout_checksum = layout_checksum(want);
     std::memcpy(t->_h, &want, sizeof(want));
     t->_h->attaches = 1;
-    if (::rename(tmp.c_str(), file.c_str()) != 0) {
-        err = tmp + ": rename to " + file.string() + ": " + errno_text(errno);
-        ::unlink(tmp.c_str());
+    if (!publish(tmp, file, err)) {
         return nullptr;
     }
     t->init_from_header();
@@ -391,16 +354,14 @@ std::unique_ptr<Table> Table::open_readonly(const std::filesystem::path &file, s
         err = file.string() + ": open failed: " + errno_text(errno);
         return nullptr;
     }
-    struct stat st {};
-    ::fstat(fd, &st);
     SegmentHeader got{};
-    if (static_cast<uint64_t>(st.st_size) < header_size ||
-        ::pread(fd, &got, sizeof(got), 0) != static_cast<ssize_t>(sizeof(got))) {
-        err = file.string() + ": file of " + std::to_string(st.st_size) + " bytes has no complete header";
+    uint64_t size = 0;
+    if (std::string unread = read_header(fd, &got, sizeof(got), header_size, size); !unread.empty()) {
+        err = file.string() + ": " + unread;
         ::close(fd);
         return nullptr;
     }
-    auto why = header_mismatch(got, nullptr, static_cast<uint64_t>(st.st_size));
+    auto why = header_mismatch(got, nullptr, size);
     if (why.empty()) {
         TableSpec spec{std::string(got.name, strnlen(got.name, sizeof(got.name))),
                        got.flags,
@@ -420,7 +381,7 @@ std::unique_ptr<Table> Table::open_readonly(const std::filesystem::path &file, s
         ::close(fd);
         return nullptr;
     }
-    if (!t->map(fd, st.st_size, true, err)) {
+    if (!t->map(fd, size, true, err)) {
         ::close(fd);
         return nullptr;
     }

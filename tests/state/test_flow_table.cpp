@@ -253,6 +253,28 @@ TEST_CASE("areas persist across a re-open; a changed layout starts afresh")
     CHECK(moved_aside(dir));
 }
 
+TEST_CASE("a table another process holds is refused; a cut-short file is moved aside, never used")
+{
+    ScratchDir dir("flows-held");
+    const auto file = dir.path / "flows.seg";
+    std::string err;
+    {
+        auto held = open_table(dir, spec_of(4096));
+        // flock is per open file description: a second open in this process
+        // conflicts as another process's would.
+        CHECK(FlowTable::open(file, spec_of(4096), err) == nullptr);
+        CHECK(err.find("flow table is in use by another process") != std::string::npos);
+        CHECK(!moved_aside(dir));
+    }
+    std::filesystem::resize_file(file, 100); // a header cut short, as a full disk could leave it
+    CHECK(FlowTable::open_readonly(file, err) == nullptr);
+    CHECK(err.find("smaller than its header") != std::string::npos);
+    auto t = open_table(dir, spec_of(4096));
+    CHECK(moved_aside(dir));
+    CHECK(t->totals().live == 0);
+    CHECK(std::filesystem::file_size(file) > 100);
+}
+
 TEST_CASE("with RSS buckets a flow's part is its RSS bucket; a table filled by the other hash starts afresh")
 {
     ScratchDir dir("flows-bucket-hash");
