@@ -4,6 +4,7 @@
 
 #include "net/addr_text.h"
 #include "state/layout.h"
+#include "state/segment_file.h"
 
 #include <arpa/inet.h>
 #include <sys/socket.h>
@@ -277,7 +278,7 @@ bool write_layout(const std::filesystem::path &segment, const RecordLayout &layo
                   uint32_t value_size, std::string &err)
 {
     const std::filesystem::path file = layout_file(segment);
-    const std::filesystem::path tmp = file.string() + ".tmp-" + std::to_string(::getpid());
+    const std::string tmp = creation_name(file);
     nlohmann::ordered_json doc = {{"version", 1}, {"key_size", key_size}, {"value_size", value_size}};
     doc.update(layout_json(layout));
     {
@@ -285,20 +286,12 @@ bool write_layout(const std::filesystem::path &segment, const RecordLayout &layo
         out << doc.dump(2) << "\n";
         out.close();
         if (!out) {
-            err = tmp.string() + ": cannot write";
-            std::error_code ignored;
-            std::filesystem::remove(tmp, ignored);
+            err = tmp + ": cannot write";
+            ::unlink(tmp.c_str());
             return false;
         }
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, file, ec);
-    if (ec) {
-        err = file.string() + ": cannot rename into place: " + ec.message();
-        std::filesystem::remove(tmp, ec);
-        return false;
-    }
-    return true;
+    return publish(tmp, file, err);
 }
 
 void remove_layout(const std::filesystem::path &segment) noexcept
