@@ -162,7 +162,7 @@ InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &
     const uint32_t tag = chain.spec.tag;
     if (std::vector<InstanceSlot *> pooled = slots_of(tag, SlotState::pooled); !pooled.empty()) {
         ++result.from_pool;
-        ++chain.pool_starts;
+        ++chain.events.pool_starts;
         pooled.front()->chain->join_state();
         return *pooled.front();
     }
@@ -175,7 +175,7 @@ InstanceSlot &InstanceManager::ready_instance(ChainRuntime &chain, ScaleResult &
     slot.egress = chain.spec.egress;                    // a reload may have changed it since the slot was made
     slot.chain = _factory(chain.spec.compiled, *index); // its NFs' init took its share
     ++result.cold;
-    ++chain.cold_starts;
+    ++chain.events.cold_starts;
     return slot;
 }
 
@@ -268,7 +268,7 @@ ScaleResult InstanceManager::resize_locked(ChainRuntime &chain, uint32_t n, cons
     }
     result.launch_ns = monotonic_ns() - start;
     if (result.before != result.after || result.moved > 0) {
-        ++chain.scale_events;
+        ++chain.events.scale_events;
         spdlog::info("chain '{}': {} -> {} instance(s) ({}); {} bucket(s) moved, data path paused {:.1f} us, "
                      "{} from the pool, {} cold, {:.1f} us in all",
                      chain.spec.name, result.before, result.after, why, result.moved,
@@ -291,7 +291,7 @@ void InstanceManager::start(const std::string &name, uint32_t count, const std::
         const uint32_t tag = chain.spec.tag;
         InstanceSlot &slot = _dp.slot(name, tag, i, chain.spec.egress, _options.ring_size);
         std::unique_ptr<ChainInstance> instance = _factory(chain.spec.compiled, i);
-        ++chain.cold_starts;
+        ++chain.events.cold_starts;
         unsigned lcore = lcores.empty() ? pick_lcore(chain, {}) : lcores.size() == 1 ? lcores[0] : lcores[i];
         _dp.attach(slot, lcore, std::move(instance));
         placed.push_back(&slot);
@@ -421,7 +421,7 @@ ReplaceResult InstanceManager::swap_in(ChainRuntime &chain, const ChainUpdate &u
     }
     staged.front().instance->adopt_state_hooks();
     const Dataplane::Handover handover = hand_over(chain, staged, false);
-    ++chain.reloads;
+    ++chain.events.reloads;
     result.replaced = static_cast<uint32_t>(staged.size());
     result.moved = handover.moved;
     result.pause_ns = handover.pause_ns;
@@ -513,7 +513,7 @@ DrainResult InstanceManager::drain(const std::vector<unsigned> &lcores)
                 result.moves.push_back({chain.spec.name, s.old->index, s.slot->index, s.old->lcore, s.lcore});
             }
             const Dataplane::Handover handover = hand_over(chain, staged, true);
-            ++chain.scale_events;
+            ++chain.events.scale_events;
             result.moved += handover.moved;
             result.pause_ns = std::max(result.pause_ns, handover.pause_ns);
             spdlog::info("chain '{}': {} instance(s) moved off drained lcore(s) {}; {} bucket(s) moved, data path "
@@ -591,7 +591,7 @@ void InstanceManager::notice_wakeups()
             if (!slot->gate.held.load(std::memory_order_acquire)) {
                 // A packet opened its gate: the chain is at one again.
                 _dp.unpark(*slot);
-                ++chain.wakeups;
+                ++chain.events.wakeups;
                 spdlog::info("chain '{}': woken from zero by a packet (instance {} on lcore {})", chain.spec.name,
                              slot->index, slot->lcore);
             }
@@ -632,7 +632,7 @@ void InstanceManager::reap_idle(uint64_t now_ns)
         }
         // Idle ones leave; when all are idle the chain goes to zero.
         const auto n = static_cast<uint32_t>(active.size() - idle.size());
-        chain.reaped += idle.size();
+        chain.events.reaped += idle.size();
         if (n == 0) {
             resize_locked(chain, 0, {}, "keep-warm " + std::to_string(_options.keep_warm_s) + " s expired");
             continue;
@@ -644,7 +644,7 @@ void InstanceManager::reap_idle(uint64_t now_ns)
             }
         }
         record_pause(chain, shrink(chain, stay, idle));
-        ++chain.scale_events;
+        ++chain.events.scale_events;
         spdlog::info("chain '{}': {} idle instance(s) back to the pool after keep-warm {} s; {} left", chain.spec.name,
                      idle.size(), _options.keep_warm_s, n);
     }
@@ -681,7 +681,7 @@ void InstanceManager::autoscale(uint64_t now_ns)
             // Parked or just resized: no sample yet.  A parked chain below its
             // minimum wakes.
             if (n < rule.min && !_dp.stopping()) {
-                ++chain.autoscale_out;
+                ++chain.events.autoscale_out;
                 resize_locked(chain, rule.min, {}, "autoscale: below min " + std::to_string(rule.min));
             }
             chain.above_since = chain.below_since = 0;
@@ -714,10 +714,10 @@ void InstanceManager::autoscale(uint64_t now_ns)
             chain.busy_seen.clear(); // the next sample starts after the change
         };
         if (wanted > n) {
-            decide(chain.above_since, chain.below_since, cfg.scale_out_ms, chain.autoscale_out, wanted, "above");
+            decide(chain.above_since, chain.below_since, cfg.scale_out_ms, chain.events.autoscale_out, wanted, "above");
         } else if (wanted < n) {
             // One at a time: the load redistributes before the next.
-            decide(chain.below_since, chain.above_since, cfg.scale_in_ms, chain.autoscale_in, n - 1, "below");
+            decide(chain.below_since, chain.above_since, cfg.scale_in_ms, chain.events.autoscale_in, n - 1, "below");
         } else {
             chain.above_since = chain.below_since = 0;
         }
@@ -788,14 +788,7 @@ std::vector<ChainSummary> InstanceManager::chain_summaries() const
                 s.wake_latency_ns.push_back(ns);
             }
         }
-        s.scale_events = chain.scale_events;
-        s.autoscale_out = chain.autoscale_out;
-        s.autoscale_in = chain.autoscale_in;
-        s.reaped = chain.reaped;
-        s.wakeups = chain.wakeups;
-        s.cold_starts = chain.cold_starts;
-        s.pool_starts = chain.pool_starts;
-        s.reloads = chain.reloads;
+        s.events = chain.events;
         s.load = chain.load;
         s.pause_ns_p50 = percentile(chain.pauses_ns, 0.5);
         s.pause_ns_p99 = percentile(chain.pauses_ns, 0.99);

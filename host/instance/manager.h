@@ -107,6 +107,18 @@ struct ScaleResult {
     std::vector<std::pair<uint32_t, unsigned>> instances; // (index, lcore) of each active one
 };
 
+// What happened to one chain's instances since the host started.
+struct ChainEvents {
+    uint64_t scale_events = 0;
+    uint64_t autoscale_out = 0; // scale-outs the autoscaler decided
+    uint64_t autoscale_in = 0;
+    uint64_t reaped = 0;      // instances that left after keep_warm_s without a packet
+    uint64_t wakeups = 0;     // times a packet woke the chain from zero
+    uint64_t cold_starts = 0; // instances created with NF init
+    uint64_t pool_starts = 0; // instances that came ready from the pool
+    uint64_t reloads = 0;
+};
+
 // One chain's instances and events, as the stats show them.
 struct ChainSummary {
     std::string name;
@@ -114,14 +126,7 @@ struct ChainSummary {
     uint32_t pooled = 0;
     uint32_t parked = 0;
     uint64_t metered = 0; // packets its instance slots ran on (they survive scale events)
-    uint64_t scale_events = 0;
-    uint64_t autoscale_out = 0;
-    uint64_t autoscale_in = 0;
-    uint64_t reaped = 0;
-    uint64_t wakeups = 0;
-    uint64_t cold_starts = 0;
-    uint64_t pool_starts = 0;
-    uint64_t reloads = 0;
+    ChainEvents events;
     double load = 0;
     uint64_t pause_ns_p50 = 0;
     uint64_t pause_ns_p99 = 0;
@@ -254,14 +259,7 @@ public:
 private:
     struct ChainRuntime {
         ManagedChain spec;
-        uint64_t scale_events = 0;
-        uint64_t autoscale_out = 0;
-        uint64_t autoscale_in = 0;
-        uint64_t reaped = 0;
-        uint64_t wakeups = 0;
-        uint64_t cold_starts = 0;
-        uint64_t pool_starts = 0;
-        uint64_t reloads = 0;
+        ChainEvents events;
         uint64_t generation = 0;         // of spec.compiled: a pool instance of an older one is not kept
         std::vector<uint64_t> pauses_ns; // of the last events, for p50/p99
         // autoscaler

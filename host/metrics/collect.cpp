@@ -90,9 +90,9 @@ Snapshot collect(const Dataplane &dp, const InstanceManager &manager, state::Sta
         chain.active = summary.active;
         chain.pooled = summary.pooled;
         chain.parked = summary.parked;
-        chain.scale_events = summary.scale_events;
-        chain.wakeups = summary.wakeups;
-        chain.cold_starts = summary.cold_starts;
+        chain.scale_events = summary.events.scale_events;
+        chain.wakeups = summary.events.wakeups;
+        chain.cold_starts = summary.events.cold_starts;
         chain.has_flows = summary.has_flows;
         chain.flows_live = summary.flows_live;
         chain.flows_capacity = summary.flows_capacity;
