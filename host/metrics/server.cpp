@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
@@ -84,6 +85,36 @@ struct Connection {
 // Headers (8 KiB, cpp-httplib's own limit) and a small body.
 constexpr std::size_t max_head = 8192;
 constexpr std::size_t max_connections = 64;
+// How long accepts pause when the process is out of descriptors: the
+// listening socket stays readable, and poll() would return at once.
+constexpr auto accept_backoff = std::chrono::milliseconds(100);
+
+// Removes every `name:` header line (name in lower case) from the request
+// head in `request` (up to its blank line), with any folded lines after it.
+void drop_header(std::string &request, std::string_view name)
+{
+    std::size_t head_end = request.find("\r\n\r\n");
+    if (head_end == std::string::npos) {
+        return;
+    }
+    std::size_t line = request.find("\r\n"); // the end of the request line
+    while (line < head_end) {
+        const std::size_t start = line + 2;
+        std::size_t end = request.find("\r\n", start);
+        const bool match = request.size() - start > name.size() && request[start + name.size()] == ':' &&
+                           std::equal(name.begin(), name.end(), request.begin() + static_cast<std::ptrdiff_t>(start),
+                                      [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); });
+        if (!match) {
+            line = end;
+            continue;
+        }
+        while (end < head_end && (request[end + 2] == ' ' || request[end + 2] == '\t')) {
+            end = request.find("\r\n", end + 2);
+        }
+        request.erase(start, end - start + 2);
+        head_end -= end - start + 2;
+    }
+}
 
 } // namespace
 
@@ -98,6 +129,7 @@ struct MetricsServer::Impl {
     pthread_t thread{};
     bool started = false;
     std::atomic<bool> stopping{false};
+    Clock::time_point accept_paused_until{};
 
     static void *thread_main(void *self)
     {
@@ -231,9 +263,14 @@ void MetricsServer::Impl::serve_once()
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(c.deadline - now).count();
         timeout_ms = std::min<int>(timeout_ms, static_cast<int>(std::max<int64_t>(left, 1)));
     }
+    const bool accepting = now >= accept_paused_until;
+    if (!accepting) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(accept_paused_until - now).count();
+        timeout_ms = std::min<int>(timeout_ms, static_cast<int>(std::max<int64_t>(left, 1)));
+    }
     fds.clear();
     fds.push_back({wake_fd, POLLIN, 0});
-    fds.push_back({listen_fd, POLLIN, 0});
+    fds.push_back({listen_fd, static_cast<short>(accepting ? POLLIN : 0), 0});
     for (const Connection &c : connections) {
         fds.push_back({c.fd, static_cast<short>(c.writing ? POLLOUT : POLLIN), 0});
     }
@@ -269,7 +306,10 @@ void MetricsServer::Impl::accept_new(Clock::time_point now)
     for (;;) {
         const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            return; // EAGAIN, or a transient error (EMFILE, ...): tried again at the next poll
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                accept_paused_until = now + accept_backoff;
+            }
+            return; // EAGAIN, or a connection that went away before accept
         }
         if (connections.size() >= max_connections) {
             // The oldest connection makes room: whoever holds many open cannot lock a scraper out.
@@ -308,6 +348,9 @@ bool MetricsServer::Impl::on_readable(Connection &c)
 
 void MetricsServer::Impl::respond(Connection &c)
 {
+    // The body is small and always sent whole: with a Range header httplib
+    // would build one copy of it per range, thousands from one 8 KiB header.
+    drop_header(c.in, "range");
     BufferStream stream(c.in, c.fd);
     bool closed = false;
     try {
