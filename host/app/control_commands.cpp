@@ -318,18 +318,21 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
         }
     case ControlVerb::drain:
         try {
+            // Logged once done: a refused drain changed nothing.
             if (request.undo) {
+                auto still = _manager.undrain(request.lcores);
                 spdlog::info("lcore(s) {} undrained by {}",
                              request.lcores.empty() ? std::string("all")
                                                     : fmt::format("{}", fmt::join(request.lcores, ",")),
                              who(peer));
-                return control_ok_reply({{"drained", _manager.undrain(request.lcores)}});
+                return control_ok_reply({{"drained", std::move(still)}});
             }
             if (request.lcores.empty()) {
                 return control_ok_reply({{"drained", _manager.drained()}});
             }
+            const auto drained = _manager.drain(request.lcores);
             spdlog::info("lcore(s) {} drained by {}", fmt::join(request.lcores, ","), who(peer));
-            return control_ok_reply(drain_result(_manager.drain(request.lcores)));
+            return control_ok_reply(drain_result(drained));
         } catch (const Error &e) {
             return control_error_reply(ControlErrorCode::refused, e.what());
         }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <initializer_list>
 
 namespace serpens {
@@ -239,8 +240,11 @@ ParsedControlRequest parse_bill(const json &request)
     ControlRequest out;
     out.verb = ControlVerb::bill;
     if (auto since = request.find("since"); since != request.end()) {
-        // Up to year 9999: far enough for any bill, small enough for any clock.
-        std::optional<uint64_t> value = whole_number(*since, 253402300799u);
+        // Up to what the system clock holds (int64 nanoseconds, year 2262):
+        // the bill turns it into a time point of that clock.
+        constexpr auto kLatest =
+            std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::duration::max()).count();
+        std::optional<uint64_t> value = whole_number(*since, static_cast<uint64_t>(kLatest));
         if (!value) {
             return refuse("bill's \"since\" is a time in Unix seconds, not " + echoed_json(*since));
         }
@@ -285,8 +289,40 @@ ParsedControlRequest parse_control_request(std::string_view line)
     if (!line.empty() && line.back() == '\r') {
         line.remove_suffix(1);
     }
+    // nlohmann's parser stops at a NUL: what follows one would go unread.
+    if (line.find('\0') != std::string_view::npos) {
+        return refuse("a request is text: this one holds a NUL byte");
+    }
+    // Requests are flat (fields and lists of scalars), so nesting is
+    // refused early: echoing or destroying a deeply nested value recurses,
+    // and 64 KiB of brackets would overflow the control thread's stack.  A
+    // field given twice is refused rather than the last one winning.
+    constexpr int kMaxDepth = 4;
+    bool too_deep = false;
+    std::string duplicate;
+    std::vector<std::string> fields;
+    json::parser_callback_t shape = [&](int depth, json::parse_event_t event, json &parsed) {
+        if (depth > kMaxDepth) {
+            too_deep = true;
+            return false;
+        }
+        if (event == json::parse_event_t::key && depth == 1 && duplicate.empty()) {
+            const auto &name = parsed.get_ref<const std::string &>();
+            if (std::find(fields.begin(), fields.end(), name) != fields.end()) {
+                duplicate = name;
+            }
+            fields.push_back(name);
+        }
+        return true;
+    };
     // No exceptions: a malformed line is a "discarded" value.
-    const json request = json::parse(line, nullptr, false);
+    const json request = json::parse(line, shape, false);
+    if (too_deep) {
+        return refuse("a request nests lists and objects at most " + std::to_string(kMaxDepth) + " deep below its top");
+    }
+    if (!duplicate.empty()) {
+        return refuse("a request gives each field once; " + echoed(duplicate) + " is given twice");
+    }
     if (!request.is_object()) {
         return refuse("a request is one JSON object on one line, e.g. {\"v\":" +
                       std::to_string(kControlProtocolVersion) + ",\"cmd\":\"status\"}; got " + echoed(line));

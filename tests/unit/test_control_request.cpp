@@ -182,6 +182,26 @@ TEST_CASE("scale on a peer: +1 or -1, a peer's id, no lcores")
     }
 }
 
+TEST_CASE("deep nesting, a field given twice and a NUL byte are refused, not acted on")
+{
+    // 20000 brackets in a field that errors echo: once a stack overflow of
+    // the control thread, which took the host down.
+    const std::string deep = std::string(20000, '[') + std::string(20000, ']');
+    for (const char *field : {"v", "chain", "lcores"}) {
+        CAPTURE(field);
+        const std::string line = R"({"cmd":"scale",")" + std::string(field) + "\":" + deep + ",\"v\":1}";
+        const ControlRequestError e = refused(line);
+        CHECK(e.code == ControlErrorCode::bad_request);
+        CHECK(e.message.find("nests") != std::string::npos);
+    }
+    // Lists of scalars, as serpensctl sends, still pass.
+    CHECK(accepted(R"({"v":1,"cmd":"scale","chain":"c","count":"+1","lcores":[1,2]})").lcores.size() == 2);
+
+    const ControlRequestError twice = refused(R"({"v":1,"cmd":"ping","cmd":"clear"})");
+    CHECK(twice.message.find("'cmd' is given twice") != std::string::npos);
+    CHECK(refused(std::string(R"({"v":1,"cmd":"ping"})") + '\0' + "garbage").message.find("NUL") != std::string::npos);
+}
+
 TEST_CASE("bill: optionally from a Unix time, optionally one chain")
 {
     ControlRequest all = accepted(R"({"v":1,"cmd":"bill"})");
@@ -192,8 +212,11 @@ TEST_CASE("bill: optionally from a Unix time, optionally one chain")
     ControlRequest some = accepted(R"({"v":1,"cmd":"bill","since":1796300000,"chain":"fw-nat"})");
     CHECK(some.since == 1796300000);
     CHECK(some.chain == "fw-nat");
-    for (const char *bad : {R"("since":-1)", R"("since":"yesterday")", R"("since":1.5)", R"("since":1e20)",
-                            R"("chain":"../x")", R"("chain":5)", R"("until":5)"}) {
+    // The latest second the system clock holds (2262-04-11).
+    CHECK(accepted(R"({"v":1,"cmd":"bill","since":9223372036})").since == 9223372036);
+    for (const char *bad :
+         {R"("since":-1)", R"("since":"yesterday")", R"("since":1.5)", R"("since":1e20)", R"("since":9223372037)",
+          R"("since":253402300799)", R"("chain":"../x")", R"("chain":5)", R"("until":5)"}) {
         CAPTURE(bad);
         CHECK(refused(with_version("\"cmd\":\"bill\"," + std::string(bad))).code == ControlErrorCode::bad_request);
     }
