@@ -6,6 +6,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cmath>
+#include <cstdlib>
+
 int main(int argc, char **argv)
 {
     serpens::HostOptions options;
@@ -14,11 +17,20 @@ int main(int argc, char **argv)
                  "directories, gateway rules, instance placement); see conf/host.toml."};
     app.set_version_flag("--version", serpens::version_line("serpens-host"));
     app.add_option("-c,--config", options.config_path, "host config file")->required()->check(CLI::ExistingFile);
-    app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error or off (overrides [host])");
+    app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error or off (overrides [host])")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
     app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");
+    // NaN passes CLI11's PositiveNumber (every comparison with it is false).
+    const CLI::Validator seconds(
+        [](const std::string &text) {
+            const double value = std::strtod(text.c_str(), nullptr);
+            return std::isfinite(value) && value > 0 ? std::string() : "expected a number of seconds above 0";
+        },
+        "SECONDS");
     app.add_option("--idle-exit", options.idle_exit_s,
-                   "stop after this many seconds without a received packet (for pcap replays)");
-    app.add_option("--duration", options.duration_s, "stop after this many seconds");
+                   "stop after this many seconds without a received packet (for pcap replays)")
+        ->check(seconds);
+    app.add_option("--duration", options.duration_s, "stop after this many seconds")->check(seconds);
     app.add_flag("--check", options.check_only,
                  "validate host.toml, plugins and chains, print the compiled chains, start nothing");
     CLI11_PARSE(app, argc, argv);

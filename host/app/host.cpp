@@ -37,6 +37,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -303,7 +304,7 @@ void reload_on_hangup(Reloader &reloader)
     spdlog::info("SIGHUP: reloading chains and plugins");
     try {
         reloader.reload();
-    } catch (const Error &e) {
+    } catch (const std::exception &e) { // an Error, or anything else: the running chains stay
         spdlog::error("SIGHUP: {}", e.what());
     }
 }
@@ -372,7 +373,7 @@ int run_host(const HostOptions &options)
         if (options.check_only) {
             start_and_stop_instances(cfg, loaded, plan);
         }
-    } catch (const Error &e) {
+    } catch (const std::exception &e) { // an Error, or a library's on input it did not expect
         std::fprintf(stderr, "serpens-host: %s\n", e.what());
         return 2;
     }
@@ -524,16 +525,22 @@ int run_host(const HostOptions &options)
             print_stats(dataplane, stdout);
             if (!options.stats_json.empty()) {
                 // Names come from config files and plugins: invalid UTF-8 is replaced.
-                std::ofstream(options.stats_json)
-                    << stats_json(dataplane, chains, false)
+                std::ofstream out(options.stats_json);
+                out << stats_json(dataplane, chains, false)
                            .dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
                     << "\n";
+                out.close();
+                if (!out) {
+                    spdlog::error("--stats-json {}: could not write the counters: {}", options.stats_json,
+                                  std::strerror(errno));
+                    exit_code = 1;
+                }
             }
         } // chain instances are finalized here, after the lcores stopped
     } catch (const ConfigError &e) {
         std::fprintf(stderr, "serpens-host: %s\n", e.what());
         exit_code = 2;
-    } catch (const Error &e) {
+    } catch (const std::exception &e) {
         std::fprintf(stderr, "serpens-host: %s\n", e.what());
         exit_code = 1;
     }

@@ -44,6 +44,28 @@ std::string resolve(const fs::path &base, const std::string &value)
 
 uint32_t line_of(const toml::node &node) { return node.source().begin.line; }
 
+// Why `path` is not a directory (or, `file`, not a regular file) the host
+// can use, or "" when it is.  Without exceptions: a symbolic-link loop or an
+// overlong name is an operator's mistake to report, not a crash.
+std::string path_problem(const std::string &path, bool file)
+{
+    std::error_code ec;
+    const fs::file_status st = fs::status(path, ec);
+    if (st.type() == fs::file_type::not_found) {
+        return "does not exist";
+    }
+    if (ec) {
+        return "cannot be opened: " + ec.message();
+    }
+    if (file && !fs::is_regular_file(st)) {
+        return "is not a regular file";
+    }
+    if (!file && !fs::is_directory(st)) {
+        return "is not a directory";
+    }
+    return {};
+}
+
 std::optional<uint8_t> parse_proto(config::TableReader &reader)
 {
     const toml::node *node = reader.table().get("proto");
@@ -269,17 +291,17 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     }
     cfg.control_socket =
         cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock" : resolve(base, cfg.control_socket);
-    if (check_dirs && !fs::is_directory(cfg.plugin_dir)) {
+    if (std::string why = check_dirs ? path_problem(cfg.plugin_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
-        std::string message = "plugin directory " + cfg.plugin_dir + " does not exist (set [host] plugin_dir)";
+        std::string message = "plugin directory " + cfg.plugin_dir + " " + why + " (set [host] plugin_dir)";
         if (node != nullptr) {
             config::fail_at(path, node->source(), message);
         }
         throw ConfigError(path, message);
     }
-    if (check_dirs && !fs::is_directory(cfg.chains_dir)) {
+    if (std::string why = check_dirs ? path_problem(cfg.chains_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.chains_dir").node();
-        std::string message = "chains directory " + cfg.chains_dir + " does not exist (set [host] chains_dir)";
+        std::string message = "chains directory " + cfg.chains_dir + " " + why + " (set [host] chains_dir)";
         if (node != nullptr) {
             config::fail_at(path, node->source(), message);
         }
@@ -495,9 +517,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         // Credentials: relative to host.toml, and there when the host starts.
         auto credential = [&](std::string_view key, std::string_view what) {
             std::string file = resolve(base, r.required_string(key));
-            if (check_dirs && !fs::is_regular_file(file)) {
-                r.fail(key,
-                       "'" + std::string(key) + "': " + std::string(what) + " " + file + " is not a readable file");
+            if (std::string why = check_dirs ? path_problem(file, true) : ""; !why.empty()) {
+                r.fail(key, "'" + std::string(key) + "': " + std::string(what) + " " + file + " " + why);
             }
             return file;
         };
@@ -594,8 +615,12 @@ HostConfig load_host_config_text(std::string_view text, const std::string &path)
 
 HostConfig load_host_config(const std::string &path)
 {
-    if (!fs::exists(path)) {
+    std::error_code ec;
+    if (fs::status(path, ec).type() == fs::file_type::not_found) {
         throw ConfigError(path, "no such file (give the host config with --config)");
+    }
+    if (ec) {
+        throw ConfigError(path, ec.message());
     }
     return read_host_config(std::make_shared<const toml::table>(config::parse_file(path)), path, true);
 }

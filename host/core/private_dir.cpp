@@ -229,6 +229,9 @@ void check_output_file(const fs::path &file, const std::string &what)
                 throw refuse(std::string("it is ") + (S_ISLNK(st.st_mode) ? "a symbolic link " : "a file ") +
                              foreign_owner_text(st.st_uid) + ", who could lead the host's writes elsewhere; remove it");
             }
+            if (S_ISDIR(st.st_mode)) {
+                throw refuse("it is a directory; name a file");
+            }
             return;
         }
         if (errno != ENOENT) {

@@ -657,16 +657,24 @@ void PluginRegistry::load_directory(const std::string &directory)
     }
     // A plugin directory holds *.so files, or one folder per plugin holding
     // them (the layout of a build tree: plugins/<name>/serpens_nf_<name>.so).
+    // Without exceptions: an entry that is a symbolic-link loop, or that
+    // goes away meanwhile, is not a folder (a .so among them is refused
+    // when opened), and must not end the host on a reload.
     std::vector<std::string> paths;
-    for (const auto &entry : it) {
-        if (entry.is_directory()) {
-            for (const auto &inner : fs::directory_iterator(entry.path(), ec)) {
-                if (inner.path().extension() == ".so") {
-                    paths.push_back(inner.path().string());
+    for (; it != fs::directory_iterator(); it.increment(ec)) {
+        if (ec) {
+            throw Error("cannot read plugin directory " + directory + ": " + ec.message());
+        }
+        std::error_code type_ec;
+        if (it->is_directory(type_ec)) {
+            fs::directory_iterator inner(it->path(), type_ec);
+            for (; !type_ec && inner != fs::directory_iterator(); inner.increment(type_ec)) {
+                if (inner->path().extension() == ".so") {
+                    paths.push_back(inner->path().string());
                 }
             }
-        } else if (entry.path().extension() == ".so") {
-            paths.push_back(entry.path().string());
+        } else if (it->path().extension() == ".so") {
+            paths.push_back(it->path().string());
         }
     }
     std::sort(paths.begin(), paths.end()); // for a stable log, not to pick winners

@@ -1,8 +1,9 @@
 """A bad host.toml exits non-zero with file:line and what was expected, one case per class."""
 import os
 import re
+import subprocess
 
-from harness import Host, check
+from harness import HOST, Host, check
 
 host = Host()
 host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
@@ -101,4 +102,31 @@ for name, path, bad, fine, pattern in cases:
     print(f"ok [{name} others may change]: {proc.stderr.strip()}")
     os.chmod(path, fine)
     proc = host.run("--check", expect_rc=0)
+host.cleanup()
+
+# Command-line values that mean nothing are refused, not taken as "off"; a
+# --stats-json that names a directory and a plugin_dir that is a symbolic-link
+# loop are errors with a message, not a silent success or a crash.
+host = Host()
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+host.config(host.pcap_port() + rule)
+for args, pattern in ((["--log-level", "bogus"], r"--log-level: bogus not in"),
+                      (["--duration", "nan"], r"--duration: expected a number of seconds above 0"),
+                      (["--idle-exit", "-5"], r"--idle-exit: expected a number of seconds above 0")):
+    proc = host.run("--check", *args, expect_rc=None)
+    check(proc.returncode != 0 and re.search(pattern, proc.stderr), f"[{args}] rc {proc.returncode} {proc.stderr!r}")
+    print(f"ok [{' '.join(args)}]: {proc.stderr.strip().splitlines()[0]}")
+os.mkdir(host.path("out"))
+proc = subprocess.run([HOST, "-c", host.path("host.toml"), "--stats-json", host.path("out"), "--idle-exit", "1"],
+                      capture_output=True, text=True, timeout=60)
+check(proc.returncode == 2 and re.search(r"--stats-json .*out: it is a directory", proc.stderr),
+      f"[stats-json directory] rc {proc.returncode} {proc.stderr!r}")
+print(f"ok [stats-json directory]: {proc.stderr.strip()}")
+os.symlink("loop", host.path("loop"))
+text = open(host.path("host.toml")).read().replace('plugin_dir = "plugins"', 'plugin_dir = "loop"')
+open(host.path("host.toml"), "w").write(text)
+proc = host.run("--check", expect_rc=2)
+check(re.search(r"host\.toml:3:\d+: plugin directory .*loop cannot be opened: Too many levels of symbolic links", proc.stderr),
+      f"[plugin dir loop] {proc.stderr!r}")
+print(f"ok [plugin dir loop]: {proc.stderr.strip()}")
 host.cleanup()

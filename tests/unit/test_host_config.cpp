@@ -361,7 +361,7 @@ TEST_CASE("[peer]: a host started from a file needs its credentials to be there"
     const std::string text = with_peer("");
     const std::string file = dir.write("h.toml", text);
     const std::string missing = "h.toml:13:15: 'certificate': this host's certificate " +
-                                (dir.path() / "peer/a.crt").string() + " is not a readable file";
+                                (dir.path() / "peer/a.crt").string() + " does not exist";
     CHECK_THROWS_WITH_AS(load_host_config(file), doctest::Contains(missing.c_str()), ConfigError);
     std::filesystem::create_directory(dir.path() / "peer");
     dir.write("peer/a.crt", "x");
@@ -370,4 +370,26 @@ TEST_CASE("[peer]: a host started from a file needs its credentials to be there"
                          ConfigError);
     dir.write("peer/ca.crt", "x");
     CHECK(load_host_config(file).peer.ca == (dir.path() / "peer/ca.crt").string());
+}
+
+TEST_CASE("a symbolic-link loop or an overlong name where host.toml names a path is an error, not a crash")
+{
+    ScratchDir dir;
+    std::filesystem::create_symlink("loop", dir.path() / "loop");
+    const std::string loop =
+        dir.write("l.toml", "[host]\nplugin_dir = \"loop\"\nchains_dir = \".\"\n" + std::string(ports));
+    CHECK_THROWS_WITH_AS(load_host_config(loop), doctest::Contains("l.toml:2:14: plugin directory"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config(loop), doctest::Contains("symbolic links"), ConfigError);
+    const std::string long_name = dir.write("n.toml", "[host]\nplugin_dir = \".\"\nchains_dir = \"" +
+                                                          std::string(300, 'x') + "\"\n" + std::string(ports));
+    CHECK_THROWS_WITH_AS(load_host_config(long_name), doctest::Contains("n.toml:3:14: chains directory"), ConfigError);
+    const std::string file =
+        dir.write("f.toml", "[host]\nplugin_dir = \"l.toml\"\nchains_dir = \".\"\n" + std::string(ports));
+    CHECK_THROWS_WITH_AS(load_host_config(file), doctest::Contains("l.toml is not a directory"), ConfigError);
+    std::filesystem::create_symlink("cred", dir.path() / "cred");
+    std::string peer = with_peer("");
+    peer.replace(peer.find("peer/a.crt"), 10, "cred");
+    CHECK_THROWS_WITH_AS(load_host_config(dir.write("p.toml", peer)), doctest::Contains("symbolic links"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config((dir.path() / "loop").string()), doctest::Contains("symbolic links"),
+                         ConfigError);
 }

@@ -284,7 +284,7 @@ TEST_CASE("loader refuses plugins in a directory writable by group or others")
     }
 }
 
-TEST_CASE("loader refuses a symlink and a FIFO")
+TEST_CASE("loader refuses a symlink, a symlink loop and a FIFO")
 {
     ScratchDir dir;
     install_plugin(dir, "noop");
@@ -292,10 +292,14 @@ TEST_CASE("loader refuses a symlink and a FIFO")
     std::filesystem::create_symlink(serpens::test::built_plugin("noop2"), link);
     std::string fifo = dir / "serpens_nf_fifo.so";
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    // A link to itself: once an exception that ended the host on SIGHUP.
+    std::string loop = dir / "serpens_nf_loop.so";
+    std::filesystem::create_symlink("serpens_nf_loop.so", loop);
     PluginRegistry registry;
     registry.load_directory(dir.path().string()); // must not block on the FIFO
     CHECK(registry.find("noop") != nullptr);
     CHECK(registry.size() == 1);
+    REQUIRE(refusal_for(registry, loop) != nullptr);
     const PluginRefusal *by_link = refusal_for(registry, link);
     const PluginRefusal *by_fifo = refusal_for(registry, fifo);
     REQUIRE(by_link != nullptr);

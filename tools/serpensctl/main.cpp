@@ -185,7 +185,7 @@ int main(int argc, char **argv)
         try {
             return state_commands.run(serpens::support::state_root({state_root, target.config, target.host_id}),
                                       "serpensctl");
-        } catch (const serpens::Error &e) {
+        } catch (const std::exception &e) { // serpens::Error; a filesystem one for a path that loops
             std::fprintf(stderr, "serpensctl: %s\n", e.what());
             return kUsage;
         }
@@ -193,7 +193,7 @@ int main(int argc, char **argv)
     std::string socket;
     try {
         socket = socket_of(target);
-    } catch (const serpens::Error &e) {
+    } catch (const std::exception &e) { // serpens::Error; a filesystem one for a path that loops
         std::fprintf(stderr, "serpensctl: %s\n", e.what());
         return kUsage;
     }

@@ -52,21 +52,38 @@ struct Segment {
     fs::path file;
 };
 
+// The entries of `dir`, without exceptions: a state directory anyone could
+// have written into may hold loops and entries that vanish meanwhile.
+std::vector<fs::directory_entry> entries_of(const fs::path &dir)
+{
+    std::vector<fs::directory_entry> out;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+        out.push_back(*it);
+    }
+    return out;
+}
+
+bool is_directory(const fs::directory_entry &entry)
+{
+    std::error_code ec;
+    return entry.is_directory(ec);
+}
+
 // Every <root>/<chain>/<nf>/<table>.tbl, sorted; `aside` gets the segments a
 // host moved aside as invalid (kept for inspection).
 std::vector<Segment> scan(const fs::path &root, std::vector<fs::path> &aside)
 {
     std::vector<Segment> found;
-    std::error_code ec;
-    for (const auto &c : fs::directory_iterator(root, ec)) {
-        if (!c.is_directory()) {
+    for (const auto &c : entries_of(root)) {
+        if (!is_directory(c)) {
             continue;
         }
-        for (const auto &n : fs::directory_iterator(c.path(), ec)) {
-            if (!n.is_directory()) {
+        for (const auto &n : entries_of(c.path())) {
+            if (!is_directory(n)) {
                 continue;
             }
-            for (const auto &f : fs::directory_iterator(n.path(), ec)) {
+            for (const auto &f : entries_of(n.path())) {
                 const std::string name = f.path().filename().string();
                 if (f.path().extension() == ".tbl") {
                     found.push_back({StateStore::unescape(c.path().filename().string()),
