@@ -1,6 +1,7 @@
 #include "config/plugin_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -90,7 +91,11 @@ int config_double(const serpens_config *cfg, const char *path, double *out)
         return SERPENS_ENOENT;
     }
     if (node.is_floating_point()) {
-        *out = node.as_floating_point()->get();
+        const double value = node.as_floating_point()->get();
+        if (!std::isfinite(value)) {
+            return SERPENS_EINVAL; // an NF's range check would let nan through
+        }
+        *out = value;
         return SERPENS_OK;
     }
     if (node.is_integer()) {

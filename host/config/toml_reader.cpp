@@ -175,7 +175,7 @@ double TableReader::double_or(std::string_view key, double fallback, double min,
     } else {
         fail(*node, "'" + std::string(key) + "' must be a number, not " + type_name(*node));
     }
-    if (value < min || value > max) {
+    if (!(value >= min && value <= max)) { // nan too: it compares false with everything
         std::ostringstream range;
         range << "'" << key << "' = " << value << " is out of range [" << min << ", " << max << "]";
         fail(*node, range.str());

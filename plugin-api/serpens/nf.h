@@ -453,7 +453,8 @@ struct serpens_host_api {
 
     /* Configuration, addressed by TOML paths such as "pool.ports[1]".
      * Getters return SERPENS_OK, SERPENS_ENOENT (absent) or SERPENS_EINVAL
-     * (present with another type). */
+     * (present with another type; for config_double also nan and inf,
+     * which no setting means). */
     int (*config_string)(const serpens_config *cfg, const char *path, const char **out);
     int (*config_int)(const serpens_config *cfg, const char *path, int64_t *out);
     int (*config_double)(const serpens_config *cfg, const char *path, double *out);

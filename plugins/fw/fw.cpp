@@ -414,8 +414,9 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         cache_size > (int64_t{1} << 26)) {
         return bad("cache_size", "`cache_size` must be an integer in 16..67108864");
     }
-    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0) {
-        return bad("idle_timeout", "`idle_timeout` must be a number of seconds >= 0 (0: never)");
+    // At most a year: more means never (0), and its nanoseconds overflowed.
+    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0 || idle_s > 31536000) {
+        return bad("idle_timeout", "`idle_timeout` must be a number of seconds in 0..31536000 (a year; 0: never)");
     }
     bool local = false;
     if ((rc = h->config_string(cfg, "state", &s)) == SERPENS_OK) {

@@ -97,6 +97,10 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
         std::string_view line = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
         pos = nl == std::string_view::npos ? text.size() + 1 : nl + 1;
         ++lineno;
+        // A token goes on as a C string: a NUL would cut it short unseen.
+        if (line.find('\0') != std::string_view::npos) {
+            return at(file, lineno, "a NUL byte: a rules file is text");
+        }
         if (auto hash = line.find('#'); hash != std::string_view::npos) {
             line = line.substr(0, hash);
         }

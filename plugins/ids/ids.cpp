@@ -287,6 +287,10 @@ std::string parse_rules(const std::string &text, const std::string &file, std::v
     uint32_t lineno = 0;
     while (std::getline(in, line)) {
         ++lineno;
+        // Parts go on as C strings: a NUL would cut one short unseen.
+        if (line.find('\0') != std::string::npos) {
+            return at(file, lineno, "a NUL byte: a rules file is text");
+        }
         std::size_t b = line.find_first_not_of(" \t\r");
         if (b == std::string::npos || line[b] == '#') {
             continue;
@@ -648,8 +652,9 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     if (h->config_int(cfg, "max_flows", &max_flows) == SERPENS_EINVAL || max_flows < 4 || max_flows > (1 << 22)) {
         return bad("max_flows", "`max_flows` must be an integer in 4..4194304");
     }
-    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0) {
-        return bad("idle_timeout", "`idle_timeout` must be a number of seconds >= 0 (0: never)");
+    // At most a year: more means never (0), and its nanoseconds overflowed.
+    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0 || idle_s > 31536000) {
+        return bad("idle_timeout", "`idle_timeout` must be a number of seconds in 0..31536000 (a year; 0: never)");
     }
     ids->idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
     try {

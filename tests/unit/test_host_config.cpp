@@ -113,6 +113,12 @@ TEST_CASE("the instance manager's keys: pool, keep-warm, count 0, and the autosc
 
     CHECK_THROWS_WITH_AS(load_host_config_text(base + "[instances]\npool = 17\n", "h.toml"),
                          doctest::Contains("h.toml:9:8: 'pool' = 17 is out of range"), ConfigError);
+    // nan compares false with any bound: it once passed, and the autoscaler aimed at it.
+    CHECK_THROWS_WITH_AS(load_host_config_text(base + "[instances]\nkeep_warm_s = nan\n", "h.toml"),
+                         doctest::Contains("h.toml:9:15: 'keep_warm_s' = nan is out of range"), ConfigError);
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text(base + "[[autoscale.chain]]\nchain = \"c\"\ntarget_busy = nan\n", "h.toml"),
+        doctest::Contains("'target_busy' = nan is out of range"), ConfigError);
     CHECK_THROWS_WITH_AS(
         load_host_config_text(base + "[[autoscale.chain]]\nchain = \"c\"\nmin = 3\nmax = 2\n", "h.toml"),
         doctest::Contains("'min' (3) is above 'max' (2)"), ConfigError);

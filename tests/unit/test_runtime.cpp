@@ -356,6 +356,23 @@ TEST_CASE("a plugin's config error names the file and line")
     CHECK(h.api.config_int(chain->nfs[0].config.get(), "missing", &number) == SERPENS_ENOENT);
 }
 
+TEST_CASE("config_double gives numbers, and refuses nan and inf, which an NF's range check would let through")
+{
+    Harness h;
+    auto chain = h.compile("name = \"cfg\"\n[[nf]]\nname = \"a\"\nplugin = \"steer\"\n[nf.config]\n"
+                           "by = \"color\"\nratio = 0.25\nwhole = 3\nbad = nan\nhuge = inf\n");
+    const serpens_config *cfg = chain->nfs[0].config.get();
+    double value = -1;
+    CHECK(h.api.config_double(cfg, "ratio", &value) == SERPENS_OK);
+    CHECK(value == 0.25);
+    CHECK(h.api.config_double(cfg, "whole", &value) == SERPENS_OK);
+    CHECK(value == 3.0);
+    value = -1;
+    CHECK(h.api.config_double(cfg, "bad", &value) == SERPENS_EINVAL);
+    CHECK(h.api.config_double(cfg, "huge", &value) == SERPENS_EINVAL);
+    CHECK(value == -1); // untouched
+}
+
 TEST_CASE("packet helpers keep the view and header offsets in step")
 {
     serpens_host_api api = make_host_api(mem_packet_ops());

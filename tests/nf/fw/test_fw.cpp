@@ -83,6 +83,9 @@ TEST_CASE("rules: malformed lines fail with file:line and what was expected")
     }
     RuleSet set;
     CHECK(load_rules("/nonexistent/fw.rules", set).find("cannot read") != std::string::npos);
+    // Once read as 10.0.0.0/8: the token stopped at the NUL.
+    const std::string nul("default deny\nallow src=10.0.0.0/8\0junk\n", 39);
+    CHECK(parse_rules(nul, "r.rules", set).rfind("r.rules:2: a NUL byte", 0) == 0);
 }
 
 namespace {
@@ -298,6 +301,9 @@ TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, ba
     h.set_config("cache_size = 8\nrules = \"fw.rules\"\n");
     CHECK(h.init(c3) == SERPENS_EINVAL);
     CHECK_MESSAGE(h.logged("chain.toml:2"), h.all_logs());
+    h.set_config("rules = \"fw.rules\"\nidle_timeout = 31536001\n");
+    CHECK(h.init(c3) == SERPENS_EINVAL);
+    CHECK_MESSAGE(h.logged("0..31536000"), h.all_logs());
     h.set_config("stateful = true\n");
     CHECK(h.init(c3) == SERPENS_EINVAL);
     CHECK(h.logged("fw needs `rules"));

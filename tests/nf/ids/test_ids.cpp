@@ -217,6 +217,15 @@ TEST_CASE("ids: malformed rules fail init with file:line and what was expected")
         CHECK(h.init(c) == SERPENS_EINVAL);
         CHECK_MESSAGE(h.logged(k.needle), h.all_logs());
     }
+    {
+        // Once read as 'any': the part stopped at the NUL.
+        MockHost h(IDS_PLUGIN);
+        h.write("ids.rules", std::string("alert tcp any\0junk any -> any 80 (content:\"x\"; sid:1;)\n", 55));
+        h.set_config("rules = \"ids.rules\"\n");
+        Ctx *c = nullptr;
+        CHECK(h.init(c) == SERPENS_EINVAL);
+        CHECK_MESSAGE(h.logged("ids.rules:1: a NUL byte"), h.all_logs());
+    }
     MockHost h(IDS_PLUGIN);
     h.set_config("max_flows = 1\n");
     Ctx *c = nullptr;
