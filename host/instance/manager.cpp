@@ -546,7 +546,11 @@ std::vector<unsigned> InstanceManager::drained() const
 
 void InstanceManager::refill_pools()
 {
+    const uint64_t now = monotonic_ns();
     for (ChainRuntime &chain : _chains) {
+        if (now < chain.pool_retry_ns) {
+            continue;
+        }
         std::optional<uint32_t> index;
         std::shared_ptr<const CompiledChain> version;
         uint64_t generation = 0;
@@ -570,9 +574,16 @@ void InstanceManager::refill_pools()
             instance = _factory(version, *index);
             instance->leave_state();
         } catch (const Error &e) {
-            spdlog::error("chain '{}': cannot pre-initialize a pool instance: {}", chain.spec.name, e.what());
+            // 1 s, 2 s, 4 s ... up to a minute between tries.
+            constexpr uint64_t first_wait_ns = 1'000'000'000, longest_wait_ns = 60'000'000'000;
+            const uint64_t wait = std::min(longest_wait_ns, first_wait_ns << std::min(chain.pool_failures, 6u));
+            ++chain.pool_failures;
+            chain.pool_retry_ns = now + wait;
+            spdlog::error("chain '{}': cannot pre-initialize a pool instance (try {}; next in {} s): {}",
+                          chain.spec.name, chain.pool_failures, wait / 1'000'000'000, e.what());
             continue;
         }
+        chain.pool_failures = 0;
         std::lock_guard lock(_mutex);
         if (free_index(chain.spec.tag) != index || chain.generation != generation) {
             continue; // a cold start took the index, or a reload made this version old; this one is finalized

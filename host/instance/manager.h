@@ -269,6 +269,11 @@ private:
         uint64_t above_since = 0;
         uint64_t below_since = 0;
         double load = 0;
+        // Pool refills that failed in a row (an NF's init refused): the next
+        // waits longer each time, so a broken rules file is not re-read and
+        // logged ten times a second.
+        uint32_t pool_failures = 0;
+        uint64_t pool_retry_ns = 0;
     };
 
     ChainRuntime &chain_named(const std::string &name);
