@@ -124,6 +124,13 @@ private:
                 roots.push_back(i);
             }
         }
+        if (roots.empty()) {
+            // Every NF has an incoming edge, so the graph has a cycle: name
+            // it and the edge that closes it, as when 'entry' is set.
+            for (std::size_t i = 0; i < _spec.nfs.size(); ++i) {
+                check_acyclic(i);
+            }
+        }
         if (roots.size() != 1) {
             std::vector<std::string> names;
             for (std::size_t r : roots) {

@@ -193,6 +193,21 @@ from = ["c"]
 to = "b"
 )",
                       14, "cycle b -> c -> b");
+    // Without 'entry' every NF of a cycle has an incoming edge: the cycle
+    // and its closing edge are still named.
+    f.expect_rejected(R"(name = "loop3"
+chain = ["a", "b"]
+[[nf]]
+name = "a"
+plugin = "noop"
+[[nf]]
+name = "b"
+plugin = "noop"
+[[aggregate]]
+from = ["b"]
+to = "a"
+)",
+                      10, "cycle a -> b -> a");
 }
 
 TEST_CASE("rejects an unreachable NF")
