@@ -77,6 +77,20 @@ Gateway::Gateway(const HostConfig &cfg, const std::function<int32_t(const std::s
         if (rc.vlan) {
             rule.vlan = *rc.vlan;
         }
+        // Rules that can never match are refused, as fw refuses them: only
+        // TCP, UDP and SCTP have ports, ICMP is IPv4's and ICMPv6 IPv6's.
+        const bool has_ports = rule.proto < 0 || rule.proto == 6 || rule.proto == 17 || rule.proto == 132;
+        if ((rule.has_src_ports || rule.has_dst_ports) && !has_ports) {
+            throw ConfigError(cfg.file, rc.line, 0,
+                              "[[gateway.rule]] '" + rc.name +
+                                  "': src_port/dst_port need proto \"tcp\", \"udp\" or \"sctp\" (or no proto)");
+        }
+        const int version = rule.src.version != 0 ? rule.src.version : rule.dst.version;
+        if ((rule.proto == 1 && version == 6) || (rule.proto == 58 && version == 4)) {
+            throw ConfigError(cfg.file, rc.line, 0,
+                              "[[gateway.rule]] '" + rc.name +
+                                  "': proto does not fit the addresses' IP version (icmp is IPv4's, icmpv6 IPv6's)");
+        }
         rule.needs_l3 = rule.src.version != 0 || rule.dst.version != 0 || rule.proto >= 0 || rule.has_src_ports ||
                         rule.has_dst_ports;
         _rules.push_back(rule);

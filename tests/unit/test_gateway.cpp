@@ -169,3 +169,29 @@ TEST_CASE("a rule naming an unknown chain, a bad prefix or host bits is refused 
     mixed.dst = "::/0";
     CHECK_THROWS_WITH_AS(make_gateway({mixed}), doctest::Contains("different IP versions"), ConfigError);
 }
+
+TEST_CASE("a rule that could never match is refused: ports without TCP, UDP or SCTP, ICMP of the other IP version")
+{
+    GatewayRuleConfig ports = rule("p", "a", 4);
+    ports.proto = 1; // icmp
+    ports.dst_ports = PortRange{80, 80};
+    CHECK_THROWS_WITH_AS(make_gateway({ports}),
+                         doctest::Contains("host.toml:4: [[gateway.rule]] 'p': src_port/dst_port need proto"),
+                         ConfigError);
+    ports.proto = 50; // esp
+    CHECK_THROWS_AS(make_gateway({ports}), ConfigError);
+    for (int proto : {6, 17, 132}) {
+        ports.proto = static_cast<uint8_t>(proto);
+        CHECK(make_gateway({ports}).rules().size() == 1);
+    }
+    GatewayRuleConfig icmp = rule("i", "a", 5);
+    icmp.proto = 1;
+    icmp.dst = "2001:db8::/32";
+    CHECK_THROWS_WITH_AS(make_gateway({icmp}), doctest::Contains("'i': proto does not fit the addresses' IP version"),
+                         ConfigError);
+    icmp.proto = 58; // icmpv6
+    CHECK(make_gateway({icmp}).rules().size() == 1);
+    icmp.src = "10.0.0.0/8";
+    icmp.dst.reset();
+    CHECK_THROWS_AS(make_gateway({icmp}), ConfigError);
+}
