@@ -305,8 +305,21 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
             spdlog::set_level(spdlog::level::from_str(*request.set_level));
         }
         return control_ok_reply({{"log_level", log_level_name()}});
-    case ControlVerb::bill:
-        return control_ok_reply(bill_result(_meter.bill(request.since, request.chain)));
+    case ControlVerb::bill: {
+        const metering::Bill bill = _meter.bill(request.since, request.chain);
+        // An empty table would read as "used nothing": say what is wrong.
+        if (request.since && *request.since > bill.to_s) {
+            return control_error_reply(ControlErrorCode::bad_request, "bill's \"since\" (" + iso_time(*request.since) +
+                                                                          ") is after now (" + iso_time(bill.to_s) +
+                                                                          ")");
+        }
+        if (!request.chain.empty() && bill.chains.count(request.chain) == 0 &&
+            _reloader.current()->find(request.chain) == nullptr) {
+            return control_error_reply(ControlErrorCode::not_found,
+                                       "no chain '" + request.chain + "' on this host, nor in its ledger");
+        }
+        return control_ok_reply(bill_result(bill));
+    }
     case ControlVerb::peers:
         return control_ok_reply(_cluster.peers_json());
     case ControlVerb::reload:

@@ -55,6 +55,9 @@ std::string echoed(std::string_view text)
 
 std::string echoed_json(const json &value)
 {
+    if (value.is_string()) {
+        return echoed(value.get_ref<const std::string &>()); // 'abc', not '"abc"'
+    }
     return echoed(value.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 

@@ -52,8 +52,14 @@ try:
     nf_bill, chain_bill = reply["chains"]["c"]["nfs"]["t"], reply["chains"]["c"]
     check(abs(nf_bill["instance_s"] - chain_bill["instance_s"]) < 1e-6 and nf_bill["busy_s"] > 0 and
           abs(nf_bill["busy_s"] - chain_bill["busy_s"]) < 1e-6, f"the NF's instance-s and busy-s: {reply}")
-    check(bill("--since", str(int(time.time()) + 3600))["chains"] == {}, "a bill from the future is not empty")
-    check(bill("--chain", "nope")["chains"] == {}, "a bill of an unknown chain is not empty")
+    # An empty table would read as "used nothing": a bill from the future and
+    # one of a chain neither configured nor in the ledger are refused.
+    future = host.ctl("bill", "--since", str(int(time.time()) + 3600))
+    check(future.returncode == 1 and "is after now" in future.stderr, f"a bill from the future: {future.stderr}")
+    unknown = host.ctl("bill", "--chain", "nope", "--json")
+    check(unknown.returncode == 1 and json.loads(unknown.stdout)["error"]["code"] == "not_found",
+          f"a bill of an unknown chain: {unknown.stdout}{unknown.stderr}")
+    check(bill("--chain", "c")["chains"].keys() == {"c"}, "a bill of one chain")
     human = host.ctl("bill")
     check(human.returncode == 0 and "c" in human.stdout and str(len(first)) in human.stdout,
           f"serpensctl bill (human): {human.stdout}{human.stderr}")

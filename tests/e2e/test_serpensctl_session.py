@@ -217,6 +217,15 @@ try:
     check(missing.returncode == 1, f"scale of an unknown chain exits 1: {missing.returncode} {missing.stderr}")
     error = json.loads(missing.stdout)["error"]
     check(error["code"] == "not_found" and "no-such-chain" in error["message"], f"not_found error: {error}")
+    # A count that is no count: bad arguments (2), judged by the host's own
+    # rules before the host is asked, whether or not one runs.
+    for bad in (ctl("scale", CHAIN, "abc", "--json"),
+                subprocess.run([CTL, "-s", "/nonexistent.sock", "scale", CHAIN, "1.5"], capture_output=True, text=True,
+                               timeout=30)):
+        args = bad.args
+        check(bad.returncode == 2 and "scale needs \"count\"" in bad.stderr, f"{args}: {bad.returncode} {bad.stderr}")
+    check(json.loads(ctl("scale", CHAIN, "abc", "--json").stdout)["error"]["code"] == "bad_arguments",
+          "bad arguments with --json: an error object")
 
     # wake-threshold: read, set, read back.
     check(ctl_json("wake-threshold") == {"wake_threshold": 64}, "wake threshold from host.toml")

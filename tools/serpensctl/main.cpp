@@ -3,6 +3,7 @@
 #include "config/host_config.h"
 #include "config/install_dirs.h"
 #include "control/protocol.h"
+#include "control/request.h"
 #include "core/error.h"
 #include "core/version.h"
 #include "render.h"
@@ -59,6 +60,12 @@ void print_json(const ordered_json &value, int indent = 2)
 {
     print(value.dump(indent, ' ', false, ordered_json::error_handler_t::replace) + "\n");
 }
+
+// A request the host would refuse for its own shape (a count of "abc"),
+// found before any host is called: bad arguments, exit 2.
+struct BadArguments : serpens::Error {
+    using Error::Error;
+};
 
 // Exit 3; with --json, scripts get an error object on stdout as for a
 // refusal, with the code "unreachable".
@@ -198,6 +205,14 @@ int main(int argc, char **argv)
         return kUsage;
     }
     auto call = [&](ordered_json request) {
+        // Checked by the host's own rules (control/request.h) first, so an
+        // argument is judged the same here and there.
+        ordered_json versioned = request;
+        versioned["v"] = serpens::kControlProtocolVersion;
+        const serpens::ParsedControlRequest parsed = serpens::parse_control_request(versioned.dump());
+        if (const auto *refused = std::get_if<serpens::ControlRequestError>(&parsed)) {
+            throw BadArguments(refused->message);
+        }
         return serpens::control_call(socket, std::move(request), target.timeout_ms);
     };
     try {
@@ -320,6 +335,12 @@ int main(int argc, char **argv)
             ordered_json r = call({{"cmd", "ping"}});
             target.json ? print_json(r) : print("pong\n");
         }
+    } catch (const BadArguments &e) {
+        if (target.json) {
+            print_json({{"error", {{"code", "bad_arguments"}, {"message", e.what()}}}});
+        }
+        std::fprintf(stderr, "serpensctl: %s\n", e.what());
+        return kUsage;
     } catch (const serpens::ControlReplyError &e) {
         if (target.json) {
             print_json({{"error", {{"code", e.code()}, {"message", e.what()}}}});
