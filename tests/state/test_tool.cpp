@@ -247,9 +247,19 @@ TEST_CASE("state-tool: -c host.toml finds a custom state_dir; list and check in 
     CHECK(none.out.find("\"ok\":false,\"segments\":[]") != std::string::npos);
     // The same host's default root is elsewhere: --host-id alone (no
     // installed config of that id) does not find it.
+    // A root that is not there is said to be missing (exit 1), not listed
+    // as empty: a mistyped --root once exited 0.
     Run by_id = run("--host-id tool-config-test list");
-    CHECK(by_id.status == 0);
-    CHECK(by_id.out.find("no state segments under /dev/shm/serpens/tool-config-test") != std::string::npos);
+    CHECK(by_id.status == 1);
+    CHECK_MESSAGE(by_id.out.find("/dev/shm/serpens/tool-config-test: no such directory") != std::string::npos,
+                  by_id.out);
+    Run file_root = run("--root " + config.string() + " list --json");
+    CHECK(file_root.status == 1);
+    CHECK_MESSAGE(file_root.out.find("is not a directory") != std::string::npos, file_root.out);
+    std::filesystem::create_directories(d.path / "empty-state");
+    Run empty = run("--root " + (d.path / "empty-state").string() + " list");
+    CHECK(empty.status == 0);
+    CHECK(empty.out.find("no state segments under") != std::string::npos);
 
     // 2: a host.toml that is not there or not valid, or -c with --host-id.
     Run missing = run("-c " + (d.path / "nope.toml").string() + " list");

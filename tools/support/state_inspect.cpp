@@ -543,6 +543,18 @@ StateCommands::StateCommands(CLI::App &parent, bool *json) : _json(json != nullp
 
 int StateCommands::run(const fs::path &root, const char *tool) const
 {
+    // A mistyped root would otherwise list as "no segments" and exit 0.
+    std::error_code ec;
+    const fs::file_status st = fs::status(root, ec);
+    if (st.type() == fs::file_type::not_found) {
+        return not_found(tool, *_json,
+                         root.string() + ": no such directory: no host kept state there (is --root, -c or --host-id "
+                                         "right? has the host run?)");
+    }
+    if (ec || !fs::is_directory(st)) {
+        return not_found(tool, *_json,
+                         root.string() + ": " + (ec ? "cannot be opened: " + ec.message() : "is not a directory"));
+    }
     if (_list->parsed()) {
         return cmd_list(root, *_json);
     }
