@@ -3,6 +3,7 @@
 #include "config/toml_reader.h"
 
 #include <arpa/inet.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <charconv>
@@ -274,6 +275,14 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         cfg.chains_dir = r.string_or("chains_dir", cfg.chains_dir);
         cfg.state_dir = r.string_or("state_dir", "");
         cfg.control_socket = r.string_or("control_socket", "");
+        // An empty path would silently mean host.toml's own directory (or
+        // the default): leave a key out for its default instead.
+        for (const char *key : {"log_file", "plugin_dir", "chains_dir", "state_dir", "control_socket"}) {
+            if (const toml::node *node = r.table().get(key);
+                node != nullptr && node->value_or(std::string("x")).empty()) {
+                r.fail(key, "'" + std::string(key) + "' is empty: name a path, or leave the key out for its default");
+            }
+        }
         cfg.control_group = r.string_or("control_group", "");
         if (!cfg.control_group.empty()) {
             cfg.control_gid = resolve_group(r, cfg.control_group);
@@ -291,6 +300,18 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     }
     cfg.control_socket =
         cfg.control_socket.empty() ? "/run/serpens/" + cfg.id + ".sock" : resolve(base, cfg.control_socket);
+    // A Unix socket's path has room for 107 bytes (sun_path): found now,
+    // by --check too, rather than when the host binds it.
+    if (constexpr std::size_t max_socket_path = sizeof(sockaddr_un::sun_path) - 1;
+        cfg.control_socket.size() > max_socket_path) {
+        const std::string message = "control_socket " + cfg.control_socket + " is " +
+                                    std::to_string(cfg.control_socket.size()) + " bytes long; a Unix socket's path " +
+                                    "holds at most " + std::to_string(max_socket_path);
+        if (const toml::node *node = root.at_path("host.control_socket").node(); node != nullptr) {
+            config::fail_at(path, node->source(), message);
+        }
+        throw ConfigError(path, message);
+    }
     if (std::string why = check_dirs ? path_problem(cfg.plugin_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
         std::string message = "plugin directory " + cfg.plugin_dir + " " + why + " (set [host] plugin_dir)";

@@ -110,6 +110,12 @@ void clear_stale_socket(const std::string &path)
         throw Error("control socket path " + path + " exists and is not a socket (" + what +
                     "); refusing to replace it: remove it or set [host] control_socket to another path");
     }
+    if (!owned_by_host_user(st.st_uid)) {
+        // Another user's socket: whoever listens there is not a serpens-host
+        // of ours, and it is not ours to remove.
+        throw Error("control socket path " + path + " is a socket " + foreign_owner_text(st.st_uid) +
+                    "; refusing to use or replace it: remove it or set [host] control_socket to another path");
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
         throw Error("cannot create a socket to probe " + path + ": " + errno_text(errno));

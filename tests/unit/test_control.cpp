@@ -383,6 +383,23 @@ TEST_CASE("a stale socket is replaced; a live one is refused")
         CHECK_THROWS_WITH_AS(ControlServer(options_at(path), echo.handler()), doctest::Contains("in use"), Error);
         CHECK(control_request(path, "ping", 2000) == "pong");
     }
+    SUBCASE("another user's: named as such, neither probed nor removed")
+    {
+        if (geteuid() != 0) {
+            return; // only root can give the socket away
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+        REQUIRE(bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
+        REQUIRE(listen(fd, 1) == 0);
+        REQUIRE(chown(path.c_str(), 65534, 65534) == 0);
+        CHECK_THROWS_WITH_AS(ControlServer(options_at(path), echo.handler()),
+                             doctest::Contains("is a socket owned by uid 65534"), Error);
+        CHECK(std::filesystem::is_socket(path));
+        close(fd);
+    }
 }
 
 namespace {

@@ -378,6 +378,24 @@ TEST_CASE("[peer]: a host started from a file needs its credentials to be there"
     CHECK(load_host_config(file).peer.ca == (dir.path() / "peer/ca.crt").string());
 }
 
+TEST_CASE("an empty path is refused rather than taken as host.toml's directory; a socket path must fit sun_path")
+{
+    for (const char *key : {"plugin_dir", "chains_dir", "state_dir", "control_socket", "log_file"}) {
+        CAPTURE(key);
+        const std::string text = "[host]\n" + std::string(key) + " = \"\"\n" + std::string(ports);
+        CHECK_THROWS_WITH_AS(load_host_config_text(text, "h.toml"),
+                             doctest::Contains(("'" + std::string(key) + "' is empty: name a path").c_str()),
+                             ConfigError);
+    }
+    const std::string socket = "/tmp/" + std::string(103, 's'); // 108 bytes
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text("[host]\ncontrol_socket = \"" + socket + "\"\n" + std::string(ports), "h.toml"),
+        doctest::Contains(("h.toml:2:18: control_socket " + socket + " is 108 bytes long").c_str()), ConfigError);
+    CHECK(load_host_config_text("[host]\ncontrol_socket = \"" + socket.substr(0, 107) + "\"\n" + std::string(ports),
+                                "h.toml")
+              .control_socket.size() == 107);
+}
+
 TEST_CASE("a symbolic-link loop or an overlong name where host.toml names a path is an error, not a crash")
 {
     ScratchDir dir;
