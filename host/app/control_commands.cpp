@@ -294,6 +294,13 @@ std::string ControlCommands::handle(std::string_view line, const ControlPeer &pe
         spdlog::info("counters cleared by {}", who(peer));
         return control_ok_reply({{"cleared", iso_time(_cleared_at)}});
     case ControlVerb::wake_threshold:
+        if (request.set_threshold && *request.set_threshold > _manager.ring_capacity()) {
+            return control_error_reply(ControlErrorCode::bad_request, "a wake threshold of " +
+                                                                          std::to_string(*request.set_threshold) +
+                                                                          " would never be reached: a ring holds " +
+                                                                          std::to_string(_manager.ring_capacity()) +
+                                                                          " packets ([instances] ring_size)");
+        }
         if (request.set_threshold) {
             _dp.wake_threshold().store(*request.set_threshold);
             spdlog::info("wake_threshold set to {} by {}", *request.set_threshold, who(peer));

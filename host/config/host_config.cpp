@@ -434,6 +434,14 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
                                     " packets with burst = " + std::to_string(cfg.burst) + ")");
         }
         cfg.wake_threshold = static_cast<uint32_t>(r.integer_or("wake_threshold", cfg.wake_threshold, 1, 1 << 20));
+        if (r.table().get("wake_threshold") == nullptr) {
+            cfg.wake_threshold = std::min(cfg.wake_threshold, cfg.ring_size - 1); // the default, in a small ring
+        } else if (cfg.wake_threshold > cfg.ring_size - 1) {
+            r.fail("wake_threshold", "'wake_threshold' (" + std::to_string(cfg.wake_threshold) +
+                                         ") would never be reached: a ring of 'ring_size' " +
+                                         std::to_string(cfg.ring_size) + " holds " + std::to_string(cfg.ring_size - 1) +
+                                         " packets");
+        }
         cfg.wake_deadline_us =
             static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));
         cfg.idle_sleep_us = static_cast<uint32_t>(r.integer_or("idle_sleep_us", cfg.idle_sleep_us, 0, 1000000));

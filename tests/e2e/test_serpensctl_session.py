@@ -232,6 +232,9 @@ try:
     check(ctl_json("wake-threshold", "256") == {"wake_threshold": 256}, "wake threshold set")
     check(ctl_json("wake-threshold") == {"wake_threshold": 256}, "wake threshold changed at runtime")
     check(ctl_json("stats")["wake_threshold"] == 256, "stats shows the new wake threshold")
+    never = ctl("wake-threshold", "1048576")
+    check(never.returncode == 1 and "would never be reached" in never.stderr, f"a threshold past the ring: {never}")
+    check(ctl_json("wake-threshold") == {"wake_threshold": 256}, "a refused threshold changes nothing")
 
     version = ctl_json("version")
     check(version["host"] == project_version() and version["serpensctl"] == project_version(),

@@ -378,6 +378,20 @@ TEST_CASE("[peer]: a host started from a file needs its credentials to be there"
     CHECK(load_host_config(file).peer.ca == (dir.path() / "peer/ca.crt").string());
 }
 
+TEST_CASE("a wake threshold must fit in a ring; the default shrinks to a small ring")
+{
+    const std::string base = with_id("h");
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text(base + "[instances]\nring_size = 64\nwake_threshold = 64\n", "h.toml"),
+        doctest::Contains("h.toml:10:18: 'wake_threshold' (64) would never be reached: a ring of 'ring_size' 64 holds "
+                          "63 packets"),
+        ConfigError);
+    CHECK(load_host_config_text(base + "[instances]\nring_size = 64\nwake_threshold = 63\n", "h.toml").wake_threshold ==
+          63);
+    CHECK(load_host_config_text(base + "[instances]\nring_size = 64\n", "h.toml").wake_threshold == 63);
+    CHECK(load_host_config_text(base, "h.toml").wake_threshold == 128);
+}
+
 TEST_CASE("an empty path is refused rather than taken as host.toml's directory; a socket path must fit sun_path")
 {
     for (const char *key : {"plugin_dir", "chains_dir", "state_dir", "control_socket", "log_file"}) {
