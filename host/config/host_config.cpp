@@ -344,6 +344,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     }
 
     std::map<std::string, uint32_t> port_lines;
+    std::map<std::string, uint32_t> device_lines; // by the device's name, before its first ','
     for (const toml::table *t : top.table_array("port")) {
         config::TableReader r(*t, path, "[[port]]");
         r.allow_only({"name", "device", "rx_descriptors", "tx_descriptors", "rx_queues", "promiscuous"});
@@ -358,6 +359,16 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         if (!port_lines.emplace(port.name, port.line).second) {
             r.fail("name",
                    "port name '" + port.name + "' is already used at line " + std::to_string(port_lines[port.name]));
+        }
+        if (port.device.empty() || port.device.front() == ',') {
+            r.fail("device", "'device' names no device: a PCI address or a vdev such as \"net_pcap0,rx_pcap=in.pcap\"");
+        }
+        // EAL would refuse the second probe of one device only at start, as
+        // "configure failed: Device or resource busy", naming neither line.
+        const std::string device = port.device.substr(0, port.device.find(','));
+        if (!device_lines.emplace(device, port.line).second) {
+            r.fail("device", "device '" + device + "' is already the device of the port at line " +
+                                 std::to_string(device_lines[device]) + "; a device is one port");
         }
         cfg.ports.push_back(std::move(port));
     }

@@ -378,6 +378,22 @@ TEST_CASE("[peer]: a host started from a file needs its credentials to be there"
     CHECK(load_host_config(file).peer.ca == (dir.path() / "peer/ca.crt").string());
 }
 
+TEST_CASE("one device is one port: a second port of the same device, or an empty device, is refused at its line")
+{
+    const std::string head = "[host]\nplugin_dir = \".\"\nchains_dir = \".\"\n";
+    CHECK_THROWS_WITH_AS(
+        load_host_config_text(head + "[[port]]\nname = \"a\"\ndevice = \"net_pcap0,rx_pcap=a.pcap\"\n"
+                                     "[[port]]\nname = \"b\"\ndevice = \"net_pcap0,rx_pcap=b.pcap\"\n",
+                              "h.toml"),
+        doctest::Contains("h.toml:9:10: device 'net_pcap0' is already the device of the port at line 4"), ConfigError);
+    CHECK_THROWS_WITH_AS(load_host_config_text(head + "[[port]]\nname = \"a\"\ndevice = \"\"\n", "h.toml"),
+                         doctest::Contains("h.toml:6:10: 'device' names no device"), ConfigError);
+    CHECK(load_host_config_text(head + "[[port]]\nname = \"a\"\ndevice = \"net_null0\"\n"
+                                       "[[port]]\nname = \"b\"\ndevice = \"net_null1\"\n",
+                                "h.toml")
+              .ports.size() == 2);
+}
+
 TEST_CASE("a wake threshold must fit in a ring; the default shrinks to a small ring")
 {
     const std::string base = with_id("h");
