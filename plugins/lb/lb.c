@@ -565,11 +565,15 @@ static int lb_parse_addr(const char *value, char sep, unsigned long lo, unsigned
     }
     strcpy(buf, value);
     char *at = strchr(buf, sep);
+    if (at != NULL && strchr(at + 1, sep) != NULL) {
+        return -3; /* an IPv6 address: more than one separator */
+    }
     if (at != NULL) {
+        /* Digits only: strtoul alone would take " 80" and "+80". */
         char *end = NULL;
         *at = '\0';
         *number = strtoul(at + 1, &end, 10);
-        if (at[1] == '\0' || *end != '\0' || *number < lo || *number > hi) {
+        if (at[1] < '0' || at[1] > '9' || *end != '\0' || *number < lo || *number > hi) {
             return -2;
         }
     }
@@ -602,8 +606,24 @@ static int add_backend(void *arg, const serpens_config *cfg, const char *path, c
     if (bad == -2) {
         return lb_config_error(l, cfg, path, "'%s': the port must be 1..65535", value);
     }
+    if (bad == -3) {
+        return lb_config_error(l, cfg, path, "'%s': lb balances to IPv4 backends (address[:port])", value);
+    }
     if (bad != 0) {
         return lb_config_error(l, cfg, path, "'%s' is not address[:port]", value);
+    }
+    /* No packet could reach these: refused, as host.toml's underlay_address is. */
+    const uint32_t host = ntohl(a.s_addr);
+    if (host == 0 || host == 0xffffffffu || (host >> 28) == 0xe || (host >> 24) == 127) {
+        return lb_config_error(l, cfg, path, "'%s': a backend is a unicast address, not %s", value,
+                               host == 0             ? "the unspecified address"
+                               : host == 0xffffffffu ? "the broadcast address"
+                               : (host >> 28) == 0xe ? "a multicast address"
+                                                     : "a loopback address");
+    }
+    if (lb_is_vip(l, host)) { /* vips are read first */
+        return lb_config_error(l, cfg, path,
+                               "'%s' is inside a service prefix (vips): its packets would be balanced again", value);
     }
     if (l->n_backends == LB_MAX_BACKENDS) {
         return lb_config_error(l, cfg, path, "more than %d backends", LB_MAX_BACKENDS);

@@ -103,9 +103,17 @@ int nat_configure(struct nat *n, const serpens_config *cfg)
         }
     }
     for (uint32_t i = 0; i < n->n_ext; ++i) {
+        struct in_addr a = {htonl(n->ext_ip[i])};
         if (nat_inside(n, n->ext_ip[i])) {
-            struct in_addr a = {htonl(n->ext_ip[i])};
             return nat_config_error(n->ctx, cfg, "external", "address %s lies inside an inside prefix", inet_ntoa(a));
+        }
+        /* No reply could come back to these. */
+        const uint32_t ip = n->ext_ip[i];
+        if ((ip >> 24) == 0 || (ip >> 24) == 127 || (ip >> 28) >= 0xe) {
+            return nat_config_error(n->ctx, cfg, "external",
+                                    "address %s is not a unicast address a reply could reach (0/8, 127/8, "
+                                    "multicast, 240/4 and broadcast are not)",
+                                    inet_ntoa(a));
         }
     }
 

@@ -454,6 +454,16 @@ int vpn_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
                 if (h->config_string(cfg, key(k).c_str(), &s) != SERPENS_OK || inet_pton(AF_INET, s, dst) != 1) {
                     return bad(key(k), std::string("`") + k + "` must be the IPv4 address of a tunnel end point");
                 }
+                // A tunnel end is one host: no ESP packet goes to or from these.
+                const uint8_t first = dst[0];
+                if (first == 0 || first == 127 || first >= 224) {
+                    return bad(key(k), std::string("`") + k + "` " + s +
+                                           " is not a unicast address (0/8, 127/8, multicast, 240/4 and broadcast "
+                                           "are not)");
+                }
+            }
+            if (std::memcmp(sa->local, sa->remote, 4) == 0) {
+                return bad(key("remote"), "`remote` is `local`: a tunnel has two ends");
             }
             for (const char *k : {"src", "dst"}) {
                 rc = h->config_string(cfg, key(k).c_str(), &s);

@@ -337,6 +337,15 @@ TEST_CASE("vpn: state = \"local\" without host tables; never a silent fallback; 
         {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"" + std::string(kKey) +
              "\"\nlocal = \"192.0.2.300\"\nremote = \"1.2.3.4\"\n",
          "chain.toml:6:"},
+        {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"" + std::string(kKey) +
+             "\"\nlocal = \"0.0.0.0\"\nremote = \"1.2.3.4\"\n",
+         "0.0.0.0 is not a unicast address"},
+        {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"" + std::string(kKey) +
+             "\"\nlocal = \"192.0.2.1\"\nremote = \"239.1.2.3\"\n",
+         "239.1.2.3 is not a unicast address"},
+        {"[[config.sa]]\nspi = 4096\ndirection = \"out\"\nkey = \"" + std::string(kKey) +
+             "\"\nlocal = \"192.0.2.1\"\nremote = \"192.0.2.1\"\n",
+         "`remote` is `local`"},
     };
     for (const Case &k : cases) {
         MockHost b(VPN_PLUGIN);
