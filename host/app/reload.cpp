@@ -76,8 +76,9 @@ uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
         if (cfg.ports.size() == 1) {
             return 0;
         }
-        throw ConfigError(chain.file, "chain '" + chain.name + "' has no 'egress' and the host has " +
-                                          std::to_string(cfg.ports.size()) + " ports: name one");
+        throw ConfigError(chain.file, chain.egress_line, chain.egress_column,
+                          "chain '" + chain.name + "' has no 'egress' and the host has " +
+                              std::to_string(cfg.ports.size()) + " ports: name one");
     }
     for (std::size_t i = 0; i < cfg.ports.size(); ++i) {
         if (cfg.ports[i].name == chain.egress) {
@@ -88,8 +89,9 @@ uint16_t egress_port_of(const HostConfig &cfg, const CompiledChain &chain)
     for (const auto &port : cfg.ports) {
         known += (known.empty() ? "" : ", ") + port.name;
     }
-    throw ConfigError(chain.file, "chain '" + chain.name + "': egress port '" + chain.egress + "' is not a port of " +
-                                      cfg.file + " (ports: " + known + ")");
+    throw ConfigError(chain.file, chain.egress_line, chain.egress_column,
+                      "chain '" + chain.name + "': egress port '" + chain.egress + "' is not a port of " + cfg.file +
+                          " (ports: " + known + ")");
 }
 
 Reloader::Reloader(const HostConfig &cfg, InstanceManager &manager, std::shared_ptr<const ChainSet> initial)

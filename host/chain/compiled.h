@@ -36,6 +36,8 @@ struct CompiledChain {
     std::string name;
     std::string file;
     std::string egress;
+    uint32_t egress_line = 0; // where the chain file names it (or, without one, the chain), for messages
+    uint32_t egress_column = 0;
     std::vector<CompiledNf> nfs; // nfs[i].label == i + 1
 
     // "fw(1) -> {0: mon(3), 1: ids(2)}; ..." for logs and `serpens-host --check`.

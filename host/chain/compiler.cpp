@@ -256,6 +256,8 @@ private:
         chain->name = _spec.name;
         chain->file = _spec.file;
         chain->egress = _spec.egress;
+        chain->egress_line = _spec.egress_where.line;
+        chain->egress_column = _spec.egress_where.column;
         std::vector<uint16_t> label_of(_spec.nfs.size(), 0);
         for (std::size_t pos = 0; pos < order.size(); ++pos) {
             label_of[order[pos]] = static_cast<uint16_t>(pos + 1);

@@ -54,6 +54,7 @@ ChainSpec parse_chain_toml(std::shared_ptr<const toml::table> document, const st
     spec.egress = reader.string_or("egress", "");
     spec.entry = reader.string_or("entry", "");
     spec.where = pos_of(*root.get("name"));
+    spec.egress_where = root.get("egress") != nullptr ? pos_of(*root.get("egress")) : spec.where;
 
     auto nf_tables = reader.table_array("nf");
     if (nf_tables.empty()) {

@@ -60,7 +60,8 @@ struct ChainSpec {
     std::string file;
     std::string directory;
     std::string egress;
-    std::string entry; // empty: derived
+    SourcePos egress_where; // of the 'egress' key; the chain's name when there is none
+    std::string entry;      // empty: derived
     std::vector<NfSpec> nfs;
     std::vector<EdgeSpec> edges;
     SourcePos where;

@@ -26,6 +26,15 @@ for name, body, pattern in cases:
     check(re.search(pattern, proc.stderr), f"[{name}] message not as expected: {proc.stderr!r}")
     print(f"ok [{name}]: {proc.stderr.strip()}")
 
+# An egress that is no port of the host: the chain file's line of it.
+host.chain("c", 'name = "c"\negress = "eth9"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+host.config(host.pcap_port() + rule)
+proc = host.run("--check", expect_rc=2)
+check(re.search(r"chains/c\.toml:2:10: chain 'c': egress port 'eth9' is not a port of", proc.stderr),
+      f"[unknown egress] {proc.stderr!r}")
+print(f"ok [unknown egress]: {proc.stderr.strip()}")
+host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+
 # Missing plugin directory: the key's own line is named.
 host.config(host.pcap_port() + rule)
 text = open(host.path("host.toml")).read().replace('plugin_dir = "plugins"', 'plugin_dir = "no-such-dir"')
