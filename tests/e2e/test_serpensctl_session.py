@@ -226,6 +226,9 @@ try:
         check(bad.returncode == 2 and "scale needs \"count\"" in bad.stderr, f"{args}: {bad.returncode} {bad.stderr}")
     check(json.loads(ctl("scale", CHAIN, "abc", "--json").stdout)["error"]["code"] == "bad_arguments",
           "bad arguments with --json: an error object")
+    for args in (["--host-id", "../../etc/passwd", "ping"], ["stats", "--watch", "nan"]):
+        bad = subprocess.run([CTL] + args, capture_output=True, text=True, timeout=30)
+        check(bad.returncode == 2, f"serpensctl {args}: {bad.returncode} {bad.stderr}")
 
     # wake-threshold: read, set, read back.
     check(ctl_json("wake-threshold") == {"wake_threshold": 64}, "wake threshold from host.toml")

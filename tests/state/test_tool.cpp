@@ -271,6 +271,7 @@ TEST_CASE("state-tool: -c host.toml finds a custom state_dir; list and check in 
     CHECK(bad.out.find("bad.toml:2:") != std::string::npos);
     CHECK(run(c + " --host-id x list").status == 2);
     CHECK(run("list --no-such-option").status == 2);
+    CHECK(run("dump web fw conn --limit -1").status == 2); // once 2^64 - 1 entries
 }
 
 TEST_CASE("state-tool: a table whose NF declares its layout is dumped field by field, by both tools")

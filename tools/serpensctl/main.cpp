@@ -2,6 +2,7 @@
 
 #include "config/host_config.h"
 #include "config/install_dirs.h"
+#include "config/toml_reader.h"
 #include "control/protocol.h"
 #include "control/request.h"
 #include "core/error.h"
@@ -12,6 +13,8 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <thread>
 
@@ -94,7 +97,14 @@ int main(int argc, char **argv)
     app.add_option("-c,--config", target.config, "the host's host.toml: its control_socket is used");
     app.add_option("--host-id", target.host_id,
                    std::string("the host's [host] id (default serpens): uses ") + serpens::install_dirs::sysconf +
-                       "/<id>.toml when there is one, else /run/serpens/<id>.sock");
+                       "/<id>.toml when there is one, else /run/serpens/<id>.sock")
+        ->check(CLI::Validator(
+            [](const std::string &id) {
+                // It becomes a path: checked as the host checks its own id.
+                return serpens::config::is_safe_name(id) ? std::string()
+                                                         : serpens::config::unsafe_name_message("host id", id);
+            },
+            "ID"));
     app.add_option("-s,--socket", target.socket, "the control socket's path (overrides -c and --host-id)");
     app.add_flag("--json", target.json, "print the reply as JSON");
     app.add_option("--timeout", target.timeout_ms, "milliseconds to wait for the host (default 5000)")
@@ -112,6 +122,11 @@ int main(int argc, char **argv)
     unsigned watch_count = 0;
     stats->add_option("-w,--watch", watch_s, "repeat every SECONDS, showing rates per second")
         ->check(CLI::Range(0.1, 3600.0))
+        ->check(CLI::Validator( // nan passes any Range: it compares false with both bounds
+            [](const std::string &text) {
+                return std::isfinite(std::strtod(text.c_str(), nullptr)) ? std::string() : "not a number of seconds";
+            },
+            "SECONDS"))
         ->expected(0, 1)
         ->default_str("1");
     stats->add_option("-n,--count", watch_count, "with --watch: stop after this many updates (default: never)");

@@ -27,6 +27,9 @@ using state::StateStore;
 
 namespace {
 
+// --limit: far beyond any table, and below what "-1" wraps to.
+constexpr uint64_t kMaxLimit = uint64_t{1} << 40;
+
 // One JSON value on stdout, compact; invalid UTF-8 in a name is replaced,
 // not thrown on.
 std::string compact(const ordered_json &value)
@@ -528,7 +531,7 @@ StateCommands::StateCommands(CLI::App &parent, bool *json) : _json(json != nullp
     _dump->add_option("chain", _chain)->required();
     _dump->add_option("nf", _nf)->required();
     _dump->add_option("table", _table)->required();
-    _dump->add_option("--limit", _limit, "at most N entries (0 = all)");
+    _dump->add_option("--limit", _limit, "at most N entries (0 = all)")->check(CLI::Range(uint64_t{0}, kMaxLimit));
     json_flag(_dump);
     _check = parent.add_subcommand("check", "check integrity; exit status 1 on problems");
     _check->add_option("chain", _chain);
@@ -537,7 +540,7 @@ StateCommands::StateCommands(CLI::App &parent, bool *json) : _json(json != nullp
     json_flag(_check);
     _flows = parent.add_subcommand("flows", "dump a chain's flow table (keys and each NF's per-flow words)");
     _flows->add_option("chain", _chain)->required();
-    _flows->add_option("--limit", _limit, "at most N entries (0 = all)");
+    _flows->add_option("--limit", _limit, "at most N entries (0 = all)")->check(CLI::Range(uint64_t{0}, kMaxLimit));
     json_flag(_flows);
 }
 
