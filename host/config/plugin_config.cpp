@@ -211,9 +211,15 @@ struct UnreadScan {
         unread.file = file;
         unread.line = at.begin.line;
         unread.column = at.begin.column;
-        std::string reads = read_below(parent);
-        unread.message = "unknown key '" + path + "' in " + subject +
-                         (reads.empty() ? std::string("; it reads no keys here") : "; it reads: " + reads);
+        if (touched.count(path) != 0) {
+            // Read, but below it: "timeouts = 5" where timeouts.udp is meant.
+            unread.message = "'" + path + "' in " + subject + " is read as a table (" + path + "." + read_below(path) +
+                             " ...), not a single value";
+        } else {
+            std::string reads = read_below(parent);
+            unread.message = "unknown key '" + path + "' in " + subject +
+                             (reads.empty() ? std::string("; it reads no keys here") : "; it reads: " + reads);
+        }
         unread.text =
             file + ":" + std::to_string(unread.line) + ":" + std::to_string(unread.column) + ": " + unread.message;
         found.push_back(std::move(unread));

@@ -448,6 +448,7 @@ f = [1, 2]
 g = { h = 1 }
 i = "x"
 j = 5
+k = 5
 )");
     const serpens_config *cfg = chain->nfs[0].config.get();
     int64_t v = 0;
@@ -460,14 +461,19 @@ j = 5
     CHECK(h.api.config_where(cfg, "g.h", where, sizeof where) == SERPENS_OK);
     CHECK(h.api.config_int(cfg, "i", &v) == SERPENS_EINVAL); // asked for, wrong type: still read
     CHECK(h.api.config_string(cfg, "absent", &s) == SERPENS_ENOENT);
+    CHECK(h.api.config_int(cfg, "k.x", &v) == SERPENS_ENOENT); // read as a table; the file has a number
     std::string file = h.chains / "c.toml";
     std::vector<std::string> unread = config::unread_keys(*cfg);
-    REQUIRE(unread.size() == 4);
+    REQUIRE(unread.size() == 5);
     CHECK(unread[0] == file + ":6:22: unknown key 'a.b[0].d' in the config of NF 'a' (plugin noop); it reads: c");
     CHECK(unread[1] == file + ":6:44: unknown key 'a.e' in the config of NF 'a' (plugin noop); it reads: b");
-    CHECK(unread[2] == file + ":8:1: unknown key 'g' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+    CHECK(unread[2] ==
+          file + ":8:1: unknown key 'g' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i, k");
     CHECK(unread[3] ==
-          file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i");
+          file + ":10:1: unknown key 'j' in the config of NF 'a' (plugin noop); it reads: a, absent, f, i, k");
+    // Once "unknown key 'k' ...; it reads: ..., k": a contradiction.
+    CHECK(unread[4] ==
+          file + ":11:1: 'k' in the config of NF 'a' (plugin noop) is read as a table (k.x ...), not a single value");
 }
 
 TEST_CASE("[nf_defaults.<plugin>] of host.toml fills the keys a chain file leaves out, and is checked like it")
