@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <cstdio>
 #include <limits>
 
 namespace serpens::peer {
@@ -18,6 +19,16 @@ std::optional<DecodeFailure> check_name(std::string_view field, const std::strin
     if (value.size() > kMaxNameBytes) {
         return failure(DecodeError::field_too_long, std::string(field) + " has " + std::to_string(value.size()) +
                                                         " bytes, more than " + std::to_string(kMaxNameBytes));
+    }
+    // Names go into logs and messages: a newline, an escape or a NUL from a
+    // peer would forge or cut a line there.
+    for (const char ch : value) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (c < 0x20 || c == 0x7f) {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "0x%02x", c);
+            return failure(DecodeError::bad_field, std::string(field) + " holds a control byte (" + hex + ")");
+        }
     }
     return std::nullopt;
 }

@@ -118,6 +118,46 @@ struct ReplyCache {
     std::deque<uint64_t> order;
 };
 
+// Closed connections that never said who they are, logged at most `burst`
+// a window and then summed: anyone who can connect causes them, and a line
+// each let one flood write a megabyte of log a second.
+class RefusalLog {
+public:
+    void note(const std::string &why, Clock::time_point now)
+    {
+        roll(now);
+        if (_logged < burst) {
+            ++_logged;
+            spdlog::warn("peer (not yet identified): connection closed: {}", why);
+        } else {
+            ++_suppressed;
+            _last = why;
+        }
+    }
+    // Says how many went unlogged once their window is over.
+    void roll(Clock::time_point now)
+    {
+        if (now - _window_start < window) {
+            return;
+        }
+        if (_suppressed > 0) {
+            spdlog::warn("peer (not yet identified): {} more connections closed in the last {} s; the last: {}",
+                         _suppressed, window.count(), _last);
+        }
+        _window_start = now;
+        _logged = 0;
+        _suppressed = 0;
+    }
+
+private:
+    static constexpr std::chrono::seconds window{10};
+    static constexpr unsigned burst = 10;
+    Clock::time_point _window_start{};
+    unsigned _logged = 0;
+    uint64_t _suppressed = 0;
+    std::string _last;
+};
+
 } // namespace
 
 struct PeerService::Impl {
@@ -137,6 +177,8 @@ struct PeerService::Impl {
     std::vector<Dial> dials;
     std::map<std::string, ReplyCache> caches;
     uint64_t next_conn_id = 1;
+    Clock::time_point accept_paused_until{}; // out of descriptors: no accepts until then
+    RefusalLog refusal_log;
 
     // Shared with callers of request(), peer(), counters().
     mutable std::mutex mu;
@@ -164,6 +206,7 @@ struct PeerService::Impl {
     void serve_once();
     void dial(Dial &d, Clock::time_point now);
     void accept_new(Clock::time_point now);
+    void refused_unidentified(const std::string &why, Clock::time_point now);
     void advance(Conn &c, Clock::time_point now); // throws Error: the connection must close
     void on_envelope(Conn &c, Envelope envelope, Clock::time_point now);
     void on_hello(Conn &c, const Envelope &envelope, Clock::time_point now);
@@ -360,12 +403,13 @@ void PeerService::Impl::serve_once()
         }
     }
     reap();
+    refusal_log.roll(now);
     // Wake often enough for the shortest timer; the peers are few.
     const auto tick = std::clamp(std::min(options.heartbeat_interval, options.dead_after) / 4,
                                  std::chrono::milliseconds(1), std::chrono::milliseconds(100));
     std::vector<pollfd> fds;
     fds.push_back({wake_fd, POLLIN, 0});
-    fds.push_back({listen_fd, static_cast<short>(listen_fd >= 0 ? POLLIN : 0), 0});
+    fds.push_back({listen_fd, static_cast<short>(listen_fd >= 0 && now >= accept_paused_until ? POLLIN : 0), 0});
     for (const auto &c : conns) {
         fds.push_back({c->fd(), c->poll_events(), 0});
     }
@@ -425,10 +469,23 @@ void PeerService::Impl::dial(Dial &d, Clock::time_point now)
 
 void PeerService::Impl::accept_new(Clock::time_point now)
 {
-    for (;;) {
+    // Connections not identified yet are bounded.  Past the bound the oldest
+    // that has sent nothing at all goes, else the new one: a flood of bare
+    // connects cannot push out a peer that is mid-handshake.  A round takes a
+    // bounded number, so that heartbeats and timers run between rounds
+    // however fast connections come, and an evicted one closes at once.
+    constexpr int accepts_per_round = 16;
+    std::size_t unidentified = static_cast<std::size_t>(std::count_if(conns.begin(), conns.end(), [](const auto &c) {
+        return !c->outgoing && c->stage != Conn::Stage::up && !c->closing;
+    }));
+    for (int round = 0; round < accepts_per_round; ++round) {
         const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            return; // EAGAIN, or a transient error: tried again at the next poll
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                // The listening socket stays readable: poll would return at once.
+                accept_paused_until = now + std::chrono::milliseconds(100);
+            }
+            return; // EAGAIN, or a connection that went away before accept
         }
         set_nodelay(fd);
         auto c = std::make_unique<Conn>();
@@ -440,23 +497,31 @@ void PeerService::Impl::accept_new(Clock::time_point now)
         }
         c->id = next_conn_id++;
         c->setup_deadline = now + options.setup_timeout;
-        // Connections that have not said who they are yet are bounded: past the
-        // limit the oldest goes, so a flood of silent ones cannot lock a peer out.
-        std::vector<Conn *> unknown;
-        for (const auto &o : conns) {
-            if (!o->outgoing && o->stage != Conn::Stage::up && !o->closing) {
-                unknown.push_back(o.get());
+        if (unidentified >= options.max_unidentified) {
+            auto silent = std::find_if(conns.begin(), conns.end(), [](const auto &o) {
+                return !o->outgoing && o->stage == Conn::Stage::handshake && !o->closing && !o->session->heard_from();
+            });
+            refused_unidentified("more than " + std::to_string(options.max_unidentified) +
+                                     " connections not yet identified: the oldest that sent nothing goes",
+                                 now);
+            if (silent == conns.end()) {
+                continue; // every one is under way: the new one goes (closed by its destructor)
             }
-        }
-        if (unknown.size() >= options.max_unidentified) {
-            doom(*unknown.front(),
-                 "more than " + std::to_string(options.max_unidentified) +
-                     " connections not yet identified: the oldest goes",
-                 true);
+            conns.erase(silent);
+        } else {
+            ++unidentified;
         }
         conns.push_back(std::move(c));
     }
-    reap();
+}
+
+void PeerService::Impl::refused_unidentified(const std::string &why, Clock::time_point now)
+{
+    {
+        std::lock_guard lock(mu);
+        ++counts.sessions_refused;
+    }
+    refusal_log.note(why, now);
 }
 
 Envelope PeerService::Impl::our_hello()
@@ -721,6 +786,8 @@ void PeerService::Impl::reap()
         const std::string who = c->peer_id.empty() ? std::string("(not yet identified)") : c->peer_id;
         if (went_down) {
             spdlog::warn("peer {} is down: {}", who, *c->closing);
+        } else if (c->refused && c->peer_id.empty()) {
+            refusal_log.note(*c->closing, Clock::now());
         } else if (c->refused) {
             spdlog::warn("peer {}: connection closed: {}", who, *c->closing);
         } else if (c->stage != Conn::Stage::connect) {

@@ -114,6 +114,12 @@ void Session::check_usable() const
     }
 }
 
+bool Session::heard_from() const noexcept
+{
+    BIO *in = SSL_get_rbio(_ssl.get());
+    return in != nullptr && BIO_number_read(in) > 0;
+}
+
 bool Session::handshake_step()
 {
     check_usable();

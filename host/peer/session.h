@@ -47,6 +47,10 @@ public:
     // Until the handshake is done; throws Error on failure or at the deadline.
     void handshake(Clock::time_point deadline);
     bool established() const noexcept { return _established; }
+    // Whether the other side has sent anything at all (a ClientHello's first
+    // bytes): what tells a peer mid-handshake from a connection that only
+    // connected.
+    bool heard_from() const noexcept;
 
     // True when the peer's verified certificate names `host_id` (tls.h).
     bool peer_is(std::string_view host_id) const;

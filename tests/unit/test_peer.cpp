@@ -678,6 +678,57 @@ TEST_CASE("connections that never say who they are cannot lock a peer out")
     }
 }
 
+TEST_CASE("a flood of bare connects does not push out a peer mid-handshake")
+{
+    Handler hb;
+    PeerServiceOptions bo = options_for("b", {{"a", "", 0}});
+    bo.max_unidentified = 32;
+    PeerService b(bo, hb.get());
+    // Connects as fast as the loopback takes them, never a byte, holding the
+    // last 200: once, each evicted the oldest unidentified connection, which
+    // was as often a real peer's handshake as a bare connect.
+    std::atomic<bool> stop{false};
+    std::thread flood([&] {
+        std::vector<int> open;
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(b.port());
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        while (!stop.load()) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+            if (fd < 0 ||
+                (::connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 && errno != EINPROGRESS)) {
+                if (fd >= 0) {
+                    ::close(fd);
+                }
+                continue;
+            }
+            open.push_back(fd);
+            if (open.size() > 200) {
+                ::close(open.front());
+                open.erase(open.begin());
+            }
+        }
+        for (int fd : open) {
+            ::close(fd);
+        }
+    });
+    REQUIRE(eventually([&] { return b.counters().sessions_refused >= 100; }));
+    TlsContext a_tls(pki().credentials("a"));
+    int joined = 0;
+    for (int i = 0; i < 5; ++i) {
+        try {
+            raw_client(b.port(), a_tls, "b", "a");
+            ++joined;
+        } catch (const std::exception &e) {
+            MESSAGE("a real peer's connection failed: " << std::string(e.what()));
+        }
+    }
+    stop = true;
+    flood.join();
+    CHECK(joined == 5);
+}
+
 TEST_CASE("a request to a peer that is down waits for it to come up, within its timeout")
 {
     Handler hb;

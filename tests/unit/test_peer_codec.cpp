@@ -302,6 +302,15 @@ TEST_CASE("fields over their limits or out of range are refused, naming the fiel
 
     e.mutable_scale_in()->set_chain("");
     CHECK(refused(e).error == DecodeError::bad_field);
+    // A name goes into logs: a newline, an escape or a NUL would forge or cut a line.
+    for (const std::string &forged :
+         {std::string("x\n[error] FAKE"), std::string("b\0evil", 6), std::string("\x1b[31m")}) {
+        Envelope h = every_message().front();
+        h.mutable_hello()->set_host_id(forged);
+        f = refused(h);
+        CHECK(f.error == DecodeError::bad_field);
+        CHECK(f.message.find("hello.host_id holds a control byte") != std::string::npos);
+    }
 
     e.Clear();
     set_entry(e.mutable_replica_merge()->mutable_entry(), "n", "t", std::string(kMaxKeyBytes + 1, 'k'));
