@@ -502,7 +502,7 @@ void PeerService::Impl::accept_new(Clock::time_point now)
                 return !o->outgoing && o->stage == Conn::Stage::handshake && !o->closing && !o->session->heard_from();
             });
             refused_unidentified("more than " + std::to_string(options.max_unidentified) +
-                                     " connections not yet identified: the oldest that sent nothing goes",
+                                     " connections not yet identified: one that sent nothing goes",
                                  now);
             if (silent == conns.end()) {
                 continue; // every one is under way: the new one goes (closed by its destructor)

@@ -662,9 +662,6 @@ void PluginRegistry::load_directory(const std::string &directory)
     // when opened), and must not end the host on a reload.
     std::vector<std::string> paths;
     for (; it != fs::directory_iterator(); it.increment(ec)) {
-        if (ec) {
-            throw Error("cannot read plugin directory " + directory + ": " + ec.message());
-        }
         std::error_code type_ec;
         if (it->is_directory(type_ec)) {
             fs::directory_iterator inner(it->path(), type_ec);
@@ -676,6 +673,9 @@ void PluginRegistry::load_directory(const std::string &directory)
         } else if (it->path().extension() == ".so") {
             paths.push_back(it->path().string());
         }
+    }
+    if (ec) { // a failed step ends the walk as the end would
+        throw Error("cannot read plugin directory " + directory + ": " + ec.message());
     }
     std::sort(paths.begin(), paths.end()); // for a stable log, not to pick winners
     // Files in a subfolder are checked against their own folder by
