@@ -310,11 +310,10 @@ void ControlServer::accept_new(Clock::time_point now)
     for (int round = 0; round < 64; ++round) {
         int fd = accept4(_listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                // The listen socket stays readable: back off instead of spinning.
-                spdlog::warn("control socket {}: cannot accept ({}); pausing accepts for 100 ms", _options.path,
-                             errno_text(errno));
-                _accept_paused_until = now + std::chrono::milliseconds(100);
+            if (accept_must_pause(errno)) {
+                spdlog::warn("control socket {}: cannot accept ({}); pausing accepts for {} ms", _options.path,
+                             errno_text(errno), accept_pause.count());
+                _accept_paused_until = now + accept_pause;
             }
             return; // EAGAIN, or a connection that went away before accept
         }

@@ -2,6 +2,8 @@
 // Cold-path errors.  Hot paths never throw; configuration, loading and control
 // code throw these with enough context for an operator to fix the input.
 
+#include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -26,5 +28,14 @@ private:
     std::string _file;
     uint32_t _line = 0;
 };
+
+// An accept4() failure that leaves the listening socket readable (out of
+// descriptors or memory): each server pauses its accepts for accept_pause
+// instead of polling straight back into it.
+inline bool accept_must_pause(int err) noexcept
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+inline constexpr std::chrono::milliseconds accept_pause{100};
 
 } // namespace serpens

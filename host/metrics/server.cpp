@@ -85,9 +85,6 @@ struct Connection {
 // Headers (8 KiB, cpp-httplib's own limit) and a small body.
 constexpr std::size_t max_head = 8192;
 constexpr std::size_t max_connections = 64;
-// How long accepts pause when the process is out of descriptors: the
-// listening socket stays readable, and poll() would return at once.
-constexpr auto accept_backoff = std::chrono::milliseconds(100);
 
 // Removes every `name:` header line (name in lower case) from the request
 // head in `request` (up to its blank line), with any folded lines after it.
@@ -306,8 +303,8 @@ void MetricsServer::Impl::accept_new(Clock::time_point now)
     for (;;) {
         const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                accept_paused_until = now + accept_backoff;
+            if (accept_must_pause(errno)) {
+                accept_paused_until = now + accept_pause;
             }
             return; // EAGAIN, or a connection that went away before accept
         }

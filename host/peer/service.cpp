@@ -481,9 +481,8 @@ void PeerService::Impl::accept_new(Clock::time_point now)
     for (int round = 0; round < accepts_per_round; ++round) {
         const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                // The listening socket stays readable: poll would return at once.
-                accept_paused_until = now + std::chrono::milliseconds(100);
+            if (accept_must_pause(errno)) {
+                accept_paused_until = now + accept_pause;
             }
             return; // EAGAIN, or a connection that went away before accept
         }
