@@ -70,9 +70,16 @@ ordered_json reload_result(const ReloadReport &r)
                          {"pause_us", static_cast<double>(s.pause_ns) / 1e3}});
     }
     return {
-        {"reloaded", r.reloaded},        {"updated", r.updated},      {"added", r.added},
-        {"removed", r.removed},          {"unchanged", r.unchanged},  {"plugins_changed", r.plugins_changed},
-        {"plugin_refusals", r.refusals}, {"swaps", std::move(swaps)}, {"took_ms", static_cast<double>(r.took_ns) / 1e6},
+        {"reloaded", r.reloaded},
+        {"updated", r.updated},
+        {"added", r.added},
+        {"removed", r.removed},
+        {"unchanged", r.unchanged},
+        {"plugins_changed", r.plugins_changed},
+        {"files_changed", r.files_changed},
+        {"plugin_refusals", r.refusals},
+        {"swaps", std::move(swaps)},
+        {"took_ms", static_cast<double>(r.took_ns) / 1e6},
     };
 }
 

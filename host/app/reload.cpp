@@ -1,6 +1,7 @@
 #include "app/reload.h"
 
 #include "chain/spec.h"
+#include "config/plugin_config.h"
 #include "core/clock.h"
 #include "core/error.h"
 
@@ -171,6 +172,17 @@ ReloadReport Reloader::reload(const std::vector<std::string> &force)
         for (std::size_t i = 0; !changed && i < chain.nfs.size(); ++i) {
             changed = chain.nfs[i].plugin != before->nfs[i].plugin;
         }
+        // A file its NFs read (fw's rules), edited since: the running version
+        // keeps what it read, so only a swap takes the new contents.
+        for (const CompiledNf &nf : before->nfs) {
+            for (std::string &file : config::changed_files(*nf.config)) {
+                changed = true;
+                if (std::find(report.files_changed.begin(), report.files_changed.end(), file) ==
+                    report.files_changed.end()) {
+                    report.files_changed.push_back(std::move(file));
+                }
+            }
+        }
         if (!changed) {
             // The running version stays: its instances are never touched.
             next->chains[tag] = old.chains[tag];
@@ -194,9 +206,10 @@ ReloadReport Reloader::reload(const std::vector<std::string> &force)
     auto list = [](const std::vector<std::string> &names) {
         return names.empty() ? std::string("none") : fmt::format("{}", fmt::join(names, ", "));
     };
-    spdlog::info("reload done in {:.1f} ms: swapped {}; {} unchanged; added {}; removed {}; new plugin builds {}",
+    spdlog::info("reload done in {:.1f} ms: swapped {}; {} unchanged; added {}; removed {}; new plugin builds {}; "
+                 "files changed {}",
                  static_cast<double>(report.took_ns) / 1e6, list(report.reloaded), report.unchanged.size(),
-                 list(report.added), list(report.removed), list(report.plugins_changed));
+                 list(report.added), list(report.removed), list(report.plugins_changed), list(report.files_changed));
     return report;
 }
 

@@ -60,6 +60,7 @@ struct ReloadReport {
     std::vector<std::string> removed;         // gone from chains_dir (they ran nowhere)
     std::vector<std::string> unchanged;       //
     std::vector<std::string> plugins_changed; // NFs loaded from a new build
+    std::vector<std::string> files_changed;   // files NFs read (config_file) that changed since
     std::vector<std::string> refusals;        // plugin files refused (as a start logs them)
     std::vector<ReplaceResult> swaps;         // what each swap cost the data path
     uint64_t took_ns = 0;
@@ -72,8 +73,9 @@ public:
     // What the host runs from now.  Thread-safe.
     std::shared_ptr<const ChainSet> current() const;
 
-    // Reads the directories again and swaps what changed, plus the chains in
-    // `force` (to take a file their NFs read, such as fw's rules).  All or
+    // Reads the directories again and swaps what changed (a chain file, a
+    // plugin build, or a file its NFs read through config_file, such as
+    // fw's rules), plus the chains in `force`.  All or
     // nothing: throws ConfigError (an invalid chain, with file:line) or Error
     // (a running chain removed, a new build refused by its init or for its
     // state, an unknown chain in `force`), and then nothing changed.  One

@@ -1,9 +1,15 @@
 #include "config/plugin_config.h"
 
+#include <serpens/nf_util.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
+#include <optional>
 
 namespace serpens::config {
 namespace {
@@ -144,6 +150,60 @@ int config_path(const serpens_config *cfg, const char *path, char *buf, size_t l
         resolved = std::filesystem::path(from_defaults ? cfg->defaults_directory : cfg->directory) / resolved;
     }
     return copy_out(resolved.lexically_normal().string(), buf, len);
+}
+
+// The bytes of a file as serpens_read_config_file reads it (its checks
+// included), or nullopt with `why`.
+std::optional<std::string> read_file(const std::string &path, size_t max_size, int &rc, std::string &why)
+{
+    char *data = nullptr;
+    size_t size = 0;
+    char err[512];
+    rc = serpens_read_config_file(path.c_str(), max_size, &data, &size, err, sizeof err);
+    if (rc != SERPENS_OK) {
+        why = err;
+        return std::nullopt;
+    }
+    std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);
+    return std::string(data, size);
+}
+
+int config_file(const serpens_config *cfg, const char *path, size_t max_size, const char **data, size_t *size,
+                char *err, size_t err_len)
+{
+    auto fail = [&](int rc, const std::string &why) {
+        if (err != nullptr && err_len > 0) {
+            std::snprintf(err, err_len, "%s", why.c_str());
+        }
+        return rc;
+    };
+    if (cfg == nullptr || path == nullptr || data == nullptr || size == nullptr) {
+        return fail(SERPENS_EINVAL, "config_file: a null argument");
+    }
+    char resolved[4096];
+    if (int rc = config_path(cfg, path, resolved, sizeof resolved); rc != SERPENS_OK) {
+        return rc == SERPENS_ENOENT
+                   ? fail(rc, std::string(path) + ": no such key")
+                   : fail(SERPENS_EINVAL,
+                          std::string(path) + (rc == SERPENS_EINVAL ? ": not a string" : ": the path is too long"));
+    }
+    std::lock_guard lock(cfg->files_mutex);
+    auto known = cfg->files.find(resolved);
+    if (known == cfg->files.end()) {
+        int rc = SERPENS_OK;
+        std::string why;
+        std::optional<std::string> bytes = read_file(resolved, max_size, rc, why);
+        if (!bytes) {
+            return fail(rc, why); // not kept: a later instance tries again
+        }
+        known = cfg->files.emplace(resolved, std::move(*bytes)).first;
+    } else if (known->second.size() > max_size) {
+        return fail(SERPENS_EINVAL, std::string(resolved) + ": " + std::to_string(known->second.size()) +
+                                        " bytes, over the limit of " + std::to_string(max_size) + " bytes");
+    }
+    *data = known->second.c_str(); // std::map nodes stay put, and the string is never written again
+    *size = known->second.size();
+    return SERPENS_OK;
 }
 
 int config_where(const serpens_config *cfg, const char *path, char *buf, size_t len)
@@ -310,6 +370,21 @@ std::vector<std::string> unread_keys(const serpens_config &cfg)
     return out;
 }
 
+std::vector<std::string> changed_files(const serpens_config &cfg)
+{
+    std::lock_guard lock(cfg.files_mutex);
+    std::vector<std::string> changed;
+    for (const auto &[path, bytes] : cfg.files) {
+        int rc = SERPENS_OK;
+        std::string why;
+        // One byte past what was read is enough to see that it grew.
+        if (read_file(path, bytes.size() + 1, rc, why) != bytes) {
+            changed.push_back(path);
+        }
+    }
+    return changed;
+}
+
 void install_config_api(serpens_host_api &api)
 {
     api.config_string = config_string;
@@ -319,6 +394,7 @@ void install_config_api(serpens_host_api &api)
     api.config_array_size = config_array_size;
     api.config_path = config_path;
     api.config_where = config_where;
+    api.config_file = config_file;
 }
 
 } // namespace serpens::config

@@ -35,6 +35,11 @@ struct serpens_config {
     // Written by init, which may run for several instances of one config.
     mutable std::mutex queried_mutex;
     mutable std::set<std::string> queried;
+
+    // The files config_file read for this version of the chain, by resolved
+    // path: the first instance's read is every later instance's contents.
+    mutable std::mutex files_mutex;
+    mutable std::map<std::string, std::string> files;
 };
 
 namespace serpens::config {
@@ -69,5 +74,10 @@ struct UnreadKey {
 };
 std::vector<UnreadKey> unread_key_list(const serpens_config &cfg);
 std::vector<std::string> unread_keys(const serpens_config &cfg);
+
+// The files config_file handed out for `cfg` whose contents are no longer
+// what it read (or that can no longer be read), by resolved path: a reload
+// swaps their chain.
+std::vector<std::string> changed_files(const serpens_config &cfg);
 
 } // namespace serpens::config

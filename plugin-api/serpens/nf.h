@@ -46,7 +46,7 @@ extern "C" {
 #endif
 
 #define SERPENS_ABI_MAJOR 1
-#define SERPENS_ABI_MINOR 8
+#define SERPENS_ABI_MINOR 9
 
 /* Sizes of the ABI 1.0 structs (LP64), frozen: never change them. */
 #define SERPENS_NF_DESCRIPTOR_V1_SIZE 120u
@@ -405,6 +405,9 @@ struct serpens_table_layout {
 /* The host minor that introduced SERPENS_FLOW_FROM_B. */
 #define SERPENS_ABI_MINOR_FLOW_SIDE 8u
 
+/* The host minor that introduced config_file. */
+#define SERPENS_ABI_MINOR_CONFIG_FILE 9u
+
 /* ------------------------------------------------------------------------ */
 /* Configuration and host services                                           */
 /* ------------------------------------------------------------------------ */
@@ -593,6 +596,26 @@ struct serpens_host_api {
      * descriptor's flow_visit_ms (see "Visiting flows").  SERPENS_EINVAL
      * outside init. */
     int (*flow_visit_every)(struct serpens_nf_ctx *ctx, uint32_t ms);
+
+    /* --- ABI 1.9 and later: valid when struct_size covers them --- */
+
+    /* The contents of the file that the config string at `path` names
+     * (resolved as config_path resolves it), as this version of the chain
+     * read it.  The first call for a file reads it; every later one, by
+     * any instance of the same version (also one a scale-out or the pool
+     * starts hours later), gets the same bytes, whatever became of the file
+     * since: the instances of a chain never run on two versions of one
+     * rules file.  A reload reads the file again and swaps the chain when
+     * its contents changed.  Regular files only, not writable by every
+     * local user, at most max_size bytes.  SERPENS_OK with *data
+     * (NUL-terminated, read-only, valid until fini) and *size; otherwise
+     * SERPENS_ENOENT (no such key, or the file cannot be opened),
+     * SERPENS_EINVAL (the key is not a string; the file is not a regular
+     * one, too big, writable by all, or unreadable) or SERPENS_ENOMEM, and
+     * err holds "<file>: <why>" (cut to err_len).  serpens_config_file_copy
+     * (nf_util.h) falls back to reading the file on an older host. */
+    int (*config_file)(const serpens_config *cfg, const char *path, size_t max_size, const char **data, size_t *size,
+                       char *err, size_t err_len);
 };
 
 /* update_state_bulk's operations on one value word. */

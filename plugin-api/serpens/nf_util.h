@@ -665,6 +665,38 @@ static inline int serpens_read_config_file(const char *path, size_t max_size, ch
     return SERPENS_OK;
 }
 
+/*
+ * The file the config string at `key` names, as serpens_read_config_file
+ * gives it (a malloc'd, NUL-terminated copy: free() it), where `path` is
+ * that string resolved by config_path.  A host with config_file (ABI 1.9)
+ * hands every instance of one chain version the same bytes, so a scale-out
+ * after the file was edited runs what the chain's other instances run;
+ * an older host leaves the file to be read now.
+ */
+static inline int serpens_config_file_copy(const struct serpens_host_api *h, const serpens_config *cfg, const char *key,
+                                           const char *path, size_t max_size, char **data, size_t *size, char *err,
+                                           size_t err_len)
+{
+    const char *bytes = NULL;
+    size_t n = 0;
+    int rc;
+    if (!SERPENS_HOST_HAS(h, config_file)) {
+        return serpens_read_config_file(path, max_size, data, size, err, err_len);
+    }
+    *data = NULL;
+    *size = 0;
+    if ((rc = h->config_file(cfg, key, max_size, &bytes, &n, err, err_len)) != SERPENS_OK) {
+        return rc;
+    }
+    if ((*data = (char *)malloc(n + 1)) == NULL) {
+        snprintf(err, err_len, "%s: out of memory for %zu bytes", path, n + 1);
+        return SERPENS_ENOMEM;
+    }
+    memcpy(*data, bytes, n + 1);
+    *size = n;
+    return SERPENS_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Counters (init only)                                                      */
 /* ------------------------------------------------------------------------ */

@@ -21,6 +21,8 @@
  *   decides: allow -> port 0, `allow suspicious` -> port 1 (to branch the chain,
  *   e.g. into an IDS), deny -> dropped; no match -> the file's `default`.
  *   A malformed rules file fails init with "file:line: what was expected".
+ *   Every instance of a chain version runs on the file as its first instance
+ *   read it (host ABI 1.9); an edit takes effect at `serpensctl reload`.
  *
  *   The first packet of a flow is classified by tuple-space search (one hash
  *   lookup per distinct prefix-length pair, see fw_rules.h; a per-tuple bit
@@ -432,7 +434,7 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
 
     std::string err;
     try {
-        err = load_rules(path, fw->rules);
+        err = load_rules(h, cfg, "rules", path, fw->rules);
         if (err.empty()) {
             fw->classifier.build(fw->rules);
         }

@@ -215,12 +215,14 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
     return "";
 }
 
-std::string load_rules(const std::string &path, RuleSet &out)
+std::string load_rules(const serpens_host_api *h, const serpens_config *cfg, const char *key, const std::string &path,
+                       RuleSet &out)
 {
     char *data = nullptr;
     std::size_t size = 0;
     char err[512];
-    if (serpens_read_config_file(path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) != SERPENS_OK) {
+    if (serpens_config_file_copy(h, cfg, key, path.c_str(), SERPENS_CONFIG_FILE_MAX, &data, &size, err, sizeof err) !=
+        SERPENS_OK) {
         return err;
     }
     std::unique_ptr<char, decltype(&std::free)> owned(data, &std::free);

@@ -25,6 +25,8 @@
 // Thread safety: parse/build on one thread; classify() is const and may run
 // concurrently from any number of threads.
 
+#include <serpens/nf.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -69,9 +71,12 @@ struct PacketKey {
 // Parses `text`; on error returns "file:line: what was expected" and leaves
 // `out` unspecified; on success returns "".
 std::string parse_rules(std::string_view text, std::string_view file, RuleSet &out);
-// Reads and parses a file; errors as above, "file: why" when the file is not
-// a regular file of at most SERPENS_CONFIG_FILE_MAX bytes or cannot be read.
-std::string load_rules(const std::string &path, RuleSet &out);
+// Reads and parses the file the config string at `key` names, resolved to
+// `path`, as the chain version read it first (serpens_config_file_copy);
+// errors as above, "file: why" when the file is not a regular file of at
+// most SERPENS_CONFIG_FILE_MAX bytes or cannot be read.
+std::string load_rules(const serpens_host_api *h, const serpens_config *cfg, const char *key, const std::string &path,
+                       RuleSet &out);
 
 // The reference: index of the first matching rule, or -1.
 int32_t classify_linear(const RuleSet &set, const PacketKey &pkt) noexcept;

@@ -25,6 +25,8 @@
  *     rev:N; classtype:x;    accepted and ignored
  *   Exactly one content or pcre per rule (v1; Snort ANDs several — not yet).
  *   A malformed file fails init with "file:line: what was expected".
+ *   Every instance of a chain version runs on the file as its first instance
+ *   read it (host ABI 1.9); an edit takes effect at `serpensctl reload`.
  *
  * DESCRIPTION
  *   TCP/UDP payloads (the bytes after the L4 header up to the IP length) are
@@ -661,7 +663,8 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         char *data = nullptr;
         std::size_t size = 0;
         char why[sizeof path + 256]; // the path and the reason, never cut
-        if (serpens_read_config_file(path, SERPENS_CONFIG_FILE_MAX, &data, &size, why, sizeof why) != SERPENS_OK) {
+        if (serpens_config_file_copy(h, cfg, "rules", path, SERPENS_CONFIG_FILE_MAX, &data, &size, why, sizeof why) !=
+            SERPENS_OK) {
             h->log(ctx, SERPENS_LOG_ERROR, "%s", why);
             return SERPENS_EINVAL;
         }

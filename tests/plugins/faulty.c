@@ -4,6 +4,9 @@
  * CONFIG
  *   init_sleep_ms = 0    # init sleeps this long before it returns
  *   init_fail = false    # init returns SERPENS_EINVAL
+ *   init_fail_while = "" # init returns SERPENS_EINVAL while this file exists
+ *                        # (relative to the chain file): a refusal that
+ *                        # comes and goes under a running host
  *   crash_after = 0      # process() dereferences NULL once this many packets
  *                        # passed (0: never)
  */
@@ -13,6 +16,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 struct faulty {
     int64_t crash_after;
@@ -24,6 +28,7 @@ static int faulty_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     const struct serpens_host_api *h = ctx->host;
     int64_t sleep_ms = 0;
     int fail = 0;
+    char path[4096];
     struct faulty *f = calloc(1, sizeof *f);
     if (f == NULL) {
         return SERPENS_ENOMEM;
@@ -31,6 +36,10 @@ static int faulty_init(struct serpens_nf_ctx *ctx, const serpens_config *config)
     ctx->priv = f;
     h->config_int(config, "init_sleep_ms", &sleep_ms);
     h->config_bool(config, "init_fail", &fail);
+    if (h->config_path(config, "init_fail_while", path, sizeof path) == SERPENS_OK && access(path, F_OK) == 0) {
+        h->log(ctx, SERPENS_LOG_ERROR, "%s exists: refusing to start", path);
+        return SERPENS_EINVAL;
+    }
     h->config_int(config, "crash_after", &f->crash_after);
     if (sleep_ms > 0) {
         struct timespec ts;

@@ -13,7 +13,7 @@
 #define SIZE(type, n) _Static_assert(sizeof(struct type) == (n), #type ": size changed")
 
 _Static_assert(SERPENS_ABI_MAJOR == 1, "a major bump breaks every plugin");
-_Static_assert(SERPENS_ABI_MINOR == 8, "a new minor appends fields: pin them here");
+_Static_assert(SERPENS_ABI_MINOR == 9, "a new minor appends fields: pin them here");
 
 /* The frozen v1.0 sizes are where each struct's 1.0 fields end. */
 _Static_assert(SERPENS_NF_DESCRIPTOR_V1_SIZE == 120, "frozen");
@@ -100,7 +100,8 @@ AT(serpens_host_api, update_state_bulk_v2, 232); /* 1.4 */
 AT(serpens_host_api, add_state_bulk_v2, 240);
 AT(serpens_host_api, flow_state, 248);       /* 1.5 */
 AT(serpens_host_api, flow_visit_every, 256); /* 1.6 */
-SIZE(serpens_host_api, 264);
+AT(serpens_host_api, config_file, 264);      /* 1.9 */
+SIZE(serpens_host_api, 272);
 
 AT(serpens_nf_ctx, struct_size, 0);
 AT(serpens_nf_ctx, instance_id, 4);

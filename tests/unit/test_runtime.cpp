@@ -373,6 +373,56 @@ TEST_CASE("config_double gives numbers, and refuses nan and inf, which an NF's r
     CHECK(value == -1); // untouched
 }
 
+TEST_CASE("config_file: every instance of a chain version gets the bytes the first read; a reload sees the edit")
+{
+    Harness h;
+    const std::string rules = h.chains.write("x.rules", "version 1\n");
+    auto chain = h.compile("name = \"f\"\n[[nf]]\nname = \"a\"\nplugin = \"steer\"\n[nf.config]\nfile = \"x.rules\"\n"
+                           "missing = \"nowhere.rules\"\nnumber = 3\n");
+    const serpens_config *cfg = chain->nfs[0].config.get();
+    auto read = [&](const char *key, size_t max, std::string &out) {
+        const char *data = nullptr;
+        size_t size = 0;
+        char err[512] = "";
+        const int rc = h.api.config_file(cfg, key, max, &data, &size, err, sizeof err);
+        out = rc == SERPENS_OK ? std::string(data, size) : std::string(err);
+        return rc;
+    };
+    std::string got;
+    REQUIRE(read("file", 1 << 20, got) == SERPENS_OK);
+    CHECK(got == "version 1\n");
+    CHECK(config::changed_files(*cfg).empty());
+
+    // Edited under the running chain: a later instance (a scale-out) still
+    // reads version 1, and a reload learns that the file changed.
+    h.chains.write("x.rules", "version 2, longer\n");
+    REQUIRE(read("file", 1 << 20, got) == SERPENS_OK);
+    CHECK(got == "version 1\n");
+    CHECK(config::changed_files(*cfg) == std::vector<std::string>{rules});
+    h.chains.write("x.rules", "version 1\n"); // put back: nothing to swap
+    CHECK(config::changed_files(*cfg).empty());
+    std::filesystem::remove(rules); // gone: its chain must be swapped, and that init says why
+    CHECK(config::changed_files(*cfg) == std::vector<std::string>{rules});
+
+    // The next version of the chain reads the file again.
+    h.chains.write("x.rules", "version 3\n");
+    auto next = h.compile("name = \"f\"\n[[nf]]\nname = \"a\"\nplugin = \"steer\"\n[nf.config]\nfile = \"x.rules\"\n");
+    const char *data = nullptr;
+    size_t size = 0;
+    char err[512];
+    REQUIRE(h.api.config_file(next->nfs[0].config.get(), "file", 1 << 20, &data, &size, err, sizeof err) == SERPENS_OK);
+    CHECK(std::string(data, size) == "version 3\n");
+
+    // Errors: the NF's size limit, a missing file, a missing key, not a string.
+    CHECK(read("file", 4, got) == SERPENS_EINVAL);
+    CHECK(got.find("over the limit of 4 bytes") != std::string::npos);
+    CHECK(read("missing", 1 << 20, got) == SERPENS_ENOENT);
+    CHECK(got.find("nowhere.rules: cannot read") != std::string::npos);
+    CHECK(read("absent", 1 << 20, got) == SERPENS_ENOENT);
+    CHECK(got == "absent: no such key");
+    CHECK(read("number", 1 << 20, got) == SERPENS_EINVAL);
+}
+
 TEST_CASE("packet helpers keep the view and header offsets in step")
 {
     serpens_host_api api = make_host_api(mem_packet_ops());

@@ -170,13 +170,15 @@ int main(int argc, char **argv)
     bill->add_option("--chain", bill_chain, "only this chain");
     auto *reload = app.add_subcommand(
         "reload", "read the chain and plugin directories again, while traffic flows (as SIGHUP does).  A chain\n"
-                  "whose file or plugins changed gets new instances that take over at a batch boundary, its\n"
-                  "state kept; an invalid edit, or a new build whose state tables differ, is refused and the\n"
-                  "running chains stay as they are (exit 1).  host.toml is not read again.");
+                  "whose file, plugins or NFs' files (fw's rules, ids' signatures) changed gets new instances\n"
+                  "that take over at a batch boundary, its state kept; an invalid edit, or a new build whose\n"
+                  "state tables differ, is refused and the running chains stay as they are (exit 1).  Until\n"
+                  "then every instance, a scale-out's too, runs on the files as the chain first read them.\n"
+                  "host.toml is not read again.");
     std::vector<std::string> reload_chains;
     reload->add_option("--chain", reload_chains,
-                       "also swap this chain though neither its file nor its plugins changed (to take a file its "
-                       "NFs read, e.g. fw's rules); repeatable");
+                       "also swap this chain though nothing it reads changed (new instances, NF init again); "
+                       "repeatable");
     auto *drain = app.add_subcommand(
         "drain", "move every instance off these lcores, while traffic flows (each hands its flows to one started on\n"
                  "another lcore, no packet lost or reordered), and keep scaling off them until --undo; an lcore\n"

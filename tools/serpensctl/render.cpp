@@ -333,7 +333,7 @@ std::string render_reload(const ordered_json &r)
     auto names = [&](const char *key) { return joined(field(r, key), ", "); };
     std::string out = fmt::format("reloaded in {} ms\n  swapped:   {}\n  unchanged: {}\n", text_of(r, "took_ms"),
                                   names("reloaded"), names("unchanged"));
-    for (const char *key : {"updated", "added", "removed", "plugins_changed"}) {
+    for (const char *key : {"updated", "added", "removed", "plugins_changed", "files_changed"}) {
         if (!field(r, key).empty()) {
             out += fmt::format("  {:<10} {}\n", std::string(key) + ":", names(key));
         }
