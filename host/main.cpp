@@ -2,6 +2,7 @@
 // runs them on DPDK ports until SIGINT/SIGTERM.
 
 #include "app/host.h"
+#include "core/log_level.h"
 #include "core/version.h"
 
 #include <CLI/CLI.hpp>
@@ -17,8 +18,8 @@ int main(int argc, char **argv)
                  "directories, gateway rules, instance placement); see conf/host.toml."};
     app.set_version_flag("--version", serpens::version_line("serpens-host"));
     app.add_option("-c,--config", options.config_path, "host config file")->required()->check(CLI::ExistingFile);
-    app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error or off (overrides [host])")
-        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    app.add_option("--log-level", options.log_level, std::string(serpens::log_levels_text) + " (overrides [host])")
+        ->check(CLI::IsMember(serpens::log_level_names()));
     app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");
     // NaN passes CLI11's PositiveNumber (every comparison with it is false).
     const CLI::Validator seconds(

@@ -1,6 +1,7 @@
 #include "config/host_config.h"
 
 #include "config/toml_reader.h"
+#include "core/log_level.h"
 
 #include <arpa/inet.h>
 #include <sys/un.h>
@@ -44,28 +45,6 @@ std::string resolve(const fs::path &base, const std::string &value)
 }
 
 uint32_t line_of(const toml::node &node) { return node.source().begin.line; }
-
-// Why `path` is not a directory (or, `file`, not a regular file) the host
-// can use, or "" when it is.  Without exceptions: a symbolic-link loop or an
-// overlong name is an operator's mistake to report, not a crash.
-std::string path_problem(const std::string &path, bool file)
-{
-    std::error_code ec;
-    const fs::file_status st = fs::status(path, ec);
-    if (st.type() == fs::file_type::not_found) {
-        return "does not exist";
-    }
-    if (ec) {
-        return "cannot be opened: " + ec.message();
-    }
-    if (file && !fs::is_regular_file(st)) {
-        return "is not a regular file";
-    }
-    if (!file && !fs::is_directory(st)) {
-        return "is not a directory";
-    }
-    return {};
-}
 
 std::optional<uint8_t> parse_proto(config::TableReader &reader)
 {
@@ -266,9 +245,8 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             r.fail("id", config::unsafe_name_message("host id", cfg.id));
         }
         cfg.log_level = r.string_or("log_level", cfg.log_level);
-        static const char *levels[] = {"trace", "debug", "info", "warn", "error", "off"};
-        if (std::find(std::begin(levels), std::end(levels), cfg.log_level) == std::end(levels)) {
-            r.fail("log_level", "'log_level' must be one of trace, debug, info, warn, error, off");
+        if (!is_log_level(cfg.log_level)) {
+            r.fail("log_level", "'log_level' must be " + std::string(log_levels_text));
         }
         cfg.log_file = r.string_or("log_file", "");
         cfg.plugin_dir = r.string_or("plugin_dir", cfg.plugin_dir);
@@ -312,7 +290,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         throw ConfigError(path, message);
     }
-    if (std::string why = check_dirs ? path_problem(cfg.plugin_dir, false) : ""; !why.empty()) {
+    if (std::string why = check_dirs ? config::path_problem(cfg.plugin_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.plugin_dir").node();
         std::string message = "plugin directory " + cfg.plugin_dir + " " + why + " (set [host] plugin_dir)";
         if (node != nullptr) {
@@ -320,7 +298,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         throw ConfigError(path, message);
     }
-    if (std::string why = check_dirs ? path_problem(cfg.chains_dir, false) : ""; !why.empty()) {
+    if (std::string why = check_dirs ? config::path_problem(cfg.chains_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.chains_dir").node();
         std::string message = "chains directory " + cfg.chains_dir + " " + why + " (set [host] chains_dir)";
         if (node != nullptr) {
@@ -446,12 +424,13 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         cfg.wake_threshold = static_cast<uint32_t>(r.integer_or("wake_threshold", cfg.wake_threshold, 1, 1 << 20));
         if (r.table().get("wake_threshold") == nullptr) {
-            cfg.wake_threshold = std::min(cfg.wake_threshold, cfg.ring_size - 1); // the default, in a small ring
-        } else if (cfg.wake_threshold > cfg.ring_size - 1) {
+            // The default, in a small ring.
+            cfg.wake_threshold = std::min(cfg.wake_threshold, ring_capacity(cfg.ring_size));
+        } else if (cfg.wake_threshold > ring_capacity(cfg.ring_size)) {
             r.fail("wake_threshold", "'wake_threshold' (" + std::to_string(cfg.wake_threshold) +
                                          ") would never be reached: a ring of 'ring_size' " +
-                                         std::to_string(cfg.ring_size) + " holds " + std::to_string(cfg.ring_size - 1) +
-                                         " packets");
+                                         std::to_string(cfg.ring_size) + " holds " +
+                                         std::to_string(ring_capacity(cfg.ring_size)) + " packets");
         }
         cfg.wake_deadline_us =
             static_cast<uint32_t>(r.integer_or("wake_deadline_us", cfg.wake_deadline_us, 1, 1000000));
@@ -557,7 +536,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         // Credentials: relative to host.toml, and there when the host starts.
         auto credential = [&](std::string_view key, std::string_view what) {
             std::string file = resolve(base, r.required_string(key));
-            if (std::string why = check_dirs ? path_problem(file, true) : ""; !why.empty()) {
+            if (std::string why = check_dirs ? config::path_problem(file, true) : ""; !why.empty()) {
                 r.fail(key, "'" + std::string(key) + "': " + std::string(what) + " " + file + " " + why);
             }
             return file;

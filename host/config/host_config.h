@@ -16,6 +16,10 @@
 
 namespace serpens {
 
+// Packets an instance's ring of `ring_size` slots holds: a DPDK ring keeps
+// one slot free to tell full from empty.
+constexpr uint32_t ring_capacity(uint32_t ring_size) noexcept { return ring_size - 1; }
+
 struct PortConfig {
     std::string name;   // how chains and rules refer to the port
     std::string device; // a DPDK vdev string ("net_pcap0,rx_pcap=...") or a PCI address

@@ -3,6 +3,7 @@
 #include <serpens/nf_util.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 
@@ -271,6 +272,25 @@ void TableReader::reject_unknown_keys() const
             fail(node, _what + ": unknown key '" + std::string(key.str()) + "' (expected one of: " + known + ")");
         }
     }
+}
+
+std::string path_problem(const std::string &path, bool file)
+{
+    std::error_code ec;
+    const std::filesystem::file_status st = std::filesystem::status(path, ec);
+    if (st.type() == std::filesystem::file_type::not_found) {
+        return std::string(path_missing);
+    }
+    if (ec) {
+        return "cannot be opened: " + ec.message();
+    }
+    if (file && !std::filesystem::is_regular_file(st)) {
+        return "is not a regular file";
+    }
+    if (!file && !std::filesystem::is_directory(st)) {
+        return "is not a directory";
+    }
+    return {};
 }
 
 } // namespace serpens::config

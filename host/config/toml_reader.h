@@ -75,4 +75,12 @@ bool is_safe_name(std::string_view name) noexcept;
 // "'<value>' is not a valid <what>: ..." naming the rule, for the messages above.
 std::string unsafe_name_message(std::string_view what, std::string_view value);
 
+// What keeps `path` from being an existing regular file (`file`) or
+// directory, in words that follow the path (path_missing, "is not a
+// directory", "cannot be opened: <why>"), or "" when it is one.  Without
+// exceptions: a symbolic-link loop or an overlong name is an operator's
+// mistake to report, not a crash.
+inline constexpr std::string_view path_missing = "does not exist";
+std::string path_problem(const std::string &path, bool file);
+
 } // namespace serpens::config

@@ -1,6 +1,7 @@
 #include "control/request.h"
 
 #include "config/toml_reader.h"
+#include "core/log_level.h"
 
 #include <algorithm>
 #include <array>
@@ -224,10 +225,8 @@ ParsedControlRequest parse_log_level(const json &request)
     ControlRequest out;
     out.verb = ControlVerb::log_level;
     if (auto set = request.find("set"); set != request.end()) {
-        const bool known = set->is_string() && std::find(std::begin(kLogLevels), std::end(kLogLevels),
-                                                         set->get_ref<const std::string &>()) != std::end(kLogLevels);
-        if (!known) {
-            return refuse("log_level's \"set\" is one of trace, debug, info, warn, error, off; not " +
+        if (!set->is_string() || !is_log_level(set->get_ref<const std::string &>())) {
+            return refuse("log_level's \"set\" is one of " + std::string(log_levels_text) + "; not " +
                           echoed_json(*set));
         }
         out.set_level = set->get<std::string>();

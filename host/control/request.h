@@ -76,9 +76,6 @@ using ParsedControlRequest = std::variant<ControlRequest, ControlRequestError>;
 // Thread-safe.
 ParsedControlRequest parse_control_request(std::string_view line);
 
-// The log levels "log_level" accepts, as spdlog names them.
-inline constexpr std::string_view kLogLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
-
 // True for requests that change the host (as opposed to reading it).
 constexpr bool changes_host(const ControlRequest &request) noexcept
 {

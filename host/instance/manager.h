@@ -233,7 +233,7 @@ public:
     std::vector<unsigned> undrain(const std::vector<unsigned> &lcores);
     std::vector<unsigned> drained() const;
     // Packets an instance's ring holds (one slot of ring_size stays empty).
-    uint32_t ring_capacity() const noexcept { return _options.ring_size - 1; }
+    uint32_t ring_capacity() const noexcept { return serpens::ring_capacity(_options.ring_size); }
 
     // Per chain: instances by state, events, pauses and wake-ups.
     std::vector<ChainSummary> chain_summaries() const;

@@ -6,6 +6,7 @@
 #include "control/protocol.h"
 #include "control/request.h"
 #include "core/error.h"
+#include "core/log_level.h"
 #include "core/version.h"
 #include "render.h"
 #include "support/state_inspect.h"
@@ -156,8 +157,8 @@ int main(int argc, char **argv)
         ->check(CLI::Range(1u, 1u << 20));
     auto *log_level = app.add_subcommand("log-level", "show, or set, the host's log level");
     std::string level;
-    log_level->add_option("level", level, "trace, debug, info, warn, error or off; omit to show the current one")
-        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    log_level->add_option("level", level, std::string(serpens::log_levels_text) + "; omit to show the current one")
+        ->check(CLI::IsMember(serpens::log_level_names()));
     auto *bill = app.add_subcommand(
         "bill", "what each chain used (packets, bytes, drops, instance-seconds, busy CPU-seconds; per NF packets,\n"
                 "bytes, drops), from the usage ledger in the host's state dir: it survives restarts, and a crash\n"

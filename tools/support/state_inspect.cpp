@@ -2,6 +2,7 @@
 
 #include "config/host_config.h"
 #include "config/install_dirs.h"
+#include "config/toml_reader.h"
 #include "state/executor.h"
 #include "state/flow_table.h"
 #include "state/record_layout.h"
@@ -547,16 +548,12 @@ StateCommands::StateCommands(CLI::App &parent, bool *json) : _json(json != nullp
 int StateCommands::run(const fs::path &root, const char *tool) const
 {
     // A mistyped root would otherwise list as "no segments" and exit 0.
-    std::error_code ec;
-    const fs::file_status st = fs::status(root, ec);
-    if (st.type() == fs::file_type::not_found) {
+    if (const std::string why = config::path_problem(root.string(), false); !why.empty()) {
         return not_found(tool, *_json,
-                         root.string() + ": no such directory: no host kept state there (is --root, -c or --host-id "
-                                         "right? has the host run?)");
-    }
-    if (ec || !fs::is_directory(st)) {
-        return not_found(tool, *_json,
-                         root.string() + ": " + (ec ? "cannot be opened: " + ec.message() : "is not a directory"));
+                         root.string() + " " + why +
+                             (why == config::path_missing
+                                  ? ": no host kept state there (is --root, -c or --host-id right? has the host run?)"
+                                  : ""));
     }
     if (_list->parsed()) {
         return cmd_list(root, *_json);
