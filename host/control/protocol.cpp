@@ -74,10 +74,11 @@ std::string control_error_reply(ControlErrorCode code, std::string_view message)
                              {"error", {{"code", control_error_name(code)}, {"message", message}}}});
 }
 
-ordered_json control_call(const std::string &socket_path, ordered_json request, int timeout_ms)
+ordered_json control_call(const std::string &socket_path, ordered_json request, int timeout_ms,
+                          std::optional<uid_t> host_uid)
 {
     request["v"] = kControlProtocolVersion;
-    const std::string line = control_request(socket_path, dump(request), timeout_ms);
+    const std::string line = control_request(socket_path, dump(request), timeout_ms, host_uid);
     ordered_json reply = ordered_json::parse(line, nullptr, false);
     const bool shaped = reply.is_object() && reply.contains("ok") && reply["ok"].is_boolean();
     if (!shaped || field_or(reply, "v", 0) != kControlProtocolVersion) {

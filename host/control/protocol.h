@@ -12,6 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/types.h>
+
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -54,7 +57,8 @@ private:
 // result.  Throws ControlReplyError when the host answers with an error, and
 // Error when it cannot be reached, does not answer in time, or answers
 // something that is not a version-1 reply.
+// host_uid: as control_request's.
 nlohmann::ordered_json control_call(const std::string &socket_path, nlohmann::ordered_json request,
-                                    int timeout_ms = 5000);
+                                    int timeout_ms = 5000, std::optional<uid_t> host_uid = std::nullopt);
 
 } // namespace serpens

@@ -518,7 +518,8 @@ void ControlServer::serve()
     }
 }
 
-std::string control_request(const std::string &path, const std::string &command, int timeout_ms)
+std::string control_request(const std::string &path, const std::string &command, int timeout_ms,
+                            std::optional<uid_t> host_uid)
 {
     if (command.find('\n') != std::string::npos) {
         throw Error("a control command is one line; this one holds a newline");
@@ -544,6 +545,18 @@ std::string control_request(const std::string &path, const std::string &command,
         throw Error("cannot reach serpens-host at " + path + ": " +
                     (err == EAGAIN ? std::string("its backlog stayed full") : errno_text(err)) +
                     " (is it running? is --socket right?)");
+    }
+    ucred server{};
+    socklen_t cred_len = sizeof server;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &server, &cred_len) != 0) {
+        throw Error("cannot tell who serves the control socket " + path + ": " + errno_text(errno));
+    }
+    if (server.uid != 0 && server.uid != ::geteuid() && (!host_uid || server.uid != *host_uid)) {
+        throw Error("the control socket " + path + " is served by uid " + std::to_string(server.uid) + " (pid " +
+                    std::to_string(server.pid) + "), neither root nor you (uid " + std::to_string(::geteuid()) +
+                    "): not a host of yours, so nothing was sent; if serpens-host runs as that user, say so with "
+                    "--host-uid " +
+                    std::to_string(server.uid));
     }
     auto wait_for = [&](short events, const char *doing) {
         pollfd p{fd, events, 0};

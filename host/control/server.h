@@ -101,7 +101,11 @@ private:
 // Client side, for serpensctl and tests: sends `command` (one line) and
 // returns the reply without its newline.  The whole exchange is bounded by
 // timeout_ms and the reply by 16 MiB.  Throws Error when the host cannot be
-// reached, does not answer in time, or answers too much.
-std::string control_request(const std::string &path, const std::string &command, int timeout_ms = 5000);
+// reached, does not answer in time, or answers too much, and before sending
+// anything when the process serving the socket (SO_PEERCRED) runs as
+// neither root, nor this user, nor `host_uid`: a socket another local user
+// put at the path would otherwise be told the request and believed.
+std::string control_request(const std::string &path, const std::string &command, int timeout_ms = 5000,
+                            std::optional<uid_t> host_uid = std::nullopt);
 
 } // namespace serpens

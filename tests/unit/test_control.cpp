@@ -482,6 +482,64 @@ TEST_CASE("SO_PEERCRED: a peer that is not root, the host's user or in its group
     CHECK(control_request(server.path(), "ping", 2000) == "pong"); // root still is
 }
 
+TEST_CASE("control_request: a socket served by another user is told nothing, unless that is the host's uid")
+{
+    if (geteuid() != 0) {
+        MESSAGE("skipped: serving a socket as uid 65534 needs root");
+        return;
+    }
+    test::ScratchDir dir;
+    std::filesystem::permissions(dir.path(), std::filesystem::perms(0711));
+    const std::string theirs = dir / "theirs"; // a directory nobody may write to
+    std::filesystem::create_directory(theirs);
+    REQUIRE(chown(theirs.c_str(), kNobody, kNobody) == 0);
+    const std::string path = theirs + "/impostor.sock";
+    int ready[2];
+    REQUIRE(pipe(ready) == 0);
+    // The impostor: another local user's process at the path.  Its exit
+    // status is how many bytes the first client sent it (want 0).
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        close(ready[0]);
+        if (setgid(kNobody) != 0 || setuid(kNobody) != 0) {
+            _exit(100);
+        }
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+        if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 || listen(fd, 4) != 0 ||
+            write(ready[1], "r", 1) != 1) {
+            _exit(101);
+        }
+        int told = 0;
+        for (int round = 0; round < 2; ++round) {
+            int c = accept(fd, nullptr, nullptr);
+            Received got = read_until_close(c, 5000);
+            if (round == 0) {
+                told = static_cast<int>(got.data.size());
+            } else if (got.data == "ping\n") {
+                (void)!write(c, "pong\n", 5);
+            }
+            close(c);
+        }
+        _exit(std::min(told, 99));
+    }
+    close(ready[1]);
+    char byte = 0;
+    REQUIRE(read(ready[0], &byte, 1) == 1);
+    close(ready[0]);
+    const std::string refusal = "is served by uid 65534 (pid " + std::to_string(child) +
+                                "), neither root nor you (uid 0): not a host of yours, so nothing was sent";
+    CHECK_THROWS_WITH_AS(control_request(path, "ping", 5000), doctest::Contains(refusal.c_str()), Error);
+    CHECK(control_request(path, "ping", 5000, kNobody) == "pong"); // --host-uid 65534
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
 TEST_CASE("control_request: bounded by its timeout, never hangs on a silent host")
 {
     test::ScratchDir dir;

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 namespace {
@@ -41,6 +42,7 @@ struct Target {
     std::string socket;
     bool json = false;
     int timeout_ms = 5000;
+    std::optional<uid_t> host_uid; // trusted to serve the socket besides root and this user
 };
 
 // Where the host listens: --socket, else host.toml's [host] control_socket
@@ -108,6 +110,10 @@ int main(int argc, char **argv)
             "ID"));
     app.add_option("-s,--socket", target.socket, "the control socket's path (overrides -c and --host-id)");
     app.add_flag("--json", target.json, "print the reply as JSON");
+    app.add_option("--host-uid", target.host_uid,
+                   "the uid serpens-host runs as, when neither root nor you (a control_group member's case): "
+                   "serpensctl talks only to a socket served by root, you, or this uid")
+        ->check(CLI::Range(uid_t{1}, uid_t{0x7fffffff}));
     app.add_option("--timeout", target.timeout_ms, "milliseconds to wait for the host (default 5000)")
         ->check(CLI::Range(1, 600000));
     app.require_subcommand(1);
@@ -231,7 +237,7 @@ int main(int argc, char **argv)
         if (const auto *refused = std::get_if<serpens::ControlRequestError>(&parsed)) {
             throw BadArguments(refused->message);
         }
-        return serpens::control_call(socket, std::move(request), target.timeout_ms);
+        return serpens::control_call(socket, std::move(request), target.timeout_ms, target.host_uid);
     };
     try {
         if (status->parsed()) {
@@ -330,7 +336,7 @@ int main(int argc, char **argv)
             // NF init may take seconds (ids compiles its signatures): wait
             // longer than for a read, unless told otherwise.
             const int timeout_ms = app.get_option("--timeout")->count() == 0 ? 120000 : target.timeout_ms;
-            ordered_json r = serpens::control_call(socket, std::move(request), timeout_ms);
+            ordered_json r = serpens::control_call(socket, std::move(request), timeout_ms, target.host_uid);
             target.json ? print_json(r) : print(serpensctl::render_reload(r));
         } else if (drain->parsed()) {
             ordered_json request = {{"cmd", "drain"}};
