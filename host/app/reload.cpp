@@ -200,7 +200,7 @@ ReloadReport Reloader::reload(const std::vector<std::string> &force)
     // Every new instance is created before any is swapped in: a refusal here
     // leaves the running ones alone.
     report.swaps = _manager.replace(updates);
-    _retired.push_back(std::move(_current));
+    _retired_plugins.push_back(_current->plugins);
     _current = std::move(next);
     report.took_ns = monotonic_ns() - start;
     auto list = [](const std::vector<std::string> &names) {

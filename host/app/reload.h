@@ -87,8 +87,10 @@ private:
     InstanceManager &_manager;
     mutable std::mutex _mutex; // one reload at a time; guards _current
     std::shared_ptr<const ChainSet> _current;
-    // Every set swapped out: their plugins stay loaded (see above).
-    std::vector<std::shared_ptr<const ChainSet>> _retired;
+    // The plugins of every set swapped out stay loaded (see above).  Its
+    // chains go with their last instance, and with them what they hold: the
+    // parsed files, the bytes config_file kept of their NFs' files.
+    std::vector<std::shared_ptr<const PluginRegistry>> _retired_plugins;
 };
 
 } // namespace serpens

@@ -9,7 +9,8 @@ host keeps the bytes the chain's first instance read:
  2. the file gets three rules, and `scale c +1` starts an instance: one rule;
  3. `serpensctl reload`, with no --chain, sees the edit, names the file and
     swaps the chain: both new instances have three rules;
- 4. a second reload finds nothing changed.
+ 4. a second reload finds nothing changed;
+ 5. twenty reloads of a 4 MiB rules file leave no copy of it behind.
 """
 import re
 import signal
@@ -41,11 +42,29 @@ human = host.ctl("reload")
 check(human.returncode == 0 and "unchanged: c" in human.stdout and "files_changed" not in human.stdout,
       f"a second reload swapped again: {human.stdout}{human.stderr}")
 
+
+def rss_mib():
+    with open(f"/proc/{proc.pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+# A version swapped out goes with its last instance, and the file bytes it
+# kept with it: twenty reloads of a 4 MiB rules file leave no 80 MiB behind.
+padding = "#" + "x" * 1023 + "\n"
+before = rss_mib()
+for i in range(20):
+    with open(rules, "w") as f:
+        f.write(f"# edit {i}\n" + padding * 4096 + "default allow\n")
+    check(host.ctl_json("reload")["reloaded"] == ["c"], f"reload {i} did not swap the chain")
+grown = rss_mib() - before
+check(grown < 40, f"twenty reloads of a 4 MiB rules file grew the host by {grown:.0f} MiB")
+
 proc.send_signal(signal.SIGINT)
 log = proc.communicate(timeout=60)[0]
 check(proc.returncode == 0, f"host exit {proc.returncode}:\n{log}")
 counts = [int(n) for n in re.findall(r"(\d+) rules from " + re.escape(rules), log)]
-check(counts == [1, 1, 3, 3], f"rules per instance start, in order: {counts} (want [1, 1, 3, 3]):\n{log}")
+check(counts[:4] == [1, 1, 3, 3], f"rules per instance start, in order: {counts[:4]} (want [1, 1, 3, 3]):\n{log}")
 check("files changed " + rules in log, f"the host's log does not say which file changed:\n{log}")
-print(f"ok: instances started with {counts} rules; the reload named {rules}")
+print(f"ok: instances started with {counts[:4]} rules; the reload named {rules}; "
+      f"twenty 4 MiB reloads grew the host by {grown:.1f} MiB")
 host.cleanup()
