@@ -6,13 +6,13 @@
 // A reload reads the plugin and chain directories again, as a start does.  A
 // plugin file whose bytes did not change keeps its loaded copy; a rebuilt one
 // is loaded beside the old.  Every chain compiles first: an invalid edit is
-// refused with its file:line and nothing changes.  A chain whose file or
-// whose plugins changed (or that the request names) gets new instances that
-// take over from the running ones at a batch boundary (InstanceManager::
-// replace): its state tables and flow table are kept, and a new build that
-// declares them otherwise is refused, the old one running on.  host.toml is
-// not read again: ports, gateway rules, placements and [nf_defaults] need a
-// restart.
+// refused with its file:line and nothing changes.  A chain whose file, whose
+// plugins or whose NFs' files (config_file) changed, or that the request
+// names, gets new instances that take over from the running ones at a batch
+// boundary (InstanceManager::replace): its state tables and flow table are
+// kept, and a new build that declares them otherwise is refused, the old one
+// running on.  host.toml is not read again: ports, gateway rules, placements
+// and [nf_defaults] need a restart.
 //
 // A replaced plugin's code stays mapped until the host stops: nothing of the
 // old build runs any more, but unloading code an NF may have handed out
