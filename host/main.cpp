@@ -18,7 +18,7 @@ int main(int argc, char **argv)
                  "directories, gateway rules, instance placement); see conf/host.toml."};
     app.set_version_flag("--version", serpens::version_line("serpens-host"));
     app.add_option("-c,--config", options.config_path, "host config file")->required()->check(CLI::ExistingFile);
-    app.add_option("--log-level", options.log_level, std::string(serpens::log_levels_text) + " (overrides [host])")
+    app.add_option("--log-level", options.log_level, serpens::log_levels_text() + " (overrides [host])")
         ->check(CLI::IsMember(serpens::log_level_names()));
     app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");
     // NaN passes CLI11's PositiveNumber (every comparison with it is false).

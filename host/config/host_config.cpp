@@ -246,7 +246,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
         }
         cfg.log_level = r.string_or("log_level", cfg.log_level);
         if (!is_log_level(cfg.log_level)) {
-            r.fail("log_level", "'log_level' must be " + std::string(log_levels_text));
+            r.fail("log_level", "'log_level' must be " + log_levels_text());
         }
         cfg.log_file = r.string_or("log_file", "");
         cfg.plugin_dir = r.string_or("plugin_dir", cfg.plugin_dir);

@@ -226,8 +226,7 @@ ParsedControlRequest parse_log_level(const json &request)
     out.verb = ControlVerb::log_level;
     if (auto set = request.find("set"); set != request.end()) {
         if (!set->is_string() || !is_log_level(set->get_ref<const std::string &>())) {
-            return refuse("log_level's \"set\" is one of " + std::string(log_levels_text) + "; not " +
-                          echoed_json(*set));
+            return refuse("log_level's \"set\" is one of " + log_levels_text() + "; not " + echoed_json(*set));
         }
         out.set_level = set->get<std::string>();
     }

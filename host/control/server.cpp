@@ -551,7 +551,7 @@ std::string control_request(const std::string &path, const std::string &command,
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &server, &cred_len) != 0) {
         throw Error("cannot tell who serves the control socket " + path + ": " + errno_text(errno));
     }
-    if (server.uid != 0 && server.uid != ::geteuid() && (!host_uid || server.uid != *host_uid)) {
+    if (!owned_by_host_user(server.uid) && (!host_uid || server.uid != *host_uid)) {
         throw Error("the control socket " + path + " is served by uid " + std::to_string(server.uid) + " (pid " +
                     std::to_string(server.pid) + "), neither root nor you (uid " + std::to_string(::geteuid()) +
                     "): not a host of yours, so nothing was sent; if serpens-host runs as that user, say so with "

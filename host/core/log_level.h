@@ -4,6 +4,7 @@
 // "warning", "err" and "critical".
 
 #include <algorithm>
+#include <cstddef>
 #include <iterator>
 #include <string>
 #include <string_view>
@@ -12,8 +13,17 @@
 namespace serpens {
 
 inline constexpr std::string_view log_levels[] = {"trace", "debug", "info", "warn", "error", "off"};
-// For messages and --help.
-inline constexpr std::string_view log_levels_text = "trace, debug, info, warn, error or off";
+
+// "trace, debug, ... or off", for messages and --help.
+inline std::string log_levels_text()
+{
+    std::string text;
+    for (std::size_t i = 0; i < std::size(log_levels); ++i) {
+        text += i == 0 ? "" : i + 1 == std::size(log_levels) ? " or " : ", ";
+        text += log_levels[i];
+    }
+    return text;
+}
 
 inline bool is_log_level(std::string_view name) noexcept
 {

@@ -21,7 +21,8 @@
 namespace serpens {
 
 // Root or the host's own user: the owners whose files and directories the
-// host may trust (the plugin loader holds plugins to the same).
+// host may trust (the plugin loader holds plugins to the same), and the
+// users serpensctl trusts to serve a control socket.
 bool owned_by_host_user(uid_t uid);
 
 // "owned by uid N, neither root nor this host's uid M": the words every

@@ -163,7 +163,7 @@ int main(int argc, char **argv)
         ->check(CLI::Range(1u, 1u << 20));
     auto *log_level = app.add_subcommand("log-level", "show, or set, the host's log level");
     std::string level;
-    log_level->add_option("level", level, std::string(serpens::log_levels_text) + "; omit to show the current one")
+    log_level->add_option("level", level, serpens::log_levels_text() + "; omit to show the current one")
         ->check(CLI::IsMember(serpens::log_level_names()));
     auto *bill = app.add_subcommand(
         "bill", "what each chain used (packets, bytes, drops, instance-seconds, busy CPU-seconds; per NF packets,\n"
