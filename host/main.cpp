@@ -2,13 +2,13 @@
 // runs them on DPDK ports until SIGINT/SIGTERM.
 
 #include "app/host.h"
+#include "config/toml_reader.h"
 #include "core/log_level.h"
 #include "core/version.h"
 
 #include <CLI/CLI.hpp>
 
-#include <cmath>
-#include <cstdlib>
+#include <limits>
 
 int main(int argc, char **argv)
 {
@@ -21,11 +21,10 @@ int main(int argc, char **argv)
     app.add_option("--log-level", options.log_level, serpens::log_levels_text() + " (overrides [host])")
         ->check(CLI::IsMember(serpens::log_level_names()));
     app.add_option("--stats-json", options.stats_json, "also write the final counters to this file as JSON");
-    // NaN passes CLI11's PositiveNumber (every comparison with it is false).
+    // From a millisecond: nothing the host does takes effect sooner.
     const CLI::Validator seconds(
         [](const std::string &text) {
-            const double value = std::strtod(text.c_str(), nullptr);
-            return std::isfinite(value) && value > 0 ? std::string() : "expected a number of seconds above 0";
+            return serpens::config::seconds_problem(text, 0.001, std::numeric_limits<double>::max());
         },
         "SECONDS");
     app.add_option("--idle-exit", options.idle_exit_s,

@@ -2,8 +2,12 @@
 
 #include <serpens/nf_util.h>
 
+#include <fmt/format.h>
+
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -289,6 +293,18 @@ std::string path_problem(const std::string &path, bool file)
     }
     if (!file && !std::filesystem::is_directory(st)) {
         return "is not a directory";
+    }
+    return {};
+}
+
+std::string seconds_problem(const std::string &text, double min, double max)
+{
+    char *end = nullptr;
+    const double value = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !std::isfinite(value) || value < min || value > max) {
+        return max < std::numeric_limits<double>::max()
+                   ? fmt::format("expected a number of seconds from {} to {}", min, max)
+                   : fmt::format("expected a number of seconds of at least {}", min);
     }
     return {};
 }

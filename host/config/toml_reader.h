@@ -83,4 +83,10 @@ std::string unsafe_name_message(std::string_view what, std::string_view value);
 inline constexpr std::string_view path_missing = "does not exist";
 std::string path_problem(const std::string &path, bool file);
 
+// What keeps a command-line value from being a number of seconds from `min`
+// to `max` ("expected ..."), or "" when it is one.  NaN passes any range
+// check made of comparisons, so it is refused here by name, as are
+// infinities and trailing text.
+std::string seconds_problem(const std::string &text, double min, double max);
+
 } // namespace serpens::config

@@ -5,6 +5,7 @@
 #include "support.h"
 
 #include "config/host_config.h"
+#include "config/toml_reader.h"
 #include "core/error.h"
 
 #include <doctest/doctest.h>
@@ -14,6 +15,7 @@
 
 #include <array>
 #include <filesystem>
+#include <limits>
 
 using namespace serpens;
 using serpens::test::ScratchDir;
@@ -44,6 +46,20 @@ TEST_CASE("host ids are limited to a safe character set, with file:line:col")
     CHECK(cfg.id == "Edge-01.rack_7");
     CHECK(cfg.state_dir == "/dev/shm/serpens/Edge-01.rack_7");
     CHECK(cfg.plugin_dir == "/etc/serpens/");
+}
+
+TEST_CASE("a command line's seconds: a finite number in range, nothing after it")
+{
+    CHECK(config::seconds_problem("2.5", 0.1, 3600) == "");
+    CHECK(config::seconds_problem("0.1", 0.1, 3600) == "");
+    CHECK(config::seconds_problem("3600", 0.1, 3600) == "");
+    CHECK(config::seconds_problem("1e9", 0.001, std::numeric_limits<double>::max()) == "");
+    for (const char *bad : {"", "nan", "NaN", "inf", "-inf", "0.05", "3601", "5s", "five", "1e999"}) {
+        CAPTURE(bad);
+        CHECK(config::seconds_problem(bad, 0.1, 3600) == "expected a number of seconds from 0.1 to 3600");
+    }
+    CHECK(config::seconds_problem("0", 0.001, std::numeric_limits<double>::max()) ==
+          "expected a number of seconds of at least 0.001");
 }
 
 TEST_CASE("the file entry point reads what the text one does, and checks the directories")

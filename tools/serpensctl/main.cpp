@@ -14,7 +14,6 @@
 #include <CLI/CLI.hpp>
 
 #include <chrono>
-#include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <optional>
@@ -128,12 +127,8 @@ int main(int argc, char **argv)
     double watch_s = 0;
     unsigned watch_count = 0;
     stats->add_option("-w,--watch", watch_s, "repeat every SECONDS, showing rates per second")
-        ->check(CLI::Range(0.1, 3600.0))
-        ->check(CLI::Validator( // nan passes any Range: it compares false with both bounds
-            [](const std::string &text) {
-                return std::isfinite(std::strtod(text.c_str(), nullptr)) ? std::string() : "not a number of seconds";
-            },
-            "SECONDS"))
+        ->check(CLI::Validator(
+            [](const std::string &text) { return serpens::config::seconds_problem(text, 0.1, 3600.0); }, "SECONDS"))
         ->expected(0, 1)
         ->default_str("1");
     stats->add_option("-n,--count", watch_count, "with --watch: stop after this many updates (default: never)");
