@@ -120,8 +120,8 @@ host = Host()
 host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
 host.config(host.pcap_port() + rule)
 for args, pattern in ((["--log-level", "bogus"], r"--log-level: bogus not in"),
-                      (["--duration", "nan"], r"--duration: expected a number of seconds above 0"),
-                      (["--idle-exit", "-5"], r"--idle-exit: expected a number of seconds above 0")):
+                      (["--duration", "nan"], r"--duration: expected a number of seconds of at least 0.001"),
+                      (["--idle-exit", "-5"], r"--idle-exit: expected a number of seconds of at least 0.001")):
     proc = host.run("--check", *args, expect_rc=None)
     check(proc.returncode != 0 and re.search(pattern, proc.stderr), f"[{args}] rc {proc.returncode} {proc.stderr!r}")
     print(f"ok [{' '.join(args)}]: {proc.stderr.strip().splitlines()[0]}")
