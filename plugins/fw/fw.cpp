@@ -463,6 +463,10 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
                                         sizeof(Conn), static_cast<uint64_t>(cache_size), local, idle_ns)) {
         return SERPENS_ENOMEM;
     }
+    if (fw->rules.rules.empty() && !fw->rules.default_given) {
+        // A truncated or emptied file most likely: fail closed, but say so.
+        h->log(ctx, SERPENS_LOG_WARN, "%s has no rules and no 'default' line: every packet is denied", path);
+    }
     serpens_register_counters(ctx, "fw", counter_names, C_COUNT, fw->c, fw->spare);
     h->log(ctx, SERPENS_LOG_INFO, "%zu rules from %s (default %s, %zu classifier tuples, %s, verdicts in %s)",
            fw->rules.rules.size(), path, fw->rules.default_action == Action::deny ? "deny" : "allow",

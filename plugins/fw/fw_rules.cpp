@@ -89,7 +89,6 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
 {
     out = RuleSet{};
     out.fingerprint = fnv1a(text);
-    bool have_default = false;
     uint32_t lineno = 0;
     std::size_t pos = 0;
     while (pos <= text.size()) {
@@ -125,10 +124,10 @@ std::string parse_rules(std::string_view text, std::string_view file, RuleSet &o
             if (tok.size() != 2 || (tok[1] != "allow" && tok[1] != "deny")) {
                 return at(file, lineno, "expected 'default allow' or 'default deny'");
             }
-            if (have_default) {
+            if (out.default_given) {
                 return at(file, lineno, "a second 'default' line (only one policy per file)");
             }
-            have_default = true;
+            out.default_given = true;
             out.default_action = tok[1] == "allow" ? Action::allow : Action::deny;
             continue;
         }

@@ -55,7 +55,8 @@ struct Rule {
 struct RuleSet {
     std::vector<Rule> rules;
     Action default_action = Action::deny;
-    uint32_t fingerprint = 0; // FNV-1a of the file text: cached verdicts carry it
+    bool default_given = false; // a 'default' line, not deny for want of one
+    uint32_t fingerprint = 0;   // FNV-1a of the file text: cached verdicts carry it
 };
 
 // What a packet looks like to the classifier.  Ports in host order.

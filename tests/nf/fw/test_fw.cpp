@@ -48,6 +48,10 @@ TEST_CASE("rules: a good file parses")
     CHECK(parse_rules("\n# nothing\ndefault allow\n", "e.rules", empty) == "");
     CHECK(empty.rules.empty());
     CHECK(empty.default_action == Action::allow);
+    CHECK(empty.default_given);
+    CHECK(parse_rules("# nothing\n\n", "n.rules", empty) == "");
+    CHECK_FALSE(empty.default_given);
+    CHECK(empty.default_action == Action::deny);
 }
 
 TEST_CASE("rules: malformed lines fail with file:line and what was expected")
@@ -313,6 +317,15 @@ TEST_CASE("fw: bad input — truncated packets, non-IP, malformed rules file, ba
     h.set_config("rules = \"missing.rules\"\n");
     CHECK(h.init(c3) == SERPENS_EINVAL);
     CHECK(h.logged("missing.rules: cannot read"));
+
+    // An emptied rules file fails closed, and the log says why nothing passes.
+    h.write("empty.rules", "# truncated\n");
+    h.set_config("rules = \"empty.rules\"\n");
+    Ctx *c4 = nullptr;
+    REQUIRE(h.init(c4) == SERPENS_OK);
+    CHECK_MESSAGE(h.logged("empty.rules has no rules and no 'default' line: every packet is denied"), h.all_logs());
+    Packet web = make({false, "10.1.2.3", "192.0.2.1", 6, 4000, 80});
+    CHECK(h.run1(*c4, web) == SERPENS_PORT_DROP);
 }
 
 TEST_CASE("fw: stateful mode admits replies of connections opened from inside")
