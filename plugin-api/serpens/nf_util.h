@@ -500,6 +500,30 @@ static inline int serpens_config_int_range(const struct serpens_nf_ctx *ctx, con
     return SERPENS_OK;
 }
 
+/* The longest idle timeout an NF's per-flow state takes, in seconds (a
+ * year): longer means never, which is 0, and its nanoseconds would overflow
+ * in the arithmetic of whoever adds it to a clock. */
+#define SERPENS_MAX_IDLE_TIMEOUT_S 31536000
+
+/* An optional idle timeout in whole seconds, 0 (never) to a year, as
+ * nanoseconds: SERPENS_OK with *out_ns set, or left at its default when the
+ * key is absent; otherwise logs why and returns SERPENS_EINVAL. */
+static inline int serpens_config_idle_timeout(const struct serpens_nf_ctx *ctx, const serpens_config *cfg,
+                                              const char *nf, const char *path, uint64_t *out_ns)
+{
+    int64_t v = 0;
+    int rc = ctx->host->config_int(cfg, path, &v);
+    if (rc == SERPENS_ENOENT) {
+        return SERPENS_OK;
+    }
+    if (rc != SERPENS_OK || v < 0 || v > SERPENS_MAX_IDLE_TIMEOUT_S) {
+        return serpens_config_error(ctx, cfg, nf, path, "expected a number of seconds in 0..%d (a year; 0: never)",
+                                    SERPENS_MAX_IDLE_TIMEOUT_S);
+    }
+    *out_ns = (uint64_t)v * 1000000000ull;
+    return SERPENS_OK;
+}
+
 /* Called for each string of a string-or-array key with the element's path
  * ("key" or "key[i]", for error messages); a non-OK return stops the walk. */
 typedef int (*serpens_config_string_fn)(void *arg, const serpens_config *cfg, const char *path, const char *value);

@@ -411,14 +411,14 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     } else if (rc == SERPENS_EINVAL) {
         return bad("non_ip", "`non_ip` must be \"allow\" or \"deny\"");
     }
-    int64_t cache_size = 1048576, idle_s = 300;
+    int64_t cache_size = 1048576;
+    uint64_t idle_ns = 300 * 1000000000ull;
     if (h->config_int(cfg, "cache_size", &cache_size) == SERPENS_EINVAL || cache_size < 16 ||
         cache_size > (int64_t{1} << 26)) {
         return bad("cache_size", "`cache_size` must be an integer in 16..67108864");
     }
-    // At most a year: more means never (0), and its nanoseconds overflowed.
-    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0 || idle_s > 31536000) {
-        return bad("idle_timeout", "`idle_timeout` must be a number of seconds in 0..31536000 (a year; 0: never)");
+    if (serpens_config_idle_timeout(ctx, cfg, "fw", "idle_timeout", &idle_ns) != SERPENS_OK) {
+        return SERPENS_EINVAL;
     }
     bool local = false;
     if ((rc = h->config_string(cfg, "state", &s)) == SERPENS_OK) {
@@ -446,7 +446,6 @@ int fw_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
         return SERPENS_EINVAL;
     }
 
-    uint64_t idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
     // On a 1.5 host the verdicts live in the chain's flow table: the host
     // has looked the flow up already, so a packet of a known flow costs no
     // lookup of fw's own.

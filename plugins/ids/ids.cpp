@@ -650,15 +650,14 @@ int ids_init(serpens_nf_ctx *ctx, const serpens_config *cfg)
     if (rc != SERPENS_OK) {
         return bad("rules", "ids needs `rules = \"<file>\"` (Snort-style signatures, relative to the chain file)");
     }
-    int64_t max_flows = 16384, idle_s = 120;
+    int64_t max_flows = 16384;
     if (h->config_int(cfg, "max_flows", &max_flows) == SERPENS_EINVAL || max_flows < 4 || max_flows > (1 << 22)) {
         return bad("max_flows", "`max_flows` must be an integer in 4..4194304");
     }
-    // At most a year: more means never (0), and its nanoseconds overflowed.
-    if (h->config_int(cfg, "idle_timeout", &idle_s) == SERPENS_EINVAL || idle_s < 0 || idle_s > 31536000) {
-        return bad("idle_timeout", "`idle_timeout` must be a number of seconds in 0..31536000 (a year; 0: never)");
+    ids->idle_ns = 120 * 1000000000ull;
+    if (serpens_config_idle_timeout(ctx, cfg, "ids", "idle_timeout", &ids->idle_ns) != SERPENS_OK) {
+        return SERPENS_EINVAL;
     }
-    ids->idle_ns = static_cast<uint64_t>(idle_s) * 1000000000ull;
     try {
         char *data = nullptr;
         std::size_t size = 0;
