@@ -183,12 +183,30 @@ void Ledger::open_for_append()
     }
 }
 
-void Ledger::record(const Row &row)
+void Ledger::record(const std::vector<Row> &rows)
 {
-    if (!write_all(_fd, row_line(row) + "\n")) {
+    if (rows.empty()) {
+        return;
+    }
+    std::string text;
+    for (const Row &row : rows) {
+        text += row_line(row) + "\n";
+    }
+    const off_t before = ::lseek(_fd, 0, SEEK_END);
+    if (before < 0) {
         throw Error("cannot append to the usage ledger " + _path.string() + ": " + errno_text());
     }
-    _rows.push_back(row);
+    if (!write_all(_fd, text)) {
+        const std::string why = errno_text();
+        // What did get written is a row or two of this sample and perhaps a
+        // torn line, which the next append would run on from.
+        if (::ftruncate(_fd, before) != 0) {
+            throw Error("cannot append to the usage ledger " + _path.string() + ": " + why +
+                        "; nor cut off the part written: " + errno_text());
+        }
+        throw Error("cannot append to the usage ledger " + _path.string() + ": " + why);
+    }
+    _rows.insert(_rows.end(), rows.begin(), rows.end());
 }
 
 std::map<std::string, Used> Ledger::bill(std::optional<int64_t> since_s, const std::string &chain) const

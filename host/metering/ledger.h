@@ -55,8 +55,12 @@ public:
     Ledger(const Ledger &) = delete;
     Ledger &operator=(const Ledger &) = delete;
 
-    // Appends one row to the file (one write) and to the book.
-    void record(const Row &row);
+    // Appends the rows of one sample to the file and to the book, all or
+    // none: a write that fails part way (a full filesystem) is cut off
+    // again, so the meter can record the same interval whole on its next
+    // try without billing any of it twice.  Throws Error naming the file.
+    void record(const std::vector<Row> &rows);
+    void record(const Row &row) { record(std::vector<Row>{row}); }
 
     // Per chain, what rows ending after `since_s` add up to (all rows when
     // none); only `chain` when not empty.

@@ -58,6 +58,10 @@ void *Meter::thread_main(void *self_ptr)
 {
     auto *self = static_cast<Meter *>(self_ptr);
     auto next = std::chrono::steady_clock::now();
+    // A failure that lasts (a full filesystem) is logged when it starts,
+    // changes or has gone on for another minute, and its end too.
+    std::string failing;
+    auto logged = next;
     while (self->_running.load()) {
         next += std::chrono::seconds(1);
         // Short sleeps, so that stop() never waits a whole second.
@@ -66,8 +70,16 @@ void *Meter::thread_main(void *self_ptr)
         }
         try {
             self->sample();
+            if (!failing.empty()) {
+                spdlog::info("meter: usage is recorded again (the interval it could not write is in the next row)");
+                failing.clear();
+            }
         } catch (const std::exception &e) {
-            spdlog::error("meter: {}", e.what());
+            if (e.what() != failing || next - logged >= std::chrono::minutes(1)) {
+                spdlog::error("meter: {} (retried every second: the next row written covers the gap)", e.what());
+                failing = e.what();
+                logged = next;
+            }
         }
     }
     return nullptr;
@@ -124,6 +136,7 @@ void Meter::sample_locked()
                              static_cast<double>(lcore_packets[lcore]) / 1e9;
     }
 
+    std::vector<Row> rows;
     for (std::size_t c = 0; c < now.chains.size(); ++c) {
         const ChainUsage &u = now.chains[c];
         const ChainUsage *before = c < _last.chains.size() ? &_last.chains[c] : nullptr;
@@ -167,9 +180,13 @@ void Meter::sample_locked()
             }
         }
         if (!row.used.empty()) {
-            _ledger.record(row);
+            rows.push_back(std::move(row));
         }
     }
+    // All chains' rows or none, and the interval moves on only once they are
+    // written: a failed write (a full state filesystem) is retried whole at
+    // the next sample, so nothing is lost or billed twice.
+    _ledger.record(rows);
     _last = now;
     _last_at = now_at;
     _last_s = now_s;

@@ -2,12 +2,16 @@
 // last line (a host killed mid-write) costs that line only, old rows fold
 // into hours without changing any total, and "since" picks rows by their end.
 
+#include "core/error.h"
 #include "metering/ledger.h"
 #include "support.h"
 
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <fstream>
+
+#include <sys/resource.h>
 
 using namespace serpens::metering;
 
@@ -72,6 +76,37 @@ TEST_CASE("a torn last line is dropped and cut off, and the next row starts a li
     Ledger again(path);
     CHECK(again.skipped() == 0);
     CHECK(again.bill(std::nullopt).at("a").packets == 13);
+}
+
+TEST_CASE("a sample's rows are written all or none, so a retry after a full filesystem bills nothing twice")
+{
+    serpens::test::ScratchDir dir;
+    const std::filesystem::path path = dir / "usage.jsonl";
+    Ledger ledger(path);
+    ledger.record(row(1000, 1001, "a", 10));
+    const auto size = std::filesystem::file_size(path);
+    {
+        // A file size limit stands in for a full filesystem: the write stops
+        // part way through the second row (EFBIG instead of ENOSPC).
+        struct rlimit old_limit {};
+        REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+        const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+        struct rlimit small = old_limit;
+        small.rlim_cur = size + row_line(row(1001, 1002, "a", 5)).size() + 20;
+        REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+        CHECK_THROWS_WITH_AS(ledger.record({row(1001, 1002, "a", 5), row(1001, 1002, "b", 7)}),
+                             doctest::Contains("cannot append to the usage ledger"), serpens::Error);
+        REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+        std::signal(SIGXFSZ, old_handler);
+    }
+    CHECK(std::filesystem::file_size(path) == size);
+    CHECK(ledger.rows() == 1);
+    // The meter's next try: the same interval, whole.
+    ledger.record({row(1001, 1003, "a", 8), row(1001, 1003, "b", 9)});
+    Ledger again(path);
+    CHECK(again.skipped() == 0);
+    CHECK(again.bill(std::nullopt).at("a").packets == 18);
+    CHECK(again.bill(std::nullopt).at("b").packets == 9);
 }
 
 TEST_CASE("compaction folds rows older than an hour into hours and keeps every total")
