@@ -235,9 +235,11 @@ void Ledger::compact(int64_t now_s)
     const int64_t fine_from = now_s - kFineSeconds;
     std::map<std::pair<int64_t, std::string>, Row> hours; // (hour, chain) -> folded row
     std::vector<Row> kept;
-    for (Row &row : _rows) {
+    // Copied, not moved: the book stays whole when the file cannot be
+    // rewritten (a full filesystem), and this runs once an hour.
+    for (const Row &row : _rows) {
         if (row.to_s >= fine_from) {
-            kept.push_back(std::move(row));
+            kept.push_back(row);
             continue;
         }
         const int64_t hour = row.from_s - ((row.from_s % 3600) + 3600) % 3600;

@@ -120,6 +120,14 @@ TEST_CASE("compaction folds rows older than an hour into hours and keeps every t
     }
     const auto before = ledger.bill(std::nullopt).at("a");
     const std::size_t rows_before = ledger.rows();
+    // A rewrite that fails (here its temporary file cannot be made) leaves
+    // the book and the file as they were.
+    std::filesystem::create_directory(path.string() + ".tmp");
+    CHECK_THROWS_WITH_AS(ledger.compact(now), doctest::Contains("cannot compact the usage ledger"), serpens::Error);
+    std::filesystem::remove(path.string() + ".tmp");
+    CHECK(ledger.rows() == rows_before);
+    CHECK(ledger.bill(std::nullopt).at("a").packets == before.packets);
+    CHECK(ledger.bill(std::nullopt).at("a").nfs.at("fw").packets == before.nfs.at("fw").packets);
     ledger.compact(now);
     CHECK(ledger.rows() < rows_before / 2);
     const auto after = ledger.bill(std::nullopt).at("a");
