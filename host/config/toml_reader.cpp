@@ -2,8 +2,6 @@
 
 #include <serpens/nf_util.h>
 
-#include <fmt/format.h>
-
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -302,9 +300,15 @@ std::string seconds_problem(const std::string &text, double min, double max)
     char *end = nullptr;
     const double value = std::strtod(text.c_str(), &end);
     if (text.empty() || *end != '\0' || !std::isfinite(value) || value < min || value > max) {
-        return max < std::numeric_limits<double>::max()
-                   ? fmt::format("expected a number of seconds from {} to {}", min, max)
-                   : fmt::format("expected a number of seconds of at least {}", min);
+        // A stream, not fmt: the config fuzzer builds this file without it.
+        std::ostringstream expected;
+        expected << "expected a number of seconds ";
+        if (max < std::numeric_limits<double>::max()) {
+            expected << "from " << min << " to " << max;
+        } else {
+            expected << "of at least " << min;
+        }
+        return expected.str();
     }
     return {};
 }
