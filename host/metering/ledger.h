@@ -60,7 +60,6 @@ public:
     // again, so the meter can record the same interval whole on its next
     // try without billing any of it twice.  Throws Error naming the file.
     void record(const std::vector<Row> &rows);
-    void record(const Row &row) { record(std::vector<Row>{row}); }
 
     // Per chain, what rows ending after `since_s` add up to (all rows when
     // none); only `chain` when not empty.

@@ -39,9 +39,9 @@ TEST_CASE("rows written are read back by the next host")
         std::filesystem::path(dir / "state") / "usage.jsonl"; // its directory is made too
     {
         Ledger ledger(path);
-        ledger.record(row(1000, 1001, "a", 10));
-        ledger.record(row(1001, 1002, "a", 5));
-        ledger.record(row(1001, 1002, "b", 7));
+        ledger.record({row(1000, 1001, "a", 10)});
+        ledger.record({row(1001, 1002, "a", 5)});
+        ledger.record({row(1001, 1002, "b", 7)});
     }
     Ledger again(path);
     CHECK(again.rows() == 3);
@@ -61,7 +61,7 @@ TEST_CASE("a torn last line is dropped and cut off, and the next row starts a li
     const std::filesystem::path path = dir / "usage.jsonl";
     {
         Ledger ledger(path);
-        ledger.record(row(1000, 1001, "a", 10));
+        ledger.record({row(1000, 1001, "a", 10)});
     }
     {
         std::ofstream torn(path, std::ios::app);
@@ -71,7 +71,7 @@ TEST_CASE("a torn last line is dropped and cut off, and the next row starts a li
         Ledger ledger(path);
         CHECK(ledger.skipped() == 1);
         CHECK(ledger.rows() == 1);
-        ledger.record(row(1002, 1003, "a", 3));
+        ledger.record({row(1002, 1003, "a", 3)});
     }
     Ledger again(path);
     CHECK(again.skipped() == 0);
@@ -83,7 +83,7 @@ TEST_CASE("a sample's rows are written all or none, so a retry after a full file
     serpens::test::ScratchDir dir;
     const std::filesystem::path path = dir / "usage.jsonl";
     Ledger ledger(path);
-    ledger.record(row(1000, 1001, "a", 10));
+    ledger.record({row(1000, 1001, "a", 10)});
     const auto size = std::filesystem::file_size(path);
     {
         // A file size limit stands in for a full filesystem: the write stops
@@ -116,7 +116,7 @@ TEST_CASE("compaction folds rows older than an hour into hours and keeps every t
     const int64_t now = 100 * 3600 + 1800;
     Ledger ledger(path);
     for (int64_t t = now - 3 * 3600; t < now; t += 10) {
-        ledger.record(row(t, t + 10, "a", 2));
+        ledger.record({row(t, t + 10, "a", 2)});
     }
     const auto before = ledger.bill(std::nullopt).at("a");
     const std::size_t rows_before = ledger.rows();
