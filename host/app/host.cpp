@@ -545,7 +545,7 @@ int run_host(const HostOptions &options)
         exit_code = 1;
     }
     io::stop_ports(ports);
-    rte_eal_cleanup();
+    io::stop_eal();
     return exit_code;
 }
 

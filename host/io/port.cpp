@@ -13,6 +13,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -102,6 +104,19 @@ std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string 
         args.push_back(is_vdev(port.device) ? "--vdev=" + port.device : "--allow=" + port.device);
     }
     return args;
+}
+
+void stop_eal()
+{
+    // The EAL leaves its runtime directory (<run>/dpdk/<file-prefix>) behind,
+    // empty with --no-shconf: one more for every prefix a host ran with.
+    // Removed only when empty; with a shared config it holds what the EAL
+    // left for its next start, as it always has.
+    const std::string runtime_dir = rte_eal_get_runtime_dir();
+    rte_eal_cleanup();
+    if (!runtime_dir.empty()) {
+        ::rmdir(runtime_dir.c_str());
+    }
 }
 
 void start_eal(const HostConfig &cfg, const std::string &program)

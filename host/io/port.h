@@ -18,6 +18,9 @@ std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string 
 // rte_eal_init with the arguments above; throws Error with a hint on failure.
 void start_eal(const HostConfig &cfg, const std::string &program);
 
+// rte_eal_cleanup, then removes the EAL's runtime directory when it is empty.
+void stop_eal();
+
 rte_mempool *create_mbuf_pool(const HostConfig &cfg);
 
 struct Port {

@@ -461,12 +461,17 @@ external = "203.0.113.0/28"
     def input(self):
         return read_pcap(self.path("in.pcap"))
 
+    def eal_runtime_dir(self):
+        """The EAL's runtime directory for this host's --file-prefix, which
+        --no-shconf still creates (where DPDK puts it)."""
+        runtime = "/var/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/tmp")
+        return os.path.join(runtime, "dpdk", self.prefix)
+
     def cleanup(self):
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
-        # EAL's runtime directory, which --no-shconf still creates.
-        runtime = "/var/run" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/tmp")
-        shutil.rmtree(os.path.join(runtime, "dpdk", self.prefix), ignore_errors=True)
+        # A host that was killed leaves it.
+        shutil.rmtree(self.eal_runtime_dir(), ignore_errors=True)
 
 
 def by_flow(frames):

@@ -1,6 +1,7 @@
 """serpensctl reaches a running host: live counters, and the wake-up threshold
 changed at runtime."""
 import json
+import os
 import subprocess
 import time
 
@@ -39,5 +40,6 @@ finally:
 check(rc == 0, f"host exited {rc}")
 gone = ctl("ping")
 check(gone.returncode == 3 and "cannot reach serpens-host" in gone.stderr, "socket removed at exit")
+check(not os.path.exists(host.eal_runtime_dir()), f"the EAL's runtime directory {host.eal_runtime_dir()} removed at exit")
 print("ok: ping, stats, wake-threshold get/set")
 host.cleanup()
