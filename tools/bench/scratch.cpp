@@ -3,6 +3,7 @@
 #include "core/error.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -28,6 +29,13 @@ ScratchDir::~ScratchDir()
 {
     std::error_code ec;
     fs::remove_all(_path, ec);
+}
+
+fs::path eal_runtime_dir(const std::string &prefix)
+{
+    const char *xdg = std::getenv("XDG_RUNTIME_DIR");
+    const fs::path run = geteuid() == 0 ? "/var/run" : (xdg != nullptr && *xdg != '\0' ? xdg : "/tmp");
+    return run / "dpdk" / prefix;
 }
 
 RemovedOnExit::~RemovedOnExit()

@@ -22,6 +22,12 @@ private:
     std::filesystem::path _path;
 };
 
+// Where the EAL keeps the runtime files of --file-prefix `prefix`, as DPDK
+// decides it: <run>/dpdk/<prefix>, <run> being /var/run for root, else
+// $XDG_RUNTIME_DIR or /tmp.  Even --no-shconf creates it, and dpdk-testpmd
+// leaves it behind.
+std::filesystem::path eal_runtime_dir(const std::string &prefix);
+
 // Removes a directory the bench did not make itself (a host's state) when
 // the scope ends, however it ends.
 class RemovedOnExit {

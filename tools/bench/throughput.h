@@ -82,6 +82,7 @@ struct ThroughputRig {
     int main_lcore = 0;
     int fwd_lcore = 1;
     unsigned runs = 0;
+    std::vector<std::string> eal_prefixes; // every run's --file-prefix: their runtime directories go at the end
     std::filesystem::path tmp;
     std::filesystem::path state_root; // host state: <state_parent or /dev/shm>/<tmp's name>, or tmp
     std::filesystem::path pcap;

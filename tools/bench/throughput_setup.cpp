@@ -62,15 +62,24 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
     }, old_pipe{};
     ignore.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &ignore, &old_pipe);
+    auto remove_eal_runtime_dirs = [this] {
+        for (const std::string &prefix : eal_prefixes) {
+            std::error_code ec;
+            fs::remove_all(eal_runtime_dir(prefix), ec);
+        }
+        eal_prefixes.clear();
+    };
     int rc = 0;
     try {
         rc = body();
     } catch (...) {
         sigaction(SIGPIPE, &old_pipe, nullptr);
+        remove_eal_runtime_dirs();
         std::cout << "throughput: logs kept in " << tmp.string() << '\n';
         throw;
     }
     sigaction(SIGPIPE, &old_pipe, nullptr);
+    remove_eal_runtime_dirs();
     if (keep) {
         std::cout << "throughput: configs, pcap and logs kept in " << tmp.string() << '\n';
     } else {
@@ -106,7 +115,8 @@ void ThroughputRig::pick_lcores(const Options &opts)
 
 std::string ThroughputRig::eal_prefix(const char *what)
 {
-    return fmt::format("--file-prefix=serpens-bench-{}-{}-{}", what, getpid(), runs++);
+    eal_prefixes.push_back(fmt::format("serpens-bench-{}-{}-{}", what, getpid(), runs++));
+    return "--file-prefix=" + eal_prefixes.back();
 }
 
 std::string ThroughputRig::pcap_vdev(unsigned queues) const
