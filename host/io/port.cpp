@@ -13,10 +13,16 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <string_view>
 
 namespace serpens::io {
 namespace {
@@ -104,6 +110,109 @@ std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string 
         args.push_back(is_vdev(port.device) ? "--vdev=" + port.device : "--allow=" + port.device);
     }
     return args;
+}
+
+std::string eal_arguments_problem(const HostConfig &cfg, const std::string &program)
+{
+    std::vector<std::string> args = eal_arguments(cfg, program);
+    // getopt stops at "--": the --help after it would end nothing, and the
+    // child would go on to start the EAL.
+    if (std::find(args.begin() + 1, args.end(), "--") != args.end()) {
+        return {};
+    }
+    args.push_back("--help");
+    int said_pipe[2];
+    if (::pipe2(said_pipe, O_CLOEXEC) != 0) {
+        throw Error(fmt::format("checking [eal] args: pipe: {}", std::strerror(errno)));
+    }
+    const pid_t child = ::fork();
+    if (child < 0) {
+        const int err = errno;
+        ::close(said_pipe[0]);
+        ::close(said_pipe[1]);
+        throw Error(fmt::format("checking [eal] args: fork: {}", std::strerror(err)));
+    }
+    if (child == 0) {
+        // --help's usage text goes nowhere; what the EAL says of an argument
+        // (on stderr) comes back through the pipe.
+        const int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null_fd >= 0) {
+            ::dup2(null_fd, STDOUT_FILENO);
+        }
+        ::dup2(said_pipe[1], STDERR_FILENO);
+        std::vector<char *> argv;
+        for (std::string &arg : args) {
+            argv.push_back(arg.data());
+        }
+        argv.push_back(nullptr);
+        rte_eal_init(static_cast<int>(args.size()), argv.data()); // exits 0 at --help when all before it parsed
+        ::_exit(1);
+    }
+    ::close(said_pipe[1]);
+    std::string said;
+    constexpr std::size_t max_said = 64 * 1024;
+    constexpr int deadline_ms = 30'000; // a parse takes milliseconds
+    bool timed_out = false;
+    for (char buf[4096];;) {
+        pollfd pfd{said_pipe[0], POLLIN, 0};
+        const int ready = ::poll(&pfd, 1, deadline_ms);
+        if (ready == 0) {
+            timed_out = true;
+            ::kill(child, SIGKILL);
+            break;
+        }
+        if (ready < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            break;
+        }
+        const ssize_t n = ::read(said_pipe[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        if (said.size() < max_said) { // past that, drained so the child can finish
+            said.append(buf, std::min(static_cast<std::size_t>(n), max_said - said.size()));
+        }
+    }
+    ::close(said_pipe[0]);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (timed_out) {
+        return fmt::format("DPDK's EAL did not finish reading them within {} s", deadline_ms / 1000);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        return {};
+    }
+    // What it said of the arguments, without what it says of every start
+    // ("EAL: Detected ...") or of every refusal ("Invalid 'command line'
+    // arguments.").
+    std::string why;
+    std::size_t start = 0;
+    while (start < said.size()) {
+        std::size_t end = said.find('\n', start);
+        if (end == std::string::npos) {
+            end = said.size();
+        }
+        const std::string_view line(said.data() + start, end - start);
+        start = end + 1;
+        if (line.empty() || line.starts_with("EAL: Detected") ||
+            line.find("Invalid 'command line' arguments") != std::string_view::npos ||
+            why.find(line) != std::string::npos) { // getopt's complaint comes once per pass over them
+            continue;
+        }
+        why += why.empty() ? "" : "; ";
+        why += line;
+    }
+    if (!why.empty()) {
+        return why;
+    }
+    return WIFSIGNALED(status) ? fmt::format("DPDK's EAL died of signal {} reading them", WTERMSIG(status))
+                               : "DPDK's EAL refused them";
 }
 
 void stop_eal()
