@@ -370,12 +370,14 @@ int run_host(const HostOptions &options)
             }
         }
         make_gateway(cfg, loaded); // its rules' prefixes and ports
+        // For --check, and for a start too: a refused argument in one line,
+        // where rte_eal_init would bury it in its usage text.  After the
+        // checks that say more (the lcore list above), before any thread
+        // starts: it forks.
+        if (std::string why = io::eal_arguments_problem(cfg, "serpens-host"); !why.empty()) {
+            throw ConfigError(cfg.file, "[eal] args (with a --vdev or --allow for each [[port]]): " + why);
+        }
         if (options.check_only) {
-            // After the checks that say more (the lcore list above), and
-            // before instances start threads: it forks.
-            if (std::string why = io::eal_arguments_problem(cfg, "serpens-host"); !why.empty()) {
-                throw ConfigError(cfg.file, "[eal] args (with a --vdev or --allow for each [[port]]): " + why);
-            }
             start_and_stop_instances(cfg, loaded, plan);
         }
     } catch (const std::exception &e) { // an Error, or a library's on input it did not expect

@@ -21,7 +21,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string_view>
 
 namespace serpens::io {
@@ -125,6 +127,10 @@ std::string eal_arguments_problem(const HostConfig &cfg, const std::string &prog
     if (::pipe2(said_pipe, O_CLOEXEC) != 0) {
         throw Error(fmt::format("checking [eal] args: pipe: {}", std::strerror(errno)));
     }
+    // The child's exit flushes whatever the parent's streams (a log file's)
+    // hold: flushed now, nothing is written twice.
+    spdlog::apply_all([](const std::shared_ptr<spdlog::logger> &logger) { logger->flush(); });
+    std::fflush(nullptr);
     const pid_t child = ::fork();
     if (child < 0) {
         const int err = errno;

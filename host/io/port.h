@@ -16,11 +16,12 @@ namespace serpens::io {
 std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string &program);
 
 // What DPDK's EAL says against the arguments above, empty when it takes
-// them, without starting it: for `serpens-host --check`.  The EAL's own
-// parser reads them in a child process, with --help appended, on which it
-// exits before it touches memory or devices.  Its checks that need the
-// machine (lcores the process may not run on, hugepages) are left to the
-// start.  Throws Error when the child cannot be run.
+// them, without starting it: `serpens-host --check` and a start ask it
+// first.  The EAL's own parser reads them in a child process, with --help
+// appended, on which it exits before it touches memory or devices.  Its
+// checks that need the machine (lcores the process may not run on,
+// hugepages) are left to rte_eal_init.  Forks: call it before any thread
+// starts.  Throws Error when the child cannot be run.
 std::string eal_arguments_problem(const HostConfig &cfg, const std::string &program);
 
 // rte_eal_init with the arguments above; throws Error with a hint on failure.
