@@ -31,6 +31,17 @@ namespace {
 
 bool is_vdev(const std::string &device) { return device.rfind("net_", 0) == 0 || device.rfind("eth_", 0) == 0; }
 
+// rte_eal_init's argv over `args`, null-terminated as a C argv is.
+std::vector<char *> argv_of(std::vector<std::string> &args)
+{
+    std::vector<char *> argv;
+    for (std::string &arg : args) {
+        argv.push_back(arg.data());
+    }
+    argv.push_back(nullptr);
+    return argv;
+}
+
 // The device name DPDK gives the port: the vdev name before its first comma,
 // or the PCI address.
 std::string device_name(const std::string &device) { return device.substr(0, device.find(',')); }
@@ -146,11 +157,7 @@ std::string eal_arguments_problem(const HostConfig &cfg, const std::string &prog
             ::dup2(null_fd, STDOUT_FILENO);
         }
         ::dup2(said_pipe[1], STDERR_FILENO);
-        std::vector<char *> argv;
-        for (std::string &arg : args) {
-            argv.push_back(arg.data());
-        }
-        argv.push_back(nullptr);
+        std::vector<char *> argv = argv_of(args);
         rte_eal_init(static_cast<int>(args.size()), argv.data()); // exits 0 at --help when all before it parsed
         ::_exit(1);
     }
@@ -237,16 +244,13 @@ void stop_eal()
 void start_eal(const HostConfig &cfg, const std::string &program)
 {
     std::vector<std::string> args = eal_arguments(cfg, program);
-    std::vector<char *> argv;
-    for (auto &arg : args) {
-        argv.push_back(arg.data());
-    }
+    std::vector<char *> argv = argv_of(args);
     std::string joined;
     for (const auto &arg : args) {
         joined += " " + arg;
     }
     spdlog::info("starting DPDK EAL:{}", joined);
-    if (rte_eal_init(static_cast<int>(argv.size()), argv.data()) < 0) {
+    if (rte_eal_init(static_cast<int>(args.size()), argv.data()) < 0) {
         int err = rte_errno;
         std::string hint;
         switch (err) {
