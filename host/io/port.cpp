@@ -23,6 +23,9 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
 #include <memory>
 #include <string_view>
 
@@ -125,6 +128,48 @@ std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string 
     return args;
 }
 
+namespace {
+
+// What keeps the EAL from the hugepages `args` ask for, found before it
+// starts ("" when nothing does): with none free, rte_eal_init fails as if
+// the user lacked the rights (EACCES).
+std::string hugepages_problem(const std::vector<std::string> &args)
+{
+    auto has = [&](std::string_view option) { return std::find(args.begin(), args.end(), option) != args.end(); };
+    if (has("--no-huge")) {
+        return {};
+    }
+    const std::string fix = "reserve some (dpdk-hugepages.py -p 2M --setup 1G), or add \"--no-huge\", \"-m\", "
+                            "\"512\" to [eal] args";
+    uint64_t free_pages = 0;
+    std::error_code ec;
+    for (const auto &size : std::filesystem::directory_iterator("/sys/kernel/mm/hugepages", ec)) {
+        std::ifstream in(size.path() / "free_hugepages");
+        uint64_t n = 0;
+        if (in >> n) {
+            free_pages += n;
+        }
+    }
+    if (free_pages == 0) {
+        return "no free hugepages on this machine (free_hugepages is 0 for every size in /sys/kernel/mm/hugepages): " +
+               fix;
+    }
+    // --in-memory takes its pages without a mount.
+    std::ifstream mounts("/proc/mounts");
+    std::string device, mount_point, type;
+    bool mounted = false;
+    while (!mounted && mounts >> device >> mount_point >> type) {
+        mounted = type == "hugetlbfs";
+        mounts.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+    }
+    if (!mounted && !has("--in-memory")) {
+        return "no hugetlbfs is mounted (none in /proc/mounts): " + fix;
+    }
+    return {};
+}
+
+} // namespace
+
 std::string eal_arguments_problem(const HostConfig &cfg, const std::string &program)
 {
     std::vector<std::string> args = eal_arguments(cfg, program);
@@ -199,7 +244,7 @@ std::string eal_arguments_problem(const HostConfig &cfg, const std::string &prog
         return fmt::format("DPDK's EAL did not finish reading them within {} s", deadline_ms / 1000);
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-        return {};
+        return hugepages_problem(args);
     }
     // What it said of the arguments, without what it says of every start
     // ("EAL: Detected ...") or of every refusal ("Invalid 'command line'
@@ -255,7 +300,12 @@ void start_eal(const HostConfig &cfg, const std::string &program)
         std::string hint;
         switch (err) {
         case EACCES:
-            hint = "run as root, or give the user access to hugepages and devices";
+            // What the EAL says when it finds no hugepages: as root, that is
+            // the likelier cause.
+            hint = ::geteuid() == 0 ? "no hugepages to use (none reserved, or no hugetlbfs mounted): reserve "
+                                      "some (dpdk-hugepages.py -p 2M --setup 1G) or add \"--no-huge\", \"-m\", "
+                                      "\"512\" to [eal] args"
+                                    : "run as root, or give the user access to hugepages and devices";
             break;
         case EALREADY:
             hint = "EAL is already initialised in this process";
