@@ -130,17 +130,26 @@ std::vector<std::string> eal_arguments(const HostConfig &cfg, const std::string 
 
 namespace {
 
+// What to do when the EAL finds no hugepages.
+constexpr std::string_view hugepages_fix =
+    "reserve hugepages (dpdk-hugepages.py -p 2M --setup 1G), or add \"--no-huge\", \"-m\", \"512\" to [eal] args";
+
 // What keeps the EAL from the hugepages `args` ask for, found before it
 // starts ("" when nothing does): with none free, rte_eal_init fails as if
 // the user lacked the rights (EACCES).
 std::string hugepages_problem(const std::vector<std::string> &args)
 {
-    auto has = [&](std::string_view option) { return std::find(args.begin(), args.end(), option) != args.end(); };
-    if (has("--no-huge")) {
+    // getopt takes an option's unambiguous prefix too ("--no-hu"); `unique`
+    // is the length past which no other EAL option shares it.
+    auto has = [&](std::string_view option, std::size_t unique) {
+        return std::any_of(args.begin() + 1, args.end(), [&](const std::string &arg) {
+            return arg.size() > unique && arg.size() <= option.size() && option.starts_with(arg);
+        });
+    };
+    if (has("--no-huge", std::string_view("--no-h").size())) { // --no-hpet
         return {};
     }
-    const std::string fix = "reserve some (dpdk-hugepages.py -p 2M --setup 1G), or add \"--no-huge\", \"-m\", "
-                            "\"512\" to [eal] args";
+    const std::string fix(hugepages_fix);
     uint64_t free_pages = 0;
     std::error_code ec;
     for (const auto &size : std::filesystem::directory_iterator("/sys/kernel/mm/hugepages", ec)) {
@@ -162,7 +171,7 @@ std::string hugepages_problem(const std::vector<std::string> &args)
         mounted = type == "hugetlbfs";
         mounts.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
     }
-    if (!mounted && !has("--in-memory")) {
+    if (!mounted && !has("--in-memory", std::string_view("--i").size())) { // --iova-mode
         return "no hugetlbfs is mounted (none in /proc/mounts): " + fix;
     }
     return {};
@@ -302,17 +311,15 @@ void start_eal(const HostConfig &cfg, const std::string &program)
         case EACCES:
             // What the EAL says when it finds no hugepages: as root, that is
             // the likelier cause.
-            hint = ::geteuid() == 0 ? "no hugepages to use (none reserved, or no hugetlbfs mounted): reserve "
-                                      "some (dpdk-hugepages.py -p 2M --setup 1G) or add \"--no-huge\", \"-m\", "
-                                      "\"512\" to [eal] args"
-                                    : "run as root, or give the user access to hugepages and devices";
+            hint = ::geteuid() == 0
+                       ? "no hugepages to use (none reserved, or no hugetlbfs mounted): " + std::string(hugepages_fix)
+                       : "run as root, or give the user access to hugepages and devices";
             break;
         case EALREADY:
             hint = "EAL is already initialised in this process";
             break;
         case ENOMEM:
-            hint = "no memory: reserve hugepages (dpdk-hugepages.py -p 2M --setup 1G) or add "
-                   "\"--no-huge\", \"-m\", \"512\" to [eal] args";
+            hint = "no memory: " + std::string(hugepages_fix);
             break;
         case EEXIST:
         case EBUSY:
