@@ -48,6 +48,15 @@ def check(condition, message):
         fail(message)
 
 
+def free_hugepages():
+    """Hugepages free on this machine, of every size."""
+    total = 0
+    for size in os.listdir("/sys/kernel/mm/hugepages"):
+        with open(os.path.join("/sys/kernel/mm/hugepages", size, "free_hugepages")) as f:
+            total += int(f.read())
+    return total
+
+
 def thread_report(pid):
     """Each thread of process pid: its name, scheduler state, the kernel
     function it sleeps in and (for root) its kernel stack, then its user

@@ -3,7 +3,7 @@ import os
 import re
 import subprocess
 
-from harness import HOST, Host, check
+from harness import HOST, Host, check, free_hugepages
 
 host = Host()
 host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
@@ -134,12 +134,7 @@ host.run("--check", expect_rc=0)
 # Without --no-huge on a machine with no free hugepages (as CI's), --check
 # and a start say so in one line, instead of passing, then failing as if
 # the user lacked the rights.
-def free_hugepages(size_dir):
-    with open(os.path.join("/sys/kernel/mm/hugepages", size_dir, "free_hugepages")) as f:
-        return int(f.read())
-
-
-if sum(free_hugepages(d) for d in os.listdir("/sys/kernel/mm/hugepages")) == 0:
+if free_hugepages() == 0:
     # "--no-hu" is --no-huge to DPDK's getopt: not asking for hugepages.
     host.config(host.pcap_port() + rule, eal=host.eal().replace('"--no-huge"', '"--no-hu"'))
     host.run("--check", expect_rc=0)

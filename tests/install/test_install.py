@@ -53,7 +53,7 @@ install()
 # installed programs.
 os.environ["SERPENS_HOST"] = staged(os.path.join(BINDIR, "serpens-host"))
 os.environ["SERPENS_PKTGEN"] = staged(os.path.join(BINDIR, "serpens-pktgen"))
-from harness import Host, check  # noqa: E402  (needs the environment above)
+from harness import Host, check, free_hugepages  # noqa: E402  (needs the environment above)
 
 TOOLS = ["serpens-host", "serpensctl", "serpens-state", "serpens-pktgen", "serpens-bench"]
 expected = [os.path.join(BINDIR, t) for t in TOOLS]
@@ -158,11 +158,7 @@ def check_config(path):
 # It asks for hugepages: on a machine with none free (as CI's) --check says
 # so, and passes once its args take the advice.
 proc = check_config(os.path.join(config_dir, "host.toml"))
-free_hugepages = 0
-for size in os.listdir("/sys/kernel/mm/hugepages"):
-    with open(os.path.join("/sys/kernel/mm/hugepages", size, "free_hugepages")) as f:
-        free_hugepages += int(f.read())
-if free_hugepages == 0:
+if free_hugepages() == 0:
     check(proc.returncode == 2 and "no free hugepages" in proc.stderr,
           f"installed host.toml passes --check without hugepages: exit {proc.returncode}\n{proc.stderr}")
     print("ok [installed host.toml]: --check names the hugepages this machine lacks")
