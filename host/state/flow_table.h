@@ -19,11 +19,22 @@
 // from its home slot on (linear probing, at most flow_max_probe slots), and
 // a slot is the flow's key and state (last use, direction) followed by the
 // NFs' areas.  So the lookup of a known flow reads one line, which the
-// lookup prefetches for a whole burst before it looks.  A part holds twice
-// its share of the capacity in slots and refuses new flows at three quarters
-// full, and a removed flow leaves a tombstone unless the slot after it is
-// free (then it and the tombstones before it become free), so probes stay
-// short.
+// lookup prefetches for a whole burst before it looks.  A part has room for
+// twice its share of the capacity in slots and refuses new flows at three
+// quarters full, and a removed flow leaves a tombstone unless the slot after
+// it is free (then it and the tombstones before it become free), so probes
+// stay short.
+//
+// A part uses only the first slots of its room, flow_min_slots at first,
+// and doubles them (rehashing its flows) before the burst after the one that
+// filled them near half (flow_room_reserve), or within a burst that brings
+// it more new flows than it can take: a part's live flows stay close
+// together whatever the capacity, since flows spread thin over a large
+// table cost every lookup (README, "The table's density").  A part never
+// shrinks.  The rehash goes through a scratch area after the parts, so a
+// crash during it leaves the flows there, and the next attach finishes it
+// (recover()).  It moves entries: an entry is valid for the burst that got
+// it.
 //
 // Crash guarantee (SIGKILL at any instruction): a slot's state is stored
 // last when a flow appears, after its key and zeroed areas, so no reader or
@@ -36,6 +47,8 @@
 
 #include <serpens/nf.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +64,12 @@ namespace serpens::state {
 inline constexpr uint32_t flow_parts = 256;
 inline constexpr uint32_t flow_entry_header = 48; // the key and the flow's state; NF areas follow
 inline constexpr uint32_t flow_max_probe = 32;    // slots a flow may live from its home
+inline constexpr uint32_t flow_min_slots = 64;    // a part's slots in use at first (or its room, if less)
+// New flows one burst is assumed to bring a part, when the part decides to
+// grow: a whole burst's would keep every part at four times its flows or
+// more.  A burst that brings it more than it can take (crafted traffic)
+// grows it within the burst, at the cost of a second lookup of the burst.
+inline constexpr uint32_t flow_room_reserve = 8;
 // Longest idle timeout, in units of 2^30 ns (about 9.5 hours): idle times
 // are kept modulo 2^16 units.
 inline constexpr uint32_t flow_max_idle_units = 32000;
@@ -146,12 +165,16 @@ public:
     // or not a flow table of this version.
     static std::unique_ptr<FlowTable> open_readonly(const std::filesystem::path &file, std::string &err);
 
-    // Cold path, before any worker uses the table: finishes the expiries a
-    // crash interrupted (fn on each entry still marked expiring, then
-    // removes it).  Returns how many.
+    // Cold path, before any worker uses the table: finishes the rehash of a
+    // part that a crash interrupted, then the expiries (fn on each entry
+    // still marked expiring, then removes it).  Returns how many expired.
     std::size_t recover(ExpireFn fn, void *arg) noexcept;
 
-    // Hot path, by the owner of the packets' parts.  For each of the n
+    // Hot path, by the owner of the packets' parts.  First doubles the slots
+    // in use of each of the burst's parts that an earlier burst filled near
+    // half (rehashing its flows: an entry is valid for the burst that got
+    // it, not after); a part that would refuse a new flow while it can still
+    // grow grows too, and the burst is looked up again.  For each of the n
     // packets (views `stride` bytes apart) finds or creates its flow's entry:
     // entries[i] (nullptr: not IP, or no room) and flags[i] (SERPENS_FLOW_*).
     // `now_ns` stamps the entries' last use.  A flow created here is served
@@ -177,7 +200,8 @@ public:
     // timeout (0: entries never expire).
     uint64_t expiry_pass_ns() const noexcept { return _idle_units == 0 ? 0 : _spec.idle_timeout_ns / 2; }
     // Slots to look at per sweep() call made every `call_period_ns` so that
-    // a whole pass takes at most `pass_ns` (0: no sweep).  At most 2048, so
+    // a whole pass over the slots in use takes at most `pass_ns` (0: no
+    // sweep), at least 8.  At most 2048, so
     // a pass over a large table takes longer than a short pass_ns asks.
     uint32_t sweep_slots(uint64_t call_period_ns, uint64_t pass_ns) const noexcept;
 
@@ -187,7 +211,8 @@ public:
     void for_each_entry(Fn &&fn) const
     {
         for (uint32_t p = 0; p < flow_parts; ++p) {
-            for (uint32_t s = 0; s < _n_slots; ++s) {
+            const uint32_t in_use = file_in_use(p); // no flow lies further
+            for (uint32_t s = 0; s < in_use; ++s) {
                 uint32_t hash = 0;
                 if (const uint8_t *entry = entry_at(p, s, hash)) {
                     fn(entry, hash);
@@ -225,7 +250,10 @@ public:
     void set_drops_when_full(bool drop) noexcept { _drops_when_full.store(drop, std::memory_order_relaxed); }
     bool drops_when_full() const noexcept { return _drops_when_full.load(std::memory_order_relaxed); }
     uint32_t entry_size() const noexcept { return _entry_size; }
+    // A part's room: the most slots it may use.
     uint32_t slots_per_part() const noexcept { return _n_slots; }
+    // The slots part `p` uses now (its first ones).
+    uint32_t slots_in_use(uint32_t p) const noexcept;
     // Flows a part takes before it refuses new ones (its share of the capacity).
     uint32_t max_live_per_part() const noexcept { return _n_slots * 3 / 4; }
     const std::filesystem::path &path() const noexcept { return _path; }
@@ -239,14 +267,37 @@ private:
     uint8_t *entry_at(uint32_t part, uint32_t slot, uint32_t &hash) const noexcept;
     Part part(uint32_t p) const noexcept;
     uint8_t *slot_at(const Part &part, uint32_t slot) const noexcept;
-    uint32_t home_slot(uint32_t hash) const noexcept;
+    // The flow's first slot to look at among a part's `in_use` slots.
+    static uint32_t home_slot(uint32_t hash, uint32_t in_use) noexcept;
     // The flow's entry, or nullptr and in free_slot where it would go
     // (UINT32_MAX: nowhere within reach).  The probe starts at the flow's
     // home slot, whose entry home_entry is (the caller prefetched it).
     uint8_t *probe(const Part &part, uint32_t hash, uint32_t home, uint8_t *home_entry, const net::FlowKey &key,
                    uint32_t &free_slot) const noexcept;
+    // lookup_burst once over the burst; `again`: a second time, after parts
+    // grew, keeping SERPENS_FLOW_NEW of flags[] from the first.  Refusals
+    // are flagged, not yet counted.
+    FlowBurst lookup_pass(const serpens_pkt *pkts, uint32_t stride, uint32_t n, uint64_t now_ns, void **entries,
+                          uint8_t *flags, const uint8_t *new_flow_peer, const net::FlowKey *parsed_keys,
+                          bool again) noexcept;
+    // By the part's owner, before a burst that may bring `arriving` new
+    // flows to it: doubles its slots in use until they would stay at most
+    // half full.  false: it could not now (another part's rehash holds the
+    // scratch area, or its flows did not fit the new size, which it then
+    // does not retry before it holds more), and the part goes on as it is.
+    bool make_room(const Part &part, uint32_t arriving) noexcept;
+    // Moves the flows the scratch area holds into their part at the scratch
+    // header's new size; false (and the old size back, every flow where it
+    // was) when one finds no slot within reach.  Ends the scratch's use.
+    bool rehash_from_scratch() noexcept;
+    // Cold path: the table has the scratch area after its parts (layout 2).
+    void use_scratch() noexcept;
+    // Cold path: the parts' slots in use as the file says, in _in_use.
+    void mirror_in_use() noexcept;
+    uint32_t file_in_use(uint32_t p) const noexcept;
+    // `arriving`: the new flows a burst may bring the part (make_room).
     uint8_t *insert(const Part &part, uint32_t hash, const net::FlowKey &key, bool initiator_hi, uint8_t peer,
-                    uint32_t slot, uint16_t now) noexcept;
+                    uint32_t slot, uint16_t now, uint32_t arriving) noexcept;
     void remove(const Part &part, uint32_t slot, FlowExpireFn fn, void *arg) noexcept;
 
     std::filesystem::path _path;
@@ -255,8 +306,18 @@ private:
     uint8_t *_map = nullptr;
     std::size_t _map_size = 0;
     uint32_t _entry_size = 0;
-    uint32_t _n_slots = 0; // per part
+    uint32_t _n_slots = 0; // per part: its room
     std::size_t _part_size = 0;
+    uint8_t *_scratch = nullptr; // nullptr: a table of the layout before parts grew, whose parts use all their room
+    uint32_t _scratch_cap = 0;   // flows the scratch area holds
+    // Each part's slots in use, as its header says (the part's owner writes
+    // both), and whether an insert asked the owner to make room.
+    std::array<uint32_t, flow_parts> _in_use{};
+    std::array<uint8_t, flow_parts> _wants_room{};
+    std::atomic<uint32_t> _room_wanted{0}; // parts whose _wants_room is set: lookups look for them
+    // Sets or clears part p's _wants_room, counted in _room_wanted.
+    void want_room(uint32_t p, bool wanted) noexcept;
+    static uint32_t room_reserve(uint32_t burst) noexcept { return std::min(burst, flow_room_reserve); }
     uint32_t _idle_units = 0; // timeout in units of 2^30 ns (0: never)
     std::atomic<bool> _drops_when_full{true};
 };

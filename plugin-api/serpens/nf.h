@@ -198,7 +198,9 @@ static inline struct serpens_pkt *serpens_batch_pkt(const struct serpens_batch *
  * Packets of one flow all go to one instance, so an area has one writer.
  *
  * An area is written in place and survives the instance (and a crash of the
- * host).  An aligned store of up to 8 bytes is never torn; an NF whose state
+ * host).  Its address holds for the batch (or the hook call) that gives it:
+ * between batches the host may move a flow's entry, with its areas, when
+ * the table grows, so an NF keeps no pointer to an area.  An aligned store of up to 8 bytes is never torn; an NF whose state
  * spans several words writes them first and a word that says they are valid
  * last.  Entries idle past the chain's flow timeout are removed; before that
  * the NF's flow_expired hook (optional) gets the area to give back what it

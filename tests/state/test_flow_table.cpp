@@ -79,6 +79,26 @@ Looked look(FlowTable &t, Frame &f, uint64_t now)
     return r;
 }
 
+// One lookup_burst of all of `frames`, in order.
+struct BurstLooked {
+    std::vector<void *> entries;
+    std::vector<uint8_t> flags;
+    FlowBurst found;
+};
+
+BurstLooked look_burst(FlowTable &t, std::vector<Frame> &frames, uint64_t now, const net::FlowKey *keys = nullptr)
+{
+    std::vector<serpens_pkt> views;
+    for (Frame &f : frames) {
+        f.view.data = f.bytes.data();
+        views.push_back(f.view);
+    }
+    BurstLooked r{std::vector<void *>(views.size()), std::vector<uint8_t>(views.size()), {}};
+    r.found = t.lookup_burst(views.data(), sizeof(serpens_pkt), static_cast<uint32_t>(views.size()), now,
+                             r.entries.data(), r.flags.data(), nullptr, keys);
+    return r;
+}
+
 // Whether open() moved a table it could not use aside.
 bool moved_aside(const ScratchDir &dir)
 {
@@ -195,15 +215,9 @@ TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow o
     arp.view.len = 64;
     net::parse_packet(arp.view, arp.key);
     frames.push_back(arp);
-    std::vector<serpens_pkt> views;
-    for (Frame &f : frames) {
-        f.view.data = f.bytes.data();
-        views.push_back(f.view);
-    }
-    std::vector<void *> entries(views.size());
-    std::vector<uint8_t> flags(views.size());
-    t->lookup_burst(views.data(), sizeof(serpens_pkt), static_cast<uint32_t>(views.size()), 1, entries.data(),
-                    flags.data());
+    const BurstLooked first = look_burst(*t, frames, 1);
+    const std::vector<void *> &entries = first.entries;
+    const std::vector<uint8_t> &flags = first.flags;
     CHECK(entries.back() == nullptr);
     CHECK(t->totals().live == 10);
     for (std::size_t i = 0; i < 40; ++i) {
@@ -217,11 +231,21 @@ TEST_CASE("a packet that is not IP has no entry; a burst creates each new flow o
     for (const Frame &f : frames) {
         keys.push_back(f.key);
     }
-    std::vector<void *> again(views.size());
-    t->lookup_burst(views.data(), sizeof(serpens_pkt), static_cast<uint32_t>(views.size()), 2, again.data(),
-                    flags.data(), nullptr, keys.data());
-    CHECK(again == entries);
-    CHECK(std::count(flags.begin(), flags.end(), uint8_t{0}) == static_cast<long>(flags.size()));
+    // Entries are compared by their keys: a part may grow between two
+    // bursts, and its flows move with it.
+    std::vector<net::FlowKey> first_keys;
+    for (std::size_t i = 0; i < 40; ++i) {
+        first_keys.push_back(FlowTable::entry_key(static_cast<const uint8_t *>(entries[i])));
+    }
+    const BurstLooked second = look_burst(*t, frames, 2, keys.data());
+    const std::vector<void *> &again = second.entries;
+    CHECK(again.back() == nullptr);
+    for (std::size_t i = 0; i < 40; ++i) {
+        REQUIRE(again[i] != nullptr);
+        CHECK(again[i] == again[i % 10]);
+        CHECK(FlowTable::entry_key(static_cast<const uint8_t *>(again[i])) == first_keys[i]);
+    }
+    CHECK(std::count(second.flags.begin(), second.flags.end(), uint8_t{0}) == static_cast<long>(second.flags.size()));
     CHECK(t->totals().live == 10);
 }
 
@@ -500,6 +524,34 @@ TEST_CASE("flows with one home slot: a bounded probe takes what fits within reac
     CHECK(look(*t2, frames[flow_max_probe], 10 * second).entry == expired.entries.front());
 }
 
+// A child process that opens the table in `file` and runs write(table)
+// until it is killed (exit 3: no table; it may exit on its own with a code
+// of its choice).
+template<class Write>
+pid_t fork_writer(const std::filesystem::path &file, const FlowTableSpec &spec, Write write)
+{
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        std::string err;
+        auto t = FlowTable::open(file, spec, err);
+        if (!t) {
+            ::_exit(3);
+        }
+        write(*t);
+        ::_exit(0);
+    }
+    return pid;
+}
+
+// SIGKILL to the writer; its wait status.
+int kill_writer(pid_t pid)
+{
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return status;
+}
+
 TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn entry")
 {
     ScratchDir dir("flows-crash");
@@ -509,33 +561,25 @@ TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn e
     REQUIRE(progress != MAP_FAILED);
     for (int round = 0; round < 5; ++round) {
         progress->store(0);
-        const pid_t pid = ::fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            std::string err;
-            auto t = FlowTable::open(dir.path / "flows.seg", spec, err);
-            if (!t) {
-                ::_exit(3);
-            }
+        const pid_t pid = fork_writer(dir.path / "flows.seg", spec, [&](FlowTable &t) {
             for (uint64_t i = 0;; ++i) {
                 const auto n = static_cast<uint32_t>(i % 60000);
                 Frame f = udp_frame(0x0a000000 + (n >> 8), static_cast<uint16_t>(1024 + (n & 0xff)), 0x0a800000, 443);
-                auto *entry = static_cast<uint8_t *>(look(*t, f, i).entry);
+                auto *entry = static_cast<uint8_t *>(look(t, f, i).entry);
                 if (entry != nullptr) {
                     uint64_t count;
-                    std::memcpy(&count, entry + t->spec().areas[1].offset, 8);
+                    std::memcpy(&count, entry + t.spec().areas[1].offset, 8);
                     ++count;
-                    std::memcpy(entry + t->spec().areas[1].offset, &count, 8);
+                    std::memcpy(entry + t.spec().areas[1].offset, &count, 8);
                 }
                 progress->store(i + 1, std::memory_order_relaxed);
             }
-        }
+        });
+        REQUIRE(pid >= 0);
         while (progress->load() < static_cast<uint64_t>(20000 * (round + 1))) {
             ::usleep(100);
         }
-        ::kill(pid, SIGKILL);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
+        kill_writer(pid);
 
         auto t = open_table(dir, spec);
         Expired expired;
@@ -553,4 +597,130 @@ TEST_CASE("SIGKILL while creating flows and writing their areas leaves no torn e
         CHECK(entries > 0);
     }
     ::munmap(progress, sizeof(std::atomic<uint64_t>));
+}
+
+TEST_CASE("a part grows as its flows come, and every flow keeps its entry and areas")
+{
+    ScratchDir dir("flows-grow");
+    auto t = open_table(dir, spec_of(1 << 16));
+    REQUIRE(t->slots_in_use(0) == flow_min_slots);
+    REQUIRE(t->slots_per_part() > 4 * flow_min_slots);
+    const uint32_t mon = t->spec().areas[1].offset;
+    // Flows of part 0 only, with homes spread over it, each marked in its
+    // mon area when it appears.
+    std::vector<Frame> frames;
+    const uint32_t n = t->max_live_per_part() - 8;
+    for (uint32_t i = 0; i < n; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(2000 + i), 0x0a000002, 53));
+    }
+    for (uint32_t i = 0; i < n; ++i) {
+        frames[i].view.flow_hash = (i * 2654435761u) & ~0xffu; // part 0
+        Looked l = look(*t, frames[i], 1);
+        REQUIRE(l.entry != nullptr);
+        CHECK(l.flags == SERPENS_FLOW_NEW);
+        const uint64_t mark = 1000 + i;
+        std::memcpy(static_cast<uint8_t *>(l.entry) + mon, &mark, 8);
+    }
+    CHECK(t->slots_in_use(0) == t->slots_per_part());
+    CHECK(t->slots_in_use(1) == flow_min_slots);
+    CHECK(t->totals().live == n);
+    CHECK(t->totals().created == n);
+    CHECK(t->totals().refused_full == 0);
+    // Every flow is found again, not created, with what was written in it.
+    for (uint32_t i = 0; i < n; ++i) {
+        Looked l = look(*t, frames[i], 2);
+        REQUIRE(l.entry != nullptr);
+        CHECK(l.flags == 0);
+        uint64_t mark = 0;
+        std::memcpy(&mark, static_cast<uint8_t *>(l.entry) + mon, 8);
+        CHECK(mark == 1000 + i);
+    }
+    // The grown size stays across a re-open, and so do the flows.
+    t.reset();
+    auto t2 = open_table(dir, spec_of(1 << 16));
+    CHECK(t2->slots_in_use(0) == t2->slots_per_part());
+    CHECK(look(*t2, frames[n / 2], 3).flags == 0);
+}
+
+TEST_CASE("SIGKILL while parts grow loses no flow and leaves none twice")
+{
+    // Parts of 2320 slots, four of them filled: six doublings each from 64.
+    const FlowTableSpec spec = spec_of(1 << 18);
+    constexpr uint64_t flows = 5600; // 1400 a part, below its 1740
+    auto *confirmed = static_cast<std::atomic<uint64_t> *>(
+        ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(confirmed != MAP_FAILED);
+    auto frame_of = [](uint64_t i) {
+        Frame f = udp_frame(0x0a000001, static_cast<uint16_t>(1024 + i), 0x0a800000, 443);
+        f.view.flow_hash = (static_cast<uint32_t>(i) * 2654435761u & ~0xffu) | static_cast<uint32_t>(i % 4);
+        return f;
+    };
+    // Killed near the moments parts double (at about half full), each round
+    // a table of its own.
+    for (uint64_t kill_at : {130u, 250u, 520u, 1010u, 1030u, 2040u, 2060u, 4090u, 4100u}) {
+        ScratchDir dir("flows-grow-crash");
+        confirmed->store(0);
+        const pid_t pid = fork_writer(dir.path / "flows.seg", spec, [&](FlowTable &t) {
+            for (uint64_t i = 0;; i = i + 1 < flows ? i + 1 : i) {
+                Frame f = frame_of(i);
+                if (look(t, f, 1).entry == nullptr) {
+                    ::_exit(4);
+                }
+                confirmed->store(i + 1, std::memory_order_release);
+            }
+        });
+        REQUIRE(pid >= 0);
+        while (confirmed->load(std::memory_order_acquire) < kill_at) {
+        }
+        REQUIRE(WIFSIGNALED(kill_writer(pid)));
+        const uint64_t done = confirmed->load(std::memory_order_acquire);
+
+        auto t = open_table(dir, spec);
+        Expired expired;
+        t->recover(&Expired::hook, &expired);
+        CHECK(expired.entries.empty());
+        // Each flow the child confirmed is there once, and is found again.
+        std::set<uint16_t> seen;
+        std::size_t twice = 0;
+        t->for_each_entry([&](const uint8_t *entry, uint32_t) {
+            twice += !seen.insert(FlowTable::entry_key(entry).src_port).second;
+        });
+        INFO("killed after " << done << " flows");
+        CHECK(twice == 0);
+        CHECK(seen.size() >= done);
+        CHECK(t->totals().live == seen.size());
+        for (uint64_t i = 0; i < done; ++i) {
+            Frame f = frame_of(i);
+            REQUIRE(look(*t, f, 2).flags == 0);
+        }
+    }
+    ::munmap(confirmed, sizeof(std::atomic<uint64_t>));
+}
+
+TEST_CASE("a burst of more new flows than a part's slots can take grows it within the burst, none refused")
+{
+    ScratchDir dir("flows-grow-burst");
+    auto t = open_table(dir, spec_of(1 << 16));
+    REQUIRE(t->slots_in_use(0) == flow_min_slots);
+    // 60 new flows of part 0 in one burst: past the three quarters of 64
+    // slots at which a part refuses, then the first of them once more.
+    std::vector<Frame> frames;
+    for (uint32_t i = 0; i < 60; ++i) {
+        frames.push_back(udp_frame(0x0a000001, static_cast<uint16_t>(3000 + i), 0x0a000002, 53));
+        frames.back().view.flow_hash = (i * 2654435761u) & ~0xffu;
+    }
+    frames.push_back(frames.front());
+    const auto [entries, flags, found] = look_burst(*t, frames, 1);
+    CHECK(found.refused == 0);
+    CHECK(t->slots_in_use(0) > flow_min_slots);
+    CHECK(t->totals().live == 60);
+    CHECK(t->totals().created == 60);
+    CHECK(t->totals().refused_full == 0);
+    for (uint32_t i = 0; i < 60; ++i) {
+        REQUIRE(entries[i] != nullptr);
+        CHECK(flags[i] == SERPENS_FLOW_NEW);
+        CHECK(FlowTable::entry_key(static_cast<const uint8_t *>(entries[i])).src_port == 3000 + i);
+    }
+    CHECK(entries[60] == entries[0]);
+    CHECK(flags[60] == 0);
 }
