@@ -5,6 +5,8 @@
 // A subcommand is one file (tools/bench/<name>.cpp) holding a class derived
 // from Subcommand and one SERPENS_BENCH_SUBCOMMAND line; see README.md.
 
+#include "config/host_config.h"
+
 #include <sched.h>
 #include <time.h>
 
@@ -79,8 +81,12 @@ struct Registrar {
 uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
 
 // The chain flow table's capacity for a run of `flows` flows, in the lab and
-// in the throughput host alike: room for all of them, and at least 65536.
-inline uint64_t bench_flow_capacity(uint64_t flows) noexcept { return std::max<uint64_t>(65536, flows); }
+// in the throughput host alike: the host's default, as an operator runs it
+// (the table grows with its flows), or room for all of them.
+inline uint64_t bench_flow_capacity(uint64_t flows) noexcept
+{
+    return std::max<uint64_t>(HostConfig{}.flow_capacity, flows);
+}
 
 // Keeps `value` alive so the compiler cannot drop the work producing it.
 template<class T>
