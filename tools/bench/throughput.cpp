@@ -108,8 +108,8 @@ public:
                          ->expected(1, -1);
         app.add_option("--fw-rules", _rig.fw_rules, "rules of the fw in --chain")->capture_default_str();
         app.add_option("--flow-capacity", _rig.flow_capacity,
-                       "flows the chain's flow table holds (default: the host's, 1048576, or --flows if more); below --flows with "
-                       "--new-flows, a flood that fills the table")
+                       "flows the chain's flow table holds (default: the host's, 1048576, or --flows if more); "
+                       "below --flows with --new-flows, a flood that fills the table")
             ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
         app.add_option("--nat-external", _rig.nat_external,
                        "nat's external pool, a CIDR (default 203.0.113.0/24); a small one, e.g. /30, with "
