@@ -200,12 +200,13 @@ static inline struct serpens_pkt *serpens_batch_pkt(const struct serpens_batch *
  * An area is written in place and survives the instance (and a crash of the
  * host).  Its address holds for the batch (or the hook call) that gives it:
  * between batches the host may move a flow's entry, with its areas, when
- * the table grows, so an NF keeps no pointer to an area.  An aligned store of up to 8 bytes is never torn; an NF whose state
- * spans several words writes them first and a word that says they are valid
- * last.  Entries idle past the chain's flow timeout are removed; before that
- * the NF's flow_expired hook (optional) gets the area to give back what it
- * held (a NAT port).  The hook may run again for the same area after a crash
- * in the middle of an expiry, so giving back must be idempotent.
+ * the table grows, so an NF keeps no pointer to an area.  An aligned store
+ * of up to 8 bytes is never torn; an NF whose state spans several words
+ * writes them first and a word that says they are valid last.  Entries
+ * idle past the chain's flow timeout are removed; before that the NF's
+ * flow_expired hook (optional) gets the area to give back what it held (a
+ * NAT port).  The hook may run again for the same area after a crash in
+ * the middle of an expiry, so giving back must be idempotent.
  */
 #define SERPENS_MAX_FLOW_STATE 256u
 
