@@ -329,7 +329,6 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
     // Everything the mapping is walked with comes from the header: checked
     // against itself and the file's size before any of it is trusted.
     const std::size_t part_size = part_bytes(h.slots_per_part, h.entry_size);
-    (void)part_size;
     std::string why;
     if (!known_version(h)) {
         why = "not a flow table of this version";
