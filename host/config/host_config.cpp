@@ -4,6 +4,8 @@
 #include "core/log_level.h"
 
 #include <arpa/inet.h>
+#include <linux/magic.h>
+#include <sys/vfs.h>
 #include <sys/un.h>
 
 #include <algorithm>
@@ -222,6 +224,27 @@ std::array<uint8_t, 6> parse_mac(config::TableReader &reader, std::string_view k
     return mac;
 }
 
+// Why `state_dir` cannot hold the host's state, or "" when it may: the host
+// writes its usage ledger, leases and tables' layouts there beside the
+// tables, and hugetlbfs takes no write(2) (the ledger failed at its first
+// row).  Judged by the nearest directory that exists, where it will be made.
+std::string state_dir_problem(const fs::path &state_dir)
+{
+    fs::path at = state_dir;
+    std::error_code ec;
+    while (!fs::exists(at, ec) && at.has_relative_path()) {
+        at = at.parent_path();
+    }
+    struct statfs info {};
+    if (::statfs(at.c_str(), &info) != 0 || info.f_type != HUGETLBFS_MAGIC) {
+        return {};
+    }
+    return "state_dir " + state_dir.string() +
+           " is on hugetlbfs, which cannot hold the usage ledger, leases and layouts the host writes beside "
+           "its tables; for 2 MB pages put it on a tmpfs mounted with huge=advise (e.g. "
+           "`mount -o remount,huge=advise /dev/shm`: the host asks for them for its big tables) or huge=within_size";
+}
+
 // The whole of host.toml; check_dirs: also require plugin_dir and chains_dir
 // to exist (not for text that comes from no file, such as the fuzzer's).
 HostConfig read_host_config(std::shared_ptr<const toml::table> document, const std::string &path, bool check_dirs)
@@ -297,6 +320,12 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
             config::fail_at(path, node->source(), message);
         }
         throw ConfigError(path, message);
+    }
+    if (std::string why = check_dirs ? state_dir_problem(cfg.state_dir) : ""; !why.empty()) {
+        if (const toml::node *node = root.at_path("host.state_dir").node(); node != nullptr) {
+            config::fail_at(path, node->source(), why);
+        }
+        throw ConfigError(path, why);
     }
     if (std::string why = check_dirs ? config::path_problem(cfg.chains_dir, false) : ""; !why.empty()) {
         const toml::node *node = root.at_path("host.chains_dir").node();

@@ -1,6 +1,7 @@
 """A bad host.toml exits non-zero with file:line and what was expected, one case per class."""
 import os
 import re
+import shutil
 import subprocess
 
 from harness import HOST, Host, check, free_hugepages
@@ -83,6 +84,31 @@ if os.geteuid() == 0:
               in proc.stderr, f"[state dir of another user {extra}] {proc.stderr!r}")
         check(os.listdir(planted) == [], f"[state dir of another user {extra}] made {os.listdir(planted)}")
     print(f"ok [state dir of another user]: {proc.stderr.strip()}")
+    host.cleanup()
+
+# A state_dir on hugetlbfs, where the host could keep its tables but not the
+# usage ledger beside them (hugetlbfs takes no write(2); the first version
+# exited at its first bill row): a start and --check refuse at the key's
+# line and name the tmpfs that gives 2 MB pages.  The mount lives in a mount
+# namespace of the host's own, so nothing is left mounted.
+if os.geteuid() == 0 and shutil.which("unshare"):
+    host = Host()
+    host.chain("c", 'name = "c"\n[[nf]]\nname = "t"\nplugin = "trace"\n')
+    host.config(host.pcap_port() + rule)
+    huge = host.path("huge")
+    os.mkdir(huge, 0o755)
+    text = open(host.path("host.toml")).read().replace(f'state_dir = "{host.state}"', f'state_dir = "{huge}/state"')
+    open(host.path("host.toml"), "w").write(text)
+    for extra in ([], ["--check"]):
+        proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               'mount -t hugetlbfs none "$0" && exec "$@"', huge,
+                               HOST, "-c", host.path("host.toml"), "--log-level", "warn"] + extra,
+                              capture_output=True, text=True, timeout=60)
+        check(proc.returncode == 2 and re.search(
+            rf"host\.toml:\d+:\d+: state_dir {re.escape(huge)}/state is on hugetlbfs, which cannot hold the usage "
+            r"ledger.*huge=advise", proc.stderr), f"[hugetlbfs state_dir {extra}] rc {proc.returncode} {proc.stderr!r}")
+    check(os.listdir(huge) == [], f"[hugetlbfs state_dir] made {os.listdir(huge)}")
+    print(f"ok [hugetlbfs state_dir]: {proc.stderr.strip()}")
     host.cleanup()
 
 # Configs every local user could change (core/private_dir.h): a host.toml or
