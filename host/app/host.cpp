@@ -25,6 +25,7 @@
 #include "plugin/host_api.h"
 #include "plugin/registry.h"
 #include "state/executor.h"
+#include "state/segment_file.h"
 
 #include <rte_eal.h>
 #include <rte_ethdev.h>
@@ -348,6 +349,9 @@ int run_host(const HostOptions &options)
             // Before anything is kept there: the bills, leases and tables
             // the host writes and maps (core/private_dir.h says why).
             make_private_directory(cfg.state_dir, "[host] state_dir");
+            if (const std::string note = state::small_pages_note(cfg.state_dir); !note.empty()) {
+                spdlog::info("{}", note);
+            }
         }
         chain_set = load_chain_set(cfg);
         const ChainSet &loaded = *chain_set;

@@ -7,6 +7,9 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <sstream>
+#include <string_view>
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/file.h>
@@ -107,6 +110,50 @@ uint64_t unix_now_ns()
             .count());
 }
 
+namespace {
+
+// Segments this big ask for huge pages: below it the TLB holds them anyway.
+constexpr std::size_t huge_worthy_bytes = std::size_t{64} << 20;
+
+void advise_huge(void *map, std::size_t size) noexcept
+{
+#ifdef MADV_HUGEPAGE
+    if (size >= huge_worthy_bytes) {
+        ::madvise(map, size, MADV_HUGEPAGE);
+    }
+#endif
+}
+
+// Faults every page of a new big segment in through a mapping that asks for
+// huge pages; 0, or the errno of a memory that ran out (ENOSPC for a full
+// tmpfs).  A kernel without MADV_POPULATE_WRITE (before 5.14) leaves it to
+// posix_fallocate.
+int populate_huge(int fd, uint64_t size) noexcept
+{
+#ifdef MADV_POPULATE_WRITE
+    if (size < huge_worthy_bytes) {
+        return 0;
+    }
+    void *map = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        return 0; // posix_fallocate reserves it, in small pages
+    }
+    advise_huge(map, size);
+    int rc = 0;
+    if (::madvise(map, size, MADV_POPULATE_WRITE) != 0 && errno != EINVAL) {
+        rc = errno == EFAULT ? ENOSPC : errno; // EFAULT: a page would have been SIGBUS
+    }
+    ::munmap(map, size);
+    return rc;
+#else
+    (void)fd;
+    (void)size;
+    return 0;
+#endif
+}
+
+} // namespace
+
 int create_reserved(const std::string &tmp, uint64_t &size, const std::string &reserving, std::string &err)
 {
     int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -132,21 +179,97 @@ int create_reserved(const std::string &tmp, uint64_t &size, const std::string &r
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         return fail("ftruncate to " + std::to_string(size) + " bytes", errno);
     }
+    const std::string reserving_text =
+        fmt::format("reserving {:.1f} MiB {}", static_cast<double>(size) / (1 << 20), reserving);
+    // posix_fallocate alone would give a tmpfs mounted huge=advise 4 KiB
+    // pages for good: it honours MADV_HUGEPAGE only for pages a mapping
+    // that asks faults in.  So a big segment is first reserved that way.
+    if (int rc = populate_huge(fd, size); rc != 0) {
+        return fail(reserving_text, rc);
+    }
     if (int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); rc != 0) {
-        return fail(fmt::format("reserving {:.1f} MiB {}", static_cast<double>(size) / (1 << 20), reserving), rc);
+        return fail(reserving_text, rc);
     }
     return fd;
 }
 
+namespace {
+
+// A mountinfo path field with its octal escapes (" " is "\040") undone.
+std::string unescape_mount_path(const std::string &field)
+{
+    std::string out;
+    for (std::size_t i = 0; i < field.size(); ++i) {
+        if (field[i] == '\\' && i + 3 < field.size()) {
+            const std::string digits = field.substr(i + 1, 3);
+            if (digits.find_first_not_of("01234567") == std::string::npos) {
+                out += static_cast<char>(std::stoi(digits, nullptr, 8));
+                i += 3;
+                continue;
+            }
+        }
+        out += field[i];
+    }
+    return out;
+}
+
+} // namespace
+
+std::string small_pages_note(const std::filesystem::path &dir)
+{
+    std::error_code ec;
+    const std::filesystem::path at = std::filesystem::canonical(dir, ec);
+    std::ifstream mounts("/proc/self/mountinfo");
+    if (ec || !mounts) {
+        return {};
+    }
+    // The mount that holds `at`: the longest mount point it lies under
+    // (the last such line when one is mounted over another).
+    std::string point, type, options, line;
+    while (std::getline(mounts, line)) {
+        std::istringstream fields(line);
+        std::string id, parent, dev, root, mount_point;
+        fields >> id >> parent >> dev >> root >> mount_point;
+        const std::size_t dash = line.find(" - ");
+        if (dash == std::string::npos) {
+            continue;
+        }
+        mount_point = unescape_mount_path(mount_point);
+        const std::string_view path = at.native();
+        const bool under = path.starts_with(mount_point) &&
+                           (mount_point == "/" || path.size() == mount_point.size() || path[mount_point.size()] == '/');
+        if (!under || mount_point.size() < point.size()) {
+            continue;
+        }
+        std::istringstream tail(line.substr(dash + 3));
+        std::string source;
+        point = mount_point;
+        tail >> type >> source >> options;
+    }
+    if (type != "tmpfs") {
+        return {}; // hugetlbfs, or a disk, where pages are not the question
+    }
+    for (const char *huge : {"huge=always", "huge=within_size", "huge=advise"}) {
+        if (("," + options + ",").find("," + std::string(huge) + ",") != std::string::npos) {
+            return {};
+        }
+    }
+    std::ifstream shmem("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    if (std::string policy; std::getline(shmem, policy) && policy.find("[force]") != std::string::npos) {
+        return {};
+    }
+    return fmt::format("state_dir {} is on a tmpfs mounted without huge= ({}), so its big tables get 4 KiB pages "
+                       "and a million flows are bound by TLB misses; `mount -o remount,huge=advise {}` lets the host "
+                       "ask for 2 MB pages for them",
+                       dir.string(), point, point);
+}
+
 void ready_for_data_path(void *map, std::size_t size) noexcept
 {
-#ifdef MADV_HUGEPAGE
-    // tmpfs honours this when /sys/kernel/mm/transparent_hugepage/shmem_enabled
-    // is "advise" or more; before the pages are faulted in, so they can be huge.
-    if (size >= (64u << 20)) {
-        ::madvise(map, size, MADV_HUGEPAGE);
-    }
-#endif
+    // Before the pages are faulted in, so they can be huge: a tmpfs mounted
+    // with huge=advise honours it (one without huge= does not, whatever
+    // shmem_enabled says short of "force").
+    advise_huge(map, size);
 #ifdef MADV_POPULATE_WRITE
     ::madvise(map, size, MADV_POPULATE_WRITE); // Linux 5.14+; an older kernel faults them in later
 #endif

@@ -54,10 +54,19 @@ uint64_t unix_now_ns();
 // Creates `tmp` read-write with an exclusive flock, `size` bytes long (made
 // a whole number of pages on hugetlbfs, where `size` is updated), every byte
 // of it reserved now: on a full tmpfs a sparse file takes SIGBUS at its first
-// write to a new page, in the data path.  Returns the descriptor; -1 with
+// write to a new page, in the data path.  A big one is reserved in huge pages
+// where the mount gives them (huge=advise, huge=within_size, huge=always).  Returns the descriptor; -1 with
 // `err` ("<tmp>: what failed: why", `reserving` saying for what the memory
 // was, with what to do) and `tmp` removed.
 int create_reserved(const std::string &tmp, uint64_t &size, const std::string &reserving, std::string &err);
+
+// What the operator should know about the pages the big tables in `dir` (an
+// existing directory) will get: a sentence when they are 4 KiB pages of a
+// tmpfs the host cannot ask for huge ones on (mounted without huge=, as
+// /dev/shm is), with the remount that fixes it; "" otherwise.  At a million
+// flows TLB misses bound the chain's new flows on 4 KiB pages (README, "A
+// million flows").
+std::string small_pages_note(const std::filesystem::path &dir);
 
 // Readies a writable mapping of a segment for the data path, at start (cold
 // path): a big one asks for huge pages (4 KiB pages make it TLB-bound), and

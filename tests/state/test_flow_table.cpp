@@ -7,6 +7,7 @@
 #include "net/parse.h"
 #include "net/rss.h"
 #include "state/flow_table.h"
+#include "state/segment_file.h"
 
 #include <doctest/doctest.h>
 
@@ -15,8 +16,11 @@
 #include <array>
 #include <csignal>
 #include <cstring>
+#include <fstream>
+#include <sched.h>
 #include <set>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
@@ -723,4 +727,75 @@ TEST_CASE("a burst of more new flows than a part's slots can take grows it withi
     }
     CHECK(entries[60] == entries[0]);
     CHECK(flags[60] == 0);
+}
+
+namespace {
+
+// What /proc/self/smaps_rollup says this process maps of shared memory in
+// 2 MB pages, in kB.
+uint64_t shmem_pmd_mapped_kb()
+{
+    std::ifstream rollup("/proc/self/smaps_rollup");
+    for (std::string line; std::getline(rollup, line);) {
+        if (line.rfind("ShmemPmdMapped:", 0) == 0) {
+            return std::stoull(line.substr(std::strlen("ShmemPmdMapped:")));
+        }
+    }
+    return 0;
+}
+
+} // namespace
+
+TEST_CASE("a big table on a tmpfs mounted huge=advise gets 2 MB pages; one without huge= is named at start")
+{
+    std::ifstream policy("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    std::string shmem_enabled;
+    if (::geteuid() != 0 || !std::getline(policy, shmem_enabled) || shmem_enabled.find("[deny]") != std::string::npos) {
+        MESSAGE("skipped: needs root (to mount a tmpfs) and a kernel with THP for tmpfs");
+        return;
+    }
+    ScratchDir dir("flows-huge");
+    // The mounts live in a mount namespace of the child's own: nothing is
+    // left mounted, whatever happens.
+    enum : int { ok = 0, cannot_mount = 77, small_pages = 10, noted_huge = 11, plain_not_noted = 12, no_table = 13 };
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+            ::_exit(cannot_mount);
+        }
+        const std::filesystem::path huge = dir.path / "huge", plain = dir.path / "plain";
+        std::filesystem::create_directories(huge);
+        std::filesystem::create_directories(plain);
+        if (::mount("none", huge.c_str(), "tmpfs", 0, "huge=advise,size=1g,mode=0755") != 0 ||
+            ::mount("none", plain.c_str(), "tmpfs", 0, "size=1m,mode=0755") != 0) {
+            ::_exit(cannot_mount);
+        }
+        std::filesystem::create_directories(huge / "state");
+        std::filesystem::create_directories(plain / "state");
+        if (shmem_enabled.find("[force]") == std::string::npos && small_pages_note(plain / "state").empty()) {
+            ::_exit(plain_not_noted);
+        }
+        if (!small_pages_note(huge / "state").empty()) {
+            ::_exit(noted_huge);
+        }
+        std::string err;
+        auto t = FlowTable::open(huge / "state" / "flows.seg", spec_of(1u << 20), err);
+        if (!t) {
+            ::_exit(no_table);
+        }
+        // Reserved in huge pages at creation, then mapped in them: all but
+        // the file's partial tail and a few 4 KiB pages the kernel keeps.
+        ::_exit(shmem_pmd_mapped_kb() >= 200u * 1024 ? ok : small_pages);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == cannot_mount) {
+        MESSAGE("skipped: cannot mount a tmpfs in a mount namespace of its own here");
+        return;
+    }
+    CHECK_MESSAGE(WEXITSTATUS(status) != plain_not_noted, "a tmpfs without huge= was not named");
+    CHECK_MESSAGE(WEXITSTATUS(status) != noted_huge, "a huge=advise tmpfs was named as one of 4 KiB pages");
+    CHECK_MESSAGE(WEXITSTATUS(status) != no_table, "the table could not be created");
+    CHECK_MESSAGE(WEXITSTATUS(status) == ok, "the table's pages were not 2 MB ones");
 }
