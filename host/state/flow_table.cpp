@@ -85,6 +85,24 @@ std::size_t scratch_bytes(uint32_t room, uint32_t entry_size)
     return sizeof(ScratchHeader) + scratch_slots_bytes(cap) + std::size_t{cap} * entry_size;
 }
 
+// The scratch area of a table whose rehashes copy up to `cap` flows.
+struct ScratchView {
+    ScratchHeader *header;
+    uint32_t *old_slot; // where each copied flow was
+    uint8_t *copies;    // the flows, entry after entry
+};
+ScratchView scratch_view(uint8_t *scratch, uint32_t cap)
+{
+    return {reinterpret_cast<ScratchHeader *>(scratch), reinterpret_cast<uint32_t *>(scratch + sizeof(ScratchHeader)),
+            scratch + sizeof(ScratchHeader) + scratch_slots_bytes(cap)};
+}
+
+// The packet `i` of a burst whose packets lie `stride` bytes apart.
+const serpens_pkt &pkt_at(const serpens_pkt *pkts, uint32_t stride, uint32_t i)
+{
+    return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) + std::size_t{i} * stride);
+}
+
 } // namespace
 
 namespace {
@@ -389,7 +407,7 @@ std::unique_ptr<FlowTable> FlowTable::open_readonly(const std::filesystem::path 
 
 uint32_t FlowTable::file_in_use(uint32_t p) const noexcept
 {
-    const auto *header = reinterpret_cast<const PartHeader *>(_map + flow_header_size + _part_size * p);
+    const PartHeader *header = part(p).header;
     // 0 (layout 1) is the whole room, and no file makes a part use more.
     return std::min(__atomic_load_n(&header->in_use, __ATOMIC_RELAXED) - 1u, _n_slots - 1u) + 1u;
 }
@@ -540,13 +558,11 @@ bool FlowTable::make_room(const Part &part, uint32_t arriving) noexcept
     while (size < _n_slots && live + arriving > size / 2) {
         size = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{size} * 2, _n_slots));
     }
-    auto *scratch = reinterpret_cast<ScratchHeader *>(_scratch);
+    const auto [scratch, old_slot, copies] = scratch_view(_scratch, _scratch_cap);
     uint32_t idle = 0;
     if (!__atomic_compare_exchange_n(&scratch->busy, &idle, 1u, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         return false; // another part's owner is rehashing: this part tries again with its next burst
     }
-    auto *old_slot = reinterpret_cast<uint32_t *>(_scratch + sizeof(ScratchHeader));
-    uint8_t *copies = _scratch + sizeof(ScratchHeader) + scratch_slots_bytes(_scratch_cap);
     uint32_t count = 0;
     bool fits = true;
     for (uint32_t s = 0; s < part.in_use && fits; ++s) {
@@ -579,9 +595,7 @@ bool FlowTable::make_room(const Part &part, uint32_t arriving) noexcept
 
 bool FlowTable::rehash_from_scratch() noexcept
 {
-    auto *scratch = reinterpret_cast<ScratchHeader *>(_scratch);
-    const auto *old_slot = reinterpret_cast<const uint32_t *>(_scratch + sizeof(ScratchHeader));
-    const uint8_t *copies = _scratch + sizeof(ScratchHeader) + scratch_slots_bytes(_scratch_cap);
+    const auto [scratch, old_slot, copies] = scratch_view(_scratch, _scratch_cap);
     const uint32_t from = scratch->old_in_use, to = scratch->new_in_use, count = scratch->count;
     if (scratch->part >= flow_parts || from == 0 || from > to || to > _n_slots || count > _scratch_cap) {
         __atomic_store_n(&scratch->valid, 0u, __ATOMIC_RELEASE); // not this table's rehash: nothing was moved
@@ -650,10 +664,7 @@ FlowBurst FlowTable::lookup_burst(const serpens_pkt *pkts, uint32_t stride, uint
     if (found.refused == 0) {
         return found;
     }
-    auto hash_at = [&](uint32_t i) {
-        return reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) + std::size_t{i} * stride)
-            ->flow_hash;
-    };
+    auto hash_at = [&](uint32_t i) { return pkt_at(pkts, stride, i).flow_hash; };
     // A part that can still grow refuses only for want of a slot near a
     // flow's home, or at three quarters of its slots in use: rarely, at
     // about half full.  It grows now, once, and the burst is looked up again
@@ -701,10 +712,7 @@ FlowBurst FlowTable::lookup_pass(const serpens_pkt *pkts, uint32_t stride, uint3
     uint32_t home_of[chunk];
     uint8_t *home_entry[chunk];
     const uint16_t now = idle_units(now_ns);
-    auto view = [&](uint32_t i) -> const serpens_pkt & {
-        return *reinterpret_cast<const serpens_pkt *>(reinterpret_cast<const uint8_t *>(pkts) +
-                                                      std::size_t{i} * stride);
-    };
+    auto view = [&](uint32_t i) -> const serpens_pkt & { return pkt_at(pkts, stride, i); };
     // Room first: a rehash moves a part's flows, so it may only come before
     // the burst hands out any entry.  A pass of its own, and only while some
     // part asks for room: checked per packet, it cost every lookup (3% of
