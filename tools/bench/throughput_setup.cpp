@@ -46,7 +46,7 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
     tmp = dir_template;
     // Host state on tmpfs, as the host's default puts it: on disk every
     // new page of a table waits for writeback, which no operator runs.
-    // --state-dir picks another mount (hugetlbfs, tmpfs huge=always).
+    // --state-dir picks another mount (a tmpfs with huge=advise).
     std::error_code shm_ec;
     if (!state_parent.empty()) {
         if (!fs::is_directory(state_parent, shm_ec)) {
