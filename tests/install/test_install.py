@@ -60,7 +60,8 @@ expected = [os.path.join(BINDIR, t) for t in TOOLS]
 expected += [os.path.join(os.environ["SERPENS_INCLUDEDIR"], "serpens", h) for h in ("nf.h", "nf_util.h")]
 expected += [os.path.join(PLUGIN_DIR, f"serpens_nf_{nf}.so") for nf in ("noop", "fw", "mon", "nat", "ids", "vpn", "lb")]
 expected += [os.path.join(os.environ["SERPENS_PKGCONFIGDIR"], "serpens-nf.pc"),
-             os.path.join(SYSCONFDIR, "host.toml"), os.path.join(UNITDIR, "serpens-host@.service")]
+             os.path.join(SYSCONFDIR, "host.toml"), os.path.join(UNITDIR, "serpens-host@.service"),
+             os.path.join(UNITDIR, "dev-shm-serpens.mount")]
 if MANDIR:
     expected += [os.path.join(MANDIR, "man8", "serpens-host.8"), os.path.join(MANDIR, "man1", "serpens-bench.1")]
 missing = [p for p in expected if not os.path.isfile(staged(p))]
@@ -184,13 +185,20 @@ else:
     with open(staged(os.path.join(UNITDIR, "serpens-host@.service"))) as f:
         unit = f.read()
     check(f"ExecStart={BINDIR}/serpens-host -c {SYSCONFDIR}/%i.toml" in unit, f"unexpected ExecStart:\n{unit}")
+    # The default state_dir's tmpfs with 2 MB pages, which the host wants.
+    check("Wants=dev-shm-serpens.mount" in unit, f"the unit does not want the state's tmpfs:\n{unit}")
+    mount_unit = os.path.join(work, "dev-shm-serpens.mount")
+    shutil.copy(staged(os.path.join(UNITDIR, "dev-shm-serpens.mount")), mount_unit)
+    with open(mount_unit) as f:
+        check("Options=mode=0755,huge=advise" in f.read(), "the state's tmpfs is not mounted huge=advise")
     instance = os.path.join(work, "serpens-host@host.service")
     with open(instance, "w") as f:
         f.write(unit.replace(f"ExecStart={BINDIR}", f"ExecStart={staged(BINDIR)}"))
     # --man=no: the man page it names is in the DESTDIR, not where man looks.
-    proc = subprocess.run([analyze, "verify", "--man=no", instance], capture_output=True, text=True, timeout=60)
-    check(proc.returncode == 0 and "serpens-host@" not in proc.stderr,
+    proc = subprocess.run([analyze, "verify", "--man=no", instance, mount_unit], capture_output=True, text=True,
+                          timeout=60)
+    check(proc.returncode == 0 and "serpens-host@" not in proc.stderr and "dev-shm-serpens" not in proc.stderr,
           f"systemd-analyze verify: exit {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    print("ok [systemd unit]: systemd-analyze verify is silent")
+    print("ok [systemd units]: systemd-analyze verify is silent on the host's and its state's")
 
 print("ok [install]: every check passed")
