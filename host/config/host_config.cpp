@@ -295,7 +295,7 @@ HostConfig read_host_config(std::shared_ptr<const toml::table> document, const s
     cfg.plugin_dir = resolve(base, cfg.plugin_dir);
     cfg.chains_dir = resolve(base, cfg.chains_dir);
     if (cfg.state_dir.empty()) {
-        cfg.state_dir = "/dev/shm/serpens/" + cfg.id;
+        cfg.state_dir = std::string(default_state_parent) + "/" + cfg.id;
     } else {
         cfg.state_dir = resolve(base, cfg.state_dir);
     }

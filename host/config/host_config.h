@@ -125,6 +125,10 @@ struct PeerConfig {
     uint32_t line = 0; // of `listen`, for later errors (cannot bind)
 };
 
+// Where the default state_dir (<this>/<id>) lies; the installed
+// dev-shm-serpens.mount makes it a tmpfs with 2 MB pages.
+inline constexpr const char *default_state_parent = "/dev/shm/serpens";
+
 struct HostConfig {
     std::string file;           // the host.toml path, for messages
     std::string id = "serpens"; // names this host's shared-memory state
@@ -132,7 +136,7 @@ struct HostConfig {
     std::string log_file;                           // logs go here too (appended); stderr always has them
     std::string plugin_dir = install_dirs::plugins; // where `meson install` puts the NF plugins
     std::string chains_dir = "chains";
-    std::string state_dir;            // default /dev/shm/serpens/<id>
+    std::string state_dir;            // default <default_state_parent>/<id>
     std::string control_socket;       // default /run/serpens/<id>.sock
     std::string control_group;        // may use the control socket besides root and the host's user
     std::optional<gid_t> control_gid; // control_group resolved

@@ -80,9 +80,10 @@ public:
         app.add_option("--mbufs", _rig.mbufs, "mbufs in each tool's pool")->capture_default_str();
         app.add_option("--memory", _rig.memory_mb, "EAL -m (MB, --no-huge)")->capture_default_str();
         app.add_option("--state-dir", _rig.state_parent,
-                       "put the host's state in a fresh directory under this one (default /dev/shm, the host's "
-                       "default): e.g. a tmpfs mounted with huge=advise or huge=within_size, to measure the tables "
-                       "with 2 MB pages");
+                       "put the host's state in a fresh directory under this one (default: where the host's "
+                       "default state_dir is, /dev/shm/serpens if it exists, which an installed host mounts with 2 MB "
+                       "pages, else /dev/shm): e.g. a tmpfs mounted with huge=advise, to measure the tables with "
+                       "2 MB pages");
         app.add_option("--lcores", _rig.lcores,
                        "MAIN,FWD: testpmd's main and forwarding lcores; serpens 1 core runs on FWD, 2 cores on "
                        "both (default: the first two of --worker-cpus)");

@@ -74,7 +74,7 @@ struct ThroughputRig {
     bool keep = false;
     uint32_t fw_rules = 1000;
     bool new_flows = false;     // serpens runs measure the capture's first pass: every packet opens a flow
-    std::string state_parent;   // where the host's state goes; empty: /dev/shm (the host's default), else tmp
+    std::string state_parent;   // where the host's state goes; empty: where the host's default is (see in_scratch_dir)
     uint64_t flow_capacity = 0; // the chain's flow table; 0: bench_flow_capacity(flows)
     std::string nat_external;   // nat's pool; empty: NfParams' default
     uint32_t mon_fold_ms = 0;   // mon's fold_ms; 0: its default
@@ -84,7 +84,7 @@ struct ThroughputRig {
     unsigned runs = 0;
     std::vector<std::string> eal_prefixes; // every run's --file-prefix: their runtime directories go at the end
     std::filesystem::path tmp;
-    std::filesystem::path state_root; // host state: <state_parent or /dev/shm>/<tmp's name>, or tmp
+    std::filesystem::path state_root; // host state: <state_parent or the host's default's>/<tmp's name>
     std::filesystem::path pcap;
     std::filesystem::path queue_pcaps[2]; // pcap's flows split in two, one capture per RX queue
     std::string pktgen_cmd;
