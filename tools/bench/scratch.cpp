@@ -1,5 +1,6 @@
 #include "scratch.h"
 
+#include "config/host_config.h"
 #include "core/error.h"
 
 #include <stdlib.h>
@@ -13,12 +14,22 @@ namespace serpens::bench {
 
 namespace fs = std::filesystem;
 
+fs::path host_state_parent()
+{
+    std::error_code ec;
+    if (fs::is_directory(default_state_parent, ec) && ::access(default_state_parent, W_OK) == 0) {
+        return default_state_parent;
+    }
+    if (fs::is_directory("/dev/shm", ec)) {
+        return "/dev/shm";
+    }
+    const char *tmpdir = std::getenv("TMPDIR");
+    return tmpdir != nullptr && *tmpdir ? tmpdir : "/tmp";
+}
+
 ScratchDir::ScratchDir(const std::string &what)
 {
-    const char *tmpdir = std::getenv("TMPDIR");
-    fs::path base =
-        fs::is_directory("/dev/shm") ? fs::path("/dev/shm") : fs::path(tmpdir != nullptr && *tmpdir ? tmpdir : "/tmp");
-    std::string templ = (base / ("serpens-bench-" + what + "-XXXXXX")).string();
+    std::string templ = (host_state_parent() / ("serpens-bench-" + what + "-XXXXXX")).string();
     if (mkdtemp(templ.data()) == nullptr) {
         throw Error("mkdtemp " + templ + ": " + std::strerror(errno));
     }

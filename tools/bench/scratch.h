@@ -8,8 +8,14 @@
 
 namespace serpens::bench {
 
-// Under /dev/shm when it exists (state segments are files), else $TMPDIR or
-// /tmp.  Throws Error when it cannot be created.
+// Where a benchmark keeps a host's state, as the host's default state_dir
+// lies: under /dev/shm/serpens when this user may write there (an
+// installed host's tmpfs with 2 MB pages), else /dev/shm, else $TMPDIR or
+// /tmp.  On disk every new page of a table would wait for writeback.
+std::filesystem::path host_state_parent();
+
+// Under host_state_parent() (state segments are files).  Throws Error when
+// it cannot be created.
 class ScratchDir {
 public:
     explicit ScratchDir(const std::string &what);

@@ -44,20 +44,16 @@ int ThroughputRig::in_scratch_dir(const std::function<int()> &body)
         throw std::runtime_error("mkdtemp " + dir_template + ": " + std::strerror(errno));
     }
     tmp = dir_template;
-    // Host state where the host's default state_dir is: /dev/shm/serpens,
-    // on an installed host a tmpfs with 2 MB pages (dev-shm-serpens.mount),
-    // else /dev/shm.  On disk every new page of a table would wait for
-    // writeback, which no operator runs.  --state-dir picks another mount.
-    std::error_code shm_ec;
+    // Host state where the host's default state_dir is (host_state_parent);
+    // --state-dir picks another mount.
     if (!state_parent.empty()) {
-        if (!fs::is_directory(state_parent, shm_ec)) {
+        std::error_code ec;
+        if (!fs::is_directory(state_parent, ec)) {
             throw std::runtime_error("--state-dir " + state_parent + ": not a directory");
         }
         state_root = fs::path(state_parent) / tmp.filename();
-    } else if (fs::is_directory(default_state_parent, shm_ec) && ::access(default_state_parent, W_OK) == 0) {
-        state_root = fs::path(default_state_parent) / tmp.filename();
     } else {
-        state_root = fs::is_directory("/dev/shm", shm_ec) ? fs::path("/dev/shm") / tmp.filename() : tmp;
+        state_root = host_state_parent() / tmp.filename();
     }
     const RemovedOnExit remove_state(state_root);
     // testpmd may exit before reading all of its stdin.
