@@ -595,7 +595,12 @@ bool FlowTable::make_room(const Part &part, uint32_t arriving) noexcept
 
 bool FlowTable::rehash_from_scratch() noexcept
 {
-    const auto [scratch, old_slot, copies] = scratch_view(_scratch, _scratch_cap);
+    // Named, not a structured binding: place_all captures them (clang
+    // before 16 refuses a lambda capture of a binding).
+    const ScratchView view = scratch_view(_scratch, _scratch_cap);
+    ScratchHeader *scratch = view.header;
+    const uint32_t *old_slot = view.old_slot;
+    const uint8_t *copies = view.copies;
     const uint32_t from = scratch->old_in_use, to = scratch->new_in_use, count = scratch->count;
     if (scratch->part >= flow_parts || from == 0 || from > to || to > _n_slots || count > _scratch_cap) {
         __atomic_store_n(&scratch->valid, 0u, __ATOMIC_RELEASE); // not this table's rehash: nothing was moved
