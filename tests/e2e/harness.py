@@ -395,10 +395,11 @@ external = "203.0.113.0/28"
                  f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
 
-    def start(self, *extra, ns=None, log_level="info"):
+    def start(self, *extra, ns=None, log_level="info", start_timeout=100):
         """Starts serpens-host (inside the Netns `ns` when given) without
         waiting for it to end; returns its Popen once the control socket is
-        up.  Killed at exit if still running."""
+        up, or fails after `start_timeout` s.  Killed at exit if still
+        running."""
         cmd = [HOST, "-c", self.path("host.toml"), "--log-level", log_level, "--stats-json",
                self.path("stats.json")] + list(extra)
         output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -411,7 +412,6 @@ external = "203.0.113.0/28"
         # gives most tests 120 s, those that start hosts in namespaces 300).
         # A slow start says where it is, every 15 s, so that even a test
         # meson ends for its timeout shows where the host was stuck.
-        start_timeout = 100
         started = time.monotonic()
         next_report = started + 15
         while not os.path.exists(self.path("ctl.sock")) and proc.poll() is None:
