@@ -54,10 +54,11 @@ uint64_t unix_now_ns();
 // Creates `tmp` read-write with an exclusive flock, `size` bytes long (made
 // a whole number of pages on hugetlbfs, where `size` is updated), every byte
 // of it reserved now: on a full tmpfs a sparse file takes SIGBUS at its first
-// write to a new page, in the data path.  A big one is reserved in huge pages
-// where the mount gives them (huge=advise, huge=within_size, huge=always).  Returns the descriptor; -1 with
-// `err` ("<tmp>: what failed: why", `reserving` saying for what the memory
-// was, with what to do) and `tmp` removed.
+// write to a new page, in the data path.  A big one is reserved in huge
+// pages where the mount gives them (huge=advise, huge=within_size,
+// huge=always).  Returns the descriptor; -1 with `err` ("<tmp>: what
+// failed: why", `reserving` saying for what the memory was, with what to
+// do) and `tmp` removed.
 int create_reserved(const std::string &tmp, uint64_t &size, const std::string &reserving, std::string &err);
 
 // What the operator should know about the pages the big tables in `dir` (an
