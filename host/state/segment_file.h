@@ -71,9 +71,11 @@ std::string small_pages_note(const std::filesystem::path &dir);
 
 // Readies a writable mapping of a segment for the data path, at start (cold
 // path): a big one asks for huge pages (4 KiB pages make it TLB-bound), and
-// every page is faulted in now, since tmpfs zeroes a reserved page only at
-// its first touch and a flow's first packet would wait for that (nat's new
-// flows ran at 20k/s while their tables' pages were first written).
+// every page is faulted in and read once now, since tmpfs zeroes a reserved
+// page only at its first touch and a virtual machine's hypervisor may map it
+// only at its first user access: a flow's first packet would wait for both
+// (nat's new flows ran at 20k/s while their tables' pages were first
+// written).
 void ready_for_data_path(void *map, std::size_t size) noexcept;
 
 } // namespace serpens::state
