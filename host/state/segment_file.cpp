@@ -259,7 +259,7 @@ std::string small_pages_note(const std::filesystem::path &dir)
         return {};
     }
     return fmt::format("state_dir {} is on a tmpfs mounted without huge= ({}), so its big tables get 4 KiB pages "
-                       "and a million flows are bound by TLB misses; `mount -o remount,huge=advise {}` lets the host "
+                       "whose TLB misses slow a million flows down; `mount -o remount,huge=advise {}` lets the host "
                        "ask for 2 MB pages for them",
                        dir.string(), point, point);
 }

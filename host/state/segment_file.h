@@ -65,12 +65,12 @@ int create_reserved(const std::string &tmp, uint64_t &size, const std::string &r
 // existing directory) will get: a sentence when they are 4 KiB pages of a
 // tmpfs the host cannot ask for huge ones on (mounted without huge=, as
 // /dev/shm is), with the remount that fixes it; "" otherwise.  At a million
-// flows TLB misses bound the chain's new flows on 4 KiB pages (README, "A
+// flows 4 KiB pages slow the chain's new flows with TLB misses (README, "A
 // million flows").
 std::string small_pages_note(const std::filesystem::path &dir);
 
 // Readies a writable mapping of a segment for the data path, at start (cold
-// path): a big one asks for huge pages (4 KiB pages make it TLB-bound), and
+// path): a big one asks for huge pages (4 KiB ones cost it TLB misses), and
 // every page is faulted in and read once now, since tmpfs zeroes a reserved
 // page only at its first touch and a virtual machine's hypervisor may map it
 // only at its first user access: a flow's first packet would wait for both
